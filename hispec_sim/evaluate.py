@@ -1,0 +1,178 @@
+"""Evaluate plans on a profile and search the exhaustive single-level + 3-level space."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .acceptance import AgreementModel
+from .analytic import Prediction, chain_terms, predict
+from .latency import CostModel
+from .schema import Plan, Profile
+
+
+@dataclass
+class Setting:
+    """Everything besides the plan that fixes a prediction."""
+
+    profile: Profile
+    workload: str | None = None
+    tp: int | None = None
+    stack: str | None = None
+    batch: int = 1
+    context: int | None = None
+
+    def __post_init__(self):
+        self.workload = self.profile.default_workload if self.workload is None else self.workload
+        self.acceptance = self.profile.workload(self.workload)
+        self.table = self.profile.table(self.tp, self.stack)
+        self.tp, self.stack = self.table.tp, self.table.stack
+        self.context = self.acceptance.context if self.context is None else self.context
+        if self.context < 0:
+            raise ValueError("context: must be >= 0")
+        self.agreement = AgreementModel(self.acceptance)
+
+    def cost(self, max_tokens: int = 512) -> CostModel:
+        return CostModel(self.table, self.batch, self.context, max_tokens)
+
+    @property
+    def num_layers(self) -> int:
+        return self.profile.model.num_layers
+
+    def describe(self) -> dict:
+        return {"profile": self.profile.name, "workload": self.workload, "tp": self.tp, "stack": self.stack,
+                "batch": self.batch, "context": self.context}
+
+
+def _max_tokens(plans: list[Plan]) -> int:
+    return max(p.propose + sum(p.windows) for p in plans) + 8
+
+
+def predict_plans(setting: Setting, plans: list[Plan]) -> Prediction:
+    for p in plans:
+        setting.profile.check_plan(p, setting.workload)
+    return predict(setting.cost(_max_tokens(plans)), setting.agreement, plans)
+
+
+def paper_default(setting: Setting) -> Plan:
+    """The profile's published configuration, else HiSpec's rule: exits at ~1/8 and ~1/4
+    of depth (snapped to measured exits), N_d = 2, N_i = 4."""
+    if setting.profile.paper_default is not None:
+        return setting.profile.paper_default
+    L = setting.num_layers
+    exits = np.array([e for e in setting.acceptance.exits if e < L])
+    d = int(exits[np.argmin(abs(exits - L / 8))])
+    i = int(exits[np.argmin(abs(exits - L / 4))])
+    if i <= d:
+        i = int(exits[exits > d][0])
+    return Plan(levels=[d, i, L], propose=2, windows=[4])
+
+
+@dataclass
+class Scored:
+    plan: Plan
+    tokens_per_second: float
+    latency_ms: float
+    tokens_per_full_forward: float
+    acceptance: list[float] = field(default_factory=list)
+
+    def as_dict(self, ar_tps: float) -> dict:
+        return {"plan": self.plan.model_dump(), "family": self.plan.family, "describe": self.plan.describe(),
+                "tokens_per_second": round(self.tokens_per_second, 4),
+                "speedup_vs_autoregressive": round(self.tokens_per_second / ar_tps, 4),
+                "tokens_per_full_forward": round(self.tokens_per_full_forward, 4),
+                "latency_ms_per_token": round(self.latency_ms, 4),
+                "acceptance_per_level": [round(a, 4) for a in self.acceptance]}
+
+
+def score(setting: Setting, plans: list[Plan]) -> list[Scored]:
+    pr = predict_plans(setting, plans)
+    return [Scored(p, float(pr.tokens_per_second[i]), float(pr.latency_ms[i]), float(pr.tokens_per_full_forward[i]),
+                   [float(a) for a in pr.acceptance[i, : p.depth - 1]]) for i, p in enumerate(plans)]
+
+
+@dataclass
+class SearchResult:
+    setting: Setting
+    top: list[Scored]
+    autoregressive: Scored
+    best_single_level: Scored
+    paper_default: Scored
+    plans_evaluated: int
+    seconds: float
+
+    @property
+    def best(self) -> Scored:
+        return self.top[0]
+
+    def as_dict(self) -> dict:
+        ar = self.autoregressive.tokens_per_second
+        best = self.best.as_dict(ar)
+        best["speedup_vs_best_single_level"] = round(self.best.tokens_per_second / self.best_single_level.tokens_per_second, 4)
+        return {**self.setting.describe(), "best": best,
+                "baselines": {"autoregressive": self.autoregressive.as_dict(ar),
+                              "best_single_level": self.best_single_level.as_dict(ar),
+                              "paper_default": self.paper_default.as_dict(ar)},
+                "top": [s.as_dict(ar) for s in self.top],
+                "plans_evaluated": self.plans_evaluated, "seconds": round(self.seconds, 4)}
+
+
+def exhaustive_arrays(setting: Setting, max_propose: int = 8, max_window: int = 16):
+    """Tokens/s of every single-level plan (exit, propose) and every 3-level plan
+    (draft, intermediate, propose, window); one vectorised pass each.
+
+    Returns (single, three): single[e_idx, g-1], three[pair, g-1, w-1] with the exit lists.
+    """
+    cost = setting.cost(max_propose + max_window + 8)
+    model = setting.agreement
+    L = setting.num_layers
+    exits = np.array([e for e in setting.acceptance.exits if e < L])
+    B = setting.batch
+    # single level: sweep propose as the window of the draft buffer
+    lv = np.stack([exits, np.full_like(exits, L)], 1)
+    committed, cycle, _ = chain_terms(cost, model, lv, np.ones(len(exits), int), np.zeros((len(exits), 0), int), max_propose)
+    single = B * 1000.0 * committed / cycle
+    d, i = np.triu_indices(len(exits), 1)
+    pairs = np.stack([exits[d], exits[i]], 1)
+    if len(pairs) == 0:
+        return exits, single, pairs, np.zeros((0, max_propose, max_window))
+    rows_pair = np.repeat(np.arange(len(pairs)), max_propose)
+    rows_g = np.tile(np.arange(1, max_propose + 1), len(pairs))
+    lv3 = np.concatenate([pairs[rows_pair], np.full((len(rows_pair), 1), L)], 1)
+    committed, cycle, _ = chain_terms(cost, model, lv3, rows_g, np.ones((len(rows_pair), 1), int), max_window)
+    three = (B * 1000.0 * committed / cycle).reshape(len(pairs), max_propose, max_window)
+    return exits, single, pairs, three
+
+
+def exhaustive(setting: Setting, top: int = 10, max_propose: int = 8, max_window: int = 16) -> SearchResult:
+    if not (1 <= max_propose <= 64 and 1 <= max_window <= 256):
+        raise ValueError("max_propose must be in [1, 64] and max_window in [1, 256]")
+    t0 = time.perf_counter()
+    L = setting.num_layers
+    exits, single, pairs, three = exhaustive_arrays(setting, max_propose, max_window)
+    candidates: list[Plan] = [Plan(levels=[L], batch=setting.batch)]
+    if len(exits):
+        e, g = np.unravel_index(np.argmax(single), single.shape)
+        best_single = Plan(levels=[int(exits[e]), L], propose=int(g) + 1, batch=setting.batch)
+        candidates.append(best_single)
+        flat_single = np.argsort(single, axis=None)[::-1][:top]
+        candidates += [Plan(levels=[int(exits[a]), L], propose=int(b) + 1, batch=setting.batch)
+                       for a, b in zip(*np.unravel_index(flat_single, single.shape))]
+    if three.size:
+        flat = np.argsort(three, axis=None)[::-1][:top]
+        for p, g, w in zip(*np.unravel_index(flat, three.shape)):
+            candidates.append(Plan(levels=[int(pairs[p][0]), int(pairs[p][1]), L], propose=int(g) + 1,
+                                   windows=[int(w) + 1], batch=setting.batch))
+    paper = paper_default(setting).model_copy(update={"batch": setting.batch})
+    candidates.append(paper)
+    scored = score(setting, candidates)  # re-scored through the generic path: one source of truth
+    ar = scored[0]
+    singles = [s for s in scored if s.plan.depth == 2]
+    best_single_s = max(singles, key=lambda s: s.tokens_per_second) if singles else ar
+    unique: dict[str, Scored] = {}
+    for s in scored:
+        unique.setdefault(s.plan.model_dump_json(), s)
+    ranked = sorted(unique.values(), key=lambda s: -s.tokens_per_second)[:top]
+    evaluated = 1 + single.size + three.size
+    return SearchResult(setting, ranked, ar, best_single_s, scored[-1], evaluated, time.perf_counter() - t0)

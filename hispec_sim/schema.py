@@ -1,0 +1,341 @@
+"""The one schema shared by the simulator and the executor: plans and profiles.
+
+A plan is a chain of exit layers (1-based, increasing, the last one is the full model).
+A profile is hardware + model shape + latency tables + acceptance statistics, and every
+figure in it carries a `Source`.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SCHEMA_VERSION = 1
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --------------------------------------------------------------------------- plan
+
+
+class Plan(Strict):
+    """A chain of levels over exit layers l_1 < ... < l_k = L.
+
+    Level 1 drafts `propose` tokens per round from exit l_1; level j (1 < j < k) checks
+    what the level below accumulated once it holds >= `windows[j-2]` tokens; level k (the
+    full model) commits. [L] is autoregressive, [E, L] single-level self-speculation.
+    """
+
+    levels: list[int] = Field(min_length=1, description="exit layers, 1-based, increasing; the last is the full model")
+    propose: int = Field(1, ge=1, le=64, description="drafts per round at level 1")
+    windows: list[int] = Field(default_factory=list, description="one window per intermediate level")
+    mode: Literal["greedy", "sampling"] = "greedy"
+    batch: int = Field(1, ge=1, le=4096, description="sequences decoded in lockstep")
+
+    @field_validator("levels")
+    @classmethod
+    def _increasing(cls, v: list[int]) -> list[int]:
+        if any(x < 1 for x in v):
+            raise ValueError("exit layers must be >= 1")
+        if any(b <= a for a, b in zip(v, v[1:])):
+            raise ValueError("exit layers must be strictly increasing")
+        return v
+
+    @field_validator("windows")
+    @classmethod
+    def _windows_positive(cls, v: list[int]) -> list[int]:
+        if any(w < 1 or w > 256 for w in v):
+            raise ValueError("every window must be in [1, 256]")
+        return v
+
+    @model_validator(mode="after")
+    def _shape(self) -> "Plan":
+        k = len(self.levels)
+        if len(self.windows) != max(k - 2, 0):
+            raise ValueError(f"a {k}-level chain needs {max(k - 2, 0)} window(s), got {len(self.windows)}")
+        if k == 1 and self.propose != 1:
+            self.propose = 1  # autoregressive has no drafts; normalise so equal plans compare equal
+        return self
+
+    @property
+    def depth(self) -> int:
+        return len(self.levels)
+
+    @property
+    def family(self) -> str:
+        return {1: "autoregressive", 2: "single_level"}.get(self.depth, f"{self.depth}_level")
+
+    def check_depth(self, num_layers: int, field: str = "levels") -> None:
+        """Raise ValueError unless the chain ends at the model's last layer."""
+        if self.levels[-1] != num_layers:
+            raise ValueError(f"{field}: the last exit must be the full model's last layer {num_layers}, got {self.levels[-1]}")
+
+    def describe(self) -> str:
+        s = "[" + ",".join(map(str, self.levels)) + "]"
+        if self.depth >= 2:
+            s += f" propose={self.propose}"
+        if self.windows:
+            s += " window=" + ",".join(map(str, self.windows))
+        return s
+
+
+def autoregressive_plan(num_layers: int, batch: int = 1) -> Plan:
+    return Plan(levels=[num_layers], batch=batch)
+
+
+# --------------------------------------------------------------------------- provenance
+
+
+class Source(Strict):
+    """Where a figure comes from."""
+
+    kind: Literal["measured", "published", "derived", "assumed", "fitted"]
+    detail: str = Field(description="what was measured / which publication / how it was derived")
+    reference: str | None = Field(None, description="URL, file or paper identifier")
+
+
+# --------------------------------------------------------------------------- profile parts
+
+
+class Hardware(Strict):
+    name: str
+    gpus: int = Field(1, ge=1)
+    hbm_gb: float | None = Field(None, gt=0)
+    hbm_gbps: float | None = Field(None, gt=0)
+    bf16_tflops: float | None = Field(None, gt=0)
+    source: Source
+
+
+class ModelShape(Strict):
+    name: str
+    num_layers: int = Field(ge=1)
+    hidden: int = Field(ge=1)
+    heads: int = Field(ge=1)
+    kv_heads: int = Field(ge=1)
+    ffn: int = Field(ge=1)
+    vocab: int = Field(ge=2)
+    source: Source
+
+
+def _finite_nonneg(values, field: str):
+    for v in values:
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+            raise ValueError(f"{field} must be finite and >= 0, got {v}")
+
+
+class LatencyTable(Strict):
+    """Latency of one serving configuration (tensor-parallel degree x serving stack).
+
+    layer_ms[i][j]: time of ONE decoder layer (attention kernel and all-reduces included)
+    when the forward carries tokens[i] new tokens in total (batch x new tokens per
+    sequence) and the attention reads contexts[j] cached tokens in total (batch x context
+    per sequence): attention at decode is memory-bound, so it is a function of KV bytes.
+    Values between grid points are interpolated linearly, beyond the grid extrapolated
+    linearly from the last two points.
+    """
+
+    tp: int = Field(1, ge=1, description="tensor-parallel degree")
+    stack: str = Field("compiled", description="serving stack, e.g. compiled or hf_eager")
+    tokens: list[int] = Field(min_length=1)
+    contexts: list[int] = Field(min_length=1)
+    layer_ms: list[list[float]]
+    head_ms: list[float] = Field(description="final norm + LM head over tokens[i] tokens")
+    overhead_ms: float = Field(0.0, ge=0, description="fixed cost of every forward (launch, sampling, host)")
+    layer_overhead_ms: float = Field(0.0, ge=0, description="host cost per layer per forward (eager stacks)")
+    verify_overhead_ms: float = Field(0.0, ge=0, description="extra fixed cost of a verification forward (compare, crop)")
+    source: Source
+    notes: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _grid(self) -> "LatencyTable":
+        for name, grid in (("tokens", self.tokens), ("contexts", self.contexts)):
+            if any(b <= a for a, b in zip(grid, grid[1:])) or grid[0] < 0:
+                raise ValueError(f"latency.{name} must be increasing and >= 0")
+        if len(self.layer_ms) != len(self.tokens) or any(len(r) != len(self.contexts) for r in self.layer_ms):
+            raise ValueError("latency.layer_ms must be len(tokens) x len(contexts)")
+        if len(self.head_ms) != len(self.tokens):
+            raise ValueError("latency.head_ms must have one value per tokens entry")
+        _finite_nonneg([v for r in self.layer_ms for v in r], "latency.layer_ms")
+        _finite_nonneg(self.head_ms, "latency.head_ms")
+        return self
+
+    @property
+    def key(self) -> str:
+        return f"tp{self.tp}/{self.stack}"
+
+
+class Acceptance(Strict):
+    """Greedy agreement statistics of one workload.
+
+    agreement[a][b] = P(argmax of exit exits[a] == argmax of exit exits[b]) at a position,
+    given the committed prefix. traces (optional): per measured position, the argmax token
+    of every exit in `exits` (rows = positions, in order; `trace_starts` marks where each
+    prompt's positions begin) for Monte-Carlo replay and exact joint rates.
+    """
+
+    exits: list[int] = Field(min_length=1)
+    agreement: list[list[float]]
+    context: int = Field(512, ge=0, description="mean context length (prompt + half the generation)")
+    traces: list[list[int]] | None = None
+    trace_starts: list[int] | None = None
+    joint: Literal["independent", "traces"] = Field(
+        "independent",
+        description="how conditional rates of a chain are obtained: 'independent' = agreement "
+        "events of consecutive levels are independent (exact under the depth-Markov model a "
+        "published profile is fitted with); 'traces' = empirical joint from traces",
+    )
+    source: Source
+    fit: dict | None = Field(None, description="fitted curve, its inputs and residuals, when fitted")
+
+    @model_validator(mode="after")
+    def _check(self) -> "Acceptance":
+        n = len(self.exits)
+        if any(b <= a for a, b in zip(self.exits, self.exits[1:])):
+            raise ValueError("acceptance.exits must be increasing")
+        if len(self.agreement) != n or any(len(r) != n for r in self.agreement):
+            raise ValueError("acceptance.agreement must be len(exits) x len(exits)")
+        for r in self.agreement:
+            for v in r:
+                if not (isinstance(v, (int, float)) and math.isfinite(v) and 0.0 <= v <= 1.0):
+                    raise ValueError(f"acceptance.agreement values must be in [0, 1], got {v}")
+        if self.traces is not None:
+            if any(len(r) != n for r in self.traces):
+                raise ValueError("acceptance.traces rows must have one token per exit")
+        if self.joint == "traces" and not self.traces:
+            raise ValueError("acceptance.joint='traces' needs traces")
+        return self
+
+
+class Profile(Strict):
+    schema_version: int = SCHEMA_VERSION
+    name: str
+    description: str = ""
+    hardware: Hardware
+    model: ModelShape
+    latency: list[LatencyTable] = Field(min_length=1)
+    default_tp: int = 1
+    default_stack: str = "compiled"
+    workloads: dict[str, Acceptance] = Field(min_length=1)
+    default_workload: str
+    paper_default: Plan | None = Field(None, description="the published configuration to compare against (e.g. HiSpec's exits, N_d=2, N_i=4)")
+    provenance: dict[str, str | list[str] | dict] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Profile":
+        if self.default_workload not in self.workloads:
+            raise ValueError(f"default_workload {self.default_workload!r} is not one of {sorted(self.workloads)}")
+        for name, acc in self.workloads.items():
+            if acc.exits[-1] != self.model.num_layers:
+                raise ValueError(f"workloads.{name}.exits must end at the last layer {self.model.num_layers}")
+        self.table(self.default_tp, self.default_stack)
+        return self
+
+    def table(self, tp: int | None = None, stack: str | None = None) -> LatencyTable:
+        tp = self.default_tp if tp is None else tp
+        stack = self.default_stack if stack is None else stack
+        for t in self.latency:
+            if t.tp == tp and t.stack == stack:
+                return t
+        have = ", ".join(f"tp={t.tp} stack={t.stack}" for t in self.latency)
+        raise ValueError(f"latency: no table for tp={tp} stack={stack}; this profile has: {have}")
+
+    def workload(self, name: str | None = None) -> Acceptance:
+        name = self.default_workload if name is None else name
+        if name not in self.workloads:
+            raise ValueError(f"workload: unknown {name!r}; known: {', '.join(sorted(self.workloads))}")
+        return self.workloads[name]
+
+    def check_plan(self, plan: Plan, workload: str | None = None) -> None:
+        """Raise ValueError naming the field unless the plan runs on this profile."""
+        plan.check_depth(self.model.num_layers)
+        exits = set(self.workload(workload).exits)
+        missing = [e for e in plan.levels if e not in exits]
+        if missing:
+            raise ValueError(f"levels: exits {missing} were not measured; allowed exits: {_ranges(sorted(exits))}")
+
+
+def _ranges(xs: list[int]) -> str:
+    out, start = [], None
+    for i, x in enumerate(xs):
+        if start is None:
+            start = x
+        if i + 1 == len(xs) or xs[i + 1] != x + 1:
+            out.append(str(start) if start == x else f"{start}..{x}")
+            start = None
+    return ",".join(out)
+
+
+# --------------------------------------------------------------------------- I/O
+
+PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
+
+
+def known_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.json"))
+
+
+def resolve_profile_path(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix == ".json" or p.exists() or "/" in name_or_path:
+        if not p.exists():
+            raise ValueError(f"profile: no such file {name_or_path!r}")
+        return p
+    candidate = PROFILES_DIR / f"{name_or_path}.json"
+    if not candidate.exists():
+        raise ValueError(f"profile: unknown {name_or_path!r}; known: {', '.join(known_profiles())}")
+    return candidate
+
+
+def _load_json(path: Path, field: str):
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{field}: malformed JSON in {path} ({e.msg} at line {e.lineno})") from None
+    except OSError as e:
+        raise ValueError(f"{field}: cannot read {path} ({e.strerror})") from None
+
+
+def load_profile(name_or_path: str) -> Profile:
+    path = resolve_profile_path(name_or_path)
+    return Profile.model_validate(_load_json(path, "profile"))
+
+
+def load_plan(path: str | Path) -> Plan:
+    data = _load_json(Path(path), "plan")
+    if isinstance(data, dict) and "plan" in data and "levels" not in data:
+        data = data["plan"]  # accept the JSON that optimize/evaluate print
+    return Plan.model_validate(data)
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Write a whole file or nothing: a temp file in the same folder, then rename."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    if path.parent and not path.parent.exists():
+        raise ValueError(f"out: folder {path.parent} does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise ValueError(f"out: cannot write to {path.parent} ({e.strerror})") from None
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_profile(profile: Profile, path: str | Path) -> None:
+    write_atomic(path, profile.model_dump_json(indent=1, exclude_none=True) + "\n")
+
+
+def save_plan(plan: Plan, path: str | Path) -> None:
+    write_atomic(path, plan.model_dump_json(indent=2) + "\n")
