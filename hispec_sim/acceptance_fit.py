@@ -1,0 +1,197 @@
+"""Fit an agreement-with-final curve F(e) over relative depth to published points, and
+build the agreement matrix over every exit 1..L from it.
+
+Curve family ("logistic in logit of relative depth"), x = e / L:
+    F(x) = sigmoid(m + c * logit(x)),   F(0) = 0, F(1) = 1 exactly
+c (steepness) is shared by the workloads of one model, m (location) is per workload.
+Least squares in probability space (scipy.optimize.least_squares).
+
+Depth-Markov assumption: a token's argmax changes between consecutive layers
+independently of what happened below, and a token that agrees with the final layer at
+exit a keeps agreeing at every deeper exit. Then
+    agreement(a, b) = P(exit a == exit b) = F(a) / F(b)        for a < b,
+and the agreement events of consecutive levels of a chain are independent, which is what
+`Acceptance.joint = 'independent'` means.
+
+Point kinds accepted by the fit:
+  final:       agreement(exit, L) = value
+  pair:        agreement(exit, exit2) = value = F(exit)/F(exit2)
+  mean_layer:  the mean over tokens of the first layer from which the prediction equals
+               the final one = value (layers); under the model = sum_{e=0}^{L-1} (1 - F(e))
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import least_squares
+
+from .schema import Acceptance, Source
+
+
+def _sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def curve(x, m: float, c: float) -> np.ndarray:
+    """F at relative depth x in [0, 1]."""
+    x = np.clip(np.asarray(x, dtype=float), 0.0, 1.0)
+    with np.errstate(divide="ignore"):
+        lg = np.log(x) - np.log1p(-x)
+    out = _sigmoid(m + c * lg)
+    return np.where(x >= 1.0, 1.0, np.where(x <= 0.0, 0.0, out))
+
+
+@dataclass
+class Point:
+    workload: str
+    kind: str  # final | pair | mean_layer
+    value: float
+    exit: int | None = None
+    exit2: int | None = None
+    weight: float = 1.0
+    source: str = ""
+    note: str = ""
+
+    def predict(self, m: float, c: float, L: int) -> float:
+        if self.kind == "final":
+            return float(curve(self.exit / L, m, c))
+        if self.kind == "pair":
+            return float(curve(self.exit / L, m, c) / curve(self.exit2 / L, m, c))
+        if self.kind == "mean_layer":
+            e = np.arange(0, L)
+            return float(np.sum(1.0 - curve(e / L, m, c)))
+        raise ValueError(f"kind: unknown point kind {self.kind!r}; known: final, pair, mean_layer")
+
+    def scale(self, L: int) -> float:
+        return float(L) if self.kind == "mean_layer" else 1.0
+
+
+@dataclass
+class CurveFit:
+    num_layers: int
+    c: float
+    m: dict[str, float]
+    points: list[Point]
+    residuals: list[float]
+    c_fixed: bool
+    c_note: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def F(self, workload: str, exits=None) -> np.ndarray:
+        L = self.num_layers
+        exits = np.arange(1, L + 1) if exits is None else np.asarray(exits)
+        return curve(exits / L, self.m[workload], self.c)
+
+    def record(self, workload: str) -> dict:
+        """What goes into Acceptance.fit: family, parameters, every input point, residuals."""
+        pts = []
+        for p, r in zip(self.points, self.residuals):
+            if p.workload != workload and not self.c_fixed:
+                shared = True
+            elif p.workload != workload:
+                continue
+            else:
+                shared = False
+            d = {"workload": p.workload, "kind": p.kind, "value": p.value, "predicted": round(p.value + r, 5),
+                 "residual": round(r, 5), "source": p.source}
+            if p.exit is not None:
+                d["exit"] = p.exit
+            if p.exit2 is not None:
+                d["exit2"] = p.exit2
+            if p.note:
+                d["note"] = p.note
+            if shared:
+                d["used_for"] = "another workload of the joint fit (shares c with this one)"
+            pts.append(d)
+        own = [abs(r) for p, r in zip(self.points, self.residuals) if p.workload == workload]
+        return {
+            "family": "F(e) = sigmoid(m + c*logit(e/L)); F(L) = 1",
+            "matrix": "agreement(a,b) = F(min(a,b)) / F(max(a,b)) (depth-Markov), rounded to 5 digits",
+            "num_layers": self.num_layers,
+            "params": {"m": round(self.m[workload], 6), "c": round(self.c, 6)},
+            "c_fixed": self.c_fixed,
+            "c_note": self.c_note,
+            "points": pts,
+            "max_abs_residual": round(max(own), 5) if own else 0.0,
+            **self.extra,
+        }
+
+
+def fit_curves(points: list[Point], num_layers: int, workloads: list[str] | None = None,
+               c: float | None = None, c_note: str = "") -> CurveFit:
+    """Joint least-squares fit: shared c (unless given), one m per workload."""
+    L = num_layers
+    for p in points:
+        if not (0.0 <= p.value) or (p.kind != "mean_layer" and p.value > 1.0):
+            raise ValueError(f"acceptance: point value out of range: {p}")
+        for e in (p.exit, p.exit2):
+            if e is not None and not (1 <= e <= L):
+                raise ValueError(f"acceptance: exit {e} out of range 1..{L}")
+    wl = workloads or sorted({p.workload for p in points})
+    missing = [w for w in wl if not any(p.workload == w for p in points)]
+    if missing:
+        raise ValueError(f"acceptance: no points for workloads {missing}")
+    fix_c = c is not None
+
+    def unpack(theta):
+        cc = c if fix_c else theta[0]
+        ms = theta[0 if fix_c else 1:]
+        return cc, dict(zip(wl, ms))
+
+    def resid(theta):
+        cc, ms = unpack(theta)
+        return np.array([p.weight * (p.predict(ms[p.workload], cc, L) - p.value) / p.scale(L) for p in points if p.workload in ms])
+
+    x0 = ([] if fix_c else [0.8]) + [1.0] * len(wl)
+    lo = ([] if fix_c else [0.05]) + [-20.0] * len(wl)
+    hi = ([] if fix_c else [5.0]) + [20.0] * len(wl)
+    sol = least_squares(resid, x0, bounds=(lo, hi), xtol=1e-12, ftol=1e-12, gtol=1e-12)
+    cc, ms = unpack(sol.x)
+    used = [p for p in points if p.workload in ms]
+    res = [p.predict(ms[p.workload], cc, L) - p.value for p in used]
+    return CurveFit(num_layers=L, c=float(cc), m={k: float(v) for k, v in ms.items()}, points=used,
+                    residuals=[float(r) for r in res], c_fixed=fix_c, c_note=c_note)
+
+
+def agreement_matrix(F: np.ndarray, digits: int = 5) -> list[list[float]]:
+    """agreement[a][b] = F[min]/F[max] (F over exits 1..L, increasing, F[-1] = 1)."""
+    F = np.maximum(np.asarray(F, dtype=float), 1e-12)
+    F = np.maximum.accumulate(F)
+    lo = np.minimum.outer(F, F)
+    hi = np.maximum.outer(F, F)
+    A = np.clip(np.round(lo / hi, digits), 0.0, 1.0)
+    np.fill_diagonal(A, 1.0)
+    return A.tolist()
+
+
+def acceptance_from_fit(fit: CurveFit, workload: str, context: int, source: Source,
+                        context_note: str = "", extra: dict | None = None) -> Acceptance:
+    L = fit.num_layers
+    F = fit.F(workload)
+    rec = fit.record(workload)
+    rec["F_at_exits"] = {str(e): round(float(v), 5) for e, v in zip(range(1, L + 1), F) if e in _report_exits(L)}
+    if context_note:
+        rec["context_note"] = context_note
+    if extra:
+        rec.update(extra)
+    return Acceptance(exits=list(range(1, L + 1)), agreement=agreement_matrix(F), context=context,
+                      joint="independent", source=source, fit=rec)
+
+
+def _report_exits(L: int) -> set[int]:
+    return {max(1, round(L * f)) for f in (1 / 32, 1 / 16, 1 / 8, 3 / 16, 1 / 4, 3 / 8, 1 / 2, 3 / 4, 7 / 8, 1)}
+
+
+def constant_acceptance(num_layers: int, agreement: float, source: Source, context: int = 512,
+                        fit: dict | None = None) -> Acceptance:
+    """Every exit pair agrees with probability `agreement` (diagonal 1). Note: this is not
+    depth-Markov consistent for 3-level chains; it is the what-if the synthetic profile asks for."""
+    if not (isinstance(agreement, (int, float)) and math.isfinite(agreement) and 0.0 <= agreement <= 1.0):
+        raise ValueError(f"agreement: must be in [0, 1], got {agreement}")
+    n = num_layers
+    A = np.full((n, n), float(agreement))
+    np.fill_diagonal(A, 1.0)
+    return Acceptance(exits=list(range(1, n + 1)), agreement=A.tolist(), context=context, joint="independent",
+                      source=source, fit=fit)

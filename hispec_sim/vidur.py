@@ -1,0 +1,400 @@
+"""Import a Vidur-format profiling folder into latency tables.
+
+Layout read (the shipped measurements of github.com/microsoft/vidur, data/profiling/):
+  compute/<gpu>/<hf-org>/<model>/mlp.csv   one row per (num_tokens, num_tensor_parallel_workers),
+                                           time_stats.<op>.median in ms for ONE decoder layer
+  network/<cluster>/all_reduce.csv         one row per (num_workers, size bytes)
+
+One LatencyTable per tensor-parallel degree:
+  layer(T, C) = sum of the measured per-layer op medians at T tokens (emb excluded: it runs
+                once per forward, not per layer)
+              + attention kernel, roofline: max(KV bytes / HBM bandwidth, FLOPs / peak)
+              + 2 all-reduces of T x hidden x 2 bytes (0 at TP 1)
+  head(T)     = final RMSNorm (the measured input_layernorm op) + LM head, roofline
+                max(vocab x hidden/tp x 2 bytes / bandwidth, 2 T hidden vocab/tp / peak)
+                divided by the bandwidth efficiency the measured linear ops achieve.
+The attention kernel, LM head and overheads are NOT in Vidur's mlp.csv; they are modelled
+and every table's Source says so.
+"""
+from __future__ import annotations
+
+import csv
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .schema import Hardware, LatencyTable, ModelShape, Source
+
+VIDUR_REF = "github.com/microsoft/vidur commit 7d47513363ec447a741ac5e47241580b47724fbf, data/profiling/ (MIT)"
+VIDUR_CREDIT = "per-operator latencies measured by the Vidur project, MIT"
+
+LAYER_OPS = (
+    "input_layernorm",
+    "attn_pre_proj",
+    "attn_rope",
+    "attn_post_proj",
+    "post_attention_layernorm",
+    "mlp_up_proj",
+    "mlp_act",
+    "mlp_down_proj",
+    "add",
+)
+LINEAR_OPS = ("attn_pre_proj", "attn_post_proj", "mlp_up_proj", "mlp_down_proj")
+
+DATASHEET = "vendor datasheets (NVIDIA A100 / H100 SXM5), as listed in ../shared/data/published_inputs.md"
+HARDWARE = {
+    "a100": dict(name="A100-80GB-SXM", hbm_gb=80, hbm_gbps=2039, bf16_tflops=312),
+    "a100_40gb": dict(name="A100-40GB", hbm_gb=40, hbm_gbps=1555, bf16_tflops=312),
+    "h100": dict(name="H100-SXM5-80GB", hbm_gb=80, hbm_gbps=3350, bf16_tflops=989),
+}
+
+
+def hardware_for(gpu: str, gpus: int = 1) -> Hardware:
+    key = gpu.lower()
+    if key not in HARDWARE:
+        raise ValueError(f"gpu: unknown {gpu!r}; known: {', '.join(sorted(HARDWARE))} (or pass hardware=Hardware(...))")
+    return Hardware(gpus=gpus, source=Source(kind="published", detail=DATASHEET, reference="NVIDIA A100/H100 datasheets"), **HARDWARE[key])
+
+
+def default_contexts() -> list[int]:
+    """0 then powers of 2 from 16 to 2^21 total cached tokens (batch x context). The modelled
+    attention term is proportional to the context, so linear interpolation is exact."""
+    return [0] + [2**k for k in range(4, 22)]
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass
+class MlpData:
+    path: Path
+    shape: dict  # n_head, n_kv_head, n_embd, n_expanded_embd, vocab_size
+    tokens: dict  # tp -> np.ndarray of num_tokens
+    ops: dict  # tp -> {op: np.ndarray of medians (ms)}
+
+
+def _f(x: str, field: str) -> float:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        raise ValueError(f"{field}: not a number: {x!r}") from None
+    if not math.isfinite(v) or v < 0:
+        raise ValueError(f"{field}: must be finite and >= 0, got {x!r}")
+    return v
+
+
+def read_mlp_csv(path: str | Path) -> MlpData:
+    """Per TP degree: sorted num_tokens and the median of each op (duplicate rows averaged)."""
+    path = Path(path)
+    try:
+        rows = list(csv.DictReader(path.open()))
+    except OSError as e:
+        raise ValueError(f"vidur: cannot read {path} ({e.strerror})") from None
+    if not rows:
+        raise ValueError(f"vidur: {path} has no rows")
+    need = [f"time_stats.{op}.median" for op in LAYER_OPS] + ["num_tokens", "num_tensor_parallel_workers", "n_embd"]
+    missing = [c for c in need if c not in rows[0]]
+    if missing:
+        raise ValueError(f"vidur: {path} lacks columns {missing}")
+    r0 = rows[0]
+    shape = {k: int(float(r0[k])) for k in ("n_head", "n_kv_head", "n_embd", "n_expanded_embd", "vocab_size") if k in r0}
+    acc: dict = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        tp = int(float(r["num_tensor_parallel_workers"]))
+        t = int(float(r["num_tokens"]))
+        acc[tp][t].append([_f(r[f"time_stats.{op}.median"], f"vidur {path.name} {op}") for op in LAYER_OPS])
+    tokens, ops = {}, {}
+    for tp, by_t in acc.items():
+        ts = sorted(by_t)
+        vals = np.array([np.mean(by_t[t], axis=0) for t in ts])  # (T, ops)
+        tokens[tp] = np.array(ts, dtype=int)
+        ops[tp] = {op: vals[:, i] for i, op in enumerate(LAYER_OPS)}
+    return MlpData(path=path, shape=shape, tokens=tokens, ops=ops)
+
+
+def read_all_reduce(path: str | Path, workers: int) -> tuple[np.ndarray, np.ndarray]:
+    """(sizes in bytes, median ms) for `workers` GPUs, preferring rows measured inside one node
+    (devices_per_node == num_workers); duplicate sizes are reduced to their median."""
+    path = Path(path)
+    try:
+        rows = list(csv.DictReader(path.open()))
+    except OSError as e:
+        raise ValueError(f"vidur: cannot read {path} ({e.strerror})") from None
+    rows = [r for r in rows if int(float(r["num_workers"])) == workers]
+    intra = [r for r in rows if "devices_per_node" in r and int(float(r["devices_per_node"])) == workers]
+    rows = intra or rows
+    if not rows:
+        raise ValueError(f"vidur: {path} has no all-reduce rows for {workers} workers")
+    by: dict = defaultdict(list)
+    for r in rows:
+        by[int(float(r["size"]))].append(_f(r["time_stats.all_reduce.median"], f"vidur {path.name} all_reduce"))
+    sizes = np.array(sorted(by), dtype=float)
+    return sizes, np.array([np.median(by[int(s)]) for s in sizes])
+
+
+def all_reduce_ms(sizes: np.ndarray, times: np.ndarray, query) -> np.ndarray:
+    """Smoothed all-reduce time: the median of the measured medians whose size lies within a
+    factor sqrt(2) of the query (at least the 5 nearest in log-size), made non-decreasing in
+    size. Small all-reduces in the data are noisy (tens of us of jitter); a raw point-wise
+    interpolation would make neighbouring token counts differ by 2x."""
+    q = np.atleast_1d(np.asarray(query, dtype=float))
+    ls = np.log(sizes)
+    out = np.empty(q.shape)
+    for i, x in enumerate(q):
+        lx = math.log(max(x, 1.0))
+        d = np.abs(ls - lx)
+        sel = d <= 0.5 * math.log(2.0)
+        if sel.sum() < 5:
+            sel = np.zeros_like(sel)
+            sel[np.argsort(d)[:5]] = True
+        v = float(np.median(times[sel]))
+        if x > sizes[-1]:  # beyond the data: scale with bytes from the largest measurements
+            v = v * x / sizes[-1]
+        out[i] = v
+    # enforce monotone in size, in the order of the queries' sizes
+    order = np.argsort(q)
+    out[order] = np.maximum.accumulate(out[order])
+    return out
+
+
+def find_model_folder(folder: str | Path, model: str | None = None, gpu: str | None = None) -> tuple[Path, str, str]:
+    """Return (mlp.csv path, gpu name, model folder name). `folder` is a Vidur profiling
+    root (with compute/), a compute/<gpu> folder, or a folder holding mlp.csv."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise ValueError(f"folder: no such folder {str(folder)!r}")
+    if (folder / "mlp.csv").exists():
+        g = gpu or _guess_gpu(folder)
+        return folder / "mlp.csv", g, folder.name
+    root = folder / "compute" if (folder / "compute").is_dir() else folder
+    found = sorted(root.rglob("mlp.csv"))
+    if not found:
+        raise ValueError(f"folder: no mlp.csv under {str(folder)!r}")
+    cands = []
+    for p in found:
+        rel = p.relative_to(root).parts  # <gpu>/<org>/<model>/mlp.csv or shorter
+        g = rel[0] if len(rel) >= 3 else (gpu or _guess_gpu(p))
+        cands.append((p, g, p.parent.name))
+    if gpu:
+        cands = [c for c in cands if c[1].lower() == gpu.lower()] or []
+        if not cands:
+            have = sorted({c[1] for c in _all(found, root, gpu)})
+            raise ValueError(f"gpu: no data for {gpu!r}; present: {', '.join(have)}")
+    if model:
+        exact = [c for c in cands if c[2].lower() == model.lower()]
+        sub = [c for c in cands if model.lower() in c[2].lower()]
+        cands = exact or sub
+        if not cands:
+            raise ValueError(f"model: no data for {model!r}; present: {', '.join(sorted({p.parent.name for p in found}))}")
+    if len(cands) > 1:
+        opts = ", ".join(f"{g}/{m}" for _, g, m in cands)
+        raise ValueError(f"model: several models match, choose one with --model/--gpu: {opts}")
+    return cands[0]
+
+
+def _all(found, root, gpu):
+    for p in found:
+        rel = p.relative_to(root).parts
+        yield (p, rel[0] if len(rel) >= 3 else "?", p.parent.name)
+
+
+def _guess_gpu(p: Path) -> str:
+    for part in reversed(p.resolve().parts):
+        if part.lower() in HARDWARE:
+            return part.lower()
+    raise ValueError("gpu: cannot tell the GPU from the folder; pass --gpu")
+
+
+def find_network(folder: str | Path, gpu: str, cluster: str | None = None) -> Path | None:
+    folder = Path(folder)
+    roots = [folder / "network", folder.parent / "network"]
+    for up in Path(folder).resolve().parents:
+        roots.append(up / "network")
+    for root in roots:
+        if not root.is_dir():
+            continue
+        names = [cluster] if cluster else [f"{gpu}_dgx", f"{gpu}_pairwise_nvlink"]
+        for n in names:
+            if (root / n / "all_reduce.csv").exists():
+                return root / n / "all_reduce.csv"
+        if cluster:
+            raise ValueError(f"cluster: no network/{cluster}/all_reduce.csv under {root}")
+    return None
+
+
+# --------------------------------------------------------------------------- modelling
+
+
+def model_shape_from(data: MlpData, name: str, num_layers: int | None) -> ModelShape:
+    s = data.shape
+    if num_layers is None:
+        raise ValueError("layers: the number of decoder layers is not in mlp.csv; pass it (--layers)")
+    return ModelShape(
+        name=name,
+        num_layers=num_layers,
+        hidden=s["n_embd"],
+        heads=s["n_head"],
+        kv_heads=s.get("n_kv_head", s["n_head"]),
+        ffn=s["n_expanded_embd"],
+        vocab=s["vocab_size"],
+        source=Source(kind="measured", detail=f"model shape columns of {VIDUR_CREDIT} ({name}/mlp.csv); layer count from the HF config", reference=VIDUR_REF),
+    )
+
+
+def layer_weight_bytes(shape: ModelShape, tp: int) -> float:
+    """Bytes of one decoder layer's linear weights per GPU (bf16)."""
+    h, f = shape.hidden, shape.ffn
+    hd = h // shape.heads
+    qkv = h * (shape.heads + 2 * shape.kv_heads) * hd
+    o = shape.heads * hd * h
+    mlp = 3 * h * f
+    return 2.0 * (qkv + o + mlp) / tp
+
+
+def attention_ms(shape: ModelShape, hw: Hardware, tp: int, tokens: np.ndarray, contexts: np.ndarray, efficiency: float = 1.0) -> np.ndarray:
+    """Attention kernel of one layer, roofline, (T, C) grid. KV bytes = C x 2 (K,V) x
+    kv_heads/tp x head_dim x 2 bytes; FLOPs = 4 x T x C x heads/tp x head_dim, as if all T
+    tokens belonged to one sequence reading all C cached tokens (exact at batch 1, an upper
+    bound at batch > 1); time = max(bytes / bandwidth, FLOPs / peak) / efficiency."""
+    hd = shape.hidden // shape.heads
+    kvh = max(shape.kv_heads / tp, 1.0)
+    qh = shape.heads / tp
+    T = np.asarray(tokens, float)[:, None]
+    C = np.asarray(contexts, float)[None, :]
+    byt = C * 2 * kvh * hd * 2
+    flops = 4.0 * T * C * qh * hd
+    return np.maximum(byt / (hw.hbm_gbps * 1e9), flops / (hw.bf16_tflops * 1e12)) * 1e3 / efficiency
+
+
+def head_roofline_ms(shape: ModelShape, hw: Hardware, tp: int, tokens: np.ndarray, efficiency: float = 1.0) -> np.ndarray:
+    T = np.asarray(tokens, float)
+    byt = shape.vocab * shape.hidden / tp * 2.0
+    flops = 2.0 * T * shape.hidden * shape.vocab / tp
+    return np.maximum(byt / (hw.hbm_gbps * 1e9), flops / (hw.bf16_tflops * 1e12)) * 1e3 / efficiency
+
+
+def linear_efficiency(data: MlpData, shape: ModelShape, hw: Hardware, tp: int) -> float:
+    """Fraction of the datasheet bandwidth the measured linear ops reach at 1 token."""
+    ops = data.ops[tp]
+    i = int(np.argmin(data.tokens[tp]))
+    measured_ms = sum(float(ops[o][i]) for o in LINEAR_OPS)
+    ideal_ms = layer_weight_bytes(shape, tp) / (hw.hbm_gbps * 1e9) * 1e3
+    return float(min(1.0, ideal_ms / measured_ms)) if measured_ms > 0 else 1.0
+
+
+def table_from_mlp(
+    data: MlpData,
+    shape: ModelShape,
+    hw: Hardware,
+    tp: int,
+    network: Path | None,
+    contexts: list[int] | None = None,
+    stack: str = "compiled",
+    overhead_ms: float = 0.0,
+    label: str = "",
+    fuse_elementwise: bool = False,
+    layer_overhead_ms: float = 0.0,
+    source_kind: str = "derived",
+    extra_detail: str = "",
+) -> LatencyTable:
+    if tp not in data.tokens:
+        raise ValueError(f"tp: no measurements for tp={tp}; present: {sorted(data.tokens)}")
+    contexts = contexts or default_contexts()
+    tokens = data.tokens[tp]
+    ops = data.ops[tp]
+    used_ops = LINEAR_OPS if fuse_elementwise else LAYER_OPS
+    kernel = sum(ops[o] for o in used_ops)  # (T,)
+    attn = attention_ms(shape, hw, tp, tokens, np.asarray(contexts))
+    ar = np.zeros(len(tokens))
+    net_note = "no all-reduce (TP 1)"
+    if tp > 1:
+        if network is None:
+            raise ValueError(f"network: tp={tp} needs network/<cluster>/all_reduce.csv beside compute/")
+        sizes, times = read_all_reduce(network, tp)
+        ar = 2.0 * all_reduce_ms(sizes, times, tokens * shape.hidden * 2.0)
+        net_note = f"2 all-reduces of tokens x {shape.hidden} x 2 bytes from {network.parent.name}/all_reduce.csv ({tp} GPUs in one node), smoothed"
+    layer = kernel[:, None] + attn + ar[:, None]
+    eff = linear_efficiency(data, shape, hw, tp)
+    head = ops["input_layernorm"] + head_roofline_ms(shape, hw, tp, tokens, efficiency=eff)
+    detail = (
+        f"{label or shape.name} on {hw.name}, TP {tp}: decoder layer = sum of the median per-layer ops "
+        f"({', '.join(used_ops)}; {VIDUR_CREDIT})"
+        + (" (norm/rope/act/add left out: a compiled stack fuses these elementwise ops; their cost is in the calibrated overhead)" if fuse_elementwise else "")
+        + f" + attention kernel modelled by roofline "
+        f"max(KV bytes / {hw.hbm_gbps:g} GB/s, 4*T*C*heads/tp*head_dim FLOPs / {hw.bf16_tflops:g} TFLOP/s; KV bytes = "
+        f"C x 2 x kv_heads/tp x head_dim x 2; FLOP term as if one sequence, an upper bound at batch>1) + {net_note}. "
+        f"Exit head = final RMSNorm (measured input_layernorm op) + LM head roofline "
+        f"(vocab x hidden/tp x 2 bytes vs 2*T*hidden*vocab/tp FLOPs) at the bandwidth efficiency "
+        f"{eff:.3f} the measured linear ops reach at 1 token. emb is excluded (once per forward, negligible)."
+    ) + (" " + extra_detail if extra_detail else "")
+    return LatencyTable(
+        tp=tp,
+        stack=stack,
+        tokens=[int(t) for t in tokens],
+        contexts=[int(c) for c in contexts],
+        layer_ms=[[round(float(v), 6) for v in row] for row in layer],
+        head_ms=[round(float(v), 6) for v in head],
+        overhead_ms=overhead_ms,
+        layer_overhead_ms=layer_overhead_ms,
+        source=Source(kind=source_kind, detail=detail, reference=VIDUR_REF),
+        notes={
+            "kernel_ms_1tok": f"{float(kernel[0]):.4f}",
+        "elementwise_ops": "fused (left out)" if fuse_elementwise else "measured (summed)",
+            "all_reduce_ms_1tok": f"{float(ar[0]):.4f}",
+            "linear_bandwidth_efficiency": f"{eff:.4f}",
+            "mlp_csv": str(data.path.relative_to(data.path.parents[3])) if len(data.path.parents) > 3 else data.path.name,
+        },
+    )
+
+
+KNOWN_LAYERS = {
+    "llama-2-7b": 32, "llama-2-13b": 40, "llama-2-70b": 80, "meta-llama-3-8b": 32, "meta-llama-3-70b": 80,
+    "codellama-34b": 48, "codellama-7b": 32, "codellama-13b": 40,
+}
+
+
+def guess_layers(model_folder: str) -> int | None:
+    m = model_folder.lower()
+    for k in sorted(KNOWN_LAYERS, key=len, reverse=True):
+        if m.startswith(k):
+            return KNOWN_LAYERS[k]
+    return None
+
+
+def import_vidur(
+    folder: str | Path,
+    model: str | None = None,
+    gpu: str | None = None,
+    hardware: Hardware | None = None,
+    tps: list[int] | None = None,
+    num_layers: int | None = None,
+    cluster: str | None = None,
+    contexts: list[int] | None = None,
+    overhead_ms: float = 0.0,
+    stack: str = "compiled",
+    fuse_elementwise: bool = False,
+) -> list[LatencyTable]:
+    """One LatencyTable per TP degree (all present in mlp.csv unless `tps`)."""
+    tables, _, _ = import_vidur_full(folder, model, gpu, hardware, tps, num_layers, cluster, contexts, overhead_ms,
+                                     stack, fuse_elementwise)
+    return tables
+
+
+def import_vidur_full(folder, model=None, gpu=None, hardware=None, tps=None, num_layers=None, cluster=None,
+                      contexts=None, overhead_ms=0.0, stack="compiled", fuse_elementwise=False):
+    """As import_vidur, also returning (ModelShape, Hardware)."""
+    mlp, g, mname = find_model_folder(folder, model, gpu)
+    data = read_mlp_csv(mlp)
+    hw = hardware or hardware_for(g)
+    shape = model_shape_from(data, mname, num_layers or guess_layers(mname))
+    tps = sorted(data.tokens) if not tps else tps
+    for tp in tps:
+        if tp not in data.tokens:
+            raise ValueError(f"tp: no measurements for tp={tp}; present: {sorted(data.tokens)}")
+    net = find_network(Path(folder), g, cluster) if any(t > 1 for t in tps) else None
+    tables = [table_from_mlp(data, shape, hw, tp, net, contexts, stack, overhead_ms, fuse_elementwise=fuse_elementwise)
+              for tp in tps]
+    return tables, shape, hw

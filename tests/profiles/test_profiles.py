@@ -1,0 +1,243 @@
+"""Profiles: Vidur import, synthetic profiles, acceptance fit, shipped profiles, calibration."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hispec_sim import vidur
+from hispec_sim.acceptance_fit import Point, agreement_matrix, curve, fit_curves
+from hispec_sim.latency import CostModel, layer_ms
+from hispec_sim.schema import Profile, Source, load_profile
+from hispec_sim.synthetic import synthetic_profile
+
+REPO = Path(__file__).resolve().parents[2]
+DATA = REPO / ".." / "shared" / "data"
+VIDUR = DATA / "vidur"
+PROFILES = sorted((REPO / "profiles").glob("*.json"))
+needs_data = pytest.mark.skipif(not VIDUR.is_dir(), reason="../shared/data/vidur not present")
+
+
+# --------------------------------------------------------------------------- vidur import
+
+
+@needs_data
+def test_import_vidur_llama70b_a100():
+    tables = vidur.import_vidur(VIDUR, model="Llama-2-70b-hf", gpu="a100")
+    assert [t.tp for t in tables] == [1, 2, 4, 8]
+    t4 = next(t for t in tables if t.tp == 4)
+    assert t4.tokens[0] == 1 and t4.tokens[-1] == 4096
+    assert t4.contexts[0] == 0 and t4.contexts[-1] >= 2**21
+    # README sanity figure: linear + norm ops of one layer ~0.31 ms at 1 token, TP4
+    kernel = float(t4.notes["kernel_ms_1tok"])
+    assert 0.28 < kernel < 0.34
+    # layer time = kernel + 2 all-reduces + attention, > kernel; attention grows with context
+    assert t4.layer_ms[0][0] > kernel
+    assert layer_ms(t4, 1, 2**20) > layer_ms(t4, 1, 0)
+    # a few tokens cost almost the same as one (memory bound) at TP1 (no all-reduce)
+    t1 = tables[0]
+    assert layer_ms(t1, 8, 512) < 1.1 * layer_ms(t1, 1, 512)
+    # the all-reduce part is non-decreasing in tokens (smoothed); Vidur's 4-GPU all-reduce
+    # steps up ~3x above ~100 KB (>= 7 tokens x 8192 x 2 bytes)
+    ar = [float(layer_ms(t4, n, 0)) for n in (1, 2, 4, 8)]
+    assert ar[3] > ar[0]
+    # more tensor parallelism -> cheaper layer at 1 token
+    l1 = [layer_ms(t, 1, 512) for t in tables]
+    assert l1[0] > l1[1] > l1[2]
+    assert "Vidur" in t4.source.detail and "roofline" in t4.source.detail
+    assert "7d47513363ec447a741ac5e47241580b47724fbf" in (t4.source.reference or "")
+
+
+@needs_data
+def test_import_vidur_attention_roofline_bytes():
+    """Attention at TP1, 1 token, context C: C x 2 x kv_heads x head_dim x 2 bytes / bandwidth."""
+    (t1,) = vidur.import_vidur(VIDUR, model="Llama-2-7b-hf", gpu="a100", tps=[1])
+    c = 2**16
+    extra = layer_ms(t1, 1, c) - layer_ms(t1, 1, 0)
+    expect = c * 2 * 32 * 128 * 2 / 2039e9 * 1e3
+    assert extra == pytest.approx(expect, rel=1e-3)
+
+
+@needs_data
+def test_import_vidur_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="^model:"):
+        vidur.import_vidur(VIDUR, model="no-such-model")
+    with pytest.raises(ValueError, match="^folder:"):
+        vidur.import_vidur(tmp_path / "nothing")
+    with pytest.raises(ValueError, match="^tp:"):
+        vidur.import_vidur(VIDUR, model="Llama-2-70b-hf", gpu="a100", tps=[3])
+
+
+@needs_data
+def test_cli_import_vidur(tmp_path, capsys):
+    from hispec_sim.cli import main
+
+    out = tmp_path / "p.json"
+    rc = main(["profile", "import-vidur", str(VIDUR), "--model", "Llama-2-7b-hf", "--gpu", "h100", "--tp", "1,2", "--out", str(out)])
+    assert rc == 0
+    p = load_profile(str(out))
+    assert [t.tp for t in p.latency] == [1, 2]
+    acc = p.workload()
+    assert acc.source.kind == "assumed" and "PLACEHOLDER" in acc.source.detail
+    rc = main(["profile", "import-vidur", str(VIDUR), "--model", "Llama-2", "--out", str(tmp_path / "q.json")])
+    assert rc == 2 and not (tmp_path / "q.json").exists()
+    assert "several models" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- synthetic
+
+
+def test_synthetic_profile_properties():
+    p = synthetic_profile(24, 0.7, 0.6, head_ms=0.2, overhead_ms=0.1)
+    t = p.table()
+    for tok in (1, 3, 100, 4096, 10000):
+        for ctx in (0, 512, 10**6):
+            assert float(layer_ms(t, tok, ctx)) == pytest.approx(0.7)
+    A = np.array(p.workload().agreement)
+    assert A.shape == (24, 24)
+    assert np.allclose(np.diag(A), 1.0)
+    off = A[~np.eye(24, dtype=bool)]
+    assert np.allclose(off, 0.6)
+    cm = CostModel(t, batch=1, context=512)
+    assert cm.autoregressive_ms(24) == pytest.approx(24 * 0.7 + 0.2 + 0.1)
+    assert p.workload().source.kind == "assumed"
+
+
+@pytest.mark.parametrize("kw,field", [
+    (dict(layers=0, layer_ms=1, agreement=0.5), "layers"),
+    (dict(layers=4, layer_ms=-1, agreement=0.5), "layer_ms"),
+    (dict(layers=4, layer_ms=1, agreement=1.5), "agreement"),
+    (dict(layers=4, layer_ms=float("nan"), agreement=0.5), "layer_ms"),
+    (dict(layers=4, layer_ms=1, agreement=0.5, head_ms=-1), "head_ms"),
+])
+def test_synthetic_bad_input(kw, field):
+    with pytest.raises(ValueError, match=f"^{field}:"):
+        synthetic_profile(**kw)
+
+
+def test_cli_synthetic(tmp_path):
+    from hispec_sim.cli import main
+
+    out = tmp_path / "s.json"
+    assert main(["profile", "synthetic", "--layers", "16", "--layer-ms", "1", "--agreement", "0.8", "--out", str(out)]) == 0
+    assert load_profile(str(out)).model.num_layers == 16
+    bad = tmp_path / "b.json"
+    assert main(["profile", "synthetic", "--layers", "16", "--layer-ms", "1", "--agreement", "-0.1", "--out", str(bad)]) == 2
+    assert not bad.exists()
+
+
+# --------------------------------------------------------------------------- acceptance fit
+
+
+def test_curve_endpoints_and_monotone():
+    x = np.linspace(0, 1, 101)
+    F = curve(x, 1.3, 0.9)
+    assert F[0] == 0.0 and F[-1] == 1.0
+    assert np.all(np.diff(F) > 0)
+
+
+def test_fit_reproduces_points_and_matrix_is_depth_markov():
+    pts = [Point("a", "final", 0.397, exit=10), Point("a", "final", 0.581, exit=20), Point("b", "final", 0.62, exit=20),
+           Point("b", "final", 0.66, exit=24)]
+    f = fit_curves(pts, 80)
+    for p, r in zip(f.points, f.residuals):
+        assert p.predict(f.m[p.workload], f.c, 80) - p.value == pytest.approx(r, abs=1e-12)
+    assert abs(f.residuals[0]) < 0.02
+    F = f.F("a")
+    A = np.array(agreement_matrix(F))
+    assert A[79, 79] == 1.0 and A[9, 79] == pytest.approx(F[9], abs=1e-5)
+    # depth-Markov: agreement(a,c) = agreement(a,b) * agreement(b,c)
+    assert A[9, 79] == pytest.approx(A[9, 19] * A[19, 79], abs=2e-5)
+    assert np.allclose(A, A.T)
+
+
+def test_fit_fixed_c_and_mean_layer():
+    f = fit_curves([Point("base", "mean_layer", 23.45)], 32, c=0.72)
+    assert f.c == 0.72
+    e = np.arange(32)
+    assert float(np.sum(1 - curve(e / 32, f.m["base"], 0.72))) == pytest.approx(23.45, abs=1e-6)
+
+
+def test_fit_bad_input():
+    with pytest.raises(ValueError, match="^acceptance:"):
+        fit_curves([Point("a", "final", 1.3, exit=10)], 80)
+    with pytest.raises(ValueError, match="^acceptance:"):
+        fit_curves([Point("a", "final", 0.3, exit=90)], 80)
+
+
+# --------------------------------------------------------------------------- shipped profiles
+
+
+def test_issue2_profiles_shipped():
+    names = {p.stem for p in PROFILES}
+    assert {"a100_llama70b", "h100_llama70b", "a100_llama2_7b"} <= names
+
+
+def _sources(obj, path=""):
+    """Yield (path, Source dict) for every source in a profile JSON; and paths of objects lacking one."""
+    if isinstance(obj, dict):
+        if "kind" in obj and "detail" in obj:
+            yield path, obj
+        for k, v in obj.items():
+            if k in ("agreement", "layer_ms", "traces"):
+                continue
+            yield from _sources(v, f"{path}.{k}")
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _sources(v, f"{path}[{i}]")
+
+
+@pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.stem)
+def test_shipped_profile_validates_and_is_sourced(path):
+    raw = json.loads(path.read_text())
+    p = Profile.model_validate(raw)
+    assert path.stat().st_size < 2.5e6
+    for part in [p.hardware, p.model, *p.latency, *p.workloads.values()]:
+        assert isinstance(part.source, Source) and len(part.source.detail) > 20
+    for name, acc in p.workloads.items():
+        assert acc.exits == list(range(1, p.model.num_layers + 1)), name
+        if acc.source.kind == "fitted":
+            fit = acc.fit
+            assert fit and fit["points"], name
+            for pt in fit["points"]:
+                assert pt["source"] and abs(pt["predicted"] - pt["value"] - pt["residual"]) < 2e-5
+            # the matrix reproduces the fitted curve at the input exits
+            A = np.array(acc.agreement)
+            L = p.model.num_layers
+            for pt in fit["points"]:
+                if pt["kind"] == "final" and pt["workload"] == fit["points"][0]["workload"] and "used_for" not in pt:
+                    assert A[pt["exit"] - 1, L - 1] == pytest.approx(pt["predicted"], abs=2e-5)
+                    assert abs(A[pt["exit"] - 1, L - 1] - pt["value"]) <= abs(pt["residual"]) + 2e-5
+    assert "built_by" in p.provenance
+
+
+def test_fit_residuals_recorded_match_refit():
+    """Re-fitting from the recorded points reproduces the recorded parameters."""
+    p = load_profile("a100_llama70b")
+    fit = p.workload("sharegpt").fit
+    pts = [Point(d["workload"], d["kind"], d["value"], exit=d.get("exit")) for d in fit["points"]]
+    f = fit_curves(pts, 80)
+    assert f.c == pytest.approx(fit["params"]["c"], abs=1e-4)
+    assert f.m["sharegpt"] == pytest.approx(fit["params"]["m"], abs=1e-4)
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def test_calibration_a100_llama70b():
+    p = load_profile("a100_llama70b")
+    assert p.default_tp == 4
+    ctx = 100  # the calibration context recorded in the profile
+    assert f"mean context {ctx}" in p.provenance["calibration"]
+    ms = {t.tp: CostModel(t, batch=1, context=ctx).autoregressive_ms(80) for t in p.latency}
+    assert ms[4] == pytest.approx(26.3, rel=0.01)
+    errs = p.provenance["calibration_errors"]
+    for tp, pub in ((2, 46.9), (8, 16.0)):
+        rec = errs[f"Llama-2-70B TP{tp}"]
+        recorded_pct = float(rec.split("(")[1].split("%")[0])
+        assert 100 * (ms[tp] - pub) / pub == pytest.approx(recorded_pct, abs=0.05)
+        assert abs(recorded_pct) <= 10.0
+    assert ms[1] > ms[2] > ms[4] > ms[8]
