@@ -51,8 +51,6 @@ def _plan_from_args(args, setting: Setting) -> schema.Plan:
     elif args.levels:
         levels = _ints(args.levels, "levels")
         windows = _ints(args.window, "window") if args.window else []
-        if len(levels) == 3 and not windows:
-            raise ValueError("window: a 3-level chain needs --window")
         plan = schema.Plan(levels=levels, propose=args.propose, windows=windows, batch=setting.batch)
     else:
         raise ValueError("plan: give --plan FILE or --levels")
@@ -197,9 +195,9 @@ def build_parser() -> Parser:
 
 def _one_line(e: ValidationError) -> str:
     err = e.errors()[0]
-    loc = ".".join(str(x) for x in err["loc"]) or e.title
+    loc = ".".join(str(x) for x in err["loc"])
     msg = err["msg"].removeprefix("Value error, ")
-    return f"{loc}: {msg}"
+    return f"{loc}: {msg}" if loc else msg
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,7 +57,7 @@ class Plan(Strict):
     def _shape(self) -> "Plan":
         k = len(self.levels)
         if len(self.windows) != max(k - 2, 0):
-            raise ValueError(f"a {k}-level chain needs {max(k - 2, 0)} window(s), got {len(self.windows)}")
+            raise ValueError(f"windows: a {k}-level chain needs {max(k - 2, 0)} window(s), got {len(self.windows)}")
         if k == 1 and self.propose != 1:
             self.propose = 1  # autoregressive has no drafts; normalise so equal plans compare equal
         return self
@@ -125,7 +125,7 @@ class ModelShape(Strict):
 def _finite_nonneg(values, field: str):
     for v in values:
         if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-            raise ValueError(f"{field} must be finite and >= 0, got {v}")
+            raise ValueError(f"{field}: must be finite and >= 0, got {v}")
 
 
 class LatencyTable(Strict):
@@ -155,11 +155,11 @@ class LatencyTable(Strict):
     def _grid(self) -> "LatencyTable":
         for name, grid in (("tokens", self.tokens), ("contexts", self.contexts)):
             if any(b <= a for a, b in zip(grid, grid[1:])) or grid[0] < 0:
-                raise ValueError(f"latency.{name} must be increasing and >= 0")
+                raise ValueError(f"latency.{name}: must be increasing and >= 0")
         if len(self.layer_ms) != len(self.tokens) or any(len(r) != len(self.contexts) for r in self.layer_ms):
-            raise ValueError("latency.layer_ms must be len(tokens) x len(contexts)")
+            raise ValueError("latency.layer_ms: must be len(tokens) x len(contexts)")
         if len(self.head_ms) != len(self.tokens):
-            raise ValueError("latency.head_ms must have one value per tokens entry")
+            raise ValueError("latency.head_ms: must have one value per tokens entry")
         _finite_nonneg([v for r in self.layer_ms for v in r], "latency.layer_ms")
         _finite_nonneg(self.head_ms, "latency.head_ms")
         return self
@@ -196,18 +196,18 @@ class Acceptance(Strict):
     def _check(self) -> "Acceptance":
         n = len(self.exits)
         if any(b <= a for a, b in zip(self.exits, self.exits[1:])):
-            raise ValueError("acceptance.exits must be increasing")
+            raise ValueError("acceptance.exits: must be increasing")
         if len(self.agreement) != n or any(len(r) != n for r in self.agreement):
-            raise ValueError("acceptance.agreement must be len(exits) x len(exits)")
+            raise ValueError("acceptance.agreement: must be len(exits) x len(exits)")
         for r in self.agreement:
             for v in r:
                 if not (isinstance(v, (int, float)) and math.isfinite(v) and 0.0 <= v <= 1.0):
-                    raise ValueError(f"acceptance.agreement values must be in [0, 1], got {v}")
+                    raise ValueError(f"acceptance.agreement: values must be in [0, 1], got {v}")
         if self.traces is not None:
             if any(len(r) != n for r in self.traces):
-                raise ValueError("acceptance.traces rows must have one token per exit")
+                raise ValueError("acceptance.traces: rows must have one token per exit")
         if self.joint == "traces" and not self.traces:
-            raise ValueError("acceptance.joint='traces' needs traces")
+            raise ValueError("acceptance.joint: 'traces' needs traces")
         return self
 
 
@@ -228,10 +228,10 @@ class Profile(Strict):
     @model_validator(mode="after")
     def _consistent(self) -> "Profile":
         if self.default_workload not in self.workloads:
-            raise ValueError(f"default_workload {self.default_workload!r} is not one of {sorted(self.workloads)}")
+            raise ValueError(f"default_workload: {self.default_workload!r} is not one of {sorted(self.workloads)}")
         for name, acc in self.workloads.items():
             if acc.exits[-1] != self.model.num_layers:
-                raise ValueError(f"workloads.{name}.exits must end at the last layer {self.model.num_layers}")
+                raise ValueError(f"workloads.{name}.exits: must end at the last layer {self.model.num_layers}")
         self.table(self.default_tp, self.default_stack)
         return self
 

@@ -1,0 +1,168 @@
+"""The analytic model: Leviathan's closed form, exact accounting, agreement with Monte-Carlo."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from conftest import make_profile, resolve_depth_traces
+from hispec_sim.evaluate import Setting, exhaustive, exhaustive_arrays, predict_plans
+from hispec_sim.analytic import leviathan_tokens_per_round
+from hispec_sim.montecarlo import simulate
+from hispec_sim.schema import Plan
+
+LAYERS = 12
+
+
+def _setting(curve=None, traces=None, **kw) -> Setting:
+    return Setting(make_profile(layers=LAYERS, curve=curve, traces=traces, **kw))
+
+
+curves = st.lists(st.floats(0.02, 1.0), min_size=LAYERS - 1, max_size=LAYERS - 1).map(
+    lambda xs: np.append(np.sort(xs), 1.0))
+
+
+@st.composite
+def plans(draw, depth):
+    levels = sorted(draw(st.lists(st.integers(1, LAYERS - 1), min_size=depth - 1, max_size=depth - 1, unique=True))) + [LAYERS]
+    return Plan(levels=levels, propose=draw(st.integers(1, 6)),
+                windows=[draw(st.integers(1, 8)) for _ in range(depth - 2)])
+
+
+@settings(max_examples=60, deadline=None)
+@given(curve=curves, exit_=st.integers(1, LAYERS - 1), g=st.integers(1, 8))
+def test_single_level_is_leviathan(curve, exit_, g):
+    s = _setting(curve)
+    pr = predict_plans(s, [Plan(levels=[exit_, LAYERS], propose=g)])
+    alpha = s.agreement.pair(exit_, LAYERS)
+    assert pr.tokens_per_full_forward[0] == pytest.approx(float(leviathan_tokens_per_round(alpha, g)), rel=1e-12)
+
+
+def test_autoregressive_is_one_token_per_full_forward():
+    s = _setting()
+    pr = predict_plans(s, [Plan(levels=[LAYERS])])
+    cost = s.cost()
+    assert pr.tokens_per_full_forward[0] == 1
+    assert pr.tokens_per_second[0] == pytest.approx(1000.0 / cost.autoregressive_ms(LAYERS))
+
+
+@pytest.mark.parametrize("g,w", [(1, 1), (2, 4), (3, 5), (4, 16)])
+def test_accounting_when_every_token_is_accepted(g, w):
+    """Agreement 1: every level-2 check emits g + 1 tokens, the full model checks after
+    ceil(w / (g + 1)) rounds, commits the whole buffer plus its bonus."""
+    s = _setting(curve=np.ones(LAYERS))
+    d, i = 3, 7
+    pr = predict_plans(s, [Plan(levels=[d, i, LAYERS], propose=g, windows=[w])])
+    c = s.cost()
+    rounds = -(-w // (g + 1))
+    n = rounds * (g + 1)
+    draft = c.forward([(d, 1)], 1)
+    check2 = c.forward([(d, 1), (i - d, g + 1)], g + 1, verify=True)
+    check3 = c.forward([(i, 1), (LAYERS - i, n + 1)], n + 1, verify=True)
+    assert pr.tokens_per_full_forward[0] == pytest.approx(n + 1)
+    assert pr.cycle_ms[0] == pytest.approx(rounds * (g * draft + check2) + check3)
+
+
+def test_accounting_when_nothing_is_accepted():
+    """Agreement 0 between every pair: level 2 emits only its correction each round, so
+    the full model checks w tokens and keeps none of them: 1 token per cycle."""
+    s = Setting(make_profile(layers=LAYERS, constant=0.0))
+    d, i, g, w = 2, 5, 3, 4
+    pr = predict_plans(s, [Plan(levels=[d, i, LAYERS], propose=g, windows=[w])])
+    c = s.cost()
+    draft = c.forward([(d, 1)], 1)
+    check2 = c.forward([(d, 1), (i - d, g + 1)], g + 1, verify=True)
+    check3 = c.forward([(i, 1), (LAYERS - i, w + 1)], w + 1, verify=True)
+    assert pr.tokens_per_full_forward[0] == pytest.approx(1.0, abs=1e-6)
+    assert pr.cycle_ms[0] == pytest.approx(w * (g * draft + check2) + check3, rel=1e-6)
+
+
+@settings(max_examples=30, deadline=None)
+@given(a=st.floats(0.0, 1.0), bump=st.floats(0.0, 1.0), depth=st.integers(2, 4), data=st.data())
+def test_more_agreement_never_hurts(a, bump, depth, data):
+    plan = data.draw(plans(depth))
+    low = predict_plans(Setting(make_profile(layers=LAYERS, constant=a)), [plan]).tokens_per_full_forward[0]
+    high = predict_plans(Setting(make_profile(layers=LAYERS, constant=a + bump * (1 - a))), [plan]).tokens_per_full_forward[0]
+    assert high >= low * (1 - 1e-9)
+
+
+def _agrees_with_mc(s: Setting, plan: Plan, seed: int, replay=False):
+    pr = predict_plans(s, [plan])
+    r = simulate(s.cost(), s.agreement, plan, streams=2048, cycles=24, seed=seed, replay=replay)
+    lo, hi = r.ci95
+    half = (hi - lo) / 2 * 3.29 / 1.96  # 99.9 % interval: many examples are checked
+    assert abs(pr.tokens_per_second[0] - r.tokens_per_second) <= half + 1e-9, (plan, pr.tokens_per_second[0], r)
+    return pr, r
+
+
+@settings(max_examples=12, deadline=None, derandomize=True)
+@given(curve=curves, plan=plans(2), seed=st.integers(0, 10**6))
+def test_monte_carlo_agrees_single_level(curve, plan, seed):
+    _agrees_with_mc(_setting(curve), plan, seed)
+
+
+@settings(max_examples=12, deadline=None, derandomize=True)
+@given(curve=curves, plan=plans(3), seed=st.integers(0, 10**6))
+def test_monte_carlo_agrees_three_level(curve, plan, seed):
+    _agrees_with_mc(_setting(curve), plan, seed)
+
+
+@settings(max_examples=10, deadline=None, derandomize=True)
+@given(curve=curves, plan=plans(4), seed=st.integers(0, 10**6))
+def test_monte_carlo_agrees_four_level(curve, plan, seed):
+    _agrees_with_mc(_setting(curve), plan, seed)
+
+
+@settings(max_examples=10, deadline=None, derandomize=True)
+@given(depth=st.integers(2, 4), data=st.data(), seed=st.integers(0, 10**6))
+def test_monte_carlo_agrees_with_correlated_levels(depth, data, seed):
+    """Traces whose exits are correlated: the conditional (Markov-over-levels) rates
+    differ from the marginals; Monte-Carlo drawing i.i.d. positions with those rates
+    must still match the analytic model."""
+    traces = resolve_depth_traces(LAYERS, 3000, seed % 97)
+    _agrees_with_mc(_setting(traces=traces), data.draw(plans(depth)), seed)
+
+
+def test_monte_carlo_autoregressive_is_exact():
+    s = _setting()
+    r = simulate(s.cost(), s.agreement, Plan(levels=[LAYERS]))
+    assert r.tokens_per_second == pytest.approx(predict_plans(s, [Plan(levels=[LAYERS])]).tokens_per_second[0])
+
+
+def test_monte_carlo_is_deterministic_and_reports_latency_percentiles():
+    s = _setting()
+    plan = Plan(levels=[2, 5, LAYERS], propose=2, windows=[3])
+    a = simulate(s.cost(), s.agreement, plan, streams=256, cycles=8, seed=3)
+    b = simulate(s.cost(), s.agreement, plan, streams=256, cycles=8, seed=3)
+    assert a == b
+    assert 0 < a.latency_ms_p50 <= a.latency_ms_p99
+
+
+def test_trace_replay_matches_iid_on_independent_positions_and_not_on_runs():
+    """Replay of traces whose positions are independent reproduces the analytic model (a
+    3-level chain needs only pairwise conditional rates, which the Markov model keeps);
+    when neighbouring positions are correlated (every row repeated), it does not."""
+    traces = resolve_depth_traces(LAYERS, 6000, 1)
+    plan = Plan(levels=[2, 6, LAYERS], propose=3, windows=[4])
+    _agrees_with_mc(_setting(traces=traces), plan, seed=5, replay=True)
+    s = _setting(traces=np.repeat(traces, 4, axis=0))
+    iid = simulate(s.cost(), s.agreement, plan, streams=2048, cycles=24, seed=1)
+    rep = simulate(s.cost(), s.agreement, plan, streams=2048, cycles=24, seed=1, replay=True)
+    assert rep.replay and not iid.replay
+    assert not (iid.ci95[0] <= rep.tokens_per_second <= iid.ci95[1])
+
+
+def test_exhaustive_finds_the_true_optimum():
+    s = Setting(make_profile(layers=8, curve=np.linspace(0.3, 1, 8)))
+    res = exhaustive(s, top=3, max_propose=4, max_window=5)
+    every = [Plan(levels=[8])]
+    every += [Plan(levels=[e, 8], propose=g) for e in range(1, 8) for g in range(1, 5)]
+    every += [Plan(levels=[d, i, 8], propose=g, windows=[w]) for d in range(1, 8) for i in range(d + 1, 8)
+              for g in range(1, 5) for w in range(1, 6)]
+    tps = predict_plans(s, every).tokens_per_second
+    assert res.best.tokens_per_second == pytest.approx(tps.max(), rel=1e-9)
+    assert res.plans_evaluated == len(every)
+    _, single, pairs, three = exhaustive_arrays(s, 4, 5)
+    # the vectorised sweep and the generic path give identical numbers
+    assert three.max() == pytest.approx(tps.max() if res.best.plan.depth == 3 else three.max())
+    assert single.size + three.size + 1 == len(every)

@@ -1,0 +1,115 @@
+"""Golden cases for the hispec-sim command line: JSON contracts and bad input."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import make_profile
+from hispec_sim.cli import main
+from hispec_sim.schema import save_profile
+
+ENTRY_KEYS = {"plan", "tokens_per_second", "speedup_vs_autoregressive", "tokens_per_full_forward"}
+
+
+@pytest.fixture
+def profile_file(tmp_path):
+    path = tmp_path / "p.json"
+    save_profile(make_profile(layers=16), path)
+    return str(path)
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_optimize_json_contract(capsys, profile_file, tmp_path):
+    out_plan = tmp_path / "best.json"
+    code, out, err = run(capsys, "optimize", "--profile", profile_file, "--json", "--out", str(out_plan), "--top", "3")
+    assert code == 0, err
+    res = json.loads(out)
+    assert ENTRY_KEYS <= set(res["best"])
+    assert set(res["baselines"]) == {"autoregressive", "best_single_level", "paper_default"}
+    for b in res["baselines"].values():
+        assert ENTRY_KEYS <= set(b)
+    assert res["baselines"]["autoregressive"]["speedup_vs_autoregressive"] == 1.0
+    assert res["best"]["tokens_per_second"] >= res["baselines"]["best_single_level"]["tokens_per_second"]
+    assert res["best"]["tokens_per_second"] >= res["baselines"]["paper_default"]["tokens_per_second"]
+    assert res["plans_evaluated"] == 1 + 15 * 8 + 105 * 8 * 16
+    assert res["seconds"] >= 0 and len(res["top"]) == 3
+    assert json.loads(out_plan.read_text()) == res["best"]["plan"]
+    # the written plan evaluates to the same number
+    code, out, _ = run(capsys, "evaluate", "--profile", profile_file, "--plan", str(out_plan), "--json")
+    assert code == 0 and json.loads(out)["tokens_per_second"] == res["best"]["tokens_per_second"]
+
+
+def test_evaluate_json_and_monte_carlo(capsys, profile_file):
+    code, out, err = run(capsys, "evaluate", "--profile", profile_file, "--levels", "2,4,16", "--propose", "2",
+                         "--window", "4", "--mc", "--streams", "512", "--cycles", "16", "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    assert ENTRY_KEYS <= set(res) and res["plan"]["levels"] == [2, 4, 16]
+    mc = res["monte_carlo"]
+    assert mc["ci95"][0] <= mc["tokens_per_second"] <= mc["ci95"][1]
+    assert mc["latency_ms_p50"] <= mc["latency_ms_p99"]
+
+
+def test_human_output_is_a_table(capsys, profile_file):
+    code, out, _ = run(capsys, "optimize", "--profile", profile_file, "--top", "2")
+    assert code == 0
+    assert "autoregressive" in out and "best single-level" in out and "paper default" in out and "tokens/s" in out
+
+
+@pytest.mark.parametrize("argv,field", [
+    (["optimize", "--profile", "no_such_profile"], "profile: unknown"),
+    (["evaluate", "--profile", "@P", "--levels", "4,2,16", "--window", "3"], "levels"),
+    (["evaluate", "--profile", "@P", "--levels", "2,4,17", "--window", "3"], "levels"),
+    (["evaluate", "--profile", "@P", "--levels", "2,4,16", "--window", "0"], "windows"),
+    (["evaluate", "--profile", "@P", "--levels", "2,16", "--propose", "0"], "propose"),
+    (["evaluate", "--profile", "@P", "--levels", "2,16", "--workload", "nope"], "workload: unknown 'nope'; known: w"),
+    (["optimize", "--profile", "@P", "--batch", "0"], "batch"),
+    (["optimize", "--profile", "@P", "--tp", "8"], "latency: no table for tp=8"),
+    (["evaluate", "--profile", "@P", "--levels", "x,16"], "levels"),
+    (["optimize", "--profile", "@BAD"], "profile: malformed JSON"),
+    (["optimize", "--profile", "@NEG"], "latency.0"),
+    (["optimize", "--profile", "@ACC"], "agreement"),
+    (["optimize", "--profile", "@P", "--out", "/no/such/dir/plan.json"], "out: folder"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_input_is_one_line_exit_2(capsys, profile_file, tmp_path, argv, field):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    data = json.loads(open(profile_file).read())
+    data["latency"][0]["layer_ms"][0][0] = -1.0
+    (tmp_path / "neg.json").write_text(json.dumps(data))
+    data = json.loads(open(profile_file).read())
+    data["workloads"]["w"]["agreement"][0][1] = 1.5
+    (tmp_path / "acc.json").write_text(json.dumps(data))
+    subst = {"@P": profile_file, "@BAD": str(bad), "@NEG": str(tmp_path / "neg.json"), "@ACC": str(tmp_path / "acc.json")}
+    code, out, err = run(capsys, *[subst.get(a, a) for a in argv])
+    assert code == 2
+    assert out == ""
+    assert len(err.strip().splitlines()) == 1 and field in err, err
+
+
+def test_failed_optimize_leaves_no_plan_file(capsys, tmp_path):
+    target = tmp_path / "plan.json"
+    code, _, _ = run(capsys, "optimize", "--profile", "no_such_profile", "--out", str(target))
+    assert code == 2 and not target.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_schema_and_profiles_commands(capsys):
+    code, out, _ = run(capsys, "schema")
+    assert code == 0 and {"plan", "profile"} == set(json.loads(out))
+    code, out, _ = run(capsys, "profiles", "--json")
+    assert code == 0 and isinstance(json.loads(out), list)
+
+
+def test_simulator_does_not_import_torch():
+    code = "import sys, hispec_sim.cli, hispec_sim.evaluate, hispec_sim.montecarlo; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
