@@ -33,24 +33,139 @@ class MCResult:
     replay: bool
 
 
-def _weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
+def _weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float, limit: int = 262_144) -> float:
+    """Quantile of values weighted by weights, from the first `limit` samples (cycles are
+    i.i.d., so a prefix is a fair sample and sorting millions of them buys nothing)."""
+    values, weights = values[:limit], weights[:limit]
     order = np.argsort(values)
     cw = np.cumsum(weights[order])
     return float(values[order][np.searchsorted(cw, q * cw[-1])])
 
 
 def simulate(cost: CostModel, model: AgreementModel, plan: Plan, streams: int = 4096, cycles: int = 64,
-             seed: int = 0, replay: bool = False) -> MCResult:
+             seed: int = 0, replay: bool = False, engine: str = "auto") -> MCResult:
     """Simulate `streams` independent streams for `cycles` full-model checks each.
 
     A fixed number of whole cycles per stream keeps the ratio estimator unbiased (cutting
-    at a fixed number of rounds would favour short cycles)."""
-    rng = np.random.default_rng(seed)
-    levels, k, g = plan.levels, plan.depth, plan.propose
-    if k == 1:
-        ms = cost.autoregressive_ms(levels[0])
+    at a fixed number of rounds would favour short cycles). engine: "block" draws each
+    check's accepted prefix with one uniform (i.i.d. only, fast), "token" walks every
+    token (needed for trace replay); "auto" picks block unless replaying."""
+    if streams < 2 or cycles < 1:
+        raise ValueError("mc: streams must be >= 2 and cycles >= 1")
+    if plan.depth == 1:
+        ms = cost.autoregressive_ms(plan.levels[0])
         tps = cost.batch * 1000.0 / ms
         return MCResult(tps, (tps, tps), ms, ms, 1.0, [], streams, streams * cycles, replay)
+    if engine == "auto":
+        engine = "token" if replay else "block"
+    if engine == "block":
+        if replay:
+            raise ValueError("mc: trace replay needs the token engine")
+        return _summarise(*_block_engine(cost, model, plan, streams, cycles, np.random.default_rng(seed)),
+                          cost.batch, streams, False)
+    return _summarise(*_token_engine(cost, model, plan, streams, cycles, seed, replay), cost.batch, streams, replay)
+
+
+def _level_rates(model: AgreementModel, levels: list[int]) -> list[np.ndarray]:
+    """[after_accept, after_reject, marginal] for the check of level j's tokens by j+1."""
+    out = []
+    for j in range(len(levels) - 1):
+        r = model.rates(None if j == 0 else np.array([levels[j - 1]]), np.array([levels[j]]), np.array([levels[j + 1]]))
+        out.append(np.array([r.after_accept[0], r.after_reject[0], r.marginal[0]]))
+    return out
+
+
+def _block_engine(cost: CostModel, model: AgreementModel, plan: Plan, streams: int, cycles: int, rng):
+    """Each check draws its accepted prefix with ONE uniform U: the prefix reaches token i
+    iff U < product of the pass rates of tokens 1..i, which has exactly the law of
+    independent per-token draws. A check at level j+1 draws `window` candidate checks of
+    level j at once (a fill never needs more, every block has >= 1 token) and keeps those
+    that start below the window, so a whole batch of cycles is a few array operations."""
+    levels, k, g = plan.levels, plan.depth, plan.propose
+    log_rates = [np.log(np.clip(r, 1e-300, 1.0)) for r in _level_rates(model, levels)]
+    cap = [g]
+    for w in plan.windows:
+        cap.append(w - 1 + cap[-1] + 1)
+    check_ms = [_check_cost(cost, np.array([levels[j]]), np.array([levels[j + 1]]), max(cap) + 1)[0] for j in range(k - 1)]
+    round_ms = g * float(cost.forward([(levels[0], 1)], 1)) + check_ms[0][g]
+
+    def draw(level: int, shape: tuple):
+        """Independent checks by 0-based level `level` (>= 1) of the buffer below:
+        (accepted, bonus?, time since this level's previous check, [(checked, accepted)
+        per level <= this one])."""
+        if level == 1:  # g drafts, each passing with the marginal rate
+            log_alpha = log_rates[0][2]
+            u = np.log(1.0 - rng.random(shape))
+            a = np.full(shape, g) if log_alpha == 0 else np.minimum(u // log_alpha, g).astype(np.int64)
+            return a, a == g, round_ms, [(g, a)]  # scalars broadcast: every round costs the same
+        w = plan.windows[level - 2]
+        lacc, lcor, lbon = log_rates[level - 1]
+        a, bonus, t, stats = draw(level - 1, (w,) + shape)  # candidates on axis 0: reductions stay elementwise
+        length = a + 1
+        end = np.cumsum(length, 0)
+        start = end - length
+        used = start < w
+        n = np.where(used, end, 0).max(0)
+        time = (used.sum(0) * t if np.ndim(t) == 0 else np.where(used, t, 0.0).sum(0)) + check_ms[level - 1][n]
+        block = a * lacc + np.where(bonus, lbon, lcor)  # log P(the whole block passes)
+        cum = np.cumsum(block, 0)
+        u = np.log(1.0 - rng.random(shape))[None]
+        fails = used & (cum <= u)
+        failed = fails.any(0)
+        f = np.argmax(fails, 0)[None]
+        take = lambda x: np.take_along_axis(x, f, 0)[0]
+        before, a_f, u = take(cum - block), take(a), u[0]
+        if lacc < 0:  # survivors of the failing block pass while before + t * lacc > u
+            with np.errstate(invalid="ignore"):
+                t_pass = np.clip(np.nan_to_num(np.ceil((u - before) / lacc) - 1), 0, a_f)
+        else:
+            t_pass = a_f
+        accepted = np.where(failed, take(start) + t_pass.astype(np.int64), n)
+        stats = [(used.sum(0) * c if np.ndim(c) == 0 else np.where(used, c, 0).sum(0), np.where(used, x, 0).sum(0))
+                 for c, x in stats]
+        return accepted, ~failed, time, stats + [(n, accepted)]
+
+    cells = max(int(np.prod(cap[1:] if len(cap) > 1 else [1])), 1) * cycles
+    chunk = max(1, min(streams, 4_000_000 // cells))
+    times, tokens, checked, accepted = [], [], np.zeros(k - 1), np.zeros(k - 1)
+    for lo in range(0, streams, chunk):
+        a, _, t, stats = draw(k - 1, (cycles, min(chunk, streams - lo)))
+        times.append(np.broadcast_to(t, a.shape))
+        tokens.append(a + 1.0)
+        for j, (c, x) in enumerate(stats):
+            checked[j] += np.broadcast_to(c, a.shape).sum()
+            accepted[j] += x.sum()
+    cycle_ms = np.concatenate(times, 1)
+    cycle_tokens = np.concatenate(tokens, 1)
+    return (cycle_ms.sum(0), cycle_tokens.sum(0), [cycle_ms.ravel()], [cycle_tokens.ravel()],
+            accepted / np.maximum(checked, 1))
+
+
+def _summarise(total_time, total_tokens, cycle_ms, cycle_tokens, acceptance, batch, streams, replay) -> MCResult:
+    ratio = total_tokens.sum() / total_time.sum()
+    z = total_tokens - ratio * total_time
+    se = np.sqrt(z.var(ddof=1) / streams) / total_time.mean()
+    scale = batch * 1000.0
+    ms = np.concatenate(cycle_ms)
+    tk = np.concatenate(cycle_tokens)
+    per_token = ms / tk
+    return MCResult(
+        tokens_per_second=float(scale * ratio),
+        ci95=(float(scale * (ratio - 1.96 * se)), float(scale * (ratio + 1.96 * se))),
+        latency_ms_p50=_weighted_quantile(per_token, tk, 0.5),
+        latency_ms_p99=_weighted_quantile(per_token, tk, 0.99),
+        tokens_per_full_forward=float(tk.mean()),
+        acceptance=[float(x) for x in acceptance],
+        streams=streams,
+        cycles=len(ms),
+        replay=replay,
+    )
+
+
+def _token_engine(cost: CostModel, model: AgreementModel, plan: Plan, streams: int, cycles: int, seed: int, replay: bool):
+    """Token by token: every buffered token carries how it got there (ACC/COR/BON)."""
+    rng = np.random.default_rng(seed)
+    levels, k, g = plan.levels, plan.depth, plan.propose
 
     # capacity of each level's buffer: level 1 holds g drafts; level j+1 < k holds < w + block
     cap = [g]
@@ -60,10 +175,7 @@ def simulate(cost: CostModel, model: AgreementModel, plan: Plan, streams: int = 
     check_ms = [_check_cost(cost, np.array([levels[j]]), np.array([levels[j + 1]]), max_n + 1)[0] for j in range(k - 1)]
     draft_ms = float(cost.forward([(levels[0], 1)], 1))
 
-    rates = []
-    for j in range(k - 1):  # check of level j's buffer (0-based) by level j+1
-        r = model.rates(None if j == 0 else np.array([levels[j - 1]]), np.array([levels[j]]), np.array([levels[j + 1]]))
-        rates.append(np.array([r.after_accept[0], r.after_reject[0], r.marginal[0]]))
+    rates = _level_rates(model, levels)
     if replay:
         if model.traces is None:
             raise ValueError("mc: replay needs a workload with traces")
@@ -130,21 +242,4 @@ def simulate(cost: CostModel, model: AgreementModel, plan: Plan, streams: int = 
             length[j + 1] = np.where(active, start + a + 1, start)
             active = active & (length[j + 1] >= plan.windows[j])
 
-    ratio = total_tokens.sum() / total_time.sum()
-    z = total_tokens - ratio * total_time
-    se = np.sqrt(z.var(ddof=1) / streams) / total_time.mean()
-    scale = cost.batch * 1000.0
-    ms = np.concatenate(cycle_ms)
-    tk = np.concatenate(cycle_tokens)
-    per_token = ms / tk
-    return MCResult(
-        tokens_per_second=scale * ratio,
-        ci95=(scale * (ratio - 1.96 * se), scale * (ratio + 1.96 * se)),
-        latency_ms_p50=_weighted_quantile(per_token, tk, 0.5),
-        latency_ms_p99=_weighted_quantile(per_token, tk, 0.99),
-        tokens_per_full_forward=float(tk.mean()),
-        acceptance=list(accepted / np.maximum(checked, 1)),
-        streams=streams,
-        cycles=len(ms),
-        replay=replay,
-    )
+    return total_time, total_tokens, cycle_ms, cycle_tokens, accepted / np.maximum(checked, 1)
