@@ -94,9 +94,8 @@ def _block_engine(cost: CostModel, model: AgreementModel, plan: Plan, streams: i
         (accepted, bonus?, time since this level's previous check, [(checked, accepted)
         per level <= this one])."""
         if level == 1:  # g drafts, each passing with the marginal rate
-            log_alpha = log_rates[0][2]
-            u = np.log(1.0 - rng.random(shape))
-            a = np.full(shape, g) if log_alpha == 0 else np.minimum(u // log_alpha, g).astype(np.int64)
+            alpha = float(np.exp(log_rates[0][2]))
+            a = np.full(shape, g) if alpha >= 1 else np.minimum(rng.geometric(1.0 - alpha, shape) - 1, g)
             return a, a == g, round_ms, [(g, a)]  # scalars broadcast: every round costs the same
         w = plan.windows[level - 2]
         lacc, lcor, lbon = log_rates[level - 1]
@@ -109,7 +108,7 @@ def _block_engine(cost: CostModel, model: AgreementModel, plan: Plan, streams: i
         time = (used.sum(0) * t if np.ndim(t) == 0 else np.where(used, t, 0.0).sum(0)) + check_ms[level - 1][n]
         block = a * lacc + np.where(bonus, lbon, lcor)  # log P(the whole block passes)
         cum = np.cumsum(block, 0)
-        u = np.log(1.0 - rng.random(shape))[None]
+        u = np.log(1.0 - rng.random(shape, dtype=np.float32))[None]
         fails = used & (cum <= u)
         failed = fails.any(0)
         f = np.argmax(fails, 0)[None]
