@@ -152,6 +152,48 @@ def cmd_schema(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .report import FAMILY_LABEL, build_report
+
+    data, _, path = build_report(args.profile, args.out, args.format, workload=args.workload, tp=args.tp,
+                                 stack=args.stack, batch=args.batch, context=args.context, target_tps=args.target_tps,
+                                 slo_ms=args.slo_ms, gpu_hour_usd=args.gpu_hour_usd, validation=args.validation,
+                                 max_batch=args.max_batch, max_propose=args.max_propose, max_window=args.max_window)
+    for w in data["capacity"]["warnings"]:
+        print(f"hispec-sim: warning: {w}", file=sys.stderr)
+    if args.json:
+        from .report import _jsonable
+
+        print(json.dumps(_jsonable(data), indent=2))
+        return 0
+    fam = data["best"]["families"]
+    best = fam[data["best"]["best_family"]]
+    print(f"report written to {path}")
+    print(f"best plan {best['describe']}: {best['tokens_per_second']:.2f} tokens/s "
+          f"({best['tokens_per_second'] / fam['autoregressive']['tokens_per_second']:.3f}x autoregressive)")
+    cap = data["capacity"]
+    for r in cap["rows"]:
+        if r["meets_slo"]:
+            print(f"  {FAMILY_LABEL[r['family']]:28s} batch {r['batch']:4d}  {r['replicas']} replica(s), {r['gpus']} GPU(s), "
+                  f"${r['usd_per_million_tokens']:.3f}/M tokens")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export
+
+    text, notes = export(args.plan, args.to, args.profile, args.workload, args.tp, args.stack, args.context)
+    if args.out:
+        from .report import check_output_path
+
+        schema.write_atomic(check_output_path(args.out), text)
+    else:
+        sys.stdout.write(text)
+    for n in notes:
+        print(f"hispec-sim: note: {n}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="hispec-sim", description="Simulate, search and plan hierarchical speculative decoding.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -183,6 +225,30 @@ def build_parser() -> Parser:
     p.add_argument("--max-window", type=int, default=16)
     p.add_argument("--out", help="write the best plan to this plan file")
     p.set_defaults(func=cmd_optimize)
+
+    p = sub.add_parser("report", help="capacity-planning report: one self-contained HTML file (or Markdown)")
+    _setting_args(p)
+    p.add_argument("--out", help="output file (default report.html / report.md)")
+    p.add_argument("--format", choices=["html", "md"], default="html")
+    p.add_argument("--target-tps", type=float, help="aggregate tokens/s the deployment must serve (default 10000)")
+    p.add_argument("--slo-ms", type=float, help="per-token latency SLO in ms (default 50)")
+    p.add_argument("--gpu-hour-usd", type=float, help="price of one GPU-hour in USD (default 2.0)")
+    p.add_argument("--validation", help="JSON of `hispec-sim validate --json` (fidelity figures)")
+    p.add_argument("--max-batch", type=int, default=256, help="largest batch of the batch sweep (default 256)")
+    p.add_argument("--max-propose", type=int, default=8)
+    p.add_argument("--max-window", type=int, default=16)
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("export", help="export a plan: exec (plan file for hispec-exec), hf (transformers kwargs), json")
+    p.add_argument("--plan", required=True, help="plan JSON file (or the JSON optimize prints)")
+    p.add_argument("--to", required=True, choices=["exec", "hf", "json"])
+    p.add_argument("--out", help="write here instead of stdout")
+    p.add_argument("--profile", help="check the plan against this profile (json: add its predicted figures)")
+    p.add_argument("--workload")
+    p.add_argument("--tp", type=int)
+    p.add_argument("--stack")
+    p.add_argument("--context", type=int)
+    p.set_defaults(func=cmd_export)
 
     try:
         from . import cli_profile

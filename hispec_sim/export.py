@@ -1,0 +1,88 @@
+"""Export a plan as something that runs.
+
+* `exec`: the plan file `hispec-exec run --plan FILE` reads: the same Plan JSON that
+  schema.save_plan writes (load -> export -> load is the identity, and the bytes are stable).
+* `hf`: keyword arguments of Hugging Face transformers' `model.generate(...)` for the
+  plans transformers can run: autoregressive, and single-level self-speculation through
+  `assistant_early_exit` (transformers' EarlyExitCandidateGenerator runs the first E layers
+  of the same model as the assistant: our exit E). 3+-level chains have no transformers
+  equivalent.
+* `json`: the plan with its predicted figures on a profile (when --profile is given).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import schema
+from .schema import Plan
+
+
+def exec_text(plan: Plan) -> str:
+    """Exactly what schema.save_plan writes."""
+    return plan.model_dump_json(indent=2) + "\n"
+
+
+def hf_kwargs(plan: Plan) -> dict:
+    """transformers `generate` kwargs; ValueError naming `to` for chains it cannot express."""
+    sample = plan.mode == "sampling"
+    if plan.depth == 1:
+        return {"do_sample": sample}
+    if plan.depth == 2:
+        return {"assistant_early_exit": plan.levels[0], "num_assistant_tokens": plan.propose,
+                "num_assistant_tokens_schedule": "constant", "do_sample": sample}
+    raise ValueError(f"to: transformers cannot express a {plan.depth}-level chain; use --to exec")
+
+
+def hf_notes(plan: Plan) -> list[str]:
+    notes = []
+    if plan.batch != 1:
+        notes.append(f"transformers' assisted generation runs batch 1 only; the plan's batch {plan.batch} is not exported")
+    if plan.depth == 2:
+        notes.append("assistant_early_exit needs a checkpoint trained for early exit (e.g. facebook/layerskip-*)")
+    return notes
+
+
+def json_payload(plan: Plan, profile: str | None = None, workload: str | None = None, tp: int | None = None,
+                 stack: str | None = None, context: int | None = None) -> dict:
+    out = {"plan": plan.model_dump(), "family": plan.family, "describe": plan.describe()}
+    if profile is not None:
+        from .evaluate import Setting, score
+
+        setting = Setting(schema.load_profile(profile), workload, tp, stack, plan.batch, context)
+        setting.profile.check_plan(plan, setting.workload)
+        ar, s = score(setting, [schema.autoregressive_plan(setting.num_layers, plan.batch), plan])
+        out["prediction"] = {**setting.describe(), **{k: v for k, v in s.as_dict(ar.tokens_per_second).items()
+                                                       if k not in ("plan", "family", "describe")}}
+    return out
+
+
+def load_any_plan(path: str) -> Plan:
+    """A plan file, the JSON `evaluate --json` prints ({"plan": ...}) or the JSON
+    `optimize --json` prints (its best plan)."""
+    data = schema._load_json(Path(path), "plan")
+    if isinstance(data, dict) and "levels" not in data and isinstance(data.get("best"), dict) and "plan" in data["best"]:
+        return Plan.model_validate(data["best"]["plan"])
+    return schema.load_plan(path)
+
+
+def export(plan_path: str, to: str, profile: str | None = None, workload: str | None = None, tp: int | None = None,
+           stack: str | None = None, context: int | None = None) -> tuple[str, list[str]]:
+    """Returns (text to write or print, notes for stderr)."""
+    if to not in ("exec", "hf", "json"):
+        raise ValueError(f"to: must be exec, hf or json, got {to!r}")
+    plan = load_any_plan(plan_path)
+    notes: list[str] = []
+    if to == "exec":
+        if profile is not None:
+            p = schema.load_profile(profile)
+            p.check_plan(plan, workload)
+        if plan.batch != 1:
+            notes.append(f"the executor runs batch 1; this plan has batch {plan.batch}")
+        return exec_text(plan), notes
+    if to == "hf":
+        kw = hf_kwargs(plan)
+        if profile is not None:
+            schema.load_profile(profile).check_plan(plan, workload)
+        return json.dumps(kw, indent=2) + "\n", hf_notes(plan)
+    return json.dumps(json_payload(plan, profile, workload, tp, stack, context), indent=2) + "\n", notes

@@ -1,0 +1,130 @@
+"""`hispec-sim export --to {exec,hf,json}`."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import make_profile
+from hispec_sim.cli import main
+from hispec_sim.export import hf_kwargs
+from hispec_sim.schema import Plan, load_plan, save_plan, save_profile
+
+PLANS = [Plan(levels=[16]), Plan(levels=[4, 16], propose=3), Plan(levels=[2, 6, 16], propose=2, windows=[4]),
+         Plan(levels=[2, 5, 9, 16], propose=2, windows=[3, 6], mode="sampling", batch=8)]
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def profile_file(tmp_path):
+    path = tmp_path / "profile.json"
+    save_profile(make_profile(layers=16), path)
+    return path
+
+
+@pytest.mark.parametrize("plan", PLANS, ids=lambda p: p.describe())
+def test_exec_round_trips_exactly(capsys, tmp_path, plan):
+    src = tmp_path / "plan.json"
+    save_plan(plan, src)
+    out1, out2 = tmp_path / "a.json", tmp_path / "b.json"
+    assert run(capsys, "export", "--plan", src, "--to", "exec", "--out", out1)[0] == 0
+    assert load_plan(out1) == plan
+    assert out1.read_bytes() == src.read_bytes()  # what save_plan writes, byte for byte
+    assert run(capsys, "export", "--plan", out1, "--to", "exec", "--out", out2)[0] == 0
+    assert out2.read_bytes() == out1.read_bytes()  # stable
+    code, stdout, _ = run(capsys, "export", "--plan", src, "--to", "exec")
+    assert code == 0 and stdout.encode() == src.read_bytes()
+
+
+def test_exec_from_optimize_output(capsys, tmp_path, profile_file):
+    code, out, err = run(capsys, "optimize", "--profile", profile_file, "--json", "--top", "2")
+    assert code == 0, err
+    res = tmp_path / "optimize.json"
+    res.write_text(out)
+    dst = tmp_path / "plan.json"
+    code, _, err = run(capsys, "export", "--plan", res, "--to", "exec", "--out", dst, "--profile", profile_file)
+    assert code == 0, err
+    assert load_plan(dst) == Plan.model_validate(json.loads(out)["best"]["plan"])
+    # the exported plan evaluates to the number optimize predicted
+    code, ev, _ = run(capsys, "evaluate", "--profile", profile_file, "--plan", dst, "--json")
+    assert json.loads(ev)["tokens_per_second"] == json.loads(out)["best"]["tokens_per_second"]
+
+
+def test_exec_notes_batch_and_checks_profile(capsys, tmp_path, profile_file):
+    src = tmp_path / "p.json"
+    save_plan(Plan(levels=[4, 16], propose=2, batch=4), src)
+    code, _, err = run(capsys, "export", "--plan", src, "--to", "exec", "--out", tmp_path / "o.json")
+    assert code == 0 and "executor runs batch 1" in err
+    save_plan(Plan(levels=[4, 20]), src)
+    code, _, err = run(capsys, "export", "--plan", src, "--to", "exec", "--out", tmp_path / "x.json", "--profile", profile_file)
+    assert code == 2 and err.startswith("hispec-sim: error: levels:") and not (tmp_path / "x.json").exists()
+
+
+def test_hf_kwargs():
+    assert hf_kwargs(PLANS[0]) == {"do_sample": False}
+    assert hf_kwargs(PLANS[1]) == {"assistant_early_exit": 4, "num_assistant_tokens": 3,
+                                   "num_assistant_tokens_schedule": "constant", "do_sample": False}
+    with pytest.raises(ValueError, match="^to: transformers cannot express a 3-level chain; use --to exec$"):
+        hf_kwargs(PLANS[2])
+
+
+def test_hf_kwargs_are_transformers_generation_config_fields():
+    transformers = pytest.importorskip("transformers")
+    kw = hf_kwargs(PLANS[1])
+    cfg = transformers.GenerationConfig(**kw)
+    assert cfg.assistant_early_exit == 4 and cfg.num_assistant_tokens == 3
+    assert cfg.num_assistant_tokens_schedule == "constant" and cfg.do_sample is False
+    assert not any(k not in cfg.to_dict() for k in kw)  # every key is a known field, none silently dropped
+
+
+@pytest.mark.parametrize("plan,depth", [(PLANS[2], 3), (PLANS[3], 4)])
+def test_hf_refuses_chains(capsys, tmp_path, plan, depth):
+    src = tmp_path / "p.json"
+    save_plan(plan, src)
+    out = tmp_path / "hf.json"
+    code, stdout, err = run(capsys, "export", "--plan", src, "--to", "hf", "--out", out)
+    assert code == 2 and not out.exists() and stdout == ""
+    assert err.strip() == f"hispec-sim: error: to: transformers cannot express a {depth}-level chain; use --to exec"
+
+
+def test_hf_writes_kwargs(capsys, tmp_path):
+    src = tmp_path / "p.json"
+    save_plan(Plan(levels=[4, 16], propose=5), src)
+    out = tmp_path / "hf.json"
+    assert run(capsys, "export", "--plan", src, "--to", "hf", "--out", out)[0] == 0
+    assert json.loads(out.read_text())["assistant_early_exit"] == 4
+
+
+def test_json_with_prediction(capsys, tmp_path, profile_file):
+    src = tmp_path / "p.json"
+    save_plan(PLANS[2], src)
+    code, out, err = run(capsys, "export", "--plan", src, "--to", "json", "--profile", profile_file)
+    assert code == 0, err
+    res = json.loads(out)
+    assert Plan.model_validate(res["plan"]) == PLANS[2] and res["family"] == "3_level"
+    code, ev, _ = run(capsys, "evaluate", "--profile", profile_file, "--plan", src, "--json")
+    assert res["prediction"]["tokens_per_second"] == json.loads(ev)["tokens_per_second"]
+    assert res["prediction"]["batch"] == 1
+    code, out, _ = run(capsys, "export", "--plan", src, "--to", "json")
+    assert code == 0 and "prediction" not in json.loads(out)
+
+
+@pytest.mark.parametrize("argv,field", [(["--to", "onnx"], "to"), (["--plan", "/nonexistent.json"], "plan"),
+                                        (["--out", "/nonexistent/dir/x.json"], "out")])
+def test_export_bad_input(capsys, tmp_path, argv, field):
+    src = tmp_path / "p.json"
+    save_plan(PLANS[1], src)
+    base = {"--plan": str(src), "--to": "exec"}
+    extra = []
+    for k, v in zip(argv[::2], argv[1::2]):
+        if k in base:
+            base[k] = v
+        else:
+            extra += [k, v]
+    code, _, err = run(capsys, "export", *sum(([k, v] for k, v in base.items()), []), *extra)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and field in err

@@ -1,0 +1,283 @@
+"""`hispec-sim report`: numbers, capacity arithmetic, escaping, self-containment, bad input."""
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+
+from conftest import make_profile
+from hispec_sim import report
+from hispec_sim.cli import main
+from hispec_sim.evaluate import Setting, exhaustive_arrays, score
+from hispec_sim.schema import Plan, Source, save_profile
+
+EVIL = "<script>alert(1)</script>"
+FIG_IDS = ("fig-exits", "fig-windows", "fig-batch", "fig-sensitivity")
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def prof_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("p") / "p.json"
+    save_profile(make_profile(layers=16, slope=0.05), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def evil_file(tmp_path_factory):
+    """A profile whose every user-visible string carries HTML."""
+    p = make_profile(layers=12, slope=0.05, name=EVIL)
+    acc = p.workloads["w"].model_copy(update={"source": Source(kind="assumed", detail=EVIL, reference="</script><b>x")})
+    p = p.model_copy(update={"description": f"desc {EVIL}", "workloads": {EVIL: acc}, "default_workload": EVIL,
+                             "provenance": {"note": EVIL, "nested": {"k": [EVIL]}}})
+    path = tmp_path_factory.mktemp("e") / "evil.json"
+    save_profile(p, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def validation_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("v") / "validation.json"
+    plans = [{"plan": {"levels": [12], "propose": 1, "windows": [], "mode": "greedy", "batch": 1},
+              "predicted_tokens_per_second": 100.0, "measured_tokens_per_second": 104.0, "relative_error": -0.0385},
+             {"plan": EVIL, "predicted_tokens_per_second": 150.0, "measured_tokens_per_second": 140.0,
+              "relative_error": 0.0714}]
+    path.write_text(json.dumps({"plans": plans, "median_abs_relative_error": 0.055, "max_abs_relative_error": 0.0714}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def html_report(tmp_path_factory, prof_file):
+    out = tmp_path_factory.mktemp("r") / "r.html"
+    data, text, _ = report.build_report(str(prof_file), str(out), "html", max_batch=64, target_tps=5000, slo_ms=40,
+                                        gpu_hour_usd=3.0)
+    return data, out.read_text()
+
+
+def _embedded(text: str, element_id: str):
+    m = re.search(rf'<script type="application/json" id="{element_id}">(.*?)</script>', text, re.S)
+    return json.loads(m.group(1))
+
+
+def test_report_has_every_section_and_is_self_contained(html_report):
+    data, text = html_report
+    for fid in FIG_IDS:
+        assert f'<div id="{fid}" class="fig"></div>' in text
+    for h in ("(a) Which exits win", "(b) Which propose length", "(c) Batch size", "(d) Sensitivity", "(e) Capacity",
+              "(f) Provenance"):
+        assert h in text
+    # plotly.js inline, nothing fetched: no src/href to anything, a CSP that forbids the network
+    assert text.count("<script") == 4 and 'src="' not in text.split("</head>")[1]
+    body = re.sub(r"<script.*?</script>", "", text, flags=re.S)
+    assert not re.search(r"(src|href)\s*=", body)
+    assert "default-src 'none'" in text
+    assert "plotly.js v" in text[:20000].lower() or "plotly" in text[:20000].lower()
+    # the figures and the numbers are the ones computed
+    figs = _embedded(text, "hispec-figures")
+    assert set(figs) == set(FIG_IDS)
+    assert _embedded(text, "hispec-data")["capacity"] == json.loads(json.dumps(report._jsonable(data["capacity"])))
+
+
+def test_heatmaps_are_max_over_windows_of_exhaustive_arrays(html_report, prof_file):
+    data, _ = html_report
+    from hispec_sim.schema import load_profile
+
+    exits, single, pairs, three = exhaustive_arrays(Setting(load_profile(str(prof_file))), 8, 16)
+    h = data["heatmap"]
+    z = np.array([[np.nan if v is None else v for v in row] for row in h["z"]])
+    d, i = np.triu_indices(len(exits), 1)
+    np.testing.assert_allclose(z[i, d], three.reshape(len(pairs), -1).max(1), atol=0.006)
+    best = int(three.reshape(len(pairs), -1).max(1).argmax())
+    assert h["best_pair"] == [int(pairs[best][0]), int(pairs[best][1])]
+    np.testing.assert_allclose(np.array(h["gw"]), three[best], atol=0.006)
+    # the best hierarchical plan of the summary is the heatmap's maximum, re-scored
+    assert data["best"]["families"]["hierarchical"]["tokens_per_second"] == pytest.approx(three.max(), rel=1e-6)
+
+
+def test_batch_sweep_reoptimises_every_family(html_report, prof_file):
+    data, _ = html_report
+    from hispec_sim.schema import load_profile
+
+    prof = load_profile(str(prof_file))
+    assert [r["batch"] for r in data["sweep"]] == [1, 2, 4, 8, 16, 32, 64]
+    for row in data["sweep"][::3]:
+        s = Setting(prof, batch=row["batch"])
+        exits, single, pairs, three = exhaustive_arrays(s, 8, 16)
+        fam = row["families"]
+        assert fam["single_level"]["tokens_per_second"] == pytest.approx(single.max(), rel=1e-6)
+        assert fam["hierarchical"]["tokens_per_second"] == pytest.approx(three.max(), rel=1e-6)
+        ar = score(s, [Plan(levels=[16], batch=row["batch"])])[0]
+        assert fam["autoregressive"]["tokens_per_second"] == pytest.approx(ar.tokens_per_second, rel=1e-6)
+        for e in fam.values():  # tokens/s = B x 1000 / ms per token: the lockstep identity
+            assert e["tokens_per_second"] == pytest.approx(row["batch"] * 1000 / e["latency_ms_per_token"], rel=1e-3)
+    c = data["crossover"]
+    if c["hierarchy_stops_paying_at_batch"] is not None:
+        b = c["hierarchy_stops_paying_at_batch"]
+        row = next(r for r in data["sweep"] if r["batch"] == b)["families"]
+        assert row["hierarchical"]["tokens_per_second"] <= row["single_level"]["tokens_per_second"]
+
+
+def test_hierarchy_stops_paying_when_verification_gets_expensive(tmp_path):
+    # steep token cost: at large batch the checks are compute-bound and speculation loses
+    prof = make_profile(layers=16, layer_ms=0.2, slope=0.2, head_ms=0.05, overhead_ms=0.05)
+    data = report.compute(prof, max_batch=256)
+    c = data["crossover"]
+    assert c["hierarchy_stops_paying_at_batch"] is not None
+    assert c["speculation_stops_paying_at_batch"] is not None
+    assert "stops paying" in report._crossover_sentence(data)
+
+
+def test_sensitivity_scales_agreement_and_keeps_the_diagonal(html_report, prof_file):
+    data, _ = html_report
+    from hispec_sim.schema import load_profile
+
+    prof = load_profile(str(prof_file))
+    scaled = report._scaled_profile(prof, "w", 0.8)
+    m0 = np.array(prof.workload("w").agreement)
+    m1 = np.array(scaled.workload("w").agreement)
+    assert np.all(np.diag(m1) == 1.0)
+    off = ~np.eye(len(m0), dtype=bool)
+    np.testing.assert_allclose(m1[off], 0.8 * m0[off])
+    rows = data["sensitivity"]["rows"]
+    assert [r["factor"] for r in rows] == [1.0, 0.9, 0.8]
+    tps = [r["best_plan_tokens_per_second"] for r in rows]
+    assert tps[0] > tps[1] > tps[2]
+    assert tps[0] == data["best"]["families"][data["best"]["best_family"]]["tokens_per_second"]
+    plan = Plan.model_validate(data["best"]["families"][data["best"]["best_family"]]["plan"])
+    want = score(Setting(scaled), [plan])[0].tokens_per_second
+    assert tps[2] == pytest.approx(want, rel=1e-3)
+    for r in rows:  # the re-optimised plan is at least as fast as the fixed one
+        assert r["reoptimised"]["tokens_per_second"] >= r["best_plan_tokens_per_second"] - 1e-6
+
+
+def test_capacity_arithmetic(html_report):
+    data, _ = html_report
+    cap = data["capacity"]
+    assert cap["target_tps"] == 5000 and cap["slo_ms"] == 40 and cap["gpu_hour_usd"] == 3.0
+    for r in cap["rows"]:
+        entries = [x["families"][r["family"]] for x in data["sweep"]]
+        ok = [e for e in entries if e["latency_ms_per_token"] <= 40]
+        assert r["meets_slo"] == bool(ok)
+        if ok:
+            best = max(ok, key=lambda e: e["tokens_per_second"])
+            assert r["tokens_per_second_per_replica"] == best["tokens_per_second"]
+            assert r["replicas"] == math.ceil(5000 / best["tokens_per_second"])
+            assert r["gpus"] == r["replicas"] * 1  # tp 1
+            assert r["usd_per_million_tokens"] == pytest.approx(r["gpus"] * 3.0 / (5000 * 3600) * 1e6, rel=1e-3)
+            assert r["usd_per_million_tokens_full_load"] == pytest.approx(3.0 / (best["tokens_per_second"] * 3600) * 1e6,
+                                                                          rel=1e-3)
+    assert cap["recommended"] in {"autoregressive", "single_level", "hierarchical"}
+    assert not cap["warnings"]
+
+
+def test_unmeetable_slo_is_reported_with_the_closest_plan(capsys, prof_file, tmp_path):
+    out = tmp_path / "r.md"
+    code, stdout, err = run(capsys, "report", "--profile", prof_file, "--out", out, "--format", "md", "--slo-ms", "0.001",
+                            "--max-batch", "4")
+    assert code == 0
+    lines = [l for l in err.splitlines() if l]
+    assert len(lines) == 1 and lines[0].startswith("hispec-sim: warning: no plan meets the per-token latency SLO")
+    assert "closest:" in lines[0] and "ms/token" in lines[0]
+    text = out.read_text()
+    assert "**Warning:** no plan meets" in text and "no (closest)" in text
+
+
+def test_markdown_has_the_same_numbers(capsys, prof_file, tmp_path):
+    code, out, err = run(capsys, "report", "--profile", prof_file, "--out", tmp_path / "r.md", "--format", "md",
+                         "--max-batch", "8", "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    md = (tmp_path / "r.md").read_text()
+    for r in data["sweep"]:
+        for e in r["families"].values():
+            assert f"{e['tokens_per_second']:,.1f}" in md and f"{e['latency_ms_per_token']:,.2f}" in md
+    for r in data["capacity"]["rows"]:
+        if r["meets_slo"]:
+            assert f"| {r['replicas']:,.0f} | {r['gpus']:,.0f} |" in md
+    for r in data["sensitivity"]["rows"]:
+        assert f"{r['best_plan_tokens_per_second']:,.1f}" in md
+
+
+def test_every_user_string_is_escaped(tmp_path, evil_file, validation_file):
+    out = tmp_path / "evil.html"
+    report.build_report(str(evil_file), str(out), "html", max_batch=4, validation=str(validation_file))
+    text = out.read_text()
+    assert EVIL not in text
+    assert "</script><b>x" not in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text  # shown, escaped
+    # exactly our four script elements: plotly, figures JSON, data JSON, boot
+    assert len(re.findall(r"<script\b", text)) == 4 and len(re.findall(r"</script>", text)) == 4
+    # embedded JSON never contains '<'
+    for m in re.finditer(r'<script type="application/json" id="[^"]+">(.*?)</script>', text, re.S):
+        assert "<" not in m.group(1)
+    assert "fig-validation" in _embedded(text, "hispec-figures")
+    md = tmp_path / "evil.md"
+    report.build_report(str(evil_file), str(md), "md", max_batch=4, validation=str(validation_file))
+    assert EVIL not in md.read_text() and "&lt;script&gt;" in md.read_text()
+
+
+def test_script_json_cannot_close_the_tag():
+    s = report.script_json({"a": "</script><!-- x", "b": "\u2028"})
+    assert "<" not in s and "</" not in s and json.loads(s) == {"a": "</script><!-- x", "b": "\u2028"}
+
+
+def test_validation_section(tmp_path, prof_file, validation_file):
+    data, text, _ = report.build_report(str(prof_file), str(tmp_path / "v.html"), "html", max_batch=2,
+                                        validation=str(validation_file))
+    v = data["validation"]
+    assert v["median_abs_relative_error"] == 0.055 and v["max_abs_relative_error"] == 0.0714
+    assert v["plans"][0]["plan"] == "[12]"
+    assert "Median |relative error| <b>5.5 %</b>" in text and "fig-validation" in text
+
+
+@pytest.mark.parametrize("argv,field", [
+    (["--target-tps", "0"], "target_tps"), (["--target-tps", "-5"], "target_tps"), (["--target-tps", "nan"], "target_tps"),
+    (["--slo-ms", "0"], "slo_ms"), (["--slo-ms", "inf"], "slo_ms"), (["--gpu-hour-usd", "-1"], "gpu_hour_usd"),
+    (["--gpu-hour-usd", "0"], "gpu_hour_usd"), (["--format", "pdf"], "format"), (["--max-batch", "0"], "max_batch"),
+    (["--workload", "nope"], "workload"), (["--tp", "3"], "latency"),
+])
+def test_bad_input_one_line_exit_2_no_file(capsys, prof_file, tmp_path, argv, field):
+    out = tmp_path / "r.html"
+    code, stdout, err = run(capsys, "report", "--profile", prof_file, "--out", out, *argv)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and field in err, err
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["missing_dir", "a_dir", "readonly"])
+def test_unwritable_output(capsys, prof_file, tmp_path, where):
+    import os
+
+    if where == "missing_dir":
+        out = tmp_path / "nope" / "r.html"
+    elif where == "a_dir":
+        out = tmp_path
+    else:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        if os.access(ro, os.W_OK):  # root ignores permissions
+            pytest.skip("running as root: permissions are not enforced")
+        out = ro / "r.html"
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    code, _, err = run(capsys, "report", "--profile", prof_file, "--out", out)
+    assert code == 2 and err.startswith("hispec-sim: error: out:") and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def test_memory_caps_the_sweep():
+    from hispec_sim.schema import load_profile
+
+    prof = load_profile("a100_llama70b")
+    mem = report._memory(prof, 4, 512, 32)
+    assert 130 < mem["weights_gb"] < 145 and mem["fits"] and mem["max_batch"] > 256
+    assert report._memory(prof, 1, 512, 32)["fits"] is False
+    assert report._memory(make_profile(), 1, 512, 32)["max_batch"] is None  # no HBM in the profile
