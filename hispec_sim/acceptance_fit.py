@@ -134,6 +134,13 @@ def fit_curves(points: list[Point], num_layers: int, workloads: list[str] | None
     if missing:
         raise ValueError(f"acceptance: no points for workloads {missing}")
     fix_c = c is not None
+    if not fix_c:
+        depths = {}
+        for p in points:
+            if p.workload in wl and p.kind != "mean_layer":
+                depths.setdefault(p.workload, set()).update(e for e in (p.exit, p.exit2) if e is not None)
+        if not any(len(v) >= 2 for v in depths.values()):
+            raise ValueError("acceptance: the steepness c needs one workload with points at two depths; pass c=")
 
     def unpack(theta):
         cc = c if fix_c else theta[0]

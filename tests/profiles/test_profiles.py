@@ -166,6 +166,16 @@ def test_fit_bad_input():
         fit_curves([Point("a", "final", 1.3, exit=10)], 80)
     with pytest.raises(ValueError, match="^acceptance:"):
         fit_curves([Point("a", "final", 0.3, exit=90)], 80)
+    with pytest.raises(ValueError, match="two depths"):
+        fit_curves([Point("a", "final", 0.3, exit=10), Point("b", "final", 0.4, exit=10)], 80)
+
+
+def test_codellama34b_steepness_from_two_level_figure():
+    p = load_profile("h100_codellama_34b")
+    fit = p.workload("cnn_dm").fit
+    assert fit["params"]["c"] == pytest.approx(0.5614, abs=2e-3)
+    assert any(pt["workload"] == "two_level_fig" for pt in fit["points"])
+    assert "two_level_fig" not in p.workloads
 
 
 # --------------------------------------------------------------------------- shipped profiles
@@ -241,3 +251,51 @@ def test_calibration_a100_llama70b():
         assert 100 * (ms[tp] - pub) / pub == pytest.approx(recorded_pct, abs=0.05)
         assert abs(recorded_pct) <= 10.0
     assert ms[1] > ms[2] > ms[4] > ms[8]
+
+
+# --------------------------------------------------------------------------- paper setups (issue 7)
+
+PAPER_MODELS = ["llama3_8b", "llama2_7b", "llama2_13b", "codellama_7b", "codellama_34b", "llama2_70b"]
+PAPER_WORKLOADS = ["sharegpt", "cnn_dm", "humaneval", "gsm8k", "xsum"]
+
+
+@pytest.mark.parametrize("model", PAPER_MODELS)
+def test_paper_profiles(model):
+    p = load_profile(f"h100_{model}")
+    assert p.default_stack == "hf_eager" and p.default_tp == 1
+    stacks = {t.stack for t in p.latency}
+    assert {"hf_eager", "compiled"} <= stacks
+    eager = p.table(1, "hf_eager")
+    assert eager.layer_overhead_ms > 0 and eager.overhead_ms > 0
+    assert "gpu_layout" in p.provenance
+    L = p.model.num_layers
+    for w in PAPER_WORKLOADS:
+        F = {b: np.array(p.workload(w + s).agreement)[:, L - 1] for b, s in (("c", ""), ("lo", "_low"), ("hi", "_high"))}
+        q = L // 4 - 1
+        assert F["lo"][q] < F["c"][q] < F["hi"][q]
+        assert p.workload(w).fit["points"], w
+    # the eager stack is slower than the compiled one at batch 1 (host overhead dominates)
+    ctx = p.workload().context
+    assert CostModel(eager, 1, ctx).autoregressive_ms(L) > 1.5 * CostModel(p.table(1, "compiled"), 1, ctx).autoregressive_ms(L)
+
+
+def test_hf_eager_calibration_a100_llama2_7b():
+    """ONE figure: Llama2-7B HF eager 25.83 ms/token on A100 (context 1024 assumed)."""
+    p = load_profile("a100_llama2_7b")
+    t = p.table(1, "hf_eager")
+    assert CostModel(t, batch=1, context=1024).autoregressive_ms(32) == pytest.approx(25.83, rel=0.01)
+    rows = p.provenance["hf_eager_calibration"]["rows"]
+    assert sum(r["used_for_fit"] for r in rows) == 1
+    # the same host overhead is carried to the H100 paper profiles
+    h = load_profile("h100_llama2_7b").table(1, "hf_eager")
+    assert h.layer_overhead_ms == pytest.approx(t.layer_overhead_ms)
+
+
+def test_unknown_stack_or_workload_lists_known(capsys):
+    from hispec_sim.cli import main
+
+    assert main(["optimize", "--profile", "h100_llama3_8b", "--stack", "vllm"]) == 2
+    err = capsys.readouterr().err
+    assert "hf_eager" in err and "compiled" in err
+    assert main(["optimize", "--profile", "h100_llama3_8b", "--workload", "nope"]) == 2
+    assert "sharegpt" in capsys.readouterr().err
