@@ -271,7 +271,10 @@ def main(argv=None) -> int:
         print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     if not a.no_optimize:
         res = optima(keys)
-        (HERE / "optima.json").write_text(json.dumps(res, indent=1) + "\n")
+        keep = ("best", "baselines", "plans_evaluated", "batch", "profile", "workload", "stack", "tp", "context", "plan",
+                "tokens_per_second", "speedup_vs_autoregressive", "tokens_per_full_forward", "latency_ms_per_token")
+        slim = {k: {f: v for f, v in r.items() if f in keep} for k, r in res.items()}
+        (HERE / "optima.json").write_text(json.dumps(slim, indent=1) + "\n")
         write_notes(notes_tables(res, cal_c, cal_h))
         print("wrote optima.json and NOTES.md tables")
     return 0
