@@ -13,7 +13,7 @@ from .schema import Profile, Source, load_profile, save_profile
 
 def add_parsers(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("profile", help="build profiles: import a Vidur folder, or a synthetic what-if")
-    sub = p.add_subparsers(dest="profile_cmd", metavar="{import-vidur,synthetic}")
+    sub = p.add_subparsers(dest="profile_cmd", metavar="{import-vidur,synthetic,measure}")
     sub.required = True
 
     v = sub.add_parser("import-vidur", help="latency part of a profile from a Vidur-format profiling folder")

@@ -312,14 +312,26 @@ def load_plan(path: str | Path) -> Plan:
     return Plan.model_validate(data)
 
 
+def check_writable(path: str | Path) -> None:
+    """Raise ValueError unless a file can be written at path."""
+    import os
+
+    path = Path(path)
+    if not path.parent.exists():
+        raise ValueError(f"out: folder {path.parent} does not exist")
+    if path.is_dir():
+        raise ValueError(f"out: {path} is a folder")
+    if not os.access(path.parent, os.W_OK):
+        raise ValueError(f"out: folder {path.parent} is not writable")
+
+
 def write_atomic(path: str | Path, text: str) -> None:
     """Write a whole file or nothing: a temp file in the same folder, then rename."""
     import os
     import tempfile
 
     path = Path(path)
-    if path.parent and not path.parent.exists():
-        raise ValueError(f"out: folder {path.parent} does not exist")
+    check_writable(path)
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:

@@ -1,0 +1,91 @@
+"""Close the loop: predict plans from a measured profile, run them in the executor, report
+the error. torch is imported only when a plan is actually run."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+
+from .evaluate import Setting, exhaustive, paper_default, score
+from .montecarlo import simulate
+from .schema import Plan, Profile
+
+
+def draw_plans(setting: Setting, n: int, seed: int) -> list[Plan]:
+    """n plans across the families, always the optimizer's best, the paper default and
+    autoregressive, then single-level, 3-level and 4-level plans drawn in turn."""
+    L = setting.num_layers
+    exits = [e for e in setting.acceptance.exits if e < L]
+    rng = random.Random(seed)
+    plans = [exhaustive(setting).best.plan, paper_default(setting), Plan(levels=[L])]
+    families = [2, 3, 4]
+    tries = 0
+    while len(plans) < n and tries < 10_000:
+        tries += 1
+        depth = families[(len(plans) - 3) % 3]
+        if len(exits) < depth - 1:
+            continue
+        levels = sorted(rng.sample(exits, depth - 1)) + [L]
+        plan = Plan(levels=levels, propose=rng.randint(1, 6), windows=[rng.randint(1, 8) for _ in range(depth - 2)])
+        if plan not in plans:
+            plans.append(plan)
+    return plans[:n]
+
+
+def check_model_matches(profile: Profile, model, model_name: str) -> None:
+    a = model.args
+    shape = (profile.model.num_layers, profile.model.hidden, profile.model.vocab)
+    if shape != (model.num_layers, a.dim, a.vocab_size) or profile.model.name != model_name:
+        raise ValueError(f"profile: measured for model {profile.model.name!r} ({shape[0]} layers, hidden {shape[1]}, "
+                         f"vocab {shape[2]}), but the model run is {model_name!r} ({model.num_layers} layers, "
+                         f"hidden {a.dim}, vocab {a.vocab_size})")
+
+
+def run_measured(model, plan: Plan, prompts, max_new_tokens: int):
+    """Executor tokens/s over the prompts (committed tokens / decoding wall time) and
+    acceptance per level (accepted / checked, levels 2..k)."""
+    from hispec_exec import decode
+
+    tokens, wall = 0, 0.0
+    proposed = np.zeros(plan.depth)
+    accepted = np.zeros(plan.depth)
+    for ids in prompts:
+        r = decode(model, plan, ids, max_new_tokens)
+        full_checks = r.forwards_per_level()[-1]
+        tokens += full_checks + (r.accepted[-1] if plan.depth > 1 else 0)  # every full forward commits accepted + 1
+        wall += r.wall_s
+        proposed += r.proposed
+        accepted += r.accepted
+    acceptance = [float(a / p) if p else None for a, p in zip(accepted[1:], proposed[1:])]
+    return tokens / wall, acceptance
+
+
+def validate(setting: Setting, plans: list[Plan], model, prompts, max_new_tokens: int, seed: int = 0,
+             replay: bool = True) -> dict:
+    scored = score(setting, plans)
+    rows = []
+    cost = setting.cost(max(p.propose + sum(p.windows) for p in plans) + 8)
+    for plan, s in zip(plans, scored):
+        mc = simulate(cost, setting.agreement, plan, streams=4096, cycles=32, seed=seed)
+        rep = (simulate(cost, setting.agreement, plan, streams=1024, cycles=24, seed=seed, replay=True)
+               if replay and setting.agreement.traces is not None else None)
+        measured, acceptance = run_measured(model, plan, prompts, max_new_tokens)
+        row = {"plan": plan.model_dump(), "describe": plan.describe(), "family": plan.family,
+               "predicted_tokens_per_second": s.tokens_per_second,
+               "predicted_mc_tokens_per_second": mc.tokens_per_second,
+               "predicted_replay_tokens_per_second": rep.tokens_per_second if rep else None,
+               "measured_tokens_per_second": measured,
+               "relative_error": (s.tokens_per_second - measured) / measured,
+               "relative_error_mc": (mc.tokens_per_second - measured) / measured,
+               "relative_error_replay": (rep.tokens_per_second - measured) / measured if rep else None,
+               "predicted_acceptance_per_level": s.acceptance,
+               "measured_acceptance_per_level": acceptance}
+        rows.append(row)
+    err = np.abs([r["relative_error"] for r in rows])
+    out = {**setting.describe(), "plans": rows, "median_abs_relative_error": float(np.median(err)),
+           "max_abs_relative_error": float(err.max()), "prompts": len(prompts), "max_new_tokens": max_new_tokens}
+    rep_err = [abs(r["relative_error_replay"]) for r in rows if r["relative_error_replay"] is not None]
+    if rep_err:
+        out["median_abs_relative_error_replay"] = float(np.median(rep_err))
+        out["max_abs_relative_error_replay"] = float(np.max(rep_err))
+    return out
