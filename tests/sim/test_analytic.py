@@ -91,7 +91,10 @@ def _agrees_with_mc(s: Setting, plan: Plan, seed: int, replay=False):
     r = simulate(s.cost(), s.agreement, plan, streams=2048, cycles=24, seed=seed, replay=replay)
     lo, hi = r.ci95
     half = (hi - lo) / 2 * 3.29 / 1.96  # 99.9 % interval: many examples are checked
-    assert abs(pr.tokens_per_second[0] - r.tokens_per_second) <= half + 1e-9, (plan, pr.tokens_per_second[0], r)
+    # floor: with rates within 1e-5 of 0 or 1 a finite run may see no rare event at all and
+    # report a zero-width interval
+    floor = 2e-4 * r.tokens_per_second
+    assert abs(pr.tokens_per_second[0] - r.tokens_per_second) <= half + floor, (plan, pr.tokens_per_second[0], r)
     return pr, r
 
 
