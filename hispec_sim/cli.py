@@ -104,10 +104,17 @@ def _table(rows: list[tuple[str, dict]]) -> str:
 
 
 def cmd_optimize(args) -> int:
+    from . import search
+
+    opts = search.cli_prepare(args)  # --batch/--tp choices, --search/--depth/--objectives (search.py)
     setting = _setting(args)
     if args.top < 1:
         raise ValueError("top: must be >= 1")
-    result = exhaustive(setting, top=args.top, max_propose=args.max_propose, max_window=args.max_window)
+    if opts["optuna"]:
+        result = search.cli_optuna(args, setting, opts)
+    else:
+        result = exhaustive(setting, top=args.top, max_propose=args.max_propose, max_window=args.max_window)
+    setting = result.setting  # with --batch/--tp choices: the best plan's
     out = result.as_dict()
     if args.out:
         schema.save_plan(result.best.plan, args.out)
@@ -116,8 +123,11 @@ def cmd_optimize(args) -> int:
         return 0
     print(f"profile {setting.profile.name}  workload {setting.workload}  tp {setting.tp}  stack {setting.stack}  "
           f"batch {setting.batch}  context {setting.context}")
-    print(f"searched {out['plans_evaluated']} plans (exhaustive: single-level and 3-level, propose 1..{args.max_propose}, "
-          f"window 1..{args.max_window}) in {out['seconds']:.3f} s\n")
+    if opts["optuna"]:
+        print(search.cli_summary(out) + "\n")
+    else:
+        print(f"searched {out['plans_evaluated']} plans (exhaustive: single-level and 3-level, propose 1..{args.max_propose}, "
+              f"window 1..{args.max_window}) in {out['seconds']:.3f} s\n")
     rows = [(f"#{i + 1}", r) for i, r in enumerate(out["top"])]
     rows += [("autoregressive", out["baselines"]["autoregressive"]),
              ("best single-level", out["baselines"]["best_single_level"]),
@@ -298,12 +308,15 @@ def build_parser() -> Parser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("optimize", help="search the best plan")
+    p = sub.add_parser("optimize", help="search the best plan", conflict_handler="resolve")
     _setting_args(p)
     p.add_argument("--top", type=int, default=10)
     p.add_argument("--max-propose", type=int, default=8)
     p.add_argument("--max-window", type=int, default=16)
     p.add_argument("--out", help="write the best plan to this plan file")
+    from .search import add_cli_args
+
+    add_cli_args(p)  # --search, --trials, --storage, ... and --batch/--tp as choices (search.py)
     p.set_defaults(func=cmd_optimize)
 
     p = sub.add_parser("report", help="capacity-planning report: one self-contained HTML file (or Markdown)")

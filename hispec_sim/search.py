@@ -1,0 +1,681 @@
+"""Optuna search over chain plans: deep chains, batch and tensor-parallel choices,
+Monte-Carlo objectives, persistent and distributed studies.
+
+Everything Optuna-specific lives in this file and stays small: a `Space` that turns a
+trial into a plan, an objective, a sampler factory, and `optuna_search`, which opens the
+storage, checks the study belongs to this profile, runs the worker(s) and builds a
+`SearchResult` (the `optimize --json` contract) with `study` and, for several
+objectives, `pareto` added.
+
+Search space (every trial is a valid plan, no trial is ever pruned or rejected):
+  depth      int in [min_depth, max_depth]      chain length k (1 = autoregressive)
+  exit_1     int in [0, n-1]                    index of the draft exit among the n measured
+                                                exits below the last layer
+  gap_j      int in [1, n-1], j = 2..k-1        index distance to the previous exit
+  propose    int in [1, max_propose]            (k >= 2)
+  window_j   int in [1, max_window], j=1..k-2   (k >= 3)
+  batch, tp  categorical                        only when several choices are given
+The exit indices are idx_1 = min(exit_1, n-m) and idx_j = min(idx_{j-1} + gap_j,
+n-m+j-1) with m = k-1 exits below the full model. Because idx_{j-1} <= n-m+j-2, the clip
+never drops idx_j below idx_{j-1}+1: exits are strictly increasing and inside the measured
+set for EVERY parameter value, and every valid chain is reachable (exit_1 = idx_1,
+gap_j = idx_j - idx_{j-1}). The distributions are static and their names are shared by all
+depths (exit_1 means the draft exit at every depth), so TPE learns across depths. Several
+parameter vectors can map to one plan (the clip); that costs a duplicate trial, never an
+invalid one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .analytic import chain_terms
+from .evaluate import Scored, SearchResult, Setting, paper_default, score
+from .schema import Plan, Profile, autoregressive_plan
+
+DEFAULT_STORAGE = "sqlite:///hispec-studies.db"
+SAMPLERS = ("tpe", "cmaes", "random", "nsga2")
+OBJECTIVES = {"throughput": "maximize", "latency": "minimize", "p99": "minimize"}
+OBJECTIVE_KINDS = ("analytic", "mc")
+HEARTBEAT_S = 2  # a worker's RUNNING trial refreshes its heartbeat this often ...
+GRACE_S = 10  # ... and is failed (then retried once) by the next worker after this long without one
+
+
+# --------------------------------------------------------------------------- space
+
+
+@dataclass(frozen=True)
+class Space:
+    exits: tuple[int, ...]  # measured exits below the full model, increasing
+    num_layers: int
+    min_depth: int = 1
+    max_depth: int = 4
+    max_propose: int = 8
+    max_window: int = 16
+    batches: tuple[int, ...] = (1,)
+    tps: tuple[int | None, ...] = (None,)
+
+    def suggest(self, trial) -> tuple[Plan, int | None]:
+        n = len(self.exits)
+        k = trial.suggest_int("depth", self.min_depth, self.max_depth) if self.max_depth > self.min_depth else self.min_depth
+        batch = trial.suggest_categorical("batch", list(self.batches)) if len(self.batches) > 1 else self.batches[0]
+        tp = trial.suggest_categorical("tp", list(self.tps)) if len(self.tps) > 1 else self.tps[0]
+        if k == 1:
+            return autoregressive_plan(self.num_layers, batch), tp
+        m = k - 1
+        idx = [max(trial.suggest_int("exit_top", 0, n - 1), m - 1)]  # the exit right below the full model
+        for j in range(m - 1, 0, -1):  # then downwards: idx_j = max(idx_{j+1} - gap_j, j - 1)
+            idx.insert(0, max(idx[0] - trial.suggest_int(f"gap_{j}", 1, max(n - 1, 1)), j - 1))
+        propose = trial.suggest_int("propose", 1, self.max_propose, log=True)
+        windows = [trial.suggest_int(f"window_{j}", 1, self.max_window, log=True) for j in range(1, k - 1)]
+        levels = [self.exits[i] for i in idx] + [self.num_layers]
+        return Plan(levels=levels, propose=propose, windows=windows, batch=batch), tp
+
+    def params(self, plan: Plan, tp: int | None) -> dict | None:
+        """The trial parameters that give `plan` (for enqueueing), None if outside the space."""
+        k = plan.depth
+        if not (self.min_depth <= k <= self.max_depth) or plan.batch not in self.batches or tp not in self.tps:
+            return None
+        if plan.propose > self.max_propose or any(w > self.max_window for w in plan.windows):
+            return None
+        if any(e not in self.exits for e in plan.levels[:-1]) or plan.levels[-1] != self.num_layers:
+            return None
+        out: dict = {}
+        if self.max_depth > self.min_depth:
+            out["depth"] = k
+        if len(self.batches) > 1:
+            out["batch"] = plan.batch
+        if len(self.tps) > 1:
+            out["tp"] = tp
+        if k == 1:
+            return out
+        idx = [self.exits.index(e) for e in plan.levels[:-1]]
+        out["exit_top"] = idx[-1]
+        out.update({f"gap_{j}": idx[j] - idx[j - 1] for j in range(1, k - 1)})
+        out["propose"] = plan.propose
+        out.update({f"window_{j}": w for j, w in enumerate(plan.windows, 1)})
+        return out
+
+    def as_dict(self) -> dict:
+        return {"depth": [self.min_depth, self.max_depth], "max_propose": self.max_propose, "max_window": self.max_window,
+                "batch": list(self.batches), "tp": list(self.tps)}
+
+
+def make_space(setting: Setting, depth: tuple[int, int] = (1, 4), max_propose: int = 8, max_window: int = 16,
+               batches=None, tps=None) -> Space:
+    lo, hi = depth
+    if not (1 <= lo <= hi <= 8):
+        raise ValueError(f"depth: need 1 <= min <= max <= 8, got {lo}..{hi}")
+    if not (1 <= max_propose <= 64 and 1 <= max_window <= 256):
+        raise ValueError("max_propose must be in [1, 64] and max_window in [1, 256]")
+    exits = tuple(e for e in setting.acceptance.exits if e < setting.num_layers)
+    if lo - 1 > len(exits):
+        raise ValueError(f"depth: a {lo}-level chain needs {lo - 1} exits below the full model; the workload measured {len(exits)}")
+    hi = min(hi, len(exits) + 1)
+    batches = tuple(batches) if batches else (setting.batch,)
+    for b in batches:
+        if not isinstance(b, int) or not 1 <= b <= 4096:
+            raise ValueError(f"batch: must be in [1, 4096], got {b}")
+    tps = tuple(tps) if tps else (setting.tp,)
+    for tp in tps:
+        setting.profile.table(tp, setting.stack)  # raises "latency: no table for tp=..."
+    if len(set(batches)) != len(batches) or len(set(tps)) != len(tps):
+        raise ValueError("batch/tp: choices must be distinct")
+    return Space(exits, setting.num_layers, lo, hi, max_propose, max_window, batches, tps)
+
+
+# --------------------------------------------------------------------------- objective
+
+
+def single_level_sweep(setting: Setting, max_propose: int = 8) -> Scored:
+    """Best single-level plan (every measured exit x propose 1..max_propose), one
+    vectorised pass, the same sweep evaluate.exhaustive makes; re-scored through score()."""
+    L = setting.num_layers
+    exits = np.array([e for e in setting.acceptance.exits if e < L])
+    if len(exits) == 0:
+        return score(setting, [autoregressive_plan(L, setting.batch)])[0]
+    lv = np.stack([exits, np.full_like(exits, L)], 1)
+    committed, cycle, _ = chain_terms(setting.cost(max_propose + 8), setting.agreement, lv, np.ones(len(exits), int),
+                                      np.zeros((len(exits), 0), int), max_propose)
+    e, g = np.unravel_index(np.argmax(committed / cycle), committed.shape)
+    return score(setting, [Plan(levels=[int(exits[e]), L], propose=int(g) + 1, batch=setting.batch)])[0]
+
+
+@dataclass
+class Evaluator:
+    """Scores one plan for a trial: analytic, or Monte-Carlo with a fixed seed (the same
+    seed for every trial: common random numbers, so plans are compared on equal draws)."""
+
+    profile: Profile
+    workload: str
+    stack: str
+    context: int | None
+    objective: str = "analytic"
+    objectives: tuple[str, ...] = ("throughput",)
+    seed: int = 0
+    streams: int = 1024
+    cycles: int = 32
+    _settings: dict = field(default_factory=dict)
+
+    def setting(self, tp, batch) -> Setting:
+        key = (tp, batch)
+        if key not in self._settings:
+            self._settings[key] = Setting(self.profile, self.workload, tp, self.stack, batch, self.context)
+        return self._settings[key]
+
+    def metrics(self, plan: Plan, tp) -> dict:
+        s = self.setting(tp, plan.batch)
+        sc = score(s, [plan])[0]
+        out = {"tokens_per_second": sc.tokens_per_second, "latency_ms_per_token": sc.latency_ms}
+        if self.objective == "mc" or "p99" in self.objectives:
+            from .montecarlo import simulate
+
+            replay = s.acceptance.traces is not None
+            r = simulate(s.cost(plan.propose + sum(plan.windows) + 8), s.agreement, plan, streams=self.streams,
+                         cycles=self.cycles, seed=self.seed, replay=replay)
+            out.update({"mc_tokens_per_second": r.tokens_per_second, "latency_ms_p99": r.latency_ms_p99,
+                        "latency_ms_p50": r.latency_ms_p50, "trace_replay": replay})
+            if self.objective == "mc":
+                out["latency_ms_per_token_mc"] = 1000.0 * plan.batch / r.tokens_per_second
+        return out
+
+    def values(self, m: dict) -> list[float]:
+        mc = self.objective == "mc"
+        pick = {"throughput": m["mc_tokens_per_second"] if mc else m["tokens_per_second"],
+                "latency": m["latency_ms_per_token_mc"] if mc else m["latency_ms_per_token"],
+                "p99": m.get("latency_ms_p99")}
+        return [float(pick[o]) for o in self.objectives]
+
+
+# --------------------------------------------------------------------------- storage
+
+
+def _redact(url: str) -> str:
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+def normalise_url(url: str) -> str:
+    """postgresql:// means psycopg (3) to SQLAlchemy 2.1; use psycopg2 where only it is installed."""
+    if isinstance(url, str) and url.startswith(("postgresql://", "postgres://")):
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+            return "postgresql+psycopg2://" + url.split("://", 1)[1]
+    return url
+
+
+def open_storage(url: str, heartbeat: int = HEARTBEAT_S, grace: int = GRACE_S):
+    """An Optuna RDB storage with heartbeats: a trial left RUNNING by a killed worker is
+    failed by the next worker after `grace` seconds and retried once; completed trials
+    are committed one by one, so none is lost."""
+    import optuna
+    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+
+    if not isinstance(url, str) or "://" not in url:
+        raise ValueError(f"storage: expected an Optuna RDB URL such as {DEFAULT_STORAGE} or "
+                         f"postgresql://user:pass@host/db, got {url!r}")
+    scheme = url.split("://", 1)[0].split("+", 1)[0].lower()
+    engine_kwargs: dict = {"pool_pre_ping": True}
+    if scheme == "sqlite":
+        path = url.split("://", 1)[1].removeprefix("/")
+        if path and path != ":memory:" and not Path(path).parent.exists():
+            raise ValueError(f"storage: folder {Path(path).parent} of {url} does not exist")
+        engine_kwargs["connect_args"] = {"timeout": 60}
+    elif scheme == "postgresql":
+        engine_kwargs["connect_args"] = {"connect_timeout": 10}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        try:
+            return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat, grace_period=grace,
+                              failed_trial_callback=RetryFailedTrialCallback(max_retry=1))
+        except Exception as e:  # bad dialect, driver missing, unreachable server, bad credentials
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"storage: cannot open {_redact(url)} ({type(e).__name__}: {msg})") from None
+
+
+def _study_key(ev: Evaluator, space: Space) -> dict:
+    prof = ev.profile.model_dump_json(exclude_none=True).encode()
+    return {"profile": ev.profile.name, "profile_sha256": hashlib.sha256(prof).hexdigest()[:16],
+            "workload": ev.workload, "stack": ev.stack, "context": ev.context, "objective": ev.objective,
+            "objectives": list(ev.objectives), "space": space.as_dict(),
+            **({"mc": {"streams": ev.streams, "cycles": ev.cycles, "seed": ev.seed}} if ev.objective == "mc" or "p99" in ev.objectives else {})}
+
+
+def default_study_name(key: dict) -> str:
+    h = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{key['profile']}-{key['workload']}-{h}"
+
+
+def _check_existing(storage, name: str, key: dict) -> bool:
+    """True if the study exists (and belongs to this search); raises ValueError otherwise.
+    Reads only: nothing is written when the study belongs to something else."""
+    try:
+        sid = storage.get_study_id_from_name(name)
+    except KeyError:
+        return False
+    attrs = storage.get_study_user_attrs(sid).get("hispec")
+    if attrs is None:
+        raise ValueError(f"study-name: study {name!r} exists but was not made by hispec-sim; choose another --study-name")
+    if attrs.get("profile") != key["profile"] or attrs.get("profile_sha256") != key["profile_sha256"]:
+        what = "profile" if attrs.get("profile") != key["profile"] else "profile version"
+        raise ValueError(f"study-name: study {name!r} belongs to another {what} ({attrs.get('profile')!r}, "
+                         f"{attrs.get('profile_sha256')}); choose another --study-name")
+    for f in key:
+        if attrs.get(f) != key[f]:
+            raise ValueError(f"study-name: study {name!r} was made with {f}={json.dumps(attrs.get(f))}, this run has "
+                             f"{f}={json.dumps(key[f])}; choose another --study-name")
+    return True
+
+
+# --------------------------------------------------------------------------- samplers and workers
+
+
+def make_sampler(name: str, seed: int | None, n_objectives: int):
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _make_sampler(optuna, name, seed, n_objectives)
+
+
+def _make_sampler(optuna, name: str, seed: int | None, n_objectives: int):
+    if name == "tpe":
+        if n_objectives > 1:
+            return optuna.samplers.NSGAIISampler(seed=seed)
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "cmaes":
+        if n_objectives > 1:
+            raise ValueError("sampler: cmaes is single-objective; use tpe (NSGA-II), nsga2 or random with several objectives")
+        try:
+            import cmaes  # noqa: F401  (Optuna's CmaEsSampler needs it)
+        except ImportError:
+            raise ValueError("sampler: cmaes needs the 'cmaes' package (pip install cmaes)") from None
+        # CMA-ES handles the numeric parameters present in every trial; depth-dependent ones
+        # (gap_j, window_j) and categorical ones fall back to the independent (random) sampler.
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False,
+                                            independent_sampler=optuna.samplers.RandomSampler(seed=seed))
+    raise ValueError(f"sampler: unknown {name!r}; known: {', '.join(SAMPLERS)}")
+
+
+def depth_cycle(lo: int, hi: int) -> list[int]:
+    """The repeating order in which trials get their chain depth: depth k >= 2 has 2(k-1)
+    free parameters and gets a share of trials proportional to it (depth 2: 1, 3: 2, 4: 3,
+    interleaved); depth 1 is a single plan and only runs as a seed trial."""
+    ds = [d for d in range(max(lo, 2), hi + 1)] or [lo]
+    slots = sorted(((i + 0.5) / max(d - 1, 1), -d, d) for d in ds for i in range(max(d - 1, 1)))
+    return [d for _, _, d in slots]
+
+
+class DepthScheduled:
+    """Wraps any Optuna sampler: a trial's `depth` is fixed by its number (depth_cycle), the
+    base sampler draws everything else. Left to itself, TPE locks onto the first depth that
+    scores well (2 levels: a quarter of random single-level plans are near their optimum,
+    about one in a thousand 3-level plans beats them), so stratifying the depth is what lets
+    it find deeper optima; see tests/bench/bench_search.py."""
+
+    def __init__(self, base, cycle: list[int]):
+        self.base, self.cycle = base, cycle
+
+    def __getattr__(self, name):
+        return getattr(self.base, name)
+
+    def infer_relative_search_space(self, study, trial):
+        return {k: v for k, v in self.base.infer_relative_search_space(study, trial).items() if k != "depth"}
+
+    def sample_relative(self, study, trial, search_space):
+        return self.base.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        if param_name == "depth":
+            return self.cycle[trial.number % len(self.cycle)]
+        return self.base.sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study, trial):
+        self.base.before_trial(study, trial)
+
+    def after_trial(self, study, trial, state, values):
+        self.base.after_trial(study, trial, state, values)
+
+    def reseed_rng(self):
+        self.base.reseed_rng()
+
+
+def _worker_seed(seed: int, worker: int, existing: int) -> int:
+    """Sampler seed of one worker: differs per worker and per continuation (a continued
+    study must not replay the random draws of the first run), reproducible otherwise."""
+    return int(np.random.SeedSequence([seed, worker, existing]).generate_state(1)[0])
+
+
+def _run_worker(spec: dict, worker: int, n_trials: int | None, timeout: float | None, progress: bool, storage=None) -> int:
+    import optuna
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    ev = Evaluator(Profile.model_validate_json(spec["profile"]), spec["workload"], spec["stack"], spec["context"],
+                   spec["objective"], tuple(spec["objectives"]), spec["seed"], spec["streams"], spec["cycles"])
+    space = Space(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec["space"].items()})
+    storage = storage or open_storage(spec["storage"], spec["heartbeat"], spec["grace"])
+    existing = len(storage.get_all_trials(storage.get_study_id_from_name(spec["study_name"]), deepcopy=False))
+    sampler = make_sampler(spec["sampler"], _worker_seed(spec["seed"], worker, existing), len(ev.objectives))
+    if space.max_depth > space.min_depth:
+        sampler = DepthScheduled(sampler, depth_cycle(space.min_depth, space.max_depth))
+    study = optuna.load_study(study_name=spec["study_name"], storage=storage, sampler=sampler)
+
+    def objective(trial):
+        plan, tp = space.suggest(trial)
+        m = evaluate_trial(ev, plan, tp)
+        trial.set_user_attr("plan", plan.model_dump())
+        trial.set_user_attr("tp", tp)
+        trial.set_user_attr("metrics", m)
+        vals = ev.values(m)
+        return vals[0] if len(vals) == 1 else vals
+
+    before = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        study.optimize(objective, n_trials=n_trials, timeout=timeout, show_progress_bar=progress, gc_after_trial=False)
+    return int(time.perf_counter() - before)
+
+
+def evaluate_trial(ev: Evaluator, plan: Plan, tp) -> dict:
+    """One trial's metrics (a module-level hook so tests can slow a trial down)."""
+    return ev.metrics(plan, tp)
+
+
+# --------------------------------------------------------------------------- result
+
+
+@dataclass
+class OptunaResult(SearchResult):
+    study: dict = field(default_factory=dict)
+    pareto: list | None = None
+    objective: str = "analytic"
+    objectives: tuple[str, ...] = ("throughput",)
+    best_metrics: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        d = super().as_dict()
+        d["search"] = "optuna"
+        d["objective"] = self.objective
+        d["objectives"] = list(self.objectives)
+        d["best"]["trial_metrics"] = _round(self.best_metrics)
+        d["study"] = self.study
+        if self.pareto is not None:
+            d["pareto"] = self.pareto
+        return d
+
+
+def _round(m: dict) -> dict:
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()}
+
+
+def _plan_of(t) -> tuple[Plan, int | None]:
+    return Plan.model_validate(t.user_attrs["plan"]), t.user_attrs.get("tp")
+
+
+def _build_result(study, ev: Evaluator, space: Space, info: dict, top: int, t0: float) -> OptunaResult:
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    if not done:
+        raise ValueError("trials: no trial completed (is --timeout too short?)")
+    multi = len(ev.objectives) > 1
+    if multi:
+        front = study.best_trials
+        key = lambda t: -t.user_attrs["metrics"]["mc_tokens_per_second" if ev.objective == "mc" else "tokens_per_second"]
+        ranked = sorted(front, key=key)
+    else:
+        sign = -1.0 if OBJECTIVES[ev.objectives[0]] == "maximize" else 1.0
+        ranked = sorted(done, key=lambda t: (sign * t.values[0], t.number))
+    best_t = ranked[0]
+    best_plan, best_tp = _plan_of(best_t)
+    setting = ev.setting(best_tp, best_plan.batch)
+    unique: dict[str, Plan] = {}
+    for t in (ranked if multi else ranked):
+        p, tp = _plan_of(t)
+        if tp == best_tp and p.batch == best_plan.batch:
+            unique.setdefault(p.model_dump_json(), p)
+        if len(unique) >= top:
+            break
+    top_scored = score(setting, list(unique.values()))
+    ar = score(setting, [autoregressive_plan(setting.num_layers, setting.batch)])[0]
+    single = single_level_sweep(setting, space.max_propose)
+    paper = score(setting, [paper_default(setting).model_copy(update={"batch": setting.batch})])[0]
+    pareto = None
+    if multi:
+        pareto = []
+        for t in ranked:
+            p, tp = _plan_of(t)
+            m = t.user_attrs["metrics"]
+            entry = {"plan": p.model_dump(), "describe": p.describe(), "family": p.family, "tp": tp, "batch": p.batch,
+                     "trial": t.number, **{o: round(v, 4) for o, v in zip(ev.objectives, t.values)},
+                     "tokens_per_second": round(m["tokens_per_second"], 4),
+                     "latency_ms_per_token": round(m["latency_ms_per_token"], 4)}
+            if "latency_ms_p99" in m:
+                entry["latency_ms_p99"] = round(m["latency_ms_p99"], 4)
+            pareto.append(entry)
+    failed = sum(t.state == TrialState.FAIL for t in trials)
+    study_info = {"storage": _redact(info["storage"]), "name": study.study_name, "trials": len(done),
+                  "trials_failed": failed, "trials_this_run": len(done) - info["completed_before"],
+                  "sampler": info["sampler"], "seed": info["seed"], "workers": info["workers"],
+                  "continued": info["continued"], "space": space.as_dict(), "best_trial": best_t.number}
+    return OptunaResult(setting, top_scored, ar, single, paper, len(done), time.perf_counter() - t0,
+                        study=study_info, pareto=pareto, objective=ev.objective, objectives=tuple(ev.objectives),
+                        best_metrics=dict(best_t.user_attrs["metrics"]))
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def optuna_search(setting: Setting, trials: int | None = 100, timeout: float | None = None, seed: int = 0,
+                  sampler: str = "tpe", objectives=("throughput",), storage: str = DEFAULT_STORAGE,
+                  study_name: str | None = None, workers: int = 1, depth: tuple[int, int] = (1, 4),
+                  batches=None, tps=None, objective: str = "analytic", max_propose: int = 8, max_window: int = 16,
+                  top: int = 10, seed_trials: bool = True, progress: bool | None = None, mc_streams: int = 1024,
+                  mc_cycles: int = 32, heartbeat: int = HEARTBEAT_S, grace: int = GRACE_S) -> OptunaResult:
+    """Search plans with Optuna on `setting` (its tp/batch are the defaults of the tp/batch
+    choices). `trials` is the number of trials THIS call adds (split over `workers`); a study
+    with the same name continues. Raises ValueError("field: message") on bad input, before
+    anything is written to the study."""
+    t0 = time.perf_counter()
+    objectives = tuple(objectives)
+    if not objectives or any(o not in OBJECTIVES for o in objectives) or len(set(objectives)) != len(objectives):
+        raise ValueError(f"objectives: expected distinct names among {', '.join(OBJECTIVES)}, got {','.join(objectives)}")
+    if objective not in OBJECTIVE_KINDS:
+        raise ValueError(f"objective: unknown {objective!r}; known: {', '.join(OBJECTIVE_KINDS)}")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler: unknown {sampler!r}; known: {', '.join(SAMPLERS)}")
+    if trials is not None and (not isinstance(trials, int) or trials < 1):
+        raise ValueError(f"trials: must be >= 1, got {trials}")
+    if timeout is not None and not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
+        raise ValueError(f"timeout: must be > 0 seconds, got {timeout}")
+    if trials is None and timeout is None:
+        raise ValueError("trials: give --trials or --timeout")
+    if not isinstance(workers, int) or not 1 <= workers <= 256:
+        raise ValueError(f"workers: must be in [1, 256], got {workers}")
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed: must be an integer >= 0, got {seed}")
+    if mc_streams < 2 or mc_cycles < 1:
+        raise ValueError("mc: streams must be >= 2 and cycles >= 1")
+    make_sampler(sampler, seed, len(objectives))  # unknown / unusable sampler fails here, before the storage
+    space = make_space(setting, depth, max_propose, max_window, batches, tps)
+    ev = Evaluator(setting.profile, setting.workload, setting.stack, setting.context, objective, objectives, seed,
+                   mc_streams, mc_cycles)
+    ev._settings[(setting.tp, setting.batch)] = setting
+    key = _study_key(ev, space)
+    name = study_name or default_study_name(key)
+    if not isinstance(name, str) or not name.strip() or len(name) > 512:
+        raise ValueError("study-name: must be a non-empty string of at most 512 characters")
+
+    import optuna
+
+    if storage is None:  # in-memory, one process (benchmarks, library use): nothing persists
+        if workers > 1:
+            raise ValueError("storage: several workers need a persistent storage URL")
+        store = optuna.storages.InMemoryStorage()
+        storage = "memory"
+    else:
+        storage = normalise_url(storage)
+        store = open_storage(storage, heartbeat, grace)
+    continued = _check_existing(store, name, key)
+    directions = [OBJECTIVES[o] for o in objectives]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        study = optuna.create_study(storage=store, study_name=name, directions=directions, load_if_exists=True)
+    if not continued:
+        study.set_user_attr("hispec", key)
+        study.set_user_attr("created_by", "hispec-sim optimize --search optuna")
+    from optuna.trial import TrialState
+
+    completed_before = sum(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
+    if seed_trials and not continued:
+        # seed the search with autoregressive, the published configuration and the best single-level plan
+        seeds = [(autoregressive_plan(setting.num_layers, space.batches[0]), space.tps[0]),
+                 (paper_default(setting).model_copy(update={"batch": space.batches[0]}), space.tps[0]),
+                 (single_level_sweep(ev.setting(space.tps[0], space.batches[0]), max_propose).plan, space.tps[0])]
+        for p, tp in seeds:
+            params = space.params(p, tp)
+            if params is not None:
+                study.enqueue_trial(params, skip_if_exists=True)
+
+    spec = {"profile": setting.profile.model_dump_json(), "workload": setting.workload, "stack": setting.stack,
+            "context": setting.context, "objective": objective, "objectives": list(objectives), "seed": seed,
+            "streams": mc_streams, "cycles": mc_cycles, "space": {**space.__dict__}, "storage": storage,
+            "heartbeat": heartbeat, "grace": grace, "study_name": name, "sampler": sampler}
+    progress = sys.stderr.isatty() if progress is None else progress
+    if workers == 1:
+        _run_worker(spec, 0, trials, timeout, progress, store)
+    else:
+        if storage.endswith(":memory:"):
+            raise ValueError("storage: an in-memory SQLite database cannot be shared by several workers")
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        share = None if trials is None else [trials // workers + (i < trials % workers) for i in range(workers)]
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            futs = [pool.submit(_run_worker, spec, i, None if share is None else share[i], timeout, progress and i == 0)
+                    for i in range(workers) if share is None or share[i] > 0]
+            for f in futs:
+                f.result()
+    info = {"storage": storage, "completed_before": completed_before, "sampler": sampler, "seed": seed,
+            "workers": workers, "continued": continued}
+    return _build_result(study, ev, space, info, top, t0)
+
+
+def auto_uses_exhaustive(depth: tuple[int, int] | None, batches, tps, objective: str, objectives) -> bool:
+    """`--search auto`: exhaustive where it covers the space exactly (chains of at most 3
+    levels starting at depth 1, one batch, one tp, analytic throughput), else Optuna."""
+    lo, hi = depth or (1, 3)
+    return (lo == 1 and hi <= 3 and len(batches or [1]) <= 1 and len(tps or [1]) <= 1 and objective == "analytic"
+            and tuple(objectives) == ("throughput",))
+
+
+# --------------------------------------------------------------------------- command line (optimize)
+
+
+def add_cli_args(p) -> None:
+    """The optimize flags of this module; --batch and --tp become comma-separated choices
+    (the optimize parser resolves the conflict with the generic single-value flags)."""
+    p.add_argument("--batch", default="1", help="batch size, or choices for Optuna, e.g. 1,8,32 (default 1)")
+    p.add_argument("--tp", help="tensor-parallel degree, or choices for Optuna, e.g. 1,2,4,8 (default: the profile's)")
+    p.add_argument("--search", default="auto", help="exhaustive, optuna or auto (default: exhaustive where it covers the space)")
+    p.add_argument("--depth", help="chain depth range for Optuna, e.g. 1-4 or 3 (default 1-4; auto uses exhaustive for 1-3)")
+    p.add_argument("--trials", type=int, help="trials this run adds to the study (default 100 unless --timeout)")
+    p.add_argument("--timeout", type=float, help="stop each worker after this many seconds")
+    p.add_argument("--seed", type=int, default=0, help="sampler seed; same seed + settings = same result with 1 worker")
+    p.add_argument("--sampler", default="tpe", help="tpe (default; NSGA-II with several objectives), cmaes, random, nsga2")
+    p.add_argument("--objectives", default="throughput", help="comma-separated: throughput, latency (mean ms/token), p99 (Monte-Carlo)")
+    p.add_argument("--objective", default="analytic", help="analytic (default) or mc (Monte-Carlo; trace replay where the workload has traces)")
+    p.add_argument("--mc-streams", type=int, default=1024, help="Monte-Carlo streams per trial")
+    p.add_argument("--mc-cycles", type=int, default=32, help="Monte-Carlo full-model checks per stream")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna RDB storage URL (default {DEFAULT_STORAGE})")
+    p.add_argument("--study-name", help="study to create or continue (default: profile-workload-<hash of the settings>)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes on the storage")
+
+
+def _int_list(text, field: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        vals = [int(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"{field}: expected an integer or comma-separated integers, got {text!r}") from None
+    if not vals:
+        raise ValueError(f"{field}: expected an integer or comma-separated integers, got {text!r}")
+    return vals
+
+
+def cli_prepare(args) -> dict:
+    """Parse the choice flags; leave args.batch / args.tp as the first choice (so the
+    generic setting code sees one value). Returns the parsed search options."""
+    batches = _int_list(args.batch, "batch")
+    tps = _int_list(args.tp, "tp")
+    args.batch = batches[0]
+    args.tp = tps[0] if tps else None
+    depth = None
+    if args.depth:
+        parts = args.depth.replace("..", "-").split("-")
+        try:
+            lo, hi = (int(parts[0]), int(parts[-1])) if len(parts) <= 2 else (None, None)
+        except ValueError:
+            lo = hi = None
+        if lo is None:
+            raise ValueError(f"depth: expected N or MIN-MAX, got {args.depth!r}")
+        depth = (lo, hi)
+    objectives = tuple(o.strip() for o in args.objectives.split(",") if o.strip())
+    if args.search not in ("exhaustive", "optuna", "auto"):
+        raise ValueError(f"search: unknown {args.search!r}; known: exhaustive, optuna, auto")
+    opts = {"batches": batches if len(batches) > 1 else None, "tps": tps if tps and len(tps) > 1 else None,
+            "depth": depth, "objectives": objectives}
+    exhaustive_ok = auto_uses_exhaustive(depth, opts["batches"], opts["tps"], args.objective, objectives)
+    if args.search == "exhaustive" and not exhaustive_ok:
+        raise ValueError("search: exhaustive covers 1..3 levels, one batch, one tp and analytic throughput; use --search optuna")
+    opts["optuna"] = args.search == "optuna" or (args.search == "auto" and not exhaustive_ok)
+    return opts
+
+
+def cli_optuna(args, setting: Setting, opts: dict) -> OptunaResult:
+    trials = args.trials if (args.trials is not None or args.timeout is not None) else 100
+    batches = opts["batches"] or [setting.batch]
+    tps = opts["tps"] or [setting.tp]
+    return optuna_search(setting, trials=trials, timeout=args.timeout, seed=args.seed, sampler=args.sampler,
+                         objectives=opts["objectives"], storage=args.storage, study_name=args.study_name,
+                         workers=args.workers, depth=opts["depth"] or (1, 4), batches=batches, tps=tps,
+                         objective=args.objective, max_propose=args.max_propose, max_window=args.max_window,
+                         top=args.top, mc_streams=args.mc_streams, mc_cycles=args.mc_cycles)
+
+
+def cli_summary(out: dict) -> str:
+    """The text lines optimize prints for an Optuna search: the study, then the Pareto front."""
+    st = out["study"]
+    lines = [f"optuna: study {st['name']!r} in {st['storage']}: {st['trials']} completed trials "
+             f"({st['trials_this_run']} this run{', continued' if st['continued'] else ''}; {st['trials_failed']} failed), "
+             f"sampler {st['sampler']}, seed {st['seed']}, workers {st['workers']}, depth {st['space']['depth'][0]}..{st['space']['depth'][1]}, "
+             f"objective {out['objective']} {','.join(out['objectives'])}, {out['seconds']:.1f} s"]
+    if out.get("pareto"):
+        lines.append(f"\nPareto front ({len(out['pareto'])} plans):")
+        lines.append(f"{'plan':34s} {'tp':>3s} {'batch':>5s} {'tokens/s':>10s} {'ms/token':>9s} {'p99 ms':>9s}")
+        for e in out["pareto"]:
+            p99 = f"{e['latency_ms_p99']:9.3f}" if "latency_ms_p99" in e else f"{'-':>9s}"
+            lines.append(f"{e['describe']:34s} {e['tp']!s:>3s} {e['batch']:5d} {e['tokens_per_second']:10.2f} "
+                         f"{e['latency_ms_per_token']:9.3f} {p99}")
+    return "\n".join(lines)
