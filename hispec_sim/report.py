@@ -126,8 +126,12 @@ def _grid(a: np.ndarray, nd=2) -> list:
 def _best_of(setting: Setting, max_propose: int, max_window: int) -> dict:
     """Best autoregressive, single-level and 3-level plan at the setting's batch, scored
     through the generic path (one source of truth)."""
-    exits, single, pairs, three = exhaustive_arrays(setting, max_propose, max_window)
     L, B = setting.num_layers, setting.batch
+    if any(e < L for e in setting.acceptance.exits):
+        exits, single, pairs, three = exhaustive_arrays(setting, max_propose, max_window)
+    else:  # only the full model was measured: autoregressive is the only plan
+        exits, single, pairs, three = np.zeros(0, int), np.zeros((0, max_propose)), np.zeros((0, 2), int), \
+            np.zeros((0, max_propose, max_window))
     plans = {"autoregressive": Plan(levels=[L], batch=B)}
     if single.size:
         e, g = np.unravel_index(np.argmax(single), single.shape)
@@ -279,7 +283,17 @@ def compute(profile: Profile, workload: str | None = None, tp: int | None = None
                                      "with the independent model on the scaled rates"}
 
     # (e): capacity
-    data["capacity"] = _capacity(sweep, setting.tp, target_tps, slo_ms, gpu_hour_usd)
+    cache = {r["batch"]: r["families"] for r in sweep}
+
+    def evaluate(b: int) -> dict:
+        if b not in cache:
+            r = _best_of(Setting(profile, setting.workload, setting.tp, setting.stack, b, setting.context),
+                         max_propose, max_window)
+            cache[b] = r["families"]
+        return cache[b]
+
+    data["capacity"] = _capacity(sweep, setting.tp, target_tps, slo_ms, gpu_hour_usd, evaluate)
+    data["capacity"]["batches_evaluated"] = sorted(cache)
     data["capacity"]["given"] = given
 
     # (f): provenance and validation
@@ -316,9 +330,9 @@ def _crossover(sweep: list[dict]) -> dict:
         hi = f.get("hierarchical", {}).get("tokens_per_second", 0.0)
         if hi > sl:
             pays.append(row["batch"])
-        elif hier_stops is None:
+        elif hier_stops is None and "hierarchical" in f:
             hier_stops = row["batch"]
-        if max(sl, hi) <= ar and spec_stops is None:
+        if max(sl, hi) <= ar and spec_stops is None and len(f) > 1:
             spec_stops = row["batch"]
     first = sweep[0]["families"]
     gain = None
@@ -328,13 +342,30 @@ def _crossover(sweep: list[dict]) -> dict:
             "hierarchy_pays_at_batches": pays, "hierarchy_gain_at_smallest_batch": gain}
 
 
-def _capacity(sweep: list[dict], tp: int, target: float, slo: float, price: float) -> dict:
+def _capacity(sweep: list[dict], tp: int, target: float, slo: float, price: float, evaluate=None) -> dict:
+    """Per family: the batch meeting the SLO with the highest tokens/s per replica. The sweep
+    (powers of two) is refined by bisection between the last batch that meets the SLO and
+    the next one that does not, when `evaluate(batch) -> families` is given."""
     rows = []
     for fam in FAMILIES:
         entries = [(r["batch"], r["families"][fam]) for r in sweep if fam in r["families"]]
         if not entries:
             continue
         ok = [(b, e) for b, e in entries if e["latency_ms_per_token"] <= slo]
+        if ok and evaluate is not None:
+            lo = max(b for b, _ in ok)
+            above = [b for b, e in entries if b > lo and e["latency_ms_per_token"] > slo]
+            hi = min(above) if above else None
+            while hi is not None and hi - lo > 1:
+                mid = (lo + hi) // 2
+                e = evaluate(mid).get(fam)
+                if e is None:
+                    break
+                if e["latency_ms_per_token"] <= slo:
+                    ok.append((mid, e))
+                    lo = mid
+                else:
+                    hi = mid
         if ok:
             b, e = max(ok, key=lambda x: x[1]["tokens_per_second"])
             tps = e["tokens_per_second"]
@@ -469,7 +500,8 @@ def figures(data: dict) -> list[tuple[str, str, dict]]:
                        "yaxis": _axis("draft tokens proposed per round", dtick=1), "height": 420}}))
     sweep = data["sweep"]
     xs = [r["batch"] for r in sweep]
-    traces_t, traces_l = [], []
+    traces_t, traces_l, traces_s = [], [], []
+    ar = [r["families"]["autoregressive"]["tokens_per_second"] for r in sweep]
     for fam in FAMILIES:
         if not all(fam in r["families"] for r in sweep):
             continue
@@ -481,32 +513,37 @@ def figures(data: dict) -> list[tuple[str, str, dict]]:
         traces_t.append({**common, "y": ys, "hovertemplate": "batch %{x}<br>%{y:.1f} tokens/s<br>%{text}<extra></extra>"})
         traces_l.append({**common, "y": ls, "xaxis": "x2", "yaxis": "y2", "showlegend": False,
                          "hovertemplate": "batch %{x}<br>%{y:.2f} ms/token<br>%{text}<extra></extra>"})
+        traces_s.append({**common, "y": [_r(y / a, 4) for y, a in zip(ys, ar)], "xaxis": "x3", "yaxis": "y3",
+                         "showlegend": False,
+                         "hovertemplate": "batch %{x}<br>%{y:.3f}x autoregressive<br>%{text}<extra></extra>"})
     slo = data["capacity"]["slo_ms"]
     shapes = [{"type": "line", "xref": "x2 domain", "x0": 0, "x1": 1, "yref": "y2", "y0": slo, "y1": slo,
                "line": {"color": "#2ca02c", "dash": "dot"}}]
     annotations = [{"xref": "x2 domain", "x": 0.01, "yref": "y2", "y": slo, "text": f"SLO {slo:g} ms", "showarrow": False,
                     "yanchor": "bottom", "xanchor": "left", "font": {"color": "#2ca02c"}}]
     cross = data["crossover"]
-    for key, label, color in (("hierarchy_stops_paying_at_batch", "hierarchy stops paying", "#d62728"),
-                              ("speculation_stops_paying_at_batch", "speculation stops paying", "#7f7f7f")):
+    for key, label, color, y in (("hierarchy_stops_paying_at_batch", "hierarchy stops paying", "#d62728", 1.0),
+                                 ("speculation_stops_paying_at_batch", "speculation stops paying", "#555", 0.92)):
         b = cross[key]
         if b is not None:
-            for xr in ("x", "x2"):
-                shapes.append({"type": "line", "xref": xr, "x0": b, "x1": b, "yref": f"{'y' if xr == 'x' else 'y2'} domain",
-                               "y0": 0, "y1": 1, "line": {"color": color, "dash": "dash"}})
-            annotations.append({"xref": "x", "x": math.log10(b), "yref": "y domain",
-                                "y": 1.0 if key.startswith("hier") else 0.9, "text": f"{label} (batch {b})",
-                                "showarrow": False, "xanchor": "right", "yanchor": "top", "font": {"color": color}})
-    figs.append(("fig-batch", "Throughput (aggregate over the batch) and per-token latency vs batch size; every family is "
-                 "re-optimised at every batch. Dashed lines: where hierarchy / speculation stops paying.", {
-        "data": traces_t + traces_l,
-        "layout": {**_LAYOUT, "title": {"text": "Throughput and per-token latency vs batch size"}, "height": 520,
-                   "grid": {"rows": 1, "columns": 2, "pattern": "independent"},
-                   "xaxis": _axis("batch size", type="log", dtick=math.log10(2), domain=[0, 0.46]),
-                   "yaxis": _axis("tokens/s (all sequences)"),
-                   "xaxis2": _axis("batch size", type="log", dtick=math.log10(2), domain=[0.56, 1], anchor="y2"),
+            for k in ("", "2", "3"):
+                shapes.append({"type": "line", "xref": f"x{k}", "x0": b, "x1": b, "yref": f"y{k} domain",
+                               "y0": 0, "y1": 1, "line": {"color": color, "dash": "dash", "width": 1.5}})
+            annotations.append({"xref": "x3", "x": math.log10(b), "yref": "y3 domain", "y": y,
+                                "text": f"{label}<br>(batch {b})", "showarrow": False, "xanchor": "right",
+                                "yanchor": "top", "align": "right", "font": {"color": color, "size": 11}})
+    log2 = {"type": "log", "dtick": math.log10(2)}
+    figs.append(("fig-batch", "Throughput (aggregate over the batch), per-token latency and speedup over autoregressive "
+                 "vs batch size; every family is re-optimised at every batch. Dashed lines: where hierarchy / "
+                 "speculation stops paying.", {
+        "data": traces_t + traces_l + traces_s,
+        "layout": {**_LAYOUT, "title": {"text": "Throughput, per-token latency and speedup vs batch size"}, "height": 500,
+                   "xaxis": _axis("batch size", domain=[0, 0.28], **log2), "yaxis": _axis("tokens/s (all sequences)"),
+                   "xaxis2": _axis("batch size", domain=[0.36, 0.64], anchor="y2", **log2),
                    "yaxis2": _axis("ms per token (one sequence)", anchor="x2"),
-                   "legend": {"orientation": "h", "y": -0.18}, "shapes": shapes, "annotations": annotations}}))
+                   "xaxis3": _axis("batch size", domain=[0.72, 1], anchor="y3", **log2),
+                   "yaxis3": _axis("speedup over autoregressive", anchor="x3"),
+                   "legend": {"orientation": "h", "y": -0.2}, "shapes": shapes, "annotations": annotations}}))
     sens = data["sensitivity"]
     labels = [r["label"] for r in sens["rows"]]
     bars = [("best plan " + sens["plan"], [r["best_plan_tokens_per_second"] for r in sens["rows"]], "#d62728"),
@@ -662,8 +699,8 @@ def render_html(data: dict) -> str:
                      "rec" if rec else ""))
     parts.append(_table(["family", "meets SLO", "batch", "plan", "tokens/s per replica", "ms/token", "replicas", "GPUs",
                          "$ / M tokens at target", "$ / M tokens fully loaded"], crow, (2, 4, 5, 6, 7, 8, 9)))
-    parts.append("<p class=\"muted\">Per family: the batch (of the sweep) with the highest tokens/s per replica whose "
-                 "per-token latency meets the SLO; replicas = ceil(target / tokens/s per replica); GPUs = replicas x tp; "
+    parts.append("<p class=\"muted\">Per family: the batch with the highest tokens/s per replica whose "
+                 "per-token latency meets the SLO (the sweep, refined by bisection up to the first batch that misses it); replicas = ceil(target / tokens/s per replica); GPUs = replicas x tp; "
                  "$ / M tokens at target = GPUs x price / target tokens per hour (you pay for whole replicas); fully "
                  "loaded = tp x price / replica tokens per hour. ★ = fewest GPUs.</p>")
 
@@ -719,6 +756,9 @@ def _crossover_sentence(data: dict) -> str:
     c = data["crossover"]
     sweep = data["sweep"]
     parts = []
+    if not any("hierarchical" in r["families"] for r in sweep):
+        parts.append("No 3-level chain can be formed from this workload's measured exits"
+                     + ("; no speculative plan either." if not any("single_level" in r["families"] for r in sweep) else "."))
     g = c["hierarchy_gain_at_smallest_batch"]
     if g is not None:
         parts.append(f"At batch {sweep[0]['batch']} the best hierarchical plan is {g * 100:+.1f} % vs the best "

@@ -128,3 +128,29 @@ def test_export_bad_input(capsys, tmp_path, argv, field):
             extra += [k, v]
     code, _, err = run(capsys, "export", *sum(([k, v] for k, v in base.items()), []), *extra)
     assert code == 2 and len(err.strip().splitlines()) == 1 and field in err
+
+
+def test_hf_kwargs_run_in_transformers_and_match_greedy(monkeypatch):
+    """The exported kwargs drive transformers' early-exit assistant on a tiny random Llama;
+    greedy output equals plain greedy decoding, and the early-exit drafter really ran."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from transformers.generation import candidate_generator as cg
+
+    calls = []
+    orig = cg.EarlyExitCandidateGenerator.get_candidates
+
+    def counting(self, *a, **k):
+        calls.append(self.assistant_early_exit)
+        return orig(self, *a, **k)
+
+    monkeypatch.setattr(cg.EarlyExitCandidateGenerator, "get_candidates", counting)
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    ids = torch.tensor([[1, 5, 9, 3, 7]])
+    ref = model.generate(ids, max_new_tokens=16, min_new_tokens=16, do_sample=False)
+    out = model.generate(ids, max_new_tokens=16, min_new_tokens=16, **hf_kwargs(Plan(levels=[2, 4], propose=3)))
+    assert out.tolist() == ref.tolist()
+    assert calls and set(calls) == {2}

@@ -168,12 +168,12 @@ def test_capacity_arithmetic(html_report):
         assert r["meets_slo"] == bool(ok)
         if ok:
             best = max(ok, key=lambda e: e["tokens_per_second"])
-            assert r["tokens_per_second_per_replica"] == best["tokens_per_second"]
-            assert r["replicas"] == math.ceil(5000 / best["tokens_per_second"])
+            tps = r["tokens_per_second_per_replica"]
+            assert tps >= best["tokens_per_second"] and r["latency_ms_per_token"] <= 40  # refined between sweep points
+            assert r["replicas"] == math.ceil(5000 / tps)
             assert r["gpus"] == r["replicas"] * 1  # tp 1
             assert r["usd_per_million_tokens"] == pytest.approx(r["gpus"] * 3.0 / (5000 * 3600) * 1e6, rel=1e-3)
-            assert r["usd_per_million_tokens_full_load"] == pytest.approx(3.0 / (best["tokens_per_second"] * 3600) * 1e6,
-                                                                          rel=1e-3)
+            assert r["usd_per_million_tokens_full_load"] == pytest.approx(3.0 / (tps * 3600) * 1e6, rel=1e-3)
     assert cap["recommended"] in {"autoregressive", "single_level", "hierarchical"}
     assert not cap["warnings"]
 
@@ -281,3 +281,37 @@ def test_memory_caps_the_sweep():
     assert 130 < mem["weights_gb"] < 145 and mem["fits"] and mem["max_batch"] > 256
     assert report._memory(prof, 1, 512, 32)["fits"] is False
     assert report._memory(make_profile(), 1, 512, 32)["max_batch"] is None  # no HBM in the profile
+
+
+def test_capacity_refines_the_batch_between_sweep_points(prof_file):
+    """The chosen batch meets the SLO and the next batch does not (latency grows with batch here)."""
+    from hispec_sim.schema import load_profile
+
+    prof = load_profile(str(prof_file))
+    sweep_only = report.compute(prof, max_batch=64, slo_ms=1e9)["sweep"]
+    lat = {r["batch"]: r["families"]["single_level"]["latency_ms_per_token"] for r in sweep_only}
+    slo = (lat[16] + lat[32]) / 2  # between two sweep points
+    data = report.compute(prof, max_batch=64, slo_ms=slo)
+    row = next(r for r in data["capacity"]["rows"] if r["family"] == "single_level")
+    b = row["batch"]
+    assert 16 <= b < 32 and row["latency_ms_per_token"] <= slo
+    nxt = report._best_of(Setting(prof, batch=b + 1), 8, 16)["families"]["single_level"]
+    assert nxt["latency_ms_per_token"] > slo
+
+
+@pytest.mark.parametrize("exits,agreement,families", [
+    ([4, 8], [[1, 0.6], [0.6, 1]], ["autoregressive", "single_level"]),
+    ([8], [[1]], ["autoregressive"]),
+])
+def test_profiles_with_few_exits(exits, agreement, families):
+    from hispec_sim.schema import Acceptance
+
+    p = make_profile(layers=8)
+    acc = Acceptance(exits=exits, agreement=agreement, source=Source(kind="assumed", detail="x"))
+    p = p.model_copy(update={"workloads": {"w": acc}})
+    data = report.compute(p, max_batch=4)
+    assert list(data["best"]["families"]) == families and not data["heatmap"]["available"]
+    assert data["crossover"]["hierarchy_stops_paying_at_batch"] is None
+    text = report.render_html(data)
+    assert "No 3-level chain can be formed" in text and "fig-batch" in text and "fig-exits" not in text
+    assert "No 3-level chain" in report.render_markdown(data)
