@@ -147,3 +147,25 @@ def test_shipped_profile_report_renders(tmp_path):
     out = tmp_path / "r.html"
     assert main(["report", "--profile", "a100_llama70b", "--out", str(out)]) == 0
     check_rendered(out, tmp_path, {"fig-exits", "fig-windows", "fig-batch", "fig-sensitivity"})
+
+
+def test_network_attempts_would_be_caught(evil_report, tmp_path):
+    """The report's Content-Security-Policy blocks any request and Chromium logs the
+    violation as a console line, so the no-console-output check also proves 'no requests'."""
+    _, out = evil_report
+    page = tmp_path / "net.html"
+    page.write_text(out.read_text().replace("<h1>", '<img src="https://example.com/x.png"><h1>', 1))
+    r = run_chromium(page.resolve().as_uri(), tmp_path, "--dump-dom")
+    assert any("Content Security Policy" in l and "example.com" in l for l in console_lines(r.stderr))
+
+
+def test_missing_chromium_fails_in_ci_and_skips_locally(monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    real_exists = Path.exists
+    monkeypatch.setattr(Path, "exists", lambda self: False if str(self) == "/usr/bin/chromium" else real_exists(self))
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="chromium is not installed"):
+        chromium()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="chromium is not installed"):
+        chromium()

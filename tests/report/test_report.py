@@ -243,6 +243,7 @@ def test_validation_section(tmp_path, prof_file, validation_file):
     (["--slo-ms", "0"], "slo_ms"), (["--slo-ms", "inf"], "slo_ms"), (["--gpu-hour-usd", "-1"], "gpu_hour_usd"),
     (["--gpu-hour-usd", "0"], "gpu_hour_usd"), (["--format", "pdf"], "format"), (["--max-batch", "0"], "max_batch"),
     (["--workload", "nope"], "workload"), (["--tp", "3"], "latency"),
+    (["--validation", "/nonexistent/v.json"], "validation"), (["--profile", "/nonexistent.json"], "profile"),
 ])
 def test_bad_input_one_line_exit_2_no_file(capsys, prof_file, tmp_path, argv, field):
     out = tmp_path / "r.html"
