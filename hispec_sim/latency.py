@@ -48,6 +48,17 @@ def head_ms(table: LatencyTable, tokens) -> np.ndarray:
     return np.maximum(_interp_extrap(t, np.asarray(table.tokens, float), np.asarray(table.head_ms, float)), 0.0)
 
 
+def batched_layer_ms(table: LatencyTable, batch: int, tokens, context) -> np.ndarray:
+    """One layer for `batch` sequences in lockstep, each with `tokens` new tokens after
+    `context` cached ones. The table is read at batch 1: the linear part at the total token
+    count (context 0), plus `batch` times one sequence's attention increment, because each
+    sequence reads only its own KV cache (attention is linear in the batch)."""
+    tokens = np.asarray(tokens)
+    linear = layer_ms(table, tokens * batch, np.zeros(tokens.shape))
+    attention = layer_ms(table, tokens, np.full(tokens.shape, context)) - layer_ms(table, tokens, np.zeros(tokens.shape))
+    return linear + batch * np.maximum(attention, 0.0)
+
+
 class CostModel:
     """Costs of the forwards a chain plan runs, for one batch size and context length.
 
@@ -57,11 +68,10 @@ class CostModel:
 
     def __init__(self, table: LatencyTable, batch: int = 1, context: int = 512, max_tokens: int = 512):
         self.table, self.batch, self.context = table, batch, context
-        n = np.arange(max_tokens + 1)
-        n_eff = np.maximum(n, 1) * batch
-        self.layer = layer_ms(table, n_eff, np.full(n.shape, context * batch))  # indexed by new tokens/seq
+        n = np.maximum(np.arange(max_tokens + 1), 1)
+        self.layer = batched_layer_ms(table, batch, n, context)  # indexed by new tokens per sequence
         self.layer[0] = 0.0
-        self.head = head_ms(table, n_eff)
+        self.head = head_ms(table, n * batch)
         self.fixed = table.overhead_ms
         self.per_layer = table.layer_overhead_ms
         self.verify_fixed = table.verify_overhead_ms

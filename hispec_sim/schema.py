@@ -132,9 +132,9 @@ class LatencyTable(Strict):
     """Latency of one serving configuration (tensor-parallel degree x serving stack).
 
     layer_ms[i][j]: time of ONE decoder layer (attention kernel and all-reduces included)
-    when the forward carries tokens[i] new tokens in total (batch x new tokens per
-    sequence) and the attention reads contexts[j] cached tokens in total (batch x context
-    per sequence): attention at decode is memory-bound, so it is a function of KV bytes.
+    at batch 1, with tokens[i] new tokens after contexts[j] cached ones. At batch B the
+    cost model reads the linear part at B x tokens and adds B times one sequence's
+    attention increment (latency.batched_layer_ms): each sequence reads its own cache.
     Values between grid points are interpolated linearly, beyond the grid extrapolated
     linearly from the last two points.
     """

@@ -6,25 +6,28 @@ import random
 
 import numpy as np
 
-from .evaluate import Setting, exhaustive, paper_default, score
+from .evaluate import Setting, exhaustive, score
 from .montecarlo import simulate
 from .schema import Plan, Profile
 
 
 def draw_plans(setting: Setting, n: int, seed: int) -> list[Plan]:
-    """n plans across the families, always the optimizer's best, the paper default and
-    autoregressive, then single-level, 3-level and 4-level plans drawn in turn."""
+    """n plans across the families: the optimizer's best, the paper default,
+    autoregressive and the best single-level plan first, then single-level, 3-level and
+    4-level plans drawn in turn (exits, propose 1..6, windows 1..8)."""
     L = setting.num_layers
     exits = [e for e in setting.acceptance.exits if e < L]
     rng = random.Random(seed)
-    plans = [exhaustive(setting).best.plan, paper_default(setting), Plan(levels=[L])]
-    families = [2, 3, 4]
-    tries = 0
-    while len(plans) < n and tries < 10_000:
-        tries += 1
-        depth = families[(len(plans) - 3) % 3]
-        if len(exits) < depth - 1:
-            continue
+    found = exhaustive(setting)
+    plans = []
+    for p in (found.best.plan, found.paper_default.plan, Plan(levels=[L]), found.best_single_level.plan):
+        if p not in plans:
+            plans.append(p)
+    depths = [d for d in (2, 3, 4) if len(exits) >= d - 1]
+    for i in range(10_000):
+        if len(plans) >= n or not depths:
+            break
+        depth = depths[i % len(depths)]
         levels = sorted(rng.sample(exits, depth - 1)) + [L]
         plan = Plan(levels=levels, propose=rng.randint(1, 6), windows=[rng.randint(1, 8) for _ in range(depth - 2)])
         if plan not in plans:

@@ -1,6 +1,7 @@
 """Batch semantics: B sequences in lockstep; a forward carries B x the stream's new tokens
-and its attention reads B x context. Throughput at batch B must be built from exactly
-those costs, in the analytic model and in the Monte-Carlo simulator."""
+through the linear layers and B sequences' attention, each reading its own cache.
+Throughput at batch B must be built from exactly those costs, in the analytic model and
+in the Monte-Carlo simulator."""
 from __future__ import annotations
 
 import numpy as np
@@ -18,10 +19,12 @@ L = 16
 
 def _forward_ms(table, batch, context, ranges, head_tokens):
     """One forward by hand from the latency table: every range of `count` layers carrying
-    `tokens` new tokens per sequence, looked up at batch x tokens and batch x context."""
+    `tokens` new tokens per sequence: linear part at batch x tokens, plus batch x one
+    sequence's attention increment at its context."""
     t = table.overhead_ms + float(head_ms(table, batch * head_tokens))
     for count, tokens in ranges:
-        t += count * (float(layer_ms(table, batch * tokens, batch * context)) + table.layer_overhead_ms)
+        attention = float(layer_ms(table, tokens, context)) - float(layer_ms(table, tokens, 0))
+        t += count * (float(layer_ms(table, batch * tokens, 0)) + batch * attention + table.layer_overhead_ms)
     return t
 
 

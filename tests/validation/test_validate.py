@@ -42,11 +42,12 @@ def test_measured_profile_is_complete(small):
 def test_validate_reports_predicted_and_measured(small):
     model, profile = small
     setting = Setting(profile)
-    plans = draw_plans(setting, 6, seed=7)
-    assert [p.depth for p in plans[2:6]] == [1, 2, 3, 4]
-    assert draw_plans(setting, 6, seed=7) == plans
-    out = validate(setting, plans[:4], model, heldout_prompts(2, 32, 1), 16, seed=0)
-    assert len(out["plans"]) == 4
+    plans = draw_plans(setting, 7, seed=7)
+    assert {p.depth for p in plans} == {1, 2, 3, 4} and len(set(map(str, plans))) == 7
+    assert Plan(levels=[8]) in plans[:4]
+    assert draw_plans(setting, 7, seed=7) == plans
+    out = validate(setting, plans[:5], model, heldout_prompts(2, 32, 1), 16, seed=0)
+    assert len(out["plans"]) == 5
     for row in out["plans"]:
         assert row["measured_tokens_per_second"] > 0 and row["predicted_tokens_per_second"] > 0
         assert row["relative_error"] == pytest.approx(
