@@ -62,6 +62,8 @@ def paper_default(setting: Setting) -> Plan:
         return setting.profile.paper_default
     L = setting.num_layers
     exits = np.array([e for e in setting.acceptance.exits if e < L])
+    if len(exits) < 2:  # no room for a hierarchy: the closest published setting is plain decoding
+        return Plan(levels=[L])
     d = int(exits[np.argmin(abs(exits - L / 8))])
     i = int(exits[np.argmin(abs(exits - L / 4))])
     if i <= d:
@@ -129,6 +131,8 @@ def exhaustive_arrays(setting: Setting, max_propose: int = 8, max_window: int = 
     L = setting.num_layers
     exits = np.array([e for e in setting.acceptance.exits if e < L])
     B = setting.batch
+    if len(exits) == 0:  # only the full model was measured: autoregressive is the only plan
+        return exits, np.zeros((0, max_propose)), np.zeros((0, 2), int), np.zeros((0, max_propose, max_window))
     # single level: sweep propose as the window of the draft buffer
     lv = np.stack([exits, np.full_like(exits, L)], 1)
     committed, cycle, _ = chain_terms(cost, model, lv, np.ones(len(exits), int), np.zeros((len(exits), 0), int), max_propose)

@@ -307,8 +307,10 @@ def load_profile(name_or_path: str) -> Profile:
 
 def load_plan(path: str | Path) -> Plan:
     data = _load_json(Path(path), "plan")
-    if isinstance(data, dict) and "plan" in data and "levels" not in data:
-        data = data["plan"]  # accept the JSON that optimize/evaluate print
+    if isinstance(data, dict) and "levels" not in data:  # accept what optimize / evaluate print
+        if isinstance(data.get("best"), dict):
+            data = data["best"]
+        data = data.get("plan", data)
     return Plan.model_validate(data)
 
 

@@ -113,3 +113,24 @@ def test_schema_and_profiles_commands(capsys):
 def test_simulator_does_not_import_torch():
     code = "import sys, hispec_sim.cli, hispec_sim.evaluate, hispec_sim.montecarlo; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_optimize_output_is_accepted_as_a_plan_file(capsys, profile_file, tmp_path):
+    code, out, _ = run(capsys, "optimize", "--profile", profile_file, "--json", "--top", "1")
+    saved = tmp_path / "optimize.json"
+    saved.write_text(out)
+    code, out2, err = run(capsys, "evaluate", "--profile", profile_file, "--plan", str(saved), "--json")
+    assert code == 0, err
+    assert json.loads(out2)["plan"] == json.loads(out)["best"]["plan"]
+
+
+def test_profile_with_only_the_full_model(capsys, tmp_path):
+    from hispec_sim.schema import Acceptance
+
+    prof = make_profile(layers=4)
+    prof.workloads["w"] = Acceptance(exits=[4], agreement=[[1.0]], source=prof.workloads["w"].source)
+    path = tmp_path / "ar.json"
+    save_profile(prof, path)
+    code, out, err = run(capsys, "optimize", "--profile", str(path), "--json")
+    assert code == 0, err
+    assert json.loads(out)["best"]["plan"]["levels"] == [4]
