@@ -320,6 +320,8 @@ def depth_cycle(lo: int, hi: int) -> list[int]:
     free parameters and gets a share of trials proportional to it (depth 2: 1, 3: 2, 4: 3,
     interleaved); depth 1 is a single plan and only runs as a seed trial."""
     ds = [d for d in range(max(lo, 2), hi + 1)] or [lo]
+    if len(ds) == 1:
+        return ds
     slots = sorted(((i + 0.5) / max(d - 1, 1), -d, d) for d in ds for i in range(max(d - 1, 1)))
     return [d for _, _, d in slots]
 
@@ -410,6 +412,7 @@ class OptunaResult(SearchResult):
     objective: str = "analytic"
     objectives: tuple[str, ...] = ("throughput",)
     best_metrics: dict = field(default_factory=dict)
+    optuna_study: object = field(default=None, repr=False)  # the optuna.Study, for library use
 
     def as_dict(self) -> dict:
         d = super().as_dict()
@@ -456,7 +459,7 @@ def _build_result(study, ev: Evaluator, space: Space, info: dict, top: int, t0: 
             unique.setdefault(p.model_dump_json(), p)
         if len(unique) >= top:
             break
-    top_scored = score(setting, list(unique.values()))
+    top_scored = [score(setting, [p])[0] for p in unique.values()]  # one by one: plans of mixed shapes
     ar = score(setting, [autoregressive_plan(setting.num_layers, setting.batch)])[0]
     single = single_level_sweep(setting, space.max_propose)
     paper = score(setting, [paper_default(setting).model_copy(update={"batch": setting.batch})])[0]
@@ -480,7 +483,7 @@ def _build_result(study, ev: Evaluator, space: Space, info: dict, top: int, t0: 
                   "continued": info["continued"], "space": space.as_dict(), "best_trial": best_t.number}
     return OptunaResult(setting, top_scored, ar, single, paper, len(done), time.perf_counter() - t0,
                         study=study_info, pareto=pareto, objective=ev.objective, objectives=tuple(ev.objectives),
-                        best_metrics=dict(best_t.user_attrs["metrics"]))
+                        best_metrics=dict(best_t.user_attrs["metrics"]), optuna_study=study)
 
 
 # --------------------------------------------------------------------------- entry point
@@ -528,6 +531,7 @@ def optuna_search(setting: Setting, trials: int | None = 100, timeout: float | N
 
     import optuna
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     if storage is None:  # in-memory, one process (benchmarks, library use): nothing persists
         if workers > 1:
             raise ValueError("storage: several workers need a persistent storage URL")

@@ -1,0 +1,268 @@
+"""Optuna search: valid trials by construction, determinism, continuation, bad input, CLI."""
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import numpy as np
+import optuna
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import make_profile, resolve_depth_traces
+from hispec_sim.cli import main
+from hispec_sim.evaluate import Setting, exhaustive, score
+from hispec_sim.schema import Plan, load_profile, save_profile
+from hispec_sim.search import Space, depth_cycle, make_space, optuna_search
+
+ENTRY_KEYS = {"plan", "tokens_per_second", "speedup_vs_autoregressive", "tokens_per_full_forward"}
+
+
+@pytest.fixture
+def setting16():
+    return Setting(make_profile(layers=16))
+
+
+def _plans(study):
+    return [(Plan.model_validate(t.user_attrs["plan"]), t.values) for t in study.trials]
+
+
+# ----------------------------------------------------------------------------- space
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), n=st.integers(1, 40), depth=st.integers(1, 4))
+def test_every_parameter_vector_is_a_valid_plan(data, n, depth):
+    """Whatever values the sampler draws, the chain is increasing and uses measured exits."""
+    exits = tuple(sorted(data.draw(st.sets(st.integers(1, 99), min_size=n, max_size=n))))
+    if depth - 1 > n:
+        return
+    space = Space(exits, 100, 1, 4, 8, 16)
+    params = {"depth": depth, "exit_top": data.draw(st.integers(0, n - 1)), "propose": data.draw(st.integers(1, 8))}
+    for j in range(1, depth - 1):
+        params[f"gap_{j}"] = data.draw(st.integers(1, max(n - 1, 1)))
+        params[f"window_{j}"] = data.draw(st.integers(1, 16))
+    plan, _ = space.suggest(optuna.trial.FixedTrial(params))
+    assert plan.depth == depth and plan.levels[-1] == 100
+    assert all(e in exits for e in plan.levels[:-1])
+    assert all(b > a for a, b in zip(plan.levels, plan.levels[1:]))
+    # and every plan is reachable: its own parameters give it back
+    back, _ = space.suggest(optuna.trial.FixedTrial(space.params(plan, None)))
+    assert back == plan
+
+
+def test_all_trials_valid_and_scores_match_the_analytic_model(setting16):
+    r = optuna_search(setting16, trials=120, sampler="random", storage=None, seed=3, depth=(1, 4))
+    assert r.study["trials"] == 120 and r.study["trials_failed"] == 0
+    trials = r.optuna_study.trials
+    plans = [Plan.model_validate(t.user_attrs["plan"]) for t in trials]
+    for p in plans:
+        setting16.profile.check_plan(p, setting16.workload)  # valid on the profile, never rejected
+    assert {p.depth for p in plans} == {1, 2, 3, 4}
+    values = [t.values[0] for t in trials]
+    assert values == pytest.approx([score(setting16, [p])[0].tokens_per_second for p in plans], rel=1e-12)
+    assert r.best.tokens_per_second >= r.best_single_level.tokens_per_second * (1 - 1e-9)
+
+
+def test_depth_cycle_shares():
+    assert depth_cycle(1, 4) == [4, 3, 4, 2, 3, 4]  # depth k gets k-1 slots, interleaved
+    assert sorted(depth_cycle(1, 3)) == [2, 3, 3] and depth_cycle(3, 3) == [3]
+
+
+def test_finds_the_exhaustive_optimum_on_a_small_profile(setting16):
+    ex = exhaustive(setting16).best.tokens_per_second
+    r = optuna_search(setting16, trials=150, storage=None, seed=0, depth=(1, 3))
+    assert r.best.tokens_per_second >= 0.98 * ex
+    assert r.best.tokens_per_second <= ex * (1 + 1e-9)  # never beats the exact optimum of the same space
+
+
+# ----------------------------------------------------------------------------- determinism, storage
+
+
+def test_same_seed_same_result(setting16, tmp_path):
+    a = optuna_search(setting16, trials=30, seed=7, storage=f"sqlite:///{tmp_path}/a.db", study_name="s")
+    b = optuna_search(setting16, trials=30, seed=7, storage=f"sqlite:///{tmp_path}/b.db", study_name="s")
+    c = optuna_search(setting16, trials=30, seed=7, storage=None)
+    sa = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/a.db")
+    sb = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/b.db")
+    assert [t.params for t in sa.trials] == [t.params for t in sb.trials]
+    assert a.as_dict()["best"] == b.as_dict()["best"] == c.as_dict()["best"]
+    d = optuna_search(setting16, trials=40, seed=8, storage=None)
+    assert d.study["trials"] == 40  # another seed runs too (and usually differs)
+
+
+def test_second_call_continues_the_study(setting16, tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    first = optuna_search(setting16, trials=20, seed=1, storage=url, study_name="x")
+    before = _plans(optuna.load_study(study_name="x", storage=url))
+    second = optuna_search(setting16, trials=10, seed=1, storage=url, study_name="x")
+    after = optuna.load_study(study_name="x", storage=url)
+    assert first.study["continued"] is False and second.study["continued"] is True
+    assert second.study["trials"] == 30 and second.study["trials_this_run"] == 10
+    assert _plans(after)[:20] == before  # nothing lost or changed
+    assert second.best.tokens_per_second >= first.best.tokens_per_second
+    # a continuation does not replay the first run's draws
+    new = [t.params for t in after.trials[20:]]
+    assert new != [t.params for t in after.trials[3:13]]
+
+
+def _count(db):
+    with sqlite3.connect(db) as c:
+        return c.execute("select count(*) from trials").fetchone()[0], c.execute("select count(*) from studies").fetchone()[0]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"sampler": "annealing"}, "sampler: unknown"),
+    ({"trials": 0}, "trials: must be >= 1"),
+    ({"objectives": ("throughput", "speed")}, "objectives:"),
+    ({"objective": "exact"}, "objective: unknown"),
+    ({"sampler": "cmaes", "objectives": ("throughput", "latency")}, "sampler: cmaes is single-objective"),
+    ({"depth": (0, 3)}, "depth:"),
+    ({"tps": [1, 8]}, "latency: no table for tp=8"),
+    ({"workers": 0}, "workers:"),
+])
+def test_bad_input_writes_nothing(setting16, tmp_path, kwargs, message):
+    url = f"sqlite:///{tmp_path}/s.db"
+    optuna_search(setting16, trials=2, storage=url, study_name="x")
+    before = _count(tmp_path / "s.db")
+    with pytest.raises(ValueError, match=message):
+        optuna_search(setting16, **{"trials": 5, "storage": url, "study_name": "x", **kwargs})
+    assert _count(tmp_path / "s.db") == before
+
+
+def test_study_of_another_profile_is_refused(setting16, tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    optuna_search(setting16, trials=5, storage=url, study_name="x")
+    before = _count(tmp_path / "s.db")
+    other = Setting(make_profile(layers=16, layer_ms=2.0, name="other"))
+    with pytest.raises(ValueError, match="study-name: study 'x' belongs to another profile"):
+        optuna_search(other, trials=5, storage=url, study_name="x")
+    changed = Setting(make_profile(layers=16, layer_ms=2.0))  # same name, other numbers
+    with pytest.raises(ValueError, match="another profile version"):
+        optuna_search(changed, trials=5, storage=url, study_name="x")
+    with pytest.raises(ValueError, match="study-name: study 'x' was made with objectives"):
+        optuna_search(setting16, trials=5, storage=url, study_name="x", objectives=("throughput", "latency"))
+    assert _count(tmp_path / "s.db") == before
+
+
+@pytest.mark.parametrize("url, message", [
+    ("nonsense.db", "storage: expected an Optuna RDB URL"),
+    ("sqlite:////no/such/dir/s.db", "storage: folder /no/such/dir"),
+    ("postgresql://u:secret@127.0.0.1:9/db", "storage: cannot open"),
+    ("mysql+nosuchdriver://u@localhost/db", "storage: cannot open"),
+])
+def test_bad_storage(setting16, url, message):
+    with pytest.raises(ValueError, match=message) as e:
+        optuna_search(setting16, trials=5, storage=url, study_name="x")
+    assert "secret" not in str(e.value)
+
+
+# ----------------------------------------------------------------------------- objectives and choices
+
+
+def test_pareto_front_is_non_dominated(setting16):
+    r = optuna_search(setting16, trials=60, storage=None, objectives=("throughput", "latency"), seed=2)
+    front = r.as_dict()["pareto"]
+    assert front and front == sorted(front, key=lambda e: -e["tokens_per_second"])
+    for a in front:
+        assert not any(b["throughput"] >= a["throughput"] and b["latency"] <= a["latency"]
+                       and (b["throughput"], b["latency"]) != (a["throughput"], a["latency"]) for b in front)
+    assert r.as_dict()["best"]["tokens_per_second"] == max(e["tokens_per_second"] for e in front)
+
+
+def test_mc_objective_with_trace_replay_and_p99():
+    s = Setting(make_profile(layers=12, traces=resolve_depth_traces(12, 3000, 0)))
+    r = optuna_search(s, trials=15, storage=None, objective="mc", objectives=("throughput", "p99"), mc_streams=128,
+                      mc_cycles=8, seed=0)
+    d = r.as_dict()
+    assert d["objective"] == "mc" and d["best"]["trial_metrics"]["trace_replay"] is True
+    assert all("latency_ms_p99" in e for e in d["pareto"])
+    again = optuna_search(s, trials=15, storage=None, objective="mc", objectives=("throughput", "p99"), mc_streams=128,
+                          mc_cycles=8, seed=0)
+    assert again.as_dict()["pareto"] == d["pareto"]  # fixed Monte-Carlo seed
+
+
+def test_batch_and_tp_choices():
+    s = Setting(load_profile("a100_llama70b"))
+    r = optuna_search(s, trials=40, storage=None, depth=(1, 3), batches=[1, 8], tps=[1, 8], seed=0)
+    d = r.as_dict()
+    assert d["tp"] in (1, 8) and d["batch"] in (1, 8) and d["best"]["plan"]["batch"] == d["batch"]
+    # the reported numbers are the analytic model's on the best plan's own setting
+    again = score(Setting(s.profile, tp=d["tp"], batch=d["batch"]), [Plan.model_validate(d["best"]["plan"])])[0]
+    assert again.tokens_per_second == pytest.approx(d["best"]["tokens_per_second"], abs=1e-3)
+
+
+def test_cmaes_and_random_samplers_run(setting16):
+    for sampler in ("cmaes", "random"):
+        r = optuna_search(setting16, trials=20, storage=None, sampler=sampler, depth=(3, 3))
+        assert r.study["trials"] == 20 and r.best.plan.depth == 3
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_json_contract_and_continuation(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    save_profile(make_profile(layers=16), tmp_path / "p.json")
+    args = ["optimize", "--profile", "p.json", "--search", "optuna", "--trials", "10", "--seed", "1",
+            "--storage", "sqlite:///s.db", "--study-name", "x", "--json"]
+    code, out, err = run(capsys, *args)
+    assert code == 0, err
+    res = json.loads(out)
+    assert ENTRY_KEYS <= set(res["best"]) and set(res["baselines"]) == {"autoregressive", "best_single_level", "paper_default"}
+    assert res["study"]["name"] == "x" and res["study"]["trials"] == 10 and res["study"]["storage"] == "sqlite:///s.db"
+    assert "pareto" not in res and err == ""  # no progress bar when not on a terminal
+    code, out, _ = run(capsys, *args)
+    assert code == 0 and json.loads(out)["study"]["trials"] == 20
+    # several objectives print the Pareto front
+    code, out, err = run(capsys, "optimize", "--profile", "p.json", "--objectives", "throughput,latency",
+                         "--trials", "10", "--study-name", "y")
+    assert code == 0, err
+    assert "Pareto front" in out and "hispec-studies.db" in out and (tmp_path / "hispec-studies.db").exists()
+
+
+def test_cli_auto_keeps_exhaustive_by_default(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    save_profile(make_profile(layers=16), tmp_path / "p.json")
+    code, out, _ = run(capsys, "optimize", "--profile", "p.json", "--json")
+    assert code == 0 and "study" not in json.loads(out) and not (tmp_path / "hispec-studies.db").exists()
+    code, out, _ = run(capsys, "optimize", "--profile", "p.json", "--depth", "1-4", "--trials", "10", "--json")
+    assert code == 0 and json.loads(out)["study"]["space"]["depth"] == [1, 4]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--search", "optuna", "--sampler", "foo"], "sampler: unknown"),
+    (["--search", "optuna", "--trials", "0"], "trials: must be >= 1"),
+    (["--search", "optuna", "--storage", "postgresql://u@127.0.0.1:9/db"], "storage: cannot open"),
+    (["--search", "exhaustive", "--batch", "1,8"], "search: exhaustive covers"),
+    (["--search", "sideways"], "search: unknown"),
+    (["--depth", "a-b"], "depth: expected"),
+    (["--batch", "1,x"], "batch: expected"),
+    (["--batch", "0"], "batch"),
+])
+def test_cli_bad_input_one_line_exit_2(capsys, tmp_path, monkeypatch, extra, message):
+    monkeypatch.chdir(tmp_path)
+    save_profile(make_profile(layers=16), tmp_path / "p.json")
+    code, out, err = run(capsys, "optimize", "--profile", "p.json", "--storage", "sqlite:///s.db", *extra)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and message in err
+    if (tmp_path / "s.db").exists():
+        assert _count(tmp_path / "s.db")[0] == 0
+
+
+def test_cli_other_profile_study(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    save_profile(make_profile(layers=16), tmp_path / "p.json")
+    save_profile(make_profile(layers=16, name="q"), tmp_path / "q.json")
+    assert run(capsys, "optimize", "--profile", "p.json", "--search", "optuna", "--trials", "5", "--study-name", "x")[0] == 0
+    before = _count(tmp_path / "hispec-studies.db")
+    code, out, err = run(capsys, "optimize", "--profile", "q.json", "--search", "optuna", "--trials", "5", "--study-name", "x")
+    assert code == 2 and "belongs to another profile" in err and err.count("\n") == 1
+    assert _count(tmp_path / "hispec-studies.db") == before
