@@ -9,20 +9,21 @@ objectives, `pareto` added.
 
 Search space (every trial is a valid plan, no trial is ever pruned or rejected):
   depth      int in [min_depth, max_depth]      chain length k (1 = autoregressive)
-  exit_1     int in [0, n-1]                    index of the draft exit among the n measured
-                                                exits below the last layer
-  gap_j      int in [1, n-1], j = 2..k-1        index distance to the previous exit
-  propose    int in [1, max_propose]            (k >= 2)
+  exit_top   int in [0, n-1]                    index of the exit right below the full model
+                                                among the n measured exits below the last layer
+  gap_j      int in [1, n-1], j = k-2..1        index distance down to the next lower exit
+  propose    int in [1, max_propose], log scale (k >= 2)
   window_j   int in [1, max_window], j=1..k-2   (k >= 3)
   batch, tp  categorical                        only when several choices are given
-The exit indices are idx_1 = min(exit_1, n-m) and idx_j = min(idx_{j-1} + gap_j,
-n-m+j-1) with m = k-1 exits below the full model. Because idx_{j-1} <= n-m+j-2, the clip
-never drops idx_j below idx_{j-1}+1: exits are strictly increasing and inside the measured
-set for EVERY parameter value, and every valid chain is reachable (exit_1 = idx_1,
-gap_j = idx_j - idx_{j-1}). The distributions are static and their names are shared by all
-depths (exit_1 means the draft exit at every depth), so TPE learns across depths. Several
-parameter vectors can map to one plan (the clip); that costs a duplicate trial, never an
-invalid one.
+With m = k-1 exits below the full model, idx_m = max(exit_top, m-1) and idx_j =
+max(idx_{j+1} - gap_j, j-1). Since idx_{j+1} >= j, the clip never lifts idx_j above
+idx_{j+1}-1: exits are strictly increasing and inside the measured set for EVERY parameter
+value, and every valid chain is reachable (exit_top = idx_m, gap_j = idx_{j+1} - idx_j).
+The distributions are static and shared by all depths (exit_top is the single-level exit
+and the intermediate verifier of a 3-level chain, which sit at similar depths), so TPE
+learns across depths. Several parameter vectors can map to one plan (the clip); that
+costs a duplicate trial, never an invalid one. The depth itself is assigned by trial
+number (DepthScheduled), not sampled.
 """
 from __future__ import annotations
 
@@ -75,7 +76,7 @@ class Space:
         for j in range(m - 1, 0, -1):  # then downwards: idx_j = max(idx_{j+1} - gap_j, j - 1)
             idx.insert(0, max(idx[0] - trial.suggest_int(f"gap_{j}", 1, max(n - 1, 1)), j - 1))
         propose = trial.suggest_int("propose", 1, self.max_propose, log=True)
-        windows = [trial.suggest_int(f"window_{j}", 1, self.max_window, log=True) for j in range(1, k - 1)]
+        windows = [trial.suggest_int(f"window_{j}", 1, self.max_window) for j in range(1, k - 1)]
         levels = [self.exits[i] for i in idx] + [self.num_layers]
         return Plan(levels=levels, propose=propose, windows=windows, batch=batch), tp
 
