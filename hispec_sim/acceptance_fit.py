@@ -18,6 +18,16 @@ Point kinds accepted by the fit:
   pair:        agreement(exit, exit2) = value = F(exit)/F(exit2)
   mean_layer:  the mean over tokens of the first layer from which the prediction equals
                the final one = value (layers); under the model = sum_{e=0}^{L-1} (1 - F(e))
+  per_draft:   an ACCEPTANCE RATE measured in a speculative loop: accepted / checked at level
+               `level` (2..k) of the chain `plan` = value, as hispec_sim.analytic.predict
+               computes it from the agreement matrix the curve implies. This is how papers
+               usually report acceptance ("39.7 % of draft tokens accepted" with N_d = 2 drafts
+               per round); with g drafts a per-position rate alpha gives
+               (alpha - alpha^(g+1)) / (g (1 - alpha)) < alpha.
+
+Readings (`READINGS`): a published acceptance figure is read either as a per-position
+agreement rate of one exit with a deeper one (`per_position`: kinds final / pair) or as
+accepted/checked of the loop it was measured in (`per_draft`).
 """
 from __future__ import annotations
 
@@ -27,7 +37,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import least_squares
 
-from .schema import Acceptance, Source
+from .schema import Acceptance, Plan, Source
+
+READINGS = ("per_draft", "per_position")
 
 
 def _sigmoid(z):
@@ -53,8 +65,12 @@ class Point:
     weight: float = 1.0
     source: str = ""
     note: str = ""
+    plan: Plan | None = None  # per_draft: the configuration the figure was measured in
+    level: int | None = None  # per_draft: the level (2..k) whose accepted/checked it is; default k
 
-    def predict(self, m: float, c: float, L: int) -> float:
+    def predict(self, m: float, c: float, L: int, cost=None) -> float:
+        if self.kind == "per_draft":
+            return plan_acceptance(self.plan, self.level, m, c, L, cost)
         if self.kind == "final":
             return float(curve(self.exit / L, m, c))
         if self.kind == "pair":
@@ -62,10 +78,69 @@ class Point:
         if self.kind == "mean_layer":
             e = np.arange(0, L)
             return float(np.sum(1.0 - curve(e / L, m, c)))
-        raise ValueError(f"kind: unknown point kind {self.kind!r}; known: final, pair, mean_layer")
+        raise ValueError(f"kind: unknown point kind {self.kind!r}; known: final, pair, mean_layer, per_draft")
 
     def scale(self, L: int) -> float:
         return float(L) if self.kind == "mean_layer" else 1.0
+
+
+
+def describe_plan(plan: Plan) -> str:
+    s = "[" + ",".join(map(str, plan.levels)) + "]"
+    if plan.depth >= 2:
+        s += f" g={plan.propose}"
+    if plan.windows:
+        s += " w=" + ",".join(map(str, plan.windows))
+    return s
+
+
+class _CurveAcceptance:
+    """The duck-typed part of schema.Acceptance that AgreementModel reads: the (unrounded)
+    depth-Markov matrix of a curve over the exits of one plan."""
+
+    joint = "independent"
+    traces = None
+
+    def __init__(self, exits, F):
+        self.exits = list(exits)
+        F = np.maximum(np.maximum.accumulate(np.asarray(F, dtype=float)), 1e-12)
+        A = np.minimum.outer(F, F) / np.maximum.outer(F, F)
+        np.fill_diagonal(A, 1.0)
+        self.agreement = A
+
+
+def unit_cost(num_layers: int):
+    """A cost model with 1 ms per layer: accepted/checked of a plan does not depend on cost."""
+    from .latency import CostModel
+    from .synthetic import synthetic_profile
+
+    return CostModel(synthetic_profile(num_layers, 1.0, 0.5).table(), batch=1, context=0, max_tokens=64)
+
+
+def plan_acceptance(plan: Plan, level: int | None, m: float, c: float, L: int, cost=None) -> float:
+    """accepted/checked at `level` (2..k; default k) of `plan`, from hispec_sim.analytic.predict
+    with the agreement matrix of the curve (m, c) over the plan's exits."""
+    from .acceptance import AgreementModel
+    from .analytic import predict
+
+    if plan is None or plan.depth < 2:
+        raise ValueError("acceptance: a per_draft point needs a plan of depth >= 2")
+    if plan.levels[-1] != L:
+        raise ValueError(f"acceptance: a per_draft plan must end at the full model {L}, got {plan.levels}")
+    level = plan.depth if level is None else level
+    if not (2 <= level <= plan.depth):
+        raise ValueError(f"acceptance: level {level} out of range 2..{plan.depth}")
+    ex = np.asarray(plan.levels)
+    model = AgreementModel(_CurveAcceptance(ex, curve(ex / L, m, c)))
+    pr = predict(cost if cost is not None else unit_cost(L), model, [plan])
+    return float(pr.acceptance[0, level - 2])
+
+
+def implied_pair(p: Point) -> tuple[int, int]:
+    """The exit pair whose per-position agreement a per_draft figure mainly reflects: the
+    two levels below and at `level`."""
+    lv = p.plan.depth if p.level is None else p.level
+    return p.plan.levels[lv - 2], p.plan.levels[lv - 1]
 
 
 @dataclass
@@ -78,6 +153,7 @@ class CurveFit:
     c_fixed: bool
     c_note: str = ""
     extra: dict = field(default_factory=dict)
+    reading: str = "per_position"
 
     def F(self, workload: str, exits=None) -> np.ndarray:
         L = self.num_layers
@@ -100,6 +176,17 @@ class CurveFit:
                 d["exit"] = p.exit
             if p.exit2 is not None:
                 d["exit2"] = p.exit2
+            if p.kind == "per_draft":
+                lv = p.plan.depth if p.level is None else p.level
+                a, b = implied_pair(p)
+                d["config"] = {"plan": describe_plan(p.plan), "levels": list(p.plan.levels), "propose": p.plan.propose,
+                               "windows": list(p.plan.windows), "level": lv,
+                               "measure": f"accepted/checked at level {lv} (exit {p.plan.levels[lv - 1]}"
+                                          + (", the full model)" if lv == p.plan.depth else ")")
+                               + " by hispec_sim.analytic.predict"}
+                ma = self.m[p.workload]
+                d["implied_agreement"] = {"pair": [a, b], "value": round(float(
+                    curve(a / self.num_layers, ma, self.c) / curve(b / self.num_layers, ma, self.c)), 5)}
             if p.note:
                 d["note"] = p.note
             if shared:
@@ -107,10 +194,13 @@ class CurveFit:
             pts.append(d)
         own = [abs(r) for p, r in zip(self.points, self.residuals) if p.workload == workload]
         return {
+            "reading": self.reading,
+            "reading_note": READING_NOTES[self.reading],
             "family": "F(e) = sigmoid(m + c*logit(e/L)); F(L) = 1",
             "matrix": "agreement(a,b) = F(min(a,b)) / F(max(a,b)) (depth-Markov), rounded to 5 digits",
             "num_layers": self.num_layers,
             "params": {"m": round(self.m[workload], 6), "c": round(self.c, 6)},
+            "params_all_workloads": {"c": round(self.c, 6), "m": {k: round(v, 6) for k, v in self.m.items()}},
             "c_fixed": self.c_fixed,
             "c_note": self.c_note,
             "points": pts,
@@ -119,11 +209,33 @@ class CurveFit:
         }
 
 
+READING_NOTES = {
+    "per_draft": "published figures read as ACCEPTANCE RATES (accepted / checked) of the speculative loop each was "
+                 "measured in (config per point); the curve is fitted so that hispec_sim.analytic.predict reproduces them",
+    "per_position": "published figures read as per-position greedy agreement rates of that exit with the final layer "
+                    "(the alternative reading; with N_d drafts per round it underestimates the per-position rate)",
+}
+
+
 def fit_curves(points: list[Point], num_layers: int, workloads: list[str] | None = None,
-               c: float | None = None, c_note: str = "") -> CurveFit:
-    """Joint least-squares fit: shared c (unless given), one m per workload."""
+               c: float | None = None, c_note: str = "", cost=None, reading: str | None = None) -> CurveFit:
+    """Joint least-squares fit: shared c (unless given), one m per workload.
+
+    per_draft points are evaluated by hispec_sim.analytic.predict on `cost` (the profile
+    being built; a unit-cost model if None: accepted/checked does not depend on cost)."""
     L = num_layers
+    if any(p.kind == "per_draft" for p in points) and cost is None:
+        cost = unit_cost(L)
+    if reading is None:
+        reading = "per_draft" if any(p.kind == "per_draft" for p in points) else "per_position"
+    if reading not in READINGS:
+        raise ValueError(f"acceptance: unknown reading {reading!r}; known: {', '.join(READINGS)}")
     for p in points:
+        if p.kind == "per_draft":
+            if p.plan is None:
+                raise ValueError(f"acceptance: per_draft point without a plan: {p}")
+            if p.plan.levels[-1] != L or p.plan.levels[0] < 1:
+                raise ValueError(f"acceptance: per_draft plan {p.plan.levels} must end at the full model {L}")
         if not (0.0 <= p.value) or (p.kind != "mean_layer" and p.value > 1.0):
             raise ValueError(f"acceptance: point value out of range: {p}")
         for e in (p.exit, p.exit2):
@@ -137,7 +249,9 @@ def fit_curves(points: list[Point], num_layers: int, workloads: list[str] | None
     if not fix_c:
         depths = {}
         for p in points:
-            if p.workload in wl and p.kind != "mean_layer":
+            if p.workload in wl and p.kind == "per_draft":
+                depths.setdefault(p.workload, set()).update(e for e in p.plan.levels if e != L)
+            elif p.workload in wl and p.kind != "mean_layer":
                 depths.setdefault(p.workload, set()).update(e for e in (p.exit, p.exit2) if e is not None)
         if not any(len(v) >= 2 for v in depths.values()):
             raise ValueError("acceptance: the steepness c needs one workload with points at two depths; pass c=")
@@ -149,7 +263,8 @@ def fit_curves(points: list[Point], num_layers: int, workloads: list[str] | None
 
     def resid(theta):
         cc, ms = unpack(theta)
-        return np.array([p.weight * (p.predict(ms[p.workload], cc, L) - p.value) / p.scale(L) for p in points if p.workload in ms])
+        return np.array([p.weight * (p.predict(ms[p.workload], cc, L, cost) - p.value) / p.scale(L)
+                         for p in points if p.workload in ms])
 
     x0 = ([] if fix_c else [0.8]) + [1.0] * len(wl)
     lo = ([] if fix_c else [0.05]) + [-20.0] * len(wl)
@@ -157,9 +272,9 @@ def fit_curves(points: list[Point], num_layers: int, workloads: list[str] | None
     sol = least_squares(resid, x0, bounds=(lo, hi), xtol=1e-12, ftol=1e-12, gtol=1e-12)
     cc, ms = unpack(sol.x)
     used = [p for p in points if p.workload in ms]
-    res = [p.predict(ms[p.workload], cc, L) - p.value for p in used]
+    res = [p.predict(ms[p.workload], cc, L, cost) - p.value for p in used]
     return CurveFit(num_layers=L, c=float(cc), m={k: float(v) for k, v in ms.items()}, points=used,
-                    residuals=[float(r) for r in res], c_fixed=fix_c, c_note=c_note)
+                    residuals=[float(r) for r in res], c_fixed=fix_c, c_note=c_note, reading=reading)
 
 
 def agreement_matrix(F: np.ndarray, digits: int = 5) -> list[list[float]]:

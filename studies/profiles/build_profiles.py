@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -23,9 +24,10 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from hispec_sim import vidur  # noqa: E402
-from hispec_sim.acceptance_fit import Point, acceptance_from_fit, fit_curves  # noqa: E402
+from hispec_sim.acceptance_fit import READING_NOTES, Point, acceptance_from_fit, fit_curves  # noqa: E402
 from hispec_sim.latency import CostModel  # noqa: E402
-from hispec_sim.schema import LatencyTable, ModelShape, Profile, Source, save_profile  # noqa: E402
+from hispec_sim.schema import LatencyTable, ModelShape, Plan, Profile, Source  # noqa: E402
+from hispec_sim.schema import write_atomic  # noqa: E402
 
 # --------------------------------------------------------------------------- references
 
@@ -79,23 +81,70 @@ TEXT70 = f"{HISPEC}, text on Llama2-70B ShareGPT (exits 10 and 20)"
 RANGE = f"{HISPEC}, Figure 4: ShareGPT, GSM8K, HumanEval ~0.40-0.55 for all models (range read off the plot; midpoint 0.475 used)"
 INTERP = ("interpreted as the per-position agreement rate of that exit with the final layer (greedy); "
           "the paper's 'fraction of draft tokens accepted' depends on the window and is taken as this rate (assumption)")
+INTERP_DRAFT = ("read as an ACCEPTANCE RATE (accepted / checked) of the speculative loop it was measured in; the curve is "
+                "fitted so that hispec_sim.analytic.predict on this profile reproduces it under that configuration")
+
+# Readings of the published acceptance figures (see hispec_sim.acceptance_fit.READINGS). The central
+# workloads <w> use CENTRAL_READING; <w>_per_position keeps the alternative per-position reading.
+CENTRAL_READING = "per_draft"
+OTHER_READING = "per_position"
+N_D, N_I = 2, 4  # HiSpec's drafts per round and window: the configuration its figures are assumed measured in
 
 
-def points_llama2_70b(band: str = "central") -> list[Point]:
+def fig_point(workload: str, value: float, exit: int, L: int, reading: str, source: str, note: str = "",
+              draft: int | None = None) -> Point:
+    """One published acceptance figure about exit `exit` (at the full model L).
+
+    per_position: agreement(exit, L) = value. per_draft: accepted/checked at the full model of
+    the single-level plan [exit, L] with N_D drafts per round, or, with draft=d, of the HiSpec
+    hierarchy [d, exit, L] with N_D drafts and window N_I (exit = the intermediate verifier)."""
+    if reading == "per_position":
+        return Point(workload, "final", value, exit=exit, source=source, note=(note + "; " if note else "") + INTERP)
+    if reading != "per_draft":
+        raise ValueError(f"reading: unknown {reading!r}; known: per_draft, per_position")
+    if draft is None:
+        plan = Plan(levels=[exit, L], propose=N_D)
+        cfg = (f"assumed measured as single-level self-speculation [{exit},{L}] with N_d = {N_D} drafts per round "
+               f"(the paper's N_d)")
+    else:
+        plan = Plan(levels=[draft, exit, L], propose=N_D, windows=[N_I])
+        cfg = (f"measured at the full model in the HiSpec hierarchy [{draft},{exit},{L}], N_d = {N_D}, N_i = {N_I} "
+               f"(the paper's configuration)")
+    return Point(workload, "per_draft", value, exit=exit, plan=plan, level=plan.depth, source=source,
+                 note=(note + "; " if note else "") + cfg + "; " + INTERP_DRAFT)
+
+
+def fit_cost(table: LatencyTable, num_layers: int) -> CostModel:
+    """The cost model the per_draft fit runs hispec_sim.analytic.predict on (the profile's default table;
+    accepted/checked does not depend on it)."""
+    return CostModel(table, batch=1, context=512, max_tokens=64)
+
+
+def save_profile_compact(profile: Profile, path) -> None:
+    """As schema.save_profile (indent 1), but every innermost list of numbers on one line: the
+    agreement matrices of 80-layer profiles with 20 workloads stay well under 2 MB."""
+    text = profile.model_dump_json(indent=1, exclude_none=True)
+    text = re.sub(r"\[\s*(-?[0-9][-+0-9.eE]*(?:,\s*-?[0-9][-+0-9.eE]*)*)\s*\]",
+                  lambda m: "[" + ",".join(x.strip() for x in m.group(1).split(",")) + "]", text)
+    write_atomic(path, text + "\n")
+
+
+def points_llama2_70b(band: str = "central", reading: str = CENTRAL_READING) -> list[Point]:
     """Llama2-70B acceptance points; band central/low/high moves every point by its reading error."""
     d = {"central": 0.0, "low": -1.0, "high": 1.0}[band]
     fig, rng = 0.03 * d, 0.075 * d  # ~ plot-reading error; half the published 0.40-0.55 range
     txt = 0.02 * d  # exact text figures, but their interpretation is uncertain (see INTERP)
+    L = 80
+    two = ("58.1 % of tokens reaching the full model accepted with intermediate verifier L20 (draft L10)"
+           + (": every such token is L20's argmax, so under the depth-Markov model this is agreement(20, 80)"
+              if reading == "per_position" else ""))
     return [
-        Point("sharegpt", "final", 0.397 + txt, exit=10, source=TEXT70,
-              note="39.7 % of draft tokens from exit L10 accepted by the full model; " + INTERP),
-        Point("sharegpt", "final", 0.581 + txt, exit=20, source=TEXT70,
-              note="58.1 % of tokens reaching the full model accepted with intermediate verifier L20: every such token is "
-                   "L20's argmax, so under the depth-Markov model this is agreement(20, 80)"),
-        Point("cnn_dm", "final", 0.62 + fig, exit=20, source=FIG4),
-        Point("xsum", "final", 0.41 + fig, exit=20, source=FIG4),
-        Point("gsm8k", "final", 0.475 + rng, exit=20, source=RANGE),
-        Point("humaneval", "final", 0.475 + rng, exit=20, source=RANGE),
+        fig_point("sharegpt", 0.397 + txt, 10, L, reading, TEXT70, "39.7 % of draft tokens from exit L10 accepted by the full model"),
+        fig_point("sharegpt", 0.581 + txt, 20, L, reading, TEXT70, two, draft=10),
+        fig_point("cnn_dm", 0.62 + fig, 20, L, reading, FIG4),
+        fig_point("xsum", 0.41 + fig, 20, L, reading, FIG4),
+        fig_point("gsm8k", 0.475 + rng, 20, L, reading, RANGE),
+        fig_point("humaneval", 0.475 + rng, 20, L, reading, RANGE),
     ]
 
 
@@ -110,10 +159,24 @@ def acceptance_source(model: str, extra: str = "") -> Source:
 
 def workloads_from_fit(fit, model: str, names: list[str], suffix: str = "", extra_src: str = "", band: str = "central") -> dict:
     out = {}
+    rd = (f"Reading: {fit.reading} ({'central' if fit.reading == CENTRAL_READING else 'alternative'}; "
+          f"{READING_NOTES[fit.reading]}).")
     for w in names:
         ctx, note = CONTEXTS[w]
-        out[w + suffix] = acceptance_from_fit(fit, w, context=ctx, source=acceptance_source(model, extra_src),
-                                              context_note=note, extra={"band": band})
+        out[w + suffix] = acceptance_from_fit(fit, w, context=ctx, source=acceptance_source(model, (rd + " " + extra_src).strip()),
+                                              context_note=note, extra={"band": band, "central_reading": CENTRAL_READING})
+    return out
+
+
+def both_readings(points_fn, L: int, names: list[str], model: str, cost: CostModel, c_fn=None, extra_src: str = "") -> dict:
+    """Central workloads <w> (CENTRAL_READING) and <w>_per_position (OTHER_READING) of one model.
+    points_fn(reading) -> points; c_fn(reading) -> (c or None, c_note, extra dict)."""
+    out = {}
+    for reading, suffix in ((CENTRAL_READING, ""), (OTHER_READING, "_" + OTHER_READING)):
+        c, c_note, c_extra = c_fn(reading) if c_fn else (None, "", {})
+        fit = fit_curves(points_fn(reading), L, names, c=c, c_note=c_note, cost=cost, reading=reading)
+        fit.extra.update(c_extra)
+        out.update(workloads_from_fit(fit, model, names, suffix=suffix, extra_src=extra_src))
     return out
 
 
@@ -252,8 +315,8 @@ def calibrate_hf_eager(data: Path) -> dict:
 def build_a100_llama70b(data: Path, cal: dict) -> Profile:
     shape = model_shape("Llama-2-70B")
     tables = compiled_tables(data, "a100", "Llama-2-70b-hf", shape, [1, 2, 4, 8], cal["overhead_ms"], calibration_text(cal))
-    fit = fit_curves(points_llama2_70b(), 80, ["sharegpt", "cnn_dm", "xsum", "gsm8k", "humaneval"])
-    wl = workloads_from_fit(fit, "Llama2-70B (LayerSkip/AdaDecode early-exit checkpoint)", ["sharegpt", "cnn_dm", "xsum", "gsm8k", "humaneval"])
+    wl = both_readings(lambda r: points_llama2_70b(reading=r), 80, ["sharegpt", "cnn_dm", "xsum", "gsm8k", "humaneval"],
+                       "Llama2-70B (LayerSkip/AdaDecode early-exit checkpoint)", fit_cost(tables[2], 80))
     errs = {f"{r['model']} TP{r['tp']}": f"{r['predicted_ms']} ms vs {r['published_ms']} ms published ({r['error_pct']:+.1f} %)"
             + (" [calibration point]" if r["used_for_fit"] else "") for r in cal["rows"]}
     hw = vidur.hardware_for("a100", gpus=4)
@@ -269,8 +332,8 @@ def build_a100_llama70b(data: Path, cal: dict) -> Profile:
             "calibration": calibration_text(cal) + f"; source: {GPTFAST}",
             "calibration_errors": errs,
             "calibration_note": TP2_EXPLANATION,
-            "acceptance": "HiSpec arXiv 2510.01336v1 Llama2-70B points (Figure 4 and text); see workloads.*.fit",
-            "contexts": {w: CONTEXTS[w][1] for w in wl},
+            "acceptance": "HiSpec arXiv 2510.01336v1 Llama2-70B points (Figure 4 and text); see workloads.*.fit. " + READINGS_TEXT,
+            "contexts": {w: CONTEXTS[w][1] for w in wl if w in CONTEXTS},
             "built_by": "studies/profiles/build_profiles.py",
         },
     )
@@ -281,8 +344,8 @@ def build_h100_llama70b(data: Path, cal: dict) -> Profile:
     src = (f"the A100 gpt-fast calibration ({cal['overhead_ms']} ms) carried over unchanged: no published H100 "
            "compiled-stack figure (assumed)")
     tables = compiled_tables(data, "h100", "Llama-2-70b-hf", shape, [1, 2, 4, 8], cal["overhead_ms"], src)
-    fit = fit_curves(points_llama2_70b(), 80, ["sharegpt", "cnn_dm", "xsum", "gsm8k", "humaneval"])
-    wl = workloads_from_fit(fit, "Llama2-70B (LayerSkip/AdaDecode early-exit checkpoint)", ["sharegpt", "cnn_dm", "xsum", "gsm8k", "humaneval"])
+    wl = both_readings(lambda r: points_llama2_70b(reading=r), 80, ["sharegpt", "cnn_dm", "xsum", "gsm8k", "humaneval"],
+                       "Llama2-70B (LayerSkip/AdaDecode early-exit checkpoint)", fit_cost(tables[2], 80))
     pred = {f"TP{t.tp}": round(ar_ms(t, 80), 3) for t in tables}
     return Profile(
         name="h100_llama70b",
@@ -294,53 +357,71 @@ def build_h100_llama70b(data: Path, cal: dict) -> Profile:
             "overhead": src,
             "predicted_autoregressive_ms_per_token": pred,
             "validation": "no published H100 end-to-end figure for this stack: not validated end to end",
-            "acceptance": "as a100_llama70b (acceptance is a property of the model, not the GPU)",
-            "contexts": {w: CONTEXTS[w][1] for w in wl},
+            "acceptance": "as a100_llama70b (acceptance is a property of the model, not the GPU). " + READINGS_TEXT,
+            "contexts": {w: CONTEXTS[w][1] for w in wl if w in CONTEXTS},
             "built_by": "studies/profiles/build_profiles.py",
         },
     )
 
 
 # Llama-2-7B: no 7B-specific 1/4-depth point; Llama-2-13B's (L10/40) used at the same relative depth.
-def points_llama2_7b(band: str = "central", c_shape_points: bool = False) -> list[Point]:
+def points_llama2_7b(band: str = "central", reading: str = CENTRAL_READING) -> list[Point]:
     d = {"central": 0.0, "low": -1.0, "high": 1.0}[band]
     fig, rng = 0.03 * d, 0.075 * d
     note = "Llama2-13B figure (L10/40) used for Llama2-7B at the same relative depth 1/4 (assumed)"
     return [
-        Point("cnn_dm", "final", 0.54 + fig, exit=8, source=FIG4, note=note),
-        Point("xsum", "final", 0.41 + fig, exit=8, source=FIG4, note=note),
-        Point("sharegpt", "final", 0.475 + rng, exit=8, source=RANGE, note=note),
-        Point("gsm8k", "final", 0.475 + rng, exit=8, source=RANGE, note=note),
-        Point("humaneval", "final", 0.475 + rng, exit=8, source=RANGE, note=note),
+        fig_point("cnn_dm", 0.54 + fig, 8, 32, reading, FIG4, note),
+        fig_point("xsum", 0.41 + fig, 8, 32, reading, FIG4, note),
+        fig_point("sharegpt", 0.475 + rng, 8, 32, reading, RANGE, note),
+        fig_point("gsm8k", 0.475 + rng, 8, 32, reading, RANGE, note),
+        fig_point("humaneval", 0.475 + rng, 8, 32, reading, RANGE, note),
     ]
 
 
-def shape_c_pooled() -> tuple[float, str, dict]:
+_C_POOLED: dict = {}
+
+
+def shape_c_pooled(reading: str = CENTRAL_READING) -> tuple[float, str, dict]:
     """Steepness c from the two models with two-depth points: Llama2-70B (L10, L20 ShareGPT) and
-    CodeLlama-34B (L7 ~0.65, L12 ~0.73); their mean is used for models without such points."""
-    f70 = fit_curves(points_llama2_70b(), 80)
-    f34 = fit_curves(points_codellama34b(), 48)
-    c = 0.5 * (f70.c + f34.c)
-    note = (f"c fixed (assumed) to the mean {c:.4f} of the steepness fitted on Llama2-70B ({f70.c:.4f}, exits 10/20 "
-            f"ShareGPT) and CodeLlama-34B ({f34.c:.4f}, exits 7/12): no two-depth points for this model")
-    return c, note, {"c_llama2_70b": round(f70.c, 5), "c_codellama_34b": round(f34.c, 5)}
+    CodeLlama-34B (L7 ~0.65, L12 ~0.73); their mean is used for models without such points.
+    (Fitted on a unit-cost model: accepted/checked does not depend on latency.)"""
+    if reading not in _C_POOLED:
+        f70 = fit_curves(points_llama2_70b(reading=reading), 80, reading=reading)
+        f34 = fit_curves(points_codellama34b(reading=reading), 48, reading=reading)
+        c = 0.5 * (f70.c + f34.c)
+        note = (f"c fixed (assumed) to the mean {c:.4f} of the steepness fitted, {reading} reading, on Llama2-70B "
+                f"({f70.c:.4f}, exits 10/20 ShareGPT) and CodeLlama-34B ({f34.c:.4f}, exits 7/12): no two-depth points "
+                f"for this model")
+        _C_POOLED[reading] = (c, note, {"c_llama2_70b": round(f70.c, 5), "c_codellama_34b": round(f34.c, 5)})
+    return _C_POOLED[reading]
 
 
-def points_codellama34b(band: str = "central") -> list[Point]:
+def points_codellama34b(band: str = "central", reading: str = CENTRAL_READING) -> list[Point]:
     d = {"central": 0.0, "low": -1.0, "high": 1.0}[band]
     fig, rng = 0.03 * d, 0.075 * d
     two = f"{HISPEC}: CodeLlama-34B draft L7 alone ~0.65, with intermediate L12 ~0.73 at the full model"
+    L = 48
     return [
-        Point("two_level_fig", "final", 0.65 + fig, exit=7, source=two,
-              note="workload not named with the figure: used only for the shared steepness c " + INTERP),
-        Point("two_level_fig", "final", 0.73 + fig, exit=12, source=two,
-              note="tokens reaching the full model are L12's argmax: agreement(12, 48) under the depth-Markov model"),
-        Point("cnn_dm", "final", 0.63 + fig, exit=12, source=FIG4),
-        Point("xsum", "final", 0.47 + fig, exit=12, source=FIG4),
-        Point("sharegpt", "final", 0.475 + rng, exit=12, source=RANGE),
-        Point("gsm8k", "final", 0.475 + rng, exit=12, source=RANGE),
-        Point("humaneval", "final", 0.475 + rng, exit=12, source=RANGE),
+        fig_point("two_level_fig", 0.65 + fig, 7, L, reading, two,
+                  "draft L7 alone; workload not named with the figure: used only for the shared steepness c"),
+        fig_point("two_level_fig", 0.73 + fig, 12, L, reading, two,
+                  "with intermediate L12 (draft L7), at the full model"
+                  + (": tokens reaching the full model are L12's argmax: agreement(12, 48) under the depth-Markov model"
+                     if reading == "per_position" else ""), draft=7),
+        fig_point("cnn_dm", 0.63 + fig, 12, L, reading, FIG4),
+        fig_point("xsum", 0.47 + fig, 12, L, reading, FIG4),
+        fig_point("sharegpt", 0.475 + rng, 12, L, reading, RANGE),
+        fig_point("gsm8k", 0.475 + rng, 12, L, reading, RANGE),
+        fig_point("humaneval", 0.475 + rng, 12, L, reading, RANGE),
     ]
+
+
+READINGS_TEXT = (
+    f"Two readings of the published acceptance figures: '{CENTRAL_READING}' (CENTRAL, workloads <w>: a figure is the "
+    f"acceptance rate accepted/checked of the loop it was measured in, single-level [e, L] with N_d = {N_D} or the "
+    f"HiSpec hierarchy with N_d = {N_D}, N_i = {N_I}; the curve is fitted so that hispec_sim.analytic.predict reproduces "
+    f"it) and '{OTHER_READING}' (workloads <w>_{OTHER_READING}: a figure is the per-position agreement rate of that "
+    f"exit with the final layer). Every fit point records the configuration assumed, the reproduced value and residual.")
 
 
 def build_a100_llama2_7b(data: Path, cal: dict) -> Profile:
@@ -352,12 +433,11 @@ def build_a100_llama2_7b(data: Path, cal: dict) -> Profile:
         data, "a100", "Llama-2-7b-hf", shape, 1, layer_host=cal_h["layer_host_ms"], fwd_host=cal_h["forward_host_ms"],
         detail=f"Host overhead {cal_h['layer_host_ms']} ms per layer and {cal_h['forward_host_ms']} ms per forward calibrated "
                f"on ONE figure: {HF_CAL['what']} {HF_CAL['figure_ms']} ms/token at context {HF_CAL['context']} (assumed)."))
-    c, c_note, c_extra = shape_c_pooled()
+    c, c_note, c_extra = shape_c_pooled(CENTRAL_READING)
     names = ["sharegpt", "cnn_dm", "xsum", "gsm8k", "humaneval"]
-    fit = fit_curves(points_llama2_7b(), 32, names, c=c, c_note=c_note)
-    fit.extra.update(c_extra)
-    wl = workloads_from_fit(fit, "Llama2-7B (LayerSkip early-exit checkpoint)", names,
-                            extra_src="1/4-depth points are Llama2-13B's (no 7B figure published); steepness assumed.")
+    wl = both_readings(lambda r: points_llama2_7b(reading=r), 32, names, "Llama2-7B (LayerSkip early-exit checkpoint)",
+                       fit_cost(tables[0], 32), c_fn=shape_c_pooled,
+                       extra_src="1/4-depth points are Llama2-13B's (no 7B figure published); steepness assumed.")
     base = fit_curves([Point("base_no_ee", "mean_layer", 23.45, source=f"{LAYERSKIP}: motivation, Llama2-7B without early-exit "
                              "training: a token needs on average 23.45 of 32 layers to reach its final prediction",
                              note="under the model the mean first-final layer = sum_{e=0}^{L-1} (1 - F(e))")],
@@ -365,7 +445,8 @@ def build_a100_llama2_7b(data: Path, cal: dict) -> Profile:
     wl["base_no_ee"] = acceptance_from_fit(base, "base_no_ee", context=CONTEXTS["base_no_ee"][0], source=acceptance_source(
         "Llama2-7B base model WITHOUT early-exit training", "Fitted to LayerSkip's 23.45/32 mean layer; what-if for a model "
         "that was not trained for early exit (the LayerSkip checkpoint workloads do not use this figure: it is inconsistent "
-        "with their ~0.4-0.55 agreement at 1/4 depth)."), context_note=CONTEXTS["base_no_ee"][1])
+        "with their ~0.4-0.55 agreement at 1/4 depth). Steepness c: the central-reading pooled value."),
+        context_note=CONTEXTS["base_no_ee"][1])
     pred = {f"{t.key} (context {CAL_CONTEXT})": round(ar_ms(t, 32), 3) for t in tables}
     return Profile(
         name="a100_llama2_7b",
@@ -381,8 +462,9 @@ def build_a100_llama2_7b(data: Path, cal: dict) -> Profile:
             "predicted_autoregressive_ms_per_token": pred,
             "acceptance": "Llama2-13B Figure 4 points (L10/40) and the 0.40-0.55 range at relative depth 1/4 of the 7B model "
                           "(assumed transferable within the Llama-2 family); steepness c assumed = mean of the 70B and 34B fits; "
-                          "workload base_no_ee fitted to LayerSkip's 23.45/32 figure (base model, no early-exit training)",
-            "contexts": {w: CONTEXTS[w][1] for w in wl},
+                          "workload base_no_ee fitted to LayerSkip's 23.45/32 figure (base model, no early-exit training). "
+                          + READINGS_TEXT,
+            "contexts": {w: CONTEXTS[w][1] for w in wl if w in CONTEXTS},
             "built_by": "studies/profiles/build_profiles.py",
         },
     )
@@ -411,7 +493,7 @@ def main(argv=None) -> int:
             continue
         prof = build(data, cal)
         path = Path(a.out) / f"{name}.json"
-        save_profile(prof, path)
+        save_profile_compact(prof, path)
         print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     return 0
 
