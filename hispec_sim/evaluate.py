@@ -46,7 +46,11 @@ class Setting:
 
 
 def _max_tokens(plans: list[Plan]) -> int:
-    return max(p.propose + sum(p.windows) for p in plans) + 8
+    """Largest token count any forward of these plans can carry when they are evaluated
+    together (buffers are padded to the largest propose and window at every level)."""
+    depth = max(p.depth for p in plans)
+    widest = [max((p.windows[j] for p in plans if len(p.windows) > j), default=0) for j in range(depth - 2)]
+    return max(p.propose for p in plans) + sum(widest) + depth + 8
 
 
 def predict_plans(setting: Setting, plans: list[Plan]) -> Prediction:

@@ -186,3 +186,12 @@ def test_token_engine_agrees_too(plan, correlated):
     half = (r.ci95[1] - r.ci95[0]) / 2 * 3.29 / 1.96
     assert abs(pr.tokens_per_second[0] - r.tokens_per_second) <= half
     assert r.acceptance == pytest.approx(list(pr.acceptance[0, : plan.depth - 1]), abs=0.01)
+
+
+def test_plans_of_different_shapes_score_together():
+    s = _setting()
+    plans = [Plan(levels=[1, 2, 3, LAYERS], propose=1, windows=[16, 1]), Plan(levels=[1, 2, 3, LAYERS], propose=8, windows=[1, 16]),
+             Plan(levels=[2, LAYERS], propose=8), Plan(levels=[LAYERS])]
+    together = predict_plans(s, plans).tokens_per_second
+    alone = [predict_plans(s, [p]).tokens_per_second[0] for p in plans]
+    assert together == pytest.approx(alone, rel=1e-12)
