@@ -5,7 +5,8 @@
 
 Batching semantics (those of latency.CostModel, the analytic model and the Monte-Carlo
 simulator): the B sequences of a batch run the plan's schedule in lockstep; a forward
-carries B x the stream's new tokens and its attention reads B x context cached tokens.
+carries B x the stream's new tokens through the linear layers and B sequences' attention,
+each over its own KV cache (latency.batched_layer_ms).
 Aggregate tokens/s = B x (tokens per sequence per second); per-token latency is the time
 one sequence waits per committed token, so at a fixed batch the fastest plan is also the
 lowest-latency one.
@@ -208,8 +209,8 @@ def compute(profile: Profile, workload: str | None = None, tp: int | None = None
                     "model": profile.model.name, "layers": L},
         "setting": setting.describe(),
         "search": {"max_propose": max_propose, "max_window": max_window},
-        "batching": "B sequences decode in lockstep: every forward carries B x the stream's new tokens and its "
-                    "attention reads B x context cached tokens (latency table looked up at those totals); "
+        "batching": "B sequences decode in lockstep: every forward carries B x the stream's new tokens through "
+                    "the linear layers and B sequences' attention, each over its own cache; "
                     "aggregate tokens/s = B x per-sequence tokens/s; per-token latency = time per committed token "
                     "of one sequence.",
     }

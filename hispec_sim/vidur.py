@@ -60,7 +60,7 @@ def hardware_for(gpu: str, gpus: int = 1) -> Hardware:
 
 
 def default_contexts() -> list[int]:
-    """0 then powers of 2 from 16 to 2^21 total cached tokens (batch x context). The modelled
+    """0 then powers of 2 from 16 to 2^21 cached tokens of one sequence. The modelled
     attention term is proportional to the context, so linear interpolation is exact."""
     return [0] + [2**k for k in range(4, 22)]
 
