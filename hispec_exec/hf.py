@@ -1,0 +1,127 @@
+"""Hugging Face Llama-format folders <-> our model (config.json + safetensors, sharded too)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .model import ModelArgs, Transformer
+
+DEFAULT_HF_CONTEXT = 2048  # attention spans the whole cache capacity: keep it moderate
+
+
+def args_from_hf(cfg: dict, max_seq_len: int | None = None) -> ModelArgs:
+    mt = cfg.get("model_type", "llama")
+    if mt not in ("llama", "mistral", "qwen2") and "LlamaForCausalLM" not in cfg.get("architectures", []):
+        raise ValueError(f"model_type: only Llama-format checkpoints are supported, got {mt!r}")
+    for f in ("attention_bias", "mlp_bias"):
+        if cfg.get(f):
+            raise ValueError(f"{f}: biases are not supported")
+    if cfg.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"hidden_act: only silu is supported, got {cfg.get('hidden_act')!r}")
+    try:
+        dim, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
+        hd = cfg.get("head_dim") or dim // heads
+        if hd * heads != dim:
+            raise ValueError("head_dim: head_dim * num_attention_heads must equal hidden_size")
+        rp = cfg.get("rope_parameters") or {}  # transformers >= 5 keeps theta and scaling here
+        theta = cfg.get("rope_theta", rp.get("rope_theta", 10000.0))
+        rs = cfg.get("rope_scaling") or (rp if rp.get("rope_type", "default") != "default" else None)
+        if rs is not None:
+            kind = rs.get("rope_type", rs.get("type"))
+            if kind in ("default", None):
+                rs = None
+            elif kind != "llama3":
+                raise ValueError(f"rope_scaling: only llama3 scaling is supported, got {kind!r}")
+        ctx = int(cfg.get("max_position_embeddings", DEFAULT_HF_CONTEXT))
+        return ModelArgs.from_dict(dict(
+            vocab_size=int(cfg["vocab_size"]), dim=dim, n_layers=int(cfg["num_hidden_layers"]), n_heads=heads,
+            n_kv_heads=int(cfg.get("num_key_value_heads") or heads), ffn_dim=int(cfg["intermediate_size"]),
+            rope_theta=float(theta), norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+            max_seq_len=max_seq_len or min(ctx, DEFAULT_HF_CONTEXT),
+            tie_embeddings=bool(cfg.get("tie_word_embeddings", False)), rope_scaling=rs))
+    except KeyError as e:
+        raise ValueError(f"config.{e.args[0]}: missing in the Hugging Face config") from None
+
+
+def _hf_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    from .checkpoint import _read_json, read_safetensors
+
+    single = folder / "model.safetensors"
+    if single.exists():
+        return read_safetensors(single)
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        wm = _read_json(index, "model").get("weight_map", {})
+        out = {}
+        for shard in sorted(set(wm.values())):
+            out.update(read_safetensors(folder / shard))
+        return out
+    raise ValueError(f"model: {folder} has no model.safetensors or model.safetensors.index.json")
+
+
+def load_hf(folder: Path, cfg: dict, max_seq_len: int | None = None) -> Transformer:
+    from .checkpoint import load_state
+
+    args = args_from_hf(cfg, max_seq_len)
+    t = _hf_tensors(folder)
+
+    def get(name):
+        for k in (name, "model." + name if not name.startswith("model.") else name):
+            if k in t:
+                return t[k].float()
+        raise ValueError(f"model: checkpoint lacks tensor {name}")
+
+    sd = {"tok_embeddings.weight": get("model.embed_tokens.weight"), "norm.weight": get("model.norm.weight")}
+    if not args.tie_embeddings:
+        sd["output.weight"] = get("lm_head.weight")
+    for i in range(args.n_layers):
+        p = f"model.layers.{i}."
+        sd[f"layers.{i}.wqkv.weight"] = torch.cat([get(p + f"self_attn.{x}_proj.weight") for x in "qkv"])
+        sd[f"layers.{i}.wo.weight"] = get(p + "self_attn.o_proj.weight")
+        sd[f"layers.{i}.w13.weight"] = torch.cat([get(p + "mlp.gate_proj.weight"), get(p + "mlp.up_proj.weight")])
+        sd[f"layers.{i}.w2.weight"] = get(p + "mlp.down_proj.weight")
+        sd[f"layers.{i}.attention_norm.weight"] = get(p + "input_layernorm.weight")
+        sd[f"layers.{i}.ffn_norm.weight"] = get(p + "post_attention_layernorm.weight")
+    model = Transformer(args)
+    load_state(model, sd)
+    return model
+
+
+def hf_config(args: ModelArgs) -> dict:
+    return {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": args.vocab_size,
+        "hidden_size": args.dim, "intermediate_size": args.ffn_dim, "num_hidden_layers": args.n_layers,
+        "num_attention_heads": args.n_heads, "num_key_value_heads": args.n_kv_heads, "head_dim": args.head_dim,
+        "rms_norm_eps": args.norm_eps, "rope_theta": args.rope_theta,
+        "rope_parameters": {"rope_theta": args.rope_theta, "rope_type": "default"}, "max_position_embeddings": args.max_seq_len,
+        "tie_word_embeddings": args.tie_embeddings, "hidden_act": "silu", "attention_bias": False,
+        "mlp_bias": False, "torch_dtype": "float32", "bos_token_id": None, "eos_token_id": None,
+        "pad_token_id": None, "use_cache": True,
+    }
+
+
+def save_hf(model: Transformer, folder: str | Path) -> None:
+    """Write our model as a Hugging Face LlamaForCausalLM folder (for the side-by-side benchmark)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    a = model.args
+    hd, H, KV = a.head_dim, a.n_heads, a.n_kv_heads
+    sd = {"model.embed_tokens.weight": model.tok_embeddings.weight, "model.norm.weight": model.norm.weight}
+    if not a.tie_embeddings:
+        sd["lm_head.weight"] = model.output.weight
+    for i, l in enumerate(model.layers):
+        p = f"model.layers.{i}."
+        q, k, v = l.wqkv.weight.split([H * hd, KV * hd, KV * hd])
+        g, u = l.w13.weight.chunk(2)
+        sd.update({p + "self_attn.q_proj.weight": q, p + "self_attn.k_proj.weight": k,
+                   p + "self_attn.v_proj.weight": v, p + "self_attn.o_proj.weight": l.wo.weight,
+                   p + "mlp.gate_proj.weight": g, p + "mlp.up_proj.weight": u, p + "mlp.down_proj.weight": l.w2.weight,
+                   p + "input_layernorm.weight": l.attention_norm.weight,
+                   p + "post_attention_layernorm.weight": l.ffn_norm.weight})
+    save_file({k: v.detach().cpu().contiguous().clone() for k, v in sd.items()}, str(folder / "model.safetensors"),
+              metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps(hf_config(a), indent=2) + "\n")

@@ -1,0 +1,313 @@
+"""A Llama-style early-exit decoder (RMSNorm, RoPE, GQA, SwiGLU) in plain PyTorch.
+
+Every layer can exit through the shared final norm + LM head. Two code paths share the
+weights:
+
+* `forward_train` -- ordinary batched training forward (SDPA, nn.Linear), returns the
+  hidden state after every layer so the LayerSkip early-exit loss can read every exit;
+* `run` / `head` -- the decoding path over a `Cache`: run layers a+1..b over the positions
+  that layer a has produced and layer a+1 has not consumed yet (LayerSkip's exit-query
+  cache, at every exit boundary), reusing the KV cache of every layer.
+
+The decoding path is *row invariant*: the result for a position does not depend on how
+many other tokens share the forward. BLAS picks its kernel (and so its reduction order)
+by shape, so linear layers compute every row as a one-row product (`mm`), attention puts the queries in the columns of its products and always spans the whole
+cache capacity with a mask, and every elementwise op sees contiguous rows. So speculative decoding reproduces autoregressive
+greedy decoding bit for bit, even on near-ties.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class ModelArgs:
+    vocab_size: int = 256
+    dim: int = 160
+    n_layers: int = 16
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    ffn_dim: int = 448
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    max_seq_len: int = 512
+    tie_embeddings: bool = True
+    rope_scaling: dict | None = None  # Llama-3 style {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelArgs":
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"config: unknown keys {unknown}")
+        args = cls(**d)
+        for f in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "max_seq_len"):
+            v = getattr(args, f)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"config.{f}: must be a positive integer, got {v!r}")
+        if args.dim % args.n_heads or args.n_heads % args.n_kv_heads:
+            raise ValueError("config.n_heads: dim must divide by n_heads and n_heads by n_kv_heads")
+        return args
+
+
+def mm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x @ w.T, row invariant: every row is computed exactly as a one-row F.linear would
+    (several rows go through a batched product with the weight broadcast, one row per
+    batch entry, which takes the same BLAS path as a single row)."""
+    n = x.shape[0]
+    if n == 1:
+        return F.linear(x, w)
+    return torch.bmm(x[:, None, :], w.t().expand(n, w.shape[1], w.shape[0]))[:, 0]
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+def rope_tables(args: ModelArgs, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    hd = args.head_dim
+    inv = 1.0 / (args.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float64, device=device) / hd))
+    if args.rope_scaling:
+        inv = _llama3_scaling(inv, args.rope_scaling)
+    t = torch.arange(args.max_seq_len, dtype=torch.float64, device=device)
+    ang = torch.outer(t, inv)
+    ang = torch.cat([ang, ang], dim=-1)  # HF "rotate_half" layout
+    return ang.cos().float(), ang.sin().float()
+
+
+def _llama3_scaling(inv: torch.Tensor, sc: dict) -> torch.Tensor:
+    factor = float(sc["factor"])
+    lo, hi = float(sc.get("low_freq_factor", 1.0)), float(sc.get("high_freq_factor", 4.0))
+    old = float(sc.get("original_max_position_embeddings", 8192))
+    wavelen = 2 * math.pi / inv
+    out = torch.where(wavelen > old / lo, inv / factor, inv)
+    smooth = (old / wavelen - lo) / (hi - lo)
+    smoothed = (1 - smooth) * out / factor + smooth * out
+    medium = ~(wavelen < old / hi) & ~(wavelen > old / lo)
+    return torch.where(medium, smoothed, out)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # x (..., T, H, hd); cos/sin (T, hd)
+    h = x.shape[-1] // 2
+    rot = torch.cat([-x[..., h:], x[..., :h]], dim=-1)
+    return x * cos[:, None, :] + rot * sin[:, None, :]
+
+
+class Block(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        hd, kv = args.head_dim, args.n_kv_heads
+        self.attention_norm = RMSNorm(args.dim, args.norm_eps)
+        self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
+        self.wqkv = nn.Linear(args.dim, (args.n_heads + 2 * kv) * hd, bias=False)
+        self.wo = nn.Linear(args.n_heads * hd, args.dim, bias=False)
+        self.w13 = nn.Linear(args.dim, 2 * args.ffn_dim, bias=False)
+        self.w2 = nn.Linear(args.ffn_dim, args.dim, bias=False)
+
+    # -- training path ------------------------------------------------------------
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        a = self.args
+        B, T, _ = x.shape
+        hd, H, KV = a.head_dim, a.n_heads, a.n_kv_heads
+        q, k, v = self.wqkv(self.attention_norm(x)).split([H * hd, KV * hd, KV * hd], dim=-1)
+        q = apply_rope(q.view(B, T, H, hd), cos, sin).transpose(1, 2)
+        k = apply_rope(k.view(B, T, KV, hd), cos, sin).transpose(1, 2)
+        v = v.view(B, T, KV, hd).transpose(1, 2)
+        k = k.repeat_interleave(H // KV, dim=1)
+        v = v.repeat_interleave(H // KV, dim=1)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.wo(y.transpose(1, 2).reshape(B, T, H * hd))
+        g, u = self.w13(self.ffn_norm(x)).chunk(2, dim=-1)
+        return x + self.w2(F.silu(g) * u)
+
+    # -- decoding path (row invariant, one sequence) --------------------------------
+    def step(self, x: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, pos0: int,
+             cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x (n, dim) at positions pos0..pos0+n-1; kc/vc (KV, C, hd) this layer's cache.
+        Attention spans the whole capacity C with a mask and puts the queries in the
+        columns of the products (K @ q^T, V^T @ p^T), which makes it row invariant too."""
+        a = self.args
+        n = x.shape[0]
+        hd, H, KV = a.head_dim, a.n_heads, a.n_kv_heads
+        G = H // KV
+        qkv = mm(self.attention_norm(x), self.wqkv.weight)
+        qk = apply_rope(qkv[:, : (H + KV) * hd].reshape(n, H + KV, hd), cos, sin)
+        kc[:, pos0:pos0 + n] = qk[:, H:].transpose(0, 1)
+        vc[:, pos0:pos0 + n] = qkv[:, (H + KV) * hd:].reshape(n, KV, hd).transpose(0, 1)
+        # queries in the columns, ordered (group, token); at least two columns per kv head
+        qt = (qk[:, :H] * (1.0 / math.sqrt(hd))).view(n, KV, G, hd).permute(1, 3, 2, 0).reshape(KV, hd, G * n)
+        if G * n == 1:
+            qt = qt.expand(KV, hd, 2)
+        s = torch.bmm(kc, qt)  # (KV, C, cols)
+        s = s.transpose(1, 2)[:, : G * n].contiguous()  # (KV, G*n, C): softmax over a contiguous row
+        p = torch.softmax(s + mask, dim=-1)
+        pt = p.transpose(1, 2)  # (KV, C, G*n)
+        if G * n == 1:
+            pt = pt.expand(KV, pt.shape[1], 2)
+        o = torch.bmm(vc.transpose(1, 2), pt)[:, :, : G * n]  # (KV, hd, G*n)
+        o = o.reshape(KV, hd, G, n).permute(3, 0, 2, 1).reshape(n, H * hd)
+        x = x + mm(o, self.wo.weight)
+        g, u = mm(self.ffn_norm(x), self.w13.weight).chunk(2, dim=-1)
+        return x + mm(F.silu(g) * u, self.w2.weight)
+
+
+class Cache:
+    """KV cache of every layer + hidden states waiting at exit boundaries, one sequence.
+
+    lens[l] (1-based layer l) = number of positions layer l has processed. Lower layers
+    run ahead of deeper ones; hid[b][lens[b+1]:lens[b]] are the outputs of layer b that
+    layer b+1 has not consumed yet. Cropping is exact: it only moves lengths back.
+    """
+
+    def __init__(self, args: ModelArgs, device=None, dtype=torch.float32, capacity: int | None = None):
+        self.args = args
+        C = capacity or args.max_seq_len
+        if C > args.max_seq_len:
+            raise ValueError(f"capacity: {C} exceeds the model's max_seq_len {args.max_seq_len}")
+        self.capacity = C
+        shape = (args.n_layers, args.n_kv_heads, C, args.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.lens = [0] * (args.n_layers + 1)  # index 0 unused
+        self.hid: dict[int, torch.Tensor] = {}
+        self.device, self.dtype = device, dtype
+
+    def hidden(self, b: int) -> torch.Tensor:
+        if b not in self.hid:
+            self.hid[b] = torch.zeros(self.capacity, self.args.dim, device=self.device, dtype=self.dtype)
+        return self.hid[b]
+
+    def crop(self, layers: range | tuple[int, int] | None, length: int) -> None:
+        """Forget every position >= length in the given 1-based layers (all when None)."""
+        if layers is None:
+            layers = range(1, self.args.n_layers + 1)
+        elif isinstance(layers, tuple):
+            layers = range(layers[0], layers[1] + 1)
+        for l in layers:
+            if self.lens[l] > length:
+                self.lens[l] = length
+
+
+class Transformer(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleList(Block(args) for _ in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        if args.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+        self.apply(self._init)
+        for layer in self.layers:  # GPT-2 style scaled init of the residual projections
+            for w in (layer.wo.weight, layer.w2.weight):
+                nn.init.normal_(w, std=0.02 / math.sqrt(2 * args.n_layers))
+        cos, sin = rope_tables(args)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self._mask_cache: dict = {}
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+
+    @property
+    def num_layers(self) -> int:
+        return self.args.n_layers
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # -- training -------------------------------------------------------------------
+    def forward_train(self, idx: torch.Tensor, skip: set[int] | None = None) -> list[torch.Tensor]:
+        """Hidden state after each layer (list of L tensors (B, T, dim)); layers in `skip`
+        (0-based) are dropped (identity)."""
+        T = idx.shape[1]
+        cos, sin = self.rope_cos[:T], self.rope_sin[:T]
+        x = self.tok_embeddings(idx)
+        hs = []
+        for i, layer in enumerate(self.layers):
+            if not skip or i not in skip:
+                x = layer(x, cos, sin)
+            hs.append(x)
+        return hs
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        return self.output(self.norm(h))
+
+    # -- decoding -------------------------------------------------------------------
+    def new_cache(self, capacity: int | None = None) -> Cache:
+        p = self.tok_embeddings.weight
+        return Cache(self.args, device=p.device, dtype=p.dtype, capacity=capacity)
+
+    def _mask(self, cache: Cache, pos0: int, n: int) -> torch.Tensor:
+        key = (cache.capacity, pos0, n, str(cache.device), cache.dtype)
+        m = self._mask_cache.get(key)
+        if m is None:
+            G = self.args.n_heads // self.args.n_kv_heads
+            pos = torch.arange(pos0, pos0 + n, device=cache.device).repeat(G)  # (G*n,) group-major
+            m = torch.arange(cache.capacity, device=cache.device)[None, :] > pos[:, None]
+            m = torch.zeros(m.shape, device=cache.device, dtype=cache.dtype).masked_fill(m, float("-inf"))[None]  # additive
+            if len(self._mask_cache) > 4096:
+                self._mask_cache.clear()
+            self._mask_cache[key] = m
+        return m
+
+    @torch.no_grad()
+    def run(self, cache: Cache, a: int, b: int, tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Run layers a+1..b (1-based, inclusive). a == 0: over the new `tokens` (1-D ids);
+        a > 0: over every position layer a produced that layer a+1 has not consumed.
+        Returns the hidden states after layer b (n, dim) and keeps them at boundary b."""
+        L = self.args.n_layers
+        if not 0 <= a < b <= L:
+            raise ValueError(f"layers: need 0 <= a < b <= {L}, got a={a} b={b}")
+        pos0 = cache.lens[a + 1]
+        if any(cache.lens[l] != pos0 for l in range(a + 1, b + 1)):
+            raise RuntimeError(f"cache: layers {a + 1}..{b} are at different lengths {cache.lens[a + 1:b + 1]}")
+        if a == 0:
+            if tokens is None or tokens.numel() == 0:
+                raise ValueError("tokens: nothing to run")
+            x = self.tok_embeddings(tokens.reshape(-1))
+        else:
+            end = cache.lens[a]
+            if end <= pos0:
+                raise RuntimeError(f"cache: no hidden states waiting after layer {a}")
+            x = cache.hid[a][pos0:end]
+        n = x.shape[0]
+        if pos0 + n > cache.capacity:
+            raise ValueError(f"capacity: sequence of {pos0 + n} tokens exceeds the cache capacity {cache.capacity}")
+        cos, sin = self.rope_cos[pos0:pos0 + n], self.rope_sin[pos0:pos0 + n]
+        mask = self._mask(cache, pos0, n)
+        for l in range(a, b):
+            x = self.layers[l].step(x, cache.k[l], cache.v[l], pos0, cos, sin, mask)
+            cache.lens[l + 1] = pos0 + n
+        if b < L:
+            cache.hidden(b)[pos0:pos0 + n] = x
+        return x
+
+    @torch.no_grad()
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Exit head (shared final norm + LM head), row invariant; logits (n, vocab)."""
+        return mm(self.norm(x), self.output.weight)

@@ -1,0 +1,164 @@
+"""LayerSkip-style training of the small early-exit model on the stdlib corpus.
+
+Recipe (Elhoushi et al. 2024, LayerSkip): early-exit loss at every layer through the
+shared final norm + LM head, weighted by a scale rising with depth; layer dropout with a
+rate rising with depth (0 at the first layer). One CPU thread by default.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .data import corpus_bytes
+from .model import ModelArgs, Transformer
+
+
+def exit_weights(L: int, scale: float) -> list[float]:
+    w = [scale * (l + 1) / L for l in range(L - 1)] + [1.0]
+    s = sum(w)
+    return [x / s for x in w]
+
+
+def batches(data: torch.Tensor, batch: int, seq: int, gen: torch.Generator):
+    while True:
+        ix = torch.randint(0, len(data) - seq - 1, (batch,), generator=gen)
+        x = torch.stack([data[i:i + seq + 1] for i in ix.tolist()]).long()
+        yield x[:, :-1], x[:, 1:]
+
+
+@torch.no_grad()
+def evaluate(model: Transformer, data: torch.Tensor, windows: int = 32, seq: int = 256, seed: int = 1234) -> dict:
+    """Held-out loss of every exit and greedy agreement of every exit with the last layer
+    (teacher forced on held-out text)."""
+    model.eval()
+    g = torch.Generator().manual_seed(seed)
+    ix = torch.randint(0, len(data) - seq - 1, (windows,), generator=g)
+    L = model.num_layers
+    loss = torch.zeros(L)
+    agree = torch.zeros(L)
+    n = 0
+    for chunk in ix.split(8):
+        x = torch.stack([data[i:i + seq + 1] for i in chunk.tolist()]).long()
+        hs = model.forward_train(x[:, :-1])
+        last = model.logits(hs[-1]).argmax(-1)
+        for l, h in enumerate(hs):
+            lg = model.logits(h)
+            loss[l] += F.cross_entropy(lg.flatten(0, 1), x[:, 1:].flatten(), reduction="sum")
+            agree[l] += (lg.argmax(-1) == last).sum()
+        n += x[:, 1:].numel()
+    model.train()
+    return {"loss": (loss / n).tolist(), "agreement_with_last": (agree / n).tolist(), "tokens": n}
+
+
+def train(out_dir: str | Path, args: ModelArgs | None = None, minutes: float = 25.0, steps: int | None = None,
+          batch: int = 16, seq: int = 256, lr: float = 3e-3, warmup: int = 100, exit_scale: float = 0.3, rotate: int = 4,
+          dropout_max: float = 0.1, threads: int = 1, seed: int = 0, log_every: int = 25,
+          eval_every: int = 500, init_from: str | Path | None = None, log=print) -> dict:
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    args = args or ModelArgs()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = Transformer(args)
+    if init_from is not None:  # continue training a checkpoint (fresh optimizer, same recipe)
+        from .checkpoint import load_model
+
+        model = load_model(init_from).train()
+        args = model.args
+    L = args.n_layers
+    train_data = torch.frombuffer(bytearray(corpus_bytes("train")), dtype=torch.uint8)
+    held_data = torch.frombuffer(bytearray(corpus_bytes("heldout")), dtype=torch.uint8)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=lr, betas=(0.9, 0.95))
+    w_exit = exit_weights(L, exit_scale)
+    p_drop = [dropout_max * l / (L - 1) for l in range(L)]  # 0 at layer 1, dropout_max at layer L
+    rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    it = batches(train_data, batch, seq, gen)
+    budget = minutes * 60.0 if steps is None else None
+    t0 = time.perf_counter()
+    hist = {"step": [], "time_s": [], "loss_last": [], "loss_mean_exit": [], "lr": []}
+    evals = []
+    step = 0
+    log(f"train: {model.num_params() / 1e6:.2f}M params, {L} layers, dim {args.dim}, "
+        f"{len(train_data) / 1e6:.1f}M train bytes, batch {batch}x{seq}")
+    while True:
+        el = time.perf_counter() - t0
+        frac = (el / budget) if budget else (step / steps)
+        if frac >= 1.0:
+            break
+        cur = lr * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+        for gr in opt.param_groups:
+            gr["lr"] = cur
+        x, y = next(it)
+        skip = {l for l in range(L) if rng.random() < p_drop[l]}
+        hs = model.forward_train(x, skip)
+        # rotational curriculum: the last exit every step, `rotate` of the early exits in turn
+        # (weights scaled up so the expected loss is the full early-exit loss)
+        early = [l for l in range(L - 1) if (l - step) % (L - 1) < rotate] if rotate < L - 1 else list(range(L - 1))
+        active = early + [L - 1]
+        H = torch.stack([hs[l] for l in active])  # (k, B, T, d)
+        lg = model.logits(H)
+        ce = F.cross_entropy(lg.flatten(0, 2), y.repeat(len(active), 1, 1).flatten(), reduction="none").view(len(active), -1).mean(1)
+        wt = torch.tensor([w_exit[l] * (L - 1) / len(early) for l in early] + [w_exit[-1]])
+        loss = (ce * wt).sum()
+        ce_by = dict(zip(active, ce.detach().tolist()))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if step % log_every == 0:
+            el = time.perf_counter() - t0
+            hist["step"].append(step)
+            hist["time_s"].append(round(el, 1))
+            hist["loss_last"].append(round(ce_by[L - 1], 4))
+            hist["loss_mean_exit"].append(round(sum(ce_by.values()) / len(ce_by), 4))
+            hist["lr"].append(cur)
+            log(f"step {step} {el:.0f}s lr {cur:.2e} loss_last {ce_by[L - 1]:.3f} early exits "
+                + " ".join(f"{l + 1}:{v:.3f}" for l, v in ce_by.items() if l < L - 1)
+                + f" tok/s {step * batch * seq / el:.0f}")
+        if eval_every and step % eval_every == 0:
+            e = evaluate(model, held_data, windows=8)
+            evals.append({"step": step, **e})
+            save(model, out_dir, {"partial": True, "history": hist, "evals": evals})
+    train_s = time.perf_counter() - t0
+    final = evaluate(model, held_data, windows=64)
+    info = {
+        "recipe": {"batch": batch, "seq": seq, "lr": lr, "warmup": warmup, "exit_scale": exit_scale, "rotate": rotate,
+                   "exit_weights": w_exit, "layer_dropout": p_drop, "threads": threads, "seed": seed,
+                   "init_from": str(init_from) if init_from else None,
+                   "optimizer": "AdamW(0.9,0.95) wd 0.1, cosine to 10%, clip 1.0"},
+        "steps": step, "train_seconds": round(train_s, 1), "tokens_seen": step * batch * seq,
+        "tokens_per_s": round(step * batch * seq / train_s, 1),
+        "params": model.num_params(),
+        "corpus": "python stdlib .py files (train split), byte tokens",
+        "heldout": final, "history": hist, "evals": evals,
+    }
+    save(model, out_dir, info)
+    log("heldout loss per exit: " + " ".join(f"{v:.3f}" for v in final["loss"]))
+    log("agreement with last:   " + " ".join(f"{v:.3f}" for v in final["agreement_with_last"]))
+    return info
+
+
+def save(model: Transformer, out_dir: Path, log: dict) -> None:
+    from safetensors.torch import save_file
+
+    from hispec_sim.schema import write_atomic
+
+    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if model.args.tie_embeddings:
+        sd.pop("output.weight", None)
+    tmp = out_dir / "model.safetensors.tmp"
+    save_file(sd, str(tmp))
+    tmp.replace(out_dir / "model.safetensors")
+    write_atomic(out_dir / "config.json", model.args.to_json() + "\n")
+    write_atomic(out_dir / "train_log.json", json.dumps(log, indent=1) + "\n")

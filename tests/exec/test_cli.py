@@ -1,0 +1,126 @@
+"""CLI golden cases: info keys, run --check on the shipped model, one-line errors (exit 2)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hispec_exec.checkpoint import DEFAULT_CHECKPOINT
+from hispec_exec.cli import main
+
+
+def cli(*args):
+    p = subprocess.run([sys.executable, "-m", "hispec_exec.cli", *args], capture_output=True, text=True, timeout=300)
+    return p.returncode, p.stdout, p.stderr
+
+
+def test_info_json_keys(capsys):
+    assert main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    for k in ("model", "layers", "params", "dim", "heads", "kv_heads", "ffn", "vocab", "max_seq_len", "exits",
+              "training"):
+        assert k in info
+    assert info["layers"] >= 16 and info["params"] <= 10_500_000
+    assert info["exits"] == list(range(1, info["layers"] + 1))
+    assert len(info["training"]["heldout_loss_per_exit"]) == info["layers"]
+
+
+def test_run_check_json_shipped(capsys):
+    assert main(["run", "--levels", "2,4,16", "--propose", "2", "--window", "4", "--prompts", "2",
+                 "--max-new-tokens", "48", "--check", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["identical_to_autoregressive"] is True
+    assert out["family"] == "3_level" and out["plan"]["levels"] == [2, 4, 16]
+    for k in ("tokens_per_s", "autoregressive_tokens_per_s", "speedup_vs_autoregressive", "acceptance_per_level",
+              "tokens_per_full_forward", "forwards_per_level", "layer_tokens"):
+        assert k in out
+    assert len(out["acceptance_per_level"]) == 3 and out["acceptance_per_level"][0] is None
+    assert out["tokens_per_full_forward"] >= 1.0
+
+
+def test_run_plan_file_and_out(tmp_path, capsys):
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"plan": {"levels": [3, 16], "propose": 3}}))
+    out = tmp_path / "r.json"
+    assert main(["run", "--plan", str(plan), "--prompts", "1", "--max-new-tokens", "24", "--check",
+                 "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["identical_to_autoregressive"] is True and r["family"] == "single_level"
+    assert "speedup" in capsys.readouterr().out
+
+
+def test_run_sampling(capsys):
+    assert main(["run", "--levels", "2,16", "--propose", "3", "--mode", "sampling", "--prompts", "1",
+                 "--max-new-tokens", "16", "--check", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["mode"] == "sampling" and out["identical_to_autoregressive"] is None
+
+
+def test_generate(capsys):
+    assert main(["generate", "--prompt", "import os\n", "--levels", "2,4,16", "--window", "4",
+                 "--max-new-tokens", "20"]) == 0
+    cap = capsys.readouterr()
+    assert cap.out.startswith("import os\n") and "tokens/s" in cap.err
+
+
+def _corrupt(tmp_path, what):
+    d = tmp_path / what
+    d.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        (d / f).write_bytes((DEFAULT_CHECKPOINT / f).read_bytes())
+    if what == "corrupt":
+        (d / "model.safetensors").write_bytes(b"\x00garbage" * 10)
+    elif what == "shapes":
+        cfg = json.loads((d / "config.json").read_text())
+        cfg["ffn_dim"] += 8
+        (d / "config.json").write_text(json.dumps(cfg))
+    elif what == "missing":
+        (d / "model.safetensors").unlink()
+    elif what == "badjson":
+        (d / "config.json").write_text("{not json")
+    return str(d)
+
+
+@pytest.mark.parametrize("args_fn,field", [
+    (lambda t: ["run", "--levels", "2,4,17", "--window", "4"], "levels"),
+    (lambda t: ["run", "--levels", "2,8"], "levels"),
+    (lambda t: ["run", "--levels", "4,2,16", "--window", "4"], "levels"),
+    (lambda t: ["run", "--levels", "2,x,16"], "levels"),
+    (lambda t: ["run", "--levels", "2,4,16"], "window"),
+    (lambda t: ["run", "--levels", "2,16", "--propose", "0"], "propose"),
+    (lambda t: ["run", "--levels", "16", "--prompts", "0"], "prompts"),
+    (lambda t: ["run", "--plan", str(t / "nope.json")], "plan"),
+    (lambda t: ["info", "--model", str(t / "nothing")], "model"),
+    (lambda t: ["info", "--model", _corrupt(t, "corrupt")], "model"),
+    (lambda t: ["info", "--model", _corrupt(t, "shapes")], "model"),
+    (lambda t: ["info", "--model", _corrupt(t, "missing")], "model"),
+    (lambda t: ["info", "--model", _corrupt(t, "badjson")], "model"),
+    (lambda t: ["generate", "--prompt", ""], "prompt"),
+    (lambda t: ["run", "--bogus"], "unrecognized"),
+])
+def test_bad_input_one_line_exit_2(tmp_path, args_fn, field):
+    rc, out, err = cli(*args_fn(tmp_path))
+    assert rc == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert field in lines[0], lines[0]
+
+
+def test_checkpoint_ships_in_package():
+    from hispec_exec import load_model
+
+    assert (DEFAULT_CHECKPOINT / "model.safetensors").stat().st_size <= 25 * 2 ** 20
+    assert (DEFAULT_CHECKPOINT / "train_log.json").exists()
+    m = load_model()
+    assert m.num_layers >= 16 and m.num_params() <= 10_500_000
+    assert Path(__file__).resolve().parents[2].joinpath("hispec_exec", "checkpoints").samefile(DEFAULT_CHECKPOINT)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_run_check_cuda(capsys):
+    assert main(["run", "--device", "cuda", "--levels", "2,4,16", "--window", "4", "--prompts", "2",
+                 "--max-new-tokens", "48", "--check", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["identical_to_autoregressive"] is True and out["device"].startswith("cuda")

@@ -1,0 +1,66 @@
+"""Hugging Face Llama folders load into our model and give transformers' logits."""
+import json
+
+import pytest
+import torch
+
+from hispec_exec import autoregressive, decode, load_model
+from hispec_exec.hf import save_hf
+from hispec_sim.schema import Plan
+
+
+
+
+def tiny_llama(tmp_path, tie, theta=5000.0, sharded=False):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5, rope_theta=theta,
+                      max_position_embeddings=256, tie_word_embeddings=tie)
+    hf = LlamaForCausalLM(cfg).eval()
+    hf.save_pretrained(tmp_path, safe_serialization=True, max_shard_size="100KB" if sharded else "5GB")
+    return hf
+
+
+@pytest.mark.parametrize("tie,sharded", [(False, False), (True, False), (False, True)])
+def test_hf_llama_logits_match(tmp_path, tie, sharded):
+    hf = tiny_llama(tmp_path, tie, sharded=sharded)
+    if sharded:
+        assert (tmp_path / "model.safetensors.index.json").exists()
+    m = load_model(tmp_path)
+    assert m.args.rope_theta == 5000.0 and m.args.n_kv_heads == 2 and m.args.tie_embeddings == tie
+    ids = torch.randint(0, 97, (1, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = hf(ids).logits[0]
+    ours = m.head(m.run(m.new_cache(), 0, 4, ids[0]))
+    torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)
+    # and every plan decodes it exactly like autoregressive decoding
+    ar = autoregressive(m, ids[0].tolist(), 20)
+    with torch.no_grad():
+        hf_greedy = hf.generate(ids, max_new_tokens=20, do_sample=False, pad_token_id=0)[0, 24:].tolist()
+    assert ar.tokens == hf_greedy
+    assert decode(m, Plan(levels=[1, 2, 4], propose=2, windows=[2]), ids[0].tolist(), 20).tokens == ar.tokens
+
+
+def test_save_hf_roundtrip(tmp_path, shipped):
+    from transformers import LlamaForCausalLM
+
+    save_hf(shipped, tmp_path)
+    hf = LlamaForCausalLM.from_pretrained(tmp_path).eval()
+    ids = torch.tensor([list(b"def main():\n    return 0\n")])
+    with torch.no_grad():
+        ref = hf(ids).logits[0]
+    ours = shipped.head(shipped.run(shipped.new_cache(), 0, 16, ids[0]))
+    torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)
+    back = load_model(tmp_path)
+    assert back.args.n_layers == 16 and back.args.tie_embeddings == shipped.args.tie_embeddings
+
+
+def test_hf_bad_config(tmp_path):
+    tiny_llama(tmp_path, False)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["hidden_act"] = "gelu"
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="hidden_act"):
+        load_model(tmp_path)
