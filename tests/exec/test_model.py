@@ -67,3 +67,15 @@ def test_partial_ranges_and_hidden_store():
     m.run(c, 0, 5, toks[12:16])
     out = m.head(m.run(c, 5, 8))
     assert torch.equal(out, ref[4:])
+
+
+def test_row_invariance_long_sequences_random_chunks():
+    import random
+
+    m = random_model(ctx=512)
+    toks = torch.randint(0, 64, (300,), generator=torch.Generator().manual_seed(0))
+    ref = run_chunks(m, toks, [(i, i + 1) for i in range(300)])
+    rng = random.Random(0)
+    for _ in range(2):
+        cuts = sorted(rng.sample(range(1, 300), 50))
+        assert torch.equal(run_chunks(m, toks, list(zip([0] + cuts, cuts + [300]))), ref)
