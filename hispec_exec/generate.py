@@ -310,6 +310,19 @@ def exit_traces(model: Transformer, prompt_ids, max_new_tokens: int, exits: list
     return out
 
 
+def heldout_exit_traces(model: Transformer, n_prompts: int, prompt_len: int = 64, max_new_tokens: int = 128,
+                        seed: int = 0, exits: list[int] | None = None) -> tuple[torch.Tensor, list[int]]:
+    """exit_traces over held-out prompts, stacked: (n_prompts * max_new_tokens, exits) and
+    the row where each prompt's positions start (the profile's `trace_starts`)."""
+    from .data import heldout_prompts
+
+    rows, starts = [], []
+    for p in heldout_prompts(n_prompts, prompt_len, seed):
+        starts.append(sum(r.shape[0] for r in rows))
+        rows.append(exit_traces(model, p, max_new_tokens, exits))
+    return torch.cat(rows), starts
+
+
 @torch.no_grad()
 def time_layer(model: Transformer, layer: int, n_tokens: int, context: int, repeats: int = 20) -> float:
     """Median ms of one decoder layer (1-based) over n_tokens new tokens after `context` cached ones."""

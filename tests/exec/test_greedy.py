@@ -144,3 +144,11 @@ def test_plan_errors(tiny):
         decode(tiny, Plan(levels=[8]), [], 5)
     with pytest.raises(ValueError, match="max_new_tokens"):
         decode(tiny, Plan(levels=[8]), [1] * 10, 1000)
+
+
+def test_heldout_exit_traces(shipped):
+    from hispec_exec import heldout_exit_traces
+
+    tr, starts = heldout_exit_traces(shipped, 2, 64, 16, seed=0, exits=[2, 4, 16])
+    assert tr.shape == (32, 3) and starts == [0, 16]
+    assert tr[:16, -1].tolist() == autoregressive(shipped, heldout_prompts(2, 64, 0)[0], 16).tokens
