@@ -115,9 +115,11 @@ def cmd_info(a) -> int:
 def run_plan(model, plan, prompts, max_new_tokens: int, mode: str, seed: int = 0, temperature: float = 1.0,
              check: bool = False, repeats: int = 1) -> dict:
     """Decode prompts with the plan and autoregressively, interleaved, in the same run."""
-    from .generate import autoregressive, decode
+    from .generate import autoregressive, check_fits, decode
 
     mode = mode or plan.mode
+    for p in prompts:
+        check_fits(plan, len(p), max_new_tokens, model.args.max_seq_len)
     # warm-up (allocator, masks, kernels)
     decode(model, plan, prompts[0], min(8, max_new_tokens), mode=mode, seed=seed, temperature=temperature)
     autoregressive(model, prompts[0], min(8, max_new_tokens), mode=mode, seed=seed, temperature=temperature)

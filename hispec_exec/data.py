@@ -73,7 +73,9 @@ def heldout_prompts(n: int, prompt_len: int = 64, seed: int = 0) -> list[list[in
     if n < 1 or prompt_len < 1:
         raise ValueError("prompts: n and prompt_len must be >= 1")
     rng = random.Random(seed)
-    files = [p for p in corpus_files("heldout")]
+    files = list(corpus_files("heldout"))
+    if not any(p.stat().st_size >= prompt_len + 512 for p in files):
+        raise ValueError(f"prompt_len: no held-out file is long enough for {prompt_len}-byte prompts")
     out = []
     while len(out) < n:
         data = files[rng.randrange(len(files))].read_bytes()

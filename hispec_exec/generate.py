@@ -117,6 +117,12 @@ def max_overshoot(plan: Plan) -> int:
     return plan.propose + sum(plan.windows) + plan.depth + 1
 
 
+def check_fits(plan: Plan, prompt_len: int, max_new_tokens: int, capacity: int) -> None:
+    if prompt_len + max_new_tokens + max_overshoot(plan) > capacity:
+        raise ValueError(f"max_new_tokens: prompt ({prompt_len}) + max_new_tokens ({max_new_tokens}) + speculation "
+                         f"({max_overshoot(plan)}) exceeds the context capacity {capacity}")
+
+
 def decode(model: Transformer, plan: Plan, prompt_ids, max_new_tokens: int, mode: str | None = None,
            seed: int = 0, temperature: float = 1.0, capacity: int | None = None, sync: bool = False) -> DecodeResult:
     """Decode one prompt with a plan. Greedy output equals autoregressive greedy decoding
@@ -137,9 +143,7 @@ def decode(model: Transformer, plan: Plan, prompt_ids, max_new_tokens: int, mode
         raise ValueError("temperature: must be > 0")
     cap = capacity or model.args.max_seq_len
     P = len(prompt)
-    if P + max_new_tokens + max_overshoot(plan) > cap:
-        raise ValueError(f"max_new_tokens: prompt ({P}) + max_new_tokens ({max_new_tokens}) + speculation "
-                         f"({max_overshoot(plan)}) exceeds the context capacity {cap}")
+    check_fits(plan, P, max_new_tokens, cap)
 
     dev = model.tok_embeddings.weight.device
     cuda = dev.type == "cuda"
