@@ -41,20 +41,18 @@ def _timings(fn, repeats: int, dev) -> np.ndarray:
 
 
 @torch.no_grad()
-def layer_timings(model: Transformer, n_tokens: int, context: int, repeats: int) -> np.ndarray:
-    """ms of one decoder layer's step over n_tokens new tokens after `context` cached ones,
-    cycling over all layers (they share one shape) so caches do not stay artificially hot."""
+def forward_timings(model: Transformer, layers: int, n_tokens: int, context: int, repeats: int) -> np.ndarray:
+    """ms of the executor's own forward (Transformer.run) over layers 1..`layers` with
+    n_tokens new tokens after `context` cached ones: the path decoding takes, Python
+    per-layer overhead included."""
     cache = model.new_cache()
     dev = model.tok_embeddings.weight.device
-    x = torch.randn(n_tokens, model.args.dim, device=dev) * 0.1
-    cos, sin = model.rope_cos[context:context + n_tokens], model.rope_sin[context:context + n_tokens]
-    mask = model._mask(cache, context, n_tokens)
-    layer = [0]
+    toks = torch.randint(0, model.args.vocab_size, (n_tokens,), device=dev)
 
-    def step():
-        i = layer[0] = (layer[0] + 1) % model.num_layers
-        model.layers[i].step(x, cache.k[i], cache.v[i], context, cos, sin, mask)
-    return _timings(step, repeats, dev)
+    def forward():
+        cache.lens[1:layers + 1] = [context] * layers
+        model.run(cache, 0, layers, toks)
+    return _timings(forward, repeats, dev)
 
 
 @torch.no_grad()
@@ -64,16 +62,21 @@ def head_timings(model: Transformer, n_tokens: int, repeats: int) -> np.ndarray:
 
 
 def measure_latency(model: Transformer, contexts: list[int], repeats: int = 30, tokens: list[int] = TOKENS):
-    """Median layer time over tokens x contexts and head time over tokens, with spreads."""
+    """Per-layer time over tokens x contexts, in situ: (forward over all L layers - forward
+    over one layer) / (L - 1), so the per-forward part (embedding, mask, call overhead)
+    cancels; head time over tokens. Medians after warm-up; spread = IQR of the L-layer
+    forward / (L - 1)."""
+    L = model.num_layers
     cap = model.args.max_seq_len
     contexts = [c for c in contexts if c + max(tokens) <= cap]
     layer, spread, head = [], [], []
     for n in tokens:
         row, row_spread = [], []
         for c in contexts:
-            t = layer_timings(model, n, c, repeats)
-            row.append(float(np.median(t)))
-            row_spread.append(float(np.percentile(t, 75) - np.percentile(t, 25)))
+            full = forward_timings(model, L, n, c, repeats)
+            one = forward_timings(model, 1, n, c, repeats) if L > 1 else np.zeros(1)
+            row.append(max(float(np.median(full) - np.median(one)) / max(L - 1, 1), 1e-6))
+            row_spread.append(float(np.percentile(full, 75) - np.percentile(full, 25)) / max(L - 1, 1))
         layer.append(row)
         spread.append(row_spread)
         head.append(float(np.median(head_timings(model, n, repeats))))
@@ -169,5 +172,5 @@ def measure_profile(model: Transformer, model_name: str, device: str, workload: 
         latency=[table], default_tp=1, default_stack="hispec_exec",
         workloads={workload: acc}, default_workload=workload,
         provenance={"command": command, "measured": when, "torch": torch.__version__, "machine": machine,
-                    "prompts": f"{n_prompts} held-out prompts, seed {seed}, {prompt_len} bytes, {max_new_tokens} new tokens"},
+                    "prompts": {"n": n_prompts, "seed": seed, "prompt_len": prompt_len, "max_new_tokens": max_new_tokens}},
     )

@@ -220,11 +220,12 @@ def _load_executor_model(args):
     return model, "hispec-tiny" if folder == Path(DEFAULT_CHECKPOINT).resolve() else folder.name
 
 
-def _executor_args(p: argparse.ArgumentParser) -> None:
+def _executor_args(p: argparse.ArgumentParser, defaults: bool = True) -> None:
+    """defaults=False: prompts and lengths default to what the profile was measured on."""
     p.add_argument("--model", help="checkpoint folder (default: the shipped hispec-tiny model)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--prompts", type=int, default=16, help="held-out prompts (default 16)")
-    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--prompts", type=int, default=16 if defaults else None, help="held-out prompts (default 16)")
+    p.add_argument("--max-new-tokens", type=int, default=128 if defaults else None)
     p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1: stable timings)")
 
 
@@ -252,11 +253,17 @@ def cmd_measure(args) -> int:
 def cmd_validate(args) -> int:
     from .validate import check_model_matches, draw_plans, validate
 
+    setting = _setting(args)
+    measured_on = setting.profile.provenance.get("prompts")
+    measured_on = measured_on if isinstance(measured_on, dict) else {}
+    for field, default in (("prompts", measured_on.get("n", 16)), ("prompt_seed", measured_on.get("seed", 0)),
+                           ("max_new_tokens", measured_on.get("max_new_tokens", 128))):
+        if getattr(args, field) is None:  # default: the prompts the profile was measured on
+            setattr(args, field, default)
     if args.prompts < 1:
         raise ValueError("prompts: must be >= 1 (no prompts, nothing to measure)")
     if args.max_new_tokens < 1:
         raise ValueError("max_new_tokens: must be >= 1")
-    setting = _setting(args)
     if args.plan:
         plans = [schema.load_plan(args.plan)]
         setting.profile.check_plan(plans[0], setting.workload)
@@ -360,11 +367,11 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("validate", help="predict plans, run them in the executor, report the error")
     _setting_args(p, batch=False)
-    _executor_args(p)
+    _executor_args(p, defaults=False)
     p.add_argument("--plan", help="validate this plan file")
     p.add_argument("--plans", type=int, default=6, help="plans drawn across families (default 6)")
     p.add_argument("--seed", type=int, default=0, help="seed of the plan draw and the Monte-Carlo")
-    p.add_argument("--prompt-seed", type=int, default=1, help="seed of the validation prompts (measure uses 0)")
+    p.add_argument("--prompt-seed", type=int, help="seed of the held-out prompts (default: those the profile was measured on)")
     p.add_argument("--out", help="also write the JSON result here")
     p.set_defaults(func=cmd_validate)
     return parser

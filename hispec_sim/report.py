@@ -892,9 +892,6 @@ def build_report(profile: str, out: str | None = None, fmt: str = "html", **kw) 
     text = render_html(data) if fmt == "html" else render_markdown(data)
     try:
         schema.write_atomic(path, text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(path, 0o666 & ~umask)  # mkstemp creates 0600; a report is meant to be shared
     except OSError as e:
         raise ValueError(f"out: cannot write {path} ({e.strerror})") from None
     return data, text, path
