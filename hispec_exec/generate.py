@@ -48,6 +48,7 @@ class DecodeResult:
     wall_s: float  # decoding time (prefill excluded)
     prefill_s: float
     num_layers: int
+    committed: int = 0  # tokens the full model committed (>= len(tokens): the last check may overshoot)
 
     @property
     def tokens_per_s(self) -> float:
@@ -73,8 +74,9 @@ class DecodeResult:
         return [None] + [a / p if p else None for p, a in zip(self.proposed[1:], self.accepted[1:])]
 
     def tokens_per_full_forward(self) -> float:
+        """Tokens committed per full-model forward (counting the last check's overshoot)."""
         n = self.forwards_per_level()[-1]
-        return len(self.tokens) / n if n else 0.0
+        return (self.committed or len(self.tokens)) / n if n else 0.0
 
     def summary(self) -> dict:
         return {
@@ -82,6 +84,7 @@ class DecodeResult:
             "mode": self.mode,
             "prompt_len": self.prompt_len,
             "new_tokens": len(self.tokens),
+            "committed": self.committed,
             "wall_s": self.wall_s,
             "tokens_per_s": self.tokens_per_s,
             "forwards_per_level": self.forwards_per_level(),
@@ -274,7 +277,8 @@ def decode(model: Transformer, plan: Plan, prompt_ids, max_new_tokens: int, mode
         torch.cuda.synchronize()
     wall = time.perf_counter() - t0
     return DecodeResult(plan=plan, mode=mode, prompt_len=P, tokens=seq[P:P + max_new_tokens], forwards=forwards,
-                        proposed=proposed, accepted=accepted, wall_s=wall, prefill_s=prefill_s, num_layers=L)
+                        proposed=proposed, accepted=accepted, wall_s=wall, prefill_s=prefill_s, num_layers=L,
+                        committed=committed[0] - P)
 
 
 def autoregressive(model: Transformer, prompt_ids, max_new_tokens: int, **kw) -> DecodeResult:

@@ -5,8 +5,8 @@
 2. Our single-level self-speculation vs transformers' assistant_early_exit (same exit,
    same number of drafts per round).
 3. HiSpec on the shipped model: best single-level and best 3-level plan chosen on one
-   prompt set (seed 0), then re-measured side by side with autoregressive decoding on a
-   fresh prompt set (seed 1).
+   prompt set (seed 0, 4 prompts x 96 tokens), then re-measured side by side with
+   autoregressive decoding on a fresh prompt set (seed 1, 8 prompts x 128 tokens, twice).
 """
 from __future__ import annotations
 
@@ -29,6 +29,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--prompts", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--select-prompts", type=int, default=4, help="prompts (seed 0) used to pick the best plans")
+    ap.add_argument("--fresh-prompts", type=int, default=8, help="prompts (seed 1) the picked plans are measured on")
+    ap.add_argument("--repeats", type=int, default=2, help="repeats of the fresh measurement")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", help="write the figures here too")
@@ -109,7 +112,7 @@ def main(argv=None):
               f"(identical outputs {same}/{len(prompts)})", flush=True)
 
     # 3. HiSpec vs autoregressive vs the best tuned single-level plan
-    sel = heldout_prompts(2, 64, seed=0)
+    sel = heldout_prompts(a.select_prompts, 64, seed=0)
     Tsel = min(T, 96)
 
     def speed(plan, ps, tt):
@@ -126,11 +129,12 @@ def main(argv=None):
     best_h = max(hispecs, key=lambda p: speed(p, sel, Tsel))
     print(f"[3] selected on prompts seed 0 ({time.perf_counter() - t0:.0f}s): best single-level "
           f"{best_s.describe()}, best HiSpec {best_h.describe()}", flush=True)
-    fresh = heldout_prompts(a.prompts, 64, seed=1)
+    fresh = heldout_prompts(a.fresh_prompts, 64, seed=1)
+    n = T * len(fresh) * a.repeats
     ar_t = s_t = h_t = 0.0
     ident = True
     res = {}
-    for p in fresh:
+    for p in fresh * a.repeats:
         ra = autoregressive(model, p, T)
         rs = decode(model, best_s, p, T)
         rh = decode(model, best_h, p, T)
@@ -152,7 +156,7 @@ def main(argv=None):
         "single_level_acceptance": acc_s, "hispec_acceptance_levels_2_3": acc_h,
         "identical_to_autoregressive": ident,
     })
-    print(f"[3] fresh prompts (seed 1): autoregressive {n / ar_t:.1f} tok/s; single-level {best_s.describe()} "
+    print(f"[3] {len(fresh)} fresh prompts (seed 1) x {a.repeats}: autoregressive {n / ar_t:.1f} tok/s; single-level {best_s.describe()} "
           f"{n / s_t:.1f} tok/s ({ar_t / s_t:.2f}x, acceptance {acc_s:.2f}); HiSpec {best_h.describe()} "
           f"{n / h_t:.1f} tok/s ({ar_t / h_t:.2f}x vs autoregressive, {s_t / h_t:.2f}x vs best single-level, "
           f"acceptance {acc_h[0]:.2f}/{acc_h[1]:.2f}); identical outputs {ident}", flush=True)

@@ -63,7 +63,9 @@ def test_accounting_all_accepted_hispec():
     assert r.forwards_per_level() == [8, 4, 2]
     assert r.layer_tokens() == [14] * 16
     assert r.proposed == [8, 8, 12] and r.accepted == [0, 8, 12]
-    assert r.tokens_per_full_forward() == 7.0
+    assert r.tokens_per_full_forward() == 7.0 and r.committed == 14
+    r = decode(m, plan, [5, 6, 7], 10)  # stops after the check that passes 10: 14 committed, 10 returned
+    assert len(r.tokens) == 10 and r.committed == 14 and r.tokens_per_full_forward() == 7.0
     segs = [(f.level, f.segments) for f in r.forwards[:7]]
     assert segs == [(1, [(1, 2, 1)]), (1, [(1, 2, 1)]), (2, [(1, 2, 1), (3, 4, 3)]),
                     (1, [(1, 2, 1)]), (1, [(1, 2, 1)]), (2, [(1, 2, 1), (3, 4, 3)]),
