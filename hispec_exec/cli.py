@@ -77,6 +77,32 @@ def _load(a):
     return load_model(a.model, device=a.device)
 
 
+def _codec(a, model):
+    """(encode, decode) for text: the checkpoint's own tokenizer when a Hugging Face folder
+    carries one, bytes otherwise (our byte-level model)."""
+    from pathlib import Path
+
+    from .data import decode_bytes, encode
+
+    folder = Path(a.model) if a.model else None
+    if folder is not None and any((folder / f).exists() for f in ("tokenizer.json", "tokenizer_config.json",
+                                                                   "tokenizer.model")):
+        try:
+            from transformers import AutoTokenizer
+        except ImportError:
+            raise ValueError("model: this checkpoint's tokenizer needs the transformers package") from None
+        try:
+            tok = AutoTokenizer.from_pretrained(str(folder))
+        except Exception as e:
+            raise ValueError(f"model: cannot load the tokenizer in {folder} ({str(e).splitlines()[0][:100]})") from None
+        return (lambda text: tok.encode(text, add_special_tokens=False),
+                lambda ids: tok.decode(ids, skip_special_tokens=True))
+    if model.args.vocab_size < 256:
+        raise ValueError("model: text is encoded as bytes and this checkpoint has no tokenizer, "
+                         "but its vocabulary has fewer than 256 tokens")
+    return encode, decode_bytes
+
+
 def cmd_info(a) -> int:
     from .checkpoint import DEFAULT_CHECKPOINT
 
@@ -168,7 +194,8 @@ def run_plan(model, plan, prompts, max_new_tokens: int, mode: str, seed: int = 0
 
 
 def cmd_run(a) -> int:
-    from .data import heldout_prompts
+    from .data import decode_bytes, heldout_prompts
+    from .data import encode as encode_bytes
 
     model = _load(a)
     plan = _plan_from_args(a, model.num_layers)
@@ -179,9 +206,10 @@ def cmd_run(a) -> int:
         raise ValueError("prompts: must be >= 1")
     if a.max_new_tokens < 1:
         raise ValueError("max_new_tokens: must be >= 1")
-    if model.args.vocab_size < 256:
-        raise ValueError("model: held-out prompts are bytes; the model's vocabulary has fewer than 256 tokens")
+    enc, _ = _codec(a, model)
     prompts = heldout_prompts(a.prompts, a.prompt_len, a.seed)
+    if enc is not encode_bytes:
+        prompts = [enc(decode_bytes(p)) or [0] for p in prompts]
     out = run_plan(model, plan, prompts, a.max_new_tokens, a.mode or plan.mode, a.seed, a.temperature,
                    a.check, a.repeats)
     if a.out:
@@ -204,18 +232,18 @@ def cmd_run(a) -> int:
 
 
 def cmd_generate(a) -> int:
-    from .data import decode_bytes, encode
     from .generate import decode
 
     if not a.prompt:
         raise ValueError("prompt: empty prompt")
     model = _load(a)
     plan = _plan_from_args(a, model.num_layers)
-    ids = encode(a.prompt.replace("\\n", "\n"))
-    if model.args.vocab_size < 256:
-        raise ValueError("model: --prompt text is encoded as bytes; this model's vocabulary is smaller than 256")
+    enc, dec = _codec(a, model)
+    ids = enc(a.prompt.replace("\\n", "\n"))
+    if not ids:
+        raise ValueError("prompt: the prompt encodes to no tokens")
     r = decode(model, plan, ids, a.max_new_tokens, mode=a.mode, seed=a.seed, temperature=a.temperature)
-    sys.stdout.write(decode_bytes(ids + r.tokens) + "\n")
+    sys.stdout.write(dec(ids + r.tokens) + "\n")
     s = r.summary()
     acc = " ".join("-" if x is None else f"{x:.2f}" for x in s["acceptance_per_level"])
     sys.stderr.write(f"[{s['plan']} {s['mode']}: {s['tokens_per_s']:.1f} tokens/s, acceptance {acc}, "

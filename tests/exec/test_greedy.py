@@ -154,3 +154,15 @@ def test_heldout_exit_traces(shipped):
     tr, starts = heldout_exit_traces(shipped, 2, 64, 16, seed=0, exits=[2, 4, 16])
     assert tr.shape == (32, 3) and starts == [0, 16]
     assert tr[:16, -1].tolist() == autoregressive(shipped, heldout_prompts(2, 64, 0)[0], 16).tokens
+
+
+def test_timing_api(tiny):
+    from hispec_exec import forward_overhead, time_head, time_layer
+
+    t1 = time_layer(tiny, 3, 1, 10, repeats=5)
+    t8 = time_layer(tiny, 3, 8, 10, repeats=5)
+    assert 0 < t1 < 100 and 0 < t8 < 100
+    assert 0 < time_head(tiny, 4, repeats=5) < 100
+    assert forward_overhead(tiny, layers=2, repeats=5) >= 0
+    with pytest.raises(ValueError, match="context"):
+        time_layer(tiny, 1, 8, 10_000)

@@ -64,3 +64,29 @@ def test_hf_bad_config(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="hidden_act"):
         load_model(tmp_path)
+
+
+def test_cli_on_hf_folder_with_tokenizer(tmp_path, capsys):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from hispec_exec.cli import main
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(["def f(x):\n    return x + 1\n", "import os\nclass A:\n    pass\n"] * 20,
+                            trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    PreTrainedTokenizerFast(tokenizer_object=tok).save_pretrained(tmp_path)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=96, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path, safe_serialization=True)
+    assert main(["info", "--model", str(tmp_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["layers"] == 4
+    assert main(["run", "--model", str(tmp_path), "--levels", "1,2,4", "--window", "2", "--prompts", "2",
+                 "--max-new-tokens", "16", "--check", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["identical_to_autoregressive"] is True
+    assert main(["generate", "--model", str(tmp_path), "--prompt", "def f(x):", "--levels", "2,4",
+                 "--max-new-tokens", "8"]) == 0
+    assert capsys.readouterr().out.startswith("def f(x):")
