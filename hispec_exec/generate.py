@@ -17,7 +17,7 @@ distribution (TriForce style), so the output is distributed as the full model's.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 
