@@ -16,7 +16,7 @@ import torch
 from hispec_sim.schema import Acceptance, Hardware, LatencyTable, ModelShape, Plan, Profile, Source
 
 from .data import heldout_prompts
-from .generate import decode, exit_traces
+from .generate import decode, heldout_exit_traces
 from .model import Transformer
 
 TOKENS = [1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 48, 64]
@@ -46,6 +46,8 @@ def forward_timings(model: Transformer, layers: int, n_tokens: int, context: int
     n_tokens new tokens after `context` cached ones: the path decoding takes, Python
     per-layer overhead included."""
     cache = model.new_cache()
+    if context + n_tokens > cache.capacity:
+        raise ValueError(f"context: {context} + {n_tokens} tokens exceed the cache capacity {cache.capacity}")
     dev = model.tok_embeddings.weight.device
     toks = torch.randint(0, model.args.vocab_size, (n_tokens,), device=dev)
 
@@ -121,16 +123,13 @@ def fit_overheads(model: Transformer, table: LatencyTable, prompts, max_new_toke
             "forwards": len(y), "residual_ms_median_abs": float(np.median(np.abs(resid)))}
 
 
-def measure_acceptance(model: Transformer, prompts, max_new_tokens: int):
-    """Traces of every exit along the full model's greedy trajectory, and the agreement
-    matrix they give."""
-    L = model.num_layers
-    chunks = [exit_traces(model, ids, max_new_tokens).numpy() for ids in prompts]
-    starts = np.cumsum([0] + [len(c) for c in chunks[:-1]]).tolist()
-    traces = np.concatenate(chunks, 0)
-    eq = traces[:, :, None] == traces[:, None, :]
-    agreement = eq.mean(0)
-    return list(range(1, L + 1)), agreement, traces, starts
+def measure_acceptance(model: Transformer, n_prompts: int, prompt_len: int, max_new_tokens: int, seed: int):
+    """Traces of every exit along the full model's greedy trajectory on held-out prompts,
+    and the agreement matrix they give."""
+    traces, starts = heldout_exit_traces(model, n_prompts, prompt_len, max_new_tokens, seed=seed)
+    traces = traces.numpy()
+    agreement = (traces[:, :, None] == traces[:, None, :]).mean(0)
+    return list(range(1, model.num_layers + 1)), agreement, traces, list(starts)
 
 
 def measure_profile(model: Transformer, model_name: str, device: str, workload: str, n_prompts: int = 16,
@@ -156,8 +155,7 @@ def measure_profile(model: Transformer, model_name: str, device: str, workload: 
                                   f"{[p.describe() for p in calibration_plans(L)]} over 2 calibration prompts "
                                   f"(seed {CALIBRATION_SEED}); median |residual| {calib['residual_ms_median_abs']:.4f} ms")
 
-    prompts = heldout_prompts(n_prompts, prompt_len, seed)
-    exits, agreement, traces, starts = measure_acceptance(model, prompts, max_new_tokens)
+    exits, agreement, traces, starts = measure_acceptance(model, n_prompts, prompt_len, max_new_tokens, seed)
     acc = Acceptance(exits=exits, agreement=np.round(agreement, 6).tolist(), context=context, traces=traces.tolist(),
                      trace_starts=starts, joint="traces",
                      source=Source(kind="measured", detail=f"greedy argmax of every exit along the full model's greedy "

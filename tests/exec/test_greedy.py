@@ -157,12 +157,11 @@ def test_heldout_exit_traces(shipped):
 
 
 def test_timing_api(tiny):
-    from hispec_exec import forward_overhead, time_head, time_layer
+    from hispec_exec.measure import forward_timings, head_timings
 
-    t1 = time_layer(tiny, 3, 1, 10, repeats=5)
-    t8 = time_layer(tiny, 3, 8, 10, repeats=5)
-    assert 0 < t1 < 100 and 0 < t8 < 100
-    assert 0 < time_head(tiny, 4, repeats=5) < 100
-    assert forward_overhead(tiny, layers=2, repeats=5) >= 0
+    t1 = forward_timings(tiny, 3, 1, 10, repeats=5)
+    t8 = forward_timings(tiny, 3, 8, 10, repeats=5)
+    assert len(t1) == 5 and (0 < t1).all() and (t1 < 100).all() and (0 < t8).all()
+    assert (0 < head_timings(tiny, 4, repeats=5)).all()
     with pytest.raises(ValueError, match="context"):
-        time_layer(tiny, 1, 8, 10_000)
+        forward_timings(tiny, 1, 8, 10_000, repeats=1)
