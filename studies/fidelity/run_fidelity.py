@@ -2,7 +2,7 @@
 
 Predicts >= 12 plans of every family from a profile the executor measured
 (`hispec-sim profile measure`), runs each plan in the executor on the same held-out
-prompts, and writes RESULTS.md (table), results.json, plot.svg and plot.html
+prompts, and writes RESULTS.md (table), results.json and plot.svg
 (predicted vs measured tokens/s) next to this script.
 
     python studies/fidelity/run_fidelity.py [--profile profiles/cpu_hispec_tiny.json] [--plans 12]
@@ -52,21 +52,6 @@ def svg_scatter(rows: list[dict], size: int = 420) -> str:
                      f'<text x="{pad + 18}" y="{pad + 14 + 14 * i}">{fam}</text>')
     parts.append(f'<text x="{size - pad}" y="{pad - 10}" text-anchor="end">grey band: +-10 %</text></svg>')
     return "\n".join(parts)
-
-
-def plotly_html(rows: list[dict]) -> str:
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    for fam in sorted({r["family"] for r in rows}):
-        sel = [r for r in rows if r["family"] == fam]
-        fig.add_scatter(x=[r["measured_tokens_per_second"] for r in sel], y=[r["predicted_tokens_per_second"] for r in sel],
-                        mode="markers", name=fam, text=[r["describe"] for r in sel])
-    allv = [v for r in rows for v in (r["measured_tokens_per_second"], r["predicted_tokens_per_second"])]
-    fig.add_scatter(x=[min(allv), max(allv)], y=[min(allv), max(allv)], mode="lines", name="y = x", line={"dash": "dot"})
-    fig.update_layout(title="hispec fidelity: predicted vs measured tokens/s", xaxis_title="measured (executor)",
-                      yaxis_title="predicted (analytic)")
-    return fig.to_html(include_plotlyjs=True, full_html=True)
 
 
 def _pct(x) -> str:
@@ -161,7 +146,6 @@ def main() -> None:
     write_atomic(d / "results.json", json.dumps(out, indent=1) + "\n")
     write_atomic(d / "RESULTS.md", markdown(out, noise, seconds, command, {k: p.describe() for k, p in baselines.items()}))
     write_atomic(d / "plot.svg", svg_scatter(out["plans"]))
-    write_atomic(d / "plot.html", plotly_html(out["plans"]))
     print((d / "RESULTS.md").read_text())
 
 
