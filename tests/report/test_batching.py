@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import make_profile
+from factories import make_profile
 from hispec_sim.analytic import leviathan_tokens_per_round
 from hispec_sim.evaluate import Setting, score
 from hispec_sim.latency import head_ms, layer_ms

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_profile
+from factories import make_profile
 from hispec_sim import report
 from hispec_sim.schema import Source, save_profile
 

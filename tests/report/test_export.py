@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest import make_profile
+from factories import make_profile
 from hispec_sim.cli import main
 from hispec_sim.export import hf_kwargs
 from hispec_sim.schema import Plan, load_plan, save_plan, save_profile

@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from conftest import make_profile
+from factories import make_profile
 from hispec_sim import report
 from hispec_sim.cli import main
 from hispec_sim.evaluate import Setting, exhaustive_arrays, score

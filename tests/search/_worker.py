@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from conftest import make_profile  # noqa: E402
+from factories import make_profile  # noqa: E402
 
 import hispec_sim.search as search  # noqa: E402
 from hispec_sim.evaluate import Setting  # noqa: E402

@@ -17,7 +17,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import make_profile
+from factories import make_profile
 from hispec_sim.evaluate import Setting, score
 from hispec_sim.schema import Plan, save_profile
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import make_profile, resolve_depth_traces
+from factories import make_profile, resolve_depth_traces
 from hispec_sim.cli import main
 from hispec_sim.evaluate import Setting, exhaustive, score
 from hispec_sim.schema import Plan, load_profile, save_profile

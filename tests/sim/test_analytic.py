@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from conftest import make_profile, resolve_depth_traces
+from factories import make_profile, resolve_depth_traces
 from hispec_sim.evaluate import Setting, exhaustive, exhaustive_arrays, predict_plans
 from hispec_sim.analytic import leviathan_tokens_per_round
 from hispec_sim.montecarlo import simulate

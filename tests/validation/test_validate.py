@@ -77,3 +77,16 @@ def test_validate_cli_bad_input(small, tmp_path, capsys):
     plan.write_text(json.dumps(Plan(levels=[4, 12]).model_dump()))
     assert main(["validate", "--profile", str(path), "--plan", str(plan)]) == 2
     assert "levels" in capsys.readouterr().err
+
+
+def test_shipped_measured_profile_matches_the_shipped_model():
+    from hispec_exec import load_model
+    from hispec_sim.schema import load_profile
+
+    profile = load_profile("cpu_hispec_tiny")
+    check_model_matches(profile, load_model(), "hispec-tiny")
+    acc = profile.workload()
+    assert acc.joint == "traces" and len(acc.traces) == 16 * 128
+    assert profile.provenance["prompts"] == {"n": 16, "seed": 0, "prompt_len": 64, "max_new_tokens": 128}
+    for src in (profile.table().source, acc.source, profile.hardware.source, profile.model.source):
+        assert src.kind == "measured" and "torch" in src.detail

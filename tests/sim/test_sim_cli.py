@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import make_profile
+from factories import make_profile
 from hispec_sim.cli import main
 from hispec_sim.schema import save_profile
 

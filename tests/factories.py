@@ -1,0 +1,59 @@
+"""Test helpers shared by every test folder: small random profiles built in memory.
+(A module of its own: several folders have a conftest.py, so `conftest` is ambiguous.)"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from hispec_sim.schema import Acceptance, Hardware, LatencyTable, ModelShape, Profile, Source
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+TEST_SOURCE = Source(kind="assumed", detail="test fixture")
+
+
+def depth_markov_matrix(curve: np.ndarray) -> list[list[float]]:
+    """agreement(a, b) = F(a) / F(b) for a < b: the depth-Markov model."""
+    lo = np.minimum.outer(np.arange(len(curve)), np.arange(len(curve)))
+    hi = np.maximum.outer(np.arange(len(curve)), np.arange(len(curve)))
+    return (curve[lo] / curve[hi]).tolist()
+
+
+def make_profile(layers: int = 16, layer_ms: float = 1.0, slope: float = 0.01, head_ms: float = 0.5,
+                 overhead_ms: float = 0.3, verify_ms: float = 0.1, curve=None, traces=None,
+                 constant: float | None = None, name: str = "test") -> Profile:
+    """A profile whose layer time grows linearly with tokens and context and whose
+    agreement follows `curve` (agreement with the last layer per exit, depth-Markov),
+    `traces`, or is `constant` for every pair."""
+    tokens = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
+    contexts = [0, 1024, 8192]
+    table = LatencyTable(tokens=tokens, contexts=contexts,
+                         layer_ms=[[layer_ms + slope * t + 1e-4 * c for c in contexts] for t in tokens],
+                         head_ms=[head_ms * (1 + 0.01 * t) for t in tokens], overhead_ms=overhead_ms,
+                         verify_overhead_ms=verify_ms, source=TEST_SOURCE)
+    exits = list(range(1, layers + 1))
+    if traces is not None:
+        traces = np.asarray(traces)
+        matrix = [[float((traces[:, a] == traces[:, b]).mean()) for b in range(layers)] for a in range(layers)]
+        acc = Acceptance(exits=exits, agreement=matrix, context=256, traces=traces.tolist(), joint="traces", source=TEST_SOURCE)
+    elif constant is not None:
+        matrix = np.full((layers, layers), constant)
+        np.fill_diagonal(matrix, 1.0)
+        acc = Acceptance(exits=exits, agreement=matrix.tolist(), context=256, source=TEST_SOURCE)
+    else:
+        curve = np.linspace(0.2, 1.0, layers) if curve is None else np.asarray(curve, float)
+        acc = Acceptance(exits=exits, agreement=depth_markov_matrix(curve), context=256, source=TEST_SOURCE)
+    return Profile(name=name, hardware=Hardware(name="test", source=TEST_SOURCE),
+                   model=ModelShape(name="test", num_layers=layers, hidden=64, heads=4, kv_heads=2, ffn=128, vocab=256,
+                                    source=TEST_SOURCE),
+                   latency=[table], workloads={"w": acc}, default_workload="w")
+
+
+def resolve_depth_traces(layers: int, positions: int, seed: int) -> np.ndarray:
+    """Token traces with correlation across exits: each position's argmax settles at a
+    random depth; before that the exits guess among a few tokens."""
+    rng = np.random.default_rng(seed)
+    settle = rng.integers(1, layers + 1, positions)
+    guess = rng.integers(0, 3, (positions, layers))
+    return np.where(np.arange(1, layers + 1)[None, :] >= settle[:, None], 7, guess)
