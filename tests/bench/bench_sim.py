@@ -43,7 +43,8 @@ def main(profile_name: str = "a100_llama70b") -> None:
     rng_rate = 5 * size / (time.perf_counter() - t)
     print(f"numpy random numbers/s (same run): {rng_rate:,.0f}")
     L = setting.num_layers
-    for label, plan in [("optimizer's best", exhaustive(setting).best.plan),
+    found = exhaustive(setting)
+    for label, plan in [("optimizer's best", found.best.plan), ("best single-level", found.best_single_level.plan),
                         ("paper default", Plan(levels=[L // 8, L // 4, L], propose=2, windows=[4])),
                         ("4-level", Plan(levels=[L // 8, L // 4, L // 2, L], propose=2, windows=[4, 8]))]:
         streams, cycles = 65536, 32
