@@ -85,15 +85,6 @@ class Point:
 
 
 
-def describe_plan(plan: Plan) -> str:
-    s = "[" + ",".join(map(str, plan.levels)) + "]"
-    if plan.depth >= 2:
-        s += f" g={plan.propose}"
-    if plan.windows:
-        s += " w=" + ",".join(map(str, plan.windows))
-    return s
-
-
 class _CurveAcceptance:
     """The duck-typed part of schema.Acceptance that AgreementModel reads: the (unrounded)
     depth-Markov matrix of a curve over the exits of one plan."""
@@ -179,7 +170,7 @@ class CurveFit:
             if p.kind == "per_draft":
                 lv = p.plan.depth if p.level is None else p.level
                 a, b = implied_pair(p)
-                d["config"] = {"plan": describe_plan(p.plan), "levels": list(p.plan.levels), "propose": p.plan.propose,
+                d["config"] = {"plan": p.plan.describe(short=True), "levels": list(p.plan.levels), "propose": p.plan.propose,
                                "windows": list(p.plan.windows), "level": lv,
                                "measure": f"accepted/checked at level {lv} (exit {p.plan.levels[lv - 1]}"
                                           + (", the full model)" if lv == p.plan.depth else ")")

@@ -143,15 +143,15 @@ def chain_terms(cost: CostModel, model: AgreementModel, levels: np.ndarray, prop
         width = top_width if (top and top_width) else int(window.max())
         check_ms = _check_cost(cost, levels[:, c - 2], levels[:, c - 1], width + p_cor.shape[1])
         terms, (u, v, powers, passes) = _level_terms(p_cor, p_bon, rates, check_ms, width)
-        if top and top_width:
-            cycle = terms.blocks * per_block_ms[:, None] + terms.check_ms
-            acceptance.append(terms.accepted / terms.checked)
-            return terms.accepted + 1.0, cycle, acceptance
+        per_check_ms = terms.blocks * per_block_ms[:, None] + terms.check_ms  # Wald: E[#blocks] E[block time]
+        acceptance.append(terms.accepted / terms.checked)
+        if top and top_width:  # every window 1..top_width
+            return terms.accepted + 1.0, per_check_ms, acceptance
         pick = lambda x: x[np.arange(plans), window - 1]
-        per_block_ms = pick(terms.blocks) * per_block_ms + pick(terms.check_ms)
-        acceptance.append(pick(terms.accepted) / pick(terms.checked))
+        acceptance[-1] = pick(acceptance[-1])
         if top:
-            return pick(terms.accepted) + 1.0, per_block_ms, acceptance
+            return pick(terms.accepted) + 1.0, pick(per_check_ms), acceptance
+        per_block_ms = pick(per_check_ms)
         p_cor, p_bon = _emitted_blocks(p_cor, p_bon, rates, window, v, powers, passes)
     raise AssertionError("unreachable")
 

@@ -75,12 +75,13 @@ class Plan(Strict):
         if self.levels[-1] != num_layers:
             raise ValueError(f"{field}: the last exit must be the full model's last layer {num_layers}, got {self.levels[-1]}")
 
-    def describe(self) -> str:
+    def describe(self, short: bool = False) -> str:
+        """[10,20,80] propose=2 window=4, or with short=True [10,20,80] g=2 w=4."""
         s = "[" + ",".join(map(str, self.levels)) + "]"
         if self.depth >= 2:
-            s += f" propose={self.propose}"
+            s += (" g=" if short else " propose=") + str(self.propose)
         if self.windows:
-            s += " window=" + ",".join(map(str, self.windows))
+            s += (" w=" if short else " window=") + ",".join(map(str, self.windows))
         return s
 
 
