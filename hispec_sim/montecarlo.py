@@ -1,10 +1,11 @@
 """Monte-Carlo simulation of a chain plan, vectorised over independent streams.
 
-Every stream runs the plan's schedule token by token: a round of `propose` drafts, a
-level-2 check, and the cascade of checks whose window is full; each forward costs what
-the CostModel says. Acceptance is drawn i.i.d. with the rates of acceptance.py (same
-assumptions as the analytic model), or replayed from measured per-position traces, which
-keeps the correlation between neighbouring positions and between levels.
+Every stream runs the plan's schedule: rounds of `propose` drafts, a level-2 check, and
+the cascade of checks whose window is full; each forward costs what the CostModel says.
+Two engines: the block engine draws each check's accepted prefix with one uniform and all
+cycles at once (i.i.d. acceptance with the rates of acceptance.py, the analytic model's
+assumptions); the token engine walks every buffered token and can replay measured
+per-position traces, keeping the correlation between neighbouring positions and levels.
 """
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 import pytest
+from pathlib import Path
 
 from factories import make_profile
 from hispec_sim import report
@@ -265,9 +266,8 @@ def test_unwritable_output(capsys, prof_file, tmp_path, where):
         ro = tmp_path / "ro"
         ro.mkdir()
         ro.chmod(0o500)
-        if os.access(ro, os.W_OK):  # root ignores permissions
-            pytest.skip("running as root: permissions are not enforced")
-        out = ro / "r.html"
+        # root ignores file permissions: sysfs refuses file creation even to root
+        out = ro / "r.html" if not os.access(ro, os.W_OK) else Path("/sys/hispec-report.html")
     before = sorted(p.name for p in tmp_path.rglob("*"))
     code, _, err = run(capsys, "report", "--profile", prof_file, "--out", out)
     assert code == 2 and err.startswith("hispec-sim: error: out:") and len(err.strip().splitlines()) == 1
