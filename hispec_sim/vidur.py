@@ -325,7 +325,7 @@ def table_from_mlp(
         + (" (norm/rope/act/add left out: a compiled stack fuses these elementwise ops; their cost is in the calibrated overhead)" if fuse_elementwise else "")
         + f" + attention kernel modelled by roofline "
         f"max(KV bytes / {hw.hbm_gbps:g} GB/s, 4*T*C*heads/tp*head_dim FLOPs / {hw.bf16_tflops:g} TFLOP/s; KV bytes = "
-        f"C x 2 x kv_heads/tp x head_dim x 2; FLOP term as if one sequence, an upper bound at batch>1) + {net_note}. "
+        f"C x 2 x kv_heads/tp x head_dim x 2; one sequence's attention; the cost model scales it by the batch) + {net_note}. "
         f"Exit head = final RMSNorm (measured input_layernorm op) + LM head roofline "
         f"(vocab x hidden/tp x 2 bytes vs 2*T*hidden*vocab/tp FLOPs) at the bandwidth efficiency "
         f"{eff:.3f} the measured linear ops reach at 1 token. emb is excluded (once per forward, negligible)."
