@@ -153,25 +153,23 @@ def exhaustive_arrays(setting: Setting, max_propose: int = 8, max_window: int = 
     return exits, single, pairs, three
 
 
+def ranked_plans(setting: Setting, arrays, top: int) -> dict[str, list[Plan]]:
+    """The `top` best single-level and 3-level plans of exhaustive_arrays' output, best first."""
+    exits, single, pairs, three = arrays
+    L, B = setting.num_layers, setting.batch
+    best = lambda a: zip(*np.unravel_index(np.argsort(a, axis=None)[::-1][:top], a.shape))
+    return {"single_level": [Plan(levels=[int(exits[e]), L], propose=int(g) + 1, batch=B) for e, g in best(single)],
+            "hierarchical": [Plan(levels=[int(pairs[p][0]), int(pairs[p][1]), L], propose=int(g) + 1,
+                                  windows=[int(w) + 1], batch=B) for p, g, w in best(three)]}
+
+
 def exhaustive(setting: Setting, top: int = 10, max_propose: int = 8, max_window: int = 16) -> SearchResult:
     if not (1 <= max_propose <= 64 and 1 <= max_window <= 256):
         raise ValueError("max_propose must be in [1, 64] and max_window in [1, 256]")
     t0 = time.perf_counter()
-    L = setting.num_layers
-    exits, single, pairs, three = exhaustive_arrays(setting, max_propose, max_window)
-    candidates: list[Plan] = [Plan(levels=[L], batch=setting.batch)]
-    if len(exits):
-        e, g = np.unravel_index(np.argmax(single), single.shape)
-        best_single = Plan(levels=[int(exits[e]), L], propose=int(g) + 1, batch=setting.batch)
-        candidates.append(best_single)
-        flat_single = np.argsort(single, axis=None)[::-1][:top]
-        candidates += [Plan(levels=[int(exits[a]), L], propose=int(b) + 1, batch=setting.batch)
-                       for a, b in zip(*np.unravel_index(flat_single, single.shape))]
-    if three.size:
-        flat = np.argsort(three, axis=None)[::-1][:top]
-        for p, g, w in zip(*np.unravel_index(flat, three.shape)):
-            candidates.append(Plan(levels=[int(pairs[p][0]), int(pairs[p][1]), L], propose=int(g) + 1,
-                                   windows=[int(w) + 1], batch=setting.batch))
+    arrays = exhaustive_arrays(setting, max_propose, max_window)
+    ranked = ranked_plans(setting, arrays, top)
+    candidates = [Plan(levels=[setting.num_layers], batch=setting.batch)] + ranked["single_level"] + ranked["hierarchical"]
     paper = paper_default(setting).model_copy(update={"batch": setting.batch})
     candidates.append(paper)
     scored = score(setting, candidates)  # re-scored through the generic path: one source of truth
@@ -182,5 +180,5 @@ def exhaustive(setting: Setting, top: int = 10, max_propose: int = 8, max_window
     for s in scored:
         unique.setdefault(s.plan.model_dump_json(), s)
     ranked = sorted(unique.values(), key=lambda s: -s.tokens_per_second)[:top]
-    evaluated = 1 + single.size + three.size
+    evaluated = 1 + arrays[1].size + arrays[3].size
     return SearchResult(setting, ranked, ar, best_single_s, scored[-1], evaluated, time.perf_counter() - t0)

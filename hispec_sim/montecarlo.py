@@ -192,7 +192,6 @@ def _token_engine(cost: CostModel, model: AgreementModel, plan: Plan, streams: i
     checked = np.zeros(k - 1)
     accepted = np.zeros(k - 1)
     cycle_ms, cycle_tokens = [], []
-    rows = np.arange(streams)
     cols = np.arange(max_n + 2)
 
     done_cycles = np.zeros(streams, np.int64)

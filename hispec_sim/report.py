@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from . import schema
-from .evaluate import Setting, exhaustive_arrays, score
+from .evaluate import Setting, exhaustive_arrays, ranked_plans, score
 from .schema import Acceptance, Plan, Profile, Source
 
 FAMILIES = ("autoregressive", "single_level", "hierarchical")
@@ -127,20 +127,9 @@ def _grid(a: np.ndarray, nd=2) -> list:
 def _best_of(setting: Setting, max_propose: int, max_window: int) -> dict:
     """Best autoregressive, single-level and 3-level plan at the setting's batch, scored
     through the generic path (one source of truth)."""
-    L, B = setting.num_layers, setting.batch
-    if any(e < L for e in setting.acceptance.exits):
-        exits, single, pairs, three = exhaustive_arrays(setting, max_propose, max_window)
-    else:  # only the full model was measured: autoregressive is the only plan
-        exits, single, pairs, three = np.zeros(0, int), np.zeros((0, max_propose)), np.zeros((0, 2), int), \
-            np.zeros((0, max_propose, max_window))
-    plans = {"autoregressive": Plan(levels=[L], batch=B)}
-    if single.size:
-        e, g = np.unravel_index(np.argmax(single), single.shape)
-        plans["single_level"] = Plan(levels=[int(exits[e]), L], propose=int(g) + 1, batch=B)
-    if three.size:
-        p, g, w = np.unravel_index(np.argmax(three), three.shape)
-        plans["hierarchical"] = Plan(levels=[int(pairs[p][0]), int(pairs[p][1]), L], propose=int(g) + 1,
-                                     windows=[int(w) + 1], batch=B)
+    arrays = exhaustive_arrays(setting, max_propose, max_window)
+    plans = {"autoregressive": Plan(levels=[setting.num_layers], batch=setting.batch)}
+    plans.update({family: ranked[0] for family, ranked in ranked_plans(setting, arrays, 1).items() if ranked})
     names = list(plans)
     scored = score(setting, [plans[n] for n in names])
     out = {}
@@ -149,7 +138,7 @@ def _best_of(setting: Setting, max_propose: int, max_window: int) -> dict:
                   "latency_ms_per_token": _r(s.latency_ms, 4), "tokens_per_full_forward": _r(s.tokens_per_full_forward, 4),
                   "acceptance_per_level": [_r(a, 4) for a in s.acceptance]}
     best = max(out, key=lambda n: out[n]["tokens_per_second"])
-    return {"families": out, "best_family": best, "arrays": (exits, single, pairs, three)}
+    return {"families": out, "best_family": best, "arrays": arrays}
 
 
 def _memory(profile: Profile, tp: int, context: int, max_new: int) -> dict:
@@ -652,7 +641,6 @@ def render_html(data: dict) -> str:
         parts.append("<p class=\"warn\">This profile has fewer than two measured exits below the full model: no "
                      "3-level chain can be formed.</p>")
 
-    c = data["crossover"]
     parts.append("<h2>(c) Batch size: throughput, latency and where hierarchy stops paying</h2>")
     parts.append(fig_block("fig-batch"))
     parts.append(f"<p>{esc(_crossover_sentence(data))}</p><p class=\"muted\">{esc(data['sweep_note'])}.</p>")

@@ -38,8 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .analytic import chain_terms
-from .evaluate import Scored, SearchResult, Setting, paper_default, score
+from .evaluate import Scored, SearchResult, Setting, exhaustive_arrays, paper_default, ranked_plans, score
 from .schema import Plan, Profile, autoregressive_plan
 
 DEFAULT_STORAGE = "sqlite:///hispec-studies.db"
@@ -137,17 +136,10 @@ def make_space(setting: Setting, depth: tuple[int, int] = (1, 4), max_propose: i
 
 
 def single_level_sweep(setting: Setting, max_propose: int = 8) -> Scored:
-    """Best single-level plan (every measured exit x propose 1..max_propose), one
-    vectorised pass, the same sweep evaluate.exhaustive makes; re-scored through score()."""
-    L = setting.num_layers
-    exits = np.array([e for e in setting.acceptance.exits if e < L])
-    if len(exits) == 0:
-        return score(setting, [autoregressive_plan(L, setting.batch)])[0]
-    lv = np.stack([exits, np.full_like(exits, L)], 1)
-    committed, cycle, _ = chain_terms(setting.cost(max_propose + 8), setting.agreement, lv, np.ones(len(exits), int),
-                                      np.zeros((len(exits), 0), int), max_propose)
-    e, g = np.unravel_index(np.argmax(committed / cycle), committed.shape)
-    return score(setting, [Plan(levels=[int(exits[e]), L], propose=int(g) + 1, batch=setting.batch)])[0]
+    """Best single-level plan (every measured exit x propose 1..max_propose): the sweep
+    evaluate.exhaustive makes, re-scored through score()."""
+    best = ranked_plans(setting, exhaustive_arrays(setting, max_propose, 1), 1)["single_level"]
+    return score(setting, best or [autoregressive_plan(setting.num_layers, setting.batch)])[0]
 
 
 @dataclass

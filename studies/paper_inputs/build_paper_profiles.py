@@ -31,7 +31,7 @@ import build_profiles as bp  # noqa: E402
 from hispec_sim import vidur  # noqa: E402
 from hispec_sim.acceptance_fit import Point, fit_curves  # noqa: E402
 from hispec_sim.latency import CostModel  # noqa: E402
-from hispec_sim.schema import Profile, Source  # noqa: E402
+from hispec_sim.schema import Profile  # noqa: E402
 
 WORKLOADS = ["sharegpt", "cnn_dm", "humaneval", "gsm8k", "xsum"]
 BANDS = ["central", "low", "high"]
@@ -247,7 +247,7 @@ def comparison_lines(res: dict, workload: str = "sharegpt") -> list[str]:
 
 
 def notes_tables(res: dict, cal_c: dict, cal_h: dict) -> str:
-    lines = [f"### The two readings of the published acceptance figures, sharegpt, hf_eager, batch 1", "",
+    lines = ["### The two readings of the published acceptance figures, sharegpt, hf_eager, batch 1", "",
              f"Central: `{bp.CENTRAL_READING}` (workloads `<w>`); alternative: `{bp.OTHER_READING}` (workloads "
              f"`<w>_{bp.OTHER_READING}`). Command: `hispec-sim optimize --profile P --workload sharegpt` (and "
              f"`--workload sharegpt_{bp.OTHER_READING}`).", ""] + comparison_lines(res) + ["",

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import sqlite3
 
-import numpy as np
 import optuna
 import pytest
 from hypothesis import given, settings
@@ -14,7 +13,7 @@ from factories import make_profile, resolve_depth_traces
 from hispec_sim.cli import main
 from hispec_sim.evaluate import Setting, exhaustive, score
 from hispec_sim.schema import Plan, load_profile, save_profile
-from hispec_sim.search import Space, depth_cycle, make_space, optuna_search
+from hispec_sim.search import Space, depth_cycle, optuna_search
 
 ENTRY_KEYS = {"plan", "tokens_per_second", "speedup_vs_autoregressive", "tokens_per_full_forward"}
 
