@@ -38,10 +38,11 @@ def test_every_parameter_vector_is_a_valid_plan(data, n, depth):
     if depth - 1 > n:
         return
     space = Space(exits, 100, 1, 4, 8, 16)
-    params = {"depth": depth, "exit_top": data.draw(st.integers(0, n - 1)), "propose": data.draw(st.integers(1, 8))}
+    k = f"k{depth}_"
+    params = {"depth": depth, k + "exit_top": data.draw(st.integers(0, n - 1)), k + "propose": data.draw(st.integers(1, 8))}
     for j in range(1, depth - 1):
-        params[f"gap_{j}"] = data.draw(st.integers(1, max(n - 1, 1)))
-        params[f"window_{j}"] = data.draw(st.integers(1, 16))
+        params[f"{k}gap_{j}"] = data.draw(st.integers(1, max(n - 1, 1)))
+        params[f"{k}window_{j}"] = data.draw(st.integers(1, 16))
     plan, _ = space.suggest(optuna.trial.FixedTrial(params))
     assert plan.depth == depth and plan.levels[-1] == 100
     assert all(e in exits for e in plan.levels[:-1])
