@@ -97,17 +97,21 @@ def _block_engine(cost: CostModel, model: AgreementModel, plan: Plan, streams: i
         if level == 1:  # g drafts, each passing with the marginal rate
             alpha = float(np.exp(log_rates[0][2]))
             a = np.full(shape, g) if alpha >= 1 else np.minimum(rng.geometric(1.0 - alpha, shape) - 1, g)
-            return a, a == g, round_ms, [(g, a)]  # scalars broadcast: every round costs the same
+            a = a.astype(np.int16)  # small counts: less memory traffic in the fills above
+            return a, None, round_ms, [(g, a)]  # bonus None: a == g; scalars broadcast (every round costs the same)
         w = plan.windows[level - 2]
         lacc, lcor, lbon = log_rates[level - 1]
         a, bonus, t, stats = draw(level - 1, (w,) + shape)  # candidates on axis 0: reductions stay elementwise
-        length = a + 1
-        end = np.cumsum(length, 0)
-        start = end - length
-        used = start < w
-        n = np.where(used, end, 0).max(0)
-        time = (used.sum(0) * t if np.ndim(t) == 0 else np.where(used, t, 0.0).sum(0)) + check_ms[level - 1][n]
-        block = a * lacc + np.where(bonus, lbon, lcor)  # log P(the whole block passes)
+        end = np.cumsum(a + np.int16(1), 0, dtype=np.int16)
+        start = end - a - np.int16(1)
+        used = start < w  # a prefix of the candidates: those that start below the window
+        n_used = used.sum(0)
+        n = np.take_along_axis(end, (n_used - 1)[None], 0)[0].astype(np.int64)
+        time = (n_used * t if np.ndim(t) == 0 else np.where(used, t, 0.0).sum(0)) + check_ms[level - 1][n]
+        if bonus is None:  # blocks of drafts: a lookup table of log P(the whole block passes)
+            block = np.array([i * lacc + (lbon if i == g else lcor) for i in range(g + 1)], np.float32)[a]
+        else:
+            block = (a * lacc + np.where(bonus, lbon, lcor)).astype(np.float32)
         cum = np.cumsum(block, 0)
         u = np.log(1.0 - rng.random(shape, dtype=np.float32))[None]
         fails = used & (cum <= u)
@@ -120,8 +124,8 @@ def _block_engine(cost: CostModel, model: AgreementModel, plan: Plan, streams: i
                 t_pass = np.clip(np.nan_to_num(np.ceil((u - before) / lacc) - 1), 0, a_f)
         else:
             t_pass = a_f
-        accepted = np.where(failed, take(start) + t_pass.astype(np.int64), n)
-        stats = [(used.sum(0) * c if np.ndim(c) == 0 else np.where(used, c, 0).sum(0), np.where(used, x, 0).sum(0))
+        accepted = np.where(failed, take(start).astype(np.int64) + t_pass.astype(np.int64), n)
+        stats = [(n_used * c if np.ndim(c) == 0 else np.where(used, c, 0).sum(0), np.where(used, x, 0).sum(0))
                  for c, x in stats]
         return accepted, ~failed, time, stats + [(n, accepted)]
 
