@@ -55,6 +55,7 @@ def _plan_from_args(a, num_layers: int):
 def _add_model(p):
     p.add_argument("--model", help="checkpoint folder (ours or a Hugging Face Llama folder); default: the shipped model")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1)")
 
 
 def _add_plan(p):
@@ -274,7 +275,6 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("info", help="model layers, parameters, exits")
     _add_model(q)
     q.add_argument("--json", action="store_true")
-    q.add_argument("--threads", type=int, default=1)
     q.set_defaults(fn=cmd_info)
 
     q = sub.add_parser("run", help="decode held-out prompts with a plan and autoregressively; report speed")
@@ -287,7 +287,6 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--check", action="store_true", help="report identical_to_autoregressive (greedy)")
     q.add_argument("--json", action="store_true")
     q.add_argument("--out", help="also write the JSON report to this file")
-    q.add_argument("--threads", type=int, default=1)
     q.set_defaults(fn=cmd_run)
 
     q = sub.add_parser("generate", help="continue a text prompt")
@@ -295,7 +294,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_plan(q)
     q.add_argument("--prompt", required=True)
     q.add_argument("--max-new-tokens", type=int, default=200)
-    q.add_argument("--threads", type=int, default=1)
     q.set_defaults(fn=cmd_generate)
 
     q = sub.add_parser("train", help="train the early-exit model (LayerSkip recipe) on the stdlib corpus")
