@@ -11,9 +11,12 @@ weights:
 
 The decoding path is *row invariant*: the result for a position does not depend on how
 many other tokens share the forward. BLAS picks its kernel (and so its reduction order)
-by shape, so linear layers compute every row as a one-row product (`mm`), attention puts the queries in the columns of its products and always spans the whole
-cache capacity with a mask, and every elementwise op sees contiguous rows. So speculative decoding reproduces autoregressive
-greedy decoding bit for bit, even on near-ties.
+by shape, so every product on the decoding path is a stack of one-row products
+(`mm`: one row per batch entry, the weight broadcast), whose shape per entry never
+changes with the number of rows: the linear layers, the exit head, and attention (each
+query against its kv head's whole cache capacity, masked). Elementwise ops and softmax
+see contiguous rows. So speculative decoding reproduces autoregressive greedy decoding
+bit for bit, even on near-ties.
 """
 from __future__ import annotations
 
@@ -145,8 +148,8 @@ class Block(nn.Module):
     def step(self, x: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, pos0: int,
              cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """x (n, dim) at positions pos0..pos0+n-1; kc/vc (KV, C, hd) this layer's cache.
-        Attention spans the whole capacity C with a mask and puts the queries in the
-        columns of the products (K @ q^T, V^T @ p^T), which makes it row invariant too."""
+        Attention spans the whole capacity C with a mask, one query per row of one-row
+        products (the shape of a column-stacked product would change the BLAS kernel)."""
         a = self.args
         n = x.shape[0]
         hd, H, KV = a.head_dim, a.n_heads, a.n_kv_heads
@@ -155,18 +158,13 @@ class Block(nn.Module):
         qk = apply_rope(qkv[:, : (H + KV) * hd].reshape(n, H + KV, hd), cos, sin)
         kc[:, pos0:pos0 + n] = qk[:, H:].transpose(0, 1)
         vc[:, pos0:pos0 + n] = qkv[:, (H + KV) * hd:].reshape(n, KV, hd).transpose(0, 1)
-        # queries in the columns, ordered (group, token); at least two columns per kv head
-        qt = (qk[:, :H] * (1.0 / math.sqrt(hd))).view(n, KV, G, hd).permute(1, 3, 2, 0).reshape(KV, hd, G * n)
-        if G * n == 1:
-            qt = qt.expand(KV, hd, 2)
-        s = torch.bmm(kc, qt)  # (KV, C, cols)
-        s = s.transpose(1, 2)[:, : G * n].contiguous()  # (KV, G*n, C): softmax over a contiguous row
-        p = torch.softmax(s + mask, dim=-1)
-        pt = p.transpose(1, 2)  # (KV, C, G*n)
-        if G * n == 1:
-            pt = pt.expand(KV, pt.shape[1], 2)
-        o = torch.bmm(vc.transpose(1, 2), pt)[:, :, : G * n]  # (KV, hd, G*n)
-        o = o.reshape(KV, hd, G, n).permute(3, 0, 2, 1).reshape(n, H * hd)
+        q = (qk[:, :H] * (1.0 / math.sqrt(hd))).view(n, KV, G, hd)
+        o = torch.empty(n, KV, G, hd, dtype=x.dtype, device=x.device)
+        for h in range(KV):  # every query is a one-row product against its kv head's whole cache
+            s = mm(q[:, h].reshape(n * G, hd), kc[h])  # (n*G, C)
+            p = torch.softmax(s + mask, dim=-1)
+            o[:, h] = mm(p, vc[h].t()).view(n, G, hd)
+        o = o.reshape(n, H * hd)
         x = x + mm(o, self.wo.weight)
         g, u = mm(self.ffn_norm(x), self.w13.weight).chunk(2, dim=-1)
         return x + mm(F.silu(g) * u, self.w2.weight)
@@ -267,9 +265,9 @@ class Transformer(nn.Module):
         m = self._mask_cache.get(key)
         if m is None:
             G = self.args.n_heads // self.args.n_kv_heads
-            pos = torch.arange(pos0, pos0 + n, device=cache.device).repeat(G)  # (G*n,) group-major
+            pos = torch.arange(pos0, pos0 + n, device=cache.device).repeat_interleave(G)  # (n*G,) token-major
             m = torch.arange(cache.capacity, device=cache.device)[None, :] > pos[:, None]
-            m = torch.zeros(m.shape, device=cache.device, dtype=cache.dtype).masked_fill(m, float("-inf"))[None]  # additive
+            m = torch.zeros(m.shape, device=cache.device, dtype=cache.dtype).masked_fill(m, float("-inf"))  # additive
             if len(self._mask_cache) > 4096:
                 self._mask_cache.clear()
             self._mask_cache[key] = m
