@@ -36,6 +36,13 @@ class Plan(Strict):
     windows: list[int] = Field(default_factory=list, description="one window per intermediate level")
     mode: Literal["greedy", "sampling"] = "greedy"
     batch: int = Field(1, ge=1, le=4096, description="sequences decoded in lockstep")
+    batching: Literal["ragged", "synchronous"] = Field(
+        "ragged",
+        description="batch > 1 (serving): 'ragged' = in one step every sequence runs the layers its own next "
+        "operation needs (drafting sequences share layers 1..l_1, only those whose level-j check is due go on "
+        "through l_{j-1}+1..l_j); 'synchronous' = every sequence of the batch does the same operation each step "
+        "(checks carry every sequence's buffer, padded)",
+    )
 
     @field_validator("levels")
     @classmethod
@@ -357,3 +364,146 @@ def save_profile(profile: Profile, path: str | Path) -> None:
 
 def save_plan(plan: Plan, path: str | Path) -> None:
     write_atomic(path, plan.model_dump_json(indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------- serving
+# One description of traffic and of the serving limits, shared by `hispec-exec serve`
+# (which runs it) and `hispec-sim serve` / `capacity` (which simulate it).
+
+MAX_REQUESTS = 1_000_000
+
+
+class LengthDist(Strict):
+    """A distribution of token counts (prompt or output length), clipped to [min, max].
+
+    fixed: `value`; uniform: integers in [low, high]; lognormal: exp(N(log(median), sigma));
+    empirical: draw uniformly from `values`.
+    """
+
+    family: Literal["fixed", "uniform", "lognormal", "empirical"] = "fixed"
+    value: int | None = Field(None, ge=1, le=1_000_000)
+    low: int | None = Field(None, ge=1, le=1_000_000)
+    high: int | None = Field(None, ge=1, le=1_000_000)
+    median: float | None = Field(None, gt=0, le=1_000_000, allow_inf_nan=False)
+    sigma: float | None = Field(None, ge=0, le=10, allow_inf_nan=False)
+    values: list[int] | None = Field(None, min_length=1, max_length=1_000_000)
+    min: int = Field(1, ge=1, le=1_000_000)
+    max: int = Field(1_000_000, ge=1, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _params(self) -> "LengthDist":
+        need = {"fixed": ("value",), "uniform": ("low", "high"), "lognormal": ("median", "sigma"),
+                "empirical": ("values",)}[self.family]
+        missing = [n for n in need if getattr(self, n) is None]
+        if missing:
+            raise ValueError(f"{self.family} needs {', '.join(missing)}")
+        if self.family == "uniform" and self.high < self.low:
+            raise ValueError("uniform: high must be >= low")
+        if self.values is not None and any(v < 1 for v in self.values):
+            raise ValueError("values: every length must be >= 1")
+        if self.max < self.min:
+            raise ValueError("max: must be >= min")
+        return self
+
+    @classmethod
+    def parse(cls, text: str, field: str) -> "LengthDist":
+        """CLI form: '128' (fixed), 'uniform:32:512', 'lognormal:200:0.8' (median, sigma),
+        'empirical:12,40,300'; an optional ':min=..' / ':max=..' suffix clips."""
+        parts = text.split(":")
+        try:
+            kw: dict = {}
+            while len(parts) > 1 and "=" in parts[-1]:
+                k, v = parts.pop().split("=", 1)
+                if k not in ("min", "max"):
+                    raise ValueError
+                kw[k] = int(v)
+            if len(parts) == 1:
+                return cls(family="fixed", value=int(parts[0]), **kw)
+            fam, args = parts[0], parts[1:]
+            if fam == "uniform" and len(args) == 2:
+                return cls(family=fam, low=int(args[0]), high=int(args[1]), **kw)
+            if fam == "lognormal" and len(args) == 2:
+                return cls(family=fam, median=float(args[0]), sigma=float(args[1]), **kw)
+            if fam == "empirical" and len(args) == 1:
+                return cls(family=fam, values=[int(x) for x in args[0].split(",")], **kw)
+        except (ValueError, TypeError) as e:
+            detail = e.errors()[0]["msg"] if hasattr(e, "errors") else "malformed"
+            raise ValueError(f"{field}: {detail} in {text!r}; expected N, uniform:LO:HI, lognormal:MEDIAN:SIGMA "
+                             f"or empirical:N,N,... (lengths >= 1)") from None
+        raise ValueError(f"{field}: unknown form {text!r}; expected N, uniform:LO:HI, lognormal:MEDIAN:SIGMA "
+                         f"or empirical:N,N,...")
+
+
+class Traffic(Strict):
+    """Generated traffic: `requests` arrivals at mean rate `qps` (Poisson, or gamma
+    inter-arrival times with coefficient of variation `cv`), lengths drawn independently."""
+
+    arrival: Literal["poisson", "gamma"] = "poisson"
+    qps: float = Field(gt=0, le=1e6, allow_inf_nan=False, description="mean arrival rate, requests per second")
+    cv: float = Field(1.0, gt=0, le=100, allow_inf_nan=False, description="gamma: coefficient of variation of inter-arrival times")
+    requests: int = Field(64, ge=1, le=MAX_REQUESTS)
+    prompt_len: LengthDist = Field(default_factory=lambda: LengthDist(family="fixed", value=64))
+    output_len: LengthDist = Field(default_factory=lambda: LengthDist(family="fixed", value=64))
+    seed: int = Field(0, ge=0, le=2**63 - 1)
+
+
+class Request(Strict):
+    """One line of a JSONL trace: arrival time, the prompt (text, token ids, or a token
+    count) and how many tokens to generate."""
+
+    arrival_s: float = Field(ge=0, le=1e9, allow_inf_nan=False)
+    prompt: str | None = None
+    prompt_tokens: int | list[int] | None = Field(None, description="token ids, or a prompt length in tokens")
+    max_new_tokens: int = Field(ge=1, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> "Request":
+        if (self.prompt is None) == (self.prompt_tokens is None):
+            raise ValueError("give exactly one of prompt (text) or prompt_tokens")
+        if isinstance(self.prompt_tokens, int) and self.prompt_tokens < 1:
+            raise ValueError("prompt_tokens: a prompt length must be >= 1")
+        if isinstance(self.prompt_tokens, list) and (not self.prompt_tokens or min(self.prompt_tokens) < 0):
+            raise ValueError("prompt_tokens: token ids must be >= 0, at least one")
+        if self.prompt is not None and not self.prompt:
+            raise ValueError("prompt: empty")
+        return self
+
+    @property
+    def prompt_len(self) -> int | None:
+        """Length in tokens when known without a tokenizer."""
+        if isinstance(self.prompt_tokens, int):
+            return self.prompt_tokens
+        if isinstance(self.prompt_tokens, list):
+            return len(self.prompt_tokens)
+        return None
+
+
+class ServeLimits(Strict):
+    """What a replica admits and how it prefills.
+
+    A request is admitted (FIFO) when the batch has fewer than `max_batch` sequences and
+    the KV cache can hold its prompt + max_new_tokens (+ the plan's speculation overshoot)
+    on top of what the running requests reserved; otherwise it waits. `prefill`:
+    'separate' = an admitted request's prompt runs in its own forward(s) before it joins
+    the decode batch (the running sequences wait: prefill stalls decoding).
+    """
+
+    max_batch: int = Field(16, ge=1, le=4096)
+    kv_tokens: int | None = Field(None, ge=1, le=10**9, description="KV capacity in tokens over all sequences (None: unbounded)")
+    prefill: Literal["separate"] = "separate"
+    slo_ttft_ms: float | None = Field(None, gt=0, allow_inf_nan=False)
+    slo_tbt_ms: float | None = Field(None, gt=0, allow_inf_nan=False)
+
+
+class RequestMetrics(Strict):
+    """What one served request saw. Times in ms from its arrival. A token is emitted when
+    the step that commits it ends (speculation commits several at once: their gaps are 0)."""
+
+    id: int
+    arrival_s: float
+    prompt_tokens: int
+    output_tokens: int
+    queue_ms: float = Field(description="arrival to admission")
+    ttft_ms: float = Field(description="arrival to the first generated token")
+    e2e_ms: float = Field(description="arrival to the last generated token")
+    tbt_ms: list[float] = Field(description="gaps between consecutive generated tokens")

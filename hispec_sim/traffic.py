@@ -1,0 +1,144 @@
+"""Traffic for serving: seeded request sets, JSONL traces, and the serving metrics.
+
+One implementation for both sides: `hispec-exec serve` runs the requests these functions
+make and `hispec-sim serve` simulates the same ones, and both summarise with `summarize`.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .schema import MAX_REQUESTS, LengthDist, Request, RequestMetrics, ServeLimits, Traffic
+
+MAX_TRACE_BYTES = 256 * 2**20
+
+
+def draw_lengths(dist: LengthDist, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n integer lengths from `dist`, clipped to [dist.min, dist.max]."""
+    if dist.family == "fixed":
+        x = np.full(n, dist.value, dtype=float)
+    elif dist.family == "uniform":
+        x = rng.integers(dist.low, dist.high + 1, size=n).astype(float)
+    elif dist.family == "lognormal":
+        x = np.rint(dist.median * np.exp(dist.sigma * rng.standard_normal(n)))
+    else:
+        x = rng.choice(np.asarray(dist.values, dtype=float), size=n)
+    return np.clip(x, dist.min, dist.max).astype(np.int64)
+
+
+def arrival_times(traffic: Traffic, rng: np.random.Generator) -> np.ndarray:
+    """Arrival times (s) of `traffic.requests` requests, the first at 0. Poisson:
+    exponential gaps; gamma: gaps with mean 1/qps and coefficient of variation cv."""
+    n = traffic.requests
+    mean = 1.0 / traffic.qps
+    if traffic.arrival == "poisson":
+        gaps = rng.exponential(mean, size=n)
+    else:
+        shape = 1.0 / traffic.cv**2
+        gaps = rng.gamma(shape, mean / shape, size=n)
+    gaps[0] = 0.0
+    return np.cumsum(gaps)
+
+
+def generate(traffic: Traffic) -> list[Request]:
+    """The seeded request set: arrivals, prompt lengths (`prompt_tokens` as a count; the
+    executor draws prompts of that length from its held-out set) and output lengths."""
+    rng = np.random.default_rng(traffic.seed)
+    t = arrival_times(traffic, rng)
+    p = draw_lengths(traffic.prompt_len, traffic.requests, rng)
+    o = draw_lengths(traffic.output_len, traffic.requests, rng)
+    return [Request(arrival_s=float(a), prompt_tokens=int(pl), max_new_tokens=int(ol)) for a, pl, ol in zip(t, p, o)]
+
+
+def load_trace(path: str | Path) -> list[Request]:
+    """Requests from a JSONL file (one object per line, blank lines skipped). Errors name
+    the line and the field; arrival times must not decrease."""
+    from pydantic import ValidationError
+
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_TRACE_BYTES:
+            raise ValueError(f"trace: {path} is larger than {MAX_TRACE_BYTES // 2**20} MiB")
+        text = path.read_bytes().decode("utf-8")
+    except OSError as e:
+        raise ValueError(f"trace: cannot read {path} ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"trace: {path} is not UTF-8 text") from None
+    out: list[Request] = []
+    for no, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
+            raise ValueError(f"trace: line {no}: malformed JSON") from None
+        if not isinstance(obj, dict):
+            raise ValueError(f"trace: line {no}: expected a JSON object with arrival_s, prompt or prompt_tokens, max_new_tokens")
+        try:
+            r = Request.model_validate(obj)
+        except ValidationError as e:
+            err = e.errors()[0]
+            loc = ".".join(str(x) for x in err["loc"]) or "request"
+            raise ValueError(f"trace: line {no}: {loc}: {err['msg']}") from None
+        if out and r.arrival_s < out[-1].arrival_s:
+            raise ValueError(f"trace: line {no}: arrival_s {r.arrival_s} is earlier than the previous request's "
+                             f"{out[-1].arrival_s}; arrival times must not decrease")
+        out.append(r)
+        if len(out) > MAX_REQUESTS:
+            raise ValueError(f"trace: more than {MAX_REQUESTS} requests")
+    if not out:
+        raise ValueError(f"trace: {path} holds no request")
+    return out
+
+
+def _stats(x: np.ndarray) -> dict:
+    if x.size == 0:
+        return {"mean": None, "p50": None, "p90": None, "p99": None}
+    p50, p90, p99 = np.percentile(x, [50, 90, 99])
+    return {"mean": float(x.mean()), "p50": float(p50), "p90": float(p90), "p99": float(p99)}
+
+
+def tpot_ms(m: RequestMetrics) -> float:
+    """Mean time per output token after the first (0 for a one-token request)."""
+    return (m.e2e_ms - m.ttft_ms) / (m.output_tokens - 1) if m.output_tokens > 1 else 0.0
+
+
+def summarize(metrics: list[RequestMetrics], limits: ServeLimits) -> dict:
+    """Totals and percentiles of a served request set.
+
+    throughput = generated tokens / (last token's time - first arrival); TBT percentiles
+    pool every gap of every request; a request is *good* when its TTFT and its TPOT meet
+    the SLOs given (DistServe's goodput definition); goodput = good requests per second.
+    """
+    if not metrics:
+        raise ValueError("metrics: no request was served")
+    start = min(m.arrival_s for m in metrics)
+    end = max(m.arrival_s + m.e2e_ms / 1e3 for m in metrics)
+    span = max(end - start, 1e-12)
+    tokens = sum(m.output_tokens for m in metrics)
+    ttft = np.array([m.ttft_ms for m in metrics])
+    tpot = np.array([tpot_ms(m) for m in metrics])
+    good = np.ones(len(metrics), dtype=bool)
+    if limits.slo_ttft_ms is not None:
+        good &= ttft <= limits.slo_ttft_ms
+    if limits.slo_tbt_ms is not None:
+        good &= tpot <= limits.slo_tbt_ms
+    gaps = np.concatenate([np.asarray(m.tbt_ms, dtype=float) for m in metrics]) if metrics else np.zeros(0)
+    return {
+        "requests": len(metrics),
+        "duration_s": span,
+        "output_tokens": tokens,
+        "throughput_tokens_per_s": tokens / span,
+        "requests_per_s": len(metrics) / span,
+        "goodput_requests_per_s": float(good.sum()) / span,
+        "slo_attained": float(good.mean()),
+        "slo_ttft_ms": limits.slo_ttft_ms,
+        "slo_tbt_ms": limits.slo_tbt_ms,
+        "ttft_ms": _stats(ttft),
+        "tbt_ms": _stats(gaps),
+        "tpot_ms": _stats(tpot),
+        "e2e_ms": _stats(np.array([m.e2e_ms for m in metrics])),
+        "queue_ms": _stats(np.array([m.queue_ms for m in metrics])),
+    }

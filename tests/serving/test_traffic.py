@@ -1,0 +1,53 @@
+import json
+
+import numpy as np
+import pytest
+
+from hispec_sim.schema import LengthDist, RequestMetrics, ServeLimits, Traffic
+from hispec_sim.traffic import generate, load_trace, summarize
+
+
+def test_generate_is_seeded_and_has_the_stated_rate():
+    t = Traffic(qps=4.0, requests=4000, seed=3, prompt_len=LengthDist.parse("uniform:10:20", "p"))
+    a, b = generate(t), generate(t)
+    assert a == b
+    arr = np.array([r.arrival_s for r in a])
+    assert arr[0] == 0 and np.all(np.diff(arr) >= 0)
+    assert abs((len(arr) - 1) / arr[-1] - 4.0) < 0.3
+    lens = np.array([r.prompt_len for r in a])
+    assert lens.min() >= 10 and lens.max() <= 20
+    g = Traffic(qps=4.0, requests=4000, arrival="gamma", cv=3.0, seed=3)
+    gaps = np.diff([r.arrival_s for r in generate(g)])
+    assert abs(gaps.std() / gaps.mean() - 3.0) < 0.6
+
+
+@pytest.mark.parametrize("text", ["0", "uniform:5", "uniform:9:3", "lognormal:-1:0.5", "zipf:3", "empirical:", "12:foo=3"])
+def test_length_dist_rejects(text):
+    with pytest.raises(ValueError, match="^prompt-len: "):
+        LengthDist.parse(text, "prompt-len")
+
+
+def test_trace_errors_name_the_line(tmp_path):
+    f = tmp_path / "t.jsonl"
+    f.write_text('{"arrival_s": 0, "prompt": "a", "max_new_tokens": 3}\n\n{"arrival_s": 1, "prompt_tokens": 5}\n')
+    with pytest.raises(ValueError, match="line 3: max_new_tokens"):
+        load_trace(f)
+    f.write_text('{"arrival_s": 2, "prompt": "a", "max_new_tokens": 3}\n{"arrival_s": 1, "prompt": "b", "max_new_tokens": 3}\n')
+    with pytest.raises(ValueError, match="line 2: arrival_s"):
+        load_trace(f)
+    f.write_text('{"arrival_s": 0, "prompt": "a", "max_new_tokens": 3}\n{oops\n')
+    with pytest.raises(ValueError, match="line 2: malformed JSON"):
+        load_trace(f)
+    f.write_text(json.dumps({"arrival_s": 0, "prompt_tokens": [1, 2], "max_new_tokens": 2}) + "\n")
+    assert load_trace(f)[0].prompt_len == 2
+
+
+def test_summarize_counts_goodput():
+    ms = [RequestMetrics(id=0, arrival_s=0.0, prompt_tokens=4, output_tokens=3, queue_ms=0, ttft_ms=10, e2e_ms=30,
+                         tbt_ms=[10, 10]),
+          RequestMetrics(id=1, arrival_s=1.0, prompt_tokens=4, output_tokens=3, queue_ms=5, ttft_ms=500, e2e_ms=520,
+                         tbt_ms=[0, 20])]
+    s = summarize(ms, ServeLimits(slo_ttft_ms=100, slo_tbt_ms=50))
+    assert s["output_tokens"] == 6 and s["slo_attained"] == 0.5
+    assert s["duration_s"] == pytest.approx(1.52)
+    assert s["tbt_ms"]["mean"] == pytest.approx(10.0)
