@@ -177,6 +177,37 @@ class LatencyTable(Strict):
         return f"tp{self.tp}/{self.stack}"
 
 
+class AcceptanceSpread(Strict):
+    """How agreement varies from request to request (a workload's per-request distribution).
+
+    empirical: `per_request` holds one agreement matrix (over the workload's exits) per
+    measured request, e.g. per prompt of `profile measure`; logit_normal: a request's rates
+    are the workload's rates shifted by z ~ N(0, sigma) in logit space (published profiles:
+    sigma is an assumption, stated in `source`).
+    """
+
+    family: Literal["empirical", "logit_normal"]
+    sigma: float | None = Field(None, ge=0, le=10, allow_inf_nan=False)
+    per_request: list[list[list[float]]] | None = None
+    weights: list[float] | None = Field(None, description="empirical: tokens measured per request (default equal)")
+    source: Source
+
+    @model_validator(mode="after")
+    def _params(self) -> "AcceptanceSpread":
+        if self.family == "logit_normal" and self.sigma is None:
+            raise ValueError("spread.sigma: logit_normal needs sigma")
+        if self.family == "empirical" and not self.per_request:
+            raise ValueError("spread.per_request: empirical needs at least one request")
+        if self.per_request:
+            for r in self.per_request:
+                for row in r:
+                    if any(not (math.isfinite(v) and 0.0 <= v <= 1.0) for v in row):
+                        raise ValueError("spread.per_request: values must be in [0, 1]")
+            if self.weights is not None and len(self.weights) != len(self.per_request):
+                raise ValueError("spread.weights: one weight per request")
+        return self
+
+
 class Acceptance(Strict):
     """Greedy agreement statistics of one workload.
 
@@ -199,6 +230,7 @@ class Acceptance(Strict):
     )
     source: Source
     fit: dict | None = Field(None, description="fitted curve, its inputs and residuals, when fitted")
+    spread: AcceptanceSpread | None = Field(None, description="per-request distribution of the rates (None: every request at the mean)")
 
     @model_validator(mode="after")
     def _check(self) -> "Acceptance":
@@ -216,6 +248,9 @@ class Acceptance(Strict):
                 raise ValueError("acceptance.traces: rows must have one token per exit")
         if self.joint == "traces" and not self.traces:
             raise ValueError("acceptance.joint: 'traces' needs traces")
+        if self.spread and self.spread.per_request and any(
+                len(r) != n or any(len(row) != n for row in r) for r in self.spread.per_request):
+            raise ValueError("acceptance.spread.per_request: every matrix must be len(exits) x len(exits)")
         return self
 
 
