@@ -72,9 +72,21 @@ def test_depth_cycle_shares():
 
 def test_finds_the_exhaustive_optimum_on_a_small_profile(setting16):
     ex = exhaustive(setting16).best.tokens_per_second
-    r = optuna_search(setting16, trials=150, storage=None, seed=0, depth=(1, 3))
+    r = optuna_search(setting16, trials=150, storage=None, seed=0, depth=(1, 3), seed_exhaustive=False)  # TPE alone
     assert r.best.tokens_per_second >= 0.98 * ex
     assert r.best.tokens_per_second <= ex * (1 + 1e-9)  # never beats the exact optimum of the same space
+
+
+@pytest.mark.parametrize("trials", [1, 12])
+def test_seeded_with_the_exhaustive_optimum_never_worse_than_default_search(setting16, trials):
+    """A depth 1-4 study's first trial is the exhaustive optimum of depth 1-3, so even one
+    trial returns the default search's plan, and more trials can only improve on it."""
+    ex = exhaustive(setting16).best
+    r = optuna_search(setting16, trials=trials, storage=None, seed=0, depth=(1, 4))
+    assert r.study["seeded_with"][0] == ex.plan.describe()
+    assert r.best.tokens_per_second >= ex.tokens_per_second * (1 - 1e-12)
+    if trials == 1:
+        assert r.best.plan == ex.plan
 
 
 # ----------------------------------------------------------------------------- determinism, storage
