@@ -24,7 +24,7 @@ from . import schema
 from .report_data import (COLORS, DEFAULTS, FAMILIES, FAMILY_LABEL, MEMORY_HEADROOM, SENSITIVITY,  # noqa: F401
                           _best_of, _capacity, _crossover, _jsonable, _memory, _positive, _provenance,
                           _scaled_profile, _sweep_note, capacity_warnings, check_output_path, compute,
-                          load_validation)
+                          largest_forward_tokens, load_validation)
 from .report_figures import figures  # noqa: F401
 from .report_format import _crossover_sentence, _fmt, _headline, _md, _pct, _pct_abs, esc, script_json  # noqa: F401
 from .report_html import render_html

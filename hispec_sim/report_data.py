@@ -240,6 +240,11 @@ def compute(profile: Profile, workload: str | None = None, tp: int | None = None
         r = _best_of(s, max_propose, max_window)
         r.pop("arrays")
         sweep.append({"batch": b, **r})
+    grid = int(setting.table.tokens[-1])
+    for row in sweep:  # where a forward carries more tokens than the latency table measured
+        row["extrapolated"] = {f: row["batch"] * largest_forward_tokens(e["plan"]) > grid
+                               for f, e in row["families"].items()}
+    data["table_max_tokens"] = grid
     data["memory"] = mem
     data["sweep"] = sweep
     data["sweep_note"] = _sweep_note(mem, setting, max_batch, limit, profile)
@@ -284,6 +289,14 @@ def compute(profile: Profile, workload: str | None = None, tp: int | None = None
     data["provenance"] = _provenance(profile)
     data["validation"] = validation
     return data
+
+
+def largest_forward_tokens(plan: dict | Plan) -> int:
+    """New tokens per sequence in the largest forward a plan runs: 1 for autoregressive;
+    otherwise propose + sum(windows) + 1 (a level's check sees its window, overrun by at most
+    one block of the level below, plus the token the check itself adds)."""
+    plan = plan if isinstance(plan, Plan) else Plan.model_validate(plan)
+    return 1 if plan.depth == 1 else plan.propose + sum(plan.windows) + 1
 
 
 def _sweep_note(mem: dict, setting: Setting, max_batch: int, limit: int, profile: Profile) -> str:
@@ -367,7 +380,8 @@ def _capacity(sweep: list[dict], tp: int, target: float, slo: float, price: floa
                          "latency_ms_per_token": e["latency_ms_per_token"], "replicas": None, "gpus": None,
                          "usd_per_million_tokens": None, "usd_per_million_tokens_full_load": None})
     met = [r for r in rows if r["meets_slo"]]
-    recommended = min(met, key=lambda r: (r["gpus"], r["usd_per_million_tokens"]))["family"] if met else None
+    # fewest GPUs; on a tie (same GPUs, so the same $ at target) the lower cost fully loaded
+    recommended = min(met, key=lambda r: (r["gpus"], r["usd_per_million_tokens_full_load"]))["family"] if met else None
     closest = None
     if not met:
         c = min(rows, key=lambda r: r["latency_ms_per_token"])

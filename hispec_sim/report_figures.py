@@ -23,7 +23,7 @@ def figures(data: dict) -> list[tuple[str, str, dict]]:
         custom = [[[g, w] for g, w in zip(rg, rw)] for rg, rw in zip(h["propose"], h["window"])]
         bp = h["best_pair"]
         figs.append(("fig-exits", "Tokens/s over (draft exit, intermediate exit), each cell at its best propose length "
-                     "and window.", {
+                     "and window; the star marks the best pair.", {
             "data": [{"type": "heatmap", "x": ex, "y": ex, "z": h["z"], "customdata": custom, "colorscale": "Viridis",
                       "colorbar": {"title": {"text": "tokens/s"}}, "hoverongaps": False,
                       "hovertemplate": "draft exit %{x}<br>intermediate exit %{y}<br>%{z:.1f} tokens/s"
@@ -46,14 +46,20 @@ def figures(data: dict) -> list[tuple[str, str, dict]]:
     xs = [r["batch"] for r in sweep]
     traces_t, traces_l, traces_s = [], [], []
     ar = [r["families"]["autoregressive"]["tokens_per_second"] for r in sweep]
+    drawn, any_extrapolated = [], False
     for fam in FAMILIES:
         if not all(fam in r["families"] for r in sweep):
             continue
+        drawn.append(fam)
         ys = [r["families"][fam]["tokens_per_second"] for r in sweep]
         ls = [r["families"][fam]["latency_ms_per_token"] for r in sweep]
-        text = [r["families"][fam]["describe"] for r in sweep]
+        extra = [bool(r.get("extrapolated", {}).get(fam)) for r in sweep]
+        any_extrapolated |= any(extra)
+        text = [r["families"][fam]["describe"] + ("<br>latency table extrapolated" if x else "")
+                for r, x in zip(sweep, extra)]
         common = {"type": "scatter", "mode": "lines+markers", "x": xs, "name": FAMILY_LABEL[fam], "text": text,
-                  "line": {"color": COLORS[fam]}, "legendgroup": fam}
+                  "line": {"color": COLORS[fam]}, "legendgroup": fam,
+                  "marker": {"symbol": ["circle-open" if x else "circle" for x in extra], "size": 8}}
         traces_t.append({**common, "y": ys, "hovertemplate": "batch %{x}<br>%{y:.1f} tokens/s<br>%{text}<extra></extra>"})
         traces_l.append({**common, "y": ls, "xaxis": "x2", "yaxis": "y2", "showlegend": False,
                          "hovertemplate": "batch %{x}<br>%{y:.2f} ms/token<br>%{text}<extra></extra>"})
@@ -66,10 +72,12 @@ def figures(data: dict) -> list[tuple[str, str, dict]]:
     annotations = [{"xref": "x2 domain", "x": 0.01, "yref": "y2", "y": slo, "text": f"SLO {slo:g} ms", "showarrow": False,
                     "yanchor": "bottom", "xanchor": "left", "font": {"color": "#2ca02c"}}]
     cross = data["crossover"]
+    stops = []
     for key, label, color, y in (("hierarchy_stops_paying_at_batch", "hierarchy stops paying", "#d62728", 1.0),
                                  ("speculation_stops_paying_at_batch", "speculation stops paying", "#555", 0.92)):
         b = cross[key]
         if b is not None:
+            stops.append(f"{label} (batch {b})")
             for k in ("", "2", "3"):
                 shapes.append({"type": "line", "xref": f"x{k}", "x0": b, "x1": b, "yref": f"y{k} domain",
                                "y0": 0, "y1": 1, "line": {"color": color, "dash": "dash", "width": 1.5}})
@@ -77,9 +85,15 @@ def figures(data: dict) -> list[tuple[str, str, dict]]:
                                 "text": f"{label}<br>(batch {b})", "showarrow": False, "xanchor": "right",
                                 "yanchor": "top", "align": "right", "font": {"color": color, "size": 11}})
     log2 = {"type": "log", "dtick": math.log10(2)}
-    figs.append(("fig-batch", "Throughput (aggregate over the batch), per-token latency and speedup over autoregressive "
-                 "vs batch size; every family is re-optimised at every batch. Dashed lines: where hierarchy / "
-                 "speculation stops paying.", {
+    caption = ("Throughput (aggregate over the batch), per-token latency and speedup over autoregressive vs batch "
+               f"size for {', '.join(FAMILY_LABEL[f] for f in drawn)}; every family is re-optimised at every batch. "
+               f"Dotted line: the latency SLO ({slo:g} ms).")
+    if stops:
+        caption += f" Dashed lines: {'; '.join(stops)}."
+    if any_extrapolated:
+        caption += (f" Open markers: a forward of that plan carries more than the {data.get('table_max_tokens')} tokens "
+                    "the latency table measured, so its cost is extrapolated.")
+    figs.append(("fig-batch", caption, {
         "data": traces_t + traces_l + traces_s,
         "layout": {**_LAYOUT, "title": {"text": "Throughput, per-token latency and speedup vs batch size"}, "height": 500,
                    "xaxis": _axis("batch size", domain=[0, 0.28], **log2), "yaxis": _axis("tokens/s (all sequences)"),
@@ -94,8 +108,10 @@ def figures(data: dict) -> list[tuple[str, str, dict]]:
             ("re-optimised best", [r["reoptimised"]["tokens_per_second"] for r in sens["rows"]], "#ff9896"),
             ("best single-level", [r["single_level_tokens_per_second"] for r in sens["rows"]], "#1f77b4"),
             ("autoregressive", [r["autoregressive_tokens_per_second"] for r in sens["rows"]], "#7f7f7f")]
-    figs.append(("fig-sensitivity", "The best plan's tokens/s when every agreement rate is 10 % and 20 % lower than "
-                 "profiled (diagonal kept at 1), next to the plans re-optimised for the lower acceptance.", {
+    lower = [r["label"] for r in sens["rows"] if r["factor"] != 1.0]
+    figs.append(("fig-sensitivity", f"Tokens/s of the best plan {sens['plan']} as profiled and with every agreement "
+                 f"rate {' / '.join(lower)} (diagonal kept at 1), next to the best plan re-optimised for that "
+                 "acceptance, the best single-level plan (re-optimised) and autoregressive decoding.", {
         "data": [{"type": "bar", "x": labels, "y": ys, "name": n, "marker": {"color": c},
                   "text": [_fmt(v, 1) for v in ys], "textposition": "outside",
                   "hovertemplate": "%{x}<br>%{y:.1f} tokens/s<extra>" + esc(n) + "</extra>"} for n, ys, c in bars],

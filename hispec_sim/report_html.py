@@ -85,15 +85,20 @@ def render_html(data: dict) -> str:
     parts.append(f"<p>{esc(_crossover_sentence(data))}</p><p class=\"muted\">{esc(data['sweep_note'])}.</p>")
     srows = []
     for r in data["sweep"]:
-        f = r["families"]
-        cells = [str(r["batch"])]
+        f, ex = r["families"], r.get("extrapolated", {})
+        cells = [str(r["batch"]) + (" *" if any(ex.values()) else "")]
         for k in FAMILIES:
-            e = f.get(k)
-            cells += [_fmt(e["tokens_per_second"], 1) if e else "–", _fmt(e["latency_ms_per_token"], 2) if e else "–"]
+            e, star = f.get(k), " *" if ex.get(k) else ""
+            cells += [_fmt(e["tokens_per_second"], 1) + star if e else "–",
+                      _fmt(e["latency_ms_per_token"], 2) + star if e else "–"]
         cells += [esc(f[r["best_family"]]["describe"])]
         srows.append(cells)
     parts.append(_table(["batch", "AR tokens/s", "AR ms/token", "single tokens/s", "single ms/token", "3-level tokens/s",
                          "3-level ms/token", "best plan"], srows, (0, 1, 2, 3, 4, 5, 6)))
+    if any(any(r.get("extrapolated", {}).values()) for r in data["sweep"]):
+        parts.append(f"<p class=\"muted\">* extrapolated: at this batch a forward of the plan carries more than the "
+                     f"{data['table_max_tokens']} tokens the latency table measured (batch x its largest forward: "
+                     "propose + windows + 1 tokens per sequence); its cost is extrapolated linearly.</p>")
 
     s = data["sensitivity"]
     parts.append("<h2>(d) Sensitivity to lower acceptance</h2>")
@@ -130,7 +135,8 @@ def render_html(data: dict) -> str:
     parts.append("<p class=\"muted\">Per family: the batch with the highest tokens/s per replica whose "
                  "per-token latency meets the SLO (the sweep, refined by bisection up to the first batch that misses it); replicas = ceil(target / tokens/s per replica); GPUs = replicas x tp; "
                  "$ / M tokens at target = GPUs x price / target tokens per hour (you pay for whole replicas); fully "
-                 "loaded = tp x price / replica tokens per hour. ★ = fewest GPUs.</p>")
+                 "loaded = tp x price / replica tokens per hour. ★ = fewest GPUs; between families with as many GPUs, the "
+                 "lower $ / M tokens fully loaded.</p>")
 
     pv = data["provenance"]
     parts.append("<h2>(f) Provenance and fidelity</h2>")

@@ -13,6 +13,12 @@ def _md_table(headers, rows) -> str:
     return "\n".join(out)
 
 
+def _ex(row: dict, family: str | None) -> str:
+    """' \\*' where the latency table is extrapolated (any family when family is None)."""
+    ex = row.get("extrapolated", {})
+    return " \\*" if (any(ex.values()) if family is None else ex.get(family)) else ""
+
+
 def render_markdown(data: dict) -> str:
     p, st, hd = data["profile"], data["setting"], _headline(data)
     fam = data["best"]["families"]
@@ -43,10 +49,14 @@ def render_markdown(data: dict) -> str:
     L += ["## (c) Batch size", "", _crossover_sentence(data), "", _md(data["sweep_note"]) + ".", "",
           _md_table(["batch", "AR tokens/s", "AR ms/token", "single tokens/s", "single ms/token", "3-level tokens/s",
                      "3-level ms/token", "best plan"],
-                    [[r["batch"]] + sum(([_fmt(r["families"][k]["tokens_per_second"], 1),
-                                          _fmt(r["families"][k]["latency_ms_per_token"], 2)] if k in r["families"]
-                                         else ["–", "–"] for k in FAMILIES), [])
+                    [[f"{r['batch']}{_ex(r, None)}"]
+                     + sum(([_fmt(r["families"][k]["tokens_per_second"], 1) + _ex(r, k),
+                             _fmt(r["families"][k]["latency_ms_per_token"], 2) + _ex(r, k)] if k in r["families"]
+                            else ["–", "–"] for k in FAMILIES), [])
                      + [f"`{r['families'][r['best_family']]['describe']}`"] for r in data["sweep"]]), ""]
+    if any(_ex(r, None) for r in data["sweep"]):
+        L += [f"\\* extrapolated: at this batch a forward of the plan carries more than the {data['table_max_tokens']} "
+              "tokens the latency table measured (batch x (propose + windows + 1) per sequence).", ""]
     s = data["sensitivity"]
     base = s["rows"][0]["best_plan_tokens_per_second"]
     L += ["## (d) Sensitivity to lower acceptance", "", f"Method: {s['method']}.", "",
@@ -68,7 +78,8 @@ def render_markdown(data: dict) -> str:
                       "yes" if r["meets_slo"] else "no (closest)", r["batch"], f"`{r['plan']}`",
                       _fmt(r["tokens_per_second_per_replica"], 1), _fmt(r["latency_ms_per_token"], 2),
                       _fmt(r["replicas"], 0), _fmt(r["gpus"], 0), _fmt(r["usd_per_million_tokens"], 3),
-                      _fmt(r["usd_per_million_tokens_full_load"], 3)] for r in cap["rows"]]), ""]
+                      _fmt(r["usd_per_million_tokens_full_load"], 3)] for r in cap["rows"]]),
+          "", "★ = fewest GPUs; between families with as many GPUs, the lower $/M tokens fully loaded.", ""]
     pv = data["provenance"]
     L += ["## (f) Provenance", "", _md_table(["figure", "name", "kind", "detail", "reference"],
                                             [[_md(r["what"]), _md(r["name"]), _md(r["kind"]), _md(r["detail"]),
