@@ -185,8 +185,10 @@ def run_plan(model, plan, prompts, max_new_tokens: int, mode: str, seed: int = 0
         "autoregressive_wall_s": ar_wall,
     }
     if check:
-        if mode == "greedy":
-            out["identical_to_autoregressive"] = all(r.tokens == a.tokens for r, a in zip(res, ars))
+        if mode == "greedy":  # identical, or where it first differs and the full model's top-2 gap there
+            from .check import greedy_check
+
+            out.update(greedy_check(model, prompts, [r.tokens for r in res], [a.tokens for a in ars]))
         else:
             out["identical_to_autoregressive"] = None
             out["check_note"] = "sampling mode: output is distributed as the full model's, not identical"
@@ -228,6 +230,8 @@ def cmd_run(a) -> int:
         print(f"forwards per level {out['forwards_per_level']}")
         if "identical_to_autoregressive" in out:
             print(f"identical_to_autoregressive {out['identical_to_autoregressive']}")
+        if "first_divergence_text" in out:
+            print(out["first_divergence_text"])
     return 0
 
 

@@ -162,7 +162,8 @@ class CurveFit:
             else:
                 shared = False
             d = {"workload": p.workload, "kind": p.kind, "value": p.value, "predicted": round(p.value + r, 5),
-                 "residual": round(r, 5), "source": p.source}
+                 "residual": round(r, 5) + 0.0,  # + 0.0: no -0.0 (its sign is rounding noise)
+                 "source": p.source}
             if p.exit is not None:
                 d["exit"] = p.exit
             if p.exit2 is not None:

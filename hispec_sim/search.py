@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .evaluate import Scored, SearchResult, Setting, exhaustive_arrays, paper_default, ranked_plans, score
+from .evaluate import Scored, SearchResult, Setting, exhaustive, exhaustive_arrays, paper_default, ranked_plans, score
 from .schema import Plan, Profile, autoregressive_plan
 
 DEFAULT_STORAGE = "sqlite:///hispec-studies.db"
@@ -236,11 +236,33 @@ def open_storage(url: str, heartbeat: int = HEARTBEAT_S, grace: int = GRACE_S):
         warnings.simplefilter("ignore")
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         try:
-            return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat, grace_period=grace,
-                              failed_trial_callback=RetryFailedTrialCallback(max_retry=1))
+            storage = RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat, grace_period=grace,
+                                 failed_trial_callback=RetryFailedTrialCallback(max_retry=1))
         except Exception as e:  # bad dialect, driver missing, unreachable server, bad credentials
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ValueError(f"storage: cannot open {_redact(url)} ({type(e).__name__}: {msg})") from None
+    if scheme == "sqlite":
+        _sqlite_wal(storage.engine)
+    return storage
+
+
+def _sqlite_wal(engine) -> None:
+    """SQLite in WAL mode with synchronous=NORMAL: a commit no longer waits for an fsync
+    (2x faster studies here), and a committed trial still survives a killed worker (the
+    write-ahead log is in the OS cache; only a power loss can drop the last commits, never
+    corrupt the file). Readers no longer block the writer either."""
+    from sqlalchemy import event
+
+    def on_connect(dbapi_connection, _record):
+        cur = dbapi_connection.cursor()
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+        finally:
+            cur.close()
+
+    event.listen(engine, "connect", on_connect)
+    engine.dispose()  # connections opened while the storage was set up reconnect with the pragmas
 
 
 def _study_key(ev: Evaluator, space: Space) -> dict:
@@ -394,6 +416,19 @@ def _run_worker(spec: dict, worker: int, n_trials: int | None, timeout: float | 
     return int(time.perf_counter() - before)
 
 
+def exhaustive_seed(ev: Evaluator, space: Space, setting: Setting) -> list[tuple[Plan, int | None]]:
+    """The exhaustive optimum over depth 1-3 (evaluate.exhaustive: what `optimize` returns
+    without --search optuna) at the setting's tp and batch, as [(plan, tp)]; the best of
+    its ranking that the space can express (empty when none)."""
+    tp = setting.tp if setting.tp in space.tps else space.tps[0]
+    batch = setting.batch if setting.batch in space.batches else space.batches[0]
+    res = exhaustive(ev.setting(tp, batch), top=10, max_propose=space.max_propose, max_window=space.max_window)
+    for s in res.top:
+        if space.params(s.plan, tp) is not None:
+            return [(s.plan, tp)]
+    return []
+
+
 def evaluate_trial(ev: Evaluator, plan: Plan, tp) -> dict:
     """One trial's metrics (a module-level hook so tests can slow a trial down)."""
     return ev.metrics(plan, tp)
@@ -477,7 +512,8 @@ def _build_result(study, ev: Evaluator, space: Space, info: dict, top: int, t0: 
     study_info = {"storage": _redact(info["storage"]), "name": study.study_name, "trials": len(done),
                   "trials_failed": failed, "trials_this_run": len(done) - info["completed_before"],
                   "sampler": info["sampler"], "seed": info["seed"], "workers": info["workers"],
-                  "continued": info["continued"], "space": space.as_dict(), "best_trial": best_t.number}
+                  "continued": info["continued"], "space": space.as_dict(), "best_trial": best_t.number,
+                  "seeded_with": info.get("seeded", [])}
     return OptunaResult(setting, top_scored, ar, single, paper, len(done), time.perf_counter() - t0,
                         study=study_info, pareto=pareto, objective=ev.objective, objectives=tuple(ev.objectives),
                         best_metrics=dict(best_t.user_attrs["metrics"]), optuna_study=study)
@@ -491,11 +527,18 @@ def optuna_search(setting: Setting, trials: int | None = 100, timeout: float | N
                   study_name: str | None = None, workers: int = 1, depth: tuple[int, int] = (1, 4),
                   batches=None, tps=None, objective: str = "analytic", max_propose: int = 8, max_window: int = 16,
                   top: int = 10, seed_trials: bool = True, progress: bool | None = None, mc_streams: int = 1024,
-                  mc_cycles: int = 32, heartbeat: int = HEARTBEAT_S, grace: int = GRACE_S) -> OptunaResult:
+                  mc_cycles: int = 32, heartbeat: int = HEARTBEAT_S, grace: int = GRACE_S,
+                  seed_exhaustive: bool = True) -> OptunaResult:
     """Search plans with Optuna on `setting` (its tp/batch are the defaults of the tp/batch
     choices). `trials` is the number of trials THIS call adds (split over `workers`); a study
     with the same name continues. Raises ValueError("field: message") on bad input, before
-    anything is written to the study."""
+    anything is written to the study.
+
+    A new study's first trial is the exhaustive optimum of depth 1-3 (the default search's
+    answer, at the setting's tp and batch) when the space holds it, so the result is never
+    worse than the default search on the analytic objective; then autoregressive, the
+    published configuration and the best single-level plan. `seed_exhaustive=False` leaves
+    the first one out (to benchmark the sampler itself)."""
     t0 = time.perf_counter()
     objectives = tuple(objectives)
     if not objectives or any(o not in OBJECTIVES for o in objectives) or len(set(objectives)) != len(objectives):
@@ -548,15 +591,19 @@ def optuna_search(setting: Setting, trials: int | None = 100, timeout: float | N
     from optuna.trial import TrialState
 
     completed_before = sum(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
+    seeded = []
     if seed_trials and not continued:
-        # seed the search with autoregressive, the published configuration and the best single-level plan
-        seeds = [(autoregressive_plan(setting.num_layers, space.batches[0]), space.tps[0]),
+        # seed the search with the exhaustive optimum of depth 1-3 (first: it runs even at --trials 1),
+        # autoregressive, the published configuration and the best single-level plan
+        seeds = exhaustive_seed(ev, space, setting) if seed_exhaustive else []
+        seeds += [(autoregressive_plan(setting.num_layers, space.batches[0]), space.tps[0]),
                  (paper_default(setting).model_copy(update={"batch": space.batches[0]}), space.tps[0]),
                  (single_level_sweep(ev.setting(space.tps[0], space.batches[0]), max_propose).plan, space.tps[0])]
         for p, tp in seeds:
             params = space.params(p, tp)
             if params is not None:
                 study.enqueue_trial(params, skip_if_exists=True)
+                seeded.append(p.describe())
 
     spec = {"profile": setting.profile.model_dump_json(), "workload": setting.workload, "stack": setting.stack,
             "context": setting.context, "objective": objective, "objectives": list(objectives), "seed": seed,
@@ -578,7 +625,7 @@ def optuna_search(setting: Setting, trials: int | None = 100, timeout: float | N
             for f in futs:
                 f.result()
     info = {"storage": storage, "completed_before": completed_before, "sampler": sampler, "seed": seed,
-            "workers": workers, "continued": continued}
+            "workers": workers, "continued": continued, "seeded": seeded}
     return _build_result(study, ev, space, info, top, t0)
 
 

@@ -44,7 +44,7 @@ LAYER_OPS = (
 )
 LINEAR_OPS = ("attn_pre_proj", "attn_post_proj", "mlp_up_proj", "mlp_down_proj")
 
-DATASHEET = "vendor datasheets (NVIDIA A100 / H100 SXM5), as listed in ../shared/data/published_inputs.md"
+DATASHEET = "vendor datasheets (NVIDIA A100 / H100 SXM5), as listed in profiles/sources/published_inputs.md"
 HARDWARE = {
     "a100": dict(name="A100-80GB-SXM", hbm_gb=80, hbm_gbps=2039, bf16_tflops=312),
     "a100_40gb": dict(name="A100-40GB", hbm_gb=40, hbm_gbps=1555, bf16_tflops=312),

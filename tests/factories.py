@@ -9,7 +9,6 @@ import numpy as np
 from hispec_sim.schema import Acceptance, Hardware, LatencyTable, ModelShape, Profile, Source
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data"
 TEST_SOURCE = Source(kind="assumed", detail="test fixture")
 
 

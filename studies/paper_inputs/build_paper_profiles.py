@@ -3,6 +3,8 @@ study note of their predicted optima.
 
     python studies/paper_inputs/build_paper_profiles.py [DATA_DIR] [--out profiles] [--no-optimize]
 
+DATA_DIR defaults to profiles/sources/ (the vendored third-party files).
+
 Writes profiles/h100_<model>.json for llama3_8b, llama2_7b, llama2_13b, codellama_7b,
 codellama_34b, llama2_70b (workloads sharegpt, cnn_dm, humaneval, gsm8k, xsum: the central
 per_draft reading of the published acceptance figures, each with _low / _high band variants,
@@ -333,12 +335,14 @@ def write_notes(tables: str) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("data", nargs="?", default=str(REPO / ".." / "shared" / "data"))
+    ap.add_argument("data", nargs="?", default=str(bp.SOURCES))
     ap.add_argument("--out", default=str(REPO / "profiles"))
     ap.add_argument("--only", nargs="*", choices=sorted(MODELS))
     ap.add_argument("--no-optimize", action="store_true")
     a = ap.parse_args(argv)
     data = Path(a.data)
+    if not (data / "vidur").is_dir():
+        raise SystemExit(f"data: no vidur/ folder under {data}")
     cal_c = bp.calibrate_gptfast(data)
     cal_h = bp.calibrate_hf_eager(data)
     print("hf_eager calibration:", json.dumps(cal_h, indent=1))

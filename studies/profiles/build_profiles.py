@@ -1,9 +1,11 @@
-"""Derive the shipped profiles from ../shared/data and write profiles/*.json.
+"""Derive the shipped profiles from the vendored raw data and write profiles/*.json.
 
     python studies/profiles/build_profiles.py [DATA_DIR] [--out profiles] [--only NAME ...]
 
-DATA_DIR defaults to ../shared/data relative to the repository root. Raw data stays there;
-the profiles hold derived numbers with attribution (Vidur: MIT).
+DATA_DIR defaults to profiles/sources/ in the repository (the third-party files, unchanged,
+with their licence and origin: profiles/sources/README.md); the profiles hold derived
+numbers with attribution (Vidur: MIT). tests/profiles/test_rebuild.py checks that a rebuild
+reproduces the committed profiles byte for byte.
 
 Profiles (issue 2): a100_llama70b, h100_llama70b, a100_llama2_7b.
 The paper-setup profiles of issue 7 (h100_<model>) are built by
@@ -33,8 +35,9 @@ from hispec_sim.schema import write_atomic  # noqa: E402
 HISPEC = "HiSpec, Kumar, Sanghavi, Das, arXiv 2510.01336v1"
 LAYERSKIP = "LayerSkip, Elhoushi et al., arXiv 2404.16710 (paper, repository README, Hugging Face blog post)"
 GPTFAST = "gpt-fast README (github.com/pytorch-labs/gpt-fast), Llama-2-70B bf16, A100-80GB power-capped at 330 W, batch 1"
-HFCONF = "Hugging Face model configs, as listed in ../shared/data/published_inputs.md"
-PUB_FILE = "../shared/data/published_inputs.md"
+SOURCES = REPO / "profiles" / "sources"
+HFCONF = "Hugging Face model configs, as listed in profiles/sources/published_inputs.md"
+PUB_FILE = "profiles/sources/published_inputs.md"
 
 # --------------------------------------------------------------------------- model shapes
 
@@ -478,7 +481,7 @@ BUILDERS = {
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("data", nargs="?", default=str(REPO / ".." / "shared" / "data"))
+    ap.add_argument("data", nargs="?", default=str(SOURCES))
     ap.add_argument("--out", default=str(REPO / "profiles"))
     ap.add_argument("--only", nargs="*")
     a = ap.parse_args(argv)

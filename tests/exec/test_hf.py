@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 
+from exec_helpers import assert_greedy_equivalent
 from hispec_exec import autoregressive, decode, load_model
 from hispec_exec.hf import save_hf
 from hispec_sim.schema import Plan
@@ -39,7 +40,9 @@ def test_hf_llama_logits_match(tmp_path, tie, sharded):
     ar = autoregressive(m, ids[0].tolist(), 20)
     with torch.no_grad():
         hf_greedy = hf.generate(ids, max_new_tokens=20, do_sample=False, pad_token_id=0)[0, 24:].tolist()
-    assert ar.tokens == hf_greedy
+    # transformers is another code path: identical except at a near-tie of its logits
+    assert_greedy_equivalent(ar.tokens, hf_greedy, lambda p: hf(torch.tensor([p])).logits[0, -1].detach(),
+                             ids[0].tolist(), "transformers greedy")
     assert decode(m, Plan(levels=[1, 2, 4], propose=2, windows=[2]), ids[0].tolist(), 20).tokens == ar.tokens
 
 

@@ -1,3 +1,6 @@
+"""Row invariance of the decoding path, bit for bit: these tests pin the design (every
+product a stack of one-row products whose per-entry shape never changes), which makes it
+hold on any CPU. Comparisons with another code path are tolerance- or tie-aware instead."""
 import torch
 
 from hispec_exec.model import mm

@@ -34,6 +34,7 @@ def exact_distribution(m):
     return probs
 
 
+@pytest.mark.slow  # statistical: 1,500 seeded runs per plan (kept in CI)
 @pytest.mark.parametrize("plan", [
     Plan(levels=[1, 4], propose=3),
     Plan(levels=[1, 2, 4], propose=2, windows=[2]),

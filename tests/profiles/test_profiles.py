@@ -16,17 +16,14 @@ from hispec_sim.schema import Plan, Profile, Source, load_profile
 from hispec_sim.synthetic import synthetic_profile
 
 REPO = Path(__file__).resolve().parents[2]
-DATA = REPO / ".." / "shared" / "data"
-VIDUR = DATA / "vidur"
+VIDUR = REPO / "profiles" / "sources" / "vidur"  # vendored, unchanged (profiles/sources/README.md)
 # profiles derived from published data (measured ones, profiles/cpu_*.json, are pinned in tests/validation)
 PROFILES = sorted(p for p in (REPO / "profiles").glob("*.json") if not p.name.startswith("cpu_"))
-needs_data = pytest.mark.skipif(not VIDUR.is_dir(), reason="../shared/data/vidur not present")
 
 
 # --------------------------------------------------------------------------- vidur import
 
 
-@needs_data
 def test_import_vidur_llama70b_a100():
     tables = vidur.import_vidur(VIDUR, model="Llama-2-70b-hf", gpu="a100")
     assert [t.tp for t in tables] == [1, 2, 4, 8]
@@ -53,7 +50,6 @@ def test_import_vidur_llama70b_a100():
     assert "7d47513363ec447a741ac5e47241580b47724fbf" in (t4.source.reference or "")
 
 
-@needs_data
 def test_import_vidur_attention_roofline_bytes():
     """Attention at TP1, 1 token, context C: C x 2 x kv_heads x head_dim x 2 bytes / bandwidth."""
     (t1,) = vidur.import_vidur(VIDUR, model="Llama-2-7b-hf", gpu="a100", tps=[1])
@@ -63,7 +59,6 @@ def test_import_vidur_attention_roofline_bytes():
     assert extra == pytest.approx(expect, rel=1e-3)
 
 
-@needs_data
 def test_import_vidur_bad_input(tmp_path):
     with pytest.raises(ValueError, match="^model:"):
         vidur.import_vidur(VIDUR, model="no-such-model")
@@ -73,7 +68,6 @@ def test_import_vidur_bad_input(tmp_path):
         vidur.import_vidur(VIDUR, model="Llama-2-70b-hf", gpu="a100", tps=[3])
 
 
-@needs_data
 def test_cli_import_vidur(tmp_path, capsys):
     from hispec_sim.cli import main
 

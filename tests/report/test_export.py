@@ -152,5 +152,14 @@ def test_hf_kwargs_run_in_transformers_and_match_greedy(monkeypatch):
     ids = torch.tensor([[1, 5, 9, 3, 7]])
     ref = model.generate(ids, max_new_tokens=16, min_new_tokens=16, do_sample=False)
     out = model.generate(ids, max_new_tokens=16, min_new_tokens=16, **hf_kwargs(Plan(levels=[2, 4], propose=3)))
-    assert out.tolist() == ref.tolist()
+    # transformers' assisted and plain greedy run different shapes (kernels): identical except
+    # at a near-tie of the full model's logits (tie-aware check, hispec_exec.check)
+    from hispec_exec.check import divergence
+
+    def logits(prefix):
+        with torch.no_grad():
+            return model(torch.tensor([prefix])).logits[0, -1]
+
+    d = divergence(logits, ids[0].tolist(), out[0, 5:].tolist(), ref[0, 5:].tolist())
+    assert d is None or d.near_tie, d.describe()
     assert calls and set(calls) == {2}

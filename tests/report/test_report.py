@@ -316,3 +316,71 @@ def test_profiles_with_few_exits(exits, agreement, families):
     text = report.render_html(data)
     assert "No 3-level chain can be formed" in text and "fig-batch" in text and "fig-exits" not in text
     assert "No 3-level chain" in report.render_markdown(data)
+
+
+def test_sweep_marks_where_the_latency_table_is_extrapolated():
+    """make_profile measures up to 1024 tokens per forward: batch x (propose + windows + 1)
+    beyond that is extrapolated, and exactly those cells are marked."""
+    prof = make_profile(layers=16, slope=0.05)
+    data = report.compute(prof, max_batch=1024)
+    grid = data["table_max_tokens"]
+    assert grid == prof.latency[0].tokens[-1] == 1024
+    flags = []
+    for row in data["sweep"]:
+        for fam, e in row["families"].items():
+            plan = Plan.model_validate(e["plan"])
+            expect = row["batch"] * report.largest_forward_tokens(plan) > grid
+            assert row["extrapolated"][fam] == expect
+            flags.append(expect)
+    assert any(flags) and not all(flags)
+    assert not any(r["extrapolated"]["autoregressive"] for r in data["sweep"])  # <= 1024 x 1 token
+    text, md = report.render_html(data), report.render_markdown(data)
+    assert "* extrapolated: at this batch a forward of the plan carries more than the 1024 tokens" in text
+    assert "\\* extrapolated" in md and "| 1024 \\* |" in md
+    cap = next(c for fid, c, _ in report.figures(data) if fid == "fig-batch")
+    assert "Open markers" in cap and "1024 tokens" in cap
+    fig = next(f for fid, _, f in report.figures(data) if fid == "fig-batch")
+    symbols = [s for t in fig["data"] for s in t["marker"]["symbol"]]
+    assert "circle-open" in symbols and "circle" in symbols
+    # nothing marked when every forward fits the table
+    small = report.compute(prof, max_batch=4)
+    assert not any(any(r["extrapolated"].values()) for r in small["sweep"])
+    assert "extrapolated: at this batch" not in report.render_html(small)
+    assert "Open markers" not in next(c for fid, c, _ in report.figures(small) if fid == "fig-batch")
+
+
+def test_capacity_star_breaks_gpu_ties_by_cost():
+    """Two families need as many GPUs (so the same $ at target): the star goes to the one
+    cheaper fully loaded (more tokens/s per replica), whatever the family order."""
+    def fam(tps, desc):
+        return {"tokens_per_second": tps, "latency_ms_per_token": 10.0, "describe": desc}
+
+    for ar_tps, sl_tps, want in ((600.0, 900.0, "single_level"), (900.0, 600.0, "autoregressive")):
+        sweep = [{"batch": 1, "families": {"autoregressive": fam(ar_tps, "[16]"), "single_level": fam(sl_tps, "[4,16]")}}]
+        cap = report._capacity(sweep, tp=1, target=1000.0, slo=50.0, price=2.0)
+        gpus = {r["family"]: r["gpus"] for r in cap["rows"]}
+        assert gpus["autoregressive"] == gpus["single_level"] == 2
+        assert cap["recommended"] == want
+
+
+def test_captions_describe_what_is_drawn(html_report):
+    data, _ = html_report
+    figs = {fid: (cap, fig) for fid, cap, fig in report.figures(data)}
+    cap, fig = figs["fig-batch"]
+    drawn = {t["name"] for t in fig["data"]}
+    for name in drawn:
+        assert name in cap
+    assert f"SLO ({data['capacity']['slo_ms']:g} ms)" in cap
+    dashed = [s for s in fig["layout"]["shapes"] if s["line"].get("dash") == "dash"]
+    assert ("Dashed lines" in cap) == bool(dashed)
+    for key in ("hierarchy_stops_paying_at_batch", "speculation_stops_paying_at_batch"):
+        b = data["crossover"][key]
+        assert (b is None) or f"(batch {b})" in cap
+    cap, fig = figs["fig-sensitivity"]
+    for r in data["sensitivity"]["rows"][1:]:
+        assert r["label"] in cap
+    assert [t["name"] for t in fig["data"]] == ["best plan " + data["sensitivity"]["plan"], "re-optimised best",
+                                                "best single-level", "autoregressive"]
+    for words in (f"best plan {data['sensitivity']['plan']}", "re-optimised", "best single-level plan", "autoregressive"):
+        assert words in cap
+    assert "star" in figs["fig-exits"][0]

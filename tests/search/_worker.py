@@ -1,6 +1,8 @@
-"""A search worker for the subprocess tests: `python _worker.py URL STUDY TRIALS SEED [SLEEP]`.
+"""A search worker for the subprocess tests: `python _worker.py URL STUDY TRIALS SEED [SLEEP | hang=N,MARKER]`.
 
-SLEEP slows every trial down (seconds) so that a kill lands mid-trial."""
+SLEEP slows every trial down (seconds). hang=N,MARKER completes N trials, then inside trial
+N+1 (RUNNING in the study) writes the file MARKER and waits to be killed: a kill after the
+marker appears lands mid-trial, deterministically."""
 import json
 import sys
 import time
@@ -13,7 +15,22 @@ import hispec_sim.search as search  # noqa: E402
 from hispec_sim.evaluate import Setting  # noqa: E402
 
 url, name, trials, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-pause = float(sys.argv[5]) if len(sys.argv) > 5 else 0.0
+arg = sys.argv[5] if len(sys.argv) > 5 else "0"
+if arg.startswith("hang="):
+    after, marker = arg[len("hang="):].split(",", 1)
+    real_hang, calls = search.evaluate_trial, [0]
+
+    def hang(ev, plan, tp):
+        calls[0] += 1
+        if calls[0] > int(after):
+            Path(marker).write_text("in trial\n")
+            while True:  # inside a RUNNING trial until SIGKILL (heartbeats continue meanwhile)
+                time.sleep(60)
+        return real_hang(ev, plan, tp)
+
+    search.evaluate_trial = hang
+    arg = "0"
+pause = float(arg)
 if pause:
     real = search.evaluate_trial
 

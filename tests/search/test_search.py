@@ -72,39 +72,52 @@ def test_depth_cycle_shares():
 
 def test_finds_the_exhaustive_optimum_on_a_small_profile(setting16):
     ex = exhaustive(setting16).best.tokens_per_second
-    r = optuna_search(setting16, trials=150, storage=None, seed=0, depth=(1, 3))
+    r = optuna_search(setting16, trials=150, storage=None, seed=0, depth=(1, 3), seed_exhaustive=False)  # TPE alone
     assert r.best.tokens_per_second >= 0.98 * ex
     assert r.best.tokens_per_second <= ex * (1 + 1e-9)  # never beats the exact optimum of the same space
+
+
+@pytest.mark.parametrize("trials", [1, 12])
+def test_seeded_with_the_exhaustive_optimum_never_worse_than_default_search(setting16, trials):
+    """A depth 1-4 study's first trial is the exhaustive optimum of depth 1-3, so even one
+    trial returns the default search's plan, and more trials can only improve on it."""
+    ex = exhaustive(setting16).best
+    r = optuna_search(setting16, trials=trials, storage=None, seed=0, depth=(1, 4))
+    assert r.study["seeded_with"][0] == ex.plan.describe()
+    assert r.best.tokens_per_second >= ex.tokens_per_second * (1 - 1e-12)
+    if trials == 1:
+        assert r.best.plan == ex.plan
 
 
 # ----------------------------------------------------------------------------- determinism, storage
 
 
 def test_same_seed_same_result(setting16, tmp_path):
-    a = optuna_search(setting16, trials=30, seed=7, storage=f"sqlite:///{tmp_path}/a.db", study_name="s")
-    b = optuna_search(setting16, trials=30, seed=7, storage=f"sqlite:///{tmp_path}/b.db", study_name="s")
-    c = optuna_search(setting16, trials=30, seed=7, storage=None)
+    a = optuna_search(setting16, trials=15, seed=7, storage=f"sqlite:///{tmp_path}/a.db", study_name="s")
+    b = optuna_search(setting16, trials=15, seed=7, storage=f"sqlite:///{tmp_path}/b.db", study_name="s")
+    c = optuna_search(setting16, trials=15, seed=7, storage=None)
     sa = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/a.db")
     sb = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/b.db")
     assert [t.params for t in sa.trials] == [t.params for t in sb.trials]
     assert a.as_dict()["best"] == b.as_dict()["best"] == c.as_dict()["best"]
-    d = optuna_search(setting16, trials=40, seed=8, storage=None)
-    assert d.study["trials"] == 40  # another seed runs too (and usually differs)
+    d = optuna_search(setting16, trials=12, seed=8, storage=None)
+    assert d.study["trials"] == 12  # another seed runs too (and usually differs)
 
 
 def test_second_call_continues_the_study(setting16, tmp_path):
     url = f"sqlite:///{tmp_path}/s.db"
-    first = optuna_search(setting16, trials=20, seed=1, storage=url, study_name="x")
+    first = optuna_search(setting16, trials=14, seed=1, storage=url, study_name="x")
     before = _plans(optuna.load_study(study_name="x", storage=url))
-    second = optuna_search(setting16, trials=10, seed=1, storage=url, study_name="x")
+    second = optuna_search(setting16, trials=6, seed=1, storage=url, study_name="x")
     after = optuna.load_study(study_name="x", storage=url)
     assert first.study["continued"] is False and second.study["continued"] is True
-    assert second.study["trials"] == 30 and second.study["trials_this_run"] == 10
-    assert _plans(after)[:20] == before  # nothing lost or changed
+    assert second.study["trials"] == 20 and second.study["trials_this_run"] == 6
+    assert _plans(after)[:14] == before  # nothing lost or changed
     assert second.best.tokens_per_second >= first.best.tokens_per_second
-    # a continuation does not replay the first run's draws
-    new = [t.params for t in after.trials[20:]]
-    assert new != [t.params for t in after.trials[3:13]]
+    # a continuation does not replay the first run's draws (after the 4 seeded trials)
+    n_seeded = len(first.study["seeded_with"])
+    new = [t.params for t in after.trials[14:]]
+    assert new != [t.params for t in after.trials[n_seeded:n_seeded + 6]]
 
 
 def _count(db):
@@ -211,19 +224,19 @@ def run(capsys, *argv):
 def test_cli_json_contract_and_continuation(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     save_profile(make_profile(layers=16), tmp_path / "p.json")
-    args = ["optimize", "--profile", "p.json", "--search", "optuna", "--trials", "10", "--seed", "1",
+    args = ["optimize", "--profile", "p.json", "--search", "optuna", "--trials", "6", "--seed", "1",
             "--storage", "sqlite:///s.db", "--study-name", "x", "--json"]
     code, out, err = run(capsys, *args)
     assert code == 0, err
     res = json.loads(out)
     assert ENTRY_KEYS <= set(res["best"]) and set(res["baselines"]) == {"autoregressive", "best_single_level", "paper_default"}
-    assert res["study"]["name"] == "x" and res["study"]["trials"] == 10 and res["study"]["storage"] == "sqlite:///s.db"
+    assert res["study"]["name"] == "x" and res["study"]["trials"] == 6 and res["study"]["storage"] == "sqlite:///s.db"
     assert "pareto" not in res and err == ""  # no progress bar when not on a terminal
     code, out, _ = run(capsys, *args)
-    assert code == 0 and json.loads(out)["study"]["trials"] == 20
+    assert code == 0 and json.loads(out)["study"]["trials"] == 12
     # several objectives print the Pareto front
     code, out, err = run(capsys, "optimize", "--profile", "p.json", "--objectives", "throughput,latency",
-                         "--trials", "10", "--study-name", "y")
+                         "--trials", "6", "--study-name", "y")
     assert code == 0, err
     assert "Pareto front" in out and "hispec-studies.db" in out and (tmp_path / "hispec-studies.db").exists()
 

@@ -1,0 +1,442 @@
+"""Every number of the capacity-planning report, as a plain JSON-able dict (no rendering).
+
+simulator): the B sequences of a batch run the plan's schedule in lockstep; a forward
+carries B x the stream's new tokens through the linear layers and B sequences' attention,
+each over its own KV cache (latency.batched_layer_ms).
+Aggregate tokens/s = B x (tokens per sequence per second); per-token latency is the time
+one sequence waits per committed token, so at a fixed batch the fastest plan is also the
+lowest-latency one.
+
+Everything user-supplied that reaches HTML (profile/workload names, descriptions,
+provenance, validation plans) goes through html.escape; JSON embedded in <script> has
+every '<' written as \\u003c, so no string can close the tag.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .evaluate import Setting, exhaustive_arrays, ranked_plans, score
+from .schema import Acceptance, Plan, Profile, Source
+
+FAMILIES = ("autoregressive", "single_level", "hierarchical")
+FAMILY_LABEL = {"autoregressive": "autoregressive", "single_level": "best single-level",
+                "hierarchical": "best hierarchical (3-level)", "best": "best plan"}
+COLORS = {"autoregressive": "#7f7f7f", "single_level": "#1f77b4", "hierarchical": "#d62728"}
+DEFAULTS = {"target_tps": 10000.0, "slo_ms": 50.0, "gpu_hour_usd": 2.0}
+SENSITIVITY = (1.0, 0.9, 0.8)
+MEMORY_HEADROOM = 0.9  # fraction of HBM usable for weights + KV cache
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _positive(value, field: str) -> float:
+    if value is None:
+        return None
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{field}: must be a finite number > 0, got {value}")
+    return float(value)
+
+
+def check_output_path(out: str | Path) -> Path:
+    """Fail before any work when the report cannot be written there."""
+    path = Path(out)
+    if path.is_dir():
+        raise ValueError(f"out: {out} is a folder, not a file")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise ValueError(f"out: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"out: cannot write to folder {parent} (permission denied)")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"out: {out} is not writable")
+    return path
+
+
+def load_validation(path: str | Path) -> dict:
+    """The JSON `hispec-sim validate --json` prints; ValueError naming the field otherwise."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"validation: malformed JSON in {path} ({e.msg} at line {e.lineno})") from None
+    except OSError as e:
+        raise ValueError(f"validation: cannot read {path} ({e.strerror})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("plans"), list):
+        raise ValueError("validation.plans: expected an object with a 'plans' list")
+    rows = []
+    for i, r in enumerate(data["plans"]):
+        if not isinstance(r, dict):
+            raise ValueError(f"validation.plans.{i}: expected an object")
+        for key in ("predicted_tokens_per_second", "measured_tokens_per_second"):
+            v = r.get(key)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"validation.plans.{i}.{key}: expected a number > 0, got {v!r}")
+        plan = r.get("plan")
+        if isinstance(plan, dict):
+            try:
+                label = Plan.model_validate(plan).describe()
+            except Exception:
+                label = json.dumps(plan, sort_keys=True)
+        else:
+            label = str(plan)
+        rel = r.get("relative_error")
+        if not (isinstance(rel, (int, float)) and math.isfinite(rel)):
+            rel = r["predicted_tokens_per_second"] / r["measured_tokens_per_second"] - 1.0
+        rows.append({"plan": label, "family": str(r.get("family", "")),
+                     "predicted_tokens_per_second": float(r["predicted_tokens_per_second"]),
+                     "measured_tokens_per_second": float(r["measured_tokens_per_second"]),
+                     "relative_error": float(rel)})
+    errs = np.abs([r["relative_error"] for r in rows]) if rows else np.zeros(0)
+
+    def _stat(key, fallback):
+        v = data.get(key)
+        return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else fallback
+
+    return {"plans": rows,
+            "median_abs_relative_error": _stat("median_abs_relative_error", float(np.median(errs)) if rows else None),
+            "max_abs_relative_error": _stat("max_abs_relative_error", float(errs.max()) if rows else None),
+            "source_file": str(path),
+            "profile": str(data.get("profile", "")) if data.get("profile") is not None else None}
+
+
+# --------------------------------------------------------------------------- numbers
+
+
+def _r(x, nd=3):
+    if x is None:
+        return None
+    x = float(x)
+    return round(x, nd) if math.isfinite(x) else None
+
+
+def _grid(a: np.ndarray, nd=2) -> list:
+    return [[_r(v, nd) for v in row] for row in np.asarray(a, float)]
+
+
+def _best_of(setting: Setting, max_propose: int, max_window: int) -> dict:
+    """Best autoregressive, single-level and 3-level plan at the setting's batch, scored
+    through the generic path (one source of truth)."""
+    arrays = exhaustive_arrays(setting, max_propose, max_window)
+    plans = {"autoregressive": Plan(levels=[setting.num_layers], batch=setting.batch)}
+    plans.update({family: ranked[0] for family, ranked in ranked_plans(setting, arrays, 1).items() if ranked})
+    names = list(plans)
+    scored = score(setting, [plans[n] for n in names])
+    out = {}
+    for n, s in zip(names, scored):
+        out[n] = {"plan": s.plan.model_dump(), "describe": s.plan.describe(), "tokens_per_second": _r(s.tokens_per_second, 4),
+                  "latency_ms_per_token": _r(s.latency_ms, 4), "tokens_per_full_forward": _r(s.tokens_per_full_forward, 4),
+                  "acceptance_per_level": [_r(a, 4) for a in s.acceptance]}
+    best = max(out, key=lambda n: out[n]["tokens_per_second"])
+    return {"families": out, "best_family": best, "arrays": arrays}
+
+
+def _memory(profile: Profile, tp: int, context: int, max_new: int) -> dict:
+    """Largest batch whose weights + KV cache fit in tp x HBM (bf16), when the profile says HBM."""
+    m = profile.model
+    head_dim = m.hidden / m.heads
+    kv_per_token = 2 * m.num_layers * m.kv_heads * head_dim * 2  # K and V, bf16
+    params = m.num_layers * (2 * m.hidden * m.hidden + 2 * m.hidden * m.kv_heads * head_dim + 3 * m.hidden * m.ffn) \
+        + 2 * m.vocab * m.hidden
+    weights = 2 * params
+    out = {"weights_gb": _r(weights / 1e9, 2), "kv_mb_per_token": _r(kv_per_token / 1e6, 4), "hbm_gb": None,
+           "max_batch": None, "fits": None}
+    if profile.hardware.hbm_gb:
+        hbm = tp * profile.hardware.hbm_gb * 1e9
+        out["hbm_gb"] = _r(hbm / 1e9, 1)
+        free = MEMORY_HEADROOM * hbm - weights
+        out["fits"] = bool(free > 0)
+        if free > 0:
+            out["max_batch"] = int(free // (kv_per_token * (context + max_new)))
+    return out
+
+
+def _scaled_profile(profile: Profile, workload: str, factor: float) -> Profile:
+    """Every off-diagonal agreement rate times `factor` (the diagonal stays 1). Trace-based
+    joints are replaced by the independent model on the scaled rates."""
+    acc = profile.workload(workload)
+    if factor == 1.0:
+        return profile
+    m = np.asarray(acc.agreement, float) * factor
+    np.fill_diagonal(m, 1.0)
+    scaled = Acceptance(exits=acc.exits, agreement=m.tolist(), context=acc.context, joint="independent",
+                        source=Source(kind="derived", detail=f"{acc.source.detail} -- every agreement rate x {factor}"))
+    return profile.model_copy(update={"workloads": {**profile.workloads, workload: scaled}})
+
+
+def compute(profile: Profile, workload: str | None = None, tp: int | None = None, stack: str | None = None,
+            batch: int = 1, context: int | None = None, target_tps: float | None = None, slo_ms: float | None = None,
+            gpu_hour_usd: float | None = None, validation: dict | None = None, max_batch: int = 256,
+            max_propose: int = 8, max_window: int = 16, profile_ref: str | None = None) -> dict:
+    """Every number of the report, as a JSON-able dict."""
+    given = {"target_tps": target_tps is not None, "slo_ms": slo_ms is not None, "gpu_hour_usd": gpu_hour_usd is not None}
+    target_tps = _positive(target_tps, "target_tps") or DEFAULTS["target_tps"]
+    slo_ms = _positive(slo_ms, "slo_ms") or DEFAULTS["slo_ms"]
+    gpu_hour_usd = _positive(gpu_hour_usd, "gpu_hour_usd") or DEFAULTS["gpu_hour_usd"]
+    if not (isinstance(batch, int) and 1 <= batch <= 4096):
+        raise ValueError("batch: must be in [1, 4096]")
+    if not (isinstance(max_batch, int) and 1 <= max_batch <= 4096):
+        raise ValueError("max_batch: must be in [1, 4096]")
+    if not (1 <= max_propose <= 64 and 1 <= max_window <= 256):
+        raise ValueError("max_propose must be in [1, 64] and max_window in [1, 256]")
+
+    setting = Setting(profile, workload, tp, stack, batch, context)
+    L = setting.num_layers
+    data: dict = {
+        "profile": {"name": profile.name, "ref": profile_ref or profile.name, "description": profile.description,
+                    "hardware": profile.hardware.name, "gpus_per_node": profile.hardware.gpus,
+                    "model": profile.model.name, "layers": L},
+        "setting": setting.describe(),
+        "search": {"max_propose": max_propose, "max_window": max_window},
+        "batching": "B sequences decode in lockstep: every forward carries B x the stream's new tokens through "
+                    "the linear layers and B sequences' attention, each over its own cache; "
+                    "aggregate tokens/s = B x per-sequence tokens/s; per-token latency = time per committed token "
+                    "of one sequence.",
+    }
+
+    # (a), (b): heatmaps at the chosen batch
+    best = _best_of(setting, max_propose, max_window)
+    exits, single, pairs, three = best.pop("arrays")
+    data["best"] = best
+    heat = {"draft_exits": [int(e) for e in exits], "available": bool(three.size)}
+    if three.size:
+        n = len(exits)
+        flat = three.reshape(len(pairs), -1)
+        arg = flat.argmax(1)
+        bestv = flat.max(1)
+        z = np.full((n, n), np.nan)
+        gz = np.full((n, n), np.nan)
+        wz = np.full((n, n), np.nan)
+        d, i = np.triu_indices(n, 1)
+        z[i, d], gz[i, d], wz[i, d] = bestv, arg // max_window + 1, arg % max_window + 1
+        p = int(bestv.argmax())
+        heat.update({"z": _grid(z), "propose": _grid(gz, 0), "window": _grid(wz, 0),
+                     "best_pair": [int(pairs[p][0]), int(pairs[p][1])],
+                     "gw": _grid(three[p]), "gw_propose": list(range(1, max_propose + 1)),
+                     "gw_window": list(range(1, max_window + 1))})
+        order = np.argsort(bestv)[::-1][:10]
+        heat["top_pairs"] = [{"draft": int(pairs[k][0]), "intermediate": int(pairs[k][1]),
+                              "propose": int(arg[k] // max_window + 1), "window": int(arg[k] % max_window + 1),
+                              "tokens_per_second": _r(bestv[k], 2)} for k in order]
+    heat["single_best_per_exit"] = [_r(v, 2) for v in (single.max(1) if single.size else [])]
+    data["heatmap"] = heat
+
+    # (c): batch sweep, every family re-optimised per batch
+    max_new = max_propose + max_window + 8
+    mem = _memory(profile, setting.tp, setting.context, max_new)
+    limit = max_batch
+    if mem["max_batch"] is not None:
+        limit = max(1, min(limit, mem["max_batch"]))
+    batches = [b for b in (2 ** k for k in range(13)) if b <= limit]
+    if limit not in batches and limit > 1 and limit == max_batch:
+        batches.append(limit)
+    sweep = []
+    for b in batches:
+        if b == setting.batch:  # the setting of (a): same numbers, computed once
+            sweep.append({"batch": b, **copy.deepcopy(best)})
+            continue
+        s = Setting(profile, setting.workload, setting.tp, setting.stack, b, setting.context)
+        r = _best_of(s, max_propose, max_window)
+        r.pop("arrays")
+        sweep.append({"batch": b, **r})
+    grid = int(setting.table.tokens[-1])
+    for row in sweep:  # where a forward carries more tokens than the latency table measured
+        row["extrapolated"] = {f: row["batch"] * largest_forward_tokens(e["plan"]) > grid
+                               for f, e in row["families"].items()}
+    data["table_max_tokens"] = grid
+    data["memory"] = mem
+    data["sweep"] = sweep
+    data["sweep_note"] = _sweep_note(mem, setting, max_batch, limit, profile)
+    data["crossover"] = _crossover(sweep)
+
+    # (d): sensitivity of the best plan to lower acceptance
+    best_plan = Plan.model_validate(best["families"][best["best_family"]]["plan"])
+    sens = []
+    for f in SENSITIVITY:
+        sp = _scaled_profile(profile, setting.workload, f)
+        s = Setting(sp, setting.workload, setting.tp, setting.stack, batch, setting.context)
+        fixed = score(s, [best_plan])[0]
+        if f == 1.0:  # as profiled: the setting of (a)
+            r = copy.deepcopy(best)
+        else:
+            r = _best_of(s, max_propose, max_window)
+            r.pop("arrays")
+        fam = r["families"]
+        sens.append({"factor": f, "label": "as profiled" if f == 1.0 else f"{round((1 - f) * 100)} % lower",
+                     "best_plan_tokens_per_second": _r(fixed.tokens_per_second, 4),
+                     "reoptimised": {"describe": fam[r["best_family"]]["describe"],
+                                     "tokens_per_second": fam[r["best_family"]]["tokens_per_second"]},
+                     "single_level_tokens_per_second": fam.get("single_level", {}).get("tokens_per_second"),
+                     "autoregressive_tokens_per_second": fam["autoregressive"]["tokens_per_second"]})
+    data["sensitivity"] = {"plan": best_plan.describe(), "rows": sens,
+                           "method": "every off-diagonal agreement rate of the workload multiplied by 0.9 / 0.8 "
+                                     "(the diagonal stays 1); a workload with trace-based joint rates is evaluated "
+                                     "with the independent model on the scaled rates"}
+
+    # (e): capacity
+    cache = {r["batch"]: r["families"] for r in sweep}
+
+    def evaluate(b: int) -> dict:
+        if b not in cache:
+            r = _best_of(Setting(profile, setting.workload, setting.tp, setting.stack, b, setting.context),
+                         max_propose, max_window)
+            cache[b] = r["families"]
+        return cache[b]
+
+    data["capacity"] = _capacity(sweep, setting.tp, target_tps, slo_ms, gpu_hour_usd, evaluate)
+    data["capacity"]["batches_evaluated"] = sorted(cache)
+    data["capacity"]["given"] = given
+
+    # (f): provenance and validation
+    data["provenance"] = _provenance(profile)
+    data["validation"] = validation
+    return data
+
+
+def largest_forward_tokens(plan: dict | Plan) -> int:
+    """New tokens per sequence in the largest forward a plan runs: 1 for autoregressive;
+    otherwise propose + sum(windows) + 1 (a level's check sees its window, overrun by at most
+    one block of the level below, plus the token the check itself adds)."""
+    plan = plan if isinstance(plan, Plan) else Plan.model_validate(plan)
+    return 1 if plan.depth == 1 else plan.propose + sum(plan.windows) + 1
+
+
+def _sweep_note(mem: dict, setting: Setting, max_batch: int, limit: int, profile: Profile) -> str:
+    parts = [f"weights ~{mem['weights_gb']} GB (bf16), KV cache {mem['kv_mb_per_token']} MB per token"]
+    if mem["hbm_gb"] is None:
+        parts.append("the profile gives no HBM size, so batch is not capped by memory")
+    elif not mem["fits"]:
+        parts.append(f"the weights do NOT fit in tp={setting.tp} x {profile.hardware.hbm_gb} GB HBM: "
+                     "these figures are hypothetical; use a larger --tp")
+    else:
+        parts.append(f"{mem['hbm_gb']} GB HBM (tp={setting.tp}) at {int(MEMORY_HEADROOM * 100)} % use holds "
+                     f"batch <= {mem['max_batch']} at context {setting.context}")
+    parts.append(f"sweep up to batch {limit}" + (" (--max-batch)" if limit == max_batch else " (memory)"))
+    grid = setting.table.tokens[-1]
+    parts.append(f"the latency table is measured up to {grid} tokens per forward; beyond that it is extrapolated linearly")
+    return "; ".join(parts)
+
+
+def _crossover(sweep: list[dict]) -> dict:
+    """Where hierarchy stops paying (best 3-level no faster than best single-level) and where
+    speculation stops paying (no speculative plan faster than autoregressive)."""
+    hier_stops = spec_stops = None
+    pays = []
+    for row in sweep:
+        f = row["families"]
+        ar = f["autoregressive"]["tokens_per_second"]
+        sl = f.get("single_level", {}).get("tokens_per_second", 0.0)
+        hi = f.get("hierarchical", {}).get("tokens_per_second", 0.0)
+        if hi > sl:
+            pays.append(row["batch"])
+        elif hier_stops is None and "hierarchical" in f:
+            hier_stops = row["batch"]
+        if max(sl, hi) <= ar and spec_stops is None and len(f) > 1:
+            spec_stops = row["batch"]
+    first = sweep[0]["families"]
+    gain = None
+    if "hierarchical" in first and "single_level" in first:
+        gain = _r(first["hierarchical"]["tokens_per_second"] / first["single_level"]["tokens_per_second"] - 1, 4)
+    return {"hierarchy_stops_paying_at_batch": hier_stops, "speculation_stops_paying_at_batch": spec_stops,
+            "hierarchy_pays_at_batches": pays, "hierarchy_gain_at_smallest_batch": gain}
+
+
+def _capacity(sweep: list[dict], tp: int, target: float, slo: float, price: float, evaluate=None) -> dict:
+    """Per family: the batch meeting the SLO with the highest tokens/s per replica. The sweep
+    (powers of two) is refined by bisection between the last batch that meets the SLO and
+    the next one that does not, when `evaluate(batch) -> families` is given."""
+    rows = []
+    for fam in FAMILIES:
+        entries = [(r["batch"], r["families"][fam]) for r in sweep if fam in r["families"]]
+        if not entries:
+            continue
+        ok = [(b, e) for b, e in entries if e["latency_ms_per_token"] <= slo]
+        if ok and evaluate is not None:
+            lo = max(b for b, _ in ok)
+            above = [b for b, e in entries if b > lo and e["latency_ms_per_token"] > slo]
+            hi = min(above) if above else None
+            while hi is not None and hi - lo > 1:
+                mid = (lo + hi) // 2
+                e = evaluate(mid).get(fam)
+                if e is None:
+                    break
+                if e["latency_ms_per_token"] <= slo:
+                    ok.append((mid, e))
+                    lo = mid
+                else:
+                    hi = mid
+        if ok:
+            b, e = max(ok, key=lambda x: x[1]["tokens_per_second"])
+            tps = e["tokens_per_second"]
+            replicas = math.ceil(target / tps)
+            gpus = replicas * tp
+            rows.append({"family": fam, "meets_slo": True, "batch": b, "plan": e["describe"],
+                         "tokens_per_second_per_replica": tps, "latency_ms_per_token": e["latency_ms_per_token"],
+                         "replicas": replicas, "gpus": gpus,
+                         "usd_per_million_tokens": _r(gpus * price / (target * 3600) * 1e6, 4),
+                         "usd_per_million_tokens_full_load": _r(tp * price / (tps * 3600) * 1e6, 4)})
+        else:
+            b, e = min(entries, key=lambda x: x[1]["latency_ms_per_token"])
+            rows.append({"family": fam, "meets_slo": False, "batch": b, "plan": e["describe"],
+                         "tokens_per_second_per_replica": e["tokens_per_second"],
+                         "latency_ms_per_token": e["latency_ms_per_token"], "replicas": None, "gpus": None,
+                         "usd_per_million_tokens": None, "usd_per_million_tokens_full_load": None})
+    met = [r for r in rows if r["meets_slo"]]
+    # fewest GPUs; on a tie (same GPUs, so the same $ at target) the lower cost fully loaded
+    recommended = min(met, key=lambda r: (r["gpus"], r["usd_per_million_tokens_full_load"]))["family"] if met else None
+    closest = None
+    if not met:
+        c = min(rows, key=lambda r: r["latency_ms_per_token"])
+        closest = {k: c[k] for k in ("family", "plan", "batch", "latency_ms_per_token", "tokens_per_second_per_replica")}
+    return {"target_tps": target, "slo_ms": slo, "gpu_hour_usd": price, "gpus_per_replica": tp, "rows": rows,
+            "recommended": recommended, "closest": closest, "warnings": capacity_warnings(rows, slo, closest)}
+
+
+def capacity_warnings(rows: list[dict], slo: float, closest: dict | None) -> list[str]:
+    out = []
+    if closest is not None:
+        out.append(f"no plan meets the per-token latency SLO of {slo:g} ms at any batch; closest: "
+                   f"{FAMILY_LABEL[closest['family']]} {closest['plan']} at batch {closest['batch']}, "
+                   f"{closest['latency_ms_per_token']:.2f} ms/token")
+    else:
+        for r in rows:
+            if not r["meets_slo"]:
+                out.append(f"{FAMILY_LABEL[r['family']]}: no batch meets the SLO of {slo:g} ms/token; closest: "
+                           f"{r['plan']} at batch {r['batch']}, {r['latency_ms_per_token']:.2f} ms/token")
+    return out
+
+
+def _provenance(profile: Profile) -> dict:
+    sources = [("hardware", profile.hardware.name, profile.hardware.source),
+               ("model", profile.model.name, profile.model.source)]
+    sources += [(f"latency {t.key}", "", t.source) for t in profile.latency]
+    sources += [(f"workload {n}", "", a.source) for n, a in profile.workloads.items()]
+    if profile.paper_default is not None:
+        sources.append(("paper default", profile.paper_default.describe(), None))
+    rows = [{"what": w, "name": n, "kind": s.kind if s else "", "detail": s.detail if s else "",
+             "reference": (s.reference or "") if s else ""} for w, n, s in sources]
+    notes = [{"table": t.key, "notes": dict(t.notes)} for t in profile.latency if t.notes]
+    fits = {}
+    for n, a in profile.workloads.items():
+        if a.fit:
+            fits[n] = {k: a.fit[k] for k in ("family", "points", "max_abs_residual") if k in a.fit}
+    return {"sources": rows, "profile": profile.provenance, "table_notes": notes, "fits": fits}
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating,)):
+        return _jsonable(float(x))
+    return x

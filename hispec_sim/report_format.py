@@ -1,0 +1,72 @@
+"""Text formatting shared by the report's HTML, Markdown and figures: escaping, numbers, sentences.
+
+Everything user-supplied that reaches HTML goes through html.escape; JSON embedded in
+<script> has every '<' written as \\u003c, so no string can close the tag.
+"""
+from __future__ import annotations
+
+import html
+import json
+
+
+def esc(x) -> str:
+    return html.escape("" if x is None else str(x), quote=True)
+
+
+def script_json(obj) -> str:
+    """JSON safe inside <script>: no '<' at all (so no '</script>' and no '<!--')."""
+    return json.dumps(obj, allow_nan=False, separators=(",", ":")).replace("<", "\\u003c").replace(">", "\\u003e") \
+        .replace("&", "\\u0026").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+
+
+def _fmt(x, nd=1, unit=""):
+    if x is None:
+        return "–"
+    return f"{x:,.{nd}f}{unit}"
+
+
+def _pct(x):
+    return "–" if x is None else f"{x * 100:+.1f} %"
+
+
+def _md(x) -> str:
+    """Markdown may carry raw HTML: escape <, > and & (quotes stay readable) and table pipes."""
+    return html.escape("" if x is None else str(x), quote=False).replace("|", "\\|").replace("\n", " ")
+
+
+def _headline(data: dict) -> dict:
+    fam = data["best"]["families"]
+    best = fam[data["best"]["best_family"]]
+    ar = fam["autoregressive"]["tokens_per_second"]
+    sl = fam.get("single_level", {}).get("tokens_per_second")
+    return {"best": best, "family": data["best"]["best_family"], "vs_ar": best["tokens_per_second"] / ar,
+            "vs_single": best["tokens_per_second"] / sl if sl else None}
+
+
+def _pct_abs(x):
+    return "–" if x is None else f"{abs(x) * 100:.1f} %"
+
+
+def _crossover_sentence(data: dict) -> str:
+    c = data["crossover"]
+    sweep = data["sweep"]
+    parts = []
+    if not any("hierarchical" in r["families"] for r in sweep):
+        parts.append("No 3-level chain can be formed from this workload's measured exits"
+                     + ("; no speculative plan either." if not any("single_level" in r["families"] for r in sweep) else "."))
+    g = c["hierarchy_gain_at_smallest_batch"]
+    if g is not None:
+        parts.append(f"At batch {sweep[0]['batch']} the best hierarchical plan is {g * 100:+.1f} % vs the best "
+                     "single-level plan.")
+    if c["hierarchy_stops_paying_at_batch"] is None:
+        if g is not None:
+            parts.append(f"Hierarchy pays at every batch swept (up to {sweep[-1]['batch']}).")
+    else:
+        parts.append(f"Hierarchy stops paying at batch {c['hierarchy_stops_paying_at_batch']}: from there the best "
+                     "3-level plan is no faster than the best single-level plan"
+                     + (f" (it pays at batches {', '.join(map(str, c['hierarchy_pays_at_batches']))})."
+                        if c["hierarchy_pays_at_batches"] else "."))
+    if c["speculation_stops_paying_at_batch"] is not None:
+        parts.append(f"Speculation stops paying at batch {c['speculation_stops_paying_at_batch']}: autoregressive "
+                     "decoding is as fast (verification of B x (tokens per round) tokens becomes compute-bound).")
+    return " ".join(parts)
