@@ -6,6 +6,13 @@ Two engines: the block engine draws each check's accepted prefix with one unifor
 cycles at once (i.i.d. acceptance with the rates of acceptance.py, the analytic model's
 assumptions); the token engine walks every buffered token and can replay measured
 per-position traces, keeping the correlation between neighbouring positions and levels.
+
+Per-request spread (Acceptance.spread): every stream is one request with its own rates,
+drawn from the distribution itself (logit_normal: z ~ N(0, sigma) per stream; empirical:
+a measured request, with probability proportional to its weight), and runs whole cycles
+until it has committed `request_tokens` tokens. The estimate is total tokens / total time
+over the streams, the aggregate E[tokens] / E[time] that analytic.expected_chain_terms
+computes. Spread streams run on the token engine.
 """
 from __future__ import annotations
 
@@ -44,27 +51,32 @@ def _weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float, limit:
 
 
 def simulate(cost: CostModel, model: AgreementModel, plan: Plan, streams: int = 4096, cycles: int = 64,
-             seed: int = 0, replay: bool = False, engine: str = "auto") -> MCResult:
+             seed: int = 0, replay: bool = False, engine: str = "auto", request_tokens: int = 256) -> MCResult:
     """Simulate `streams` independent streams for `cycles` full-model checks each.
 
     A fixed number of whole cycles per stream keeps the ratio estimator unbiased (cutting
     at a fixed number of rounds would favour short cycles). engine: "block" draws each
     check's accepted prefix with one uniform (i.i.d. only, fast), "token" walks every
-    token (needed for trace replay); "auto" picks block unless replaying."""
-    if streams < 2 or cycles < 1:
-        raise ValueError("mc: streams must be >= 2 and cycles >= 1")
+    token (needed for trace replay and a per-request spread); "auto" picks block unless
+    replaying or the workload has a spread. With a spread, `request_tokens` replaces
+    `cycles`: each stream is one request of that many tokens (module docstring); trace
+    replay ignores the spread (the traces carry their own request-to-request variation)."""
+    if streams < 2 or cycles < 1 or request_tokens < 1:
+        raise ValueError("mc: streams must be >= 2, cycles >= 1 and request_tokens >= 1")
+    spread = getattr(model, "scenarios", None) is not None and not replay
     if plan.depth == 1:
         ms = cost.autoregressive_ms(plan.levels[0])
         tps = cost.batch * 1000.0 / ms
         return MCResult(tps, (tps, tps), ms, ms, 1.0, [], streams, streams * cycles, replay)
     if engine == "auto":
-        engine = "token" if replay else "block"
+        engine = "token" if (replay or spread) else "block"
     if engine == "block":
-        if replay:
-            raise ValueError("mc: trace replay needs the token engine")
+        if replay or spread:
+            raise ValueError("mc: trace replay and a per-request spread need the token engine")
         return _summarise(*_block_engine(cost, model, plan, streams, cycles, np.random.default_rng(seed)),
                           cost.batch, streams, False)
-    return _summarise(*_token_engine(cost, model, plan, streams, cycles, seed, replay), cost.batch, streams, replay)
+    return _summarise(*_token_engine(cost, model, plan, streams, cycles, seed, replay, request_tokens if spread else None),
+                      cost.batch, streams, replay)
 
 
 def _level_rates(model: AgreementModel, levels: list[int]) -> list[np.ndarray]:
@@ -166,8 +178,22 @@ def _summarise(total_time, total_tokens, cycle_ms, cycle_tokens, acceptance, bat
     )
 
 
-def _token_engine(cost: CostModel, model: AgreementModel, plan: Plan, streams: int, cycles: int, seed: int, replay: bool):
-    """Token by token: every buffered token carries how it got there (ACC/COR/BON)."""
+def _stream_rates(model: AgreementModel, levels: list[int], rng, streams: int) -> list[np.ndarray]:
+    """Per stream (streams, 3) [after_accept, after_reject, marginal]: one request per stream."""
+    reqs = model.for_rows(np.zeros(1, int)).sample(rng, streams)
+    out = []
+    for j in range(len(levels) - 1):
+        full = lambda e: np.full(streams, e)
+        r = reqs.rates(None if j == 0 else full(levels[j - 1]), full(levels[j]), full(levels[j + 1]))
+        out.append(np.stack([r.after_accept, r.after_reject, r.marginal], 1))
+    return out
+
+
+def _token_engine(cost: CostModel, model: AgreementModel, plan: Plan, streams: int, cycles: int, seed: int, replay: bool,
+                  request_tokens: int | None = None):
+    """Token by token: every buffered token carries how it got there (ACC/COR/BON).
+    request_tokens (a spread): each stream draws its own rates and stops after the cycle
+    that brings it to request_tokens committed tokens, instead of after `cycles` cycles."""
     rng = np.random.default_rng(seed)
     levels, k, g = plan.levels, plan.depth, plan.propose
 
@@ -179,7 +205,7 @@ def _token_engine(cost: CostModel, model: AgreementModel, plan: Plan, streams: i
     check_ms = [_check_cost(cost, np.array([levels[j]]), np.array([levels[j + 1]]), max_n + 1)[0] for j in range(k - 1)]
     draft_ms = float(cost.forward([(levels[0], 1)], 1))
 
-    rates = _level_rates(model, levels)
+    rates = _stream_rates(model, levels, rng, streams) if request_tokens else _level_rates(model, levels)
     if replay:
         if model.traces is None:
             raise ValueError("mc: replay needs a workload with traces")
@@ -199,7 +225,8 @@ def _token_engine(cost: CostModel, model: AgreementModel, plan: Plan, streams: i
     cols = np.arange(max_n + 2)
 
     done_cycles = np.zeros(streams, np.int64)
-    while (done_cycles < cycles).any():
+    live = lambda: (total_tokens < request_tokens) if request_tokens else (done_cycles < cycles)
+    while (running := live()).any():
         clock += g * draft_ms
         length[0][:] = g  # drafts are BON-typed: no lower level has seen them
         active = np.ones(streams, bool)
@@ -212,18 +239,20 @@ def _token_engine(cost: CostModel, model: AgreementModel, plan: Plan, streams: i
                 p = (pos[:, None] + 1 + offset[:, None] + cols[None, :width]) % n_pos
                 ok = agree[j][p]
             else:
-                ok = rng.random((streams, width)) < rates[j][types[j][:, :width]]
+                tj = types[j][:, :width]
+                p_ok = rates[j][tj] if rates[j].ndim == 1 else np.take_along_axis(rates[j], tj.astype(np.intp), 1)
+                ok = rng.random((streams, width)) < p_ok
             ok &= cols[None, :width] < n[:, None]
             a = np.where(ok.all(1), width, np.argmin(ok, 1))
             a = np.minimum(a, n)
-            counted = active & (done_cycles < cycles)
+            counted = active & running
             checked[j] += n[counted].sum()
             accepted[j] += a[counted].sum()
             length[j][active] = 0
             if j == k - 2:  # the full model commits
                 done = active
                 committed = a + 1
-                count = done & (done_cycles < cycles)
+                count = done & running
                 done_cycles += done
                 total_time[count] += clock[count]
                 total_tokens[count] += committed[count]
