@@ -226,7 +226,17 @@ def _token_engine(cost: CostModel, model: AgreementModel, plan: Plan, streams: i
 
     done_cycles = np.zeros(streams, np.int64)
     live = lambda: (total_tokens < request_tokens) if request_tokens else (done_cycles < cycles)
+    out_time, out_tokens, ids = np.zeros(streams), np.zeros(streams), np.arange(streams)
     while (running := live()).any():
+        if request_tokens and 2 * running.sum() < len(running):
+            # requests end at different times: step only the unfinished ones from here on
+            # (the same process; finished streams are no longer drawn for)
+            out_time[ids], out_tokens[ids] = total_time, total_tokens
+            keep = running
+            ids, total_time, total_tokens, clock, done_cycles = (x[keep] for x in (ids, total_time, total_tokens, clock, done_cycles))
+            types, length, rates = [x[keep] for x in types], [x[keep] for x in length], [x[keep] for x in rates]
+            running = running[keep]
+        streams = len(running)
         clock += g * draft_ms
         length[0][:] = g  # drafts are BON-typed: no lower level has seen them
         active = np.ones(streams, bool)
@@ -274,4 +284,5 @@ def _token_engine(cost: CostModel, model: AgreementModel, plan: Plan, streams: i
             length[j + 1] = np.where(active, start + a + 1, start)
             active = active & (length[j + 1] >= plan.windows[j])
 
-    return total_time, total_tokens, cycle_ms, cycle_tokens, accepted / np.maximum(checked, 1)
+    out_time[ids], out_tokens[ids] = total_time, total_tokens
+    return out_time, out_tokens, cycle_ms, cycle_tokens, accepted / np.maximum(checked, 1)

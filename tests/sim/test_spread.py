@@ -99,14 +99,14 @@ def test_spread_lowers_throughput_of_speculation_only():
 
 def _agrees(s: Setting, plan: Plan, seed: int):
     pr = predict_plans(s, [plan])
-    r = simulate(s.cost(), s.agreement, plan, streams=3000, seed=seed, request_tokens=400)
+    r = simulate(s.cost(), s.agreement, plan, streams=1500, seed=seed, request_tokens=300)
     half = (r.ci95[1] - r.ci95[0]) / 2 * 3.29 / 1.96
     # a request stops at the cycle that reaches request_tokens: its overshoot biases the
     # ratio by O(1 / request_tokens); allowed on top of the 99.9 % interval
     assert abs(pr.tokens_per_second[0] - r.tokens_per_second) <= half + 2e-3 * r.tokens_per_second, (plan, pr.tokens_per_second[0], r)
 
 
-@settings(max_examples=6, deadline=None, derandomize=True)
+@settings(max_examples=4, deadline=None, derandomize=True)
 @given(curve=curves, sigma=st.floats(0.2, 1.5), depth=st.integers(2, 4), seed=st.integers(0, 10**6), data=st.data())
 def test_analytic_within_monte_carlo_logit_normal(curve, sigma, depth, seed, data):
     levels = sorted(data.draw(st.lists(st.integers(1, LAYERS - 1), min_size=depth - 1, max_size=depth - 1, unique=True)))
@@ -115,11 +115,10 @@ def test_analytic_within_monte_carlo_logit_normal(curve, sigma, depth, seed, dat
     _agrees(Setting(_with_spread(make_profile(layers=LAYERS, curve=curve), _lognormal(sigma))), plan, seed)
 
 
-@pytest.mark.parametrize("correlated", [False, True])
-def test_analytic_within_monte_carlo_empirical(correlated):
+@pytest.mark.parametrize("correlated,plan", [(False, PLANS[1]), (True, PLANS[2]), (False, PLANS[3])])
+def test_analytic_within_monte_carlo_empirical(correlated, plan):
     rng = np.random.default_rng(3)
     mats = [depth_markov_matrix(np.append(np.sort(rng.uniform(0.05, 1, LAYERS - 1)), 1.0)) for _ in range(5)]
     base = make_profile(layers=LAYERS, traces=resolve_depth_traces(LAYERS, 2000, 2)) if correlated else make_profile(layers=LAYERS)
     s = Setting(_with_spread(base, _empirical(mats, weights=[1, 2, 3, 1, 1])))
-    for plan in PLANS[1:]:
-        _agrees(s, plan, seed=7)
+    _agrees(s, plan, seed=7)
