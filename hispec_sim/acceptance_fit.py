@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import least_squares
 
-from .schema import Acceptance, Plan, Source
+from .schema import Acceptance, AcceptanceSpread, Plan, Source
 
 READINGS = ("per_draft", "per_position")
 
@@ -308,3 +308,28 @@ def constant_acceptance(num_layers: int, agreement: float, source: Source, conte
     np.fill_diagonal(A, 1.0)
     return Acceptance(exits=list(range(1, n + 1)), agreement=A.tolist(), context=context, joint="independent",
                       source=source, fit=fit)
+
+
+# --------------------------------------------------------------------------- per-request spread of published profiles
+
+PUBLISHED_SIGMA = 0.4
+PUBLISHED_SIGMA_NOTE = (
+    "ASSUMED: no publication reports acceptance per request. sigma = 0.4 is the between-prompt standard deviation of "
+    "logit(agreement with the final layer) at 1/8-1/4 depth measured on the shipped CPU model (profiles/cpu_hispec_tiny.json, "
+    "16 prompts x 128 tokens: 0.41 at exit 2/16, 0.40 at exit 4/16, binomial noise of 128 tokens included). Every rate of a "
+    "request (each exit pair, marginal and conditional) is the workload's rate shifted by the request's z ~ N(0, sigma) in "
+    "logit space: around the fitted curve's level (for pairs with the final layer exactly a shift of the level m of "
+    "F(e) = sigmoid(m + c logit(e/L))).")
+
+
+def published_spread(sigma: float = PUBLISHED_SIGMA, note: str = PUBLISHED_SIGMA_NOTE) -> AcceptanceSpread:
+    """The per-request spread a profile built from published (mean) acceptance figures carries."""
+    return AcceptanceSpread(family="logit_normal", sigma=sigma,
+                            source=Source(kind="assumed", detail=note, reference="profiles/cpu_hispec_tiny.json"))
+
+
+def with_published_spread(workloads: dict[str, Acceptance], sigma: float = PUBLISHED_SIGMA) -> dict[str, Acceptance]:
+    """The builders' one call: every workload with the assumed logit-normal spread (workloads
+    that already carry a measured spread keep it)."""
+    sp = published_spread(sigma)
+    return {k: (v if v.spread is not None else v.model_copy(update={"spread": sp})) for k, v in workloads.items()}
