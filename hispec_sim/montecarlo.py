@@ -91,9 +91,17 @@ def _level_rates(model: AgreementModel, levels: list[int]) -> list[np.ndarray]:
 def _block_engine(cost: CostModel, model: AgreementModel, plan: Plan, streams: int, cycles: int, rng):
     """Each check draws its accepted prefix with ONE uniform U: the prefix reaches token i
     iff U < product of the pass rates of tokens 1..i, which has exactly the law of
-    independent per-token draws. A check at level j+1 draws `window` candidate checks of
-    level j at once (a fill never needs more, every block has >= 1 token) and keeps those
-    that start below the window, so a whole batch of cycles is a few array operations."""
+    independent per-token draws. A check at level j+1 consumes candidate checks of level j
+    (candidates on axis 0, a batch of cycles on the others) until its buffer holds >= its
+    window; a whole batch of cycles is a few array operations.
+
+    Speed: a fill rarely needs all `window` candidates (every block has >= 1 token, most
+    have more), so each level first draws K of them (K = the 95th percentile of the
+    candidates used, from a pilot draw) and extends, with window - K more, only the cells
+    whose K candidates did not fill the buffer: every cell still sees one sequence of
+    independent candidates, the law is unchanged. Counts are int16, pass log-probabilities
+    float32; the first failing candidate is found by counting (the cumulative log-product
+    only decreases)."""
     levels, k, g = plan.levels, plan.depth, plan.propose
     log_rates = [np.log(np.clip(r, 1e-300, 1.0)) for r in _level_rates(model, levels)]
     cap = [g]
@@ -101,47 +109,94 @@ def _block_engine(cost: CostModel, model: AgreementModel, plan: Plan, streams: i
         cap.append(w - 1 + cap[-1] + 1)
     check_ms = [_check_cost(cost, np.array([levels[j]]), np.array([levels[j + 1]]), max(cap) + 1)[0] for j in range(k - 1)]
     round_ms = g * float(cost.forward([(levels[0], 1)], 1)) + check_ms[0][g]
+    alpha = float(np.exp(log_rates[0][2]))
+    inv_log_alpha = np.float32(1.0 / np.log(alpha)) if 0.0 < alpha < 1.0 else None
+    lr = log_rates[1] if k > 2 else np.zeros(3)  # the level-2 check of draft blocks
+    draft_block = np.array([i * lr[0] + (lr[2] if i == g else lr[1]) for i in range(g + 1)], np.float32)  # log P(block passes)
+
+    def drafts(shape):
+        """Rounds of g drafts: a = accepted drafts of the level-2 check's view, P(a >= i) = alpha^i."""
+        if alpha >= 1.0:
+            a = np.full(shape, g, np.int16)
+        elif alpha <= 0.0:
+            a = np.zeros(shape, np.int16)
+        else:  # inverse CDF of min(Geometric, g) from one float32 uniform in (0, 1]
+            x = np.log(np.float32(1.0) - rng.random(shape, dtype=np.float32))
+            x *= inv_log_alpha
+            a = np.minimum(x, np.float32(g), out=x).astype(np.int16)  # floor: x >= 0
+        return a, None, round_ms, [(g, a)]  # bonus None: a == g; scalars broadcast (every round costs the same)
+
+    def check(level: int, a, bonus, t, stats):
+        """The checks of 0-based level `level` over candidates (axis 0) of the level below."""
+        w = plan.windows[level - 2]
+        lacc, lcor, lbon = log_rates[level - 1]
+        cands = a.shape[0]
+        end = np.cumsum(a + np.int16(1), 0, dtype=np.int16)
+        start = end - a - np.int16(1)
+        used = start < w  # a prefix of the candidates: those that start below the window
+        n_used = used.sum(0, dtype=np.int16)
+        n = np.take_along_axis(end, (n_used - np.int16(1))[None], 0)[0]
+        time = (n_used * t if np.ndim(t) == 0 else np.where(used, t, 0.0).sum(0)) + check_ms[level - 1].take(n)
+        block = draft_block.take(a) if bonus is None else \
+            (a * np.float32(lacc) + np.where(bonus, np.float32(lbon), np.float32(lcor))).astype(np.float32)
+        cum = np.cumsum(block, 0)
+        u = np.log(np.float32(1.0) - rng.random(a.shape[1:], dtype=np.float32))
+        f = (cum > u).sum(0, dtype=np.int16)  # candidates passed whole before the first failing one
+        failed = f < n_used
+        fi = np.minimum(f, np.int16(cands - 1))[None]
+        take = lambda x: np.take_along_axis(x, fi, 0)[0]
+        blk_f = take(block)
+        before, a_f = take(cum) - blk_f, take(a)
+        if lacc < 0:  # survivors of the failing block pass while before + t * lacc > u
+            with np.errstate(invalid="ignore"):
+                t_pass = np.clip(np.nan_to_num(np.ceil((u - before) / np.float32(lacc)) - 1), 0, a_f).astype(np.int16)
+        else:
+            t_pass = a_f
+        accepted = np.where(failed, take(start) + t_pass, n)
+        masked = lambda x: np.where(used, x, 0).sum(0, dtype=np.int32)
+        lower = [(n_used * c if np.ndim(c) == 0 else masked(c), masked(x)) for c, x in stats[:-1]]
+        c, _ = stats[-1]  # the level just below: accepted over the used candidates = n - n_used
+        lower.append((n_used * c if np.ndim(c) == 0 else masked(c), n - n_used))
+        return accepted, ~failed, time, lower + [(n, accepted)]
+
+    K: dict[int, int] = {}
 
     def draw(level: int, shape: tuple):
         """Independent checks by 0-based level `level` (>= 1) of the buffer below:
         (accepted, bonus?, time since this level's previous check, [(checked, accepted)
         per level <= this one])."""
-        if level == 1:  # g drafts, each passing with the marginal rate
-            alpha = float(np.exp(log_rates[0][2]))
-            a = np.full(shape, g) if alpha >= 1 else np.minimum(rng.geometric(1.0 - alpha, shape) - 1, g)
-            a = a.astype(np.int16)  # small counts: less memory traffic in the fills above
-            return a, None, round_ms, [(g, a)]  # bonus None: a == g; scalars broadcast (every round costs the same)
+        if level == 1:
+            return drafts(shape)
         w = plan.windows[level - 2]
-        lacc, lcor, lbon = log_rates[level - 1]
-        a, bonus, t, stats = draw(level - 1, (w,) + shape)  # candidates on axis 0: reductions stay elementwise
-        end = np.cumsum(a + np.int16(1), 0, dtype=np.int16)
-        start = end - a - np.int16(1)
-        used = start < w  # a prefix of the candidates: those that start below the window
-        n_used = used.sum(0)
-        n = np.take_along_axis(end, (n_used - 1)[None], 0)[0].astype(np.int64)
-        time = (n_used * t if np.ndim(t) == 0 else np.where(used, t, 0.0).sum(0)) + check_ms[level - 1][n]
-        if bonus is None:  # blocks of drafts: a lookup table of log P(the whole block passes)
-            block = np.array([i * lacc + (lbon if i == g else lcor) for i in range(g + 1)], np.float32)[a]
-        else:
-            block = (a * lacc + np.where(bonus, lbon, lcor)).astype(np.float32)
-        cum = np.cumsum(block, 0)
-        u = np.log(1.0 - rng.random(shape, dtype=np.float32))[None]
-        fails = used & (cum <= u)
-        failed = fails.any(0)
-        f = np.argmax(fails, 0)[None]
-        take = lambda x: np.take_along_axis(x, f, 0)[0]
-        before, a_f, u = take(cum - block), take(a), u[0]
-        if lacc < 0:  # survivors of the failing block pass while before + t * lacc > u
-            with np.errstate(invalid="ignore"):
-                t_pass = np.clip(np.nan_to_num(np.ceil((u - before) / lacc) - 1), 0, a_f)
-        else:
-            t_pass = a_f
-        accepted = np.where(failed, take(start).astype(np.int64) + t_pass.astype(np.int64), n)
-        stats = [(n_used * c if np.ndim(c) == 0 else np.where(used, c, 0).sum(0), np.where(used, x, 0).sum(0))
-                 for c, x in stats]
-        return accepted, ~failed, time, stats + [(n, accepted)]
+        if level not in K:  # pilot: how many candidates a fill uses
+            a = draw(level - 1, (w, 1024))[0]
+            used = np.cumsum(a + 1, 0) - a - 1 < w
+            K[level] = int(min(w, max(1, np.quantile(used.sum(0), 0.95))))
+        kk = K[level]
+        a, bonus, t, stats = draw(level - 1, (kk,) + shape)  # candidates on axis 0: reductions stay elementwise
+        out = check(level, a, bonus, t, stats)
+        if kk == w:
+            return out
+        short = np.flatnonzero(a.sum(0, dtype=np.int16).reshape(-1) + kk < w)  # K candidates end below the window
+        if len(short) == 0:
+            return out
+        flat = lambda x: x.reshape(x.shape[0], -1)[:, short]
+        more = draw(level - 1, (w - kk, len(short)))
+        join = lambda x, y: x if x is None else np.concatenate([flat(np.broadcast_to(x, a.shape)), np.broadcast_to(y, more[0].shape)], 0)
+        sub = check(level, join(a, more[0]), join(bonus, more[1]), t if np.ndim(t) == 0 else join(t, more[2]),
+                    [(c if np.ndim(c) == 0 else join(c, mc), join(x, mx)) for (c, x), (mc, mx) in zip(stats, more[3])])
 
-    cells = max(int(np.prod(cap[1:] if len(cap) > 1 else [1])), 1) * cycles
+        def put(full, part):
+            if np.ndim(full) == 0:
+                full = np.full(shape, full, np.asarray(part).dtype)
+            full = full.copy() if not full.flags.writeable else full
+            full.reshape(-1)[short] = part
+            return full
+        return (put(out[0], sub[0]), put(out[1], sub[1]), put(out[2], sub[2]),
+                [(put(c, sc), put(x, sx)) for (c, x), (sc, sx) in zip(out[3], sub[3])])
+
+    draw(k - 1, (1, 2))  # pilots first (they consume random numbers before the chunks, in a fixed order)
+    cells = max(int(np.prod([K.get(lv, 1) for lv in range(2, k)])), 1) * cycles
     chunk = max(1, min(streams, 4_000_000 // cells))
     times, tokens, checked, accepted = [], [], np.zeros(k - 1), np.zeros(k - 1)
     for lo in range(0, streams, chunk):
@@ -149,8 +204,8 @@ def _block_engine(cost: CostModel, model: AgreementModel, plan: Plan, streams: i
         times.append(np.broadcast_to(t, a.shape))
         tokens.append(a + 1.0)
         for j, (c, x) in enumerate(stats):
-            checked[j] += np.broadcast_to(c, a.shape).sum()
-            accepted[j] += x.sum()
+            checked[j] += np.broadcast_to(c, a.shape).sum(dtype=np.int64)
+            accepted[j] += x.sum(dtype=np.int64)
     cycle_ms = np.concatenate(times, 1)
     cycle_tokens = np.concatenate(tokens, 1)
     return (cycle_ms.sum(0), cycle_tokens.sum(0), [cycle_ms.ravel()], [cycle_tokens.ravel()],
