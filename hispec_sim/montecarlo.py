@@ -26,6 +26,7 @@ from .latency import CostModel
 from .schema import Plan
 
 ACC, COR, BON = 0, 1, 2  # how a buffered token got there: survived, correction, bonus/draft
+CHUNK_CELLS = 500_000  # candidate cells per batch of the block engine (arrays stay in cache)
 
 
 @dataclass
@@ -109,6 +110,7 @@ def _block_engine(cost: CostModel, model: AgreementModel, plan: Plan, streams: i
         cap.append(w - 1 + cap[-1] + 1)
     check_ms = [_check_cost(cost, np.array([levels[j]]), np.array([levels[j + 1]]), max(cap) + 1)[0] for j in range(k - 1)]
     round_ms = g * float(cost.forward([(levels[0], 1)], 1)) + check_ms[0][g]
+    check_ms32 = [c.astype(np.float32) for c in check_ms]  # per-check times: float32, totals float64
     alpha = float(np.exp(log_rates[0][2]))
     inv_log_alpha = np.float32(1.0 / np.log(alpha)) if 0.0 < alpha < 1.0 else None
     lr = log_rates[1] if k > 2 else np.zeros(3)  # the level-2 check of draft blocks
@@ -127,37 +129,50 @@ def _block_engine(cost: CostModel, model: AgreementModel, plan: Plan, streams: i
         return a, None, round_ms, [(g, a)]  # bonus None: a == g; scalars broadcast (every round costs the same)
 
     def check(level: int, a, bonus, t, stats):
-        """The checks of 0-based level `level` over candidates (axis 0) of the level below."""
+        """The checks of 0-based level `level` over candidates (axis 0) of the level below.
+        Works on (candidates, cells) views; a value at a per-cell candidate index is one flat
+        take, a masked sum over the used prefix a prefix sum read at n_used - 1."""
         w = plan.windows[level - 2]
         lacc, lcor, lbon = log_rates[level - 1]
-        cands = a.shape[0]
-        end = np.cumsum(a + np.int16(1), 0, dtype=np.int16)
-        start = end - a - np.int16(1)
+        cands, cell_shape = a.shape[0], a.shape[1:]
+        rows = lambda x: x.reshape(cands, -1)
+        a = rows(a)
+        cells = a.shape[1]
+        col = np.arange(cells)
+        length = a + np.int16(1)
+        end = _cumsum0(length)
+        start = end - length
         used = start < w  # a prefix of the candidates: those that start below the window
         n_used = used.sum(0, dtype=np.int16)
-        n = np.take_along_axis(end, (n_used - np.int16(1))[None], 0)[0]
-        time = (n_used * t if np.ndim(t) == 0 else np.where(used, t, 0.0).sum(0)) + check_ms[level - 1].take(n)
+        last = (n_used.astype(np.intp) - 1) * cells + col  # flat index of the last used candidate
+        at = lambda x, idx: x.reshape(-1).take(idx)
+        prefix = lambda x: at(_cumsum0(rows(x)), last)  # sum over the used candidates
+        n = at(end, last)
+        time = (n_used * np.float32(t) if np.ndim(t) == 0 else prefix(t)) + check_ms32[level - 1].take(n)
         block = draft_block.take(a) if bonus is None else \
-            (a * np.float32(lacc) + np.where(bonus, np.float32(lbon), np.float32(lcor))).astype(np.float32)
-        cum = np.cumsum(block, 0)
-        u = np.log(np.float32(1.0) - rng.random(a.shape[1:], dtype=np.float32))
+            (a * np.float32(lacc) + np.where(rows(bonus), np.float32(lbon), np.float32(lcor))).astype(np.float32)
+        cum = _cumsum0(block)
+        u = np.log(np.float32(1.0) - rng.random(cells, dtype=np.float32))
         f = (cum > u).sum(0, dtype=np.int16)  # candidates passed whole before the first failing one
         failed = f < n_used
-        fi = np.minimum(f, np.int16(cands - 1))[None]
-        take = lambda x: np.take_along_axis(x, fi, 0)[0]
-        blk_f = take(block)
-        before, a_f = take(cum) - blk_f, take(a)
+        fail = np.minimum(f, np.int16(cands - 1)).astype(np.intp) * cells + col
+        blk_f = at(block, fail)
+        a_f = at(a, fail)
         if lacc < 0:  # survivors of the failing block pass while before + t * lacc > u
-            with np.errstate(invalid="ignore"):
-                t_pass = np.clip(np.nan_to_num(np.ceil((u - before) / np.float32(lacc)) - 1), 0, a_f).astype(np.int16)
+            x = u - (at(cum, fail) - blk_f)
+            x /= np.float32(lacc)
+            np.ceil(x, out=x)
+            x -= np.float32(1.0)
+            t_pass = np.clip(x, 0, a_f, out=x).astype(np.int16)
         else:
             t_pass = a_f
-        accepted = np.where(failed, take(start) + t_pass, n)
-        masked = lambda x: np.where(used, x, 0).sum(0, dtype=np.int32)
-        lower = [(n_used * c if np.ndim(c) == 0 else masked(c), masked(x)) for c, x in stats[:-1]]
+        accepted = np.where(failed, at(start, fail) + t_pass, n)
+        lower = [(n_used * c if np.ndim(c) == 0 else prefix(c), prefix(x)) for c, x in stats[:-1]]
         c, _ = stats[-1]  # the level just below: accepted over the used candidates = n - n_used
-        lower.append((n_used * c if np.ndim(c) == 0 else masked(c), n - n_used))
-        return accepted, ~failed, time, lower + [(n, accepted)]
+        lower.append((n_used * c if np.ndim(c) == 0 else prefix(c), n - n_used))
+        shaped = lambda x: x.reshape(cell_shape)
+        return (shaped(accepted), shaped(~failed), shaped(time),
+                [(shaped(c), shaped(x)) for c, x in lower] + [(shaped(n), shaped(accepted))])
 
     K: dict[int, int] = {}
 
@@ -168,10 +183,12 @@ def _block_engine(cost: CostModel, model: AgreementModel, plan: Plan, streams: i
         if level == 1:
             return drafts(shape)
         w = plan.windows[level - 2]
-        if level not in K:  # pilot: how many candidates a fill uses
-            a = draw(level - 1, (w, 1024))[0]
-            used = np.cumsum(a + 1, 0) - a - 1 < w
-            K[level] = int(min(w, max(1, np.quantile(used.sum(0), 0.95))))
+        if level not in K:  # pilot: how many candidates a fill uses; K minimises the expected candidates drawn,
+            # K + P(K fall short) (w - K), the extension counted 1.5x for its gather and second check
+            a = draw(level - 1, (w, 2048))[0]
+            needed = (np.cumsum(a + 1, 0) - a - 1 < w).sum(0)
+            ks = np.arange(1, w + 1)
+            K[level] = int(ks[np.argmin(ks + np.array([(needed > kk).mean() for kk in ks]) * (w - ks) * 1.5)])
         kk = K[level]
         a, bonus, t, stats = draw(level - 1, (kk,) + shape)  # candidates on axis 0: reductions stay elementwise
         out = check(level, a, bonus, t, stats)
@@ -197,11 +214,11 @@ def _block_engine(cost: CostModel, model: AgreementModel, plan: Plan, streams: i
 
     draw(k - 1, (1, 2))  # pilots first (they consume random numbers before the chunks, in a fixed order)
     cells = max(int(np.prod([K.get(lv, 1) for lv in range(2, k)])), 1) * cycles
-    chunk = max(1, min(streams, 4_000_000 // cells))
+    chunk = max(1, min(streams, CHUNK_CELLS // cells))
     times, tokens, checked, accepted = [], [], np.zeros(k - 1), np.zeros(k - 1)
     for lo in range(0, streams, chunk):
         a, _, t, stats = draw(k - 1, (cycles, min(chunk, streams - lo)))
-        times.append(np.broadcast_to(t, a.shape))
+        times.append(np.broadcast_to(np.asarray(t, np.float64), a.shape))
         tokens.append(a + 1.0)
         for j, (c, x) in enumerate(stats):
             checked[j] += np.broadcast_to(c, a.shape).sum(dtype=np.int64)
@@ -210,6 +227,15 @@ def _block_engine(cost: CostModel, model: AgreementModel, plan: Plan, streams: i
     cycle_tokens = np.concatenate(tokens, 1)
     return (cycle_ms.sum(0), cycle_tokens.sum(0), [cycle_ms.ravel()], [cycle_tokens.ravel()],
             accepted / np.maximum(checked, 1))
+
+
+def _cumsum0(x: np.ndarray) -> np.ndarray:
+    """Cumulative sum over axis 0 of a few long rows: row-by-row adds on contiguous rows
+    (numpy's accumulate along a leading axis is several times slower)."""
+    out = x.copy()
+    for i in range(1, len(out)):
+        np.add(out[i - 1], out[i], out=out[i])
+    return out
 
 
 def _summarise(total_time, total_tokens, cycle_ms, cycle_tokens, acceptance, batch, streams, replay) -> MCResult:
