@@ -42,7 +42,10 @@ class MCResult:
     replay: bool
 
 
-def _weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float, limit: int = 262_144) -> float:
+QUANTILE_SAMPLES = 262_144
+
+
+def _weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float, limit: int = QUANTILE_SAMPLES) -> float:
     """Quantile of values weighted by weights, from the first `limit` samples (cycles are
     i.i.d., so a prefix is a fair sample and sorting millions of them buys nothing)."""
     values, weights = values[:limit], weights[:limit]
@@ -113,6 +116,7 @@ def _block_engine(cost: CostModel, model: AgreementModel, plan: Plan, streams: i
     check_ms32 = [c.astype(np.float32) for c in check_ms]  # per-check times: float32, totals float64
     alpha = float(np.exp(log_rates[0][2]))
     inv_log_alpha = np.float32(1.0 / np.log(alpha)) if 0.0 < alpha < 1.0 else None
+    thresholds = (alpha ** np.arange(1, g + 1)).astype(np.float32)
     lr = log_rates[1] if k > 2 else np.zeros(3)  # the level-2 check of draft blocks
     draft_block = np.array([i * lr[0] + (lr[2] if i == g else lr[1]) for i in range(g + 1)], np.float32)  # log P(block passes)
 
@@ -122,7 +126,12 @@ def _block_engine(cost: CostModel, model: AgreementModel, plan: Plan, streams: i
             a = np.full(shape, g, np.int16)
         elif alpha <= 0.0:
             a = np.zeros(shape, np.int16)
-        else:  # inverse CDF of min(Geometric, g) from one float32 uniform in (0, 1]
+        elif g <= 8:  # inverse CDF of min(Geometric, g): a = #{i <= g: U < alpha^i}, U uniform in [0, 1)
+            u = rng.random(shape, dtype=np.float32)
+            a = (u < thresholds[0]).astype(np.int16)
+            for th in thresholds[1:]:
+                a += u < th
+        else:  # the same from the logarithm: a = min(floor(log U' / log alpha), g), U' in (0, 1]
             x = np.log(np.float32(1.0) - rng.random(shape, dtype=np.float32))
             x *= inv_log_alpha
             a = np.minimum(x, np.float32(g), out=x).astype(np.int16)  # floor: x >= 0
@@ -243,18 +252,24 @@ def _summarise(total_time, total_tokens, cycle_ms, cycle_tokens, acceptance, bat
     z = total_tokens - ratio * total_time
     se = np.sqrt(z.var(ddof=1) / streams) / total_time.mean()
     scale = batch * 1000.0
-    ms = np.concatenate(cycle_ms)
-    tk = np.concatenate(cycle_tokens)
+    cycles = sum(len(x) for x in cycle_tokens)
+    ms, tk = [], []  # the first QUANTILE_SAMPLES cycles for the latency percentiles (cycles are i.i.d.)
+    for x, y in zip(cycle_ms, cycle_tokens):
+        if sum(len(m) for m in ms) >= QUANTILE_SAMPLES:
+            break
+        ms.append(x[:QUANTILE_SAMPLES])
+        tk.append(y[:QUANTILE_SAMPLES])
+    ms, tk = np.concatenate(ms)[:QUANTILE_SAMPLES], np.concatenate(tk)[:QUANTILE_SAMPLES]
     per_token = ms / tk
     return MCResult(
         tokens_per_second=float(scale * ratio),
         ci95=(float(scale * (ratio - 1.96 * se)), float(scale * (ratio + 1.96 * se))),
         latency_ms_p50=_weighted_quantile(per_token, tk, 0.5),
         latency_ms_p99=_weighted_quantile(per_token, tk, 0.99),
-        tokens_per_full_forward=float(tk.mean()),
+        tokens_per_full_forward=float(sum(float(y.sum()) for y in cycle_tokens) / cycles),
         acceptance=[float(x) for x in acceptance],
         streams=streams,
-        cycles=len(ms),
+        cycles=cycles,
         replay=replay,
     )
 
