@@ -195,3 +195,19 @@ def test_plans_of_different_shapes_score_together():
     together = predict_plans(s, plans).tokens_per_second
     alone = [predict_plans(s, [p]).tokens_per_second[0] for p in plans]
     assert together == pytest.approx(alone, rel=1e-12)
+
+
+@pytest.mark.parametrize("plan,constant", [
+    (Plan(levels=[2, 6, LAYERS], propose=1, windows=[16]), 0.3),  # short blocks: fills extend past K candidates
+    (Plan(levels=[1, 4, 8, LAYERS], propose=2, windows=[8, 16]), 0.5),
+    (Plan(levels=[3, LAYERS], propose=9), 0.7),  # the logarithmic draft draw (propose > 8)
+])
+def test_block_engine_extends_short_fills_without_bias(plan, constant):
+    """The block engine draws K < window candidates per fill and extends only the cells that
+    fall short: the result must still be the analytic model's (and acceptance per level)."""
+    s = Setting(make_profile(layers=LAYERS, constant=constant))
+    pr = predict_plans(s, [plan])
+    r = simulate(s.cost(), s.agreement, plan, streams=4096, cycles=16, seed=2)
+    half = (r.ci95[1] - r.ci95[0]) / 2 * 3.29 / 1.96
+    assert abs(pr.tokens_per_second[0] - r.tokens_per_second) <= half
+    assert r.acceptance == pytest.approx(list(pr.acceptance[0, : plan.depth - 1]), abs=0.01)
