@@ -27,6 +27,7 @@ from .schema import Plan
 
 ACC, COR, BON = 0, 1, 2  # how a buffered token got there: survived, correction, bonus/draft
 CHUNK_CELLS = 500_000  # candidate cells per batch of the block engine (arrays stay in cache)
+EXTENSION_COST = 2.5  # a candidate drawn in an extension, relative to one drawn up front (gather, second check)
 
 
 @dataclass
@@ -197,7 +198,7 @@ def _block_engine(cost: CostModel, model: AgreementModel, plan: Plan, streams: i
             a = draw(level - 1, (w, 2048))[0]
             needed = (np.cumsum(a + 1, 0) - a - 1 < w).sum(0)
             ks = np.arange(1, w + 1)
-            K[level] = int(ks[np.argmin(ks + np.array([(needed > kk).mean() for kk in ks]) * (w - ks) * 1.5)])
+            K[level] = int(ks[np.argmin(ks + np.array([(needed > kk).mean() for kk in ks]) * (w - ks) * EXTENSION_COST)])
         kk = K[level]
         a, bonus, t, stats = draw(level - 1, (kk,) + shape)  # candidates on axis 0: reductions stay elementwise
         out = check(level, a, bonus, t, stats)
