@@ -27,6 +27,7 @@ from .schema import Plan
 
 ACC, COR, BON = 0, 1, 2  # how a buffered token got there: survived, correction, bonus/draft
 CHUNK_CELLS = 500_000  # candidate cells per batch of the block engine (arrays stay in cache)
+TABLE_ROWS = 4096  # level-2 checks of up to this many draft-round combinations go by table lookup
 EXTENSION_COST = 2.5  # a candidate drawn in an extension, relative to one drawn up front (gather, second check)
 
 
@@ -184,6 +185,47 @@ def _block_engine(cost: CostModel, model: AgreementModel, plan: Plan, streams: i
         return (shaped(accepted), shaped(~failed), shaped(time),
                 [(shaped(c), shaped(x)) for c, x in lower] + [(shaped(n), shaped(accepted))])
 
+    tables: dict[int, tuple] = {}
+
+    def draft_tables(cands: int):
+        """Every combination of `cands` draft rounds (a_i in 0..g), indexed sum a_i (g+1)^i:
+        what a level-2 check of it yields. thr[c, j] = log P(its first j + 1 buffered tokens
+        all pass) (-inf past the buffer): a check accepts #{j : thr[c, j] > log U}, the
+        same one-uniform law as `check`."""
+        if cands not in tables:
+            w = plan.windows[0]
+            lacc, lcor, lbon = log_rates[1]
+            combos = (np.arange((g + 1) ** cands)[:, None] // (g + 1) ** np.arange(cands)[None, :]) % (g + 1)
+            n_tab, used_tab = np.zeros(len(combos), np.int16), np.zeros(len(combos), np.int16)
+            thr = np.full((len(combos), cap[1]), -np.inf, np.float32)
+            for c, row in enumerate(combos):
+                logs, n_used = [], 0
+                for a_i in row:
+                    if len(logs) >= w:
+                        break
+                    logs += [lacc] * int(a_i) + [lbon if a_i == g else lcor]
+                    n_used += 1
+                n_tab[c], used_tab[c] = len(logs), n_used
+                thr[c, : len(logs)] = np.cumsum(logs)
+            time_tab = (used_tab * round_ms + check_ms[1][n_tab]).astype(np.float32)  # levels[2] checks n tokens
+            tables[cands] = (n_tab, used_tab, thr, time_tab)
+        return tables[cands]
+
+    def check_drafts(a):
+        """`check` at level 2 (draft rounds as candidates) by table lookup: one index per cell."""
+        cands, cell_shape = a.shape[0], a.shape[1:]
+        n_tab, used_tab, thr, time_tab = draft_tables(cands)
+        a = a.reshape(cands, -1)
+        idx = a[0].astype(np.intp)
+        for i in range(1, cands):
+            idx += a[i] * (g + 1) ** i
+        u = np.log(np.float32(1.0) - rng.random(a.shape[1], dtype=np.float32))
+        accepted = (thr.take(idx, axis=0) > u[:, None]).sum(1, dtype=np.int16)
+        n, n_used = n_tab.take(idx), used_tab.take(idx)
+        shaped = lambda x: x.reshape(cell_shape)
+        return (shaped(accepted), shaped(accepted == n), shaped(time_tab.take(idx)),
+                [(shaped(n_used * np.int16(g)), shaped(n - n_used)), (shaped(n), shaped(accepted))])
+
     K: dict[int, int] = {}
 
     def draw(level: int, shape: tuple):
@@ -201,7 +243,7 @@ def _block_engine(cost: CostModel, model: AgreementModel, plan: Plan, streams: i
             K[level] = int(ks[np.argmin(ks + np.array([(needed > kk).mean() for kk in ks]) * (w - ks) * EXTENSION_COST)])
         kk = K[level]
         a, bonus, t, stats = draw(level - 1, (kk,) + shape)  # candidates on axis 0: reductions stay elementwise
-        out = check(level, a, bonus, t, stats)
+        out = check_drafts(a) if (level == 2 and (g + 1) ** kk <= TABLE_ROWS) else check(level, a, bonus, t, stats)
         if kk == w:
             return out
         short = np.flatnonzero(a.sum(0, dtype=np.int16).reshape(-1) + kk < w)  # K candidates end below the window
