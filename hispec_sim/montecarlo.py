@@ -215,12 +215,15 @@ def _block_engine(cost: CostModel, model: AgreementModel, plan: Plan, streams: i
         """`check` at level 2 (draft rounds as candidates) by table lookup: one index per cell."""
         cands, cell_shape = a.shape[0], a.shape[1:]
         n_tab, used_tab, thr, time_tab = draft_tables(cands)
+        thr_cols = [np.ascontiguousarray(thr[:, j]) for j in range(thr.shape[1])]
         a = a.reshape(cands, -1)
         idx = a[0].astype(np.intp)
         for i in range(1, cands):
-            idx += a[i] * (g + 1) ** i
+            idx += a[i] * np.int16((g + 1) ** i)
         u = np.log(np.float32(1.0) - rng.random(a.shape[1], dtype=np.float32))
-        accepted = (thr.take(idx, axis=0) > u[:, None]).sum(1, dtype=np.int16)
+        accepted = np.zeros(a.shape[1], np.int16)
+        for col in thr_cols:  # the passing tokens form a prefix: count them column by column
+            accepted += col.take(idx) > u
         n, n_used = n_tab.take(idx), used_tab.take(idx)
         shaped = lambda x: x.reshape(cell_shape)
         return (shaped(accepted), shaped(accepted == n), shaped(time_tab.take(idx)),
