@@ -122,3 +122,26 @@ def test_analytic_within_monte_carlo_empirical(correlated, plan):
     base = make_profile(layers=LAYERS, traces=resolve_depth_traces(LAYERS, 2000, 2)) if correlated else make_profile(layers=LAYERS)
     s = Setting(_with_spread(base, _empirical(mats, weights=[1, 2, 3, 1, 1])))
     _agrees(s, plan, seed=7)
+
+
+def test_cli_evaluate_and_optimize_use_the_spread(tmp_path, capsys):
+    import json
+
+    from hispec_sim.cli import main
+    from hispec_sim.schema import save_profile
+
+    base = make_profile(layers=LAYERS)
+    plain, spread = tmp_path / "plain.json", tmp_path / "spread.json"
+    save_profile(base, plain)
+    save_profile(_with_spread(base, _lognormal(0.8)), spread)
+    out = {}
+    for name, path in (("plain", plain), ("spread", spread)):
+        assert main(["evaluate", "--profile", str(path), "--levels", f"2,6,{LAYERS}", "--propose", "2", "--window", "4",
+                     "--mc", "--streams", "256", "--json"]) == 0
+        out[name] = json.loads(capsys.readouterr().out)
+        assert main(["optimize", "--profile", str(path), "--json", "--max-propose", "3", "--max-window", "4"]) == 0
+        out[name + "_opt"] = json.loads(capsys.readouterr().out)
+    assert out["spread"]["tokens_per_second"] < out["plain"]["tokens_per_second"]
+    assert out["spread"]["monte_carlo"]["streams"] == 256
+    # the spread can raise or lower a plan's throughput (1 / E[t] against 1 / t(E[z])): it must change it
+    assert out["spread_opt"]["best"]["tokens_per_second"] != pytest.approx(out["plain_opt"]["best"]["tokens_per_second"], rel=1e-4)
