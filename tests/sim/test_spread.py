@@ -145,3 +145,23 @@ def test_cli_evaluate_and_optimize_use_the_spread(tmp_path, capsys):
     assert out["spread"]["monte_carlo"]["streams"] == 256
     # the spread can raise or lower a plan's throughput (1 / E[t] against 1 / t(E[z])): it must change it
     assert out["spread_opt"]["best"]["tokens_per_second"] != pytest.approx(out["plain_opt"]["best"]["tokens_per_second"], rel=1e-4)
+
+
+def test_published_spread_keeps_the_published_figure_reproduced():
+    """with_published_spread refits the curve's level so that the published acceptance rate
+    (Llama3-8B ShareGPT: 0.475 accepted/checked of [8,32] with N_d = 2) is still what
+    predict reports, now as the mean over requests; sigma 0 changes nothing."""
+    from hispec_sim.acceptance_fit import PUBLISHED_SIGMA, with_published_spread
+    from hispec_sim.schema import load_profile
+
+    p = load_profile("h100_llama3_8b")
+    wl = {k: p.workloads[k] for k in ("sharegpt", "sharegpt_per_position")}
+    spread = with_published_spread(wl)
+    q = p.model_copy(update={"workloads": spread, "default_workload": "sharegpt"})
+    acc = spread["sharegpt"]
+    assert acc.spread.sigma == PUBLISHED_SIGMA and acc.spread.source.kind == "assumed"
+    assert acc.fit["params"]["m"] != acc.fit["spread_refit"]["m_without_spread"]
+    pr = predict_plans(Setting(q, "sharegpt"), [Plan(levels=[8, 32], propose=2)])
+    assert pr.acceptance[0, 0] == pytest.approx(0.475, abs=2e-4)
+    same = with_published_spread(wl, sigma=0.0)["sharegpt"]
+    assert same.agreement == wl["sharegpt"].agreement and same.spread.sigma == 0.0
