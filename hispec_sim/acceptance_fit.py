@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import least_squares
 
-from .schema import Acceptance, Plan, Source
+from .schema import Acceptance, AcceptanceSpread, Plan, Source
 
 READINGS = ("per_draft", "per_position")
 
@@ -92,8 +92,9 @@ class _CurveAcceptance:
     joint = "independent"
     traces = None
 
-    def __init__(self, exits, F):
+    def __init__(self, exits, F, spread=None):
         self.exits = list(exits)
+        self.spread = spread
         F = np.maximum(np.maximum.accumulate(np.asarray(F, dtype=float)), 1e-12)
         A = np.minimum.outer(F, F) / np.maximum.outer(F, F)
         np.fill_diagonal(A, 1.0)
@@ -108,9 +109,10 @@ def unit_cost(num_layers: int):
     return CostModel(synthetic_profile(num_layers, 1.0, 0.5).table(), batch=1, context=0, max_tokens=64)
 
 
-def plan_acceptance(plan: Plan, level: int | None, m: float, c: float, L: int, cost=None) -> float:
+def plan_acceptance(plan: Plan, level: int | None, m: float, c: float, L: int, cost=None, spread=None) -> float:
     """accepted/checked at `level` (2..k; default k) of `plan`, from hispec_sim.analytic.predict
-    with the agreement matrix of the curve (m, c) over the plan's exits."""
+    with the agreement matrix of the curve (m, c) over the plan's exits (with a per-request
+    `spread`: the mean over requests, as predict reports it)."""
     from .acceptance import AgreementModel
     from .analytic import predict
 
@@ -122,7 +124,7 @@ def plan_acceptance(plan: Plan, level: int | None, m: float, c: float, L: int, c
     if not (2 <= level <= plan.depth):
         raise ValueError(f"acceptance: level {level} out of range 2..{plan.depth}")
     ex = np.asarray(plan.levels)
-    model = AgreementModel(_CurveAcceptance(ex, curve(ex / L, m, c)))
+    model = AgreementModel(_CurveAcceptance(ex, curve(ex / L, m, c), spread))
     pr = predict(cost if cost is not None else unit_cost(L), model, [plan])
     return float(pr.acceptance[0, level - 2])
 
@@ -309,3 +311,99 @@ def constant_acceptance(num_layers: int, agreement: float, source: Source, conte
     np.fill_diagonal(A, 1.0)
     return Acceptance(exits=list(range(1, n + 1)), agreement=A.tolist(), context=context, joint="independent",
                       source=source, fit=fit)
+
+
+# --------------------------------------------------------------------------- per-request spread of published profiles
+
+PUBLISHED_SIGMA = 0.4
+PUBLISHED_SIGMA_NOTE = (
+    "ASSUMED: no publication reports acceptance per request. sigma = 0.4 is the between-prompt standard deviation of "
+    "logit(agreement with the final layer) at 1/8-1/4 depth measured on the shipped CPU model (profiles/cpu_hispec_tiny.json, "
+    "16 prompts x 128 tokens: 0.41 at exit 2/16, 0.40 at exit 4/16, binomial noise of 128 tokens included). Every rate of a "
+    "request (each exit pair, marginal and conditional) is the workload's rate shifted by the request's z ~ N(0, sigma) in "
+    "logit space: around the fitted curve's level (for pairs with the final layer exactly a shift of the level m of "
+    "F(e) = sigmoid(m + c logit(e/L))).")
+
+
+def published_spread(sigma: float = PUBLISHED_SIGMA, note: str = PUBLISHED_SIGMA_NOTE) -> AcceptanceSpread:
+    """The per-request spread a profile built from published (mean) acceptance figures carries."""
+    return AcceptanceSpread(family="logit_normal", sigma=sigma,
+                            source=Source(kind="assumed", detail=note, reference="profiles/cpu_hispec_tiny.json"))
+
+
+def with_published_spread(workloads: dict[str, Acceptance], sigma: float = PUBLISHED_SIGMA) -> dict[str, Acceptance]:
+    """The builders' one call: every workload with the assumed logit-normal spread (workloads
+    that already carry a measured spread keep it). A workload fitted to published figures
+    (fit family F(e) = sigmoid(m + c logit(e/L)) over exits 1..L) gets its level m refitted,
+    c kept, so that its published figures stay reproduced as averages over requests:
+    per_draft figures as predict's per-level acceptance with the spread, per-position
+    figures as E_z[sigmoid(logit(rate) + z)]."""
+    sp = published_spread(sigma)
+    out = {}
+    for k, v in workloads.items():
+        if v.spread is not None:
+            out[k] = v
+        elif _refittable(v):
+            out[k] = _refit_with_spread(v, sp)
+        else:
+            out[k] = v.model_copy(update={"spread": sp})
+    return out
+
+
+def _refittable(acc: Acceptance) -> bool:
+    f = acc.fit or {}
+    return (str(f.get("family", "")).startswith("F(e) = sigmoid(m + c*logit(e/L))") and "params" in f
+            and acc.exits == list(range(1, int(f.get("num_layers", 0)) + 1))
+            and any("used_for" not in d for d in f.get("points", [])))
+
+
+def _points_of(fit: dict) -> list[Point]:
+    out = []
+    for d in fit["points"]:
+        if "used_for" in d:
+            continue
+        cfg = d.get("config")
+        out.append(Point(workload=d["workload"], kind=d["kind"], value=float(d["value"]), exit=d.get("exit"),
+                         exit2=d.get("exit2"), plan=Plan(levels=cfg["levels"], propose=cfg["propose"], windows=cfg["windows"])
+                         if cfg else None, level=cfg["level"] if cfg else None, source=d.get("source", "")))
+    return out
+
+
+def _predict_with_spread(p: Point, m: float, c: float, L: int, spread: AcceptanceSpread, scen) -> float:
+    from .acceptance import shift_logit
+
+    if p.kind == "per_draft":
+        return plan_acceptance(p.plan, p.level, m, c, L, spread=spread)
+    if p.kind in ("final", "pair"):
+        rate = p.predict(m, c, L)
+        return float(np.dot(scen.weights, shift_logit(rate, scen.shifts)))
+    return p.predict(m, c, L)  # mean_layer: a depth, not a rate; kept as the mean curve's
+
+
+def _refit_with_spread(acc: Acceptance, spread: AcceptanceSpread) -> Acceptance:
+    from .acceptance import spread_scenarios
+
+    fit = dict(acc.fit)
+    L = int(fit["num_layers"])
+    m0, c = float(fit["params"]["m"]), float(fit["params"]["c"])
+    pts = _points_of(fit)
+    scen = spread_scenarios(acc.model_copy(update={"spread": spread}))
+    if scen is None:  # sigma 0: nothing moves
+        return acc.model_copy(update={"spread": spread})
+
+    def resid(theta):
+        return np.array([p.weight * (_predict_with_spread(p, theta[0], c, L, spread, scen) - p.value) / p.scale(L)
+                         for p in pts])
+
+    m = float(least_squares(resid, [m0], bounds=([-20.0], [20.0]), xtol=1e-12, ftol=1e-12, gtol=1e-12).x[0])
+    res = resid([m])
+    fit["params"] = {"m": round(m, 6), "c": fit["params"]["c"]}
+    fit["spread_refit"] = {
+        "m_without_spread": m0, "sigma": spread.sigma,
+        "note": "level m refitted (c kept) so that the published figures are reproduced as averages over requests "
+                "under the assumed per-request spread (per_draft: the mean of each request's accepted/checked)",
+        "residuals": [round(float(r), 6) for r in res]}
+    F = curve(np.arange(1, L + 1) / L, m, c)
+    if "F_at_exits" in fit:
+        fit["F_at_exits"] = {e: round(float(F[int(e) - 1]), 5) for e in fit["F_at_exits"]}
+    return acc.model_copy(update={"agreement": agreement_matrix(F), "spread": spread, "fit": fit})

@@ -11,6 +11,19 @@ tokens then one token of that level's own, a correction or a bonus) until the bu
 holds >= window tokens; by Wald's identity E[time] = E[#blocks] E[time per block] +
 E[cost of the check]. The block counts follow a renewal recursion over buffer length,
 so everything is a few array operations, vectorised over plans.
+
+Per-request spread (Acceptance.spread): requests differ in their rates; each request runs
+at its own rates throughout. A request of N output tokens takes N x t_r, t_r = its mean
+time per committed token (cycle_r / committed_r), so the aggregate throughput of many
+requests is E[tokens] / E[time] = sum N / sum N t_r; with N equal over requests (or the
+empirical family's per-request token weights as N) that is 1 / E_w[t_r] -- NOT the mean of
+per-request rates E[1 / t_r], which is larger (Jensen). `expected_chain_terms` returns the
+per-cycle terms of that aggregate: committed = 1 / E_w[1 / committed_r] (tokens per
+full-model forward over all requests' cycles) and cycle = E_w[t_r] x committed, so
+committed / cycle = 1 / E_w[t_r]. The expectation is exact over a discrete distribution:
+Gauss-Hermite quadrature for logit_normal, one evaluation per distinct request for
+empirical (acceptance.spread_scenarios). Per-level acceptance is E_w[acceptance_r]: the
+token-weighted mean of each request's accepted / checked.
 """
 from __future__ import annotations
 
@@ -156,8 +169,39 @@ def chain_terms(cost: CostModel, model: AgreementModel, levels: np.ndarray, prop
     raise AssertionError("unreachable")
 
 
+SCENARIO_ROWS = 250_000  # plan rows x scenarios evaluated in one vectorised pass (memory bound)
+
+
+def expected_chain_terms(cost: CostModel, model: AgreementModel, levels: np.ndarray, propose: np.ndarray,
+                         windows: np.ndarray, top_width: int | None = None):
+    """chain_terms averaged over the workload's request distribution (module docstring):
+    (committed, cycle_ms, acceptance) with committed / cycle = 1 / E_w[time per token].
+    Without a spread (or a degenerate one) exactly chain_terms."""
+    scen = getattr(model, "scenarios", None)
+    if scen is None:
+        return chain_terms(cost, model, levels, propose, windows, top_width)
+    plans, S = len(levels), len(scen.weights)
+    per_call = max(1, SCENARIO_ROWS // max(plans * (top_width or 1), 1))
+    time_per_token = inv_committed = 0.0
+    acc_sum = None
+    for lo in range(0, S, per_call):
+        s = np.arange(lo, min(S, lo + per_call))
+        rows = np.repeat(s, plans)  # scenario-major: row = scenario x plans + plan
+        tile = lambda x: np.tile(x, (len(s),) + (1,) * (np.ndim(x) - 1))
+        committed, cycle, acc = chain_terms(cost, model.for_rows(rows), tile(levels), tile(propose), tile(windows), top_width)
+        w = scen.weights[s].reshape((len(s), 1) + (1,) * (np.ndim(committed) - 1))
+        fold = lambda x: (w * x.reshape((len(s), plans) + x.shape[1:])).sum(0)
+        time_per_token = time_per_token + fold(cycle / committed)
+        inv_committed = inv_committed + fold(1.0 / committed)
+        folded = [fold(a) for a in acc]
+        acc_sum = folded if acc_sum is None else [x + y for x, y in zip(acc_sum, folded)]
+    committed = 1.0 / inv_committed
+    return committed, time_per_token * committed, acc_sum
+
+
 def predict(cost: CostModel, model: AgreementModel, plans: list[Plan]) -> Prediction:
-    """Expected throughput of plans (any mix of depths) on one cost model and workload."""
+    """Expected throughput of plans (any mix of depths) on one cost model and workload
+    (over its request distribution when it has a spread: module docstring)."""
     n = len(plans)
     out = Prediction(np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n), np.zeros((n, max(p.depth for p in plans) - 1)))
     by_depth: dict[int, list[int]] = {}
@@ -173,7 +217,7 @@ def predict(cost: CostModel, model: AgreementModel, plans: list[Plan]) -> Predic
             levels = np.array([plans[i].levels for i in idx])
             propose = np.array([plans[i].propose for i in idx])
             windows = np.array([plans[i].windows for i in idx]).reshape(len(idx), depth - 2)
-            committed, cycle, acc = chain_terms(cost, model, levels, propose, windows)
+            committed, cycle, acc = expected_chain_terms(cost, model, levels, propose, windows)
         _fill(out, idx, committed, cycle, cost.batch, acc)
     return out
 

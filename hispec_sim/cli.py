@@ -374,6 +374,9 @@ def build_parser() -> Parser:
     p.add_argument("--prompt-seed", type=int, help="seed of the held-out prompts (default: those the profile was measured on)")
     p.add_argument("--out", help="also write the JSON result here")
     p.set_defaults(func=cmd_validate)
+    from . import audit
+
+    audit.add_parser(sub)  # `hispec-sim audit` (audit.py)
     return parser
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .acceptance import AgreementModel
-from .analytic import Prediction, chain_terms, predict
+from .analytic import Prediction, expected_chain_terms, predict
 from .latency import CostModel
 from .schema import Plan, Profile
 
@@ -139,7 +139,7 @@ def exhaustive_arrays(setting: Setting, max_propose: int = 8, max_window: int = 
         return exits, np.zeros((0, max_propose)), np.zeros((0, 2), int), np.zeros((0, max_propose, max_window))
     # single level: sweep propose as the window of the draft buffer
     lv = np.stack([exits, np.full_like(exits, L)], 1)
-    committed, cycle, _ = chain_terms(cost, model, lv, np.ones(len(exits), int), np.zeros((len(exits), 0), int), max_propose)
+    committed, cycle, _ = expected_chain_terms(cost, model, lv, np.ones(len(exits), int), np.zeros((len(exits), 0), int), max_propose)
     single = B * 1000.0 * committed / cycle
     d, i = np.triu_indices(len(exits), 1)
     pairs = np.stack([exits[d], exits[i]], 1)
@@ -148,7 +148,7 @@ def exhaustive_arrays(setting: Setting, max_propose: int = 8, max_window: int = 
     rows_pair = np.repeat(np.arange(len(pairs)), max_propose)
     rows_g = np.tile(np.arange(1, max_propose + 1), len(pairs))
     lv3 = np.concatenate([pairs[rows_pair], np.full((len(rows_pair), 1), L)], 1)
-    committed, cycle, _ = chain_terms(cost, model, lv3, rows_g, np.ones((len(rows_pair), 1), int), max_window)
+    committed, cycle, _ = expected_chain_terms(cost, model, lv3, rows_g, np.ones((len(rows_pair), 1), int), max_window)
     three = (B * 1000.0 * committed / cycle).reshape(len(pairs), max_propose, max_window)
     return exits, single, pairs, three
 

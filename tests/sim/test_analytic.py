@@ -78,12 +78,24 @@ def test_accounting_when_nothing_is_accepted():
 
 
 @settings(max_examples=30, deadline=None)
-@given(a=st.floats(0.0, 1.0), bump=st.floats(0.0, 1.0), depth=st.integers(2, 4), data=st.data())
-def test_more_agreement_never_hurts(a, bump, depth, data):
-    plan = data.draw(plans(depth))
+@given(a=st.floats(0.0, 1.0), bump=st.floats(0.0, 1.0), data=st.data())
+def test_more_agreement_never_hurts_single_level(a, bump, data):
+    """Single-level: tokens per full forward rise with agreement (Leviathan's formula).
+    Deeper chains need not: see the counterexample below."""
+    plan = data.draw(plans(2))
     low = predict_plans(Setting(make_profile(layers=LAYERS, constant=a)), [plan]).tokens_per_full_forward[0]
     high = predict_plans(Setting(make_profile(layers=LAYERS, constant=a + bump * (1 - a))), [plan]).tokens_per_full_forward[0]
     assert high >= low * (1 - 1e-9)
+
+
+def test_more_agreement_can_mean_fewer_tokens_per_full_forward_in_deep_chains():
+    """[1,2,3,12] g=1 w=5,7: at agreement 1 every level-3 check emits exactly 7 tokens, so the
+    full model checks 7 and commits 8; slightly lower agreement sometimes needs a second
+    level-3 check, whose buffer overshoots the window: more tokens per full forward."""
+    plan = Plan(levels=[1, 2, 3, LAYERS], propose=1, windows=[5, 7])
+    low = predict_plans(Setting(make_profile(layers=LAYERS, constant=0.984375)), [plan]).tokens_per_full_forward[0]
+    high = predict_plans(Setting(make_profile(layers=LAYERS, constant=1.0)), [plan]).tokens_per_full_forward[0]
+    assert high == pytest.approx(8.0) and low > high
 
 
 def _agrees_with_mc(s: Setting, plan: Plan, seed: int, replay=False):
@@ -195,3 +207,19 @@ def test_plans_of_different_shapes_score_together():
     together = predict_plans(s, plans).tokens_per_second
     alone = [predict_plans(s, [p]).tokens_per_second[0] for p in plans]
     assert together == pytest.approx(alone, rel=1e-12)
+
+
+@pytest.mark.parametrize("plan,constant", [
+    (Plan(levels=[2, 6, LAYERS], propose=1, windows=[16]), 0.3),  # short blocks: fills extend past K candidates
+    (Plan(levels=[1, 4, 8, LAYERS], propose=2, windows=[8, 16]), 0.5),
+    (Plan(levels=[3, LAYERS], propose=9), 0.7),  # the logarithmic draft draw (propose > 8)
+])
+def test_block_engine_extends_short_fills_without_bias(plan, constant):
+    """The block engine draws K < window candidates per fill and extends only the cells that
+    fall short: the result must still be the analytic model's (and acceptance per level)."""
+    s = Setting(make_profile(layers=LAYERS, constant=constant))
+    pr = predict_plans(s, [plan])
+    r = simulate(s.cost(), s.agreement, plan, streams=4096, cycles=16, seed=2)
+    half = (r.ci95[1] - r.ci95[0]) / 2 * 3.29 / 1.96
+    assert abs(pr.tokens_per_second[0] - r.tokens_per_second) <= half
+    assert r.acceptance == pytest.approx(list(pr.acceptance[0, : plan.depth - 1]), abs=0.01)

@@ -1,0 +1,339 @@
+"""Claims audit: what acceptance would a claimed speed-up need, and is that consistent with
+what was published?
+
+One parameter moves: the LEVEL of the workload's acceptance curve, its slope kept.
+  * Profiles fitted to published figures (Acceptance.fit, family F(e) = sigmoid(m + c
+    logit(e/L)), acceptance_fit.py): the level is m; the agreement matrix at level m is the
+    depth-Markov F(a)/F(b) of that curve (unrounded), the per-request spread (logit_normal)
+    kept.
+  * Other workloads (measured matrices): every agreement rate shifted by z in logit space
+    (acceptance.shift_logit); the level is z, 0 = the workload as measured.
+The predicted speed-up over autoregressive decoding (analytic.predict, the same cost model
+as `evaluate`) rises with the level, so the level that reproduces a claim is found by
+bisection. The ceiling is the speed-up at perfect acceptance (every rate 1): a claim
+above it cannot be reached under the cost model whatever the acceptance -- the audit says
+so and by how much; that is an answer, not an error.
+
+Against the published points: every point the workload's curve was fitted to (fit.points)
+is recomputed on the curve at the required level (the same Point.predict the fit used) and
+compared with the published value; the band of a point is its value in the workload's
+`<w>_low` / `<w>_high` variants (the published reading error). The claim is reconciled
+with the published acceptance when every own point of the required curve lies within its
+band. This is an audit, not a fit: nothing here changes a profile.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .acceptance import AgreementModel, shift_logit
+from .acceptance_fit import Point, curve, unit_cost
+from .analytic import expected_chain_terms, predict
+from .evaluate import Setting, _max_tokens
+from .schema import Plan
+
+LEVEL_RANGE = 40.0  # bisection bracket for the level (logit units): rates within ~1e-16 of 0 / 1 at the ends
+BEST_SINGLE_LEVEL = "best_single_level"
+
+
+class _LevelAcceptance:
+    """Duck-typed schema.Acceptance for AgreementModel: a matrix, the spread kept."""
+
+    joint = "independent"
+    traces = None
+
+    def __init__(self, exits, agreement, spread=None, joint="independent", traces=None):
+        self.exits, self.agreement, self.spread = list(exits), np.asarray(agreement, float), spread
+        self.joint, self.traces = joint, traces
+
+
+def _curve_params(acc) -> tuple[float, float] | None:
+    fit = acc.fit or {}
+    p = fit.get("params") or {}
+    if str(fit.get("family", "")).startswith("F(e) = sigmoid(m + c*logit(e/L))") and "m" in p and "c" in p:
+        return float(p["m"]), float(p["c"])
+    return None
+
+
+def _depth_markov(F: np.ndarray) -> np.ndarray:
+    F = np.maximum(np.maximum.accumulate(np.asarray(F, float)), 1e-300)
+    A = np.minimum.outer(F, F) / np.maximum.outer(F, F)
+    np.fill_diagonal(A, 1.0)
+    return A
+
+
+@dataclass
+class Family:
+    """The one-parameter family of a workload: matrix(level) and its description."""
+
+    setting: Setting
+
+    def __post_init__(self):
+        acc = self.setting.acceptance
+        self.acc = acc
+        self.params = _curve_params(acc)
+        self.L = self.setting.num_layers
+        self.exits = np.asarray(acc.exits)
+        spread = acc.spread if (acc.spread is not None and acc.spread.family == "logit_normal") else None
+        self.spread = spread
+        if self.params is not None:
+            self.kind = "curve"
+            self.level0, self.c = self.params
+            self.describe = (f"F(e) = sigmoid(m + c*logit(e/L)), c = {self.c:.4f} kept; level = m (profile: {self.level0:.4f}); "
+                             "agreement(a,b) = F(a)/F(b)")
+        else:
+            self.kind = "logit_shift"
+            self.level0, self.c = 0.0, None
+            self.describe = "every agreement rate of the workload shifted by z in logit space; level = z (profile: 0)"
+
+    def F(self, level: float, exits) -> np.ndarray:
+        """Agreement with the final layer at `exits` for this level."""
+        exits = np.asarray(exits)
+        if self.kind == "curve":
+            return curve(exits / self.L, level, self.c)
+        A = np.asarray(self.acc.agreement, float)
+        idx = np.searchsorted(self.exits, exits)
+        return shift_logit(A[idx, len(self.exits) - 1], level - self.level0)
+
+    def model(self, level: float) -> AgreementModel:
+        if math.isinf(level):
+            A = np.ones((len(self.exits), len(self.exits))) if level > 0 else np.eye(len(self.exits))
+            return AgreementModel(_LevelAcceptance(self.exits, A, self.spread))
+        if self.kind == "curve":
+            A = _depth_markov(curve(self.exits / self.L, level, self.c))
+            return AgreementModel(_LevelAcceptance(self.exits, A, self.spread))
+        A = shift_logit(np.asarray(self.acc.agreement, float), level - self.level0)
+        np.fill_diagonal(A, 1.0)
+        joint = self.acc.joint
+        return AgreementModel(_LevelAcceptance(self.exits, A, self.spread, joint,
+                                               self.acc.traces if joint == "traces" else None)) if joint == "independent" \
+            else _ShiftedModel(AgreementModel(self.acc), level - self.level0, A)
+
+
+class _ShiftedModel(AgreementModel):
+    """A measured workload with joint='traces': the conditional rates shifted as well."""
+
+    def __init__(self, base: AgreementModel, z: float, matrix: np.ndarray):
+        self.__dict__.update(base.__dict__)
+        self.matrix, self.z = matrix, z
+        sp = base.acc.spread
+        self.scenarios = base.scenarios if (sp is not None and sp.family == "logit_normal") else None
+
+    def rates(self, lower2, lower, upper):
+        from .acceptance import LevelRates
+
+        r = AgreementModel.rates(self, lower2, lower, upper)
+        return LevelRates(shift_logit(r.marginal, self.z), shift_logit(r.after_accept, self.z), shift_logit(r.after_reject, self.z))
+
+
+def _speedup_fn(setting: Setting, family: Family, plan: Plan | str):
+    """level -> (speed-up over autoregressive, the plan that achieves it)."""
+    L, B = setting.num_layers, setting.batch
+    if plan == BEST_SINGLE_LEVEL:
+        exits = np.array([e for e in setting.acceptance.exits if e < L])
+        G = 8
+        cost = setting.cost(G + 16)
+        ar = B * 1000.0 / cost.autoregressive_ms(L)
+        lv = np.stack([exits, np.full_like(exits, L)], 1)
+
+        def f(level):
+            committed, cycle, _ = expected_chain_terms(cost, family.model(level), lv, np.ones(len(exits), int),
+                                                       np.zeros((len(exits), 0), int), G)
+            tps = B * 1000.0 * committed / cycle
+            e, g = np.unravel_index(np.argmax(tps), tps.shape)
+            return float(tps[e, g] / ar), Plan(levels=[int(exits[e]), L], propose=int(g) + 1, batch=B)
+        return f
+    setting.profile.check_plan(plan, setting.workload)
+    cost = setting.cost(_max_tokens([plan]))
+    ar = B * 1000.0 / cost.autoregressive_ms(L)
+
+    def f(level):
+        return float(predict(cost, family.model(level), [plan]).tokens_per_second[0] / ar), plan
+    return f
+
+
+def _solve(f, target: float, lo: float, hi: float, tol: float = 1e-7) -> float:
+    """Bisection on an increasing f (speed-up in level)."""
+    flo = f(lo)[0]
+    if flo >= target:
+        return lo
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if f(mid)[0] < target:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < tol:
+            break
+    return 0.5 * (lo + hi)
+
+
+def _point_from_record(d: dict) -> Point:
+    cfg = d.get("config")
+    plan = Plan(levels=cfg["levels"], propose=cfg["propose"], windows=cfg["windows"]) if cfg else None
+    return Point(workload=d["workload"], kind=d["kind"], value=float(d["value"]), exit=d.get("exit"), exit2=d.get("exit2"),
+                 plan=plan, level=cfg["level"] if cfg else None, source=d.get("source", ""))
+
+
+def _own_points(acc, workload_fit_name: str | None = None) -> list[dict]:
+    fit = acc.fit or {}
+    return [d for d in fit.get("points", []) if "used_for" not in d]
+
+
+def _band_workloads(setting: Setting):
+    """(low, high) variants of this workload: <base>_low / <base>_high, where base drops a
+    reading suffix (the band is the published reading error, the same for either reading)."""
+    name = setting.workload
+    base = name.removesuffix("_per_position")
+    wl = setting.profile.workloads
+    low, high = wl.get(base + "_low"), wl.get(base + "_high")
+    if name.endswith(("_low", "_high")) or low is None or high is None:
+        return None
+    return low, high
+
+
+def audit(setting: Setting, plan: Plan | str, speedup: float) -> dict:
+    """What level of the workload's acceptance curve reproduces `speedup` for `plan` (a Plan,
+    or BEST_SINGLE_LEVEL: the best single-level plan at each level), the ceiling, and the
+    distance to the published points (module docstring)."""
+    if not (isinstance(speedup, (int, float)) and math.isfinite(speedup) and speedup > 0):
+        raise ValueError(f"speedup: must be a finite number > 0, got {speedup}")
+    fam = Family(setting)
+    f = _speedup_fn(setting, fam, plan)
+    ceiling, ceiling_plan = f(math.inf)
+    floor, _ = f(-math.inf)
+    own, own_plan = f(fam.level0)
+    out = {**setting.describe(), "claimed_speedup": speedup,
+           "plan": plan if isinstance(plan, str) else plan.describe(), "family": fam.kind, "family_describe": fam.describe,
+           "profile_level": round(fam.level0, 6), "slope_c": None if fam.c is None else round(fam.c, 6),
+           "speedup_at_profile_level": round(own, 6), "plan_at_profile_level": own_plan.describe(),
+           "ceiling_speedup": round(ceiling, 6), "ceiling_plan": ceiling_plan.describe(),
+           "floor_speedup": round(floor, 6)}
+    if speedup > ceiling:
+        out.update(reachable=False, unreachable_by_pct=round(100 * (speedup / ceiling - 1), 3), required_level=None,
+                   verdict=f"unreachable: {speedup:g}x is {100 * (speedup / ceiling - 1):.1f} % above the ceiling "
+                           f"{ceiling:.3f}x (every token accepted) under this cost model")
+        out["reconciled"] = False
+        return out
+    if speedup <= floor:
+        level = -math.inf
+    else:
+        level = _solve(f, speedup, fam.level0 - LEVEL_RANGE, fam.level0 + LEVEL_RANGE)
+        if f(level)[0] < speedup * (1 - 1e-6):  # the top of the bracket is not enough: the limit is the ceiling
+            level = math.inf
+    got, got_plan = f(level)
+    out.update(reachable=True, required_level=None if math.isinf(level) else round(level, 6),
+               level_shift=None if math.isinf(level) else round(level - fam.level0, 6),
+               speedup_at_required_level=round(got, 6), plan_at_required_level=got_plan.describe())
+    levels = got_plan.levels[:-1] if got_plan.depth >= 2 else []
+    L = setting.num_layers
+    band = _band_workloads(setting)
+    rows = []
+    for e in levels:
+        r = {"exit": e, "required": round(float(fam.F(level, [e])[0]), 5) if not math.isinf(level) else (1.0 if level > 0 else 0.0),
+             "profile": round(float(fam.F(fam.level0, [e])[0]), 5)}
+        if band is not None and not setting.workload.endswith("_per_position"):  # bands are around the central reading
+            r["band"] = [round(float(np.asarray(b.agreement)[b.exits.index(e), -1]), 5) for b in band]
+        rows.append(r)
+    out["agreement_with_final_at_exits"] = rows
+    chain = list(got_plan.levels)
+    out["agreement_between_consecutive_levels"] = [
+        {"pair": [a, b], "required": round(float(fam.F(level, [a])[0] / max(fam.F(level, [b])[0], 1e-300)), 5)
+         if not math.isinf(level) else (1.0 if level > 0 else 0.0)} for a, b in zip(chain, chain[1:])]
+    points = []
+    own_pts = _own_points(setting.acceptance)
+    band_pts = [_own_points(b) for b in band] if band is not None else None
+    cost = unit_cost(L)
+    for i, d in enumerate(own_pts):
+        p = _point_from_record(d)
+        if fam.kind != "curve":
+            continue
+        req = float(p.predict(level, fam.c, L, cost)) if not math.isinf(level) else None
+        row = {"kind": p.kind, "published": p.value, "source": p.source,
+               "where": (d.get("config") or {}).get("plan") or f"exit {p.exit}" + (f"/{p.exit2}" if p.exit2 else ""),
+               "required_curve_gives": None if req is None else round(req, 5),
+               "distance": None if req is None else round(req - p.value, 5)}
+        lo_v, hi_v = sorted(float(b[i]["value"]) for b in band_pts) if band_pts is not None and all(
+            len(b) == len(own_pts) for b in band_pts) else (math.nan, math.nan)
+        if lo_v <= p.value <= hi_v:  # the same published figure, moved by its reading error
+            row["band"] = [round(lo_v, 5), round(hi_v, 5)]
+            row["within_band"] = req is not None and lo_v - 1e-9 <= req <= hi_v + 1e-9
+        points.append(row)
+    out["published_points"] = points
+    judged = [r for r in points if "within_band" in r]
+    out["reconciled"] = bool(judged) and all(r["within_band"] for r in judged) if judged else None
+    if math.isinf(level):
+        out["verdict"] = ("reachable only in the limit of perfect acceptance" if level > 0
+                          else f"any acceptance gives at least {floor:.3f}x")
+    else:
+        ex = ", ".join(f"F({r['exit']}) = {r['required']:.3f} (profile {r['profile']:.3f})" for r in rows)
+        out["verdict"] = (f"needs level {level:.3f} ({level - fam.level0:+.3f} from the profile's): {ex}; "
+                          + ("consistent with the published points" if out["reconciled"] else
+                             "NOT consistent with the published points" if out["reconciled"] is False else
+                             "no published points to compare with"))
+    return out
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_parser(subparsers) -> None:
+    from .cli import _setting_args
+
+    p = subparsers.add_parser("audit", help="what acceptance a claimed speed-up needs, and whether it matches the published figures")
+    _setting_args(p)
+    p.add_argument("--plan", help="plan JSON file")
+    p.add_argument("--levels", help=f"exit layers, e.g. 10,20,80, or '{BEST_SINGLE_LEVEL}'")
+    p.add_argument("--propose", type=int, default=1, help="drafts per round")
+    p.add_argument("--window", help="window(s) of the intermediate level(s)")
+    p.add_argument("--speedup", required=True, type=str, help="claimed speed-up over autoregressive decoding (> 0)")
+    p.set_defaults(func=run)
+
+
+def _parse_speedup(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise ValueError(f"speedup: must be a number > 0, got {text!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise ValueError(f"speedup: must be a finite number > 0, got {text!r}")
+    return v
+
+
+def run(args) -> int:
+    from .cli import _plan_from_args, _setting
+
+    speedup = _parse_speedup(args.speedup)
+    setting = _setting(args)
+    if args.levels == BEST_SINGLE_LEVEL:
+        plan = BEST_SINGLE_LEVEL
+    else:
+        args.batch_given = False
+        plan = _plan_from_args(args, setting)
+    out = audit(setting, plan, speedup)
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"profile {setting.profile.name}  workload {setting.workload}  tp {setting.tp}  stack {setting.stack}  "
+          f"batch {setting.batch}  context {setting.context}")
+    print(f"plan {out['plan']}  claimed {speedup:g}x autoregressive")
+    print(f"  family: {out['family_describe']}")
+    print(f"  profile's own level predicts {out['speedup_at_profile_level']:.3f}x ({out['plan_at_profile_level']}); "
+          f"ceiling (perfect acceptance) {out['ceiling_speedup']:.3f}x")
+    if not out["reachable"]:
+        print(f"  UNREACHABLE: {out['verdict']}")
+        return 0
+    print(f"  required level {out['required_level']} (shift {out['level_shift']}) -> {out['speedup_at_required_level']:.3f}x "
+          f"({out['plan_at_required_level']})")
+    for r in out["agreement_with_final_at_exits"]:
+        band = f"  band {r['band'][0]:.3f}-{r['band'][1]:.3f}" if "band" in r else ""
+        print(f"  agreement with the final layer at exit {r['exit']}: required {r['required']:.3f}, profile {r['profile']:.3f}{band}")
+    for r in out["published_points"]:
+        band = f" band {r['band'][0]:.3f}-{r['band'][1]:.3f} ({'within' if r['within_band'] else 'OUTSIDE'})" if "band" in r else ""
+        print(f"  published {r['kind']} {r['where']}: {r['published']:.3f}; the required curve gives "
+              f"{r['required_curve_gives']:.3f} (distance {r['distance']:+.3f}){band}")
+    print(f"  verdict: {out['verdict']}")
+    return 0

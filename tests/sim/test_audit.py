@@ -1,0 +1,87 @@
+"""Claims audit: round trip to the profile's own level, the ceiling, bad input."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from factories import make_profile, resolve_depth_traces
+from hispec_sim.audit import BEST_SINGLE_LEVEL, audit
+from hispec_sim.cli import main
+from hispec_sim.evaluate import Setting, predict_plans
+from hispec_sim.schema import Plan, load_profile
+
+PLAN = Plan(levels=[3, 8, 32], propose=2, windows=[4])
+
+
+def _speedup(s: Setting, plan: Plan) -> float:
+    pr = predict_plans(s, [Plan(levels=[s.num_layers]), plan]).tokens_per_second
+    return float(pr[1] / pr[0])
+
+
+@pytest.mark.parametrize("workload", ["sharegpt", "cnn_dm_per_position"])
+def test_round_trip_returns_the_profiles_own_level(workload):
+    s = Setting(load_profile("h100_llama3_8b"), workload)
+    own = _speedup(s, PLAN)
+    r = audit(s, PLAN, own)
+    # the profile's matrix is rounded to 5 digits, the audit's curve is not
+    assert r["required_level"] == pytest.approx(r["profile_level"], abs=2e-3)
+    assert r["speedup_at_required_level"] == pytest.approx(own, rel=1e-6)
+    for row in r["agreement_with_final_at_exits"]:
+        assert row["required"] == pytest.approx(row["profile"], abs=2e-4)
+    if workload == "sharegpt":  # the fit reproduced the published point: distance ~0, within its band
+        assert r["reconciled"] is True
+        assert all(abs(p["distance"]) < 1e-3 for p in r["published_points"])
+
+
+def test_round_trip_on_a_measured_workload_with_traces():
+    s = Setting(make_profile(layers=12, traces=resolve_depth_traces(12, 2000, 3)))
+    plan = Plan(levels=[2, 6, 12], propose=2, windows=[3])
+    r = audit(s, plan, _speedup(s, plan))
+    assert r["family"] == "logit_shift" and r["required_level"] == pytest.approx(0.0, abs=1e-5)
+    assert r["reconciled"] is None  # no published points
+
+
+def test_more_speedup_needs_more_acceptance_and_the_best_single_level_needs_less():
+    s = Setting(load_profile("h100_llama3_8b"))
+    a, b = audit(s, PLAN, 1.2), audit(s, PLAN, 1.6)
+    assert a["required_level"] < b["required_level"]
+    best = audit(s, BEST_SINGLE_LEVEL, 1.6)
+    single = audit(s, Plan(levels=[8, 32], propose=2), 1.6)
+    assert best["required_level"] <= single["required_level"] + 1e-9
+
+
+def test_above_the_ceiling_is_unreachable_not_an_error(capsys):
+    s = Setting(load_profile("h100_llama3_8b"))
+    r = audit(s, PLAN, 100.0)
+    assert r["reachable"] is False and r["required_level"] is None
+    assert r["unreachable_by_pct"] == pytest.approx(100 * (100.0 / r["ceiling_speedup"] - 1), rel=1e-4)
+    assert main(["audit", "--profile", "h100_llama3_8b", "--levels", "3,8,32", "--propose", "2", "--window", "4",
+                 "--speedup", "100", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["reachable"] is False and "unreachable" in out["verdict"]
+
+
+def test_ceiling_is_perfect_acceptance():
+    s = Setting(make_profile(layers=12, constant=1.0))
+    plan = Plan(levels=[2, 5, 12], propose=3, windows=[4])
+    r = audit(Setting(make_profile(layers=12)), plan, 1.0)
+    assert r["ceiling_speedup"] == pytest.approx(_speedup(s, plan), rel=1e-6)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "abc"])
+def test_bad_speedup_is_one_line_exit_2(value, capsys):
+    rc = main(["audit", "--profile", "h100_llama3_8b", "--levels", "3,8,32", "--propose", "2", "--window", "4",
+               "--speedup", value])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0 and "speedup" in err
+
+
+def test_cli_text_and_json(capsys):
+    assert main(["audit", "--profile", "h100_llama3_8b", "--levels", BEST_SINGLE_LEVEL, "--speedup", "1.14"]) == 0
+    assert "required level" in capsys.readouterr().out
+    assert main(["audit", "--profile", "h100_llama3_8b", "--levels", "3,9,32", "--speedup", "1.5", "--window", "4"]) == 0
+    out = capsys.readouterr().out
+    assert main(["audit", "--profile", "h100_llama3_8b", "--levels", "3,99", "--speedup", "1.5"]) == 2
+    assert "levels" in capsys.readouterr().err
