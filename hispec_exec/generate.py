@@ -381,6 +381,8 @@ class Batch:
         self.running = [d for d in self.running if not d.done]
         if self.batching == "synchronous":
             self._advance()
+            if not self.running:
+                self.phase, self.drafts = 0, 0
         return ms, finished
 
     def _advance(self) -> None:
