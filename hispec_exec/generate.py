@@ -421,7 +421,8 @@ def decode_batch(model: Transformer, plan: Plan, prompts, max_new_tokens: int | 
     """Decode several prompts together as one batch (all start at once; each leaves when
     it has its tokens) under `batching` (default: the plan's). Sequence i samples with
     seed + i. Each sequence's greedy output equals its autoregressive greedy decoding
-    alone; its sampled output equals decode(..., seed=seed + i) alone. wall_s is the
+    alone; under `ragged` its sampled output equals decode(..., seed=seed + i) alone
+    (under `synchronous` it is distributed as the full model's). wall_s is the
     whole batch's decoding time."""
     prompts = list(prompts)
     if not prompts:

@@ -62,8 +62,10 @@ What each decode-step forward carries (plan levels l_1 < ... < l_k = L; a sequen
   charges each sequence its own rows). New requests join at round boundaries only.
 * Greedy: every sequence's output equals its autoregressive greedy decoding alone, token
   for token (the decoding path is row invariant: `hispec_exec.model`). Sampling: request
-  i uses its own generator seeded `seed + i`, so its output equals `decode(...,
-  seed=seed + i)` run alone, whatever shared its batch.
+  i uses its own generator seeded `seed + i`; under `ragged` its operations are its
+  batch-1 schedule, so its output equals `decode(..., seed=seed + i)` run alone, whatever
+  shared its batch; under `synchronous` its checks fall at other steps, so its output is
+  distributed as the full model's (rejection sampling) but not identical to alone.
 
 Output per request (RequestMetrics): queue_ms, TTFT, every TBT gap, e2e; totals from
 `hispec_sim.traffic.summarize` (throughput, goodput under the SLOs, mean/p50/p90/p99).
