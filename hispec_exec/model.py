@@ -200,19 +200,24 @@ class Block(nn.Module):
         q = (qk[:, :H] * (1.0 / math.sqrt(hd))).view(R, KV, G, hd)
         o = torch.empty(R, KV, G, hd, dtype=x.dtype, device=x.device)
         n0 = parts[0][2]
-        first = parts[0][0].slot
+        sl = [c.slot for c, *_ in parts] if pool is not None else []
         if (pool is not None and len(parts) > 1 and all(n == n0 for _, _, n, _ in parts)
-                and [c.slot for c, *_ in parts] == list(range(first, first + len(parts)))):
-            k = len(parts)
-            mask = torch.stack(masks)  # (k, n*G, C)
+                and all(a < b for a, b in zip(sl, sl[1:])) and sl[-1] - sl[0] < 2 * len(parts)):
+            # sequences in slots first..last (a few unused slots in between compute discarded rows)
+            k, first, span = len(parts), sl[0], sl[-1] - sl[0] + 1
+            rows = torch.tensor([s_ - first for s_ in sl], device=x.device)
+            mask = torch.zeros(span, n0 * G, masks[0].shape[-1], dtype=x.dtype, device=x.device)
+            mask[rows] = torch.stack(masks)
             for h in range(KV):
                 qh = q[:, h].reshape(k, n0 * G, hd)
-                kt = pool.k[l, h, first:first + k].transpose(1, 2)  # (k, hd, C)
+                if span != k:
+                    qh = torch.zeros(span, n0 * G, hd, dtype=x.dtype, device=x.device).index_copy_(0, rows, qh)
+                kt = pool.k[l, h, first:first + span].transpose(1, 2)  # (span, hd, C)
                 s = torch.cat([torch.bmm(qh[:, i:i + 1], kt) for i in range(n0 * G)], dim=1)
                 p = torch.softmax(s + mask, dim=-1)
-                vh = pool.v[l, h, first:first + k]  # (k, C, hd)
+                vh = pool.v[l, h, first:first + span]  # (span, C, hd)
                 oh = torch.cat([torch.bmm(p[:, i:i + 1], vh) for i in range(n0 * G)], dim=1)
-                o[:, h] = oh.view(R, G, hd)
+                o[:, h] = (oh if span == k else oh[rows]).reshape(R, G, hd)
         else:
             for (c, r0, n, p0), m in zip(parts, masks):
                 for h in range(KV):

@@ -159,3 +159,24 @@ def test_sampling_at_batch_matches_full_model_distribution(small):
     obs.append(ro)
     exp.append(re_)
     assert chisquare(obs, exp).pvalue > 1e-3
+
+
+def test_pooled_attention_with_unused_slots_is_bit_identical(tiny):
+    """Sequences in non-consecutive pool slots (the batched attention then spans unused
+    slots, whose rows are discarded) still get exactly their lone results."""
+    L = tiny.num_layers
+    g = torch.Generator().manual_seed(4)
+    prompts = [torch.randint(0, 64, (n,), generator=g) for n in (5, 9, 3, 12)]
+    ref = []
+    for p in prompts:
+        c = tiny.new_cache()
+        tiny.run(c, 0, L, p)
+        ref.append([tiny.run(c, 0, L, torch.tensor([t])) for t in (7, 8, 9)])
+    pool = tiny.new_pool(7)
+    cs = [pool.cache(s) for s in (0, 2, 3, 6)]
+    pool.k.normal_()  # stale values in unused slots and past every length must not matter
+    pool.v.normal_()
+    tiny.run_jobs([(c, L, p) for c, p in zip(cs, prompts)])
+    got = [tiny.run_jobs([(c, L, torch.tensor([t])) for c in cs]) for t in (7, 8, 9)]
+    for i in range(4):
+        assert all(torch.equal(got[s][i], ref[i][s]) for s in range(3))
