@@ -166,3 +166,13 @@ class _nullcontext:
 
     def __exit__(self, *a):
         return False
+
+
+def test_cli_generated_traffic(capsys):
+    assert main(["serve", "--qps", "50", "--requests", "4", "--prompt-len", "uniform:5:20", "--output-len", "6",
+                 "--levels", "1,3,16", "--propose", "2", "--window", "2", "--max-batch", "3", "--seed", "2",
+                 "--check", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["identical_to_autoregressive"] is True and d["family"] == "3_level" and d["batching"] == "ragged"
+    assert len(d["requests"]) == 4 and all(5 <= r["prompt_tokens"] <= 20 for r in d["requests"])
+    assert d["source"]["qps"] == 50 and d["summary"]["output_tokens"] == 24
