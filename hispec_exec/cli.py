@@ -319,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--init-from", help="continue training this checkpoint folder (model flags are ignored)")
     q.set_defaults(fn=cmd_train)
+
+    from .serve import add_parser as add_serve  # hispec-exec serve
+    add_serve(sub)
     return p
 
 

@@ -103,9 +103,11 @@ class DecodeResult:
         return d
 
 
-def check_plan(model: Transformer, plan: Plan) -> None:
-    if plan.batch != 1:
-        raise ValueError("batch: the executor runs batch 1")
+def check_plan(model: Transformer, plan: Plan, batch_ok: bool = False) -> None:
+    """The plan fits the model (and, unless batch_ok, asks for batch 1: batches of
+    sequences run through `Batch` / `decode_batch` / `hispec-exec serve`)."""
+    if plan.batch != 1 and not batch_ok:
+        raise ValueError("batch: decode runs one sequence; use decode_batch or hispec-exec serve for batches")
     L = model.num_layers
     bad = [l for l in plan.levels if l > L]
     if bad:
@@ -126,14 +128,11 @@ def check_fits(plan: Plan, prompt_len: int, max_new_tokens: int, capacity: int) 
                          f"({max_overshoot(plan)}) exceeds the context capacity {capacity}")
 
 
-def decode(model: Transformer, plan: Plan, prompt_ids, max_new_tokens: int, mode: str | None = None,
-           seed: int = 0, temperature: float = 1.0, capacity: int | None = None, sync: bool = False) -> DecodeResult:
-    """Decode one prompt with a plan. Greedy output equals autoregressive greedy decoding
-    token for token; sampling output is distributed as the full model's samples."""
+def _validate(model: Transformer, plan: Plan, prompt_ids, max_new_tokens: int, mode: str | None,
+              temperature: float, capacity: int | None) -> tuple[str, list[int], int]:
     mode = mode or plan.mode
     if mode not in ("greedy", "sampling"):
         raise ValueError(f"mode: must be greedy or sampling, got {mode!r}")
-    check_plan(model, plan)
     prompt = [int(t) for t in prompt_ids]
     if not prompt:
         raise ValueError("prompt: empty prompt")
@@ -142,84 +141,124 @@ def decode(model: Transformer, plan: Plan, prompt_ids, max_new_tokens: int, mode
         raise ValueError(f"prompt: token ids must be in [0, {V})")
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens: must be >= 1")
-    if temperature <= 0:
-        raise ValueError("temperature: must be > 0")
+    if not temperature > 0 or temperature == float("inf"):
+        raise ValueError("temperature: must be a finite number > 0")
     cap = capacity or model.args.max_seq_len
-    P = len(prompt)
-    check_fits(plan, P, max_new_tokens, cap)
+    check_fits(plan, len(prompt), max_new_tokens, cap)
+    return mode, prompt, cap
 
-    dev = model.tok_embeddings.weight.device
-    cuda = dev.type == "cuda"
-    cache = model.new_cache(cap)
-    gen = torch.Generator().manual_seed(seed)
-    greedy = mode == "greedy"
-    lv = list(plan.levels)
-    k = len(lv)
-    L = model.num_layers
-    forwards: list[Forward] = []
-    proposed = [0] * k
-    accepted = [0] * k
-    seq = list(prompt)
-    bufs: list[list] = [[] for _ in range(k + 1)]  # bufs[j], j = 1..k-1: (token, its level's distribution)
 
-    def tensor(ids):
-        return torch.tensor(ids, dtype=torch.long, device=dev)
+class SequenceDecoder:
+    """One sequence's speculative state under a plan: buffers, counters, its next
+    operation, the job that operation adds to a forward, and what it does with the
+    logits. Operations: 0 = draft (level 1, 1 row, head at l_1; for an autoregressive
+    plan: the full forward, which commits); j >= 1 = level j+1 checks buffer j (the
+    newest token through 1..l_j, the n+1 rows waiting above l_j through l_j+1..l_{j+1}).
+    `_count` is the one place that counts proposals and acceptances, `_commit` the one
+    place that counts committed tokens; batch 1 (`decode`) and batch B (`Batch`) alike
+    drive this object through `run_step`."""
 
-    def probs(lg: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(lg.double() / temperature, dim=-1).cpu()
+    def __init__(self, model: Transformer, plan: Plan, prompt_ids, max_new_tokens: int, mode: str | None = None,
+                 seed: int = 0, temperature: float = 1.0, cache=None, capacity: int | None = None):
+        check_plan(model, plan, batch_ok=True)
+        self.mode, self.prompt, cap = _validate(model, plan, prompt_ids, max_new_tokens, mode, temperature,
+                                                 capacity or (cache.capacity if cache is not None else None))
+        self.model, self.plan = model, plan
+        self.max_new_tokens, self.temperature = max_new_tokens, temperature
+        self.greedy = self.mode == "greedy"
+        self.cache = cache if cache is not None else model.new_cache(cap)
+        self.gen = torch.Generator().manual_seed(seed)
+        self.lv = list(plan.levels)
+        self.k = len(self.lv)
+        self.P = len(self.prompt)
+        self.seq = list(self.prompt)
+        self.bufs: list[list] = [[] for _ in range(self.k + 1)]  # bufs[j], j = 1..k-1: (token, its level's distribution)
+        self.proposed = [0] * self.k
+        self.accepted = [0] * self.k
+        self.committed = self.P  # seq[:committed] is final; the rest sits in level buffers
+        self.cascade: int | None = None  # a check that falls due right after the last one
+        self.forwards: list[Forward] = []
+        self.dev = model.tok_embeddings.weight.device
 
-    def sample(p: torch.Tensor) -> int:
-        return int(torch.multinomial(p, 1, generator=gen))
+    # -- schedule -------------------------------------------------------------------
+    @property
+    def emitted(self) -> int:
+        """Generated tokens committed so far (capped at max_new_tokens)."""
+        return min(self.committed - self.P, self.max_new_tokens)
 
-    def timed(fn):
-        if sync and cuda:
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        out = fn()
-        if sync and cuda:
-            torch.cuda.synchronize()
-        return out, (time.perf_counter() - t) * 1e3
+    @property
+    def done(self) -> bool:
+        return self.committed - self.P >= self.max_new_tokens
 
-    # prefill: every prompt token but the last runs through every layer; the last is pending
-    t0 = time.perf_counter()
-    if P > 1:
-        model.run(cache, 0, L, tensor(prompt[:-1]))
-    if cuda:
-        torch.cuda.synchronize()
-    prefill_s = time.perf_counter() - t0
+    def next_op(self) -> int:
+        """The batch-1 schedule: `propose` drafts, the level-2 check, then the cascade."""
+        if self.k == 1:
+            return 0
+        if self.cascade is not None:
+            return self.cascade
+        return 0 if len(self.bufs[1]) < self.plan.propose else 1
 
-    def draft() -> None:
-        def f():
-            x = model.run(cache, 0, lv[0], tensor([seq[-1]]))
-            return model.head(x)[0]
-        lg, ms = timed(f)
-        if greedy:
+    def prefill_job(self):
+        """Every prompt token but the last runs through every layer; the last is pending."""
+        if self.P < 2:
+            return None
+        return (self.cache, self.model.num_layers, self._tensor(self.prompt[:-1]))
+
+    def job(self, op: int):
+        return (self.cache, self.lv[op], self._tensor([self.seq[-1]]))
+
+    # -- results ---------------------------------------------------------------------
+    def apply(self, op: int, lg: torch.Tensor, ms: float) -> None:
+        """Take the logits of `op`'s head rows and advance the state."""
+        if op == 0:
+            self._draft(lg, ms)
+        else:
+            self._check(op, lg, ms)
+
+    def _tensor(self, ids):
+        return torch.tensor(ids, dtype=torch.long, device=self.dev)
+
+    def _probs(self, lg: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(lg.double() / self.temperature, dim=-1).cpu()
+
+    def _sample(self, p: torch.Tensor) -> int:
+        return int(torch.multinomial(p, 1, generator=self.gen))
+
+    def _count(self, level: int, proposed: int, kept: int) -> None:
+        self.proposed[level] += proposed
+        self.accepted[level] += kept
+
+    def _commit(self) -> None:
+        self.committed = len(self.seq)
+
+    def _draft(self, lg: torch.Tensor, ms: float) -> None:
+        lg = lg[0]
+        l1 = self.lv[0]
+        self.forwards.append(Forward(1, [(1, l1, 1)], l1, 1, ms))
+        if self.greedy:
             d, dist = int(lg.argmax()), None
         else:
-            dist = probs(lg)
-            d = sample(dist)
-        forwards.append(Forward(1, [(1, lv[0], 1)], lv[0], 1, ms))
-        seq.append(d)
-        bufs[1].append((d, dist))
-        proposed[0] += 1
+            dist = self._probs(lg)
+            d = self._sample(dist)
+        self.seq.append(d)
+        if self.k == 1:  # autoregressive: the full model's token is final
+            self._commit()
+            return
+        self.bufs[1].append((d, dist))
+        self._count(0, 1, 0)
 
-    def check(j: int) -> None:
+    def _check(self, j: int, lg: torch.Tensor, ms: float) -> None:
         """Level j+1 checks level j's buffer."""
-        buf = bufs[j]
+        buf = self.bufs[j]
         n = len(buf)
-        lo, hi = lv[j - 1], lv[j]
-
-        def f():
-            model.run(cache, 0, lo, tensor([seq[-1]]))
-            x = model.run(cache, lo, hi)
-            return model.head(x)
-        lg, ms = timed(f)
+        lo, hi = self.lv[j - 1], self.lv[j]
         if lg.shape[0] != n + 1:
             raise RuntimeError(f"internal: level {j + 1} check saw {lg.shape[0]} positions, expected {n + 1}")
         fwd = Forward(j + 1, [(1, lo, 1), (lo + 1, hi, n + 1)], hi, n + 1, ms)
-        forwards.append(fwd)
+        self.forwards.append(fwd)
+        seq = self.seq
         start = len(seq) - n - 1
-        if greedy:
+        if self.greedy:
             am = lg.argmax(-1).tolist()
             m = 0
             while m < n and buf[m][0] == am[m]:
@@ -227,58 +266,180 @@ def decode(model: Transformer, plan: Plan, prompt_ids, max_new_tokens: int, mode
             t = am[m]
             kept = [(buf[i][0], None) for i in range(m)] + [(t, None)]
         else:
-            p = probs(lg)
+            p = self._probs(lg)
             m = 0
             t = None
             while m < n:
                 x, q = buf[m]
-                r = float(torch.rand((), generator=gen, dtype=torch.float64))
+                r = float(torch.rand((), generator=self.gen, dtype=torch.float64))
                 if r * float(q[x]) < float(p[m, x]):  # accept with prob min(1, p/q)
                     m += 1
                     continue
                 res = (p[m] - q).clamp_min(0)
                 s = float(res.sum())
-                t = sample(res / s) if s > 0 else sample(p[m])
+                t = self._sample(res / s) if s > 0 else self._sample(p[m])
                 break
             if t is None:
-                t = sample(p[n])
+                t = self._sample(p[n])
             kept = [(buf[i][0], p[i]) for i in range(m)] + [(t, p[m])]
         fwd.kept = m
-        cache.crop(None, start + m + 1)
+        self.cache.crop(None, start + m + 1)
         del seq[start + m + 1:]
         seq.append(t)
-        bufs[j] = []
-        proposed[j] += n
-        accepted[j] += m
-        if j + 1 < k:
-            bufs[j + 1].extend(kept)
+        self.bufs[j] = []
+        self._count(j, n, m)
+        self.cascade = None
+        if j + 1 < self.k:
+            self.bufs[j + 1].extend(kept)
+            if len(self.bufs[j + 1]) >= self.plan.windows[j - 1]:
+                self.cascade = j + 1
         else:
-            committed[0] = len(seq)
+            self._commit()
 
-    committed = [len(seq)]  # seq[:committed] is final; the rest sits in level buffers
-    t0 = time.perf_counter()
-    while committed[0] - P < max_new_tokens:
-        if k == 1:
-            def f():
-                return model.head(model.run(cache, 0, L, tensor([seq[-1]])))[0]
-            lg, ms = timed(f)
-            forwards.append(Forward(1, [(1, L, 1)], L, 1, ms))
-            seq.append(int(lg.argmax()) if greedy else sample(probs(lg)))
-            committed[0] = len(seq)
-            continue
-        for _ in range(plan.propose):
-            draft()
-        check(1)
-        j = 2
-        while j < k and len(bufs[j]) >= plan.windows[j - 2]:
-            check(j)
-            j += 1
-    if cuda:
+    def result(self, wall_s: float, prefill_s: float) -> DecodeResult:
+        return DecodeResult(plan=self.plan, mode=self.mode, prompt_len=self.P,
+                            tokens=self.seq[self.P:self.P + self.max_new_tokens], forwards=self.forwards,
+                            proposed=self.proposed, accepted=self.accepted, wall_s=wall_s, prefill_s=prefill_s,
+                            num_layers=self.model.num_layers, committed=self.committed - self.P)
+
+
+def _sync(model: Transformer, on: bool) -> None:
+    if on and model.tok_embeddings.weight.device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def run_prefill(model: Transformer, decoders: list[SequenceDecoder]) -> float:
+    """One forward prefilling every decoder's prompt (concatenated rows); returns ms."""
+    jobs = [j for j in (d.prefill_job() for d in decoders) if j is not None]
+    _sync(model, True)
+    t = time.perf_counter()
+    if jobs:
+        model.run_jobs(jobs)
+    _sync(model, True)
+    return (time.perf_counter() - t) * 1e3
+
+
+def run_step(model: Transformer, ops: list[tuple[SequenceDecoder, int]], sync: bool = False) -> float:
+    """One forward carrying every (decoder, operation) pair (layer-range batching), one
+    exit-head call over every head row, then each decoder applies its logits. Returns the
+    forward + head time in ms (shared by every operation of the step)."""
+    jobs = [d.job(op) for d, op in ops]
+    _sync(model, sync)
+    t = time.perf_counter()
+    outs = model.run_jobs(jobs)
+    lg = model.head(torch.cat(outs) if len(outs) > 1 else outs[0])
+    _sync(model, sync)
+    ms = (time.perf_counter() - t) * 1e3
+    r = 0
+    for (d, op), x in zip(ops, outs):
+        n = x.shape[0]
+        d.apply(op, lg[r:r + n], ms)
+        r += n
+    return ms
+
+
+class Batch:
+    """The running batch under a batching policy (see hispec_exec.serve for the spec).
+
+    ragged: each step, every sequence performs its own next operation (`next_op`);
+    synchronous: common rounds -- `propose` draft steps, one level-2 check step, then
+    level-(j+1) check steps while any sequence's buffer j has reached its window; new
+    sequences join at round boundaries only (`at_boundary`)."""
+
+    def __init__(self, model: Transformer, plan: Plan, batching: str | None = None, sync: bool = False):
+        self.model, self.plan = model, plan
+        self.batching = batching or plan.batching
+        if self.batching not in ("ragged", "synchronous"):
+            raise ValueError(f"batching: must be ragged or synchronous, got {self.batching!r}")
+        self.sync = sync
+        self.running: list[SequenceDecoder] = []
+        self.phase = 0  # synchronous: the operation of the next step
+        self.drafts = 0  # synchronous: draft steps done in this round
+
+    @property
+    def at_boundary(self) -> bool:
+        return self.batching == "ragged" or (self.phase == 0 and self.drafts == 0)
+
+    def add(self, decoders: list[SequenceDecoder]) -> float:
+        """Prefill `decoders` in one forward and let them join; returns the prefill ms."""
+        if not self.at_boundary:
+            raise RuntimeError("internal: synchronous batches take new sequences at round boundaries only")
+        ms = run_prefill(self.model, decoders)
+        self.running.extend(decoders)
+        return ms
+
+    def step(self) -> tuple[float, list[SequenceDecoder]]:
+        """One decode step; returns (ms, the decoders that finished in it, now removed)."""
+        if not self.running:
+            return 0.0, []
+        if self.batching == "ragged":
+            ops = [(d, d.next_op()) for d in self.running]
+        else:
+            ops = [(d, self.phase) for d in self.running]
+        ms = run_step(self.model, ops, self.sync)
+        finished = [d for d in self.running if d.done]
+        self.running = [d for d in self.running if not d.done]
+        if self.batching == "synchronous":
+            self._advance()
+            if not self.running:
+                self.phase, self.drafts = 0, 0
+        return ms, finished
+
+    def _advance(self) -> None:
+        plan, k = self.plan, self.plan.depth
+        if k == 1:
+            return
+        if self.phase == 0:
+            self.drafts += 1
+            if self.drafts >= plan.propose:
+                self.phase = 1
+            return
+        j = self.phase + 1  # the check just done filled buffer j
+        if self.running and j < k and any(len(d.bufs[j]) >= plan.windows[j - 2] for d in self.running):
+            self.phase = j
+        else:
+            self.phase, self.drafts = 0, 0
+
+
+def decode(model: Transformer, plan: Plan, prompt_ids, max_new_tokens: int, mode: str | None = None,
+           seed: int = 0, temperature: float = 1.0, capacity: int | None = None, sync: bool = False) -> DecodeResult:
+    """Decode one prompt with a plan. Greedy output equals autoregressive greedy decoding
+    token for token; sampling output is distributed as the full model's samples."""
+    check_plan(model, plan)
+    d = SequenceDecoder(model, plan, prompt_ids, max_new_tokens, mode, seed, temperature, capacity=capacity)
+    prefill_s = run_prefill(model, [d]) / 1e3
+    t0 = time.perf_counter()
+    while not d.done:
+        run_step(model, [(d, d.next_op())], sync)
+    _sync(model, True)
+    return d.result(time.perf_counter() - t0, prefill_s)
+
+
+def decode_batch(model: Transformer, plan: Plan, prompts, max_new_tokens: int | list[int],
+                 mode: str | None = None, seed: int = 0, temperature: float = 1.0, batching: str | None = None,
+                 sync: bool = False) -> list[DecodeResult]:
+    """Decode several prompts together as one batch (all start at once; each leaves when
+    it has its tokens) under `batching` (default: the plan's). Sequence i samples with
+    seed + i. Each sequence's greedy output equals its autoregressive greedy decoding
+    alone; under `ragged` its sampled output equals decode(..., seed=seed + i) alone
+    (under `synchronous` it is distributed as the full model's). wall_s is the
+    whole batch's decoding time."""
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("prompts: at least one")
+    news = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
+    if len(news) != len(prompts):
+        raise ValueError("max_new_tokens: one per prompt")
+    pool = model.new_pool(len(prompts))
+    decs = [SequenceDecoder(model, plan, p, n, mode, seed + i, temperature, cache=pool.cache(i))
+            for i, (p, n) in enumerate(zip(prompts, news))]
+    b = Batch(model, plan, batching, sync)
+    prefill_s = b.add(decs) / 1e3
+    t0 = time.perf_counter()
+    while b.running:
+        b.step()
     wall = time.perf_counter() - t0
-    return DecodeResult(plan=plan, mode=mode, prompt_len=P, tokens=seq[P:P + max_new_tokens], forwards=forwards,
-                        proposed=proposed, accepted=accepted, wall_s=wall, prefill_s=prefill_s, num_layers=L,
-                        committed=committed[0] - P)
+    return [d.result(wall, prefill_s) for d in decs]
 
 
 def autoregressive(model: Transformer, prompt_ids, max_new_tokens: int, **kw) -> DecodeResult:

@@ -170,6 +170,66 @@ class Block(nn.Module):
         return x + mm(F.silu(g) * u, self.w2.weight)
 
 
+    # -- decoding path, several sequences in one call (row invariant) ----------------
+    def step_rows(self, x: torch.Tensor, layer: int, parts: list, cos: torch.Tensor, sin: torch.Tensor,
+                  masks: list) -> torch.Tensor:
+        """x (R, dim): the rows of several sequences, concatenated; parts[i] = (cache, row0,
+        n, pos0): rows row0..row0+n-1 are that cache's positions pos0..pos0+n-1; cos/sin per
+        row. Linear layers see all rows at once (`mm` is row invariant); attention is per
+        sequence, each query a one-row product against its kv head's whole cache, as in
+        `step` -- batched over sequences in consecutive pool slots when they carry as many
+        rows each. Every row's result is bit-identical to running its sequence alone."""
+        a = self.args
+        R = x.shape[0]
+        hd, H, KV = a.head_dim, a.n_heads, a.n_kv_heads
+        G = H // KV
+        l = layer
+        qkv = mm(self.attention_norm(x), self.wqkv.weight)
+        qk = apply_rope(qkv[:, : (H + KV) * hd].reshape(R, H + KV, hd), cos, sin)
+        vv = qkv[:, (H + KV) * hd:].reshape(R, KV, hd)
+        pool = parts[0][0].pool
+        if pool is not None and all(c.pool is pool for c, *_ in parts):
+            slots = torch.tensor([c.slot for c, _, n, _ in parts for _ in range(n)], device=x.device)
+            pos = torch.tensor([p for _, _, n, p0 in parts for p in range(p0, p0 + n)], device=x.device)
+            pool.k[l][:, slots, pos] = qk[:, H:].transpose(0, 1)
+            pool.v[l][:, slots, pos] = vv.transpose(0, 1)
+        else:
+            for c, r0, n, p0 in parts:
+                c.k[l][:, p0:p0 + n] = qk[r0:r0 + n, H:].transpose(0, 1)
+                c.v[l][:, p0:p0 + n] = vv[r0:r0 + n].transpose(0, 1)
+        q = (qk[:, :H] * (1.0 / math.sqrt(hd))).view(R, KV, G, hd)
+        o = torch.empty(R, KV, G, hd, dtype=x.dtype, device=x.device)
+        n0 = parts[0][2]
+        sl = [c.slot for c, *_ in parts] if pool is not None else []
+        if (pool is not None and len(parts) > 1 and all(n == n0 for _, _, n, _ in parts)
+                and all(a < b for a, b in zip(sl, sl[1:])) and sl[-1] - sl[0] < 2 * len(parts)):
+            # sequences in slots first..last (a few unused slots in between compute discarded rows)
+            k, first, span = len(parts), sl[0], sl[-1] - sl[0] + 1
+            rows = torch.tensor([s_ - first for s_ in sl], device=x.device)
+            mask = torch.zeros(span, n0 * G, masks[0].shape[-1], dtype=x.dtype, device=x.device)
+            mask[rows] = torch.stack(masks)
+            for h in range(KV):
+                qh = q[:, h].reshape(k, n0 * G, hd)
+                if span != k:
+                    qh = torch.zeros(span, n0 * G, hd, dtype=x.dtype, device=x.device).index_copy_(0, rows, qh)
+                kt = pool.k[l, h, first:first + span].transpose(1, 2)  # (span, hd, C)
+                s = torch.cat([torch.bmm(qh[:, i:i + 1], kt) for i in range(n0 * G)], dim=1)
+                p = torch.softmax(s + mask, dim=-1)
+                vh = pool.v[l, h, first:first + span]  # (span, C, hd)
+                oh = torch.cat([torch.bmm(p[:, i:i + 1], vh) for i in range(n0 * G)], dim=1)
+                o[:, h] = (oh if span == k else oh[rows]).reshape(R, G, hd)
+        else:
+            for (c, r0, n, p0), m in zip(parts, masks):
+                for h in range(KV):
+                    s = mm(q[r0:r0 + n, h].reshape(n * G, hd), c.k[l][h])
+                    p = torch.softmax(s + m, dim=-1)
+                    o[r0:r0 + n, h] = mm(p, c.v[l][h].t()).view(n, G, hd)
+        o = o.reshape(R, H * hd)
+        x = x + mm(o, self.wo.weight)
+        g, u = mm(self.ffn_norm(x), self.w13.weight).chunk(2, dim=-1)
+        return x + mm(F.silu(g) * u, self.w2.weight)
+
+
 class Cache:
     """KV cache of every layer + hidden states waiting at exit boundaries, one sequence.
 
@@ -178,15 +238,20 @@ class Cache:
     layer b+1 has not consumed yet. Cropping is exact: it only moves lengths back.
     """
 
-    def __init__(self, args: ModelArgs, device=None, dtype=torch.float32, capacity: int | None = None):
+    def __init__(self, args: ModelArgs, device=None, dtype=torch.float32, capacity: int | None = None,
+                 pool: "CachePool | None" = None, slot: int | None = None):
         self.args = args
         C = capacity or args.max_seq_len
         if C > args.max_seq_len:
             raise ValueError(f"capacity: {C} exceeds the model's max_seq_len {args.max_seq_len}")
         self.capacity = C
-        shape = (args.n_layers, args.n_kv_heads, C, args.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.pool, self.slot = pool, slot
+        if pool is not None:  # a view of one slot of a pool (stale values past lens are masked)
+            self.k, self.v = pool.k[:, :, slot], pool.v[:, :, slot]
+        else:
+            shape = (args.n_layers, args.n_kv_heads, C, args.head_dim)
+            self.k = torch.zeros(shape, device=device, dtype=dtype)
+            self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.lens = [0] * (args.n_layers + 1)  # index 0 unused
         self.hid: dict[int, torch.Tensor] = {}
         self.device, self.dtype = device, dtype
@@ -205,6 +270,31 @@ class Cache:
         for l in layers:
             if self.lens[l] > length:
                 self.lens[l] = length
+
+
+class CachePool:
+    """The KV caches of `slots` sequences in one tensor per K and V, (layers, KV, slots,
+    C, hd), so that one step can write every sequence's keys in one indexed copy and run
+    the attention of sequences with as many rows each as one batched product per query
+    row (each batch entry one row against one sequence's cache: the same one-row product
+    as a lone sequence's). `cache(slot)` hands out a fresh Cache viewing that slot."""
+
+    def __init__(self, args: ModelArgs, slots: int, device=None, dtype=torch.float32, capacity: int | None = None):
+        C = capacity or args.max_seq_len
+        if C > args.max_seq_len:
+            raise ValueError(f"capacity: {C} exceeds the model's max_seq_len {args.max_seq_len}")
+        if slots < 1:
+            raise ValueError("slots: must be >= 1")
+        self.args, self.slots, self.capacity = args, slots, C
+        shape = (args.n_layers, args.n_kv_heads, slots, C, args.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.device, self.dtype = device, dtype
+
+    def cache(self, slot: int) -> Cache:
+        if not 0 <= slot < self.slots:
+            raise ValueError(f"slot: must be in [0, {self.slots})")
+        return Cache(self.args, self.device, self.dtype, self.capacity, pool=self, slot=slot)
 
 
 class Transformer(nn.Module):
@@ -304,6 +394,78 @@ class Transformer(nn.Module):
         if b < L:
             cache.hidden(b)[pos0:pos0 + n] = x
         return x
+
+
+    def new_pool(self, slots: int, capacity: int | None = None) -> CachePool:
+        p = self.tok_embeddings.weight
+        return CachePool(self.args, slots, device=p.device, dtype=p.dtype, capacity=capacity)
+
+    @torch.no_grad()
+    def run_jobs(self, jobs: list[tuple[Cache, int, torch.Tensor | None]]) -> list[torch.Tensor]:
+        """One forward over several sequences (layer-range batching). Job (cache, b, tokens):
+        in that sequence, run everything waiting below layer b+1 through layers up to b --
+        at layer 1 the new `tokens`, at layer l > 1 every position layer l-1 has produced
+        (in this forward or an earlier one) and layer l has not consumed. At each layer the
+        rows of every job that reaches it are concatenated (one sequence per cache). Returns
+        each job's rows after its layer b, (n_i, dim), kept at boundary b (when b < L).
+        Each sequence's results are bit-identical to running it alone with `run`."""
+        L = self.args.n_layers
+        state = []  # per job: [x or None, pos0]
+        for c, b, tokens in jobs:
+            if not 1 <= b <= L:
+                raise ValueError(f"layers: need 1 <= b <= {L}, got b={b}")
+            if tokens is not None and tokens.numel():
+                x = self.tok_embeddings(tokens.reshape(-1))
+                if c.lens[1] + x.shape[0] > c.capacity:
+                    raise ValueError(f"capacity: sequence of {c.lens[1] + x.shape[0]} tokens exceeds the cache "
+                                     f"capacity {c.capacity}")
+                state.append([x, c.lens[1]])
+            else:
+                state.append([None, c.lens[1]])
+        if len({id(c) for c, _, _ in jobs}) != len(jobs):
+            raise ValueError("jobs: one job per sequence")
+        top = max(b for _, b, _ in jobs)
+        for l in range(1, top + 1):
+            parts, xs, masks, poss, idx = [], [], [], [], []
+            r = 0
+            for i, (c, b, _) in enumerate(jobs):
+                if l > b:
+                    continue
+                x, pos0 = state[i]
+                if l > 1:
+                    end = c.lens[l - 1]
+                    if c.lens[l] < (pos0 if x is not None else end):  # rows waiting at boundary l-1
+                        w = c.hid[l - 1][c.lens[l]:pos0 if x is not None else end]
+                        x = w if x is None else torch.cat([w, x])
+                        pos0 = c.lens[l]
+                if x is None:
+                    continue
+                if pos0 != c.lens[l]:
+                    raise RuntimeError(f"cache: layer {l} is at {c.lens[l]}, rows start at {pos0}")
+                n = x.shape[0]
+                state[i] = [x, pos0]
+                parts.append((c, r, n, pos0))
+                idx.append(i)
+                xs.append(x)
+                masks.append(self._mask(c, pos0, n))
+                poss.extend(range(pos0, pos0 + n))
+                r += n
+            if not parts:
+                continue
+            X = torch.cat(xs) if len(xs) > 1 else xs[0]
+            pos = torch.tensor(poss, device=X.device)
+            X = self.layers[l - 1].step_rows(X, l - 1, parts, self.rope_cos[pos], self.rope_sin[pos], masks)
+            for i, (c, r0, n, pos0) in zip(idx, parts):
+                state[i] = [X[r0:r0 + n], pos0]
+                c.lens[l] = pos0 + n
+        out = []
+        for (c, b, _), (x, pos0) in zip(jobs, state):
+            if x is None:
+                raise RuntimeError(f"cache: nothing waiting to run up to layer {b}")
+            if b < L:
+                c.hidden(b)[pos0:pos0 + x.shape[0]] = x
+            out.append(x)
+        return out
 
     @torch.no_grad()
     def head(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,149 @@
+"""Batched serving benchmark (run on demand: python tests/bench/bench_serve.py), every
+figure side by side in one run, on the shipped model:
+
+1. batched autoregressive decoding (decode_batch, B sequences) vs transformers' generate
+   at the same batch (left padding, same weights converted to LlamaForCausalLM, greedy),
+   prompts of mixed lengths; tokens/s including prefill for both; identical outputs counted.
+   At every B the same max(--prompts, B) prompts are decoded, B at a time (so B = 1 is not
+   one prompt's luck).
+2. speculative plans' aggregate throughput vs autoregressive at each B, under both
+   batching policies (ragged, synchronous); outputs checked equal to autoregressive.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+
+import torch
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batches", default="1,4,16,32")
+    ap.add_argument("--max-new-tokens", type=int, default=48)
+    ap.add_argument("--prompts", type=int, default=16, help="prompts decoded at every B (at least B)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-hf", action="store_true")
+    ap.add_argument("--plans", default="2,16:3;2,4,16:2:4;2,4,8,16:2:3,6",
+                    help="levels:propose[:windows];...")
+    ap.add_argument("--json", help="write the figures here too")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+
+    from hispec_exec import heldout_prompts, load_model
+    from hispec_exec.generate import decode_batch
+    from hispec_sim.schema import Plan
+
+    model = load_model()
+    L = model.num_layers
+    T = a.max_new_tokens
+    Bs = [int(x) for x in a.batches.split(",")]
+    plans = []
+    for spec in a.plans.split(";"):
+        parts = spec.split(":")
+        lv = [int(x) for x in parts[0].split(",")]
+        plans.append(Plan(levels=lv, propose=int(parts[1]), windows=[int(x) for x in parts[2].split(",")] if len(parts) > 2 else []))
+    ar = Plan(levels=[L])
+    N = max([a.prompts] + Bs)
+    src = heldout_prompts(N, 64, seed=1)
+    lens = [32 + (17 * i) % 33 for i in range(N)]  # 32..64 tokens: left padding for transformers
+    all_prompts = [p[:n] for p, n in zip(src, lens)]
+    with open("/proc/loadavg") as f:
+        load = f.read().split()[:3]
+    fig = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                       "threads": a.threads, "loadavg_start": load, "torch": torch.__version__},
+           "max_new_tokens": T, "prompt_lens": "32..64 mixed", "rows": []}
+    print(f"load average at start {' '.join(load)}; threads {a.threads}; {T} new tokens per sequence", flush=True)
+
+    hf = None
+    if not a.no_hf:
+        from transformers import LlamaForCausalLM
+        from transformers.utils import logging as hf_logging
+
+        from hispec_exec.hf import save_hf
+
+        hf_logging.set_verbosity_error()
+        tmp = tempfile.mkdtemp(prefix="hispec_hf_")
+        save_hf(model, tmp)
+        hf = LlamaForCausalLM.from_pretrained(tmp, torch_dtype=torch.float32).eval()
+
+    def hf_gen(prompts):
+        W = max(len(p) for p in prompts)
+        ids = torch.tensor([[0] * (W - len(p)) + p for p in prompts])
+        mask = torch.tensor([[0] * (W - len(p)) + [1] * len(p) for p in prompts])
+        with torch.no_grad():
+            out = hf.generate(ids, attention_mask=mask, max_new_tokens=T, min_new_tokens=T, do_sample=False,
+                              pad_token_id=0, eos_token_id=None)
+        return out[:, W:].tolist()
+
+    def timed(fn):
+        t = time.perf_counter()
+        out = fn()
+        return out, time.perf_counter() - t
+
+    decode_batch(model, ar, all_prompts[:2], 8)  # warm-up
+    if hf is not None:
+        hf_gen(all_prompts[:2])
+    def chunks(B):
+        n = max(a.prompts, B)
+        return [all_prompts[i:i + B] for i in range(0, n, B)]
+
+    def ours(plan, B, batching="ragged"):
+        out, t = [], 0.0
+        for c in chunks(B):
+            res, dt = timed(lambda: decode_batch(model, plan, c, T, batching=batching))
+            out += res
+            t += dt
+        return out, t
+
+    for B in Bs:
+        n = max(a.prompts, B) * T
+        row = {"B": B, "prompts": max(a.prompts, B)}
+        res, t_ar = ours(ar, B)
+        ref = [r.tokens for r in res]
+        row["autoregressive_tokens_per_s"] = n / t_ar
+        if hf is not None:
+            toks, t_hf = [], 0.0
+            for c in chunks(B):
+                tk, dt = timed(lambda: hf_gen(c))
+                toks += tk
+                t_hf += dt
+            row["hf_generate_tokens_per_s"] = n / t_hf
+            row["ratio_ours_vs_hf_generate"] = t_hf / t_ar
+            row["hf_identical"] = sum(x == y for x, y in zip(toks, ref))
+        for plan in plans:
+            for batching in ("ragged", "synchronous"):
+                if plan.depth <= 2 and batching == "synchronous":
+                    continue  # depth <= 2: the same schedule as ragged
+                res, t = ours(plan, B, batching)
+                key = f"{plan.describe(short=True)} {batching}"
+                row[key] = {"tokens_per_s": n / t, "speedup_vs_autoregressive": t_ar / t,
+                            "identical": all(r.tokens == x for r, x in zip(res, ref)),
+                            "acceptance": [None if v is None else round(v, 3) for v in (
+                                [None] + [sum(r.accepted[j] for r in res) / max(1, sum(r.proposed[j] for r in res))
+                                          for j in range(1, plan.depth)])]}
+        fig["rows"].append(row)
+        line = f"B={B:3d}  autoregressive {row['autoregressive_tokens_per_s']:7.1f} tok/s"
+        if hf is not None:
+            line += (f"  transformers {row['hf_generate_tokens_per_s']:7.1f} tok/s  ours/hf {row['ratio_ours_vs_hf_generate']:.2f}x"
+                     f"  (identical {row['hf_identical']}/{row['prompts']})")
+        print(line, flush=True)
+        for k, v in row.items():
+            if isinstance(v, dict):
+                print(f"        {k:32s} {v['tokens_per_s']:7.1f} tok/s  {v['speedup_vs_autoregressive']:.2f}x vs AR"
+                      f"  acceptance {v['acceptance'][1:]}  identical {v['identical']}", flush=True)
+    with open("/proc/loadavg") as f:
+        fig["machine"]["loadavg_end"] = f.read().split()[:3]
+    print(f"load average at end {' '.join(fig['machine']['loadavg_end'])}")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(fig, f, indent=1)
+    return fig
+
+
+if __name__ == "__main__":
+    main()

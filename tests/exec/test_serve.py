@@ -1,0 +1,178 @@
+"""Continuous batching (hispec_exec.serve): outputs equal each request decoded alone,
+admission respects max batch and KV tokens, metrics are consistent; `hispec-exec serve`
+runs a trace and rejects bad input with one line and exit 2, writing nothing.
+
+The engine runs on a virtual clock here (every reading advances 1 ms, sleeping advances
+by the time asked) so that no test depends on timing."""
+import json
+
+import pytest
+import torch
+
+from hispec_exec import autoregressive
+from hispec_exec.cli import main
+from hispec_exec.serve import kv_need, serve
+from hispec_sim.schema import Plan, ServeLimits
+
+
+class VirtualClock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        self.t += 1e-3
+        return self.t
+
+    def sleep(self, dt):
+        self.t += dt
+
+
+def run(model, plan, arrivals, prompts, news, limits, **kw):
+    c = VirtualClock()
+    return serve(model, plan, arrivals, prompts, news, limits, clock=c, sleep=c.sleep, **kw)
+
+
+def workload(n=7, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    lens = torch.randint(1, 14, (n,), generator=g).tolist()
+    prompts = [torch.randint(0, 64, (k,), generator=g).tolist() for k in lens]
+    news = torch.randint(4, 30, (n,), generator=g).tolist()
+    arrivals = [0.0, 0.0, 0.004, 0.01, 0.05, 0.051, 2.0][:n]
+    return arrivals, prompts, news
+
+
+PLANS = [Plan(levels=[8]), Plan(levels=[2, 8], propose=3), Plan(levels=[1, 3, 8], propose=2, windows=[3]),
+         Plan(levels=[1, 2, 4, 8], propose=2, windows=[2, 3])]
+
+
+@pytest.mark.parametrize("batching", ["ragged", "synchronous"])
+def test_served_outputs_equal_autoregressive_alone(tiny, batching):
+    arrivals, prompts, news = workload()
+    ars = [autoregressive(tiny, p, n).tokens for p, n in zip(prompts, news)]
+    for plan in PLANS:
+        res = run(tiny, plan, arrivals, prompts, news, ServeLimits(max_batch=3), batching=batching)
+        assert res["tokens"] == ars, (plan.describe(), batching)
+        for m, p, n, a in zip(res["metrics"], prompts, news, arrivals):
+            assert m.output_tokens == n and m.prompt_tokens == len(p) and len(m.tbt_ms) == n - 1
+            assert 0 <= m.queue_ms < m.ttft_ms <= m.e2e_ms and m.arrival_s == a
+            assert abs(m.ttft_ms + sum(m.tbt_ms) - m.e2e_ms) < 1e-6
+        assert res["mean_batch"] <= 3
+
+
+def test_admission_limits(tiny):
+    arrivals, prompts, news = workload()
+    plan = Plan(levels=[2, 8], propose=2)
+    same = [p[:1] + [5] * 4 for p in prompts]
+    one = kv_need(plan, 5, 20)
+    # the KV budget holds one request at a time (not two): requests run one after another, FIFO
+    res = run(tiny, plan, [0.0] * 7, same, [20] * 7, ServeLimits(max_batch=8, kv_tokens=2 * one - 1))
+    assert res["mean_batch"] == 1.0
+    ms = res["metrics"]
+    for a, b in zip(ms, ms[1:]):
+        assert b.queue_ms >= a.e2e_ms  # b is admitted only after a left
+    res = run(tiny, plan, [0.0] * 7, prompts, news, ServeLimits(max_batch=2))
+    assert 1 < res["mean_batch"] <= 2
+    # an idle server waits for the next arrival: the late request is not queued
+    res = run(tiny, plan, *workload(), ServeLimits(max_batch=8))
+    assert res["metrics"][-1].queue_ms < 5
+
+
+def test_request_that_never_fits(tiny):
+    plan = Plan(levels=[2, 8], propose=2)
+    with pytest.raises(ValueError, match="exceeds the KV capacity"):
+        run(tiny, plan, [0.0], [[1] * 200], [60], ServeLimits())
+    with pytest.raises(ValueError, match="kv_tokens"):
+        run(tiny, plan, [0.0], [[1] * 10], [20], ServeLimits(kv_tokens=30))
+
+
+def write(path, lines):
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def test_cli_trace_json(tmp_path, capsys):
+    trace = write(tmp_path / "t.jsonl", [
+        json.dumps({"arrival_s": 0, "prompt": "def main(", "max_new_tokens": 12}),
+        json.dumps({"arrival_s": 0.01, "prompt_tokens": [100, 101, 102], "max_new_tokens": 8}),
+        "",
+        json.dumps({"arrival_s": 0.02, "prompt_tokens": 20, "max_new_tokens": 10}),
+    ])
+    out = tmp_path / "o.json"
+    assert main(["serve", "--trace", trace, "--levels", "2,4,16", "--propose", "2", "--window", "4",
+                 "--max-batch", "2", "--slo-ttft-ms", "100000", "--slo-tbt-ms", "100000", "--check", "--json",
+                 "--out", str(out), "--batching", "synchronous"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d == json.loads(out.read_text())
+    assert d["identical_to_autoregressive"] is True and d["batching"] == "synchronous"
+    assert [r["output_tokens"] for r in d["requests"]] == [12, 8, 10]
+    assert [r["prompt_tokens"] for r in d["requests"]] == [9, 3, 20]
+    s = d["summary"]
+    assert s["requests"] == 3 and s["output_tokens"] == 30 and s["slo_attained"] == 1.0
+    assert set(s["ttft_ms"]) == {"mean", "p50", "p90", "p99"}
+
+
+BAD = [
+    (["--qps", "0"], "qps"),
+    (["--qps", "-1"], "qps"),
+    (["--qps", "2", "--requests", "0"], "requests"),
+    (["--qps", "2", "--max-batch", "0"], "max_batch"),
+    (["--qps", "2", "--kv-tokens", "10"], "kv_tokens"),
+    (["--qps", "2", "--prompt-len", "0"], "prompt_len"),
+    (["--qps", "2", "--output-len", "uniform:5:2"], "output_len"),
+    (["--qps", "2", "--prompt-len", "600"], "exceeds the KV capacity"),
+    (["--qps", "2", "--arrival", "weibull"], "arrival"),
+    (["--qps", "2", "--batching", "lockstep"], "batching"),
+    (["--qps", "2", "--cv", "0", "--arrival", "gamma"], "cv"),
+    (["--qps", "2", "--slo-ttft-ms", "-5"], "slo_ttft_ms"),
+    (["--qps", "2", "--temperature", "nan"], "temperature"),
+    (["--qps", "2", "--levels", "2,17"], "levels"),
+    ([], "qps"),
+]
+BAD_TRACES = [
+    ([json.dumps({"arrival_s": 1, "prompt_tokens": 5, "max_new_tokens": 3}),
+      json.dumps({"arrival_s": 0.5, "prompt_tokens": 5, "max_new_tokens": 3})], "line 2"),
+    ([json.dumps({"arrival_s": 0, "prompt_tokens": 0, "max_new_tokens": 3})], "line 1"),
+    ([json.dumps({"arrival_s": 0, "prompt_tokens": 5, "max_new_tokens": 0})], "max_new_tokens"),
+    ([json.dumps({"arrival_s": 0, "prompt_tokens": 5, "max_new_tokens": 3}), "{oops"], "line 2"),
+    ([json.dumps({"arrival_s": 0, "prompt_tokens": 300, "max_new_tokens": 300})], "line 1"),
+    ([json.dumps({"arrival_s": 0, "prompt_tokens": [1, 999], "max_new_tokens": 3})], "prompt_tokens"),
+]
+
+
+@pytest.mark.parametrize("args,field", BAD, ids=[" ".join(a) or "none" for a, _ in BAD])
+def test_cli_bad_input(tmp_path, capsys, args, field):
+    out = tmp_path / "o.json"
+    with pytest.raises(SystemExit) if any(a in args for a in ("weibull", "lockstep")) else _nullcontext():
+        rc = main(["serve", *args, "--requests" if "--requests" not in args else "--seed", "4" if "--requests" not in args else "0",
+                   "--out", str(out)])
+        assert rc == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and field in err and "Traceback" not in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("lines,field", BAD_TRACES, ids=range(len(BAD_TRACES)))
+def test_cli_bad_trace(tmp_path, capsys, lines, field):
+    out = tmp_path / "o.json"
+    assert main(["serve", "--trace", write(tmp_path / "t.jsonl", lines), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and field in err
+    assert not out.exists()
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def test_cli_generated_traffic(capsys):
+    assert main(["serve", "--qps", "50", "--requests", "4", "--prompt-len", "uniform:5:20", "--output-len", "6",
+                 "--levels", "1,3,16", "--propose", "2", "--window", "2", "--max-batch", "3", "--seed", "2",
+                 "--check", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["identical_to_autoregressive"] is True and d["family"] == "3_level" and d["batching"] == "ragged"
+    assert len(d["requests"]) == 4 and all(5 <= r["prompt_tokens"] <= 20 for r in d["requests"])
+    assert d["source"]["qps"] == 50 and d["summary"]["output_tokens"] == 24
