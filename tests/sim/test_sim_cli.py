@@ -68,7 +68,7 @@ def test_human_output_is_a_table(capsys, profile_file):
     (["optimize", "--profile", "no_such_profile"], "profile: unknown"),
     (["evaluate", "--profile", "@P", "--levels", "4,2,16", "--window", "3"], "levels"),
     (["evaluate", "--profile", "@P", "--levels", "2,4,17", "--window", "3"], "levels"),
-    (["evaluate", "--profile", "@P", "--levels", "2,4,16", "--window", "0"], "windows"),
+    (["evaluate", "--profile", "@P", "--levels", "2,4,16", "--window", "0"], "window"),
     (["evaluate", "--profile", "@P", "--levels", "2,16", "--propose", "0"], "propose"),
     (["evaluate", "--profile", "@P", "--levels", "2,16", "--workload", "nope"], "workload: unknown 'nope'; known: w"),
     (["optimize", "--profile", "@P", "--batch", "0"], "batch"),
