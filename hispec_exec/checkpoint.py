@@ -34,26 +34,37 @@ def model_bytes(args: ModelArgs) -> int:
     return 4 * (params + kv)
 
 
-def check_args(args: ModelArgs, field: str = "config") -> ModelArgs:
+HF_NAMES = {"dim": "hidden_size", "n_layers": "num_hidden_layers", "n_heads": "num_attention_heads",
+            "n_kv_heads": "num_key_value_heads", "ffn_dim": "intermediate_size", "max_seq_len": "max_position_embeddings",
+            "norm_eps": "rms_norm_eps", "tie_embeddings": "tie_word_embeddings"}
+
+
+def check_args(args: ModelArgs, field: str = "config", names: dict | None = None) -> ModelArgs:
     """ValueError naming the field unless the executor can build and run this model here:
     types, ranges, shapes RoPE needs, and memory (weights + KV caches <= this machine's RAM)."""
     import math
 
+    names = names or {}
+
+    def n(f):  # the config's own name of the field
+        return f"{field}.{names.get(f, f)}"
+
     for f, (lo, hi) in MODEL_LIMITS.items():
         v = getattr(args, f)
         if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-            raise ValueError(f"{field}.{f}: must be an integer in [{lo}, {hi}], got {v!r}")
+            raise ValueError(f"{n(f)}: must be an integer in [{lo}, {hi}], got {v!r}")
     if args.dim % args.n_heads or args.n_heads % args.n_kv_heads:
-        raise ValueError(f"{field}.n_heads: dim ({args.dim}) must divide by n_heads ({args.n_heads}) "
-                         f"and n_heads by n_kv_heads ({args.n_kv_heads})")
+        raise ValueError(f"{n('n_heads')}: {n('dim')} ({args.dim}) must divide by {n('n_heads')} ({args.n_heads}) "
+                         f"and that by {n('n_kv_heads')} ({args.n_kv_heads})")
     if (args.dim // args.n_heads) % 2:
-        raise ValueError(f"{field}.dim: the head dimension dim / n_heads = {args.dim // args.n_heads} must be even (RoPE)")
+        raise ValueError(f"{n('dim')}: the head dimension {args.dim} / {args.n_heads} heads = "
+                         f"{args.dim // args.n_heads} must be even (RoPE)")
     for f, lo, hi in (("rope_theta", 1.0, 1e12), ("norm_eps", 1e-12, 0.1)):
         v = getattr(args, f)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
-            raise ValueError(f"{field}.{f}: must be a number in [{lo:g}, {hi:g}], got {v!r}")
+            raise ValueError(f"{n(f)}: must be a number in [{lo:g}, {hi:g}], got {v!r}")
     if not isinstance(args.tie_embeddings, bool):
-        raise ValueError(f"{field}.tie_embeddings: must be true or false, got {args.tie_embeddings!r}")
+        raise ValueError(f"{n('tie_embeddings')}: must be true or false, got {args.tie_embeddings!r}")
     rs = args.rope_scaling
     if rs is not None:
         if not isinstance(rs, dict):

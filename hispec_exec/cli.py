@@ -23,13 +23,22 @@ def _load(a):
     return load_model_from_args(a)
 
 
-def _plan_for_model(a, model):
-    """The plan of the flags (autoregressive without any), checked against this model's
-    depth; a plan for another model says what to run instead."""
+def _plan_args(a):
+    """The plan of the flags, checked before the model loads (None: autoregressive over
+    whatever model loads)."""
+    if a.plan is None and a.levels is None:
+        plan_from_args(a, default_layers=1)  # refuses --propose / --window without --levels
+        return None
+    return plan_from_args(a)
+
+
+def _plan_for_model(a, model, plan=None):
+    """The plan (autoregressive without one), checked against this model's depth; a plan
+    for another model says what to run instead."""
     from .generate import check_plan
 
-    plan = plan_from_args(a, default_layers=model.num_layers)
     L = model.num_layers
+    plan = plan if plan is not None else schema.autoregressive_plan(L)
     if plan.levels[-1] != L:
         which = "the shipped model" if a.model is None else f"the model in {a.model}"
         hint = ("optimize with --profile cpu_hispec_tiny (the shipped model's profile)" if a.model is None
@@ -162,8 +171,9 @@ def cmd_run(a) -> int:
 
     if a.out:  # before the run: never overwrite the plan
         check_output(a.out, inputs=[a.plan])
+    plan = _plan_args(a)
     model = _load(a)
-    plan = _plan_for_model(a, model)
+    plan = _plan_for_model(a, model, plan)
     if a.prompt_len + a.max_new_tokens > model.args.max_seq_len:
         raise ValueError(f"max_new_tokens: --prompt-len ({a.prompt_len}) + --max-new-tokens ({a.max_new_tokens}) "
                          f"must fit the model's context {model.args.max_seq_len}")
@@ -197,8 +207,9 @@ def cmd_generate(a) -> int:
 
     if not a.prompt:
         raise ValueError("prompt: empty prompt")
+    plan = _plan_args(a)
     model = _load(a)
-    plan = _plan_for_model(a, model)
+    plan = _plan_for_model(a, model, plan)
     enc, dec = _codec(a, model)
     ids = enc(a.prompt.replace("\\n", "\n"))
     if not ids:

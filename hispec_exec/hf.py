@@ -32,7 +32,7 @@ def _num(cfg: dict, key: str, default: float) -> float:
 def args_from_hf(cfg: dict, max_seq_len: int | None = None) -> ModelArgs:
     """Our ModelArgs from a Hugging Face Llama config; ValueError naming the config field
     for anything the executor cannot build (types and ranges: checkpoint.check_args)."""
-    from .checkpoint import check_args
+    from .checkpoint import HF_NAMES, check_args
 
     mt = cfg.get("model_type", "llama")
     archs = cfg.get("architectures", [])
@@ -79,7 +79,7 @@ def args_from_hf(cfg: dict, max_seq_len: int | None = None) -> ModelArgs:
         rope_theta=float(theta), norm_eps=_num(cfg, "rms_norm_eps", 1e-6),
         max_seq_len=max_seq_len or max(2, min(ctx, DEFAULT_HF_CONTEXT)),
         tie_embeddings=cfg.get("tie_word_embeddings", False), rope_scaling=rs)
-    return check_args(args, "config")
+    return check_args(args, "config", HF_NAMES)
 
 
 def _hf_tensors(folder: Path) -> dict[str, torch.Tensor]:

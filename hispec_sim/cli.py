@@ -12,7 +12,8 @@ import sys
 
 from . import schema
 from .cli_common import (SEED, Parser, UsageError, add_model_args, add_plan_args, check_output, check_storage,  # noqa: F401
-                         float_in, int_in, load_model_from_args, one_line, plan_from_args, run_main, sqlite_path)
+                         float_in, int_in, load_model_from_args, one_line, plan_from_args, quiet_optuna_interrupts, run_main,
+                         sqlite_path)
 from .evaluate import Setting, exhaustive, score
 
 CONTEXT = int_in(0, schema.MAX_CONTEXT)
@@ -31,9 +32,9 @@ def _setting_args(p: argparse.ArgumentParser, batch=True) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def _setting(args, batch: int | None = None) -> Setting:
+def _setting(args, batch: int | None = None, profile: schema.Profile | None = None) -> Setting:
     b = batch if batch is not None else (getattr(args, "batch", None) or 1)
-    profile = schema.load_profile(args.profile)
+    profile = profile or schema.load_profile(args.profile)
     return Setting(profile, args.workload, args.tp, args.stack, b, args.context)
 
 
@@ -49,8 +50,9 @@ def cmd_evaluate(args) -> int:
     if args.streams * args.cycles > schema.MAX_STREAM_CYCLES:
         raise ValueError(f"streams: --streams x --cycles must be <= {schema.MAX_STREAM_CYCLES}, "
                          f"got {args.streams} x {args.cycles}")
+    profile = schema.load_profile(args.profile)
     plan = plan_from_args(args, batch=args.batch)  # --batch (either form) overrides the plan file's
-    setting = _setting(args, plan.batch)
+    setting = _setting(args, plan.batch, profile)
     setting.profile.check_plan(plan, setting.workload)
     ar, s = score(setting, [schema.autoregressive_plan(setting.num_layers, plan.batch), plan])
     out = {**setting.describe(), **s.as_dict(ar.tokens_per_second)}
@@ -101,6 +103,7 @@ def cmd_optimize(args) -> int:
         check_output(args.out, inputs=[_profile_path(args), sqlite_path(args.storage)])
     setting = _setting(args)
     if opts["optuna"]:
+        quiet_optuna_interrupts()
         result = search.cli_optuna(args, setting, opts)
     else:
         result = exhaustive(setting, top=args.top, max_propose=args.max_propose, max_window=args.max_window)
@@ -196,7 +199,7 @@ def cmd_report(args) -> int:
     out = args.out or ("report.html" if args.format == "html" else "report.md")
     check_output(out, inputs=[_profile_path(args), args.validation])
     data, _, path = build_report(args.profile, out, args.format, workload=args.workload, tp=args.tp,
-                                 stack=args.stack, batch=args.batch, context=args.context, target_tps=args.target_tps,
+                                 stack=args.stack, batch=args.batch or 1, context=args.context, target_tps=args.target_tps,
                                  slo_ms=args.slo_ms, gpu_hour_usd=args.gpu_hour_usd, validation=args.validation,
                                  max_batch=args.max_batch, max_propose=args.max_propose, max_window=args.max_window)
     for w in data["capacity"]["warnings"]:

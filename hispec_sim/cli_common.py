@@ -205,6 +205,20 @@ def check_storage(url: str) -> None:
         raise ValueError(f"storage: scheme {scheme!r} not supported; use sqlite:///FILE or postgresql://...")
 
 
+def _writable_folder(folder: Path) -> bool:
+    """Whether a file can be created in folder: tried, not guessed (os.access says yes to
+    root on read-only mounts and pseudo file systems)."""
+    import tempfile
+
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".hispec-probe-")
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(tmp)
+    return True
+
+
 def check_output(path: str | Path, field: str = "out", inputs=(), must_not_exist_as_dir: bool = True) -> Path:
     """Check, before any long work, that a result can be written at path and that it is
     none of the inputs (profile, plan, study database, ...): a run never overwrites what
@@ -221,7 +235,7 @@ def check_output(path: str | Path, field: str = "out", inputs=(), must_not_exist
         raise ValueError(f"{field}: {path} is a folder; give a file name")
     if path.exists() and not path.is_file():
         raise ValueError(f"{field}: {path} is not a regular file")
-    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+    if not _writable_folder(path.parent) or (path.exists() and not os.access(path, os.W_OK)):
         raise ValueError(f"{field}: {path} is not writable")
     return path
 
@@ -236,7 +250,7 @@ def check_output_folder(path: str | Path, field: str = "out") -> Path:
     if not parent.exists():
         raise ValueError(f"{field}: folder {parent} does not exist")
     target = path if path.exists() else parent
-    if not os.access(target, os.W_OK):
+    if not _writable_folder(target):
         raise ValueError(f"{field}: {target} is not writable")
     return path
 
@@ -260,6 +274,29 @@ def one_line(e: BaseException) -> str:
     else:
         text = str(e) or type(e).__name__
     return " ".join(text.split())[:400]
+
+
+class _DropInterruptedTrials:
+    """logging filter: Optuna logs a trial that an interrupt stopped as a failure with its
+    traceback; the CLI says `interrupted` in one line instead."""
+
+    def __init__(self):
+        self.interrupted = False
+
+    def filter(self, record) -> bool:
+        if record.exc_info and record.exc_info[0] is KeyboardInterrupt or "KeyboardInterrupt" in record.getMessage():
+            self.interrupted = True
+            return False
+        return not (self.interrupted and "failed with value None" in record.getMessage())
+
+
+def quiet_optuna_interrupts() -> None:
+    """Call before an Optuna search in a command: SIGINT then ends in one line."""
+    import logging
+
+    logger = logging.getLogger("optuna.study._optimize")
+    if not any(isinstance(f, _DropInterruptedTrials) for f in logger.filters):
+        logger.addFilter(_DropInterruptedTrials())
 
 
 def run_main(prog: str, build_parser, argv: list[str] | None, func_attr: str = "func") -> int:
