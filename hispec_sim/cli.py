@@ -149,7 +149,7 @@ def _check_search_args(args, opts: dict) -> None:
                              ("workers", args.workers, 1, 256), ("mc_streams", args.mc_streams, 1, schema.MAX_STREAMS),
                              ("mc_cycles", args.mc_cycles, 1, schema.MAX_CYCLES)):
         if v is not None and not lo <= v <= hi:
-            raise ValueError(f"{field}: must be in [{lo}, {hi}], got {v}")
+            raise ValueError(f"{field}: must be >= {lo} and <= {hi}, got {v}")
     if args.mc_streams * args.mc_cycles > schema.MAX_STREAM_CYCLES:
         raise ValueError(f"mc_streams: --mc-streams x --mc-cycles must be <= {schema.MAX_STREAM_CYCLES}")
     if args.timeout is not None and not (args.timeout > 0 and args.timeout <= 7 * 86400):

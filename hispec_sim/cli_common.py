@@ -29,6 +29,13 @@ class Parser(argparse.ArgumentParser):
     """argparse whose errors are ValueErrors' siblings: one line, exit status 2 (via run_main)."""
 
     def error(self, message):
+        import re
+
+        # "argument --slo-ms: must be ..." -> "slo_ms: must be ... (--slo-ms)": the field as
+        # the schema and the JSON outputs spell it first, like every other error
+        m = re.match(r"argument (--[\w-]+)(?:/-\w)?: (.*)", message, re.S)
+        if m:
+            message = f"{m.group(1)[2:].replace('-', '_')}: {m.group(2)} ({m.group(1)})"
         raise UsageError(message)
 
 
