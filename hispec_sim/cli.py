@@ -271,7 +271,7 @@ def cmd_measure(args) -> int:
     model, name = _load_executor_model(args)
     command = "hispec-sim " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     profile = measure_profile(model, name, args.device, args.workload, args.prompts, 64, args.max_new_tokens,
-                              args.seed, command=command)
+                              args.seed, repeats=args.repeats, command=command)
     if args.name:
         profile = profile.model_copy(update={"name": args.name})
     schema.save_profile(profile, args.out)
@@ -383,6 +383,7 @@ def build_parser() -> Parser:
     _executor_args(m)
     m.add_argument("--workload", default="heldout", help="workload name to record (default heldout)")
     m.add_argument("--seed", type=SEED, default=0, help="seed of the held-out prompts")
+    m.add_argument("--repeats", type=int_in(3, 1000), default=30, help="timings per measured shape (median; default 30)")
     m.add_argument("--name", help="profile name")
     m.add_argument("--out", required=True, metavar="FILE")
     m.set_defaults(func=cmd_measure)
