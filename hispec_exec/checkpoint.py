@@ -2,7 +2,6 @@
 Hugging Face Llama folder. Weights are read with safetensors only, never unpickled."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -11,19 +10,87 @@ from .model import ModelArgs, Transformer
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints"
 
+# Bounds of a model this executor builds (float32 weights on one device)
+MODEL_LIMITS = {"vocab_size": (2, 1 << 20), "dim": (2, 1 << 16), "n_layers": (1, 1024), "n_heads": (1, 1024),
+                "n_kv_heads": (1, 1024), "ffn_dim": (1, 1 << 18), "max_seq_len": (2, 1 << 20)}
+
+
+def _machine_bytes() -> int | None:
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def model_bytes(args: ModelArgs) -> int:
+    """float32 bytes of the weights and the full KV caches (upper bound of what loading needs)."""
+    hd = args.dim // args.n_heads
+    per_layer = args.dim * (args.n_heads + 2 * args.n_kv_heads) * hd + args.n_heads * hd * args.dim \
+        + 3 * args.dim * args.ffn_dim + 2 * args.dim
+    params = args.n_layers * per_layer + args.vocab_size * args.dim * (1 if args.tie_embeddings else 2) + args.dim
+    kv = args.n_layers * 2 * args.max_seq_len * args.n_kv_heads * hd
+    return 4 * (params + kv)
+
+
+HF_NAMES = {"dim": "hidden_size", "n_layers": "num_hidden_layers", "n_heads": "num_attention_heads",
+            "n_kv_heads": "num_key_value_heads", "ffn_dim": "intermediate_size", "max_seq_len": "max_position_embeddings",
+            "norm_eps": "rms_norm_eps", "tie_embeddings": "tie_word_embeddings"}
+
+
+def check_args(args: ModelArgs, field: str = "config", names: dict | None = None) -> ModelArgs:
+    """ValueError naming the field unless the executor can build and run this model here:
+    types, ranges, shapes RoPE needs, and memory (weights + KV caches <= this machine's RAM)."""
+    import math
+
+    names = names or {}
+
+    def n(f):  # the config's own name of the field
+        return f"{field}.{names.get(f, f)}"
+
+    for f, (lo, hi) in MODEL_LIMITS.items():
+        v = getattr(args, f)
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise ValueError(f"{n(f)}: must be an integer in [{lo}, {hi}], got {v!r}")
+    if args.dim % args.n_heads or args.n_heads % args.n_kv_heads:
+        raise ValueError(f"{n('n_heads')}: {n('dim')} ({args.dim}) must divide by {n('n_heads')} ({args.n_heads}) "
+                         f"and that by {n('n_kv_heads')} ({args.n_kv_heads})")
+    if (args.dim // args.n_heads) % 2:
+        raise ValueError(f"{n('dim')}: the head dimension {args.dim} / {args.n_heads} heads = "
+                         f"{args.dim // args.n_heads} must be even (RoPE)")
+    for f, lo, hi in (("rope_theta", 1.0, 1e12), ("norm_eps", 1e-12, 0.1)):
+        v = getattr(args, f)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
+            raise ValueError(f"{n(f)}: must be a number in [{lo:g}, {hi:g}], got {v!r}")
+    if not isinstance(args.tie_embeddings, bool):
+        raise ValueError(f"{n('tie_embeddings')}: must be true or false, got {args.tie_embeddings!r}")
+    rs = args.rope_scaling
+    if rs is not None:
+        if not isinstance(rs, dict):
+            raise ValueError(f"{field}.rope_scaling: must be an object (llama3 scaling) or null, got {rs!r}")
+        for k, lo, hi, default in (("factor", 1e-3, 1e6, None), ("low_freq_factor", 1e-3, 1e6, 1.0),
+                                   ("high_freq_factor", 1e-3, 1e6, 4.0),
+                                   ("original_max_position_embeddings", 1, 1 << 24, 8192)):
+            v = rs.get(k, default)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
+                raise ValueError(f"{field}.rope_scaling.{k}: must be a number in [{lo:g}, {hi:g}], got {v!r}")
+        if rs.get("low_freq_factor", 1.0) >= rs.get("high_freq_factor", 4.0):
+            raise ValueError(f"{field}.rope_scaling.low_freq_factor: must be below high_freq_factor")
+    need, have = model_bytes(args), _machine_bytes()
+    if have is not None and need > have:
+        raise ValueError(f"{field}: this model needs {need / 2**30:.1f} GiB (float32 weights + KV caches), "
+                         f"this machine has {have / 2**30:.1f} GiB")
+    return args
+
 
 def _read_json(path: Path, field: str) -> dict:
-    try:
-        d = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{field}: missing {path}") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{field}: corrupt JSON in {path} ({e.msg} at line {e.lineno})") from None
-    except OSError as e:
-        raise ValueError(f"{field}: cannot read {path} ({e.strerror})") from None
-    if not isinstance(d, dict):
-        raise ValueError(f"{field}: {path} must hold a JSON object")
-    return d
+    """A JSON object file, bounded like every JSON input (size, nesting, finite numbers)."""
+    from hispec_sim.schema import _load_object
+
+    if not path.exists():
+        raise ValueError(f"{field}: missing {path}")
+    return _load_object(path, field)
 
 
 def read_safetensors(path: Path, field: str = "model") -> dict[str, torch.Tensor]:
@@ -75,6 +142,7 @@ def load_model(path: str | Path | None = None, device: str = "cpu", max_seq_len:
             args = ModelArgs.from_dict(cfg)
         except (TypeError, ValueError) as e:
             raise ValueError(f"model: bad config in {folder / 'config.json'} ({e})") from None
+        check_args(args)
         model = Transformer(args)
         load_state(model, read_safetensors(folder / "model.safetensors"))
     if device != "cpu":

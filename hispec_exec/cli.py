@@ -10,71 +10,43 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
+from hispec_sim import schema
+from hispec_sim.cli_common import (SEED, Parser, add_model_args, add_plan_args, check_output, check_output_folder,
+                                   float_in, int_in, load_model_from_args, plan_from_args, run_main)
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2
-        sys.stderr.write(f"hispec-exec: error: {message}\n")
-        raise SystemExit(2)
-
-
-def _ints(text: str, field: str) -> list[int]:
-    try:
-        out = [int(x) for x in text.replace(" ", "").split(",") if x != ""]
-    except ValueError:
-        raise ValueError(f"{field}: expected comma-separated integers, got {text!r}") from None
-    if not out:
-        raise ValueError(f"{field}: empty list")
-    return out
-
-
-def _plan_from_args(a, num_layers: int):
-    from hispec_sim.schema import Plan, load_plan
-
-    if a.plan:
-        if a.levels:
-            raise ValueError("plan: give --plan or --levels, not both")
-        plan = load_plan(a.plan)
-    elif a.levels:
-        levels = _ints(a.levels, "levels")
-        windows = _ints(a.window, "window") if a.window else []
-        if len(levels) > 2 and not windows:
-            raise ValueError(f"window: a {len(levels)}-level chain needs {len(levels) - 2} window(s) (--window)")
-        if len(levels) <= 2:
-            windows = []
-        if len(windows) == 1 and len(levels) > 3:
-            windows = windows * (len(levels) - 2)
-        plan = Plan(levels=levels, propose=a.propose if len(levels) > 1 else 1, windows=windows)
-    else:
-        from hispec_sim.schema import autoregressive_plan
-
-        plan = autoregressive_plan(num_layers)
-    return plan
-
-
-def _add_model(p):
-    p.add_argument("--model", help="checkpoint folder (ours or a Hugging Face Llama folder); default: the shipped model")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1)")
-
-
-def _add_plan(p):
-    p.add_argument("--plan", help="plan JSON file (hispec-sim optimize/evaluate output works too)")
-    p.add_argument("--levels", help="exit layers, e.g. 2,4,16 (the last is the full model)")
-    p.add_argument("--propose", type=int, default=2, help="drafts per round at level 1")
-    p.add_argument("--window", help="window(s) of the intermediate level(s), e.g. 4 or 4,8")
-    p.add_argument("--mode", choices=["greedy", "sampling"], help="default: the plan's mode")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--temperature", type=float, default=1.0)
+TOKENS = int_in(1, 1 << 20)
 
 
 def _load(a):
-    import torch
+    return load_model_from_args(a)
 
-    torch.set_num_threads(max(1, a.threads))
-    from .checkpoint import load_model
 
-    return load_model(a.model, device=a.device)
+def _plan_args(a):
+    """The plan of the flags, checked before the model loads (None: autoregressive over
+    whatever model loads)."""
+    if a.plan is None and a.levels is None:
+        plan_from_args(a, default_layers=1)  # refuses --propose / --window without --levels
+        return None
+    return plan_from_args(a)
+
+
+def _plan_for_model(a, model, plan=None):
+    """The plan (autoregressive without one), checked against this model's depth; a plan
+    for another model says what to run instead."""
+    from .generate import check_plan
+
+    L = model.num_layers
+    plan = plan if plan is not None else schema.autoregressive_plan(L)
+    if plan.levels[-1] != L:
+        which = "the shipped model" if a.model is None else f"the model in {a.model}"
+        hint = ("optimize with --profile cpu_hispec_tiny (the shipped model's profile)" if a.model is None
+                else "measure its profile (hispec-sim profile measure --model ...) and optimize with it")
+        raise ValueError(f"levels: the plan is for a {plan.levels[-1]}-layer model, {which} has {L} layers; "
+                         f"{hint}, or pass --model with a {plan.levels[-1]}-layer checkpoint")
+    check_plan(model, plan)
+    return plan
 
 
 def _codec(a, model):
@@ -199,15 +171,14 @@ def cmd_run(a) -> int:
     from .data import decode_bytes, heldout_prompts
     from .data import encode as encode_bytes
 
+    if a.out:  # before the run: never overwrite the plan
+        check_output(a.out, inputs=[a.plan])
+    plan = _plan_args(a)
     model = _load(a)
-    plan = _plan_from_args(a, model.num_layers)
-    from .generate import check_plan
-
-    check_plan(model, plan)
-    if a.prompts < 1:
-        raise ValueError("prompts: must be >= 1")
-    if a.max_new_tokens < 1:
-        raise ValueError("max_new_tokens: must be >= 1")
+    plan = _plan_for_model(a, model, plan)
+    if a.prompt_len + a.max_new_tokens > model.args.max_seq_len:
+        raise ValueError(f"max_new_tokens: --prompt-len ({a.prompt_len}) + --max-new-tokens ({a.max_new_tokens}) "
+                         f"must fit the model's context {model.args.max_seq_len}")
     enc, _ = _codec(a, model)
     prompts = heldout_prompts(a.prompts, a.prompt_len, a.seed)
     if enc is not encode_bytes:
@@ -240,12 +211,16 @@ def cmd_generate(a) -> int:
 
     if not a.prompt:
         raise ValueError("prompt: empty prompt")
+    plan = _plan_args(a)
     model = _load(a)
-    plan = _plan_from_args(a, model.num_layers)
+    plan = _plan_for_model(a, model, plan)
     enc, dec = _codec(a, model)
     ids = enc(a.prompt.replace("\\n", "\n"))
     if not ids:
         raise ValueError("prompt: the prompt encodes to no tokens")
+    from .generate import check_fits
+
+    check_fits(plan, len(ids), a.max_new_tokens, model.args.max_seq_len)
     r = decode(model, plan, ids, a.max_new_tokens, mode=a.mode, seed=a.seed, temperature=a.temperature)
     sys.stdout.write(dec(ids + r.tokens) + "\n")
     s = r.summary()
@@ -255,17 +230,70 @@ def cmd_generate(a) -> int:
     return 0
 
 
-def cmd_train(a) -> int:
+def check_train_args(a):
+    """Every train argument, before anything is created: the model shape the executor can
+    build on this machine, a sequence that fits it, a budget, a folder to write."""
+    from .checkpoint import check_args
     from .model import ModelArgs
+
+    if a.init_from is not None:
+        init = Path(a.init_from)
+        if not (init.is_dir() and (init / "config.json").is_file()):
+            raise ValueError(f"init_from: {a.init_from} is not a checkpoint folder (config.json + model.safetensors)")
+        from .checkpoint import _read_json
+
+        cfg = _read_json(init / "config.json", "init_from")
+        try:
+            args = ModelArgs.from_dict(cfg) if not ("model_type" in cfg or "architectures" in cfg) else None
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"init_from: bad config ({e})") from None
+        if args is None:
+            from .hf import args_from_hf
+
+            args = args_from_hf(cfg)
+        check_args(args, "init_from")
+    else:
+        args = ModelArgs(dim=a.dim, n_layers=a.layers, n_heads=a.heads, n_kv_heads=a.kv_heads, ffn_dim=a.ffn,
+                         max_seq_len=a.max_seq_len)
+        for flag, f in (("kv_heads", "n_kv_heads"), ("heads", "n_heads")):
+            if getattr(args, f) > args.dim:
+                raise ValueError(f"{flag}: must be <= --dim ({args.dim}), got {getattr(args, f)}")
+        check_args(args, "model")
+    if args.n_layers < 2:
+        raise ValueError(f"layers: an early-exit model needs >= 2 layers, got {args.n_layers}")
+    if a.seq >= args.max_seq_len:
+        raise ValueError(f"seq: must be in [1, {args.max_seq_len - 1}] (below --max-seq-len), got {a.seq}")
+    # activations of one step: every layer's hidden states, attention scores and 5 exits' logits
+    hd = args.dim // args.n_heads
+    act = 4 * a.batch * a.seq * (args.n_layers * (8 * args.dim + 3 * args.ffn_dim + 2 * args.n_heads * a.seq)
+                                 + 15 * args.vocab_size)
+    from .checkpoint import _machine_bytes, model_bytes
+
+    need, have = 4 * model_bytes(args) + act, _machine_bytes()
+    if have is not None and need > have:
+        raise ValueError(f"batch: --batch {a.batch} x --seq {a.seq} on this model needs about {need / 2**30:.1f} GiB "
+                         f"to train, this machine has {have / 2**30:.1f} GiB")
+    del hd
+    check_output_folder(a.out)
+    if Path(a.out).is_dir() and any(Path(a.out).iterdir()) and not (Path(a.out) / "config.json").exists():
+        raise ValueError(f"out: {a.out} is a folder holding other files; give a new or a checkpoint folder")
+    return args
+
+
+def cmd_train(a) -> int:
     from .train import train
 
-    args = ModelArgs(dim=a.dim, n_layers=a.layers, n_heads=a.heads, n_kv_heads=a.kv_heads, ffn_dim=a.ffn,
-                     max_seq_len=a.max_seq_len)
-    ModelArgs.from_dict(json.loads(args.to_json()))  # validate
-    info = train(a.out, args, minutes=a.minutes, steps=a.steps, batch=a.batch, seq=a.seq, lr=a.lr,
-                 exit_scale=a.exit_scale, dropout_max=a.layer_dropout, threads=a.threads, seed=a.seed,
-                 init_from=a.init_from,
-                 log=lambda s: print(s, flush=True))
+    args = check_train_args(a)
+    out = Path(a.out)
+    created = not out.exists()
+    try:
+        info = train(a.out, args if a.init_from is None else None, minutes=a.minutes, steps=a.steps, batch=a.batch,
+                     seq=a.seq, lr=a.lr, exit_scale=a.exit_scale, dropout_max=a.layer_dropout, threads=a.threads,
+                     seed=a.seed, init_from=a.init_from, log=lambda s: print(s, flush=True))
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # interrupted before the first checkpoint: leave no empty folder
+        raise
     print(json.dumps({"out": a.out, "train_seconds": info["train_seconds"], "steps": info["steps"],
                       "heldout_loss_per_exit": info["heldout"]["loss"],
                       "agreement_with_last_per_exit": info["heldout"]["agreement_with_last"]}))
@@ -273,83 +301,67 @@ def cmd_train(a) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="hispec-exec", description="Run hierarchical speculative decoding plans on a real model.")
-    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+    p = Parser(prog="hispec-exec", description="Run hierarchical speculative decoding plans on a real model.")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=Parser)
 
     q = sub.add_parser("info", help="model layers, parameters, exits")
-    _add_model(q)
+    add_model_args(q)
     q.add_argument("--json", action="store_true")
-    q.set_defaults(fn=cmd_info)
+    q.set_defaults(func=cmd_info)
 
     q = sub.add_parser("run", help="decode held-out prompts with a plan and autoregressively; report speed")
-    _add_model(q)
-    _add_plan(q)
-    q.add_argument("--prompts", type=int, default=4)
-    q.add_argument("--prompt-len", type=int, default=64)
-    q.add_argument("--max-new-tokens", type=int, default=128)
-    q.add_argument("--repeats", type=int, default=1)
+    add_model_args(q)
+    _add_decoding(q)
+    q.add_argument("--prompts", type=int_in(1, 10_000), default=4)
+    q.add_argument("--prompt-len", type=TOKENS, default=64)
+    q.add_argument("--max-new-tokens", type=TOKENS, default=128)
+    q.add_argument("--repeats", type=int_in(1, 1000), default=1)
     q.add_argument("--check", action="store_true", help="report identical_to_autoregressive (greedy)")
     q.add_argument("--json", action="store_true")
     q.add_argument("--out", help="also write the JSON report to this file")
-    q.set_defaults(fn=cmd_run)
+    q.set_defaults(func=cmd_run)
 
     q = sub.add_parser("generate", help="continue a text prompt")
-    _add_model(q)
-    _add_plan(q)
+    add_model_args(q)
+    _add_decoding(q)
     q.add_argument("--prompt", required=True)
-    q.add_argument("--max-new-tokens", type=int, default=200)
-    q.set_defaults(fn=cmd_generate)
+    q.add_argument("--max-new-tokens", type=TOKENS, default=200)
+    q.set_defaults(func=cmd_generate)
 
     q = sub.add_parser("train", help="train the early-exit model (LayerSkip recipe) on the stdlib corpus")
     q.add_argument("--out", default="hispec_exec/checkpoints")
-    q.add_argument("--minutes", type=float, default=25.0, help="wall-clock budget (ignored with --steps)")
-    q.add_argument("--steps", type=int)
-    q.add_argument("--dim", type=int, default=160)
-    q.add_argument("--layers", type=int, default=16)
-    q.add_argument("--heads", type=int, default=4)
-    q.add_argument("--kv-heads", type=int, default=2)
-    q.add_argument("--ffn", type=int, default=448)
-    q.add_argument("--max-seq-len", type=int, default=512)
-    q.add_argument("--batch", type=int, default=16)
-    q.add_argument("--seq", type=int, default=256)
-    q.add_argument("--lr", type=float, default=3e-3)
-    q.add_argument("--exit-scale", type=float, default=0.3)
-    q.add_argument("--layer-dropout", type=float, default=0.1)
-    q.add_argument("--threads", type=int, default=1)
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--minutes", type=float_in(0.001, 7 * 24 * 60), default=25.0, help="wall-clock budget (ignored with --steps)")
+    q.add_argument("--steps", type=int_in(1, 10_000_000))
+    q.add_argument("--dim", type=int_in(2, 1 << 16), default=160)
+    q.add_argument("--layers", type=int_in(2, schema.MAX_LAYERS), default=16, help="decoder layers (>= 2: exits below the last)")
+    q.add_argument("--heads", type=int_in(1, 1024), default=4)
+    q.add_argument("--kv-heads", type=int_in(1, 1024), default=2)
+    q.add_argument("--ffn", type=int_in(1, 1 << 18), default=448)
+    q.add_argument("--max-seq-len", type=int_in(2, 1 << 16), default=512)
+    q.add_argument("--batch", type=int_in(1, 4096), default=16)
+    q.add_argument("--seq", type=int_in(1, 1 << 16), default=256)
+    q.add_argument("--lr", type=float_in(1e-8, 1.0), default=3e-3)
+    q.add_argument("--exit-scale", type=float_in(0.0, 100.0), default=0.3)
+    q.add_argument("--layer-dropout", type=float_in(0.0, 0.99), default=0.1)
+    q.add_argument("--threads", type=int_in(1, schema.MAX_THREADS), default=1)
+    q.add_argument("--seed", type=SEED, default=0)
     q.add_argument("--init-from", help="continue training this checkpoint folder (model flags are ignored)")
-    q.set_defaults(fn=cmd_train)
+    q.set_defaults(func=cmd_train)
 
     from .serve import add_parser as add_serve  # hispec-exec serve
     add_serve(sub)
     return p
 
 
-def _one_line(e: Exception) -> str:
-    try:
-        from pydantic import ValidationError
-
-        if isinstance(e, ValidationError):
-            err = e.errors()[0]
-            loc = ".".join(str(x) for x in err.get("loc", ())) or "plan"
-            return f"{loc}: {err.get('msg', 'invalid')}"
-    except ImportError:
-        pass
-    return " ".join(str(e).split())
+def _add_decoding(q) -> None:
+    add_plan_args(q, "plan JSON file (hispec-sim optimize --out / export --to exec)")
+    q.add_argument("--mode", choices=["greedy", "sampling"], help="default: the plan's mode")
+    q.add_argument("--seed", type=SEED, default=0)
+    q.add_argument("--temperature", type=float_in(1e-3, 100.0), default=1.0, help="sampling temperature")
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = build_parser().parse_args(argv)
-    if getattr(a, "cmd", None) == "train" and a.steps is not None and a.steps < 1:
-        sys.stderr.write("hispec-exec: error: steps: must be >= 1\n")
-        return 2
-    try:
-        return a.fn(a)
-    except (ValueError, FileNotFoundError) as e:
-        sys.stderr.write(f"hispec-exec: error: {_one_line(e)}\n")
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return run_main("hispec-exec", build_parser, argv)
 
 
 if __name__ == "__main__":

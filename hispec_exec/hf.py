@@ -11,38 +11,75 @@ from .model import ModelArgs, Transformer
 DEFAULT_HF_CONTEXT = 2048  # attention spans the whole cache capacity: keep it moderate
 
 
+def _int(cfg: dict, key: str, default=None) -> int:
+    v = cfg.get(key, default)
+    if v is None:
+        raise ValueError(f"config.{key}: missing in the Hugging Face config")
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"config.{key}: must be a positive integer, got {v!r}")
+    return v
+
+
+def _num(cfg: dict, key: str, default: float) -> float:
+    v = cfg.get(key, default)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f"config.{key}: must be a number, got {v!r}")
+    return float(v)
+
+
 def args_from_hf(cfg: dict, max_seq_len: int | None = None) -> ModelArgs:
+    """Our ModelArgs from a Hugging Face Llama config; ValueError naming the config field
+    for anything the executor cannot build (types and ranges: checkpoint.check_args)."""
+    from .checkpoint import HF_NAMES, check_args
+
     mt = cfg.get("model_type", "llama")
-    if mt not in ("llama", "mistral", "qwen2") and "LlamaForCausalLM" not in cfg.get("architectures", []):
+    archs = cfg.get("architectures", [])
+    if not isinstance(archs, list):
+        raise ValueError(f"config.architectures: must be a list of names, got {archs!r}")
+    if mt not in ("llama", "mistral", "qwen2") and "LlamaForCausalLM" not in archs:
         raise ValueError(f"model_type: only Llama-format checkpoints are supported, got {mt!r}")
     for f in ("attention_bias", "mlp_bias"):
         if cfg.get(f):
             raise ValueError(f"{f}: biases are not supported")
     if cfg.get("hidden_act", "silu") != "silu":
         raise ValueError(f"hidden_act: only silu is supported, got {cfg.get('hidden_act')!r}")
-    try:
-        dim, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
-        hd = cfg.get("head_dim") or dim // heads
-        if hd * heads != dim:
-            raise ValueError("head_dim: head_dim * num_attention_heads must equal hidden_size")
-        rp = cfg.get("rope_parameters") or {}  # transformers >= 5 keeps theta and scaling here
-        theta = cfg.get("rope_theta", rp.get("rope_theta", 10000.0))
-        rs = cfg.get("rope_scaling") or (rp if rp.get("rope_type", "default") != "default" else None)
-        if rs is not None:
-            kind = rs.get("rope_type", rs.get("type"))
-            if kind in ("default", None):
-                rs = None
-            elif kind != "llama3":
-                raise ValueError(f"rope_scaling: only llama3 scaling is supported, got {kind!r}")
-        ctx = int(cfg.get("max_position_embeddings", DEFAULT_HF_CONTEXT))
-        return ModelArgs.from_dict(dict(
-            vocab_size=int(cfg["vocab_size"]), dim=dim, n_layers=int(cfg["num_hidden_layers"]), n_heads=heads,
-            n_kv_heads=int(cfg.get("num_key_value_heads") or heads), ffn_dim=int(cfg["intermediate_size"]),
-            rope_theta=float(theta), norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-            max_seq_len=max_seq_len or min(ctx, DEFAULT_HF_CONTEXT),
-            tie_embeddings=bool(cfg.get("tie_word_embeddings", False)), rope_scaling=rs))
-    except KeyError as e:
-        raise ValueError(f"config.{e.args[0]}: missing in the Hugging Face config") from None
+    dim, heads = _int(cfg, "hidden_size"), _int(cfg, "num_attention_heads")
+    if heads < 1 or dim < 1:
+        raise ValueError("config.num_attention_heads: hidden_size and num_attention_heads must be >= 1")
+    hd = cfg.get("head_dim") or dim // heads
+    if isinstance(hd, bool) or not isinstance(hd, int) or hd * heads != dim:
+        raise ValueError("config.head_dim: head_dim * num_attention_heads must equal hidden_size")
+    rp = cfg.get("rope_parameters") or {}  # transformers >= 5 keeps theta and scaling here
+    if not isinstance(rp, dict):
+        raise ValueError(f"config.rope_parameters: must be an object, got {rp!r}")
+    theta = cfg.get("rope_theta", rp.get("rope_theta", 10000.0))
+    if isinstance(theta, bool) or not isinstance(theta, (int, float)):
+        raise ValueError(f"config.rope_theta: must be a number, got {theta!r}")
+    rs = cfg.get("rope_scaling") or (rp if rp.get("rope_type", "default") != "default" else None)
+    if rs is not None:
+        if not isinstance(rs, dict):
+            raise ValueError(f"config.rope_scaling: must be an object or null, got {rs!r}")
+        kind = rs.get("rope_type", rs.get("type"))
+        if kind in ("default", None):
+            rs = None
+        elif kind != "llama3":
+            raise ValueError(f"config.rope_scaling: only llama3 scaling is supported, got {kind!r}")
+        else:
+            rs = {k: v for k, v in rs.items() if k in ("factor", "low_freq_factor", "high_freq_factor",
+                                                       "original_max_position_embeddings")}
+            if "factor" not in rs:
+                raise ValueError("config.rope_scaling.factor: missing (llama3 scaling needs it)")
+    ctx = _int(cfg, "max_position_embeddings", DEFAULT_HF_CONTEXT)
+    kv = cfg.get("num_key_value_heads") or heads
+    args = ModelArgs(
+        vocab_size=_int(cfg, "vocab_size"), dim=dim, n_layers=_int(cfg, "num_hidden_layers"), n_heads=heads,
+        n_kv_heads=kv, ffn_dim=_int(cfg, "intermediate_size"),
+        rope_theta=float(theta), norm_eps=_num(cfg, "rms_norm_eps", 1e-6),
+        max_seq_len=max_seq_len or max(2, min(ctx, DEFAULT_HF_CONTEXT)),
+        tie_embeddings=cfg.get("tie_word_embeddings", False), rope_scaling=rs)
+    return check_args(args, "config", HF_NAMES)
 
 
 def _hf_tensors(folder: Path) -> dict[str, torch.Tensor]:
@@ -78,9 +115,12 @@ def load_hf(folder: Path, cfg: dict, max_seq_len: int | None = None) -> Transfor
         sd["output.weight"] = get("lm_head.weight")
     for i in range(args.n_layers):
         p = f"model.layers.{i}."
-        sd[f"layers.{i}.wqkv.weight"] = torch.cat([get(p + f"self_attn.{x}_proj.weight") for x in "qkv"])
+        try:
+            sd[f"layers.{i}.wqkv.weight"] = torch.cat([get(p + f"self_attn.{x}_proj.weight") for x in "qkv"])
+            sd[f"layers.{i}.w13.weight"] = torch.cat([get(p + "mlp.gate_proj.weight"), get(p + "mlp.up_proj.weight")])
+        except RuntimeError:  # shapes that cannot be stacked: the tensors do not match config.json
+            raise ValueError(f"model: layer {i}'s projection tensors do not match config.json's sizes") from None
         sd[f"layers.{i}.wo.weight"] = get(p + "self_attn.o_proj.weight")
-        sd[f"layers.{i}.w13.weight"] = torch.cat([get(p + "mlp.gate_proj.weight"), get(p + "mlp.up_proj.weight")])
         sd[f"layers.{i}.w2.weight"] = get(p + "mlp.down_proj.weight")
         sd[f"layers.{i}.attention_norm.weight"] = get(p + "input_layernorm.weight")
         sd[f"layers.{i}.ffn_norm.weight"] = get(p + "post_attention_layernorm.weight")

@@ -238,7 +238,7 @@ def add_parser(sub) -> None:
     q.add_argument("--check", action="store_true", help="greedy: compare every output with its request decoded alone")
     q.add_argument("--json", action="store_true")
     q.add_argument("--out", help="also write the JSON report to this file")
-    q.set_defaults(fn=run)
+    q.set_defaults(func=run)
 
 
 def _pyd(fn, *args, **kw):

@@ -1,68 +1,59 @@
-"""`hispec-sim`: the command line. I/O and argument checking live here, nothing else."""
+"""`hispec-sim`: the command line. I/O and argument checking live here, nothing else.
+
+Shared plumbing (parser, typed flags, plan flags, output checks, one-line errors, SIGINT)
+is in cli_common; the limits are in schema. A new subcommand: a `cmd_x(args)` here and
+three lines in build_parser().
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
 
-from pydantic import ValidationError
-
 from . import schema
+from .cli_common import (SEED, Parser, UsageError, add_model_args, add_plan_args, check_output, check_storage,  # noqa: F401
+                         float_in, int_in, load_model_from_args, one_line, plan_from_args, quiet_optuna_interrupts, run_main,
+                         sqlite_path)
 from .evaluate import Setting, exhaustive, score
 
-
-class UsageError(Exception):
-    pass
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2, like every other bad input
-        raise UsageError(message)
-
-
-def _ints(text: str, field: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(f"{field}: expected comma-separated integers, got {text!r}") from None
+CONTEXT = int_in(0, schema.MAX_CONTEXT)
+TP = int_in(1, schema.MAX_TP)
+BATCH = int_in(1, schema.MAX_BATCH)
 
 
 def _setting_args(p: argparse.ArgumentParser, batch=True) -> None:
     p.add_argument("--profile", required=True, help="shipped profile name or path to a profile JSON")
     p.add_argument("--workload", help="workload name (default: the profile's)")
-    p.add_argument("--tp", type=int, help="tensor-parallel degree (default: the profile's)")
+    p.add_argument("--tp", type=TP, help="tensor-parallel degree (default: the profile's)")
     p.add_argument("--stack", help="serving stack, e.g. compiled or hf_eager (default: the profile's)")
     if batch:
-        p.add_argument("--batch", type=int, default=1, help="sequences in lockstep (default 1)")
-    p.add_argument("--context", type=int, help="mean context length (default: the workload's)")
+        p.add_argument("--batch", type=BATCH, default=None, help="sequences in lockstep (default 1, or the plan file's)")
+    p.add_argument("--context", type=CONTEXT, help="mean context length (default: the workload's)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def _setting(args) -> Setting:
-    if getattr(args, "batch", 1) < 1 or getattr(args, "batch", 1) > 4096:
-        raise ValueError("batch: must be in [1, 4096]")
-    profile = schema.load_profile(args.profile)
-    return Setting(profile, args.workload, args.tp, args.stack, getattr(args, "batch", 1), args.context)
+def _setting(args, batch: int | None = None, profile: schema.Profile | None = None) -> Setting:
+    b = batch if batch is not None else (getattr(args, "batch", None) or 1)
+    profile = profile or schema.load_profile(args.profile)
+    return Setting(profile, args.workload, args.tp, args.stack, b, args.context)
 
 
-def _plan_from_args(args, setting: Setting) -> schema.Plan:
-    if args.plan:
-        plan = schema.load_plan(args.plan).model_copy(update={"batch": setting.batch} if args.batch_given else {})
-    elif args.levels:
-        levels = _ints(args.levels, "levels")
-        windows = _ints(args.window, "window") if args.window else []
-        plan = schema.Plan(levels=levels, propose=args.propose, windows=windows, batch=setting.batch)
-    else:
-        raise ValueError("plan: give --plan FILE or --levels")
-    setting.profile.check_plan(plan, setting.workload)
-    return plan
+def _profile_path(args):
+    """The profile's file (an input no output may overwrite), or None for a bad name."""
+    try:
+        return schema.resolve_profile_path(args.profile)
+    except ValueError:
+        return None
 
 
 def cmd_evaluate(args) -> int:
-    setting = _setting(args)
-    plan = _plan_from_args(args, setting)
-    if plan.batch != setting.batch:
-        setting = Setting(setting.profile, setting.workload, setting.tp, setting.stack, plan.batch, args.context)
+    if args.streams * args.cycles > schema.MAX_STREAM_CYCLES:
+        raise ValueError(f"streams: --streams x --cycles must be <= {schema.MAX_STREAM_CYCLES}, "
+                         f"got {args.streams} x {args.cycles}")
+    profile = schema.load_profile(args.profile)
+    plan = plan_from_args(args, batch=args.batch)  # --batch (either form) overrides the plan file's
+    setting = _setting(args, plan.batch, profile)
+    setting.profile.check_plan(plan, setting.workload)
     ar, s = score(setting, [schema.autoregressive_plan(setting.num_layers, plan.batch), plan])
     out = {**setting.describe(), **s.as_dict(ar.tokens_per_second)}
     if args.mc or args.replay:
@@ -107,10 +98,12 @@ def cmd_optimize(args) -> int:
     from . import search
 
     opts = search.cli_prepare(args)  # --batch/--tp choices, --search/--depth/--objectives (search.py)
+    _check_search_args(args, opts)
+    if args.out:  # before the search: never overwrite the profile or the study database
+        check_output(args.out, inputs=[_profile_path(args), sqlite_path(args.storage)])
     setting = _setting(args)
-    if args.top < 1:
-        raise ValueError("top: must be >= 1")
     if opts["optuna"]:
+        quiet_optuna_interrupts()
         result = search.cli_optuna(args, setting, opts)
     else:
         result = exhaustive(setting, top=args.top, max_propose=args.max_propose, max_window=args.max_window)
@@ -141,6 +134,29 @@ def cmd_optimize(args) -> int:
     return 0
 
 
+def _check_search_args(args, opts: dict) -> None:
+    """Bounds of the flags search.add_cli_args declares (the limits are the schema's)."""
+    for field, values, hi in (("batch", opts["batches"] or [args.batch], schema.MAX_BATCH),
+                              ("tp", opts["tps"] or ([args.tp] if args.tp is not None else []), schema.MAX_TP)):
+        bad = [v for v in values if not 1 <= v <= hi]
+        if bad:
+            raise ValueError(f"{field}: values must be in [1, {hi}], got {bad[0]}")
+    if opts["depth"] is not None:
+        lo, hi = opts["depth"]
+        if not 1 <= lo <= hi <= schema.MAX_LEVELS:
+            raise ValueError(f"depth: expected N or MIN-MAX with 1 <= MIN <= MAX <= {schema.MAX_LEVELS}, got {args.depth!r}")
+    for field, v, lo, hi in (("trials", args.trials, 1, schema.MAX_TRIALS), ("seed", args.seed, 0, schema.MAX_SEED),
+                             ("workers", args.workers, 1, 256), ("mc_streams", args.mc_streams, 1, schema.MAX_STREAMS),
+                             ("mc_cycles", args.mc_cycles, 1, schema.MAX_CYCLES)):
+        if v is not None and not lo <= v <= hi:
+            raise ValueError(f"{field}: must be >= {lo} and <= {hi}, got {v}")
+    if args.mc_streams * args.mc_cycles > schema.MAX_STREAM_CYCLES:
+        raise ValueError(f"mc_streams: --mc-streams x --mc-cycles must be <= {schema.MAX_STREAM_CYCLES}")
+    if args.timeout is not None and not (args.timeout > 0 and args.timeout <= 7 * 86400):
+        raise ValueError(f"timeout: must be in (0, {7 * 86400}] seconds, got {args.timeout}")
+    check_storage(args.storage)
+
+
 def cmd_profiles(args) -> int:
     rows = []
     for name in schema.known_profiles():
@@ -151,10 +167,25 @@ def cmd_profiles(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    for r in rows:
-        print(f"{r['name']:24s} {r['model']} ({r['layers']} layers) on {r['hardware']}; tp {r['tp']}; stacks {','.join(r['stacks'])}; "
-              f"workloads {','.join(r['workloads'])}")
+    print("\n".join(profile_table(rows)))
     return 0
+
+
+def profile_table(rows: list[dict], width: int = 100) -> list[str]:
+    """The `profiles` table, every line at most `width` characters: workloads are listed
+    when they fit, counted otherwise (`profiles --json` has everything)."""
+    cols = ["name", "model", "layers", "hardware", "tp", "stacks"]
+    cells = [[r["name"], r["model"], str(r["layers"]), r["hardware"], ",".join(map(str, r["tp"])), ",".join(r["stacks"])]
+             for r in rows]
+    w = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.ljust(w[i]) for i, c in enumerate(cols)) + "  workloads"]
+    for r, x in zip(rows, cells):
+        head = "  ".join(v.ljust(w[i]) for i, v in enumerate(x)) + "  "
+        line = head + ",".join(r["workloads"])
+        if len(line) > width:
+            line = head + str(len(r["workloads"]))
+        lines.append(line if len(line) <= width else line[:width - 3] + "...")
+    return lines
 
 
 def cmd_schema(args) -> int:
@@ -165,8 +196,10 @@ def cmd_schema(args) -> int:
 def cmd_report(args) -> int:
     from .report import FAMILY_LABEL, build_report
 
-    data, _, path = build_report(args.profile, args.out, args.format, workload=args.workload, tp=args.tp,
-                                 stack=args.stack, batch=args.batch, context=args.context, target_tps=args.target_tps,
+    out = args.out or ("report.html" if args.format == "html" else "report.md")
+    check_output(out, inputs=[_profile_path(args), args.validation])
+    data, _, path = build_report(args.profile, out, args.format, workload=args.workload, tp=args.tp,
+                                 stack=args.stack, batch=args.batch or 1, context=args.context, target_tps=args.target_tps,
                                  slo_ms=args.slo_ms, gpu_hour_usd=args.gpu_hour_usd, validation=args.validation,
                                  max_batch=args.max_batch, max_propose=args.max_propose, max_window=args.max_window)
     for w in data["capacity"]["warnings"]:
@@ -192,11 +225,12 @@ def cmd_report(args) -> int:
 def cmd_export(args) -> int:
     from .export import export
 
+    if args.out:
+        check_output(args.out, inputs=[args.plan, _profile_path(args) if args.profile else None])
     text, notes = export(args.plan, args.to, args.profile, args.workload, args.tp, args.stack, args.context)
     if args.out:
-        from .report import check_output_path
-
-        schema.write_atomic(check_output_path(args.out), text)
+        schema.write_atomic(args.out, text)
+        print(f"exported {args.plan} as {args.to} ({EXPORT_FORMATS[args.to]}) to {args.out}")
     else:
         sys.stdout.write(text)
     for n in notes:
@@ -204,29 +238,26 @@ def cmd_export(args) -> int:
     return 0
 
 
+EXPORT_FORMATS = {"exec": "plan file for hispec-exec run --plan", "hf": "transformers generate() kwargs",
+                  "json": "plan with its predicted figures"}
+
+
 def _load_executor_model(args):
     """The executor's model (lazy torch import) and the name a profile records for it."""
     from pathlib import Path
 
-    import torch
+    from hispec_exec import DEFAULT_CHECKPOINT
 
-    from hispec_exec import DEFAULT_CHECKPOINT, load_model
-
-    if args.threads < 1:
-        raise ValueError("threads: must be >= 1")
-    torch.set_num_threads(args.threads)
-    model = load_model(args.model, device=args.device)
+    model = load_model_from_args(args)
     folder = Path(args.model or DEFAULT_CHECKPOINT).resolve()
     return model, "hispec-tiny" if folder == Path(DEFAULT_CHECKPOINT).resolve() else folder.name
 
 
 def _executor_args(p: argparse.ArgumentParser, defaults: bool = True) -> None:
     """defaults=False: prompts and lengths default to what the profile was measured on."""
-    p.add_argument("--model", help="checkpoint folder (default: the shipped hispec-tiny model)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--prompts", type=int, default=16 if defaults else None, help="held-out prompts (default 16)")
-    p.add_argument("--max-new-tokens", type=int, default=128 if defaults else None)
-    p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1: stable timings)")
+    add_model_args(p)
+    p.add_argument("--prompts", type=int_in(1, 10_000), default=16 if defaults else None, help="held-out prompts (default 16)")
+    p.add_argument("--max-new-tokens", type=int_in(1, 65_536), default=128 if defaults else None)
 
 
 def cmd_measure(args) -> int:
@@ -234,15 +265,13 @@ def cmd_measure(args) -> int:
 
     from hispec_exec.measure import measure_profile
 
-    if args.prompts < 1 or args.max_new_tokens < 1:
-        raise ValueError("prompts: --prompts and --max-new-tokens must be >= 1")
-    if not args.workload.replace("_", "").replace("-", "").isalnum():
-        raise ValueError("workload: use letters, digits, - and _")
-    schema.check_writable(args.out)  # fail now, not after minutes of measuring
+    if not args.workload.replace("_", "").replace("-", "").isalnum() or len(args.workload) > 64:
+        raise ValueError("workload: use up to 64 letters, digits, - and _")
+    check_output(args.out)  # fail now, not after minutes of measuring
     model, name = _load_executor_model(args)
     command = "hispec-sim " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     profile = measure_profile(model, name, args.device, args.workload, args.prompts, 64, args.max_new_tokens,
-                              args.seed, command=command)
+                              args.seed, repeats=args.repeats, command=command)
     if args.name:
         profile = profile.model_copy(update={"name": args.name})
     schema.save_profile(profile, args.out)
@@ -260,16 +289,16 @@ def cmd_validate(args) -> int:
                            ("max_new_tokens", measured_on.get("max_new_tokens", 128))):
         if getattr(args, field) is None:  # default: the prompts the profile was measured on
             setattr(args, field, default)
-    if args.prompts < 1:
-        raise ValueError("prompts: must be >= 1 (no prompts, nothing to measure)")
-    if args.max_new_tokens < 1:
-        raise ValueError("max_new_tokens: must be >= 1")
+    for field in ("prompts", "prompt_seed", "max_new_tokens"):  # the profile's values are input too
+        v, lo, hi = getattr(args, field), (0 if field == "prompt_seed" else 1), (schema.MAX_SEED if field == "prompt_seed" else 65_536)
+        if not (isinstance(v, int) and lo <= v <= hi):
+            raise ValueError(f"{field}: must be an integer in [{lo}, {hi}], got {v!r}")
+    if args.out:
+        check_output(args.out, inputs=[_profile_path(args), args.plan])
     if args.plan:
         plans = [schema.load_plan(args.plan)]
         setting.profile.check_plan(plans[0], setting.workload)
     else:
-        if not 1 <= args.plans <= 200:
-            raise ValueError("plans: must be in [1, 200]")
         plans = draw_plans(setting, args.plans, args.seed)
     model, name = _load_executor_model(args)
     check_model_matches(setting.profile, model, name)
@@ -304,22 +333,19 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("evaluate", help="predict one plan's throughput")
     _setting_args(p)
-    p.add_argument("--plan", help="plan JSON file")
-    p.add_argument("--levels", help="exit layers, e.g. 10,20,80")
-    p.add_argument("--propose", type=int, default=1, help="drafts per round")
-    p.add_argument("--window", help="window(s) of the intermediate level(s), e.g. 4 or 4,8")
+    add_plan_args(p)
     p.add_argument("--mc", action="store_true", help="also run the Monte-Carlo simulator (i.i.d.)")
     p.add_argument("--replay", action="store_true", help="Monte-Carlo with trace replay (profiles with traces)")
-    p.add_argument("--streams", type=int, default=4096)
-    p.add_argument("--cycles", type=int, default=64, help="full-model checks simulated per stream")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--streams", type=int_in(1, schema.MAX_STREAMS), default=4096)
+    p.add_argument("--cycles", type=int_in(1, schema.MAX_CYCLES), default=64, help="full-model checks simulated per stream")
+    p.add_argument("--seed", type=SEED, default=0)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("optimize", help="search the best plan", conflict_handler="resolve")
     _setting_args(p)
-    p.add_argument("--top", type=int, default=10)
-    p.add_argument("--max-propose", type=int, default=8)
-    p.add_argument("--max-window", type=int, default=16)
+    p.add_argument("--top", type=int_in(1, 1000), default=10)
+    p.add_argument("--max-propose", type=int_in(1, schema.MAX_PROPOSE), default=8)
+    p.add_argument("--max-window", type=int_in(1, schema.MAX_WINDOW), default=16)
     p.add_argument("--out", help="write the best plan to this plan file")
     from .search import add_cli_args
 
@@ -330,13 +356,13 @@ def build_parser() -> Parser:
     _setting_args(p)
     p.add_argument("--out", help="output file (default report.html / report.md)")
     p.add_argument("--format", choices=["html", "md"], default="html")
-    p.add_argument("--target-tps", type=float, help="aggregate tokens/s the deployment must serve (default 10000)")
-    p.add_argument("--slo-ms", type=float, help="per-token latency SLO in ms (default 50)")
-    p.add_argument("--gpu-hour-usd", type=float, help="price of one GPU-hour in USD (default 2.0)")
+    p.add_argument("--target-tps", type=float_in(1e-6, 1e12), help="aggregate tokens/s the deployment must serve (default 10000)")
+    p.add_argument("--slo-ms", type=float_in(1e-6, schema.MAX_MS), help="per-token latency SLO in ms (default 50)")
+    p.add_argument("--gpu-hour-usd", type=float_in(1e-6, 1e6), help="price of one GPU-hour in USD (default 2.0)")
     p.add_argument("--validation", help="JSON of `hispec-sim validate --json` (fidelity figures)")
-    p.add_argument("--max-batch", type=int, default=256, help="largest batch of the batch sweep (default 256)")
-    p.add_argument("--max-propose", type=int, default=8)
-    p.add_argument("--max-window", type=int, default=16)
+    p.add_argument("--max-batch", type=BATCH, default=256, help="largest batch of the batch sweep (default 256)")
+    p.add_argument("--max-propose", type=int_in(1, schema.MAX_PROPOSE), default=8)
+    p.add_argument("--max-window", type=int_in(1, schema.MAX_WINDOW), default=16)
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("export", help="export a plan: exec (plan file for hispec-exec), hf (transformers kwargs), json")
@@ -345,33 +371,30 @@ def build_parser() -> Parser:
     p.add_argument("--out", help="write here instead of stdout")
     p.add_argument("--profile", help="check the plan against this profile (json: add its predicted figures)")
     p.add_argument("--workload")
-    p.add_argument("--tp", type=int)
+    p.add_argument("--tp", type=TP)
     p.add_argument("--stack")
-    p.add_argument("--context", type=int)
+    p.add_argument("--context", type=CONTEXT)
     p.set_defaults(func=cmd_export)
 
-    try:
-        from . import cli_profile
-    except ImportError:  # pragma: no cover - during development only
-        cli_profile = None
-    if cli_profile is not None:
-        prof = cli_profile.add_parsers(sub)
-        prof_sub = next(a for a in prof._actions if isinstance(a, argparse._SubParsersAction))
-        m = prof_sub.add_parser("measure", help="measure a profile with the executor (latency, overheads, traces)")
-        _executor_args(m)
-        m.add_argument("--workload", default="heldout", help="workload name to record (default heldout)")
-        m.add_argument("--seed", type=int, default=0, help="seed of the held-out prompts")
-        m.add_argument("--name", help="profile name")
-        m.add_argument("--out", required=True, metavar="FILE")
-        m.set_defaults(func=cmd_measure)
+    from . import cli_profile
+
+    prof_sub = cli_profile.add_parsers(sub)  # `profile import-vidur | synthetic`, and measure:
+    m = prof_sub.add_parser("measure", help="measure a profile with the executor (latency, overheads, traces)")
+    _executor_args(m)
+    m.add_argument("--workload", default="heldout", help="workload name to record (default heldout)")
+    m.add_argument("--seed", type=SEED, default=0, help="seed of the held-out prompts")
+    m.add_argument("--repeats", type=int_in(3, 1000), default=30, help="timings per measured shape (median; default 30)")
+    m.add_argument("--name", help="profile name")
+    m.add_argument("--out", required=True, metavar="FILE")
+    m.set_defaults(func=cmd_measure)
 
     p = sub.add_parser("validate", help="predict plans, run them in the executor, report the error")
     _setting_args(p, batch=False)
     _executor_args(p, defaults=False)
     p.add_argument("--plan", help="validate this plan file")
-    p.add_argument("--plans", type=int, default=6, help="plans drawn across families (default 6)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the plan draw and the Monte-Carlo")
-    p.add_argument("--prompt-seed", type=int, help="seed of the held-out prompts (default: those the profile was measured on)")
+    p.add_argument("--plans", type=int_in(1, 200), default=6, help="plans drawn across families (default 6)")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the plan draw and the Monte-Carlo")
+    p.add_argument("--prompt-seed", type=SEED, help="seed of the held-out prompts (default: those the profile was measured on)")
     p.add_argument("--out", help="also write the JSON result here")
     p.set_defaults(func=cmd_validate)
     from . import audit
@@ -380,29 +403,8 @@ def build_parser() -> Parser:
     return parser
 
 
-def _one_line(e: ValidationError) -> str:
-    err = e.errors()[0]
-    loc = ".".join(str(x) for x in err["loc"])
-    msg = err["msg"].removeprefix("Value error, ")
-    return f"{loc}: {msg}" if loc else msg
-
-
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        args = build_parser().parse_args(argv)
-        if args.command == "evaluate":
-            args.batch_given = "--batch" in argv
-        return args.func(args)
-    except UsageError as e:
-        print(f"hispec-sim: error: {e}", file=sys.stderr)
-    except ValidationError as e:
-        print(f"hispec-sim: error: {_one_line(e)}", file=sys.stderr)
-    except ValueError as e:
-        print(f"hispec-sim: error: {str(e).splitlines()[0]}", file=sys.stderr)
-    except BrokenPipeError:
-        return 0
-    return 2
+    return run_main("hispec-sim", build_parser, argv)
 
 
 if __name__ == "__main__":

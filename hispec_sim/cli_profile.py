@@ -8,11 +8,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from . import schema
+from .cli_common import check_output, float_in, int_in
 from .schema import Profile, Source, load_profile, save_profile
 
+MS = float_in(0.0, schema.MAX_MS)
 
-def add_parsers(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("profile", help="build profiles: import a Vidur folder, or a synthetic what-if")
+
+def add_parsers(subparsers):
+    """Register `profile import-vidur` and `profile synthetic`; returns the `profile`
+    subcommands (cli.py adds `measure`, which needs the executor)."""
+    p = subparsers.add_parser("profile", help="build profiles: import a Vidur folder, a synthetic what-if, or measure one")
     sub = p.add_subparsers(dest="profile_cmd", metavar="{import-vidur,synthetic,measure}")
     sub.required = True
 
@@ -21,10 +27,10 @@ def add_parsers(subparsers) -> argparse.ArgumentParser:
     v.add_argument("--model", help="model folder name or a part of it (e.g. Llama-2-70b-hf)")
     v.add_argument("--gpu", help="GPU folder under compute/ (a100, h100); sets the datasheet hardware")
     v.add_argument("--tp", help="tensor-parallel degrees, comma separated (default: all in mlp.csv)")
-    v.add_argument("--default-tp", type=int, help="default TP of the profile (default: the smallest imported)")
-    v.add_argument("--layers", type=int, help="decoder layers (needed when the model name is not a known Llama)")
+    v.add_argument("--default-tp", type=int_in(1, schema.MAX_TP), help="default TP of the profile (default: the smallest imported)")
+    v.add_argument("--layers", type=int_in(1, schema.MAX_LAYERS), help="decoder layers (needed when the model name is not a known Llama)")
     v.add_argument("--cluster", help="network/<cluster> for all-reduces (default <gpu>_dgx, else <gpu>_pairwise_nvlink)")
-    v.add_argument("--overhead-ms", type=float, default=0.0, help="fixed per-forward overhead (ms), default 0")
+    v.add_argument("--overhead-ms", type=MS, default=0.0, help="fixed per-forward overhead (ms), default 0")
     v.add_argument("--fuse-elementwise", action="store_true",
                    help="leave out the measured norm/rope/act/add ops (a compiled stack fuses them)")
     v.add_argument("--acceptance-from", metavar="PROFILE", help="copy the workloads of this profile (same layer count)")
@@ -32,15 +38,15 @@ def add_parsers(subparsers) -> argparse.ArgumentParser:
     v.add_argument("--out", required=True, metavar="FILE")
 
     s = sub.add_parser("synthetic", help="what-if profile: constant layer cost, constant agreement")
-    s.add_argument("--layers", type=int, required=True)
-    s.add_argument("--layer-ms", type=float, required=True)
-    s.add_argument("--agreement", type=float, required=True)
-    s.add_argument("--head-ms", type=float, default=0.0)
-    s.add_argument("--overhead-ms", type=float, default=0.0)
+    s.add_argument("--layers", type=int_in(1, schema.MAX_LAYERS), required=True)
+    s.add_argument("--layer-ms", type=MS, required=True)
+    s.add_argument("--agreement", type=float_in(0.0, 1.0), required=True)
+    s.add_argument("--head-ms", type=MS, default=0.0)
+    s.add_argument("--overhead-ms", type=MS, default=0.0)
     s.add_argument("--name")
     s.add_argument("--out", required=True, metavar="FILE")
     p.set_defaults(func=run)
-    return p
+    return sub
 
 
 def _parse_tps(text: str | None) -> list[int] | None:
@@ -48,17 +54,11 @@ def _parse_tps(text: str | None) -> list[int] | None:
         return None
     try:
         tps = sorted({int(x) for x in text.replace(" ", "").split(",") if x})
-    except ValueError:
+    except (ValueError, OverflowError):
         raise ValueError(f"tp: expected comma-separated integers, got {text!r}") from None
-    if not tps or any(t < 1 for t in tps):
-        raise ValueError(f"tp: degrees must be >= 1, got {text!r}")
+    if not tps or any(t < 1 or t > schema.MAX_TP for t in tps):
+        raise ValueError(f"tp: degrees must be in [1, {schema.MAX_TP}], got {text!r}")
     return tps
-
-
-def _check_out(out: str) -> None:
-    parent = Path(out).parent
-    if not parent.exists():
-        raise ValueError(f"out: folder {parent} does not exist")
 
 
 def placeholder_acceptance(num_layers: int):
@@ -117,12 +117,14 @@ def _nonneg(field: str, v: float) -> float:
 
 def run(args) -> int:
     if args.profile_cmd == "import-vidur":
-        _check_out(args.out)
+        inputs = [args.acceptance_from] if args.acceptance_from and Path(args.acceptance_from).exists() else []
+        check_output(args.out, inputs=inputs + [p for p in Path(args.folder).rglob("*.csv")][:10_000]
+                     if Path(args.folder).is_dir() else inputs)
         prof = import_vidur_profile(args)
     elif args.profile_cmd == "synthetic":
         from .synthetic import synthetic_profile
 
-        _check_out(args.out)
+        check_output(args.out)
         prof = synthetic_profile(args.layers, args.layer_ms, args.agreement, head_ms=args.head_ms,
                                  overhead_ms=args.overhead_ms, name=args.name)
     else:

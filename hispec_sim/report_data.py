@@ -61,12 +61,7 @@ def check_output_path(out: str | Path) -> Path:
 
 def load_validation(path: str | Path) -> dict:
     """The JSON `hispec-sim validate --json` prints; ValueError naming the field otherwise."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"validation: malformed JSON in {path} ({e.msg} at line {e.lineno})") from None
-    except OSError as e:
-        raise ValueError(f"validation: cannot read {path} ({e.strerror})") from None
+    data = schema._load_json(Path(path), "validation")  # bounded: size, nesting, finite numbers
     if not isinstance(data, dict) or not isinstance(data.get("plans"), list):
         raise ValueError("validation.plans: expected an object with a 'plans' list")
     rows = []

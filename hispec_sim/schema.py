@@ -15,9 +15,31 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 SCHEMA_VERSION = 1
 
+# The limits of every input, in one place: the schema below, both command lines and the
+# JSON loader apply these and nothing else.
+MAX_LAYERS = 1024          # decoder layers of a model (and so any exit layer)
+MAX_LEVELS = 16            # levels of one plan (chain depth)
+MAX_PROPOSE = 64           # drafts per round
+MAX_WINDOW = 256           # window of an intermediate level
+MAX_BATCH = 4096           # sequences in lockstep
+MAX_TP = 1024              # tensor-parallel degree
+MAX_CONTEXT = 1 << 24      # context length in tokens (16M)
+MAX_MS = 1e6               # any latency figure in ms (1000 s)
+MAX_DIM = 1 << 20          # hidden, ffn, heads, vocab of a model shape
+MAX_SEED = 2**32 - 1       # numpy and torch seeds
+MAX_THREADS = 1024
+MAX_STREAMS = 1 << 20      # Monte-Carlo streams
+MAX_CYCLES = 1 << 16       # Monte-Carlo cycles per stream
+MAX_STREAM_CYCLES = 1 << 26  # streams x cycles (memory and time of one simulation)
+MAX_TRIALS = 100_000       # Optuna trials of one run
+MAX_LIST_LEN = 64          # values of a comma-separated flag
+MAX_LIST_VALUE = 1 << 20
+MAX_JSON_BYTES = 64 << 20  # profile / plan / validation files (the shipped profiles are < 2 MB)
+MAX_JSON_DEPTH = 32        # nesting of those files (a profile nests 6 deep)
+
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------- plan
@@ -31,11 +53,12 @@ class Plan(Strict):
     full model) commits. [L] is autoregressive, [E, L] single-level self-speculation.
     """
 
-    levels: list[int] = Field(min_length=1, description="exit layers, 1-based, increasing; the last is the full model")
-    propose: int = Field(1, ge=1, le=64, description="drafts per round at level 1")
+    levels: list[int] = Field(min_length=1, max_length=MAX_LEVELS,
+                              description="exit layers, 1-based, increasing; the last is the full model")
+    propose: int = Field(1, ge=1, le=MAX_PROPOSE, description="drafts per round at level 1")
     windows: list[int] = Field(default_factory=list, description="one window per intermediate level")
     mode: Literal["greedy", "sampling"] = "greedy"
-    batch: int = Field(1, ge=1, le=4096, description="sequences decoded in lockstep")
+    batch: int = Field(1, ge=1, le=MAX_BATCH, description="sequences decoded in lockstep")
     batching: Literal["ragged", "synchronous"] = Field(
         "ragged",
         description="batch > 1 (serving): 'ragged' = in one step every sequence runs the layers its own next "
@@ -47,8 +70,8 @@ class Plan(Strict):
     @field_validator("levels")
     @classmethod
     def _increasing(cls, v: list[int]) -> list[int]:
-        if any(x < 1 for x in v):
-            raise ValueError("exit layers must be >= 1")
+        if any(x < 1 or x > MAX_LAYERS for x in v):
+            raise ValueError(f"exit layers must be in [1, {MAX_LAYERS}]")
         if any(b <= a for a, b in zip(v, v[1:])):
             raise ValueError("exit layers must be strictly increasing")
         return v
@@ -56,8 +79,8 @@ class Plan(Strict):
     @field_validator("windows")
     @classmethod
     def _windows_positive(cls, v: list[int]) -> list[int]:
-        if any(w < 1 or w > 256 for w in v):
-            raise ValueError("every window must be in [1, 256]")
+        if any(w < 1 or w > MAX_WINDOW for w in v):
+            raise ValueError(f"every window must be in [1, {MAX_WINDOW}]")
         return v
 
     @model_validator(mode="after")
@@ -121,19 +144,19 @@ class Hardware(Strict):
 
 class ModelShape(Strict):
     name: str
-    num_layers: int = Field(ge=1)
-    hidden: int = Field(ge=1)
-    heads: int = Field(ge=1)
-    kv_heads: int = Field(ge=1)
-    ffn: int = Field(ge=1)
-    vocab: int = Field(ge=2)
+    num_layers: int = Field(ge=1, le=MAX_LAYERS)
+    hidden: int = Field(ge=1, le=MAX_DIM)
+    heads: int = Field(ge=1, le=MAX_DIM)
+    kv_heads: int = Field(ge=1, le=MAX_DIM)
+    ffn: int = Field(ge=1, le=MAX_DIM)
+    vocab: int = Field(ge=2, le=MAX_DIM)
     source: Source
 
 
 def _finite_nonneg(values, field: str):
     for v in values:
-        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-            raise ValueError(f"{field}: must be finite and >= 0, got {v}")
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and 0 <= v <= MAX_MS):
+            raise ValueError(f"{field}: must be in [0, {MAX_MS:g}] ms, got {v}")
 
 
 class LatencyTable(Strict):
@@ -147,23 +170,23 @@ class LatencyTable(Strict):
     linearly from the last two points.
     """
 
-    tp: int = Field(1, ge=1, description="tensor-parallel degree")
+    tp: int = Field(1, ge=1, le=MAX_TP, description="tensor-parallel degree")
     stack: str = Field("compiled", description="serving stack, e.g. compiled or hf_eager")
     tokens: list[int] = Field(min_length=1)
     contexts: list[int] = Field(min_length=1)
     layer_ms: list[list[float]]
     head_ms: list[float] = Field(description="final norm + LM head over tokens[i] tokens")
-    overhead_ms: float = Field(0.0, ge=0, description="fixed cost of every forward (launch, sampling, host)")
-    layer_overhead_ms: float = Field(0.0, ge=0, description="host cost per layer per forward (eager stacks)")
-    verify_overhead_ms: float = Field(0.0, ge=0, description="extra fixed cost of a verification forward (compare, crop)")
+    overhead_ms: float = Field(0.0, ge=0, le=MAX_MS, description="fixed cost of every forward (launch, sampling, host)")
+    layer_overhead_ms: float = Field(0.0, ge=0, le=MAX_MS, description="host cost per layer per forward (eager stacks)")
+    verify_overhead_ms: float = Field(0.0, ge=0, le=MAX_MS, description="extra fixed cost of a verification forward (compare, crop)")
     source: Source
     notes: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _grid(self) -> "LatencyTable":
         for name, grid in (("tokens", self.tokens), ("contexts", self.contexts)):
-            if any(b <= a for a, b in zip(grid, grid[1:])) or grid[0] < 0:
-                raise ValueError(f"latency.{name}: must be increasing and >= 0")
+            if any(b <= a for a, b in zip(grid, grid[1:])) or grid[0] < 0 or grid[-1] > MAX_CONTEXT:
+                raise ValueError(f"latency.{name}: must be increasing, in [0, {MAX_CONTEXT}]")
         if len(self.layer_ms) != len(self.tokens) or any(len(r) != len(self.contexts) for r in self.layer_ms):
             raise ValueError("latency.layer_ms: must be len(tokens) x len(contexts)")
         if len(self.head_ms) != len(self.tokens):
@@ -219,7 +242,7 @@ class Acceptance(Strict):
 
     exits: list[int] = Field(min_length=1)
     agreement: list[list[float]]
-    context: int = Field(512, ge=0, description="mean context length (prompt + half the generation)")
+    context: int = Field(512, ge=0, le=MAX_CONTEXT, description="mean context length (prompt + half the generation)")
     traces: list[list[int]] | None = None
     trace_starts: list[int] | None = None
     joint: Literal["independent", "traces"] = Field(
@@ -243,9 +266,19 @@ class Acceptance(Strict):
             for v in r:
                 if not (isinstance(v, (int, float)) and math.isfinite(v) and 0.0 <= v <= 1.0):
                     raise ValueError(f"acceptance.agreement: values must be in [0, 1], got {v}")
+        if any(e < 1 or e > MAX_LAYERS for e in self.exits):
+            raise ValueError(f"acceptance.exits: must be in [1, {MAX_LAYERS}]")
         if self.traces is not None:
             if any(len(r) != n for r in self.traces):
                 raise ValueError("acceptance.traces: rows must have one token per exit")
+            if any(t < 0 for r in self.traces for t in r):
+                raise ValueError("acceptance.traces: tokens must be >= 0")
+        if self.trace_starts is not None:
+            rows = len(self.traces or [])
+            s = self.trace_starts
+            if not self.traces or any(x < 0 or x >= rows for x in s) or any(b <= a for a, b in zip(s, s[1:])):
+                raise ValueError(f"acceptance.trace_starts: must be increasing row indices in [0, {max(rows - 1, 0)}] "
+                                 "of traces")
         if self.joint == "traces" and not self.traces:
             raise ValueError("acceptance.joint: 'traces' needs traces")
         if self.spread and self.spread.per_request and any(
@@ -255,7 +288,7 @@ class Acceptance(Strict):
 
 
 class Profile(Strict):
-    schema_version: int = SCHEMA_VERSION
+    schema_version: Literal[1] = Field(SCHEMA_VERSION, description="format version; this hispec reads 1")
     name: str
     description: str = ""
     hardware: Hardware
@@ -334,26 +367,102 @@ def resolve_profile_path(name_or_path: str) -> Path:
     return candidate
 
 
-def _load_json(path: Path, field: str):
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows here (use finite numbers)")
+
+
+def _finite_float(text: str) -> float:
+    v = float(text)
+    if not math.isfinite(v):
+        raise ValueError(f"{text} is out of the range of finite numbers")
+    return v
+
+
+def _depth_within(data, limit: int) -> bool:
+    """Whether nested lists/objects stay within `limit` levels (iterative: no recursion)."""
+    stack = [(data, 1)]
+    while stack:
+        node, d = stack.pop()
+        if isinstance(node, (list, dict)):
+            if d > limit:
+                return False
+            stack.extend((v, d + 1) for v in (node.values() if isinstance(node, dict) else node)
+                         if isinstance(v, (list, dict)))
+    return True
+
+
+def parse_json_text(text: str, field: str, where: str = "the input"):
+    """JSON text -> data, bounded: nesting <= MAX_JSON_DEPTH, finite numbers only.
+    ValueError naming the field otherwise."""
     try:
-        return json.loads(path.read_text())
+        data = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{field}: malformed JSON in {path} ({e.msg} at line {e.lineno})") from None
+        raise ValueError(f"{field}: malformed JSON in {where} ({e.msg} at line {e.lineno})") from None
+    except RecursionError:
+        raise ValueError(f"{field}: {where} is nested more than {MAX_JSON_DEPTH} levels deep") from None
+    except ValueError as e:
+        raise ValueError(f"{field}: {where}: {e}") from None
+    if not _depth_within(data, MAX_JSON_DEPTH):
+        raise ValueError(f"{field}: {where} is nested more than {MAX_JSON_DEPTH} levels deep")
+    return data
+
+
+def read_text_bounded(path: Path, field: str, max_bytes: int = MAX_JSON_BYTES) -> str:
+    """A regular UTF-8 file of at most max_bytes, or ValueError naming the field."""
+    import os
+    import stat
+
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ValueError(f"{field}: no such file {str(path)!r}") from None
     except OSError as e:
         raise ValueError(f"{field}: cannot read {path} ({e.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ValueError(f"{field}: {path} is a folder; give a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{field}: {path} is not a regular file")
+    if st.st_size > max_bytes:
+        raise ValueError(f"{field}: {path} is {st.st_size / 2**20:.0f} MiB; at most {max_bytes / 2**20:.0f} MiB allowed")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(max_bytes + 1)
+    except OSError as e:
+        raise ValueError(f"{field}: cannot read {path} ({e.strerror})") from None
+    if len(raw) > max_bytes:
+        raise ValueError(f"{field}: {path} is larger than {max_bytes / 2**20:.0f} MiB")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{field}: {path} is not UTF-8 text (byte {e.start})") from None
+
+
+def _load_json(path: Path, field: str):
+    """A bounded JSON file (size, nesting, finite numbers): ValueError naming the field."""
+    return parse_json_text(read_text_bounded(path, field), field, str(path))
+
+
+def _load_object(path: Path, field: str) -> dict:
+    data = _load_json(path, field)
+    if not isinstance(data, dict):
+        raise ValueError(f"{field}: {path} must hold a JSON object, got a JSON {type(data).__name__}")
+    return data
 
 
 def load_profile(name_or_path: str) -> Profile:
     path = resolve_profile_path(name_or_path)
-    return Profile.model_validate(_load_json(path, "profile"))
+    return Profile.model_validate(_load_object(path, "profile"))
 
 
 def load_plan(path: str | Path) -> Plan:
-    data = _load_json(Path(path), "plan")
-    if isinstance(data, dict) and "levels" not in data:  # accept what optimize / evaluate print
+    data = _load_object(Path(path), "plan")
+    if "levels" not in data:  # accept what optimize / evaluate print
         if isinstance(data.get("best"), dict):
             data = data["best"]
         data = data.get("plan", data)
+    if not isinstance(data, dict):
+        raise ValueError(f"plan: {path} holds no plan object (expected {{\"levels\": [...], ...}})")
     return Plan.model_validate(data)
 
 

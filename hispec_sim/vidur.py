@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import schema
 from .schema import Hardware, LatencyTable, ModelShape, Source
 
 VIDUR_REF = "github.com/microsoft/vidur commit 7d47513363ec447a741ac5e47241580b47724fbf, data/profiling/ (MIT)"
@@ -86,13 +87,37 @@ def _f(x: str, field: str) -> float:
     return v
 
 
+MAX_CSV_BYTES = 256 << 20  # Vidur's largest per-operator CSV is a few MB
+
+
+def _i(x: str, field: str, lo: int = 0, hi: int = 1 << 40) -> int:
+    """An integer cell (Vidur writes some as 8.0): finite, whole, in [lo, hi]."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        raise ValueError(f"{field}: not a number: {x!r} (expected an integer in [{lo}, {hi}])") from None
+    if not math.isfinite(v) or v != int(v) or not lo <= v <= hi:
+        raise ValueError(f"{field}: expected an integer in [{lo}, {hi}], got {x!r}")
+    return int(v)
+
+
+def _rows(path: Path) -> list[dict]:
+    """The rows of a bounded UTF-8 CSV file; ValueError naming the file otherwise."""
+    import io
+
+    from .schema import read_text_bounded
+
+    text = read_text_bounded(path, "vidur", MAX_CSV_BYTES)
+    try:
+        return list(csv.DictReader(io.StringIO(text)))
+    except csv.Error as e:
+        raise ValueError(f"vidur: {path} is not a readable CSV ({e})") from None
+
+
 def read_mlp_csv(path: str | Path) -> MlpData:
     """Per TP degree: sorted num_tokens and the median of each op (duplicate rows averaged)."""
     path = Path(path)
-    try:
-        rows = list(csv.DictReader(path.open()))
-    except OSError as e:
-        raise ValueError(f"vidur: cannot read {path} ({e.strerror})") from None
+    rows = _rows(path)
     if not rows:
         raise ValueError(f"vidur: {path} has no rows")
     need = [f"time_stats.{op}.median" for op in LAYER_OPS] + ["num_tokens", "num_tensor_parallel_workers", "n_embd"]
@@ -100,11 +125,12 @@ def read_mlp_csv(path: str | Path) -> MlpData:
     if missing:
         raise ValueError(f"vidur: {path} lacks columns {missing}")
     r0 = rows[0]
-    shape = {k: int(float(r0[k])) for k in ("n_head", "n_kv_head", "n_embd", "n_expanded_embd", "vocab_size") if k in r0}
+    shape = {k: _i(r0[k], f"vidur {path.name} {k}", 1, schema.MAX_DIM)
+             for k in ("n_head", "n_kv_head", "n_embd", "n_expanded_embd", "vocab_size") if k in r0}
     acc: dict = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        tp = int(float(r["num_tensor_parallel_workers"]))
-        t = int(float(r["num_tokens"]))
+        tp = _i(r["num_tensor_parallel_workers"], f"vidur {path.name} num_tensor_parallel_workers", 1, schema.MAX_TP)
+        t = _i(r["num_tokens"], f"vidur {path.name} num_tokens", 1, schema.MAX_CONTEXT)
         acc[tp][t].append([_f(r[f"time_stats.{op}.median"], f"vidur {path.name} {op}") for op in LAYER_OPS])
     tokens, ops = {}, {}
     for tp, by_t in acc.items():
@@ -119,18 +145,19 @@ def read_all_reduce(path: str | Path, workers: int) -> tuple[np.ndarray, np.ndar
     """(sizes in bytes, median ms) for `workers` GPUs, preferring rows measured inside one node
     (devices_per_node == num_workers); duplicate sizes are reduced to their median."""
     path = Path(path)
-    try:
-        rows = list(csv.DictReader(path.open()))
-    except OSError as e:
-        raise ValueError(f"vidur: cannot read {path} ({e.strerror})") from None
-    rows = [r for r in rows if int(float(r["num_workers"])) == workers]
-    intra = [r for r in rows if "devices_per_node" in r and int(float(r["devices_per_node"])) == workers]
+    rows = _rows(path)
+    missing = [c for c in ("num_workers", "size", "time_stats.all_reduce.median") if rows and c not in rows[0]]
+    if missing:
+        raise ValueError(f"vidur: {path} lacks columns {missing}")
+    rows = [r for r in rows if _i(r["num_workers"], f"vidur {path.name} num_workers", 1, schema.MAX_TP) == workers]
+    intra = [r for r in rows if r.get("devices_per_node") is not None
+             and _i(r["devices_per_node"], f"vidur {path.name} devices_per_node", 1, schema.MAX_TP) == workers]
     rows = intra or rows
     if not rows:
         raise ValueError(f"vidur: {path} has no all-reduce rows for {workers} workers")
     by: dict = defaultdict(list)
     for r in rows:
-        by[int(float(r["size"]))].append(_f(r["time_stats.all_reduce.median"], f"vidur {path.name} all_reduce"))
+        by[_i(r["size"], f"vidur {path.name} size", 0, 1 << 50)].append(_f(r["time_stats.all_reduce.median"], f"vidur {path.name} all_reduce"))
     sizes = np.array(sorted(by), dtype=float)
     return sizes, np.array([np.median(by[int(s)]) for s in sizes])
 

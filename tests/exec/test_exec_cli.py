@@ -100,8 +100,9 @@ def _corrupt(tmp_path, what):
     (lambda t: ["generate", "--prompt", ""], "prompt"),
     (lambda t: ["run", "--bogus"], "unrecognized"),
 ])
-def test_bad_input_one_line_exit_2(tmp_path, args_fn, field):
-    rc, out, err = cli(*args_fn(tmp_path))
+def test_bad_input_one_line_exit_2(tmp_path, capsys, args_fn, field):
+    rc = main(args_fn(tmp_path))  # in-process: the same main the console script calls
+    err = capsys.readouterr().err
     assert rc == 2, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from factories import make_profile
+from hispec_sim.cli import EXPORT_FORMATS as CLI_EXPORT_FORMATS
 from hispec_sim.cli import main
 from hispec_sim.schema import save_profile
 
@@ -68,7 +69,7 @@ def test_human_output_is_a_table(capsys, profile_file):
     (["optimize", "--profile", "no_such_profile"], "profile: unknown"),
     (["evaluate", "--profile", "@P", "--levels", "4,2,16", "--window", "3"], "levels"),
     (["evaluate", "--profile", "@P", "--levels", "2,4,17", "--window", "3"], "levels"),
-    (["evaluate", "--profile", "@P", "--levels", "2,4,16", "--window", "0"], "windows"),
+    (["evaluate", "--profile", "@P", "--levels", "2,4,16", "--window", "0"], "window"),
     (["evaluate", "--profile", "@P", "--levels", "2,16", "--propose", "0"], "propose"),
     (["evaluate", "--profile", "@P", "--levels", "2,16", "--workload", "nope"], "workload: unknown 'nope'; known: w"),
     (["optimize", "--profile", "@P", "--batch", "0"], "batch"),
@@ -134,3 +135,46 @@ def test_profile_with_only_the_full_model(capsys, tmp_path):
     code, out, err = run(capsys, "optimize", "--profile", str(path), "--json")
     assert code == 0, err
     assert json.loads(out)["best"]["plan"]["levels"] == [4]
+
+
+@pytest.mark.parametrize("form", [["--batch", "8"], ["--batch=8"]])
+def test_batch_flag_overrides_the_plan_file_in_both_forms(capsys, profile_file, tmp_path, form):
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"levels": [2, 16], "propose": 2}))
+    code, out, err = run(capsys, "evaluate", "--profile", profile_file, "--plan", str(plan), *form, "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["batch"] == 8 and res["plan"]["batch"] == 8
+
+
+def test_plan_flags_share_defaults_with_the_executor():
+    """One plan-from-arguments for both programs: same default propose, same window rules."""
+    import argparse
+
+    from hispec_exec.cli import build_parser as exec_parser
+    from hispec_sim.cli import build_parser as sim_parser
+    from hispec_sim.cli_common import plan_from_args
+
+    sim = sim_parser().parse_args(["evaluate", "--profile", "x", "--levels", "2,4,8,16", "--window", "3"])
+    ex = exec_parser().parse_args(["run", "--levels", "2,4,8,16", "--window", "3"])
+    assert plan_from_args(sim) == plan_from_args(ex)
+    assert plan_from_args(sim).propose == 2 and plan_from_args(sim).windows == [3, 3]
+    assert plan_from_args(argparse.Namespace(plan=None, levels="16", propose=None, window=None)).levels == [16]
+
+
+def test_profiles_lines_fit_100_characters(capsys):
+    code, out, _ = run(capsys, "profiles")
+    assert code == 0 and len(out.splitlines()) >= 2
+    assert max(len(l) for l in out.splitlines()) <= 100
+    assert all(name in out for name in ("a100_llama70b", "cpu_hispec_tiny"))
+
+
+@pytest.mark.parametrize("to,what", [("exec", "plan file for hispec-exec"), ("hf", "transformers"), ("json", "predicted")])
+def test_export_says_what_it_wrote(capsys, tmp_path, to, what):
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"levels": [2, 16], "propose": 2}))
+    out_file = tmp_path / f"x.{to}"
+    code, out, err = run(capsys, "export", "--plan", str(plan), "--to", to, "--out", str(out_file))
+    assert code == 0, err
+    assert out.strip() == f"exported {plan} as {to} ({CLI_EXPORT_FORMATS[to]}) to {out_file}" and what in out
+    assert out_file.is_file()

@@ -1,0 +1,339 @@
+"""Command-line plumbing shared by `hispec-sim` and `hispec-exec` (no torch here).
+
+Every bad input ends the same way in both programs: ONE stderr line
+`<prog>: error: <field>: <what is allowed>`, exit status 2, no traceback, nothing
+written. SIGINT ends with one line and exit status 130. The limits themselves live in
+`hispec_sim.schema` (MAX_BATCH, MAX_PROPOSE, ...); this module only applies them.
+
+Adding a subcommand: write `cmd_x(args) -> int`, register it in the program's
+`build_parser()` with `sub.add_parser("x", ...)` and `p.set_defaults(func=cmd_x)`;
+raise ValueError("field: message") for bad input and use `check_output` for every file
+it writes (before the long work). `run_main` does the rest.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+
+from . import schema
+
+
+class UsageError(Exception):
+    """Bad command line (argparse's own errors included)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are ValueErrors' siblings: one line, exit status 2 (via run_main)."""
+
+    def error(self, message):
+        import re
+
+        # "argument --slo-ms: must be ..." -> "slo_ms: must be ... (--slo-ms)": the field as
+        # the schema and the JSON outputs spell it first, like every other error
+        m = re.match(r"argument (--[\w-]+)(?:/-\w)?: (.*)", message, re.S)
+        if m:
+            message = f"{m.group(1)[2:].replace('-', '_')}: {m.group(2)} ({m.group(1)})"
+        raise UsageError(message)
+
+
+# --------------------------------------------------------------------------- typed values
+
+
+def _type(name: str, convert, lo, hi, what: str):
+    """An argparse `type=` that names the allowed range in its error."""
+
+    def parse(text: str):
+        try:
+            v = convert(text)
+        except (ValueError, OverflowError):
+            raise argparse.ArgumentTypeError(f"expected {what} in [{lo}, {hi}], got {text!r}") from None
+        if not (lo <= v <= hi):
+            raise argparse.ArgumentTypeError(f"must be in [{lo}, {hi}], got {text!r}")
+        return v
+
+    parse.__name__ = name
+    return parse
+
+
+def _finite_float(text: str) -> float:
+    v = float(text)
+    if not math.isfinite(v):
+        raise ValueError(text)
+    return v
+
+
+def int_in(lo: int, hi: int):
+    """argparse type: an integer in [lo, hi]."""
+    return _type("int", int, lo, hi, "an integer")
+
+
+def float_in(lo: float, hi: float):
+    """argparse type: a finite number in [lo, hi]."""
+    return _type("float", _finite_float, lo, hi, "a finite number")
+
+
+SEED = int_in(0, schema.MAX_SEED)
+
+
+def int_list(text: str | None, field: str, lo: int = 1, hi: int | None = None) -> list[int]:
+    """'1,2, 4' -> [1, 2, 4]; ValueError naming the field and the allowed range otherwise."""
+    hi = schema.MAX_LIST_VALUE if hi is None else hi
+    try:
+        out = [int(x) for x in str(text).replace(" ", "").split(",") if x != ""]
+    except ValueError:
+        raise ValueError(f"{field}: expected comma-separated integers in [{lo}, {hi}], got {text!r}") from None
+    if not out:
+        raise ValueError(f"{field}: expected comma-separated integers in [{lo}, {hi}], got {text!r}")
+    if len(out) > schema.MAX_LIST_LEN:
+        raise ValueError(f"{field}: at most {schema.MAX_LIST_LEN} values, got {len(out)}")
+    bad = [x for x in out if not lo <= x <= hi]
+    if bad:
+        raise ValueError(f"{field}: values must be in [{lo}, {hi}], got {bad[0]}")
+    return out
+
+
+def given(argv: list[str], flag: str) -> bool:
+    """Whether `flag` was on the command line, as `--flag V` or `--flag=V`."""
+    return any(a == flag or a.startswith(flag + "=") for a in argv)
+
+
+# --------------------------------------------------------------------------- plans
+
+PLAN_DEFAULTS = {"propose": 2}  # the paper's N_d = 2; --window has no default (3+ levels must give it)
+
+
+def add_plan_args(p: argparse.ArgumentParser, plan_file_help: str = "plan JSON file") -> None:
+    """--plan FILE | --levels L1,..,L --propose G --window W[,W2..], the same in both programs."""
+    p.add_argument("--plan", help=plan_file_help + " (the JSON optimize/evaluate prints works too)")
+    p.add_argument("--levels", help="exit layers, e.g. 10,20,80 (increasing; the last is the full model)")
+    p.add_argument("--propose", type=int_in(1, schema.MAX_PROPOSE), default=None,
+                   help=f"drafts per round at level 1 (default {PLAN_DEFAULTS['propose']}; ignored for one level)")
+    p.add_argument("--window", help="window(s) of the intermediate level(s), e.g. 4 or 4,8; "
+                                    "one value applies to every intermediate level")
+
+
+def plan_from_args(args, batch: int | None = None, default_layers: int | None = None) -> schema.Plan:
+    """The plan of --plan or --levels/--propose/--window (never both). Without either:
+    autoregressive over `default_layers` when given, else ValueError naming `plan`.
+    batch (when not None) overrides the plan's batch."""
+    update = {} if batch is None else {"batch": batch}
+    flags = [f for f in ("levels", "propose", "window") if getattr(args, f, None) is not None]
+    if args.plan:
+        if flags:
+            raise ValueError(f"plan: give --plan or --levels/--propose/--window, not both (got --plan and --{flags[0]})")
+        plan = schema.load_plan(args.plan)
+        return plan.model_copy(update=update) if update else plan
+    if args.levels is None:
+        if flags:
+            raise ValueError(f"levels: --{flags[0]} needs --levels")
+        if default_layers is None:
+            raise ValueError("plan: give --plan FILE or --levels L1,...,L")
+        return schema.autoregressive_plan(default_layers, **update)
+    levels = int_list(args.levels, "levels", 1, schema.MAX_LAYERS)
+    if len(levels) > schema.MAX_LEVELS:
+        raise ValueError(f"levels: at most {schema.MAX_LEVELS} levels, got {len(levels)}")
+    inner = max(len(levels) - 2, 0)
+    if args.window is not None:
+        if inner == 0:
+            raise ValueError(f"window: a {len(levels)}-level chain has no intermediate level; drop --window")
+        windows = int_list(args.window, "window", 1, schema.MAX_WINDOW)
+        if len(windows) == 1:
+            windows = windows * inner
+        if len(windows) != inner:
+            raise ValueError(f"window: a {len(levels)}-level chain needs 1 or {inner} window(s), got {len(windows)}")
+    elif inner:
+        raise ValueError(f"window: a {len(levels)}-level chain needs --window (1 or {inner} value(s))")
+    else:
+        windows = []
+    propose = args.propose if args.propose is not None else PLAN_DEFAULTS["propose"]
+    return schema.Plan(levels=levels, propose=propose if len(levels) > 1 else 1, windows=windows, **update)
+
+
+# --------------------------------------------------------------------------- executor model
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """--model, --device, --threads: how both programs pick and run the executor's model."""
+    p.add_argument("--model", help="checkpoint folder (ours or a Hugging Face Llama folder); default: the shipped model")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--threads", type=int_in(1, schema.MAX_THREADS), default=1,
+                   help="CPU threads for torch (default 1: stable timings)")
+
+
+def load_model_from_args(args):
+    """The executor's model (torch imported here, not at module level)."""
+    import torch
+
+    from hispec_exec.checkpoint import load_model
+
+    torch.set_num_threads(args.threads)
+    return load_model(args.model, device=args.device)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def sqlite_path(url: str | None) -> Path | None:
+    """The database file of a sqlite:/// URL (None for other URLs)."""
+    if not url or not url.lower().startswith("sqlite"):
+        return None
+    path = url.split("://", 1)[-1].removeprefix("/")
+    return Path(path) if path and path != ":memory:" else None
+
+
+def check_storage(url: str) -> None:
+    """An Optuna storage URL a study can live in: a sqlite FILE or a server database."""
+    if not isinstance(url, str) or "://" not in url:
+        raise ValueError("storage: expected an RDB URL such as sqlite:///hispec-studies.db or "
+                         f"postgresql://user:pass@host/db, got {url!r}")
+    scheme = url.split("://", 1)[0].split("+", 1)[0].lower()
+    if scheme == "sqlite":
+        path = url.split("://", 1)[1].removeprefix("/")
+        if not path or path == ":memory:" or path.startswith("file::memory:"):
+            raise ValueError(f"storage: {url!r} names no file; a study needs one, e.g. sqlite:///hispec-studies.db")
+        p = Path(path)
+        if p.is_dir():
+            raise ValueError(f"storage: {path} is a folder; give a database file")
+        if not p.parent.exists():
+            raise ValueError(f"storage: folder {p.parent} of {url} does not exist")
+        if p.exists() and not p.is_file():
+            raise ValueError(f"storage: {path} is not a regular file")
+    elif scheme not in ("postgresql", "postgres", "mysql"):
+        raise ValueError(f"storage: scheme {scheme!r} not supported; use sqlite:///FILE or postgresql://...")
+
+
+def _writable_folder(folder: Path) -> bool:
+    """Whether a file can be created in folder: tried, not guessed (os.access says yes to
+    root on read-only mounts and pseudo file systems)."""
+    import tempfile
+
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".hispec-probe-")
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(tmp)
+    return True
+
+
+def check_output(path: str | Path, field: str = "out", inputs=(), must_not_exist_as_dir: bool = True) -> Path:
+    """Check, before any long work, that a result can be written at path and that it is
+    none of the inputs (profile, plan, study database, ...): a run never overwrites what
+    it reads. Returns the path."""
+    path = Path(path)
+    if str(path) == "" or path.name in ("", ".", ".."):
+        raise ValueError(f"{field}: give a file name, got {str(path)!r}")
+    for inp in inputs:
+        if inp is not None and _same_file(path, Path(inp)):
+            raise ValueError(f"{field}: {path} is also an input of this command; choose another file")
+    if not path.parent.exists():
+        raise ValueError(f"{field}: folder {path.parent} does not exist")
+    if must_not_exist_as_dir and path.is_dir():
+        raise ValueError(f"{field}: {path} is a folder; give a file name")
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{field}: {path} is not a regular file")
+    if not _writable_folder(path.parent) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ValueError(f"{field}: {path} is not writable")
+    return path
+
+
+def check_output_folder(path: str | Path, field: str = "out") -> Path:
+    """A folder a command will create or fill: its parent exists and is writable, and it is
+    not a file."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{field}: {path} is a file; give a folder")
+    parent = path.parent
+    if not parent.exists():
+        raise ValueError(f"{field}: folder {parent} does not exist")
+    target = path if path.exists() else parent
+    if not _writable_folder(target):
+        raise ValueError(f"{field}: {target} is not writable")
+    return path
+
+
+# --------------------------------------------------------------------------- errors and main
+
+
+def one_line(e: BaseException) -> str:
+    """The message of a ValueError or pydantic ValidationError on one line, naming the field."""
+    try:
+        from pydantic import ValidationError
+    except ImportError:  # pragma: no cover
+        ValidationError = ()
+    if isinstance(e, ValidationError):
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err.get("loc", ()))
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        if err.get("type") == "extra_forbidden":
+            msg = "unknown field (not in the schema; see `hispec-sim schema`)"
+        text = f"{loc}: {msg}" if loc and not msg.startswith(loc + ":") else msg
+    else:
+        text = str(e) or type(e).__name__
+    return " ".join(text.split())[:400]
+
+
+class _DropInterruptedTrials:
+    """logging filter: Optuna logs a trial that an interrupt stopped as a failure with its
+    traceback; the CLI says `interrupted` in one line instead."""
+
+    def __init__(self):
+        self.interrupted = False
+
+    def filter(self, record) -> bool:
+        if record.exc_info and record.exc_info[0] is KeyboardInterrupt or "KeyboardInterrupt" in record.getMessage():
+            self.interrupted = True
+            return False
+        return not (self.interrupted and "failed with value None" in record.getMessage())
+
+
+def quiet_optuna_interrupts() -> None:
+    """Call before an Optuna search in a command: SIGINT then ends in one line."""
+    import logging
+
+    logger = logging.getLogger("optuna.study._optimize")
+    if not any(isinstance(f, _DropInterruptedTrials) for f in logger.filters):
+        logger.addFilter(_DropInterruptedTrials())
+
+
+def run_main(prog: str, build_parser, argv: list[str] | None, func_attr: str = "func") -> int:
+    """Parse argv and run the chosen command; every failure is one line on stderr."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as e:  # --help / --version
+            return int(e.code or 0)
+        args._argv = argv
+        return getattr(args, func_attr)(args)
+    except UsageError as e:
+        print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted (nothing written)", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        try:  # stdout closed by the reader (| head): not an error
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 0
+    except MemoryError:
+        print(f"{prog}: error: memory: not enough memory for this input; use smaller sizes", file=sys.stderr)
+    except RecursionError:
+        print(f"{prog}: error: input: nested too deeply", file=sys.stderr)
+    except ValueError as e:  # pydantic's ValidationError is a ValueError
+        print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+    except OSError as e:
+        where = f" {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"{prog}: error: file:{where} {e.strerror or e}", file=sys.stderr)
+    return 2

@@ -1,0 +1,724 @@
+"""Table-driven fuzz suite: bad and hostile input to every subcommand of both programs.
+
+Every case must end with exit status 2 (130 for an interrupt), exactly ONE stderr line
+`<prog>: error: ...` naming the field (and, where the case gives it, the allowed values),
+no traceback, nothing on stdout, and the work folder, the inputs in it, the study
+database and the shipped checkpoint byte-for-byte unchanged (nothing written, no empty
+folder left). Cases run in-process through `main(argv)`; the few real-signal cases run
+as subprocesses that send themselves SIGINT at a fixed point of the work (deterministic).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from factories import make_profile
+from hispec_exec.checkpoint import DEFAULT_CHECKPOINT
+from hispec_sim.schema import save_plan, save_profile, Plan
+
+REPO = Path(__file__).resolve().parents[2]
+DEEP = 200_000
+
+# --------------------------------------------------------------------------- inputs
+
+LAYER_OPS = ("input_layernorm", "attn_pre_proj", "attn_rope", "attn_post_proj", "post_attention_layernorm",
+             "mlp_up_proj", "mlp_act", "mlp_down_proj", "add")
+
+
+def _mlp_csv(cells: dict | None = None) -> str:
+    """A small Vidur-format mlp.csv (tp 1 and 2, 1..64 tokens); `cells` overrides the
+    first row's cells."""
+    cols = [f"time_stats.{op}.median" for op in LAYER_OPS] + [
+        "num_tokens", "num_tensor_parallel_workers", "n_embd", "n_head", "n_kv_head", "n_expanded_embd", "vocab_size"]
+    rows = []
+    for tp in (1, 2):
+        for t in (1, 2, 4, 8, 16, 32, 64):
+            r = {c: f"{0.01 * (1 + t / 64) / tp:.5f}" for c in cols[:len(LAYER_OPS)]}
+            r.update(num_tokens=str(t), num_tensor_parallel_workers=str(tp), n_embd="4096", n_head="32",
+                     n_kv_head="32", n_expanded_embd="11008", vocab_size="32000")
+            rows.append(r)
+    rows[0].update(cells or {})
+    return "\n".join([",".join(cols)] + [",".join(r[c] for c in cols) for r in rows]) + "\n"
+
+
+def _all_reduce_csv(cells: dict | None = None) -> str:
+    cols = ["time_stats.all_reduce.median", "num_workers", "size", "devices_per_node"]
+    rows = [{"time_stats.all_reduce.median": f"{0.01 + s / 1e9:.5f}", "num_workers": "2", "size": str(s),
+             "devices_per_node": "2"} for s in (2048, 65536, 1 << 20, 1 << 24)]
+    rows[0].update(cells or {})
+    return "\n".join([",".join(cols)] + [",".join(r[c] for c in cols) for r in rows]) + "\n"
+
+
+def _vidur(root: Path, mlp: dict | None = None, net: dict | None = None, raw_mlp: bytes | None = None) -> str:
+    m = root / "compute" / "a100" / "meta-llama" / "Llama-2-7b-hf"
+    m.mkdir(parents=True)
+    (m / "mlp.csv").write_bytes(raw_mlp if raw_mlp is not None else _mlp_csv(mlp).encode())
+    n = root / "network" / "a100_pairwise_nvlink"
+    n.mkdir(parents=True)
+    (n / "all_reduce.csv").write_text(_all_reduce_csv(net))
+    return str(root)
+
+
+HF_OK = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 256, "hidden_size": 64,
+         "intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
+         "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 256, "tie_word_embeddings": True}
+
+
+def _hf(root: Path, name: str, **over) -> str:
+    d = root / name
+    d.mkdir()
+    cfg = {**HF_OK, **over}
+    (d / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if v is not DROP}))
+    return str(d)
+
+
+DROP = object()
+
+
+def _ours(root: Path, name: str, **over) -> str:
+    d = root / name
+    d.mkdir()
+    cfg = json.loads((DEFAULT_CHECKPOINT / "config.json").read_text())
+    cfg.update(over)
+    (d / "config.json").write_text(json.dumps(cfg))
+    (d / "model.safetensors").symlink_to(DEFAULT_CHECKPOINT / "model.safetensors")
+    return str(d)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """The inputs of every case, built once: {NAME} in a case's argv is the path of NAME."""
+    w = tmp_path_factory.mktemp("fuzz")
+    f = {"W": str(w)}
+
+    def put(name, text, mode="w"):
+        p = w / name
+        p.write_bytes(text) if isinstance(text, bytes) else p.write_text(text)
+        f[name.split(".")[0].upper()] = str(p)
+        return p
+
+    prof = make_profile(layers=16)
+    save_profile(prof, w / "p.json")
+    f["P"] = str(w / "p.json")
+    good = json.loads((w / "p.json").read_text())
+    save_plan(Plan(levels=[2, 4, 16], propose=2, windows=[4]), w / "plan.json")
+    f["PLAN"] = str(w / "plan.json")
+    save_plan(Plan(levels=[10, 20, 80], propose=2, windows=[4]), w / "plan80.json")
+    f["PLAN80"] = str(w / "plan80.json")
+    put("deep.json", "[" * DEEP + "]" * DEEP)
+    put("deepobj.json", '{"a":' * 40 + "1" + "}" * 40)
+    put("list.json", "[1, 2]")
+    put("num.json", "5")
+    put("null.json", "null")
+    put("empty.json", "")
+    put("nonutf8.json", b'{"levels": [2, 16], "x": "\xff\xfe"}')
+    put("malformed.json", "{not json")
+    put("nanplan.json", '{"levels": [2, 16], "propose": NaN}')
+    put("hugeint.json", '{"levels": [2, ' + "9" * 5000 + "]}")
+    put("bigplan.json", json.dumps({"levels": [2, 4, 16], "propose": 2, "windows": [4], "batch": 10 ** 9}))
+    put("extra.json", json.dumps({"levels": [2, 16], "propose": 2, "evil": 1}))
+    put("levels0.json", json.dumps({"levels": [0, 16]}))
+    put("levelsstr.json", json.dumps({"levels": "2,16"}))
+    put("propose_big.json", json.dumps({"levels": [2, 16], "propose": 10 ** 6}))
+    put("manylevels.json", json.dumps({"levels": list(range(1, 41)), "windows": [1] * 38}))
+
+    def prof_variant(name, edit):
+        d = json.loads(json.dumps(good))
+        edit(d)
+        put(name, json.dumps(d))
+
+    put("infprof.json", json.dumps(good).replace('"overhead_ms": 0.3', '"overhead_ms": Infinity'))
+    assert "Infinity" in (w / "infprof.json").read_text()
+    put("nanprof.json", json.dumps(good).replace('"overhead_ms": 0.3', '"overhead_ms": NaN'))
+    put("e999prof.json", json.dumps(good).replace('"overhead_ms": 0.3', '"overhead_ms": 1e999'))
+    prof_variant("bigms.json", lambda d: d["latency"][0]["layer_ms"][0].__setitem__(0, 1e308))
+    prof_variant("bigover.json", lambda d: d["latency"][0].__setitem__("overhead_ms", 1e300))
+    prof_variant("negms.json", lambda d: d["latency"][0]["head_ms"].__setitem__(0, -1))
+    prof_variant("v999.json", lambda d: d.__setitem__("schema_version", 999))
+    prof_variant("negts.json", lambda d: d["workloads"]["w"].update(traces=[[0] * 16] * 4, trace_starts=[-3, 0]))
+    prof_variant("bigts.json", lambda d: d["workloads"]["w"].update(traces=[[0] * 16] * 4, trace_starts=[0, 99]))
+    prof_variant("negtrace.json", lambda d: d["workloads"]["w"].update(traces=[[-1] * 16] * 4, trace_starts=[0]))
+    prof_variant("layers0.json", lambda d: d["model"].__setitem__("num_layers", 0))
+    prof_variant("layersbig.json", lambda d: d["model"].__setitem__("num_layers", 10 ** 7))
+    prof_variant("ctxbig.json", lambda d: d["workloads"]["w"].__setitem__("context", 10 ** 30))
+    prof_variant("agree2.json", lambda d: d["workloads"]["w"]["agreement"][0].__setitem__(1, 2.0))
+    prof_variant("nows.json", lambda d: d.__setitem__("workloads", {}))
+    prof_variant("badtp.json", lambda d: d["latency"][0].__setitem__("tp", -2))
+    prof_variant("strms.json", lambda d: d["latency"][0]["layer_ms"][0].__setitem__(0, "fast"))
+    prof_variant("deepprov.json", lambda d: d.__setitem__("provenance", {"x": json.loads('{"a":' * 40 + "1" + "}" * 40)}))
+    big = w / "big.json"  # 200 MiB, sparse: no disk, no time
+    with open(big, "w") as fh:
+        fh.write("{")
+        fh.truncate(200 << 20)
+    f["BIG"] = str(big)
+    (w / "adir").mkdir()
+    f["ADIR"] = str(w / "adir")
+    (w / "ro").mkdir()
+    (w / "ro" / "keep").write_text("x")
+    os.chmod(w / "ro", 0o555)
+    f["RO"] = "/proc" if os.geteuid() == 0 else str(w / "ro")  # root writes anywhere but in /proc
+    # a study database that must survive every case
+    db = w / "study.db"
+    con = sqlite3.connect(db)
+    con.execute("create table keep (x)")
+    con.commit()
+    con.close()
+    f["DB"] = str(db)
+    # Vidur folders
+    vd = w / "vidur"
+    vd.mkdir()
+    for name, kw in {"ok": {}, "inftp": {"mlp": {"num_tensor_parallel_workers": "inf"}},
+                     "nanembd": {"mlp": {"n_embd": "nan"}}, "infembd": {"mlp": {"n_embd": "inf"}},
+                     "strtok": {"mlp": {"num_tokens": "many"}}, "fractok": {"mlp": {"num_tokens": "2.5"}},
+                     "infop": {"mlp": {"time_stats.mlp_up_proj.median": "inf"}},
+                     "strop": {"mlp": {"time_stats.attn_rope.median": "fast"}},
+                     "negop": {"mlp": {"time_stats.add.median": "-1"}},
+                     "hugetp": {"mlp": {"num_tensor_parallel_workers": "1e300"}},
+                     "infworkers": {"net": {"num_workers": "inf"}}, "strsize": {"net": {"size": "big"}},
+                     "infnet": {"net": {"time_stats.all_reduce.median": "inf"}},
+                     "nonutf8": {"raw_mlp": b"\xff\xfe\x00garbage"}, "empty": {"raw_mlp": b""},
+                     "nocols": {"raw_mlp": b"a,b,c\n1,2,3\n"},
+                     "nul": {"raw_mlp": _mlp_csv().encode().replace(b"0.01", b"0\x00.01", 1)},
+                     "shortrow": {"raw_mlp": _mlp_csv().encode().replace(b"\n", b"\n1,2\n", 1)}}.items():
+        f["V_" + name.upper()] = _vidur(vd / name, **kw)
+    # Hugging Face and our checkpoint folders with hostile configs
+    hd = w / "models"
+    hd.mkdir()
+    hf = {"theta_str": dict(rope_theta="abc"), "scaling_int": dict(rope_scaling=5),
+          "scaling_nofactor": dict(rope_scaling={"rope_type": "llama3"}),
+          "scaling_strfactor": dict(rope_scaling={"rope_type": "llama3", "factor": "x"}),
+          "scaling_kind": dict(rope_scaling={"rope_type": "yarn", "factor": 2}),
+          "eps_str": dict(rms_norm_eps="x"), "eps_neg": dict(rms_norm_eps=-1), "dims_huge": dict(hidden_size=10 ** 6,
+                                                                                                 intermediate_size=10 ** 6),
+          "layers_huge": dict(num_hidden_layers=10 ** 6),
+          "mem_huge": dict(hidden_size=65536, intermediate_size=262144, num_hidden_layers=1024, num_attention_heads=512,
+                           num_key_value_heads=512), "layers_str": dict(num_hidden_layers="16"),
+          "vocab_neg": dict(vocab_size=-1), "vocab_float": dict(vocab_size=256.5), "heads_zero": dict(num_attention_heads=0),
+          "headdim_bad": dict(head_dim=7), "kv_bad": dict(num_key_value_heads=3), "tie_str": dict(tie_word_embeddings="yes"),
+          "ctx_huge": dict(max_position_embeddings=10 ** 12), "arch_str": dict(architectures="Llama"),
+          "type_gpt2": dict(model_type="gpt2", architectures=["GPT2LMHeadModel"]), "act_gelu": dict(hidden_act="gelu"),
+          "bias": dict(attention_bias=True), "novocab": dict(vocab_size=DROP), "theta_inf": dict(rope_theta=1e309)}
+    for name, over in hf.items():
+        f["HF_" + name.upper()] = _hf(hd, "hf_" + name, **over)
+    ours = {"theta_str": dict(rope_theta="abc"), "eps_str": dict(norm_eps="x"), "dim_huge": dict(dim=10 ** 6),
+            "layers0": dict(n_layers=0), "scaling_int": dict(rope_scaling=5), "unknown": dict(colour="blue"),
+            "oddhead": dict(dim=162, n_heads=2, n_kv_heads=2)}
+    for name, over in ours.items():
+        f["M_" + name.upper()] = _ours(hd, "m_" + name, **over)
+    d = hd / "listcfg"
+    d.mkdir()
+    (d / "config.json").write_text("[1, 2, 3]")
+    f["M_LISTCFG"] = str(d)
+    d = hd / "deepcfg"
+    d.mkdir()
+    (d / "config.json").write_text("[" * DEEP + "]" * DEEP)
+    f["M_DEEPCFG"] = str(d)
+    d = hd / "nonutf8cfg"
+    d.mkdir()
+    (d / "config.json").write_bytes(b"\xff{}")
+    f["M_NONUTF8CFG"] = str(d)
+    f["_w"] = w
+    yield f
+    os.chmod(w / "ro", 0o755)
+
+
+# --------------------------------------------------------------------------- the table
+# (class, program, argv, substrings the one stderr line must contain)
+
+S, E = "sim", "exec"
+CASES = [
+    # -- deep nesting (200k) in every JSON input
+    ("nesting", S, "evaluate --profile {DEEP}", ["profile", "nested more than 32"]),
+    ("nesting", S, "evaluate --profile {P} --plan {DEEP}", ["plan", "nested more than 32"]),
+    ("nesting", S, "optimize --profile {DEEP}", ["profile", "nested"]),
+    ("nesting", S, "report --profile {DEEP} --out {W}/r.html", ["profile", "nested"]),
+    ("nesting", S, "report --profile {P} --validation {DEEP} --out {W}/r.html", ["validation", "nested"]),
+    ("nesting", S, "export --plan {DEEP} --to exec", ["plan", "nested"]),
+    ("nesting", S, "export --plan {PLAN} --to json --profile {DEEP}", ["profile", "nested"]),
+    ("nesting", S, "validate --profile {DEEP}", ["profile", "nested"]),
+    ("nesting", S, "validate --profile {P} --plan {DEEP}", ["plan", "nested"]),
+    ("nesting", S, "profile import-vidur {V_OK} --layers 32 --acceptance-from {DEEP} --out {W}/v.json", ["profile", "nested"]),
+    ("nesting", E, "run --plan {DEEP}", ["plan", "nested"]),
+    ("nesting", E, "generate --prompt x --plan {DEEP}", ["plan", "nested"]),
+    ("nesting", E, "info --model {M_DEEPCFG}", ["model", "nested"]),
+    ("nesting", E, "run --model {M_DEEPCFG}", ["model", "nested"]),
+    ("nesting", S, "evaluate --profile {DEEPOBJ}", ["profile", "nested"]),
+    ("nesting", S, "evaluate --profile {DEEPPROV}", ["profile", "nested"]),
+    ("nesting", S, "evaluate --profile {P} --plan {DEEPOBJ}", ["plan", "nested"]),
+    # -- non-finite and out-of-range numbers in profiles
+    ("profile-numbers", S, "evaluate --profile {INFPROF} --levels 2,16", ["profile", "Infinity"]),
+    ("profile-numbers", S, "optimize --profile {INFPROF}", ["profile", "Infinity"]),
+    ("profile-numbers", S, "report --profile {INFPROF} --out {W}/r.html", ["profile", "Infinity"]),
+    ("profile-numbers", S, "evaluate --profile {NANPROF} --levels 2,16", ["profile", "NaN"]),
+    ("profile-numbers", S, "optimize --profile {E999PROF}", ["profile", "finite"]),
+    ("profile-numbers", S, "evaluate --profile {BIGMS} --levels 2,16", ["latency", "layer_ms", "1e+06"]),
+    ("profile-numbers", S, "optimize --profile {BIGMS}", ["layer_ms", "[0, 1e+06]"]),
+    ("profile-numbers", S, "report --profile {BIGMS} --out {W}/r.html", ["layer_ms"]),
+    ("profile-numbers", S, "optimize --profile {BIGOVER}", ["overhead_ms", "1000000"]),
+    ("profile-numbers", S, "optimize --profile {NEGMS}", ["head_ms"]),
+    ("profile-numbers", S, "optimize --profile {LAYERS0}", ["model.num_layers", "1"]),
+    ("profile-numbers", S, "optimize --profile {LAYERSBIG}", ["model.num_layers", "1024"]),
+    ("profile-numbers", S, "optimize --profile {CTXBIG}", ["context"]),
+    ("profile-numbers", S, "optimize --profile {AGREE2}", ["agreement", "[0, 1]"]),
+    ("profile-numbers", S, "optimize --profile {NOWS}", ["workloads"]),
+    ("profile-numbers", S, "optimize --profile {BADTP}", ["latency.0.tp", "1"]),
+    ("profile-numbers", S, "optimize --profile {STRMS}", ["layer_ms"]),
+    ("profile-numbers", S, "export --plan {PLAN} --to json --profile {BIGMS}", ["layer_ms"]),
+    ("profile-numbers", S, "validate --profile {INFPROF}", ["profile", "Infinity"]),
+    # -- schema version, traces
+    ("schema", S, "optimize --profile {V999}", ["schema_version", "1"]),
+    ("schema", S, "evaluate --profile {V999} --levels 2,16", ["schema_version"]),
+    ("schema", S, "report --profile {V999} --out {W}/r.html", ["schema_version"]),
+    ("schema", S, "export --plan {PLAN} --to exec --profile {V999}", ["schema_version"]),
+    ("schema", S, "validate --profile {V999}", ["schema_version"]),
+    ("schema", S, "optimize --profile {NEGTS}", ["trace_starts", "[0, 3]"]),
+    ("schema", S, "evaluate --profile {BIGTS} --levels 2,16 --replay", ["trace_starts"]),
+    ("schema", S, "optimize --profile {NEGTRACE}", ["traces", ">= 0"]),
+    ("schema", S, "evaluate --profile {P} --plan {EXTRA}", ["evil", "unknown field"]),
+    # -- non-object JSON, non-UTF-8, malformed, special files, size
+    ("json-shape", S, "evaluate --profile {LIST}", ["profile", "JSON object"]),
+    ("json-shape", S, "evaluate --profile {NUM}", ["profile", "JSON object"]),
+    ("json-shape", S, "evaluate --profile {NULL}", ["profile", "JSON object"]),
+    ("json-shape", S, "evaluate --profile {P} --plan {LIST}", ["plan", "JSON object"]),
+    ("json-shape", S, "evaluate --profile {P} --plan {NULL}", ["plan", "JSON object"]),
+    ("json-shape", S, "export --plan {NUM} --to hf", ["plan", "JSON object"]),
+    ("json-shape", S, "report --profile {P} --validation {LIST} --out {W}/r.html", ["validation"]),
+    ("json-shape", E, "run --plan {LIST}", ["plan", "JSON object"]),
+    ("json-shape", E, "info --model {M_LISTCFG}", ["model", "JSON object"]),
+    ("json-shape", S, "evaluate --profile {EMPTY}", ["profile", "malformed JSON"]),
+    ("json-shape", S, "evaluate --profile {MALFORMED}", ["profile", "malformed JSON"]),
+    ("json-shape", S, "evaluate --profile {P} --plan {NANPLAN}", ["plan", "NaN"]),
+    ("json-shape", S, "evaluate --profile {P} --plan {HUGEINT}", ["plan"]),
+    ("json-shape", S, "evaluate --profile {P} --plan {LEVELSSTR}", ["levels"]),
+    ("json-shape", S, "evaluate --profile {P} --plan {LEVELS0}", ["levels", "[1, 1024]"]),
+    ("json-shape", S, "evaluate --profile {P} --plan {PROPOSE_BIG}", ["propose", "64"]),
+    ("json-shape", S, "evaluate --profile {P} --plan {BIGPLAN}", ["batch", "4096"]),
+    ("json-shape", S, "evaluate --profile {P} --plan {MANYLEVELS}", ["levels", "16"]),
+    ("json-shape", E, "run --plan {PROPOSE_BIG}", ["propose", "64"]),
+    ("non-utf8", S, "evaluate --profile {NONUTF8}", ["profile", "UTF-8"]),
+    ("non-utf8", S, "evaluate --profile {P} --plan {NONUTF8}", ["plan", "UTF-8"]),
+    ("non-utf8", S, "export --plan {NONUTF8} --to json", ["plan", "UTF-8"]),
+    ("non-utf8", S, "report --profile {P} --validation {NONUTF8} --out {W}/r.html", ["validation", "UTF-8"]),
+    ("non-utf8", E, "run --plan {NONUTF8}", ["plan", "UTF-8"]),
+    ("non-utf8", E, "info --model {M_NONUTF8CFG}", ["model", "UTF-8"]),
+    ("special-files", S, "evaluate --profile {P} --plan /dev/zero", ["plan", "not a regular file"]),
+    ("special-files", S, "evaluate --profile /dev/zero", ["profile", "not a regular file"]),
+    ("special-files", S, "export --plan /dev/zero --to exec", ["plan", "not a regular file"]),
+    ("special-files", S, "report --profile {P} --validation /dev/zero --out {W}/r.html", ["validation", "regular file"]),
+    ("special-files", E, "run --plan /dev/zero", ["plan", "not a regular file"]),
+    ("special-files", S, "evaluate --profile {P} --plan {ADIR}", ["plan", "folder"]),
+    ("special-files", S, "evaluate --profile {ADIR}", ["profile"]),
+    ("special-files", S, "evaluate --profile {P} --plan {W}/missing.json", ["plan", "no such file"]),
+    ("special-files", E, "info --model {P}", ["model", "is a file"]),
+    ("size", S, "report --profile {BIG} --out {W}/r.html", ["profile", "200 MiB", "64 MiB"]),
+    ("size", S, "optimize --profile {BIG}", ["profile", "64 MiB"]),
+    ("size", S, "evaluate --profile {P} --plan {BIG}", ["plan", "64 MiB"]),
+    ("size", S, "report --profile {P} --validation {BIG} --out {W}/r.html", ["validation", "64 MiB"]),
+    # -- flag values: numbers, ranges, lists, the = form
+    ("flags", S, "evaluate --profile {P} --levels 2,16 --context 1e30", ["--context", "[0, 16777216]"]),
+    ("flags", S, "evaluate --profile {P} --levels 2,16 --context 1000000000000000000000000000000", ["--context", "16777216"]),
+    ("flags", S, "evaluate --profile {P} --levels 2,16 --context -1", ["--context", "[0, "]),
+    ("flags", S, "optimize --profile {P} --context 99999999999", ["--context"]),
+    ("flags", S, "report --profile {P} --context 1e30 --out {W}/r.html", ["--context"]),
+    ("flags", S, "export --plan {PLAN} --to json --profile {P} --context 1e30", ["--context"]),
+    ("flags", S, "evaluate --profile {P} --levels 2,16 --seed -1", ["--seed", "[0, 4294967295]"]),
+    ("flags", S, "evaluate --profile {P} --levels 2,16 --seed 1e3", ["--seed", "integer"]),
+    ("flags", S, "optimize --profile {P} --seed -1", ["seed", "<= 4294967295"]),
+    ("flags", S, "validate --profile {P} --seed -1", ["--seed"]),
+    ("flags", S, "validate --profile {P} --prompt-seed -5", ["--prompt-seed"]),
+    ("flags", S, "evaluate --profile {P} --levels 2,16 --batch 0", ["--batch", "[1, 4096]"]),
+    ("flags", S, "evaluate --profile {P} --levels 2,16 --batch=0", ["--batch", "[1, 4096]"]),
+    ("flags", S, "evaluate --profile {P} --levels 2,16 --batch=5000", ["--batch", "4096"]),
+    ("flags", S, "evaluate --profile {P} --levels 2,16 --batch=abc", ["--batch", "integer"]),
+    ("flags", S, "optimize --profile {P} --batch 1,0,8", ["batch", "[1, 4096]"]),
+    ("flags", S, "optimize --profile {P} --batch 99999", ["batch", "4096"]),
+    ("flags", S, "optimize --profile {P} --batch=x", ["batch"]),
+    ("flags", S, "optimize --profile {P} --tp 0", ["tp", "1"]),
+    ("flags", S, "optimize --profile {P} --top 0", ["--top", "[1, 1000]"]),
+    ("flags", S, "optimize --profile {P} --max-propose 0", ["--max-propose", "[1, 64]"]),
+    ("flags", S, "optimize --profile {P} --max-window 100000", ["--max-window", "256"]),
+    ("flags", S, "optimize --profile {P} --depth 0-9", ["depth", "16"]),
+    ("flags", S, "optimize --profile {P} --depth 1-99", ["depth"]),
+    ("flags", S, "optimize --profile {P} --depth x", ["depth"]),
+    ("flags", S, "optimize --profile {P} --search optuna --trials 0", ["trials", ">= 1 and <= 100000"]),
+    ("flags", S, "optimize --profile {P} --search optuna --trials 10000000", ["trials", "100000"]),
+    ("flags", S, "optimize --profile {P} --search optuna --trials -5", ["trials"]),
+    ("flags", S, "optimize --profile {P} --search optuna --timeout nan", ["timeout"]),
+    ("flags", S, "optimize --profile {P} --search optuna --timeout -1", ["timeout"]),
+    ("flags", S, "optimize --profile {P} --search optuna --workers 0", ["workers", ">= 1 and <= 256"]),
+    ("flags", S, "optimize --profile {P} --search optuna --mc-streams 0", ["mc_streams"]),
+    ("flags", S, "optimize --profile {P} --search optuna --mc-streams 1000000 --mc-cycles 60000", ["mc_streams", "67108864"]),
+    ("flags", S, "optimize --profile {P} --search quantum", ["search", "exhaustive, optuna, auto"]),
+    ("flags", S, "optimize --profile {P} --search optuna --sampler magic", ["sampler"]),
+    ("flags", S, "optimize --profile {P} --search optuna --objectives speed", ["objective"]),
+    ("flags", S, "evaluate --profile {P} --levels 2,16 --streams 1e9", ["--streams", "integer"]),
+    ("flags", S, "evaluate --profile {P} --levels 2,16 --mc --streams 1000000000 --cycles 1000000", ["--streams", "1048576"]),
+    ("flags", S, "evaluate --profile {P} --levels 2,16 --mc --streams 1048576 --cycles 65536", ["streams", "x --cycles", "67108864"]),
+    ("flags", S, "evaluate --profile {P} --levels 2,16 --mc --streams 0", ["--streams", "[1, "]),
+    ("flags", S, "evaluate --profile {P} --levels 2,16 --mc --cycles 0", ["--cycles", "[1, 65536]"]),
+    ("flags", S, "evaluate --profile {P} --levels 2,4,16", ["window", "needs --window"]),
+    ("flags", S, "evaluate --profile {P} --levels 2,16 --window 4", ["window", "no intermediate level"]),
+    ("flags", S, "evaluate --profile {P} --levels 2,4,8,16 --window 1,2,3", ["window", "1 or 2"]),
+    ("flags", S, "evaluate --profile {P} --levels 2,4,16 --window 0", ["window", "[1, 256]"]),
+    ("flags", S, "evaluate --profile {P} --levels 2,4,16 --window 9999", ["window", "[1, 256]"]),
+    ("flags", S, "evaluate --profile {P} --levels 2,16 --propose 65", ["--propose", "[1, 64]"]),
+    ("flags", S, "evaluate --profile {P} --levels ,,,", ["levels"]),
+    ("flags", S, "evaluate --profile {P} --levels 2,99999999999,16", ["levels", "[1, 1024]"]),
+    ("flags", S, "evaluate --profile {P} --levels " + ",".join(map(str, range(1, 80))), ["levels", "at most 64"]),
+    ("flags", S, "evaluate --profile {P} --plan {PLAN} --levels 2,16", ["plan", "not both"]),
+    ("flags", S, "evaluate --profile {P} --propose 3", ["levels", "needs --levels"]),
+    ("flags", S, "evaluate --profile {P}", ["plan", "--levels"]),
+    ("flags", S, "evaluate --profile {P} --plan {PLAN80}", ["levels", "16"]),
+    ("flags", S, "evaluate --profile {P} --levels 2,16 --workload '<script>'", ["workload", "known: w"]),
+    ("flags", S, "evaluate --profile {P} --levels 2,16 --stack nope", ["latency", "no table"]),
+    ("flags", S, "evaluate --profile no_such_profile --levels 2,16", ["profile", "unknown", "known:"]),
+    ("flags", S, "report --profile {P} --target-tps nan --out {W}/r.html", ["--target-tps", "finite"]),
+    ("flags", S, "report --profile {P} --target-tps inf --out {W}/r.html", ["--target-tps"]),
+    ("flags", S, "report --profile {P} --slo-ms 0 --out {W}/r.html", ["--slo-ms"]),
+    ("flags", S, "report --profile {P} --gpu-hour-usd -2 --out {W}/r.html", ["--gpu-hour-usd"]),
+    ("flags", S, "report --profile {P} --max-batch 0 --out {W}/r.html", ["--max-batch", "[1, 4096]"]),
+    ("flags", S, "report --profile {P} --format pdf --out {W}/r.html", ["--format", "invalid choice"]),
+    ("flags", S, "export --plan {PLAN} --to onnx", ["--to", "invalid choice"]),
+    ("flags", S, "export --plan {PLAN80} --to exec --profile {P}", ["levels", "16"]),
+    ("flags", S, "export --plan {PLAN} --to hf", ["to", "--to exec"]),
+    ("flags", S, "validate --profile {P} --plans 0", ["--plans", "[1, 200]"]),
+    ("flags", S, "validate --profile {P} --prompts 0", ["--prompts", "[1, 10000]"]),
+    ("flags", S, "validate --profile {P} --max-new-tokens 0", ["--max-new-tokens"]),
+    ("flags", S, "validate --profile {P} --threads 0", ["--threads", "[1, 1024]"]),
+    ("flags", S, "schema extra", ["unrecognized arguments"]),
+    ("flags", S, "profiles --bogus", ["unrecognized arguments"]),
+    ("flags", S, "frobnicate", ["invalid choice"]),
+    ("flags", S, "", ["required"]),
+    ("flags", S, "profile", ["required"]),
+    ("flags", S, "profile synthetic --layers 0 --layer-ms 1 --agreement 0.5 --out {W}/s.json", ["--layers", "[1, 1024]"]),
+    ("flags", S, "profile synthetic --layers 8 --layer-ms inf --agreement 0.5 --out {W}/s.json", ["--layer-ms", "finite"]),
+    ("flags", S, "profile synthetic --layers 8 --layer-ms nan --agreement 0.5 --out {W}/s.json", ["--layer-ms"]),
+    ("flags", S, "profile synthetic --layers 8 --layer-ms 1e308 --agreement 0.5 --out {W}/s.json", ["--layer-ms", "1000000.0"]),
+    ("flags", S, "profile synthetic --layers 8 --layer-ms 1 --agreement 1.5 --out {W}/s.json", ["--agreement", "[0.0, 1.0]"]),
+    ("flags", S, "profile synthetic --layers 8 --layer-ms 1 --agreement 0.5 --head-ms -1 --out {W}/s.json", ["--head-ms"]),
+    ("flags", S, "profile synthetic --layers 10000000 --layer-ms 1 --agreement 0.5 --out {W}/s.json", ["--layers"]),
+    ("flags", S, "profile import-vidur {V_OK} --layers 32 --tp x --out {W}/v.json", ["tp", "integers"]),
+    ("flags", S, "profile import-vidur {V_OK} --layers 32 --tp 0 --out {W}/v.json", ["tp", "[1, 1024]"]),
+    ("flags", S, "profile import-vidur {V_OK} --layers 32 --overhead-ms inf --out {W}/v.json", ["--overhead-ms"]),
+    ("flags", S, "profile import-vidur {V_OK} --layers 0 --out {W}/v.json", ["--layers"]),
+    ("flags", S, "profile import-vidur {V_OK} --layers 32 --default-tp 8 --out {W}/v.json", ["default_tp"]),
+    ("flags", S, "profile import-vidur {W}/novidur --layers 32 --out {W}/v.json", ["folder"]),
+    ("flags", S, "profile import-vidur {V_OK} --layers 32 --acceptance-from {P} --out {W}/v.json", ["acceptance_from", "layers"]),
+    ("flags", S, "profile measure --prompts 0 --out {W}/m.json", ["--prompts", "[1, 10000]"]),
+    ("flags", S, "profile measure --max-new-tokens 0 --out {W}/m.json", ["--max-new-tokens"]),
+    ("flags", S, "profile measure --seed -1 --out {W}/m.json", ["--seed"]),
+    ("flags", S, "profile measure --threads 0 --out {W}/m.json", ["--threads"]),
+    ("flags", S, "profile measure --workload '../x' --out {W}/m.json", ["workload"]),
+    # -- storage URLs and outputs that would destroy an input
+    ("storage", S, "optimize --profile {P} --search optuna --trials 2 --storage sqlite:///", ["storage", "names no file"]),
+    ("storage", S, "optimize --profile {P} --search optuna --trials 2 --storage sqlite:///:memory:", ["storage", "no file"]),
+    ("storage", S, "optimize --profile {P} --search optuna --trials 2 --storage sqlite://", ["storage"]),
+    ("storage", S, "optimize --profile {P} --search optuna --trials 2 --storage nonsense", ["storage", "sqlite:///"]),
+    ("storage", S, "optimize --profile {P} --search optuna --trials 2 --storage ftp://x/y", ["storage", "not supported"]),
+    ("storage", S, "optimize --profile {P} --search optuna --trials 2 --storage sqlite:///{W}/nodir/s.db", ["storage", "does not exist"]),
+    ("storage", S, "optimize --profile {P} --search optuna --trials 2 --storage sqlite:///{ADIR}", ["storage", "folder"]),
+    ("storage", S, "optimize --profile {P} --storage sqlite:///", ["storage"]),
+    ("overwrite", S, "optimize --profile {P} --search optuna --trials 2 --storage sqlite:///{DB} --out {DB}", ["out", "input"]),
+    ("overwrite", S, "optimize --profile {P} --storage sqlite:///{DB} --out {DB}", ["out", "input"]),
+    ("overwrite", S, "optimize --profile {P} --out {P}", ["out", "also an input"]),
+    ("overwrite", S, "report --profile {P} --out {P}", ["out", "also an input"]),
+    ("overwrite", S, "report --profile {P} --validation {PLAN} --out {PLAN}", ["out", "input"]),
+    ("overwrite", S, "export --plan {PLAN} --to exec --out {PLAN}", ["out", "input"]),
+    ("overwrite", S, "export --plan {PLAN} --to json --profile {P} --out {P}", ["out", "input"]),
+    ("overwrite", S, "validate --profile {P} --out {P}", ["out", "input"]),
+    ("overwrite", S, "profile import-vidur {V_OK} --layers 32 --out {V_OK}/compute/a100/meta-llama/Llama-2-7b-hf/mlp.csv", ["out", "input"]),
+    ("overwrite", S, "profile import-vidur {V_OK} --layers 32 --acceptance-from {P} --out {P}", ["out", "input"]),
+    ("overwrite", E, "run --plan {PLAN} --out {PLAN}", ["out", "input"]),
+    ("unwritable", S, "optimize --profile {P} --out {RO}/plan.json", ["out", "not writable"]),
+    ("unwritable", S, "optimize --profile {P} --out {W}/nodir/plan.json", ["out", "does not exist"]),
+    ("unwritable", S, "optimize --profile {P} --out {ADIR}", ["out", "folder"]),
+    ("unwritable", S, "optimize --profile {P} --out /dev/null", ["out", "not a regular file"]),
+    ("unwritable", S, "report --profile {P} --out {RO}/r.html", ["out", "not writable"]),
+    ("unwritable", S, "report --profile {P} --out {ADIR}", ["out", "folder"]),
+    ("unwritable", S, "export --plan {PLAN} --to exec --out {RO}/x.json", ["out", "not writable"]),
+    ("unwritable", S, "profile synthetic --layers 8 --layer-ms 1 --agreement 0.5 --out {RO}/s.json", ["out", "not writable"]),
+    ("unwritable", S, "profile import-vidur {V_OK} --layers 32 --out {RO}/v.json", ["out", "not writable"]),
+    ("unwritable", S, "profile measure --out {RO}/m.json", ["out", "not writable"]),
+    ("unwritable", S, "profile measure --out {W}/nodir/m.json", ["out", "does not exist"]),
+    ("unwritable", S, "validate --profile {P} --out {RO}/v.json", ["out", "not writable"]),
+    ("unwritable", E, "run --out {RO}/r.json", ["out", "not writable"]),
+    ("unwritable", E, "run --out {ADIR}", ["out", "folder"]),
+    # -- Vidur CSV cells
+    ("vidur", S, "profile import-vidur {V_INFTP} --layers 32 --out {W}/v.json", ["num_tensor_parallel_workers", "integer"]),
+    ("vidur", S, "profile import-vidur {V_HUGETP} --layers 32 --out {W}/v.json", ["num_tensor_parallel_workers", "[1, 1024]"]),
+    ("vidur", S, "profile import-vidur {V_NANEMBD} --layers 32 --out {W}/v.json", ["n_embd"]),
+    ("vidur", S, "profile import-vidur {V_INFEMBD} --layers 32 --out {W}/v.json", ["n_embd"]),
+    ("vidur", S, "profile import-vidur {V_STRTOK} --layers 32 --out {W}/v.json", ["num_tokens", "not a number"]),
+    ("vidur", S, "profile import-vidur {V_FRACTOK} --layers 32 --out {W}/v.json", ["num_tokens", "integer"]),
+    ("vidur", S, "profile import-vidur {V_INFOP} --layers 32 --out {W}/v.json", ["mlp_up_proj", "finite"]),
+    ("vidur", S, "profile import-vidur {V_STROP} --layers 32 --out {W}/v.json", ["attn_rope", "not a number"]),
+    ("vidur", S, "profile import-vidur {V_NEGOP} --layers 32 --out {W}/v.json", ["add", ">= 0"]),
+    ("vidur", S, "profile import-vidur {V_INFWORKERS} --layers 32 --tp 2 --out {W}/v.json", ["num_workers", "integer"]),
+    ("vidur", S, "profile import-vidur {V_STRSIZE} --layers 32 --tp 2 --out {W}/v.json", ["size", "not a number"]),
+    ("vidur", S, "profile import-vidur {V_INFNET} --layers 32 --tp 2 --out {W}/v.json", ["all_reduce", "finite"]),
+    ("vidur", S, "profile import-vidur {V_NONUTF8} --layers 32 --out {W}/v.json", ["vidur", "UTF-8"]),
+    ("vidur", S, "profile import-vidur {V_EMPTY} --layers 32 --out {W}/v.json", ["vidur", "no rows"]),
+    ("vidur", S, "profile import-vidur {V_NOCOLS} --layers 32 --out {W}/v.json", ["vidur", "lacks columns"]),
+    ("vidur", S, "profile import-vidur {V_NUL} --layers 32 --out {W}/v.json", ["vidur"]),
+    ("vidur", S, "profile import-vidur {V_SHORTROW} --layers 32 --out {W}/v.json", ["vidur"]),
+    # -- checkpoint configs (info must refuse what run cannot run)
+    ("hf-config", E, "info --model {HF_THETA_STR}", ["rope_theta", "number"]),
+    ("hf-config", E, "run --model {HF_THETA_STR}", ["rope_theta", "number"]),
+    ("hf-config", E, "info --model {HF_THETA_INF}", ["model", "finite"]),
+    ("hf-config", E, "info --model {HF_SCALING_INT}", ["rope_scaling", "object"]),
+    ("hf-config", E, "generate --prompt x --model {HF_SCALING_INT}", ["rope_scaling"]),
+    ("hf-config", E, "info --model {HF_SCALING_NOFACTOR}", ["rope_scaling.factor"]),
+    ("hf-config", E, "info --model {HF_SCALING_STRFACTOR}", ["rope_scaling.factor", "number"]),
+    ("hf-config", E, "info --model {HF_SCALING_KIND}", ["rope_scaling", "llama3"]),
+    ("hf-config", E, "info --model {HF_EPS_STR}", ["rms_norm_eps", "number"]),
+    ("hf-config", E, "info --model {HF_EPS_NEG}", ["norm_eps", "[1e-12, 0.1]"]),
+    ("hf-config", E, "info --model {HF_DIMS_HUGE}", ["config.hidden_size", "[2, 65536]"]),
+    ("hf-config", E, "run --model {HF_DIMS_HUGE}", ["config.hidden_size", "[2, 65536]"]),
+    ("hf-config", E, "info --model {HF_LAYERS_HUGE}", ["config.num_hidden_layers", "[1, 1024]"]),
+    ("hf-config", E, "info --model {HF_MEM_HUGE}", ["config", "GiB", "this machine has"]),
+    ("hf-config", E, "run --model {HF_MEM_HUGE}", ["config", "GiB"]),
+    ("hf-config", E, "info --model {HF_LAYERS_STR}", ["num_hidden_layers", "integer"]),
+    ("hf-config", E, "info --model {HF_VOCAB_NEG}", ["vocab_size", "[2, "]),
+    ("hf-config", E, "info --model {HF_VOCAB_FLOAT}", ["vocab_size", "integer"]),
+    ("hf-config", E, "info --model {HF_HEADS_ZERO}", ["num_attention_heads"]),
+    ("hf-config", E, "info --model {HF_HEADDIM_BAD}", ["head_dim"]),
+    ("hf-config", E, "info --model {HF_KV_BAD}", ["num_attention_heads", "num_key_value_heads (3)"]),
+    ("hf-config", E, "info --model {HF_TIE_STR}", ["tie_word_embeddings", "true or false"]),
+    ("hf-config", E, "info --model {HF_CTX_HUGE}", ["model"]),
+    ("hf-config", E, "info --model {HF_ARCH_STR}", ["architectures"]),
+    ("hf-config", E, "info --model {HF_TYPE_GPT2}", ["model_type", "Llama"]),
+    ("hf-config", E, "info --model {HF_ACT_GELU}", ["hidden_act", "silu"]),
+    ("hf-config", E, "info --model {HF_BIAS}", ["attention_bias"]),
+    ("hf-config", E, "info --model {HF_NOVOCAB}", ["vocab_size", "missing"]),
+    ("hf-config", E, "info --model {M_THETA_STR}", ["rope_theta", "number"]),
+    ("hf-config", E, "run --model {M_EPS_STR}", ["norm_eps", "number"]),
+    ("hf-config", E, "info --model {M_DIM_HUGE}", ["config"]),
+    ("hf-config", E, "info --model {M_LAYERS0}", ["n_layers"]),
+    ("hf-config", E, "info --model {M_SCALING_INT}", ["rope_scaling", "object"]),
+    ("hf-config", E, "info --model {M_UNKNOWN}", ["unknown keys", "colour"]),
+    ("hf-config", E, "info --model {M_ODDHEAD}", ["dim", "even"]),
+    ("hf-config", E, "info --model {W}/nomodel", ["model", "no such folder"]),
+    # -- executor flags
+    ("exec-flags", E, "run --temperature nan --mode sampling", ["--temperature", "finite"]),
+    ("exec-flags", E, "run --temperature inf --mode sampling", ["--temperature", "[0.001, 100.0]"]),
+    ("exec-flags", E, "run --temperature 0", ["--temperature", "[0.001, 100.0]"]),
+    ("exec-flags", E, "generate --prompt x --temperature -1", ["--temperature"]),
+    ("exec-flags", E, "generate --prompt x --temperature nan", ["--temperature"]),
+    ("exec-flags", E, "run --repeats 0", ["--repeats", "[1, 1000]"]),
+    ("exec-flags", E, "run --repeats -3", ["--repeats"]),
+    ("exec-flags", E, "run --prompts 0", ["--prompts", "[1, 10000]"]),
+    ("exec-flags", E, "run --prompt-len 0", ["--prompt-len"]),
+    ("exec-flags", E, "run --max-new-tokens 0", ["--max-new-tokens"]),
+    ("exec-flags", E, "run --max-new-tokens 100000", ["max_new_tokens", "context 512"]),
+    ("exec-flags", E, "run --prompt-len 600", ["max_new_tokens", "512"]),
+    ("exec-flags", E, "generate --prompt x --max-new-tokens 5000", ["max_new_tokens", "512"]),
+    ("exec-flags", E, "run --seed -1", ["--seed", "[0, 4294967295]"]),
+    ("exec-flags", E, "run --threads 0", ["--threads", "[1, 1024]"]),
+    ("exec-flags", E, "info --threads -1", ["--threads"]),
+    ("exec-flags", E, "run --levels 2,4,16", ["window", "needs --window"]),
+    ("exec-flags", E, "run --levels 2,16 --window 4", ["window", "no intermediate"]),
+    ("exec-flags", E, "run --levels 2,16 --propose 0", ["--propose", "[1, 64]"]),
+    ("exec-flags", E, "run --levels 2,16 --propose 1e9", ["--propose"]),
+    ("exec-flags", E, "run --levels 2,17", ["levels", "17-layer", "16 layers"]),
+    ("exec-flags", E, "run --plan {PLAN80}", ["levels", "80-layer model", "16 layers", "cpu_hispec_tiny"]),
+    ("exec-flags", E, "generate --prompt x --plan {PLAN80}", ["levels", "80-layer"]),
+    ("exec-flags", E, "run --plan {BIGPLAN}", ["batch", "4096"]),
+    ("exec-flags", E, "run --plan {PLAN} --levels 2,16", ["plan", "not both"]),
+    ("exec-flags", E, "run --mode beam", ["--mode", "invalid choice"]),
+    ("exec-flags", E, "run --device tpu", ["--device", "invalid choice"]),
+    ("exec-flags", E, "generate --prompt ''", ["prompt", "empty"]),
+    ("exec-flags", E, "frobnicate", ["invalid choice"]),
+    ("exec-flags", E, "", ["required"]),
+    # -- train: every argument checked before anything is created
+    ("train", E, "train --out {W}/t --minutes 0", ["--minutes", "[0.001, 10080]"]),
+    ("train", E, "train --out {W}/t --minutes -1", ["--minutes"]),
+    ("train", E, "train --out {W}/t --minutes nan", ["--minutes", "finite"]),
+    ("train", E, "train --out {W}/t --minutes inf", ["--minutes"]),
+    ("train", E, "train --out {W}/t --batch 0", ["--batch", "[1, 4096]"]),
+    ("train", E, "train --out {W}/t --seq 0", ["--seq", "[1, 65536]"]),
+    ("train", E, "train --out {W}/t --seq 1e8", ["--seq", "integer"]),
+    ("train", E, "train --out {W}/t --seq 100000000", ["--seq"]),
+    ("train", E, "train --out {W}/t --seq 512", ["seq", "[1, 511]"]),
+    ("train", E, "train --out {W}/t --threads 0", ["--threads", "[1, 1024]"]),
+    ("train", E, "train --out {W}/t --layers 1 --steps 1", ["--layers", "[2, 1024]"]),
+    ("train", E, "train --out {W}/t --steps 0", ["--steps", "[1, "]),
+    ("train", E, "train --out {W}/t --dim 161", ["n_heads", "divide"]),
+    ("train", E, "train --out {W}/t --dim 4 --heads 8", ["heads", "--dim"]),
+    ("train", E, "train --out {W}/t --kv-heads 3", ["n_kv_heads"]),
+    ("train", E, "train --out {W}/t --dim 65536 --layers 1024 --ffn 262144", ["model", "GiB"]),
+    ("train", E, "train --out {W}/t --batch 4096 --seq 511", ["batch", "GiB"]),
+    ("train", E, "train --out {W}/t --lr nan", ["--lr"]),
+    ("train", E, "train --out {W}/t --lr 0", ["--lr", "[1e-08, 1.0]"]),
+    ("train", E, "train --out {W}/t --layer-dropout 1.5", ["--layer-dropout"]),
+    ("train", E, "train --out {W}/t --exit-scale -1", ["--exit-scale"]),
+    ("train", E, "train --out {W}/t --seed -1", ["--seed"]),
+    ("train", E, "train --out {W}/t --max-seq-len 1", ["--max-seq-len"]),
+    ("train", E, "train --out {P}", ["out", "is a file"]),
+    ("train", E, "train --out {W}/nodir/t", ["out", "does not exist"]),
+    ("train", E, "train --out {RO}/t", ["out", "not writable"]),
+    ("train", E, "train --out {RO}", ["out"]),
+    ("train", E, "train --out {W}/t --init-from {W}/nomodel", ["init_from", "checkpoint folder"]),
+    ("train", E, "train --out {W}/t --init-from {M_THETA_STR}", ["init_from", "rope_theta"]),
+    ("train", E, "train --out {W}/t --init-from {HF_DIMS_HUGE}", ["hidden_size"]),
+    ("train", E, "train --out {W}/t --init-from {HF_MEM_HUGE}", ["GiB"]),
+]
+
+
+def _fill(argv: str, f: dict) -> list[str]:
+    import shlex
+
+    return [a.format(**f) for a in shlex.split(argv)]
+
+
+def _snapshot(*roots: Path) -> dict:
+    """Every entry under roots: folders, and files with inode, size and mtime (a write or
+    an atomic replace changes one of them)."""
+    snap = {}
+    for root in roots:
+        for dirpath, dirnames, filenames in os.walk(root):
+            snap[dirpath] = "dir"
+            for n in filenames:
+                st = os.lstat(os.path.join(dirpath, n))
+                snap[os.path.join(dirpath, n)] = (st.st_ino, st.st_size, st.st_mtime_ns)
+    return snap
+
+
+def _main(prog):
+    if prog == S:
+        from hispec_sim.cli import main
+    else:
+        from hispec_exec.cli import main
+    return main
+
+
+def _prog_name(prog):
+    return "hispec-sim" if prog == S else "hispec-exec"
+
+
+def check_clean(code, out, err, prog, expect, before, after, status=2):
+    lines = err.strip().splitlines()
+    assert code == status, (code, err[-2000:])
+    assert "Traceback" not in err, err[-2000:]
+    assert len(lines) == 1, err[-2000:]
+    assert lines[0].startswith(f"{_prog_name(prog)}: "), lines[0]
+    for s in expect:
+        assert s in lines[0], (s, lines[0])
+    assert out == "", out[-500:]
+    assert after == before, sorted(set(after.items()) ^ set(before.items()))[:5]
+
+
+@pytest.mark.parametrize("cls,prog,argv,expect", CASES, ids=[f"{c[0]}:{c[1]}:{c[2][:70]}" for c in CASES])
+def test_bad_input(work, capsys, monkeypatch, cls, prog, argv, expect):
+    w = work["_w"]
+    monkeypatch.chdir(w)
+    before = _snapshot(w, DEFAULT_CHECKPOINT)
+    code = _main(prog)(_fill(argv, work))
+    out, err = capsys.readouterr()
+    check_clean(code, out, err, prog, expect, before, _snapshot(w, DEFAULT_CHECKPOINT))
+
+
+def test_table_covers_every_subcommand_and_class():
+    classes = {c[0] for c in CASES}
+    assert {"nesting", "profile-numbers", "schema", "json-shape", "non-utf8", "special-files", "size", "flags",
+            "storage", "overwrite", "unwritable", "vidur", "hf-config", "exec-flags", "train"} <= classes
+    first = {(c[1], " ".join(c[2].split()[:2]) if c[2].startswith("profile ") else c[2].split(" ")[0]) for c in CASES}
+    for sub in ("schema", "profiles", "evaluate", "optimize", "report", "export", "validate", "profile import-vidur",
+                "profile synthetic", "profile measure"):
+        assert (S, sub) in first, sub
+    for sub in ("info", "run", "generate", "train"):
+        assert (E, sub) in first, sub
+    assert len(CASES) + len(INTERRUPTS) + len(SIGNALS) >= 150
+
+
+# --------------------------------------------------------------------------- interrupts
+# SIGINT arrives as KeyboardInterrupt at whatever the main thread runs; these cases raise it
+# at a fixed point inside the long work (deterministic), then check the one line and exit
+# 130, and that nothing was written.
+
+
+def _interrupt(*a, **k):
+    raise KeyboardInterrupt
+
+
+INTERRUPTS = [
+    (S, "hispec_sim.cli.exhaustive", "optimize --profile {P} --out {W}/best.json"),
+    (S, "hispec_sim.search.evaluate_trial",
+     "optimize --profile {P} --search optuna --trials 50 --storage sqlite:///{DB} --out {W}/best.json"),
+    (S, "hispec_sim.report.compute", "report --profile {P} --out {W}/r.html"),
+    (S, "hispec_sim.montecarlo.simulate", "evaluate --profile {P} --levels 2,16 --mc"),
+    (S, "hispec_sim.validate.validate", "validate --profile cpu_hispec_tiny --plans 1 --prompts 1 --out {W}/v.json"),
+    (S, "hispec_exec.measure.measure_latency", "profile measure --prompts 1 --max-new-tokens 8 --out {W}/m.json"),
+    (S, "hispec_sim.vidur.import_vidur_full", "profile import-vidur {V_OK} --layers 32 --out {W}/v.json"),
+    (E, "hispec_exec.generate.decode", "run --prompts 1 --max-new-tokens 8 --out {W}/r.json"),
+    (E, "hispec_exec.generate.decode", "generate --prompt x --max-new-tokens 8"),
+    (E, "hispec_exec.train.corpus_bytes", "train --out {W}/t --steps 2 --dim 16 --layers 2 --heads 2 --kv-heads 1 --ffn 16 --seq 8 --batch 2 --max-seq-len 16"),
+]
+
+
+@pytest.mark.parametrize("prog,target,argv", INTERRUPTS, ids=[f"{p}:{a[:60]}" for p, t, a in INTERRUPTS])
+def test_interrupt_mid_work(work, capsys, monkeypatch, prog, target, argv):
+    import importlib
+
+    w = work["_w"]
+    monkeypatch.chdir(w)
+    module, name = target.rsplit(".", 1)
+    monkeypatch.setattr(importlib.import_module(module), name, _interrupt)
+    before = _snapshot(w, DEFAULT_CHECKPOINT)
+    code = _main(prog)(_fill(argv, work))
+    out, err = capsys.readouterr()
+    after = _snapshot(w, DEFAULT_CHECKPOINT)
+    if "optuna" in argv:  # the study database records the interrupted trial; it must stay a database
+        db = work["DB"]
+        before = {k: v for k, v in before.items() if k != db}
+        after = {k: v for k, v in after.items() if k != db}
+        con = sqlite3.connect(db)
+        assert con.execute("select count(*) from keep").fetchone() == (0,)
+        con.close()
+    lines = err.strip().splitlines()
+    assert code == 130, err
+    assert "Traceback" not in err and len(lines) == 1 and "interrupted" in lines[-1], err
+    assert after == before
+
+
+# real SIGINT, delivered by the process to itself at a fixed point of the work
+SIGNALS = [
+    ("hispec_sim.cli", "hispec_sim.search", "evaluate_trial",
+     ["optimize", "--profile", "cpu_hispec_tiny", "--search", "optuna", "--trials", "1000", "--storage", "sqlite:///s.db",
+      "--out", "best.json"]),
+    ("hispec_sim.cli", "hispec_sim.report", "compute", ["report", "--profile", "cpu_hispec_tiny", "--out", "r.html"]),
+]
+
+_SELF_SIGINT = """
+import os, signal, sys, importlib
+mod = importlib.import_module(sys.argv[2])
+orig = getattr(mod, sys.argv[3])
+calls = [0]
+def hook(*a, **k):
+    calls[0] += 1
+    if calls[0] == 1:  # a real signal, in the middle of the work
+        os.kill(os.getpid(), signal.SIGINT)
+    return orig(*a, **k)
+setattr(mod, sys.argv[3], hook)
+main = importlib.import_module(sys.argv[1]).main
+sys.exit(main(sys.argv[4:]))
+"""
+
+
+@pytest.mark.parametrize("cli,module,name,argv", SIGNALS, ids=[s[3][0] for s in SIGNALS])
+def test_real_sigint(tmp_path, cli, module, name, argv):
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    r = subprocess.run([sys.executable, "-c", _SELF_SIGINT, cli, module, name, *argv], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=240)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 130, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and len(lines) == 1 and "interrupted" in lines[0], r.stderr[-2000:]
+    assert r.stdout == "" or "train" in argv[0]
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left in ([], ["s.db"]), left  # no result file, no empty folder; the study database stays
