@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .evaluate import Setting, exhaustive_arrays, ranked_plans, score
+from . import schema
 from .schema import Acceptance, Plan, Profile, Source
 
 FAMILIES = ("autoregressive", "single_level", "hierarchical")
