@@ -231,6 +231,11 @@ def audit(setting: Setting, plan: Plan | str, speedup: float) -> dict:
     levels = got_plan.levels[:-1] if got_plan.depth >= 2 else []
     L = setting.num_layers
     band = _band_workloads(setting)
+    params = [_curve_params(b) for b in band] if band is not None else None
+    if params and all(params) and not setting.workload.endswith("_per_position"):
+        lo_m, hi_m = sorted(p_[0] for p_ in params)  # the band moves the level only (c is not varied)
+        out["profile_level_band"] = [round(lo_m, 6), round(hi_m, 6)]
+        out["required_level_within_band"] = bool(lo_m <= level <= hi_m)
     rows = []
     for e in levels:
         r = {"exit": e, "required": round(float(fam.F(level, [e])[0]), 5) if not math.isinf(level) else (1.0 if level > 0 else 0.0),
@@ -326,8 +331,10 @@ def run(args) -> int:
     if not out["reachable"]:
         print(f"  UNREACHABLE: {out['verdict']}")
         return 0
+    band = (f"; the profile's band (<w>_low/<w>_high): {out['profile_level_band'][0]:.4f}..{out['profile_level_band'][1]:.4f}"
+            if "profile_level_band" in out else "")
     print(f"  required level {out['required_level']} (shift {out['level_shift']}) -> {out['speedup_at_required_level']:.3f}x "
-          f"({out['plan_at_required_level']})")
+          f"({out['plan_at_required_level']}){band}")
     for r in out["agreement_with_final_at_exits"]:
         band = f"  band {r['band'][0]:.3f}-{r['band'][1]:.3f}" if "band" in r else ""
         print(f"  agreement with the final layer at exit {r['exit']}: required {r['required']:.3f}, profile {r['profile']:.3f}{band}")

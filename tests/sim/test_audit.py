@@ -31,7 +31,9 @@ def test_round_trip_returns_the_profiles_own_level(workload):
     for row in r["agreement_with_final_at_exits"]:
         assert row["required"] == pytest.approx(row["profile"], abs=2e-4)
     if workload == "sharegpt":  # the fit reproduced the published point: distance ~0, within its band
-        assert r["reconciled"] is True
+        assert r["reconciled"] is True and r["required_level_within_band"] is True
+        lo, hi = r["profile_level_band"]
+        assert lo < r["profile_level"] < hi
         assert all(abs(p["distance"]) < 1e-3 for p in r["published_points"])
 
 
