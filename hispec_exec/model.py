@@ -169,7 +169,6 @@ class Block(nn.Module):
         g, u = mm(self.ffn_norm(x), self.w13.weight).chunk(2, dim=-1)
         return x + mm(F.silu(g) * u, self.w2.weight)
 
-
     # -- decoding path, several sequences in one call (row invariant) ----------------
     def step_rows(self, x: torch.Tensor, layer: int, parts: list, cos: torch.Tensor, sin: torch.Tensor,
                   masks: list) -> torch.Tensor:

@@ -21,8 +21,9 @@ The engine repeats one *iteration* until every request has finished:
    layers. Running sequences wait (prefill stalls decoding). A prompt's last token is
    pending: it enters the first decode operation. (A one-token prompt needs no prefill.)
 3. **One decode step**: ONE forward over the running sequences (newly prefilled ones
-   included), as the policy says (below), then each sequence's exit heads, acceptance
-   and commits.
+   included), as the policy says (below), then ONE exit-head call over every sequence's
+   head rows (heads at different exits share the final norm + LM head), then each
+   sequence's acceptance and commits (host work, no forward).
 4. **Emission**: a token is emitted at the end of the step that commits it: an
    autoregressive forward, or a full-model (level-k) check. All tokens one check commits
    share that time (their gaps are 0). TTFT = first emission - arrival; TBT = the gaps

@@ -176,3 +176,14 @@ def test_cli_generated_traffic(capsys):
     assert d["identical_to_autoregressive"] is True and d["family"] == "3_level" and d["batching"] == "ragged"
     assert len(d["requests"]) == 4 and all(5 <= r["prompt_tokens"] <= 20 for r in d["requests"])
     assert d["source"]["qps"] == 50 and d["summary"]["output_tokens"] == 24
+
+
+def test_served_sampling_ragged_equals_each_request_alone(tiny):
+    """Request i samples with seed + i; under `ragged` its draws follow its batch-1 schedule."""
+    from hispec_exec import decode
+
+    arrivals, prompts, news = workload(n=5, seed=8)
+    plan = Plan(levels=[1, 3, 8], propose=2, windows=[3])
+    res = run(tiny, plan, arrivals, prompts, news, ServeLimits(max_batch=3), mode="sampling", seed=40)
+    for i, (p, n, toks) in enumerate(zip(prompts, news, res["tokens"])):
+        assert toks == decode(tiny, plan, p, n, mode="sampling", seed=40 + i).tokens
