@@ -280,15 +280,23 @@ def cmd_train(a) -> int:
     from .train import train
 
     args = check_train_args(a)
+    import time
+
     out = Path(a.out)
     created = not out.exists()
+    started = time.time()
     try:
         info = train(a.out, args if a.init_from is None else None, minutes=a.minutes, steps=a.steps, batch=a.batch,
                      seq=a.seq, lr=a.lr, exit_scale=a.exit_scale, dropout_max=a.layer_dropout, threads=a.threads,
                      seed=a.seed, init_from=a.init_from, log=lambda s: print(s, flush=True))
-    except BaseException:
+    except BaseException as e:
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # interrupted before the first checkpoint: leave no empty folder
+        elif isinstance(e, KeyboardInterrupt) and (out / "train_log.json").exists() \
+                and (out / "train_log.json").stat().st_mtime >= started:
+            sys.stderr.write(f"hispec-exec: interrupted; {out} holds the last periodic checkpoint "
+                             "(train_log.json says partial)\n")
+            return 130
         raise
     print(json.dumps({"out": a.out, "train_seconds": info["train_seconds"], "steps": info["steps"],
                       "heldout_loss_per_exit": info["heldout"]["loss"],
