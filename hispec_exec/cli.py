@@ -43,8 +43,9 @@ def _plan_for_model(a, model, plan=None):
         which = "the shipped model" if a.model is None else f"the model in {a.model}"
         hint = ("optimize with --profile cpu_hispec_tiny (the shipped model's profile)" if a.model is None
                 else "measure its profile (hispec-sim profile measure --model ...) and optimize with it")
-        raise ValueError(f"levels: the plan is for a {plan.levels[-1]}-layer model, {which} has {L} layers; "
-                         f"{hint}, or pass --model with a {plan.levels[-1]}-layer checkpoint")
+        n = plan.levels[-1]
+        raise ValueError(f"levels: the plan is for a model of {n} layers, {which} has {L}; "
+                         f"{hint}, or pass --model with a checkpoint of {n} layers")
     check_plan(model, plan)
     return plan
 
