@@ -23,6 +23,9 @@ def _load(a):
     return load_model_from_args(a)
 
 
+_add_model = add_model_args  # the older name, for subcommands written against it
+
+
 def _plan_args(a):
     """The plan of the flags, checked before the model loads (None: autoregressive over
     whatever model loads)."""
