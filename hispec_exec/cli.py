@@ -23,6 +23,9 @@ def _load(a):
     return load_model_from_args(a)
 
 
+_add_model = add_model_args  # the older name, for subcommands written against it
+
+
 def _plan_args(a):
     """The plan of the flags, checked before the model loads (None: autoregressive over
     whatever model loads)."""
@@ -43,8 +46,9 @@ def _plan_for_model(a, model, plan=None):
         which = "the shipped model" if a.model is None else f"the model in {a.model}"
         hint = ("optimize with --profile cpu_hispec_tiny (the shipped model's profile)" if a.model is None
                 else "measure its profile (hispec-sim profile measure --model ...) and optimize with it")
-        raise ValueError(f"levels: the plan is for a {plan.levels[-1]}-layer model, {which} has {L} layers; "
-                         f"{hint}, or pass --model with a {plan.levels[-1]}-layer checkpoint")
+        n = plan.levels[-1]
+        raise ValueError(f"levels: the plan is for a model of {n} layers, {which} has {L}; "
+                         f"{hint}, or pass --model with a checkpoint of {n} layers")
     check_plan(model, plan)
     return plan
 
@@ -284,15 +288,23 @@ def cmd_train(a) -> int:
     from .train import train
 
     args = check_train_args(a)
+    import time
+
     out = Path(a.out)
     created = not out.exists()
+    started = time.time()
     try:
         info = train(a.out, args if a.init_from is None else None, minutes=a.minutes, steps=a.steps, batch=a.batch,
                      seq=a.seq, lr=a.lr, exit_scale=a.exit_scale, dropout_max=a.layer_dropout, threads=a.threads,
                      seed=a.seed, init_from=a.init_from, log=lambda s: print(s, flush=True))
-    except BaseException:
+    except BaseException as e:
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # interrupted before the first checkpoint: leave no empty folder
+        elif isinstance(e, KeyboardInterrupt) and (out / "train_log.json").exists() \
+                and (out / "train_log.json").stat().st_mtime >= started:
+            sys.stderr.write(f"hispec-exec: interrupted; {out} holds the last periodic checkpoint "
+                             "(train_log.json says partial)\n")
+            return 130
         raise
     print(json.dumps({"out": a.out, "train_seconds": info["train_seconds"], "steps": info["steps"],
                       "heldout_loss_per_exit": info["heldout"]["loss"],

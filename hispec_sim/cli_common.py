@@ -315,7 +315,8 @@ def run_main(prog: str, build_parser, argv: list[str] | None, func_attr: str = "
         except SystemExit as e:  # --help / --version
             return int(e.code or 0)
         args._argv = argv
-        return getattr(args, func_attr)(args)
+        func = getattr(args, func_attr, None) or getattr(args, "fn")  # `fn`: hispec-exec's older spelling
+        return func(args)
     except UsageError as e:
         print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
     except KeyboardInterrupt:

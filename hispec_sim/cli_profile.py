@@ -5,7 +5,6 @@ raises ValueError("field: message") (the main CLI prints it on one line, exit st
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from . import schema

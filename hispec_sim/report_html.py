@@ -178,5 +178,5 @@ def render_html(data: dict) -> str:
             f"<script type=\"text/javascript\">{get_plotlyjs()}</script>\n</head><body>\n"
             + "\n".join(parts)
             + f"\n<script type=\"application/json\" id=\"hispec-figures\">{fig_json}</script>\n"
-            + f"<script type=\"application/json\" id=\"hispec-data\">{script_json(_jsonable(data))}</script>\n"
+            + f"<script type=\"application/json\" id=\"hispec-data\">{script_json(_jsonable({k: v for k, v in data.items() if k != 'provenance'}))}</script>\n"
             + f"<script type=\"text/javascript\">{boot}</script>\n</body></html>\n")

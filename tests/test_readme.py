@@ -50,7 +50,7 @@ def test_readme_blocks_are_runnable_or_say_why_not():
         assert "[--" not in b, f"optional flags in brackets do not run as written: {b}"
 
 
-@pytest.mark.slow  # ~1 minute on a quiet 2-core machine: 10 processes import torch
+@pytest.mark.slow  # minutes: 10 processes import torch, one measures a profile
 def test_readme_runs_end_to_end(tmp_path):
     used = {old: 0 for old, _ in SUBS}
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),

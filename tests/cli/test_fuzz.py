@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -526,9 +525,9 @@ CASES = [
     ("exec-flags", E, "run --levels 2,16 --window 4", ["window", "no intermediate"]),
     ("exec-flags", E, "run --levels 2,16 --propose 0", ["--propose", "[1, 64]"]),
     ("exec-flags", E, "run --levels 2,16 --propose 1e9", ["--propose"]),
-    ("exec-flags", E, "run --levels 2,17", ["levels", "17-layer", "16 layers"]),
-    ("exec-flags", E, "run --plan {PLAN80}", ["levels", "80-layer model", "16 layers", "cpu_hispec_tiny"]),
-    ("exec-flags", E, "generate --prompt x --plan {PLAN80}", ["levels", "80-layer"]),
+    ("exec-flags", E, "run --levels 2,17", ["levels", "model of 17 layers", "has 16"]),
+    ("exec-flags", E, "run --plan {PLAN80}", ["levels", "model of 80 layers", "shipped model has 16", "cpu_hispec_tiny"]),
+    ("exec-flags", E, "generate --prompt x --plan {PLAN80}", ["levels", "model of 80 layers"]),
     ("exec-flags", E, "run --plan {BIGPLAN}", ["batch", "4096"]),
     ("exec-flags", E, "run --plan {PLAN} --levels 2,16", ["plan", "not both"]),
     ("exec-flags", E, "run --mode beam", ["--mode", "invalid choice"]),
