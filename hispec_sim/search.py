@@ -241,8 +241,8 @@ def open_storage(url: str, heartbeat: int = HEARTBEAT_S, grace: int = GRACE_S):
         except Exception as e:  # bad dialect, driver missing, unreachable server, bad credentials
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ValueError(f"storage: cannot open {_redact(url)} ({type(e).__name__}: {msg})") from None
-    if scheme == "sqlite":
-        _sqlite_wal(storage.engine)
+    if scheme == "sqlite" and ":memory:" not in url and "mode=memory" not in url and url.split("://", 1)[1] != "/":
+        _sqlite_wal(storage.engine)  # a file (an in-memory database would not survive the reconnect)
     return storage
 
 
