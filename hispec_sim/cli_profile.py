@@ -116,9 +116,10 @@ def _nonneg(field: str, v: float) -> float:
 
 def run(args) -> int:
     if args.profile_cmd == "import-vidur":
-        inputs = [args.acceptance_from] if args.acceptance_from and Path(args.acceptance_from).exists() else []
-        check_output(args.out, inputs=inputs + [p for p in Path(args.folder).rglob("*.csv")][:10_000]
-                     if Path(args.folder).is_dir() else inputs)
+        out, folder = Path(args.out).resolve(), Path(args.folder).resolve()
+        if out.exists() and (out == folder or folder in out.parents):  # never overwrite the imported files
+            raise ValueError(f"out: {args.out} is also an input of this command (inside {args.folder}); choose another file")
+        check_output(args.out, inputs=[args.acceptance_from] if args.acceptance_from else [])
         prof = import_vidur_profile(args)
     elif args.profile_cmd == "synthetic":
         from .synthetic import synthetic_profile
