@@ -33,6 +33,7 @@ from .acceptance import AgreementModel, shift_logit
 from .acceptance_fit import Point, curve, unit_cost
 from .analytic import expected_chain_terms, predict
 from .evaluate import Setting, _max_tokens
+from . import schema
 from .schema import Plan
 
 LEVEL_RANGE = 40.0  # bisection bracket for the level (logit units): rates within ~1e-16 of 0 / 1 at the ends
@@ -287,12 +288,13 @@ def audit(setting: Setting, plan: Plan | str, speedup: float) -> dict:
 
 def add_parser(subparsers) -> None:
     from .cli import _setting_args
+    from .cli_common import int_in
 
     p = subparsers.add_parser("audit", help="what acceptance a claimed speed-up needs, and whether it matches the published figures")
     _setting_args(p)
     p.add_argument("--plan", help="plan JSON file")
     p.add_argument("--levels", help=f"exit layers, e.g. 10,20,80, or '{BEST_SINGLE_LEVEL}'")
-    p.add_argument("--propose", type=int, default=1, help="drafts per round")
+    p.add_argument("--propose", type=int_in(1, schema.MAX_PROPOSE), help="drafts per round (default 2)")
     p.add_argument("--window", help="window(s) of the intermediate level(s)")
     p.add_argument("--speedup", required=True, type=str, help="claimed speed-up over autoregressive decoding (> 0)")
     p.set_defaults(func=run)
@@ -309,15 +311,16 @@ def _parse_speedup(text: str) -> float:
 
 
 def run(args) -> int:
-    from .cli import _plan_from_args, _setting
+    from .cli import _setting
+    from .cli_common import plan_from_args
 
     speedup = _parse_speedup(args.speedup)
     setting = _setting(args)
     if args.levels == BEST_SINGLE_LEVEL:
         plan = BEST_SINGLE_LEVEL
     else:
-        args.batch_given = False
-        plan = _plan_from_args(args, setting)
+        plan = plan_from_args(args, batch=setting.batch)
+        setting.profile.check_plan(plan, setting.workload)
     out = audit(setting, plan, speedup)
     if args.json:
         print(json.dumps(out, indent=2))
