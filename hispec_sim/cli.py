@@ -374,6 +374,10 @@ def build_parser() -> Parser:
     p.add_argument("--prompt-seed", type=int, help="seed of the held-out prompts (default: those the profile was measured on)")
     p.add_argument("--out", help="also write the JSON result here")
     p.set_defaults(func=cmd_validate)
+
+    from . import cli_serving
+
+    cli_serving.add_parsers(sub)  # serve, capacity
     return parser
 
 
@@ -390,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.command == "evaluate":
             args.batch_given = "--batch" in argv
+        args._argv = argv
         return args.func(args)
     except UsageError as e:
         print(f"hispec-sim: error: {e}", file=sys.stderr)

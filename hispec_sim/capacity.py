@@ -1,0 +1,189 @@
+"""Capacity on traffic: how many replicas (and GPUs, and dollars) a target load needs
+under p99 TTFT and p99 TBT SLOs, per plan family, with the plan re-optimised per load.
+
+Method. Candidates per family: autoregressive, and the analytic optimizer's best
+single-level and best hierarchical plan at several lockstep batch sizes (1, 8, 32 and the
+max batch): the lockstep optimum at the batch the replica actually runs. Each candidate
+is simulated by serving.simulate on a seeded Poisson (or gamma) request set; a load is
+*sustained* when the mean over seeds of p99 TTFT and of p99 TBT meet the SLOs. The
+highest sustained QPS of one replica is found by bisection over the load (geometric,
+between a load nothing queues at and the saturation throughput), separately per seed:
+its uncertainty is the spread over seeds (95 % Student t interval) plus the bisection's
+final bracket. Replicas = ceil(target / per-replica QPS), GPUs = replicas x tp, and
+$ per million generated tokens = GPUs x $/GPU-hour / generated tokens per hour.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import serving, traffic
+from .evaluate import Setting, exhaustive
+from .schema import Plan, ServeLimits, Traffic
+
+BATCHES = (1, 8, 32)
+
+
+@dataclass
+class Spec:
+    """Everything besides plan and load that fixes a capacity simulation."""
+
+    setting: Setting
+    traffic: Traffic  # qps is overwritten per load
+    limits: ServeLimits
+    batching: str
+    seeds: int
+
+
+def candidates(setting: Setting, max_batch: int, batching: str, max_propose: int = 8, max_window: int = 16) -> dict[str, list[Plan]]:
+    """Per family, the lockstep optimum at batches 1, 8, 32 and max_batch (deduplicated)."""
+    out: dict[str, list[Plan]] = {"autoregressive": [Plan(levels=[setting.num_layers], batching=batching)],
+                                  "single_level": [], "hierarchical": []}
+    for b in sorted({min(x, max_batch) for x in BATCHES + (max_batch,)}):
+        s = Setting(setting.profile, setting.workload, setting.tp, setting.stack, b, setting.context)
+        res = exhaustive(s, top=200, max_propose=max_propose, max_window=max_window)
+        for fam, depth in (("single_level", 2), ("hierarchical", 3)):
+            best = next((x.plan for x in res.top if x.plan.depth == depth), None)
+            if best is None and depth == 2:
+                best = res.best_single_level.plan if res.best_single_level.plan.depth == 2 else None
+            if best is None:
+                continue
+            best = best.model_copy(update={"batch": 1, "batching": batching})
+            if best not in out[fam]:
+                out[fam].append(best)
+    return out
+
+
+def run_load(spec: Spec, plan: Plan, qps: float, seed: int) -> dict:
+    """quick_summary of one seeded run at `qps`."""
+    tr = spec.traffic.model_copy(update={"qps": qps, "seed": spec.traffic.seed + seed})
+    rng = np.random.default_rng(tr.seed)
+    arr = traffic.arrival_times(tr, rng)
+    p = traffic.draw_lengths(tr.prompt_len, tr.requests, rng)
+    o = traffic.draw_lengths(tr.output_len, tr.requests, rng)
+    run = serving.simulate_arrays(spec.setting.table, spec.setting.num_layers, spec.setting.acceptance, plan, arr, p, o,
+                                  spec.limits, seed=tr.seed)
+    return serving.quick_summary(run, spec.limits)
+
+
+def meets(s: dict, limits: ServeLimits) -> bool:
+    return s["ttft_ms"]["p99"] <= limits.slo_ttft_ms and s["tbt_ms"]["p99"] <= limits.slo_tbt_ms
+
+
+def violation(s: dict, limits: ServeLimits) -> float:
+    """max(p99 TTFT / SLO, p99 TBT / SLO): <= 1 meets both."""
+    return max(s["ttft_ms"]["p99"] / limits.slo_ttft_ms, s["tbt_ms"]["p99"] / limits.slo_tbt_ms)
+
+
+def max_qps(spec: Spec, plan: Plan, seed: int, iterations: int = 7) -> tuple[float, float, dict | None]:
+    """Highest sustained QPS of one replica for one seed: (low, high) of the final bracket
+    (low = 0 when even a nearly idle replica misses the SLOs) and the summary at `low`."""
+    mean_out = _mean_len(spec.traffic.output_len)
+    idle = run_load(spec, plan, 1e-3 * _saturation_qps(spec, plan, mean_out), seed)
+    if not meets(idle, spec.limits):
+        return 0.0, 0.0, idle
+    lo, hi = 1e-3 * _saturation_qps(spec, plan, mean_out), 1.5 * _saturation_qps(spec, plan, mean_out)
+    best = idle
+    top = run_load(spec, plan, hi, seed)
+    if meets(top, spec.limits):
+        return hi, hi, top
+    for _ in range(iterations):
+        mid = math.sqrt(lo * hi)
+        s = run_load(spec, plan, mid, seed)
+        if meets(s, spec.limits):
+            lo, best = mid, s
+        else:
+            hi = mid
+    return lo, hi, best
+
+
+def _mean_len(dist) -> float:
+    return float(traffic.draw_lengths(dist, 4000, np.random.default_rng(0)).mean())
+
+
+def _saturation_qps(spec: Spec, plan: Plan, mean_out: float) -> float:
+    """Requests/s of a full lockstep batch (analytic, max batch): an upper bound on load."""
+    from .evaluate import score
+
+    b = spec.limits.max_batch
+    s = Setting(spec.setting.profile, spec.setting.workload, spec.setting.tp, spec.setting.stack, b, spec.setting.context)
+    tps = score(s, [plan.model_copy(update={"batch": b})])[0].tokens_per_second
+    return max(tps / max(mean_out, 1.0), 1e-6)
+
+
+def family_capacity(spec: Spec, plans: list[Plan], coarse: int = 4, fine: int = 7) -> dict:
+    """The plan of a family that sustains the most QPS per replica (screened with one seed
+    and a coarse bisection), then its per-seed bisection."""
+    screened = []
+    for p in plans:
+        lo, hi, s = max_qps(spec, p, 0, coarse)
+        screened.append((lo, p, s))
+    lo0, plan, s0 = max(screened, key=lambda x: (x[0], -violation(x[2], spec.limits)))
+    per_seed = [max_qps(spec, plan, seed, fine) for seed in range(spec.seeds)]
+    los = np.array([x[0] for x in per_seed])
+    his = np.array([x[1] for x in per_seed])
+    m = float(los.mean())
+    half = float(serving._t95(len(los) - 1) * los.std(ddof=1) / math.sqrt(len(los))) if len(los) > 1 else 0.0
+    return {"plan": plan, "max_qps": m, "ci95": [max(m - half, 0.0), m + half],
+            "bracket": [float(los.mean()), float(his.mean())], "per_seed": [[float(a), float(b)] for a, b in zip(los, his)],
+            "at_max": per_seed[int(np.argmin(los))][2], "screened": [(p.describe(), lo) for lo, p, _ in screened]}
+
+
+def by_load(spec: Spec, fams: dict[str, list[Plan]], loads: list[float]) -> list[dict]:
+    """At each load, per family the plan with the smallest SLO violation ratio (seed 0)."""
+    rows = []
+    for q in loads:
+        row = {"qps": q, "families": {}}
+        for fam, plans in fams.items():
+            scored = [(violation(s := run_load(spec, p, q, 0), spec.limits), p, s) for p in plans]
+            v, p, s = min(scored, key=lambda x: x[0])
+            row["families"][fam] = {"plan": p.describe(), "meets_slo": v <= 1.0, "ttft_p99_ms": s["ttft_ms"]["p99"],
+                                    "tbt_p99_ms": s["tbt_ms"]["p99"], "violation": v}
+        rows.append(row)
+    return rows
+
+
+def plan_capacity(spec: Spec, target_qps: float, gpu_hour_usd: float, max_propose: int = 8, max_window: int = 16) -> dict:
+    t0 = time.perf_counter()
+    setting = spec.setting
+    fams = candidates(setting, spec.limits.max_batch, spec.batching, max_propose, max_window)
+    tp = setting.tp
+    mean_out = _mean_len(spec.traffic.output_len)
+    result = {"target_qps": target_qps, "families": {}}
+    for fam, plans in fams.items():
+        if not plans:
+            continue
+        c = family_capacity(spec, plans)
+        q = c["max_qps"]
+        entry = {"plan": c["plan"].model_dump(), "describe": c["plan"].describe(),
+                 "max_qps_per_replica": q, "max_qps_ci95": c["ci95"], "bisection_bracket": c["bracket"],
+                 "per_seed_bracket": c["per_seed"], "candidates_screened": c["screened"]}
+        if q > 0:
+            replicas = math.ceil(target_qps / q)
+            gpus = replicas * tp
+            tokens_per_hour = target_qps * mean_out * 3600.0
+            entry.update({"replicas": replicas, "gpus": gpus,
+                          "usd_per_million_tokens": gpus * gpu_hour_usd / tokens_per_hour * 1e6,
+                          "replicas_ci95": [math.ceil(target_qps / c["ci95"][1]) if c["ci95"][1] > 0 else None,
+                                            math.ceil(target_qps / c["ci95"][0]) if c["ci95"][0] > 0 else None]})
+        s = c["at_max"]
+        entry["at_max_qps"] = {"ttft_p99_ms": s["ttft_ms"]["p99"], "tbt_p99_ms": s["tbt_ms"]["p99"],
+                               "tpot_p99_ms": s["tpot_ms"]["p99"], "throughput_tokens_per_s": s["throughput_tokens_per_s"]}
+        result["families"][fam] = entry
+    served = {f: e for f, e in result["families"].items() if e["max_qps_per_replica"] > 0}
+    if served:
+        best_fam = max(served, key=lambda f: served[f]["max_qps_per_replica"])
+        result["best_family"] = best_fam
+        top_q = served[best_fam]["max_qps_per_replica"]
+        result["by_load"] = by_load(spec, fams, [round(top_q * f, 4) for f in (0.25, 0.5, 0.75, 1.0)])
+    else:
+        closest = min(((f, e) for f, e in result["families"].items()),
+                      key=lambda x: max(x[1]["at_max_qps"]["ttft_p99_ms"] / spec.limits.slo_ttft_ms,
+                                        x[1]["at_max_qps"]["tbt_p99_ms"] / spec.limits.slo_tbt_ms))
+        result["closest"] = {"family": closest[0], "plan": closest[1]["describe"], **closest[1]["at_max_qps"]}
+    result["mean_output_tokens"] = mean_out
+    result["seconds"] = time.perf_counter() - t0
+    return result
