@@ -230,6 +230,9 @@ def simulate_arrays(table: LatencyTable, num_layers: int, acc: Acceptance, plan:
     max_ctx = int((prompt + max_new).max()) + max_overshoot(plan) + CTX_BUCKET
     cost = StepCost(table, plan, num_layers, B, max_ctx, prompt)
     sync = plan.batching == "synchronous" and k > 1
+    if not sync:
+        return _run_scheduled(cost, plan, draw_schedules(plan, rates, max_new, rng), arrival_s, prompt, max_new, need,
+                              kv_cap, B)
 
     # buffer capacity of each level (as the Monte-Carlo token engine): level 1 holds g, level j+1 < w + block
     cap = [g]
@@ -379,15 +382,18 @@ def simulate_arrays(table: LatencyTable, num_layers: int, acc: Acceptance, plan:
 
 @dataclass
 class Schedules:
-    """Ragged policy: every request's operations, drawn up front (a sequence's schedule is
-    its batch-1 schedule whatever shares its batch). code = op * (width + 1) + buffered
-    tokens (op 0 = draft, j = level-(j+1) check of buffer j); commit = tokens a full check
-    commits (0 otherwise); tentative = buffered tokens before the op (cached positions
-    beyond the committed ones)."""
+    """Ragged policy (and autoregressive): every request's operations, drawn up front (a
+    sequence's schedule is its batch-1 schedule whatever shares its batch), stored flat:
+    request r's ops are [start[r], start[r] + count[r]). code = op * (width + 1) +
+    buffered tokens (op 0 = draft, j = level-(j+1) check of buffer j); commit = tokens a
+    full check commits (0 otherwise); tentative = buffered tokens before the op (cached
+    positions beyond the committed ones)."""
 
-    code: np.ndarray  # (n, T) int32
-    commit: np.ndarray  # (n, T) int32
-    tentative: np.ndarray  # (n, T) int32
+    code: np.ndarray
+    commit: np.ndarray
+    tentative: np.ndarray
+    start: np.ndarray
+    count: np.ndarray
     width: int
 
 
@@ -395,6 +401,11 @@ def draw_schedules(plan: Plan, rates: np.ndarray, max_new: np.ndarray, rng: np.r
     """Run every request's batch-1 schedule (vectorised over requests) until it has
     committed max_new_tokens."""
     n, k, g, windows = len(max_new), plan.depth, plan.propose, list(plan.windows)
+    if k == 1:  # one op per token, each committing it
+        count = np.asarray(max_new, np.int64)
+        start = np.concatenate([[0], np.cumsum(count)[:-1]])
+        tot = int(count.sum())
+        return Schedules(np.zeros(tot, np.int32), np.ones(tot, np.int32), np.zeros(tot, np.int32), start, count, 0)
     cap = [g]
     for w in windows:
         cap.append(w - 1 + cap[-1] + 1)
@@ -418,16 +429,149 @@ def draw_schedules(plan: Plan, rates: np.ndarray, max_new: np.ndarray, rng: np.r
         commits.append(c[idx])
         done[committing] += commit
         idx = idx[done[idx] < max_new[idx]]
-    T = len(codes)
-    code = np.zeros((n, T), np.int32)
-    com = np.zeros((n, T), np.int32)
-    ten = np.zeros((n, T), np.int32)
-    for t_, (w_, c_, m_, e_) in enumerate(zip(who, codes, commits, tents)):
-        code[w_, t_] = c_
-        com[w_, t_] = m_
-        ten[w_, t_] = e_
-    # requests leave their row at different columns: ops are read at each request's own pointer
-    return Schedules(code, com, ten, width)
+    count = np.zeros(n, np.int64)
+    for w_ in who:
+        count[w_] += 1
+    start = np.concatenate([[0], np.cumsum(count)[:-1]])
+    tot = int(count.sum())
+    code = np.zeros(tot, np.int32)
+    com = np.zeros(tot, np.int32)
+    ten = np.zeros(tot, np.int32)
+    for t_, (w_, c_, m_, e_) in enumerate(zip(who, codes, commits, tents)):  # request w_'s op number t_
+        code[start[w_] + t_] = c_
+        com[start[w_] + t_] = m_
+        ten[start[w_] + t_] = e_
+    return Schedules(code, com, ten, start, count, width)
+
+
+MACRO = 256  # steps costed at once between events (an arrival that can be admitted, a request leaving)
+
+
+def _run_scheduled(cost: StepCost, plan: Plan, sch: Schedules, arrival_s, prompt, max_new, need, kv_cap, B) -> ServeRun:
+    """The event loop when every sequence's operations are known in advance (ragged,
+    autoregressive). Between two events the batch does not change, so the next steps are
+    costed together: their rows per layer range, attention and heads as (steps x slots)
+    arrays; the chunk is cut at the step during which the next admissible request arrives
+    (it is admitted when that step ends) or at the first request to finish."""
+    n, k = len(arrival_s), plan.depth
+    W = sch.width + 1
+    lv_idx = np.arange(k)
+    codes = np.arange(k * W)
+    o_c = codes // W
+    ROWS = (lv_idx[None, :] < o_c[:, None]).astype(np.int64)
+    ROWS[codes, o_c] = np.where(o_c > 0, codes % W + 1, 1)
+    HEAD = np.zeros_like(ROWS)
+    HEAD[codes, o_c] = ROWS[codes, o_c]
+    CHECK = o_c > 0
+    arr_ms = arrival_s * 1e3
+    admit_ms = np.full(n, np.nan)
+    first_ms = np.full(n, np.nan)
+    last_ms = np.full(n, np.nan)
+    cap_ev = int(max_new.sum()) + 1
+    ev_req = np.zeros(cap_ev, np.int64)
+    ev_ms = np.zeros(cap_ev)
+    ev_tok = np.zeros(cap_ev, np.int64)
+    n_ev = 0
+    running = np.zeros(0, np.int64)  # requests decoding, in admission order
+    ptr = np.zeros(n, np.int64)  # next op of each request
+    done = np.zeros(n, np.int64)  # tokens committed
+    reserved = 0.0
+    nxt = 0
+    t = float(arr_ms[0]) if n else 0.0
+    steps = prefills = 0
+    L = float(cost.span.sum())
+    span = cost.span
+    nb_last = cost.att.shape[1] - 1
+    last_step = 0.0
+    while nxt < n or len(running):
+        # admission (FIFO, head of line), then ONE prefill forward for everything admitted
+        if not len(running) and nxt < n and arr_ms[nxt] > t:
+            t = float(arr_ms[nxt])
+        new = []
+        while nxt < n and arr_ms[nxt] <= t and len(running) + len(new) < B and reserved + need[nxt] <= kv_cap:
+            new.append(nxt)
+            admit_ms[nxt] = t
+            reserved += need[nxt]
+            nxt += 1
+        if new:
+            new = np.array(new, np.int64)
+            running = np.concatenate([running, new])
+            pf = cost.prefill(prompt[new])
+            if pf > 0:
+                t += pf
+                prefills += 1
+        m = len(running)
+        left = sch.count[running] - ptr[running]
+        s = int(min(left.min(), MACRO))
+        if nxt < n and m < B and last_step > 0:  # cost only about as many steps as fit before the next arrival
+            s = max(1, min(s, int((arr_ms[nxt] - t) / last_step * 1.25) + 2))
+        pos = sch.start[running][:, None] + ptr[running][:, None] + np.arange(s)[None, :]  # (m, s)
+        c = sch.code[pos]
+        commit = sch.commit[pos]
+        # cached tokens at each step: prompt - 1 + committed before it + tentative
+        before = np.cumsum(commit, 1) - commit
+        ctx = (prompt[running] - 1 + done[running])[:, None] + before + sch.tentative[pos]
+        if k == 1:
+            tot = np.full(s, m)
+            if cost.measured:
+                att = cost.att[m, np.minimum(ctx.mean(0).astype(np.int64) // CTX_BUCKET, nb_last)]
+            else:
+                att = cost.att[1][np.minimum(ctx // CTX_BUCKET, nb_last)].sum(0)
+                if cost.floor:
+                    att = np.maximum(att, cost.floor)
+            step_ms = cost.fixed + L * (cost.linear[tot] + att + cost.per_layer) + cost.head[tot]
+        else:
+            rows = ROWS[c]  # (m, s, k)
+            tot = rows.sum(0)  # (s, k)
+            if cost.measured:
+                on = rows > 0
+                nseq = on.sum(0)
+                mc = (on * (ctx[:, :, None] + rows - 1)).sum(0) // np.maximum(nseq, 1)
+                att = cost.att[nseq, np.minimum(mc // CTX_BUCKET, nb_last)]
+            else:
+                att = cost.att[rows, np.minimum(ctx // CTX_BUCKET, nb_last)[:, :, None]].sum(0)
+                if cost.floor:
+                    att = np.where(tot > 0, np.maximum(att, cost.floor), 0.0)
+            per = cost.linear[tot] + att + np.where(tot > 0, cost.per_layer, 0.0)
+            heads = cost.head[HEAD[c].sum(0)].sum(1)  # (s,)
+            step_ms = (cost.fixed + np.where(CHECK[c].any(0), cost.verify, 0.0) + (per * span[None, :]).sum(1) + heads)
+        ends = t + np.cumsum(step_ms)
+        # cut at the step during which the next admissible request arrives (admitted when it ends)
+        if nxt < n and m < B and reserved + need[nxt] <= kv_cap:
+            hit = int(np.searchsorted(ends, arr_ms[nxt]))
+            s = min(s, hit + 1)
+        ends, commit = ends[:s], commit[:, :s]
+        steps += s
+        last_step = float(step_ms[s - 1])
+        t = float(ends[-1])
+        # emissions: every (request, step) that commits; the last op of a request may overshoot
+        cum = done[running][:, None] + np.cumsum(commit, 1)
+        take = np.minimum(cum, max_new[running][:, None]) - np.minimum(cum - commit, max_new[running][:, None])
+        ri, si = np.nonzero(take > 0)
+        e = len(ri)
+        ev_req[n_ev:n_ev + e] = running[ri]
+        ev_ms[n_ev:n_ev + e] = ends[si]
+        ev_tok[n_ev:n_ev + e] = take[ri, si]
+        n_ev += e
+        if e:
+            firsts = np.isnan(first_ms[running])
+            if firsts.any():
+                has = take[firsts].any(1)
+                f_idx = np.argmax(take[firsts] > 0, 1)
+                rr = running[firsts][has]
+                first_ms[rr] = ends[f_idx[has]]
+        done[running] = np.minimum(cum[:, -1], max_new[running])
+        ptr[running] += s
+        fin = ptr[running] >= sch.count[running]
+        if fin.any():
+            gone = running[fin]
+            last_ms[gone] = t
+            reserved -= float(need[gone].sum())
+            running = running[~fin]
+    if n and np.isnan(first_ms).any():
+        raise AssertionError("serving: a request never emitted a token")
+    return ServeRun(arrival_s, prompt, max_new, admit_ms, first_ms, last_ms, ev_req[:n_ev], ev_ms[:n_ev],
+                    ev_tok[:n_ev], steps, prefills)
 
 
 def _advance(idx, o, nbuf, blen, btype, slot_rates, rng, cols, k, g, windows, op, sync):
