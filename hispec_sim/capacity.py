@@ -24,7 +24,7 @@ from . import serving, traffic
 from .evaluate import Setting, exhaustive
 from .schema import Plan, ServeLimits, Traffic
 
-BATCHES = (1, 8, 32)
+BATCHES = (1,)  # plus the max batch
 
 
 @dataclass
@@ -38,28 +38,32 @@ class Spec:
     seeds: int
 
 
-def candidates(setting: Setting, max_batch: int, batching: str, max_propose: int = 8, max_window: int = 16) -> dict[str, list[Plan]]:
-    """Per family, the lockstep optimum at batches 1, 8, 32 and max_batch (deduplicated)."""
+def candidates(setting: Setting, max_batch: int, batching: str, slo_tbt_ms: float, max_propose: int = 8,
+               max_window: int = 16) -> dict[str, list[Plan]]:
+    """Per family, at batch 1 and at max_batch: the lockstep optimum, and the best plan
+    whose cycle (time between two full-model commits) stays under 0.8 x the TBT SLO,
+    since a speculative plan emits in bursts and its TBT p99 is about one cycle."""
     out: dict[str, list[Plan]] = {"autoregressive": [Plan(levels=[setting.num_layers], batching=batching)],
                                   "single_level": [], "hierarchical": []}
     for b in sorted({min(x, max_batch) for x in BATCHES + (max_batch,)}):
         s = Setting(setting.profile, setting.workload, setting.tp, setting.stack, b, setting.context)
-        res = exhaustive(s, top=200, max_propose=max_propose, max_window=max_window)
+        res = exhaustive(s, top=400, max_propose=max_propose, max_window=max_window)
         for fam, depth in (("single_level", 2), ("hierarchical", 3)):
-            best = next((x.plan for x in res.top if x.plan.depth == depth), None)
-            if best is None and depth == 2:
-                best = res.best_single_level.plan if res.best_single_level.plan.depth == 2 else None
-            if best is None:
-                continue
-            best = best.model_copy(update={"batch": 1, "batching": batching})
-            if best not in out[fam]:
-                out[fam].append(best)
+            ranked = [x for x in res.top if x.plan.depth == depth]
+            if depth == 2 and res.best_single_level.plan.depth == 2:
+                ranked = [res.best_single_level] + ranked
+            short = [x for x in ranked if x.latency_ms * x.tokens_per_full_forward <= 0.8 * slo_tbt_ms]
+            for x in ranked[:1] + short[:1]:
+                p = x.plan.model_copy(update={"batch": 1, "batching": batching})
+                if p not in out[fam]:
+                    out[fam].append(p)
     return out
 
 
-def run_load(spec: Spec, plan: Plan, qps: float, seed: int) -> dict:
+def run_load(spec: Spec, plan: Plan, qps: float, seed: int, requests: int | None = None) -> dict:
     """quick_summary of one seeded run at `qps`."""
-    tr = spec.traffic.model_copy(update={"qps": qps, "seed": spec.traffic.seed + seed})
+    tr = spec.traffic.model_copy(update={"qps": qps, "seed": spec.traffic.seed + seed,
+                                         "requests": requests or spec.traffic.requests})
     rng = np.random.default_rng(tr.seed)
     arr = traffic.arrival_times(tr, rng)
     p = traffic.draw_lengths(tr.prompt_len, tr.requests, rng)
@@ -70,7 +74,7 @@ def run_load(spec: Spec, plan: Plan, qps: float, seed: int) -> dict:
 
 
 def meets(s: dict, limits: ServeLimits) -> bool:
-    return s["ttft_ms"]["p99"] <= limits.slo_ttft_ms and s["tbt_ms"]["p99"] <= limits.slo_tbt_ms
+    return violation(s, limits) <= 1.0
 
 
 def violation(s: dict, limits: ServeLimits) -> float:
@@ -78,18 +82,23 @@ def violation(s: dict, limits: ServeLimits) -> float:
     return max(s["ttft_ms"]["p99"] / limits.slo_ttft_ms, s["tbt_ms"]["p99"] / limits.slo_tbt_ms)
 
 
-def max_qps(spec: Spec, plan: Plan, seed: int, iterations: int = 7) -> tuple[float, float, dict | None]:
-    """Highest sustained QPS of one replica for one seed: (low, high) of the final bracket
-    (low = 0 when even a nearly idle replica misses the SLOs) and the summary at `low`."""
-    mean_out = _mean_len(spec.traffic.output_len)
-    idle = run_load(spec, plan, 1e-3 * _saturation_qps(spec, plan, mean_out), seed)
+IDLE_REQUESTS = 24
+
+
+def max_qps(spec: Spec, plan: Plan, seed: int, iterations: int = 6) -> tuple[float, float, dict]:
+    """Highest sustained QPS of one replica for one seed, by geometric bisection: (low,
+    high) of the final bracket (0, 0 when even a nearly idle replica misses the SLOs) and
+    the summary at `low` (at the idle load when none is sustained)."""
+    sat = _saturation_qps(spec, plan)
+    idle = run_load(spec, plan, 1e-3 * sat, seed, min(IDLE_REQUESTS, spec.traffic.requests))
     if not meets(idle, spec.limits):
         return 0.0, 0.0, idle
-    lo, hi = 1e-3 * _saturation_qps(spec, plan, mean_out), 1.5 * _saturation_qps(spec, plan, mean_out)
-    best = idle
-    top = run_load(spec, plan, hi, seed)
-    if meets(top, spec.limits):
-        return hi, hi, top
+    lo, hi, best = 1e-3 * sat, 1.5 * sat, idle
+    probe = run_load(spec, plan, 0.05 * sat, seed)
+    if meets(probe, spec.limits):
+        lo, best = 0.05 * sat, probe
+    else:
+        hi = 0.05 * sat
     for _ in range(iterations):
         mid = math.sqrt(lo * hi)
         s = run_load(spec, plan, mid, seed)
@@ -104,36 +113,41 @@ def _mean_len(dist) -> float:
     return float(traffic.draw_lengths(dist, 4000, np.random.default_rng(0)).mean())
 
 
-def _saturation_qps(spec: Spec, plan: Plan, mean_out: float) -> float:
-    """Requests/s of a full lockstep batch (analytic, max batch): an upper bound on load."""
+def _saturation_qps(spec: Spec, plan: Plan) -> float:
+    """Requests/s of a full lockstep batch (analytic, max batch, no prefill): above any
+    load one replica sustains."""
     from .evaluate import score
 
     b = spec.limits.max_batch
     s = Setting(spec.setting.profile, spec.setting.workload, spec.setting.tp, spec.setting.stack, b, spec.setting.context)
     tps = score(s, [plan.model_copy(update={"batch": b})])[0].tokens_per_second
-    return max(tps / max(mean_out, 1.0), 1e-6)
+    return max(tps / max(_mean_len(spec.traffic.output_len), 1.0), 1e-6)
 
 
-def family_capacity(spec: Spec, plans: list[Plan], coarse: int = 4, fine: int = 7) -> dict:
-    """The plan of a family that sustains the most QPS per replica (screened with one seed
-    and a coarse bisection), then its per-seed bisection."""
+def family_capacity(spec: Spec, plans: list[Plan], probe_qps: float | None) -> dict:
+    """The family's candidate with the smallest SLO violation at `probe_qps` (one seed),
+    then its highest sustained QPS per seed; mean and 95 % interval over seeds."""
     screened = []
-    for p in plans:
-        lo, hi, s = max_qps(spec, p, 0, coarse)
-        screened.append((lo, p, s))
-    lo0, plan, s0 = max(screened, key=lambda x: (x[0], -violation(x[2], spec.limits)))
-    per_seed = [max_qps(spec, plan, seed, fine) for seed in range(spec.seeds)]
+    if len(plans) > 1 and probe_qps:
+        for p in plans:
+            s = run_load(spec, p, probe_qps, 0)
+            screened.append((violation(s, spec.limits), p))
+        plan = min(screened, key=lambda x: x[0])[1]
+    else:
+        plan = plans[0]
+    per_seed = [max_qps(spec, plan, seed) for seed in range(spec.seeds)]
     los = np.array([x[0] for x in per_seed])
     his = np.array([x[1] for x in per_seed])
     m = float(los.mean())
     half = float(serving._t95(len(los) - 1) * los.std(ddof=1) / math.sqrt(len(los))) if len(los) > 1 else 0.0
     return {"plan": plan, "max_qps": m, "ci95": [max(m - half, 0.0), m + half],
             "bracket": [float(los.mean()), float(his.mean())], "per_seed": [[float(a), float(b)] for a, b in zip(los, his)],
-            "at_max": per_seed[int(np.argmin(los))][2], "screened": [(p.describe(), lo) for lo, p, _ in screened]}
+            "at_max": per_seed[int(np.argmin(los))][2],
+            "screened": [{"plan": p.describe(), "violation_at_probe": v} for v, p in screened]}
 
 
 def by_load(spec: Spec, fams: dict[str, list[Plan]], loads: list[float]) -> list[dict]:
-    """At each load, per family the plan with the smallest SLO violation ratio (seed 0)."""
+    """At each load, per family the candidate with the smallest SLO violation (seed 0)."""
     rows = []
     for q in loads:
         row = {"qps": q, "families": {}}
@@ -149,14 +163,18 @@ def by_load(spec: Spec, fams: dict[str, list[Plan]], loads: list[float]) -> list
 def plan_capacity(spec: Spec, target_qps: float, gpu_hour_usd: float, max_propose: int = 8, max_window: int = 16) -> dict:
     t0 = time.perf_counter()
     setting = spec.setting
-    fams = candidates(setting, spec.limits.max_batch, spec.batching, max_propose, max_window)
+    fams = candidates(setting, spec.limits.max_batch, spec.batching, spec.limits.slo_tbt_ms, max_propose, max_window)
     tp = setting.tp
     mean_out = _mean_len(spec.traffic.output_len)
-    result = {"target_qps": target_qps, "families": {}}
+    result = {"target_qps": target_qps, "candidates": {f: [p.describe() for p in ps] for f, ps in fams.items()},
+              "families": {}}
+    probe = None
     for fam, plans in fams.items():
         if not plans:
             continue
-        c = family_capacity(spec, plans)
+        c = family_capacity(spec, plans, probe)
+        if fam == "autoregressive" and c["max_qps"] > 0:
+            probe = c["max_qps"]  # the other families' candidates are screened at the load autoregressive sustains
         q = c["max_qps"]
         entry = {"plan": c["plan"].model_dump(), "describe": c["plan"].describe(),
                  "max_qps_per_replica": q, "max_qps_ci95": c["ci95"], "bisection_bracket": c["bracket"],
@@ -178,7 +196,7 @@ def plan_capacity(spec: Spec, target_qps: float, gpu_hour_usd: float, max_propos
         best_fam = max(served, key=lambda f: served[f]["max_qps_per_replica"])
         result["best_family"] = best_fam
         top_q = served[best_fam]["max_qps_per_replica"]
-        result["by_load"] = by_load(spec, fams, [round(top_q * f, 4) for f in (0.25, 0.5, 0.75, 1.0)])
+        result["by_load"] = by_load(spec, fams, [round(top_q * f, 4) for f in (0.5, 1.0)])
     else:
         closest = min(((f, e) for f, e in result["families"].items()),
                       key=lambda x: max(x[1]["at_max_qps"]["ttft_p99_ms"] / spec.limits.slo_ttft_ms,

@@ -33,7 +33,7 @@ def _common(p, capacity: bool) -> None:
     p.add_argument("--max-batch", type=int, default=64, help="most sequences decoded together (default 64)")
     p.add_argument("--kv-tokens", type=int, help="KV capacity in tokens (default: unbounded)")
     p.add_argument("--batching", default="ragged", help="ragged (default) or synchronous (speculative plans)")
-    p.add_argument("--requests", type=int, default=1000 if not capacity else 400,
+    p.add_argument("--requests", type=int, default=1000 if not capacity else 300,
                    help="requests per simulated run (default %(default)s)")
     p.add_argument("--seeds", type=int, default=3 if not capacity else 2,
                    help="independent runs (traffic and acceptance seeds); intervals over them (default %(default)s)")
