@@ -444,6 +444,12 @@ def draw_schedules(plan: Plan, rates: np.ndarray, max_new: np.ndarray, rng: np.r
     return Schedules(code, com, ten, start, count, width)
 
 
+def _first_positive(x: np.ndarray, start: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """Flat index of the first positive entry of each segment [start, start + count)."""
+    idx = np.flatnonzero(x > 0)
+    return idx[np.searchsorted(idx, start)]
+
+
 MACRO = 256  # steps costed at once between events (an arrival that can be admitted, a request leaving)
 
 
@@ -463,6 +469,21 @@ def _run_scheduled(cost: StepCost, plan: Plan, sch: Schedules, arrival_s, prompt
     HEAD = np.zeros_like(ROWS)
     HEAD[codes, o_c] = ROWS[codes, o_c]
     CHECK = o_c > 0
+    # per op (flat): rows per layer range, rows at each exit, cached tokens, attention, tokens emitted
+    owner = np.repeat(np.arange(n), sch.count)
+    before = np.cumsum(sch.commit) - sch.commit - np.repeat(np.cumsum(sch.commit)[sch.start] - sch.commit[sch.start],
+                                                            sch.count)  # committed before the op, within its request
+    op_rows = ROWS[sch.code]
+    op_head = HEAD[sch.code]
+    op_check = CHECK[sch.code]
+    op_ctx = prompt[owner] - 1 + before + sch.tentative
+    nb_last = cost.att.shape[1] - 1
+    if not cost.measured:
+        op_att = cost.att[op_rows, np.minimum(op_ctx // CTX_BUCKET, nb_last)[:, None]]
+    cap_new = max_new[owner]
+    op_take = np.minimum(before + sch.commit, cap_new) - np.minimum(before, cap_new)
+    first_op = _first_positive(op_take, sch.start, sch.count)
+    end_op = sch.start + sch.count
     arr_ms = arrival_s * 1e3
     admit_ms = np.full(n, np.nan)
     first_ms = np.full(n, np.nan)
@@ -473,16 +494,14 @@ def _run_scheduled(cost: StepCost, plan: Plan, sch: Schedules, arrival_s, prompt
     ev_tok = np.zeros(cap_ev, np.int64)
     n_ev = 0
     running = np.zeros(0, np.int64)  # requests decoding, in admission order
-    ptr = np.zeros(n, np.int64)  # next op of each request
-    done = np.zeros(n, np.int64)  # tokens committed
+    fp = sch.start.copy()  # each request's next op (flat index)
     reserved = 0.0
     nxt = 0
     t = float(arr_ms[0]) if n else 0.0
     steps = prefills = 0
-    L = float(cost.span.sum())
     span = cost.span
-    nb_last = cost.att.shape[1] - 1
     last_step = 0.0
+    steps_ar = np.arange(MACRO)
     while nxt < n or len(running):
         # admission (FIFO, head of line), then ONE prefill forward for everything admitted
         if not len(running) and nxt < n and arr_ms[nxt] > t:
@@ -501,68 +520,48 @@ def _run_scheduled(cost: StepCost, plan: Plan, sch: Schedules, arrival_s, prompt
                 t += pf
                 prefills += 1
         m = len(running)
-        left = sch.count[running] - ptr[running]
-        s = int(min(left.min(), MACRO))
+        base = fp[running]
+        s = int(min((end_op[running] - base).min(), MACRO))
         if nxt < n and m < B and last_step > 0:  # cost only about as many steps as fit before the next arrival
             s = max(1, min(s, int((arr_ms[nxt] - t) / last_step * 1.25) + 2))
-        pos = sch.start[running][:, None] + ptr[running][:, None] + np.arange(s)[None, :]  # (m, s)
-        c = sch.code[pos]
-        commit = sch.commit[pos]
-        # cached tokens at each step: prompt - 1 + committed before it + tentative
-        before = np.cumsum(commit, 1) - commit
-        ctx = (prompt[running] - 1 + done[running])[:, None] + before + sch.tentative[pos]
-        if k == 1:
-            tot = np.full(s, m)
-            if cost.measured:
-                att = cost.att[m, np.minimum(ctx.mean(0).astype(np.int64) // CTX_BUCKET, nb_last)]
-            else:
-                att = cost.att[1][np.minimum(ctx // CTX_BUCKET, nb_last)].sum(0)
-                if cost.floor:
-                    att = np.maximum(att, cost.floor)
-            step_ms = cost.fixed + L * (cost.linear[tot] + att + cost.per_layer) + cost.head[tot]
+        pos = base[:, None] + steps_ar[None, :s]  # (m, s)
+        rows = op_rows[pos]  # (m, s, k)
+        tot = rows.sum(0)  # (s, k)
+        if cost.measured:
+            on = rows > 0
+            nseq = on.sum(0)
+            mc = (on * (op_ctx[pos][:, :, None] + rows - 1)).sum(0) // np.maximum(nseq, 1)
+            att = cost.att[nseq, np.minimum(mc // CTX_BUCKET, nb_last)]
         else:
-            rows = ROWS[c]  # (m, s, k)
-            tot = rows.sum(0)  # (s, k)
-            if cost.measured:
-                on = rows > 0
-                nseq = on.sum(0)
-                mc = (on * (ctx[:, :, None] + rows - 1)).sum(0) // np.maximum(nseq, 1)
-                att = cost.att[nseq, np.minimum(mc // CTX_BUCKET, nb_last)]
-            else:
-                att = cost.att[rows, np.minimum(ctx // CTX_BUCKET, nb_last)[:, :, None]].sum(0)
-                if cost.floor:
-                    att = np.where(tot > 0, np.maximum(att, cost.floor), 0.0)
-            per = cost.linear[tot] + att + np.where(tot > 0, cost.per_layer, 0.0)
-            heads = cost.head[HEAD[c].sum(0)].sum(1)  # (s,)
-            step_ms = (cost.fixed + np.where(CHECK[c].any(0), cost.verify, 0.0) + (per * span[None, :]).sum(1) + heads)
+            att = op_att[pos].sum(0)
+            if cost.floor:
+                att = np.where(tot > 0, np.maximum(att, cost.floor), 0.0)
+        per = cost.linear[tot] + att + np.where(tot > 0, cost.per_layer, 0.0)
+        heads = cost.head[op_head[pos].sum(0)].sum(1)  # (s,)
+        step_ms = cost.fixed + (per * span[None, :]).sum(1) + heads
+        if cost.verify:
+            step_ms = step_ms + np.where(op_check[pos].any(0), cost.verify, 0.0)
         ends = t + np.cumsum(step_ms)
         # cut at the step during which the next admissible request arrives (admitted when it ends)
         if nxt < n and m < B and reserved + need[nxt] <= kv_cap:
-            hit = int(np.searchsorted(ends, arr_ms[nxt]))
-            s = min(s, hit + 1)
-        ends, commit = ends[:s], commit[:, :s]
+            s = min(s, int(np.searchsorted(ends, arr_ms[nxt])) + 1)
         steps += s
         last_step = float(step_ms[s - 1])
-        t = float(ends[-1])
-        # emissions: every (request, step) that commits; the last op of a request may overshoot
-        cum = done[running][:, None] + np.cumsum(commit, 1)
-        take = np.minimum(cum, max_new[running][:, None]) - np.minimum(cum - commit, max_new[running][:, None])
-        ri, si = np.nonzero(take > 0)
+        t = float(ends[s - 1])
+        # emissions: every (request, step) that emits tokens
+        take = op_take[pos[:, :s]]
+        ri, si = np.nonzero(take)
         e = len(ri)
         ev_req[n_ev:n_ev + e] = running[ri]
         ev_ms[n_ev:n_ev + e] = ends[si]
         ev_tok[n_ev:n_ev + e] = take[ri, si]
         n_ev += e
-        if e:
-            firsts = np.isnan(first_ms[running])
-            if firsts.any():
-                has = take[firsts].any(1)
-                f_idx = np.argmax(take[firsts] > 0, 1)
-                rr = running[firsts][has]
-                first_ms[rr] = ends[f_idx[has]]
-        done[running] = np.minimum(cum[:, -1], max_new[running])
-        ptr[running] += s
-        fin = ptr[running] >= sch.count[running]
+        f = first_op[running] - base
+        hit = (f >= 0) & (f < s)
+        if hit.any():
+            first_ms[running[hit]] = ends[f[hit]]
+        fp[running] = base + s
+        fin = base + s >= end_op[running]
         if fin.any():
             gone = running[fin]
             last_ms[gone] = t
