@@ -41,9 +41,10 @@ class Spec:
 def candidates(setting: Setting, max_batch: int, batching: str, slo_tbt_ms: float, max_propose: int = 8,
                max_window: int = 16) -> dict[str, list[Plan]]:
     """Per family, at batch 1 and at max_batch: the lockstep optimum, and the best plan
-    whose cycle (time between two full-model commits) stays under 0.8 x the TBT SLO,
+    (under each batching policy when batching is 'auto') whose cycle (time between two full-model commits) stays under 0.8 x the TBT SLO,
     since a speculative plan emits in bursts and its TBT p99 is about one cycle."""
-    out: dict[str, list[Plan]] = {"autoregressive": [Plan(levels=[setting.num_layers], batching=batching)],
+    ar_policy = "ragged" if batching == "auto" else batching  # autoregressive: both policies alike
+    out: dict[str, list[Plan]] = {"autoregressive": [Plan(levels=[setting.num_layers], batching=ar_policy)],
                                   "single_level": [], "hierarchical": []}
     for b in sorted({min(x, max_batch) for x in BATCHES + (max_batch,)}):
         s = Setting(setting.profile, setting.workload, setting.tp, setting.stack, b, setting.context)
@@ -54,10 +55,16 @@ def candidates(setting: Setting, max_batch: int, batching: str, slo_tbt_ms: floa
                 ranked = [res.best_single_level] + ranked
             short = [x for x in ranked if x.latency_ms * x.tokens_per_full_forward <= 0.8 * slo_tbt_ms]
             for x in ranked[:1] + short[:1]:
-                p = x.plan.model_copy(update={"batch": 1, "batching": batching})
-                if p not in out[fam]:
-                    out[fam].append(p)
+                for policy in (("ragged", "synchronous") if batching == "auto" else (batching,)):
+                    p = x.plan.model_copy(update={"batch": 1, "batching": policy})
+                    if p not in out[fam]:
+                        out[fam].append(p)
     return out
+
+
+def describe(p: Plan) -> str:
+    """The plan and, for speculative plans, its batching policy."""
+    return p.describe() + (f" {p.batching}" if p.depth > 1 else "")
 
 
 def run_load(spec: Spec, plan: Plan, qps: float, seed: int, requests: int | None = None) -> dict:
@@ -83,6 +90,7 @@ def violation(s: dict, limits: ServeLimits) -> float:
 
 
 IDLE_REQUESTS = 24
+BY_LOAD_REQUESTS = 150
 
 
 def max_qps(spec: Spec, plan: Plan, seed: int, iterations: int = 6) -> tuple[float, float, dict]:
@@ -143,7 +151,7 @@ def family_capacity(spec: Spec, plans: list[Plan], probe_qps: float | None) -> d
     return {"plan": plan, "max_qps": m, "ci95": [max(m - half, 0.0), m + half],
             "bracket": [float(los.mean()), float(his.mean())], "per_seed": [[float(a), float(b)] for a, b in zip(los, his)],
             "at_max": per_seed[int(np.argmin(los))][2],
-            "screened": [{"plan": p.describe(), "violation_at_probe": v} for v, p in screened]}
+            "screened": [{"plan": describe(p), "violation_at_probe": v} for v, p in screened]}
 
 
 def by_load(spec: Spec, fams: dict[str, list[Plan]], loads: list[float]) -> list[dict]:
@@ -152,9 +160,9 @@ def by_load(spec: Spec, fams: dict[str, list[Plan]], loads: list[float]) -> list
     for q in loads:
         row = {"qps": q, "families": {}}
         for fam, plans in fams.items():
-            scored = [(violation(s := run_load(spec, p, q, 0), spec.limits), p, s) for p in plans]
+            scored = [(violation(s := run_load(spec, p, q, 0, BY_LOAD_REQUESTS), spec.limits), p, s) for p in plans]
             v, p, s = min(scored, key=lambda x: x[0])
-            row["families"][fam] = {"plan": p.describe(), "meets_slo": v <= 1.0, "ttft_p99_ms": s["ttft_ms"]["p99"],
+            row["families"][fam] = {"plan": describe(p), "meets_slo": v <= 1.0, "ttft_p99_ms": s["ttft_ms"]["p99"],
                                     "tbt_p99_ms": s["tbt_ms"]["p99"], "violation": v}
         rows.append(row)
     return rows
@@ -166,7 +174,7 @@ def plan_capacity(spec: Spec, target_qps: float, gpu_hour_usd: float, max_propos
     fams = candidates(setting, spec.limits.max_batch, spec.batching, spec.limits.slo_tbt_ms, max_propose, max_window)
     tp = setting.tp
     mean_out = _mean_len(spec.traffic.output_len)
-    result = {"target_qps": target_qps, "candidates": {f: [p.describe() for p in ps] for f, ps in fams.items()},
+    result = {"target_qps": target_qps, "candidates": {f: [describe(p) for p in ps] for f, ps in fams.items()},
               "families": {}}
     probe = None
     for fam, plans in fams.items():
@@ -176,7 +184,7 @@ def plan_capacity(spec: Spec, target_qps: float, gpu_hour_usd: float, max_propos
         if fam == "autoregressive" and c["max_qps"] > 0:
             probe = c["max_qps"]  # the other families' candidates are screened at the load autoregressive sustains
         q = c["max_qps"]
-        entry = {"plan": c["plan"].model_dump(), "describe": c["plan"].describe(),
+        entry = {"plan": c["plan"].model_dump(), "describe": describe(c["plan"]),
                  "max_qps_per_replica": q, "max_qps_ci95": c["ci95"], "bisection_bracket": c["bracket"],
                  "per_seed_bracket": c["per_seed"], "candidates_screened": c["screened"]}
         if q > 0:

@@ -32,7 +32,11 @@ def _common(p, capacity: bool) -> None:
     p.add_argument("--output-len", default=DEFAULT_OUTPUT, help=f"output length distribution (default {DEFAULT_OUTPUT})")
     p.add_argument("--max-batch", type=int, default=64, help="most sequences decoded together (default 64)")
     p.add_argument("--kv-tokens", type=int, help="KV capacity in tokens (default: unbounded)")
-    p.add_argument("--batching", default="ragged", help="ragged (default) or synchronous (speculative plans)")
+    if capacity:
+        p.add_argument("--batching", default="auto", help="auto (default: both policies for speculative plans), "
+                       "ragged or synchronous")
+    else:
+        p.add_argument("--batching", default="ragged", help="ragged (default) or synchronous (speculative plans)")
     p.add_argument("--requests", type=int, default=1000 if not capacity else 300,
                    help="requests per simulated run (default %(default)s)")
     p.add_argument("--seeds", type=int, default=3 if not capacity else 2,
@@ -107,9 +111,10 @@ def _traffic(args) -> schema.Traffic:
                           output_len=schema.LengthDist.parse(args.output_len, "output-len"), seed=args.seed)
 
 
-def _batching(args) -> str:
-    if args.batching not in ("ragged", "synchronous"):
-        raise ValueError(f"batching: must be ragged or synchronous, got {args.batching!r}")
+def _batching(args, auto: bool = False) -> str:
+    allowed = ("ragged", "synchronous", "auto") if auto else ("ragged", "synchronous")
+    if args.batching not in allowed:
+        raise ValueError(f"batching: must be {', '.join(allowed[:-1])} or {allowed[-1]}, got {args.batching!r}")
     return args.batching
 
 
@@ -199,9 +204,10 @@ def _fmt(e: dict, nd: int = 1) -> str:
 
 
 def _table(agg: dict) -> str:
+    slo = agg["slo_attained"]
+    pct = {"mean": 100 * slo["mean"], "ci95": None if slo["ci95"] is None else [100 * x for x in slo["ci95"]]}
     lines = [f"{'throughput (tokens/s)':24s} {_fmt(agg['throughput_tokens_per_s'])}",
-             f"{'goodput (requests/s)':24s} {_fmt(agg['goodput_requests_per_s'], 3)}  (SLO attained "
-             f"{_fmt({k: (v if k != 'ci95' or v is None else [100 * x for x in v]) if k != 'mean' else 100 * v for k, v in agg['slo_attained'].items()})} %)"]
+             f"{'goodput (requests/s)':24s} {_fmt(agg['goodput_requests_per_s'], 3)}  (SLO attained {_fmt(pct)} %)"]
     lines.append(f"{'':24s} {'mean':>28s} {'p50':>28s} {'p90':>28s} {'p99':>28s}")
     for key, label in (("ttft_ms", "TTFT (ms)"), ("tbt_ms", "TBT (ms)"), ("tpot_ms", "TPOT (ms)"),
                        ("e2e_ms", "end-to-end (ms)"), ("queue_ms", "queueing (ms)")):
@@ -219,7 +225,7 @@ def cmd_capacity(args) -> int:
 
     setting = _setting(args)
     limits = _limits(args)
-    batching = _batching(args)
+    batching = _batching(args, auto=True)
     tr = _traffic(args)
     _positive(args.gpu_hour_usd, "gpu-hour-usd", lo=0.0, strict=False, hi=1e6)
     if not 1 <= args.max_propose <= 64 or not 1 <= args.max_window <= 256:
@@ -252,7 +258,7 @@ def cmd_capacity(args) -> int:
           f"{args.output_len} (mean {mean_out:.0f}); SLOs p99 TTFT <= {limits.slo_ttft_ms:g} ms, p99 TBT <= "
           f"{limits.slo_tbt_ms:g} ms; ${args.gpu_hour_usd:g}/GPU-hour; {tr.requests} requests x {args.seeds} seeds per load")
     print()
-    print(f"{'family':16s} {'plan':26s} {'req/s per replica [95% CI]':>28s} {'replicas':>9s} {'GPUs':>5s} {'$/M tok':>8s} "
+    print(f"{'family':16s} {'plan':38s} {'req/s per replica [95% CI]':>28s} {'replicas':>9s} {'GPUs':>5s} {'$/M tok':>8s} "
           f"{'p99 TTFT':>9s} {'p99 TBT':>8s}")
     for fam, e in res["families"].items():
         q = e["max_qps_per_replica"]
@@ -262,15 +268,15 @@ def cmd_capacity(args) -> int:
         else:
             tail = f"{'-':>9s} {'-':>5s} {'-':>8s}"
         a = e["at_max_qps"]
-        print(f"{fam:16s} {e['describe']:26s} {ci:>28s} {tail} {a['ttft_p99_ms']:9.0f} {a['tbt_p99_ms']:8.1f}")
+        print(f"{fam:16s} {e['describe']:38s} {ci:>28s} {tail} {a['ttft_p99_ms']:9.0f} {a['tbt_p99_ms']:8.1f}")
     if "by_load" in res:
         print()
         print("best plan per family as the load per replica grows (smallest p99/SLO ratio; * = meets both SLOs):")
         fams = list(res["families"])
-        print(f"{'req/s':>8s} " + " ".join(f"{f:>28s}" for f in fams))
+        print(f"{'req/s':>8s} " + " ".join(f"{f:>40s}" for f in fams))
         for row in res["by_load"]:
             cells = [f"{row['families'][f]['plan']}{'*' if row['families'][f]['meets_slo'] else ' '}" for f in fams]
-            print(f"{row['qps']:8.2f} " + " ".join(f"{c:>28s}" for c in cells))
+            print(f"{row['qps']:8.2f} " + " ".join(f"{c:>40s}" for c in cells))
         best = res["best_family"]
         e = res["families"][best]
         print()

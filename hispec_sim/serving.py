@@ -34,7 +34,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from .acceptance import AgreementModel
-from .latency import decode_attention_ms, head_ms, linear_layer_ms, prefill_attention_ms, sequence_attention_ms
+from .latency import (
+    decode_attention_ms,
+    head_ms,
+    linear_layer_ms,
+    prefill_attention_ms,
+    sequence_attention_ms,
+)
 from .schema import Acceptance, LatencyTable, Plan, Request, RequestMetrics, ServeLimits
 
 ACC, COR, BON = 0, 1, 2  # how a buffered token got there (acceptance.py's conditional rates)
@@ -147,6 +153,20 @@ class StepCost:
                 att = np.where(tot > 0, np.maximum(att, self.floor), 0.0)
         per = self.linear[tot] + att + np.where(tot > 0, self.per_layer, 0.0)
         return float(self.fixed + (self.verify if any_check else 0.0) + (self.span * per).sum() + self.head[head_rows].sum())
+
+    def drafts(self, ctx: np.ndarray, g: int, m: int) -> float:
+        """g consecutive draft steps of m sequences (cached tokens ctx, growing by one per
+        step): one row each through range 1, head at exit 1."""
+        c = ctx[None, :] + np.arange(g)[:, None]  # (g, m)
+        nb = self.att.shape[1] - 1
+        if self.measured:
+            att = self.att[m, np.minimum(c.mean(1).astype(np.int64) // CTX_BUCKET, nb)]
+        else:
+            att = self.att[1][np.minimum(c // CTX_BUCKET, nb)].sum(1)
+            if self.floor:
+                att = np.maximum(att, self.floor)
+        per = self.linear[m] + att + self.per_layer
+        return float(g * (self.fixed + self.head[m]) + self.span[0] * per.sum())
 
     def prefill(self, prompt_tokens: np.ndarray) -> float:
         """ONE forward prefilling several prompts: their P - 1 tokens concatenated through
@@ -269,22 +289,8 @@ def simulate_arrays(table: LatencyTable, num_layers: int, acc: Acceptance, plan:
     head_exit_rows = np.zeros(k, np.int64)
     lv_idx = np.arange(k)
     idx = np.zeros(0, np.int64)  # running slots
-    ar_att = cost.att[1] if (k == 1 and not cost.measured) else None
-    att_last = ar_att.shape[0] - 1 if ar_att is not None else 0
-    ar_fixed = cost.fixed + cost.span.sum() * cost.per_layer
-    L = float(cost.span.sum())
-    if k > 1 and not sync:  # ragged: the schedules, and per op code its rows per layer range and at each exit
-        sched = draw_schedules(plan, rates, max_new, rng)
-        codes = np.arange((k) * (sched.width + 1))
-        o_c, n_c = codes // (sched.width + 1), codes % (sched.width + 1)
-        ROWS = (lv_idx[None, :] < o_c[:, None]).astype(np.int64)
-        ROWS[codes, o_c] = np.where(o_c > 0, n_c + 1, 1)
-        HEAD = np.zeros_like(ROWS)
-        HEAD[codes, o_c] = ROWS[codes, o_c]
-        ptr = np.zeros(B, np.int64)
-
-    while finished < n:
-        if (not sync) or sync_phase == 0:
+    while finished < n:  # synchronous rounds (ragged and autoregressive run in _run_scheduled)
+        if sync_phase == 0:
             if running == 0 and nxt < n and arr_ms[nxt] > t:
                 t = float(arr_ms[nxt])  # idle: sleep until the next arrival
             if nxt < n and arr_ms[nxt] <= t and running < B:
@@ -303,11 +309,8 @@ def simulate_arrays(table: LatencyTable, num_layers: int, acc: Acceptance, plan:
                     blen[new] = 0
                     op[new] = 0
                     done_tok[new] = 0
-                    if k > 1 and not sync:
-                        ptr[new] = 0
                     ctx[new] = prompt[req[new]] - 1
-                    if k > 1:
-                        slot_rates[new] = rates[req[new]]
+                    slot_rates[new] = rates[req[new]]
                     running += len(new)
                     idx = np.flatnonzero(active)
                     pf = cost.prefill(prompt[req[new]])
@@ -317,27 +320,15 @@ def simulate_arrays(table: LatencyTable, num_layers: int, acc: Acceptance, plan:
         if running == 0:
             continue
         steps += 1
-        if k == 1:  # autoregressive: every sequence one row through 1..L, head at L; commits one token
+        if sync_phase == 0:  # a round's g draft steps at once: every sequence one row through 1..l_1
             m = len(idx)
-            c = ctx[idx]
-            if ar_att is not None:
-                att = ar_att[np.minimum(c >> 4, att_last)].sum()
-                if cost.floor:
-                    att = max(att, cost.floor)
-            else:
-                att = cost.att[m, min(int(c.mean()) // CTX_BUCKET, cost.att.shape[1] - 1)]
-            t += ar_fixed + L * (cost.linear[m] + att) + cost.head[m]
-            committing = idx
-            commit = 1
-        elif not sync:
-            r = req[idx]
-            p = ptr[idx]
-            c = sched.code[r, p]
-            t += cost.step(ROWS[c], ctx[idx] + sched.tentative[r, p], HEAD[c].sum(0), bool((c > sched.width).any()))
-            cm = sched.commit[r, p]
-            ptr[idx] = p + 1
-            due = cm > 0
-            committing, commit = idx[due], cm[due]
+            base = ctx[idx] + blen[idx].sum(1)
+            t += cost.drafts(base, g, m)
+            steps += g - 1
+            blen[idx, 0] = g
+            btype[idx, 0, :g] = BON
+            commit, committing = np.zeros(0, np.int64), np.zeros(0, np.int64)
+            sync_phase = g - 1  # the next phase is the level-2 check
         else:
             o = np.full(len(idx), 0 if sync_phase < g else sync_phase - g + 1, np.int64)
             # rows per layer range: a draft carries 1 row through range 1; a level-(j+1) check
@@ -372,8 +363,7 @@ def simulate_arrays(table: LatencyTable, num_layers: int, acc: Acceptance, plan:
                 running -= len(gone)
                 req[gone] = -1
                 idx = np.flatnonzero(active)
-        if sync:
-            sync_phase = _next_sync_phase(sync_phase, g, k, windows, blen, active)
+        sync_phase = _next_sync_phase(sync_phase, g, k, windows, blen, active)
     if n and np.isnan(first_ms).any():
         raise AssertionError("serving: a request never emitted a token")
     return ServeRun(arrival_s, prompt, max_new, admit_ms, first_ms, last_ms, ev_req[:n_ev], ev_ms[:n_ev],

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from hispec_sim import latency, schema, serving, traffic
-from hispec_sim.analytic import predict
 from hispec_sim.acceptance import AgreementModel
+from hispec_sim.analytic import predict
 from hispec_sim.latency import CostModel
 from hispec_sim.synthetic import synthetic_profile
 

@@ -59,8 +59,9 @@ def test_serve_trace(prof, capsys, tmp_path):
 def test_capacity_golden(prof, capsys):
     argv = ["capacity", "--profile", prof, "--qps", "100", "--slo-ttft-ms", "200", "--slo-tbt-ms", "25",
             "--requests", "60", "--seeds", "2", "--prompt-len", "uniform:8:64", "--output-len", "uniform:4:48",
-            "--max-batch", "8", "--max-propose", "4", "--max-window", "4", "--gpu-hour-usd", "3", "--json"]
-    a = _json(capsys, argv[:-1] + ["--json"])
+            "--max-batch", "8", "--max-propose", "4", "--max-window", "4", "--gpu-hour-usd", "3", "--batching", "ragged",
+            "--json"]
+    a = _json(capsys, argv)
     fams = a["families"]
     assert set(fams) == {"autoregressive", "single_level", "hierarchical"}
     ar = fams["autoregressive"]
@@ -116,3 +117,14 @@ def test_bad_trace_and_capacity_input(prof, capsys, tmp_path):
         argv = ["capacity", "--profile", prof, "--slo-ttft-ms", "100", "--slo-tbt-ms", "10"] + extra
         assert main(argv) == 2
         assert capsys.readouterr().err.startswith(f"hispec-sim: error: {field}")
+
+
+def test_capacity_candidates_cover_both_policies(prof):
+    from hispec_sim.capacity import candidates
+    from hispec_sim.evaluate import Setting
+
+    fams = candidates(Setting(schema.load_profile(prof)), 8, "auto", 25.0, 4, 4)
+    assert [p.levels for p in fams["autoregressive"]] == [[16]]
+    for fam in ("single_level", "hierarchical"):
+        assert {p.batching for p in fams[fam]} == {"ragged", "synchronous"}
+        assert {len(p.levels) for p in fams[fam]} == {2 if fam == "single_level" else 3}
