@@ -6,8 +6,8 @@ single-level and best hierarchical plan at several lockstep batch sizes (1, 8, 3
 max batch): the lockstep optimum at the batch the replica actually runs. Each candidate
 is simulated by serving.simulate on a seeded Poisson (or gamma) request set; a load is
 *sustained* when the mean over seeds of p99 TTFT and of p99 TBT meet the SLOs. The
-highest sustained QPS of one replica is found by bisection over the load (geometric,
-between a load nothing queues at and the saturation throughput), separately per seed:
+highest sustained QPS of one replica is found by doubling the load from 2 % of the
+saturation throughput until the SLOs break, then geometric bisection, separately per seed:
 its uncertainty is the spread over seeds (95 % Student t interval) plus the bisection's
 final bracket. Replicas = ceil(target / per-replica QPS), GPUs = replicas x tp, and
 $ per million generated tokens = GPUs x $/GPU-hour / generated tokens per hour.
@@ -93,20 +93,27 @@ IDLE_REQUESTS = 24
 BY_LOAD_REQUESTS = 150
 
 
-def max_qps(spec: Spec, plan: Plan, seed: int, iterations: int = 6) -> tuple[float, float, dict]:
-    """Highest sustained QPS of one replica for one seed, by geometric bisection: (low,
-    high) of the final bracket (0, 0 when even a nearly idle replica misses the SLOs) and
-    the summary at `low` (at the idle load when none is sustained)."""
+def max_qps(spec: Spec, plan: Plan, seed: int, iterations: int = 5) -> tuple[float, float, dict]:
+    """Highest sustained QPS of one replica for one seed: (low, high) of the final bracket
+    (0, 0 when even a nearly idle replica misses the SLOs) and the summary at `low` (at the
+    idle load when none is sustained). The load doubles from 2 % of the saturation load
+    until the SLOs break, then a geometric bisection: runs stay at loads near the answer
+    (a run far above it queues every request and costs the most)."""
     sat = _saturation_qps(spec, plan)
     idle = run_load(spec, plan, 1e-3 * sat, seed, min(IDLE_REQUESTS, spec.traffic.requests))
     if not meets(idle, spec.limits):
         return 0.0, 0.0, idle
-    lo, hi, best = 1e-3 * sat, 1.5 * sat, idle
-    probe = run_load(spec, plan, 0.05 * sat, seed)
-    if meets(probe, spec.limits):
-        lo, best = 0.05 * sat, probe
-    else:
-        hi = 0.05 * sat
+    lo, hi, best = 1e-3 * sat, None, idle
+    q = 0.02 * sat
+    while q <= 2 * sat:
+        s = run_load(spec, plan, q, seed)
+        if not meets(s, spec.limits):
+            hi = q
+            break
+        lo, best = q, s
+        q *= 2
+    if hi is None:
+        return lo, lo, best
     for _ in range(iterations):
         mid = math.sqrt(lo * hi)
         s = run_load(spec, plan, mid, seed)
@@ -177,6 +184,15 @@ def plan_capacity(spec: Spec, target_qps: float, gpu_hour_usd: float, max_propos
     result = {"target_qps": target_qps, "candidates": {f: [describe(p) for p in ps] for f, ps in fams.items()},
               "families": {}}
     probe = None
+    idle_fail: dict[str, list] = {}
+    for fam, plans in list(fams.items()):
+        # a candidate that misses the SLOs on a nearly idle replica is out (kept if all are)
+        viol = [(violation(run_load(spec, p, 1e-3 * _saturation_qps(spec, p), 0, IDLE_REQUESTS), spec.limits), p)
+                for p in plans] if len(plans) > 1 else [(0.0, plans[0])]
+        ok = [p for v, p in viol if v <= 1.0]
+        idle_fail[fam] = [{"plan": describe(p), "violation_idle": v} for v, p in viol if v > 1.0]
+        fams[fam] = ok or [min(viol, key=lambda x: x[0])[1]]
+    result["failing_even_idle"] = idle_fail
     for fam, plans in fams.items():
         if not plans:
             continue
@@ -204,7 +220,8 @@ def plan_capacity(spec: Spec, target_qps: float, gpu_hour_usd: float, max_propos
         best_fam = max(served, key=lambda f: served[f]["max_qps_per_replica"])
         result["best_family"] = best_fam
         top_q = served[best_fam]["max_qps_per_replica"]
-        result["by_load"] = by_load(spec, fams, [round(top_q * f, 4) for f in (0.5, 1.0)])
+        # families that no load serves are left out (their idle figures are in the table)
+        result["by_load"] = by_load(spec, {f: fams[f] for f in served}, [round(top_q * f, 4) for f in (0.5, 1.0)])
     else:
         closest = min(((f, e) for f, e in result["families"].items()),
                       key=lambda x: max(x[1]["at_max_qps"]["ttft_p99_ms"] / spec.limits.slo_ttft_ms,
@@ -213,3 +230,17 @@ def plan_capacity(spec: Spec, target_qps: float, gpu_hour_usd: float, max_propos
     result["mean_output_tokens"] = mean_out
     result["seconds"] = time.perf_counter() - t0
     return result
+
+
+def latency_curves(spec: Spec, plans: dict[str, Plan], loads: list[float]) -> dict:
+    """Throughput-latency curves for the report: per family (its plan) and per load, the
+    throughput and p50/p99 TTFT and TBT (mean over seeds), with the SLO lines."""
+    out = {"loads": loads, "slo_ttft_ms": spec.limits.slo_ttft_ms, "slo_tbt_ms": spec.limits.slo_tbt_ms, "families": {}}
+    for fam, plan in plans.items():
+        rows = []
+        for q in loads:
+            agg = serving.over_seeds([run_load(spec, plan, q, s) for s in range(spec.seeds)])
+            rows.append({"qps": q, "throughput_tokens_per_s": agg["throughput_tokens_per_s"]["mean"],
+                         **{f"{m}_{p}": agg[m][p]["mean"] for m in ("ttft_ms", "tbt_ms") for p in ("p50", "p99")}})
+        out["families"][fam] = {"plan": describe(plan), "points": rows}
+    return out

@@ -272,7 +272,7 @@ def cmd_capacity(args) -> int:
     if "by_load" in res:
         print()
         print("best plan per family as the load per replica grows (smallest p99/SLO ratio; * = meets both SLOs):")
-        fams = list(res["families"])
+        fams = [f for f in res["families"] if f in res["by_load"][0]["families"]]
         print(f"{'req/s':>8s} " + " ".join(f"{f:>40s}" for f in fams))
         for row in res["by_load"]:
             cells = [f"{row['families'][f]['plan']}{'*' if row['families'][f]['meets_slo'] else ' '}" for f in fams]

@@ -250,9 +250,9 @@ def simulate_arrays(table: LatencyTable, num_layers: int, acc: Acceptance, plan:
     max_ctx = int((prompt + max_new).max()) + max_overshoot(plan) + CTX_BUCKET
     cost = StepCost(table, plan, num_layers, B, max_ctx, prompt)
     sync = plan.batching == "synchronous" and k > 1
-    if not sync:
+    if not sync or k == 2:  # single-level synchronous: the batch-1 schedules, in phase (join at round ends)
         return _run_scheduled(cost, plan, draw_schedules(plan, rates, max_new, rng), arrival_s, prompt, max_new, need,
-                              kv_cap, B)
+                              kv_cap, B, align=g + 1 if sync else 1)
 
     # buffer capacity of each level (as the Monte-Carlo token engine): level 1 holds g, level j+1 < w + block
     cap = [g]
@@ -443,9 +443,12 @@ def _first_positive(x: np.ndarray, start: np.ndarray, count: np.ndarray) -> np.n
 MACRO = 256  # steps costed at once between events (an arrival that can be admitted, a request leaving)
 
 
-def _run_scheduled(cost: StepCost, plan: Plan, sch: Schedules, arrival_s, prompt, max_new, need, kv_cap, B) -> ServeRun:
+def _run_scheduled(cost: StepCost, plan: Plan, sch: Schedules, arrival_s, prompt, max_new, need, kv_cap, B,
+                   align: int = 1) -> ServeRun:
     """The event loop when every sequence's operations are known in advance (ragged,
-    autoregressive). Between two events the batch does not change, so the next steps are
+    autoregressive; and single-level synchronous, whose rounds of g drafts + one check are
+    each sequence's batch-1 schedule: `align` = g + 1 keeps the batch in phase by admitting
+    only at round ends). Between two events the batch does not change, so the next steps are
     costed together: their rows per layer range, attention and heads as (steps x slots)
     arrays; the chunk is cut at the step during which the next admissible request arrives
     (it is admitted when that step ends) or at the first request to finish."""
@@ -497,7 +500,8 @@ def _run_scheduled(cost: StepCost, plan: Plan, sch: Schedules, arrival_s, prompt
         if not len(running) and nxt < n and arr_ms[nxt] > t:
             t = float(arr_ms[nxt])
         new = []
-        while nxt < n and arr_ms[nxt] <= t and len(running) + len(new) < B and reserved + need[nxt] <= kv_cap:
+        phase = int((fp[running[0]] - sch.start[running[0]]) % align) if len(running) and align > 1 else 0
+        while phase == 0 and nxt < n and arr_ms[nxt] <= t and len(running) + len(new) < B and reserved + need[nxt] <= kv_cap:
             new.append(nxt)
             admit_ms[nxt] = t
             reserved += need[nxt]
@@ -534,7 +538,10 @@ def _run_scheduled(cost: StepCost, plan: Plan, sch: Schedules, arrival_s, prompt
         ends = t + np.cumsum(step_ms)
         # cut at the step during which the next admissible request arrives (admitted when it ends)
         if nxt < n and m < B and reserved + need[nxt] <= kv_cap:
-            s = min(s, int(np.searchsorted(ends, arr_ms[nxt])) + 1)
+            cut = int(np.searchsorted(ends, arr_ms[nxt])) + 1
+            if align > 1:  # synchronous: the arrival waits for the end of the round
+                cut = -(-(phase + cut) // align) * align - phase
+            s = min(s, cut)
         steps += s
         last_step = float(step_ms[s - 1])
         t = float(ends[s - 1])
