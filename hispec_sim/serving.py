@@ -9,8 +9,8 @@ emitted at the end of the step that commits them). Costs come from latency.py: a
 step's forward is built layer range by layer range (segment l_{i-1}+1..l_i carries the
 rows of every sequence whose operation reaches l_i; its linear part is read at the
 total rows, its attention per sequence, or from the measured kernel for the batch), plus
-the exit heads (one per exit reached, over its rows), the per-forward overhead and, when
-the step holds a check, the verification overhead.
+ONE exit-head call over every sequence's head rows (whatever their exits), the per-forward
+overhead and, when the step holds a check, the verification overhead.
 
 Acceptance: each request draws its own rates from the workload's `spread` (empirical:
 one measured request's agreement matrix; logit_normal: the workload's rates shifted by
@@ -152,7 +152,8 @@ class StepCost:
             if self.floor:
                 att = np.where(tot > 0, np.maximum(att, self.floor), 0.0)
         per = self.linear[tot] + att + np.where(tot > 0, self.per_layer, 0.0)
-        return float(self.fixed + (self.verify if any_check else 0.0) + (self.span * per).sum() + self.head[head_rows].sum())
+        # ONE exit-head call over every sequence's head rows (heads at different exits share norm + LM head)
+        return float(self.fixed + (self.verify if any_check else 0.0) + (self.span * per).sum() + self.head[head_rows.sum()])
 
     def drafts(self, ctx: np.ndarray, g: int, m: int) -> float:
         """g consecutive draft steps of m sequences (cached tokens ctx, growing by one per
@@ -467,7 +468,7 @@ def _run_scheduled(cost: StepCost, plan: Plan, sch: Schedules, arrival_s, prompt
     before = np.cumsum(sch.commit) - sch.commit - np.repeat(np.cumsum(sch.commit)[sch.start] - sch.commit[sch.start],
                                                             sch.count)  # committed before the op, within its request
     op_rows = ROWS[sch.code]
-    op_head = HEAD[sch.code]
+    op_head = HEAD[sch.code].sum(1)  # rows at the op's exit
     op_check = CHECK[sch.code]
     op_ctx = prompt[owner] - 1 + before + sch.tentative
     nb_last = cost.att.shape[1] - 1
@@ -531,7 +532,7 @@ def _run_scheduled(cost: StepCost, plan: Plan, sch: Schedules, arrival_s, prompt
             if cost.floor:
                 att = np.where(tot > 0, np.maximum(att, cost.floor), 0.0)
         per = cost.linear[tot] + att + np.where(tot > 0, cost.per_layer, 0.0)
-        heads = cost.head[op_head[pos].sum(0)].sum(1)  # (s,)
+        heads = cost.head[op_head[pos].sum(0)]  # (s,): one head call over all head rows of the step
         step_ms = cost.fixed + (per * span[None, :]).sum(1) + heads
         if cost.verify:
             step_ms = step_ms + np.where(op_check[pos].any(0), cost.verify, 0.0)
