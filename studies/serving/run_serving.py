@@ -43,7 +43,7 @@ PLANS = {"autoregressive": ["--levels", "16"],
 
 
 def _run(cmd: list[str]) -> dict:
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise SystemExit(f"{' '.join(cmd[:3])} failed: {out.stderr.strip().splitlines()[-1] if out.stderr else out.returncode}")
     return json.loads(out.stdout)
@@ -82,9 +82,10 @@ def svg_errors(rows: list[dict], width: int = 560, height: int = 300) -> str:
     """Relative error of each metric per scenario, with the +-10 % / +-20 % targets."""
     names = [k if s is None else f"{k}_{s}" for k, s, _ in METRICS]
     pad, span = 50, 0.6
-    y = lambda e: height / 2 - max(-span, min(span, e)) / span * (height / 2 - pad)  # noqa: E731
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
-             f'font-size="11"><rect width="{width}" height="{height}" fill="white"/>']
+    y = lambda e: height / 2 - max(-span, min(span, e)) / span * (height / 2 - pad)
+    head = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
+            f'font-size="11"><rect width="{width}" height="{height}" fill="white"/>')
+    parts = [head]
     for lim, col in ((0.2, "#f3f3f3"), (0.1, "#e4e4e4")):
         parts.append(f'<rect x="{pad}" y="{y(lim):.1f}" width="{width - 2 * pad}" height="{y(-lim) - y(lim):.1f}" fill="{col}"/>')
     parts.append(f'<line x1="{pad}" y1="{y(0):.1f}" x2="{width - pad}" y2="{y(0):.1f}" stroke="#999"/>')
@@ -108,11 +109,11 @@ def svg_errors(rows: list[dict], width: int = 560, height: int = 300) -> str:
 
 def results_md(out: dict) -> str:
     rows = out["scenarios"]
-    lines = ["# Serving validation: hispec-sim serve vs hispec-exec serve", "",
-             f"Profile `{out['profile']}`; {out['requests']} requests per scenario, Poisson, prompts {out['prompt_len']}, "
+    intro = (f"Profile `{out['profile']}`; {out['requests']} requests per scenario, Poisson, prompts {out['prompt_len']}, "
              f"outputs {out['output_len']}, max batch {out['max_batch']}, batching {out['batching']}, executor threads "
              f"{out['threads']}, simulator {out['sim_seeds']} acceptance seeds (mean). Machine load at start "
-             f"{out['load_at_start']:.2f}. Command: `{out['command']}`.", "",
+             f"{out['load_at_start']:.2f}. Command: `{out['command']}`.")
+    lines = ["# Serving validation: hispec-sim serve vs hispec-exec serve", "", intro, "",
              "| plan | req/s | " + " | ".join(k if s is None else f"{k} {s}" for k, s, _ in METRICS) + " |",
              "|---|---:|" + "---:|" * len(METRICS)]
     for r in rows:
