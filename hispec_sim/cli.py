@@ -400,6 +400,10 @@ def build_parser() -> Parser:
     from . import audit
 
     audit.add_parser(sub)  # `hispec-sim audit` (audit.py)
+
+    from . import cli_serving
+
+    cli_serving.add_parsers(sub)  # serve, capacity
     return parser
 
 

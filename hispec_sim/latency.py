@@ -2,6 +2,23 @@
 
 Assumption: all decoder layers of a model have the same shape, so a range of n layers
 costs n times one layer. A forward = its layers + one exit head + fixed overheads.
+
+Attention. Without `table.attention` the attention in `layer_ms` is used as is: one
+sequence's increment layer(t, c) - layer(t, 0), times the batch (the shipped GPU profiles
+model it by roofline, which gives ~0.3 us per layer for Llama-2-70B at batch 1, against
+~15 us that FlashAttention decode kernels measure). With `table.attention`
+(schema.AttentionKernel), the linear part is read at context 0 and attention comes from
+the measured kernel grids: decode(batch, mean context) for the whole batch, one kernel;
+prefill(new tokens, cached context) per prompt. Where a grid is missing, the roofline
+increment is floored at `attention.floor_ms` (the measured time of the smallest kernel).
+
+Prefill (serving). A prompt of n tokens runs n tokens through every layer; its attention
+is causal over the growing context: measured prefill grid where present, else the table's
+increment at context c + n/2 (the causal mean: FLOPs 4 n (c + n/2) h d), floored. Token
+counts beyond the table's grid (prompts longer than its last `tokens` entry, 4096 for the
+shipped GPU profiles, 64 for the CPU one) are extrapolated linearly from the last two
+grid points: the linear part of a layer is linear in tokens once the GEMMs are
+compute-bound.
 """
 from __future__ import annotations
 
@@ -48,13 +65,97 @@ def head_ms(table: LatencyTable, tokens) -> np.ndarray:
     return np.maximum(_interp_extrap(t, np.asarray(table.tokens, float), np.asarray(table.head_ms, float)), 0.0)
 
 
+def linear_layer_ms(table: LatencyTable, tokens) -> np.ndarray:
+    """One layer's linear part (GEMMs, all-reduces: everything but attention) at `tokens`
+    new tokens in total: the table at context 0. Beyond the grid's last token count T the
+    cost is extrapolated in proportion, layer(T) x tokens / T (compute-bound GEMMs), not
+    from the last two points, whose difference is measurement noise at that size."""
+    tokens = np.asarray(tokens, dtype=float)
+    top = float(table.tokens[-1])
+    tk = np.asarray(table.tokens, dtype=float)
+    col = _interp_extrap(np.zeros(1), np.asarray(table.contexts, float), np.asarray(table.layer_ms, float))[:, 0]
+    inside = col[:1] + 0 * tokens if len(tk) == 1 else _interp_extrap(np.minimum(tokens, top), tk, col)
+    inside = np.maximum(inside, 0.0)  # as layer_ms, read at context 0
+    return np.where(tokens > top, inside * tokens / max(top, 1.0), inside)
+
+
+def sequence_attention_ms(table: LatencyTable, tokens, context) -> np.ndarray:
+    """The table's attention increment of ONE sequence: `tokens` new tokens reading
+    `context` cached ones, layer(tokens, context) - layer(tokens, 0), never negative."""
+    tokens = np.asarray(tokens, dtype=float)
+    context = np.asarray(context, dtype=float)
+    tokens, context = np.broadcast_arrays(tokens, context)
+    return np.maximum(layer_ms(table, tokens, context) - layer_ms(table, tokens, np.zeros(tokens.shape)), 0.0)
+
+
+def _grid2(rows, cols, grid, r, c) -> np.ndarray:
+    """Bilinear in (r, c) over a (rows x cols) grid, linear extrapolation beyond it."""
+    r, c = np.broadcast_arrays(np.asarray(r, float), np.asarray(c, float))
+    per_row = _interp_extrap(c.reshape(-1), np.asarray(cols, float), np.asarray(grid, float))  # (R, N)
+    rows = np.asarray(rows, float)
+    if len(rows) == 1:
+        return per_row[0].reshape(r.shape)
+    flat = r.reshape(-1)
+    i = np.clip(np.searchsorted(rows, flat) - 1, 0, len(rows) - 2)
+    cols_i = np.arange(flat.size)
+    f0, f1 = per_row[i, cols_i], per_row[i + 1, cols_i]
+    return (f0 + (f1 - f0) * (flat - rows[i]) / (rows[i + 1] - rows[i])).reshape(r.shape)
+
+
+def decode_attention_ms(table: LatencyTable, batch, context, tokens=1) -> np.ndarray:
+    """Attention of one layer for `batch` sequences with `tokens` new tokens each at mean
+    cached length `context` (arrays broadcast). Measured decode grid: one kernel for the
+    batch, read at context + tokens - 1 (a check of n tokens reads the same cache as one
+    decode step, plus its n - 1 new positions); else batch x the table's increment, with
+    the kernel floor when `table.attention` gives one. Batch 0 costs nothing."""
+    batch, context, tokens = np.broadcast_arrays(np.asarray(batch, float), np.asarray(context, float),
+                                                 np.asarray(tokens, float))
+    att = table.attention
+    if att is not None and att.decode_ms:
+        t = _grid2(att.decode_batch, att.decode_context, att.decode_ms, batch, context + tokens - 1)
+    else:
+        t = batch * sequence_attention_ms(table, np.maximum(tokens, 1), context)
+    if att is not None:
+        t = np.maximum(t, att.floor_ms)
+    return np.where(batch > 0, np.maximum(t, 0.0), 0.0)
+
+
+def prefill_attention_ms(table: LatencyTable, tokens, context=0) -> np.ndarray:
+    """Attention of one layer for a prompt chunk of `tokens` new tokens after `context`
+    cached ones, causal among the new ones: measured prefill grid where the profile has
+    one, else the table's increment at context + tokens / 2 (floored when given)."""
+    tokens, context = np.broadcast_arrays(np.asarray(tokens, float), np.asarray(context, float))
+    att = table.attention
+    if att is not None and att.prefill_ms:
+        t = _grid2(att.prefill_tokens, att.prefill_context, att.prefill_ms, tokens, context)
+    else:
+        t = sequence_attention_ms(table, np.maximum(tokens, 1), context + tokens / 2.0)
+    if att is not None:
+        t = np.maximum(t, att.floor_ms)
+    return np.where(tokens > 0, np.maximum(t, 0.0), 0.0)
+
+
+def prefill_ms(table: LatencyTable, num_layers: int, tokens, context=0) -> np.ndarray:
+    """One prefill forward: `tokens` prompt tokens (after `context` cached ones) through
+    all `num_layers` layers, no exit head (the last prompt token is decoded, not
+    prefilled: it is the first decode step's input), one fixed per-forward overhead."""
+    tokens = np.asarray(tokens, float)
+    per_layer = linear_layer_ms(table, np.maximum(tokens, 1)) + prefill_attention_ms(table, tokens, context)
+    t = num_layers * (per_layer + table.layer_overhead_ms) + table.overhead_ms
+    return np.where(tokens > 0, t, 0.0)
+
+
+
 def batched_layer_ms(table: LatencyTable, batch: int, tokens, context) -> np.ndarray:
     """One layer for `batch` sequences in lockstep, each with `tokens` new tokens after
     `context` cached ones. The table is read at batch 1: the linear part at the total token
-    count (context 0), plus `batch` times one sequence's attention increment, because each
-    sequence reads only its own KV cache (attention is linear in the batch)."""
+    count (context 0), plus the batch's attention: `batch` times one sequence's increment,
+    because each sequence reads only its own KV cache (attention is linear in the batch),
+    or the measured kernel when the table has one (decode_attention_ms)."""
     tokens = np.asarray(tokens)
     linear = layer_ms(table, tokens * batch, np.zeros(tokens.shape))
+    if table.attention is not None:
+        return linear + decode_attention_ms(table, batch, context, tokens)
     attention = layer_ms(table, tokens, np.full(tokens.shape, context)) - layer_ms(table, tokens, np.zeros(tokens.shape))
     return linear + batch * np.maximum(attention, 0.0)
 

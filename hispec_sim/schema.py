@@ -159,6 +159,43 @@ def _finite_nonneg(values, field: str):
             raise ValueError(f"{field}: must be in [0, {MAX_MS:g}] ms, got {v}")
 
 
+class AttentionKernel(Strict):
+    """Measured attention kernel of ONE decoder layer (softmax(QK^T)V over the KV cache),
+    kept apart from `LatencyTable.layer_ms` (whose context axis then stays unused).
+
+    decode_ms[i][j]: one decode step of decode_batch[i] sequences, one new token each, at
+    mean KV length decode_context[j] (the whole batch: one kernel launch);
+    prefill_ms[i][j]: prefill of prefill_tokens[i] new tokens of one sequence after
+    prefill_context[j] cached ones (causal among the new tokens). Grids are interpolated
+    linearly and extrapolated linearly from the last two points (floored at `floor_ms`).
+    Either grid may be absent: then the roofline increment of `layer_ms` is used, floored
+    at `floor_ms` (the measured time of the smallest kernel).
+    """
+
+    decode_batch: list[int] = Field(default_factory=list)
+    decode_context: list[int] = Field(default_factory=list)
+    decode_ms: list[list[float]] = Field(default_factory=list)
+    prefill_tokens: list[int] = Field(default_factory=list)
+    prefill_context: list[int] = Field(default_factory=list)
+    prefill_ms: list[list[float]] = Field(default_factory=list)
+    floor_ms: float = Field(0.0, ge=0, le=10, allow_inf_nan=False, description="smallest attention kernel time (launch-bound)")
+    source: Source
+
+    @model_validator(mode="after")
+    def _grids(self) -> "AttentionKernel":
+        for name, rows, cols, grid in (("decode", self.decode_batch, self.decode_context, self.decode_ms),
+                                       ("prefill", self.prefill_tokens, self.prefill_context, self.prefill_ms)):
+            if not rows and not cols and not grid:
+                continue
+            for axis in (rows, cols):
+                if not axis or any(b <= a for a, b in zip(axis, axis[1:])) or axis[0] < 0:
+                    raise ValueError(f"attention.{name}: axes must be non-empty, increasing and >= 0")
+            if len(grid) != len(rows) or any(len(r) != len(cols) for r in grid):
+                raise ValueError(f"attention.{name}_ms: must be len(rows) x len(contexts)")
+            _finite_nonneg([v for r in grid for v in r], f"attention.{name}_ms")
+        return self
+
+
 class LatencyTable(Strict):
     """Latency of one serving configuration (tensor-parallel degree x serving stack).
 
@@ -181,6 +218,8 @@ class LatencyTable(Strict):
     verify_overhead_ms: float = Field(0.0, ge=0, le=MAX_MS, description="extra fixed cost of a verification forward (compare, crop)")
     source: Source
     notes: dict[str, str] = Field(default_factory=dict)
+    attention: AttentionKernel | None = Field(
+        None, description="measured attention kernel (or a measured floor); None: the attention in layer_ms is used as is")
 
     @model_validator(mode="after")
     def _grid(self) -> "LatencyTable":

@@ -1,0 +1,246 @@
+"""Capacity on traffic: how many replicas (and GPUs, and dollars) a target load needs
+under p99 TTFT and p99 TBT SLOs, per plan family, with the plan re-optimised per load.
+
+Method. Candidates per family: autoregressive, and the analytic optimizer's best
+single-level and best hierarchical plan at several lockstep batch sizes (1, 8, 32 and the
+max batch): the lockstep optimum at the batch the replica actually runs. Each candidate
+is simulated by serving.simulate on a seeded Poisson (or gamma) request set; a load is
+*sustained* when the mean over seeds of p99 TTFT and of p99 TBT meet the SLOs. The
+highest sustained QPS of one replica is found by doubling the load from 2 % of the
+saturation throughput until the SLOs break, then geometric bisection, separately per seed:
+its uncertainty is the spread over seeds (95 % Student t interval) plus the bisection's
+final bracket. Replicas = ceil(target / per-replica QPS), GPUs = replicas x tp, and
+$ per million generated tokens = GPUs x $/GPU-hour / generated tokens per hour.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import serving, traffic
+from .evaluate import Setting, exhaustive
+from .schema import Plan, ServeLimits, Traffic
+
+BATCHES = (1,)  # plus the max batch
+
+
+@dataclass
+class Spec:
+    """Everything besides plan and load that fixes a capacity simulation."""
+
+    setting: Setting
+    traffic: Traffic  # qps is overwritten per load
+    limits: ServeLimits
+    batching: str
+    seeds: int
+
+
+def candidates(setting: Setting, max_batch: int, batching: str, slo_tbt_ms: float, max_propose: int = 8,
+               max_window: int = 16) -> dict[str, list[Plan]]:
+    """Per family, at batch 1 and at max_batch: the lockstep optimum, and the best plan
+    (under each batching policy when batching is 'auto') whose cycle (time between two full-model commits) stays under 0.8 x the TBT SLO,
+    since a speculative plan emits in bursts and its TBT p99 is about one cycle."""
+    ar_policy = "ragged" if batching == "auto" else batching  # autoregressive: both policies alike
+    out: dict[str, list[Plan]] = {"autoregressive": [Plan(levels=[setting.num_layers], batching=ar_policy)],
+                                  "single_level": [], "hierarchical": []}
+    for b in sorted({min(x, max_batch) for x in BATCHES + (max_batch,)}):
+        s = Setting(setting.profile, setting.workload, setting.tp, setting.stack, b, setting.context)
+        res = exhaustive(s, top=400, max_propose=max_propose, max_window=max_window)
+        for fam, depth in (("single_level", 2), ("hierarchical", 3)):
+            ranked = [x for x in res.top if x.plan.depth == depth]
+            if depth == 2 and res.best_single_level.plan.depth == 2:
+                ranked = [res.best_single_level] + ranked
+            short = [x for x in ranked if x.latency_ms * x.tokens_per_full_forward <= 0.8 * slo_tbt_ms]
+            for x in ranked[:1] + short[:1]:
+                for policy in (("ragged", "synchronous") if batching == "auto" else (batching,)):
+                    p = x.plan.model_copy(update={"batch": 1, "batching": policy})
+                    if p not in out[fam]:
+                        out[fam].append(p)
+    return out
+
+
+def describe(p: Plan) -> str:
+    """The plan and, for speculative plans, its batching policy."""
+    return p.describe() + (f" {p.batching}" if p.depth > 1 else "")
+
+
+def run_load(spec: Spec, plan: Plan, qps: float, seed: int, requests: int | None = None) -> dict:
+    """quick_summary of one seeded run at `qps`."""
+    tr = spec.traffic.model_copy(update={"qps": qps, "seed": spec.traffic.seed + seed,
+                                         "requests": requests or spec.traffic.requests})
+    rng = np.random.default_rng(tr.seed)
+    arr = traffic.arrival_times(tr, rng)
+    p = traffic.draw_lengths(tr.prompt_len, tr.requests, rng)
+    o = traffic.draw_lengths(tr.output_len, tr.requests, rng)
+    run = serving.simulate_arrays(spec.setting.table, spec.setting.num_layers, spec.setting.acceptance, plan, arr, p, o,
+                                  spec.limits, seed=tr.seed)
+    return serving.quick_summary(run, spec.limits)
+
+
+def meets(s: dict, limits: ServeLimits) -> bool:
+    return violation(s, limits) <= 1.0
+
+
+def violation(s: dict, limits: ServeLimits) -> float:
+    """max(p99 TTFT / SLO, p99 TBT / SLO): <= 1 meets both."""
+    return max(s["ttft_ms"]["p99"] / limits.slo_ttft_ms, s["tbt_ms"]["p99"] / limits.slo_tbt_ms)
+
+
+IDLE_REQUESTS = 24
+BY_LOAD_REQUESTS = 150
+
+
+def max_qps(spec: Spec, plan: Plan, seed: int, iterations: int = 5) -> tuple[float, float, dict]:
+    """Highest sustained QPS of one replica for one seed: (low, high) of the final bracket
+    (0, 0 when even a nearly idle replica misses the SLOs) and the summary at `low` (at the
+    idle load when none is sustained). The load doubles from 2 % of the saturation load
+    until the SLOs break, then a geometric bisection: runs stay at loads near the answer
+    (a run far above it queues every request and costs the most)."""
+    sat = _saturation_qps(spec, plan)
+    idle = run_load(spec, plan, 1e-3 * sat, seed, min(IDLE_REQUESTS, spec.traffic.requests))
+    if not meets(idle, spec.limits):
+        return 0.0, 0.0, idle
+    lo, hi, best = 1e-3 * sat, None, idle
+    q = 0.02 * sat
+    while q <= 2 * sat:
+        s = run_load(spec, plan, q, seed)
+        if not meets(s, spec.limits):
+            hi = q
+            break
+        lo, best = q, s
+        q *= 2
+    if hi is None:
+        return lo, lo, best
+    for _ in range(iterations):
+        mid = math.sqrt(lo * hi)
+        s = run_load(spec, plan, mid, seed)
+        if meets(s, spec.limits):
+            lo, best = mid, s
+        else:
+            hi = mid
+    return lo, hi, best
+
+
+def _mean_len(dist) -> float:
+    return float(traffic.draw_lengths(dist, 4000, np.random.default_rng(0)).mean())
+
+
+def _saturation_qps(spec: Spec, plan: Plan) -> float:
+    """Requests/s of a full lockstep batch (analytic, max batch, no prefill): above any
+    load one replica sustains."""
+    from .evaluate import score
+
+    b = spec.limits.max_batch
+    s = Setting(spec.setting.profile, spec.setting.workload, spec.setting.tp, spec.setting.stack, b, spec.setting.context)
+    tps = score(s, [plan.model_copy(update={"batch": b})])[0].tokens_per_second
+    return max(tps / max(_mean_len(spec.traffic.output_len), 1.0), 1e-6)
+
+
+def family_capacity(spec: Spec, plans: list[Plan], probe_qps: float | None) -> dict:
+    """The family's candidate with the smallest SLO violation at `probe_qps` (one seed),
+    then its highest sustained QPS per seed; mean and 95 % interval over seeds."""
+    screened = []
+    if len(plans) > 1 and probe_qps:
+        for p in plans:
+            s = run_load(spec, p, probe_qps, 0)
+            screened.append((violation(s, spec.limits), p))
+        plan = min(screened, key=lambda x: x[0])[1]
+    else:
+        plan = plans[0]
+    per_seed = [max_qps(spec, plan, seed) for seed in range(spec.seeds)]
+    los = np.array([x[0] for x in per_seed])
+    his = np.array([x[1] for x in per_seed])
+    m = float(los.mean())
+    half = float(serving._t95(len(los) - 1) * los.std(ddof=1) / math.sqrt(len(los))) if len(los) > 1 else 0.0
+    return {"plan": plan, "max_qps": m, "ci95": [max(m - half, 0.0), m + half],
+            "bracket": [float(los.mean()), float(his.mean())], "per_seed": [[float(a), float(b)] for a, b in zip(los, his)],
+            "at_max": per_seed[int(np.argmin(los))][2],
+            "screened": [{"plan": describe(p), "violation_at_probe": v} for v, p in screened]}
+
+
+def by_load(spec: Spec, fams: dict[str, list[Plan]], loads: list[float]) -> list[dict]:
+    """At each load, per family the candidate with the smallest SLO violation (seed 0)."""
+    rows = []
+    for q in loads:
+        row = {"qps": q, "families": {}}
+        for fam, plans in fams.items():
+            scored = [(violation(s := run_load(spec, p, q, 0, BY_LOAD_REQUESTS), spec.limits), p, s) for p in plans]
+            v, p, s = min(scored, key=lambda x: x[0])
+            row["families"][fam] = {"plan": describe(p), "meets_slo": v <= 1.0, "ttft_p99_ms": s["ttft_ms"]["p99"],
+                                    "tbt_p99_ms": s["tbt_ms"]["p99"], "violation": v}
+        rows.append(row)
+    return rows
+
+
+def plan_capacity(spec: Spec, target_qps: float, gpu_hour_usd: float, max_propose: int = 8, max_window: int = 16) -> dict:
+    t0 = time.perf_counter()
+    setting = spec.setting
+    fams = candidates(setting, spec.limits.max_batch, spec.batching, spec.limits.slo_tbt_ms, max_propose, max_window)
+    tp = setting.tp
+    mean_out = _mean_len(spec.traffic.output_len)
+    result = {"target_qps": target_qps, "candidates": {f: [describe(p) for p in ps] for f, ps in fams.items()},
+              "families": {}}
+    probe = None
+    idle_fail: dict[str, list] = {}
+    for fam, plans in list(fams.items()):
+        # a candidate that misses the SLOs on a nearly idle replica is out (kept if all are)
+        viol = [(violation(run_load(spec, p, 1e-3 * _saturation_qps(spec, p), 0, IDLE_REQUESTS), spec.limits), p)
+                for p in plans] if len(plans) > 1 else [(0.0, plans[0])]
+        ok = [p for v, p in viol if v <= 1.0]
+        idle_fail[fam] = [{"plan": describe(p), "violation_idle": v} for v, p in viol if v > 1.0]
+        fams[fam] = ok or [min(viol, key=lambda x: x[0])[1]]
+    result["failing_even_idle"] = idle_fail
+    for fam, plans in fams.items():
+        if not plans:
+            continue
+        c = family_capacity(spec, plans, probe)
+        if fam == "autoregressive" and c["max_qps"] > 0:
+            probe = c["max_qps"]  # the other families' candidates are screened at the load autoregressive sustains
+        q = c["max_qps"]
+        entry = {"plan": c["plan"].model_dump(), "describe": describe(c["plan"]),
+                 "max_qps_per_replica": q, "max_qps_ci95": c["ci95"], "bisection_bracket": c["bracket"],
+                 "per_seed_bracket": c["per_seed"], "candidates_screened": c["screened"]}
+        if q > 0:
+            replicas = math.ceil(target_qps / q)
+            gpus = replicas * tp
+            tokens_per_hour = target_qps * mean_out * 3600.0
+            entry.update({"replicas": replicas, "gpus": gpus,
+                          "usd_per_million_tokens": gpus * gpu_hour_usd / tokens_per_hour * 1e6,
+                          "replicas_ci95": [math.ceil(target_qps / c["ci95"][1]) if c["ci95"][1] > 0 else None,
+                                            math.ceil(target_qps / c["ci95"][0]) if c["ci95"][0] > 0 else None]})
+        s = c["at_max"]
+        entry["at_max_qps"] = {"ttft_p99_ms": s["ttft_ms"]["p99"], "tbt_p99_ms": s["tbt_ms"]["p99"],
+                               "tpot_p99_ms": s["tpot_ms"]["p99"], "throughput_tokens_per_s": s["throughput_tokens_per_s"]}
+        result["families"][fam] = entry
+    served = {f: e for f, e in result["families"].items() if e["max_qps_per_replica"] > 0}
+    if served:
+        best_fam = max(served, key=lambda f: served[f]["max_qps_per_replica"])
+        result["best_family"] = best_fam
+        top_q = served[best_fam]["max_qps_per_replica"]
+        # families that no load serves are left out (their idle figures are in the table)
+        result["by_load"] = by_load(spec, {f: fams[f] for f in served}, [round(top_q * f, 4) for f in (0.5, 1.0)])
+    else:
+        closest = min(((f, e) for f, e in result["families"].items()),
+                      key=lambda x: max(x[1]["at_max_qps"]["ttft_p99_ms"] / spec.limits.slo_ttft_ms,
+                                        x[1]["at_max_qps"]["tbt_p99_ms"] / spec.limits.slo_tbt_ms))
+        result["closest"] = {"family": closest[0], "plan": closest[1]["describe"], **closest[1]["at_max_qps"]}
+    result["mean_output_tokens"] = mean_out
+    result["seconds"] = time.perf_counter() - t0
+    return result
+
+
+def latency_curves(spec: Spec, plans: dict[str, Plan], loads: list[float]) -> dict:
+    """Throughput-latency curves for the report: per family (its plan) and per load, the
+    throughput and p50/p99 TTFT and TBT (mean over seeds), with the SLO lines."""
+    out = {"loads": loads, "slo_ttft_ms": spec.limits.slo_ttft_ms, "slo_tbt_ms": spec.limits.slo_tbt_ms, "families": {}}
+    for fam, plan in plans.items():
+        rows = []
+        for q in loads:
+            agg = serving.over_seeds([run_load(spec, plan, q, s) for s in range(spec.seeds)])
+            rows.append({"qps": q, "throughput_tokens_per_s": agg["throughput_tokens_per_s"]["mean"],
+                         **{f"{m}_{p}": agg[m][p]["mean"] for m in ("ttft_ms", "tbt_ms") for p in ("p50", "p99")}})
+        out["families"][fam] = {"plan": describe(plan), "points": rows}
+    return out

@@ -1,0 +1,285 @@
+"""`hispec-sim serve` and `hispec-sim capacity`: parsers and handlers (wired in cli.py).
+
+Bad input raises ValueError("field: ...") before anything runs; cli.main turns it into
+one line and exit status 2. Nothing is written to disk by either command.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+
+from . import schema, serving, traffic
+from .evaluate import Setting
+
+DEFAULT_PROMPT = "lognormal:256:0.8:max=2048"
+DEFAULT_OUTPUT = "lognormal:192:0.8:max=1024"
+
+
+def _common(p, capacity: bool) -> None:
+    p.add_argument("--profile", required=True, help="shipped profile name or path to a profile JSON")
+    p.add_argument("--workload", help="workload name (default: the profile's); its acceptance spread, if any, "
+                   "gives each request its own rates")
+    p.add_argument("--tp", type=int, help="tensor-parallel degree (default: the profile's)")
+    p.add_argument("--stack", help="serving stack (default: the profile's)")
+    p.add_argument("--qps", type=float, required=capacity, help="mean arrival rate, requests/s" +
+                   (" (the target load)" if capacity else ""))
+    p.add_argument("--arrival", default="poisson", help="poisson (default) or gamma")
+    p.add_argument("--cv", type=float, default=1.0, help="gamma: coefficient of variation of inter-arrival times")
+    p.add_argument("--prompt-len", default=DEFAULT_PROMPT, help=f"prompt length distribution (default {DEFAULT_PROMPT}); "
+                   "N, uniform:LO:HI, lognormal:MEDIAN:SIGMA, empirical:N,N,..., optional :min=/:max=")
+    p.add_argument("--output-len", default=DEFAULT_OUTPUT, help=f"output length distribution (default {DEFAULT_OUTPUT})")
+    p.add_argument("--max-batch", type=int, default=64, help="most sequences decoded together (default 64)")
+    p.add_argument("--kv-tokens", type=int, help="KV capacity in tokens (default: unbounded)")
+    if capacity:
+        p.add_argument("--batching", default="auto", help="auto (default: both policies for speculative plans), "
+                       "ragged or synchronous")
+    else:
+        p.add_argument("--batching", default="ragged", help="ragged (default) or synchronous (speculative plans)")
+    p.add_argument("--requests", type=int, default=1000 if not capacity else 300,
+                   help="requests per simulated run (default %(default)s)")
+    p.add_argument("--seeds", type=int, default=3 if not capacity else 2,
+                   help="independent runs (traffic and acceptance seeds); intervals over them (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="first seed")
+    p.add_argument("--slo-ttft-ms", type=float, required=capacity, help="p99 time-to-first-token SLO, ms")
+    p.add_argument("--slo-tbt-ms", type=float, required=capacity, help="p99 time-between-tokens SLO, ms")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("serve", help="simulate serving traffic: TTFT, TBT, end-to-end, throughput, goodput")
+    _common(p, capacity=False)
+    p.add_argument("--plan", help="plan JSON file")
+    p.add_argument("--levels", help="exit layers, e.g. 10,20,80")
+    p.add_argument("--propose", type=int, default=1, help="drafts per round")
+    p.add_argument("--window", help="window(s) of the intermediate level(s)")
+    p.add_argument("--trace", help="JSONL trace (arrival_s, prompt or prompt_tokens, max_new_tokens) instead of --qps")
+    p.add_argument("--per-request", action="store_true", help="--json: include every request's metrics (first seed)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("capacity", help="replicas, GPUs and $ for a load under p99 TTFT/TBT SLOs, per plan family")
+    _common(p, capacity=True)
+    p.add_argument("--gpu-hour-usd", type=float, default=2.0, help="price of one GPU-hour in USD (default 2.0)")
+    p.add_argument("--max-propose", type=int, default=8)
+    p.add_argument("--max-window", type=int, default=16)
+    p.set_defaults(func=cmd_capacity)
+
+
+# --------------------------------------------------------------------------- argument checking
+
+
+def _positive(v, field: str, integer: bool = False, lo: float = 0.0, hi: float | None = None, strict: bool = True):
+    if v is None:
+        return None
+    ok = math.isfinite(v) and (v > lo if strict else v >= lo) and (hi is None or v <= hi)
+    if not ok:
+        rng = f"{'>' if strict else '>='} {lo:g}" + (f" and <= {hi:g}" if hi is not None else "")
+        raise ValueError(f"{field}: must be {rng}, got {v:g}")
+    return v
+
+
+def _setting(args) -> Setting:
+    profile = schema.load_profile(args.profile)
+    return Setting(profile, args.workload, args.tp, args.stack, 1, None)
+
+
+def _limits(args) -> schema.ServeLimits:
+    if args.max_batch < 1 or args.max_batch > 4096:
+        raise ValueError(f"max-batch: must be in [1, 4096], got {args.max_batch}")
+    if args.kv_tokens is not None and args.kv_tokens < 1:
+        raise ValueError(f"kv-tokens: must be >= 1, got {args.kv_tokens}")
+    _positive(args.slo_ttft_ms, "slo-ttft-ms")
+    _positive(args.slo_tbt_ms, "slo-tbt-ms")
+    return schema.ServeLimits(max_batch=args.max_batch, kv_tokens=args.kv_tokens, slo_ttft_ms=args.slo_ttft_ms,
+                              slo_tbt_ms=args.slo_tbt_ms)
+
+
+def _traffic(args) -> schema.Traffic:
+    if args.arrival not in ("poisson", "gamma"):
+        raise ValueError(f"arrival: must be poisson or gamma, got {args.arrival!r}")
+    _positive(args.qps, "qps", hi=1e6)
+    _positive(args.cv, "cv", hi=100)
+    if not 1 <= args.requests <= schema.MAX_REQUESTS:
+        raise ValueError(f"requests: must be in [1, {schema.MAX_REQUESTS}], got {args.requests}")
+    if not 1 <= args.seeds <= 100:
+        raise ValueError(f"seeds: must be in [1, 100], got {args.seeds}")
+    if args.seed < 0:
+        raise ValueError(f"seed: must be >= 0, got {args.seed}")
+    return schema.Traffic(arrival=args.arrival, qps=args.qps or 1.0, cv=args.cv, requests=args.requests,
+                          prompt_len=schema.LengthDist.parse(args.prompt_len, "prompt-len"),
+                          output_len=schema.LengthDist.parse(args.output_len, "output-len"), seed=args.seed)
+
+
+def _batching(args, auto: bool = False) -> str:
+    allowed = ("ragged", "synchronous", "auto") if auto else ("ragged", "synchronous")
+    if args.batching not in allowed:
+        raise ValueError(f"batching: must be {', '.join(allowed[:-1])} or {allowed[-1]}, got {args.batching!r}")
+    return args.batching
+
+
+def _plan(args, setting: Setting) -> schema.Plan:
+    if args.plan and args.levels:
+        raise ValueError("plan: give --plan FILE or --levels, not both")
+    if args.plan:
+        plan = schema.load_plan(args.plan)
+        if "--batching" in getattr(args, "_argv", []):
+            plan = plan.model_copy(update={"batching": _batching(args)})
+    elif args.levels:
+        from .cli import _ints
+
+        levels = _ints(args.levels, "levels")
+        windows = _ints(args.window, "window") if args.window else []
+        plan = schema.Plan(levels=levels, propose=args.propose, windows=windows, batching=_batching(args))
+    else:
+        raise ValueError("plan: give --plan FILE or --levels")
+    setting.profile.check_plan(plan, setting.workload)
+    return plan
+
+
+# --------------------------------------------------------------------------- serve
+
+
+def _arrays(reqs: list[schema.Request]):
+    arr = np.array([r.arrival_s for r in reqs], float)
+    # a text prompt's length in tokens needs the executor's tokenizer: the shipped model is byte-level
+    pl = np.array([r.prompt_len if r.prompt_len is not None else len(r.prompt.encode("utf-8")) for r in reqs], np.int64)
+    ol = np.array([r.max_new_tokens for r in reqs], np.int64)
+    return arr, pl, ol
+
+
+def cmd_serve(args) -> int:
+    setting = _setting(args)
+    limits = _limits(args)
+    batching = _batching(args)
+    if args.trace and args.qps is not None:
+        raise ValueError("trace: give --trace FILE or --qps, not both")
+    if not args.trace and args.qps is None:
+        raise ValueError("qps: give --qps X (requests/s, > 0) or --trace FILE")
+    tr = _traffic(args)
+    plan = _plan(args, setting)
+    del batching
+    trace = traffic.load_trace(args.trace) if args.trace else None
+    runs, summaries = [], []
+    for k in range(args.seeds):
+        if trace is not None:
+            arr, pl, ol = _arrays(trace)
+        else:
+            rng = np.random.default_rng(tr.seed + k)
+            t = tr.model_copy(update={"seed": tr.seed + k})
+            arr = traffic.arrival_times(t, rng)
+            pl = traffic.draw_lengths(t.prompt_len, t.requests, rng)
+            ol = traffic.draw_lengths(t.output_len, t.requests, rng)
+        run = serving.simulate_arrays(setting.table, setting.num_layers, setting.acceptance, plan, arr, pl, ol, limits,
+                                      seed=args.seed + k)
+        runs.append(run)
+        summaries.append(serving.quick_summary(run, limits))
+    agg = serving.over_seeds(summaries)
+    out = {**{k: v for k, v in setting.describe().items() if k not in ("batch", "context")},
+           "plan": plan.model_dump(), "describe": plan.describe(), "batching": plan.batching,
+           "traffic": {"trace": args.trace} if trace is not None else json.loads(tr.model_dump_json()),
+           "limits": limits.model_dump(), "seeds": args.seeds, "mean_over_seeds": agg, "per_seed": summaries,
+           "steps": [r.steps for r in runs], "prefill_forwards": [r.prefills for r in runs]}
+    if args.json:
+        if args.per_request:
+            out["requests"] = [m.model_dump() for m in runs[0].metrics()]
+        print(json.dumps(out, indent=2))
+        return 0
+    src = f"trace {args.trace}" if trace is not None else (
+        f"{tr.arrival} {tr.qps:g} req/s, {tr.requests} requests, prompt {args.prompt_len}, output {args.output_len}")
+    print(f"profile {setting.profile.name}  workload {setting.workload}  tp {setting.tp}  plan {plan.describe()}  "
+          f"batching {plan.batching}")
+    print(f"traffic: {src}; max batch {limits.max_batch}, kv tokens {limits.kv_tokens or 'unbounded'}; "
+          f"{args.seeds} seed(s), mean [95 % CI over seeds]")
+    print()
+    print(_table(agg))
+    return 0
+
+
+def _fmt(e: dict, nd: int = 1) -> str:
+    m = f"{e['mean']:.{nd}f}"
+    if e["ci95"] is None:
+        return m
+    return f"{m} [{e['ci95'][0]:.{nd}f}, {e['ci95'][1]:.{nd}f}]"
+
+
+def _table(agg: dict) -> str:
+    slo = agg["slo_attained"]
+    pct = {"mean": 100 * slo["mean"], "ci95": None if slo["ci95"] is None else [100 * x for x in slo["ci95"]]}
+    lines = [f"{'throughput (tokens/s)':24s} {_fmt(agg['throughput_tokens_per_s'])}",
+             f"{'goodput (requests/s)':24s} {_fmt(agg['goodput_requests_per_s'], 3)}  (SLO attained {_fmt(pct)} %)"]
+    lines.append(f"{'':24s} {'mean':>28s} {'p50':>28s} {'p90':>28s} {'p99':>28s}")
+    for key, label in (("ttft_ms", "TTFT (ms)"), ("tbt_ms", "TBT (ms)"), ("tpot_ms", "TPOT (ms)"),
+                       ("e2e_ms", "end-to-end (ms)"), ("queue_ms", "queueing (ms)")):
+        row = agg.get(key, {})
+        cells = [(_fmt(row[q]) if q in row else "-") for q in ("mean", "p50", "p90", "p99")]
+        lines.append(f"{label:24s} " + " ".join(f"{c:>28s}" for c in cells))
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- capacity
+
+
+def cmd_capacity(args) -> int:
+    from .capacity import Spec, plan_capacity
+
+    setting = _setting(args)
+    limits = _limits(args)
+    batching = _batching(args, auto=True)
+    tr = _traffic(args)
+    _positive(args.gpu_hour_usd, "gpu-hour-usd", lo=0.0, strict=False, hi=1e6)
+    if not 1 <= args.max_propose <= 64 or not 1 <= args.max_window <= 256:
+        raise ValueError("max-propose: must be in [1, 64] and max-window in [1, 256]")
+    mean_out = float(traffic.draw_lengths(tr.output_len, 4000, np.random.default_rng(0)).mean())
+    mean_prompt = float(traffic.draw_lengths(tr.prompt_len, 4000, np.random.default_rng(0)).mean())
+    if limits.kv_tokens is not None:
+        worst = int(traffic.draw_lengths(tr.prompt_len, 4000, np.random.default_rng(0)).max()
+                    + traffic.draw_lengths(tr.output_len, 4000, np.random.default_rng(1)).max())
+        if worst + 64 > limits.kv_tokens:
+            raise ValueError(f"kv-tokens: {limits.kv_tokens} cannot hold one request of these lengths (up to {worst} "
+                             f"tokens + speculation); allowed: >= {worst + 64}")
+    spec = Spec(setting, tr, limits, batching, args.seeds)
+    res = plan_capacity(spec, args.qps, args.gpu_hour_usd, args.max_propose, args.max_window)
+    res.update({"profile": setting.profile.name, "workload": setting.workload, "tp": setting.tp, "stack": setting.stack,
+                "slo_ttft_ms": limits.slo_ttft_ms, "slo_tbt_ms": limits.slo_tbt_ms, "gpu_hour_usd": args.gpu_hour_usd,
+                "traffic": json.loads(tr.model_dump_json(exclude={"qps", "seed"})), "mean_prompt_tokens": mean_prompt,
+                "max_batch": limits.max_batch, "batching": batching, "seeds": args.seeds})
+    if "closest" in res:
+        c = res["closest"]
+        raise ValueError(f"slo: no plan meets p99 TTFT <= {limits.slo_ttft_ms:g} ms and p99 TBT <= {limits.slo_tbt_ms:g} ms "
+                         f"even at a nearly idle replica; closest: {c['family']} {c['plan']} (p99 TTFT "
+                         f"{c['ttft_p99_ms']:.0f} ms, p99 TBT {c['tbt_p99_ms']:.1f} ms)")
+    if args.json:
+        print(json.dumps(res, indent=2, default=str))
+        return 0
+    print(f"profile {res['profile']}  workload {res['workload']}  tp {res['tp']}  max batch {res['max_batch']}  "
+          f"batching {batching}")
+    print(f"target {args.qps:g} req/s ({tr.arrival}), prompt {args.prompt_len} (mean {mean_prompt:.0f}), output "
+          f"{args.output_len} (mean {mean_out:.0f}); SLOs p99 TTFT <= {limits.slo_ttft_ms:g} ms, p99 TBT <= "
+          f"{limits.slo_tbt_ms:g} ms; ${args.gpu_hour_usd:g}/GPU-hour; {tr.requests} requests x {args.seeds} seeds per load")
+    print()
+    print(f"{'family':16s} {'plan':38s} {'req/s per replica [95% CI]':>28s} {'replicas':>9s} {'GPUs':>5s} {'$/M tok':>8s} "
+          f"{'p99 TTFT':>9s} {'p99 TBT':>8s}")
+    for fam, e in res["families"].items():
+        q = e["max_qps_per_replica"]
+        ci = f"{q:.2f} [{e['max_qps_ci95'][0]:.2f}, {e['max_qps_ci95'][1]:.2f}]"
+        if q > 0:
+            tail = f"{e['replicas']:9d} {e['gpus']:5d} {e['usd_per_million_tokens']:8.3f}"
+        else:
+            tail = f"{'-':>9s} {'-':>5s} {'-':>8s}"
+        a = e["at_max_qps"]
+        print(f"{fam:16s} {e['describe']:38s} {ci:>28s} {tail} {a['ttft_p99_ms']:9.0f} {a['tbt_p99_ms']:8.1f}")
+    if "by_load" in res:
+        print()
+        print("best plan per family as the load per replica grows (smallest p99/SLO ratio; * = meets both SLOs):")
+        fams = [f for f in res["families"] if f in res["by_load"][0]["families"]]
+        print(f"{'req/s':>8s} " + " ".join(f"{f:>40s}" for f in fams))
+        for row in res["by_load"]:
+            cells = [f"{row['families'][f]['plan']}{'*' if row['families'][f]['meets_slo'] else ' '}" for f in fams]
+            print(f"{row['qps']:8.2f} " + " ".join(f"{c:>40s}" for c in cells))
+        best = res["best_family"]
+        e = res["families"][best]
+        print()
+        print(f"best: {best} {e['describe']}: {e['replicas']} replica(s) x {res['tp']} GPUs = {e['gpus']} GPUs, "
+              f"${e['usd_per_million_tokens']:.3f} per million generated tokens ({res['seconds']:.1f} s)")
+    return 0

@@ -1,0 +1,67 @@
+"""Benchmark: request-level serving simulation speed (issue target: >= 10,000 simulated
+requests at max batch 64 in <= 5 s on this machine).
+
+Runs `hispec_sim.serving.simulate_arrays` on a100_llama70b for autoregressive, the best
+single-level and a 3-level plan, ragged and synchronous, 10,000 Poisson requests at a
+load that keeps the batch full (64), and prints the wall time of each together with
+numpy's time for one small reduction in the same run (the machine's speed at that moment:
+on a loaded machine both grow together).
+
+    python tests/bench/bench_serve_sim.py [--requests 10000] [--qps 30] [--policies ragged,synchronous]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+
+from hispec_sim import schema, serving, traffic
+
+
+def numpy_small_op_us(reps: int = 20000) -> float:
+    a = np.zeros((64, 3))
+    t = time.perf_counter()
+    for _ in range(reps):
+        a.sum(0)
+    return (time.perf_counter() - t) / reps * 1e6
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=10000)
+    ap.add_argument("--qps", type=float, default=30.0)
+    ap.add_argument("--max-batch", type=int, default=64)
+    ap.add_argument("--policies", default="ragged,synchronous")
+    args = ap.parse_args()
+    prof = schema.load_profile("a100_llama70b")
+    table, acc = prof.table(), prof.workload()
+    tr = schema.Traffic(qps=args.qps, requests=args.requests, prompt_len=schema.LengthDist.parse("uniform:64:512", "p"),
+                        output_len=schema.LengthDist.parse("uniform:32:256", "o"), seed=1)
+    reqs = traffic.generate(tr)
+    arr = np.array([r.arrival_s for r in reqs])
+    pl = np.array([r.prompt_len for r in reqs])
+    ol = np.array([r.max_new_tokens for r in reqs])
+    lim = schema.ServeLimits(max_batch=args.max_batch)
+    print(f"load average {os.getloadavg()[0]:.2f}; numpy small reduction {numpy_small_op_us():.2f} us "
+          f"(about 2-3 us on an idle core)")
+    print(f"{args.requests} requests, Poisson {args.qps:g} req/s, prompts uniform 64..512, outputs uniform 32..256, "
+          f"max batch {args.max_batch}")
+    print(f"{'plan':34s} {'policy':12s} {'seconds':>8s} {'requests/s simulated':>21s} {'steps':>7s} {'mean batch':>10s}")
+    plans = [([80], 1, []), ([23, 80], 3, []), ([17, 42, 80], 2, [9])]
+    for levels, g, w in plans:
+        for policy in args.policies.split(","):
+            if len(levels) == 1 and policy != "ragged":
+                continue
+            plan = schema.Plan(levels=levels, propose=g, windows=w, batching=policy)
+            t0 = time.perf_counter()
+            run = serving.simulate_arrays(table, 80, acc, plan, arr, pl, ol, lim, seed=0)
+            dt = time.perf_counter() - t0
+            # mean running batch: the sum over requests of their time in the engine / the span
+            inside = (run.last_ms - run.admit_ms).sum() / (run.last_ms.max() - run.admit_ms.min())
+            print(f"{plan.describe():34s} {policy:12s} {dt:8.2f} {args.requests / dt:21.0f} {run.steps:7d} {inside:10.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""Properties of the request-level serving simulator (hispec_sim.serving)."""
+import numpy as np
+import pytest
+
+from hispec_sim import latency, schema, serving, traffic
+from hispec_sim.acceptance import AgreementModel
+from hispec_sim.analytic import predict
+from hispec_sim.latency import CostModel
+from hispec_sim.synthetic import synthetic_profile
+
+
+def _profile(agreement=0.7, layers=16):
+    """Synthetic costs that depend on tokens (so batching matters), not on context."""
+    p = synthetic_profile(layers, 0.5, agreement, head_ms=0.2, overhead_ms=0.3)
+    t = p.latency[0].model_copy(update={"tokens": [1, 64, 4096], "layer_ms": [[0.5, 0.5], [0.8, 0.8], [20.0, 20.0]],
+                                        "head_ms": [0.2, 0.3, 5.0]})
+    return p.model_copy(update={"latency": [t]})
+
+
+def _run(p, plan, arrival, prompt, out, limits, seed=0):
+    return serving.simulate_arrays(p.latency[0], p.model.num_layers, p.workload(), plan, np.asarray(arrival, float),
+                                   np.asarray(prompt), np.asarray(out), limits, seed)
+
+
+def test_autoregressive_alone_reproduces_the_analytic_step():
+    p = _profile()
+    t = p.latency[0]
+    plan = schema.Plan(levels=[16])
+    run = _run(p, plan, [0.0, 100.0], [40, 7], [50, 3], schema.ServeLimits(max_batch=1))
+    step = CostModel(t, 1, 0).autoregressive_ms(16)
+    m = run.metrics()
+    for r, prompt in zip(m, [40, 7]):
+        assert r.queue_ms == 0
+        assert r.ttft_ms == pytest.approx(float(latency.prefill_ms(t, 16, prompt - 1)) + step, rel=1e-9)
+        assert r.tbt_ms == pytest.approx([step] * (r.output_tokens - 1), rel=1e-9)
+
+
+@pytest.mark.parametrize("levels,propose,windows", [([4, 16], 3, []), ([2, 6, 16], 2, [3])])
+def test_speculative_alone_matches_the_analytic_time_per_token(levels, propose, windows):
+    p = _profile(agreement=0.75)
+    plan = schema.Plan(levels=levels, propose=propose, windows=windows)
+    n = 20
+    run = _run(p, plan, np.arange(n) * 1e4, np.full(n, 1), np.full(n, 3000), schema.ServeLimits(max_batch=1))
+    decode_ms = (run.last_ms - run.arrival_s * 1e3).sum()  # a one-token prompt needs no prefill
+    per_token = decode_ms / run.output_tokens.sum()
+    acc = p.workload()
+    ana = predict(CostModel(p.latency[0], 1, acc.context, 64), AgreementModel(acc), [plan])
+    assert per_token == pytest.approx(float(ana.latency_ms[0]), rel=0.03)
+
+
+def test_latency_grows_with_load():
+    p = _profile()
+    plan = schema.Plan(levels=[4, 16], propose=3)
+    lim = schema.ServeLimits(max_batch=8)
+    e2e = []
+    for qps in (5.0, 20.0, 80.0):
+        tr = schema.Traffic(qps=qps, requests=300, prompt_len=schema.LengthDist.parse("uniform:8:64", "p"),
+                            output_len=schema.LengthDist.parse("uniform:8:64", "o"), seed=2)
+        reqs = traffic.generate(tr)
+        s = serving.quick_summary(serving.simulate(p.latency[0], 16, p.workload(), plan, reqs, lim, 0), lim)
+        e2e.append((s["e2e_ms"]["mean"], s["ttft_ms"]["p99"]))
+    assert e2e[0][0] < e2e[1][0] < e2e[2][0]
+    assert e2e[0][1] < e2e[2][1]
+
+
+def test_prefill_cost_grows_with_the_prompt():
+    prof = schema.load_profile("a100_llama70b")
+    t = prof.table()
+    n = np.array([1, 16, 128, 1024, 4096, 8192])
+    pf = latency.prefill_ms(t, 80, n)
+    assert np.all(np.diff(pf) > 0)
+    att = latency.prefill_attention_ms(t, n)
+    assert np.all(np.diff(att) > 0) and att[-1] / att[-2] > 2.5  # causal attention: superlinear
+    # beyond the table (4096 tokens) the linear part is extrapolated in proportion
+    assert latency.linear_layer_ms(t, 8192) == pytest.approx(2 * latency.linear_layer_ms(t, 4096))
+
+
+def test_measured_attention_kernel_and_floor():
+    prof = schema.load_profile("a100_llama70b")
+    t = prof.table()
+    k = schema.AttentionKernel(decode_batch=[1, 32], decode_context=[32, 2048], decode_ms=[[0.015, 0.017], [0.012, 0.108]],
+                               floor_ms=0.012, source=schema.Source(kind="measured", detail="test"))
+    tk = t.model_copy(update={"attention": k})
+    assert float(latency.decode_attention_ms(tk, 1, 512)) == pytest.approx(0.015 + 0.002 * (512 - 32) / 2016)
+    assert float(latency.decode_attention_ms(t, 1, 512)) < 0.001  # roofline without the kernel
+    floor_only = t.model_copy(update={"attention": schema.AttentionKernel(floor_ms=0.013, source=k.source)})
+    assert float(latency.decode_attention_ms(floor_only, 1, 512)) == pytest.approx(0.013)
+    # the analytic cost model reads the same kernel
+    assert CostModel(tk, 1, 512).autoregressive_ms(80) > CostModel(t, 1, 512).autoregressive_ms(80) + 80 * 0.014
+    run = serving.simulate_arrays(tk, 80, prof.workload(), schema.Plan(levels=[80]), np.zeros(4), np.full(4, 100),
+                                  np.full(4, 10), schema.ServeLimits(max_batch=4))
+    assert run.steps == 10
+
+
+def test_summary_agrees_with_traffic_summarize_and_kv_limit_holds():
+    p = _profile()
+    plan = schema.Plan(levels=[2, 6, 16], propose=2, windows=[3], batching="synchronous")
+    tr = schema.Traffic(qps=50.0, requests=60, prompt_len=schema.LengthDist.parse("uniform:4:40", "p"),
+                        output_len=schema.LengthDist.parse("uniform:1:30", "o"), seed=5)
+    reqs = traffic.generate(tr)
+    lim = schema.ServeLimits(max_batch=8, kv_tokens=2 * (40 + 30 + serving.max_overshoot(plan)), slo_ttft_ms=50,
+                             slo_tbt_ms=5)
+    run = serving.simulate(p.latency[0], 16, p.workload(), plan, reqs, lim, 3)
+    ref = traffic.summarize(run.metrics(), lim)
+    got = serving.quick_summary(run, lim)
+    for key in ("throughput_tokens_per_s", "goodput_requests_per_s", "slo_attained"):
+        assert got[key] == pytest.approx(ref[key])
+    for key in ("ttft_ms", "tbt_ms", "tpot_ms", "e2e_ms", "queue_ms"):
+        for q in ("mean", "p50", "p99"):
+            assert got[key][q] == pytest.approx(ref[key][q], abs=1e-9)
+    # the KV reservations of the requests running together never exceed the capacity
+    starts, ends = run.admit_ms, run.last_ms
+    need = serving.reservation(plan, run.prompt_tokens, run.output_tokens)
+    held = [need[(starts <= t) & (ends > t)].sum() for t in starts]
+    assert max(held) <= lim.kv_tokens and max(held) > lim.kv_tokens / 2
+    assert all(m.output_tokens == r.max_new_tokens for m, r in zip(run.metrics(), reqs))
+
+
+def test_per_request_acceptance_spread():
+    acc = _profile().workload()
+    plan = schema.Plan(levels=[4, 16], propose=2)
+    rng = np.random.default_rng(0)
+    flat = serving.request_rates(acc, plan, 500, rng)
+    assert np.ptp(flat) == 0
+    src = schema.Source(kind="assumed", detail="test")
+    spread = acc.model_copy(update={"spread": schema.AcceptanceSpread(family="logit_normal", sigma=1.0, source=src)})
+    r = serving.request_rates(spread, plan, 4000, rng)[:, 0, 2]
+    assert 0.1 < r.std() < 0.3 and abs(np.median(r) - 0.7) < 0.03
+    m = np.asarray(acc.agreement)
+    emp = acc.model_copy(update={"spread": schema.AcceptanceSpread(
+        family="empirical", per_request=[(m * 0.5).tolist(), m.tolist()], weights=[1, 3], source=src)})
+    r = serving.request_rates(emp, plan, 4000, rng)[:, 0, 2]
+    assert set(np.round(r, 6)) == {0.35, 0.7} and abs((r == 0.7).mean() - 0.75) < 0.03
+
+
+def test_synchronous_at_batch_one_matches_ragged_statistically():
+    p = _profile(agreement=0.8)
+    n = 10
+    res = {}
+    for b in ("ragged", "synchronous"):
+        plan = schema.Plan(levels=[2, 6, 16], propose=2, windows=[3], batching=b)
+        run = _run(p, plan, np.arange(n) * 1e4, np.full(n, 1), np.full(n, 800), schema.ServeLimits(max_batch=1), 1)
+        res[b] = (run.last_ms - run.arrival_s * 1e3).sum() / run.output_tokens.sum()
+    assert res["ragged"] == pytest.approx(res["synchronous"], rel=0.05)
+
+
+def test_bad_limits_are_named():
+    p = _profile()
+    with pytest.raises(ValueError, match="^kv-tokens: "):
+        _run(p, schema.Plan(levels=[16]), [0.0], [100], [100], schema.ServeLimits(kv_tokens=150))
+    with pytest.raises(ValueError, match="^arrival_s: "):
+        _run(p, schema.Plan(levels=[16]), [1.0, 0.5], [4, 4], [4, 4], schema.ServeLimits())

@@ -1,0 +1,130 @@
+"""`hispec-sim serve` and `hispec-sim capacity`: golden cases and bad input."""
+import json
+
+import pytest
+
+from hispec_sim import schema
+from hispec_sim.cli import main
+from hispec_sim.synthetic import synthetic_profile
+
+
+@pytest.fixture(scope="module")
+def prof(tmp_path_factory):
+    p = synthetic_profile(16, 0.5, 0.75, head_ms=0.2, overhead_ms=0.3, name="serve_test")
+    t = p.latency[0].model_copy(update={"tokens": [1, 64, 4096], "layer_ms": [[0.5, 0.5], [0.8, 0.8], [20.0, 20.0]],
+                                        "head_ms": [0.2, 0.3, 5.0]})
+    path = tmp_path_factory.mktemp("prof") / "serve_test.json"
+    schema.save_profile(p.model_copy(update={"latency": [t]}), path)
+    return str(path)
+
+
+def _json(capsys, argv):
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_serve_json_golden(prof, capsys):
+    argv = ["serve", "--profile", prof, "--levels", "2,6,16", "--propose", "2", "--window", "3", "--qps", "40",
+            "--requests", "80", "--seeds", "2", "--prompt-len", "uniform:8:64", "--output-len", "uniform:4:48",
+            "--max-batch", "8", "--slo-ttft-ms", "100", "--slo-tbt-ms", "10", "--json"]
+    a = _json(capsys, argv)
+    b = _json(capsys, argv)
+    assert a == b  # seeded
+    m = a["mean_over_seeds"]
+    assert set(m["ttft_ms"]) == {"mean", "p50", "p90", "p99"} and len(m["ttft_ms"]["p99"]["ci95"]) == 2
+    assert m["ttft_ms"]["p50"]["mean"] <= m["ttft_ms"]["p99"]["mean"]
+    assert len(a["per_seed"]) == 2 and a["per_seed"][0]["requests"] == 80
+    assert 0 <= m["slo_attained"]["mean"] <= 1
+    assert a["describe"] == "[2,6,16] propose=2 window=3" and a["batching"] == "ragged"
+    s = _json(capsys, argv[:-1] + ["--batching", "synchronous", "--seeds", "1", "--json", "--per-request"])
+    assert s["batching"] == "synchronous" and len(s["requests"]) == 80
+    assert main(argv[:-1]) == 0
+    out = capsys.readouterr().out
+    assert "TTFT (ms)" in out and "throughput (tokens/s)" in out
+
+
+def test_serve_trace(prof, capsys, tmp_path):
+    f = tmp_path / "t.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in [
+        {"arrival_s": 0.0, "prompt_tokens": 20, "max_new_tokens": 5},
+        {"arrival_s": 0.001, "prompt": "def f(x):", "max_new_tokens": 3}]) + "\n")
+    a = _json(capsys, ["serve", "--profile", prof, "--levels", "16", "--trace", str(f), "--seeds", "1", "--json",
+                       "--per-request"])
+    r = a["requests"]
+    assert [x["output_tokens"] for x in r] == [5, 3] and r[1]["prompt_tokens"] == 9  # byte length of the text
+    # the second arrives during the first iteration (prefill + step) and is admitted when it ends
+    assert r[0]["queue_ms"] == 0 and r[1]["queue_ms"] == pytest.approx(r[0]["ttft_ms"] - 1.0)
+
+
+def test_capacity_golden(prof, capsys):
+    argv = ["capacity", "--profile", prof, "--qps", "100", "--slo-ttft-ms", "200", "--slo-tbt-ms", "25",
+            "--requests", "60", "--seeds", "2", "--prompt-len", "uniform:8:64", "--output-len", "uniform:4:48",
+            "--max-batch", "8", "--max-propose", "4", "--max-window", "4", "--gpu-hour-usd", "3", "--batching", "ragged",
+            "--json"]
+    a = _json(capsys, argv)
+    fams = a["families"]
+    assert set(fams) == {"autoregressive", "single_level", "hierarchical"}
+    ar = fams["autoregressive"]
+    assert ar["max_qps_per_replica"] > 0 and ar["replicas"] * ar["max_qps_per_replica"] >= 100
+    assert ar["gpus"] == ar["replicas"] * 1
+    assert ar["usd_per_million_tokens"] == pytest.approx(ar["gpus"] * 3 / (100 * a["mean_output_tokens"] * 3600) * 1e6)
+    lo, hi = ar["bisection_bracket"]
+    assert lo <= hi and ar["max_qps_ci95"][0] <= ar["max_qps_per_replica"] <= ar["max_qps_ci95"][1]
+    assert a["best_family"] in fams and len(a["by_load"]) == 2
+    b = _json(capsys, argv)
+    a.pop("seconds"), b.pop("seconds")
+    assert a == b  # seeded
+
+
+def test_capacity_no_plan_meets(prof, capsys):
+    rc = main(["capacity", "--profile", prof, "--qps", "1", "--slo-ttft-ms", "1", "--slo-tbt-ms", "1",
+               "--requests", "20", "--seeds", "1", "--max-batch", "4", "--max-propose", "2", "--max-window", "2"])
+    err = capsys.readouterr()
+    assert rc == 2 and err.out == ""
+    assert err.err.startswith("hispec-sim: error: slo: no plan meets") and "closest:" in err.err
+    assert len(err.err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("extra,field", [
+    (["--qps", "0"], "qps"),
+    (["--qps", "-3"], "qps"),
+    (["--qps", "2", "--max-batch", "0"], "max-batch"),
+    (["--qps", "2", "--kv-tokens", "50"], "kv-tokens"),
+    (["--qps", "2", "--prompt-len", "zipf:3"], "prompt-len"),
+    (["--qps", "2", "--output-len", "lognormal:-1:0.5"], "output-len"),
+    (["--qps", "2", "--slo-ttft-ms", "0"], "slo-ttft-ms"),
+    (["--qps", "2", "--slo-tbt-ms", "-5"], "slo-tbt-ms"),
+    (["--qps", "2", "--batching", "lockstep"], "batching"),
+    (["--qps", "2", "--arrival", "weibull"], "arrival"),
+    (["--qps", "2", "--levels", "3,16", "--propose", "0"], "propose"),
+    ([], "qps"),
+])
+def test_serve_bad_input(prof, capsys, tmp_path, extra, field):
+    argv = ["serve", "--profile", prof] + (["--levels", "16"] if "--levels" not in extra else []) + extra
+    assert main(argv) == 2
+    err = capsys.readouterr()
+    assert err.out == "" and err.err.startswith(f"hispec-sim: error: {field}") and len(err.err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_trace_and_capacity_input(prof, capsys, tmp_path):
+    f = tmp_path / "t.jsonl"
+    f.write_text('{"arrival_s": 2, "prompt_tokens": 4, "max_new_tokens": 3}\n{"arrival_s": 1, "prompt_tokens": 4, "max_new_tokens": 3}\n')
+    assert main(["serve", "--profile", prof, "--levels", "16", "--trace", str(f)]) == 2
+    assert "trace: line 2: arrival_s" in capsys.readouterr().err
+    for extra, field in ((["--qps", "0"], "qps"), (["--qps", "5", "--gpu-hour-usd", "-1"], "gpu-hour-usd"),
+                         (["--qps", "5", "--kv-tokens", "10"], "kv-tokens")):
+        argv = ["capacity", "--profile", prof, "--slo-ttft-ms", "100", "--slo-tbt-ms", "10"] + extra
+        assert main(argv) == 2
+        assert capsys.readouterr().err.startswith(f"hispec-sim: error: {field}")
+
+
+def test_capacity_candidates_cover_both_policies(prof):
+    from hispec_sim.capacity import candidates
+    from hispec_sim.evaluate import Setting
+
+    fams = candidates(Setting(schema.load_profile(prof)), 8, "auto", 25.0, 4, 4)
+    assert [p.levels for p in fams["autoregressive"]] == [[16]]
+    for fam in ("single_level", "hierarchical"):
+        assert {p.batching for p in fams[fam]} == {"ragged", "synchronous"}
+        assert {len(p.levels) for p in fams[fam]} == {2 if fam == "single_level" else 3}
