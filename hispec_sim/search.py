@@ -243,7 +243,18 @@ def open_storage(url: str, heartbeat: int = HEARTBEAT_S, grace: int = GRACE_S):
             raise ValueError(f"storage: cannot open {_redact(url)} ({type(e).__name__}: {msg})") from None
     if scheme == "sqlite" and ":memory:" not in url and "mode=memory" not in url and url.split("://", 1)[1] != "/":
         _sqlite_wal(storage.engine)  # a file (an in-memory database would not survive the reconnect)
+    _OPEN.append(storage)
     return storage
+
+
+_OPEN: list = []  # storages this process opened: closed when the command ends, however it ends
+
+
+def close_storages() -> None:
+    """Close every storage this process opened: the last SQLite connection to close folds
+    the write-ahead log back into the file and removes its -wal/-shm side files."""
+    while _OPEN:
+        _OPEN.pop().engine.dispose()
 
 
 def _sqlite_wal(engine) -> None:
@@ -705,11 +716,14 @@ def cli_optuna(args, setting: Setting, opts: dict) -> OptunaResult:
     trials = args.trials if (args.trials is not None or args.timeout is not None) else 100
     batches = opts["batches"] or [setting.batch]
     tps = opts["tps"] or [setting.tp]
-    return optuna_search(setting, trials=trials, timeout=args.timeout, seed=args.seed, sampler=args.sampler,
-                         objectives=opts["objectives"], storage=args.storage, study_name=args.study_name,
-                         workers=args.workers, depth=opts["depth"] or (1, 4), batches=batches, tps=tps,
-                         objective=args.objective, max_propose=args.max_propose, max_window=args.max_window,
-                         top=args.top, mc_streams=args.mc_streams, mc_cycles=args.mc_cycles)
+    try:
+        return optuna_search(setting, trials=trials, timeout=args.timeout, seed=args.seed, sampler=args.sampler,
+                             objectives=opts["objectives"], storage=args.storage, study_name=args.study_name,
+                             workers=args.workers, depth=opts["depth"] or (1, 4), batches=batches, tps=tps,
+                             objective=args.objective, max_propose=args.max_propose, max_window=args.max_window,
+                             top=args.top, mc_streams=args.mc_streams, mc_cycles=args.mc_cycles)
+    finally:
+        close_storages()
 
 
 def cli_summary(out: dict) -> str:
