@@ -5,7 +5,7 @@ figure side by side in one run, on the shipped model:
    at the same batch (left padding, same weights converted to LlamaForCausalLM, greedy),
    prompts of mixed lengths; tokens/s including prefill for both; identical outputs counted.
    At every B the same max(--prompts, B) prompts are decoded, B at a time (so B = 1 is not
-   one prompt's luck).
+   one prompt's luck), every configuration in turn on each chunk (interleaved).
 2. speculative plans' aggregate throughput vs autoregressive at each B, under both
    batching policies (ragged, synchronous); outputs checked equal to autoregressive.
 """
@@ -88,44 +88,47 @@ def main(argv=None):
     decode_batch(model, ar, all_prompts[:2], 8)  # warm-up
     if hf is not None:
         hf_gen(all_prompts[:2])
+
     def chunks(B):
         n = max(a.prompts, B)
         return [all_prompts[i:i + B] for i in range(0, n, B)]
 
-    def ours(plan, B, batching="ragged"):
-        out, t = [], 0.0
-        for c in chunks(B):
-            res, dt = timed(lambda: decode_batch(model, plan, c, T, batching=batching))
-            out += res
-            t += dt
-        return out, t
+    configs = [("autoregressive", ar, "ragged")]
+    for plan in plans:
+        for batching in ("ragged", "synchronous"):
+            if plan.depth > 2 or batching == "ragged":  # depth <= 2: synchronous = ragged
+                configs.append((f"{plan.describe(short=True)} {batching}", plan, batching))
 
     for B in Bs:
+        # every chunk of B prompts runs every configuration in turn (interleaved), so that a
+        # change of machine load falls on all of them alike
         n = max(a.prompts, B) * T
         row = {"B": B, "prompts": max(a.prompts, B)}
-        res, t_ar = ours(ar, B)
-        ref = [r.tokens for r in res]
+        t = dict.fromkeys([c[0] for c in configs] + (["hf"] if hf is not None else []), 0.0)
+        out = {k: [] for k in t}
+        for c in chunks(B):
+            for name, plan, batching in configs:
+                res, dt = timed(lambda: decode_batch(model, plan, c, T, batching=batching))
+                out[name] += res
+                t[name] += dt
+            if hf is not None:
+                tk, dt = timed(lambda: hf_gen(c))
+                out["hf"] += tk
+                t["hf"] += dt
+        ref = [r.tokens for r in out["autoregressive"]]
+        t_ar = t["autoregressive"]
         row["autoregressive_tokens_per_s"] = n / t_ar
         if hf is not None:
-            toks, t_hf = [], 0.0
-            for c in chunks(B):
-                tk, dt = timed(lambda: hf_gen(c))
-                toks += tk
-                t_hf += dt
-            row["hf_generate_tokens_per_s"] = n / t_hf
-            row["ratio_ours_vs_hf_generate"] = t_hf / t_ar
-            row["hf_identical"] = sum(x == y for x, y in zip(toks, ref))
-        for plan in plans:
-            for batching in ("ragged", "synchronous"):
-                if plan.depth <= 2 and batching == "synchronous":
-                    continue  # depth <= 2: the same schedule as ragged
-                res, t = ours(plan, B, batching)
-                key = f"{plan.describe(short=True)} {batching}"
-                row[key] = {"tokens_per_s": n / t, "speedup_vs_autoregressive": t_ar / t,
-                            "identical": all(r.tokens == x for r, x in zip(res, ref)),
-                            "acceptance": [None if v is None else round(v, 3) for v in (
-                                [None] + [sum(r.accepted[j] for r in res) / max(1, sum(r.proposed[j] for r in res))
-                                          for j in range(1, plan.depth)])]}
+            row["hf_generate_tokens_per_s"] = n / t["hf"]
+            row["ratio_ours_vs_hf_generate"] = t["hf"] / t_ar
+            row["hf_identical"] = sum(x == y for x, y in zip(out["hf"], ref))
+        for name, plan, _ in configs[1:]:
+            res = out[name]
+            row[name] = {"tokens_per_s": n / t[name], "speedup_vs_autoregressive": t_ar / t[name],
+                         "identical": all(r.tokens == x for r, x in zip(res, ref)),
+                         "acceptance": [None if v is None else round(v, 3) for v in (
+                             [None] + [sum(r.accepted[j] for r in res) / max(1, sum(r.proposed[j] for r in res))
+                                       for j in range(1, plan.depth)])]}
         fig["rows"].append(row)
         line = f"B={B:3d}  autoregressive {row['autoregressive_tokens_per_s']:7.1f} tok/s"
         if hf is not None:
