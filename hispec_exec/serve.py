@@ -211,31 +211,29 @@ def serve(model, plan, arrivals: list[float], prompts: list[list[int]], news: li
 
 
 def add_parser(sub) -> None:
-    """`hispec-exec serve` (wired into hispec_exec.cli)."""
-    from .cli import _add_model
+    """`hispec-exec serve` (wired into hispec_exec.cli); flags typed by the shared plumbing."""
+    from hispec_sim import schema
+    from hispec_sim.cli_common import SEED, add_model_args, add_plan_args, float_in, int_in
 
     q = sub.add_parser("serve", help="serve a request trace or generated traffic with continuous batching")
-    _add_model(q)
+    add_model_args(q)
     src = q.add_argument_group("traffic (--trace, or generated with --qps)")
     src.add_argument("--trace", help="JSONL: one request per line (arrival_s, prompt | prompt_tokens, max_new_tokens)")
-    src.add_argument("--qps", type=float, help="mean arrival rate of generated traffic (requests per second)")
+    src.add_argument("--qps", type=float_in(1e-6, 1e6), help="mean arrival rate of generated traffic (requests per second)")
     src.add_argument("--arrival", default="poisson", choices=["poisson", "gamma"])
-    src.add_argument("--cv", type=float, default=1.0, help="gamma arrivals: coefficient of variation")
-    src.add_argument("--requests", type=int, default=64)
+    src.add_argument("--cv", type=float_in(1e-3, 100.0), default=1.0, help="gamma arrivals: coefficient of variation")
+    src.add_argument("--requests", type=int_in(1, schema.MAX_REQUESTS), default=64)
     src.add_argument("--prompt-len", default="64", help="prompt lengths: N, uniform:LO:HI, lognormal:MEDIAN:SIGMA, empirical:N,N")
     src.add_argument("--output-len", default="64", help="output lengths, same forms")
-    src.add_argument("--seed", type=int, default=0, help="traffic, prompts and sampling (request i: seed + i)")
-    q.add_argument("--plan", help="plan JSON file")
-    q.add_argument("--levels", help="exit layers, e.g. 2,4,16 (the last is the full model)")
-    q.add_argument("--propose", type=int, default=2)
-    q.add_argument("--window", help="window(s) of the intermediate level(s)")
+    src.add_argument("--seed", type=SEED, default=0, help="traffic, prompts and sampling (request i: seed + i)")
+    add_plan_args(q, "plan JSON file (hispec-sim optimize --out / export --to exec)")
     q.add_argument("--mode", choices=["greedy", "sampling"])
-    q.add_argument("--temperature", type=float, default=1.0)
+    q.add_argument("--temperature", type=float_in(1e-3, 100.0), default=1.0)
     q.add_argument("--batching", choices=["ragged", "synchronous"], help="default: the plan's (ragged)")
-    q.add_argument("--max-batch", type=int, default=16)
-    q.add_argument("--kv-tokens", type=int, help="KV capacity in tokens over all sequences (default: unbounded)")
-    q.add_argument("--slo-ttft-ms", type=float)
-    q.add_argument("--slo-tbt-ms", type=float)
+    q.add_argument("--max-batch", type=int_in(1, schema.MAX_BATCH), default=16)
+    q.add_argument("--kv-tokens", type=int_in(1, 10**9), help="KV capacity in tokens over all sequences (default: unbounded)")
+    q.add_argument("--slo-ttft-ms", type=float_in(1e-6, 1e9))
+    q.add_argument("--slo-tbt-ms", type=float_in(1e-6, 1e9))
     q.add_argument("--check", action="store_true", help="greedy: compare every output with its request decoded alone")
     q.add_argument("--json", action="store_true")
     q.add_argument("--out", help="also write the JSON report to this file")
@@ -320,22 +318,21 @@ def _progress_bar():
 
 
 def run(a) -> int:
-    from hispec_sim.schema import ServeLimits, check_writable, write_atomic
+    from hispec_sim.schema import ServeLimits, write_atomic
     from hispec_sim.traffic import summarize
 
-    from .cli import _codec, _load, _plan_from_args
+    from hispec_sim.cli_common import check_output
+
+    from .cli import _codec, _load, _plan_args, _plan_for_model
     from .generate import autoregressive, check_plan
 
     limits = _pyd(ServeLimits, max_batch=a.max_batch, kv_tokens=a.kv_tokens, slo_ttft_ms=a.slo_ttft_ms,
                   slo_tbt_ms=a.slo_tbt_ms)
-    if not (a.temperature > 0 and a.temperature != float("inf")):
-        raise ValueError("temperature: must be a finite number > 0")
-    if a.seed < 0:
-        raise ValueError("seed: must be >= 0")
     if a.out:
-        check_writable(a.out)
+        check_output(a.out, inputs=[a.trace, a.plan])
+    plan = _plan_args(a)
     model = _load(a)
-    plan = _plan_from_args(a, model.num_layers)
+    plan = _plan_for_model(a, model, plan)
     if a.batching:
         plan = plan.model_copy(update={"batching": a.batching})
     check_plan(model, plan, batch_ok=True)
