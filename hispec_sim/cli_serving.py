@@ -11,6 +11,7 @@ import math
 import numpy as np
 
 from . import schema, serving, traffic
+from .cli_common import add_plan_args, plan_from_args
 from .evaluate import Setting
 
 DEFAULT_PROMPT = "lognormal:256:0.8:max=2048"
@@ -50,10 +51,7 @@ def _common(p, capacity: bool) -> None:
 def add_parsers(sub) -> None:
     p = sub.add_parser("serve", help="simulate serving traffic: TTFT, TBT, end-to-end, throughput, goodput")
     _common(p, capacity=False)
-    p.add_argument("--plan", help="plan JSON file")
-    p.add_argument("--levels", help="exit layers, e.g. 10,20,80")
-    p.add_argument("--propose", type=int, default=1, help="drafts per round")
-    p.add_argument("--window", help="window(s) of the intermediate level(s)")
+    add_plan_args(p)
     p.add_argument("--trace", help="JSONL trace (arrival_s, prompt or prompt_tokens, max_new_tokens) instead of --qps")
     p.add_argument("--per-request", action="store_true", help="--json: include every request's metrics (first seed)")
     p.set_defaults(func=cmd_serve)
@@ -119,20 +117,9 @@ def _batching(args, auto: bool = False) -> str:
 
 
 def _plan(args, setting: Setting) -> schema.Plan:
-    if args.plan and args.levels:
-        raise ValueError("plan: give --plan FILE or --levels, not both")
-    if args.plan:
-        plan = schema.load_plan(args.plan)
-        if "--batching" in getattr(args, "_argv", []):
-            plan = plan.model_copy(update={"batching": _batching(args)})
-    elif args.levels:
-        from .cli import _ints
-
-        levels = _ints(args.levels, "levels")
-        windows = _ints(args.window, "window") if args.window else []
-        plan = schema.Plan(levels=levels, propose=args.propose, windows=windows, batching=_batching(args))
-    else:
-        raise ValueError("plan: give --plan FILE or --levels")
+    plan = plan_from_args(args)
+    if args.levels is not None or "--batching" in getattr(args, "_argv", []):
+        plan = plan.model_copy(update={"batching": _batching(args)})
     setting.profile.check_plan(plan, setting.workload)
     return plan
 
