@@ -81,6 +81,6 @@ def floor_only(path: str | Path) -> AttentionKernel:
 if __name__ == "__main__":  # print the A100 TP 4 kernel (a check, not a build step)
     import sys
 
-    data = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[3] / "shared" / "data"
+    data = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[2] / "profiles" / "sources"
     k = kernel_for(data / LEGACY, 4)
     print(k.model_dump_json(indent=1))
