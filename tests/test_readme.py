@@ -31,6 +31,10 @@ SUBS = [
     ("train --minutes 25", "train --steps 2 --layers 4 --dim 32 --heads 2 --kv-heads 1 --ffn 64 --seq 64 --batch 2"),
     ("profile measure --out", "profile measure --repeats 3 --prompts 2 --max-new-tokens 16 --out"),
     ("--plans 6 --seed 7", "--plans 1 --seed 7 --max-new-tokens 16"),
+    ("serve --qps 4 --requests 64 ", "serve --qps 4 --requests 3 --output-len 8 "),
+    ("--cv 3 --requests 32 ", "--cv 3 --requests 3 "),
+    ("--qps 2 --requests 1000 --seeds 3", "--qps 2 --requests 50 --seeds 1"),
+    ("capacity --profile a100_llama70b --qps 50", "capacity --profile a100_llama70b --requests 60 --seeds 1 --qps 50"),
 ]
 
 
