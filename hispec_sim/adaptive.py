@@ -1,0 +1,204 @@
+"""Adaptive plans: confidence-gated drafting (Plan.draft_confidence) and early escalation
+(Plan.escalate_confidence), modelled on a workload's measured top-1 probabilities
+(Acceptance.confidence.top1, one row per trace row).
+
+Semantics (the executor's, hispec_exec.generate): level 1 drafts until it holds `propose`
+drafts or a draft's top-1 probability at exit l_1 is < tau_d (that draft is kept and
+checked); after level j's check (1 < j < k), level j+1 checks at once when level j's
+buffer reached its window or level j's own emitted token (correction or bonus) has top-1
+probability < tau_j.
+
+* `analytic_single_level`: exact expectation for [E, L] plans with draft_confidence,
+  assuming positions i.i.d. (each position's (top-1 bucket, agreement) drawn independently
+  from the measured rows). With tau = 0 it is analytic.predict's value for the fixed plan.
+* `replay`: Monte-Carlo over the measured rows, any depth, both knobs. order="trace":
+  consecutive positions are consecutive rows of one prompt (the measured correlations
+  kept); order="iid": every position of a cycle is a fresh uniformly drawn row (the
+  analytic model's assumption, for checking it). A tentative token at position p is
+  compared with what each exit predicted at row p: past a rejection the context differs
+  from the measured one and the row stands in for it (positions exchangeable).
+The 3-level analytic form is not implemented: hierarchical adaptive plans are evaluated by
+replay only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .acceptance import AgreementModel
+from .analytic import _check_cost
+from .latency import CostModel
+from .schema import Acceptance, Plan
+
+
+def _top1(acc: Acceptance, field: str = "draft_confidence") -> np.ndarray:
+    if acc.confidence is None or acc.confidence.top1 is None:
+        raise ValueError(f"{field}: this workload has no confidence statistics (top-1 probabilities per position)")
+    return np.asarray(acc.confidence.top1, float)
+
+
+@dataclass
+class AdaptiveEstimate:
+    tokens_per_second: float
+    tokens_per_full_forward: float  # committed per cycle
+    cycle_ms: float
+    drafts_per_round: float | None = None
+    ci95: tuple[float, float] | None = None  # Monte-Carlo only
+
+
+def analytic_single_level(cost: CostModel, model: AgreementModel, plan: Plan) -> AdaptiveEstimate:
+    """Exact E[committed] / E[cycle time] of an [E, L] plan with draft_confidence (i.i.d.
+    positions). A round drafts N = min(propose, first low-confidence draft) tokens:
+    P(N >= n) = h^(n-1), h = P(top-1 >= tau); draft i is committed iff drafts 1..i-1 were
+    confident and accepted and draft i is accepted: P = q^(i-1) a, q = P(confident and
+    accepted), a = P(accepted)."""
+    if plan.depth != 2:
+        raise ValueError("levels: the analytic adaptive model covers single-level plans [E, L]")
+    E, L = plan.levels
+    g = plan.propose
+    tau = plan.draft_confidence or 0.0
+    a = float(model.pair(E, L))  # the fixed model's rate, so tau = 0 reproduces it exactly
+    if tau > 0:
+        top = _top1(model.acc)
+        t = model.traces
+        ie, il = int(model.idx(E)), int(model.idx(L))
+        low = top[:, ie] < tau
+        h = 1.0 - float(low.mean())
+        q = a - float((low & (t[:, ie] == t[:, il])).mean())
+    else:
+        h, q = 1.0, a
+    draft_ms = float(cost.forward([(np.array([E]), np.ones(1, int))], np.ones(1, int))[0])
+    check_ms = _check_cost(cost, [E], [L], g)[0]
+    n = np.arange(1, g + 1)
+    reach = h ** (n - 1)  # P(N >= n)
+    stop = np.append(reach[:-1] * (1 - h), reach[-1])  # P(N = n)
+    cycle = draft_ms * reach.sum() + float((stop * check_ms[n]).sum())
+    committed = 1.0 + a * float((q ** (n - 1)).sum())
+    return AdaptiveEstimate(1000.0 * cost.batch * committed / cycle, committed, cycle, float(reach.sum()))
+
+
+def replay(cost: CostModel, acc: Acceptance, plan: Plan, cycles: int = 4000, streams: int = 16, seed: int = 0,
+           order: str = "trace") -> AdaptiveEstimate:
+    """Monte-Carlo of any chain plan, adaptive or fixed, over the workload's measured rows
+    (module docstring). `streams` independent streams of `cycles` full-model checks each;
+    ci95 from the spread of the per-stream ratios (delta method)."""
+    if order not in ("trace", "iid"):
+        raise ValueError("order: trace or iid")
+    if not acc.traces:
+        raise ValueError("profile: trace replay needs a workload with traces")
+    traces = np.asarray(acc.traces)
+    top = _top1(acc) if plan.adaptive else np.ones(traces.shape)
+    index = {e: i for i, e in enumerate(acc.exits)}
+    missing = [e for e in plan.levels if e not in index]
+    if missing:
+        raise ValueError(f"levels: exits {missing} were not measured")
+    cols = [index[e] for e in plan.levels]
+    k = plan.depth
+    starts = list(acc.trace_starts or [0]) + [len(traces)]
+    prompts = [(a, b - a) for a, b in zip(starts, starts[1:]) if b > a]
+    rng = np.random.default_rng(seed)
+    tau_d = plan.draft_confidence or 0.0
+    tau_e = list(plan.escalate_confidence or [0.0] * max(k - 2, 0))
+    draft_ms = float(cost.forward([(np.array([plan.levels[0]]), np.ones(1, int))], np.ones(1, int))[0]) if k > 1 else 0.0
+    cap = plan.propose + sum(plan.windows) + k + 2
+    check_ms = [_check_cost(cost, [plan.levels[j - 1]], [plan.levels[j]], cap)[0] for j in range(1, k)]
+    ar_ms = cost.autoregressive_ms(plan.levels[0]) if k == 1 else 0.0
+    tok = np.zeros(streams)
+    ms = np.zeros(streams)
+    for s in range(streams):
+        p0, plen = prompts[rng.integers(len(prompts))]
+        pos = int(rng.integers(plen))  # committed position (circular within the prompt)
+        for _ in range(cycles):
+            if k == 1:
+                tok[s] += 1
+                ms[s] += ar_ms
+                continue
+            if order == "iid":
+                drawn: dict[int, int] = {}
+                row = lambda p: drawn.setdefault(p, int(rng.integers(len(traces))))
+            else:
+                row = lambda p: p0 + (p % plen)
+            bufs: list[list[int]] = [[] for _ in range(k)]  # bufs[j]: token values level j holds
+            cascade = None
+            stop = False
+            while True:
+                held = sum(len(b) for b in bufs)
+                if cascade is None and len(bufs[1]) < plan.propose and not stop:
+                    r = row(pos + held)
+                    bufs[1].append(int(traces[r, cols[0]]))
+                    stop = top[r, cols[0]] < tau_d
+                    ms[s] += draft_ms
+                    continue
+                j = cascade if cascade is not None else 1  # level j+1 checks bufs[j]
+                buf = bufs[j]
+                first = pos + held - len(buf)  # position of buf[0]; lower buffers are empty
+                x = cols[j]
+                m = 0
+                while m < len(buf) and traces[row(first + m), x] == buf[m]:
+                    m += 1
+                r_own = row(first + m)
+                own = int(traces[r_own, x])
+                ms[s] += check_ms[j - 1][len(buf)]
+                kept = buf[:m] + [own]
+                bufs[j] = []
+                stop = False
+                cascade = None
+                if j + 1 < k:
+                    bufs[j + 1].extend(kept)
+                    if len(bufs[j + 1]) >= plan.windows[j - 1] or top[r_own, x] < tau_e[j - 1]:
+                        cascade = j + 1
+                    continue
+                tok[s] += len(kept)
+                pos += len(kept)
+                break
+    ratio = 1000.0 * cost.batch * tok.sum() / ms.sum()
+    z = tok - (tok.sum() / ms.sum()) * ms
+    half = 1.96 * 1000.0 * cost.batch * float(np.std(z, ddof=1) / np.sqrt(streams)) / float(ms.mean()) if streams > 1 else 0.0
+    return AdaptiveEstimate(float(ratio), float(tok.sum() / (streams * cycles)), float(ms.sum() / (streams * cycles)),
+                            None, (float(ratio - half), float(ratio + half)))
+
+
+def with_thresholds(plan: Plan, tau_d: float | None, tau_e: list[float] | None = None) -> Plan:
+    return Plan.model_validate({**plan.model_dump(), "draft_confidence": tau_d or None, "escalate_confidence": tau_e})
+
+
+GRID = (0.0, 0.3, 0.5, 0.7, 0.9)
+
+
+def search_adaptive(setting, fixed_best: list[Plan], grid=GRID, max_propose: int = 8, cycles: int = 1500,
+                    streams: int = 8, seed: int = 0) -> dict:
+    """Adaptive plans around the fixed search's best: every [E, L], propose 1..max_propose,
+    tau_d in grid by the exact analytic model; the given hierarchical plans x tau_d x tau_e
+    in grid by trace replay (common random numbers: the same seed for a plan's fixed and
+    adaptive variants, so the gain is measured against the fixed plan's own replay)."""
+    acc = setting.acceptance
+    _top1(acc)
+    L = setting.num_layers
+    cost = setting.cost(max_propose + 64)
+    single = []
+    for E in acc.exits[:-1]:
+        for g in range(1, max_propose + 1):
+            for tau in grid:
+                p = Plan(levels=[E, L], propose=g, draft_confidence=tau or None, batch=setting.batch)
+                single.append((analytic_single_level(cost, setting.agreement, p).tokens_per_second, p))
+    single.sort(key=lambda x: -x[0])
+    best_fixed_single = max((x for x in single if not x[1].adaptive), key=lambda x: x[0])
+    best_single = single[0]
+    hier = []
+    for base in fixed_best:
+        if base.depth < 3:
+            continue
+        fixed = replay(cost, acc, base, cycles, streams, seed)
+        for tau_d in grid:
+            for tau_e in grid:
+                p = with_thresholds(base, tau_d, [tau_e] * (base.depth - 2) if tau_e else None)
+                r = fixed if not p.adaptive else replay(cost, acc, p, cycles, streams, seed)
+                hier.append({"plan": p, "tokens_per_second": r.tokens_per_second, "ci95": r.ci95,
+                             "fixed_tokens_per_second": fixed.tokens_per_second})
+    hier.sort(key=lambda x: -x["tokens_per_second"])
+    return {"single_level": {"best": best_single[1], "tokens_per_second": best_single[0],
+                             "best_fixed": best_fixed_single[1], "fixed_tokens_per_second": best_fixed_single[0],
+                             "model": "analytic (i.i.d. positions)"},
+            "hierarchical": hier[0] if hier else None, "grid": list(grid),
+            "replay": {"cycles": cycles, "streams": streams, "seed": seed, "order": "trace"}}
