@@ -55,7 +55,8 @@ def exit_confidence(model: Transformer, prompt_ids, max_new_tokens: int, exits: 
 def confidence_stats(traces: np.ndarray, top1: np.ndarray, buckets=BUCKETS, source: Source | None = None,
                      keep_top1: bool = True) -> ConfidenceStats:
     """Bucket shares and agreement given the lower exit's bucket, from traces (rows x exits)
-    and their top-1 probabilities (rows x exits)."""
+    and their top-1 probabilities (rows x exits). top1 is stored rounded DOWN to 4 decimals,
+    so `stored < tau` equals `measured < tau` for every threshold with at most 4 decimals."""
     traces, top1 = np.asarray(traces), np.asarray(top1, float)
     edges = np.asarray(buckets, float)
     nb = len(edges) - 1
@@ -75,7 +76,7 @@ def confidence_stats(traces: np.ndarray, top1: np.ndarray, buckets=BUCKETS, sour
         given.append(m)
     return ConfidenceStats(buckets=list(map(float, edges)), share=np.round(share, 6).tolist(),
                            agreement_given_bucket=given,
-                           top1=np.round(top1, 4).tolist() if keep_top1 else None,
+                           top1=(np.floor(top1 * 1e4) / 1e4).tolist() if keep_top1 else None,
                            source=source or Source(kind="measured", detail="exit_confidence"))
 
 

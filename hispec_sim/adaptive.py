@@ -65,7 +65,9 @@ def analytic_single_level(cost: CostModel, model: AgreementModel, plan: Plan) ->
         ie, il = int(model.idx(E)), int(model.idx(L))
         low = top[:, ie] < tau
         h = 1.0 - float(low.mean())
-        q = a - float((low & (t[:, ie] == t[:, il])).mean())
+        agree = t[:, ie] == t[:, il]
+        # P(confident and accepted), scaled to the matrix's rate so tau = 0 gives exactly a
+        q = a * float((~low & agree).mean()) / float(agree.mean()) if agree.any() else 0.0
     else:
         h, q = 1.0, a
     draft_ms = float(cost.forward([(np.array([E]), np.ones(1, int))], np.ones(1, int))[0])
@@ -202,3 +204,78 @@ def search_adaptive(setting, fixed_best: list[Plan], grid=GRID, max_propose: int
                              "model": "analytic (i.i.d. positions)"},
             "hierarchical": hier[0] if hier else None, "grid": list(grid),
             "replay": {"cycles": cycles, "streams": streams, "seed": seed, "order": "trace"}}
+
+
+def cli_adaptive(setting, result, max_propose: int = 8, hier_bases: int = 3) -> dict:
+    """`hispec-sim optimize --adaptive`: the threshold grid around the fixed search's best.
+    Single-level plans by the exact analytic model; hierarchical plans by trace replay,
+    their predicted tokens/s = the fixed plan's analytic value x the replay ratio
+    adaptive / fixed (same rows, same seed)."""
+    from .evaluate import score
+
+    top = [s.plan for s in result.top if s.plan.depth >= 3][:hier_bases]
+    found = search_adaptive(setting, top, max_propose=max_propose)
+    best_fixed = result.best
+    cands = []
+    sl = found["single_level"]
+    h = found["hierarchical"]
+    fixed_tps = score(setting, [with_thresholds(h["plan"], None, None)])[0].tokens_per_second if h else None
+    cands.append((sl["tokens_per_second"], sl["best"], "analytic"))
+    if h:
+        cands.append((fixed_tps * h["tokens_per_second"] / h["fixed_tokens_per_second"], h["plan"],
+                      f"trace replay x analytic ({found['replay']['streams']} streams x {found['replay']['cycles']} "
+                      f"cycles, seed {found['replay']['seed']}; replay gain over its fixed plan "
+                      f"x{h['tokens_per_second'] / h['fixed_tokens_per_second']:.3f})"))
+    tps, plan, how = max(cands, key=lambda c: c[0])
+    return {"best": {"plan": plan.model_dump(), "describe": plan.describe(), "tokens_per_second": round(tps, 4),
+                     "model": how},
+            "best_fixed": {"describe": best_fixed.plan.describe(), "tokens_per_second": round(best_fixed.tokens_per_second, 4)},
+            "predicted_gain_over_best_fixed": round(tps / best_fixed.tokens_per_second, 4),
+            "best_single_level": {"plan": sl["best"].model_dump(), "describe": sl["best"].describe(), "tokens_per_second": round(sl["tokens_per_second"], 4),
+                                  "fixed": sl["best_fixed"].describe(),
+                                  "fixed_tokens_per_second": round(sl["fixed_tokens_per_second"], 4)},
+            "best_hierarchical": None if not h else {
+                "plan": h["plan"].model_dump(), "describe": h["plan"].describe(),
+                "predicted_tokens_per_second": round(fixed_tps * h["tokens_per_second"] / h["fixed_tokens_per_second"], 4),
+                "replay_tokens_per_second": round(h["tokens_per_second"], 4),
+                "replay_fixed_tokens_per_second": round(h["fixed_tokens_per_second"], 4)},
+            "grid": found["grid"]}
+
+
+def cli_adaptive_text(a: dict) -> str:
+    s = a["best_single_level"]
+    lines = ["", f"adaptive (thresholds {a['grid']}):",
+             f"  single-level: {s['describe']}  {s['tokens_per_second']:.2f} tokens/s  vs fixed {s['fixed']} "
+             f"{s['fixed_tokens_per_second']:.2f}  (x{s['tokens_per_second'] / s['fixed_tokens_per_second']:.3f}, analytic)"]
+    h = a["best_hierarchical"]
+    if h:
+        lines.append(f"  hierarchical: {h['describe']}  replay {h['replay_tokens_per_second']:.2f} tokens/s vs its fixed plan "
+                     f"{h['replay_fixed_tokens_per_second']:.2f}  (x{h['replay_tokens_per_second'] / h['replay_fixed_tokens_per_second']:.3f})")
+    b = a["best"]
+    lines.append(f"best adaptive: {b['describe']}  {b['tokens_per_second']:.2f} tokens/s, "
+                 f"x{a['predicted_gain_over_best_fixed']:.3f} the best fixed plan {a['best_fixed']['describe']} "
+                 f"({a['best_fixed']['tokens_per_second']:.2f}); model: {b['model']}")
+    return "\n".join(lines)
+
+
+def predict_adaptive(setting, plan: Plan, cycles: int = 1500, streams: int = 8, seed: int = 0) -> dict:
+    """Predicted tokens/s of an adaptive plan, as optimize --adaptive predicts it:
+    single-level -> the exact analytic model; deeper -> the fixed plan's analytic value x
+    the trace-replay ratio adaptive / fixed (same rows, same seed)."""
+    from .evaluate import score
+
+    setting.profile.check_plan(plan, setting.workload)
+    fixed = with_thresholds(plan, None, None)
+    ar, f = score(setting, [Plan(levels=[setting.num_layers], batch=plan.batch), fixed])
+    cost = setting.cost(plan.propose + sum(plan.windows) + 16)
+    if plan.depth == 2:
+        tps, how = analytic_single_level(cost, setting.agreement, plan).tokens_per_second, "analytic (i.i.d. positions)"
+    else:
+        a = replay(cost, setting.acceptance, plan, cycles, streams, seed)
+        b = replay(cost, setting.acceptance, fixed, cycles, streams, seed)
+        tps = f.tokens_per_second * a.tokens_per_second / b.tokens_per_second
+        how = f"fixed analytic x trace-replay ratio {a.tokens_per_second / b.tokens_per_second:.4f} ({streams} x {cycles}, seed {seed})"
+    return {"plan": plan.model_dump(), "describe": plan.describe(), "tokens_per_second": round(float(tps), 4),
+            "speedup_vs_autoregressive": round(float(tps) / ar.tokens_per_second, 4),
+            "fixed_tokens_per_second": round(f.tokens_per_second, 4),
+            "gain_over_fixed": round(float(tps) / f.tokens_per_second, 4), "model": how}

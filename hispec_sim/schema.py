@@ -271,7 +271,8 @@ class ConfidenceStats(Strict):
     """Top-1 probabilities of every exit along the measured positions (the rows of the
     workload's traces), and what they say about agreement.
 
-    top1[i][a]: softmax (temperature 1) top-1 probability of exit exits[a] at trace row i.
+    top1[i][a]: softmax (temperature 1) top-1 probability of exit exits[a] at trace row i,
+    rounded down to 4 decimals (so `top1 < tau` is exact for thresholds of <= 4 decimals).
     buckets: increasing edges in [0, 1] (bucket b = [buckets[b], buckets[b+1]), the last
     one closed). share[a][b]: fraction of positions where exit a's top-1 probability falls
     in bucket b; agreement_given_bucket[a][c][b]: P(exits a and c agree | exit a in bucket b)
