@@ -51,6 +51,15 @@ def test_thresholds_change_the_schedule(shipped):
     assert n[1] == n[2]  # every level-2 check escalates at once
 
 
+def test_ragged_batch_adaptive_equals_autoregressive(tiny):
+    from hispec_exec.generate import decode_batch
+
+    prompts = [[3, 1, 4, 1, 5], [9, 2, 6, 5, 3, 5, 8], [2, 7]]
+    plan = Plan(levels=[1, 3, 8], propose=3, windows=[5], draft_confidence=0.02, escalate_confidence=[0.03])
+    for p, r in zip(prompts, decode_batch(tiny, plan, prompts, 24, batching="ragged")):
+        assert r.tokens == autoregressive(tiny, p, 24).tokens
+
+
 def test_synchronous_batching_refuses_adaptive(tiny):
     with pytest.raises(ValueError, match="^batching: adaptive plans"):
         Batch(tiny, Plan(levels=[1, 8], propose=3, draft_confidence=0.5), "synchronous")
