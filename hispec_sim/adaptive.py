@@ -17,8 +17,8 @@ probability < tau_j.
   analytic model's assumption, for checking it). A tentative token at position p is
   compared with what each exit predicted at row p: past a rejection the context differs
   from the measured one and the row stands in for it (positions exchangeable).
-The 3-level analytic form is not implemented: hierarchical adaptive plans are evaluated by
-replay only.
+* `analytic_three_level`: exact expectation for [l1, l2, L] plans with draft_confidence
+  (i.i.d. positions); escalation and deeper chains: replay only.
 """
 from __future__ import annotations
 
@@ -220,9 +220,14 @@ def cli_adaptive(setting, result, max_propose: int = 8, hier_bases: int = 3) -> 
     sl = found["single_level"]
     h = found["hierarchical"]
     fixed_tps = score(setting, [with_thresholds(h["plan"], None, None)])[0].tokens_per_second if h else None
+    exact3 = h and h["plan"].depth == 3 and not any(h["plan"].escalate_confidence or [])
+    if exact3:  # the exact 3-level model applies: use it instead of the replay ratio
+        h_tps = analytic_three_level(setting.cost(max_propose + 64), setting.agreement, h["plan"]).tokens_per_second
+    elif h:
+        h_tps = fixed_tps * h["tokens_per_second"] / h["fixed_tokens_per_second"]
     cands.append((sl["tokens_per_second"], sl["best"], "analytic"))
     if h:
-        cands.append((fixed_tps * h["tokens_per_second"] / h["fixed_tokens_per_second"], h["plan"],
+        cands.append((h_tps, h["plan"], "analytic 3-level (i.i.d. positions)" if exact3 else
                       f"trace replay x analytic ({found['replay']['streams']} streams x {found['replay']['cycles']} "
                       f"cycles, seed {found['replay']['seed']}; replay gain over its fixed plan "
                       f"x{h['tokens_per_second'] / h['fixed_tokens_per_second']:.3f})"))
@@ -236,7 +241,7 @@ def cli_adaptive(setting, result, max_propose: int = 8, hier_bases: int = 3) -> 
                                   "fixed_tokens_per_second": round(sl["fixed_tokens_per_second"], 4)},
             "best_hierarchical": None if not h else {
                 "plan": h["plan"].model_dump(), "describe": h["plan"].describe(),
-                "predicted_tokens_per_second": round(fixed_tps * h["tokens_per_second"] / h["fixed_tokens_per_second"], 4),
+                "predicted_tokens_per_second": round(float(h_tps), 4),
                 "replay_tokens_per_second": round(h["tokens_per_second"], 4),
                 "replay_fixed_tokens_per_second": round(h["fixed_tokens_per_second"], 4)},
             "grid": found["grid"]}
@@ -270,6 +275,8 @@ def predict_adaptive(setting, plan: Plan, cycles: int = 1500, streams: int = 8, 
     cost = setting.cost(plan.propose + sum(plan.windows) + 16)
     if plan.depth == 2:
         tps, how = analytic_single_level(cost, setting.agreement, plan).tokens_per_second, "analytic (i.i.d. positions)"
+    elif plan.depth == 3 and not any(plan.escalate_confidence or []):
+        tps, how = analytic_three_level(cost, setting.agreement, plan).tokens_per_second, "analytic 3-level (i.i.d. positions)"
     else:
         a = replay(cost, setting.acceptance, plan, cycles, streams, seed)
         b = replay(cost, setting.acceptance, fixed, cycles, streams, seed)
@@ -279,3 +286,76 @@ def predict_adaptive(setting, plan: Plan, cycles: int = 1500, streams: int = 8, 
             "speedup_vs_autoregressive": round(float(tps) / ar.tokens_per_second, 4),
             "fixed_tokens_per_second": round(f.tokens_per_second, 4),
             "gain_over_fixed": round(float(tps) / f.tokens_per_second, 4), "model": how}
+
+
+def _round_terms(cost: CostModel, model: AgreementModel, lo: int, hi: int, g: int, tau: float):
+    """One adaptive drafting round checked by exit `hi`: (h, q, a, p_low_agree, E[round ms])
+    with h = P(confident draft), q = P(confident and accepted), a = P(accepted)."""
+    a = float(model.pair(lo, hi))
+    if tau > 0:
+        top = _top1(model.acc)
+        t = model.traces
+        ie, il = int(model.idx(lo)), int(model.idx(hi))
+        low = top[:, ie] < tau
+        agree = t[:, ie] == t[:, il]
+        h = 1.0 - float(low.mean())
+        q = a * float((~low & agree).mean()) / float(agree.mean()) if agree.any() else 0.0
+    else:
+        h, q = 1.0, a
+    draft_ms = float(cost.forward([(np.array([lo]), np.ones(1, int))], np.ones(1, int))[0])
+    check_ms = _check_cost(cost, [lo], [hi], g)[0]
+    n = np.arange(1, g + 1)
+    reach = h ** (n - 1)
+    stop = np.append(reach[:-1] * (1 - h), reach[-1])
+    return h, q, a, a - q, draft_ms * reach.sum() + float((stop * check_ms[n]).sum())
+
+
+def analytic_three_level(cost: CostModel, model: AgreementModel, plan: Plan) -> AdaptiveEstimate:
+    """Exact E[committed] / E[cycle] of a [l1, l2, L] plan with draft_confidence (no
+    escalation), positions i.i.d. Each level-2 check emits a block; block types: a
+    confident accepted drafts then a correction (q^a (1 - a)); n - 1 confident accepted
+    drafts, an unsure accepted one, then a bonus (q^(n-1) P(unsure, accepted), n < g); g
+    accepted drafts then a bonus (q^(g-1) a). Level 3 accepts a survivor with
+    P(E2 | E1, its draft's confidence class), a correction with P(E2 | not E1), a bonus with
+    P(E2); blocks fill the level-2 buffer until it holds >= window tokens (renewal, Wald)."""
+    if plan.depth != 3 or any(plan.escalate_confidence or []):
+        raise ValueError("levels: the 3-level analytic adaptive model covers [l1, l2, L] with draft_confidence only")
+    l1, l2, L = plan.levels
+    g, w = plan.propose, plan.windows[0]
+    tau = plan.draft_confidence or 0.0
+    h, q, a, p_la, round_ms = _round_terms(cost, model, l1, l2, g, tau)
+    r = model.rates(np.array([l1]), np.array([l2]), np.array([L]))
+    beta, rho, mu = float(r.after_accept[0]), float(r.after_reject[0]), float(r.marginal[0])
+    beta_h = beta_l = beta
+    if tau > 0:
+        t = model.traces
+        i1, i2, i3 = (int(x) for x in model.idx([l1, l2, L]))
+        e1, e2 = t[:, i1] == t[:, i2], t[:, i2] == t[:, i3]
+        low = _top1(model.acc)[:, i1] < tau
+        base = (e1 & e2).sum() / max(e1.sum(), 1)
+        scale = lambda sel: ((sel & e1 & e2).sum() / max((sel & e1).sum(), 1)) / base if base > 0 else 1.0
+        beta_h, beta_l = beta * scale(~low), beta * scale(low)
+    types = []  # (probability, pass probabilities of its tokens in order)
+    for k in range(g):
+        types.append((q ** k * (1 - a), [beta_h] * k + [rho]))
+    for n in range(1, g):
+        types.append((q ** (n - 1) * p_la, [beta_h] * (n - 1) + [beta_l, mu]))
+    types.append((q ** (g - 1) * a, [beta_h] * (g - 1) + [beta, mu]))
+    size = g + 1
+    p_blk = np.zeros(size)
+    passes = np.zeros(size)
+    per_block = 0.0
+    for p, seq in types:
+        cum = np.cumprod(seq)
+        p_blk[len(seq) - 1] += p
+        passes[len(seq) - 1] += p * cum[-1]
+        per_block += p * cum.sum()  # E[leading tokens level 3 accepts]
+    from .analytic import _renewal
+
+    u = _renewal(p_blk[None], w)[0]
+    v = _renewal(passes[None], w)[0]
+    check3 = _check_cost(cost, [l2], [L], w + size)[0]
+    check = sum(u[m0] * p_blk[j] * check3[m0 + j + 1] for m0 in range(w) for j in range(size) if m0 + j + 1 >= w)
+    committed = v.sum() * per_block + 1.0
+    cycle = u.sum() * round_ms + check
+    return AdaptiveEstimate(1000.0 * cost.batch * committed / cycle, committed, cycle)

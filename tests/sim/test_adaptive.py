@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 from factories import make_profile
 from hispec_exec.confidence import confidence_stats
-from hispec_sim.adaptive import analytic_single_level, replay, with_thresholds
+from hispec_sim.adaptive import analytic_single_level, analytic_three_level, replay, with_thresholds
 from hispec_sim.analytic import predict
 from hispec_sim.cli import main
 from hispec_sim.evaluate import Setting
@@ -79,6 +79,29 @@ def test_tau_zero_is_the_fixed_plan_exactly(tiny_setting, e, g):
     for tau in (None, 0.0):
         a = analytic_single_level(cost, tiny_setting.agreement, with_thresholds(p, tau))
         assert a.tokens_per_second == pytest.approx(fixed, rel=1e-12)
+
+
+@settings(max_examples=20, deadline=None)
+@given(l1=st.integers(1, 7), gap=st.integers(1, 8), g=st.integers(1, 6), w=st.integers(1, 9))
+def test_three_level_tau_zero_is_the_fixed_plan_exactly(tiny_setting, l1, gap, g, w):
+    cost = tiny_setting.cost(40)
+    p = Plan(levels=[l1, l1 + gap, 16], propose=g, windows=[w])
+    fixed = float(predict(cost, tiny_setting.agreement, [p]).tokens_per_second[0])
+    assert analytic_three_level(cost, tiny_setting.agreement, p).tokens_per_second == pytest.approx(fixed, rel=1e-12)
+    assert analytic_three_level(cost, tiny_setting.agreement, with_thresholds(p, 0.0)).tokens_per_second == pytest.approx(
+        fixed, rel=1e-12)
+
+
+@pytest.mark.parametrize("plan", [Plan(levels=[2, 5, 8], propose=3, windows=[4], draft_confidence=0.6),
+                                  Plan(levels=[1, 4, 8], propose=4, windows=[2], draft_confidence=0.4)], ids=Plan.describe)
+def test_three_level_analytic_within_iid_monte_carlo(plan):
+    s = Setting(confident_profile(), None, None, None, 1, None)
+    cost = s.cost(40)
+    a = analytic_three_level(cost, s.agreement, plan)
+    fixed = analytic_three_level(cost, s.agreement, with_thresholds(plan, None))
+    assert a.tokens_per_second != pytest.approx(fixed.tokens_per_second, rel=1e-3)
+    r = replay(cost, s.acceptance, plan, cycles=1000, streams=16, seed=4, order="iid")
+    assert r.ci95[0] <= a.tokens_per_second <= r.ci95[1], (a, r)
 
 
 def test_tau_one_drafts_one_token_per_round(tiny_setting):
