@@ -177,6 +177,7 @@ class SequenceDecoder:
         self.accepted = [0] * self.k
         self.committed = self.P  # seq[:committed] is final; the rest sits in level buffers
         self.cascade: int | None = None  # a check that falls due right after the last one
+        self.unsure = False  # adaptive: the last draft's top-1 probability fell below plan.draft_confidence
         self.forwards: list[Forward] = []
         self.dev = model.tok_embeddings.weight.device
 
@@ -196,7 +197,7 @@ class SequenceDecoder:
             return 0
         if self.cascade is not None:
             return self.cascade
-        return 0 if len(self.bufs[1]) < self.plan.propose else 1
+        return 0 if len(self.bufs[1]) < self.plan.propose and not self.unsure else 1
 
     def prefill_job(self):
         """Every prompt token but the last runs through every layer; the last is pending."""
@@ -246,6 +247,8 @@ class SequenceDecoder:
             return
         self.bufs[1].append((d, dist))
         self._count(0, 1, 0)
+        if self.plan.draft_confidence:  # depends on the drafter's own distribution only: sampling stays lossless
+            self.unsure = _top1(lg, dist) < self.plan.draft_confidence
 
     def _check(self, j: int, lg: torch.Tensor, ms: float) -> None:
         """Level j+1 checks level j's buffer."""
@@ -289,9 +292,11 @@ class SequenceDecoder:
         self.bufs[j] = []
         self._count(j, n, m)
         self.cascade = None
+        self.unsure = False
         if j + 1 < self.k:
             self.bufs[j + 1].extend(kept)
-            if len(self.bufs[j + 1]) >= self.plan.windows[j - 1]:
+            tau = self.plan.escalate_confidence[j - 1] if self.plan.escalate_confidence else 0.0
+            if len(self.bufs[j + 1]) >= self.plan.windows[j - 1] or (tau and _top1(lg[m], kept[-1][1]) < tau):
                 self.cascade = j + 1
         else:
             self._commit()
@@ -301,6 +306,12 @@ class SequenceDecoder:
                             tokens=self.seq[self.P:self.P + self.max_new_tokens], forwards=self.forwards,
                             proposed=self.proposed, accepted=self.accepted, wall_s=wall_s, prefill_s=prefill_s,
                             num_layers=self.model.num_layers, committed=self.committed - self.P)
+
+
+def _top1(lg: torch.Tensor, dist: torch.Tensor | None) -> float:
+    """Top-1 probability of one row: the sampling distribution when there is one, else
+    softmax of the logits at temperature 1 (what Acceptance.confidence measures)."""
+    return float(dist.max()) if dist is not None else float(torch.softmax(lg.double(), -1).max())
 
 
 def _sync(model: Transformer, on: bool) -> None:
@@ -351,6 +362,8 @@ class Batch:
         self.batching = batching or plan.batching
         if self.batching not in ("ragged", "synchronous"):
             raise ValueError(f"batching: must be ragged or synchronous, got {self.batching!r}")
+        if self.batching == "synchronous" and plan.adaptive:
+            raise ValueError("batching: adaptive plans (draft_confidence / escalate_confidence) run ragged only")
         self.sync = sync
         self.running: list[SequenceDecoder] = []
         self.phase = 0  # synchronous: the operation of the next step

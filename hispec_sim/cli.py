@@ -54,6 +54,14 @@ def cmd_evaluate(args) -> int:
     plan = plan_from_args(args, batch=args.batch)  # --batch (either form) overrides the plan file's
     setting = _setting(args, plan.batch, profile)
     setting.profile.check_plan(plan, setting.workload)
+    if plan.adaptive:  # confidence thresholds: hispec_sim.adaptive (the fixed-plan models ignore them)
+        from .adaptive import predict_adaptive
+
+        out = {**setting.describe(), **predict_adaptive(setting, plan, seed=args.seed)}
+        print(json.dumps(out, indent=2) if args.json else f"plan {out['describe']}  {out['tokens_per_second']:.2f} tokens/s  "
+              f"x{out['speedup_vs_autoregressive']:.3f} vs autoregressive  x{out['gain_over_fixed']:.3f} vs the same "
+              f"plan without thresholds  ({out['model']})")
+        return 0
     ar, s = score(setting, [schema.autoregressive_plan(setting.num_layers, plan.batch), plan])
     out = {**setting.describe(), **s.as_dict(ar.tokens_per_second)}
     if args.mc or args.replay:
@@ -109,8 +117,13 @@ def cmd_optimize(args) -> int:
         result = exhaustive(setting, top=args.top, max_propose=args.max_propose, max_window=args.max_window)
     setting = result.setting  # with --batch/--tp choices: the best plan's
     out = result.as_dict()
-    if args.out:
-        schema.save_plan(result.best.plan, args.out)
+    if getattr(args, "adaptive", False):
+        from .adaptive import cli_adaptive
+
+        out["adaptive"] = cli_adaptive(setting, result, args.max_propose)
+    if args.out:  # with --adaptive: the best adaptive plan
+        schema.save_plan(schema.Plan.model_validate(out["adaptive"]["best"]["plan"]) if "adaptive" in out
+                         else result.best.plan, args.out)
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
@@ -129,6 +142,10 @@ def cmd_optimize(args) -> int:
     b = out["best"]
     print(f"\nbest: {b['describe']}  {b['speedup_vs_autoregressive']:.3f}x autoregressive, "
           f"{b['speedup_vs_best_single_level']:.3f}x the best single-level plan")
+    if "adaptive" in out:
+        from .adaptive import cli_adaptive_text
+
+        print(cli_adaptive_text(out["adaptive"]))
     if args.out:
         print(f"plan written to {args.out}")
     return 0
@@ -347,6 +364,8 @@ def build_parser() -> Parser:
     p.add_argument("--max-propose", type=int_in(1, schema.MAX_PROPOSE), default=8)
     p.add_argument("--max-window", type=int_in(1, schema.MAX_WINDOW), default=16)
     p.add_argument("--out", help="write the best plan to this plan file")
+    p.add_argument("--adaptive", action="store_true", help="also search confidence thresholds (draft_confidence, "
+                   "escalate_confidence) around the best plans; profiles with confidence statistics only")
     from .search import add_cli_args
 
     add_cli_args(p)  # --search, --trials, --storage, ... and --batch/--tp as choices (search.py)

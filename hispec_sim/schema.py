@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 SCHEMA_VERSION = 1
 
@@ -66,6 +66,13 @@ class Plan(Strict):
         "through l_{j-1}+1..l_j); 'synchronous' = every sequence of the batch does the same operation each step "
         "(checks carry every sequence's buffer, padded)",
     )
+    draft_confidence: float | None = Field(
+        None, description="adaptive drafting: end the round early once a draft's top-1 probability at exit l_1 "
+        "is < this threshold (that draft is kept and checked); propose stays the cap. None or 0 = fixed rounds")
+    escalate_confidence: list[float] | None = Field(
+        None, description="early escalation, one threshold per intermediate level: after level j's check, check "
+        "upward at once when level j's own emitted token (correction or bonus) has top-1 probability < tau_j; "
+        "windows stay the caps. None or all 0 = fixed windows")
 
     @field_validator("levels")
     @classmethod
@@ -90,7 +97,32 @@ class Plan(Strict):
             raise ValueError(f"windows: a {k}-level chain needs {max(k - 2, 0)} window(s), got {len(self.windows)}")
         if k == 1 and self.propose != 1:
             self.propose = 1  # autoregressive has no drafts; normalise so equal plans compare equal
+        if self.draft_confidence is not None:
+            if not (math.isfinite(self.draft_confidence) and 0.0 <= self.draft_confidence <= 1.0):
+                raise ValueError(f"draft_confidence: must be in [0, 1], got {self.draft_confidence}")
+            if k == 1:
+                raise ValueError("draft_confidence: an autoregressive plan has no drafts")
+        if self.escalate_confidence is not None:
+            if any(not (math.isfinite(t) and 0.0 <= t <= 1.0) for t in self.escalate_confidence):
+                raise ValueError(f"escalate_confidence: every threshold must be in [0, 1], got {self.escalate_confidence}")
+            if len(self.escalate_confidence) != max(k - 2, 0) or k < 3:
+                raise ValueError(f"escalate_confidence: a {k}-level chain has {max(k - 2, 0)} intermediate level(s), "
+                                 f"got {len(self.escalate_confidence)} threshold(s)")
         return self
+
+    @model_serializer(mode="wrap")
+    def _omit_fixed_thresholds(self, handler):
+        """A fixed plan serialises as before the thresholds existed (golden files, plan files)."""
+        d = handler(self)
+        for name in ("draft_confidence", "escalate_confidence"):
+            if isinstance(d, dict) and d.get(name) is None:
+                d.pop(name, None)
+        return d
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether a confidence threshold changes anything (tau = 0 is the fixed plan)."""
+        return bool(self.draft_confidence) or any(self.escalate_confidence or [])
 
     @property
     def depth(self) -> int:
@@ -112,6 +144,10 @@ class Plan(Strict):
             s += (" g=" if short else " propose=") + str(self.propose)
         if self.windows:
             s += (" w=" if short else " window=") + ",".join(map(str, self.windows))
+        if self.draft_confidence:
+            s += f" tau_d={self.draft_confidence:g}"
+        if any(self.escalate_confidence or []):
+            s += " tau_e=" + ",".join(f"{t:g}" for t in self.escalate_confidence)
         return s
 
 
@@ -270,6 +306,36 @@ class AcceptanceSpread(Strict):
         return self
 
 
+class ConfidenceStats(Strict):
+    """Top-1 probabilities of every exit along the measured positions (the rows of the
+    workload's traces), and what they say about agreement.
+
+    top1[i][a]: softmax (temperature 1) top-1 probability of exit exits[a] at trace row i,
+    rounded down to 4 decimals (so `top1 < tau` is exact for thresholds of <= 4 decimals).
+    buckets: increasing edges in [0, 1] (bucket b = [buckets[b], buckets[b+1]), the last
+    one closed). share[a][b]: fraction of positions where exit a's top-1 probability falls
+    in bucket b; agreement_given_bucket[a][c][b]: P(exits a and c agree | exit a in bucket b)
+    (None where the bucket is empty).
+    """
+
+    buckets: list[float] = Field(min_length=2)
+    share: list[list[float]]
+    agreement_given_bucket: list[list[list[float | None]]]
+    top1: list[list[float]] | None = None
+    source: Source
+
+    @model_validator(mode="after")
+    def _check(self) -> "ConfidenceStats":
+        b = self.buckets
+        if b[0] != 0.0 or b[-1] != 1.0 or any(y <= x for x, y in zip(b, b[1:])):
+            raise ValueError("confidence.buckets: increasing edges from 0 to 1")
+        vals = [v for r in self.share for v in r] + [v for m in self.agreement_given_bucket for r in m for v in r
+                                                     if v is not None] + [v for r in self.top1 or [] for v in r]
+        if any(not (math.isfinite(v) and 0.0 <= v <= 1.0) for v in vals):
+            raise ValueError("confidence: probabilities must be in [0, 1]")
+        return self
+
+
 class Acceptance(Strict):
     """Greedy agreement statistics of one workload.
 
@@ -293,6 +359,8 @@ class Acceptance(Strict):
     source: Source
     fit: dict | None = Field(None, description="fitted curve, its inputs and residuals, when fitted")
     spread: AcceptanceSpread | None = Field(None, description="per-request distribution of the rates (None: every request at the mean)")
+    confidence: ConfidenceStats | None = Field(None, description="top-1 probabilities of every exit per trace row "
+                                               "(adaptive plans are evaluated only where these were measured)")
 
     @model_validator(mode="after")
     def _check(self) -> "Acceptance":
@@ -323,6 +391,15 @@ class Acceptance(Strict):
         if self.spread and self.spread.per_request and any(
                 len(r) != n or any(len(row) != n for row in r) for r in self.spread.per_request):
             raise ValueError("acceptance.spread.per_request: every matrix must be len(exits) x len(exits)")
+        c = self.confidence
+        if c is not None:
+            nb = len(c.buckets) - 1
+            if len(c.share) != n or any(len(r) != nb for r in c.share) or len(c.agreement_given_bucket) != n or any(
+                    len(m) != n or any(len(r) != nb for r in m) for m in c.agreement_given_bucket):
+                raise ValueError("acceptance.confidence: share / agreement_given_bucket must match exits x buckets")
+            if c.top1 is not None and (not self.traces or len(c.top1) != len(self.traces)
+                                       or any(len(r) != n for r in c.top1)):
+                raise ValueError("acceptance.confidence.top1: one row per trace row, one value per exit")
         return self
 
 
@@ -372,6 +449,10 @@ class Profile(Strict):
         missing = [e for e in plan.levels if e not in exits]
         if missing:
             raise ValueError(f"levels: exits {missing} were not measured; allowed exits: {_ranges(sorted(exits))}")
+        if plan.adaptive and (self.workload(workload).confidence is None or self.workload(workload).confidence.top1 is None):
+            field = "draft_confidence" if plan.draft_confidence else "escalate_confidence"
+            raise ValueError(f"{field}: profile {self.name} has no confidence statistics (top-1 probabilities per "
+                             f"position); adaptive plans cannot be evaluated on it")
 
 
 def _ranges(xs: list[int]) -> str:

@@ -1,0 +1,112 @@
+"""Adaptive plans in the executor: greedy output equals autoregressive greedy decoding,
+the thresholds really change the schedule, sampling stays lossless, and the confidence
+statistics equal what the decoder sees."""
+import numpy as np
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from exec_helpers import random_model
+from hispec_exec import autoregressive, decode, exit_traces, heldout_prompts
+from hispec_exec.confidence import confidence_stats, exit_confidence
+from hispec_exec.generate import Batch
+from hispec_sim.schema import Plan
+
+ADAPTIVE = [
+    Plan(levels=[2, 16], propose=6, draft_confidence=0.5),
+    Plan(levels=[4, 16], propose=8, draft_confidence=0.9),
+    Plan(levels=[2, 6, 16], propose=3, windows=[6], draft_confidence=0.3, escalate_confidence=[0.5]),
+    Plan(levels=[1, 4, 16], propose=4, windows=[8], escalate_confidence=[0.9]),
+    Plan(levels=[2, 4, 8, 16], propose=2, windows=[3, 6], draft_confidence=0.7, escalate_confidence=[0.4, 0.8]),
+]
+
+
+def test_shipped_model_adaptive_plans_equal_autoregressive(shipped):
+    for prompt in heldout_prompts(2, 64, seed=3):
+        ar = autoregressive(shipped, prompt, 48)
+        for plan in ADAPTIVE:
+            r = decode(shipped, plan, prompt, 48)
+            assert r.tokens == ar.tokens, plan.describe()
+
+
+def test_tiny_model_adaptive_plans_equal_autoregressive(tiny):
+    prompt = [3, 1, 4, 1, 5, 9, 2, 6]
+    ar = autoregressive(tiny, prompt, 40)
+    for plan in [Plan(levels=[1, 8], propose=5, draft_confidence=0.02),
+                 Plan(levels=[1, 3, 8], propose=3, windows=[5], draft_confidence=0.02, escalate_confidence=[0.03])]:
+        assert decode(tiny, plan, prompt, 40).tokens == ar.tokens
+
+
+def test_thresholds_change_the_schedule(shipped):
+    prompt = heldout_prompts(1, 64, seed=4)[0]
+    fixed = decode(shipped, Plan(levels=[2, 16], propose=8), prompt, 64)
+    always = decode(shipped, Plan(levels=[2, 16], propose=8, draft_confidence=1.0), prompt, 64)
+    some = decode(shipped, Plan(levels=[2, 16], propose=8, draft_confidence=0.6), prompt, 64)
+    # tau = 1 stops after every draft: one draft per level-2 check
+    assert always.forwards_per_level()[0] == always.forwards_per_level()[1]
+    drafts_per_round = lambda r: r.forwards_per_level()[0] / r.forwards_per_level()[1]
+    assert drafts_per_round(always) < drafts_per_round(some) < drafts_per_round(fixed)
+    h = decode(shipped, Plan(levels=[2, 4, 16], propose=2, windows=[16], escalate_confidence=[1.0]), prompt, 64)
+    n = h.forwards_per_level()
+    assert n[1] == n[2]  # every level-2 check escalates at once
+
+
+def test_ragged_batch_adaptive_equals_autoregressive(tiny):
+    from hispec_exec.generate import decode_batch
+
+    prompts = [[3, 1, 4, 1, 5], [9, 2, 6, 5, 3, 5, 8], [2, 7]]
+    plan = Plan(levels=[1, 3, 8], propose=3, windows=[5], draft_confidence=0.02, escalate_confidence=[0.03])
+    for p, r in zip(prompts, decode_batch(tiny, plan, prompts, 24, batching="ragged")):
+        assert r.tokens == autoregressive(tiny, p, 24).tokens
+
+
+def test_synchronous_batching_refuses_adaptive(tiny):
+    with pytest.raises(ValueError, match="^batching: adaptive plans"):
+        Batch(tiny, Plan(levels=[1, 8], propose=3, draft_confidence=0.5), "synchronous")
+
+
+def test_confidence_traces_match_exit_traces_and_stats(shipped):
+    prompt = heldout_prompts(1, 64, seed=5)[0]
+    arg, top = exit_confidence(shipped, prompt, 32)
+    assert torch.equal(arg, exit_traces(shipped, prompt, 32))
+    assert ((top > 0) & (top <= 1)).all()
+    st = confidence_stats(arg.numpy(), top.numpy())
+    share = np.asarray(st.share)
+    assert np.allclose(share.sum(1), 1.0)
+    # agreement of an exit with itself is 1 in every non-empty bucket
+    for a in range(arg.shape[1]):
+        assert all(v == 1.0 for v in st.agreement_given_bucket[a][a] if v is not None)
+
+
+PROMPT = [1, 2, 3]
+T = 3
+RUNS = 1500
+
+
+@pytest.mark.slow  # statistical: 1,500 seeded runs per plan
+@pytest.mark.parametrize("plan", [
+    Plan(levels=[1, 4], propose=3, draft_confidence=0.6),
+    Plan(levels=[1, 2, 4], propose=2, windows=[3], draft_confidence=0.5, escalate_confidence=[0.6]),
+], ids=lambda p: p.describe())
+def test_adaptive_sampling_matches_full_model_distribution(plan):
+    import itertools
+
+    m = random_model(seed=0, vocab=4, layers=4, dim=32, heads=2, kv=1, ffn=64, ctx=64, scale=5)
+    exact = {}
+    for cont in itertools.product(range(4), repeat=T):
+        seq = PROMPT + list(cont)
+        p = torch.softmax(m.head(m.run(m.new_cache(), 0, m.num_layers, torch.tensor(seq[:-1]))).double(), -1)
+        exact[cont] = float(np.prod([float(p[len(PROMPT) - 1 + i, t]) for i, t in enumerate(cont)]))
+    counts = dict.fromkeys(exact, 0)
+    drafts = checks = 0
+    for s in range(RUNS):
+        r = decode(m, plan, PROMPT, T, mode="sampling", seed=s)
+        counts[tuple(r.tokens)] += 1
+        drafts += r.forwards_per_level()[0]
+        checks += r.forwards_per_level()[1]
+    assert drafts < plan.propose * checks  # the threshold did stop rounds early
+    obs = [counts[k] for k, p in exact.items() if p * RUNS >= 5]
+    exp = [p * RUNS for k, p in exact.items() if p * RUNS >= 5]
+    obs.append(RUNS - sum(obs))
+    exp.append(RUNS - sum(exp))
+    assert chisquare(obs, exp).pvalue > 1e-3

@@ -1,0 +1,165 @@
+"""Adaptive plans in the simulator: the schema's bounds, tau = 0 is exactly the fixed plan,
+the exact analytic model agrees with the i.i.d. Monte-Carlo, the CLI search and refusals."""
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from factories import make_profile
+from hispec_exec.confidence import confidence_stats
+from hispec_sim.adaptive import analytic_single_level, analytic_three_level, replay, with_thresholds
+from hispec_sim.analytic import predict
+from hispec_sim.cli import main
+from hispec_sim.evaluate import Setting
+from hispec_sim.schema import Plan, Profile, load_profile, save_profile
+
+
+def confident_profile(seed=0, layers=8, positions=600):
+    """Random traces where a token's agreement depends on its exit's confidence."""
+    rng = np.random.default_rng(seed)
+    top1 = rng.uniform(0.05, 1.0, (positions, layers))
+    truth = rng.integers(0, 50, positions)
+    traces = np.where(rng.uniform(size=(positions, layers)) < 0.3 + 0.7 * top1, truth[:, None],
+                      rng.integers(50, 100, (positions, layers)))
+    traces[:, -1] = truth
+    top1[:, -1] = 1.0
+    prof = make_profile(layers=layers, traces=traces)
+    acc = prof.workload().model_copy(update={"confidence": confidence_stats(traces, top1), "trace_starts": [0, 300]})
+    return Profile.model_validate({**prof.model_dump(), "workloads": {"w": acc.model_dump()}, "default_workload": "w"})
+
+
+@pytest.fixture(scope="module")
+def tiny_setting():
+    return Setting(load_profile("cpu_hispec_tiny"), None, None, None, 1, None)
+
+
+@pytest.mark.parametrize("bad, field", [
+    (dict(levels=[2, 16], draft_confidence=1.5), "draft_confidence"),
+    (dict(levels=[2, 16], draft_confidence=-0.1), "draft_confidence"),
+    (dict(levels=[2, 16], draft_confidence=float("nan")), "draft_confidence"),
+    (dict(levels=[16], draft_confidence=0.5), "draft_confidence"),
+    (dict(levels=[2, 16], escalate_confidence=[0.5]), "escalate_confidence"),
+    (dict(levels=[2, 4, 16], windows=[2], escalate_confidence=[0.5, 0.5]), "escalate_confidence"),
+    (dict(levels=[2, 4, 16], windows=[2], escalate_confidence=[2.0]), "escalate_confidence"),
+])
+def test_plan_thresholds_refused(bad, field):
+    with pytest.raises(ValueError, match=field):
+        Plan(**bad)
+
+
+def test_fixed_plan_serialises_unchanged():
+    assert "confidence" not in Plan(levels=[2, 4, 16], windows=[3]).model_dump_json()
+    p = Plan(levels=[2, 4, 16], windows=[3], draft_confidence=0.5, escalate_confidence=[0.2])
+    assert Plan.model_validate_json(p.model_dump_json()) == p and p.adaptive
+    assert not Plan(levels=[2, 16], draft_confidence=0.0).adaptive
+
+
+def test_profile_without_confidence_refuses_adaptive_plans():
+    prof = load_profile("h100_llama2_7b")
+    L = prof.model.num_layers
+    e = prof.workload().exits[0]
+    with pytest.raises(ValueError, match="^draft_confidence: profile .* has no confidence statistics"):
+        prof.check_plan(Plan(levels=[e, L], propose=3, draft_confidence=0.5))
+
+
+def test_shipped_tiny_profile_has_confidence():
+    acc = load_profile("cpu_hispec_tiny").workload()
+    c = acc.confidence
+    assert c is not None and len(c.top1) == len(acc.traces)
+    assert np.allclose(np.asarray(c.share).sum(1), 1.0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(e=st.integers(1, 15), g=st.integers(1, 8))
+def test_tau_zero_is_the_fixed_plan_exactly(tiny_setting, e, g):
+    cost = tiny_setting.cost(40)
+    p = Plan(levels=[e, 16], propose=g)
+    fixed = float(predict(cost, tiny_setting.agreement, [p]).tokens_per_second[0])
+    for tau in (None, 0.0):
+        a = analytic_single_level(cost, tiny_setting.agreement, with_thresholds(p, tau))
+        assert a.tokens_per_second == pytest.approx(fixed, rel=1e-12)
+
+
+@settings(max_examples=20, deadline=None)
+@given(l1=st.integers(1, 7), gap=st.integers(1, 8), g=st.integers(1, 6), w=st.integers(1, 9))
+def test_three_level_tau_zero_is_the_fixed_plan_exactly(tiny_setting, l1, gap, g, w):
+    cost = tiny_setting.cost(40)
+    p = Plan(levels=[l1, l1 + gap, 16], propose=g, windows=[w])
+    fixed = float(predict(cost, tiny_setting.agreement, [p]).tokens_per_second[0])
+    assert analytic_three_level(cost, tiny_setting.agreement, p).tokens_per_second == pytest.approx(fixed, rel=1e-12)
+    assert analytic_three_level(cost, tiny_setting.agreement, with_thresholds(p, 0.0)).tokens_per_second == pytest.approx(
+        fixed, rel=1e-12)
+
+
+@pytest.mark.parametrize("plan", [Plan(levels=[2, 5, 8], propose=3, windows=[4], draft_confidence=0.6),
+                                  Plan(levels=[1, 4, 8], propose=4, windows=[2], draft_confidence=0.4)], ids=Plan.describe)
+def test_three_level_analytic_within_iid_monte_carlo(plan):
+    s = Setting(confident_profile(), None, None, None, 1, None)
+    cost = s.cost(40)
+    a = analytic_three_level(cost, s.agreement, plan)
+    fixed = analytic_three_level(cost, s.agreement, with_thresholds(plan, None))
+    assert a.tokens_per_second != pytest.approx(fixed.tokens_per_second, rel=1e-3)
+    r = replay(cost, s.acceptance, plan, cycles=1000, streams=16, seed=4, order="iid")
+    assert r.ci95[0] <= a.tokens_per_second <= r.ci95[1], (a, r)
+
+
+def test_tau_one_drafts_one_token_per_round(tiny_setting):
+    cost = tiny_setting.cost(40)
+    a = analytic_single_level(cost, tiny_setting.agreement, Plan(levels=[3, 16], propose=7, draft_confidence=1.0))
+    assert a.drafts_per_round == pytest.approx(1.0)
+    one = float(predict(cost, tiny_setting.agreement, [Plan(levels=[3, 16], propose=1)]).tokens_per_second[0])
+    assert a.tokens_per_second == pytest.approx(one, rel=1e-9)
+
+
+@pytest.mark.parametrize("plan", [Plan(levels=[2, 8], propose=5, draft_confidence=0.5),
+                                  Plan(levels=[4, 8], propose=3, draft_confidence=0.8)], ids=Plan.describe)
+def test_analytic_within_iid_monte_carlo(plan):
+    s = Setting(confident_profile(), None, None, None, 1, None)
+    cost = s.cost(40)
+    a = analytic_single_level(cost, s.agreement, plan)
+    fixed = analytic_single_level(cost, s.agreement, with_thresholds(plan, None))
+    assert a.tokens_per_second != pytest.approx(fixed.tokens_per_second, rel=1e-3)  # the threshold matters here
+    r = replay(cost, s.acceptance, plan, cycles=1500, streams=16, seed=1, order="iid")
+    assert r.ci95[0] <= a.tokens_per_second <= r.ci95[1], (a, r)
+
+
+def test_replay_fixed_hierarchical_matches_analytic(tiny_setting):
+    plan = Plan(levels=[2, 6, 16], propose=3, windows=[4])
+    cost = tiny_setting.cost(40)
+    a = float(predict(cost, tiny_setting.agreement, [plan]).tokens_per_second[0])
+    r = replay(cost, tiny_setting.acceptance, plan, cycles=1500, streams=16, seed=2, order="iid")
+    assert r.ci95[0] <= a <= r.ci95[1]
+
+
+def test_escalation_one_checks_every_intermediate_token(tiny_setting):
+    """tau_e = 1: every level-2 check escalates at once, as a window of 1 does."""
+    cost = tiny_setting.cost(40)
+    esc = replay(cost, tiny_setting.acceptance, Plan(levels=[2, 6, 16], propose=3, windows=[9], escalate_confidence=[1.0]),
+                 cycles=300, streams=4, seed=3)
+    w1 = replay(cost, tiny_setting.acceptance, Plan(levels=[2, 6, 16], propose=3, windows=[1]), cycles=300, streams=4, seed=3)
+    assert esc.tokens_per_second == pytest.approx(w1.tokens_per_second, rel=1e-12)
+
+
+def test_cli_adaptive_refused_without_confidence(capsys, tmp_path):
+    out = tmp_path / "best.json"
+    code = main(["optimize", "--profile", "h100_llama2_7b", "--adaptive", "--out", str(out)])
+    o, e = capsys.readouterr()
+    assert code == 2 and not out.exists()
+    assert len(e.strip().splitlines()) == 1 and "confidence" in e
+
+
+@pytest.mark.slow  # ~75 trace replays (pure Python)
+def test_cli_adaptive_search(capsys, tmp_path):
+    path = tmp_path / "p.json"
+    save_profile(confident_profile(), path)
+    out = tmp_path / "best.json"
+    code = main(["optimize", "--profile", str(path), "--adaptive", "--json", "--max-propose", "4", "--max-window", "4",
+                 "--out", str(out)])
+    o, e = capsys.readouterr()
+    assert code == 0, e
+    res = json.loads(o)["adaptive"]
+    best = Plan.model_validate(res["best"]["plan"])
+    assert best == Plan.model_validate_json(out.read_text())
+    assert res["predicted_gain_over_best_fixed"] == pytest.approx(
+        res["best"]["tokens_per_second"] / res["best_fixed"]["tokens_per_second"], rel=1e-3)
