@@ -317,7 +317,8 @@ def fit_overheads(model: Transformer, table: LatencyTable, prompts, max_new_toke
     return {**{k: float(v) for k, v in zip(names, coef)}, **{k + "_se": float(v) for k, v in zip(names, boot_se)},
             "forwards": int(inlier.sum()), "forwards_rejected": int((~inlier).sum()), "runs": len(runs),
             "rounds": rounds, "residual_ms_median_abs": float(np.median(np.abs(resid))), "noise_floor": noise,
-            "tokens_per_second_by_round": tps.round(3).tolist(), "plans": [p.describe() for p in plans]}
+            "tokens_per_second_by_round": tps.round(3).tolist(), "plans": [p.describe() for p in plans],
+            "autoregressive_tokens_per_second": float(np.median(tps[:, 0]))}
 
 
 # --------------------------------------------------------------------------- acceptance
@@ -413,9 +414,8 @@ def measure_profile(model: Transformer, model_name: str, device: str, workload: 
     log(f"layer table done in {lat['seconds']:.0f} s; fitting fixed overheads")
     calib_prompts = calibration_prompts(model, 4, min(64, max(8, cap // 8)))
     calib_len = len(calib_prompts[0])
-    calib = fit_overheads(model, table, calib_prompts, max(1, min(64, max_new_tokens, cap - calib_len - 16)),
-                          rounds=calibration_rounds,
-                          seed=seed)
+    calib_new = max(1, min(64, max_new_tokens, cap - calib_len - 16))
+    calib = fit_overheads(model, table, calib_prompts, calib_new, rounds=calibration_rounds, seed=seed)
     table = table.model_copy(update={k: calib[k] for k in ("overhead_ms", "layer_overhead_ms", "verify_overhead_ms")})
     table.notes["calibration"] = (
         f"fixed costs fitted by non-negative least squares on {calib['forwards']} forwards "
@@ -430,6 +430,9 @@ def measure_profile(model: Transformer, model_name: str, device: str, workload: 
     log("measuring acceptance (exit traces)")
     acc = acceptance_workload(model, prompts, max_new_tokens, prompts_detail, env)
     measurement = {"noise_floor": calib["noise_floor"], "latency_seconds": round(lat["seconds"], 1),
+                   "calibration": {"prompts": len(calib_prompts), "prompt_len": calib_len, "seed": CALIBRATION_SEED,
+                                   "max_new_tokens": calib_new,
+                                   "autoregressive_tokens_per_second": round(calib["autoregressive_tokens_per_second"], 4)},
                    **{k: round(calib[k], 6) for k in ("overhead_ms", "layer_overhead_ms", "verify_overhead_ms",
                                                        "overhead_ms_se", "layer_overhead_ms_se", "verify_overhead_ms_se")}}
     dev_name = fp.get("gpu_name") or fp["cpu_model"]

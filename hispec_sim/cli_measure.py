@@ -211,6 +211,9 @@ def cmd_validate(args) -> int:
 def noise_line(out: dict) -> str:
     prof = out.get("noise_floor_profile")
     prof_s = "not recorded" if prof is None else f"{100 * prof:.2f} %"
+    d = out.get("machine_drift")
+    drift_s = (f", and the profile's calibration runs moved {100 * d['drift']:.2f} % since it was measured "
+               f"({d['then_tokens_per_second']:.1f} -> {d['now_tokens_per_second']:.1f} tokens/s)") if d else ""
     return (f"noise floor {100 * out['noise_floor']:.2f} % (run-to-run spread of identical runs: {prof_s} when the profile "
-            f"was measured, {100 * out['noise_floor_now']:.2f} % now); {out['plans_within_noise_floor']} of "
+            f"was measured, {100 * out['noise_floor_now']:.2f} % now{drift_s}); {out['plans_within_noise_floor']} of "
             f"{len(out['plans'])} plans within it")

@@ -114,9 +114,14 @@ def check_same_machine(recorded: dict | None, here: dict, allow_other: bool, pro
     diff = differences(recorded, here)
     if not diff:
         return None
-    more = f" (+{len(diff) - 1} more)" if len(diff) > 1 else ""
+    if diff[0].startswith("machine:"):
+        what = f"{profile_name} records no machine fingerprint (measured before fingerprints, or not by `profile measure`)"
+    else:
+        more = f" (+{len(diff) - 1} more)" if len(diff) > 1 else ""
+        what = f"{profile_name} was measured on another machine ({diff[0]}{more})"
     if not allow_other:
-        raise ValueError(f"machine: {profile_name} was measured on another machine ({diff[0]}{more}); its timings do not "
-                         f"hold here: measure your own (hispec-sim profile measure) or pass --allow-other-machine")
-    return (f"WARNING: {profile_name} was measured on another machine ({'; '.join(diff)}); predicted times are "
+        raise ValueError(f"machine: {what}; its timings need not hold here: measure your own (hispec-sim profile "
+                         f"measure) or pass --allow-other-machine")
+    detail = "; ".join(diff) if not diff[0].startswith("machine:") else "no fingerprint"
+    return (f"WARNING: {profile_name} was not measured on this machine ({detail}); predicted times are "
             f"that machine's, not this one's")

@@ -59,6 +59,27 @@ def profile_noise_floor(profile: Profile) -> float | None:
     return float(v) if isinstance(v, (int, float)) and np.isfinite(v) else None
 
 
+def machine_drift(profile: Profile, model) -> dict | None:
+    """Re-run the profile's own calibration runs (autoregressive on its calibration prompts,
+    twice) and compare their tokens/s with what was recorded when the profile was measured:
+    how much this machine's speed moved since (None when the profile records no calibration)."""
+    m = profile.provenance.get("measurement")
+    cal = m.get("calibration") if isinstance(m, dict) else None
+    if not isinstance(cal, dict) or not cal.get("autoregressive_tokens_per_second"):
+        return None
+    from hispec_exec import decode
+    from hispec_exec.measure import calibration_prompts
+    from hispec_sim.schema import autoregressive_plan
+
+    ar = autoregressive_plan(model.num_layers)
+    prompts = calibration_prompts(model, int(cal["prompts"]), int(cal["prompt_len"]))
+    n = int(cal["max_new_tokens"])
+    decode(model, ar, prompts[0], min(8, n))  # warm-up
+    now = float(np.median([_tally(ar, [decode(model, ar, p, n) for p in prompts])[0] for _ in range(2)]))
+    then = float(cal["autoregressive_tokens_per_second"])
+    return {"then_tokens_per_second": then, "now_tokens_per_second": now, "drift": abs(now - then) / then}
+
+
 def _tally(plan: Plan, results) -> tuple[float, list]:
     tokens, wall = 0, 0.0
     proposed = np.zeros(plan.depth)
@@ -105,13 +126,15 @@ def run_measured(model, plan: Plan, prompts, max_new_tokens: int):
 def validate(setting: Setting, plans: list[Plan], model, prompts, max_new_tokens: int, seed: int = 0,
              replay: bool = True, machine_warning: str | None = None) -> dict:
     """Predict every plan, run them interleaved in the executor, report the errors and the
-    noise floor: the larger of the run-to-run spread recorded when the profile was measured
-    and the one measured now (two identical autoregressive runs); an error within it is
+    noise floor: the largest of the run-to-run spread recorded when the profile was measured,
+    the one measured now (two identical autoregressive runs per prompt) and the drift of
+    the profile's own calibration runs since it was measured; an error within it is
     indistinguishable from measurement noise and is reported as such."""
     scored = score(setting, plans)
+    drift = machine_drift(setting.profile, model)
     runs, noise_now = run_interleaved(model, plans, prompts, max_new_tokens)
     noise_profile = profile_noise_floor(setting.profile)
-    noise = max(noise_now, noise_profile or 0.0)
+    noise = max(noise_now, noise_profile or 0.0, drift["drift"] if drift else 0.0)
     rows = []
     cost = setting.cost(max(p.propose + sum(p.windows) for p in plans) + 8)
     for plan, s in zip(plans, scored):
@@ -135,6 +158,7 @@ def validate(setting: Setting, plans: list[Plan], model, prompts, max_new_tokens
     out = {**setting.describe(), "plans": rows, "median_abs_relative_error": float(np.median(err)),
            "max_abs_relative_error": float(err.max()), "prompts": len(prompts), "max_new_tokens": max_new_tokens,
            "noise_floor": noise, "noise_floor_now": noise_now, "noise_floor_profile": noise_profile,
+           "machine_drift": drift,
            "plans_within_noise_floor": int(sum(r["within_noise_floor"] for r in rows))}
     if machine_warning:
         out["machine_warning"] = machine_warning

@@ -75,7 +75,10 @@ def test_validate_reports_predicted_and_measured(small):
         assert row["relative_error"] == pytest.approx(
             (row["predicted_tokens_per_second"] - row["measured_tokens_per_second"]) / row["measured_tokens_per_second"])
     assert out["max_abs_relative_error"] >= out["median_abs_relative_error"] >= 0
-    assert out["noise_floor"] == max(out["noise_floor_now"], out["noise_floor_profile"])
+    drift = out["machine_drift"]  # the profile's calibration runs, re-run now
+    assert drift["then_tokens_per_second"] == profile.provenance["measurement"]["calibration"]["autoregressive_tokens_per_second"]
+    assert drift["drift"] == pytest.approx(abs(drift["now_tokens_per_second"] / drift["then_tokens_per_second"] - 1))
+    assert out["noise_floor"] == max(out["noise_floor_now"], out["noise_floor_profile"], drift["drift"])
     assert out["plans_within_noise_floor"] == sum(abs(r["relative_error"]) <= out["noise_floor"] for r in out["plans"])
 
 
@@ -127,7 +130,7 @@ def test_validate_refuses_a_profile_of_another_machine(tmp_path, capsys):
     assert main(["validate", "--profile", str(path), *small, "--allow-other-machine", "--out", str(out)]) == 0
     text = capsys.readouterr()
     assert "WARNING" in text.out and "cpu_model" in text.out and "noise floor" in text.out
-    assert "another machine" in json.loads(out.read_text())["machine_warning"]
+    assert "not measured on this machine" in json.loads(out.read_text())["machine_warning"]
 
 
 def test_machine_differences_name_each_field():
