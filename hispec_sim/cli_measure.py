@@ -152,6 +152,9 @@ def add_validate_parser(sub, setting_args) -> None:
     p.add_argument("--prompt-seed", type=int, help="seed of the held-out prompts (default: those the profile was measured on)")
     p.add_argument("--allow-other-machine", action="store_true",
                    help="validate a profile measured on another machine (the output carries a warning)")
+    p.add_argument("--prompts-file", metavar="FILE", help="run the plans on your own prompts (as for profile measure)")
+    p.add_argument("--format", choices=["jsonl", "text", "sharegpt"])
+    p.add_argument("--field", default="prompt")
     p.add_argument("--out", help="also write the JSON result here")
     p.set_defaults(func=cmd_validate)
 
@@ -173,6 +176,13 @@ def cmd_validate(args) -> int:
         raise ValueError(f"max_new_tokens: must be in [1, {MAX_NEW_TOKENS}]")
     if args.out:
         schema.check_writable(args.out)
+    if args.prompts_file is None and (args.format or args.field != "prompt"):
+        raise ValueError("prompts_file: --format and --field need --prompts-file")
+    prompts_text = None
+    if args.prompts_file:
+        from hispec_exec.prompts import read_prompts
+
+        prompts_text = read_prompts(args.prompts_file, args.format, args.field)
     if args.plan:
         plans = [schema.load_plan(args.plan)]
         setting.profile.check_plan(plans[0], setting.workload)
@@ -185,9 +195,17 @@ def cmd_validate(args) -> int:
     warning = machine_check(setting.profile, args.device, args.allow_other_machine)
     if warning:
         print(f"hispec-sim: {warning}", file=sys.stderr)
-    from hispec_exec import heldout_prompts
+    if prompts_text is not None:
+        from hispec_exec.prompts import encode_prompts, text_encoder
 
-    prompts = heldout_prompts(args.prompts, 64, args.prompt_seed)
+        encode, _ = text_encoder(model, args.model)
+        prompts = encode_prompts(prompts_text, encode, args.max_new_tokens, model.args.max_seq_len)
+    else:
+        from hispec_exec import heldout_prompts
+
+        if model.args.vocab_size < 256:
+            raise ValueError("prompts_file: this model's vocabulary is not bytes; give its prompts with --prompts-file")
+        prompts = heldout_prompts(args.prompts, 64, args.prompt_seed)
     out = validate(setting, plans, model, prompts, args.max_new_tokens, seed=args.seed, machine_warning=warning)
     if args.out:
         schema.write_atomic(args.out, json.dumps(out, indent=2) + "\n")

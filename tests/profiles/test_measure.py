@@ -149,6 +149,12 @@ def test_measure_hf_checkpoint_on_prompts_files_merges_workloads(hf_folder, tmp_
     assert sorted(p2.workloads) == ["code", "more"] and p2.table().model_dump() == before
     assert p2.workloads["code"] == acc and len(p2.workload("more").trace_starts) == 2
     assert p2.provenance["workloads_added"]["more"]["n"] == 2
+    # and validate runs plans of that checkpoint on the user's prompts (this machine measured it: no override)
+    assert main(["validate", "--profile", str(out), "--workload", "code", "--model", str(hf_folder), "--prompts-file",
+                 str(a), "--max-new-tokens", "12", "--plans", "2", "--json"]) == 0
+    v = json.loads(capsys.readouterr().out)
+    assert v["prompts"] == 3 and len(v["plans"]) == 2 and v["machine_drift"]["then_tokens_per_second"] > 0
+    assert v["noise_floor"] >= v["noise_floor_now"] and "machine_warning" not in v
 
 
 def test_measure_shipped_model_acceptance_only(tmp_path, capsys):
