@@ -38,6 +38,20 @@ def load_executor_model(args):
     return model, "hispec-tiny" if folder == Path(DEFAULT_CHECKPOINT).resolve() else folder.name
 
 
+def heldout_for(model, model_folder, n: int, seed: int) -> list[list[int]]:
+    """The held-out prompts (64 bytes of stdlib source each) as this model's token ids: bytes
+    for byte-level models, the checkpoint's tokenizer.json otherwise."""
+    from hispec_exec import heldout_prompts
+    from hispec_exec.data import decode_bytes
+    from hispec_exec.prompts import text_encoder
+
+    prompts = heldout_prompts(n, 64, seed)
+    encode, how = text_encoder(model, model_folder)  # a model without tokenizer.json and vocab < 256: ValueError
+    if how.startswith("bytes"):
+        return prompts
+    return [encode(decode_bytes(p)) or [0] for p in prompts]
+
+
 def add_measure_parser(prof_sub) -> None:
     m = prof_sub.add_parser("measure", help="measure a profile with the executor (latency, overheads, acceptance)")
     executor_args(m)
@@ -105,14 +119,10 @@ def cmd_measure(args) -> int:
         prompts = encode_prompts(prompts_text, encode, args.max_new_tokens, model.args.max_seq_len)
         detail = f"{len(prompts)} prompts of {Path(args.prompts_file).name} (tokenized with {how})"
     else:
-        from hispec_exec import heldout_prompts
-
-        if model.args.vocab_size < 256:
-            raise ValueError("prompts_file: this model's vocabulary is not bytes; give its prompts with --prompts-file")
         if 64 + args.max_new_tokens + 1 > model.args.max_seq_len:
             raise ValueError(f"max_new_tokens: 64-byte prompts + {args.max_new_tokens} exceed the model's context "
                              f"{model.args.max_seq_len}")
-        prompts = heldout_prompts(args.prompts, 64, args.seed)
+        prompts = heldout_for(model, args.model, args.prompts, args.seed)
         detail = f"{args.prompts} held-out prompts (seed {args.seed})"
 
     if args.acceptance_only:
@@ -201,11 +211,7 @@ def cmd_validate(args) -> int:
         encode, _ = text_encoder(model, args.model)
         prompts = encode_prompts(prompts_text, encode, args.max_new_tokens, model.args.max_seq_len)
     else:
-        from hispec_exec import heldout_prompts
-
-        if model.args.vocab_size < 256:
-            raise ValueError("prompts_file: this model's vocabulary is not bytes; give its prompts with --prompts-file")
-        prompts = heldout_prompts(args.prompts, 64, args.prompt_seed)
+        prompts = heldout_for(model, args.model, args.prompts, args.prompt_seed)
     out = validate(setting, plans, model, prompts, args.max_new_tokens, seed=args.seed, machine_warning=warning)
     if args.out:
         schema.write_atomic(args.out, json.dumps(out, indent=2) + "\n")
