@@ -149,6 +149,11 @@ def test_measure_hf_checkpoint_on_prompts_files_merges_workloads(hf_folder, tmp_
     assert sorted(p2.workloads) == ["code", "more"] and p2.table().model_dump() == before
     assert p2.workloads["code"] == acc and len(p2.workload("more").trace_starts) == 2
     assert p2.provenance["workloads_added"]["more"]["n"] == 2
+    # held-out prompts go through the checkpoint's own tokenizer.json too
+    assert main(["profile", "measure", "--workload", "held", "--prompts", "2", "--acceptance-only", *small]) == 0
+    capsys.readouterr()
+    held = load_profile(str(out)).workload("held")
+    assert len(held.trace_starts) == 2 and max(max(r) for r in held.traces) < vocab
     # and validate runs plans of that checkpoint on the user's prompts (this machine measured it: no override)
     assert main(["validate", "--profile", str(out), "--workload", "code", "--model", str(hf_folder), "--prompts-file",
                  str(a), "--max-new-tokens", "12", "--plans", "2", "--json"]) == 0
