@@ -30,6 +30,8 @@ from .model import Transformer
 TOKENS = list(range(1, 33)) + [40, 48, 56, 64, 96, 128, 192, 256, 384, 512]
 CALIBRATION_SEED = 1000  # prompts for calibration runs: disjoint from measurement/validation seeds
 OUTLIER_MADS = 3.5
+SCALE_RANGE = (0.5, 2.0)  # in-situ table scale accepted from the calibration fit
+SCALE_MAX_SE = 0.05
 
 
 # --------------------------------------------------------------------------- statistics (pure numpy)
@@ -143,8 +145,8 @@ def measure_latency(model: Transformer, contexts: list[int], repeats: int = 12, 
     over one layer) / (L - 1), so the per-forward part (embedding, mask, call overhead)
     cancels; head time over tokens.
 
-    Interleaved: `repeats` rounds, each timing every cell once (the L-layer and the
-    1-layer forward back to back) in a fresh random order, so slow drift and bursts of
+    Interleaved: `repeats` rounds, each timing every cell once (an untimed 1-layer forward
+    of the same shape first, then the L-layer and the 1-layer forward) in a fresh random order, so slow drift and bursts of
     other load spread over all cells instead of biasing some. Per cell: mean after
     outlier rejection, and its standard error. Cells beyond the cache capacity
     (context + tokens > capacity) are extrapolated (attention cost grows with
@@ -178,9 +180,11 @@ def measure_latency(model: Transformer, contexts: list[int], repeats: int = 12, 
         for n, c in order:
             if r >= rounds_for(n, repeats):
                 continue
+            fwd(1, n, c)()  # untimed: this shape's kernels and buffers warm, as in decoding's repeated shapes
             full = _timed(fwd(L, n, c), cuda)
             one = _timed(fwd(1, n, c), cuda) if L > 1 else 0.0
             if c == contexts[0]:
+                model.head(xs[n])
                 h = _timed(lambda: model.head(xs[n]), cuda)
                 if r >= 0:
                     head_samples[n].append(h)
@@ -261,13 +265,17 @@ def _nnls(X: np.ndarray, y: np.ndarray) -> np.ndarray:
 def fit_overheads(model: Transformer, table: LatencyTable, prompts, max_new_tokens: int, rounds: int = 3,
                   bootstrap: int = 200, seed: int = 0) -> dict:
     """Fixed costs the micro-benchmarks cannot see, per forward, per layer run, and extra per
-    verification forward, by non-negative least squares; plus the run-to-run noise floor.
+    verification forward, and the table's in-situ scale, by non-negative least squares; plus
+    the run-to-run noise floor.
 
     Every calibration plan decodes every prompt once per round, rounds interleaved (plan
     and prompt order fixed, rounds repeated) so drift hits all plans alike. Each forward's
     time (including the decode loop's own Python time between forwards, spread evenly over
-    its forwards) minus its layers and head from the table is regressed on the three
-    counts; forwards with residuals beyond 3.5 MADs are dropped and the fit redone.
+    its forwards) is regressed on the three counts and on its layers and head from the table
+    (whose coefficient, the table scale, corrects a micro-benchmark that runs hotter or
+    colder than decoding does on this machine; it is fixed to 1 when the fit puts it outside
+    [0.5, 2] or its bootstrap standard error exceeds 0.05); forwards with residuals beyond
+    3.5 MADs are dropped and the fit redone.
     Standard errors: bootstrap over decode runs (resampled with replacement, seeded).
     Noise floor: the largest relative spread ((max - min) / median) over rounds of one
     plan's aggregate tokens/s: what identical runs differ by on this machine.
@@ -291,29 +299,42 @@ def fit_overheads(model: Transformer, table: LatencyTable, prompts, max_new_toke
                     parts = sum((b - a + 1) * float(layer_ms(table, n, res.prompt_len)) for a, b, n in f.segments)
                     parts += float(head_ms(table, f.head_tokens))
                     layers = sum(b - a + 1 for a, b, _ in f.segments)
-                    rows.append([1.0, layers, 1.0 if f.level > 1 else 0.0])
-                    y.append(f.ms + gap - parts)
+                    rows.append([1.0, layers, 1.0 if f.level > 1 else 0.0, parts])
+                    y.append(f.ms + gap)
                 runs.append((np.asarray(rows), np.asarray(y)))
     X = np.concatenate([r[0] for r in runs])
     y = np.concatenate([r[1] for r in runs])
-    coef = _nnls(X, y)
-    resid = y - X @ coef
-    mad = 1.4826 * np.median(np.abs(resid - np.median(resid)))
-    inlier = np.abs(resid - np.median(resid)) <= OUTLIER_MADS * mad if mad > 0 else np.ones(len(y), bool)
-    coef = _nnls(X[inlier], y[inlier])
+
+    def fit(idx, scaled: bool) -> np.ndarray:
+        """(per forward, per layer, per verification, table scale) by NNLS."""
+        if scaled:
+            return _nnls(X[idx], y[idx])
+        return np.append(_nnls(X[idx, :3], y[idx] - X[idx, 3]), 1.0)
+
+    every = np.arange(len(y))
+    coef = fit(every, True)
+    scaled = bool(SCALE_RANGE[0] <= coef[3] <= SCALE_RANGE[1])
     rng = np.random.default_rng(seed)
     offsets = np.cumsum([0] + [len(r[1]) for r in runs])
-    boots = []
-    for _ in range(bootstrap):
-        pick = rng.integers(0, len(runs), len(runs))
-        idx = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in pick])
-        idx = idx[inlier[idx]]
-        boots.append(_nnls(X[idx], y[idx]))
-    boot_se = np.std(boots, axis=0, ddof=1) if bootstrap > 1 else np.full(3, np.nan)
+    picks = [rng.integers(0, len(runs), len(runs)) for _ in range(bootstrap)]
+    for _ in range(2):  # the scaled fit, unless the scale is out of range or ill-determined
+        coef = fit(every, scaled)
+        resid = y - X @ coef
+        mad = 1.4826 * np.median(np.abs(resid - np.median(resid)))
+        inlier = np.abs(resid - np.median(resid)) <= OUTLIER_MADS * mad if mad > 0 else np.ones(len(y), bool)
+        coef = fit(every[inlier], scaled)
+        boots = []
+        for pick in picks:
+            idx = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in pick])
+            boots.append(fit(idx[inlier[idx]], scaled))
+        boot_se = np.std(boots, axis=0, ddof=1) if bootstrap > 1 else np.full(4, np.nan)
+        if not scaled or boot_se[3] <= SCALE_MAX_SE:
+            break
+        scaled = False
     tps = toks / walls
     noise = float(np.max((tps.max(0) - tps.min(0)) / np.median(tps, axis=0))) if rounds > 1 else float("nan")
     resid = y[inlier] - X[inlier] @ coef
-    names = ("overhead_ms", "layer_overhead_ms", "verify_overhead_ms")
+    names = ("overhead_ms", "layer_overhead_ms", "verify_overhead_ms", "table_scale")
     return {**{k: float(v) for k, v in zip(names, coef)}, **{k + "_se": float(v) for k, v in zip(names, boot_se)},
             "forwards": int(inlier.sum()), "forwards_rejected": int((~inlier).sum()), "runs": len(runs),
             "rounds": rounds, "residual_ms_median_abs": float(np.median(np.abs(resid))), "noise_floor": noise,
@@ -416,7 +437,12 @@ def measure_profile(model: Transformer, model_name: str, device: str, workload: 
     calib_len = len(calib_prompts[0])
     calib_new = max(1, min(64, max_new_tokens, cap - calib_len - 16))
     calib = fit_overheads(model, table, calib_prompts, calib_new, rounds=calibration_rounds, seed=seed)
-    table = table.model_copy(update={k: calib[k] for k in ("overhead_ms", "layer_overhead_ms", "verify_overhead_ms")})
+    sc = calib["table_scale"]
+    table = table.model_copy(update={**{k: calib[k] for k in ("overhead_ms", "layer_overhead_ms", "verify_overhead_ms")},
+                                     "layer_ms": (np.array(table.layer_ms) * sc).tolist(),
+                                     "head_ms": (np.array(table.head_ms) * sc).tolist()})
+    table.notes["table_scale"] = (f"{sc:.6f} +- {calib['table_scale_se']:.6f} (layer and head times multiplied by this "
+                                  f"in-situ factor fitted on the calibration forwards; 1 = micro-benchmarks as measured)")
     table.notes["calibration"] = (
         f"fixed costs fitted by non-negative least squares on {calib['forwards']} forwards "
         f"({calib['forwards_rejected']} outliers rejected) of the plans {calib['plans']} over "
@@ -434,7 +460,8 @@ def measure_profile(model: Transformer, model_name: str, device: str, workload: 
                                    "max_new_tokens": calib_new,
                                    "autoregressive_tokens_per_second": round(calib["autoregressive_tokens_per_second"], 4)},
                    **{k: round(calib[k], 6) for k in ("overhead_ms", "layer_overhead_ms", "verify_overhead_ms",
-                                                       "overhead_ms_se", "layer_overhead_ms_se", "verify_overhead_ms_se")}}
+                                                       "overhead_ms_se", "layer_overhead_ms_se", "verify_overhead_ms_se",
+                                                       "table_scale", "table_scale_se")}}
     dev_name = fp.get("gpu_name") or fp["cpu_model"]
     return Profile(
         name=f"{device}_{model_name}",

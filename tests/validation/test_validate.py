@@ -43,6 +43,7 @@ def test_measured_profile_is_complete(small):
     assert set(se) == {"overhead_ms", "layer_overhead_ms", "verify_overhead_ms"} and all(v >= 0 for v in se.values())
     meas = profile.provenance["measurement"]
     assert meas["noise_floor"] >= 0 and meas["overhead_ms_se"] == se["overhead_ms"]
+    assert 0.5 <= meas["table_scale"] <= 2 and "table_scale" in table.notes
     fp = profile.provenance["machine"]
     assert {"cpu_model", "isa", "torch", "blas", "onednn", "threads", "logical_cpus"} <= set(fp) and fp["threads"] == 1
     acc = profile.workload()
