@@ -312,8 +312,9 @@ def fit_overheads(model: Transformer, table: LatencyTable, prompts, max_new_toke
         return np.append(_nnls(X[idx, :3], y[idx] - X[idx, 3]), 1.0)
 
     every = np.arange(len(y))
-    coef = fit(every, True)
-    scaled = bool(SCALE_RANGE[0] <= coef[3] <= SCALE_RANGE[1])
+    free_scale_se = float("nan")
+    free_scale = float(fit(every, True)[3])
+    scaled = SCALE_RANGE[0] <= free_scale <= SCALE_RANGE[1]
     rng = np.random.default_rng(seed)
     offsets = np.cumsum([0] + [len(r[1]) for r in runs])
     picks = [rng.integers(0, len(runs), len(runs)) for _ in range(bootstrap)]
@@ -330,6 +331,7 @@ def fit_overheads(model: Transformer, table: LatencyTable, prompts, max_new_toke
         boot_se = np.std(boots, axis=0, ddof=1) if bootstrap > 1 else np.full(4, np.nan)
         if not scaled or boot_se[3] <= SCALE_MAX_SE:
             break
+        free_scale_se = float(boot_se[3])
         scaled = False
     tps = toks / walls
     noise = float(np.max((tps.max(0) - tps.min(0)) / np.median(tps, axis=0))) if rounds > 1 else float("nan")
@@ -339,7 +341,8 @@ def fit_overheads(model: Transformer, table: LatencyTable, prompts, max_new_toke
             "forwards": int(inlier.sum()), "forwards_rejected": int((~inlier).sum()), "runs": len(runs),
             "rounds": rounds, "residual_ms_median_abs": float(np.median(np.abs(resid))), "noise_floor": noise,
             "tokens_per_second_by_round": tps.round(3).tolist(), "plans": [p.describe() for p in plans],
-            "autoregressive_tokens_per_second": float(np.median(tps[:, 0]))}
+            "autoregressive_tokens_per_second": float(np.median(tps[:, 0])),
+            "free_scale": free_scale, "free_scale_se": free_scale_se}
 
 
 # --------------------------------------------------------------------------- acceptance
@@ -442,7 +445,10 @@ def measure_profile(model: Transformer, model_name: str, device: str, workload: 
                                      "layer_ms": (np.array(table.layer_ms) * sc).tolist(),
                                      "head_ms": (np.array(table.head_ms) * sc).tolist()})
     table.notes["table_scale"] = (f"{sc:.6f} +- {calib['table_scale_se']:.6f} (layer and head times multiplied by this "
-                                  f"in-situ factor fitted on the calibration forwards; 1 = micro-benchmarks as measured)")
+                                  f"in-situ factor fitted on the calibration forwards; 1 = micro-benchmarks as measured; "
+                                  f"the unconstrained fit gave {calib['free_scale']:.4f}"
+                                  + ("" if calib["free_scale_se"] != calib["free_scale_se"] else
+                                     f" +- {calib['free_scale_se']:.4f}") + ")")
     table.notes["calibration"] = (
         f"fixed costs fitted by non-negative least squares on {calib['forwards']} forwards "
         f"({calib['forwards_rejected']} outliers rejected) of the plans {calib['plans']} over "
