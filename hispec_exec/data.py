@@ -68,12 +68,22 @@ def decode_bytes(ids) -> str:
     return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode("utf-8", errors="replace")
 
 
-def heldout_prompts(n: int, prompt_len: int = 64, seed: int = 0) -> list[list[int]]:
-    """n deterministic held-out prompts of prompt_len bytes, each starting at a line start."""
+def prompt_set_of(path: Path) -> str:
+    """'A' or 'B': a second hash splits the held-out files into two disjoint prompt sets
+    (generalisation: a profile measured on set A predicts runs on set B, other files)."""
+    rel = path.relative_to(stdlib_root()).as_posix()
+    return "AB"[hashlib.sha256(("set:" + rel).encode()).digest()[0] % 2]
+
+
+def heldout_prompts(n: int, prompt_len: int = 64, seed: int = 0, prompt_set: str | None = None) -> list[list[int]]:
+    """n deterministic held-out prompts of prompt_len bytes, each starting at a line start;
+    prompt_set 'A' or 'B' draws only from that half of the held-out files (None: all)."""
     if n < 1 or prompt_len < 1:
         raise ValueError("prompts: n and prompt_len must be >= 1")
+    if prompt_set not in (None, "A", "B"):
+        raise ValueError(f"prompt_set: must be A or B, got {prompt_set!r}")
     rng = random.Random(seed)
-    files = list(corpus_files("heldout"))
+    files = [p for p in corpus_files("heldout") if prompt_set is None or prompt_set_of(p) == prompt_set]
     if not any(p.stat().st_size >= prompt_len + 512 for p in files):
         raise ValueError(f"prompt_len: no held-out file is long enough for {prompt_len}-byte prompts")
     out = []

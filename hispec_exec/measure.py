@@ -1,26 +1,105 @@
-"""Measure a profile with the executor: per-layer latency, exit head, fixed overheads and
-the acceptance statistics (with per-position traces) of every exit pair.
+"""Measure a profile with the executor: per-layer latency, exit head, fixed overheads (with
+their uncertainty), the machine's noise floor, and the acceptance statistics (per-position
+traces and per-prompt agreement) of every exit pair.
 
 The result is a normal `hispec_sim.schema.Profile`, so the simulator predicts any plan on
 this model and machine, and `hispec-sim validate` can check the prediction.
+
+Robust to a noisy CPU: timings are taken in interleaved rounds (every cell of the grid once
+per round, in a fresh random order), outliers are rejected (median +- 3.5 MAD) before
+averaging, and the per-layer table is made monotone (non-decreasing in tokens and in
+context: more work never takes less time) by weighted isotonic regression.
 """
 from __future__ import annotations
 
 import datetime
-import platform
+import json
 import time
 
 import numpy as np
 import torch
 
-from hispec_sim.schema import Acceptance, Hardware, LatencyTable, ModelShape, Plan, Profile, Source
+from hispec_sim.schema import Acceptance, AcceptanceSpread, Hardware, LatencyTable, ModelShape, Plan, Profile, Source
 
 from .data import heldout_prompts
-from .generate import decode, heldout_exit_traces
+from .generate import decode, exit_traces
 from .model import Transformer
 
-TOKENS = [1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 48, 64]
+# 1..32 dense (decode steps, verification windows), then coarser up to prefill sizes (the
+# shipped model's context is 512)
+TOKENS = list(range(1, 33)) + [40, 48, 56, 64, 96, 128, 192, 256, 384, 512]
 CALIBRATION_SEED = 1000  # prompts for calibration runs: disjoint from measurement/validation seeds
+OUTLIER_MADS = 3.5
+SCALE_RANGE = (0.5, 2.0)  # in-situ table scale accepted from the calibration fit
+SCALE_MAX_SE = 0.05
+
+
+# --------------------------------------------------------------------------- statistics (pure numpy)
+
+
+def robust_mean(x) -> tuple[float, float, int]:
+    """(mean, standard error, samples kept) after dropping samples further than 3.5 MADs
+    from the median (a timer interrupted by another process is not this kernel's time)."""
+    x = np.asarray(x, dtype=float)
+    med = np.median(x)
+    mad = 1.4826 * np.median(np.abs(x - med))
+    keep = x[np.abs(x - med) <= OUTLIER_MADS * mad] if mad > 0 else x[x == med] if np.any(x == med) else x
+    if keep.size == 0:
+        keep = x
+    se = float(keep.std(ddof=1) / np.sqrt(keep.size)) if keep.size > 1 else float("nan")
+    return float(keep.mean()), se, int(keep.size)
+
+
+def isotonic(y, w=None) -> np.ndarray:
+    """Weighted least-squares non-decreasing fit (pool adjacent violators)."""
+    y = np.asarray(y, dtype=float)
+    w = np.ones_like(y) if w is None else np.asarray(w, dtype=float)
+    vals, wts, lens = [], [], []
+    for v, wi in zip(y, w):
+        vals.append(v)
+        wts.append(wi)
+        lens.append(1)
+        while len(vals) > 1 and vals[-2] > vals[-1]:
+            tw = wts[-2] + wts[-1]
+            v2 = (vals[-2] * wts[-2] + vals[-1] * wts[-1]) / tw
+            n = lens[-2] + lens[-1]
+            del vals[-2:], wts[-2:], lens[-2:]
+            vals.append(v2)
+            wts.append(tw)
+            lens.append(n)
+    return np.repeat(vals, lens)
+
+
+def isotonic_2d(y, w=None, iterations: int = 200) -> np.ndarray:
+    """Weighted least-squares fit non-decreasing along both axes (Dykstra's alternating
+    projections onto row-monotone and column-monotone tables), then an exact cumulative max
+    so the result is monotone even if the iteration stopped early."""
+    y = np.asarray(y, dtype=float)
+    w = np.ones_like(y) if w is None else np.asarray(w, dtype=float)
+    x, p, q = y.copy(), np.zeros_like(y), np.zeros_like(y)
+    for _ in range(iterations):
+        z = np.stack([isotonic(col, wc) for col, wc in zip((x + p).T, w.T)], axis=1)  # along tokens
+        p = x + p - z
+        x_new = np.stack([isotonic(row, wr) for row, wr in zip(z + q, w)])  # along contexts
+        q = z + q - x_new
+        done = np.max(np.abs(x_new - x)) < 1e-12 * max(1.0, float(np.max(np.abs(y))))
+        x = x_new
+        if done:
+            break
+    return np.maximum.accumulate(np.maximum.accumulate(x, axis=0), axis=1)
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def _timed(fn, cuda: bool) -> float:
+    if cuda:
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    fn()
+    if cuda:
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t) * 1e3
 
 
 def _timings(fn, repeats: int, dev) -> np.ndarray:
@@ -28,16 +107,7 @@ def _timings(fn, repeats: int, dev) -> np.ndarray:
     cuda = torch.device(dev).type == "cuda"
     for _ in range(3):
         fn()
-    out = []
-    for _ in range(repeats):
-        if cuda:
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if cuda:
-            torch.cuda.synchronize()
-        out.append((time.perf_counter() - t) * 1e3)
-    return np.asarray(out)
+    return np.asarray([_timed(fn, cuda) for _ in range(repeats)])
 
 
 @torch.no_grad()
@@ -63,26 +133,106 @@ def head_timings(model: Transformer, n_tokens: int, repeats: int) -> np.ndarray:
     return _timings(lambda: model.head(x), repeats, model.tok_embeddings.weight.device)
 
 
-def measure_latency(model: Transformer, contexts: list[int], repeats: int = 30, tokens: list[int] = TOKENS):
+def rounds_for(n_tokens: int, repeats: int) -> int:
+    """Prefill-sized forwards (> 64 tokens) take long and vary little: fewer rounds."""
+    return repeats if n_tokens <= 64 else min(repeats, max(4, repeats // 3))
+
+
+@torch.no_grad()
+def measure_latency(model: Transformer, contexts: list[int], repeats: int = 12, tokens: list[int] = TOKENS,
+                    seed: int = 0) -> dict:
     """Per-layer time over tokens x contexts, in situ: (forward over all L layers - forward
     over one layer) / (L - 1), so the per-forward part (embedding, mask, call overhead)
-    cancels; head time over tokens. Medians after warm-up; spread = IQR of the L-layer
-    forward / (L - 1)."""
+    cancels; head time over tokens.
+
+    Interleaved: `repeats` rounds, each timing every cell once (an untimed 1-layer forward
+    of the same shape first, then the L-layer and the 1-layer forward) in a fresh random order, so slow drift and bursts of
+    other load spread over all cells instead of biasing some. Per cell: mean after
+    outlier rejection, and its standard error. Cells beyond the cache capacity
+    (context + tokens > capacity) are extrapolated (attention cost grows with
+    tokens x context) and listed. Finally the table is fitted non-decreasing in tokens and
+    context, weighted by 1 / standard error^2.
+    """
     L = model.num_layers
     cap = model.args.max_seq_len
-    contexts = [c for c in contexts if c + max(tokens) <= cap]
-    layer, spread, head = [], [], []
-    for n in tokens:
-        row, row_spread = [], []
-        for c in contexts:
-            full = forward_timings(model, L, n, c, repeats)
-            one = forward_timings(model, 1, n, c, repeats) if L > 1 else np.zeros(1)
-            row.append(max(float(np.median(full) - np.median(one)) / max(L - 1, 1), 1e-6))
-            row_spread.append(float(np.percentile(full, 75) - np.percentile(full, 25)) / max(L - 1, 1))
-        layer.append(row)
-        spread.append(row_spread)
-        head.append(float(np.median(head_timings(model, n, repeats))))
-    return tokens, contexts, layer, spread, head
+    dev = model.tok_embeddings.weight.device
+    cuda = dev.type == "cuda"
+    tokens = [n for n in tokens if n <= cap]
+    contexts = sorted({c for c in contexts if c + 1 <= cap})
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    cache = model.new_cache()
+    toks = {n: torch.randint(0, model.args.vocab_size, (n,), generator=gen).to(dev) for n in tokens}
+    xs = {n: torch.randn(n, model.args.dim, generator=gen).to(dev) for n in tokens}
+
+    def fwd(layers, n, c):
+        def f():
+            cache.lens[1:layers + 1] = [c] * layers
+            model.run(cache, 0, layers, toks[n])
+        return f
+
+    cells = [(n, c) for n in tokens for c in contexts if c + n <= cap]
+    samples: dict = {cell: [] for cell in cells}
+    head_samples: dict = {n: [] for n in tokens}
+    t0 = time.perf_counter()
+    for r in range(-1, repeats):  # round -1: warm-up, discarded
+        order = [cells[i] for i in rng.permutation(len(cells))]
+        for n, c in order:
+            if r >= rounds_for(n, repeats):
+                continue
+            fwd(1, n, c)()  # untimed: this shape's kernels and buffers warm, as in decoding's repeated shapes
+            full = _timed(fwd(L, n, c), cuda)
+            one = _timed(fwd(1, n, c), cuda) if L > 1 else 0.0
+            if c == contexts[0]:
+                model.head(xs[n])
+                h = _timed(lambda: model.head(xs[n]), cuda)
+                if r >= 0:
+                    head_samples[n].append(h)
+            if r >= 0:
+                samples[(n, c)].append((full - one) / max(L - 1, 1))
+    seconds = time.perf_counter() - t0
+
+    raw = np.full((len(tokens), len(contexts)), np.nan)
+    se = np.full_like(raw, np.nan)
+    kept = np.zeros_like(raw)
+    for (n, c), s in samples.items():
+        i, j = tokens.index(n), contexts.index(c)
+        raw[i, j], se[i, j], kept[i, j] = robust_mean(s)
+    extrapolated = _fill_beyond_capacity(raw, tokens, contexts)
+    head = np.array([robust_mean(head_samples[n])[0] for n in tokens])
+    finite_se = se[np.isfinite(se) & (se > 0)]
+    floor = float(np.median(finite_se)) if finite_se.size else 1e-3
+    w = 1.0 / np.maximum(np.nan_to_num(se, nan=10 * floor), floor) ** 2
+    w[[tokens.index(n) for n, _ in extrapolated], [contexts.index(c) for _, c in extrapolated]] = 1e-6 / floor ** 2
+    layer = np.maximum(isotonic_2d(raw, w), 1e-6)
+    head = np.maximum(isotonic(head), 1e-6)
+    rel_change = np.abs(layer - raw) / raw
+    return {"tokens": tokens, "contexts": contexts, "layer_ms": layer.tolist(), "head_ms": head.tolist(),
+            "raw_layer_ms": raw.tolist(), "layer_ms_se": np.nan_to_num(se).tolist(), "extrapolated": extrapolated,
+            "samples_kept": int(kept.sum()), "samples": int(sum(len(s) for s in samples.values())),
+            "monotone_median_change": float(np.median(rel_change)), "monotone_max_change": float(rel_change.max()),
+            "seconds": seconds, "repeats": repeats}
+
+
+def _fill_beyond_capacity(raw: np.ndarray, tokens: list[int], contexts: list[int]) -> list[tuple[int, int]]:
+    """Fill cells that do not fit in the cache: the largest measured context of that token
+    count plus the context increment of the largest token count measured at every context,
+    scaled by tokens (attention reads tokens x context). In place; returns the cells."""
+    full_rows = [i for i in range(len(tokens)) if np.all(np.isfinite(raw[i]))]
+    ref = full_rows[-1] if full_rows else None
+    filled = []
+    for i in range(len(tokens)):
+        for j in range(len(contexts)):
+            if np.isfinite(raw[i, j]):
+                continue
+            jm = max(k for k in range(len(contexts)) if np.isfinite(raw[i, k]))
+            inc = 0.0 if ref is None else (raw[ref, j] - raw[ref, jm]) * tokens[i] / tokens[ref]
+            raw[i, j] = raw[i, jm] + max(inc, 0.0)
+            filled.append((tokens[i], contexts[j]))
+    return filled
+
+
+# --------------------------------------------------------------------------- fixed overheads
 
 
 def calibration_plans(L: int) -> list[Plan]:
@@ -97,78 +247,253 @@ def calibration_plans(L: int) -> list[Plan]:
     return plans
 
 
-def fit_overheads(model: Transformer, table: LatencyTable, prompts, max_new_tokens: int) -> dict:
-    """Least-squares fit of the fixed costs the micro-benchmarks cannot see: per forward,
-    per layer run, and extra per verification forward. Each calibration forward's time
-    (including the decode loop's own Python time between forwards, spread evenly over its
-    forwards) minus its layers and head from the table is regressed on those three counts."""
+def calibration_prompts(model: Transformer, n: int, prompt_len: int) -> list[list[int]]:
+    """Held-out byte prompts (seed 1000) for byte-level models; seeded random ids otherwise
+    (the fit needs real forwards, not meaningful text)."""
+    if model.args.vocab_size >= 256:
+        return heldout_prompts(n, prompt_len, CALIBRATION_SEED)
+    g = torch.Generator().manual_seed(CALIBRATION_SEED)
+    return [torch.randint(0, model.args.vocab_size, (prompt_len,), generator=g).tolist() for _ in range(n)]
+
+
+def _nnls(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    from scipy.optimize import nnls
+
+    return nnls(X, y)[0]
+
+
+def fit_overheads(model: Transformer, table: LatencyTable, prompts, max_new_tokens: int, rounds: int = 3,
+                  bootstrap: int = 200, seed: int = 0) -> dict:
+    """Fixed costs the micro-benchmarks cannot see, per forward, per layer run, and extra per
+    verification forward, and the table's in-situ scale, by non-negative least squares; plus
+    the run-to-run noise floor.
+
+    Every calibration plan decodes every prompt once per round, rounds interleaved (plan
+    and prompt order fixed, rounds repeated) so drift hits all plans alike. Each forward's
+    time (including the decode loop's own Python time between forwards, spread evenly over
+    its forwards) is regressed on the three counts and on its layers and head from the table
+    (whose coefficient, the table scale, corrects a micro-benchmark that runs hotter or
+    colder than decoding does on this machine; it is fixed to 1 when the fit puts it outside
+    [0.5, 2] or its bootstrap standard error exceeds 0.05); forwards with residuals beyond
+    3.5 MADs are dropped and the fit redone.
+    Standard errors: bootstrap over decode runs (resampled with replacement, seeded).
+    Noise floor: the largest relative spread ((max - min) / median) over rounds of one
+    plan's aggregate tokens/s: what identical runs differ by on this machine.
+    """
     from hispec_sim.latency import head_ms, layer_ms
 
-    rows, y = [], []
-    for plan in calibration_plans(model.num_layers):
-        for ids in prompts:
-            r = decode(model, plan, ids, max_new_tokens)
-            gap = (r.wall_s * 1e3 - sum(f.ms for f in r.forwards)) / len(r.forwards)
-            for f in r.forwards:
-                parts = sum((b - a + 1) * float(layer_ms(table, n, r.prompt_len)) for a, b, n in f.segments)
-                parts += float(head_ms(table, f.head_tokens))
-                layers = sum(b - a + 1 for a, b, _ in f.segments)
-                rows.append([1.0, layers, 1.0 if f.level > 1 else 0.0])
-                y.append(f.ms + gap - parts)
-    X, y = np.asarray(rows), np.asarray(y)
-    coef, *_ = np.linalg.lstsq(X, y, rcond=None)
-    coef = np.maximum(coef, 0.0)
-    resid = y - X @ coef
-    return {"overhead_ms": float(coef[0]), "layer_overhead_ms": float(coef[1]), "verify_overhead_ms": float(coef[2]),
-            "forwards": len(y), "residual_ms_median_abs": float(np.median(np.abs(resid)))}
+    plans = calibration_plans(model.num_layers)
+    runs = []  # (rows, y) per decode run
+    walls = np.zeros((rounds, len(plans)))
+    toks = np.zeros((rounds, len(plans)))
+    decode(model, plans[-1], prompts[0], min(8, max_new_tokens))  # warm-up
+    for r in range(rounds):
+        for k, plan in enumerate(plans):
+            for ids in prompts:
+                res = decode(model, plan, ids, max_new_tokens)
+                walls[r, k] += res.wall_s
+                toks[r, k] += len(res.tokens)
+                gap = (res.wall_s * 1e3 - sum(f.ms for f in res.forwards)) / len(res.forwards)
+                rows, y = [], []
+                for f in res.forwards:
+                    parts = sum((b - a + 1) * float(layer_ms(table, n, res.prompt_len)) for a, b, n in f.segments)
+                    parts += float(head_ms(table, f.head_tokens))
+                    layers = sum(b - a + 1 for a, b, _ in f.segments)
+                    rows.append([1.0, layers, 1.0 if f.level > 1 else 0.0, parts])
+                    y.append(f.ms + gap)
+                runs.append((np.asarray(rows), np.asarray(y)))
+    X = np.concatenate([r[0] for r in runs])
+    y = np.concatenate([r[1] for r in runs])
+
+    def fit(idx, scaled: bool) -> np.ndarray:
+        """(per forward, per layer, per verification, table scale) by NNLS."""
+        if scaled:
+            return _nnls(X[idx], y[idx])
+        return np.append(_nnls(X[idx, :3], y[idx] - X[idx, 3]), 1.0)
+
+    every = np.arange(len(y))
+    free_scale_se = float("nan")
+    free_scale = float(fit(every, True)[3])
+    scaled = SCALE_RANGE[0] <= free_scale <= SCALE_RANGE[1]
+    rng = np.random.default_rng(seed)
+    offsets = np.cumsum([0] + [len(r[1]) for r in runs])
+    picks = [rng.integers(0, len(runs), len(runs)) for _ in range(bootstrap)]
+    for _ in range(2):  # the scaled fit, unless the scale is out of range or ill-determined
+        coef = fit(every, scaled)
+        resid = y - X @ coef
+        mad = 1.4826 * np.median(np.abs(resid - np.median(resid)))
+        inlier = np.abs(resid - np.median(resid)) <= OUTLIER_MADS * mad if mad > 0 else np.ones(len(y), bool)
+        coef = fit(every[inlier], scaled)
+        boots = []
+        for pick in picks:
+            idx = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in pick])
+            boots.append(fit(idx[inlier[idx]], scaled))
+        boot_se = np.std(boots, axis=0, ddof=1) if bootstrap > 1 else np.full(4, np.nan)
+        if not scaled or boot_se[3] <= SCALE_MAX_SE:
+            break
+        free_scale_se = float(boot_se[3])
+        scaled = False
+    tps = toks / walls
+    noise = float(np.max((tps.max(0) - tps.min(0)) / np.median(tps, axis=0))) if rounds > 1 else float("nan")
+    resid = y[inlier] - X[inlier] @ coef
+    names = ("overhead_ms", "layer_overhead_ms", "verify_overhead_ms", "table_scale")
+    return {**{k: float(v) for k, v in zip(names, coef)}, **{k + "_se": float(v) for k, v in zip(names, boot_se)},
+            "forwards": int(inlier.sum()), "forwards_rejected": int((~inlier).sum()), "runs": len(runs),
+            "rounds": rounds, "residual_ms_median_abs": float(np.median(np.abs(resid))), "noise_floor": noise,
+            "tokens_per_second_by_round": tps.round(3).tolist(), "plans": [p.describe() for p in plans],
+            "autoregressive_tokens_per_second": float(np.median(tps[:, 0])),
+            "free_scale": free_scale, "free_scale_se": free_scale_se}
 
 
-def measure_acceptance(model: Transformer, n_prompts: int, prompt_len: int, max_new_tokens: int, seed: int):
-    """Traces of every exit along the full model's greedy trajectory on held-out prompts,
-    and the agreement matrix they give."""
-    traces, starts = heldout_exit_traces(model, n_prompts, prompt_len, max_new_tokens, seed=seed)
-    traces = traces.numpy()
-    agreement = (traces[:, :, None] == traces[:, None, :]).mean(0)
-    return list(range(1, model.num_layers + 1)), agreement, traces, list(starts)
+# --------------------------------------------------------------------------- acceptance
+
+
+def agreement_of(traces: np.ndarray) -> np.ndarray:
+    """agreement[a][b] = fraction of positions where exits a and b predict the same token."""
+    return (traces[:, :, None] == traces[:, None, :]).mean(0)
+
+
+@torch.no_grad()
+def measure_acceptance(model: Transformer, prompts: list[list[int]], max_new_tokens: int):
+    """Traces of every exit along the full model's greedy trajectory of each prompt: the
+    stacked traces, where each prompt's rows start, the pooled agreement matrix, and one
+    agreement matrix per prompt (the per-request distribution)."""
+    blocks = [exit_traces(model, p, max_new_tokens).numpy() for p in prompts]
+    starts = list(np.cumsum([0] + [b.shape[0] for b in blocks[:-1]]).astype(int))
+    traces = np.concatenate(blocks)
+    return traces, [int(s) for s in starts], agreement_of(traces), [agreement_of(b) for b in blocks]
+
+
+def acceptance_workload(model: Transformer, prompts: list[list[int]], max_new_tokens: int, detail: str,
+                        env: str) -> Acceptance:
+    """A measured workload: traces, pooled agreement and the empirical per-prompt spread."""
+    traces, starts, agreement, per_prompt = measure_acceptance(model, prompts, max_new_tokens)
+    lens = [len(p) for p in prompts]
+    context = int(round(float(np.mean(lens)) + max_new_tokens / 2))
+    src = Source(kind="measured", detail=f"greedy argmax of every exit along the full model's greedy trajectory: "
+                 f"{detail} x {max_new_tokens} tokens; {env}")
+    spread = AcceptanceSpread(family="empirical", per_request=[np.round(a, 6).tolist() for a in per_prompt],
+                              weights=[float(max_new_tokens)] * len(prompts),
+                              source=Source(kind="measured", detail=f"agreement of every exit pair per prompt "
+                                            f"({len(prompts)} prompts, {max_new_tokens} positions each); {env}"))
+    return Acceptance(exits=list(range(1, model.num_layers + 1)), agreement=np.round(agreement, 6).tolist(),
+                      context=context, traces=traces.tolist(), trace_starts=starts, joint="traces", source=src,
+                      spread=spread)
+
+
+# --------------------------------------------------------------------------- profile
+
+
+def _environment(device: str) -> tuple[dict, str, str]:
+    from hispec_sim.machine import describe, fingerprint
+
+    fp = fingerprint(device)
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    env = f"{describe(fp)}; device {device}; {when}"
+    return fp, when, env
+
+
+def model_shape(model: Transformer, model_name: str, source: Source) -> ModelShape:
+    a = model.args
+    return ModelShape(name=model_name, num_layers=model.num_layers, hidden=a.dim, heads=a.n_heads, kv_heads=a.n_kv_heads,
+                      ffn=a.ffn_dim, vocab=a.vocab_size, source=source)
 
 
 def measure_profile(model: Transformer, model_name: str, device: str, workload: str, n_prompts: int = 16,
-                    prompt_len: int = 64, max_new_tokens: int = 128, seed: int = 0, repeats: int = 30,
-                    command: str = "") -> Profile:
-    args = model.args
+                    prompt_len: int = 64, max_new_tokens: int = 128, seed: int = 0, repeats: int = 12,
+                    command: str = "", prompts: list[list[int]] | None = None, prompts_detail: str | None = None,
+                    tokens: list[int] | None = None, calibration_rounds: int = 3, log=None) -> Profile:
+    """Time the model on this machine and measure one workload's acceptance: on `prompts`
+    (token ids, e.g. the user's prompts file) or on `n_prompts` held-out prompts."""
+    log = log or (lambda s: None)
     L = model.num_layers
+    fp, when, env = _environment(device)
+    measured = Source(kind="measured", detail=f"hispec_exec on {env}; command: {command}")
+    if prompts is None:
+        prompts = heldout_prompts(n_prompts, prompt_len, seed)
+        prompts_detail = f"{n_prompts} held-out prompts (seed {seed})"
+        prov_prompts = {"n": n_prompts, "seed": seed, "prompt_len": prompt_len, "max_new_tokens": max_new_tokens}
+    else:
+        prompt_len = int(round(float(np.mean([len(p) for p in prompts]))))
+        prov_prompts = {"n": len(prompts), "source": prompts_detail, "prompt_len_mean": prompt_len,
+                        "max_new_tokens": max_new_tokens}
+    cap = model.args.max_seq_len
     context = prompt_len + max_new_tokens // 2
-    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    machine = f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip()
-    if device == "cuda":
-        machine += " " + torch.cuda.get_device_name(0)
-    env = f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, {when}"
-    measured = Source(kind="measured", detail=f"hispec_exec on {machine}; {env}; command: {command}")
+    contexts = sorted({0, min(prompt_len, cap - 1), min(context, cap - 1), min(prompt_len + max_new_tokens, cap - 1)})
 
-    contexts = sorted({0, prompt_len, context, prompt_len + max_new_tokens})
-    tokens, contexts, layer, spread, head = measure_latency(model, contexts, repeats)
-    table = LatencyTable(tp=1, stack="hispec_exec", tokens=tokens, contexts=contexts, layer_ms=layer, head_ms=head,
-                         source=measured, notes={"layer_ms_iqr": str(spread), "repeats": str(repeats)})
-    calib = fit_overheads(model, table, heldout_prompts(2, prompt_len, CALIBRATION_SEED), min(64, max_new_tokens))
-    table = table.model_copy(update={k: calib[k] for k in ("overhead_ms", "layer_overhead_ms", "verify_overhead_ms")})
-    table.notes["calibration"] = (f"fixed costs fitted by least squares on {calib['forwards']} forwards of the plans "
-                                  f"{[p.describe() for p in calibration_plans(L)]} over 2 calibration prompts "
-                                  f"(seed {CALIBRATION_SEED}); median |residual| {calib['residual_ms_median_abs']:.4f} ms")
-
-    exits, agreement, traces, starts = measure_acceptance(model, n_prompts, prompt_len, max_new_tokens, seed)
-    acc = Acceptance(exits=exits, agreement=np.round(agreement, 6).tolist(), context=context, traces=traces.tolist(),
-                     trace_starts=starts, joint="traces",
-                     source=Source(kind="measured", detail=f"greedy argmax of every exit along the full model's greedy "
-                                   f"trajectory: {n_prompts} held-out prompts (seed {seed}) x {max_new_tokens} tokens; {env}"))
-    dev_name = torch.cuda.get_device_name(0) if device == "cuda" else (platform.processor() or platform.machine())
+    log(f"timing layers over {len(tokens or TOKENS)} token counts x {len(contexts)} contexts ({repeats} interleaved rounds)")
+    lat = measure_latency(model, contexts, repeats, tokens or TOKENS, seed=seed)
+    notes = {"layer_ms_raw": json.dumps(np.round(lat["raw_layer_ms"], 6).tolist()),
+             "layer_ms_se": json.dumps(np.round(lat["layer_ms_se"], 6).tolist()),
+             "repeats": str(repeats),
+             "method": (f"interleaved rounds ({repeats} for <= 64 tokens, {rounds_for(65, repeats)} beyond) in random "
+                        f"order; per cell the mean after rejecting samples beyond {OUTLIER_MADS} MADs "
+                        f"({lat['samples_kept']} of {lat['samples']} kept); table fitted non-decreasing in tokens and "
+                        f"context (weighted isotonic regression: median change {100 * lat['monotone_median_change']:.2f} %, "
+                        f"max {100 * lat['monotone_max_change']:.1f} %); {lat['seconds']:.0f} s"),
+             "extrapolated": (f"cells beyond the cache capacity {cap} (context + tokens), extrapolated: "
+                              f"{lat['extrapolated']}") if lat["extrapolated"] else "none"}
+    table = LatencyTable(tp=1, stack="hispec_exec", tokens=lat["tokens"], contexts=lat["contexts"],
+                         layer_ms=lat["layer_ms"], head_ms=lat["head_ms"], source=measured, notes=notes)
+    log(f"layer table done in {lat['seconds']:.0f} s; fitting fixed overheads")
+    calib_prompts = calibration_prompts(model, 4, min(64, max(8, cap // 8)))
+    calib_len = len(calib_prompts[0])
+    calib_new = max(1, min(64, max_new_tokens, cap - calib_len - 16))
+    calib = fit_overheads(model, table, calib_prompts, calib_new, rounds=calibration_rounds, seed=seed)
+    sc = calib["table_scale"]
+    table = table.model_copy(update={**{k: calib[k] for k in ("overhead_ms", "layer_overhead_ms", "verify_overhead_ms")},
+                                     "layer_ms": (np.array(table.layer_ms) * sc).tolist(),
+                                     "head_ms": (np.array(table.head_ms) * sc).tolist()})
+    table.notes["table_scale"] = (f"{sc:.6f} +- {calib['table_scale_se']:.6f} (layer and head times multiplied by this "
+                                  f"in-situ factor fitted on the calibration forwards; 1 = micro-benchmarks as measured; "
+                                  f"the unconstrained fit gave {calib['free_scale']:.4f}"
+                                  + ("" if calib["free_scale_se"] != calib["free_scale_se"] else
+                                     f" +- {calib['free_scale_se']:.4f}") + ")")
+    table.notes["calibration"] = (
+        f"fixed costs fitted by non-negative least squares on {calib['forwards']} forwards "
+        f"({calib['forwards_rejected']} outliers rejected) of the plans {calib['plans']} over "
+        f"{len(calib_prompts)} calibration prompts (seed {CALIBRATION_SEED}) x {calibration_rounds} "
+        f"interleaved rounds; median |residual| {calib['residual_ms_median_abs']:.4f} ms; standard errors by "
+        f"bootstrap over {calib['runs']} decode runs")
+    table.notes["overheads_se_ms"] = json.dumps({k: round(calib[k + "_se"], 6) for k in
+                                                 ("overhead_ms", "layer_overhead_ms", "verify_overhead_ms")})
+    table.notes["noise_floor"] = (f"{calib['noise_floor']:.6f} (relative spread of identical calibration runs' tokens/s "
+                                  f"over {calibration_rounds} rounds: {calib['tokens_per_second_by_round']})")
+    log("measuring acceptance (exit traces)")
+    acc = acceptance_workload(model, prompts, max_new_tokens, prompts_detail, env)
+    measurement = {"noise_floor": calib["noise_floor"], "latency_seconds": round(lat["seconds"], 1),
+                   "calibration": {"prompts": len(calib_prompts), "prompt_len": calib_len, "seed": CALIBRATION_SEED,
+                                   "max_new_tokens": calib_new,
+                                   "autoregressive_tokens_per_second": round(calib["autoregressive_tokens_per_second"], 4)},
+                   **{k: round(calib[k], 6) for k in ("overhead_ms", "layer_overhead_ms", "verify_overhead_ms",
+                                                       "overhead_ms_se", "layer_overhead_ms_se", "verify_overhead_ms_se",
+                                                       "table_scale", "table_scale_se")}}
+    dev_name = fp.get("gpu_name") or fp["cpu_model"]
     return Profile(
         name=f"{device}_{model_name}",
-        description=f"measured by hispec-sim profile measure on {machine}",
+        description=f"measured by hispec-sim profile measure on {dev_name} ({fp['hostname']})",
         hardware=Hardware(name=f"{device}: {dev_name}", source=measured),
-        model=ModelShape(name=model_name, num_layers=L, hidden=args.dim, heads=args.n_heads, kv_heads=args.n_kv_heads,
-                         ffn=args.ffn_dim, vocab=args.vocab_size, source=measured),
+        model=model_shape(model, model_name, measured),
         latency=[table], default_tp=1, default_stack="hispec_exec",
         workloads={workload: acc}, default_workload=workload,
-        provenance={"command": command, "measured": when, "torch": torch.__version__, "machine": machine,
-                    "prompts": {"n": n_prompts, "seed": seed, "prompt_len": prompt_len, "max_new_tokens": max_new_tokens}},
+        provenance={"command": command, "measured": when, "torch": fp["torch"], "machine": fp,
+                    "measurement": measurement, "prompts": prov_prompts},
     )
+
+
+def add_workload(profile: Profile, model: Transformer, model_name: str, workload: str, prompts: list[list[int]],
+                 prompts_detail: str, max_new_tokens: int, device: str, command: str = "") -> Profile:
+    """The profile with one more (or a replaced) measured workload; no timing (acceptance
+    does not depend on the machine)."""
+    from hispec_sim.validate import check_model_matches
+
+    check_model_matches(profile, model, model_name)
+    _, when, env = _environment(device)
+    acc = acceptance_workload(model, prompts, max_new_tokens, prompts_detail, env)
+    workloads = {**profile.workloads, workload: acc}
+    prov = dict(profile.provenance)
+    added = dict(prov.get("workloads_added") or {})
+    added[workload] = {"command": command, "measured": when, "prompts": prompts_detail, "n": len(prompts),
+                       "max_new_tokens": max_new_tokens}
+    prov["workloads_added"] = added
+    return profile.model_copy(update={"workloads": workloads, "provenance": prov})

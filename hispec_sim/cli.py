@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from . import schema
+from . import cli_measure, schema
 from .cli_common import (SEED, Parser, UsageError, add_model_args, add_plan_args, check_output, check_storage,  # noqa: F401
                          float_in, int_in, load_model_from_args, one_line, plan_from_args, quiet_optuna_interrupts, run_main,
                          sqlite_path)
@@ -259,84 +259,6 @@ EXPORT_FORMATS = {"exec": "plan file for hispec-exec run --plan", "hf": "transfo
                   "json": "plan with its predicted figures"}
 
 
-def _load_executor_model(args):
-    """The executor's model (lazy torch import) and the name a profile records for it."""
-    from pathlib import Path
-
-    from hispec_exec import DEFAULT_CHECKPOINT
-
-    model = load_model_from_args(args)
-    folder = Path(args.model or DEFAULT_CHECKPOINT).resolve()
-    return model, "hispec-tiny" if folder == Path(DEFAULT_CHECKPOINT).resolve() else folder.name
-
-
-def _executor_args(p: argparse.ArgumentParser, defaults: bool = True) -> None:
-    """defaults=False: prompts and lengths default to what the profile was measured on."""
-    add_model_args(p)
-    p.add_argument("--prompts", type=int_in(1, 10_000), default=16 if defaults else None, help="held-out prompts (default 16)")
-    p.add_argument("--max-new-tokens", type=int_in(1, 65_536), default=128 if defaults else None)
-
-
-def cmd_measure(args) -> int:
-    import shlex
-
-    from hispec_exec.measure import measure_profile
-
-    if not args.workload.replace("_", "").replace("-", "").isalnum() or len(args.workload) > 64:
-        raise ValueError("workload: use up to 64 letters, digits, - and _")
-    check_output(args.out)  # fail now, not after minutes of measuring
-    model, name = _load_executor_model(args)
-    command = "hispec-sim " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    profile = measure_profile(model, name, args.device, args.workload, args.prompts, 64, args.max_new_tokens,
-                              args.seed, repeats=args.repeats, command=command)
-    if args.name:
-        profile = profile.model_copy(update={"name": args.name})
-    schema.save_profile(profile, args.out)
-    print(f"profile {profile.name} written to {args.out}")
-    return 0
-
-
-def cmd_validate(args) -> int:
-    from .validate import check_model_matches, draw_plans, validate
-
-    setting = _setting(args)
-    measured_on = setting.profile.provenance.get("prompts")
-    measured_on = measured_on if isinstance(measured_on, dict) else {}
-    for field, default in (("prompts", measured_on.get("n", 16)), ("prompt_seed", measured_on.get("seed", 0)),
-                           ("max_new_tokens", measured_on.get("max_new_tokens", 128))):
-        if getattr(args, field) is None:  # default: the prompts the profile was measured on
-            setattr(args, field, default)
-    for field in ("prompts", "prompt_seed", "max_new_tokens"):  # the profile's values are input too
-        v, lo, hi = getattr(args, field), (0 if field == "prompt_seed" else 1), (schema.MAX_SEED if field == "prompt_seed" else 65_536)
-        if not (isinstance(v, int) and lo <= v <= hi):
-            raise ValueError(f"{field}: must be an integer in [{lo}, {hi}], got {v!r}")
-    if args.out:
-        check_output(args.out, inputs=[_profile_path(args), args.plan])
-    if args.plan:
-        plans = [schema.load_plan(args.plan)]
-        setting.profile.check_plan(plans[0], setting.workload)
-    else:
-        plans = draw_plans(setting, args.plans, args.seed)
-    model, name = _load_executor_model(args)
-    check_model_matches(setting.profile, model, name)
-    from hispec_exec import heldout_prompts
-
-    prompts = heldout_prompts(args.prompts, 64, args.prompt_seed)
-    out = validate(setting, plans, model, prompts, args.max_new_tokens, seed=args.seed)
-    if args.out:
-        schema.write_atomic(args.out, json.dumps(out, indent=2) + "\n")
-    if args.json:
-        print(json.dumps(out, indent=2))
-        return 0
-    print(f"{'plan':34s} {'predicted':>10s} {'replay':>10s} {'measured':>10s} {'error':>8s}")
-    for r in out["plans"]:
-        rep = r["predicted_replay_tokens_per_second"]
-        print(f"{r['describe']:34s} {r['predicted_tokens_per_second']:10.1f} {rep if rep is None else round(rep, 1)!s:>10s} "
-              f"{r['measured_tokens_per_second']:10.1f} {100 * r['relative_error']:7.2f}%")
-    print(f"median |error| {100 * out['median_abs_relative_error']:.2f} %, max {100 * out['max_abs_relative_error']:.2f} %")
-    return 0
-
-
 def build_parser() -> Parser:
     parser = Parser(prog="hispec-sim", description="Simulate, search and plan hierarchical speculative decoding.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -398,24 +320,8 @@ def build_parser() -> Parser:
     from . import cli_profile
 
     prof_sub = cli_profile.add_parsers(sub)  # `profile import-vidur | synthetic`, and measure:
-    m = prof_sub.add_parser("measure", help="measure a profile with the executor (latency, overheads, traces)")
-    _executor_args(m)
-    m.add_argument("--workload", default="heldout", help="workload name to record (default heldout)")
-    m.add_argument("--seed", type=SEED, default=0, help="seed of the held-out prompts")
-    m.add_argument("--repeats", type=int_in(3, 1000), default=30, help="timings per measured shape (median; default 30)")
-    m.add_argument("--name", help="profile name")
-    m.add_argument("--out", required=True, metavar="FILE")
-    m.set_defaults(func=cmd_measure)
-
-    p = sub.add_parser("validate", help="predict plans, run them in the executor, report the error")
-    _setting_args(p, batch=False)
-    _executor_args(p, defaults=False)
-    p.add_argument("--plan", help="validate this plan file")
-    p.add_argument("--plans", type=int_in(1, 200), default=6, help="plans drawn across families (default 6)")
-    p.add_argument("--seed", type=SEED, default=0, help="seed of the plan draw and the Monte-Carlo")
-    p.add_argument("--prompt-seed", type=SEED, help="seed of the held-out prompts (default: those the profile was measured on)")
-    p.add_argument("--out", help="also write the JSON result here")
-    p.set_defaults(func=cmd_validate)
+    cli_measure.add_measure_parser(prof_sub)
+    cli_measure.add_validate_parser(sub, _setting_args)
     from . import audit
 
     audit.add_parser(sub)  # `hispec-sim audit` (audit.py)

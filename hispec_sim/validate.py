@@ -44,16 +44,47 @@ def check_model_matches(profile: Profile, model, model_name: str) -> None:
                          f"hidden {a.dim}, vocab {a.vocab_size})")
 
 
-def run_measured(model, plan: Plan, prompts, max_new_tokens: int):
-    """Executor tokens/s over the prompts (committed tokens / decoding wall time) and
-    acceptance per level (accepted / checked, levels 2..k)."""
-    from hispec_exec import decode
+def machine_check(profile: Profile, device: str, allow_other: bool) -> str | None:
+    """Refuse (ValueError, one line) unless this machine is the one the profile was
+    measured on; with allow_other, the warning line instead. Call after setting threads."""
+    from .machine import check_same_machine, fingerprint
 
+    return check_same_machine(profile.provenance.get("machine"), fingerprint(device), allow_other,
+                              f"profile {profile.name}")
+
+
+def profile_noise_floor(profile: Profile) -> float | None:
+    m = profile.provenance.get("measurement")
+    v = m.get("noise_floor") if isinstance(m, dict) else None
+    return float(v) if isinstance(v, (int, float)) and np.isfinite(v) else None
+
+
+def machine_drift(profile: Profile, model) -> dict | None:
+    """Re-run the profile's own calibration runs (autoregressive on its calibration prompts,
+    twice) and compare their tokens/s with what was recorded when the profile was measured:
+    how much this machine's speed moved since (None when the profile records no calibration)."""
+    m = profile.provenance.get("measurement")
+    cal = m.get("calibration") if isinstance(m, dict) else None
+    if not isinstance(cal, dict) or not cal.get("autoregressive_tokens_per_second"):
+        return None
+    from hispec_exec import decode
+    from hispec_exec.measure import calibration_prompts
+    from hispec_sim.schema import autoregressive_plan
+
+    ar = autoregressive_plan(model.num_layers)
+    prompts = calibration_prompts(model, int(cal["prompts"]), int(cal["prompt_len"]))
+    n = int(cal["max_new_tokens"])
+    decode(model, ar, prompts[0], min(8, n))  # warm-up
+    now = float(np.median([_tally(ar, [decode(model, ar, p, n) for p in prompts])[0] for _ in range(2)]))
+    then = float(cal["autoregressive_tokens_per_second"])
+    return {"then_tokens_per_second": then, "now_tokens_per_second": now, "drift": abs(now - then) / then}
+
+
+def _tally(plan: Plan, results) -> tuple[float, list]:
     tokens, wall = 0, 0.0
     proposed = np.zeros(plan.depth)
     accepted = np.zeros(plan.depth)
-    for ids in prompts:
-        r = decode(model, plan, ids, max_new_tokens)
+    for r in results:
         full_checks = r.forwards_per_level()[-1]
         tokens += full_checks + (r.accepted[-1] if plan.depth > 1 else 0)  # every full forward commits accepted + 1
         wall += r.wall_s
@@ -63,16 +94,54 @@ def run_measured(model, plan: Plan, prompts, max_new_tokens: int):
     return tokens / wall, acceptance
 
 
+def run_interleaved(model, plans: list[Plan], prompts, max_new_tokens: int) -> tuple[list, float]:
+    """Run every plan on every prompt, interleaved: per prompt, autoregressive, then each
+    plan in turn, then autoregressive again, so drift and bursts of load hit every plan
+    alike. Returns [(tokens/s, acceptance per level)] per plan and the noise floor: the
+    relative difference of the two identical autoregressive runs' tokens/s."""
+    from hispec_exec import decode
+    from hispec_sim.schema import autoregressive_plan
+
+    ar = autoregressive_plan(model.num_layers)
+    decode(model, plans[-1], prompts[0], min(8, max_new_tokens))  # warm-up
+    results = [[] for _ in plans]
+    first, second = [], []
+    for ids in prompts:
+        first.append(decode(model, ar, ids, max_new_tokens))
+        for k, plan in enumerate(plans):
+            results[k].append(decode(model, plan, ids, max_new_tokens))
+        second.append(decode(model, ar, ids, max_new_tokens))
+    a, b = _tally(ar, first)[0], _tally(ar, second)[0]
+    return [_tally(p, r) for p, r in zip(plans, results)], abs(a - b) / ((a + b) / 2)
+
+
+def run_measured(model, plan: Plan, prompts, max_new_tokens: int):
+    """Executor tokens/s over the prompts (committed tokens / decoding wall time) and
+    acceptance per level (accepted / checked, levels 2..k)."""
+    from hispec_exec import decode
+
+    return _tally(plan, [decode(model, plan, ids, max_new_tokens) for ids in prompts])
+
+
 def validate(setting: Setting, plans: list[Plan], model, prompts, max_new_tokens: int, seed: int = 0,
-             replay: bool = True) -> dict:
+             replay: bool = True, machine_warning: str | None = None) -> dict:
+    """Predict every plan, run them interleaved in the executor, report the errors and the
+    noise floor: the largest of the run-to-run spread recorded when the profile was measured,
+    the one measured now (two identical autoregressive runs per prompt) and the drift of
+    the profile's own calibration runs since it was measured; an error within it is
+    indistinguishable from measurement noise and is reported as such."""
     scored = score(setting, plans)
+    drift = machine_drift(setting.profile, model)
+    runs, noise_now = run_interleaved(model, plans, prompts, max_new_tokens)
+    noise_profile = profile_noise_floor(setting.profile)
+    noise = max(noise_now, noise_profile or 0.0, drift["drift"] if drift else 0.0)
     rows = []
     cost = setting.cost(max(p.propose + sum(p.windows) for p in plans) + 8)
     for plan, s in zip(plans, scored):
         mc = simulate(cost, setting.agreement, plan, streams=4096, cycles=32, seed=seed)
         rep = (simulate(cost, setting.agreement, plan, streams=1024, cycles=24, seed=seed, replay=True)
                if replay and setting.agreement.traces is not None else None)
-        measured, acceptance = run_measured(model, plan, prompts, max_new_tokens)
+        measured, acceptance = runs[len(rows)]
         row = {"plan": plan.model_dump(), "describe": plan.describe(), "family": plan.family,
                "predicted_tokens_per_second": s.tokens_per_second,
                "predicted_mc_tokens_per_second": mc.tokens_per_second,
@@ -82,11 +151,17 @@ def validate(setting: Setting, plans: list[Plan], model, prompts, max_new_tokens
                "relative_error_mc": (mc.tokens_per_second - measured) / measured,
                "relative_error_replay": (rep.tokens_per_second - measured) / measured if rep else None,
                "predicted_acceptance_per_level": s.acceptance,
-               "measured_acceptance_per_level": acceptance}
+               "measured_acceptance_per_level": acceptance,
+               "within_noise_floor": abs((s.tokens_per_second - measured) / measured) <= noise}
         rows.append(row)
     err = np.abs([r["relative_error"] for r in rows])
     out = {**setting.describe(), "plans": rows, "median_abs_relative_error": float(np.median(err)),
-           "max_abs_relative_error": float(err.max()), "prompts": len(prompts), "max_new_tokens": max_new_tokens}
+           "max_abs_relative_error": float(err.max()), "prompts": len(prompts), "max_new_tokens": max_new_tokens,
+           "noise_floor": noise, "noise_floor_now": noise_now, "noise_floor_profile": noise_profile,
+           "machine_drift": drift,
+           "plans_within_noise_floor": int(sum(r["within_noise_floor"] for r in rows))}
+    if machine_warning:
+        out["machine_warning"] = machine_warning
     rep_err = [abs(r["relative_error_replay"]) for r in rows if r["relative_error_replay"] is not None]
     if rep_err:
         out["median_abs_relative_error_replay"] = float(np.median(rep_err))

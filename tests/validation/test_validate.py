@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -21,8 +22,11 @@ def small():
     torch.set_num_threads(1)
     model = Transformer(ModelArgs(n_layers=8, dim=48, n_heads=4, n_kv_heads=2, ffn_dim=96, max_seq_len=256)).eval()
     profile = measure_profile(model, "rand8", "cpu", "heldout", n_prompts=3, prompt_len=32, max_new_tokens=24,
-                              repeats=5, command="pytest")
+                              repeats=3, tokens=SMALL_TOKENS, calibration_rounds=2, command="pytest")
     return model, profile
+
+
+SMALL_TOKENS = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256]
 
 
 def test_measured_profile_is_complete(small):
@@ -30,10 +34,29 @@ def test_measured_profile_is_complete(small):
     table = profile.table()
     assert profile.model.num_layers == 8 and table.stack == "hispec_exec"
     assert all(v > 0 for row in table.layer_ms for v in row) and all(v > 0 for v in table.head_ms)
-    assert min(table.tokens) == 1 and max(table.tokens) == 64
+    assert table.tokens == SMALL_TOKENS and table.contexts == [0, 32, 44, 56]
+    layer = np.array(table.layer_ms)  # monotone: more tokens or more context never take less time
+    assert (np.diff(layer, axis=0) >= 0).all() and (np.diff(layer, axis=1) >= 0).all()
+    assert (np.diff(table.head_ms) >= 0).all()
+    assert "(256, 32)" in table.notes["extrapolated"]  # 256 tokens after 32 cached exceed the capacity 256
+    se = json.loads(table.notes["overheads_se_ms"])
+    assert set(se) == {"overhead_ms", "layer_overhead_ms", "verify_overhead_ms"} and all(v >= 0 for v in se.values())
+    meas = profile.provenance["measurement"]
+    assert meas["noise_floor"] >= 0 and meas["overhead_ms_se"] == se["overhead_ms"]
+    assert 0.5 <= meas["table_scale"] <= 2 and "table_scale" in table.notes
+    fp = profile.provenance["machine"]
+    assert {"cpu_model", "isa", "torch", "blas", "onednn", "threads", "logical_cpus"} <= set(fp) and fp["threads"] == 1
     acc = profile.workload()
     assert acc.joint == "traces" and len(acc.traces) == 3 * 24 and acc.trace_starts == [0, 24, 48]
     assert all(acc.agreement[i][i] == 1.0 for i in range(8))
+    # per-prompt agreement: one matrix per prompt, weighted by positions, pooling to the workload's matrix
+    sp = acc.spread
+    assert sp.family == "empirical" and len(sp.per_request) == 3 and sp.weights == [24.0, 24.0, 24.0]
+    traces = np.array(acc.traces)
+    for k, m in enumerate(sp.per_request):
+        block = traces[24 * k:24 * (k + 1)]
+        assert np.allclose(m, (block[:, :, None] == block[:, None, :]).mean(0), atol=1e-6)
+    assert np.allclose(np.average(sp.per_request, axis=0, weights=sp.weights), acc.agreement, atol=1e-5)
     assert [row[-1] for row in acc.traces[:24]]  # the full model's own trajectory is the last column
     for src in (table.source, acc.source, profile.hardware.source):
         assert src.kind == "measured" and "torch" in src.detail
@@ -53,6 +76,11 @@ def test_validate_reports_predicted_and_measured(small):
         assert row["relative_error"] == pytest.approx(
             (row["predicted_tokens_per_second"] - row["measured_tokens_per_second"]) / row["measured_tokens_per_second"])
     assert out["max_abs_relative_error"] >= out["median_abs_relative_error"] >= 0
+    drift = out["machine_drift"]  # the profile's calibration runs, re-run now
+    assert drift["then_tokens_per_second"] == profile.provenance["measurement"]["calibration"]["autoregressive_tokens_per_second"]
+    assert drift["drift"] == pytest.approx(abs(drift["now_tokens_per_second"] / drift["then_tokens_per_second"] - 1))
+    assert out["noise_floor"] == max(out["noise_floor_now"], out["noise_floor_profile"], drift["drift"])
+    assert out["plans_within_noise_floor"] == sum(abs(r["relative_error"]) <= out["noise_floor"] for r in out["plans"])
 
 
 def test_profile_of_another_model_is_refused(small):
@@ -79,6 +107,49 @@ def test_validate_cli_bad_input(small, tmp_path, capsys):
     assert "levels" in capsys.readouterr().err
 
 
+def _doctored_shipped_profile(tmp_path, **change):
+    """The shipped model's profile, its fingerprint replaced by this machine's with `change`."""
+    from hispec_sim.machine import fingerprint
+    from hispec_sim.schema import load_profile
+
+    torch.set_num_threads(1)
+    p = load_profile("cpu_hispec_tiny")
+    prov = {**p.provenance, "machine": {**fingerprint("cpu"), **change}}
+    prov.pop("measurement", None)  # no calibration runs to repeat (drift is tested on the small model): a quick test
+    path = tmp_path / "doctored.json"
+    save_profile(p.model_copy(update={"provenance": prov}), path)
+    return path
+
+
+def test_validate_refuses_a_profile_of_another_machine(tmp_path, capsys):
+    path = _doctored_shipped_profile(tmp_path, cpu_model="Doctored CPU 9000", isa=["avx512f"])
+    out = tmp_path / "v.json"
+    small = ["--plans", "1", "--prompts", "1", "--max-new-tokens", "4"]
+    assert main(["validate", "--profile", str(path), *small, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "machine:" in err and "Doctored CPU 9000" in err
+    assert "--allow-other-machine" in err and not out.exists()
+    assert main(["validate", "--profile", str(path), *small, "--allow-other-machine", "--out", str(out)]) == 0
+    text = capsys.readouterr()
+    assert "WARNING" in text.out and "cpu_model" in text.out and "noise floor" in text.out
+    assert "not measured on this machine" in json.loads(out.read_text())["machine_warning"]
+
+
+def test_machine_differences_name_each_field():
+    from hispec_sim.machine import check_same_machine, differences
+
+    here = {"device": "cpu", "cpu_model": "X", "logical_cpus": 2, "isa": ["avx2"], "torch": "2.13.0", "threads": 1,
+            "blas": "mkl", "onednn": "oneDNN v3", "torch_cpu_capability": "AVX2", "hostname": "a"}
+    assert differences(dict(here, hostname="b"), here) == []  # the host name is recorded, not compared
+    assert differences(dict(here, threads=2, torch="2.12.0"), here) == ["torch: profile '2.12.0', this machine '2.13.0'",
+                                                                        "threads: profile 2, this machine 1"]
+    assert "no machine fingerprint" in differences(None, here)[0]
+    assert check_same_machine(here, here, False) is None
+    with pytest.raises(ValueError, match="^machine: .*cpu_model"):
+        check_same_machine(dict(here, cpu_model="Y"), here, False)
+    assert check_same_machine(dict(here, cpu_model="Y"), here, True).startswith("WARNING")
+
+
 def test_shipped_measured_profile_matches_the_shipped_model():
     from hispec_exec import load_model
     from hispec_sim.schema import load_profile
@@ -90,3 +161,6 @@ def test_shipped_measured_profile_matches_the_shipped_model():
     assert profile.provenance["prompts"] == {"n": 16, "seed": 0, "prompt_len": 64, "max_new_tokens": 128}
     for src in (profile.table().source, acc.source, profile.hardware.source, profile.model.source):
         assert src.kind == "measured" and "torch" in src.detail
+    assert {"cpu_model", "isa", "torch", "blas", "threads"} <= set(profile.provenance["machine"])
+    assert len(acc.spread.per_request) == 16 and "noise_floor" in profile.provenance["measurement"]
+    assert max(profile.table().tokens) == 512  # the table covers prefill up to the context

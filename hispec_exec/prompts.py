@@ -1,0 +1,159 @@
+"""The user's own prompts: read a prompts file (JSONL, plain text or ShareGPT JSON) and
+turn it into token ids with the model's own tokenizer (`tokenizer.json` through the
+`tokenizers` library; bytes for our byte-level checkpoints). No network.
+
+Every bad input raises ValueError("field: ...") naming the file's line or record.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+MAX_FILE_BYTES = 256 * 2**20
+MAX_PROMPTS = 100_000
+FORMATS = ("jsonl", "text", "sharegpt")
+
+
+def _format_for(path: Path, fmt: str | None) -> str:
+    if fmt is not None:
+        if fmt not in FORMATS:
+            raise ValueError(f"format: must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        return fmt
+    return {".jsonl": "jsonl", ".txt": "text", ".json": "sharegpt"}.get(path.suffix.lower(), "jsonl")
+
+
+def _json(text: str, where: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"prompts_file: {where} is not valid JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:
+        raise ValueError(f"prompts_file: {where} is nested too deeply") from None
+
+
+def read_prompts(path: str | Path, fmt: str | None = None, field: str = "prompt") -> list[tuple[str, str]]:
+    """[(where, text)] in file order: where = 'line 3' (jsonl, text) or 'record 3' (sharegpt).
+
+    jsonl: one JSON object per line, the prompt in `field`; text: one prompt per non-empty
+    line; sharegpt: a JSON array of {"conversations": [{"from": "human", "value": ...}, ...]}
+    (`field` names the conversation list if it is not 'prompt'), the first human turn is the
+    prompt.
+    """
+    path = Path(path)
+    fmt = _format_for(path, fmt)
+    if not path.is_file():
+        raise ValueError(f"prompts_file: no such file {str(path)!r}")
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise ValueError(f"prompts_file: {path} is {size} bytes; at most {MAX_FILE_BYTES} allowed")
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ValueError(f"prompts_file: cannot read {path} ({e.strerror})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ValueError(f"prompts_file: {path} is not UTF-8 text (line {line}, byte {e.start}); "
+                         f"allowed: UTF-8 encoded {fmt}") from None
+    text = text.removeprefix("\ufeff")
+    out: list[tuple[str, str]] = []
+    if fmt == "text":
+        out = [(f"line {i}", ln) for i, ln in enumerate(text.splitlines(), 1) if ln.strip()]
+    elif fmt == "jsonl":
+        for i, ln in enumerate(text.splitlines(), 1):
+            if not ln.strip():
+                continue
+            rec = _json(ln, f"line {i}")
+            if not isinstance(rec, dict):
+                raise ValueError(f"prompts_file: line {i} is a JSON {type(rec).__name__}, expected an object with "
+                                 f"field {field!r}")
+            if field not in rec:
+                have = ", ".join(sorted(map(str, rec))[:8]) or "no fields"
+                raise ValueError(f"field: line {i} has no field {field!r} (it has: {have}); choose one with --field")
+            if not isinstance(rec[field], str):
+                raise ValueError(f"field: line {i}: {field!r} must be a string, got {type(rec[field]).__name__}")
+            out.append((f"line {i}", rec[field]))
+            if len(out) > MAX_PROMPTS:
+                break
+    else:
+        data = _json(text, str(path))
+        if not isinstance(data, list):
+            raise ValueError(f"prompts_file: a ShareGPT file is a JSON array of conversations, got a "
+                             f"{type(data).__name__}")
+        key = "conversations" if field == "prompt" else field
+        for i, rec in enumerate(data, 1):
+            turns = rec.get(key) if isinstance(rec, dict) else None
+            if not isinstance(turns, list):
+                raise ValueError(f"field: record {i} has no list {key!r} of turns; choose it with --field")
+            first = next((t for t in turns if isinstance(t, dict) and t.get("from", t.get("role")) in
+                          ("human", "user")), None)
+            if first is None:
+                continue  # a conversation without a user turn has no prompt
+            value = first.get("value", first.get("content"))
+            if not isinstance(value, str):
+                raise ValueError(f"field: record {i}: the first human turn has no text 'value'")
+            out.append((f"record {i}", value))
+            if len(out) > MAX_PROMPTS:
+                break
+    if len(out) > MAX_PROMPTS:
+        raise ValueError(f"prompts_file: more than {MAX_PROMPTS} prompts; split the file")
+    for where, t in out:
+        if not t.strip():
+            raise ValueError(f"prompts_file: {where}: the prompt is empty")
+    if not out:
+        raise ValueError(f"prompts_file: {path} holds no prompts (format {fmt})")
+    return out
+
+
+def text_encoder(model, model_folder: str | Path | None):
+    """(encode(text) -> ids, description): the checkpoint's tokenizer.json (tokenizers
+    library) when the folder has one, otherwise bytes for a byte-level model."""
+    vocab = model.args.vocab_size
+    folder = Path(model_folder) if model_folder is not None else None
+    tj = folder / "tokenizer.json" if folder is not None else None
+    if tj is not None and tj.exists():
+        try:
+            from tokenizers import Tokenizer
+        except ImportError:  # pragma: no cover - installed with transformers
+            raise ValueError("tokenizer: reading tokenizer.json needs the `tokenizers` package (pip install tokenizers)") from None
+        try:
+            tok = Tokenizer.from_file(str(tj))
+        except Exception as e:
+            raise ValueError(f"tokenizer: cannot read {tj} ({' '.join(str(e).split())[:120]})") from None
+        n = tok.get_vocab_size(with_added_tokens=True)
+        if n > vocab:
+            raise ValueError(f"tokenizer: {tj} has {n} tokens but the checkpoint's vocabulary has {vocab} "
+                             f"(config vocab_size): it is not this checkpoint's tokenizer")
+
+        def encode(text: str) -> list[int]:
+            ids = tok.encode(text).ids
+            if ids and max(ids) >= vocab:
+                raise ValueError(f"tokenizer: {tj} produced token id {max(ids)} >= the checkpoint's vocabulary {vocab}")
+            return ids
+        return encode, f"tokenizer.json of {folder.name} ({n} tokens)"
+    if folder is not None and any((folder / f).exists() for f in ("tokenizer.model", "tokenizer_config.json")):
+        raise ValueError(f"tokenizer: {folder} has no tokenizer.json (only a slow/sentencepiece tokenizer); save a fast "
+                         f"tokenizer there (transformers: AutoTokenizer.from_pretrained(...).save_pretrained(folder))")
+    if vocab < 256:
+        raise ValueError(f"tokenizer: {folder or 'the model'} has no tokenizer.json and its vocabulary ({vocab}) is "
+                         f"too small for bytes; add the checkpoint's tokenizer.json")
+    return (lambda text: list(text.encode("utf-8"))), "bytes (UTF-8)"
+
+
+def encode_prompts(prompts: list[tuple[str, str]], encode, max_new_tokens: int, capacity: int) -> list[list[int]]:
+    """Token ids per prompt; each must leave room for max_new_tokens (+1 pending) in the
+    model's context."""
+    limit = capacity - max_new_tokens - 1
+    if limit < 1:
+        raise ValueError(f"max_new_tokens: must be at most {capacity - 2} for this model's context {capacity}")
+    out = []
+    for where, text in prompts:
+        ids = encode(text)
+        if not ids:
+            raise ValueError(f"prompts_file: {where}: the prompt encodes to no tokens")
+        if len(ids) > limit:
+            raise ValueError(f"prompts_file: {where}: the prompt has {len(ids)} tokens; with --max-new-tokens "
+                             f"{max_new_tokens} the model's context {capacity} allows at most {limit}")
+        out.append(ids)
+    return out

@@ -1,0 +1,226 @@
+"""`hispec-sim profile measure` and `hispec-sim validate`: the commands that run the executor
+(torch is imported only when they run). Bad input raises ValueError("field: ...") before
+any long work; the main CLI prints it on one line, exit status 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from . import schema
+from .cli_common import SEED, add_model_args, check_output, int_in, load_model_from_args
+
+MAX_PROMPTS = 10_000
+MAX_NEW_TOKENS = 65_536
+
+
+def executor_args(p: argparse.ArgumentParser, defaults: bool = True) -> None:
+    """defaults=False: prompts and lengths default to what the profile was measured on."""
+    add_model_args(p)
+    p.add_argument("--prompts", type=int_in(1, MAX_PROMPTS), default=16 if defaults else None,
+                   help="held-out prompts (default 16)")
+    p.add_argument("--max-new-tokens", type=int_in(1, MAX_NEW_TOKENS), default=128 if defaults else None)
+
+
+def load_executor_model(args):
+    """The executor's model (lazy torch import) and the name a profile records for it."""
+    from hispec_exec import DEFAULT_CHECKPOINT
+
+    model = load_model_from_args(args)
+    folder = Path(args.model or DEFAULT_CHECKPOINT).resolve()
+    return model, "hispec-tiny" if folder == Path(DEFAULT_CHECKPOINT).resolve() else folder.name
+
+
+def heldout_for(model, model_folder, n: int, seed: int) -> list[list[int]]:
+    """The held-out prompts (64 bytes of stdlib source each) as this model's token ids: bytes
+    for byte-level models, the checkpoint's tokenizer.json otherwise."""
+    from hispec_exec import heldout_prompts
+    from hispec_exec.data import decode_bytes
+    from hispec_exec.prompts import text_encoder
+
+    prompts = heldout_prompts(n, 64, seed)
+    encode, how = text_encoder(model, model_folder)  # a model without tokenizer.json and vocab < 256: ValueError
+    if how.startswith("bytes"):
+        return prompts
+    return [encode(decode_bytes(p)) or [0] for p in prompts]
+
+
+def add_measure_parser(prof_sub) -> None:
+    m = prof_sub.add_parser("measure", help="measure a profile with the executor (latency, overheads, acceptance)")
+    executor_args(m)
+    m.add_argument("--workload", help="workload name to record (default heldout; required with --prompts-file)")
+    m.add_argument("--prompts-file", metavar="FILE", help="measure acceptance on your own prompts")
+    m.add_argument("--format", choices=["jsonl", "text", "sharegpt"],
+                   help="prompts file format (default from the suffix: .jsonl, .txt, .json = ShareGPT; else jsonl)")
+    m.add_argument("--field", default="prompt", help="JSONL field holding the prompt (default prompt); "
+                   "ShareGPT: the conversation list (default conversations)")
+    m.add_argument("--acceptance-only", action="store_true",
+                   help="add the workload to the existing profile --out without timing (timing may come from another machine)")
+    m.add_argument("--repeats", type=int_in(1, 1000), default=12, help="interleaved timing rounds (default 12)")
+    m.add_argument("--seed", type=SEED, default=0, help="seed of the held-out prompts and of the timing order")
+    m.add_argument("--name", help="profile name")
+    m.add_argument("--out", required=True, metavar="FILE",
+                   help="profile to write; an existing profile of the same model keeps its other workloads")
+    m.set_defaults(func=cmd_measure)
+
+
+def _existing_profile(path: Path) -> schema.Profile | None:
+    if not path.exists():
+        return None
+    try:
+        return schema.load_profile(str(path))
+    except Exception as e:
+        raise ValueError(f"out: {path} exists and is not a readable profile ({' '.join(str(e).split())[:120]}); "
+                         f"choose another path") from None
+
+
+def cmd_measure(args) -> int:
+    from hispec_exec.prompts import encode_prompts, read_prompts, text_encoder
+
+    if args.prompts_file is None and (args.format or args.field != "prompt"):
+        raise ValueError("prompts_file: --format and --field need --prompts-file")
+    if args.prompts_file is not None and not args.workload:
+        raise ValueError("workload: name the workload of the prompts file with --workload NAME")
+    workload = args.workload or "heldout"
+    if not workload.replace("_", "").replace("-", "").isalnum() or len(workload) > 64:
+        raise ValueError("workload: use letters, digits, - and _ (at most 64)")
+    out = check_output(args.out, inputs=[args.prompts_file])  # fail now, not after minutes of measuring
+    existing = _existing_profile(out)
+    if args.acceptance_only and existing is None:
+        raise ValueError(f"out: --acceptance-only adds a workload to an existing profile, and {out} does not exist")
+    prompts_text = read_prompts(args.prompts_file, args.format, args.field) if args.prompts_file else None
+
+    model, name = load_executor_model(args)
+    if existing is not None:
+        from .validate import check_model_matches
+
+        check_model_matches(existing, model, name)
+    command = "hispec-sim " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    if prompts_text is not None:
+        encode, how = text_encoder(model, args.model)
+        prompts = encode_prompts(prompts_text, encode, args.max_new_tokens, model.args.max_seq_len)
+        detail = f"{len(prompts)} prompts of {Path(args.prompts_file).name} (tokenized with {how})"
+    else:
+        if 64 + args.max_new_tokens + 1 > model.args.max_seq_len:
+            raise ValueError(f"max_new_tokens: 64-byte prompts + {args.max_new_tokens} exceed the model's context "
+                             f"{model.args.max_seq_len}")
+        prompts = heldout_for(model, args.model, args.prompts, args.seed)
+        detail = f"{args.prompts} held-out prompts (seed {args.seed})"
+
+    if args.acceptance_only:
+        from hispec_exec.measure import add_workload
+
+        profile = add_workload(existing, model, name, workload, prompts, detail, args.max_new_tokens, args.device,
+                               command)
+        verb = "replaced" if workload in existing.workloads else "added"
+    else:
+        from hispec_exec.measure import measure_profile
+
+        log = (lambda s: print(f"[measure] {s}", file=sys.stderr, flush=True))
+        profile = measure_profile(model, name, args.device, workload, args.prompts, 64, args.max_new_tokens, args.seed,
+                                  repeats=args.repeats, command=command,
+                                  prompts=prompts if prompts_text is not None else None,
+                                  prompts_detail=detail, log=log)
+        if existing is not None:  # keep the other workloads measured into this file
+            others = {k: v for k, v in existing.workloads.items() if k != workload}
+            profile = profile.model_copy(update={"workloads": {**others, **profile.workloads}})
+        verb = "measured"
+    if args.name:
+        profile = profile.model_copy(update={"name": args.name})
+    profile = schema.Profile.model_validate(profile.model_dump())
+    schema.save_profile(profile, out)
+    print(f"profile {profile.name} written to {out}: workload {workload} {verb} ({detail}); "
+          f"workloads {', '.join(sorted(profile.workloads))}")
+    return 0
+
+
+def add_validate_parser(sub, setting_args) -> None:
+    p = sub.add_parser("validate", help="predict plans, run them in the executor, report the error")
+    setting_args(p, batch=False)
+    executor_args(p, defaults=False)
+    p.add_argument("--plan", help="validate this plan file")
+    p.add_argument("--plans", type=int_in(1, 200), default=6, help="plans drawn across families (default 6)")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the plan draw and the Monte-Carlo")
+    p.add_argument("--prompt-seed", type=SEED, help="seed of the held-out prompts (default: those the profile was measured on)")
+    p.add_argument("--allow-other-machine", action="store_true",
+                   help="validate a profile measured on another machine (the output carries a warning)")
+    p.add_argument("--prompts-file", metavar="FILE", help="run the plans on your own prompts (as for profile measure)")
+    p.add_argument("--format", choices=["jsonl", "text", "sharegpt"])
+    p.add_argument("--field", default="prompt")
+    p.add_argument("--out", help="also write the JSON result here")
+    p.set_defaults(func=cmd_validate)
+
+
+def cmd_validate(args) -> int:
+    from .cli import _profile_path, _setting
+    from .validate import check_model_matches, draw_plans, machine_check, validate
+
+    setting = _setting(args)
+    measured_on = setting.profile.provenance.get("prompts")
+    measured_on = measured_on if isinstance(measured_on, dict) else {}
+    for field, default in (("prompts", measured_on.get("n", 16)), ("prompt_seed", measured_on.get("seed", 0)),
+                           ("max_new_tokens", measured_on.get("max_new_tokens", 128))):
+        if getattr(args, field) is None:  # default: the prompts the profile was measured on
+            setattr(args, field, default)
+    for field, lo, hi in (("prompts", 1, MAX_PROMPTS), ("prompt_seed", 0, schema.MAX_SEED),
+                          ("max_new_tokens", 1, MAX_NEW_TOKENS)):  # the profile's values are input too
+        v = getattr(args, field)
+        if not (isinstance(v, int) and lo <= v <= hi):
+            raise ValueError(f"{field}: must be an integer in [{lo}, {hi}], got {v!r}")
+    if args.out:
+        check_output(args.out, inputs=[_profile_path(args), args.plan, args.prompts_file])
+    if args.prompts_file is None and (args.format or args.field != "prompt"):
+        raise ValueError("prompts_file: --format and --field need --prompts-file")
+    prompts_text = None
+    if args.prompts_file:
+        from hispec_exec.prompts import read_prompts
+
+        prompts_text = read_prompts(args.prompts_file, args.format, args.field)
+    if args.plan:
+        plans = [schema.load_plan(args.plan)]
+        setting.profile.check_plan(plans[0], setting.workload)
+    else:
+        plans = draw_plans(setting, args.plans, args.seed)
+    model, name = load_executor_model(args)
+    check_model_matches(setting.profile, model, name)
+    warning = machine_check(setting.profile, args.device, args.allow_other_machine)
+    if warning:
+        print(f"hispec-sim: {warning}", file=sys.stderr)
+    if prompts_text is not None:
+        from hispec_exec.prompts import encode_prompts, text_encoder
+
+        encode, _ = text_encoder(model, args.model)
+        prompts = encode_prompts(prompts_text, encode, args.max_new_tokens, model.args.max_seq_len)
+    else:
+        prompts = heldout_for(model, args.model, args.prompts, args.prompt_seed)
+    out = validate(setting, plans, model, prompts, args.max_new_tokens, seed=args.seed, machine_warning=warning)
+    if args.out:
+        schema.write_atomic(args.out, json.dumps(out, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    if warning:
+        print(warning)
+    print(f"{'plan':34s} {'predicted':>10s} {'replay':>10s} {'measured':>10s} {'error':>8s}")
+    for r in out["plans"]:
+        rep = r["predicted_replay_tokens_per_second"]
+        note = "  (within noise)" if r["within_noise_floor"] else ""
+        print(f"{r['describe']:34s} {r['predicted_tokens_per_second']:10.1f} {rep if rep is None else round(rep, 1)!s:>10s} "
+              f"{r['measured_tokens_per_second']:10.1f} {100 * r['relative_error']:7.2f}%{note}")
+    print(f"median |error| {100 * out['median_abs_relative_error']:.2f} %, max {100 * out['max_abs_relative_error']:.2f} % "
+          f"over {len(out['plans'])} plans")
+    print(noise_line(out))
+    return 0
+
+
+def noise_line(out: dict) -> str:
+    prof = out.get("noise_floor_profile")
+    prof_s = "not recorded" if prof is None else f"{100 * prof:.2f} %"
+    d = out.get("machine_drift")
+    drift_s = (f", and the profile's calibration runs moved {100 * d['drift']:.2f} % since it was measured "
+               f"({d['then_tokens_per_second']:.1f} -> {d['now_tokens_per_second']:.1f} tokens/s)") if d else ""
+    return (f"noise floor {100 * out['noise_floor']:.2f} % (run-to-run spread of identical runs: {prof_s} when the profile "
+            f"was measured, {100 * out['noise_floor_now']:.2f} % now{drift_s}); {out['plans_within_noise_floor']} of "
+            f"{len(out['plans'])} plans within it")

@@ -1,0 +1,226 @@
+"""Generalisation study: does a profile measured on prompt set A predict prompt set B?
+
+Sets A and B are prompts drawn from two disjoint halves of the held-out source files
+(`hispec_exec.data.prompt_set_of`: other files, not just other offsets). The latency table
+is the profile's (measured on this machine); acceptance is measured on the first n prompts
+of set A, n = 1, 2, 4, ..., and every plan is predicted from it. Two comparisons:
+
+* acceptance only (not timing sensitive, runs on a loaded machine): prediction from A_n vs
+  the prediction from B's own acceptance, same table: how far acceptance measured on A
+  carries to B, with timing held fixed;
+* timed (needs a quiet machine): prediction from A_n vs the executor's tokens/s on set B
+  (plans run interleaved per prompt, with the noise floor of two identical autoregressive
+  runs), giving the generalisation error and the prompts-needed curve.
+
+    python studies/fidelity/run_generalisation.py --acceptance-only            # any time
+    python studies/fidelity/run_generalisation.py                              # quiet machine
+
+Writes generalisation.json and GENERALISATION.md (and curve.svg) next to this script.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from hispec_sim.evaluate import Setting, score
+from hispec_sim.schema import load_profile, write_atomic
+from hispec_sim.validate import check_model_matches, draw_plans, machine_check, run_interleaved
+
+HERE = Path(__file__).resolve().parent
+COUNTS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+def svg_curve(counts, series: dict[str, list[float]], size=(460, 300)) -> str:
+    """Error against prompts measured (log2 x axis), one polyline per series."""
+    W, H, pad = size[0], size[1], 50
+    ymax = max(max(v) for v in series.values()) * 1.1 or 1.0
+    xs = np.log2(counts)
+    X = lambda x: pad + (x - xs[0]) / max(xs[-1] - xs[0], 1e-9) * (W - 2 * pad)
+    Y = lambda y: H - pad - y / ymax * (H - 2 * pad)
+    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="11">',
+           f'<rect width="{W}" height="{H}" fill="white"/>',
+           f'<line x1="{pad}" y1="{H - pad}" x2="{W - pad}" y2="{H - pad}" stroke="black"/>',
+           f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{H - pad}" stroke="black"/>']
+    for c, x in zip(counts, xs):
+        out.append(f'<text x="{X(x):.1f}" y="{H - pad + 14}" text-anchor="middle">{c}</text>')
+    for y in np.linspace(0, ymax, 5):
+        out.append(f'<text x="{pad - 4}" y="{Y(y) + 4:.1f}" text-anchor="end">{y:.1f}</text>')
+    for y in (3.0, 8.0):
+        if y < ymax:
+            out.append(f'<line x1="{pad}" y1="{Y(y):.1f}" x2="{W - pad}" y2="{Y(y):.1f}" stroke="#bbb" stroke-dasharray="4"/>'
+                       f'<text x="{W - pad}" y="{Y(y) - 3:.1f}" text-anchor="end" fill="#888">{y:.0f} %</text>')
+    for k, (name, vals) in enumerate(series.items()):
+        col = colours[k % len(colours)]
+        pts = " ".join(f"{X(x):.1f},{Y(v):.1f}" for x, v in zip(xs, vals))
+        out.append(f'<polyline points="{pts}" fill="none" stroke="{col}" stroke-width="2"/>')
+        out.append(f'<text x="{pad + 8}" y="{pad + 12 + 14 * k}" fill="{col}">{name}</text>')
+    out.append(f'<text x="{W / 2}" y="{H - 12}" text-anchor="middle">prompts of set A measured</text>')
+    out.append(f'<text x="14" y="{H / 2}" text-anchor="middle" transform="rotate(-90 14 {H / 2})">|error| on set B (%)</text>')
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def _subset(acc, c: int, T: int):
+    """The workload of the first c prompts: a prefix of the traces and per-prompt agreement."""
+    return acc.model_copy(update={
+        "traces": acc.traces[:c * T], "trace_starts": acc.trace_starts[:c],
+        "agreement": np.round(np.mean(acc.spread.per_request[:c], axis=0), 6).tolist(),
+        "spread": acc.spread.model_copy(update={"per_request": acc.spread.per_request[:c],
+                                                "weights": acc.spread.weights[:c]})})
+
+
+def measure_sets(model, sets: dict, T: int, cache: str | None, n: int, seed: int):
+    """Acceptance workloads of sets A and B (exit traces), from the cache when it matches."""
+    from hispec_exec.measure import acceptance_workload
+
+    key = np.array([n, T, seed])
+    if cache and Path(cache).exists():
+        z = np.load(cache)
+        if np.array_equal(z["key"], key):
+            return tuple(_from_traces(z[f"traces_{s}"], n, T, s) for s in "AB")
+    accs = tuple(acceptance_workload(model, sets[s], T, f"{n} prompts of set {s}", "study") for s in "AB")
+    if cache:
+        np.savez_compressed(cache, key=key, traces_A=np.array(accs[0].traces, dtype=np.int32),
+                            traces_B=np.array(accs[1].traces, dtype=np.int32))
+    return accs
+
+
+def _from_traces(traces: np.ndarray, n: int, T: int, s: str):
+    from hispec_exec.measure import agreement_of
+    from hispec_sim.schema import Acceptance, AcceptanceSpread, Source
+
+    src = Source(kind="measured", detail=f"{n} prompts of set {s} (cached traces)")
+    per = [agreement_of(traces[k * T:(k + 1) * T]) for k in range(n)]
+    return Acceptance(exits=list(range(1, traces.shape[1] + 1)), agreement=np.round(agreement_of(traces), 6).tolist(),
+                      context=64 + T // 2, traces=traces.tolist(), trace_starts=[k * T for k in range(n)],
+                      joint="traces", source=src,
+                      spread=AcceptanceSpread(family="empirical", per_request=[np.round(a, 6).tolist() for a in per],
+                                              weights=[float(T)] * n, source=src))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", default=str(HERE.parent.parent / "profiles" / "cpu_hispec_tiny.json"))
+    ap.add_argument("--plans", type=int, default=12)
+    ap.add_argument("--seed", type=int, default=0, help="plan draw")
+    ap.add_argument("--prompts", type=int, default=128,
+                    help="prompts of each set whose acceptance is measured (A: up to this many; B: the target)")
+    ap.add_argument("--timed-prompts", type=int, default=32, help="prompts of set B the executor runs (timed part)")
+    ap.add_argument("--cache", help="npz file keeping the exit traces of both sets (reused when it matches)")
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--prompt-seed", type=int, default=0)
+    ap.add_argument("--acceptance-only", action="store_true", help="skip the executor timing on set B")
+    ap.add_argument("--allow-other-machine", action="store_true")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out-dir", default=str(HERE))
+    args = ap.parse_args()
+
+    import torch
+
+    from hispec_exec import heldout_prompts, load_model
+
+    torch.set_num_threads(args.threads)
+    t0 = time.time()
+    base = load_profile(args.profile)
+    model = load_model()
+    check_model_matches(base, model, "hispec-tiny")
+    warning = None if args.acceptance_only else machine_check(base, "cpu", args.allow_other_machine)
+    n = args.prompts
+    counts = [c for c in COUNTS if c <= n] + ([n] if n not in COUNTS else [])
+    sets = {s: heldout_prompts(n, 64, args.prompt_seed, prompt_set=s) for s in "AB"}
+    workloads = {}
+    acc_a, acc_b = measure_sets(model, sets, args.max_new_tokens, args.cache, n, args.prompt_seed)
+    T = args.max_new_tokens
+    for c in counts:  # A's first c prompts: a prefix of its traces and of its per-prompt agreement
+        workloads[f"A{c}"] = _subset(acc_a, c, T)
+    workloads["B"] = acc_b
+    m = min(args.timed_prompts, n)
+    workloads["B_timed"] = _subset(acc_b, m, T)  # in-sample reference: the timed prompts' own acceptance
+    profile = base.model_copy(update={"workloads": {**workloads}, "default_workload": f"A{n}"})
+    plans = draw_plans(Setting(profile, f"A{n}"), args.plans, args.seed)
+    # one context for all predictions (the table's, set by prompt length + half the generation)
+    pred = {w: [s.tokens_per_second for s in score(Setting(profile, w), plans)] for w in workloads}
+    out = {"profile": base.name, "plans": [p.describe() for p in plans], "prompts_per_set": n,
+           "max_new_tokens": T, "counts": counts, "predicted_tokens_per_second": pred,
+           "acceptance_error_vs_B": {}, "command": "python studies/fidelity/run_generalisation.py " + " ".join(
+               f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(args).items()
+               if k not in ("out_dir", "profile") and v not in (False, None))}
+    for c in counts:
+        e = np.abs(np.array(pred[f"A{c}"]) / np.array(pred["B"]) - 1)
+        out["acceptance_error_vs_B"][c] = {"median": float(np.median(e)), "max": float(e.max())}
+    if not args.acceptance_only:
+        runs, noise = run_interleaved(model, plans, sets["B"][:m], T)
+        measured = [r[0] for r in runs]
+        out["measured_tokens_per_second_B"] = measured
+        out["measured_acceptance_per_level_B"] = [r[1] for r in runs]
+        out["noise_floor_now"] = noise
+        out["machine_warning"] = warning
+        out["error_vs_measured_B"] = {}
+        out["timed_prompts"] = m
+        for w in [f"A{c}" for c in counts] + ["B", "B_timed"]:
+            e = np.array(pred[w]) / np.array(measured) - 1
+            out["error_vs_measured_B"][w] = {"per_plan": e.tolist(), "median": float(np.median(np.abs(e))),
+                                            "max": float(np.abs(e).max())}
+    out["seconds"] = time.time() - t0
+    d = Path(args.out_dir)
+    write_atomic(d / "generalisation.json", json.dumps(out, indent=1) + "\n")
+    write_atomic(d / "GENERALISATION.md", markdown(out))
+    series = {"median, acceptance only (A_n vs B)": [100 * out["acceptance_error_vs_B"][c]["median"] for c in counts],
+              "worst, acceptance only": [100 * out["acceptance_error_vs_B"][c]["max"] for c in counts]}
+    if "error_vs_measured_B" in out:
+        series = {"median vs executor on B": [100 * out["error_vs_measured_B"][f"A{c}"]["median"] for c in counts],
+                  "worst vs executor on B": [100 * out["error_vs_measured_B"][f"A{c}"]["max"] for c in counts], **series}
+    write_atomic(d / "curve.svg", svg_curve(counts, series))
+    print((d / "GENERALISATION.md").read_text())
+
+
+def markdown(out: dict) -> str:
+    counts = out["counts"]
+    n = out["prompts_per_set"]
+    lines = ["# Generalisation: a profile measured on prompt set A predicts prompt set B", "",
+             f"Profile `{out['profile']}` (its latency table), acceptance measured by the executor on the first n of "
+             f"{n} prompts of set A; set B = {n} prompts from the other half of the held-out source files; "
+             f"{out['max_new_tokens']} new tokens per prompt, batch 1, {len(out['plans'])} plans of every family. "
+             f"Produced by `{out['command']}` in {out['seconds']:.0f} s.", ""]
+    if "error_vs_measured_B" in out:
+        ev = out["error_vs_measured_B"]
+        meas = out["measured_tokens_per_second_B"]
+        lines += [f"The executor ran every plan on the first {out['timed_prompts']} prompts of set B. "
+                  f"Noise floor of the executor runs on B (two identical autoregressive runs, interleaved): "
+                  f"{100 * out['noise_floor_now']:.2f} %.", ""]
+        if out.get("machine_warning"):
+            lines += [f"**{out['machine_warning']}**", ""]
+        lines += ["| plan | measured on B | predicted from A" + str(n) + " | error | predicted from the timed B prompts | error |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        pa, pb = out["predicted_tokens_per_second"][f"A{n}"], out["predicted_tokens_per_second"]["B_timed"]
+        for k, p in enumerate(out["plans"]):
+            lines.append(f"| `{p}` | {meas[k]:.1f} | {pa[k]:.1f} | {100 * ev[f'A{n}']['per_plan'][k]:+.1f} % | "
+                         f"{pb[k]:.1f} | {100 * ev['B_timed']['per_plan'][k]:+.1f} % |")
+        lines += ["", f"**Generalisation (A{n} -> B): median |error| {100 * ev[f'A{n}']['median']:.1f} %, worst "
+                  f"{100 * ev[f'A{n}']['max']:.1f} %** over {len(out['plans'])} plans (target: median <= 3 %, worst <= 8 %). "
+                  f"In-sample reference (the timed prompts' own acceptance): median {100 * ev['B_timed']['median']:.1f} %, "
+                  f"worst {100 * ev['B_timed']['max']:.1f} %.", ""]
+    lines += ["## Prompts needed: error on set B against the prompts of set A measured", "",
+              "| prompts of A measured | " + (" median vs executor | worst vs executor |" if "error_vs_measured_B" in out else "")
+              + " median, acceptance only | worst, acceptance only |",
+              "|---:|" + ("---:|---:|" if "error_vs_measured_B" in out else "") + "---:|---:|"]
+    for c in counts:
+        a = out["acceptance_error_vs_B"][c] if c in out["acceptance_error_vs_B"] else out["acceptance_error_vs_B"][str(c)]
+        row = f"| {c} |"
+        if "error_vs_measured_B" in out:
+            e = out["error_vs_measured_B"][f"A{c}"]
+            row += f" {100 * e['median']:.1f} % | {100 * e['max']:.1f} % |"
+        lines.append(row + f" {100 * a['median']:.1f} % | {100 * a['max']:.1f} % |")
+    lines += ["", "'acceptance only': the prediction from A_n against the prediction from B's own acceptance with the same "
+              "latency table (timing held fixed: what acceptance measured on other prompts costs). 'vs executor': "
+              "against the executor's measured tokens/s on B.", "", "![prompts needed](curve.svg)", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

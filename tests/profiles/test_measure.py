@@ -1,0 +1,227 @@
+"""`profile measure`: robust statistics, the user's prompts files, Hugging Face checkpoints with
+their own tokenizer.json, acceptance-only workloads and merging, bad input."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hispec_exec.measure import _fill_beyond_capacity, isotonic, isotonic_2d, robust_mean
+from hispec_exec.prompts import read_prompts
+from hispec_sim.cli import main
+from hispec_sim.schema import load_profile
+
+finite = st.floats(0.0, 100.0, allow_nan=False)
+
+
+@given(st.lists(finite, min_size=1, max_size=30), st.data())
+@settings(max_examples=60, deadline=None)
+def test_isotonic_is_the_monotone_least_squares_fit(y, data):
+    w = np.array(data.draw(st.lists(st.floats(0.1, 10.0), min_size=len(y), max_size=len(y))))
+    y = np.array(y)
+    fit = isotonic(y, w)
+    assert (np.diff(fit) >= -1e-12).all()
+    assert np.isclose((fit * w).sum(), (y * w).sum())  # pooling keeps the weighted mean
+    # no monotone sequence is closer: any other monotone candidate (sorted y, constant mean) fits worse or equal
+    for other in (np.sort(y), np.full_like(y, np.average(y, weights=w)), np.maximum.accumulate(y)):
+        assert (w * (fit - y) ** 2).sum() <= (w * (other - y) ** 2).sum() + 1e-9
+    assert np.allclose(isotonic(fit, w), fit)  # already monotone: unchanged
+
+
+@given(st.integers(1, 6), st.integers(1, 5), st.data())
+@settings(max_examples=40, deadline=None)
+def test_isotonic_2d_is_monotone_along_both_axes(rows, cols, data):
+    y = np.array(data.draw(st.lists(finite, min_size=rows * cols, max_size=rows * cols))).reshape(rows, cols)
+    fit = isotonic_2d(y)
+    assert (np.diff(fit, axis=0) >= 0).all() and (np.diff(fit, axis=1) >= 0).all()
+    mono = np.maximum.accumulate(np.maximum.accumulate(y, axis=0), axis=1)
+    assert np.allclose(isotonic_2d(mono), mono)
+    assert ((fit - y) ** 2).sum() <= ((mono - y) ** 2).sum() + 1e-6
+
+
+def test_robust_mean_drops_an_interrupted_sample():
+    mean, se, kept = robust_mean([1.0, 1.01, 0.99, 1.02, 0.98, 9.0])
+    assert kept == 5 and mean == pytest.approx(1.0) and 0 < se < 0.01
+
+
+def test_cells_beyond_capacity_are_extrapolated_from_the_context_slope():
+    raw = np.array([[1.0, 1.5], [2.0, 3.0], [4.0, np.nan]])  # tokens 1, 2, 4; contexts 0, 100
+    filled = _fill_beyond_capacity(raw, [1, 2, 4], [0, 100])
+    assert filled == [(4, 100)] and raw[2, 1] == pytest.approx(4.0 + (3.0 - 2.0) * 4 / 2)
+
+
+# --------------------------------------------------------------------------- prompts files
+
+
+@pytest.mark.parametrize("content,fmt,field,match", [
+    (b"", "jsonl", "prompt", "prompts_file: .* holds no prompts"),
+    (b"\n  \n", "text", "prompt", "holds no prompts"),
+    (b'{"prompt": "a"}\n{"prompt": "b"\n', "jsonl", "prompt", "prompts_file: line 2 is not valid JSON"),
+    (b'{"prompt": "a"}\n[1, 2]\n', "jsonl", "prompt", "prompts_file: line 2 is a JSON list"),
+    (b'{"prompt": "a"}\n{"text": "b"}\n', "jsonl", "prompt", "field: line 2 has no field 'prompt' \\(it has: text\\)"),
+    (b'{"prompt": 3}\n', "jsonl", "prompt", "field: line 1: 'prompt' must be a string"),
+    (b'{"prompt": ""}\n', "jsonl", "prompt", "prompts_file: line 1: the prompt is empty"),
+    (b'{"prompt": "caf\xe9"}\n', "jsonl", "prompt", "prompts_file: .* is not UTF-8 text \\(line 1"),
+    (b"[" * 100000 + b"]" * 100000 + b"\n", "jsonl", "prompt", "nested too deeply|not valid JSON"),
+    (b'{"conversations": []}', "sharegpt", "prompt", "ShareGPT file is a JSON array"),
+    (b'[{"id": 1}]', "sharegpt", "prompt", "field: record 1 has no list 'conversations'"),
+], ids=["empty", "blank", "malformed", "not_object", "missing_field", "not_string", "empty_prompt", "not_utf8",
+        "deep", "sharegpt_not_array", "sharegpt_no_turns"])
+def test_bad_prompts_files(tmp_path, content, fmt, field, match):
+    f = tmp_path / "p.in"
+    f.write_bytes(content)
+    with pytest.raises(ValueError, match=match):
+        read_prompts(f, fmt, field)
+
+
+def test_prompts_file_formats(tmp_path):
+    (tmp_path / "a.jsonl").write_text('{"q": "def f(x):\\n    return"}\n\n{"q": "import os"}\n')
+    assert read_prompts(tmp_path / "a.jsonl", None, "q") == [("line 1", "def f(x):\n    return"), ("line 3", "import os")]
+    (tmp_path / "b.txt").write_text("one\n\ntwo\n")
+    assert read_prompts(tmp_path / "b.txt") == [("line 1", "one"), ("line 3", "two")]
+    share = [{"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "x"}]},
+             {"conversations": [{"from": "gpt", "value": "no human turn"}]},
+             {"conversations": [{"from": "system", "value": "s"}, {"from": "human", "value": "second"}]}]
+    (tmp_path / "c.json").write_text(json.dumps(share))
+    assert read_prompts(tmp_path / "c.json") == [("record 1", "hi"), ("record 3", "second")]
+
+
+# --------------------------------------------------------------------------- the CLI on a Hugging Face folder
+
+
+def _tokenizer(vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(["def f(x):\n    return x + 1\n", "import os\nclass A:\n    pass\n"] * 20,
+                            trainers.BpeTrainer(vocab_size=vocab_size,
+                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return tok
+
+
+@pytest.fixture(scope="module")
+def hf_folder(tmp_path_factory):
+    """A transformers-made tiny Llama folder with its own tokenizer.json (no network)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("hf")
+    tok = _tokenizer(300)
+    tok.save(str(folder / "tokenizer.json"))
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    LlamaForCausalLM(cfg).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def _prompts_jsonl(path, texts):
+    path.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts))
+    return path
+
+
+def test_measure_hf_checkpoint_on_prompts_files_merges_workloads(hf_folder, tmp_path, capsys):
+    a = _prompts_jsonl(tmp_path / "code.jsonl", ["def f(x):\n    return x", "import os\n", "class A:\n    pass"])
+    b = tmp_path / "more.txt"
+    b.write_text("def g(y):\nclass B:\n")
+    out = tmp_path / "p.json"
+    small = ["--model", str(hf_folder), "--max-new-tokens", "12", "--out", str(out)]
+    assert main(["profile", "measure", "--prompts-file", str(a), "--workload", "code", "--repeats", "1", *small]) == 0
+    assert "workload code measured" in capsys.readouterr().out
+    p = load_profile(str(out))
+    vocab = json.loads((hf_folder / "config.json").read_text())["vocab_size"]
+    assert p.model.name == hf_folder.name and p.model.vocab == vocab and p.default_workload == "code"
+    acc = p.workload("code")
+    assert len(acc.trace_starts) == 3 and len(acc.traces) == 36 and len(acc.spread.per_request) == 3
+    assert p.provenance["prompts"]["n"] == 3 and "tokenizer.json" in p.provenance["prompts"]["source"]
+    table = p.table()
+    before = table.model_dump()
+    # a second file, acceptance only: added next to the first, the timing untouched
+    assert main(["profile", "measure", "--prompts-file", str(b), "--format", "text", "--workload", "more",
+                 "--acceptance-only", *small]) == 0
+    assert "workload more added" in capsys.readouterr().out
+    p2 = load_profile(str(out))
+    assert sorted(p2.workloads) == ["code", "more"] and p2.table().model_dump() == before
+    assert p2.workloads["code"] == acc and len(p2.workload("more").trace_starts) == 2
+    assert p2.provenance["workloads_added"]["more"]["n"] == 2
+    # held-out prompts go through the checkpoint's own tokenizer.json too
+    assert main(["profile", "measure", "--workload", "held", "--prompts", "2", "--acceptance-only", *small]) == 0
+    capsys.readouterr()
+    held = load_profile(str(out)).workload("held")
+    assert len(held.trace_starts) == 2 and max(max(r) for r in held.traces) < vocab
+    # and validate runs plans of that checkpoint on the user's prompts (this machine measured it: no override)
+    assert main(["validate", "--profile", str(out), "--workload", "code", "--model", str(hf_folder), "--prompts-file",
+                 str(a), "--max-new-tokens", "12", "--plans", "2", "--json"]) == 0
+    v = json.loads(capsys.readouterr().out)
+    assert v["prompts"] == 3 and len(v["plans"]) == 2 and v["machine_drift"]["then_tokens_per_second"] > 0
+    assert v["noise_floor"] >= v["noise_floor_now"] and "machine_warning" not in v
+
+
+def test_measure_shipped_model_acceptance_only(tmp_path, capsys):
+    from hispec_sim.schema import save_profile
+
+    out = tmp_path / "tiny.json"
+    save_profile(load_profile("cpu_hispec_tiny"), out)
+    f = _prompts_jsonl(tmp_path / "mine.jsonl", ["def main():\n    ", "for i in range(10):\n"])
+    assert main(["profile", "measure", "--prompts-file", str(f), "--workload", "mine", "--acceptance-only",
+                 "--max-new-tokens", "16", "--out", str(out)]) == 0
+    p = load_profile(str(out))
+    acc = p.workload("mine")
+    assert p.default_workload == "heldout" and acc.exits == list(range(1, 17)) and len(acc.traces) == 32
+    assert acc.context == round((len("def main():\n    ") + len("for i in range(10):\n")) / 2 + 8)
+
+
+def _one_line_error(capsys, field):
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and field in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("case", ["empty", "malformed", "missing", "utf8", "long", "tokenizer", "no_workload",
+                                  "acceptance_only_new", "out_is_input", "out_not_profile"])
+def test_measure_bad_input_exit_2_nothing_written(hf_folder, tmp_path, capsys, case):
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"prompt": "def f(x):"}\n')
+    out = tmp_path / "out.json"
+    model = hf_folder
+    extra = ["--workload", "w"]
+    field = {"empty": "prompts_file", "malformed": "line 2", "missing": "field: line 1", "utf8": "UTF-8",
+             "long": "allows at most", "tokenizer": "tokenizer:", "no_workload": "workload:",
+             "acceptance_only_new": "--acceptance-only", "out_is_input": "out:", "out_not_profile": "out:"}[case]
+    if case == "empty":
+        f.write_text("")
+    elif case == "malformed":
+        f.write_text('{"prompt": "a"}\n{"prompt": \n')
+    elif case == "missing":
+        f.write_text('{"text": "a"}\n')
+    elif case == "utf8":
+        f.write_bytes(b'{"prompt": "\xff\xfe"}\n')
+    elif case == "long":
+        f.write_text(json.dumps({"prompt": "x = 1\n" * 200}) + "\n")
+    elif case == "tokenizer":  # a tokenizer.json of another (larger) vocabulary next to the 300-token checkpoint
+        model = tmp_path / "m"
+        model.mkdir()
+        for name in ("config.json", "model.safetensors"):
+            (model / name).write_bytes((hf_folder / name).read_bytes())
+        other = _tokenizer(300)
+        other.add_tokens([f"<extra_{i}>" for i in range(64)])  # a larger vocabulary than the checkpoint's
+        other.save(str(model / "tokenizer.json"))
+    elif case == "no_workload":
+        extra = []
+    elif case == "acceptance_only_new":
+        extra.append("--acceptance-only")
+    elif case == "out_is_input":
+        out = f
+    elif case == "out_not_profile":
+        out.write_text('{"not": "a profile"}')
+    before = out.read_bytes() if out.exists() else None
+    code = main(["profile", "measure", "--model", str(model), "--prompts-file", str(f), "--max-new-tokens", "16",
+                 "--repeats", "1", "--out", str(out), *extra])
+    assert code == 2
+    _one_line_error(capsys, field)
+    assert (out.read_bytes() if out.exists() else None) == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
