@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The timing-sensitive steps, in order, on a quiet machine (1-minute load average < 1.2):
 # re-measure the shipped model's profile on THIS machine (with its fingerprint), validate it,
-# and run both fidelity studies. About 12 minutes on a quiet 2-core CPU.
+# and run both fidelity studies. About 12 minutes on a quiet 2-core Intel VM, 25 on the AMD EPYC VM.
 #
 #   studies/fidelity/remeasure.sh            # refuses when the machine is busy
 #   FORCE=1 studies/fidelity/remeasure.sh    # measure anyway (the figures will say the load)
