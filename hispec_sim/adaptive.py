@@ -1,6 +1,7 @@
 """Adaptive plans: confidence-gated drafting (Plan.draft_confidence) and early escalation
 (Plan.escalate_confidence), modelled on a workload's measured top-1 probabilities
-(Acceptance.confidence.top1, one row per trace row).
+(Acceptance.confidence.top1, one row per trace row). Assumption: they are predicted at the
+workload's mean rates; a per-request spread (Acceptance.spread) is not taken into account.
 
 Semantics (the executor's, hispec_exec.generate): level 1 drafts until it holds `propose`
 drafts or a draft's top-1 probability at exit l_1 is < tau_d (that draft is kept and

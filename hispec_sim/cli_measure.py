@@ -118,7 +118,8 @@ def cmd_measure(args) -> int:
     else:
         from hispec_exec.measure import measure_profile
 
-        log = (lambda s: print(f"[measure] {s}", file=sys.stderr, flush=True))
+        # progress on a terminal only: a failing run's stderr stays one line
+        log = (lambda s: print(f"[measure] {s}", file=sys.stderr, flush=True)) if sys.stderr.isatty() else None
         profile = measure_profile(model, name, args.device, workload, args.prompts, 64, args.max_new_tokens, args.seed,
                                   repeats=args.repeats, command=command,
                                   prompts=prompts if prompts_text is not None else None,
