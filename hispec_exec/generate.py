@@ -470,26 +470,9 @@ def exit_traces(model: Transformer, prompt_ids, max_new_tokens: int, exits: list
     Returns a LongTensor (max_new_tokens, len(exits)): row i = what each exit predicts for
     generated token i given the committed prefix; the last column is the trajectory itself.
     """
-    L = model.num_layers
-    exits = list(exits or range(1, L + 1))
-    if exits[-1] != L:
-        raise ValueError(f"exits: must end at the last layer {L}")
-    traj = autoregressive(model, prompt_ids, max_new_tokens, capacity=capacity).tokens
-    full = list(prompt_ids) + traj
-    P = len(prompt_ids)
-    cache = model.new_cache(capacity)
-    x = None
-    cols = []
-    prev = 0
-    dev = model.tok_embeddings.weight.device
-    for e in exits:
-        x = model.run(cache, prev, e, torch.tensor(full[:-1], device=dev) if prev == 0 else None)
-        cols.append(model.head(x[P - 1:]).argmax(-1).cpu())
-        prev = e
-    out = torch.stack(cols, dim=1)
-    if out[:, -1].tolist() != traj:
-        raise RuntimeError("internal: the full model's trace differs from its greedy trajectory")
-    return out
+    from .confidence import exit_confidence  # one walk over the exits; it also records top-1 probabilities
+
+    return exit_confidence(model, prompt_ids, max_new_tokens, exits, capacity)[0]
 
 
 def heldout_exit_traces(model: Transformer, n_prompts: int, prompt_len: int = 64, max_new_tokens: int = 128,

@@ -406,7 +406,6 @@ def measure_profile(model: Transformer, model_name: str, device: str, workload: 
     """Time the model on this machine and measure one workload's acceptance: on `prompts`
     (token ids, e.g. the user's prompts file) or on `n_prompts` held-out prompts."""
     log = log or (lambda s: None)
-    L = model.num_layers
     fp, when, env = _environment(device)
     measured = Source(kind="measured", detail=f"hispec_exec on {env}; command: {command}")
     if prompts is None:

@@ -325,8 +325,7 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
-    print(f"profile {setting.profile.name}  workload {setting.workload}  tp {setting.tp}  stack {setting.stack}  "
-          f"batch {setting.batch}  context {setting.context}")
+    print(setting.header())
     print(f"plan {out['plan']}  claimed {speedup:g}x autoregressive")
     print(f"  family: {out['family_describe']}")
     print(f"  profile's own level predicts {out['speedup_at_profile_level']:.3f}x ({out['plan_at_profile_level']}); "

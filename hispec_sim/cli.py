@@ -78,8 +78,7 @@ def cmd_evaluate(args) -> int:
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
-    print(f"profile {setting.profile.name}  workload {setting.workload}  tp {setting.tp}  stack {setting.stack}  "
-          f"batch {setting.batch}  context {setting.context}")
+    print(setting.header())
     print(f"plan {plan.describe()}  ({plan.family})")
     print(f"  analytic:    {out['tokens_per_second']:10.2f} tokens/s  x{out['speedup_vs_autoregressive']:.3f} vs autoregressive"
           f"  {out['tokens_per_full_forward']:.3f} tokens/full forward  {out['latency_ms_per_token']:.3f} ms/token")
@@ -127,8 +126,7 @@ def cmd_optimize(args) -> int:
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
-    print(f"profile {setting.profile.name}  workload {setting.workload}  tp {setting.tp}  stack {setting.stack}  "
-          f"batch {setting.batch}  context {setting.context}")
+    print(setting.header())
     if opts["optuna"]:
         print(search.cli_summary(out) + "\n")
     else:

@@ -40,6 +40,11 @@ class Setting:
     def num_layers(self) -> int:
         return self.profile.model.num_layers
 
+    def header(self) -> str:
+        """The line every text output starts with."""
+        return (f"profile {self.profile.name}  workload {self.workload}  tp {self.tp}  stack {self.stack}  "
+                f"batch {self.batch}  context {self.context}")
+
     def describe(self) -> dict:
         return {"profile": self.profile.name, "workload": self.workload, "tp": self.tp, "stack": self.stack,
                 "batch": self.batch, "context": self.context}

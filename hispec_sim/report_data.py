@@ -1,15 +1,6 @@
 """Every number of the capacity-planning report, as a plain JSON-able dict (no rendering).
 
-simulator): the B sequences of a batch run the plan's schedule in lockstep; a forward
-carries B x the stream's new tokens through the linear layers and B sequences' attention,
-each over its own KV cache (latency.batched_layer_ms).
-Aggregate tokens/s = B x (tokens per sequence per second); per-token latency is the time
-one sequence waits per committed token, so at a fixed batch the fastest plan is also the
-lowest-latency one.
-
-Everything user-supplied that reaches HTML (profile/workload names, descriptions,
-provenance, validation plans) goes through html.escape; JSON embedded in <script> has
-every '<' written as \\u003c, so no string can close the tag.
+The batching semantics and the escaping rules are stated once, in report.py's docstring.
 """
 from __future__ import annotations
 
