@@ -150,6 +150,10 @@ def add_validate_parser(sub, setting_args) -> None:
     p.add_argument("--prompts-file", metavar="FILE", help="run the plans on your own prompts (as for profile measure)")
     p.add_argument("--format", choices=["jsonl", "text", "sharegpt"])
     p.add_argument("--field", default="prompt")
+    p.add_argument("--rounds", type=int_in(1, 100), default=1,
+                   help="passes over the prompts; the measured speed-up is the median over rounds (default 1)")
+    p.add_argument("--ar-every", type=int_in(1, 200), default=1,
+                   help="an autoregressive reference run after every N plan runs (default 1: ABAB...)")
     p.add_argument("--out", help="also write the JSON result here")
     p.set_defaults(func=cmd_validate)
 
@@ -196,7 +200,8 @@ def cmd_validate(args) -> int:
         prompts = encode_prompts(prompts_text, encode, args.max_new_tokens, model.args.max_seq_len)
     else:
         prompts = heldout_for(model, args.model, args.prompts, args.prompt_seed)
-    out = validate(setting, plans, model, prompts, args.max_new_tokens, seed=args.seed, machine_warning=warning)
+    out = validate(setting, plans, model, prompts, args.max_new_tokens, seed=args.seed, machine_warning=warning,
+                   rounds=args.rounds, ar_every=args.ar_every)
     if args.out:
         schema.write_atomic(args.out, json.dumps(out, indent=2) + "\n")
     if args.json:
@@ -204,24 +209,46 @@ def cmd_validate(args) -> int:
         return 0
     if warning:
         print(warning)
-    print(f"{'plan':34s} {'predicted':>10s} {'replay':>10s} {'measured':>10s} {'error':>8s}")
-    for r in out["plans"]:
-        rep = r["predicted_replay_tokens_per_second"]
-        note = "  (within noise)" if r["within_noise_floor"] else ""
-        print(f"{r['describe']:34s} {r['predicted_tokens_per_second']:10.1f} {rep if rep is None else round(rep, 1)!s:>10s} "
-              f"{r['measured_tokens_per_second']:10.1f} {100 * r['relative_error']:7.2f}%{note}")
-    print(f"median |error| {100 * out['median_abs_relative_error']:.2f} %, max {100 * out['max_abs_relative_error']:.2f} % "
-          f"over {len(out['plans'])} plans")
-    print(noise_line(out))
+    print(validate_text(out))
     return 0
 
 
+def validate_text(out: dict) -> str:
+    """The table (speed-up over autoregressive first, then absolute tokens/s), the verdict
+    line and the absolute error's line with the drift it inherits."""
+    lines = [f"{'plan':34s} {'speed-up':>9s} {'measured':>9s} {'error':>8s}   {'tokens/s':>9s} {'measured':>9s} {'error':>8s}",
+             f"{'':34s} {'predicted':>9s} {'':>9s} {'':>8s}   {'predicted':>9s}"]
+    for r in out["plans"]:
+        note = "  (within noise)" if r["within_noise_floor"] else ""
+        lines.append(f"{r['describe']:34s} {r['predicted_speedup']:9.3f} {r['measured_speedup']:9.3f} "
+                     f"{100 * r['speedup_error']:7.2f}%   {r['predicted_tokens_per_second']:9.1f} "
+                     f"{r['measured_tokens_per_second']:9.1f} {100 * r['relative_error']:7.2f}%{note}")
+    lines.append(f"speed-up over autoregressive, measured side by side ({out['rounds']} round(s), autoregressive after "
+                 f"every {out['autoregressive_every']} plan run(s), median over rounds): "
+                 f"median |error| {100 * out['median_abs_speedup_error']:.2f} %, "
+                 f"max {100 * out['max_abs_speedup_error']:.2f} % over {len(out['plans'])} plans")
+    lines.append(noise_line(out))
+    lines.append(f"verdict: {out['verdict_line']}")
+    lines.append(absolute_line(out))
+    return "\n".join(lines)
+
+
 def noise_line(out: dict) -> str:
+    slots = ", ".join(f"{s:.4f}" for s in out.get("noise_floor_slots") or [])
+    return (f"noise floor {100 * out['noise_floor']:.2f} % (identical autoregressive runs measured as plans: "
+            f"{out['noise_floor_method']}" + (f"; their speed-ups {slots}" if slots else "") +
+            f"); {out['plans_within_noise_floor']} of {len(out['plans'])} plans within it")
+
+
+def absolute_line(out: dict) -> str:
     prof = out.get("noise_floor_profile")
     prof_s = "not recorded" if prof is None else f"{100 * prof:.2f} %"
     d = out.get("machine_drift")
-    drift_s = (f", and the profile's calibration runs moved {100 * d['drift']:.2f} % since it was measured "
-               f"({d['then_tokens_per_second']:.1f} -> {d['now_tokens_per_second']:.1f} tokens/s)") if d else ""
-    return (f"noise floor {100 * out['noise_floor']:.2f} % (run-to-run spread of identical runs: {prof_s} when the profile "
-            f"was measured, {100 * out['noise_floor_now']:.2f} % now{drift_s}); {out['plans_within_noise_floor']} of "
-            f"{len(out['plans'])} plans within it")
+    drift_s = (f"the profile's calibration runs moved {100 * d['drift']:.2f} % since it was measured "
+               f"({d['then_tokens_per_second']:.1f} -> {d['now_tokens_per_second']:.1f} tokens/s)") if d else \
+        "no calibration runs recorded to measure the drift"
+    return (f"absolute tokens/s (inherits the machine's drift since the profile was measured): median |error| "
+            f"{100 * out['median_abs_relative_error']:.2f} %, max {100 * out['max_abs_relative_error']:.2f} %; "
+            f"autoregressive predicted {out['predicted_autoregressive_tokens_per_second']:.1f}, measured "
+            f"{out['measured_autoregressive_tokens_per_second']:.1f} tokens/s; {drift_s}; run-to-run spread when the "
+            f"profile was measured {prof_s}; absolute noise floor {100 * out['noise_floor_absolute']:.2f} %")

@@ -69,18 +69,26 @@ def test_validate_reports_predicted_and_measured(small):
     assert {p.depth for p in plans} == {1, 2, 3, 4} and len(set(map(str, plans))) == 7
     assert Plan(levels=[8]) in plans[:4]
     assert draw_plans(setting, 7, seed=7) == plans
-    out = validate(setting, plans[:5], model, heldout_prompts(2, 32, 1), 16, seed=0)
-    assert len(out["plans"]) == 5
+    out = validate(setting, plans[:5], model, heldout_prompts(2, 32, 1), 16, seed=0, rounds=2)
+    assert len(out["plans"]) == 5 and out["rounds"] == 2
     for row in out["plans"]:
         assert row["measured_tokens_per_second"] > 0 and row["predicted_tokens_per_second"] > 0
         assert row["relative_error"] == pytest.approx(
             (row["predicted_tokens_per_second"] - row["measured_tokens_per_second"]) / row["measured_tokens_per_second"])
+        assert row["speedup_error"] == pytest.approx(row["predicted_speedup"] / row["measured_speedup"] - 1)
+        assert len(row["measured_speedup_by_round"]) == 2
+        assert row["measured_speedup"] == pytest.approx(float(np.median(row["measured_speedup_by_round"])))
+    ar = next(r for r in out["plans"] if r["plan"]["levels"] == [8])
+    assert ar["predicted_speedup"] == pytest.approx(1.0)
+    assert out["max_abs_speedup_error"] >= out["median_abs_speedup_error"] >= 0
     assert out["max_abs_relative_error"] >= out["median_abs_relative_error"] >= 0
     drift = out["machine_drift"]  # the profile's calibration runs, re-run now
     assert drift["then_tokens_per_second"] == profile.provenance["measurement"]["calibration"]["autoregressive_tokens_per_second"]
     assert drift["drift"] == pytest.approx(abs(drift["now_tokens_per_second"] / drift["then_tokens_per_second"] - 1))
-    assert out["noise_floor"] == max(out["noise_floor_now"], out["noise_floor_profile"], drift["drift"])
-    assert out["plans_within_noise_floor"] == sum(abs(r["relative_error"]) <= out["noise_floor"] for r in out["plans"])
+    assert out["noise_floor_absolute"] == max(out["noise_floor"], out["noise_floor_profile"], drift["drift"])
+    assert len(out["noise_floor_slots"]) == 6  # autoregressive at 6 places of each block of 5 plans
+    assert out["plans_within_noise_floor"] == sum(abs(r["speedup_error"]) <= out["noise_floor"] for r in out["plans"])
+    assert out["verdict"] in ("met", "within_noise", "not_met") and out["verdict_line"]
 
 
 def test_profile_of_another_model_is_refused(small):
@@ -131,7 +139,7 @@ def test_validate_refuses_a_profile_of_another_machine(tmp_path, capsys):
     assert "--allow-other-machine" in err and not out.exists()
     assert main(["validate", "--profile", str(path), *small, "--allow-other-machine", "--out", str(out)]) == 0
     text = capsys.readouterr()
-    assert "WARNING" in text.out and "cpu_model" in text.out and "noise floor" in text.out
+    assert "WARNING" in text.out and "cpu_model" in text.out and "noise floor" in text.out and "verdict: " in text.out
     assert "not measured on this machine" in json.loads(out.read_text())["machine_warning"]
 
 
