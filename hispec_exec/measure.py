@@ -301,7 +301,7 @@ def fit_overheads(model: Transformer, table: LatencyTable, prompts, max_new_toke
                     layers = sum(b - a + 1 for a, b, _ in f.segments)
                     rows.append([1.0, layers, 1.0 if f.level > 1 else 0.0, parts])
                     y.append(f.ms + gap)
-                runs.append((np.asarray(rows), np.asarray(y)))
+                runs.append((np.asarray(rows), np.asarray(y), k))
     X = np.concatenate([r[0] for r in runs])
     y = np.concatenate([r[1] for r in runs])
 
@@ -336,13 +336,38 @@ def fit_overheads(model: Transformer, table: LatencyTable, prompts, max_new_toke
     tps = toks / walls
     noise = float(np.max((tps.max(0) - tps.min(0)) / np.median(tps, axis=0))) if rounds > 1 else float("nan")
     resid = y[inlier] - X[inlier] @ coef
+    # self-consistency: each calibration plan's decoding time as the fitted model puts it
+    # together from its forwards, against the measured time (in-sample: a systematic misfit,
+    # e.g. an overhead pinned at 0 by the non-negativity, shows here)
+    fitted = {}
+    for k, plan in enumerate(plans):
+        mine = [r for r in runs if r[2] == k]
+        fitted[plan.describe()] = float(sum((r[0] @ coef).sum() for r in mine) / sum(r[1].sum() for r in mine) - 1)
     names = ("overhead_ms", "layer_overhead_ms", "verify_overhead_ms", "table_scale")
     return {**{k: float(v) for k, v in zip(names, coef)}, **{k + "_se": float(v) for k, v in zip(names, boot_se)},
             "forwards": int(inlier.sum()), "forwards_rejected": int((~inlier).sum()), "runs": len(runs),
             "rounds": rounds, "residual_ms_median_abs": float(np.median(np.abs(resid))), "noise_floor": noise,
             "tokens_per_second_by_round": tps.round(3).tolist(), "plans": [p.describe() for p in plans],
             "autoregressive_tokens_per_second": float(np.median(tps[:, 0])),
-            "free_scale": free_scale, "free_scale_se": free_scale_se}
+            "free_scale": free_scale, "free_scale_se": free_scale_se, "fit_error_by_plan": fitted}
+
+
+def self_check(table: LatencyTable, num_layers: int, calib: dict, context: int) -> dict:
+    """The simulator's autoregressive time per token (its cost model on the finished table, at
+    the calibration runs' mean context) against the autoregressive time per token measured
+    in the calibration runs of the same measurement, and the fitted model's error on each
+    calibration plan's decoding time (in-sample)."""
+    from hispec_sim.latency import CostModel
+
+    predicted = CostModel(table, 1, context=context, max_tokens=8).autoregressive_ms(num_layers)
+    measured = 1e3 / calib["autoregressive_tokens_per_second"]
+    err = predicted / measured - 1
+    fits = ", ".join(f"{p} {100 * e:+.1f} %" for p, e in calib["fit_error_by_plan"].items())
+    line = (f"self-check: autoregressive {predicted:.3f} ms/token predicted by the cost model, {measured:.3f} measured "
+            f"in the calibration runs ({100 * err:+.1f} %); fitted decoding time per calibration plan: {fits}")
+    return {"autoregressive_ms_per_token_predicted": round(predicted, 6),
+            "autoregressive_ms_per_token_measured": round(measured, 6), "autoregressive_error": round(err, 6),
+            "fit_error_by_plan": {p: round(e, 6) for p, e in calib["fit_error_by_plan"].items()}, "line": line}
 
 
 # --------------------------------------------------------------------------- acceptance
@@ -458,12 +483,16 @@ def measure_profile(model: Transformer, model_name: str, device: str, workload: 
                                                  ("overhead_ms", "layer_overhead_ms", "verify_overhead_ms")})
     table.notes["noise_floor"] = (f"{calib['noise_floor']:.6f} (relative spread of identical calibration runs' tokens/s "
                                   f"over {calibration_rounds} rounds: {calib['tokens_per_second_by_round']})")
+    check = self_check(table, model.num_layers, calib, calib_len + calib_new // 2)
+    log(check["line"])
+    table.notes["self_check"] = check["line"]
     log("measuring acceptance (exit traces)")
     acc = acceptance_workload(model, prompts, max_new_tokens, prompts_detail, env)
     measurement = {"noise_floor": calib["noise_floor"], "latency_seconds": round(lat["seconds"], 1),
                    "calibration": {"prompts": len(calib_prompts), "prompt_len": calib_len, "seed": CALIBRATION_SEED,
                                    "max_new_tokens": calib_new,
                                    "autoregressive_tokens_per_second": round(calib["autoregressive_tokens_per_second"], 4)},
+                   "self_check": {k: v for k, v in check.items() if k != "line"},
                    **{k: round(calib[k], 6) for k in ("overhead_ms", "layer_overhead_ms", "verify_overhead_ms",
                                                        "overhead_ms_se", "layer_overhead_ms_se", "verify_overhead_ms_se",
                                                        "table_scale", "table_scale_se")}}

@@ -134,6 +134,8 @@ def cmd_measure(args) -> int:
     schema.save_profile(profile, out)
     print(f"profile {profile.name} written to {out}: workload {workload} {verb} ({detail}); "
           f"workloads {', '.join(sorted(profile.workloads))}")
+    if not args.acceptance_only:
+        print(profile.table().notes.get("self_check", ""))
     return 0
 
 

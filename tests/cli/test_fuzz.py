@@ -692,6 +692,8 @@ SIGNALS = [
      ["optimize", "--profile", "cpu_hispec_tiny", "--search", "optuna", "--trials", "1000", "--storage", "sqlite:///s.db",
       "--out", "best.json"]),
     ("hispec_sim.cli", "hispec_sim.report", "compute", ["report", "--profile", "cpu_hispec_tiny", "--out", "r.html"]),
+    ("hispec_sim.cli", "hispec_exec.measure", "measure_latency",
+     ["profile", "measure", "--prompts", "1", "--max-new-tokens", "8", "--out", "m.json"]),
 ]
 
 _SELF_SIGINT = """

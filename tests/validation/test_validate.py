@@ -44,6 +44,10 @@ def test_measured_profile_is_complete(small):
     meas = profile.provenance["measurement"]
     assert meas["noise_floor"] >= 0 and meas["overhead_ms_se"] == se["overhead_ms"]
     assert 0.5 <= meas["table_scale"] <= 2 and "table_scale" in table.notes
+    check = meas["self_check"]  # the cost model's autoregressive time against the calibration runs'
+    assert check["autoregressive_error"] == pytest.approx(
+        check["autoregressive_ms_per_token_predicted"] / check["autoregressive_ms_per_token_measured"] - 1, abs=1e-5)
+    assert len(check["fit_error_by_plan"]) == 3 and table.notes["self_check"].startswith("self-check: autoregressive")
     fp = profile.provenance["machine"]
     assert {"cpu_model", "isa", "torch", "blas", "onednn", "threads", "logical_cpus"} <= set(fp) and fp["threads"] == 1
     acc = profile.workload()
