@@ -2,8 +2,11 @@
 
 Predicts >= 12 plans of every family from a profile the executor measured
 (`hispec-sim profile measure`), runs each plan in the executor on the same held-out
-prompts, and writes RESULTS.md (table), results.json and plot.svg
-(predicted vs measured tokens/s) next to this script.
+prompts interleaved with autoregressive runs, compares predicted and measured speed-ups
+over autoregressive (drift cancels; absolute tokens/s are listed too), and writes
+RESULTS.md (machine, load, commands, table, verdict), results.json and plot.svg
+(predicted vs measured speed-up) next to this script. It is `hispec-sim validate` with
+12 plans (the same function) plus the write-up.
 
     python studies/fidelity/run_fidelity.py [--profile profiles/cpu_hispec_tiny.json] [--plans 12]
 """
@@ -18,16 +21,17 @@ from pathlib import Path
 import numpy as np
 
 from hispec_sim.evaluate import Setting, exhaustive
-from hispec_sim.schema import Plan, load_profile, write_atomic
-from hispec_sim.validate import check_model_matches, draw_plans, machine_check, run_measured, validate
+from hispec_sim.schema import load_profile, write_atomic
+from hispec_sim.validate import check_model_matches, draw_plans, machine_check, run_interleaved, validate
 
 HERE = Path(__file__).resolve().parent
 
 
 def svg_scatter(rows: list[dict], size: int = 420) -> str:
-    """Predicted vs measured, one dot per plan, with the y = x line and a +-10 % band."""
-    pred = np.array([r["predicted_tokens_per_second"] for r in rows])
-    meas = np.array([r["measured_tokens_per_second"] for r in rows])
+    """Predicted vs measured speed-up over autoregressive, one dot per plan, with the y = x
+    line and a +-10 % band."""
+    pred = np.array([r["predicted_speedup"] for r in rows])
+    meas = np.array([r["measured_speedup"] for r in rows])
     lo, hi = 0.85 * min(pred.min(), meas.min()), 1.1 * max(pred.max(), meas.max())
     pad = 50
     scale = lambda v: pad + (v - lo) / (hi - lo) * (size - 2 * pad)
@@ -40,10 +44,10 @@ def svg_scatter(rows: list[dict], size: int = 420) -> str:
     parts.append(f'<line x1="{pad}" y1="{size - pad}" x2="{size - pad}" y2="{size - pad}" stroke="black"/>')
     parts.append(f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{size - pad}" stroke="black"/>')
     for v in np.linspace(lo, hi, 5):
-        parts.append(f'<text x="{scale(v):.1f}" y="{size - pad + 14}" text-anchor="middle">{v:.0f}</text>')
-        parts.append(f'<text x="{pad - 4}" y="{size - scale(v) + 4:.1f}" text-anchor="end">{v:.0f}</text>')
-    parts.append(f'<text x="{size / 2}" y="{size - 12}" text-anchor="middle">measured tokens/s (executor)</text>')
-    parts.append(f'<text x="14" y="{size / 2}" text-anchor="middle" transform="rotate(-90 14 {size / 2})">predicted tokens/s (analytic)</text>')
+        parts.append(f'<text x="{scale(v):.1f}" y="{size - pad + 14}" text-anchor="middle">{v:.2f}</text>')
+        parts.append(f'<text x="{pad - 4}" y="{size - scale(v) + 4:.1f}" text-anchor="end">{v:.2f}</text>')
+    parts.append(f'<text x="{size / 2}" y="{size - 12}" text-anchor="middle">measured speed-up over autoregressive (executor)</text>')
+    parts.append(f'<text x="14" y="{size / 2}" text-anchor="middle" transform="rotate(-90 14 {size / 2})">predicted speed-up (analytic)</text>')
     for r, p, m in zip(rows, pred, meas):
         parts.append(f'<circle cx="{scale(m):.1f}" cy="{size - scale(p):.1f}" r="4" fill="{colours.get(r["family"], "#000")}">'
                      f'<title>{html.escape(r["describe"])}</title></circle>')
@@ -62,45 +66,80 @@ def _pct_abs(x) -> str:
     return "not recorded" if x is None else f"{100 * x:.2f} %"
 
 
-def markdown(out: dict, noise: float, seconds: float, command: str, baselines: dict) -> str:
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
+def markdown(out: dict, seconds: float, command: str, baselines: dict, context: dict) -> str:
     rows = out["plans"]
+    prof = context["profile_provenance"]
+    meas = prof.get("measurement") or {}
+    check = meas.get("self_check") or {}
     lines = ["# Fidelity study: simulator prediction vs executor measurement", "",
-             f"Profile `{out['profile']}` (measured by the executor on this machine), workload `{out['workload']}`, "
+             f"Machine: {context['machine']}. Load average (1, 5, 15 min) before the study: {context['load_before']}, "
+             f"after: {context['load_after']}.", "",
+             f"Profile `{out['profile']}` measured on this machine by `{prof.get('command', '?')}` at "
+             f"{prof.get('measured', '?')} (layer table {meas.get('latency_seconds', '?')} s"
+             + (f"; load average before it: {context['load_measure']}" if context.get("load_measure") else "") + "). "
              + (f"**{out['machine_warning']}** " if out.get("machine_warning") else "") +
-             f"{out['prompts']} held-out prompts x {out['max_new_tokens']} new tokens, batch 1. "
-             f"Produced by `{command}` in {seconds:.0f} s.", "",
-             "| plan | family | predicted (analytic) | predicted (MC i.i.d.) | predicted (MC trace replay) | measured | error analytic | error replay | acceptance predicted / measured |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+             f"Workload `{out['workload']}`, {out['prompts']} held-out prompts x {out['max_new_tokens']} new tokens, "
+             f"batch 1. Study: `{command}` in {seconds:.0f} s ({out['rounds']} round(s), an autoregressive reference "
+             f"run after every {out['autoregressive_every']} plan run(s) on the same prompt).", "",
+             f"**Verdict: {out['verdict_line']}.**", "",
+             "The compared quantity is the speed-up over autoregressive decoding: predicted (tokens/s of the plan over "
+             "that of autoregressive, both from the profile) against measured side by side (each plan run's time "
+             "divided by the autoregressive time per token interpolated from the autoregressive runs around it on the "
+             "same prompt), so the machine's drift cancels. Absolute tokens/s are listed too; they inherit the drift "
+             "since the profile was measured.", "",
+             "| plan | family | speed-up predicted | speed-up measured | error | replay error | tokens/s predicted | "
+             "tokens/s measured | error | acceptance predicted / measured |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         acc = "; ".join(f"{p:.3f} / {m:.3f}" if m is not None else f"{p:.3f} / -"
                         for p, m in zip(r["predicted_acceptance_per_level"], r["measured_acceptance_per_level"]))
-        rep = r["predicted_replay_tokens_per_second"]
-        lines.append(f"| `{r['describe']}` | {r['family']} | {r['predicted_tokens_per_second']:.1f} | "
-                     f"{r['predicted_mc_tokens_per_second']:.1f} | {'-' if rep is None else f'{rep:.1f}'} | "
-                     f"{r['measured_tokens_per_second']:.1f} | {_pct(r['relative_error'])} | "
-                     f"{_pct(r['relative_error_replay'])} | {acc} |")
-    lines += ["", f"- median |error| (analytic, i.i.d. positions): **{100 * out['median_abs_relative_error']:.1f} %**, "
-                  f"worst **{100 * out['max_abs_relative_error']:.1f} %** over {len(rows)} plans.",
-              f"- with trace replay: median {100 * out.get('median_abs_relative_error_replay', float('nan')):.1f} %, "
-              f"worst {100 * out.get('max_abs_relative_error_replay', float('nan')):.1f} %.",
-              f"- noise floor (run-to-run spread of identical runs; the larger of the profile's, "
-              f"{_pct_abs(out['noise_floor_profile'])}, and "
-              f"this run's two interleaved autoregressive runs, {100 * out['noise_floor_now']:.2f} %): {100 * noise:.2f} %; "
-              f"{out['plans_within_noise_floor']} of {len(rows)} plans within it.",
-              f"- the same predictions against runs on {out['prompts']} OTHER held-out prompts (seed "
-              f"{out['other_prompts']['seed']}, never measured into the profile): median |error| "
-              f"{100 * out['other_prompts']['median_abs_relative_error']:.1f} %, worst "
-              f"{100 * out['other_prompts']['max_abs_relative_error']:.1f} % — acceptance shifts between prompt sets.", ""]
+        lines.append(f"| `{r['describe']}` | {r['family']} | {r['predicted_speedup']:.3f} | {r['measured_speedup']:.3f} | "
+                     f"{_pct(r['speedup_error'])} | {_pct(r['speedup_error_replay'])} | "
+                     f"{r['predicted_tokens_per_second']:.1f} | {r['measured_tokens_per_second']:.1f} | "
+                     f"{_pct(r['relative_error'])} | {acc} |")
+    d = out.get("machine_drift")
+    lines += ["", f"- speed-up, analytic: median |error| **{100 * out['median_abs_speedup_error']:.1f} %**, worst "
+                  f"**{100 * out['max_abs_speedup_error']:.1f} %** over {len(rows)} plans; with trace replay: median "
+                  f"{100 * out.get('median_abs_speedup_error_replay', float('nan')):.1f} %, worst "
+                  f"{100 * out.get('max_abs_speedup_error_replay', float('nan')):.1f} %.",
+              f"- noise floor {100 * out['noise_floor']:.2f} % ({out['noise_floor_method']}: identical autoregressive "
+              f"runs measured exactly as the plans); {out['plans_within_noise_floor']} of {len(rows)} plans within it.",
+              f"- absolute tokens/s: median |error| {100 * out['median_abs_relative_error']:.1f} %, worst "
+              f"{100 * out['max_abs_relative_error']:.1f} %; autoregressive predicted "
+              f"{out['predicted_autoregressive_tokens_per_second']:.1f}, measured "
+              f"{out['measured_autoregressive_tokens_per_second']:.1f} tokens/s"
+              + (f"; the profile's calibration runs moved {100 * d['drift']:.1f} % since it was measured "
+                 f"({d['then_tokens_per_second']:.1f} -> {d['now_tokens_per_second']:.1f} tokens/s)" if d else "")
+              + f"; spread of the profile's calibration rounds {_pct_abs(out['noise_floor_profile'])}.",
+              ]
+    if check:
+        lines.append(f"- self-check of the profile (its cost model against its own calibration runs): autoregressive "
+                     f"{check['autoregressive_ms_per_token_predicted']:.3f} ms/token predicted, "
+                     f"{check['autoregressive_ms_per_token_measured']:.3f} measured "
+                     f"({100 * check['autoregressive_error']:+.1f} %).")
+    if "other_prompts" in out:
+        o = out["other_prompts"]
+        lines.append(f"- the same predictions against runs on {out['prompts']} OTHER held-out prompts (seed {o['seed']}, "
+                     f"never measured into the profile), speed-ups: median |error| "
+                     f"{100 * o['median_abs_speedup_error']:.1f} %, worst {100 * o['max_abs_speedup_error']:.1f} % "
+                     f"(acceptance shifts between prompt sets; see GENERALISATION.md).")
+    lines += ["", "## Executor comparison (measured, same prompts, same run)", "",
+              "| | plan | measured tokens/s | measured vs autoregressive | predicted vs autoregressive |",
+              "|---|---|---:|---:|---:|"]
     by_plan = {r["describe"]: r for r in rows}
-    lines += ["## Executor comparison (measured, same prompts, same run)", "",
-              "| | plan | measured tokens/s | vs autoregressive | predicted vs autoregressive |", "|---|---|---:|---:|---:|"]
-    ar = by_plan[baselines["autoregressive"]]
     for label, plan in baselines.items():
         r = by_plan[plan]
-        lines.append(f"| {label} | `{plan}` | {r['measured_tokens_per_second']:.1f} | "
-                     f"{r['measured_tokens_per_second'] / ar['measured_tokens_per_second']:.3f}x | "
-                     f"{r['predicted_tokens_per_second'] / ar['predicted_tokens_per_second']:.3f}x |")
-    lines += ["", "![predicted vs measured](plot.svg)", ""]
+        lines.append(f"| {label} | `{plan}` | {r['measured_tokens_per_second']:.1f} | {r['measured_speedup']:.3f}x | "
+                     f"{r['predicted_speedup']:.3f}x |")
+    lines += ["", "Re-run: `studies/fidelity/remeasure.sh` (quiet machine; `--quick` for a smoke test).", "",
+              "![predicted vs measured](plot.svg)", ""]
     return "\n".join(lines)
 
 
@@ -109,18 +148,25 @@ def main() -> None:
     ap.add_argument("--profile", default=str(HERE.parent.parent / "profiles" / "cpu_hispec_tiny.json"))
     ap.add_argument("--plans", type=int, default=12)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--other-prompt-seed", type=int, default=1,
-                    help="also run every plan on prompts the profile never saw (generalisation)")
+    ap.add_argument("--rounds", type=int, default=1, help="passes over the prompts (median of per-round speed-ups)")
+    ap.add_argument("--ar-every", type=int, default=3, help="an autoregressive reference run after every N plan runs")
+    ap.add_argument("--prompts", type=int, help="held-out prompts (default: those the profile was measured on)")
+    ap.add_argument("--other-prompt-seed", type=int,
+                    help="also run every plan on prompts the profile never saw (see run_generalisation.py for the study)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--allow-other-machine", action="store_true", help="profile measured elsewhere: warn instead of refusing")
+    ap.add_argument("--load-measure", help="load average before the profile was measured (remeasure.sh passes it)")
     ap.add_argument("--out-dir", default=str(HERE))
     args = ap.parse_args()
 
     import torch
 
     from hispec_exec import heldout_prompts, load_model
+    from hispec_sim.cli_measure import validate_text
+    from hispec_sim.machine import describe, fingerprint
 
     torch.set_num_threads(args.threads)
+    load_before = loadavg()
     t0 = time.time()
     setting = Setting(load_profile(args.profile))
     model = load_model()
@@ -129,31 +175,40 @@ def main() -> None:
     plans = draw_plans(setting, args.plans, args.seed)
     measured_on = setting.profile.provenance["prompts"]  # validate on the prompts the profile measured
     n_new = measured_on["max_new_tokens"]
-    prompts = heldout_prompts(measured_on["n"], measured_on["prompt_len"], measured_on["seed"])
-    out = validate(setting, plans, model, prompts, n_new, seed=args.seed, machine_warning=warning)
-    other = heldout_prompts(measured_on["n"], measured_on["prompt_len"], args.other_prompt_seed)
-    out["other_prompts"] = {"seed": args.other_prompt_seed, "plans": []}
-    for row in out["plans"]:
-        plan = Plan.model_validate(row["plan"])
-        measured, acceptance = run_measured(model, plan, other, n_new)
-        out["other_prompts"]["plans"].append({"describe": row["describe"], "measured_tokens_per_second": measured,
-                                              "relative_error": (row["predicted_tokens_per_second"] - measured) / measured,
-                                              "measured_acceptance_per_level": acceptance})
-    errs = np.abs([r["relative_error"] for r in out["other_prompts"]["plans"]])
-    out["other_prompts"]["median_abs_relative_error"] = float(np.median(errs))
-    out["other_prompts"]["max_abs_relative_error"] = float(errs.max())
+    n = args.prompts or measured_on["n"]
+    prompts = heldout_prompts(n, measured_on["prompt_len"], measured_on["seed"])
+    out = validate(setting, plans, model, prompts, n_new, seed=args.seed, machine_warning=warning,
+                   rounds=args.rounds, ar_every=args.ar_every)
+    if args.other_prompt_seed is not None:
+        other = heldout_prompts(n, measured_on["prompt_len"], args.other_prompt_seed)
+        runs, stats = run_interleaved(model, plans, other, n_new, rounds=args.rounds, ar_every=args.ar_every,
+                                      seed=args.seed)
+        o = {"seed": args.other_prompt_seed, "plans": [], "noise_floor": stats["noise_floor"]}
+        for row, (tps, acceptance), su in zip(out["plans"], runs, stats["speedup"]):
+            o["plans"].append({"describe": row["describe"], "measured_tokens_per_second": tps, "measured_speedup": su,
+                               "speedup_error": row["predicted_speedup"] / su - 1,
+                               "measured_acceptance_per_level": acceptance})
+        errs = np.abs([r["speedup_error"] for r in o["plans"]])
+        o["median_abs_speedup_error"], o["max_abs_speedup_error"] = float(np.median(errs)), float(errs.max())
+        out["other_prompts"] = o
     found = exhaustive(setting)
     baselines = {"optimizer's best": found.best.plan, "paper default": found.paper_default.plan,
                  "best single-level": found.best_single_level.plan, "autoregressive": found.autoregressive.plan}
-    noise = out["noise_floor"]
+    baselines = {k: p.describe() for k, p in baselines.items() if p in plans}
     seconds = time.time() - t0
     command = "python studies/fidelity/run_fidelity.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("out_dir", "profile"))
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+        if k not in ("out_dir", "profile", "load_measure") and v not in (None, False))
+    context = {"machine": describe(fingerprint("cpu")), "load_before": load_before, "load_after": loadavg(),
+               "load_measure": args.load_measure, "profile_provenance": setting.profile.provenance}
+    out["study"] = {"command": command, "seconds": seconds, **{k: v for k, v in context.items()
+                                                               if k != "profile_provenance"}}
     d = Path(args.out_dir)
     write_atomic(d / "results.json", json.dumps(out, indent=1) + "\n")
-    write_atomic(d / "RESULTS.md", markdown(out, noise, seconds, command, {k: p.describe() for k, p in baselines.items()}))
+    write_atomic(d / "RESULTS.md", markdown(out, seconds, command, baselines, context))
     write_atomic(d / "plot.svg", svg_scatter(out["plans"]))
-    print((d / "RESULTS.md").read_text())
+    print(validate_text(out))
+    print(f"wrote {d / 'RESULTS.md'}")
 
 
 if __name__ == "__main__":
