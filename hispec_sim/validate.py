@@ -128,14 +128,26 @@ def _reference(ar: list[tuple[float, float]], t: float) -> float:
     return s0 + (s1 - s0) * (t - t0) / (t1 - t0) if t1 > t0 else (s0 + s1) / 2
 
 
+def _median_of_three(ar: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Each interior autoregressive run's seconds per token replaced by the median of itself
+    and its neighbours in time: an isolated burst of other load on one reference run is
+    dropped, while any monotone drift passes unchanged (the median of three values of a
+    monotone sequence is the middle one)."""
+    if len(ar) < 3:
+        return list(ar)
+    return [ar[0]] + [(ar[j][0], float(np.median([ar[j - 1][1], ar[j][1], ar[j + 1][1]])))
+                      for j in range(1, len(ar) - 1)] + [ar[-1]]
+
+
 def interleaved_speedups(runs: list[dict], n_plans: int) -> dict:
     """Speed-ups over autoregressive from runs interleaved with autoregressive ones.
 
     runs: dicts with round, prompt, plan (-1 = autoregressive), tokens, seconds, mid (the
     run's mid time; any clock). A block = the runs of one round on one prompt. Each plan
     run's time is divided by the autoregressive seconds per token interpolated to its mid
-    time from the block's autoregressive runs around it (the same prompt, seconds apart),
-    so drift of the machine's speed cancels; per round, a plan's speed-up is its tokens
+    time from the block's autoregressive runs around it (the same prompt, seconds apart;
+    each first replaced by the median of itself and its neighbours, which drops an isolated
+    burst and keeps any monotone drift), so drift of the machine's speed cancels; per round, a plan's speed-up is its tokens
     over these normalised times summed over the prompts (aggregate: E[tokens] / E[time],
     not a mean of per-prompt ratios); the result is the median over rounds.
 
@@ -168,6 +180,7 @@ def interleaved_speedups(runs: list[dict], n_plans: int) -> dict:
         ar = [(r["mid"], r["seconds"] / r["tokens"]) for r in ar_runs]
         if not ar:
             raise ValueError("runs: a block without an autoregressive run")
+        ar = _median_of_three(ar)
         for r in block:
             if r["plan"] >= 0:
                 k = r["plan"]
@@ -183,7 +196,7 @@ def interleaved_speedups(runs: list[dict], n_plans: int) -> dict:
         seq.sort(key=lambda a: a[0])
         for m in range(1, len(seq) - 1):
             _, _, r, j = seq[m]
-            ref = _reference([a[:2] for a in (seq[m - 1], seq[m + 1])], r["mid"])
+            ref = _reference(_median_of_three([a[:2] for a in seq[:m] + seq[m + 1:]])[max(0, m - 1):m + 1], r["mid"])
             slot_tok[(i, j)] = slot_tok.get((i, j), 0.0) + r["tokens"]
             slot_norm[(i, j)] = slot_norm.get((i, j), 0.0) + r["seconds"] / ref
     with np.errstate(divide="ignore", invalid="ignore"):
