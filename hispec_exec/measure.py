@@ -174,6 +174,7 @@ def measure_latency(model: Transformer, contexts: list[int], repeats: int = 12, 
     cells = [(n, c) for n in tokens for c in contexts if c + n <= cap]
     samples: dict = {cell: [] for cell in cells}
     head_samples: dict = {n: [] for n in tokens}
+    fixed_samples: list = []
     t0 = time.perf_counter()
     for r in range(-1, repeats):  # round -1: warm-up, discarded
         order = [cells[i] for i in rng.permutation(len(cells))]
@@ -190,6 +191,9 @@ def measure_latency(model: Transformer, contexts: list[int], repeats: int = 12, 
                     head_samples[n].append(h)
             if r >= 0:
                 samples[(n, c)].append((full - one) / max(L - 1, 1))
+                if n == tokens[0] and c == contexts[0] and L > 1:  # a forward's own fixed cost: one layer's forward
+                    fixed_samples.append(one - (full - one) / (L - 1))  # minus one layer
+
     seconds = time.perf_counter() - t0
 
     raw = np.full((len(tokens), len(contexts)), np.nan)
@@ -211,7 +215,8 @@ def measure_latency(model: Transformer, contexts: list[int], repeats: int = 12, 
             "raw_layer_ms": raw.tolist(), "layer_ms_se": np.nan_to_num(se).tolist(), "extrapolated": extrapolated,
             "samples_kept": int(kept.sum()), "samples": int(sum(len(s) for s in samples.values())),
             "monotone_median_change": float(np.median(rel_change)), "monotone_max_change": float(rel_change.max()),
-            "seconds": seconds, "repeats": repeats}
+            "seconds": seconds, "repeats": repeats,
+            "forward_fixed_ms": robust_mean(fixed_samples)[:2] if fixed_samples else (float("nan"), float("nan"))}
 
 
 def _fill_beyond_capacity(raw: np.ndarray, tokens: list[int], contexts: list[int]) -> list[tuple[int, int]]:
@@ -352,22 +357,30 @@ def fit_overheads(model: Transformer, table: LatencyTable, prompts, max_new_toke
             "free_scale": free_scale, "free_scale_se": free_scale_se, "fit_error_by_plan": fitted}
 
 
-def self_check(table: LatencyTable, num_layers: int, calib: dict, context: int) -> dict:
+def self_check(table: LatencyTable, num_layers: int, calib: dict, context: int,
+               forward_fixed_ms: tuple[float, float] = (float("nan"), float("nan"))) -> dict:
     """The simulator's autoregressive time per token (its cost model on the finished table, at
     the calibration runs' mean context) against the autoregressive time per token measured
     in the calibration runs of the same measurement, and the fitted model's error on each
-    calibration plan's decoding time (in-sample)."""
+    calibration plan's decoding time (in-sample); and the per-forward fixed cost seen by the
+    micro-benchmark (a one-layer forward minus one layer, at 1 token: embedding, mask, call
+    overhead) next to the fitted one (which also holds the decode loop's own time per forward)."""
     from hispec_sim.latency import CostModel
 
     predicted = CostModel(table, 1, context=context, max_tokens=8).autoregressive_ms(num_layers)
     measured = 1e3 / calib["autoregressive_tokens_per_second"]
     err = predicted / measured - 1
     fits = ", ".join(f"{p} {100 * e:+.1f} %" for p, e in calib["fit_error_by_plan"].items())
+    fixed, fixed_se = forward_fixed_ms
     line = (f"self-check: autoregressive {predicted:.3f} ms/token predicted by the cost model, {measured:.3f} measured "
-            f"in the calibration runs ({100 * err:+.1f} %); fitted decoding time per calibration plan: {fits}")
+            f"in the calibration runs ({100 * err:+.1f} %); fitted decoding time per calibration plan: {fits}; "
+            f"per-forward fixed cost: {fixed:.3f} +- {fixed_se:.3f} ms in the micro-benchmark, "
+            f"{calib['overhead_ms']:.3f} +- {calib['overhead_ms_se']:.3f} ms fitted on decoding")
     return {"autoregressive_ms_per_token_predicted": round(predicted, 6),
             "autoregressive_ms_per_token_measured": round(measured, 6), "autoregressive_error": round(err, 6),
-            "fit_error_by_plan": {p: round(e, 6) for p, e in calib["fit_error_by_plan"].items()}, "line": line}
+            "fit_error_by_plan": {p: round(e, 6) for p, e in calib["fit_error_by_plan"].items()},
+            "forward_fixed_ms_microbenchmark": round(fixed, 6) if fixed == fixed else None,
+            "forward_fixed_ms_microbenchmark_se": round(fixed_se, 6) if fixed_se == fixed_se else None, "line": line}
 
 
 # --------------------------------------------------------------------------- acceptance
@@ -483,7 +496,7 @@ def measure_profile(model: Transformer, model_name: str, device: str, workload: 
                                                  ("overhead_ms", "layer_overhead_ms", "verify_overhead_ms")})
     table.notes["noise_floor"] = (f"{calib['noise_floor']:.6f} (relative spread of identical calibration runs' tokens/s "
                                   f"over {calibration_rounds} rounds: {calib['tokens_per_second_by_round']})")
-    check = self_check(table, model.num_layers, calib, calib_len + calib_new // 2)
+    check = self_check(table, model.num_layers, calib, calib_len + calib_new // 2, lat["forward_fixed_ms"])
     log(check["line"])
     table.notes["self_check"] = check["line"]
     log("measuring acceptance (exit traces)")

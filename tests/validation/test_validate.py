@@ -47,7 +47,8 @@ def test_measured_profile_is_complete(small):
     check = meas["self_check"]  # the cost model's autoregressive time against the calibration runs'
     assert check["autoregressive_error"] == pytest.approx(
         check["autoregressive_ms_per_token_predicted"] / check["autoregressive_ms_per_token_measured"] - 1, abs=1e-5)
-    assert len(check["fit_error_by_plan"]) == 3 and table.notes["self_check"].startswith("self-check: autoregressive")
+    assert check["forward_fixed_ms_microbenchmark"] is not None and len(check["fit_error_by_plan"]) == 3
+    assert table.notes["self_check"].startswith("self-check: autoregressive")
     fp = profile.provenance["machine"]
     assert {"cpu_model", "isa", "torch", "blas", "onednn", "threads", "logical_cpus"} <= set(fp) and fp["threads"] == 1
     acc = profile.workload()
