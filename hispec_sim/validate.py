@@ -147,9 +147,10 @@ def interleaved_speedups(runs: list[dict], n_plans: int) -> dict:
     run's time is divided by the autoregressive seconds per token interpolated to its mid
     time from the block's autoregressive runs around it (the same prompt, seconds apart;
     each first replaced by the median of itself and its neighbours, which drops an isolated
-    burst and keeps any monotone drift), so drift of the machine's speed cancels; per round, a plan's speed-up is its tokens
-    over these normalised times summed over the prompts (aggregate: E[tokens] / E[time],
-    not a mean of per-prompt ratios); the result is the median over rounds.
+    burst and keeps any monotone drift), so drift of the machine's speed cancels; per
+    round, a plan's speed-up is its tokens over these normalised times summed over the
+    prompts (aggregate: E[tokens] / E[time], not a mean of per-prompt ratios); the result
+    is the median over rounds.
 
     Noise floor, measured the same way: every autoregressive run with another one on each
     side in its round (the neighbours may be the adjacent block's, on another prompt) is

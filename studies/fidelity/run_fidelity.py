@@ -149,7 +149,7 @@ def main() -> None:
     ap.add_argument("--plans", type=int, default=12)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rounds", type=int, default=1, help="passes over the prompts (median of per-round speed-ups)")
-    ap.add_argument("--ar-every", type=int, default=3, help="an autoregressive reference run after every N plan runs")
+    ap.add_argument("--ar-every", type=int, default=4, help="an autoregressive reference run after every N plan runs")
     ap.add_argument("--prompts", type=int, help="held-out prompts (default: those the profile was measured on)")
     ap.add_argument("--other-prompt-seed", type=int,
                     help="also run every plan on prompts the profile never saw (see run_generalisation.py for the study)")

@@ -110,11 +110,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="plan draw")
     ap.add_argument("--prompts", type=int, default=128,
                     help="prompts of each set whose acceptance is measured (A: up to this many; B: the target)")
-    ap.add_argument("--timed-prompts", type=int, default=8, help="prompts of set B the executor runs (timed part)")
+    ap.add_argument("--timed-prompts", type=int, default=6, help="prompts of set B the executor runs (timed part)")
     ap.add_argument("--cache", default=str(HERE / "generalisation_traces.npz"),
                     help="npz file keeping the exit traces of both sets (reused when it matches, written when absent; default: the "
                          "committed one, 128 prompts per set x 128 tokens, seed 0)")
-    ap.add_argument("--ar-every", type=int, default=3, help="timed part: an autoregressive run after every N plan runs")
+    ap.add_argument("--ar-every", type=int, default=4, help="timed part: an autoregressive run after every N plan runs")
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--prompt-seed", type=int, default=0)
     ap.add_argument("--acceptance-only", action="store_true", help="skip the executor timing on set B")
