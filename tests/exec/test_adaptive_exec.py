@@ -110,3 +110,30 @@ def test_adaptive_sampling_matches_full_model_distribution(plan):
     obs.append(RUNS - sum(obs))
     exp.append(RUNS - sum(exp))
     assert chisquare(obs, exp).pvalue > 1e-3
+
+
+def test_profile_measure_records_confidence(tmp_path, capsys):
+    """`hispec-sim profile measure` records every exit's top-1 probabilities with the traces
+    (one walk): an adaptive plan can be evaluated on the new workload at once, and the
+    statistics are what the separate `python -m hispec_exec.confidence` step computes."""
+    import json
+
+    from hispec_sim.cli import main
+    from hispec_sim.schema import load_profile, save_profile
+
+    out = tmp_path / "tiny.json"
+    save_profile(load_profile("cpu_hispec_tiny"), out)
+    f = tmp_path / "mine.jsonl"
+    f.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in ["def main():\n    ", "for i in range(10):\n"]))
+    assert main(["profile", "measure", "--prompts-file", str(f), "--workload", "mine", "--acceptance-only",
+                 "--max-new-tokens", "12", "--out", str(out)]) == 0
+    acc = load_profile(str(out)).workload("mine")
+    c = acc.confidence
+    assert c is not None and len(c.top1) == len(acc.traces) == 24 and "recorded with the traces" in c.source.detail
+    again = confidence_stats(np.asarray(acc.traces), np.asarray(c.top1))
+    assert again.share == c.share and again.agreement_given_bucket == c.agreement_given_bucket
+    capsys.readouterr()
+    plan = tmp_path / "plan.json"
+    plan.write_text(Plan(levels=[2, 16], propose=4, draft_confidence=0.5).model_dump_json())
+    assert main(["evaluate", "--profile", str(out), "--workload", "mine", "--plan", str(plan), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["gain_over_fixed"] > 0
