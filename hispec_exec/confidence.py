@@ -80,6 +80,14 @@ def confidence_stats(traces: np.ndarray, top1: np.ndarray, buckets=BUCKETS, sour
                            source=source or Source(kind="measured", detail="exit_confidence"))
 
 
+def measured_confidence(traces: np.ndarray, top1: np.ndarray, detail: str, env: str) -> ConfidenceStats:
+    """The confidence statistics `hispec-sim profile measure` records with the traces (the
+    same walk over the exits: hispec_exec.measure.measure_acceptance)."""
+    return confidence_stats(traces, top1, source=Source(
+        kind="measured", detail=f"softmax top-1 probability (temperature 1) of every exit along the full model's greedy "
+        f"trajectory, recorded with the traces: {detail}; {env}"))
+
+
 def add_confidence(profile: Profile, model: Transformer, workload: str | None = None) -> Profile:
     """The profile with `confidence` measured on its workload's own prompts (provenance.prompts)."""
     from .data import heldout_prompts

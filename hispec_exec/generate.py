@@ -355,15 +355,20 @@ class Batch:
     ragged: each step, every sequence performs its own next operation (`next_op`);
     synchronous: common rounds -- `propose` draft steps, one level-2 check step, then
     level-(j+1) check steps while any sequence's buffer j has reached its window; new
-    sequences join at round boundaries only (`at_boundary`)."""
+    sequences join at round boundaries only (`at_boundary`). Adaptive plans under
+    `synchronous`: a sequence whose last draft was unsure (top-1 < draft_confidence) sits
+    out the round's remaining draft steps (it is not in those forwards: per-sequence
+    stops, no padding rows); the level-2 check step comes when every sequence has stopped
+    or holds `propose` drafts; a level-(j+1) check step of every sequence comes when any
+    sequence's buffer j reached its window or its level-j token was unsure
+    (escalate_confidence) -- the sequences' own `cascade`. For fixed plans this is the
+    schedule above, step for step."""
 
     def __init__(self, model: Transformer, plan: Plan, batching: str | None = None, sync: bool = False):
         self.model, self.plan = model, plan
         self.batching = batching or plan.batching
         if self.batching not in ("ragged", "synchronous"):
             raise ValueError(f"batching: must be ragged or synchronous, got {self.batching!r}")
-        if self.batching == "synchronous" and plan.adaptive:
-            raise ValueError("batching: adaptive plans (draft_confidence / escalate_confidence) run ragged only")
         self.sync = sync
         self.running: list[SequenceDecoder] = []
         self.phase = 0  # synchronous: the operation of the next step
@@ -388,7 +393,7 @@ class Batch:
         if self.batching == "ragged":
             ops = [(d, d.next_op()) for d in self.running]
         else:
-            ops = [(d, self.phase) for d in self.running]
+            ops = [(d, self.phase) for d in self.running if self.phase or _drafting(d)]
         ms = run_step(self.model, ops, self.sync)
         finished = [d for d in self.running if d.done]
         self.running = [d for d in self.running if not d.done]
@@ -404,14 +409,19 @@ class Batch:
             return
         if self.phase == 0:
             self.drafts += 1
-            if self.drafts >= plan.propose:
+            if not any(_drafting(d) for d in self.running):  # fixed plans: after `propose` draft steps
                 self.phase = 1
             return
         j = self.phase + 1  # the check just done filled buffer j
-        if self.running and j < k and any(len(d.bufs[j]) >= plan.windows[j - 2] for d in self.running):
+        if self.running and j < k and any(d.cascade == j for d in self.running):  # window reached or escalation
             self.phase = j
         else:
             self.phase, self.drafts = 0, 0
+
+
+def _drafting(d: SequenceDecoder) -> bool:
+    """Whether a sequence drafts in a synchronous round's next draft step."""
+    return len(d.bufs[1]) < d.plan.propose and not d.unsure
 
 
 def decode(model: Transformer, plan: Plan, prompt_ids, max_new_tokens: int, mode: str | None = None,

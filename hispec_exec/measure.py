@@ -22,7 +22,7 @@ import torch
 from hispec_sim.schema import Acceptance, AcceptanceSpread, Hardware, LatencyTable, ModelShape, Plan, Profile, Source
 
 from .data import heldout_prompts
-from .generate import decode, exit_traces
+from .generate import decode
 from .model import Transformer
 
 # 1..32 dense (decode steps, verification windows), then coarser up to prefill sizes (the
@@ -395,17 +395,22 @@ def agreement_of(traces: np.ndarray) -> np.ndarray:
 def measure_acceptance(model: Transformer, prompts: list[list[int]], max_new_tokens: int):
     """Traces of every exit along the full model's greedy trajectory of each prompt: the
     stacked traces, where each prompt's rows start, the pooled agreement matrix, and one
-    agreement matrix per prompt (the per-request distribution)."""
-    blocks = [exit_traces(model, p, max_new_tokens).numpy() for p in prompts]
+    agreement matrix per prompt (the per-request distribution), and every exit's top-1
+    probability per trace row."""
+    from .confidence import exit_confidence  # exit_traces' walk, keeping the top-1 probabilities (adaptive plans)
+
+    walks = [exit_confidence(model, p, max_new_tokens) for p in prompts]
+    blocks = [a.numpy() for a, _ in walks]
     starts = list(np.cumsum([0] + [b.shape[0] for b in blocks[:-1]]).astype(int))
     traces = np.concatenate(blocks)
-    return traces, [int(s) for s in starts], agreement_of(traces), [agreement_of(b) for b in blocks]
+    top1 = np.concatenate([t.numpy() for _, t in walks])
+    return traces, [int(s) for s in starts], agreement_of(traces), [agreement_of(b) for b in blocks], top1
 
 
 def acceptance_workload(model: Transformer, prompts: list[list[int]], max_new_tokens: int, detail: str,
                         env: str) -> Acceptance:
     """A measured workload: traces, pooled agreement and the empirical per-prompt spread."""
-    traces, starts, agreement, per_prompt = measure_acceptance(model, prompts, max_new_tokens)
+    traces, starts, agreement, per_prompt, top1 = measure_acceptance(model, prompts, max_new_tokens)
     lens = [len(p) for p in prompts]
     context = int(round(float(np.mean(lens)) + max_new_tokens / 2))
     src = Source(kind="measured", detail=f"greedy argmax of every exit along the full model's greedy trajectory: "
@@ -414,9 +419,11 @@ def acceptance_workload(model: Transformer, prompts: list[list[int]], max_new_to
                               weights=[float(max_new_tokens)] * len(prompts),
                               source=Source(kind="measured", detail=f"agreement of every exit pair per prompt "
                                             f"({len(prompts)} prompts, {max_new_tokens} positions each); {env}"))
+    from .confidence import measured_confidence
+
     return Acceptance(exits=list(range(1, model.num_layers + 1)), agreement=np.round(agreement, 6).tolist(),
                       context=context, traces=traces.tolist(), trace_starts=starts, joint="traces", source=src,
-                      spread=spread)
+                      spread=spread, confidence=measured_confidence(traces, top1, detail, env))
 
 
 # --------------------------------------------------------------------------- profile

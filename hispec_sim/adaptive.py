@@ -19,7 +19,7 @@ probability < tau_j.
   compared with what each exit predicted at row p: past a rejection the context differs
   from the measured one and the row stands in for it (positions exchangeable).
 * `analytic_three_level`: exact expectation for [l1, l2, L] plans with draft_confidence
-  (i.i.d. positions); escalation and deeper chains: replay only.
+  and escalate_confidence (i.i.d. positions); deeper chains: replay only.
 """
 from __future__ import annotations
 
@@ -167,14 +167,72 @@ def with_thresholds(plan: Plan, tau_d: float | None, tau_e: list[float] | None =
 
 
 GRID = (0.0, 0.3, 0.5, 0.7, 0.9)
+RATES_NOTE = ("mean rates: the adaptive models take no per-request spread, so every plan here, the fixed ones "
+              "included, is scored at the workload's mean rates")
 
 
-def search_adaptive(setting, fixed_best: list[Plan], grid=GRID, max_propose: int = 8, cycles: int = 1500,
+def mean_rates(setting):
+    """The same setting with every workload's per-request spread removed: the adaptive
+    models predict at mean rates, so a fixed plan they are compared with must be too."""
+    from .evaluate import Setting
+
+    prof = setting.profile
+    if not any(w.spread is not None for w in prof.workloads.values()):
+        return setting
+    wl = {k: v.model_copy(update={"spread": None}) for k, v in prof.workloads.items()}
+    return Setting(prof.model_copy(update={"workloads": wl}), setting.workload, setting.tp, setting.stack,
+                   setting.batch, setting.context)
+
+
+def adaptive_tokens_per_second(setting, plan: Plan, cycles: int = 1000, streams: int = 8, seed: int = 0) -> tuple[float, str]:
+    """Predicted tokens/s of any plan at the setting's rates (give a mean_rates setting):
+    fixed plans -> analytic.predict; [E, L] -> analytic_single_level; [l1, l2, L] ->
+    analytic_three_level (both exact, i.i.d. positions); deeper adaptive chains -> the fixed
+    plan's analytic value x the trace-replay ratio adaptive / fixed (same rows, same seed)."""
+    from .evaluate import score
+
+    if not plan.adaptive:
+        return score(setting, [plan])[0].tokens_per_second, "analytic"
+    setting.profile.check_plan(plan, setting.workload)
+    cost = setting.cost(plan.propose + sum(plan.windows) + 16)
+    if plan.depth == 2:
+        return analytic_single_level(cost, setting.agreement, plan).tokens_per_second, "analytic (i.i.d. positions)"
+    if plan.depth == 3:
+        return analytic_three_level(cost, setting.agreement, plan).tokens_per_second, "analytic 3-level (i.i.d. positions)"
+    fixed = with_thresholds(plan, None, None)
+    f = score(setting, [fixed])[0].tokens_per_second
+    a = replay(cost, setting.acceptance, plan, cycles, streams, seed)
+    b = replay(cost, setting.acceptance, fixed, cycles, streams, seed)
+    ratio = a.tokens_per_second / b.tokens_per_second
+    return f * ratio, f"fixed analytic x trace-replay ratio {ratio:.4f} ({streams} x {cycles}, seed {seed})"
+
+
+def adaptive_scored(setting, plan: Plan):
+    """evaluate.Scored of a plan by adaptive_tokens_per_second (per-level acceptance not
+    modelled for adaptive plans: empty)."""
+    from .evaluate import Scored, score
+
+    if not plan.adaptive:
+        return score(setting, [plan])[0]
+    tps, _ = adaptive_tokens_per_second(setting, plan)
+    committed = None
+    cost = setting.cost(plan.propose + sum(plan.windows) + 16)
+    if plan.depth == 2:
+        committed = analytic_single_level(cost, setting.agreement, plan).tokens_per_full_forward
+    elif plan.depth == 3:
+        committed = analytic_three_level(cost, setting.agreement, plan).tokens_per_full_forward
+    return Scored(plan, tps, 1000.0 * plan.batch / tps, float("nan") if committed is None else committed, [])
+
+
+def search_adaptive(setting, bases: list[Plan], grid=GRID, max_propose: int = 8, cycles: int = 1500,
                     streams: int = 8, seed: int = 0) -> dict:
-    """Adaptive plans around the fixed search's best: every [E, L], propose 1..max_propose,
-    tau_d in grid by the exact analytic model; the given hierarchical plans x tau_d x tau_e
-    in grid by trace replay (common random numbers: the same seed for a plan's fixed and
-    adaptive variants, so the gain is measured against the fixed plan's own replay)."""
+    """The exhaustive adaptive search (give a mean_rates setting): every [E, L] x propose
+    1..max_propose x tau_d in grid by the exact analytic model; the given hierarchical
+    plans x tau_d x tau_e in grid: 3-level ones by the exact analytic model, deeper ones
+    by trace replay (common random numbers: the same seed for a plan's fixed and adaptive
+    variants, so the gain is measured against the fixed plan's own replay)."""
+    from .evaluate import score
+
     acc = setting.acceptance
     _top1(acc)
     L = setting.num_layers
@@ -189,16 +247,25 @@ def search_adaptive(setting, fixed_best: list[Plan], grid=GRID, max_propose: int
     best_fixed_single = max((x for x in single if not x[1].adaptive), key=lambda x: x[0])
     best_single = single[0]
     hier = []
-    for base in fixed_best:
+    for base in bases:
         if base.depth < 3:
             continue
-        fixed = replay(cost, acc, base, cycles, streams, seed)
+        c = setting.cost(base.propose + sum(base.windows) + 16)
+        fixed_tps = score(setting, [base])[0].tokens_per_second
+        fixed_rep = None if base.depth == 3 else replay(c, acc, base, cycles, streams, seed)
         for tau_d in grid:
             for tau_e in grid:
                 p = with_thresholds(base, tau_d, [tau_e] * (base.depth - 2) if tau_e else None)
-                r = fixed if not p.adaptive else replay(cost, acc, p, cycles, streams, seed)
-                hier.append({"plan": p, "tokens_per_second": r.tokens_per_second, "ci95": r.ci95,
-                             "fixed_tokens_per_second": fixed.tokens_per_second})
+                if not p.adaptive:
+                    tps, how = fixed_tps, "analytic"
+                elif base.depth == 3:
+                    tps, how = analytic_three_level(c, setting.agreement, p).tokens_per_second, "analytic 3-level (i.i.d. positions)"
+                else:
+                    r = replay(c, acc, p, cycles, streams, seed)
+                    tps = fixed_tps * r.tokens_per_second / fixed_rep.tokens_per_second
+                    how = (f"fixed analytic x trace-replay ratio {r.tokens_per_second / fixed_rep.tokens_per_second:.4f} "
+                           f"({streams} x {cycles}, seed {seed})")
+                hier.append({"plan": p, "tokens_per_second": tps, "fixed_tokens_per_second": fixed_tps, "model": how})
     hier.sort(key=lambda x: -x["tokens_per_second"])
     return {"single_level": {"best": best_single[1], "tokens_per_second": best_single[0],
                              "best_fixed": best_fixed_single[1], "fixed_tokens_per_second": best_fixed_single[0],
@@ -207,86 +274,102 @@ def search_adaptive(setting, fixed_best: list[Plan], grid=GRID, max_propose: int
             "replay": {"cycles": cycles, "streams": streams, "seed": seed, "order": "trace"}}
 
 
-def cli_adaptive(setting, result, max_propose: int = 8, hier_bases: int = 3) -> dict:
-    """`hispec-sim optimize --adaptive`: the threshold grid around the fixed search's best.
-    Single-level plans by the exact analytic model; hierarchical plans by trace replay,
-    their predicted tokens/s = the fixed plan's analytic value x the replay ratio
-    adaptive / fixed (same rows, same seed)."""
+def exhaustive_adaptive(setting, max_propose: int = 8, max_window: int = 16, hier_bases: int = 10,
+                        extra_bases: list[Plan] = ()) -> dict:
+    """The exhaustive adaptive optimum at mean rates: the fixed exhaustive search (depth
+    1-3) at mean rates gives the best fixed plan and the `hier_bases` best 3-level plans;
+    search_adaptive puts the threshold grid on them (and on `extra_bases`, e.g. deeper
+    plans of an Optuna search). Returns search_adaptive's dict plus the mean-rate setting,
+    the fixed search result and the overall best adaptive (tokens/s, plan, model)."""
+    from .evaluate import exhaustive
+
+    m = mean_rates(setting)
+    fixed = exhaustive(m, top=max(hier_bases, 10) * 3, max_propose=max_propose, max_window=max_window)
+    bases = [s.plan for s in fixed.top if s.plan.depth >= 3][:hier_bases]
+    seen = {b.model_dump_json() for b in bases}
+    bases += [b for b in extra_bases if with_thresholds(b, None, None).model_dump_json() not in seen]
+    found = search_adaptive(m, [with_thresholds(b, None, None) for b in bases], max_propose=max_propose)
+    sl, h = found["single_level"], found["hierarchical"]
+    cands = [(sl["tokens_per_second"], sl["best"], sl["model"])]
+    if h:
+        cands.append((h["tokens_per_second"], h["plan"], h["model"]))
+    found.update(setting=m, fixed=fixed, best=max(cands, key=lambda c: c[0]))
+    return found
+
+
+def cli_adaptive(setting, result, max_propose: int = 8, max_window: int = 16, hier_bases: int = 10) -> dict:
+    """`hispec-sim optimize --adaptive`: the threshold grid around the fixed exhaustive
+    search's best plans, all at mean rates (RATES_NOTE). With an adaptive Optuna search
+    (`--search optuna --adaptive`, result.study["space"]["adaptive"]) its best plan is a
+    candidate too, and the deeper plans of a fixed Optuna search are grid bases. The best
+    fixed plan: the fixed exhaustive search's best at mean rates, or a better fixed plan
+    among the search result's (re-scored at mean rates, thresholds removed)."""
     from .evaluate import score
 
-    top = [s.plan for s in result.top if s.plan.depth >= 3][:hier_bases]
-    found = search_adaptive(setting, top, max_propose=max_propose)
-    best_fixed = result.best
-    cands = []
-    sl = found["single_level"]
-    h = found["hierarchical"]
-    fixed_tps = score(setting, [with_thresholds(h["plan"], None, None)])[0].tokens_per_second if h else None
-    exact3 = h and h["plan"].depth == 3 and not any(h["plan"].escalate_confidence or [])
-    if exact3:  # the exact 3-level model applies: use it instead of the replay ratio
-        h_tps = analytic_three_level(setting.cost(max_propose + 64), setting.agreement, h["plan"]).tokens_per_second
-    elif h:
-        h_tps = fixed_tps * h["tokens_per_second"] / h["fixed_tokens_per_second"]
-    cands.append((sl["tokens_per_second"], sl["best"], "analytic"))
-    if h:
-        cands.append((h_tps, h["plan"], "analytic 3-level (i.i.d. positions)" if exact3 else
-                      f"trace replay x analytic ({found['replay']['streams']} streams x {found['replay']['cycles']} "
-                      f"cycles, seed {found['replay']['seed']}; replay gain over its fixed plan "
-                      f"x{h['tokens_per_second'] / h['fixed_tokens_per_second']:.3f})"))
+    optuna_adaptive = bool(getattr(result, "study", None) and result.study.get("space", {}).get("adaptive"))
+    deeper = [s.plan for s in result.top if s.plan.depth >= 4 and not s.plan.adaptive][:3]
+    found = exhaustive_adaptive(setting, max_propose, max_window, hier_bases, deeper)
+    m = found["setting"]
+    sl, h = found["single_level"], found["hierarchical"]
+    fixed_cands = [(found["fixed"].best.tokens_per_second, found["fixed"].best.plan)]
+    for s in result.top:
+        f = with_thresholds(s.plan, None, None)
+        fixed_cands.append((score(m, [f])[0].tokens_per_second, f))
+    fixed_tps, fixed_plan = max(fixed_cands, key=lambda c: c[0])
+    cands = [found["best"]]
+    if optuna_adaptive:
+        cands.append((result.best.tokens_per_second, result.best.plan,
+                      f"optuna ({result.study['trials']} trials): {adaptive_tokens_per_second(m, result.best.plan)[1]}"))
     tps, plan, how = max(cands, key=lambda c: c[0])
-    return {"best": {"plan": plan.model_dump(), "describe": plan.describe(), "tokens_per_second": round(tps, 4),
+    return {"rates": RATES_NOTE,
+            "best": {"plan": plan.model_dump(), "describe": plan.describe(), "tokens_per_second": round(tps, 4),
                      "model": how},
-            "best_fixed": {"describe": best_fixed.plan.describe(), "tokens_per_second": round(best_fixed.tokens_per_second, 4)},
-            "predicted_gain_over_best_fixed": round(tps / best_fixed.tokens_per_second, 4),
-            "best_single_level": {"plan": sl["best"].model_dump(), "describe": sl["best"].describe(), "tokens_per_second": round(sl["tokens_per_second"], 4),
+            "best_fixed": {"describe": fixed_plan.describe(), "plan": fixed_plan.model_dump(),
+                           "tokens_per_second": round(fixed_tps, 4), "model": "analytic, mean rates"},
+            "predicted_gain_over_best_fixed": round(tps / fixed_tps, 4),
+            "best_single_level": {"plan": sl["best"].model_dump(), "describe": sl["best"].describe(),
+                                  "tokens_per_second": round(sl["tokens_per_second"], 4),
                                   "fixed": sl["best_fixed"].describe(),
                                   "fixed_tokens_per_second": round(sl["fixed_tokens_per_second"], 4)},
             "best_hierarchical": None if not h else {
                 "plan": h["plan"].model_dump(), "describe": h["plan"].describe(),
-                "predicted_tokens_per_second": round(float(h_tps), 4),
-                "replay_tokens_per_second": round(h["tokens_per_second"], 4),
-                "replay_fixed_tokens_per_second": round(h["fixed_tokens_per_second"], 4)},
-            "grid": found["grid"]}
+                "predicted_tokens_per_second": round(float(h["tokens_per_second"]), 4),
+                "fixed": with_thresholds(h["plan"], None, None).describe(),
+                "fixed_tokens_per_second": round(float(h["fixed_tokens_per_second"]), 4), "model": h["model"]},
+            "grid": found["grid"], "search": "optuna + exhaustive grid" if optuna_adaptive else "exhaustive grid"}
 
 
 def cli_adaptive_text(a: dict) -> str:
     s = a["best_single_level"]
-    lines = ["", f"adaptive (thresholds {a['grid']}):",
+    lines = ["", f"adaptive ({a['search']}, thresholds {a['grid']}; {a['rates']}):",
              f"  single-level: {s['describe']}  {s['tokens_per_second']:.2f} tokens/s  vs fixed {s['fixed']} "
              f"{s['fixed_tokens_per_second']:.2f}  (x{s['tokens_per_second'] / s['fixed_tokens_per_second']:.3f}, analytic)"]
     h = a["best_hierarchical"]
     if h:
-        lines.append(f"  hierarchical: {h['describe']}  replay {h['replay_tokens_per_second']:.2f} tokens/s vs its fixed plan "
-                     f"{h['replay_fixed_tokens_per_second']:.2f}  (x{h['replay_tokens_per_second'] / h['replay_fixed_tokens_per_second']:.3f})")
+        lines.append(f"  hierarchical: {h['describe']}  {h['predicted_tokens_per_second']:.2f} tokens/s vs its fixed plan "
+                     f"{h['fixed_tokens_per_second']:.2f}  (x{h['predicted_tokens_per_second'] / h['fixed_tokens_per_second']:.3f}, "
+                     f"{h['model']})")
     b = a["best"]
     lines.append(f"best adaptive: {b['describe']}  {b['tokens_per_second']:.2f} tokens/s, "
                  f"x{a['predicted_gain_over_best_fixed']:.3f} the best fixed plan {a['best_fixed']['describe']} "
-                 f"({a['best_fixed']['tokens_per_second']:.2f}); model: {b['model']}")
+                 f"({a['best_fixed']['tokens_per_second']:.2f}, mean rates); model: {b['model']}")
     return "\n".join(lines)
 
 
 def predict_adaptive(setting, plan: Plan, cycles: int = 1500, streams: int = 8, seed: int = 0) -> dict:
-    """Predicted tokens/s of an adaptive plan, as optimize --adaptive predicts it:
-    single-level -> the exact analytic model; deeper -> the fixed plan's analytic value x
-    the trace-replay ratio adaptive / fixed (same rows, same seed)."""
+    """Predicted tokens/s of an adaptive plan, as optimize --adaptive predicts it, at mean
+    rates (RATES_NOTE): the plan, its fixed plan and autoregressive all at mean rates."""
     from .evaluate import score
 
     setting.profile.check_plan(plan, setting.workload)
+    m = mean_rates(setting)
     fixed = with_thresholds(plan, None, None)
-    ar, f = score(setting, [Plan(levels=[setting.num_layers], batch=plan.batch), fixed])
-    cost = setting.cost(plan.propose + sum(plan.windows) + 16)
-    if plan.depth == 2:
-        tps, how = analytic_single_level(cost, setting.agreement, plan).tokens_per_second, "analytic (i.i.d. positions)"
-    elif plan.depth == 3 and not any(plan.escalate_confidence or []):
-        tps, how = analytic_three_level(cost, setting.agreement, plan).tokens_per_second, "analytic 3-level (i.i.d. positions)"
-    else:
-        a = replay(cost, setting.acceptance, plan, cycles, streams, seed)
-        b = replay(cost, setting.acceptance, fixed, cycles, streams, seed)
-        tps = f.tokens_per_second * a.tokens_per_second / b.tokens_per_second
-        how = f"fixed analytic x trace-replay ratio {a.tokens_per_second / b.tokens_per_second:.4f} ({streams} x {cycles}, seed {seed})"
+    ar, f = score(m, [Plan(levels=[m.num_layers], batch=plan.batch), fixed])
+    tps, how = adaptive_tokens_per_second(m, plan, cycles, streams, seed)
     return {"plan": plan.model_dump(), "describe": plan.describe(), "tokens_per_second": round(float(tps), 4),
             "speedup_vs_autoregressive": round(float(tps) / ar.tokens_per_second, 4),
             "fixed_tokens_per_second": round(f.tokens_per_second, 4),
-            "gain_over_fixed": round(float(tps) / f.tokens_per_second, 4), "model": how}
+            "gain_over_fixed": round(float(tps) / f.tokens_per_second, 4), "model": how, "rates": RATES_NOTE}
 
 
 def _round_terms(cost: CostModel, model: AgreementModel, lo: int, hi: int, g: int, tau: float):
@@ -311,19 +394,48 @@ def _round_terms(cost: CostModel, model: AgreementModel, lo: int, hi: int, g: in
     return h, q, a, a - q, draft_ms * reach.sum() + float((stop * check_ms[n]).sum())
 
 
+def _split_by_confidence(model: AgreementModel, lo: int, mid: int, hi: int, tau: float):
+    """How an intermediate level's own token (exit `mid`, drafted by `lo`, checked by `hi`)
+    splits by its top-1 probability at `mid` (low: < tau), for the two kinds of own token:
+    a correction sits at a row where `lo` disagreed with `mid`, a bonus at a fresh row.
+    Returns {kind: [(P(class | kind), pass-rate factor of the class)]}; the factors scale
+    the fixed model's rates (rho, mu), so tau = 0 gives exactly one class with factor 1."""
+    if tau <= 0:
+        return {"correction": [(1.0, 1.0, False)], "bonus": [(1.0, 1.0, False)]}
+    t = model.traces
+    i1, i2, i3 = (int(x) for x in model.idx([lo, mid, hi]))
+    e1, e2 = t[:, i1] == t[:, i2], t[:, i2] == t[:, i3]
+    low = _top1(model.acc, "escalate_confidence")[:, i2] < tau
+    out = {}
+    for kind, sel in (("correction", ~e1), ("bonus", np.ones(len(t), bool))):
+        n = max(int(sel.sum()), 1)
+        base = (sel & e2).sum() / n
+        classes = []
+        for flag, cls in ((True, low), (False, ~low)):
+            share = (sel & cls).sum() / n
+            rate = (sel & cls & e2).sum() / max(int((sel & cls).sum()), 1)
+            classes.append((float(share), float(rate / base) if base > 0 else 1.0, flag))
+        out[kind] = classes
+    return out
+
+
 def analytic_three_level(cost: CostModel, model: AgreementModel, plan: Plan) -> AdaptiveEstimate:
-    """Exact E[committed] / E[cycle] of a [l1, l2, L] plan with draft_confidence (no
-    escalation), positions i.i.d. Each level-2 check emits a block; block types: a
+    """Exact E[committed] / E[cycle] of a [l1, l2, L] plan with draft_confidence and
+    escalate_confidence, positions i.i.d. Each level-2 check emits a block; block types: a
     confident accepted drafts then a correction (q^a (1 - a)); n - 1 confident accepted
     drafts, an unsure accepted one, then a bonus (q^(n-1) P(unsure, accepted), n < g); g
     accepted drafts then a bonus (q^(g-1) a). Level 3 accepts a survivor with
-    P(E2 | E1, its draft's confidence class), a correction with P(E2 | not E1), a bonus with
-    P(E2); blocks fill the level-2 buffer until it holds >= window tokens (renewal, Wald)."""
-    if plan.depth != 3 or any(plan.escalate_confidence or []):
-        raise ValueError("levels: the 3-level analytic adaptive model covers [l1, l2, L] with draft_confidence only")
+    P(E2 | E1, its draft's confidence class), a correction with P(E2 | not E1, its own
+    confidence class at l2), a bonus with P(E2 | its confidence class at l2). Blocks fill the
+    level-2 buffer until it holds >= window tokens or a block's own token (correction or
+    bonus) has top-1 probability < tau_e at l2 (escalation); a DP over the buffer length
+    (blocks i.i.d.: a renewal process stopped by length or by an escalating block)."""
+    if plan.depth != 3:
+        raise ValueError("levels: the 3-level analytic adaptive model covers [l1, l2, L] plans")
     l1, l2, L = plan.levels
     g, w = plan.propose, plan.windows[0]
     tau = plan.draft_confidence or 0.0
+    tau_e = (plan.escalate_confidence or [0.0])[0]
     h, q, a, p_la, round_ms = _round_terms(cost, model, l1, l2, g, tau)
     r = model.rates(np.array([l1]), np.array([l2]), np.array([L]))
     beta, rho, mu = float(r.after_accept[0]), float(r.after_reject[0]), float(r.marginal[0])
@@ -336,27 +448,30 @@ def analytic_three_level(cost: CostModel, model: AgreementModel, plan: Plan) -> 
         base = (e1 & e2).sum() / max(e1.sum(), 1)
         scale = lambda sel: ((sel & e1 & e2).sum() / max((sel & e1).sum(), 1)) / base if base > 0 else 1.0
         beta_h, beta_l = beta * scale(~low), beta * scale(low)
-    types = []  # (probability, pass probabilities of its tokens in order)
+    own = _split_by_confidence(model, l1, l2, L, tau_e)
+    types = []  # (probability, pass probabilities of its tokens in order, escalates)
     for k in range(g):
-        types.append((q ** k * (1 - a), [beta_h] * k + [rho]))
+        for share, f, esc in own["correction"]:
+            types.append((q ** k * (1 - a) * share, [beta_h] * k + [rho * f], esc))
     for n in range(1, g):
-        types.append((q ** (n - 1) * p_la, [beta_h] * (n - 1) + [beta_l, mu]))
-    types.append((q ** (g - 1) * a, [beta_h] * (g - 1) + [beta, mu]))
-    size = g + 1
-    p_blk = np.zeros(size)
-    passes = np.zeros(size)
-    per_block = 0.0
-    for p, seq in types:
-        cum = np.cumprod(seq)
-        p_blk[len(seq) - 1] += p
-        passes[len(seq) - 1] += p * cum[-1]
-        per_block += p * cum.sum()  # E[leading tokens level 3 accepts]
-    from .analytic import _renewal
-
-    u = _renewal(p_blk[None], w)[0]
-    v = _renewal(passes[None], w)[0]
-    check3 = _check_cost(cost, [l2], [L], w + size)[0]
-    check = sum(u[m0] * p_blk[j] * check3[m0 + j + 1] for m0 in range(w) for j in range(size) if m0 + j + 1 >= w)
+        for share, f, esc in own["bonus"]:
+            types.append((q ** (n - 1) * p_la * share, [beta_h] * (n - 1) + [beta_l, mu * f], esc))
+    for share, f, esc in own["bonus"]:
+        types.append((q ** (g - 1) * a * share, [beta_h] * (g - 1) + [beta, mu * f], esc))
+    per_block = sum(p * float(np.cumprod(seq).sum()) for p, seq, _ in types)  # E[leading tokens level 3 accepts]
+    check3 = _check_cost(cost, [l2], [L], w + g + 1)[0]
+    u = np.zeros(w)  # u[m]: P(the level-2 buffer holds m tokens after some block, not yet sent up)
+    v = np.zeros(w)  # ... and level 3 accepts all m
+    u[0] = v[0] = 1.0
+    check = 0.0
+    for m in range(w):
+        for p, seq, esc in types:
+            end = m + len(seq)
+            if esc or end >= w:
+                check += u[m] * p * check3[end]
+            else:
+                u[end] += u[m] * p
+                v[end] += v[m] * p * float(np.prod(seq))
     committed = v.sum() * per_block + 1.0
     cycle = u.sum() * round_ms + check
     return AdaptiveEstimate(1000.0 * cost.batch * committed / cycle, committed, cycle)

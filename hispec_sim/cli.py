@@ -60,7 +60,7 @@ def cmd_evaluate(args) -> int:
         out = {**setting.describe(), **predict_adaptive(setting, plan, seed=args.seed)}
         print(json.dumps(out, indent=2) if args.json else f"plan {out['describe']}  {out['tokens_per_second']:.2f} tokens/s  "
               f"x{out['speedup_vs_autoregressive']:.3f} vs autoregressive  x{out['gain_over_fixed']:.3f} vs the same "
-              f"plan without thresholds  ({out['model']})")
+              f"plan without thresholds  ({out['model']}; mean rates)")
         return 0
     ar, s = score(setting, [schema.autoregressive_plan(setting.num_layers, plan.batch), plan])
     out = {**setting.describe(), **s.as_dict(ar.tokens_per_second)}
@@ -119,7 +119,7 @@ def cmd_optimize(args) -> int:
     if getattr(args, "adaptive", False):
         from .adaptive import cli_adaptive
 
-        out["adaptive"] = cli_adaptive(setting, result, args.max_propose)
+        out["adaptive"] = cli_adaptive(setting, result, args.max_propose, args.max_window)
     if args.out:  # with --adaptive: the best adaptive plan
         schema.save_plan(schema.Plan.model_validate(out["adaptive"]["best"]["plan"]) if "adaptive" in out
                          else result.best.plan, args.out)

@@ -6,7 +6,14 @@
   plans transformers can run: autoregressive, and single-level self-speculation through
   `assistant_early_exit` (transformers' EarlyExitCandidateGenerator runs the first E layers
   of the same model as the assistant: our exit E). 3+-level chains have no transformers
-  equivalent.
+  equivalent. A single-level plan's draft_confidence is transformers'
+  `assistant_confidence_threshold` (the same rule: the assistant stops the round when its
+  token's probability is < the threshold, that token kept as a candidate; for the early-exit
+  assistant transformers does not re-tune it, its ROC update runs only for a separate
+  assistant model); a fixed plan exports 0.0 (transformers' default is 0.4). In transformers
+  5.x the early-exit assistant reads num_assistant_tokens, its schedule and the threshold
+  from `model.generation_config`, not from generate()'s kwargs (checked on 5.24.0 in
+  tests/report/test_export.py): the notes say to set them there (ASSISTANT_FIELDS).
 * `json`: the plan with its predicted figures on a profile (when --profile is given).
 """
 from __future__ import annotations
@@ -30,8 +37,12 @@ def hf_kwargs(plan: Plan) -> dict:
         return {"do_sample": sample}
     if plan.depth == 2:
         return {"assistant_early_exit": plan.levels[0], "num_assistant_tokens": plan.propose,
-                "num_assistant_tokens_schedule": "constant", "do_sample": sample}
+                "num_assistant_tokens_schedule": "constant", "assistant_confidence_threshold": float(plan.draft_confidence or 0.0),
+                "do_sample": sample}
     raise ValueError(f"to: transformers cannot express a {plan.depth}-level chain; use --to exec")
+
+
+ASSISTANT_FIELDS = ("num_assistant_tokens", "num_assistant_tokens_schedule", "assistant_confidence_threshold")
 
 
 def hf_notes(plan: Plan) -> list[str]:
@@ -40,6 +51,14 @@ def hf_notes(plan: Plan) -> list[str]:
         notes.append(f"transformers' assisted generation runs batch 1 only; the plan's batch {plan.batch} is not exported")
     if plan.depth == 2:
         notes.append("assistant_early_exit needs a checkpoint trained for early exit (e.g. facebook/layerskip-*)")
+        kw = hf_kwargs(plan)
+        assistant = ", ".join(f"{k}={kw[k]!r}" for k in ASSISTANT_FIELDS)
+        notes.append("transformers 5.x: the early-exit assistant reads num_assistant_tokens, its schedule and "
+                     "assistant_confidence_threshold from model.generation_config, not from generate() kwargs: "
+                     f"model.generation_config.update({assistant}) before generate(**kwargs) "
+                     "(not assistant_early_exit there: the assistant would recurse)")
+        notes.append(f"draft_confidence {plan.draft_confidence:g} -> assistant_confidence_threshold" if plan.draft_confidence
+                     else "fixed plan: assistant_confidence_threshold 0.0 (transformers' default 0.4 would stop rounds early)")
     return notes
 
 

@@ -16,6 +16,10 @@ parameters carry the depth in their name (k3_exit_top, k3_gap_1, k3_propose, k3_
   propose    int in [1, max_propose], log scale (k >= 2)
   window_j   int in [1, max_window], j=1..k-2   (k >= 3)
   batch, tp  categorical                        only when several choices are given
+  draft_confidence  float in [0, 1]             (k >= 2, adaptive only: `optimize --search optuna --adaptive`)
+  escalate_j float in [0, 1], j=1..k-2          (k >= 3, adaptive only) the intermediate levels' thresholds
+An adaptive study scores every plan by hispec_sim.adaptive at the workload's mean rates
+(adaptive_tokens_per_second: exact analytic for depth 2 and 3, trace replay deeper).
 With m = k-1 exits below the full model, idx_m = max(exit_top, m-1) and idx_j =
 max(idx_{j+1} - gap_j, j-1). Since idx_{j+1} >= j, the clip never lifts idx_j above
 idx_{j+1}-1: exits are strictly increasing and inside the measured set for EVERY parameter
@@ -64,6 +68,7 @@ class Space:
     max_window: int = 16
     batches: tuple[int, ...] = (1,)
     tps: tuple[int | None, ...] = (None,)
+    adaptive: bool = False  # confidence thresholds join the space (continuous, [0, 1])
 
     def suggest(self, trial) -> tuple[Plan, int | None]:
         n = len(self.exits)
@@ -80,7 +85,12 @@ class Space:
         propose = trial.suggest_int(name("propose"), 1, self.max_propose, log=True)
         windows = [trial.suggest_int(name(f"window_{j}"), 1, self.max_window) for j in range(1, k - 1)]
         levels = [self.exits[i] for i in idx] + [self.num_layers]
-        return Plan(levels=levels, propose=propose, windows=windows, batch=batch), tp
+        thresholds = {}
+        if self.adaptive:
+            thresholds["draft_confidence"] = trial.suggest_float(name("draft_confidence"), 0.0, 1.0) or None
+            if k >= 3:
+                thresholds["escalate_confidence"] = [trial.suggest_float(name(f"escalate_{j}"), 0.0, 1.0) for j in range(1, k - 1)]
+        return Plan(levels=levels, propose=propose, windows=windows, batch=batch, **thresholds), tp
 
     def params(self, plan: Plan, tp: int | None) -> dict | None:
         """The trial parameters that give `plan` (for enqueueing), None if outside the space."""
@@ -88,6 +98,8 @@ class Space:
         if not (self.min_depth <= k <= self.max_depth) or plan.batch not in self.batches or tp not in self.tps:
             return None
         if plan.propose > self.max_propose or any(w > self.max_window for w in plan.windows):
+            return None
+        if plan.adaptive and not self.adaptive:
             return None
         if any(e not in self.exits for e in plan.levels[:-1]) or plan.levels[-1] != self.num_layers:
             return None
@@ -105,15 +117,18 @@ class Space:
         out.update({f"k{k}_gap_{j}": idx[j] - idx[j - 1] for j in range(1, k - 1)})
         out[f"k{k}_propose"] = plan.propose
         out.update({f"k{k}_window_{j}": w for j, w in enumerate(plan.windows, 1)})
+        if self.adaptive:
+            out[f"k{k}_draft_confidence"] = float(plan.draft_confidence or 0.0)
+            out.update({f"k{k}_escalate_{j}": float(t) for j, t in enumerate(plan.escalate_confidence or [0.0] * (k - 2), 1)})
         return out
 
     def as_dict(self) -> dict:
         return {"depth": [self.min_depth, self.max_depth], "max_propose": self.max_propose, "max_window": self.max_window,
-                "batch": list(self.batches), "tp": list(self.tps)}
+                "batch": list(self.batches), "tp": list(self.tps), **({"adaptive": True} if self.adaptive else {})}
 
 
 def make_space(setting: Setting, depth: tuple[int, int] = (1, 4), max_propose: int = 8, max_window: int = 16,
-               batches=None, tps=None) -> Space:
+               batches=None, tps=None, adaptive: bool = False) -> Space:
     lo, hi = depth
     if not (1 <= lo <= hi <= 8):
         raise ValueError(f"depth: need 1 <= min <= max <= 8, got {lo}..{hi}")
@@ -132,7 +147,7 @@ def make_space(setting: Setting, depth: tuple[int, int] = (1, 4), max_propose: i
         setting.profile.table(tp, setting.stack)  # raises "latency: no table for tp=..."
     if len(set(batches)) != len(batches) or len(set(tps)) != len(tps):
         raise ValueError("batch/tp: choices must be distinct")
-    return Space(exits, setting.num_layers, lo, hi, max_propose, max_window, batches, tps)
+    return Space(exits, setting.num_layers, lo, hi, max_propose, max_window, batches, tps, adaptive)
 
 
 # --------------------------------------------------------------------------- objective
@@ -159,6 +174,7 @@ class Evaluator:
     seed: int = 0
     streams: int = 1024
     cycles: int = 32
+    adaptive: bool = False  # score by hispec_sim.adaptive (the profile given is then at mean rates)
     _settings: dict = field(default_factory=dict)
 
     def setting(self, tp, batch) -> Setting:
@@ -169,6 +185,11 @@ class Evaluator:
 
     def metrics(self, plan: Plan, tp) -> dict:
         s = self.setting(tp, plan.batch)
+        if self.adaptive:
+            from .adaptive import adaptive_scored
+
+            sc = adaptive_scored(s, plan)
+            return {"tokens_per_second": sc.tokens_per_second, "latency_ms_per_token": sc.latency_ms}
         sc = score(s, [plan])[0]
         out = {"tokens_per_second": sc.tokens_per_second, "latency_ms_per_token": sc.latency_ms}
         if self.objective == "mc" or "p99" in self.objectives:
@@ -402,7 +423,8 @@ def _run_worker(spec: dict, worker: int, n_trials: int | None, timeout: float | 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     ev = Evaluator(Profile.model_validate_json(spec["profile"]), spec["workload"], spec["stack"], spec["context"],
-                   spec["objective"], tuple(spec["objectives"]), spec["seed"], spec["streams"], spec["cycles"])
+                   spec["objective"], tuple(spec["objectives"]), spec["seed"], spec["streams"], spec["cycles"],
+                   spec.get("adaptive", False))
     space = Space(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec["space"].items()})
     storage = storage or open_storage(spec["storage"], spec["heartbeat"], spec["grace"])
     existing = len(storage.get_all_trials(storage.get_study_id_from_name(spec["study_name"]), deepcopy=False))
@@ -502,7 +524,12 @@ def _build_result(study, ev: Evaluator, space: Space, info: dict, top: int, t0: 
             unique.setdefault(p.model_dump_json(), p)
         if len(unique) >= top:
             break
-    top_scored = [score(setting, [p])[0] for p in unique.values()]  # one by one: plans of mixed shapes
+    if space.adaptive:
+        from .adaptive import adaptive_scored
+
+        top_scored = [adaptive_scored(setting, p) for p in unique.values()]
+    else:
+        top_scored = [score(setting, [p])[0] for p in unique.values()]  # one by one: plans of mixed shapes
     ar = score(setting, [autoregressive_plan(setting.num_layers, setting.batch)])[0]
     single = single_level_sweep(setting, space.max_propose)
     paper = score(setting, [paper_default(setting).model_copy(update={"batch": setting.batch})])[0]
@@ -539,7 +566,7 @@ def optuna_search(setting: Setting, trials: int | None = 100, timeout: float | N
                   batches=None, tps=None, objective: str = "analytic", max_propose: int = 8, max_window: int = 16,
                   top: int = 10, seed_trials: bool = True, progress: bool | None = None, mc_streams: int = 1024,
                   mc_cycles: int = 32, heartbeat: int = HEARTBEAT_S, grace: int = GRACE_S,
-                  seed_exhaustive: bool = True) -> OptunaResult:
+                  seed_exhaustive: bool = True, adaptive: bool = False) -> OptunaResult:
     """Search plans with Optuna on `setting` (its tp/batch are the defaults of the tp/batch
     choices). `trials` is the number of trials THIS call adds (split over `workers`); a study
     with the same name continues. Raises ValueError("field: message") on bad input, before
@@ -549,7 +576,12 @@ def optuna_search(setting: Setting, trials: int | None = 100, timeout: float | N
     answer, at the setting's tp and batch) when the space holds it, so the result is never
     worse than the default search on the analytic objective; then autoregressive, the
     published configuration and the best single-level plan. `seed_exhaustive=False` leaves
-    the first one out (to benchmark the sampler itself)."""
+    the first one out (to benchmark the sampler itself).
+
+    `adaptive=True`: the confidence thresholds join the space (continuous in [0, 1]); every
+    plan, fixed ones included, is scored by hispec_sim.adaptive at the workload's mean
+    rates, and the first trial is the exhaustive adaptive optimum (adaptive.exhaustive_adaptive:
+    what `optimize --adaptive` finds with its threshold grid) when the space holds it."""
     t0 = time.perf_counter()
     objectives = tuple(objectives)
     if not objectives or any(o not in OBJECTIVES for o in objectives) or len(set(objectives)) != len(objectives):
@@ -571,9 +603,17 @@ def optuna_search(setting: Setting, trials: int | None = 100, timeout: float | N
     if mc_streams < 2 or mc_cycles < 1:
         raise ValueError("mc: streams must be >= 2 and cycles >= 1")
     make_sampler(sampler, seed, len(objectives))  # unknown / unusable sampler fails here, before the storage
-    space = make_space(setting, depth, max_propose, max_window, batches, tps)
+    if adaptive:
+        from .adaptive import _top1, mean_rates
+
+        if objective != "analytic" or "p99" in objectives:
+            raise ValueError("objective: an adaptive search scores plans with the adaptive model; "
+                             "--objective mc and the p99 objective are not available with --adaptive")
+        _top1(setting.acceptance)  # "draft_confidence: this workload has no confidence statistics ..."
+        setting = mean_rates(setting)
+    space = make_space(setting, depth, max_propose, max_window, batches, tps, adaptive)
     ev = Evaluator(setting.profile, setting.workload, setting.stack, setting.context, objective, objectives, seed,
-                   mc_streams, mc_cycles)
+                   mc_streams, mc_cycles, adaptive)
     ev._settings[(setting.tp, setting.batch)] = setting
     key = _study_key(ev, space)
     name = study_name or default_study_name(key)
@@ -607,6 +647,13 @@ def optuna_search(setting: Setting, trials: int | None = 100, timeout: float | N
         # seed the search with the exhaustive optimum of depth 1-3 (first: it runs even at --trials 1),
         # autoregressive, the published configuration and the best single-level plan
         seeds = exhaustive_seed(ev, space, setting) if seed_exhaustive else []
+        if adaptive and seed_exhaustive:  # the exhaustive adaptive optimum first
+            from .adaptive import exhaustive_adaptive
+
+            tp0 = setting.tp if setting.tp in space.tps else space.tps[0]
+            b0 = setting.batch if setting.batch in space.batches else space.batches[0]
+            best = exhaustive_adaptive(ev.setting(tp0, b0), max_propose, max_window)["best"][1]
+            seeds.insert(0, (best, tp0))
         seeds += [(autoregressive_plan(setting.num_layers, space.batches[0]), space.tps[0]),
                  (paper_default(setting).model_copy(update={"batch": space.batches[0]}), space.tps[0]),
                  (single_level_sweep(ev.setting(space.tps[0], space.batches[0]), max_propose).plan, space.tps[0])]
@@ -619,7 +666,7 @@ def optuna_search(setting: Setting, trials: int | None = 100, timeout: float | N
     spec = {"profile": setting.profile.model_dump_json(), "workload": setting.workload, "stack": setting.stack,
             "context": setting.context, "objective": objective, "objectives": list(objectives), "seed": seed,
             "streams": mc_streams, "cycles": mc_cycles, "space": {**space.__dict__}, "storage": storage,
-            "heartbeat": heartbeat, "grace": grace, "study_name": name, "sampler": sampler}
+            "heartbeat": heartbeat, "grace": grace, "study_name": name, "sampler": sampler, "adaptive": adaptive}
     progress = sys.stderr.isatty() if progress is None else progress
     if workers == 1:
         _run_worker(spec, 0, trials, timeout, progress, store)
@@ -721,7 +768,8 @@ def cli_optuna(args, setting: Setting, opts: dict) -> OptunaResult:
                              objectives=opts["objectives"], storage=args.storage, study_name=args.study_name,
                              workers=args.workers, depth=opts["depth"] or (1, 4), batches=batches, tps=tps,
                              objective=args.objective, max_propose=args.max_propose, max_window=args.max_window,
-                             top=args.top, mc_streams=args.mc_streams, mc_cycles=args.mc_cycles)
+                             top=args.top, mc_streams=args.mc_streams, mc_cycles=args.mc_cycles,
+                             adaptive=bool(getattr(args, "adaptive", False)))
     finally:
         close_storages()
 

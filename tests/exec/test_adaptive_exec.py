@@ -9,7 +9,6 @@ from scipy.stats import chisquare
 from exec_helpers import random_model
 from hispec_exec import autoregressive, decode, exit_traces, heldout_prompts
 from hispec_exec.confidence import confidence_stats, exit_confidence
-from hispec_exec.generate import Batch
 from hispec_sim.schema import Plan
 
 ADAPTIVE = [
@@ -60,9 +59,38 @@ def test_ragged_batch_adaptive_equals_autoregressive(tiny):
         assert r.tokens == autoregressive(tiny, p, 24).tokens
 
 
-def test_synchronous_batching_refuses_adaptive(tiny):
-    with pytest.raises(ValueError, match="^batching: adaptive plans"):
-        Batch(tiny, Plan(levels=[1, 8], propose=3, draft_confidence=0.5), "synchronous")
+def test_synchronous_batch_adaptive_equals_autoregressive(shipped):
+    """Synchronous batching of adaptive plans (generate.Batch): greedy output equals
+    autoregressive decoding alone; a single-level plan's per-sequence stops make every
+    sequence's operations its own batch-1 schedule (it sits out draft steps after an unsure
+    draft); the thresholds change the batch's schedule."""
+    from hispec_exec.generate import decode_batch
+    from hispec_sim.adaptive import with_thresholds
+
+    prompts = heldout_prompts(2, 32, seed=7)
+    ops = lambda r: [f.level for f in r.forwards]
+    for plan in [Plan(levels=[2, 16], propose=6, draft_confidence=0.5),
+                 Plan(levels=[2, 6, 16], propose=3, windows=[6], draft_confidence=0.3, escalate_confidence=[0.5])]:
+        rs = decode_batch(shipped, plan, prompts, 24, batching="synchronous")
+        alone = [decode(shipped, plan, p, 24) for p in prompts]
+        for p, r, a in zip(prompts, rs, alone):
+            assert r.tokens == a.tokens == autoregressive(shipped, p, 24).tokens, plan.describe()
+        if plan.depth == 2:
+            assert [ops(r) for r in rs] == [ops(a) for a in alone]
+        fixed = decode_batch(shipped, with_thresholds(plan, None, None), prompts, 24, batching="synchronous")
+        assert [ops(r) for r in rs] != [ops(r) for r in fixed]
+
+
+def test_synchronous_fixed_plan_rounds_unchanged(shipped):
+    """Fixed plans under synchronous batching: `propose` draft steps for every sequence,
+    then the check (the schedule before adaptive plans joined)."""
+    from hispec_exec.generate import decode_batch
+
+    plan = Plan(levels=[2, 16], propose=3)
+    for r in decode_batch(shipped, plan, heldout_prompts(3, 32, seed=7), 24, batching="synchronous"):
+        lv = [f.level for f in r.forwards]
+        rounds = "".join(map(str, lv)).split("2")
+        assert all(x == "111" for x in rounds[:-1]) and rounds[-1] in ("", "1", "11", "111")
 
 
 def test_confidence_traces_match_exit_traces_and_stats(shipped):
@@ -110,3 +138,30 @@ def test_adaptive_sampling_matches_full_model_distribution(plan):
     obs.append(RUNS - sum(obs))
     exp.append(RUNS - sum(exp))
     assert chisquare(obs, exp).pvalue > 1e-3
+
+
+def test_profile_measure_records_confidence(tmp_path, capsys):
+    """`hispec-sim profile measure` records every exit's top-1 probabilities with the traces
+    (one walk): an adaptive plan can be evaluated on the new workload at once, and the
+    statistics are what the separate `python -m hispec_exec.confidence` step computes."""
+    import json
+
+    from hispec_sim.cli import main
+    from hispec_sim.schema import load_profile, save_profile
+
+    out = tmp_path / "tiny.json"
+    save_profile(load_profile("cpu_hispec_tiny"), out)
+    f = tmp_path / "mine.jsonl"
+    f.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in ["def main():\n    ", "for i in range(10):\n"]))
+    assert main(["profile", "measure", "--prompts-file", str(f), "--workload", "mine", "--acceptance-only",
+                 "--max-new-tokens", "12", "--out", str(out)]) == 0
+    acc = load_profile(str(out)).workload("mine")
+    c = acc.confidence
+    assert c is not None and len(c.top1) == len(acc.traces) == 24 and "recorded with the traces" in c.source.detail
+    again = confidence_stats(np.asarray(acc.traces), np.asarray(c.top1))
+    assert again.share == c.share and again.agreement_given_bucket == c.agreement_given_bucket
+    capsys.readouterr()
+    plan = tmp_path / "plan.json"
+    plan.write_text(Plan(levels=[2, 16], propose=4, draft_confidence=0.5).model_dump_json())
+    assert main(["evaluate", "--profile", str(out), "--workload", "mine", "--plan", str(plan), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["gain_over_fixed"] > 0

@@ -7,7 +7,7 @@ import pytest
 
 from factories import make_profile
 from hispec_sim.cli import main
-from hispec_sim.export import hf_kwargs
+from hispec_sim.export import ASSISTANT_FIELDS, hf_kwargs
 from hispec_sim.schema import Plan, load_plan, save_plan, save_profile
 
 PLANS = [Plan(levels=[16]), Plan(levels=[4, 16], propose=3), Plan(levels=[2, 6, 16], propose=2, windows=[4]),
@@ -68,7 +68,9 @@ def test_exec_notes_batch_and_checks_profile(capsys, tmp_path, profile_file):
 def test_hf_kwargs():
     assert hf_kwargs(PLANS[0]) == {"do_sample": False}
     assert hf_kwargs(PLANS[1]) == {"assistant_early_exit": 4, "num_assistant_tokens": 3,
-                                   "num_assistant_tokens_schedule": "constant", "do_sample": False}
+                                   "num_assistant_tokens_schedule": "constant", "assistant_confidence_threshold": 0.0,
+                                   "do_sample": False}
+    assert hf_kwargs(Plan(levels=[4, 16], propose=6, draft_confidence=0.3))["assistant_confidence_threshold"] == 0.3
     with pytest.raises(ValueError, match="^to: transformers cannot express a 3-level chain; use --to exec$"):
         hf_kwargs(PLANS[2])
 
@@ -163,3 +165,41 @@ def test_hf_kwargs_run_in_transformers_and_match_greedy(monkeypatch):
     d = divergence(logits, ids[0].tolist(), out[0, 5:].tolist(), ref[0, 5:].tolist())
     assert d is None or d.near_tie, d.describe()
     assert calls and set(calls) == {2}
+
+
+@pytest.mark.parametrize("plan", [Plan(levels=[2, 4], propose=3), Plan(levels=[2, 4], propose=5, draft_confidence=0.99)],
+                         ids=Plan.describe)
+def test_hf_threshold_and_propose_reach_the_early_exit_assistant(monkeypatch, plan):
+    """Set on model.generation_config as the export note says, transformers' early-exit
+    assistant drafts `propose` tokens and stops at the plan's threshold (none for a fixed plan)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from transformers.generation import candidate_generator as cg, stopping_criteria as stc
+
+    seen, drafted = [], []
+    orig_stop = stc.ConfidenceCriteria.__call__
+    orig_cand = cg.EarlyExitCandidateGenerator.get_candidates
+
+    def stop(self, input_ids, scores, **k):
+        seen.append(self.assistant_confidence_threshold)
+        return orig_stop(self, input_ids, scores, **k)
+
+    def cand(self, input_ids, *a, **k):
+        out = orig_cand(self, input_ids, *a, **k)
+        drafted.append(out[0].shape[1] - input_ids.shape[1])
+        return out
+
+    monkeypatch.setattr(stc.ConfidenceCriteria, "__call__", stop)
+    monkeypatch.setattr(cg.EarlyExitCandidateGenerator, "get_candidates", cand)
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    kw = hf_kwargs(plan)
+    model.generation_config.update(**{k: kw[k] for k in ASSISTANT_FIELDS})
+    model.generation_config.eos_token_id = None  # no early stop, and no min_new_tokens (it overrides the threshold)
+    model.generate(torch.tensor([[1, 5, 9, 3, 7]]), max_new_tokens=16, **kw)
+    if plan.draft_confidence:  # a random model is never 99 % sure: one draft per round
+        assert set(seen) == {0.99} and max(drafted) == 1, drafted
+    else:
+        assert seen == [] and max(drafted) == plan.propose

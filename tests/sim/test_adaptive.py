@@ -167,3 +167,113 @@ def test_cli_adaptive_search(capsys, tmp_path):
     assert best == Plan.model_validate_json(out.read_text())
     assert res["predicted_gain_over_best_fixed"] == pytest.approx(
         res["best"]["tokens_per_second"] / res["best_fixed"]["tokens_per_second"], rel=1e-3)
+
+
+# --------------------------------------------------------------------------- escalation, analytic
+
+
+@settings(max_examples=20, deadline=None)
+@given(l1=st.integers(1, 7), gap=st.integers(1, 8), g=st.integers(1, 6), w=st.integers(1, 9),
+       tau_d=st.sampled_from([None, 0.0, 0.5]))
+def test_three_level_escalation_tau_zero_is_the_plan_without_it(tiny_setting, l1, gap, g, w, tau_d):
+    """tau_e = 0 never escalates: exactly the plan without escalation (fixed: analytic.predict)."""
+    cost = tiny_setting.cost(40)
+    p = Plan(levels=[l1, l1 + gap, 16], propose=g, windows=[w], draft_confidence=tau_d)
+    ref = analytic_three_level(cost, tiny_setting.agreement, p).tokens_per_second
+    if not tau_d:
+        assert ref == pytest.approx(float(predict(cost, tiny_setting.agreement, [p]).tokens_per_second[0]), rel=1e-12)
+    zero = analytic_three_level(cost, tiny_setting.agreement, with_thresholds(p, tau_d, [0.0])).tokens_per_second
+    assert zero == pytest.approx(ref, rel=1e-12)
+
+
+@settings(max_examples=15, deadline=None)
+@given(l1=st.integers(1, 7), gap=st.integers(1, 8), g=st.integers(1, 6), w=st.integers(1, 9))
+def test_three_level_escalation_one_is_window_one(tiny_setting, l1, gap, g, w):
+    """tau_e = 1 escalates after every level-2 check: a window of 1, exactly."""
+    cost = tiny_setting.cost(40)
+    p = Plan(levels=[l1, l1 + gap, 16], propose=g, windows=[w], escalate_confidence=[1.0])
+    one = float(predict(cost, tiny_setting.agreement, [Plan(levels=p.levels, propose=g, windows=[1])]).tokens_per_second[0])
+    assert analytic_three_level(cost, tiny_setting.agreement, p).tokens_per_second == pytest.approx(one, rel=1e-9)
+
+
+@pytest.mark.parametrize("plan", [Plan(levels=[2, 5, 8], propose=3, windows=[4], escalate_confidence=[0.6]),
+                                  Plan(levels=[1, 4, 8], propose=4, windows=[6], draft_confidence=0.4,
+                                       escalate_confidence=[0.5])], ids=Plan.describe)
+def test_three_level_escalation_analytic_within_iid_monte_carlo(plan):
+    s = Setting(confident_profile(), None, None, None, 1, None)
+    cost = s.cost(40)
+    a = analytic_three_level(cost, s.agreement, plan)
+    without = analytic_three_level(cost, s.agreement, with_thresholds(plan, plan.draft_confidence, None))
+    assert a.tokens_per_second != pytest.approx(without.tokens_per_second, rel=1e-2)  # escalation matters here
+    r = replay(cost, s.acceptance, plan, cycles=1000, streams=16, seed=4, order="iid")
+    assert r.ci95[0] <= a.tokens_per_second <= r.ci95[1], (a, r)
+
+
+# --------------------------------------------------------------------------- search at mean rates, Optuna
+
+
+def test_cli_adaptive_compares_at_mean_rates(tiny_setting):
+    """The shipped profile has a per-request spread; the best fixed plan of optimize
+    --adaptive is scored at mean rates, as the adaptive plans are."""
+    from hispec_sim.adaptive import cli_adaptive, mean_rates
+    from hispec_sim.evaluate import exhaustive, score
+
+    s = Setting(load_profile("cpu_hispec_tiny"), None, None, None, 1, None)
+    assert s.acceptance.spread is not None and mean_rates(s).acceptance.spread is None
+    ad = cli_adaptive(s, exhaustive(s), max_propose=4, max_window=4, hier_bases=2)
+    fixed = Plan.model_validate(ad["best_fixed"]["plan"])
+    assert ad["best_fixed"]["tokens_per_second"] == pytest.approx(score(tiny_setting, [fixed])[0].tokens_per_second, rel=1e-4)
+    assert "mean rates" in ad["rates"]
+
+
+def test_optuna_adaptive_space_round_trips():
+    import optuna
+    from hispec_sim.search import Space
+
+    sp = Space(exits=(1, 2, 4), num_layers=8, min_depth=3, max_depth=3, adaptive=True)
+    p = Plan(levels=[1, 4, 8], propose=2, windows=[3], draft_confidence=0.25, escalate_confidence=[0.75])
+    study = optuna.create_study()
+    study.enqueue_trial(sp.params(p, None))
+    t = study.ask()
+    assert sp.suggest(t)[0] == p
+    assert Space(exits=(1, 2, 4), num_layers=8).params(p, None) is None  # a fixed space cannot hold it
+
+
+@pytest.mark.slow  # ~25 s: 30 trials and the exhaustive adaptive grid
+def test_optuna_adaptive_reaches_the_exhaustive_adaptive_optimum():
+    from hispec_sim.adaptive import adaptive_tokens_per_second, exhaustive_adaptive, mean_rates
+    from hispec_sim.search import optuna_search
+
+    s = Setting(confident_profile(), None, None, None, 1, None)
+    ex = exhaustive_adaptive(s, max_propose=4, max_window=4)
+    res = optuna_search(s, trials=30, seed=3, storage=None, depth=(1, 3), max_propose=4, max_window=4, adaptive=True,
+                        progress=False)
+    assert res.study["seeded_with"][0] == ex["best"][1].describe()
+    assert res.best.tokens_per_second >= ex["best"][0] * (1 - 1e-9)
+    assert res.best.tokens_per_second == pytest.approx(adaptive_tokens_per_second(mean_rates(s), res.best.plan)[0], rel=1e-9)
+    trials = res.optuna_study.trials
+    taus = {t.params[k] for t in trials for k in t.params if "confidence" in k or "escalate" in k}
+    assert len(taus) > 10 and all(0.0 <= x <= 1.0 for x in taus)  # continuous, not the grid
+    again = optuna_search(s, trials=30, seed=3, storage=None, depth=(1, 3), max_propose=4, max_window=4, adaptive=True,
+                          progress=False)
+    assert again.best.plan == res.best.plan  # seeded: reproducible
+
+
+def test_optuna_adaptive_refusals(capsys, tmp_path):
+    db = f"sqlite:///{tmp_path / 's.db'}"
+    for argv, field in ((["--profile", "h100_llama2_7b"], "confidence"),
+                        (["--profile", "cpu_hispec_tiny", "--objective", "mc"], "objective")):
+        code = main(["optimize", *argv, "--adaptive", "--search", "optuna", "--trials", "2", "--storage", db])
+        o, e = capsys.readouterr()
+        assert code == 2 and len(e.strip().splitlines()) == 1 and field in e, e
+
+
+def test_serving_simulator_refuses_adaptive_plans(capsys, tmp_path):
+    """The serving simulator draws per-level rates (no per-position confidence): an adaptive
+    plan is refused in one line, not silently run as its fixed plan."""
+    plan = tmp_path / "a.json"
+    plan.write_text(Plan(levels=[2, 16], propose=6, draft_confidence=0.3).model_dump_json())
+    code = main(["serve", "--profile", "cpu_hispec_tiny", "--plan", str(plan), "--qps", "2", "--requests", "20",
+                 "--seeds", "1", "--prompt-len", "64", "--output-len", "32"])
+    e = capsys.readouterr().err
+    assert code == 2 and len(e.strip().splitlines()) == 1 and "draft_confidence" in e, e
