@@ -232,15 +232,63 @@ def plan_capacity(spec: Spec, target_qps: float, gpu_hour_usd: float, max_propos
     return result
 
 
-def latency_curves(spec: Spec, plans: dict[str, Plan], loads: list[float]) -> dict:
+def latency_curves(spec: Spec, plans: dict[str, Plan], loads: list[float], window_s: float = 0.0) -> dict:
     """Throughput-latency curves for the report: per family (its plan) and per load, the
-    throughput and p50/p99 TTFT and TBT (mean over seeds), with the SLO lines."""
-    out = {"loads": loads, "slo_ttft_ms": spec.limits.slo_ttft_ms, "slo_tbt_ms": spec.limits.slo_tbt_ms, "families": {}}
+    throughput, p50/p99 TTFT and TBT, mean TPOT and mean end-to-end latency (mean over
+    seeds), whether both p99 SLOs are met, with the SLO lines. Each load simulates
+    max(spec.traffic.requests, load x window_s) requests: arrivals must keep coming for
+    several request lifetimes, or a short burst of requests is admitted at once, prefilled
+    once and decoded without interference, which flatters high loads."""
+    out = {"loads": loads, "slo_ttft_ms": spec.limits.slo_ttft_ms, "slo_tbt_ms": spec.limits.slo_tbt_ms, "families": {},
+           "requests_per_load": [max(spec.traffic.requests, math.ceil(q * window_s)) for q in loads]}
     for fam, plan in plans.items():
         rows = []
-        for q in loads:
-            agg = serving.over_seeds([run_load(spec, plan, q, s) for s in range(spec.seeds)])
-            rows.append({"qps": q, "throughput_tokens_per_s": agg["throughput_tokens_per_s"]["mean"],
-                         **{f"{m}_{p}": agg[m][p]["mean"] for m in ("ttft_ms", "tbt_ms") for p in ("p50", "p99")}})
+        for q, n in zip(loads, out["requests_per_load"]):
+            runs = [run_load(spec, plan, q, s, n) for s in range(spec.seeds)]
+            agg = serving.over_seeds(runs)
+            row = {"qps": q, "throughput_tokens_per_s": agg["throughput_tokens_per_s"]["mean"],
+                   **{f"{m}_{p}": agg[m][p]["mean"] for m in ("ttft_ms", "tbt_ms") for p in ("p50", "p99")},
+                   "tpot_ms_mean": agg["tpot_ms"]["mean"]["mean"], "e2e_ms_mean": agg["e2e_ms"]["mean"]["mean"]}
+            row["meets_slo"] = (row["ttft_ms_p99"] <= spec.limits.slo_ttft_ms and row["tbt_ms_p99"] <= spec.limits.slo_tbt_ms)
+            rows.append(row)
         out["families"][fam] = {"plan": describe(plan), "points": rows}
+    return out
+
+
+def stops_paying(loads: list[float], better: list[float], base: list[float]) -> dict:
+    """Where a family stops paying against a baseline along a load sweep, on a latency
+    (lower is better): it pays at a load when its latency is below the baseline's. The
+    crossover is the load after the last sign change from paying to not paying, past which
+    it pays at no swept load, interpolated linearly in log(load) on log(latency ratio)
+    between the two swept loads around it. Returns stops_at_qps (None: pays at the highest
+    load swept, or never pays), pays_at (the loads where it pays) and never (True when it
+    pays at no load)."""
+    ratio = [math.log(b / a) for b, a in zip(better, base)]  # < 0: pays
+    pays = [r < 0 for r in ratio]
+    out = {"pays_at": [q for q, p in zip(loads, pays) if p], "never": not any(pays), "stops_at_qps": None,
+           "bracket": None}
+    if not any(pays) or pays[-1]:
+        return out
+    i = max(j for j, p in enumerate(pays) if p) + 1  # first load of the final non-paying run
+    r0, r1 = ratio[i - 1], ratio[i]
+    x0, x1 = math.log(loads[i - 1]), math.log(loads[i])
+    x = x0 + (x1 - x0) * (-r0) / (r1 - r0) if r1 != r0 else x1
+    out["stops_at_qps"] = math.exp(x)
+    out["bracket"] = [loads[i - 1], loads[i]]
+    return out
+
+
+def crossovers(curves: dict, metric: str = "e2e_ms_mean") -> dict:
+    """Where speculation (the better of the speculative families at each load) stops paying
+    against autoregressive, and hierarchy against the single-level family, on `metric`."""
+    fam = curves["families"]
+    loads = curves["loads"]
+    col = {f: [p[metric] for p in e["points"]] for f, e in fam.items()}
+    out = {"metric": metric, "speculation": None, "hierarchy": None}
+    spec_fams = [f for f in ("single_level", "hierarchical") if f in col]
+    if "autoregressive" in col and spec_fams:
+        best = [min(col[f][i] for f in spec_fams) for i in range(len(loads))]
+        out["speculation"] = stops_paying(loads, best, col["autoregressive"])
+    if "hierarchical" in col and "single_level" in col:
+        out["hierarchy"] = stops_paying(loads, col["hierarchical"], col["single_level"])
     return out
