@@ -232,15 +232,16 @@ def plan_capacity(spec: Spec, target_qps: float, gpu_hour_usd: float, max_propos
     return result
 
 
-def latency_curves(spec: Spec, plans: dict[str, Plan], loads: list[float], window_s: float = 0.0) -> dict:
+def latency_curves(spec: Spec, plans: dict[str, Plan], loads: list[float], window_s: float = 0.0,
+                   most: int | None = None) -> dict:
     """Throughput-latency curves for the report: per family (its plan) and per load, the
     throughput, p50/p99 TTFT and TBT, mean TPOT and mean end-to-end latency (mean over
     seeds), whether both p99 SLOs are met, with the SLO lines. Each load simulates
-    max(spec.traffic.requests, load x window_s) requests: arrivals must keep coming for
+    max(spec.traffic.requests, load x window_s) requests (at most `most`): arrivals must keep coming for
     several request lifetimes, or a short burst of requests is admitted at once, prefilled
     once and decoded without interference, which flatters high loads."""
     out = {"loads": loads, "slo_ttft_ms": spec.limits.slo_ttft_ms, "slo_tbt_ms": spec.limits.slo_tbt_ms, "families": {},
-           "requests_per_load": [max(spec.traffic.requests, math.ceil(q * window_s)) for q in loads]}
+           "requests_per_load": [min(max(spec.traffic.requests, math.ceil(q * window_s)), most or 10**9) for q in loads]}
     for fam, plan in plans.items():
         rows = []
         for q, n in zip(loads, out["requests_per_load"]):

@@ -23,7 +23,7 @@ COLORS = {"autoregressive": "#7f7f7f", "single_level": "#1f77b4", "hierarchical"
 DEFAULTS = {"target_tps": 10000.0, "slo_ms": 50.0, "gpu_hour_usd": 2.0, "slo_ttft_ms": 2000.0}
 # (g) serving curves: a small seeded request set per load (fast, so p99 is nearly the max of
 # the TTFTs; `hispec-sim capacity` and `serve` use more); --serving-requests 0 skips it
-SERVING = {"requests": 60, "window_s": 20.0, "seeds": 1, "max_batch": 64, "loads": 6, "low": 0.05, "high": 3.0,
+SERVING = {"requests": 60, "lifetimes": 3.0, "seeds": 1, "max_batch": 64, "loads": 6, "low": 0.05, "high": 3.0,
            "prompt_len": "lognormal:256:0.8:max=2048", "output_len": "lognormal:192:0.8:max=1024"}
 SENSITIVITY = (1.0, 0.9, 0.8)
 MEMORY_HEADROOM = 0.9  # fraction of HBM usable for weights + KV cache
@@ -329,7 +329,9 @@ def _serving(setting: Setting, families: dict, mem: dict, requests: int, slo_ttf
     n = SERVING["loads"]
     lo, hi = SERVING["low"] * sat, SERVING["high"] * sat
     loads = [_r(lo * (hi / lo) ** (i / (n - 1)), 4) for i in range(n)]
-    curves = capacity.latency_curves(spec, plans, loads, SERVING["window_s"])
+    # arrivals span >= `lifetimes` x a request's time in a full autoregressive batch (max_batch / sat)
+    window_s = SERVING["lifetimes"] * max_batch / sat
+    curves = capacity.latency_curves(spec, plans, loads, window_s, most=10 * requests)
     cross = capacity.crossovers(curves)
     for e in curves["families"].values():
         ok = [p["qps"] for p in e["points"] if p["meets_slo"]]
@@ -337,9 +339,9 @@ def _serving(setting: Setting, families: dict, mem: dict, requests: int, slo_ttf
     return {**curves, "crossover": cross, "requests": requests, "seeds": SERVING["seeds"], "max_batch": max_batch,
             "prompt_len": SERVING["prompt_len"], "output_len": SERVING["output_len"],
             "saturation_qps_autoregressive": _r(sat, 4), "seconds": _r(time.perf_counter() - t0, 2),
-            "method": (f"max({requests}, load x {SERVING['window_s']:g} s) Poisson requests per load (seed 0, "
-                       f"{SERVING['seeds']} seed(s); arrivals span at least {SERVING['window_s']:g} s at high loads, a "
-                       "few request lifetimes), prompts "
+            "method": (f"max({requests}, load x {window_s:.3g} s) Poisson requests per load, at most {10 * requests} (seed 0, "
+                       f"{SERVING['seeds']} seed(s); arrivals span at least {SERVING['lifetimes']:g} lifetimes of a "
+                       "request in a full autoregressive batch, so that high loads are not a single burst), prompts "
                        f"{SERVING['prompt_len']}, outputs {SERVING['output_len']} tokens, max batch {max_batch}, KV "
                        "unbounded, prefill of each admitted group in one forward that stalls decoding; per family its "
                        "batch-1 lockstep optimum, speculative plans under the synchronous policy; loads from "
