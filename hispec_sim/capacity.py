@@ -91,6 +91,19 @@ def violation(s: dict, limits: ServeLimits) -> float:
 
 IDLE_REQUESTS = 24
 BY_LOAD_REQUESTS = 150
+IDLE_FRACTION = 1e-3  # of the saturation load: requests (almost) never overlap
+
+
+def idle_run(spec: Spec, plan: Plan, seed: int) -> dict:
+    """quick_summary at a nearly idle load. Every batch then holds one sequence, where the
+    synchronous policy runs the sequence's batch-1 schedule exactly as ragged does, so a
+    3+-level synchronous plan is simulated by the ragged engine (schedules drawn up front):
+    the step-by-step synchronous engine costs ~50x more per request at batch 1 (its figures
+    differ only where two requests happen to overlap)."""
+    q = IDLE_FRACTION * _saturation_qps(spec, plan)
+    if plan.batching == "synchronous" and plan.depth >= 3:
+        plan = plan.model_copy(update={"batching": "ragged"})
+    return run_load(spec, plan, q, seed, min(IDLE_REQUESTS, spec.traffic.requests))
 
 
 def max_qps(spec: Spec, plan: Plan, seed: int, iterations: int = 5) -> tuple[float, float, dict]:
@@ -100,10 +113,10 @@ def max_qps(spec: Spec, plan: Plan, seed: int, iterations: int = 5) -> tuple[flo
     until the SLOs break, then a geometric bisection: runs stay at loads near the answer
     (a run far above it queues every request and costs the most)."""
     sat = _saturation_qps(spec, plan)
-    idle = run_load(spec, plan, 1e-3 * sat, seed, min(IDLE_REQUESTS, spec.traffic.requests))
+    idle = idle_run(spec, plan, seed)
     if not meets(idle, spec.limits):
         return 0.0, 0.0, idle
-    lo, hi, best = 1e-3 * sat, None, idle
+    lo, hi, best = IDLE_FRACTION * sat, None, idle
     q = 0.02 * sat
     while q <= 2 * sat:
         s = run_load(spec, plan, q, seed)
@@ -187,8 +200,7 @@ def plan_capacity(spec: Spec, target_qps: float, gpu_hour_usd: float, max_propos
     idle_fail: dict[str, list] = {}
     for fam, plans in list(fams.items()):
         # a candidate that misses the SLOs on a nearly idle replica is out (kept if all are)
-        viol = [(violation(run_load(spec, p, 1e-3 * _saturation_qps(spec, p), 0, IDLE_REQUESTS), spec.limits), p)
-                for p in plans] if len(plans) > 1 else [(0.0, plans[0])]
+        viol = [(violation(idle_run(spec, p, 0), spec.limits), p) for p in plans] if len(plans) > 1 else [(0.0, plans[0])]
         ok = [p for v, p in viol if v <= 1.0]
         idle_fail[fam] = [{"plan": describe(p), "violation_idle": v} for v, p in viol if v > 1.0]
         fams[fam] = ok or [min(viol, key=lambda x: x[0])[1]]
@@ -232,15 +244,64 @@ def plan_capacity(spec: Spec, target_qps: float, gpu_hour_usd: float, max_propos
     return result
 
 
-def latency_curves(spec: Spec, plans: dict[str, Plan], loads: list[float]) -> dict:
+def latency_curves(spec: Spec, plans: dict[str, Plan], loads: list[float], window_s: float = 0.0,
+                   most: int | None = None) -> dict:
     """Throughput-latency curves for the report: per family (its plan) and per load, the
-    throughput and p50/p99 TTFT and TBT (mean over seeds), with the SLO lines."""
-    out = {"loads": loads, "slo_ttft_ms": spec.limits.slo_ttft_ms, "slo_tbt_ms": spec.limits.slo_tbt_ms, "families": {}}
+    throughput, p50/p99 TTFT and TBT, mean TPOT and mean end-to-end latency (mean over
+    seeds), whether both p99 SLOs are met, with the SLO lines. Each load simulates
+    max(spec.traffic.requests, load x window_s) requests (at most `most`): arrivals must keep coming for
+    several request lifetimes, or a short burst of requests is admitted at once, prefilled
+    once and decoded without interference, which flatters high loads."""
+    out = {"loads": loads, "slo_ttft_ms": spec.limits.slo_ttft_ms, "slo_tbt_ms": spec.limits.slo_tbt_ms, "families": {},
+           "requests_per_load": [min(max(spec.traffic.requests, math.ceil(q * window_s)), most or 10**9) for q in loads]}
     for fam, plan in plans.items():
         rows = []
-        for q in loads:
-            agg = serving.over_seeds([run_load(spec, plan, q, s) for s in range(spec.seeds)])
-            rows.append({"qps": q, "throughput_tokens_per_s": agg["throughput_tokens_per_s"]["mean"],
-                         **{f"{m}_{p}": agg[m][p]["mean"] for m in ("ttft_ms", "tbt_ms") for p in ("p50", "p99")}})
+        for q, n in zip(loads, out["requests_per_load"]):
+            runs = [run_load(spec, plan, q, s, n) for s in range(spec.seeds)]
+            agg = serving.over_seeds(runs)
+            row = {"qps": q, "throughput_tokens_per_s": agg["throughput_tokens_per_s"]["mean"],
+                   **{f"{m}_{p}": agg[m][p]["mean"] for m in ("ttft_ms", "tbt_ms") for p in ("p50", "p99")},
+                   "tpot_ms_mean": agg["tpot_ms"]["mean"]["mean"], "e2e_ms_mean": agg["e2e_ms"]["mean"]["mean"]}
+            row["meets_slo"] = (row["ttft_ms_p99"] <= spec.limits.slo_ttft_ms and row["tbt_ms_p99"] <= spec.limits.slo_tbt_ms)
+            rows.append(row)
         out["families"][fam] = {"plan": describe(plan), "points": rows}
+    return out
+
+
+def stops_paying(loads: list[float], better: list[float], base: list[float]) -> dict:
+    """Where a family stops paying against a baseline along a load sweep, on a latency
+    (lower is better): it pays at a load when its latency is below the baseline's. The
+    crossover is the load after the last sign change from paying to not paying, past which
+    it pays at no swept load, interpolated linearly in log(load) on log(latency ratio)
+    between the two swept loads around it. Returns stops_at_qps (None: pays at the highest
+    load swept, or never pays), pays_at (the loads where it pays) and never (True when it
+    pays at no load)."""
+    ratio = [math.log(b / a) for b, a in zip(better, base)]  # < 0: pays
+    pays = [r < 0 for r in ratio]
+    out = {"pays_at": [q for q, p in zip(loads, pays) if p], "never": not any(pays), "stops_at_qps": None,
+           "bracket": None}
+    if not any(pays) or pays[-1]:
+        return out
+    i = max(j for j, p in enumerate(pays) if p) + 1  # first load of the final non-paying run
+    r0, r1 = ratio[i - 1], ratio[i]
+    x0, x1 = math.log(loads[i - 1]), math.log(loads[i])
+    x = x0 + (x1 - x0) * (-r0) / (r1 - r0) if r1 != r0 else x1
+    out["stops_at_qps"] = math.exp(x)
+    out["bracket"] = [loads[i - 1], loads[i]]
+    return out
+
+
+def crossovers(curves: dict, metric: str = "e2e_ms_mean") -> dict:
+    """Where speculation (the better of the speculative families at each load) stops paying
+    against autoregressive, and hierarchy against the single-level family, on `metric`."""
+    fam = curves["families"]
+    loads = curves["loads"]
+    col = {f: [p[metric] for p in e["points"]] for f, e in fam.items()}
+    out = {"metric": metric, "speculation": None, "hierarchy": None}
+    spec_fams = [f for f in ("single_level", "hierarchical") if f in col]
+    if "autoregressive" in col and spec_fams:
+        best = [min(col[f][i] for f in spec_fams) for i in range(len(loads))]
+        out["speculation"] = stops_paying(loads, best, col["autoregressive"])
+    if "hierarchical" in col and "single_level" in col:
+        out["hierarchy"] = stops_paying(loads, col["hierarchical"], col["single_level"])
     return out

@@ -216,7 +216,9 @@ def cmd_report(args) -> int:
     data, _, path = build_report(args.profile, out, args.format, workload=args.workload, tp=args.tp,
                                  stack=args.stack, batch=args.batch or 1, context=args.context, target_tps=args.target_tps,
                                  slo_ms=args.slo_ms, gpu_hour_usd=args.gpu_hour_usd, validation=args.validation,
-                                 max_batch=args.max_batch, max_propose=args.max_propose, max_window=args.max_window)
+                                 max_batch=args.max_batch, max_propose=args.max_propose, max_window=args.max_window,
+                                 slo_ttft_ms=args.slo_ttft_ms, slo_tbt_ms=args.slo_tbt_ms,
+                                 serving_requests=args.serving_requests)
     for w in data["capacity"]["warnings"]:
         print(f"hispec-sim: warning: {w}", file=sys.stderr)
     if args.json:
@@ -299,6 +301,10 @@ def build_parser() -> Parser:
     p.add_argument("--slo-ms", type=float_in(1e-6, schema.MAX_MS), help="per-token latency SLO in ms (default 50)")
     p.add_argument("--gpu-hour-usd", type=float_in(1e-6, 1e6), help="price of one GPU-hour in USD (default 2.0)")
     p.add_argument("--validation", help="JSON of `hispec-sim validate --json` (fidelity figures)")
+    p.add_argument("--slo-ttft-ms", type=float_in(1e-6, schema.MAX_MS), help="serving curves: p99 TTFT SLO in ms (default 2000)")
+    p.add_argument("--slo-tbt-ms", type=float_in(1e-6, schema.MAX_MS), help="serving curves: p99 TBT SLO in ms (default: --slo-ms)")
+    p.add_argument("--serving-requests", type=int_in(0, 100_000), default=60,
+                   help="serving curves: requests simulated per load (default 60; 0 skips the section)")
     p.add_argument("--max-batch", type=BATCH, default=256, help="largest batch of the batch sweep (default 256)")
     p.add_argument("--max-propose", type=int_in(1, schema.MAX_PROPOSE), default=8)
     p.add_argument("--max-window", type=int_in(1, schema.MAX_WINDOW), default=16)

@@ -20,7 +20,11 @@ FAMILIES = ("autoregressive", "single_level", "hierarchical")
 FAMILY_LABEL = {"autoregressive": "autoregressive", "single_level": "best single-level",
                 "hierarchical": "best hierarchical (3-level)", "best": "best plan"}
 COLORS = {"autoregressive": "#7f7f7f", "single_level": "#1f77b4", "hierarchical": "#d62728"}
-DEFAULTS = {"target_tps": 10000.0, "slo_ms": 50.0, "gpu_hour_usd": 2.0}
+DEFAULTS = {"target_tps": 10000.0, "slo_ms": 50.0, "gpu_hour_usd": 2.0, "slo_ttft_ms": 2000.0}
+# (g) serving curves: a small seeded request set per load (fast, so p99 is nearly the max of
+# the TTFTs; `hispec-sim capacity` and `serve` use more); --serving-requests 0 skips it
+SERVING = {"requests": 60, "lifetimes": 3.0, "seeds": 1, "max_batch": 64, "loads": 6, "low": 0.05, "high": 3.0,
+           "prompt_len": "lognormal:256:0.8:max=2048", "output_len": "lognormal:192:0.8:max=1024"}
 SENSITIVITY = (1.0, 0.9, 0.8)
 MEMORY_HEADROOM = 0.9  # fraction of HBM usable for weights + KV cache
 
@@ -159,12 +163,18 @@ def _scaled_profile(profile: Profile, workload: str, factor: float) -> Profile:
 def compute(profile: Profile, workload: str | None = None, tp: int | None = None, stack: str | None = None,
             batch: int = 1, context: int | None = None, target_tps: float | None = None, slo_ms: float | None = None,
             gpu_hour_usd: float | None = None, validation: dict | None = None, max_batch: int = 256,
-            max_propose: int = 8, max_window: int = 16, profile_ref: str | None = None) -> dict:
+            max_propose: int = 8, max_window: int = 16, profile_ref: str | None = None,
+            serving_requests: int = SERVING["requests"], slo_ttft_ms: float | None = None,
+            slo_tbt_ms: float | None = None) -> dict:
     """Every number of the report, as a JSON-able dict."""
     given = {"target_tps": target_tps is not None, "slo_ms": slo_ms is not None, "gpu_hour_usd": gpu_hour_usd is not None}
     target_tps = _positive(target_tps, "target_tps") or DEFAULTS["target_tps"]
     slo_ms = _positive(slo_ms, "slo_ms") or DEFAULTS["slo_ms"]
     gpu_hour_usd = _positive(gpu_hour_usd, "gpu_hour_usd") or DEFAULTS["gpu_hour_usd"]
+    slo_ttft_ms = _positive(slo_ttft_ms, "slo_ttft_ms") or DEFAULTS["slo_ttft_ms"]
+    slo_tbt_ms = _positive(slo_tbt_ms, "slo_tbt_ms") or slo_ms
+    if not (isinstance(serving_requests, int) and 0 <= serving_requests <= 100_000):
+        raise ValueError("serving_requests: must be an integer in [0, 100000] (0 skips the serving curves)")
     if not (isinstance(batch, int) and 1 <= batch <= 4096):
         raise ValueError("batch: must be in [1, 4096]")
     if not (isinstance(max_batch, int) and 1 <= max_batch <= 4096):
@@ -279,10 +289,66 @@ def compute(profile: Profile, workload: str | None = None, tp: int | None = None
     data["capacity"]["batches_evaluated"] = sorted(cache)
     data["capacity"]["given"] = given
 
+    # (g): serving curves (request-level simulation), after the lockstep quick view
+    data["serving"] = (_serving(setting, best["families"], mem, serving_requests, slo_ttft_ms, slo_tbt_ms)
+                       if serving_requests else None)
+
     # (f): provenance and validation
     data["provenance"] = _provenance(profile)
     data["validation"] = validation
     return data
+
+
+def _serving(setting: Setting, families: dict, mem: dict, requests: int, slo_ttft_ms: float,
+             slo_tbt_ms: float) -> dict:
+    """Throughput-latency curves of one replica under Poisson traffic (serving.py's
+    request-level simulation), per family its batch-1 lockstep optimum; speculative plans
+    under the synchronous policy (ragged batching desynchronises the drafts: a step with
+    any check runs the deep layers for everyone). Loads: geometric from SERVING['low'] to
+    SERVING['high'] x the autoregressive lockstep saturation (requests/s of a full batch).
+    Where speculation / hierarchy stop paying: on the mean end-to-end latency per request
+    (capacity.crossovers)."""
+    import time
+
+    from . import capacity
+    from .schema import LengthDist, ServeLimits, Traffic
+
+    t0 = time.perf_counter()
+    max_batch = SERVING["max_batch"] if mem["max_batch"] is None else max(1, min(SERVING["max_batch"], mem["max_batch"]))
+    tr = Traffic(qps=1.0, requests=requests, prompt_len=LengthDist.parse(SERVING["prompt_len"], "prompt_len"),
+                 output_len=LengthDist.parse(SERVING["output_len"], "output_len"), seed=0)
+    limits = ServeLimits(max_batch=max_batch, slo_ttft_ms=slo_ttft_ms, slo_tbt_ms=slo_tbt_ms)
+    one = Setting(setting.profile, setting.workload, setting.tp, setting.stack, 1, setting.context)
+    spec = capacity.Spec(one, tr, limits, "ragged", SERVING["seeds"])
+    plans = {}
+    for fam in FAMILIES:
+        if fam in families:
+            p = Plan.model_validate(families[fam]["plan"])
+            plans[fam] = p.model_copy(update={"batch": 1, "batching": "synchronous" if p.depth > 1 else "ragged"})
+    sat = capacity._saturation_qps(spec, plans["autoregressive"])
+    n = SERVING["loads"]
+    lo, hi = SERVING["low"] * sat, SERVING["high"] * sat
+    loads = [_r(lo * (hi / lo) ** (i / (n - 1)), 4) for i in range(n)]
+    # arrivals span >= `lifetimes` x a request's time in a full autoregressive batch (max_batch / sat)
+    window_s = SERVING["lifetimes"] * max_batch / sat
+    curves = capacity.latency_curves(spec, plans, loads, window_s, most=10 * requests)
+    cross = capacity.crossovers(curves)
+    for e in curves["families"].values():
+        ok = [p["qps"] for p in e["points"] if p["meets_slo"]]
+        e["highest_load_meeting_slo"] = max(ok) if ok else None
+    return {**curves, "crossover": cross, "requests": requests, "seeds": SERVING["seeds"], "max_batch": max_batch,
+            "prompt_len": SERVING["prompt_len"], "output_len": SERVING["output_len"],
+            "saturation_qps_autoregressive": _r(sat, 4), "seconds": _r(time.perf_counter() - t0, 2),
+            "method": (f"max({requests}, load x {window_s:.3g} s) Poisson requests per load, at most {10 * requests} (seed 0, "
+                       f"{SERVING['seeds']} seed(s); arrivals span at least {SERVING['lifetimes']:g} lifetimes of a "
+                       "request in a full autoregressive batch, so that high loads are not a single burst), prompts "
+                       f"{SERVING['prompt_len']}, outputs {SERVING['output_len']} tokens, max batch {max_batch}, KV "
+                       "unbounded, prefill of each admitted group in one forward that stalls decoding; per family its "
+                       "batch-1 lockstep optimum, speculative plans under the synchronous policy; loads from "
+                       f"{SERVING['low']:g}x to {SERVING['high']:g}x the autoregressive saturation (a full lockstep "
+                       "batch of max batch); a family 'pays' at a load when its mean end-to-end latency per request "
+                       "is lower; crossovers interpolated in log(load). With this few requests p99 is close to the "
+                       "maximum: `hispec-sim capacity` answers the sizing question with more requests and seeds")}
 
 
 def largest_forward_tokens(plan: dict | Plan) -> int:

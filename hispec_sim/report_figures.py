@@ -118,6 +118,9 @@ def figures(data: dict) -> list[tuple[str, str, dict]]:
         "layout": {**_LAYOUT, "title": {"text": f"Sensitivity to lower acceptance (batch {data['setting']['batch']})"},
                    "barmode": "group", "xaxis": _axis("acceptance"), "yaxis": _axis("tokens/s"), "height": 440,
                    "legend": {"orientation": "h", "y": -0.2}}}))
+    sv = data.get("serving")
+    if sv:
+        figs.append(serving_figure(sv))
     v = data.get("validation")
     if v and v["plans"]:
         pr = [r["predicted_tokens_per_second"] for r in v["plans"]]
@@ -132,3 +135,59 @@ def figures(data: dict) -> list[tuple[str, str, dict]]:
             "layout": {**_LAYOUT, "title": {"text": "Fidelity: predicted vs measured"}, "height": 440,
                        "xaxis": _axis("measured tokens/s"), "yaxis": _axis("predicted tokens/s"), "showlegend": False}}))
     return figs
+
+
+def serving_figure(sv: dict) -> tuple[str, str, dict]:
+    """Throughput-latency curves against QPS: p99 (solid) and p50 (dotted) TTFT and TBT with
+    the SLO lines, and throughput; dashed verticals where speculation / hierarchy stop paying."""
+    traces = []
+    for fam in FAMILIES:
+        e = sv["families"].get(fam)
+        if e is None:
+            continue
+        xs = [p["qps"] for p in e["points"]]
+        name = f"{FAMILY_LABEL[fam]} {e['plan']}"
+        for key, ax, dash, show in (("ttft_ms_p99", "", "solid", True), ("ttft_ms_p50", "", "dot", False),
+                                    ("tbt_ms_p99", "2", "solid", False), ("tbt_ms_p50", "2", "dot", False),
+                                    ("throughput_tokens_per_s", "3", "solid", False)):
+            traces.append({"type": "scatter", "mode": "lines+markers", "x": xs, "y": [p[key] for p in e["points"]],
+                           "name": esc(name), "legendgroup": fam, "showlegend": show,
+                           "xaxis": f"x{ax}", "yaxis": f"y{ax}", "line": {"color": COLORS[fam], "dash": dash},
+                           "hovertemplate": "%{x:.2f} req/s<br>%{y:.1f}<extra>" + esc(name) + " " + key + "</extra>"})
+    shapes, annotations = [], []
+    for ax, slo, label in (("", sv["slo_ttft_ms"], "p99 TTFT SLO"), ("2", sv["slo_tbt_ms"], "p99 TBT SLO")):
+        shapes.append({"type": "line", "xref": f"x{ax} domain", "x0": 0, "x1": 1, "yref": f"y{ax}", "y0": slo, "y1": slo,
+                       "line": {"color": "#2ca02c", "dash": "dot"}})
+        annotations.append({"xref": f"x{ax} domain", "x": 0.01, "yref": f"y{ax}", "y": math.log10(slo),
+                            "text": f"{label} {slo:g} ms", "showarrow": False, "yanchor": "bottom", "xanchor": "left",
+                            "font": {"color": "#2ca02c"}})
+    for key, label, color in (("speculation", "speculation stops paying", "#555"),
+                              ("hierarchy", "hierarchy stops paying", "#d62728")):
+        c = sv["crossover"].get(key)
+        if c and c["stops_at_qps"] is not None:
+            q = c["stops_at_qps"]
+            for ax in ("", "2", "3"):
+                shapes.append({"type": "line", "xref": f"x{ax}", "x0": q, "x1": q, "yref": f"y{ax} domain", "y0": 0,
+                               "y1": 1, "line": {"color": color, "dash": "dash", "width": 1.5}})
+            annotations.append({"xref": "x3", "x": math.log10(q), "yref": "y3 domain", "y": 1.0,
+                                "text": f"{label}<br>({q:.2f} req/s)", "showarrow": False, "xanchor": "right",
+                                "yanchor": "top", "align": "right", "font": {"color": color, "size": 11}})
+    caption = (f"One replica under Poisson traffic (request-level simulation, {sv['requests']} requests per load, max "
+               f"batch {sv['max_batch']}): p99 (solid) and p50 (dotted) time to first token and time between tokens "
+               "against the load, with the p99 SLO lines, and the throughput. " + _stops_caption(sv))
+    log = {"type": "log"}
+    return ("fig-serving", caption, {
+        "data": traces,
+        "layout": {**_LAYOUT, "title": {"text": "Serving: latency and throughput vs load (QPS)"}, "height": 500,
+                   "xaxis": _axis("requests/s", domain=[0, 0.28], **log), "yaxis": _axis("TTFT (ms)", type="log"),
+                   "xaxis2": _axis("requests/s", domain=[0.36, 0.64], anchor="y2", **log),
+                   "yaxis2": _axis("TBT (ms)", anchor="x2", type="log"),
+                   "xaxis3": _axis("requests/s", domain=[0.72, 1], anchor="y3", **log),
+                   "yaxis3": _axis("tokens/s (all requests)", anchor="x3"),
+                   "legend": {"orientation": "h", "y": -0.2}, "shapes": shapes, "annotations": annotations}})
+
+
+def _stops_caption(sv: dict) -> str:
+    from .report_format import serving_sentence
+
+    return serving_sentence(sv)

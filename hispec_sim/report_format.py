@@ -70,3 +70,33 @@ def _crossover_sentence(data: dict) -> str:
         parts.append(f"Speculation stops paying at batch {c['speculation_stops_paying_at_batch']}: autoregressive "
                      "decoding is as fast (verification of B x (tokens per round) tokens becomes compute-bound).")
     return " ".join(parts)
+
+
+def serving_sentence(sv: dict) -> str:
+    """Where speculation and hierarchy stop paying along the load sweep (computed), and the
+    highest swept load meeting both SLOs per family."""
+    from .report_data import FAMILY_LABEL
+
+    lo, hi = sv["loads"][0], sv["loads"][-1]
+    parts = []
+    for key, what, vs in (("speculation", "Speculation", "autoregressive decoding"),
+                          ("hierarchy", "Hierarchy", "the single-level plan")):
+        c = sv["crossover"].get(key)
+        if c is None:
+            continue
+        if c["never"]:
+            parts.append(f"{what} does not pay at any load swept ({lo:g}-{hi:g} req/s): {vs} has the lower mean "
+                         "end-to-end latency.")
+        elif c["stops_at_qps"] is None:
+            parts.append(f"{what} pays at every load swept up to {hi:g} req/s (lower mean end-to-end latency than "
+                         f"{vs}).")
+        else:
+            parts.append(f"{what} stops paying at about {c['stops_at_qps']:.2f} req/s (between {c['bracket'][0]:g} and "
+                         f"{c['bracket'][1]:g} req/s swept): from there {vs} has the lower mean end-to-end latency.")
+    ok = []
+    for fam, e in sv["families"].items():
+        h = e.get("highest_load_meeting_slo")
+        ok.append(f"{FAMILY_LABEL.get(fam, fam)} {h:g} req/s" if h is not None else f"{FAMILY_LABEL.get(fam, fam)} none")
+    parts.append(f"Highest swept load meeting p99 TTFT <= {sv['slo_ttft_ms']:g} ms and p99 TBT <= {sv['slo_tbt_ms']:g} "
+                 f"ms: {', '.join(ok)}.")
+    return " ".join(parts)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from .report_data import FAMILIES, FAMILY_LABEL, _jsonable
 from .report_figures import figures
-from .report_format import _crossover_sentence, _fmt, _headline, _pct, _pct_abs, esc, script_json
+from .report_format import _crossover_sentence, _fmt, _headline, _pct, _pct_abs, esc, script_json, serving_sentence
 
 _CSS = """
 body{font-family:Helvetica,Arial,sans-serif;margin:0 auto;max-width:1320px;padding:16px 28px;color:#222;line-height:1.45}
@@ -35,6 +35,11 @@ def _prov_value(v) -> str:
     if isinstance(v, list):
         return "<ul>" + "".join(f"<li>{_prov_value(x)}</li>" for x in v) + "</ul>"
     return esc(v)
+
+
+QUICK_VIEW = ("The batch sweep assumes a lockstep batch: B sequences always running, no arrivals, no queueing, "
+              "no prefill, and the sequences of a batch never diverge. It is the quick view; section (f) simulates "
+              "requests arriving, prefilling and leaving.")
 
 
 def render_html(data: dict) -> str:
@@ -83,6 +88,7 @@ def render_html(data: dict) -> str:
     parts.append("<h2>(c) Batch size: throughput, latency and where hierarchy stops paying</h2>")
     parts.append(fig_block("fig-batch"))
     parts.append(f"<p>{esc(_crossover_sentence(data))}</p><p class=\"muted\">{esc(data['sweep_note'])}.</p>")
+    parts.append(f"<p class=\"muted\"><b>Quick view.</b> {esc(QUICK_VIEW)}</p>")
     srows = []
     for r in data["sweep"]:
         f, ex = r["families"], r.get("extrapolated", {})
@@ -138,8 +144,28 @@ def render_html(data: dict) -> str:
                  "loaded = tp x price / replica tokens per hour. ★ = fewest GPUs; between families with as many GPUs, the "
                  "lower $ / M tokens fully loaded.</p>")
 
+    sv = data.get("serving")
+    parts.append("<h2>(f) Serving under traffic: latency and throughput vs load</h2>")
+    if sv:
+        parts.append(fig_block("fig-serving"))
+        parts.append(f"<p>{esc(serving_sentence(sv))}</p>")
+        hdr = ["family", "plan", "requests/s", "p50 TTFT ms", "p99 TTFT ms", "p50 TBT ms", "p99 TBT ms",
+               "mean e2e ms", "tokens/s", "meets SLOs"]
+        srows = []
+        for f in FAMILIES:
+            e = sv["families"].get(f)
+            for pt in (e["points"] if e else []):
+                srows.append([esc(FAMILY_LABEL[f]), esc(e["plan"]), _fmt(pt["qps"], 2), _fmt(pt["ttft_ms_p50"], 0),
+                              _fmt(pt["ttft_ms_p99"], 0), _fmt(pt["tbt_ms_p50"], 1), _fmt(pt["tbt_ms_p99"], 1),
+                              _fmt(pt["e2e_ms_mean"], 0), _fmt(pt["throughput_tokens_per_s"], 1),
+                              "<span class=\"ok\">yes</span>" if pt["meets_slo"] else "<span class=\"bad\">no</span>"])
+        parts.append(_table(hdr, srows, (2, 3, 4, 5, 6, 7, 8)))
+        parts.append(f"<p class=\"muted\">Method: {esc(sv['method'])}. Computed in {sv['seconds']:g} s.</p>")
+    else:
+        parts.append("<p class=\"muted\">Skipped (<code>--serving-requests 0</code>).</p>")
+
     pv = data["provenance"]
-    parts.append("<h2>(f) Provenance and fidelity</h2>")
+    parts.append("<h2>(g) Provenance and fidelity</h2>")
     parts.append(_table(["figure", "name", "kind", "detail", "reference"],
                         [[esc(r["what"]), esc(r["name"]), esc(r["kind"]), esc(r["detail"]), esc(r["reference"])]
                          for r in pv["sources"]]))

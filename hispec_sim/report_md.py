@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 
 from .report_data import FAMILIES, FAMILY_LABEL
-from .report_format import _crossover_sentence, _fmt, _headline, _md, _pct, _pct_abs
+from .report_format import _crossover_sentence, _fmt, _headline, _md, _pct, _pct_abs, serving_sentence
+from .report_html import QUICK_VIEW
 
 
 def _md_table(headers, rows) -> str:
@@ -47,6 +48,7 @@ def render_markdown(data: dict) -> str:
     else:
         L += ["Fewer than two exits below the full model: no 3-level chain.", ""]
     L += ["## (c) Batch size", "", _crossover_sentence(data), "", _md(data["sweep_note"]) + ".", "",
+          f"Quick view: {QUICK_VIEW}", "",
           _md_table(["batch", "AR tokens/s", "AR ms/token", "single tokens/s", "single ms/token", "3-level tokens/s",
                      "3-level ms/token", "best plan"],
                     [[f"{r['batch']}{_ex(r, None)}"]
@@ -80,8 +82,22 @@ def render_markdown(data: dict) -> str:
                       _fmt(r["replicas"], 0), _fmt(r["gpus"], 0), _fmt(r["usd_per_million_tokens"], 3),
                       _fmt(r["usd_per_million_tokens_full_load"], 3)] for r in cap["rows"]]),
           "", "★ = fewest GPUs; between families with as many GPUs, the lower $/M tokens fully loaded.", ""]
+    sv = data.get("serving")
+    L += ["## (f) Serving under traffic: latency and throughput vs load", ""]
+    if sv:
+        L += [_md(serving_sentence(sv)), "", f"SLO lines: p99 TTFT {sv['slo_ttft_ms']:g} ms, p99 TBT {sv['slo_tbt_ms']:g} ms.",
+              "", _md_table(["family", "plan", "requests/s", "p50 TTFT ms", "p99 TTFT ms", "p50 TBT ms", "p99 TBT ms",
+                             "mean e2e ms", "tokens/s", "meets SLOs"],
+                            [[FAMILY_LABEL[f], f"`{_md(e['plan'])}`", _fmt(pt["qps"], 2), _fmt(pt["ttft_ms_p50"], 0),
+                              _fmt(pt["ttft_ms_p99"], 0), _fmt(pt["tbt_ms_p50"], 1), _fmt(pt["tbt_ms_p99"], 1),
+                              _fmt(pt["e2e_ms_mean"], 0), _fmt(pt["throughput_tokens_per_s"], 1),
+                              "yes" if pt["meets_slo"] else "no"]
+                             for f in FAMILIES if (e := sv["families"].get(f)) for pt in e["points"]]),
+              "", f"Method: {_md(sv['method'])}. Computed in {sv['seconds']:g} s.", ""]
+    else:
+        L += ["Skipped (`--serving-requests 0`).", ""]
     pv = data["provenance"]
-    L += ["## (f) Provenance", "", _md_table(["figure", "name", "kind", "detail", "reference"],
+    L += ["## (g) Provenance", "", _md_table(["figure", "name", "kind", "detail", "reference"],
                                             [[_md(r["what"]), _md(r["name"]), _md(r["kind"]), _md(r["detail"]),
                                               _md(r["reference"])] for r in pv["sources"]]), ""]
     for k, v in pv["profile"].items():

@@ -1,7 +1,7 @@
 """Measured attention kernels for the GPU profiles (schema.AttentionKernel).
 
-The shipped GPU profiles model attention by roofline (about 0.3 us per layer for
-Llama-2-70B on A100 at batch 1); FlashAttention kernels measure 13-17 us at batch 1 in
+Roofline attention gives about 0.3 us per layer for
+Llama-2-70B on A100 at batch 1; FlashAttention kernels measure 13-17 us at batch 1 in
 Vidur's legacy A100 Llama-2-70B file (legacy/a100/Llama-2-70b-hf/attention.csv, TP 2 ONLY:
 32 query heads, 4 KV heads per GPU). This module turns that file into an AttentionKernel:
 
@@ -15,9 +15,10 @@ Vidur's legacy A100 Llama-2-70B file (legacy/a100/Llama-2-70b-hf/attention.csv, 
   kernel at the A100 floor (assumed: launch latency of the same kernels).
 
 Builder-side only (reads the raw CSV); the profiles carry the result, nothing at run or
-test time reads the CSV. Hook (studies/profiles/build_profiles.py, compiled_tables): after
-each table is built, `table.attention = kernel_for(csv, table.tp)` for A100 Llama-2-70B and
-`floor_only(csv)` elsewhere.
+test time reads the CSV. Used by studies/profiles/build_profiles.py (compiled_tables with
+measured_attention=True): `kernel_for(csv, tp)` for a100_llama70b at every TP (and the
+Llama-3-70B calibration check, same head layout). `floor_only` is not applied to any shipped
+profile: the other GPU profiles keep the roofline with the overhead calibrated under it.
 """
 from __future__ import annotations
 

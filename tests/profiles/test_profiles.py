@@ -349,13 +349,19 @@ def test_calibration_a100_llama70b():
     ctx = 100  # the calibration context recorded in the profile
     assert f"mean context {ctx}" in p.provenance["calibration"]
     ms = {t.tp: CostModel(t, batch=1, context=ctx).autoregressive_ms(80) for t in p.latency}
-    assert ms[4] == pytest.approx(26.3, rel=0.01)
+    # Measured FlashAttention decode kernels (Vidur's A100 file, ~13-17 us per layer instead of the
+    # roofline's ~0.3 us) alone make the TP4 step 27.28 ms, above gpt-fast's 26.3: the per-forward
+    # overhead cannot go negative, so it is 0 and the anchor is over-predicted by +3.7 % (stated in
+    # the provenance and in README's profile table). Before measured attention: 26.3 within 1 %.
+    assert all(t.attention is not None and t.attention.decode_ms and t.overhead_ms == 0.0 for t in p.latency)
+    assert ms[4] == pytest.approx(27.283, rel=0.001)
+    assert "over-predicted by +3.7 %" in p.provenance["calibration"]
     errs = p.provenance["calibration_errors"]
-    for tp, pub in ((2, 46.9), (8, 16.0)):
+    for tp, pub, bound in ((2, 46.9, 13.0), (4, 26.3, 4.0), (8, 16.0, 16.0)):  # TP8: attention floor-bound, +15 %
         rec = errs[f"Llama-2-70B TP{tp}"]
         recorded_pct = float(rec.split("(")[1].split("%")[0])
         assert 100 * (ms[tp] - pub) / pub == pytest.approx(recorded_pct, abs=0.05)
-        assert abs(recorded_pct) <= 10.0
+        assert 0 < recorded_pct <= bound
     assert ms[1] > ms[2] > ms[4] > ms[8]
 
 

@@ -108,13 +108,13 @@ def evil_report(tmp_path_factory):
          "predicted_tokens_per_second": 80.0, "measured_tokens_per_second": 84.0, "relative_error": -0.048}],
         "median_abs_relative_error": 0.0395, "max_abs_relative_error": 0.048}))
     out = tmp / "report.html"
-    report.build_report(str(tmp / "evil.json"), str(out), "html", max_batch=32, validation=str(val))
+    report.build_report(str(tmp / "evil.json"), str(out), "html", max_batch=32, validation=str(val), serving_requests=10)
     return tmp, out
 
 
 def test_every_figure_renders_without_console_errors(evil_report):
     tmp, out = evil_report
-    dom = check_rendered(out, tmp, {"fig-exits", "fig-windows", "fig-batch", "fig-sensitivity", "fig-validation"})
+    dom = check_rendered(out, tmp, {"fig-exits", "fig-windows", "fig-batch", "fig-sensitivity", "fig-serving", "fig-validation"})
     # escaped, not executed: no script element came from the name, the text is shown literally
     assert EVIL not in dom
     assert dom.count("<script") == 4
@@ -146,7 +146,7 @@ def test_shipped_profile_report_renders(tmp_path):
     chromium()
     out = tmp_path / "r.html"
     assert main(["report", "--profile", "a100_llama70b", "--out", str(out)]) == 0
-    check_rendered(out, tmp_path, {"fig-exits", "fig-windows", "fig-batch", "fig-sensitivity"})
+    check_rendered(out, tmp_path, {"fig-exits", "fig-windows", "fig-batch", "fig-sensitivity", "fig-serving"})
 
 
 def test_network_attempts_would_be_caught(evil_report, tmp_path):

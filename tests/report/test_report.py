@@ -16,7 +16,7 @@ from hispec_sim.evaluate import Setting, exhaustive_arrays, score
 from hispec_sim.schema import Plan, Source, save_profile
 
 EVIL = "<script>alert(1)</script>"
-FIG_IDS = ("fig-exits", "fig-windows", "fig-batch", "fig-sensitivity")
+FIG_IDS = ("fig-exits", "fig-windows", "fig-batch", "fig-sensitivity", "fig-serving")
 
 
 def run(capsys, *argv):
@@ -59,7 +59,7 @@ def validation_file(tmp_path_factory):
 def html_report(tmp_path_factory, prof_file):
     out = tmp_path_factory.mktemp("r") / "r.html"
     data, text, _ = report.build_report(str(prof_file), str(out), "html", max_batch=64, target_tps=5000, slo_ms=40,
-                                        gpu_hour_usd=3.0)
+                                        gpu_hour_usd=3.0, serving_requests=20)
     return data, out.read_text()
 
 
@@ -73,7 +73,7 @@ def test_report_has_every_section_and_is_self_contained(html_report):
     for fid in FIG_IDS:
         assert f'<div id="{fid}" class="fig"></div>' in text
     for h in ("(a) Which exits win", "(b) Which propose length", "(c) Batch size", "(d) Sensitivity", "(e) Capacity",
-              "(f) Provenance"):
+              "(f) Serving under traffic", "(g) Provenance"):
         assert h in text
     # plotly.js inline, nothing fetched: no src/href to anything, a CSP that forbids the network
     assert text.count("<script") == 4 and 'src="' not in text.split("</head>")[1]
@@ -129,7 +129,7 @@ def test_batch_sweep_reoptimises_every_family(html_report, prof_file):
 def test_hierarchy_stops_paying_when_verification_gets_expensive(tmp_path):
     # steep token cost: at large batch the checks are compute-bound and speculation loses
     prof = make_profile(layers=16, layer_ms=0.2, slope=0.2, head_ms=0.05, overhead_ms=0.05)
-    data = report.compute(prof, max_batch=256)
+    data = report.compute(prof, max_batch=256, serving_requests=0)
     c = data["crossover"]
     assert c["hierarchy_stops_paying_at_batch"] is not None
     assert c["speculation_stops_paying_at_batch"] is not None
@@ -181,7 +181,7 @@ def test_capacity_arithmetic(html_report):
 
 def test_unmeetable_slo_is_reported_with_the_closest_plan(capsys, prof_file, tmp_path):
     out = tmp_path / "r.md"
-    code, stdout, err = run(capsys, "report", "--profile", prof_file, "--out", out, "--format", "md", "--slo-ms", "0.001",
+    code, stdout, err = run(capsys, "report", "--profile", prof_file, "--serving-requests", "0", "--out", out, "--format", "md", "--slo-ms", "0.001",
                             "--max-batch", "4")
     assert code == 0
     lines = [l for l in err.splitlines() if l]
@@ -192,7 +192,7 @@ def test_unmeetable_slo_is_reported_with_the_closest_plan(capsys, prof_file, tmp
 
 
 def test_markdown_has_the_same_numbers(capsys, prof_file, tmp_path):
-    code, out, err = run(capsys, "report", "--profile", prof_file, "--out", tmp_path / "r.md", "--format", "md",
+    code, out, err = run(capsys, "report", "--profile", prof_file, "--serving-requests", "0", "--out", tmp_path / "r.md", "--format", "md",
                          "--max-batch", "8", "--json")
     assert code == 0, err
     data = json.loads(out)
@@ -209,7 +209,7 @@ def test_markdown_has_the_same_numbers(capsys, prof_file, tmp_path):
 
 def test_every_user_string_is_escaped(tmp_path, evil_file, validation_file):
     out = tmp_path / "evil.html"
-    report.build_report(str(evil_file), str(out), "html", max_batch=4, validation=str(validation_file))
+    report.build_report(str(evil_file), str(out), "html", max_batch=4, validation=str(validation_file), serving_requests=10)
     text = out.read_text()
     assert EVIL not in text
     assert "</script><b>x" not in text
@@ -221,7 +221,7 @@ def test_every_user_string_is_escaped(tmp_path, evil_file, validation_file):
         assert "<" not in m.group(1)
     assert "fig-validation" in _embedded(text, "hispec-figures")
     md = tmp_path / "evil.md"
-    report.build_report(str(evil_file), str(md), "md", max_batch=4, validation=str(validation_file))
+    report.build_report(str(evil_file), str(md), "md", max_batch=4, validation=str(validation_file), serving_requests=0)
     assert EVIL not in md.read_text() and "&lt;script&gt;" in md.read_text()
 
 
@@ -232,7 +232,7 @@ def test_script_json_cannot_close_the_tag():
 
 def test_validation_section(tmp_path, prof_file, validation_file):
     data, text, _ = report.build_report(str(prof_file), str(tmp_path / "v.html"), "html", max_batch=2,
-                                        validation=str(validation_file))
+                                        validation=str(validation_file), serving_requests=0)
     v = data["validation"]
     assert v["median_abs_relative_error"] == 0.055 and v["max_abs_relative_error"] == 0.0714
     assert v["plans"][0]["plan"] == "[12]"
@@ -248,7 +248,7 @@ def test_validation_section(tmp_path, prof_file, validation_file):
 ])
 def test_bad_input_one_line_exit_2_no_file(capsys, prof_file, tmp_path, argv, field):
     out = tmp_path / "r.html"
-    code, stdout, err = run(capsys, "report", "--profile", prof_file, "--out", out, *argv)
+    code, stdout, err = run(capsys, "report", "--profile", prof_file, "--serving-requests", "0", "--out", out, *argv)
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and field in err, err
     assert not out.exists() and list(tmp_path.iterdir()) == []
@@ -269,7 +269,7 @@ def test_unwritable_output(capsys, prof_file, tmp_path, where):
         # root ignores file permissions: sysfs refuses file creation even to root
         out = ro / "r.html" if not os.access(ro, os.W_OK) else Path("/sys/hispec-report.html")
     before = sorted(p.name for p in tmp_path.rglob("*"))
-    code, _, err = run(capsys, "report", "--profile", prof_file, "--out", out)
+    code, _, err = run(capsys, "report", "--profile", prof_file, "--serving-requests", "0", "--out", out)
     assert code == 2 and err.startswith("hispec-sim: error: out:") and len(err.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
 
@@ -289,10 +289,10 @@ def test_capacity_refines_the_batch_between_sweep_points(prof_file):
     from hispec_sim.schema import load_profile
 
     prof = load_profile(str(prof_file))
-    sweep_only = report.compute(prof, max_batch=64, slo_ms=1e9)["sweep"]
+    sweep_only = report.compute(prof, max_batch=64, slo_ms=1e9, serving_requests=0)["sweep"]
     lat = {r["batch"]: r["families"]["single_level"]["latency_ms_per_token"] for r in sweep_only}
     slo = (lat[16] + lat[32]) / 2  # between two sweep points
-    data = report.compute(prof, max_batch=64, slo_ms=slo)
+    data = report.compute(prof, max_batch=64, slo_ms=slo, serving_requests=0)
     row = next(r for r in data["capacity"]["rows"] if r["family"] == "single_level")
     b = row["batch"]
     assert 16 <= b < 32 and row["latency_ms_per_token"] <= slo
@@ -310,7 +310,7 @@ def test_profiles_with_few_exits(exits, agreement, families):
     p = make_profile(layers=8)
     acc = Acceptance(exits=exits, agreement=agreement, source=Source(kind="assumed", detail="x"))
     p = p.model_copy(update={"workloads": {"w": acc}})
-    data = report.compute(p, max_batch=4)
+    data = report.compute(p, max_batch=4, serving_requests=0)
     assert list(data["best"]["families"]) == families and not data["heatmap"]["available"]
     assert data["crossover"]["hierarchy_stops_paying_at_batch"] is None
     text = report.render_html(data)
@@ -322,7 +322,7 @@ def test_sweep_marks_where_the_latency_table_is_extrapolated():
     """make_profile measures up to 1024 tokens per forward: batch x (propose + windows + 1)
     beyond that is extrapolated, and exactly those cells are marked."""
     prof = make_profile(layers=16, slope=0.05)
-    data = report.compute(prof, max_batch=1024)
+    data = report.compute(prof, max_batch=1024, serving_requests=0)
     grid = data["table_max_tokens"]
     assert grid == prof.latency[0].tokens[-1] == 1024
     flags = []
@@ -343,7 +343,7 @@ def test_sweep_marks_where_the_latency_table_is_extrapolated():
     symbols = [s for t in fig["data"] for s in t["marker"]["symbol"]]
     assert "circle-open" in symbols and "circle" in symbols
     # nothing marked when every forward fits the table
-    small = report.compute(prof, max_batch=4)
+    small = report.compute(prof, max_batch=4, serving_requests=0)
     assert not any(any(r["extrapolated"].values()) for r in small["sweep"])
     assert "extrapolated: at this batch" not in report.render_html(small)
     assert "Open markers" not in next(c for fid, c, _ in report.figures(small) if fid == "fig-batch")
@@ -384,3 +384,86 @@ def test_captions_describe_what_is_drawn(html_report):
     for words in (f"best plan {data['sensitivity']['plan']}", "re-optimised", "best single-level plan", "autoregressive"):
         assert words in cap
     assert "star" in figs["fig-exits"][0]
+
+
+# --------------------------------------------------------------------------- (f) serving under traffic
+
+
+def test_stops_paying_golden():
+    from hispec_sim.capacity import stops_paying
+
+    # pays at 1 and 2 (half the baseline), not at 4 (1.5x) nor 8: crossover in log-log between 2 and 4
+    c = stops_paying([1, 2, 4, 8], [1, 1, 3, 5], [2, 2, 2, 2])
+    assert c["pays_at"] == [1, 2] and c["bracket"] == [2, 4] and not c["never"]
+    assert c["stops_at_qps"] == pytest.approx(2 ** (1 + math.log(2) / (math.log(1.5) + math.log(2))), rel=1e-12)
+    assert c["stops_at_qps"] == pytest.approx(3.0971, abs=1e-4)
+    # pays again at the highest load: no crossover (it has not stopped paying)
+    assert stops_paying([1, 2, 4], [1, 3, 1], [2, 2, 2])["stops_at_qps"] is None
+    # never pays; pays everywhere
+    never = stops_paying([1, 2], [3, 3], [2, 2])
+    assert never["never"] and never["stops_at_qps"] is None and never["pays_at"] == []
+    assert stops_paying([1, 2], [1, 1], [2, 2])["pays_at"] == [1, 2]
+    # stops right after the first load: the last paying load is the lower bracket
+    assert stops_paying([1, 10], [1, 4], [2, 2])["bracket"] == [1, 10]
+
+
+def test_crossovers_take_the_better_speculative_family():
+    from hispec_sim.capacity import crossovers
+
+    def fam(e2e):
+        return {"plan": "p", "points": [{"e2e_ms_mean": v} for v in e2e]}
+
+    curves = {"loads": [1, 2, 4, 8], "families": {"autoregressive": fam([10, 10, 10, 10]),
+                                                   "single_level": fam([6, 8, 9, 12]),
+                                                   "hierarchical": fam([5, 7, 11, 13])}}
+    c = crossovers(curves)
+    # speculation: min(single, hier) = 5, 7, 9, 12 -> pays up to 4, stops between 4 and 8
+    assert c["speculation"]["bracket"] == [4, 8] and c["speculation"]["pays_at"] == [1, 2, 4]
+    # hierarchy vs single: pays at 1, 2, not at 4: between 2 and 4
+    assert c["hierarchy"]["bracket"] == [2, 4]
+    r0, r1 = math.log(7 / 8), math.log(11 / 9)
+    assert c["hierarchy"]["stops_at_qps"] == pytest.approx(math.exp(math.log(2) + math.log(2) * -r0 / (r1 - r0)))
+
+
+def test_serving_section_series_slo_lines_and_crossover(html_report):
+    from hispec_sim.capacity import crossovers
+
+    data, text = html_report
+    sv = data["serving"]
+    assert set(sv["families"]) == {"autoregressive", "single_level", "hierarchical"}
+    assert sv["slo_ttft_ms"] == 2000.0 and sv["slo_tbt_ms"] == 40.0  # TBT SLO defaults to --slo-ms
+    loads = sv["loads"]
+    assert len(loads) == 6 and loads == sorted(loads)
+    for e in sv["families"].values():
+        assert [p["qps"] for p in e["points"]] == loads
+    assert sv["families"]["single_level"]["plan"].endswith("synchronous")
+    assert sv["crossover"] == crossovers(sv)  # computed from the curves, not written by hand
+    fig = _embedded(text, "hispec-figures")["fig-serving"]
+    names = {(t["legendgroup"], t["yaxis"], t["line"]["dash"]) for t in fig["data"]}
+    for f in sv["families"]:  # p99 solid / p50 dotted TTFT (y) and TBT (y2), throughput (y3)
+        assert {(f, "y", "solid"), (f, "y", "dot"), (f, "y2", "solid"), (f, "y2", "dot"), (f, "y3", "solid")} <= names
+    slo = [(s["yref"], s["y0"]) for s in fig["layout"]["shapes"] if s["xref"].endswith("domain")]
+    assert ("y", 2000.0) in slo and ("y2", 40.0) in slo
+    from hispec_sim.report_format import esc, serving_sentence
+
+    assert esc(serving_sentence(sv)) in text
+    assert "Quick view." in text and "lockstep batch" in text
+
+
+def test_serving_section_skipped_and_markdown(capsys, prof_file, tmp_path):
+    code, out, err = run(capsys, "report", "--profile", prof_file, "--out", tmp_path / "r.md", "--format", "md",
+                         "--max-batch", "4", "--serving-requests", "10", "--slo-ttft-ms", "500", "--slo-tbt-ms", "30",
+                         "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    md = (tmp_path / "r.md").read_text()
+    sv = data["serving"]
+    assert sv["slo_ttft_ms"] == 500 and sv["slo_tbt_ms"] == 30 and sv["requests"] == 10
+    assert "## (f) Serving under traffic" in md and "SLO lines: p99 TTFT 500 ms, p99 TBT 30 ms." in md
+    for p in sv["families"]["autoregressive"]["points"]:
+        assert f"| {p['qps']:,.2f} | {p['ttft_ms_p50']:,.0f} | {p['ttft_ms_p99']:,.0f} |" in md
+    code, out, err = run(capsys, "report", "--profile", prof_file, "--out", tmp_path / "s.html", "--max-batch", "4",
+                         "--serving-requests", "0")
+    assert code == 0, err
+    text = (tmp_path / "s.html").read_text()
+    assert "Skipped (<code>--serving-requests 0</code>)" in text and "fig-serving" not in _embedded(text, "hispec-figures")

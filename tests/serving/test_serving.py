@@ -70,14 +70,16 @@ def test_prefill_cost_grows_with_the_prompt():
     pf = latency.prefill_ms(t, 80, n)
     assert np.all(np.diff(pf) > 0)
     att = latency.prefill_attention_ms(t, n)
-    assert np.all(np.diff(att) > 0) and att[-1] / att[-2] > 2.5  # causal attention: superlinear
+    # measured kernel (the profile's A100 FlashAttention file): launch-bound floor up to a few dozen tokens
+    assert np.all(np.diff(att) >= 0) and np.all(np.diff(att[2:]) > 0) and att[0] == t.attention.floor_ms
+    assert att[-1] / att[-2] > 2.5  # causal attention: superlinear
     # beyond the table (4096 tokens) the linear part is extrapolated in proportion
     assert latency.linear_layer_ms(t, 8192) == pytest.approx(2 * latency.linear_layer_ms(t, 4096))
 
 
 def test_measured_attention_kernel_and_floor():
     prof = schema.load_profile("a100_llama70b")
-    t = prof.table()
+    t = prof.table().model_copy(update={"attention": None})  # the roofline (the shipped table carries the kernel)
     k = schema.AttentionKernel(decode_batch=[1, 32], decode_context=[32, 2048], decode_ms=[[0.015, 0.017], [0.012, 0.108]],
                                floor_ms=0.012, source=schema.Source(kind="measured", detail="test"))
     tk = t.model_copy(update={"attention": k})
