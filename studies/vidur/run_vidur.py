@@ -17,6 +17,8 @@ hispec_sim.traffic.summarize):
                  all_reduce.csv), its NCCL launch overhead and GQA decode overhead;
 * vidur_fused    Vidur with the elementwise ops (act, rope, norms, add) zeroed in its mlp.csv
                  and its two overhead knobs at 0: what our compiled-stack table leaves out;
+* vidur_fused_exact  vidur_fused reading its linear-op and all-reduce predictions at the
+                 batch's token count instead of Vidur's round-up to a multiple of 8;
 * hispec         `hispec-sim serve --profile a100_llama70b --levels 80` as shipped;
 * hispec_attn    the same with the measured attention kernel (the same converted FlashAttention
                  file Vidur reads; studies/profiles/attention_kernel.kernel_for at TP 4);
@@ -132,7 +134,9 @@ def run_vidur(venv: Path, work: Path, name: str, traces, fused: bool, args) -> d
         zero_elementwise(MLP, prof / "mlp.csv")
     else:
         shutil.copyfile(MLP, prof / "mlp.csv")
-    runs = [{"trace_csv": str(cs), "result_json": str(work / f"{name}_{qps:g}.json"), "out_dir": str(work / f"vidur_out_{name}")}
+    runs = [{"trace_csv": str(cs), "result_json": str(work / f"{name}{suffix}_{qps:g}.json"),
+             "out_dir": str(work / f"vidur_out_{name}"), "exact_tokens": exact}
+            for exact, suffix in ([(False, ""), (True, "_exact")] if fused else [(False, "")])
             for qps, (_, cs) in traces.items()]
     cfg = {"profiling_dir": str(prof), "cache_dir": str(work / "vidur_cache"), "seed": args.seed, "tp": TP,
            "max_batch": MAX_BATCH, "max_tokens_in_batch": args.max_tokens_in_batch, "max_tokens_per_request": MAX_TOKENS,
@@ -150,7 +154,8 @@ def run_vidur(venv: Path, work: Path, name: str, traces, fused: bool, args) -> d
     if proc.returncode != 0:
         sys.exit(f"vidur ({name}) failed; see {work / (name + '.log')}")
     out = {}
-    for qps, run in zip(traces, runs):
+    for run in runs:
+        qps = float(Path(run["trace_csv"]).stem.split("_")[1])
         res = json.loads(Path(run["result_json"]).read_text())
         metrics = []
         for i, r in enumerate(res["requests"]):
@@ -160,7 +165,7 @@ def run_vidur(venv: Path, work: Path, name: str, traces, fused: bool, args) -> d
                                           e2e_ms=t[-1] - a, queue_ms=0.0, tbt_ms=np.diff(t).tolist()))
         s = summarize(metrics, ServeLimits(max_batch=MAX_BATCH))
         s.update(restarts=res["restarts"], train_s=res["train_s"], simulate_s=res["simulate_s"])
-        out[qps] = s
+        out[(qps, run["exact_tokens"])] = s
     return out
 
 
@@ -229,9 +234,12 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     traces = write_traces(work, loads, args.requests, args.seed)
+    vidur = run_vidur(venv, work, "vidur", traces, False, args)
+    fused = run_vidur(venv, work, "vidur_fused", traces, True, args)
     rows = {
-        "vidur": run_vidur(venv, work, "vidur", traces, False, args),
-        "vidur_fused": run_vidur(venv, work, "vidur_fused", traces, True, args),
+        "vidur": {q: vidur[(q, False)] for q in loads},
+        "vidur_fused": {q: fused[(q, False)] for q in loads},
+        "vidur_fused_exact": {q: fused[(q, True)] for q in loads},
         "hispec": run_hispec("a100_llama70b", traces),
         "hispec_attn": run_hispec(str(profile_variant(work, "attn", True, False)), traces),
         "hispec_attn_nocpu": run_hispec(str(profile_variant(work, "attn_nocpu", True, True)), traces),
