@@ -228,8 +228,16 @@ def main() -> None:
     args = ap.parse_args()
     venv = Path(args.venv)
     if not (venv / "bin" / "python").exists():
-        sys.exit(f"--venv: no Python at {venv}/bin/python (see studies/vidur/README.md for the recipe)")
-    loads = [float(x) for x in args.loads.split(",")]
+        ap.error(f"--venv: no Python at {venv}/bin/python; allowed: a virtual environment holding vidur==0.0.26 "
+                 "(recipe in studies/vidur/README.md)")
+    try:
+        loads = [float(x) for x in args.loads.split(",")]
+    except ValueError:
+        ap.error(f"--loads: {args.loads!r} is not a comma-separated list of numbers; allowed: each in (0, 100]")
+    if not all(0 < q <= 100 for q in loads) or len(set(loads)) != len(loads):
+        ap.error("--loads: allowed: distinct request rates in (0, 100]")
+    if not 1 <= args.requests <= 100_000:
+        ap.error("--requests: allowed: 1..100000")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

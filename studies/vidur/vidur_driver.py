@@ -116,7 +116,7 @@ def simulate(cfg, run, vc, Simulator, set_seeds) -> None:
             "min_samples_split": [2]} if cfg["predictor"] == "random_forest" else {}),
     )
     sim_cfg = vc.SimulationConfig(
-        seed=cfg["seed"], log_level="info",
+        seed=cfg["seed"], log_level="warning",
         cluster_config=vc.ClusterConfig(
             num_replicas=1,
             replica_config=vc.ReplicaConfig(model_name="meta-llama/Llama-2-70b-hf", num_pipeline_stages=1,
