@@ -120,9 +120,13 @@ def check_requests(plan, prompts: list[list[int]], news: list[int], capacity: in
 
 def serve(model, plan, arrivals: list[float], prompts: list[list[int]], news: list[int], limits,
           mode: str | None = None, seed: int = 0, temperature: float = 1.0, batching: str | None = None,
-          progress=None, clock=time.perf_counter, sleep=time.sleep) -> dict:
+          progress=None, clock=time.perf_counter, sleep=time.sleep, step_log: list | None = None,
+          ops_of=None) -> dict:
     """Serve the requests as the module docstring specifies; returns the per-request
-    metrics (RequestMetrics), tokens and totals. Request i samples with seed + i."""
+    metrics (RequestMetrics), tokens and totals. Request i samples with seed + i.
+    step_log (instrumentation, hispec_exec.measure_serving): when a list, one entry per
+    iteration that ran a step: its wall time without prefill and waiting ("step_ms"), the
+    prefill's ("prefill_ms"), and ops_of(batch) taken before the step ("ops", untimed)."""
     from hispec_sim.schema import RequestMetrics
 
     from .generate import Batch, SequenceDecoder, check_plan
@@ -147,7 +151,8 @@ def serve(model, plan, arrivals: list[float], prompts: list[list[int]], news: li
     batch_sizes = []
     t0 = clock()
     while queue or batch.running:
-        now = clock() - t0
+        it0 = clock()
+        now = it0 - t0
         admit = []
         if batch.at_boundary:
             while (queue and queue[0].arrival_s <= now and len(batch.running) + len(admit) < limits.max_batch
@@ -160,13 +165,18 @@ def serve(model, plan, arrivals: list[float], prompts: list[list[int]], news: li
                 reserved += r.need
                 live[id(r.decoder)] = r
                 admit.append(r)
+        pf_ms = 0.0
         if admit:
-            batch.add([r.decoder for r in admit])
+            pf_ms = batch.add([r.decoder for r in admit])
             prefills += 1
         if not batch.running:
             if queue:
                 sleep(max(0.0, queue[0].arrival_s - (clock() - t0)))
             continue
+        if step_log is not None:
+            u0 = clock()
+            ops = ops_of(batch)
+            it0 += clock() - u0  # the instrumentation's own time is not the iteration's
         batch.running.sort(key=lambda d: d.cache.slot)  # consecutive slots batch their attention
         running = list(batch.running)
         batch_sizes.append(len(running))
@@ -187,6 +197,8 @@ def serve(model, plan, arrivals: list[float], prompts: list[list[int]], news: li
             done.append(r)
         if progress:
             progress(len(done), len(prompts), sum(r.emitted for r in done) + sum(live[id(d)].emitted for d in batch.running), t)
+        if step_log is not None:
+            step_log.append({"step_ms": (clock() - it0) * 1e3 - pf_ms, "prefill_ms": pf_ms, "ops": ops})
     done.sort(key=lambda r: r.id)
     metrics = []
     for r in done:
