@@ -29,16 +29,17 @@ import torch
 
 from hispec_sim.schema import LatencyTable, Plan, ServingCalibration, ServeLimits, Source
 
-from .measure import OUTLIER_MADS, _nnls, _timed, calibration_plans, calibration_prompts, isotonic_2d, robust_mean
+from .measure import OUTLIER_MADS, _nnls, calibration_plans, calibration_prompts, isotonic_2d, robust_mean
 from .model import Transformer
 
 BATCHES = [1, 2, 3, 4, 6, 8, 12, 16]
-ROWS = [1, 2, 3, 4, 6, 8]
+ROWS = [1, 2, 3, 4, 6, 8, 16, 32, 64]  # decode steps and checks, then prompt (prefill) sizes
+MAX_CELL_ROWS = 256  # cells of more rows in all are left to the table's linear part (prefills of many prompts)
 
 
 @torch.no_grad()
 def batch_layer_grid(model: Transformer, batches: list[int] = BATCHES, rows: list[int] = ROWS, context: int = 0,
-                     repeats: int = 8, seed: int = 0) -> dict:
+                     repeats: int = 8, seed: int = 0, clock=time.perf_counter, table: LatencyTable | None = None) -> dict:
     """ms of ONE layer of `run_jobs` for b sequences (consecutive pool slots) with n new
     tokens each after `context` cached ones, over batches x rows; and the per-forward part
     (the 1-layer forward minus one layer)."""
@@ -51,7 +52,16 @@ def batch_layer_grid(model: Transformer, batches: list[int] = BATCHES, rows: lis
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     toks = {n: [torch.randint(0, model.args.vocab_size, (n,), generator=gen).to(dev) for _ in range(B)] for n in rows}
-    cells = [(b, n) for b in batches for n in rows if context + n <= pool.capacity]
+    cells = [(b, n) for b in batches for n in rows if context + n <= pool.capacity and (b * n <= MAX_CELL_ROWS or n == 1)]
+
+    def timed(f) -> float:
+        if cuda:
+            torch.cuda.synchronize()
+        t = clock()
+        f()
+        if cuda:
+            torch.cuda.synchronize()
+        return (clock() - t) * 1e3
 
     def fwd(layers, b, n):
         def f():
@@ -66,8 +76,8 @@ def batch_layer_grid(model: Transformer, batches: list[int] = BATCHES, rows: lis
     for r in range(-1, repeats):  # round -1 warms up, discarded
         for b, n in [cells[i] for i in rng.permutation(len(cells))]:
             fwd(1, b, n)()
-            full = _timed(fwd(L, b, n), cuda)
-            one = _timed(fwd(1, b, n), cuda) if L > 1 else 0.0
+            full = timed(fwd(L, b, n))
+            one = timed(fwd(1, b, n)) if L > 1 else 0.0
             if r >= 0:
                 layer = (full - one) / max(L - 1, 1)
                 per_layer[(b, n)].append(layer)
@@ -79,18 +89,28 @@ def batch_layer_grid(model: Transformer, batches: list[int] = BATCHES, rows: lis
         i, j = batches.index(b), rows.index(n)
         raw[i, j], se[i, j], _ = robust_mean(s)
         fwd_part[i, j] = robust_mean(per_forward[(b, n)])[0]
-    # cells beyond the capacity (never with the shipped sizes): the row below
+    # cells not timed (too many rows in all, or beyond the capacity): the cell of fewer rows
+    # per sequence plus the table's linear part for the extra rows (as the simulator extrapolates)
+    filled = []
     for j in range(len(rows)):
-        for i in range(len(batches)):
+        for i, b in enumerate(batches):
             if not np.isfinite(raw[i, j]):
-                raw[i, j] = raw[i, j - 1] if j else 0.0
+                extra = 0.0
+                if table is not None and j:
+                    from hispec_sim.latency import linear_layer_ms
+
+                    extra = float(linear_layer_ms(table, b * rows[j]) - linear_layer_ms(table, b * rows[j - 1]))
+                raw[i, j] = (raw[i, j - 1] if j else 0.0) + max(extra, 0.0)
                 se[i, j] = np.nan
+                filled.append((b, rows[j]))
     finite = se[np.isfinite(se) & (se > 0)]
     floor = float(np.median(finite)) if finite.size else 1e-3
     w = 1.0 / np.maximum(np.nan_to_num(se, nan=10 * floor), floor) ** 2
+    for b, n in filled:
+        w[batches.index(b), rows.index(n)] = 1e-6 / floor ** 2
     grid = np.maximum(isotonic_2d(raw, w), 1e-6)
     return {"batches": list(batches), "rows": list(rows), "context": context, "layer_ms": grid,
-            "raw_layer_ms": raw, "layer_ms_se": np.nan_to_num(se), "forward_ms": fwd_part,
+            "raw_layer_ms": raw, "layer_ms_se": np.nan_to_num(se), "forward_ms": fwd_part, "filled": filled,
             "seconds": time.perf_counter() - t0, "repeats": repeats}
 
 
@@ -126,19 +146,20 @@ def step_features(levels: list[int], ops: list[tuple[int, int, int]], table: Lat
 
 
 def serve_iterations(model: Transformer, plan: Plan, prompts: list[list[int]], max_new: int, max_batch: int,
-                     seed: int = 0) -> list[dict]:
+                     seed: int = 0, clock=None) -> list[dict]:
     """Per iteration of a real `serve()` run of a closed batch (every request arrives at
     0): its wall time without the prefill, and the operations of its step."""
     from .serve import serve
 
     log: list[dict] = []
+    timing = {"clock": clock, "sleep": getattr(clock, "sleep", time.sleep)} if clock is not None else {}
     serve(model, plan, [0.0] * len(prompts), prompts, [max_new] * len(prompts),
-          ServeLimits(max_batch=max_batch), mode="greedy", seed=seed, step_log=log, ops_of=_ops_of)
+          ServeLimits(max_batch=max_batch), mode="greedy", seed=seed, step_log=log, ops_of=_ops_of, **timing)
     return log
 
 
 def fit_step_overheads(model: Transformer, table: LatencyTable, batches: list[int], rounds: int = 2,
-                       max_new: int = 24, bootstrap: int = 200, seed: int = 0) -> dict:
+                       max_new: int = 24, bootstrap: int = 200, seed: int = 0, clock=None) -> dict:
     """Host time per serve iteration beyond forward + head: NNLS of (iteration ms - the
     grid's forward - the table's head) on [1, running sequences, checks]."""
     L = model.num_layers
@@ -149,7 +170,7 @@ def fit_step_overheads(model: Transformer, table: LatencyTable, batches: list[in
     for _ in range(rounds):
         for plan in plans:
             for b in batches:
-                for it in serve_iterations(model, plan, prompts[:b], max_new, b, seed):
+                for it in serve_iterations(model, plan, prompts[:b], max_new, b, seed, clock):
                     pred, nseq, nchk = step_features(plan.levels, it["ops"], table)
                     X.append([1.0, nseq, nchk])
                     y.append(it["step_ms"] - pred)
@@ -177,18 +198,24 @@ def fit_step_overheads(model: Transformer, table: LatencyTable, batches: list[in
 
 
 def measure_serving(model: Transformer, table: LatencyTable, env: str = "", repeats: int = 8, rounds: int = 2,
-                    batches: list[int] = BATCHES, rows: list[int] = ROWS, seed: int = 0, log=None) -> ServingCalibration:
-    """The serving calibration of `table` (measured on this model and machine)."""
+                    batches: list[int] = BATCHES, rows: list[int] = ROWS, seed: int = 0, log=None,
+                    clock=None) -> ServingCalibration:
+    """The serving calibration of `table` (measured on this model and machine). clock:
+    None = wall time; a hispec_exec.serve.CpuClock = this process's CPU time (to compare
+    with `hispec-exec serve --clock cpu` on a loaded machine)."""
     log = log or (lambda s: None)
     log(f"serving: timing run_jobs over {len(batches)} batch sizes x {len(rows)} rows per sequence")
-    grid = batch_layer_grid(model, batches, rows, 0, repeats, seed)  # attention beyond: the table's increments
+    grid = batch_layer_grid(model, batches, rows, 0, repeats, seed, clock or time.perf_counter, table)  # attention beyond: the table's increments
     cal = ServingCalibration(batches=grid["batches"], rows=grid["rows"], context=grid["context"],
                              layer_ms=np.round(grid["layer_ms"], 6).tolist(),
                              layer_ms_se=np.round(grid["layer_ms_se"], 6).tolist(),
                              source=Source(kind="measured", detail="pending"))
     log(f"serving: batch grid done in {grid['seconds']:.0f} s; fitting step overheads on serve() iterations")
-    fit = fit_step_overheads(model, table.model_copy(update={"serving": cal}), [b for b in batches if b <= 8] or batches[:1], rounds, seed=seed)
-    detail = (f"Transformer.run_jobs over a CachePool, b x n = {batches} x {rows}, context {grid['context']}: one layer "
+    fit = fit_step_overheads(model, table.model_copy(update={"serving": cal}), [b for b in batches if b <= 8] or batches[:1], rounds, seed=seed,
+                             clock=clock)
+    how = "wall time" if clock is None else "process CPU time (CpuClock)"
+    detail = (f"{how}; Transformer.run_jobs over a CachePool, b x n = {batches} x {rows}, context {grid['context']} (cells of more than {MAX_CELL_ROWS} rows in all: the table's linear part beyond "
+              f"the last timed rows): one layer "
               f"in situ ((L-layer - 1-layer forward) / (L - 1)), {repeats} interleaved rounds, samples beyond "
               f"{OUTLIER_MADS} MADs rejected, fitted non-decreasing in b and n ({grid['seconds']:.0f} s); step "
               f"overheads by NNLS on {fit['iterations']} serve() iterations ({fit['rejected']} outliers rejected) of "
@@ -202,7 +229,7 @@ def measure_serving(model: Transformer, table: LatencyTable, env: str = "", repe
 
 
 def add_to_profile(profile_path: str, out_path: str, repeats: int = 8, rounds: int = 2, seed: int = 0,
-                   device: str = "cpu", log=None) -> None:
+                   device: str = "cpu", log=None, clock=None) -> None:
     """Re-measure the serving calibration of the shipped model into a copy of a profile
     (its latency table is kept as it is)."""
     from hispec_sim.schema import Profile, load_profile, save_profile
@@ -218,10 +245,11 @@ def add_to_profile(profile_path: str, out_path: str, repeats: int = 8, rounds: i
     tables = []
     for t in profile.latency:
         if t.stack == "hispec_exec":
-            t = t.model_copy(update={"serving": measure_serving(model, t, env, repeats, rounds, seed=seed, log=log)})
+            t = t.model_copy(update={"serving": measure_serving(model, t, env, repeats, rounds, seed=seed, log=log, clock=clock)})
         tables.append(t)
     prov = dict(profile.provenance)
-    prov["serving_calibration"] = {"measured": when, "repeats": repeats, "rounds": rounds, "seed": seed}
+    prov["serving_calibration"] = {"measured": when, "repeats": repeats, "rounds": rounds, "seed": seed,
+                                   "clock": "wall" if clock is None else "cpu"}
     save_profile(Profile.model_validate({**profile.model_dump(), "latency": [t.model_dump() for t in tables],
                                          "provenance": prov}), out_path)
 
@@ -237,11 +265,15 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="as hispec-exec serve --clock")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
+    from .serve import CpuClock
+
     try:
         add_to_profile(a.profile, a.out, a.repeats, a.rounds, a.seed,
-                       log=lambda s: print(f"[measure_serving] {s}", file=sys.stderr, flush=True))
+                       log=lambda s: print(f"[measure_serving] {s}", file=sys.stderr, flush=True),
+                       clock=CpuClock() if a.clock == "cpu" else None)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
