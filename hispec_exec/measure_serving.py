@@ -199,7 +199,7 @@ def fit_step_overheads(model: Transformer, table: LatencyTable, batches: list[in
 
 def measure_serving(model: Transformer, table: LatencyTable, env: str = "", repeats: int = 8, rounds: int = 2,
                     batches: list[int] = BATCHES, rows: list[int] = ROWS, seed: int = 0, log=None,
-                    clock=None) -> ServingCalibration:
+                    clock=None, max_new: int = 24) -> ServingCalibration:
     """The serving calibration of `table` (measured on this model and machine). clock:
     None = wall time; a hispec_exec.serve.CpuClock = this process's CPU time (to compare
     with `hispec-exec serve --clock cpu` on a loaded machine)."""
@@ -211,8 +211,8 @@ def measure_serving(model: Transformer, table: LatencyTable, env: str = "", repe
                              layer_ms_se=np.round(grid["layer_ms_se"], 6).tolist(),
                              source=Source(kind="measured", detail="pending"))
     log(f"serving: batch grid done in {grid['seconds']:.0f} s; fitting step overheads on serve() iterations")
-    fit = fit_step_overheads(model, table.model_copy(update={"serving": cal}), [b for b in batches if b <= 8] or batches[:1], rounds, seed=seed,
-                             clock=clock)
+    fit = fit_step_overheads(model, table.model_copy(update={"serving": cal}), [b for b in batches if b <= 8] or batches[:1], rounds, max_new,
+                             seed=seed, clock=clock)
     how = "wall time" if clock is None else "process CPU time (CpuClock)"
     detail = (f"{how}; Transformer.run_jobs over a CachePool, b x n = {batches} x {rows}, context {grid['context']} (cells of more than {MAX_CELL_ROWS} rows in all: the table's linear part beyond "
               f"the last timed rows): one layer "
