@@ -458,9 +458,10 @@ def measure_profile(model: Transformer, model_name: str, device: str, workload: 
                                                  ("overhead_ms", "layer_overhead_ms", "verify_overhead_ms")})
     table.notes["noise_floor"] = (f"{calib['noise_floor']:.6f} (relative spread of identical calibration runs' tokens/s "
                                   f"over {calibration_rounds} rounds: {calib['tokens_per_second_by_round']})")
-    from .measure_serving import measure_serving  # batched serving steps (hispec-sim serve reads them)
+    from .measure_serving import design_for, measure_serving  # batched serving steps (hispec-sim serve reads them)
 
-    table = table.model_copy(update={"serving": measure_serving(model, table, env, seed=seed, log=log)})
+    table = table.model_copy(update={"serving": measure_serving(model, table, env, seed=seed, log=log,
+                                                                **design_for(repeats))})
     log("measuring acceptance (exit traces)")
     acc = acceptance_workload(model, prompts, max_new_tokens, prompts_detail, env)
     measurement = {"noise_floor": calib["noise_floor"], "latency_seconds": round(lat["seconds"], 1),

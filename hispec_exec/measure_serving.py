@@ -197,6 +197,14 @@ def fit_step_overheads(model: Transformer, table: LatencyTable, batches: list[in
             "plans": [p.describe() for p in plans]}
 
 
+def design_for(repeats: int) -> dict:
+    """measure_serving's arguments for `profile measure --repeats R`: the full design from
+    4 rounds on, a small one below (quick checks)."""
+    if repeats >= 4:
+        return {"repeats": min(repeats, 8), "rounds": 2}
+    return {"repeats": repeats, "rounds": 1, "batches": [1, 2, 4], "rows": [1, 2, 8], "max_new": 8}
+
+
 def measure_serving(model: Transformer, table: LatencyTable, env: str = "", repeats: int = 8, rounds: int = 2,
                     batches: list[int] = BATCHES, rows: list[int] = ROWS, seed: int = 0, log=None,
                     clock=None, max_new: int = 24) -> ServingCalibration:
