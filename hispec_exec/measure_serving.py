@@ -22,6 +22,7 @@ table; `hispec_sim.serving` costs every step with it (the batch-1 models do not 
 """
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -236,6 +237,26 @@ def measure_serving(model: Transformer, table: LatencyTable, env: str = "", repe
         "check_ms_se": round(fit["check_ms_se"], 6), "source": Source(kind="measured", detail=detail)})
 
 
+@torch.no_grad()
+def reference_ms(model: Transformer, batch: int = 4, repeats: int = 15, clock=time.perf_counter) -> float:
+    """Median ms of one fixed forward (`batch` sequences, 1 token each, all layers, through
+    run_jobs): a probe of the machine's speed, to compare the moments of a study (drift
+    between the calibration and the executor runs)."""
+    pool = model.new_pool(batch)
+    caches = [pool.cache(s) for s in range(batch)]
+    tok = torch.tensor([65], device=model.tok_embeddings.weight.device)
+    L = model.num_layers
+    out = []
+    for r in range(repeats + 2):
+        for c in caches:
+            c.lens[1:] = [16] * L
+        t = clock()
+        model.run_jobs([(c, L, tok) for c in caches])
+        if r >= 2:
+            out.append((clock() - t) * 1e3)
+    return float(np.median(out))
+
+
 def add_to_profile(profile_path: str, out_path: str, repeats: int = 8, rounds: int = 2, seed: int = 0,
                    device: str = "cpu", log=None, clock=None) -> None:
     """Re-measure the serving calibration of the shipped model into a copy of a profile
@@ -267,8 +288,9 @@ def main(argv=None) -> int:
     import sys
 
     ap = argparse.ArgumentParser(description="measure the serving calibration of the shipped model into a profile")
-    ap.add_argument("profile")
-    ap.add_argument("out")
+    ap.add_argument("profile", nargs="?")
+    ap.add_argument("out", nargs="?")
+    ap.add_argument("--reference", action="store_true", help="only print the reference forward's ms (JSON)")
     ap.add_argument("--repeats", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
@@ -278,6 +300,15 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     from .serve import CpuClock
 
+    if a.reference:
+        from .checkpoint import load_model
+
+        clk = CpuClock() if a.clock == "cpu" else time.perf_counter
+        print(json.dumps({"reference_ms": reference_ms(load_model(), clock=clk), "clock": a.clock}))
+        return 0
+    if a.profile is None or a.out is None:
+        print("error: profile and out: both required (or --reference)", file=sys.stderr)
+        return 2
     try:
         add_to_profile(a.profile, a.out, a.repeats, a.rounds, a.seed,
                        log=lambda s: print(f"[measure_serving] {s}", file=sys.stderr, flush=True),
