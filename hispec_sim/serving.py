@@ -120,7 +120,11 @@ class StepCost:
         # one layer's cost but the table's per-sequence attention increments, by (sequences,
         # total rows): the serving calibration's batched grid when the profile has one (each
         # sequence pays its own bookkeeping and attention), else the table's linear part
-        self.linear = serving_layer_ms(table, np.arange(max_batch + 1)[:, None], tot[None, :])
+        if table.serving is not None:
+            self.linear = serving_layer_ms(table, np.arange(max_batch + 1)[:, None], tot[None, :])
+        else:  # the same for any number of sequences: one row, broadcast (large batches stay cheap)
+            self.linear = np.broadcast_to(serving_layer_ms(table, np.minimum(tot, 1), tot)[None, :],
+                                          (max_batch + 1, len(tot)))
         self.head = np.where(tot > 0, head_ms(table, np.maximum(tot, 1)), 0.0)
         nb = max_context // CTX_BUCKET + 2
         ctx = np.arange(nb) * CTX_BUCKET
