@@ -296,6 +296,9 @@ def remeasure(args, dest: Path) -> tuple[str, str, list[str]]:
     if args.remeasure == "none":
         return args.profile, f"used as given: {args.profile}", []
     if args.remeasure == "full":
+        if args.clock == "cpu":
+            print("[serving study] note: profile measure times in wall time; with --clock cpu prefer "
+                  "--remeasure serving (the calibration then counts CPU time as the executor does)", flush=True)
         cmd = [sys.executable, "-m", "hispec_sim.cli", "profile", "measure", "--out", str(dest), "--name",
                "cpu_hispec_tiny", "--repeats", str(args.repeats), "--threads", str(args.threads)]
         what = f"re-measured in full on this machine before the runs (hispec-sim profile measure, {args.repeats} rounds)"
