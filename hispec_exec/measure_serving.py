@@ -28,9 +28,22 @@ import time
 import numpy as np
 import torch
 
-from hispec_sim.schema import LatencyTable, Plan, ServingCalibration, ServeLimits, Source
+from hispec_sim.schema import (
+    LatencyTable,
+    Plan,
+    ServeLimits,
+    ServingCalibration,
+    Source,
+)
 
-from .measure import OUTLIER_MADS, _nnls, calibration_plans, calibration_prompts, isotonic_2d, robust_mean
+from .measure import (
+    OUTLIER_MADS,
+    _nnls,
+    calibration_plans,
+    calibration_prompts,
+    isotonic_2d,
+    robust_mean,
+)
 from .model import Transformer
 
 BATCHES = [1, 2, 3, 4, 6, 8, 12, 16]

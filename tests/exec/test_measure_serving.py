@@ -4,9 +4,13 @@ loop's instrumentation."""
 import math
 
 import numpy as np
-import pytest
 
-from hispec_exec.measure_serving import batch_layer_grid, measure_serving, serve_iterations, step_features
+from hispec_exec.measure_serving import (
+    batch_layer_grid,
+    measure_serving,
+    serve_iterations,
+    step_features,
+)
 from hispec_exec.serve import CpuClock
 from hispec_sim.schema import LatencyTable, Plan, ServingCalibration, Source
 

@@ -2,13 +2,12 @@
 monotone, reduce to the batch-1 table without a calibration, and drive the simulator."""
 import numpy as np
 import pytest
+from factories import TEST_SOURCE, make_profile
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hispec_sim import latency, schema, serving
 from hispec_sim.latency import serving_layer_ms, serving_step_overhead_ms
-
-from factories import TEST_SOURCE, make_profile
 
 
 def _cal(base=1.0, per_seq=0.2, per_row=0.1, step=0.5, seq=0.05, chk=0.1, batches=(1, 2, 4, 8), rows=(1, 2, 4, 8)):
