@@ -506,6 +506,10 @@ def measure_profile(model: Transformer, model_name: str, device: str, workload: 
     check = self_check(table, model.num_layers, calib, calib_len + calib_new // 2, lat["forward_fixed_ms"])
     log(check["line"])
     table.notes["self_check"] = check["line"]
+    from .measure_serving import design_for, measure_serving  # batched serving steps (hispec-sim serve reads them)
+
+    table = table.model_copy(update={"serving": measure_serving(model, table, env, seed=seed, log=log,
+                                                                **design_for(repeats))})
     log("measuring acceptance (exit traces)")
     acc = acceptance_workload(model, prompts, max_new_tokens, prompts_detail, env)
     measurement = {"noise_floor": calib["noise_floor"], "latency_seconds": round(lat["seconds"], 1),

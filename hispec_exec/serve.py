@@ -83,6 +83,22 @@ from dataclasses import dataclass, field
 MAX_POOL_BYTES = 16 * 2**30
 
 
+class CpuClock:
+    """A clock that counts this process's CPU time, and whose sleep advances it without
+    waiting: serving timed as if the process had the CPU to itself (`--clock cpu`, for
+    shared machines where other processes' load inflates wall times). Single-threaded
+    torch: CPU time is the compute time; idle waits for arrivals are added exactly."""
+
+    def __init__(self):
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.process_time() + self.offset
+
+    def sleep(self, seconds: float) -> None:
+        self.offset += max(0.0, seconds)
+
+
 @dataclass
 class _Served:
     id: int
@@ -120,9 +136,13 @@ def check_requests(plan, prompts: list[list[int]], news: list[int], capacity: in
 
 def serve(model, plan, arrivals: list[float], prompts: list[list[int]], news: list[int], limits,
           mode: str | None = None, seed: int = 0, temperature: float = 1.0, batching: str | None = None,
-          progress=None, clock=time.perf_counter, sleep=time.sleep) -> dict:
+          progress=None, clock=time.perf_counter, sleep=time.sleep, step_log: list | None = None,
+          ops_of=None) -> dict:
     """Serve the requests as the module docstring specifies; returns the per-request
-    metrics (RequestMetrics), tokens and totals. Request i samples with seed + i."""
+    metrics (RequestMetrics), tokens and totals. Request i samples with seed + i.
+    step_log (instrumentation, hispec_exec.measure_serving): when a list, one entry per
+    iteration that ran a step: its wall time without prefill and waiting ("step_ms"), the
+    prefill's ("prefill_ms"), and ops_of(batch) taken before the step ("ops", untimed)."""
     from hispec_sim.schema import RequestMetrics
 
     from .generate import Batch, SequenceDecoder, check_plan
@@ -147,7 +167,8 @@ def serve(model, plan, arrivals: list[float], prompts: list[list[int]], news: li
     batch_sizes = []
     t0 = clock()
     while queue or batch.running:
-        now = clock() - t0
+        it0 = clock()
+        now = it0 - t0
         admit = []
         if batch.at_boundary:
             while (queue and queue[0].arrival_s <= now and len(batch.running) + len(admit) < limits.max_batch
@@ -160,13 +181,20 @@ def serve(model, plan, arrivals: list[float], prompts: list[list[int]], news: li
                 reserved += r.need
                 live[id(r.decoder)] = r
                 admit.append(r)
+        pf_ms = 0.0
         if admit:
+            pf0 = clock()
             batch.add([r.decoder for r in admit])
+            pf_ms = (clock() - pf0) * 1e3  # on the loop's own clock (it may not be the wall's)
             prefills += 1
         if not batch.running:
             if queue:
                 sleep(max(0.0, queue[0].arrival_s - (clock() - t0)))
             continue
+        if step_log is not None:
+            u0 = clock()
+            ops = ops_of(batch)
+            it0 += clock() - u0  # the instrumentation's own time is not the iteration's
         batch.running.sort(key=lambda d: d.cache.slot)  # consecutive slots batch their attention
         running = list(batch.running)
         batch_sizes.append(len(running))
@@ -187,6 +215,8 @@ def serve(model, plan, arrivals: list[float], prompts: list[list[int]], news: li
             done.append(r)
         if progress:
             progress(len(done), len(prompts), sum(r.emitted for r in done) + sum(live[id(d)].emitted for d in batch.running), t)
+        if step_log is not None:
+            step_log.append({"step_ms": (clock() - it0) * 1e3 - pf_ms, "prefill_ms": pf_ms, "ops": ops})
     done.sort(key=lambda r: r.id)
     metrics = []
     for r in done:
@@ -235,6 +265,8 @@ def add_parser(sub) -> None:
     q.add_argument("--slo-ttft-ms", type=float_in(1e-6, 1e9))
     q.add_argument("--slo-tbt-ms", type=float_in(1e-6, 1e9))
     q.add_argument("--check", action="store_true", help="greedy: compare every output with its request decoded alone")
+    q.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="wall (default) or cpu: this process's CPU time, idle waits added (shared, loaded machines)")
     q.add_argument("--json", action="store_true")
     q.add_argument("--out", help="also write the JSON report to this file")
     q.set_defaults(func=run)
@@ -340,8 +372,12 @@ def run(a) -> int:
     arrivals, prompts, news, where = _requests(a, model, enc)
     check_requests(plan, prompts, news, model.args.max_seq_len, limits, where)
     mode = a.mode or plan.mode
+    timing = {}
+    if a.clock == "cpu":
+        clk = CpuClock()
+        timing = {"clock": clk, "sleep": clk.sleep}
     res = serve(model, plan, arrivals, prompts, news, limits, mode=mode, seed=a.seed, temperature=a.temperature,
-                progress=_progress_bar())
+                progress=_progress_bar(), **timing)
     summary = summarize(res["metrics"], limits)
     out = {
         "plan": plan.model_dump(), "plan_text": plan.describe(), "family": plan.family, "mode": mode,
@@ -349,7 +385,7 @@ def run(a) -> int:
         "source": {"trace": a.trace} if a.trace else {"qps": a.qps, "arrival": a.arrival, "cv": a.cv,
                                                        "requests": a.requests, "prompt_len": a.prompt_len,
                                                        "output_len": a.output_len, "seed": a.seed},
-        "device": str(model.tok_embeddings.weight.device),
+        "device": str(model.tok_embeddings.weight.device), "clock": a.clock,
         "summary": summary,
         "decode_steps": res["steps"], "prefill_forwards": res["prefill_forwards"],
         "mean_batch": res["mean_batch"], "acceptance_per_level": res["acceptance_per_level"],

@@ -188,3 +188,46 @@ class CostModel:
     def autoregressive_ms(self, num_layers: int) -> float:
         """Time of one autoregressive decode step (one token per sequence through every layer)."""
         return float(self.forward([(num_layers, 1)], 1))
+
+
+def serving_layer_ms(table: LatencyTable, nseq, rows) -> np.ndarray:
+    """One layer of a serving step for `nseq` sequences carrying `rows` new tokens in total
+    (arrays broadcast), at the calibration's context: `table.serving`'s measured grid read
+    at (nseq, rows / nseq); beyond its last rows per sequence, plus the table's linear part
+    for the extra rows; beyond its last batch, extrapolated along the batch from the last
+    two batches (slope >= 0). Without a calibration: the table's linear part at `rows`
+    (one sequence of that many tokens). No sequence costs nothing."""
+    nseq, rows = np.broadcast_arrays(np.asarray(nseq, float), np.asarray(rows, float))
+    cal = table.serving
+    if cal is None:
+        return np.where(nseq > 0, linear_layer_ms(table, np.maximum(rows, 1)), 0.0)
+    b_ax = np.asarray(cal.batches, float)
+    r_ax = np.asarray(cal.rows, float)
+    grid = np.asarray(cal.layer_ms, float)
+    b = np.maximum(nseq, 1.0)
+    per = np.maximum(rows, 1.0) / b
+    r_in = np.clip(per, r_ax[0], r_ax[-1])
+    b_in = np.clip(b, b_ax[0], b_ax[-1])
+    t = _grid2(b_ax, r_ax, grid, b_in, r_in)
+    if len(b_ax) > 1:  # more sequences than measured: the last measured cost per added sequence
+        hi = _grid2(b_ax, r_ax, grid, np.full(b.shape, b_ax[-1]), r_in)
+        lo = _grid2(b_ax, r_ax, grid, np.full(b.shape, b_ax[-2]), r_in)
+        t = t + np.maximum(b - b_ax[-1], 0.0) * np.maximum(hi - lo, 0.0) / (b_ax[-1] - b_ax[-2])
+    over = per > r_ax[-1]  # more rows per sequence than measured: the table's linear part for the rest
+    if over.any():
+        extra = linear_layer_ms(table, b * per) - linear_layer_ms(table, b * r_ax[-1])
+        t = np.where(over, t + np.maximum(extra, 0.0), t)
+    return np.where(nseq > 0, np.maximum(t, 0.0), 0.0)
+
+
+def serving_step_overhead_ms(table: LatencyTable, nseq, nchecks) -> np.ndarray:
+    """Host time of a serving step beyond its forward and exit head: the calibration's
+    step + per-sequence + per-check parts; without one, the table's per-forward overhead
+    (+ the verification overhead when the step holds a check). An empty step costs nothing."""
+    nseq, nchecks = np.broadcast_arrays(np.asarray(nseq, float), np.asarray(nchecks, float))
+    cal = table.serving
+    if cal is None:
+        t = table.overhead_ms + np.where(nchecks > 0, table.verify_overhead_ms, 0.0)
+    else:
+        t = cal.step_ms + cal.sequence_ms * nseq + cal.check_ms * nchecks
+    return np.where(nseq > 0, t, 0.0)

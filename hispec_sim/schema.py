@@ -232,6 +232,42 @@ class AttentionKernel(Strict):
         return self
 
 
+class ServingCalibration(Strict):
+    """What a serving step costs beyond the batch-1 table, measured through the executor's
+    batched path (hispec_exec.measure_serving; read by hispec_sim.serving only).
+
+    layer_ms[i][j]: ONE layer of a batched forward of batches[i] sequences with rows[j] new
+    tokens each at `context` cached tokens (attention beyond it: the table's per-sequence
+    increment); read at (sequences, mean rows per sequence), bilinear inside, beyond the
+    last batch extrapolated from the last two (never decreasing), beyond the last rows by
+    the table's linear part. A step's host time beyond its forward and exit head:
+    step_ms + sequence_ms x running sequences + check_ms x sequences checking.
+    """
+
+    batches: list[int] = Field(min_length=1)
+    rows: list[int] = Field(min_length=1)
+    context: int = Field(0, ge=0, le=MAX_CONTEXT)
+    layer_ms: list[list[float]]
+    layer_ms_se: list[list[float]] | None = None
+    step_ms: float = Field(0.0, ge=0, le=MAX_MS)
+    sequence_ms: float = Field(0.0, ge=0, le=MAX_MS)
+    check_ms: float = Field(0.0, ge=0, le=MAX_MS)
+    step_ms_se: float | None = Field(None, ge=0)
+    sequence_ms_se: float | None = Field(None, ge=0)
+    check_ms_se: float | None = Field(None, ge=0)
+    source: Source
+
+    @model_validator(mode="after")
+    def _grid(self) -> "ServingCalibration":
+        for name, axis in (("batches", self.batches), ("rows", self.rows)):
+            if any(b <= a for a, b in zip(axis, axis[1:])) or axis[0] < 1:
+                raise ValueError(f"serving.{name}: must be increasing, >= 1")
+        if len(self.layer_ms) != len(self.batches) or any(len(r) != len(self.rows) for r in self.layer_ms):
+            raise ValueError("serving.layer_ms: must be len(batches) x len(rows)")
+        _finite_nonneg([v for r in self.layer_ms for v in r], "serving.layer_ms")
+        return self
+
+
 class LatencyTable(Strict):
     """Latency of one serving configuration (tensor-parallel degree x serving stack).
 
@@ -256,6 +292,8 @@ class LatencyTable(Strict):
     notes: dict[str, str] = Field(default_factory=dict)
     attention: AttentionKernel | None = Field(
         None, description="measured attention kernel (or a measured floor); None: the attention in layer_ms is used as is")
+    serving: ServingCalibration | None = Field(
+        None, description="batched-step costs measured through the executor's serving path; None: serving reads the table")
 
     @model_validator(mode="after")
     def _grid(self) -> "LatencyTable":

@@ -40,6 +40,8 @@ from .latency import (
     linear_layer_ms,
     prefill_attention_ms,
     sequence_attention_ms,
+    serving_layer_ms,
+    serving_step_overhead_ms,
 )
 from .schema import Acceptance, LatencyTable, Plan, Request, RequestMetrics, ServeLimits
 
@@ -115,7 +117,14 @@ class StepCost:
         max_rows = 1 + (plan.propose + sum(plan.windows) + k if k > 1 else 0)  # rows one sequence carries in one range
         self.max_rows = max_rows
         tot = np.arange(max_batch * max_rows + 1)
-        self.linear = np.where(tot > 0, linear_layer_ms(table, np.maximum(tot, 1)), 0.0)
+        # one layer's cost but the table's per-sequence attention increments, by (sequences,
+        # total rows): the serving calibration's batched grid when the profile has one (each
+        # sequence pays its own bookkeeping and attention), else the table's linear part
+        if table.serving is not None:
+            self.linear = serving_layer_ms(table, np.arange(max_batch + 1)[:, None], tot[None, :])
+        else:  # the same for any number of sequences: one row, broadcast (large batches stay cheap)
+            self.linear = np.broadcast_to(serving_layer_ms(table, np.minimum(tot, 1), tot)[None, :],
+                                          (max_batch + 1, len(tot)))
         self.head = np.where(tot > 0, head_ms(table, np.maximum(tot, 1)), 0.0)
         nb = max_context // CTX_BUCKET + 2
         ctx = np.arange(nb) * CTX_BUCKET
@@ -127,7 +136,8 @@ class StepCost:
             r = np.arange(max_rows + 1)[:, None]
             self.att = np.where(r > 0, sequence_attention_ms(table, np.maximum(r, 1), ctx[None, :]), 0.0)
         self.floor = table.attention.floor_ms if table.attention is not None else 0.0
-        self.per_layer = table.layer_overhead_ms
+        self.calibrated = table.serving is not None
+        self.per_layer = 0.0 if self.calibrated else table.layer_overhead_ms  # inside the measured grid
         self.fixed = table.overhead_ms
         self.verify = table.verify_overhead_ms
         # prefill: one sequence's attention per prompt length, linear part per total rows (lookups)
@@ -137,10 +147,16 @@ class StepCost:
         tot = np.arange(min(top, 2**21) + 1)
         self.prefill_linear = linear_layer_ms(table, np.maximum(tot, 1))
 
-    def step(self, rows: np.ndarray, ctx: np.ndarray, head_rows: np.ndarray, any_check: bool) -> float:
+    def overhead(self, nseq, nchecks) -> np.ndarray:
+        """Host time of steps beyond forward and head (latency.serving_step_overhead_ms)."""
+        return serving_step_overhead_ms(self.table, nseq, nchecks)
+
+    def step(self, rows: np.ndarray, ctx: np.ndarray, head_rows: np.ndarray, checks: int) -> float:
         """rows (n, k): rows each running sequence carries through each layer range;
-        ctx (n,): its cached tokens; head_rows (k,): rows exiting at each level's exit."""
+        ctx (n,): its cached tokens; head_rows (k,): rows exiting at each level's exit;
+        checks: sequences whose operation is a check."""
         tot = rows.sum(0)
+        nseq_r = (rows > 0).sum(0)
         cb = np.minimum(ctx // CTX_BUCKET, self.att.shape[1] - 1)
         if self.measured:
             on = rows > 0
@@ -151,9 +167,9 @@ class StepCost:
             att = self.att[rows, cb[:, None]].sum(0)
             if self.floor:
                 att = np.where(tot > 0, np.maximum(att, self.floor), 0.0)
-        per = self.linear[tot] + att + np.where(tot > 0, self.per_layer, 0.0)
+        per = self.linear[nseq_r, tot] + att + np.where(tot > 0, self.per_layer, 0.0)
         # ONE exit-head call over every sequence's head rows (heads at different exits share norm + LM head)
-        return float(self.fixed + (self.verify if any_check else 0.0) + (self.span * per).sum() + self.head[head_rows.sum()])
+        return float(self.overhead(len(rows), checks) + (self.span * per).sum() + self.head[head_rows.sum()])
 
     def drafts(self, ctx: np.ndarray, g: int, m: int) -> float:
         """g consecutive draft steps of m sequences (cached tokens ctx, growing by one per
@@ -166,8 +182,8 @@ class StepCost:
             att = self.att[1][np.minimum(c // CTX_BUCKET, nb)].sum(1)
             if self.floor:
                 att = np.maximum(att, self.floor)
-        per = self.linear[m] + att + self.per_layer
-        return float(g * (self.fixed + self.head[m]) + self.span[0] * per.sum())
+        per = self.linear[m, m] + att + self.per_layer
+        return float(g * (self.overhead(m, 0) + self.head[m]) + self.span[0] * per.sum())
 
     def prefill(self, prompt_tokens: np.ndarray) -> float:
         """ONE forward prefilling several prompts: their P - 1 tokens concatenated through
@@ -177,7 +193,10 @@ class StepCost:
         if total == 0:
             return 0.0
         L = self.span.sum()
-        lin = self.prefill_linear[total] if total < len(self.prefill_linear) else float(linear_layer_ms(self.table, total))
+        if self.calibrated:  # the batched grid, its rows beyond the grid by the table's linear part
+            lin = float(serving_layer_ms(self.table, int((n > 0).sum()), total))
+        else:
+            lin = self.prefill_linear[total] if total < len(self.prefill_linear) else float(linear_layer_ms(self.table, total))
         per = lin + self.prefill_att[n].sum()
         return float(L * (per + self.per_layer) + self.fixed)
 
@@ -343,7 +362,7 @@ def simulate_arrays(table: LatencyTable, num_layers: int, acc: Acceptance, plan:
             rows[ar_rows, o] = np.where(o > 0, nbuf + 1, 1)
             head_exit_rows[:] = np.bincount(o, weights=rows[ar_rows, o], minlength=k)[:k]
             # cached positions: committed + tentative ones (the buffers); the newest token is the input
-            t += cost.step(rows, ctx[idx] + blen[idx].sum(1), head_exit_rows, bool(o.any()))
+            t += cost.step(rows, ctx[idx] + blen[idx].sum(1), head_exit_rows, int((o > 0).sum()))
             commit, committing = _advance(idx, o, nbuf, blen, btype, slot_rates, rng, cols, k, g, windows, op, sync)
         if len(committing):
             r = req[committing]
@@ -534,11 +553,10 @@ def _run_scheduled(cost: StepCost, plan: Plan, sch: Schedules, arrival_s, prompt
             att = op_att[pos].sum(0)
             if cost.floor:
                 att = np.where(tot > 0, np.maximum(att, cost.floor), 0.0)
-        per = cost.linear[tot] + att + np.where(tot > 0, cost.per_layer, 0.0)
+        nseq_r = (rows > 0).sum(0)  # (s, k)
+        per = cost.linear[nseq_r, tot] + att + np.where(tot > 0, cost.per_layer, 0.0)
         heads = cost.head[op_head[pos].sum(0)]  # (s,): one head call over all head rows of the step
-        step_ms = cost.fixed + (per * span[None, :]).sum(1) + heads
-        if cost.verify:
-            step_ms = step_ms + np.where(op_check[pos].any(0), cost.verify, 0.0)
+        step_ms = cost.overhead(m, op_check[pos].sum(0)) + (per * span[None, :]).sum(1) + heads
         ends = t + np.cumsum(step_ms)
         # cut at the step during which the next admissible request arrives (admitted when it ends)
         if nxt < n and m < B and reserved + need[nxt] <= kv_cap:

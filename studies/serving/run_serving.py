@@ -1,28 +1,39 @@
 """Serving validation: `hispec-sim serve` against `hispec-exec serve` on the same requests.
 
-For every scenario (autoregressive, the best single-level and a 3-level plan; two loads
-each; Poisson arrivals; max batch up to 16) the seeded request set is written ONCE as a
-JSONL trace (arrival_s, prompt_tokens as a length, max_new_tokens) and replayed by both:
-the executor draws held-out prompts of those lengths and serves them for real (one CPU
-thread, as the profile was measured); the simulator serves the same trace from the
-profile (acceptance drawn per request, --sim-seeds runs, mean). The error of every
-metric is (simulated - measured) / measured; targets (issue 12): throughput and TBT p50
-median |error| <= 10 %, TBT p99 and TTFT p50/p99 <= 20 %.
+For every scenario (autoregressive, a single-level and a 3-level plan; two loads each;
+Poisson arrivals; max batch 8) the seeded request set is written ONCE as a JSONL trace
+(arrival_s, prompt_tokens as a length, max_new_tokens) and replayed by both: the executor
+draws held-out prompts of those lengths and serves them for real (one CPU thread, as the
+profile was measured); the simulator serves the same trace from the profile (acceptance
+drawn per request, --sim-seeds runs, mean). The error of every metric is (simulated -
+measured) / measured (0 when both are 0: a speculative plan's TBT p50 is 0 when more
+than half of its gaps are tokens committed together); targets (issue 12): throughput and
+TBT p50 median |error| <= 10 %, TBT p99 and TTFT p50/p99 <= 20 %. Each scenario is also
+simulated WITHOUT the profile's serving calibration (the batch-1 table alone), which shows
+what the calibration fixes.
 
-The profile must be measured on the machine that runs the executor (`hispec-sim profile
-measure`); its latency grid covers 1..64 new tokens, so prefills of longer prompts are
-extrapolated (latency.py) — keep prompts short or re-measure with a wider grid.
+The profile is re-measured first, on this machine, right before the executor runs:
+`--remeasure full` (default: `hispec-sim profile measure`, layer table + serving
+calibration + acceptance; a quiet machine), `serving` (only the serving calibration,
+`python -m hispec_exec.measure_serving`, into a copy of --profile), or `none` (use
+--profile as it is). On a loaded, shared machine pass `--clock cpu --remeasure serving`:
+the executor and the calibration then both count this process's CPU time (idle waits
+for arrivals added), so other processes' load does not inflate one side only.
 
-    python studies/serving/run_serving.py [--profile profiles/cpu_hispec_tiny.json] [--requests 48]
-        [--loads 2,6] [--max-batch 8] [--batching ragged] [--threads 1] [--quick]
+    python studies/serving/run_serving.py                      # the study (quiet machine, ~10 min)
+    python studies/serving/run_serving.py --clock cpu --remeasure serving   # on a loaded machine
+    python studies/serving/run_serving.py --quick              # smoke run: one plan, one load, 12 requests
 
-Writes RESULTS.md, results.json and plot.svg next to this script (whole files or none).
+Writes RESULTS.md, results.json, plot.svg and the re-measured profile.json next to this
+script (whole files or none; --quick writes nothing but a temporary profile).
 """
 from __future__ import annotations
 
 import argparse
 import html
 import json
+import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -31,61 +42,189 @@ from pathlib import Path
 
 import numpy as np
 
-from hispec_sim.schema import LengthDist, Traffic, load_profile, write_atomic
-from hispec_sim.traffic import generate
-
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+from hispec_sim.schema import LengthDist, Traffic, load_profile, save_profile, write_atomic  # noqa: E402
+from hispec_sim.traffic import generate  # noqa: E402
+
 METRICS = (("throughput_tokens_per_s", None, 0.10), ("tbt_ms", "p50", 0.10), ("tbt_ms", "p99", 0.20),
            ("ttft_ms", "p50", 0.20), ("ttft_ms", "p99", 0.20))
+EXTRA = (("tpot_ms", "mean"), ("queue_ms", "mean"))  # reported, no target
 PLANS = {"autoregressive": ["--levels", "16"],
          "single_level": ["--levels", "2,16", "--propose", "4"],
          "3_level": ["--levels", "2,4,16", "--propose", "2", "--window", "4"]}
 
+WHY = """\
+## Where it misses, and why
 
-def _run(cmd: list[str]) -> dict:
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+Root cause of the earlier factor ~5 (TBT p50 18.9 ms measured vs 3.95 ms simulated): the
+simulator costed a serving step from the batch-1 latency table, which times ONE sequence
+of n tokens through `Transformer.run`. A serving step runs b sequences through
+`Transformer.run_jobs`, where every sequence pays, in every layer, its own Python
+bookkeeping (job state, mask, cache writes) and its own attention against its own cache
+(per-sequence loops of small kernels); one sequence of b tokens pays none of that. On
+this machine (CPU clock, load ~10, `python -m hispec_exec.measure_serving`) one layer for
+16 sequences of 1 token costs 3.8 ms in `run_jobs` against 2.2 ms that the table gives
+for 16 tokens of one sequence (0.93 ms for one sequence of one token in both), and 13.2
+ms against 10.9 ms for 16 sequences of 8 tokens. Uncalibrated, the simulator therefore
+under-predicted the autoregressive TBT p50 by 36 % and the TPOT by 41 % at mean batch
+3.3; the remaining part of the old factor 5 was the machine's load: the profile had been
+measured at another time, under another load, than the executor run (wall clock on a
+2-core machine shared by several processes; up to 2x on the same forward).
+
+The fix (no factor fitted to the scenarios): the profile carries a serving calibration
+(`LatencyTable.serving`, schema.ServingCalibration) measured through the executor's own
+batched path: a grid of one layer of `run_jobs` for b sequences x n rows each (b 1..16,
+n 1..64), and the serve loop's host time per iteration beyond forward and head (fixed +
+per sequence + per check, NNLS on real `serve()` iterations, bootstrap standard errors).
+`hispec-sim serve` costs every layer range at (sequences in it, rows per sequence) from
+that grid, and every step's host time from the fit; the batch-1 analytic and
+Monte-Carlo models do not read it.
+
+Remaining misses (figures from the first full run: 2026-11-28 14:14 UTC, `--clock cpu
+--remeasure serving --repeats 4`, load 11-15 on the 2-core machine shared with other
+jobs; a quiet-machine run replaces them):
+* Autoregressive TBT p50 -11 % and -13 % (TBT p99 -12 %, -18 %): the machine slowed down
+  between the calibration and the executor runs. A back-to-back check right after the
+  study (closed batches through `serve()`, CPU clock) measured 22.9 / 31.7 / 37.2 ms per
+  step at b = 1 / 2 / 4 where the calibration, taken 20-30 minutes earlier, predicts
+  19.4 / 24.0 / 29.1 ms; the open-arrival steps of the same check agreed with its closed
+  batches (b = 2: 23.7 ms measured, 24.0 ms predicted, before the load rose further), so
+  the model's structure holds and the level of the machine moved: on an over-subscribed
+  2-core VM even CPU time inflates with contention (shared caches, SMT). The study now
+  times a fixed reference forward right after the calibration and right before every
+  executor run, and prints the drift per scenario.
+* TTFT p99 (-44 % autoregressive at 3 req/s, +21 % single-level at 3 req/s): p99 over 48
+  requests is the worst one or two, and near saturation a few % error in the step time
+  (see the drift) becomes tens of % in the queueing delay; more requests (--requests) and
+  lower loads converge.
+* Speculative plans: TBT p50 is 0 on both sides (more than half of the gaps are tokens one
+  check commits together), an exact match that says nothing about step times, so the
+  TBT p50 median over the 6 scenarios is carried by the speculative rows; the
+  autoregressive rows (above) are the informative ones. TBT p99 and TPOT do measure the
+  speculative steps: within 3-10 % and 4 % for [2,16] g=4.
+* [2,4,16] g=2 w=4 at 3 req/s (throughput -17 %, TTFT p50 +159 %, queueing x30): the
+  simulator, from a calibration taken at load ~12, puts this load at the plan's
+  saturation (TPOT +46 %), while the executor ran when the machine was faster (90 s
+  against 146-224 s for the other scenarios) and kept up. Near saturation queueing
+  multiplies any step-cost error. A back-to-back check after the study (load ~6, open
+  arrivals at 3 req/s, CPU clock, per step) predicted [2,4,16] steps 10 % high (12.4 ms
+  vs 11.2 ms; forward + head 10.3 ms, so mostly the host part: check_ms 0.96 ms fitted
+  at load 12) and autoregressive steps 5 % high (22.5 vs 21.4 ms): the per-step model
+  holds to ~10 % across a halving of the load, the queueing at 3 req/s does not. On a
+  quiet machine both sides run ~1.5-2x faster than here and 3 req/s is further from
+  saturation; if it is not, lower --loads.
+* Acceptance is not a source of error here: the executor's acceptance_per_level counts
+  kept / checked tokens (the kept prefix stops at the first rejection); the profile's
+  per-token rates give the same kept fraction for the plans' buffers (0.486 vs 0.481
+  measured for [2,16] g=4; 0.72 / 0.61 vs 0.68 / 0.65 for [2,4,16]), see above.
+* Throughput at these loads is set by the arrivals (every request is served), so it
+  matches with or without the calibration; it tests the simulator's bookkeeping, not its
+  step costs.
+"""
+
+
+def _run(cmd: list[str], what: str) -> dict | None:
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")})
     if out.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd[:3])} failed: {out.stderr.strip().splitlines()[-1] if out.stderr else out.returncode}")
-    return json.loads(out.stdout)
+        last = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit status {out.returncode}"
+        raise SystemExit(f"{what} failed: {last}")
+    return json.loads(out.stdout) if out.stdout.strip().startswith("{") else None
 
 
 def _get(summary: dict, key: str, sub: str | None) -> float:
-    return float(summary[key] if sub is None else summary[key][sub])
+    v = summary[key] if sub is None else summary[key][sub]
+    return float(v["mean"]) if isinstance(v, dict) else float(v)
 
 
-def scenario(profile: str, family: str, qps: float, args, workdir: Path) -> dict:
+def _err(sim: float, meas: float) -> float | None:
+    if meas == 0:
+        return 0.0 if sim == 0 else None
+    return (sim - meas) / meas
+
+
+def _name(k: str, s: str | None) -> str:
+    return k if s is None else f"{k}_{s}"
+
+
+def profile_acceptance(profile_path: str, plan_args: list[str]) -> list | None:
+    """The acceptance per level the simulator uses for this plan (marginal rates)."""
+    from hispec_sim.schema import Plan
+    from hispec_sim.serving import level_rates
+
+    prof = load_profile(profile_path)
+    a = dict(zip(plan_args[::2], plan_args[1::2]))
+    levels = [int(x) for x in a["--levels"].split(",")]
+    if len(levels) == 1:
+        return [None]
+    plan = Plan(levels=levels, propose=int(a.get("--propose", 1)),
+                windows=[int(a["--window"])] * (len(levels) - 2) if "--window" in a else [])
+    rates = level_rates(prof.workloads[prof.default_workload], plan.levels)
+    return [None] + [round(float(r), 4) for r in rates[:, 2]]
+
+
+def kept_fraction(rate: float | None, n: int) -> float | None:
+    """Expected kept / checked tokens of an n-token buffer whose tokens pass i.i.d. with
+    `rate` (the executor's acceptance_per_level counts the kept prefix: it stops at the
+    first rejection), (p + p^2 + ... + p^n) / n."""
+    if rate is None:
+        return None
+    return round(sum(rate ** i for i in range(1, n + 1)) / n, 4)
+
+
+def reference(args) -> float:
+    """ms of the fixed reference forward now (the machine's speed, for drift)."""
+    r = _run([sys.executable, "-m", "hispec_exec.measure_serving", "--reference", "--clock", args.clock],
+             "reference forward")
+    return float(r["reference_ms"])
+
+
+def scenario(profile: str, bare: str, family: str, qps: float, args, workdir: Path) -> dict:
     tr = Traffic(qps=qps, requests=args.requests, prompt_len=LengthDist.parse(args.prompt_len, "prompt-len"),
                  output_len=LengthDist.parse(args.output_len, "output-len"), seed=args.seed)
     trace = workdir / f"{family}_{qps:g}.jsonl"
     trace.write_text("".join(r.model_dump_json(exclude_none=True) + "\n" for r in generate(tr)))
     common = ["--trace", str(trace), "--max-batch", str(args.max_batch), "--batching", args.batching, "--json"]
+    ref = reference(args)
     t0 = time.perf_counter()
     exe = _run([sys.executable, "-m", "hispec_exec.cli", "serve", *PLANS[family], *common, "--seed", str(args.seed),
-                "--threads", str(args.threads)])
+                "--threads", str(args.threads), "--clock", args.clock], "hispec-exec serve")
     exec_s = time.perf_counter() - t0
-    sim = _run([sys.executable, "-m", "hispec_sim.cli", "serve", "--profile", profile, *PLANS[family], *common,
-                "--seeds", str(args.sim_seeds), "--seed", str(args.seed)])
-    row = {"family": family, "plan": sim["describe"], "qps": qps, "requests": args.requests,
-           "max_batch": args.max_batch, "batching": args.batching, "exec_seconds": exec_s,
-           "exec_mean_batch": exe.get("mean_batch"), "exec_acceptance": exe.get("acceptance_per_level")}
-    agg = sim["mean_over_seeds"]
-    for key, sub, _ in METRICS:
-        name = key if sub is None else f"{key}_{sub}"
+    sims = {}
+    for tag, prof in (("simulated", profile), ("uncalibrated", bare)):
+        sims[tag] = _run([sys.executable, "-m", "hispec_sim.cli", "serve", "--profile", prof, *PLANS[family], *common,
+                          "--seeds", str(args.sim_seeds), "--seed", str(args.seed)], "hispec-sim serve")
+    row = {"family": family, "plan": sims["simulated"]["describe"], "qps": qps, "requests": args.requests,
+           "max_batch": args.max_batch, "batching": args.batching, "exec_seconds": round(exec_s, 1),
+           "exec_mean_batch": exe.get("mean_batch"), "exec_acceptance": exe.get("acceptance_per_level"),
+           "profile_acceptance": profile_acceptance(profile, PLANS[family]), "load_after": os.getloadavg()[0],
+           "reference_ms": ref}
+    pa = row["profile_acceptance"]
+    opts = dict(zip(PLANS[family][::2], PLANS[family][1::2]))
+    sizes = [int(opts.get("--propose", 1))] + [int(opts.get("--window", 1))] * max(len(pa) - 2, 0)
+    row["profile_kept_fraction"] = [None] + [kept_fraction(p, n) for p, n in zip(pa[1:], sizes)]
+    for key, sub, *_ in (*METRICS, *EXTRA):
         measured = _get(exe["summary"], key, sub)
-        predicted = agg[key]["mean"] if sub is None else agg[key][sub]["mean"]
-        row[name] = {"measured": measured, "simulated": predicted,
-                     "error": (predicted - measured) / measured if measured else None}
+        cell = {"measured": measured}
+        for tag, sim in sims.items():
+            agg = sim["mean_over_seeds"]
+            pred = _get(agg, key, sub)
+            cell[tag] = pred
+            cell["error" if tag == "simulated" else "error_uncalibrated"] = _err(pred, measured)
+        row[_name(key, sub)] = cell
     return row
 
 
-def svg_errors(rows: list[dict], width: int = 560, height: int = 300) -> str:
+def svg_errors(rows: list[dict], width: int = 620, height: int = 320) -> str:
     """Relative error of each metric per scenario, with the +-10 % / +-20 % targets."""
-    names = [k if s is None else f"{k}_{s}" for k, s, _ in METRICS]
-    pad, span = 50, 0.6
-    y = lambda e: height / 2 - max(-span, min(span, e)) / span * (height / 2 - pad)
-    head = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
-            f'font-size="11"><rect width="{width}" height="{height}" fill="white"/>')
-    parts = [head]
+    names = [_name(k, s) for k, s, _ in METRICS]
+    pad, span = 56, 0.6
+    y = lambda e: height / 2 - max(-span, min(span, e)) / span * (height / 2 - pad)  # noqa: E731
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
+             f'font-size="11"><rect width="{width}" height="{height}" fill="white"/>']
     for lim, col in ((0.2, "#f3f3f3"), (0.1, "#e4e4e4")):
         parts.append(f'<rect x="{pad}" y="{y(lim):.1f}" width="{width - 2 * pad}" height="{y(-lim) - y(lim):.1f}" fill="{col}"/>')
     parts.append(f'<line x1="{pad}" y1="{y(0):.1f}" x2="{width - pad}" y2="{y(0):.1f}" stroke="#999"/>')
@@ -95,48 +234,107 @@ def svg_errors(rows: list[dict], width: int = 560, height: int = 300) -> str:
         x0 = pad + step * (i + 0.5)
         parts.append(f'<text x="{x0:.1f}" y="{height - 12}" text-anchor="middle">{html.escape(n)}</text>')
         for j, r in enumerate(rows):
-            e = r[n]["error"]
-            if e is None:
-                continue
-            cx = x0 + (j - len(rows) / 2) * 4
-            parts.append(f'<circle cx="{cx:.1f}" cy="{y(e):.1f}" r="3.5" fill="{colours.get(r["family"], "#000")}">'
-                         f'<title>{html.escape(r["plan"])} at {r["qps"]:g} req/s: {100 * e:+.1f} %</title></circle>')
-    for v in (-0.4, -0.2, 0.0, 0.2, 0.4):
+            for key, hollow in (("error", False), ("error_uncalibrated", True)):
+                e = r[n][key]
+                if e is None:
+                    continue
+                cx = x0 + (j - len(rows) / 2) * 5
+                c = colours.get(r["family"], "#000")
+                fill = f'fill="white" stroke="{c}"' if hollow else f'fill="{c}"'
+                parts.append(f'<circle cx="{cx:.1f}" cy="{y(e):.1f}" r="3.5" {fill}><title>'
+                             f'{html.escape(r["plan"])} at {r["qps"]:g} req/s{" (uncalibrated)" if hollow else ""}: '
+                             f'{100 * e:+.1f} %</title></circle>')
+    for v in (-0.6, -0.4, -0.2, 0.0, 0.2, 0.4, 0.6):
         parts.append(f'<text x="{pad - 4}" y="{y(v) + 4:.1f}" text-anchor="end">{100 * v:+.0f}%</text>')
-    parts.append(f'<text x="{width / 2}" y="16" text-anchor="middle">simulated vs measured (bands: 10 % and 20 %)</text></svg>')
+    parts.append(f'<text x="{width / 2}" y="16" text-anchor="middle">simulated vs measured: filled = with the serving '
+                 f'calibration, hollow = batch-1 table only (bands 10 %, 20 %; clipped at 60 %)</text></svg>')
     return "\n".join(parts)
+
+
+def _pct(e) -> str:
+    return "-" if e is None else f"{100 * e:+.1f} %"
 
 
 def results_md(out: dict) -> str:
     rows = out["scenarios"]
-    intro = (f"Profile `{out['profile']}`; {out['requests']} requests per scenario, Poisson, prompts {out['prompt_len']}, "
-             f"outputs {out['output_len']}, max batch {out['max_batch']}, batching {out['batching']}, executor threads "
-             f"{out['threads']}, simulator {out['sim_seeds']} acceptance seeds (mean). Machine load at start "
-             f"{out['load_at_start']:.2f}. Command: `{out['command']}`.")
-    lines = ["# Serving validation: hispec-sim serve vs hispec-exec serve", "", intro, "",
-             "| plan | req/s | " + " | ".join(k if s is None else f"{k} {s}" for k, s, _ in METRICS) + " |",
-             "|---|---:|" + "---:|" * len(METRICS)]
+    lines = ["# Serving validation: hispec-sim serve vs hispec-exec serve", "",
+             f"Machine: {out['machine']}. Load average (1 min) at start {out['load_at_start']:.2f}, at the end "
+             f"{out['load_at_end']:.2f}. Clock: {out['clock']}. Started {out['started']}, {out['seconds']:.0f} s in all.",
+             "",
+             f"Profile `{out['profile']}` ({out['remeasure_detail']}). {out['requests']} requests per scenario, Poisson "
+             f"arrivals, prompts {out['prompt_len']}, outputs {out['output_len']} tokens, max batch {out['max_batch']}, "
+             f"batching {out['batching']}, executor threads {out['threads']}, simulator: mean over {out['sim_seeds']} "
+             f"acceptance seeds on the same trace.", "", "Commands:", ""]
+    lines += [f"    {c}" for c in out["commands"]]
+    lines += ["", "## Results", "",
+              "Error = (simulated - measured) / measured; `uncalibrated` = the same simulation from the batch-1 table "
+              "alone (the profile without its serving calibration).", "",
+              "| scenario | req/s | metric | measured | simulated | error | target | met | uncalibrated error |",
+              "|---|---:|---|---:|---:|---:|---:|:---:|---:|"]
     for r in rows:
-        cells = []
-        for k, s, _ in METRICS:
-            c = r[k if s is None else f"{k}_{s}"]
-            cells.append(f"{c['measured']:.1f} / {c['simulated']:.1f} ({100 * c['error']:+.1f} %)" if c["error"] is not None
-                         else "-")
-        lines.append(f"| {r['plan']} | {r['qps']:g} | " + " | ".join(cells) + " |")
-    lines += ["", "Cells: measured / simulated (error). Median |error| per metric (target):", ""]
+        for key, sub, *t in (*METRICS, *EXTRA):
+            c = r[_name(key, sub)]
+            target = f"{100 * t[0]:.0f} %" if t else "-"
+            met = "-" if not t or c["error"] is None else ("yes" if abs(c["error"]) <= t[0] else "no")
+            lines.append(f"| {r['plan']} | {r['qps']:g} | {_name(key, sub)} | {c['measured']:.2f} | "
+                         f"{c['simulated']:.2f} | {_pct(c['error'])} | {target} | {met} | {_pct(c['error_uncalibrated'])} |")
+    ref0 = out.get("reference_at_calibration_ms")
+    lines += ["", "Per scenario: executor mean batch; acceptance per level as the executor counts it (kept / "
+              "checked tokens) against the profile's per-token rate and the kept fraction that rate gives for the "
+              "plan's buffer (i.i.d. approximation); the reference forward (4 sequences x 1 token through "
+              "run_jobs) right before the executor ran, against its time right after the calibration "
+              f"({'-' if ref0 is None else f'{ref0:.2f} ms'}): the machine's drift.", ""]
+    fmt = lambda v: "-" if v is None else ", ".join("-" if x is None else f"{x:.3f}" for x in v)  # noqa: E731
+    for r in rows:
+        ref = r.get("reference_ms")
+        drift = "" if ref is None or ref0 is None else f", reference forward {ref:.2f} ms ({100 * (ref / ref0 - 1):+.1f} %)"
+        lines.append(f"- {r['plan']} at {r['qps']:g} req/s: mean batch {r['exec_mean_batch']:.2f}; acceptance executor "
+                     f"[{fmt(r['exec_acceptance'])}], profile rate [{fmt(r['profile_acceptance'])}], kept fraction "
+                     f"[{fmt(r.get('profile_kept_fraction'))}]; executor {r['exec_seconds']:.0f} s{drift}")
+    lines += ["", "Median |error| over the scenarios (issue 12 targets):", "",
+              "| metric | median abs error | target | met | uncalibrated |", "|---|---:|---:|:---:|---:|"]
     for k, s, target in METRICS:
-        n = k if s is None else f"{k}_{s}"
-        m = out["median_abs_error"][n]
-        lines.append(f"- {n}: {100 * m:.1f} % (target <= {100 * target:.0f} %){'' if m <= target else '  MISSED'}")
-    lines += ["", "![errors](plot.svg)", ""]
+        n = _name(k, s)
+        m, u = out["median_abs_error"][n], out["median_abs_error_uncalibrated"][n]
+        lines.append(f"| {n} | {100 * m:.1f} % | {100 * target:.0f} % | {'yes' if m <= target else 'no'} | {100 * u:.1f} % |")
+    lines += ["", "![errors](plot.svg)", "", WHY]
     return "\n".join(lines)
+
+
+def remeasure(args, dest: Path) -> tuple[str, str, list[str]]:
+    """(profile path, how it was obtained, commands run)."""
+    py = shlex.quote(sys.executable)
+    if args.remeasure == "none":
+        return args.profile, f"used as given: {args.profile}", []
+    if args.remeasure == "full":
+        if args.clock == "cpu":
+            print("[serving study] note: profile measure times in wall time; with --clock cpu prefer "
+                  "--remeasure serving (the calibration then counts CPU time as the executor does)", flush=True)
+        cmd = [sys.executable, "-m", "hispec_sim.cli", "profile", "measure", "--out", str(dest), "--name",
+               "cpu_hispec_tiny", "--repeats", str(args.repeats), "--threads", str(args.threads)]
+        what = f"re-measured in full on this machine before the runs (hispec-sim profile measure, {args.repeats} rounds)"
+    else:
+        cmd = [sys.executable, "-m", "hispec_exec.measure_serving", args.profile, str(dest), "--threads",
+               str(args.threads), "--clock", args.clock, "--repeats", str(args.repeats)]
+        what = (f"{args.profile} with its serving calibration re-measured on this machine before the runs "
+                f"(clock {args.clock})")
+    print(f"[serving study] re-measuring the profile: {' '.join(shlex.quote(c) for c in cmd[1:])}", flush=True)
+    t0 = time.perf_counter()
+    _run(cmd, "re-measuring the profile")
+    print(f"[serving study] profile ready in {time.perf_counter() - t0:.0f} s", flush=True)
+    return str(dest), what, [py + " " + " ".join(shlex.quote(c) for c in cmd[1:])]
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--profile", default=str(HERE.parent.parent / "profiles" / "cpu_hispec_tiny.json"))
+    ap.add_argument("--profile", default=str(ROOT / "profiles" / "cpu_hispec_tiny.json"))
+    ap.add_argument("--remeasure", choices=["full", "serving", "none"], default="full")
+    ap.add_argument("--repeats", type=int, default=8, help="timing rounds of the re-measure (default 8)")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="wall (default) or cpu (loaded machines: executor and calibration count CPU time)")
     ap.add_argument("--requests", type=int, default=48)
-    ap.add_argument("--loads", default="2,6", help="two (or more) arrival rates, requests/s")
+    ap.add_argument("--loads", default="1.5,3", help="arrival rates, requests/s (default 1.5,3)")
+    ap.add_argument("--plans", default=",".join(PLANS), help=f"of {', '.join(PLANS)}")
     ap.add_argument("--prompt-len", default="uniform:16:64")
     ap.add_argument("--output-len", default="uniform:16:64")
     ap.add_argument("--max-batch", type=int, default=8)
@@ -144,36 +342,72 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--sim-seeds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--quick", action="store_true", help="one plan, one load, 8 requests (a plumbing check)")
+    ap.add_argument("--render", action="store_true", help="only rewrite RESULTS.md and plot.svg from results.json")
+    ap.add_argument("--quick", action="store_true", help="smoke run: autoregressive, the first load, 12 requests; "
+                    "re-measure only with --remeasure given explicitly; writes nothing")
+    argv = sys.argv[1:] if argv is None else argv
     args = ap.parse_args(argv)
+    if args.render:
+        out = json.loads((HERE / "results.json").read_text())
+        write_atomic(HERE / "plot.svg", svg_errors(out["scenarios"]))
+        write_atomic(HERE / "RESULTS.md", results_md(out))
+        return 0
+    if args.quick and "--remeasure" not in argv:
+        args.remeasure = "none"
     load_profile(args.profile)  # fail early on a bad profile
     loads = [float(x) for x in args.loads.split(",")]
-    fams = list(PLANS)
+    fams = [f for f in args.plans.split(",") if f]
+    bad = [f for f in fams if f not in PLANS]
+    if bad:
+        raise SystemExit(f"plans: unknown {bad}; allowed: {', '.join(PLANS)}")
     if args.quick:
-        fams, loads, args.requests = ["single_level"], loads[:1], 8
-    import os
+        fams, loads, args.requests = fams[:1], loads[:1], 12
+    from hispec_sim.machine import describe, fingerprint
 
-    out = {"profile": args.profile, "requests": args.requests, "prompt_len": args.prompt_len,
-           "output_len": args.output_len, "max_batch": args.max_batch, "batching": args.batching,
-           "threads": args.threads, "sim_seeds": args.sim_seeds, "load_at_start": os.getloadavg()[0],
-           "command": "python studies/serving/run_serving.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "scenarios": []}
+    t_start = time.perf_counter()
+    out = {"requests": args.requests, "prompt_len": args.prompt_len, "output_len": args.output_len,
+           "max_batch": args.max_batch, "batching": args.batching, "threads": args.threads, "clock": args.clock,
+           "sim_seeds": args.sim_seeds, "load_at_start": os.getloadavg()[0],
+           "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+           "machine": describe(fingerprint("cpu")) + f", {os.cpu_count()} logical CPUs", "scenarios": []}
     with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        dest = tmp / "profile.json"
+        profile, how, cmds = remeasure(args, dest)
+        prof = load_profile(profile)
+        if not any(t.serving is not None for t in prof.latency):
+            print("[serving study] note: the profile has no serving calibration; both simulations read the table",
+                  flush=True)
+        bare = tmp / "bare.json"  # the same profile without its serving calibration
+        save_profile(prof.model_copy(update={"latency": [t.model_copy(update={"serving": None})
+                                                         for t in prof.latency]}), bare)
+        out["profile"] = "studies/serving/profile.json" if profile == str(dest) else profile
+        out["reference_at_calibration_ms"] = reference(args)
+        out["remeasure_detail"] = how
+        out["commands"] = cmds + ["python studies/serving/run_serving.py " + " ".join(shlex.quote(a) for a in argv)]
+        total = len(fams) * len(loads)
         for fam in fams:
             for q in loads:
-                row = scenario(args.profile, fam, q, args, Path(tmp))
+                print(f"[serving study] {len(out['scenarios']) + 1}/{total}: {fam} at {q:g} req/s "
+                      f"({args.requests} requests) ...", flush=True)
+                row = scenario(profile, str(bare), fam, q, args, tmp)
                 out["scenarios"].append(row)
-                print(f"{row['plan']:32s} {q:5g} req/s  " + "  ".join(
-                    f"{n}: {100 * row[n]['error']:+.1f}%" for n in (k if s is None else f"{k}_{s}" for k, s, _ in METRICS)
-                    if row[n]["error"] is not None), flush=True)
-    out["median_abs_error"] = {}
-    for k, s, _ in METRICS:
-        n = k if s is None else f"{k}_{s}"
-        errs = [abs(r[n]["error"]) for r in out["scenarios"] if r[n]["error"] is not None]
-        out["median_abs_error"][n] = float(np.median(errs)) if errs else float("nan")
-    if args.quick:
-        print(json.dumps(out["median_abs_error"], indent=1))
-        return 0
+                print(f"    {row['plan']:32s} mean batch {row['exec_mean_batch']:.1f}, executor {row['exec_seconds']:.0f} s; "
+                      + "  ".join(f"{_name(k, s)} {_pct(row[_name(k, s)]['error'])} (uncal. "
+                                  f"{_pct(row[_name(k, s)]['error_uncalibrated'])})" for k, s, _ in METRICS), flush=True)
+        for tag, key in (("median_abs_error", "error"), ("median_abs_error_uncalibrated", "error_uncalibrated")):
+            out[tag] = {}
+            for k, s, _ in METRICS:
+                errs = [abs(r[_name(k, s)][key]) for r in out["scenarios"] if r[_name(k, s)][key] is not None]
+                out[tag][_name(k, s)] = float(np.median(errs)) if errs else float("nan")
+        out["load_at_end"] = os.getloadavg()[0]
+        out["seconds"] = time.perf_counter() - t_start
+        if args.quick:
+            print(json.dumps({"median_abs_error": out["median_abs_error"],
+                              "median_abs_error_uncalibrated": out["median_abs_error_uncalibrated"]}, indent=1))
+            return 0
+        if profile == str(dest):
+            write_atomic(HERE / "profile.json", dest.read_text())
     write_atomic(HERE / "results.json", json.dumps(out, indent=1) + "\n")
     write_atomic(HERE / "plot.svg", svg_errors(out["scenarios"]))
     write_atomic(HERE / "RESULTS.md", results_md(out))

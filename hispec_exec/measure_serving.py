@@ -1,0 +1,336 @@
+"""Measure what a serving step costs beyond the batch-1 latency table, through the path
+`hispec-exec serve` takes (`Transformer.run_jobs` over a `CachePool`, `Batch.step`, the
+serve loop), whatever that path does inside.
+
+The latency table (measure.py) times ONE sequence of n tokens through `Transformer.run`.
+A serving step runs b sequences at once through `run_jobs`: per layer, every sequence
+adds its own bookkeeping and its own attention against its own cache, which one sequence
+of b x n tokens never pays. Two measurements capture it:
+
+1. the batch grid: one layer of `run_jobs` with b sequences of n new tokens each (in situ:
+   (forward over all L layers - forward over one layer) / (L - 1), as the table), over
+   b x n, in interleaved rounds with outlier rejection, fitted non-decreasing in b and n;
+2. the step overheads: the host time of a serve-loop iteration beyond its forward and
+   exit head (building jobs, applying every sequence's logits, emission bookkeeping),
+   fitted by non-negative least squares on iterations of real `serve()` runs (closed
+   batches of every size, an autoregressive and two speculative calibration plans) as
+   a fixed part + a part per running sequence + a part per check; standard errors by
+   bootstrap over iterations.
+
+The result is a `hispec_sim.schema.ServingCalibration`, stored in the profile's latency
+table; `hispec_sim.serving` costs every step with it (the batch-1 models do not read it).
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import torch
+
+from hispec_sim.schema import (
+    LatencyTable,
+    Plan,
+    ServeLimits,
+    ServingCalibration,
+    Source,
+)
+
+from .measure import (
+    OUTLIER_MADS,
+    _nnls,
+    calibration_plans,
+    calibration_prompts,
+    isotonic_2d,
+    robust_mean,
+)
+from .model import Transformer
+
+BATCHES = [1, 2, 3, 4, 6, 8, 12, 16]
+ROWS = [1, 2, 3, 4, 6, 8, 16, 32, 64]  # decode steps and checks, then prompt (prefill) sizes
+MAX_CELL_ROWS = 256  # cells of more rows in all are left to the table's linear part (prefills of many prompts)
+
+
+@torch.no_grad()
+def batch_layer_grid(model: Transformer, batches: list[int] = BATCHES, rows: list[int] = ROWS, context: int = 0,
+                     repeats: int = 8, seed: int = 0, clock=time.perf_counter, table: LatencyTable | None = None) -> dict:
+    """ms of ONE layer of `run_jobs` for b sequences (consecutive pool slots) with n new
+    tokens each after `context` cached ones, over batches x rows; and the per-forward part
+    (the 1-layer forward minus one layer)."""
+    L = model.num_layers
+    dev = model.tok_embeddings.weight.device
+    cuda = dev.type == "cuda"
+    B = max(batches)
+    pool = model.new_pool(B)
+    caches = [pool.cache(s) for s in range(B)]
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    toks = {n: [torch.randint(0, model.args.vocab_size, (n,), generator=gen).to(dev) for _ in range(B)] for n in rows}
+    cells = [(b, n) for b in batches for n in rows if context + n <= pool.capacity and (b * n <= MAX_CELL_ROWS or n == 1)]
+
+    def timed(f) -> float:
+        if cuda:
+            torch.cuda.synchronize()
+        t = clock()
+        f()
+        if cuda:
+            torch.cuda.synchronize()
+        return (clock() - t) * 1e3
+
+    def fwd(layers, b, n):
+        def f():
+            for c in caches[:b]:
+                c.lens[1:layers + 1] = [context] * layers
+            model.run_jobs([(caches[s], layers, toks[n][s]) for s in range(b)])
+        return f
+
+    per_layer: dict = {c: [] for c in cells}
+    per_forward: dict = {c: [] for c in cells}
+    t0 = time.perf_counter()
+    for r in range(-1, repeats):  # round -1 warms up, discarded
+        for b, n in [cells[i] for i in rng.permutation(len(cells))]:
+            fwd(1, b, n)()
+            full = timed(fwd(L, b, n))
+            one = timed(fwd(1, b, n)) if L > 1 else 0.0
+            if r >= 0:
+                layer = (full - one) / max(L - 1, 1)
+                per_layer[(b, n)].append(layer)
+                per_forward[(b, n)].append(one - layer)
+    raw = np.full((len(batches), len(rows)), np.nan)
+    se = np.full_like(raw, np.nan)
+    fwd_part = np.full_like(raw, np.nan)
+    for (b, n), s in per_layer.items():
+        i, j = batches.index(b), rows.index(n)
+        raw[i, j], se[i, j], _ = robust_mean(s)
+        fwd_part[i, j] = robust_mean(per_forward[(b, n)])[0]
+    # cells not timed (too many rows in all, or beyond the capacity): the cell of fewer rows
+    # per sequence plus the table's linear part for the extra rows (as the simulator extrapolates)
+    filled = []
+    for j in range(len(rows)):
+        for i, b in enumerate(batches):
+            if not np.isfinite(raw[i, j]):
+                extra = 0.0
+                if table is not None and j:
+                    from hispec_sim.latency import linear_layer_ms
+
+                    extra = float(linear_layer_ms(table, b * rows[j]) - linear_layer_ms(table, b * rows[j - 1]))
+                raw[i, j] = (raw[i, j - 1] if j else 0.0) + max(extra, 0.0)
+                se[i, j] = np.nan
+                filled.append((b, rows[j]))
+    finite = se[np.isfinite(se) & (se > 0)]
+    floor = float(np.median(finite)) if finite.size else 1e-3
+    w = 1.0 / np.maximum(np.nan_to_num(se, nan=10 * floor), floor) ** 2
+    for b, n in filled:
+        w[batches.index(b), rows.index(n)] = 1e-6 / floor ** 2
+    grid = np.maximum(isotonic_2d(raw, w), 1e-6)
+    return {"batches": list(batches), "rows": list(rows), "context": context, "layer_ms": grid,
+            "raw_layer_ms": raw, "layer_ms_se": np.nan_to_num(se), "forward_ms": fwd_part, "filled": filled,
+            "seconds": time.perf_counter() - t0, "repeats": repeats}
+
+
+def _ops_of(batch) -> list[tuple[int, int, int]]:
+    """(operation, buffered tokens it checks, cached tokens) of every running sequence's next step."""
+    out = []
+    for d in batch.running:
+        op = d.next_op() if batch.batching == "ragged" else batch.phase
+        out.append((op, len(d.bufs[op]) if op > 0 else 0, d.cache.lens[1]))
+    return out
+
+
+def step_features(levels: list[int], ops: list[tuple[int, int, int]], table: LatencyTable) -> tuple[float, int, int]:
+    """(forward + head ms that `table` (with its serving grid) predicts, sequences, checks)
+    of one step whose sequences run `ops`."""
+    from hispec_sim.latency import head_ms, sequence_attention_ms, serving_layer_ms
+
+    lv = [0] + list(levels)
+    k = len(levels)
+    rows = np.zeros((len(ops), k), np.int64)
+    for i, (op, nbuf, _) in enumerate(ops):
+        rows[i, :op] = 1
+        rows[i, op] = nbuf + 1 if op > 0 else 1
+    ctx = np.array([c for _, _, c in ops], float)
+    head_rows = int(sum(rows[i, op] for i, (op, _, _) in enumerate(ops)))
+    t = float(head_ms(table, head_rows))
+    for r in range(k):
+        on = rows[:, r] > 0
+        if on.any():
+            att = float(sequence_attention_ms(table, rows[on, r], ctx[on]).sum())
+            t += (lv[r + 1] - lv[r]) * (float(serving_layer_ms(table, on.sum(), rows[on, r].sum())) + att)
+    return t, len(ops), int(sum(op > 0 for op, _, _ in ops))
+
+
+def serve_iterations(model: Transformer, plan: Plan, prompts: list[list[int]], max_new: int, max_batch: int,
+                     seed: int = 0, clock=None) -> list[dict]:
+    """Per iteration of a real `serve()` run of a closed batch (every request arrives at
+    0): its wall time without the prefill, and the operations of its step."""
+    from .serve import serve
+
+    log: list[dict] = []
+    timing = {"clock": clock, "sleep": getattr(clock, "sleep", time.sleep)} if clock is not None else {}
+    serve(model, plan, [0.0] * len(prompts), prompts, [max_new] * len(prompts),
+          ServeLimits(max_batch=max_batch), mode="greedy", seed=seed, step_log=log, ops_of=_ops_of, **timing)
+    return log
+
+
+def fit_step_overheads(model: Transformer, table: LatencyTable, batches: list[int], rounds: int = 2,
+                       max_new: int = 24, bootstrap: int = 200, seed: int = 0, clock=None) -> dict:
+    """Host time per serve iteration beyond forward + head: NNLS of (iteration ms - the
+    grid's forward - the table's head) on [1, running sequences, checks]."""
+    L = model.num_layers
+    plans = calibration_plans(L)
+    X, y, group = [], [], []
+    g = 0
+    prompts = calibration_prompts(model, max(batches), 24)
+    for _ in range(rounds):
+        for plan in plans:
+            for b in batches:
+                for it in serve_iterations(model, plan, prompts[:b], max_new, b, seed, clock):
+                    pred, nseq, nchk = step_features(plan.levels, it["ops"], table)
+                    X.append([1.0, nseq, nchk])
+                    y.append(it["step_ms"] - pred)
+                    group.append(g)
+                g += 1
+    X, y, group = np.asarray(X), np.asarray(y), np.asarray(group)
+    coef = _nnls(X, y)
+    resid = y - X @ coef
+    mad = 1.4826 * np.median(np.abs(resid - np.median(resid)))
+    keep = np.abs(resid - np.median(resid)) <= OUTLIER_MADS * mad if mad > 0 else np.ones(len(y), bool)
+    coef = _nnls(X[keep], y[keep])
+    rng = np.random.default_rng(seed)
+    runs = np.unique(group)
+    boots = []
+    for _ in range(bootstrap):
+        pick = rng.choice(runs, len(runs))
+        idx = np.concatenate([np.flatnonzero((group == p) & keep) for p in pick])
+        boots.append(_nnls(X[idx], y[idx]))
+    se = np.std(boots, axis=0, ddof=1) if bootstrap > 1 else np.full(3, np.nan)
+    return {"step_ms": float(coef[0]), "sequence_ms": float(coef[1]), "check_ms": float(coef[2]),
+            "step_ms_se": float(se[0]), "sequence_ms_se": float(se[1]), "check_ms_se": float(se[2]),
+            "iterations": int(keep.sum()), "rejected": int((~keep).sum()),
+            "residual_ms_median_abs": float(np.median(np.abs((y - X @ coef)[keep]))),
+            "plans": [p.describe() for p in plans]}
+
+
+def design_for(repeats: int) -> dict:
+    """measure_serving's arguments for `profile measure --repeats R`: the full design from
+    4 rounds on, a small one below (quick checks)."""
+    if repeats >= 4:
+        return {"repeats": min(repeats, 8), "rounds": 2}
+    return {"repeats": repeats, "rounds": 1, "batches": [1, 2, 4], "rows": [1, 2, 8], "max_new": 8}
+
+
+def measure_serving(model: Transformer, table: LatencyTable, env: str = "", repeats: int = 8, rounds: int = 2,
+                    batches: list[int] = BATCHES, rows: list[int] = ROWS, seed: int = 0, log=None,
+                    clock=None, max_new: int = 24) -> ServingCalibration:
+    """The serving calibration of `table` (measured on this model and machine). clock:
+    None = wall time; a hispec_exec.serve.CpuClock = this process's CPU time (to compare
+    with `hispec-exec serve --clock cpu` on a loaded machine)."""
+    log = log or (lambda s: None)
+    log(f"serving: timing run_jobs over {len(batches)} batch sizes x {len(rows)} rows per sequence")
+    grid = batch_layer_grid(model, batches, rows, 0, repeats, seed, clock or time.perf_counter, table)  # attention beyond: the table's increments
+    cal = ServingCalibration(batches=grid["batches"], rows=grid["rows"], context=grid["context"],
+                             layer_ms=np.round(grid["layer_ms"], 6).tolist(),
+                             layer_ms_se=np.round(grid["layer_ms_se"], 6).tolist(),
+                             source=Source(kind="measured", detail="pending"))
+    log(f"serving: batch grid done in {grid['seconds']:.0f} s; fitting step overheads on serve() iterations")
+    fit = fit_step_overheads(model, table.model_copy(update={"serving": cal}), [b for b in batches if b <= 8] or batches[:1], rounds, max_new,
+                             seed=seed, clock=clock)
+    how = "wall time" if clock is None else "process CPU time (CpuClock)"
+    detail = (f"{how}; Transformer.run_jobs over a CachePool, b x n = {batches} x {rows}, context {grid['context']} (cells of more than {MAX_CELL_ROWS} rows in all: the table's linear part beyond "
+              f"the last timed rows): one layer "
+              f"in situ ((L-layer - 1-layer forward) / (L - 1)), {repeats} interleaved rounds, samples beyond "
+              f"{OUTLIER_MADS} MADs rejected, fitted non-decreasing in b and n ({grid['seconds']:.0f} s); step "
+              f"overheads by NNLS on {fit['iterations']} serve() iterations ({fit['rejected']} outliers rejected) of "
+              f"{fit['plans']} over closed batches, median |residual| {fit['residual_ms_median_abs']:.3f} ms, standard "
+              f"errors by bootstrap over runs; {env}")
+    return cal.model_copy(update={
+        "step_ms": round(fit["step_ms"], 6), "sequence_ms": round(fit["sequence_ms"], 6),
+        "check_ms": round(fit["check_ms"], 6),
+        "step_ms_se": round(fit["step_ms_se"], 6), "sequence_ms_se": round(fit["sequence_ms_se"], 6),
+        "check_ms_se": round(fit["check_ms_se"], 6), "source": Source(kind="measured", detail=detail)})
+
+
+@torch.no_grad()
+def reference_ms(model: Transformer, batch: int = 4, repeats: int = 15, clock=time.perf_counter) -> float:
+    """Median ms of one fixed forward (`batch` sequences, 1 token each, all layers, through
+    run_jobs): a probe of the machine's speed, to compare the moments of a study (drift
+    between the calibration and the executor runs)."""
+    pool = model.new_pool(batch)
+    caches = [pool.cache(s) for s in range(batch)]
+    tok = torch.tensor([65], device=model.tok_embeddings.weight.device)
+    L = model.num_layers
+    out = []
+    for r in range(repeats + 2):
+        for c in caches:
+            c.lens[1:] = [16] * L
+        t = clock()
+        model.run_jobs([(c, L, tok) for c in caches])
+        if r >= 2:
+            out.append((clock() - t) * 1e3)
+    return float(np.median(out))
+
+
+def add_to_profile(profile_path: str, out_path: str, repeats: int = 8, rounds: int = 2, seed: int = 0,
+                   device: str = "cpu", log=None, clock=None) -> None:
+    """Re-measure the serving calibration of the shipped model into a copy of a profile
+    (its latency table is kept as it is)."""
+    from hispec_sim.schema import Profile, load_profile, save_profile
+
+    from .checkpoint import load_model
+    from .measure import _environment
+
+    profile = load_profile(profile_path)
+    model = load_model(device=device)
+    if profile.model.num_layers != model.num_layers or profile.model.hidden != model.args.dim:
+        raise ValueError(f"profile: {profile_path} is not the shipped model's profile")
+    _, when, env = _environment(device)
+    tables = []
+    for t in profile.latency:
+        if t.stack == "hispec_exec":
+            t = t.model_copy(update={"serving": measure_serving(model, t, env, repeats, rounds, seed=seed, log=log, clock=clock)})
+        tables.append(t)
+    prov = dict(profile.provenance)
+    prov["serving_calibration"] = {"measured": when, "repeats": repeats, "rounds": rounds, "seed": seed,
+                                   "clock": "wall" if clock is None else "cpu"}
+    save_profile(Profile.model_validate({**profile.model_dump(), "latency": [t.model_dump() for t in tables],
+                                         "provenance": prov}), out_path)
+
+
+def main(argv=None) -> int:
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(description="measure the serving calibration of the shipped model into a profile")
+    ap.add_argument("profile", nargs="?")
+    ap.add_argument("out", nargs="?")
+    ap.add_argument("--reference", action="store_true", help="only print the reference forward's ms (JSON)")
+    ap.add_argument("--repeats", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="as hispec-exec serve --clock")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    from .serve import CpuClock
+
+    if a.reference:
+        from .checkpoint import load_model
+
+        clk = CpuClock() if a.clock == "cpu" else time.perf_counter
+        print(json.dumps({"reference_ms": reference_ms(load_model(), clock=clk), "clock": a.clock}))
+        return 0
+    if a.profile is None or a.out is None:
+        print("error: profile and out: both required (or --reference)", file=sys.stderr)
+        return 2
+    try:
+        add_to_profile(a.profile, a.out, a.repeats, a.rounds, a.seed,
+                       log=lambda s: print(f"[measure_serving] {s}", file=sys.stderr, flush=True),
+                       clock=CpuClock() if a.clock == "cpu" else None)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

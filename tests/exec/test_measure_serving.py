@@ -1,0 +1,63 @@
+"""hispec_exec.measure_serving on the shipped model with tiny arguments: sane fitted
+values through the real run_jobs / serve() path (no timing assertions), and the serve
+loop's instrumentation."""
+import math
+
+import numpy as np
+
+from hispec_exec.measure_serving import (
+    batch_layer_grid,
+    measure_serving,
+    serve_iterations,
+    step_features,
+)
+from hispec_exec.serve import CpuClock
+from hispec_sim.schema import LatencyTable, Plan, ServingCalibration, Source
+
+SRC = Source(kind="assumed", detail="test")
+
+
+def _table(shipped):
+    return LatencyTable(stack="hispec_exec", tokens=[1, 64], contexts=[0, 256], layer_ms=[[0.5, 0.6], [2.0, 2.2]],
+                        head_ms=[0.1, 0.5], overhead_ms=0.3, source=SRC)
+
+
+def test_batch_grid_is_positive_monotone_and_filled(shipped):
+    g = batch_layer_grid(shipped, [1, 2], [1, 2, 300], repeats=1, table=_table(shipped))
+    grid = np.asarray(g["layer_ms"])
+    assert grid.shape == (2, 3) and np.all(np.isfinite(grid)) and np.all(grid > 0)
+    assert np.all(np.diff(grid, axis=0) >= 0) and np.all(np.diff(grid, axis=1) >= 0)
+    assert (2, 300) in g["filled"]  # 600 rows in all: not timed, extended by the table's linear part
+
+
+def test_serve_log_has_one_entry_per_step_with_the_ops(shipped):
+    plan = Plan(levels=[4, 16], propose=2)
+    prompts = [[65 + i] * (5 + i) for i in range(3)]
+    log = serve_iterations(shipped, plan, prompts, 6, 2, clock=CpuClock())
+    assert log and all(e["step_ms"] >= 0 and e["prefill_ms"] >= 0 for e in log)
+    assert all(1 <= len(e["ops"]) <= 2 for e in log)
+    assert any(op > 0 and nbuf == 2 for e in log for op, nbuf, _ in e["ops"])  # level-2 checks of 2 drafts
+    pred, nseq, nchk = step_features(plan.levels, log[-1]["ops"], _table(shipped))
+    assert pred > 0 and nseq == len(log[-1]["ops"]) and 0 <= nchk <= nseq
+
+
+def test_measure_serving_returns_a_valid_calibration(shipped):
+    cal = measure_serving(shipped, _table(shipped), "test", repeats=1, rounds=1, batches=[1, 2], rows=[1, 3],
+                          max_new=4)
+    assert isinstance(cal, ServingCalibration)
+    ServingCalibration.model_validate(cal.model_dump())
+    assert cal.batches == [1, 2] and cal.rows == [1, 3] and cal.context == 0
+    for v in (cal.step_ms, cal.sequence_ms, cal.check_ms):
+        assert math.isfinite(v) and v >= 0
+    for v in (cal.step_ms_se, cal.sequence_ms_se, cal.check_ms_se):
+        assert v is not None and math.isfinite(v) and v >= 0
+    assert cal.source.kind == "measured" and "run_jobs" in cal.source.detail
+
+
+def test_cpu_clock_sleep_advances_without_waiting():
+    c = CpuClock()
+    t = c()
+    c.sleep(100.0)
+    assert c() - t >= 100.0
+    c.sleep(-5.0)  # a negative wait is no wait
+    assert c() - t < 200.0

@@ -1,0 +1,104 @@
+"""The serving calibration (schema.ServingCalibration): its cost terms are zero-safe,
+monotone, reduce to the batch-1 table without a calibration, and drive the simulator."""
+import numpy as np
+import pytest
+from factories import TEST_SOURCE, make_profile
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hispec_sim import latency, schema, serving
+from hispec_sim.latency import serving_layer_ms, serving_step_overhead_ms
+
+
+def _cal(base=1.0, per_seq=0.2, per_row=0.1, step=0.5, seq=0.05, chk=0.1, batches=(1, 2, 4, 8), rows=(1, 2, 4, 8)):
+    grid = [[base + per_seq * (b - 1) + per_row * b * (n - 1) for n in rows] for b in batches]
+    return schema.ServingCalibration(batches=list(batches), rows=list(rows), layer_ms=grid, step_ms=step,
+                                     sequence_ms=seq, check_ms=chk, source=TEST_SOURCE)
+
+
+def _table(cal=None):
+    t = make_profile().latency[0]
+    return t.model_copy(update={"serving": cal})
+
+
+def test_without_a_calibration_the_terms_are_the_tables():
+    t = _table()
+    rows = np.arange(1, 40)
+    assert np.allclose(serving_layer_ms(t, 1, rows), latency.linear_layer_ms(t, rows))
+    assert np.allclose(serving_layer_ms(t, 5, rows), latency.linear_layer_ms(t, rows))
+    assert serving_step_overhead_ms(t, 3, 0) == pytest.approx(t.overhead_ms)
+    assert serving_step_overhead_ms(t, 3, 2) == pytest.approx(t.overhead_ms + t.verify_overhead_ms)
+
+
+def test_grid_points_are_read_exactly_and_nothing_costs_nothing():
+    cal = _cal()
+    t = _table(cal)
+    for i, b in enumerate(cal.batches):
+        for j, n in enumerate(cal.rows):
+            assert float(serving_layer_ms(t, b, b * n)) == pytest.approx(cal.layer_ms[i][j])
+    assert float(serving_layer_ms(t, 0, 0)) == 0.0
+    assert float(serving_step_overhead_ms(t, 0, 0)) == 0.0
+    assert float(serving_step_overhead_ms(t, 4, 1)) == pytest.approx(0.5 + 4 * 0.05 + 0.1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(base=st.floats(0.0, 5.0), per_seq=st.floats(0.0, 2.0), per_row=st.floats(0.0, 2.0),
+       b=st.integers(1, 40), n=st.integers(1, 100))
+def test_more_sequences_or_more_rows_never_cost_less(base, per_seq, per_row, b, n):
+    """Inside the grid, beyond its last batch and beyond its last rows per sequence."""
+    t = _table(_cal(base, per_seq, per_row))
+    here = float(serving_layer_ms(t, b, b * n))
+    assert here >= 0
+    assert float(serving_layer_ms(t, b + 1, (b + 1) * n)) >= here - 1e-9  # one more sequence of n rows
+    assert float(serving_layer_ms(t, b, b * (n + 1))) >= here - 1e-9  # one more row for each sequence
+    assert float(serving_step_overhead_ms(t, b + 1, 0)) >= float(serving_step_overhead_ms(t, b, 0))
+    assert float(serving_step_overhead_ms(t, b, 1)) >= float(serving_step_overhead_ms(t, b, 0))
+
+
+def test_zero_calibration_costs_no_layers():
+    t = _table(_cal(0.0, 0.0, 0.0, 0.0, 0.0, 0.0))
+    assert float(serving_layer_ms(t, 3, 12)) == 0.0
+    assert float(serving_step_overhead_ms(t, 3, 2)) == 0.0
+
+
+def test_schema_checks_the_grid():
+    with pytest.raises(ValueError, match="serving.layer_ms"):
+        schema.ServingCalibration(batches=[1, 2], rows=[1], layer_ms=[[1.0]], source=TEST_SOURCE)
+    with pytest.raises(ValueError, match="serving.batches"):
+        schema.ServingCalibration(batches=[2, 1], rows=[1], layer_ms=[[1.0], [1.0]], source=TEST_SOURCE)
+    p = make_profile()
+    p2 = p.model_copy(update={"latency": [_table(_cal())]})
+    back = schema.Profile.model_validate_json(p2.model_dump_json())
+    assert back.latency[0].serving == _cal()
+
+
+def _simulate(table, plan, seed=0):
+    p = make_profile()
+    rng = np.random.default_rng(3)
+    n = 40
+    arrival = np.cumsum(rng.exponential(0.05, n))
+    return serving.quick_summary(serving.simulate_arrays(
+        table, 16, p.workload(), plan, arrival, rng.integers(8, 40, n), rng.integers(8, 40, n),
+        schema.ServeLimits(max_batch=8), seed), schema.ServeLimits(max_batch=8))
+
+
+@pytest.mark.parametrize("plan", [schema.Plan(levels=[16]), schema.Plan(levels=[4, 16], propose=3),
+                                  schema.Plan(levels=[2, 6, 16], propose=2, windows=[3]),
+                                  schema.Plan(levels=[4, 16], propose=3, batching="synchronous")])
+def test_a_costlier_calibration_slows_serving(plan):
+    cheap = _simulate(_table(_cal(0.2, 0.01, 0.01, 0.1, 0.0, 0.0)), plan)
+    dear = _simulate(_table(_cal(0.4, 0.2, 0.05, 0.5, 0.1, 0.1)), plan)
+    assert dear["tpot_ms"]["mean"] > cheap["tpot_ms"]["mean"]
+    assert dear["ttft_ms"]["p50"] > cheap["ttft_ms"]["p50"]
+    assert dear["throughput_tokens_per_s"] <= cheap["throughput_tokens_per_s"] * (1 + 1e-9)
+
+
+def test_a_lone_autoregressive_request_pays_the_grid_at_batch_one():
+    """One request alone: every decode step is L x grid(1, 1) + head(1) + step + sequence."""
+    cal = _cal(0.7, 0.3, 0.1, 0.25, 0.05, 0.0)
+    t = _table(cal)
+    p = make_profile()
+    run = serving.simulate_arrays(t, 16, p.workload(), schema.Plan(levels=[16]), np.array([0.0]), np.array([1]),
+                                  np.array([6]), schema.ServeLimits(max_batch=4))
+    step = 16 * 0.7 + float(latency.head_ms(t, 1)) + 0.25 + 0.05
+    assert run.metrics()[0].tbt_ms == pytest.approx([step] * 5)
