@@ -66,14 +66,27 @@ class ModelArgs:
         return args
 
 
+ROW_TILE = 8  # linear layers and the exit head: rows in tiles of exactly this many
+QUERY_TILE = 8  # attention: query rows per tile (G per token)
+KV_BLOCK = 32  # attention: keys per block
+
+
+def _tiled(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x @ w.T for x of a whole number of ROW_TILE-row tiles: one batched product, one
+    (ROW_TILE, K) x (K, N) product per tile, the weight broadcast."""
+    nt = x.shape[0] // ROW_TILE
+    return torch.bmm(x.reshape(nt, ROW_TILE, x.shape[1]),
+                     w.t().expand(nt, w.shape[1], w.shape[0])).view(x.shape[0], w.shape[0])
+
+
 def mm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """x @ w.T, row invariant: every row is computed exactly as a one-row F.linear would
-    (several rows go through a batched product with the weight broadcast, one row per
-    batch entry, which takes the same BLAS path as a single row)."""
+    """x @ w.T, row invariant: the rows go in tiles of exactly ROW_TILE rows (the last one
+    zero-padded), so every product has the same shape whatever the number of rows, and a
+    row's result depends on nothing but its own values (not on the other rows, nor on its
+    slot in a tile: tested)."""
     n = x.shape[0]
-    if n == 1:
-        return F.linear(x, w)
-    return torch.bmm(x[:, None, :], w.t().expand(n, w.shape[1], w.shape[0]))[:, 0]
+    pad = -n % ROW_TILE
+    return _tiled(F.pad(x, (0, 0, 0, pad)) if pad else x, w)[:n]
 
 
 class RMSNorm(nn.Module):
@@ -144,89 +157,148 @@ class Block(nn.Module):
         g, u = self.w13(self.ffn_norm(x)).chunk(2, dim=-1)
         return x + self.w2(F.silu(g) * u)
 
-    # -- decoding path (row invariant, one sequence) --------------------------------
-    def step(self, x: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, pos0: int,
-             cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x (n, dim) at positions pos0..pos0+n-1; kc/vc (KV, C, hd) this layer's cache.
-        Attention spans the whole capacity C with a mask, one query per row of one-row
-        products (the shape of a column-stacked product would change the BLAS kernel)."""
+    # -- decoding path (row invariant) -------------------------------------------------
+    def step_rows(self, x: torch.Tensor, layer: int, rows: "_Rows") -> torch.Tensor:
+        """x (rows.padded, dim): the rows of one or several sequences, concatenated and
+        zero-padded to whole row tiles (`rows` says whose rows they are and where they
+        sit). Every product has a fixed shape (`_tiled`, `_Rows.attend`), so every row's
+        result is bit-identical to running its sequence alone, in any chunking."""
         a = self.args
-        n = x.shape[0]
+        Rp, R = x.shape[0], rows.rows
         hd, H, KV = a.head_dim, a.n_heads, a.n_kv_heads
-        G = H // KV
-        qkv = mm(self.attention_norm(x), self.wqkv.weight)
-        qk = apply_rope(qkv[:, : (H + KV) * hd].reshape(n, H + KV, hd), cos, sin)
-        kc[:, pos0:pos0 + n] = qk[:, H:].transpose(0, 1)
-        vc[:, pos0:pos0 + n] = qkv[:, (H + KV) * hd:].reshape(n, KV, hd).transpose(0, 1)
-        q = (qk[:, :H] * (1.0 / math.sqrt(hd))).view(n, KV, G, hd)
-        o = torch.empty(n, KV, G, hd, dtype=x.dtype, device=x.device)
-        for h in range(KV):  # every query is a one-row product against its kv head's whole cache
-            s = mm(q[:, h].reshape(n * G, hd), kc[h])  # (n*G, C)
-            p = torch.softmax(s + mask, dim=-1)
-            o[:, h] = mm(p, vc[h].t()).view(n, G, hd)
-        o = o.reshape(n, H * hd)
-        x = x + mm(o, self.wo.weight)
-        g, u = mm(self.ffn_norm(x), self.w13.weight).chunk(2, dim=-1)
-        return x + mm(F.silu(g) * u, self.w2.weight)
+        qkv = _tiled(self.attention_norm(x), self.wqkv.weight)
+        qk = apply_rope(qkv[:, : (H + KV) * hd].reshape(Rp, H + KV, hd), rows.cos, rows.sin)
+        rows.write(layer, qk[:R, H:], qkv[:R, (H + KV) * hd:].reshape(R, KV, hd))
+        q = (qk[:, :H] * (1.0 / math.sqrt(hd))).reshape(Rp * H, hd)
+        x = x + _tiled(rows.attend(layer, q), self.wo.weight)
+        g, u = _tiled(self.ffn_norm(x), self.w13.weight).chunk(2, dim=-1)
+        return x + _tiled(F.silu(g) * u, self.w2.weight)
 
-    # -- decoding path, several sequences in one call (row invariant) ----------------
-    def step_rows(self, x: torch.Tensor, layer: int, parts: list, cos: torch.Tensor, sin: torch.Tensor,
-                  masks: list) -> torch.Tensor:
-        """x (R, dim): the rows of several sequences, concatenated; parts[i] = (cache, row0,
-        n, pos0): rows row0..row0+n-1 are that cache's positions pos0..pos0+n-1; cos/sin per
-        row. Linear layers see all rows at once (`mm` is row invariant); attention is per
-        sequence, each query a one-row product against its kv head's whole cache, as in
-        `step` -- batched over sequences in consecutive pool slots when they carry as many
-        rows each. Every row's result is bit-identical to running its sequence alone."""
-        a = self.args
-        R = x.shape[0]
-        hd, H, KV = a.head_dim, a.n_heads, a.n_kv_heads
-        G = H // KV
-        l = layer
-        qkv = mm(self.attention_norm(x), self.wqkv.weight)
-        qk = apply_rope(qkv[:, : (H + KV) * hd].reshape(R, H + KV, hd), cos, sin)
-        vv = qkv[:, (H + KV) * hd:].reshape(R, KV, hd)
-        pool = parts[0][0].pool
-        if pool is not None and all(c.pool is pool for c, *_ in parts):
-            slots = torch.tensor([c.slot for c, _, n, _ in parts for _ in range(n)], device=x.device)
-            pos = torch.tensor([p for _, _, n, p0 in parts for p in range(p0, p0 + n)], device=x.device)
-            pool.k[l][:, slots, pos] = qk[:, H:].transpose(0, 1)
-            pool.v[l][:, slots, pos] = vv.transpose(0, 1)
-        else:
-            for c, r0, n, p0 in parts:
-                c.k[l][:, p0:p0 + n] = qk[r0:r0 + n, H:].transpose(0, 1)
-                c.v[l][:, p0:p0 + n] = vv[r0:r0 + n].transpose(0, 1)
-        q = (qk[:, :H] * (1.0 / math.sqrt(hd))).view(R, KV, G, hd)
-        o = torch.empty(R, KV, G, hd, dtype=x.dtype, device=x.device)
-        n0 = parts[0][2]
-        sl = [c.slot for c, *_ in parts] if pool is not None else []
-        if (pool is not None and len(parts) > 1 and all(n == n0 for _, _, n, _ in parts)
-                and all(a < b for a, b in zip(sl, sl[1:])) and sl[-1] - sl[0] < 2 * len(parts)):
-            # sequences in slots first..last (a few unused slots in between compute discarded rows)
-            k, first, span = len(parts), sl[0], sl[-1] - sl[0] + 1
-            rows = torch.tensor([s_ - first for s_ in sl], device=x.device)
-            mask = torch.zeros(span, n0 * G, masks[0].shape[-1], dtype=x.dtype, device=x.device)
-            mask[rows] = torch.stack(masks)
-            for h in range(KV):
-                qh = q[:, h].reshape(k, n0 * G, hd)
-                if span != k:
-                    qh = torch.zeros(span, n0 * G, hd, dtype=x.dtype, device=x.device).index_copy_(0, rows, qh)
-                kt = pool.k[l, h, first:first + span].transpose(1, 2)  # (span, hd, C)
-                s = torch.cat([torch.bmm(qh[:, i:i + 1], kt) for i in range(n0 * G)], dim=1)
-                p = torch.softmax(s + mask, dim=-1)
-                vh = pool.v[l, h, first:first + span]  # (span, C, hd)
-                oh = torch.cat([torch.bmm(p[:, i:i + 1], vh) for i in range(n0 * G)], dim=1)
-                o[:, h] = (oh if span == k else oh[rows]).reshape(R, G, hd)
-        else:
-            for (c, r0, n, p0), m in zip(parts, masks):
+
+def _store(c: "Cache") -> tuple:
+    """Where a cache's keys live: (the K tensor, the V tensor, slots, slot): pool-backed
+    caches are addressed through their pool, so that one indexed op serves a batch."""
+    if c.pool is not None:
+        return c.pool.k, c.pool.v, c.pool.slots, c.slot
+    return c.k, c.v, 1, 0
+
+
+class _Rows:
+    """Index plan of one forward's rows, built once and shared by every layer that carries
+    the same rows: parts[i] = (cache, n, pos0): the next n rows are that cache's positions
+    pos0..pos0+n-1. Attention works on fixed-shape pieces: per (sequence, KV head), the
+    sequence's query rows (token-major, G per token) in tiles of QUERY_TILE rows (padding
+    slots repeat the part's first query), each tile against KV blocks of KV_BLOCK keys.
+    Every tile takes the same blocks 0..nb-1, nb = the batch's longest need: a block past a
+    sequence's own length is fully masked and adds exact zeros (see `attend`)."""
+
+    def __init__(self, model: "Transformer", parts: list[tuple["Cache", int, int]]):
+        a = model.args
+        H, KV = a.n_heads, a.n_kv_heads
+        G, Tq, Bk = H // KV, QUERY_TILE, KV_BLOCK
+        dev = model.rope_cos.device
+        self.rows = R = sum(n for _, n, _ in parts)
+        self.padded = Rp = -(-R // ROW_TILE) * ROW_TILE
+        nb = -(-max(p0 + n for _, n, p0 in parts) // Bk)
+        self.nb = nb
+        pos, wr, qi, kb, qpos, oi = [], [], [], [], [], [0] * (Rp * H)
+        self.groups: list = []  # runs of consecutive parts sharing one store: (store, entries, write rows, kv rows)
+        r = e = 0
+        for c, n, p0 in parts:
+            kst, vst, slots, s = _store(c)
+            cp = kst.shape[-2]
+            if not self.groups or self.groups[-1][0][0] is not kst:
+                self.groups.append([(kst, vst), [], [], []])
+            grp = self.groups[-1]
+            pos.extend(range(p0, p0 + n))
+            for t in range(n):
                 for h in range(KV):
-                    s = mm(q[r0:r0 + n, h].reshape(n * G, hd), c.k[l][h])
-                    p = torch.softmax(s + m, dim=-1)
-                    o[r0:r0 + n, h] = mm(p, c.v[l][h].t()).view(n, G, hd)
-        o = o.reshape(R, H * hd)
-        x = x + mm(o, self.wo.weight)
-        g, u = mm(self.ffn_norm(x), self.w13.weight).chunk(2, dim=-1)
-        return x + mm(F.silu(g) * u, self.w2.weight)
+                    grp[2].append((h * slots + s) * cp + p0 + t)
+            nt = -(-(n * G) // Tq)
+            for h in range(KV):
+                for t in range(nt):
+                    for j in range(Tq):
+                        i = t * Tq + j  # query row i of this (sequence, head): token i // G, head h*G + i % G
+                        if i < n * G:
+                            row = (r + i // G) * H + h * G + i % G
+                            oi[row] = e * Tq + j
+                            qi.append(row)
+                            qpos.append(p0 + i // G)
+                        else:
+                            qi.append(r * H + h * G)
+                            qpos.append(p0)
+                    grp[3].extend((h * slots + s) * (cp // Bk) + b for b in range(nb))
+                    grp[1].append(e)
+                    e += 1
+            r += n
+        self.entries = E = e
+        pos.extend([0] * (Rp - R))
+        p = torch.tensor(pos, device=dev)
+        self.cos, self.sin = model.rope_cos[p], model.rope_sin[p]
+        for grp in self.groups:
+            grp[2] = torch.tensor(grp[2], device=dev)
+            grp[3] = torch.tensor(grp[3], device=dev)
+        qi = torch.tensor(qi, device=dev).view(E, 1, Tq)
+        self.qidx = qi.expand(E, nb, Tq).reshape(-1)  # every tile once per block
+        self.oidx = torch.tensor(oi, device=dev)
+        keys = torch.arange(nb * Bk, device=dev).view(1, nb, 1, Bk)
+        qp = torch.tensor(qpos, device=dev).view(E, 1, Tq, 1)
+        dt = model.rope_cos.dtype
+        self.mask = torch.zeros(E, nb, Tq, Bk, device=dev, dtype=dt).masked_fill_(
+            keys > qp, float("-inf")).view(E * nb, Tq, Bk)  # additive causal mask
+        self.dims = (H, KV, a.head_dim)
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store the new rows' keys and values (R, KV, hd) at their positions."""
+        hd = k.shape[-1]
+        r = 0
+        k, v = k.reshape(-1, hd), v.reshape(-1, hd)
+        for (kst, vst), _, wr, _ in self.groups:
+            m = wr.shape[0]
+            kst[layer].view(-1, hd).index_copy_(0, wr, k[r:r + m])
+            vst[layer].view(-1, hd).index_copy_(0, wr, v[r:r + m])
+            r += m
+
+    def attend(self, layer: int, q: torch.Tensor) -> torch.Tensor:
+        """q (padded*H, hd), scaled -> attention output (padded, H*hd). Per (tile, block):
+        scores = mask + Q K^T, (QUERY_TILE, hd) x (hd, KV_BLOCK); each query row's maximum
+        over all blocks (exact in any order); P = exp(scores - max); per block the row sums
+        of P (fixed length) and P V, (QUERY_TILE, KV_BLOCK) x (KV_BLOCK, hd); summed over the
+        blocks one after another, then divided. A fully masked block has P = 0 exactly, so
+        it adds exact zeros: how many blocks a batch carries changes no sequence's bits."""
+        H, KV, hd = self.dims
+        E, nb, Tq, Bk = self.entries, self.nb, QUERY_TILE, KV_BLOCK
+        if len(self.groups) == 1:
+            (kst, vst), _, _, kr = self.groups[0]
+            K = kst[layer].view(-1, Bk, hd).index_select(0, kr)
+            V = vst[layer].view(-1, Bk, hd).index_select(0, kr)
+        else:
+            K = torch.cat([g[0][0][layer].view(-1, Bk, hd).index_select(0, g[3]) for g in self.groups])
+            V = torch.cat([g[0][1][layer].view(-1, Bk, hd).index_select(0, g[3]) for g in self.groups])
+        Q = q.index_select(0, self.qidx).view(E * nb, Tq, hd)
+        s = torch.baddbmm(self.mask, Q, K.transpose(1, 2)).view(E, nb, Tq, Bk)
+        p = s.sub_(s.amax(dim=(1, 3), keepdim=True)).exp_()
+        den = p.sum(-1)  # (E, nb, Tq)
+        o = torch.bmm(p.view(E * nb, Tq, Bk), V).view(E, nb, Tq, hd)
+        num, tot = o[:, 0], den[:, 0]
+        for b in range(1, nb):  # in block order (a fixed sequence of adds)
+            num = num + o[:, b]
+            tot = tot + den[:, b]
+        out = (num / tot[..., None]).reshape(E * Tq, hd)
+        return out.index_select(0, self.oidx).view(-1, H * hd)
+
+
+def _blocks(capacity: int) -> int:
+    """Storage length of a cache: the capacity rounded up to whole KV blocks."""
+    return -(-capacity // KV_BLOCK) * KV_BLOCK
+
+
+def _pad_rows(xs: list[torch.Tensor], padded: int) -> torch.Tensor:
+    """Concatenate row blocks and zero-pad to `padded` rows (whole row tiles)."""
+    n = sum(x.shape[0] for x in xs)
+    if n == padded and len(xs) == 1:
+        return xs[0]
+    return torch.cat(xs + [xs[0].new_zeros(padded - n, xs[0].shape[1])])
 
 
 class Cache:
@@ -248,7 +320,7 @@ class Cache:
         if pool is not None:  # a view of one slot of a pool (stale values past lens are masked)
             self.k, self.v = pool.k[:, :, slot], pool.v[:, :, slot]
         else:
-            shape = (args.n_layers, args.n_kv_heads, C, args.head_dim)
+            shape = (args.n_layers, args.n_kv_heads, _blocks(C), args.head_dim)
             self.k = torch.zeros(shape, device=device, dtype=dtype)
             self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.lens = [0] * (args.n_layers + 1)  # index 0 unused
@@ -285,7 +357,7 @@ class CachePool:
         if slots < 1:
             raise ValueError("slots: must be >= 1")
         self.args, self.slots, self.capacity = args, slots, C
-        shape = (args.n_layers, args.n_kv_heads, slots, C, args.head_dim)
+        shape = (args.n_layers, args.n_kv_heads, slots, _blocks(C), args.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.device, self.dtype = device, dtype
@@ -313,7 +385,6 @@ class Transformer(nn.Module):
         cos, sin = rope_tables(args)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
-        self._mask_cache: dict = {}
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -349,19 +420,6 @@ class Transformer(nn.Module):
         p = self.tok_embeddings.weight
         return Cache(self.args, device=p.device, dtype=p.dtype, capacity=capacity)
 
-    def _mask(self, cache: Cache, pos0: int, n: int) -> torch.Tensor:
-        key = (cache.capacity, pos0, n, str(cache.device), cache.dtype)
-        m = self._mask_cache.get(key)
-        if m is None:
-            G = self.args.n_heads // self.args.n_kv_heads
-            pos = torch.arange(pos0, pos0 + n, device=cache.device).repeat_interleave(G)  # (n*G,) token-major
-            m = torch.arange(cache.capacity, device=cache.device)[None, :] > pos[:, None]
-            m = torch.zeros(m.shape, device=cache.device, dtype=cache.dtype).masked_fill(m, float("-inf"))  # additive
-            if len(self._mask_cache) > 4096:
-                self._mask_cache.clear()
-            self._mask_cache[key] = m
-        return m
-
     @torch.no_grad()
     def run(self, cache: Cache, a: int, b: int, tokens: torch.Tensor | None = None) -> torch.Tensor:
         """Run layers a+1..b (1-based, inclusive). a == 0: over the new `tokens` (1-D ids);
@@ -385,11 +443,12 @@ class Transformer(nn.Module):
         n = x.shape[0]
         if pos0 + n > cache.capacity:
             raise ValueError(f"capacity: sequence of {pos0 + n} tokens exceeds the cache capacity {cache.capacity}")
-        cos, sin = self.rope_cos[pos0:pos0 + n], self.rope_sin[pos0:pos0 + n]
-        mask = self._mask(cache, pos0, n)
+        rows = _Rows(self, [(cache, n, pos0)])
+        x = _pad_rows([x], rows.padded)
         for l in range(a, b):
-            x = self.layers[l].step(x, cache.k[l], cache.v[l], pos0, cos, sin, mask)
+            x = self.layers[l].step_rows(x, l, rows)
             cache.lens[l + 1] = pos0 + n
+        x = x[:n]
         if b < L:
             cache.hidden(b)[pos0:pos0 + n] = x
         return x
@@ -409,7 +468,7 @@ class Transformer(nn.Module):
         each job's rows after its layer b, (n_i, dim), kept at boundary b (when b < L).
         Each sequence's results are bit-identical to running it alone with `run`."""
         L = self.args.n_layers
-        state = []  # per job: [x or None, pos0]
+        cur: list = []  # per job: (tensor, first row, n, pos0) of the rows it carries, or None
         for c, b, tokens in jobs:
             if not 1 <= b <= L:
                 raise ValueError(f"layers: need 1 <= b <= {L}, got b={b}")
@@ -418,51 +477,50 @@ class Transformer(nn.Module):
                 if c.lens[1] + x.shape[0] > c.capacity:
                     raise ValueError(f"capacity: sequence of {c.lens[1] + x.shape[0]} tokens exceeds the cache "
                                      f"capacity {c.capacity}")
-                state.append([x, c.lens[1]])
+                cur.append((x, 0, x.shape[0], c.lens[1]))
             else:
-                state.append([None, c.lens[1]])
+                cur.append(None)
         if len({id(c) for c, _, _ in jobs}) != len(jobs):
             raise ValueError("jobs: one job per sequence")
         top = max(b for _, b, _ in jobs)
+        X, rows, sig_prev = None, None, None
         for l in range(1, top + 1):
-            parts, xs, masks, poss, idx = [], [], [], [], []
-            r = 0
+            sig, pieces = [], []
             for i, (c, b, _) in enumerate(jobs):
                 if l > b:
                     continue
-                x, pos0 = state[i]
+                t = cur[i]
                 if l > 1:
-                    end = c.lens[l - 1]
-                    if c.lens[l] < (pos0 if x is not None else end):  # rows waiting at boundary l-1
-                        w = c.hid[l - 1][c.lens[l]:pos0 if x is not None else end]
-                        x = w if x is None else torch.cat([w, x])
-                        pos0 = c.lens[l]
-                if x is None:
+                    start, end = c.lens[l], (t[3] if t is not None else c.lens[l - 1])
+                    if start < end:  # rows waiting at boundary l-1 go first
+                        w = c.hid[l - 1][start:end]
+                        t = (w, 0, end - start, start) if t is None else \
+                            (torch.cat([w, t[0][t[1]:t[1] + t[2]]]), 0, end - start + t[2], start)
+                if t is None:
                     continue
-                if pos0 != c.lens[l]:
-                    raise RuntimeError(f"cache: layer {l} is at {c.lens[l]}, rows start at {pos0}")
-                n = x.shape[0]
-                state[i] = [x, pos0]
-                parts.append((c, r, n, pos0))
-                idx.append(i)
-                xs.append(x)
-                masks.append(self._mask(c, pos0, n))
-                poss.extend(range(pos0, pos0 + n))
-                r += n
-            if not parts:
+                if t[3] != c.lens[l]:
+                    raise RuntimeError(f"cache: layer {l} is at {c.lens[l]}, rows start at {t[3]}")
+                sig.append((i, t[2], t[3]))
+                pieces.append(t)
+            if not sig:
                 continue
-            X = torch.cat(xs) if len(xs) > 1 else xs[0]
-            pos = torch.tensor(poss, device=X.device)
-            X = self.layers[l - 1].step_rows(X, l - 1, parts, self.rope_cos[pos], self.rope_sin[pos], masks)
-            for i, (c, r0, n, pos0) in zip(idx, parts):
-                state[i] = [X[r0:r0 + n], pos0]
-                c.lens[l] = pos0 + n
+            if sig != sig_prev:  # other rows than the previous layer's output: a new plan
+                rows = _Rows(self, [(jobs[i][0], n, p0) for i, n, p0 in sig])
+                X = _pad_rows([t[0][t[1]:t[1] + t[2]] for t in pieces], rows.padded)
+            X = self.layers[l - 1].step_rows(X, l - 1, rows)
+            r = 0
+            for i, n, p0 in sig:
+                cur[i] = (X, r, n, p0)
+                jobs[i][0].lens[l] = p0 + n
+                r += n
+            sig_prev = sig
         out = []
-        for (c, b, _), (x, pos0) in zip(jobs, state):
-            if x is None:
+        for (c, b, _), t in zip(jobs, cur):
+            if t is None:
                 raise RuntimeError(f"cache: nothing waiting to run up to layer {b}")
+            x = t[0][t[1]:t[1] + t[2]]
             if b < L:
-                c.hidden(b)[pos0:pos0 + x.shape[0]] = x
+                c.hidden(b)[t[3]:t[3] + t[2]] = x
             out.append(x)
         return out
 
