@@ -175,22 +175,23 @@ class Block(nn.Module):
         return x + _tiled(F.silu(g) * u, self.w2.weight)
 
 
-def _store(c: "Cache") -> tuple:
-    """Where a cache's keys live: (the K tensor, the V tensor, slots, slot): pool-backed
-    caches are addressed through their pool, so that one indexed op serves a batch."""
-    if c.pool is not None:
-        return c.pool.k, c.pool.v, c.pool.slots, c.slot
-    return c.k, c.v, 1, 0
-
-
 class _Rows:
     """Index plan of one forward's rows, built once and shared by every layer that carries
     the same rows: parts[i] = (cache, n, pos0): the next n rows are that cache's positions
-    pos0..pos0+n-1. Attention works on fixed-shape pieces: per (sequence, KV head), the
-    sequence's query rows (token-major, G per token) in tiles of QUERY_TILE rows (padding
-    slots repeat the part's first query), each tile against KV blocks of KV_BLOCK keys.
-    Every tile takes the same blocks 0..nb-1, nb = the batch's longest need: a block past a
-    sequence's own length is fully masked and adds exact zeros (see `attend`)."""
+    pos0..pos0+n-1. Attention is made of fixed-shape pieces: per (sequence, KV head) its
+    query rows (token-major, G per token) in tiles of QUERY_TILE rows (padding slots repeat
+    a real query; discarded), every tile against the KV blocks 0..nb-1, nb = the batch's
+    longest need: a block past a sequence's own length is fully masked and adds exact zeros
+    (see `attend`). Two ways to lay the same products out:
+
+    * in place (every part in one store, each one tile, i.e. n * G <= QUERY_TILE: decode
+      steps): one tile per (KV head, slot) of the whole store, idle slots included, against
+      the store's first nb blocks as they lie (no copy);
+    * gathered (prefill, several tiles per sequence, or caches in different stores): the
+      tiles' blocks copied out by index.
+
+    Both compute every (tile, block) product, maximum, sum and division by the same
+    sequence of operations, so a row's bits do not depend on which way its batch went."""
 
     def __init__(self, model: "Transformer", parts: list[tuple["Cache", int, int]]):
         a = model.args
@@ -199,61 +200,71 @@ class _Rows:
         dev = model.rope_cos.device
         self.rows = R = sum(n for _, n, _ in parts)
         self.padded = Rp = -(-R // ROW_TILE) * ROW_TILE
-        nb = -(-max(p0 + n for _, n, p0 in parts) // Bk)
-        self.nb = nb
-        pos, wr, qi, kb, qpos, oi = [], [], [], [], [], [0] * (Rp * H)
-        self.groups: list = []  # runs of consecutive parts sharing one store: (store, entries, write rows, kv rows)
+        self.nb = nb = -(-max(p0 + n for _, n, p0 in parts) // Bk)
+        self.dims = (H, KV, a.head_dim)
+        stores = [c.store for c, _, _ in parts]
+        self.in_place = all(s[0] is stores[0][0] for s in stores) and all(n * G <= Tq for _, n, _ in parts)
+        pos, qi, qpos, oi = [], [], [], [0] * (Rp * H)
+        self.groups: list = []  # runs of consecutive parts sharing a store: [store, write rows, blocks, entries]
+        if self.in_place:
+            slots = stores[0][2]
+            self.groups.append([stores[0], [], None, 0])
+            self.entries = E = KV * slots
+            qi, qpos = [0] * (E * Tq), [0] * (E * Tq)  # idle slots: any real query, key 0 visible
         r = e = 0
         for c, n, p0 in parts:
-            kst, vst, slots, s = _store(c)
-            cp = kst.shape[-2]
-            if not self.groups or self.groups[-1][0][0] is not kst:
-                self.groups.append([(kst, vst), [], [], []])
+            st = c.store
+            _, _, slots, s = st
+            if not self.groups or self.groups[-1][0][0] is not st[0]:
+                self.groups.append([st, [], [], 0])
             grp = self.groups[-1]
             pos.extend(range(p0, p0 + n))
             for t in range(n):
-                for h in range(KV):
-                    grp[2].append((h * slots + s) * cp + p0 + t)
+                p = p0 + t
+                grp[1].extend(((p // Bk * KV + h) * slots + s) * Bk + p % Bk for h in range(KV))
             nt = -(-(n * G) // Tq)
             for h in range(KV):
                 for t in range(nt):
+                    ent = h * slots + s if self.in_place else e
                     for j in range(Tq):
-                        i = t * Tq + j  # query row i of this (sequence, head): token i // G, head h*G + i % G
-                        if i < n * G:
-                            row = (r + i // G) * H + h * G + i % G
-                            oi[row] = e * Tq + j
-                            qi.append(row)
-                            qpos.append(p0 + i // G)
+                        i = t * Tq + j  # query row i of this (sequence, KV head): token i // G, head h*G + i % G
+                        row, qp = (r + i // G) * H + h * G + i % G, p0 + i // G
+                        if i >= n * G:
+                            row, qp = r * H + h * G, p0
                         else:
-                            qi.append(r * H + h * G)
-                            qpos.append(p0)
-                    grp[3].extend((h * slots + s) * (cp // Bk) + b for b in range(nb))
-                    grp[1].append(e)
-                    e += 1
+                            oi[row] = ent * Tq + j
+                        if self.in_place:
+                            qi[ent * Tq + j], qpos[ent * Tq + j] = row, qp
+                        else:
+                            qi.append(row)
+                            qpos.append(qp)
+                    if not self.in_place:
+                        grp[2].append([(b * KV + h) * slots + s for b in range(nb)])
+                        grp[3] += 1
+                        e += 1
             r += n
-        self.entries = E = e
+        if not self.in_place:
+            self.entries = E = e
         pos.extend([0] * (Rp - R))
         p = torch.tensor(pos, device=dev)
         self.cos, self.sin = model.rope_cos[p], model.rope_sin[p]
         for grp in self.groups:
-            grp[2] = torch.tensor(grp[2], device=dev)
-            grp[3] = torch.tensor(grp[3], device=dev)
-        qi = torch.tensor(qi, device=dev).view(E, 1, Tq)
-        self.qidx = qi.expand(E, nb, Tq).reshape(-1)  # every tile once per block
+            grp[1] = torch.tensor(grp[1], device=dev)
+            if grp[2] is not None:  # blocks laid out (nb, entries)
+                grp[2] = torch.tensor(grp[2], device=dev).t().reshape(-1)
+        self.qidx = torch.tensor(qi, device=dev).view(1, E, Tq).expand(nb, E, Tq).reshape(-1)
         self.oidx = torch.tensor(oi, device=dev)
-        keys = torch.arange(nb * Bk, device=dev).view(1, nb, 1, Bk)
-        qp = torch.tensor(qpos, device=dev).view(E, 1, Tq, 1)
-        dt = model.rope_cos.dtype
-        self.mask = torch.zeros(E, nb, Tq, Bk, device=dev, dtype=dt).masked_fill_(
-            keys > qp, float("-inf")).view(E * nb, Tq, Bk)  # additive causal mask
-        self.dims = (H, KV, a.head_dim)
+        keys = torch.arange(nb * Bk, device=dev).view(nb, 1, 1, Bk)
+        qp = torch.tensor(qpos, device=dev).view(1, E, Tq, 1)
+        self.mask = torch.zeros(nb, E, Tq, Bk, device=dev, dtype=model.rope_cos.dtype).masked_fill_(
+            keys > qp, float("-inf")).view(nb * E, Tq, Bk)  # additive causal mask
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store the new rows' keys and values (R, KV, hd) at their positions."""
         hd = k.shape[-1]
         r = 0
         k, v = k.reshape(-1, hd), v.reshape(-1, hd)
-        for (kst, vst), _, wr, _ in self.groups:
+        for (kst, vst, _, _), wr, _, _ in self.groups:
             m = wr.shape[0]
             kst[layer].view(-1, hd).index_copy_(0, wr, k[r:r + m])
             vst[layer].view(-1, hd).index_copy_(0, wr, v[r:r + m])
@@ -268,29 +279,34 @@ class _Rows:
         it adds exact zeros: how many blocks a batch carries changes no sequence's bits."""
         H, KV, hd = self.dims
         E, nb, Tq, Bk = self.entries, self.nb, QUERY_TILE, KV_BLOCK
-        if len(self.groups) == 1:
-            (kst, vst), _, _, kr = self.groups[0]
-            K = kst[layer].view(-1, Bk, hd).index_select(0, kr)
-            V = vst[layer].view(-1, Bk, hd).index_select(0, kr)
+        if self.in_place:
+            kst, vst = self.groups[0][0][:2]
+            K = kst[layer, :nb].view(nb * E, Bk, hd)
+            V = vst[layer, :nb].view(nb * E, Bk, hd)
         else:
-            K = torch.cat([g[0][0][layer].view(-1, Bk, hd).index_select(0, g[3]) for g in self.groups])
-            V = torch.cat([g[0][1][layer].view(-1, Bk, hd).index_select(0, g[3]) for g in self.groups])
-        Q = q.index_select(0, self.qidx).view(E * nb, Tq, hd)
-        s = torch.baddbmm(self.mask, Q, K.transpose(1, 2)).view(E, nb, Tq, Bk)
-        p = s.sub_(s.amax(dim=(1, 3), keepdim=True)).exp_()
-        den = p.sum(-1)  # (E, nb, Tq)
-        o = torch.bmm(p.view(E * nb, Tq, Bk), V).view(E, nb, Tq, hd)
-        num, tot = o[:, 0], den[:, 0]
+            Ks, Vs = [], []
+            for (kst, vst, _, _), _, blocks, ne in self.groups:
+                Ks.append(kst[layer].view(-1, Bk, hd).index_select(0, blocks).view(nb, ne, Bk, hd))
+                Vs.append(vst[layer].view(-1, Bk, hd).index_select(0, blocks).view(nb, ne, Bk, hd))
+            K = (Ks[0] if len(Ks) == 1 else torch.cat(Ks, 1)).view(nb * E, Bk, hd)
+            V = (Vs[0] if len(Vs) == 1 else torch.cat(Vs, 1)).view(nb * E, Bk, hd)
+        Q = q.index_select(0, self.qidx).view(nb * E, Tq, hd)
+        s = torch.baddbmm(self.mask, Q, K.transpose(1, 2)).view(nb, E, Tq, Bk)
+        p = s.sub_(s.amax(dim=(0, 3), keepdim=True)).exp_()
+        den = p.sum(-1)  # (nb, E, Tq)
+        o = torch.bmm(p.view(nb * E, Tq, Bk), V).view(nb, E, Tq, hd)
+        num, tot = o[0], den[0]
         for b in range(1, nb):  # in block order (a fixed sequence of adds)
-            num = num + o[:, b]
-            tot = tot + den[:, b]
-        out = (num / tot[..., None]).reshape(E * Tq, hd)
+            num = num + o[b]
+            tot = tot + den[b]
+        out = (num / tot[..., None]).view(E * Tq, hd)
         return out.index_select(0, self.oidx).view(-1, H * hd)
 
 
-def _blocks(capacity: int) -> int:
-    """Storage length of a cache: the capacity rounded up to whole KV blocks."""
-    return -(-capacity // KV_BLOCK) * KV_BLOCK
+def _store_shape(args: ModelArgs, slots: int, capacity: int) -> tuple:
+    """KV storage, block-major: (layers, blocks, KV heads, slots, KV_BLOCK, hd), the
+    capacity rounded up to whole blocks."""
+    return (args.n_layers, -(-capacity // KV_BLOCK), args.n_kv_heads, slots, KV_BLOCK, args.head_dim)
 
 
 def _pad_rows(xs: list[torch.Tensor], padded: int) -> torch.Tensor:
@@ -317,12 +333,12 @@ class Cache:
             raise ValueError(f"capacity: {C} exceeds the model's max_seq_len {args.max_seq_len}")
         self.capacity = C
         self.pool, self.slot = pool, slot
-        if pool is not None:  # a view of one slot of a pool (stale values past lens are masked)
-            self.k, self.v = pool.k[:, :, slot], pool.v[:, :, slot]
-        else:
-            shape = (args.n_layers, args.n_kv_heads, _blocks(C), args.head_dim)
-            self.k = torch.zeros(shape, device=device, dtype=dtype)
-            self.v = torch.zeros(shape, device=device, dtype=dtype)
+        if pool is not None:  # one slot of a pool (stale values past lens are masked)
+            self.store = (pool.k, pool.v, pool.slots, slot)
+        else:  # its own storage: a pool of one slot
+            shape = _store_shape(args, 1, C)
+            self.store = (torch.zeros(shape, device=device, dtype=dtype),
+                          torch.zeros(shape, device=device, dtype=dtype), 1, 0)
         self.lens = [0] * (args.n_layers + 1)  # index 0 unused
         self.hid: dict[int, torch.Tensor] = {}
         self.device, self.dtype = device, dtype
@@ -344,11 +360,12 @@ class Cache:
 
 
 class CachePool:
-    """The KV caches of `slots` sequences in one tensor per K and V, (layers, KV, slots,
-    C, hd), so that one step can write every sequence's keys in one indexed copy and run
-    the attention of sequences with as many rows each as one batched product per query
-    row (each batch entry one row against one sequence's cache: the same one-row product
-    as a lone sequence's). `cache(slot)` hands out a fresh Cache viewing that slot."""
+    """The KV caches of `slots` sequences in one tensor per K and V, block-major: (layers,
+    capacity / KV_BLOCK, KV, slots, KV_BLOCK, hd), so that one step writes every
+    sequence's keys in one indexed copy, and the first nb blocks of every (KV head, slot)
+    of a layer are one contiguous (nb * KV * slots, KV_BLOCK, hd) stack of blocks that a
+    decode step's attention multiplies in place (see `_Rows`). `cache(slot)` hands out a
+    fresh Cache on that slot."""
 
     def __init__(self, args: ModelArgs, slots: int, device=None, dtype=torch.float32, capacity: int | None = None):
         C = capacity or args.max_seq_len
@@ -357,7 +374,7 @@ class CachePool:
         if slots < 1:
             raise ValueError("slots: must be >= 1")
         self.args, self.slots, self.capacity = args, slots, C
-        shape = (args.n_layers, args.n_kv_heads, slots, _blocks(C), args.head_dim)
+        shape = _store_shape(args, slots, C)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.device, self.dtype = device, dtype

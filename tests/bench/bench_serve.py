@@ -8,6 +8,12 @@ figure side by side in one run, on the shipped model:
    one prompt's luck), every configuration in turn on each chunk (interleaved).
 2. speculative plans' aggregate throughput vs autoregressive at each B, under both
    batching policies (ragged, synchronous); outputs checked equal to autoregressive.
+3. optionally (--baseline FILE: another version of hispec_exec/model.py, e.g.
+   `git show REV:hispec_exec/model.py > /tmp/model_before.py`), that version's batched
+   autoregressive decoding on the same weights, interleaved like the others: before/after
+   figures of a change side by side in one run.
+
+Ends with a markdown table of the figures (paste it into the README with the load).
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ def main(argv=None):
     ap.add_argument("--plans", default="2,16:3;2,4,16:2:4;2,4,8,16:2:3,6",
                     help="levels:propose[:windows];...")
     ap.add_argument("--json", help="write the figures here too")
+    ap.add_argument("--baseline", help="another model.py: time its autoregressive decoding too (same weights)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
 
@@ -43,7 +50,7 @@ def main(argv=None):
     T = a.max_new_tokens
     Bs = [int(x) for x in a.batches.split(",")]
     plans = []
-    for spec in a.plans.split(";"):
+    for spec in filter(None, a.plans.split(";")):
         parts = spec.split(":")
         lv = [int(x) for x in parts[0].split(",")]
         plans.append(Plan(levels=lv, propose=int(parts[1]), windows=[int(x) for x in parts[2].split(",")] if len(parts) > 2 else []))
@@ -94,6 +101,19 @@ def main(argv=None):
         return [all_prompts[i:i + B] for i in range(0, n, B)]
 
     configs = [("autoregressive", ar, "ragged")]
+    models = {}
+    if a.baseline:
+        import importlib.util
+        import sys
+
+        spec = importlib.util.spec_from_file_location("baseline_model", a.baseline)
+        base = sys.modules["baseline_model"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(base)
+        bm = base.Transformer(base.ModelArgs.from_dict(json.loads(model.args.to_json()))).eval()
+        bm.load_state_dict(model.state_dict())
+        decode_batch(bm, ar, all_prompts[:2], 8)  # warm-up
+        configs.append(("baseline autoregressive", ar, "ragged"))
+        models["baseline autoregressive"] = bm
     for plan in plans:
         for batching in ("ragged", "synchronous"):
             if plan.depth > 2 or batching == "ragged":  # depth <= 2: synchronous = ragged
@@ -108,7 +128,8 @@ def main(argv=None):
         out = {k: [] for k in t}
         for c in chunks(B):
             for name, plan, batching in configs:
-                res, dt = timed(lambda: decode_batch(model, plan, c, T, batching=batching))
+                m = models.get(name, model)
+                res, dt = timed(lambda: decode_batch(m, plan, c, T, batching=batching))
                 out[name] += res
                 t[name] += dt
             if hf is not None:
@@ -142,10 +163,31 @@ def main(argv=None):
     with open("/proc/loadavg") as f:
         fig["machine"]["loadavg_end"] = f.read().split()[:3]
     print(f"load average at end {' '.join(fig['machine']['loadavg_end'])}")
+    print()
+    print(table(fig, [c[0] for c in configs[1:]], hf is not None))
     if a.json:
         with open(a.json, "w") as f:
             json.dump(fig, f, indent=1)
     return fig
+
+
+def table(fig: dict, names: list[str], hf: bool) -> str:
+    """The figures as a markdown table: AR tok/s, transformers, ratio, then every other
+    configuration's throughput relative to our autoregressive decoding at the same B."""
+    m = fig["machine"]
+    head = ["B", "ours AR tok/s"] + (["transformers `generate` tok/s", "ours / transformers"] if hf else [])
+    head += [f"{n} (x AR)" for n in names]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in fig["rows"]:
+        cells = [str(row["B"]), f"{row['autoregressive_tokens_per_s']:.1f}"]
+        if hf:
+            cells += [f"{row['hf_generate_tokens_per_s']:.1f}", f"**{row['ratio_ours_vs_hf_generate']:.2f}x**"]
+        cells += [f"{row[n]['speedup_vs_autoregressive']:.2f}x" for n in names]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append(f"\n(load average {' '.join(m['loadavg_start'])} at start, {' '.join(m['loadavg_end'])} at the end; "
+                 f"{m['cores']} cores, {m['threads']} torch thread(s), torch {m['torch']}; {fig['max_new_tokens']} new "
+                 f"tokens per sequence, prompts {fig['prompt_lens']}, prefill included)")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
