@@ -68,7 +68,7 @@ class ModelArgs:
 
 ROW_TILE = 8  # linear layers and the exit head: rows in tiles of exactly this many
 QUERY_TILE = 8  # attention: query rows per tile (G per token)
-KV_BLOCK = 32  # attention: keys per block
+KV_BLOCK = 64  # attention: keys per block
 
 
 def _tiled(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -167,7 +167,8 @@ class Block(nn.Module):
         Rp, R = x.shape[0], rows.rows
         hd, H, KV = a.head_dim, a.n_heads, a.n_kv_heads
         qkv = _tiled(self.attention_norm(x), self.wqkv.weight)
-        qk = apply_rope(qkv[:, : (H + KV) * hd].reshape(Rp, H + KV, hd), rows.cos, rows.sin)
+        qk = qkv[:, : (H + KV) * hd].reshape(Rp, H + KV, hd)  # RoPE, rotate_half as a flip of the halves:
+        qk = qk * rows.cos + qk.view(Rp, H + KV, 2, hd // 2).flip(2).view(Rp, H + KV, hd) * rows.sin
         rows.write(layer, qk[:R, H:], qkv[:R, (H + KV) * hd:].reshape(R, KV, hd))
         q = (qk[:, :H] * (1.0 / math.sqrt(hd))).reshape(Rp * H, hd)
         x = x + _tiled(rows.attend(layer, q), self.wo.weight)
@@ -203,19 +204,20 @@ class _Rows:
         self.nb = nb = -(-max(p0 + n for _, n, p0 in parts) // Bk)
         self.dims = (H, KV, a.head_dim)
         stores = [c.store for c, _, _ in parts]
-        self.in_place = all(s[0] is stores[0][0] for s in stores) and all(n * G <= Tq for _, n, _ in parts)
+        for st in stores:
+            st.need(nb)
+        self.in_place = all(s is stores[0] for s in stores) and all(n * G <= Tq for _, n, _ in parts)
         pos, qi, qpos, oi = [], [], [], [0] * (Rp * H)
         self.groups: list = []  # runs of consecutive parts sharing a store: [store, write rows, blocks, entries]
         if self.in_place:
-            slots = stores[0][2]
+            slots = stores[0].slots
             self.groups.append([stores[0], [], None, 0])
             self.entries = E = KV * slots
             qi, qpos = [0] * (E * Tq), [0] * (E * Tq)  # idle slots: any real query, key 0 visible
         r = e = 0
         for c, n, p0 in parts:
-            st = c.store
-            _, _, slots, s = st
-            if not self.groups or self.groups[-1][0][0] is not st[0]:
+            st, slots, s = c.store, c.store.slots, c.slot
+            if not self.groups or self.groups[-1][0] is not st:
                 self.groups.append([st, [], [], 0])
             grp = self.groups[-1]
             pos.extend(range(p0, p0 + n))
@@ -247,7 +249,9 @@ class _Rows:
             self.entries = E = e
         pos.extend([0] * (Rp - R))
         p = torch.tensor(pos, device=dev)
-        self.cos, self.sin = model.rope_cos[p], model.rope_sin[p]
+        h = a.head_dim // 2
+        self.cos = model.rope_cos[p][:, None]
+        self.sin = torch.cat([-model.rope_sin[p][:, :h], model.rope_sin[p][:, h:]], -1)[:, None]
         for grp in self.groups:
             grp[1] = torch.tensor(grp[1], device=dev)
             if grp[2] is not None:  # blocks laid out (nb, entries)
@@ -264,10 +268,10 @@ class _Rows:
         hd = k.shape[-1]
         r = 0
         k, v = k.reshape(-1, hd), v.reshape(-1, hd)
-        for (kst, vst, _, _), wr, _, _ in self.groups:
-            m = wr.shape[0]
+        for st, wr, _, _ in self.groups:
+            m, kst, vst = wr.shape[0], st.k, st.v
             kst[layer].view(-1, hd).index_copy_(0, wr, k[r:r + m])
-            vst[layer].view(-1, hd).index_copy_(0, wr, v[r:r + m])
+            vst[layer].view(-1, hd + 1)[:, :hd].index_copy_(0, wr, v[r:r + m])
             r += m
 
     def attend(self, layer: int, q: torch.Tensor) -> torch.Tensor:
@@ -280,33 +284,48 @@ class _Rows:
         H, KV, hd = self.dims
         E, nb, Tq, Bk = self.entries, self.nb, QUERY_TILE, KV_BLOCK
         if self.in_place:
-            kst, vst = self.groups[0][0][:2]
+            kst, vst = self.groups[0][0].k, self.groups[0][0].v
             K = kst[layer, :nb].view(nb * E, Bk, hd)
-            V = vst[layer, :nb].view(nb * E, Bk, hd)
+            V = vst[layer, :nb].view(nb * E, Bk, hd + 1)
         else:
             Ks, Vs = [], []
-            for (kst, vst, _, _), _, blocks, ne in self.groups:
+            for st, _, blocks, ne in self.groups:
+                kst, vst = st.k, st.v
                 Ks.append(kst[layer].view(-1, Bk, hd).index_select(0, blocks).view(nb, ne, Bk, hd))
-                Vs.append(vst[layer].view(-1, Bk, hd).index_select(0, blocks).view(nb, ne, Bk, hd))
+                Vs.append(vst[layer].view(-1, Bk, hd + 1).index_select(0, blocks).view(nb, ne, Bk, hd + 1))
             K = (Ks[0] if len(Ks) == 1 else torch.cat(Ks, 1)).view(nb * E, Bk, hd)
-            V = (Vs[0] if len(Vs) == 1 else torch.cat(Vs, 1)).view(nb * E, Bk, hd)
+            V = (Vs[0] if len(Vs) == 1 else torch.cat(Vs, 1)).view(nb * E, Bk, hd + 1)
         Q = q.index_select(0, self.qidx).view(nb * E, Tq, hd)
         s = torch.baddbmm(self.mask, Q, K.transpose(1, 2)).view(nb, E, Tq, Bk)
         p = s.sub_(s.amax(dim=(0, 3), keepdim=True)).exp_()
-        den = p.sum(-1)  # (nb, E, Tq)
-        o = torch.bmm(p.view(nb * E, Tq, Bk), V).view(nb, E, Tq, hd)
-        num, tot = o[0], den[0]
+        o = torch.bmm(p.view(nb * E, Tq, Bk), V).view(nb, E, Tq, hd + 1)  # P [V | 1]: numerator and row sum
+        num = o[0]
         for b in range(1, nb):  # in block order (a fixed sequence of adds)
             num = num + o[b]
-            tot = tot + den[b]
-        out = (num / tot[..., None]).view(E * Tq, hd)
+        out = (num[..., :hd] / num[..., hd:]).view(E * Tq, hd)
         return out.index_select(0, self.oidx).view(-1, H * hd)
 
 
-def _store_shape(args: ModelArgs, slots: int, capacity: int) -> tuple:
-    """KV storage, block-major: (layers, blocks, KV heads, slots, KV_BLOCK, hd), the
-    capacity rounded up to whole blocks."""
-    return (args.n_layers, -(-capacity // KV_BLOCK), args.n_kv_heads, slots, KV_BLOCK, args.head_dim)
+class _KVStore:
+    """KV storage of `slots` sequences, block-major: K (layers, blocks, KV heads, slots,
+    KV_BLOCK, hd), the capacity rounded up to whole blocks; V the same with a last column
+    of ones, so that one product P [V | 1] gives attention's numerator and its row sum.
+    Blocks are zeroed when a forward first reaches them (`need`), not all at creation:
+    attention reads every block below the batch's longest need (masked, but 0 * NaN of
+    uninitialised memory would not be 0)."""
+
+    def __init__(self, args: ModelArgs, slots: int, capacity: int, device, dtype):
+        shape = (args.n_layers, -(-capacity // KV_BLOCK), args.n_kv_heads, slots, KV_BLOCK, args.head_dim)
+        self.k = torch.empty(shape, device=device, dtype=dtype)
+        self.v = torch.empty(shape[:-1] + (args.head_dim + 1,), device=device, dtype=dtype)
+        self.slots, self.ready = slots, 0
+
+    def need(self, blocks: int) -> None:
+        if blocks > self.ready:
+            self.k[:, self.ready:blocks].zero_()
+            self.v[:, self.ready:blocks, ..., :-1].zero_()
+            self.v[:, self.ready:blocks, ..., -1] = 1
+            self.ready = blocks
 
 
 def _pad_rows(xs: list[torch.Tensor], padded: int) -> torch.Tensor:
@@ -334,11 +353,9 @@ class Cache:
         self.capacity = C
         self.pool, self.slot = pool, slot
         if pool is not None:  # one slot of a pool (stale values past lens are masked)
-            self.store = (pool.k, pool.v, pool.slots, slot)
+            self.store, self.slot = pool.store, slot
         else:  # its own storage: a pool of one slot
-            shape = _store_shape(args, 1, C)
-            self.store = (torch.zeros(shape, device=device, dtype=dtype),
-                          torch.zeros(shape, device=device, dtype=dtype), 1, 0)
+            self.store, self.slot = _KVStore(args, 1, C, device, dtype), 0
         self.lens = [0] * (args.n_layers + 1)  # index 0 unused
         self.hid: dict[int, torch.Tensor] = {}
         self.device, self.dtype = device, dtype
@@ -374,9 +391,8 @@ class CachePool:
         if slots < 1:
             raise ValueError("slots: must be >= 1")
         self.args, self.slots, self.capacity = args, slots, C
-        shape = _store_shape(args, slots, C)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.store = _KVStore(args, slots, C, device, dtype)
+        self.k, self.v = self.store.k, self.store.v
         self.device, self.dtype = device, dtype
 
     def cache(self, slot: int) -> Cache:
