@@ -10,13 +10,26 @@ weights:
   cache, at every exit boundary), reusing the KV cache of every layer.
 
 The decoding path is *row invariant*: the result for a position does not depend on how
-many other tokens share the forward. BLAS picks its kernel (and so its reduction order)
-by shape, so every product on the decoding path is a stack of one-row products
-(`mm`: one row per batch entry, the weight broadcast), whose shape per entry never
-changes with the number of rows: the linear layers, the exit head, and attention (each
-query against its kv head's whole cache capacity, masked). Elementwise ops and softmax
-see contiguous rows. So speculative decoding reproduces autoregressive greedy decoding
-bit for bit, even on near-ties.
+many other tokens or sequences share the forward, nor on how its sequence was chunked.
+BLAS picks its kernel (and so its reduction order) by shape, so every product on the
+decoding path has a shape that never depends on the batch:
+
+* linear layers and the exit head: rows in tiles of exactly ROW_TILE rows (the last one
+  zero-padded), one (ROW_TILE, K) x (K, N) product per tile (`mm`, `_tiled`);
+* attention (`_Rows.attend`): per (sequence, KV head), query rows in tiles of QUERY_TILE
+  rows, each against KV blocks of KV_BLOCK keys: (QUERY_TILE, hd) x (hd, KV_BLOCK) and
+  (QUERY_TILE, KV_BLOCK) x (KV_BLOCK, hd + 1) products; the row maximum over the blocks is
+  exact in any order, the blocks are summed one after another, and a block beyond a
+  sequence's length (present because a longer sequence shares the batch) adds exact
+  zeros. Its cost grows with the batch's length, not with the cache capacity.
+
+The assumption (checked in tests/exec/test_model.py for the model's shapes): a product of
+a fixed shape computes a row from that row's values by the same operations whatever the
+other rows hold and whatever slot the row has in its tile. Elementwise ops and row
+reductions (norm, maximum, sums) see whole rows of fixed length; one torch thread (with
+several, the partitioning of elementwise work could in principle differ). So speculative
+decoding and batching reproduce autoregressive greedy decoding bit for bit, even on
+near-ties.
 """
 from __future__ import annotations
 
@@ -276,9 +289,9 @@ class _Rows:
 
     def attend(self, layer: int, q: torch.Tensor) -> torch.Tensor:
         """q (padded*H, hd), scaled -> attention output (padded, H*hd). Per (tile, block):
-        scores = mask + Q K^T, (QUERY_TILE, hd) x (hd, KV_BLOCK); each query row's maximum
-        over all blocks (exact in any order); P = exp(scores - max); per block the row sums
-        of P (fixed length) and P V, (QUERY_TILE, KV_BLOCK) x (KV_BLOCK, hd); summed over the
+        scores = Q K^T + mask, (QUERY_TILE, hd) x (hd, KV_BLOCK); each query row's maximum
+        over all blocks (exact in any order); P = exp(scores - max); P [V | 1],
+        (QUERY_TILE, KV_BLOCK) x (KV_BLOCK, hd + 1): numerator and row sum; summed over the
         blocks one after another, then divided. A fully masked block has P = 0 exactly, so
         it adds exact zeros: how many blocks a batch carries changes no sequence's bits."""
         H, KV, hd = self.dims
@@ -296,7 +309,7 @@ class _Rows:
             K = (Ks[0] if len(Ks) == 1 else torch.cat(Ks, 1)).view(nb * E, Bk, hd)
             V = (Vs[0] if len(Vs) == 1 else torch.cat(Vs, 1)).view(nb * E, Bk, hd + 1)
         Q = q.index_select(0, self.qidx).view(nb * E, Tq, hd)
-        s = torch.baddbmm(self.mask, Q, K.transpose(1, 2)).view(nb, E, Tq, Bk)
+        s = torch.bmm(Q, K.transpose(1, 2)).add_(self.mask).view(nb, E, Tq, Bk)  # + 0 or -inf: exact
         p = s.sub_(s.amax(dim=(0, 3), keepdim=True)).exp_()
         o = torch.bmm(p.view(nb * E, Tq, Bk), V).view(nb, E, Tq, hd + 1)  # P [V | 1]: numerator and row sum
         num = o[0]
