@@ -10,13 +10,26 @@ weights:
   cache, at every exit boundary), reusing the KV cache of every layer.
 
 The decoding path is *row invariant*: the result for a position does not depend on how
-many other tokens share the forward. BLAS picks its kernel (and so its reduction order)
-by shape, so every product on the decoding path is a stack of one-row products
-(`mm`: one row per batch entry, the weight broadcast), whose shape per entry never
-changes with the number of rows: the linear layers, the exit head, and attention (each
-query against its kv head's whole cache capacity, masked). Elementwise ops and softmax
-see contiguous rows. So speculative decoding reproduces autoregressive greedy decoding
-bit for bit, even on near-ties.
+many other tokens or sequences share the forward, nor on how its sequence was chunked.
+BLAS picks its kernel (and so its reduction order) by shape, so every product on the
+decoding path has a shape that never depends on the batch:
+
+* linear layers and the exit head: rows in tiles of exactly ROW_TILE rows (the last one
+  zero-padded), one (ROW_TILE, K) x (K, N) product per tile (`mm`, `_tiled`);
+* attention (`_Rows.attend`): per (sequence, KV head), query rows in tiles of QUERY_TILE
+  rows, each against KV blocks of KV_BLOCK keys: (QUERY_TILE, hd) x (hd, KV_BLOCK) and
+  (QUERY_TILE, KV_BLOCK) x (KV_BLOCK, hd + 1) products; the row maximum over the blocks is
+  exact in any order, the blocks are summed one after another, and a block beyond a
+  sequence's length (present because a longer sequence shares the batch) adds exact
+  zeros. Its cost grows with the batch's length, not with the cache capacity.
+
+The assumption (checked in tests/exec/test_model.py for the model's shapes): a product of
+a fixed shape computes a row from that row's values by the same operations whatever the
+other rows hold and whatever slot the row has in its tile. Elementwise ops and row
+reductions (norm, maximum, sums) see whole rows of fixed length; one torch thread (with
+several, the partitioning of elementwise work could in principle differ). So speculative
+decoding and batching reproduce autoregressive greedy decoding bit for bit, even on
+near-ties.
 """
 from __future__ import annotations
 
@@ -66,14 +79,27 @@ class ModelArgs:
         return args
 
 
+ROW_TILE = 8  # linear layers and the exit head: rows in tiles of exactly this many
+QUERY_TILE = 8  # attention: query rows per tile (G per token)
+KV_BLOCK = 64  # attention: keys per block
+
+
+def _tiled(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x @ w.T for x of a whole number of ROW_TILE-row tiles: one batched product, one
+    (ROW_TILE, K) x (K, N) product per tile, the weight broadcast."""
+    nt = x.shape[0] // ROW_TILE
+    return torch.bmm(x.reshape(nt, ROW_TILE, x.shape[1]),
+                     w.t().expand(nt, w.shape[1], w.shape[0])).view(x.shape[0], w.shape[0])
+
+
 def mm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """x @ w.T, row invariant: every row is computed exactly as a one-row F.linear would
-    (several rows go through a batched product with the weight broadcast, one row per
-    batch entry, which takes the same BLAS path as a single row)."""
+    """x @ w.T, row invariant: the rows go in tiles of exactly ROW_TILE rows (the last one
+    zero-padded), so every product has the same shape whatever the number of rows, and a
+    row's result depends on nothing but its own values (not on the other rows, nor on its
+    slot in a tile: tested)."""
     n = x.shape[0]
-    if n == 1:
-        return F.linear(x, w)
-    return torch.bmm(x[:, None, :], w.t().expand(n, w.shape[1], w.shape[0]))[:, 0]
+    pad = -n % ROW_TILE
+    return _tiled(F.pad(x, (0, 0, 0, pad)) if pad else x, w)[:n]
 
 
 class RMSNorm(nn.Module):
@@ -144,89 +170,183 @@ class Block(nn.Module):
         g, u = self.w13(self.ffn_norm(x)).chunk(2, dim=-1)
         return x + self.w2(F.silu(g) * u)
 
-    # -- decoding path (row invariant, one sequence) --------------------------------
-    def step(self, x: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, pos0: int,
-             cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x (n, dim) at positions pos0..pos0+n-1; kc/vc (KV, C, hd) this layer's cache.
-        Attention spans the whole capacity C with a mask, one query per row of one-row
-        products (the shape of a column-stacked product would change the BLAS kernel)."""
+    # -- decoding path (row invariant) -------------------------------------------------
+    def step_rows(self, x: torch.Tensor, layer: int, rows: "_Rows") -> torch.Tensor:
+        """x (rows.padded, dim): the rows of one or several sequences, concatenated and
+        zero-padded to whole row tiles (`rows` says whose rows they are and where they
+        sit). Every product has a fixed shape (`_tiled`, `_Rows.attend`), so every row's
+        result is bit-identical to running its sequence alone, in any chunking."""
         a = self.args
-        n = x.shape[0]
+        Rp, R = x.shape[0], rows.rows
         hd, H, KV = a.head_dim, a.n_heads, a.n_kv_heads
-        G = H // KV
-        qkv = mm(self.attention_norm(x), self.wqkv.weight)
-        qk = apply_rope(qkv[:, : (H + KV) * hd].reshape(n, H + KV, hd), cos, sin)
-        kc[:, pos0:pos0 + n] = qk[:, H:].transpose(0, 1)
-        vc[:, pos0:pos0 + n] = qkv[:, (H + KV) * hd:].reshape(n, KV, hd).transpose(0, 1)
-        q = (qk[:, :H] * (1.0 / math.sqrt(hd))).view(n, KV, G, hd)
-        o = torch.empty(n, KV, G, hd, dtype=x.dtype, device=x.device)
-        for h in range(KV):  # every query is a one-row product against its kv head's whole cache
-            s = mm(q[:, h].reshape(n * G, hd), kc[h])  # (n*G, C)
-            p = torch.softmax(s + mask, dim=-1)
-            o[:, h] = mm(p, vc[h].t()).view(n, G, hd)
-        o = o.reshape(n, H * hd)
-        x = x + mm(o, self.wo.weight)
-        g, u = mm(self.ffn_norm(x), self.w13.weight).chunk(2, dim=-1)
-        return x + mm(F.silu(g) * u, self.w2.weight)
+        qkv = _tiled(self.attention_norm(x), self.wqkv.weight)
+        qk = qkv[:, : (H + KV) * hd].reshape(Rp, H + KV, hd)  # RoPE, rotate_half as a flip of the halves:
+        qk = qk * rows.cos + qk.view(Rp, H + KV, 2, hd // 2).flip(2).view(Rp, H + KV, hd) * rows.sin
+        rows.write(layer, qk[:R, H:], qkv[:R, (H + KV) * hd:].reshape(R, KV, hd))
+        q = (qk[:, :H] * (1.0 / math.sqrt(hd))).reshape(Rp * H, hd)
+        x = x + _tiled(rows.attend(layer, q), self.wo.weight)
+        g, u = _tiled(self.ffn_norm(x), self.w13.weight).chunk(2, dim=-1)
+        return x + _tiled(F.silu(g) * u, self.w2.weight)
 
-    # -- decoding path, several sequences in one call (row invariant) ----------------
-    def step_rows(self, x: torch.Tensor, layer: int, parts: list, cos: torch.Tensor, sin: torch.Tensor,
-                  masks: list) -> torch.Tensor:
-        """x (R, dim): the rows of several sequences, concatenated; parts[i] = (cache, row0,
-        n, pos0): rows row0..row0+n-1 are that cache's positions pos0..pos0+n-1; cos/sin per
-        row. Linear layers see all rows at once (`mm` is row invariant); attention is per
-        sequence, each query a one-row product against its kv head's whole cache, as in
-        `step` -- batched over sequences in consecutive pool slots when they carry as many
-        rows each. Every row's result is bit-identical to running its sequence alone."""
-        a = self.args
-        R = x.shape[0]
-        hd, H, KV = a.head_dim, a.n_heads, a.n_kv_heads
-        G = H // KV
-        l = layer
-        qkv = mm(self.attention_norm(x), self.wqkv.weight)
-        qk = apply_rope(qkv[:, : (H + KV) * hd].reshape(R, H + KV, hd), cos, sin)
-        vv = qkv[:, (H + KV) * hd:].reshape(R, KV, hd)
-        pool = parts[0][0].pool
-        if pool is not None and all(c.pool is pool for c, *_ in parts):
-            slots = torch.tensor([c.slot for c, _, n, _ in parts for _ in range(n)], device=x.device)
-            pos = torch.tensor([p for _, _, n, p0 in parts for p in range(p0, p0 + n)], device=x.device)
-            pool.k[l][:, slots, pos] = qk[:, H:].transpose(0, 1)
-            pool.v[l][:, slots, pos] = vv.transpose(0, 1)
-        else:
-            for c, r0, n, p0 in parts:
-                c.k[l][:, p0:p0 + n] = qk[r0:r0 + n, H:].transpose(0, 1)
-                c.v[l][:, p0:p0 + n] = vv[r0:r0 + n].transpose(0, 1)
-        q = (qk[:, :H] * (1.0 / math.sqrt(hd))).view(R, KV, G, hd)
-        o = torch.empty(R, KV, G, hd, dtype=x.dtype, device=x.device)
-        n0 = parts[0][2]
-        sl = [c.slot for c, *_ in parts] if pool is not None else []
-        if (pool is not None and len(parts) > 1 and all(n == n0 for _, _, n, _ in parts)
-                and all(a < b for a, b in zip(sl, sl[1:])) and sl[-1] - sl[0] < 2 * len(parts)):
-            # sequences in slots first..last (a few unused slots in between compute discarded rows)
-            k, first, span = len(parts), sl[0], sl[-1] - sl[0] + 1
-            rows = torch.tensor([s_ - first for s_ in sl], device=x.device)
-            mask = torch.zeros(span, n0 * G, masks[0].shape[-1], dtype=x.dtype, device=x.device)
-            mask[rows] = torch.stack(masks)
+
+class _Rows:
+    """Index plan of one forward's rows, built once and shared by every layer that carries
+    the same rows: parts[i] = (cache, n, pos0): the next n rows are that cache's positions
+    pos0..pos0+n-1. Attention is made of fixed-shape pieces: per (sequence, KV head) its
+    query rows (token-major, G per token) in tiles of QUERY_TILE rows (padding slots repeat
+    a real query; discarded), every tile against the KV blocks 0..nb-1, nb = the batch's
+    longest need: a block past a sequence's own length is fully masked and adds exact zeros
+    (see `attend`). Two ways to lay the same products out:
+
+    * in place (every part in one store, each one tile, i.e. n * G <= QUERY_TILE: decode
+      steps): one tile per (KV head, slot) of the whole store, idle slots included, against
+      the store's first nb blocks as they lie (no copy);
+    * gathered (prefill, several tiles per sequence, or caches in different stores): the
+      tiles' blocks copied out by index.
+
+    Both compute every (tile, block) product, maximum, sum and division by the same
+    sequence of operations, so a row's bits do not depend on which way its batch went."""
+
+    def __init__(self, model: "Transformer", parts: list[tuple["Cache", int, int]]):
+        a = model.args
+        H, KV = a.n_heads, a.n_kv_heads
+        G, Tq, Bk = H // KV, QUERY_TILE, KV_BLOCK
+        dev = model.rope_cos.device
+        self.rows = R = sum(n for _, n, _ in parts)
+        self.padded = Rp = -(-R // ROW_TILE) * ROW_TILE
+        self.nb = nb = -(-max(p0 + n for _, n, p0 in parts) // Bk)
+        self.dims = (H, KV, a.head_dim)
+        stores = [c.store for c, _, _ in parts]
+        for st in stores:
+            st.need(nb)
+        self.in_place = all(s is stores[0] for s in stores) and all(n * G <= Tq for _, n, _ in parts)
+        pos, qi, qpos, oi = [], [], [], [0] * (Rp * H)
+        self.groups: list = []  # runs of consecutive parts sharing a store: [store, write rows, blocks, entries]
+        if self.in_place:
+            slots = stores[0].slots
+            self.groups.append([stores[0], [], None, 0])
+            self.entries = E = KV * slots
+            qi, qpos = [0] * (E * Tq), [0] * (E * Tq)  # idle slots: any real query, key 0 visible
+        r = e = 0
+        for c, n, p0 in parts:
+            st, slots, s = c.store, c.store.slots, c.slot
+            if not self.groups or self.groups[-1][0] is not st:
+                self.groups.append([st, [], [], 0])
+            grp = self.groups[-1]
+            pos.extend(range(p0, p0 + n))
+            for t in range(n):
+                p = p0 + t
+                grp[1].extend(((p // Bk * KV + h) * slots + s) * Bk + p % Bk for h in range(KV))
+            nt = -(-(n * G) // Tq)
             for h in range(KV):
-                qh = q[:, h].reshape(k, n0 * G, hd)
-                if span != k:
-                    qh = torch.zeros(span, n0 * G, hd, dtype=x.dtype, device=x.device).index_copy_(0, rows, qh)
-                kt = pool.k[l, h, first:first + span].transpose(1, 2)  # (span, hd, C)
-                s = torch.cat([torch.bmm(qh[:, i:i + 1], kt) for i in range(n0 * G)], dim=1)
-                p = torch.softmax(s + mask, dim=-1)
-                vh = pool.v[l, h, first:first + span]  # (span, C, hd)
-                oh = torch.cat([torch.bmm(p[:, i:i + 1], vh) for i in range(n0 * G)], dim=1)
-                o[:, h] = (oh if span == k else oh[rows]).reshape(R, G, hd)
+                for t in range(nt):
+                    ent = h * slots + s if self.in_place else e
+                    for j in range(Tq):
+                        i = t * Tq + j  # query row i of this (sequence, KV head): token i // G, head h*G + i % G
+                        row, qp = (r + i // G) * H + h * G + i % G, p0 + i // G
+                        if i >= n * G:
+                            row, qp = r * H + h * G, p0
+                        else:
+                            oi[row] = ent * Tq + j
+                        if self.in_place:
+                            qi[ent * Tq + j], qpos[ent * Tq + j] = row, qp
+                        else:
+                            qi.append(row)
+                            qpos.append(qp)
+                    if not self.in_place:
+                        grp[2].append([(b * KV + h) * slots + s for b in range(nb)])
+                        grp[3] += 1
+                        e += 1
+            r += n
+        if not self.in_place:
+            self.entries = E = e
+        pos.extend([0] * (Rp - R))
+        p = torch.tensor(pos, device=dev)
+        h = a.head_dim // 2
+        self.cos = model.rope_cos[p][:, None]
+        self.sin = torch.cat([-model.rope_sin[p][:, :h], model.rope_sin[p][:, h:]], -1)[:, None]
+        for grp in self.groups:
+            grp[1] = torch.tensor(grp[1], device=dev)
+            if grp[2] is not None:  # blocks laid out (nb, entries)
+                grp[2] = torch.tensor(grp[2], device=dev).t().reshape(-1)
+        self.qidx = torch.tensor(qi, device=dev).view(1, E, Tq).expand(nb, E, Tq).reshape(-1)
+        self.oidx = torch.tensor(oi, device=dev)
+        keys = torch.arange(nb * Bk, device=dev).view(nb, 1, 1, Bk)
+        qp = torch.tensor(qpos, device=dev).view(1, E, Tq, 1)
+        self.mask = torch.zeros(nb, E, Tq, Bk, device=dev, dtype=model.rope_cos.dtype).masked_fill_(
+            keys > qp, float("-inf")).view(nb * E, Tq, Bk)  # additive causal mask
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store the new rows' keys and values (R, KV, hd) at their positions."""
+        hd = k.shape[-1]
+        r = 0
+        k, v = k.reshape(-1, hd), v.reshape(-1, hd)
+        for st, wr, _, _ in self.groups:
+            m, kst, vst = wr.shape[0], st.k, st.v
+            kst[layer].view(-1, hd).index_copy_(0, wr, k[r:r + m])
+            vst[layer].view(-1, hd + 1)[:, :hd].index_copy_(0, wr, v[r:r + m])
+            r += m
+
+    def attend(self, layer: int, q: torch.Tensor) -> torch.Tensor:
+        """q (padded*H, hd), scaled -> attention output (padded, H*hd). Per (tile, block):
+        scores = Q K^T + mask, (QUERY_TILE, hd) x (hd, KV_BLOCK); each query row's maximum
+        over all blocks (exact in any order); P = exp(scores - max); P [V | 1],
+        (QUERY_TILE, KV_BLOCK) x (KV_BLOCK, hd + 1): numerator and row sum; summed over the
+        blocks one after another, then divided. A fully masked block has P = 0 exactly, so
+        it adds exact zeros: how many blocks a batch carries changes no sequence's bits."""
+        H, KV, hd = self.dims
+        E, nb, Tq, Bk = self.entries, self.nb, QUERY_TILE, KV_BLOCK
+        if self.in_place:
+            kst, vst = self.groups[0][0].k, self.groups[0][0].v
+            K = kst[layer, :nb].view(nb * E, Bk, hd)
+            V = vst[layer, :nb].view(nb * E, Bk, hd + 1)
         else:
-            for (c, r0, n, p0), m in zip(parts, masks):
-                for h in range(KV):
-                    s = mm(q[r0:r0 + n, h].reshape(n * G, hd), c.k[l][h])
-                    p = torch.softmax(s + m, dim=-1)
-                    o[r0:r0 + n, h] = mm(p, c.v[l][h].t()).view(n, G, hd)
-        o = o.reshape(R, H * hd)
-        x = x + mm(o, self.wo.weight)
-        g, u = mm(self.ffn_norm(x), self.w13.weight).chunk(2, dim=-1)
-        return x + mm(F.silu(g) * u, self.w2.weight)
+            Ks, Vs = [], []
+            for st, _, blocks, ne in self.groups:
+                kst, vst = st.k, st.v
+                Ks.append(kst[layer].view(-1, Bk, hd).index_select(0, blocks).view(nb, ne, Bk, hd))
+                Vs.append(vst[layer].view(-1, Bk, hd + 1).index_select(0, blocks).view(nb, ne, Bk, hd + 1))
+            K = (Ks[0] if len(Ks) == 1 else torch.cat(Ks, 1)).view(nb * E, Bk, hd)
+            V = (Vs[0] if len(Vs) == 1 else torch.cat(Vs, 1)).view(nb * E, Bk, hd + 1)
+        Q = q.index_select(0, self.qidx).view(nb * E, Tq, hd)
+        s = torch.bmm(Q, K.transpose(1, 2)).add_(self.mask).view(nb, E, Tq, Bk)  # + 0 or -inf: exact
+        p = s.sub_(s.amax(dim=(0, 3), keepdim=True)).exp_()
+        o = torch.bmm(p.view(nb * E, Tq, Bk), V).view(nb, E, Tq, hd + 1)  # P [V | 1]: numerator and row sum
+        num = o[0]
+        for b in range(1, nb):  # in block order (a fixed sequence of adds)
+            num = num + o[b]
+        out = (num[..., :hd] / num[..., hd:]).view(E * Tq, hd)
+        return out.index_select(0, self.oidx).view(-1, H * hd)
+
+
+class _KVStore:
+    """KV storage of `slots` sequences, block-major: K (layers, blocks, KV heads, slots,
+    KV_BLOCK, hd), the capacity rounded up to whole blocks; V the same with a last column
+    of ones, so that one product P [V | 1] gives attention's numerator and its row sum.
+    Blocks are zeroed when a forward first reaches them (`need`), not all at creation:
+    attention reads every block below the batch's longest need (masked, but 0 * NaN of
+    uninitialised memory would not be 0)."""
+
+    def __init__(self, args: ModelArgs, slots: int, capacity: int, device, dtype):
+        shape = (args.n_layers, -(-capacity // KV_BLOCK), args.n_kv_heads, slots, KV_BLOCK, args.head_dim)
+        self.k = torch.empty(shape, device=device, dtype=dtype)
+        self.v = torch.empty(shape[:-1] + (args.head_dim + 1,), device=device, dtype=dtype)
+        self.slots, self.ready = slots, 0
+
+    def need(self, blocks: int) -> None:
+        if blocks > self.ready:
+            self.k[:, self.ready:blocks].zero_()
+            self.v[:, self.ready:blocks, ..., :-1].zero_()
+            self.v[:, self.ready:blocks, ..., -1] = 1
+            self.ready = blocks
+
+
+def _pad_rows(xs: list[torch.Tensor], padded: int) -> torch.Tensor:
+    """Concatenate row blocks and zero-pad to `padded` rows (whole row tiles)."""
+    n = sum(x.shape[0] for x in xs)
+    if n == padded and len(xs) == 1:
+        return xs[0]
+    return torch.cat(xs + [xs[0].new_zeros(padded - n, xs[0].shape[1])])
 
 
 class Cache:
@@ -245,12 +365,10 @@ class Cache:
             raise ValueError(f"capacity: {C} exceeds the model's max_seq_len {args.max_seq_len}")
         self.capacity = C
         self.pool, self.slot = pool, slot
-        if pool is not None:  # a view of one slot of a pool (stale values past lens are masked)
-            self.k, self.v = pool.k[:, :, slot], pool.v[:, :, slot]
-        else:
-            shape = (args.n_layers, args.n_kv_heads, C, args.head_dim)
-            self.k = torch.zeros(shape, device=device, dtype=dtype)
-            self.v = torch.zeros(shape, device=device, dtype=dtype)
+        if pool is not None:  # one slot of a pool (stale values past lens are masked)
+            self.store, self.slot = pool.store, slot
+        else:  # its own storage: a pool of one slot
+            self.store, self.slot = _KVStore(args, 1, C, device, dtype), 0
         self.lens = [0] * (args.n_layers + 1)  # index 0 unused
         self.hid: dict[int, torch.Tensor] = {}
         self.device, self.dtype = device, dtype
@@ -272,11 +390,12 @@ class Cache:
 
 
 class CachePool:
-    """The KV caches of `slots` sequences in one tensor per K and V, (layers, KV, slots,
-    C, hd), so that one step can write every sequence's keys in one indexed copy and run
-    the attention of sequences with as many rows each as one batched product per query
-    row (each batch entry one row against one sequence's cache: the same one-row product
-    as a lone sequence's). `cache(slot)` hands out a fresh Cache viewing that slot."""
+    """The KV caches of `slots` sequences in one tensor per K and V, block-major: (layers,
+    capacity / KV_BLOCK, KV, slots, KV_BLOCK, hd), so that one step writes every
+    sequence's keys in one indexed copy, and the first nb blocks of every (KV head, slot)
+    of a layer are one contiguous (nb * KV * slots, KV_BLOCK, hd) stack of blocks that a
+    decode step's attention multiplies in place (see `_Rows`). `cache(slot)` hands out a
+    fresh Cache on that slot."""
 
     def __init__(self, args: ModelArgs, slots: int, device=None, dtype=torch.float32, capacity: int | None = None):
         C = capacity or args.max_seq_len
@@ -285,9 +404,8 @@ class CachePool:
         if slots < 1:
             raise ValueError("slots: must be >= 1")
         self.args, self.slots, self.capacity = args, slots, C
-        shape = (args.n_layers, args.n_kv_heads, slots, C, args.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.store = _KVStore(args, slots, C, device, dtype)
+        self.k, self.v = self.store.k, self.store.v
         self.device, self.dtype = device, dtype
 
     def cache(self, slot: int) -> Cache:
@@ -313,7 +431,6 @@ class Transformer(nn.Module):
         cos, sin = rope_tables(args)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
-        self._mask_cache: dict = {}
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -349,19 +466,6 @@ class Transformer(nn.Module):
         p = self.tok_embeddings.weight
         return Cache(self.args, device=p.device, dtype=p.dtype, capacity=capacity)
 
-    def _mask(self, cache: Cache, pos0: int, n: int) -> torch.Tensor:
-        key = (cache.capacity, pos0, n, str(cache.device), cache.dtype)
-        m = self._mask_cache.get(key)
-        if m is None:
-            G = self.args.n_heads // self.args.n_kv_heads
-            pos = torch.arange(pos0, pos0 + n, device=cache.device).repeat_interleave(G)  # (n*G,) token-major
-            m = torch.arange(cache.capacity, device=cache.device)[None, :] > pos[:, None]
-            m = torch.zeros(m.shape, device=cache.device, dtype=cache.dtype).masked_fill(m, float("-inf"))  # additive
-            if len(self._mask_cache) > 4096:
-                self._mask_cache.clear()
-            self._mask_cache[key] = m
-        return m
-
     @torch.no_grad()
     def run(self, cache: Cache, a: int, b: int, tokens: torch.Tensor | None = None) -> torch.Tensor:
         """Run layers a+1..b (1-based, inclusive). a == 0: over the new `tokens` (1-D ids);
@@ -385,11 +489,12 @@ class Transformer(nn.Module):
         n = x.shape[0]
         if pos0 + n > cache.capacity:
             raise ValueError(f"capacity: sequence of {pos0 + n} tokens exceeds the cache capacity {cache.capacity}")
-        cos, sin = self.rope_cos[pos0:pos0 + n], self.rope_sin[pos0:pos0 + n]
-        mask = self._mask(cache, pos0, n)
+        rows = _Rows(self, [(cache, n, pos0)])
+        x = _pad_rows([x], rows.padded)
         for l in range(a, b):
-            x = self.layers[l].step(x, cache.k[l], cache.v[l], pos0, cos, sin, mask)
+            x = self.layers[l].step_rows(x, l, rows)
             cache.lens[l + 1] = pos0 + n
+        x = x[:n]
         if b < L:
             cache.hidden(b)[pos0:pos0 + n] = x
         return x
@@ -409,7 +514,7 @@ class Transformer(nn.Module):
         each job's rows after its layer b, (n_i, dim), kept at boundary b (when b < L).
         Each sequence's results are bit-identical to running it alone with `run`."""
         L = self.args.n_layers
-        state = []  # per job: [x or None, pos0]
+        cur: list = []  # per job: (tensor, first row, n, pos0) of the rows it carries, or None
         for c, b, tokens in jobs:
             if not 1 <= b <= L:
                 raise ValueError(f"layers: need 1 <= b <= {L}, got b={b}")
@@ -418,51 +523,50 @@ class Transformer(nn.Module):
                 if c.lens[1] + x.shape[0] > c.capacity:
                     raise ValueError(f"capacity: sequence of {c.lens[1] + x.shape[0]} tokens exceeds the cache "
                                      f"capacity {c.capacity}")
-                state.append([x, c.lens[1]])
+                cur.append((x, 0, x.shape[0], c.lens[1]))
             else:
-                state.append([None, c.lens[1]])
+                cur.append(None)
         if len({id(c) for c, _, _ in jobs}) != len(jobs):
             raise ValueError("jobs: one job per sequence")
         top = max(b for _, b, _ in jobs)
+        X, rows, sig_prev = None, None, None
         for l in range(1, top + 1):
-            parts, xs, masks, poss, idx = [], [], [], [], []
-            r = 0
+            sig, pieces = [], []
             for i, (c, b, _) in enumerate(jobs):
                 if l > b:
                     continue
-                x, pos0 = state[i]
+                t = cur[i]
                 if l > 1:
-                    end = c.lens[l - 1]
-                    if c.lens[l] < (pos0 if x is not None else end):  # rows waiting at boundary l-1
-                        w = c.hid[l - 1][c.lens[l]:pos0 if x is not None else end]
-                        x = w if x is None else torch.cat([w, x])
-                        pos0 = c.lens[l]
-                if x is None:
+                    start, end = c.lens[l], (t[3] if t is not None else c.lens[l - 1])
+                    if start < end:  # rows waiting at boundary l-1 go first
+                        w = c.hid[l - 1][start:end]
+                        t = (w, 0, end - start, start) if t is None else \
+                            (torch.cat([w, t[0][t[1]:t[1] + t[2]]]), 0, end - start + t[2], start)
+                if t is None:
                     continue
-                if pos0 != c.lens[l]:
-                    raise RuntimeError(f"cache: layer {l} is at {c.lens[l]}, rows start at {pos0}")
-                n = x.shape[0]
-                state[i] = [x, pos0]
-                parts.append((c, r, n, pos0))
-                idx.append(i)
-                xs.append(x)
-                masks.append(self._mask(c, pos0, n))
-                poss.extend(range(pos0, pos0 + n))
-                r += n
-            if not parts:
+                if t[3] != c.lens[l]:
+                    raise RuntimeError(f"cache: layer {l} is at {c.lens[l]}, rows start at {t[3]}")
+                sig.append((i, t[2], t[3]))
+                pieces.append(t)
+            if not sig:
                 continue
-            X = torch.cat(xs) if len(xs) > 1 else xs[0]
-            pos = torch.tensor(poss, device=X.device)
-            X = self.layers[l - 1].step_rows(X, l - 1, parts, self.rope_cos[pos], self.rope_sin[pos], masks)
-            for i, (c, r0, n, pos0) in zip(idx, parts):
-                state[i] = [X[r0:r0 + n], pos0]
-                c.lens[l] = pos0 + n
+            if sig != sig_prev:  # other rows than the previous layer's output: a new plan
+                rows = _Rows(self, [(jobs[i][0], n, p0) for i, n, p0 in sig])
+                X = _pad_rows([t[0][t[1]:t[1] + t[2]] for t in pieces], rows.padded)
+            X = self.layers[l - 1].step_rows(X, l - 1, rows)
+            r = 0
+            for i, n, p0 in sig:
+                cur[i] = (X, r, n, p0)
+                jobs[i][0].lens[l] = p0 + n
+                r += n
+            sig_prev = sig
         out = []
-        for (c, b, _), (x, pos0) in zip(jobs, state):
-            if x is None:
+        for (c, b, _), t in zip(jobs, cur):
+            if t is None:
                 raise RuntimeError(f"cache: nothing waiting to run up to layer {b}")
+            x = t[0][t[1]:t[1] + t[2]]
             if b < L:
-                c.hidden(b)[pos0:pos0 + x.shape[0]] = x
+                c.hidden(b)[t[3]:t[3] + t[2]] = x
             out.append(x)
         return out
 

@@ -8,6 +8,12 @@ figure side by side in one run, on the shipped model:
    one prompt's luck), every configuration in turn on each chunk (interleaved).
 2. speculative plans' aggregate throughput vs autoregressive at each B, under both
    batching policies (ragged, synchronous); outputs checked equal to autoregressive.
+3. optionally (--baseline FILE: another version of hispec_exec/model.py, e.g.
+   `git show REV:hispec_exec/model.py > /tmp/model_before.py`), that version's batched
+   autoregressive decoding on the same weights, interleaved like the others: before/after
+   figures of a change side by side in one run.
+
+Ends with a markdown table of the figures (paste it into the README with the load).
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ def main(argv=None):
     ap.add_argument("--plans", default="2,16:3;2,4,16:2:4;2,4,8,16:2:3,6",
                     help="levels:propose[:windows];...")
     ap.add_argument("--json", help="write the figures here too")
+    ap.add_argument("--baseline", help="another model.py: time its autoregressive decoding too (same weights)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
 
@@ -43,7 +50,7 @@ def main(argv=None):
     T = a.max_new_tokens
     Bs = [int(x) for x in a.batches.split(",")]
     plans = []
-    for spec in a.plans.split(";"):
+    for spec in filter(None, a.plans.split(";")):
         parts = spec.split(":")
         lv = [int(x) for x in parts[0].split(",")]
         plans.append(Plan(levels=lv, propose=int(parts[1]), windows=[int(x) for x in parts[2].split(",")] if len(parts) > 2 else []))
@@ -80,9 +87,13 @@ def main(argv=None):
                               pad_token_id=0, eos_token_id=None)
         return out[:, W:].tolist()
 
-    def timed(fn):
-        t = time.perf_counter()
+    cpu = {}  # CPU time of the calling thread per configuration (torch runs on it: one thread), a
+    # figure that a loaded machine distorts far less than wall time
+
+    def timed(fn, name):
+        t, c = time.perf_counter(), time.thread_time()
         out = fn()
+        cpu[name] = cpu.get(name, 0.0) + time.thread_time() - c
         return out, time.perf_counter() - t
 
     decode_batch(model, ar, all_prompts[:2], 8)  # warm-up
@@ -94,6 +105,19 @@ def main(argv=None):
         return [all_prompts[i:i + B] for i in range(0, n, B)]
 
     configs = [("autoregressive", ar, "ragged")]
+    models = {}
+    if a.baseline:
+        import importlib.util
+        import sys
+
+        spec = importlib.util.spec_from_file_location("baseline_model", a.baseline)
+        base = sys.modules["baseline_model"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(base)
+        bm = base.Transformer(base.ModelArgs.from_dict(json.loads(model.args.to_json()))).eval()
+        bm.load_state_dict(model.state_dict())
+        decode_batch(bm, ar, all_prompts[:2], 8)  # warm-up
+        configs.append(("baseline autoregressive", ar, "ragged"))
+        models["baseline autoregressive"] = bm
     for plan in plans:
         for batching in ("ragged", "synchronous"):
             if plan.depth > 2 or batching == "ragged":  # depth <= 2: synchronous = ragged
@@ -108,11 +132,12 @@ def main(argv=None):
         out = {k: [] for k in t}
         for c in chunks(B):
             for name, plan, batching in configs:
-                res, dt = timed(lambda: decode_batch(model, plan, c, T, batching=batching))
+                m = models.get(name, model)
+                res, dt = timed(lambda: decode_batch(m, plan, c, T, batching=batching), (B, name))
                 out[name] += res
                 t[name] += dt
             if hf is not None:
-                tk, dt = timed(lambda: hf_gen(c))
+                tk, dt = timed(lambda: hf_gen(c), (B, "hf"))
                 out["hf"] += tk
                 t["hf"] += dt
         ref = [r.tokens for r in out["autoregressive"]]
@@ -121,10 +146,12 @@ def main(argv=None):
         if hf is not None:
             row["hf_generate_tokens_per_s"] = n / t["hf"]
             row["ratio_ours_vs_hf_generate"] = t["hf"] / t_ar
+            row["ratio_ours_vs_hf_generate_cpu_time"] = cpu[(B, "hf")] / cpu[(B, "autoregressive")]
             row["hf_identical"] = sum(x == y for x, y in zip(out["hf"], ref))
         for name, plan, _ in configs[1:]:
             res = out[name]
             row[name] = {"tokens_per_s": n / t[name], "speedup_vs_autoregressive": t_ar / t[name],
+                         "speedup_vs_autoregressive_cpu_time": cpu[(B, "autoregressive")] / cpu[(B, name)],
                          "identical": all(r.tokens == x for r, x in zip(res, ref)),
                          "acceptance": [None if v is None else round(v, 3) for v in (
                              [None] + [sum(r.accepted[j] for r in res) / max(1, sum(r.proposed[j] for r in res))
@@ -133,6 +160,7 @@ def main(argv=None):
         line = f"B={B:3d}  autoregressive {row['autoregressive_tokens_per_s']:7.1f} tok/s"
         if hf is not None:
             line += (f"  transformers {row['hf_generate_tokens_per_s']:7.1f} tok/s  ours/hf {row['ratio_ours_vs_hf_generate']:.2f}x"
+                     f" (CPU time {row['ratio_ours_vs_hf_generate_cpu_time']:.2f}x)"
                      f"  (identical {row['hf_identical']}/{row['prompts']})")
         print(line, flush=True)
         for k, v in row.items():
@@ -142,10 +170,33 @@ def main(argv=None):
     with open("/proc/loadavg") as f:
         fig["machine"]["loadavg_end"] = f.read().split()[:3]
     print(f"load average at end {' '.join(fig['machine']['loadavg_end'])}")
+    print()
+    print(table(fig, [c[0] for c in configs[1:]], hf is not None))
     if a.json:
         with open(a.json, "w") as f:
             json.dump(fig, f, indent=1)
     return fig
+
+
+def table(fig: dict, names: list[str], hf: bool) -> str:
+    """The figures as a markdown table: AR tok/s, transformers, ratio, then every other
+    configuration's throughput relative to our autoregressive decoding at the same B."""
+    m = fig["machine"]
+    head = ["B", "ours AR tok/s"] + (["transformers `generate` tok/s", "ours / transformers (wall; CPU time)"] if hf else [])
+    head += [f"{n} (x AR: wall; CPU time)" for n in names]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in fig["rows"]:
+        cells = [str(row["B"]), f"{row['autoregressive_tokens_per_s']:.1f}"]
+        if hf:
+            cells += [f"{row['hf_generate_tokens_per_s']:.1f}",
+                      f"**{row['ratio_ours_vs_hf_generate']:.2f}x**; {row['ratio_ours_vs_hf_generate_cpu_time']:.2f}x"]
+        cells += [f"{row[n]['speedup_vs_autoregressive']:.2f}x; {row[n]['speedup_vs_autoregressive_cpu_time']:.2f}x"
+                  for n in names]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append(f"\n(load average {' '.join(m['loadavg_start'])} at start, {' '.join(m['loadavg_end'])} at the end; "
+                 f"{m['cores']} cores, {m['threads']} torch thread(s), torch {m['torch']}; {fig['max_new_tokens']} new "
+                 f"tokens per sequence, prompts {fig['prompt_lens']}, prefill included)")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
 """Row invariance of the decoding path, bit for bit: these tests pin the design (every
-product a stack of one-row products whose per-entry shape never changes), which makes it
-hold on any CPU. Comparisons with another code path are tolerance- or tie-aware instead."""
+product of a fixed shape: linear layers in tiles of ROW_TILE rows, attention in (query
+tile x KV block) pieces), which makes it hold on any CPU whose fixed-shape products compute
+a row from its own values only -- checked here explicitly (a row in every slot of a tile,
+any number of tiles, random neighbours). Comparisons with another code path are tolerance-
+or tie-aware instead."""
 import torch
 
-from hispec_exec.model import mm
+from hispec_exec.model import KV_BLOCK, QUERY_TILE, ROW_TILE, mm
 
 from exec_helpers import random_model
 
@@ -28,6 +31,69 @@ def test_mm_rows_match_single_row():
     for n in range(2, 10):
         assert torch.equal(mm(x[:n], w), one[:n])
     torch.testing.assert_close(one, x @ w.T, rtol=1e-5, atol=1e-5)
+
+
+def test_tile_row_depends_on_nothing_but_itself():
+    """The premise of the design, on this CPU, for the model's product shapes: a row put in
+    any slot of a tile, among random rows, in any of 1..4 tiles, comes out with the same bits
+    as alone (and so for the attention's (QUERY_TILE, hd) x (hd, KV_BLOCK) and
+    (QUERY_TILE, KV_BLOCK) x (KV_BLOCK, hd + 1) pieces, batched over any number of entries)."""
+    g = torch.Generator().manual_seed(1)
+    for n_out, k in ((320, 160), (896, 160), (160, 448), (256, 160), (96, 40)):
+        w, row = torch.randn(n_out, k, generator=g), torch.randn(1, k, generator=g)
+        ref = mm(row, w)
+        for tiles in (1, 2, 4):
+            for slot in range(ROW_TILE * tiles):
+                x = torch.randn(ROW_TILE * tiles, k, generator=g)
+                x[slot] = row[0]
+                assert torch.equal(mm(x, w)[slot:slot + 1], ref), (n_out, k, tiles, slot)
+    for a_shape, b_shape, transposed in (((QUERY_TILE, 40), (KV_BLOCK, 40), True),  # scores: Q K^T, K a view
+                                         ((QUERY_TILE, KV_BLOCK), (KV_BLOCK, 41), False)):  # P [V | 1]
+        a, b = torch.randn(*a_shape, generator=g), torch.randn(*b_shape, generator=g)
+        ref = torch.bmm(a[None], b[None].transpose(1, 2) if transposed else b[None])[0]
+        for entries in (2, 5, 16):
+            for e in (0, entries // 2, entries - 1):
+                A, B = torch.randn(entries, *a_shape, generator=g), torch.randn(entries, *b_shape, generator=g)
+                A[e], B[e] = a, b
+                assert torch.equal(torch.bmm(A, B.transpose(1, 2) if transposed else B)[e], ref)
+
+
+def test_batched_rows_equal_alone_in_any_company():
+    """A sequence's rows in a layer-range-batched forward (`run_jobs`) carry the same bits
+    as the sequence alone, whatever its company: other sequences of other lengths (so other
+    numbers of KV blocks), other row counts (so other tiles and the gathered attention
+    layout), pool slots in any order, idle slots holding stale values."""
+    from exec_helpers import random_model
+
+    m = random_model(seed=2, ctx=200)
+    g = torch.Generator().manual_seed(4)
+    L = m.num_layers
+    seqs = [torch.randint(0, 64, (n,), generator=g) for n in (3, 70, 9, 140, 1, 33)]
+    alone = []
+    for s in seqs:  # alone: prefill all but the last 2 tokens, then one at a time
+        c = m.new_cache(200)
+        outs = [m.head(m.run(c, 0, L, s[:-2]))] if len(s) > 2 else []
+        outs += [m.head(m.run(c, 0, L, s[i:i + 1])) for i in range(max(0, len(s) - 2), len(s))]
+        alone.append(torch.cat(outs))
+    pool = m.new_pool(8, 200)
+    order = [5, 0, 3, 7, 1, 2]  # slots out of order, two idle
+    cs = [pool.cache(sl) for sl in order]
+    pre = m.run_jobs([(c, L, s[:-2]) for c, s in zip(cs, seqs) if len(s) > 2])
+    for idle in (4, 6):  # whatever the idle slots hold (the decode steps compute them too) must not matter
+        pool.k[:, :, :, idle].normal_(generator=g)
+        pool.v[:, :, :, idle].normal_(generator=g)
+    got = [[m.head(x)] for x in pre]
+    got.insert(4, [])  # the 1-token sequence had no prefill
+    for step in (2, 1):
+        jobs = [(c, L, s[len(s) - step:len(s) - step + 1]) for c, s in zip(cs, seqs) if len(s) >= step]
+        outs = m.run_jobs(jobs)
+        k = 0
+        for i, s in enumerate(seqs):
+            if len(s) >= step:
+                got[i].append(m.head(outs[k]))
+                k += 1
+    for i in range(len(seqs)):
+        assert torch.equal(torch.cat(got[i]), alone[i]), i
 
 
 def test_decode_path_matches_training_path():
