@@ -65,7 +65,7 @@ def first_difference(tokens: Sequence[int], reference: Sequence[int]) -> int | N
 
 def full_model_logits(model) -> LogitsFn:
     """Next-token logits of our model's full depth after `ids`, through the decoding path
-    (at the cache capacity `decode` uses by default: attention spans the whole capacity)."""
+    (the same fixed-shape products `decode` runs, so the logits are those decoding saw)."""
 
     @torch.no_grad()
     def fn(ids: Sequence[int]) -> torch.Tensor:

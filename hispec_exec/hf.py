@@ -8,7 +8,7 @@ import torch
 
 from .model import ModelArgs, Transformer
 
-DEFAULT_HF_CONTEXT = 2048  # attention spans the whole cache capacity: keep it moderate
+DEFAULT_HF_CONTEXT = 2048  # the KV cache is allocated for this many positions up front: keep it moderate
 
 
 def _int(cfg: dict, key: str, default=None) -> int:
