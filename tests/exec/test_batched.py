@@ -124,6 +124,7 @@ def test_sampling_ragged_equals_each_request_alone(small):
         assert r.tokens == decode(small, plan, p, len(r.tokens), mode="sampling", seed=11 + i).tokens
 
 
+@pytest.mark.slow  # statistical: seeded runs against the enumerated distribution (kept in CI)
 def test_sampling_at_batch_matches_full_model_distribution(small):
     """`synchronous` (checks at other times than alone): chi-square over 1200
     continuations decoded 40 at a time beside 40 distractors of another prompt and length.

@@ -1,7 +1,5 @@
 """CLI golden cases: info keys, run --check on the shipped model, one-line errors (exit 2)."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -9,11 +7,6 @@ import torch
 
 from hispec_exec.checkpoint import DEFAULT_CHECKPOINT
 from hispec_exec.cli import main
-
-
-def cli(*args):
-    p = subprocess.run([sys.executable, "-m", "hispec_exec.cli", *args], capture_output=True, text=True, timeout=300)
-    return p.returncode, p.stdout, p.stderr
 
 
 def test_info_json_keys(capsys):

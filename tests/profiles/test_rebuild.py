@@ -17,6 +17,7 @@ BUILDERS = {
 }
 
 
+@pytest.mark.slow  # end to end: each builder rebuilds its profiles from the vendored sources
 @pytest.mark.parametrize("builder", sorted(BUILDERS))
 def test_builder_reproduces_committed_profiles(builder, tmp_path):
     args = [sys.executable, str(REPO / builder), "--out", str(tmp_path)]

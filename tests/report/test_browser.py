@@ -139,6 +139,7 @@ def test_console_check_catches_errors(tmp_path):
     assert any("boom" in l for l in console_lines(r.stderr))
 
 
+@pytest.mark.slow  # end to end: the shipped 80-layer profile's full report, then Chromium
 def test_shipped_profile_report_renders(tmp_path):
     """The acceptance criterion: `hispec-sim report --profile a100_llama70b --out r.html`."""
     from hispec_sim.cli import main

@@ -21,6 +21,8 @@ from factories import make_profile
 from hispec_sim.evaluate import Setting, score
 from hispec_sim.schema import Plan, save_profile
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 def _bindir() -> Path | None:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
@@ -68,21 +70,25 @@ def postgres_url():
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.slow  # end to end: a real PostgreSQL server and five worker processes
 def test_two_workers_share_one_postgres_study(postgres_url, tmp_path):
     profile = make_profile(layers=16)
     save_profile(profile, tmp_path / "p.json")
     cmd = [sys.executable, "-m", "hispec_sim.cli", "optimize", "--profile", str(tmp_path / "p.json"), "--search", "optuna",
            "--depth", "1-4", "--storage", postgres_url, "--study-name", "shared", "--json"]
     # the study is created by a first short run, then two machines' worth of workers join it at once
-    first = subprocess.run(cmd + ["--trials", "4", "--seed", "0"], capture_output=True, text=True, timeout=120)
+    # the checkout under test, whatever is installed (the workers run in tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    first = subprocess.run(cmd + ["--trials", "4", "--seed", "0"], capture_output=True, text=True, timeout=120, env=env)
     assert first.returncode == 0, first.stderr
     procs = [subprocess.Popen(cmd + ["--trials", "8", "--seed", str(i + 1)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, cwd=tmp_path) for i in range(2)]
+                              text=True, cwd=tmp_path, env=env) for i in range(2)]
     outs = [p.communicate(timeout=180) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err
     # and one call with two worker processes
-    both = subprocess.run(cmd + ["--trials", "6", "--workers", "2"], capture_output=True, text=True, timeout=180)
+    both = subprocess.run(cmd + ["--trials", "6", "--workers", "2"], capture_output=True, text=True, timeout=180,
+                          env=env)
     assert both.returncode == 0, both.stderr
     assert json.loads(both.stdout)["study"]["trials"] == 4 + 16 + 6
 
