@@ -30,6 +30,7 @@ script (whole files or none; --quick writes nothing but a temporary profile).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import html
 import json
 import os
@@ -305,7 +306,8 @@ def remeasure(args, dest: Path) -> tuple[str, str, list[str]]:
     """(profile path, how it was obtained, commands run)."""
     py = shlex.quote(sys.executable)
     if args.remeasure == "none":
-        return args.profile, f"used as given: {args.profile}", []
+        sha = hashlib.sha256(Path(args.profile).read_bytes()).hexdigest()[:16]
+        return args.profile, f"used as given: {args.profile}, sha256 {sha}…", []
     if args.remeasure == "full":
         if args.clock == "cpu":
             print("[serving study] note: profile measure times in wall time; with --clock cpu prefer "
