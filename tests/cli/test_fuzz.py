@@ -698,6 +698,9 @@ SIGNALS = [
 
 _SELF_SIGINT = """
 import os, signal, sys, importlib
+# as a process started from a shell: a parent (pytest-xdist's worker) may have left SIGINT
+# ignored, and an ignored disposition survives exec
+signal.signal(signal.SIGINT, signal.default_int_handler)
 mod = importlib.import_module(sys.argv[2])
 orig = getattr(mod, sys.argv[3])
 calls = [0]
