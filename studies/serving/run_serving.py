@@ -99,8 +99,17 @@ profile re-measured 14 minutes before by `hispec-sim profile measure`; table abo
   iterations) was fitted as 0.0 ms for all three terms: the fit put all of an iteration's
   time into the forward grid. The batch-1 validation of the same profile
   (studies/fidelity) predicts speculative plans' speed-ups to a median 4.3 % through
-  `decode`, so the missing time is in the serving loop (per-iteration bookkeeping of
-  SequenceDecoder / admission / step log), not in the forwards. Not fixed in this session.
+  `decode`. The likely cause is the split between per-layer and per-forward cost in the
+  serving grid: its one-sequence one-row layer is 1.126 ms, where the same profile's batch-1
+  table has 0.847 ms per layer plus a per-forward overhead of 0.814 ms (fitted on decoding),
+  and the grid carries no per-forward term. So a 16-layer autoregressive step comes out
+  dearer from the grid (18.0 ms + head) than from the table (14.5 ms) -- autoregressive
+  TBT p50 +13.9 % / +3.8 % here -- and a 2-layer draft step cheaper (2.3 ms vs 2.6 ms),
+  which the speculative plans, made mostly of short forwards, feel. The host-time fit then
+  sees negative residuals on the long steps and clamps every term to 0. Next step (not done
+  in this session): fit the iterations on [grid forward, 1, sequences, checks] so the
+  per-forward cost gets its own term, or take the per-forward overhead from the batch-1
+  table's calibration.
 * Acceptance is not a source of error here: the executor's acceptance_per_level counts
   kept / checked tokens (the kept prefix stops at the first rejection); the profile's
   per-token rates give the same kept fraction for the plans' buffers (0.486 vs 0.481
