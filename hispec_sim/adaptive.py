@@ -58,25 +58,10 @@ def analytic_single_level(cost: CostModel, model: AgreementModel, plan: Plan) ->
         raise ValueError("levels: the analytic adaptive model covers single-level plans [E, L]")
     E, L = plan.levels
     g = plan.propose
-    tau = plan.draft_confidence or 0.0
-    a = float(model.pair(E, L))  # the fixed model's rate, so tau = 0 reproduces it exactly
-    if tau > 0:
-        top = _top1(model.acc)
-        t = model.traces
-        ie, il = int(model.idx(E)), int(model.idx(L))
-        low = top[:, ie] < tau
-        h = 1.0 - float(low.mean())
-        agree = t[:, ie] == t[:, il]
-        # P(confident and accepted), scaled to the matrix's rate so tau = 0 gives exactly a
-        q = a * float((~low & agree).mean()) / float(agree.mean()) if agree.any() else 0.0
-    else:
-        h, q = 1.0, a
-    draft_ms = float(cost.forward([(np.array([E]), np.ones(1, int))], np.ones(1, int))[0])
-    check_ms = _check_cost(cost, [E], [L], g)[0]
+    # a = the fixed model's rate, so tau = 0 reproduces the fixed plan exactly
+    h, q, a, _, cycle = _round_terms(cost, model, E, L, g, plan.draft_confidence or 0.0)
     n = np.arange(1, g + 1)
     reach = h ** (n - 1)  # P(N >= n)
-    stop = np.append(reach[:-1] * (1 - h), reach[-1])  # P(N = n)
-    cycle = draft_ms * reach.sum() + float((stop * check_ms[n]).sum())
     committed = 1.0 + a * float((q ** (n - 1)).sum())
     return AdaptiveEstimate(1000.0 * cost.batch * committed / cycle, committed, cycle, float(reach.sum()))
 
@@ -374,7 +359,9 @@ def predict_adaptive(setting, plan: Plan, cycles: int = 1500, streams: int = 8, 
 
 def _round_terms(cost: CostModel, model: AgreementModel, lo: int, hi: int, g: int, tau: float):
     """One adaptive drafting round checked by exit `hi`: (h, q, a, p_low_agree, E[round ms])
-    with h = P(confident draft), q = P(confident and accepted), a = P(accepted)."""
+    with h = P(confident draft), q = P(confident and accepted), a = P(accepted); q is
+    scaled to the matrix's rate a, so tau = 0 gives exactly q = a. The round drafts
+    N = min(g, first low-confidence draft): P(N >= n) = h^(n-1)."""
     a = float(model.pair(lo, hi))
     if tau > 0:
         top = _top1(model.acc)
