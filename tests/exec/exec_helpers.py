@@ -33,3 +33,37 @@ def training_path_logits(model):
         with torch.no_grad():
             return model.logits(model.forward_train(torch.tensor([list(ids)]))[-1])[0, -1]
     return fn
+
+
+def exact_distribution(m, prompt, T, vocab=4):
+    """P(continuation) of every T-token continuation of `prompt` under the full model
+    (enumerated; a vocabulary this small keeps it exact and cheap)."""
+    import itertools
+
+    probs = {}
+    for cont in itertools.product(range(vocab), repeat=T):
+        seq = list(prompt) + list(cont)
+        p = torch.softmax(m.head(m.run(m.new_cache(), 0, m.num_layers, torch.tensor(seq[:-1]))).double(), -1)
+        pr = 1.0
+        for i, tok in enumerate(cont):
+            pr *= float(p[len(prompt) - 1 + i, tok])
+        probs[cont] = pr
+    return probs
+
+
+def pooled_chisquare(counts, exact, runs):
+    """Chi-square of observed continuation counts against the exact distribution, cells
+    expected fewer than 5 times pooled into one; returns (statistic, p-value)."""
+    from scipy.stats import chisquare
+
+    obs, exp, rest_o, rest_e = [], [], 0, 0.0
+    for k, p in exact.items():
+        if p * runs >= 5:
+            obs.append(counts[k])
+            exp.append(p * runs)
+        else:
+            rest_o += counts[k]
+            rest_e += p * runs
+    obs.append(rest_o)
+    exp.append(rest_e)
+    return chisquare(obs, exp)

@@ -7,9 +7,8 @@ import itertools
 
 import pytest
 import torch
-from scipy.stats import chisquare
 
-from exec_helpers import random_model
+from exec_helpers import exact_distribution, pooled_chisquare, random_model
 from hispec_exec import autoregressive, decode, heldout_prompts
 from hispec_exec.generate import decode_batch
 from hispec_sim.schema import Plan
@@ -132,11 +131,7 @@ def test_sampling_at_batch_matches_full_model_distribution(small):
     batching = "synchronous"
     prompt, T, runs, B = [1, 2, 3], 3, 1200, 40
     plan = Plan(levels=[1, 2, 4], propose=2, windows=[2])
-    exact = {}
-    for cont in itertools.product(range(4), repeat=T):
-        seq = prompt + list(cont)
-        p = torch.softmax(small.head(small.run(small.new_cache(), 0, 4, torch.tensor(seq[:-1]))).double(), -1)
-        exact[cont] = float(torch.prod(torch.stack([p[len(prompt) - 1 + i, t] for i, t in enumerate(cont)])))
+    exact = exact_distribution(small, prompt, T)
     counts = dict.fromkeys(exact, 0)
     acc = pro = 0
     for b in range(runs // B):
@@ -149,17 +144,7 @@ def test_sampling_at_batch_matches_full_model_distribution(small):
             acc += r.accepted[1]
             pro += r.proposed[1]
     assert 0.3 < acc / pro < 0.97
-    obs, exp, ro, re_ = [], [], 0, 0.0
-    for k, p in exact.items():
-        if p * runs >= 5:
-            obs.append(counts[k])
-            exp.append(p * runs)
-        else:
-            ro += counts[k]
-            re_ += p * runs
-    obs.append(ro)
-    exp.append(re_)
-    assert chisquare(obs, exp).pvalue > 1e-3
+    assert pooled_chisquare(counts, exact, runs).pvalue > 1e-3
 
 
 def test_pooled_attention_with_unused_slots_is_bit_identical(tiny):

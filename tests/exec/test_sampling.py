@@ -1,12 +1,9 @@
 """Sampling mode is lossless: over many seeded runs the decoded continuations follow the
 full model's exact distribution (enumerated), for single-level and deeper chains."""
-import itertools
 
 import pytest
-import torch
-from scipy.stats import chisquare
 
-from exec_helpers import random_model
+from exec_helpers import exact_distribution, pooled_chisquare, random_model
 from hispec_exec.generate import decode
 from hispec_sim.schema import Plan
 
@@ -21,19 +18,6 @@ def small():
     return random_model(seed=0, vocab=4, layers=4, dim=32, heads=2, kv=1, ffn=64, ctx=64, scale=5)
 
 
-def exact_distribution(m):
-    probs = {}
-    for cont in itertools.product(range(4), repeat=T):
-        seq = PROMPT + list(cont)
-        c = m.new_cache()
-        p = torch.softmax(m.head(m.run(c, 0, m.num_layers, torch.tensor(seq[:-1]))).double(), -1)
-        pr = 1.0
-        for i, tok in enumerate(cont):
-            pr *= float(p[len(PROMPT) - 1 + i, tok])
-        probs[cont] = pr
-    return probs
-
-
 @pytest.mark.slow  # statistical: 1,500 seeded runs per plan (kept in CI)
 @pytest.mark.parametrize("plan", [
     Plan(levels=[1, 4], propose=3),
@@ -41,7 +25,7 @@ def exact_distribution(m):
     Plan(levels=[1, 2, 3, 4], propose=2, windows=[2, 2]),
 ], ids=lambda p: p.describe())
 def test_sampling_matches_full_model_distribution(small, plan):
-    exact = exact_distribution(small)
+    exact = exact_distribution(small, PROMPT, T)
     assert abs(sum(exact.values()) - 1) < 1e-9
     counts = dict.fromkeys(exact, 0)
     acc = [0] * plan.depth
@@ -54,17 +38,7 @@ def test_sampling_matches_full_model_distribution(small, plan):
             pro[j] += r.proposed[j]
     # the test means something only if every level rejects sometimes
     assert all(0.3 < a / p < 0.97 for a, p in zip(acc[1:], pro[1:]))
-    obs, exp, rest_o, rest_e = [], [], 0, 0.0
-    for k, p in exact.items():
-        if p * RUNS >= 5:
-            obs.append(counts[k])
-            exp.append(p * RUNS)
-        else:
-            rest_o += counts[k]
-            rest_e += p * RUNS
-    obs.append(rest_o)
-    exp.append(rest_e)
-    stat, pval = chisquare(obs, exp)
+    stat, pval = pooled_chisquare(counts, exact, RUNS)
     assert pval > 1e-3, (stat, pval)
 
 
