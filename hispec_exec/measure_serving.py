@@ -166,9 +166,9 @@ def serve_iterations(model: Transformer, plan: Plan, prompts: list[list[int]], m
     from .serve import serve
 
     log: list[dict] = []
-    timing = {"clock": clock, "sleep": getattr(clock, "sleep", time.sleep)} if clock is not None else {}
     serve(model, plan, [0.0] * len(prompts), prompts, [max_new] * len(prompts),
-          ServeLimits(max_batch=max_batch), mode="greedy", seed=seed, step_log=log, ops_of=_ops_of, **timing)
+          ServeLimits(max_batch=max_batch), mode="greedy", seed=seed, step_log=log, ops_of=_ops_of,
+          clock=clock or time.perf_counter)
     return log
 
 

@@ -136,16 +136,18 @@ def check_requests(plan, prompts: list[list[int]], news: list[int], capacity: in
 
 def serve(model, plan, arrivals: list[float], prompts: list[list[int]], news: list[int], limits,
           mode: str | None = None, seed: int = 0, temperature: float = 1.0, batching: str | None = None,
-          progress=None, clock=time.perf_counter, sleep=time.sleep, step_log: list | None = None,
+          progress=None, clock=time.perf_counter, sleep=None, step_log: list | None = None,
           ops_of=None) -> dict:
     """Serve the requests as the module docstring specifies; returns the per-request
     metrics (RequestMetrics), tokens and totals. Request i samples with seed + i.
+    `sleep` waits for arrivals: by default the clock's own (CpuClock) or time.sleep.
     step_log (instrumentation, hispec_exec.measure_serving): when a list, one entry per
     iteration that ran a step: its wall time without prefill and waiting ("step_ms"), the
     prefill's ("prefill_ms"), and ops_of(batch) taken before the step ("ops", untimed)."""
     from hispec_sim.schema import RequestMetrics
 
     from .generate import Batch, SequenceDecoder, check_plan
+    sleep = sleep or getattr(clock, "sleep", time.sleep)
 
     check_plan(model, plan, batch_ok=True)
     cap = model.args.max_seq_len
@@ -372,12 +374,8 @@ def run(a) -> int:
     arrivals, prompts, news, where = _requests(a, model, enc)
     check_requests(plan, prompts, news, model.args.max_seq_len, limits, where)
     mode = a.mode or plan.mode
-    timing = {}
-    if a.clock == "cpu":
-        clk = CpuClock()
-        timing = {"clock": clk, "sleep": clk.sleep}
     res = serve(model, plan, arrivals, prompts, news, limits, mode=mode, seed=a.seed, temperature=a.temperature,
-                progress=_progress_bar(), **timing)
+                progress=_progress_bar(), clock=CpuClock() if a.clock == "cpu" else time.perf_counter)
     summary = summarize(res["metrics"], limits)
     out = {
         "plan": plan.model_dump(), "plan_text": plan.describe(), "family": plan.family, "mode": mode,

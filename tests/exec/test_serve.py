@@ -29,7 +29,7 @@ class VirtualClock:
 
 def run(model, plan, arrivals, prompts, news, limits, **kw):
     c = VirtualClock()
-    return serve(model, plan, arrivals, prompts, news, limits, clock=c, sleep=c.sleep, **kw)
+    return serve(model, plan, arrivals, prompts, news, limits, clock=c, **kw)
 
 
 def workload(n=7, seed=3):
