@@ -267,14 +267,58 @@ def _nnls(X: np.ndarray, y: np.ndarray) -> np.ndarray:
     return nnls(X, y)[0]
 
 
+def scaled_nnls(X: np.ndarray, y: np.ndarray, group: np.ndarray, scale_col: int, bootstrap: int = 200,
+                seed: int = 0) -> dict:
+    """Non-negative least squares of y on X, where column `scale_col` is a latency table's
+    prediction and its coefficient the table's scale (how much hotter or colder the table
+    ran than the loop it predicts). The scale is fixed to 1 when the free fit puts it
+    outside [0.5, 2] or its bootstrap standard error exceeds 0.05. Samples with residuals
+    beyond 3.5 MADs are dropped and the fit redone; standard errors by bootstrap over
+    `group` (whole runs resampled with replacement, seeded).
+    Returns coef, se, keep (the inlier mask), scaled, free_scale, free_scale_se."""
+    rest = [c for c in range(X.shape[1]) if c != scale_col]
+
+    def fit(idx, scaled: bool) -> np.ndarray:
+        if scaled:
+            return _nnls(X[idx], y[idx])
+        return np.insert(_nnls(X[idx][:, rest], y[idx] - X[idx, scale_col]), scale_col, 1.0)
+
+    every = np.arange(len(y))
+    free_scale, free_scale_se = float(fit(every, True)[scale_col]), float("nan")
+    scaled = SCALE_RANGE[0] <= free_scale <= SCALE_RANGE[1]
+    rng = np.random.default_rng(seed)
+    runs = np.unique(group)
+    members = {g: np.flatnonzero(group == g) for g in runs}
+    picks = [rng.choice(runs, len(runs)) for _ in range(bootstrap)]
+    for _ in range(2):  # the scaled fit, unless the scale is out of range or ill-determined
+        coef = fit(every, scaled)
+        resid = y - X @ coef
+        mad = 1.4826 * np.median(np.abs(resid - np.median(resid)))
+        keep = np.abs(resid - np.median(resid)) <= OUTLIER_MADS * mad if mad > 0 else np.ones(len(y), bool)
+        coef = fit(every[keep], scaled)
+        boots = []
+        for pick in picks:
+            idx = np.concatenate([members[g] for g in pick])
+            boots.append(fit(idx[keep[idx]], scaled))
+        se = np.std(boots, axis=0, ddof=1) if bootstrap > 1 else np.full(X.shape[1], np.nan)
+        if not scaled or se[scale_col] <= SCALE_MAX_SE:
+            break
+        free_scale_se = float(se[scale_col])
+        scaled = False
+    return {"coef": coef, "se": se, "keep": keep, "scaled": scaled, "free_scale": free_scale,
+            "free_scale_se": free_scale_se}
+
+
 def fit_overheads(model: Transformer, table: LatencyTable, prompts, max_new_tokens: int, rounds: int = 3,
                   bootstrap: int = 200, seed: int = 0) -> dict:
     """Fixed costs the micro-benchmarks cannot see, per forward, per layer run, and extra per
     verification forward, and the table's in-situ scale, by non-negative least squares; plus
     the run-to-run noise floor.
 
-    Every calibration plan decodes every prompt once per round, rounds interleaved (plan
-    and prompt order fixed, rounds repeated) so drift hits all plans alike. Each forward's
+    Every calibration plan decodes every prompt once per round, the plans interleaved per
+    prompt (which goes first rotates), so drift within a round -- seconds on a shared VM --
+    hits all plans alike instead of one plan's block: the per-forward vs per-layer split
+    rests on the plans' different forward lengths. Each forward's
     time (including the decode loop's own Python time between forwards, spread evenly over
     its forwards) is regressed on the three counts and on its layers and head from the table
     (whose coefficient, the table scale, corrects a micro-benchmark that runs hotter or
@@ -293,8 +337,9 @@ def fit_overheads(model: Transformer, table: LatencyTable, prompts, max_new_toke
     toks = np.zeros((rounds, len(plans)))
     decode(model, plans[-1], prompts[0], min(8, max_new_tokens))  # warm-up
     for r in range(rounds):
-        for k, plan in enumerate(plans):
-            for ids in prompts:
+        for i, ids in enumerate(prompts):  # plans interleaved per prompt, rotating which goes first
+            for k in np.roll(np.arange(len(plans)), -(r + i)):
+                plan = plans[k]
                 res = decode(model, plan, ids, max_new_tokens)
                 walls[r, k] += res.wall_s
                 toks[r, k] += len(res.tokens)
@@ -310,34 +355,9 @@ def fit_overheads(model: Transformer, table: LatencyTable, prompts, max_new_toke
     X = np.concatenate([r[0] for r in runs])
     y = np.concatenate([r[1] for r in runs])
 
-    def fit(idx, scaled: bool) -> np.ndarray:
-        """(per forward, per layer, per verification, table scale) by NNLS."""
-        if scaled:
-            return _nnls(X[idx], y[idx])
-        return np.append(_nnls(X[idx, :3], y[idx] - X[idx, 3]), 1.0)
-
-    every = np.arange(len(y))
-    free_scale_se = float("nan")
-    free_scale = float(fit(every, True)[3])
-    scaled = SCALE_RANGE[0] <= free_scale <= SCALE_RANGE[1]
-    rng = np.random.default_rng(seed)
-    offsets = np.cumsum([0] + [len(r[1]) for r in runs])
-    picks = [rng.integers(0, len(runs), len(runs)) for _ in range(bootstrap)]
-    for _ in range(2):  # the scaled fit, unless the scale is out of range or ill-determined
-        coef = fit(every, scaled)
-        resid = y - X @ coef
-        mad = 1.4826 * np.median(np.abs(resid - np.median(resid)))
-        inlier = np.abs(resid - np.median(resid)) <= OUTLIER_MADS * mad if mad > 0 else np.ones(len(y), bool)
-        coef = fit(every[inlier], scaled)
-        boots = []
-        for pick in picks:
-            idx = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in pick])
-            boots.append(fit(idx[inlier[idx]], scaled))
-        boot_se = np.std(boots, axis=0, ddof=1) if bootstrap > 1 else np.full(4, np.nan)
-        if not scaled or boot_se[3] <= SCALE_MAX_SE:
-            break
-        free_scale_se = float(boot_se[3])
-        scaled = False
+    group = np.concatenate([np.full(len(r[1]), i) for i, r in enumerate(runs)])
+    f = scaled_nnls(X, y, group, scale_col=3, bootstrap=bootstrap, seed=seed)
+    coef, boot_se, inlier = f["coef"], f["se"], f["keep"]
     tps = toks / walls
     noise = float(np.max((tps.max(0) - tps.min(0)) / np.median(tps, axis=0))) if rounds > 1 else float("nan")
     resid = y[inlier] - X[inlier] @ coef
@@ -354,7 +374,7 @@ def fit_overheads(model: Transformer, table: LatencyTable, prompts, max_new_toke
             "rounds": rounds, "residual_ms_median_abs": float(np.median(np.abs(resid))), "noise_floor": noise,
             "tokens_per_second_by_round": tps.round(3).tolist(), "plans": [p.describe() for p in plans],
             "autoregressive_tokens_per_second": float(np.median(tps[:, 0])),
-            "free_scale": free_scale, "free_scale_se": free_scale_se, "fit_error_by_plan": fitted}
+            "free_scale": f["free_scale"], "free_scale_se": f["free_scale_se"], "fit_error_by_plan": fitted}
 
 
 def self_check(table: LatencyTable, num_layers: int, calib: dict, context: int,

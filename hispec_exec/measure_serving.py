@@ -10,12 +10,16 @@ of b x n tokens never pays. Two measurements capture it:
 1. the batch grid: one layer of `run_jobs` with b sequences of n new tokens each (in situ:
    (forward over all L layers - forward over one layer) / (L - 1), as the table), over
    b x n, in interleaved rounds with outlier rejection, fitted non-decreasing in b and n;
-2. the step overheads: the host time of a serve-loop iteration beyond its forward and
-   exit head (building jobs, applying every sequence's logits, emission bookkeeping),
-   fitted by non-negative least squares on iterations of real `serve()` runs (closed
-   batches of every size, an autoregressive and two speculative calibration plans) as
-   a fixed part + a part per running sequence + a part per check; standard errors by
-   bootstrap over iterations.
+2. the serve loop's own step costs, fitted by non-negative least squares on iterations
+   of real `serve()` runs (closed batches of every size, an autoregressive and two
+   speculative calibration plans): the grid's layers x a forward scale, plus host time
+   beyond forward and exit head (the forward's own fixed cost, building jobs, applying
+   every sequence's logits, emission bookkeeping) as a fixed part + a part per running
+   sequence + a part per check; standard errors by bootstrap over runs. Fitting the scale
+   and the fixed part together matters: the grid is timed in situ, minutes apart from the
+   loop, on a machine whose speed drifts, and its per-layer time alone cannot tell a
+   2-layer draft step's fixed cost (about a third of it on the shipped model) from its
+   layers.
 
 The result is a `hispec_sim.schema.ServingCalibration`, stored in the profile's latency
 table; `hispec_sim.serving` costs every step with it (the batch-1 models do not read it).
@@ -38,11 +42,11 @@ from hispec_sim.schema import (
 
 from .measure import (
     OUTLIER_MADS,
-    _nnls,
     calibration_plans,
     calibration_prompts,
     isotonic_2d,
     robust_mean,
+    scaled_nnls,
 )
 from .model import Transformer
 
@@ -137,9 +141,9 @@ def _ops_of(batch) -> list[tuple[int, int, int]]:
     return out
 
 
-def step_features(levels: list[int], ops: list[tuple[int, int, int]], table: LatencyTable) -> tuple[float, int, int]:
-    """(forward + head ms that `table` (with its serving grid) predicts, sequences, checks)
-    of one step whose sequences run `ops`."""
+def step_features(levels: list[int], ops: list[tuple[int, int, int]], table: LatencyTable) -> tuple[float, float, int, int]:
+    """(layers ms -- grid + attention, unscaled --, exit-head ms, sequences, checks) that
+    `table` (with its serving grid) gives one step whose sequences run `ops`."""
     from hispec_sim.latency import head_ms, sequence_attention_ms, serving_layer_ms
 
     lv = [0] + list(levels)
@@ -150,13 +154,13 @@ def step_features(levels: list[int], ops: list[tuple[int, int, int]], table: Lat
         rows[i, op] = nbuf + 1 if op > 0 else 1
     ctx = np.array([c for _, _, c in ops], float)
     head_rows = int(sum(rows[i, op] for i, (op, _, _) in enumerate(ops)))
-    t = float(head_ms(table, head_rows))
+    t = 0.0
     for r in range(k):
         on = rows[:, r] > 0
         if on.any():
             att = float(sequence_attention_ms(table, rows[on, r], ctx[on]).sum())
             t += (lv[r + 1] - lv[r]) * (float(serving_layer_ms(table, on.sum(), rows[on, r].sum())) + att)
-    return t, len(ops), int(sum(op > 0 for op, _, _ in ops))
+    return t, float(head_ms(table, head_rows)), len(ops), int(sum(op > 0 for op, _, _ in ops))
 
 
 def serve_iterations(model: Transformer, plan: Plan, prompts: list[list[int]], max_new: int, max_batch: int,
@@ -174,8 +178,14 @@ def serve_iterations(model: Transformer, plan: Plan, prompts: list[list[int]], m
 
 def fit_step_overheads(model: Transformer, table: LatencyTable, batches: list[int], rounds: int = 2,
                        max_new: int = 24, bootstrap: int = 200, seed: int = 0, clock=None) -> dict:
-    """Host time per serve iteration beyond forward + head: NNLS of (iteration ms - the
-    grid's forward - the table's head) on [1, running sequences, checks]."""
+    """The serve loop's own step costs: NNLS of (iteration ms - the table's exit head) on
+    [the grid's layers, 1, running sequences, checks] -> (forward scale, step, per-sequence,
+    per-check ms). Draft steps of a few layers and full-depth steps in one fit tell a
+    per-step cost from a per-layer one; the scale carries the grid (timed minutes apart,
+    through run_jobs alone) to the loop. As fit_overheads does for the batch-1 table, the
+    scale is fixed to 1 when it falls outside [0.5, 2] or its bootstrap standard error
+    exceeds 0.05. Outliers beyond 3.5 MADs are dropped and the fit redone; standard errors
+    by bootstrap over runs."""
     L = model.num_layers
     plans = calibration_plans(L)
     X, y, group = [], [], []
@@ -185,28 +195,17 @@ def fit_step_overheads(model: Transformer, table: LatencyTable, batches: list[in
         for plan in plans:
             for b in batches:
                 for it in serve_iterations(model, plan, prompts[:b], max_new, b, seed, clock):
-                    pred, nseq, nchk = step_features(plan.levels, it["ops"], table)
-                    X.append([1.0, nseq, nchk])
-                    y.append(it["step_ms"] - pred)
+                    fwd, head, nseq, nchk = step_features(plan.levels, it["ops"], table)
+                    X.append([fwd, 1.0, nseq, nchk])
+                    y.append(it["step_ms"] - head)
                     group.append(g)
                 g += 1
     X, y, group = np.asarray(X), np.asarray(y), np.asarray(group)
-    coef = _nnls(X, y)
-    resid = y - X @ coef
-    mad = 1.4826 * np.median(np.abs(resid - np.median(resid)))
-    keep = np.abs(resid - np.median(resid)) <= OUTLIER_MADS * mad if mad > 0 else np.ones(len(y), bool)
-    coef = _nnls(X[keep], y[keep])
-    rng = np.random.default_rng(seed)
-    runs = np.unique(group)
-    boots = []
-    for _ in range(bootstrap):
-        pick = rng.choice(runs, len(runs))
-        idx = np.concatenate([np.flatnonzero((group == p) & keep) for p in pick])
-        boots.append(_nnls(X[idx], y[idx]))
-    se = np.std(boots, axis=0, ddof=1) if bootstrap > 1 else np.full(3, np.nan)
-    return {"step_ms": float(coef[0]), "sequence_ms": float(coef[1]), "check_ms": float(coef[2]),
-            "step_ms_se": float(se[0]), "sequence_ms_se": float(se[1]), "check_ms_se": float(se[2]),
-            "iterations": int(keep.sum()), "rejected": int((~keep).sum()),
+    f = scaled_nnls(X, y, group, scale_col=0, bootstrap=bootstrap, seed=seed)
+    coef, se, keep, scaled = f["coef"], f["se"], f["keep"], f["scaled"]
+    names = ("forward_scale", "step_ms", "sequence_ms", "check_ms")
+    return {**{k: float(v) for k, v in zip(names, coef)}, **{k + "_se": float(v) for k, v in zip(names, se)},
+            "scale_fitted": bool(scaled), "iterations": int(keep.sum()), "rejected": int((~keep).sum()),
             "residual_ms_median_abs": float(np.median(np.abs((y - X @ coef)[keep]))),
             "plans": [p.describe() for p in plans]}
 
@@ -239,7 +238,8 @@ def measure_serving(model: Transformer, table: LatencyTable, env: str = "", repe
     detail = (f"{how}; Transformer.run_jobs over a CachePool, b x n = {batches} x {rows}, context {grid['context']} (cells of more than {MAX_CELL_ROWS} rows in all: the table's linear part beyond "
               f"the last timed rows): one layer "
               f"in situ ((L-layer - 1-layer forward) / (L - 1)), {repeats} interleaved rounds, samples beyond "
-              f"{OUTLIER_MADS} MADs rejected, fitted non-decreasing in b and n ({grid['seconds']:.0f} s); step "
+              f"{OUTLIER_MADS} MADs rejected, fitted non-decreasing in b and n ({grid['seconds']:.0f} s); forward "
+              f"scale {fit['forward_scale']:.3f} ({'fitted' if fit['scale_fitted'] else 'fixed: ill-determined'}) and step "
               f"overheads by NNLS on {fit['iterations']} serve() iterations ({fit['rejected']} outliers rejected) of "
               f"{fit['plans']} over closed batches, median |residual| {fit['residual_ms_median_abs']:.3f} ms, standard "
               f"errors by bootstrap over runs; {env}")
@@ -247,7 +247,9 @@ def measure_serving(model: Transformer, table: LatencyTable, env: str = "", repe
         "step_ms": round(fit["step_ms"], 6), "sequence_ms": round(fit["sequence_ms"], 6),
         "check_ms": round(fit["check_ms"], 6),
         "step_ms_se": round(fit["step_ms_se"], 6), "sequence_ms_se": round(fit["sequence_ms_se"], 6),
-        "check_ms_se": round(fit["check_ms_se"], 6), "source": Source(kind="measured", detail=detail)})
+        "check_ms_se": round(fit["check_ms_se"], 6), "forward_scale": round(fit["forward_scale"], 6),
+        "forward_scale_se": round(fit["forward_scale_se"], 6) if fit["scale_fitted"] else None,
+        "source": Source(kind="measured", detail=detail)})
 
 
 @torch.no_grad()

@@ -240,8 +240,12 @@ class ServingCalibration(Strict):
     tokens each at `context` cached tokens (attention beyond it: the table's per-sequence
     increment); read at (sequences, mean rows per sequence), bilinear inside, beyond the
     last batch extrapolated from the last two (never decreasing), beyond the last rows by
-    the table's linear part. A step's host time beyond its forward and exit head:
-    step_ms + sequence_ms x running sequences + check_ms x sequences checking.
+    the table's linear part. A step's layers (grid + attention) cost forward_scale x what
+    the grid and the table give, and its host time beyond its forward and exit head is
+    step_ms + sequence_ms x running sequences + check_ms x sequences checking: both fitted
+    together on the serve loop's own iterations (short draft steps and full-depth steps
+    tell a per-step cost from a per-layer one; the scale carries the grid to the loop, as
+    the batch-1 table's in-situ scale does). Without forward_scale (older profiles): 1.
     """
 
     batches: list[int] = Field(min_length=1)
@@ -255,6 +259,8 @@ class ServingCalibration(Strict):
     step_ms_se: float | None = Field(None, ge=0)
     sequence_ms_se: float | None = Field(None, ge=0)
     check_ms_se: float | None = Field(None, ge=0)
+    forward_scale: float = Field(1.0, gt=0, le=10)
+    forward_scale_se: float | None = Field(None, ge=0)
     source: Source
 
     @model_validator(mode="after")

@@ -137,6 +137,7 @@ class StepCost:
             self.att = np.where(r > 0, sequence_attention_ms(table, np.maximum(r, 1), ctx[None, :]), 0.0)
         self.floor = table.attention.floor_ms if table.attention is not None else 0.0
         self.calibrated = table.serving is not None
+        self.scale = table.serving.forward_scale if self.calibrated else 1.0  # the grid as the serve loop runs it
         self.per_layer = 0.0 if self.calibrated else table.layer_overhead_ms  # inside the measured grid
         self.fixed = table.overhead_ms
         self.verify = table.verify_overhead_ms
@@ -169,7 +170,7 @@ class StepCost:
                 att = np.where(tot > 0, np.maximum(att, self.floor), 0.0)
         per = self.linear[nseq_r, tot] + att + np.where(tot > 0, self.per_layer, 0.0)
         # ONE exit-head call over every sequence's head rows (heads at different exits share norm + LM head)
-        return float(self.overhead(len(rows), checks) + (self.span * per).sum() + self.head[head_rows.sum()])
+        return float(self.overhead(len(rows), checks) + self.scale * (self.span * per).sum() + self.head[head_rows.sum()])
 
     def drafts(self, ctx: np.ndarray, g: int, m: int) -> float:
         """g consecutive draft steps of m sequences (cached tokens ctx, growing by one per
@@ -183,7 +184,7 @@ class StepCost:
             if self.floor:
                 att = np.maximum(att, self.floor)
         per = self.linear[m, m] + att + self.per_layer
-        return float(g * (self.overhead(m, 0) + self.head[m]) + self.span[0] * per.sum())
+        return float(g * (self.overhead(m, 0) + self.head[m]) + self.scale * self.span[0] * per.sum())
 
     def prefill(self, prompt_tokens: np.ndarray) -> float:
         """ONE forward prefilling several prompts: their P - 1 tokens concatenated through
@@ -198,7 +199,7 @@ class StepCost:
         else:
             lin = self.prefill_linear[total] if total < len(self.prefill_linear) else float(linear_layer_ms(self.table, total))
         per = lin + self.prefill_att[n].sum()
-        return float(L * (per + self.per_layer) + self.fixed)
+        return float(self.scale * L * (per + self.per_layer) + self.fixed)
 
 
 # --------------------------------------------------------------------------- the engine
@@ -556,7 +557,7 @@ def _run_scheduled(cost: StepCost, plan: Plan, sch: Schedules, arrival_s, prompt
         nseq_r = (rows > 0).sum(0)  # (s, k)
         per = cost.linear[nseq_r, tot] + att + np.where(tot > 0, cost.per_layer, 0.0)
         heads = cost.head[op_head[pos].sum(0)]  # (s,): one head call over all head rows of the step
-        step_ms = cost.overhead(m, op_check[pos].sum(0)) + (per * span[None, :]).sum(1) + heads
+        step_ms = cost.overhead(m, op_check[pos].sum(0)) + cost.scale * (per * span[None, :]).sum(1) + heads
         ends = t + np.cumsum(step_ms)
         # cut at the step during which the next admissible request arrives (admitted when it ends)
         if nxt < n and m < B and reserved + need[nxt] <= kv_cap:

@@ -4,6 +4,7 @@ loop's instrumentation."""
 import math
 
 import numpy as np
+import pytest
 
 from hispec_exec.measure_serving import (
     batch_layer_grid,
@@ -37,8 +38,8 @@ def test_serve_log_has_one_entry_per_step_with_the_ops(shipped):
     assert log and all(e["step_ms"] >= 0 and e["prefill_ms"] >= 0 for e in log)
     assert all(1 <= len(e["ops"]) <= 2 for e in log)
     assert any(op > 0 and nbuf == 2 for e in log for op, nbuf, _ in e["ops"])  # level-2 checks of 2 drafts
-    pred, nseq, nchk = step_features(plan.levels, log[-1]["ops"], _table(shipped))
-    assert pred > 0 and nseq == len(log[-1]["ops"]) and 0 <= nchk <= nseq
+    fwd, head, nseq, nchk = step_features(plan.levels, log[-1]["ops"], _table(shipped))
+    assert fwd > 0 and head > 0 and nseq == len(log[-1]["ops"]) and 0 <= nchk <= nseq
 
 
 def test_measure_serving_returns_a_valid_calibration(shipped):
@@ -51,6 +52,7 @@ def test_measure_serving_returns_a_valid_calibration(shipped):
         assert math.isfinite(v) and v >= 0
     for v in (cal.step_ms_se, cal.sequence_ms_se, cal.check_ms_se):
         assert v is not None and math.isfinite(v) and v >= 0
+    assert 0.5 <= cal.forward_scale <= 2.0
     assert cal.source.kind == "measured" and "run_jobs" in cal.source.detail
 
 
@@ -61,3 +63,24 @@ def test_cpu_clock_sleep_advances_without_waiting():
     assert c() - t >= 100.0
     c.sleep(-5.0)  # a negative wait is no wait
     assert c() - t < 200.0
+
+
+def test_scaled_nnls_recovers_a_scale_and_a_fixed_cost_from_short_and_long_steps():
+    """Iterations of 2-layer and 16-layer steps: ms = 0.8 x grid + 1.1 + 0.05 x sequences,
+    noise and a few outliers; runs of iterations as bootstrap groups."""
+    from hispec_exec.measure import scaled_nnls
+
+    rng = np.random.default_rng(0)
+    n = 600
+    grid = rng.choice([2.2, 2.5, 17.6, 18.4], n)
+    nseq = rng.integers(1, 9, n).astype(float)
+    y = 0.8 * grid + 1.1 + 0.05 * nseq + rng.normal(0, 0.05, n)
+    y[:6] += 30.0  # interrupted iterations
+    X = np.column_stack([grid, np.ones(n), nseq])
+    f = scaled_nnls(X, y, np.arange(n) // 20, scale_col=0, bootstrap=50)
+    assert f["scaled"] and not f["keep"][:6].any()
+    assert f["coef"] == pytest.approx([0.8, 1.1, 0.05], abs=0.02)
+    assert np.all(f["se"] < 0.02)
+    # a scale outside [0.5, 2] is not believed: fixed to 1, the rest refitted
+    f = scaled_nnls(X, 3.0 * grid + 1.0, np.arange(n) // 20, scale_col=0, bootstrap=10)
+    assert not f["scaled"] and f["coef"][0] == 1.0

@@ -102,3 +102,14 @@ def test_a_lone_autoregressive_request_pays_the_grid_at_batch_one():
                                   np.array([6]), schema.ServeLimits(max_batch=4))
     step = 16 * 0.7 + float(latency.head_ms(t, 1)) + 0.25 + 0.05
     assert run.metrics()[0].tbt_ms == pytest.approx([step] * 5)
+
+
+@pytest.mark.parametrize("scale", [0.5, 1.0, 1.7])
+def test_the_forward_scale_multiplies_the_layers_only(scale):
+    """A lone autoregressive request: every step is scale x L x grid(1, 1) + head + host terms."""
+    cal = _cal(0.7, 0.3, 0.1, 0.25, 0.05, 0.0).model_copy(update={"forward_scale": scale})
+    t = _table(cal)
+    run = serving.simulate_arrays(t, 16, make_profile().workload(), schema.Plan(levels=[16]), np.array([0.0]),
+                                  np.array([1]), np.array([6]), schema.ServeLimits(max_batch=4))
+    step = scale * 16 * 0.7 + float(latency.head_ms(t, 1)) + 0.25 + 0.05
+    assert run.metrics()[0].tbt_ms == pytest.approx([step] * 5)
