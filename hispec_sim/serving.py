@@ -265,7 +265,7 @@ def simulate_arrays(table: LatencyTable, num_layers: int, acc: Acceptance, plan:
     check_limits(plan, limits, prompt, max_new)
     rng = np.random.default_rng(seed)
     n = len(arrival_s)
-    k, g, windows = plan.depth, plan.propose, list(plan.windows)
+    k, g = plan.depth, plan.propose
     B = limits.max_batch
     rates = request_rates(acc, plan, n, rng)  # (n, k-1, 3)
     need = reservation(plan, prompt, max_new)
@@ -311,6 +311,7 @@ def _run_synchronous(cost: StepCost, plan: Plan, rates: np.ndarray, arrival_s, p
     admit_ms = np.full(n, np.nan)
     cap_ev = int(max_new.sum()) + 1  # at most one emission event per token
     ev_req = np.zeros(cap_ev, np.int64)
+    ev_ms = np.zeros(cap_ev)
     ev_tok = np.zeros(cap_ev, np.int64)
     ev_at = np.zeros(cap_ev, np.int64)  # the clock entry after which the event happens
     admit_at = np.zeros(n, np.int64)
@@ -338,12 +339,11 @@ def _run_synchronous(cost: StepCost, plan: Plan, rates: np.ndarray, arrival_s, p
 
     def settle():  # cost the pending steps; fill in the times that waited for them
         nonlocal ev_done, adm_done
-        times = clock.flush()
-        ev_ms[ev_done:n_ev] = times[ev_at[ev_done:n_ev] - clock.base_before]
-        admit_ms[adm_done:nxt] = times[admit_at[adm_done:nxt] - clock.base_before]
+        first_entry, times = clock.flush()
+        ev_ms[ev_done:n_ev] = times[ev_at[ev_done:n_ev] - first_entry]
+        admit_ms[adm_done:nxt] = times[admit_at[adm_done:nxt] - first_entry]
         ev_done, adm_done = n_ev, nxt
 
-    ev_ms = np.zeros(cap_ev)
     while nxt < n or len(req):
         # a round boundary: admission (FIFO, head of line), then ONE prefill forward
         if not len(req):
@@ -471,7 +471,6 @@ class _DeferredClock:
         self.cost, self.k, self.g = cost, k, g
         self.t = t  # the time after the last flushed entry
         self.entries = 0  # entries recorded so far (flushed or not)
-        self.base_before = 0  # the first entry of the last flush
         self._reset()
 
     def _reset(self):
@@ -523,9 +522,9 @@ class _DeferredClock:
             self.ck_att.append(att)
         self.entries += 1
 
-    def flush(self) -> np.ndarray:
-        """Cost the pending entries; returns the time before each and after the last
-        (pending + 1 values, the first the time known before)."""
+    def flush(self) -> tuple[int, np.ndarray]:
+        """Cost the pending entries; returns the first one's number and the time before
+        each and after the last (pending + 1 values, the first the time known before)."""
         c, k, g = self.cost, self.k, self.g
         costs = np.zeros(self.pending)
         nb_last = c.att.shape[1] - 1
@@ -556,9 +555,9 @@ class _DeferredClock:
             costs[np.array(self.ck_at) - self.base] = c.overhead(m, m) + (c.span[None, :] * per).sum(1) + c.head[nb + m]
         times = np.cumsum(np.concatenate([[self.t], costs]))  # sequential, as the clock adding each step
         self.t = float(times[-1])
-        self.base_before = self.base
+        first = self.base
         self._reset()
-        return times
+        return first, times
 
 
 @dataclass
@@ -806,21 +805,6 @@ def _advance(idx, o, nbuf, blen, btype, slot_rates, rng, cols, k, g, windows, op
             nxt = np.where(due & (nxt == 0), jj + 1, nxt)
         op[idx] = nxt
     return commit, committing
-
-
-def _next_sync_phase(phase, g, k, windows, blen, active) -> int:
-    """Synchronous rounds: g draft steps, the level-2 check, then a level-(j+1) check step
-    while ANY running sequence's buffer j holds >= its window; otherwise a new round."""
-    if phase < g - 1:
-        return phase + 1
-    if phase == g - 1:
-        return g  # level-2 check (buffer index 1 in op numbering)
-    j = phase - g + 1  # the check just done: of buffer j (1-based), by level j+1
-    if j + 1 <= k - 1:
-        nxt = j + 1  # could check buffer j+1 with level j+2
-        if active.any() and (blen[active, nxt - 1] >= windows[nxt - 2]).any():
-            return g + nxt - 1
-    return 0
 
 
 # --------------------------------------------------------------------------- summaries

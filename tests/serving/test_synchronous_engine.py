@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from hispec_sim import schema, serving, traffic
-from hispec_sim.serving import ACC, BON, COR, CTX_BUCKET, ServeRun  # noqa: F401  (the reference uses them)
+from hispec_sim.serving import ACC, BON, COR, CTX_BUCKET, ServeRun
 
 
 def reference_synchronous(cost, plan, rates, arrival_s, prompt, max_new, need, kv_cap, B, rng):
