@@ -266,7 +266,7 @@ def simulate_arrays(table: LatencyTable, num_layers: int, acc: Acceptance, plan:
     check_limits(plan, limits, prompt, max_new)
     rng = np.random.default_rng(seed)
     n = len(arrival_s)
-    k, g, windows = plan.depth, plan.propose, list(plan.windows)
+    k, g = plan.depth, plan.propose
     B = limits.max_batch
     rates = request_rates(acc, plan, n, rng)  # (n, k-1, 3)
     need = reservation(plan, prompt, max_new)
@@ -277,121 +277,288 @@ def simulate_arrays(table: LatencyTable, num_layers: int, acc: Acceptance, plan:
     if not sync or k == 2:  # single-level synchronous: the batch-1 schedules, in phase (join at round ends)
         return _run_scheduled(cost, plan, draw_schedules(plan, rates, max_new, rng), arrival_s, prompt, max_new, need,
                               kv_cap, B, align=g + 1 if sync else 1)
+    return _run_synchronous(cost, plan, rates, arrival_s, prompt, max_new, need, kv_cap, B, rng)
 
-    # buffer capacity of each level (as the Monte-Carlo token engine): level 1 holds g, level j+1 < w + block
-    cap = [g]
+
+def _run_synchronous(cost: StepCost, plan: Plan, rates: np.ndarray, arrival_s, prompt, max_new, need, kv_cap, B,
+                     rng: np.random.Generator) -> ServeRun:
+    """The synchronous policy for plans of depth >= 3 (hispec_exec.generate.Batch): rounds
+    of g draft steps, the level-2 check step, then a level-(j+1) check step of every
+    sequence while ANY running sequence's buffer j holds >= its window; new sequences
+    join at round ends only. A round's shape depends on every running sequence's buffers,
+    so rounds cannot be drawn per request up front as `_run_scheduled` does; the engine
+    runs step by step, cheaply:
+
+    - the running sequences' state is compact (one row per sequence, in slot order,
+      rebuilt only when a sequence joins or leaves) and every step is ONE operation for
+      the whole batch: its acceptance draws and buffer update are a few array operations;
+      buffers hold each token's pass probability at the level that checks it (-1 beyond
+      the buffer's end: the first failure is one argmax);
+    - steps are costed later, together (`_DeferredClock`): the clock is only needed when an
+      admission depends on it (a free slot and a next request that arrived after the last
+      time known) or when the batch empties; emission and admission times are filled in then.
+
+    The draws and their order are those of the slot-by-slot engine this replaced (one
+    (sequences x width) uniform array per check step, rows in slot order, new sequences in
+    the lowest free slots), and every cost is the StepCost.step / StepCost.drafts figure:
+    tests/serving/test_synchronous_engine.py pins the two engines equal, value for value."""
+    n, k, g, windows = len(arrival_s), plan.depth, plan.propose, list(plan.windows)
+    cap = [g]  # buffer capacity of each level (as the Monte-Carlo token engine): level 1 holds g, level j+1 < w + block
     for w in windows:
         cap.append(w - 1 + cap[-1] + 1)
-    width = max(cap) + 2 if k > 1 else 1
-    cols = np.arange(width)
-
-    # slot state
-    req = np.full(B, -1, np.int64)
-    active = np.zeros(B, bool)
-    blen = np.zeros((B, max(k - 1, 1)), np.int64)  # buffer lengths of levels 1..k-1
-    btype = np.full((B, max(k - 1, 1), width), BON, np.int8)
-    op = np.zeros(B, np.int64)  # 0 = draft, j >= 1 = level-(j+1) check of buffer j
-    done_tok = np.zeros(B, np.int64)
-    ctx = np.zeros(B, np.int64)
-    slot_rates = np.zeros((B, max(k - 1, 1), 3))
-
+    width = max(cap) + 2
+    cols = np.arange(width)[None, :]
     arr_ms = arrival_s * 1e3
     admit_ms = np.full(n, np.nan)
-    first_ms = np.full(n, np.nan)
-    last_ms = np.full(n, np.nan)
     cap_ev = int(max_new.sum()) + 1  # at most one emission event per token
     ev_req = np.zeros(cap_ev, np.int64)
     ev_ms = np.zeros(cap_ev)
     ev_tok = np.zeros(cap_ev, np.int64)
+    ev_at = np.zeros(cap_ev, np.int64)  # the clock entry after which the event happens
+    admit_at = np.zeros(n, np.int64)
     n_ev = 0
+    clock = _DeferredClock(cost, k, g, float(arr_ms[0]) if n else 0.0)
+    uniforms = _UniformStream(rng)
+    # the running sequences, one row each in slot order: slot, request, tokens left, cached
+    # committed tokens, buffer lengths (levels 1..k-1), per buffered token its pass
+    # probability at the next level, and the acceptance rates of each check
+    slot = np.zeros(0, np.int64)
+    req = np.zeros(0, np.int64)
+    left = np.zeros(0, np.int64)
+    committed = np.zeros(0, np.int64)
+    blen = np.zeros((0, k - 1), np.int64)
+    bprob = np.zeros((0, k - 1, width))
+    r_acc = np.zeros((0, k - 1))
+    r_cor = np.zeros((0, k - 1))
+    r_bon = np.zeros((0, k - 1))
+    committed_sum = 0  # cached committed tokens of the running sequences
+    buffered = [0] * (k - 1)  # tokens in each buffer, summed over the running sequences
     reserved = 0.0
     nxt = 0  # first request not admitted yet (FIFO)
-    t = float(arr_ms[0]) if n else 0.0  # the clock, ms (0 = time 0 of the arrival times)
-    finished = running = 0
+    ev_done = adm_done = 0  # events and admissions whose times are filled in
     steps = prefills = 0
-    sync_phase = 0  # synchronous: 0..g-1 drafts, then checks; back to 0 -> a new round (admission)
-    head_exit_rows = np.zeros(k, np.int64)
-    lv_idx = np.arange(k)
-    idx = np.zeros(0, np.int64)  # running slots
-    while finished < n:  # synchronous rounds (ragged and autoregressive run in _run_scheduled)
-        if sync_phase == 0:
-            if running == 0 and nxt < n and arr_ms[nxt] > t:
-                t = float(arr_ms[nxt])  # idle: sleep until the next arrival
-            if nxt < n and arr_ms[nxt] <= t and running < B:
-                new = []
-                free = np.flatnonzero(~active)
-                while nxt < n and arr_ms[nxt] <= t and len(new) < len(free) and reserved + need[nxt] <= kv_cap:
-                    s = free[len(new)]
-                    new.append(s)
-                    req[s] = nxt
-                    admit_ms[nxt] = t
-                    reserved += need[nxt]
-                    nxt += 1
-                if new:
-                    new = np.array(new)
-                    active[new] = True
-                    blen[new] = 0
-                    op[new] = 0
-                    done_tok[new] = 0
-                    ctx[new] = prompt[req[new]] - 1
-                    slot_rates[new] = rates[req[new]]
-                    running += len(new)
-                    idx = np.flatnonzero(active)
-                    pf = cost.prefill(prompt[req[new]])
-                    if pf > 0:
-                        t += pf
-                        prefills += 1
-        if running == 0:
+
+    def settle():  # cost the pending steps; fill in the times that waited for them
+        nonlocal ev_done, adm_done
+        first_entry, times = clock.flush()
+        ev_ms[ev_done:n_ev] = times[ev_at[ev_done:n_ev] - first_entry]
+        admit_ms[adm_done:nxt] = times[admit_at[adm_done:nxt] - first_entry]
+        ev_done, adm_done = n_ev, nxt
+
+    while nxt < n or len(req):
+        # a round boundary: admission (FIFO, head of line), then ONE prefill forward
+        if not len(req):
+            settle()
+            if arr_ms[nxt] > clock.t:
+                clock.t = float(arr_ms[nxt])  # idle: sleep until the next arrival
+        first = nxt
+        while nxt < n and len(req) + nxt - first < B and reserved + need[nxt] <= kv_cap:
+            if arr_ms[nxt] > clock.t:  # the last time known is a lower bound (steps cost >= 0)
+                if clock.pending:
+                    settle()
+                if arr_ms[nxt] > clock.t:
+                    break
+            admit_at[nxt] = clock.entries
+            reserved += need[nxt]
+            nxt += 1
+        if nxt > first:
+            new = np.arange(first, nxt)
+            used = np.zeros(B, bool)
+            used[slot] = True
+            free = np.flatnonzero(~used)[:len(new)]  # the lowest free slots
+            order = np.argsort(np.concatenate([slot, free]), kind="stable")
+            fresh = np.full((len(new), k - 1, width), -1.0)
+            fresh[:, 0, :g] = rates[new, 0, BON][:, None]  # buffer 1 holds g drafts: no lower level has seen them
+            slot = np.concatenate([slot, free])[order]
+            req = np.concatenate([req, new])[order]
+            left = np.concatenate([left, max_new[new]])[order]
+            committed = np.concatenate([committed, prompt[new] - 1])[order]
+            blen = np.concatenate([blen, np.zeros((len(new), k - 1), np.int64)])[order]
+            bprob = np.concatenate([bprob, fresh])[order]
+            r_acc, r_cor, r_bon = rates[req, :, ACC], rates[req, :, COR], rates[req, :, BON]
+            committed_sum = int(committed.sum())
+            pf = cost.prefill(prompt[new])
+            if pf > 0:
+                clock.fixed(pf)
+                prefills += 1
+        m = len(req)
+        # the round's g draft steps at once: every sequence one row through 1..l_1
+        clock.drafts(m, committed_sum + sum(buffered), None if cost.measured else committed + blen.sum(1))
+        steps += g
+        blen[:, 0] = g
+        buffered[0] = g * m
+        o = 1  # the level-(o+1) check of buffer o
+        while True:
+            j = o - 1  # 0-based buffer checked
+            clock.check(m, o, committed_sum + sum(buffered), buffered[j],
+                        None if cost.measured else (committed + blen.sum(1), blen[:, j]))
+            steps += 1
+            a = (uniforms.take(m * width).reshape(m, width) >= bprob[:, j]).argmax(1)  # accepted prefix
+            if o == k - 1:  # the top: commit the accepted prefix + the full model's token
+                break
+            # pass up: the accepted tokens, then the check's own token (a correction, or the bonus)
+            start = blen[:, o]
+            end = (start + a)[:, None]
+            last = np.where(a == blen[:, j], r_bon[:, o], r_cor[:, o])[:, None]
+            up = np.where(cols < end, r_acc[:, o, None], np.where(cols == end, last, -1.0))
+            bprob[:, o] = np.where(cols < start[:, None], bprob[:, o], up)
+            blen[:, o] = end[:, 0] + 1
+            blen[:, j] = 0
+            buffered[o] += int(a.sum()) + m
+            buffered[j] = 0
+            if blen[:, o].max() < windows[o - 1]:  # no window reached: the round ends
+                break
+            o += 1
+        if o < k - 1:
             continue
-        steps += 1
-        if sync_phase == 0:  # a round's g draft steps at once: every sequence one row through 1..l_1
-            m = len(idx)
-            base = ctx[idx] + blen[idx].sum(1)
-            t += cost.drafts(base, g, m)
-            steps += g - 1
-            blen[idx, 0] = g
-            btype[idx, 0, :g] = BON
-            commit, committing = np.zeros(0, np.int64), np.zeros(0, np.int64)
-            sync_phase = g - 1  # the next phase is the level-2 check
-        else:
-            o = np.full(len(idx), 0 if sync_phase < g else sync_phase - g + 1, np.int64)
-            # rows per layer range: a draft carries 1 row through range 1; a level-(j+1) check
-            # of an n-token buffer carries 1 row through ranges 1..j and n+1 rows through j+1
-            ar_rows = np.arange(len(idx))
-            nbuf = np.where(o > 0, blen[idx, np.maximum(o - 1, 0)], 0)
-            rows = (lv_idx[None, :] < o[:, None]).astype(np.int64)
-            rows[ar_rows, o] = np.where(o > 0, nbuf + 1, 1)
-            head_exit_rows[:] = np.bincount(o, weights=rows[ar_rows, o], minlength=k)[:k]
-            # cached positions: committed + tentative ones (the buffers); the newest token is the input
-            t += cost.step(rows, ctx[idx] + blen[idx].sum(1), head_exit_rows, int((o > 0).sum()))
-            commit, committing = _advance(idx, o, nbuf, blen, btype, slot_rates, rng, cols, k, g, windows, op, sync)
-        if len(committing):
-            r = req[committing]
-            take = np.minimum(commit, max_new[r] - done_tok[committing])
-            done_tok[committing] += take
-            ctx[committing] = prompt[r] - 1 + done_tok[committing]
-            fresh = r[np.isnan(first_ms[r])]
-            if len(fresh):
-                first_ms[fresh] = t
-            last_ms[r] = t
-            e = len(r)
-            ev_req[n_ev:n_ev + e] = r
-            ev_ms[n_ev:n_ev + e] = t
-            ev_tok[n_ev:n_ev + e] = take
-            n_ev += e
-            gone = committing[done_tok[committing] >= max_new[r]]
-            if len(gone):
-                active[gone] = False
-                reserved -= float(need[req[gone]].sum())
-                finished += len(gone)
-                running -= len(gone)
-                req[gone] = -1
-                idx = np.flatnonzero(active)
-        sync_phase = _next_sync_phase(sync_phase, g, k, windows, blen, active)
+        blen[:] = 0
+        buffered = [0] * (k - 1)
+        take = np.minimum(a + 1, left)
+        left -= take
+        committed += take
+        committed_sum += int(take.sum())
+        ev_req[n_ev:n_ev + m] = req
+        ev_tok[n_ev:n_ev + m] = take
+        ev_at[n_ev:n_ev + m] = clock.entries
+        n_ev += m
+        fin = left == 0
+        if fin.any():
+            reserved -= float(need[req[fin]].sum())
+            stay = ~fin
+            slot, req, left, committed, blen, bprob = slot[stay], req[stay], left[stay], committed[stay], blen[stay], bprob[stay]
+            r_acc, r_cor, r_bon = r_acc[stay], r_cor[stay], r_bon[stay]
+            committed_sum = int(committed.sum())
+    settle()
+    ev_req, ev_ms, ev_tok = ev_req[:n_ev], ev_ms[:n_ev], ev_tok[:n_ev]
+    first_ms = np.full(n, np.nan)
+    last_ms = np.full(n, np.nan)
+    _, at = np.unique(ev_req, return_index=True)  # events are in time order
+    first_ms[ev_req[at]] = ev_ms[at]
+    _, at = np.unique(ev_req[::-1], return_index=True)
+    last_ms[ev_req[::-1][at]] = ev_ms[::-1][at]
     if n and np.isnan(first_ms).any():
         raise AssertionError("serving: a request never emitted a token")
-    return ServeRun(arrival_s, prompt, max_new, admit_ms, first_ms, last_ms, ev_req[:n_ev], ev_ms[:n_ev],
-                    ev_tok[:n_ev], steps, prefills)
+    return ServeRun(arrival_s, prompt, max_new, admit_ms, first_ms, last_ms, ev_req, ev_ms, ev_tok, steps, prefills)
+
+
+class _UniformStream:
+    """rng.random's uniforms drawn in large blocks and handed out in order: the same
+    values, in the same order, as drawing each (m x width) array when it is needed."""
+
+    BLOCK = 1 << 16
+
+    def __init__(self, rng: np.random.Generator):
+        self.rng, self.buf, self.pos = rng, np.zeros(0), 0
+
+    def take(self, count: int) -> np.ndarray:
+        if self.pos + count > len(self.buf):
+            self.buf = np.concatenate([self.buf[self.pos:], self.rng.random(max(self.BLOCK, count))])
+            self.pos = 0
+        self.pos += count
+        return self.buf[self.pos - count:self.pos]
+
+
+class _DeferredClock:
+    """The synchronous engine's clock: steps are recorded (sequences, operation, summed
+    cached tokens, buffered tokens) and costed together in `flush`, as arrays. The costs
+    are StepCost.step's and StepCost.drafts' figures computed for many steps at once, with
+    the same operations in the same order (so the same values; the equivalence test
+    checks it): under a synchronous step every sequence performs the same operation, so
+    with the measured decode kernel a step's rows and mean contexts follow from sums.
+    Without it (per-sequence attention increments) each step's attention is summed when
+    it is recorded."""
+
+    def __init__(self, cost: StepCost, k: int, g: int, t: float):
+        self.cost, self.k, self.g = cost, k, g
+        self.t = t  # the time after the last flushed entry
+        self.entries = 0  # entries recorded so far (flushed or not)
+        self._reset()
+
+    def _reset(self):
+        self.base = self.entries
+        self.fx_at, self.fx_ms = [], []
+        self.dr_at, self.dr_m, self.dr_s, self.dr_att = [], [], [], []
+        self.ck_at, self.ck_m, self.ck_o, self.ck_s, self.ck_nb, self.ck_att = [], [], [], [], [], []
+
+    @property
+    def pending(self) -> int:
+        return self.entries - self.base
+
+    def fixed(self, ms: float) -> None:
+        self.fx_at.append(self.entries)
+        self.fx_ms.append(ms)
+        self.entries += 1
+
+    def drafts(self, m: int, ctx_sum: int, ctx: np.ndarray | None) -> None:
+        """g draft steps of m sequences whose cached tokens sum to ctx_sum (ctx: each one's,
+        when attention is per sequence)."""
+        c = self.cost
+        self.dr_at.append(self.entries)
+        self.dr_m.append(m)
+        self.dr_s.append(ctx_sum)
+        if ctx is not None:  # StepCost.drafts' per-sequence attention
+            cc = ctx[None, :] + np.arange(self.g)[:, None]
+            att = c.att[1][np.minimum(cc // CTX_BUCKET, c.att.shape[1] - 1)].sum(1)
+            self.dr_att.append(np.maximum(att, c.floor) if c.floor else att)
+        self.entries += 1
+
+    def check(self, m: int, o: int, ctx_sum: int, nb_sum: int, per_seq: tuple | None) -> None:
+        """A level-(o+1) check step of m sequences (their cached tokens summing to ctx_sum,
+        their buffers o to nb_sum); per_seq: (cached tokens, buffer o) of each sequence,
+        when attention is per sequence."""
+        c = self.cost
+        self.ck_at.append(self.entries)
+        self.ck_m.append(m)
+        self.ck_o.append(o)
+        self.ck_s.append(ctx_sum)
+        self.ck_nb.append(nb_sum)
+        if per_seq is not None:  # StepCost.step's per-sequence attention
+            ctx, nb = per_seq
+            rows = np.repeat((np.arange(self.k) < o).astype(np.int64)[None, :], m, 0)
+            rows[:, o] = nb + 1
+            cb = np.minimum(ctx // CTX_BUCKET, c.att.shape[1] - 1)
+            att = c.att[rows, cb[:, None]].sum(0)
+            if c.floor:
+                att = np.where(rows.sum(0) > 0, np.maximum(att, c.floor), 0.0)
+            self.ck_att.append(att)
+        self.entries += 1
+
+    def flush(self) -> tuple[int, np.ndarray]:
+        """Cost the pending entries; returns the first one's number and the time before
+        each and after the last (pending + 1 values, the first the time known before)."""
+        c, k, g = self.cost, self.k, self.g
+        costs = np.zeros(self.pending)
+        nb_last = c.att.shape[1] - 1
+        if self.fx_at:
+            costs[np.array(self.fx_at) - self.base] = self.fx_ms
+        if self.dr_at:  # StepCost.drafts, many rounds at once
+            m = np.array(self.dr_m)
+            if c.measured:  # the kernel at the drafts' mean context, one more token per step
+                mean = (np.array(self.dr_s)[:, None] + np.arange(g)[None, :] * m[:, None]) / m[:, None]
+                att = c.att[m[:, None], np.minimum(mean.astype(np.int64) // CTX_BUCKET, nb_last)]
+            else:
+                att = np.array(self.dr_att)
+            per = c.linear[m, m][:, None] + att + c.per_layer
+            costs[np.array(self.dr_at) - self.base] = g * (c.overhead(m, 0) + c.head[m]) + c.span[0] * per.sum(1)
+        if self.ck_at:  # StepCost.step, many steps at once: one row per sequence below range o+1, nb + 1 in it
+            m, o, s, nb = (np.array(x) for x in (self.ck_m, self.ck_o, self.ck_s, self.ck_nb))
+            lv = np.arange(k)[None, :]
+            below, at = lv < o[:, None], lv == o[:, None]
+            tot = np.where(below, m[:, None], np.where(at, (nb + m)[:, None], 0))
+            nseq = np.where(lv <= o[:, None], m[:, None], 0)
+            if c.measured:
+                ctx = np.where(below, s[:, None], np.where(at, (s + nb)[:, None], 0))
+                mean = ctx / np.maximum(nseq, 1)
+                att = c.att[nseq, np.minimum(mean.astype(np.int64) // CTX_BUCKET, nb_last)]
+            else:
+                att = np.array(self.ck_att)
+            per = c.linear[nseq, tot] + att + np.where(tot > 0, c.per_layer, 0.0)
+            costs[np.array(self.ck_at) - self.base] = c.overhead(m, m) + (c.span[None, :] * per).sum(1) + c.head[nb + m]
+        times = np.cumsum(np.concatenate([[self.t], costs]))  # sequential, as the clock adding each step
+        self.t = float(times[-1])
+        first = self.base
+        self._reset()
+        return first, times
 
 
 @dataclass
@@ -639,21 +806,6 @@ def _advance(idx, o, nbuf, blen, btype, slot_rates, rng, cols, k, g, windows, op
             nxt = np.where(due & (nxt == 0), jj + 1, nxt)
         op[idx] = nxt
     return commit, committing
-
-
-def _next_sync_phase(phase, g, k, windows, blen, active) -> int:
-    """Synchronous rounds: g draft steps, the level-2 check, then a level-(j+1) check step
-    while ANY running sequence's buffer j holds >= its window; otherwise a new round."""
-    if phase < g - 1:
-        return phase + 1
-    if phase == g - 1:
-        return g  # level-2 check (buffer index 1 in op numbering)
-    j = phase - g + 1  # the check just done: of buffer j (1-based), by level j+1
-    if j + 1 <= k - 1:
-        nxt = j + 1  # could check buffer j+1 with level j+2
-        if active.any() and (blen[active, nxt - 1] >= windows[nxt - 2]).any():
-            return g + nxt - 1
-    return 0
 
 
 # --------------------------------------------------------------------------- summaries

@@ -3,17 +3,25 @@ requests at max batch 64 in <= 5 s on this machine).
 
 Runs `hispec_sim.serving.simulate_arrays` on a100_llama70b for autoregressive, the best
 single-level and a 3-level plan, ragged and synchronous, 10,000 Poisson requests at a
-load that keeps the batch full (64), and prints the wall time of each together with
-numpy's time for one small reduction in the same run (the machine's speed at that moment:
-on a loaded machine both grow together).
+load that keeps the batch full (64), and prints the wall and CPU time of each together
+with numpy's time for one small reduction in the same run (the machine's speed at that
+moment: on a loaded machine both grow together; CPU time is less disturbed by other
+processes than wall time).
 
-    python tests/bench/bench_serve_sim.py [--requests 10000] [--qps 30] [--policies ragged,synchronous]
+--reference also runs the slot-by-slot synchronous engine that the compact one replaced
+(kept as the reference in tests/serving/test_synchronous_engine.py) on the synchronous
+plans of depth >= 3, side by side in the same run, and prints its CPU time, the ratio
+and whether both runs are identical.
+
+    python tests/bench/bench_serve_sim.py [--requests 10000] [--qps 30] [--policies ragged,synchronous] [--reference]
 """
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -28,12 +36,28 @@ def numpy_small_op_us(reps: int = 20000) -> float:
     return (time.perf_counter() - t) / reps * 1e6
 
 
+def reference_engine():
+    """The slot-by-slot synchronous engine and its set-up (the equivalence test's)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serving"))
+    import test_synchronous_engine
+
+    return test_synchronous_engine._reference_run
+
+
+def same_run(a: serving.ServeRun, b: serving.ServeRun) -> bool:
+    return (a.steps, a.prefills) == (b.steps, b.prefills) and all(
+        np.array_equal(getattr(a, f), getattr(b, f))
+        for f in ("admit_ms", "first_ms", "last_ms", "event_req", "event_ms", "event_tokens"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=10000)
     ap.add_argument("--qps", type=float, default=30.0)
     ap.add_argument("--max-batch", type=int, default=64)
     ap.add_argument("--policies", default="ragged,synchronous")
+    ap.add_argument("--reference", action="store_true",
+                    help="also time the slot-by-slot synchronous engine (depth >= 3), side by side")
     args = ap.parse_args()
     prof = schema.load_profile("a100_llama70b")
     table, acc = prof.table(), prof.workload()
@@ -48,19 +72,27 @@ def main() -> None:
           f"(about 2-3 us on an idle core)")
     print(f"{args.requests} requests, Poisson {args.qps:g} req/s, prompts uniform 64..512, outputs uniform 32..256, "
           f"max batch {args.max_batch}")
-    print(f"{'plan':34s} {'policy':12s} {'seconds':>8s} {'requests/s simulated':>21s} {'steps':>7s} {'mean batch':>10s}")
+    print(f"{'plan':34s} {'policy':12s} {'seconds':>8s} {'CPU s':>6s} {'requests/s simulated':>21s} {'steps':>7s} "
+          f"{'mean batch':>10s}")
     plans = [([80], 1, []), ([23, 80], 3, []), ([17, 42, 80], 2, [9])]
     for levels, g, w in plans:
         for policy in args.policies.split(","):
             if len(levels) == 1 and policy != "ragged":
                 continue
             plan = schema.Plan(levels=levels, propose=g, windows=w, batching=policy)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             run = serving.simulate_arrays(table, 80, acc, plan, arr, pl, ol, lim, seed=0)
-            dt = time.perf_counter() - t0
+            dt, dc = time.perf_counter() - t0, time.process_time() - c0
             # mean running batch: the sum over requests of their time in the engine / the span
             inside = (run.last_ms - run.admit_ms).sum() / (run.last_ms.max() - run.admit_ms.min())
-            print(f"{plan.describe():34s} {policy:12s} {dt:8.2f} {args.requests / dt:21.0f} {run.steps:7d} {inside:10.1f}")
+            print(f"{plan.describe():34s} {policy:12s} {dt:8.2f} {dc:6.2f} {args.requests / dt:21.0f} {run.steps:7d} "
+                  f"{inside:10.1f}")
+            if args.reference and policy == "synchronous" and plan.depth >= 3:
+                c1 = time.process_time()
+                ref = reference_engine()(table, 80, acc, plan, arr, pl, ol, lim, 0)
+                rc = time.process_time() - c1
+                print(f"{'  slot-by-slot reference':34s} {policy:12s} {'':8s} {rc:6.2f}   compact / reference CPU "
+                      f"time {dc / rc:.2f}; identical runs: {same_run(run, ref)}")
 
 
 if __name__ == "__main__":
