@@ -539,7 +539,7 @@ class _DeferredClock:
             else:
                 att = np.array(self.dr_att)
             per = c.linear[m, m][:, None] + att + c.per_layer
-            costs[np.array(self.dr_at) - self.base] = g * (c.overhead(m, 0) + c.head[m]) + c.span[0] * per.sum(1)
+            costs[np.array(self.dr_at) - self.base] = g * (c.overhead(m, 0) + c.head[m]) + c.scale * c.span[0] * per.sum(1)
         if self.ck_at:  # StepCost.step, many steps at once: one row per sequence below range o+1, nb + 1 in it
             m, o, s, nb = (np.array(x) for x in (self.ck_m, self.ck_o, self.ck_s, self.ck_nb))
             lv = np.arange(k)[None, :]
@@ -553,7 +553,7 @@ class _DeferredClock:
             else:
                 att = np.array(self.ck_att)
             per = c.linear[nseq, tot] + att + np.where(tot > 0, c.per_layer, 0.0)
-            costs[np.array(self.ck_at) - self.base] = c.overhead(m, m) + (c.span[None, :] * per).sum(1) + c.head[nb + m]
+            costs[np.array(self.ck_at) - self.base] = c.overhead(m, m) + c.scale * (c.span[None, :] * per).sum(1) + c.head[nb + m]
         times = np.cumsum(np.concatenate([[self.t], costs]))  # sequential, as the clock adding each step
         self.t = float(times[-1])
         first = self.base

@@ -227,6 +227,11 @@ def _without_kernel(table, floor):
     return table.model_copy(update={"attention": att})
 
 
+def _scaled_forward(table):
+    """The calibration's forward scale away from 1 (every layer cost times it)."""
+    return table.model_copy(update={"serving": table.serving.model_copy(update={"forward_scale": 1.3})})
+
+
 def _a100():
     p = schema.load_profile("a100_llama70b")
     return p.table(), p.workload(), p.model.num_layers
@@ -262,9 +267,9 @@ CASES = {
     # a serving calibration (per-sequence / per-check host costs, layer overhead, verification), an
     # empirical per-request spread, light load: idle gaps
     "calibrated_light": (_tiny, lambda t: t, [4, 10, 16], 2, [3], 150, 3.0, 8, None, "uniform:8:128", "uniform:1:48"),
-    # the measured joint: the three conditional rates differ
-    "calibrated_depth4": (_tiny_joint, lambda t: t, [2, 6, 10, 16], 1, [2, 3], 150, 60.0, 8, 900, "uniform:8:128",
-                          "uniform:1:48"),
+    # the measured joint: the three conditional rates differ; the forward scale != 1
+    "calibrated_depth4": (_tiny_joint, _scaled_forward, [2, 6, 10, 16], 1, [2, 3], 150, 60.0, 8, 900,
+                          "uniform:8:128", "uniform:1:48"),
 }
 
 
