@@ -109,7 +109,9 @@ def transposed(owner: nn.Module, *weights: torch.Tensor) -> list[torch.Tensor]:
     """Contiguous (K, N) copies of (N, K) weights, kept on `owner` and rebuilt when a weight
     changes (an optimizer step, load_state_dict, .to): the decoding path's (ROW_TILE, K) x
     (K, N) tiles run ~20% faster on this CPU against a contiguous right operand than
-    against the transposed view of nn.Linear's weight (measured, tests/bench)."""
+    against the transposed view of nn.Linear's weight (measured, tests/bench). A write
+    through `.data` bypasses the version counter: update weights in place under no_grad
+    (as load_state_dict and optimizers do) or assign new tensors."""
     key = [(w.data_ptr(), w._version) for w in weights]
     if owner.__dict__.get("_transposed_key") != key:
         owner.__dict__["_transposed"] = [w.detach().t().contiguous() for w in weights]
