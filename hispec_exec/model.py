@@ -15,13 +15,16 @@ BLAS picks its kernel (and so its reduction order) by shape, so every product on
 decoding path has a shape that never depends on the batch:
 
 * linear layers and the exit head: rows in tiles of exactly ROW_TILE rows (the last one
-  zero-padded), one (ROW_TILE, K) x (K, N) product per tile (`mm`, `_tiled`);
+  zero-padded), one (ROW_TILE, K) x (K, N) product per tile, all tiles in one batched
+  product against a contiguous transposed copy of the weight (`mm`, `_tiled`, `transposed`);
 * attention (`_Rows.attend`): per (sequence, KV head), query rows in tiles of QUERY_TILE
   rows, each against KV blocks of KV_BLOCK keys: (QUERY_TILE, hd) x (hd, KV_BLOCK) and
   (QUERY_TILE, KV_BLOCK) x (KV_BLOCK, hd + 1) products; the row maximum over the blocks is
   exact in any order, the blocks are summed one after another, and a block beyond a
   sequence's length (present because a longer sequence shares the batch) adds exact
-  zeros. Its cost grows with the batch's length, not with the cache capacity.
+  zeros. Its cost grows with the batch's length, not with the cache capacity. When the
+  batch fills at least half its cache pool (decode steps, whole-batch prefills), it reads
+  the KV store in place (no copy), one batched product per tile index.
 
 The assumption (checked in tests/exec/test_model.py for the model's shapes): a product of
 a fixed shape computes a row from that row's values by the same operations whatever the
@@ -80,26 +83,42 @@ class ModelArgs:
 
 
 ROW_TILE = 8  # linear layers and the exit head: rows in tiles of exactly this many
-QUERY_TILE = 8  # attention: query rows per tile (G per token)
 KV_BLOCK = 64  # attention: keys per block
+QUERY_TILE = 4  # attention: query rows per tile (G per token). Not fewer: MKL's batched
+# (rows, KV_BLOCK) x (KV_BLOCK, hd + 1) product with 1..3 rows gives a row other bits at some
+# batch counts on this machine (with 4 or 8 it does not: tests/exec/test_model.py)
 
 
-def _tiled(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """x @ w.T for x of a whole number of ROW_TILE-row tiles: one batched product, one
-    (ROW_TILE, K) x (K, N) product per tile, the weight broadcast."""
+def _tiled(x: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
+    """x @ w_t for x of a whole number of ROW_TILE-row tiles: one batched product, one
+    (ROW_TILE, K) x (K, N) product per tile, the weight (K, N) broadcast."""
     nt = x.shape[0] // ROW_TILE
-    return torch.bmm(x.reshape(nt, ROW_TILE, x.shape[1]),
-                     w.t().expand(nt, w.shape[1], w.shape[0])).view(x.shape[0], w.shape[0])
+    return torch.bmm(x.view(nt, ROW_TILE, x.shape[1]), w_t.expand(nt, *w_t.shape)).view(x.shape[0], w_t.shape[1])
 
 
-def mm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """x @ w.T, row invariant: the rows go in tiles of exactly ROW_TILE rows (the last one
-    zero-padded), so every product has the same shape whatever the number of rows, and a
-    row's result depends on nothing but its own values (not on the other rows, nor on its
-    slot in a tile: tested)."""
+def mm(x: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
+    """x @ w_t (w_t: a weight transposed, (K, N)), row invariant: the rows go in tiles of
+    exactly ROW_TILE rows (the last one zero-padded), so every product has the same shape
+    whatever the number of rows, and a row's result depends on nothing but its own values
+    (not on the other rows, nor on its slot in a tile: tested)."""
     n = x.shape[0]
     pad = -n % ROW_TILE
-    return _tiled(F.pad(x, (0, 0, 0, pad)) if pad else x, w)[:n]
+    return _tiled(F.pad(x, (0, 0, 0, pad)) if pad else x, w_t)[:n]
+
+
+def transposed(owner: nn.Module, *weights: torch.Tensor) -> list[torch.Tensor]:
+    """Contiguous (K, N) copies of (N, K) weights, kept on `owner` and rebuilt when a weight
+    changes (an optimizer step, load_state_dict, .to): the decoding path's (ROW_TILE, K) x
+    (K, N) tiles took ~15-20% less CPU time on this CPU against a contiguous right operand
+    than against the transposed view of nn.Linear's weight (one layer's four products at 1
+    and 32 rows, measured side by side while developing this path). A write
+    through `.data` bypasses the version counter: update weights in place under no_grad
+    (as load_state_dict and optimizers do) or assign new tensors."""
+    key = [(w.data_ptr(), w._version) for w in weights]
+    if owner.__dict__.get("_transposed_key") != key:
+        owner.__dict__["_transposed"] = [w.detach().t().contiguous() for w in weights]
+        owner.__dict__["_transposed_key"] = key
+    return owner.__dict__["_transposed"]
 
 
 class RMSNorm(nn.Module):
@@ -109,7 +128,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
 def rope_tables(args: ModelArgs, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,30 +198,32 @@ class Block(nn.Module):
         a = self.args
         Rp, R = x.shape[0], rows.rows
         hd, H, KV = a.head_dim, a.n_heads, a.n_kv_heads
-        qkv = _tiled(self.attention_norm(x), self.wqkv.weight)
-        qk = qkv[:, : (H + KV) * hd].reshape(Rp, H + KV, hd)  # RoPE, rotate_half as a flip of the halves:
+        wqkv, wo, w13, w2 = transposed(self, self.wqkv.weight, self.wo.weight, self.w13.weight, self.w2.weight)
+        qkv = _tiled(self.attention_norm(x), wqkv)
+        qk = qkv[:, : (H + KV) * hd].reshape(Rp, H + KV, hd)  # RoPE (queries also scaled), rotate_half as a flip:
         qk = qk * rows.cos + qk.view(Rp, H + KV, 2, hd // 2).flip(2).view(Rp, H + KV, hd) * rows.sin
         rows.write(layer, qk[:R, H:], qkv[:R, (H + KV) * hd:].reshape(R, KV, hd))
-        q = (qk[:, :H] * (1.0 / math.sqrt(hd))).reshape(Rp * H, hd)
-        x = x + _tiled(rows.attend(layer, q), self.wo.weight)
-        g, u = _tiled(self.ffn_norm(x), self.w13.weight).chunk(2, dim=-1)
-        return x + _tiled(F.silu(g) * u, self.w2.weight)
+        x = x + _tiled(rows.attend(layer, qk), wo)
+        g, u = _tiled(self.ffn_norm(x), w13).chunk(2, dim=-1)
+        return x + _tiled(F.silu(g) * u, w2)
 
 
 class _Rows:
     """Index plan of one forward's rows, built once and shared by every layer that carries
     the same rows: parts[i] = (cache, n, pos0): the next n rows are that cache's positions
-    pos0..pos0+n-1. Attention is made of fixed-shape pieces: per (sequence, KV head) its
-    query rows (token-major, G per token) in tiles of QUERY_TILE rows (padding slots repeat
-    a real query; discarded), every tile against the KV blocks 0..nb-1, nb = the batch's
-    longest need: a block past a sequence's own length is fully masked and adds exact zeros
-    (see `attend`). Two ways to lay the same products out:
+    pos0..pos0+n-1. Attention is made of fixed-shape pieces. An entry is one (sequence, KV
+    head): its query rows (token-major, G = n_heads / n_kv_heads per token) in tiles of
+    QUERY_TILE rows, tile t = rows t*QUERY_TILE.. (t < T, the batch's most tiles; padding
+    rows and a shorter entry's extra tiles repeat a real query, discarded), every tile
+    against the KV blocks 0..nb-1, nb = the batch's longest need: a block past a sequence's
+    own length is fully masked and adds exact zeros (see `attend`). Two ways to lay the
+    entries out:
 
-    * in place (every part in one store, each one tile, i.e. n * G <= QUERY_TILE: decode
-      steps): one tile per (KV head, slot) of the whole store, idle slots included, against
-      the store's first nb blocks as they lie (no copy);
-    * gathered (prefill, several tiles per sequence, or caches in different stores): the
-      tiles' blocks copied out by index.
+    * in place (every part in one store, at most half of its slots idle: decode steps and
+      whole-batch prefills): one entry per (KV head, slot) of the whole store, idle slots
+      included, against the store's first nb blocks as they lie (no copy);
+    * gathered (caches in several stores, or few sequences in a large pool): one entry per
+      (part, KV head), its blocks copied out by index once per layer.
 
     Both compute every (tile, block) product, maximum, sum and division by the same
     sequence of operations, so a row's bits do not depend on which way its batch went."""
@@ -215,20 +236,22 @@ class _Rows:
         self.rows = R = sum(n for _, n, _ in parts)
         self.padded = Rp = -(-R // ROW_TILE) * ROW_TILE
         self.nb = nb = -(-max(p0 + n for _, n, p0 in parts) // Bk)
+        self.tiles = T = max(-(-(n * G) // Tq) for _, n, _ in parts)
         self.dims = (H, KV, a.head_dim)
         stores = [c.store for c, _, _ in parts]
         for st in stores:
             st.need(nb)
-        self.in_place = all(s is stores[0] for s in stores) and all(n * G <= Tq for _, n, _ in parts)
-        pos, qi, qpos, oi = [], [], [], [0] * (Rp * H)
+        self.in_place = all(s is stores[0] for s in stores) and stores[0].slots <= 2 * len(parts)
+        self.entries = E = KV * (stores[0].slots if self.in_place else len(parts))
         self.groups: list = []  # runs of consecutive parts sharing a store: [store, write rows, blocks, entries]
         if self.in_place:
-            slots = stores[0].slots
             self.groups.append([stores[0], [], None, 0])
-            self.entries = E = KV * slots
-            qi, qpos = [0] * (E * Tq), [0] * (E * Tq)  # idle slots: any real query, key 0 visible
-        r = e = 0
-        for c, n, p0 in parts:
+        # query row j of tile (t, entry) = row qi[t][entry][j] of qk viewed (Rp * (H + KV), hd);
+        # idle slots: any real query (row 0), key 0 visible
+        qi = [[[0] * Tq for _ in range(E)] for _ in range(T)]
+        qpos = [[[0] * Tq for _ in range(E)] for _ in range(T)]
+        oi, pos, r = [0] * (Rp * H), [], 0
+        for i, (c, n, p0) in enumerate(parts):
             st, slots, s = c.store, c.store.slots, c.slot
             if not self.groups or self.groups[-1][0] is not st:
                 self.groups.append([st, [], [], 0])
@@ -237,44 +260,33 @@ class _Rows:
             for t in range(n):
                 p = p0 + t
                 grp[1].extend(((p // Bk * KV + h) * slots + s) * Bk + p % Bk for h in range(KV))
-            nt = -(-(n * G) // Tq)
             for h in range(KV):
-                for t in range(nt):
-                    ent = h * slots + s if self.in_place else e
-                    for j in range(Tq):
-                        i = t * Tq + j  # query row i of this (sequence, KV head): token i // G, head h*G + i % G
-                        row, qp = (r + i // G) * H + h * G + i % G, p0 + i // G
-                        if i >= n * G:
-                            row, qp = r * H + h * G, p0
-                        else:
-                            oi[row] = ent * Tq + j
-                        if self.in_place:
-                            qi[ent * Tq + j], qpos[ent * Tq + j] = row, qp
-                        else:
-                            qi.append(row)
-                            qpos.append(qp)
-                    if not self.in_place:
-                        grp[2].append([(b * KV + h) * slots + s for b in range(nb)])
-                        grp[3] += 1
-                        e += 1
+                ent = h * slots + s if self.in_place else i * KV + h
+                for k in range(T * Tq):  # query row k of this entry: token k // G, head h*G + k % G
+                    tok, head = (k // G, h * G + k % G) if k < n * G else (0, h * G)
+                    qi[k // Tq][ent][k % Tq], qpos[k // Tq][ent][k % Tq] = (r + tok) * (H + KV) + head, p0 + tok
+                    if k < n * G:
+                        oi[(r + tok) * H + head] = ((k // Tq) * E + ent) * Tq + k % Tq
+                if not self.in_place:
+                    grp[2].append([(b * KV + h) * slots + s for b in range(nb)])
+                    grp[3] += 1
             r += n
-        if not self.in_place:
-            self.entries = E = e
         pos.extend([0] * (Rp - R))
         p = torch.tensor(pos, device=dev)
         h = a.head_dim // 2
-        self.cos = model.rope_cos[p][:, None]
-        self.sin = torch.cat([-model.rope_sin[p][:, :h], model.rope_sin[p][:, h:]], -1)[:, None]
+        scale = torch.tensor([1.0 / math.sqrt(a.head_dim)] * H + [1.0] * KV, device=dev)[:, None]
+        self.cos = model.rope_cos[p][:, None] * scale  # the queries' 1/sqrt(hd) rides on the rotation
+        self.sin = torch.cat([-model.rope_sin[p][:, :h], model.rope_sin[p][:, h:]], -1)[:, None] * scale
         for grp in self.groups:
             grp[1] = torch.tensor(grp[1], device=dev)
             if grp[2] is not None:  # blocks laid out (nb, entries)
                 grp[2] = torch.tensor(grp[2], device=dev).t().reshape(-1)
-        self.qidx = torch.tensor(qi, device=dev).view(1, E, Tq).expand(nb, E, Tq).reshape(-1)
+        self.qidx = torch.tensor(qi, device=dev).view(T, 1, E, Tq).expand(T, nb, E, Tq).reshape(-1)
         self.oidx = torch.tensor(oi, device=dev)
-        keys = torch.arange(nb * Bk, device=dev).view(nb, 1, 1, Bk)
-        qp = torch.tensor(qpos, device=dev).view(1, E, Tq, 1)
-        self.mask = torch.zeros(nb, E, Tq, Bk, device=dev, dtype=model.rope_cos.dtype).masked_fill_(
-            keys > qp, float("-inf")).view(nb * E, Tq, Bk)  # additive causal mask
+        keys = torch.arange(nb * Bk, device=dev).view(1, nb, 1, 1, Bk)
+        qp = torch.tensor(qpos, device=dev).view(T, 1, E, Tq, 1)
+        self.mask = torch.zeros(T, nb, E, Tq, Bk, device=dev, dtype=model.rope_cos.dtype).masked_fill_(
+            keys > qp, float("-inf"))  # additive causal mask
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store the new rows' keys and values (R, KV, hd) at their positions."""
@@ -287,15 +299,16 @@ class _Rows:
             vst[layer].view(-1, hd + 1)[:, :hd].index_copy_(0, wr, v[r:r + m])
             r += m
 
-    def attend(self, layer: int, q: torch.Tensor) -> torch.Tensor:
-        """q (padded*H, hd), scaled -> attention output (padded, H*hd). Per (tile, block):
-        scores = Q K^T + mask, (QUERY_TILE, hd) x (hd, KV_BLOCK); each query row's maximum
-        over all blocks (exact in any order); P = exp(scores - max); P [V | 1],
-        (QUERY_TILE, KV_BLOCK) x (KV_BLOCK, hd + 1): numerator and row sum; summed over the
-        blocks one after another, then divided. A fully masked block has P = 0 exactly, so
-        it adds exact zeros: how many blocks a batch carries changes no sequence's bits."""
+    def attend(self, layer: int, qk: torch.Tensor) -> torch.Tensor:
+        """qk (padded, H + KV, hd): the rows' queries (scaled) and keys -> attention output
+        (padded, H*hd). Per (tile, block): scores = Q K^T + mask, (QUERY_TILE, hd) x (hd,
+        KV_BLOCK); each query row's maximum over all blocks (exact in any order); P =
+        exp(scores - max); P [V | 1], (QUERY_TILE, KV_BLOCK) x (KV_BLOCK, hd + 1): numerator
+        and row sum; summed over the blocks one after another, then divided. A fully masked
+        block has P = 0 exactly, so it adds exact zeros: how many blocks a batch carries
+        changes no sequence's bits."""
         H, KV, hd = self.dims
-        E, nb, Tq, Bk = self.entries, self.nb, QUERY_TILE, KV_BLOCK
+        E, nb, T, Tq, Bk = self.entries, self.nb, self.tiles, QUERY_TILE, KV_BLOCK
         if self.in_place:
             kst, vst = self.groups[0][0].k, self.groups[0][0].v
             K = kst[layer, :nb].view(nb * E, Bk, hd)
@@ -308,14 +321,20 @@ class _Rows:
                 Vs.append(vst[layer].view(-1, Bk, hd + 1).index_select(0, blocks).view(nb, ne, Bk, hd + 1))
             K = (Ks[0] if len(Ks) == 1 else torch.cat(Ks, 1)).view(nb * E, Bk, hd)
             V = (Vs[0] if len(Vs) == 1 else torch.cat(Vs, 1)).view(nb * E, Bk, hd + 1)
-        Q = q.index_select(0, self.qidx).view(nb * E, Tq, hd)
-        s = torch.bmm(Q, K.transpose(1, 2)).add_(self.mask).view(nb, E, Tq, Bk)  # + 0 or -inf: exact
-        p = s.sub_(s.amax(dim=(0, 3), keepdim=True)).exp_()
-        o = torch.bmm(p.view(nb * E, Tq, Bk), V).view(nb, E, Tq, hd + 1)  # P [V | 1]: numerator and row sum
-        num = o[0]
+        Q = qk.view(-1, hd).index_select(0, self.qidx).view(T, nb * E, Tq, hd)
+        s = qk.new_empty(T, nb * E, Tq, Bk)
+        for t in range(T):  # the blocks serve every tile index as they lie: one batched product each
+            torch.bmm(Q[t], K.transpose(1, 2), out=s[t])
+        s = s.view(T, nb, E, Tq, Bk).add_(self.mask)  # + 0 or -inf: exact
+        p = s.sub_(s.amax(dim=(1, 4), keepdim=True)).exp_().view(T, nb * E, Tq, Bk)
+        o = qk.new_empty(T, nb * E, Tq, hd + 1)
+        for t in range(T):
+            torch.bmm(p[t], V, out=o[t])  # P [V | 1]: numerator and row sum
+        o = o.view(T, nb, E, Tq, hd + 1)
+        num = o[:, 0]
         for b in range(1, nb):  # in block order (a fixed sequence of adds)
-            num = num + o[b]
-        out = (num[..., :hd] / num[..., hd:]).view(E * Tq, hd)
+            num = num + o[:, b]
+        out = (num[..., :hd] / num[..., hd:]).view(T * E * Tq, hd)
         return out.index_select(0, self.oidx).view(-1, H * hd)
 
 
@@ -573,4 +592,4 @@ class Transformer(nn.Module):
     @torch.no_grad()
     def head(self, x: torch.Tensor) -> torch.Tensor:
         """Exit head (shared final norm + LM head), row invariant; logits (n, vocab)."""
-        return mm(self.norm(x), self.output.weight)
+        return mm(self.norm(x), *transposed(self, self.output.weight))

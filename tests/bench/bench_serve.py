@@ -89,11 +89,16 @@ def main(argv=None):
 
     cpu = {}  # CPU time of the calling thread per configuration (torch runs on it: one thread), a
     # figure that a loaded machine distorts far less than wall time
+    threads_seen = {}  # torch's intra-op threads before and after every timed call, per side: the
+    # comparison is fair only if both sides ran with --threads (generate does not change them)
 
     def timed(fn, name):
+        side = threads_seen.setdefault("transformers" if name[1] == "hf" else "ours", set())
+        side.add(torch.get_num_threads())
         t, c = time.perf_counter(), time.thread_time()
         out = fn()
         cpu[name] = cpu.get(name, 0.0) + time.thread_time() - c
+        side.add(torch.get_num_threads())
         return out, time.perf_counter() - t
 
     decode_batch(model, ar, all_prompts[:2], 8)  # warm-up
@@ -169,7 +174,9 @@ def main(argv=None):
                       f"  acceptance {v['acceptance'][1:]}  identical {v['identical']}", flush=True)
     with open("/proc/loadavg") as f:
         fig["machine"]["loadavg_end"] = f.read().split()[:3]
-    print(f"load average at end {' '.join(fig['machine']['loadavg_end'])}")
+    fig["machine"]["torch_threads_seen"] = {k: sorted(v) for k, v in threads_seen.items()}
+    print(f"load average at end {' '.join(fig['machine']['loadavg_end'])}; torch threads seen "
+          f"{fig['machine']['torch_threads_seen']}")
     print()
     print(table(fig, [c[0] for c in configs[1:]], hf is not None))
     if a.json:

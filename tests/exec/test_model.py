@@ -27,35 +27,38 @@ def test_row_invariance_any_chunking():
 def test_mm_rows_match_single_row():
     g = torch.Generator().manual_seed(0)
     w, x = torch.randn(96, 40, generator=g), torch.randn(9, 40, generator=g)
-    one = torch.cat([mm(x[i:i + 1], w) for i in range(9)])
+    w_t = w.t().contiguous()
+    one = torch.cat([mm(x[i:i + 1], w_t) for i in range(9)])
     for n in range(2, 10):
-        assert torch.equal(mm(x[:n], w), one[:n])
+        assert torch.equal(mm(x[:n], w_t), one[:n])
     torch.testing.assert_close(one, x @ w.T, rtol=1e-5, atol=1e-5)
 
 
 def test_tile_row_depends_on_nothing_but_itself():
     """The premise of the design, on this CPU, for the model's product shapes: a row put in
     any slot of a tile, among random rows, in any of 1..4 tiles, comes out with the same bits
-    as alone (and so for the attention's (QUERY_TILE, hd) x (hd, KV_BLOCK) and
-    (QUERY_TILE, KV_BLOCK) x (KV_BLOCK, hd + 1) pieces, batched over any number of entries)."""
+    as alone; and so for the attention's (QUERY_TILE, hd) x (hd, KV_BLOCK) and
+    (QUERY_TILE, KV_BLOCK) x (KV_BLOCK, hd + 1) pieces, batched over any number of entries
+    (hd = 40: the shipped model; 16: a random test model)."""
     g = torch.Generator().manual_seed(1)
     for n_out, k in ((320, 160), (896, 160), (160, 448), (256, 160), (96, 40)):
-        w, row = torch.randn(n_out, k, generator=g), torch.randn(1, k, generator=g)
+        w, row = torch.randn(k, n_out, generator=g), torch.randn(1, k, generator=g)
         ref = mm(row, w)
         for tiles in (1, 2, 4):
             for slot in range(ROW_TILE * tiles):
                 x = torch.randn(ROW_TILE * tiles, k, generator=g)
                 x[slot] = row[0]
                 assert torch.equal(mm(x, w)[slot:slot + 1], ref), (n_out, k, tiles, slot)
-    for a_shape, b_shape, transposed in (((QUERY_TILE, 40), (KV_BLOCK, 40), True),  # scores: Q K^T, K a view
-                                         ((QUERY_TILE, KV_BLOCK), (KV_BLOCK, 41), False)):  # P [V | 1]
-        a, b = torch.randn(*a_shape, generator=g), torch.randn(*b_shape, generator=g)
-        ref = torch.bmm(a[None], b[None].transpose(1, 2) if transposed else b[None])[0]
-        for entries in (2, 5, 16):
-            for e in (0, entries // 2, entries - 1):
-                A, B = torch.randn(entries, *a_shape, generator=g), torch.randn(entries, *b_shape, generator=g)
-                A[e], B[e] = a, b
-                assert torch.equal(torch.bmm(A, B.transpose(1, 2) if transposed else B)[e], ref)
+    for hd in (40, 16):
+        for a_shape, b_shape, transposed in (((QUERY_TILE, hd), (KV_BLOCK, hd), True),  # scores: Q K^T, K a view
+                                             ((QUERY_TILE, KV_BLOCK), (KV_BLOCK, hd + 1), False)):  # P [V | 1]
+            a, b = torch.randn(*a_shape, generator=g), torch.randn(*b_shape, generator=g)
+            ref = torch.bmm(a[None], b[None].transpose(1, 2) if transposed else b[None])[0]
+            for entries in (2, 3, 5, 16, 64, 128, 500):
+                for e in (0, entries // 2, entries - 1):
+                    A, B = torch.randn(entries, *a_shape, generator=g), torch.randn(entries, *b_shape, generator=g)
+                    A[e], B[e] = a, b
+                    assert torch.equal(torch.bmm(A, B.transpose(1, 2) if transposed else B)[e], ref), (hd, entries, e)
 
 
 def test_batched_rows_equal_alone_in_any_company():
