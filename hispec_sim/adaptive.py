@@ -462,3 +462,73 @@ def analytic_three_level(cost: CostModel, model: AgreementModel, plan: Plan) -> 
     committed = v.sum() * per_block + 1.0
     cycle = u.sum() * round_ms + check
     return AdaptiveEstimate(1000.0 * cost.batch * committed / cycle, committed, cycle)
+
+
+# --------------------------------------------------------------------------- per-token classes (serving)
+
+
+@dataclass
+class TokenClasses:
+    """The adaptive models' confidence statistics, per token of a k-level chain, for a
+    simulator that draws one confidence class per position (hispec_sim.serving_adaptive).
+
+    A tentative token carries a tag (origin level o, kind, class): o = the level whose exit
+    produced it (1 = a draft), kind = bonus/draft or correction (a correction sits at a
+    row where level o-1 disagreed with level o), class = 1 when its top-1 probability at
+    exit l_o is below that level's threshold (tau_d for drafts, tau_e for intermediate
+    levels). tag = ((o - 1) * 2 + kind) * 2 + class.
+    * low[o - 1, kind]: P(class 1 | kind) (0 where the level has no threshold);
+    * kind_at[tag, m]: the Markov-along-levels rate (ACC / COR / BON, acceptance.py) that
+      applies when level m checks the token: its kind at m = o + 1, ACC above;
+    * factor[tag, m]: P(agree at m | survived o+1..m-1, kind, class) / P(agree at m | survived
+      o+1..m-1, kind), from the trace rows; 1 where the level has no threshold. The pass
+      probability = the fixed rate x factor, so the class split preserves the fixed rate
+      and tau = 0 is the fixed model exactly. For [E, L] and [l1, l2, L] these are the
+      factors of analytic_single_level / analytic_three_level.
+    """
+
+    low: np.ndarray  # (k-1, 2)
+    kind_at: np.ndarray  # (tags, k+1) int
+    factor: np.ndarray  # (tags, k+1)
+
+    @property
+    def tags(self) -> int:
+        return len(self.factor)
+
+
+def token_classes(acc: Acceptance, plan: Plan) -> TokenClasses:
+    from .serving import ACC, BON, COR  # the fixed serving model's rate indices
+
+    k = plan.depth
+    taus = [plan.draft_confidence or 0.0] + list(plan.escalate_confidence or [0.0] * max(k - 2, 0))
+    ntag = max(k - 1, 1) * 4
+    low = np.zeros((max(k - 1, 1), 2))
+    kind_at = np.full((ntag, k + 1), BON, np.int64)
+    factor = np.ones((ntag, k + 1))
+    if any(taus):
+        top = _top1(acc, "draft_confidence" if plan.draft_confidence else "escalate_confidence")
+        model = AgreementModel(acc)
+        t = model.traces
+        cols = [int(i) for i in model.idx(plan.levels)]
+        agree = [None] + [t[:, cols[j - 1]] == t[:, cols[j]] for j in range(1, k)]  # agree[j]: exits of levels j, j+1
+    for o in range(1, k):
+        for kind in (0, 1):
+            if o == 1 and kind == 1:
+                continue  # a draft is never a correction
+            cond = np.ones(len(top), bool) if taus[o - 1] and kind == 0 else (~agree[o - 1] if taus[o - 1] else None)
+            if taus[o - 1]:
+                is_low = top[:, cols[o - 1]] < taus[o - 1]
+                low[o - 1, kind] = float((cond & is_low).sum()) / max(int(cond.sum()), 1)
+            for c in (0, 1):
+                tag = ((o - 1) * 2 + kind) * 2 + c
+                surv = cond.copy() if taus[o - 1] else None
+                for m in range(o + 1, k + 1):
+                    kind_at[tag, m] = (COR if kind else BON) if m == o + 1 else ACC
+                    if taus[o - 1]:
+                        e = agree[m - 1]
+                        sel = surv & (is_low if c else ~is_low)
+                        base = (surv & e).sum() / max(int(surv.sum()), 1)
+                        rate = (sel & e).sum() / max(int(sel.sum()), 1)
+                        factor[tag, m] = rate / base if base > 0 and sel.any() else 1.0
+                        surv = surv & e
+    return TokenClasses(low, kind_at, factor)
