@@ -16,7 +16,7 @@ Acceptance: each request draws its own rates from the workload's `spread` (empir
 one measured request's agreement matrix; logit_normal: the workload's rates shifted by
 z ~ N(0, sigma) in logit space), else every request has the workload's rates; within a
 request, positions are i.i.d. with the Markov-along-levels rates of acceptance.py (the
-analytic model's assumptions).
+analytic model's assumptions). Adaptive plans (confidence thresholds): serving_adaptive.py.
 
 Why a small vectorised loop and no discrete-event library (simpy, salabim, ciw): the
 process has ONE kind of event, the end of an engine iteration, and every running
