@@ -8,7 +8,7 @@ from factories import make_profile
 from hispec_exec.confidence import confidence_stats
 from hispec_sim import serving
 from hispec_sim.acceptance import AgreementModel
-from hispec_sim.adaptive import analytic_single_level, analytic_three_level, with_thresholds
+from hispec_sim.adaptive import analytic_four_level, analytic_single_level, analytic_three_level, with_thresholds
 from hispec_sim.cli import main
 from hispec_sim.latency import CostModel
 from hispec_sim.schema import LatencyTable, Plan, Profile, ServeLimits, load_profile
@@ -90,22 +90,27 @@ def _per_token_ci(run):
     return r, float(np.std(z, ddof=1) / np.sqrt(len(ms)) / tok.mean())
 
 
-@pytest.mark.parametrize("plan", [
-    Plan(levels=[2, 8], propose=5, draft_confidence=0.5),
-    Plan(levels=[1, 4, 8], propose=4, windows=[6], draft_confidence=0.4, escalate_confidence=[0.5]),
-], ids=["single-level", "three-level"])
-@pytest.mark.parametrize("batching,n,out", [("ragged", 16, 1500), ("synchronous", 8, 1000)])
-def test_alone_matches_the_batch_one_analytic_adaptive_model(prof, plan, n, out, batching):
+SINGLE = Plan(levels=[2, 8], propose=5, draft_confidence=0.5)
+THREE = Plan(levels=[1, 4, 8], propose=4, windows=[6], draft_confidence=0.4, escalate_confidence=[0.5])
+FOUR = Plan(levels=[1, 3, 5, 8], propose=3, windows=[4, 3], draft_confidence=0.4, escalate_confidence=[0.5, 0.6])
+
+
+@pytest.mark.parametrize("plan,batching,n,out", [
+    (SINGLE, "ragged", 16, 1500), (THREE, "ragged", 16, 1500), (FOUR, "ragged", 16, 1500),
+    (SINGLE, "synchronous", 8, 1000), (THREE, "synchronous", 8, 1000),
+], ids=["single-ragged", "three-ragged", "four-ragged", "single-synchronous", "three-synchronous"])
+def test_alone_matches_the_batch_one_analytic_adaptive_model(prof, plan, batching, n, out):
     """One request at a time (arrivals far apart), batch 1: the simulated time per token
-    is the analytic adaptive model's within Monte-Carlo error (4 standard errors over the
-    requests), and the thresholds move it by more than that (the check can fail)."""
+    is the analytic adaptive model's (exact: 2, 3 and 4 levels) within Monte-Carlo error (4
+    standard errors over the requests), and the thresholds move it by more than that (the
+    check can fail)."""
     plan = plan.model_copy(update={"batching": batching})
     run = _run(prof, plan, np.arange(n) * 1e5, np.ones(n, int), np.full(n, out), ServeLimits(max_batch=1), seed=2)
     assert (run.admit_ms == run.arrival_s * 1e3).all()  # no queueing
     sim, se = _per_token_ci(run)
     acc = prof.workload()
     cost = CostModel(prof.latency[0], 1, acc.context, 64)
-    model = analytic_single_level if plan.depth == 2 else analytic_three_level
+    model = {2: analytic_single_level, 3: analytic_three_level, 4: analytic_four_level}[plan.depth]
     a = model(cost, AgreementModel(acc), plan)
     ana = a.cycle_ms / a.tokens_per_full_forward
     f = model(cost, AgreementModel(acc), with_thresholds(plan, None, None))
