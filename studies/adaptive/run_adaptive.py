@@ -26,7 +26,7 @@ per-request spread, same max batch and policy; error = measured / predicted - 1 
 and for the adaptive / fixed ratios.
 
 usage: PYTHONPATH=. python studies/adaptive/run_adaptive.py [--quick] [--prompts 16] [--new 128]
-           [--passes 2] [--serve-requests 32] [--qps 4] [--max-batch 8] [--out-dir DIR]
+           [--passes 2] [--serve-requests 32] [--qps 4] [--max-batch 8] [--batching ragged] [--sim-seeds 5] [--out-dir DIR]
 Writes RESULTS.md and results.json into --out-dir (default: next to this script); --quick
 (a smoke run in about a minute: 2 prompts x 16 tokens, 6 requests) writes to a temporary
 folder unless --out-dir is given.
