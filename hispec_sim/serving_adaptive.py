@@ -171,7 +171,7 @@ def simulate_adaptive(table: LatencyTable, num_layers: int, acc: Acceptance, pla
     Any plan of depth >= 2 is accepted (tau = 0: the fixed plan's run)."""
     rng = np.random.default_rng(seed)
     n = len(arrival_s)
-    k, g = plan.depth, plan.propose
+    k = plan.depth
     B = limits.max_batch
     rates = request_rates(acc, plan, n, rng)  # (n, k-1, 3), as the fixed simulation draws them
     cls = token_classes(acc, plan)

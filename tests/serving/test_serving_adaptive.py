@@ -3,12 +3,17 @@ fixed plan's run exactly, at batch 1 without queueing the simulated time per tok
 batch-1 analytic adaptive model's, under both batching policies; refusals."""
 import numpy as np
 import pytest
-
 from factories import make_profile
+
 from hispec_exec.confidence import confidence_stats
 from hispec_sim import serving
 from hispec_sim.acceptance import AgreementModel
-from hispec_sim.adaptive import analytic_four_level, analytic_single_level, analytic_three_level, with_thresholds
+from hispec_sim.adaptive import (
+    analytic_four_level,
+    analytic_single_level,
+    analytic_three_level,
+    with_thresholds,
+)
 from hispec_sim.cli import main
 from hispec_sim.latency import CostModel
 from hispec_sim.schema import LatencyTable, Plan, Profile, ServeLimits, load_profile

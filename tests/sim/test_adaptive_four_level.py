@@ -3,13 +3,19 @@ analytic.predict's fixed plan exactly, tau_e = 1 is windows of 1, it lies in the
 trace-replay interval (the serving simulator's agreement with it at batch 1:
 tests/serving/test_serving_adaptive.py)."""
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_adaptive import confident_profile
 
-from hispec_sim.adaptive import adaptive_tokens_per_second, analytic_four_level, replay, with_thresholds
+from hispec_sim.adaptive import (
+    adaptive_tokens_per_second,
+    analytic_four_level,
+    replay,
+    with_thresholds,
+)
 from hispec_sim.analytic import predict
 from hispec_sim.evaluate import Setting
 from hispec_sim.schema import Plan, load_profile
-from test_adaptive import confident_profile
 
 
 @pytest.fixture(scope="module")
