@@ -19,7 +19,9 @@ probability < tau_j.
   compared with what each exit predicted at row p: past a rejection the context differs
   from the measured one and the row stands in for it (positions exchangeable).
 * `analytic_three_level`: exact expectation for [l1, l2, L] plans with draft_confidence
-  and escalate_confidence (i.i.d. positions); deeper chains: replay only.
+  and escalate_confidence (i.i.d. positions).
+* `analytic_four_level`: exact expectation for [l1, l2, l3, L] plans, both knobs, with the
+  per-token model of `token_classes` (the serving simulator's); 5+ levels: replay only.
 """
 from __future__ import annotations
 
@@ -172,8 +174,9 @@ def mean_rates(setting):
 def adaptive_tokens_per_second(setting, plan: Plan, cycles: int = 1000, streams: int = 8, seed: int = 0) -> tuple[float, str]:
     """Predicted tokens/s of any plan at the setting's rates (give a mean_rates setting):
     fixed plans -> analytic.predict; [E, L] -> analytic_single_level; [l1, l2, L] ->
-    analytic_three_level (both exact, i.i.d. positions); deeper adaptive chains -> the fixed
-    plan's analytic value x the trace-replay ratio adaptive / fixed (same rows, same seed)."""
+    analytic_three_level; [l1, l2, l3, L] -> analytic_four_level (all exact, i.i.d.
+    positions); deeper adaptive chains -> the fixed plan's analytic value x the trace-replay
+    ratio adaptive / fixed (same rows, same seed)."""
     from .evaluate import score
 
     if not plan.adaptive:
@@ -184,6 +187,8 @@ def adaptive_tokens_per_second(setting, plan: Plan, cycles: int = 1000, streams:
         return analytic_single_level(cost, setting.agreement, plan).tokens_per_second, "analytic (i.i.d. positions)"
     if plan.depth == 3:
         return analytic_three_level(cost, setting.agreement, plan).tokens_per_second, "analytic 3-level (i.i.d. positions)"
+    if plan.depth == 4:
+        return analytic_four_level(cost, setting.agreement, plan).tokens_per_second, "analytic 4-level (i.i.d. positions)"
     fixed = with_thresholds(plan, None, None)
     f = score(setting, [fixed])[0].tokens_per_second
     a = replay(cost, setting.acceptance, plan, cycles, streams, seed)
@@ -206,6 +211,8 @@ def adaptive_scored(setting, plan: Plan):
         committed = analytic_single_level(cost, setting.agreement, plan).tokens_per_full_forward
     elif plan.depth == 3:
         committed = analytic_three_level(cost, setting.agreement, plan).tokens_per_full_forward
+    elif plan.depth == 4:
+        committed = analytic_four_level(cost, setting.agreement, plan).tokens_per_full_forward
     return Scored(plan, tps, 1000.0 * plan.batch / tps, float("nan") if committed is None else committed, [])
 
 
@@ -213,8 +220,8 @@ def search_adaptive(setting, bases: list[Plan], grid=GRID, max_propose: int = 8,
                     streams: int = 8, seed: int = 0) -> dict:
     """The exhaustive adaptive search (give a mean_rates setting): every [E, L] x propose
     1..max_propose x tau_d in grid by the exact analytic model; the given hierarchical
-    plans x tau_d x tau_e in grid: 3-level ones by the exact analytic model, deeper ones
-    by trace replay (common random numbers: the same seed for a plan's fixed and adaptive
+    plans x tau_d x tau_e in grid: 3- and 4-level ones by the exact analytic models, deeper
+    ones by trace replay (common random numbers: the same seed for a plan's fixed and adaptive
     variants, so the gain is measured against the fixed plan's own replay)."""
     from .evaluate import score
 
@@ -237,7 +244,7 @@ def search_adaptive(setting, bases: list[Plan], grid=GRID, max_propose: int = 8,
             continue
         c = setting.cost(base.propose + sum(base.windows) + 16)
         fixed_tps = score(setting, [base])[0].tokens_per_second
-        fixed_rep = None if base.depth == 3 else replay(c, acc, base, cycles, streams, seed)
+        fixed_rep = None if base.depth <= 4 else replay(c, acc, base, cycles, streams, seed)
         for tau_d in grid:
             for tau_e in grid:
                 p = with_thresholds(base, tau_d, [tau_e] * (base.depth - 2) if tau_e else None)
@@ -245,6 +252,8 @@ def search_adaptive(setting, bases: list[Plan], grid=GRID, max_propose: int = 8,
                     tps, how = fixed_tps, "analytic"
                 elif base.depth == 3:
                     tps, how = analytic_three_level(c, setting.agreement, p).tokens_per_second, "analytic 3-level (i.i.d. positions)"
+                elif base.depth == 4:
+                    tps, how = analytic_four_level(c, setting.agreement, p).tokens_per_second, "analytic 4-level (i.i.d. positions)"
                 else:
                     r = replay(c, acc, p, cycles, streams, seed)
                     tps = fixed_tps * r.tokens_per_second / fixed_rep.tokens_per_second
@@ -461,4 +470,208 @@ def analytic_three_level(cost: CostModel, model: AgreementModel, plan: Plan) -> 
                 v[end] += v[m] * p * float(np.prod(seq))
     committed = v.sum() * per_block + 1.0
     cycle = u.sum() * round_ms + check
+    return AdaptiveEstimate(1000.0 * cost.batch * committed / cycle, committed, cycle)
+
+
+# --------------------------------------------------------------------------- per-token classes (serving)
+
+
+@dataclass
+class TokenClasses:
+    """The adaptive models' confidence statistics, per token of a k-level chain, for a
+    simulator that draws one confidence class per position (hispec_sim.serving_adaptive).
+
+    A tentative token carries a tag (origin level o, kind, class): o = the level whose exit
+    produced it (1 = a draft), kind = bonus/draft or correction (a correction sits at a
+    row where level o-1 disagreed with level o), class = 1 when its top-1 probability at
+    exit l_o is below that level's threshold (tau_d for drafts, tau_e for intermediate
+    levels). tag = ((o - 1) * 2 + kind) * 2 + class.
+    * low[o - 1, kind]: P(class 1 | kind) (0 where the level has no threshold);
+    * kind_at[tag, m]: the Markov-along-levels rate (ACC / COR / BON, acceptance.py) that
+      applies when level m checks the token: its kind at m = o + 1, ACC above;
+    * factor[tag, m]: P(agree at m | survived o+1..m-1, kind, class) / P(agree at m | survived
+      o+1..m-1, kind), from the trace rows; 1 where the level has no threshold. The pass
+      probability = the fixed rate x factor, so the class split preserves the fixed rate
+      and tau = 0 is the fixed model exactly. For [E, L] and [l1, l2, L] these are the
+      factors of analytic_single_level / analytic_three_level.
+    """
+
+    low: np.ndarray  # (k-1, 2)
+    kind_at: np.ndarray  # (tags, k+1) int
+    factor: np.ndarray  # (tags, k+1)
+
+    @property
+    def tags(self) -> int:
+        return len(self.factor)
+
+
+def token_classes(acc: Acceptance, plan: Plan) -> TokenClasses:
+    from .serving import ACC, BON, COR  # the fixed serving model's rate indices
+
+    k = plan.depth
+    taus = [plan.draft_confidence or 0.0] + list(plan.escalate_confidence or [0.0] * max(k - 2, 0))
+    ntag = max(k - 1, 1) * 4
+    low = np.zeros((max(k - 1, 1), 2))
+    kind_at = np.full((ntag, k + 1), BON, np.int64)
+    factor = np.ones((ntag, k + 1))
+    if any(taus):
+        top = _top1(acc, "draft_confidence" if plan.draft_confidence else "escalate_confidence")
+        model = AgreementModel(acc)
+        t = model.traces
+        cols = [int(i) for i in model.idx(plan.levels)]
+        agree = [None] + [t[:, cols[j - 1]] == t[:, cols[j]] for j in range(1, k)]  # agree[j]: exits of levels j, j+1
+    for o in range(1, k):
+        for kind in (0, 1):
+            if o == 1 and kind == 1:
+                continue  # a draft is never a correction
+            cond = np.ones(len(top), bool) if taus[o - 1] and kind == 0 else (~agree[o - 1] if taus[o - 1] else None)
+            if taus[o - 1]:
+                is_low = top[:, cols[o - 1]] < taus[o - 1]
+                low[o - 1, kind] = float((cond & is_low).sum()) / max(int(cond.sum()), 1)
+            for c in (0, 1):
+                tag = ((o - 1) * 2 + kind) * 2 + c
+                surv = cond.copy() if taus[o - 1] else None
+                for m in range(o + 1, k + 1):
+                    kind_at[tag, m] = (COR if kind else BON) if m == o + 1 else ACC
+                    if taus[o - 1]:
+                        e = agree[m - 1]
+                        sel = surv & (is_low if c else ~is_low)
+                        base = (surv & e).sum() / max(int(surv.sum()), 1)
+                        rate = (sel & e).sum() / max(int(sel.sum()), 1)
+                        factor[tag, m] = rate / base if base > 0 and sel.any() else 1.0
+                        surv = surv & e
+    return TokenClasses(low, kind_at, factor)
+
+
+# --------------------------------------------------------------------------- 4 levels, exact
+
+
+def _mean_pass(model: AgreementModel, plan: Plan, cls: TokenClasses) -> np.ndarray:
+    """(tags, k+1): P(level m accepts a token with this tag) at the workload's mean rates
+    (the fixed rate of the token's kind at m x its class factor)."""
+    from .serving import level_rates
+
+    rates = level_rates(model.acc, plan.levels)  # (k-1, 3): after_accept, after_reject, marginal
+    k = plan.depth
+    out = np.zeros((cls.tags, k + 1))
+    for m in range(2, k + 1):
+        out[:, m] = np.clip(rates[m - 2][cls.kind_at[:, m]] * cls.factor[:, m], 0.0, 1.0)
+    return out
+
+
+def _level2_blocks(cls: TokenClasses, P: np.ndarray, g: int) -> list[tuple[float, list[int], bool]]:
+    """Every block one level-2 check can pass up, with its probability: (p, tags, escalates).
+    A round drafts N = min(g, first unsure draft) (draft tag = its class), level 2 keeps the
+    accepted prefix and adds its own token (correction or bonus) whose class at l_2 decides
+    escalation."""
+    h = 1.0 - cls.low[0, 0]
+    out = []
+    for N in range(1, g + 1):
+        seqs = [(h ** (N - 1) * (1 - h), [0] * (N - 1) + [1])] if N < g else [
+            (h ** g, [0] * g), (h ** (g - 1) * (1 - h), [0] * (g - 1) + [1])]
+        for pc, tags in seqs:
+            if pc <= 0:
+                continue
+            acc = 1.0
+            for a in range(N + 1):
+                kind = 1 if a < N else 0
+                pr = pc * acc * ((1 - P[tags[a], 2]) if a < N else 1.0)
+                for c2 in (0, 1):
+                    pl = cls.low[1, kind] if c2 else 1 - cls.low[1, kind]
+                    if pl > 0 and pr > 0:
+                        out.append((pr * pl, tags[:a] + [((1 * 2 + kind) * 2 + c2)], bool(c2)))
+                if a < N:
+                    acc *= P[tags[a], 2]
+    return out
+
+
+def analytic_four_level(cost: CostModel, model: AgreementModel, plan: Plan) -> AdaptiveEstimate:
+    """Exact E[committed] / E[cycle] of a [l1, l2, l3, L] plan with draft_confidence and
+    escalate_confidence (fixed plans too), positions i.i.d., each token's pass probability
+    at every later check = the fixed Markov-along-levels rate of its kind x its confidence
+    class factor (token_classes; the same model as the serving simulator's draws).
+
+    Level-2 blocks are enumerated (_level2_blocks). A level-3 check takes the level-2 buffer
+    (blocks until >= windows[0] tokens or an escalating block); a DP over that buffer's
+    length carries, for the all-accepted-at-level-3 prefix, E[1{accepted at 3} x prod p4]
+    and E[1{accepted at 3} x sum of leading prod p4] (pass probabilities are independent
+    per token given their tags), which gives the level-3 blocks' distribution by (length,
+    escalation) with E[prod p4] per class and E[leading level-4 accepted tokens]; a DP over
+    the level-3 buffer (the 3-level model's, on these blocks) gives the cycle. Costs by
+    Wald's identity: E[blocks per buffer] x E[cost per block] + E[check cost at the final
+    length]."""
+    if plan.depth != 4:
+        raise ValueError("levels: the 4-level analytic adaptive model covers [l1, l2, l3, L] plans")
+    l1, l2, l3, L = plan.levels
+    g, (w2, w3) = plan.propose, plan.windows
+    cls = token_classes(model.acc, plan)
+    P = _mean_pass(model, plan, cls)
+    round_ms = _round_terms(cost, model, l1, l2, g, plan.draft_confidence or 0.0)[4]  # drafts + level-2 check
+    blocks = _level2_blocks(cls, P, g)
+    width = w2 + g + 2
+    check3 = _check_cost(cost, [l2], [l3], width)[0]
+    check4 = _check_cost(cost, [l3], [L], w3 + width + 1)[0]
+    U, A, W, Z = (np.zeros(w2) for _ in range(4))
+    U[0] = A[0] = W[0] = 1.0
+    P3 = np.zeros((width + 1, 2))  # level-3 blocks: P(length, escalates)
+    PI3 = np.zeros((width + 1, 2))  # ... x E[prod of their level-4 pass probabilities]
+    S3 = 0.0  # E[leading tokens of a level-3 block that level 4 accepts] (given all before accepted)
+    E3 = 0.0  # E[level-3 check cost]
+    for m in range(w2):
+        for p, tags, esc in blocks:
+            n = len(tags)
+            end = m + n
+            final = esc or end >= w2
+            if final:
+                E3 += U[m] * p * check3[end]
+            else:
+                U[end] += U[m] * p
+            a_i = w_i = 1.0  # prod p3, prod p3 p4 over the block's first i tokens
+            s_i = 0.0  # sum over i' <= i of prod_{t <= i'} p4 (within the block)
+            q4 = 1.0  # prod p4 over the block's first i tokens
+            for i in range(n + 1):
+                if i < n:
+                    r = 1.0 - P[tags[i], 3]
+                    kind, length = 1, m + i + 1
+                elif final:
+                    r, kind, length = 1.0, 0, end + 1
+                else:
+                    A[end] += A[m] * p * a_i
+                    W[end] += W[m] * p * w_i
+                    Z[end] += p * a_i * (Z[m] + W[m] * s_i)
+                    break
+                prob, pi, s = A[m] * p * a_i * r, W[m] * p * w_i * r, p * a_i * r * (Z[m] + W[m] * s_i)
+                for c3 in (0, 1):
+                    pl = cls.low[2, kind] if c3 else 1 - cls.low[2, kind]
+                    if pl <= 0:
+                        continue
+                    p4own = P[((2 * 2 + kind) * 2 + c3), 4]
+                    P3[length, c3] += prob * pl
+                    PI3[length, c3] += pi * pl * p4own
+                    S3 += pl * (s + pi * p4own)
+                if i < n:
+                    p3, p4 = P[tags[i], 3], P[tags[i], 4]
+                    q4 *= p4
+                    a_i *= p3
+                    w_i *= p3 * p4
+                    s_i += q4
+    cost3 = U.sum() * round_ms + E3  # E[cost of one level-3 block]
+    u, v = np.zeros(w3), np.zeros(w3)
+    u[0] = v[0] = 1.0
+    check = 0.0
+    lens = np.flatnonzero(P3.sum(1) > 0)
+    for m in range(w3):
+        for ln in lens:
+            for e in (0, 1):
+                pr = P3[ln, e]
+                if pr <= 0:
+                    continue
+                end = m + ln
+                if e or end >= w3:
+                    check += u[m] * pr * check4[end]
+                else:
+                    u[end] += u[m] * pr
+                    v[end] += v[m] * PI3[ln, e]
+    committed = v.sum() * S3 + 1.0
+    cycle = u.sum() * cost3 + check
     return AdaptiveEstimate(1000.0 * cost.batch * committed / cycle, committed, cycle)

@@ -19,7 +19,7 @@ parameters carry the depth in their name (k3_exit_top, k3_gap_1, k3_propose, k3_
   draft_confidence  float in [0, 1]             (k >= 2, adaptive only: `optimize --search optuna --adaptive`)
   escalate_j float in [0, 1], j=1..k-2          (k >= 3, adaptive only) the intermediate levels' thresholds
 An adaptive study scores every plan by hispec_sim.adaptive at the workload's mean rates
-(adaptive_tokens_per_second: exact analytic for depth 2 and 3, trace replay deeper).
+(adaptive_tokens_per_second: exact analytic for depth 2 to 4, trace replay deeper).
 With m = k-1 exits below the full model, idx_m = max(exit_top, m-1) and idx_j =
 max(idx_{j+1} - gap_j, j-1). Since idx_{j+1} >= j, the clip never lifts idx_j above
 idx_{j+1}-1: exits are strictly increasing and inside the measured set for EVERY parameter

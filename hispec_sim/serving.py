@@ -16,7 +16,7 @@ Acceptance: each request draws its own rates from the workload's `spread` (empir
 one measured request's agreement matrix; logit_normal: the workload's rates shifted by
 z ~ N(0, sigma) in logit space), else every request has the workload's rates; within a
 request, positions are i.i.d. with the Markov-along-levels rates of acceptance.py (the
-analytic model's assumptions).
+analytic model's assumptions). Adaptive plans (confidence thresholds): serving_adaptive.py.
 
 Why a small vectorised loop and no discrete-event library (simpy, salabim, ciw): the
 process has ONE kind of event, the end of an engine iteration, and every running
@@ -259,11 +259,12 @@ def simulate_arrays(table: LatencyTable, num_layers: int, acc: Acceptance, plan:
                     prompt: np.ndarray, max_new: np.ndarray, limits: ServeLimits, seed: int = 0) -> ServeRun:
     if np.any(np.diff(arrival_s) < 0) or np.any(arrival_s < 0):
         raise ValueError("arrival_s: arrival times must be >= 0 and must not decrease")
-    if plan.adaptive:  # its acceptance draws are per-level rates: no per-position confidence to stop on
-        raise ValueError("draft_confidence: the serving simulator does not model confidence thresholds; "
-                         "measure adaptive plans with hispec-exec serve, or predict them at batch 1 with hispec-sim evaluate")
     plan.check_depth(num_layers)
     check_limits(plan, limits, prompt, max_new)
+    if plan.adaptive:  # confidence thresholds: one confidence class per position (serving_adaptive)
+        from .serving_adaptive import simulate_adaptive
+
+        return simulate_adaptive(table, num_layers, acc, plan, arrival_s, prompt, max_new, limits, seed)
     rng = np.random.default_rng(seed)
     n = len(arrival_s)
     k, g = plan.depth, plan.propose

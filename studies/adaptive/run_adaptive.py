@@ -19,9 +19,14 @@ Serving: `hispec-exec serve`'s process (hispec_exec.serve.serve, in-process) on 
 seeded Poisson request set for every plan (set B prompts), plans run one after another
 with the order rotated each pass; throughput, TTFT p50 and TPOT p50 per plan (mean over
 passes). Batching: --batching (ragged default; synchronous runs adaptive plans too).
+Prediction: `hispec-sim serve` (the request-level serving simulator, in-process through
+hispec_sim.cli.main) on the SAME request set (a JSONL trace of the arrivals, prompt lengths
+and max_new_tokens; --sim-seeds acceptance seeds), profile cpu_hispec_tiny with its
+per-request spread, same max batch and policy; error = measured / predicted - 1 per figure
+and for the adaptive / fixed ratios.
 
 usage: PYTHONPATH=. python studies/adaptive/run_adaptive.py [--quick] [--prompts 16] [--new 128]
-           [--passes 2] [--serve-requests 32] [--qps 4] [--max-batch 8] [--out-dir DIR]
+           [--passes 2] [--serve-requests 32] [--qps 4] [--max-batch 8] [--batching ragged] [--sim-seeds 5] [--out-dir DIR]
 Writes RESULTS.md and results.json into --out-dir (default: next to this script); --quick
 (a smoke run in about a minute: 2 prompts x 16 tokens, 6 requests) writes to a temporary
 folder unless --out-dir is given.
@@ -88,12 +93,51 @@ def batch1(model, plans: dict, prompts, new: int, passes: int) -> dict:
     return {n: {"tokens_per_s": toks[n] / wall[n], "tokens_per_full_forward": committed[n] / fulls[n]} for n in names}
 
 
-def serving(model, plans: dict, prompts, new: int, qps: float, max_batch: int, passes: int, batching: str, seed: int) -> dict:
+def request_set(prompts, new: int, qps: float, seed: int) -> tuple[list[float], list[int]]:
+    """The seeded Poisson arrivals and max_new_tokens every plan is served (and simulated) with."""
+    rng = np.random.default_rng(seed)
+    return np.cumsum(rng.exponential(1.0 / qps, len(prompts))).tolist(), [new] * len(prompts)
+
+
+SERVE_FIGURES = (("throughput_tokens_per_s", None), ("ttft_ms", "p50"), ("tpot_ms", "p50"))
+
+
+def predicted_serving(plans: dict, prompts, arrivals, news, max_batch: int, batching: str, seeds: int, seed: int) -> dict:
+    """`hispec-sim serve` of every plan on the request set (a JSONL trace): mean over the
+    acceptance seeds and its 95 % interval, per figure. Returns {plan name: {figure: ...}}
+    and the command line of each run."""
+    import contextlib
+    import io
+
+    from hispec_sim.cli import main as sim_main
+
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="adaptive_serve_") as d:
+        trace = Path(d) / "requests.jsonl"
+        trace.write_text("".join(json.dumps({"arrival_s": a, "prompt_tokens": len(p), "max_new_tokens": n}) + "\n"
+                                 for a, p, n in zip(arrivals, prompts, news)))
+        for name, plan in plans.items():
+            if name == "autoregressive":
+                continue
+            pf = Path(d) / "plan.json"
+            pf.write_text(plan.model_dump_json())
+            argv = ["serve", "--profile", "cpu_hispec_tiny", "--plan", str(pf), "--trace", str(trace), "--max-batch",
+                    str(max_batch), "--batching", batching, "--seeds", str(seeds), "--seed", str(seed), "--json"]
+            buf = io.StringIO()
+            with contextlib.redirect_stdout(buf):
+                code = sim_main(argv)
+            if code != 0:
+                raise RuntimeError(f"hispec-sim serve failed for {name} ({plan.describe()})")
+            agg = json.loads(buf.getvalue())["mean_over_seeds"]
+            out[name] = {key if sub is None else f"{key.removesuffix('_ms')}_ms_{sub}":
+                         (agg[key] if sub is None else agg[key][sub]) for key, sub in SERVE_FIGURES}
+            out[name]["command"] = "hispec-sim " + " ".join(argv[:4] + ["PLAN", "--trace", "REQUESTS"] + argv[7:])
+    return out
+
+
+def serving(model, plans: dict, prompts, arrivals, news, max_batch: int, passes: int, batching: str) -> dict:
     from hispec_exec.serve import serve
 
-    rng = np.random.default_rng(seed)
-    arrivals = np.cumsum(rng.exponential(1.0 / qps, len(prompts))).tolist()
-    news = [new] * len(prompts)
     limits = ServeLimits(max_batch=max_batch)
     names = [n for n in plans if n != "autoregressive"]
     runs: dict[str, list[dict]] = {n: [] for n in names}
@@ -121,6 +165,7 @@ def main() -> None:
     ap.add_argument("--qps", type=float, default=4.0)
     ap.add_argument("--max-batch", type=int, default=8)
     ap.add_argument("--batching", default="ragged", choices=["ragged", "synchronous"])
+    ap.add_argument("--sim-seeds", type=int, default=5, help="acceptance seeds of the serving simulator's prediction")
     ap.add_argument("--max-propose", type=int, default=8)
     ap.add_argument("--max-window", type=int, default=16)
     ap.add_argument("--out-dir")
@@ -135,9 +180,11 @@ def main() -> None:
     model = load_model()
     meas = batch1(model, plans, heldout_prompts(a.prompts, 64, seed=a.seed_b), a.new, a.passes)
     load_mid = open("/proc/loadavg").read().split()[:3]
-    srv = serving(model, plans, heldout_prompts(a.serve_requests, 32, seed=a.seed_b + 100), a.serve_new, a.qps,
-                  a.max_batch, a.passes, a.batching, a.seed_b)
+    srv_prompts = heldout_prompts(a.serve_requests, 32, seed=a.seed_b + 100)
+    arrivals, news = request_set(srv_prompts, a.serve_new, a.qps, a.seed_b)
+    srv = serving(model, plans, srv_prompts, arrivals, news, a.max_batch, a.passes, a.batching)
     load1 = open("/proc/loadavg").read().split()[:3]
+    srv_pred = predicted_serving(plans, srv_prompts, arrivals, news, a.max_batch, a.batching, a.sim_seeds, a.seed_b)
     ar_p, ar_m = pred["autoregressive"]["tokens_per_s"], meas["autoregressive"]["tokens_per_s"]
     rows = []
     for n, p in plans.items():
@@ -167,6 +214,7 @@ def main() -> None:
            "serving": {n: {k: round(v, 3) for k, v in d.items()} for n, d in srv.items()},
            "serving_best_adaptive_vs_best_fixed": {"adaptive": s_ad, "fixed": s_fx, "gain": round(
                srv[s_ad]["throughput_tokens_per_s"] / srv[s_fx]["throughput_tokens_per_s"], 4)},
+           **serving_comparison(srv, srv_pred, a.sim_seeds),
            "optimize_adaptive": {k: ad[k] for k in ("best", "best_fixed", "predicted_gain_over_best_fixed")}}
     if "adaptive hierarchical" in meas:
         res["batch1_gain_hierarchical"] = round(meas["adaptive hierarchical"]["tokens_per_s"]
@@ -176,6 +224,41 @@ def main() -> None:
     write_atomic(out_dir / "RESULTS.md", results_md(res))
     print(results_md(res))
     print(f"wrote {out_dir / 'RESULTS.md'} and results.json")
+
+
+def serving_comparison(meas: dict, pred: dict, seeds: int) -> dict:
+    """Per plan and figure: measured (hispec-exec serve), predicted (hispec-sim serve, mean
+    over seeds and 95 % interval) and error = measured / predicted - 1; and the adaptive /
+    fixed ratios (same family, and best vs best by predicted throughput) both ways."""
+    rows = {}
+    for n, m in meas.items():
+        p = pred[n]
+        rows[n] = {"command": p["command"]}
+        for key in m:
+            if key in p:
+                rows[n][key] = {"measured": round(m[key], 3), "predicted": round(p[key]["mean"], 3),
+                                "predicted_ci95": None if p[key]["ci95"] is None else [round(x, 3) for x in p[key]["ci95"]],
+                                "error": round(m[key] / p[key]["mean"] - 1, 4)}
+    tp = "throughput_tokens_per_s"
+    ratios = {}
+    for fam in ("single-level", "hierarchical"):
+        ad, fx = f"adaptive {fam}", f"fixed {fam}"
+        if ad in meas and fx in meas:
+            ratios[fam] = {key: {"measured": round(meas[ad][key] / meas[fx][key], 4),
+                                 "predicted": round(pred[ad][key]["mean"] / pred[fx][key]["mean"], 4)}
+                           for key in (tp, "ttft_ms_p50", "tpot_ms_p50")}
+    best = lambda kind: max((n for n in pred if n.startswith(kind)), key=lambda n: pred[n][tp]["mean"])
+    b_ad, b_fx = best("adaptive"), best("fixed")
+    errs = [abs(rows[n][tp]["error"]) for n in rows]
+    return {"serving_predicted_by": f"hispec-sim serve (serving simulator), profile cpu_hispec_tiny, {seeds} acceptance "
+                                    "seeds, the same requests (trace)",
+            "serving_vs_simulator": rows,
+            "serving_adaptive_vs_fixed": ratios,
+            "serving_predicted_best_adaptive_vs_best_fixed": {
+                "adaptive": b_ad, "fixed": b_fx,
+                "predicted_gain": round(pred[b_ad][tp]["mean"] / pred[b_fx][tp]["mean"], 4),
+                "measured_gain": round(meas[b_ad][tp] / meas[b_fx][tp], 4)},
+            "serving_median_abs_throughput_error": round(statistics.median(errs), 4)}
 
 
 def results_md(r: dict) -> str:
@@ -203,7 +286,26 @@ def results_md(r: dict) -> str:
     for n, d in r["serving"].items():
         L.append(f"| {n} | {d['throughput_tokens_per_s']:.2f} | {d['ttft_ms_p50']:.1f} | {d['tpot_ms_p50']:.1f} | {d['mean_batch']:.2f} |")
     s = r["serving_best_adaptive_vs_best_fixed"]
-    L += ["", f"* Best adaptive ({s['adaptive']}) vs best fixed ({s['fixed']}) in serving: x{s['gain']:.3f} throughput.",
+    L += ["", f"* Best adaptive ({s['adaptive']}) vs best fixed ({s['fixed']}) in serving: x{s['gain']:.3f} throughput."]
+    if "serving_vs_simulator" in r:
+        L += ["", f"### Measured vs predicted by {r['serving_predicted_by']}", "",
+              "| role | figure | measured | predicted [95 % CI over seeds] | error |", "|---|---|---:|---:|---:|"]
+        for n, d in r["serving_vs_simulator"].items():
+            for key, label in (("throughput_tokens_per_s", "throughput tok/s"), ("ttft_ms_p50", "TTFT p50 ms"),
+                               ("tpot_ms_p50", "TPOT p50 ms")):
+                x = d[key]
+                ci = f" [{x['predicted_ci95'][0]:.2f}, {x['predicted_ci95'][1]:.2f}]" if x["predicted_ci95"] else ""
+                L.append(f"| {n} | {label} | {x['measured']:.2f} | {x['predicted']:.2f}{ci} | {100 * x['error']:+.1f} % |")
+        L += ["", "| adaptive / fixed | figure | measured | predicted (serving simulator) |", "|---|---|---:|---:|"]
+        for fam, d in r["serving_adaptive_vs_fixed"].items():
+            for key, x in d.items():
+                L.append(f"| {fam} | {key} | x{x['measured']:.3f} | x{x['predicted']:.3f} |")
+        b = r["serving_predicted_best_adaptive_vs_best_fixed"]
+        L += ["", f"* Serving, best adaptive ({b['adaptive']}) vs best fixed ({b['fixed']}) by the simulator's predicted "
+              f"throughput: predicted x{b['predicted_gain']:.3f}, measured x{b['measured_gain']:.3f}; median |throughput "
+              f"error| over the plans {100 * r['serving_median_abs_throughput_error']:.1f} %.",
+              f"* Command per plan: `{next(iter(r['serving_vs_simulator'].values()))['command']}`."]
+    L += [
           "", "Earlier hand-run batch-1 results (two runs, no gain beyond noise): previous_runs.md.", ""]
     return "\n".join(L)
 

@@ -266,14 +266,3 @@ def test_optuna_adaptive_refusals(capsys, tmp_path):
         code = main(["optimize", *argv, "--adaptive", "--search", "optuna", "--trials", "2", "--storage", db])
         o, e = capsys.readouterr()
         assert code == 2 and len(e.strip().splitlines()) == 1 and field in e, e
-
-
-def test_serving_simulator_refuses_adaptive_plans(capsys, tmp_path):
-    """The serving simulator draws per-level rates (no per-position confidence): an adaptive
-    plan is refused in one line, not silently run as its fixed plan."""
-    plan = tmp_path / "a.json"
-    plan.write_text(Plan(levels=[2, 16], propose=6, draft_confidence=0.3).model_dump_json())
-    code = main(["serve", "--profile", "cpu_hispec_tiny", "--plan", str(plan), "--qps", "2", "--requests", "20",
-                 "--seeds", "1", "--prompt-len", "64", "--output-len", "32"])
-    e = capsys.readouterr().err
-    assert code == 2 and len(e.strip().splitlines()) == 1 and "draft_confidence" in e, e

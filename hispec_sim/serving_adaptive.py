@@ -1,0 +1,313 @@
+"""Adaptive plans (Plan.draft_confidence, Plan.escalate_confidence) in the request-level
+serving simulator: the process of hispec_exec.generate (SequenceDecoder, Batch), costed
+as hispec_sim.serving costs fixed plans.
+
+What the executor does, and so what is simulated:
+* a sequence drafts until it holds `propose` drafts or its last draft was unsure (top-1
+  probability at l_1 < tau_d; that draft is kept and checked), then level 2 checks;
+* after level j+1's check (j+1 < k), level j+2 checks at once when the buffer reached its
+  window or level j+1's own token (correction or bonus) was unsure (< tau_e[j-1]);
+* `ragged`: every sequence runs its own batch-1 schedule (drawn up front, costed by
+  serving._run_scheduled like a fixed plan's);
+* `synchronous`: common rounds; in a draft step only the sequences still drafting are in
+  the forward (a sequence whose draft was unsure, or that holds `propose` drafts, sits the
+  rest of the round's draft steps out: no padding rows); the level-2 check step comes when
+  no sequence drafts any more, and carries every sequence; a level-(j+2) check step of
+  every sequence follows when ANY sequence's level-(j+1) check filled its window or
+  escalated. New sequences join at round boundaries only.
+
+Acceptance, one draw per position (the batch-1 models' assumptions, hispec_sim.adaptive):
+each request's fixed per-level rates (serving.request_rates: the workload's spread, if
+any); every token gets a confidence class when its level's exit produces it (P(unsure |
+kind) from the trace rows' top-1 probabilities), and its pass probability at each later
+check is the fixed rate x the class's agreement factor (adaptive.token_classes). Class
+draws come from a stream of their own (rng.spawn), so tau = 0 draws exactly what the
+fixed plan's simulation draws: the same seeds give the same run.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .adaptive import TokenClasses, token_classes
+from .schema import Acceptance, LatencyTable, Plan, ServeLimits
+from .serving import (
+    CTX_BUCKET,
+    Schedules,
+    ServeRun,
+    StepCost,
+    _run_scheduled,
+    max_overshoot,
+    request_rates,
+    reservation,
+)
+
+
+def pass_table(rates: np.ndarray, cls: TokenClasses, k: int) -> np.ndarray:
+    """(n, tags, k+1): P(level m accepts a token with this tag) per request, m = 2..k."""
+    out = np.zeros((len(rates), cls.tags, k + 1))
+    for m in range(2, k + 1):
+        out[:, :, m] = np.clip(rates[:, m - 2, :][:, cls.kind_at[:, m]] * cls.factor[None, :, m], 0.0, 1.0)
+    return out
+
+
+def _width(plan: Plan) -> int:
+    """Buffer capacity as serving.draw_schedules sizes it (escalation only shortens buffers)."""
+    cap = [plan.propose]
+    for w in plan.windows:
+        cap.append(w - 1 + cap[-1] + 1)
+    return max(cap) + 2
+
+
+class _State:
+    """Per-slot speculative state: buffer lengths and token tags, the unsure flag of the
+    last draft, the check that falls due next (cascade, 0 = none)."""
+
+    def __init__(self, n: int, plan: Plan, width: int):
+        k = plan.depth
+        self.blen = np.zeros((n, k - 1), np.int64)
+        self.btag = np.zeros((n, k - 1, width), np.int64)
+        self.unsure = np.zeros(n, bool)
+        self.cascade = np.zeros(n, np.int64)
+
+    def reset(self, s) -> None:
+        self.blen[s] = 0
+        self.unsure[s] = False
+        self.cascade[s] = 0
+
+
+def _advance(st: _State, idx, o, ptab, cls: TokenClasses, rng, crng, cols, k, windows):
+    """One operation per slot of idx (op o: 0 = draft, j >= 1 = level-(j+1) check of buffer
+    j). Acceptance draws exactly as serving._advance draws them (one uniform per buffer
+    column of every checking slot, in slot order); class draws from crng. ptab: per slot
+    pass_table rows. Returns (tokens committed, slots committing)."""
+    d = idx[o == 0]
+    if len(d):
+        unsure = crng.random(len(d)) < cls.low[0, 0] if cls.low[0, 0] > 0 else np.zeros(len(d), bool)
+        st.btag[d, 0, st.blen[d, 0]] = unsure  # tag of a draft: (1, bonus, class)
+        st.blen[d, 0] += 1
+        st.unsure[d] = unsure
+    chk = o > 0
+    commit = committing = np.zeros(0, np.int64)
+    if chk.any():
+        c = idx[chk]
+        j = o[chk] - 1  # 0-based buffer checked, by level j + 2
+        nb = st.blen[c, j]
+        tags = st.btag[c, j]
+        p = ptab[c[:, None], tags, (j + 2)[:, None]]
+        ok = (rng.random(p.shape) < p) & (cols[None, :] < nb[:, None])
+        a = np.minimum(np.where(ok.all(1), nb, np.argmin(ok, 1)), nb)
+        st.blen[c, j] = 0
+        st.unsure[c] = False
+        st.cascade[c] = 0
+        top = j == k - 2
+        if top.any():
+            committing, commit = c[top], a[top] + 1
+            st.blen[committing] = 0
+        up = ~top
+        if up.any():
+            cu, ju, au, nu = c[up], j[up], a[up], nb[up]
+            start = st.blen[cu, ju + 1]
+            src = np.take_along_axis(st.btag[cu, ju], np.clip(cols[None, :] - start[:, None], 0, len(cols) - 1), 1)
+            moved = (cols[None, :] >= start[:, None]) & (cols[None, :] < (start + au)[:, None])
+            kind = (au < nu).astype(np.int64)  # correction when a token was rejected
+            p_low = cls.low[ju + 1, kind]
+            low = (crng.random(len(cu)) < p_low) if p_low.any() else np.zeros(len(cu), bool)
+            own = (((ju + 1) * 2 + kind) * 2 + low)  # tag (origin level ju + 2, kind, class)
+            cur = st.btag[cu, ju + 1]
+            new = np.where(moved, src, cur)
+            new[np.arange(len(cu)), start + au] = own
+            st.btag[cu, ju + 1] = new
+            st.blen[cu, ju + 1] = start + au + 1
+            w = np.asarray(windows, np.int64)[ju]
+            st.cascade[cu] = np.where((st.blen[cu, ju + 1] >= w) | low, ju + 2, 0)
+    return commit, committing
+
+
+def draw_adaptive_schedules(plan: Plan, rates: np.ndarray, cls: TokenClasses, max_new: np.ndarray,
+                            rng: np.random.Generator) -> Schedules:
+    """Every request's batch-1 schedule under the adaptive plan (vectorised over requests),
+    in serving.draw_schedules' format; with tau = 0 exactly draw_schedules' draws."""
+    n, k, g = len(max_new), plan.depth, plan.propose
+    width = _width(plan)
+    cols = np.arange(width)
+    crng = rng.spawn(1)[0]
+    ptab = pass_table(rates, cls, k)
+    st = _State(n, plan, width)
+    op = np.zeros(n, np.int64)
+    done = np.zeros(n, np.int64)
+    codes, commits, tents, who = [], [], [], []
+    idx = np.arange(n)
+    while len(idx):
+        o = op[idx]
+        nbuf = np.where(o > 0, st.blen[idx, np.maximum(o - 1, 0)], 0)
+        codes.append((o * (width + 1) + nbuf).astype(np.int32))
+        tents.append(st.blen[idx].sum(1).astype(np.int32))
+        who.append(idx)
+        commit, committing = _advance(st, idx, o, ptab, cls, rng, crng, cols, k, plan.windows)
+        c = np.zeros(n, np.int32)
+        c[committing] = commit
+        commits.append(c[idx])
+        done[committing] += commit
+        # the batch-1 schedule (SequenceDecoder.next_op): a due check, else draft while allowed, else level 2
+        drafting = (st.blen[idx, 0] < g) & ~st.unsure[idx]
+        op[idx] = np.where(st.cascade[idx] > 0, st.cascade[idx], np.where(drafting, 0, 1))
+        idx = idx[done[idx] < max_new[idx]]
+    count = np.zeros(n, np.int64)
+    for w_ in who:
+        count[w_] += 1
+    start = np.concatenate([[0], np.cumsum(count)[:-1]])
+    tot = int(count.sum())
+    code, com, ten = np.zeros(tot, np.int32), np.zeros(tot, np.int32), np.zeros(tot, np.int32)
+    for t_, (w_, c_, m_, e_) in enumerate(zip(who, codes, commits, tents)):
+        code[start[w_] + t_] = c_
+        com[start[w_] + t_] = m_
+        ten[start[w_] + t_] = e_
+    return Schedules(code, com, ten, start, count, width)
+
+
+def simulate_adaptive(table: LatencyTable, num_layers: int, acc: Acceptance, plan: Plan, arrival_s: np.ndarray,
+                      prompt: np.ndarray, max_new: np.ndarray, limits: ServeLimits, seed: int = 0) -> ServeRun:
+    """serving.simulate_arrays for an adaptive plan (the caller has validated the inputs).
+    Any plan of depth >= 2 is accepted (tau = 0: the fixed plan's run)."""
+    rng = np.random.default_rng(seed)
+    n = len(arrival_s)
+    k = plan.depth
+    B = limits.max_batch
+    rates = request_rates(acc, plan, n, rng)  # (n, k-1, 3), as the fixed simulation draws them
+    cls = token_classes(acc, plan)
+    need = reservation(plan, prompt, max_new)
+    kv_cap = limits.kv_tokens if limits.kv_tokens is not None else np.inf
+    max_ctx = int((prompt + max_new).max()) + max_overshoot(plan) + CTX_BUCKET
+    cost = StepCost(table, plan, num_layers, B, max_ctx, prompt)
+    if plan.batching == "ragged":
+        return _run_scheduled(cost, plan, draw_adaptive_schedules(plan, rates, cls, max_new, rng), arrival_s, prompt,
+                              max_new, need, kv_cap, B)
+    sch = draw_adaptive_schedules(plan, rates, cls, max_new, rng) if k == 2 else None
+    return _run_synchronous(cost, plan, sch, rates, cls, rng, arrival_s, prompt, max_new, need, kv_cap, B)
+
+
+def _run_synchronous(cost: StepCost, plan: Plan, sch: Schedules | None, rates, cls: TokenClasses, rng, arrival_s, prompt,
+                     max_new, need, kv_cap, B) -> ServeRun:
+    """hispec_exec.generate.Batch's synchronous rounds, step by step (module docstring).
+    Single-level plans (sch given): a sequence's operations do not depend on its batch
+    (drafts, then the check that commits), so they are its batch-1 schedule drawn up front
+    and only their timing is simulated here. Deeper plans: the level-(j+2) check of every
+    sequence comes when any one escalates or fills its window, so each sequence's draws
+    are made here, step by step, over the slots in slot order (as serving's synchronous
+    engine draws a fixed plan's)."""
+    n, k, g, windows = len(arrival_s), plan.depth, plan.propose, list(plan.windows)
+    width = sch.width if sch is not None else _width(plan)
+    W = width + 1
+    cols = np.arange(width)
+    lv_idx = np.arange(k)
+    crng = rng.spawn(1)[0] if sch is None else None
+    req = np.full(B, -1, np.int64)
+    active = np.zeros(B, bool)
+    st = _State(B, plan, width)
+    ptab = np.zeros((B, cls.tags, k + 1))
+    all_ptab = pass_table(rates, cls, k) if sch is None else None
+    done_tok = np.zeros(B, np.int64)
+    ptr = np.zeros(B, np.int64)  # single-level: the slot's next op (flat index into sch)
+    arr_ms = arrival_s * 1e3
+    admit_ms, first_ms, last_ms = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+    ev_req, ev_ms, ev_tok = [], [], []
+    reserved = 0.0
+    nxt = 0
+    t = float(arr_ms[0]) if n else 0.0
+    finished = steps = prefills = 0
+    phase = 0  # 0 = draft steps, j >= 1 = level-(j+1) check of buffer j (every running sequence)
+    fresh_round = True
+    idx = np.zeros(0, np.int64)
+    while finished < n:
+        if fresh_round:  # round boundary: admission (FIFO, head of line), one prefill forward
+            if not len(idx) and nxt < n and arr_ms[nxt] > t:
+                t = float(arr_ms[nxt])
+            new = []
+            free = np.flatnonzero(~active)
+            while nxt < n and arr_ms[nxt] <= t and len(new) < len(free) and reserved + need[nxt] <= kv_cap:
+                s = free[len(new)]
+                new.append(s)
+                req[s] = nxt
+                admit_ms[nxt] = t
+                reserved += need[nxt]
+                nxt += 1
+            if new:
+                new = np.array(new)
+                active[new] = True
+                st.reset(new)
+                done_tok[new] = 0
+                if sch is None:
+                    ptab[new] = all_ptab[req[new]]
+                else:
+                    ptr[new] = sch.start[req[new]]
+                idx = np.flatnonzero(active)
+                pf = cost.prefill(prompt[req[new]])
+                if pf > 0:
+                    t += pf
+                    prefills += 1
+            fresh_round = False
+        if not len(idx):
+            fresh_round = True
+            continue
+        if sch is not None:  # single-level: each slot's next op from its schedule
+            code = sch.code[ptr[idx]]
+            o_all, nbuf_all = code // W, code % W
+            part = idx[o_all == phase] if phase == 0 else idx
+            if phase == 0 and not len(part):
+                phase = 1
+                continue
+            sel = np.isin(idx, part)
+            o, nbuf = o_all[sel], nbuf_all[sel]
+            tent = sch.tentative[ptr[part]]
+        else:
+            part = idx[(st.blen[idx, 0] < g) & ~st.unsure[idx]] if phase == 0 else idx
+            if phase == 0 and not len(part):
+                phase = 1
+                continue
+            o = np.full(len(part), phase, np.int64)
+            nbuf = np.where(o > 0, st.blen[part, np.maximum(o - 1, 0)], 0)
+            tent = st.blen[part].sum(1)
+        # rows per layer range: a draft 1 row through range 1; a level-(j+1) check of an
+        # n-token buffer 1 row through ranges 1..j and n+1 rows through range j+1
+        ar = np.arange(len(part))
+        rows = (lv_idx[None, :] < o[:, None]).astype(np.int64)
+        rows[ar, o] = np.where(o > 0, nbuf + 1, 1)
+        head_rows = np.bincount(o, weights=rows[ar, o], minlength=k)[:k].astype(np.int64)
+        ctx = prompt[req[part]] - 1 + done_tok[part] + tent
+        t += cost.step(rows, ctx, head_rows, int((o > 0).sum()))
+        steps += 1
+        if sch is not None:
+            commit = sch.commit[ptr[part]].astype(np.int64)
+            ptr[part] += 1
+            committing = part[commit > 0]
+            commit = commit[commit > 0]
+        else:
+            commit, committing = _advance(st, part, o, ptab, cls, rng, crng, cols, k, windows)
+        if len(committing):
+            r = req[committing]
+            take = np.minimum(commit, max_new[r] - done_tok[committing])
+            done_tok[committing] += take
+            first_ms[r[np.isnan(first_ms[r])]] = t
+            last_ms[r] = t
+            ev_req.append(r)
+            ev_ms.append(np.full(len(r), t))
+            ev_tok.append(take)
+            gone = committing[done_tok[committing] >= max_new[r]]
+            if len(gone):
+                active[gone] = False
+                reserved -= float(need[req[gone]].sum())
+                finished += len(gone)
+                req[gone] = -1
+                idx = np.flatnonzero(active)
+        # the next step (Batch._advance)
+        if phase > 0:
+            j = phase + 1  # the check just done filled buffer j
+            if len(idx) and j < k and sch is None and (st.cascade[idx] == j).any():
+                phase = j
+            else:
+                phase, fresh_round = 0, True
+    if n and np.isnan(first_ms).any():
+        raise AssertionError("serving: a request never emitted a token")
+    cat = lambda x, dt: np.concatenate(x).astype(dt) if x else np.zeros(0, dt)
+    return ServeRun(arrival_s, prompt, max_new, admit_ms, first_ms, last_ms, cat(ev_req, np.int64), cat(ev_ms, float),
+                    cat(ev_tok, np.int64), steps, prefills)

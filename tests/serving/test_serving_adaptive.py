@@ -1,0 +1,177 @@
+"""Adaptive plans in the serving simulator (hispec_sim.serving_adaptive): tau = 0 is the
+fixed plan's run exactly, at batch 1 without queueing the simulated time per token is the
+batch-1 analytic adaptive model's, under both batching policies; refusals."""
+import numpy as np
+import pytest
+from factories import make_profile
+
+from hispec_exec.confidence import confidence_stats
+from hispec_sim import serving
+from hispec_sim.acceptance import AgreementModel
+from hispec_sim.adaptive import (
+    analytic_four_level,
+    analytic_single_level,
+    analytic_three_level,
+    with_thresholds,
+)
+from hispec_sim.cli import main
+from hispec_sim.latency import CostModel
+from hispec_sim.schema import LatencyTable, Plan, Profile, ServeLimits, load_profile
+from hispec_sim.serving_adaptive import simulate_adaptive
+
+
+def confident_profile(seed=0, layers=8, positions=1200):
+    """Traces where a token's agreement depends on its exit's confidence; costs that
+    depend on tokens but not on context (so a long generation keeps one cost per step)."""
+    rng = np.random.default_rng(seed)
+    top1 = rng.uniform(0.05, 1.0, (positions, layers))
+    truth = rng.integers(0, 50, positions)
+    traces = np.where(rng.uniform(size=(positions, layers)) < 0.3 + 0.7 * top1, truth[:, None],
+                      rng.integers(50, 100, (positions, layers)))
+    traces[:, -1] = truth
+    top1[:, -1] = 1.0
+    prof = make_profile(layers=layers, traces=traces)
+    acc = prof.workload().model_copy(update={"confidence": confidence_stats(traces, top1), "trace_starts": [0, 600]})
+    t = prof.latency[0]
+    flat = LatencyTable.model_validate({**t.model_dump(), "contexts": [0, 1 << 20],
+                                        "layer_ms": [[0.6 + 0.02 * n] * 2 for n in t.tokens]})
+    return Profile.model_validate({**prof.model_dump(), "latency": [flat.model_dump()], "workloads": {"w": acc.model_dump()},
+                                   "default_workload": "w"})
+
+
+@pytest.fixture(scope="module")
+def prof():
+    return confident_profile()
+
+
+def _run(p, plan, arrival, prompt, out, limits, seed=0, adaptive_engine=False):
+    f = simulate_adaptive if adaptive_engine else serving.simulate_arrays
+    return f(p.latency[0], p.model.num_layers, p.workload(), plan, np.asarray(arrival, float), np.asarray(prompt),
+             np.asarray(out), limits, seed)
+
+
+def _traffic(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    return np.cumsum(rng.exponential(0.02, n)), rng.integers(4, 40, n), rng.integers(3, 30, n)
+
+
+FIELDS = ("admit_ms", "first_ms", "last_ms", "event_req", "event_ms", "event_tokens")
+
+
+@pytest.mark.parametrize("plan", [Plan(levels=[2, 8], propose=4), Plan(levels=[2, 5, 8], propose=3, windows=[4]),
+                                  Plan(levels=[1, 3, 5, 8], propose=2, windows=[3, 2])], ids=Plan.describe)
+@pytest.mark.parametrize("batching", ["ragged", "synchronous"])
+def test_tau_zero_is_the_fixed_plan_run(prof, plan, batching):
+    """The adaptive engine with every threshold 0 draws and costs exactly what the fixed
+    simulation does: the same seeds give the same run (ragged: bit for bit; synchronous:
+    the same steps, times equal up to the order of float additions)."""
+    plan = plan.model_copy(update={"batching": batching})
+    zero = with_thresholds(plan, 0.0, [0.0] * (plan.depth - 2) or None)
+    zero = zero.model_copy(update={"draft_confidence": 0.0})
+    assert not zero.adaptive
+    arr, pl, ol = _traffic()
+    lim = ServeLimits(max_batch=6)
+    for seed in (0, 5):
+        fixed = _run(prof, plan, arr, pl, ol, lim, seed)
+        ad = _run(prof, zero, arr, pl, ol, lim, seed, adaptive_engine=True)
+        assert ad.steps == fixed.steps and ad.prefills == fixed.prefills
+        if batching == "ragged":
+            assert all(np.array_equal(getattr(ad, f), getattr(fixed, f)) for f in FIELDS)
+        else:
+            for f in ("admit_ms", "first_ms", "last_ms"):
+                assert np.allclose(getattr(ad, f), getattr(fixed, f), rtol=1e-12, atol=1e-9), f
+            oa, of = np.lexsort((ad.event_ms, ad.event_req)), np.lexsort((fixed.event_ms, fixed.event_req))
+            assert np.array_equal(ad.event_req[oa], fixed.event_req[of])
+            assert np.array_equal(ad.event_tokens[oa], fixed.event_tokens[of])
+            assert np.allclose(ad.event_ms[oa], fixed.event_ms[of], rtol=1e-12, atol=1e-9)
+
+
+def _per_token_ci(run):
+    """ms per generated token over the requests (ratio estimator) and its standard error."""
+    ms = run.last_ms - run.arrival_s * 1e3  # one-token prompts: no prefill
+    tok = run.output_tokens.astype(float)
+    r = ms.sum() / tok.sum()
+    z = ms - r * tok
+    return r, float(np.std(z, ddof=1) / np.sqrt(len(ms)) / tok.mean())
+
+
+SINGLE = Plan(levels=[2, 8], propose=5, draft_confidence=0.5)
+THREE = Plan(levels=[1, 4, 8], propose=4, windows=[6], draft_confidence=0.4, escalate_confidence=[0.5])
+FOUR = Plan(levels=[1, 3, 5, 8], propose=3, windows=[4, 3], draft_confidence=0.4, escalate_confidence=[0.5, 0.6])
+
+
+@pytest.mark.parametrize("plan,batching,n,out", [
+    (SINGLE, "ragged", 16, 1500), (THREE, "ragged", 16, 1500), (FOUR, "ragged", 16, 1500),
+    (SINGLE, "synchronous", 8, 1000), (THREE, "synchronous", 8, 1000),
+], ids=["single-ragged", "three-ragged", "four-ragged", "single-synchronous", "three-synchronous"])
+def test_alone_matches_the_batch_one_analytic_adaptive_model(prof, plan, batching, n, out):
+    """One request at a time (arrivals far apart), batch 1: the simulated time per token
+    is the analytic adaptive model's (exact: 2, 3 and 4 levels) within Monte-Carlo error (4
+    standard errors over the requests), and the thresholds move it by more than that (the
+    check can fail)."""
+    plan = plan.model_copy(update={"batching": batching})
+    run = _run(prof, plan, np.arange(n) * 1e5, np.ones(n, int), np.full(n, out), ServeLimits(max_batch=1), seed=2)
+    assert (run.admit_ms == run.arrival_s * 1e3).all()  # no queueing
+    sim, se = _per_token_ci(run)
+    acc = prof.workload()
+    cost = CostModel(prof.latency[0], 1, acc.context, 64)
+    model = {2: analytic_single_level, 3: analytic_three_level, 4: analytic_four_level}[plan.depth]
+    a = model(cost, AgreementModel(acc), plan)
+    ana = a.cycle_ms / a.tokens_per_full_forward
+    f = model(cost, AgreementModel(acc), with_thresholds(plan, None, None))
+    fixed = f.cycle_ms / f.tokens_per_full_forward
+    assert abs(ana - fixed) > 6 * se  # the thresholds matter here
+    assert abs(sim - ana) <= 4 * se + 1e-3 * ana, (sim, ana, se, fixed)
+
+
+def test_unsure_drafts_end_the_round(prof):
+    """tau_d = 1 (every draft is unsure): every round is one draft and its check, whatever
+    propose; a fixed plan checks `propose` drafts (ragged: the batch-1 schedules; synchronous:
+    two steps per round)."""
+    from hispec_sim.adaptive import token_classes
+    from hispec_sim.serving_adaptive import draw_adaptive_schedules
+
+    acc = prof.workload()
+    out = np.full(30, 40)
+    for tau, drafts in ((1.0, 1), (None, 6)):
+        plan = Plan(levels=[3, 8], propose=6, draft_confidence=tau)
+        rng = np.random.default_rng(0)
+        sch = draw_adaptive_schedules(plan, serving.request_rates(acc, plan, 30, rng), token_classes(acc, plan), out, rng)
+        op, nbuf = sch.code // (sch.width + 1), sch.code % (sch.width + 1)
+        assert (nbuf[op == 1] == drafts).all() and (op == 0).sum() == drafts * (op == 1).sum()
+    arr, pl, ol = _traffic(30, 1)
+    run = _run(prof, Plan(levels=[3, 8], propose=6, draft_confidence=1.0, batching="synchronous"), arr, pl, ol,
+               ServeLimits(max_batch=4), 3)
+    assert run.steps == 2 * len(np.unique(run.event_ms))  # one draft step and one check step per round
+
+
+def test_serve_cli_runs_adaptive_plans(capsys, tmp_path):
+    import json
+
+    plan = tmp_path / "a.json"
+    plan.write_text(Plan(levels=[2, 16], propose=6, draft_confidence=0.3).model_dump_json())
+    for b in ("ragged", "synchronous"):
+        code = main(["serve", "--profile", "cpu_hispec_tiny", "--plan", str(plan), "--qps", "4", "--requests", "20",
+                     "--seeds", "2", "--prompt-len", "64", "--output-len", "32", "--batching", b, "--json"])
+        o, e = capsys.readouterr()
+        assert code == 0, e
+        res = json.loads(o)
+        assert res["plan"]["draft_confidence"] == 0.3 and res["batching"] == b
+        assert res["mean_over_seeds"]["throughput_tokens_per_s"]["mean"] > 0
+
+
+def test_serve_cli_refuses_adaptive_plans_without_confidence(capsys, tmp_path):
+    prof = load_profile("h100_llama2_7b")
+    plan = tmp_path / "a.json"
+    plan.write_text(Plan(levels=[prof.workload().exits[0], prof.model.num_layers], propose=4,
+                         draft_confidence=0.3).model_dump_json())
+    code = main(["serve", "--profile", "h100_llama2_7b", "--plan", str(plan), "--qps", "2", "--requests", "20",
+                 "--seeds", "1"])
+    e = capsys.readouterr().err
+    assert code == 2 and len(e.strip().splitlines()) == 1 and "draft_confidence" in e and "confidence statistics" in e, e
+
+
+def test_simulator_refuses_without_confidence_in_one_line():
+    p = make_profile(layers=8, constant=0.7)
+    with pytest.raises(ValueError, match="^draft_confidence: .*confidence statistics"):
+        _run(p, Plan(levels=[2, 8], propose=3, draft_confidence=0.5), [0.0], [5], [5], ServeLimits(max_batch=2))
