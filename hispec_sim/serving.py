@@ -605,7 +605,7 @@ def draw_schedules(plan: Plan, rates: np.ndarray, max_new: np.ndarray, rng: np.r
         codes.append((o * (width + 1) + nbuf).astype(np.int32))
         tents.append(blen[idx].sum(1).astype(np.int32))
         who.append(idx)
-        commit, committing = _advance(idx, o, nbuf, blen, btype, rates, rng, cols, k, g, windows, op, False)
+        commit, committing = _advance(idx, o, nbuf, blen, btype, rates, rng, cols, k, g, windows, op)
         c = np.zeros(n, np.int32)
         c[committing] = commit
         commits.append(c[idx])
@@ -761,7 +761,7 @@ def _run_scheduled(cost: StepCost, plan: Plan, sch: Schedules, arrival_s, prompt
                     ev_tok[:n_ev], steps, prefills)
 
 
-def _advance(idx, o, nbuf, blen, btype, slot_rates, rng, cols, k, g, windows, op, sync):
+def _advance(idx, o, nbuf, blen, btype, slot_rates, rng, cols, k, g, windows, op):
     """Apply one operation per running slot: drafts append a token to buffer 1; a check of
     buffer j by level j+1 keeps the accepted prefix plus one token of its own and passes
     it up (or commits it, at the top). Returns (tokens committed, slots committing)."""
@@ -798,14 +798,14 @@ def _advance(idx, o, nbuf, blen, btype, slot_rates, rng, cols, k, g, windows, op
             cur = btype[cu, ju + 1]
             btype[cu, ju + 1] = np.where(new, fill, cur)
             blen[cu, ju + 1] = start + au + 1
-    if not sync:  # ragged: each slot's next operation from its own buffers (the batch-1 schedule)
-        nxt = np.zeros(len(idx), np.int64)
-        full1 = blen[idx, 0] >= g
-        nxt[full1] = 1
-        for jj in range(1, k - 1):  # cascade: a full buffer j -> level-(j+1) check
-            due = (blen[idx, jj] >= windows[jj - 1]) & ~full1
-            nxt = np.where(due & (nxt == 0), jj + 1, nxt)
-        op[idx] = nxt
+    # each slot's next operation from its own buffers (the batch-1 schedule)
+    nxt = np.zeros(len(idx), np.int64)
+    full1 = blen[idx, 0] >= g
+    nxt[full1] = 1
+    for jj in range(1, k - 1):  # cascade: a full buffer j -> level-(j+1) check
+        due = (blen[idx, jj] >= windows[jj - 1]) & ~full1
+        nxt = np.where(due & (nxt == 0), jj + 1, nxt)
+    op[idx] = nxt
     return commit, committing
 
 
