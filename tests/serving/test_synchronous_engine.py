@@ -8,15 +8,16 @@ import numpy as np
 import pytest
 
 from hispec_sim import schema, serving, traffic
-from hispec_sim.serving import ACC, BON, COR, CTX_BUCKET, ServeRun
+from hispec_sim.serving import BON, CTX_BUCKET, ServeRun, _advance
 
 
 def reference_synchronous(cost, plan, rates, arrival_s, prompt, max_new, need, kv_cap, B, rng):
     """hispec_sim/serving.py's synchronous loop as it stood before the compact engine
-    (git c5366eb, simulate_arrays after `if not sync or k == 2:`), verbatim."""
+    (git c5366eb, simulate_arrays after `if not sync or k == 2:`), verbatim; its buffer
+    updates are serving._advance's (shared with the ragged engine; the next operation it
+    sets per slot is the ragged schedule's, which this loop does not read)."""
     n = len(arrival_s)
     k, g, windows = plan.depth, plan.propose, list(plan.windows)
-    sync = True
     # buffer capacity of each level (as the Monte-Carlo token engine): level 1 holds g, level j+1 < w + block
     cap = [g]
     for w in windows:
@@ -103,7 +104,7 @@ def reference_synchronous(cost, plan, rates, arrival_s, prompt, max_new, need, k
             head_exit_rows[:] = np.bincount(o, weights=rows[ar_rows, o], minlength=k)[:k]
             # cached positions: committed + tentative ones (the buffers); the newest token is the input
             t += cost.step(rows, ctx[idx] + blen[idx].sum(1), head_exit_rows, int((o > 0).sum()))
-            commit, committing = _advance(idx, o, nbuf, blen, btype, slot_rates, rng, cols, k, g, windows, op, sync)
+            commit, committing = _advance(idx, o, nbuf, blen, btype, slot_rates, rng, cols, k, g, windows, op)
         if len(committing):
             r = req[committing]
             take = np.minimum(commit, max_new[r] - done_tok[committing])
@@ -132,54 +133,6 @@ def reference_synchronous(cost, plan, rates, arrival_s, prompt, max_new, need, k
     return ServeRun(arrival_s, prompt, max_new, admit_ms, first_ms, last_ms, ev_req[:n_ev], ev_ms[:n_ev],
                     ev_tok[:n_ev], steps, prefills)
 
-
-
-def _advance(idx, o, nbuf, blen, btype, slot_rates, rng, cols, k, g, windows, op, sync):
-    """Apply one operation per running slot: drafts append a token to buffer 1; a check of
-    buffer j by level j+1 keeps the accepted prefix plus one token of its own and passes
-    it up (or commits it, at the top). Returns (tokens committed, slots committing)."""
-    is_draft = o == 0
-    d = idx[is_draft]
-    if len(d):
-        btype[d, 0, blen[d, 0]] = BON  # a draft: no lower level has seen it
-        blen[d, 0] += 1
-    chk = ~is_draft
-    commit = np.zeros(0, np.int64)
-    committing = np.zeros(0, np.int64)
-    if chk.any():
-        c = idx[chk]
-        j = o[chk] - 1  # 0-based buffer index checked
-        nb = nbuf[chk]
-        types = btype[c, j]  # (m, width)
-        p = np.take_along_axis(slot_rates[c, j], types.astype(np.int64), 1)  # per-token pass probability
-        ok = (rng.random(p.shape) < p) & (cols[None, :] < nb[:, None])
-        a = np.where(ok.all(1), nb, np.argmin(ok, 1))
-        a = np.minimum(a, nb)
-        blen[c, j] = 0
-        top = j == k - 2
-        if top.any():
-            committing = c[top]
-            commit = a[top] + 1
-            blen[committing] = 0
-        up = ~top
-        if up.any():
-            cu, ju, au, nu = c[up], j[up], a[up], nb[up]
-            start = blen[cu, ju + 1]
-            span = cols[None, :]
-            fill = np.where(span < (start + au)[:, None], ACC, np.where(au == nu, BON, COR)[:, None]).astype(np.int8)
-            new = (span >= start[:, None]) & (span <= (start + au)[:, None])
-            cur = btype[cu, ju + 1]
-            btype[cu, ju + 1] = np.where(new, fill, cur)
-            blen[cu, ju + 1] = start + au + 1
-    if not sync:  # ragged: each slot's next operation from its own buffers (the batch-1 schedule)
-        nxt = np.zeros(len(idx), np.int64)
-        full1 = blen[idx, 0] >= g
-        nxt[full1] = 1
-        for jj in range(1, k - 1):  # cascade: a full buffer j -> level-(j+1) check
-            due = (blen[idx, jj] >= windows[jj - 1]) & ~full1
-            nxt = np.where(due & (nxt == 0), jj + 1, nxt)
-        op[idx] = nxt
-    return commit, committing
 
 
 def _next_sync_phase(phase, g, k, windows, blen, active) -> int:
