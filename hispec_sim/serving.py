@@ -611,14 +611,18 @@ def draw_schedules(plan: Plan, rates: np.ndarray, max_new: np.ndarray, rng: np.r
         commits.append(c[idx])
         done[committing] += commit
         idx = idx[done[idx] < max_new[idx]]
+    return pack_schedules(n, who, codes, commits, tents, width)
+
+
+def pack_schedules(n: int, who: list, codes: list, commits: list, tents: list, width: int) -> Schedules:
+    """Schedules from per-step arrays: at step t, requests who[t] ran codes[t], committed
+    commits[t], held tents[t] tentative tokens; each request's ops laid out contiguously."""
     count = np.zeros(n, np.int64)
     for w_ in who:
         count[w_] += 1
     start = np.concatenate([[0], np.cumsum(count)[:-1]])
     tot = int(count.sum())
-    code = np.zeros(tot, np.int32)
-    com = np.zeros(tot, np.int32)
-    ten = np.zeros(tot, np.int32)
+    code, com, ten = np.zeros(tot, np.int32), np.zeros(tot, np.int32), np.zeros(tot, np.int32)
     for t_, (w_, c_, m_, e_) in enumerate(zip(who, codes, commits, tents)):  # request w_'s op number t_
         code[start[w_] + t_] = c_
         com[start[w_] + t_] = m_

@@ -37,6 +37,7 @@ from .serving import (
     StepCost,
     _run_scheduled,
     max_overshoot,
+    pack_schedules,
     request_rates,
     reservation,
 )
@@ -152,17 +153,7 @@ def draw_adaptive_schedules(plan: Plan, rates: np.ndarray, cls: TokenClasses, ma
         drafting = (st.blen[idx, 0] < g) & ~st.unsure[idx]
         op[idx] = np.where(st.cascade[idx] > 0, st.cascade[idx], np.where(drafting, 0, 1))
         idx = idx[done[idx] < max_new[idx]]
-    count = np.zeros(n, np.int64)
-    for w_ in who:
-        count[w_] += 1
-    start = np.concatenate([[0], np.cumsum(count)[:-1]])
-    tot = int(count.sum())
-    code, com, ten = np.zeros(tot, np.int32), np.zeros(tot, np.int32), np.zeros(tot, np.int32)
-    for t_, (w_, c_, m_, e_) in enumerate(zip(who, codes, commits, tents)):
-        code[start[w_] + t_] = c_
-        com[start[w_] + t_] = m_
-        ten[start[w_] + t_] = e_
-    return Schedules(code, com, ten, start, count, width)
+    return pack_schedules(n, who, codes, commits, tents, width)
 
 
 def simulate_adaptive(table: LatencyTable, num_layers: int, acc: Acceptance, plan: Plan, arrival_s: np.ndarray,
