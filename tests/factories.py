@@ -6,7 +6,14 @@ from pathlib import Path
 
 import numpy as np
 
-from hispec_sim.schema import Acceptance, Hardware, LatencyTable, ModelShape, Profile, Source
+from hispec_sim.schema import (
+    Acceptance,
+    Hardware,
+    LatencyTable,
+    ModelShape,
+    Profile,
+    Source,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_SOURCE = Source(kind="assumed", detail="test fixture")
@@ -56,3 +63,23 @@ def resolve_depth_traces(layers: int, positions: int, seed: int) -> np.ndarray:
     settle = rng.integers(1, layers + 1, positions)
     guess = rng.integers(0, 3, (positions, layers))
     return np.where(np.arange(1, layers + 1)[None, :] >= settle[:, None], 7, guess)
+
+
+def confident_profile(seed=0, layers=8, positions=600):
+    """Random traces where a token's agreement depends on its exit's confidence (two
+    requests of positions / 2 rows each), with their confidence statistics."""
+    from hispec_exec.confidence import (
+        confidence_stats,  # imports torch: only for the tests that need it
+    )
+
+    rng = np.random.default_rng(seed)
+    top1 = rng.uniform(0.05, 1.0, (positions, layers))
+    truth = rng.integers(0, 50, positions)
+    traces = np.where(rng.uniform(size=(positions, layers)) < 0.3 + 0.7 * top1, truth[:, None],
+                      rng.integers(50, 100, (positions, layers)))
+    traces[:, -1] = truth
+    top1[:, -1] = 1.0
+    prof = make_profile(layers=layers, traces=traces)
+    acc = prof.workload().model_copy(update={"confidence": confidence_stats(traces, top1),
+                                             "trace_starts": [0, positions // 2]})
+    return Profile.model_validate({**prof.model_dump(), "workloads": {"w": acc.model_dump()}, "default_workload": "w"})

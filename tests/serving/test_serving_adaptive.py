@@ -3,9 +3,8 @@ fixed plan's run exactly, at batch 1 without queueing the simulated time per tok
 batch-1 analytic adaptive model's, under both batching policies; refusals."""
 import numpy as np
 import pytest
-from factories import make_profile
+from factories import confident_profile, make_profile
 
-from hispec_exec.confidence import confidence_stats
 from hispec_sim import serving
 from hispec_sim.acceptance import AgreementModel
 from hispec_sim.adaptive import (
@@ -20,28 +19,19 @@ from hispec_sim.schema import LatencyTable, Plan, Profile, ServeLimits, load_pro
 from hispec_sim.serving_adaptive import simulate_adaptive
 
 
-def confident_profile(seed=0, layers=8, positions=1200):
-    """Traces where a token's agreement depends on its exit's confidence; costs that
-    depend on tokens but not on context (so a long generation keeps one cost per step)."""
-    rng = np.random.default_rng(seed)
-    top1 = rng.uniform(0.05, 1.0, (positions, layers))
-    truth = rng.integers(0, 50, positions)
-    traces = np.where(rng.uniform(size=(positions, layers)) < 0.3 + 0.7 * top1, truth[:, None],
-                      rng.integers(50, 100, (positions, layers)))
-    traces[:, -1] = truth
-    top1[:, -1] = 1.0
-    prof = make_profile(layers=layers, traces=traces)
-    acc = prof.workload().model_copy(update={"confidence": confidence_stats(traces, top1), "trace_starts": [0, 600]})
+def flat_cost_profile(seed=0, layers=8, positions=1200):
+    """factories.confident_profile with costs that depend on tokens but not on context (so a
+    long generation keeps one cost per step)."""
+    prof = confident_profile(seed, layers, positions)
     t = prof.latency[0]
     flat = LatencyTable.model_validate({**t.model_dump(), "contexts": [0, 1 << 20],
                                         "layer_ms": [[0.6 + 0.02 * n] * 2 for n in t.tokens]})
-    return Profile.model_validate({**prof.model_dump(), "latency": [flat.model_dump()], "workloads": {"w": acc.model_dump()},
-                                   "default_workload": "w"})
+    return Profile.model_validate({**prof.model_dump(), "latency": [flat.model_dump()]})
 
 
 @pytest.fixture(scope="module")
 def prof():
-    return confident_profile()
+    return flat_cost_profile()
 
 
 def _run(p, plan, arrival, prompt, out, limits, seed=0, adaptive_engine=False):

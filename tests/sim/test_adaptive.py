@@ -4,29 +4,20 @@ import json
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from factories import confident_profile
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from factories import make_profile
-from hispec_exec.confidence import confidence_stats
-from hispec_sim.adaptive import analytic_single_level, analytic_three_level, replay, with_thresholds
+from hispec_sim.adaptive import (
+    analytic_single_level,
+    analytic_three_level,
+    replay,
+    with_thresholds,
+)
 from hispec_sim.analytic import predict
 from hispec_sim.cli import main
 from hispec_sim.evaluate import Setting
-from hispec_sim.schema import Plan, Profile, load_profile, save_profile
-
-
-def confident_profile(seed=0, layers=8, positions=600):
-    """Random traces where a token's agreement depends on its exit's confidence."""
-    rng = np.random.default_rng(seed)
-    top1 = rng.uniform(0.05, 1.0, (positions, layers))
-    truth = rng.integers(0, 50, positions)
-    traces = np.where(rng.uniform(size=(positions, layers)) < 0.3 + 0.7 * top1, truth[:, None],
-                      rng.integers(50, 100, (positions, layers)))
-    traces[:, -1] = truth
-    top1[:, -1] = 1.0
-    prof = make_profile(layers=layers, traces=traces)
-    acc = prof.workload().model_copy(update={"confidence": confidence_stats(traces, top1), "trace_starts": [0, 300]})
-    return Profile.model_validate({**prof.model_dump(), "workloads": {"w": acc.model_dump()}, "default_workload": "w"})
+from hispec_sim.schema import Plan, load_profile, save_profile
 
 
 @pytest.fixture(scope="module")
@@ -228,6 +219,7 @@ def test_cli_adaptive_compares_at_mean_rates(tiny_setting):
 
 def test_optuna_adaptive_space_round_trips():
     import optuna
+
     from hispec_sim.search import Space
 
     sp = Space(exits=(1, 2, 4), num_layers=8, min_depth=3, max_depth=3, adaptive=True)
@@ -241,7 +233,11 @@ def test_optuna_adaptive_space_round_trips():
 
 @pytest.mark.slow  # ~25 s: 30 trials and the exhaustive adaptive grid
 def test_optuna_adaptive_reaches_the_exhaustive_adaptive_optimum():
-    from hispec_sim.adaptive import adaptive_tokens_per_second, exhaustive_adaptive, mean_rates
+    from hispec_sim.adaptive import (
+        adaptive_tokens_per_second,
+        exhaustive_adaptive,
+        mean_rates,
+    )
     from hispec_sim.search import optuna_search
 
     s = Setting(confident_profile(), None, None, None, 1, None)

@@ -3,9 +3,9 @@ analytic.predict's fixed plan exactly, tau_e = 1 is windows of 1, it lies in the
 trace-replay interval (the serving simulator's agreement with it at batch 1:
 tests/serving/test_serving_adaptive.py)."""
 import pytest
+from factories import confident_profile
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_adaptive import confident_profile
 
 from hispec_sim.adaptive import (
     adaptive_tokens_per_second,
