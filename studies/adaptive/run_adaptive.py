@@ -267,7 +267,8 @@ def results_md(r: dict) -> str:
          f"loadavg before {' '.join(r['loadavg']['before'])}, after batch 1 {' '.join(r['loadavg']['after_batch1'])}, "
          f"after {' '.join(r['loadavg']['after'])}).", "",
          f"Plans chosen on set A ({r['set_a']}) by `hispec-sim optimize --adaptive`'s functions; {r['rates']}.",
-         f"Measured on set B: {r['set_b']}.", "", "## Batch 1", "",
+         f"Measured on set B: {r['set_b']}.", "", "Every error below is measured / predicted - 1 (negative: the "
+         "prediction was too high).", "", "## Batch 1", "",
          "| role | plan | predicted tok/s | measured tok/s | predicted speedup | measured speedup | speedup error | model |",
          "|---|---|---:|---:|---:|---:|---:|---|"]
     for x in r["batch1"]:
