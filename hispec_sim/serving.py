@@ -55,6 +55,15 @@ def max_overshoot(plan: Plan) -> int:
     return 1 if plan.depth == 1 else plan.propose + sum(plan.windows) + plan.depth + 1
 
 
+def buffer_width(plan: Plan) -> int:
+    """Columns a slot's buffers need (as the Monte-Carlo token engine): level 1 holds
+    `propose`, level j+1 fewer than its window plus the block a check passes up; + 2."""
+    cap = [plan.propose]
+    for w in plan.windows:
+        cap.append(w - 1 + cap[-1] + 1)
+    return max(cap) + 2
+
+
 def reservation(plan: Plan, prompt_len, max_new) -> np.ndarray:
     """KV tokens a request reserves while it runs."""
     return np.asarray(prompt_len) + np.asarray(max_new) + max_overshoot(plan)
@@ -137,16 +146,19 @@ class StepCost:
             self.att = np.where(r > 0, sequence_attention_ms(table, np.maximum(r, 1), ctx[None, :]), 0.0)
         self.floor = table.attention.floor_ms if table.attention is not None else 0.0
         self.calibrated = table.serving is not None
-        self.scale = table.serving.forward_scale if self.calibrated else 1.0  # the grid as the serve loop runs it
+        # the calibration's forward scale (the grid as the serve loop runs it) on every layer
+        # cost, here, so that every engine costing from these tables carries it
+        self.scale = table.serving.forward_scale if self.calibrated else 1.0
+        self.linear, self.att, self.floor = self.linear * self.scale, self.att * self.scale, self.floor * self.scale
         self.per_layer = 0.0 if self.calibrated else table.layer_overhead_ms  # inside the measured grid
         self.fixed = table.overhead_ms
         self.verify = table.verify_overhead_ms
         # prefill: one sequence's attention per prompt length, linear part per total rows (lookups)
         top = int(np.sort(np.maximum(prompts - 1, 0))[-max_batch:].sum()) if prompts is not None and len(prompts) else 1
         plen = np.arange(int(prompts.max()) if prompts is not None and len(prompts) else 1)
-        self.prefill_att = np.where(plen > 0, prefill_attention_ms(table, np.maximum(plen, 1), 0), 0.0)
+        self.prefill_att = self.scale * np.where(plen > 0, prefill_attention_ms(table, np.maximum(plen, 1), 0), 0.0)
         tot = np.arange(min(top, 2**21) + 1)
-        self.prefill_linear = linear_layer_ms(table, np.maximum(tot, 1))
+        self.prefill_linear = linear_layer_ms(table, np.maximum(tot, 1))  # read without a calibration only
 
     def overhead(self, nseq, nchecks) -> np.ndarray:
         """Host time of steps beyond forward and head (latency.serving_step_overhead_ms)."""
@@ -170,7 +182,7 @@ class StepCost:
                 att = np.where(tot > 0, np.maximum(att, self.floor), 0.0)
         per = self.linear[nseq_r, tot] + att + np.where(tot > 0, self.per_layer, 0.0)
         # ONE exit-head call over every sequence's head rows (heads at different exits share norm + LM head)
-        return float(self.overhead(len(rows), checks) + self.scale * (self.span * per).sum() + self.head[head_rows.sum()])
+        return float(self.overhead(len(rows), checks) + (self.span * per).sum() + self.head[head_rows.sum()])
 
     def drafts(self, ctx: np.ndarray, g: int, m: int) -> float:
         """g consecutive draft steps of m sequences (cached tokens ctx, growing by one per
@@ -184,7 +196,7 @@ class StepCost:
             if self.floor:
                 att = np.maximum(att, self.floor)
         per = self.linear[m, m] + att + self.per_layer
-        return float(g * (self.overhead(m, 0) + self.head[m]) + self.scale * self.span[0] * per.sum())
+        return float(g * (self.overhead(m, 0) + self.head[m]) + self.span[0] * per.sum())
 
     def prefill(self, prompt_tokens: np.ndarray) -> float:
         """ONE forward prefilling several prompts: their P - 1 tokens concatenated through
@@ -195,11 +207,11 @@ class StepCost:
             return 0.0
         L = self.span.sum()
         if self.calibrated:  # the batched grid, its rows beyond the grid by the table's linear part
-            lin = float(serving_layer_ms(self.table, int((n > 0).sum()), total))
+            lin = self.scale * float(serving_layer_ms(self.table, int((n > 0).sum()), total))
         else:
             lin = self.prefill_linear[total] if total < len(self.prefill_linear) else float(linear_layer_ms(self.table, total))
         per = lin + self.prefill_att[n].sum()
-        return float(self.scale * L * (per + self.per_layer) + self.fixed)
+        return float(L * (per + self.per_layer) + self.fixed)
 
 
 # --------------------------------------------------------------------------- the engine
@@ -304,10 +316,7 @@ def _run_synchronous(cost: StepCost, plan: Plan, rates: np.ndarray, arrival_s, p
     the lowest free slots), and every cost is the StepCost.step / StepCost.drafts figure:
     tests/serving/test_synchronous_engine.py pins the two engines equal, value for value."""
     n, k, g, windows = len(arrival_s), plan.depth, plan.propose, list(plan.windows)
-    cap = [g]  # buffer capacity of each level (as the Monte-Carlo token engine): level 1 holds g, level j+1 < w + block
-    for w in windows:
-        cap.append(w - 1 + cap[-1] + 1)
-    width = max(cap) + 2
+    width = buffer_width(plan)
     cols = np.arange(width)[None, :]
     arr_ms = arrival_s * 1e3
     admit_ms = np.full(n, np.nan)
@@ -540,7 +549,7 @@ class _DeferredClock:
             else:
                 att = np.array(self.dr_att)
             per = c.linear[m, m][:, None] + att + c.per_layer
-            costs[np.array(self.dr_at) - self.base] = g * (c.overhead(m, 0) + c.head[m]) + c.scale * c.span[0] * per.sum(1)
+            costs[np.array(self.dr_at) - self.base] = g * (c.overhead(m, 0) + c.head[m]) + c.span[0] * per.sum(1)
         if self.ck_at:  # StepCost.step, many steps at once: one row per sequence below range o+1, nb + 1 in it
             m, o, s, nb = (np.array(x) for x in (self.ck_m, self.ck_o, self.ck_s, self.ck_nb))
             lv = np.arange(k)[None, :]
@@ -554,7 +563,7 @@ class _DeferredClock:
             else:
                 att = np.array(self.ck_att)
             per = c.linear[nseq, tot] + att + np.where(tot > 0, c.per_layer, 0.0)
-            costs[np.array(self.ck_at) - self.base] = c.overhead(m, m) + c.scale * (c.span[None, :] * per).sum(1) + c.head[nb + m]
+            costs[np.array(self.ck_at) - self.base] = c.overhead(m, m) + (c.span[None, :] * per).sum(1) + c.head[nb + m]
         times = np.cumsum(np.concatenate([[self.t], costs]))  # sequential, as the clock adding each step
         self.t = float(times[-1])
         first = self.base
@@ -588,10 +597,7 @@ def draw_schedules(plan: Plan, rates: np.ndarray, max_new: np.ndarray, rng: np.r
         start = np.concatenate([[0], np.cumsum(count)[:-1]])
         tot = int(count.sum())
         return Schedules(np.zeros(tot, np.int32), np.ones(tot, np.int32), np.zeros(tot, np.int32), start, count, 0)
-    cap = [g]
-    for w in windows:
-        cap.append(w - 1 + cap[-1] + 1)
-    width = max(cap) + 2
+    width = buffer_width(plan)
     cols = np.arange(width)
     blen = np.zeros((n, k - 1), np.int64)
     btype = np.full((n, k - 1, width), BON, np.int8)
@@ -729,7 +735,7 @@ def _run_scheduled(cost: StepCost, plan: Plan, sch: Schedules, arrival_s, prompt
         nseq_r = (rows > 0).sum(0)  # (s, k)
         per = cost.linear[nseq_r, tot] + att + np.where(tot > 0, cost.per_layer, 0.0)
         heads = cost.head[op_head[pos].sum(0)]  # (s,): one head call over all head rows of the step
-        step_ms = cost.overhead(m, op_check[pos].sum(0)) + cost.scale * (per * span[None, :]).sum(1) + heads
+        step_ms = cost.overhead(m, op_check[pos].sum(0)) + (per * span[None, :]).sum(1) + heads
         ends = t + np.cumsum(step_ms)
         # cut at the step during which the next admissible request arrives (admitted when it ends)
         if nxt < n and m < B and reserved + need[nxt] <= kv_cap:

@@ -36,6 +36,7 @@ from .serving import (
     ServeRun,
     StepCost,
     _run_scheduled,
+    buffer_width,
     max_overshoot,
     pack_schedules,
     request_rates,
@@ -49,14 +50,6 @@ def pass_table(rates: np.ndarray, cls: TokenClasses, k: int) -> np.ndarray:
     for m in range(2, k + 1):
         out[:, :, m] = np.clip(rates[:, m - 2, :][:, cls.kind_at[:, m]] * cls.factor[None, :, m], 0.0, 1.0)
     return out
-
-
-def _width(plan: Plan) -> int:
-    """Buffer capacity as serving.draw_schedules sizes it (escalation only shortens buffers)."""
-    cap = [plan.propose]
-    for w in plan.windows:
-        cap.append(w - 1 + cap[-1] + 1)
-    return max(cap) + 2
 
 
 class _State:
@@ -129,7 +122,7 @@ def draw_adaptive_schedules(plan: Plan, rates: np.ndarray, cls: TokenClasses, ma
     """Every request's batch-1 schedule under the adaptive plan (vectorised over requests),
     in serving.draw_schedules' format; with tau = 0 exactly draw_schedules' draws."""
     n, k, g = len(max_new), plan.depth, plan.propose
-    width = _width(plan)
+    width = buffer_width(plan)
     cols = np.arange(width)
     crng = rng.spawn(1)[0]
     ptab = pass_table(rates, cls, k)
@@ -187,7 +180,7 @@ def _run_synchronous(cost: StepCost, plan: Plan, sch: Schedules | None, rates, c
     are made here, step by step, over the slots in slot order (as serving's synchronous
     engine draws a fixed plan's)."""
     n, k, g, windows = len(arrival_s), plan.depth, plan.propose, list(plan.windows)
-    width = sch.width if sch is not None else _width(plan)
+    width = sch.width if sch is not None else buffer_width(plan)
     W = width + 1
     cols = np.arange(width)
     lv_idx = np.arange(k)
