@@ -202,7 +202,7 @@ def execute(family: str, trace: Path, args) -> dict:
 
 def scenario(profile: str, bare: str, family: str, qps: float, trace: Path, exes: list[dict], args) -> dict:
     """Simulate the trace (with and without the calibration) against the executor runs:
-    measured = their mean; `spread` = |run 1 - run 2| / mean, what identical runs differ by."""
+    measured = their mean; `spread` = (max - min) / mean, what identical runs differ by."""
     sims = {}
     for tag, prof in (("simulated", profile), ("uncalibrated", bare)):
         sims[tag] = _run([sys.executable, "-m", "hispec_sim.cli", "serve", "--profile", prof, *PLANS[family],
@@ -224,7 +224,7 @@ def scenario(profile: str, bare: str, family: str, qps: float, trace: Path, exes
         runs = [_get(e["summary"], key, sub) for e in exes]
         measured = float(np.mean(runs))
         cell = {"measured": measured, "runs": runs,
-                "spread": abs(runs[0] - runs[1]) / measured if len(runs) > 1 and measured else None}
+                "spread": (max(runs) - min(runs)) / measured if len(runs) > 1 and measured else None}
         for tag, sim in sims.items():
             agg = sim["mean_over_seeds"]
             pred = _get(agg, key, sub)
