@@ -505,7 +505,48 @@ class TokenClasses:
         return len(self.factor)
 
 
-def token_classes(acc: Acceptance, plan: Plan) -> TokenClasses:
+def request_rows(acc: Acceptance) -> list[slice] | None:
+    """The trace rows of each measured request (acc.trace_starts), in the order of the
+    workload's empirical spread, when the two describe the same requests: one per_request
+    matrix per block of rows, each equal to its block's agreement (as `profile measure`
+    writes them, 6 decimals). Otherwise None: confidence is then pooled over all rows."""
+    sp = acc.spread
+    if not acc.traces or acc.trace_starts is None or sp is None or sp.family != "empirical":
+        return None
+    if len(sp.per_request) != len(acc.trace_starts):
+        return None
+    ends = list(acc.trace_starts[1:]) + [len(acc.traces)]
+    rows = [slice(a, b) for a, b in zip(acc.trace_starts, ends)]
+    t = np.asarray(acc.traces)
+    for r, m in zip(rows, sp.per_request):
+        blk = t[r]
+        if not np.allclose((blk[:, :, None] == blk[:, None, :]).mean(0), m, rtol=0.0, atol=2e-6):
+            return None
+    return rows
+
+
+def confidence_by_request(acc: Acceptance) -> list[np.ndarray] | None:
+    """Every measured request's top-1 probabilities (rows of acc.confidence.top1 grouped by
+    trace_starts, request_rows), or None where the workload cannot pair them with its spread."""
+    rows = request_rows(acc)
+    if rows is None or acc.confidence is None or acc.confidence.top1 is None:
+        return None
+    top = np.asarray(acc.confidence.top1, float)
+    return [top[r] for r in rows]
+
+
+def request_token_classes(acc: Acceptance, plan: Plan) -> list[TokenClasses] | None:
+    """token_classes of every measured request, from its own trace rows (request_rows), in
+    the spread's order; None where confidence can only be pooled."""
+    rows = request_rows(acc)
+    if rows is None or not plan.adaptive:
+        return None
+    return [token_classes(acc, plan, r) for r in rows]
+
+
+def token_classes(acc: Acceptance, plan: Plan, rows: slice | None = None) -> TokenClasses:
+    """The per-token confidence statistics (TokenClasses) over the workload's trace rows, or
+    over `rows` only (one measured request: request_token_classes)."""
     from .serving import ACC, BON, COR  # the fixed serving model's rate indices
 
     k = plan.depth
@@ -518,6 +559,8 @@ def token_classes(acc: Acceptance, plan: Plan) -> TokenClasses:
         top = _top1(acc, "draft_confidence" if plan.draft_confidence else "escalate_confidence")
         model = AgreementModel(acc)
         t = model.traces
+        if rows is not None:
+            top, t = top[rows], t[rows]
         cols = [int(i) for i in model.idx(plan.levels)]
         agree = [None] + [t[:, cols[j - 1]] == t[:, cols[j]] for j in range(1, k)]  # agree[j]: exits of levels j, j+1
     for o in range(1, k):

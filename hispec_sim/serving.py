@@ -93,8 +93,9 @@ def level_rates(acc: Acceptance, levels: list[int]) -> np.ndarray:
     return out
 
 
-def request_rates(acc: Acceptance, plan: Plan, n: int, rng: np.random.Generator) -> np.ndarray:
-    """(n, k-1, 3) per-request acceptance rates drawn from the workload's spread."""
+def request_rates(acc: Acceptance, plan: Plan, n: int, rng: np.random.Generator, picks: list | None = None) -> np.ndarray:
+    """(n, k-1, 3) per-request acceptance rates drawn from the workload's spread (empirical:
+    the measured request each one drew is appended to `picks`, when given)."""
     base = level_rates(acc, plan.levels)
     if plan.depth == 1 or acc.spread is None:
         return np.broadcast_to(base, (n,) + base.shape).copy()
@@ -106,6 +107,8 @@ def request_rates(acc: Acceptance, plan: Plan, n: int, rng: np.random.Generator)
         return 1.0 / (1.0 + np.exp(-(logit[None] + z[:, None, None])))
     w = np.asarray(sp.weights if sp.weights else np.ones(len(sp.per_request)), float)
     pick = rng.choice(len(sp.per_request), size=n, p=w / w.sum())
+    if picks is not None:
+        picks.append(pick)
     per = np.stack([level_rates(acc.model_copy(update={"agreement": m, "joint": "independent", "spread": None}),
                                 plan.levels) for m in sp.per_request])
     return per[pick]

@@ -20,7 +20,11 @@ Acceptance, one draw per position (the batch-1 models' assumptions, hispec_sim.a
 each request's fixed per-level rates (serving.request_rates: the workload's spread, if
 any); every token gets a confidence class when its level's exit produces it (P(unsure |
 kind) from the trace rows' top-1 probabilities), and its pass probability at each later
-check is the fixed rate x the class's agreement factor (adaptive.token_classes). Class
+check is the fixed rate x the class's agreement factor (adaptive.token_classes). With an
+empirical spread whose requests are the trace blocks (adaptive.request_rows), a simulated
+request takes both its rates and its confidence statistics from the SAME measured request
+(one draw; request_classes); otherwise the classes are pooled over all rows. Positions stay
+i.i.d. within a request (runs of confident tokens are not modelled). Class
 draws come from a stream of their own (rng.spawn), so tau = 0 draws exactly what the
 fixed plan's simulation draws: the same seeds give the same run.
 """
@@ -28,7 +32,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .adaptive import TokenClasses, token_classes
+from dataclasses import dataclass
+
+from .adaptive import TokenClasses, request_token_classes, token_classes
 from .schema import Acceptance, LatencyTable, Plan, ServeLimits
 from .serving import (
     CTX_BUCKET,
@@ -44,11 +50,42 @@ from .serving import (
 )
 
 
-def pass_table(rates: np.ndarray, cls: TokenClasses, k: int) -> np.ndarray:
+@dataclass
+class RequestClasses:
+    """TokenClasses per simulated request: low (n, k-1, 2) and factor (n, tags, k+1) of the
+    measured request it drew (or the pooled ones for every request)."""
+
+    low: np.ndarray
+    factor: np.ndarray
+    kind_at: np.ndarray
+
+    @property
+    def tags(self) -> int:
+        return self.factor.shape[1]
+
+    @classmethod
+    def pooled(cls, tc: TokenClasses, n: int) -> "RequestClasses":
+        return cls(np.broadcast_to(tc.low, (n,) + tc.low.shape), np.broadcast_to(tc.factor, (n,) + tc.factor.shape),
+                   tc.kind_at)
+
+
+def request_classes(acc: Acceptance, plan: Plan, n: int, picks: list) -> RequestClasses:
+    """Every simulated request's confidence classes: those of the measured request whose
+    agreement matrix it drew (picks, from serving.request_rates: one index for both, so a
+    request that agrees more is also confident more often, as measured), or the pooled
+    classes where the workload cannot pair its trace rows with its spread."""
+    per = request_token_classes(acc, plan) if picks else None
+    if per is None:
+        return RequestClasses.pooled(token_classes(acc, plan), n)
+    pick = picks[0]
+    return RequestClasses(np.stack([c.low for c in per])[pick], np.stack([c.factor for c in per])[pick], per[0].kind_at)
+
+
+def pass_table(rates: np.ndarray, cls: RequestClasses, k: int) -> np.ndarray:
     """(n, tags, k+1): P(level m accepts a token with this tag) per request, m = 2..k."""
     out = np.zeros((len(rates), cls.tags, k + 1))
     for m in range(2, k + 1):
-        out[:, :, m] = np.clip(rates[:, m - 2, :][:, cls.kind_at[:, m]] * cls.factor[None, :, m], 0.0, 1.0)
+        out[:, :, m] = np.clip(rates[:, m - 2, :][:, cls.kind_at[:, m]] * cls.factor[:, :, m], 0.0, 1.0)
     return out
 
 
@@ -69,14 +106,16 @@ class _State:
         self.cascade[s] = 0
 
 
-def _advance(st: _State, idx, o, ptab, cls: TokenClasses, rng, crng, cols, k, windows):
+def _advance(st: _State, idx, o, ptab, low, rng, crng, cols, k, windows):
     """One operation per slot of idx (op o: 0 = draft, j >= 1 = level-(j+1) check of buffer
     j). Acceptance draws exactly as serving._advance draws them (one uniform per buffer
-    column of every checking slot, in slot order); class draws from crng. ptab: per slot
-    pass_table rows. Returns (tokens committed, slots committing)."""
+    column of every checking slot, in slot order); class draws from crng. ptab, low: per
+    slot pass_table rows and RequestClasses.low rows. Returns (tokens committed, slots
+    committing)."""
     d = idx[o == 0]
     if len(d):
-        unsure = crng.random(len(d)) < cls.low[0, 0] if cls.low[0, 0] > 0 else np.zeros(len(d), bool)
+        p_unsure = low[d, 0, 0]
+        unsure = crng.random(len(d)) < p_unsure if p_unsure.any() else np.zeros(len(d), bool)
         st.btag[d, 0, st.blen[d, 0]] = unsure  # tag of a draft: (1, bonus, class)
         st.blen[d, 0] += 1
         st.unsure[d] = unsure
@@ -104,7 +143,7 @@ def _advance(st: _State, idx, o, ptab, cls: TokenClasses, rng, crng, cols, k, wi
             src = np.take_along_axis(st.btag[cu, ju], np.clip(cols[None, :] - start[:, None], 0, len(cols) - 1), 1)
             moved = (cols[None, :] >= start[:, None]) & (cols[None, :] < (start + au)[:, None])
             kind = (au < nu).astype(np.int64)  # correction when a token was rejected
-            p_low = cls.low[ju + 1, kind]
+            p_low = low[cu, ju + 1, kind]
             low = (crng.random(len(cu)) < p_low) if p_low.any() else np.zeros(len(cu), bool)
             own = (((ju + 1) * 2 + kind) * 2 + low)  # tag (origin level ju + 2, kind, class)
             cur = st.btag[cu, ju + 1]
@@ -117,11 +156,14 @@ def _advance(st: _State, idx, o, ptab, cls: TokenClasses, rng, crng, cols, k, wi
     return commit, committing
 
 
-def draw_adaptive_schedules(plan: Plan, rates: np.ndarray, cls: TokenClasses, max_new: np.ndarray,
+def draw_adaptive_schedules(plan: Plan, rates: np.ndarray, cls: TokenClasses | RequestClasses, max_new: np.ndarray,
                             rng: np.random.Generator) -> Schedules:
     """Every request's batch-1 schedule under the adaptive plan (vectorised over requests),
-    in serving.draw_schedules' format; with tau = 0 exactly draw_schedules' draws."""
+    in serving.draw_schedules' format; with tau = 0 exactly draw_schedules' draws. cls:
+    per request (RequestClasses) or pooled (TokenClasses)."""
     n, k, g = len(max_new), plan.depth, plan.propose
+    if isinstance(cls, TokenClasses):
+        cls = RequestClasses.pooled(cls, n)
     width = buffer_width(plan)
     cols = np.arange(width)
     crng = rng.spawn(1)[0]
@@ -137,7 +179,7 @@ def draw_adaptive_schedules(plan: Plan, rates: np.ndarray, cls: TokenClasses, ma
         codes.append((o * (width + 1) + nbuf).astype(np.int32))
         tents.append(st.blen[idx].sum(1).astype(np.int32))
         who.append(idx)
-        commit, committing = _advance(st, idx, o, ptab, cls, rng, crng, cols, k, plan.windows)
+        commit, committing = _advance(st, idx, o, ptab, cls.low, rng, crng, cols, k, plan.windows)
         c = np.zeros(n, np.int32)
         c[committing] = commit
         commits.append(c[idx])
@@ -157,8 +199,9 @@ def simulate_adaptive(table: LatencyTable, num_layers: int, acc: Acceptance, pla
     n = len(arrival_s)
     k = plan.depth
     B = limits.max_batch
-    rates = request_rates(acc, plan, n, rng)  # (n, k-1, 3), as the fixed simulation draws them
-    cls = token_classes(acc, plan)
+    picks: list = []
+    rates = request_rates(acc, plan, n, rng, picks)  # (n, k-1, 3), as the fixed simulation draws them
+    cls = request_classes(acc, plan, n, picks)
     need = reservation(plan, prompt, max_new)
     kv_cap = limits.kv_tokens if limits.kv_tokens is not None else np.inf
     max_ctx = int((prompt + max_new).max()) + max_overshoot(plan) + CTX_BUCKET
@@ -170,7 +213,7 @@ def simulate_adaptive(table: LatencyTable, num_layers: int, acc: Acceptance, pla
     return _run_synchronous(cost, plan, sch, rates, cls, rng, arrival_s, prompt, max_new, need, kv_cap, B)
 
 
-def _run_synchronous(cost: StepCost, plan: Plan, sch: Schedules | None, rates, cls: TokenClasses, rng, arrival_s, prompt,
+def _run_synchronous(cost: StepCost, plan: Plan, sch: Schedules | None, rates, cls: RequestClasses, rng, arrival_s, prompt,
                      max_new, need, kv_cap, B) -> ServeRun:
     """hispec_exec.generate.Batch's synchronous rounds, step by step (module docstring).
     Single-level plans (sch given): a sequence's operations do not depend on its batch
@@ -189,6 +232,7 @@ def _run_synchronous(cost: StepCost, plan: Plan, sch: Schedules | None, rates, c
     active = np.zeros(B, bool)
     st = _State(B, plan, width)
     ptab = np.zeros((B, cls.tags, k + 1))
+    low = np.zeros((B,) + cls.low.shape[1:])
     all_ptab = pass_table(rates, cls, k) if sch is None else None
     done_tok = np.zeros(B, np.int64)
     ptr = np.zeros(B, np.int64)  # single-level: the slot's next op (flat index into sch)
@@ -222,6 +266,7 @@ def _run_synchronous(cost: StepCost, plan: Plan, sch: Schedules | None, rates, c
                 done_tok[new] = 0
                 if sch is None:
                     ptab[new] = all_ptab[req[new]]
+                    low[new] = cls.low[req[new]]
                 else:
                     ptr[new] = sch.start[req[new]]
                 idx = np.flatnonzero(active)
@@ -266,7 +311,7 @@ def _run_synchronous(cost: StepCost, plan: Plan, sch: Schedules | None, rates, c
             committing = part[commit > 0]
             commit = commit[commit > 0]
         else:
-            commit, committing = _advance(st, part, o, ptab, cls, rng, crng, cols, k, windows)
+            commit, committing = _advance(st, part, o, ptab, low, rng, crng, cols, k, windows)
         if len(committing):
             r = req[committing]
             take = np.minimum(commit, max_new[r] - done_tok[committing])

@@ -83,3 +83,30 @@ def confident_profile(seed=0, layers=8, positions=600):
     acc = prof.workload().model_copy(update={"confidence": confidence_stats(traces, top1),
                                              "trace_starts": [0, positions // 2]})
     return Profile.model_validate({**prof.model_dump(), "workloads": {"w": acc.model_dump()}, "default_workload": "w"})
+
+
+def two_request_profile(seed=0, layers=8, positions=800, spread=True):
+    """Two measured requests of positions / 2 rows each that differ in confidence (request
+    0: top-1 probabilities u^0.5, request 1: u^2, u uniform) and, as in confident_profile,
+    agree more where confident; with spread=True the workload carries the empirical spread
+    of the two blocks (per-request agreement matrices), as `profile measure` writes it."""
+    from hispec_exec.confidence import confidence_stats
+    from hispec_sim.schema import AcceptanceSpread
+
+    rng = np.random.default_rng(seed)
+    half = positions // 2
+    u = rng.uniform(0.0025, 1.0, (positions, layers))
+    top1 = np.concatenate([u[:half] ** 0.5, u[half:] ** 2])
+    truth = rng.integers(0, 50, positions)
+    traces = np.where(rng.uniform(size=(positions, layers)) < 0.3 + 0.7 * top1, truth[:, None],
+                      rng.integers(50, 100, (positions, layers)))
+    traces[:, -1] = truth
+    top1[:, -1] = 1.0
+    prof = make_profile(layers=layers, traces=traces)
+    agree = lambda b: np.round((b[:, :, None] == b[:, None, :]).mean(0), 6).tolist()
+    upd = {"confidence": confidence_stats(traces, top1), "trace_starts": [0, half]}
+    if spread:
+        upd["spread"] = AcceptanceSpread(family="empirical", per_request=[agree(traces[:half]), agree(traces[half:])],
+                                         weights=[float(half), float(positions - half)], source=TEST_SOURCE)
+    acc = prof.workload().model_copy(update=upd)
+    return Profile.model_validate({**prof.model_dump(), "workloads": {"w": acc.model_dump()}, "default_workload": "w"})

@@ -165,3 +165,114 @@ def test_simulator_refuses_without_confidence_in_one_line():
     p = make_profile(layers=8, constant=0.7)
     with pytest.raises(ValueError, match="^draft_confidence: .*confidence statistics"):
         _run(p, Plan(levels=[2, 8], propose=3, draft_confidence=0.5), [0.0], [5], [5], ServeLimits(max_batch=2))
+
+
+# --------------------------------------------------------------------------- per-request confidence
+
+
+def test_request_rows_pair_trace_blocks_with_the_spread():
+    """request_rows: the measured requests' rows when the spread describes the same
+    requests as trace_starts, None (pooled confidence) otherwise; confidence_by_request
+    groups top1 by them."""
+    from factories import two_request_profile
+
+    from hispec_sim.adaptive import confidence_by_request, request_rows
+
+    acc = two_request_profile(positions=400).workload()
+    assert request_rows(acc) == [slice(0, 200), slice(200, 400)]
+    per = confidence_by_request(acc)
+    top = np.asarray(acc.confidence.top1)
+    assert np.array_equal(per[0], top[:200]) and np.array_equal(per[1], top[200:])
+    assert per[0][:, 0].mean() > per[1][:, 0].mean() + 0.2  # request 0 is the confident one
+    assert request_rows(acc.model_copy(update={"trace_starts": None})) is None
+    assert request_rows(acc.model_copy(update={"trace_starts": [0, 100, 200]})) is None  # 3 blocks, 2 matrices
+    swapped = acc.spread.model_copy(update={"per_request": acc.spread.per_request[::-1]})
+    assert request_rows(acc.model_copy(update={"spread": swapped})) is None  # matrices not the blocks'
+    assert request_rows(acc.model_copy(update={"spread": None})) is None
+    assert confidence_by_request(acc.model_copy(update={"spread": None})) is None
+
+
+def _one_request(prof, starts):
+    acc = prof.workload()
+    sp = acc.spread.model_copy(update={"per_request": [acc.agreement], "weights": None})
+    acc = acc.model_copy(update={"spread": sp, "trace_starts": starts})
+    return Profile.model_validate({**prof.model_dump(), "workloads": {"w": acc.model_dump()}})
+
+
+@pytest.mark.parametrize("plan", [SINGLE, THREE], ids=Plan.describe)
+@pytest.mark.parametrize("batching", ["ragged", "synchronous"])
+def test_one_request_workload_is_the_pooled_run(plan, batching):
+    """A workload of one measured request: its per-request confidence is the pooled one, so
+    the run equals the pooled fallback's (the same workload without trace_starts) bit for
+    bit, same seed."""
+    from factories import two_request_profile
+
+    from hispec_sim.adaptive import request_rows
+
+    base = two_request_profile(positions=600)
+    one, pooled = _one_request(base, [0]), _one_request(base, None)
+    assert request_rows(one.workload()) == [slice(0, 600)] and request_rows(pooled.workload()) is None
+    plan = plan.model_copy(update={"batching": batching})
+    arr, pl, ol = _traffic(30, 2)
+    a = _run(one, plan, arr, pl, ol, ServeLimits(max_batch=5), 4, adaptive_engine=True)
+    b = _run(pooled, plan, arr, pl, ol, ServeLimits(max_batch=5), 4, adaptive_engine=True)
+    assert a.steps == b.steps and all(np.array_equal(getattr(a, f), getattr(b, f)) for f in FIELDS)
+
+
+def test_each_request_drafts_with_its_measured_confidence():
+    """Every simulated request takes the confidence of the measured request whose agreement
+    it drew: drafts per round, per group of simulated requests, are
+    sum_n h_r^(n-1) with h_r = P(top-1 >= tau_d) over measured request r's rows (within 4
+    standard errors), and the two groups differ by far more than that; without the
+    pairing (pooled) they do not differ."""
+    from factories import two_request_profile
+
+    from hispec_sim.serving_adaptive import draw_adaptive_schedules, request_classes
+
+    acc = two_request_profile(positions=800).workload()
+    plan = Plan(levels=[2, 8], propose=6, draft_confidence=0.5)
+    n = 600
+    top = np.asarray(acc.confidence.top1)[:, 1]
+    h = [(top[:400] >= 0.5).mean(), (top[400:] >= 0.5).mean()]
+    expect = [float(sum(x ** i for i in range(6))) for x in h]
+    for paired in (True, False):
+        rng = np.random.default_rng(1)
+        picks: list = []
+        rates = serving.request_rates(acc, plan, n, rng, picks)
+        cls = request_classes(acc if paired else acc.model_copy(update={"trace_starts": None}), plan, n, picks)
+        sch = draw_adaptive_schedules(plan, rates, cls, np.full(n, 120), rng)
+        op = sch.code // (sch.width + 1)
+        nbuf = sch.code % (sch.width + 1)
+        req = np.repeat(np.arange(n), sch.count)
+        means = []
+        for r in (0, 1):
+            d = nbuf[(op == 1) & (picks[0][req] == r)]
+            means.append((d.mean(), d.std(ddof=1) / np.sqrt(len(d))))
+        if paired:
+            for (m, se), e in zip(means, expect):
+                assert abs(m - e) <= 4 * se, (means, expect)
+            assert means[0][0] - means[1][0] > 20 * max(means[0][1], means[1][1])
+        else:
+            assert abs(means[0][0] - means[1][0]) <= 4 * np.hypot(means[0][1], means[1][1]), means
+
+
+@pytest.mark.parametrize("plan", [Plan(levels=[2, 8], propose=4), Plan(levels=[2, 5, 8], propose=3, windows=[4])],
+                         ids=Plan.describe)
+@pytest.mark.parametrize("batching", ["ragged", "synchronous"])
+def test_tau_zero_is_the_fixed_plan_run_with_a_spread(plan, batching):
+    """With per-request confidence (a workload with a spread and trace_starts) tau = 0
+    still draws what the fixed simulation draws: the same steps and tokens, same seed."""
+    from factories import two_request_profile
+
+    prof = two_request_profile(positions=600)
+    plan = plan.model_copy(update={"batching": batching})
+    zero = plan.model_copy(update={"draft_confidence": 0.0})
+    arr, pl, ol = _traffic(30, 3)
+    lim = ServeLimits(max_batch=6)
+    fixed = _run(prof, plan, arr, pl, ol, lim, 7)
+    ad = _run(prof, zero, arr, pl, ol, lim, 7, adaptive_engine=True)
+    assert ad.steps == fixed.steps
+    oa, of = np.lexsort((ad.event_ms, ad.event_req)), np.lexsort((fixed.event_ms, fixed.event_req))
+    assert np.array_equal(ad.event_req[oa], fixed.event_req[of])
+    assert np.array_equal(ad.event_tokens[oa], fixed.event_tokens[of])
+    assert np.allclose(ad.last_ms, fixed.last_ms, rtol=1e-12, atol=1e-9)
