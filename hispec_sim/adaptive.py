@@ -1,7 +1,10 @@
 """Adaptive plans: confidence-gated drafting (Plan.draft_confidence) and early escalation
 (Plan.escalate_confidence), modelled on a workload's measured top-1 probabilities
-(Acceptance.confidence.top1, one row per trace row). Assumption: they are predicted at the
-workload's mean rates; a per-request spread (Acceptance.spread) is not taken into account.
+(Acceptance.confidence.top1, one row per trace row). The analytic_* models take one
+request's rates (a workload at its mean rates, or a RequestView); over_requests evaluates
+them per request of the workload's distribution -- every measured request at its own
+agreement matrix AND its own confidence statistics (its trace rows: request_rows) -- and
+aggregates E[tokens] / E[time] over requests, as analytic.predict does for fixed plans.
 
 Semantics (the executor's, hispec_exec.generate): level 1 drafts until it holds `propose`
 drafts or a draft's top-1 probability at exit l_1 is < tau_d (that draft is kept and
@@ -29,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .acceptance import AgreementModel
+from .acceptance import AgreementModel, RequestRates, Scenarios
 from .analytic import _check_cost
 from .latency import CostModel
 from .schema import Acceptance, Plan
@@ -48,6 +51,86 @@ class AdaptiveEstimate:
     cycle_ms: float
     drafts_per_round: float | None = None
     ci95: tuple[float, float] | None = None  # Monte-Carlo only
+
+
+# --------------------------------------------------------------------------- per-request evaluation
+
+
+def _rows_top1(model, field: str = "draft_confidence") -> np.ndarray:
+    """The top-1 probabilities of the rows a model (or a RequestView) stands for; the
+    workload's array is converted once per model (the exhaustive search calls this often)."""
+    base = getattr(model, "model", model)
+    top = getattr(base, "_top1_rows", None)
+    if top is None:
+        top = _top1(base.acc, field)
+        base._top1_rows = top
+    rows = getattr(model, "rows", None)
+    return top if rows is None else top[rows]
+
+
+class RequestView:
+    """One request of a workload's distribution, as the adaptive models read a workload:
+    its rates (acceptance.RequestRates at its scenario: the analytic fixed-plan model's
+    per-request rates) and the trace rows its confidence statistics come from (`rows`: its
+    own, when the workload pairs trace blocks with its spread, request_rows; None: all)."""
+
+    def __init__(self, model: AgreementModel, rates: RequestRates, rows: slice | None):
+        self.model, self.acc, self._rates, self.rows = model, model.acc, rates, rows
+        self.traces = model.traces if rows is None or model.traces is None else model.traces[rows]
+        self.exits = model.exits
+
+    def idx(self, layers):
+        return self.model.idx(layers)
+
+    def pair(self, a, b):
+        return self._rates.rates(None, np.atleast_1d(a), np.atleast_1d(b)).marginal
+
+    def rates(self, lower2, lower, upper):
+        return self._rates.rates(lower2, lower, upper)
+
+
+def request_views(model: AgreementModel) -> list[tuple[float, "RequestView"]] | None:
+    """(weight, view) per request of the workload's distribution, the weights summing to 1:
+    every measured request with its own agreement matrix and its own trace rows when the
+    workload pairs them (request_rows), else the spread's scenarios (acceptance.spread_scenarios)
+    with the pooled rows; None without a spread (mean rates). Cached on the model."""
+    cached = getattr(model, "_request_views", False)
+    if cached is not False:
+        return cached
+    acc = model.acc
+    rows = request_rows(acc)
+    views = None
+    if rows is not None:
+        sp = acc.spread
+        w = np.asarray(sp.weights if sp.weights else np.ones(len(rows)), float)
+        scen = Scenarios(weights=w / w.sum(), matrices=np.asarray(sp.per_request, float))
+        views = [(float(scen.weights[r]), RequestView(model, RequestRates(model, scen, np.array([r])), rows[r]))
+                 for r in range(len(rows))]
+    elif model.scenarios is not None:
+        scen = model.scenarios
+        views = [(float(scen.weights[i]), RequestView(model, RequestRates(model, scen, np.array([i])), None))
+                 for i in range(len(scen.weights))]
+    model._request_views = views
+    return views
+
+
+def over_requests(fn, cost: CostModel, model: AgreementModel, plan: Plan) -> AdaptiveEstimate:
+    """An exact adaptive model (analytic_single_level, _three_level, _four_level) over the
+    workload's request distribution: each request at its own rates and confidence
+    statistics (request_views), aggregated as analytic.expected_chain_terms aggregates the
+    fixed plans: tokens/s = 1 / E_w[time per token], tokens per full-model forward =
+    1 / E_w[1 / committed_r]. Without a spread: fn at the workload's rates."""
+    views = request_views(model)
+    if views is None:
+        return fn(cost, model, plan)
+    per_token = inv_committed = 0.0
+    for w, v in views:
+        e = fn(cost, v, plan)
+        per_token += w * e.cycle_ms / e.tokens_per_full_forward
+        inv_committed += w / e.tokens_per_full_forward
+    committed = 1.0 / inv_committed
+    cycle = per_token * committed
+    return AdaptiveEstimate(1000.0 * cost.batch * committed / cycle, committed, cycle)
 
 
 def analytic_single_level(cost: CostModel, model: AgreementModel, plan: Plan) -> AdaptiveEstimate:
@@ -154,13 +237,19 @@ def with_thresholds(plan: Plan, tau_d: float | None, tau_e: list[float] | None =
 
 
 GRID = (0.0, 0.3, 0.5, 0.7, 0.9)
-RATES_NOTE = ("mean rates: the adaptive models take no per-request spread, so every plan here, the fixed ones "
-              "included, is scored at the workload's mean rates")
+RATES_NOTE = ("over the workload's request distribution: every request at its own agreement and, where measured, "
+              "its own confidence statistics (E[tokens] / E[time] over requests); fixed plans with the same spread")
+MEAN_NOTE = "mean rates: the workload has no per-request spread"
+
+
+def rates_note(setting) -> str:
+    """How the adaptive and fixed plans of `setting` are scored (RATES_NOTE or MEAN_NOTE)."""
+    return RATES_NOTE if request_views(setting.agreement) is not None else MEAN_NOTE
 
 
 def mean_rates(setting):
-    """The same setting with every workload's per-request spread removed: the adaptive
-    models predict at mean rates, so a fixed plan they are compared with must be too."""
+    """The same setting with every workload's per-request spread removed (every plan at the
+    workload's mean rates: for comparisons with the mean-rate model)."""
     from .evaluate import Setting
 
     prof = setting.profile
@@ -172,23 +261,21 @@ def mean_rates(setting):
 
 
 def adaptive_tokens_per_second(setting, plan: Plan, cycles: int = 1000, streams: int = 8, seed: int = 0) -> tuple[float, str]:
-    """Predicted tokens/s of any plan at the setting's rates (give a mean_rates setting):
-    fixed plans -> analytic.predict; [E, L] -> analytic_single_level; [l1, l2, L] ->
-    analytic_three_level; [l1, l2, l3, L] -> analytic_four_level (all exact, i.i.d.
-    positions); deeper adaptive chains -> the fixed plan's analytic value x the trace-replay
-    ratio adaptive / fixed (same rows, same seed)."""
+    """Predicted tokens/s of any plan over the setting's request distribution (over_requests;
+    a mean_rates setting: at mean rates): fixed plans -> analytic.predict; [E, L] ->
+    analytic_single_level; [l1, l2, L] -> analytic_three_level; [l1, l2, l3, L] ->
+    analytic_four_level (all exact, i.i.d. positions within a request); deeper adaptive
+    chains -> the fixed plan's analytic value x the trace-replay ratio adaptive / fixed (same
+    rows, same seed)."""
     from .evaluate import score
 
     if not plan.adaptive:
         return score(setting, [plan])[0].tokens_per_second, "analytic"
     setting.profile.check_plan(plan, setting.workload)
     cost = setting.cost(plan.propose + sum(plan.windows) + 16)
-    if plan.depth == 2:
-        return analytic_single_level(cost, setting.agreement, plan).tokens_per_second, "analytic (i.i.d. positions)"
-    if plan.depth == 3:
-        return analytic_three_level(cost, setting.agreement, plan).tokens_per_second, "analytic 3-level (i.i.d. positions)"
-    if plan.depth == 4:
-        return analytic_four_level(cost, setting.agreement, plan).tokens_per_second, "analytic 4-level (i.i.d. positions)"
+    if plan.depth in EXACT:
+        fn, how = EXACT[plan.depth]
+        return over_requests(fn, cost, setting.agreement, plan).tokens_per_second, how
     fixed = with_thresholds(plan, None, None)
     f = score(setting, [fixed])[0].tokens_per_second
     a = replay(cost, setting.acceptance, plan, cycles, streams, seed)
@@ -207,18 +294,14 @@ def adaptive_scored(setting, plan: Plan):
     tps, _ = adaptive_tokens_per_second(setting, plan)
     committed = None
     cost = setting.cost(plan.propose + sum(plan.windows) + 16)
-    if plan.depth == 2:
-        committed = analytic_single_level(cost, setting.agreement, plan).tokens_per_full_forward
-    elif plan.depth == 3:
-        committed = analytic_three_level(cost, setting.agreement, plan).tokens_per_full_forward
-    elif plan.depth == 4:
-        committed = analytic_four_level(cost, setting.agreement, plan).tokens_per_full_forward
+    if plan.depth in EXACT:
+        committed = over_requests(EXACT[plan.depth][0], cost, setting.agreement, plan).tokens_per_full_forward
     return Scored(plan, tps, 1000.0 * plan.batch / tps, float("nan") if committed is None else committed, [])
 
 
 def search_adaptive(setting, bases: list[Plan], grid=GRID, max_propose: int = 8, cycles: int = 1500,
                     streams: int = 8, seed: int = 0) -> dict:
-    """The exhaustive adaptive search (give a mean_rates setting): every [E, L] x propose
+    """The exhaustive adaptive search (over the setting's request distribution, over_requests): every [E, L] x propose
     1..max_propose x tau_d in grid by the exact analytic model; the given hierarchical
     plans x tau_d x tau_e in grid: 3- and 4-level ones by the exact analytic models, deeper
     ones by trace replay (common random numbers: the same seed for a plan's fixed and adaptive
@@ -234,7 +317,7 @@ def search_adaptive(setting, bases: list[Plan], grid=GRID, max_propose: int = 8,
         for g in range(1, max_propose + 1):
             for tau in grid:
                 p = Plan(levels=[E, L], propose=g, draft_confidence=tau or None, batch=setting.batch)
-                single.append((analytic_single_level(cost, setting.agreement, p).tokens_per_second, p))
+                single.append((over_requests(analytic_single_level, cost, setting.agreement, p).tokens_per_second, p))
     single.sort(key=lambda x: -x[0])
     best_fixed_single = max((x for x in single if not x[1].adaptive), key=lambda x: x[0])
     best_single = single[0]
@@ -251,9 +334,9 @@ def search_adaptive(setting, bases: list[Plan], grid=GRID, max_propose: int = 8,
                 if not p.adaptive:
                     tps, how = fixed_tps, "analytic"
                 elif base.depth == 3:
-                    tps, how = analytic_three_level(c, setting.agreement, p).tokens_per_second, "analytic 3-level (i.i.d. positions)"
+                    tps, how = over_requests(analytic_three_level, c, setting.agreement, p).tokens_per_second, EXACT[3][1]
                 elif base.depth == 4:
-                    tps, how = analytic_four_level(c, setting.agreement, p).tokens_per_second, "analytic 4-level (i.i.d. positions)"
+                    tps, how = over_requests(analytic_four_level, c, setting.agreement, p).tokens_per_second, EXACT[4][1]
                 else:
                     r = replay(c, acc, p, cycles, streams, seed)
                     tps = fixed_tps * r.tokens_per_second / fixed_rep.tokens_per_second
@@ -270,14 +353,15 @@ def search_adaptive(setting, bases: list[Plan], grid=GRID, max_propose: int = 8,
 
 def exhaustive_adaptive(setting, max_propose: int = 8, max_window: int = 16, hier_bases: int = 10,
                         extra_bases: list[Plan] = ()) -> dict:
-    """The exhaustive adaptive optimum at mean rates: the fixed exhaustive search (depth
-    1-3) at mean rates gives the best fixed plan and the `hier_bases` best 3-level plans;
+    """The exhaustive adaptive optimum over the setting's request distribution (fixed plans
+    with the same spread): the fixed exhaustive search (depth 1-3) gives the best fixed plan
+    and the `hier_bases` best 3-level plans;
     search_adaptive puts the threshold grid on them (and on `extra_bases`, e.g. deeper
-    plans of an Optuna search). Returns search_adaptive's dict plus the mean-rate setting,
+    plans of an Optuna search). Returns search_adaptive's dict plus the setting,
     the fixed search result and the overall best adaptive (tokens/s, plan, model)."""
     from .evaluate import exhaustive
 
-    m = mean_rates(setting)
+    m = setting
     fixed = exhaustive(m, top=max(hier_bases, 10) * 3, max_propose=max_propose, max_window=max_window)
     bases = [s.plan for s in fixed.top if s.plan.depth >= 3][:hier_bases]
     seen = {b.model_dump_json() for b in bases}
@@ -293,11 +377,11 @@ def exhaustive_adaptive(setting, max_propose: int = 8, max_window: int = 16, hie
 
 def cli_adaptive(setting, result, max_propose: int = 8, max_window: int = 16, hier_bases: int = 10) -> dict:
     """`hispec-sim optimize --adaptive`: the threshold grid around the fixed exhaustive
-    search's best plans, all at mean rates (RATES_NOTE). With an adaptive Optuna search
+    search's best plans, all over the request distribution (rates_note). With an adaptive Optuna search
     (`--search optuna --adaptive`, result.study["space"]["adaptive"]) its best plan is a
     candidate too, and the deeper plans of a fixed Optuna search are grid bases. The best
-    fixed plan: the fixed exhaustive search's best at mean rates, or a better fixed plan
-    among the search result's (re-scored at mean rates, thresholds removed)."""
+    fixed plan: the fixed exhaustive search's best, or a better fixed plan among the search
+    result's (re-scored, thresholds removed)."""
     from .evaluate import score
 
     optuna_adaptive = bool(getattr(result, "study", None) and result.study.get("space", {}).get("adaptive"))
@@ -315,11 +399,11 @@ def cli_adaptive(setting, result, max_propose: int = 8, max_window: int = 16, hi
         cands.append((result.best.tokens_per_second, result.best.plan,
                       f"optuna ({result.study['trials']} trials): {adaptive_tokens_per_second(m, result.best.plan)[1]}"))
     tps, plan, how = max(cands, key=lambda c: c[0])
-    return {"rates": RATES_NOTE,
+    return {"rates": rates_note(m),
             "best": {"plan": plan.model_dump(), "describe": plan.describe(), "tokens_per_second": round(tps, 4),
                      "model": how},
             "best_fixed": {"describe": fixed_plan.describe(), "plan": fixed_plan.model_dump(),
-                           "tokens_per_second": round(fixed_tps, 4), "model": "analytic, mean rates"},
+                           "tokens_per_second": round(fixed_tps, 4), "model": "analytic"},
             "predicted_gain_over_best_fixed": round(tps / fixed_tps, 4),
             "best_single_level": {"plan": sl["best"].model_dump(), "describe": sl["best"].describe(),
                                   "tokens_per_second": round(sl["tokens_per_second"], 4),
@@ -346,24 +430,24 @@ def cli_adaptive_text(a: dict) -> str:
     b = a["best"]
     lines.append(f"best adaptive: {b['describe']}  {b['tokens_per_second']:.2f} tokens/s, "
                  f"x{a['predicted_gain_over_best_fixed']:.3f} the best fixed plan {a['best_fixed']['describe']} "
-                 f"({a['best_fixed']['tokens_per_second']:.2f}, mean rates); model: {b['model']}")
+                 f"({a['best_fixed']['tokens_per_second']:.2f}); model: {b['model']}")
     return "\n".join(lines)
 
 
 def predict_adaptive(setting, plan: Plan, cycles: int = 1500, streams: int = 8, seed: int = 0) -> dict:
-    """Predicted tokens/s of an adaptive plan, as optimize --adaptive predicts it, at mean
-    rates (RATES_NOTE): the plan, its fixed plan and autoregressive all at mean rates."""
+    """Predicted tokens/s of an adaptive plan, as optimize --adaptive predicts it (rates_note):
+    the plan, its fixed plan and autoregressive all over the same request distribution."""
     from .evaluate import score
 
     setting.profile.check_plan(plan, setting.workload)
-    m = mean_rates(setting)
+    m = setting
     fixed = with_thresholds(plan, None, None)
     ar, f = score(m, [Plan(levels=[m.num_layers], batch=plan.batch), fixed])
     tps, how = adaptive_tokens_per_second(m, plan, cycles, streams, seed)
     return {"plan": plan.model_dump(), "describe": plan.describe(), "tokens_per_second": round(float(tps), 4),
             "speedup_vs_autoregressive": round(float(tps) / ar.tokens_per_second, 4),
             "fixed_tokens_per_second": round(f.tokens_per_second, 4),
-            "gain_over_fixed": round(float(tps) / f.tokens_per_second, 4), "model": how, "rates": RATES_NOTE}
+            "gain_over_fixed": round(float(tps) / f.tokens_per_second, 4), "model": how, "rates": rates_note(m)}
 
 
 def _round_terms(cost: CostModel, model: AgreementModel, lo: int, hi: int, g: int, tau: float):
@@ -371,9 +455,9 @@ def _round_terms(cost: CostModel, model: AgreementModel, lo: int, hi: int, g: in
     with h = P(confident draft), q = P(confident and accepted), a = P(accepted); q is
     scaled to the matrix's rate a, so tau = 0 gives exactly q = a. The round drafts
     N = min(g, first low-confidence draft): P(N >= n) = h^(n-1)."""
-    a = float(model.pair(lo, hi))
+    a = float(np.asarray(model.pair(lo, hi)).reshape(-1)[0])
     if tau > 0:
-        top = _top1(model.acc)
+        top = _rows_top1(model)
         t = model.traces
         ie, il = int(model.idx(lo)), int(model.idx(hi))
         low = top[:, ie] < tau
@@ -401,7 +485,7 @@ def _split_by_confidence(model: AgreementModel, lo: int, mid: int, hi: int, tau:
     t = model.traces
     i1, i2, i3 = (int(x) for x in model.idx([lo, mid, hi]))
     e1, e2 = t[:, i1] == t[:, i2], t[:, i2] == t[:, i3]
-    low = _top1(model.acc, "escalate_confidence")[:, i2] < tau
+    low = _rows_top1(model, "escalate_confidence")[:, i2] < tau
     out = {}
     for kind, sel in (("correction", ~e1), ("bonus", np.ones(len(t), bool))):
         n = max(int(sel.sum()), 1)
@@ -440,7 +524,7 @@ def analytic_three_level(cost: CostModel, model: AgreementModel, plan: Plan) -> 
         t = model.traces
         i1, i2, i3 = (int(x) for x in model.idx([l1, l2, L]))
         e1, e2 = t[:, i1] == t[:, i2], t[:, i2] == t[:, i3]
-        low = _top1(model.acc)[:, i1] < tau
+        low = _rows_top1(model)[:, i1] < tau
         base = (e1 & e2).sum() / max(e1.sum(), 1)
         scale = lambda sel: ((sel & e1 & e2).sum() / max((sel & e1).sum(), 1)) / base if base > 0 else 1.0
         beta_h, beta_l = beta * scale(~low), beta * scale(low)
@@ -590,11 +674,13 @@ def token_classes(acc: Acceptance, plan: Plan, rows: slice | None = None) -> Tok
 
 
 def _mean_pass(model: AgreementModel, plan: Plan, cls: TokenClasses) -> np.ndarray:
-    """(tags, k+1): P(level m accepts a token with this tag) at the workload's mean rates
+    """(tags, k+1): P(level m accepts a token with this tag) at the model's rates
     (the fixed rate of the token's kind at m x its class factor)."""
-    from .serving import level_rates
-
-    rates = level_rates(model.acc, plan.levels)  # (k-1, 3): after_accept, after_reject, marginal
+    levels = plan.levels
+    rates = np.zeros((len(levels) - 1, 3))  # serving.level_rates on this model: after_accept, after_reject, marginal
+    for j in range(len(levels) - 1):
+        r = model.rates(None if j == 0 else np.array([levels[j - 1]]), np.array([levels[j]]), np.array([levels[j + 1]]))
+        rates[j] = [r.after_accept[0], r.after_reject[0], r.marginal[0]]
     k = plan.depth
     out = np.zeros((cls.tags, k + 1))
     for m in range(2, k + 1):
@@ -647,7 +733,7 @@ def analytic_four_level(cost: CostModel, model: AgreementModel, plan: Plan) -> A
         raise ValueError("levels: the 4-level analytic adaptive model covers [l1, l2, l3, L] plans")
     l1, l2, l3, L = plan.levels
     g, (w2, w3) = plan.propose, plan.windows
-    cls = token_classes(model.acc, plan)
+    cls = token_classes(model.acc, plan, getattr(model, "rows", None))
     P = _mean_pass(model, plan, cls)
     round_ms = _round_terms(cost, model, l1, l2, g, plan.draft_confidence or 0.0)[4]  # drafts + level-2 check
     blocks = _level2_blocks(cls, P, g)
@@ -718,3 +804,8 @@ def analytic_four_level(cost: CostModel, model: AgreementModel, plan: Plan) -> A
     committed = v.sum() * S3 + 1.0
     cycle = u.sum() * cost3 + check
     return AdaptiveEstimate(1000.0 * cost.batch * committed / cycle, committed, cycle)
+
+
+EXACT = {2: (analytic_single_level, "analytic (i.i.d. positions)"),
+         3: (analytic_three_level, "analytic 3-level (i.i.d. positions)"),
+         4: (analytic_four_level, "analytic 4-level (i.i.d. positions)")}

@@ -60,7 +60,7 @@ def cmd_evaluate(args) -> int:
         out = {**setting.describe(), **predict_adaptive(setting, plan, seed=args.seed)}
         print(json.dumps(out, indent=2) if args.json else f"plan {out['describe']}  {out['tokens_per_second']:.2f} tokens/s  "
               f"x{out['speedup_vs_autoregressive']:.3f} vs autoregressive  x{out['gain_over_fixed']:.3f} vs the same "
-              f"plan without thresholds  ({out['model']}; mean rates)")
+              f"plan without thresholds  ({out['model']}; {out['rates'].split(':')[0]})")
         return 0
     ar, s = score(setting, [schema.autoregressive_plan(setting.num_layers, plan.batch), plan])
     out = {**setting.describe(), **s.as_dict(ar.tokens_per_second)}

@@ -18,7 +18,7 @@ parameters carry the depth in their name (k3_exit_top, k3_gap_1, k3_propose, k3_
   batch, tp  categorical                        only when several choices are given
   draft_confidence  float in [0, 1]             (k >= 2, adaptive only: `optimize --search optuna --adaptive`)
   escalate_j float in [0, 1], j=1..k-2          (k >= 3, adaptive only) the intermediate levels' thresholds
-An adaptive study scores every plan by hispec_sim.adaptive at the workload's mean rates
+An adaptive study scores every plan by hispec_sim.adaptive over the workload's request distribution
 (adaptive_tokens_per_second: exact analytic for depth 2 to 4, trace replay deeper).
 With m = k-1 exits below the full model, idx_m = max(exit_top, m-1) and idx_j =
 max(idx_{j+1} - gap_j, j-1). Since idx_{j+1} >= j, the clip never lifts idx_j above
@@ -174,7 +174,7 @@ class Evaluator:
     seed: int = 0
     streams: int = 1024
     cycles: int = 32
-    adaptive: bool = False  # score by hispec_sim.adaptive (the profile given is then at mean rates)
+    adaptive: bool = False  # score by hispec_sim.adaptive (over the request distribution)
     _settings: dict = field(default_factory=dict)
 
     def setting(self, tp, batch) -> Setting:
@@ -579,8 +579,8 @@ def optuna_search(setting: Setting, trials: int | None = 100, timeout: float | N
     the first one out (to benchmark the sampler itself).
 
     `adaptive=True`: the confidence thresholds join the space (continuous in [0, 1]); every
-    plan, fixed ones included, is scored by hispec_sim.adaptive at the workload's mean
-    rates, and the first trial is the exhaustive adaptive optimum (adaptive.exhaustive_adaptive:
+    plan, fixed ones included, is scored by hispec_sim.adaptive over the workload's request
+    distribution (adaptive.over_requests; the fixed plans with the same spread), and the first trial is the exhaustive adaptive optimum (adaptive.exhaustive_adaptive:
     what `optimize --adaptive` finds with its threshold grid) when the space holds it."""
     t0 = time.perf_counter()
     objectives = tuple(objectives)
@@ -604,13 +604,12 @@ def optuna_search(setting: Setting, trials: int | None = 100, timeout: float | N
         raise ValueError("mc: streams must be >= 2 and cycles >= 1")
     make_sampler(sampler, seed, len(objectives))  # unknown / unusable sampler fails here, before the storage
     if adaptive:
-        from .adaptive import _top1, mean_rates
+        from .adaptive import _top1
 
         if objective != "analytic" or "p99" in objectives:
             raise ValueError("objective: an adaptive search scores plans with the adaptive model; "
                              "--objective mc and the p99 objective are not available with --adaptive")
         _top1(setting.acceptance)  # "draft_confidence: this workload has no confidence statistics ..."
-        setting = mean_rates(setting)
     space = make_space(setting, depth, max_propose, max_window, batches, tps, adaptive)
     ev = Evaluator(setting.profile, setting.workload, setting.stack, setting.context, objective, objectives, seed,
                    mc_streams, mc_cycles, adaptive)
