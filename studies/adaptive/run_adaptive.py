@@ -3,9 +3,10 @@
 Plans are chosen on prompt set A (the profile's own prompts: cpu_hispec_tiny was measured
 on held-out prompts seed 0, its confidence statistics on the same prompts) by
 `hispec-sim optimize --adaptive`'s functions (hispec_sim.adaptive.cli_adaptive: the
-exhaustive fixed search and the threshold grid, every plan at the workload's MEAN rates:
-the adaptive models take no per-request spread, so the fixed plans are predicted at mean
-rates too); they are measured here on prompt set B (held-out prompts, another seed).
+exhaustive fixed search and the threshold grid, every plan over the workload's request
+distribution -- each measured request at its own agreement and confidence statistics,
+adaptive.over_requests; the published RESULTS.md runs predate this and used mean rates);
+they are measured here on prompt set B (held-out prompts, another seed).
 
 Batch 1: every plan on every prompt, interleaved (plan order rotated per prompt) so the
 machine's load hits all plans alike; greedy outputs of all plans checked identical.
@@ -45,7 +46,7 @@ import numpy as np
 import torch
 
 from hispec_exec import decode, heldout_prompts, load_model
-from hispec_sim.adaptive import adaptive_tokens_per_second, cli_adaptive, mean_rates
+from hispec_sim.adaptive import adaptive_tokens_per_second, cli_adaptive
 from hispec_sim.evaluate import Setting, exhaustive, score
 from hispec_sim.schema import Plan, ServeLimits, load_profile, write_atomic
 from hispec_sim.traffic import summarize
@@ -56,7 +57,7 @@ TARGET = 0.05
 
 def choose_plans(max_propose: int, max_window: int) -> tuple[dict, dict, dict]:
     setting = Setting(load_profile("cpu_hispec_tiny"), None, None, None, 1, None)
-    m = mean_rates(setting)
+    m = setting
     fixed = exhaustive(m, max_propose=max_propose, max_window=max_window)
     ad = cli_adaptive(setting, exhaustive(setting, max_propose=max_propose, max_window=max_window), max_propose, max_window)
     plans = {"autoregressive": Plan(levels=[m.num_layers]),
