@@ -68,6 +68,14 @@ def _rows_top1(model, field: str = "draft_confidence") -> np.ndarray:
     return top if rows is None else top[rows]
 
 
+def _memo(obj) -> dict:
+    """A cache kept on a model, view or cost object (they are immutable once built)."""
+    m = obj.__dict__.get("_adaptive_memo")
+    if m is None:
+        m = obj.__dict__["_adaptive_memo"] = {}
+    return m
+
+
 class RequestView:
     """One request of a workload's distribution, as the adaptive models read a workload:
     its rates (acceptance.RequestRates at its scenario: the analytic fixed-plan model's
@@ -83,10 +91,15 @@ class RequestView:
         return self.model.idx(layers)
 
     def pair(self, a, b):
-        return self._rates.rates(None, np.atleast_1d(a), np.atleast_1d(b)).marginal
+        return self.rates(None, np.atleast_1d(a), np.atleast_1d(b)).marginal
 
     def rates(self, lower2, lower, upper):
-        return self._rates.rates(lower2, lower, upper)
+        key = ("rates", None if lower2 is None else tuple(np.ravel(lower2).tolist()), tuple(np.ravel(lower).tolist()),
+               tuple(np.ravel(upper).tolist()))
+        memo = _memo(self)
+        if key not in memo:
+            memo[key] = self._rates.rates(lower2, lower, upper)
+        return memo[key]
 
 
 def request_views(model: AgreementModel) -> list[tuple[float, "RequestView"]] | None:
@@ -457,17 +470,24 @@ def _round_terms(cost: CostModel, model: AgreementModel, lo: int, hi: int, g: in
     N = min(g, first low-confidence draft): P(N >= n) = h^(n-1)."""
     a = float(np.asarray(model.pair(lo, hi)).reshape(-1)[0])
     if tau > 0:
-        top = _rows_top1(model)
-        t = model.traces
-        ie, il = int(model.idx(lo)), int(model.idx(hi))
-        low = top[:, ie] < tau
-        agree = t[:, ie] == t[:, il]
-        h = 1.0 - float(low.mean())
-        q = a * float((~low & agree).mean()) / float(agree.mean()) if agree.any() else 0.0
+        memo = _memo(model)
+        key = ("round", lo, hi, tau)
+        if key not in memo:  # the rows' statistics: the same for every propose and cost
+            top = _rows_top1(model)
+            t = model.traces
+            ie, il = int(model.idx(lo)), int(model.idx(hi))
+            low = top[:, ie] < tau
+            agree = t[:, ie] == t[:, il]
+            memo[key] = (1.0 - float(low.mean()), float((~low & agree).mean()) / float(agree.mean()) if agree.any() else 0.0)
+        h, share = memo[key]
+        q = a * share
     else:
         h, q = 1.0, a
-    draft_ms = float(cost.forward([(np.array([lo]), np.ones(1, int))], np.ones(1, int))[0])
-    check_ms = _check_cost(cost, [lo], [hi], g)[0]
+    cm = _memo(cost)
+    if ("round", lo, hi, g) not in cm:  # the same for every request of over_requests
+        cm[("round", lo, hi, g)] = (float(cost.forward([(np.array([lo]), np.ones(1, int))], np.ones(1, int))[0]),
+                                    _check_cost(cost, [lo], [hi], g)[0])
+    draft_ms, check_ms = cm[("round", lo, hi, g)]
     n = np.arange(1, g + 1)
     reach = h ** (n - 1)
     stop = np.append(reach[:-1] * (1 - h), reach[-1])
@@ -528,7 +548,10 @@ def analytic_three_level(cost: CostModel, model: AgreementModel, plan: Plan) -> 
         base = (e1 & e2).sum() / max(e1.sum(), 1)
         scale = lambda sel: ((sel & e1 & e2).sum() / max((sel & e1).sum(), 1)) / base if base > 0 else 1.0
         beta_h, beta_l = beta * scale(~low), beta * scale(low)
-    own = _split_by_confidence(model, l1, l2, L, tau_e)
+    memo = _memo(model)
+    if ("split", l1, l2, L, tau_e) not in memo:
+        memo[("split", l1, l2, L, tau_e)] = _split_by_confidence(model, l1, l2, L, tau_e)
+    own = memo[("split", l1, l2, L, tau_e)]
     types = []  # (probability, pass probabilities of its tokens in order, escalates)
     for k in range(g):
         for share, f, esc in own["correction"]:
@@ -539,7 +562,10 @@ def analytic_three_level(cost: CostModel, model: AgreementModel, plan: Plan) -> 
     for share, f, esc in own["bonus"]:
         types.append((q ** (g - 1) * a * share, [beta_h] * (g - 1) + [beta, mu * f], esc))
     per_block = sum(p * float(np.cumprod(seq).sum()) for p, seq, _ in types)  # E[leading tokens level 3 accepts]
-    check3 = _check_cost(cost, [l2], [L], w + g + 1)[0]
+    cm = _memo(cost)
+    if ("check", l2, L, w + g + 1) not in cm:
+        cm[("check", l2, L, w + g + 1)] = _check_cost(cost, [l2], [L], w + g + 1)[0]
+    check3 = cm[("check", l2, L, w + g + 1)]
     u = np.zeros(w)  # u[m]: P(the level-2 buffer holds m tokens after some block, not yet sent up)
     v = np.zeros(w)  # ... and level 3 accepts all m
     u[0] = v[0] = 1.0
