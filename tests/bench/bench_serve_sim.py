@@ -13,7 +13,12 @@ processes than wall time).
 plans of depth >= 3, side by side in the same run, and prints its CPU time, the ratio
 and whether both runs are identical.
 
+--adaptive runs adaptive plans instead (hispec_sim.serving_adaptive, through the same
+simulate_arrays) on cpu_hispec_tiny (the profile with confidence statistics and a measured
+per-request spread), each next to its fixed plan.
+
     python tests/bench/bench_serve_sim.py [--requests 10000] [--qps 30] [--policies ragged,synchronous] [--reference]
+                                          [--adaptive]
 """
 from __future__ import annotations
 
@@ -58,8 +63,10 @@ def main() -> None:
     ap.add_argument("--policies", default="ragged,synchronous")
     ap.add_argument("--reference", action="store_true",
                     help="also time the slot-by-slot synchronous engine (depth >= 3), side by side")
+    ap.add_argument("--adaptive", action="store_true", help="adaptive plans and their fixed plans on cpu_hispec_tiny")
     args = ap.parse_args()
-    prof = schema.load_profile("a100_llama70b")
+    prof = schema.load_profile("cpu_hispec_tiny" if args.adaptive else "a100_llama70b")
+    layers = prof.model.num_layers
     table, acc = prof.table(), prof.workload()
     tr = schema.Traffic(qps=args.qps, requests=args.requests, prompt_len=schema.LengthDist.parse("uniform:64:512", "p"),
                         output_len=schema.LengthDist.parse("uniform:32:256", "o"), seed=1)
@@ -74,22 +81,27 @@ def main() -> None:
           f"max batch {args.max_batch}")
     print(f"{'plan':34s} {'policy':12s} {'seconds':>8s} {'CPU s':>6s} {'requests/s simulated':>21s} {'steps':>7s} "
           f"{'mean batch':>10s}")
-    plans = [([80], 1, []), ([23, 80], 3, []), ([17, 42, 80], 2, [9])]
-    for levels, g, w in plans:
+    plans = [dict(levels=[80]), dict(levels=[23, 80], propose=3), dict(levels=[17, 42, 80], propose=2, windows=[9])]
+    if args.adaptive:
+        plans = [dict(levels=[2, 16], propose=6), dict(levels=[2, 16], propose=6, draft_confidence=0.3),
+                 dict(levels=[1, 2, 16], propose=1, windows=[3]),
+                 dict(levels=[1, 2, 16], propose=1, windows=[3], escalate_confidence=[0.3]),
+                 dict(levels=[1, 4, 16], propose=3, windows=[4], draft_confidence=0.5, escalate_confidence=[0.5])]
+    for kw in plans:
         for policy in args.policies.split(","):
-            if len(levels) == 1 and policy != "ragged":
+            if len(kw["levels"]) == 1 and policy != "ragged":
                 continue
-            plan = schema.Plan(levels=levels, propose=g, windows=w, batching=policy)
+            plan = schema.Plan(**kw, batching=policy)
             t0, c0 = time.perf_counter(), time.process_time()
-            run = serving.simulate_arrays(table, 80, acc, plan, arr, pl, ol, lim, seed=0)
+            run = serving.simulate_arrays(table, layers, acc, plan, arr, pl, ol, lim, seed=0)
             dt, dc = time.perf_counter() - t0, time.process_time() - c0
             # mean running batch: the sum over requests of their time in the engine / the span
             inside = (run.last_ms - run.admit_ms).sum() / (run.last_ms.max() - run.admit_ms.min())
             print(f"{plan.describe():34s} {policy:12s} {dt:8.2f} {dc:6.2f} {args.requests / dt:21.0f} {run.steps:7d} "
                   f"{inside:10.1f}")
-            if args.reference and policy == "synchronous" and plan.depth >= 3:
+            if args.reference and policy == "synchronous" and plan.depth >= 3 and not plan.adaptive:
                 c1 = time.process_time()
-                ref = reference_engine()(table, 80, acc, plan, arr, pl, ol, lim, 0)
+                ref = reference_engine()(table, layers, acc, plan, arr, pl, ol, lim, 0)
                 rc = time.process_time() - c1
                 print(f"{'  slot-by-slot reference':34s} {policy:12s} {'':8s} {rc:6.2f}   compact / reference CPU "
                       f"time {dc / rc:.2f}; identical runs: {same_run(run, ref)}")
