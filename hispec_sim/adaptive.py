@@ -102,7 +102,7 @@ class RequestView:
         return memo[key]
 
 
-def request_views(model: AgreementModel) -> list[tuple[float, "RequestView"]] | None:
+def request_views(model: AgreementModel) -> list[tuple[float, RequestView]] | None:
     """(weight, view) per request of the workload's distribution, the weights summing to 1:
     every measured request with its own agreement matrix and its own trace rows when the
     workload pairs them (request_rows), else the spread's scenarios (acceptance.spread_scenarios)

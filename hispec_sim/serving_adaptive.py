@@ -30,9 +30,9 @@ fixed plan's simulation draws: the same seeds give the same run.
 """
 from __future__ import annotations
 
-import numpy as np
-
 from dataclasses import dataclass
+
+import numpy as np
 
 from .adaptive import TokenClasses, request_token_classes, token_classes
 from .schema import Acceptance, LatencyTable, Plan, ServeLimits
@@ -64,7 +64,7 @@ class RequestClasses:
         return self.factor.shape[1]
 
     @classmethod
-    def pooled(cls, tc: TokenClasses, n: int) -> "RequestClasses":
+    def pooled(cls, tc: TokenClasses, n: int) -> RequestClasses:
         return cls(np.broadcast_to(tc.low, (n,) + tc.low.shape), np.broadcast_to(tc.factor, (n,) + tc.factor.shape),
                    tc.kind_at)
 
