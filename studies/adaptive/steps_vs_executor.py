@@ -5,7 +5,9 @@ arrive at once (admission then does not depend on timing), ragged and synchronou
 Executor: `hispec-exec serve`'s process (hispec_exec.serve.serve, greedy) on 4 prompt sets
 (held-out prompts, seeds 11-14, 8 prompts of 32 tokens each, 96 new tokens, max batch 8),
 mean steps over the sets. Simulator: `hispec_sim.serving.simulate_arrays` on cpu_hispec_tiny
-(its per-request spread, confidence statistics) with the same lengths, mean over 40 seeds.
+(its per-request spread; each simulated request with the confidence statistics of the
+measured request whose agreement it drew) with the same lengths, mean over 40 seeds. The
+run before per-request confidence (pooled classes) is in git history and in README.md.
 Adaptive plans and their fixed plans side by side: the fixed plans' ratio shows how far
 these prompts sit from the profile's workload; the adaptive / fixed ratios, measured and
 simulated, show what the adaptive extension adds.
