@@ -226,7 +226,6 @@ def _run_synchronous(cost: StepCost, plan: Plan, sch: Schedules | None, rates, c
     width = sch.width if sch is not None else buffer_width(plan)
     W = width + 1
     cols = np.arange(width)
-    lv_idx = np.arange(k)
     crng = rng.spawn(1)[0] if sch is None else None
     req = np.full(B, -1, np.int64)
     active = np.zeros(B, bool)
@@ -294,14 +293,16 @@ def _run_synchronous(cost: StepCost, plan: Plan, sch: Schedules | None, rates, c
                 phase = 1
                 continue
             o = np.full(len(part), phase, np.int64)
-            nbuf = np.where(o > 0, st.blen[part, np.maximum(o - 1, 0)], 0)
+            nbuf = st.blen[part, phase - 1] if phase > 0 else np.zeros(len(part), np.int64)
             tent = st.blen[part].sum(1)
         # rows per layer range: a draft 1 row through range 1; a level-(j+1) check of an
-        # n-token buffer 1 row through ranges 1..j and n+1 rows through range j+1
-        ar = np.arange(len(part))
-        rows = (lv_idx[None, :] < o[:, None]).astype(np.int64)
-        rows[ar, o] = np.where(o > 0, nbuf + 1, 1)
-        head_rows = np.bincount(o, weights=rows[ar, o], minlength=k)[:k].astype(np.int64)
+        # n-token buffer 1 row through ranges 1..j and n+1 rows through range j+1 (every
+        # sequence in this step does the same operation: the phase's)
+        rows = np.zeros((len(part), k), np.int64)
+        rows[:, :phase] = 1
+        rows[:, phase] = nbuf + 1 if phase > 0 else 1
+        head_rows = np.zeros(k, np.int64)
+        head_rows[phase] = rows[:, phase].sum()
         ctx = prompt[req[part]] - 1 + done_tok[part] + tent
         t += cost.step(rows, ctx, head_rows, int((o > 0).sum()))
         steps += 1
