@@ -1,0 +1,141 @@
+"""Step-time noise: every simulated serving step's time x one draw of the measured ratio
+(real iteration ms / the serving calibration's fitted ms), shared by every sequence in
+that step.
+
+What is measured (hispec_exec.measure_serving.fit_step_overheads): after the NNLS fit of
+the serve loop's iterations, each iteration's ratio measured / fitted. Stored
+(`schema.StepNoise`): the ratio's quantiles at probabilities (i + 1/2) / n, rescaled so
+that the sampler below has mean exactly 1 (the deterministic model's throughput is kept;
+the noise only spreads the steps), the lag-1 autocorrelation of the ratio's normal scores
+within each serve() run, and the iterations counted. Every iteration counts, also those
+the fit rejected as outliers: slow steps are the tail this models.
+
+The sampler (assumptions): a Gaussian copula. z_t ~ N(0, 1) is mapped to a ratio by the
+quantile function, linear in the normal score between the stored quantiles (z_i =
+Phi^-1((i + 1/2) / n)) and flat beyond the first and last (no tail beyond the measured
+range). z_t is AR(1), z_t = rho z_{t-1} + sqrt(1 - rho^2) e_t, with rho the stored
+lag-1 autocorrelation: slow windows of a loaded machine (several slow steps in a row)
+are kept when the measurement saw them; rho = 0 is i.i.d. The measurement stores rho
+only when it exceeds its noise level (2 / sqrt(pairs)), else 0 (i.i.d.). One pooled
+distribution for all step sizes (drafts of a few layers and full-depth checks): the
+ratio is a relative error, and the calibration's iterations hold both kinds interleaved.
+"""
+from __future__ import annotations
+
+from statistics import NormalDist
+
+import numpy as np
+
+NOISE_STREAM = 0x5E7  # the noise's RNG stream: [NOISE_STREAM, seed], apart from the acceptance draws
+QUANTILES = 65
+
+
+def probabilities(n: int) -> np.ndarray:
+    """Probability levels of n stored quantiles."""
+    return (np.arange(n) + 0.5) / n
+
+
+def normal_scores(n: int) -> np.ndarray:
+    nd = NormalDist()
+    return np.array([nd.inv_cdf(p) for p in probabilities(n)])
+
+
+def sampler_mean(quantiles) -> float:
+    """E[ratio] under the sampler: E[f(Z)], f linear in z between (z_i, q_i), flat beyond
+    (closed form: on [a, b], f = q_a + s (z - a) and the integral of z phi is phi(a) - phi(b))."""
+    q = np.asarray(quantiles, float)
+    z = normal_scores(len(q))
+    nd = NormalDist()
+    cdf = np.array([nd.cdf(v) for v in z])
+    pdf = np.array([nd.pdf(v) for v in z])
+    dz = np.diff(z)
+    slope = np.diff(q) / dz
+    mass = np.diff(cdf)
+    inner = q[:-1] * mass + slope * ((pdf[:-1] - pdf[1:]) - z[:-1] * mass)
+    return float(q[0] * cdf[0] + inner.sum() + q[-1] * (1.0 - cdf[-1]))
+
+
+def lag1_normal_scores(ratio: np.ndarray, group: np.ndarray) -> tuple[float, int]:
+    """Lag-1 autocorrelation of the ratios' normal scores (ranks mapped through Phi^-1),
+    over consecutive iterations of the same run; and the pairs counted."""
+    n = len(ratio)
+    rank = np.empty(n)
+    rank[np.argsort(ratio, kind="stable")] = np.arange(n)
+    nd = NormalDist()
+    z = np.array([nd.inv_cdf((r + 0.5) / n) for r in rank])
+    same = group[1:] == group[:-1]
+    a, b = z[:-1][same], z[1:][same]
+    if len(a) < 3 or a.std() == 0 or b.std() == 0:
+        return 0.0, int(len(a))
+    return float(np.corrcoef(a, b)[0, 1]), int(len(a))
+
+
+def describe(ratio: np.ndarray, group: np.ndarray, n_quantiles: int = QUANTILES) -> dict:
+    """The StepNoise fields from per-iteration ratios measured / fitted, in run order
+    (group: the serve() run of each iteration)."""
+    ratio = np.asarray(ratio, float)
+    group = np.asarray(group)
+    q = np.quantile(ratio, probabilities(n_quantiles))
+    q = q / sampler_mean(q)
+    rho, pairs = lag1_normal_scores(ratio, group)
+    significant = pairs > 0 and abs(rho) > 2.0 / np.sqrt(pairs)
+    return {"quantiles": [float(v) for v in np.round(q, 6)], "lag1_autocorrelation": round(rho, 4) if significant else 0.0,
+            "lag1_measured": round(rho, 4), "iterations": int(len(ratio))}
+
+
+class NoiseStream:
+    """Multipliers of consecutive steps, drawn in blocks (vectorised), handed out in order.
+    peek(c) shows the next c without using them; advance(c) uses them; take(c) both."""
+
+    BLOCK = 1 << 14
+
+    def __init__(self, quantiles, rho: float, seed: int):
+        q = np.asarray(quantiles, float)
+        self.q = q / sampler_mean(q)  # mean exactly 1 (stored quantiles already are, to rounding)
+        self.z = normal_scores(len(q))
+        self.rho = float(rho)
+        self.rng = np.random.default_rng([NOISE_STREAM, int(seed)])
+        self.last_z = None
+        self.buf = np.zeros(0)
+        self.pos = 0
+
+    def _more(self, count: int) -> np.ndarray:
+        e = self.rng.standard_normal(max(self.BLOCK, count))
+        if self.rho == 0.0:
+            z = e
+        else:  # AR(1) as a linear filter (stationary start: z_0 ~ N(0, 1))
+            from scipy.signal import lfilter
+
+            if self.last_z is None:
+                e[0] /= np.sqrt(1.0 - self.rho ** 2)
+                zi = [0.0]
+            else:
+                zi = [self.rho * self.last_z]
+            z = lfilter([np.sqrt(1.0 - self.rho ** 2)], [1.0, -self.rho], e, zi=zi)[0]
+            self.last_z = float(z[-1])
+        return np.interp(z, self.z, self.q)
+
+    def peek(self, count: int) -> np.ndarray:
+        if self.pos + count > len(self.buf):
+            self.buf = np.concatenate([self.buf[self.pos:], self._more(count)])
+            self.pos = 0
+        return self.buf[self.pos:self.pos + count]
+
+    def advance(self, count: int) -> None:
+        self.peek(count)
+        self.pos += count
+
+    def take(self, count: int) -> np.ndarray:
+        out = self.peek(count)
+        self.pos += count
+        return out
+
+
+def stream_for(table, seed: int) -> NoiseStream | None:
+    """The table's step-noise stream for this seed; None when its serving calibration
+    has none (older profiles, or the noise switched off: deterministic steps)."""
+    sv = getattr(table, "serving", None)
+    noise = sv.step_noise if sv is not None else None
+    if noise is None:
+        return None
+    return NoiseStream(noise.quantiles, noise.lag1_autocorrelation, seed)
