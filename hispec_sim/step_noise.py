@@ -83,6 +83,27 @@ def describe(ratio: np.ndarray, group: np.ndarray, n_quantiles: int = QUANTILES)
             "lag1_measured": round(rho, 4), "iterations": int(len(ratio))}
 
 
+def ar1(rho: float, first: float, e: np.ndarray, chunk: int = 64) -> np.ndarray:
+    """z_0 = first, z_t = rho z_{t-1} + sqrt(1 - rho^2) e_t (t = 1..len(e)), vectorised:
+    within chunks of `chunk` steps a triangular matrix of powers of rho, then one carry
+    per chunk."""
+    c = np.sqrt(1.0 - rho ** 2)
+    n = len(e)
+    m = -(-n // chunk)
+    x = np.zeros(m * chunk)
+    x[:n] = c * e
+    lag = np.arange(chunk)[:, None] - np.arange(chunk)[None, :]
+    powers = np.where(lag >= 0, rho ** np.maximum(lag, 0), 0.0)  # (i, j): rho^(i - j), j <= i
+    local = x.reshape(m, chunk) @ powers.T  # each chunk started from 0
+    decay = rho ** np.arange(1, chunk + 1)  # the carry's weight at each position of the next chunk
+    out = np.empty_like(local)
+    prev = first
+    for i in range(m):
+        out[i] = local[i] + decay * prev
+        prev = out[i, -1]
+    return np.concatenate([[first], out.reshape(-1)[:n]])
+
+
 class NoiseStream:
     """Multipliers of consecutive steps, drawn in blocks (vectorised), handed out in order.
     peek(c) shows the next c without using them; advance(c) uses them; take(c) both."""
@@ -103,15 +124,9 @@ class NoiseStream:
         e = self.rng.standard_normal(max(self.BLOCK, count))
         if self.rho == 0.0:
             z = e
-        else:  # AR(1) as a linear filter (stationary start: z_0 ~ N(0, 1))
-            from scipy.signal import lfilter
-
-            if self.last_z is None:
-                e[0] /= np.sqrt(1.0 - self.rho ** 2)
-                zi = [0.0]
-            else:
-                zi = [self.rho * self.last_z]
-            z = lfilter([np.sqrt(1.0 - self.rho ** 2)], [1.0, -self.rho], e, zi=zi)[0]
+        else:  # AR(1), stationary start (z_0 ~ N(0, 1)); z_{t-1} carried across blocks
+            first = e[0] if self.last_z is None else self.rho * self.last_z + np.sqrt(1.0 - self.rho ** 2) * e[0]
+            z = ar1(self.rho, first, e[1:])
             self.last_z = float(z[-1])
         return np.interp(z, self.z, self.q)
 
