@@ -243,6 +243,8 @@ class StepNoise(Strict):
     lag1_autocorrelation: float = Field(0.0, ge=-0.95, le=0.95)
     lag1_measured: float | None = Field(None, ge=-1, le=1, description="as measured (stored as 0 when not significant)")
     iterations: int = Field(ge=1)
+    ratio_mean: float | None = Field(None, gt=0, le=100, description="mean measured / fitted before the rescaling "
+                                     "(the simulated steps keep the fit's mean: information only)")
 
     @model_validator(mode="after")
     def _quantiles(self) -> "StepNoise":

@@ -80,7 +80,7 @@ def describe(ratio: np.ndarray, group: np.ndarray, n_quantiles: int = QUANTILES)
     rho, pairs = lag1_normal_scores(ratio, group)
     significant = pairs > 0 and abs(rho) > 2.0 / np.sqrt(pairs)
     return {"quantiles": [float(v) for v in np.round(q, 6)], "lag1_autocorrelation": round(rho, 4) if significant else 0.0,
-            "lag1_measured": round(rho, 4), "iterations": int(len(ratio))}
+            "lag1_measured": round(rho, 4), "iterations": int(len(ratio)), "ratio_mean": round(float(ratio.mean()), 6)}
 
 
 def ar1(rho: float, first: float, e: np.ndarray, chunk: int = 64) -> np.ndarray:
