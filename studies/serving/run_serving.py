@@ -109,9 +109,12 @@ Remaining misses (quiet-machine run above, every scenario replayed in two passes
   validation (studies/fidelity) cancels drift by comparing speed-ups against interleaved
   autoregressive runs, which absolute latency percentiles cannot do.
 * p99s are under-predicted more than medians in every scenario: the simulator's step
-  costs are deterministic, while real iterations jitter (median |residual| of the
-  iteration fit 1.3 ms on 3-20 ms steps) and a tail is made of the slow ones. A step-time
-  noise model measured from those residuals is the next step.
+  costs were deterministic, while real iterations jitter (median |residual| of the
+  iteration fit 1.3 ms on 3-20 ms steps) and a tail is made of the slow ones. The step
+  noise measured from those residuals (hispec_sim/step_noise.py: each step x a draw of
+  the measured ratio real / fitted, mean 1, AR(1) when the residuals are serially
+  correlated) is in profiles measured since; the column "error without step noise" shows
+  what it changes (the same as "error" when the profile has none).
 * The single-level speculative plan `[2,16]` g=4 is under-predicted even from the table
   (TPOT -17 % / -23 %), the 3-level plan not (+4 % / +8 %).
 * Acceptance is not a source of error here: the executor's acceptance_per_level counts
