@@ -196,3 +196,78 @@ def test_cli_refuses_bad_noise_in_one_line(tmp_path, capsys, noise, arg, needle)
     assert rc == 2
     assert needle in out.err and len(out.err.strip().splitlines()) == 1 and "Traceback" not in out.err
     assert out.out == ""
+
+
+class _NoisyReferenceCost:
+    """StepCost for the slot-by-slot synchronous reference engine, with each step's time x
+    the next noise draw: a round's g draft steps one by one (StepCost.drafts of one step at
+    each context), then each check step."""
+
+    def __init__(self, cost):
+        self.cost = cost
+
+    def __getattr__(self, name):
+        return getattr(self.cost, name)
+
+    def drafts(self, ctx, g, m):
+        return sum(self.cost.jitter(self.cost.drafts(ctx + i, 1, m)) for i in range(g))
+
+    def step(self, *a):
+        return self.cost.jitter(self.cost.step(*a))
+
+
+@pytest.mark.parametrize("case", ["calibrated_light", "calibrated_depth4"])
+def test_noisy_synchronous_engine_equals_the_noisy_slot_by_slot_reference(case):
+    """The compact engine draws the noise per step in time order (g draws per round of
+    drafts, one per check), as the reference does step by step: the same runs (times up to
+    the order of float additions)."""
+    import test_synchronous_engine as ref
+
+    load, edit, levels, g, windows, count, qps, batch, kv, prompts, outputs = ref.CASES[case]
+    table, acc, layers = load()
+    table = edit(table)
+    table = table.model_copy(update={"serving": table.serving.model_copy(update={"step_noise": _noise(rho=0.4)})})
+    plan = schema.Plan(levels=levels, propose=g, windows=windows, batching="synchronous")
+    limits = schema.ServeLimits(max_batch=batch, kv_tokens=kv)
+    arrival, prompt, out = ref._requests(qps, count, prompts, outputs, seed=len(case))
+    seed = 2
+    got = serving.simulate_arrays(table, layers, acc, plan, arrival, prompt, out, limits, seed)
+    rng = np.random.default_rng(seed)
+    rates = serving.request_rates(acc, plan, len(arrival), rng)
+    need = serving.reservation(plan, prompt, out)
+    max_ctx = int((prompt + out).max()) + serving.max_overshoot(plan) + serving.CTX_BUCKET
+    cost = _NoisyReferenceCost(serving.StepCost(table, plan, layers, batch, max_ctx, prompt, seed=seed))
+    want = ref.reference_synchronous(cost, plan, rates, arrival, prompt, out, need,
+                                     kv if kv is not None else np.inf, batch, rng)
+    assert (got.steps, got.prefills) == (want.steps, want.prefills)
+    for field in ("event_req", "event_tokens"):
+        assert np.array_equal(getattr(got, field), getattr(want, field)), field
+    for field in ("admit_ms", "first_ms", "last_ms", "event_ms"):
+        assert np.allclose(getattr(got, field), getattr(want, field), rtol=1e-9, atol=1e-9), field
+    plain = serving.simulate_arrays(table.model_copy(update={"serving": table.serving.model_copy(
+        update={"step_noise": None})}), layers, acc, plan, arrival, prompt, out, limits, seed)
+    assert not np.allclose(plain.last_ms, got.last_ms)
+
+
+@pytest.mark.parametrize("batching", ["ragged", "synchronous"])
+def test_adaptive_plans_carry_the_noise_and_keep_their_tokens(batching):
+    from factories import confident_profile
+
+    p = confident_profile(layers=8)
+    plan = schema.Plan(levels=[2, 5, 8], propose=3, windows=[4], draft_confidence=0.4, escalate_confidence=[0.3],
+                       batching=batching)
+    rng = np.random.default_rng(1)
+    n = 60
+    arr, pl, ol = np.zeros(n), rng.integers(4, 40, n), rng.integers(3, 30, n)
+    runs = {}
+    for key, noise in (("off", None), ("on", _noise(rho=0.3))):
+        t = p.latency[0].model_copy(update={"serving": _calibration(noise)})
+        runs[key] = serving.simulate_arrays(t, p.model.num_layers, p.workload(), plan, arr, pl, ol,
+                                            schema.ServeLimits(max_batch=8), seed=0)
+    off, on = runs["off"], runs["on"]
+    assert on.steps == off.steps
+    ka, kb = np.lexsort((off.event_ms, off.event_req)), np.lexsort((on.event_ms, on.event_req))
+    assert np.array_equal(off.event_tokens[ka], on.event_tokens[kb])
+    assert not np.allclose(off.last_ms, on.last_ms)
+    sd = np.std(_noise().quantiles) * np.sqrt((1 + 0.3) / (1 - 0.3) / off.steps)
+    assert float(on.last_ms.max()) == pytest.approx(float(off.last_ms.max()), rel=4 * sd)
