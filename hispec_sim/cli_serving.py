@@ -269,6 +269,8 @@ def cmd_capacity(args) -> int:
     print(f"target {args.qps:g} req/s ({tr.arrival}), prompt {args.prompt_len} (mean {mean_prompt:.0f}), output "
           f"{args.output_len} (mean {mean_out:.0f}); SLOs p99 TTFT <= {limits.slo_ttft_ms:g} ms, p99 TBT <= "
           f"{limits.slo_tbt_ms:g} ms; ${args.gpu_hour_usd:g}/GPU-hour; {tr.requests} requests x {args.seeds} seeds per load")
+    noise = res["step_noise"]
+    print("step noise: " + ("on (the profile's measured step noise)" if noise["used"] else f"off: {noise['why']}"))
     print()
     print(f"{'family':16s} {'plan':38s} {'req/s per replica [95% CI]':>28s} {'replicas':>9s} {'GPUs':>5s} {'$/M tok':>8s} "
           f"{'p99 TTFT':>9s} {'p99 TBT':>8s}")

@@ -18,6 +18,12 @@ z ~ N(0, sigma) in logit space), else every request has the workload's rates; wi
 request, positions are i.i.d. with the Markov-along-levels rates of acceptance.py (the
 analytic model's assumptions). Adaptive plans (confidence thresholds): serving_adaptive.py.
 
+Step-time noise (step_noise.py): when the profile's serving calibration has a measured
+step noise, every decode step's time is multiplied by one draw (shared by the sequences in
+that step), from an RNG stream of its own, so acceptance draws, steps and tokens are the
+same with or without it; prefill forwards stay deterministic. Without it (older profiles,
+`--step-noise off`): deterministic steps, exactly as before.
+
 Why a small vectorised loop and no discrete-event library (simpy, salabim, ciw): the
 process has ONE kind of event, the end of an engine iteration, and every running
 sequence acts at every iteration, so there is no event queue to manage; the work per
