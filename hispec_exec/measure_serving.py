@@ -215,7 +215,7 @@ def fit_step_overheads(model: Transformer, table: LatencyTable, batches: list[in
             "scale_fitted": bool(scaled), "iterations": int(keep.sum()), "rejected": int((~keep).sum()),
             "residual_ms_median_abs": float(np.median(np.abs((y - X @ coef)[keep]))),
             "plans": [p.describe() for p in plans], "ratio": ratio, "fitted_ms": fitted, "group": group,
-            "checks": X[:, 3], "step_noise": step_noise.describe(ratio, group),
+            "checks": X[:, 3], "step_noise": step_noise.describe(ratio, group, fitted),
             "ratio_drafts_median": float(np.median(ratio[X[:, 3] == 0])) if (X[:, 3] == 0).any() else float("nan"),
             "ratio_checks_median": float(np.median(ratio[X[:, 3] > 0])) if (X[:, 3] > 0).any() else float("nan")}
 
@@ -255,8 +255,9 @@ def measure_serving(model: Transformer, table: LatencyTable, env: str = "", repe
               f"{fit['plans']} over closed batches, median |residual| {fit['residual_ms_median_abs']:.3f} ms, standard "
               f"errors by bootstrap over runs; step noise: quantiles of measured / fitted ms over all "
               f"{noise['iterations']} iterations, lag-1 autocorrelation of its normal scores {noise['lag1_measured']:.3f} "
-              f"({'AR(1)' if noise['lag1_autocorrelation'] else 'i.i.d.: not significant'}), pooled over step sizes (median "
-              f"ratio of draft-only steps {fit['ratio_drafts_median']:.3f}, of steps with a check "
+              f"({'AR(1)' if noise['lag1_autocorrelation'] else 'i.i.d.: not significant'}), "
+              f"{'two step-size classes split at ' + format(noise['split_ms'], '.2f') + ' ms' if noise.get('split_ms') else 'pooled over step sizes'} "
+              f"(median ratio of draft-only steps {fit['ratio_drafts_median']:.3f}, of steps with a check "
               f"{fit['ratio_checks_median']:.3f}); {env}")
     return cal.model_copy(update={
         "step_ms": round(fit["step_ms"], 6), "sequence_ms": round(fit["sequence_ms"], 6),

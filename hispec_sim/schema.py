@@ -235,11 +235,15 @@ class AttentionKernel(Strict):
 class StepNoise(Strict):
     """Step-time noise of the serve loop (hispec_sim.step_noise): quantiles of the ratio
     real iteration ms / fitted ms at probabilities (i + 1/2) / n, non-decreasing, > 0,
-    rescaled so that the sampler's mean is 1; the lag-1 autocorrelation of its normal
-    scores (0: i.i.d. steps; the sampler is AR(1) in normal-score space); iterations
-    measured."""
+    rescaled so that the sampler's mean is 1 (with split_ms: short_quantiles for steps
+    shorter than it, quantiles for the others; without: one pooled distribution); the
+    lag-1 autocorrelation of its normal scores (0: i.i.d. steps; the sampler is AR(1) in
+    normal-score space); iterations measured."""
 
     quantiles: list[float] = Field(min_length=3, max_length=257)
+    short_quantiles: list[float] | None = Field(None, min_length=3, max_length=257,
+                                                description="for steps shorter than split_ms (quantiles: the others)")
+    split_ms: float | None = Field(None, gt=0, le=MAX_MS)
     lag1_autocorrelation: float = Field(0.0, ge=-0.95, le=0.95)
     lag1_measured: float | None = Field(None, ge=-1, le=1, description="as measured (stored as 0 when not significant)")
     iterations: int = Field(ge=1)
@@ -248,11 +252,16 @@ class StepNoise(Strict):
 
     @model_validator(mode="after")
     def _quantiles(self) -> "StepNoise":
-        q = self.quantiles
-        if not all(isinstance(v, (int, float)) and math.isfinite(v) and 0 < v <= 100 for v in q):
-            raise ValueError("serving.step_noise.quantiles: must be finite, > 0 and <= 100")
-        if any(b < a for a, b in zip(q, q[1:])):
-            raise ValueError("serving.step_noise.quantiles: must be non-decreasing")
+        if (self.short_quantiles is None) != (self.split_ms is None):
+            raise ValueError("serving.step_noise.split_ms: give both short_quantiles and split_ms, or neither")
+        for name in ("quantiles", "short_quantiles"):
+            q = getattr(self, name)
+            if q is None:
+                continue
+            if not all(isinstance(v, (int, float)) and math.isfinite(v) and 0 < v <= 100 for v in q):
+                raise ValueError(f"serving.step_noise.{name}: must be finite, > 0 and <= 100")
+            if any(b < a for a, b in zip(q, q[1:])):
+                raise ValueError(f"serving.step_noise.{name}: must be non-decreasing")
         return self
 
 

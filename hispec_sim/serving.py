@@ -172,7 +172,7 @@ class StepCost:
 
     def jitter(self, ms: float) -> float:
         """A decode step's time x the next noise draw (unchanged without noise)."""
-        return ms if self.noise is None else ms * float(self.noise.take(1)[0])
+        return ms if self.noise is None else ms * float(self.noise.scale(self.noise.take(1), ms)[0])
 
     def overhead(self, nseq, nchecks) -> np.ndarray:
         """Host time of steps beyond forward and head (latency.serving_step_overhead_ms)."""
@@ -553,7 +553,7 @@ class _DeferredClock:
         c, k, g = self.cost, self.k, self.g
         costs = np.zeros(self.pending)
         nb_last = c.att.shape[1] - 1
-        if c.noise is not None:  # one draw per decode step, in time order (a drafts entry is g steps)
+        if c.noise is not None:  # one normal score per decode step, in time order (a drafts entry is g steps)
             nsteps = np.zeros(self.pending, np.int64)
             nsteps[np.array(self.dr_at, np.int64) - self.base] = g
             nsteps[np.array(self.ck_at, np.int64) - self.base] = 1
@@ -574,7 +574,8 @@ class _DeferredClock:
                 costs[at] = g * (c.overhead(m, 0) + c.head[m]) + c.span[0] * per.sum(1)
             else:  # each of the g draft steps its own draw
                 each = (c.overhead(m, 0) + c.head[m])[:, None] + c.span[0] * per
-                costs[at] = (each * draws[first_draw[at][:, None] + np.arange(g)[None, :]]).sum(1)
+                z = draws[first_draw[at][:, None] + np.arange(g)[None, :]]
+                costs[at] = (each * c.noise.scale(z, each)).sum(1)
         if self.ck_at:  # StepCost.step, many steps at once: one row per sequence below range o+1, nb + 1 in it
             m, o, s, nb = (np.array(x) for x in (self.ck_m, self.ck_o, self.ck_s, self.ck_nb))
             lv = np.arange(k)[None, :]
@@ -591,7 +592,7 @@ class _DeferredClock:
             at = np.array(self.ck_at) - self.base
             costs[at] = c.overhead(m, m) + (c.span[None, :] * per).sum(1) + c.head[nb + m]
             if c.noise is not None:
-                costs[at] *= draws[first_draw[at]]
+                costs[at] *= c.noise.scale(draws[first_draw[at]], costs[at])
         times = np.cumsum(np.concatenate([[self.t], costs]))  # sequential, as the clock adding each step
         self.t = float(times[-1])
         first = self.base
@@ -765,7 +766,7 @@ def _run_scheduled(cost: StepCost, plan: Plan, sch: Schedules, arrival_s, prompt
         heads = cost.head[op_head[pos].sum(0)]  # (s,): one head call over all head rows of the step
         step_ms = cost.overhead(m, op_check[pos].sum(0)) + (per * span[None, :]).sum(1) + heads
         if cost.noise is not None:  # step i of the run takes the noise's draw i, however the run is chunked
-            step_ms = step_ms * cost.noise.peek(s)
+            step_ms = step_ms * cost.noise.scale(cost.noise.peek(s), step_ms)
         ends = t + np.cumsum(step_ms)
         # cut at the step during which the next admissible request arrives (admitted when it ends)
         if nxt < n and m < B and reserved + need[nxt] <= kv_cap:

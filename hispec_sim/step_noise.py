@@ -4,11 +4,12 @@ that step.
 
 What is measured (hispec_exec.measure_serving.fit_step_overheads): after the NNLS fit of
 the serve loop's iterations, each iteration's ratio measured / fitted. Stored
-(`schema.StepNoise`): the ratio's quantiles at probabilities (i + 1/2) / n, rescaled so
-that the sampler below has mean exactly 1 (the deterministic model's throughput is kept;
-the noise only spreads the steps), the lag-1 autocorrelation of the ratio's normal scores
-within each serve() run, and the iterations counted. Every iteration counts, also those
-the fit rejected as outliers: slow steps are the tail this models.
+(`schema.StepNoise`): the ratio's quantiles at probabilities (i + 1/2) / n, per step-size
+class (below): rescaled so that the sampler below has mean exactly 1 in each class (the
+deterministic model's throughput is kept; the noise only spreads the steps), the lag-1
+autocorrelation of the ratio's normal scores (ranks within its class) within each serve()
+run, and the iterations counted. Every iteration counts, also those the fit rejected as
+outliers: slow steps are the tail this models.
 
 The sampler (assumptions): a Gaussian copula. z_t ~ N(0, 1) is mapped to a ratio by the
 quantile function, linear in the normal score between the stored quantiles (z_i =
@@ -16,9 +17,18 @@ Phi^-1((i + 1/2) / n)) and flat beyond the first and last (no tail beyond the me
 range). z_t is AR(1), z_t = rho z_{t-1} + sqrt(1 - rho^2) e_t, with rho the stored
 lag-1 autocorrelation: slow windows of a loaded machine (several slow steps in a row)
 are kept when the measurement saw them; rho = 0 is i.i.d. The measurement stores rho
-only when it exceeds its noise level (2 / sqrt(pairs)), else 0 (i.i.d.). One pooled
-distribution for all step sizes (drafts of a few layers and full-depth checks): the
-ratio is a relative error, and the calibration's iterations hold both kinds interleaved.
+only when it exceeds its noise level (2 / sqrt(pairs)), else 0 (i.i.d.): on a loaded
+VM it is large (0.65 measured under load ~2.5, runs minutes apart at different speeds),
+so the AR(1) is what such a profile gets. Prefill forwards are not in the iteration fit
+and stay deterministic.
+
+Step size: the ratio's spread differs between short steps (drafts of a few layers: host
+time dominates) and long ones (a loaded 2-core VM, measured: 5-95 % of the ratio
+0.41-1.98 below the median fitted step, 0.59-2.27 above), so it is conditioned simply: two
+classes split at the median fitted step ms of the calibration (`split_ms`), each with its
+own quantiles (`short_quantiles` below, `quantiles` at or above), one AR(1) normal score
+per step mapped through the quantiles of that step's class (the copula is shared). A class
+of fewer than MIN_CLASS iterations: one pooled distribution (no split).
 """
 from __future__ import annotations
 
@@ -28,6 +38,7 @@ import numpy as np
 
 NOISE_STREAM = 0x5E7  # the noise's RNG stream: [NOISE_STREAM, seed], apart from the acceptance draws
 QUANTILES = 65
+MIN_CLASS = 2 * QUANTILES  # iterations a step-size class needs for quantiles of its own
 
 
 def probabilities(n: int) -> np.ndarray:
@@ -55,14 +66,23 @@ def sampler_mean(quantiles) -> float:
     return float(q[0] * cdf[0] + inner.sum() + q[-1] * (1.0 - cdf[-1]))
 
 
-def lag1_normal_scores(ratio: np.ndarray, group: np.ndarray) -> tuple[float, int]:
-    """Lag-1 autocorrelation of the ratios' normal scores (ranks mapped through Phi^-1),
-    over consecutive iterations of the same run; and the pairs counted."""
-    n = len(ratio)
+def _scores(x: np.ndarray) -> np.ndarray:
+    """Normal scores of x (ranks mapped through Phi^-1)."""
+    n = len(x)
     rank = np.empty(n)
-    rank[np.argsort(ratio, kind="stable")] = np.arange(n)
+    rank[np.argsort(x, kind="stable")] = np.arange(n)
     nd = NormalDist()
-    z = np.array([nd.inv_cdf((r + 0.5) / n) for r in rank])
+    return np.array([nd.inv_cdf((r + 0.5) / n) for r in rank])
+
+
+def lag1_normal_scores(ratio: np.ndarray, group: np.ndarray, cls: np.ndarray | None = None) -> tuple[float, int]:
+    """Lag-1 autocorrelation of the ratios' normal scores (ranks within each class `cls`
+    mapped through Phi^-1), over consecutive iterations of the same run; and the pairs."""
+    ratio = np.asarray(ratio, float)
+    z = np.empty(len(ratio))
+    cls = np.zeros(len(ratio), int) if cls is None else np.asarray(cls)
+    for c in np.unique(cls):
+        z[cls == c] = _scores(ratio[cls == c])
     same = group[1:] == group[:-1]
     a, b = z[:-1][same], z[1:][same]
     if len(a) < 3 or a.std() == 0 or b.std() == 0:
@@ -70,17 +90,34 @@ def lag1_normal_scores(ratio: np.ndarray, group: np.ndarray) -> tuple[float, int
     return float(np.corrcoef(a, b)[0, 1]), int(len(a))
 
 
-def describe(ratio: np.ndarray, group: np.ndarray, n_quantiles: int = QUANTILES) -> dict:
+def _quantiles(ratio: np.ndarray, n: int) -> list[float]:
+    q = np.quantile(ratio, probabilities(n))
+    return [float(v) for v in np.round(q / sampler_mean(q), 6)]
+
+
+def describe(ratio: np.ndarray, group: np.ndarray, fitted_ms: np.ndarray | None = None,
+             n_quantiles: int = QUANTILES) -> dict:
     """The StepNoise fields from per-iteration ratios measured / fitted, in run order
-    (group: the serve() run of each iteration)."""
+    (group: the serve() run of each iteration; fitted_ms: each one's fitted step ms, for
+    the two step-size classes; None: pooled)."""
     ratio = np.asarray(ratio, float)
     group = np.asarray(group)
-    q = np.quantile(ratio, probabilities(n_quantiles))
-    q = q / sampler_mean(q)
-    rho, pairs = lag1_normal_scores(ratio, group)
+    out = {"iterations": int(len(ratio)), "ratio_mean": round(float(ratio.mean()), 6)}
+    cls = None
+    if fitted_ms is not None:
+        fitted_ms = np.asarray(fitted_ms, float)
+        split = float(np.median(fitted_ms))
+        short = fitted_ms < split
+        if min(short.sum(), (~short).sum()) >= MIN_CLASS:
+            cls = short.astype(int)
+            out.update(quantiles=_quantiles(ratio[~short], n_quantiles), short_quantiles=_quantiles(ratio[short], n_quantiles),
+                       split_ms=round(split, 6))
+    if cls is None:
+        out["quantiles"] = _quantiles(ratio, n_quantiles)
+    rho, pairs = lag1_normal_scores(ratio, group, cls)
     significant = pairs > 0 and abs(rho) > 2.0 / np.sqrt(pairs)
-    return {"quantiles": [float(v) for v in np.round(q, 6)], "lag1_autocorrelation": round(rho, 4) if significant else 0.0,
-            "lag1_measured": round(rho, 4), "iterations": int(len(ratio)), "ratio_mean": round(float(ratio.mean()), 6)}
+    out.update(lag1_autocorrelation=round(rho, 4) if significant else 0.0, lag1_measured=round(rho, 4))
+    return out
 
 
 def ar1(rho: float, first: float, e: np.ndarray, chunk: int = 64) -> np.ndarray:
@@ -105,15 +142,20 @@ def ar1(rho: float, first: float, e: np.ndarray, chunk: int = 64) -> np.ndarray:
 
 
 class NoiseStream:
-    """Multipliers of consecutive steps, drawn in blocks (vectorised), handed out in order.
-    peek(c) shows the next c without using them; advance(c) uses them; take(c) both."""
+    """Normal scores of consecutive steps, drawn in blocks (vectorised), handed out in
+    order: peek(c) shows the next c without using them, advance(c) uses them, take(c)
+    both; scale(z, ms) maps them to the multipliers of steps of deterministic time ms."""
 
     BLOCK = 1 << 14
 
-    def __init__(self, quantiles, rho: float, seed: int):
+    def __init__(self, quantiles, rho: float, seed: int, short_quantiles=None, split_ms: float | None = None):
         q = np.asarray(quantiles, float)
         self.q = q / sampler_mean(q)  # mean exactly 1 (stored quantiles already are, to rounding)
         self.z = normal_scores(len(q))
+        self.split = split_ms if short_quantiles is not None else None
+        if self.split is not None:
+            qs = np.asarray(short_quantiles, float)
+            self.q_short, self.z_short = qs / sampler_mean(qs), normal_scores(len(qs))
         self.rho = float(rho)
         self.rng = np.random.default_rng([NOISE_STREAM, int(seed)])
         self.last_z = None
@@ -128,7 +170,18 @@ class NoiseStream:
             first = e[0] if self.last_z is None else self.rho * self.last_z + np.sqrt(1.0 - self.rho ** 2) * e[0]
             z = ar1(self.rho, first, e[1:])
             self.last_z = float(z[-1])
-        return np.interp(z, self.z, self.q)
+        return z
+
+    def scale(self, z: np.ndarray, ms) -> np.ndarray:
+        """Multipliers for normal scores z of steps whose deterministic time is ms."""
+        long = np.interp(z, self.z, self.q)
+        if self.split is None:
+            return long
+        return np.where(np.asarray(ms) < self.split, np.interp(z, self.z_short, self.q_short), long)
+
+    def ratios(self, count: int, ms: float = np.inf) -> np.ndarray:
+        """The next count multipliers of steps of ms each (tests, benchmarks)."""
+        return self.scale(self.take(count), ms)
 
     def peek(self, count: int) -> np.ndarray:
         if self.pos + count > len(self.buf):
@@ -153,4 +206,4 @@ def stream_for(table, seed: int) -> NoiseStream | None:
     noise = sv.step_noise if sv is not None else None
     if noise is None:
         return None
-    return NoiseStream(noise.quantiles, noise.lag1_autocorrelation, seed)
+    return NoiseStream(noise.quantiles, noise.lag1_autocorrelation, seed, noise.short_quantiles, noise.split_ms)

@@ -3,9 +3,9 @@
 Runs `hispec_sim.serving.simulate_arrays` on cpu_hispec_tiny (the profile with a serving
 calibration) for an autoregressive, a single-level and a 3-level plan, ragged and
 synchronous, 10,000 Poisson requests at max batch 64, once with deterministic steps and
-once with a step noise attached to the calibration (an AR(1) lognormal ratio, sigma 0.3,
-lag-1 0.5, summarised as the measurement does; the profile's own, if it has one, is
-replaced), and prints both CPU times and their ratio. (The published a100/h100 profiles
+once with a step noise attached to the calibration (an AR(1) lognormal ratio, lag-1 0.5,
+two step-size classes, sigma 0.45 / 0.3, summarised as the measurement does; the
+profile's own, if it has one, is replaced), and prints both CPU times and their ratio. (The published a100/h100 profiles
 have no serving calibration, hence no noise: tests/bench/bench_serve_sim.py is unchanged.)
 
     python tests/bench/bench_step_noise.py [--requests 10000] [--qps 60]
@@ -31,8 +31,11 @@ def main() -> None:
     table = next(t for t in prof.latency if t.serving is not None)
     acc, L = prof.workload(), prof.model.num_layers
     rng = np.random.default_rng(0)
-    z = step_noise.ar1(0.5, 0.0, rng.standard_normal(20000))
-    noise = schema.StepNoise(**{**step_noise.describe(np.exp(0.3 * z), np.zeros(len(z), int)),
+    z = step_noise.ar1(0.5, 0.0, rng.standard_normal(19999))
+    # two step-size classes split at 20 ms: short steps sigma 0.45, the others 0.3
+    fitted = np.tile([10.0, 40.0], len(z) // 2)
+    noise = schema.StepNoise(**{**step_noise.describe(np.exp(np.where(fitted < 20, 0.45, 0.3) * z),
+                                                      np.zeros(len(z), int), fitted),
                                 "lag1_autocorrelation": 0.5})
     tables = {"off": table.model_copy(update={"serving": table.serving.model_copy(update={"step_noise": None})}),
               "on": table.model_copy(update={"serving": table.serving.model_copy(update={"step_noise": noise})})}

@@ -106,7 +106,7 @@ def test_draws_reproduce_the_stored_quantiles(steps, lo, rho, seed):
     (after the rescaling to mean 1, which the stored quantiles of a measurement already have)."""
     q = lo + np.cumsum(steps)
     q = q / step_noise.sampler_mean(q)
-    draws = step_noise.NoiseStream(q, rho, seed).take(40_000)
+    draws = step_noise.NoiseStream(q, rho, seed).ratios(40_000)
     p = step_noise.probabilities(len(q))
     tol = 0.01 * np.sqrt((1 + rho) / (1 - rho))  # 4 standard deviations of a share
     for i in range(len(q)):
@@ -121,7 +121,7 @@ def test_draws_reproduce_the_stored_quantiles(steps, lo, rho, seed):
 @pytest.mark.parametrize("rho", [0.0, 0.3, 0.7])
 def test_simulated_lag1_autocorrelation_is_the_stored_one(rho):
     s = step_noise.NoiseStream(_noise().quantiles, rho, seed=1)
-    draws = np.concatenate([s.take(7000) for _ in range(10)])  # across block boundaries
+    draws = np.concatenate([s.ratios(7000) for _ in range(10)])  # across block boundaries
     got, _ = step_noise.lag1_normal_scores(draws, np.zeros(len(draws), int))
     assert got == pytest.approx(rho, abs=0.03)
 
@@ -271,3 +271,45 @@ def test_adaptive_plans_carry_the_noise_and_keep_their_tokens(batching):
     assert not np.allclose(off.last_ms, on.last_ms)
     sd = np.std(_noise().quantiles) * np.sqrt((1 + 0.3) / (1 - 0.3) / off.steps)
     assert float(on.last_ms.max()) == pytest.approx(float(off.last_ms.max()), rel=4 * sd)
+
+
+@pytest.mark.parametrize("plan", [PLANS[1], PLANS[3]], ids=["ragged-2", "sync-3"])
+def test_each_step_draws_from_its_size_class(plan):
+    """Two classes split at split_ms: below it short_quantiles, at or above quantiles. A
+    split above every step with constant short quantiles 1 = deterministic steps; a split
+    below every step = the pooled noise of `quantiles`, step for step."""
+    pooled = _noise(rho=0.3)
+    flat = [1.0] * len(pooled.quantiles)
+    wide = schema.StepNoise(**{**pooled.model_dump(), "short_quantiles": flat, "split_ms": 1e5})
+    narrow = schema.StepNoise(**{**pooled.model_dump(), "short_quantiles": flat, "split_ms": 1e-6})
+    off, all_short, all_long, ref = _run(plan), _run(plan, wide), _run(plan, narrow), _run(plan, pooled)
+    assert np.allclose(all_short.last_ms, off.last_ms, rtol=1e-12)
+    assert np.array_equal(all_long.event_ms, ref.event_ms)
+    assert not np.allclose(ref.last_ms, off.last_ms)
+
+
+def test_the_measurement_splits_step_sizes_when_both_classes_are_large():
+    rng = np.random.default_rng(3)
+    fitted = np.tile([4.0, 16.0], 1000) * rng.uniform(0.9, 1.1, 2000)  # half short, half long: the median splits them
+    ratio = np.where(fitted < 10, np.exp(0.5 * rng.standard_normal(2000)), np.exp(0.1 * rng.standard_normal(2000)))
+    d = step_noise.describe(ratio, np.arange(2000) // 50, fitted)
+    noise = schema.StepNoise(**d)
+    assert 4.4 <= noise.split_ms <= 14.4
+    short, long = np.asarray(noise.short_quantiles), np.asarray(noise.quantiles)
+    assert step_noise.sampler_mean(short) == pytest.approx(1, abs=1e-5) == step_noise.sampler_mean(long)
+    assert np.std(short) > 3 * np.std(long)
+    s = step_noise.stream_for(schema.LatencyTable.model_construct(serving=_calibration(noise)), seed=0)
+    z = s.take(50_000)
+    assert np.std(s.scale(z, 4.0)) > 3 * np.std(s.scale(z, 16.0))
+    few = step_noise.describe(ratio[:200], np.zeros(200, int), fitted[:200])  # classes too small: pooled
+    assert "split_ms" not in few and "short_quantiles" not in few
+
+
+@pytest.mark.parametrize("bad,field", [({"short_quantiles": [1.0, 0.9, 1.1], "split_ms": 3.0}, "short_quantiles"),
+                                       ({"short_quantiles": [0.9, 1.0, 1.1]}, "split_ms"),
+                                       ({"split_ms": 3.0}, "split_ms"),
+                                       ({"short_quantiles": [0.9, 1.0, 1.1], "split_ms": -1.0}, "split_ms")])
+def test_schema_refuses_bad_size_classes(bad, field):
+    good = {"quantiles": [0.8, 1.0, 1.2], "iterations": 100}
+    with pytest.raises(ValidationError, match=field):
+        schema.StepNoise(**{**good, **bad})
