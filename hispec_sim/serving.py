@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import step_noise
 from .acceptance import AgreementModel
 from .latency import (
     decode_attention_ms,
@@ -49,7 +50,6 @@ from .latency import (
     serving_layer_ms,
     serving_step_overhead_ms,
 )
-from . import step_noise
 from .schema import Acceptance, LatencyTable, Plan, Request, RequestMetrics, ServeLimits
 
 ACC, COR, BON = 0, 1, 2  # how a buffered token got there (acceptance.py's conditional rates)
