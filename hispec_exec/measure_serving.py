@@ -32,12 +32,14 @@ import time
 import numpy as np
 import torch
 
+from hispec_sim import step_noise
 from hispec_sim.schema import (
     LatencyTable,
     Plan,
     ServeLimits,
     ServingCalibration,
     Source,
+    StepNoise,
 )
 
 from .measure import (
@@ -188,7 +190,7 @@ def fit_step_overheads(model: Transformer, table: LatencyTable, batches: list[in
     by bootstrap over runs."""
     L = model.num_layers
     plans = calibration_plans(L)
-    X, y, group = [], [], []
+    X, y, group, heads = [], [], [], []
     g = 0
     prompts = calibration_prompts(model, max(batches), 24)
     for _ in range(rounds):
@@ -198,16 +200,24 @@ def fit_step_overheads(model: Transformer, table: LatencyTable, batches: list[in
                     fwd, head, nseq, nchk = step_features(plan.levels, it["ops"], table)
                     X.append([fwd, 1.0, nseq, nchk])
                     y.append(it["step_ms"] - head)
+                    heads.append(head)
                     group.append(g)
                 g += 1
-    X, y, group = np.asarray(X), np.asarray(y), np.asarray(group)
+    X, y, group, heads = np.asarray(X), np.asarray(y), np.asarray(group), np.asarray(heads)
     f = scaled_nnls(X, y, group, scale_col=0, bootstrap=bootstrap, seed=seed)
     coef, se, keep, scaled = f["coef"], f["se"], f["keep"], f["scaled"]
     names = ("forward_scale", "step_ms", "sequence_ms", "check_ms")
+    # the step noise: every iteration's measured / fitted step ms (exit head included, as the
+    # simulator costs a step), in run order; outliers too (slow steps make the tail)
+    fitted = X @ coef + heads
+    ratio = (y + heads) / np.maximum(fitted, 1e-9)
     return {**{k: float(v) for k, v in zip(names, coef)}, **{k + "_se": float(v) for k, v in zip(names, se)},
             "scale_fitted": bool(scaled), "iterations": int(keep.sum()), "rejected": int((~keep).sum()),
             "residual_ms_median_abs": float(np.median(np.abs((y - X @ coef)[keep]))),
-            "plans": [p.describe() for p in plans]}
+            "plans": [p.describe() for p in plans], "ratio": ratio, "fitted_ms": fitted, "group": group,
+            "checks": X[:, 3], "step_noise": step_noise.describe(ratio, group, fitted),
+            "ratio_drafts_median": float(np.median(ratio[X[:, 3] == 0])) if (X[:, 3] == 0).any() else float("nan"),
+            "ratio_checks_median": float(np.median(ratio[X[:, 3] > 0])) if (X[:, 3] > 0).any() else float("nan")}
 
 
 def design_for(repeats: int) -> dict:
@@ -235,6 +245,7 @@ def measure_serving(model: Transformer, table: LatencyTable, env: str = "", repe
     fit = fit_step_overheads(model, table.model_copy(update={"serving": cal}), [b for b in batches if b <= 8] or batches[:1], rounds, max_new,
                              seed=seed, clock=clock)
     how = "wall time" if clock is None else "process CPU time (CpuClock)"
+    noise = fit["step_noise"]
     detail = (f"{how}; Transformer.run_jobs over a CachePool, b x n = {batches} x {rows}, context {grid['context']} (cells of more than {MAX_CELL_ROWS} rows in all: the table's linear part beyond "
               f"the last timed rows): one layer "
               f"in situ ((L-layer - 1-layer forward) / (L - 1)), {repeats} interleaved rounds, samples beyond "
@@ -242,13 +253,19 @@ def measure_serving(model: Transformer, table: LatencyTable, env: str = "", repe
               f"scale {fit['forward_scale']:.3f} ({'fitted' if fit['scale_fitted'] else 'fixed: ill-determined'}) and step "
               f"overheads by NNLS on {fit['iterations']} serve() iterations ({fit['rejected']} outliers rejected) of "
               f"{fit['plans']} over closed batches, median |residual| {fit['residual_ms_median_abs']:.3f} ms, standard "
-              f"errors by bootstrap over runs; {env}")
+              f"errors by bootstrap over runs; step noise: quantiles of measured / fitted ms over all "
+              f"{noise['iterations']} iterations, lag-1 autocorrelation of its normal scores {noise['lag1_measured']:.3f} "
+              f"({'AR(1)' if noise['lag1_autocorrelation'] else 'i.i.d.: not significant'}), "
+              f"{'two step-size classes split at ' + format(noise['split_ms'], '.2f') + ' ms' if noise.get('split_ms') else 'pooled over step sizes'} "
+              f"(median ratio of draft-only steps {fit['ratio_drafts_median']:.3f}, of steps with a check "
+              f"{fit['ratio_checks_median']:.3f}); {env}")
     return cal.model_copy(update={
         "step_ms": round(fit["step_ms"], 6), "sequence_ms": round(fit["sequence_ms"], 6),
         "check_ms": round(fit["check_ms"], 6),
         "step_ms_se": round(fit["step_ms_se"], 6), "sequence_ms_se": round(fit["sequence_ms_se"], 6),
         "check_ms_se": round(fit["check_ms_se"], 6), "forward_scale": round(fit["forward_scale"], 6),
         "forward_scale_se": round(fit["forward_scale_se"], 6) if fit["scale_fitted"] else None,
+        "step_noise": StepNoise(**noise),
         "source": Source(kind="measured", detail=detail)})
 
 

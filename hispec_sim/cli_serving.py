@@ -45,6 +45,8 @@ def _common(p, capacity: bool) -> None:
     p.add_argument("--seed", type=int, default=0, help="first seed")
     p.add_argument("--slo-ttft-ms", type=float, required=capacity, help="p99 time-to-first-token SLO, ms")
     p.add_argument("--slo-tbt-ms", type=float, required=capacity, help="p99 time-between-tokens SLO, ms")
+    p.add_argument("--step-noise", default="on", help="on (default): each decode step's time x a draw of the "
+                   "profile's measured step noise, when its serving calibration has one; off: deterministic steps")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -78,8 +80,26 @@ def _positive(v, field: str, integer: bool = False, lo: float = 0.0, hi: float |
 
 
 def _setting(args) -> Setting:
+    if args.step_noise not in ("on", "off"):
+        raise ValueError(f"step-noise: must be on or off, got {args.step_noise!r}")
     profile = schema.load_profile(args.profile)
-    return Setting(profile, args.workload, args.tp, args.stack, 1, None)
+    setting = Setting(profile, args.workload, args.tp, args.stack, 1, None)
+    if args.step_noise == "off" and setting.table.serving is not None and setting.table.serving.step_noise is not None:
+        # the simulators read the noise from the table: without it every step is deterministic
+        setting.table = setting.table.model_copy(update={"serving": setting.table.serving.model_copy(
+            update={"step_noise": None})})
+    return setting
+
+
+def _noise_used(args, setting: Setting) -> dict:
+    """Whether the simulated steps carried the profile's step noise, and why not."""
+    sv = setting.table.serving
+    if sv is not None and sv.step_noise is not None:
+        n = sv.step_noise
+        return {"used": True, "lag1_autocorrelation": n.lag1_autocorrelation, "iterations": n.iterations}
+    why = "switched off (--step-noise off)" if args.step_noise == "off" else \
+        "the profile's latency table has no measured step noise (no serving calibration, or an older one)"
+    return {"used": False, "why": why}
 
 
 def _limits(args) -> schema.ServeLimits:
@@ -166,7 +186,8 @@ def cmd_serve(args) -> int:
            "plan": plan.model_dump(), "describe": plan.describe(), "batching": plan.batching,
            "traffic": {"trace": args.trace} if trace is not None else json.loads(tr.model_dump_json()),
            "limits": limits.model_dump(), "seeds": args.seeds, "mean_over_seeds": agg, "per_seed": summaries,
-           "steps": [r.steps for r in runs], "prefill_forwards": [r.prefills for r in runs]}
+           "steps": [r.steps for r in runs], "prefill_forwards": [r.prefills for r in runs],
+           "step_noise": _noise_used(args, setting)}
     if args.json:
         if args.per_request:
             out["requests"] = [m.model_dump() for m in runs[0].metrics()]
@@ -178,6 +199,9 @@ def cmd_serve(args) -> int:
           f"batching {plan.batching}")
     print(f"traffic: {src}; max batch {limits.max_batch}, kv tokens {limits.kv_tokens or 'unbounded'}; "
           f"{args.seeds} seed(s), mean [95 % CI over seeds]")
+    noise = out["step_noise"]
+    print("step noise: " + (f"on (measured on {noise['iterations']} iterations, lag-1 autocorrelation "
+                              f"{noise['lag1_autocorrelation']:g})" if noise["used"] else f"off: {noise['why']}"))
     print()
     print(_table(agg))
     return 0
@@ -230,7 +254,8 @@ def cmd_capacity(args) -> int:
     res.update({"profile": setting.profile.name, "workload": setting.workload, "tp": setting.tp, "stack": setting.stack,
                 "slo_ttft_ms": limits.slo_ttft_ms, "slo_tbt_ms": limits.slo_tbt_ms, "gpu_hour_usd": args.gpu_hour_usd,
                 "traffic": json.loads(tr.model_dump_json(exclude={"qps", "seed"})), "mean_prompt_tokens": mean_prompt,
-                "max_batch": limits.max_batch, "batching": batching, "seeds": args.seeds})
+                "max_batch": limits.max_batch, "batching": batching, "seeds": args.seeds,
+                "step_noise": _noise_used(args, setting)})
     if "closest" in res:
         c = res["closest"]
         raise ValueError(f"slo: no plan meets p99 TTFT <= {limits.slo_ttft_ms:g} ms and p99 TBT <= {limits.slo_tbt_ms:g} ms "
@@ -244,6 +269,8 @@ def cmd_capacity(args) -> int:
     print(f"target {args.qps:g} req/s ({tr.arrival}), prompt {args.prompt_len} (mean {mean_prompt:.0f}), output "
           f"{args.output_len} (mean {mean_out:.0f}); SLOs p99 TTFT <= {limits.slo_ttft_ms:g} ms, p99 TBT <= "
           f"{limits.slo_tbt_ms:g} ms; ${args.gpu_hour_usd:g}/GPU-hour; {tr.requests} requests x {args.seeds} seeds per load")
+    noise = res["step_noise"]
+    print("step noise: " + ("on (the profile's measured step noise)" if noise["used"] else f"off: {noise['why']}"))
     print()
     print(f"{'family':16s} {'plan':38s} {'req/s per replica [95% CI]':>28s} {'replicas':>9s} {'GPUs':>5s} {'$/M tok':>8s} "
           f"{'p99 TTFT':>9s} {'p99 TBT':>8s}")

@@ -232,6 +232,39 @@ class AttentionKernel(Strict):
         return self
 
 
+class StepNoise(Strict):
+    """Step-time noise of the serve loop (hispec_sim.step_noise): quantiles of the ratio
+    real iteration ms / fitted ms at probabilities (i + 1/2) / n, non-decreasing, > 0,
+    rescaled so that the sampler's mean is 1 (with split_ms: short_quantiles for steps
+    shorter than it, quantiles for the others; without: one pooled distribution); the
+    lag-1 autocorrelation of its normal scores (0: i.i.d. steps; the sampler is AR(1) in
+    normal-score space); iterations measured."""
+
+    quantiles: list[float] = Field(min_length=3, max_length=257)
+    short_quantiles: list[float] | None = Field(None, min_length=3, max_length=257,
+                                                description="for steps shorter than split_ms (quantiles: the others)")
+    split_ms: float | None = Field(None, gt=0, le=MAX_MS)
+    lag1_autocorrelation: float = Field(0.0, ge=-0.95, le=0.95)
+    lag1_measured: float | None = Field(None, ge=-1, le=1, description="as measured (stored as 0 when not significant)")
+    iterations: int = Field(ge=1)
+    ratio_mean: float | None = Field(None, gt=0, le=100, description="mean measured / fitted before the rescaling "
+                                     "(the simulated steps keep the fit's mean: information only)")
+
+    @model_validator(mode="after")
+    def _quantiles(self) -> "StepNoise":
+        if (self.short_quantiles is None) != (self.split_ms is None):
+            raise ValueError("serving.step_noise.split_ms: give both short_quantiles and split_ms, or neither")
+        for name in ("quantiles", "short_quantiles"):
+            q = getattr(self, name)
+            if q is None:
+                continue
+            if not all(isinstance(v, (int, float)) and math.isfinite(v) and 0 < v <= 100 for v in q):
+                raise ValueError(f"serving.step_noise.{name}: must be finite, > 0 and <= 100")
+            if any(b < a for a, b in zip(q, q[1:])):
+                raise ValueError(f"serving.step_noise.{name}: must be non-decreasing")
+        return self
+
+
 class ServingCalibration(Strict):
     """What a serving step costs beyond the batch-1 table, measured through the executor's
     batched path (hispec_exec.measure_serving; read by hispec_sim.serving only).
@@ -246,6 +279,7 @@ class ServingCalibration(Strict):
     together on the serve loop's own iterations (short draft steps and full-depth steps
     tell a per-step cost from a per-layer one; the scale carries the grid to the loop, as
     the batch-1 table's in-situ scale does). Without forward_scale (older profiles): 1.
+    step_noise: each step's time x a draw of the measured ratio real / fitted (StepNoise).
     """
 
     batches: list[int] = Field(min_length=1)
@@ -261,6 +295,8 @@ class ServingCalibration(Strict):
     check_ms_se: float | None = Field(None, ge=0)
     forward_scale: float = Field(1.0, gt=0, le=10)
     forward_scale_se: float | None = Field(None, ge=0)
+    step_noise: StepNoise | None = Field(
+        None, description="measured step-time noise; None (older profiles): deterministic steps")
     source: Source
 
     @model_validator(mode="after")

@@ -18,6 +18,12 @@ z ~ N(0, sigma) in logit space), else every request has the workload's rates; wi
 request, positions are i.i.d. with the Markov-along-levels rates of acceptance.py (the
 analytic model's assumptions). Adaptive plans (confidence thresholds): serving_adaptive.py.
 
+Step-time noise (step_noise.py): when the profile's serving calibration has a measured
+step noise, every decode step's time is multiplied by one draw (shared by the sequences in
+that step), from an RNG stream of its own, so acceptance draws, steps and tokens are the
+same with or without it; prefill forwards stay deterministic. Without it (older profiles,
+`--step-noise off`): deterministic steps, exactly as before.
+
 Why a small vectorised loop and no discrete-event library (simpy, salabim, ciw): the
 process has ONE kind of event, the end of an engine iteration, and every running
 sequence acts at every iteration, so there is no event queue to manage; the work per
@@ -33,6 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import step_noise
 from .acceptance import AgreementModel
 from .latency import (
     decode_attention_ms,
@@ -121,8 +128,11 @@ class StepCost:
     """Lookup tables that cost a decode step and a prefill from the rows it carries."""
 
     def __init__(self, table: LatencyTable, plan: Plan, num_layers: int, max_batch: int, max_context: int,
-                 prompts: np.ndarray | None = None):
+                 prompts: np.ndarray | None = None, seed: int | None = None):
         self.table, self.plan = table, plan
+        # step-time noise (step_noise.py): decode steps x one draw each, from a stream of its
+        # own (the acceptance draws do not move); None without a measured noise or a seed
+        self.noise = step_noise.stream_for(table, seed) if seed is not None else None
         lv = [0] + list(plan.levels)
         self.span = np.diff(lv).astype(float)  # layers per range l_{i-1}+1..l_i
         k = plan.depth
@@ -162,6 +172,10 @@ class StepCost:
         self.prefill_att = self.scale * np.where(plen > 0, prefill_attention_ms(table, np.maximum(plen, 1), 0), 0.0)
         tot = np.arange(min(top, 2**21) + 1)
         self.prefill_linear = linear_layer_ms(table, np.maximum(tot, 1))  # read without a calibration only
+
+    def jitter(self, ms: float) -> float:
+        """A decode step's time x the next noise draw (unchanged without noise)."""
+        return ms if self.noise is None else ms * float(self.noise.scale(self.noise.take(1), ms)[0])
 
     def overhead(self, nseq, nchecks) -> np.ndarray:
         """Host time of steps beyond forward and head (latency.serving_step_overhead_ms)."""
@@ -288,7 +302,7 @@ def simulate_arrays(table: LatencyTable, num_layers: int, acc: Acceptance, plan:
     need = reservation(plan, prompt, max_new)
     kv_cap = limits.kv_tokens if limits.kv_tokens is not None else np.inf
     max_ctx = int((prompt + max_new).max()) + max_overshoot(plan) + CTX_BUCKET
-    cost = StepCost(table, plan, num_layers, B, max_ctx, prompt)
+    cost = StepCost(table, plan, num_layers, B, max_ctx, prompt, seed=seed)
     sync = plan.batching == "synchronous" and k > 1
     if not sync or k == 2:  # single-level synchronous: the batch-1 schedules, in phase (join at round ends)
         return _run_scheduled(cost, plan, draw_schedules(plan, rates, max_new, rng), arrival_s, prompt, max_new, need,
@@ -542,6 +556,12 @@ class _DeferredClock:
         c, k, g = self.cost, self.k, self.g
         costs = np.zeros(self.pending)
         nb_last = c.att.shape[1] - 1
+        if c.noise is not None:  # one normal score per decode step, in time order (a drafts entry is g steps)
+            nsteps = np.zeros(self.pending, np.int64)
+            nsteps[np.array(self.dr_at, np.int64) - self.base] = g
+            nsteps[np.array(self.ck_at, np.int64) - self.base] = 1
+            first_draw = np.cumsum(nsteps) - nsteps
+            draws = c.noise.take(int(nsteps.sum()))
         if self.fx_at:
             costs[np.array(self.fx_at) - self.base] = self.fx_ms
         if self.dr_at:  # StepCost.drafts, many rounds at once
@@ -552,7 +572,13 @@ class _DeferredClock:
             else:
                 att = np.array(self.dr_att)
             per = c.linear[m, m][:, None] + att + c.per_layer
-            costs[np.array(self.dr_at) - self.base] = g * (c.overhead(m, 0) + c.head[m]) + c.span[0] * per.sum(1)
+            at = np.array(self.dr_at) - self.base
+            if c.noise is None:
+                costs[at] = g * (c.overhead(m, 0) + c.head[m]) + c.span[0] * per.sum(1)
+            else:  # each of the g draft steps its own draw
+                each = (c.overhead(m, 0) + c.head[m])[:, None] + c.span[0] * per
+                z = draws[first_draw[at][:, None] + np.arange(g)[None, :]]
+                costs[at] = (each * c.noise.scale(z, each)).sum(1)
         if self.ck_at:  # StepCost.step, many steps at once: one row per sequence below range o+1, nb + 1 in it
             m, o, s, nb = (np.array(x) for x in (self.ck_m, self.ck_o, self.ck_s, self.ck_nb))
             lv = np.arange(k)[None, :]
@@ -566,7 +592,10 @@ class _DeferredClock:
             else:
                 att = np.array(self.ck_att)
             per = c.linear[nseq, tot] + att + np.where(tot > 0, c.per_layer, 0.0)
-            costs[np.array(self.ck_at) - self.base] = c.overhead(m, m) + (c.span[None, :] * per).sum(1) + c.head[nb + m]
+            at = np.array(self.ck_at) - self.base
+            costs[at] = c.overhead(m, m) + (c.span[None, :] * per).sum(1) + c.head[nb + m]
+            if c.noise is not None:
+                costs[at] *= c.noise.scale(draws[first_draw[at]], costs[at])
         times = np.cumsum(np.concatenate([[self.t], costs]))  # sequential, as the clock adding each step
         self.t = float(times[-1])
         first = self.base
@@ -739,6 +768,8 @@ def _run_scheduled(cost: StepCost, plan: Plan, sch: Schedules, arrival_s, prompt
         per = cost.linear[nseq_r, tot] + att + np.where(tot > 0, cost.per_layer, 0.0)
         heads = cost.head[op_head[pos].sum(0)]  # (s,): one head call over all head rows of the step
         step_ms = cost.overhead(m, op_check[pos].sum(0)) + (per * span[None, :]).sum(1) + heads
+        if cost.noise is not None:  # step i of the run takes the noise's draw i, however the run is chunked
+            step_ms = step_ms * cost.noise.scale(cost.noise.peek(s), step_ms)
         ends = t + np.cumsum(step_ms)
         # cut at the step during which the next admissible request arrives (admitted when it ends)
         if nxt < n and m < B and reserved + need[nxt] <= kv_cap:
@@ -747,6 +778,8 @@ def _run_scheduled(cost: StepCost, plan: Plan, sch: Schedules, arrival_s, prompt
                 cut = -(-(phase + cut) // align) * align - phase
             s = min(s, cut)
         steps += s
+        if cost.noise is not None:
+            cost.noise.advance(s)
         last_step = float(step_ms[s - 1])
         t = float(ends[s - 1])
         # emissions: every (request, step) that emits tokens

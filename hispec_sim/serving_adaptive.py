@@ -205,7 +205,7 @@ def simulate_adaptive(table: LatencyTable, num_layers: int, acc: Acceptance, pla
     need = reservation(plan, prompt, max_new)
     kv_cap = limits.kv_tokens if limits.kv_tokens is not None else np.inf
     max_ctx = int((prompt + max_new).max()) + max_overshoot(plan) + CTX_BUCKET
-    cost = StepCost(table, plan, num_layers, B, max_ctx, prompt)
+    cost = StepCost(table, plan, num_layers, B, max_ctx, prompt, seed=seed)
     if plan.batching == "ragged":
         return _run_scheduled(cost, plan, draw_adaptive_schedules(plan, rates, cls, max_new, rng), arrival_s, prompt,
                               max_new, need, kv_cap, B)
@@ -304,7 +304,7 @@ def _run_synchronous(cost: StepCost, plan: Plan, sch: Schedules | None, rates, c
         head_rows = np.zeros(k, np.int64)
         head_rows[phase] = rows[:, phase].sum()
         ctx = prompt[req[part]] - 1 + done_tok[part] + tent
-        t += cost.step(rows, ctx, head_rows, int((o > 0).sum()))
+        t += cost.jitter(cost.step(rows, ctx, head_rows, int((o > 0).sum())))
         steps += 1
         if sch is not None:
             commit = sch.commit[ptr[part]].astype(np.int64)

@@ -10,7 +10,9 @@ measured) / measured (0 when both are 0: a speculative plan's TBT p50 is 0 when 
 than half of its gaps are tokens committed together); targets (issue 12): throughput and
 TBT p50 median |error| <= 10 %, TBT p99 and TTFT p50/p99 <= 20 %. Each scenario is also
 simulated WITHOUT the profile's serving calibration (the batch-1 table alone), which shows
-what the calibration fixes.
+what the calibration fixes, and with the calibration but WITHOUT its step-time noise
+(`hispec-sim serve --step-noise off`: deterministic steps), which shows what the noise
+model changes.
 
 The profile is re-measured first, on this machine, right before the executor runs:
 `--remeasure full` (default: `hispec-sim profile measure`, layer table + serving
@@ -107,9 +109,12 @@ Remaining misses (quiet-machine run above, every scenario replayed in two passes
   validation (studies/fidelity) cancels drift by comparing speed-ups against interleaved
   autoregressive runs, which absolute latency percentiles cannot do.
 * p99s are under-predicted more than medians in every scenario: the simulator's step
-  costs are deterministic, while real iterations jitter (median |residual| of the
-  iteration fit 1.3 ms on 3-20 ms steps) and a tail is made of the slow ones. A step-time
-  noise model measured from those residuals is the next step.
+  costs were deterministic, while real iterations jitter (median |residual| of the
+  iteration fit 1.3 ms on 3-20 ms steps) and a tail is made of the slow ones. The step
+  noise measured from those residuals (hispec_sim/step_noise.py: each step x a draw of
+  the measured ratio real / fitted, mean 1, AR(1) when the residuals are serially
+  correlated) is in profiles measured since; the column "error without step noise" shows
+  what it changes (the same as "error" when the profile has none).
 * The single-level speculative plan `[2,16]` g=4 is under-predicted even from the table
   (TPOT -17 % / -23 %), the 3-level plan not (+4 % / +8 %).
 * Acceptance is not a source of error here: the executor's acceptance_per_level counts
@@ -201,12 +206,15 @@ def execute(family: str, trace: Path, args) -> dict:
 
 
 def scenario(profile: str, bare: str, family: str, qps: float, trace: Path, exes: list[dict], args) -> dict:
-    """Simulate the trace (with and without the calibration) against the executor runs:
-    measured = their mean; `spread` = (max - min) / mean, what identical runs differ by."""
+    """Simulate the trace (with the calibration, with it but no step noise, without it)
+    against the executor runs: measured = their mean; `spread` = (max - min) / mean, what
+    identical runs differ by."""
     sims = {}
-    for tag, prof in (("simulated", profile), ("uncalibrated", bare)):
+    errors = {"simulated": "error", "uncalibrated": "error_uncalibrated", "no_noise": "error_no_noise"}
+    for tag, prof, extra in (("simulated", profile, []), ("uncalibrated", bare, []),
+                             ("no_noise", profile, ["--step-noise", "off"])):
         sims[tag] = _run([sys.executable, "-m", "hispec_sim.cli", "serve", "--profile", prof, *PLANS[family],
-                          *_common(trace, args), "--seeds", str(args.sim_seeds), "--seed", str(args.seed)],
+                          *_common(trace, args), "--seeds", str(args.sim_seeds), "--seed", str(args.seed), *extra],
                          "hispec-sim serve")
     exe = exes[0]
     row = {"family": family, "plan": sims["simulated"]["describe"], "qps": qps, "requests": args.requests,
@@ -215,7 +223,8 @@ def scenario(profile: str, bare: str, family: str, qps: float, trace: Path, exes
            "exec_mean_batch": float(np.mean([e.get("mean_batch") for e in exes])),
            "exec_acceptance": exe.get("acceptance_per_level"),
            "profile_acceptance": profile_acceptance(profile, PLANS[family]), "load_after": os.getloadavg()[0],
-           "reference_ms": float(np.mean([e["reference_ms"] for e in exes]))}
+           "reference_ms": float(np.mean([e["reference_ms"] for e in exes])),
+           "step_noise": sims["simulated"].get("step_noise")}
     pa = row["profile_acceptance"]
     opts = dict(zip(PLANS[family][::2], PLANS[family][1::2]))
     sizes = [int(opts.get("--propose", 1))] + [int(opts.get("--window", 1))] * max(len(pa) - 2, 0)
@@ -229,7 +238,7 @@ def scenario(profile: str, bare: str, family: str, qps: float, trace: Path, exes
             agg = sim["mean_over_seeds"]
             pred = _get(agg, key, sub)
             cell[tag] = pred
-            cell["error" if tag == "simulated" else "error_uncalibrated"] = _err(pred, measured)
+            cell[errors[tag]] = _err(pred, measured)
         row[_name(key, sub)] = cell
     return row
 
@@ -271,6 +280,17 @@ def _pct(e) -> str:
     return "-" if e is None else f"{100 * e:+.1f} %"
 
 
+def _noise_text(rows: list[dict]) -> str:
+    """Whether the simulations carried the profile's step noise (the same for every scenario)."""
+    n = next((r.get("step_noise") for r in rows if r.get("step_noise") is not None), None)
+    if n is None:
+        return "not recorded (a run before step noise existed)"
+    if not n.get("used"):
+        return f"none ({n.get('why')}): `simulated` and `no step noise` are the same"
+    return (f"on, measured on {n['iterations']} iterations of the calibration, lag-1 autocorrelation "
+            f"{n['lag1_autocorrelation']:g}")
+
+
 def results_md(out: dict) -> str:
     rows = out["scenarios"]
     lines = ["# Serving validation: hispec-sim serve vs hispec-exec serve", "",
@@ -284,9 +304,11 @@ def results_md(out: dict) -> str:
     lines += [f"    {c}" for c in out["commands"]]
     lines += ["", "## Results", "",
               "Error = (simulated - measured) / measured; `uncalibrated` = the same simulation from the batch-1 table "
-              "alone (the profile without its serving calibration).", "",
-              "| scenario | req/s | metric | measured | simulated | error | target | met | uncalibrated error | run-to-run spread |",
-              "|---|---:|---|---:|---:|---:|---:|:---:|---:|---:|"]
+              "alone (the profile without its serving calibration); `no step noise` = with the calibration, every "
+              f"step deterministic (--step-noise off). Step noise in the simulation: {_noise_text(rows)}.", "",
+              "| scenario | req/s | metric | measured | simulated | error | target | met | uncalibrated error | "
+              "error without step noise | run-to-run spread |",
+              "|---|---:|---|---:|---:|---:|---:|:---:|---:|---:|---:|"]
     for r in rows:
         for key, sub, *t in (*METRICS, *EXTRA):
             c = r[_name(key, sub)]
@@ -294,6 +316,7 @@ def results_md(out: dict) -> str:
             met = "-" if not t or c["error"] is None else ("yes" if abs(c["error"]) <= t[0] else "no")
             lines.append(f"| {r['plan']} | {r['qps']:g} | {_name(key, sub)} | {c['measured']:.2f} | "
                          f"{c['simulated']:.2f} | {_pct(c['error'])} | {target} | {met} | {_pct(c['error_uncalibrated'])} | "
+                         f"{_pct(c.get('error_no_noise'))} | "
                          f"{_pct(c.get('spread')).lstrip('+')} |")
     ref0 = out.get("reference_at_calibration_ms")
     lines += ["", "Per scenario: executor mean batch; acceptance per level as the executor counts it (kept / "
@@ -312,14 +335,16 @@ def results_md(out: dict) -> str:
     lines += ["", "Median |error| over the scenarios (issue 12 targets); the noise floor is the median run-to-run "
               "spread of the executor itself (the same trace replayed in two passes, the second in reverse "
               "order): an error below it is not resolved by this machine.", "",
-              "| metric | median abs error | target | met | uncalibrated | noise floor (run-to-run) |",
-              "|---|---:|---:|:---:|---:|---:|"]
+              "| metric | median abs error | target | met | uncalibrated | without step noise | noise floor (run-to-run) |",
+              "|---|---:|---:|:---:|---:|---:|---:|"]
     for k, s, target in METRICS:
         n = _name(k, s)
         m, u, f = out["median_abs_error"][n], out["median_abs_error_uncalibrated"][n], spread.get(n)
+        q = out.get("median_abs_error_no_noise", {}).get(n)
         floor = "-" if f is None or np.isnan(f) else f"{100 * f:.1f} %"
+        quiet = "-" if q is None or np.isnan(q) else f"{100 * q:.1f} %"
         lines.append(f"| {n} | {100 * m:.1f} % | {100 * target:.0f} % | {'yes' if m <= target else 'no'} | "
-                     f"{100 * u:.1f} % | {floor} |")
+                     f"{100 * u:.1f} % | {quiet} | {floor} |")
     lines += ["", "![errors](plot.svg)", "", WHY]
     return "\n".join(lines)
 
@@ -425,10 +450,11 @@ def main(argv=None) -> int:
             out["scenarios"].append(row)
             print(f"    {row['plan']:32s} mean batch {row['exec_mean_batch']:.1f}, executor {row['exec_seconds']:.0f} s; "
                   + "  ".join(f"{_name(k, s)} {_pct(row[_name(k, s)]['error'])} (uncal. "
-                              f"{_pct(row[_name(k, s)]['error_uncalibrated'])}, spread "
+                              f"{_pct(row[_name(k, s)]['error_uncalibrated'])}, no noise "
+                              f"{_pct(row[_name(k, s)]['error_no_noise'])}, spread "
                               f"{_pct(row[_name(k, s)]['spread'])})" for k, s, _ in METRICS), flush=True)
         for tag, key in (("median_abs_error", "error"), ("median_abs_error_uncalibrated", "error_uncalibrated"),
-                         ("median_spread", "spread")):
+                         ("median_abs_error_no_noise", "error_no_noise"), ("median_spread", "spread")):
             out[tag] = {}
             for k, s, _ in METRICS:
                 errs = [abs(r[_name(k, s)][key]) for r in out["scenarios"] if r[_name(k, s)][key] is not None]
@@ -437,7 +463,10 @@ def main(argv=None) -> int:
         out["seconds"] = time.perf_counter() - t_start
         if args.quick:
             print(json.dumps({"median_abs_error": out["median_abs_error"],
-                              "median_abs_error_uncalibrated": out["median_abs_error_uncalibrated"]}, indent=1))
+                              "median_abs_error_uncalibrated": out["median_abs_error_uncalibrated"],
+                              "median_abs_error_no_noise": out["median_abs_error_no_noise"],
+                              "step_noise": out["scenarios"][0].get("step_noise") if out["scenarios"] else None},
+                             indent=1))
             return 0
         if profile == str(dest):
             write_atomic(HERE / "profile.json", dest.read_text())

@@ -54,6 +54,8 @@ def test_measure_serving_returns_a_valid_calibration(shipped):
         assert v is not None and math.isfinite(v) and v >= 0
     assert 0.5 <= cal.forward_scale <= 2.0
     assert cal.source.kind == "measured" and "run_jobs" in cal.source.detail
+    noise = cal.step_noise  # the iterations' measured / fitted ratios (hispec_sim.step_noise)
+    assert noise is not None and noise.iterations >= 3 and "step noise" in cal.source.detail
 
 
 def test_cpu_clock_sleep_advances_without_waiting():
