@@ -339,15 +339,23 @@ class _Rows:
                 Vs.append(st.v_blocks[layer].index_select(0, blocks).view(nb, ne, Bk, hd + 1))
             Kt = (Ks[0] if len(Ks) == 1 else torch.cat(Ks, 1)).view(nb * E, Bk, hd).transpose(1, 2)
             V = (Vs[0] if len(Vs) == 1 else torch.cat(Vs, 1)).view(nb * E, Bk, hd + 1)
-        Q = qk.view(-1, hd).index_select(0, self.qidx).view(T, nb * E, Tq, hd)
-        s = qk.new_empty(T, nb * E, Tq, Bk)
-        for t in range(T):  # the blocks serve every tile index as they lie: one batched product each
-            torch.bmm(Q[t], Kt, out=s[t])
+        Q = qk.view(-1, hd).index_select(0, self.qidx)
+        if T == 1:  # decode steps: the same products without the per-tile slicing
+            s = torch.bmm(Q.view(nb * E, Tq, hd), Kt)
+        else:
+            Q = Q.view(T, nb * E, Tq, hd)
+            s = qk.new_empty(T, nb * E, Tq, Bk)
+            for t in range(T):  # the blocks serve every tile index as they lie: one batched product each
+                torch.bmm(Q[t], Kt, out=s[t])
         s = s.view(T, nb, E, Tq, Bk).add_(self.mask)  # + 0 or -inf: exact
-        p = s.sub_(s.amax(dim=(1, 4), keepdim=True)).exp_().view(T, nb * E, Tq, Bk)
-        o = qk.new_empty(T, nb * E, Tq, hd + 1)
-        for t in range(T):
-            torch.bmm(p[t], V, out=o[t])  # P [V | 1]: numerator and row sum
+        p = s.sub_(s.amax(dim=(1, 4), keepdim=True)).exp_()
+        if T == 1:
+            o = torch.bmm(p.view(nb * E, Tq, Bk), V)  # P [V | 1]: numerator and row sum
+        else:
+            p = p.view(T, nb * E, Tq, Bk)
+            o = qk.new_empty(T, nb * E, Tq, hd + 1)
+            for t in range(T):
+                torch.bmm(p[t], V, out=o[t])
         o = o.view(T, nb, E, Tq, hd + 1)
         num = o[:, 0]
         for b in range(1, nb):  # in block order (a fixed sequence of adds)
