@@ -594,17 +594,23 @@ class Transformer(nn.Module):
         Each sequence's results are bit-identical to running it alone with `run`."""
         L = self.args.n_layers
         cur: list = []  # per job: (tensor, first row, n, pos0) of the rows it carries, or None
+        toks, r = [], 0
         for c, b, tokens in jobs:
             if not 1 <= b <= L:
                 raise ValueError(f"layers: need 1 <= b <= {L}, got b={b}")
-            if tokens is not None and tokens.numel():
-                x = self.tok_embeddings(tokens.reshape(-1))
-                if c.lens[1] + x.shape[0] > c.capacity:
-                    raise ValueError(f"capacity: sequence of {c.lens[1] + x.shape[0]} tokens exceeds the cache "
+            n = 0 if tokens is None else tokens.numel()
+            if n:
+                if c.lens[1] + n > c.capacity:
+                    raise ValueError(f"capacity: sequence of {c.lens[1] + n} tokens exceeds the cache "
                                      f"capacity {c.capacity}")
-                cur.append((x, 0, x.shape[0], c.lens[1]))
+                toks.append(tokens.reshape(-1))
+                cur.append((r, n, c.lens[1]))
+                r += n
             else:
                 cur.append(None)
+        if toks:  # one embedding lookup for every job's new tokens (rows are copies: exact)
+            emb = self.tok_embeddings(toks[0] if len(toks) == 1 else torch.cat(toks))
+            cur = [None if t is None else (emb, *t) for t in cur]
         if len({id(c) for c, _, _ in jobs}) != len(jobs):
             raise ValueError("jobs: one job per sequence")
         top = max(b for _, b, _ in jobs)
@@ -660,7 +666,7 @@ class Transformer(nn.Module):
         keep it)."""
         L = self.args.n_layers
         rows = _Rows(self, [(c, t[2], t[3]) for (c, _, _), t in zip(jobs, cur)])
-        X = _pad_rows([t[0] for t in cur], rows.padded)
+        X = _pad_rows([cur[0][0]], rows.padded)  # every job's new rows, in job order: the embedding lookup
         for l in range(top):
             X = _decode_layer(X, rows.weights[l], l, rows)
         out, r = [], 0
