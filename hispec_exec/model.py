@@ -106,6 +106,16 @@ def mm(x: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
     return _tiled(F.pad(x, (0, 0, 0, pad)) if pad else x, w_t)[:n]
 
 
+_PARAMETER_EPOCH = [0]  # bumped whenever any module registers a parameter (replacing one included)
+
+
+def _parameter_registered(module, name, param):
+    _PARAMETER_EPOCH[0] += 1
+
+
+torch.nn.modules.module.register_module_parameter_registration_hook(_parameter_registered)
+
+
 def transposed(*weights: torch.Tensor) -> list[torch.Tensor]:
     """(K, N) contiguous views of (N, K) weights, without a copy: the first call re-lays a
     weight's storage column-major in place (same shape, same values; F.linear, optimizers,
@@ -187,23 +197,27 @@ class Block(nn.Module):
         g, u = self.w13(self.ffn_norm(x)).chunk(2, dim=-1)
         return x + self.w2(F.silu(g) * u)
 
-    # -- decoding path (row invariant) -------------------------------------------------
-    def step_rows(self, x: torch.Tensor, layer: int, rows: "_Rows") -> torch.Tensor:
-        """x (rows.padded, dim): the rows of one or several sequences, concatenated and
-        zero-padded to whole row tiles (`rows` says whose rows they are and where they
-        sit). Every product has a fixed shape (`_tiled`, `_Rows.attend`), so every row's
-        result is bit-identical to running its sequence alone, in any chunking."""
-        a = self.args
-        Rp, R = x.shape[0], rows.rows
-        hd, H, KV = a.head_dim, a.n_heads, a.n_kv_heads
-        wqkv, wo, w13, w2 = transposed(self.wqkv.weight, self.wo.weight, self.w13.weight, self.w2.weight)
-        qkv = _tiled(self.attention_norm(x), wqkv)
-        qk = qkv[:, : (H + KV) * hd].reshape(Rp, H + KV, hd)  # RoPE (queries also scaled), rotate_half as a flip:
-        qk = qk * rows.cos + qk.view(Rp, H + KV, 2, hd // 2).flip(2).view(Rp, H + KV, hd) * rows.sin
-        rows.write(layer, qk[:R, H:], qkv[:R, (H + KV) * hd:].reshape(R, KV, hd))
-        x = x + _tiled(rows.attend(layer, qk), wo)
-        g, u = _tiled(self.ffn_norm(x), w13).chunk(2, dim=-1)
-        return x + _tiled(F.silu(g) * u, w2)
+
+def _decode_layer(x: torch.Tensor, w: tuple, layer: int, rows: "_Rows") -> torch.Tensor:
+    """One layer of the decoding path. x (rows.padded, dim): the rows of one or several
+    sequences, concatenated and zero-padded to whole row tiles (`rows` says whose rows they
+    are and where they sit); w: the layer's weights as `Transformer._decoding_weights` lays
+    them out (norm weights, each product's weight transposed and broadcast over rows.nt
+    tiles). Every product has a fixed shape (`_tiled`'s (ROW_TILE, K) x (K, N) tiles,
+    `_Rows.attend`), so every row's result is bit-identical to running its sequence alone,
+    in any chunking. The op sequence is kept short: on the shipped model a decode step is
+    dominated by per-op dispatch, not FLOPs."""
+    an, wqkv, wo, fn, w13, w2, nshape, eps = w
+    nt, Rp, R = rows.nt, rows.padded, rows.rows
+    H, KV, hd = rows.dims
+    D = x.shape[1]
+    qkv = torch.bmm(F.rms_norm(x, nshape, an, eps).view(nt, ROW_TILE, D), wqkv).view(Rp, H + 2 * KV, hd)
+    qk = qkv[:, :H + KV]  # RoPE (queries also scaled), rotate_half as a flip:
+    qk = qk * rows.cos + qk.view(Rp, H + KV, 2, hd // 2).flip(2).view(Rp, H + KV, hd) * rows.sin
+    rows.write(layer, qk[:R, H:], qkv[:R, H + KV:])
+    x = x + torch.bmm(rows.attend(layer, qk).view(nt, ROW_TILE, H * hd), wo).view(Rp, D)
+    g, u = torch.bmm(F.rms_norm(x, nshape, fn, eps).view(nt, ROW_TILE, D), w13).view(Rp, -1).chunk(2, dim=-1)
+    return x + torch.bmm((F.silu(g) * u).view(nt, ROW_TILE, -1), w2).view(Rp, D)
 
 
 class _Rows:
@@ -233,6 +247,8 @@ class _Rows:
         dev = model.rope_cos.device
         self.rows = R = sum(n for _, n, _ in parts)
         self.padded = Rp = -(-R // ROW_TILE) * ROW_TILE
+        self.nt = Rp // ROW_TILE
+        self.weights = model._decoding_weights(self.nt)  # per layer, broadcast over this forward's tiles
         self.nb = nb = -(-max(p0 + n for _, n, p0 in parts) // Bk)
         self.tiles = T = max(-(-(n * G) // Tq) for _, n, _ in parts)
         self.dims = (H, KV, a.head_dim)
@@ -289,12 +305,17 @@ class _Rows:
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store the new rows' keys and values (R, KV, hd) at their positions."""
         hd = k.shape[-1]
-        r = 0
         k, v = k.reshape(-1, hd), v.reshape(-1, hd)
+        if len(self.groups) == 1:
+            st, wr = self.groups[0][:2]
+            st.k_rows[layer].index_copy_(0, wr, k)
+            st.v_rows[layer].index_copy_(0, wr, v)
+            return
+        r = 0
         for st, wr, _, _ in self.groups:
-            m, kst, vst = wr.shape[0], st.k, st.v
-            kst[layer].view(-1, hd).index_copy_(0, wr, k[r:r + m])
-            vst[layer].view(-1, hd + 1)[:, :hd].index_copy_(0, wr, v[r:r + m])
+            m = wr.shape[0]
+            st.k_rows[layer].index_copy_(0, wr, k[r:r + m])
+            st.v_rows[layer].index_copy_(0, wr, v[r:r + m])
             r += m
 
     def attend(self, layer: int, qk: torch.Tensor) -> torch.Tensor:
@@ -308,26 +329,33 @@ class _Rows:
         H, KV, hd = self.dims
         E, nb, T, Tq, Bk = self.entries, self.nb, self.tiles, QUERY_TILE, KV_BLOCK
         if self.in_place:
-            kst, vst = self.groups[0][0].k, self.groups[0][0].v
-            K = kst[layer, :nb].view(nb * E, Bk, hd)
-            V = vst[layer, :nb].view(nb * E, Bk, hd + 1)
+            st = self.groups[0][0]
+            Kt = st.k_blocks_t[layer, :nb * E]
+            V = st.v_blocks[layer, :nb * E]
         else:
             Ks, Vs = [], []
             for st, _, blocks, ne in self.groups:
-                kst, vst = st.k, st.v
-                Ks.append(kst[layer].view(-1, Bk, hd).index_select(0, blocks).view(nb, ne, Bk, hd))
-                Vs.append(vst[layer].view(-1, Bk, hd + 1).index_select(0, blocks).view(nb, ne, Bk, hd + 1))
-            K = (Ks[0] if len(Ks) == 1 else torch.cat(Ks, 1)).view(nb * E, Bk, hd)
+                Ks.append(st.k_blocks[layer].index_select(0, blocks).view(nb, ne, Bk, hd))
+                Vs.append(st.v_blocks[layer].index_select(0, blocks).view(nb, ne, Bk, hd + 1))
+            Kt = (Ks[0] if len(Ks) == 1 else torch.cat(Ks, 1)).view(nb * E, Bk, hd).transpose(1, 2)
             V = (Vs[0] if len(Vs) == 1 else torch.cat(Vs, 1)).view(nb * E, Bk, hd + 1)
-        Q = qk.view(-1, hd).index_select(0, self.qidx).view(T, nb * E, Tq, hd)
-        s = qk.new_empty(T, nb * E, Tq, Bk)
-        for t in range(T):  # the blocks serve every tile index as they lie: one batched product each
-            torch.bmm(Q[t], K.transpose(1, 2), out=s[t])
+        Q = qk.view(-1, hd).index_select(0, self.qidx)
+        if T == 1:  # decode steps: the same products without the per-tile slicing
+            s = torch.bmm(Q.view(nb * E, Tq, hd), Kt)
+        else:
+            Q = Q.view(T, nb * E, Tq, hd)
+            s = qk.new_empty(T, nb * E, Tq, Bk)
+            for t in range(T):  # the blocks serve every tile index as they lie: one batched product each
+                torch.bmm(Q[t], Kt, out=s[t])
         s = s.view(T, nb, E, Tq, Bk).add_(self.mask)  # + 0 or -inf: exact
-        p = s.sub_(s.amax(dim=(1, 4), keepdim=True)).exp_().view(T, nb * E, Tq, Bk)
-        o = qk.new_empty(T, nb * E, Tq, hd + 1)
-        for t in range(T):
-            torch.bmm(p[t], V, out=o[t])  # P [V | 1]: numerator and row sum
+        p = s.sub_(s.amax(dim=(1, 4), keepdim=True)).exp_()
+        if T == 1:
+            o = torch.bmm(p.view(nb * E, Tq, Bk), V)  # P [V | 1]: numerator and row sum
+        else:
+            p = p.view(T, nb * E, Tq, Bk)
+            o = qk.new_empty(T, nb * E, Tq, hd + 1)
+            for t in range(T):
+                torch.bmm(p[t], V, out=o[t])
         o = o.view(T, nb, E, Tq, hd + 1)
         num = o[:, 0]
         for b in range(1, nb):  # in block order (a fixed sequence of adds)
@@ -349,6 +377,12 @@ class _KVStore:
         self.k = torch.empty(shape, device=device, dtype=dtype)
         self.v = torch.empty(shape[:-1] + (args.head_dim + 1,), device=device, dtype=dtype)
         self.slots, self.ready = slots, 0
+        L, hd = args.n_layers, args.head_dim  # per-layer views, made once (a decode step is dispatch-bound)
+        self.k_rows = self.k.view(L, -1, hd)  # every (block, head, slot, key) row
+        self.v_rows = self.v.view(L, -1, hd + 1)[..., :hd]
+        self.k_blocks = self.k.view(L, -1, KV_BLOCK, hd)  # (block, head, slot) stacks of KV_BLOCK keys
+        self.k_blocks_t = self.k_blocks.transpose(2, 3)
+        self.v_blocks = self.v.view(L, -1, KV_BLOCK, hd + 1)
 
     def need(self, blocks: int) -> None:
         if blocks > self.ready:
@@ -479,6 +513,34 @@ class Transformer(nn.Module):
         return self.output(self.norm(h))
 
     # -- decoding -------------------------------------------------------------------
+    def _decoding_weights(self, nt: int) -> list[tuple]:
+        """Per layer: (attention norm weight, wqkv, wo, ffn norm weight, w13, w2, norm shape,
+        eps), each product's weight transposed (`transposed`: a view, no copy) and broadcast
+        over nt row tiles (a view). Made once per tile count and kept: a decode step is
+        dispatch-bound, and these are ~10 torch calls per layer. Remade when a parameter
+        is replaced (any parameter registration) or its storage moves (.to(), `.data =`),
+        checked on every call by the weights' data pointers."""
+        dw = self.__dict__.get("_dw")
+        if dw is not None and dw[0] == _PARAMETER_EPOCH[0] and dw[1] == [w.data_ptr() for w in dw[2]]:
+            per_nt = dw[3]
+        else:
+            flat, layers = [], []
+            for layer in self.layers:
+                an, fn = layer.attention_norm.weight, layer.ffn_norm.weight
+                ws = (layer.wqkv.weight, layer.wo.weight, layer.w13.weight, layer.w2.weight)
+                layers.append((an, *transposed(*ws), fn))
+                flat += [an, fn, *ws]
+            head = (self.norm.weight, *transposed(self.output.weight))
+            flat += [self.norm.weight, self.output.weight]
+            per_nt = {}
+            self.__dict__["_dw"] = dw = (_PARAMETER_EPOCH[0], [w.data_ptr() for w in flat], flat, per_nt, layers, head)
+        if nt not in per_nt:
+            shape, eps = (self.args.dim,), self.args.norm_eps
+            per_nt[nt] = [(an, wqkv.expand(nt, *wqkv.shape), wo.expand(nt, *wo.shape), fn,
+                           w13.expand(nt, *w13.shape), w2.expand(nt, *w2.shape), shape, eps)
+                          for an, wqkv, wo, w13, w2, fn in dw[4]]
+        return per_nt[nt]
+
     def new_cache(self, capacity: int | None = None) -> Cache:
         p = self.tok_embeddings.weight
         return Cache(self.args, device=p.device, dtype=p.dtype, capacity=capacity)
@@ -509,7 +571,7 @@ class Transformer(nn.Module):
         rows = _Rows(self, [(cache, n, pos0)])
         x = _pad_rows([x], rows.padded)
         for l in range(a, b):
-            x = self.layers[l].step_rows(x, l, rows)
+            x = _decode_layer(x, rows.weights[l], l, rows)
             cache.lens[l + 1] = pos0 + n
         x = x[:n]
         if b < L:
@@ -532,20 +594,29 @@ class Transformer(nn.Module):
         Each sequence's results are bit-identical to running it alone with `run`."""
         L = self.args.n_layers
         cur: list = []  # per job: (tensor, first row, n, pos0) of the rows it carries, or None
+        toks, r = [], 0
         for c, b, tokens in jobs:
             if not 1 <= b <= L:
                 raise ValueError(f"layers: need 1 <= b <= {L}, got b={b}")
-            if tokens is not None and tokens.numel():
-                x = self.tok_embeddings(tokens.reshape(-1))
-                if c.lens[1] + x.shape[0] > c.capacity:
-                    raise ValueError(f"capacity: sequence of {c.lens[1] + x.shape[0]} tokens exceeds the cache "
+            n = 0 if tokens is None else tokens.numel()
+            if n:
+                if c.lens[1] + n > c.capacity:
+                    raise ValueError(f"capacity: sequence of {c.lens[1] + n} tokens exceeds the cache "
                                      f"capacity {c.capacity}")
-                cur.append((x, 0, x.shape[0], c.lens[1]))
+                toks.append(tokens.reshape(-1))
+                cur.append((r, n, c.lens[1]))
+                r += n
             else:
                 cur.append(None)
+        if toks:  # one embedding lookup for every job's new tokens (rows are copies: exact)
+            emb = self.tok_embeddings(toks[0] if len(toks) == 1 else torch.cat(toks))
+            cur = [None if t is None else (emb, *t) for t in cur]
         if len({id(c) for c, _, _ in jobs}) != len(jobs):
             raise ValueError("jobs: one job per sequence")
         top = max(b for _, b, _ in jobs)
+        if all(b == top and t is not None and c.lens[1:top + 1] == [t[3]] * top
+               for (c, b, _), t in zip(jobs, cur)):
+            return self._run_uniform(jobs, cur, top)
         X, rows, sig_prev = None, None, None
         for l in range(1, top + 1):
             sig, pieces = [], []
@@ -570,7 +641,7 @@ class Transformer(nn.Module):
             if sig != sig_prev:  # other rows than the previous layer's output: a new plan
                 rows = _Rows(self, [(jobs[i][0], n, p0) for i, n, p0 in sig])
                 X = _pad_rows([t[0][t[1]:t[1] + t[2]] for t in pieces], rows.padded)
-            X = self.layers[l - 1].step_rows(X, l - 1, rows)
+            X = _decode_layer(X, rows.weights[l - 1], l - 1, rows)
             r = 0
             for i, n, p0 in sig:
                 cur[i] = (X, r, n, p0)
@@ -587,7 +658,31 @@ class Transformer(nn.Module):
             out.append(x)
         return out
 
+    def _run_uniform(self, jobs, cur, top: int) -> list[torch.Tensor]:
+        """run_jobs when every job runs its new rows alone through layers 1..top (nothing
+        waiting at a boundary: decode steps, prefills, synchronous draft steps): the same
+        rows at every layer, so one index plan and no per-layer bookkeeping. The same
+        products as the general path (which would build this very plan at layer 1 and
+        keep it)."""
+        L = self.args.n_layers
+        rows = _Rows(self, [(c, t[2], t[3]) for (c, _, _), t in zip(jobs, cur)])
+        X = _pad_rows([cur[0][0]], rows.padded)  # every job's new rows, in job order: the embedding lookup
+        for l in range(top):
+            X = _decode_layer(X, rows.weights[l], l, rows)
+        out, r = [], 0
+        for (c, _, _), t in zip(jobs, cur):
+            n, p0 = t[2], t[3]
+            c.lens[1:top + 1] = [p0 + n] * top
+            x = X[r:r + n]
+            if top < L:
+                c.hidden(top)[p0:p0 + n] = x
+            out.append(x)
+            r += n
+        return out
+
     @torch.no_grad()
     def head(self, x: torch.Tensor) -> torch.Tensor:
         """Exit head (shared final norm + LM head), row invariant; logits (n, vocab)."""
-        return mm(self.norm(x), *transposed(self.output.weight))
+        self._decoding_weights(1)
+        norm_w, out_t = self.__dict__["_dw"][5]
+        return mm(F.rms_norm(x, norm_w.shape, norm_w, self.args.norm_eps), out_t)

@@ -151,3 +151,32 @@ def test_row_invariance_long_sequences_random_chunks():
     for _ in range(2):
         cuts = sorted(rng.sample(range(1, 300), 50))
         assert torch.equal(run_chunks(m, toks, list(zip([0] + cuts, cuts + [300]))), ref)
+
+
+def test_decoding_weights_follow_the_parameters():
+    """The decoding path keeps its transposed / broadcast weight views between forwards;
+    they must follow every way the weights can change: an in-place update (optimizer
+    step), load_state_dict, a replaced Parameter, new storage (`.data =`)."""
+    toks = torch.randint(0, 64, (20,), generator=torch.Generator().manual_seed(8))
+
+    def logits(m):
+        return run_chunks(m, toks, [(0, 12), (12, 13), (13, 20)])
+
+    m, other = random_model(), random_model(seed=3)
+    ref_other = logits(other)
+    logits(m)  # views made
+    m.load_state_dict(other.state_dict())
+    assert torch.equal(logits(m), ref_other)
+    with torch.no_grad():  # in place, as an optimizer step
+        m.layers[2].w13.weight.mul_(1.5)
+        other.layers[2].w13.weight.mul_(1.5)
+    assert torch.equal(logits(m), logits(other))
+    w = other.layers[1].wqkv.weight.detach().clone() * 0.5
+    m.layers[1].wqkv.weight = torch.nn.Parameter(w.clone())
+    with torch.no_grad():
+        other.layers[1].wqkv.weight.copy_(w)
+    assert torch.equal(logits(m), logits(other))
+    m.layers[3].w2.weight.data = other.layers[3].w2.weight.data.mul(2).contiguous()
+    with torch.no_grad():
+        other.layers[3].w2.weight.mul_(2)
+    assert torch.equal(logits(m), logits(other))
