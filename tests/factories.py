@@ -65,6 +65,18 @@ def resolve_depth_traces(layers: int, positions: int, seed: int) -> np.ndarray:
     return np.where(np.arange(1, layers + 1)[None, :] >= settle[:, None], 7, guess)
 
 
+def agreeing_where_confident(rng, top1: np.ndarray) -> np.ndarray:
+    """Traces whose exit a agrees with the last exit with probability 0.3 + 0.7 x its
+    top-1 probability (the last exit is certain: top1[:, -1] is set to 1)."""
+    positions, layers = top1.shape
+    truth = rng.integers(0, 50, positions)
+    traces = np.where(rng.uniform(size=(positions, layers)) < 0.3 + 0.7 * top1, truth[:, None],
+                      rng.integers(50, 100, (positions, layers)))
+    traces[:, -1] = truth
+    top1[:, -1] = 1.0
+    return traces
+
+
 def confident_profile(seed=0, layers=8, positions=600):
     """Random traces where a token's agreement depends on its exit's confidence (two
     requests of positions / 2 rows each), with their confidence statistics."""
@@ -74,11 +86,7 @@ def confident_profile(seed=0, layers=8, positions=600):
 
     rng = np.random.default_rng(seed)
     top1 = rng.uniform(0.05, 1.0, (positions, layers))
-    truth = rng.integers(0, 50, positions)
-    traces = np.where(rng.uniform(size=(positions, layers)) < 0.3 + 0.7 * top1, truth[:, None],
-                      rng.integers(50, 100, (positions, layers)))
-    traces[:, -1] = truth
-    top1[:, -1] = 1.0
+    traces = agreeing_where_confident(rng, top1)
     prof = make_profile(layers=layers, traces=traces)
     acc = prof.workload().model_copy(update={"confidence": confidence_stats(traces, top1),
                                              "trace_starts": [0, positions // 2]})
@@ -97,11 +105,7 @@ def two_request_profile(seed=0, layers=8, positions=800, spread=True):
     half = positions // 2
     u = rng.uniform(0.0025, 1.0, (positions, layers))
     top1 = np.concatenate([u[:half] ** 0.5, u[half:] ** 2])
-    truth = rng.integers(0, 50, positions)
-    traces = np.where(rng.uniform(size=(positions, layers)) < 0.3 + 0.7 * top1, truth[:, None],
-                      rng.integers(50, 100, (positions, layers)))
-    traces[:, -1] = truth
-    top1[:, -1] = 1.0
+    traces = agreeing_where_confident(rng, top1)
     prof = make_profile(layers=layers, traces=traces)
     agree = lambda b: np.round((b[:, :, None] == b[:, None, :]).mean(0), 6).tolist()
     upd = {"confidence": confidence_stats(traces, top1), "trace_starts": [0, half]}

@@ -27,6 +27,20 @@ import time
 import torch
 
 
+def baseline_model(path: str, model):
+    """The model class of another model.py (e.g. `git show REV:hispec_exec/model.py`) with
+    `model`'s weights: the path before a change, side by side in one run."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("baseline_model", path)
+    base = sys.modules["baseline_model"] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(base)
+    bm = base.Transformer(base.ModelArgs.from_dict(json.loads(model.args.to_json()))).eval()
+    bm.load_state_dict(model.state_dict())
+    return bm
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--batches", default="1,4,16,32")
@@ -112,14 +126,7 @@ def main(argv=None):
     configs = [("autoregressive", ar, "ragged")]
     models = {}
     if a.baseline:
-        import importlib.util
-        import sys
-
-        spec = importlib.util.spec_from_file_location("baseline_model", a.baseline)
-        base = sys.modules["baseline_model"] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(base)
-        bm = base.Transformer(base.ModelArgs.from_dict(json.loads(model.args.to_json()))).eval()
-        bm.load_state_dict(model.state_dict())
+        bm = baseline_model(a.baseline, model)
         decode_batch(bm, ar, all_prompts[:2], 8)  # warm-up
         configs.append(("baseline autoregressive", ar, "ragged"))
         models["baseline autoregressive"] = bm

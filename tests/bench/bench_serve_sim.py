@@ -41,6 +41,15 @@ def numpy_small_op_us(reps: int = 20000) -> float:
     return (time.perf_counter() - t) / reps * 1e6
 
 
+def poisson_requests(qps: float, n: int, prompt_len: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Arrival seconds, prompt lengths and max_new_tokens (uniform 32..256) of n seeded Poisson requests."""
+    tr = schema.Traffic(qps=qps, requests=n, prompt_len=schema.LengthDist.parse(prompt_len, "p"),
+                        output_len=schema.LengthDist.parse("uniform:32:256", "o"), seed=1)
+    reqs = traffic.generate(tr)
+    return (np.array([r.arrival_s for r in reqs]), np.array([r.prompt_len for r in reqs]),
+            np.array([r.max_new_tokens for r in reqs]))
+
+
 def reference_engine():
     """The slot-by-slot synchronous engine and its set-up (the equivalence test's)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serving"))
@@ -68,12 +77,7 @@ def main() -> None:
     prof = schema.load_profile("cpu_hispec_tiny" if args.adaptive else "a100_llama70b")
     layers = prof.model.num_layers
     table, acc = prof.table(), prof.workload()
-    tr = schema.Traffic(qps=args.qps, requests=args.requests, prompt_len=schema.LengthDist.parse("uniform:64:512", "p"),
-                        output_len=schema.LengthDist.parse("uniform:32:256", "o"), seed=1)
-    reqs = traffic.generate(tr)
-    arr = np.array([r.arrival_s for r in reqs])
-    pl = np.array([r.prompt_len for r in reqs])
-    ol = np.array([r.max_new_tokens for r in reqs])
+    arr, pl, ol = poisson_requests(args.qps, args.requests, "uniform:64:512")
     lim = schema.ServeLimits(max_batch=args.max_batch)
     print(f"load average {os.getloadavg()[0]:.2f}; numpy small reduction {numpy_small_op_us():.2f} us "
           f"(about 2-3 us on an idle core)")

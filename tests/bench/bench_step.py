@@ -10,14 +10,13 @@ single pass. Prompts: `--prompt-len` held-out tokens each; the sequences never f
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import json
-import sys
 import tempfile
 import time
 import warnings
 
 import torch
+
+from bench_serve import baseline_model  # this folder's sibling (scripts run from their folder)
 
 
 def main(argv=None):
@@ -44,12 +43,7 @@ def main(argv=None):
     ar = Plan(levels=[model.num_layers])
     models = {"ours": model}
     if a.baseline:
-        spec = importlib.util.spec_from_file_location("baseline_model", a.baseline)
-        base = sys.modules["baseline_model"] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(base)
-        bm = base.Transformer(base.ModelArgs.from_dict(json.loads(model.args.to_json()))).eval()
-        bm.load_state_dict(model.state_dict())
-        models["baseline"] = bm
+        models["baseline"] = baseline_model(a.baseline, model)
     hf_logging.set_verbosity_error()
     tmp = tempfile.mkdtemp(prefix="hispec_hf_")
     save_hf(model, tmp)

@@ -18,7 +18,8 @@ import time
 
 import numpy as np
 
-from hispec_sim import schema, serving, step_noise, traffic
+from bench_serve_sim import poisson_requests  # this folder's sibling (scripts run from their folder)
+from hispec_sim import schema, serving, step_noise
 
 
 def main() -> None:
@@ -39,12 +40,7 @@ def main() -> None:
                                 "lag1_autocorrelation": 0.5})
     tables = {"off": table.model_copy(update={"serving": table.serving.model_copy(update={"step_noise": None})}),
               "on": table.model_copy(update={"serving": table.serving.model_copy(update={"step_noise": noise})})}
-    tr = schema.Traffic(qps=args.qps, requests=args.requests, prompt_len=schema.LengthDist.parse("uniform:16:128", "p"),
-                        output_len=schema.LengthDist.parse("uniform:32:256", "o"), seed=1)
-    reqs = traffic.generate(tr)
-    arr = np.array([r.arrival_s for r in reqs])
-    pl = np.array([r.prompt_len for r in reqs])
-    ol = np.array([r.max_new_tokens for r in reqs])
+    arr, pl, ol = poisson_requests(args.qps, args.requests, "uniform:16:128")
     lim = schema.ServeLimits(max_batch=args.max_batch)
     print(f"load average {os.getloadavg()[0]:.2f}; {args.requests} requests, Poisson {args.qps:g} req/s, max batch "
           f"{args.max_batch}, profile {prof.name}")
