@@ -179,7 +179,8 @@ def serve_iterations(model: Transformer, plan: Plan, prompts: list[list[int]], m
 
 
 def fit_step_overheads(model: Transformer, table: LatencyTable, batches: list[int], rounds: int = 2,
-                       max_new: int = 24, bootstrap: int = 200, seed: int = 0, clock=None) -> dict:
+                       max_new: int = 24, bootstrap: int = 200, seed: int = 0, clock=None,
+                       probe=None, reference: float | None = None) -> dict:
     """The serve loop's own step costs: NNLS of (iteration ms - the table's exit head) on
     [the grid's layers, 1, running sequences, checks] -> (forward scale, step, per-sequence,
     per-check ms). Draft steps of a few layers and full-depth steps in one fit tell a
@@ -187,19 +188,27 @@ def fit_step_overheads(model: Transformer, table: LatencyTable, batches: list[in
     through run_jobs alone) to the loop. As fit_overheads does for the batch-1 table, the
     scale is fixed to 1 when it falls outside [0.5, 2] or its bootstrap standard error
     exceeds 0.05. Outliers beyond 3.5 MADs are dropped and the fit redone; standard errors
-    by bootstrap over runs."""
+    by bootstrap over runs.
+
+    Drift: with `probe` (a callable timing a fixed forward, e.g. reference_ms) and
+    `reference` (its ms when the grid was timed), every run's iterations are put back
+    into the grid's window: x reference / the probe timed right before the run. This
+    VM's speed drifts by up to ~25 % over minutes, and a scale fitted on iterations from a
+    faster or slower window than the grid's carries that drift into every simulated step."""
     L = model.num_layers
     plans = calibration_plans(L)
-    X, y, group, heads = [], [], [], []
+    X, y, group, heads, drift = [], [], [], [], []
     g = 0
     prompts = calibration_prompts(model, max(batches), 24)
     for _ in range(rounds):
         for plan in plans:
             for b in batches:
+                d = 1.0 if probe is None else reference / probe()
+                drift.append(d)
                 for it in serve_iterations(model, plan, prompts[:b], max_new, b, seed, clock):
                     fwd, head, nseq, nchk = step_features(plan.levels, it["ops"], table)
                     X.append([fwd, 1.0, nseq, nchk])
-                    y.append(it["step_ms"] - head)
+                    y.append(it["step_ms"] * d - head)
                     heads.append(head)
                     group.append(g)
                 g += 1
@@ -214,7 +223,7 @@ def fit_step_overheads(model: Transformer, table: LatencyTable, batches: list[in
     return {**{k: float(v) for k, v in zip(names, coef)}, **{k + "_se": float(v) for k, v in zip(names, se)},
             "scale_fitted": bool(scaled), "iterations": int(keep.sum()), "rejected": int((~keep).sum()),
             "residual_ms_median_abs": float(np.median(np.abs((y - X @ coef)[keep]))),
-            "plans": [p.describe() for p in plans], "ratio": ratio, "fitted_ms": fitted, "group": group,
+            "plans": [p.describe() for p in plans], "ratio": ratio, "drift": (min(drift), max(drift)), "fitted_ms": fitted, "group": group,
             "checks": X[:, 3], "step_noise": step_noise.describe(ratio, group, fitted),
             "ratio_drafts_median": float(np.median(ratio[X[:, 3] == 0])) if (X[:, 3] == 0).any() else float("nan"),
             "ratio_checks_median": float(np.median(ratio[X[:, 3] > 0])) if (X[:, 3] > 0).any() else float("nan")}
@@ -236,14 +245,18 @@ def measure_serving(model: Transformer, table: LatencyTable, env: str = "", repe
     with `hispec-exec serve --clock cpu` on a loaded machine)."""
     log = log or (lambda s: None)
     log(f"serving: timing run_jobs over {len(batches)} batch sizes x {len(rows)} rows per sequence")
-    grid = batch_layer_grid(model, batches, rows, 0, repeats, seed, clock or time.perf_counter, table)  # attention beyond: the table's increments
+    clk = clock or time.perf_counter
+    probe = lambda: reference_ms(model, repeats=7, clock=clk)  # noqa: E731 -- the machine's speed now
+    before = probe()
+    grid = batch_layer_grid(model, batches, rows, 0, repeats, seed, clk, table)  # attention beyond: the table's increments
+    ref = (before + probe()) / 2
     cal = ServingCalibration(batches=grid["batches"], rows=grid["rows"], context=grid["context"],
                              layer_ms=np.round(grid["layer_ms"], 6).tolist(),
                              layer_ms_se=np.round(grid["layer_ms_se"], 6).tolist(),
                              source=Source(kind="measured", detail="pending"))
     log(f"serving: batch grid done in {grid['seconds']:.0f} s; fitting step overheads on serve() iterations")
     fit = fit_step_overheads(model, table.model_copy(update={"serving": cal}), [b for b in batches if b <= 8] or batches[:1], rounds, max_new,
-                             seed=seed, clock=clock)
+                             seed=seed, clock=clock, probe=probe, reference=ref)
     how = "wall time" if clock is None else "process CPU time (CpuClock)"
     noise = fit["step_noise"]
     detail = (f"{how}; Transformer.run_jobs over a CachePool, b x n = {batches} x {rows}, context {grid['context']} (cells of more than {MAX_CELL_ROWS} rows in all: the table's linear part beyond "
@@ -253,7 +266,9 @@ def measure_serving(model: Transformer, table: LatencyTable, env: str = "", repe
               f"scale {fit['forward_scale']:.3f} ({'fitted' if fit['scale_fitted'] else 'fixed: ill-determined'}) and step "
               f"overheads by NNLS on {fit['iterations']} serve() iterations ({fit['rejected']} outliers rejected) of "
               f"{fit['plans']} over closed batches, median |residual| {fit['residual_ms_median_abs']:.3f} ms, standard "
-              f"errors by bootstrap over runs; step noise: quantiles of measured / fitted ms over all "
+              f"errors by bootstrap over runs; every run's iterations x (the probe forward timed around the grid, "
+              f"{ref:.2f} ms / the probe timed right before the run: {fit['drift'][0]:.3f}-{fit['drift'][1]:.3f}), "
+              f"so that the machine's drift between the grid and the runs cancels; step noise: quantiles of measured / fitted ms over all "
               f"{noise['iterations']} iterations, lag-1 autocorrelation of its normal scores {noise['lag1_measured']:.3f} "
               f"({'AR(1)' if noise['lag1_autocorrelation'] else 'i.i.d.: not significant'}), "
               f"{'two step-size classes split at ' + format(noise['split_ms'], '.2f') + ' ms' if noise.get('split_ms') else 'pooled over step sizes'} "

@@ -95,28 +95,33 @@ grid; autoregressive 17.36 vs 18.30 ms). Fitted together on the same iterations,
 re-measured profile has forward scale 1.111 +- 0.045, 1.55 +- 0.38 ms per step, 0.45 +-
 0.17 ms per check and 0.01 ms per running sequence.
 
-Remaining misses (quiet-machine run above, every scenario replayed in two passes):
-* Everything is under-predicted, and the calibrated simulation more than the batch-1
-  table alone (`uncalibrated`, which meets every target in this run). The grid was timed
-  in a window in which this VM ran about 25 % faster than when the same `profile measure`
-  timed the batch-1 table minutes earlier (one layer, one sequence: 0.768 ms in the grid vs
-  0.985 ms in the table at 1 token, 1.03 vs 1.42 ms at 16 rows); the forward scale, fitted
-  on iterations timed in a third window, takes back only part of it (x1.11), and the
-  executor runs, 15-30 minutes later, ran at about the table's speed. With nothing else
-  running this VM's speed drifts by that much: the reference forward timed before each
-  executor run sat 11-25 % below its time at the start of the study. One profile measured
-  at one time cannot pin absolute latencies better than the machine's drift; the batch-1
+Drift between the calibration's windows (since 2026-11-28 20:41): the grid and the
+serve() iterations are timed minutes apart, and this VM's speed drifts by up to ~25 %
+over minutes with nothing else running. A scale fitted on iterations from another window
+than the grid's carries that drift into every simulated step: in the quiet run of 20:17
+UTC (profile measured 20:04) the forward scale came out 0.819 (1.111 the run before), and
+the calibrated simulation under-predicted every latency by ~30 % (TBT p99 28.1 %, TTFT
+p50 28.6 %, TTFT p99 29.0 % median |error|; the table alone 4.0 / 7.8 / 8.9 %). Since
+then `measure_serving` times a probe forward (`reference_ms`, 4 sequences x 1 token)
+around the grid and right before every serve() run, and puts every run's iterations back
+into the grid's window (x probe at the grid / probe before the run; 0.756-1.366 in the
+re-measure used here, forward scale 0.965 +- 0.043). Pool occupancy was tested as a cause
+and rejected (studies/serving/pool_occupancy.py: 2 running sequences in a pool of 8 vs a
+pool of 2, no systematic difference).
+
+Remaining misses:
+* One profile measured at one time cannot pin absolute latencies better than the
+  machine's drift: the reference forward timed before each executor run differs from its
+  time at the calibration by up to a third, and the executor's own run-to-run spread (the
+  noise floor column) is 11-15 % for the p99s and TTFT p50 in this run. The batch-1
   validation (studies/fidelity) cancels drift by comparing speed-ups against interleaved
   autoregressive runs, which absolute latency percentiles cannot do.
-* p99s are under-predicted more than medians in every scenario: the simulator's step
-  costs were deterministic, while real iterations jitter (median |residual| of the
-  iteration fit 1.3 ms on 3-20 ms steps) and a tail is made of the slow ones. The step
-  noise measured from those residuals (hispec_sim/step_noise.py: each step x a draw of
-  the measured ratio real / fitted, mean 1, AR(1) when the residuals are serially
-  correlated) is in profiles measured since; the column "error without step noise" shows
-  what it changes (the same as "error" when the profile has none).
-* The single-level speculative plan `[2,16]` g=4 is under-predicted even from the table
-  (TPOT -17 % / -23 %), the 3-level plan not (+4 % / +8 %).
+* p99s were under-predicted more than medians while the simulator's step costs were
+  deterministic: real iterations jitter (median |residual| of the iteration fit ~1 ms on
+  3-20 ms steps) and a tail is made of the slow ones. The step noise measured from those
+  residuals (hispec_sim/step_noise.py: each step x a draw of the measured ratio real /
+  fitted, mean 1, AR(1) when the residuals are serially correlated) is in the profile; the
+  column "error without step noise" shows what it changes.
 * Acceptance is not a source of error here: the executor's acceptance_per_level counts
   kept / checked tokens (the kept prefix stops at the first rejection); the profile's
   per-token rates give the same kept fraction for the plans' buffers (0.486 vs 0.481

@@ -86,3 +86,33 @@ def test_scaled_nnls_recovers_a_scale_and_a_fixed_cost_from_short_and_long_steps
     # a scale outside [0.5, 2] is not believed: fixed to 1, the rest refitted
     f = scaled_nnls(X, 3.0 * grid + 1.0, np.arange(n) // 20, scale_col=0, bootstrap=10)
     assert not f["scaled"] and f["coef"][0] == 1.0
+
+
+def test_the_probe_puts_every_run_back_into_the_grids_window(shipped, monkeypatch):
+    """Runs timed while the machine ran 0.8-1.3x as slow as during the grid: with the probe
+    timed before each run, the fit recovers the loop's own scale and host terms."""
+    from hispec_exec import measure_serving as ms
+    from hispec_sim.schema import load_profile
+
+    table = load_profile("cpu_hispec_tiny").table()
+    slowdowns = iter([1.0, 1.3, 0.8, 1.2, 0.9, 1.1] * 4)
+    now = {}
+
+    def probe():
+        now["slow"] = next(slowdowns)
+        return 10.0 * now["slow"]
+
+    real = ms.serve_iterations
+
+    def drifting(model, plan, prompts, max_new, max_batch, seed=0, clock=None):
+        log = real(model, plan, prompts, max_new, max_batch, seed, CpuClock())  # the real ops; times synthetic
+        for it in log:
+            fwd, head, nseq, nchk = ms.step_features(plan.levels, it["ops"], table)
+            it["step_ms"] = (0.9 * fwd + 1.0 + 0.1 * nseq + 0.5 * nchk + head) * now["slow"]
+        return log
+
+    monkeypatch.setattr(ms, "serve_iterations", drifting)
+    fit = ms.fit_step_overheads(shipped, table, [1, 2], rounds=1, max_new=6, bootstrap=10, probe=probe, reference=10.0)
+    assert fit["drift"] == pytest.approx((1 / 1.3, 1 / 0.8))
+    got = [fit[k] for k in ("forward_scale", "step_ms", "sequence_ms", "check_ms")]
+    assert got == pytest.approx([0.9, 1.0, 0.1, 0.5], rel=1e-6, abs=1e-6)
