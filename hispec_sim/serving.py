@@ -162,6 +162,7 @@ class StepCost:
         # the calibration's forward scale (the grid as the serve loop runs it) on every layer
         # cost, here, so that every engine costing from these tables carries it
         self.scale = table.serving.forward_scale if self.calibrated else 1.0
+        self.prefill_linear_at: dict[tuple[int, int], float] = {}  # (prompts, tokens) -> grid ms: admissions repeat
         self.linear, self.att, self.floor = self.linear * self.scale, self.att * self.scale, self.floor * self.scale
         self.per_layer = 0.0 if self.calibrated else table.layer_overhead_ms  # inside the measured grid
         self.fixed = table.overhead_ms
@@ -224,7 +225,10 @@ class StepCost:
             return 0.0
         L = self.span.sum()
         if self.calibrated:  # the batched grid, its rows beyond the grid by the table's linear part
-            lin = self.scale * float(serving_layer_ms(self.table, int((n > 0).sum()), total))
+            key = (int((n > 0).sum()), total)
+            lin = self.prefill_linear_at.get(key)
+            if lin is None:
+                lin = self.prefill_linear_at[key] = self.scale * float(serving_layer_ms(self.table, *key))
         else:
             lin = self.prefill_linear[total] if total < len(self.prefill_linear) else float(linear_layer_ms(self.table, total))
         per = lin + self.prefill_att[n].sum()
