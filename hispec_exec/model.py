@@ -520,26 +520,31 @@ class Transformer(nn.Module):
         dispatch-bound, and these are ~10 torch calls per layer. Remade when a parameter
         is replaced (any parameter registration) or its storage moves (.to(), `.data =`),
         checked on every call by the weights' data pointers."""
-        dw = self.__dict__.get("_dw")
-        if dw is not None and dw[0] == _PARAMETER_EPOCH[0] and dw[1] == [w.data_ptr() for w in dw[2]]:
-            per_nt = dw[3]
-        else:
-            flat, layers = [], []
-            for layer in self.layers:
-                an, fn = layer.attention_norm.weight, layer.ffn_norm.weight
-                ws = (layer.wqkv.weight, layer.wo.weight, layer.w13.weight, layer.w2.weight)
-                layers.append((an, *transposed(*ws), fn))
-                flat += [an, fn, *ws]
-            head = (self.norm.weight, *transposed(self.output.weight))
-            flat += [self.norm.weight, self.output.weight]
-            per_nt = {}
-            self.__dict__["_dw"] = dw = (_PARAMETER_EPOCH[0], [w.data_ptr() for w in flat], flat, per_nt, layers, head)
+        _, _, _, per_nt, layers, _ = self._weight_views()
         if nt not in per_nt:
             shape, eps = (self.args.dim,), self.args.norm_eps
             per_nt[nt] = [(an, wqkv.expand(nt, *wqkv.shape), wo.expand(nt, *wo.shape), fn,
                            w13.expand(nt, *w13.shape), w2.expand(nt, *w2.shape), shape, eps)
-                          for an, wqkv, wo, w13, w2, fn in dw[4]]
+                          for an, wqkv, wo, w13, w2, fn in layers]
         return per_nt[nt]
+
+    def _weight_views(self) -> tuple:
+        """(epoch, data pointers, weights, per tile count cache, per layer (attention norm,
+        wqkv^T, wo^T, w13^T, w2^T, ffn norm), (final norm, output^T)): kept while no
+        parameter was registered since and no weight's storage moved."""
+        dw = self.__dict__.get("_dw")
+        if dw is not None and dw[0] == _PARAMETER_EPOCH[0] and dw[1] == [w.data_ptr() for w in dw[2]]:
+            return dw
+        flat, layers = [], []
+        for layer in self.layers:
+            an, fn = layer.attention_norm.weight, layer.ffn_norm.weight
+            ws = (layer.wqkv.weight, layer.wo.weight, layer.w13.weight, layer.w2.weight)
+            layers.append((an, *transposed(*ws), fn))
+            flat += [an, fn, *ws]
+        head = (self.norm.weight, *transposed(self.output.weight))
+        flat += [self.norm.weight, self.output.weight]
+        dw = self.__dict__["_dw"] = (_PARAMETER_EPOCH[0], [w.data_ptr() for w in flat], flat, {}, layers, head)
+        return dw
 
     def new_cache(self, capacity: int | None = None) -> Cache:
         p = self.tok_embeddings.weight
@@ -683,6 +688,5 @@ class Transformer(nn.Module):
     @torch.no_grad()
     def head(self, x: torch.Tensor) -> torch.Tensor:
         """Exit head (shared final norm + LM head), row invariant; logits (n, vocab)."""
-        self._decoding_weights(1)
-        norm_w, out_t = self.__dict__["_dw"][5]
+        norm_w, out_t = self._weight_views()[5]
         return mm(F.rms_norm(x, norm_w.shape, norm_w, self.args.norm_eps), out_t)

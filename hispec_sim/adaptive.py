@@ -60,10 +60,10 @@ def _rows_top1(model, field: str = "draft_confidence") -> np.ndarray:
     """The top-1 probabilities of the rows a model (or a RequestView) stands for; the
     workload's array is converted once per model (the exhaustive search calls this often)."""
     base = getattr(model, "model", model)
-    top = getattr(base, "_top1_rows", None)
+    memo = _memo(base)
+    top = memo.get("top1")
     if top is None:
-        top = _top1(base.acc, field)
-        base._top1_rows = top
+        top = memo["top1"] = _top1(base.acc, field)
     rows = getattr(model, "rows", None)
     return top if rows is None else top[rows]
 
@@ -107,9 +107,9 @@ def request_views(model: AgreementModel) -> list[tuple[float, RequestView]] | No
     every measured request with its own agreement matrix and its own trace rows when the
     workload pairs them (request_rows), else the spread's scenarios (acceptance.spread_scenarios)
     with the pooled rows; None without a spread (mean rates). Cached on the model."""
-    cached = getattr(model, "_request_views", False)
-    if cached is not False:
-        return cached
+    memo = _memo(model)
+    if "views" in memo:
+        return memo["views"]
     acc = model.acc
     rows = request_rows(acc)
     views = None
@@ -123,7 +123,7 @@ def request_views(model: AgreementModel) -> list[tuple[float, RequestView]] | No
         scen = model.scenarios
         views = [(float(scen.weights[i]), RequestView(model, RequestRates(model, scen, np.array([i])), None))
                  for i in range(len(scen.weights))]
-    model._request_views = views
+    memo["views"] = views
     return views
 
 
