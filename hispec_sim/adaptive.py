@@ -15,10 +15,11 @@ probability < tau_j.
 * `analytic_single_level`: exact expectation for [E, L] plans with draft_confidence,
   assuming positions i.i.d. (each position's (top-1 bucket, agreement) drawn independently
   from the measured rows). With tau = 0 it is analytic.predict's value for the fixed plan.
-* `replay`: Monte-Carlo over the measured rows, any depth, both knobs. order="trace":
-  consecutive positions are consecutive rows of one prompt (the measured correlations
-  kept); order="iid": every position of a cycle is a fresh uniformly drawn row (the
-  analytic model's assumption, for checking it). A tentative token at position p is
+* `replay`: over the measured rows, any depth, both knobs. order="trace": every measured
+  request walked from its first position to its length, consecutive positions being
+  consecutive rows (the measured correlations kept; deterministic; for greedy plans each
+  full-model check commits exactly the executor's tokens); order="iid": every position of
+  a cycle is a fresh uniformly drawn row (the analytic model's assumption, for checking it). A tentative token at position p is
   compared with what each exit predicted at row p: past a rejection the context differs
   from the measured one and the row stands in for it (positions exchangeable).
 * `analytic_three_level`: exact expectation for [l1, l2, L] plans with draft_confidence
@@ -35,6 +36,7 @@ import numpy as np
 from .acceptance import AgreementModel, RequestRates, Scenarios
 from .analytic import _check_cost
 from .latency import CostModel
+from .montecarlo import walk_spans
 from .schema import Acceptance, Plan
 
 
@@ -51,6 +53,7 @@ class AdaptiveEstimate:
     cycle_ms: float
     drafts_per_round: float | None = None
     ci95: tuple[float, float] | None = None  # Monte-Carlo only
+    checks: int | None = None  # replay: full-model checks walked
 
 
 # --------------------------------------------------------------------------- per-request evaluation
@@ -166,9 +169,13 @@ def analytic_single_level(cost: CostModel, model: AgreementModel, plan: Plan) ->
 
 def replay(cost: CostModel, acc: Acceptance, plan: Plan, cycles: int = 4000, streams: int = 16, seed: int = 0,
            order: str = "trace") -> AdaptiveEstimate:
-    """Monte-Carlo of any chain plan, adaptive or fixed, over the workload's measured rows
-    (module docstring). `streams` independent streams of `cycles` full-model checks each;
-    ci95 from the spread of the per-stream ratios (delta method)."""
+    """Any chain plan, adaptive or fixed, over the workload's measured rows (module
+    docstring). order="trace": every measured request walked from its first position until
+    it has committed as many tokens as it has rows, tokens/s = sum(tokens) / sum(time) over
+    the requests -- deterministic, and for greedy plans every full-model check commits
+    exactly the executor's tokens (montecarlo's module docstring says why); cycles, streams
+    and seed are unused, ci95 is over requests (delta method). order="iid": `streams`
+    streams of `cycles` full-model checks, every position a fresh row drawn with `seed`."""
     if order not in ("trace", "iid"):
         raise ValueError("order: trace or iid")
     if not acc.traces:
@@ -181,68 +188,75 @@ def replay(cost: CostModel, acc: Acceptance, plan: Plan, cycles: int = 4000, str
         raise ValueError(f"levels: exits {missing} were not measured")
     cols = [index[e] for e in plan.levels]
     k = plan.depth
-    starts = list(acc.trace_starts or [0]) + [len(traces)]
-    prompts = [(a, b - a) for a, b in zip(starts, starts[1:]) if b > a]
-    rng = np.random.default_rng(seed)
     tau_d = plan.draft_confidence or 0.0
     tau_e = list(plan.escalate_confidence or [0.0] * max(k - 2, 0))
     draft_ms = float(cost.forward([(np.array([plan.levels[0]]), np.ones(1, int))], np.ones(1, int))[0]) if k > 1 else 0.0
     cap = plan.propose + sum(plan.windows) + k + 2
     check_ms = [_check_cost(cost, [plan.levels[j - 1]], [plan.levels[j]], cap)[0] for j in range(1, k)]
     ar_ms = cost.autoregressive_ms(plan.levels[0]) if k == 1 else 0.0
-    tok = np.zeros(streams)
-    ms = np.zeros(streams)
-    for s in range(streams):
-        p0, plen = prompts[rng.integers(len(prompts))]
-        pos = int(rng.integers(plen))  # committed position (circular within the prompt)
-        for _ in range(cycles):
-            if k == 1:
-                tok[s] += 1
-                ms[s] += ar_ms
+
+    def cycle(row, pos: int) -> tuple[int, float]:
+        """One full-model check from committed position pos: (tokens committed, time)."""
+        if k == 1:
+            return 1, ar_ms
+        ms = 0.0
+        bufs: list[list[int]] = [[] for _ in range(k)]  # bufs[j]: token values level j holds
+        cascade = None
+        stop = False
+        while True:
+            held = sum(len(b) for b in bufs)
+            if cascade is None and len(bufs[1]) < plan.propose and not stop:
+                r = row(pos + held)
+                bufs[1].append(int(traces[r, cols[0]]))
+                stop = top[r, cols[0]] < tau_d
+                ms += draft_ms
                 continue
-            if order == "iid":
-                drawn: dict[int, int] = {}
-                row = lambda p: drawn.setdefault(p, int(rng.integers(len(traces))))
-            else:
-                row = lambda p: p0 + (p % plen)
-            bufs: list[list[int]] = [[] for _ in range(k)]  # bufs[j]: token values level j holds
-            cascade = None
+            j = cascade if cascade is not None else 1  # level j+1 checks bufs[j]
+            buf = bufs[j]
+            first = pos + held - len(buf)  # position of buf[0]; lower buffers are empty
+            x = cols[j]
+            m = 0
+            while m < len(buf) and traces[row(first + m), x] == buf[m]:
+                m += 1
+            r_own = row(first + m)
+            own = int(traces[r_own, x])
+            ms += check_ms[j - 1][len(buf)]
+            kept = buf[:m] + [own]
+            bufs[j] = []
             stop = False
-            while True:
-                held = sum(len(b) for b in bufs)
-                if cascade is None and len(bufs[1]) < plan.propose and not stop:
-                    r = row(pos + held)
-                    bufs[1].append(int(traces[r, cols[0]]))
-                    stop = top[r, cols[0]] < tau_d
-                    ms[s] += draft_ms
-                    continue
-                j = cascade if cascade is not None else 1  # level j+1 checks bufs[j]
-                buf = bufs[j]
-                first = pos + held - len(buf)  # position of buf[0]; lower buffers are empty
-                x = cols[j]
-                m = 0
-                while m < len(buf) and traces[row(first + m), x] == buf[m]:
-                    m += 1
-                r_own = row(first + m)
-                own = int(traces[r_own, x])
-                ms[s] += check_ms[j - 1][len(buf)]
-                kept = buf[:m] + [own]
-                bufs[j] = []
-                stop = False
-                cascade = None
-                if j + 1 < k:
-                    bufs[j + 1].extend(kept)
-                    if len(bufs[j + 1]) >= plan.windows[j - 1] or top[r_own, x] < tau_e[j - 1]:
-                        cascade = j + 1
-                    continue
-                tok[s] += len(kept)
-                pos += len(kept)
-                break
+            cascade = None
+            if j + 1 < k:
+                bufs[j + 1].extend(kept)
+                if len(bufs[j + 1]) >= plan.windows[j - 1] or top[r_own, x] < tau_e[j - 1]:
+                    cascade = j + 1
+                continue
+            return len(kept), ms
+
+    if order == "trace":
+        spans = walk_spans(acc.trace_starts, len(traces))
+        tok, ms, n_cycles = np.zeros(len(spans)), np.zeros(len(spans)), 0
+        for s, (p0, plen) in enumerate(spans):
+            row = lambda p, p0=p0, plen=plen: p0 + p % plen  # past the request's end: its rows as stand-ins
+            while tok[s] < plen:
+                t, c = cycle(row, int(tok[s]))
+                tok[s] += t
+                ms[s] += c
+                n_cycles += 1
+    else:
+        rng = np.random.default_rng(seed)
+        tok, ms, n_cycles = np.zeros(streams), np.zeros(streams), streams * cycles
+        for s in range(streams):
+            for _ in range(cycles):
+                drawn: dict[int, int] = {}
+                t, c = cycle(lambda p: drawn.setdefault(p, int(rng.integers(len(traces)))), 0)
+                tok[s] += t
+                ms[s] += c
+    n = len(tok)
     ratio = 1000.0 * cost.batch * tok.sum() / ms.sum()
     z = tok - (tok.sum() / ms.sum()) * ms
-    half = 1.96 * 1000.0 * cost.batch * float(np.std(z, ddof=1) / np.sqrt(streams)) / float(ms.mean()) if streams > 1 else 0.0
-    return AdaptiveEstimate(float(ratio), float(tok.sum() / (streams * cycles)), float(ms.sum() / (streams * cycles)),
-                            None, (float(ratio - half), float(ratio + half)))
+    half = 1.96 * 1000.0 * cost.batch * float(np.std(z, ddof=1) / np.sqrt(n)) / float(ms.mean()) if n > 1 else 0.0
+    return AdaptiveEstimate(float(ratio), float(tok.sum() / n_cycles), float(ms.sum() / n_cycles),
+                            None, (float(ratio - half), float(ratio + half)), n_cycles)
 
 
 def with_thresholds(plan: Plan, tau_d: float | None, tau_e: list[float] | None = None) -> Plan:
@@ -294,7 +308,7 @@ def adaptive_tokens_per_second(setting, plan: Plan, cycles: int = 1000, streams:
     a = replay(cost, setting.acceptance, plan, cycles, streams, seed)
     b = replay(cost, setting.acceptance, fixed, cycles, streams, seed)
     ratio = a.tokens_per_second / b.tokens_per_second
-    return f * ratio, f"fixed analytic x trace-replay ratio {ratio:.4f} ({streams} x {cycles}, seed {seed})"
+    return f * ratio, f"fixed analytic x trace-replay ratio {ratio:.4f} (the measured requests walked)"
 
 
 def adaptive_scored(setting, plan: Plan):
@@ -317,7 +331,7 @@ def search_adaptive(setting, bases: list[Plan], grid=GRID, max_propose: int = 8,
     """The exhaustive adaptive search (over the setting's request distribution, over_requests): every [E, L] x propose
     1..max_propose x tau_d in grid by the exact analytic model; the given hierarchical
     plans x tau_d x tau_e in grid: 3- and 4-level ones by the exact analytic models, deeper
-    ones by trace replay (common random numbers: the same seed for a plan's fixed and adaptive
+    ones by trace replay (the same measured requests walked for a plan's fixed and adaptive
     variants, so the gain is measured against the fixed plan's own replay)."""
     from .evaluate import score
 
@@ -354,7 +368,7 @@ def search_adaptive(setting, bases: list[Plan], grid=GRID, max_propose: int = 8,
                     r = replay(c, acc, p, cycles, streams, seed)
                     tps = fixed_tps * r.tokens_per_second / fixed_rep.tokens_per_second
                     how = (f"fixed analytic x trace-replay ratio {r.tokens_per_second / fixed_rep.tokens_per_second:.4f} "
-                           f"({streams} x {cycles}, seed {seed})")
+                           "(the measured requests walked)")
                 hier.append({"plan": p, "tokens_per_second": tps, "fixed_tokens_per_second": fixed_tps, "model": how})
     hier.sort(key=lambda x: -x["tokens_per_second"])
     return {"single_level": {"best": best_single[1], "tokens_per_second": best_single[0],
@@ -427,7 +441,19 @@ def cli_adaptive(setting, result, max_propose: int = 8, max_window: int = 16, hi
                 "predicted_tokens_per_second": round(float(h["tokens_per_second"]), 4),
                 "fixed": with_thresholds(h["plan"], None, None).describe(),
                 "fixed_tokens_per_second": round(float(h["fixed_tokens_per_second"]), 4), "model": h["model"]},
-            "grid": found["grid"], "search": "optuna + exhaustive grid" if optuna_adaptive else "exhaustive grid"}
+            "grid": found["grid"], "search": "optuna + exhaustive grid" if optuna_adaptive else "exhaustive grid",
+            "trace_replay": _replayed_gain(m, plan, fixed_plan)}
+
+
+def _replayed_gain(setting, plan: Plan, fixed: Plan) -> dict | None:
+    """The best adaptive and the best fixed plan by trace replay (walked), as a check on the
+    analytic models' i.i.d.-positions assumption; None without traces."""
+    w, wf = walked(setting, plan), walked(setting, fixed)
+    if w is None:
+        return None
+    return {"tokens_per_second": round(w.tokens_per_second, 4), "ci95_over_requests": [round(x, 4) for x in w.ci95],
+            "fixed_tokens_per_second": round(wf.tokens_per_second, 4),
+            "gain_over_fixed": round(w.tokens_per_second / wf.tokens_per_second, 4), "model": REPLAY_NOTE}
 
 
 def cli_adaptive_text(a: dict) -> str:
@@ -444,7 +470,19 @@ def cli_adaptive_text(a: dict) -> str:
     lines.append(f"best adaptive: {b['describe']}  {b['tokens_per_second']:.2f} tokens/s, "
                  f"x{a['predicted_gain_over_best_fixed']:.3f} the best fixed plan {a['best_fixed']['describe']} "
                  f"({a['best_fixed']['tokens_per_second']:.2f}); model: {b['model']}")
+    r = a.get("trace_replay")
+    if r:
+        lines.append(f"  by trace replay (measured requests walked): {r['tokens_per_second']:.2f} vs "
+                     f"{r['fixed_tokens_per_second']:.2f} tokens/s, x{r['gain_over_fixed']:.3f}")
     return "\n".join(lines)
+
+
+def walked(setting, plan: Plan) -> AdaptiveEstimate | None:
+    """The plan replayed over the workload's measured requests (replay, order="trace": runs
+    of agreement and confidence kept, every request walked to its length); None without traces."""
+    if not setting.acceptance.traces:
+        return None
+    return replay(setting.cost(plan.propose + sum(plan.windows) + 16), setting.acceptance, plan)
 
 
 def predict_adaptive(setting, plan: Plan, cycles: int = 1500, streams: int = 8, seed: int = 0) -> dict:
@@ -457,10 +495,30 @@ def predict_adaptive(setting, plan: Plan, cycles: int = 1500, streams: int = 8, 
     fixed = with_thresholds(plan, None, None)
     ar, f = score(m, [Plan(levels=[m.num_layers], batch=plan.batch), fixed])
     tps, how = adaptive_tokens_per_second(m, plan, cycles, streams, seed)
-    return {"plan": plan.model_dump(), "describe": plan.describe(), "tokens_per_second": round(float(tps), 4),
-            "speedup_vs_autoregressive": round(float(tps) / ar.tokens_per_second, 4),
-            "fixed_tokens_per_second": round(f.tokens_per_second, 4),
-            "gain_over_fixed": round(float(tps) / f.tokens_per_second, 4), "model": how, "rates": rates_note(m)}
+    out = {"plan": plan.model_dump(), "describe": plan.describe(), "tokens_per_second": round(float(tps), 4),
+           "speedup_vs_autoregressive": round(float(tps) / ar.tokens_per_second, 4),
+           "fixed_tokens_per_second": round(f.tokens_per_second, 4),
+           "gain_over_fixed": round(float(tps) / f.tokens_per_second, 4), "model": how, "rates": rates_note(m)}
+    w, wf = walked(m, plan), walked(m, fixed)
+    if w is not None:
+        out["trace_replay"] = {"tokens_per_second": round(w.tokens_per_second, 4),
+                               "ci95_over_requests": [round(x, 4) for x in w.ci95],
+                               "speedup_vs_autoregressive": round(w.tokens_per_second / ar.tokens_per_second, 4),
+                               "gain_over_fixed": round(w.tokens_per_second / wf.tokens_per_second, 4),
+                               "model": REPLAY_NOTE}
+    return out
+
+
+REPLAY_NOTE = "trace replay: the workload's measured requests walked, runs of agreement and confidence kept"
+
+
+def replay_text(r: dict | None) -> str:
+    """The trace-replay line of `evaluate` / `optimize --adaptive` (empty without traces)."""
+    if not r:
+        return ""
+    lo, hi = r["ci95_over_requests"]
+    return (f"\n  trace replay: {r['tokens_per_second']:.2f} tokens/s [{lo:.2f}, {hi:.2f} over requests]  "
+            f"x{r['gain_over_fixed']:.3f} vs the same plan without thresholds")
 
 
 def _round_terms(cost: CostModel, model: AgreementModel, lo: int, hi: int, g: int, tau: float):

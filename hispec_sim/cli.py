@@ -55,12 +55,12 @@ def cmd_evaluate(args) -> int:
     setting = _setting(args, plan.batch, profile)
     setting.profile.check_plan(plan, setting.workload)
     if plan.adaptive:  # confidence thresholds: hispec_sim.adaptive (the fixed-plan models ignore them)
-        from .adaptive import predict_adaptive
+        from .adaptive import predict_adaptive, replay_text
 
         out = {**setting.describe(), **predict_adaptive(setting, plan, seed=args.seed)}
         print(json.dumps(out, indent=2) if args.json else f"plan {out['describe']}  {out['tokens_per_second']:.2f} tokens/s  "
               f"x{out['speedup_vs_autoregressive']:.3f} vs autoregressive  x{out['gain_over_fixed']:.3f} vs the same "
-              f"plan without thresholds  ({out['model']}; {out['rates'].split(':')[0]})")
+              f"plan without thresholds  ({out['model']}; {out['rates'].split(':')[0]})" + replay_text(out.get("trace_replay")))
         return 0
     ar, s = score(setting, [schema.autoregressive_plan(setting.num_layers, plan.batch), plan])
     out = {**setting.describe(), **s.as_dict(ar.tokens_per_second)}

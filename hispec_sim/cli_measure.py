@@ -232,7 +232,28 @@ def validate_text(out: dict) -> str:
     lines.append(noise_line(out))
     lines.append(f"verdict: {out['verdict_line']}")
     lines.append(absolute_line(out))
+    lines += split_lines(out)
     return "\n".join(lines)
+
+
+def split_lines(out: dict) -> list[str]:
+    """Where each plan's error comes from: tokens per full-model check (analytic / trace
+    replay / measured: acceptance) and each level's forwards' time against the cost model
+    relative to autoregressive's (timing; validate.time_split)."""
+    rows = [r for r in out["plans"] if r.get("time_split")]
+    if not rows:
+        return []
+    lines = ["where the error comes from: tokens per full-model check (analytic / replay / measured); measured / "
+             "predicted time of each level's forwards relative to autoregressive's (L1 = drafts); wall time outside "
+             "forwards (autoregressive's)"]
+    for r in rows:
+        t = r["time_split"]
+        rep = r.get("replay_tokens_per_full_check")
+        lv = " ".join(f"L{k} x{v['vs_cost_model']:.3f}" for k, v in t["levels"].items())
+        lines.append(f"  {r['describe']:34s} {r['predicted_tokens_per_full_check']:.3f} / "
+                     f"{'-' if rep is None else f'{rep:.3f}'} / {t['tokens_per_full_check']:.3f}   {lv}   "
+                     f"outside {100 * t['outside_forwards']:.1f} % ({100 * t['outside_forwards_autoregressive']:.1f} %)")
+    return lines
 
 
 def noise_line(out: dict) -> str:

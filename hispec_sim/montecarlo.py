@@ -7,6 +7,16 @@ cycles at once (i.i.d. acceptance with the rates of acceptance.py, the analytic 
 assumptions); the token engine walks every buffered token and can replay measured
 per-position traces, keeping the correlation between neighbouring positions and levels.
 
+Trace replay walks the measured requests themselves: one stream per request (walk_spans),
+from its first position until it has committed as many tokens as the request has rows, so the
+estimate is sum(tokens) / sum(time) over the requests, as the executor aggregates them.
+For greedy plans the committed tokens of every full-model check are then exactly the
+executor's (a check commits up to the first token that disagrees with the full model,
+and everything before it was produced in the measured context); what a lower level does
+past a rejection, and the last check of a request (rows past its end wrap round to its
+start), use the measured rows as stand-ins. (Streams of a fixed number of cycles from
+random positions weight the positions by the local rate: a mean of rates, biased high.)
+
 Per-request spread (Acceptance.spread): every stream is one request with its own rates,
 drawn from the distribution itself (logit_normal: z ~ N(0, sigma) per stream; empirical:
 a measured request, with probability proportional to its weight), and runs whole cycles
@@ -66,7 +76,9 @@ def simulate(cost: CostModel, model: AgreementModel, plan: Plan, streams: int = 
     token (needed for trace replay and a per-request spread); "auto" picks block unless
     replaying or the workload has a spread. With a spread, `request_tokens` replaces
     `cycles`: each stream is one request of that many tokens (module docstring); trace
-    replay ignores the spread (the traces carry their own request-to-request variation)."""
+    replay ignores the spread (the traces carry their own request-to-request variation)
+    and ignores streams, cycles and the seed: one stream per measured request, each walked
+    to its own length (module docstring); deterministic."""
     if streams < 2 or cycles < 1 or request_tokens < 1:
         raise ValueError("mc: streams must be >= 2, cycles >= 1 and request_tokens >= 1")
     spread = getattr(model, "scenarios", None) is not None and not replay
@@ -81,8 +93,27 @@ def simulate(cost: CostModel, model: AgreementModel, plan: Plan, streams: int = 
             raise ValueError("mc: trace replay and a per-request spread need the token engine")
         return _summarise(*_block_engine(cost, model, plan, streams, cycles, np.random.default_rng(seed)),
                           cost.batch, streams, False)
-    return _summarise(*_token_engine(cost, model, plan, streams, cycles, seed, replay, request_tokens if spread else None),
+    if replay:
+        if model.traces is None:
+            raise ValueError("mc: replay needs a workload with traces")
+        spans = walk_spans(model.acc.trace_starts, len(model.traces))
+        streams, request_tokens = len(spans), np.array([n for _, n in spans])
+    return _summarise(*_token_engine(cost, model, plan, streams, cycles, seed, replay,
+                                     request_tokens if (spread or replay) else None),
                       cost.batch, streams, replay)
+
+
+WALK_ROWS = 256  # trace replay walks a longer request in pieces of this many rows
+
+
+def walk_spans(trace_starts, rows: int) -> list[tuple[int, int]]:
+    """(first row, rows) of every stream trace replay walks: each measured request, a
+    request longer than WALK_ROWS cut into pieces of WALK_ROWS rows (each walked from its
+    first row, as a request would be: a run of agreement across a cut is broken, and the
+    vectorised walk stays as wide as the pieces; workloads without trace_starts are one
+    request)."""
+    bounds = list(trace_starts or [0]) + [rows]
+    return [(a, min(WALK_ROWS, b - a)) for lo, b in zip(bounds, bounds[1:]) for a in range(lo, b, WALK_ROWS)]
 
 
 def _level_rates(model: AgreementModel, levels: list[int]) -> list[np.ndarray]:
@@ -296,7 +327,7 @@ def _cumsum0(x: np.ndarray) -> np.ndarray:
 def _summarise(total_time, total_tokens, cycle_ms, cycle_tokens, acceptance, batch, streams, replay) -> MCResult:
     ratio = total_tokens.sum() / total_time.sum()
     z = total_tokens - ratio * total_time
-    se = np.sqrt(z.var(ddof=1) / streams) / total_time.mean()
+    se = np.sqrt(z.var(ddof=1) / streams) / total_time.mean() if streams > 1 else 0.0
     scale = batch * 1000.0
     cycles = sum(len(x) for x in cycle_tokens)
     ms, tk = [], []  # the first QUANTILE_SAMPLES cycles for the latency percentiles (cycles are i.i.d.)
@@ -334,8 +365,9 @@ def _stream_rates(model: AgreementModel, levels: list[int], rng, streams: int) -
 def _token_engine(cost: CostModel, model: AgreementModel, plan: Plan, streams: int, cycles: int, seed: int, replay: bool,
                   request_tokens: int | None = None):
     """Token by token: every buffered token carries how it got there (ACC/COR/BON).
-    request_tokens (a spread): each stream draws its own rates and stops after the cycle
-    that brings it to request_tokens committed tokens, instead of after `cycles` cycles."""
+    request_tokens (a spread, or per stream when replaying): each stream stops after the
+    cycle that brings it to request_tokens committed tokens, instead of after `cycles`
+    cycles; with a spread it draws its own rates, replaying it walks measured request s."""
     rng = np.random.default_rng(seed)
     levels, k, g = plan.levels, plan.depth, plan.propose
 
@@ -347,14 +379,13 @@ def _token_engine(cost: CostModel, model: AgreementModel, plan: Plan, streams: i
     check_ms = [_check_cost(cost, np.array([levels[j]]), np.array([levels[j + 1]]), max_n + 1)[0] for j in range(k - 1)]
     draft_ms = float(cost.forward([(levels[0], 1)], 1))
 
-    rates = _stream_rates(model, levels, rng, streams) if request_tokens else _level_rates(model, levels)
+    rates = _stream_rates(model, levels, rng, streams) if (request_tokens is not None and not replay) \
+        else _level_rates(model, levels)
     if replay:
-        if model.traces is None:
-            raise ValueError("mc: replay needs a workload with traces")
         t = model.traces
         agree = [t[:, model.idx(levels[j])[()]] == t[:, model.idx(levels[j + 1])[()]] for j in range(k - 1)]
-        n_pos = t.shape[0]
-        pos = rng.integers(0, n_pos, streams)  # last committed position of each stream
+        first = np.array([a for a, _ in walk_spans(model.acc.trace_starts, len(t))])  # stream s: rows first[s] ..
+        pos = np.full(streams, -1, np.int64)  # last committed position within the stream's request
 
     types = [np.full((streams, c + 1), BON, np.int8) for c in cap]
     length = [np.zeros(streams, np.int64) for _ in cap]
@@ -367,16 +398,20 @@ def _token_engine(cost: CostModel, model: AgreementModel, plan: Plan, streams: i
     cols = np.arange(max_n + 2)
 
     done_cycles = np.zeros(streams, np.int64)
-    live = lambda: (total_tokens < request_tokens) if request_tokens else (done_cycles < cycles)
+    live = lambda: (total_tokens < request_tokens) if request_tokens is not None else (done_cycles < cycles)
     out_time, out_tokens, ids = np.zeros(streams), np.zeros(streams), np.arange(streams)
     while (running := live()).any():
-        if request_tokens and 2 * running.sum() < len(running):
+        if request_tokens is not None and 2 * running.sum() < len(running):
             # requests end at different times: step only the unfinished ones from here on
             # (the same process; finished streams are no longer drawn for)
             out_time[ids], out_tokens[ids] = total_time, total_tokens
             keep = running
             ids, total_time, total_tokens, clock, done_cycles = (x[keep] for x in (ids, total_time, total_tokens, clock, done_cycles))
-            types, length, rates = [x[keep] for x in types], [x[keep] for x in length], [x[keep] for x in rates]
+            types, length = [x[keep] for x in types], [x[keep] for x in length]
+            if replay:
+                pos, first, request_tokens = pos[keep], first[keep], request_tokens[keep]
+            elif rates[0].ndim == 2:
+                rates = [x[keep] for x in rates]
             running = running[keep]
         streams = len(running)
         clock += g * draft_ms
@@ -388,8 +423,8 @@ def _token_engine(cost: CostModel, model: AgreementModel, plan: Plan, streams: i
             clock += np.where(active, check_ms[j][n], 0.0)
             if replay:
                 offset = sum((length[m] for m in range(j + 1, k - 1)), np.zeros(streams, np.int64))
-                p = (pos[:, None] + 1 + offset[:, None] + cols[None, :width]) % n_pos
-                ok = agree[j][p]
+                p = (pos[:, None] + 1 + offset[:, None] + cols[None, :width]) % request_tokens[:, None]
+                ok = agree[j][first[:, None] + p]
             else:
                 tj = types[j][:, :width]
                 p_ok = rates[j][tj] if rates[j].ndim == 1 else np.take_along_axis(rates[j], tj.astype(np.intp), 1)
@@ -411,7 +446,7 @@ def _token_engine(cost: CostModel, model: AgreementModel, plan: Plan, streams: i
                 cycle_ms.append(clock[count].copy())
                 cycle_tokens.append(committed[count].astype(float))
                 if replay:
-                    pos[done] = (pos[done] + committed[done]) % n_pos
+                    pos[done] += committed[done]
                 clock[done] = 0.0
                 for m in range(k - 1):
                     length[m][done] = 0

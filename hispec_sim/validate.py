@@ -257,18 +257,50 @@ def run_interleaved(model, plans: list[Plan], prompts, max_new_tokens: int, roun
     rng = random.Random(seed)
     decode(model, plans[-1], prompts[0], min(8, max_new_tokens))  # warm-up
     results = [[] for _ in plans]
+    ar_results = []
     runs = []
     for rd in range(rounds):
         for i, ids in enumerate(prompts):
             for k in block_order(len(plans), ar_every, rng):
                 t = time.perf_counter()
                 res = decode(model, ar if k < 0 else plans[k], ids, max_new_tokens)
-                if k >= 0:
-                    results[k].append(res)
+                (results[k] if k >= 0 else ar_results).append(res)
                 runs.append({"round": rd, "prompt": i, "plan": k, "tokens": _run_tokens(ar if k < 0 else plans[k], res),
                              "seconds": res.wall_s, "mid": (t + time.perf_counter()) / 2})
     stats = interleaved_speedups(runs, len(plans))
+    stats["decode_results"], stats["autoregressive_results"] = results, ar_results  # for time_split (not JSON)
     return [(tps, _tally(p, r)[1]) for tps, p, r in zip(stats["tokens_per_second"], plans, results)], stats
+
+
+def forward_ms(cost, f) -> float:
+    """The cost model's time of one executor forward: its layer segments, head rows and kind."""
+    return float(cost.forward([(hi - lo + 1, n) for lo, hi, n in f.segments], f.head_tokens, verify=f.level > 1))
+
+
+def time_split(cost, plan: Plan, results, ar_results) -> dict:
+    """Where a plan's measured time went, against the cost model, per plan level (1: the
+    drafts or, for [L], the decode steps; j: the level-j checks): measured / predicted time
+    of the forwards that actually ran, divided by the same ratio for the autoregressive runs
+    interleaved with them (the machine's speed cancels: 1.0 means the cost model prices that
+    kind of forward right relative to an autoregressive step); and the share of the
+    decoding wall time spent outside forwards (Python bookkeeping, which the cost model's
+    per-forward overhead stands for), next to autoregressive's. Also the tokens per
+    full-model check measured (what trace replay reproduces exactly in-sample)."""
+    def ratio(rs, level=None):
+        fs = [f for r in rs for f in r.forwards if level is None or f.level == level]
+        return sum(f.ms for f in fs) / max(sum(forward_ms(cost, f) for f in fs), 1e-12), sum(f.ms for f in fs)
+
+    base, ar_fwd = ratio(ar_results)
+    ar_wall = sum(r.wall_s for r in ar_results) * 1e3
+    wall = sum(r.wall_s for r in results) * 1e3
+    levels = {}
+    for level in range(1, plan.depth + 1):
+        x, ms = ratio(results, level)
+        levels[str(level)] = {"vs_cost_model": x / base, "share_of_wall": ms / wall}
+    fwd = sum(f.ms for r in results for f in r.forwards)
+    fulls = sum(r.forwards_per_level()[-1] for r in results)
+    return {"levels": levels, "outside_forwards": 1 - fwd / wall, "outside_forwards_autoregressive": 1 - ar_fwd / ar_wall,
+            "tokens_per_full_check": sum(_run_tokens(plan, r) for r in results) / max(fulls, 1)}
 
 
 def run_measured(model, plan: Plan, prompts, max_new_tokens: int):
@@ -307,7 +339,7 @@ def validate(setting: Setting, plans: list[Plan], model, prompts, max_new_tokens
     cost = setting.cost(max(p.propose + sum(p.windows) for p in plans) + 8)
     for k, (plan, s) in enumerate(zip(plans, scored)):
         mc = simulate(cost, setting.agreement, plan, streams=4096, cycles=32, seed=seed)
-        rep = (simulate(cost, setting.agreement, plan, streams=1024, cycles=24, seed=seed, replay=True)
+        rep = (simulate(cost, setting.agreement, plan, seed=seed, replay=True)
                if replay and setting.agreement.traces is not None else None)
         measured, acceptance = runs[k]
         su_pred, su_meas = s.tokens_per_second / predicted_ar, stats["speedup"][k]
@@ -326,7 +358,10 @@ def validate(setting: Setting, plans: list[Plan], model, prompts, max_new_tokens
                "relative_error_mc": (mc.tokens_per_second - measured) / measured,
                "relative_error_replay": (rep.tokens_per_second - measured) / measured if rep else None,
                "predicted_acceptance_per_level": s.acceptance,
-               "measured_acceptance_per_level": acceptance}
+               "measured_acceptance_per_level": acceptance,
+               "predicted_tokens_per_full_check": s.tokens_per_full_forward,
+               "replay_tokens_per_full_check": rep.tokens_per_full_forward if rep else None,
+               "time_split": time_split(cost, plan, stats["decode_results"][k], stats["autoregressive_results"])}
         rows.append(row)
     su_err = [r["speedup_error"] for r in rows]
     err = np.abs([r["relative_error"] for r in rows])

@@ -28,10 +28,10 @@ def depth_markov_matrix(curve: np.ndarray) -> list[list[float]]:
 
 def make_profile(layers: int = 16, layer_ms: float = 1.0, slope: float = 0.01, head_ms: float = 0.5,
                  overhead_ms: float = 0.3, verify_ms: float = 0.1, curve=None, traces=None,
-                 constant: float | None = None, name: str = "test") -> Profile:
+                 constant: float | None = None, name: str = "test", trace_starts=None) -> Profile:
     """A profile whose layer time grows linearly with tokens and context and whose
     agreement follows `curve` (agreement with the last layer per exit, depth-Markov),
-    `traces`, or is `constant` for every pair."""
+    `traces` (requests beginning at `trace_starts`), or is `constant` for every pair."""
     tokens = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
     contexts = [0, 1024, 8192]
     table = LatencyTable(tokens=tokens, contexts=contexts,
@@ -42,7 +42,8 @@ def make_profile(layers: int = 16, layer_ms: float = 1.0, slope: float = 0.01, h
     if traces is not None:
         traces = np.asarray(traces)
         matrix = [[float((traces[:, a] == traces[:, b]).mean()) for b in range(layers)] for a in range(layers)]
-        acc = Acceptance(exits=exits, agreement=matrix, context=256, traces=traces.tolist(), joint="traces", source=TEST_SOURCE)
+        acc = Acceptance(exits=exits, agreement=matrix, context=256, traces=traces.tolist(), joint="traces",
+                         trace_starts=trace_starts, source=TEST_SOURCE)
     elif constant is not None:
         matrix = np.full((layers, layers), constant)
         np.fill_diagonal(matrix, 1.0)

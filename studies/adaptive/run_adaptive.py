@@ -1,18 +1,20 @@
 """Adaptive vs fixed plans on the shipped model, measured side by side: batch 1 and serving.
 
-Plans are chosen on prompt set A (the profile's own prompts: cpu_hispec_tiny was measured
-on held-out prompts seed 0, its confidence statistics on the same prompts) by
-`hispec-sim optimize --adaptive`'s functions (hispec_sim.adaptive.cli_adaptive: the
-exhaustive fixed search and the threshold grid, every plan over the workload's request
-distribution -- each measured request at its own agreement and confidence statistics,
-adaptive.over_requests; the published RESULTS.md runs predate this and used mean rates);
-they are measured here on prompt set B (held-out prompts, another seed).
+Plans are chosen on prompt set A by `hispec-sim optimize --adaptive`'s functions
+(hispec_sim.adaptive.cli_adaptive: the exhaustive fixed search and the threshold grid,
+every plan over the workload's request distribution -- each measured request at its own
+agreement and confidence statistics, adaptive.over_requests). Set A: the shipped
+profile's latency table with acceptance and confidence measured here on --a-prompts
+held-out prompts (seed 0; default 64: the generalisation study's prompts-needed curve
+shows 16 prompts leave several % of sampling error; 0 = the profile's own 16). The plans
+are measured on prompt set B (held-out prompts, another seed; default 32).
 
 Batch 1: every plan on every prompt, interleaved (plan order rotated per prompt) so the
 machine's load hits all plans alike; greedy outputs of all plans checked identical.
-Prediction: fixed plans -> analytic.predict; adaptive [E, L] and [l1, l2, L] -> the exact
-analytic models (i.i.d. positions); deeper adaptive -> fixed analytic x trace-replay
-ratio (adaptive.adaptive_tokens_per_second). Error = measured / predicted - 1 of the
+Prediction, two models side by side: fixed plans -> analytic.predict; adaptive [E, L]
+and [l1, l2, L] -> the exact analytic models (i.i.d. positions); deeper adaptive -> fixed
+analytic x trace-replay ratio (adaptive.adaptive_tokens_per_second); and trace replay of
+set A's measured requests (adaptive.walked: runs of agreement and confidence kept). Error = measured / predicted - 1 of the
 speedup over autoregressive measured in the same run (insensitive to a uniformly slower
 machine); the issue's target: median |error| of the adaptive plans <= 5 %.
 
@@ -22,12 +24,12 @@ with the order rotated each pass; throughput, TTFT p50 and TPOT p50 per plan (me
 passes). Batching: --batching (ragged default; synchronous runs adaptive plans too).
 Prediction: `hispec-sim serve` (the request-level serving simulator, in-process through
 hispec_sim.cli.main) on the SAME request set (a JSONL trace of the arrivals, prompt lengths
-and max_new_tokens; --sim-seeds acceptance seeds), profile cpu_hispec_tiny with its
-per-request spread, same max batch and policy; error = measured / predicted - 1 per figure
+and max_new_tokens; --sim-seeds acceptance seeds), set A's profile with its per-request
+spread, same max batch and policy; error = measured / predicted - 1 per figure
 and for the adaptive / fixed ratios.
 
-usage: PYTHONPATH=. python studies/adaptive/run_adaptive.py [--quick] [--prompts 16] [--new 128]
-           [--passes 2] [--serve-requests 32] [--qps 4] [--max-batch 8] [--batching ragged] [--sim-seeds 5] [--out-dir DIR]
+usage: PYTHONPATH=. python studies/adaptive/run_adaptive.py [--quick] [--a-prompts 64] [--prompts 32] [--new 128]
+           [--passes 1] [--serve-passes 2] [--serve-requests 32] [--qps 4] [--max-batch 8] [--batching ragged] [--sim-seeds 5] [--out-dir DIR]
 Writes RESULTS.md and results.json into --out-dir (default: next to this script); --quick
 (a smoke run in about a minute: 2 prompts x 16 tokens, 6 requests) writes to a temporary
 folder unless --out-dir is given.
@@ -46,7 +48,7 @@ import numpy as np
 import torch
 
 from hispec_exec import decode, heldout_prompts, load_model
-from hispec_sim.adaptive import adaptive_tokens_per_second, cli_adaptive
+from hispec_sim.adaptive import adaptive_tokens_per_second, cli_adaptive, walked
 from hispec_sim.evaluate import Setting, exhaustive, score
 from hispec_sim.schema import Plan, ServeLimits, load_profile, write_atomic
 from hispec_sim.traffic import summarize
@@ -55,8 +57,22 @@ HERE = Path(__file__).resolve().parent
 TARGET = 0.05
 
 
-def choose_plans(max_propose: int, max_window: int) -> tuple[dict, dict, dict]:
-    setting = Setting(load_profile("cpu_hispec_tiny"), None, None, None, 1, None)
+def set_a(n: int, new: int) -> tuple[Setting, str]:
+    """Set A: the shipped profile's latency table with acceptance measured on n held-out
+    prompts (seed 0; the profile's own 16-prompt workload when n == 0)."""
+    prof = load_profile("cpu_hispec_tiny")
+    if not n:
+        return Setting(prof), "profile cpu_hispec_tiny, its workload (16 held-out prompts, seed 0)"
+    from hispec_exec.measure import add_workload
+
+    name = f"a{n}"
+    prof = add_workload(prof, load_model(), prof.model.name, name, heldout_prompts(n, 64, seed=0),
+                        f"{n} held-out prompts (seed 0, 64 bytes)", new, "cpu")
+    return Setting(prof, name), (f"profile cpu_hispec_tiny's latency table, acceptance and confidence measured on "
+                                 f"{n} held-out prompts (seed 0) x {new} tokens")
+
+
+def choose_plans(setting: Setting, max_propose: int, max_window: int) -> tuple[dict, dict, dict]:
     m = setting
     fixed = exhaustive(m, max_propose=max_propose, max_window=max_window)
     ad = cli_adaptive(setting, exhaustive(setting, max_propose=max_propose, max_window=max_window), max_propose, max_window)
@@ -69,7 +85,9 @@ def choose_plans(max_propose: int, max_window: int) -> tuple[dict, dict, dict]:
     pred = {}
     for n, p in plans.items():
         tps, how = adaptive_tokens_per_second(m, p)
-        pred[n] = {"tokens_per_s": tps, "model": how}
+        w = walked(m, p)
+        pred[n] = {"tokens_per_s": tps, "model": how, "replay_tokens_per_s": w.tokens_per_second,
+                   "replay_per_full": w.tokens_per_full_forward}
     return plans, pred, ad
 
 
@@ -103,7 +121,8 @@ def request_set(prompts, new: int, qps: float, seed: int) -> tuple[list[float], 
 SERVE_FIGURES = (("throughput_tokens_per_s", None), ("ttft_ms", "p50"), ("tpot_ms", "p50"))
 
 
-def predicted_serving(plans: dict, prompts, arrivals, news, max_batch: int, batching: str, seeds: int, seed: int) -> dict:
+def predicted_serving(setting: Setting, plans: dict, prompts, arrivals, news, max_batch: int, batching: str, seeds: int,
+                      seed: int) -> dict:
     """`hispec-sim serve` of every plan on the request set (a JSONL trace): mean over the
     acceptance seeds and its 95 % interval, per figure. Returns {plan name: {figure: ...}}
     and the command line of each run."""
@@ -114,6 +133,8 @@ def predicted_serving(plans: dict, prompts, arrivals, news, max_batch: int, batc
 
     out = {}
     with tempfile.TemporaryDirectory(prefix="adaptive_serve_") as d:
+        profile, workload = Path(d) / "profile_a.json", setting.workload
+        write_atomic(profile, setting.profile.model_dump_json(exclude_none=True))
         trace = Path(d) / "requests.jsonl"
         trace.write_text("".join(json.dumps({"arrival_s": a, "prompt_tokens": len(p), "max_new_tokens": n}) + "\n"
                                  for a, p, n in zip(arrivals, prompts, news)))
@@ -122,7 +143,7 @@ def predicted_serving(plans: dict, prompts, arrivals, news, max_batch: int, batc
                 continue
             pf = Path(d) / "plan.json"
             pf.write_text(plan.model_dump_json())
-            argv = ["serve", "--profile", "cpu_hispec_tiny", "--plan", str(pf), "--trace", str(trace), "--max-batch",
+            argv = ["serve", "--profile", str(profile), "--workload", workload, "--plan", str(pf), "--trace", str(trace), "--max-batch",
                     str(max_batch), "--batching", batching, "--seeds", str(seeds), "--seed", str(seed), "--json"]
             buf = io.StringIO()
             with contextlib.redirect_stdout(buf):
@@ -132,7 +153,7 @@ def predicted_serving(plans: dict, prompts, arrivals, news, max_batch: int, batc
             agg = json.loads(buf.getvalue())["mean_over_seeds"]
             out[name] = {key if sub is None else f"{key.removesuffix('_ms')}_ms_{sub}":
                          (agg[key] if sub is None else agg[key][sub]) for key, sub in SERVE_FIGURES}
-            out[name]["command"] = "hispec-sim " + " ".join(argv[:4] + ["PLAN", "--trace", "REQUESTS"] + argv[7:])
+            out[name]["command"] = "hispec-sim " + " ".join(["serve", "--profile", "PROFILE_A"] + argv[3:6] + ["PLAN", "--trace", "REQUESTS"] + argv[9:])
     return out
 
 
@@ -157,10 +178,13 @@ def serving(model, plans: dict, prompts, arrivals, news, max_batch: int, passes:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, output to a temporary folder")
-    ap.add_argument("--prompts", type=int, default=16)
+    ap.add_argument("--a-prompts", type=int, default=64, help="set A: prompts whose acceptance the plans are chosen on "
+                    "(0: the profile's own 16)")
+    ap.add_argument("--prompts", type=int, default=32, help="set B: prompts measured at batch 1")
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--seed-b", type=int, default=1)
-    ap.add_argument("--passes", type=int, default=2, help="passes over the prompts / the serving runs (order rotated)")
+    ap.add_argument("--passes", type=int, default=1, help="passes over set B's prompts at batch 1 (order rotated)")
+    ap.add_argument("--serve-passes", type=int, default=2, help="passes over the serving runs (order rotated)")
     ap.add_argument("--serve-requests", type=int, default=32)
     ap.add_argument("--serve-new", type=int, default=64)
     ap.add_argument("--qps", type=float, default=4.0)
@@ -173,42 +197,49 @@ def main() -> None:
     a = ap.parse_args()
     if a.quick:
         a.prompts, a.new, a.passes, a.serve_requests, a.serve_new, a.max_propose, a.max_window = 2, 16, 1, 6, 12, 6, 6
+        a.a_prompts, a.serve_passes = 0, 1
     out_dir = Path(a.out_dir) if a.out_dir else (Path(tempfile.mkdtemp(prefix="adaptive_quick_")) if a.quick else HERE)
     torch.set_num_threads(1)
     load0 = open("/proc/loadavg").read().split()[:3]
     t0 = time.time()
-    plans, pred, ad = choose_plans(a.max_propose, a.max_window)
+    setting, set_a_text = set_a(a.a_prompts, a.new)
+    plans, pred, ad = choose_plans(setting, a.max_propose, a.max_window)
     model = load_model()
     meas = batch1(model, plans, heldout_prompts(a.prompts, 64, seed=a.seed_b), a.new, a.passes)
     load_mid = open("/proc/loadavg").read().split()[:3]
     srv_prompts = heldout_prompts(a.serve_requests, 32, seed=a.seed_b + 100)
     arrivals, news = request_set(srv_prompts, a.serve_new, a.qps, a.seed_b)
-    srv = serving(model, plans, srv_prompts, arrivals, news, a.max_batch, a.passes, a.batching)
+    srv = serving(model, plans, srv_prompts, arrivals, news, a.max_batch, a.serve_passes, a.batching)
     load1 = open("/proc/loadavg").read().split()[:3]
-    srv_pred = predicted_serving(plans, srv_prompts, arrivals, news, a.max_batch, a.batching, a.sim_seeds, a.seed_b)
+    srv_pred = predicted_serving(setting, plans, srv_prompts, arrivals, news, a.max_batch, a.batching, a.sim_seeds, a.seed_b)
     ar_p, ar_m = pred["autoregressive"]["tokens_per_s"], meas["autoregressive"]["tokens_per_s"]
     rows = []
     for n, p in plans.items():
         ps, ms = pred[n]["tokens_per_s"] / ar_p, meas[n]["tokens_per_s"] / ar_m
+        rs = pred[n]["replay_tokens_per_s"] / ar_p
         rows.append({"role": n, "plan": p.describe(), "plan_json": p.model_dump(), "model": pred[n]["model"],
                      "predicted_tokens_per_s": round(pred[n]["tokens_per_s"], 2),
                      "measured_tokens_per_s": round(meas[n]["tokens_per_s"], 2),
                      "predicted_speedup": round(ps, 4), "measured_speedup": round(ms, 4),
                      "speedup_error": round(ms / ps - 1, 4),
+                     "replay_speedup": round(rs, 4), "speedup_error_replay": round(ms / rs - 1, 4),
+                     "replay_tokens_per_full_forward": round(pred[n]["replay_per_full"], 4),
                      "measured_tokens_per_full_forward": round(meas[n]["tokens_per_full_forward"], 4)})
     errs = [abs(r["speedup_error"]) for r in rows if r["role"].startswith("adaptive")]
+    errs_replay = [abs(r["speedup_error_replay"]) for r in rows if r["role"].startswith("adaptive")]
     best = lambda kind, d, key: max((n for n in d if n.startswith(kind)), key=lambda n: d[n][key])
     b_ad, b_fx = best("adaptive", meas, "tokens_per_s"), best("fixed", meas, "tokens_per_s")
     s_ad, s_fx = best("adaptive", srv, "throughput_tokens_per_s"), best("fixed", srv, "throughput_tokens_per_s")
     res = {"command": "PYTHONPATH=. python studies/adaptive/run_adaptive.py" + (" --quick" if a.quick else ""),
-           "args": vars(a), "set_a": "profile cpu_hispec_tiny (held-out prompts seed 0)",
-           "set_b": f"held-out prompts seed {a.seed_b}: {a.prompts} x {a.new} tokens, prompt length 64, {a.passes} passes; "
+           "args": vars(a), "set_a": set_a_text,
+           "set_b": f"held-out prompts seed {a.seed_b}: {a.prompts} x {a.new} tokens, prompt length 64, {a.passes} pass(es); "
                     f"serving: {a.serve_requests} requests (seed {a.seed_b + 100}, prompt length 32, {a.serve_new} new "
-                    f"tokens), Poisson {a.qps} req/s, max batch {a.max_batch}, {a.batching}",
+                    f"tokens), Poisson {a.qps} req/s, max batch {a.max_batch}, {a.batching}, {a.serve_passes} passes",
            "rates": ad["rates"], "threads": 1, "loadavg": {"before": load0, "after_batch1": load_mid, "after": load1},
            "seconds": round(time.time() - t0, 1), "host": os.uname().nodename, "torch": torch.__version__,
            "batch1": rows, "median_abs_speedup_error_adaptive": round(statistics.median(errs), 4),
            "target_met": bool(statistics.median(errs) <= TARGET),
+           "median_abs_speedup_error_adaptive_replay": round(statistics.median(errs_replay), 4),
            "batch1_best_adaptive_vs_best_fixed": {"adaptive": b_ad, "fixed": b_fx,
                                                   "gain": round(meas[b_ad]["tokens_per_s"] / meas[b_fx]["tokens_per_s"], 4)},
            "batch1_gain_single_level": round(meas["adaptive single-level"]["tokens_per_s"] / meas["fixed single-level"]["tokens_per_s"], 4),
@@ -251,7 +282,7 @@ def serving_comparison(meas: dict, pred: dict, seeds: int) -> dict:
     best = lambda kind: max((n for n in pred if n.startswith(kind)), key=lambda n: pred[n][tp]["mean"])
     b_ad, b_fx = best("adaptive"), best("fixed")
     errs = [abs(rows[n][tp]["error"]) for n in rows]
-    return {"serving_predicted_by": f"hispec-sim serve (serving simulator), profile cpu_hispec_tiny, {seeds} acceptance "
+    return {"serving_predicted_by": f"hispec-sim serve (serving simulator), set A's profile, {seeds} acceptance "
                                     "seeds, the same requests (trace)",
             "serving_vs_simulator": rows,
             "serving_adaptive_vs_fixed": ratios,
@@ -270,14 +301,19 @@ def results_md(r: dict) -> str:
          f"Plans chosen on set A ({r['set_a']}) by `hispec-sim optimize --adaptive`'s functions; {r['rates']}.",
          f"Measured on set B: {r['set_b']}.", "", "Every error below is measured / predicted - 1 (negative: the "
          "prediction was too high).", "", "## Batch 1", "",
-         "| role | plan | predicted tok/s | measured tok/s | predicted speedup | measured speedup | speedup error | model |",
-         "|---|---|---:|---:|---:|---:|---:|---|"]
+         "| role | plan | predicted tok/s | measured tok/s | predicted speedup | measured speedup | speedup error | model "
+         "| replay speedup | replay error | tokens per full check, replay / measured |",
+         "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---|"]
     for x in r["batch1"]:
         L.append(f"| {x['role']} | {x['plan']} | {x['predicted_tokens_per_s']:.2f} | {x['measured_tokens_per_s']:.2f} | "
-                 f"{x['predicted_speedup']:.3f} | {x['measured_speedup']:.3f} | {100 * x['speedup_error']:+.1f} % | {x['model']} |")
+                 f"{x['predicted_speedup']:.3f} | {x['measured_speedup']:.3f} | {100 * x['speedup_error']:+.1f} % | {x['model']} "
+                 f"| {x['replay_speedup']:.3f} | {100 * x['speedup_error_replay']:+.1f} % "
+                 f"| {x['replay_tokens_per_full_forward']:.3f} / {x['measured_tokens_per_full_forward']:.3f} |")
     b = r["batch1_best_adaptive_vs_best_fixed"]
     L += ["", f"* Prediction error of the adaptive plans (speedup over autoregressive, same run): median |error| "
-          f"{100 * r['median_abs_speedup_error_adaptive']:.1f} % (target <= 5 %: {'met' if r['target_met'] else 'NOT met'}).",
+          f"{100 * r['median_abs_speedup_error_adaptive']:.1f} % by the exact analytic models (i.i.d. positions; target "
+          f"<= 5 %: {'met' if r['target_met'] else 'NOT met'}); by trace replay of set A's measured requests "
+          f"(runs of agreement and confidence kept): {100 * r['median_abs_speedup_error_adaptive_replay']:.1f} %.",
           f"* Best adaptive ({b['adaptive']}) vs best fixed ({b['fixed']}), measured: x{b['gain']:.3f}; adaptive vs fixed "
           f"single-level x{r['batch1_gain_single_level']:.3f}"
           + (f", hierarchical x{r['batch1_gain_hierarchical']:.3f}." if "batch1_gain_hierarchical" in r else "."),

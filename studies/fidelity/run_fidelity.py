@@ -104,6 +104,23 @@ def markdown(out: dict, seconds: float, command: str, baselines: dict, context: 
                      f"{_pct(r['speedup_error'])} | {_pct(r['speedup_error_replay'])} | "
                      f"{r['predicted_tokens_per_second']:.1f} | {r['measured_tokens_per_second']:.1f} | "
                      f"{_pct(r['relative_error'])} | {acc} |")
+    lines += ["", "Where the error comes from (`validate.time_split`): tokens per full-model check predicted by the analytic "
+              "model and by trace replay (each measured request walked: exact for greedy plans in-sample) against the "
+              "executor's; and, per plan level, the measured / predicted time of the forwards that ran divided by the "
+              "same ratio for the autoregressive runs interleaved with them (1.000: the cost model prices that kind of "
+              "forward right relative to an autoregressive step; L1 = drafts), with the wall time spent outside forwards.",
+              "", "| plan | tokens per full check: analytic / replay / measured | time vs cost model, per level "
+              "| outside forwards (autoregressive) |", "|---|---|---|---|"]
+    for r in rows:
+        t = r.get("time_split")
+        if not t:
+            continue
+        rep = r.get("replay_tokens_per_full_check")
+        lv = ", ".join(f"L{k} x{v['vs_cost_model']:.3f} ({100 * v['share_of_wall']:.0f} % of wall)"
+                       for k, v in t["levels"].items())
+        lines.append(f"| `{r['describe']}` | {r['predicted_tokens_per_full_check']:.3f} / "
+                     f"{'-' if rep is None else f'{rep:.3f}'} / {t['tokens_per_full_check']:.3f} | {lv} | "
+                     f"{100 * t['outside_forwards']:.1f} % ({100 * t['outside_forwards_autoregressive']:.1f} %) |")
     d = out.get("machine_drift")
     lines += ["", f"- speed-up, analytic: median |error| **{100 * out['median_abs_speedup_error']:.1f} %**, worst "
                   f"**{100 * out['max_abs_speedup_error']:.1f} %** over {len(rows)} plans; with trace replay: median "

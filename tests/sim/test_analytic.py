@@ -7,7 +7,8 @@ from hypothesis import given, settings, strategies as st
 
 from factories import make_profile, resolve_depth_traces
 from hispec_sim.evaluate import Setting, exhaustive, exhaustive_arrays, predict_plans
-from hispec_sim.analytic import leviathan_tokens_per_round
+from hispec_sim.adaptive import replay
+from hispec_sim.analytic import _check_cost, leviathan_tokens_per_round
 from hispec_sim.montecarlo import simulate
 from hispec_sim.schema import Plan
 
@@ -156,15 +157,43 @@ def test_monte_carlo_is_deterministic_and_reports_latency_percentiles():
 def test_trace_replay_matches_iid_on_independent_positions_and_not_on_runs():
     """Replay of traces whose positions are independent reproduces the analytic model (a
     3-level chain needs only pairwise conditional rates, which the Markov model keeps);
-    when neighbouring positions are correlated (every row repeated), it does not."""
+    when neighbouring positions are correlated (every row repeated), it does not. Replay
+    walks each measured request (here 60 of 100 rows), its interval is over requests."""
     traces = resolve_depth_traces(LAYERS, 6000, 1)
     plan = Plan(levels=[2, 6, LAYERS], propose=3, windows=[4])
-    _agrees_with_mc(_setting(traces=traces), plan, seed=5, replay=True)
-    s = _setting(traces=np.repeat(traces, 4, axis=0))
+    _agrees_with_mc(_setting(traces=traces, trace_starts=list(range(0, 6000, 100))), plan, seed=5, replay=True)
+    s = _setting(traces=np.repeat(traces, 4, axis=0), trace_starts=list(range(0, 24000, 400)))
     iid = simulate(s.cost(), s.agreement, plan, streams=2048, cycles=24, seed=1)
     rep = simulate(s.cost(), s.agreement, plan, streams=2048, cycles=24, seed=1, replay=True)
-    assert rep.replay and not iid.replay
+    assert rep.replay and not iid.replay and rep.streams == 120  # each 400-row request walked as 256 + 144 rows
     assert not (iid.ci95[0] <= rep.tokens_per_second <= iid.ci95[1])
+
+
+def _two_requests(plan_len: int = 30) -> Setting:
+    """Request 0: the draft exit always agrees with the full model; request 1: never."""
+    agree = np.zeros((plan_len, LAYERS), int)
+    never = np.zeros((plan_len, LAYERS), int)
+    never[:, 1:] = 1  # exit 1 predicts token 0, every deeper exit token 1
+    return _setting(traces=np.concatenate([agree, never]), trace_starts=[0, plan_len])
+
+
+def test_trace_replay_weights_requests_by_their_tokens():
+    """Each request is walked to its own length and the estimate is sum(tokens) / sum(time),
+    as the executor aggregates requests: 30 tokens in 10 checks of 3 plus 30 tokens in 30
+    checks of 1 -- 60 tokens in 40 equal-cost cycles, not the 2 tokens per cycle that equal
+    numbers of cycles per request (a mean of the two rates) would give. Both replays."""
+    s = _two_requests()
+    plan = Plan(levels=[1, LAYERS], propose=2)
+    cost = s.cost()
+    cycle_ms = float(cost.forward([(np.array([1]), np.ones(1, int))], np.ones(1, int))[0]) * 2 \
+        + float(_check_cost(cost, [1], [LAYERS], 2)[0][2])
+    expected = 1000.0 * 60 / (40 * cycle_ms)
+    mc = simulate(cost, s.agreement, plan, replay=True)
+    assert mc.tokens_per_second == pytest.approx(expected, rel=1e-12)
+    assert mc.tokens_per_full_forward == pytest.approx(60 / 40) and mc.streams == 2 and mc.cycles == 40
+    walk = replay(cost, s.acceptance, plan)
+    assert walk.tokens_per_second == pytest.approx(expected, rel=1e-12)
+    assert walk.tokens_per_full_forward == pytest.approx(60 / 40)
 
 
 def test_exhaustive_finds_the_true_optimum():
