@@ -153,4 +153,8 @@ def test_profile_measure_records_confidence(tmp_path, capsys):
     plan = tmp_path / "plan.json"
     plan.write_text(Plan(levels=[2, 16], propose=4, draft_confidence=0.5).model_dump_json())
     assert main(["evaluate", "--profile", str(out), "--workload", "mine", "--plan", str(plan), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["gain_over_fixed"] > 0
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["gain_over_fixed"] > 0
+    rep = ev["trace_replay"]  # the two measured prompts walked
+    lo, hi = rep["ci95_over_requests"]
+    assert lo <= rep["tokens_per_second"] <= hi and rep["gain_over_fixed"] > 0

@@ -12,6 +12,7 @@ from hispec_sim.adaptive import (
     analytic_single_level,
     analytic_three_level,
     replay,
+    walked,
     with_thresholds,
 )
 from hispec_sim.analytic import predict
@@ -158,6 +159,11 @@ def test_cli_adaptive_search(capsys, tmp_path):
     assert best == Plan.model_validate_json(out.read_text())
     assert res["predicted_gain_over_best_fixed"] == pytest.approx(
         res["best"]["tokens_per_second"] / res["best_fixed"]["tokens_per_second"], rel=1e-3)
+    s = Setting(confident_profile())
+    rep = res["trace_replay"]  # the same two plans by trace replay
+    assert rep["tokens_per_second"] == pytest.approx(walked(s, best).tokens_per_second, rel=1e-4)
+    fixed = Plan.model_validate(res["best_fixed"]["plan"])
+    assert rep["fixed_tokens_per_second"] == pytest.approx(walked(s, fixed).tokens_per_second, rel=1e-4)
 
 
 # --------------------------------------------------------------------------- escalation, analytic

@@ -96,6 +96,28 @@ def test_validate_reports_predicted_and_measured(small):
     assert out["verdict"] in ("met", "within_noise", "not_met") and out["verdict_line"]
 
 
+def test_validate_says_where_the_error_comes_from(small):
+    """On the prompts the profile was measured on, trace replay's tokens per full-model
+    check are the executor's (up to each request's last check: rows past its end are
+    stand-ins); the time split covers every level of every plan."""
+    model, profile = small
+    setting = Setting(profile)
+    plans = [Plan(levels=[8]), Plan(levels=[3, 8], propose=3), Plan(levels=[2, 5, 8], propose=2, windows=[3])]
+    out = validate(setting, plans, model, heldout_prompts(3, 32, 0), 24, seed=0)
+    for plan, row in zip(plans, out["plans"]):
+        t = row["time_split"]
+        assert set(t["levels"]) == {str(j) for j in range(1, plan.depth + 1)}
+        assert all(v["vs_cost_model"] > 0 and 0 < v["share_of_wall"] <= 1 for v in t["levels"].values())
+        assert sum(v["share_of_wall"] for v in t["levels"].values()) == pytest.approx(1 - t["outside_forwards"])
+        assert 0 <= t["outside_forwards"] < 1 and 0 <= t["outside_forwards_autoregressive"] < 1
+        measured, replayed = t["tokens_per_full_check"], row["replay_tokens_per_full_check"]
+        checks = round(3 * 24 / measured) if plan.depth > 1 else 3 * 24
+        last = plan.propose + sum(plan.windows) + 1  # the most one check commits
+        assert abs(replayed - measured) * checks <= 3 * last, (plan, replayed, measured)
+        assert row["predicted_tokens_per_full_check"] > 0
+    assert out["plans"][0]["time_split"]["tokens_per_full_check"] == 1.0
+
+
 def test_profile_of_another_model_is_refused(small):
     model, profile = small
     other = Transformer(ModelArgs(n_layers=6, dim=48, n_heads=4, n_kv_heads=2, ffn_dim=96, max_seq_len=256))
