@@ -162,7 +162,11 @@ class StepCost:
         # the calibration's forward scale (the grid as the serve loop runs it) on every layer
         # cost, here, so that every engine costing from these tables carries it
         self.scale = table.serving.forward_scale if self.calibrated else 1.0
-        self.prefill_linear_at: dict[tuple[int, int], float] = {}  # (prompts, tokens) -> grid ms: admissions repeat
+        # number of prompts -> the grid ms of every token total they can reach (a row, computed
+        # on first use, vectorised: admissions of one or two prompts repeat with new totals)
+        self.prefill_linear_at: dict[int, np.ndarray] = {}
+        self.prefill_top = (np.cumsum(np.sort(np.maximum(prompts - 1, 0))[::-1]) if prompts is not None and len(prompts)
+                            else np.zeros(1, np.int64))  # the largest total of p prompts: [p - 1]
         self.linear, self.att, self.floor = self.linear * self.scale, self.att * self.scale, self.floor * self.scale
         self.per_layer = 0.0 if self.calibrated else table.layer_overhead_ms  # inside the measured grid
         self.fixed = table.overhead_ms
@@ -225,14 +229,23 @@ class StepCost:
             return 0.0
         L = self.span.sum()
         if self.calibrated:  # the batched grid, its rows beyond the grid by the table's linear part
-            key = (int((n > 0).sum()), total)
-            lin = self.prefill_linear_at.get(key)
-            if lin is None:
-                lin = self.prefill_linear_at[key] = self.scale * float(serving_layer_ms(self.table, *key))
+            lin = self._prefill_grid_ms(int((n > 0).sum()), total)
         else:
             lin = self.prefill_linear[total] if total < len(self.prefill_linear) else float(linear_layer_ms(self.table, total))
         per = lin + self.prefill_att[n].sum()
         return float(L * (per + self.per_layer) + self.fixed)
+
+    def _prefill_grid_ms(self, prompts: int, total: int) -> float:
+        """scale x serving_layer_ms(prompts, total), read from the row of `prompts` (the same
+        elementwise arithmetic as one scalar call, so the same value)."""
+        row = self.prefill_linear_at.get(prompts)
+        if row is None:
+            top = int(self.prefill_top[min(prompts, len(self.prefill_top)) - 1])
+            row = self.scale * serving_layer_ms(self.table, prompts, np.arange(top + 1))
+            self.prefill_linear_at[prompts] = row
+        if total < len(row):
+            return float(row[total])
+        return self.scale * float(serving_layer_ms(self.table, prompts, total))  # prompts not among the given ones
 
 
 # --------------------------------------------------------------------------- the engine
