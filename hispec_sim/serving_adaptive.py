@@ -42,6 +42,7 @@ from .serving import (
     ServeRun,
     StepCost,
     _run_scheduled,
+    _UniformStream,
     buffer_width,
     max_overshoot,
     pack_schedules,
@@ -156,6 +157,50 @@ def _advance(st: _State, idx, o, ptab, low, rng, crng, cols, k, windows):
     return commit, committing
 
 
+def _advance_phase(st: _State, part, phase: int, ptab, low, rng, crng, cols, k, windows):
+    """_advance for a synchronous step, where every slot of `part` does the same operation
+    (phase 0: a draft; j >= 1: the level-(j+1) check of buffer j): the same draws in the
+    same order and the same state afterwards, with the buffer index a scalar (fewer,
+    cheaper array operations per step); rng, crng: serving._UniformStream's over the
+    generators (the same uniforms in the same order, drawn in blocks). Returns (tokens
+    committed, slots committing)."""
+    if phase == 0:
+        p_unsure = low[part, 0, 0]
+        unsure = crng.take(len(part)) < p_unsure if p_unsure.any() else np.zeros(len(part), bool)
+        st.btag[part, 0, st.blen[part, 0]] = unsure  # tag of a draft: (1, bonus, class)
+        st.blen[part, 0] += 1
+        st.unsure[part] = unsure
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    c, j = part, phase - 1  # buffer j checked, by level j + 2
+    nb = st.blen[c, j]
+    tags = st.btag[c, j]
+    p = ptab[c[:, None], tags, j + 2]
+    ok = (rng.take(p.size).reshape(p.shape) < p) & (cols[None, :] < nb[:, None])
+    if ok[:, -1].any():  # a buffer as wide as the array (never, with buffer_width's margin): _advance's form
+        a = np.minimum(np.where(ok.all(1), nb, np.argmin(ok, 1)), nb)
+    else:  # every row has a failure (at the buffer's end at the latest): the first one
+        a = np.minimum(np.argmin(ok, 1), nb)
+    st.blen[c, j] = 0
+    st.unsure[c] = False
+    st.cascade[c] = 0
+    if j == k - 2:  # the top: commit the accepted prefix + the full model's token
+        st.blen[c] = 0
+        return a + 1, c
+    start = st.blen[c, j + 1]
+    rows = np.arange(len(c))
+    src = tags[rows[:, None], np.maximum(cols[None, :] - start[:, None], 0)]  # (cols < width, start >= 0)
+    moved = (cols[None, :] >= start[:, None]) & (cols[None, :] < (start + a)[:, None])
+    kind = (a < nb).astype(np.int64)  # correction when a token was rejected
+    p_low = low[c, j + 1, kind]
+    unsure = (crng.take(len(c)) < p_low) if p_low.any() else np.zeros(len(c), bool)
+    new = np.where(moved, src, st.btag[c, j + 1])
+    new[rows, start + a] = ((j + 1) * 2 + kind) * 2 + unsure  # tag (origin level j + 2, kind, class)
+    st.btag[c, j + 1] = new
+    st.blen[c, j + 1] = start + a + 1
+    st.cascade[c] = np.where((start + a + 1 >= windows[j]) | unsure, j + 2, 0)
+    return np.zeros(0, np.int64), np.zeros(0, np.int64)
+
+
 def draw_adaptive_schedules(plan: Plan, rates: np.ndarray, cls: TokenClasses | RequestClasses, max_new: np.ndarray,
                             rng: np.random.Generator) -> Schedules:
     """Every request's batch-1 schedule under the adaptive plan (vectorised over requests),
@@ -234,6 +279,8 @@ def _run_synchronous(cost: StepCost, plan: Plan, sch: Schedules | None, rates, c
     W = width + 1
     cols = np.arange(width)
     crng = rng.spawn(1)[0] if sch is None else None
+    uniforms = _UniformStream(rng) if sch is None else None  # acceptance draws, in blocks
+    class_uniforms = _UniformStream(crng) if sch is None else None  # confidence-class draws
     req = np.full(B, -1, np.int64)
     active = np.zeros(B, bool)
     st = _State(B, plan, width)
@@ -313,20 +360,19 @@ def _run_synchronous(cost: StepCost, plan: Plan, sch: Schedules | None, rates, c
                 if not sel.any():
                     phase = 1
                     continue
-                part, o, nbuf = idx[sel], o_all[sel], code[sel] % W
-            else:
-                part, o, nbuf = idx, o_all, code % W
+                part, nbuf = idx[sel], code[sel] % W
+            else:  # the check step: every slot (none drafts any more)
+                part, nbuf = idx, code % W
             tent = sch.tentative[ptr[part]]
         else:
             part = idx[(st.blen[idx, 0] < g) & ~st.unsure[idx]] if phase == 0 else idx
             if phase == 0 and not len(part):
                 phase = 1
                 continue
-            o = np.full(len(part), phase, np.int64)
             nbuf = st.blen[part, phase - 1] if phase > 0 else np.zeros(len(part), np.int64)
             tent = st.blen[part].sum(1)
-        # every sequence in this step does the phase's operation (a draft: nbuf = 0)
-        log.step(phase, prompt[req[part]] - 1 + done_tok[part] + tent, nbuf, int((o > 0).sum()))
+        # every sequence in this step does the phase's operation (a draft: nbuf = 0, no check)
+        log.step(phase, prompt[req[part]] - 1 + done_tok[part] + tent, nbuf, len(part) if phase > 0 else 0)
         steps += 1
         if sch is not None:
             commit = sch.commit[ptr[part]].astype(np.int64)
@@ -334,7 +380,7 @@ def _run_synchronous(cost: StepCost, plan: Plan, sch: Schedules | None, rates, c
             committing = part[commit > 0]
             commit = commit[commit > 0]
         else:
-            commit, committing = _advance(st, part, o, ptab, low, rng, crng, cols, k, windows)
+            commit, committing = _advance_phase(st, part, phase, ptab, low, uniforms, class_uniforms, cols, k, windows)
         if len(committing):
             r = req[committing]
             take = np.minimum(commit, max_new[r] - done_tok[committing])
