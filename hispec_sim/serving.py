@@ -171,6 +171,9 @@ class StepCost:
         self.per_layer = 0.0 if self.calibrated else table.layer_overhead_ms  # inside the measured grid
         self.fixed = table.overhead_ms
         self.verify = table.verify_overhead_ms
+        self.overhead_at = serving_step_overhead_ms(table, np.arange(max_batch + 1)[:, None],
+                                                    np.arange(max_batch + 1)[None, :])  # (sequences, checks)
+        self.layers = self.span.sum()
         # prefill: one sequence's attention per prompt length, linear part per total rows (lookups)
         top = int(np.sort(np.maximum(prompts - 1, 0))[-max_batch:].sum()) if prompts is not None and len(prompts) else 1
         plen = np.arange(int(prompts.max()) if prompts is not None and len(prompts) else 1)
@@ -183,8 +186,9 @@ class StepCost:
         return ms if self.noise is None else ms * float(self.noise.scale(self.noise.take(1), ms)[0])
 
     def overhead(self, nseq, nchecks) -> np.ndarray:
-        """Host time of steps beyond forward and head (latency.serving_step_overhead_ms)."""
-        return serving_step_overhead_ms(self.table, nseq, nchecks)
+        """Host time of steps beyond forward and head (latency.serving_step_overhead_ms, read
+        from its table over 0..max_batch sequences and checks: the same elementwise values)."""
+        return self.overhead_at[nseq, nchecks]
 
     def step(self, rows: np.ndarray, ctx: np.ndarray, head_rows: np.ndarray, checks: int) -> float:
         """rows (n, k): rows each running sequence carries through each layer range;
@@ -227,7 +231,7 @@ class StepCost:
         total = int(n.sum())
         if total == 0:
             return 0.0
-        L = self.span.sum()
+        L = self.layers
         if self.calibrated:  # the batched grid, its rows beyond the grid by the table's linear part
             lin = self._prefill_grid_ms(int((n > 0).sum()), total)
         else:
