@@ -158,19 +158,12 @@ def _advance(st: _State, idx, o, ptab, low, rng, crng, cols, k, windows):
 
 
 def _advance_phase(st: _State, part, phase: int, ptab, low, rng, crng, cols, k, windows):
-    """_advance for a synchronous step, where every slot of `part` does the same operation
-    (phase 0: a draft; j >= 1: the level-(j+1) check of buffer j): the same draws in the
-    same order and the same state afterwards, with the buffer index a scalar (fewer,
-    cheaper array operations per step); rng, crng: serving._UniformStream's over the
-    generators (the same uniforms in the same order, drawn in blocks). Returns (tokens
-    committed, slots committing)."""
-    if phase == 0:
-        p_unsure = low[part, 0, 0]
-        unsure = crng.take(len(part)) < p_unsure if p_unsure.any() else np.zeros(len(part), bool)
-        st.btag[part, 0, st.blen[part, 0]] = unsure  # tag of a draft: (1, bonus, class)
-        st.blen[part, 0] += 1
-        st.unsure[part] = unsure
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    """_advance for a synchronous check step, where every slot of `part` does the same
+    operation, the level-(phase+1) check of buffer `phase` (draft steps: _draft_steps): the
+    same draws in the same order and the same state afterwards, with the buffer index a
+    scalar (fewer, cheaper array operations per step); rng, crng: serving._UniformStream's
+    over the generators (the same uniforms in the same order, drawn in blocks). Returns
+    (tokens committed, slots committing)."""
     c, j = part, phase - 1  # buffer j checked, by level j + 2
     nb = st.blen[c, j]
     tags = st.btag[c, j]
@@ -199,6 +192,33 @@ def _advance_phase(st: _State, part, phase: int, ptab, low, rng, crng, cols, k, 
     st.blen[c, j + 1] = start + a + 1
     st.cascade[c] = np.where((start + a + 1 >= windows[j]) | unsure, j + 2, 0)
     return np.zeros(0, np.int64), np.zeros(0, np.int64)
+
+
+def _drafts_left(sch: Schedules, W: int) -> np.ndarray:
+    """Per op of the schedules: the drafts from it to the next check (0 at a check; every
+    request's schedule ends with the check that commits its last tokens)."""
+    check = np.flatnonzero(sch.code // W > 0)
+    at = np.arange(len(sch.code))
+    return check[np.searchsorted(check, at)] - at
+
+
+def _draft_steps(st: _State, idx, g: int, low, crng, log: _StepLog, cached) -> int:
+    """A synchronous round's draft steps: while any slot of idx may draft (fewer than g
+    drafts, the last one sure), one step of those slots (recorded in the log; the class
+    draws and state as _advance_phase's phase 0). Returns the steps."""
+    part = idx[(st.blen[idx, 0] < g) & ~st.unsure[idx]]
+    p_unsure = low[:, 0, 0]
+    steps = 0
+    while len(part):
+        log.step(0, cached[part] + st.blen[part].sum(1), np.zeros(len(part), np.int64), 0)
+        p = p_unsure[part]
+        unsure = crng.take(len(part)) < p if p.any() else np.zeros(len(part), bool)
+        st.btag[part, 0, st.blen[part, 0]] = unsure  # tag of a draft: (1, bonus, class)
+        st.blen[part, 0] += 1
+        st.unsure[part] = unsure
+        steps += 1
+        part = part[(st.blen[part, 0] < g) & ~unsure]  # slots that stopped stay out (their state is kept)
+    return steps
 
 
 def draw_adaptive_schedules(plan: Plan, rates: np.ndarray, cls: TokenClasses | RequestClasses, max_new: np.ndarray,
@@ -288,7 +308,9 @@ def _run_synchronous(cost: StepCost, plan: Plan, sch: Schedules | None, rates, c
     low = np.zeros((B,) + cls.low.shape[1:])
     all_ptab = pass_table(rates, cls, k) if sch is None else None
     done_tok = np.zeros(B, np.int64)
+    cached = np.zeros(B, np.int64)  # committed tokens in the slot's cache: prompt - 1 + done_tok
     ptr = np.zeros(B, np.int64)  # single-level: the slot's next op (flat index into sch)
+    drafts_left = _drafts_left(sch, W) if sch is not None else None
     arr_ms = arrival_s * 1e3
     admit_ms = np.full(n, np.nan)
     admit_at = np.zeros(n, np.int64)  # the log entry before which each request was admitted
@@ -338,6 +360,7 @@ def _run_synchronous(cost: StepCost, plan: Plan, sch: Schedules | None, rates, c
                 active[new] = True
                 st.reset(new)
                 done_tok[new] = 0
+                cached[new] = prompt[req[new]] - 1
                 if sch is None:
                     ptab[new] = all_ptab[req[new]]
                     low[new] = cls.low[req[new]]
@@ -352,27 +375,27 @@ def _run_synchronous(cost: StepCost, plan: Plan, sch: Schedules | None, rates, c
         if not len(idx):
             fresh_round = True
             continue
-        if sch is not None:  # single-level: each slot's next op from its schedule
-            code = sch.code[ptr[idx]]
-            o_all = code // W
-            if phase == 0:
-                sel = o_all == 0  # the slots still drafting
-                if not sel.any():
-                    phase = 1
-                    continue
-                part, nbuf = idx[sel], code[sel] % W
-            else:  # the check step: every slot (none drafts any more)
-                part, nbuf = idx, code % W
+        if sch is not None:  # single-level: each slot's next ops from its schedule
+            if phase == 0:  # the round's draft steps, at once: slot i drafts in the first d[i]
+                d = drafts_left[ptr[idx]]
+                for s in range(int(d.max())):
+                    part = idx[d > s]
+                    log.step(0, cached[part] + sch.tentative[ptr[part] + s], np.zeros(len(part), np.int64), 0)
+                ptr[idx] += d
+                steps += int(d.max())
+                phase = 1
+            part = idx  # the check step: every slot (none drafts any more)
+            nbuf = sch.code[ptr[part]] % W
             tent = sch.tentative[ptr[part]]
         else:
-            part = idx[(st.blen[idx, 0] < g) & ~st.unsure[idx]] if phase == 0 else idx
-            if phase == 0 and not len(part):
+            if phase == 0:  # the round's draft steps, at once (no commit, no admission in between)
+                steps += _draft_steps(st, idx, g, low, class_uniforms, log, cached)
                 phase = 1
-                continue
-            nbuf = st.blen[part, phase - 1] if phase > 0 else np.zeros(len(part), np.int64)
+            part = idx
+            nbuf = st.blen[part, phase - 1]
             tent = st.blen[part].sum(1)
         # every sequence in this step does the phase's operation (a draft: nbuf = 0, no check)
-        log.step(phase, prompt[req[part]] - 1 + done_tok[part] + tent, nbuf, len(part) if phase > 0 else 0)
+        log.step(phase, cached[part] + tent, nbuf, len(part) if phase > 0 else 0)
         steps += 1
         if sch is not None:
             commit = sch.commit[ptr[part]].astype(np.int64)
@@ -385,6 +408,7 @@ def _run_synchronous(cost: StepCost, plan: Plan, sch: Schedules | None, rates, c
             r = req[committing]
             take = np.minimum(commit, max_new[r] - done_tok[committing])
             done_tok[committing] += take
+            cached[committing] += take
             e = len(r)
             ev_req[n_ev:n_ev + e] = r
             ev_tok[n_ev:n_ev + e] = take
