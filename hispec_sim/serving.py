@@ -171,8 +171,10 @@ class StepCost:
         self.per_layer = 0.0 if self.calibrated else table.layer_overhead_ms  # inside the measured grid
         self.fixed = table.overhead_ms
         self.verify = table.verify_overhead_ms
-        self.overhead_at = serving_step_overhead_ms(table, np.arange(max_batch + 1)[:, None],
-                                                    np.arange(max_batch + 1)[None, :])  # (sequences, checks)
+        self.overhead_at = None  # (sequences, checks) -> ms, up to max batch 512 (2 MB; beyond: per call)
+        if max_batch <= 512:
+            b = np.arange(max_batch + 1)
+            self.overhead_at = serving_step_overhead_ms(table, b[:, None], b[None, :])
         self.layers = self.span.sum()
         # prefill: one sequence's attention per prompt length, linear part per total rows (lookups)
         top = int(np.sort(np.maximum(prompts - 1, 0))[-max_batch:].sum()) if prompts is not None and len(prompts) else 1
@@ -188,6 +190,8 @@ class StepCost:
     def overhead(self, nseq, nchecks) -> np.ndarray:
         """Host time of steps beyond forward and head (latency.serving_step_overhead_ms, read
         from its table over 0..max_batch sequences and checks: the same elementwise values)."""
+        if self.overhead_at is None:
+            return serving_step_overhead_ms(self.table, nseq, nchecks)
         return self.overhead_at[nseq, nchecks]
 
     def step(self, rows: np.ndarray, ctx: np.ndarray, head_rows: np.ndarray, checks: int) -> float:
@@ -245,7 +249,8 @@ class StepCost:
         row = self.prefill_linear_at.get(prompts)
         if row is None:
             top = int(self.prefill_top[min(prompts, len(self.prefill_top)) - 1])
-            row = self.scale * serving_layer_ms(self.table, prompts, np.arange(top + 1))
+            # a row of at most 2^21 totals (prompts of thousands of tokens: beyond, one call each)
+            row = self.scale * serving_layer_ms(self.table, prompts, np.arange(min(top, 1 << 21) + 1))
             self.prefill_linear_at[prompts] = row
         if total < len(row):
             return float(row[total])

@@ -205,7 +205,8 @@ def _drafts_left(sch: Schedules, W: int) -> np.ndarray:
 def _draft_steps(st: _State, idx, g: int, low, crng, log: _StepLog, cached) -> int:
     """A synchronous round's draft steps: while any slot of idx may draft (fewer than g
     drafts, the last one sure), one step of those slots (recorded in the log; the class
-    draws and state as _advance_phase's phase 0). Returns the steps."""
+    draws, from crng's _UniformStream, and the state as _advance's drafts). Returns the
+    steps."""
     part = idx[(st.blen[idx, 0] < g) & ~st.unsure[idx]]
     p_unsure = low[:, 0, 0]
     steps = 0

@@ -28,9 +28,11 @@ are identical (speed work must not move a value).
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
 import io
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -74,7 +76,9 @@ def baseline_serving(rev: str):
     root = Path(__file__).resolve().parents[2]
     tar = subprocess.run(["git", "-C", str(root), "archive", rev, "hispec_sim"], check=True, capture_output=True).stdout
     tmp = Path(tempfile.mkdtemp(prefix="bench_serve_sim_"))
-    tarfile.open(fileobj=io.BytesIO(tar)).extractall(tmp, filter="data")
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        archive.extractall(tmp, filter="data")
     (tmp / "hispec_sim").rename(tmp / "hispec_sim_baseline")
     sys.path.insert(0, str(tmp))
     return importlib.import_module("hispec_sim_baseline.serving")

@@ -13,8 +13,15 @@ import pytest
 
 from hispec_sim import schema, serving, serving_adaptive, traffic
 from hispec_sim.latency import serving_layer_ms
+from hispec_sim.schema import Plan
 from hispec_sim.serving import ServeRun, StepCost
-from hispec_sim.serving_adaptive import RequestClasses, Schedules, _State, buffer_width, pass_table
+from hispec_sim.serving_adaptive import (
+    RequestClasses,
+    Schedules,
+    _State,
+    buffer_width,
+    pass_table,
+)
 
 
 def _advance(st: _State, idx, o, ptab, low, rng, crng, cols, k, windows):
@@ -248,9 +255,9 @@ def _tiny_floor():
     return t.model_copy(update={"attention": floor}), acc, layers
 
 
-SINGLE = dict(levels=[2, 16], propose=6, draft_confidence=0.3)
-DEEP = dict(levels=[1, 4, 16], propose=3, windows=[4], draft_confidence=0.5, escalate_confidence=[0.5])
-ESCALATE = dict(levels=[1, 2, 16], propose=1, windows=[3], escalate_confidence=[0.3])
+SINGLE = {"levels": [2, 16], "propose": 6, "draft_confidence": 0.3}
+DEEP = {"levels": [1, 4, 16], "propose": 3, "windows": [4], "draft_confidence": 0.5, "escalate_confidence": [0.5]}
+ESCALATE = {"levels": [1, 2, 16], "propose": 1, "windows": [3], "escalate_confidence": [0.3]}
 CASES = {  # profile, plan, requests, qps, max batch, KV tokens, prompt lengths, output lengths
     # a queue, the batch full, churn at every commit; step noise
     "single_saturated": (_tiny, SINGLE, 150, 40.0, 16, None, "uniform:8:128", "uniform:1:64"),
@@ -309,3 +316,18 @@ def test_prefill_rows_equal_one_scalar_call(noise):
         want = float(n.size and layers * (lin + cost.prefill_att[n].sum() + cost.per_layer) + cost.fixed)
         assert cost.prefill(pick) == want
     assert cost._prefill_grid_ms(3, 10 ** 6) == 1.3 * float(serving_layer_ms(table, 3, 10 ** 6))  # beyond the rows
+
+
+def test_step_overhead_table_equals_the_function():
+    """StepCost.overhead reads a (sequences, checks) table up to max batch 512 (beyond, it
+    calls latency.serving_step_overhead_ms): the same values either way, scalars and arrays."""
+    table, _, layers = _tiny(noise=False)
+    plan = schema.Plan(levels=[2, 16], propose=1)
+    small = StepCost(table, plan, layers, 64, 64)
+    large = StepCost(table, plan, layers, 600, 64)
+    assert small.overhead_at is not None and large.overhead_at is None
+    nseq = np.arange(65)
+    for checks in (0, 1, 17, 64):
+        got = small.overhead(nseq, np.minimum(checks, nseq))
+        assert np.array_equal(got, large.overhead(nseq, np.minimum(checks, nseq)))
+        assert got[0] == 0.0 and float(small.overhead(5, min(checks, 5))) == float(got[5])
