@@ -162,11 +162,20 @@ class StepCost:
         # the calibration's forward scale (the grid as the serve loop runs it) on every layer
         # cost, here, so that every engine costing from these tables carries it
         self.scale = table.serving.forward_scale if self.calibrated else 1.0
-        self.prefill_linear_at: dict[tuple[int, int], float] = {}  # (prompts, tokens) -> grid ms: admissions repeat
+        # number of prompts -> the grid ms of every token total they can reach (a row, computed
+        # on first use, vectorised: admissions of one or two prompts repeat with new totals)
+        self.prefill_linear_at: dict[int, np.ndarray] = {}
+        self.prefill_top = (np.cumsum(np.sort(np.maximum(prompts - 1, 0))[::-1]) if prompts is not None and len(prompts)
+                            else np.zeros(1, np.int64))  # the largest total of p prompts: [p - 1]
         self.linear, self.att, self.floor = self.linear * self.scale, self.att * self.scale, self.floor * self.scale
         self.per_layer = 0.0 if self.calibrated else table.layer_overhead_ms  # inside the measured grid
         self.fixed = table.overhead_ms
         self.verify = table.verify_overhead_ms
+        self.overhead_at = None  # (sequences, checks) -> ms, up to max batch 512 (2 MB; beyond: per call)
+        if max_batch <= 512:
+            b = np.arange(max_batch + 1)
+            self.overhead_at = serving_step_overhead_ms(table, b[:, None], b[None, :])
+        self.layers = self.span.sum()
         # prefill: one sequence's attention per prompt length, linear part per total rows (lookups)
         top = int(np.sort(np.maximum(prompts - 1, 0))[-max_batch:].sum()) if prompts is not None and len(prompts) else 1
         plen = np.arange(int(prompts.max()) if prompts is not None and len(prompts) else 1)
@@ -179,8 +188,11 @@ class StepCost:
         return ms if self.noise is None else ms * float(self.noise.scale(self.noise.take(1), ms)[0])
 
     def overhead(self, nseq, nchecks) -> np.ndarray:
-        """Host time of steps beyond forward and head (latency.serving_step_overhead_ms)."""
-        return serving_step_overhead_ms(self.table, nseq, nchecks)
+        """Host time of steps beyond forward and head (latency.serving_step_overhead_ms, read
+        from its table over 0..max_batch sequences and checks: the same elementwise values)."""
+        if self.overhead_at is None:
+            return serving_step_overhead_ms(self.table, nseq, nchecks)
+        return self.overhead_at[nseq, nchecks]
 
     def step(self, rows: np.ndarray, ctx: np.ndarray, head_rows: np.ndarray, checks: int) -> float:
         """rows (n, k): rows each running sequence carries through each layer range;
@@ -223,16 +235,26 @@ class StepCost:
         total = int(n.sum())
         if total == 0:
             return 0.0
-        L = self.span.sum()
+        L = self.layers
         if self.calibrated:  # the batched grid, its rows beyond the grid by the table's linear part
-            key = (int((n > 0).sum()), total)
-            lin = self.prefill_linear_at.get(key)
-            if lin is None:
-                lin = self.prefill_linear_at[key] = self.scale * float(serving_layer_ms(self.table, *key))
+            lin = self._prefill_grid_ms(int((n > 0).sum()), total)
         else:
             lin = self.prefill_linear[total] if total < len(self.prefill_linear) else float(linear_layer_ms(self.table, total))
         per = lin + self.prefill_att[n].sum()
         return float(L * (per + self.per_layer) + self.fixed)
+
+    def _prefill_grid_ms(self, prompts: int, total: int) -> float:
+        """scale x serving_layer_ms(prompts, total), read from the row of `prompts` (the same
+        elementwise arithmetic as one scalar call, so the same value)."""
+        row = self.prefill_linear_at.get(prompts)
+        if row is None:
+            top = int(self.prefill_top[min(prompts, len(self.prefill_top)) - 1])
+            # a row of at most 2^21 totals (prompts of thousands of tokens: beyond, one call each)
+            row = self.scale * serving_layer_ms(self.table, prompts, np.arange(min(top, 1 << 21) + 1))
+            self.prefill_linear_at[prompts] = row
+        if total < len(row):
+            return float(row[total])
+        return self.scale * float(serving_layer_ms(self.table, prompts, total))  # prompts not among the given ones
 
 
 # --------------------------------------------------------------------------- the engine

@@ -42,6 +42,7 @@ from .serving import (
     ServeRun,
     StepCost,
     _run_scheduled,
+    _UniformStream,
     buffer_width,
     max_overshoot,
     pack_schedules,
@@ -156,6 +157,71 @@ def _advance(st: _State, idx, o, ptab, low, rng, crng, cols, k, windows):
     return commit, committing
 
 
+def _advance_phase(st: _State, part, phase: int, ptab, low, rng, crng, cols, k, windows):
+    """_advance for a synchronous check step, where every slot of `part` does the same
+    operation, the level-(phase+1) check of buffer `phase` (draft steps: _draft_steps): the
+    same draws in the same order and the same state afterwards, with the buffer index a
+    scalar (fewer, cheaper array operations per step); rng, crng: serving._UniformStream's
+    over the generators (the same uniforms in the same order, drawn in blocks). Returns
+    (tokens committed, slots committing)."""
+    c, j = part, phase - 1  # buffer j checked, by level j + 2
+    nb = st.blen[c, j]
+    tags = st.btag[c, j]
+    p = ptab[c[:, None], tags, j + 2]
+    ok = (rng.take(p.size).reshape(p.shape) < p) & (cols[None, :] < nb[:, None])
+    if ok[:, -1].any():  # a buffer as wide as the array (never, with buffer_width's margin): _advance's form
+        a = np.minimum(np.where(ok.all(1), nb, np.argmin(ok, 1)), nb)
+    else:  # every row has a failure (at the buffer's end at the latest): the first one
+        a = np.minimum(np.argmin(ok, 1), nb)
+    st.blen[c, j] = 0
+    st.unsure[c] = False
+    st.cascade[c] = 0
+    if j == k - 2:  # the top: commit the accepted prefix + the full model's token
+        st.blen[c] = 0
+        return a + 1, c
+    start = st.blen[c, j + 1]
+    rows = np.arange(len(c))
+    src = tags[rows[:, None], np.maximum(cols[None, :] - start[:, None], 0)]  # (cols < width, start >= 0)
+    moved = (cols[None, :] >= start[:, None]) & (cols[None, :] < (start + a)[:, None])
+    kind = (a < nb).astype(np.int64)  # correction when a token was rejected
+    p_low = low[c, j + 1, kind]
+    unsure = (crng.take(len(c)) < p_low) if p_low.any() else np.zeros(len(c), bool)
+    new = np.where(moved, src, st.btag[c, j + 1])
+    new[rows, start + a] = ((j + 1) * 2 + kind) * 2 + unsure  # tag (origin level j + 2, kind, class)
+    st.btag[c, j + 1] = new
+    st.blen[c, j + 1] = start + a + 1
+    st.cascade[c] = np.where((start + a + 1 >= windows[j]) | unsure, j + 2, 0)
+    return np.zeros(0, np.int64), np.zeros(0, np.int64)
+
+
+def _drafts_left(sch: Schedules, W: int) -> np.ndarray:
+    """Per op of the schedules: the drafts from it to the next check (0 at a check; every
+    request's schedule ends with the check that commits its last tokens)."""
+    check = np.flatnonzero(sch.code // W > 0)
+    at = np.arange(len(sch.code))
+    return check[np.searchsorted(check, at)] - at
+
+
+def _draft_steps(st: _State, idx, g: int, low, crng, log: _StepLog, cached) -> int:
+    """A synchronous round's draft steps: while any slot of idx may draft (fewer than g
+    drafts, the last one sure), one step of those slots (recorded in the log; the class
+    draws, from crng's _UniformStream, and the state as _advance's drafts). Returns the
+    steps."""
+    part = idx[(st.blen[idx, 0] < g) & ~st.unsure[idx]]
+    p_unsure = low[:, 0, 0]
+    steps = 0
+    while len(part):
+        log.step(0, cached[part] + st.blen[part].sum(1), np.zeros(len(part), np.int64), 0)
+        p = p_unsure[part]
+        unsure = crng.take(len(part)) < p if p.any() else np.zeros(len(part), bool)
+        st.btag[part, 0, st.blen[part, 0]] = unsure  # tag of a draft: (1, bonus, class)
+        st.blen[part, 0] += 1
+        st.unsure[part] = unsure
+        steps += 1
+        part = part[(st.blen[part, 0] < g) & ~unsure]  # slots that stopped stay out (their state is kept)
+    return steps
+
+
 def draw_adaptive_schedules(plan: Plan, rates: np.ndarray, cls: TokenClasses | RequestClasses, max_new: np.ndarray,
                             rng: np.random.Generator) -> Schedules:
     """Every request's batch-1 schedule under the adaptive plan (vectorised over requests),
@@ -221,12 +287,21 @@ def _run_synchronous(cost: StepCost, plan: Plan, sch: Schedules | None, rates, c
     and only their timing is simulated here. Deeper plans: the level-(j+2) check of every
     sequence comes when any one escalates or fills its window, so each sequence's draws
     are made here, step by step, over the slots in slot order (as serving's synchronous
-    engine draws a fixed plan's)."""
+    engine draws a fixed plan's).
+
+    A step's time never changes what the sequences do, only when the next requests are
+    admitted, so steps are recorded and costed later, together (`_StepLog`): the clock is
+    read only when an admission depends on it (a free slot and a next request that arrived
+    after the last time known) or when the batch empties; admission and emission times are
+    filled in then. tests/serving/test_simspeed_equivalence.py pins this engine to the
+    step-by-step one it replaced, value for value."""
     n, k, g, windows = len(arrival_s), plan.depth, plan.propose, list(plan.windows)
     width = sch.width if sch is not None else buffer_width(plan)
     W = width + 1
     cols = np.arange(width)
     crng = rng.spawn(1)[0] if sch is None else None
+    uniforms = _UniformStream(rng) if sch is None else None  # acceptance draws, in blocks
+    class_uniforms = _UniformStream(crng) if sch is None else None  # confidence-class draws
     req = np.full(B, -1, np.int64)
     active = np.zeros(B, bool)
     st = _State(B, plan, width)
@@ -234,28 +309,51 @@ def _run_synchronous(cost: StepCost, plan: Plan, sch: Schedules | None, rates, c
     low = np.zeros((B,) + cls.low.shape[1:])
     all_ptab = pass_table(rates, cls, k) if sch is None else None
     done_tok = np.zeros(B, np.int64)
+    cached = np.zeros(B, np.int64)  # committed tokens in the slot's cache: prompt - 1 + done_tok
     ptr = np.zeros(B, np.int64)  # single-level: the slot's next op (flat index into sch)
+    drafts_left = _drafts_left(sch, W) if sch is not None else None
     arr_ms = arrival_s * 1e3
-    admit_ms, first_ms, last_ms = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
-    ev_req, ev_ms, ev_tok = [], [], []
+    admit_ms = np.full(n, np.nan)
+    admit_at = np.zeros(n, np.int64)  # the log entry before which each request was admitted
+    cap_ev = int(max_new.sum()) + 1  # at most one emission event per token
+    ev_req = np.zeros(cap_ev, np.int64)
+    ev_ms = np.zeros(cap_ev)
+    ev_tok = np.zeros(cap_ev, np.int64)
+    ev_at = np.zeros(cap_ev, np.int64)  # the log entry before which the event happened
+    n_ev = ev_done = adm_done = 0
+    log = _StepLog(cost, k, float(arr_ms[0]) if n else 0.0)
     reserved = 0.0
     nxt = 0
-    t = float(arr_ms[0]) if n else 0.0
     finished = steps = prefills = 0
     phase = 0  # 0 = draft steps, j >= 1 = level-(j+1) check of buffer j (every running sequence)
     fresh_round = True
     idx = np.zeros(0, np.int64)
+
+    def settle():  # cost the pending steps; fill in the times that waited for them
+        nonlocal ev_done, adm_done
+        first_entry, times = log.flush()
+        ev_ms[ev_done:n_ev] = times[ev_at[ev_done:n_ev] - first_entry]
+        admit_ms[adm_done:nxt] = times[admit_at[adm_done:nxt] - first_entry]
+        ev_done, adm_done = n_ev, nxt
+
     while finished < n:
         if fresh_round:  # round boundary: admission (FIFO, head of line), one prefill forward
-            if not len(idx) and nxt < n and arr_ms[nxt] > t:
-                t = float(arr_ms[nxt])
+            if not len(idx) and nxt < n:
+                settle()
+                if arr_ms[nxt] > log.t:
+                    log.t = float(arr_ms[nxt])  # idle: sleep until the next arrival
             new = []
             free = np.flatnonzero(~active)
-            while nxt < n and arr_ms[nxt] <= t and len(new) < len(free) and reserved + need[nxt] <= kv_cap:
+            while nxt < n and len(new) < len(free) and reserved + need[nxt] <= kv_cap:
+                if arr_ms[nxt] > log.t:  # the last time known is a lower bound (steps cost >= 0)
+                    if log.pending:
+                        settle()
+                    if arr_ms[nxt] > log.t:
+                        break
                 s = free[len(new)]
                 new.append(s)
                 req[s] = nxt
-                admit_ms[nxt] = t
+                admit_at[nxt] = log.entries
                 reserved += need[nxt]
                 nxt += 1
             if new:
@@ -263,6 +361,7 @@ def _run_synchronous(cost: StepCost, plan: Plan, sch: Schedules | None, rates, c
                 active[new] = True
                 st.reset(new)
                 done_tok[new] = 0
+                cached[new] = prompt[req[new]] - 1
                 if sch is None:
                     ptab[new] = all_ptab[req[new]]
                     low[new] = cls.low[req[new]]
@@ -271,40 +370,33 @@ def _run_synchronous(cost: StepCost, plan: Plan, sch: Schedules | None, rates, c
                 idx = np.flatnonzero(active)
                 pf = cost.prefill(prompt[req[new]])
                 if pf > 0:
-                    t += pf
+                    log.fixed(pf)
                     prefills += 1
             fresh_round = False
         if not len(idx):
             fresh_round = True
             continue
-        if sch is not None:  # single-level: each slot's next op from its schedule
-            code = sch.code[ptr[idx]]
-            o_all, nbuf_all = code // W, code % W
-            part = idx[o_all == phase] if phase == 0 else idx
-            if phase == 0 and not len(part):
+        if sch is not None:  # single-level: each slot's next ops from its schedule
+            if phase == 0:  # the round's draft steps, at once: slot i drafts in the first d[i]
+                d = drafts_left[ptr[idx]]
+                for s in range(int(d.max())):
+                    part = idx[d > s]
+                    log.step(0, cached[part] + sch.tentative[ptr[part] + s], np.zeros(len(part), np.int64), 0)
+                ptr[idx] += d
+                steps += int(d.max())
                 phase = 1
-                continue
-            sel = np.isin(idx, part)
-            o, nbuf = o_all[sel], nbuf_all[sel]
+            part = idx  # the check step: every slot (none drafts any more)
+            nbuf = sch.code[ptr[part]] % W
             tent = sch.tentative[ptr[part]]
         else:
-            part = idx[(st.blen[idx, 0] < g) & ~st.unsure[idx]] if phase == 0 else idx
-            if phase == 0 and not len(part):
+            if phase == 0:  # the round's draft steps, at once (no commit, no admission in between)
+                steps += _draft_steps(st, idx, g, low, class_uniforms, log, cached)
                 phase = 1
-                continue
-            o = np.full(len(part), phase, np.int64)
-            nbuf = st.blen[part, phase - 1] if phase > 0 else np.zeros(len(part), np.int64)
+            part = idx
+            nbuf = st.blen[part, phase - 1]
             tent = st.blen[part].sum(1)
-        # rows per layer range: a draft 1 row through range 1; a level-(j+1) check of an
-        # n-token buffer 1 row through ranges 1..j and n+1 rows through range j+1 (every
-        # sequence in this step does the same operation: the phase's)
-        rows = np.zeros((len(part), k), np.int64)
-        rows[:, :phase] = 1
-        rows[:, phase] = nbuf + 1 if phase > 0 else 1
-        head_rows = np.zeros(k, np.int64)
-        head_rows[phase] = rows[:, phase].sum()
-        ctx = prompt[req[part]] - 1 + done_tok[part] + tent
-        t += cost.jitter(cost.step(rows, ctx, head_rows, int((o > 0).sum())))
+        # every sequence in this step does the phase's operation (a draft: nbuf = 0, no check)
+        log.step(phase, cached[part] + tent, nbuf, len(part) if phase > 0 else 0)
         steps += 1
         if sch is not None:
             commit = sch.commit[ptr[part]].astype(np.int64)
@@ -312,16 +404,17 @@ def _run_synchronous(cost: StepCost, plan: Plan, sch: Schedules | None, rates, c
             committing = part[commit > 0]
             commit = commit[commit > 0]
         else:
-            commit, committing = _advance(st, part, o, ptab, low, rng, crng, cols, k, windows)
+            commit, committing = _advance_phase(st, part, phase, ptab, low, uniforms, class_uniforms, cols, k, windows)
         if len(committing):
             r = req[committing]
             take = np.minimum(commit, max_new[r] - done_tok[committing])
             done_tok[committing] += take
-            first_ms[r[np.isnan(first_ms[r])]] = t
-            last_ms[r] = t
-            ev_req.append(r)
-            ev_ms.append(np.full(len(r), t))
-            ev_tok.append(take)
+            cached[committing] += take
+            e = len(r)
+            ev_req[n_ev:n_ev + e] = r
+            ev_tok[n_ev:n_ev + e] = take
+            ev_at[n_ev:n_ev + e] = log.entries
+            n_ev += e
             gone = committing[done_tok[committing] >= max_new[r]]
             if len(gone):
                 active[gone] = False
@@ -336,8 +429,103 @@ def _run_synchronous(cost: StepCost, plan: Plan, sch: Schedules | None, rates, c
                 phase = j
             else:
                 phase, fresh_round = 0, True
+    settle()
+    ev_req, ev_ms, ev_tok = ev_req[:n_ev], ev_ms[:n_ev], ev_tok[:n_ev]
+    first_ms, last_ms = np.full(n, np.nan), np.full(n, np.nan)
+    _, at = np.unique(ev_req, return_index=True)  # events are in time order
+    first_ms[ev_req[at]] = ev_ms[at]
+    _, at = np.unique(ev_req[::-1], return_index=True)
+    last_ms[ev_req[::-1][at]] = ev_ms[::-1][at]
     if n and np.isnan(first_ms).any():
         raise AssertionError("serving: a request never emitted a token")
-    cat = lambda x, dt: np.concatenate(x).astype(dt) if x else np.zeros(0, dt)
-    return ServeRun(arrival_s, prompt, max_new, admit_ms, first_ms, last_ms, cat(ev_req, np.int64), cat(ev_ms, float),
-                    cat(ev_tok, np.int64), steps, prefills)
+    return ServeRun(arrival_s, prompt, max_new, admit_ms, first_ms, last_ms, ev_req, ev_ms, ev_tok, steps, prefills)
+
+
+class _StepLog:
+    """The synchronous engine's clock: prefill forwards (fixed ms) and decode steps (the
+    phase, each sequence's cached tokens and buffered tokens checked) are recorded, and
+    costed together in `flush` with StepCost.step's operations in the same order, over
+    arrays (so the same values): sums over a step's sequences are taken in slot order
+    (np.bincount adds its weights one by one, as StepCost.step's sum over rows does), the
+    noise draws are taken one per decode step in time order, and the clock adds the costs
+    one by one (np.cumsum), as the step-by-step engine added each step to its clock."""
+
+    def __init__(self, cost: StepCost, k: int, t: float):
+        self.cost, self.k = cost, k
+        self.t = t  # the time after the last flushed entry
+        self.entries = 0  # entries recorded so far (flushed or not)
+        self._reset()
+
+    def _reset(self):
+        self.base = self.entries
+        self.fx_at, self.fx_ms = [], []
+        self.st_at, self.st_phase, self.st_checks, self.st_ctx, self.st_nbuf = [], [], [], [], []
+
+    @property
+    def pending(self) -> int:
+        return self.entries - self.base
+
+    def fixed(self, ms: float) -> None:
+        self.fx_at.append(self.entries)
+        self.fx_ms.append(ms)
+        self.entries += 1
+
+    def step(self, phase: int, ctx: np.ndarray, nbuf: np.ndarray, checks: int) -> None:
+        """A decode step whose sequences (cached tokens ctx) all do the phase's operation:
+        a draft (phase 0: one row through range 1) or a level-(phase+1) check of their
+        nbuf-token buffer (one row through ranges 1..phase, nbuf + 1 through range phase+1)."""
+        self.st_at.append(self.entries)
+        self.st_phase.append(phase)
+        self.st_checks.append(checks)
+        self.st_ctx.append(ctx)
+        self.st_nbuf.append(nbuf)
+        self.entries += 1
+
+    def flush(self) -> tuple[int, np.ndarray]:
+        """Cost the pending entries; returns the first one's number and the time before
+        each and after the last (pending + 1 values, the first the time known before)."""
+        costs = np.zeros(self.pending)
+        if self.fx_at:
+            costs[np.array(self.fx_at) - self.base] = self.fx_ms
+        if self.st_at:
+            costs[np.array(self.st_at) - self.base] = self._step_costs()
+        times = np.cumsum(np.concatenate([[self.t], costs]))  # sequential, as the clock adding each step
+        self.t = float(times[-1])
+        first = self.base
+        self._reset()
+        return first, times
+
+    def _step_costs(self) -> np.ndarray:
+        """StepCost.step (then StepCost.jitter) of every recorded decode step."""
+        c, k = self.cost, self.k
+        phase = np.array(self.st_phase, np.int64)
+        m = np.array([len(x) for x in self.st_ctx], np.int64)
+        checks = np.array(self.st_checks, np.int64)
+        S = len(m)
+        step_of = np.repeat(np.arange(S), m)  # each recorded sequence's step
+        ctx = np.concatenate(self.st_ctx).astype(np.int64)
+        nbuf = np.concatenate(self.st_nbuf).astype(np.int64)
+        lv = np.arange(k)[None, :]
+        ph = phase[:, None]
+        # rows per layer range of each sequence (StepCost.step's `rows`), then per step
+        rows = np.where(lv < phase[step_of][:, None], 1, np.where(lv == phase[step_of][:, None], (nbuf + 1)[:, None], 0))
+        nb_sum = np.bincount(step_of, weights=nbuf, minlength=S).astype(np.int64)
+        tot = np.where(lv < ph, m[:, None], np.where(lv == ph, (nb_sum + m)[:, None], 0))
+        nseq_r = np.where(lv <= ph, m[:, None], 0)
+        nb_last = c.att.shape[1] - 1
+        if c.measured:  # the kernel at each range's mean context (rows beyond 1 add to it)
+            ctx_sum = np.bincount(step_of, weights=ctx, minlength=S).astype(np.int64)
+            csum = np.where(lv < ph, ctx_sum[:, None], np.where(lv == ph, (ctx_sum + nb_sum)[:, None], 0))
+            mean_ctx = csum / np.maximum(nseq_r, 1)
+            att = c.att[nseq_r, np.minimum(mean_ctx.astype(np.int64) // CTX_BUCKET, nb_last)]
+        else:  # per-sequence increments, summed over each step's sequences in slot order
+            cb = np.minimum(ctx // CTX_BUCKET, nb_last)
+            each = c.att[rows, cb[:, None]]  # (sequences, k)
+            att = np.stack([np.bincount(step_of, weights=each[:, j], minlength=S) for j in range(k)], 1)
+            if c.floor:
+                att = np.where(tot > 0, np.maximum(att, c.floor), 0.0)
+        per = c.linear[nseq_r, tot] + att + np.where(tot > 0, c.per_layer, 0.0)
+        ms = c.overhead(m, checks) + (c.span[None, :] * per).sum(1) + c.head[nb_sum + m]
+        if c.noise is not None:  # StepCost.jitter: one draw per decode step, in time order
+            ms = ms * c.noise.scale(c.noise.take(S), ms)
+        return ms

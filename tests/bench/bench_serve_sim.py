@@ -17,14 +17,26 @@ and whether both runs are identical.
 simulate_arrays) on cpu_hispec_tiny (the profile with confidence statistics and a measured
 per-request spread), each next to its fixed plan.
 
+--baseline REV also runs hispec_sim as it is at git revision REV (e.g. main; extracted
+with `git archive` into a temporary folder and imported as another package) on the same
+inputs right after each run, and prints its CPU time, the ratio and whether both runs
+are identical (speed work must not move a value).
+
     python tests/bench/bench_serve_sim.py [--requests 10000] [--qps 30] [--policies ragged,synchronous] [--reference]
-                                          [--adaptive]
+                                          [--adaptive] [--baseline main]
 """
 from __future__ import annotations
 
 import argparse
+import atexit
+import importlib
+import io
 import os
+import shutil
+import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -58,6 +70,20 @@ def reference_engine():
     return test_synchronous_engine._reference_run
 
 
+def baseline_serving(rev: str):
+    """hispec_sim.serving at git revision `rev`, imported as the package hispec_sim_baseline
+    (its modules import each other relatively, so the old code runs whole)."""
+    root = Path(__file__).resolve().parents[2]
+    tar = subprocess.run(["git", "-C", str(root), "archive", rev, "hispec_sim"], check=True, capture_output=True).stdout
+    tmp = Path(tempfile.mkdtemp(prefix="bench_serve_sim_"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        archive.extractall(tmp, filter="data")
+    (tmp / "hispec_sim").rename(tmp / "hispec_sim_baseline")
+    sys.path.insert(0, str(tmp))
+    return importlib.import_module("hispec_sim_baseline.serving")
+
+
 def same_run(a: serving.ServeRun, b: serving.ServeRun) -> bool:
     return (a.steps, a.prefills) == (b.steps, b.prefills) and all(
         np.array_equal(getattr(a, f), getattr(b, f))
@@ -73,7 +99,9 @@ def main() -> None:
     ap.add_argument("--reference", action="store_true",
                     help="also time the slot-by-slot synchronous engine (depth >= 3), side by side")
     ap.add_argument("--adaptive", action="store_true", help="adaptive plans and their fixed plans on cpu_hispec_tiny")
+    ap.add_argument("--baseline", metavar="REV", help="also time hispec_sim at this git revision, side by side")
     args = ap.parse_args()
+    base = baseline_serving(args.baseline) if args.baseline else None
     prof = schema.load_profile("cpu_hispec_tiny" if args.adaptive else "a100_llama70b")
     layers = prof.model.num_layers
     table, acc = prof.table(), prof.workload()
@@ -109,6 +137,12 @@ def main() -> None:
                 rc = time.process_time() - c1
                 print(f"{'  slot-by-slot reference':34s} {policy:12s} {'':8s} {rc:6.2f}   compact / reference CPU "
                       f"time {dc / rc:.2f}; identical runs: {same_run(run, ref)}")
+            if base is not None:
+                c1 = time.process_time()
+                old = base.simulate_arrays(table, layers, acc, plan, arr, pl, ol, lim, seed=0)
+                bc = time.process_time() - c1
+                print(f"{'  baseline ' + args.baseline:34s} {policy:12s} {'':8s} {bc:6.2f}   this / baseline CPU time "
+                      f"{dc / bc:.2f}; identical runs: {same_run(run, old)}", flush=True)
 
 
 if __name__ == "__main__":
