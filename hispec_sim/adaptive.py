@@ -54,6 +54,7 @@ class AdaptiveEstimate:
     drafts_per_round: float | None = None
     ci95: tuple[float, float] | None = None  # Monte-Carlo only
     checks: int | None = None  # replay: full-model checks walked
+    forwards: int | None = None  # replay: forwards of every level walked (a ragged sequence's steps)
 
 
 # --------------------------------------------------------------------------- per-request evaluation
@@ -195,9 +196,13 @@ def replay(cost: CostModel, acc: Acceptance, plan: Plan, cycles: int = 4000, str
     check_ms = [_check_cost(cost, [plan.levels[j - 1]], [plan.levels[j]], cap)[0] for j in range(1, k)]
     ar_ms = cost.autoregressive_ms(plan.levels[0]) if k == 1 else 0.0
 
+    forwards = 0
+
     def cycle(row, pos: int) -> tuple[int, float]:
         """One full-model check from committed position pos: (tokens committed, time)."""
+        nonlocal forwards
         if k == 1:
+            forwards += 1
             return 1, ar_ms
         ms = 0.0
         bufs: list[list[int]] = [[] for _ in range(k)]  # bufs[j]: token values level j holds
@@ -210,6 +215,7 @@ def replay(cost: CostModel, acc: Acceptance, plan: Plan, cycles: int = 4000, str
                 bufs[1].append(int(traces[r, cols[0]]))
                 stop = top[r, cols[0]] < tau_d
                 ms += draft_ms
+                forwards += 1
                 continue
             j = cascade if cascade is not None else 1  # level j+1 checks bufs[j]
             buf = bufs[j]
@@ -221,6 +227,7 @@ def replay(cost: CostModel, acc: Acceptance, plan: Plan, cycles: int = 4000, str
             r_own = row(first + m)
             own = int(traces[r_own, x])
             ms += check_ms[j - 1][len(buf)]
+            forwards += 1
             kept = buf[:m] + [own]
             bufs[j] = []
             stop = False
@@ -256,7 +263,7 @@ def replay(cost: CostModel, acc: Acceptance, plan: Plan, cycles: int = 4000, str
     z = tok - (tok.sum() / ms.sum()) * ms
     half = 1.96 * 1000.0 * cost.batch * float(np.std(z, ddof=1) / np.sqrt(n)) / float(ms.mean()) if n > 1 else 0.0
     return AdaptiveEstimate(float(ratio), float(tok.sum() / n_cycles), float(ms.sum() / n_cycles),
-                            None, (float(ratio - half), float(ratio + half)), n_cycles)
+                            None, (float(ratio - half), float(ratio + half)), n_cycles, forwards)
 
 
 def with_thresholds(plan: Plan, tau_d: float | None, tau_e: list[float] | None = None) -> Plan:
