@@ -511,7 +511,41 @@ class _UniformStream:
         return self.buf[self.pos - count:self.pos]
 
 
-class _DeferredClock:
+class EntryClock:
+    """A synchronous engine's clock whose entries -- prefill forwards (fixed ms) and decode
+    steps -- are recorded and costed together in `flush` (subclasses), then added to the
+    clock one by one (np.cumsum), as a step-by-step engine adds each to its clock."""
+
+    def __init__(self, cost: StepCost, k: int, t: float):
+        self.cost, self.k = cost, k
+        self.t = t  # the time after the last flushed entry
+        self.entries = 0  # entries recorded so far (flushed or not)
+        self._reset()
+
+    def _reset(self):
+        self.base = self.entries
+        self.fx_at, self.fx_ms = [], []
+
+    @property
+    def pending(self) -> int:
+        return self.entries - self.base
+
+    def fixed(self, ms: float) -> None:
+        self.fx_at.append(self.entries)
+        self.fx_ms.append(ms)
+        self.entries += 1
+
+    def _advance(self, costs: np.ndarray) -> tuple[int, np.ndarray]:
+        """Add the pending entries' costs: (the first one's number, the time before each and
+        after the last -- pending + 1 values, the first the time known before)."""
+        times = np.cumsum(np.concatenate([[self.t], costs]))  # sequential, as the clock adding each step
+        self.t = float(times[-1])
+        first = self.base
+        self._reset()
+        return first, times
+
+
+class _DeferredClock(EntryClock):
     """The synchronous engine's clock: steps are recorded (sequences, operation, summed
     cached tokens, buffered tokens) and costed together in `flush`, as arrays. The costs
     are StepCost.step's and StepCost.drafts' figures computed for many steps at once, with
@@ -522,25 +556,13 @@ class _DeferredClock:
     it is recorded."""
 
     def __init__(self, cost: StepCost, k: int, g: int, t: float):
-        self.cost, self.k, self.g = cost, k, g
-        self.t = t  # the time after the last flushed entry
-        self.entries = 0  # entries recorded so far (flushed or not)
-        self._reset()
+        self.g = g
+        super().__init__(cost, k, t)
 
     def _reset(self):
-        self.base = self.entries
-        self.fx_at, self.fx_ms = [], []
+        super()._reset()
         self.dr_at, self.dr_m, self.dr_s, self.dr_att = [], [], [], []
         self.ck_at, self.ck_m, self.ck_o, self.ck_s, self.ck_nb, self.ck_att = [], [], [], [], [], []
-
-    @property
-    def pending(self) -> int:
-        return self.entries - self.base
-
-    def fixed(self, ms: float) -> None:
-        self.fx_at.append(self.entries)
-        self.fx_ms.append(ms)
-        self.entries += 1
 
     def drafts(self, m: int, ctx_sum: int, ctx: np.ndarray | None) -> None:
         """g draft steps of m sequences whose cached tokens sum to ctx_sum (ctx: each one's,
@@ -622,11 +644,7 @@ class _DeferredClock:
             costs[at] = c.overhead(m, m) + (c.span[None, :] * per).sum(1) + c.head[nb + m]
             if c.noise is not None:
                 costs[at] *= c.noise.scale(draws[first_draw[at]], costs[at])
-        times = np.cumsum(np.concatenate([[self.t], costs]))  # sequential, as the clock adding each step
-        self.t = float(times[-1])
-        first = self.base
-        self._reset()
-        return first, times
+        return self._advance(costs)
 
 
 @dataclass

@@ -38,6 +38,7 @@ from .adaptive import TokenClasses, request_token_classes, token_classes
 from .schema import Acceptance, LatencyTable, Plan, ServeLimits
 from .serving import (
     CTX_BUCKET,
+    EntryClock,
     Schedules,
     ServeRun,
     StepCost,
@@ -441,7 +442,7 @@ def _run_synchronous(cost: StepCost, plan: Plan, sch: Schedules | None, rates, c
     return ServeRun(arrival_s, prompt, max_new, admit_ms, first_ms, last_ms, ev_req, ev_ms, ev_tok, steps, prefills)
 
 
-class _StepLog:
+class _StepLog(EntryClock):
     """The synchronous engine's clock: prefill forwards (fixed ms) and decode steps (the
     phase, each sequence's cached tokens and buffered tokens checked) are recorded, and
     costed together in `flush` with StepCost.step's operations in the same order, over
@@ -450,25 +451,9 @@ class _StepLog:
     noise draws are taken one per decode step in time order, and the clock adds the costs
     one by one (np.cumsum), as the step-by-step engine added each step to its clock."""
 
-    def __init__(self, cost: StepCost, k: int, t: float):
-        self.cost, self.k = cost, k
-        self.t = t  # the time after the last flushed entry
-        self.entries = 0  # entries recorded so far (flushed or not)
-        self._reset()
-
     def _reset(self):
-        self.base = self.entries
-        self.fx_at, self.fx_ms = [], []
+        super()._reset()
         self.st_at, self.st_phase, self.st_checks, self.st_ctx, self.st_nbuf = [], [], [], [], []
-
-    @property
-    def pending(self) -> int:
-        return self.entries - self.base
-
-    def fixed(self, ms: float) -> None:
-        self.fx_at.append(self.entries)
-        self.fx_ms.append(ms)
-        self.entries += 1
 
     def step(self, phase: int, ctx: np.ndarray, nbuf: np.ndarray, checks: int) -> None:
         """A decode step whose sequences (cached tokens ctx) all do the phase's operation:
@@ -489,11 +474,7 @@ class _StepLog:
             costs[np.array(self.fx_at) - self.base] = self.fx_ms
         if self.st_at:
             costs[np.array(self.st_at) - self.base] = self._step_costs()
-        times = np.cumsum(np.concatenate([[self.t], costs]))  # sequential, as the clock adding each step
-        self.t = float(times[-1])
-        first = self.base
-        self._reset()
-        return first, times
+        return self._advance(costs)
 
     def _step_costs(self) -> np.ndarray:
         """StepCost.step (then StepCost.jitter) of every recorded decode step."""
