@@ -189,8 +189,8 @@ def expected_chain_terms(cost: CostModel, model: AgreementModel, levels: np.ndar
         rows = np.repeat(s, plans)  # scenario-major: row = scenario x plans + plan
         tile = lambda x: np.tile(x, (len(s),) + (1,) * (np.ndim(x) - 1))
         committed, cycle, acc = chain_terms(cost, model.for_rows(rows), tile(levels), tile(propose), tile(windows), top_width)
-        w = scen.weights[s].reshape((len(s), 1) + (1,) * (np.ndim(committed) - 1))
-        fold = lambda x: (w * x.reshape((len(s), plans) + x.shape[1:])).sum(0)
+        w = scen.weights[s]
+        fold = lambda x: np.tensordot(w, x.reshape((len(s), plans) + x.shape[1:]), axes=1)  # weighted sum over scenarios
         time_per_token = time_per_token + fold(cycle / committed)
         inv_committed = inv_committed + fold(1.0 / committed)
         folded = [fold(a) for a in acc]
