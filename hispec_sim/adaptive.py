@@ -18,10 +18,11 @@ probability < tau_j.
 * `replay`: over the measured rows, any depth, both knobs. order="trace": every measured
   request walked from its first position to its length, consecutive positions being
   consecutive rows (the measured correlations kept; deterministic; for greedy plans each
-  full-model check commits exactly the executor's tokens); order="iid": every position of
-  a cycle is a fresh uniformly drawn row (the analytic model's assumption, for checking it). A tentative token at position p is
-  compared with what each exit predicted at row p: past a rejection the context differs
-  from the measured one and the row stands in for it (positions exchangeable).
+  full-model check commits exactly the executor's tokens); order="iid": every position
+  of a cycle is a fresh uniformly drawn row (the analytic model's assumption, for
+  checking it). A tentative token at position p is compared with what each exit
+  predicted at row p: past a rejection the context differs from the measured one and the
+  row stands in for it (positions exchangeable).
 * `analytic_three_level`: exact expectation for [l1, l2, L] plans with draft_confidence
   and escalate_confidence (i.i.d. positions).
 * `analytic_four_level`: exact expectation for [l1, l2, l3, L] plans, both knobs, with the
