@@ -450,18 +450,7 @@ def cli_adaptive(setting, result, max_propose: int = 8, max_window: int = 16, hi
                 "fixed": with_thresholds(h["plan"], None, None).describe(),
                 "fixed_tokens_per_second": round(float(h["fixed_tokens_per_second"]), 4), "model": h["model"]},
             "grid": found["grid"], "search": "optuna + exhaustive grid" if optuna_adaptive else "exhaustive grid",
-            "trace_replay": _replayed_gain(m, plan, fixed_plan)}
-
-
-def _replayed_gain(setting, plan: Plan, fixed: Plan) -> dict | None:
-    """The best adaptive and the best fixed plan by trace replay (walked), as a check on the
-    analytic models' i.i.d.-positions assumption; None without traces."""
-    w, wf = walked(setting, plan), walked(setting, fixed)
-    if w is None:
-        return None
-    return {"tokens_per_second": round(w.tokens_per_second, 4), "ci95_over_requests": [round(x, 4) for x in w.ci95],
-            "fixed_tokens_per_second": round(wf.tokens_per_second, 4),
-            "gain_over_fixed": round(w.tokens_per_second / wf.tokens_per_second, 4), "model": REPLAY_NOTE}
+            "trace_replay": replayed_gain(m, plan, fixed_plan)}
 
 
 def cli_adaptive_text(a: dict) -> str:
@@ -485,12 +474,26 @@ def cli_adaptive_text(a: dict) -> str:
     return "\n".join(lines)
 
 
+REPLAY_NOTE = "trace replay: the workload's measured requests walked, runs of agreement and confidence kept"
+
+
 def walked(setting, plan: Plan) -> AdaptiveEstimate | None:
     """The plan replayed over the workload's measured requests (replay, order="trace": runs
     of agreement and confidence kept, every request walked to its length); None without traces."""
     if not setting.acceptance.traces:
         return None
     return replay(setting.cost(plan.propose + sum(plan.windows) + 16), setting.acceptance, plan)
+
+
+def replayed_gain(setting, plan: Plan, fixed: Plan) -> dict | None:
+    """A plan and a fixed plan by trace replay (walked), as a check on the analytic models'
+    i.i.d.-positions assumption; None without traces."""
+    w, wf = walked(setting, plan), walked(setting, fixed)
+    if w is None:
+        return None
+    return {"tokens_per_second": round(w.tokens_per_second, 4), "ci95_over_requests": [round(x, 4) for x in w.ci95],
+            "fixed_tokens_per_second": round(wf.tokens_per_second, 4),
+            "gain_over_fixed": round(w.tokens_per_second / wf.tokens_per_second, 4), "model": REPLAY_NOTE}
 
 
 def predict_adaptive(setting, plan: Plan, cycles: int = 1500, streams: int = 8, seed: int = 0) -> dict:
@@ -507,17 +510,10 @@ def predict_adaptive(setting, plan: Plan, cycles: int = 1500, streams: int = 8, 
            "speedup_vs_autoregressive": round(float(tps) / ar.tokens_per_second, 4),
            "fixed_tokens_per_second": round(f.tokens_per_second, 4),
            "gain_over_fixed": round(float(tps) / f.tokens_per_second, 4), "model": how, "rates": rates_note(m)}
-    w, wf = walked(m, plan), walked(m, fixed)
-    if w is not None:
-        out["trace_replay"] = {"tokens_per_second": round(w.tokens_per_second, 4),
-                               "ci95_over_requests": [round(x, 4) for x in w.ci95],
-                               "speedup_vs_autoregressive": round(w.tokens_per_second / ar.tokens_per_second, 4),
-                               "gain_over_fixed": round(w.tokens_per_second / wf.tokens_per_second, 4),
-                               "model": REPLAY_NOTE}
+    rep = replayed_gain(m, plan, fixed)
+    if rep is not None:
+        out["trace_replay"] = {**rep, "speedup_vs_autoregressive": round(rep["tokens_per_second"] / ar.tokens_per_second, 4)}
     return out
-
-
-REPLAY_NOTE = "trace replay: the workload's measured requests walked, runs of agreement and confidence kept"
 
 
 def replay_text(r: dict | None) -> str:

@@ -384,7 +384,7 @@ def _token_engine(cost: CostModel, model: AgreementModel, plan: Plan, streams: i
     if replay:
         t = model.traces
         agree = [t[:, model.idx(levels[j])[()]] == t[:, model.idx(levels[j + 1])[()]] for j in range(k - 1)]
-        first = np.array([a for a, _ in walk_spans(model.acc.trace_starts, len(t))])  # stream s: rows first[s] ..
+        first = np.cumsum(request_tokens) - request_tokens  # stream s: rows first[s] .. (walk_spans tile the rows)
         pos = np.full(streams, -1, np.int64)  # last committed position within the stream's request
 
     types = [np.full((streams, c + 1), BON, np.int8) for c in cap]

@@ -277,29 +277,38 @@ def forward_ms(cost, f) -> float:
     return float(cost.forward([(hi - lo + 1, n) for lo, hi, n in f.segments], f.head_tokens, verify=f.level > 1))
 
 
-def time_split(cost, plan: Plan, results, ar_results) -> dict:
+def _forward_times(cost, runs, level: int | None = None) -> tuple[float, float]:
+    """(measured, predicted) ms of the runs' forwards (of one plan level, or all)."""
+    fs = [f for r in runs for f in r.forwards if level is None or f.level == level]
+    return sum(f.ms for f in fs), sum(forward_ms(cost, f) for f in fs)
+
+
+def autoregressive_reference(cost, ar_results) -> tuple[float, float]:
+    """The interleaved autoregressive runs' measured / predicted forward time, and their
+    share of wall time outside forwards: time_split's reference, computed once."""
+    measured, predicted = _forward_times(cost, ar_results)
+    return measured / max(predicted, 1e-12), 1 - measured / (sum(r.wall_s for r in ar_results) * 1e3)
+
+
+def time_split(cost, plan: Plan, results, reference: tuple[float, float]) -> dict:
     """Where a plan's measured time went, against the cost model, per plan level (1: the
     drafts or, for [L], the decode steps; j: the level-j checks): measured / predicted time
     of the forwards that actually ran, divided by the same ratio for the autoregressive runs
-    interleaved with them (the machine's speed cancels: 1.0 means the cost model prices that
-    kind of forward right relative to an autoregressive step); and the share of the
-    decoding wall time spent outside forwards (Python bookkeeping, which the cost model's
-    per-forward overhead stands for), next to autoregressive's. Also the tokens per
-    full-model check measured (what trace replay reproduces exactly in-sample)."""
-    def ratio(rs, level=None):
-        fs = [f for r in rs for f in r.forwards if level is None or f.level == level]
-        return sum(f.ms for f in fs) / max(sum(forward_ms(cost, f) for f in fs), 1e-12), sum(f.ms for f in fs)
-
-    base, ar_fwd = ratio(ar_results)
-    ar_wall = sum(r.wall_s for r in ar_results) * 1e3
+    interleaved with them (`reference`, autoregressive_reference: the machine's speed
+    cancels; 1.0 means the cost model prices that kind of forward right relative to an
+    autoregressive step); and the share of the decoding wall time spent outside forwards
+    (Python bookkeeping, which the cost model's per-forward overhead stands for), next to
+    autoregressive's. Also the tokens per full-model check measured (what trace replay
+    reproduces exactly in-sample)."""
+    base, ar_outside = reference
     wall = sum(r.wall_s for r in results) * 1e3
-    levels = {}
+    levels, fwd = {}, 0.0
     for level in range(1, plan.depth + 1):
-        x, ms = ratio(results, level)
-        levels[str(level)] = {"vs_cost_model": x / base, "share_of_wall": ms / wall}
-    fwd = sum(f.ms for r in results for f in r.forwards)
+        measured, predicted = _forward_times(cost, results, level)
+        levels[str(level)] = {"vs_cost_model": measured / max(predicted, 1e-12) / base, "share_of_wall": measured / wall}
+        fwd += measured
     fulls = sum(r.forwards_per_level()[-1] for r in results)
-    return {"levels": levels, "outside_forwards": 1 - fwd / wall, "outside_forwards_autoregressive": 1 - ar_fwd / ar_wall,
+    return {"levels": levels, "outside_forwards": 1 - fwd / wall, "outside_forwards_autoregressive": ar_outside,
             "tokens_per_full_check": sum(_run_tokens(plan, r) for r in results) / max(fulls, 1)}
 
 
@@ -337,6 +346,7 @@ def validate(setting: Setting, plans: list[Plan], model, prompts, max_new_tokens
     noise_abs = max(noise_speedup, noise_profile or 0.0, drift["drift"] if drift else 0.0)
     rows = []
     cost = setting.cost(max(p.propose + sum(p.windows) for p in plans) + 8)
+    ar_reference = autoregressive_reference(cost, stats["autoregressive_results"])
     for k, (plan, s) in enumerate(zip(plans, scored)):
         mc = simulate(cost, setting.agreement, plan, streams=4096, cycles=32, seed=seed)
         rep = (simulate(cost, setting.agreement, plan, seed=seed, replay=True)
@@ -361,7 +371,7 @@ def validate(setting: Setting, plans: list[Plan], model, prompts, max_new_tokens
                "measured_acceptance_per_level": acceptance,
                "predicted_tokens_per_full_check": s.tokens_per_full_forward,
                "replay_tokens_per_full_check": rep.tokens_per_full_forward if rep else None,
-               "time_split": time_split(cost, plan, stats["decode_results"][k], stats["autoregressive_results"])}
+               "time_split": time_split(cost, plan, stats["decode_results"][k], ar_reference)}
         rows.append(row)
     su_err = [r["speedup_error"] for r in rows]
     err = np.abs([r["relative_error"] for r in rows])

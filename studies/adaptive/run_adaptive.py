@@ -75,7 +75,7 @@ def set_a(n: int, new: int) -> tuple[Setting, str]:
 def choose_plans(setting: Setting, max_propose: int, max_window: int) -> tuple[dict, dict, dict]:
     m = setting
     fixed = exhaustive(m, max_propose=max_propose, max_window=max_window)
-    ad = cli_adaptive(setting, exhaustive(setting, max_propose=max_propose, max_window=max_window), max_propose, max_window)
+    ad = cli_adaptive(m, fixed, max_propose, max_window)
     plans = {"autoregressive": Plan(levels=[m.num_layers]),
              "fixed single-level": next(s.plan for s in fixed.top if s.plan.depth == 2),
              "adaptive single-level": Plan.model_validate(ad["best_single_level"]["plan"]),

@@ -1,6 +1,7 @@
 """Speed work on the serving simulator must not move a single value: the adaptive
 synchronous engine (serving_adaptive._run_synchronous, steps costed later together)
-against the step-by-step engine it replaced, kept here verbatim as the reference, and
+against the step-by-step engine it replaced, kept here verbatim as the reference (with the
+module's own per-step draws, serving_adaptive._advance, which the speed work left as it was), and
 StepCost.prefill's per-prompt-count rows against one scalar serving_layer_ms call. Same
 seed, same run, value for value (admission, emission and finish times, every emission
 event, steps, prefills): single-level and 3-level adaptive plans, with and without step
@@ -15,63 +16,14 @@ from hispec_sim import schema, serving, serving_adaptive, traffic
 from hispec_sim.latency import serving_layer_ms
 from hispec_sim.schema import Plan
 from hispec_sim.serving import ServeRun, StepCost
-from hispec_sim.serving_adaptive import (
+from hispec_sim.serving_adaptive import (  # _advance: the per-step draws, unchanged since 59dde56
     RequestClasses,
     Schedules,
+    _advance,
     _State,
     buffer_width,
     pass_table,
 )
-
-
-def _advance(st: _State, idx, o, ptab, low, rng, crng, cols, k, windows):
-    """serving_adaptive._advance at main 59dde56, verbatim: one operation per slot of idx (op o: 0 = draft, j >= 1 = level-(j+1) check of buffer
-    j). Acceptance draws exactly as serving._advance draws them (one uniform per buffer
-    column of every checking slot, in slot order); class draws from crng. ptab, low: per
-    slot pass_table rows and RequestClasses.low rows. Returns (tokens committed, slots
-    committing)."""
-    d = idx[o == 0]
-    if len(d):
-        p_unsure = low[d, 0, 0]
-        unsure = crng.random(len(d)) < p_unsure if p_unsure.any() else np.zeros(len(d), bool)
-        st.btag[d, 0, st.blen[d, 0]] = unsure  # tag of a draft: (1, bonus, class)
-        st.blen[d, 0] += 1
-        st.unsure[d] = unsure
-    chk = o > 0
-    commit = committing = np.zeros(0, np.int64)
-    if chk.any():
-        c = idx[chk]
-        j = o[chk] - 1  # 0-based buffer checked, by level j + 2
-        nb = st.blen[c, j]
-        tags = st.btag[c, j]
-        p = ptab[c[:, None], tags, (j + 2)[:, None]]
-        ok = (rng.random(p.shape) < p) & (cols[None, :] < nb[:, None])
-        a = np.minimum(np.where(ok.all(1), nb, np.argmin(ok, 1)), nb)
-        st.blen[c, j] = 0
-        st.unsure[c] = False
-        st.cascade[c] = 0
-        top = j == k - 2
-        if top.any():
-            committing, commit = c[top], a[top] + 1
-            st.blen[committing] = 0
-        up = ~top
-        if up.any():
-            cu, ju, au, nu = c[up], j[up], a[up], nb[up]
-            start = st.blen[cu, ju + 1]
-            src = np.take_along_axis(st.btag[cu, ju], np.clip(cols[None, :] - start[:, None], 0, len(cols) - 1), 1)
-            moved = (cols[None, :] >= start[:, None]) & (cols[None, :] < (start + au)[:, None])
-            kind = (au < nu).astype(np.int64)  # correction when a token was rejected
-            p_low = low[cu, ju + 1, kind]
-            low = (crng.random(len(cu)) < p_low) if p_low.any() else np.zeros(len(cu), bool)
-            own = (((ju + 1) * 2 + kind) * 2 + low)  # tag (origin level ju + 2, kind, class)
-            cur = st.btag[cu, ju + 1]
-            new = np.where(moved, src, cur)
-            new[np.arange(len(cu)), start + au] = own
-            st.btag[cu, ju + 1] = new
-            st.blen[cu, ju + 1] = start + au + 1
-            w = np.asarray(windows, np.int64)[ju]
-            st.cascade[cu] = np.where((st.blen[cu, ju + 1] >= w) | low, ju + 2, 0)
-    return commit, committing
 
 
 def reference_adaptive_synchronous(cost: StepCost, plan: Plan, sch: Schedules | None, rates, cls: RequestClasses, rng, arrival_s, prompt,
