@@ -14,7 +14,7 @@ from . import cli_measure, schema
 from .cli_common import (SEED, Parser, UsageError, add_model_args, add_plan_args, check_output, check_storage,  # noqa: F401
                          float_in, int_in, load_model_from_args, one_line, plan_from_args, quiet_optuna_interrupts, run_main,
                          sqlite_path)
-from .evaluate import Setting, exhaustive, score
+from .evaluate import Setting, exhaustive, rescored_by_replay, score
 
 CONTEXT = int_in(0, schema.MAX_CONTEXT)
 TP = int_in(1, schema.MAX_TP)
@@ -93,11 +93,14 @@ def cmd_evaluate(args) -> int:
 
 
 def _table(rows: list[tuple[str, dict]]) -> str:
-    head = f"{'':22s} {'plan':34s} {'tokens/s':>10s} {'speedup':>8s} {'tok/full':>8s} {'ms/token':>9s}"
+    analytic = any("analytic_tokens_per_second" in r for _, r in rows)
+    head = (f"{'':22s} {'plan':34s} {'tokens/s':>10s} {'speedup':>8s} {'tok/full':>8s} {'ms/token':>9s}"
+            + (f" {'analytic':>10s}" if analytic else ""))
     lines = [head, "-" * len(head)]
     for label, r in rows:
         lines.append(f"{label:22s} {r['describe']:34s} {r['tokens_per_second']:10.2f} {r['speedup_vs_autoregressive']:7.3f}x "
-                     f"{r['tokens_per_full_forward']:8.3f} {r['latency_ms_per_token']:9.3f}")
+                     f"{r['tokens_per_full_forward']:8.3f} {r['latency_ms_per_token']:9.3f}"
+                     + (f" {r['analytic_tokens_per_second']:10.2f}" if analytic else ""))
     return "\n".join(lines)
 
 
@@ -113,7 +116,10 @@ def cmd_optimize(args) -> int:
         quiet_optuna_interrupts()
         result = search.cli_optuna(args, setting, opts)
     else:
-        result = exhaustive(setting, top=args.top, max_propose=args.max_propose, max_window=args.max_window)
+        result = exhaustive(setting, top=max(args.top, args.rescore), max_propose=args.max_propose,
+                            max_window=args.max_window)
+        if args.rescore:
+            result = rescored_by_replay(result, args.top)
     setting = result.setting  # with --batch/--tp choices: the best plan's
     out = result.as_dict()
     if getattr(args, "adaptive", False):
@@ -132,6 +138,9 @@ def cmd_optimize(args) -> int:
     else:
         print(f"searched {out['plans_evaluated']} plans (exhaustive: single-level and 3-level, propose 1..{args.max_propose}, "
               f"window 1..{args.max_window}) in {out['seconds']:.3f} s\n")
+    if "rescored" in out:
+        print(f"ranked by trace replay: {out['rescored']['note']} ({out['rescored']['seconds']:.2f} s); "
+              "analytic tokens/s in the last column\n")
     rows = [(f"#{i + 1}", r) for i, r in enumerate(out["top"])]
     rows += [("autoregressive", out["baselines"]["autoregressive"]),
              ("best single-level", out["baselines"]["best_single_level"]),
@@ -156,6 +165,9 @@ def _check_search_args(args, opts: dict) -> None:
         bad = [v for v in values if not 1 <= v <= hi]
         if bad:
             raise ValueError(f"{field}: values must be in [1, {hi}], got {bad[0]}")
+    if getattr(args, "rescore", 0) and opts["optuna"]:
+        raise ValueError("rescore: re-scores the exhaustive search's ranking; with --search optuna use --objective mc "
+                         "(trace replay where the workload has traces)")
     if opts["depth"] is not None:
         lo, hi = opts["depth"]
         if not 1 <= lo <= hi <= schema.MAX_LEVELS:
@@ -286,6 +298,9 @@ def build_parser() -> Parser:
     p.add_argument("--max-propose", type=int_in(1, schema.MAX_PROPOSE), default=8)
     p.add_argument("--max-window", type=int_in(1, schema.MAX_WINDOW), default=16)
     p.add_argument("--out", help="write the best plan to this plan file")
+    p.add_argument("--rescore", type=int_in(0, 1000), default=0, metavar="N",
+                   help="exhaustive search: re-score its N best plans (and the baselines) by trace replay of the "
+                        "workload's measured requests and rank by that (workloads with traces; 0: off)")
     p.add_argument("--adaptive", action="store_true", help="also search confidence thresholds (draft_confidence, "
                    "escalate_confidence) around the best plans; profiles with confidence statistics only")
     from .search import add_cli_args
