@@ -1,10 +1,13 @@
 """Two diagnostics of the analytic model's largest errors on the shipped profile.
 
-1. Agreement after a higher level's rejection (from the profile's exit traces, no timing):
-   the analytic model treats positions as independent, so the drafts that follow a
-   full-model correction are assumed to agree with the intermediate exit at its marginal
-   rate. This prints P(exit d agrees with exit i at position t+k | exit i disagreed with the
-   full model at t) next to the marginal, k = 1..3, with the number of such events.
+1. Agreement after a rejection (from the profile's exit traces, no timing): the analytic
+   model treats positions as independent. (a) P(exit d agrees with exit i at position t+k |
+   exit i disagreed with the full model at t) next to the marginal, k = 1..3, with the number
+   of such events; (b) for single-level plans [d, L] propose g: the expected accepted drafts
+   E[min(R, g)] of a round that starts right after a disagreement and after an agreement
+   (R: the run of agreement from the round's first draft), and the acceptance that a model
+   of two kinds of rounds gives (the kind set by how the previous round ended, each kind's
+   run lengths as measured: a semi-Markov model) next to the walk's and the i.i.d. one.
 2. Forward prices by shape and predecessor (timed, seconds): every validation plan of
    studies/fidelity/results.json and autoregressive decode the same prompts, interleaved;
    each forward's measured time over the cost model's, relative to the autoregressive
@@ -43,6 +46,49 @@ def after_rejection(acc, draft: int, mid: int, full: int, lags=(1, 2, 3)) -> lis
         rows.append({"lag": k, "events": int(hit.sum()), "after_rejection": float(low[k:][hit].mean()),
                      "after_agreement": float(low[k:][same & top[:-k]].mean()), "marginal": float(low.mean())})
     return rows
+
+
+def _runs(agree: np.ndarray, request: np.ndarray, g: int):
+    """Survival P(R >= m), m = 0..g, of the run of agreement from a position, split by the
+    agreement two positions before (a round after a bonus: the last draft agreed, then the
+    checker's own token) and one position before (after a correction: it disagreed)."""
+    n = len(agree)
+    ok = np.array([i >= 2 and i + g <= n and request[i - 2] == request[i + g - 1] for i in range(n)])
+    run = np.zeros(n, int)
+    for i in np.flatnonzero(ok):
+        while run[i] < g and agree[i + run[i]]:
+            run[i] += 1
+    after_cor = ok & ~np.roll(agree, 1)
+    after_bon = ok & np.roll(agree, 2)
+    return {kind: np.array([(run[sel] >= k).mean() for k in range(g + 1)]) for kind, sel in
+            (("after a correction", after_cor), ("after a bonus", after_bon))}
+
+
+def single_level_runs(acc, draft: int, full: int, g: int) -> dict:
+    """Accepted drafts per round of [draft, full] propose g: i.i.d., two kinds of rounds
+    (semi-Markov, from the measured run lengths), and the walk along every request."""
+    t = np.asarray(acc.traces)
+    col = {e: i for i, e in enumerate(acc.exits)}
+    agree = t[:, col[draft]] == t[:, col[full]]
+    starts = list(acc.trace_starts or [0])
+    request = np.repeat(np.arange(len(starts)), np.diff(starts + [len(t)]))
+    surv = _runs(agree, request, g)
+    s_cor, s_bon = surv["after a correction"], surv["after a bonus"]
+    p_cor, p_bon = 1 - s_cor[g], 1 - s_bon[g]  # P(the round ends in a correction), by the kind of round
+    pi = p_bon / (1 - p_cor + p_bon)  # stationary share of rounds after a correction
+    two_kinds = pi * s_cor[1:].sum() + (1 - pi) * s_bon[1:].sum()
+    walked = rounds = 0
+    for a, b in zip(starts, starts[1:] + [len(t)]):
+        i = a
+        while i + g <= b:
+            r = 0
+            while r < g and agree[i + r]:
+                r += 1
+            walked, rounds, i = walked + r, rounds + 1, i + r + 1
+    m = agree.mean()
+    return {"iid": float(sum(m ** k for k in range(1, g + 1))), "two_kinds": float(two_kinds),
+            "walked": walked / max(rounds, 1), "after_correction": float(s_cor[1:].sum()),
+            "after_bonus": float(s_bon[1:].sum())}
 
 
 def forward_prices(setting: Setting, plans: list[Plan], prompts, max_new_tokens: int) -> dict:
@@ -86,6 +132,12 @@ def main() -> None:
         for r in after_rejection(setting.acceptance, d, m, L):
             print(f"   ({d},{m}) k={r['lag']}: {r['after_rejection']:.3f} after a rejection ({r['events']} events), "
                   f"{r['after_agreement']:.3f} after an agreement, marginal {r['marginal']:.3f}")
+    print(f"\n   accepted drafts per round of [d,{L}] propose g: after a correction / after a bonus; i.i.d., two kinds "
+          "of rounds, walked")
+    for d, g in ((2, 3), (2, 6), (7, 6), (10, 4)):
+        r = single_level_runs(setting.acceptance, d, L, g)
+        print(f"   [{d},{L}] g={g}: {r['after_correction']:.3f} / {r['after_bonus']:.3f}; i.i.d. {r['iid']:.3f}, "
+              f"two kinds {r['two_kinds']:.3f}, walked {r['walked']:.3f}")
     if args.no_timing:
         return
     import torch
