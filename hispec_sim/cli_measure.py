@@ -231,6 +231,8 @@ def validate_text(out: dict) -> str:
                  f"max {100 * out['max_abs_speedup_error']:.2f} % over {len(out['plans'])} plans")
     lines.append(noise_line(out))
     lines.append(f"verdict: {out['verdict_line']}")
+    if "verdict_line_replay" in out:
+        lines.append(f"verdict with trace replay (optimize --rescore): {out['verdict_line_replay']}")
     lines.append(absolute_line(out))
     lines += split_lines(out)
     return "\n".join(lines)

@@ -390,7 +390,8 @@ def validate(setting: Setting, plans: list[Plan], model, prompts, max_new_tokens
     if machine_warning:
         out["machine_warning"] = machine_warning
     rep_err = [abs(r["speedup_error_replay"]) for r in rows if r["speedup_error_replay"] is not None]
-    if rep_err:
-        out["median_abs_speedup_error_replay"] = float(np.median(rep_err))
-        out["max_abs_speedup_error_replay"] = float(np.max(rep_err))
+    if rep_err:  # the prediction `optimize --rescore` gives: the same bar, the same noise floor
+        vr = verdict(rep_err, noise_speedup)
+        out["median_abs_speedup_error_replay"], out["max_abs_speedup_error_replay"] = vr["median"], vr["worst"]
+        out["verdict_replay"], out["verdict_line_replay"] = vr["status"], vr["line"]
     return out

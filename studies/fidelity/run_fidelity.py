@@ -88,7 +88,9 @@ def markdown(out: dict, seconds: float, command: str, baselines: dict, context: 
              f"Workload `{out['workload']}`, {out['prompts']} held-out prompts x {out['max_new_tokens']} new tokens, "
              f"batch 1. Study: `{command}` in {seconds:.0f} s ({out['rounds']} round(s), an autoregressive reference "
              f"run after every {out['autoregressive_every']} plan run(s) on the same prompt).", "",
-             f"**Verdict: {out['verdict_line']}.**", "",
+             f"**Verdict: {out['verdict_line']}.**" + (
+                 f" With trace replay (the prediction of `optimize --rescore`): {out['verdict_line_replay']}."
+                 if out.get("verdict_line_replay") else ""), "",
              "The compared quantity is the speed-up over autoregressive decoding: predicted (tokens/s of the plan over "
              "that of autoregressive, both from the profile) against measured side by side (each plan run's time "
              "divided by the autoregressive time per token interpolated from the autoregressive runs around it on the "

@@ -13,7 +13,7 @@ from hispec_exec.data import heldout_prompts
 from hispec_sim.cli import main
 from hispec_sim.evaluate import Setting
 from hispec_sim.schema import Plan, save_profile
-from hispec_sim.validate import check_model_matches, draw_plans, validate
+from hispec_sim.validate import check_model_matches, draw_plans, validate, verdict
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +94,9 @@ def test_validate_reports_predicted_and_measured(small):
     assert len(out["noise_floor_slots"]) == 4  # one prompt: the 4 interior places of 6 autoregressive runs
     assert out["plans_within_noise_floor"] == sum(abs(r["speedup_error"]) <= out["noise_floor"] for r in out["plans"])
     assert out["verdict"] in ("met", "within_noise", "not_met") and out["verdict_line"]
+    rep = [abs(r["speedup_error_replay"]) for r in out["plans"]]  # the profile has traces: every plan replayed
+    assert out["max_abs_speedup_error_replay"] == pytest.approx(max(rep))
+    assert out["verdict_replay"] == verdict(rep, out["noise_floor"])["status"]
 
 
 def test_validate_says_where_the_error_comes_from(small):
