@@ -3,13 +3,13 @@
 #   1. re-measure the shipped model's profile on THIS machine (with its fingerprint and its self-check),
 #   2. validate it on 12 plans (run_fidelity.py = `hispec-sim validate` + the write-up): speed-ups over
 #      autoregressive measured side by side, the noise floor, the verdict against the bar,
-#   3. the generalisation study's timed part (set A -> set B, executor on 6 prompts of B; the exit
+#   3. the generalisation study's timed part (set A -> set B, executor on 12 prompts of B; the exit
 #      traces of both sets come from the committed studies/fidelity/generalisation_traces.npz).
 # It rewrites profiles/cpu_hispec_tiny.json, studies/fidelity/RESULTS.md (machine, load, commands,
 # verdict), results.json, plot.svg, GENERALISATION.md, generalisation.json and curve.svg.
-# Budget: <= 15 min on a quiet 2-core VM. Estimated for the AMD EPYC VM (autoregressive ~65 tokens/s,
-# plans ~80): measure ~3 min, fidelity 16 prompts x 128 tokens x (12 plans + 4 autoregressive
-# references) ~8 min, generalisation 6 prompts x 128 tokens x (12 + 4) ~3 min.
+# Budget: <= 25 min on a quiet 2-core VM. Estimated for the AMD EPYC VM (autoregressive ~80 tokens/s,
+# plans ~100): measure ~3 min, fidelity 2 rounds x 16 prompts x 128 tokens x (12 plans + 4
+# autoregressive references) ~13 min, generalisation 12 prompts x 128 tokens x (12 + 4) ~5 min.
 #
 #   studies/fidelity/remeasure.sh            # refuses when the machine is busy
 #   FORCE=1 studies/fidelity/remeasure.sh    # measure anyway (the figures will say the load)
@@ -57,7 +57,7 @@ if [ "$quick" = 1 ]; then
   results=$out/RESULTS.md
 else
   step "profile measure" hispec-sim profile measure --out profiles/cpu_hispec_tiny.json --name cpu_hispec_tiny
-  step "fidelity (validate, 12 plans)" python studies/fidelity/run_fidelity.py --plans 12 --ar-every 4 \
+  step "fidelity (validate, 12 plans)" python studies/fidelity/run_fidelity.py --plans 12 --rounds 2 --ar-every 4 \
     --load-measure "$load_measure"
   step "generalisation (timed)" python studies/fidelity/run_generalisation.py --plans 12 --timed-prompts 12 --ar-every 4
   results=studies/fidelity/RESULTS.md
