@@ -221,9 +221,10 @@ def rescored_by_replay(result: SearchResult, top: int) -> SearchResult:
     best_single = replayed(result.best_single_level)
     if singles and singles[0].tokens_per_second > best_single.tokens_per_second:
         best_single = singles[0]
-    note = {"by": "trace replay", "candidates": len(result.top), "requests": len(setting.acceptance.trace_starts),
+    requests = len(setting.acceptance.trace_starts or [0])  # no starts: the traces are one request
+    note = {"by": "trace replay", "candidates": len(result.top), "requests": requests,
             "seconds": round(time.perf_counter() - t0, 4),
             "note": f"the analytic search's best {len(result.top)} plans re-scored by walking the workload's "
-                    f"{len(setting.acceptance.trace_starts)} measured requests"}
+                    f"{requests} measured request{'s' if requests > 1 else ''}"}
     return SearchResult(setting, ranked[:top], replayed(result.autoregressive), best_single,
                         replayed(result.paper_default), result.plans_evaluated, result.seconds, note)
