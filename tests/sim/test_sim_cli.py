@@ -214,11 +214,11 @@ def test_rescore_ranks_by_trace_replay(capsys, tmp_path):
     code, out, _ = run(capsys, "optimize", "--profile", str(path), "--rescore", "12", "--top", "2",
                        "--max-propose", "4", "--max-window", "4")
     assert code == 0 and "ranked by trace replay" in out
+    assert any("tokens/s" in line and line.rstrip().endswith("analytic") for line in out.splitlines())
     save_profile(make_profile(layers=8, traces=traces), path)  # no trace_starts: one request
     code, out, err = run(capsys, "optimize", "--profile", str(path), "--json", "--rescore", "3", "--max-propose", "2",
                          "--max-window", "2")
     assert code == 0 and json.loads(out)["rescored"]["requests"] == 1, err
-    assert any("tokens/s" in line and line.rstrip().endswith("analytic") for line in out.splitlines())
 
 
 @pytest.mark.parametrize("extra,field", [([], "rescore: workload 'w' has no per-position traces"),
