@@ -83,27 +83,28 @@ class ModelArgs:
 
 
 ROW_TILE = 8  # linear layers and the exit head: rows in tiles of exactly this many
+PREFILL_TILE = 32  # the same, in prefill forwards (a prompt's tokens but its last: `prefill=True`)
 KV_BLOCK = 64  # attention: keys per block
 QUERY_TILE = 4  # attention: query rows per tile (G per token). Not fewer: MKL's batched
 # (rows, KV_BLOCK) x (KV_BLOCK, hd + 1) product with 1..3 rows gives a row other bits at some
 # batch counts on this machine (with 4 or 8 it does not: tests/exec/test_model.py)
 
 
-def _tiled(x: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
-    """x @ w_t for x of a whole number of ROW_TILE-row tiles: one batched product, one
-    (ROW_TILE, K) x (K, N) product per tile, the weight (K, N) broadcast."""
-    nt = x.shape[0] // ROW_TILE
-    return torch.bmm(x.view(nt, ROW_TILE, x.shape[1]), w_t.expand(nt, *w_t.shape)).view(x.shape[0], w_t.shape[1])
+def _tiled(x: torch.Tensor, w_t: torch.Tensor, tile: int = ROW_TILE) -> torch.Tensor:
+    """x @ w_t for x of a whole number of `tile`-row tiles: one batched product, one
+    (tile, K) x (K, N) product per tile, the weight (K, N) broadcast."""
+    nt = x.shape[0] // tile
+    return torch.bmm(x.view(nt, tile, x.shape[1]), w_t.expand(nt, *w_t.shape)).view(x.shape[0], w_t.shape[1])
 
 
-def mm(x: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
+def mm(x: torch.Tensor, w_t: torch.Tensor, tile: int = ROW_TILE) -> torch.Tensor:
     """x @ w_t (w_t: a weight transposed, (K, N)), row invariant: the rows go in tiles of
-    exactly ROW_TILE rows (the last one zero-padded), so every product has the same shape
+    exactly `tile` rows (the last one zero-padded), so every product has the same shape
     whatever the number of rows, and a row's result depends on nothing but its own values
     (not on the other rows, nor on its slot in a tile: tested)."""
     n = x.shape[0]
-    pad = -n % ROW_TILE
-    return _tiled(F.pad(x, (0, 0, 0, pad)) if pad else x, w_t)[:n]
+    pad = -n % tile
+    return _tiled(F.pad(x, (0, 0, 0, pad)) if pad else x, w_t, tile)[:n]
 
 
 _PARAMETER_EPOCH = [0]  # bumped whenever any module registers a parameter (replacing one included)
@@ -208,16 +209,16 @@ def _decode_layer(x: torch.Tensor, w: tuple, layer: int, rows: "_Rows") -> torch
     in any chunking. The op sequence is kept short: on the shipped model a decode step is
     dominated by per-op dispatch, not FLOPs."""
     an, wqkv, wo, fn, w13, w2, nshape, eps = w
-    nt, Rp, R = rows.nt, rows.padded, rows.rows
+    nt, Rp, R, RT = rows.nt, rows.padded, rows.rows, rows.tile
     H, KV, hd = rows.dims
     D = x.shape[1]
-    qkv = torch.bmm(F.rms_norm(x, nshape, an, eps).view(nt, ROW_TILE, D), wqkv).view(Rp, H + 2 * KV, hd)
+    qkv = torch.bmm(F.rms_norm(x, nshape, an, eps).view(nt, RT, D), wqkv).view(Rp, H + 2 * KV, hd)
     qk = qkv[:, :H + KV]  # RoPE (queries also scaled), rotate_half as a flip:
     qk = qk * rows.cos + qk.view(Rp, H + KV, 2, hd // 2).flip(2).view(Rp, H + KV, hd) * rows.sin
     rows.write(layer, qk[:R, H:], qkv[:R, H + KV:])
-    x = x + torch.bmm(rows.attend(layer, qk).view(nt, ROW_TILE, H * hd), wo).view(Rp, D)
-    g, u = torch.bmm(F.rms_norm(x, nshape, fn, eps).view(nt, ROW_TILE, D), w13).view(Rp, -1).chunk(2, dim=-1)
-    return x + torch.bmm((F.silu(g) * u).view(nt, ROW_TILE, -1), w2).view(Rp, D)
+    x = x + torch.bmm(rows.attend(layer, qk).view(nt, RT, H * hd), wo).view(Rp, D)
+    g, u = torch.bmm(F.rms_norm(x, nshape, fn, eps).view(nt, RT, D), w13).view(Rp, -1).chunk(2, dim=-1)
+    return x + torch.bmm((F.silu(g) * u).view(nt, RT, -1), w2).view(Rp, D)
 
 
 class _Rows:
@@ -240,14 +241,15 @@ class _Rows:
     Both compute every (tile, block) product, maximum, sum and division by the same
     sequence of operations, so a row's bits do not depend on which way its batch went."""
 
-    def __init__(self, model: "Transformer", parts: list[tuple["Cache", int, int]]):
+    def __init__(self, model: "Transformer", parts: list[tuple["Cache", int, int]], tile: int = ROW_TILE):
         a = model.args
         H, KV = a.n_heads, a.n_kv_heads
         G, Tq, Bk = H // KV, QUERY_TILE, KV_BLOCK
         dev = model.rope_cos.device
         self.rows = R = sum(n for _, n, _ in parts)
-        self.padded = Rp = -(-R // ROW_TILE) * ROW_TILE
-        self.nt = Rp // ROW_TILE
+        self.tile = tile  # the linear products' rows: ROW_TILE, or PREFILL_TILE in a prefill forward
+        self.padded = Rp = -(-R // tile) * tile
+        self.nt = Rp // tile
         self.weights = model._decoding_weights(self.nt)  # per layer, broadcast over this forward's tiles
         self.nb = nb = -(-max(p0 + n for _, n, p0 in parts) // Bk)
         self.tiles = T = max(-(-(n * G) // Tq) for _, n, _ in parts)
@@ -551,10 +553,13 @@ class Transformer(nn.Module):
         return Cache(self.args, device=p.device, dtype=p.dtype, capacity=capacity)
 
     @torch.no_grad()
-    def run(self, cache: Cache, a: int, b: int, tokens: torch.Tensor | None = None) -> torch.Tensor:
+    def run(self, cache: Cache, a: int, b: int, tokens: torch.Tensor | None = None,
+            prefill: bool = False) -> torch.Tensor:
         """Run layers a+1..b (1-based, inclusive). a == 0: over the new `tokens` (1-D ids);
         a > 0: over every position layer a produced that layer a+1 has not consumed.
-        Returns the hidden states after layer b (n, dim) and keeps them at boundary b."""
+        Returns the hidden states after layer b (n, dim) and keeps them at boundary b.
+        prefill: a prefill forward (a prompt's tokens but its last, as `generate` runs
+        them): the linear products take PREFILL_TILE-row tiles instead of ROW_TILE."""
         L = self.args.n_layers
         if not 0 <= a < b <= L:
             raise ValueError(f"layers: need 0 <= a < b <= {L}, got a={a} b={b}")
@@ -573,7 +578,7 @@ class Transformer(nn.Module):
         n = x.shape[0]
         if pos0 + n > cache.capacity:
             raise ValueError(f"capacity: sequence of {pos0 + n} tokens exceeds the cache capacity {cache.capacity}")
-        rows = _Rows(self, [(cache, n, pos0)])
+        rows = _Rows(self, [(cache, n, pos0)], PREFILL_TILE if prefill else ROW_TILE)
         x = _pad_rows([x], rows.padded)
         for l in range(a, b):
             x = _decode_layer(x, rows.weights[l], l, rows)
@@ -589,14 +594,16 @@ class Transformer(nn.Module):
         return CachePool(self.args, slots, device=p.device, dtype=p.dtype, capacity=capacity)
 
     @torch.no_grad()
-    def run_jobs(self, jobs: list[tuple[Cache, int, torch.Tensor | None]]) -> list[torch.Tensor]:
+    def run_jobs(self, jobs: list[tuple[Cache, int, torch.Tensor | None]], prefill: bool = False) -> list[torch.Tensor]:
         """One forward over several sequences (layer-range batching). Job (cache, b, tokens):
         in that sequence, run everything waiting below layer b+1 through layers up to b --
         at layer 1 the new `tokens`, at layer l > 1 every position layer l-1 has produced
         (in this forward or an earlier one) and layer l has not consumed. At each layer the
         rows of every job that reaches it are concatenated (one sequence per cache). Returns
         each job's rows after its layer b, (n_i, dim), kept at boundary b (when b < L).
-        Each sequence's results are bit-identical to running it alone with `run`."""
+        Each sequence's results are bit-identical to running it alone with `run` (with the
+        same `prefill`: PREFILL_TILE-row linear tiles in a prefill forward, see `run`)."""
+        tile = PREFILL_TILE if prefill else ROW_TILE
         L = self.args.n_layers
         cur: list = []  # per job: (tensor, first row, n, pos0) of the rows it carries, or None
         toks, r = [], 0
@@ -621,7 +628,7 @@ class Transformer(nn.Module):
         top = max(b for _, b, _ in jobs)
         if all(b == top and t is not None and c.lens[1:top + 1] == [t[3]] * top
                for (c, b, _), t in zip(jobs, cur)):
-            return self._run_uniform(jobs, cur, top)
+            return self._run_uniform(jobs, cur, top, tile)
         X, rows, sig_prev = None, None, None
         for l in range(1, top + 1):
             sig, pieces = [], []
@@ -644,7 +651,7 @@ class Transformer(nn.Module):
             if not sig:
                 continue
             if sig != sig_prev:  # other rows than the previous layer's output: a new plan
-                rows = _Rows(self, [(jobs[i][0], n, p0) for i, n, p0 in sig])
+                rows = _Rows(self, [(jobs[i][0], n, p0) for i, n, p0 in sig], tile)
                 X = _pad_rows([t[0][t[1]:t[1] + t[2]] for t in pieces], rows.padded)
             X = _decode_layer(X, rows.weights[l - 1], l - 1, rows)
             r = 0
@@ -663,14 +670,14 @@ class Transformer(nn.Module):
             out.append(x)
         return out
 
-    def _run_uniform(self, jobs, cur, top: int) -> list[torch.Tensor]:
+    def _run_uniform(self, jobs, cur, top: int, tile: int) -> list[torch.Tensor]:
         """run_jobs when every job runs its new rows alone through layers 1..top (nothing
         waiting at a boundary: decode steps, prefills, synchronous draft steps): the same
         rows at every layer, so one index plan and no per-layer bookkeeping. The same
         products as the general path (which would build this very plan at layer 1 and
         keep it)."""
         L = self.args.n_layers
-        rows = _Rows(self, [(c, t[2], t[3]) for (c, _, _), t in zip(jobs, cur)])
+        rows = _Rows(self, [(c, t[2], t[3]) for (c, _, _), t in zip(jobs, cur)], tile)
         X = _pad_rows([cur[0][0]], rows.padded)  # every job's new rows, in job order: the embedding lookup
         for l in range(top):
             X = _decode_layer(X, rows.weights[l], l, rows)
