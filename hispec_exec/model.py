@@ -243,8 +243,7 @@ class _Rows:
 
     def __init__(self, model: "Transformer", parts: list[tuple["Cache", int, int]], tile: int = ROW_TILE):
         a = model.args
-        H, KV = a.n_heads, a.n_kv_heads
-        G, Tq, Bk = H // KV, QUERY_TILE, KV_BLOCK
+        Bk = KV_BLOCK
         dev = model.rope_cos.device
         self.rows = R = sum(n for _, n, _ in parts)
         self.tile = tile  # the linear products' rows: ROW_TILE, or PREFILL_TILE in a prefill forward
@@ -252,57 +251,92 @@ class _Rows:
         self.nt = Rp // tile
         self.weights = model._decoding_weights(self.nt)  # per layer, broadcast over this forward's tiles
         self.nb = nb = -(-max(p0 + n for _, n, p0 in parts) // Bk)
-        self.tiles = T = max(-(-(n * G) // Tq) for _, n, _ in parts)
-        self.dims = (H, KV, a.head_dim)
-        stores = [c.store for c, _, _ in parts]
-        for st in stores:
-            st.need(nb)
-        self.in_place = all(s is stores[0] for s in stores) and stores[0].slots <= 2 * len(parts)
-        self.entries = E = KV * (stores[0].slots if self.in_place else len(parts))
-        self.groups: list = []  # runs of consecutive parts sharing a store: [store, write rows, blocks, entries]
-        if self.in_place:
-            self.groups.append([stores[0], [], None, 0])
-        # query row j of tile (t, entry) = row qi[t][entry][j] of qk viewed (Rp * (H + KV), hd);
-        # idle slots: any real query (row 0), key 0 visible
+        self.dims = (a.n_heads, a.n_kv_heads, a.head_dim)
+        runs = []  # the store of every run of consecutive parts sharing one
+        for c, _, _ in parts:
+            if not runs or runs[-1] is not c.store:
+                runs.append(c.store)
+                c.store.need(nb)
+        first: dict = {}  # store -> its rank of first appearance: the layout depends on nothing else
+        key = (str(dev), tile,
+               tuple((first.setdefault(id(c.store), len(first)), c.store.slots, c.slot, n) for c, n, _ in parts))
+        plan = model._row_plan(key)
+        T, E = self.tiles, self.entries = plan["T"], plan["E"]
+        self.in_place = plan["in_place"]
+        # the positions: the only thing that changes from one decode step to the next
+        p0 = torch.tensor([p for _, _, p in parts] + [0], device=dev)  # + 0 for padding rows / idle entries
+        pos = p0[plan["row_part"]] + plan["row_tok"]
+        cos, sin = model._rope_rows()
+        self.cos, self.sin = cos[pos], sin[pos]  # (Rp, H + KV, hd): the queries' 1/sqrt(hd) rides on the rotation
+        self.groups = []  # runs of consecutive parts sharing a store: [store, write rows, blocks, entries]
+        for st, (w_part, w_tok, w_c, mult, blk_c) in zip(runs, plan["groups"]):
+            q = p0[w_part] + w_tok
+            rows_w = torch.div(q, Bk, rounding_mode="floor").mul_(mult).add_(w_c).mul_(Bk).add_(q % Bk)
+            blocks = None if blk_c is None else \
+                (torch.arange(nb, device=dev)[:, None] * mult + blk_c[None, :]).reshape(-1)  # laid out (nb, entries)
+            self.groups.append([st, rows_w, blocks, 0 if blk_c is None else blk_c.shape[0]])
+        Tq = QUERY_TILE
+        self.qidx = plan["qi"].view(T, 1, E, Tq).expand(T, nb, E, Tq).reshape(-1)
+        self.oidx = plan["oi"]
+        qp = (p0[plan["q_part"]] + plan["q_tok"]).view(T, 1, E, Tq, 1)
+        self.mask = torch.zeros(T, nb, E, Tq, Bk, device=dev, dtype=model.rope_cos.dtype).masked_fill_(
+            plan["keys"][:, :nb] > qp, float("-inf"))  # additive causal mask
+
+    @staticmethod
+    def layout(args: ModelArgs, key: tuple) -> dict:
+        """The position-independent part of a plan (built once per layout `key` = (row
+        tile, per part: (its store's rank, the store's slots, slot, rows))): which part and
+        token every row, query row and KV write belongs to, the query and output gathers.
+        `__init__` adds the positions (a few tensor ops), so a decode step whose batch
+        keeps its layout rebuilds no Python lists."""
+        H, KV = args.n_heads, args.n_kv_heads
+        G, Tq, Bk = H // KV, QUERY_TILE, KV_BLOCK
+        dev, tile, parts = key
+        R = sum(n for *_, n in parts)
+        Rp = -(-R // tile) * tile
+        T = max(-(-(n * G) // Tq) for *_, n in parts)
+        in_place = all(st == 0 for st, *_ in parts) and parts[0][1] <= 2 * len(parts)
+        E = KV * (parts[0][1] if in_place else len(parts))
+        P = len(parts)  # p0 index of the padding rows / idle entries (position 0)
+        # query row j of tile (t, entry) = row qi[t][entry][j] of qk viewed (Rp * (H + KV), hd), position
+        # p0[q_part] + q_tok; idle slots: any real query (row 0), key 0 visible
         qi = [[[0] * Tq for _ in range(E)] for _ in range(T)]
-        qpos = [[[0] * Tq for _ in range(E)] for _ in range(T)]
-        oi, pos, r = [0] * (Rp * H), [], 0
-        for i, (c, n, p0) in enumerate(parts):
-            st, slots, s = c.store, c.store.slots, c.slot
-            if not self.groups or self.groups[-1][0] is not st:
-                self.groups.append([st, [], [], 0])
-            grp = self.groups[-1]
-            pos.extend(range(p0, p0 + n))
+        q_part = [[[P] * Tq for _ in range(E)] for _ in range(T)]
+        q_tok = [[[0] * Tq for _ in range(E)] for _ in range(T)]
+        oi, row_part, row_tok, r = [0] * (Rp * H), [], [], 0
+        groups: list = []  # per store run: [write part, write token, write (head * slots + slot), KV * slots, blocks]
+        for i, (st, slots, s, n) in enumerate(parts):
+            if not groups or groups[-1][5] != st:
+                groups.append([[], [], [], KV * slots, None if in_place else [], st])
+            grp = groups[-1]
+            row_part += [i] * n
+            row_tok += range(n)
             for t in range(n):
-                p = p0 + t
-                grp[1].extend(((p // Bk * KV + h) * slots + s) * Bk + p % Bk for h in range(KV))
+                grp[0] += [i] * KV
+                grp[1] += [t] * KV
+                grp[2] += [h * slots + s for h in range(KV)]
             for h in range(KV):
-                ent = h * slots + s if self.in_place else i * KV + h
+                ent = h * slots + s if in_place else i * KV + h
                 for k in range(T * Tq):  # query row k of this entry: token k // G, head h*G + k % G
                     tok, head = (k // G, h * G + k % G) if k < n * G else (0, h * G)
-                    qi[k // Tq][ent][k % Tq], qpos[k // Tq][ent][k % Tq] = (r + tok) * (H + KV) + head, p0 + tok
+                    t, j = k // Tq, k % Tq
+                    qi[t][ent][j], q_part[t][ent][j], q_tok[t][ent][j] = (r + tok) * (H + KV) + head, i, tok
                     if k < n * G:
-                        oi[(r + tok) * H + head] = ((k // Tq) * E + ent) * Tq + k % Tq
-                if not self.in_place:
-                    grp[2].append([(b * KV + h) * slots + s for b in range(nb)])
-                    grp[3] += 1
+                        oi[(r + tok) * H + head] = (t * E + ent) * Tq + j
+                if not in_place:
+                    grp[4].append(h * slots + s)
             r += n
-        pos.extend([0] * (Rp - R))
-        p = torch.tensor(pos, device=dev)
-        h = a.head_dim // 2
-        scale = torch.tensor([1.0 / math.sqrt(a.head_dim)] * H + [1.0] * KV, device=dev)[:, None]
-        self.cos = model.rope_cos[p][:, None] * scale  # the queries' 1/sqrt(hd) rides on the rotation
-        self.sin = torch.cat([-model.rope_sin[p][:, :h], model.rope_sin[p][:, h:]], -1)[:, None] * scale
-        for grp in self.groups:
-            grp[1] = torch.tensor(grp[1], device=dev)
-            if grp[2] is not None:  # blocks laid out (nb, entries)
-                grp[2] = torch.tensor(grp[2], device=dev).t().reshape(-1)
-        self.qidx = torch.tensor(qi, device=dev).view(T, 1, E, Tq).expand(T, nb, E, Tq).reshape(-1)
-        self.oidx = torch.tensor(oi, device=dev)
-        keys = torch.arange(nb * Bk, device=dev).view(1, nb, 1, 1, Bk)
-        qp = torch.tensor(qpos, device=dev).view(T, 1, E, Tq, 1)
-        self.mask = torch.zeros(T, nb, E, Tq, Bk, device=dev, dtype=model.rope_cos.dtype).masked_fill_(
-            keys > qp, float("-inf"))  # additive causal mask
+        row_part += [P] * (Rp - R)
+        row_tok += [0] * (Rp - R)
+
+        def t_(x):
+            return torch.tensor(x, device=dev)
+
+        return {"T": T, "E": E, "in_place": in_place, "qi": t_(qi).reshape(-1), "oi": t_(oi),
+                "q_part": t_(q_part).reshape(-1), "q_tok": t_(q_tok).reshape(-1),
+                "row_part": t_(row_part), "row_tok": t_(row_tok),
+                "keys": torch.arange(-(-args.max_seq_len // Bk) * Bk, device=dev).view(1, -1, 1, 1, Bk),
+                "groups": [(t_(g[0]), t_(g[1]), t_(g[2]), g[3], None if g[4] is None else t_(g[4])) for g in groups]}
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store the new rows' keys and values (R, KV, hd) at their positions."""
@@ -547,6 +581,32 @@ class Transformer(nn.Module):
         flat += [self.norm.weight, self.output.weight]
         dw = self.__dict__["_dw"] = (_PARAMETER_EPOCH[0], [w.data_ptr() for w in flat], flat, {}, layers, head)
         return dw
+
+    def _row_plan(self, key: tuple) -> dict:
+        """`_Rows.layout(key)`, kept: a decode step's batch keeps its layout from one step to
+        the next (only the positions move). At most 256 layouts are kept."""
+        plans = self.__dict__.setdefault("_plans", {})
+        plan = plans.get(key)
+        if plan is None:
+            if len(plans) >= 256:
+                plans.clear()
+            plan = plans[key] = _Rows.layout(self.args, key)
+        return plan
+
+    def _rope_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE tables per position and head, (max_seq_len, H + KV, hd): cos, and sin with its
+        first half negated (rotate_half as a flip), both times the queries' 1/sqrt(hd) (1 for
+        the keys): the same products `_decode_layer` used to take per forward, made once."""
+        tables = self.__dict__.get("_rope")
+        if tables is None or tables[0] != (self.rope_cos.data_ptr(), self.rope_cos._version):
+            a = self.args
+            h = a.head_dim // 2
+            scale = torch.tensor([1.0 / math.sqrt(a.head_dim)] * a.n_heads + [1.0] * a.n_kv_heads,
+                                 device=self.rope_cos.device)[:, None]
+            sin = torch.cat([-self.rope_sin[:, :h], self.rope_sin[:, h:]], -1)
+            tables = self.__dict__["_rope"] = ((self.rope_cos.data_ptr(), self.rope_cos._version),
+                                               self.rope_cos[:, None] * scale, sin[:, None] * scale)
+        return tables[1], tables[2]
 
     def new_cache(self, capacity: int | None = None) -> Cache:
         p = self.tok_embeddings.weight

@@ -38,6 +38,11 @@ def baseline_model(path: str, model):
     spec.loader.exec_module(base)
     bm = base.Transformer(base.ModelArgs.from_dict(json.loads(model.args.to_json()))).eval()
     bm.load_state_dict(model.state_dict())
+    import inspect
+
+    if "prefill" not in inspect.signature(base.Transformer.run_jobs).parameters:  # a version before PREFILL_TILE:
+        plain = bm.run_jobs  # its prefill forwards are ordinary forwards (generate.run_prefill passes prefill=True)
+        bm.run_jobs = lambda jobs, prefill=False: plain(jobs)
     return bm
 
 
