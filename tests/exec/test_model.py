@@ -41,8 +41,11 @@ def test_tile_row_depends_on_nothing_but_itself():
     (QUERY_TILE, KV_BLOCK) x (KV_BLOCK, hd + 1) pieces, batched over any number of entries
     (hd = 40: the shipped model; 16: a random test model)."""
     g = torch.Generator().manual_seed(1)
-    for n_out, k in ((320, 160), (896, 160), (160, 448), (256, 160), (96, 40)):
-        w, row = torch.randn(k, n_out, generator=g), torch.randn(1, k, generator=g)
+    for n_out, k, half in ((320, 160, False), (448, 160, True), (896, 160, False), (160, 448, False),
+                           (256, 160, False), (96, 40, False)):
+        # half: a column half of a (k, 2 n_out) weight, as the decoding path multiplies w13's halves
+        w = torch.randn(k, 2 * n_out, generator=g)[:, n_out:] if half else torch.randn(k, n_out, generator=g)
+        row = torch.randn(1, k, generator=g)
         for tile in (ROW_TILE, PREFILL_TILE):
             ref = mm(row, w, tile)
             for tiles in (1, 2, 4, 48):  # 48: a 1,536-row prefill forward (32 prompts of ~48 tokens)
