@@ -27,7 +27,8 @@ decoding path has a shape that never depends on the batch:
   (QUERY_TILE, KV_BLOCK) x (KV_BLOCK, hd + 1) products; the row maximum over the blocks is
   exact in any order, the blocks are summed one after another, and a block beyond a
   sequence's length (present because a longer sequence shares the batch) adds exact
-  zeros. Its cost grows with the batch's length, not with the cache capacity. When the
+  zeros. A prefill forward takes PREFILL_QUERY_TILE-row query tiles (half as many
+  products). Its cost grows with the batch's length, not with the cache capacity. When the
   batch fills at least half its cache pool (decode steps, whole-batch prefills), it reads
   the KV store in place (no copy), one batched product per tile index.
 
@@ -90,6 +91,7 @@ class ModelArgs:
 ROW_TILE = 8  # linear layers and the exit head: rows in tiles of exactly this many
 PREFILL_TILE = 32  # the same, in prefill forwards (a prompt's tokens but its last: `prefill=True`)
 KV_BLOCK = 64  # attention: keys per block
+PREFILL_QUERY_TILE = 8  # the same in a prefill forward: half as many per-tile products as 4 rows
 QUERY_TILE = 4  # attention: query rows per tile (G per token). Not fewer: MKL's batched
 # (rows, KV_BLOCK) x (KV_BLOCK, hd + 1) product with 1..3 rows gives a row other bits at some
 # batch counts on this machine (with 4 or 8 it does not: tests/exec/test_model.py)
@@ -249,12 +251,13 @@ class _Rows:
     Both compute every (tile, block) product, maximum, sum and division by the same
     sequence of operations, so a row's bits do not depend on which way its batch went."""
 
-    def __init__(self, model: "Transformer", parts: list[tuple["Cache", int, int]], tile: int = ROW_TILE):
+    def __init__(self, model: "Transformer", parts: list[tuple["Cache", int, int]], prefill: bool = False):
         a = model.args
         Bk = KV_BLOCK
         dev = model.rope_cos.device
         self.rows = R = sum(n for _, n, _ in parts)
-        self.tile = tile  # the linear products' rows: ROW_TILE, or PREFILL_TILE in a prefill forward
+        # the linear products' rows and the attention's query rows per tile: a prefill forward has its own
+        self.tile, self.qtile = tile, Tq = (PREFILL_TILE, PREFILL_QUERY_TILE) if prefill else (ROW_TILE, QUERY_TILE)
         self.padded = Rp = -(-R // tile) * tile
         self.nt = Rp // tile
         self.weights = model._decoding_weights(self.nt)  # per layer, broadcast over this forward's tiles
@@ -266,7 +269,7 @@ class _Rows:
                 runs.append(c.store)
                 c.store.need(nb)
         first: dict = {}  # store -> its rank of first appearance: the layout depends on nothing else
-        key = (str(dev), tile,
+        key = (str(dev), tile, Tq,
                tuple((first.setdefault(id(c.store), len(first)), c.store.slots, c.slot, n) for c, n, _ in parts))
         plan = model._row_plan(key)
         T, E = self.tiles, self.entries = plan["T"], plan["E"]
@@ -283,7 +286,6 @@ class _Rows:
             blocks = None if blk_c is None else \
                 (torch.arange(nb, device=dev)[:, None] * mult + blk_c[None, :]).reshape(-1)  # laid out (nb, entries)
             self.groups.append([st, rows_w, blocks, 0 if blk_c is None else blk_c.shape[0]])
-        Tq = QUERY_TILE
         self.qidx = plan["qi"].view(T, 1, E, Tq).expand(T, nb, E, Tq).reshape(-1)
         self.oidx = plan["oi"]
         qp = (p0[plan["q_part"]] + plan["q_tok"]).view(T, 1, E, Tq, 1)
@@ -298,8 +300,8 @@ class _Rows:
         `__init__` adds the positions (a few tensor ops), so a decode step whose batch
         keeps its layout rebuilds no Python lists."""
         H, KV = args.n_heads, args.n_kv_heads
-        G, Tq, Bk = H // KV, QUERY_TILE, KV_BLOCK
-        dev, tile, parts = key
+        G, Bk = H // KV, KV_BLOCK
+        dev, tile, Tq, parts = key
         R = sum(n for *_, n in parts)
         Rp = -(-R // tile) * tile
         T = max(-(-(n * G) // Tq) for *_, n in parts)
@@ -371,7 +373,7 @@ class _Rows:
         block has P = 0 exactly, so it adds exact zeros: how many blocks a batch carries
         changes no sequence's bits."""
         H, KV, hd = self.dims
-        E, nb, T, Tq, Bk = self.entries, self.nb, self.tiles, QUERY_TILE, KV_BLOCK
+        E, nb, T, Tq, Bk = self.entries, self.nb, self.tiles, self.qtile, KV_BLOCK
         if self.in_place:
             st = self.groups[0][0]
             Kt = st.k_blocks_t[layer, :nb * E]
@@ -646,7 +648,7 @@ class Transformer(nn.Module):
         n = x.shape[0]
         if pos0 + n > cache.capacity:
             raise ValueError(f"capacity: sequence of {pos0 + n} tokens exceeds the cache capacity {cache.capacity}")
-        rows = _Rows(self, [(cache, n, pos0)], PREFILL_TILE if prefill else ROW_TILE)
+        rows = _Rows(self, [(cache, n, pos0)], prefill)
         x = _pad_rows([x], rows.padded)
         for l in range(a, b):
             x = _decode_layer(x, rows.weights[l], l, rows)
@@ -671,7 +673,6 @@ class Transformer(nn.Module):
         each job's rows after its layer b, (n_i, dim), kept at boundary b (when b < L).
         Each sequence's results are bit-identical to running it alone with `run` (with the
         same `prefill`: PREFILL_TILE-row linear tiles in a prefill forward, see `run`)."""
-        tile = PREFILL_TILE if prefill else ROW_TILE
         L = self.args.n_layers
         cur: list = []  # per job: (tensor, first row, n, pos0) of the rows it carries, or None
         toks, r = [], 0
@@ -696,7 +697,7 @@ class Transformer(nn.Module):
         top = max(b for _, b, _ in jobs)
         if all(b == top and t is not None and c.lens[1:top + 1] == [t[3]] * top
                for (c, b, _), t in zip(jobs, cur)):
-            return self._run_uniform(jobs, cur, top, tile)
+            return self._run_uniform(jobs, cur, top, prefill)
         X, rows, sig_prev = None, None, None
         for l in range(1, top + 1):
             sig, pieces = [], []
@@ -719,7 +720,7 @@ class Transformer(nn.Module):
             if not sig:
                 continue
             if sig != sig_prev:  # other rows than the previous layer's output: a new plan
-                rows = _Rows(self, [(jobs[i][0], n, p0) for i, n, p0 in sig], tile)
+                rows = _Rows(self, [(jobs[i][0], n, p0) for i, n, p0 in sig], prefill)
                 X = _pad_rows([t[0][t[1]:t[1] + t[2]] for t in pieces], rows.padded)
             X = _decode_layer(X, rows.weights[l - 1], l - 1, rows)
             r = 0
@@ -738,14 +739,14 @@ class Transformer(nn.Module):
             out.append(x)
         return out
 
-    def _run_uniform(self, jobs, cur, top: int, tile: int) -> list[torch.Tensor]:
+    def _run_uniform(self, jobs, cur, top: int, prefill: bool) -> list[torch.Tensor]:
         """run_jobs when every job runs its new rows alone through layers 1..top (nothing
         waiting at a boundary: decode steps, prefills, synchronous draft steps): the same
         rows at every layer, so one index plan and no per-layer bookkeeping. The same
         products as the general path (which would build this very plan at layer 1 and
         keep it)."""
         L = self.args.n_layers
-        rows = _Rows(self, [(c, t[2], t[3]) for (c, _, _), t in zip(jobs, cur)], tile)
+        rows = _Rows(self, [(c, t[2], t[3]) for (c, _, _), t in zip(jobs, cur)], prefill)
         X = _pad_rows([cur[0][0]], rows.padded)  # every job's new rows, in job order: the embedding lookup
         for l in range(top):
             X = _decode_layer(X, rows.weights[l], l, rows)

@@ -16,7 +16,7 @@ figure side by side in one run, on the shipped model:
 Before the timed runs at each B, every configuration decodes one chunk of B prompts for 8
 tokens, untimed (`--warmup-tokens`): the first forwards at a new size pay the allocator's
 first touch of new memory (glibc maps large blocks fresh until its threshold adapts), which
-fell on whichever configuration ran first at that B (ours: up to +60 % on the first B = 32
+fell on whichever configuration ran first at that B (ours: up to +65 % on the first B = 32
 decode in one process, measured), not on the others. `--repeats N` runs every chunk N
 times, the configurations interleaved, and counts each one's fastest (wall and CPU time
 alike): on a shared VM a single pass moved by +-20 % between identical runs.

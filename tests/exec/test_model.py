@@ -6,7 +6,7 @@ any number of tiles, random neighbours). Comparisons with another code path are 
 or tie-aware instead."""
 import torch
 
-from hispec_exec.model import KV_BLOCK, PREFILL_TILE, QUERY_TILE, ROW_TILE, mm
+from hispec_exec.model import KV_BLOCK, PREFILL_QUERY_TILE, PREFILL_TILE, QUERY_TILE, ROW_TILE, mm
 
 from exec_helpers import random_model
 
@@ -37,8 +37,9 @@ def test_mm_rows_match_single_row():
 def test_tile_row_depends_on_nothing_but_itself():
     """The premise of the design, on this CPU, for the model's product shapes: a row put in
     any slot of a tile (ROW_TILE rows, and PREFILL_TILE rows: prefill forwards), among random
-    rows, in any of 1..4 or 48 tiles, comes out with the same bits as alone; and so for the attention's (QUERY_TILE, hd) x (hd, KV_BLOCK) and
-    (QUERY_TILE, KV_BLOCK) x (KV_BLOCK, hd + 1) pieces, batched over any number of entries
+    rows, in any of 1..4 or 48 tiles, comes out with the same bits as alone; and so for the
+    attention's (q, hd) x (hd, KV_BLOCK) and (q, KV_BLOCK) x (KV_BLOCK, hd + 1) pieces, q =
+    QUERY_TILE and PREFILL_QUERY_TILE (prefill forwards), batched over any number of entries
     (hd = 40: the shipped model; 16: a random test model)."""
     g = torch.Generator().manual_seed(1)
     for n_out, k, half in ((320, 160, False), (448, 160, True), (896, 160, False), (160, 448, False),
@@ -53,9 +54,9 @@ def test_tile_row_depends_on_nothing_but_itself():
                     x = torch.randn(tile * tiles, k, generator=g)
                     x[slot] = row[0]
                     assert torch.equal(mm(x, w, tile)[slot:slot + 1], ref), (n_out, k, tile, tiles, slot)
-    for hd in (40, 16):
-        for a_shape, b_shape, transposed in (((QUERY_TILE, hd), (KV_BLOCK, hd), True),  # scores: Q K^T, K a view
-                                             ((QUERY_TILE, KV_BLOCK), (KV_BLOCK, hd + 1), False)):  # P [V | 1]
+    for hd, qt in ((40, QUERY_TILE), (16, QUERY_TILE), (40, PREFILL_QUERY_TILE), (16, PREFILL_QUERY_TILE)):
+        for a_shape, b_shape, transposed in (((qt, hd), (KV_BLOCK, hd), True),  # scores: Q K^T, K a view
+                                             ((qt, KV_BLOCK), (KV_BLOCK, hd + 1), False)):  # P [V | 1]
             a, b = torch.randn(*a_shape, generator=g), torch.randn(*b_shape, generator=g)
             ref = torch.bmm(a[None], b[None].transpose(1, 2) if transposed else b[None])[0]
             for entries in (2, 3, 5, 16, 64, 128, 500):
