@@ -39,10 +39,12 @@ def exit_confidence(model: Transformer, prompt_ids, max_new_tokens: int, exits: 
     cache = model.new_cache(capacity)
     dev = model.tok_embeddings.weight.device
     arg, top = [], []
+    if P > 1:  # the prompt but its last token as decoding ran it: a prefill forward (its own row tiles)
+        model.run(cache, 0, L, torch.tensor(full[:P - 1], device=dev), prefill=True)
     prev = 0
     for e in exits:
-        x = model.run(cache, prev, e, torch.tensor(full[:-1], device=dev) if prev == 0 else None)
-        lg = model.head(x[P - 1:]).double()
+        x = model.run(cache, prev, e, torch.tensor(full[P - 1:-1], device=dev) if prev == 0 else None)
+        lg = model.head(x).double()
         arg.append(lg.argmax(-1).cpu())
         top.append(torch.softmax(lg, -1).max(-1).values.cpu())
         prev = e

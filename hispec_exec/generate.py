@@ -320,12 +320,13 @@ def _sync(model: Transformer, on: bool) -> None:
 
 
 def run_prefill(model: Transformer, decoders: list[SequenceDecoder]) -> float:
-    """One forward prefilling every decoder's prompt (concatenated rows); returns ms."""
+    """One prefill forward (`prefill=True`: PREFILL_TILE-row linear tiles) over every
+    decoder's prompt but its last token (concatenated rows); returns ms."""
     jobs = [j for j in (d.prefill_job() for d in decoders) if j is not None]
     _sync(model, True)
     t = time.perf_counter()
     if jobs:
-        model.run_jobs(jobs)
+        model.run_jobs(jobs, prefill=True)
     _sync(model, True)
     return (time.perf_counter() - t) * 1e3
 

@@ -10,19 +10,25 @@ weights:
   cache, at every exit boundary), reusing the KV cache of every layer.
 
 The decoding path is *row invariant*: the result for a position does not depend on how
-many other tokens or sequences share the forward, nor on how its sequence was chunked.
+many other tokens or sequences share the forward, nor on how its sequence was chunked
+(among forwards of one kind: ordinary forwards, or prefill forwards, below).
 BLAS picks its kernel (and so its reduction order) by shape, so every product on the
 decoding path has a shape that never depends on the batch:
 
 * linear layers and the exit head: rows in tiles of exactly ROW_TILE rows (the last one
   zero-padded), one (ROW_TILE, K) x (K, N) product per tile, all tiles in one batched
-  product against the weight stored column-major (`mm`, `_tiled`, `transposed`);
+  product against the weight stored column-major (`mm`, `_tiled`, `transposed`). A
+  prefill forward (`run` / `run_jobs` with prefill=True: what `generate` runs over a
+  prompt's tokens but its last, batched or alone alike) takes PREFILL_TILE-row tiles
+  instead (per row ~30 % cheaper than 8 on this CPU; a prefill's rows are many), so a
+  prompt position's bits depend on its having been prefilled, never on what else was;
 * attention (`_Rows.attend`): per (sequence, KV head), query rows in tiles of QUERY_TILE
   rows, each against KV blocks of KV_BLOCK keys: (QUERY_TILE, hd) x (hd, KV_BLOCK) and
   (QUERY_TILE, KV_BLOCK) x (KV_BLOCK, hd + 1) products; the row maximum over the blocks is
   exact in any order, the blocks are summed one after another, and a block beyond a
   sequence's length (present because a longer sequence shares the batch) adds exact
-  zeros. Its cost grows with the batch's length, not with the cache capacity. When the
+  zeros. A prefill forward takes PREFILL_QUERY_TILE-row query tiles (half as many
+  products). Its cost grows with the batch's length, not with the cache capacity. When the
   batch fills at least half its cache pool (decode steps, whole-batch prefills), it reads
   the KV store in place (no copy), one batched product per tile index.
 
@@ -83,27 +89,29 @@ class ModelArgs:
 
 
 ROW_TILE = 8  # linear layers and the exit head: rows in tiles of exactly this many
+PREFILL_TILE = 32  # the same, in prefill forwards (a prompt's tokens but its last: `prefill=True`)
 KV_BLOCK = 64  # attention: keys per block
+PREFILL_QUERY_TILE = 8  # the same in a prefill forward: half as many per-tile products as 4 rows
 QUERY_TILE = 4  # attention: query rows per tile (G per token). Not fewer: MKL's batched
 # (rows, KV_BLOCK) x (KV_BLOCK, hd + 1) product with 1..3 rows gives a row other bits at some
 # batch counts on this machine (with 4 or 8 it does not: tests/exec/test_model.py)
 
 
-def _tiled(x: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
-    """x @ w_t for x of a whole number of ROW_TILE-row tiles: one batched product, one
-    (ROW_TILE, K) x (K, N) product per tile, the weight (K, N) broadcast."""
-    nt = x.shape[0] // ROW_TILE
-    return torch.bmm(x.view(nt, ROW_TILE, x.shape[1]), w_t.expand(nt, *w_t.shape)).view(x.shape[0], w_t.shape[1])
+def _tiled(x: torch.Tensor, w_t: torch.Tensor, tile: int = ROW_TILE) -> torch.Tensor:
+    """x @ w_t for x of a whole number of `tile`-row tiles: one batched product, one
+    (tile, K) x (K, N) product per tile, the weight (K, N) broadcast."""
+    nt = x.shape[0] // tile
+    return torch.bmm(x.view(nt, tile, x.shape[1]), w_t.expand(nt, *w_t.shape)).view(x.shape[0], w_t.shape[1])
 
 
-def mm(x: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
+def mm(x: torch.Tensor, w_t: torch.Tensor, tile: int = ROW_TILE) -> torch.Tensor:
     """x @ w_t (w_t: a weight transposed, (K, N)), row invariant: the rows go in tiles of
-    exactly ROW_TILE rows (the last one zero-padded), so every product has the same shape
+    exactly `tile` rows (the last one zero-padded), so every product has the same shape
     whatever the number of rows, and a row's result depends on nothing but its own values
     (not on the other rows, nor on its slot in a tile: tested)."""
     n = x.shape[0]
-    pad = -n % ROW_TILE
-    return _tiled(F.pad(x, (0, 0, 0, pad)) if pad else x, w_t)[:n]
+    pad = -n % tile
+    return _tiled(F.pad(x, (0, 0, 0, pad)) if pad else x, w_t, tile)[:n]
 
 
 _PARAMETER_EPOCH = [0]  # bumped whenever any module registers a parameter (replacing one included)
@@ -203,21 +211,24 @@ def _decode_layer(x: torch.Tensor, w: tuple, layer: int, rows: "_Rows") -> torch
     sequences, concatenated and zero-padded to whole row tiles (`rows` says whose rows they
     are and where they sit); w: the layer's weights as `Transformer._decoding_weights` lays
     them out (norm weights, each product's weight transposed and broadcast over rows.nt
-    tiles). Every product has a fixed shape (`_tiled`'s (ROW_TILE, K) x (K, N) tiles,
-    `_Rows.attend`), so every row's result is bit-identical to running its sequence alone,
-    in any chunking. The op sequence is kept short: on the shipped model a decode step is
+    tiles; w13 as its two column halves, gate and up: two (ROW_TILE, K) x (K, ffn) products,
+    each weight half fits this CPU's 512 KB L2 where the whole did not: 2-5 % per decode step
+    at B = 1..16, measured side by side). Every product has a fixed shape ((rows.tile, K) x
+    (K, N) tiles, `_Rows.attend`), so every row's result is bit-identical to running its
+    sequence alone, in any chunking (prefill forwards: among prefill forwards). The op sequence is kept short: on the shipped model a decode step is
     dominated by per-op dispatch, not FLOPs."""
-    an, wqkv, wo, fn, w13, w2, nshape, eps = w
-    nt, Rp, R = rows.nt, rows.padded, rows.rows
+    an, wqkv, wo, fn, w1, w3, w2, nshape, eps = w
+    nt, Rp, R, RT = rows.nt, rows.padded, rows.rows, rows.tile
     H, KV, hd = rows.dims
     D = x.shape[1]
-    qkv = torch.bmm(F.rms_norm(x, nshape, an, eps).view(nt, ROW_TILE, D), wqkv).view(Rp, H + 2 * KV, hd)
+    qkv = torch.bmm(F.rms_norm(x, nshape, an, eps).view(nt, RT, D), wqkv).view(Rp, H + 2 * KV, hd)
     qk = qkv[:, :H + KV]  # RoPE (queries also scaled), rotate_half as a flip:
     qk = qk * rows.cos + qk.view(Rp, H + KV, 2, hd // 2).flip(2).view(Rp, H + KV, hd) * rows.sin
     rows.write(layer, qk[:R, H:], qkv[:R, H + KV:])
-    x = x + torch.bmm(rows.attend(layer, qk).view(nt, ROW_TILE, H * hd), wo).view(Rp, D)
-    g, u = torch.bmm(F.rms_norm(x, nshape, fn, eps).view(nt, ROW_TILE, D), w13).view(Rp, -1).chunk(2, dim=-1)
-    return x + torch.bmm((F.silu(g) * u).view(nt, ROW_TILE, -1), w2).view(Rp, D)
+    x = x + torch.bmm(rows.attend(layer, qk).view(nt, RT, H * hd), wo).view(Rp, D)
+    h = F.rms_norm(x, nshape, fn, eps).view(nt, RT, D)
+    g, u = torch.bmm(h, w1).view(Rp, -1), torch.bmm(h, w3).view(Rp, -1)  # w13's halves: each fits L2
+    return x + torch.bmm((F.silu(g) * u).view(nt, RT, -1), w2).view(Rp, D)
 
 
 class _Rows:
@@ -240,67 +251,102 @@ class _Rows:
     Both compute every (tile, block) product, maximum, sum and division by the same
     sequence of operations, so a row's bits do not depend on which way its batch went."""
 
-    def __init__(self, model: "Transformer", parts: list[tuple["Cache", int, int]]):
+    def __init__(self, model: "Transformer", parts: list[tuple["Cache", int, int]], prefill: bool = False):
         a = model.args
-        H, KV = a.n_heads, a.n_kv_heads
-        G, Tq, Bk = H // KV, QUERY_TILE, KV_BLOCK
+        Bk = KV_BLOCK
         dev = model.rope_cos.device
         self.rows = R = sum(n for _, n, _ in parts)
-        self.padded = Rp = -(-R // ROW_TILE) * ROW_TILE
-        self.nt = Rp // ROW_TILE
+        # the linear products' rows and the attention's query rows per tile: a prefill forward has its own
+        self.tile, self.qtile = tile, Tq = (PREFILL_TILE, PREFILL_QUERY_TILE) if prefill else (ROW_TILE, QUERY_TILE)
+        self.padded = Rp = -(-R // tile) * tile
+        self.nt = Rp // tile
         self.weights = model._decoding_weights(self.nt)  # per layer, broadcast over this forward's tiles
         self.nb = nb = -(-max(p0 + n for _, n, p0 in parts) // Bk)
-        self.tiles = T = max(-(-(n * G) // Tq) for _, n, _ in parts)
-        self.dims = (H, KV, a.head_dim)
-        stores = [c.store for c, _, _ in parts]
-        for st in stores:
-            st.need(nb)
-        self.in_place = all(s is stores[0] for s in stores) and stores[0].slots <= 2 * len(parts)
-        self.entries = E = KV * (stores[0].slots if self.in_place else len(parts))
-        self.groups: list = []  # runs of consecutive parts sharing a store: [store, write rows, blocks, entries]
-        if self.in_place:
-            self.groups.append([stores[0], [], None, 0])
-        # query row j of tile (t, entry) = row qi[t][entry][j] of qk viewed (Rp * (H + KV), hd);
-        # idle slots: any real query (row 0), key 0 visible
+        self.dims = (a.n_heads, a.n_kv_heads, a.head_dim)
+        runs = []  # the store of every run of consecutive parts sharing one
+        for c, _, _ in parts:
+            if not runs or runs[-1] is not c.store:
+                runs.append(c.store)
+                c.store.need(nb)
+        first: dict = {}  # store -> its rank of first appearance: the layout depends on nothing else
+        key = (str(dev), tile, Tq,
+               tuple((first.setdefault(id(c.store), len(first)), c.store.slots, c.slot, n) for c, n, _ in parts))
+        plan = model._row_plan(key)
+        T, E = self.tiles, self.entries = plan["T"], plan["E"]
+        self.in_place = plan["in_place"]
+        # the positions: the only thing that changes from one decode step to the next
+        p0 = torch.tensor([p for _, _, p in parts] + [0], device=dev)  # + 0 for padding rows / idle entries
+        pos = p0[plan["row_part"]] + plan["row_tok"]
+        cos, sin = model._rope_rows()
+        self.cos, self.sin = cos[pos], sin[pos]  # (Rp, H + KV, hd): the queries' 1/sqrt(hd) rides on the rotation
+        self.groups = []  # runs of consecutive parts sharing a store: [store, write rows, blocks, entries]
+        for st, (w_part, w_tok, w_c, mult, blk_c) in zip(runs, plan["groups"]):
+            q = p0[w_part] + w_tok
+            rows_w = torch.div(q, Bk, rounding_mode="floor").mul_(mult).add_(w_c).mul_(Bk).add_(q % Bk)
+            blocks = None if blk_c is None else \
+                (torch.arange(nb, device=dev)[:, None] * mult + blk_c[None, :]).reshape(-1)  # laid out (nb, entries)
+            self.groups.append([st, rows_w, blocks, 0 if blk_c is None else blk_c.shape[0]])
+        self.qidx = plan["qi"].view(T, 1, E, Tq).expand(T, nb, E, Tq).reshape(-1)
+        self.oidx = plan["oi"]
+        qp = (p0[plan["q_part"]] + plan["q_tok"]).view(T, 1, E, Tq, 1)
+        self.mask = torch.zeros(T, nb, E, Tq, Bk, device=dev, dtype=model.rope_cos.dtype).masked_fill_(
+            plan["keys"][:, :nb] > qp, float("-inf"))  # additive causal mask
+
+    @staticmethod
+    def layout(args: ModelArgs, key: tuple) -> dict:
+        """The position-independent part of a plan (built once per layout `key` = (row
+        tile, per part: (its store's rank, the store's slots, slot, rows))): which part and
+        token every row, query row and KV write belongs to, the query and output gathers.
+        `__init__` adds the positions (a few tensor ops), so a decode step whose batch
+        keeps its layout rebuilds no Python lists."""
+        H, KV = args.n_heads, args.n_kv_heads
+        G, Bk = H // KV, KV_BLOCK
+        dev, tile, Tq, parts = key
+        R = sum(n for *_, n in parts)
+        Rp = -(-R // tile) * tile
+        T = max(-(-(n * G) // Tq) for *_, n in parts)
+        in_place = all(st == 0 for st, *_ in parts) and parts[0][1] <= 2 * len(parts)
+        E = KV * (parts[0][1] if in_place else len(parts))
+        P = len(parts)  # p0 index of the padding rows / idle entries (position 0)
+        # query row j of tile (t, entry) = row qi[t][entry][j] of qk viewed (Rp * (H + KV), hd), position
+        # p0[q_part] + q_tok; idle slots: any real query (row 0), key 0 visible
         qi = [[[0] * Tq for _ in range(E)] for _ in range(T)]
-        qpos = [[[0] * Tq for _ in range(E)] for _ in range(T)]
-        oi, pos, r = [0] * (Rp * H), [], 0
-        for i, (c, n, p0) in enumerate(parts):
-            st, slots, s = c.store, c.store.slots, c.slot
-            if not self.groups or self.groups[-1][0] is not st:
-                self.groups.append([st, [], [], 0])
-            grp = self.groups[-1]
-            pos.extend(range(p0, p0 + n))
+        q_part = [[[P] * Tq for _ in range(E)] for _ in range(T)]
+        q_tok = [[[0] * Tq for _ in range(E)] for _ in range(T)]
+        oi, row_part, row_tok, r = [0] * (Rp * H), [], [], 0
+        groups: list = []  # per store run: [write part, write token, write (head * slots + slot), KV * slots, blocks]
+        for i, (st, slots, s, n) in enumerate(parts):
+            if not groups or groups[-1][5] != st:
+                groups.append([[], [], [], KV * slots, None if in_place else [], st])
+            grp = groups[-1]
+            row_part += [i] * n
+            row_tok += range(n)
             for t in range(n):
-                p = p0 + t
-                grp[1].extend(((p // Bk * KV + h) * slots + s) * Bk + p % Bk for h in range(KV))
+                grp[0] += [i] * KV
+                grp[1] += [t] * KV
+                grp[2] += [h * slots + s for h in range(KV)]
             for h in range(KV):
-                ent = h * slots + s if self.in_place else i * KV + h
+                ent = h * slots + s if in_place else i * KV + h
                 for k in range(T * Tq):  # query row k of this entry: token k // G, head h*G + k % G
                     tok, head = (k // G, h * G + k % G) if k < n * G else (0, h * G)
-                    qi[k // Tq][ent][k % Tq], qpos[k // Tq][ent][k % Tq] = (r + tok) * (H + KV) + head, p0 + tok
+                    t, j = k // Tq, k % Tq
+                    qi[t][ent][j], q_part[t][ent][j], q_tok[t][ent][j] = (r + tok) * (H + KV) + head, i, tok
                     if k < n * G:
-                        oi[(r + tok) * H + head] = ((k // Tq) * E + ent) * Tq + k % Tq
-                if not self.in_place:
-                    grp[2].append([(b * KV + h) * slots + s for b in range(nb)])
-                    grp[3] += 1
+                        oi[(r + tok) * H + head] = (t * E + ent) * Tq + j
+                if not in_place:
+                    grp[4].append(h * slots + s)
             r += n
-        pos.extend([0] * (Rp - R))
-        p = torch.tensor(pos, device=dev)
-        h = a.head_dim // 2
-        scale = torch.tensor([1.0 / math.sqrt(a.head_dim)] * H + [1.0] * KV, device=dev)[:, None]
-        self.cos = model.rope_cos[p][:, None] * scale  # the queries' 1/sqrt(hd) rides on the rotation
-        self.sin = torch.cat([-model.rope_sin[p][:, :h], model.rope_sin[p][:, h:]], -1)[:, None] * scale
-        for grp in self.groups:
-            grp[1] = torch.tensor(grp[1], device=dev)
-            if grp[2] is not None:  # blocks laid out (nb, entries)
-                grp[2] = torch.tensor(grp[2], device=dev).t().reshape(-1)
-        self.qidx = torch.tensor(qi, device=dev).view(T, 1, E, Tq).expand(T, nb, E, Tq).reshape(-1)
-        self.oidx = torch.tensor(oi, device=dev)
-        keys = torch.arange(nb * Bk, device=dev).view(1, nb, 1, 1, Bk)
-        qp = torch.tensor(qpos, device=dev).view(T, 1, E, Tq, 1)
-        self.mask = torch.zeros(T, nb, E, Tq, Bk, device=dev, dtype=model.rope_cos.dtype).masked_fill_(
-            keys > qp, float("-inf"))  # additive causal mask
+        row_part += [P] * (Rp - R)
+        row_tok += [0] * (Rp - R)
+
+        def t_(x):
+            return torch.tensor(x, device=dev)
+
+        return {"T": T, "E": E, "in_place": in_place, "qi": t_(qi).reshape(-1), "oi": t_(oi),
+                "q_part": t_(q_part).reshape(-1), "q_tok": t_(q_tok).reshape(-1),
+                "row_part": t_(row_part), "row_tok": t_(row_tok),
+                "keys": torch.arange(-(-args.max_seq_len // Bk) * Bk, device=dev).view(1, -1, 1, 1, Bk),
+                "groups": [(t_(g[0]), t_(g[1]), t_(g[2]), g[3], None if g[4] is None else t_(g[4])) for g in groups]}
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store the new rows' keys and values (R, KV, hd) at their positions."""
@@ -327,7 +373,7 @@ class _Rows:
         block has P = 0 exactly, so it adds exact zeros: how many blocks a batch carries
         changes no sequence's bits."""
         H, KV, hd = self.dims
-        E, nb, T, Tq, Bk = self.entries, self.nb, self.tiles, QUERY_TILE, KV_BLOCK
+        E, nb, T, Tq, Bk = self.entries, self.nb, self.tiles, self.qtile, KV_BLOCK
         if self.in_place:
             st = self.groups[0][0]
             Kt = st.k_blocks_t[layer, :nb * E]
@@ -514,8 +560,8 @@ class Transformer(nn.Module):
 
     # -- decoding -------------------------------------------------------------------
     def _decoding_weights(self, nt: int) -> list[tuple]:
-        """Per layer: (attention norm weight, wqkv, wo, ffn norm weight, w13, w2, norm shape,
-        eps), each product's weight transposed (`transposed`: a view, no copy) and broadcast
+        """Per layer: (attention norm weight, wqkv, wo, ffn norm weight, w1, w3 (w13's column
+        halves), w2, norm shape, eps), each product's weight transposed (`transposed`: a view, no copy) and broadcast
         over nt row tiles (a view). Made once per tile count and kept: a decode step is
         dispatch-bound, and these are ~10 torch calls per layer. Remade when a parameter
         is replaced (any parameter registration) or its storage moves (.to(), `.data =`),
@@ -524,7 +570,7 @@ class Transformer(nn.Module):
         if nt not in per_nt:
             shape, eps = (self.args.dim,), self.args.norm_eps
             per_nt[nt] = [(an, wqkv.expand(nt, *wqkv.shape), wo.expand(nt, *wo.shape), fn,
-                           w13.expand(nt, *w13.shape), w2.expand(nt, *w2.shape), shape, eps)
+                           *(w.expand(nt, *w.shape) for w in w13.chunk(2, dim=1)), w2.expand(nt, *w2.shape), shape, eps)
                           for an, wqkv, wo, w13, w2, fn in layers]
         return per_nt[nt]
 
@@ -546,15 +592,44 @@ class Transformer(nn.Module):
         dw = self.__dict__["_dw"] = (_PARAMETER_EPOCH[0], [w.data_ptr() for w in flat], flat, {}, layers, head)
         return dw
 
+    def _row_plan(self, key: tuple) -> dict:
+        """`_Rows.layout(key)`, kept: a decode step's batch keeps its layout from one step to
+        the next (only the positions move). At most 256 layouts are kept."""
+        plans = self.__dict__.setdefault("_plans", {})
+        plan = plans.get(key)
+        if plan is None:
+            if len(plans) >= 256:
+                plans.clear()
+            plan = plans[key] = _Rows.layout(self.args, key)
+        return plan
+
+    def _rope_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE tables per position and head, (max_seq_len, H + KV, hd): cos, and sin with its
+        first half negated (rotate_half as a flip), both times the queries' 1/sqrt(hd) (1 for
+        the keys): the same products `_decode_layer` used to take per forward, made once."""
+        tables = self.__dict__.get("_rope")
+        if tables is None or tables[0] != (self.rope_cos.data_ptr(), self.rope_cos._version):
+            a = self.args
+            h = a.head_dim // 2
+            scale = torch.tensor([1.0 / math.sqrt(a.head_dim)] * a.n_heads + [1.0] * a.n_kv_heads,
+                                 device=self.rope_cos.device)[:, None]
+            sin = torch.cat([-self.rope_sin[:, :h], self.rope_sin[:, h:]], -1)
+            tables = self.__dict__["_rope"] = ((self.rope_cos.data_ptr(), self.rope_cos._version),
+                                               self.rope_cos[:, None] * scale, sin[:, None] * scale)
+        return tables[1], tables[2]
+
     def new_cache(self, capacity: int | None = None) -> Cache:
         p = self.tok_embeddings.weight
         return Cache(self.args, device=p.device, dtype=p.dtype, capacity=capacity)
 
     @torch.no_grad()
-    def run(self, cache: Cache, a: int, b: int, tokens: torch.Tensor | None = None) -> torch.Tensor:
+    def run(self, cache: Cache, a: int, b: int, tokens: torch.Tensor | None = None,
+            prefill: bool = False) -> torch.Tensor:
         """Run layers a+1..b (1-based, inclusive). a == 0: over the new `tokens` (1-D ids);
         a > 0: over every position layer a produced that layer a+1 has not consumed.
-        Returns the hidden states after layer b (n, dim) and keeps them at boundary b."""
+        Returns the hidden states after layer b (n, dim) and keeps them at boundary b.
+        prefill: a prefill forward (a prompt's tokens but its last, as `generate` runs
+        them): the linear products take PREFILL_TILE-row tiles instead of ROW_TILE."""
         L = self.args.n_layers
         if not 0 <= a < b <= L:
             raise ValueError(f"layers: need 0 <= a < b <= {L}, got a={a} b={b}")
@@ -573,7 +648,7 @@ class Transformer(nn.Module):
         n = x.shape[0]
         if pos0 + n > cache.capacity:
             raise ValueError(f"capacity: sequence of {pos0 + n} tokens exceeds the cache capacity {cache.capacity}")
-        rows = _Rows(self, [(cache, n, pos0)])
+        rows = _Rows(self, [(cache, n, pos0)], prefill)
         x = _pad_rows([x], rows.padded)
         for l in range(a, b):
             x = _decode_layer(x, rows.weights[l], l, rows)
@@ -589,14 +664,15 @@ class Transformer(nn.Module):
         return CachePool(self.args, slots, device=p.device, dtype=p.dtype, capacity=capacity)
 
     @torch.no_grad()
-    def run_jobs(self, jobs: list[tuple[Cache, int, torch.Tensor | None]]) -> list[torch.Tensor]:
+    def run_jobs(self, jobs: list[tuple[Cache, int, torch.Tensor | None]], prefill: bool = False) -> list[torch.Tensor]:
         """One forward over several sequences (layer-range batching). Job (cache, b, tokens):
         in that sequence, run everything waiting below layer b+1 through layers up to b --
         at layer 1 the new `tokens`, at layer l > 1 every position layer l-1 has produced
         (in this forward or an earlier one) and layer l has not consumed. At each layer the
         rows of every job that reaches it are concatenated (one sequence per cache). Returns
         each job's rows after its layer b, (n_i, dim), kept at boundary b (when b < L).
-        Each sequence's results are bit-identical to running it alone with `run`."""
+        Each sequence's results are bit-identical to running it alone with `run` (with the
+        same `prefill`: PREFILL_TILE-row linear tiles in a prefill forward, see `run`)."""
         L = self.args.n_layers
         cur: list = []  # per job: (tensor, first row, n, pos0) of the rows it carries, or None
         toks, r = [], 0
@@ -621,7 +697,7 @@ class Transformer(nn.Module):
         top = max(b for _, b, _ in jobs)
         if all(b == top and t is not None and c.lens[1:top + 1] == [t[3]] * top
                for (c, b, _), t in zip(jobs, cur)):
-            return self._run_uniform(jobs, cur, top)
+            return self._run_uniform(jobs, cur, top, prefill)
         X, rows, sig_prev = None, None, None
         for l in range(1, top + 1):
             sig, pieces = [], []
@@ -644,7 +720,7 @@ class Transformer(nn.Module):
             if not sig:
                 continue
             if sig != sig_prev:  # other rows than the previous layer's output: a new plan
-                rows = _Rows(self, [(jobs[i][0], n, p0) for i, n, p0 in sig])
+                rows = _Rows(self, [(jobs[i][0], n, p0) for i, n, p0 in sig], prefill)
                 X = _pad_rows([t[0][t[1]:t[1] + t[2]] for t in pieces], rows.padded)
             X = _decode_layer(X, rows.weights[l - 1], l - 1, rows)
             r = 0
@@ -663,14 +739,14 @@ class Transformer(nn.Module):
             out.append(x)
         return out
 
-    def _run_uniform(self, jobs, cur, top: int) -> list[torch.Tensor]:
+    def _run_uniform(self, jobs, cur, top: int, prefill: bool) -> list[torch.Tensor]:
         """run_jobs when every job runs its new rows alone through layers 1..top (nothing
         waiting at a boundary: decode steps, prefills, synchronous draft steps): the same
         rows at every layer, so one index plan and no per-layer bookkeeping. The same
         products as the general path (which would build this very plan at layer 1 and
         keep it)."""
         L = self.args.n_layers
-        rows = _Rows(self, [(c, t[2], t[3]) for (c, _, _), t in zip(jobs, cur)])
+        rows = _Rows(self, [(c, t[2], t[3]) for (c, _, _), t in zip(jobs, cur)], prefill)
         X = _pad_rows([cur[0][0]], rows.padded)  # every job's new rows, in job order: the embedding lookup
         for l in range(top):
             X = _decode_layer(X, rows.weights[l], l, rows)

@@ -6,7 +6,7 @@ any number of tiles, random neighbours). Comparisons with another code path are 
 or tie-aware instead."""
 import torch
 
-from hispec_exec.model import KV_BLOCK, QUERY_TILE, ROW_TILE, mm
+from hispec_exec.model import KV_BLOCK, PREFILL_QUERY_TILE, PREFILL_TILE, QUERY_TILE, ROW_TILE, mm
 
 from exec_helpers import random_model
 
@@ -36,22 +36,27 @@ def test_mm_rows_match_single_row():
 
 def test_tile_row_depends_on_nothing_but_itself():
     """The premise of the design, on this CPU, for the model's product shapes: a row put in
-    any slot of a tile, among random rows, in any of 1..4 tiles, comes out with the same bits
-    as alone; and so for the attention's (QUERY_TILE, hd) x (hd, KV_BLOCK) and
-    (QUERY_TILE, KV_BLOCK) x (KV_BLOCK, hd + 1) pieces, batched over any number of entries
+    any slot of a tile (ROW_TILE rows, and PREFILL_TILE rows: prefill forwards), among random
+    rows, in any of 1..4 or 48 tiles, comes out with the same bits as alone; and so for the
+    attention's (q, hd) x (hd, KV_BLOCK) and (q, KV_BLOCK) x (KV_BLOCK, hd + 1) pieces, q =
+    QUERY_TILE and PREFILL_QUERY_TILE (prefill forwards), batched over any number of entries
     (hd = 40: the shipped model; 16: a random test model)."""
     g = torch.Generator().manual_seed(1)
-    for n_out, k in ((320, 160), (896, 160), (160, 448), (256, 160), (96, 40)):
-        w, row = torch.randn(k, n_out, generator=g), torch.randn(1, k, generator=g)
-        ref = mm(row, w)
-        for tiles in (1, 2, 4):
-            for slot in range(ROW_TILE * tiles):
-                x = torch.randn(ROW_TILE * tiles, k, generator=g)
-                x[slot] = row[0]
-                assert torch.equal(mm(x, w)[slot:slot + 1], ref), (n_out, k, tiles, slot)
-    for hd in (40, 16):
-        for a_shape, b_shape, transposed in (((QUERY_TILE, hd), (KV_BLOCK, hd), True),  # scores: Q K^T, K a view
-                                             ((QUERY_TILE, KV_BLOCK), (KV_BLOCK, hd + 1), False)):  # P [V | 1]
+    for n_out, k, half in ((320, 160, False), (448, 160, True), (896, 160, False), (160, 448, False),
+                           (256, 160, False), (96, 40, False)):
+        # half: a column half of a (k, 2 n_out) weight, as the decoding path multiplies w13's halves
+        w = torch.randn(k, 2 * n_out, generator=g)[:, n_out:] if half else torch.randn(k, n_out, generator=g)
+        row = torch.randn(1, k, generator=g)
+        for tile in (ROW_TILE, PREFILL_TILE):
+            ref = mm(row, w, tile)
+            for tiles in (1, 2, 4, 48):  # 48: a 1,536-row prefill forward (32 prompts of ~48 tokens)
+                for slot in range(tile * tiles) if tiles <= 4 else (0, tile - 1, tile * tiles // 2, tile * tiles - 1):
+                    x = torch.randn(tile * tiles, k, generator=g)
+                    x[slot] = row[0]
+                    assert torch.equal(mm(x, w, tile)[slot:slot + 1], ref), (n_out, k, tile, tiles, slot)
+    for hd, qt in ((40, QUERY_TILE), (16, QUERY_TILE), (40, PREFILL_QUERY_TILE), (16, PREFILL_QUERY_TILE)):
+        for a_shape, b_shape, transposed in (((qt, hd), (KV_BLOCK, hd), True),  # scores: Q K^T, K a view
+                                             ((qt, KV_BLOCK), (KV_BLOCK, hd + 1), False)):  # P [V | 1]
             a, b = torch.randn(*a_shape, generator=g), torch.randn(*b_shape, generator=g)
             ref = torch.bmm(a[None], b[None].transpose(1, 2) if transposed else b[None])[0]
             for entries in (2, 3, 5, 16, 64, 128, 500):
@@ -65,7 +70,9 @@ def test_batched_rows_equal_alone_in_any_company():
     """A sequence's rows in a layer-range-batched forward (`run_jobs`) carry the same bits
     as the sequence alone, whatever its company: other sequences of other lengths (so other
     numbers of KV blocks), other row counts (so other tiles and the gathered attention
-    layout), pool slots in any order, idle slots holding stale values."""
+    layout), pool slots in any order, idle slots holding stale values; the prompts go in a
+    prefill forward (`prefill=True`, PREFILL_TILE-row tiles) on both sides, as `generate`
+    runs them."""
     from exec_helpers import random_model
 
     m = random_model(seed=2, ctx=200)
@@ -75,13 +82,13 @@ def test_batched_rows_equal_alone_in_any_company():
     alone = []
     for s in seqs:  # alone: prefill all but the last 2 tokens, then one at a time
         c = m.new_cache(200)
-        outs = [m.head(m.run(c, 0, L, s[:-2]))] if len(s) > 2 else []
+        outs = [m.head(m.run(c, 0, L, s[:-2], prefill=True))] if len(s) > 2 else []
         outs += [m.head(m.run(c, 0, L, s[i:i + 1])) for i in range(max(0, len(s) - 2), len(s))]
         alone.append(torch.cat(outs))
     pool = m.new_pool(8, 200)
     order = [5, 0, 3, 7, 1, 2]  # slots out of order, two idle
     cs = [pool.cache(sl) for sl in order]
-    pre = m.run_jobs([(c, L, s[:-2]) for c, s in zip(cs, seqs) if len(s) > 2])
+    pre = m.run_jobs([(c, L, s[:-2]) for c, s in zip(cs, seqs) if len(s) > 2], prefill=True)
     for idle in (4, 6):  # whatever the idle slots hold (the decode steps compute them too) must not matter
         pool.k[:, :, :, idle].normal_(generator=g)
         pool.v[:, :, :, idle].normal_(generator=g)
