@@ -63,15 +63,20 @@ def first_difference(tokens: Sequence[int], reference: Sequence[int]) -> int | N
     return None if len(tokens) == len(reference) else min(len(tokens), len(reference))
 
 
-def full_model_logits(model) -> LogitsFn:
-    """Next-token logits of our model's full depth after `ids`, through the decoding path
-    (the same fixed-shape products `decode` runs, so the logits are those decoding saw)."""
+def full_model_logits(model, prefill: int = 0) -> LogitsFn:
+    """Next-token logits of our model's full depth after `ids`, through the decoding path:
+    the first `prefill` ids in a prefill forward (decoding prefills a prompt but its last
+    token: generate.run_prefill), the rest in one forward of the fixed-shape products that
+    decoding's steps and checks run, so the logits are those decoding saw."""
 
     @torch.no_grad()
     def fn(ids: Sequence[int]) -> torch.Tensor:
         dev = model.tok_embeddings.weight.device
         cache = model.new_cache()
-        x = model.run(cache, 0, model.num_layers, torch.tensor(list(ids), device=dev))
+        ids = list(ids)
+        if prefill:
+            model.run(cache, 0, model.num_layers, torch.tensor(ids[:prefill], device=dev), prefill=True)
+        x = model.run(cache, 0, model.num_layers, torch.tensor(ids[prefill:], device=dev))
         return model.head(x[-1:])[0].float().cpu()
 
     return fn
@@ -103,7 +108,8 @@ def greedy_check(model, prompts: Sequence[Sequence[int]], outputs: Sequence[Sequ
     out: dict = {"identical_to_autoregressive": not diffs}
     if diffs:
         j = diffs[0]
-        d = divergence(full_model_logits(model), prompts[j % len(prompts)], outputs[j], references[j])
+        prompt = prompts[j % len(prompts)]
+        d = divergence(full_model_logits(model, len(prompt) - 1), prompt, outputs[j], references[j])
         out["runs_differing"] = len(diffs)
         out["first_divergence"] = {"run": j, "prompt": j % len(prompts), **d.to_dict()}
         out["first_divergence_text"] = d.describe()

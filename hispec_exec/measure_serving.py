@@ -53,16 +53,19 @@ from .measure import (
 from .model import Transformer
 
 BATCHES = [1, 2, 3, 4, 6, 8, 12, 16]
-ROWS = [1, 2, 3, 4, 6, 8, 16, 32, 64]  # decode steps and checks, then prompt (prefill) sizes
+ROWS = [1, 2, 3, 4, 6, 8, 16, 32, 64]  # decode steps and checks (and longer buffers)
+PREFILL_ROWS = [4, 8, 16, 32, 64]  # prompt tokens per sequence of the prefill grid
 MAX_CELL_ROWS = 256  # cells of more rows in all are left to the table's linear part (prefills of many prompts)
 
 
 @torch.no_grad()
 def batch_layer_grid(model: Transformer, batches: list[int] = BATCHES, rows: list[int] = ROWS, context: int = 0,
-                     repeats: int = 8, seed: int = 0, clock=time.perf_counter, table: LatencyTable | None = None) -> dict:
+                     repeats: int = 8, seed: int = 0, clock=time.perf_counter, table: LatencyTable | None = None,
+                     prefill: bool = False) -> dict:
     """ms of ONE layer of `run_jobs` for b sequences (consecutive pool slots) with n new
     tokens each after `context` cached ones, over batches x rows; and the per-forward part
-    (the 1-layer forward minus one layer)."""
+    (the 1-layer forward minus one layer). prefill: prefill forwards (`run_jobs(...,
+    prefill=True)`: the prompt tiles `generate.run_prefill` runs)."""
     L = model.num_layers
     dev = model.tok_embeddings.weight.device
     cuda = dev.type == "cuda"
@@ -87,7 +90,7 @@ def batch_layer_grid(model: Transformer, batches: list[int] = BATCHES, rows: lis
         def f():
             for c in caches[:b]:
                 c.lens[1:layers + 1] = [context] * layers
-            model.run_jobs([(caches[s], layers, toks[n][s]) for s in range(b)])
+            model.run_jobs([(caches[s], layers, toks[n][s]) for s in range(b)], prefill=prefill)
         return f
 
     per_layer: dict = {c: [] for c in cells}
@@ -234,12 +237,12 @@ def design_for(repeats: int) -> dict:
     4 rounds on, a small one below (quick checks)."""
     if repeats >= 4:
         return {"repeats": min(repeats, 8), "rounds": 2}
-    return {"repeats": repeats, "rounds": 1, "batches": [1, 2, 4], "rows": [1, 2, 8], "max_new": 8}
+    return {"repeats": repeats, "rounds": 1, "batches": [1, 2, 4], "rows": [1, 2, 8], "max_new": 8, "prefill_rows": [4, 16]}
 
 
 def measure_serving(model: Transformer, table: LatencyTable, env: str = "", repeats: int = 8, rounds: int = 2,
                     batches: list[int] = BATCHES, rows: list[int] = ROWS, seed: int = 0, log=None,
-                    clock=None, max_new: int = 24) -> ServingCalibration:
+                    clock=None, max_new: int = 24, prefill_rows: list[int] = PREFILL_ROWS) -> ServingCalibration:
     """The serving calibration of `table` (measured on this model and machine). clock:
     None = wall time; a hispec_exec.serve.CpuClock = this process's CPU time (to compare
     with `hispec-exec serve --clock cpu` on a loaded machine)."""
@@ -249,12 +252,14 @@ def measure_serving(model: Transformer, table: LatencyTable, env: str = "", repe
     probe = lambda: reference_ms(model, repeats=7, clock=clk)  # noqa: E731 -- the machine's speed now
     before = probe()
     grid = batch_layer_grid(model, batches, rows, 0, repeats, seed, clk, table)  # attention beyond: the table's increments
+    pre = batch_layer_grid(model, batches, prefill_rows, 0, repeats, seed + 1, clk, table, prefill=True)
     ref = (before + probe()) / 2
     cal = ServingCalibration(batches=grid["batches"], rows=grid["rows"], context=grid["context"],
                              layer_ms=np.round(grid["layer_ms"], 6).tolist(),
                              layer_ms_se=np.round(grid["layer_ms_se"], 6).tolist(),
+                             prefill_rows=pre["rows"], prefill_layer_ms=np.round(pre["layer_ms"], 6).tolist(),
                              source=Source(kind="measured", detail="pending"))
-    log(f"serving: batch grid done in {grid['seconds']:.0f} s; fitting step overheads on serve() iterations")
+    log(f"serving: batch grids done in {grid['seconds'] + pre['seconds']:.0f} s; fitting step overheads on serve() iterations")
     fit = fit_step_overheads(model, table.model_copy(update={"serving": cal}), [b for b in batches if b <= 8] or batches[:1], rounds, max_new,
                              seed=seed, clock=clock, probe=probe, reference=ref)
     how = "wall time" if clock is None else "process CPU time (CpuClock)"
@@ -262,7 +267,9 @@ def measure_serving(model: Transformer, table: LatencyTable, env: str = "", repe
     detail = (f"{how}; Transformer.run_jobs over a CachePool, b x n = {batches} x {rows}, context {grid['context']} (cells of more than {MAX_CELL_ROWS} rows in all: the table's linear part beyond "
               f"the last timed rows): one layer "
               f"in situ ((L-layer - 1-layer forward) / (L - 1)), {repeats} interleaved rounds, samples beyond "
-              f"{OUTLIER_MADS} MADs rejected, fitted non-decreasing in b and n ({grid['seconds']:.0f} s); forward "
+              f"{OUTLIER_MADS} MADs rejected, fitted non-decreasing in b and n ({grid['seconds']:.0f} s); prefill forwards "
+              f"(run_jobs(..., prefill=True): the prompt tiles) the same way over b x n = {batches} x {prefill_rows} "
+              f"({pre['seconds']:.0f} s); forward "
               f"scale {fit['forward_scale']:.3f} ({'fitted' if fit['scale_fitted'] else 'fixed: ill-determined'}) and step "
               f"overheads by NNLS on {fit['iterations']} serve() iterations ({fit['rejected']} outliers rejected) of "
               f"{fit['plans']} over closed batches, median |residual| {fit['residual_ms_median_abs']:.3f} ms, standard "

@@ -190,20 +190,24 @@ class CostModel:
         return float(self.forward([(num_layers, 1)], 1))
 
 
-def serving_layer_ms(table: LatencyTable, nseq, rows) -> np.ndarray:
+def serving_layer_ms(table: LatencyTable, nseq, rows, prefill: bool = False) -> np.ndarray:
     """One layer of a serving step for `nseq` sequences carrying `rows` new tokens in total
     (arrays broadcast), at the calibration's context: `table.serving`'s measured grid read
     at (nseq, rows / nseq); beyond its last rows per sequence, plus the table's linear part
     for the extra rows; beyond its last batch, extrapolated along the batch from the last
-    two batches (slope >= 0). Without a calibration: the table's linear part at `rows`
-    (one sequence of that many tokens). No sequence costs nothing."""
+    two batches (slope >= 0). prefill: a prefill forward, read from the calibration's
+    prefill grid (the executor runs prompts in larger tiles) where it has one. Without a
+    calibration: the table's linear part at `rows` (one sequence of that many tokens). No
+    sequence costs nothing."""
     nseq, rows = np.broadcast_arrays(np.asarray(nseq, float), np.asarray(rows, float))
     cal = table.serving
     if cal is None:
         return np.where(nseq > 0, linear_layer_ms(table, np.maximum(rows, 1)), 0.0)
     b_ax = np.asarray(cal.batches, float)
-    r_ax = np.asarray(cal.rows, float)
-    grid = np.asarray(cal.layer_ms, float)
+    if prefill and cal.prefill_layer_ms is not None:
+        r_ax, grid = np.asarray(cal.prefill_rows, float), np.asarray(cal.prefill_layer_ms, float)
+    else:
+        r_ax, grid = np.asarray(cal.rows, float), np.asarray(cal.layer_ms, float)
     b = np.maximum(nseq, 1.0)
     per = np.maximum(rows, 1.0) / b
     r_in = np.clip(per, r_ax[0], r_ax[-1])

@@ -297,16 +297,26 @@ class ServingCalibration(Strict):
     forward_scale_se: float | None = Field(None, ge=0)
     step_noise: StepNoise | None = Field(
         None, description="measured step-time noise; None (older profiles): deterministic steps")
+    prefill_rows: list[int] | None = Field(
+        None, description="prompt tokens per sequence of the prefill grid; None (older profiles): prefills read layer_ms")
+    prefill_layer_ms: list[list[float]] | None = Field(
+        None, description="ONE layer of a prefill forward (the executor's prefill tiles), len(batches) x len(prefill_rows)")
     source: Source
 
     @model_validator(mode="after")
     def _grid(self) -> "ServingCalibration":
-        for name, axis in (("batches", self.batches), ("rows", self.rows)):
-            if any(b <= a for a, b in zip(axis, axis[1:])) or axis[0] < 1:
+        grids = [("rows", self.rows, "layer_ms", self.layer_ms)]
+        if (self.prefill_rows is None) != (self.prefill_layer_ms is None):
+            raise ValueError("serving.prefill_rows: prefill_rows and prefill_layer_ms come together")
+        if self.prefill_rows is not None:
+            grids.append(("prefill_rows", self.prefill_rows, "prefill_layer_ms", self.prefill_layer_ms))
+        for name, axis in [("batches", self.batches)] + [(n, a) for n, a, _, _ in grids]:
+            if not axis or any(b <= a for a, b in zip(axis, axis[1:])) or axis[0] < 1:
                 raise ValueError(f"serving.{name}: must be increasing, >= 1")
-        if len(self.layer_ms) != len(self.batches) or any(len(r) != len(self.rows) for r in self.layer_ms):
-            raise ValueError("serving.layer_ms: must be len(batches) x len(rows)")
-        _finite_nonneg([v for r in self.layer_ms for v in r], "serving.layer_ms")
+        for rows_name, rows, name, grid in grids:
+            if len(grid) != len(self.batches) or any(len(r) != len(rows) for r in grid):
+                raise ValueError(f"serving.{name}: must be len(batches) x len({rows_name})")
+            _finite_nonneg([v for r in grid for v in r], f"serving.{name}")
         return self
 
 

@@ -244,17 +244,17 @@ class StepCost:
         return float(L * (per + self.per_layer) + self.fixed)
 
     def _prefill_grid_ms(self, prompts: int, total: int) -> float:
-        """scale x serving_layer_ms(prompts, total), read from the row of `prompts` (the same
+        """scale x serving_layer_ms(prompts, total, prefill=True), read from the row of `prompts` (the same
         elementwise arithmetic as one scalar call, so the same value)."""
         row = self.prefill_linear_at.get(prompts)
         if row is None:
             top = int(self.prefill_top[min(prompts, len(self.prefill_top)) - 1])
             # a row of at most 2^21 totals (prompts of thousands of tokens: beyond, one call each)
-            row = self.scale * serving_layer_ms(self.table, prompts, np.arange(min(top, 1 << 21) + 1))
+            row = self.scale * serving_layer_ms(self.table, prompts, np.arange(min(top, 1 << 21) + 1), prefill=True)
             self.prefill_linear_at[prompts] = row
         if total < len(row):
             return float(row[total])
-        return self.scale * float(serving_layer_ms(self.table, prompts, total))  # prompts not among the given ones
+        return self.scale * float(serving_layer_ms(self.table, prompts, total, prefill=True))  # prompts not among the given ones
 
 
 # --------------------------------------------------------------------------- the engine

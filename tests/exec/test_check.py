@@ -102,3 +102,17 @@ def test_run_check_reports_first_divergence(monkeypatch, capsys, tmp_path):
     fd = out["first_divergence"]
     assert fd["position"] == 5 and fd["token"] != fd["reference_token"] and fd["top2_gap"] >= 0
     assert isinstance(fd["near_tie"], bool)
+
+
+def test_full_model_logits_are_those_decoding_saw():
+    """With the prompt but its last token prefilled (as decoding prefills it), the logits
+    after every prefix equal, bit for bit, those of decoding's one-token steps."""
+    m = random_model(seed=5)
+    ref = autoregressive(m, PROMPT, 6).tokens
+    dev = m.tok_embeddings.weight.device
+    cache = m.new_cache()
+    m.run(cache, 0, m.num_layers, torch.tensor(PROMPT[:-1], device=dev), prefill=True)
+    logits = full_model_logits(m, len(PROMPT) - 1)
+    for k, tok in enumerate([PROMPT[-1]] + ref[:5]):
+        step = m.head(m.run(cache, 0, m.num_layers, torch.tensor([tok], device=dev)))[0].float().cpu()
+        assert torch.equal(step, logits(PROMPT + ref[:k])), k

@@ -31,6 +31,22 @@ def test_batch_grid_is_positive_monotone_and_filled(shipped):
     assert (2, 300) in g["filled"]  # 600 rows in all: not timed, extended by the table's linear part
 
 
+def test_the_prefill_grid_times_prefill_forwards(shipped, monkeypatch):
+    """batch_layer_grid(prefill=True) runs the prefill forwards generate.run_prefill runs."""
+    seen = []
+    run_jobs = type(shipped).run_jobs
+
+    def spy(self, jobs, prefill=False):
+        seen.append(prefill)
+        return run_jobs(self, jobs, prefill=prefill)
+    monkeypatch.setattr(type(shipped), "run_jobs", spy)
+    batch_layer_grid(shipped, [1], [4], repeats=1, prefill=True)
+    assert seen and all(seen)
+    seen.clear()
+    batch_layer_grid(shipped, [1], [4], repeats=1)
+    assert seen and not any(seen)
+
+
 def test_serve_log_has_one_entry_per_step_with_the_ops(shipped):
     plan = Plan(levels=[4, 16], propose=2)
     prompts = [[65 + i] * (5 + i) for i in range(3)]
@@ -44,10 +60,12 @@ def test_serve_log_has_one_entry_per_step_with_the_ops(shipped):
 
 def test_measure_serving_returns_a_valid_calibration(shipped):
     cal = measure_serving(shipped, _table(shipped), "test", repeats=1, rounds=1, batches=[1, 2], rows=[1, 3],
-                          max_new=4)
+                          max_new=4, prefill_rows=[4, 8])
     assert isinstance(cal, ServingCalibration)
     ServingCalibration.model_validate(cal.model_dump())
     assert cal.batches == [1, 2] and cal.rows == [1, 3] and cal.context == 0
+    assert cal.prefill_rows == [4, 8] and np.asarray(cal.prefill_layer_ms).shape == (2, 2)
+    assert "prefill=True" in cal.source.detail
     for v in (cal.step_ms, cal.sequence_ms, cal.check_ms):
         assert math.isfinite(v) and v >= 0
     for v in (cal.step_ms_se, cal.sequence_ms_se, cal.check_ms_se):

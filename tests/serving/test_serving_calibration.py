@@ -113,3 +113,32 @@ def test_the_forward_scale_multiplies_the_layers_only(scale):
                                   np.array([1]), np.array([6]), schema.ServeLimits(max_batch=4))
     step = scale * 16 * 0.7 + float(latency.head_ms(t, 1)) + 0.25 + 0.05
     assert run.metrics()[0].tbt_ms == pytest.approx([step] * 5)
+
+
+def test_prefills_read_the_prefill_grid():
+    """A calibration with a prefill grid: prefill forwards are read from it (the executor
+    runs prompts in larger tiles), decode steps from layer_ms; without one, both from layer_ms."""
+    base = _cal()
+    rows = [4, 16, 64]
+    pre = [[0.5 * (1.0 + 0.2 * (b - 1) + 0.1 * b * (n - 1)) for n in rows] for b in base.batches]
+    t = _table(base.model_copy(update={"prefill_rows": rows, "prefill_layer_ms": pre}))
+    for i, b in enumerate(base.batches):
+        for j, n in enumerate(rows):
+            assert float(serving_layer_ms(t, b, b * n, prefill=True)) == pytest.approx(pre[i][j])
+        assert float(serving_layer_ms(t, b, b * 2)) == pytest.approx(base.layer_ms[i][1])
+    plain = _table(base)
+    assert float(serving_layer_ms(plain, 2, 16, prefill=True)) == float(serving_layer_ms(plain, 2, 16))
+    # the simulator's prefill forward: half the grid's layers, the same attention and fixed parts
+    costs = [serving.StepCost(x, schema.Plan(levels=[16]), 16, 4, 256, np.array([33, 17])) for x in (t, plain)]
+    lin = [16 * c.scale * float(serving_layer_ms(x, 2, 48, prefill=True)) for c, x in zip(costs, (t, plain))]
+    assert costs[1].prefill(np.array([33, 17])) - costs[0].prefill(np.array([33, 17])) == pytest.approx(lin[1] - lin[0])
+    assert lin[0] < lin[1]
+
+
+def test_schema_checks_the_prefill_grid():
+    with pytest.raises(ValueError, match="prefill_rows and prefill_layer_ms come together"):
+        schema.ServingCalibration.model_validate(_cal().model_dump() | {"prefill_rows": [4]})
+    with pytest.raises(ValueError, match="serving.prefill_layer_ms: must be len"):
+        schema.ServingCalibration.model_validate(_cal().model_dump() | {"prefill_rows": [4, 8], "prefill_layer_ms": [[1.0]] * 4})
+    with pytest.raises(ValueError, match="serving.prefill_rows: must be increasing"):
+        schema.ServingCalibration.model_validate(_cal().model_dump() | {"prefill_rows": [8, 4], "prefill_layer_ms": [[1.0, 1.0]] * 4})
