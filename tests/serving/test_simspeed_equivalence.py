@@ -250,8 +250,8 @@ def test_adaptive_synchronous_engine_equals_the_step_by_step_reference(case):
 
 @pytest.mark.parametrize("noise", [True, False])
 def test_prefill_rows_equal_one_scalar_call(noise):
-    """StepCost.prefill reads the grid from a row per number of prompts: the value of one
-    serving_layer_ms call at (prompts, total) x the forward scale, bit for bit."""
+    """StepCost.prefill reads the prefill grid from a row per number of prompts: the value of
+    one serving_layer_ms(prefill=True) call at (prompts, total) x the forward scale, bit for bit."""
     table, _, layers = _tiny(noise)
     table = table.model_copy(update={"serving": table.serving.model_copy(update={"forward_scale": 1.3})})
     rng = np.random.default_rng(3)
@@ -264,10 +264,10 @@ def test_prefill_rows_equal_one_scalar_call(noise):
         total = int(n.sum())
         if total == 0:
             continue
-        lin = 1.3 * float(serving_layer_ms(table, int((n > 0).sum()), total))
+        lin = 1.3 * float(serving_layer_ms(table, int((n > 0).sum()), total, prefill=True))
         want = float(n.size and layers * (lin + cost.prefill_att[n].sum() + cost.per_layer) + cost.fixed)
         assert cost.prefill(pick) == want
-    assert cost._prefill_grid_ms(3, 10 ** 6) == 1.3 * float(serving_layer_ms(table, 3, 10 ** 6))  # beyond the rows
+    assert cost._prefill_grid_ms(3, 10 ** 6) == 1.3 * float(serving_layer_ms(table, 3, 10 ** 6, prefill=True))  # beyond the rows
 
 
 def test_step_overhead_table_equals_the_function():
