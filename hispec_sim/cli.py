@@ -165,7 +165,7 @@ def _check_search_args(args, opts: dict) -> None:
         bad = [v for v in values if not 1 <= v <= hi]
         if bad:
             raise ValueError(f"{field}: values must be in [1, {hi}], got {bad[0]}")
-    if getattr(args, "rescore", 0) and opts["optuna"]:
+    if args.rescore and opts["optuna"]:
         raise ValueError("rescore: re-scores the exhaustive search's ranking; with --search optuna use --objective mc "
                          "(trace replay where the workload has traces)")
     if opts["depth"] is not None:

@@ -211,10 +211,15 @@ def rescored_by_replay(result: SearchResult, top: int) -> SearchResult:
     t0 = time.perf_counter()
     cost = setting.cost(max(s.plan.propose + sum(s.plan.windows) for s in result.top) + 8)
 
+    done: dict[str, Scored] = {}  # a baseline is often among the ranked plans: walked once
+
     def replayed(s: Scored) -> Scored:
-        r = simulate(cost, setting.agreement, s.plan, replay=True)
-        return Scored(s.plan, r.tokens_per_second, 1000.0 * setting.batch / r.tokens_per_second,
-                      r.tokens_per_full_forward, r.acceptance or s.acceptance, s.tokens_per_second)
+        key = s.plan.model_dump_json()
+        if key not in done:
+            r = simulate(cost, setting.agreement, s.plan, replay=True)
+            done[key] = Scored(s.plan, r.tokens_per_second, 1000.0 * setting.batch / r.tokens_per_second,
+                               r.tokens_per_full_forward, r.acceptance or s.acceptance, s.tokens_per_second)
+        return done[key]
 
     ranked = sorted((replayed(s) for s in result.top), key=lambda s: -s.tokens_per_second)
     singles = [s for s in ranked if s.plan.depth == 2]

@@ -32,13 +32,20 @@ from hispec_sim.schema import Plan, load_profile
 HERE = Path(__file__).resolve().parent
 
 
-def after_rejection(acc, draft: int, mid: int, full: int, lags=(1, 2, 3)) -> list[dict]:
-    """Agreement of (draft, mid) k positions after a (mid, full) disagreement, within requests."""
+def _traced(acc):
+    """(agree(a, b): whether exits a and b agree at every traced position, the request of
+    every position, the requests' first positions)."""
     t = np.asarray(acc.traces)
     col = {e: i for i, e in enumerate(acc.exits)}
-    agree = lambda a, b: t[:, col[a]] == t[:, col[b]]
+    starts = list(acc.trace_starts or [0])
+    request = np.repeat(np.arange(len(starts)), np.diff(starts + [len(t)]))
+    return (lambda a, b: t[:, col[a]] == t[:, col[b]]), request, starts
+
+
+def after_rejection(acc, draft: int, mid: int, full: int, lags=(1, 2, 3)) -> list[dict]:
+    """Agreement of (draft, mid) k positions after a (mid, full) disagreement, within requests."""
+    agree, request, _ = _traced(acc)
     low, top = agree(draft, mid), agree(mid, full)
-    request = np.repeat(np.arange(len(acc.trace_starts)), np.diff(list(acc.trace_starts) + [len(t)]))
     rows = []
     for k in lags:
         same = request[k:] == request[:-k]
@@ -67,18 +74,15 @@ def _runs(agree: np.ndarray, request: np.ndarray, g: int):
 def single_level_runs(acc, draft: int, full: int, g: int) -> dict:
     """Accepted drafts per round of [draft, full] propose g: i.i.d., two kinds of rounds
     (semi-Markov, from the measured run lengths), and the walk along every request."""
-    t = np.asarray(acc.traces)
-    col = {e: i for i, e in enumerate(acc.exits)}
-    agree = t[:, col[draft]] == t[:, col[full]]
-    starts = list(acc.trace_starts or [0])
-    request = np.repeat(np.arange(len(starts)), np.diff(starts + [len(t)]))
+    pairs, request, starts = _traced(acc)
+    agree = pairs(draft, full)
     surv = _runs(agree, request, g)
     s_cor, s_bon = surv["after a correction"], surv["after a bonus"]
     p_cor, p_bon = 1 - s_cor[g], 1 - s_bon[g]  # P(the round ends in a correction), by the kind of round
     pi = p_bon / (1 - p_cor + p_bon)  # stationary share of rounds after a correction
     two_kinds = pi * s_cor[1:].sum() + (1 - pi) * s_bon[1:].sum()
     walked = rounds = 0
-    for a, b in zip(starts, starts[1:] + [len(t)]):
+    for a, b in zip(starts, starts[1:] + [len(agree)]):
         i = a
         while i + g <= b:
             r = 0
