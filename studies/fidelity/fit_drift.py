@@ -1,0 +1,133 @@
+"""Does the machine's drift between decode runs leak into a profile's fitted overheads?
+
+`profile measure` fits per-forward, per-layer and per-check overheads on the forwards of
+its calibration plans. This study takes the same kind of calibration forwards, plus the
+12 validation plans of studies/fidelity run on held-out prompts with autoregressive runs
+interleaved, and compares two fits of the calibration forwards:
+
+* pooled (`measure.scaled_nnls`, before 2026-11-29): one regression over all runs;
+* per run (`measure.drifting_nnls`): one speed factor per decode run; and with the extra
+  time of the forward after a check (charged to the check), as `profile measure` fits now.
+
+For each fit it prices the forwards the validation plans actually ran and reports the
+error of the speed-ups over autoregressive that those prices give (acceptance plays no
+part: the forwards are the measured ones), within a data set and across data sets (a fit
+from one time, checked on runs taken at another), and with every calibration run's times
+multiplied by a seeded U(0.8, 1.25) factor (drift injected).
+
+    python studies/fidelity/fit_drift.py --collect /tmp/a.json   # ~3.5 min, 1 thread
+    python studies/fidelity/fit_drift.py /tmp/a.json /tmp/b.json  # the comparison
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+
+
+def collect(out: Path, prompts: int) -> None:
+    import torch
+
+    from hispec_exec import decode, heldout_prompts, load_model
+    from hispec_exec.measure import calibration_plans, calibration_prompts
+    from hispec_sim.evaluate import Setting
+    from hispec_sim.schema import autoregressive_plan, load_profile
+    from hispec_sim.validate import block_order, draw_plans
+
+    torch.set_num_threads(1)
+    model = load_model()
+    cplans = calibration_plans(model.num_layers)
+    vplans = draw_plans(Setting(load_profile("cpu_hispec_tiny")), 12, 0)
+    ar = autoregressive_plan(model.num_layers)
+
+    def record(kind, k, plan, res):
+        return {"kind": kind, "plan": k, "prompt_len": res.prompt_len, "wall_ms": res.wall_s * 1e3,
+                "forwards": [[f.level, f.segments, f.head_tokens, f.ms] for f in res.forwards]}
+
+    runs, load = [], [Path("/proc/loadavg").read_text().split()[:3]]
+    cp = calibration_prompts(model, 4, 64)  # as profile measure: 4 prompts x 64 tokens, plans interleaved
+    decode(model, cplans[-1], cp[0], 8)
+    for r in range(2):
+        for i, ids in enumerate(cp):
+            for k in np.roll(np.arange(len(cplans)), -(r + i)):
+                runs.append(record("calib", int(k), cplans[k], decode(model, cplans[k], ids, 64)))
+    rng = random.Random(0)
+    for ids in heldout_prompts(prompts, 64, 0):
+        for k in block_order(len(vplans), 4, rng):
+            runs.append(record("val", int(k), ar if k < 0 else vplans[k], decode(model, ar if k < 0 else vplans[k], ids, 128)))
+    load.append(Path("/proc/loadavg").read_text().split()[:3])
+    out.write_text(json.dumps({"val_plans": [p.describe() for p in vplans], "load": load, "runs": runs}))
+    print(f"{len(runs)} runs -> {out} (load average before / after: {load})")
+
+
+def features(run: dict, table) -> tuple[np.ndarray, np.ndarray]:
+    """fit_overheads' regressors per forward (1, layers, check?, table ms, after a check?)
+    and its time with the decode loop's time outside forwards spread evenly."""
+    from hispec_sim.latency import head_ms, layer_ms
+
+    fw = run["forwards"]
+    gap = (run["wall_ms"] - sum(f[3] for f in fw)) / len(fw)
+    levels = [0] + [f[0] for f in fw]  # 0: the prefill
+    X = [[1.0, sum(b - a + 1 for a, b, _ in segs), float(level > 1),
+          sum((b - a + 1) * float(layer_ms(table, n, run["prompt_len"])) for a, b, n in segs) + float(head_ms(table, ht)),
+          float(previous != 1)]
+         for (level, segs, ht, _), previous in zip(fw, levels)]
+    return np.array(X), np.array([f[3] + gap for f in fw])
+
+
+def speedup_errors(coef: np.ndarray, val: list) -> np.ndarray:
+    """Per validation plan: the speed-up over the interleaved autoregressive runs that the
+    fit's prices of the forwards that ran give, over the measured one, minus 1. The
+    after-a-check term is charged to the check, as the simulator does."""
+    coef = np.r_[coef[:2], coef[2] + (coef[4] if len(coef) > 4 else 0.0), coef[3], 0.0]
+    meas, pred = {}, {}
+    for run, X, _ in val:
+        k = run["plan"]
+        meas[k] = meas.get(k, 0.0) + run["wall_ms"]
+        pred[k] = pred.get(k, 0.0) + float((X @ coef).sum())
+    ref = pred[-1] / meas[-1]
+    return np.array([ref / (pred[k] / meas[k]) - 1 for k in sorted(meas) if k >= 0])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("sets", nargs="*", type=Path, help="data sets written by --collect")
+    ap.add_argument("--collect", type=Path, help="run the plans and write a data set here")
+    ap.add_argument("--prompts", type=int, default=8, help="held-out prompts for the validation plans")
+    args = ap.parse_args()
+    if args.collect:
+        collect(args.collect, args.prompts)
+        return
+    from hispec_exec.measure import drifting_nnls, scaled_nnls
+    from hispec_sim.schema import load_profile
+
+    table = load_profile("cpu_hispec_tiny").table()
+    data = {p: json.loads(p.read_text()) for p in args.sets}
+    parts = {p: {kind: [(r, *features(r, table)) for r in d["runs"] if r["kind"] == kind] for kind in ("calib", "val")}
+             for p, d in data.items()}
+    print(f"validation plans: {next(iter(data.values()))['val_plans']}")
+    for a in args.sets:
+        cal = parts[a]["calib"]
+        X = np.concatenate([c[1] for c in cal])
+        group = np.concatenate([np.full(len(c[2]), i) for i, c in enumerate(cal)])
+        drift = np.random.default_rng(1).uniform(0.8, 1.25, len(cal))
+        for label, y in (("", np.concatenate([c[2] for c in cal])),
+                         (" drift injected", np.concatenate([c[2] * f for c, f in zip(cal, drift)]))):
+            for name, fit, cols in (("pooled (before)", scaled_nnls, 4), ("per run", drifting_nnls, 4),
+                                    ("per run + after a check (now)", drifting_nnls, 5)):
+                coef = fit(X[:, :cols], y, group, scale_col=3, bootstrap=0)["coef"]
+                print(f"\ncalibration {a.name} (load {data[a]['load'][0]}){label}, {name}: per forward "
+                      f"{coef[0]:.3f} ms, per layer {coef[1]:.3f} ms, per check {coef[2]:.3f} ms, table x{coef[3]:.3f}"
+                      + (f", after a check {coef[4]:.3f} ms" if cols > 4 else ""))
+                for b in args.sets:
+                    e = speedup_errors(coef, parts[b]["val"])
+                    print(f"  validation runs {b.name} (load {data[b]['load'][0]}): median |error| "
+                          f"{100 * np.median(np.abs(e)):.1f} %, worst {100 * np.abs(e).max():.1f} %  "
+                          + " ".join(f"{100 * x:+.1f}" for x in e))
+
+
+if __name__ == "__main__":
+    main()
