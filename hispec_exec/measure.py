@@ -320,9 +320,9 @@ def drifting_nnls(X: np.ndarray, y: np.ndarray, group: np.ndarray, scale_col: in
     14-layer check -- fix the relative prices whatever the run's speed, and the median run
     sets the level (as one pooled fit would on a steady machine: the table as measured plus
     the overheads). Alternating fits: the other coefficients by NNLS of y / v - table on X,
-    then v_g = the median of y / (X @ coef) over the group (robust to an interrupted
-    forward), renormalised to median 1. The error stays in the dependent variable: solving
-    it as linear in 1 / v instead would make the noisy times a regressor and bias the fit.
+    then v_g = sum(y p) / sum(p^2) over the group's forwards (p = X @ coef: its least-squares
+    factor), renormalised to median 1. The error stays in the dependent variable: solving it
+    as linear in 1 / v instead would make the noisy times a regressor and bias the fit.
     Samples with residuals beyond 3.5 MADs are dropped and the fit redone; standard errors by
     bootstrap over groups (whole runs resampled with replacement, seeded). Returns coef, se,
     keep (the inlier mask), speed (per group, in np.unique(group) order), boots (the bootstrap
