@@ -338,7 +338,7 @@ def run_step(model: Transformer, ops: list[tuple[SequenceDecoder, int]], sync: b
     forward + head time in ms (shared by every operation of the step)."""
     # every operation runs its sequence's newest token first (`SequenceDecoder.job`): one
     # tensor for all of them, each job a view of it (at B = 32, 32 small tensors cost ~0.3 ms)
-    toks = torch.tensor([d.seq[-1] for d, _ in ops], dtype=torch.long, device=ops[0][0].dev)
+    toks = torch.tensor([d.seq[-1] for d, _ in ops], dtype=torch.long, device=model.tok_embeddings.weight.device)
     jobs = [(d.cache, d.lv[op], toks[i:i + 1]) for i, (d, op) in enumerate(ops)]
     _sync(model, sync)
     t = time.perf_counter()
