@@ -11,7 +11,9 @@ figure side by side in one run, on the shipped model:
 3. optionally (--baseline FILE: another version of hispec_exec/model.py, e.g.
    `git show REV:hispec_exec/model.py > /tmp/model_before.py`), that version's batched
    autoregressive decoding on the same weights, interleaved like the others: before/after
-   figures of a change side by side in one run.
+   figures of a change side by side in one run. --baseline-generate FILE does the same for
+   hispec_exec/generate.py (the decoding loop; imported inside the package, so its relative
+   imports take this checkout's other modules), alone or with --baseline.
 
 Before the timed runs at each B, every configuration decodes one chunk of B prompts for 8
 tokens, untimed (`--warmup-tokens`): the first forwards at a new size pay the allocator's
@@ -54,6 +56,20 @@ def baseline_model(path: str, model):
     return bm
 
 
+def baseline_decode_batch(path: str):
+    """`decode_batch` of another hispec_exec/generate.py (e.g. `git show
+    REV:hispec_exec/generate.py`), imported as a module of the hispec_exec package: its
+    relative imports (.model, ...) resolve to this checkout's modules."""
+    import importlib.util
+    import sys
+
+    name = "hispec_exec._baseline_generate"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = sys.modules[name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.decode_batch
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--batches", default="1,4,16,32")
@@ -65,6 +81,8 @@ def main(argv=None):
                     help="levels:propose[:windows];...")
     ap.add_argument("--json", help="write the figures here too")
     ap.add_argument("--baseline", help="another model.py: time its autoregressive decoding too (same weights)")
+    ap.add_argument("--baseline-generate", help="another generate.py: the baseline configuration decodes with "
+                    "its decode_batch (with --baseline's model, else ours)")
     ap.add_argument("--repeats", type=int, default=1,
                     help="run every chunk this many times (interleaved) and count each configuration's fastest")
     ap.add_argument("--warmup-tokens", type=int, default=8,
@@ -142,12 +160,14 @@ def main(argv=None):
         return [all_prompts[i:i + B] for i in range(0, n, B)]
 
     configs = [("autoregressive", ar, "ragged")]
-    models = {}
-    if a.baseline:
-        bm = baseline_model(a.baseline, model)
-        decode_batch(bm, ar, all_prompts[:2], 8)  # warm-up
+    models, decoders = {}, {}
+    if a.baseline or a.baseline_generate:
+        bm = baseline_model(a.baseline, model) if a.baseline else model
+        bdec = baseline_decode_batch(a.baseline_generate) if a.baseline_generate else decode_batch
+        bdec(bm, ar, all_prompts[:2], 8)  # warm-up
         configs.append(("baseline autoregressive", ar, "ragged"))
         models["baseline autoregressive"] = bm
+        decoders["baseline autoregressive"] = bdec
     for plan in plans:
         for batching in ("ragged", "synchronous"):
             if plan.depth > 2 or batching == "ragged":  # depth <= 2: synchronous = ragged
@@ -160,7 +180,8 @@ def main(argv=None):
         row = {"B": B, "prompts": max(a.prompts, B)}
         if a.warmup_tokens:  # untimed: every configuration's first forwards at this size
             for name, plan, batching in configs:
-                decode_batch(models.get(name, model), plan, chunks(B)[0], a.warmup_tokens, batching=batching)
+                decoders.get(name, decode_batch)(models.get(name, model), plan, chunks(B)[0], a.warmup_tokens,
+                                                 batching=batching)
             if hf is not None:
                 hf_gen(chunks(B)[0], a.warmup_tokens)
         t = dict.fromkeys([c[0] for c in configs] + (["hf"] if hf is not None else []), 0.0)
@@ -169,8 +190,8 @@ def main(argv=None):
             best = {}  # per configuration: its minimum wall and CPU time over the repeats of this chunk
             for rep in range(a.repeats):
                 for name, plan, batching in configs:
-                    m = models.get(name, model)
-                    res, dt, dc = timed(lambda: decode_batch(m, plan, c, T, batching=batching), (B, name))
+                    m, dec = models.get(name, model), decoders.get(name, decode_batch)
+                    res, dt, dc = timed(lambda: dec(m, plan, c, T, batching=batching), (B, name))
                     if rep == 0:
                         out[name] += res
                     elif [r.tokens for r in res] != [r.tokens for r in out[name][-len(c):]]:
