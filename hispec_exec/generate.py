@@ -205,9 +205,6 @@ class SequenceDecoder:
             return None
         return (self.cache, self.model.num_layers, self._tensor(self.prompt[:-1]))
 
-    def job(self, op: int):
-        return (self.cache, self.lv[op], self._tensor([self.seq[-1]]))
-
     # -- results ---------------------------------------------------------------------
     def apply(self, op: int, lg: torch.Tensor, ms: float, picks: list[int] | None = None) -> None:
         """Take the logits of `op`'s head rows (and, greedy, their argmax if already
@@ -336,7 +333,7 @@ def run_step(model: Transformer, ops: list[tuple[SequenceDecoder, int]], sync: b
     """One forward carrying every (decoder, operation) pair (layer-range batching), one
     exit-head call over every head row, then each decoder applies its logits. Returns the
     forward + head time in ms (shared by every operation of the step)."""
-    # every operation runs its sequence's newest token first (`SequenceDecoder.job`): one
+    # every operation runs its sequence's newest token through its level's layers: one
     # tensor for all of them, each job a view of it (at B = 32, 32 small tensors cost ~0.3 ms)
     toks = torch.tensor([d.seq[-1] for d, _ in ops], dtype=torch.long, device=model.tok_embeddings.weight.device)
     jobs = [(d.cache, d.lv[op], toks[i:i + 1]) for i, (d, op) in enumerate(ops)]
