@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from hispec_sim.evaluate import Setting, exhaustive
-from hispec_sim.schema import load_profile, write_atomic
+from hispec_sim.schema import check_writable, load_profile, write_atomic
 from hispec_sim.validate import check_model_matches, draw_plans, machine_check, run_interleaved, validate
 
 HERE = Path(__file__).resolve().parent
@@ -177,6 +177,10 @@ def main() -> None:
     ap.add_argument("--load-measure", help="load average before the profile was measured (remeasure.sh passes it)")
     ap.add_argument("--out-dir", default=str(HERE))
     args = ap.parse_args()
+    try:  # before the runs, not after them
+        check_writable(Path(args.out_dir) / "results.json")
+    except ValueError as e:
+        ap.exit(2, f"{Path(__file__).name}: --out-dir: {str(e).removeprefix('out: ')}\n")
 
     import torch
 
