@@ -30,7 +30,7 @@ from .model import Transformer
 TOKENS = list(range(1, 33)) + [40, 48, 56, 64, 96, 128, 192, 256, 384, 512]
 CALIBRATION_SEED = 1000  # prompts for calibration runs: disjoint from measurement/validation seeds
 OUTLIER_MADS = 3.5
-SCALE_RANGE = (0.5, 2.0)  # in-situ table scale accepted from the calibration fit
+SCALE_RANGE = (0.5, 2.0)  # a table scale scaled_nnls accepts (the serving calibration's forward scale)
 SCALE_MAX_SE = 0.05
 
 
