@@ -365,6 +365,22 @@ def drifting_nnls(X: np.ndarray, y: np.ndarray, group: np.ndarray, scale_col: in
     return {"coef": coef, "se": se, "keep": keep, "speed": speed, "boots": boots}
 
 
+def overhead_rows(forwards, wall_ms: float, prompt_len: int, table: LatencyTable) -> tuple[np.ndarray, np.ndarray]:
+    """fit_overheads' regressors for one decode run's forwards -- 1, layers, check?, the
+    table's time of its layers and head, follows a check (or the prefill)? -- and each
+    forward's time with the run's time outside forwards spread evenly over them."""
+    from hispec_sim.latency import head_ms, layer_ms
+
+    gap = (wall_ms - sum(f.ms for f in forwards)) / len(forwards)
+    rows, previous = [], 0  # level 0: the prefill
+    for f in forwards:
+        parts = sum((b - a + 1) * float(layer_ms(table, n, prompt_len)) for a, b, n in f.segments)
+        layers = sum(b - a + 1 for a, b, _ in f.segments)
+        rows.append([1.0, layers, float(f.level > 1), parts + float(head_ms(table, f.head_tokens)), float(previous != 1)])
+        previous = f.level
+    return np.asarray(rows), np.array([f.ms + gap for f in forwards])
+
+
 def fit_overheads(model: Transformer, table: LatencyTable, prompts, max_new_tokens: int, rounds: int = 3,
                   bootstrap: int = 200, seed: int = 0) -> dict:
     """Fixed costs the micro-benchmarks cannot see, per forward, per layer run, and extra per
@@ -387,8 +403,6 @@ def fit_overheads(model: Transformer, table: LatencyTable, prompts, max_new_toke
     Noise floor: the largest relative spread ((max - min) / median) over rounds of one
     plan's aggregate tokens/s: what identical runs differ by on this machine.
     """
-    from hispec_sim.latency import head_ms, layer_ms
-
     plans = calibration_plans(model.num_layers)
     runs = []  # (rows, y) per decode run
     walls = np.zeros((rounds, len(plans)))
@@ -401,16 +415,7 @@ def fit_overheads(model: Transformer, table: LatencyTable, prompts, max_new_toke
                 res = decode(model, plan, ids, max_new_tokens)
                 walls[r, k] += res.wall_s
                 toks[r, k] += len(res.tokens)
-                gap = (res.wall_s * 1e3 - sum(f.ms for f in res.forwards)) / len(res.forwards)
-                rows, y, previous = [], [], 0  # level 0: the prefill
-                for f in res.forwards:
-                    parts = sum((b - a + 1) * float(layer_ms(table, n, res.prompt_len)) for a, b, n in f.segments)
-                    parts += float(head_ms(table, f.head_tokens))
-                    layers = sum(b - a + 1 for a, b, _ in f.segments)
-                    rows.append([1.0, layers, float(f.level > 1), parts, float(previous != 1)])
-                    y.append(f.ms + gap)
-                    previous = f.level
-                runs.append((np.asarray(rows), np.asarray(y), k))
+                runs.append((*overhead_rows(res.forwards, res.wall_s * 1e3, res.prompt_len, table), k))
     X = np.concatenate([r[0] for r in runs])
     y = np.concatenate([r[1] for r in runs])
 

@@ -64,18 +64,12 @@ def collect(out: Path, prompts: int) -> None:
 
 
 def features(run: dict, table) -> tuple[np.ndarray, np.ndarray]:
-    """fit_overheads' regressors per forward (1, layers, check?, table ms, after a check?)
-    and its time with the decode loop's time outside forwards spread evenly."""
-    from hispec_sim.latency import head_ms, layer_ms
+    """fit_overheads' regressors and times for one recorded run (measure.overhead_rows)."""
+    from hispec_exec.generate import Forward
+    from hispec_exec.measure import overhead_rows
 
-    fw = run["forwards"]
-    gap = (run["wall_ms"] - sum(f[3] for f in fw)) / len(fw)
-    levels = [0] + [f[0] for f in fw]  # 0: the prefill
-    X = [[1.0, sum(b - a + 1 for a, b, _ in segs), float(level > 1),
-          sum((b - a + 1) * float(layer_ms(table, n, run["prompt_len"])) for a, b, n in segs) + float(head_ms(table, ht)),
-          float(previous != 1)]
-         for (level, segs, ht, _), previous in zip(fw, levels)]
-    return np.array(X), np.array([f[3] + gap for f in fw])
+    forwards = [Forward(level, [tuple(s) for s in segs], 0, ht, ms) for level, segs, ht, ms in run["forwards"]]
+    return overhead_rows(forwards, run["wall_ms"], run["prompt_len"], table)
 
 
 def speedup_errors(coef: np.ndarray, val: list) -> np.ndarray:
