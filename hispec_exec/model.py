@@ -92,6 +92,7 @@ ROW_TILE = 8  # linear layers and the exit head: rows in tiles of exactly this m
 PREFILL_TILE = 32  # the same, in prefill forwards (a prompt's tokens but its last: `prefill=True`)
 KV_BLOCK = 64  # attention: keys per block
 PREFILL_QUERY_TILE = 8  # the same in a prefill forward: half as many per-tile products as 4 rows
+EXP_FLOOR = -87.0  # attention: exp arguments are clamped here (ln of the least normal float is -87.3)
 QUERY_TILE = 4  # attention: query rows per tile (G per token). Not fewer: MKL's batched
 # (rows, KV_BLOCK) x (KV_BLOCK, hd + 1) product with 1..3 rows gives a row other bits at some
 # batch counts on this machine (with 4 or 8 it does not: tests/exec/test_model.py)
@@ -289,8 +290,10 @@ class _Rows:
         self.qidx = plan["qi"].view(T, 1, E, Tq).expand(T, nb, E, Tq).reshape(-1)
         self.oidx = plan["oi"]
         qp = (p0[plan["q_part"]] + plan["q_tok"]).view(T, 1, E, Tq, 1)
+        hidden = plan["keys"][:, :nb] > qp
         self.mask = torch.zeros(T, nb, E, Tq, Bk, device=dev, dtype=model.rope_cos.dtype).masked_fill_(
-            plan["keys"][:, :nb] > qp, float("-inf"))  # additive causal mask
+            hidden, float("-inf"))  # additive causal mask: the row maxima see visible keys only
+        self.keep = (~hidden).to(self.mask.dtype)  # 1 visible, 0 hidden: applied after the exp
 
     @staticmethod
     def layout(args: ModelArgs, key: tuple) -> dict:
@@ -368,8 +371,8 @@ class _Rows:
         """qk (padded, H + KV, hd): the rows' queries (scaled) and keys -> attention output
         (padded, H*hd). Per (tile, block): scores = Q K^T + mask, (QUERY_TILE, hd) x (hd,
         KV_BLOCK); each query row's maximum over all blocks (exact in any order); P =
-        exp(scores - max); P [V | 1], (QUERY_TILE, KV_BLOCK) x (KV_BLOCK, hd + 1): numerator
-        and row sum; summed over the blocks one after another, then divided. A fully masked
+        exp(max(scores - max, EXP_FLOOR)) x (1 visible, 0 hidden); P [V | 1], (QUERY_TILE,
+        KV_BLOCK) x (KV_BLOCK, hd + 1): numerator and row sum; summed over the blocks one after another, then divided. A fully masked
         block has P = 0 exactly, so it adds exact zeros: how many blocks a batch carries
         changes no sequence's bits."""
         H, KV, hd = self.dims
@@ -394,7 +397,10 @@ class _Rows:
             for t in range(T):  # the blocks serve every tile index as they lie: one batched product each
                 torch.bmm(Q[t], Kt, out=s[t])
         s = s.view(T, nb, E, Tq, Bk).add_(self.mask)  # + 0 or -inf: exact
-        p = s.sub_(s.amax(dim=(1, 4), keepdim=True)).exp_()
+        # exp(max(s - max, EXP_FLOOR)) * keep: an argument whose exp underflows (or -inf) takes
+        # the CPU's slow exp path (~14x per element here); below EXP_FLOOR a weight is < 2e-38,
+        # nothing next to the row's maximum (weight 1), and a hidden key's weight is exactly 0
+        p = s.sub_(s.amax(dim=(1, 4), keepdim=True)).clamp_min_(EXP_FLOOR).exp_().mul_(self.keep)
         if T == 1:
             o = torch.bmm(p.view(nb * E, Tq, Bk), V)  # P [V | 1]: numerator and row sum
         else:
