@@ -118,6 +118,31 @@ def test_decode_path_matches_training_path():
     torch.testing.assert_close(m.head(x), m.logits(hs[7][0]), rtol=1e-4, atol=1e-4)
 
 
+def test_exp_floor_changes_no_bits(monkeypatch):
+    """Scores spread far beyond EXP_FLOOR (queries scaled x200, so many attention weights
+    underflow): clamping the exp's argument at EXP_FLOOR (a weight < 2e-38 instead of ~0)
+    gives the same bits as no floor, and a hidden key still weighs exactly 0 (a chunked run
+    equals the whole)."""
+    import hispec_exec.model as model_module
+
+    def logits(floor):
+        monkeypatch.setattr(model_module, "EXP_FLOOR", floor)
+        m = random_model(scale=3)
+        a, H = m.args, m.args.n_heads * m.args.head_dim
+        with torch.no_grad():
+            for b in m.layers:
+                b.wqkv.weight[:H].mul_(200)
+            qkv = m.layers[0].wqkv(m.layers[0].attention_norm(m.tok_embeddings(toks)))
+            scores = qkv[:, :a.head_dim] @ qkv[:, H:H + a.head_dim].T / a.head_dim ** 0.5  # head 0, before RoPE
+        assert (scores.amax(1) - scores.amin(1)).max() > 2 * 87  # the premise: weights that underflow
+        whole = run_chunks(m, toks, [(0, 70)])
+        assert torch.equal(whole, run_chunks(m, toks, [(0, 33), (33, 34), (34, 70)]))
+        return whole
+
+    toks = torch.randint(0, 64, (70,), generator=torch.Generator().manual_seed(5))
+    assert torch.equal(logits(model_module.EXP_FLOOR), logits(float("-inf")))
+
+
 def test_cache_crop_is_exact():
     m = random_model()
     g = torch.Generator().manual_seed(5)
