@@ -318,7 +318,7 @@ def _sync(model: Transformer, on: bool) -> None:
 
 
 def run_prefill(model: Transformer, decoders: list[SequenceDecoder]) -> float:
-    """One prefill forward (`prefill=True`: PREFILL_TILE-row linear tiles) over every
+    """One prefill forward (`prefill=True`: see `Transformer.run`) over every
     decoder's prompt but its last token (concatenated rows); returns ms."""
     jobs = [j for j in (d.prefill_job() for d in decoders) if j is not None]
     _sync(model, True)

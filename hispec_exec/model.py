@@ -12,16 +12,26 @@ weights:
 The decoding path is *row invariant*: the result for a position does not depend on how
 many other tokens or sequences share the forward, nor on how its sequence was chunked
 (among forwards of one kind: ordinary forwards, or prefill forwards, below).
-BLAS picks its kernel (and so its reduction order) by shape, so every product on the
-decoding path has a shape that never depends on the batch:
+BLAS picks its kernel (and so its reduction order) by shape, so the products on the
+decoding path either have shapes that never depend on the batch, or shapes the library
+was seen to treat alike:
 
-* linear layers and the exit head: rows in tiles of exactly ROW_TILE rows (the last one
-  zero-padded), one (ROW_TILE, K) x (K, N) product per tile, all tiles in one batched
-  product against the weight stored column-major (`mm`, `_tiled`, `transposed`). A
-  prefill forward (`run` / `run_jobs` with prefill=True: what `generate` runs over a
-  prompt's tokens but its last, batched or alone alike) takes PREFILL_TILE-row tiles
-  instead (per row ~30 % cheaper than 8 on this CPU; a prefill's rows are many), so a
-  prompt position's bits depend on its having been prefilled, never on what else was;
+* linear layers and the exit head, two ways, chosen once per weight shape by a probe
+  (`probe_rows`, ~0.2 s on the first forward of the shipped model):
+  - *free row counts*, where the probe finds that this machine's library computes every
+    row of an (M, K) x (K, N) product with the same bits for every M from some min_rows
+    (<= FREE_ROWS_MIN_LIMIT) to FREE_ROWS_MAX, in any slot: a forward's rows in one
+    product (chunks of FREE_ROWS_MAX rows beyond that, the last zero-padded to at least
+    min_rows). MKL on the developers' AMD EPYC VM: min_rows = 4 (Intel: not checked).
+    At B = 32 this is one 32-row product instead of four 8-row tiles that each re-pack
+    the weight;
+  - *fixed tiles* otherwise: rows in tiles of exactly ROW_TILE rows (the last one
+    zero-padded), one (ROW_TILE, K) x (K, N) product per tile, all tiles in one batched
+    product against the weight stored column-major (`mm`, `_tiled`, `transposed`). A
+    prefill forward (`run` / `run_jobs` with prefill=True: what `generate` runs over a
+    prompt's tokens but its last, batched or alone alike) takes PREFILL_TILE-row tiles
+    instead (per row ~30 % cheaper than 8 on this CPU; a prefill's rows are many), so a
+    prompt position's bits depend on its having been prefilled, never on what else was;
 * attention (`_Rows.attend`): per (sequence, KV head), query rows in tiles of QUERY_TILE
   rows, each against KV blocks of KV_BLOCK keys: (QUERY_TILE, hd) x (hd, KV_BLOCK) and
   (QUERY_TILE, KV_BLOCK) x (KV_BLOCK, hd + 1) products; the row maximum over the blocks is
@@ -34,7 +44,8 @@ decoding path has a shape that never depends on the batch:
 
 The assumption (checked in tests/exec/test_model.py for the model's shapes): a product of
 a fixed shape computes a row from that row's values by the same operations whatever the
-other rows hold and whatever slot the row has in its tile. Elementwise ops and row
+other rows hold and whatever slot the row has in its tile; with free row counts, also
+whatever the row count in the probed range (what the probe checks on the machine itself). Elementwise ops and row
 reductions (norm, maximum, sums) see whole rows of fixed length; one torch thread (with
 several, the partitioning of elementwise work could in principle differ). So speculative
 decoding and batching reproduce autoregressive greedy decoding bit for bit, even on
@@ -98,6 +109,56 @@ QUERY_TILE = 4  # attention: query rows per tile (G per token). Not fewer: MKL's
 # batch counts on this machine (with 4 or 8 it does not: tests/exec/test_model.py)
 
 
+FREE_ROWS = True  # free row counts where the probe finds them row invariant (False: always fixed tiles)
+FREE_ROWS_MAX = 128  # free row counts: products of up to this many rows (more go in chunks of it)
+FREE_ROWS_MIN_LIMIT = 16  # the probe's least invariant row count must not exceed this to be worth it
+FREE_ROWS_WEIGHT_LIMIT = 1 << 20  # elements: larger weights keep fixed tiles (their probe would take seconds)
+
+
+def _free_sizes(n: int, min_rows: int) -> list[int]:
+    """Row counts of the products that carry n rows with free row counts: chunks of
+    FREE_ROWS_MAX rows, the last one (or the only one) zero-padded to at least min_rows."""
+    full, rest = divmod(n, FREE_ROWS_MAX)
+    return [FREE_ROWS_MAX] * full + ([max(rest, min_rows)] if rest else [])
+
+
+def _free_mm(x: torch.Tensor, w_t: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """x @ w_t, x's rows (sum(sizes) of them) in products of the given row counts."""
+    if len(sizes) == 1:
+        return torch.mm(x, w_t)
+    return torch.cat([torch.mm(c, w_t) for c in x.split(sizes)])
+
+
+_PROBED: dict = {}  # (device type, dtype, shape, strides) -> the probe's verdict
+
+
+def probe_rows(w_t: torch.Tensor, max_rows: int = FREE_ROWS_MAX) -> int | None:
+    """The least m such that every row of an (M, K) x (K, N) product against w_t, for every
+    M in m..max_rows and in any slot, has the bits it has in the max_rows-row product
+    (seeded random rows, each M at the first and the last offset, inputs fresh tensors as on
+    the decoding path); None when that m exceeds FREE_ROWS_MIN_LIMIT, and without probing for
+    a weight of more than FREE_ROWS_WEIGHT_LIMIT elements (the shipped model's: 26-72 k;
+    the probe's ~250 products cost ~K N 128^2 multiply-adds). A product's arithmetic
+    does not depend on the values it multiplies, only on which kernel the library picks for
+    the shape, so this checks the kernel choice of this machine's library (MKL on the
+    developers' AMD EPYC VM: rows 1..3 go another way, 4..128 all agree). Kept per shape,
+    strides, dtype and device."""
+    key = (w_t.device.type, w_t.dtype, tuple(w_t.shape), w_t.stride(), max_rows)
+    if key not in _PROBED and w_t.numel() > FREE_ROWS_WEIGHT_LIMIT:
+        _PROBED[key] = None
+    if key not in _PROBED:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(max_rows, w_t.shape[0], generator=g).to(w_t.device, w_t.dtype)
+        ref = torch.mm(x, w_t)
+        least = max_rows
+        for m in range(max_rows - 1, 0, -1):
+            if not all(torch.equal(torch.mm(x[o:o + m].clone(), w_t), ref[o:o + m]) for o in (0, max_rows - m)):
+                break
+            least = m
+        _PROBED[key] = least if least <= FREE_ROWS_MIN_LIMIT else None
+    return _PROBED[key]
+
+
 def _tiled(x: torch.Tensor, w_t: torch.Tensor, tile: int = ROW_TILE) -> torch.Tensor:
     """x @ w_t for x of a whole number of `tile`-row tiles: one batched product, one
     (tile, K) x (K, N) product per tile, the weight (K, N) broadcast."""
@@ -105,14 +166,17 @@ def _tiled(x: torch.Tensor, w_t: torch.Tensor, tile: int = ROW_TILE) -> torch.Te
     return torch.bmm(x.view(nt, tile, x.shape[1]), w_t.expand(nt, *w_t.shape)).view(x.shape[0], w_t.shape[1])
 
 
-def mm(x: torch.Tensor, w_t: torch.Tensor, tile: int = ROW_TILE) -> torch.Tensor:
+def mm(x: torch.Tensor, w_t: torch.Tensor, tile: int = ROW_TILE, min_rows: int | None = None) -> torch.Tensor:
     """x @ w_t (w_t: a weight transposed, (K, N)), row invariant: the rows go in tiles of
     exactly `tile` rows (the last one zero-padded), so every product has the same shape
     whatever the number of rows, and a row's result depends on nothing but its own values
-    (not on the other rows, nor on its slot in a tile: tested)."""
+    (not on the other rows, nor on its slot in a tile: tested). With min_rows (free row
+    counts, `probe_rows`' verdict): products of min_rows..FREE_ROWS_MAX rows instead."""
     n = x.shape[0]
-    pad = -n % tile
-    return _tiled(F.pad(x, (0, 0, 0, pad)) if pad else x, w_t, tile)[:n]
+    sizes = None if min_rows is None else _free_sizes(n, min_rows)
+    pad = -n % tile if sizes is None else sum(sizes) - n
+    x = F.pad(x, (0, 0, 0, pad)) if pad else x
+    return (_tiled(x, w_t, tile) if sizes is None else _free_mm(x, w_t, sizes))[:n]
 
 
 _PARAMETER_EPOCH = [0]  # bumped whenever any module registers a parameter (replacing one included)
@@ -209,27 +273,27 @@ class Block(nn.Module):
 
 def _decode_layer(x: torch.Tensor, w: tuple, layer: int, rows: "_Rows") -> torch.Tensor:
     """One layer of the decoding path. x (rows.padded, dim): the rows of one or several
-    sequences, concatenated and zero-padded to whole row tiles (`rows` says whose rows they
-    are and where they sit); w: the layer's weights as `Transformer._decoding_weights` lays
-    them out (norm weights, each product's weight transposed and broadcast over rows.nt
-    tiles; w13 as its two column halves, gate and up: two (ROW_TILE, K) x (K, ffn) products,
-    each weight half fits this CPU's 512 KB L2 where the whole did not: 2-5 % per decode step
-    at B = 1..16, measured side by side). Every product has a fixed shape ((rows.tile, K) x
-    (K, N) tiles, `_Rows.attend`), so every row's result is bit-identical to running its
-    sequence alone, in any chunking (prefill forwards: among prefill forwards). The op sequence is kept short: on the shipped model a decode step is
-    dominated by per-op dispatch, not FLOPs."""
+    sequences, concatenated and zero-padded (to whole row tiles, or to min_rows: see
+    `_Rows.linear`; `rows` says whose rows they are and where they sit); w: the layer's
+    weights as `Transformer._decoding_weights` lays them out (norm weights, each product's
+    weight transposed, broadcast over rows.nt tiles when tiled; w13 as its two column
+    halves, gate and up: two (rows, K) x (K, ffn) products, each weight half fits this CPU's
+    512 KB L2 where the whole did not: 2-5 % per decode step at B = 1..16, measured side by
+    side). Every product is row invariant (module docstring), so every row's result is
+    bit-identical to running its sequence alone, in any chunking (prefill forwards: among
+    prefill forwards). The op sequence is kept short: on the shipped model a decode step
+    is dominated by per-op dispatch, not FLOPs."""
     an, wqkv, wo, fn, w1, w3, w2, nshape, eps = w
-    nt, Rp, R, RT = rows.nt, rows.padded, rows.rows, rows.tile
+    Rp, R, lin = rows.padded, rows.rows, rows.linear
     H, KV, hd = rows.dims
-    D = x.shape[1]
-    qkv = torch.bmm(F.rms_norm(x, nshape, an, eps).view(nt, RT, D), wqkv).view(Rp, H + 2 * KV, hd)
+    qkv = lin(F.rms_norm(x, nshape, an, eps), wqkv).view(Rp, H + 2 * KV, hd)
     qk = qkv[:, :H + KV]  # RoPE (queries also scaled), rotate_half as a flip:
     qk = qk * rows.cos + qk.view(Rp, H + KV, 2, hd // 2).flip(2).view(Rp, H + KV, hd) * rows.sin
     rows.write(layer, qk[:R, H:], qkv[:R, H + KV:])
-    x = x + torch.bmm(rows.attend(layer, qk).view(nt, RT, H * hd), wo).view(Rp, D)
-    h = F.rms_norm(x, nshape, fn, eps).view(nt, RT, D)
-    g, u = torch.bmm(h, w1).view(Rp, -1), torch.bmm(h, w3).view(Rp, -1)  # w13's halves: each fits L2
-    return x + torch.bmm((F.silu(g) * u).view(nt, RT, -1), w2).view(Rp, D)
+    x = x + lin(rows.attend(layer, qk), wo)
+    h = F.rms_norm(x, nshape, fn, eps)
+    g, u = lin(h, w1), lin(h, w3)  # w13's halves: each fits L2
+    return x + lin(F.silu(g) * u, w2)
 
 
 class _Rows:
@@ -258,10 +322,17 @@ class _Rows:
         dev = model.rope_cos.device
         self.rows = R = sum(n for _, n, _ in parts)
         # the linear products' rows and the attention's query rows per tile: a prefill forward has its own
-        self.tile, self.qtile = tile, Tq = (PREFILL_TILE, PREFILL_QUERY_TILE) if prefill else (ROW_TILE, QUERY_TILE)
-        self.padded = Rp = -(-R // tile) * tile
-        self.nt = Rp // tile
-        self.weights = model._decoding_weights(self.nt)  # per layer, broadcast over this forward's tiles
+        tile, self.qtile = (PREFILL_TILE, PREFILL_QUERY_TILE) if prefill else (ROW_TILE, QUERY_TILE)
+        Tq = self.qtile
+        min_rows = model._min_rows()
+        if min_rows is None:  # fixed tiles
+            self.padded = Rp = -(-R // tile) * tile
+            self.nt, self.sizes = Rp // tile, None
+        else:  # free row counts
+            self.sizes = _free_sizes(R, min_rows)
+            self.padded = Rp = sum(self.sizes)
+            self.nt = 0
+        self.weights = model._decoding_weights(self.nt)  # per layer, broadcast over this forward's tiles (if any)
         self.nb = nb = -(-max(p0 + n for _, n, p0 in parts) // Bk)
         self.dims = (a.n_heads, a.n_kv_heads, a.head_dim)
         runs = []  # the store of every run of consecutive parts sharing one
@@ -270,7 +341,7 @@ class _Rows:
                 runs.append(c.store)
                 c.store.need(nb)
         first: dict = {}  # store -> its rank of first appearance: the layout depends on nothing else
-        key = (str(dev), tile, Tq,
+        key = (str(dev), Rp, Tq,
                tuple((first.setdefault(id(c.store), len(first)), c.store.slots, c.slot, n) for c, n, _ in parts))
         plan = model._row_plan(key)
         T, E = self.tiles, self.entries = plan["T"], plan["E"]
@@ -297,16 +368,15 @@ class _Rows:
 
     @staticmethod
     def layout(args: ModelArgs, key: tuple) -> dict:
-        """The position-independent part of a plan (built once per layout `key` = (row
-        tile, per part: (its store's rank, the store's slots, slot, rows))): which part and
-        token every row, query row and KV write belongs to, the query and output gathers.
-        `__init__` adds the positions (a few tensor ops), so a decode step whose batch
-        keeps its layout rebuilds no Python lists."""
+        """The position-independent part of a plan (built once per layout `key` = (device,
+        padded rows, query tile, per part: (its store's rank, the store's slots, slot,
+        rows))): which part and token every row, query row and KV write belongs to, the
+        query and output gathers. `__init__` adds the positions (a few tensor ops), so a
+        decode step whose batch keeps its layout rebuilds no Python lists."""
         H, KV = args.n_heads, args.n_kv_heads
         G, Bk = H // KV, KV_BLOCK
-        dev, tile, Tq, parts = key
+        dev, Rp, Tq, parts = key
         R = sum(n for *_, n in parts)
-        Rp = -(-R // tile) * tile
         T = max(-(-(n * G) // Tq) for *_, n in parts)
         in_place = all(st == 0 for st, *_ in parts) and parts[0][1] <= 2 * len(parts)
         E = KV * (parts[0][1] if in_place else len(parts))
@@ -350,6 +420,13 @@ class _Rows:
                 "row_part": t_(row_part), "row_tok": t_(row_tok),
                 "keys": torch.arange(-(-args.max_seq_len // Bk) * Bk, device=dev).view(1, -1, 1, 1, Bk),
                 "groups": [(t_(g[0]), t_(g[1]), t_(g[2]), g[3], None if g[4] is None else t_(g[4])) for g in groups]}
+
+    def linear(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """x (padded, K) @ w: in nt tiles (w broadcast over them), or in products of
+        self.sizes rows (free row counts)."""
+        if self.nt:
+            return torch.bmm(x.view(self.nt, -1, x.shape[1]), w).view(x.shape[0], w.shape[-1])
+        return _free_mm(x, w, self.sizes)
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store the new rows' keys and values (R, KV, hd) at their positions."""
@@ -567,23 +644,34 @@ class Transformer(nn.Module):
     # -- decoding -------------------------------------------------------------------
     def _decoding_weights(self, nt: int) -> list[tuple]:
         """Per layer: (attention norm weight, wqkv, wo, ffn norm weight, w1, w3 (w13's column
-        halves), w2, norm shape, eps), each product's weight transposed (`transposed`: a view, no copy) and broadcast
-        over nt row tiles (a view). Made once per tile count and kept: a decode step is
+        halves), w2, norm shape, eps), each product's weight transposed (`transposed`: a view,
+        no copy) and broadcast over nt row tiles (a view; nt = 0, free row counts: not
+        broadcast). Made once per tile count and kept: a decode step is
         dispatch-bound, and these are ~10 torch calls per layer. Remade when a parameter
         is replaced (any parameter registration) or its storage moves (.to(), `.data =`),
         checked on every call by the weights' data pointers."""
-        _, _, _, per_nt, layers, _ = self._weight_views()
+        per_nt, layers = self._weight_views()[3:5]
         if nt not in per_nt:
             shape, eps = (self.args.dim,), self.args.norm_eps
-            per_nt[nt] = [(an, wqkv.expand(nt, *wqkv.shape), wo.expand(nt, *wo.shape), fn,
-                           *(w.expand(nt, *w.shape) for w in w13.chunk(2, dim=1)), w2.expand(nt, *w2.shape), shape, eps)
+
+            def b(w):
+                return w.expand(nt, *w.shape) if nt else w
+
+            per_nt[nt] = [(an, b(wqkv), b(wo), fn, *(b(w) for w in w13.chunk(2, dim=1)), b(w2), shape, eps)
                           for an, wqkv, wo, w13, w2, fn in layers]
         return per_nt[nt]
 
+    def _min_rows(self) -> int | None:
+        """Free row counts: the least row count from which every linear product of the
+        decoding path is row invariant on this machine (`probe_rows`, per weight shape), or
+        None: fixed tiles (FREE_ROWS off, or a shape the probe failed)."""
+        return self._weight_views()[6] if FREE_ROWS else None
+
     def _weight_views(self) -> tuple:
         """(epoch, data pointers, weights, per tile count cache, per layer (attention norm,
-        wqkv^T, wo^T, w13^T, w2^T, ffn norm), (final norm, output^T)): kept while no
-        parameter was registered since and no weight's storage moved."""
+        wqkv^T, wo^T, w13^T, w2^T, ffn norm), (final norm, output^T), the least free row
+        count or None): kept while no parameter was registered since and no weight's
+        storage moved."""
         dw = self.__dict__.get("_dw")
         if dw is not None and dw[0] == _PARAMETER_EPOCH[0] and dw[1] == [w.data_ptr() for w in dw[2]]:
             return dw
@@ -595,7 +683,10 @@ class Transformer(nn.Module):
             flat += [an, fn, *ws]
         head = (self.norm.weight, *transposed(self.output.weight))
         flat += [self.norm.weight, self.output.weight]
-        dw = self.__dict__["_dw"] = (_PARAMETER_EPOCH[0], [w.data_ptr() for w in flat], flat, {}, layers, head)
+        probes = [probe_rows(w) for _, wqkv, wo, w13, w2, _ in layers[:1]
+                  for w in (wqkv, wo, *w13.chunk(2, dim=1), w2)] + [probe_rows(head[1])]
+        min_rows = None if None in probes else max(probes)
+        dw = self.__dict__["_dw"] = (_PARAMETER_EPOCH[0], [w.data_ptr() for w in flat], flat, {}, layers, head, min_rows)
         return dw
 
     def _row_plan(self, key: tuple) -> dict:
@@ -635,7 +726,8 @@ class Transformer(nn.Module):
         a > 0: over every position layer a produced that layer a+1 has not consumed.
         Returns the hidden states after layer b (n, dim) and keeps them at boundary b.
         prefill: a prefill forward (a prompt's tokens but its last, as `generate` runs
-        them): the linear products take PREFILL_TILE-row tiles instead of ROW_TILE."""
+        them): PREFILL_QUERY_TILE-row attention tiles, and with fixed tiles PREFILL_TILE-row
+        linear tiles instead of ROW_TILE."""
         L = self.args.n_layers
         if not 0 <= a < b <= L:
             raise ValueError(f"layers: need 0 <= a < b <= {L}, got a={a} b={b}")
@@ -678,7 +770,7 @@ class Transformer(nn.Module):
         rows of every job that reaches it are concatenated (one sequence per cache). Returns
         each job's rows after its layer b, (n_i, dim), kept at boundary b (when b < L).
         Each sequence's results are bit-identical to running it alone with `run` (with the
-        same `prefill`: PREFILL_TILE-row linear tiles in a prefill forward, see `run`)."""
+        same `prefill`, see `run`)."""
         L = self.args.n_layers
         cur: list = []  # per job: (tensor, first row, n, pos0) of the rows it carries, or None
         toks, r = [], 0
@@ -771,4 +863,4 @@ class Transformer(nn.Module):
     def head(self, x: torch.Tensor) -> torch.Tensor:
         """Exit head (shared final norm + LM head), row invariant; logits (n, vocab)."""
         norm_w, out_t = self._weight_views()[5]
-        return mm(F.rms_norm(x, norm_w.shape, norm_w, self.args.norm_eps), out_t)
+        return mm(F.rms_norm(x, norm_w.shape, norm_w, self.args.norm_eps), out_t, min_rows=self._min_rows())

@@ -22,7 +22,7 @@ FAMILIES = [
 ]
 
 
-def test_run_jobs_rows_are_bit_identical_to_alone(tiny):
+def test_run_jobs_rows_are_bit_identical_to_alone(tiny, row_mode):
     """Layer-range batching: jobs of different depths and row counts in one forward give
     each sequence exactly what `run` gives it alone, in pooled and in separate caches."""
     L = tiny.num_layers
@@ -61,7 +61,7 @@ def test_run_jobs_rows_are_bit_identical_to_alone(tiny):
 
 
 @pytest.mark.parametrize("batching", ["ragged", "synchronous"])
-def test_tiny_every_family_batched_equals_autoregressive(tiny, batching):
+def test_tiny_every_family_batched_equals_autoregressive(tiny, batching, row_mode):
     g = torch.Generator().manual_seed(5)
     lens = [3, 11, 1, 7, 16, 5]
     news = [30, 12, 25, 40, 8, 33]

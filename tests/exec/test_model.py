@@ -16,7 +16,7 @@ def run_chunks(m, toks, chunks):
     return torch.cat([m.head(m.run(c, 0, m.num_layers, toks[a:b])) for a, b in chunks])
 
 
-def test_row_invariance_any_chunking():
+def test_row_invariance_any_chunking(row_mode):
     for m in (random_model(), random_model(seed=1, vocab=50, layers=3, dim=48, heads=3, kv=1, ffn=100, ctx=100)):
         toks = torch.randint(0, m.args.vocab_size, (30,), generator=torch.Generator().manual_seed(0))
         ref = run_chunks(m, toks, [(i, i + 1) for i in range(30)])
@@ -66,7 +66,41 @@ def test_tile_row_depends_on_nothing_but_itself():
                     assert torch.equal(torch.bmm(A, B.transpose(1, 2) if transposed else B)[e], ref), (hd, entries, e)
 
 
-def test_batched_rows_equal_alone_in_any_company():
+def test_free_rows_premise_and_probe(monkeypatch):
+    """Free row counts rest on the probe's verdict; here, with other random rows than the
+    probe's and in fresh tensors, a row of a product of any M rows, min_rows <= M <=
+    FREE_ROWS_MAX, in any slot, has the same bits for the model's product shapes. And the
+    probe finds a library that takes another kernel below some row count (min_rows = that
+    count), or whose rows are never invariant (None: fixed tiles)."""
+    import hispec_exec.model as model_module
+    from hispec_exec.model import FREE_ROWS_MAX, probe_rows
+
+    g = torch.Generator().manual_seed(11)
+    for n_out, k in ((320, 160), (160, 160), (448, 160), (160, 448), (256, 160), (96, 40)):
+        w = torch.randn(n_out, k, generator=g).t().contiguous()
+        m = probe_rows(w)
+        if m is None:  # this machine's library: fixed tiles (tested above)
+            continue
+        row = torch.randn(k, generator=g)
+        ref = None
+        for M in range(m, FREE_ROWS_MAX + 1):
+            slot = int(torch.randint(0, M, (1,), generator=g))
+            x = torch.randn(M, k, generator=g)
+            x[slot] = row
+            got = torch.mm(x, w)[slot]
+            ref = got if ref is None else ref
+            assert torch.equal(got, ref), (n_out, k, M, slot)
+    real = torch.mm
+    w = torch.randn(64, 32, generator=g)
+    for below, expect in ((7, 7), (FREE_ROWS_MAX - 1, None)):  # rows under `below`: another rounding
+        monkeypatch.setattr(model_module, "_PROBED", {})
+        monkeypatch.setattr(torch, "mm", lambda a, b, below=below: (real(a.double(), b.double()).float()
+                                                                    if a.shape[0] < below else real(a, b)))
+        assert probe_rows(w) == expect
+        monkeypatch.undo()
+
+
+def test_batched_rows_equal_alone_in_any_company(row_mode):
     """A sequence's rows in a layer-range-batched forward (`run_jobs`) carry the same bits
     as the sequence alone, whatever its company: other sequences of other lengths (so other
     numbers of KV blocks), other row counts (so other tiles and the gathered attention
@@ -173,7 +207,7 @@ def test_partial_ranges_and_hidden_store():
     assert torch.equal(out, ref[4:])
 
 
-def test_row_invariance_long_sequences_random_chunks():
+def test_row_invariance_long_sequences_random_chunks(row_mode):
     import random
 
     m = random_model(ctx=512)
