@@ -126,7 +126,10 @@ def _free_mm(x: torch.Tensor, w_t: torch.Tensor, sizes: list[int]) -> torch.Tens
     """x @ w_t, x's rows (sum(sizes) of them) in products of the given row counts."""
     if len(sizes) == 1:
         return torch.mm(x, w_t)
-    return torch.cat([torch.mm(c, w_t) for c in x.split(sizes)])
+    out = x.new_empty(x.shape[0], w_t.shape[1])
+    for c, o in zip(x.split(sizes), out.split(sizes)):
+        torch.mm(c, w_t, out=o)
+    return out
 
 
 _PROBED: dict = {}  # (device type, dtype, shape, strides) -> the probe's verdict
@@ -293,7 +296,7 @@ def _decode_layer(x: torch.Tensor, w: tuple, layer: int, rows: "_Rows") -> torch
     x = x + lin(rows.attend(layer, qk), wo)
     h = F.rms_norm(x, nshape, fn, eps)
     g, u = lin(h, w1), lin(h, w3)  # w13's halves: each fits L2
-    return x + lin(F.silu(g) * u, w2)
+    return x + lin(F.silu(g, inplace=True).mul_(u), w2)  # g, u: this layer's own
 
 
 class _Rows:

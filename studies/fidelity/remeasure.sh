@@ -7,9 +7,9 @@
 #      traces of both sets come from the committed studies/fidelity/generalisation_traces.npz).
 # It rewrites profiles/cpu_hispec_tiny.json, studies/fidelity/RESULTS.md (machine, load, commands,
 # verdict), results.json, plot.svg, GENERALISATION.md, generalisation.json and curve.svg.
-# Budget: <= 25 min on a quiet 2-core VM. Estimated for the AMD EPYC VM (autoregressive ~80 tokens/s,
+# Budget: <= 30 min on a quiet 2-core VM. Estimated for the AMD EPYC VM (autoregressive ~80 tokens/s,
 # plans ~100): measure ~3 min, fidelity 2 rounds x 16 prompts x 128 tokens x (12 plans + 4
-# autoregressive references) ~13 min, generalisation 12 prompts x 128 tokens x (12 + 4) ~5 min.
+# autoregressive references) ~13 min, generalisation 24 prompts x 128 tokens x (12 + 4) ~9 min.
 #
 #   studies/fidelity/remeasure.sh            # refuses when the machine is busy
 #   FORCE=1 studies/fidelity/remeasure.sh    # measure anyway (the figures will say the load)
@@ -59,7 +59,7 @@ else
   step "profile measure" hispec-sim profile measure --out profiles/cpu_hispec_tiny.json --name cpu_hispec_tiny
   step "fidelity (validate, 12 plans)" python studies/fidelity/run_fidelity.py --plans 12 --rounds 2 --ar-every 4 \
     --load-measure "$load_measure"
-  step "generalisation (timed)" python studies/fidelity/run_generalisation.py --plans 12 --timed-prompts 12 --ar-every 4
+  step "generalisation (timed)" python studies/fidelity/run_generalisation.py --plans 12 --timed-prompts 24 --ar-every 4
   results=studies/fidelity/RESULTS.md
 fi
 total=$(( $(date +%s) - start ))
