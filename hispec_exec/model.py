@@ -45,11 +45,11 @@ was seen to treat alike:
 The assumption (checked in tests/exec/test_model.py for the model's shapes): a product of
 a fixed shape computes a row from that row's values by the same operations whatever the
 other rows hold and whatever slot the row has in its tile; with free row counts, also
-whatever the row count in the probed range (what the probe checks on the machine itself). Elementwise ops and row
-reductions (norm, maximum, sums) see whole rows of fixed length; one torch thread (with
-several, the partitioning of elementwise work could in principle differ). So speculative
-decoding and batching reproduce autoregressive greedy decoding bit for bit, even on
-near-ties.
+whatever the row count in the probed range (what the probe checks on the machine itself).
+Elementwise ops and row reductions (norm, maximum, sums) see whole rows of fixed length;
+one torch thread (with several, the partitioning of elementwise work could in principle
+differ). So speculative decoding and batching reproduce autoregressive greedy decoding
+bit for bit, even on near-ties.
 """
 from __future__ import annotations
 
