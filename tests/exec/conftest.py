@@ -23,8 +23,8 @@ def shipped():
 @pytest.fixture(params=["free", "tiles"])
 def row_mode(request, monkeypatch):
     """Both ways the decoding path lays its linear products out: free row counts (where the
-    probe finds this machine's products row invariant, as on the developers' CPUs) and the
-    fixed tiles every other machine falls back to."""
+    probe finds this machine's products row invariant, as on the developers' AMD EPYC VM)
+    and the fixed tiles every other machine falls back to."""
     import hispec_exec.model as model_module
 
     if request.param == "tiles":
