@@ -132,7 +132,7 @@ def _free_mm(x: torch.Tensor, w_t: torch.Tensor, sizes: list[int]) -> torch.Tens
     return out
 
 
-_PROBED: dict = {}  # (device type, dtype, shape, strides) -> the probe's verdict
+_PROBED: dict = {}  # (device type, dtype, shape, strides, max rows) -> the probe's verdict
 
 
 def probe_rows(w_t: torch.Tensor, max_rows: int = FREE_ROWS_MAX) -> int | None:
@@ -325,8 +325,8 @@ class _Rows:
         dev = model.rope_cos.device
         self.rows = R = sum(n for _, n, _ in parts)
         # the linear products' rows and the attention's query rows per tile: a prefill forward has its own
-        tile, self.qtile = (PREFILL_TILE, PREFILL_QUERY_TILE) if prefill else (ROW_TILE, QUERY_TILE)
-        Tq = self.qtile
+        tile, Tq = (PREFILL_TILE, PREFILL_QUERY_TILE) if prefill else (ROW_TILE, QUERY_TILE)
+        self.qtile = Tq
         min_rows = model._min_rows()
         if min_rows is None:  # fixed tiles
             self.padded = Rp = -(-R // tile) * tile
@@ -452,9 +452,9 @@ class _Rows:
         (padded, H*hd). Per (tile, block): scores = Q K^T + mask, (QUERY_TILE, hd) x (hd,
         KV_BLOCK); each query row's maximum over all blocks (exact in any order); P =
         exp(max(scores - max, EXP_FLOOR)) x (1 visible, 0 hidden); P [V | 1], (QUERY_TILE,
-        KV_BLOCK) x (KV_BLOCK, hd + 1): numerator and row sum; summed over the blocks one after another, then divided. A fully masked
-        block has P = 0 exactly, so it adds exact zeros: how many blocks a batch carries
-        changes no sequence's bits."""
+        KV_BLOCK) x (KV_BLOCK, hd + 1): numerator and row sum; summed over the blocks one
+        after another, then divided. A fully masked block has P = 0 exactly, so it adds
+        exact zeros: how many blocks a batch carries changes no sequence's bits."""
         H, KV, hd = self.dims
         E, nb, T, Tq, Bk = self.entries, self.nb, self.tiles, self.qtile, KV_BLOCK
         if self.in_place:
