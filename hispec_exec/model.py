@@ -327,7 +327,8 @@ class _Rows:
         # the linear products' rows and the attention's query rows per tile: a prefill forward has its own
         tile, Tq = (PREFILL_TILE, PREFILL_QUERY_TILE) if prefill else (ROW_TILE, QUERY_TILE)
         self.qtile = Tq
-        min_rows = model._min_rows()
+        views = model._weight_views()  # checked once per forward (~20 us on the shipped model)
+        min_rows = model._min_rows(views)
         if min_rows is None:  # fixed tiles
             self.padded = Rp = -(-R // tile) * tile
             self.nt, self.sizes = Rp // tile, None
@@ -335,7 +336,7 @@ class _Rows:
             self.sizes = _free_sizes(R, min_rows)
             self.padded = Rp = sum(self.sizes)
             self.nt = 0
-        self.weights = model._decoding_weights(self.nt)  # per layer, broadcast over this forward's tiles (if any)
+        self.weights = model._decoding_weights(self.nt, views)  # per layer, broadcast over its tiles (if any)
         self.nb = nb = -(-max(p0 + n for _, n, p0 in parts) // Bk)
         self.dims = (a.n_heads, a.n_kv_heads, a.head_dim)
         runs = []  # the store of every run of consecutive parts sharing one
@@ -645,15 +646,15 @@ class Transformer(nn.Module):
         return self.output(self.norm(h))
 
     # -- decoding -------------------------------------------------------------------
-    def _decoding_weights(self, nt: int) -> list[tuple]:
+    def _decoding_weights(self, nt: int, views: tuple) -> list[tuple]:
         """Per layer: (attention norm weight, wqkv, wo, ffn norm weight, w1, w3 (w13's column
         halves), w2, norm shape, eps), each product's weight transposed (`transposed`: a view,
         no copy) and broadcast over nt row tiles (a view; nt = 0, free row counts: not
-        broadcast). Made once per tile count and kept: a decode step is
-        dispatch-bound, and these are ~10 torch calls per layer. Remade when a parameter
-        is replaced (any parameter registration) or its storage moves (.to(), `.data =`),
-        checked on every call by the weights' data pointers."""
-        per_nt, layers = self._weight_views()[3:5]
+        broadcast), from `views` (`_weight_views()`, checked by the caller). Made once per
+        tile count and kept: a decode step is dispatch-bound, and these are ~10 torch calls
+        per layer. Remade with the views when a parameter is replaced (any parameter
+        registration) or its storage moves (.to(), `.data =`)."""
+        per_nt, layers = views[3:5]
         if nt not in per_nt:
             shape, eps = (self.args.dim,), self.args.norm_eps
 
@@ -664,11 +665,11 @@ class Transformer(nn.Module):
                           for an, wqkv, wo, w13, w2, fn in layers]
         return per_nt[nt]
 
-    def _min_rows(self) -> int | None:
+    def _min_rows(self, views: tuple) -> int | None:
         """Free row counts: the least row count from which every linear product of the
         decoding path is row invariant on this machine (`probe_rows`, per weight shape), or
         None: fixed tiles (FREE_ROWS off, or a shape the probe failed)."""
-        return self._weight_views()[6] if FREE_ROWS else None
+        return views[6] if FREE_ROWS else None
 
     def _weight_views(self) -> tuple:
         """(epoch, data pointers, weights, per tile count cache, per layer (attention norm,
@@ -865,5 +866,6 @@ class Transformer(nn.Module):
     @torch.no_grad()
     def head(self, x: torch.Tensor) -> torch.Tensor:
         """Exit head (shared final norm + LM head), row invariant; logits (n, vocab)."""
-        norm_w, out_t = self._weight_views()[5]
-        return mm(F.rms_norm(x, norm_w.shape, norm_w, self.args.norm_eps), out_t, min_rows=self._min_rows())
+        views = self._weight_views()
+        norm_w, out_t = views[5]
+        return mm(F.rms_norm(x, norm_w.shape, norm_w, self.args.norm_eps), out_t, min_rows=self._min_rows(views))
