@@ -240,15 +240,28 @@ def _fill_beyond_capacity(raw: np.ndarray, tokens: list[int], contexts: list[int
 # --------------------------------------------------------------------------- fixed overheads
 
 
-def calibration_plans(L: int) -> list[Plan]:
-    """Fixed plans whose forwards calibrate the per-forward costs: a mix of drafts and
-    checks over many layer counts (not chosen from, nor fitted to, any validated plan)."""
-    q = max(1, L // 4)
-    e = max(1, L // 8)
-    mid = max(e + 1, L // 2)
-    plans = [Plan(levels=[L]), Plan(levels=[q, L], propose=3)]
-    if mid < L:
-        plans.append(Plan(levels=[e, mid, L], propose=2, windows=[3]))
+def calibration_plans(L: int, spread: bool = True) -> list[Plan]:
+    """Fixed plans whose forwards calibrate the per-forward costs (not chosen from, nor
+    fitted to, any validated plan). The first three: autoregressive, mid-size drafts with a
+    long check, and a 3-level chain. With `spread`, also the shapes the search reaches at
+    the ends: 1-layer drafts, a short final check after long drafts, short and 1-layer
+    middle checks, and 4 levels. Why: the fit splits a forward's fixed cost from its per-layer
+    and per-check parts by contrasting forwards of different layer counts; with the first
+    three alone, short checks and 1-layer drafts are extrapolated, and on a noisy 2-core VM
+    the split moved from run to run (per-layer overhead 0.00-0.14 ms, per check 0.19-0.56 ms
+    in three fits of one machine within minutes; studies/fidelity/RESULTS.md)."""
+    q, e = max(1, L // 4), max(1, L // 8)
+    shapes = [([L], 1, []), ([q, L], 3, []), ([e, max(e + 1, L // 2), L], 2, [3])]
+    if spread:
+        third = max(2, L // 3)
+        shapes += [([1, L], 2, []), ([L - 3, L], 3, []), ([1, 3, L], 2, [3]),
+                   ([3 * L // 8, 3 * L // 8 + 1, L], 2, [4]), ([max(1, L // 5), third, 2 * third, L], 2, [3, 4])]
+    plans, seen = [], set()
+    for levels, propose, windows in shapes:
+        ok = all(0 < a < b for a, b in zip(levels, levels[1:])) and levels[0] > 0
+        if ok and tuple(levels) not in seen:
+            seen.add(tuple(levels))
+            plans.append(Plan(levels=levels, propose=propose, windows=windows))
     return plans
 
 

@@ -199,7 +199,7 @@ def fit_step_overheads(model: Transformer, table: LatencyTable, batches: list[in
     VM's speed drifts by up to ~25 % over minutes, and a scale fitted on iterations from a
     faster or slower window than the grid's carries that drift into every simulated step."""
     L = model.num_layers
-    plans = calibration_plans(L)
+    plans = calibration_plans(L, spread=False)  # x batches x rounds: the first three shapes suffice here
     X, y, group, heads, drift = [], [], [], [], []
     g = 0
     prompts = calibration_prompts(model, max(batches), 24)

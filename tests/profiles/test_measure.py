@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hispec_exec.measure import (_fill_beyond_capacity, drifting_nnls, isotonic, isotonic_2d,
+from hispec_exec.measure import (_fill_beyond_capacity, calibration_plans, drifting_nnls, isotonic, isotonic_2d,
                                  robust_mean, scaled_nnls)
 from hispec_exec.prompts import read_prompts
 from hispec_sim.cli import main
@@ -53,6 +53,22 @@ def test_cells_beyond_capacity_are_extrapolated_from_the_context_slope():
     raw = np.array([[1.0, 1.5], [2.0, 3.0], [4.0, np.nan]])  # tokens 1, 2, 4; contexts 0, 100
     filled = _fill_beyond_capacity(raw, [1, 2, 4], [0, 100])
     assert filled == [(4, 100)] and raw[2, 1] == pytest.approx(4.0 + (3.0 - 2.0) * 4 / 2)
+
+
+@pytest.mark.parametrize("L", [2, 3, 4, 6, 8, 16, 22, 32, 80])
+def test_calibration_plans_reach_the_ends_of_the_search_space(L):
+    """Valid distinct chains for any depth; from 8 layers on, the forwards the fit contrasts
+    span 1-layer drafts, a 3-layer final check after long drafts, a 1-layer middle check and
+    4 levels (not only the three core shapes, which serving calibrates with)."""
+    plans = calibration_plans(L)
+    assert plans[0].levels == [L] and len({tuple(p.levels) for p in plans}) == len(plans)
+    assert all(p.levels[-1] == L and all(0 < a < b for a, b in zip(p.levels, p.levels[1:])) for p in plans)
+    assert calibration_plans(L, spread=False) == plans[:len(calibration_plans(L, spread=False))]
+    if L >= 8:
+        assert len(plans) == 8 and len(calibration_plans(L, spread=False)) == 3
+        assert any(p.levels[0] == 1 for p in plans) and any(p.levels == [L - 3, L] for p in plans)
+        assert any(p.depth == 3 and p.levels[1] - p.levels[0] == 1 for p in plans)  # a 1-layer middle check
+        assert max(p.depth for p in plans) == 4
 
 
 def _drifting_runs(seed: int = 0):
