@@ -1,4 +1,5 @@
-"""Does the machine's drift between decode runs leak into a profile's fitted overheads?
+"""Does the machine's drift between decode runs leak into a profile's fitted overheads, and
+do the calibration plans pin the overheads down?
 
 `profile measure` fits per-forward, per-layer and per-check overheads on the forwards of
 its calibration plans. This study takes the same kind of calibration forwards, plus the
@@ -15,7 +16,14 @@ part: the forwards are the measured ones), within a data set and across data set
 from one time, checked on runs taken at another), and with every calibration run's times
 multiplied by a seeded U(0.8, 1.25) factor (drift injected).
 
-    python studies/fidelity/fit_drift.py --collect /tmp/a.json   # ~3.5 min, 1 thread
+Plan sets: the data hold `--calibrations N` independent calibrations (each as `profile
+measure` runs it: 4 prompts x 64 tokens, 3 rounds, every calibration plan interleaved).
+Each is fitted twice as `profile measure` fits now -- on the three core plans' runs alone
+(`calibration_plans(L, spread=False)`, before 2026-11-29 07:20) and on all of them -- with
+bootstrap standard errors, and priced against the validation runs: how far repeated fits on
+one machine move, with each plan set.
+
+    python studies/fidelity/fit_drift.py --collect /tmp/a.json   # ~6 min, 1 thread
     python studies/fidelity/fit_drift.py /tmp/a.json /tmp/b.json  # the comparison
 """
 from __future__ import annotations
@@ -28,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 
-def collect(out: Path, prompts: int) -> None:
+def collect(out: Path, prompts: int, calibrations: int) -> None:
     import torch
 
     from hispec_exec import decode, heldout_prompts, load_model
@@ -50,16 +58,18 @@ def collect(out: Path, prompts: int) -> None:
     runs, load = [], [Path("/proc/loadavg").read_text().split()[:3]]
     cp = calibration_prompts(model, 4, 64)  # as profile measure: 4 prompts x 64 tokens, plans interleaved
     decode(model, cplans[-1], cp[0], 8)
-    for r in range(2):
-        for i, ids in enumerate(cp):
-            for k in np.roll(np.arange(len(cplans)), -(r + i)):
-                runs.append(record("calib", int(k), cplans[k], decode(model, cplans[k], ids, 64)))
+    for c in range(calibrations):
+        for r in range(3):
+            for i, ids in enumerate(cp):
+                for k in np.roll(np.arange(len(cplans)), -(r + i)):
+                    runs.append({**record("calib", int(k), cplans[k], decode(model, cplans[k], ids, 64)), "set": c})
     rng = random.Random(0)
     for ids in heldout_prompts(prompts, 64, 0):
         for k in block_order(len(vplans), 4, rng):
             runs.append(record("val", int(k), ar if k < 0 else vplans[k], decode(model, ar if k < 0 else vplans[k], ids, 128)))
     load.append(Path("/proc/loadavg").read_text().split()[:3])
-    out.write_text(json.dumps({"val_plans": [p.describe() for p in vplans], "load": load, "runs": runs}))
+    out.write_text(json.dumps({"val_plans": [p.describe() for p in vplans], "calib_plans": [p.describe() for p in cplans],
+                               "core": len(calibration_plans(model.num_layers, spread=False)), "load": load, "runs": runs}))
     print(f"{len(runs)} runs -> {out} (load average before / after: {load})")
 
 
@@ -86,14 +96,34 @@ def speedup_errors(coef: np.ndarray, val: list) -> np.ndarray:
     return np.array([ref / (pred[k] / meas[k]) - 1 for k in sorted(meas) if k >= 0])
 
 
+def plan_sets(name: str, data: dict, parts: dict) -> None:
+    """Each independent calibration fitted on the core plans' runs and on all of them."""
+    from hispec_exec.measure import drifting_nnls
+
+    print(f"\n{name}: calibration plans {data['calib_plans']} (the first {data['core']}: the core set)")
+    for label, plans in (("core", data["core"]), ("all", len(data["calib_plans"]))):
+        for c in sorted({r["set"] for r, _, _ in parts["calib"]}):
+            cal = [x for x in parts["calib"] if x[0]["set"] == c and x[0]["plan"] < plans]
+            X, y = np.concatenate([x[1] for x in cal]), np.concatenate([x[2] for x in cal])
+            group = np.concatenate([np.full(len(x[2]), i) for i, x in enumerate(cal)])
+            f = drifting_nnls(X, y, group, scale_col=3, bootstrap=100)
+            coef, se = f["coef"], f["se"]
+            verify = f["boots"][:, 2] + f["boots"][:, 4]
+            e = speedup_errors(coef, parts["val"])
+            print(f"  {label} plans, calibration {c}: per forward {coef[0]:.3f} +- {se[0]:.3f}, per layer {coef[1]:.3f} "
+                  f"+- {se[1]:.3f}, per check {coef[2] + coef[4]:.3f} +- {np.std(verify, ddof=1):.3f} ms -> validation "
+                  f"median |error| {100 * np.median(np.abs(e)):.1f} %, worst {100 * np.abs(e).max():.1f} %")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("sets", nargs="*", type=Path, help="data sets written by --collect")
     ap.add_argument("--collect", type=Path, help="run the plans and write a data set here")
     ap.add_argument("--prompts", type=int, default=8, help="held-out prompts for the validation plans")
+    ap.add_argument("--calibrations", type=int, default=3, help="independent calibrations to collect")
     args = ap.parse_args()
     if args.collect:
-        collect(args.collect, args.prompts)
+        collect(args.collect, args.prompts, args.calibrations)
         return
     from hispec_exec.measure import drifting_nnls, scaled_nnls
     from hispec_sim.schema import load_profile
@@ -104,7 +134,8 @@ def main() -> None:
              for p, d in data.items()}
     print(f"validation plans: {next(iter(data.values()))['val_plans']}")
     for a in args.sets:
-        cal = parts[a]["calib"]
+        plan_sets(a.name, data[a], parts[a])
+        cal = [c for c in parts[a]["calib"] if c[0]["plan"] < data[a]["core"] and c[0]["set"] == 0]
         X = np.concatenate([c[1] for c in cal])
         group = np.concatenate([np.full(len(c[2]), i) for i, c in enumerate(cal)])
         drift = np.random.default_rng(1).uniform(0.8, 1.25, len(cal))
