@@ -248,8 +248,9 @@ def calibration_plans(L: int, spread: bool = True) -> list[Plan]:
     middle checks, and 4 levels. Why: the fit splits a forward's fixed cost from its per-layer
     and per-check parts by contrasting forwards of different layer counts; with the first
     three alone, short checks and 1-layer drafts are extrapolated, and on a noisy 2-core VM
-    the split moved from run to run (per-layer overhead 0.00-0.14 ms, per check 0.19-0.56 ms
-    in three fits of one machine within minutes; studies/fidelity/RESULTS.md)."""
+    the split moved from run to run: three calibrations within minutes gave per forward
+    0.57-0.83 ms and per check 0.27-0.95 ms with the three, 0.66-0.68 and 0.46-0.61 ms with
+    all eight (studies/fidelity/fit_drift.py, README "Fixed overheads")."""
     q, e = max(1, L // 4), max(1, L // 8)
     shapes = [([L], 1, []), ([q, L], 3, []), ([e, max(e + 1, L // 2), L], 2, [3])]
     if spread:
@@ -258,8 +259,7 @@ def calibration_plans(L: int, spread: bool = True) -> list[Plan]:
                    ([3 * L // 8, 3 * L // 8 + 1, L], 2, [4]), ([max(1, L // 5), third, 2 * third, L], 2, [3, 4])]
     plans, seen = [], set()
     for levels, propose, windows in shapes:
-        ok = all(0 < a < b for a, b in zip(levels, levels[1:])) and levels[0] > 0
-        if ok and tuple(levels) not in seen:
+        if levels[0] > 0 and all(a < b for a, b in zip(levels, levels[1:])) and tuple(levels) not in seen:
             seen.add(tuple(levels))
             plans.append(Plan(levels=levels, propose=propose, windows=windows))
     return plans
