@@ -262,7 +262,13 @@ def noise_line(out: dict) -> str:
     slots = ", ".join(f"{s:.4f}" for s in out.get("noise_floor_slots") or [])
     return (f"noise floor {100 * out['noise_floor']:.2f} % (identical autoregressive runs measured as plans: "
             f"{out['noise_floor_method']}" + (f"; their speed-ups {slots}" if slots else "") +
-            f"); {out['plans_within_noise_floor']} of {len(out['plans'])} plans within it")
+            f"); {out['plans_within_noise_floor']} of {len(out['plans'])} plans within it" + round_spread_text(out))
+
+
+def round_spread_text(out: dict) -> str:
+    rs = out.get("round_spread")
+    return (f"; the plans' own rounds differ by median {100 * rs['median']:.2f} %, worst {100 * rs['worst']:.2f} % "
+            f"({out['rounds']} rounds)") if rs else ""
 
 
 def absolute_line(out: dict) -> str:

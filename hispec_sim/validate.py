@@ -224,6 +224,14 @@ def interleaved_speedups(runs: list[dict], n_plans: int) -> dict:
             "rounds": len(rounds)}
 
 
+def round_spread(by_round: list[list[float]]) -> dict:
+    """How far identical runs of one plan differ: per plan, (max - min) / median of its
+    per-round measured speed-ups; the median and the worst over plans. The noise floor
+    times the autoregressive plan only; a plan of short forwards can move more."""
+    s = np.array([(max(v) - min(v)) / np.median(v) for v in by_round])
+    return {"median": float(np.median(s)), "worst": float(s.max())}
+
+
 def verdict(errors, noise_floor: float | None, median_bar: float = BAR_MEDIAN, worst_bar: float = BAR_WORST) -> dict:
     """Whether |errors| meet the bar (median <= median_bar, worst <= worst_bar), else whether
     they are within the measured noise floor (each bar raised to the floor), else not."""
@@ -387,6 +395,8 @@ def validate(setting: Setting, plans: list[Plan], model, prompts, max_new_tokens
            "measured_autoregressive_tokens_per_second": stats["autoregressive_tokens_per_second"],
            "median_abs_relative_error": float(np.median(err)), "max_abs_relative_error": float(err.max()),
            "noise_floor_absolute": noise_abs, "noise_floor_profile": noise_profile, "machine_drift": drift}
+    if rounds > 1:
+        out["round_spread"] = round_spread([r["measured_speedup_by_round"] for r in rows])
     if machine_warning:
         out["machine_warning"] = machine_warning
     rep_err = [abs(r["speedup_error_replay"]) for r in rows if r["speedup_error_replay"] is not None]
