@@ -8,7 +8,7 @@
 # It rewrites profiles/cpu_hispec_tiny.json, studies/fidelity/RESULTS.md (machine, load, commands,
 # verdict), results.json, plot.svg, GENERALISATION.md, generalisation.json and curve.svg.
 # Budget: <= 30 min on a quiet 2-core VM. Estimated for the AMD EPYC VM (autoregressive ~80 tokens/s,
-# plans ~100): measure ~3 min, fidelity 2 rounds x 16 prompts x 128 tokens x (12 plans + 4
+# plans ~100): measure ~3 min (8 calibration plans), fidelity 2 rounds x 16 prompts x 128 tokens x (12 plans + 4
 # autoregressive references) ~13 min, generalisation 24 prompts x 128 tokens x (12 + 4) ~9 min.
 #
 #   studies/fidelity/remeasure.sh            # refuses when the machine is busy
