@@ -3,7 +3,7 @@
 #   1. re-measure the shipped model's profile on THIS machine (with its fingerprint and its self-check),
 #   2. validate it on 12 plans (run_fidelity.py = `hispec-sim validate` + the write-up): speed-ups over
 #      autoregressive measured side by side, the noise floor, the verdict against the bar,
-#   3. the generalisation study's timed part (set A -> set B, executor on 12 prompts of B; the exit
+#   3. the generalisation study's timed part (set A -> set B, executor on 24 prompts of B; the exit
 #      traces of both sets come from the committed studies/fidelity/generalisation_traces.npz).
 # It rewrites profiles/cpu_hispec_tiny.json, studies/fidelity/RESULTS.md (machine, load, commands,
 # verdict), results.json, plot.svg, GENERALISATION.md, generalisation.json and curve.svg.
