@@ -394,6 +394,15 @@ def overhead_rows(forwards, wall_ms: float, prompt_len: int, table: LatencyTable
     return np.asarray(rows), np.array([f.ms + gap for f in forwards])
 
 
+def verify_cost(fit: dict) -> tuple[float, float]:
+    """The per-check cost the simulator charges from a drifting_nnls fit of overhead_rows:
+    the check term plus the after-a-check term (every check is followed by exactly one
+    forward), and its bootstrap standard error."""
+    boots = fit["boots"][:, 2] + fit["boots"][:, 4]
+    se = float(np.std(boots, ddof=1)) if len(boots) > 1 else float("nan")
+    return float(fit["coef"][2] + fit["coef"][4]), se
+
+
 def fit_overheads(model: Transformer, table: LatencyTable, prompts, max_new_tokens: int, rounds: int = 3,
                   bootstrap: int = 200, seed: int = 0) -> dict:
     """Fixed costs the micro-benchmarks cannot see, per forward, per layer run, and extra per
@@ -435,9 +444,9 @@ def fit_overheads(model: Transformer, table: LatencyTable, prompts, max_new_toke
     group = np.concatenate([np.full(len(r[1]), i) for i, r in enumerate(runs)])
     f = drifting_nnls(X, y, group, scale_col=3, bootstrap=bootstrap, seed=seed)
     coef, inlier, speed = f["coef"], f["keep"], f["speed"]
-    verify = f["boots"][:, 2] + f["boots"][:, 4]
-    fixed = [coef[0], coef[1], coef[2] + coef[4]]
-    boot_se = [*f["se"][:2], float(np.std(verify, ddof=1)) if len(verify) > 1 else float("nan")]
+    verify, verify_se = verify_cost(f)
+    fixed = [coef[0], coef[1], verify]
+    boot_se = [*f["se"][:2], verify_se]
     tps = toks / walls
     noise = float(np.max((tps.max(0) - tps.min(0)) / np.median(tps, axis=0))) if rounds > 1 else float("nan")
     resid = (y / speed[group] - X @ coef)[inlier]

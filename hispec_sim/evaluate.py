@@ -36,6 +36,11 @@ class Setting:
     def cost(self, max_tokens: int = 512) -> CostModel:
         return CostModel(self.table, self.batch, self.context, max_tokens)
 
+    def cost_for(self, plans) -> CostModel:
+        """A cost model whose lookups cover every forward these plans run (a check carries at
+        most propose + the windows + 1 rows per sequence; a few spare)."""
+        return self.cost(max(p.propose + sum(p.windows) for p in plans) + 8)
+
     @property
     def num_layers(self) -> int:
         return self.profile.model.num_layers

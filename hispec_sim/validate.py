@@ -353,7 +353,7 @@ def validate(setting: Setting, plans: list[Plan], model, prompts, max_new_tokens
     noise_profile = profile_noise_floor(setting.profile)
     noise_abs = max(noise_speedup, noise_profile or 0.0, drift["drift"] if drift else 0.0)
     rows = []
-    cost = setting.cost(max(p.propose + sum(p.windows) for p in plans) + 8)
+    cost = setting.cost_for(plans)
     ar_reference = autoregressive_reference(cost, stats["autoregressive_results"])
     for k, (plan, s) in enumerate(zip(plans, scored)):
         mc = simulate(cost, setting.agreement, plan, streams=4096, cycles=32, seed=seed)

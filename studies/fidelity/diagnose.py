@@ -100,7 +100,7 @@ def forward_prices(setting: Setting, plans: list[Plan], prompts, max_new_tokens:
     from hispec_sim.validate import forward_ms
 
     model = load_model()
-    cost = setting.cost(max(p.propose + sum(p.windows) for p in plans) + 8)
+    cost = setting.cost_for(plans)
     groups = collections.defaultdict(lambda: np.zeros(3))
     decode(model, plans[0], prompts[0], 8)  # warm-up
     for i, ids in enumerate(prompts):

@@ -98,7 +98,7 @@ def speedup_errors(coef: np.ndarray, val: list) -> np.ndarray:
 
 def plan_sets(name: str, data: dict, parts: dict) -> None:
     """Each independent calibration fitted on the core plans' runs and on all of them."""
-    from hispec_exec.measure import drifting_nnls
+    from hispec_exec.measure import drifting_nnls, verify_cost
 
     print(f"\n{name}: calibration plans {data['calib_plans']} (the first {data['core']}: the core set)")
     for label, plans in (("core", data["core"]), ("all", len(data["calib_plans"]))):
@@ -108,10 +108,10 @@ def plan_sets(name: str, data: dict, parts: dict) -> None:
             group = np.concatenate([np.full(len(x[2]), i) for i, x in enumerate(cal)])
             f = drifting_nnls(X, y, group, scale_col=3, bootstrap=100)
             coef, se = f["coef"], f["se"]
-            verify = f["boots"][:, 2] + f["boots"][:, 4]
+            verify, verify_se = verify_cost(f)
             e = speedup_errors(coef, parts["val"])
             print(f"  {label} plans, calibration {c}: per forward {coef[0]:.3f} +- {se[0]:.3f}, per layer {coef[1]:.3f} "
-                  f"+- {se[1]:.3f}, per check {coef[2] + coef[4]:.3f} +- {np.std(verify, ddof=1):.3f} ms -> validation "
+                  f"+- {se[1]:.3f}, per check {verify:.3f} +- {verify_se:.3f} ms -> validation "
                   f"median |error| {100 * np.median(np.abs(e)):.1f} %, worst {100 * np.abs(e).max():.1f} %")
 
 

@@ -81,7 +81,7 @@ def replay_predictions(setting: Setting, plans) -> list[float]:
     (exact in-sample for greedy plans; on other prompts it carries the measured requests'
     position-to-position and level-to-level dependence that the analytic model's i.i.d.
     positions leave out)."""
-    cost = setting.cost(max(p.propose + sum(p.windows) for p in plans) + 8)
+    cost = setting.cost_for(plans)
     return [simulate(cost, setting.agreement, p, replay=True).tokens_per_second for p in plans]
 
 
@@ -190,7 +190,7 @@ def main() -> None:
         out["replay_error_vs_measured_B"] = {}
         out["timed_prompts"] = m
         # where the in-sample error comes from: each level's forwards against the cost model, as validate reports it
-        cost = Setting(profile, "B_timed").cost(max(p.propose + sum(p.windows) for p in plans) + 8)
+        cost = Setting(profile, "B_timed").cost_for(plans)
         ref = autoregressive_reference(cost, stats["autoregressive_results"])
         out["time_split_B"] = [time_split(cost, p, r, ref) for p, r in zip(plans, stats["decode_results"])]
         ar = autoregressive_plan(base.model.num_layers)
