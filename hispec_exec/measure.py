@@ -323,7 +323,7 @@ def scaled_nnls(X: np.ndarray, y: np.ndarray, group: np.ndarray, scale_col: int,
 
 
 def drifting_nnls(X: np.ndarray, y: np.ndarray, group: np.ndarray, scale_col: int, bootstrap: int = 200,
-                  seed: int = 0, iterations: int = 200) -> dict:
+                  seed: int = 0, iterations: int = 200, relative: bool = True) -> dict:
     """Fit y_i = v_g * (X_i @ coef) with a speed v_g per group (a decode run), median 1 over
     the groups, coef >= 0 and coef[scale_col] (the latency table's column) held at 1.
 
@@ -336,6 +336,12 @@ def drifting_nnls(X: np.ndarray, y: np.ndarray, group: np.ndarray, scale_col: in
     then v_g = sum(y p) / sum(p^2) over the group's forwards (p = X @ coef: its least-squares
     factor), renormalised to median 1. The error stays in the dependent variable: solving it
     as linear in 1 / v instead would make the noisy times a regressor and bias the fit.
+    relative: a forward's noise is proportional to its time (on this VM the residuals' spread
+    is 11-16 % of the price from 1 to 9 ms forwards), so least squares on milliseconds would
+    let the long forwards' noise drown the short ones that fix the fixed costs; each row is
+    weighted by 1 / its price from an unweighted first pass (feasible weighted least squares:
+    the per-check cost's standard error fell from 0.16-0.22 to 0.05-0.08 ms on the same data,
+    studies/fidelity/fit_drift.py). Residuals are then relative too.
     Samples with residuals beyond 3.5 MADs are dropped and the fit redone; standard errors by
     bootstrap over groups (whole runs resampled with replacement, seeded). Returns coef, se,
     keep (the inlier mask), speed (per group, in np.unique(group) order), boots (the bootstrap
@@ -343,16 +349,19 @@ def drifting_nnls(X: np.ndarray, y: np.ndarray, group: np.ndarray, scale_col: in
     rest = [c for c in range(X.shape[1]) if c != scale_col]
     runs, inverse = np.unique(group, return_inverse=True)
 
+    w = np.ones(len(y))
+
     def fit(idx, cols):  # cols[i]: the group (speed) of sample idx[i]
-        Xr, table, yi = X[idx][:, rest], X[idx, scale_col], y[idx]
+        Xr, table, yi, wi = X[idx][:, rest], X[idx, scale_col], y[idx], w[idx]
         order = np.argsort(cols, kind="stable")
         starts = np.flatnonzero(np.r_[True, np.diff(cols[order]) != 0])
         v = np.ones(cols.max() + 1)
         for _ in range(iterations):
-            c = _nnls(Xr, yi / v[cols] - table)
+            c = _nnls(Xr * wi[:, None], (yi / v[cols] - table) * wi)
             p = Xr @ c + table
             new = np.ones_like(v)
-            new[cols[order][starts]] = np.add.reduceat((yi * p)[order], starts) / np.add.reduceat((p * p)[order], starts)
+            new[cols[order][starts]] = (np.add.reduceat((yi * p * wi ** 2)[order], starts)
+                                        / np.add.reduceat((p * p * wi ** 2)[order], starts))
             new /= np.median(new[cols[order][starts]])
             done = np.max(np.abs(new - v)) < 1e-7
             v = new
@@ -362,7 +371,10 @@ def drifting_nnls(X: np.ndarray, y: np.ndarray, group: np.ndarray, scale_col: in
 
     every = np.arange(len(y))
     coef, speed = fit(every, inverse)
-    resid = y / speed[inverse] - X @ coef
+    if relative:
+        w = 1.0 / np.maximum(X @ coef, 1e-9)
+        coef, speed = fit(every, inverse)
+    resid = (y / speed[inverse] - X @ coef) * w
     mad = 1.4826 * np.median(np.abs(resid - np.median(resid)))
     keep = np.abs(resid - np.median(resid)) <= OUTLIER_MADS * mad if mad > 0 else np.ones(len(y), bool)
     coef, speed = fit(every[keep], inverse[keep])
@@ -420,7 +432,8 @@ def fit_overheads(model: Transformer, table: LatencyTable, prompts, max_new_toke
     forward, so the check carries it: verify_overhead_ms = check + after-check terms.
     One speed factor per decode run (drifting_nnls): the machine's drift between runs scales
     a run's forwards alike and does not leak into the overheads; the fit prices the median
-    run. Forwards with residuals beyond 3.5 MADs are dropped and the fit redone.
+    run. Each forward is weighted by 1 / its price (its noise is proportional to its time).
+    Forwards with relative residuals beyond 3.5 MADs are dropped and the fit redone.
     Standard errors: bootstrap over decode runs (resampled with replacement, seeded).
     Noise floor: the largest relative spread ((max - min) / median) over rounds of one
     plan's aggregate tokens/s: what identical runs differ by on this machine.

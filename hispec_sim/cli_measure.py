@@ -261,14 +261,23 @@ def split_lines(out: dict) -> list[str]:
 def noise_line(out: dict) -> str:
     slots = ", ".join(f"{s:.4f}" for s in out.get("noise_floor_slots") or [])
     return (f"noise floor {100 * out['noise_floor']:.2f} % (identical autoregressive runs measured as plans: "
-            f"{out['noise_floor_method']}" + (f"; their speed-ups {slots}" if slots else "") +
-            f"); {out['plans_within_noise_floor']} of {len(out['plans'])} plans within it" + round_spread_text(out))
+            f"{out['noise_floor_method']}" + (f"; their speed-ups {slots}" if slots else "") + ")"
+            + round_spread_text(out))
 
 
 def round_spread_text(out: dict) -> str:
-    rs = out.get("round_spread")
+    """The plans' own rounds: how far they differ, the timing noise they imply and how many
+    plans' errors are within it (validate.timing_noise)."""
+    floor = out.get("noise_floor_plan", out["noise_floor"])
+    within = f"; {out['plans_within_noise_floor']} of {len(out['plans'])} plans' errors within the per-plan floor {100 * floor:.2f} %"
+    rs, tn = out.get("round_spread"), out.get("timing_noise")
+    if not (rs and tn):
+        return within
     return (f"; the plans' own rounds differ by median {100 * rs['median']:.2f} %, worst {100 * rs['worst']:.2f} % "
-            f"({out['rounds']} rounds)") if rs else ""
+            f"({out['rounds']} rounds): timing noise {100 * tn['sigma_per_round']:.2f} % per round, so a perfect "
+            f"prediction would be measured off by up to {100 * tn['plan']:.2f} % per plan, median "
+            f"{100 * tn['median']:.2f} %, worst {100 * tn['worst']:.2f} % over the plans ({100 * tn['level']:.0f} % "
+            f"quantiles)" + within)
 
 
 def absolute_line(out: dict) -> str:

@@ -7,8 +7,10 @@ its calibration plans. This study takes the same kind of calibration forwards, p
 interleaved, and compares two fits of the calibration forwards:
 
 * pooled (`measure.scaled_nnls`, before 2026-11-29): one regression over all runs;
-* per run (`measure.drifting_nnls`): one speed factor per decode run; and with the extra
-  time of the forward after a check (charged to the check), as `profile measure` fits now.
+* per run (`measure.drifting_nnls`): one speed factor per decode run; with the extra
+  time of the forward after a check (charged to the check); and with every forward
+  weighted by 1 / its price (its noise is proportional to its time), as `profile measure`
+  fits since 2026-11-29 10:00.
 
 For each fit it prices the forwards the validation plans actually ran and reports the
 error of the speed-ups over autoregressive that those prices give (acceptance plays no
@@ -141,9 +143,11 @@ def main() -> None:
         drift = np.random.default_rng(1).uniform(0.8, 1.25, len(cal))
         for label, y in (("", np.concatenate([c[2] for c in cal])),
                          (" drift injected", np.concatenate([c[2] * f for c, f in zip(cal, drift)]))):
-            for name, fit, cols in (("pooled (before)", scaled_nnls, 4), ("per run", drifting_nnls, 4),
-                                    ("per run + after a check (now)", drifting_nnls, 5)):
-                coef = fit(X[:, :cols], y, group, scale_col=3, bootstrap=0)["coef"]
+            for name, fit, cols, kw in (
+                    ("pooled (before)", scaled_nnls, 4, {}), ("per run", drifting_nnls, 4, {"relative": False}),
+                    ("per run + after a check", drifting_nnls, 5, {"relative": False}),
+                    ("per run + after a check, weighted by 1 / price (now)", drifting_nnls, 5, {})):
+                coef = fit(X[:, :cols], y, group, scale_col=3, bootstrap=0, **kw)["coef"]
                 print(f"\ncalibration {a.name} (load {data[a]['load'][0]}){label}, {name}: per forward "
                       f"{coef[0]:.3f} ms, per layer {coef[1]:.3f} ms, per check {coef[2]:.3f} ms, table x{coef[3]:.3f}"
                       + (f", after a check {coef[4]:.3f} ms" if cols > 4 else ""))

@@ -130,8 +130,7 @@ def markdown(out: dict, seconds: float, command: str, baselines: dict, context: 
                   f"{100 * out.get('median_abs_speedup_error_replay', float('nan')):.1f} %, worst "
                   f"{100 * out.get('max_abs_speedup_error_replay', float('nan')):.1f} %.",
               f"- noise floor {100 * out['noise_floor']:.2f} % ({out['noise_floor_method']}: identical autoregressive "
-              f"runs measured exactly as the plans); {out['plans_within_noise_floor']} of {len(rows)} plans within it"
-              + round_spread_text(out) + ".",
+              f"runs measured exactly as the plans)" + round_spread_text(out) + ".",
               f"- absolute tokens/s: median |error| {100 * out['median_abs_relative_error']:.1f} %, worst "
               f"{100 * out['max_abs_relative_error']:.1f} %; autoregressive predicted "
               f"{out['predicted_autoregressive_tokens_per_second']:.1f}, measured "

@@ -71,11 +71,11 @@ def test_calibration_plans_reach_the_ends_of_the_search_space(L):
         assert max(p.depth for p in plans) == 4
 
 
-def _drifting_runs(seed: int = 0):
+def _drifting_runs(seed: int = 0, noise: float = 0.01):
     """The calibration plans' forwards (layers, check?, table ms): autoregressive 16-layer
     steps; 4-layer drafts and 12-layer checks of 4 tokens; 2-layer drafts and 6- and 8-layer
     checks of 3 tokens. Forward ms = speed x (table + 0.7 + 0.05 x layers + 0.4 x check),
-    each decode run at its own speed in [0.8, 1.25] (a shared VM), 1 % noise."""
+    each decode run at its own speed in [0.8, 1.25] (a shared VM), noise proportional to the time."""
     plans = [[(16, 0, 9.6)], [(4, 0, 2.4)] * 3 + [(12, 1, 8.9)], [(2, 0, 1.2)] * 2 + [(6, 1, 4.3), (2, 0, 1.2), (8, 1, 5.6)]]
     rng = np.random.default_rng(seed)
     X, y, group = [], [], []
@@ -84,7 +84,7 @@ def _drifting_runs(seed: int = 0):
         for _ in range(10):
             for layers, check, table in plans[run % 3]:
                 X.append([1.0, layers, check, table])
-                y.append(speed * (table + 0.7 + 0.05 * layers + 0.4 * check) * rng.normal(1, 0.01))
+                y.append(speed * (table + 0.7 + 0.05 * layers + 0.4 * check) * rng.normal(1, noise))
                 group.append(run)
     return np.array(X), np.array(y), np.array(group)
 
@@ -107,6 +107,18 @@ def test_per_run_speed_keeps_drift_out_of_the_overheads():
     # an interrupted forward is dropped
     y[5] += 50.0
     assert not drifting_nnls(X, y, group, scale_col=3, bootstrap=0)["keep"][5]
+
+
+def test_noise_proportional_to_the_time_is_not_taken_for_outliers():
+    """With 5 % noise on every forward, a long forward's ordinary noise is several short
+    forwards' worth of milliseconds: judged in milliseconds, the unweighted fit drops it as an
+    outlier; weighted by 1 / price (relative residuals) only the interrupted forwards go."""
+    X, y, group = _drifting_runs(noise=0.05)
+    short = np.flatnonzero(X[:, 1] == 2)[:5]
+    y[short] *= 1.8  # five interrupted 2-layer drafts
+    weighted, plain = (drifting_nnls(X, y, group, scale_col=3, bootstrap=0, relative=r) for r in (True, False))
+    assert not weighted["keep"][short].any() and weighted["keep"].mean() > 0.98
+    assert plain["keep"].mean() < 0.96
 
 
 # --------------------------------------------------------------------------- prompts files

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hispec_sim.validate import block_order, interleaved_speedups, verdict
+from hispec_sim.validate import block_order, interleaved_speedups, timing_noise, verdict
 
 AR_SPT = 0.01  # seconds per token of autoregressive decoding at speed 1
 
@@ -128,6 +128,38 @@ def test_verdict(errors, floor, status):
     v = verdict(errors, floor)
     assert v["status"] == status and v["worst"] == pytest.approx(max(abs(e) for e in errors))
     assert ("bar met" in v["line"]) == (status == "met") and ("noise floor" in v["line"]) == (status != "met")
+
+
+def test_verdict_with_a_worst_floor_of_its_own():
+    errors = [0.02, -0.025, 0.03, 0.11]
+    assert verdict(errors, 0.02, 0.12)["status"] == "within_noise"
+    assert verdict(errors, 0.02, 0.10)["status"] == "not_met"
+    assert verdict([0.04, 0.04, 0.05, 0.05], 0.035, 0.12)["status"] == "not_met"  # the median above both
+    assert "median 2.00 %, worst 12.00 %" in verdict(errors, 0.02, 0.12)["line"]
+
+
+def test_timing_noise_of_identical_rounds_is_zero():
+    tn = timing_noise([[1.5, 1.5], [2.0, 2.0], [1.1, 1.1]])
+    assert tn["sigma_per_round"] == 0 and tn["plan"] == tn["median"] == tn["worst"] == 0
+
+
+@settings(max_examples=8, deadline=None)
+@given(sigma=st.floats(0.01, 0.08), rounds=st.integers(2, 4), seed=st.integers(0, 10_000))
+def test_timing_noise_bounds_a_perfect_prediction(sigma, rounds, seed):
+    """Rounds of 12 plans with lognormal timing noise: sigma is recovered, and a perfect
+    prediction (the true speed-ups) lands within the 95 % floors in about 95 % of studies."""
+    rng = np.random.default_rng(seed)
+    true = rng.uniform(1.0, 2.0, 12)
+    inside, sigmas = [], []
+    for _ in range(120):
+        by_round = true[:, None] * np.exp(rng.normal(0, sigma, (12, rounds)))
+        tn = timing_noise(by_round.tolist(), draws=1000)
+        err = np.abs(true / np.median(by_round, axis=1) - 1)
+        inside.append((np.median(err) <= tn["median"], err.max() <= tn["worst"]))
+        sigmas.append(tn["sigma_per_round"])
+    assert np.mean(sigmas) == pytest.approx(sigma, rel=0.1)
+    med_in, worst_in = np.mean(inside, axis=0)
+    assert 0.88 <= med_in <= 1.0 and 0.88 <= worst_in <= 1.0
 
 
 def test_a_burst_on_one_reference_run_is_dropped_drift_is_kept():

@@ -14,7 +14,7 @@ from hispec_sim.cli import main
 from hispec_sim.cli_measure import noise_line
 from hispec_sim.evaluate import Setting
 from hispec_sim.schema import Plan, save_profile
-from hispec_sim.validate import check_model_matches, draw_plans, validate, verdict
+from hispec_sim.validate import check_model_matches, draw_plans, timing_noise, validate, verdict
 
 
 @pytest.fixture(scope="module")
@@ -94,14 +94,20 @@ def test_validate_reports_predicted_and_measured(small):
     assert drift["drift"] == pytest.approx(abs(drift["now_tokens_per_second"] / drift["then_tokens_per_second"] - 1))
     assert out["noise_floor_absolute"] == max(out["noise_floor"], out["noise_floor_profile"], drift["drift"])
     assert len(out["noise_floor_slots"]) == 4  # one prompt: the 4 interior places of 6 autoregressive runs
-    assert out["plans_within_noise_floor"] == sum(abs(r["speedup_error"]) <= out["noise_floor"] for r in out["plans"])
+    tn = out["timing_noise"]  # two rounds: the plans' own timing noise raises the floors
+    assert tn == timing_noise([r["measured_speedup_by_round"] for r in out["plans"]], seed=0)
+    for k in ("plan", "median", "worst"):
+        assert out[f"noise_floor_{k}"] == max(out["noise_floor"], tn[k])
+    assert out["plans_within_noise_floor"] == sum(abs(r["speedup_error"]) <= out["noise_floor_plan"] for r in out["plans"])
     spread = [abs(a - b) / np.median([a, b]) for a, b in (r["measured_speedup_by_round"] for r in out["plans"])]
     assert out["round_spread"] == pytest.approx({"median": float(np.median(spread)), "worst": max(spread)})
     assert f"the plans' own rounds differ by median {100 * out['round_spread']['median']:.2f} %" in noise_line(out)
     assert out["verdict"] in ("met", "within_noise", "not_met") and out["verdict_line"]
     rep = [abs(r["speedup_error_replay"]) for r in out["plans"]]  # the profile has traces: every plan replayed
     assert out["max_abs_speedup_error_replay"] == pytest.approx(max(rep))
-    assert out["verdict_replay"] == verdict(rep, out["noise_floor"])["status"]
+    assert out["verdict_replay"] == verdict(rep, out["noise_floor_median"], out["noise_floor_worst"])["status"]
+    assert out["verdict"] == verdict([r["speedup_error"] for r in out["plans"]], out["noise_floor_median"],
+                                     out["noise_floor_worst"])["status"]
 
 
 def test_validate_says_where_the_error_comes_from(small):
@@ -113,6 +119,7 @@ def test_validate_says_where_the_error_comes_from(small):
     plans = [Plan(levels=[8]), Plan(levels=[3, 8], propose=3), Plan(levels=[2, 5, 8], propose=2, windows=[3])]
     out = validate(setting, plans, model, heldout_prompts(3, 32, 0), 24, seed=0)
     assert "round_spread" not in out and "own rounds" not in noise_line(out)  # one round: nothing to compare
+    assert out["timing_noise"] is None and out["noise_floor_worst"] == out["noise_floor"]
     for plan, row in zip(plans, out["plans"]):
         t = row["time_split"]
         assert set(t["levels"]) == {str(j) for j in range(1, plan.depth + 1)}
