@@ -349,7 +349,7 @@ def drifting_nnls(X: np.ndarray, y: np.ndarray, group: np.ndarray, scale_col: in
     rest = [c for c in range(X.shape[1]) if c != scale_col]
     runs, inverse = np.unique(group, return_inverse=True)
 
-    w = np.ones(len(y))
+    w = np.ones(len(y))  # row weights: 1 / price once the first pass has priced the rows
 
     def fit(idx, cols):  # cols[i]: the group (speed) of sample idx[i]
         Xr, table, yi, wi = X[idx][:, rest], X[idx, scale_col], y[idx], w[idx]

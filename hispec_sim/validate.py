@@ -240,11 +240,10 @@ def timing_noise(by_round: list[list[float]], level: float = 0.95, draws: int = 
     an independent normal timing error with one sigma for all plans: the reference runs'
     noise and the plan's own, since each round has its own. sigma is pooled over the plans
     (the within-plan variance of log speed-ups, n (R - 1) degrees of freedom; its estimation
-    error is drawn too). The measured
-    speed-up is the median over the rounds, so a perfect prediction's error is
-    exp(-median(e_1..e_R)) - 1; by seeded simulation of n plans, the `level` quantiles of the
-    median and of the worst |error| over them. Prompt-to-prompt variation is not in it (every
-    round runs the same prompts)."""
+    error is drawn too). The measured speed-up is the median over the rounds, so a perfect
+    prediction's error is exp(-median(e_1..e_R)) - 1; by seeded simulation of n plans, the
+    `level` quantiles of one plan's |error| and of the median and the worst |error| over the n
+    plans. Prompt-to-prompt variation is not in it (every round runs the same prompts)."""
     x = np.log(np.asarray(by_round, dtype=float))
     n, r = x.shape
     df = n * (r - 1)

@@ -99,22 +99,43 @@ def speedup_errors(coef: np.ndarray, val: list) -> np.ndarray:
 
 
 def plan_sets(name: str, data: dict, parts: dict) -> None:
-    """Each independent calibration fitted on the core plans' runs and on all of them."""
+    """Each independent calibration fitted on the core plans' runs and on all of them (on all
+    of them also unweighted, as before 2026-11-29 09:35)."""
     from hispec_exec.measure import drifting_nnls, verify_cost
 
     print(f"\n{name}: calibration plans {data['calib_plans']} (the first {data['core']}: the core set)")
-    for label, plans in (("core", data["core"]), ("all", len(data["calib_plans"]))):
+    every = len(data["calib_plans"])
+    for label, plans, relative in (("core", data["core"], True), ("all, unweighted", every, False), ("all", every, True)):
         for c in sorted({r["set"] for r, _, _ in parts["calib"]}):
             cal = [x for x in parts["calib"] if x[0]["set"] == c and x[0]["plan"] < plans]
             X, y = np.concatenate([x[1] for x in cal]), np.concatenate([x[2] for x in cal])
             group = np.concatenate([np.full(len(x[2]), i) for i, x in enumerate(cal)])
-            f = drifting_nnls(X, y, group, scale_col=3, bootstrap=100)
+            f = drifting_nnls(X, y, group, scale_col=3, bootstrap=100, relative=relative)
             coef, se = f["coef"], f["se"]
             verify, verify_se = verify_cost(f)
             e = speedup_errors(coef, parts["val"])
             print(f"  {label} plans, calibration {c}: per forward {coef[0]:.3f} +- {se[0]:.3f}, per layer {coef[1]:.3f} "
                   f"+- {se[1]:.3f}, per check {verify:.3f} +- {verify_se:.3f} ms -> validation "
                   f"median |error| {100 * np.median(np.abs(e)):.1f} %, worst {100 * np.abs(e).max():.1f} %")
+
+
+def noise_by_price(name: str, parts: dict) -> None:
+    """The first calibration's residual spread (1.4826 MAD, after the per-run speeds of an
+    unweighted fit) by the forward's price: is the noise additive or proportional?"""
+    from hispec_exec.measure import drifting_nnls
+
+    cal = [x for x in parts["calib"] if x[0]["set"] == 0]
+    X, y = np.concatenate([x[1] for x in cal]), np.concatenate([x[2] for x in cal])
+    group = np.concatenate([np.full(len(x[2]), i) for i, x in enumerate(cal)])
+    f = drifting_nnls(X, y, group, scale_col=3, bootstrap=0, relative=False)
+    price = X @ f["coef"]
+    resid = y / f["speed"][group] - price
+    print(f"\n{name}, calibration 0: residual spread by price (unweighted fit)")
+    for lo, hi in ((0, 1.2), (1.2, 1.8), (1.8, 2.5), (2.5, 3.5), (3.5, 5), (5, 9), (9, 20)):
+        m = (price >= lo) & (price < hi)
+        if m.sum() >= 20:
+            sd = 1.4826 * np.median(np.abs(resid[m] - np.median(resid[m])))
+            print(f"  {lo}-{hi} ms: {m.sum()} forwards, spread {sd:.3f} ms = {100 * sd / np.median(price[m]):.1f} % of the price")
 
 
 def main() -> None:
@@ -136,6 +157,7 @@ def main() -> None:
              for p, d in data.items()}
     print(f"validation plans: {next(iter(data.values()))['val_plans']}")
     for a in args.sets:
+        noise_by_price(a.name, parts[a])
         plan_sets(a.name, data[a], parts[a])
         cal = [c for c in parts[a]["calib"] if c[0]["plan"] < data[a]["core"] and c[0]["set"] == 0]
         X = np.concatenate([c[1] for c in cal])
