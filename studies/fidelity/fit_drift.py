@@ -105,7 +105,8 @@ def plan_sets(name: str, data: dict, parts: dict) -> None:
 
     print(f"\n{name}: calibration plans {data['calib_plans']} (the first {data['core']}: the core set)")
     every = len(data["calib_plans"])
-    for label, plans, relative in (("core", data["core"], True), ("all, unweighted", every, False), ("all", every, True)):
+    for label, plans, relative in (("core plans", data["core"], True), ("all plans, unweighted", every, False),
+                                   ("all plans", every, True)):
         for c in sorted({r["set"] for r, _, _ in parts["calib"]}):
             cal = [x for x in parts["calib"] if x[0]["set"] == c and x[0]["plan"] < plans]
             X, y = np.concatenate([x[1] for x in cal]), np.concatenate([x[2] for x in cal])
@@ -114,7 +115,7 @@ def plan_sets(name: str, data: dict, parts: dict) -> None:
             coef, se = f["coef"], f["se"]
             verify, verify_se = verify_cost(f)
             e = speedup_errors(coef, parts["val"])
-            print(f"  {label} plans, calibration {c}: per forward {coef[0]:.3f} +- {se[0]:.3f}, per layer {coef[1]:.3f} "
+            print(f"  {label}, calibration {c}: per forward {coef[0]:.3f} +- {se[0]:.3f}, per layer {coef[1]:.3f} "
                   f"+- {se[1]:.3f}, per check {verify:.3f} +- {verify_se:.3f} ms -> validation "
                   f"median |error| {100 * np.median(np.abs(e)):.1f} %, worst {100 * np.abs(e).max():.1f} %")
 
