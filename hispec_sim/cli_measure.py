@@ -269,7 +269,8 @@ def round_spread_text(out: dict) -> str:
     """The plans' own rounds: how far they differ, the timing noise they imply and how many
     plans' errors are within it (validate.timing_noise)."""
     floor = out.get("noise_floor_plan", out["noise_floor"])
-    within = f"; {out['plans_within_noise_floor']} of {len(out['plans'])} plans' errors within the per-plan floor {100 * floor:.2f} %"
+    within = (f"; {out['plans_within_noise_floor']} of {len(out['plans'])} plans' errors within the per-plan floor "
+              f"{100 * floor:.2f} %")
     rs, tn = out.get("round_spread"), out.get("timing_noise")
     if not (rs and tn):
         return within

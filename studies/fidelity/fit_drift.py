@@ -10,7 +10,7 @@ interleaved, and compares two fits of the calibration forwards:
 * per run (`measure.drifting_nnls`): one speed factor per decode run; with the extra
   time of the forward after a check (charged to the check); and with every forward
   weighted by 1 / its price (its noise is proportional to its time), as `profile measure`
-  fits since 2026-11-29 10:00.
+  fits since 2026-11-29 09:35.
 
 For each fit it prices the forwards the validation plans actually ran and reports the
 error of the speed-ups over autoregressive that those prices give (acceptance plays no
@@ -136,7 +136,8 @@ def noise_by_price(name: str, parts: dict) -> None:
         m = (price >= lo) & (price < hi)
         if m.sum() >= 20:
             sd = 1.4826 * np.median(np.abs(resid[m] - np.median(resid[m])))
-            print(f"  {lo}-{hi} ms: {m.sum()} forwards, spread {sd:.3f} ms = {100 * sd / np.median(price[m]):.1f} % of the price")
+            print(f"  {lo}-{hi} ms: {m.sum()} forwards, spread {sd:.3f} ms = "
+                  f"{100 * sd / np.median(price[m]):.1f} % of the price")
 
 
 def main() -> None:
