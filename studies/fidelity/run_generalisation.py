@@ -30,7 +30,7 @@ from hispec_sim.evaluate import Setting, score
 from hispec_sim.montecarlo import simulate
 from hispec_sim.schema import check_writable, load_profile, write_atomic
 from hispec_sim.validate import (autoregressive_reference, check_model_matches, draw_plans, machine_check,
-                                 run_interleaved, time_split)
+                                 run_interleaved, time_split, timing_noise)
 
 HERE = Path(__file__).resolve().parent
 COUNTS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -126,6 +126,8 @@ def main() -> None:
                     help="npz file keeping the exit traces of both sets (reused when it matches, written when absent; default: the "
                          "committed one, 128 prompts per set x 128 tokens, seed 0)")
     ap.add_argument("--ar-every", type=int, default=4, help="timed part: an autoregressive run after every N plan runs")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="timed part: passes over the timed prompts (>= 2: the timing noise a perfect prediction meets)")
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--prompt-seed", type=int, default=0)
     ap.add_argument("--acceptance-only", action="store_true", help="skip the executor timing on set B")
@@ -179,7 +181,10 @@ def main() -> None:
     if not args.acceptance_only:
         from hispec_sim.schema import autoregressive_plan
 
-        runs, stats = run_interleaved(model, plans, sets["B"][:m], T, ar_every=args.ar_every, seed=args.seed)
+        runs, stats = run_interleaved(model, plans, sets["B"][:m], T, rounds=args.rounds, ar_every=args.ar_every,
+                                      seed=args.seed)
+        if args.rounds > 1:
+            out["timing_noise"] = timing_noise(np.transpose(stats["speedup_by_round"]).tolist(), seed=args.seed)
         out["measured_tokens_per_second_B"] = [r[0] for r in runs]
         out["measured_speedup_B"] = stats["speedup"]
         out["measured_acceptance_per_level_B"] = [r[1] for r in runs]
@@ -188,7 +193,7 @@ def main() -> None:
         out["machine_warning"] = warning
         out["error_vs_measured_B"] = {}
         out["replay_error_vs_measured_B"] = {}
-        out["timed_prompts"] = m
+        out["timed_prompts"], out["rounds"] = m, args.rounds
         # where the in-sample error comes from: each level's forwards against the cost model, as validate reports it
         cost = Setting(profile, "B_timed").cost_for(plans)
         ref = autoregressive_reference(cost, stats["autoregressive_results"])
@@ -251,6 +256,7 @@ def markdown(out: dict) -> str:
         summary = lambda e: f"median {100 * e['median']:.1f} %, worst {100 * e['max']:.1f} %"
         # which prompts of B were timed, by itself: the timed prompts' walk against all of B's
         sub = np.abs(np.array(out["replayed_tokens_per_second"]["B_timed"]) / out["replayed_tokens_per_second"]["B"] - 1)
+        tn = out.get("timing_noise")
         lines += ["", f"**Generalisation (A{n} -> B), analytic: {summary(ev[f'A{n}'])}**" +
                   (f"; **trace replay of A{n}'s requests: {summary(rv[f'A{n}'])}**" if rv else "") +
                   f" over {len(out['plans'])} plans (target: median <= 3 %, worst <= 8 %). In-sample reference (the "
@@ -259,6 +265,9 @@ def markdown(out: dict) -> str:
                   f". The timed prompts are themselves a sample of B: trace replay of the {out['timed_prompts']} "
                   f"against the replay of all {n} (no timing) differs by median {100 * np.median(sub):.1f} %, worst "
                   f"{100 * sub.max():.1f} %."
+                  + (f" Timing noise ({out['rounds']} rounds, `validate.timing_noise`): a perfect prediction would be "
+                     f"measured off by up to median {100 * tn['median']:.1f} %, worst {100 * tn['worst']:.1f} % (95 %)."
+                     if tn else "")
                   + (" Time vs cost model (`validate.time_split`): per plan level (L1 = drafts, Lj = level-j "
                          "checks), the measured / predicted time of the forwards that ran on B, divided by the same "
                          "ratio for the interleaved autoregressive runs (1.000: priced right relative to an "
