@@ -337,10 +337,10 @@ def drifting_nnls(X: np.ndarray, y: np.ndarray, group: np.ndarray, scale_col: in
     factor), renormalised to median 1. The error stays in the dependent variable: solving it
     as linear in 1 / v instead would make the noisy times a regressor and bias the fit.
     relative: a forward's noise is proportional to its time (on this VM the residuals' spread
-    is 11-16 % of the price from 1 to 9 ms forwards), so least squares on milliseconds would
+    is 12-17 % of the price from 1 to 20 ms forwards), so least squares on milliseconds would
     let the long forwards' noise drown the short ones that fix the fixed costs; each row is
     weighted by 1 / its price from an unweighted first pass (feasible weighted least squares:
-    the per-check cost's standard error fell from 0.16-0.22 to 0.05-0.08 ms on the same data,
+    the per-check cost's standard error about halves on the same data,
     studies/fidelity/fit_drift.py). Residuals are then relative too.
     Samples with residuals beyond 3.5 MADs are dropped and the fit redone; standard errors by
     bootstrap over groups (whole runs resampled with replacement, seeded). Returns coef, se,

@@ -262,10 +262,10 @@ def noise_line(out: dict) -> str:
     slots = ", ".join(f"{s:.4f}" for s in out.get("noise_floor_slots") or [])
     return (f"noise floor {100 * out['noise_floor']:.2f} % (identical autoregressive runs measured as plans: "
             f"{out['noise_floor_method']}" + (f"; their speed-ups {slots}" if slots else "") + ")"
-            + round_spread_text(out))
+            + plan_noise_text(out))
 
 
-def round_spread_text(out: dict) -> str:
+def plan_noise_text(out: dict) -> str:
     """The plans' own rounds: how far they differ, the timing noise they imply and how many
     plans' errors are within it (validate.timing_noise)."""
     floor = out.get("noise_floor_plan", out["noise_floor"])

@@ -289,7 +289,8 @@ def run_interleaved(model, plans: list[Plan], prompts, max_new_tokens: int, roun
     """Run every plan on every prompt, interleaved with autoregressive runs (per round and
     prompt: a block, autoregressive first, after every `ar_every` plans, and last; the
     plans in a seeded shuffled order), and measure speed-ups with `interleaved_speedups`.
-    Returns [(tokens/s, acceptance per level)] per plan and interleaved_speedups' dict."""
+    Returns [(tokens/s, acceptance per level)] per plan and interleaved_speedups' dict, with
+    timing_noise (None with one round)."""
     import time
 
     from hispec_exec import decode
@@ -310,6 +311,8 @@ def run_interleaved(model, plans: list[Plan], prompts, max_new_tokens: int, roun
                 runs.append({"round": rd, "prompt": i, "plan": k, "tokens": _run_tokens(ar if k < 0 else plans[k], res),
                              "seconds": res.wall_s, "mid": (t + time.perf_counter()) / 2})
     stats = interleaved_speedups(runs, len(plans))
+    # with rounds: what a perfect prediction would be measured off by (the verdict's floors)
+    stats["timing_noise"] = timing_noise(np.transpose(stats["speedup_by_round"]), seed=seed) if rounds > 1 else None
     stats["decode_results"], stats["autoregressive_results"] = results, ar_results  # for time_split (not JSON)
     return [(tps, _tally(p, r)[1]) for tps, p, r in zip(stats["tokens_per_second"], plans, results)], stats
 
@@ -389,7 +392,7 @@ def validate(setting: Setting, plans: list[Plan], model, prompts, max_new_tokens
     # the verdict's floors: the larger of the autoregressive slots' and, with rounds, what the
     # plans' own rounds say a perfect prediction would be off by
     by_plan = np.transpose(stats["speedup_by_round"]).tolist()
-    timing = timing_noise(by_plan, seed=seed) if rounds > 1 else None
+    timing = stats["timing_noise"]
     floor_plan, floor_median, floor_worst = (float(np.nanmax([noise_speedup, timing[k]])) if timing else noise_speedup
                                              for k in ("plan", "median", "worst"))
     rows = []

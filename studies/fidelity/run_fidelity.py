@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hispec_sim.cli_measure import round_spread_text
+from hispec_sim.cli_measure import plan_noise_text
 from hispec_sim.evaluate import Setting, exhaustive
 from hispec_sim.schema import check_writable, load_profile, write_atomic
 from hispec_sim.validate import check_model_matches, draw_plans, machine_check, run_interleaved, validate
@@ -130,7 +130,7 @@ def markdown(out: dict, seconds: float, command: str, baselines: dict, context: 
                   f"{100 * out.get('median_abs_speedup_error_replay', float('nan')):.1f} %, worst "
                   f"{100 * out.get('max_abs_speedup_error_replay', float('nan')):.1f} %.",
               f"- noise floor {100 * out['noise_floor']:.2f} % ({out['noise_floor_method']}: identical autoregressive "
-              f"runs measured exactly as the plans)" + round_spread_text(out) + ".",
+              f"runs measured exactly as the plans)" + plan_noise_text(out) + ".",
               f"- absolute tokens/s: median |error| {100 * out['median_abs_relative_error']:.1f} %, worst "
               f"{100 * out['max_abs_relative_error']:.1f} %; autoregressive predicted "
               f"{out['predicted_autoregressive_tokens_per_second']:.1f}, measured "
