@@ -59,7 +59,8 @@ else
   step "profile measure" hispec-sim profile measure --out profiles/cpu_hispec_tiny.json --name cpu_hispec_tiny
   step "fidelity (validate, 12 plans)" python studies/fidelity/run_fidelity.py --plans 12 --rounds 2 --ar-every 4 \
     --load-measure "$load_measure"
-  step "generalisation (timed)" python studies/fidelity/run_generalisation.py --plans 12 --timed-prompts 24 --ar-every 4
+  step "generalisation (timed)" python studies/fidelity/run_generalisation.py --plans 12 --timed-prompts 128 \
+    --max-new-tokens 48 --ar-every 4
   results=studies/fidelity/RESULTS.md
 fi
 total=$(( $(date +%s) - start ))
