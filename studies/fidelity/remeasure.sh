@@ -3,17 +3,17 @@
 #   1. re-measure the shipped model's profile on THIS machine (with its fingerprint and its self-check),
 #   2. validate it on 12 plans (run_fidelity.py = `hispec-sim validate` + the write-up): speed-ups over
 #      autoregressive measured side by side, the noise floor, the verdict against the bar,
-#   3. the generalisation study's timed part (set A -> set B, executor on 24 prompts of B; the exit
+#   3. the generalisation study's timed part (set A -> set B, executor on 128 prompts of B x 48 tokens; the exit
 #      traces of both sets come from the committed studies/fidelity/generalisation_traces.npz).
 # It rewrites profiles/cpu_hispec_tiny.json, studies/fidelity/RESULTS.md (machine, load, commands,
 # verdict), results.json, plot.svg, GENERALISATION.md, generalisation.json and curve.svg.
-# Budget: <= 30 min on a quiet 2-core VM. Estimated for the AMD EPYC VM (autoregressive ~80 tokens/s,
-# plans ~100): measure ~3 min (8 calibration plans), fidelity 2 rounds x 16 prompts x 128 tokens x (12 plans + 4
-# autoregressive references) ~13 min, generalisation 24 prompts x 128 tokens x (12 + 4) ~9 min.
+# Measured: 605 s on the AVX-512 EPYC VM (autoregressive ~320 tokens/s: measure 67 s, validation 201 s,
+# generalisation 337 s); estimated ~33 min on the AVX2 EPYC VM (~95 tokens/s; measure 195 s and validation
+# 685 s there, the generalisation ~2x its 24-prompt x 128-token part's 501 s).
 #
 #   studies/fidelity/remeasure.sh            # refuses when the machine is busy
 #   FORCE=1 studies/fidelity/remeasure.sh    # measure anyway (the figures will say the load)
-#   studies/fidelity/remeasure.sh --quick    # smoke test in a temporary folder (~2 min; touches nothing)
+#   studies/fidelity/remeasure.sh --quick    # smoke test in a temporary folder (~30 s; touches nothing)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 quick=0

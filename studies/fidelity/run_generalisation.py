@@ -175,7 +175,8 @@ def main() -> None:
            "max_new_tokens": T, "counts": counts, "predicted_tokens_per_second": pred,
            "replayed_tokens_per_second": replayed, "acceptance_error_vs_B": {}, "analytic_vs_walk_B": {}, "replay_acceptance_error_vs_B": {}, "command": "python studies/fidelity/run_generalisation.py " + " ".join(
                f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(args).items()
-               if k not in ("out_dir", "profile") and v not in (False, None))}
+               if k not in ("out_dir", "profile") and v not in (False, None)
+               and not (k == "cache" and v == ap.get_default("cache")))}  # no machine's absolute path
     for c in counts:
         e = np.abs(np.array(pred[f"A{c}"]) / np.array(pred["B"]) - 1)
         out["acceptance_error_vs_B"][c] = {"median": float(np.median(e)), "max": float(e.max())}

@@ -109,6 +109,12 @@ re-measure used here, forward scale 0.965 +- 0.043). Pool occupancy was tested a
 and rejected (studies/serving/pool_occupancy.py: 2 running sequences in a pool of 8 vs a
 pool of 2, no systematic difference).
 
+The executor is warmed up before its clock starts (since 2026-11-29 12:40; `hispec-exec
+serve` serves the first request once, untimed; `--no-warmup` keeps the cold start): a
+fresh process's first request paid ~140 ms to its first token against 11-26 ms for the
+others (AVX-512 VM), and with 48 requests that one request was the TTFT p99 (72 % off in
+the run before the warm-up).
+
 Remaining misses:
 * One profile measured at one time cannot pin absolute latencies better than the
   machine's drift: the reference forward timed before each executor run differs from its

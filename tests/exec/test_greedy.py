@@ -133,6 +133,8 @@ def test_exit_traces_follow_greedy_trajectory(tiny):
     assert tr[:, -1].tolist() == autoregressive(tiny, prompt, 20).tokens
     full = exit_traces(tiny, prompt, 20)
     assert full.shape == (20, 8) and torch.equal(full[:, [0, 3, 7]], tr)
+    # a shorter run's traces are the longer run's prefix (the generalisation study slices its cache so)
+    assert torch.equal(exit_traces(tiny, prompt, 7), full[:7])
 
 
 def test_plan_errors(tiny):
@@ -154,6 +156,7 @@ def test_heldout_exit_traces(shipped):
     tr, starts = heldout_exit_traces(shipped, 2, 64, 16, seed=0, exits=[2, 4, 16])
     assert tr.shape == (32, 3) and starts == [0, 16]
     assert tr[:16, -1].tolist() == autoregressive(shipped, heldout_prompts(2, 64, 0)[0], 16).tokens
+    assert heldout_prompts(5, 64, 0, prompt_set="B")[:2] == heldout_prompts(2, 64, 0, prompt_set="B")  # n more: a prefix
 
 
 def test_timing_api(tiny):

@@ -111,6 +111,23 @@ def test_cli_trace_json(tmp_path, capsys):
     assert set(s["ttft_ms"]) == {"mean", "p50", "p90", "p99"}
 
 
+def test_cli_warms_up_untimed_and_discards_it(tmp_path, capsys, monkeypatch):
+    import hispec_exec.serve as srv
+
+    calls, real = [], srv.serve
+    monkeypatch.setattr(srv, "serve", lambda *a, **k: calls.append(len(a[3])) or real(*a, **k))
+    trace = write(tmp_path / "t.jsonl", [json.dumps({"arrival_s": 0.01 * i, "prompt_tokens": 20 + i, "max_new_tokens": 6})
+                                         for i in range(3)])
+    outs = []
+    for extra in ([], ["--no-warmup"]):
+        assert main(["serve", "--trace", trace, "--levels", "2,16", "--propose", "3", "--json", *extra]) == 0
+        outs.append(json.loads(capsys.readouterr().out))
+    assert calls == [1, 3, 3]  # the first request alone, then the trace; --no-warmup: the trace only
+    for k in ("decode_steps", "prefill_forwards", "acceptance_per_level"):
+        assert outs[0][k] == outs[1][k]
+    assert [r["output_tokens"] for r in outs[0]["requests"]] == [6, 6, 6]
+
+
 BAD = [
     (["--qps", "0"], "qps"),
     (["--qps", "-1"], "qps"),
