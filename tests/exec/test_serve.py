@@ -116,7 +116,8 @@ def test_cli_warms_up_untimed_and_discards_it(tmp_path, capsys, monkeypatch):
 
     calls, real = [], srv.serve
     monkeypatch.setattr(srv, "serve", lambda *a, **k: calls.append(len(a[3])) or real(*a, **k))
-    trace = write(tmp_path / "t.jsonl", [json.dumps({"arrival_s": 0.01 * i, "prompt_tokens": 20 + i, "max_new_tokens": 6})
+    # all arrive at once: the schedule, and so the step counts, do not depend on timing
+    trace = write(tmp_path / "t.jsonl", [json.dumps({"arrival_s": 0.0, "prompt_tokens": 20 + i, "max_new_tokens": 6})
                                          for i in range(3)])
     outs = []
     for extra in ([], ["--no-warmup"]):
