@@ -4,16 +4,21 @@
 #   2. validate it on 12 plans (run_fidelity.py = `hispec-sim validate` + the write-up): speed-ups over
 #      autoregressive measured side by side, the noise floor, the verdict against the bar,
 #   3. the generalisation study's timed part (set A -> set B, executor on 128 prompts of B x 48 tokens; the exit
-#      traces of both sets come from the committed studies/fidelity/generalisation_traces.npz).
+#      traces of both sets come from the committed studies/fidelity/generalisation_traces.npz),
+#   4. the serving study (studies/serving/run_serving.py): the profile's serving calibration re-measured,
+#      the executor's serving latencies against the simulator's, then that profile installed as the shipped one,
+#   5. the adaptive study (studies/adaptive/run_adaptive.py), on the installed profile.
 # It rewrites profiles/cpu_hispec_tiny.json, studies/fidelity/RESULTS.md (machine, load, commands,
-# verdict), results.json, plot.svg, GENERALISATION.md, generalisation.json and curve.svg.
-# Measured: 605 s on the AVX-512 EPYC VM (autoregressive ~320 tokens/s: measure 67 s, validation 201 s,
-# generalisation 337 s); estimated ~33 min on the AVX2 EPYC VM (~95 tokens/s; measure 195 s and validation
-# 685 s there, the generalisation ~2x its 24-prompt x 128-token part's 501 s).
+# verdict), results.json, plot.svg, GENERALISATION.md, generalisation.json and curve.svg, and the
+# serving and adaptive studies' RESULTS.md / results.json (/ plot.svg).
+# Steps 1-3 measured 605 s on the AVX-512 EPYC VM (autoregressive ~320 tokens/s: measure 67 s, validation
+# 201 s, generalisation 337 s), the serving study 398 s and the adaptive one 186 s there: ~20 min in all;
+# estimated ~48 min on the AVX2 EPYC VM (~95 tokens/s; there measure 195 s, validation 685 s, the
+# generalisation ~2x its 24-prompt x 128-token part's 501 s, serving 479 s, adaptive 389 s).
 #
 #   studies/fidelity/remeasure.sh            # refuses when the machine is busy
 #   FORCE=1 studies/fidelity/remeasure.sh    # measure anyway (the figures will say the load)
-#   studies/fidelity/remeasure.sh --quick    # smoke test in a temporary folder (~30 s; touches nothing)
+#   studies/fidelity/remeasure.sh --quick    # smoke test in a temporary folder (~75 s; touches nothing)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 quick=0
@@ -54,6 +59,8 @@ if [ "$quick" = 1 ]; then
     --load-measure "$load_measure" --out-dir "$out"
   step "generalisation" python studies/fidelity/run_generalisation.py --profile "$out/p.json" --plans 4 \
     --prompts 4 --timed-prompts 2 --max-new-tokens 16 --cache "$out/traces.npz" --out-dir "$out"
+  step "serving" python studies/serving/run_serving.py --quick --profile "$out/p.json"
+  step "adaptive" python studies/adaptive/run_adaptive.py --quick
   results=$out/RESULTS.md
 else
   step "profile measure" hispec-sim profile measure --out profiles/cpu_hispec_tiny.json --name cpu_hispec_tiny
@@ -61,6 +68,9 @@ else
     --load-measure "$load_measure"
   step "generalisation (timed)" python studies/fidelity/run_generalisation.py --plans 12 --timed-prompts 128 \
     --max-new-tokens 48 --ar-every 4
+  step "serving (calibration re-measured, then installed)" python studies/serving/run_serving.py \
+    --remeasure serving --profile profiles/cpu_hispec_tiny.json --install profiles/cpu_hispec_tiny.json
+  step "adaptive" python studies/adaptive/run_adaptive.py
   results=studies/fidelity/RESULTS.md
 fi
 total=$(( $(date +%s) - start ))

@@ -27,7 +27,9 @@ for arrivals added), so other processes' load does not inflate one side only.
     python studies/serving/run_serving.py --quick              # smoke run: one plan, one load, 12 requests
 
 Writes RESULTS.md, results.json, plot.svg and the re-measured profile.json next to this
-script (whole files or none; --quick writes nothing but a temporary profile).
+script (whole files or none; --quick writes nothing but a temporary profile); `--install
+PATH` writes the re-measured profile to PATH instead (remeasure.sh: the shipped one), and
+RESULTS.md names it with its sha256.
 """
 from __future__ import annotations
 
@@ -49,7 +51,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from hispec_sim.schema import LengthDist, Traffic, load_profile, save_profile, write_atomic  # noqa: E402
+from hispec_sim.schema import LengthDist, Traffic, check_writable, load_profile, save_profile, write_atomic  # noqa: E402
 from hispec_sim.traffic import generate  # noqa: E402
 
 METRICS = (("throughput_tokens_per_s", None, 0.10), ("tbt_ms", "p50", 0.10), ("tbt_ms", "p99", 0.20),
@@ -404,6 +406,8 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=2, choices=[1, 2, 3, 4],
                     help="executor runs per scenario, in interleaved passes (default 2: the run-to-run spread)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--install", help="write the re-measured profile here (e.g. the shipped one) instead of "
+                    "studies/serving/profile.json")
     ap.add_argument("--render", action="store_true", help="only rewrite RESULTS.md and plot.svg from results.json")
     ap.add_argument("--quick", action="store_true", help="smoke run: autoregressive, the first load, 12 requests; "
                     "re-measure only with --remeasure given explicitly; writes nothing")
@@ -417,6 +421,11 @@ def main(argv=None) -> int:
     if args.quick and "--remeasure" not in argv:
         args.remeasure = "none"
     load_profile(args.profile)  # fail early on a bad profile
+    if args.install:
+        try:  # before the runs, not after them
+            check_writable(args.install)
+        except ValueError as e:
+            ap.exit(2, f"run_serving.py: --install: {str(e).removeprefix('out: ')}\n")
     loads = [float(x) for x in args.loads.split(",")]
     fams = [f for f in args.plans.split(",") if f]
     bad = [f for f in fams if f not in PLANS]
@@ -480,7 +489,12 @@ def main(argv=None) -> int:
                              indent=1))
             return 0
         if profile == str(dest):
-            write_atomic(HERE / "profile.json", dest.read_text())
+            target = Path(args.install) if args.install else HERE / "profile.json"
+            write_atomic(target, dest.read_text())
+            if args.install:
+                sha = hashlib.sha256(target.read_bytes()).hexdigest()[:16]
+                out["profile"] = args.install
+                out["remeasure_detail"] += f"; installed there after the runs, sha256 {sha}…"
     write_atomic(HERE / "results.json", json.dumps(out, indent=1) + "\n")
     write_atomic(HERE / "plot.svg", svg_errors(out["scenarios"]))
     write_atomic(HERE / "RESULTS.md", results_md(out))
