@@ -481,6 +481,18 @@ def fit_overheads(model: Transformer, table: LatencyTable, prompts, max_new_toke
             "fit_error_by_plan": fitted, "run_speed_range": [float(speed.min()), float(speed.max())]}
 
 
+def measurement_warning(calibration_spread: float, autoregressive_error: float) -> str | None:
+    """A line when the machine's speed moved during the measurement: calibration rounds of
+    identical runs more than 5 % apart, or the finished table more than 3 % off its own
+    autoregressive calibration runs (the profiles beyond either validated worse on the
+    developers' VMs: README, "Closing the loop"). A spread of NaN (one round) is not judged."""
+    if not calibration_spread > 0.05 and abs(autoregressive_error) <= 0.03:
+        return None
+    return (f"warning: the machine's speed moved during this measurement (calibration rounds {100 * calibration_spread:.1f} "
+            f"% apart, self-check {100 * autoregressive_error:+.1f} %): predictions from this profile may be off by as "
+            f"much; re-measure when the machine is quiet")
+
+
 def self_check(table: LatencyTable, num_layers: int, calib: dict, context: int,
                forward_fixed_ms: tuple[float, float] = (float("nan"), float("nan"))) -> dict:
     """The simulator's autoregressive time per token (its cost model on the finished table, at
@@ -500,11 +512,13 @@ def self_check(table: LatencyTable, num_layers: int, calib: dict, context: int,
             f"in the calibration runs ({100 * err:+.1f} %); fitted decoding time per calibration plan: {fits}; "
             f"per-forward fixed cost: {fixed:.3f} +- {fixed_se:.3f} ms in the micro-benchmark, "
             f"{calib['overhead_ms']:.3f} +- {calib['overhead_ms_se']:.3f} ms fitted on decoding")
-    return {"autoregressive_ms_per_token_predicted": round(predicted, 6),
+    warning = measurement_warning(calib["noise_floor"], err)
+    return {"warning": warning,"autoregressive_ms_per_token_predicted": round(predicted, 6),
             "autoregressive_ms_per_token_measured": round(measured, 6), "autoregressive_error": round(err, 6),
             "fit_error_by_plan": {p: round(e, 6) for p, e in calib["fit_error_by_plan"].items()},
             "forward_fixed_ms_microbenchmark": round(fixed, 6) if fixed == fixed else None,
-            "forward_fixed_ms_microbenchmark_se": round(fixed_se, 6) if fixed_se == fixed_se else None, "line": line}
+            "forward_fixed_ms_microbenchmark_se": round(fixed_se, 6) if fixed_se == fixed_se else None,
+            "line": line + (f"\n{warning}" if warning else "")}
 
 
 # --------------------------------------------------------------------------- acceptance

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hispec_exec.measure import (_fill_beyond_capacity, calibration_plans, drifting_nnls, isotonic, isotonic_2d,
-                                 robust_mean, scaled_nnls)
+                                 measurement_warning, robust_mean, scaled_nnls)
 from hispec_exec.prompts import read_prompts
 from hispec_sim.cli import main
 from hispec_sim.schema import load_profile
@@ -122,6 +122,15 @@ def test_noise_proportional_to_the_time_is_not_taken_for_outliers():
 
 
 # --------------------------------------------------------------------------- prompts files
+
+
+@pytest.mark.parametrize("spread,err,warned", [(0.018, 0.011, False), (float("nan"), 0.02, False), (0.155, -0.042, True),
+                                               (0.148, 0.041, True), (0.02, -0.042, True), (0.06, 0.0, True)])
+def test_a_measurement_the_machine_moved_in_says_so(spread, err, warned):
+    w = measurement_warning(spread, err)
+    assert (w is not None) == warned
+    if warned:
+        assert w.startswith("warning: ") and "re-measure" in w and f"{100 * err:+.1f} %" in w
 
 
 @pytest.mark.parametrize("content,fmt,field,match", [
