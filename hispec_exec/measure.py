@@ -513,7 +513,7 @@ def self_check(table: LatencyTable, num_layers: int, calib: dict, context: int,
             f"per-forward fixed cost: {fixed:.3f} +- {fixed_se:.3f} ms in the micro-benchmark, "
             f"{calib['overhead_ms']:.3f} +- {calib['overhead_ms_se']:.3f} ms fitted on decoding")
     warning = measurement_warning(calib["noise_floor"], err)
-    return {"warning": warning,"autoregressive_ms_per_token_predicted": round(predicted, 6),
+    return {"warning": warning, "autoregressive_ms_per_token_predicted": round(predicted, 6),
             "autoregressive_ms_per_token_measured": round(measured, 6), "autoregressive_error": round(err, 6),
             "fit_error_by_plan": {p: round(e, 6) for p, e in calib["fit_error_by_plan"].items()},
             "forward_fixed_ms_microbenchmark": round(fixed, 6) if fixed == fixed else None,
