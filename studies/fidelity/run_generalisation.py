@@ -85,17 +85,22 @@ def replay_predictions(setting: Setting, plans) -> list[float]:
     return [simulate(cost, setting.agreement, p, replay=True).tokens_per_second for p in plans]
 
 
+def prefix_rows(prompts, stride: int, t: int) -> np.ndarray:
+    """Rows of the first t positions of each of these prompts in traces stored `stride` rows
+    per prompt (greedy traces of a shorter run are the prefixes of a longer one's)."""
+    return np.concatenate([np.arange(k * stride, k * stride + t) for k in prompts])
+
+
 def measure_sets(model, sets: dict, T: int, cache: str | None, n: int, seed: int):
     """Acceptance workloads of sets A and B (exit traces), from the cache when it covers them
-    (same prompt seed, at least n prompts of at least T tokens: greedy traces of a shorter
-    run are the prefixes of a longer one's)."""
+    (same prompt seed, at least n prompts of at least T tokens)."""
     from hispec_exec.measure import acceptance_workload
 
     if cache and Path(cache).exists():
         z = np.load(cache)
         cn, cT, cseed = (int(v) for v in z["key"])
         if cseed == seed and cn >= n and cT >= T:
-            rows = np.concatenate([np.arange(k * cT, k * cT + T) for k in range(n)])
+            rows = prefix_rows(range(n), cT, T)
             return tuple(_from_traces(z[f"traces_{s}"][rows], n, T, s) for s in "AB")
     accs = tuple(acceptance_workload(model, sets[s], T, f"{n} prompts of set {s}", "study") for s in "AB")
     if cache and not Path(cache).exists():  # never overwrite a cache (the committed one) of other settings

@@ -16,7 +16,7 @@ import argparse
 
 import numpy as np
 
-from run_generalisation import HERE, _from_traces, replay_predictions
+from run_generalisation import HERE, _from_traces, prefix_rows, replay_predictions
 
 from hispec_sim.evaluate import Setting
 from hispec_sim.schema import load_profile
@@ -34,16 +34,14 @@ def main() -> None:
     z = np.load(HERE / "generalisation_traces.npz")
     n, T = int(z["key"][0]), int(z["key"][1])
     base = load_profile(args.profile)
-    rows = lambda idx, t: np.concatenate([np.arange(k * T, k * T + t) for k in idx])
-    whole = lambda t: _from_traces(z["traces_B"][rows(range(n), t)], n, t, "B")
-    plans = draw_plans(Setting(base.model_copy(update={"workloads": {"B": whole(T)}, "default_workload": "B"}), "B"),
-                       12, 0)  # the study's plans (run_generalisation's draw, seed 0)
+    walks = lambda idx, t, s="B": _from_traces(z[f"traces_{s}"][prefix_rows(idx, T, t)], len(idx), t, s)
+    a = walks(range(n), T, "A")  # the study's plans: drawn on all of A, seed 0, as run_generalisation draws them
+    plans = draw_plans(Setting(base.model_copy(update={"workloads": {"A": a}, "default_workload": "A"}), "A"), 12, 0)
     rng = np.random.default_rng(args.seed)
     print(f"timed sample of m prompts x T tokens vs all {n} prompts of B (trace replay, {args.draws} draws):")
     print("    m    T  m x T | median |error|: q50   q90 | worst |error|: q50   q90")
     for m, t in DESIGNS:
-        wl = {"all": whole(t)} | {f"s{d}": _from_traces(z["traces_B"][rows(rng.choice(n, m, replace=False), t)], m, t, "B")
-                                  for d in range(args.draws)}
+        wl = {"all": walks(range(n), t)} | {f"s{d}": walks(rng.choice(n, m, replace=False), t) for d in range(args.draws)}
         p = base.model_copy(update={"workloads": wl, "default_workload": "all"})
         r = {w: np.array(replay_predictions(Setting(p, w), plans)) for w in wl}
         e = np.array([np.abs(r[f"s{d}"] / r["all"] - 1) for d in range(args.draws)])
