@@ -481,12 +481,19 @@ def fit_overheads(model: Transformer, table: LatencyTable, prompts, max_new_toke
             "fit_error_by_plan": fitted, "run_speed_range": [float(speed.min()), float(speed.max())]}
 
 
+def measurement_unrest(calibration_spread: float, autoregressive_error: float) -> float:
+    """How far a measurement is from a quiet machine's, in units of the bars: calibration rounds
+    of identical runs 5 % apart, or the finished table 3 % off its own autoregressive
+    calibration runs (the profiles beyond either validated worse on the developers' VMs:
+    README, "Closing the loop"); above 1, the machine's speed moved during the measurement.
+    A spread of NaN (one round) is not judged."""
+    spread = calibration_spread / 0.05 if calibration_spread == calibration_spread else 0.0
+    return max(spread, abs(autoregressive_error) / 0.03)
+
+
 def measurement_warning(calibration_spread: float, autoregressive_error: float) -> str | None:
-    """A line when the machine's speed moved during the measurement: calibration rounds of
-    identical runs more than 5 % apart, or the finished table more than 3 % off its own
-    autoregressive calibration runs (the profiles beyond either validated worse on the
-    developers' VMs: README, "Closing the loop"). A spread of NaN (one round) is not judged."""
-    if not calibration_spread > 0.05 and abs(autoregressive_error) <= 0.03:
+    """A line when the machine's speed moved during the measurement (measurement_unrest > 1)."""
+    if measurement_unrest(calibration_spread, autoregressive_error) <= 1:
         return None
     return (f"warning: the machine's speed moved during this measurement (calibration rounds {100 * calibration_spread:.1f} "
             f"% apart, self-check {100 * autoregressive_error:+.1f} %): predictions from this profile may be off by as "
@@ -582,29 +589,14 @@ def model_shape(model: Transformer, model_name: str, source: Source) -> ModelSha
                       ffn=a.ffn_dim, vocab=a.vocab_size, source=source)
 
 
-def measure_profile(model: Transformer, model_name: str, device: str, workload: str, n_prompts: int = 16,
-                    prompt_len: int = 64, max_new_tokens: int = 128, seed: int = 0, repeats: int = 12,
-                    command: str = "", prompts: list[list[int]] | None = None, prompts_detail: str | None = None,
-                    tokens: list[int] | None = None, calibration_rounds: int = 3, log=None) -> Profile:
-    """Time the model on this machine and measure one workload's acceptance: on `prompts`
-    (token ids, e.g. the user's prompts file) or on `n_prompts` held-out prompts."""
-    log = log or (lambda s: None)
-    fp, when, env = _environment(device)
-    measured = Source(kind="measured", detail=f"hispec_exec on {env}; command: {command}")
-    if prompts is None:
-        prompts = heldout_prompts(n_prompts, prompt_len, seed)
-        prompts_detail = f"{n_prompts} held-out prompts (seed {seed})"
-        prov_prompts = {"n": n_prompts, "seed": seed, "prompt_len": prompt_len, "max_new_tokens": max_new_tokens}
-    else:
-        prompt_len = int(round(float(np.mean([len(p) for p in prompts]))))
-        prov_prompts = {"n": len(prompts), "source": prompts_detail, "prompt_len_mean": prompt_len,
-                        "max_new_tokens": max_new_tokens}
+def time_model(model: Transformer, contexts: list[int], repeats: int, tokens: list[int], seed: int,
+               max_new_tokens: int, calibration_rounds: int, measured: Source, log) -> tuple[LatencyTable, dict, dict, dict]:
+    """One timing of the model: the layer table, the fixed overheads fitted on calibration
+    runs right after it, and the self-check of the two against each other."""
+    t0 = time.perf_counter()
     cap = model.args.max_seq_len
-    context = prompt_len + max_new_tokens // 2
-    contexts = sorted({0, min(prompt_len, cap - 1), min(context, cap - 1), min(prompt_len + max_new_tokens, cap - 1)})
-
-    log(f"timing layers over {len(tokens or TOKENS)} token counts x {len(contexts)} contexts ({repeats} interleaved rounds)")
-    lat = measure_latency(model, contexts, repeats, tokens or TOKENS, seed=seed)
+    log(f"timing layers over {len(tokens)} token counts x {len(contexts)} contexts ({repeats} interleaved rounds)")
+    lat = measure_latency(model, contexts, repeats, tokens, seed=seed)
     notes = {"layer_ms_raw": json.dumps(np.round(lat["raw_layer_ms"], 6).tolist()),
              "layer_ms_se": json.dumps(np.round(lat["layer_ms_se"], 6).tolist()),
              "repeats": str(repeats),
@@ -622,6 +614,7 @@ def measure_profile(model: Transformer, model_name: str, device: str, workload: 
     calib_len = len(calib_prompts[0])
     calib_new = max(1, min(64, max_new_tokens, cap - calib_len - 16))
     calib = fit_overheads(model, table, calib_prompts, calib_new, rounds=calibration_rounds, seed=seed)
+    calib.update(prompts=len(calib_prompts), prompt_len=calib_len, max_new_tokens=calib_new)
     table = table.model_copy(update={k: calib[k] for k in ("overhead_ms", "layer_overhead_ms", "verify_overhead_ms")})
     table.notes["table_scale"] = ("1 (held: the micro-benchmarks' layer and head times as measured; each calibration "
                                   "run's own speed carries the drift, see calibration)")
@@ -640,6 +633,54 @@ def measure_profile(model: Transformer, model_name: str, device: str, workload: 
     check = self_check(table, model.num_layers, calib, calib_len + calib_new // 2, lat["forward_fixed_ms"])
     log(check["line"])
     table.notes["self_check"] = check["line"]
+    calib["attempt_seconds"] = time.perf_counter() - t0
+    return table, lat, calib, check
+
+
+def measure_profile(model: Transformer, model_name: str, device: str, workload: str, n_prompts: int = 16,
+                    prompt_len: int = 64, max_new_tokens: int = 128, seed: int = 0, repeats: int = 12,
+                    command: str = "", prompts: list[list[int]] | None = None, prompts_detail: str | None = None,
+                    tokens: list[int] | None = None, calibration_rounds: int = 3, attempts: int = 3,
+                    log=None) -> Profile:
+    """Time the model on this machine and measure one workload's acceptance: on `prompts`
+    (token ids, e.g. the user's prompts file) or on `n_prompts` held-out prompts.
+
+    The timing (layer table and calibration) is repeated, up to `attempts` times, while the
+    machine's speed moved during it (measurement_unrest > 1), and the calmest attempt is kept:
+    on a shared VM a slow spell lasts about a minute, and a table and fixed costs fitted across
+    one mis-price every plan measured after it (README, "Closing the loop")."""
+    log = log or (lambda s: None)
+    fp, when, env = _environment(device)
+    measured = Source(kind="measured", detail=f"hispec_exec on {env}; command: {command}")
+    if prompts is None:
+        prompts = heldout_prompts(n_prompts, prompt_len, seed)
+        prompts_detail = f"{n_prompts} held-out prompts (seed {seed})"
+        prov_prompts = {"n": n_prompts, "seed": seed, "prompt_len": prompt_len, "max_new_tokens": max_new_tokens}
+    else:
+        prompt_len = int(round(float(np.mean([len(p) for p in prompts]))))
+        prov_prompts = {"n": len(prompts), "source": prompts_detail, "prompt_len_mean": prompt_len,
+                        "max_new_tokens": max_new_tokens}
+    cap = model.args.max_seq_len
+    context = prompt_len + max_new_tokens // 2
+    contexts = sorted({0, min(prompt_len, cap - 1), min(context, cap - 1), min(prompt_len + max_new_tokens, cap - 1)})
+
+    tries = []
+    for attempt in range(attempts):  # a fresh timing order per attempt
+        table, lat, calib, check = time_model(model, contexts, repeats, tokens or TOKENS, seed + attempt,
+                                              max_new_tokens, calibration_rounds, measured, log)
+        unrest = measurement_unrest(calib["noise_floor"], check["autoregressive_error"])
+        tries.append({"unrest": unrest, "table": table, "lat": lat, "calib": calib, "check": check})
+        if unrest <= 1:
+            break
+        if attempt + 1 < attempts:
+            log(f"attempt {attempt + 1} of {attempts}: the machine's speed moved; timing again")
+    kept = min(range(len(tries)), key=lambda i: tries[i]["unrest"])
+    table, lat, calib, check = (tries[kept][k] for k in ("table", "lat", "calib", "check"))
+    table.notes["attempts"] = (f"attempt {kept + 1} of {len(tries)} kept (timing repeated while calibration rounds "
+                               f"were > 5 % apart or the self-check > 3 % off, up to {attempts}; the calmest kept): "
+                               + "; ".join(f"{i + 1}: rounds {100 * t['calib']['noise_floor']:.1f} % apart, self-check "
+                                           f"{100 * t['check']['autoregressive_error']:+.1f} %"
+                                           for i, t in enumerate(tries)))
     from .measure_serving import design_for, measure_serving  # batched serving steps (hispec-sim serve reads them)
 
     table = table.model_copy(update={"serving": measure_serving(model, table, env, seed=seed, log=log,
@@ -647,13 +688,19 @@ def measure_profile(model: Transformer, model_name: str, device: str, workload: 
     log("measuring acceptance (exit traces)")
     acc = acceptance_workload(model, prompts, max_new_tokens, prompts_detail, env)
     measurement = {"noise_floor": calib["noise_floor"], "latency_seconds": round(lat["seconds"], 1),
-                   "calibration": {"prompts": len(calib_prompts), "prompt_len": calib_len, "seed": CALIBRATION_SEED,
-                                   "max_new_tokens": calib_new,
+                   "calibration": {"prompts": calib["prompts"], "prompt_len": calib["prompt_len"],
+                                   "seed": CALIBRATION_SEED, "max_new_tokens": calib["max_new_tokens"],
                                    "autoregressive_tokens_per_second": round(calib["autoregressive_tokens_per_second"], 4)},
                    "self_check": {k: v for k, v in check.items() if k != "line"},
                    **{k: round(calib[k], 6) for k in ("overhead_ms", "layer_overhead_ms", "verify_overhead_ms",
                                                        "overhead_ms_se", "layer_overhead_ms_se", "verify_overhead_ms_se")},
-                   "run_speed_range": [round(v, 6) for v in calib["run_speed_range"]]}
+                   "run_speed_range": [round(v, 6) for v in calib["run_speed_range"]],
+                   "attempts": [{"calibration_spread": round(t["calib"]["noise_floor"], 6),
+                                 "autoregressive_error": round(t["check"]["autoregressive_error"], 6),
+                                 "overhead_ms": round(t["calib"]["overhead_ms"], 6),
+                                 "verify_overhead_ms": round(t["calib"]["verify_overhead_ms"], 6),
+                                 "seconds": round(t["calib"]["attempt_seconds"], 1)} for t in tries],
+                   "attempt_kept": kept + 1}
     dev_name = fp.get("gpu_name") or fp["cpu_model"]
     return Profile(
         name=f"{device}_{model_name}",

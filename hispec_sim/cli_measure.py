@@ -59,6 +59,9 @@ def add_measure_parser(prof_sub) -> None:
     m.add_argument("--acceptance-only", action="store_true",
                    help="add the workload to the existing profile --out without timing (timing may come from another machine)")
     m.add_argument("--repeats", type=int_in(1, 1000), default=12, help="interleaved timing rounds (default 12)")
+    m.add_argument("--attempts", type=int_in(1, 10), default=3,
+                   help="time again, up to this many times, while the machine's speed moves during the timing; "
+                        "the calmest attempt is kept (default 3)")
     m.add_argument("--seed", type=SEED, default=0, help="seed of the held-out prompts and of the timing order")
     m.add_argument("--name", help="profile name")
     m.add_argument("--out", required=True, metavar="FILE",
@@ -121,7 +124,7 @@ def cmd_measure(args) -> int:
         # progress on a terminal only: a failing run's stderr stays one line
         log = (lambda s: print(f"[measure] {s}", file=sys.stderr, flush=True)) if sys.stderr.isatty() else None
         profile = measure_profile(model, name, args.device, workload, args.prompts, 64, args.max_new_tokens, args.seed,
-                                  repeats=args.repeats, command=command,
+                                  repeats=args.repeats, attempts=args.attempts, command=command,
                                   prompts=prompts if prompts_text is not None else None,
                                   prompts_detail=detail, log=log)
         if existing is not None:  # keep the other workloads measured into this file
@@ -135,7 +138,10 @@ def cmd_measure(args) -> int:
     print(f"profile {profile.name} written to {out}: workload {workload} {verb} ({detail}); "
           f"workloads {', '.join(sorted(profile.workloads))}")
     if not args.acceptance_only:
-        print(profile.table().notes.get("self_check", ""))
+        notes = profile.table().notes
+        print(notes.get("self_check", ""))
+        if profile.provenance["measurement"]["attempts"][1:]:
+            print(notes["attempts"])
     return 0
 
 

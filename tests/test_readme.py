@@ -29,7 +29,7 @@ SUBS = [
     ("--levels 4,16 --propose 3", "--levels 4,16 --propose 3 --max-new-tokens 16"),
     ("--trials 100 --seed 1", "--trials 5 --seed 1"),
     ("train --minutes 25", "train --steps 2 --layers 4 --dim 32 --heads 2 --kv-heads 1 --ffn 64 --seq 64 --batch 2"),
-    ("profile measure --out", "profile measure --repeats 3 --prompts 2 --max-new-tokens 16 --out"),
+    ("profile measure --out", "profile measure --repeats 3 --attempts 1 --prompts 2 --max-new-tokens 16 --out"),
     ("--plans 6 --seed 7", "--plans 1 --seed 7 --max-new-tokens 16"),
     ("serve --qps 4 --requests 64 ", "serve --qps 4 --requests 3 --output-len 8 "),
     ("--cv 3 --requests 32 ", "--cv 3 --requests 3 "),

@@ -143,7 +143,11 @@ def markdown(out: dict, seconds: float, command: str, baselines: dict, context: 
         lines.append(f"- self-check of the profile (its cost model against its own calibration runs): autoregressive "
                      f"{check['autoregressive_ms_per_token_predicted']:.3f} ms/token predicted, "
                      f"{check['autoregressive_ms_per_token_measured']:.3f} measured "
-                     f"({100 * check['autoregressive_error']:+.1f} %).")
+                     f"({100 * check['autoregressive_error']:+.1f} %)"
+                     + ("; timed {} times while the machine moved, attempt {} kept (calibration rounds {} % apart)".format(
+                         len(meas["attempts"]), meas["attempt_kept"],
+                         ", ".join(f"{100 * a['calibration_spread']:.1f}" for a in meas["attempts"]))
+                        if len(meas.get("attempts") or []) > 1 else "") + ".")
     if "other_prompts" in out:
         o = out["other_prompts"]
         lines.append(f"- the same predictions against runs on {out['prompts']} OTHER held-out prompts (seed {o['seed']}, "

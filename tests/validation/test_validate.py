@@ -23,7 +23,7 @@ def small():
     torch.set_num_threads(1)
     model = Transformer(ModelArgs(n_layers=8, dim=48, n_heads=4, n_kv_heads=2, ffn_dim=96, max_seq_len=256)).eval()
     profile = measure_profile(model, "rand8", "cpu", "heldout", n_prompts=3, prompt_len=32, max_new_tokens=24,
-                              repeats=3, tokens=SMALL_TOKENS, calibration_rounds=2, command="pytest")
+                              repeats=3, tokens=SMALL_TOKENS, calibration_rounds=2, attempts=1, command="pytest")
     return model, profile
 
 
