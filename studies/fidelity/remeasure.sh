@@ -21,6 +21,7 @@
 #   studies/fidelity/remeasure.sh --quick    # smoke test in a temporary folder (~75 s; touches nothing)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's code and profiles, whatever is installed
 quick=0
 case "${1:-}" in
   --quick) quick=1 ;;
