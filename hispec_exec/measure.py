@@ -324,7 +324,7 @@ def scaled_nnls(X: np.ndarray, y: np.ndarray, group: np.ndarray, scale_col: int,
 
 def drifting_nnls(X: np.ndarray, y: np.ndarray, group: np.ndarray, scale_col: int, bootstrap: int = 200,
                   seed: int = 0, iterations: int = 200, relative: bool = True) -> dict:
-    """Fit y_i = v_g * (X_i @ coef) with a speed v_g per group (a decode run), median 1 over
+    """Fit y_i = v_g * (X_i @ coef) with a speed v_g per group (a block of decode runs), median 1 over
     the groups, coef >= 0 and coef[scale_col] (the latency table's column) held at 1.
 
     Why: a shared VM's speed moves from one decode run to the next (+-20 %). Pooled, that
@@ -430,16 +430,21 @@ def fit_overheads(model: Transformer, table: LatencyTable, prompts, max_new_toke
     slower than a draft after a draft (studies/fidelity/diagnose.py measured 4-7 %). The
     simulator cannot tell the two drafts apart, but every check is followed by exactly one
     forward, so the check carries it: verify_overhead_ms = check + after-check terms.
-    One speed factor per decode run (drifting_nnls): the machine's drift between runs scales
-    a run's forwards alike and does not leak into the overheads; the fit prices the median
-    run. Each forward is weighted by 1 / its price (its noise is proportional to its time).
+    One speed factor per block (drifting_nnls), a block being every plan's run on one prompt in
+    one round, back to back (seconds): the machine's drift between blocks scales their forwards
+    alike and does not leak into the overheads; the fit prices the median block. Not one per
+    run: a run's own factor absorbs whatever its plan costs beyond the model -- autoregressive
+    runs settled at x1.02-1.05 of the median, 2-layer-draft plans at x0.92-0.95 -- so the
+    overheads came from contrasts within runs alone, and the speed-ups they priced were off
+    by 5.7-7.5 % median (4.5 and 3.4 % per block; studies/fidelity/fit_drift.py, README).
+    Each forward is weighted by 1 / its price (its noise is proportional to its time).
     Forwards with relative residuals beyond 3.5 MADs are dropped and the fit redone.
-    Standard errors: bootstrap over decode runs (resampled with replacement, seeded).
+    Standard errors: bootstrap over blocks (resampled with replacement, seeded).
     Noise floor: the largest relative spread ((max - min) / median) over rounds of one
     plan's aggregate tokens/s: what identical runs differ by on this machine.
     """
     plans = calibration_plans(model.num_layers)
-    runs = []  # (rows, y) per decode run
+    runs = []  # (rows, y, plan, block) per decode run
     walls = np.zeros((rounds, len(plans)))
     toks = np.zeros((rounds, len(plans)))
     decode(model, plans[-1], prompts[0], min(8, max_new_tokens))  # warm-up
@@ -450,11 +455,12 @@ def fit_overheads(model: Transformer, table: LatencyTable, prompts, max_new_toke
                 res = decode(model, plan, ids, max_new_tokens)
                 walls[r, k] += res.wall_s
                 toks[r, k] += len(res.tokens)
-                runs.append((*overhead_rows(res.forwards, res.wall_s * 1e3, res.prompt_len, table), k))
+                runs.append((*overhead_rows(res.forwards, res.wall_s * 1e3, res.prompt_len, table), k,
+                             r * len(prompts) + i))
     X = np.concatenate([r[0] for r in runs])
     y = np.concatenate([r[1] for r in runs])
 
-    group = np.concatenate([np.full(len(r[1]), i) for i, r in enumerate(runs)])
+    group = np.concatenate([np.full(len(r[1]), r[3]) for r in runs])
     f = drifting_nnls(X, y, group, scale_col=3, bootstrap=bootstrap, seed=seed)
     coef, inlier, speed = f["coef"], f["keep"], f["speed"]
     verify, verify_se = verify_cost(f)
@@ -469,7 +475,7 @@ def fit_overheads(model: Transformer, table: LatencyTable, prompts, max_new_toke
     fitted = {}
     for k, plan in enumerate(plans):
         mine = [i for i, r in enumerate(runs) if r[2] == k]
-        fitted[plan.describe()] = float(sum(speed[i] * (runs[i][0] @ coef).sum() for i in mine)
+        fitted[plan.describe()] = float(sum(speed[runs[i][3]] * (runs[i][0] @ coef).sum() for i in mine)
                                         / sum(runs[i][1].sum() for i in mine) - 1)
     names = ("overhead_ms", "layer_overhead_ms", "verify_overhead_ms")
     return {**{k: float(v) for k, v in zip(names, fixed)}, **{k + "_se": float(v) for k, v in zip(names, boot_se)},
@@ -478,7 +484,8 @@ def fit_overheads(model: Transformer, table: LatencyTable, prompts, max_new_toke
             "rounds": rounds, "residual_ms_median_abs": float(np.median(np.abs(resid))), "noise_floor": noise,
             "tokens_per_second_by_round": tps.round(3).tolist(), "plans": [p.describe() for p in plans],
             "autoregressive_tokens_per_second": float(np.median(tps[:, 0])),
-            "fit_error_by_plan": fitted, "run_speed_range": [float(speed.min()), float(speed.max())]}
+            "fit_error_by_plan": fitted, "block_speed_range": [float(speed.min()), float(speed.max())],
+            "blocks": rounds * len(prompts)}
 
 
 def measurement_unrest(calibration_spread: float, autoregressive_error: float) -> float:
@@ -622,9 +629,10 @@ def time_model(model: Transformer, contexts: list[int], repeats: int, tokens: li
         f"fixed costs fitted by non-negative least squares on {calib['forwards']} forwards "
         f"({calib['forwards_rejected']} outliers rejected) of the plans {calib['plans']} over "
         f"{len(calib_prompts)} calibration prompts (seed {CALIBRATION_SEED}) x {calibration_rounds} "
-        f"interleaved rounds, one speed factor per decode run (they ranged {calib['run_speed_range'][0]:.3f}-"
-        f"{calib['run_speed_range'][1]:.3f}; the fit prices the median run); median |residual| "
-        f"{calib['residual_ms_median_abs']:.4f} ms; standard errors by bootstrap over {calib['runs']} decode runs; "
+        f"interleaved rounds, one speed factor per block of back-to-back runs (every plan on one prompt in one "
+        f"round; they ranged {calib['block_speed_range'][0]:.3f}-{calib['block_speed_range'][1]:.3f}; the fit prices "
+        f"the median block); median |residual| {calib['residual_ms_median_abs']:.4f} ms; standard errors by "
+        f"bootstrap over {calib['blocks']} blocks ({calib['runs']} decode runs); "
         f"verify_overhead_ms includes {calib['after_check_ms']:.4f} ms that the forward after a check takes extra")
     table.notes["overheads_se_ms"] = json.dumps({k: round(calib[k + "_se"], 6) for k in
                                                  ("overhead_ms", "layer_overhead_ms", "verify_overhead_ms")})
@@ -694,7 +702,7 @@ def measure_profile(model: Transformer, model_name: str, device: str, workload: 
                    "self_check": {k: v for k, v in check.items() if k != "line"},
                    **{k: round(calib[k], 6) for k in ("overhead_ms", "layer_overhead_ms", "verify_overhead_ms",
                                                        "overhead_ms_se", "layer_overhead_ms_se", "verify_overhead_ms_se")},
-                   "run_speed_range": [round(v, 6) for v in calib["run_speed_range"]],
+                   "block_speed_range": [round(v, 6) for v in calib["block_speed_range"]],
                    "attempts": [{"calibration_spread": round(t["calib"]["noise_floor"], 6),
                                  "autoregressive_error": round(t["check"]["autoregressive_error"], 6),
                                  "overhead_ms": round(t["calib"]["overhead_ms"], 6),

@@ -10,7 +10,10 @@ interleaved, and compares two fits of the calibration forwards:
 * per run (`measure.drifting_nnls`): one speed factor per decode run; with the extra
   time of the forward after a check (charged to the check); and with every forward
   weighted by 1 / its price (its noise is proportional to its time), as `profile measure`
-  fits since 2026-11-29 09:35.
+  fitted from 2026-11-29 09:35;
+* per block: the same with one speed factor per block of back-to-back runs (every
+  calibration plan on one prompt in one round), as `profile measure` fits since
+  2026-11-29 15:10 (a run's own factor absorbs what its plan costs beyond the model).
 
 For each fit it prices the forwards the validation plans actually ran and reports the
 error of the speed-ups over autoregressive that those prices give (acceptance plays no
@@ -105,12 +108,16 @@ def plan_sets(name: str, data: dict, parts: dict) -> None:
 
     print(f"\n{name}: calibration plans {data['calib_plans']} (the first {data['core']}: the core set)")
     every = len(data["calib_plans"])
-    for label, plans, relative in (("core plans", data["core"], True), ("all plans, unweighted", every, False),
-                                   ("all plans", every, True)):
+    for label, plans, relative, by_block in (("core plans", data["core"], True, False),
+                                             ("all plans, unweighted", every, False, False),
+                                             ("all plans", every, True, False),
+                                             ("all plans, one speed per block", every, True, True)):
         for c in sorted({r["set"] for r, _, _ in parts["calib"]}):
-            cal = [x for x in parts["calib"] if x[0]["set"] == c and x[0]["plan"] < plans]
-            X, y = np.concatenate([x[1] for x in cal]), np.concatenate([x[2] for x in cal])
-            group = np.concatenate([np.full(len(x[2]), i) for i, x in enumerate(cal)])
+            # a block: every plan's run on one prompt in one round, back to back (collect's order)
+            mine = [(n // every, x) for n, x in enumerate(x for x in parts["calib"] if x[0]["set"] == c)]
+            cal = [(b, x) for b, x in mine if x[0]["plan"] < plans]
+            X, y = np.concatenate([x[1] for _, x in cal]), np.concatenate([x[2] for _, x in cal])
+            group = np.concatenate([np.full(len(x[2]), b if by_block else i) for i, (b, x) in enumerate(cal)])
             f = drifting_nnls(X, y, group, scale_col=3, bootstrap=100, relative=relative)
             coef, se = f["coef"], f["se"]
             verify, verify_se = verify_cost(f)
@@ -146,6 +153,7 @@ def main() -> None:
     ap.add_argument("--collect", type=Path, help="run the plans and write a data set here")
     ap.add_argument("--prompts", type=int, default=8, help="held-out prompts for the validation plans")
     ap.add_argument("--calibrations", type=int, default=3, help="independent calibrations to collect")
+    ap.add_argument("--profile", default="cpu_hispec_tiny", help="the latency table to price with")
     args = ap.parse_args()
     if args.collect:
         collect(args.collect, args.prompts, args.calibrations)
@@ -153,7 +161,7 @@ def main() -> None:
     from hispec_exec.measure import drifting_nnls, scaled_nnls
     from hispec_sim.schema import load_profile
 
-    table = load_profile("cpu_hispec_tiny").table()
+    table = load_profile(args.profile).table()
     data = {p: json.loads(p.read_text()) for p in args.sets}
     parts = {p: {kind: [(r, *features(r, table)) for r in d["runs"] if r["kind"] == kind] for kind in ("calib", "val")}
              for p, d in data.items()}

@@ -44,8 +44,8 @@ def test_measured_profile_is_complete(small):
     assert set(se) == {"overhead_ms", "layer_overhead_ms", "verify_overhead_ms"} and all(v >= 0 for v in se.values())
     meas = profile.provenance["measurement"]
     assert meas["noise_floor"] >= 0 and meas["overhead_ms_se"] == se["overhead_ms"]
-    lo, hi = meas["run_speed_range"]  # each calibration run's speed, median 1
-    assert 0 < lo <= 1 <= hi and "one speed factor per decode run" in table.notes["calibration"]
+    lo, hi = meas["block_speed_range"]  # each calibration block's speed, median 1
+    assert 0 < lo <= 1 <= hi and "one speed factor per block" in table.notes["calibration"]
     check = meas["self_check"]  # the cost model's autoregressive time against the calibration runs'
     assert check["autoregressive_error"] == pytest.approx(
         check["autoregressive_ms_per_token_predicted"] / check["autoregressive_ms_per_token_measured"] - 1, abs=1e-5)
