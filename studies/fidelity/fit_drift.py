@@ -69,9 +69,10 @@ def collect(out: Path, prompts: int, calibrations: int) -> None:
                 for k in np.roll(np.arange(len(cplans)), -(r + i)):
                     runs.append({**record("calib", int(k), cplans[k], decode(model, cplans[k], ids, 64)), "set": c})
     rng = random.Random(0)
-    for ids in heldout_prompts(prompts, 64, 0):
+    for p, ids in enumerate(heldout_prompts(prompts, 64, 0)):
         for k in block_order(len(vplans), 4, rng):
-            runs.append(record("val", int(k), ar if k < 0 else vplans[k], decode(model, ar if k < 0 else vplans[k], ids, 128)))
+            plan = ar if k < 0 else vplans[k]
+            runs.append({**record("val", int(k), plan, decode(model, plan, ids, 128)), "prompt": p})
     load.append(Path("/proc/loadavg").read_text().split()[:3])
     out.write_text(json.dumps({"val_plans": [p.describe() for p in vplans], "calib_plans": [p.describe() for p in cplans],
                                "core": len(calibration_plans(model.num_layers, spread=False)), "load": load, "runs": runs}))
@@ -125,6 +126,15 @@ def plan_sets(name: str, data: dict, parts: dict) -> None:
             print(f"  {label}, calibration {c}: per forward {coef[0]:.3f} +- {se[0]:.3f}, per layer {coef[1]:.3f} "
                   f"+- {se[1]:.3f}, per check {verify:.3f} +- {verify_se:.3f} ms -> validation "
                   f"median |error| {100 * np.median(np.abs(e)):.1f} %, worst {100 * np.abs(e).max():.1f} %")
+    # the model's own floor: the validation runs fitted on themselves, one speed per prompt (collect runs
+    # every validation plan on one prompt back to back)
+    val = parts["val"]
+    per_prompt = len(val) // 8  # data sets before "prompt" was recorded: the default --prompts 8
+    X, y = np.concatenate([x[1] for x in val]), np.concatenate([x[2] for x in val])
+    group = np.concatenate([np.full(len(y_), r.get("prompt", i // per_prompt)) for i, (r, _, y_) in enumerate(val)])
+    e = speedup_errors(drifting_nnls(X, y, group, scale_col=3, bootstrap=0)["coef"], val)
+    print(f"  the validation runs fitted on themselves (one speed per prompt): median |error| "
+          f"{100 * np.median(np.abs(e)):.1f} %, worst {100 * np.abs(e).max():.1f} %")
 
 
 def noise_by_price(name: str, parts: dict) -> None:

@@ -15,6 +15,8 @@
 # 201 s, generalisation 337 s), the serving study 398 s and the adaptive one 186 s there: ~20 min in all;
 # estimated ~48 min on the AVX2 EPYC VM (~95 tokens/s; there measure 195 s, validation 685 s, the
 # generalisation ~2x its 24-prompt x 128-token part's 501 s, serving 479 s, adaptive 389 s).
+# When the machine moves during the timing, `profile measure` times up to 3 times (137-153 s instead of 67 s
+# on the AVX-512 VM; the whole chain 1,215-1,230 s).
 #
 #   studies/fidelity/remeasure.sh            # refuses when the machine is busy
 #   FORCE=1 studies/fidelity/remeasure.sh    # measure anyway (the figures will say the load)
