@@ -8,7 +8,9 @@ this model and machine, and `hispec-sim validate` can check the prediction.
 Robust to a noisy CPU: timings are taken in interleaved rounds (every cell of the grid once
 per round, in a fresh random order), outliers are rejected (median +- 3.5 MAD) before
 averaging, and the per-layer table is made monotone (non-decreasing in tokens and in
-context: more work never takes less time) by weighted isotonic regression.
+context: more work never takes less time) by weighted isotonic regression; the fixed costs are
+fitted with one speed per block of back-to-back calibration runs; and the whole timing is
+repeated while the machine's speed moved during it, keeping the calmest attempt.
 """
 from __future__ import annotations
 
@@ -436,7 +438,7 @@ def fit_overheads(model: Transformer, table: LatencyTable, prompts, max_new_toke
     run: a run's own factor absorbs whatever its plan costs beyond the model -- autoregressive
     runs settled at x1.02-1.05 of the median, 2-layer-draft plans at x0.92-0.95 -- so the
     overheads came from contrasts within runs alone, and the speed-ups they priced were off
-    by 5.7-7.5 % median (4.5 and 3.4 % per block; studies/fidelity/fit_drift.py, README).
+    by 5.8-7.6 % median (3.5-4.5 % per block; studies/fidelity/fit_drift.py, README).
     Each forward is weighted by 1 / its price (its noise is proportional to its time).
     Forwards with relative residuals beyond 3.5 MADs are dropped and the fit redone.
     Standard errors: bootstrap over blocks (resampled with replacement, seeded).
@@ -624,7 +626,7 @@ def time_model(model: Transformer, contexts: list[int], repeats: int, tokens: li
     calib.update(prompts=len(calib_prompts), prompt_len=calib_len, max_new_tokens=calib_new)
     table = table.model_copy(update={k: calib[k] for k in ("overhead_ms", "layer_overhead_ms", "verify_overhead_ms")})
     table.notes["table_scale"] = ("1 (held: the micro-benchmarks' layer and head times as measured; each calibration "
-                                  "run's own speed carries the drift, see calibration)")
+                                  "block's own speed carries the drift, see calibration)")
     table.notes["calibration"] = (
         f"fixed costs fitted by non-negative least squares on {calib['forwards']} forwards "
         f"({calib['forwards_rejected']} outliers rejected) of the plans {calib['plans']} over "
@@ -655,8 +657,9 @@ def measure_profile(model: Transformer, model_name: str, device: str, workload: 
 
     The timing (layer table and calibration) is repeated, up to `attempts` times, while the
     machine's speed moved during it (measurement_unrest > 1), and the calmest attempt is kept:
-    on a shared VM a slow spell lasts about a minute, and a table and fixed costs fitted across
-    one mis-price every plan measured after it (README, "Closing the loop")."""
+    on a shared VM that changes from one attempt to the next (a minute apart: calibration rounds
+    15.3, 5.2 and 11.5 % apart), and a table and fixed costs fitted while it moved mis-price the
+    plans measured after them (README, "Closing the loop")."""
     log = log or (lambda s: None)
     fp, when, env = _environment(device)
     measured = Source(kind="measured", detail=f"hispec_exec on {env}; command: {command}")
