@@ -115,8 +115,8 @@ def plan_sets(name: str, data: dict, parts: dict) -> None:
                                              ("all plans, one speed per block", every, True, True)):
         for c in sorted({r["set"] for r, _, _ in parts["calib"]}):
             # a block: every plan's run on one prompt in one round, back to back (collect's order)
-            mine = [(n // every, x) for n, x in enumerate(x for x in parts["calib"] if x[0]["set"] == c)]
-            cal = [(b, x) for b, x in mine if x[0]["plan"] < plans]
+            this_set = [x for x in parts["calib"] if x[0]["set"] == c]
+            cal = [(n // every, x) for n, x in enumerate(this_set) if x[0]["plan"] < plans]
             X, y = np.concatenate([x[1] for _, x in cal]), np.concatenate([x[2] for _, x in cal])
             group = np.concatenate([np.full(len(x[2]), b if by_block else i) for i, (b, x) in enumerate(cal)])
             f = drifting_nnls(X, y, group, scale_col=3, bootstrap=100, relative=relative)
