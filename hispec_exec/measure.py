@@ -8,7 +8,9 @@ this model and machine, and `hispec-sim validate` can check the prediction.
 Robust to a noisy CPU: timings are taken in interleaved rounds (every cell of the grid once
 per round, in a fresh random order), outliers are rejected (median +- 3.5 MAD) before
 averaging, and the per-layer table is made monotone (non-decreasing in tokens and in
-context: more work never takes less time) by weighted isotonic regression; the fixed costs are
+context: more work never takes less time) by weighted isotonic regression; a layer's time in
+forwards over the first k layers alone (drafts: a smaller working set of weights) is measured
+the same way; the fixed costs are
 fitted with one speed per block of back-to-back calibration runs; and the whole timing is
 repeated while the machine's speed moved during it, keeping the calmest attempt.
 """
@@ -221,6 +223,65 @@ def measure_latency(model: Transformer, contexts: list[int], repeats: int = 12, 
             "forward_fixed_ms": robust_mean(fixed_samples)[:2] if fixed_samples else (float("nan"), float("nan"))}
 
 
+def working_set_grid(num_layers: int, points: int = 12) -> list[int]:
+    """Deepest layers at which measure_working_set times forwards: every one up to 16 layers,
+    else 1, 2 and `points` spread geometrically up to the full depth."""
+    if num_layers <= 16:
+        return list(range(1, num_layers + 1))
+    return sorted({1, 2, num_layers, *np.round(np.geomspace(2, num_layers, points)).astype(int).tolist()})
+
+
+@torch.no_grad()
+def measure_working_set(model: Transformer, repeats: int = 12, burst: int = 4, seed: int = 0) -> dict:
+    """How much faster a layer runs in a forward over layers 1..k, repeated back to back as
+    drafts are, than in a forward over all L layers (the layer table's): per layer,
+    w(k) = slope(k) - slope(L), slope(k) = (forward(k) - forward(1)) / (k - 1) at one token,
+    so the per-forward part cancels as in measure_latency; w(1) = w(2).
+
+    Interleaved: `repeats` rounds, each over every k in a fresh random order; per k two
+    untimed forwards (the working set settles), then the mean of `burst` timed ones. Per k:
+    the mean over rounds after outlier rejection. Fitted non-decreasing in k (a smaller
+    working set is never slower) and shifted to 0 at L, so w <= 0."""
+    L = model.num_layers
+    dev = model.tok_embeddings.weight.device
+    cuda = dev.type == "cuda"
+    cache = model.new_cache()
+    toks = torch.randint(0, model.args.vocab_size, (1,), generator=torch.Generator().manual_seed(seed)).to(dev)
+    ks = working_set_grid(L)
+    rng = np.random.default_rng(seed)
+
+    def forward(k):
+        def f():
+            cache.lens[1:k + 1] = [0] * k
+            model.run(cache, 0, k, toks)
+        return f
+
+    samples: dict = {k: [] for k in ks}
+    t0 = time.perf_counter()
+    for r in range(-1, repeats):  # round -1: warm-up, discarded
+        for k in (ks[i] for i in rng.permutation(len(ks))):
+            f = forward(k)
+            f(), f()
+            t = np.mean([_timed(f, cuda) for _ in range(burst)])
+            if r >= 0:
+                samples[k].append(t)
+    stats = {k: robust_mean(v) for k, v in samples.items()}
+    fwd = np.array([stats[k][0] for k in ks])
+    fwd_se = np.array([stats[k][1] for k in ks])
+    if L < 2:
+        return {"layers": ks, "ms": [0.0] * len(ks), "forward_ms": fwd.tolist(), "seconds": time.perf_counter() - t0}
+    k = np.asarray(ks, float)
+    slope = np.empty(len(ks))
+    slope[1:] = (fwd[1:] - fwd[0]) / (k[1:] - 1)
+    slope[0] = slope[1]
+    se = np.nan_to_num(np.hypot(fwd_se, fwd_se[0]) / np.maximum(k - 1, 1), nan=1.0)
+    se[0] = se[1]
+    fitted = isotonic(slope, 1.0 / np.maximum(se, 1e-6) ** 2)
+    w = np.minimum(fitted - fitted[-1], 0.0)
+    return {"layers": ks, "ms": w.tolist(), "raw_ms": (slope - slope[-1]).tolist(), "forward_ms": fwd.tolist(),
+            "per_layer_ms": slope.tolist(), "seconds": time.perf_counter() - t0}
+
+
 def _fill_beyond_capacity(raw: np.ndarray, tokens: list[int], contexts: list[int]) -> list[tuple[int, int]]:
     """Fill cells that do not fit in the cache: the largest measured context of that token
     count plus the context increment of the largest token count measured at every context,
@@ -396,13 +457,14 @@ def overhead_rows(forwards, wall_ms: float, prompt_len: int, table: LatencyTable
     """fit_overheads' regressors for one decode run's forwards -- 1, layers, check?, the
     table's time of its layers and head, follows a check (or the prefill)? -- and each
     forward's time with the run's time outside forwards spread evenly over them."""
-    from hispec_sim.latency import head_ms, layer_ms
+    from hispec_sim.latency import head_ms, layer_ms, working_set_ms
 
     gap = (wall_ms - sum(f.ms for f in forwards)) / len(forwards)
     rows, previous = [], 0  # level 0: the prefill
     for f in forwards:
-        parts = sum((b - a + 1) * float(layer_ms(table, n, prompt_len)) for a, b, n in f.segments)
         layers = sum(b - a + 1 for a, b, _ in f.segments)
+        parts = sum((b - a + 1) * float(layer_ms(table, n, prompt_len)) for a, b, n in f.segments)
+        parts += layers * float(working_set_ms(table, f.head_layer))
         rows.append([1.0, layers, float(f.level > 1), parts + float(head_ms(table, f.head_tokens)), float(previous != 1)])
         previous = f.level
     return np.asarray(rows), np.array([f.ms + gap for f in forwards])
@@ -616,8 +678,17 @@ def time_model(model: Transformer, contexts: list[int], repeats: int, tokens: li
                         f"max {100 * lat['monotone_max_change']:.1f} %); {lat['seconds']:.0f} s"),
              "extrapolated": (f"cells beyond the cache capacity {cap} (context + tokens), extrapolated: "
                               f"{lat['extrapolated']}") if lat["extrapolated"] else "none"}
+    ws = measure_working_set(model, repeats, seed=seed)
+    notes["working_set"] = (
+        f"forwards over layers 1..k at one token, repeated back to back ({repeats} interleaved rounds of 2 untimed + 4 "
+        f"timed per k; {ws['seconds']:.0f} s): per-layer time (forward(k) - forward(1)) / (k - 1) "
+        f"{json.dumps(np.round(ws['per_layer_ms'], 6).tolist())} ms at k = {ws['layers']}; working_set_ms is its "
+        f"excess over k = {ws['layers'][-1]}, fitted non-decreasing in k")
+    log(f"working set: a layer runs {-ws['ms'][0]:.4f} ms faster in a forward over layer 1 alone, "
+        f"{-ws['ms'][len(ws['ms']) // 2]:.4f} over layers 1..{ws['layers'][len(ws['ms']) // 2]}, than over all")
     table = LatencyTable(tp=1, stack="hispec_exec", tokens=lat["tokens"], contexts=lat["contexts"],
-                         layer_ms=lat["layer_ms"], head_ms=lat["head_ms"], source=measured, notes=notes)
+                         layer_ms=lat["layer_ms"], head_ms=lat["head_ms"], source=measured, notes=notes,
+                         working_set_layers=ws["layers"], working_set_ms=ws["ms"])
     log(f"layer table done in {lat['seconds']:.0f} s; fitting fixed overheads")
     calib_prompts = calibration_prompts(model, 4, min(64, max(8, cap // 8)))
     calib_len = len(calib_prompts[0])

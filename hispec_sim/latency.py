@@ -19,6 +19,13 @@ counts beyond the table's grid (prompts longer than its last `tokens` entry, 409
 shipped GPU profiles, 64 for the CPU one) are extrapolated linearly from the last two
 grid points: the linear part of a layer is linear in tokens once the GEMMs are
 compute-bound.
+
+Working set (decode). A forward over layers 1..k repeated back to back, as drafts run,
+touches k layers' weights, not the whole model's: on a CPU whose cache holds the one but
+not the other its layers run faster than the table's (measured in forwards over all
+layers). `table.working_set_ms` (measured by `profile measure`) says by how much, per
+layer, as a function of the forward's deepest layer; the time since the forward's last
+run is not modelled (a draft right after a check is charged to the check: the calibration).
 """
 from __future__ import annotations
 
@@ -146,6 +153,18 @@ def prefill_ms(table: LatencyTable, num_layers: int, tokens, context=0) -> np.nd
 
 
 
+def working_set_ms(table: LatencyTable, deepest) -> np.ndarray:
+    """Per-layer time added to every layer of a decode forward whose deepest layer is
+    `deepest` (arrays; a decode forward runs layers 1..deepest): between two runs of such a
+    forward only those layers' weights were touched -- drafts loop over the first layers --
+    so a cache that holds them but not the whole model serves them (the layer table is
+    measured in forwards over all layers). Linear in the measured grid, constant beyond it
+    (0 at the full depth); 0 without one (GPUs stream the weights from memory either way)."""
+    if not table.working_set_layers:
+        return np.zeros(np.shape(deepest))
+    return np.interp(np.asarray(deepest, float), table.working_set_layers, table.working_set_ms)
+
+
 def batched_layer_ms(table: LatencyTable, batch: int, tokens, context) -> np.ndarray:
     """One layer for `batch` sequences in lockstep, each with `tokens` new tokens after
     `context` cached ones. The table is read at batch 1: the linear part at the total token
@@ -178,11 +197,15 @@ class CostModel:
         self.verify_fixed = table.verify_overhead_ms
 
     def forward(self, ranges, head_tokens, verify: bool = False):
-        """ranges: iterable of (layer_count, new_tokens_per_sequence) arrays; returns ms."""
+        """ranges: iterable of (layer_count, new_tokens_per_sequence) arrays, consecutive from
+        layer 1 (as every decode forward runs them); returns ms."""
         t = self.fixed + (self.verify_fixed if verify else 0.0) + self.head[np.asarray(head_tokens)]
+        ranges = [(np.asarray(count, dtype=float), np.asarray(tokens)) for count, tokens in ranges]
+        per_layer = self.per_layer
+        if self.table.working_set_layers:
+            per_layer = per_layer + working_set_ms(self.table, sum(count for count, _ in ranges))
         for count, tokens in ranges:
-            count = np.asarray(count, dtype=float)
-            t = t + count * (self.layer[np.asarray(tokens)] + self.per_layer)
+            t = t + count * (self.layer[tokens] + per_layer)
         return t
 
     def autoregressive_ms(self, num_layers: int) -> float:

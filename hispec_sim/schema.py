@@ -328,7 +328,9 @@ class LatencyTable(Strict):
     cost model reads the linear part at B x tokens and adds B times one sequence's
     attention increment (latency.batched_layer_ms): each sequence reads its own cache.
     Values between grid points are interpolated linearly, beyond the grid extrapolated
-    linearly from the last two points.
+    linearly from the last two points. layer_ms holds a layer as it runs in a forward over
+    all layers; working_set_* say how much less it takes in a forward over layers 1..k only
+    (measured on CPUs whose cache holds k layers' weights but not all: latency.working_set_ms).
     """
 
     tp: int = Field(1, ge=1, le=MAX_TP, description="tensor-parallel degree")
@@ -346,6 +348,11 @@ class LatencyTable(Strict):
         None, description="measured attention kernel (or a measured floor); None: the attention in layer_ms is used as is")
     serving: ServingCalibration | None = Field(
         None, description="batched-step costs measured through the executor's serving path; None: serving reads the table")
+    working_set_layers: list[int] | None = Field(
+        None, description="deepest layer of a decode forward (it runs layers 1..k), increasing")
+    working_set_ms: list[float] | None = Field(
+        None, description="per-layer time added to each layer of such a forward (<= 0): its weights cycle "
+                          "through k layers, not all; None: none (latency.working_set_ms)")
 
     @model_validator(mode="after")
     def _grid(self) -> "LatencyTable":
@@ -358,6 +365,11 @@ class LatencyTable(Strict):
             raise ValueError("latency.head_ms: must have one value per tokens entry")
         _finite_nonneg([v for r in self.layer_ms for v in r], "latency.layer_ms")
         _finite_nonneg(self.head_ms, "latency.head_ms")
+        ks, ws = self.working_set_layers or [], self.working_set_ms or []
+        if len(ks) != len(ws) or any(b <= a for a, b in zip(ks, ks[1:])) or (ks and ks[0] < 1):
+            raise ValueError("latency.working_set_layers: must be increasing, >= 1, one per working_set_ms value")
+        if any(not (-MAX_MS <= v <= 0) for v in ws):
+            raise ValueError(f"latency.working_set_ms: must be in [-{MAX_MS}, 0]")
         return self
 
     @property

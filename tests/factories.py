@@ -28,16 +28,18 @@ def depth_markov_matrix(curve: np.ndarray) -> list[list[float]]:
 
 def make_profile(layers: int = 16, layer_ms: float = 1.0, slope: float = 0.01, head_ms: float = 0.5,
                  overhead_ms: float = 0.3, verify_ms: float = 0.1, curve=None, traces=None,
-                 constant: float | None = None, name: str = "test", trace_starts=None) -> Profile:
-    """A profile whose layer time grows linearly with tokens and context and whose
-    agreement follows `curve` (agreement with the last layer per exit, depth-Markov),
-    `traces` (requests beginning at `trace_starts`), or is `constant` for every pair."""
+                 constant: float | None = None, name: str = "test", trace_starts=None, working_set=None) -> Profile:
+    """A profile whose layer time grows linearly with tokens and context (less by
+    working_set = (layers, ms) in forwards over the first layers) and whose agreement follows
+    `curve` (agreement with the last layer per exit, depth-Markov), `traces` (requests
+    beginning at `trace_starts`), or is `constant` for every pair."""
     tokens = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
     contexts = [0, 1024, 8192]
     table = LatencyTable(tokens=tokens, contexts=contexts,
                          layer_ms=[[layer_ms + slope * t + 1e-4 * c for c in contexts] for t in tokens],
                          head_ms=[head_ms * (1 + 0.01 * t) for t in tokens], overhead_ms=overhead_ms,
-                         verify_overhead_ms=verify_ms, source=TEST_SOURCE)
+                         verify_overhead_ms=verify_ms, source=TEST_SOURCE,
+                         **dict(zip(("working_set_layers", "working_set_ms"), working_set or (None, None))))
     exits = list(range(1, layers + 1))
     if traces is not None:
         traces = np.asarray(traces)

@@ -11,8 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import hispec_exec.measure as measure
+from hispec_exec.generate import Forward
 from hispec_exec.measure import (_fill_beyond_capacity, calibration_plans, drifting_nnls, isotonic, isotonic_2d,
-                                 measure_profile, measurement_unrest, measurement_warning, robust_mean, scaled_nnls)
+                                 measure_profile, measure_working_set, measurement_unrest, measurement_warning,
+                                 overhead_rows, robust_mean, scaled_nnls, working_set_grid)
 from hispec_exec.model import ModelArgs, Transformer
 from hispec_exec.prompts import read_prompts
 from hispec_sim.cli import main
@@ -55,6 +57,61 @@ def test_cells_beyond_capacity_are_extrapolated_from_the_context_slope():
     raw = np.array([[1.0, 1.5], [2.0, 3.0], [4.0, np.nan]])  # tokens 1, 2, 4; contexts 0, 100
     filled = _fill_beyond_capacity(raw, [1, 2, 4], [0, 100])
     assert filled == [(4, 100)] and raw[2, 1] == pytest.approx(4.0 + (3.0 - 2.0) * 4 / 2)
+
+
+def _tiny(layers: int) -> Transformer:
+    torch.manual_seed(0)
+    return Transformer(ModelArgs(n_layers=layers, dim=32, n_heads=2, n_kv_heads=1, ffn_dim=64, max_seq_len=128)).eval()
+
+
+@pytest.mark.parametrize("L", [1, 2, 5, 16, 17, 32, 80, 126])
+def test_working_set_grid_spans_the_depth(L):
+    ks = working_set_grid(L)
+    assert ks[0] == 1 and ks[-1] == L and ks == sorted(set(ks)) and len(ks) <= max(L, 1) and len(ks) <= 16
+
+
+def test_working_set_is_the_excess_of_a_layer_in_short_forwards(monkeypatch):
+    """On a machine whose cache holds 6 layers' weights (each layer beyond the sixth of a
+    forward costs 0.05 ms more), a layer of a forward over the first k layers is cheaper than
+    the table's by w = slope(k) - slope(L): non-decreasing, 0 at L; the per-forward cost
+    cancels."""
+    model, L = _tiny(12), 12
+    depth = []
+    real_run = model.run
+    monkeypatch.setattr(model, "run", lambda cache, first, k, toks: (depth.append(k), real_run(cache, first, k, toks)))
+
+    def timed(f, cuda):
+        f()
+        k = depth[-1]
+        return 0.3 + 0.1 * k + 0.05 * max(k - 6, 0)
+    monkeypatch.setattr(measure, "_timed", timed)
+    ws = measure_working_set(model, repeats=3)
+    slope = lambda k: 0.1 + 0.05 * max(k - 6, 0) / (k - 1)
+    assert ws["layers"] == list(range(1, L + 1))
+    assert ws["ms"] == pytest.approx([slope(max(k, 2)) - slope(L) for k in ws["layers"]])
+    assert ws["ms"][0] == pytest.approx(-0.05 * 6 / 11) and ws["ms"][-1] == 0.0
+
+
+def test_working_set_on_a_real_forward_is_monotone_and_zero_at_full_depth():
+    ws = measure_working_set(_tiny(4), repeats=2, burst=1)
+    assert ws["layers"] == [1, 2, 3, 4] and ws["ms"][-1] == 0.0
+    assert np.all(np.diff(ws["ms"]) >= 0) and max(ws["ms"]) <= 0 and all(np.isfinite(ws["forward_ms"]))
+
+
+def test_the_calibration_prices_each_forward_at_its_working_set():
+    """overhead_rows' table column: a draft over 2 layers and a check by exit 6 carry their
+    layers' working-set term; the fitted overheads then see only what the table does not."""
+    model = _tiny(8)
+    table = measure_profile(model, "rand8", "cpu", "heldout", n_prompts=1, prompt_len=16, max_new_tokens=8, repeats=1,
+                            tokens=[1, 2, 4, 8], calibration_rounds=1, attempts=1).table()
+    assert table.working_set_layers == list(range(1, 9)) and table.working_set_ms[-1] == 0.0
+    table = table.model_copy(update={"working_set_ms": [-0.05, -0.05, -0.04, -0.04, -0.03, -0.02, -0.01, 0.0]})
+    plain = table.model_copy(update={"working_set_layers": None, "working_set_ms": None})
+    forwards = [Forward(1, [(1, 2, 1)], 2, 1, 1.0), Forward(2, [(1, 2, 1), (3, 6, 4)], 6, 4, 2.0)]
+    rows, y = overhead_rows(forwards, 3.5, 16, table)
+    base, _ = overhead_rows(forwards, 3.5, 16, plain)
+    assert rows[:, 3] - base[:, 3] == pytest.approx([2 * -0.05, 6 * -0.02])
+    assert y == pytest.approx([1.25, 2.25])  # the time outside forwards spread evenly
 
 
 @pytest.mark.parametrize("L", [2, 3, 4, 6, 8, 16, 22, 32, 80])

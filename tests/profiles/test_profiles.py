@@ -226,6 +226,16 @@ def test_shipped_profile_validates_and_is_sourced(path):
     assert "built_by" in p.provenance
 
 
+@pytest.mark.parametrize("layers,ms,match", [([1, 2], [-0.1], "working_set_layers"), ([2, 1], [-0.1, 0.0], "working_set_layers"),
+                                             ([0, 4], [-0.1, 0.0], "working_set_layers"), ([1, 4], [0.1, 0.0], "working_set_ms"),
+                                             ([1, 4], [-0.1, None], "working_set_ms")])
+def test_a_bad_working_set_names_the_field(layers, ms, match):
+    raw = json.loads((REPO / "profiles" / "cpu_hispec_tiny.json").read_text())
+    raw["latency"][0].update(working_set_layers=layers, working_set_ms=ms)
+    with pytest.raises(ValueError, match=match):
+        Profile.model_validate(raw)
+
+
 def _recorded_points(fit: dict) -> list[Point]:
     out = []
     for d in fit["points"]:

@@ -64,6 +64,30 @@ def test_accounting_when_every_token_is_accepted(g, w):
     assert pr.cycle_ms[0] == pytest.approx(rounds * (g * draft + check2) + check3)
 
 
+def test_a_forward_over_the_first_layers_is_priced_at_its_working_set():
+    """A decode forward over layers 1..k: every layer costs the table's time plus
+    working_set_ms(k) (interpolated, 0 at the full depth); autoregressive is unchanged."""
+    ws = ([1, 4, LAYERS], [-0.3, -0.2, 0.0])
+    c, base = _setting(working_set=ws).cost(), _setting().cost()
+    w = lambda k: np.interp(k, *ws)
+    assert c.autoregressive_ms(LAYERS) == pytest.approx(base.autoregressive_ms(LAYERS))
+    for k in (1, 2, 4, 7):
+        assert c.forward([(k, 1)], 1) == pytest.approx(base.forward([(k, 1)], 1) + k * w(k))
+    check = lambda cost: cost.forward([(3, 1), (5, 4)], 4, verify=True)  # a check by exit 8 of tokens from exit 3
+    assert check(c) == pytest.approx(check(base) + 8 * w(8))
+    assert w(8) == pytest.approx(-0.2 * (LAYERS - 8) / (LAYERS - 4))
+    arrays = c.forward([(np.array([2, 6]), np.ones(2, int))], np.ones(2, int))  # the search's vectorised form
+    assert arrays == pytest.approx([c.forward([(2, 1)], 1), c.forward([(6, 1)], 1)])
+
+
+@settings(max_examples=6, deadline=None, derandomize=True)
+@given(curve=curves, plan=plans(3), seed=st.integers(0, 10**6))
+def test_monte_carlo_agrees_with_a_working_set(curve, plan, seed):
+    s = _setting(curve, working_set=([1, 6, LAYERS], [-0.4, -0.25, 0.0]))
+    pr, _ = _agrees_with_mc(s, plan, seed)
+    assert pr.tokens_per_second[0] > predict_plans(_setting(curve), [plan]).tokens_per_second[0]
+
+
 def test_accounting_when_nothing_is_accepted():
     """Agreement 0 between every pair: level 2 emits only its correction each round, so
     the full model checks w tokens and keeps none of them: 1 token per cycle."""
