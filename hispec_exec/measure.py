@@ -453,19 +453,22 @@ def drifting_nnls(X: np.ndarray, y: np.ndarray, group: np.ndarray, scale_col: in
     return {"coef": coef, "se": se, "keep": keep, "speed": speed, "boots": boots}
 
 
-def overhead_rows(forwards, wall_ms: float, prompt_len: int, table: LatencyTable) -> tuple[np.ndarray, np.ndarray]:
+def overhead_rows(forwards, wall_ms: float, prompt_len: int, table: LatencyTable,
+                  num_layers: int) -> tuple[np.ndarray, np.ndarray]:
     """fit_overheads' regressors for one decode run's forwards -- 1, layers, check?, the
-    table's time of its layers and head, follows a check (or the prefill)? -- and each
-    forward's time with the run's time outside forwards spread evenly over them."""
-    from hispec_sim.latency import head_ms, layer_ms, working_set_ms
+    table's time of its layers (with the working set its history gives) and head, follows a
+    check (or the prefill)? -- and each forward's time with the run's time outside forwards
+    spread evenly over them."""
+    from hispec_sim.latency import head_ms, layer_ms, working_set_history
 
     gap = (wall_ms - sum(f.ms for f in forwards)) / len(forwards)
+    warm = working_set_history(table, [f.head_layer for f in forwards], num_layers)
     rows, previous = [], 0  # level 0: the prefill
-    for f in forwards:
-        layers = sum(b - a + 1 for a, b, _ in f.segments)
+    for f, w in zip(forwards, warm):
         parts = sum((b - a + 1) * float(layer_ms(table, n, prompt_len)) for a, b, n in f.segments)
-        parts += layers * float(working_set_ms(table, f.head_layer))
-        rows.append([1.0, layers, float(f.level > 1), parts + float(head_ms(table, f.head_tokens)), float(previous != 1)])
+        layers = sum(b - a + 1 for a, b, _ in f.segments)
+        rows.append([1.0, layers, float(f.level > 1), parts + w + float(head_ms(table, f.head_tokens)),
+                     float(previous != 1)])
         previous = f.level
     return np.asarray(rows), np.array([f.ms + gap for f in forwards])
 
@@ -519,7 +522,7 @@ def fit_overheads(model: Transformer, table: LatencyTable, prompts, max_new_toke
                 res = decode(model, plan, ids, max_new_tokens)
                 walls[r, k] += res.wall_s
                 toks[r, k] += len(res.tokens)
-                runs.append((*overhead_rows(res.forwards, res.wall_s * 1e3, res.prompt_len, table), k,
+                runs.append((*overhead_rows(res.forwards, res.wall_s * 1e3, res.prompt_len, table, model.num_layers), k,
                              r * len(prompts) + i))
     X = np.concatenate([r[0] for r in runs])
     y = np.concatenate([r[1] for r in runs])

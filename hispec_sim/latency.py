@@ -24,8 +24,12 @@ Working set (decode). A forward over layers 1..k repeated back to back, as draft
 touches k layers' weights, not the whole model's: on a CPU whose cache holds the one but
 not the other its layers run faster than the table's (measured in forwards over all
 layers). `table.working_set_ms` (measured by `profile measure`) says by how much, per
-layer, as a function of the forward's deepest layer; the time since the forward's last
-run is not modelled (a draft right after a check is charged to the check: the calibration).
+layer, as a function of the depth of the forward that last ran that layer (the distinct
+layers run since: LRU). The executor's side (validate's time split, the calibration fit)
+charges it so, forward by forward (working_set_history); the cost model charges every
+layer of a forward at that forward's own depth -- what the next run of the layer pays --
+which gives any sequence of forwards the same total: a layer's every run but the first
+pays w(depth of its previous run), i.e. the previous forward charges it.
 """
 from __future__ import annotations
 
@@ -153,16 +157,30 @@ def prefill_ms(table: LatencyTable, num_layers: int, tokens, context=0) -> np.nd
 
 
 
-def working_set_ms(table: LatencyTable, deepest) -> np.ndarray:
-    """Per-layer time added to every layer of a decode forward whose deepest layer is
-    `deepest` (arrays; a decode forward runs layers 1..deepest): between two runs of such a
-    forward only those layers' weights were touched -- drafts loop over the first layers --
-    so a cache that holds them but not the whole model serves them (the layer table is
-    measured in forwards over all layers). Linear in the measured grid, constant beyond it
-    (0 at the full depth); 0 without one (GPUs stream the weights from memory either way)."""
+def working_set_ms(table: LatencyTable, depth) -> np.ndarray:
+    """Time added to one layer (arrays) whose weights were last used by a forward over layers
+    1..`depth` (every decode forward starts at layer 1): since then only `depth` layers'
+    weights went through the cache, which may hold them when it cannot hold the whole model
+    (the layer table is measured in forwards over all layers). Linear in the measured grid,
+    constant beyond it (0 at the full depth); 0 without one (GPUs stream the weights from
+    memory either way)."""
     if not table.working_set_layers:
-        return np.zeros(np.shape(deepest))
-    return np.interp(np.asarray(deepest, float), table.working_set_layers, table.working_set_ms)
+        return np.zeros(np.shape(depth))
+    return np.interp(np.asarray(depth, float), table.working_set_layers, table.working_set_ms)
+
+
+def working_set_history(table: LatencyTable, depths, num_layers: int) -> np.ndarray:
+    """Working-set time of each forward of one decode run, in order (forward t runs layers
+    1..depths[t]; the prefill ran all num_layers): each layer at working_set_ms of the depth
+    of the forward that last ran it -- exact under LRU, where that depth is the number of
+    distinct layers run since."""
+    last = np.full(num_layers, num_layers)
+    out = np.zeros(len(depths))
+    if table.working_set_layers:
+        for t, d in enumerate(depths):
+            out[t] = working_set_ms(table, last[:d]).sum()
+            last[:d] = d
+    return out
 
 
 def batched_layer_ms(table: LatencyTable, batch: int, tokens, context) -> np.ndarray:
@@ -198,7 +216,10 @@ class CostModel:
 
     def forward(self, ranges, head_tokens, verify: bool = False):
         """ranges: iterable of (layer_count, new_tokens_per_sequence) arrays, consecutive from
-        layer 1 (as every decode forward runs them); returns ms."""
+        layer 1 as every decode forward runs them; returns ms. Working set: every layer at
+        working_set_ms(the forward's depth) -- what the next run of its layers pays under
+        working_set_history, so any long enough sequence of forwards costs the same both ways
+        (a draft right after a check costs more than priced, the check less)."""
         t = self.fixed + (self.verify_fixed if verify else 0.0) + self.head[np.asarray(head_tokens)]
         ranges = [(np.asarray(count, dtype=float), np.asarray(tokens)) for count, tokens in ranges]
         per_layer = self.per_layer

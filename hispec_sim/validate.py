@@ -7,6 +7,7 @@ import random
 import numpy as np
 
 from .evaluate import Setting, exhaustive, score
+from .latency import working_set_history
 from .montecarlo import simulate
 from .schema import Plan, Profile
 
@@ -317,15 +318,22 @@ def run_interleaved(model, plans: list[Plan], prompts, max_new_tokens: int, roun
     return [(tps, _tally(p, r)[1]) for tps, p, r in zip(stats["tokens_per_second"], plans, results)], stats
 
 
-def forward_ms(cost, f) -> float:
-    """The cost model's time of one executor forward: its layer segments, head rows and kind."""
-    return float(cost.forward([(hi - lo + 1, n) for lo, hi, n in f.segments], f.head_tokens, verify=f.level > 1))
+def forward_ms(cost, run) -> np.ndarray:
+    """The cost model's time of each forward of one executor run: its layer segments, head
+    rows and kind, and the working set its history gives (latency.working_set_history)."""
+    warm = working_set_history(cost.table, [f.head_layer for f in run.forwards], run.plan.levels[-1])
+    return np.array([float(cost.forward([(hi - lo + 1, n) for lo, hi, n in f.segments], f.head_tokens,
+                                        verify=f.level > 1)) for f in run.forwards]) + warm
 
 
 def _forward_times(cost, runs, level: int | None = None) -> tuple[float, float]:
     """(measured, predicted) ms of the runs' forwards (of one plan level, or all)."""
-    fs = [f for r in runs for f in r.forwards if level is None or f.level == level]
-    return sum(f.ms for f in fs), sum(forward_ms(cost, f) for f in fs)
+    measured = predicted = 0.0
+    for r in runs:
+        mine = np.array([level is None or f.level == level for f in r.forwards], bool)
+        measured += sum(f.ms for f, m in zip(r.forwards, mine) if m)
+        predicted += float(forward_ms(cost, r)[mine].sum())
+    return measured, predicted
 
 
 def autoregressive_reference(cost, ar_results) -> tuple[float, float]:

@@ -105,7 +105,8 @@ def forward_prices(setting: Setting, plans: list[Plan], prompts, max_new_tokens:
     decode(model, plans[0], prompts[0], 8)  # warm-up
     for i, ids in enumerate(prompts):
         for k in np.roll(np.arange(len(plans)), -i):  # plans interleaved per prompt
-            fs = decode(model, plans[k], ids, max_new_tokens).forwards
+            run = decode(model, plans[k], ids, max_new_tokens)
+            fs, prices = run.forwards, forward_ms(cost, run)
             for j, f in enumerate(fs):
                 shape = (sum(b - a + 1 for a, b, _ in f.segments), max(n for _, _, n in f.segments))
                 kind = "autoregressive" if plans[k].depth == 1 else "check" if f.level > 1 else "draft"
@@ -113,7 +114,7 @@ def forward_prices(setting: Setting, plans: list[Plan], prompts, max_new_tokens:
                 if kind == "draft":
                     keys.append((kind, shape[0], "after a draft" if j and fs[j - 1].segments == f.segments else "after a check"))
                 for key in keys:
-                    groups[key] += (f.ms, forward_ms(cost, f), 1)
+                    groups[key] += (f.ms, prices[j], 1)
     base = groups[("autoregressive", setting.num_layers, 1)]
     base = base[0] / base[1]
     return {key: (g[0] / g[1] / base, int(g[2])) for key, g in groups.items()}

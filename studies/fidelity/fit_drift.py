@@ -84,8 +84,8 @@ def features(run: dict, table) -> tuple[np.ndarray, np.ndarray]:
     from hispec_exec.generate import Forward
     from hispec_exec.measure import overhead_rows
 
-    forwards = [Forward(level, [tuple(s) for s in segs], 0, ht, ms) for level, segs, ht, ms in run["forwards"]]
-    return overhead_rows(forwards, run["wall_ms"], run["prompt_len"], table)
+    forwards = [Forward(level, [tuple(s) for s in segs], segs[-1][1], ht, ms) for level, segs, ht, ms in run["forwards"]]
+    return overhead_rows(forwards, run["wall_ms"], run["prompt_len"], table, max(f.head_layer for f in forwards))
 
 
 def speedup_errors(coef: np.ndarray, val: list) -> np.ndarray:

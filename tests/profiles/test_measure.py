@@ -99,19 +99,23 @@ def test_working_set_on_a_real_forward_is_monotone_and_zero_at_full_depth():
 
 
 def test_the_calibration_prices_each_forward_at_its_working_set():
-    """overhead_rows' table column: a draft over 2 layers and a check by exit 6 carry their
-    layers' working-set term; the fitted overheads then see only what the table does not."""
+    """overhead_rows' table column: each layer of each forward carries w(depth of the forward
+    that last ran it) -- the prefill ran all 8 -- so the fitted overheads see only what the
+    table does not."""
     model = _tiny(8)
     table = measure_profile(model, "rand8", "cpu", "heldout", n_prompts=1, prompt_len=16, max_new_tokens=8, repeats=1,
                             tokens=[1, 2, 4, 8], calibration_rounds=1, attempts=1).table()
     assert table.working_set_layers == list(range(1, 9)) and table.working_set_ms[-1] == 0.0
-    table = table.model_copy(update={"working_set_ms": [-0.05, -0.05, -0.04, -0.04, -0.03, -0.02, -0.01, 0.0]})
+    w = [-0.05, -0.05, -0.04, -0.04, -0.03, -0.02, -0.01, 0.0]
+    table = table.model_copy(update={"working_set_ms": w})
     plain = table.model_copy(update={"working_set_layers": None, "working_set_ms": None})
-    forwards = [Forward(1, [(1, 2, 1)], 2, 1, 1.0), Forward(2, [(1, 2, 1), (3, 6, 4)], 6, 4, 2.0)]
-    rows, y = overhead_rows(forwards, 3.5, 16, table)
-    base, _ = overhead_rows(forwards, 3.5, 16, plain)
-    assert rows[:, 3] - base[:, 3] == pytest.approx([2 * -0.05, 6 * -0.02])
-    assert y == pytest.approx([1.25, 2.25])  # the time outside forwards spread evenly
+    draft = lambda ms: Forward(1, [(1, 2, 1)], 2, 1, ms)
+    forwards = [draft(1.0), draft(1.0), Forward(2, [(1, 2, 1), (3, 6, 4)], 6, 4, 2.0), draft(1.0), draft(0.5)]
+    rows, y = overhead_rows(forwards, 6.5, 16, table, 8)
+    base, _ = overhead_rows(forwards, 6.5, 16, plain, 8)
+    d = lambda depth: w[depth - 1]
+    assert rows[:, 3] - base[:, 3] == pytest.approx([2 * d(8), 2 * d(2), 2 * d(2) + 4 * d(8), 2 * d(6), 2 * d(2)])
+    assert y == pytest.approx([1.2, 1.2, 2.2, 1.2, 0.7])  # the time outside forwards spread evenly
 
 
 @pytest.mark.parametrize("L", [2, 3, 4, 6, 8, 16, 22, 32, 80])

@@ -9,6 +9,7 @@ from factories import make_profile, resolve_depth_traces
 from hispec_sim.evaluate import Setting, exhaustive, exhaustive_arrays, predict_plans
 from hispec_sim.adaptive import replay
 from hispec_sim.analytic import _check_cost, leviathan_tokens_per_round
+from hispec_sim.latency import working_set_history
 from hispec_sim.montecarlo import simulate
 from hispec_sim.schema import Plan
 
@@ -64,20 +65,29 @@ def test_accounting_when_every_token_is_accepted(g, w):
     assert pr.cycle_ms[0] == pytest.approx(rounds * (g * draft + check2) + check3)
 
 
-def test_a_forward_over_the_first_layers_is_priced_at_its_working_set():
-    """A decode forward over layers 1..k: every layer costs the table's time plus
-    working_set_ms(k) (interpolated, 0 at the full depth); autoregressive is unchanged."""
+@settings(max_examples=40, deadline=None)
+@given(plan=plans(4), data=st.data())
+def test_pricing_each_forward_at_its_depth_is_the_exact_working_set_of_whole_cycles(plan, data):
+    """Each layer costs w(depth of the forward that last ran it) more (working_set_history,
+    exact under LRU; the prefill ran every layer). The cost model charges every layer of a
+    forward w(that forward's depth) -- what the layer's next run pays -- so whole cycles
+    (from one full-model forward to the next) cost the same both ways, whatever the checks
+    accept: the cycle is any sequence of drafts and cascading checks of a 4-level chain."""
     ws = ([1, 4, LAYERS], [-0.3, -0.2, 0.0])
+    table = make_profile(layers=LAYERS, working_set=ws).table()
     c, base = _setting(working_set=ws).cost(), _setting().cost()
     w = lambda k: np.interp(k, *ws)
     assert c.autoregressive_ms(LAYERS) == pytest.approx(base.autoregressive_ms(LAYERS))
-    for k in (1, 2, 4, 7):
-        assert c.forward([(k, 1)], 1) == pytest.approx(base.forward([(k, 1)], 1) + k * w(k))
-    check = lambda cost: cost.forward([(3, 1), (5, 4)], 4, verify=True)  # a check by exit 8 of tokens from exit 3
-    assert check(c) == pytest.approx(check(base) + 8 * w(8))
     assert w(8) == pytest.approx(-0.2 * (LAYERS - 8) / (LAYERS - 4))
-    arrays = c.forward([(np.array([2, 6]), np.ones(2, int))], np.ones(2, int))  # the search's vectorised form
-    assert arrays == pytest.approx([c.forward([(2, 1)], 1), c.forward([(6, 1)], 1)])
+    check = lambda cost, lower, upper: cost.forward([(lower, 1), (upper - lower, 4)], 4, verify=True)
+    assert check(c, 3, 8) == pytest.approx(check(base, 3, 8) + 8 * w(8))
+    assert c.forward([(np.array([2, 6]), 1)], 1) == pytest.approx(base.forward([(np.array([2, 6]), 1)], 1)
+                                                                   + np.array([2, 6]) * w(np.array([2, 6])))
+    cycle = []  # forward depths: rounds of drafts and a level-2 check that cascades up `height` levels
+    for height in data.draw(st.lists(st.integers(1, plan.depth - 2), max_size=6)) + [plan.depth - 1]:
+        cycle += [plan.levels[0]] * data.draw(st.integers(1, 4)) + plan.levels[1: 1 + height]
+    exact = working_set_history(table, cycle, LAYERS)
+    assert sum(d * w(d) for d in cycle) == pytest.approx(exact.sum())
 
 
 @settings(max_examples=6, deadline=None, derandomize=True)
