@@ -456,9 +456,9 @@ def drifting_nnls(X: np.ndarray, y: np.ndarray, group: np.ndarray, scale_col: in
 def overhead_rows(forwards, wall_ms: float, prompt_len: int, table: LatencyTable,
                   num_layers: int) -> tuple[np.ndarray, np.ndarray]:
     """fit_overheads' regressors for one decode run's forwards -- 1, layers, check?, the
-    table's time of its layers (with the working set its history gives) and head, follows a
-    check (or the prefill)? -- and each forward's time with the run's time outside forwards
-    spread evenly over them."""
+    table's time of its layers and head, follows a check (or the prefill)?, the table's
+    working-set time its history gives (<= 0) -- and each forward's time with the run's time
+    outside forwards spread evenly over them."""
     from hispec_sim.latency import head_ms, layer_ms, working_set_history
 
     gap = (wall_ms - sum(f.ms for f in forwards)) / len(forwards)
@@ -467,8 +467,8 @@ def overhead_rows(forwards, wall_ms: float, prompt_len: int, table: LatencyTable
     for f, w in zip(forwards, warm):
         parts = sum((b - a + 1) * float(layer_ms(table, n, prompt_len)) for a, b, n in f.segments)
         layers = sum(b - a + 1 for a, b, _ in f.segments)
-        rows.append([1.0, layers, float(f.level > 1), parts + w + float(head_ms(table, f.head_tokens)),
-                     float(previous != 1)])
+        rows.append([1.0, layers, float(f.level > 1), parts + float(head_ms(table, f.head_tokens)),
+                     float(previous != 1), w])
         previous = f.level
     return np.asarray(rows), np.array([f.ms + gap for f in forwards])
 
@@ -491,12 +491,17 @@ def fit_overheads(model: Transformer, table: LatencyTable, prompts, max_new_toke
     prompt (which goes first rotates), so drift within a round -- seconds on a shared VM --
     hits all plans alike instead of one plan's block. Each forward's time (including the
     decode loop's own Python time between forwards, spread evenly over its forwards) is
-    regressed on its layers and head from the table (as measured) and on four counts: 1, its
-    layers, whether it is a check, and whether it follows a check (or the prefill). The last
-    is a cache effect: a draft right after a check finds its layers' weights evicted and runs
-    slower than a draft after a draft (studies/fidelity/diagnose.py measured 4-7 %). The
-    simulator cannot tell the two drafts apart, but every check is followed by exactly one
-    forward, so the check carries it: verify_overhead_ms = check + after-check terms.
+    regressed on its layers and head from the table (as measured), on four counts: 1, its
+    layers, whether it is a check, and whether it follows a check (or the prefill) -- and on
+    the table's working-set time of its layers (measure_working_set, by each layer's last
+    run: latency.working_set_history). The last two are cache effects: a draft right after a
+    check finds its layers' weights evicted and runs slower than a draft after a draft
+    (studies/fidelity/diagnose.py measured 4-7 %). The simulator cannot tell the two drafts
+    apart, but every check is followed by exactly one forward, so the check carries the
+    after-check term: verify_overhead_ms = check + after-check terms. The working-set term's
+    coefficient scales the micro-benchmark's working set to what the decode loop shows: the
+    Python between forwards touches memory too, and back-to-back forwards alone overstated
+    the gain by up to ~2x on the AVX-512 VM (README, "Working set").
     One speed factor per block (drifting_nnls), a block being every plan's run on one prompt in
     one round, back to back (seconds): the machine's drift between blocks scales their forwards
     alike and does not leak into the overheads; the fit prices the median block. Not one per
@@ -546,7 +551,8 @@ def fit_overheads(model: Transformer, table: LatencyTable, prompts, max_new_toke
                                         / sum(runs[i][1].sum() for i in mine) - 1)
     names = ("overhead_ms", "layer_overhead_ms", "verify_overhead_ms")
     return {**{k: float(v) for k, v in zip(names, fixed)}, **{k + "_se": float(v) for k, v in zip(names, boot_se)},
-            "after_check_ms": float(coef[4]),
+            "after_check_ms": float(coef[4]), "working_set_scale": float(coef[5]),
+            "working_set_scale_se": float(f["se"][5]),
             "forwards": int(inlier.sum()), "forwards_rejected": int((~inlier).sum()), "runs": len(runs),
             "rounds": rounds, "residual_ms_median_abs": float(np.median(np.abs(resid))), "noise_floor": noise,
             "tokens_per_second_by_round": tps.round(3).tolist(), "plans": [p.describe() for p in plans],
@@ -686,7 +692,7 @@ def time_model(model: Transformer, contexts: list[int], repeats: int, tokens: li
         f"forwards over layers 1..k at one token, repeated back to back ({repeats} interleaved rounds of 2 untimed + 4 "
         f"timed per k; {ws['seconds']:.0f} s): per-layer time (forward(k) - forward(1)) / (k - 1) "
         f"{json.dumps(np.round(ws['per_layer_ms'], 6).tolist())} ms at k = {ws['layers']}; working_set_ms is its "
-        f"excess over k = {ws['layers'][-1]}, fitted non-decreasing in k")
+        f"excess over k = {ws['layers'][-1]}, fitted non-decreasing in k: {json.dumps(np.round(ws['ms'], 6).tolist())}")
     log(f"working set: a layer runs {-ws['ms'][0]:.4f} ms faster in a forward over layer 1 alone, "
         f"{-ws['ms'][len(ws['ms']) // 2]:.4f} over layers 1..{ws['layers'][len(ws['ms']) // 2]}, than over all")
     table = LatencyTable(tp=1, stack="hispec_exec", tokens=lat["tokens"], contexts=lat["contexts"],
@@ -698,7 +704,10 @@ def time_model(model: Transformer, contexts: list[int], repeats: int, tokens: li
     calib_new = max(1, min(64, max_new_tokens, cap - calib_len - 16))
     calib = fit_overheads(model, table, calib_prompts, calib_new, rounds=calibration_rounds, seed=seed)
     calib.update(prompts=len(calib_prompts), prompt_len=calib_len, max_new_tokens=calib_new)
-    table = table.model_copy(update={k: calib[k] for k in ("overhead_ms", "layer_overhead_ms", "verify_overhead_ms")})
+    table = table.model_copy(update={**{k: calib[k] for k in ("overhead_ms", "layer_overhead_ms", "verify_overhead_ms")},
+                                     "working_set_ms": (calib["working_set_scale"] * np.asarray(ws["ms"])).tolist()})
+    table.notes["working_set"] += (f"; scaled by {calib['working_set_scale']:.3f} +- {calib['working_set_scale_se']:.3f}, "
+                                   f"fitted on the calibration's decode runs")
     table.notes["table_scale"] = ("1 (held: the micro-benchmarks' layer and head times as measured; each calibration "
                                   "block's own speed carries the drift, see calibration)")
     table.notes["calibration"] = (
@@ -778,12 +787,14 @@ def measure_profile(model: Transformer, model_name: str, device: str, workload: 
                                    "autoregressive_tokens_per_second": round(calib["autoregressive_tokens_per_second"], 4)},
                    "self_check": {k: v for k, v in check.items() if k != "line"},
                    **{k: round(calib[k], 6) for k in ("overhead_ms", "layer_overhead_ms", "verify_overhead_ms",
-                                                       "overhead_ms_se", "layer_overhead_ms_se", "verify_overhead_ms_se")},
+                                                       "overhead_ms_se", "layer_overhead_ms_se", "verify_overhead_ms_se",
+                                                       "working_set_scale", "working_set_scale_se")},
                    "block_speed_range": [round(v, 6) for v in calib["block_speed_range"]],
                    "attempts": [{"calibration_spread": round(t["calib"]["noise_floor"], 6),
                                  "autoregressive_error": round(t["check"]["autoregressive_error"], 6),
                                  "overhead_ms": round(t["calib"]["overhead_ms"], 6),
                                  "verify_overhead_ms": round(t["calib"]["verify_overhead_ms"], 6),
+                                 "working_set_scale": round(t["calib"]["working_set_scale"], 6),
                                  "seconds": round(t["calib"]["attempt_seconds"], 1)} for t in tries],
                    "attempt_kept": kept + 1}
     dev_name = fp.get("gpu_name") or fp["cpu_model"]

@@ -114,8 +114,32 @@ def test_the_calibration_prices_each_forward_at_its_working_set():
     rows, y = overhead_rows(forwards, 6.5, 16, table, 8)
     base, _ = overhead_rows(forwards, 6.5, 16, plain, 8)
     d = lambda depth: w[depth - 1]
-    assert rows[:, 3] - base[:, 3] == pytest.approx([2 * d(8), 2 * d(2), 2 * d(2) + 4 * d(8), 2 * d(6), 2 * d(2)])
+    assert rows[:, 5] == pytest.approx([2 * d(8), 2 * d(2), 2 * d(2) + 4 * d(8), 2 * d(6), 2 * d(2)])
+    assert np.all(base[:, 5] == 0) and np.array_equal(rows[:, :5], base[:, :5])
     assert y == pytest.approx([1.2, 1.2, 2.2, 1.2, 0.7])  # the time outside forwards spread evenly
+
+
+def test_the_decode_loop_sets_the_working_sets_scale():
+    """Forwards whose time holds half the micro-benchmark's working-set gain (w = -0.1 ms per
+    layer at depths <= 4, 0 at 16), on drifting runs: the fit's working-set coefficient comes
+    out 0.5, the other prices as they were."""
+    rng = np.random.default_rng(0)
+    plans = [[16], [2, 2, 2, 16], [4, 4, 12], [1, 1, 8, 16]]
+    wms = lambda depth: -0.1 * np.clip((16 - depth) / 12, 0, 1)
+    X, y, group = [], [], []
+    speeds = rng.uniform(0.85, 1.2, 48)
+    for run, speed in enumerate(speeds / np.median(speeds)):  # the fit prices the median run
+        last = np.full(16, 16)
+        for _ in range(8):
+            for depth in plans[run % 4]:
+                warm = float(wms(last[:depth]).sum())
+                last[:depth] = depth
+                row = [1.0, depth, float(depth > 4), 0.15 * depth + 0.03, 0.0, warm]
+                X.append(row)
+                y.append(speed * (0.12 + 0.01 * depth + 0.1 * row[2] + row[3] + 0.5 * warm) * rng.normal(1, 0.01))
+                group.append(run)
+    f = drifting_nnls(np.array(X), np.array(y), np.array(group), scale_col=3, bootstrap=20)
+    assert f["coef"][5] == pytest.approx(0.5, abs=3 * f["se"][5]) and f["se"][5] < 0.1
 
 
 @pytest.mark.parametrize("L", [2, 3, 4, 6, 8, 16, 22, 32, 80])
