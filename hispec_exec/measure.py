@@ -500,8 +500,8 @@ def fit_overheads(model: Transformer, table: LatencyTable, prompts, max_new_toke
     apart, but every check is followed by exactly one forward, so the check carries the
     after-check term: verify_overhead_ms = check + after-check terms. The working-set term's
     coefficient scales the micro-benchmark's working set to what the decode loop shows: the
-    Python between forwards touches memory too, and back-to-back forwards alone overstated
-    the gain by up to ~2x on the AVX-512 VM (README, "Working set").
+    Python between forwards touches memory too (0.74 +- 0.02 on the AVX-512 VM at 17:13 UTC
+    on 2026-11-29; README, "Working set").
     One speed factor per block (drifting_nnls), a block being every plan's run on one prompt in
     one round, back to back (seconds): the machine's drift between blocks scales their forwards
     alike and does not leak into the overheads; the fit prices the median block. Not one per

@@ -349,10 +349,10 @@ class LatencyTable(Strict):
     serving: ServingCalibration | None = Field(
         None, description="batched-step costs measured through the executor's serving path; None: serving reads the table")
     working_set_layers: list[int] | None = Field(
-        None, description="deepest layer of a decode forward (it runs layers 1..k), increasing")
+        None, description="depth k of a decode forward (it runs layers 1..k), increasing")
     working_set_ms: list[float] | None = Field(
-        None, description="per-layer time added to each layer of such a forward (<= 0): its weights cycle "
-                          "through k layers, not all; None: none (latency.working_set_ms)")
+        None, description="time added to a layer last run by such a forward (<= 0): only k layers' weights went "
+                          "through the cache since; None: none (latency.working_set_ms)")
 
     @model_validator(mode="after")
     def _grid(self) -> "LatencyTable":

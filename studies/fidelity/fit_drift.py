@@ -92,7 +92,8 @@ def speedup_errors(coef: np.ndarray, val: list) -> np.ndarray:
     """Per validation plan: the speed-up over the interleaved autoregressive runs that the
     fit's prices of the forwards that ran give, over the measured one, minus 1. The
     after-a-check term is charged to the check, as the simulator does."""
-    coef = np.r_[coef[:2], coef[2] + (coef[4] if len(coef) > 4 else 0.0), coef[3], 0.0]
+    coef = np.r_[coef, np.zeros(6 - len(coef))]  # fits on fewer columns: the rest 0
+    coef = np.r_[coef[:2], coef[2] + coef[4], coef[3], 0.0, coef[5]]
     meas, pred = {}, {}
     for run, X, _ in val:
         k = run["plan"]
