@@ -34,6 +34,7 @@ class Forward:
     head_tokens: int
     ms: float
     kept: int | None = None  # checks: how many of the checked tokens this level kept
+    context: int | None = None  # tokens cached before its first new token (the prompt's included)
 
 
 @dataclass
@@ -233,7 +234,7 @@ class SequenceDecoder:
     def _draft(self, lg: torch.Tensor, ms: float, picks: list[int] | None = None) -> None:
         lg = lg[0]
         l1 = self.lv[0]
-        self.forwards.append(Forward(1, [(1, l1, 1)], l1, 1, ms))
+        self.forwards.append(Forward(1, [(1, l1, 1)], l1, 1, ms, context=len(self.seq) - 1))
         if self.greedy:
             d, dist = (picks[0] if picks is not None else int(lg.argmax())), None
         else:
@@ -255,7 +256,7 @@ class SequenceDecoder:
         lo, hi = self.lv[j - 1], self.lv[j]
         if lg.shape[0] != n + 1:
             raise RuntimeError(f"internal: level {j + 1} check saw {lg.shape[0]} positions, expected {n + 1}")
-        fwd = Forward(j + 1, [(1, lo, 1), (lo + 1, hi, n + 1)], hi, n + 1, ms)
+        fwd = Forward(j + 1, [(1, lo, 1), (lo + 1, hi, n + 1)], hi, n + 1, ms, context=len(self.seq) - n - 1)
         self.forwards.append(fwd)
         seq = self.seq
         start = len(seq) - n - 1

@@ -456,7 +456,8 @@ def drifting_nnls(X: np.ndarray, y: np.ndarray, group: np.ndarray, scale_col: in
 def overhead_rows(forwards, wall_ms: float, prompt_len: int, table: LatencyTable,
                   num_layers: int) -> tuple[np.ndarray, np.ndarray]:
     """fit_overheads' regressors for one decode run's forwards -- 1, layers, check?, the
-    table's time of its layers and head, follows a check (or the prefill)?, the table's
+    table's time of its layers (at the forward's own context) and head, follows a check (or
+    the prefill)?, the table's
     working-set time its history gives (<= 0) -- and each forward's time with the run's time
     outside forwards spread evenly over them."""
     from hispec_sim.latency import head_ms, layer_ms, working_set_history
@@ -465,7 +466,8 @@ def overhead_rows(forwards, wall_ms: float, prompt_len: int, table: LatencyTable
     warm = working_set_history(table, [f.head_layer for f in forwards], num_layers)
     rows, previous = [], 0  # level 0: the prefill
     for f, w in zip(forwards, warm):
-        parts = sum((b - a + 1) * float(layer_ms(table, n, prompt_len)) for a, b, n in f.segments)
+        context = prompt_len if f.context is None else f.context  # (data recorded before forwards had it)
+        parts = sum((b - a + 1) * float(layer_ms(table, n, context)) for a, b, n in f.segments)
         layers = sum(b - a + 1 for a, b, _ in f.segments)
         rows.append([1.0, layers, float(f.level > 1), parts + float(head_ms(table, f.head_tokens)),
                      float(previous != 1), w])

@@ -18,7 +18,7 @@ from hispec_exec.measure import (_fill_beyond_capacity, calibration_plans, drift
 from hispec_exec.model import ModelArgs, Transformer
 from hispec_exec.prompts import read_prompts
 from hispec_sim.cli import main
-from hispec_sim.schema import load_profile
+from hispec_sim.schema import Plan, load_profile
 
 finite = st.floats(0.0, 100.0, allow_nan=False)
 
@@ -117,6 +117,32 @@ def test_the_calibration_prices_each_forward_at_its_working_set():
     assert rows[:, 5] == pytest.approx([2 * d(8), 2 * d(2), 2 * d(2) + 4 * d(8), 2 * d(6), 2 * d(2)])
     assert np.all(base[:, 5] == 0) and np.array_equal(rows[:, :5], base[:, :5])
     assert y == pytest.approx([1.2, 1.2, 2.2, 1.2, 0.7])  # the time outside forwards spread evenly
+
+
+def test_forwards_record_their_context_and_the_calibration_prices_layers_there():
+    """A forward's context: the tokens cached before its first new token (the prompt's last
+    token is the first draft's input). overhead_rows prices its layers at that context."""
+    from hispec_exec import decode
+
+    model = _tiny(4)
+    prompt = list(range(10, 26))
+    ar = decode(model, Plan(levels=[4]), prompt, 6)
+    assert [f.context for f in ar.forwards] == list(range(15, 21))
+    spec = decode(model, Plan(levels=[1, 4], propose=3), prompt, 12)
+    fs = spec.forwards
+    for i, f in enumerate(fs):
+        if f.level == 2:  # checks the n drafts before it from the first one's position, then resumes after what it kept
+            n = f.head_tokens - 1
+            assert [g.level for g in fs[i - n:i]] == [1] * n and f.context == fs[i - n].context
+            if i + 1 < len(fs):
+                assert fs[i + 1].context == f.context + f.kept + 1
+        elif i and fs[i - 1].level == 1:
+            assert f.context == fs[i - 1].context + 1
+    table = measure_profile(model, "rand4", "cpu", "heldout", n_prompts=1, prompt_len=16, max_new_tokens=8, repeats=1,
+                            tokens=[1, 2, 4, 8], calibration_rounds=1, attempts=1).table()
+    table = table.model_copy(update={"layer_ms": [[0.1 + 0.001 * c for c in table.contexts] for _ in table.tokens]})
+    rows, _ = overhead_rows(ar.forwards, 10.0, 16, table, 4)
+    assert rows[:, 3] - table.head_ms[0] == pytest.approx([4 * (0.1 + 0.001 * c) for c in range(15, 21)])
 
 
 def test_the_decode_loop_sets_the_working_sets_scale():
