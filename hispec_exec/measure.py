@@ -418,7 +418,7 @@ def drifting_nnls(X: np.ndarray, y: np.ndarray, group: np.ndarray, scale_col: in
         Xr, table, yi, wi = X[idx][:, rest], X[idx, scale_col], y[idx], w[idx]
         order = np.argsort(cols, kind="stable")
         starts = np.flatnonzero(np.r_[True, np.diff(cols[order]) != 0])
-        v = np.ones(cols.max() + 1)
+        v = np.ones(len(runs))  # every block has a slot, even one whose forwards were all dropped
         for _ in range(iterations):
             c = _nnls(Xr * wi[:, None], (yi / v[cols] - table) * wi)
             p = Xr @ c + table
@@ -457,9 +457,8 @@ def overhead_rows(forwards, wall_ms: float, prompt_len: int, table: LatencyTable
                   num_layers: int) -> tuple[np.ndarray, np.ndarray]:
     """fit_overheads' regressors for one decode run's forwards -- 1, layers, check?, the
     table's time of its layers (at the forward's own context) and head, follows a check (or
-    the prefill)?, the table's
-    working-set time its history gives (<= 0) -- and each forward's time with the run's time
-    outside forwards spread evenly over them."""
+    the prefill)?, the table's working-set time its history gives (<= 0) -- and each
+    forward's time with the run's time outside forwards spread evenly over them."""
     from hispec_sim.latency import head_ms, layer_ms, working_set_history
 
     gap = (wall_ms - sum(f.ms for f in forwards)) / len(forwards)

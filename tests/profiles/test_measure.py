@@ -222,6 +222,20 @@ def test_per_run_speed_keeps_drift_out_of_the_overheads():
     assert not drifting_nnls(X, y, group, scale_col=3, bootstrap=0)["keep"][5]
 
 
+def test_a_block_whose_every_forward_is_an_outlier_keeps_its_speed_slot():
+    """Speeds are indexed by block: a block all of whose forwards are dropped (two forwards
+    that disagree 50-fold: no speed fits either) still has one (neutral), so speed[group]
+    indexes every row."""
+    X, y, group = _drifting_runs()
+    X = np.vstack([X, X[:2]])
+    y = np.r_[y, y[0], 50 * y[1]]
+    group = np.r_[group, group.max() + 1, group.max() + 1]
+    f = drifting_nnls(X, y, group, scale_col=3, bootstrap=0)
+    assert not f["keep"][-2:].any() and len(f["speed"]) == len(np.unique(group))
+    assert f["speed"][-1] == pytest.approx(1.0, rel=1e-3)  # neutral: about the median block's
+    assert np.isfinite(y / f["speed"][group]).all()
+
+
 def test_noise_proportional_to_the_time_is_not_taken_for_outliers():
     """With 5 % noise on every forward, a long forward's ordinary noise is several short
     forwards' worth of milliseconds: judged in milliseconds, the unweighted fit drops it as an
