@@ -114,6 +114,15 @@ def _timings(fn, repeats: int, dev) -> np.ndarray:
     return np.asarray([_timed(fn, cuda) for _ in range(repeats)])
 
 
+def layers_forward(model: Transformer, cache, layers: int, toks: torch.Tensor, context: int):
+    """A call that runs `toks` through layers 1..`layers` after `context` cached tokens (the
+    cache rewound first, so it can repeat): the path decoding takes."""
+    def forward():
+        cache.lens[1:layers + 1] = [context] * layers
+        model.run(cache, 0, layers, toks)
+    return forward
+
+
 @torch.no_grad()
 def forward_timings(model: Transformer, layers: int, n_tokens: int, context: int, repeats: int) -> np.ndarray:
     """ms of the executor's own forward (Transformer.run) over layers 1..`layers` with
@@ -124,11 +133,7 @@ def forward_timings(model: Transformer, layers: int, n_tokens: int, context: int
         raise ValueError(f"context: {context} + {n_tokens} tokens exceed the cache capacity {cache.capacity}")
     dev = model.tok_embeddings.weight.device
     toks = torch.randint(0, model.args.vocab_size, (n_tokens,), device=dev)
-
-    def forward():
-        cache.lens[1:layers + 1] = [context] * layers
-        model.run(cache, 0, layers, toks)
-    return _timings(forward, repeats, dev)
+    return _timings(layers_forward(model, cache, layers, toks, context), repeats, dev)
 
 
 @torch.no_grad()
@@ -170,10 +175,7 @@ def measure_latency(model: Transformer, contexts: list[int], repeats: int = 12, 
     xs = {n: torch.randn(n, model.args.dim, generator=gen).to(dev) for n in tokens}
 
     def fwd(layers, n, c):
-        def f():
-            cache.lens[1:layers + 1] = [c] * layers
-            model.run(cache, 0, layers, toks[n])
-        return f
+        return layers_forward(model, cache, layers, toks[n], c)
 
     cells = [(n, c) for n in tokens for c in contexts if c + n <= cap]
     samples: dict = {cell: [] for cell in cells}
@@ -249,18 +251,11 @@ def measure_working_set(model: Transformer, repeats: int = 12, burst: int = 4, s
     toks = torch.randint(0, model.args.vocab_size, (1,), generator=torch.Generator().manual_seed(seed)).to(dev)
     ks = working_set_grid(L)
     rng = np.random.default_rng(seed)
-
-    def forward(k):
-        def f():
-            cache.lens[1:k + 1] = [0] * k
-            model.run(cache, 0, k, toks)
-        return f
-
     samples: dict = {k: [] for k in ks}
     t0 = time.perf_counter()
     for r in range(-1, repeats):  # round -1: warm-up, discarded
         for k in (ks[i] for i in rng.permutation(len(ks))):
-            f = forward(k)
+            f = layers_forward(model, cache, k, toks, 0)
             f(), f()
             t = np.mean([_timed(f, cuda) for _ in range(burst)])
             if r >= 0:
@@ -268,14 +263,12 @@ def measure_working_set(model: Transformer, repeats: int = 12, burst: int = 4, s
     stats = {k: robust_mean(v) for k, v in samples.items()}
     fwd = np.array([stats[k][0] for k in ks])
     fwd_se = np.array([stats[k][1] for k in ks])
-    if L < 2:
-        return {"layers": ks, "ms": [0.0] * len(ks), "forward_ms": fwd.tolist(), "seconds": time.perf_counter() - t0}
     k = np.asarray(ks, float)
-    slope = np.empty(len(ks))
-    slope[1:] = (fwd[1:] - fwd[0]) / (k[1:] - 1)
-    slope[0] = slope[1]
-    se = np.nan_to_num(np.hypot(fwd_se, fwd_se[0]) / np.maximum(k - 1, 1), nan=1.0)
-    se[0] = se[1]
+    slope, se = np.zeros(len(ks)), np.ones(len(ks))  # one layer: nothing smaller to compare
+    if L > 1:
+        slope[1:] = (fwd[1:] - fwd[0]) / (k[1:] - 1)
+        se[1:] = np.nan_to_num(np.hypot(fwd_se[1:], fwd_se[0]) / (k[1:] - 1), nan=1.0)
+        slope[0], se[0] = slope[1], se[1]
     fitted = isotonic(slope, 1.0 / np.maximum(se, 1e-6) ** 2)
     w = np.minimum(fitted - fitted[-1], 0.0)
     return {"layers": ks, "ms": w.tolist(), "raw_ms": (slope - slope[-1]).tolist(), "forward_ms": fwd.tolist(),

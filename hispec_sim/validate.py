@@ -326,20 +326,20 @@ def forward_ms(cost, run) -> np.ndarray:
                                         verify=f.level > 1)) for f in run.forwards]) + warm
 
 
-def _forward_times(cost, runs, level: int | None = None) -> tuple[float, float]:
-    """(measured, predicted) ms of the runs' forwards (of one plan level, or all)."""
-    measured = predicted = 0.0
+def _forward_times(cost, runs) -> dict[int, tuple[float, float]]:
+    """(measured, predicted) ms of the runs' forwards, per plan level."""
+    out: dict = {}
     for r in runs:
-        mine = np.array([level is None or f.level == level for f in r.forwards], bool)
-        measured += sum(f.ms for f, m in zip(r.forwards, mine) if m)
-        predicted += float(forward_ms(cost, r)[mine].sum())
-    return measured, predicted
+        for f, price in zip(r.forwards, forward_ms(cost, r)):
+            measured, predicted = out.get(f.level, (0.0, 0.0))
+            out[f.level] = (measured + f.ms, predicted + float(price))
+    return out
 
 
 def autoregressive_reference(cost, ar_results) -> tuple[float, float]:
     """The interleaved autoregressive runs' measured / predicted forward time, and their
     share of wall time outside forwards: time_split's reference, computed once."""
-    measured, predicted = _forward_times(cost, ar_results)
+    measured, predicted = np.sum(list(_forward_times(cost, ar_results).values()), axis=0)
     return measured / max(predicted, 1e-12), 1 - measured / (sum(r.wall_s for r in ar_results) * 1e3)
 
 
@@ -356,8 +356,9 @@ def time_split(cost, plan: Plan, results, reference: tuple[float, float]) -> dic
     base, ar_outside = reference
     wall = sum(r.wall_s for r in results) * 1e3
     levels, fwd = {}, 0.0
+    times = _forward_times(cost, results)
     for level in range(1, plan.depth + 1):
-        measured, predicted = _forward_times(cost, results, level)
+        measured, predicted = times.get(level, (0.0, 0.0))
         levels[str(level)] = {"vs_cost_model": measured / max(predicted, 1e-12) / base, "share_of_wall": measured / wall}
         fwd += measured
     fulls = sum(r.forwards_per_level()[-1] for r in results)

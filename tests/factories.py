@@ -39,7 +39,7 @@ def make_profile(layers: int = 16, layer_ms: float = 1.0, slope: float = 0.01, h
                          layer_ms=[[layer_ms + slope * t + 1e-4 * c for c in contexts] for t in tokens],
                          head_ms=[head_ms * (1 + 0.01 * t) for t in tokens], overhead_ms=overhead_ms,
                          verify_overhead_ms=verify_ms, source=TEST_SOURCE,
-                         **dict(zip(("working_set_layers", "working_set_ms"), working_set or (None, None))))
+                         working_set_layers=working_set and working_set[0], working_set_ms=working_set and working_set[1])
     exits = list(range(1, layers + 1))
     if traces is not None:
         traces = np.asarray(traces)
