@@ -208,6 +208,8 @@ def cmd_validate(args) -> int:
         prompts = encode_prompts(prompts_text, encode, args.max_new_tokens, model.args.max_seq_len)
     else:
         prompts = heldout_for(model, args.model, args.prompts, args.prompt_seed)
+    if args.context is None:  # price the plans at the context these runs decode at (other prompts or lengths)
+        setting.context = round(sum(map(len, prompts)) / len(prompts) + args.max_new_tokens / 2)
     out = validate(setting, plans, model, prompts, args.max_new_tokens, seed=args.seed, machine_warning=warning,
                    rounds=args.rounds, ar_every=args.ar_every)
     if args.out:

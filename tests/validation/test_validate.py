@@ -184,7 +184,10 @@ def test_validate_refuses_a_profile_of_another_machine(tmp_path, capsys):
     assert main(["validate", "--profile", str(path), *small, "--allow-other-machine", "--out", str(out)]) == 0
     text = capsys.readouterr()
     assert "WARNING" in text.out and "cpu_model" in text.out and "noise floor" in text.out and "verdict: " in text.out
-    assert "not measured on this machine" in json.loads(out.read_text())["machine_warning"]
+    result = json.loads(out.read_text())
+    assert "not measured on this machine" in result["machine_warning"]
+    # priced at the context these runs decode at (a 64-token prompt + 4 / 2), not the workload's 128
+    assert result["context"] == 66 and result["max_new_tokens"] == 4
 
 
 def test_machine_differences_name_each_field():
