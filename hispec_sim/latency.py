@@ -214,16 +214,17 @@ class CostModel:
         self.per_layer = table.layer_overhead_ms
         self.verify_fixed = table.verify_overhead_ms
 
-    def forward(self, ranges, head_tokens, verify: bool = False):
+    def forward(self, ranges, head_tokens, verify: bool = False, working_set: bool = True):
         """ranges: iterable of (layer_count, new_tokens_per_sequence) arrays, consecutive from
         layer 1 as every decode forward runs them; returns ms. Working set: every layer at
         working_set_ms(the forward's depth) -- what the next run of its layers pays under
         working_set_history, so any long enough sequence of forwards costs the same both ways
-        (a draft right after a check costs more than priced, the check less)."""
+        (a draft right after a check costs more than priced, the check less). working_set=False
+        leaves it out, for callers that charge it by history instead (validate.forward_ms)."""
         t = self.fixed + (self.verify_fixed if verify else 0.0) + self.head[np.asarray(head_tokens)]
         ranges = [(np.asarray(count, dtype=float), np.asarray(tokens)) for count, tokens in ranges]
         per_layer = self.per_layer
-        if self.table.working_set_layers:
+        if working_set and self.table.working_set_layers:
             per_layer = per_layer + working_set_ms(self.table, sum(count for count, _ in ranges))
         for count, tokens in ranges:
             t = t + count * (self.layer[tokens] + per_layer)

@@ -320,10 +320,11 @@ def run_interleaved(model, plans: list[Plan], prompts, max_new_tokens: int, roun
 
 def forward_ms(cost, run) -> np.ndarray:
     """The cost model's time of each forward of one executor run: its layer segments, head
-    rows and kind, and the working set its history gives (latency.working_set_history)."""
+    rows and kind, and the working set its history gives (latency.working_set_history) in
+    place of the cost model's own charge by depth (the two agree over whole cycles)."""
     warm = working_set_history(cost.table, [f.head_layer for f in run.forwards], run.plan.levels[-1])
     return np.array([float(cost.forward([(hi - lo + 1, n) for lo, hi, n in f.segments], f.head_tokens,
-                                        verify=f.level > 1)) for f in run.forwards]) + warm
+                                        verify=f.level > 1, working_set=False)) for f in run.forwards]) + warm
 
 
 def _forward_times(cost, runs) -> dict[int, tuple[float, float]]:
