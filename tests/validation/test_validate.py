@@ -224,7 +224,7 @@ def test_shipped_measured_profile_matches_the_shipped_model():
 def test_forward_prices_charge_the_working_set_once():
     """validate.forward_ms charges each forward the working set its layers' history gives,
     instead of the cost model's charge by depth -- not on top of it (it did until 2026-11-29:
-    the time split then put drafts at x1.05-1.15 of their price). Over whole cycles, from one
+    the time split then put speculative forwards at x1.01-1.13 of their price). Over whole cycles, from one
     full-model forward to the next, the two charges agree."""
     from types import SimpleNamespace
 
@@ -239,10 +239,10 @@ def test_forward_prices_charge_the_working_set_once():
     check = Forward(level=2, segments=[(1, 2, 1), (3, 16, 4)], head_layer=16, head_tokens=4, ms=0.0)
     run = SimpleNamespace(plan=Plan(levels=[2, 16], propose=3), forwards=([draft] * 3 + [check]) * 2)
     priced = forward_ms(cost, run)
-    by_depth = [float(cost.forward([(b - a + 1, n) for a, b, n in f.segments], f.head_tokens, verify=f.level > 1))
-                for f in run.forwards]
-    no_ws = [float(cost.forward([(b - a + 1, n) for a, b, n in f.segments], f.head_tokens, verify=f.level > 1,
-                                working_set=False)) for f in run.forwards]
+    price = lambda f, **kw: float(cost.forward([(b - a + 1, n) for a, b, n in f.segments], f.head_tokens,
+                                               verify=f.level > 1, **kw))
+    by_depth = [price(f) for f in run.forwards]
+    no_ws = [price(f, working_set=False) for f in run.forwards]
     history = working_set_history(cost.table, [f.head_layer for f in run.forwards], 16)
     assert priced == pytest.approx(np.array(no_ws) + history)
     assert priced.sum() == pytest.approx(sum(by_depth)) and history.sum() < 0
