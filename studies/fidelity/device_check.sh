@@ -9,8 +9,11 @@
 # Every step has a time limit, so that what was measured comes back inside the call's limit.
 # Seen on that machine (Intel Xeon host, ~0.6x the AVX-512 EPYC VM's speed): the CPU
 # `profile measure` takes > 120 s for one attempt, 197 s for two, run_fidelity.py 199 s; the
-# CUDA `profile measure` > 170 s. Sequentially, give the call its full 600 s and ONLY=cpu or
-# ONLY=cuda, or raise the limits (MEASURE_LIMIT, FIDELITY_LIMIT).
+# CUDA `profile measure` > 170 s. Both chains do not fit one call (600 s at most) and a
+# session's 15 device minutes hold about one full call: run one chain per session, e.g.
+#   ONLY=cpu ATTEMPTS=1 MEASURE_LIMIT=250 FIDELITY_LIMIT=320 bash studies/fidelity/device_check.sh
+#   ONLY=cuda ATTEMPTS=1 MEASURE_LIMIT=280 VALIDATE_LIMIT=230 bash studies/fidelity/device_check.sh
+# (timeout_s 600; each chain's limits add up to < 600 s).
 # Results go to $OUT (default ./out): machine.txt, cpu.log, cuda.log, results.tgz.
 # The machine's image has torch, numpy, scipy, tokenizers, safetensors, pytest and hypothesis,
 # not pydantic: carry its wheels in .whl (see the device tool's README).
@@ -66,9 +69,9 @@ cpu_chain() {
 }
 
 cuda_chain() {
-  step 170 "$GPU_CORE" "profile measure ($GPU)" hispec-sim profile measure "${measure[@]}" --device "$GPU" \
+  step "${MEASURE_LIMIT:-170}" "$GPU_CORE" "profile measure ($GPU)" hispec-sim profile measure "${measure[@]}" --device "$GPU" \
     --out "$OUT/cuda/profile.json" --name h200_hispec_tiny
-  step 230 "$GPU_CORE" "validate ($GPU, $plans plans)" hispec-sim validate "${small[@]}" --profile "$OUT/cuda/profile.json" \
+  step "${VALIDATE_LIMIT:-230}" "$GPU_CORE" "validate ($GPU, $plans plans)" hispec-sim validate "${small[@]}" --profile "$OUT/cuda/profile.json" \
     --device "$GPU" --plans $plans --seed 7 --ar-every 4 --out "$OUT/cuda/validate.json"
   step 40 "$GPU_CORE" "CUDA test" python3 -m pytest -q -p no:cacheprovider tests/exec/test_exec_cli.py -k cuda
   step 30 "$GPU_CORE" "serve ($GPU)" hispec-exec serve --device "$GPU" --qps 4 --requests $requests --levels 2,4,16 --propose 2 \
