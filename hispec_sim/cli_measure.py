@@ -280,8 +280,9 @@ def plan_noise_text(out: dict) -> str:
     within = (f"; {out['plans_within_noise_floor']} of {len(out['plans'])} plans' errors within the per-plan floor "
               f"{100 * floor:.2f} %")
     rs, tn = out.get("round_spread"), out.get("timing_noise")
-    if not (rs and tn):
-        return within
+    if not (rs and tn):  # the floor above is autoregressive's: a plan's speed relative to it drifts on its own
+        return within + ("; with one round the plans' own timing noise is not measured (--rounds 2 measures it)"
+                         if out.get("rounds", 1) == 1 else "")
     return (f"; the plans' own rounds differ by median {100 * rs['median']:.2f} %, worst {100 * rs['worst']:.2f} % "
             f"({out['rounds']} rounds): timing noise {100 * tn['sigma_per_round']:.2f} % per round, so a perfect "
             f"prediction would be measured off by up to {100 * tn['plan']:.2f} % per plan, median "

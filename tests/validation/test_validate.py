@@ -120,6 +120,7 @@ def test_validate_says_where_the_error_comes_from(small):
     plans = [Plan(levels=[8]), Plan(levels=[3, 8], propose=3), Plan(levels=[2, 5, 8], propose=2, windows=[3])]
     out = validate(setting, plans, model, heldout_prompts(3, 32, 0), 24, seed=0)
     assert "round_spread" not in out and "own rounds" not in noise_line(out)  # one round: nothing to compare
+    assert "plans' own timing noise is not measured (--rounds 2 measures it)" in noise_line(out)
     assert out["timing_noise"] is None and out["noise_floor_worst"] == out["noise_floor"]
     for plan, row in zip(plans, out["plans"]):
         t = row["time_split"]
