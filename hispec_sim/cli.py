@@ -14,7 +14,7 @@ from . import cli_measure, schema
 from .cli_common import (SEED, Parser, UsageError, add_model_args, add_plan_args, check_output, check_storage,  # noqa: F401
                          float_in, int_in, load_model_from_args, one_line, plan_from_args, quiet_optuna_interrupts, run_main,
                          sqlite_path)
-from .evaluate import Setting, exhaustive, rescored_by_replay, score
+from .evaluate import DEFAULT_RESCORE, Setting, optimized, score
 
 CONTEXT = int_in(0, schema.MAX_CONTEXT)
 TP = int_in(1, schema.MAX_TP)
@@ -116,10 +116,7 @@ def cmd_optimize(args) -> int:
         quiet_optuna_interrupts()
         result = search.cli_optuna(args, setting, opts)
     else:
-        result = exhaustive(setting, top=max(args.top, args.rescore), max_propose=args.max_propose,
-                            max_window=args.max_window)
-        if args.rescore:
-            result = rescored_by_replay(result, args.top)
+        result = optimized(setting, args.top, args.max_propose, args.max_window, rescore=args.rescore)
     setting = result.setting  # with --batch/--tp choices: the best plan's
     out = result.as_dict()
     if getattr(args, "adaptive", False):
@@ -140,7 +137,7 @@ def cmd_optimize(args) -> int:
               f"window 1..{args.max_window}) in {out['seconds']:.3f} s\n")
     if "rescored" in out:
         print(f"ranked by trace replay: {out['rescored']['note']} ({out['rescored']['seconds']:.2f} s); "
-              "analytic tokens/s in the last column\n")
+              "analytic tokens/s in the last column" + ("" if args.rescore else " (--rescore 0: analytic only)") + "\n")
     rows = [(f"#{i + 1}", r) for i, r in enumerate(out["top"])]
     rows += [("autoregressive", out["baselines"]["autoregressive"]),
              ("best single-level", out["baselines"]["best_single_level"]),
@@ -298,9 +295,10 @@ def build_parser() -> Parser:
     p.add_argument("--max-propose", type=int_in(1, schema.MAX_PROPOSE), default=8)
     p.add_argument("--max-window", type=int_in(1, schema.MAX_WINDOW), default=16)
     p.add_argument("--out", help="write the best plan to this plan file")
-    p.add_argument("--rescore", type=int_in(0, 1000), default=0, metavar="N",
+    p.add_argument("--rescore", type=int_in(0, 1000), default=None, metavar="N",
                    help="exhaustive search: re-score its N best plans (and the baselines) by trace replay of the "
-                        "workload's measured requests and rank by that (workloads with traces; 0: off)")
+                        f"workload's measured requests and rank by that (default {DEFAULT_RESCORE} where the workload "
+                        "has traces, else 0; 0: analytic only)")
     p.add_argument("--adaptive", action="store_true", help="also search confidence thresholds (draft_confidence, "
                    "escalate_confidence) around the best plans; profiles with confidence statistics only")
     from .search import add_cli_args

@@ -240,7 +240,7 @@ def validate_text(out: dict) -> str:
     lines.append(noise_line(out))
     lines.append(f"verdict: {out['verdict_line']}")
     if "verdict_line_replay" in out:
-        lines.append(f"verdict with trace replay (optimize --rescore): {out['verdict_line_replay']}")
+        lines.append(f"verdict with trace replay (optimize's ranking where the workload has traces): {out['verdict_line_replay']}")
     lines.append(absolute_line(out))
     lines += split_lines(out)
     return "\n".join(lines)

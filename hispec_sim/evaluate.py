@@ -200,6 +200,20 @@ def exhaustive(setting: Setting, top: int = 10, max_propose: int = 8, max_window
     return SearchResult(setting, ranked, ar, best_single_s, scored[-1], evaluated, time.perf_counter() - t0)
 
 
+DEFAULT_RESCORE = 50  # optimize's default where the workload has traces: the analytic best 50, walked (~0.2 s)
+
+
+def optimized(setting: Setting, top: int = 10, max_propose: int = 8, max_window: int = 16,
+              rescore: int | None = None) -> SearchResult:
+    """`optimize`'s exhaustive answer: the analytic ranking, its `rescore` best re-scored by
+    trace replay (`rescored_by_replay`); rescore None: DEFAULT_RESCORE where the workload has
+    traces, else 0 (analytic only)."""
+    if rescore is None:
+        rescore = DEFAULT_RESCORE if setting.agreement.traces is not None else 0
+    result = exhaustive(setting, top=max(top, rescore), max_propose=max_propose, max_window=max_window)
+    return rescored_by_replay(result, top) if rescore else result
+
+
 def rescored_by_replay(result: SearchResult, top: int) -> SearchResult:
     """The search's ranked plans and its baselines re-scored by trace replay and re-ranked
     (the best `top` kept). The analytic model ranks every plan in one pass but treats

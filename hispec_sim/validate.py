@@ -6,20 +6,20 @@ import random
 
 import numpy as np
 
-from .evaluate import Setting, exhaustive, score
+from .evaluate import Setting, optimized, score
 from .latency import working_set_history
 from .montecarlo import simulate
 from .schema import Plan, Profile
 
 
 def draw_plans(setting: Setting, n: int, seed: int) -> list[Plan]:
-    """n plans across the families: the optimizer's best, the paper default,
+    """n plans across the families: the optimizer's best (`optimized`), the paper default,
     autoregressive and the best single-level plan first, then single-level, 3-level and
     4-level plans drawn in turn (exits, propose 1..6, windows 1..8)."""
     L = setting.num_layers
     exits = [e for e in setting.acceptance.exits if e < L]
     rng = random.Random(seed)
-    found = exhaustive(setting)
+    found = optimized(setting)  # optimize's answer: by trace replay where the workload has traces
     plans = []
     for p in (found.best.plan, found.paper_default.plan, Plan(levels=[L]), found.best_single_level.plan):
         if p not in plans:
@@ -454,7 +454,7 @@ def validate(setting: Setting, plans: list[Plan], model, prompts, max_new_tokens
     if machine_warning:
         out["machine_warning"] = machine_warning
     rep_err = [abs(r["speedup_error_replay"]) for r in rows if r["speedup_error_replay"] is not None]
-    if rep_err:  # the prediction `optimize --rescore` gives: the same bar, the same noise floor
+    if rep_err:  # the prediction optimize ranks by where the workload has traces: the same bar, the same noise floor
         vr = verdict(rep_err, floor_median, floor_worst)
         out["median_abs_speedup_error_replay"], out["max_abs_speedup_error_replay"] = vr["median"], vr["worst"]
         out["verdict_replay"], out["verdict_line_replay"] = vr["status"], vr["line"]

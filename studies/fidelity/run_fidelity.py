@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from hispec_sim.cli_measure import plan_noise_text
-from hispec_sim.evaluate import Setting, exhaustive
+from hispec_sim.evaluate import Setting, optimized
 from hispec_sim.schema import check_writable, load_profile, write_atomic
 from hispec_sim.validate import check_model_matches, draw_plans, machine_check, run_interleaved, validate
 
@@ -90,7 +90,7 @@ def markdown(out: dict, seconds: float, command: str, baselines: dict, context: 
              f"batch 1. Study: `{command}` in {seconds:.0f} s ({out['rounds']} round(s), an autoregressive reference "
              f"run after every {out['autoregressive_every']} plan run(s) on the same prompt).", "",
              f"**Verdict: {out['verdict_line']}.**" + (
-                 f" With trace replay (the prediction of `optimize --rescore`): {out['verdict_line_replay']}."
+                 f" With trace replay (the prediction `optimize` ranks by where the workload has traces): {out['verdict_line_replay']}."
                  if out.get("verdict_line_replay") else ""), "",
              "The compared quantity is the speed-up over autoregressive decoding: predicted (tokens/s of the plan over "
              "that of autoregressive, both from the profile) against measured side by side (each plan run's time "
@@ -219,7 +219,7 @@ def main() -> None:
         errs = np.abs([r["speedup_error"] for r in o["plans"]])
         o["median_abs_speedup_error"], o["max_abs_speedup_error"] = float(np.median(errs)), float(errs.max())
         out["other_prompts"] = o
-    found = exhaustive(setting)
+    found = optimized(setting)
     baselines = {"optimizer's best": found.best.plan, "paper default": found.paper_default.plan,
                  "best single-level": found.best_single_level.plan, "autoregressive": found.autoregressive.plan}
     baselines = {k: p.describe() for k, p in baselines.items() if p in plans}

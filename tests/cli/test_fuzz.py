@@ -647,7 +647,7 @@ def _interrupt(*a, **k):
 
 
 INTERRUPTS = [
-    (S, "hispec_sim.cli.exhaustive", "optimize --profile {P} --out {W}/best.json"),
+    (S, "hispec_sim.cli.optimized", "optimize --profile {P} --out {W}/best.json"),
     (S, "hispec_sim.search.evaluate_trial",
      "optimize --profile {P} --search optuna --trials 50 --storage sqlite:///{DB} --out {W}/best.json"),
     (S, "hispec_sim.report.compute", "report --profile {P} --out {W}/r.html"),

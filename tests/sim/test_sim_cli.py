@@ -221,6 +221,28 @@ def test_rescore_ranks_by_trace_replay(capsys, tmp_path):
     assert code == 0 and json.loads(out)["rescored"]["requests"] == 1, err
 
 
+def test_rescore_is_the_default_where_the_workload_has_traces(capsys, tmp_path, profile_file):
+    """Without --rescore, optimize ranks by trace replay when the workload has measured requests
+    (its DEFAULT_RESCORE best), and by the analytic model alone otherwise or with --rescore 0."""
+    from factories import resolve_depth_traces
+    from hispec_sim.evaluate import DEFAULT_RESCORE
+
+    path = tmp_path / "traced.json"
+    save_profile(make_profile(layers=8, traces=resolve_depth_traces(8, 600, seed=3), trace_starts=[0, 300]), path)
+    small = ["--json", "--top", "3", "--max-propose", "3", "--max-window", "3"]
+    code, out, err = run(capsys, "optimize", "--profile", str(path), *small)
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["rescored"]["candidates"] == DEFAULT_RESCORE and res["rescored"]["requests"] == 2
+    code, out, err = run(capsys, "optimize", "--profile", str(path), *small, "--rescore", "0")
+    assert code == 0 and "rescored" not in json.loads(out), err
+    code, out, _ = run(capsys, "optimize", "--profile", str(path), "--top", "2", "--max-propose", "3", "--max-window", "3")
+    assert "(--rescore 0: analytic only)" in out
+    for extra in ([], ["--search", "optuna", "--trials", "5"]):  # no traces, or a search replay does not re-rank
+        code, out, err = run(capsys, "optimize", "--profile", profile_file, *small, *extra)
+        assert code == 0 and "rescored" not in json.loads(out), err
+
+
 @pytest.mark.parametrize("extra,field", [([], "rescore: workload 'w' has no per-position traces"),
                                          (["--search", "optuna"], "rescore: re-scores the exhaustive"),
                                          (["--rescore", "1001"], "rescore: must be in [0, 1000]")])
