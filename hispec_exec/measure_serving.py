@@ -44,6 +44,7 @@ from hispec_sim.schema import (
 
 from .measure import (
     OUTLIER_MADS,
+    SCALE_RANGE,
     calibration_plans,
     calibration_prompts,
     isotonic_2d,
@@ -169,61 +170,123 @@ def step_features(levels: list[int], ops: list[tuple[int, int, int]], table: Lat
 
 
 def serve_iterations(model: Transformer, plan: Plan, prompts: list[list[int]], max_new: int, max_batch: int,
-                     seed: int = 0, clock=None) -> list[dict]:
-    """Per iteration of a real `serve()` run of a closed batch (every request arrives at
-    0): its wall time without the prefill, and the operations of its step."""
+                     seed: int = 0, clock=None, gap_s: float = 0.0) -> list[dict]:
+    """Per iteration of a real `serve()` run (serve's step_log): its wall time without the
+    prefill, the prefill's, the operations of its step, whether the loop idled before it.
+    gap_s 0: a closed batch (every request arrives at 0); else request i arrives at i x gap_s."""
     from .serve import serve
 
     log: list[dict] = []
-    serve(model, plan, [0.0] * len(prompts), prompts, [max_new] * len(prompts),
+    serve(model, plan, [i * gap_s for i in range(len(prompts))], prompts, [max_new] * len(prompts),
           ServeLimits(max_batch=max_batch), mode="greedy", seed=seed, step_log=log, ops_of=_ops_of,
           clock=clock or time.perf_counter)
     return log
+
+
+IDLE_REQUESTS, IDLE_NEW = 6, 2  # per plan: requests arriving one by one into an idle loop, tokens each
+
+
+def _robust_ratio(values: list[float]) -> tuple[float, float]:
+    """Median and its standard error (1.2533 x 1.4826 x MAD / sqrt(n): robust to the odd interrupted run)."""
+    v = np.asarray(values, float)
+    if not v.size:
+        return float("nan"), float("nan")
+    med = float(np.median(v))
+    return med, float(1.2533 * 1.4826 * np.median(np.abs(v - med)) / np.sqrt(v.size))
 
 
 def fit_step_overheads(model: Transformer, table: LatencyTable, batches: list[int], rounds: int = 2,
                        max_new: int = 24, bootstrap: int = 200, seed: int = 0, clock=None,
                        probe=None, reference: float | None = None) -> dict:
     """The serve loop's own step costs: NNLS of (iteration ms - the table's exit head) on
-    [the grid's layers, 1, running sequences, checks] -> (forward scale, step, per-sequence,
-    per-check ms). Draft steps of a few layers and full-depth steps in one fit tell a
-    per-step cost from a per-layer one; the scale carries the grid (timed minutes apart,
-    through run_jobs alone) to the loop. As fit_overheads does for the batch-1 table, the
-    scale is fixed to 1 when it falls outside [0.5, 2] or its bootstrap standard error
-    exceeds 0.05. Outliers beyond 3.5 MADs are dropped and the fit redone; standard errors
-    by bootstrap over runs.
+    [the grid's layers, 1, running sequences, checks, admitting] -> (forward scale, step,
+    per-sequence, per-check, admit ms). Draft steps of a few layers and full-depth steps in
+    one fit tell a per-step cost from a per-layer one; the scale carries the grid (timed
+    minutes apart, through run_jobs alone) to the loop. As fit_overheads does for the
+    batch-1 table, the scale is fixed to 1 when it falls outside [0.5, 2] or its bootstrap
+    standard error exceeds 0.05. Outliers beyond 3.5 MADs are dropped and the fit redone;
+    standard errors by bootstrap over runs.
+
+    Admissions: every run's prefill forward against the prefill grid's price at scale 1 ->
+    prefill_scale (the median ratio, beyond the fixed per-forward part; prefills are
+    compute-bound tiles, decode steps are not, so they need not share the decode scale);
+    then IDLE_REQUESTS requests per plan arriving one by one into an idle loop (spaced
+    wider than a whole closed-batch run of one request) -> wake_ms, the median of what an
+    admission after an idle spell (prefill + its step) costs beyond that price and the
+    fitted step with admit_ms: the first forward after idling refills the caches.
 
     Drift: with `probe` (a callable timing a fixed forward, e.g. reference_ms) and
     `reference` (its ms when the grid was timed), every run's iterations are put back
     into the grid's window: x reference / the probe timed right before the run. This
     VM's speed drifts by up to ~25 % over minutes, and a scale fitted on iterations from a
     faster or slower window than the grid's carries that drift into every simulated step."""
+    from hispec_sim.serving import StepCost
+
     L = model.num_layers
     plans = calibration_plans(L, spread=False)  # x batches x rounds: the first three shapes suffice here
     X, y, group, heads, drift = [], [], [], [], []
+    prefill_ratio, run_ms = [], []
     g = 0
-    prompts = calibration_prompts(model, max(batches), 24)
+    prompts = calibration_prompts(model, max(*batches, IDLE_REQUESTS), 24)
+    lens = np.array([len(p) for p in prompts])
+    # the prefill grid's price at scale 1 (the table passed in carries the calibration being fitted)
+    unit = table.model_copy(update={"serving": table.serving.model_copy(update={"forward_scale": 1.0,
+                                                                                "prefill_scale": None})})
+    costs = {p.describe(): StepCost(unit, p, L, max(batches), 256, lens) for p in plans}
+
+    def timed(plan, b, gap_s=0.0, requests=None, new=max_new):
+        d = 1.0 if probe is None else reference / probe()
+        drift.append(d)
+        log = serve_iterations(model, plan, prompts[:requests or b], new, b, seed, clock, gap_s=gap_s)
+        cost = costs[plan.describe()]
+        for it in log:
+            it["features"] = step_features(plan.levels, it["ops"], table)
+            it["d"] = d
+            if it["prefill_ms"] > 0:  # ONE prefill forward of the prompts admitted in this iteration
+                it["priced"] = cost.prefill(lens[:len(it["ops"])]) - cost.fixed  # every prompt: 24 tokens
+        return log, cost.fixed
+
     for _ in range(rounds):
         for plan in plans:
             for b in batches:
-                d = 1.0 if probe is None else reference / probe()
-                drift.append(d)
-                for it in serve_iterations(model, plan, prompts[:b], max_new, b, seed, clock):
-                    fwd, head, nseq, nchk = step_features(plan.levels, it["ops"], table)
-                    X.append([fwd, 1.0, nseq, nchk])
-                    y.append(it["step_ms"] * d - head)
+                log, fixed = timed(plan, b)
+                run_ms.append(sum(it["step_ms"] + it["prefill_ms"] for it in log) * log[0]["d"] if b == 1 else 0.0)
+                for it in log:
+                    fwd, head, nseq, nchk = it["features"]
+                    X.append([fwd, 1.0, nseq, nchk, float(it["prefill_ms"] > 0)])
+                    y.append(it["step_ms"] * it["d"] - head)
                     heads.append(head)
                     group.append(g)
+                    if it["prefill_ms"] > 0:
+                        prefill_ratio.append((it["prefill_ms"] * it["d"] - fixed) / it["priced"])
                 g += 1
     X, y, group, heads = np.asarray(X), np.asarray(y), np.asarray(group), np.asarray(heads)
     f = scaled_nnls(X, y, group, scale_col=0, bootstrap=bootstrap, seed=seed)
     coef, se, keep, scaled = f["coef"], f["se"], f["keep"], f["scaled"]
-    names = ("forward_scale", "step_ms", "sequence_ms", "check_ms")
+    names = ("forward_scale", "step_ms", "sequence_ms", "check_ms", "admit_ms")
+    prefill_scale, prefill_scale_se = _robust_ratio(prefill_ratio)
+    if not SCALE_RANGE[0] <= prefill_scale <= SCALE_RANGE[1]:  # not believed: the decode steps' scale
+        prefill_scale, prefill_scale_se = float("nan"), float("nan")
+    # admissions after an idle spell: spaced wider than a closed run of one request (max_new tokens)
+    gap_s = 0.03 + 1e-3 * max(run_ms)
+    wake = []
+    for plan in plans:
+        log, fixed = timed(plan, 1, gap_s=gap_s, requests=IDLE_REQUESTS, new=IDLE_NEW)
+        for it in log:
+            if it["woke"] and it["prefill_ms"] > 0:
+                fwd, head, nseq, nchk = it["features"]
+                price = (prefill_scale if np.isfinite(prefill_scale) else coef[0]) * it["priced"] + fixed
+                wake.append((it["step_ms"] + it["prefill_ms"]) * it["d"] - price - head
+                            - float(np.dot([fwd, 1.0, nseq, nchk, 1.0], coef)))
+    wake_ms, wake_ms_se = _robust_ratio(wake)
     # the step noise: every iteration's measured / fitted step ms (exit head included, as the
     # simulator costs a step), in run order; outliers too (slow steps make the tail)
     fitted = X @ coef + heads
     ratio = (y + heads) / np.maximum(fitted, 1e-9)
     return {**{k: float(v) for k, v in zip(names, coef)}, **{k + "_se": float(v) for k, v in zip(names, se)},
+            "prefill_scale": prefill_scale, "prefill_scale_se": prefill_scale_se, "prefills": len(prefill_ratio),
+            "wake_ms": max(wake_ms, 0.0) if np.isfinite(wake_ms) else 0.0, "wake_ms_se": wake_ms_se,
+            "wakes": len(wake), "idle_gap_s": gap_s,
             "scale_fitted": bool(scaled), "iterations": int(keep.sum()), "rejected": int((~keep).sum()),
             "residual_ms_median_abs": float(np.median(np.abs((y - X @ coef)[keep]))),
             "plans": [p.describe() for p in plans], "ratio": ratio, "drift": (min(drift), max(drift)), "fitted_ms": fitted, "group": group,
@@ -275,7 +338,12 @@ def measure_serving(model: Transformer, table: LatencyTable, env: str = "", repe
               f"{fit['plans']} over closed batches, median |residual| {fit['residual_ms_median_abs']:.3f} ms, standard "
               f"errors by bootstrap over runs; every run's iterations x (the probe forward timed around the grid, "
               f"{ref:.2f} ms / the probe timed right before the run: {fit['drift'][0]:.3f}-{fit['drift'][1]:.3f}), "
-              f"so that the machine's drift between the grid and the runs cancels; step noise: quantiles of measured / fitted ms over all "
+              f"so that the machine's drift between the grid and the runs cancels; admissions: admit_ms "
+              f"{fit['admit_ms']:.3f} ms in the same fit, prefill scale "
+              + (f"{fit['prefill_scale']:.3f} (median over {fit['prefills']} prefill forwards against the prefill grid)"
+                 if np.isfinite(fit['prefill_scale']) else "not believed (outside [0.5, 2]): the forward scale")
+              + f", wake_ms {fit['wake_ms']:.3f} ms (median over {fit['wakes']} admissions after an idle spell, "
+              f"{IDLE_REQUESTS} requests per plan {fit['idle_gap_s'] * 1e3:.0f} ms apart); step noise: quantiles of measured / fitted ms over all "
               f"{noise['iterations']} iterations, lag-1 autocorrelation of its normal scores {noise['lag1_measured']:.3f} "
               f"({'AR(1)' if noise['lag1_autocorrelation'] else 'i.i.d.: not significant'}), "
               f"{'two step-size classes split at ' + format(noise['split_ms'], '.2f') + ' ms' if noise.get('split_ms') else 'pooled over step sizes'} "
@@ -286,6 +354,11 @@ def measure_serving(model: Transformer, table: LatencyTable, env: str = "", repe
         "check_ms": round(fit["check_ms"], 6),
         "step_ms_se": round(fit["step_ms_se"], 6), "sequence_ms_se": round(fit["sequence_ms_se"], 6),
         "check_ms_se": round(fit["check_ms_se"], 6), "forward_scale": round(fit["forward_scale"], 6),
+        "admit_ms": round(fit["admit_ms"], 6), "admit_ms_se": round(fit["admit_ms_se"], 6),
+        **({"prefill_scale": round(fit["prefill_scale"], 6), "prefill_scale_se": round(fit["prefill_scale_se"], 6)}
+           if np.isfinite(fit["prefill_scale"]) else {}),
+        "wake_ms": round(fit["wake_ms"], 6),
+        "wake_ms_se": round(fit["wake_ms_se"], 6) if np.isfinite(fit["wake_ms_se"]) else None,
         "forward_scale_se": round(fit["forward_scale_se"], 6) if fit["scale_fitted"] else None,
         "step_noise": StepNoise(**noise),
         "source": Source(kind="measured", detail=detail)})

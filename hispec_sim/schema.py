@@ -280,6 +280,10 @@ class ServingCalibration(Strict):
     tell a per-step cost from a per-layer one; the scale carries the grid to the loop, as
     the batch-1 table's in-situ scale does). Without forward_scale (older profiles): 1.
     step_noise: each step's time x a draw of the measured ratio real / fitted (StepNoise).
+    An admission costs its prefill forward -- prefill_scale x what the prefill grid gives
+    (older profiles: forward_scale) -- plus admit_ms (the admitting iteration's extra host
+    time), plus wake_ms when the engine idled before it (the first forward after an idle
+    spell refills the caches: measured saturating within ~20 ms of idling).
     """
 
     batches: list[int] = Field(min_length=1)
@@ -301,6 +305,13 @@ class ServingCalibration(Strict):
         None, description="prompt tokens per sequence of the prefill grid; None (older profiles): prefills read layer_ms")
     prefill_layer_ms: list[list[float]] | None = Field(
         None, description="ONE layer of a prefill forward (the executor's prefill tiles), len(batches) x len(prefill_rows)")
+    prefill_scale: float | None = Field(
+        None, gt=0, le=10, description="prefill forwards' scale from the grid to the serve loop; None: forward_scale")
+    prefill_scale_se: float | None = Field(None, ge=0)
+    admit_ms: float = Field(0.0, ge=0, le=MAX_MS, description="extra ms of an iteration that admits requests")
+    admit_ms_se: float | None = Field(None, ge=0)
+    wake_ms: float = Field(0.0, ge=0, le=MAX_MS, description="extra ms of the first iteration after the engine idled")
+    wake_ms_se: float | None = Field(None, ge=0)
     source: Source
 
     @model_validator(mode="after")

@@ -162,6 +162,11 @@ class StepCost:
         # the calibration's forward scale (the grid as the serve loop runs it) on every layer
         # cost, here, so that every engine costing from these tables carries it
         self.scale = table.serving.forward_scale if self.calibrated else 1.0
+        # prefill forwards run at their own scale (compute-bound tiles, not decode rows);
+        # older calibrations: the decode steps' forward_scale
+        sv = table.serving
+        self.prefill_scale = (sv.prefill_scale or sv.forward_scale) if self.calibrated else 1.0
+        self.admit, self.wake = (sv.admit_ms, sv.wake_ms) if self.calibrated else (0.0, 0.0)
         # number of prompts -> the grid ms of every token total they can reach (a row, computed
         # on first use, vectorised: admissions of one or two prompts repeat with new totals)
         self.prefill_linear_at: dict[int, np.ndarray] = {}
@@ -179,7 +184,7 @@ class StepCost:
         # prefill: one sequence's attention per prompt length, linear part per total rows (lookups)
         top = int(np.sort(np.maximum(prompts - 1, 0))[-max_batch:].sum()) if prompts is not None and len(prompts) else 1
         plen = np.arange(int(prompts.max()) if prompts is not None and len(prompts) else 1)
-        self.prefill_att = self.scale * np.where(plen > 0, prefill_attention_ms(table, np.maximum(plen, 1), 0), 0.0)
+        self.prefill_att = self.prefill_scale * np.where(plen > 0, prefill_attention_ms(table, np.maximum(plen, 1), 0), 0.0)
         tot = np.arange(min(top, 2**21) + 1)
         self.prefill_linear = linear_layer_ms(table, np.maximum(tot, 1))  # read without a calibration only
 
@@ -243,18 +248,24 @@ class StepCost:
         per = lin + self.prefill_att[n].sum()
         return float(L * (per + self.per_layer) + self.fixed)
 
+    def admission(self, prompt_tokens: np.ndarray, woke: bool) -> tuple[float, bool]:
+        """(ms, whether a prefill forward ran) of admitting these prompts: the prefill, the
+        admitting iteration's admit_ms, and wake_ms when the engine idled before it."""
+        pf = self.prefill(prompt_tokens)
+        return pf + self.admit + (self.wake if woke else 0.0), pf > 0
+
     def _prefill_grid_ms(self, prompts: int, total: int) -> float:
-        """scale x serving_layer_ms(prompts, total, prefill=True), read from the row of `prompts` (the same
+        """prefill_scale x serving_layer_ms(prompts, total, prefill=True), read from the row of `prompts` (the same
         elementwise arithmetic as one scalar call, so the same value)."""
         row = self.prefill_linear_at.get(prompts)
         if row is None:
             top = int(self.prefill_top[min(prompts, len(self.prefill_top)) - 1])
             # a row of at most 2^21 totals (prompts of thousands of tokens: beyond, one call each)
-            row = self.scale * serving_layer_ms(self.table, prompts, np.arange(min(top, 1 << 21) + 1), prefill=True)
+            row = self.prefill_scale * serving_layer_ms(self.table, prompts, np.arange(min(top, 1 << 21) + 1), prefill=True)
             self.prefill_linear_at[prompts] = row
         if total < len(row):
             return float(row[total])
-        return self.scale * float(serving_layer_ms(self.table, prompts, total, prefill=True))  # prompts not among the given ones
+        return self.prefill_scale * float(serving_layer_ms(self.table, prompts, total, prefill=True))  # prompts not among the given ones
 
 
 # --------------------------------------------------------------------------- the engine
@@ -400,10 +411,12 @@ def _run_synchronous(cost: StepCost, plan: Plan, rates: np.ndarray, arrival_s, p
 
     while nxt < n or len(req):
         # a round boundary: admission (FIFO, head of line), then ONE prefill forward
+        woke = False
         if not len(req):
             settle()
             if arr_ms[nxt] > clock.t:
                 clock.t = float(arr_ms[nxt])  # idle: sleep until the next arrival
+                woke = True
         first = nxt
         while nxt < n and len(req) + nxt - first < B and reserved + need[nxt] <= kv_cap:
             if arr_ms[nxt] > clock.t:  # the last time known is a lower bound (steps cost >= 0)
@@ -430,10 +443,10 @@ def _run_synchronous(cost: StepCost, plan: Plan, rates: np.ndarray, arrival_s, p
             bprob = np.concatenate([bprob, fresh])[order]
             r_acc, r_cor, r_bon = rates[req, :, ACC], rates[req, :, COR], rates[req, :, BON]
             committed_sum = int(committed.sum())
-            pf = cost.prefill(prompt[new])
-            if pf > 0:
-                clock.fixed(pf)
-                prefills += 1
+            ms, prefilled = cost.admission(prompt[new], woke)
+            if ms > 0:
+                clock.fixed(ms)
+            prefills += prefilled
         m = len(req)
         # the round's g draft steps at once: every sequence one row through 1..l_1
         clock.drafts(m, committed_sum + sum(buffered), None if cost.measured else committed + blen.sum(1))
@@ -775,7 +788,8 @@ def _run_scheduled(cost: StepCost, plan: Plan, sch: Schedules, arrival_s, prompt
     steps_ar = np.arange(MACRO)
     while nxt < n or len(running):
         # admission (FIFO, head of line), then ONE prefill forward for everything admitted
-        if not len(running) and nxt < n and arr_ms[nxt] > t:
+        woke = not len(running) and nxt < n and arr_ms[nxt] > t
+        if woke:
             t = float(arr_ms[nxt])
         new = []
         phase = int((fp[running[0]] - sch.start[running[0]]) % align) if len(running) and align > 1 else 0
@@ -787,10 +801,9 @@ def _run_scheduled(cost: StepCost, plan: Plan, sch: Schedules, arrival_s, prompt
         if new:
             new = np.array(new, np.int64)
             running = np.concatenate([running, new])
-            pf = cost.prefill(prompt[new])
-            if pf > 0:
-                t += pf
-                prefills += 1
+            ms, prefilled = cost.admission(prompt[new], woke)
+            t += ms
+            prefills += prefilled
         m = len(running)
         base = fp[running]
         s = int(min((end_op[running] - base).min(), MACRO))

@@ -339,10 +339,12 @@ def _run_synchronous(cost: StepCost, plan: Plan, sch: Schedules | None, rates, c
 
     while finished < n:
         if fresh_round:  # round boundary: admission (FIFO, head of line), one prefill forward
+            woke = False
             if not len(idx) and nxt < n:
                 settle()
                 if arr_ms[nxt] > log.t:
                     log.t = float(arr_ms[nxt])  # idle: sleep until the next arrival
+                    woke = True
             new = []
             free = np.flatnonzero(~active)
             while nxt < n and len(new) < len(free) and reserved + need[nxt] <= kv_cap:
@@ -369,10 +371,10 @@ def _run_synchronous(cost: StepCost, plan: Plan, sch: Schedules | None, rates, c
                 else:
                     ptr[new] = sch.start[req[new]]
                 idx = np.flatnonzero(active)
-                pf = cost.prefill(prompt[req[new]])
-                if pf > 0:
-                    log.fixed(pf)
-                    prefills += 1
+                ms, prefilled = cost.admission(prompt[req[new]], woke)
+                if ms > 0:
+                    log.fixed(ms)
+                prefills += prefilled
             fresh_round = False
         if not len(idx):
             fresh_round = True

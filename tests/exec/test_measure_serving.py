@@ -71,6 +71,8 @@ def test_measure_serving_returns_a_valid_calibration(shipped):
     for v in (cal.step_ms_se, cal.sequence_ms_se, cal.check_ms_se):
         assert v is not None and math.isfinite(v) and v >= 0
     assert 0.5 <= cal.forward_scale <= 2.0
+    assert cal.admit_ms >= 0 and cal.wake_ms >= 0 and "wake_ms" in cal.source.detail
+    assert cal.prefill_scale is None or 0.5 <= cal.prefill_scale <= 2.0
     assert cal.source.kind == "measured" and "run_jobs" in cal.source.detail
     noise = cal.step_noise  # the iterations' measured / fitted ratios (hispec_sim.step_noise)
     assert noise is not None and noise.iterations >= 3 and "step noise" in cal.source.detail
@@ -108,11 +110,15 @@ def test_scaled_nnls_recovers_a_scale_and_a_fixed_cost_from_short_and_long_steps
 
 def test_the_probe_puts_every_run_back_into_the_grids_window(shipped, monkeypatch):
     """Runs timed while the machine ran 0.8-1.3x as slow as during the grid: with the probe
-    timed before each run, the fit recovers the loop's own scale and host terms."""
+    timed before each run, the fit recovers the loop's own scale and host terms, and the
+    admissions' terms: the prefill forwards' own scale, admit_ms on every admitting
+    iteration, wake_ms on those after an idle spell (the idle runs' requests arrive apart)."""
     from hispec_exec import measure_serving as ms
     from hispec_sim.schema import load_profile
+    from hispec_sim.serving import StepCost
 
     table = load_profile("cpu_hispec_tiny").table()
+    unit = table.model_copy(update={"serving": table.serving.model_copy(update={"forward_scale": 1.0})})
     slowdowns = iter([1.0, 1.3, 0.8, 1.2, 0.9, 1.1] * 4)
     now = {}
 
@@ -121,16 +127,27 @@ def test_the_probe_puts_every_run_back_into_the_grids_window(shipped, monkeypatc
         return 10.0 * now["slow"]
 
     real = ms.serve_iterations
+    gaps = []
 
-    def drifting(model, plan, prompts, max_new, max_batch, seed=0, clock=None):
-        log = real(model, plan, prompts, max_new, max_batch, seed, CpuClock())  # the real ops; times synthetic
+    def drifting(model, plan, prompts, max_new, max_batch, seed=0, clock=None, gap_s=0.0):
+        gaps.append(gap_s)
+        log = real(model, plan, prompts, max_new, max_batch, seed, CpuClock(), gap_s)  # the real ops; times synthetic
+        cost = StepCost(unit, plan, 16, 2, 256, np.array([len(p) for p in prompts]))
         for it in log:
             fwd, head, nseq, nchk = ms.step_features(plan.levels, it["ops"], table)
-            it["step_ms"] = (0.9 * fwd + 1.0 + 0.1 * nseq + 0.5 * nchk + head) * now["slow"]
+            admitting = it["prefill_ms"] > 0
+            it["step_ms"] = (0.9 * fwd + 1.0 + 0.1 * nseq + 0.5 * nchk + head + 0.4 * admitting
+                             + 0.7 * it["woke"]) * now["slow"]
+            if admitting:
+                priced = cost.prefill(np.array([len(p) for p in prompts[:len(it["ops"])]])) - cost.fixed
+                it["prefill_ms"] = (1.15 * priced + cost.fixed) * now["slow"]
         return log
 
     monkeypatch.setattr(ms, "serve_iterations", drifting)
     fit = ms.fit_step_overheads(shipped, table, [1, 2], rounds=1, max_new=6, bootstrap=10, probe=probe, reference=10.0)
     assert fit["drift"] == pytest.approx((1 / 1.3, 1 / 0.8))
-    got = [fit[k] for k in ("forward_scale", "step_ms", "sequence_ms", "check_ms")]
-    assert got == pytest.approx([0.9, 1.0, 0.1, 0.5], rel=1e-6, abs=1e-6)
+    got = [fit[k] for k in ("forward_scale", "step_ms", "sequence_ms", "check_ms", "admit_ms")]
+    assert got == pytest.approx([0.9, 1.0, 0.1, 0.5, 0.4], rel=1e-6, abs=1e-6)
+    assert fit["prefill_scale"] == pytest.approx(1.15) and fit["prefills"] == 6
+    assert gaps[-1] > 0.03 and fit["wakes"] == 3 * (ms.IDLE_REQUESTS - 1)  # all but each idle run's first
+    assert fit["wake_ms"] == pytest.approx(0.7, abs=1e-6)

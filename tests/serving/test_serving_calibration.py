@@ -135,6 +135,30 @@ def test_prefills_read_the_prefill_grid():
     assert lin[0] < lin[1]
 
 
+@pytest.mark.parametrize("batching", ["ragged", "synchronous"])
+def test_admissions_pay_their_prefill_scale_admit_and_wake_ms(batching):
+    """Isolated requests (the engine idles between them): each one's TTFT grows by exactly
+    the prefill's extra scale + admit_ms, + wake_ms except for the first (the engine starts at
+    its arrival, not from an idle spell); prefill_scale None prices prefills at forward_scale."""
+    base = _cal().model_copy(update={"forward_scale": 0.9})
+    plan = schema.Plan(levels=[4, 16], propose=2, batching=batching)
+    arrival, prompt, out = np.array([0.0, 1.0, 2.0]), np.array([33, 9, 17]), np.array([4, 4, 4])
+    limits = schema.ServeLimits(max_batch=4)
+
+    def ttft(**update):
+        t = _table(base.model_copy(update=update))
+        run = serving.simulate_arrays(t, 16, make_profile().workload(), plan, arrival, prompt, out, limits)
+        return np.array([m.ttft_ms for m in run.metrics()]), serving.StepCost(t, plan, 16, 4, 256, prompt)
+
+    plain, c0 = ttft()
+    assert c0.prefill_scale == 0.9  # an older calibration: prefills at the decode steps' scale
+    scaled, c1 = ttft(prefill_scale=1.2)
+    extra = np.array([c1.prefill(np.array([p])) - c0.prefill(np.array([p])) for p in prompt])
+    assert extra.min() > 0 and scaled - plain == pytest.approx(extra)
+    costs, _ = ttft(prefill_scale=1.2, admit_ms=0.3, wake_ms=0.9)
+    assert costs - scaled == pytest.approx([0.3, 1.2, 1.2])
+
+
 def test_schema_checks_the_prefill_grid():
     with pytest.raises(ValueError, match="prefill_rows and prefill_layer_ms come together"):
         schema.ServingCalibration.model_validate(_cal().model_dump() | {"prefill_rows": [4]})

@@ -55,7 +55,8 @@ def reference_adaptive_synchronous(cost: StepCost, plan: Plan, sch: Schedules | 
     idx = np.zeros(0, np.int64)
     while finished < n:
         if fresh_round:  # round boundary: admission (FIFO, head of line), one prefill forward
-            if not len(idx) and nxt < n and arr_ms[nxt] > t:
+            woke = not len(idx) and nxt < n and arr_ms[nxt] > t
+            if woke:
                 t = float(arr_ms[nxt])
             new = []
             free = np.flatnonzero(~active)
@@ -77,10 +78,9 @@ def reference_adaptive_synchronous(cost: StepCost, plan: Plan, sch: Schedules | 
                 else:
                     ptr[new] = sch.start[req[new]]
                 idx = np.flatnonzero(active)
-                pf = cost.prefill(prompt[req[new]])
-                if pf > 0:
-                    t += pf
-                    prefills += 1
+                ms, prefilled = cost.admission(prompt[req[new]], woke)
+                t += ms
+                prefills += prefilled
             fresh_round = False
         if not len(idx):
             fresh_round = True
@@ -189,6 +189,13 @@ def _tiny(noise=True):
     return t, p.workload(), p.model.num_layers
 
 
+def _tiny_admission_costs():
+    """Deterministic steps; admissions at their own prefill scale, plus admit and wake ms."""
+    t, acc, layers = _tiny(noise=False)
+    sv = t.serving.model_copy(update={"prefill_scale": 1.1, "admit_ms": 0.3, "wake_ms": 0.9})
+    return t.model_copy(update={"serving": sv}), acc, layers
+
+
 def _tiny_kernel():
     """The CPU profile with a measured decode kernel and a floor (a100_llama70b's grids,
     scaled down): attention read at the batch's mean context."""
@@ -214,8 +221,8 @@ CASES = {  # profile, plan, requests, qps, max batch, KV tokens, prompt lengths,
     # a queue, the batch full, churn at every commit; step noise
     "single_saturated": (_tiny, SINGLE, 150, 40.0, 16, None, "uniform:8:128", "uniform:1:64"),
     "deep_saturated": (_tiny, DEEP, 150, 40.0, 16, None, "uniform:8:128", "uniform:1:64"),
-    # light load: idle gaps (admission at the arrival itself), deterministic steps
-    "escalate_light": (lambda: _tiny(noise=False), ESCALATE, 120, 3.0, 8, None, "uniform:8:128", "uniform:1:48"),
+    # light load: idle gaps (admission at the arrival itself, then wake_ms), deterministic steps
+    "escalate_light": (_tiny_admission_costs, ESCALATE, 120, 3.0, 8, None, "uniform:8:128", "uniform:1:48"),
     # a binding KV capacity
     "deep_kv": (_tiny, DEEP, 120, 30.0, 16, 900, "uniform:8:128", "uniform:1:48"),
     # a measured decode kernel; per-sequence attention with a floor

@@ -55,7 +55,8 @@ def reference_synchronous(cost, plan, rates, arrival_s, prompt, max_new, need, k
     idx = np.zeros(0, np.int64)  # running slots
     while finished < n:  # synchronous rounds (ragged and autoregressive run in _run_scheduled)
         if sync_phase == 0:
-            if running == 0 and nxt < n and arr_ms[nxt] > t:
+            woke = running == 0 and nxt < n and arr_ms[nxt] > t
+            if woke:
                 t = float(arr_ms[nxt])  # idle: sleep until the next arrival
             if nxt < n and arr_ms[nxt] <= t and running < B:
                 new = []
@@ -77,10 +78,9 @@ def reference_synchronous(cost, plan, rates, arrival_s, prompt, max_new, need, k
                     slot_rates[new] = rates[req[new]]
                     running += len(new)
                     idx = np.flatnonzero(active)
-                    pf = cost.prefill(prompt[req[new]])
-                    if pf > 0:
-                        t += pf
-                        prefills += 1
+                    ms, prefilled = cost.admission(prompt[req[new]], woke)
+                    t += ms
+                    prefills += prefilled
         if running == 0:
             continue
         steps += 1
@@ -185,6 +185,12 @@ def _scaled_forward(table):
     return table.model_copy(update={"serving": table.serving.model_copy(update={"forward_scale": 1.3})})
 
 
+def _admission_costs(table):
+    """Admissions priced beyond the prefill grid: their own prefill scale, admit and wake ms."""
+    return table.model_copy(update={"serving": table.serving.model_copy(
+        update={"prefill_scale": 1.1, "admit_ms": 0.3, "wake_ms": 0.9})})
+
+
 def _a100():
     p = schema.load_profile("a100_llama70b")
     return p.table(), p.workload(), p.model.num_layers
@@ -222,8 +228,9 @@ CASES = {
     "joint_logit_normal": (lambda: _tiny_joint(0.8), lambda t: t, [4, 10, 16], 3, [4], 150, 30.0, 16, None,
                            "uniform:8:128", "uniform:1:64"),
     # a serving calibration (per-sequence / per-check host costs, layer overhead, verification), an
-    # empirical per-request spread, light load: idle gaps
-    "calibrated_light": (_tiny, lambda t: t, [4, 10, 16], 2, [3], 150, 3.0, 8, None, "uniform:8:128", "uniform:1:48"),
+    # empirical per-request spread, light load: idle gaps (admissions after them pay wake_ms)
+    "calibrated_light": (_tiny, _admission_costs, [4, 10, 16], 2, [3], 150, 3.0, 8, None, "uniform:8:128",
+                         "uniform:1:48"),
     # the measured joint: the three conditional rates differ; the forward scale != 1
     "calibrated_depth4": (_tiny_joint, _scaled_forward, [2, 6, 10, 16], 1, [2, 3], 150, 60.0, 8, 900,
                           "uniform:8:128", "uniform:1:48"),
