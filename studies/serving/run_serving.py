@@ -218,14 +218,16 @@ def execute(family: str, trace: Path, args) -> dict:
     return {**exe, "seconds": time.perf_counter() - t0, "reference_ms": ref}
 
 
-def scenario(profile: str, bare: str, family: str, qps: float, trace: Path, exes: list[dict], args) -> dict:
-    """Simulate the trace (with the calibration, with it but no step noise, without it)
-    against the executor runs: measured = their mean; `spread` = (max - min) / mean, what
-    identical runs differ by."""
+def scenario(profile: str, bare: str, plain: str, family: str, qps: float, trace: Path, exes: list[dict],
+             args) -> dict:
+    """Simulate the trace (with the calibration; with it but no step noise; with it but
+    admissions priced as before (`plain`); without it) against the executor runs: measured
+    = their mean; `spread` = (max - min) / mean, what identical runs differ by."""
     sims = {}
-    errors = {"simulated": "error", "uncalibrated": "error_uncalibrated", "no_noise": "error_no_noise"}
+    errors = {"simulated": "error", "uncalibrated": "error_uncalibrated", "no_noise": "error_no_noise",
+              "no_admission": "error_no_admission"}
     for tag, prof, extra in (("simulated", profile, []), ("uncalibrated", bare, []),
-                             ("no_noise", profile, ["--step-noise", "off"])):
+                             ("no_noise", profile, ["--step-noise", "off"]), ("no_admission", plain, [])):
         sims[tag] = _run([sys.executable, "-m", "hispec_sim.cli", "serve", "--profile", prof, *PLANS[family],
                           *_common(trace, args), "--seeds", str(args.sim_seeds), "--seed", str(args.seed), *extra],
                          "hispec-sim serve")
@@ -318,10 +320,12 @@ def results_md(out: dict) -> str:
     lines += ["", "## Results", "",
               "Error = (simulated - measured) / measured; `uncalibrated` = the same simulation from the batch-1 table "
               "alone (the profile without its serving calibration); `no step noise` = with the calibration, every "
-              f"step deterministic (--step-noise off). Step noise in the simulation: {_noise_text(rows)}.", "",
+              f"step deterministic (--step-noise off); `no admission costs` = with the calibration, admissions "
+              f"priced as older calibrations do (prefill forwards at the decode steps' forward scale, no admit_ms or "
+              f"wake_ms). Step noise in the simulation: {_noise_text(rows)}.", "",
               "| scenario | req/s | metric | measured | simulated | error | target | met | uncalibrated error | "
-              "error without step noise | run-to-run spread |",
-              "|---|---:|---|---:|---:|---:|---:|:---:|---:|---:|---:|"]
+              "error without step noise | error without admission costs | run-to-run spread |",
+              "|---|---:|---|---:|---:|---:|---:|:---:|---:|---:|---:|---:|"]
     for r in rows:
         for key, sub, *t in (*METRICS, *EXTRA):
             c = r[_name(key, sub)]
@@ -329,7 +333,7 @@ def results_md(out: dict) -> str:
             met = "-" if not t or c["error"] is None else ("yes" if abs(c["error"]) <= t[0] else "no")
             lines.append(f"| {r['plan']} | {r['qps']:g} | {_name(key, sub)} | {c['measured']:.2f} | "
                          f"{c['simulated']:.2f} | {_pct(c['error'])} | {target} | {met} | {_pct(c['error_uncalibrated'])} | "
-                         f"{_pct(c.get('error_no_noise'))} | "
+                         f"{_pct(c.get('error_no_noise'))} | {_pct(c.get('error_no_admission'))} | "
                          f"{_pct(c.get('spread')).lstrip('+')} |")
     ref0 = out.get("reference_at_calibration_ms")
     lines += ["", "Per scenario: executor mean batch; acceptance per level as the executor counts it (kept / "
@@ -348,16 +352,16 @@ def results_md(out: dict) -> str:
     lines += ["", "Median |error| over the scenarios (issue 12 targets); the noise floor is the median run-to-run "
               "spread of the executor itself (the same trace replayed in two passes, the second in reverse "
               "order): an error below it is not resolved by this machine.", "",
-              "| metric | median abs error | target | met | uncalibrated | without step noise | noise floor (run-to-run) |",
-              "|---|---:|---:|:---:|---:|---:|---:|"]
+              "| metric | median abs error | target | met | uncalibrated | without step noise | "
+              "without admission costs | noise floor (run-to-run) |",
+              "|---|---:|---:|:---:|---:|---:|---:|---:|"]
     for k, s, target in METRICS:
         n = _name(k, s)
         m, u, f = out["median_abs_error"][n], out["median_abs_error_uncalibrated"][n], spread.get(n)
-        q = out.get("median_abs_error_no_noise", {}).get(n)
-        floor = "-" if f is None or np.isnan(f) else f"{100 * f:.1f} %"
-        quiet = "-" if q is None or np.isnan(q) else f"{100 * q:.1f} %"
+        cell = lambda v: "-" if v is None or np.isnan(v) else f"{100 * v:.1f} %"  # noqa: E731
+        q, a = (out.get(f"median_abs_error_{x}", {}).get(n) for x in ("no_noise", "no_admission"))
         lines.append(f"| {n} | {100 * m:.1f} % | {100 * target:.0f} % | {'yes' if m <= target else 'no'} | "
-                     f"{100 * u:.1f} % | {quiet} | {floor} |")
+                     f"{100 * u:.1f} % | {cell(q)} | {cell(a)} | {cell(f)} |")
     lines += ["", "![errors](plot.svg)", "", WHY]
     return "\n".join(lines)
 
@@ -452,6 +456,10 @@ def main(argv=None) -> int:
         bare = tmp / "bare.json"  # the same profile without its serving calibration
         save_profile(prof.model_copy(update={"latency": [t.model_copy(update={"serving": None})
                                                          for t in prof.latency]}), bare)
+        plain = tmp / "plain.json"  # with it, admissions priced as before (prefill at forward_scale, no admit / wake)
+        save_profile(prof.model_copy(update={"latency": [t.model_copy(update={"serving": t.serving.model_copy(
+            update={"prefill_scale": None, "admit_ms": 0.0, "wake_ms": 0.0})} if t.serving else {})
+            for t in prof.latency]}), plain)
         out["profile"] = "studies/serving/profile.json" if profile == str(dest) else profile
         out["reference_at_calibration_ms"] = reference(args)
         out["remeasure_detail"] = how
@@ -466,15 +474,17 @@ def main(argv=None) -> int:
                       f"({args.requests} requests) ...", flush=True)
                 exes[i].append(execute(fam, trace, args))
         for (fam, q, trace), runs in zip(cases, exes):
-            row = scenario(profile, str(bare), fam, q, trace, runs, args)
+            row = scenario(profile, str(bare), str(plain), fam, q, trace, runs, args)
             out["scenarios"].append(row)
             print(f"    {row['plan']:32s} mean batch {row['exec_mean_batch']:.1f}, executor {row['exec_seconds']:.0f} s; "
                   + "  ".join(f"{_name(k, s)} {_pct(row[_name(k, s)]['error'])} (uncal. "
                               f"{_pct(row[_name(k, s)]['error_uncalibrated'])}, no noise "
-                              f"{_pct(row[_name(k, s)]['error_no_noise'])}, spread "
+                              f"{_pct(row[_name(k, s)]['error_no_noise'])}, no admission costs "
+                              f"{_pct(row[_name(k, s)]['error_no_admission'])}, spread "
                               f"{_pct(row[_name(k, s)]['spread'])})" for k, s, _ in METRICS), flush=True)
         for tag, key in (("median_abs_error", "error"), ("median_abs_error_uncalibrated", "error_uncalibrated"),
-                         ("median_abs_error_no_noise", "error_no_noise"), ("median_spread", "spread")):
+                         ("median_abs_error_no_noise", "error_no_noise"),
+                         ("median_abs_error_no_admission", "error_no_admission"), ("median_spread", "spread")):
             out[tag] = {}
             for k, s, _ in METRICS:
                 errs = [abs(r[_name(k, s)][key]) for r in out["scenarios"] if r[_name(k, s)][key] is not None]
@@ -485,6 +495,7 @@ def main(argv=None) -> int:
             print(json.dumps({"median_abs_error": out["median_abs_error"],
                               "median_abs_error_uncalibrated": out["median_abs_error_uncalibrated"],
                               "median_abs_error_no_noise": out["median_abs_error_no_noise"],
+                              "median_abs_error_no_admission": out["median_abs_error_no_admission"],
                               "step_noise": out["scenarios"][0].get("step_noise") if out["scenarios"] else None},
                              indent=1))
             return 0
