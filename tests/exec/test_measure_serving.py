@@ -118,7 +118,8 @@ def test_the_probe_puts_every_run_back_into_the_grids_window(shipped, monkeypatc
     from hispec_sim.serving import StepCost
 
     table = load_profile("cpu_hispec_tiny").table()
-    unit = table.model_copy(update={"serving": table.serving.model_copy(update={"forward_scale": 1.0})})
+    unit = table.model_copy(update={"serving": table.serving.model_copy(update={"forward_scale": 1.0,
+                                                                                "prefill_scale": None})})
     slowdowns = iter([1.0, 1.3, 0.8, 1.2, 0.9, 1.1] * 4)
     now = {}
 

@@ -258,9 +258,10 @@ def test_adaptive_synchronous_engine_equals_the_step_by_step_reference(case):
 @pytest.mark.parametrize("noise", [True, False])
 def test_prefill_rows_equal_one_scalar_call(noise):
     """StepCost.prefill reads the prefill grid from a row per number of prompts: the value of
-    one serving_layer_ms(prefill=True) call at (prompts, total) x the forward scale, bit for bit."""
+    one serving_layer_ms(prefill=True) call at (prompts, total) x the prefill scale, bit for bit."""
     table, _, layers = _tiny(noise)
-    table = table.model_copy(update={"serving": table.serving.model_copy(update={"forward_scale": 1.3})})
+    table = table.model_copy(update={"serving": table.serving.model_copy(update={"forward_scale": 0.7,
+                                                                                 "prefill_scale": 1.3})})
     rng = np.random.default_rng(3)
     prompts = rng.integers(1, 700, 300)
     cost = StepCost(table, schema.Plan(levels=[2, 16], propose=3), layers, 64, 2000, prompts)
