@@ -213,7 +213,8 @@ def fit_step_overheads(model: Transformer, table: LatencyTable, batches: list[in
     then IDLE_REQUESTS requests per plan arriving one by one into an idle loop (spaced
     wider than a whole closed-batch run of one request) -> wake_ms, the median of what an
     admission after an idle spell (prefill + its step) costs beyond that price and the
-    fitted step with admit_ms: the first forward after idling refills the caches.
+    fitted step with admit_ms (the first forward after idling runs slower: presumably cold
+    caches).
 
     Drift: with `probe` (a callable timing a fixed forward, e.g. reference_ms) and
     `reference` (its ms when the grid was timed), every run's iterations are put back
@@ -225,32 +226,33 @@ def fit_step_overheads(model: Transformer, table: LatencyTable, batches: list[in
     L = model.num_layers
     plans = calibration_plans(L, spread=False)  # x batches x rounds: the first three shapes suffice here
     X, y, group, heads, drift = [], [], [], [], []
-    prefill_ratio, run_ms = [], []
+    prefill_ratio, one_request_ms = [], []
     g = 0
     prompts = calibration_prompts(model, max(*batches, IDLE_REQUESTS), 24)
     lens = np.array([len(p) for p in prompts])
     # the prefill grid's price at scale 1 (the table passed in carries the calibration being fitted)
     unit = table.model_copy(update={"serving": table.serving.model_copy(update={"forward_scale": 1.0,
                                                                                 "prefill_scale": None})})
-    costs = {p.describe(): StepCost(unit, p, L, max(batches), 256, lens) for p in plans}
+    prefill = StepCost(unit, plans[0], L, max(batches), 256, lens)
+    fixed = prefill.fixed
 
     def timed(plan, b, gap_s=0.0, requests=None, new=max_new):
         d = 1.0 if probe is None else reference / probe()
         drift.append(d)
         log = serve_iterations(model, plan, prompts[:requests or b], new, b, seed, clock, gap_s=gap_s)
-        cost = costs[plan.describe()]
         for it in log:
             it["features"] = step_features(plan.levels, it["ops"], table)
             it["d"] = d
             if it["prefill_ms"] > 0:  # ONE prefill forward of the prompts admitted in this iteration
-                it["priced"] = cost.prefill(lens[:len(it["ops"])]) - cost.fixed  # every prompt: 24 tokens
-        return log, cost.fixed
+                it["priced"] = prefill.prefill(lens[:len(it["ops"])]) - fixed  # every prompt: 24 tokens
+        return log
 
     for _ in range(rounds):
         for plan in plans:
             for b in batches:
-                log, fixed = timed(plan, b)
-                run_ms.append(sum(it["step_ms"] + it["prefill_ms"] for it in log) * log[0]["d"] if b == 1 else 0.0)
+                log = timed(plan, b)
+                if b == 1:
+                    one_request_ms.append(sum(it["step_ms"] + it["prefill_ms"] for it in log) * log[0]["d"])
                 for it in log:
                     fwd, head, nseq, nchk = it["features"]
                     X.append([fwd, 1.0, nseq, nchk, float(it["prefill_ms"] > 0)])
@@ -268,11 +270,10 @@ def fit_step_overheads(model: Transformer, table: LatencyTable, batches: list[in
     if not SCALE_RANGE[0] <= prefill_scale <= SCALE_RANGE[1]:  # not believed: the decode steps' scale
         prefill_scale, prefill_scale_se = float("nan"), float("nan")
     # admissions after an idle spell: spaced wider than a closed run of one request (max_new tokens)
-    gap_s = 0.03 + 1e-3 * max(run_ms)
+    gap_s = 0.03 + 1e-3 * max(one_request_ms, default=0.0)
     wake = []
     for plan in plans:
-        log, fixed = timed(plan, 1, gap_s=gap_s, requests=IDLE_REQUESTS, new=IDLE_NEW)
-        for it in log:
+        for it in timed(plan, 1, gap_s=gap_s, requests=IDLE_REQUESTS, new=IDLE_NEW):
             if it["woke"] and it["prefill_ms"] > 0:
                 fwd, head, nseq, nchk = it["features"]
                 price = (prefill_scale if np.isfinite(prefill_scale) else coef[0]) * it["priced"] + fixed

@@ -283,7 +283,7 @@ class ServingCalibration(Strict):
     An admission costs its prefill forward -- prefill_scale x what the prefill grid gives
     (older profiles: forward_scale) -- plus admit_ms (the admitting iteration's extra host
     time), plus wake_ms when the engine idled before it (the first forward after an idle
-    spell refills the caches: measured saturating within ~20 ms of idling).
+    spell runs slower; on the AVX-512 VM the excess saturated within ~20 ms of idling).
     """
 
     batches: list[int] = Field(min_length=1)
