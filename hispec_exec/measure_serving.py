@@ -44,6 +44,7 @@ from hispec_sim.schema import (
 
 from .measure import (
     OUTLIER_MADS,
+    SCALE_RANGE,
     calibration_plans,
     calibration_prompts,
     isotonic_2d,
@@ -168,25 +169,21 @@ def step_features(levels: list[int], ops: list[tuple[int, int, int]], table: Lat
     return t, float(head_ms(table, head_rows)), len(ops), int(sum(op > 0 for op, _, _ in ops))
 
 
-def serve_iterations(model: Transformer, plan: Plan, prompts: list[list[int]], max_new: int | list[int],
-                     max_batch: int, seed: int = 0, clock=None, gap_s: float = 0.0) -> list[dict]:
+def serve_iterations(model: Transformer, plan: Plan, prompts: list[list[int]], max_new: int, max_batch: int,
+                     seed: int = 0, clock=None, gap_s: float = 0.0) -> list[dict]:
     """Per iteration of a real `serve()` run (serve's step_log): its wall time without the
-    prefill, the prefill's, the operations of its step, whether the loop idled before it,
-    how many requests it admitted. gap_s 0: a closed batch (every request arrives at 0);
-    else request i arrives at i x gap_s. max_new: one for all, or one per request."""
+    prefill, the prefill's, the operations of its step, whether the loop idled before it.
+    gap_s 0: a closed batch (every request arrives at 0); else request i arrives at i x gap_s."""
     from .serve import serve
 
-    news = max_new if isinstance(max_new, list) else [max_new] * len(prompts)
     log: list[dict] = []
-    serve(model, plan, [i * gap_s for i in range(len(prompts))], prompts, news,
+    serve(model, plan, [i * gap_s for i in range(len(prompts))], prompts, [max_new] * len(prompts),
           ServeLimits(max_batch=max_batch), mode="greedy", seed=seed, step_log=log, ops_of=_ops_of,
           clock=clock or time.perf_counter)
     return log
 
 
 IDLE_REQUESTS, IDLE_NEW = 6, 2  # per plan: requests arriving one by one into an idle loop, tokens each
-PREFILL_LENS = [8, 16, 24, 32, 48, 64]  # per plan: one prompt of each length admitted into a running batch
-BUSY_GAP_S, BUSY_RUNNER_NEW = 0.025, 100  # their spacing; the tokens of the request that keeps the batch running
 
 
 def _robust_ratio(values: list[float]) -> tuple[float, float]:
@@ -210,13 +207,9 @@ def fit_step_overheads(model: Transformer, table: LatencyTable, batches: list[in
     standard error exceeds 0.05. Outliers beyond 3.5 MADs are dropped and the fit redone;
     standard errors by bootstrap over runs.
 
-    Admissions: per plan and round, one prompt of each PREFILL_LENS length admitted into a
-    running batch (request 0 decodes throughout; a fresh serve() call's first forward runs
-    cold, so the closed batches' prefills are not used) against the prefill grid's price at
-    scale 1 -> prefill_scale and prefill_fixed_ms, by the same scaled NNLS (prefills are
-    compute-bound tiles, decode steps are not, so they need not share the decode scale; the
-    grid is timed in situ, so a prefill forward's own fixed part -- embedding, masks,
-    building the jobs -- is not in it);
+    Admissions: every run's prefill forward against the prefill grid's price at scale 1 ->
+    prefill_scale (the median ratio, beyond the fixed per-forward part; prefills are
+    compute-bound tiles, decode steps are not, so they need not share the decode scale);
     then IDLE_REQUESTS requests per plan arriving one by one into an idle loop (spaced
     wider than a whole closed-batch run of one request) -> wake_ms, the median of what an
     admission after an idle spell (prefill + its step) costs beyond that price and the
@@ -233,34 +226,31 @@ def fit_step_overheads(model: Transformer, table: LatencyTable, batches: list[in
     L = model.num_layers
     plans = calibration_plans(L, spread=False)  # x batches x rounds: the first three shapes suffice here
     X, y, group, heads, drift = [], [], [], [], []
-    prefill_x, prefill_y, one_request_ms = [], [], []
+    prefill_ratio, one_request_ms = [], []
     g = 0
     prompts = calibration_prompts(model, max(*batches, IDLE_REQUESTS), 24)
-    singles = [calibration_prompts(model, 1, n)[0] for n in PREFILL_LENS]
-    lens = np.array([len(p) for p in prompts + singles])
+    lens = np.array([len(p) for p in prompts])
     # the prefill grid's price at scale 1 (the table passed in carries the calibration being fitted)
-    unit = table.model_copy(update={"serving": table.serving.model_copy(
-        update={"forward_scale": 1.0, "prefill_scale": None, "prefill_fixed_ms": None})})
+    unit = table.model_copy(update={"serving": table.serving.model_copy(update={"forward_scale": 1.0,
+                                                                                "prefill_scale": None})})
     prefill = StepCost(unit, plans[0], L, max(batches), 256, lens)
+    fixed = prefill.fixed
 
-    def timed(plan, ps, news, b, gap_s=0.0):
+    def timed(plan, b, gap_s=0.0, requests=None, new=max_new):
         d = 1.0 if probe is None else reference / probe()
         drift.append(d)
-        log = serve_iterations(model, plan, ps, news, b, seed, clock, gap_s=gap_s)
-        k = 0  # requests admitted so far (FIFO)
+        log = serve_iterations(model, plan, prompts[:requests or b], new, b, seed, clock, gap_s=gap_s)
         for it in log:
             it["features"] = step_features(plan.levels, it["ops"], table)
             it["d"] = d
-            if it["admitted"]:  # ONE prefill forward of the prompts admitted in this iteration: the grid's part
-                n = it["admitted"]
-                it["priced"] = prefill.prefill(np.array([len(p) for p in ps[k:k + n]])) - prefill.prefill_fixed
-                k += n
+            if it["prefill_ms"] > 0:  # ONE prefill forward of the prompts admitted in this iteration
+                it["priced"] = prefill.prefill(lens[:len(it["ops"])]) - fixed  # every prompt: 24 tokens
         return log
 
     for _ in range(rounds):
         for plan in plans:
             for b in batches:
-                log = timed(plan, prompts[:b], max_new, b)
+                log = timed(plan, b)
                 if b == 1:
                     one_request_ms.append(sum(it["step_ms"] + it["prefill_ms"] for it in log) * log[0]["d"])
                 for it in log:
@@ -269,33 +259,24 @@ def fit_step_overheads(model: Transformer, table: LatencyTable, batches: list[in
                     y.append(it["step_ms"] * it["d"] - head)
                     heads.append(head)
                     group.append(g)
+                    if it["prefill_ms"] > 0:
+                        prefill_ratio.append((it["prefill_ms"] * it["d"] - fixed) / it["priced"])
                 g += 1
-            # single prompts of several lengths admitted while request 0 decodes (not a fresh call's first forward)
-            busy = timed(plan, prompts[:1] + singles, [BUSY_RUNNER_NEW] + [1] * len(singles), len(singles) + 1,
-                         gap_s=BUSY_GAP_S)
-            for i, it in enumerate(busy):
-                if i and it["admitted"] == 1 and not it["woke"]:
-                    prefill_x.append(it["priced"])
-                    prefill_y.append(it["prefill_ms"] * it["d"])
     X, y, group, heads = np.asarray(X), np.asarray(y), np.asarray(group), np.asarray(heads)
     f = scaled_nnls(X, y, group, scale_col=0, bootstrap=bootstrap, seed=seed)
     coef, se, keep, scaled = f["coef"], f["se"], f["keep"], f["scaled"]
     names = ("forward_scale", "step_ms", "sequence_ms", "check_ms", "admit_ms")
-    # prefill ms = scale x the grid's part + a fixed part, over the single prompts of PREFILL_LENS tokens
-    pf = scaled_nnls(np.column_stack([prefill_x, np.ones(len(prefill_x))]), np.asarray(prefill_y),
-                     np.arange(len(prefill_y)), scale_col=0, bootstrap=bootstrap, seed=seed)
-    (prefill_scale, prefill_fixed), (prefill_scale_se, prefill_fixed_se) = pf["coef"], pf["se"]
-    if not pf["scaled"]:  # not believed: the decode steps' scale and the table's fixed part
-        prefill_scale = prefill_scale_se = prefill_fixed = prefill_fixed_se = float("nan")
+    prefill_scale, prefill_scale_se = _robust_ratio(prefill_ratio)
+    if not SCALE_RANGE[0] <= prefill_scale <= SCALE_RANGE[1]:  # not believed: the decode steps' scale
+        prefill_scale, prefill_scale_se = float("nan"), float("nan")
     # admissions after an idle spell: spaced wider than a closed run of one request (max_new tokens)
     gap_s = 0.03 + 1e-3 * max(one_request_ms, default=0.0)
     wake = []
     for plan in plans:
-        for it in timed(plan, prompts[:IDLE_REQUESTS], IDLE_NEW, 1, gap_s=gap_s):
-            if it["woke"] and it["admitted"]:
+        for it in timed(plan, 1, gap_s=gap_s, requests=IDLE_REQUESTS, new=IDLE_NEW):
+            if it["woke"] and it["prefill_ms"] > 0:
                 fwd, head, nseq, nchk = it["features"]
-                price = (prefill_scale * it["priced"] + prefill_fixed if np.isfinite(prefill_scale)
-                         else coef[0] * it["priced"] + prefill.prefill_fixed)
+                price = (prefill_scale if np.isfinite(prefill_scale) else coef[0]) * it["priced"] + fixed
                 wake.append((it["step_ms"] + it["prefill_ms"]) * it["d"] - price - head
                             - float(np.dot([fwd, 1.0, nseq, nchk, 1.0], coef)))
     wake_ms, wake_ms_se = _robust_ratio(wake)
@@ -304,8 +285,7 @@ def fit_step_overheads(model: Transformer, table: LatencyTable, batches: list[in
     fitted = X @ coef + heads
     ratio = (y + heads) / np.maximum(fitted, 1e-9)
     return {**{k: float(v) for k, v in zip(names, coef)}, **{k + "_se": float(v) for k, v in zip(names, se)},
-            "prefill_scale": prefill_scale, "prefill_scale_se": prefill_scale_se, "prefill_fixed_ms": prefill_fixed,
-            "prefill_fixed_ms_se": prefill_fixed_se, "prefills": len(prefill_y),
+            "prefill_scale": prefill_scale, "prefill_scale_se": prefill_scale_se, "prefills": len(prefill_ratio),
             "wake_ms": max(wake_ms, 0.0) if np.isfinite(wake_ms) else 0.0, "wake_ms_se": wake_ms_se,
             "wakes": len(wake), "idle_gap_s": gap_s,
             "scale_fitted": bool(scaled), "iterations": int(keep.sum()), "rejected": int((~keep).sum()),
@@ -361,9 +341,8 @@ def measure_serving(model: Transformer, table: LatencyTable, env: str = "", repe
               f"{ref:.2f} ms / the probe timed right before the run: {fit['drift'][0]:.3f}-{fit['drift'][1]:.3f}), "
               f"so that the machine's drift between the grid and the runs cancels; admissions: admit_ms "
               f"{fit['admit_ms']:.3f} ms in the same fit, prefill scale "
-              + (f"{fit['prefill_scale']:.3f} and fixed part {fit['prefill_fixed_ms']:.3f} ms (NNLS over "
-                 f"{fit['prefills']} prefill forwards of 1..{max(batches)} prompts against the prefill grid)"
-                 if np.isfinite(fit['prefill_scale']) else "not believed: the forward scale and the table's fixed part")
+              + (f"{fit['prefill_scale']:.3f} (median over {fit['prefills']} prefill forwards against the prefill grid)"
+                 if np.isfinite(fit['prefill_scale']) else "not believed (outside [0.5, 2]): the forward scale")
               + f", wake_ms {fit['wake_ms']:.3f} ms (median over {fit['wakes']} admissions after an idle spell, "
               f"{IDLE_REQUESTS} requests per plan {fit['idle_gap_s'] * 1e3:.0f} ms apart); step noise: quantiles of measured / fitted ms over all "
               f"{noise['iterations']} iterations, lag-1 autocorrelation of its normal scores {noise['lag1_measured']:.3f} "
@@ -377,7 +356,7 @@ def measure_serving(model: Transformer, table: LatencyTable, env: str = "", repe
         "step_ms_se": round(fit["step_ms_se"], 6), "sequence_ms_se": round(fit["sequence_ms_se"], 6),
         "check_ms_se": round(fit["check_ms_se"], 6), "forward_scale": round(fit["forward_scale"], 6),
         "admit_ms": round(fit["admit_ms"], 6), "admit_ms_se": round(fit["admit_ms_se"], 6),
-        **({k: round(fit[k], 6) for k in ("prefill_scale", "prefill_scale_se", "prefill_fixed_ms", "prefill_fixed_ms_se")}
+        **({"prefill_scale": round(fit["prefill_scale"], 6), "prefill_scale_se": round(fit["prefill_scale_se"], 6)}
            if np.isfinite(fit["prefill_scale"]) else {}),
         "wake_ms": round(fit["wake_ms"], 6),
         "wake_ms_se": round(fit["wake_ms_se"], 6) if np.isfinite(fit["wake_ms_se"]) else None,

@@ -147,9 +147,8 @@ def serve(model, plan, arrivals: list[float], prompts: list[list[int]], news: li
     `sleep` waits for arrivals: by default the clock's own (CpuClock) or time.sleep.
     step_log (instrumentation, hispec_exec.measure_serving): when a list, one entry per
     iteration that ran a step: its wall time without prefill and waiting ("step_ms"), the
-    prefill's ("prefill_ms"), ops_of(batch) taken before the step ("ops", untimed), whether
-    the loop slept for an arrival just before it ("woke"), and how many requests it
-    admitted ("admitted")."""
+    prefill's ("prefill_ms"), ops_of(batch) taken before the step ("ops", untimed), and
+    whether the loop slept for an arrival just before it ("woke")."""
     from hispec_sim.schema import RequestMetrics
 
     from .generate import Batch, SequenceDecoder, check_plan
@@ -226,8 +225,7 @@ def serve(model, plan, arrivals: list[float], prompts: list[list[int]], news: li
         if progress:
             progress(len(done), len(prompts), sum(r.emitted for r in done) + sum(live[id(d)].emitted for d in batch.running), t)
         if step_log is not None:
-            step_log.append({"step_ms": (clock() - it0) * 1e3 - pf_ms, "prefill_ms": pf_ms, "ops": ops, "woke": woke,
-                             "admitted": len(admit)})
+            step_log.append({"step_ms": (clock() - it0) * 1e3 - pf_ms, "prefill_ms": pf_ms, "ops": ops, "woke": woke})
         woke = False
     done.sort(key=lambda r: r.id)
     metrics = []

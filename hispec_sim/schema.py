@@ -281,8 +281,7 @@ class ServingCalibration(Strict):
     the batch-1 table's in-situ scale does). Without forward_scale (older profiles): 1.
     step_noise: each step's time x a draw of the measured ratio real / fitted (StepNoise).
     An admission costs its prefill forward -- prefill_scale x what the prefill grid gives
-    (older profiles: forward_scale) + prefill_fixed_ms (older: the table's overhead_ms) --
-    plus admit_ms (the admitting iteration's extra host
+    (older profiles: forward_scale) -- plus admit_ms (the admitting iteration's extra host
     time), plus wake_ms when the engine idled before it (the first forward after an idle
     spell runs slower; on the AVX-512 VM the excess saturated within ~20 ms of idling).
     """
@@ -309,9 +308,6 @@ class ServingCalibration(Strict):
     prefill_scale: float | None = Field(
         None, gt=0, le=10, description="prefill forwards' scale from the grid to the serve loop; None: forward_scale")
     prefill_scale_se: float | None = Field(None, ge=0)
-    prefill_fixed_ms: float | None = Field(
-        None, ge=0, le=MAX_MS, description="a prefill forward's fixed part; None: the table's overhead_ms")
-    prefill_fixed_ms_se: float | None = Field(None, ge=0)
     admit_ms: float = Field(0.0, ge=0, le=MAX_MS, description="extra ms of an iteration that admits requests")
     admit_ms_se: float | None = Field(None, ge=0)
     wake_ms: float = Field(0.0, ge=0, le=MAX_MS, description="extra ms of the first iteration after the engine idled")

@@ -167,8 +167,6 @@ class StepCost:
         sv = table.serving
         self.prefill_scale = (sv.prefill_scale or sv.forward_scale) if self.calibrated else 1.0
         self.admit, self.wake = (sv.admit_ms, sv.wake_ms) if self.calibrated else (0.0, 0.0)
-        self.prefill_fixed = sv.prefill_fixed_ms if self.calibrated and sv.prefill_fixed_ms is not None \
-            else table.overhead_ms
         # number of prompts -> the grid ms of every token total they can reach (a row, computed
         # on first use, vectorised: admissions of one or two prompts repeat with new totals)
         self.prefill_linear_at: dict[int, np.ndarray] = {}
@@ -248,7 +246,7 @@ class StepCost:
         else:
             lin = self.prefill_linear[total] if total < len(self.prefill_linear) else float(linear_layer_ms(self.table, total))
         per = lin + self.prefill_att[n].sum()
-        return float(L * (per + self.per_layer) + self.prefill_fixed)
+        return float(L * (per + self.per_layer) + self.fixed)
 
     def admission(self, prompt_tokens: np.ndarray, woke: bool) -> tuple[float, bool]:
         """(ms, whether a prefill forward ran) of admitting these prompts: the prefill, the

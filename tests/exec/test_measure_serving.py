@@ -112,15 +112,14 @@ def test_the_probe_puts_every_run_back_into_the_grids_window(shipped, monkeypatc
     """Runs timed while the machine ran 0.8-1.3x as slow as during the grid: with the probe
     timed before each run, the fit recovers the loop's own scale and host terms, and the
     admissions' terms: the prefill forwards' own scale, admit_ms on every admitting
-    iteration, wake_ms on those after an idle spell (the idle runs' requests arrive apart);
-    the prefill's scale and fixed part from single prompts of several lengths."""
+    iteration, wake_ms on those after an idle spell (the idle runs' requests arrive apart)."""
     from hispec_exec import measure_serving as ms
     from hispec_sim.schema import load_profile
     from hispec_sim.serving import StepCost
 
     table = load_profile("cpu_hispec_tiny").table()
-    unit = table.model_copy(update={"serving": table.serving.model_copy(
-        update={"forward_scale": 1.0, "prefill_scale": None, "prefill_fixed_ms": None})})
+    unit = table.model_copy(update={"serving": table.serving.model_copy(update={"forward_scale": 1.0,
+                                                                                "prefill_scale": None})})
     slowdowns = iter([1.0, 1.3, 0.8, 1.2, 0.9, 1.1] * 4)
     now = {}
 
@@ -134,17 +133,15 @@ def test_the_probe_puts_every_run_back_into_the_grids_window(shipped, monkeypatc
     def drifting(model, plan, prompts, max_new, max_batch, seed=0, clock=None, gap_s=0.0):
         gaps.append(gap_s)
         log = real(model, plan, prompts, max_new, max_batch, seed, CpuClock(), gap_s)  # the real ops; times synthetic
-        cost = StepCost(unit, plan, 16, 8, 256, np.array([len(p) for p in prompts]))
-        k = 0
+        cost = StepCost(unit, plan, 16, 2, 256, np.array([len(p) for p in prompts]))
         for it in log:
             fwd, head, nseq, nchk = ms.step_features(plan.levels, it["ops"], table)
-            n = it["admitted"]
-            it["step_ms"] = (0.9 * fwd + 1.0 + 0.1 * nseq + 0.5 * nchk + head + 0.4 * (n > 0)
+            admitting = it["prefill_ms"] > 0
+            it["step_ms"] = (0.9 * fwd + 1.0 + 0.1 * nseq + 0.5 * nchk + head + 0.4 * admitting
                              + 0.7 * it["woke"]) * now["slow"]
-            if n:
-                priced = cost.prefill(np.array([len(p) for p in prompts[k:k + n]])) - cost.prefill_fixed
-                it["prefill_ms"] = (1.15 * priced + 0.6) * now["slow"]
-                k += n
+            if admitting:
+                priced = cost.prefill(np.array([len(p) for p in prompts[:len(it["ops"])]])) - cost.fixed
+                it["prefill_ms"] = (1.15 * priced + cost.fixed) * now["slow"]
         return log
 
     monkeypatch.setattr(ms, "serve_iterations", drifting)
@@ -152,7 +149,6 @@ def test_the_probe_puts_every_run_back_into_the_grids_window(shipped, monkeypatc
     assert fit["drift"] == pytest.approx((1 / 1.3, 1 / 0.8))
     got = [fit[k] for k in ("forward_scale", "step_ms", "sequence_ms", "check_ms", "admit_ms")]
     assert got == pytest.approx([0.9, 1.0, 0.1, 0.5, 0.4], rel=1e-6, abs=1e-6)
-    assert fit["prefill_scale"] == pytest.approx(1.15) and fit["prefill_fixed_ms"] == pytest.approx(0.6)
-    assert fit["prefills"] >= 3 * len(ms.PREFILL_LENS) - 3  # single prompts admitted into a running batch
+    assert fit["prefill_scale"] == pytest.approx(1.15) and fit["prefills"] == 6
     assert gaps[-1] > 0.03 and fit["wakes"] == 3 * (ms.IDLE_REQUESTS - 1)  # all but each idle run's first
     assert fit["wake_ms"] == pytest.approx(0.7, abs=1e-6)

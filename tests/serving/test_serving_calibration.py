@@ -139,8 +139,7 @@ def test_prefills_read_the_prefill_grid():
 def test_admissions_pay_their_prefill_scale_admit_and_wake_ms(batching):
     """Isolated requests (the engine idles between them): each one's TTFT grows by exactly
     the prefill's extra scale + admit_ms, + wake_ms except for the first (the engine starts at
-    its arrival, not from an idle spell), + the prefill's fixed part beyond the table's;
-    prefill_scale None prices prefills at forward_scale."""
+    its arrival, not from an idle spell); prefill_scale None prices prefills at forward_scale."""
     base = _cal().model_copy(update={"forward_scale": 0.9})
     plan = schema.Plan(levels=[4, 16], propose=2, batching=batching)
     arrival, prompt, out = np.array([0.0, 1.0, 2.0]), np.array([33, 9, 17]), np.array([4, 4, 4])
@@ -158,8 +157,6 @@ def test_admissions_pay_their_prefill_scale_admit_and_wake_ms(batching):
     assert extra.min() > 0 and scaled - plain == pytest.approx(extra)
     costs, _ = ttft(prefill_scale=1.2, admit_ms=0.3, wake_ms=0.9)
     assert costs - scaled == pytest.approx([0.3, 1.2, 1.2])
-    fixed, _ = ttft(prefill_scale=1.2, admit_ms=0.3, wake_ms=0.9, prefill_fixed_ms=c0.fixed + 0.25)
-    assert fixed - costs == pytest.approx([0.25] * 3)  # the prefill's own fixed part instead of the table's
 
 
 def test_schema_checks_the_prefill_grid():
