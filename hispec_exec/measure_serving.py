@@ -186,7 +186,7 @@ def serve_iterations(model: Transformer, plan: Plan, prompts: list[list[int]], m
 IDLE_REQUESTS, IDLE_NEW = 6, 2  # per plan: requests arriving one by one into an idle loop, tokens each
 
 
-def _robust_ratio(values: list[float]) -> tuple[float, float]:
+def _median_se(values: list[float]) -> tuple[float, float]:
     """Median and its standard error (1.2533 x 1.4826 x MAD / sqrt(n): robust to the odd interrupted run)."""
     v = np.asarray(values, float)
     if not v.size:
@@ -266,7 +266,7 @@ def fit_step_overheads(model: Transformer, table: LatencyTable, batches: list[in
     f = scaled_nnls(X, y, group, scale_col=0, bootstrap=bootstrap, seed=seed)
     coef, se, keep, scaled = f["coef"], f["se"], f["keep"], f["scaled"]
     names = ("forward_scale", "step_ms", "sequence_ms", "check_ms", "admit_ms")
-    prefill_scale, prefill_scale_se = _robust_ratio(prefill_ratio)
+    prefill_scale, prefill_scale_se = _median_se(prefill_ratio)
     if not SCALE_RANGE[0] <= prefill_scale <= SCALE_RANGE[1]:  # not believed: the decode steps' scale
         prefill_scale, prefill_scale_se = float("nan"), float("nan")
     # admissions after an idle spell: spaced wider than a closed run of one request (max_new tokens)
@@ -279,7 +279,7 @@ def fit_step_overheads(model: Transformer, table: LatencyTable, batches: list[in
                 price = (prefill_scale if np.isfinite(prefill_scale) else coef[0]) * it["priced"] + fixed
                 wake.append((it["step_ms"] + it["prefill_ms"]) * it["d"] - price - head
                             - float(np.dot([fwd, 1.0, nseq, nchk, 1.0], coef)))
-    wake_ms, wake_ms_se = _robust_ratio(wake)
+    wake_ms, wake_ms_se = _median_se(wake)
     # the step noise: every iteration's measured / fitted step ms (exit head included, as the
     # simulator costs a step), in run order; outliers too (slow steps make the tail)
     fitted = X @ coef + heads
