@@ -7,6 +7,7 @@ import argparse
 import json
 import shlex
 import sys
+import time
 from pathlib import Path
 
 from . import schema
@@ -66,6 +67,8 @@ def add_measure_parser(prof_sub) -> None:
     m.add_argument("--name", help="profile name")
     m.add_argument("--out", required=True, metavar="FILE",
                    help="profile to write; an existing profile of the same model keeps its other workloads")
+    m.add_argument("--progress", action="store_true",
+                   help="log each stage to stderr with the seconds since the start (default: on a terminal only)")
     m.set_defaults(func=cmd_measure)
 
 
@@ -121,8 +124,10 @@ def cmd_measure(args) -> int:
     else:
         from hispec_exec.measure import measure_profile
 
-        # progress on a terminal only: a failing run's stderr stays one line
-        log = (lambda s: print(f"[measure] {s}", file=sys.stderr, flush=True)) if sys.stderr.isatty() else None
+        # progress on a terminal, or asked for: otherwise a failing run's stderr stays one line
+        start = time.monotonic()
+        log = ((lambda s: print(f"[measure {time.monotonic() - start:4.0f} s] {s}", file=sys.stderr, flush=True))
+               if args.progress or sys.stderr.isatty() else None)
         profile = measure_profile(model, name, args.device, workload, args.prompts, 64, args.max_new_tokens, args.seed,
                                   repeats=args.repeats, attempts=args.attempts, command=command,
                                   prompts=prompts if prompts_text is not None else None,

@@ -7,13 +7,16 @@
 #   cuda: the same on the GPU (`--device cuda`): `profile measure`, `validate` (12 plans),
 #         the CUDA-only test, and `hispec-exec serve` on the GPU.
 # Every step has a time limit, so that what was measured comes back inside the call's limit.
-# Seen on that machine (Intel Xeon host, ~0.6x the AVX-512 EPYC VM's speed): the CPU
-# `profile measure` takes > 120 s for one attempt, 197 s for two, run_fidelity.py 199 s; the
-# CUDA `profile measure` > 170 s. Both chains do not fit one call (600 s at most) and a
-# session's 15 device minutes hold about one full call: run one chain per session, e.g.
-#   ONLY=cpu ATTEMPTS=1 MEASURE_LIMIT=250 FIDELITY_LIMIT=320 bash studies/fidelity/device_check.sh
-#   ONLY=cuda ATTEMPTS=1 MEASURE_LIMIT=280 VALIDATE_LIMIT=230 bash studies/fidelity/device_check.sh
-# (timeout_s 600; each chain's limits add up to < 600 s).
+# Seen on that machine (Intel Xeon host, ~0.45-0.6x the AVX-512 EPYC VM's speed): the CPU
+# `profile measure` took 164 s for one attempt alone (2026-11-29 22:41), run_fidelity.py
+# 220 s; the CUDA `profile measure` did not finish within 170 s nor 188 s. Both chains do
+# not fit one call (600 s at most) and a session's 15 device minutes hold about one full
+# call (the machine's start costs 1-2 min of them): run one chain per session. The CPU chain
+# ran twice (studies/fidelity/machines/intel-xeon-h200-host/); next, the CUDA chain, e.g.
+#   ONLY=cuda ATTEMPTS=1 MEASURE_LIMIT=380 VALIDATE_LIMIT=150 bash studies/fidelity/device_check.sh
+#   ONLY=cpu ATTEMPTS=2 MEASURE_LIMIT=300 FIDELITY_LIMIT=280 bash studies/fidelity/device_check.sh
+# (timeout_s 600; each chain's limits add up to < 600 s). `profile measure --progress`
+# logs its stages, so a step cut by its limit says how far it got.
 # Results go to $OUT (default ./out): machine.txt, cpu.log, cuda.log, results.tgz.
 # The machine's image has torch, numpy, scipy, tokenizers, safetensors, pytest and hypothesis,
 # not pydantic: carry its wheels in .whl (see the device tool's README).
@@ -62,14 +65,14 @@ else
 fi
 
 cpu_chain() {
-  step "${MEASURE_LIMIT:-200}" "$CPU_CORE" "profile measure (cpu)" hispec-sim profile measure "${measure[@]}" --out "$OUT/cpu/profile.json" \
+  step "${MEASURE_LIMIT:-200}" "$CPU_CORE" "profile measure (cpu)" hispec-sim profile measure --progress "${measure[@]}" --out "$OUT/cpu/profile.json" \
     --name host_cpu_hispec_tiny
   step "${FIDELITY_LIMIT:-270}" "$CPU_CORE" "fidelity (cpu, $plans plans)" python3 studies/fidelity/run_fidelity.py --profile "$OUT/cpu/profile.json" \
     --plans $plans --rounds 1 --ar-every 4 --out-dir "$OUT/cpu"
 }
 
 cuda_chain() {
-  step "${MEASURE_LIMIT:-170}" "$GPU_CORE" "profile measure ($GPU)" hispec-sim profile measure "${measure[@]}" --device "$GPU" \
+  step "${MEASURE_LIMIT:-170}" "$GPU_CORE" "profile measure ($GPU)" hispec-sim profile measure --progress "${measure[@]}" --device "$GPU" \
     --out "$OUT/cuda/profile.json" --name h200_hispec_tiny
   step "${VALIDATE_LIMIT:-230}" "$GPU_CORE" "validate ($GPU, $plans plans)" hispec-sim validate "${small[@]}" --profile "$OUT/cuda/profile.json" \
     --device "$GPU" --plans $plans --seed 7 --ar-every 4 --out "$OUT/cuda/validate.json"

@@ -3,6 +3,7 @@ their own tokenizer.json, acceptance-only workloads and merging, bad input."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -364,8 +365,12 @@ def test_measure_hf_checkpoint_on_prompts_files_merges_workloads(hf_folder, tmp_
     out = tmp_path / "p.json"
     small = ["--model", str(hf_folder), "--max-new-tokens", "12", "--out", str(out)]
     assert main(["profile", "measure", "--prompts-file", str(a), "--workload", "code", "--repeats", "1", "--attempts", "1",
-                 *small]) == 0
-    assert "workload code measured" in capsys.readouterr().out
+                 "--progress", *small]) == 0
+    printed = capsys.readouterr()
+    assert "workload code measured" in printed.out
+    # --progress: every stage on stderr, off a terminal too, with the seconds since the start
+    assert re.search(r"^\[measure +\d+ s\] layer table done in \d+ s", printed.err, re.M)
+    assert "measuring acceptance" in printed.err
     p = load_profile(str(out))
     vocab = json.loads((hf_folder / "config.json").read_text())["vocab_size"]
     assert p.model.name == hf_folder.name and p.model.vocab == vocab and p.default_workload == "code"
