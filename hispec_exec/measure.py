@@ -663,45 +663,6 @@ def model_shape(model: Transformer, model_name: str, source: Source) -> ModelSha
                       ffn=a.ffn_dim, vocab=a.vocab_size, source=source)
 
 
-def calibrate(model: Transformer, table: LatencyTable, max_new_tokens: int, rounds: int, seed: int,
-              forward_fixed_ms: tuple[float, float]) -> tuple[LatencyTable, dict, dict]:
-    """The fixed overheads fitted on calibration runs now (fit_overheads) against `table`'s
-    layer times, the table with them (its working set scaled by the fitted factor), and the
-    self-check of the two against each other."""
-    cap = model.args.max_seq_len
-    calib_prompts = calibration_prompts(model, 4, min(64, max(8, cap // 8)))
-    calib_len = len(calib_prompts[0])
-    calib_new = max(1, min(64, max_new_tokens, cap - calib_len - 16))
-    calib = fit_overheads(model, table, calib_prompts, calib_new, rounds=rounds, seed=seed)
-    calib.update(prompts=len(calib_prompts), prompt_len=calib_len, max_new_tokens=calib_new)
-    notes = dict(table.notes)
-    working_set = table.working_set_ms
-    if working_set:
-        working_set = (calib["working_set_scale"] * np.asarray(working_set)).tolist()
-        notes["working_set"] = (notes.get("working_set", "") + f"; scaled by {calib['working_set_scale']:.3f} +- "
-                                f"{calib['working_set_scale_se']:.3f}, fitted on the calibration's decode runs")
-    notes["table_scale"] = ("1 (held: the micro-benchmarks' layer and head times as measured; each calibration "
-                            "block's own speed carries the drift, see calibration)")
-    notes["calibration"] = (
-        f"fixed costs fitted by non-negative least squares on {calib['forwards']} forwards "
-        f"({calib['forwards_rejected']} outliers rejected) of the plans {calib['plans']} over "
-        f"{len(calib_prompts)} calibration prompts (seed {CALIBRATION_SEED}) x {rounds} "
-        f"interleaved rounds, one speed factor per block of back-to-back runs (every plan on one prompt in one "
-        f"round; they ranged {calib['block_speed_range'][0]:.3f}-{calib['block_speed_range'][1]:.3f}; the fit prices "
-        f"the median block); median |residual| {calib['residual_ms_median_abs']:.4f} ms; standard errors by "
-        f"bootstrap over {calib['blocks']} blocks ({calib['runs']} decode runs); "
-        f"verify_overhead_ms includes {calib['after_check_ms']:.4f} ms that the forward after a check takes extra")
-    notes["overheads_se_ms"] = json.dumps({k: round(calib[k + "_se"], 6) for k in
-                                           ("overhead_ms", "layer_overhead_ms", "verify_overhead_ms")})
-    notes["noise_floor"] = (f"{calib['noise_floor']:.6f} (relative spread of identical calibration runs' tokens/s "
-                            f"over {rounds} rounds: {calib['tokens_per_second_by_round']})")
-    table = table.model_copy(update={**{k: calib[k] for k in ("overhead_ms", "layer_overhead_ms", "verify_overhead_ms")},
-                                     "working_set_ms": working_set, "notes": notes})
-    check = self_check(table, model.num_layers, calib, calib_len + calib_new // 2, forward_fixed_ms)
-    table.notes["self_check"] = check["line"]
-    return table, calib, check
-
-
 def time_model(model: Transformer, contexts: list[int], repeats: int, tokens: list[int], seed: int,
                max_new_tokens: int, calibration_rounds: int, measured: Source, log) -> tuple[LatencyTable, dict, dict, dict]:
     """One timing of the model: the layer table, the fixed overheads fitted on calibration
@@ -732,8 +693,33 @@ def time_model(model: Transformer, contexts: list[int], repeats: int, tokens: li
                          layer_ms=lat["layer_ms"], head_ms=lat["head_ms"], source=measured, notes=notes,
                          working_set_layers=ws["layers"], working_set_ms=ws["ms"])
     log(f"layer table done in {lat['seconds']:.0f} s; fitting fixed overheads")
-    table, calib, check = calibrate(model, table, max_new_tokens, calibration_rounds, seed, lat["forward_fixed_ms"])
+    calib_prompts = calibration_prompts(model, 4, min(64, max(8, cap // 8)))
+    calib_len = len(calib_prompts[0])
+    calib_new = max(1, min(64, max_new_tokens, cap - calib_len - 16))
+    calib = fit_overheads(model, table, calib_prompts, calib_new, rounds=calibration_rounds, seed=seed)
+    calib.update(prompts=len(calib_prompts), prompt_len=calib_len, max_new_tokens=calib_new)
+    table = table.model_copy(update={**{k: calib[k] for k in ("overhead_ms", "layer_overhead_ms", "verify_overhead_ms")},
+                                     "working_set_ms": (calib["working_set_scale"] * np.asarray(ws["ms"])).tolist()})
+    table.notes["working_set"] += (f"; scaled by {calib['working_set_scale']:.3f} +- {calib['working_set_scale_se']:.3f}, "
+                                   f"fitted on the calibration's decode runs")
+    table.notes["table_scale"] = ("1 (held: the micro-benchmarks' layer and head times as measured; each calibration "
+                                  "block's own speed carries the drift, see calibration)")
+    table.notes["calibration"] = (
+        f"fixed costs fitted by non-negative least squares on {calib['forwards']} forwards "
+        f"({calib['forwards_rejected']} outliers rejected) of the plans {calib['plans']} over "
+        f"{len(calib_prompts)} calibration prompts (seed {CALIBRATION_SEED}) x {calibration_rounds} "
+        f"interleaved rounds, one speed factor per block of back-to-back runs (every plan on one prompt in one "
+        f"round; they ranged {calib['block_speed_range'][0]:.3f}-{calib['block_speed_range'][1]:.3f}; the fit prices "
+        f"the median block); median |residual| {calib['residual_ms_median_abs']:.4f} ms; standard errors by "
+        f"bootstrap over {calib['blocks']} blocks ({calib['runs']} decode runs); "
+        f"verify_overhead_ms includes {calib['after_check_ms']:.4f} ms that the forward after a check takes extra")
+    table.notes["overheads_se_ms"] = json.dumps({k: round(calib[k + "_se"], 6) for k in
+                                                 ("overhead_ms", "layer_overhead_ms", "verify_overhead_ms")})
+    table.notes["noise_floor"] = (f"{calib['noise_floor']:.6f} (relative spread of identical calibration runs' tokens/s "
+                                  f"over {calibration_rounds} rounds: {calib['tokens_per_second_by_round']})")
+    check = self_check(table, model.num_layers, calib, calib_len + calib_new // 2, lat["forward_fixed_ms"])
     log(check["line"])
+    table.notes["self_check"] = check["line"]
     calib["attempt_seconds"] = time.perf_counter() - t0
     return table, lat, calib, check
 
@@ -816,53 +802,6 @@ def measure_profile(model: Transformer, model_name: str, device: str, workload: 
         provenance={"command": command, "measured": when, "torch": fp["torch"], "machine": fp,
                     "measurement": measurement, "prompts": prov_prompts},
     )
-
-
-def recalibrate(profile: Profile, model: Transformer, model_name: str, command: str = "", rounds: int = 3,
-                seed: int = 0, log=None) -> Profile:
-    """The profile with its fixed overheads re-fitted on calibration runs timed now, on the
-    machine that measured it; its layer table, serving calibration and workloads kept.
-
-    Why: on a shared machine the forwards of different kinds do not speed up or slow down
-    together (deep one-token forwards, which stream every layer's weights, move most), so
-    a profile timed in one state prices shallow drafts and multi-token checks wrongly
-    relative to autoregressive in another. The fixed costs re-fitted against the same layer
-    table carry the new balance (README, "The machine's state"). Recalibrate right before
-    validating or deciding; about a minute on the developers' 2-core VM."""
-    from hispec_sim.validate import check_model_matches
-
-    log = log or (lambda s: None)
-    check_model_matches(profile, model, model_name)
-    measurement = profile.provenance.get("measurement")
-    table = profile.table()
-    if not isinstance(measurement, dict) or table.stack != "hispec_exec":
-        raise ValueError(f"profile: {profile.name} was not measured by profile measure; nothing to recalibrate")
-    fp, when, env = _environment(profile.provenance.get("machine", {}).get("device", "cpu"))
-    before = {k: getattr(table, k) for k in ("overhead_ms", "layer_overhead_ms", "verify_overhead_ms")}
-    before["autoregressive_tokens_per_second"] = measurement["calibration"]["autoregressive_tokens_per_second"]
-    fixed = measurement.get("self_check", {})
-    log(f"timing the calibration plans ({rounds} interleaved rounds) against the profile's layer table")
-    new, calib, check = calibrate(model, table, int(measurement["calibration"]["max_new_tokens"]), rounds, seed,
-                                  (fixed.get("forward_fixed_ms_microbenchmark") or float("nan"),
-                                   fixed.get("forward_fixed_ms_microbenchmark_se") or float("nan")))
-    log(check["line"])
-    after = {k: round(calib[k], 6) for k in ("overhead_ms", "layer_overhead_ms", "verify_overhead_ms")}
-    after["autoregressive_tokens_per_second"] = round(calib["autoregressive_tokens_per_second"], 4)
-    new.notes["recalibrated"] = f"{when} by {command or 'recalibrate'}: fixed overheads re-fitted (was {json.dumps(before)})"
-    measurement = {**measurement, "noise_floor": calib["noise_floor"],
-                   "calibration": {**measurement["calibration"], **{k: after[k] for k in ("autoregressive_tokens_per_second",)}},
-                   "self_check": {k: v for k, v in check.items() if k != "line"},
-                   **{k: round(calib[k], 6) for k in ("overhead_ms", "layer_overhead_ms", "verify_overhead_ms",
-                                                       "overhead_ms_se", "layer_overhead_ms_se", "verify_overhead_ms_se",
-                                                       "working_set_scale", "working_set_scale_se")},
-                   "block_speed_range": [round(v, 6) for v in calib["block_speed_range"]]}
-    done = dict(profile.provenance.get("recalibrations") or {})  # "1", "2", ...: in order
-    done[str(len(done) + 1)] = {"command": command, "when": when, "environment": env, "before": before, "after": after,
-                                "calibration_spread": round(calib["noise_floor"], 6),
-                                "autoregressive_error": check["autoregressive_error"]}
-    prov = {**profile.provenance, "measurement": measurement, "recalibrations": done}
-    latency = [new if t is table else t for t in profile.latency]
-    return profile.model_copy(update={"latency": latency, "provenance": prov})
 
 
 def add_workload(profile: Profile, model: Transformer, model_name: str, workload: str, prompts: list[list[int]],

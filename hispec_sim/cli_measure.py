@@ -59,10 +59,6 @@ def add_measure_parser(prof_sub) -> None:
                    "ShareGPT: the conversation list (default conversations)")
     m.add_argument("--acceptance-only", action="store_true",
                    help="add the workload to the existing profile --out without timing (timing may come from another machine)")
-    m.add_argument("--recalibrate", action="store_true",
-                   help="re-fit the fixed overheads of the existing profile --out (measured on this machine) on "
-                        "calibration runs timed now, keeping its layer table and workloads: before validating or "
-                        "deciding on a machine whose speed moves (about a minute)")
     m.add_argument("--repeats", type=int_in(1, 1000), default=12, help="interleaved timing rounds (default 12)")
     m.add_argument("--attempts", type=int_in(1, 10), default=3,
                    help="time again, up to this many times, while the machine's speed moves during the timing; "
@@ -100,10 +96,6 @@ def cmd_measure(args) -> int:
     existing = _existing_profile(out)
     if args.acceptance_only and existing is None:
         raise ValueError(f"out: --acceptance-only adds a workload to an existing profile, and {out} does not exist")
-    if args.recalibrate and (existing is None or args.acceptance_only or args.prompts_file or args.workload):
-        raise ValueError(f"recalibrate: re-fits an existing profile's overheads (--out; {out} does not exist)"
-                         if existing is None else "recalibrate: takes no workload (--acceptance-only, --prompts-file, "
-                                                  "--workload): the profile's workloads are kept")
     prompts_text = read_prompts(args.prompts_file, args.format, args.field) if args.prompts_file else None
 
     model, name = load_executor_model(args)
@@ -112,27 +104,6 @@ def cmd_measure(args) -> int:
 
         check_model_matches(existing, model, name)
     command = "hispec-sim " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    start = time.monotonic()
-    # progress on a terminal, or asked for: otherwise a failing run's stderr stays one line
-    log = ((lambda s: print(f"[measure {time.monotonic() - start:4.0f} s] {s}", file=sys.stderr, flush=True))
-           if args.progress or sys.stderr.isatty() else None)
-    if args.recalibrate:
-        from hispec_exec.measure import recalibrate
-
-        from .validate import machine_check
-
-        machine_check(existing, args.device, allow_other=False)  # the layer table is that machine's
-        profile = recalibrate(existing, model, name, command, seed=args.seed, log=log)
-        schema.save_profile(schema.Profile.model_validate(profile.model_dump()), out)
-        done = profile.provenance["recalibrations"]
-        r = done[str(len(done))]
-        print(f"profile {profile.name} recalibrated in {out}: per forward {r['before']['overhead_ms']:.3f} -> "
-              f"{r['after']['overhead_ms']:.3f} ms, per check {r['before']['verify_overhead_ms']:.3f} -> "
-              f"{r['after']['verify_overhead_ms']:.3f} ms; autoregressive "
-              f"{r['before']['autoregressive_tokens_per_second']:.1f} -> {r['after']['autoregressive_tokens_per_second']:.1f}"
-              f" tokens/s in the calibration runs")
-        print(profile.table().notes["self_check"])
-        return 0
     if prompts_text is not None:
         encode, how = text_encoder(model, args.model)
         prompts = encode_prompts(prompts_text, encode, args.max_new_tokens, model.args.max_seq_len)
@@ -153,6 +124,10 @@ def cmd_measure(args) -> int:
     else:
         from hispec_exec.measure import measure_profile
 
+        # progress on a terminal, or asked for: otherwise a failing run's stderr stays one line
+        start = time.monotonic()
+        log = ((lambda s: print(f"[measure {time.monotonic() - start:4.0f} s] {s}", file=sys.stderr, flush=True))
+               if args.progress or sys.stderr.isatty() else None)
         profile = measure_profile(model, name, args.device, workload, args.prompts, 64, args.max_new_tokens, args.seed,
                                   repeats=args.repeats, attempts=args.attempts, command=command,
                                   prompts=prompts if prompts_text is not None else None,
