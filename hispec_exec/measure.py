@@ -551,6 +551,9 @@ def fit_overheads(model: Transformer, table: LatencyTable, prompts, max_new_toke
             "rounds": rounds, "residual_ms_median_abs": float(np.median(np.abs(resid))), "noise_floor": noise,
             "tokens_per_second_by_round": tps.round(3).tolist(), "plans": [p.describe() for p in plans],
             "autoregressive_tokens_per_second": float(np.median(tps[:, 0])),
+            # each plan's speed-up over autoregressive (the same round's runs), median over rounds: what
+            # validate's machine_drift measures again to see whether the machine's state moved them
+            "speedup_by_plan": {p.describe(): float(np.median(tps[:, k] / tps[:, 0])) for k, p in enumerate(plans)},
             "fit_error_by_plan": fitted, "block_speed_range": [float(speed.min()), float(speed.max())],
             "blocks": rounds * len(prompts)}
 
@@ -778,7 +781,8 @@ def measure_profile(model: Transformer, model_name: str, device: str, workload: 
     measurement = {"noise_floor": calib["noise_floor"], "latency_seconds": round(lat["seconds"], 1),
                    "calibration": {"prompts": calib["prompts"], "prompt_len": calib["prompt_len"],
                                    "seed": CALIBRATION_SEED, "max_new_tokens": calib["max_new_tokens"],
-                                   "autoregressive_tokens_per_second": round(calib["autoregressive_tokens_per_second"], 4)},
+                                   "autoregressive_tokens_per_second": round(calib["autoregressive_tokens_per_second"], 4),
+                                   "speedups": {k: round(v, 6) for k, v in calib["speedup_by_plan"].items()}},
                    "self_check": {k: v for k, v in check.items() if k != "line"},
                    **{k: round(calib[k], 6) for k in ("overhead_ms", "layer_overhead_ms", "verify_overhead_ms",
                                                        "overhead_ms_se", "layer_overhead_ms_se", "verify_overhead_ms_se",

@@ -243,6 +243,8 @@ def validate_text(out: dict) -> str:
                  f"median |error| {100 * out['median_abs_speedup_error']:.2f} %, "
                  f"max {100 * out['max_abs_speedup_error']:.2f} % over {len(out['plans'])} plans")
     lines.append(noise_line(out))
+    if state_line(out):
+        lines.append(state_line(out))
     lines.append(f"verdict: {out['verdict_line']}")
     if "verdict_line_replay" in out:
         lines.append(f"verdict with trace replay (optimize's ranking where the workload has traces): {out['verdict_line_replay']}")
@@ -276,6 +278,18 @@ def noise_line(out: dict) -> str:
     return (f"noise floor {100 * out['noise_floor']:.2f} % (identical autoregressive runs measured as plans: "
             f"{out['noise_floor_method']}" + (f"; their speed-ups {slots}" if slots else "") + ")"
             + plan_noise_text(out))
+
+
+def state_line(out: dict) -> str:
+    """How far the machine's state moved speed-ups since the profile (validate.machine_drift);
+    empty where the profile recorded no calibration speed-ups."""
+    su = (out.get("machine_drift") or {}).get("speedups")
+    if not su:
+        return ""
+    moved = ", ".join(f"{d} {v['then']:.3f} -> {v['now']:.3f} ({100 * v['change']:+.1f} %)" for d, v in su.items())
+    return (f"the machine's state: the profile's calibration plans, re-run on their prompts, moved their speed-ups over "
+            f"autoregressive {moved} since the profile was measured; speed-up errors of that size are the machine's "
+            f"(forwards of different kinds changed speed unevenly), and the noise floors above the verdict include them")
 
 
 def plan_noise_text(out: dict) -> str:

@@ -61,24 +61,49 @@ def profile_noise_floor(profile: Profile) -> float | None:
 
 
 def machine_drift(profile: Profile, model) -> dict | None:
-    """Re-run the profile's own calibration runs (autoregressive on its calibration prompts,
-    twice) and compare their tokens/s with what was recorded when the profile was measured:
-    how much this machine's speed moved since (None when the profile records no calibration)."""
+    """Re-run the profile's own calibration runs on its calibration prompts, as profile
+    measure ran them (the plans interleaved per prompt, two rounds): autoregressive, and the
+    first two speculative calibration plans where the profile recorded their speed-ups.
+
+    Returns how much this machine's speed moved since the profile was measured (then / now
+    autoregressive tokens/s, drift), and, where recorded, how much those plans' speed-ups
+    over autoregressive moved (speedups, speedup_drift: the largest |now / then - 1|): the
+    machine's state, not the model. A uniform change of speed cancels in a speed-up; on a
+    shared host the forwards of different kinds do not change speed together (deep one-token
+    forwards move most: README, "A third CPU type"), and the cost model, priced in the
+    profile's state, cannot be closer than that. None when the profile records no calibration."""
     m = profile.provenance.get("measurement")
     cal = m.get("calibration") if isinstance(m, dict) else None
     if not isinstance(cal, dict) or not cal.get("autoregressive_tokens_per_second"):
         return None
     from hispec_exec import decode
-    from hispec_exec.measure import calibration_prompts
-    from hispec_sim.schema import autoregressive_plan
+    from hispec_exec.measure import calibration_plans, calibration_prompts
 
-    ar = autoregressive_plan(model.num_layers)
+    then_su = cal.get("speedups") or {}
+    plans = calibration_plans(model.num_layers, spread=False)
+    plans = plans[:1] + [p for p in plans[1:] if p.describe() in then_su]
     prompts = calibration_prompts(model, int(cal["prompts"]), int(cal["prompt_len"]))
     n = int(cal["max_new_tokens"])
-    decode(model, ar, prompts[0], min(8, n))  # warm-up
-    now = float(np.median([_tally(ar, [decode(model, ar, p, n) for p in prompts])[0] for _ in range(2)]))
+    decode(model, plans[-1], prompts[0], min(8, n))  # warm-up
+    toks, walls = np.zeros((2, len(plans))), np.zeros((2, len(plans)))
+    for r in range(2):
+        for i, ids in enumerate(prompts):  # as fit_overheads: which plan goes first rotates
+            for k in np.roll(np.arange(len(plans)), -(r + i)):
+                res = decode(model, plans[k], ids, n)
+                toks[r, k] += len(res.tokens)
+                walls[r, k] += res.wall_s
+    tps = toks / walls
+    now = float(np.median(tps[:, 0]))
     then = float(cal["autoregressive_tokens_per_second"])
-    return {"then_tokens_per_second": then, "now_tokens_per_second": now, "drift": abs(now - then) / then}
+    out = {"then_tokens_per_second": then, "now_tokens_per_second": now, "drift": abs(now - then) / then}
+    if len(plans) > 1:
+        su = {p.describe(): {"then": float(then_su[p.describe()]), "now": float(np.median(tps[:, k] / tps[:, 0]))}
+              for k, p in enumerate(plans) if k}
+        for v in su.values():
+            v["change"] = v["now"] / v["then"] - 1
+        out["speedups"] = su
+        out["speedup_drift"] = max(abs(v["change"]) for v in su.values())
+    return out
 
 
 def _run_tokens(plan: Plan, r) -> int:
@@ -405,6 +430,10 @@ def validate(setting: Setting, plans: list[Plan], model, prompts, max_new_tokens
     timing = stats["timing_noise"]
     floor_plan, floor_median, floor_worst = (float(np.nanmax([noise_speedup, timing[k]])) if timing else noise_speedup
                                              for k in ("plan", "median", "worst"))
+    if drift and drift.get("speedups"):  # and what the machine's state moved speed-ups by since the profile
+        changes = [abs(v["change"]) for v in drift["speedups"].values()]
+        floor_plan, floor_median, floor_worst = (max(floor_plan, max(changes)), max(floor_median, float(np.median(changes))),
+                                                 max(floor_worst, max(changes)))
     rows = []
     cost = setting.cost_for(plans)
     ar_reference = autoregressive_reference(cost, stats["autoregressive_results"])

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hispec_sim.cli_measure import plan_noise_text
+from hispec_sim.cli_measure import plan_noise_text, state_line
 from hispec_sim.evaluate import Setting, optimized
 from hispec_sim.schema import check_writable, load_profile, write_atomic
 from hispec_sim.validate import check_model_matches, draw_plans, machine_check, run_interleaved, validate
@@ -139,6 +139,8 @@ def markdown(out: dict, seconds: float, command: str, baselines: dict, context: 
                  f"({d['then_tokens_per_second']:.1f} -> {d['now_tokens_per_second']:.1f} tokens/s)" if d else "")
               + f"; spread of the profile's calibration rounds {_pct_abs(out['noise_floor_profile'])}.",
               ]
+    if state_line(out):
+        lines.append(f"- {state_line(out)}.")
     if check:
         lines.append(f"- self-check of the profile (its cost model against its own calibration runs): autoregressive "
                      f"{check['autoregressive_ms_per_token_predicted']:.3f} ms/token predicted, "

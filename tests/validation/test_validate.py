@@ -11,10 +11,10 @@ from hispec_exec.measure import calibration_plans, measure_profile
 from hispec_exec.model import ModelArgs, Transformer
 from hispec_exec.data import heldout_prompts
 from hispec_sim.cli import main
-from hispec_sim.cli_measure import noise_line
+from hispec_sim.cli_measure import noise_line, state_line
 from hispec_sim.evaluate import Setting
 from hispec_sim.schema import Plan, save_profile
-from hispec_sim.validate import check_model_matches, draw_plans, timing_noise, validate, verdict
+from hispec_sim.validate import check_model_matches, draw_plans, machine_drift, timing_noise, validate, verdict
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +50,9 @@ def test_measured_profile_is_complete(small):
     assert check["autoregressive_error"] == pytest.approx(
         check["autoregressive_ms_per_token_predicted"] / check["autoregressive_ms_per_token_measured"] - 1, abs=1e-5)
     assert check["forward_fixed_ms_microbenchmark"] is not None and len(check["fit_error_by_plan"]) == len(calibration_plans(8))
+    speedups = meas["calibration"]["speedups"]  # what validate re-measures to see the machine's state move
+    assert list(speedups) == [p.describe() for p in calibration_plans(8)] and speedups["[8]"] == 1.0
+    assert all(v > 0 for v in speedups.values())
     assert table.notes["self_check"].startswith("self-check: autoregressive")
     fp = profile.provenance["machine"]
     assert {"cpu_model", "isa", "torch", "blas", "onednn", "threads", "logical_cpus"} <= set(fp) and fp["threads"] == 1
@@ -97,8 +100,18 @@ def test_validate_reports_predicted_and_measured(small):
     tn = out["timing_noise"]  # two rounds: the plans' own timing noise raises the floors
     # approx: numpy's SIMD sums may differ in the last bit between array layouts (AVX-512 vs AVX2)
     assert tn == pytest.approx(timing_noise([r["measured_speedup_by_round"] for r in out["plans"]], seed=0), rel=1e-12)
-    for k in ("plan", "median", "worst"):
-        assert out[f"noise_floor_{k}"] == max(out["noise_floor"], tn[k])
+    # the machine's state: the first two speculative calibration plans, re-run beside autoregressive on their
+    # prompts, against the speed-ups the profile recorded; what they moved raises the floors
+    su, then = drift["speedups"], profile.provenance["measurement"]["calibration"]["speedups"]
+    assert list(su) == [p.describe() for p in calibration_plans(8, spread=False)[1:]]
+    for d, v in su.items():
+        assert v["then"] == then[d] and v["now"] > 0 and v["change"] == pytest.approx(v["now"] / v["then"] - 1)
+    moved = [abs(v["change"]) for v in su.values()]
+    assert drift["speedup_drift"] == max(moved)
+    assert out["noise_floor_plan"] == max(out["noise_floor"], tn["plan"], max(moved))
+    assert out["noise_floor_median"] == max(out["noise_floor"], tn["median"], float(np.median(moved)))
+    assert out["noise_floor_worst"] == max(out["noise_floor"], tn["worst"], max(moved))
+    assert state_line(out).startswith("the machine's state: the profile's calibration plans")
     assert out["plans_within_noise_floor"] == sum(abs(r["speedup_error"]) <= out["noise_floor_plan"] for r in out["plans"])
     spread = [abs(a - b) / np.median([a, b]) for a, b in (r["measured_speedup_by_round"] for r in out["plans"])]
     assert out["round_spread"] == pytest.approx({"median": float(np.median(spread)), "worst": max(spread)})
@@ -121,7 +134,8 @@ def test_validate_says_where_the_error_comes_from(small):
     out = validate(setting, plans, model, heldout_prompts(3, 32, 0), 24, seed=0)
     assert "round_spread" not in out and "own rounds" not in noise_line(out)  # one round: nothing to compare
     assert "plans' own timing noise is not measured (--rounds 2 measures it)" in noise_line(out)
-    assert out["timing_noise"] is None and out["noise_floor_worst"] == out["noise_floor"]
+    moved = max(abs(v["change"]) for v in out["machine_drift"]["speedups"].values())
+    assert out["timing_noise"] is None and out["noise_floor_worst"] == max(out["noise_floor"], moved)
     for plan, row in zip(plans, out["plans"]):
         t = row["time_split"]
         assert set(t["levels"]) == {str(j) for j in range(1, plan.depth + 1)}
@@ -247,3 +261,12 @@ def test_forward_prices_charge_the_working_set_once():
     history = working_set_history(cost.table, [f.head_layer for f in run.forwards], 16)
     assert priced == pytest.approx(np.array(no_ws) + history)
     assert priced.sum() == pytest.approx(sum(by_depth)) and history.sum() < 0
+
+
+def test_machine_drift_of_a_profile_without_calibration_speedups(small):
+    model, profile = small
+    prov = json.loads(json.dumps(profile.provenance))
+    del prov["measurement"]["calibration"]["speedups"]
+    drift = machine_drift(profile.model_copy(update={"provenance": prov}), model)
+    assert set(drift) == {"then_tokens_per_second", "now_tokens_per_second", "drift"} and drift["now_tokens_per_second"] > 0
+    assert state_line({"machine_drift": drift}) == ""
