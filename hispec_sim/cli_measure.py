@@ -242,9 +242,7 @@ def validate_text(out: dict) -> str:
                  f"every {out['autoregressive_every']} plan run(s), median over rounds): "
                  f"median |error| {100 * out['median_abs_speedup_error']:.2f} %, "
                  f"max {100 * out['max_abs_speedup_error']:.2f} % over {len(out['plans'])} plans")
-    lines.append(noise_line(out))
-    if state_line(out):
-        lines.append(state_line(out))
+    lines += [noise_line(out)] + ([state_line(out)] if state_line(out) else [])
     lines.append(f"verdict: {out['verdict_line']}")
     if "verdict_line_replay" in out:
         lines.append(f"verdict with trace replay (optimize's ranking where the workload has traces): {out['verdict_line_replay']}")
@@ -288,8 +286,8 @@ def state_line(out: dict) -> str:
         return ""
     moved = ", ".join(f"{d} {v['then']:.3f} -> {v['now']:.3f} ({100 * v['change']:+.1f} %)" for d, v in su.items())
     return (f"the machine's state: the profile's calibration plans, re-run on their prompts, moved their speed-ups over "
-            f"autoregressive {moved} since the profile was measured; speed-up errors of that size are the machine's "
-            f"(forwards of different kinds changed speed unevenly), and the noise floors above the verdict include them")
+            f"autoregressive {moved} since the profile was measured: a prediction from the profile cannot be closer "
+            f"than that (their own timing noise included), and the verdict's floors include it")
 
 
 def plan_noise_text(out: dict) -> str:
