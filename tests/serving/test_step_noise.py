@@ -111,7 +111,9 @@ def test_draws_reproduce_the_stored_quantiles(steps, lo, rho, seed):
     tol = 0.01 * np.sqrt((1 + rho) / (1 - rho))  # 4 standard deviations of a share
     for i in range(len(q)):
         share = (draws <= q[i] * (1 + 1e-12)).mean()
-        tied = np.isclose(q, q[i], rtol=1e-12, atol=0)
+        # quantiles closer than 1e-9 count as tied: the lookup's 1e-12 slack above q_i would cover a
+        # visible part of a narrower gap (1.4e-11 apart: 7 % of the next interval's draws)
+        tied = np.isclose(q, q[i], rtol=1e-9, atol=0)
         assert share >= p[i] - tol
         if tied.sum() == 1 and i < len(q) - 1:  # (beyond the last quantile: flat, all draws <= it)
             assert share <= p[i] + tol
