@@ -476,6 +476,17 @@ def verify_cost(fit: dict) -> tuple[float, float]:
     return float(fit["coef"][2] + fit["coef"][4]), se
 
 
+def calibration_runs(model: Transformer, plans: list[Plan], prompts, max_new_tokens: int, rounds: int):
+    """After a warm-up, every plan on every prompt, per round, the plans interleaved per prompt
+    (which goes first rotates), so drift within a round hits all plans alike: yields (round,
+    prompt index, plan index, DecodeResult)."""
+    decode(model, plans[-1], prompts[0], min(8, max_new_tokens))
+    for r in range(rounds):
+        for i, ids in enumerate(prompts):
+            for k in np.roll(np.arange(len(plans)), -(r + i)):
+                yield r, i, int(k), decode(model, plans[k], ids, max_new_tokens)
+
+
 def fit_overheads(model: Transformer, table: LatencyTable, prompts, max_new_tokens: int, rounds: int = 3,
                   bootstrap: int = 200, seed: int = 0) -> dict:
     """Fixed costs the micro-benchmarks cannot see, per forward, per layer run, and extra per
@@ -513,16 +524,11 @@ def fit_overheads(model: Transformer, table: LatencyTable, prompts, max_new_toke
     runs = []  # (rows, y, plan, block) per decode run
     walls = np.zeros((rounds, len(plans)))
     toks = np.zeros((rounds, len(plans)))
-    decode(model, plans[-1], prompts[0], min(8, max_new_tokens))  # warm-up
-    for r in range(rounds):
-        for i, ids in enumerate(prompts):  # plans interleaved per prompt, rotating which goes first
-            for k in np.roll(np.arange(len(plans)), -(r + i)):
-                plan = plans[k]
-                res = decode(model, plan, ids, max_new_tokens)
-                walls[r, k] += res.wall_s
-                toks[r, k] += len(res.tokens)
-                runs.append((*overhead_rows(res.forwards, res.wall_s * 1e3, res.prompt_len, table, model.num_layers), k,
-                             r * len(prompts) + i))
+    for r, i, k, res in calibration_runs(model, plans, prompts, max_new_tokens, rounds):
+        walls[r, k] += res.wall_s
+        toks[r, k] += len(res.tokens)
+        runs.append((*overhead_rows(res.forwards, res.wall_s * 1e3, res.prompt_len, table, model.num_layers), k,
+                     r * len(prompts) + i))
     X = np.concatenate([r[0] for r in runs])
     y = np.concatenate([r[1] for r in runs])
 

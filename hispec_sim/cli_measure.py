@@ -242,7 +242,7 @@ def validate_text(out: dict) -> str:
                  f"every {out['autoregressive_every']} plan run(s), median over rounds): "
                  f"median |error| {100 * out['median_abs_speedup_error']:.2f} %, "
                  f"max {100 * out['max_abs_speedup_error']:.2f} % over {len(out['plans'])} plans")
-    lines += [noise_line(out)] + ([state_line(out)] if state_line(out) else [])
+    lines += [line for line in (noise_line(out), state_line(out)) if line]
     lines.append(f"verdict: {out['verdict_line']}")
     if "verdict_line_replay" in out:
         lines.append(f"verdict with trace replay (optimize's ranking where the workload has traces): {out['verdict_line_replay']}")

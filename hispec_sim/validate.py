@@ -76,22 +76,17 @@ def machine_drift(profile: Profile, model) -> dict | None:
     cal = m.get("calibration") if isinstance(m, dict) else None
     if not isinstance(cal, dict) or not cal.get("autoregressive_tokens_per_second"):
         return None
-    from hispec_exec import decode
-    from hispec_exec.measure import calibration_plans, calibration_prompts
+    from hispec_exec.measure import calibration_plans, calibration_prompts, calibration_runs
 
     then_su = cal.get("speedups") or {}
     plans = calibration_plans(model.num_layers, spread=False)
     plans = plans[:1] + [p for p in plans[1:] if p.describe() in then_su]
     prompts = calibration_prompts(model, int(cal["prompts"]), int(cal["prompt_len"]))
     n = int(cal["max_new_tokens"])
-    decode(model, plans[-1], prompts[0], min(8, n))  # warm-up
     toks, walls = np.zeros((2, len(plans))), np.zeros((2, len(plans)))
-    for r in range(2):
-        for i, ids in enumerate(prompts):  # as fit_overheads: which plan goes first rotates
-            for k in np.roll(np.arange(len(plans)), -(r + i)):
-                res = decode(model, plans[k], ids, n)
-                toks[r, k] += len(res.tokens)
-                walls[r, k] += res.wall_s
+    for r, _, k, res in calibration_runs(model, plans, prompts, n, rounds=2):  # as profile measure ran them
+        toks[r, k] += len(res.tokens)
+        walls[r, k] += res.wall_s
     tps = toks / walls
     now = float(np.median(tps[:, 0]))
     then = float(cal["autoregressive_tokens_per_second"])
@@ -431,9 +426,9 @@ def validate(setting: Setting, plans: list[Plan], model, prompts, max_new_tokens
     floor_plan, floor_median, floor_worst = (float(np.nanmax([noise_speedup, timing[k]])) if timing else noise_speedup
                                              for k in ("plan", "median", "worst"))
     if drift and drift.get("speedups"):  # and what the machine's state moved speed-ups by since the profile
-        changes = [abs(v["change"]) for v in drift["speedups"].values()]
-        floor_plan, floor_median, floor_worst = (max(floor_plan, max(changes)), max(floor_median, float(np.median(changes))),
-                                                 max(floor_worst, max(changes)))
+        moved = drift["speedup_drift"]
+        floor_plan, floor_worst = max(floor_plan, moved), max(floor_worst, moved)
+        floor_median = max(floor_median, float(np.median([abs(v["change"]) for v in drift["speedups"].values()])))
     rows = []
     cost = setting.cost_for(plans)
     ar_reference = autoregressive_reference(cost, stats["autoregressive_results"])

@@ -88,7 +88,8 @@ def main() -> None:
     prompts = heldout_prompts(args.prompts, measured_on["prompt_len"], measured_on["seed"])
     out: dict = {"machine": describe(fingerprint("cpu")), "torch": torch.__version__, "started": time.time()}
     t = time.time()
-    out["traces_cpu"] = trace_agreement(load_model(), prompts, recorded)
+    model = load_model()
+    out["traces_cpu"] = trace_agreement(model, prompts, recorded)
     print(f"traces, cpu ({time.time() - t:.0f} s): {json.dumps(out['traces_cpu'])}", flush=True)
     if torch.cuda.is_available():
         t = time.time()
@@ -98,7 +99,7 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(out, indent=1))
     t = time.time()
     setting = Setting(load_profile(args.profile))
-    out["forward_kinds"] = forward_kinds(load_model(), setting, prompts[:args.timed_prompts],
+    out["forward_kinds"] = forward_kinds(model, setting, prompts[:args.timed_prompts],
                                          measured_on["max_new_tokens"], args.rounds)
     out["forward_kinds"]["profile"] = os.path.relpath(args.profile, ROOT)
     print(f"forward kinds ({time.time() - t:.0f} s), measured / priced relative to autoregressive "

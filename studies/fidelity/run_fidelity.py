@@ -138,7 +138,7 @@ def markdown(out: dict, seconds: float, command: str, baselines: dict, context: 
               + (f"; the profile's calibration runs moved {100 * d['drift']:.1f} % since it was measured "
                  f"({d['then_tokens_per_second']:.1f} -> {d['now_tokens_per_second']:.1f} tokens/s)" if d else "")
               + f"; spread of the profile's calibration rounds {_pct_abs(out['noise_floor_profile'])}.",
-              ] + ([f"- {state_line(out)}."] if state_line(out) else [])
+              ] + [f"- {line}." for line in (state_line(out),) if line]
     if check:
         lines.append(f"- self-check of the profile (its cost model against its own calibration runs): autoregressive "
                      f"{check['autoregressive_ms_per_token_predicted']:.3f} ms/token predicted, "
