@@ -7,7 +7,7 @@ Executor: `hispec-exec serve`'s process (hispec_exec.serve.serve, greedy) on 4 p
 mean steps over the sets. Simulator: `hispec_sim.serving.simulate_arrays` on cpu_hispec_tiny
 (its per-request spread; each simulated request with the confidence statistics of the
 measured request whose agreement it drew) with the same lengths, mean over 40 seeds. The
-run before per-request confidence (pooled classes) is in git history and in README.md.
+run before per-request confidence (pooled classes) is in git history and in docs/adaptive.md.
 Adaptive plans and their fixed plans side by side: the fixed plans' ratio shows how far
 these prompts sit from the profile's workload; the adaptive / fixed ratios, measured and
 simulated, show what the adaptive extension adds.
