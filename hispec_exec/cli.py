@@ -14,7 +14,7 @@ from pathlib import Path
 
 from hispec_sim import schema
 from hispec_sim.cli_common import (SEED, Parser, add_model_args, add_plan_args, check_output, check_output_folder,
-                                   float_in, int_in, load_model_from_args, plan_from_args, run_main)
+                                   float_in, given, int_in, load_model_from_args, plan_from_args, run_main)
 
 TOKENS = int_in(1, 1 << 20)
 
@@ -187,6 +187,7 @@ def cmd_run(a) -> int:
     prompts = heldout_prompts(a.prompts, a.prompt_len, a.seed)
     if enc is not encode_bytes:
         prompts = [enc(decode_bytes(p)) or [0] for p in prompts]
+    _check_temperature(a, a.mode or plan.mode)
     out = run_plan(model, plan, prompts, a.max_new_tokens, a.mode or plan.mode, a.seed, a.temperature,
                    a.check, a.repeats)
     if a.out:
@@ -210,11 +211,20 @@ def cmd_run(a) -> int:
     return 0
 
 
+def _check_temperature(a, mode: str) -> None:
+    if mode == "greedy" and given(a._argv, "--temperature"):
+        raise ValueError("temperature: applies to --mode sampling (greedy decoding takes the argmax)")
+
+
 def cmd_generate(a) -> int:
     from .generate import decode
 
     if not a.prompt:
         raise ValueError("prompt: empty prompt")
+    try:  # undecodable bytes of argv arrive as lone surrogates (PEP 383)
+        a.prompt.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("prompt: not UTF-8 text") from None
     plan = _plan_args(a)
     model = _load(a)
     plan = _plan_for_model(a, model, plan)
@@ -225,6 +235,7 @@ def cmd_generate(a) -> int:
     from .generate import check_fits
 
     check_fits(plan, len(ids), a.max_new_tokens, model.args.max_seq_len)
+    _check_temperature(a, a.mode or plan.mode)
     r = decode(model, plan, ids, a.max_new_tokens, mode=a.mode, seed=a.seed, temperature=a.temperature)
     sys.stdout.write(dec(ids + r.tokens) + "\n")
     s = r.summary()

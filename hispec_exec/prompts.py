@@ -41,6 +41,8 @@ def read_prompts(path: str | Path, fmt: str | None = None, field: str = "prompt"
     """
     path = Path(path)
     fmt = _format_for(path, fmt)
+    if path.is_dir():
+        raise ValueError(f"prompts_file: {path} is a folder; give a file")
     if not path.is_file():
         raise ValueError(f"prompts_file: no such file {str(path)!r}")
     size = path.stat().st_size

@@ -290,9 +290,9 @@ def _pyd(fn, *args, **kw):
     try:
         return fn(*args, **kw)
     except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(x) for x in err.get("loc", ())) or "input"
-        raise ValueError(f"{loc}: {err.get('msg', 'invalid')}") from None
+        from hispec_sim.schema import validation_message
+
+        raise ValueError(validation_message(e)) from None
 
 
 def _requests(a, model, enc):

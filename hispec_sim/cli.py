@@ -12,7 +12,7 @@ import sys
 
 from . import cli_measure, schema
 from .cli_common import (SEED, Parser, UsageError, add_model_args, add_plan_args, check_output, check_storage,  # noqa: F401
-                         float_in, int_in, load_model_from_args, one_line, plan_from_args, quiet_optuna_interrupts, run_main,
+                         float_in, given, int_in, load_model_from_args, one_line, plan_from_args, quiet_optuna_interrupts, run_main,
                          sqlite_path)
 from .evaluate import DEFAULT_RESCORE, Setting, optimized, score
 
@@ -47,6 +47,9 @@ def _profile_path(args):
 
 
 def cmd_evaluate(args) -> int:
+    for flag in ("--streams", "--cycles"):
+        if not (args.mc or args.replay) and given(args._argv, flag):
+            raise ValueError(f"{flag[2:]}: applies to the Monte-Carlo estimate; add --mc or --replay")
     if args.streams * args.cycles > schema.MAX_STREAM_CYCLES:
         raise ValueError(f"streams: --streams x --cycles must be <= {schema.MAX_STREAM_CYCLES}, "
                          f"got {args.streams} x {args.cycles}")
@@ -179,6 +182,11 @@ def _check_search_args(args, opts: dict) -> None:
     if args.timeout is not None and not (args.timeout > 0 and args.timeout <= 7 * 86400):
         raise ValueError(f"timeout: must be in (0, {7 * 86400}] seconds, got {args.timeout}")
     check_storage(args.storage)
+    if not opts["optuna"]:
+        for flag in ("--trials", "--timeout", "--sampler", "--storage", "--study-name", "--workers"):
+            if given(args._argv, flag):
+                raise ValueError(f"{flag[2:].replace('-', '_')}: applies to the Optuna search, and this one is "
+                                 "exhaustive; add --search optuna")
 
 
 def cmd_profiles(args) -> int:
@@ -251,6 +259,10 @@ def cmd_report(args) -> int:
 def cmd_export(args) -> int:
     from .export import export
 
+    if not args.profile:
+        for flag in ("workload", "tp", "stack", "context"):
+            if getattr(args, flag) is not None:
+                raise ValueError(f"{flag}: applies to a profile's predictions; give --profile too")
     if args.out:
         check_output(args.out, inputs=[args.plan, _profile_path(args) if args.profile else None])
     text, notes = export(args.plan, args.to, args.profile, args.workload, args.tp, args.stack, args.context)

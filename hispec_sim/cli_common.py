@@ -145,7 +145,8 @@ def plan_from_args(args, batch: int | None = None, default_layers: int | None = 
         if len(windows) != inner:
             raise ValueError(f"window: a {len(levels)}-level chain needs 1 or {inner} window(s), got {len(windows)}")
     elif inner:
-        raise ValueError(f"window: a {len(levels)}-level chain needs --window (1 or {inner} value(s))")
+        raise ValueError(f"window: a {len(levels)}-level chain needs --window: one value in [1, {schema.MAX_WINDOW}]"
+                         + (f" for all {inner} intermediate levels, or {inner} comma-separated" if inner > 1 else ""))
     else:
         windows = []
     propose = args.propose if args.propose is not None else PLAN_DEFAULTS["propose"]
@@ -272,12 +273,7 @@ def one_line(e: BaseException) -> str:
     except ImportError:  # pragma: no cover
         ValidationError = ()
     if isinstance(e, ValidationError):
-        err = e.errors()[0]
-        loc = ".".join(str(x) for x in err.get("loc", ()))
-        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-        if err.get("type") == "extra_forbidden":
-            msg = "unknown field (not in the schema; see `hispec-sim schema`)"
-        text = f"{loc}: {msg}" if loc and not msg.startswith(loc + ":") else msg
+        text = schema.validation_message(e)
     else:
         text = str(e) or type(e).__name__
     return " ".join(text.split())[:400]
@@ -306,6 +302,9 @@ def quiet_optuna_interrupts() -> None:
         logger.addFilter(_DropInterruptedTrials())
 
 
+PATH_FLAGS = ("out", "profile", "plan", "trace", "prompts_file", "model", "storage", "tokenizer")  # '' is no file
+
+
 def run_main(prog: str, build_parser, argv: list[str] | None, func_attr: str = "func") -> int:
     """Parse argv and run the chosen command; every failure is one line on stderr."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -315,6 +314,9 @@ def run_main(prog: str, build_parser, argv: list[str] | None, func_attr: str = "
         except SystemExit as e:  # --help / --version
             return int(e.code or 0)
         args._argv = argv
+        for name in PATH_FLAGS:
+            if getattr(args, name, None) == "":
+                raise UsageError(f"{name}: must not be empty (--{name.replace('_', '-')})")
         func = getattr(args, func_attr, None) or getattr(args, "fn")  # `fn`: hispec-exec's older spelling
         return func(args)
     except UsageError as e:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from . import schema
-from .cli_common import SEED, add_model_args, check_output, int_in, load_model_from_args
+from .cli_common import SEED, add_model_args, check_output, given, int_in, load_model_from_args
 
 MAX_PROMPTS = 10_000
 MAX_NEW_TOKENS = 65_536
@@ -197,6 +197,8 @@ def cmd_validate(args) -> int:
 
         prompts_text = read_prompts(args.prompts_file, args.format, args.field)
     if args.plan:
+        if given(args._argv, "--plans"):
+            raise ValueError("plans: give --plan FILE or --plans N, not both")
         plans = [schema.load_plan(args.plan)]
         setting.profile.check_plan(plans[0], setting.workload)
     else:

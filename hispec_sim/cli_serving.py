@@ -6,12 +6,11 @@ one line and exit status 2. Nothing is written to disk by either command.
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 
 from . import schema, serving, traffic
-from .cli_common import add_plan_args, plan_from_args
+from .cli_common import SEED, add_plan_args, float_in, int_in, plan_from_args
 from .evaluate import Setting
 
 DEFAULT_PROMPT = "lognormal:256:0.8:max=2048"
@@ -24,27 +23,27 @@ def _common(p, capacity: bool) -> None:
                    "gives each request its own rates")
     p.add_argument("--tp", type=int, help="tensor-parallel degree (default: the profile's)")
     p.add_argument("--stack", help="serving stack (default: the profile's)")
-    p.add_argument("--qps", type=float, required=capacity, help="mean arrival rate, requests/s" +
+    p.add_argument("--qps", type=float_in(1e-6, 1e6), required=capacity, help="mean arrival rate, requests/s" +
                    (" (the target load)" if capacity else ""))
     p.add_argument("--arrival", default="poisson", help="poisson (default) or gamma")
-    p.add_argument("--cv", type=float, default=1.0, help="gamma: coefficient of variation of inter-arrival times")
+    p.add_argument("--cv", type=float_in(1e-6, 100), default=1.0, help="gamma: coefficient of variation of inter-arrival times")
     p.add_argument("--prompt-len", default=DEFAULT_PROMPT, help=f"prompt length distribution (default {DEFAULT_PROMPT}); "
                    "N, uniform:LO:HI, lognormal:MEDIAN:SIGMA, empirical:N,N,..., optional :min=/:max=")
     p.add_argument("--output-len", default=DEFAULT_OUTPUT, help=f"output length distribution (default {DEFAULT_OUTPUT})")
-    p.add_argument("--max-batch", type=int, default=64, help="most sequences decoded together (default 64)")
-    p.add_argument("--kv-tokens", type=int, help="KV capacity in tokens (default: unbounded)")
+    p.add_argument("--max-batch", type=int_in(1, schema.MAX_BATCH), default=64, help="most sequences decoded together (default 64)")
+    p.add_argument("--kv-tokens", type=int_in(1, 10**9), help="KV capacity in tokens (default: unbounded)")
     if capacity:
         p.add_argument("--batching", default="auto", help="auto (default: both policies for speculative plans), "
                        "ragged or synchronous")
     else:
         p.add_argument("--batching", default="ragged", help="ragged (default) or synchronous (speculative plans)")
-    p.add_argument("--requests", type=int, default=1000 if not capacity else 300,
+    p.add_argument("--requests", type=int_in(1, schema.MAX_REQUESTS), default=1000 if not capacity else 300,
                    help="requests per simulated run (default %(default)s)")
-    p.add_argument("--seeds", type=int, default=3 if not capacity else 2,
+    p.add_argument("--seeds", type=int_in(1, 100), default=3 if not capacity else 2,
                    help="independent runs (traffic and acceptance seeds); intervals over them (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="first seed")
-    p.add_argument("--slo-ttft-ms", type=float, required=capacity, help="p99 time-to-first-token SLO, ms")
-    p.add_argument("--slo-tbt-ms", type=float, required=capacity, help="p99 time-between-tokens SLO, ms")
+    p.add_argument("--seed", type=SEED, default=0, help="first seed")
+    p.add_argument("--slo-ttft-ms", type=float_in(1e-6, schema.MAX_MS), required=capacity, help="p99 time-to-first-token SLO, ms")
+    p.add_argument("--slo-tbt-ms", type=float_in(1e-6, schema.MAX_MS), required=capacity, help="p99 time-between-tokens SLO, ms")
     p.add_argument("--step-noise", default="on", help="on (default): each decode step's time x a draw of the "
                    "profile's measured step noise, when its serving calibration has one; off: deterministic steps")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -60,23 +59,13 @@ def add_parsers(sub) -> None:
 
     p = sub.add_parser("capacity", help="replicas, GPUs and $ for a load under p99 TTFT/TBT SLOs, per plan family")
     _common(p, capacity=True)
-    p.add_argument("--gpu-hour-usd", type=float, default=2.0, help="price of one GPU-hour in USD (default 2.0)")
-    p.add_argument("--max-propose", type=int, default=8)
-    p.add_argument("--max-window", type=int, default=16)
+    p.add_argument("--gpu-hour-usd", type=float_in(1e-6, 1e6), default=2.0, help="price of one GPU-hour in USD (default 2.0)")
+    p.add_argument("--max-propose", type=int_in(1, schema.MAX_PROPOSE), default=8)
+    p.add_argument("--max-window", type=int_in(1, schema.MAX_WINDOW), default=16)
     p.set_defaults(func=cmd_capacity)
 
 
 # --------------------------------------------------------------------------- argument checking
-
-
-def _positive(v, field: str, integer: bool = False, lo: float = 0.0, hi: float | None = None, strict: bool = True):
-    if v is None:
-        return None
-    ok = math.isfinite(v) and (v > lo if strict else v >= lo) and (hi is None or v <= hi)
-    if not ok:
-        rng = f"{'>' if strict else '>='} {lo:g}" + (f" and <= {hi:g}" if hi is not None else "")
-        raise ValueError(f"{field}: must be {rng}, got {v:g}")
-    return v
 
 
 def _setting(args) -> Setting:
@@ -103,12 +92,6 @@ def _noise_used(args, setting: Setting) -> dict:
 
 
 def _limits(args) -> schema.ServeLimits:
-    if args.max_batch < 1 or args.max_batch > 4096:
-        raise ValueError(f"max-batch: must be in [1, 4096], got {args.max_batch}")
-    if args.kv_tokens is not None and args.kv_tokens < 1:
-        raise ValueError(f"kv-tokens: must be >= 1, got {args.kv_tokens}")
-    _positive(args.slo_ttft_ms, "slo-ttft-ms")
-    _positive(args.slo_tbt_ms, "slo-tbt-ms")
     return schema.ServeLimits(max_batch=args.max_batch, kv_tokens=args.kv_tokens, slo_ttft_ms=args.slo_ttft_ms,
                               slo_tbt_ms=args.slo_tbt_ms)
 
@@ -116,14 +99,6 @@ def _limits(args) -> schema.ServeLimits:
 def _traffic(args) -> schema.Traffic:
     if args.arrival not in ("poisson", "gamma"):
         raise ValueError(f"arrival: must be poisson or gamma, got {args.arrival!r}")
-    _positive(args.qps, "qps", hi=1e6)
-    _positive(args.cv, "cv", hi=100)
-    if not 1 <= args.requests <= schema.MAX_REQUESTS:
-        raise ValueError(f"requests: must be in [1, {schema.MAX_REQUESTS}], got {args.requests}")
-    if not 1 <= args.seeds <= 100:
-        raise ValueError(f"seeds: must be in [1, 100], got {args.seeds}")
-    if args.seed < 0:
-        raise ValueError(f"seed: must be >= 0, got {args.seed}")
     return schema.Traffic(arrival=args.arrival, qps=args.qps or 1.0, cv=args.cv, requests=args.requests,
                           prompt_len=schema.LengthDist.parse(args.prompt_len, "prompt-len"),
                           output_len=schema.LengthDist.parse(args.output_len, "output-len"), seed=args.seed)
@@ -238,9 +213,6 @@ def cmd_capacity(args) -> int:
     limits = _limits(args)
     batching = _batching(args, auto=True)
     tr = _traffic(args)
-    _positive(args.gpu_hour_usd, "gpu-hour-usd", lo=0.0, strict=False, hi=1e6)
-    if not 1 <= args.max_propose <= 64 or not 1 <= args.max_window <= 256:
-        raise ValueError("max-propose: must be in [1, 64] and max-window in [1, 256]")
     mean_out = float(traffic.draw_lengths(tr.output_len, 4000, np.random.default_rng(0)).mean())
     mean_prompt = float(traffic.draw_lengths(tr.prompt_len, 4000, np.random.default_rng(0)).mean())
     if limits.kv_tokens is not None:

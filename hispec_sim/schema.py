@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 SCHEMA_VERSION = 1
 
@@ -25,6 +25,7 @@ MAX_BATCH = 4096           # sequences in lockstep
 MAX_TP = 1024              # tensor-parallel degree
 MAX_CONTEXT = 1 << 24      # context length in tokens (16M)
 MAX_MS = 1e6               # any latency figure in ms (1000 s)
+MAX_REQUEST_TOKENS = 1_000_000  # a served request's prompt, and its output
 MAX_DIM = 1 << 20          # hidden, ffn, heads, vocab of a model shape
 MAX_SEED = 2**32 - 1       # numpy and torch seeds
 MAX_THREADS = 1024
@@ -683,9 +684,27 @@ def _load_object(path: Path, field: str) -> dict:
     return data
 
 
+def validation_message(e: ValidationError) -> str:
+    """The first error of a ValidationError as 'field.path: message' (pydantic's prefixes off)."""
+    err = e.errors()[0]
+    loc = ".".join(str(x) for x in err.get("loc", ()))
+    msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+    if err.get("type") == "extra_forbidden":
+        msg = "unknown field (not in the schema; see `hispec-sim schema`)"
+    return f"{loc}: {msg}" if loc and not msg.startswith(loc + ":") else msg
+
+
+def _validated(model, data: dict, field: str, path):
+    """model.model_validate(data), a failure naming the field and the file it came from."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ValueError(f"{field}: {path}: {validation_message(e)}") from None
+
+
 def load_profile(name_or_path: str) -> Profile:
     path = resolve_profile_path(name_or_path)
-    return Profile.model_validate(_load_object(path, "profile"))
+    return _validated(Profile, _load_object(path, "profile"), "profile", path)
 
 
 def load_plan(path: str | Path) -> Plan:
@@ -696,7 +715,7 @@ def load_plan(path: str | Path) -> Plan:
         data = data.get("plan", data)
     if not isinstance(data, dict):
         raise ValueError(f"plan: {path} holds no plan object (expected {{\"levels\": [...], ...}})")
-    return Plan.model_validate(data)
+    return _validated(Plan, data, "plan", path)
 
 
 def check_writable(path: str | Path) -> None:
@@ -831,16 +850,18 @@ class Request(Strict):
     arrival_s: float = Field(ge=0, le=1e9, allow_inf_nan=False)
     prompt: str | None = None
     prompt_tokens: int | list[int] | None = Field(None, description="token ids, or a prompt length in tokens")
-    max_new_tokens: int = Field(ge=1, le=1_000_000)
+    max_new_tokens: int = Field(ge=1, le=MAX_REQUEST_TOKENS)
 
     @model_validator(mode="after")
     def _one_prompt(self) -> "Request":
         if (self.prompt is None) == (self.prompt_tokens is None):
             raise ValueError("give exactly one of prompt (text) or prompt_tokens")
-        if isinstance(self.prompt_tokens, int) and self.prompt_tokens < 1:
-            raise ValueError("prompt_tokens: a prompt length must be >= 1")
-        if isinstance(self.prompt_tokens, list) and (not self.prompt_tokens or min(self.prompt_tokens) < 0):
-            raise ValueError("prompt_tokens: token ids must be >= 0, at least one")
+        if isinstance(self.prompt_tokens, int) and not 1 <= self.prompt_tokens <= MAX_REQUEST_TOKENS:
+            raise ValueError(f"prompt_tokens: a prompt length must be in [1, {MAX_REQUEST_TOKENS}]")
+        if isinstance(self.prompt_tokens, list) and not 1 <= len(self.prompt_tokens) <= MAX_REQUEST_TOKENS:
+            raise ValueError(f"prompt_tokens: between 1 and {MAX_REQUEST_TOKENS} token ids")
+        if isinstance(self.prompt_tokens, list) and min(self.prompt_tokens) < 0:
+            raise ValueError("prompt_tokens: token ids must be >= 0")
         if self.prompt is not None and not self.prompt:
             raise ValueError("prompt: empty")
         return self

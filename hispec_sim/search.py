@@ -33,10 +33,13 @@ number (DepthScheduled), not sampled.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import signal
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -443,10 +446,39 @@ def _run_worker(spec: dict, worker: int, n_trials: int | None, timeout: float | 
         return vals[0] if len(vals) == 1 else vals
 
     before = time.perf_counter()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), stop_on_interrupt(study):
         warnings.simplefilter("ignore")
         study.optimize(objective, n_trials=n_trials, timeout=timeout, show_progress_bar=progress, gc_after_trial=False)
     return int(time.perf_counter() - before)
+
+
+@contextlib.contextmanager
+def stop_on_interrupt(study):
+    """SIGINT during study.optimize stops the study after the running trial, then raises
+    KeyboardInterrupt. Raised where it lands, it could interrupt the storage mid-write (a
+    SQLite transaction half done: Optuna's clean-up then failed or waited on its own lock);
+    this way every trial's state is stored whole. A second SIGINT interrupts at once."""
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+    hit = []
+
+    def handler(signum, frame):
+        if hit:
+            raise KeyboardInterrupt
+        hit.append(signum)
+        try:
+            study.stop()
+        except RuntimeError:  # not inside a trial or its callbacks yet: nothing to finish
+            raise KeyboardInterrupt from None
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if hit:
+        raise KeyboardInterrupt
 
 
 def exhaustive_seed(ev: Evaluator, space: Space, setting: Setting) -> list[tuple[Plan, int | None]]:

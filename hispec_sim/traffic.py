@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .schema import MAX_REQUESTS, LengthDist, Request, RequestMetrics, ServeLimits, Traffic
+from .schema import MAX_REQUESTS, LengthDist, Request, RequestMetrics, ServeLimits, Traffic, validation_message
 
 MAX_TRACE_BYTES = 256 * 2**20
 
@@ -79,9 +79,7 @@ def load_trace(path: str | Path) -> list[Request]:
         try:
             r = Request.model_validate(obj)
         except ValidationError as e:
-            err = e.errors()[0]
-            loc = ".".join(str(x) for x in err["loc"]) or "request"
-            raise ValueError(f"trace: line {no}: {loc}: {err['msg']}") from None
+            raise ValueError(f"trace: line {no}: {validation_message(e)}") from None
         if out and r.arrival_s < out[-1].arrival_s:
             raise ValueError(f"trace: line {no}: arrival_s {r.arrival_s} is earlier than the previous request's "
                              f"{out[-1].arrival_s}; arrival times must not decrease")

@@ -56,7 +56,7 @@ HARDWARE = {
 def hardware_for(gpu: str, gpus: int = 1) -> Hardware:
     key = gpu.lower()
     if key not in HARDWARE:
-        raise ValueError(f"gpu: unknown {gpu!r}; known: {', '.join(sorted(HARDWARE))} (or pass hardware=Hardware(...))")
+        raise ValueError(f"gpu: unknown {gpu!r}; known: {', '.join(sorted(HARDWARE))}")
     return Hardware(gpus=gpus, source=Source(kind="published", detail=DATASHEET, reference="NVIDIA A100/H100 datasheets"), **HARDWARE[key])
 
 

@@ -425,7 +425,7 @@ CASES = [
     ("storage", S, "optimize --profile {P} --search optuna --trials 2 --storage sqlite:///{ADIR}", ["storage", "folder"]),
     ("storage", S, "optimize --profile {P} --storage sqlite:///", ["storage"]),
     ("overwrite", S, "optimize --profile {P} --search optuna --trials 2 --storage sqlite:///{DB} --out {DB}", ["out", "input"]),
-    ("overwrite", S, "optimize --profile {P} --storage sqlite:///{DB} --out {DB}", ["out", "input"]),
+    ("overwrite", S, "optimize --profile {P} --storage sqlite:///{DB} --out {DB}", ["storage", "--search optuna"]),  # unread
     ("overwrite", S, "optimize --profile {P} --out {P}", ["out", "also an input"]),
     ("overwrite", S, "report --profile {P} --out {P}", ["out", "also an input"]),
     ("overwrite", S, "report --profile {P} --validation {PLAN} --out {PLAN}", ["out", "input"]),
@@ -567,6 +567,21 @@ CASES = [
     ("train", E, "train --out {W}/t --init-from {M_THETA_STR}", ["init_from", "rope_theta"]),
     ("train", E, "train --out {W}/t --init-from {HF_DIMS_HUGE}", ["hidden_size"]),
     ("train", E, "train --out {W}/t --init-from {HF_MEM_HUGE}", ["GiB"]),
+    # -- an empty path names no file (it used to fall back to a default, or be ignored)
+    ("empty-path", S, "report --profile {P} --out ''", ["out", "must not be empty"]),
+    ("empty-path", S, "optimize --profile {P} --out ''", ["out", "must not be empty"]),
+    ("empty-path", S, "optimize --profile ''", ["profile", "must not be empty"]),
+    ("empty-path", S, "evaluate --profile {P} --plan ''", ["plan", "must not be empty"]),
+    ("empty-path", S, "serve --profile {P} --levels 16 --trace ''", ["trace", "must not be empty"]),
+    ("empty-path", E, "run --prompts 1 --max-new-tokens 4 --out ''", ["out", "must not be empty"]),
+    ("empty-path", E, "train --out ''", ["out", "must not be empty"]),
+    ("non-utf8", E, "generate --prompt caf\udce9", ["prompt", "not UTF-8"]),  # undecodable argv bytes (PEP 383)
+    # -- a flag the chosen mode does not read is refused, not ignored
+    ("flags", S, "optimize --profile {P} --search exhaustive --trials 5", ["trials", "--search optuna"]),
+    ("flags", S, "validate --profile {P} --plan {PLAN} --plans 2 --allow-other-machine", ["plans", "not both"]),
+    ("flags", S, "export --plan {PLAN} --to json --workload w", ["workload", "--profile"]),
+    ("flags", S, "evaluate --profile {P} --levels 2,16 --cycles 5", ["cycles", "--mc"]),
+    ("exec-flags", E, "generate --prompt x --max-new-tokens 4 --temperature 0.5", ["temperature", "sampling"]),
 ]
 
 
@@ -727,3 +742,40 @@ def test_real_sigint(tmp_path, cli, module, name, argv):
     assert r.stdout == "" or "train" in argv[0]
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left in ([], ["s.db"]), left  # no result file, no empty folder; the study database stays
+
+
+_SIGINT_IN_STORAGE = """
+import os, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as from a shell (see _SELF_SIGINT)
+from optuna.storages import RDBStorage
+orig = RDBStorage.set_trial_state_values
+calls = [0]
+def hook(self, *a, **k):  # a real signal while the storage writes a trial's result
+    calls[0] += 1
+    if calls[0] == 3:
+        os.kill(os.getpid(), signal.SIGINT)
+        sum(range(100_000))  # bytecode of the write's own: where the signal lands
+    return orig(self, *a, **k)
+RDBStorage.set_trial_state_values = hook
+from hispec_sim.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigint_inside_a_storage_write(tmp_path):
+    """Ctrl-C while Optuna writes to its storage stops the study after that trial (every trial
+    stored whole, none left running) and ends in one line, exit 130; raised inside the write,
+    it left a half-done SQLite transaction (tracebacks, or a process waiting on its own lock)."""
+    argv = ["optimize", "--profile", "cpu_hispec_tiny", "--search", "optuna", "--trials", "1000",
+            "--storage", "sqlite:///s.db", "--out", "best.json"]
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    r = subprocess.run([sys.executable, "-c", _SIGINT_IN_STORAGE, *argv], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=240)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 130, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and len(lines) == 1 and "interrupted" in lines[0], r.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.db"]
+    con = sqlite3.connect(tmp_path / "s.db")
+    states = [s for (s,) in con.execute("select state from trials")]
+    con.close()
+    assert states.count("COMPLETE") >= 2 and set(states) <= {"COMPLETE", "WAITING"}, states  # WAITING: seeded, not run

@@ -88,12 +88,15 @@ def test_capacity_no_plan_meets(prof, capsys):
 @pytest.mark.parametrize("extra,field", [
     (["--qps", "0"], "qps"),
     (["--qps", "-3"], "qps"),
-    (["--qps", "2", "--max-batch", "0"], "max-batch"),
+    (["--qps", "2", "--max-batch", "0"], "max_batch"),
     (["--qps", "2", "--kv-tokens", "50"], "kv-tokens"),
     (["--qps", "2", "--prompt-len", "zipf:3"], "prompt-len"),
     (["--qps", "2", "--output-len", "lognormal:-1:0.5"], "output-len"),
-    (["--qps", "2", "--slo-ttft-ms", "0"], "slo-ttft-ms"),
-    (["--qps", "2", "--slo-tbt-ms", "-5"], "slo-tbt-ms"),
+    (["--qps", "2", "--slo-ttft-ms", "0"], "slo_ttft_ms"),
+    (["--qps", "2", "--slo-ttft-ms", "1e300"], "slo_ttft_ms"),
+    (["--qps", "2", "--slo-tbt-ms", "-5"], "slo_tbt_ms"),
+    (["--qps", "1e-300"], "qps"),
+    (["--qps", "2", "--seed", str(2**32)], "seed"),
     (["--qps", "2", "--batching", "lockstep"], "batching"),
     (["--qps", "2", "--arrival", "weibull"], "arrival"),
     (["--qps", "2", "--levels", "3,16", "--propose", "0"], "propose"),
@@ -112,7 +115,11 @@ def test_bad_trace_and_capacity_input(prof, capsys, tmp_path):
     f.write_text('{"arrival_s": 2, "prompt_tokens": 4, "max_new_tokens": 3}\n{"arrival_s": 1, "prompt_tokens": 4, "max_new_tokens": 3}\n')
     assert main(["serve", "--profile", prof, "--levels", "16", "--trace", str(f)]) == 2
     assert "trace: line 2: arrival_s" in capsys.readouterr().err
-    for extra, field in ((["--qps", "0"], "qps"), (["--qps", "5", "--gpu-hour-usd", "-1"], "gpu-hour-usd"),
+    f.write_text('{"arrival_s": 0, "prompt_tokens": 99999999999, "max_new_tokens": 3}\n')
+    assert main(["serve", "--profile", prof, "--levels", "16", "--trace", str(f)]) == 2
+    assert "trace: line 1: prompt_tokens: a prompt length must be in [1, 1000000]" in capsys.readouterr().err
+    for extra, field in ((["--qps", "0"], "qps"), (["--qps", "5", "--gpu-hour-usd", "-1"], "gpu_hour_usd"),
+                         (["--qps", "5", "--gpu-hour-usd", "0"], "gpu_hour_usd"), (["--qps", "5", "--seed", str(2**32)], "seed"),
                          (["--qps", "5", "--kv-tokens", "10"], "kv-tokens")):
         argv = ["capacity", "--profile", prof, "--slo-ttft-ms", "100", "--slo-tbt-ms", "10"] + extra
         assert main(argv) == 2
