@@ -317,6 +317,9 @@ def run(args) -> int:
     speedup = _parse_speedup(args.speedup)
     setting = _setting(args)
     if args.levels == BEST_SINGLE_LEVEL:
+        for flag in ("propose", "window"):  # the plan at each level is the best one: nothing to set
+            if getattr(args, flag, None) is not None:
+                raise ValueError(f"{flag}: --levels {BEST_SINGLE_LEVEL} picks its own plan at every level; drop --{flag}")
         plan = BEST_SINGLE_LEVEL
     else:
         plan = plan_from_args(args, batch=setting.batch)

@@ -131,6 +131,8 @@ def _arrays(reqs: list[schema.Request]):
 
 
 def cmd_serve(args) -> int:
+    if args.per_request and not args.json:
+        raise ValueError("per_request: lists every request in the JSON; add --json")
     setting = _setting(args)
     limits = _limits(args)
     batching = _batching(args)
