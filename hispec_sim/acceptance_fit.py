@@ -380,6 +380,11 @@ def _predict_with_spread(p: Point, m: float, c: float, L: int, spread: Acceptanc
     return p.predict(m, c, L)  # mean_layer: a depth, not a rate; kept as the mean curve's
 
 
+def _repredicted(d: dict, p: Point, m: float, c: float, L: int, spread: AcceptanceSpread, scen) -> dict:
+    pred = _predict_with_spread(p, m, c, L, spread, scen)
+    return {**d, "predicted": round(pred, 5), "residual": round(pred - p.value, 5) + 0.0}
+
+
 def _refit_with_spread(acc: Acceptance, spread: AcceptanceSpread) -> Acceptance:
     from .acceptance import spread_scenarios
 
@@ -403,6 +408,9 @@ def _refit_with_spread(acc: Acceptance, spread: AcceptanceSpread) -> Acceptance:
         "note": "level m refitted (c kept) so that the published figures are reproduced as averages over requests "
                 "under the assumed per-request spread (per_draft: the mean of each request's accepted/checked)",
         "residuals": [round(float(r), 6) for r in res]}
+    by_point = iter(pts)  # the points' own predictions, now averages over requests (the order of _points_of)
+    fit["points"] = [d if "used_for" in d else _repredicted(d, next(by_point), m, c, L, spread, scen) for d in fit["points"]]
+    fit["max_abs_residual"] = max(abs(d["residual"]) for d in fit["points"] if "used_for" not in d)
     F = curve(np.arange(1, L + 1) / L, m, c)
     if "F_at_exits" in fit:
         fit["F_at_exits"] = {e: round(float(F[int(e) - 1]), 5) for e in fit["F_at_exits"]}

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from hispec_sim import vidur  # noqa: E402
 import attention_kernel  # noqa: E402  (this folder)
-from hispec_sim.acceptance_fit import READING_NOTES, Point, acceptance_from_fit, fit_curves  # noqa: E402
+from hispec_sim.acceptance_fit import READING_NOTES, Point, acceptance_from_fit, fit_curves, with_published_spread  # noqa: E402
 from hispec_sim.latency import CostModel  # noqa: E402
 from hispec_sim.schema import LatencyTable, ModelShape, Plan, Profile, Source  # noqa: E402
 from hispec_sim.schema import write_atomic  # noqa: E402
@@ -169,7 +169,7 @@ def workloads_from_fit(fit, model: str, names: list[str], suffix: str = "", extr
         ctx, note = CONTEXTS[w]
         out[w + suffix] = acceptance_from_fit(fit, w, context=ctx, source=acceptance_source(model, (rd + " " + extra_src).strip()),
                                               context_note=note, extra={"band": band, "central_reading": CENTRAL_READING})
-    return out
+    return with_published_spread(out)  # requests differ: the ASSUMED spread, its level refitted to the same figures
 
 
 def both_readings(points_fn, L: int, names: list[str], model: str, cost: CostModel, c_fn=None, extra_src: str = "") -> dict:
@@ -475,6 +475,7 @@ def build_a100_llama2_7b(data: Path, cal: dict) -> Profile:
         "that was not trained for early exit (the LayerSkip checkpoint workloads do not use this figure: it is inconsistent "
         "with their ~0.4-0.55 agreement at 1/4 depth). Steepness c: the central-reading pooled value."),
         context_note=CONTEXTS["base_no_ee"][1])
+    wl.update(with_published_spread({"base_no_ee": wl["base_no_ee"]}))
     pred = {f"{t.key} (context {CAL_CONTEXT})": round(ar_ms(t, 32), 3) for t in tables}
     return Profile(
         name="a100_llama2_7b",

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from hispec_sim import vidur
+from hispec_sim.acceptance import shift_logit, spread_scenarios
 from hispec_sim.acceptance_fit import Point, agreement_matrix, curve, fit_curves, plan_acceptance
 from hispec_sim.evaluate import Setting, predict_plans
 from hispec_sim.latency import CostModel, layer_ms
@@ -216,13 +217,17 @@ def test_shipped_profile_validates_and_is_sourced(path):
             assert fit and fit["points"], name
             for pt in fit["points"]:
                 assert pt["source"] and abs(pt["predicted"] - pt["value"] - pt["residual"]) < 2e-5
-            # the matrix reproduces the fitted curve at the input exits
+            # the matrix reproduces the fitted curve at the input exits (averaged over requests
+            # when the workload carries a spread: the figures are means over requests)
             A = np.array(acc.agreement)
             L = p.model.num_layers
+            scen = spread_scenarios(acc)
+            mean = (lambda x: x) if scen is None else (lambda x: float(np.dot(scen.weights, shift_logit(x, scen.shifts))))
             for pt in fit["points"]:
                 if pt["kind"] == "final" and pt["workload"] == fit["points"][0]["workload"] and "used_for" not in pt:
-                    assert A[pt["exit"] - 1, L - 1] == pytest.approx(pt["predicted"], abs=2e-5)
-                    assert abs(A[pt["exit"] - 1, L - 1] - pt["value"]) <= abs(pt["residual"]) + 2e-5
+                    got = mean(A[pt["exit"] - 1, L - 1])
+                    assert got == pytest.approx(pt["predicted"], abs=2e-5)
+                    assert abs(got - pt["value"]) <= abs(pt["residual"]) + 2e-5
     assert "built_by" in p.provenance
 
 
@@ -255,7 +260,8 @@ def test_fit_residuals_recorded_match_refit(workload, reading):
     f = fit_curves(_recorded_points(fit), 80)
     assert f.reading == reading
     assert f.c == pytest.approx(fit["params"]["c"], abs=1e-4)
-    assert f.m["sharegpt"] == pytest.approx(fit["params"]["m"], abs=1e-4)
+    # the level before the assumed per-request spread refitted it (acceptance_fit.with_published_spread)
+    assert f.m["sharegpt"] == pytest.approx(fit["spread_refit"]["m_without_spread"], abs=1e-4)
 
 
 # --------------------------------------------------------------------------- per_draft reading
@@ -285,8 +291,11 @@ def test_per_draft_fit_bad_input():
 
 @pytest.mark.parametrize("name", [p.stem for p in PROFILES])
 def test_per_draft_fit_reproduces_points_through_analytic(name):
-    """Every per_draft input point is reproduced within 1e-3 by hispec_sim.analytic.predict on the
-    shipped profile (its default table), under the configuration recorded for it."""
+    """Every per_draft input point is what hispec_sim.analytic.predict gives on the shipped profile
+    (its default table, over the workload's request distribution) under the configuration
+    recorded for it, within 1e-3 of the recorded prediction, which is within 0.01 of the
+    published figure (one level refitted under the assumed spread: the figures' reading error
+    is +-0.02 or more)."""
     p = load_profile(name)
     L = p.model.num_layers
     n = 0
@@ -305,9 +314,10 @@ def test_per_draft_fit_reproduces_points_through_analytic(name):
                 got = plan_acceptance(plan, cfg["level"], m, fit["params"]["c"], L, s.cost(64))
             else:
                 got = float(predict_plans(s, [plan]).acceptance[0, cfg["level"] - 2])
-            assert got == pytest.approx(pt["value"], abs=1e-3), (w, pt)
+            tol = 1e-3 if "used_for" in pt else 0.01
+            assert got == pytest.approx(pt["value"], abs=tol), (w, pt)
             assert got == pytest.approx(pt["predicted"], abs=1e-3)
-            assert abs(pt["residual"]) < 1e-3
+            assert abs(pt["residual"]) < tol
             n += 1
     assert n > 0
 
@@ -338,16 +348,20 @@ def test_both_readings_present(name):
 
 def test_llama2_70b_per_draft_key_points():
     """0.397 = draft L10 alone with N_d = 2 -> agreement(10, 80) ~0.522; 0.581 at the full model of
-    [10,20,80] g=2 w=4 -> agreement(20, 80) ~0.82; the paper's plan reproduces 0.581 at level 3."""
+    [10,20,80] g=2 w=4 -> agreement(20, 80) ~0.82; the paper's plan reproduces 0.581 at level 3.
+    Over the assumed per-request spread (one level refitted, slope kept) both within 0.005."""
     p = load_profile("h100_llama2_70b")
     A = np.array(p.workload("sharegpt").agreement)
-    assert A[9, 79] == pytest.approx(0.5218, abs=2e-3) and A[19, 79] == pytest.approx(0.821, abs=5e-3)
+    assert A[9, 79] == pytest.approx(0.5218, abs=5e-3) and A[19, 79] == pytest.approx(0.821, abs=5e-3)
     s = Setting(p, "sharegpt")
     pr = predict_plans(s, [Plan(levels=[10, 20, 80], propose=2, windows=[4]), Plan(levels=[10, 80], propose=2)])
-    assert pr.acceptance[0, 1] == pytest.approx(0.581, abs=1e-3)
-    assert pr.acceptance[1, 0] == pytest.approx(0.397, abs=1e-3)
-    A2 = np.array(p.workload("sharegpt_per_position").agreement)
-    assert A2[9, 79] == pytest.approx(0.397, abs=1e-4) and A2[19, 79] == pytest.approx(0.581, abs=1e-4)
+    assert pr.acceptance[0, 1] == pytest.approx(0.581, abs=5e-3)
+    assert pr.acceptance[1, 0] == pytest.approx(0.397, abs=5e-3)
+    acc = p.workload("sharegpt_per_position")
+    scen = spread_scenarios(acc)
+    mean = lambda x: float(np.dot(scen.weights, shift_logit(x, scen.shifts)))  # the per-position rate over requests
+    A2 = np.array(acc.agreement)
+    assert mean(A2[9, 79]) == pytest.approx(0.397, abs=5e-3) and mean(A2[19, 79]) == pytest.approx(0.581, abs=5e-3)
 
 
 # --------------------------------------------------------------------------- calibration

@@ -151,11 +151,18 @@ def test_published_spread_keeps_the_published_figure_reproduced():
     """with_published_spread refits the curve's level so that the published acceptance rate
     (Llama3-8B ShareGPT: 0.475 accepted/checked of [8,32] with N_d = 2) is still what
     predict reports, now as the mean over requests; sigma 0 changes nothing."""
-    from hispec_sim.acceptance_fit import PUBLISHED_SIGMA, with_published_spread
+    from hispec_sim.acceptance_fit import PUBLISHED_SIGMA, agreement_matrix, curve, with_published_spread
     from hispec_sim.schema import load_profile
 
-    p = load_profile("h100_llama3_8b")
-    wl = {k: p.workloads[k] for k in ("sharegpt", "sharegpt_per_position")}
+    def without_spread(acc):  # the workload as its builder fitted it before the spread (the mean-rate level)
+        fit = dict(acc.fit)
+        m0, c, L = fit.pop("spread_refit")["m_without_spread"], fit["params"]["c"], fit["num_layers"]
+        fit["params"] = {**fit["params"], "m": m0}
+        F = curve(np.arange(1, L + 1) / L, m0, c)
+        return acc.model_copy(update={"spread": None, "fit": fit, "agreement": agreement_matrix(F)})
+
+    p = load_profile("h100_llama3_8b")  # ships with the spread (the builders call with_published_spread)
+    wl = {k: without_spread(p.workloads[k]) for k in ("sharegpt", "sharegpt_per_position")}
     spread = with_published_spread(wl)
     q = p.model_copy(update={"workloads": spread, "default_workload": "sharegpt"})
     acc = spread["sharegpt"]
@@ -163,6 +170,7 @@ def test_published_spread_keeps_the_published_figure_reproduced():
     assert acc.fit["params"]["m"] != acc.fit["spread_refit"]["m_without_spread"]
     pr = predict_plans(Setting(q, "sharegpt"), [Plan(levels=[8, 32], propose=2)])
     assert pr.acceptance[0, 0] == pytest.approx(0.475, abs=2e-4)
+    assert acc.agreement == p.workloads["sharegpt"].agreement  # what the shipped profile carries
     same = with_published_spread(wl, sigma=0.0)["sharegpt"]
     assert same.agreement == wl["sharegpt"].agreement and same.spread.sigma == 0.0
 
