@@ -302,7 +302,7 @@ def add_parser(subparsers) -> None:
 
 def _parse_speedup(text: str) -> float:
     try:
-        v = float(text)
+        v = float(text if text.isascii() and "_" not in text else "not a number")
     except ValueError:
         raise ValueError(f"speedup: must be a number > 0, got {text!r}") from None
     if not (math.isfinite(v) and v > 0):

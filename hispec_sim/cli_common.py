@@ -35,7 +35,8 @@ class Parser(argparse.ArgumentParser):
         # the schema and the JSON outputs spell it first, like every other error
         m = re.match(r"argument (--[\w-]+)(?:/-\w)?: (.*)", message, re.S)
         if m:
-            message = f"{m.group(1)[2:].replace('-', '_')}: {m.group(2)} ({m.group(1)})"
+            hint = f"; a value that starts with '-' goes as {m.group(1)}=VALUE" if m.group(2) == "expected one argument" else ""
+            message = f"{m.group(1)[2:].replace('-', '_')}: {m.group(2)}{hint} ({m.group(1)})"
         raise UsageError(message)
 
 
@@ -58,16 +59,28 @@ def _type(name: str, convert, lo, hi, what: str):
     return parse
 
 
+def _ascii_number(text: str) -> str:
+    """Python's int() and float() also take '1_0' and full-width digits; a command line does not."""
+    if not text.isascii() or "_" in text:
+        raise ValueError(text)
+    return text
+
+
 def _finite_float(text: str) -> float:
-    v = float(text)
+    v = float(_ascii_number(text))
     if not math.isfinite(v):
         raise ValueError(text)
     return v
 
 
+def strict_int(text: str) -> int:
+    """int(text) for ASCII digits only ('1_0' and full-width digits are refused)."""
+    return int(_ascii_number(text))
+
+
 def int_in(lo: int, hi: int):
     """argparse type: an integer in [lo, hi]."""
-    return _type("int", int, lo, hi, "an integer")
+    return _type("int", strict_int, lo, hi, "an integer")
 
 
 def float_in(lo: float, hi: float):
@@ -82,11 +95,9 @@ def int_list(text: str | None, field: str, lo: int = 1, hi: int | None = None) -
     """'1,2, 4' -> [1, 2, 4]; ValueError naming the field and the allowed range otherwise."""
     hi = schema.MAX_LIST_VALUE if hi is None else hi
     try:
-        out = [int(x) for x in str(text).replace(" ", "").split(",") if x != ""]
+        out = [strict_int(x) for x in str(text).replace(" ", "").split(",")]  # '2,,16' and '2,16,' name no value: refused
     except ValueError:
         raise ValueError(f"{field}: expected comma-separated integers in [{lo}, {hi}], got {text!r}") from None
-    if not out:
-        raise ValueError(f"{field}: expected comma-separated integers in [{lo}, {hi}], got {text!r}")
     if len(out) > schema.MAX_LIST_LEN:
         raise ValueError(f"{field}: at most {schema.MAX_LIST_LEN} values, got {len(out)}")
     bad = [x for x in out if not lo <= x <= hi]
@@ -234,6 +245,8 @@ def check_output(path: str | Path, field: str = "out", inputs=(), must_not_exist
     path = Path(path)
     if str(path) == "" or path.name in ("", ".", ".."):
         raise ValueError(f"{field}: give a file name, got {str(path)!r}")
+    if path.is_symlink():  # the file written is the link's target (schema.write_atomic)
+        path = Path(os.path.realpath(path))
     for inp in inputs:
         if inp is not None and _same_file(path, Path(inp)):
             raise ValueError(f"{field}: {path} is also an input of this command; choose another file")

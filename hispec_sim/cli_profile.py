@@ -23,7 +23,7 @@ def add_parsers(subparsers):
 
     v = sub.add_parser("import-vidur", help="latency part of a profile from a Vidur-format profiling folder")
     v.add_argument("folder", metavar="DIR", help="Vidur profiling root (compute/, network/) or a folder holding mlp.csv")
-    v.add_argument("--model", help="model folder name or a part of it (e.g. Llama-2-70b-hf)")
+    v.add_argument("--model", help="model folder name or a part of it (e.g. Llama-2-70b-hf); for a folder holding mlp.csv, the model's name")
     v.add_argument("--gpu", help="GPU folder under compute/ (a100, h100); sets the datasheet hardware")
     v.add_argument("--tp", help="tensor-parallel degrees, comma separated (default: all in mlp.csv)")
     v.add_argument("--default-tp", type=int_in(1, schema.MAX_TP), help="default TP of the profile (default: the smallest imported)")

@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 SCHEMA_VERSION = 1
 
@@ -43,6 +43,15 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+def _not_a_bool(v):
+    if isinstance(v, bool):  # pydantic's lax mode would take true as 1
+        raise ValueError(f"expected an integer, got {str(v).lower()}")
+    return v
+
+
+Int = Annotated[int, BeforeValidator(_not_a_bool)]  # a count or a layer: JSON true/false is a mistake, not 1/0
+
+
 # --------------------------------------------------------------------------- plan
 
 
@@ -54,12 +63,12 @@ class Plan(Strict):
     full model) commits. [L] is autoregressive, [E, L] single-level self-speculation.
     """
 
-    levels: list[int] = Field(min_length=1, max_length=MAX_LEVELS,
+    levels: list[Int] = Field(min_length=1, max_length=MAX_LEVELS,
                               description="exit layers, 1-based, increasing; the last is the full model")
-    propose: int = Field(1, ge=1, le=MAX_PROPOSE, description="drafts per round at level 1")
-    windows: list[int] = Field(default_factory=list, description="one window per intermediate level")
+    propose: Int = Field(1, ge=1, le=MAX_PROPOSE, description="drafts per round at level 1")
+    windows: list[Int] = Field(default_factory=list, description="one window per intermediate level")
     mode: Literal["greedy", "sampling"] = "greedy"
-    batch: int = Field(1, ge=1, le=MAX_BATCH, description="sequences decoded in lockstep")
+    batch: Int = Field(1, ge=1, le=MAX_BATCH, description="sequences decoded in lockstep")
     batching: Literal["ragged", "synchronous"] = Field(
         "ragged",
         description="batch > 1 (serving): 'ragged' = in one step every sequence runs the layers its own next "
@@ -687,7 +696,7 @@ def _load_object(path: Path, field: str) -> dict:
 def validation_message(e: ValidationError) -> str:
     """The first error of a ValidationError as 'field.path: message' (pydantic's prefixes off)."""
     err = e.errors()[0]
-    loc = ".".join(str(x) for x in err.get("loc", ()))
+    loc = ".".join(str(x) for x in err.get("loc", ()) if "[" not in str(x))  # not the union member's tag
     msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
     if err.get("type") == "extra_forbidden":
         msg = "unknown field (not in the schema; see `hispec-sim schema`)"
@@ -737,6 +746,8 @@ def write_atomic(path: str | Path, text: str) -> None:
     import tempfile
 
     path = Path(path)
+    if path.is_symlink():  # write where the link points (as a shell's `>` does), keeping the link
+        path = Path(os.path.realpath(path))
     check_writable(path)
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -849,8 +860,8 @@ class Request(Strict):
 
     arrival_s: float = Field(ge=0, le=1e9, allow_inf_nan=False)
     prompt: str | None = None
-    prompt_tokens: int | list[int] | None = Field(None, description="token ids, or a prompt length in tokens")
-    max_new_tokens: int = Field(ge=1, le=MAX_REQUEST_TOKENS)
+    prompt_tokens: Int | list[Int] | None = Field(None, description="token ids, or a prompt length in tokens")
+    max_new_tokens: Int = Field(ge=1, le=MAX_REQUEST_TOKENS)
 
     @model_validator(mode="after")
     def _one_prompt(self) -> "Request":

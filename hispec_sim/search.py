@@ -752,13 +752,12 @@ def add_cli_args(p) -> None:
 def _int_list(text, field: str) -> list[int] | None:
     if text is None:
         return None
+    from .cli_common import strict_int
+
     try:
-        vals = [int(x) for x in str(text).split(",") if x.strip()]
+        return [strict_int(x.strip()) for x in str(text).split(",")]
     except ValueError:
         raise ValueError(f"{field}: expected an integer or comma-separated integers, got {text!r}") from None
-    if not vals:
-        raise ValueError(f"{field}: expected an integer or comma-separated integers, got {text!r}")
-    return vals
 
 
 def cli_prepare(args) -> dict:

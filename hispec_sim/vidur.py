@@ -193,9 +193,9 @@ def find_model_folder(folder: str | Path, model: str | None = None, gpu: str | N
     folder = Path(folder)
     if not folder.exists():
         raise ValueError(f"folder: no such folder {str(folder)!r}")
-    if (folder / "mlp.csv").exists():
+    if (folder / "mlp.csv").exists():  # one model's folder: --model names it (else the folder's name does)
         g = gpu or _guess_gpu(folder)
-        return folder / "mlp.csv", g, folder.name
+        return folder / "mlp.csv", g, model or folder.name
     root = folder / "compute" if (folder / "compute").is_dir() else folder
     found = sorted(root.rglob("mlp.csv"))
     if not found:

@@ -116,6 +116,7 @@ def work(tmp_path_factory):
     put("list.json", "[1, 2]")
     put("num.json", "5")
     put("null.json", "null")
+    put("boolplan.json", '{"levels": [2, 16], "propose": true}')
     put("empty.json", "")
     put("nonutf8.json", b'{"levels": [2, 16], "x": "\xff\xfe"}')
     put("malformed.json", "{not json")
@@ -583,6 +584,13 @@ CASES = [
     ("flags", S, "evaluate --profile {P} --levels 2,16 --cycles 5", ["cycles", "--mc"]),
     ("flags", S, "audit --profile {P} --levels best_single_level --window 4 --speedup 1.5", ["window", "drop --window"]),
     ("flags", S, "serve --profile {P} --levels 16 --qps 1 --per-request", ["per_request", "--json"]),
+    # -- numbers as a command line writes them: ASCII digits, every comma-separated value present, no JSON booleans
+    ("flags", S, "evaluate --profile {P} --levels 2,,16", ["levels", "comma-separated"]),
+    ("flags", S, "optimize --profile {P} --batch 1_0", ["batch"]),
+    ("flags", S, "audit --profile {P} --levels best_single_level --speedup 1_5", ["speedup"]),
+    ("flags", S, "evaluate --profile {P} --levels \uff12,\uff11\uff16", ["levels"]),
+    ("flags", S, "evaluate --profile {P} --levels -2,16", ["levels", "--levels=VALUE"]),
+    ("json-shape", S, "evaluate --profile {P} --plan {BOOLPLAN}", ["plan", "propose", "got true"]),
     ("exec-flags", E, "generate --prompt x --max-new-tokens 4 --temperature 0.5", ["temperature", "sampling"]),
 ]
 
