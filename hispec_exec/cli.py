@@ -178,6 +178,7 @@ def cmd_run(a) -> int:
     if a.out:  # before the run: never overwrite the plan
         check_output(a.out, inputs=[a.plan])
     plan = _plan_args(a)
+    _check_temperature(a, plan)
     model = _load(a)
     plan = _plan_for_model(a, model, plan)
     if a.prompt_len + a.max_new_tokens > model.args.max_seq_len:
@@ -187,7 +188,6 @@ def cmd_run(a) -> int:
     prompts = heldout_prompts(a.prompts, a.prompt_len, a.seed)
     if enc is not encode_bytes:
         prompts = [enc(decode_bytes(p)) or [0] for p in prompts]
-    _check_temperature(a, a.mode or plan.mode)
     out = run_plan(model, plan, prompts, a.max_new_tokens, a.mode or plan.mode, a.seed, a.temperature,
                    a.check, a.repeats)
     if a.out:
@@ -211,7 +211,9 @@ def cmd_run(a) -> int:
     return 0
 
 
-def _check_temperature(a, mode: str) -> None:
+def _check_temperature(a, plan) -> None:
+    """Before the model loads: --temperature only means something when sampling."""
+    mode = a.mode or (plan.mode if plan is not None else "greedy")
     if mode == "greedy" and given(a._argv, "--temperature"):
         raise ValueError("temperature: applies to --mode sampling (greedy decoding takes the argmax)")
 
@@ -226,6 +228,7 @@ def cmd_generate(a) -> int:
     except UnicodeEncodeError:
         raise ValueError("prompt: not UTF-8 text") from None
     plan = _plan_args(a)
+    _check_temperature(a, plan)
     model = _load(a)
     plan = _plan_for_model(a, model, plan)
     enc, dec = _codec(a, model)
@@ -235,7 +238,6 @@ def cmd_generate(a) -> int:
     from .generate import check_fits
 
     check_fits(plan, len(ids), a.max_new_tokens, model.args.max_seq_len)
-    _check_temperature(a, a.mode or plan.mode)
     r = decode(model, plan, ids, a.max_new_tokens, mode=a.mode, seed=a.seed, temperature=a.temperature)
     sys.stdout.write(dec(ids + r.tokens) + "\n")
     s = r.summary()

@@ -380,11 +380,6 @@ def _predict_with_spread(p: Point, m: float, c: float, L: int, spread: Acceptanc
     return p.predict(m, c, L)  # mean_layer: a depth, not a rate; kept as the mean curve's
 
 
-def _repredicted(d: dict, p: Point, m: float, c: float, L: int, spread: AcceptanceSpread, scen) -> dict:
-    pred = _predict_with_spread(p, m, c, L, spread, scen)
-    return {**d, "predicted": round(pred, 5), "residual": round(pred - p.value, 5) + 0.0}
-
-
 def _refit_with_spread(acc: Acceptance, spread: AcceptanceSpread) -> Acceptance:
     from .acceptance import spread_scenarios
 
@@ -396,20 +391,26 @@ def _refit_with_spread(acc: Acceptance, spread: AcceptanceSpread) -> Acceptance:
     if scen is None:  # sigma 0: nothing moves
         return acc.model_copy(update={"spread": spread})
 
-    def resid(theta):
-        return np.array([p.weight * (_predict_with_spread(p, theta[0], c, L, spread, scen) - p.value) / p.scale(L)
-                         for p in pts])
-
-    m = float(least_squares(resid, [m0], bounds=([-20.0], [20.0]), xtol=1e-12, ftol=1e-12, gtol=1e-12).x[0])
-    res = resid([m])
+    predictions = lambda m: [_predict_with_spread(p, m, c, L, spread, scen) for p in pts]
+    weighted = lambda pred: np.array([p.weight * (v - p.value) / p.scale(L) for p, v in zip(pts, pred)])
+    m = float(least_squares(lambda theta: weighted(predictions(theta[0])), [m0], bounds=([-20.0], [20.0]),
+                            xtol=1e-12, ftol=1e-12, gtol=1e-12).x[0])
+    pred = predictions(m)
+    res = weighted(pred)
     fit["params"] = {"m": round(m, 6), "c": fit["params"]["c"]}
     fit["spread_refit"] = {
         "m_without_spread": m0, "sigma": spread.sigma,
         "note": "level m refitted (c kept) so that the published figures are reproduced as averages over requests "
                 "under the assumed per-request spread (per_draft: the mean of each request's accepted/checked)",
         "residuals": [round(float(r), 6) for r in res]}
-    by_point = iter(pts)  # the points' own predictions, now averages over requests (the order of _points_of)
-    fit["points"] = [d if "used_for" in d else _repredicted(d, next(by_point), m, c, L, spread, scen) for d in fit["points"]]
+    own = iter(zip(pts, pred))  # each point's prediction, now an average over requests (in _points_of's order)
+    points = []
+    for d in fit["points"]:
+        if "used_for" not in d:
+            q, v = next(own)
+            d = {**d, "predicted": round(v, 5), "residual": round(v - q.value, 5) + 0.0}
+        points.append(d)
+    fit["points"] = points
     fit["max_abs_residual"] = max(abs(d["residual"]) for d in fit["points"] if "used_for" not in d)
     F = curve(np.arange(1, L + 1) / L, m, c)
     if "F_at_exits" in fit:

@@ -203,6 +203,13 @@ def _sources(obj, path=""):
             yield from _sources(v, f"{path}[{i}]")
 
 
+def _over_requests(acc, rate: float) -> float:
+    """A per-position rate averaged over the workload's requests (its logit-normal spread; the
+    rate itself without one)."""
+    scen = spread_scenarios(acc)
+    return float(rate) if scen is None else float(np.dot(scen.weights, shift_logit(rate, scen.shifts)))
+
+
 @pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.stem)
 def test_shipped_profile_validates_and_is_sourced(path):
     raw = json.loads(path.read_text())
@@ -221,11 +228,9 @@ def test_shipped_profile_validates_and_is_sourced(path):
             # when the workload carries a spread: the figures are means over requests)
             A = np.array(acc.agreement)
             L = p.model.num_layers
-            scen = spread_scenarios(acc)
-            mean = (lambda x: x) if scen is None else (lambda x: float(np.dot(scen.weights, shift_logit(x, scen.shifts))))
             for pt in fit["points"]:
                 if pt["kind"] == "final" and pt["workload"] == fit["points"][0]["workload"] and "used_for" not in pt:
-                    got = mean(A[pt["exit"] - 1, L - 1])
+                    got = _over_requests(acc, A[pt["exit"] - 1, L - 1])
                     assert got == pytest.approx(pt["predicted"], abs=2e-5)
                     assert abs(got - pt["value"]) <= abs(pt["residual"]) + 2e-5
     assert "built_by" in p.provenance
@@ -358,10 +363,9 @@ def test_llama2_70b_per_draft_key_points():
     assert pr.acceptance[0, 1] == pytest.approx(0.581, abs=5e-3)
     assert pr.acceptance[1, 0] == pytest.approx(0.397, abs=5e-3)
     acc = p.workload("sharegpt_per_position")
-    scen = spread_scenarios(acc)
-    mean = lambda x: float(np.dot(scen.weights, shift_logit(x, scen.shifts)))  # the per-position rate over requests
     A2 = np.array(acc.agreement)
-    assert mean(A2[9, 79]) == pytest.approx(0.397, abs=5e-3) and mean(A2[19, 79]) == pytest.approx(0.581, abs=5e-3)
+    assert _over_requests(acc, A2[9, 79]) == pytest.approx(0.397, abs=5e-3)
+    assert _over_requests(acc, A2[19, 79]) == pytest.approx(0.581, abs=5e-3)
 
 
 # --------------------------------------------------------------------------- calibration
