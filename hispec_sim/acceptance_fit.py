@@ -402,7 +402,7 @@ def _refit_with_spread(acc: Acceptance, spread: AcceptanceSpread) -> Acceptance:
         "m_without_spread": m0, "sigma": spread.sigma,
         "note": "level m refitted (c kept) so that the published figures are reproduced as averages over requests "
                 "under the assumed per-request spread (per_draft: the mean of each request's accepted/checked)",
-        "residuals": [round(float(r), 6) for r in res]}
+        "residuals": [round(float(r), 6) + 0.0 for r in res]}  # + 0.0: no -0.0
     own = iter(zip(pts, pred))  # each point's prediction, now an average over requests (in _points_of's order)
     points = []
     for d in fit["points"]:

@@ -5,7 +5,7 @@
 DATA_DIR defaults to profiles/sources/ in the repository (the third-party files, unchanged,
 with their licence and origin: profiles/sources/README.md); the profiles hold derived
 numbers with attribution (Vidur: MIT). tests/profiles/test_rebuild.py checks that a rebuild
-reproduces the committed profiles byte for byte.
+reproduces the committed profiles (each number to one unit in its last printed digit).
 
 Profiles (issue 2): a100_llama70b, h100_llama70b, a100_llama2_7b.
 The paper-setup profiles of issue 7 (h100_<model>) are built by
