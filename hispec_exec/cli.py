@@ -93,7 +93,7 @@ def cmd_info(a) -> int:
     }
     if a.model is None:
         try:
-            log = json.loads((DEFAULT_CHECKPOINT / "train_log.json").read_text())
+            log = json.loads((DEFAULT_CHECKPOINT / "train_log.json").read_text(encoding="utf-8"))
             h = log.get("heldout", {})
             info["training"] = {"train_seconds": log.get("train_seconds"), "tokens_seen": log.get("tokens_seen"),
                                 "heldout_loss_per_exit": h.get("loss"),

@@ -164,4 +164,4 @@ def save_hf(model: Transformer, folder: str | Path) -> None:
                    p + "post_attention_layernorm.weight": l.ffn_norm.weight})
     save_file({k: v.detach().cpu().contiguous().clone() for k, v in sd.items()}, str(folder / "model.safetensors"),
               metadata={"format": "pt"})
-    (folder / "config.json").write_text(json.dumps(hf_config(a), indent=2) + "\n")
+    (folder / "config.json").write_text(json.dumps(hf_config(a), indent=2) + "\n", encoding="utf-8")

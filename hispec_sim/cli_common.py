@@ -321,6 +321,9 @@ PATH_FLAGS = ("out", "profile", "plan", "trace", "prompts_file", "model", "stora
 def run_main(prog: str, build_parser, argv: list[str] | None, func_attr: str = "func") -> int:
     """Parse argv and run the chosen command; every failure is one line on stderr."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    for stream in (sys.stdout, sys.stderr):  # a terminal that cannot show a character gets an escape, not an error
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         try:
             args = build_parser().parse_args(argv)

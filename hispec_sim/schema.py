@@ -754,7 +754,7 @@ def write_atomic(path: str | Path, text: str) -> None:
     except OSError as e:
         raise ValueError(f"out: cannot write to {path.parent} ({e.strerror})") from None
     try:
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:  # what every reader here decodes, whatever the locale
             f.write(text)
         umask = os.umask(0)
         os.umask(umask)

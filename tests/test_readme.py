@@ -39,7 +39,7 @@ SUBS = [
 
 
 def readme_blocks() -> list[str]:
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "README.md").read_text(encoding="utf-8")
     return re.findall(r"^```bash\n(.*?)^```", text, re.S | re.M)
 
 

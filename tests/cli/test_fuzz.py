@@ -84,7 +84,7 @@ DROP = object()
 def _ours(root: Path, name: str, **over) -> str:
     d = root / name
     d.mkdir()
-    cfg = json.loads((DEFAULT_CHECKPOINT / "config.json").read_text())
+    cfg = json.loads((DEFAULT_CHECKPOINT / "config.json").read_text(encoding="utf-8"))
     cfg.update(over)
     (d / "config.json").write_text(json.dumps(cfg))
     (d / "model.safetensors").symlink_to(DEFAULT_CHECKPOINT / "model.safetensors")
@@ -106,7 +106,7 @@ def work(tmp_path_factory):
     prof = make_profile(layers=16)
     save_profile(prof, w / "p.json")
     f["P"] = str(w / "p.json")
-    good = json.loads((w / "p.json").read_text())
+    good = json.loads((w / "p.json").read_text(encoding="utf-8"))
     save_plan(Plan(levels=[2, 4, 16], propose=2, windows=[4]), w / "plan.json")
     f["PLAN"] = str(w / "plan.json")
     save_plan(Plan(levels=[10, 20, 80], propose=2, windows=[4]), w / "plan80.json")
@@ -135,7 +135,7 @@ def work(tmp_path_factory):
         put(name, json.dumps(d))
 
     put("infprof.json", json.dumps(good).replace('"overhead_ms": 0.3', '"overhead_ms": Infinity'))
-    assert "Infinity" in (w / "infprof.json").read_text()
+    assert "Infinity" in (w / "infprof.json").read_text(encoding="utf-8")
     put("nanprof.json", json.dumps(good).replace('"overhead_ms": 0.3', '"overhead_ms": NaN'))
     put("e999prof.json", json.dumps(good).replace('"overhead_ms": 0.3', '"overhead_ms": 1e999'))
     prof_variant("bigms.json", lambda d: d["latency"][0]["layer_ms"][0].__setitem__(0, 1e308))

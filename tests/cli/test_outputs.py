@@ -22,4 +22,4 @@ def test_report_embeds_provenance_once(tmp_path, capsys):
     capsys.readouterr()
     grown = sizes["big"] - sizes["small"]
     assert len(note) <= grown < 1.5 * len(note), sizes
-    assert json.loads(big.read_text())["provenance"]["note"] == note  # the input is untouched
+    assert json.loads(big.read_text(encoding="utf-8"))["provenance"]["note"] == note  # the input is untouched

@@ -97,7 +97,7 @@ def test_run_check_reports_first_divergence(monkeypatch, capsys, tmp_path):
                  "--check", "--out", str(out_file)]) == 0
     text = capsys.readouterr().out
     assert "identical_to_autoregressive False" in text and "first divergence at new token 5" in text
-    out = json.loads(out_file.read_text())
+    out = json.loads(out_file.read_text(encoding="utf-8"))
     assert out["identical_to_autoregressive"] is False
     fd = out["first_divergence"]
     assert fd["position"] == 5 and fd["token"] != fd["reference_token"] and fd["top2_gap"] >= 0

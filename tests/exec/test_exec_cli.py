@@ -39,7 +39,7 @@ def test_run_plan_file_and_out(tmp_path, capsys):
     out = tmp_path / "r.json"
     assert main(["run", "--plan", str(plan), "--prompts", "1", "--max-new-tokens", "24", "--check",
                  "--out", str(out)]) == 0
-    r = json.loads(out.read_text())
+    r = json.loads(out.read_text(encoding="utf-8"))
     assert r["identical_to_autoregressive"] is True and r["family"] == "single_level"
     assert "speedup" in capsys.readouterr().out
 
@@ -66,7 +66,7 @@ def _corrupt(tmp_path, what):
     if what == "corrupt":
         (d / "model.safetensors").write_bytes(b"\x00garbage" * 10)
     elif what == "shapes":
-        cfg = json.loads((d / "config.json").read_text())
+        cfg = json.loads((d / "config.json").read_text(encoding="utf-8"))
         cfg["ffn_dim"] += 8
         (d / "config.json").write_text(json.dumps(cfg))
     elif what == "missing":

@@ -62,7 +62,7 @@ def test_save_hf_roundtrip(tmp_path, shipped):
 
 def test_hf_bad_config(tmp_path):
     tiny_llama(tmp_path, False)
-    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg = json.loads((tmp_path / "config.json").read_text(encoding="utf-8"))
     cfg["hidden_act"] = "gelu"
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="hidden_act"):

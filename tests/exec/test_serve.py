@@ -102,7 +102,7 @@ def test_cli_trace_json(tmp_path, capsys):
                  "--max-batch", "2", "--slo-ttft-ms", "100000", "--slo-tbt-ms", "100000", "--check", "--json",
                  "--out", str(out), "--batching", "synchronous"]) == 0
     d = json.loads(capsys.readouterr().out)
-    assert d == json.loads(out.read_text())
+    assert d == json.loads(out.read_text(encoding="utf-8"))
     assert d["identical_to_autoregressive"] is True and d["batching"] == "synchronous"
     assert [r["output_tokens"] for r in d["requests"]] == [12, 8, 10]
     assert [r["prompt_tokens"] for r in d["requests"]] == [9, 3, 20]

@@ -372,7 +372,7 @@ def test_measure_hf_checkpoint_on_prompts_files_merges_workloads(hf_folder, tmp_
     assert re.search(r"^\[measure +\d+ s\] layer table done in \d+ s", printed.err, re.M)
     assert "measuring acceptance" in printed.err
     p = load_profile(str(out))
-    vocab = json.loads((hf_folder / "config.json").read_text())["vocab_size"]
+    vocab = json.loads((hf_folder / "config.json").read_text(encoding="utf-8"))["vocab_size"]
     assert p.model.name == hf_folder.name and p.model.vocab == vocab and p.default_workload == "code"
     acc = p.workload("code")
     assert len(acc.trace_starts) == 3 and len(acc.traces) == 36 and len(acc.spread.per_request) == 3

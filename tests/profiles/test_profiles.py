@@ -212,7 +212,7 @@ def _over_requests(acc, rate: float) -> float:
 
 @pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.stem)
 def test_shipped_profile_validates_and_is_sourced(path):
-    raw = json.loads(path.read_text())
+    raw = json.loads(path.read_text(encoding="utf-8"))
     p = Profile.model_validate(raw)
     assert path.stat().st_size < 2e6
     for part in [p.hardware, p.model, *p.latency, *p.workloads.values()]:
@@ -240,7 +240,7 @@ def test_shipped_profile_validates_and_is_sourced(path):
                                              ([0, 4], [-0.1, 0.0], "working_set_layers"), ([1, 4], [0.1, 0.0], "working_set_ms"),
                                              ([1, 4], [-0.1, None], "working_set_ms")])
 def test_a_bad_working_set_names_the_field(layers, ms, match):
-    raw = json.loads((REPO / "profiles" / "cpu_hispec_tiny.json").read_text())
+    raw = json.loads((REPO / "profiles" / "cpu_hispec_tiny.json").read_text(encoding="utf-8"))
     raw["latency"][0].update(working_set_layers=layers, working_set_ms=ms)
     with pytest.raises(ValueError, match=match):
         Profile.model_validate(raw)

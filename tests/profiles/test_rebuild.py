@@ -33,7 +33,7 @@ def test_builder_reproduces_committed_profiles(builder, tmp_path):
     written = sorted(p.stem for p in tmp_path.glob("*.json"))
     assert written == sorted(BUILDERS[builder])
     for name in written:
-        new, old = (tmp_path / f"{name}.json").read_text(), (REPO / "profiles" / f"{name}.json").read_text()
+        new, old = (tmp_path / f"{name}.json").read_text(encoding="utf-8"), (REPO / "profiles" / f"{name}.json").read_text(encoding="utf-8")
         assert same_to_last_digit(new, old) == [], f"{name}: rebuilt profile differs from profiles/{name}.json"
 
 
@@ -74,9 +74,9 @@ def test_comparison_allows_one_unit_in_the_last_digit_only():
 
 
 def test_sources_are_vendored_with_license_and_origin():
-    readme = (SOURCES / "README.md").read_text()
+    readme = (SOURCES / "README.md").read_text(encoding="utf-8")
     assert "7d47513363ec447a741ac5e47241580b47724fbf" in readme
-    assert "MIT License" in (SOURCES / "vidur" / "LICENSE").read_text()
+    assert "MIT License" in (SOURCES / "vidur" / "LICENSE").read_text(encoding="utf-8")
     csvs = sorted(p.relative_to(SOURCES / "vidur").as_posix() for p in SOURCES.rglob("*.csv"))
     assert csvs and all(c in readme for c in csvs)  # every vendored file is named with its origin
 

@@ -44,7 +44,7 @@ def run_chromium(url: str, tmp: Path, *extra: str, timeout: int = 180) -> subpro
            "--disable-dev-shm-usage", "--host-resolver-rules=MAP * ~NOTFOUND",  # offline: any lookup fails
            f"--user-data-dir={profile_dir}", "--virtual-time-budget=10000", "--enable-logging=stderr", "--v=0",
            *extra, url]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+    return subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=timeout,
                           env={**os.environ, "HOME": str(tmp)})
 
 
@@ -155,7 +155,7 @@ def test_network_attempts_would_be_caught(evil_report, tmp_path):
     violation as a console line, so the no-console-output check also proves 'no requests'."""
     _, out = evil_report
     page = tmp_path / "net.html"
-    page.write_text(out.read_text().replace("<h1>", '<img src="https://example.com/x.png"><h1>', 1))
+    page.write_text(out.read_text(encoding="utf-8").replace("<h1>", '<img src="https://example.com/x.png"><h1>', 1), encoding="utf-8")
     r = run_chromium(page.resolve().as_uri(), tmp_path, "--dump-dom")
     assert any("Content Security Policy" in l and "example.com" in l for l in console_lines(r.stderr))
 

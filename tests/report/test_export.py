@@ -99,7 +99,7 @@ def test_hf_writes_kwargs(capsys, tmp_path):
     save_plan(Plan(levels=[4, 16], propose=5), src)
     out = tmp_path / "hf.json"
     assert run(capsys, "export", "--plan", src, "--to", "hf", "--out", out)[0] == 0
-    assert json.loads(out.read_text())["assistant_early_exit"] == 4
+    assert json.loads(out.read_text(encoding="utf-8"))["assistant_early_exit"] == 4
 
 
 def test_json_with_prediction(capsys, tmp_path, profile_file):

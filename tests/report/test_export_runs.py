@@ -20,5 +20,5 @@ def test_exported_plan_runs_in_the_executor(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert code == 0, err
     out = json.loads(out)
-    assert out["plan"] == json.loads(best.read_text())
+    assert out["plan"] == json.loads(best.read_text(encoding="utf-8"))
     assert out["identical_to_autoregressive"] is True

@@ -60,7 +60,7 @@ def html_report(tmp_path_factory, prof_file):
     out = tmp_path_factory.mktemp("r") / "r.html"
     data, text, _ = report.build_report(str(prof_file), str(out), "html", max_batch=64, target_tps=5000, slo_ms=40,
                                         gpu_hour_usd=3.0, serving_requests=20)
-    return data, out.read_text()
+    return data, out.read_text(encoding="utf-8")
 
 
 def _embedded(text: str, element_id: str):
@@ -187,7 +187,7 @@ def test_unmeetable_slo_is_reported_with_the_closest_plan(capsys, prof_file, tmp
     lines = [l for l in err.splitlines() if l]
     assert len(lines) == 1 and lines[0].startswith("hispec-sim: warning: no plan meets the per-token latency SLO")
     assert "closest:" in lines[0] and "ms/token" in lines[0]
-    text = out.read_text()
+    text = out.read_text(encoding="utf-8")
     assert "**Warning:** no plan meets" in text and "no (closest)" in text
 
 
@@ -196,7 +196,7 @@ def test_markdown_has_the_same_numbers(capsys, prof_file, tmp_path):
                          "--max-batch", "8", "--json")
     assert code == 0, err
     data = json.loads(out)
-    md = (tmp_path / "r.md").read_text()
+    md = (tmp_path / "r.md").read_text(encoding="utf-8")
     for r in data["sweep"]:
         for e in r["families"].values():
             assert f"{e['tokens_per_second']:,.1f}" in md and f"{e['latency_ms_per_token']:,.2f}" in md
@@ -210,7 +210,7 @@ def test_markdown_has_the_same_numbers(capsys, prof_file, tmp_path):
 def test_every_user_string_is_escaped(tmp_path, evil_file, validation_file):
     out = tmp_path / "evil.html"
     report.build_report(str(evil_file), str(out), "html", max_batch=4, validation=str(validation_file), serving_requests=10)
-    text = out.read_text()
+    text = out.read_text(encoding="utf-8")
     assert EVIL not in text
     assert "</script><b>x" not in text
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text  # shown, escaped
@@ -222,7 +222,7 @@ def test_every_user_string_is_escaped(tmp_path, evil_file, validation_file):
     assert "fig-validation" in _embedded(text, "hispec-figures")
     md = tmp_path / "evil.md"
     report.build_report(str(evil_file), str(md), "md", max_batch=4, validation=str(validation_file), serving_requests=0)
-    assert EVIL not in md.read_text() and "&lt;script&gt;" in md.read_text()
+    assert EVIL not in md.read_text(encoding="utf-8") and "&lt;script&gt;" in md.read_text(encoding="utf-8")
 
 
 def test_script_json_cannot_close_the_tag():
@@ -456,7 +456,7 @@ def test_serving_section_skipped_and_markdown(capsys, prof_file, tmp_path):
                          "--json")
     assert code == 0, err
     data = json.loads(out)
-    md = (tmp_path / "r.md").read_text()
+    md = (tmp_path / "r.md").read_text(encoding="utf-8")
     sv = data["serving"]
     assert sv["slo_ttft_ms"] == 500 and sv["slo_tbt_ms"] == 30 and sv["requests"] == 10
     assert "## (f) Serving under traffic" in md and "SLO lines: p99 TTFT 500 ms, p99 TBT 30 ms." in md
@@ -465,5 +465,5 @@ def test_serving_section_skipped_and_markdown(capsys, prof_file, tmp_path):
     code, out, err = run(capsys, "report", "--profile", prof_file, "--out", tmp_path / "s.html", "--max-batch", "4",
                          "--serving-requests", "0")
     assert code == 0, err
-    text = (tmp_path / "s.html").read_text()
+    text = (tmp_path / "s.html").read_text(encoding="utf-8")
     assert "Skipped (<code>--serving-requests 0</code>)" in text and "fig-serving" not in _embedded(text, "hispec-figures")

@@ -156,7 +156,7 @@ def test_cli_adaptive_search(capsys, tmp_path):
     assert code == 0, e
     res = json.loads(o)["adaptive"]
     best = Plan.model_validate(res["best"]["plan"])
-    assert best == Plan.model_validate_json(out.read_text())
+    assert best == Plan.model_validate_json(out.read_text(encoding="utf-8"))
     assert res["predicted_gain_over_best_fixed"] == pytest.approx(
         res["best"]["tokens_per_second"] / res["best_fixed"]["tokens_per_second"], rel=1e-3)
     s = Setting(confident_profile())

@@ -42,7 +42,7 @@ def test_optimize_json_contract(capsys, profile_file, tmp_path):
     assert res["best"]["tokens_per_second"] >= res["baselines"]["paper_default"]["tokens_per_second"]
     assert res["plans_evaluated"] == 1 + 15 * 8 + 105 * 8 * 16
     assert res["seconds"] >= 0 and len(res["top"]) == 3
-    assert json.loads(out_plan.read_text()) == res["best"]["plan"]
+    assert json.loads(out_plan.read_text(encoding="utf-8")) == res["best"]["plan"]
     # the written plan evaluates to the same number
     code, out, _ = run(capsys, "evaluate", "--profile", profile_file, "--plan", str(out_plan), "--json")
     assert code == 0 and json.loads(out)["tokens_per_second"] == res["best"]["tokens_per_second"]

@@ -199,7 +199,7 @@ def test_validate_refuses_a_profile_of_another_machine(tmp_path, capsys):
     assert main(["validate", "--profile", str(path), *small, "--allow-other-machine", "--out", str(out)]) == 0
     text = capsys.readouterr()
     assert "WARNING" in text.out and "cpu_model" in text.out and "noise floor" in text.out and "verdict: " in text.out
-    result = json.loads(out.read_text())
+    result = json.loads(out.read_text(encoding="utf-8"))
     assert "not measured on this machine" in result["machine_warning"]
     # priced at the context these runs decode at (a 64-token prompt + 4 / 2), not the workload's 128
     assert result["context"] == 66 and result["max_new_tokens"] == 4
