@@ -12,7 +12,7 @@ import sys
 
 from . import cli_measure, schema
 from .cli_common import (SEED, Parser, UsageError, add_model_args, add_plan_args, check_output, check_storage,  # noqa: F401
-                         float_in, given, int_in, load_model_from_args, one_line, plan_from_args, quiet_optuna_interrupts, run_main,
+                         float_in, given, int_in, load_model_from_args, one_line, plan_from_args, run_main,
                          sqlite_path)
 from .evaluate import DEFAULT_RESCORE, Setting, optimized, score
 
@@ -116,7 +116,6 @@ def cmd_optimize(args) -> int:
         check_output(args.out, inputs=[_profile_path(args), sqlite_path(args.storage)])
     setting = _setting(args)
     if opts["optuna"]:
-        quiet_optuna_interrupts()
         result = search.cli_optuna(args, setting, opts)
     else:
         result = optimized(setting, args.top, args.max_propose, args.max_window, rescore=args.rescore)

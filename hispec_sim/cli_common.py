@@ -292,29 +292,6 @@ def one_line(e: BaseException) -> str:
     return " ".join(text.split())[:400]
 
 
-class _DropInterruptedTrials:
-    """logging filter: Optuna logs a trial that an interrupt stopped as a failure with its
-    traceback; the CLI says `interrupted` in one line instead."""
-
-    def __init__(self):
-        self.interrupted = False
-
-    def filter(self, record) -> bool:
-        if record.exc_info and record.exc_info[0] is KeyboardInterrupt or "KeyboardInterrupt" in record.getMessage():
-            self.interrupted = True
-            return False
-        return not (self.interrupted and "failed with value None" in record.getMessage())
-
-
-def quiet_optuna_interrupts() -> None:
-    """Call before an Optuna search in a command: SIGINT then ends in one line."""
-    import logging
-
-    logger = logging.getLogger("optuna.study._optimize")
-    if not any(isinstance(f, _DropInterruptedTrials) for f in logger.filters):
-        logger.addFilter(_DropInterruptedTrials())
-
-
 PATH_FLAGS = ("out", "profile", "plan", "trace", "prompts_file", "model", "storage", "tokenizer")  # '' is no file
 
 

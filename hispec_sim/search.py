@@ -249,10 +249,13 @@ def open_storage(url: str, heartbeat: int = HEARTBEAT_S, grace: int = GRACE_S):
                          f"postgresql://user:pass@host/db, got {url!r}")
     scheme = url.split("://", 1)[0].split("+", 1)[0].lower()
     engine_kwargs: dict = {"pool_pre_ping": True}
+    new_file = None  # a SQLite file this call creates: removed again if the storage cannot be set up
     if scheme == "sqlite":
-        path = url.split("://", 1)[1].removeprefix("/")
+        path = url.split("://", 1)[1].removeprefix("/").split("?", 1)[0]
         if path and path != ":memory:" and not Path(path).parent.exists():
             raise ValueError(f"storage: folder {Path(path).parent} of {url} does not exist")
+        if path and path != ":memory:" and not Path(path).exists():
+            new_file = Path(path)
         engine_kwargs["connect_args"] = {"timeout": 60}
     elif scheme == "postgresql":
         engine_kwargs["connect_args"] = {"connect_timeout": 10}
@@ -262,7 +265,10 @@ def open_storage(url: str, heartbeat: int = HEARTBEAT_S, grace: int = GRACE_S):
         try:
             storage = RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat, grace_period=grace,
                                  failed_trial_callback=RetryFailedTrialCallback(max_retry=1))
-        except Exception as e:  # bad dialect, driver missing, unreachable server, bad credentials
+        except Exception as e:  # bad dialect, driver missing, unreachable server, bad credentials, disk full
+            if new_file is not None:  # nothing half-written: no empty database left behind
+                for side in ("", "-journal", "-wal", "-shm"):
+                    Path(f"{new_file}{side}").unlink(missing_ok=True)
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ValueError(f"storage: cannot open {_redact(url)} ({type(e).__name__}: {msg})") from None
     if scheme == "sqlite" and ":memory:" not in url and "mode=memory" not in url and url.split("://", 1)[1] != "/":
@@ -446,10 +452,83 @@ def _run_worker(spec: dict, worker: int, n_trials: int | None, timeout: float | 
         return vals[0] if len(vals) == 1 else vals
 
     before = time.perf_counter()
+    quiet_aborted_trials()
     with warnings.catch_warnings(), stop_on_interrupt(study):
         warnings.simplefilter("ignore")
-        study.optimize(objective, n_trials=n_trials, timeout=timeout, show_progress_bar=progress, gc_after_trial=False)
+        try:
+            study.optimize(objective, n_trials=n_trials, timeout=timeout, show_progress_bar=progress,
+                           gc_after_trial=False)
+        except Exception as e:
+            cause = _storage_failure(e) or (_STORAGE_ERRORS[-1] if _STORAGE_ERRORS else None)
+            if cause is None:
+                raise
+            raise ValueError(f"storage: writing to {_redact(spec['storage'])} failed ({cause}); "
+                             "the trials stored before it are kept") from None
     return int(time.perf_counter() - before)
+
+
+_STORAGE_ERRORS: list[str] = []  # failed storage writes this process saw outside the main thread's own error
+
+
+class _QuietAbortedTrials:
+    """logging filter: Optuna logs a trial that an interrupt or a failed storage write stopped
+    as a failure with its traceback (and then "failed with value None"); the command says
+    `interrupted`, or names the storage's error, in one line instead."""
+
+    def __init__(self):
+        self.aborted = False
+
+    def filter(self, record) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        message = record.getMessage()
+        cause = _storage_failure(exc) if exc is not None else None
+        if cause:
+            _STORAGE_ERRORS.append(cause)
+        if isinstance(exc, KeyboardInterrupt) or "KeyboardInterrupt" in message or "StorageInternalError" in message \
+                or cause:
+            self.aborted = True
+            return False
+        return not (self.aborted and "failed with value None" in message)
+
+
+def quiet_aborted_trials() -> None:
+    """Install _QuietAbortedTrials on Optuna's trial logger, and keep a failed storage write in
+    Optuna's heartbeat thread from printing a traceback (the search itself then fails on the
+    storage and says so in one line); once per process: every worker."""
+    import logging
+
+    logger = logging.getLogger("optuna.study._optimize")
+    if not any(isinstance(f, _QuietAbortedTrials) for f in logger.filters):
+        logger.addFilter(_QuietAbortedTrials())
+    if getattr(threading.excepthook, "__name__", "") != "_quiet_storage_thread":
+        previous = threading.excepthook
+
+        def _quiet_storage_thread(args):
+            cause = _storage_failure(args.exc_value) if args.exc_value is not None else None
+            if cause is None:
+                return previous(args)
+            _STORAGE_ERRORS.append(cause)
+
+        threading.excepthook = _quiet_storage_thread
+
+
+def _storage_failure(e: BaseException) -> str | None:
+    """The database's own error (disk full, connection lost, ...) when a search failed in a
+    storage write, else None. Optuna may replace it on the way out (an AssertionError from
+    its clean-up of a trial it could not store), so the whole chain is searched."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    seen, db = set(), None
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, SQLAlchemyError):
+            db = e
+        e = e.__cause__ or e.__context__
+    if db is None:
+        return None
+    orig = getattr(db, "orig", None) or db
+    text = str(orig).strip().splitlines()
+    return f"{type(orig).__name__}: {text[0]}" if text else type(orig).__name__
 
 
 @contextlib.contextmanager
@@ -711,8 +790,12 @@ def optuna_search(setting: Setting, trials: int | None = 100, timeout: float | N
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
             futs = [pool.submit(_run_worker, spec, i, None if share is None else share[i], timeout, progress and i == 0)
                     for i in range(workers) if share is None or share[i] > 0]
-            for f in futs:
-                f.result()
+            errors = [f.exception() for f in futs]
+        # a failed storage write can surface in another worker as Optuna's own complaint
+        # (the trial it could not store); the storage's error is the one to report
+        failed = [e for e in errors if e is not None]
+        if failed:
+            raise next((e for e in failed if str(e).startswith("storage: ")), failed[0])
     info = {"storage": storage, "completed_before": completed_before, "sampler": sampler, "seed": seed,
             "workers": workers, "continued": continued, "seeded": seeded}
     return _build_result(study, ev, space, info, top, t0)

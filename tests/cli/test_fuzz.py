@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -770,6 +771,88 @@ RDBStorage.set_trial_state_values = hook
 from hispec_sim.cli import main
 sys.exit(main(sys.argv[1:]))
 """
+
+
+_DISK_FULL_IN_STORAGE = """
+import os, resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead of killing
+from optuna.storages import RDBStorage
+orig = RDBStorage.set_trial_state_values
+calls = [0]
+def hook(self, *a, **k):  # from the third trial result on, no file may grow: as a full disk
+    calls[0] += 1
+    if calls[0] == 3:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (os.path.getsize("s.db"), resource.RLIM_INFINITY))
+    return orig(self, *a, **k)
+RDBStorage.set_trial_state_values = hook
+from hispec_sim.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs POSIX file-size limits")
+def test_storage_write_failing_mid_study(tmp_path):
+    """A storage that stops taking writes mid-study (disk full, here a file-size limit) ends in
+    one line naming the storage and the database's error, exit 2; Optuna's own clean-up
+    replaced that error with `AssertionError: Should not reach.` and a traceback. What was
+    stored before stays whole (no trial left RUNNING), and no plan file is written."""
+    argv = ["optimize", "--profile", "cpu_hispec_tiny", "--search", "optuna", "--trials", "100",
+            "--storage", "sqlite:///s.db", "--out", "best.json"]
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    r = subprocess.run([sys.executable, "-c", _DISK_FULL_IN_STORAGE, *argv], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=240)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(lines) == 1, r.stderr[-2000:]
+    assert lines[0].startswith("hispec-sim: error: storage: writing to sqlite:///s.db failed (OperationalError: ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.db"]
+    con = sqlite3.connect(tmp_path / "s.db")
+    states = [s for (s,) in con.execute("select state from trials")]
+    con.close()
+    assert "COMPLETE" in states and set(states) <= {"COMPLETE", "WAITING"}, states
+
+
+_FILE_SIZE_LIMIT = """
+import resource, signal, sys
+if __name__ == "__main__":  # the workers are spawned: they import this file, and inherit the limit
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), resource.RLIM_INFINITY))
+    from hispec_sim.cli import main
+    sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs POSIX file-size limits")
+def test_storage_full_under_several_workers(tmp_path):
+    """The same with two worker processes: the storage's error in one line, not a worker's
+    traceback, Optuna's heartbeat thread's, or another worker's `Cannot tell a COMPLETE trial`."""
+    (tmp_path / "limited.py").write_text(_FILE_SIZE_LIMIT)
+    argv = ["optimize", "--profile", "cpu_hispec_tiny", "--search", "optuna", "--trials", "300", "--workers", "2",
+            "--storage", "sqlite:///s.db"]
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    r = subprocess.run([sys.executable, "limited.py", "150000", *argv], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=240)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
+    assert lines[0].startswith("hispec-sim: error: storage: writing to sqlite:///s.db failed (OperationalError: ")
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs POSIX file-size limits")
+def test_storage_that_cannot_be_created_leaves_no_file(tmp_path):
+    """No room for a new study database at all: one line, exit 2, and not the empty file
+    SQLite had created before it failed."""
+    script = ("import resource, signal, sys\n"
+              "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))\n"
+              "from hispec_sim.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    argv = ["optimize", "--profile", "cpu_hispec_tiny", "--search", "optuna", "--trials", "5",
+            "--storage", "sqlite:///s.db"]
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    r = subprocess.run([sys.executable, "-c", script, *argv], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=240)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
+    assert lines[0].startswith("hispec-sim: error: storage: cannot open sqlite:///s.db (OperationalError: ")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_sigint_inside_a_storage_write(tmp_path):
