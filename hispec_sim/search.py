@@ -268,7 +268,8 @@ def open_storage(url: str, heartbeat: int = HEARTBEAT_S, grace: int = GRACE_S):
         except Exception as e:  # bad dialect, driver missing, unreachable server, bad credentials, disk full
             if new_file is not None:  # nothing half-written: no empty database left behind
                 for side in ("", "-journal", "-wal", "-shm"):
-                    Path(f"{new_file}{side}").unlink(missing_ok=True)
+                    with contextlib.suppress(OSError):  # (a read-only mount refuses even a missing file's unlink)
+                        Path(f"{new_file}{side}").unlink(missing_ok=True)
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ValueError(f"storage: cannot open {_redact(url)} ({type(e).__name__}: {msg})") from None
     if scheme == "sqlite" and ":memory:" not in url and "mode=memory" not in url and url.split("://", 1)[1] != "/":
