@@ -454,6 +454,7 @@ def _run_worker(spec: dict, worker: int, n_trials: int | None, timeout: float | 
 
     before = time.perf_counter()
     quiet_aborted_trials()
+    _STORAGE_ERRORS.clear()  # only this search's
     with warnings.catch_warnings(), stop_on_interrupt(study):
         warnings.simplefilter("ignore")
         try:

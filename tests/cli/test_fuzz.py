@@ -773,102 +773,72 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-_DISK_FULL_IN_STORAGE = """
-import os, resource, signal, sys
-signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead of killing
-from optuna.storages import RDBStorage
-orig = RDBStorage.set_trial_state_values
-calls = [0]
-def hook(self, *a, **k):  # from the third trial result on, no file may grow: as a full disk
-    calls[0] += 1
-    if calls[0] == 3:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (os.path.getsize("s.db"), resource.RLIM_INFINITY))
-    return orig(self, *a, **k)
-RDBStorage.set_trial_state_values = hook
-from hispec_sim.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
-@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs POSIX file-size limits")
-def test_storage_write_failing_mid_study(tmp_path):
-    """A storage that stops taking writes mid-study (disk full, here a file-size limit) ends in
-    one line naming the storage and the database's error, exit 2; Optuna's own clean-up
-    replaced that error with `AssertionError: Should not reach.` and a traceback. What was
-    stored before stays whole (no trial left RUNNING), and no plan file is written."""
-    argv = ["optimize", "--profile", "cpu_hispec_tiny", "--search", "optuna", "--trials", "100",
-            "--storage", "sqlite:///s.db", "--out", "best.json"]
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    r = subprocess.run([sys.executable, "-c", _DISK_FULL_IN_STORAGE, *argv], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=240)
-    lines = r.stderr.strip().splitlines()
-    assert r.returncode == 2 and "Traceback" not in r.stderr and len(lines) == 1, r.stderr[-2000:]
-    assert lines[0].startswith("hispec-sim: error: storage: writing to sqlite:///s.db failed (OperationalError: ")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.db"]
-    con = sqlite3.connect(tmp_path / "s.db")
-    states = [s for (s,) in con.execute("select state from trials")]
-    con.close()
-    assert "COMPLETE" in states and set(states) <= {"COMPLETE", "WAITING"}, states
-
-
 _FILE_SIZE_LIMIT = """
 import resource, signal, sys
-if __name__ == "__main__":  # the workers are spawned: they import this file, and inherit the limit
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+if __name__ == "__main__":  # spawned workers import this file, and inherit the limit
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead of killing
     resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), resource.RLIM_INFINITY))
     from hispec_sim.cli import main
     sys.exit(main(sys.argv[2:]))
 """
 
 
-@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs POSIX file-size limits")
-def test_storage_full_under_several_workers(tmp_path):
-    """The same with two worker processes: the storage's error in one line, not a worker's
-    traceback, Optuna's heartbeat thread's, or another worker's `Cannot tell a COMPLETE trial`."""
-    (tmp_path / "limited.py").write_text(_FILE_SIZE_LIMIT)
-    argv = ["optimize", "--profile", "cpu_hispec_tiny", "--search", "optuna", "--trials", "300", "--workers", "2",
-            "--storage", "sqlite:///s.db"]
+def _optuna_run(tmp_path, launcher: list[str], trials: int, *extra: str):
+    """`hispec-sim optimize --search optuna` on the tiny profile, study in tmp_path/s.db,
+    started by `launcher` (python arguments: a script that sets the scene first)."""
+    argv = ["optimize", "--profile", "cpu_hispec_tiny", "--search", "optuna", "--trials", str(trials),
+            "--storage", "sqlite:///s.db", *extra]
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    r = subprocess.run([sys.executable, "limited.py", "150000", *argv], cwd=tmp_path, env=env, capture_output=True,
-                       text=True, timeout=240)
-    lines = r.stderr.strip().splitlines()
+    r = subprocess.run([sys.executable, *launcher, *argv], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=240)
+    return r, r.stderr.strip().splitlines()
+
+
+def _trial_states(tmp_path) -> list[str]:
+    con = sqlite3.connect(tmp_path / "s.db")
+    try:
+        return [s for (s,) in con.execute("select state from trials")]
+    finally:
+        con.close()
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs POSIX file-size limits")
+@pytest.mark.parametrize("workers", [1, 2])
+def test_storage_full_mid_study(tmp_path, workers):
+    """A storage that stops taking writes mid-study (a full disk; here a file-size limit, which
+    spawned workers inherit) ends in one line naming the storage and the database's error,
+    exit 2, with one worker or two. Before: Optuna's `AssertionError: Should not reach.` (its
+    clean-up of a trial it could not store), heartbeat-thread tracebacks, or another worker's
+    `Cannot tell a COMPLETE trial`. The study file stays usable: the same command continues it."""
+    (tmp_path / "limited.py").write_text(_FILE_SIZE_LIMIT)
+    r, lines = _optuna_run(tmp_path, ["limited.py", "150000"], 300, "--workers", str(workers), "--out", "best.json")
     assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
     assert lines[0].startswith("hispec-sim: error: storage: writing to sqlite:///s.db failed (OperationalError: ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["limited.py", "s.db"]  # no plan written
+    stored = _trial_states(tmp_path).count("COMPLETE")
+    r, lines = _optuna_run(tmp_path, ["-m", "hispec_sim.cli"], 3)
+    assert r.returncode == 0 and "continued" in r.stdout, r.stderr[-2000:]
+    assert _trial_states(tmp_path).count("COMPLETE") == stored + 3
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs POSIX file-size limits")
 def test_storage_that_cannot_be_created_leaves_no_file(tmp_path):
     """No room for a new study database at all: one line, exit 2, and not the empty file
     SQLite had created before it failed."""
-    script = ("import resource, signal, sys\n"
-              "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
-              "resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))\n"
-              "from hispec_sim.cli import main\nsys.exit(main(sys.argv[1:]))\n")
-    argv = ["optimize", "--profile", "cpu_hispec_tiny", "--search", "optuna", "--trials", "5",
-            "--storage", "sqlite:///s.db"]
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    r = subprocess.run([sys.executable, "-c", script, *argv], cwd=tmp_path, env=env, capture_output=True, text=True,
-                       timeout=240)
-    lines = r.stderr.strip().splitlines()
+    (tmp_path / "limited.py").write_text(_FILE_SIZE_LIMIT)
+    r, lines = _optuna_run(tmp_path, ["limited.py", "0"], 5)
     assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
     assert lines[0].startswith("hispec-sim: error: storage: cannot open sqlite:///s.db (OperationalError: ")
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["limited.py"]
 
 
 def test_sigint_inside_a_storage_write(tmp_path):
     """Ctrl-C while Optuna writes to its storage stops the study after that trial (every trial
     stored whole, none left running) and ends in one line, exit 130; raised inside the write,
     it left a half-done SQLite transaction (tracebacks, or a process waiting on its own lock)."""
-    argv = ["optimize", "--profile", "cpu_hispec_tiny", "--search", "optuna", "--trials", "1000",
-            "--storage", "sqlite:///s.db", "--out", "best.json"]
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    r = subprocess.run([sys.executable, "-c", _SIGINT_IN_STORAGE, *argv], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=240)
-    lines = r.stderr.strip().splitlines()
+    r, lines = _optuna_run(tmp_path, ["-c", _SIGINT_IN_STORAGE], 1000, "--out", "best.json")
     assert r.returncode == 130, r.stderr[-2000:]
     assert "Traceback" not in r.stderr and len(lines) == 1 and "interrupted" in lines[0], r.stderr[-2000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.db"]
-    con = sqlite3.connect(tmp_path / "s.db")
-    states = [s for (s,) in con.execute("select state from trials")]
-    con.close()
+    states = _trial_states(tmp_path)
     assert states.count("COMPLETE") >= 2 and set(states) <= {"COMPLETE", "WAITING"}, states  # WAITING: seeded, not run
