@@ -7,6 +7,10 @@ set -euo pipefail
 export ATEN_CPU_CAPABILITY=default                                   # torch's own kernels
 export MKL_ENABLE_INSTRUCTIONS=SSE4_2 MKL_CBWR=COMPATIBLE            # torch's matmuls (MKL)
 export ONEDNN_MAX_CPU_ISA=SSE41                                      # torch's oneDNN kernels
-export NPY_DISABLE_CPU_FEATURES="X86_V3 X86_V4 AVX512_ICL AVX512_SPR"  # numpy's dispatched loops
+# numpy's dispatched loops: every target this numpy build dispatches to (the names differ between numpy 1.x and 2.x)
+py=python; case "$(basename "${1:-}")" in python*) py=$1 ;; esac  # the command's own interpreter where it names one
+NPY_DISABLE_CPU_FEATURES=$("$py" -c 'import numpy as n; c = getattr(n, "_core", None) or n.core
+print(" ".join(c._multiarray_umath.__cpu_dispatch__))' 2>/dev/null || true)
+export NPY_DISABLE_CPU_FEATURES
 export OPENBLAS_CORETYPE=Nehalem                                     # numpy/scipy's OpenBLAS
 exec "$@"
