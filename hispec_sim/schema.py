@@ -27,6 +27,7 @@ MAX_CONTEXT = 1 << 24      # context length in tokens (16M)
 MAX_MS = 1e6               # any latency figure in ms (1000 s)
 MAX_REQUEST_TOKENS = 1_000_000  # a served request's prompt, and its output
 MAX_DIM = 1 << 20          # hidden, ffn, heads, vocab of a model shape
+MAX_LAG1 = 0.95            # |AR(1) coefficient| of simulated step noise: below 1, or the noise never mixes
 MAX_SEED = 2**32 - 1       # numpy and torch seeds
 MAX_THREADS = 1024
 MAX_STREAMS = 1 << 20      # Monte-Carlo streams
@@ -254,7 +255,7 @@ class StepNoise(Strict):
     short_quantiles: list[float] | None = Field(None, min_length=3, max_length=257,
                                                 description="for steps shorter than split_ms (quantiles: the others)")
     split_ms: float | None = Field(None, gt=0, le=MAX_MS)
-    lag1_autocorrelation: float = Field(0.0, ge=-0.95, le=0.95)
+    lag1_autocorrelation: float = Field(0.0, ge=-MAX_LAG1, le=MAX_LAG1)
     lag1_measured: float | None = Field(None, ge=-1, le=1, description="as measured (stored as 0 when not significant)")
     iterations: int = Field(ge=1)
     ratio_mean: float | None = Field(None, gt=0, le=100, description="mean measured / fitted before the rescaling "

@@ -114,9 +114,12 @@ def describe(ratio: np.ndarray, group: np.ndarray, fitted_ms: np.ndarray | None 
                        split_ms=round(split, 6))
     if cls is None:
         out["quantiles"] = _quantiles(ratio, n_quantiles)
+    from .schema import MAX_LAG1
+
     rho, pairs = lag1_normal_scores(ratio, group, cls)
     significant = pairs > 0 and abs(rho) > 2.0 / np.sqrt(pairs)
-    out.update(lag1_autocorrelation=round(rho, 4) if significant else 0.0, lag1_measured=round(rho, 4))
+    used = float(np.clip(rho, -MAX_LAG1, MAX_LAG1))  # a loaded machine measured 0.9514: capped, not refused
+    out.update(lag1_autocorrelation=round(used, 4) if significant else 0.0, lag1_measured=round(rho, 4))
     return out
 
 

@@ -143,6 +143,16 @@ def test_the_measurement_recovers_an_ar1_and_calls_white_noise_iid():
     assert white["lag1_autocorrelation"] == 0.0 and abs(white["lag1_measured"]) < 0.05
 
 
+def test_a_measured_autocorrelation_beyond_the_cap_is_capped_not_refused():
+    """A loaded machine's step times can drift almost as a random walk (CI measured 0.9514):
+    `profile measure` keeps going with the AR(1) coefficient capped at the schema's bound
+    (the measured value stays beside it)."""
+    z = np.cumsum(np.random.default_rng(3).standard_normal(600))  # a random walk: lag-1 ~ 1
+    d = step_noise.describe(np.exp(0.05 * z), np.zeros(600, int))
+    assert d["lag1_measured"] > schema.MAX_LAG1 and d["lag1_autocorrelation"] == schema.MAX_LAG1
+    schema.StepNoise(**{k: v for k, v in d.items() if k in schema.StepNoise.model_fields})
+
+
 @pytest.mark.parametrize("bad,field", [({"quantiles": [1.0, 0.9, 1.1]}, "non-decreasing"),
                                        ({"quantiles": [0.0, 1.0, 1.2]}, "> 0"),
                                        ({"quantiles": [0.9, float("nan"), 1.2]}, "finite"),
