@@ -33,7 +33,8 @@ def test_builder_reproduces_committed_profiles(builder, tmp_path):
     written = sorted(p.stem for p in tmp_path.glob("*.json"))
     assert written == sorted(BUILDERS[builder])
     for name in written:
-        new, old = (tmp_path / f"{name}.json").read_text(encoding="utf-8"), (REPO / "profiles" / f"{name}.json").read_text(encoding="utf-8")
+        new = (tmp_path / f"{name}.json").read_text(encoding="utf-8")
+        old = (REPO / "profiles" / f"{name}.json").read_text(encoding="utf-8")
         assert same_to_last_digit(new, old) == [], f"{name}: rebuilt profile differs from profiles/{name}.json"
 
 
