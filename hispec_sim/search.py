@@ -252,10 +252,10 @@ def open_storage(url: str, heartbeat: int = HEARTBEAT_S, grace: int = GRACE_S):
     new_file = None  # a SQLite file this call creates: removed again if the storage cannot be set up
     if scheme == "sqlite":
         path = url.split("://", 1)[1].removeprefix("/").split("?", 1)[0]
-        if path and path != ":memory:" and not Path(path).parent.exists():
-            raise ValueError(f"storage: folder {Path(path).parent} of {url} does not exist")
-        if path and path != ":memory:" and not Path(path).exists():
-            new_file = Path(path)
+        if path and path != ":memory:":
+            if not Path(path).parent.exists():
+                raise ValueError(f"storage: folder {Path(path).parent} of {url} does not exist")
+            new_file = None if Path(path).exists() else Path(path)
         engine_kwargs["connect_args"] = {"timeout": 60}
     elif scheme == "postgresql":
         engine_kwargs["connect_args"] = {"connect_timeout": 10}

@@ -36,6 +36,8 @@ from statistics import NormalDist
 
 import numpy as np
 
+from .schema import MAX_LAG1
+
 NOISE_STREAM = 0x5E7  # the noise's RNG stream: [NOISE_STREAM, seed], apart from the acceptance draws
 QUANTILES = 65
 MIN_CLASS = 2 * QUANTILES  # iterations a step-size class needs for quantiles of its own
@@ -114,8 +116,6 @@ def describe(ratio: np.ndarray, group: np.ndarray, fitted_ms: np.ndarray | None 
                        split_ms=round(split, 6))
     if cls is None:
         out["quantiles"] = _quantiles(ratio, n_quantiles)
-    from .schema import MAX_LAG1
-
     rho, pairs = lag1_normal_scores(ratio, group, cls)
     significant = pairs > 0 and abs(rho) > 2.0 / np.sqrt(pairs)
     used = float(np.clip(rho, -MAX_LAG1, MAX_LAG1))  # a loaded machine measured 0.9514: capped, not refused

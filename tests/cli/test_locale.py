@@ -19,7 +19,7 @@ def run(*args, cwd):
                            *args], env=ASCII_ENV, cwd=cwd, capture_output=True, timeout=300)
 
 
-def test_the_locale_is_ascii(tmp_path):
+def test_the_locale_is_ascii():
     r = subprocess.run([sys.executable, "-c", "import locale, sys; print(locale.getpreferredencoding(), sys.stdout.encoding)"],
                        env=ASCII_ENV, capture_output=True, text=True)
     assert r.stdout.split() == ["ANSI_X3.4-1968", "ascii"]  # else the cases below test nothing
