@@ -25,4 +25,6 @@ def test_script_selects_baseline_code_paths():
     r = subprocess.run(["bash", str(REPO / "scripts" / "as-baseline-x86.sh"), sys.executable, "-c", PROBE],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.split("\n")[:2] == ["DEFAULT", "[]"], r.stdout
+    capability, numpy_targets = r.stdout.split("\n")[:2]
+    assert capability in ("DEFAULT", "NO AVX"), r.stdout  # torch 2.13 calls the baseline DEFAULT, 2.4 "NO AVX"
+    assert numpy_targets == "[]", r.stdout
