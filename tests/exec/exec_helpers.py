@@ -3,6 +3,23 @@ import torch
 from hispec_exec.model import ModelArgs, Transformer
 
 
+class VirtualClock:
+    """A clock for serve(): every reading advances `tick` seconds, a sleep advances by what
+    it asks. Which request arrives while the loop is busy, and so whether it idles, is then
+    the same on any machine (on a real clock, an emulated aarch64 machine was still busy
+    when a spaced-out request arrived, so its loop never idled)."""
+
+    def __init__(self, tick: float = 1e-3):
+        self.t, self.tick = 0.0, tick
+
+    def __call__(self) -> float:
+        self.t += self.tick
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.t += max(0.0, seconds)
+
+
 def random_model(seed=0, vocab=64, layers=8, dim=64, heads=4, kv=2, ffn=128, ctx=256, tie=False, scale=None):
     torch.manual_seed(seed)
     m = Transformer(ModelArgs(vocab_size=vocab, dim=dim, n_layers=layers, n_heads=heads, n_kv_heads=kv,

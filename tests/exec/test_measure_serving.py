@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+from exec_helpers import VirtualClock
 
 from hispec_exec.measure_serving import (
     batch_layer_grid,
@@ -132,7 +133,7 @@ def test_the_probe_puts_every_run_back_into_the_grids_window(shipped, monkeypatc
 
     def drifting(model, plan, prompts, max_new, max_batch, seed=0, clock=None, gap_s=0.0):
         gaps.append(gap_s)
-        log = real(model, plan, prompts, max_new, max_batch, seed, CpuClock(), gap_s)  # the real ops; times synthetic
+        log = real(model, plan, prompts, max_new, max_batch, seed, VirtualClock(1e-6), gap_s)  # the real ops; times synthetic
         cost = StepCost(unit, plan, 16, 2, 256, np.array([len(p) for p in prompts]))
         for it in log:
             fwd, head, nseq, nchk = ms.step_features(plan.levels, it["ops"], table)

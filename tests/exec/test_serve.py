@@ -9,22 +9,12 @@ import json
 import pytest
 import torch
 
+from exec_helpers import VirtualClock
+
 from hispec_exec import autoregressive
 from hispec_exec.cli import main
 from hispec_exec.serve import kv_need, serve
 from hispec_sim.schema import Plan, ServeLimits
-
-
-class VirtualClock:
-    def __init__(self):
-        self.t = 0.0
-
-    def __call__(self):
-        self.t += 1e-3
-        return self.t
-
-    def sleep(self, dt):
-        self.t += dt
 
 
 def run(model, plan, arrivals, prompts, news, limits, **kw):
