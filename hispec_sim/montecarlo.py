@@ -203,9 +203,7 @@ def _block_engine(cost: CostModel, model: AgreementModel, plan: Plan, streams: i
         if lacc < 0:  # survivors of the failing block pass while before + t * lacc > u
             x = u - (at(cum, fail) - blk_f)
             x /= np.float32(lacc)
-            np.ceil(x, out=x)
-            x -= np.float32(1.0)
-            t_pass = np.clip(x, 0, a_f, out=x).astype(np.int16)
+            t_pass = _ceil_minus_one_clipped(x, a_f)
         else:
             t_pass = a_f
         accepted = np.where(failed, at(start, fail) + t_pass, n)
@@ -313,6 +311,16 @@ def _block_engine(cost: CostModel, model: AgreementModel, plan: Plan, streams: i
     cycle_tokens = np.concatenate(tokens, 1)
     return (cycle_ms.sum(0), cycle_tokens.sum(0), [cycle_ms.ravel()], [cycle_tokens.ravel()],
             accepted / np.maximum(checked, 1))
+
+
+def _ceil_minus_one_clipped(x: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """clip(ceil(x) - 1, 0, top) as int16, in place on float32 x. Clipped before the ceil:
+    x is huge where a log rate is near 0, and numpy 1.x without SSE4.1 flags a float32 ceil
+    beyond 2^31 as 'invalid' (a spurious RuntimeWarning; the value was right)."""
+    np.clip(x, 1, top + 1, out=x)
+    np.ceil(x, out=x)
+    x -= np.float32(1.0)
+    return x.astype(np.int16)
 
 
 def _cumsum0(x: np.ndarray) -> np.ndarray:
