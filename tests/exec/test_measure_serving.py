@@ -5,8 +5,8 @@ import math
 
 import numpy as np
 import pytest
-from exec_helpers import VirtualClock
 
+from exec_helpers import VirtualClock
 from hispec_exec.measure_serving import (
     batch_layer_grid,
     measure_serving,

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from exec_helpers import VirtualClock
-
 from hispec_exec import autoregressive
 from hispec_exec.cli import main
 from hispec_exec.serve import kv_need, serve
