@@ -208,7 +208,7 @@ def profile_table(rows: list[dict], width: int = 100) -> list[str]:
     cols = ["name", "model", "layers", "hardware", "tp", "stacks"]
     cells = [[r["name"], r["model"], str(r["layers"]), r["hardware"], ",".join(map(str, r["tp"])), ",".join(r["stacks"])]
              for r in rows]
-    w = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(cols)]
+    w = [max([len(c)] + [len(x[i]) for x in cells]) for i, c in enumerate(cols)]
     lines = ["  ".join(c.ljust(w[i]) for i, c in enumerate(cols)) + "  workloads"]
     for r, x in zip(rows, cells):
         head = "  ".join(v.ljust(w[i]) for i, v in enumerate(x)) + "  "

@@ -592,7 +592,14 @@ def _ranges(xs: list[int]) -> str:
 
 # --------------------------------------------------------------------------- I/O
 
-PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
+def _profiles_dir() -> Path:
+    """The shipped profiles: the checkout's profiles/ (editable install), which a wheel
+    carries as hispec_sim/profiles/ (pyproject.toml maps it)."""
+    here = Path(__file__).resolve().parent
+    return here / "profiles" if (here / "profiles").is_dir() else here.parent / "profiles"
+
+
+PROFILES_DIR = _profiles_dir()
 
 
 def known_profiles() -> list[str]:

@@ -9,7 +9,7 @@ import pytest
 
 from factories import make_profile
 from hispec_sim.cli import EXPORT_FORMATS as CLI_EXPORT_FORMATS
-from hispec_sim.cli import main
+from hispec_sim.cli import main, profile_table
 from hispec_sim.schema import save_profile
 
 ENTRY_KEYS = {"plan", "tokens_per_second", "speedup_vs_autoregressive", "tokens_per_full_forward"}
@@ -167,6 +167,8 @@ def test_profiles_lines_fit_100_characters(capsys):
     assert code == 0 and len(out.splitlines()) >= 2
     assert max(len(l) for l in out.splitlines()) <= 100
     assert all(name in out for name in ("a100_llama70b", "cpu_hispec_tiny"))
+    empty, = profile_table([])  # no profiles found: the header alone, no crash
+    assert empty.split() == out.splitlines()[0].split()
 
 
 @pytest.mark.parametrize("to,what", [("exec", "plan file for hispec-exec"), ("hf", "transformers"), ("json", "predicted")])
