@@ -7,11 +7,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+import hispec_sim
+
+# PYTHONPATH: the package by its folder, because an editable install's finder holds that
+# folder as text, which an ASCII locale cannot encode when the checkout's path is not ASCII
 ASCII_ENV = {**os.environ, "LC_ALL": "POSIX", "LANG": "POSIX", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0",
-             "PYTHONIOENCODING": ""}
+             "PYTHONIOENCODING": "", "PYTHONPATH": str(Path(hispec_sim.__file__).resolve().parents[1])}
 
 
 def run(*args, cwd):
