@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from hispec_sim import schema
 from hispec_sim.cli_common import (SEED, Parser, add_model_args, add_plan_args, check_output, check_output_folder,
-                                   float_in, given, int_in, load_model_from_args, plan_from_args, run_main)
+                                   float_in, int_in, load_model_from_args, model_files, plan_from_args, refuse_unread,
+                                   run_main)
 
 TOKENS = int_in(1, 1 << 20)
 
@@ -176,7 +178,7 @@ def cmd_run(a) -> int:
     from .data import encode as encode_bytes
 
     if a.out:  # before the run: never overwrite the plan
-        check_output(a.out, inputs=[a.plan])
+        check_output(a.out, inputs=[a.plan, *model_files(a)])
     plan = _plan_args(a)
     _check_temperature(a, plan)
     model = _load(a)
@@ -211,11 +213,10 @@ def cmd_run(a) -> int:
     return 0
 
 
-def _check_temperature(a, plan) -> None:
-    """Before the model loads: --temperature only means something when sampling."""
-    mode = a.mode or (plan.mode if plan is not None else "greedy")
-    if mode == "greedy" and given(a._argv, "--temperature"):
-        raise ValueError("temperature: applies to --mode sampling (greedy decoding takes the argmax)")
+def _check_temperature(a, plan, flags=("--temperature",)) -> None:
+    """Before the model loads: --temperature (generate: and --seed) only mean something when sampling."""
+    if (a.mode or (plan.mode if plan is not None else "greedy")) == "greedy":
+        refuse_unread(a, flags, "--mode sampling (greedy decoding takes the argmax)")
 
 
 def cmd_generate(a) -> int:
@@ -228,7 +229,7 @@ def cmd_generate(a) -> int:
     except UnicodeEncodeError:
         raise ValueError("prompt: not UTF-8 text") from None
     plan = _plan_args(a)
-    _check_temperature(a, plan)
+    _check_temperature(a, plan, ("--temperature", "--seed"))
     model = _load(a)
     plan = _plan_for_model(a, model, plan)
     enc, dec = _codec(a, model)
@@ -292,6 +293,8 @@ def check_train_args(a):
                          f"to train, this machine has {have / 2**30:.1f} GiB")
     del hd
     check_output_folder(a.out)
+    if a.init_from is not None and Path(a.out).is_dir() and os.path.samefile(a.out, a.init_from):
+        raise ValueError(f"out: {a.out} is the --init-from checkpoint, an input; give another folder")
     if Path(a.out).is_dir() and any(Path(a.out).iterdir()) and not (Path(a.out) / "config.json").exists():
         raise ValueError(f"out: {a.out} is a folder holding other files; give a new or a checkpoint folder")
     return args

@@ -43,8 +43,10 @@ def read_prompts(path: str | Path, fmt: str | None = None, field: str = "prompt"
     fmt = _format_for(path, fmt)
     if path.is_dir():
         raise ValueError(f"prompts_file: {path} is a folder; give a file")
-    if not path.is_file():
+    if not path.exists():
         raise ValueError(f"prompts_file: no such file {str(path)!r}")
+    if not path.is_file():
+        raise ValueError(f"prompts_file: {path} is not a regular file")
     size = path.stat().st_size
     if size > MAX_FILE_BYTES:
         raise ValueError(f"prompts_file: {path} is {size} bytes; at most {MAX_FILE_BYTES} allowed")

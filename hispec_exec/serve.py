@@ -365,16 +365,19 @@ def run(a) -> int:
     from hispec_sim.schema import ServeLimits, write_atomic
     from hispec_sim.traffic import summarize
 
-    from hispec_sim.cli_common import check_output
+    from hispec_sim.cli_common import check_output, model_files
+    from hispec_sim.cli_serving import refuse_unread_traffic
 
-    from .cli import _codec, _load, _plan_args, _plan_for_model
+    from .cli import _check_temperature, _codec, _load, _plan_args, _plan_for_model
     from .generate import autoregressive, check_plan
 
     limits = _pyd(ServeLimits, max_batch=a.max_batch, kv_tokens=a.kv_tokens, slo_ttft_ms=a.slo_ttft_ms,
                   slo_tbt_ms=a.slo_tbt_ms)
+    refuse_unread_traffic(a)
     if a.out:
-        check_output(a.out, inputs=[a.trace, a.plan])
+        check_output(a.out, inputs=[a.trace, a.plan, *model_files(a)])
     plan = _plan_args(a)
+    _check_temperature(a, plan)
     model = _load(a)
     plan = _plan_for_model(a, model, plan)
     if a.batching:

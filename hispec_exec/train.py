@@ -37,6 +37,7 @@ def evaluate(model: Transformer, data: torch.Tensor, windows: int = 32, seq: int
     """Held-out loss of every exit and greedy agreement of every exit with the last layer
     (teacher forced on held-out text)."""
     model.eval()
+    seq = min(seq, model.args.max_seq_len)  # a model trained with a shorter context
     g = torch.Generator().manual_seed(seed)
     ix = torch.randint(0, len(data) - seq - 1, (windows,), generator=g)
     L = model.num_layers
@@ -157,8 +158,12 @@ def save(model: Transformer, out_dir: Path, log: dict) -> None:
     sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     if model.args.tie_embeddings:
         sd.pop("output.weight", None)
-    tmp = out_dir / "model.safetensors.tmp"
-    save_file(sd, str(tmp))
-    tmp.replace(out_dir / "model.safetensors")
+    tmp = Path(out_dir) / "model.safetensors.tmp"
+    try:
+        save_file(sd, str(tmp))
+    except Exception as e:  # safetensors raises its own error type (disk full, file too large)
+        tmp.unlink(missing_ok=True)
+        raise ValueError(f"out: cannot write {tmp} ({str(e).splitlines()[0][:160]})") from None
+    tmp.replace(Path(out_dir) / "model.safetensors")
     write_atomic(out_dir / "config.json", model.args.to_json() + "\n")
     write_atomic(out_dir / "train_log.json", json.dumps(log, indent=1) + "\n")

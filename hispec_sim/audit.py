@@ -215,7 +215,7 @@ def audit(setting: Setting, plan: Plan | str, speedup: float) -> dict:
            "floor_speedup": round(floor, 6)}
     if speedup > ceiling:
         out.update(reachable=False, unreachable_by_pct=round(100 * (speedup / ceiling - 1), 3), required_level=None,
-                   verdict=f"unreachable: {speedup:g}x is {100 * (speedup / ceiling - 1):.1f} % above the ceiling "
+                   verdict=f"unreachable: {speedup:g}x is {100 * (speedup / ceiling - 1):.4g} % above the ceiling "
                            f"{ceiling:.3f}x (every token accepted) under this cost model")
         out["reconciled"] = False
         return out
@@ -301,8 +301,10 @@ def add_parser(subparsers) -> None:
 
 
 def _parse_speedup(text: str) -> float:
+    from .schema import strict_float
+
     try:
-        v = float(text if text.isascii() and "_" not in text else "not a number")
+        v = strict_float(text)
     except ValueError:
         raise ValueError(f"speedup: must be a number > 0, got {text!r}") from None
     if not (math.isfinite(v) and v > 0):

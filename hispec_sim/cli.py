@@ -12,7 +12,7 @@ import sys
 
 from . import cli_measure, schema
 from .cli_common import (SEED, Parser, UsageError, add_model_args, add_plan_args, check_output, check_storage,  # noqa: F401
-                         float_in, given, int_in, load_model_from_args, one_line, plan_from_args, run_main,
+                         float_in, int_in, load_model_from_args, one_line, plan_from_args, refuse_unread, run_main,
                          sqlite_path)
 from .evaluate import DEFAULT_RESCORE, Setting, optimized, score
 
@@ -47,9 +47,8 @@ def _profile_path(args):
 
 
 def cmd_evaluate(args) -> int:
-    for flag in ("--streams", "--cycles"):
-        if not (args.mc or args.replay) and given(args._argv, flag):
-            raise ValueError(f"{flag[2:]}: applies to the Monte-Carlo estimate; add --mc or --replay")
+    if not (args.mc or args.replay):
+        refuse_unread(args, ("--streams", "--cycles"), "the Monte-Carlo estimate; add --mc or --replay")
     if args.streams * args.cycles > schema.MAX_STREAM_CYCLES:
         raise ValueError(f"streams: --streams x --cycles must be <= {schema.MAX_STREAM_CYCLES}, "
                          f"got {args.streams} x {args.cycles}")
@@ -171,21 +170,15 @@ def _check_search_args(args, opts: dict) -> None:
         lo, hi = opts["depth"]
         if not 1 <= lo <= hi <= schema.MAX_LEVELS:
             raise ValueError(f"depth: expected N or MIN-MAX with 1 <= MIN <= MAX <= {schema.MAX_LEVELS}, got {args.depth!r}")
-    for field, v, lo, hi in (("trials", args.trials, 1, schema.MAX_TRIALS), ("seed", args.seed, 0, schema.MAX_SEED),
-                             ("workers", args.workers, 1, 256), ("mc_streams", args.mc_streams, 1, schema.MAX_STREAMS),
-                             ("mc_cycles", args.mc_cycles, 1, schema.MAX_CYCLES)):
-        if v is not None and not lo <= v <= hi:
-            raise ValueError(f"{field}: must be >= {lo} and <= {hi}, got {v}")
     if args.mc_streams * args.mc_cycles > schema.MAX_STREAM_CYCLES:
         raise ValueError(f"mc_streams: --mc-streams x --mc-cycles must be <= {schema.MAX_STREAM_CYCLES}")
-    if args.timeout is not None and not (args.timeout > 0 and args.timeout <= 7 * 86400):
-        raise ValueError(f"timeout: must be in (0, {7 * 86400}] seconds, got {args.timeout}")
     check_storage(args.storage)
     if not opts["optuna"]:
-        for flag in ("--trials", "--timeout", "--sampler", "--storage", "--study-name", "--workers"):
-            if given(args._argv, flag):
-                raise ValueError(f"{flag[2:].replace('-', '_')}: applies to the Optuna search, and this one is "
-                                 "exhaustive; add --search optuna")
+        refuse_unread(args, ("--trials", "--timeout", "--sampler", "--storage", "--study-name", "--workers", "--seed",
+                             "--mc-streams", "--mc-cycles"),
+                      "the Optuna search, and this one is exhaustive; add --search optuna")
+    elif args.objective != "mc" and "p99" not in opts["objectives"]:
+        refuse_unread(args, ("--mc-streams", "--mc-cycles"), "the Monte-Carlo objectives: --objective mc or p99")
 
 
 def cmd_profiles(args) -> int:
@@ -227,6 +220,8 @@ def cmd_schema(args) -> int:
 def cmd_report(args) -> int:
     from .report import FAMILY_LABEL, build_report
 
+    if args.serving_requests == 0:
+        refuse_unread(args, ("--slo-ttft-ms", "--slo-tbt-ms"), "the serving curves, which --serving-requests 0 skips")
     out = args.out or ("report.html" if args.format == "html" else "report.md")
     check_output(out, inputs=[_profile_path(args), args.validation])
     data, _, path = build_report(args.profile, out, args.format, workload=args.workload, tp=args.tp,

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from . import schema
+from .schema import strict_float, strict_int
 
 
 class UsageError(Exception):
@@ -59,23 +60,11 @@ def _type(name: str, convert, lo, hi, what: str):
     return parse
 
 
-def _ascii_number(text: str) -> str:
-    """Python's int() and float() also take '1_0' and full-width digits; a command line does not."""
-    if not text.isascii() or "_" in text:
-        raise ValueError(text)
-    return text
-
-
 def _finite_float(text: str) -> float:
-    v = float(_ascii_number(text))
+    v = strict_float(text)
     if not math.isfinite(v):
         raise ValueError(text)
     return v
-
-
-def strict_int(text: str) -> int:
-    """int(text) for ASCII digits only ('1_0' and full-width digits are refused)."""
-    return int(_ascii_number(text))
 
 
 def int_in(lo: int, hi: int):
@@ -109,6 +98,14 @@ def int_list(text: str | None, field: str, lo: int = 1, hi: int | None = None) -
 def given(argv: list[str], flag: str) -> bool:
     """Whether `flag` was on the command line, as `--flag V` or `--flag=V`."""
     return any(a == flag or a.startswith(flag + "=") for a in argv)
+
+
+def refuse_unread(args, flags, applies_to: str) -> None:
+    """A flag the chosen mode does not read is refused, not ignored: ValueError
+    '<field>: applies to <applies_to>' for the first of `flags` on the command line."""
+    for flag in flags:
+        if given(getattr(args, "_argv", []), flag):
+            raise ValueError(f"{flag[2:].replace('-', '_')}: applies to {applies_to}")
 
 
 # --------------------------------------------------------------------------- plans
@@ -175,6 +172,15 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="CPU threads for torch (default 1: stable timings)")
 
 
+def model_files(args) -> list[Path]:
+    """The files of the model folder a command reads (--model, or the shipped checkpoint):
+    inputs that an --out must not overwrite."""
+    from hispec_exec.checkpoint import DEFAULT_CHECKPOINT
+
+    folder = Path(args.model) if getattr(args, "model", None) else DEFAULT_CHECKPOINT
+    return [p for p in folder.iterdir() if p.is_file()] if folder.is_dir() else []
+
+
 def load_model_from_args(args):
     """The executor's model (torch imported here, not at module level)."""
     import torch
@@ -191,7 +197,7 @@ def load_model_from_args(args):
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
-    except OSError:
+    except (OSError, RuntimeError):  # RuntimeError: a symbolic link loop (Python < 3.13)
         return False
 
 
@@ -247,6 +253,8 @@ def check_output(path: str | Path, field: str = "out", inputs=(), must_not_exist
         raise ValueError(f"{field}: give a file name, got {str(path)!r}")
     if path.is_symlink():  # the file written is the link's target (schema.write_atomic)
         path = Path(os.path.realpath(path))
+        if path.is_symlink():  # realpath stops where links loop
+            raise ValueError(f"{field}: {path} is a symbolic link that loops; give a file name")
     for inp in inputs:
         if inp is not None and _same_file(path, Path(inp)):
             raise ValueError(f"{field}: {path} is also an input of this command; choose another file")
@@ -292,9 +300,6 @@ def one_line(e: BaseException) -> str:
     return " ".join(text.split())[:400]
 
 
-PATH_FLAGS = ("out", "profile", "plan", "trace", "prompts_file", "model", "storage", "tokenizer")  # '' is no file
-
-
 def run_main(prog: str, build_parser, argv: list[str] | None, func_attr: str = "func") -> int:
     """Parse argv and run the chosen command; every failure is one line on stderr."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -307,9 +312,10 @@ def run_main(prog: str, build_parser, argv: list[str] | None, func_attr: str = "
         except SystemExit as e:  # --help / --version
             return int(e.code or 0)
         args._argv = argv
-        for name in PATH_FLAGS:
-            if getattr(args, name, None) == "":
-                raise UsageError(f"{name}: must not be empty (--{name.replace('_', '-')})")
+        for name, value in vars(args).items():  # '' names no file, profile, workload...: never "not given"
+            if value == "":
+                flag = "--" + name.replace("_", "-")
+                raise UsageError(f"{name}: must not be empty" + (f" ({flag})" if given(argv, flag) else ""))
         func = getattr(args, func_attr, None) or getattr(args, "fn")  # `fn`: hispec-exec's older spelling
         return func(args)
     except UsageError as e:

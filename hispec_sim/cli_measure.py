@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 from . import schema
-from .cli_common import SEED, add_model_args, check_output, given, int_in, load_model_from_args
+from .cli_common import (SEED, add_model_args, check_output, given, int_in, load_model_from_args, model_files,
+                         refuse_unread)
 
 MAX_PROMPTS = 10_000
 MAX_NEW_TOKENS = 65_536
@@ -85,14 +86,16 @@ def _existing_profile(path: Path) -> schema.Profile | None:
 def cmd_measure(args) -> int:
     from hispec_exec.prompts import encode_prompts, read_prompts, text_encoder
 
-    if args.prompts_file is None and (args.format or args.field != "prompt"):
-        raise ValueError("prompts_file: --format and --field need --prompts-file")
+    if args.prompts_file is None:
+        refuse_unread(args, ("--format", "--field"), "a --prompts-file")
     if args.prompts_file is not None and not args.workload:
         raise ValueError("workload: name the workload of the prompts file with --workload NAME")
     workload = args.workload or "heldout"
     if not workload.replace("_", "").replace("-", "").isalnum() or len(workload) > 64:
         raise ValueError("workload: use letters, digits, - and _ (at most 64)")
-    out = check_output(args.out, inputs=[args.prompts_file])  # fail now, not after minutes of measuring
+    if args.acceptance_only:
+        refuse_unread(args, ("--repeats", "--attempts", "--progress"), "the timing, which --acceptance-only skips")
+    out = check_output(args.out, inputs=[args.prompts_file, *model_files(args)])  # now, not after minutes of measuring
     existing = _existing_profile(out)
     if args.acceptance_only and existing is None:
         raise ValueError(f"out: --acceptance-only adds a workload to an existing profile, and {out} does not exist")
@@ -188,11 +191,12 @@ def cmd_validate(args) -> int:
         if not (isinstance(v, int) and lo <= v <= hi):
             raise ValueError(f"{field}: must be an integer in [{lo}, {hi}], got {v!r}")
     if args.out:
-        check_output(args.out, inputs=[_profile_path(args), args.plan, args.prompts_file])
-    if args.prompts_file is None and (args.format or args.field != "prompt"):
-        raise ValueError("prompts_file: --format and --field need --prompts-file")
+        check_output(args.out, inputs=[_profile_path(args), args.plan, args.prompts_file, *model_files(args)])
+    if args.prompts_file is None:
+        refuse_unread(args, ("--format", "--field"), "a --prompts-file")
     prompts_text = None
     if args.prompts_file:
+        refuse_unread(args, ("--prompts", "--prompt-seed"), "the held-out prompts; a --prompts-file brings its own")
         from hispec_exec.prompts import read_prompts
 
         prompts_text = read_prompts(args.prompts_file, args.format, args.field)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import schema
-from .cli_common import check_output, float_in, int_in
+from .cli_common import check_output, float_in, int_in, int_list
 from .schema import Profile, Source, load_profile, save_profile
 
 MS = float_in(0.0, schema.MAX_MS)
@@ -51,13 +51,10 @@ def add_parsers(subparsers):
 def _parse_tps(text: str | None) -> list[int] | None:
     if not text:
         return None
-    try:
-        tps = sorted({int(x) for x in text.replace(" ", "").split(",") if x})
-    except (ValueError, OverflowError):
-        raise ValueError(f"tp: expected comma-separated integers, got {text!r}") from None
-    if not tps or any(t < 1 or t > schema.MAX_TP for t in tps):
-        raise ValueError(f"tp: degrees must be in [1, {schema.MAX_TP}], got {text!r}")
-    return tps
+    tps = int_list(text, "tp", 1, schema.MAX_TP)
+    if len(set(tps)) < len(tps):
+        raise ValueError(f"tp: each degree once, got {text!r}")
+    return sorted(tps)
 
 
 def placeholder_acceptance(num_layers: int):

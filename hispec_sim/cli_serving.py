@@ -10,7 +10,7 @@ import json
 import numpy as np
 
 from . import schema, serving, traffic
-from .cli_common import SEED, add_plan_args, float_in, int_in, plan_from_args
+from .cli_common import SEED, add_plan_args, float_in, int_in, plan_from_args, refuse_unread
 from .evaluate import Setting
 
 DEFAULT_PROMPT = "lognormal:256:0.8:max=2048"
@@ -21,7 +21,7 @@ def _common(p, capacity: bool) -> None:
     p.add_argument("--profile", required=True, help="shipped profile name or path to a profile JSON")
     p.add_argument("--workload", help="workload name (default: the profile's); its acceptance spread, if any, "
                    "gives each request its own rates")
-    p.add_argument("--tp", type=int, help="tensor-parallel degree (default: the profile's)")
+    p.add_argument("--tp", type=int_in(1, schema.MAX_TP), help="tensor-parallel degree (default: the profile's)")
     p.add_argument("--stack", help="serving stack (default: the profile's)")
     p.add_argument("--qps", type=float_in(1e-6, 1e6), required=capacity, help="mean arrival rate, requests/s" +
                    (" (the target load)" if capacity else ""))
@@ -100,8 +100,8 @@ def _traffic(args) -> schema.Traffic:
     if args.arrival not in ("poisson", "gamma"):
         raise ValueError(f"arrival: must be poisson or gamma, got {args.arrival!r}")
     return schema.Traffic(arrival=args.arrival, qps=args.qps or 1.0, cv=args.cv, requests=args.requests,
-                          prompt_len=schema.LengthDist.parse(args.prompt_len, "prompt-len"),
-                          output_len=schema.LengthDist.parse(args.output_len, "output-len"), seed=args.seed)
+                          prompt_len=schema.LengthDist.parse(args.prompt_len, "prompt_len"),
+                          output_len=schema.LengthDist.parse(args.output_len, "output_len"), seed=args.seed)
 
 
 def _batching(args, auto: bool = False) -> str:
@@ -130,7 +130,18 @@ def _arrays(reqs: list[schema.Request]):
     return arr, pl, ol
 
 
+def refuse_unread_traffic(args) -> None:
+    """With --trace the requests are the file's, so the generator's flags are refused; --cv
+    shapes gamma arrivals only (both serve commands and capacity)."""
+    if getattr(args, "trace", None):
+        refuse_unread(args, ("--requests", "--arrival", "--cv", "--prompt-len", "--output-len"),
+                      "generated traffic (--qps); a --trace brings its own requests")
+    elif args.arrival != "gamma":
+        refuse_unread(args, ("--cv",), "--arrival gamma")
+
+
 def cmd_serve(args) -> int:
+    refuse_unread_traffic(args)
     if args.per_request and not args.json:
         raise ValueError("per_request: lists every request in the JSON; add --json")
     setting = _setting(args)
@@ -211,6 +222,7 @@ def _table(agg: dict) -> str:
 def cmd_capacity(args) -> int:
     from .capacity import Spec, plan_capacity
 
+    refuse_unread_traffic(args)
     setting = _setting(args)
     limits = _limits(args)
     batching = _batching(args, auto=True)

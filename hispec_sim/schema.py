@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 SCHEMA_VERSION = 1
 
@@ -40,6 +40,23 @@ MAX_JSON_BYTES = 64 << 20  # profile / plan / validation files (the shipped prof
 MAX_JSON_DEPTH = 32        # nesting of those files (a profile nests 6 deep)
 
 
+def _ascii_number(text: str) -> str:
+    """Python's int() and float() also take '1_0' and full-width digits; a command line does not."""
+    if not text.isascii() or "_" in text:
+        raise ValueError(text)
+    return text
+
+
+def strict_int(text: str) -> int:
+    """int(text) for ASCII digits only ('1_0' and full-width digits are refused)."""
+    return int(_ascii_number(text))
+
+
+def strict_float(text: str) -> float:
+    """float(text) for ASCII text only, as strict_int."""
+    return float(_ascii_number(text))
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -51,6 +68,15 @@ def _not_a_bool(v):
 
 
 Int = Annotated[int, BeforeValidator(_not_a_bool)]  # a count or a layer: JSON true/false is a mistake, not 1/0
+
+
+def _one_line(v: str) -> str:
+    if any(ord(c) < 32 or ord(c) == 127 for c in v):
+        raise ValueError("must be one line of text (no newline, tab or other control character)")
+    return v
+
+
+Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_one_line)]  # printed on one line
 
 
 # --------------------------------------------------------------------------- plan
@@ -181,7 +207,7 @@ class Source(Strict):
 
 
 class Hardware(Strict):
-    name: str
+    name: Name
     gpus: int = Field(1, ge=1)
     hbm_gb: float | None = Field(None, gt=0)
     hbm_gbps: float | None = Field(None, gt=0)
@@ -190,7 +216,7 @@ class Hardware(Strict):
 
 
 class ModelShape(Strict):
-    name: str
+    name: Name
     num_layers: int = Field(ge=1, le=MAX_LAYERS)
     hidden: int = Field(ge=1, le=MAX_DIM)
     heads: int = Field(ge=1, le=MAX_DIM)
@@ -529,7 +555,7 @@ class Acceptance(Strict):
 
 class Profile(Strict):
     schema_version: Literal[1] = Field(SCHEMA_VERSION, description="format version; this hispec reads 1")
-    name: str
+    name: Name
     description: str = ""
     hardware: Hardware
     model: ModelShape
@@ -642,11 +668,21 @@ def _depth_within(data, limit: int) -> bool:
     return True
 
 
+def _unique_keys(pairs: list) -> dict:
+    out = dict(pairs)
+    if len(out) < len(pairs):  # json.loads would keep the last silently
+        seen = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"key {dup!r} appears twice in one object")
+    return out
+
+
 def parse_json_text(text: str, field: str, where: str = "the input"):
-    """JSON text -> data, bounded: nesting <= MAX_JSON_DEPTH, finite numbers only.
-    ValueError naming the field otherwise."""
+    """JSON text -> data, bounded: nesting <= MAX_JSON_DEPTH, finite numbers only, no key
+    twice in one object. ValueError naming the field otherwise."""
     try:
-        data = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        data = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float,
+                          object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as e:
         raise ValueError(f"{field}: malformed JSON in {where} ({e.msg} at line {e.lineno})") from None
     except RecursionError:
@@ -712,9 +748,10 @@ def validation_message(e: ValidationError) -> str:
 
 
 def _validated(model, data: dict, field: str, path):
-    """model.model_validate(data), a failure naming the field and the file it came from."""
+    """model.model_validate(data) in strict mode -- a file's "16" or 16.0 is not the integer
+    16 -- a failure naming the field and the file it came from."""
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, strict=True)
     except ValidationError as e:
         raise ValueError(f"{field}: {path}: {validation_message(e)}") from None
 
@@ -824,6 +861,7 @@ class LengthDist(Strict):
     def parse(cls, text: str, field: str) -> "LengthDist":
         """CLI form: '128' (fixed), 'uniform:32:512', 'lognormal:200:0.8' (median, sigma),
         'empirical:12,40,300'; an optional ':min=..' / ':max=..' suffix clips."""
+        num, count = strict_float, strict_int
         parts = text.split(":")
         try:
             kw: dict = {}
@@ -831,16 +869,16 @@ class LengthDist(Strict):
                 k, v = parts.pop().split("=", 1)
                 if k not in ("min", "max"):
                     raise ValueError
-                kw[k] = int(v)
+                kw[k] = count(v)
             if len(parts) == 1:
-                return cls(family="fixed", value=int(parts[0]), **kw)
+                return cls(family="fixed", value=count(parts[0]), **kw)
             fam, args = parts[0], parts[1:]
             if fam == "uniform" and len(args) == 2:
-                return cls(family=fam, low=int(args[0]), high=int(args[1]), **kw)
+                return cls(family=fam, low=count(args[0]), high=count(args[1]), **kw)
             if fam == "lognormal" and len(args) == 2:
-                return cls(family=fam, median=float(args[0]), sigma=float(args[1]), **kw)
+                return cls(family=fam, median=num(args[0]), sigma=num(args[1]), **kw)
             if fam == "empirical" and len(args) == 1:
-                return cls(family=fam, values=[int(x) for x in args[0].split(",")], **kw)
+                return cls(family=fam, values=[count(x) for x in args[0].split(",")], **kw)
         except (ValueError, TypeError) as e:
             detail = e.errors()[0]["msg"] if hasattr(e, "errors") else "malformed"
             raise ValueError(f"{field}: {detail} in {text!r}; expected N, uniform:LO:HI, lognormal:MEDIAN:SIGMA "

@@ -47,8 +47,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .cli_common import SEED, float_in, int_in
 from .evaluate import Scored, SearchResult, Setting, exhaustive, exhaustive_arrays, paper_default, ranked_plans, score
-from .schema import Plan, Profile, autoregressive_plan
+from .schema import MAX_CYCLES, MAX_STREAMS, MAX_TRIALS, Plan, Profile, autoregressive_plan, strict_int
 
 DEFAULT_STORAGE = "sqlite:///hispec-studies.db"
 SAMPLERS = ("tpe", "cmaes", "random", "nsga2")
@@ -821,24 +822,22 @@ def add_cli_args(p) -> None:
     p.add_argument("--tp", help="tensor-parallel degree, or choices for Optuna, e.g. 1,2,4,8 (default: the profile's)")
     p.add_argument("--search", default="auto", help="exhaustive, optuna or auto (default: exhaustive where it covers the space)")
     p.add_argument("--depth", help="chain depth range for Optuna, e.g. 1-4 or 3 (default 1-4; auto uses exhaustive for 1-3)")
-    p.add_argument("--trials", type=int, help="trials this run adds to the study (default 100 unless --timeout)")
-    p.add_argument("--timeout", type=float, help="stop each worker after this many seconds")
-    p.add_argument("--seed", type=int, default=0, help="sampler seed; same seed + settings = same result with 1 worker")
+    p.add_argument("--trials", type=int_in(1, MAX_TRIALS), help="trials this run adds to the study (default 100 unless --timeout)")
+    p.add_argument("--timeout", type=float_in(1e-3, 7 * 86400), help="stop each worker after this many seconds")
+    p.add_argument("--seed", type=SEED, default=0, help="sampler seed; same seed + settings = same result with 1 worker")
     p.add_argument("--sampler", default="tpe", help="tpe (default; NSGA-II with several objectives), cmaes, random, nsga2")
     p.add_argument("--objectives", default="throughput", help="comma-separated: throughput, latency (mean ms/token), p99 (Monte-Carlo)")
     p.add_argument("--objective", default="analytic", help="analytic (default) or mc (Monte-Carlo; trace replay where the workload has traces)")
-    p.add_argument("--mc-streams", type=int, default=1024, help="Monte-Carlo streams per trial")
-    p.add_argument("--mc-cycles", type=int, default=32, help="Monte-Carlo full-model checks per stream")
+    p.add_argument("--mc-streams", type=int_in(2, MAX_STREAMS), default=1024, help="Monte-Carlo streams per trial")
+    p.add_argument("--mc-cycles", type=int_in(1, MAX_CYCLES), default=32, help="Monte-Carlo full-model checks per stream")
     p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna RDB storage URL (default {DEFAULT_STORAGE})")
     p.add_argument("--study-name", help="study to create or continue (default: profile-workload-<hash of the settings>)")
-    p.add_argument("--workers", type=int, default=1, help="worker processes on the storage")
+    p.add_argument("--workers", type=int_in(1, 256), default=1, help="worker processes on the storage")
 
 
 def _int_list(text, field: str) -> list[int] | None:
     if text is None:
         return None
-    from .cli_common import strict_int
-
     try:
         return [strict_int(x.strip()) for x in str(text).split(",")]
     except ValueError:
@@ -856,13 +855,15 @@ def cli_prepare(args) -> dict:
     if args.depth:
         parts = args.depth.replace("..", "-").split("-")
         try:
-            lo, hi = (int(parts[0]), int(parts[-1])) if len(parts) <= 2 else (None, None)
+            lo, hi = (strict_int(parts[0]), strict_int(parts[-1])) if len(parts) <= 2 else (None, None)
         except ValueError:
             lo = hi = None
         if lo is None:
             raise ValueError(f"depth: expected N or MIN-MAX, got {args.depth!r}")
         depth = (lo, hi)
-    objectives = tuple(o.strip() for o in args.objectives.split(",") if o.strip())
+    objectives = tuple(o.strip() for o in args.objectives.split(","))
+    if not all(objectives):
+        raise ValueError(f"objectives: comma-separated names, each given, got {args.objectives!r}")
     if args.search not in ("exhaustive", "optuna", "auto"):
         raise ValueError(f"search: unknown {args.search!r}; known: exhaustive, optuna, auto")
     opts = {"batches": batches if len(batches) > 1 else None, "tps": tps if tps and len(tps) > 1 else None,

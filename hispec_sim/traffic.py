@@ -57,15 +57,9 @@ def load_trace(path: str | Path) -> list[Request]:
     the line and the field; arrival times must not decrease."""
     from pydantic import ValidationError
 
-    path = Path(path)
-    try:
-        if path.stat().st_size > MAX_TRACE_BYTES:
-            raise ValueError(f"trace: {path} is larger than {MAX_TRACE_BYTES // 2**20} MiB")
-        text = path.read_bytes().decode("utf-8")
-    except OSError as e:
-        raise ValueError(f"trace: cannot read {path} ({e.strerror})") from None
-    except UnicodeDecodeError:
-        raise ValueError(f"trace: {path} is not UTF-8 text") from None
+    from .schema import read_text_bounded
+
+    text = read_text_bounded(Path(path), "trace", MAX_TRACE_BYTES)  # a regular file: not a pipe or /dev/zero
     out: list[Request] = []
     for no, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -77,7 +71,7 @@ def load_trace(path: str | Path) -> list[Request]:
         if not isinstance(obj, dict):
             raise ValueError(f"trace: line {no}: expected a JSON object with arrival_s, prompt or prompt_tokens, max_new_tokens")
         try:
-            r = Request.model_validate(obj)
+            r = Request.model_validate(obj, strict=True)  # "16" is not a token count
         except ValidationError as e:
             raise ValueError(f"trace: line {no}: {validation_message(e)}") from None
         if out and r.arrival_s < out[-1].arrival_s:

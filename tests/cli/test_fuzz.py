@@ -225,6 +225,21 @@ def work(tmp_path_factory):
     d.mkdir()
     (d / "config.json").write_bytes(b"\xff{}")
     f["M_NONUTF8CFG"] = str(d)
+    # the fuzz audit of 2026-11-30: a link loop as --out, a pipe as --trace, a plan and a
+    # profile typed loosely, a key given twice, a name over two lines, a trace to refuse flags on
+    os.symlink("loop.json", w / "loop.json")
+    f["LOOP"] = str(w / "loop.json")
+    os.mkfifo(w / "fifo")
+    f["FIFO"] = str(w / "fifo")
+    f["CK"] = str(DEFAULT_CHECKPOINT)
+    put("trace.jsonl", '{"arrival_s": 0.0, "prompt_tokens": 16, "max_new_tokens": 8}\n')
+    put("strtrace.jsonl", '{"arrival_s": 0.0, "prompt_tokens": "16", "max_new_tokens": 8}\n')
+    put("prompts.txt", "def f(x):\n")
+    put("strpropose.json", '{"levels": [2, 16], "propose": "2"}')
+    put("floatlevels.json", '{"levels": [2.0, 16]}')
+    put("dupkey.json", '{"levels": [2, 16], "propose": 2, "propose": 3}')
+    prof_variant("strlayers.json", lambda d: d["model"].__setitem__("num_layers", "16"))
+    prof_variant("nlname.json", lambda d: d.__setitem__("name", "two\nlines"))
     f["_w"] = w
     yield f
     os.chmod(w / "ro", 0o755)
@@ -331,7 +346,7 @@ CASES = [
     ("flags", S, "export --plan {PLAN} --to json --profile {P} --context 1e30", ["--context"]),
     ("flags", S, "evaluate --profile {P} --levels 2,16 --seed -1", ["--seed", "[0, 4294967295]"]),
     ("flags", S, "evaluate --profile {P} --levels 2,16 --seed 1e3", ["--seed", "integer"]),
-    ("flags", S, "optimize --profile {P} --seed -1", ["seed", "<= 4294967295"]),
+    ("flags", S, "optimize --profile {P} --seed -1", ["seed", "[0, 4294967295]"]),
     ("flags", S, "validate --profile {P} --seed -1", ["--seed"]),
     ("flags", S, "validate --profile {P} --prompt-seed -5", ["--prompt-seed"]),
     ("flags", S, "evaluate --profile {P} --levels 2,16 --batch 0", ["--batch", "[1, 4096]"]),
@@ -348,12 +363,12 @@ CASES = [
     ("flags", S, "optimize --profile {P} --depth 0-9", ["depth", "16"]),
     ("flags", S, "optimize --profile {P} --depth 1-99", ["depth"]),
     ("flags", S, "optimize --profile {P} --depth x", ["depth"]),
-    ("flags", S, "optimize --profile {P} --search optuna --trials 0", ["trials", ">= 1 and <= 100000"]),
+    ("flags", S, "optimize --profile {P} --search optuna --trials 0", ["trials", "[1, 100000]"]),
     ("flags", S, "optimize --profile {P} --search optuna --trials 10000000", ["trials", "100000"]),
     ("flags", S, "optimize --profile {P} --search optuna --trials -5", ["trials"]),
     ("flags", S, "optimize --profile {P} --search optuna --timeout nan", ["timeout"]),
     ("flags", S, "optimize --profile {P} --search optuna --timeout -1", ["timeout"]),
-    ("flags", S, "optimize --profile {P} --search optuna --workers 0", ["workers", ">= 1 and <= 256"]),
+    ("flags", S, "optimize --profile {P} --search optuna --workers 0", ["workers", "[1, 256]"]),
     ("flags", S, "optimize --profile {P} --search optuna --mc-streams 0", ["mc_streams"]),
     ("flags", S, "optimize --profile {P} --search optuna --mc-streams 1000000 --mc-cycles 60000", ["mc_streams", "67108864"]),
     ("flags", S, "optimize --profile {P} --search quantum", ["search", "exhaustive, optuna, auto"]),
@@ -593,6 +608,63 @@ CASES = [
     ("flags", S, "evaluate --profile {P} --levels -2,16", ["levels", "--levels=VALUE"]),
     ("json-shape", S, "evaluate --profile {P} --plan {BOOLPLAN}", ["plan", "propose", "got true"]),
     ("exec-flags", E, "generate --prompt x --max-new-tokens 4 --temperature 0.5", ["temperature", "sampling"]),
+    # -- found by the fuzz audit of 2026-11-30
+    ("unwritable", S, "optimize --profile {P} --out {LOOP}", ["out", "loops"]),
+    ("unwritable", S, "report --profile {P} --out {LOOP}", ["out", "loops"]),
+    ("unwritable", S, "export --plan {PLAN} --to exec --out {LOOP}", ["out", "loops"]),
+    ("unwritable", S, "profile synthetic --layers 8 --layer-ms 1 --agreement 0.5 --out {LOOP}", ["out", "loops"]),
+    ("unwritable", S, "profile measure --out {LOOP}", ["out", "loops"]),
+    ("unwritable", E, "run --out {LOOP}", ["out", "loops"]),
+    ("overwrite", E, "run --prompts 1 --max-new-tokens 2 --out {CK}/config.json", ["out", "input"]),
+    ("overwrite", E, "run --prompts 1 --max-new-tokens 2 --out {CK}/model.safetensors", ["out", "input"]),
+    ("overwrite", E, "serve --qps 100 --requests 1 --prompt-len 8 --output-len 2 --no-warmup --out {CK}/config.json",
+     ["out", "input"]),
+    ("overwrite", S, "profile measure --out {CK}/config.json", ["out", "input"]),
+    ("overwrite", E, "train --out {CK} --init-from {CK} --steps 1", ["out", "--init-from", "input"]),
+    ("special-files", S, "serve --profile {P} --levels 16 --trace /dev/zero", ["trace", "not a regular file"]),
+    ("special-files", S, "serve --profile {P} --levels 16 --trace {FIFO}", ["trace", "not a regular file"]),
+    ("special-files", E, "serve --trace /dev/zero", ["trace", "not a regular file"]),
+    ("special-files", S, "profile measure --prompts-file /dev/zero --workload w --out {W}/m.json",
+     ["prompts_file", "not a regular file"]),
+    ("empty-path", S, "profile measure --workload '' --out {W}/m.json", ["workload", "must not be empty"]),
+    ("empty-path", S, "profile measure --name '' --out {W}/m.json", ["name", "must not be empty"]),
+    ("empty-path", S, "profile synthetic --layers 8 --layer-ms 1 --agreement 0.5 --name '' --out {W}/s.json",
+     ["name", "must not be empty"]),
+    ("empty-path", S, "optimize --profile {P} --search optuna --study-name ''", ["study_name", "must not be empty"]),
+    ("empty-path", S, "profile import-vidur '' --layers 32 --out {W}/v.json", ["must not be empty"]),
+    ("flags", S, "profile measure --field prompt --out {W}/m.json", ["field", "--prompts-file"]),
+    ("flags", S, "profile measure --acceptance-only --repeats 3 --out {P}", ["repeats", "--acceptance-only"]),
+    ("flags", S, "profile measure --acceptance-only --attempts 3 --out {P}", ["attempts", "--acceptance-only"]),
+    ("flags", S, "validate --profile {P} --prompts-file {PROMPTS} --prompts 3", ["prompts", "--prompts-file"]),
+    ("flags", S, "validate --profile {P} --prompts-file {PROMPTS} --prompt-seed 3", ["prompt_seed", "--prompts-file"]),
+    ("flags", S, "optimize --profile {P} --seed 5", ["seed", "--search optuna"]),
+    ("flags", S, "optimize --profile {P} --mc-cycles 5", ["mc_cycles", "--search optuna"]),
+    ("flags", S, "optimize --profile {P} --search optuna --trials 2 --mc-streams 8", ["mc_streams", "--objective mc"]),
+    ("flags", S, "report --profile {P} --slo-ttft-ms 100 --serving-requests 0 --out {W}/r.html",
+     ["slo_ttft_ms", "--serving-requests 0"]),
+    ("flags", S, "serve --profile {P} --levels 16 --qps 1 --cv 2", ["cv", "--arrival gamma"]),
+    ("flags", S, "capacity --profile {P} --qps 1 --slo-ttft-ms 1000 --slo-tbt-ms 100 --cv 2", ["cv", "gamma"]),
+    ("flags", S, "serve --profile {P} --levels 16 --trace {TRACE} --requests 5", ["requests", "--trace"]),
+    ("flags", S, "serve --profile {P} --levels 16 --trace {TRACE} --prompt-len 5", ["prompt_len", "--trace"]),
+    ("flags", S, "serve --profile {P} --levels 16 --qps 1 --tp 0", ["tp", "[1, 1024]"]),
+    ("flags", S, "serve --profile {P} --levels 16 --qps 1 --prompt-len 2_56", ["prompt_len"]),
+    ("flags", S, "serve --profile {P} --levels 16 --qps 1 --prompt-len \uff12\uff15\uff16", ["prompt_len"]),
+    ("flags", S, "optimize --profile {P} --search optuna --depth \uff13", ["depth"]),
+    ("flags", S, "optimize --profile {P} --search optuna --trials 0_1", ["trials"]),
+    ("flags", S, "optimize --profile {P} --search optuna --timeout 1_0", ["timeout"]),
+    ("flags", S, "optimize --profile {P} --search optuna --objectives throughput,,latency", ["objectives"]),
+    ("flags", S, "profile import-vidur {V_OK} --layers 32 --tp 1,,2 --out {W}/v.json", ["tp", "comma-separated"]),
+    ("flags", S, "profile import-vidur {V_OK} --layers 32 --tp 1,1 --out {W}/v.json", ["tp", "once"]),
+    ("exec-flags", E, "serve --qps 1 --requests 1 --temperature 0.5", ["temperature", "sampling"]),
+    ("exec-flags", E, "serve --trace {TRACE} --arrival gamma", ["arrival", "--trace"]),
+    ("exec-flags", E, "generate --prompt x --seed 3", ["seed", "sampling"]),
+    ("json-shape", S, "optimize --profile {STRLAYERS}", ["model.num_layers", "integer"]),
+    ("json-shape", S, "optimize --profile {NLNAME}", ["name", "one line"]),
+    ("json-shape", S, "evaluate --profile {P} --plan {STRPROPOSE}", ["propose", "integer"]),
+    ("json-shape", S, "evaluate --profile {P} --plan {FLOATLEVELS}", ["levels", "integer"]),
+    ("json-shape", S, "evaluate --profile {P} --plan {DUPKEY}", ["plan", "'propose' appears twice"]),
+    ("json-shape", E, "run --plan {STRPROPOSE}", ["propose", "integer"]),
+    ("json-shape", S, "serve --profile {P} --levels 16 --trace {STRTRACE}", ["trace", "line 1", "prompt_tokens"]),
 ]
 
 

@@ -102,6 +102,34 @@ def test_bad_input_one_line_exit_2(tmp_path, capsys, args_fn, field):
     assert field in lines[0], lines[0]
 
 
+TINY_TRAIN = ["train", "--steps", "1", "--dim", "16", "--layers", "2", "--heads", "2", "--kv-heads", "1", "--ffn", "16",
+              "--seq", "8", "--batch", "2"]
+
+
+def test_train_a_model_with_a_short_context(tmp_path, capsys):
+    """The held-out evaluation fits the model's context (it read 256 tokens, and a model of
+    --max-seq-len 255 or less crashed after its training)."""
+    assert main([*TINY_TRAIN, "--max-seq-len", "64", "--out", str(tmp_path / "t")]) == 0, capsys.readouterr().err
+    log = json.loads((tmp_path / "t" / "train_log.json").read_text())
+    assert len(log["heldout"]["loss"]) == 2 and log["heldout"]["tokens"] == 64 * 64
+
+
+def test_train_that_cannot_write_its_weights_says_so(tmp_path, capsys, monkeypatch):
+    """safetensors' own error type (a full disk, a file-size limit) ends as one line, exit 2,
+    and no folder is left."""
+    import safetensors.torch
+
+    def full_disk(*a, **k):
+        open(a[1], "wb").close()  # what a failing write leaves: a partial temp file
+        raise RuntimeError("Error while serializing: I/O error: File too large (os error 27)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    assert main([*TINY_TRAIN, "--max-seq-len", "16", "--out", str(tmp_path / "t")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hispec-exec: error: out: cannot write ") and "File too large" in lines[0]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_checkpoint_ships_in_package():
     from hispec_exec import load_model
 

@@ -252,7 +252,7 @@ def test_cli_auto_keeps_exhaustive_by_default(capsys, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("extra, message", [
     (["--search", "optuna", "--sampler", "foo"], "sampler: unknown"),
-    (["--search", "optuna", "--trials", "0"], "trials: must be >= 1"),
+    (["--search", "optuna", "--trials", "0"], "trials: must be in [1, 100000]"),
     (["--search", "optuna", "--storage", "postgresql://u@127.0.0.1:9/db"], "storage: cannot open"),
     (["--search", "exhaustive", "--batch", "1,8"], "search: exhaustive covers"),
     (["--search", "sideways"], "search: unknown"),

@@ -21,10 +21,11 @@ def test_generate_is_seeded_and_has_the_stated_rate():
     assert abs(gaps.std() / gaps.mean() - 3.0) < 0.6
 
 
-@pytest.mark.parametrize("text", ["0", "uniform:5", "uniform:9:3", "lognormal:-1:0.5", "zipf:3", "empirical:", "12:foo=3"])
+@pytest.mark.parametrize("text", ["0", "uniform:5", "uniform:9:3", "lognormal:-1:0.5", "zipf:3", "empirical:", "12:foo=3",
+                                  "2_56", "\uff12\uff15\uff16", "lognormal:2_0:0.5"])
 def test_length_dist_rejects(text):
-    with pytest.raises(ValueError, match="^prompt-len: "):
-        LengthDist.parse(text, "prompt-len")
+    with pytest.raises(ValueError, match="^prompt_len: "):
+        LengthDist.parse(text, "prompt_len")
 
 
 def test_trace_errors_name_the_line(tmp_path):
