@@ -255,6 +255,8 @@ def check_train_args(a):
     from .model import ModelArgs
 
     if a.init_from is not None:
+        refuse_unread(a, ("--dim", "--layers", "--heads", "--kv-heads", "--ffn", "--max-seq-len"),
+                      "a new model; --init-from continues a checkpoint of its own shape")
         init = Path(a.init_from)
         if not (init.is_dir() and (init / "config.json").is_file()):
             raise ValueError(f"init_from: {a.init_from} is not a checkpoint folder (config.json + model.safetensors)")
@@ -373,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--layer-dropout", type=float_in(0.0, 0.99), default=0.1)
     q.add_argument("--threads", type=int_in(1, schema.MAX_THREADS), default=1)
     q.add_argument("--seed", type=SEED, default=0)
-    q.add_argument("--init-from", help="continue training this checkpoint folder (model flags are ignored)")
+    q.add_argument("--init-from", help="continue training this checkpoint folder (of its own shape: no model flags)")
     q.set_defaults(func=cmd_train)
 
     from .serve import add_parser as add_serve  # hispec-exec serve

@@ -158,6 +158,7 @@ def cmd_optimize(args) -> int:
 
 def _check_search_args(args, opts: dict) -> None:
     """Bounds of the flags search.add_cli_args declares (the limits are the schema's)."""
+    from .search import MAX_SEARCH_DEPTH
     for field, values, hi in (("batch", opts["batches"] or [args.batch], schema.MAX_BATCH),
                               ("tp", opts["tps"] or ([args.tp] if args.tp is not None else []), schema.MAX_TP)):
         bad = [v for v in values if not 1 <= v <= hi]
@@ -168,8 +169,9 @@ def _check_search_args(args, opts: dict) -> None:
                          "(trace replay where the workload has traces)")
     if opts["depth"] is not None:
         lo, hi = opts["depth"]
-        if not 1 <= lo <= hi <= schema.MAX_LEVELS:
-            raise ValueError(f"depth: expected N or MIN-MAX with 1 <= MIN <= MAX <= {schema.MAX_LEVELS}, got {args.depth!r}")
+        if not 1 <= lo <= hi <= MAX_SEARCH_DEPTH:
+            raise ValueError(f"depth: expected N or MIN-MAX with 1 <= MIN <= MAX <= {MAX_SEARCH_DEPTH}, "
+                             f"got {args.depth!r}")
     if args.mc_streams * args.mc_cycles > schema.MAX_STREAM_CYCLES:
         raise ValueError(f"mc_streams: --mc-streams x --mc-cycles must be <= {schema.MAX_STREAM_CYCLES}")
     check_storage(args.storage)

@@ -805,6 +805,9 @@ def write_atomic(path: str | Path, text: str) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a written result is an ordinary file
         os.replace(tmp, path)
+    except OSError as e:  # a full disk, a file-size limit: name the output, not the temp file
+        Path(tmp).unlink(missing_ok=True)
+        raise ValueError(f"out: cannot write {path} ({e.strerror or e})") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -855,6 +858,8 @@ class LengthDist(Strict):
             raise ValueError("values: every length must be >= 1")
         if self.max < self.min:
             raise ValueError("max: must be >= min")
+        if self.family == "fixed" and not self.min <= self.value <= self.max:
+            raise ValueError(f"value: a fixed length {self.value} outside its own min..max {self.min}..{self.max}")
         return self
 
     @classmethod
@@ -880,7 +885,7 @@ class LengthDist(Strict):
             if fam == "empirical" and len(args) == 1:
                 return cls(family=fam, values=[count(x) for x in args[0].split(",")], **kw)
         except (ValueError, TypeError) as e:
-            detail = e.errors()[0]["msg"] if hasattr(e, "errors") else "malformed"
+            detail = e.errors()[0]["msg"].removeprefix("Value error, ") if hasattr(e, "errors") else "malformed"
             raise ValueError(f"{field}: {detail} in {text!r}; expected N, uniform:LO:HI, lognormal:MEDIAN:SIGMA "
                              f"or empirical:N,N,... (lengths >= 1)") from None
         raise ValueError(f"{field}: unknown form {text!r}; expected N, uniform:LO:HI, lognormal:MEDIAN:SIGMA "

@@ -131,11 +131,14 @@ class Space:
                 "batch": list(self.batches), "tp": list(self.tps), **({"adaptive": True} if self.adaptive else {})}
 
 
+MAX_SEARCH_DEPTH = 8  # levels of the deepest chain the Optuna space holds
+
+
 def make_space(setting: Setting, depth: tuple[int, int] = (1, 4), max_propose: int = 8, max_window: int = 16,
                batches=None, tps=None, adaptive: bool = False) -> Space:
     lo, hi = depth
-    if not (1 <= lo <= hi <= 8):
-        raise ValueError(f"depth: need 1 <= min <= max <= 8, got {lo}..{hi}")
+    if not (1 <= lo <= hi <= MAX_SEARCH_DEPTH):
+        raise ValueError(f"depth: need 1 <= min <= max <= {MAX_SEARCH_DEPTH}, got {lo}..{hi}")
     if not (1 <= max_propose <= 64 and 1 <= max_window <= 256):
         raise ValueError("max_propose must be in [1, 64] and max_window in [1, 256]")
     exits = tuple(e for e in setting.acceptance.exits if e < setting.num_layers)

@@ -360,7 +360,7 @@ CASES = [
     ("flags", S, "optimize --profile {P} --top 0", ["--top", "[1, 1000]"]),
     ("flags", S, "optimize --profile {P} --max-propose 0", ["--max-propose", "[1, 64]"]),
     ("flags", S, "optimize --profile {P} --max-window 100000", ["--max-window", "256"]),
-    ("flags", S, "optimize --profile {P} --depth 0-9", ["depth", "16"]),
+    ("flags", S, "optimize --profile {P} --depth 0-9", ["depth", "<= 8"]),
     ("flags", S, "optimize --profile {P} --depth 1-99", ["depth"]),
     ("flags", S, "optimize --profile {P} --depth x", ["depth"]),
     ("flags", S, "optimize --profile {P} --search optuna --trials 0", ["trials", "[1, 100000]"]),
@@ -658,6 +658,8 @@ CASES = [
     ("exec-flags", E, "serve --qps 1 --requests 1 --temperature 0.5", ["temperature", "sampling"]),
     ("exec-flags", E, "serve --trace {TRACE} --arrival gamma", ["arrival", "--trace"]),
     ("exec-flags", E, "generate --prompt x --seed 3", ["seed", "sampling"]),
+    ("train", E, "train --out {W}/t --init-from {CK} --dim 32", ["dim", "--init-from"]),
+    ("flags", S, "serve --profile {P} --levels 16 --qps 1 --prompt-len 5:min=10", ["prompt_len", "outside", "10..1000000"]),
     ("json-shape", S, "optimize --profile {STRLAYERS}", ["model.num_layers", "integer"]),
     ("json-shape", S, "optimize --profile {NLNAME}", ["name", "one line"]),
     ("json-shape", S, "evaluate --profile {P} --plan {STRPROPOSE}", ["propose", "integer"]),
@@ -891,6 +893,21 @@ def test_storage_full_mid_study(tmp_path, workers):
     r, lines = _optuna_run(tmp_path, ["-m", "hispec_sim.cli"], 3)
     assert r.returncode == 0 and "continued" in r.stdout, r.stderr[-2000:]
     assert _trial_states(tmp_path).count("COMPLETE") == stored + 3
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs POSIX file-size limits")
+def test_an_output_the_disk_cannot_hold_is_named(tmp_path):
+    """A write that fails half-way (a full disk; here a file-size limit) names the output,
+    not the temp file it was writing, and leaves neither."""
+    (tmp_path / "limited.py").write_text(_FILE_SIZE_LIMIT)
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    r = subprocess.run([sys.executable, "limited.py", "4096", "report", "--profile", "cpu_hispec_tiny",
+                        "--serving-requests", "0", "--out", "r.html"], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=240)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
+    assert lines[0] == "hispec-sim: error: out: cannot write r.html (File too large)", lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["limited.py"]
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs POSIX file-size limits")
