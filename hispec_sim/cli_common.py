@@ -273,6 +273,8 @@ def check_output_folder(path: str | Path, field: str = "out") -> Path:
     """A folder a command will create or fill: its parent exists and is writable, and it is
     not a file."""
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise ValueError(f"{field}: {path} is a symbolic link to nothing (or a loop); give a folder")
     if path.exists() and not path.is_dir():
         raise ValueError(f"{field}: {path} is a file; give a folder")
     parent = path.parent

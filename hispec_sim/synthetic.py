@@ -5,15 +5,14 @@ from __future__ import annotations
 import math
 
 from .acceptance_fit import constant_acceptance
-from .schema import Hardware, LatencyTable, ModelShape, Profile, Source
+from .schema import MAX_MS, Hardware, LatencyTable, ModelShape, Profile, Source
 
 
-def _check(name: str, v, lo: float = 0.0, hi: float | None = None, strict: bool = False):
+def _check(name: str, v, lo: float = 0.0, hi: float = MAX_MS, strict: bool = False):
     if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
         raise ValueError(f"{name}: must be a finite number, got {v!r}")
-    if v < lo or (strict and v == lo) or (hi is not None and v > hi):
-        rng = f"({lo}, {hi if hi is not None else 'inf'})" if strict else f"[{lo}, {hi if hi is not None else 'inf'}]"
-        raise ValueError(f"{name}: must be in {rng}, got {v}")
+    if v < lo or (strict and v == lo) or v > hi:
+        raise ValueError(f"{name}: must be in {'(' if strict else '['}{lo}, {hi}], got {v}")
 
 
 def synthetic_profile(layers: int, layer_ms: float, agreement: float, head_ms: float = 0.0,

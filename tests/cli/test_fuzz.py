@@ -659,6 +659,7 @@ CASES = [
     ("exec-flags", E, "serve --trace {TRACE} --arrival gamma", ["arrival", "--trace"]),
     ("exec-flags", E, "generate --prompt x --seed 3", ["seed", "sampling"]),
     ("train", E, "train --out {W}/t --init-from {CK} --dim 32", ["dim", "--init-from"]),
+    ("train", E, "train --out {LOOP} --steps 1", ["out", "symbolic link"]),
     ("flags", S, "serve --profile {P} --levels 16 --qps 1 --prompt-len 5:min=10", ["prompt_len", "outside", "10..1000000"]),
     ("json-shape", S, "optimize --profile {STRLAYERS}", ["model.num_layers", "integer"]),
     ("json-shape", S, "optimize --profile {NLNAME}", ["name", "one line"]),
