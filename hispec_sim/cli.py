@@ -159,6 +159,7 @@ def cmd_optimize(args) -> int:
 def _check_search_args(args, opts: dict) -> None:
     """Bounds of the flags search.add_cli_args declares (the limits are the schema's)."""
     from .search import MAX_SEARCH_DEPTH
+
     for field, values, hi in (("batch", opts["batches"] or [args.batch], schema.MAX_BATCH),
                               ("tp", opts["tps"] or ([args.tp] if args.tp is not None else []), schema.MAX_TP)):
         bad = [v for v in values if not 1 <= v <= hi]

@@ -866,7 +866,6 @@ class LengthDist(Strict):
     def parse(cls, text: str, field: str) -> "LengthDist":
         """CLI form: '128' (fixed), 'uniform:32:512', 'lognormal:200:0.8' (median, sigma),
         'empirical:12,40,300'; an optional ':min=..' / ':max=..' suffix clips."""
-        num, count = strict_float, strict_int
         parts = text.split(":")
         try:
             kw: dict = {}
@@ -874,16 +873,16 @@ class LengthDist(Strict):
                 k, v = parts.pop().split("=", 1)
                 if k not in ("min", "max"):
                     raise ValueError
-                kw[k] = count(v)
+                kw[k] = strict_int(v)
             if len(parts) == 1:
-                return cls(family="fixed", value=count(parts[0]), **kw)
+                return cls(family="fixed", value=strict_int(parts[0]), **kw)
             fam, args = parts[0], parts[1:]
             if fam == "uniform" and len(args) == 2:
-                return cls(family=fam, low=count(args[0]), high=count(args[1]), **kw)
+                return cls(family=fam, low=strict_int(args[0]), high=strict_int(args[1]), **kw)
             if fam == "lognormal" and len(args) == 2:
-                return cls(family=fam, median=num(args[0]), sigma=num(args[1]), **kw)
+                return cls(family=fam, median=strict_float(args[0]), sigma=strict_float(args[1]), **kw)
             if fam == "empirical" and len(args) == 1:
-                return cls(family=fam, values=[count(x) for x in args[0].split(",")], **kw)
+                return cls(family=fam, values=[strict_int(x) for x in args[0].split(",")], **kw)
         except (ValueError, TypeError) as e:
             detail = e.errors()[0]["msg"].removeprefix("Value error, ") if hasattr(e, "errors") else "malformed"
             raise ValueError(f"{field}: {detail} in {text!r}; expected N, uniform:LO:HI, lognormal:MEDIAN:SIGMA "
