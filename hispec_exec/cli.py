@@ -272,6 +272,9 @@ def check_train_args(a):
 
             args = args_from_hf(cfg)
         check_args(args, "init_from")
+        if args.vocab_size < 256:
+            raise ValueError(f"init_from: a vocabulary of {args.vocab_size} tokens; training reads byte text "
+                             "(256 symbols), so it needs >= 256")
     else:
         args = ModelArgs(dim=a.dim, n_layers=a.layers, n_heads=a.heads, n_kv_heads=a.kv_heads, ffn_dim=a.ffn,
                          max_seq_len=a.max_seq_len)

@@ -105,6 +105,10 @@ def read_prompts(path: str | Path, fmt: str | None = None, field: str = "prompt"
     for where, t in out:
         if not t.strip():
             raise ValueError(f"prompts_file: {where}: the prompt is empty")
+        try:  # JSON's "\ud800" decodes to a lone surrogate, which no tokenizer can encode
+            t.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"prompts_file: {where}: not valid Unicode (a lone surrogate escape such as \\ud800)") from None
     if not out:
         raise ValueError(f"prompts_file: {path} holds no prompts (format {fmt})")
     return out

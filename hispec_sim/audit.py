@@ -322,6 +322,8 @@ def run(args) -> int:
         for flag in ("propose", "window"):  # the plan at each level is the best one: nothing to set
             if getattr(args, flag, None) is not None:
                 raise ValueError(f"{flag}: --levels {BEST_SINGLE_LEVEL} picks its own plan at every level; drop --{flag}")
+        if len(setting.acceptance.exits) < 2:
+            raise ValueError(f"levels: workload {setting.workload!r} has no exit below the last layer to draft from")
         plan = BEST_SINGLE_LEVEL
     else:
         plan = plan_from_args(args, batch=setting.batch)

@@ -199,6 +199,9 @@ def plan_capacity(spec: Spec, target_qps: float, gpu_hour_usd: float, max_propos
     probe = None
     idle_fail: dict[str, list] = {}
     for fam, plans in list(fams.items()):
+        if not plans:  # e.g. no 3-level chain in a model of two exits
+            del fams[fam]
+            continue
         # a candidate that misses the SLOs on a nearly idle replica is out (kept if all are)
         viol = [(violation(idle_run(spec, p, 0), spec.limits), p) for p in plans] if len(plans) > 1 else [(0.0, plans[0])]
         ok = [p for v, p in viol if v <= 1.0]

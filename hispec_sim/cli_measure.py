@@ -95,6 +95,8 @@ def cmd_measure(args) -> int:
         raise ValueError("workload: use letters, digits, - and _ (at most 64)")
     if args.acceptance_only:
         refuse_unread(args, ("--repeats", "--attempts", "--progress"), "the timing, which --acceptance-only skips")
+    if args.prompts_file is not None:
+        refuse_unread(args, ("--prompts",), "the held-out prompts; a --prompts-file brings its own")
     out = check_output(args.out, inputs=[args.prompts_file, *model_files(args)])  # now, not after minutes of measuring
     existing = _existing_profile(out)
     if args.acceptance_only and existing is None:

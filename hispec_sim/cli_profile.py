@@ -38,7 +38,7 @@ def add_parsers(subparsers):
 
     s = sub.add_parser("synthetic", help="what-if profile: constant layer cost, constant agreement")
     s.add_argument("--layers", type=int_in(1, schema.MAX_LAYERS), required=True)
-    s.add_argument("--layer-ms", type=MS, required=True)
+    s.add_argument("--layer-ms", type=float_in(schema.MIN_LAYER_MS, schema.MAX_MS), required=True)
     s.add_argument("--agreement", type=float_in(0.0, 1.0), required=True)
     s.add_argument("--head-ms", type=MS, default=0.0)
     s.add_argument("--overhead-ms", type=MS, default=0.0)

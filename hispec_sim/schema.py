@@ -36,6 +36,8 @@ MAX_STREAM_CYCLES = 1 << 26  # streams x cycles (memory and time of one simulati
 MAX_TRIALS = 100_000       # Optuna trials of one run
 MAX_LIST_LEN = 64          # values of a comma-separated flag
 MAX_LIST_VALUE = 1 << 20
+MAX_TOKEN_ID = 2**31 - 1   # a token id in a trace (vocabularies are far smaller)
+MIN_LAYER_MS = 1e-6        # one decoder layer takes at least a nanosecond
 MAX_JSON_BYTES = 64 << 20  # profile / plan / validation files (the shipped profiles are < 2 MB)
 MAX_JSON_DEPTH = 32        # nesting of those files (a profile nests 6 deep)
 
@@ -226,10 +228,10 @@ class ModelShape(Strict):
     source: Source
 
 
-def _finite_nonneg(values, field: str):
+def _finite_nonneg(values, field: str, lo: float = 0.0):
     for v in values:
-        if not (isinstance(v, (int, float)) and math.isfinite(v) and 0 <= v <= MAX_MS):
-            raise ValueError(f"{field}: must be in [0, {MAX_MS:g}] ms, got {v}")
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and lo <= v <= MAX_MS):
+            raise ValueError(f"{field}: must be in [{lo:g}, {MAX_MS:g}] ms, got {v}")
 
 
 class AttentionKernel(Strict):
@@ -411,7 +413,8 @@ class LatencyTable(Strict):
             raise ValueError("latency.layer_ms: must be len(tokens) x len(contexts)")
         if len(self.head_ms) != len(self.tokens):
             raise ValueError("latency.head_ms: must have one value per tokens entry")
-        _finite_nonneg([v for r in self.layer_ms for v in r], "latency.layer_ms")
+        # a layer takes time: at 0 (or 1e-300) every speed-up divides by zero
+        _finite_nonneg([v for r in self.layer_ms for v in r], "latency.layer_ms", MIN_LAYER_MS)
         _finite_nonneg(self.head_ms, "latency.head_ms")
         ks, ws = self.working_set_layers or [], self.working_set_ms or []
         if len(ks) != len(ws) or any(b <= a for a, b in zip(ks, ks[1:])) or (ks and ks[0] < 1):
@@ -528,8 +531,8 @@ class Acceptance(Strict):
         if self.traces is not None:
             if any(len(r) != n for r in self.traces):
                 raise ValueError("acceptance.traces: rows must have one token per exit")
-            if any(t < 0 for r in self.traces for t in r):
-                raise ValueError("acceptance.traces: tokens must be >= 0")
+            if any(not 0 <= t <= MAX_TOKEN_ID for r in self.traces for t in r):
+                raise ValueError(f"acceptance.traces: tokens must be >= 0 and <= {MAX_TOKEN_ID}")
         if self.trace_starts is not None:
             rows = len(self.traces or [])
             s = self.trace_starts

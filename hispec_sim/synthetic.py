@@ -5,21 +5,21 @@ from __future__ import annotations
 import math
 
 from .acceptance_fit import constant_acceptance
-from .schema import MAX_MS, Hardware, LatencyTable, ModelShape, Profile, Source
+from .schema import MAX_MS, MIN_LAYER_MS, Hardware, LatencyTable, ModelShape, Profile, Source
 
 
-def _check(name: str, v, lo: float = 0.0, hi: float = MAX_MS, strict: bool = False):
+def _check(name: str, v, lo: float = 0.0, hi: float = MAX_MS):
     if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
         raise ValueError(f"{name}: must be a finite number, got {v!r}")
-    if v < lo or (strict and v == lo) or v > hi:
-        raise ValueError(f"{name}: must be in {'(' if strict else '['}{lo}, {hi}], got {v}")
+    if not lo <= v <= hi:
+        raise ValueError(f"{name}: must be in [{lo:g}, {hi:g}], got {v}")
 
 
 def synthetic_profile(layers: int, layer_ms: float, agreement: float, head_ms: float = 0.0,
                       overhead_ms: float = 0.0, name: str | None = None, context: int = 512) -> Profile:
     if not isinstance(layers, int) or isinstance(layers, bool) or layers < 1 or layers > 1024:
         raise ValueError(f"layers: must be an integer in [1, 1024], got {layers!r}")
-    _check("layer_ms", layer_ms, 0.0, strict=True)
+    _check("layer_ms", layer_ms, MIN_LAYER_MS)
     _check("agreement", agreement, 0.0, 1.0)
     _check("head_ms", head_ms)
     _check("overhead_ms", overhead_ms)

@@ -240,6 +240,16 @@ def work(tmp_path_factory):
     put("dupkey.json", '{"levels": [2, 16], "propose": 2, "propose": 3}')
     prof_variant("strlayers.json", lambda d: d["model"].__setitem__("num_layers", "16"))
     prof_variant("nlname.json", lambda d: d.__setitem__("name", "two\nlines"))
+    # the second round: a profile with no exit to draft from, free layers, an overflowing token
+    from hispec_sim.synthetic import synthetic_profile
+
+    save_profile(synthetic_profile(1, 1.0, 0.5), w / "onelayer.json")
+    f["ONELAYER"] = str(w / "onelayer.json")
+    prof_variant("zeroms.json", lambda d: d["latency"][0].__setitem__(
+        "layer_ms", [[0.0] * len(r) for r in d["latency"][0]["layer_ms"]]))
+    prof_variant("hugetoken.json", lambda d: d["workloads"]["w"].update(traces=[[10 ** 30] * 16] * 4, trace_starts=[0]))
+    put("surrogate.jsonl", '{"prompt": "\\ud800"}\n')
+    f["HF_VOCAB97"] = _hf(hd, "hf_vocab97", vocab_size=97)
     f["_w"] = w
     yield f
     os.chmod(w / "ro", 0o755)
@@ -275,7 +285,7 @@ CASES = [
     ("profile-numbers", S, "evaluate --profile {NANPROF} --levels 2,16", ["profile", "NaN"]),
     ("profile-numbers", S, "optimize --profile {E999PROF}", ["profile", "finite"]),
     ("profile-numbers", S, "evaluate --profile {BIGMS} --levels 2,16", ["latency", "layer_ms", "1e+06"]),
-    ("profile-numbers", S, "optimize --profile {BIGMS}", ["layer_ms", "[0, 1e+06]"]),
+    ("profile-numbers", S, "optimize --profile {BIGMS}", ["layer_ms", "[1e-06, 1e+06]"]),
     ("profile-numbers", S, "report --profile {BIGMS} --out {W}/r.html", ["layer_ms"]),
     ("profile-numbers", S, "optimize --profile {BIGOVER}", ["overhead_ms", "1000000"]),
     ("profile-numbers", S, "optimize --profile {NEGMS}", ["head_ms"]),
@@ -668,6 +678,15 @@ CASES = [
     ("json-shape", S, "evaluate --profile {P} --plan {DUPKEY}", ["plan", "'propose' appears twice"]),
     ("json-shape", E, "run --plan {STRPROPOSE}", ["propose", "integer"]),
     ("json-shape", S, "serve --profile {P} --levels 16 --trace {STRTRACE}", ["trace", "line 1", "prompt_tokens"]),
+    # -- its second round
+    ("flags", S, "audit --profile {ONELAYER} --levels best_single_level --speedup 1.5", ["levels", "no exit below"]),
+    ("flags", S, "profile synthetic --layers 8 --layer-ms 5e-324 --agreement 0.5 --out {W}/s.json", ["--layer-ms", "1e-06"]),
+    ("profile-numbers", S, "optimize --profile {ZEROMS}", ["layer_ms", "[1e-06, "]),
+    ("profile-numbers", S, "optimize --profile {HUGETOKEN}", ["traces", "2147483647"]),
+    ("flags", S, "profile measure --prompts-file {SURROGATE} --workload w --out {W}/m.json", ["prompts_file", "line 1", "Unicode"]),
+    ("flags", S, "profile measure --prompts-file {PROMPTS} --workload w --prompts 3 --out {W}/m.json",
+     ["prompts", "--prompts-file"]),
+    ("train", E, "train --out {W}/t --init-from {HF_VOCAB97} --steps 1", ["init_from", ">= 256"]),
 ]
 
 

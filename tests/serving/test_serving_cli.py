@@ -85,6 +85,18 @@ def test_capacity_no_plan_meets(prof, capsys):
     assert len(err.err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("layers", [1, 2])
+def test_capacity_of_a_model_too_shallow_for_a_family(tmp_path, capsys, layers):
+    """A model of one or two exits has no 3-level chain (and one exit no draft at all): the
+    families it has are planned, the others left out (it crashed on the empty family)."""
+    schema.save_profile(synthetic_profile(layers, 1.0, 0.5), tmp_path / "p.json")
+    rc = main(["capacity", "--profile", str(tmp_path / "p.json"), "--qps", "1", "--slo-ttft-ms", "1000",
+               "--slo-tbt-ms", "100", "--requests", "20", "--seeds", "1", "--json"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert "3_level" not in json.loads(out.out)["families"]
+
+
 @pytest.mark.parametrize("extra,field", [
     (["--qps", "0"], "qps"),
     (["--qps", "-3"], "qps"),
