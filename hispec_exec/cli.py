@@ -15,8 +15,8 @@ from pathlib import Path
 
 from hispec_sim import schema
 from hispec_sim.cli_common import (SEED, Parser, add_model_args, add_plan_args, check_output, check_output_folder,
-                                   float_in, int_in, load_model_from_args, model_files, plan_from_args, refuse_unread,
-                                   run_main)
+                                   float_in, given, int_in, load_model_from_args, model_files, plan_from_args,
+                                   refuse_unread, run_main)
 
 TOKENS = int_in(1, 1 << 20)
 
@@ -37,9 +37,9 @@ def _plan_args(a):
     return plan_from_args(a)
 
 
-def _plan_for_model(a, model, plan=None):
+def _plan_for_model(a, model, plan=None, batch_ok: bool = False):
     """The plan (autoregressive without one), checked against this model's depth; a plan
-    for another model says what to run instead."""
+    for another model says what to run instead. batch_ok: a plan of batch > 1 (serve)."""
     from .generate import check_plan
 
     L = model.num_layers
@@ -51,7 +51,7 @@ def _plan_for_model(a, model, plan=None):
         n = plan.levels[-1]
         raise ValueError(f"levels: the plan is for a model of {n} layers, {which} has {L}; "
                          f"{hint}, or pass --model with a checkpoint of {n} layers")
-    check_plan(model, plan)
+    check_plan(model, plan, batch_ok=batch_ok)
     return plan
 
 
@@ -284,6 +284,8 @@ def check_train_args(a):
         check_args(args, "model")
     if args.n_layers < 2:
         raise ValueError(f"layers: an early-exit model needs >= 2 layers, got {args.n_layers}")
+    if a.seq >= args.max_seq_len and not given(getattr(a, "_argv", []), "--seq"):
+        a.seq = args.max_seq_len - 1  # the default 256 on a model of a shorter context: as long as it allows
     if a.seq >= args.max_seq_len:
         raise ValueError(f"seq: must be in [1, {args.max_seq_len - 1}] (below --max-seq-len), got {a.seq}")
     # activations of one step: every layer's hidden states, attention scores and 5 exits' logits
@@ -372,7 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--ffn", type=int_in(1, 1 << 18), default=448)
     q.add_argument("--max-seq-len", type=int_in(2, 1 << 16), default=512)
     q.add_argument("--batch", type=int_in(1, 4096), default=16)
-    q.add_argument("--seq", type=int_in(1, 1 << 16), default=256)
+    q.add_argument("--seq", type=int_in(1, 1 << 16), default=256,
+                   help="training window in tokens (default 256, or the model's context less one if shorter)")
     q.add_argument("--lr", type=float_in(1e-8, 1.0), default=3e-3)
     q.add_argument("--exit-scale", type=float_in(0.0, 100.0), default=0.3)
     q.add_argument("--layer-dropout", type=float_in(0.0, 0.99), default=0.1)

@@ -379,7 +379,7 @@ def run(a) -> int:
     plan = _plan_args(a)
     _check_temperature(a, plan)
     model = _load(a)
-    plan = _plan_for_model(a, model, plan)
+    plan = _plan_for_model(a, model, plan, batch_ok=True)
     if a.batching:
         plan = plan.model_copy(update={"batching": a.batching})
     check_plan(model, plan, batch_ok=True)

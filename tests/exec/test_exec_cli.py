@@ -114,6 +114,13 @@ def test_train_a_model_with_a_short_context(tmp_path, capsys):
     assert len(log["heldout"]["loss"]) == 2 and log["heldout"]["tokens"] == 64 * 64
 
 
+def test_train_default_window_fits_a_256_token_context(tmp_path, capsys):
+    """--max-seq-len 256 with the default --seq (256) trains on 255 tokens: it was refused."""
+    argv = [a for a in TINY_TRAIN if a not in ("--seq", "8")]
+    assert main([*argv, "--max-seq-len", "256", "--out", str(tmp_path / "t")]) == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "t" / "train_log.json").read_text())["recipe"]["seq"] == 255
+
+
 def test_train_that_cannot_write_its_weights_says_so(tmp_path, capsys, monkeypatch):
     """safetensors' own error type (a full disk, a file-size limit) ends as one line, exit 2,
     and no folder is left."""

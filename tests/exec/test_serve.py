@@ -185,3 +185,16 @@ def test_served_sampling_ragged_equals_each_request_alone(tiny):
     res = run(tiny, plan, arrivals, prompts, news, ServeLimits(max_batch=3), mode="sampling", seed=40)
     for i, (p, n, toks) in enumerate(zip(prompts, news, res["tokens"])):
         assert toks == decode(tiny, plan, p, n, mode="sampling", seed=40 + i).tokens
+
+
+def test_serve_takes_the_batch_plans_optimize_writes(tmp_path, capsys):
+    """A plan of batch > 1 (optimize --batch 4 --out) is a serving plan: serve runs it (it
+    refused it with decode's one-sequence message), and run still says to use serve."""
+    plan = tmp_path / "b4.json"
+    plan.write_text(json.dumps({"levels": [2, 16], "propose": 2, "batch": 4}))
+    trace = write(tmp_path / "t.jsonl", [json.dumps({"arrival_s": 0.0, "prompt_tokens": 8, "max_new_tokens": 4})
+                                         for _ in range(2)])
+    assert main(["serve", "--plan", str(plan), "--trace", trace, "--no-warmup", "--json"]) == 0, capsys.readouterr().err
+    assert [r["output_tokens"] for r in json.loads(capsys.readouterr().out)["requests"]] == [4, 4]
+    assert main(["run", "--plan", str(plan), "--prompts", "1", "--max-new-tokens", "4"]) == 2
+    assert "hispec-exec serve" in capsys.readouterr().err
