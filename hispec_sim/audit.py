@@ -301,10 +301,8 @@ def add_parser(subparsers) -> None:
 
 
 def _parse_speedup(text: str) -> float:
-    from .schema import strict_float
-
     try:
-        v = strict_float(text)
+        v = schema.strict_float(text)
     except ValueError:
         raise ValueError(f"speedup: must be a number > 0, got {text!r}") from None
     if not (math.isfinite(v) and v > 0):

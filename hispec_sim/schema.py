@@ -808,11 +808,10 @@ def write_atomic(path: str | Path, text: str) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a written result is an ordinary file
         os.replace(tmp, path)
-    except OSError as e:  # a full disk, a file-size limit: name the output, not the temp file
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
-        raise ValueError(f"out: cannot write {path} ({e.strerror or e})") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):  # a full disk, a file-size limit: name the output, not the temp file
+            raise ValueError(f"out: cannot write {path} ({e.strerror or e})") from None
         raise
 
 
