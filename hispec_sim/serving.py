@@ -54,6 +54,7 @@ from .schema import Acceptance, LatencyTable, Plan, Request, RequestMetrics, Ser
 
 ACC, COR, BON = 0, 1, 2  # how a buffered token got there (acceptance.py's conditional rates)
 CTX_BUCKET = 16  # attention is read at the context rounded to this many tokens (lookup tables)
+LINEAR_TABLE_CELLS = 1 << 22  # most cells (32 MB) of one linear-part lookup table (the batched grid; the prefill rows); beyond: per call
 
 
 def max_overshoot(plan: Plan) -> int:
@@ -139,14 +140,21 @@ class StepCost:
         max_rows = 1 + (plan.propose + sum(plan.windows) + k if k > 1 else 0)  # rows one sequence carries in one range
         self.max_rows = max_rows
         tot = np.arange(max_batch * max_rows + 1)
+        self.calibrated = table.serving is not None
+        # the calibration's forward scale (the grid as the serve loop runs it) on every layer
+        # cost, here, so that every engine costing from these tables carries it
+        self.scale = table.serving.forward_scale if self.calibrated else 1.0
         # one layer's cost but the table's per-sequence attention increments, by (sequences,
         # total rows): the serving calibration's batched grid when the profile has one (each
-        # sequence pays its own bookkeeping and attention), else the table's linear part
-        if table.serving is not None:
-            self.linear = serving_layer_ms(table, np.arange(max_batch + 1)[:, None], tot[None, :])
-        else:  # the same for any number of sequences: one row, broadcast (large batches stay cheap)
-            self.linear = np.broadcast_to(serving_layer_ms(table, np.minimum(tot, 1), tot)[None, :],
-                                          (max_batch + 1, len(tot)))
+        # sequence pays its own bookkeeping and attention), else the table's linear part, the
+        # same for any number of sequences (one row). The grid's table grows as max_batch^2 x
+        # rows: tabulated up to LINEAR_TABLE_CELLS, beyond computed per call (the same values)
+        self._linear_row = self._linear_grid = None
+        if not self.calibrated:
+            self._linear_row = serving_layer_ms(table, np.minimum(tot, 1), tot)
+        elif (max_batch + 1) * len(tot) <= LINEAR_TABLE_CELLS:
+            # row by row: one call over the whole grid holds ~8 grid-sized temporaries
+            self._linear_grid = self.scale * np.stack([serving_layer_ms(table, n, tot) for n in range(max_batch + 1)])
         self.head = np.where(tot > 0, head_ms(table, np.maximum(tot, 1)), 0.0)
         nb = max_context // CTX_BUCKET + 2
         ctx = np.arange(nb) * CTX_BUCKET
@@ -158,10 +166,6 @@ class StepCost:
             r = np.arange(max_rows + 1)[:, None]
             self.att = np.where(r > 0, sequence_attention_ms(table, np.maximum(r, 1), ctx[None, :]), 0.0)
         self.floor = table.attention.floor_ms if table.attention is not None else 0.0
-        self.calibrated = table.serving is not None
-        # the calibration's forward scale (the grid as the serve loop runs it) on every layer
-        # cost, here, so that every engine costing from these tables carries it
-        self.scale = table.serving.forward_scale if self.calibrated else 1.0
         # prefill forwards run at their own scale (compute-bound tiles, not decode rows);
         # older calibrations: the decode steps' forward_scale
         sv = table.serving
@@ -170,9 +174,10 @@ class StepCost:
         # number of prompts -> the grid ms of every token total they can reach (a row, computed
         # on first use, vectorised: admissions of one or two prompts repeat with new totals)
         self.prefill_linear_at: dict[int, np.ndarray] = {}
+        self.prefill_cells = 0
         self.prefill_top = (np.cumsum(np.sort(np.maximum(prompts - 1, 0))[::-1]) if prompts is not None and len(prompts)
                             else np.zeros(1, np.int64))  # the largest total of p prompts: [p - 1]
-        self.linear, self.att, self.floor = self.linear * self.scale, self.att * self.scale, self.floor * self.scale
+        self.att, self.floor = self.att * self.scale, self.floor * self.scale
         self.per_layer = 0.0 if self.calibrated else table.layer_overhead_ms  # inside the measured grid
         self.fixed = table.overhead_ms
         self.verify = table.verify_overhead_ms
@@ -187,6 +192,15 @@ class StepCost:
         self.prefill_att = self.prefill_scale * np.where(plen > 0, prefill_attention_ms(table, np.maximum(plen, 1), 0), 0.0)
         tot = np.arange(min(top, 2**21) + 1)
         self.prefill_linear = linear_layer_ms(table, np.maximum(tot, 1))  # read without a calibration only
+
+    def linear(self, nseq, tot) -> np.ndarray:
+        """One layer's cost but attention (forward scale applied) for `nseq` sequences carrying
+        `tot` rows in total (integer arrays, elementwise)."""
+        if self._linear_row is not None:
+            return self._linear_row[tot]
+        if self._linear_grid is not None:
+            return self._linear_grid[nseq, tot]
+        return self.scale * serving_layer_ms(self.table, nseq, tot)
 
     def jitter(self, ms: float) -> float:
         """A decode step's time x the next noise draw (unchanged without noise)."""
@@ -215,7 +229,7 @@ class StepCost:
             att = self.att[rows, cb[:, None]].sum(0)
             if self.floor:
                 att = np.where(tot > 0, np.maximum(att, self.floor), 0.0)
-        per = self.linear[nseq_r, tot] + att + np.where(tot > 0, self.per_layer, 0.0)
+        per = self.linear(nseq_r, tot) + att + np.where(tot > 0, self.per_layer, 0.0)
         # ONE exit-head call over every sequence's head rows (heads at different exits share norm + LM head)
         return float(self.overhead(len(rows), checks) + (self.span * per).sum() + self.head[head_rows.sum()])
 
@@ -230,7 +244,7 @@ class StepCost:
             att = self.att[1][np.minimum(c // CTX_BUCKET, nb)].sum(1)
             if self.floor:
                 att = np.maximum(att, self.floor)
-        per = self.linear[m, m] + att + self.per_layer
+        per = self.linear(m, m) + att + self.per_layer
         return float(g * (self.overhead(m, 0) + self.head[m]) + self.span[0] * per.sum())
 
     def prefill(self, prompt_tokens: np.ndarray) -> float:
@@ -258,12 +272,14 @@ class StepCost:
         """prefill_scale x serving_layer_ms(prompts, total, prefill=True), read from the row of `prompts` (the same
         elementwise arithmetic as one scalar call, so the same value)."""
         row = self.prefill_linear_at.get(prompts)
-        if row is None:
+        if row is None and self.prefill_cells < LINEAR_TABLE_CELLS:
             top = int(self.prefill_top[min(prompts, len(self.prefill_top)) - 1])
-            # a row of at most 2^21 totals (prompts of thousands of tokens: beyond, one call each)
+            # a row of at most 2^21 totals (prompts of thousands of tokens: beyond, one call each);
+            # rows until they hold LINEAR_TABLE_CELLS (many admission sizes: one call each beyond)
             row = self.prefill_scale * serving_layer_ms(self.table, prompts, np.arange(min(top, 1 << 21) + 1), prefill=True)
             self.prefill_linear_at[prompts] = row
-        if total < len(row):
+            self.prefill_cells += len(row)
+        if row is not None and total < len(row):
             return float(row[total])
         return self.prefill_scale * float(serving_layer_ms(self.table, prompts, total, prefill=True))  # prompts not among the given ones
 
@@ -632,7 +648,7 @@ class _DeferredClock(EntryClock):
                 att = c.att[m[:, None], np.minimum(mean.astype(np.int64) // CTX_BUCKET, nb_last)]
             else:
                 att = np.array(self.dr_att)
-            per = c.linear[m, m][:, None] + att + c.per_layer
+            per = c.linear(m, m)[:, None] + att + c.per_layer
             at = np.array(self.dr_at) - self.base
             if c.noise is None:
                 costs[at] = g * (c.overhead(m, 0) + c.head[m]) + c.span[0] * per.sum(1)
@@ -652,7 +668,7 @@ class _DeferredClock(EntryClock):
                 att = c.att[nseq, np.minimum(mean.astype(np.int64) // CTX_BUCKET, nb_last)]
             else:
                 att = np.array(self.ck_att)
-            per = c.linear[nseq, tot] + att + np.where(tot > 0, c.per_layer, 0.0)
+            per = c.linear(nseq, tot) + att + np.where(tot > 0, c.per_layer, 0.0)
             at = np.array(self.ck_at) - self.base
             costs[at] = c.overhead(m, m) + (c.span[None, :] * per).sum(1) + c.head[nb + m]
             if c.noise is not None:
@@ -822,7 +838,7 @@ def _run_scheduled(cost: StepCost, plan: Plan, sch: Schedules, arrival_s, prompt
             if cost.floor:
                 att = np.where(tot > 0, np.maximum(att, cost.floor), 0.0)
         nseq_r = (rows > 0).sum(0)  # (s, k)
-        per = cost.linear[nseq_r, tot] + att + np.where(tot > 0, cost.per_layer, 0.0)
+        per = cost.linear(nseq_r, tot) + att + np.where(tot > 0, cost.per_layer, 0.0)
         heads = cost.head[op_head[pos].sum(0)]  # (s,): one head call over all head rows of the step
         step_ms = cost.overhead(m, op_check[pos].sum(0)) + (per * span[None, :]).sum(1) + heads
         if cost.noise is not None:  # step i of the run takes the noise's draw i, however the run is chunked

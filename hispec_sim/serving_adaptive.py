@@ -507,7 +507,7 @@ class _StepLog(EntryClock):
             att = np.stack([np.bincount(step_of, weights=each[:, j], minlength=S) for j in range(k)], 1)
             if c.floor:
                 att = np.where(tot > 0, np.maximum(att, c.floor), 0.0)
-        per = c.linear[nseq_r, tot] + att + np.where(tot > 0, c.per_layer, 0.0)
+        per = c.linear(nseq_r, tot) + att + np.where(tot > 0, c.per_layer, 0.0)
         ms = c.overhead(m, checks) + (c.span[None, :] * per).sum(1) + c.head[nb_sum + m]
         if c.noise is not None:  # StepCost.jitter: one draw per decode step, in time order
             ms = ms * c.noise.scale(c.noise.take(S), ms)

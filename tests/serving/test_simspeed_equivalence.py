@@ -291,3 +291,21 @@ def test_step_overhead_table_equals_the_function():
         cost.overhead_at, table_at = None, cost.overhead_at
         assert np.array_equal(got, cost.overhead(nseq, np.minimum(checks, nseq)))
         cost.overhead_at = table_at
+
+
+@pytest.mark.parametrize("case", ["single_saturated", "deep_kv", "single_kernel"])
+@pytest.mark.parametrize("batching", ["ragged", "synchronous"])
+def test_linear_and_prefill_tables_cut_short_give_the_same_run(monkeypatch, case, batching):
+    """StepCost tabulates the batched grid (sequences x rows) and the prefill rows up to
+    LINEAR_TABLE_CELLS cells (their size grows as max_batch^2); beyond, one call each. With
+    no table at all, every engine's run is the same, value for value."""
+    load, kw, count, qps, batch, kv, prompts, outputs = CASES[case]
+    table, acc, layers = load()
+    plan = schema.Plan(**{k: v for k, v in kw.items() if "confidence" not in k}, batching=batching)
+    limits = schema.ServeLimits(max_batch=batch, kv_tokens=kv)
+    arrival, prompt, out = _requests(qps, count, prompts, outputs, seed=len(case))
+    want = serving.simulate_arrays(table, layers, acc, plan, arrival, prompt, out, limits, 0)
+    monkeypatch.setattr(serving, "LINEAR_TABLE_CELLS", 0)
+    cost = StepCost(table, plan, layers, batch, 4096, prompt)
+    assert cost._linear_grid is None and cost.prefill(prompt[:3]) > 0 and not cost.prefill_linear_at
+    same_run(serving.simulate_arrays(table, layers, acc, plan, arrival, prompt, out, limits, 0), want)
