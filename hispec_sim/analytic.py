@@ -80,15 +80,15 @@ def _level_terms(p_cor, p_bon, rates: LevelRates, check_ms, width: int):
 
 def _stopping_sum(x: np.ndarray) -> np.ndarray:
     """For every window w = 1..W: the sum of x[:, m0, a] over the blocks that end the fill,
-    i.e. start below w (m0 < w) and end at or above it (m0 + a + 1 >= w)."""
+    i.e. start below w and end at or above it (m0 < w <= m0 + a + 1). Each block counts for
+    the windows m0+1..m0+a+1: added where that range starts, taken off after it ends, then
+    a running sum over w (time and memory ~ plans x W x blocks, not x W^2)."""
     plans, width, blocks = x.shape
-    suffix = np.zeros((plans, width, blocks + 1))
-    suffix[:, :, :blocks] = np.cumsum(x[:, :, ::-1], 2)[:, :, ::-1]  # sum over a >= j
-    w = np.arange(1, width + 1)[:, None]
-    m0 = np.arange(width)[None, :]
-    first = np.clip(w - m0 - 1, 0, blocks)  # smallest a that reaches w from m0
-    first = np.where(m0 < w, first, blocks)  # blocks starting at or above w never happen
-    return suffix[:, m0, first].sum(2)
+    diff = np.zeros((plans, width + blocks + 2))  # by window w
+    diff[:, 1:width + 1] = x.sum(2)
+    for a in range(blocks):
+        diff[:, a + 2:a + 2 + width] -= x[:, :, a]
+    return np.cumsum(diff[:, 1:width + 1], 1)
 
 
 def _emitted_blocks(p_cor, p_bon, rates: LevelRates, window: np.ndarray, v: np.ndarray, powers, passes):
@@ -169,19 +169,34 @@ def chain_terms(cost: CostModel, model: AgreementModel, levels: np.ndarray, prop
     raise AssertionError("unreachable")
 
 
-SCENARIO_ROWS = 250_000  # plan rows x scenarios evaluated in one vectorised pass (memory bound)
+CHAIN_CELLS = 1 << 23  # rows x buffer x blocks of chain_terms' largest arrays in one pass (memory bound, ~64 MB each)
+
+
+def rows_per_pass(propose: np.ndarray, windows: np.ndarray, top_width: int | None) -> int:
+    """Plan rows one chain_terms pass may hold: its largest arrays hold, per row, buffer
+    lengths x block lengths, each at most the longest buffer the plans can fill."""
+    span = 1 + int(np.max(propose)) + (int(windows.sum(1).max()) if windows.size else 0) + (top_width or 0)
+    return max(1, CHAIN_CELLS // span**2)
 
 
 def expected_chain_terms(cost: CostModel, model: AgreementModel, levels: np.ndarray, propose: np.ndarray,
                          windows: np.ndarray, top_width: int | None = None):
     """chain_terms averaged over the workload's request distribution (module docstring):
     (committed, cycle_ms, acceptance) with committed / cycle = 1 / E_w[time per token].
-    Without a spread (or a degenerate one) exactly chain_terms."""
+    Without a spread (or a degenerate one) exactly chain_terms. Plans and scenarios are
+    evaluated in passes of rows_per_pass rows (each plan row's terms are its own)."""
+    plans = len(levels)
+    per_pass = rows_per_pass(propose, windows, top_width)
+    if plans > per_pass:
+        parts = [expected_chain_terms(cost, model, levels[i:i + per_pass], propose[i:i + per_pass],
+                                      windows[i:i + per_pass], top_width) for i in range(0, plans, per_pass)]
+        return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+                [np.concatenate([p[2][j] for p in parts]) for j in range(len(parts[0][2]))])
     scen = getattr(model, "scenarios", None)
     if scen is None:
         return chain_terms(cost, model, levels, propose, windows, top_width)
-    plans, S = len(levels), len(scen.weights)
-    per_call = max(1, SCENARIO_ROWS // max(plans * (top_width or 1), 1))
+    S = len(scen.weights)
+    per_call = max(1, per_pass // plans)  # scenarios per pass
     time_per_token = inv_committed = 0.0
     acc_sum = None
     for lo in range(0, S, per_call):

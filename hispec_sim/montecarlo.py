@@ -86,6 +86,9 @@ def simulate(cost: CostModel, model: AgreementModel, plan: Plan, streams: int = 
         ms = cost.autoregressive_ms(plan.levels[0])
         tps = cost.batch * 1000.0 / ms
         return MCResult(tps, (tps, tps), ms, ms, 1.0, [], streams, streams * cycles, replay)
+    if replay and model.traces is None:
+        raise ValueError("mc: replay needs a workload with traces")
+    check_work(plan, len(model.traces) if replay else streams * (request_tokens if spread else cycles))
     if engine == "auto":
         engine = "token" if (replay or spread) else "block"
     if engine == "block":
@@ -94,13 +97,29 @@ def simulate(cost: CostModel, model: AgreementModel, plan: Plan, streams: int = 
         return _summarise(*_block_engine(cost, model, plan, streams, cycles, np.random.default_rng(seed)),
                           cost.batch, streams, False)
     if replay:
-        if model.traces is None:
-            raise ValueError("mc: replay needs a workload with traces")
         spans = walk_spans(model.acc.trace_starts, len(model.traces))
         streams, request_tokens = len(spans), np.array([n for _, n in spans])
     return _summarise(*_token_engine(cost, model, plan, streams, cycles, seed, replay,
                                      request_tokens if (spread or replay) else None),
                       cost.batch, streams, replay)
+
+
+MAX_DRAFTS = 1 << 34  # drafts one simulation may walk (about a minute on a 2-core laptop)
+
+
+class TooMuchWork(ValueError):
+    """A simulation that could walk more than MAX_DRAFTS drafts (check_work)."""
+
+
+def check_work(plan: Plan, cycles: int) -> None:
+    """Refuse a simulation that could walk more than MAX_DRAFTS drafts: a full-model check
+    holds at most propose x window_3 x ... x window_k of them (every check below it emits at
+    least one token), and `cycles` bounds the full-model checks (each commits >= 1 token)."""
+    per = plan.propose * int(np.prod(plan.windows, dtype=object)) if plan.depth > 1 else 0
+    if per * cycles > MAX_DRAFTS:
+        raise TooMuchWork(f"mc: plan {plan.levels} (propose {plan.propose}, windows {list(plan.windows)}) drafts up to "
+                         f"{per:,} tokens per full-model check; over {cycles:,} checks that is {per * cycles:.2e} drafts, "
+                         f"at most {MAX_DRAFTS:.2e}: fewer streams or cycles, or a shorter propose or window")
 
 
 WALK_ROWS = 256  # trace replay walks a longer request in pieces of this many rows
@@ -338,12 +357,13 @@ def _summarise(total_time, total_tokens, cycle_ms, cycle_tokens, acceptance, bat
     se = np.sqrt(z.var(ddof=1) / streams) / total_time.mean() if streams > 1 else 0.0
     scale = batch * 1000.0
     cycles = sum(len(x) for x in cycle_tokens)
-    ms, tk = [], []  # the first QUANTILE_SAMPLES cycles for the latency percentiles (cycles are i.i.d.)
+    ms, tk, kept = [], [], 0  # the first QUANTILE_SAMPLES cycles for the latency percentiles (cycles are i.i.d.)
     for x, y in zip(cycle_ms, cycle_tokens):
-        if sum(len(m) for m in ms) >= QUANTILE_SAMPLES:
+        if kept >= QUANTILE_SAMPLES:
             break
         ms.append(x[:QUANTILE_SAMPLES])
         tk.append(y[:QUANTILE_SAMPLES])
+        kept += len(ms[-1])
     ms, tk = np.concatenate(ms)[:QUANTILE_SAMPLES], np.concatenate(tk)[:QUANTILE_SAMPLES]
     per_token = ms / tk
     return MCResult(

@@ -200,11 +200,16 @@ class Evaluator:
         sc = score(s, [plan])[0]
         out = {"tokens_per_second": sc.tokens_per_second, "latency_ms_per_token": sc.latency_ms}
         if self.objective == "mc" or "p99" in self.objectives:
-            from .montecarlo import simulate
+            import optuna
+
+            from .montecarlo import TooMuchWork, simulate
 
             replay = s.acceptance.traces is not None
-            r = simulate(s.cost(plan.propose + sum(plan.windows) + 8), s.agreement, plan, streams=self.streams,
-                         cycles=self.cycles, seed=self.seed, replay=replay)
+            try:
+                r = simulate(s.cost(plan.propose + sum(plan.windows) + 8), s.agreement, plan, streams=self.streams,
+                             cycles=self.cycles, seed=self.seed, replay=replay)
+            except TooMuchWork as e:  # a plan too long to simulate is left out of the search, not its end
+                raise optuna.TrialPruned(str(e)) from None
             out.update({"mc_tokens_per_second": r.tokens_per_second, "latency_ms_p99": r.latency_ms_p99,
                         "latency_ms_p50": r.latency_ms_p50, "trace_replay": replay})
             if self.objective == "mc":
@@ -664,8 +669,9 @@ def _build_result(study, ev: Evaluator, space: Space, info: dict, top: int, t0: 
                 entry["latency_ms_p99"] = round(m["latency_ms_p99"], 4)
             pareto.append(entry)
     failed = sum(t.state == TrialState.FAIL for t in trials)
+    pruned = sum(t.state == TrialState.PRUNED for t in trials)  # Monte-Carlo too long (montecarlo.check_work)
     study_info = {"storage": _redact(info["storage"]), "name": study.study_name, "trials": len(done),
-                  "trials_failed": failed, "trials_this_run": len(done) - info["completed_before"],
+                  "trials_failed": failed, "trials_too_long_to_simulate": pruned, "trials_this_run": len(done) - info["completed_before"],
                   "sampler": info["sampler"], "seed": info["seed"], "workers": info["workers"],
                   "continued": info["continued"], "space": space.as_dict(), "best_trial": best_t.number,
                   "seeded_with": info.get("seeded", [])}
@@ -896,8 +902,10 @@ def cli_optuna(args, setting: Setting, opts: dict) -> OptunaResult:
 def cli_summary(out: dict) -> str:
     """The text lines optimize prints for an Optuna search: the study, then the Pareto front."""
     st = out["study"]
+    long = st["trials_too_long_to_simulate"]
     lines = [f"optuna: study {st['name']!r} in {st['storage']}: {st['trials']} completed trials "
-             f"({st['trials_this_run']} this run{', continued' if st['continued'] else ''}; {st['trials_failed']} failed), "
+             f"({st['trials_this_run']} this run{', continued' if st['continued'] else ''}; {st['trials_failed']} failed"
+             f"{f', {long} too long to simulate' if long else ''}), "
              f"sampler {st['sampler']}, seed {st['seed']}, workers {st['workers']}, depth {st['space']['depth'][0]}..{st['space']['depth'][1]}, "
              f"objective {out['objective']} {','.join(out['objectives'])}, {out['seconds']:.1f} s"]
     if out.get("pareto"):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 
 import optuna
@@ -194,6 +195,27 @@ def test_mc_objective_with_trace_replay_and_p99():
     again = optuna_search(s, trials=15, storage=None, objective="mc", objectives=("throughput", "p99"), mc_streams=128,
                           mc_cycles=8, seed=0)
     assert again.as_dict()["pareto"] == d["pareto"]  # fixed Monte-Carlo seed
+
+
+def test_plans_too_long_to_simulate_are_left_out_not_the_search(monkeypatch):
+    """With --objective mc, a trial whose simulation could walk more than MAX_DRAFTS drafts
+    (montecarlo.check_work) is pruned and counted; the search goes on and reports the rest."""
+    from hispec_sim import montecarlo
+
+    s = Setting(make_profile(layers=12))
+    streams, cycles = 16, 4
+    monkeypatch.setattr(montecarlo, "MAX_DRAFTS", streams * cycles * 40)  # propose x windows <= 40 per check
+    r = optuna_search(s, trials=30, storage=None, objective="mc", mc_streams=streams, mc_cycles=cycles, seed=0,
+                      depth=(3, 4), sampler="random")
+    d = r.as_dict()
+    long = d["study"]["trials_too_long_to_simulate"]
+    assert 0 < long < 30 and d["study"]["trials"] == 30 - long
+    for t in r.optuna_study.trials:
+        plan = Plan.model_validate(t.user_attrs["plan"]) if "plan" in t.user_attrs else None
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            assert plan.propose * math.prod(plan.windows) <= 40
+    with pytest.raises(montecarlo.TooMuchWork, match=r"mc: plan \[1, 2, 12\] \(propose 8, windows \[6\]\) drafts up to 48 tokens"):
+        montecarlo.simulate(s.cost(32), s.agreement, Plan(levels=[1, 2, 12], propose=8, windows=[6]), streams, cycles)
 
 
 def test_batch_and_tp_choices():

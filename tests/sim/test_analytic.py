@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 from factories import make_profile, resolve_depth_traces
 from hispec_sim.evaluate import Setting, exhaustive, exhaustive_arrays, predict_plans
 from hispec_sim.adaptive import replay
-from hispec_sim.analytic import _check_cost, leviathan_tokens_per_round
+from hispec_sim.analytic import _check_cost, _stopping_sum, leviathan_tokens_per_round
 from hispec_sim.latency import working_set_history
 from hispec_sim.montecarlo import simulate
 from hispec_sim.schema import Plan
@@ -31,6 +31,18 @@ def plans(draw, depth):
     levels = sorted(draw(st.lists(st.integers(1, LAYERS - 1), min_size=depth - 1, max_size=depth - 1, unique=True))) + [LAYERS]
     return Plan(levels=levels, propose=draw(st.integers(1, 6)),
                 windows=[draw(st.integers(1, 8)) for _ in range(depth - 2)])
+
+
+@settings(max_examples=80, deadline=None)
+@given(shape=st.tuples(st.integers(1, 3), st.integers(1, 12), st.integers(1, 12)), seed=st.integers(0, 2**32 - 1))
+def test_stopping_sum_is_its_definition(shape, seed):
+    """For every window w: the sum of x[:, m0, a] over blocks starting below w that reach it
+    (m0 < w <= m0 + a + 1), summed here term by term."""
+    x = np.random.default_rng(seed).uniform(0, 1, shape)
+    plans_, width, blocks = shape
+    want = np.array([[sum(x[p, m0, a] for m0 in range(width) for a in range(blocks) if m0 < w <= m0 + a + 1)
+                      for w in range(1, width + 1)] for p in range(plans_)])
+    assert np.allclose(_stopping_sum(x), want, rtol=1e-12, atol=1e-12)
 
 
 @settings(max_examples=60, deadline=None)

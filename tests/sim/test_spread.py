@@ -175,11 +175,13 @@ def test_published_spread_keeps_the_published_figure_reproduced():
     assert same.agreement == wl["sharegpt"].agreement and same.spread.sigma == 0.0
 
 
+@pytest.mark.parametrize("rows", [6, 1])
 @pytest.mark.parametrize("top_width", [None, 6])
-def test_scenarios_in_chunks_of_unequal_size_give_the_same_terms(monkeypatch, top_width):
-    """expected_chain_terms evaluates the scenarios in chunks (SCENARIO_ROWS): 7 scenarios in
-    chunks of 3, 3 and 1 must give what one pass gives, the per-level acceptance too (a
-    lower level's acceptance is one value per plan even when the top level sweeps windows)."""
+def test_scenarios_in_chunks_of_unequal_size_give_the_same_terms(monkeypatch, top_width, rows):
+    """expected_chain_terms evaluates plans and scenarios in passes of rows_per_pass rows:
+    7 scenarios x 2 plans in passes of 6 rows (scenarios 3, 3 and 1) or of 1 row (each plan
+    alone, then each scenario) must give what one pass gives, the per-level acceptance too
+    (a lower level's acceptance is one value per plan even when the top level sweeps windows)."""
     from hispec_sim import analytic
 
     rng = np.random.default_rng(3)
@@ -188,7 +190,7 @@ def test_scenarios_in_chunks_of_unequal_size_give_the_same_terms(monkeypatch, to
     levels, propose, windows = np.array([[2, 6, LAYERS], [3, 7, LAYERS]]), np.array([2, 3]), np.array([[4], [2]])
     args = (s.cost(64), s.agreement, levels, propose, windows, top_width)
     one = analytic.expected_chain_terms(*args)
-    monkeypatch.setattr(analytic, "SCENARIO_ROWS", 3 * len(levels) * (top_width or 1))
+    monkeypatch.setattr(analytic, "rows_per_pass", lambda *a: rows)
     chunked = analytic.expected_chain_terms(*args)
     for a, b in zip([one[0], one[1], *one[2]], [chunked[0], chunked[1], *chunked[2]]):
         assert a.shape == b.shape and np.allclose(a, b, rtol=1e-12, atol=0)
