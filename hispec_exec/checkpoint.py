@@ -96,8 +96,11 @@ def _read_json(path: Path, field: str) -> dict:
 def read_safetensors(path: Path, field: str = "model") -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
+    from hispec_sim.schema import regular_file
+
     if not path.exists():
         raise ValueError(f"{field}: missing {path}")
+    regular_file(path, field)
     try:
         return load_file(str(path))
     except Exception as e:  # safetensors raises its own error types on corrupt files

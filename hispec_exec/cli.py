@@ -61,10 +61,10 @@ def _codec(a, model):
     from pathlib import Path
 
     from .data import decode_bytes, encode
+    from .prompts import check_tokenizer_files
 
     folder = Path(a.model) if a.model else None
-    if folder is not None and any((folder / f).exists() for f in ("tokenizer.json", "tokenizer_config.json",
-                                                                   "tokenizer.model")):
+    if folder is not None and check_tokenizer_files(folder):
         try:
             from transformers import AutoTokenizer
         except ImportError:

@@ -93,6 +93,8 @@ def _hf_tensors(folder: Path) -> dict[str, torch.Tensor]:
         wm = _read_json(index, "model").get("weight_map", {})
         out = {}
         for shard in sorted(set(wm.values())):
+            if not isinstance(shard, str) or Path(shard).name != shard or shard in (".", ".."):
+                raise ValueError(f"model: {index} names shard {shard!r}; a shard must be a file name in the folder")
             out.update(read_safetensors(folder / shard))
         return out
     raise ValueError(f"model: {folder} has no model.safetensors or model.safetensors.index.json")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from hispec_sim.schema import read_text_bounded, regular_file
+
 MAX_FILE_BYTES = 256 * 2**20
 MAX_PROMPTS = 100_000
 FORMATS = ("jsonl", "text", "sharegpt")
@@ -41,13 +43,7 @@ def read_prompts(path: str | Path, fmt: str | None = None, field: str = "prompt"
     """
     path = Path(path)
     fmt = _format_for(path, fmt)
-    if path.is_dir():
-        raise ValueError(f"prompts_file: {path} is a folder; give a file")
-    if not path.exists():
-        raise ValueError(f"prompts_file: no such file {str(path)!r}")
-    if not path.is_file():
-        raise ValueError(f"prompts_file: {path} is not a regular file")
-    size = path.stat().st_size
+    size = regular_file(path, "prompts_file").st_size
     if size > MAX_FILE_BYTES:
         raise ValueError(f"prompts_file: {path} is {size} bytes; at most {MAX_FILE_BYTES} allowed")
     try:
@@ -114,19 +110,36 @@ def read_prompts(path: str | Path, fmt: str | None = None, field: str = "prompt"
     return out
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json")
+
+
+def check_tokenizer_files(folder: Path) -> bool:
+    """Whether the folder carries a tokenizer; each of its files must be a regular file of at
+    most MAX_FILE_BYTES (a FIFO or /dev/zero would block or fill memory in the tokenizer
+    libraries' own readers, beyond the reach of an interrupt)."""
+    present = [folder / f for f in TOKENIZER_FILES if (folder / f).exists()]
+    for f in present:
+        if regular_file(f, "tokenizer").st_size > MAX_FILE_BYTES:
+            raise ValueError(f"tokenizer: {f} is larger than {MAX_FILE_BYTES / 2**20:.0f} MiB")
+    return bool(present)
+
+
 def text_encoder(model, model_folder: str | Path | None):
     """(encode(text) -> ids, description): the checkpoint's tokenizer.json (tokenizers
     library) when the folder has one, otherwise bytes for a byte-level model."""
     vocab = model.args.vocab_size
     folder = Path(model_folder) if model_folder is not None else None
     tj = folder / "tokenizer.json" if folder is not None else None
+    if folder is not None:
+        check_tokenizer_files(folder)
     if tj is not None and tj.exists():
         try:
             from tokenizers import Tokenizer
         except ImportError:  # pragma: no cover - installed with transformers
             raise ValueError("tokenizer: reading tokenizer.json needs the `tokenizers` package (pip install tokenizers)") from None
+        text = read_text_bounded(tj, "tokenizer")
         try:
-            tok = Tokenizer.from_file(str(tj))
+            tok = Tokenizer.from_str(text)
         except Exception as e:
             raise ValueError(f"tokenizer: cannot read {tj} ({' '.join(str(e).split())[:120]})") from None
         n = tok.get_vocab_size(with_added_tokens=True)

@@ -42,6 +42,9 @@ def build_report(profile: str, out: str | None = None, fmt: str = "html", **kw) 
     if isinstance(validation, (str, Path)):
         validation = load_validation(validation)
     prof = schema.load_profile(profile)
+    if validation and validation.get("profile") not in (None, prof.name):
+        raise ValueError(f"validation: {validation.get('source_file', 'the result')} validates profile "
+                         f"{validation['profile']!r}; the report is for {prof.name!r}")
     data = compute(prof, validation=validation, profile_ref=profile, **kw)
     text = render_html(data) if fmt == "html" else render_markdown(data)
     try:

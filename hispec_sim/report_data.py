@@ -60,13 +60,14 @@ def load_validation(path: str | Path) -> dict:
     data = schema._load_json(Path(path), "validation")  # bounded: size, nesting, finite numbers
     if not isinstance(data, dict) or not isinstance(data.get("plans"), list):
         raise ValueError("validation.plans: expected an object with a 'plans' list")
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731 (JSON true is no number)
     rows = []
     for i, r in enumerate(data["plans"]):
         if not isinstance(r, dict):
             raise ValueError(f"validation.plans.{i}: expected an object")
         for key in ("predicted_tokens_per_second", "measured_tokens_per_second"):
             v = r.get(key)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            if not (number(v) and v > 0):
                 raise ValueError(f"validation.plans.{i}.{key}: expected a number > 0, got {v!r}")
         plan = r.get("plan")
         if isinstance(plan, dict):
@@ -77,7 +78,7 @@ def load_validation(path: str | Path) -> dict:
         else:
             label = str(plan)
         rel = r.get("relative_error")
-        if not (isinstance(rel, (int, float)) and math.isfinite(rel)):
+        if not number(rel):
             rel = r["predicted_tokens_per_second"] / r["measured_tokens_per_second"] - 1.0
         rows.append({"plan": label, "family": str(r.get("family", "")),
                      "predicted_tokens_per_second": float(r["predicted_tokens_per_second"]),
@@ -87,7 +88,7 @@ def load_validation(path: str | Path) -> dict:
 
     def _stat(key, fallback):
         v = data.get(key)
-        return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else fallback
+        return float(v) if number(v) else fallback
 
     return {"plans": rows,
             "median_abs_relative_error": _stat("median_abs_relative_error", float(np.median(errs)) if rows else None),

@@ -456,6 +456,9 @@ class AcceptanceSpread(Strict):
                         raise ValueError("spread.per_request: values must be in [0, 1]")
             if self.weights is not None and len(self.weights) != len(self.per_request):
                 raise ValueError("spread.weights: one weight per request")
+        if self.weights is not None and (any(not (math.isfinite(w) and w >= 0) for w in self.weights)
+                                         or not sum(self.weights) > 0):
+            raise ValueError("spread.weights: finite values >= 0, at least one > 0")
         return self
 
 
@@ -697,12 +700,12 @@ def parse_json_text(text: str, field: str, where: str = "the input"):
     return data
 
 
-def read_text_bounded(path: Path, field: str, max_bytes: int = MAX_JSON_BYTES) -> str:
-    """A regular UTF-8 file of at most max_bytes, or ValueError naming the field."""
+def regular_file(path: Path, field: str):
+    """os.stat of a regular file (not a folder, FIFO or device, which could block or never
+    end a read), or ValueError naming the field."""
     import os
     import stat
 
-    path = Path(path)
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -713,6 +716,13 @@ def read_text_bounded(path: Path, field: str, max_bytes: int = MAX_JSON_BYTES) -
         raise ValueError(f"{field}: {path} is a folder; give a file")
     if not stat.S_ISREG(st.st_mode):
         raise ValueError(f"{field}: {path} is not a regular file")
+    return st
+
+
+def read_text_bounded(path: Path, field: str, max_bytes: int = MAX_JSON_BYTES) -> str:
+    """A regular UTF-8 file of at most max_bytes, or ValueError naming the field."""
+    path = Path(path)
+    st = regular_file(path, field)
     if st.st_size > max_bytes:
         raise ValueError(f"{field}: {path} is {st.st_size / 2**20:.0f} MiB; at most {max_bytes / 2**20:.0f} MiB allowed")
     try:
@@ -723,7 +733,7 @@ def read_text_bounded(path: Path, field: str, max_bytes: int = MAX_JSON_BYTES) -
     if len(raw) > max_bytes:
         raise ValueError(f"{field}: {path} is larger than {max_bytes / 2**20:.0f} MiB")
     try:
-        return raw.decode("utf-8")
+        return raw.decode("utf-8-sig")  # a byte-order mark (Windows editors) is not content
     except UnicodeDecodeError as e:
         raise ValueError(f"{field}: {path} is not UTF-8 text (byte {e.start})") from None
 
@@ -804,9 +814,13 @@ def write_atomic(path: str | Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:  # what every reader here decodes, whatever the locale
             f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a written result is an ordinary file
+        try:  # a file replaced keeps its permissions (as `>` does)
+            mode = os.stat(path).st_mode & 0o7777
+        except OSError:  # a new file: an ordinary one (mkstemp makes 0600)
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
@@ -927,6 +941,9 @@ class Request(Strict):
             raise ValueError("prompt_tokens: token ids must be >= 0")
         if self.prompt is not None and not self.prompt:
             raise ValueError("prompt: empty")
+        if self.prompt is not None and len(self.prompt.encode("utf-8", "surrogatepass")) > MAX_REQUEST_TOKENS:
+            raise ValueError(f"prompt: at most {MAX_REQUEST_TOKENS:,} bytes of UTF-8 (the simulator counts a text prompt's "
+                             "bytes as its tokens)")
         return self
 
     @property

@@ -143,6 +143,15 @@ def work(tmp_path_factory):
     prof_variant("bigover.json", lambda d: d["latency"][0].__setitem__("overhead_ms", 1e300))
     prof_variant("negms.json", lambda d: d["latency"][0]["head_ms"].__setitem__(0, -1))
     prof_variant("v999.json", lambda d: d.__setitem__("schema_version", 999))
+    # a spread's request weights: all 0 (a NaN deep in numpy), negative
+    for name, weights in (("zeroweights.json", [0.0, 0.0]), ("negweights.json", [2.0, -1.0])):
+        prof_variant(name, lambda d, w=weights: d["workloads"]["w"].__setitem__("spread", {
+            "family": "empirical", "per_request": [d["workloads"]["w"]["agreement"]] * 2, "weights": w,
+            "source": d["workloads"]["w"]["source"]}))
+    put("boolval.json", json.dumps({"profile": "test", "plans": [{"predicted_tokens_per_second": True,
+                                                                  "measured_tokens_per_second": 5.0}]}))
+    put("otherval.json", json.dumps({"profile": "another", "plans": [{"predicted_tokens_per_second": 4.0,
+                                                                     "measured_tokens_per_second": 5.0}]}))
     prof_variant("negts.json", lambda d: d["workloads"]["w"].update(traces=[[0] * 16] * 4, trace_starts=[-3, 0]))
     prof_variant("bigts.json", lambda d: d["workloads"]["w"].update(traces=[[0] * 16] * 4, trace_starts=[0, 99]))
     prof_variant("negtrace.json", lambda d: d["workloads"]["w"].update(traces=[[-1] * 16] * 4, trace_starts=[0]))
@@ -231,8 +240,20 @@ def work(tmp_path_factory):
     f["LOOP"] = str(w / "loop.json")
     os.mkfifo(w / "fifo")
     f["FIFO"] = str(w / "fifo")
+    # special files inside a model folder (they hung the readers, deaf to an interrupt), a shard outside it
+    f["M_FIFOWEIGHTS"] = _ours(hd, "m_fifoweights")
+    (hd / "m_fifoweights" / "model.safetensors").unlink()
+    os.mkfifo(hd / "m_fifoweights" / "model.safetensors")
+    f["M_FIFOTOK"] = _ours(hd, "m_fifotok")
+    os.mkfifo(hd / "m_fifotok" / "tokenizer.json")
+    f["M_ZEROTOK"] = _ours(hd, "m_zerotok")
+    os.symlink("/dev/zero", hd / "m_zerotok" / "tokenizer.json")
+    f["HF_OUTSIDESHARD"] = _hf(hd, "hf_outsideshard")
+    (hd / "hf_outsideshard" / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"model.embed_tokens.weight": "../m_fifotok/model.safetensors"}}))
     f["CK"] = str(DEFAULT_CHECKPOINT)
     put("trace.jsonl", '{"arrival_s": 0.0, "prompt_tokens": 16, "max_new_tokens": 8}\n')
+    put("bigprompt.jsonl", json.dumps({"arrival_s": 0.0, "prompt": "x" * 1_000_001, "max_new_tokens": 8}) + "\n")
     put("strtrace.jsonl", '{"arrival_s": 0.0, "prompt_tokens": "16", "max_new_tokens": 8}\n')
     put("prompts.txt", "def f(x):\n")
     put("strpropose.json", '{"levels": [2, 16], "propose": "2"}')
@@ -316,6 +337,12 @@ CASES = [
     ("json-shape", S, "evaluate --profile {P} --plan {NULL}", ["plan", "JSON object"]),
     ("json-shape", S, "export --plan {NUM} --to hf", ["plan", "JSON object"]),
     ("json-shape", S, "report --profile {P} --validation {LIST} --out {W}/r.html", ["validation"]),
+    ("json-shape", S, "report --profile {P} --validation {BOOLVAL} --out {W}/r.html",
+     ["validation.plans.0.predicted_tokens_per_second", "number > 0", "True"]),
+    ("cross-check", S, "report --profile {P} --validation {OTHERVAL} --out {W}/r.html",
+     ["validation", "'another'", "report is for 'test'"]),
+    ("cross-check", S, "evaluate --profile {ZEROWEIGHTS} --levels 2,16", ["spread.weights", ">= 0", "at least one > 0"]),
+    ("cross-check", S, "evaluate --profile {NEGWEIGHTS} --levels 2,16", ["spread.weights", ">= 0"]),
     ("json-shape", E, "run --plan {LIST}", ["plan", "JSON object"]),
     ("json-shape", E, "info --model {M_LISTCFG}", ["model", "JSON object"]),
     ("json-shape", S, "evaluate --profile {EMPTY}", ["profile", "malformed JSON"]),
@@ -370,6 +397,12 @@ CASES = [
     ("flags", S, "optimize --profile {P} --top 0", ["--top", "[1, 1000]"]),
     ("flags", S, "optimize --profile {P} --max-propose 0", ["--max-propose", "[1, 64]"]),
     ("flags", S, "optimize --profile {P} --max-window 100000", ["--max-window", "256"]),
+    ("flags", S, "optimize --profile a100_llama70b --max-propose 64 --max-window 256",
+     ["max_window", "1.35e+10 cells", "4.29e+09", "--search optuna"]),
+    ("flags", S, "capacity --profile a100_llama70b --qps 1 --slo-ttft-ms 900 --slo-tbt-ms 90 --max-propose 64 --max-window 256",
+     ["max_window", "4.29e+09"]),
+    ("flags", S, "evaluate --profile {P} --levels 2,4,16 --propose 64 --window 256 --mc --streams 65536 --cycles 64",
+     ["mc:", "16,384 tokens per full-model check", "1.72e+10"]),
     ("flags", S, "optimize --profile {P} --depth 0-9", ["depth", "<= 8"]),
     ("flags", S, "optimize --profile {P} --depth 1-99", ["depth"]),
     ("flags", S, "optimize --profile {P} --depth x", ["depth"]),
@@ -633,7 +666,15 @@ CASES = [
     ("overwrite", E, "train --out {CK} --init-from {CK} --steps 1", ["out", "--init-from", "input"]),
     ("special-files", S, "serve --profile {P} --levels 16 --trace /dev/zero", ["trace", "not a regular file"]),
     ("special-files", S, "serve --profile {P} --levels 16 --trace {FIFO}", ["trace", "not a regular file"]),
+    ("size", S, "serve --profile {P} --levels 16 --trace {BIGPROMPT}", ["trace: line 1: prompt", "1,000,000 bytes"]),
+    ("size", E, "serve --levels 16 --trace {BIGPROMPT}", ["trace: line 1: prompt", "1,000,000 bytes"]),
     ("special-files", E, "serve --trace /dev/zero", ["trace", "not a regular file"]),
+    ("special-files", E, "info --model {M_FIFOWEIGHTS}", ["model", "model.safetensors", "not a regular file"]),
+    ("special-files", E, "generate --model {M_FIFOTOK} --prompt hi", ["tokenizer", "tokenizer.json", "not a regular file"]),
+    ("special-files", E, "generate --model {M_ZEROTOK} --prompt hi", ["tokenizer", "not a regular file"]),
+    ("special-files", S, "profile measure --model {M_FIFOTOK} --prompts-file {PROMPTS} --workload w --out {W}/m.json",
+     ["tokenizer", "not a regular file"]),
+    ("special-files", E, "info --model {HF_OUTSIDESHARD}", ["model", "a shard must be a file name in the folder"]),
     ("special-files", S, "profile measure --prompts-file /dev/zero --workload w --out {W}/m.json",
      ["prompts_file", "not a regular file"]),
     ("empty-path", S, "profile measure --workload '' --out {W}/m.json", ["workload", "must not be empty"]),

@@ -43,6 +43,18 @@ def test_trace_errors_name_the_line(tmp_path):
     assert load_trace(f)[0].prompt_len == 2
 
 
+def test_a_byte_order_mark_is_not_content(tmp_path):
+    """Files saved by Windows editors start with a BOM: traces and JSON inputs read past it."""
+    from hispec_sim.schema import load_plan
+
+    f = tmp_path / "t.jsonl"
+    f.write_bytes(b"\xef\xbb\xbf" + b'{"arrival_s": 0, "prompt_tokens": 5, "max_new_tokens": 3}\n')
+    assert load_trace(f)[0].prompt_len == 5
+    p = tmp_path / "plan.json"
+    p.write_bytes(b"\xef\xbb\xbf" + b'{"levels": [2, 8], "propose": 3}')
+    assert load_plan(p).propose == 3
+
+
 def test_summarize_counts_goodput():
     ms = [RequestMetrics(id=0, arrival_s=0.0, prompt_tokens=4, output_tokens=3, queue_ms=0, ttft_ms=10, e2e_ms=30,
                          tbt_ms=[10, 10]),
