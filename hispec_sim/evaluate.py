@@ -9,7 +9,7 @@ import numpy as np
 from .acceptance import AgreementModel
 from .analytic import Prediction, expected_chain_terms, predict
 from .latency import CostModel
-from .schema import Plan, Profile
+from .schema import MAX_SEARCH_CELLS, Plan, Profile
 
 
 @dataclass
@@ -179,9 +179,6 @@ def ranked_plans(setting: Setting, arrays, top: int) -> dict[str, list[Plan]]:
                                   windows=[int(w) + 1], batch=B) for p, g, w in best(three)]}
 
 
-EXHAUSTIVE_CELLS = 1 << 32  # buffer cells an exhaustive search may evaluate (about two minutes on a 2-core laptop)
-
-
 def check_exhaustive_size(setting: Setting, max_propose: int, max_window: int) -> None:
     """Refuse a search too large to finish in minutes: every exit pair x propose g sweeps the
     windows 1..W over blocks of up to g + 1 tokens (analytic._level_terms: W x (g + 1)
@@ -191,10 +188,10 @@ def check_exhaustive_size(setting: Setting, max_propose: int, max_window: int) -
     scen = getattr(setting.agreement, "scenarios", None)
     scenarios = 1 if scen is None else len(scen.weights)
     cells = scenarios * (pairs * max_window * (max_propose * (max_propose + 3) // 2) + n * max_propose ** 2)
-    if cells > EXHAUSTIVE_CELLS:
+    if cells > MAX_SEARCH_CELLS:
         raise ValueError(f"max_window: an exhaustive search of {pairs:,} exit pairs x propose 1..{max_propose} x window "
                          f"1..{max_window} x {scenarios} acceptance scenario(s) evaluates {cells:.2e} cells, at most "
-                         f"{EXHAUSTIVE_CELLS:.2e}: lower --max-propose or --max-window, or use --search optuna")
+                         f"{MAX_SEARCH_CELLS:.2e}: lower --max-propose or --max-window, or use --search optuna")
 
 
 def exhaustive(setting: Setting, top: int = 10, max_propose: int = 8, max_window: int = 16) -> SearchResult:

@@ -33,7 +33,7 @@ import numpy as np
 from .acceptance import AgreementModel
 from .analytic import _check_cost
 from .latency import CostModel
-from .schema import Plan
+from .schema import MAX_MC_DRAFTS, Plan
 
 ACC, COR, BON = 0, 1, 2  # how a buffered token got there: survived, correction, bonus/draft
 CHUNK_CELLS = 500_000  # candidate cells per batch of the block engine (arrays stay in cache)
@@ -104,22 +104,19 @@ def simulate(cost: CostModel, model: AgreementModel, plan: Plan, streams: int = 
                       cost.batch, streams, replay)
 
 
-MAX_DRAFTS = 1 << 34  # drafts one simulation may walk (about a minute on a 2-core laptop)
-
-
 class TooMuchWork(ValueError):
-    """A simulation that could walk more than MAX_DRAFTS drafts (check_work)."""
+    """A simulation that could walk more than MAX_MC_DRAFTS drafts (check_work)."""
 
 
 def check_work(plan: Plan, cycles: int) -> None:
-    """Refuse a simulation that could walk more than MAX_DRAFTS drafts: a full-model check
+    """Refuse a simulation that could walk more than MAX_MC_DRAFTS drafts: a full-model check
     holds at most propose x window_3 x ... x window_k of them (every check below it emits at
     least one token), and `cycles` bounds the full-model checks (each commits >= 1 token)."""
     per = plan.propose * int(np.prod(plan.windows, dtype=object)) if plan.depth > 1 else 0
-    if per * cycles > MAX_DRAFTS:
+    if per * cycles > MAX_MC_DRAFTS:
         raise TooMuchWork(f"mc: plan {plan.levels} (propose {plan.propose}, windows {list(plan.windows)}) drafts up to "
                          f"{per:,} tokens per full-model check; over {cycles:,} checks that is {per * cycles:.2e} drafts, "
-                         f"at most {MAX_DRAFTS:.2e}: fewer streams or cycles, or a shorter propose or window")
+                         f"at most {MAX_MC_DRAFTS:.2e}: fewer streams or cycles, or a shorter propose or window")
 
 
 WALK_ROWS = 256  # trace replay walks a longer request in pieces of this many rows

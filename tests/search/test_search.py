@@ -198,13 +198,13 @@ def test_mc_objective_with_trace_replay_and_p99():
 
 
 def test_plans_too_long_to_simulate_are_left_out_not_the_search(monkeypatch):
-    """With --objective mc, a trial whose simulation could walk more than MAX_DRAFTS drafts
+    """With --objective mc, a trial whose simulation could walk more than MAX_MC_DRAFTS drafts
     (montecarlo.check_work) is pruned and counted; the search goes on and reports the rest."""
     from hispec_sim import montecarlo
 
     s = Setting(make_profile(layers=12))
     streams, cycles = 16, 4
-    monkeypatch.setattr(montecarlo, "MAX_DRAFTS", streams * cycles * 40)  # propose x windows <= 40 per check
+    monkeypatch.setattr(montecarlo, "MAX_MC_DRAFTS", streams * cycles * 40)  # propose x windows <= 40 per check
     r = optuna_search(s, trials=30, storage=None, objective="mc", mc_streams=streams, mc_cycles=cycles, seed=0,
                       depth=(3, 4), sampler="random")
     d = r.as_dict()
