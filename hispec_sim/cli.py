@@ -114,6 +114,10 @@ def cmd_optimize(args) -> int:
     if args.out:  # before the search: never overwrite the profile or the study database
         check_output(args.out, inputs=[_profile_path(args), sqlite_path(args.storage)])
     setting = _setting(args)
+    if getattr(args, "adaptive", False):  # before the search: the adaptive model needs confidence statistics
+        from .adaptive import _top1
+
+        _top1(setting.acceptance)
     if opts["optuna"]:
         result = search.cli_optuna(args, setting, opts)
     else:

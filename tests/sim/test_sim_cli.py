@@ -251,3 +251,17 @@ def test_rescore_is_the_default_where_the_workload_has_traces(capsys, tmp_path, 
 def test_rescore_bad_input(capsys, profile_file, extra, field):
     code, out, err = run(capsys, "optimize", "--profile", profile_file, "--rescore", "5", *extra)
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and field in err, err
+
+
+def test_optimize_adaptive_without_confidence_fails_before_the_search(monkeypatch, capsys):
+    """The adaptive model needs the workload's confidence statistics: without them
+    `optimize --adaptive` says so at once, not after the fixed search (17 s on a100_llama70b
+    with --max-propose 16 --max-window 64)."""
+    import hispec_sim.cli
+
+    def searched(*a, **k):
+        raise AssertionError("the search ran")
+
+    monkeypatch.setattr(hispec_sim.cli, "optimized", searched)
+    assert main(["optimize", "--profile", "a100_llama70b", "--adaptive"]) == 2
+    assert "draft_confidence: this workload has no confidence statistics" in capsys.readouterr().err
