@@ -202,13 +202,13 @@ class Evaluator:
         if self.objective == "mc" or "p99" in self.objectives:
             import optuna
 
-            from .montecarlo import TooMuchWork, simulate
+            from .montecarlo import SimulationTooLarge, simulate
 
             replay = s.acceptance.traces is not None
             try:
                 r = simulate(s.cost(plan.propose + sum(plan.windows) + 8), s.agreement, plan, streams=self.streams,
                              cycles=self.cycles, seed=self.seed, replay=replay)
-            except TooMuchWork as e:  # a plan too long to simulate is left out of the search, not its end
+            except SimulationTooLarge as e:  # a plan too long to simulate is left out of the search, not its end
                 raise optuna.TrialPruned(str(e)) from None
             out.update({"mc_tokens_per_second": r.tokens_per_second, "latency_ms_p99": r.latency_ms_p99,
                         "latency_ms_p50": r.latency_ms_p50, "trace_replay": replay})
@@ -669,7 +669,7 @@ def _build_result(study, ev: Evaluator, space: Space, info: dict, top: int, t0: 
                 entry["latency_ms_p99"] = round(m["latency_ms_p99"], 4)
             pareto.append(entry)
     failed = sum(t.state == TrialState.FAIL for t in trials)
-    pruned = sum(t.state == TrialState.PRUNED for t in trials)  # Monte-Carlo too long (montecarlo.check_work)
+    pruned = sum(t.state == TrialState.PRUNED for t in trials)  # Monte-Carlo too long (montecarlo.check_simulation_size)
     study_info = {"storage": _redact(info["storage"]), "name": study.study_name, "trials": len(done),
                   "trials_failed": failed, "trials_too_long_to_simulate": pruned, "trials_this_run": len(done) - info["completed_before"],
                   "sampler": info["sampler"], "seed": info["seed"], "workers": info["workers"],

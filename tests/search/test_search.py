@@ -199,7 +199,7 @@ def test_mc_objective_with_trace_replay_and_p99():
 
 def test_plans_too_long_to_simulate_are_left_out_not_the_search(monkeypatch):
     """With --objective mc, a trial whose simulation could walk more than MAX_MC_DRAFTS drafts
-    (montecarlo.check_work) is pruned and counted; the search goes on and reports the rest."""
+    (montecarlo.check_simulation_size) is pruned and counted; the search goes on and reports the rest."""
     from hispec_sim import montecarlo
 
     s = Setting(make_profile(layers=12))
@@ -214,7 +214,7 @@ def test_plans_too_long_to_simulate_are_left_out_not_the_search(monkeypatch):
         plan = Plan.model_validate(t.user_attrs["plan"]) if "plan" in t.user_attrs else None
         if t.state == optuna.trial.TrialState.COMPLETE:
             assert plan.propose * math.prod(plan.windows) <= 40
-    with pytest.raises(montecarlo.TooMuchWork, match=r"mc: plan \[1, 2, 12\] \(propose 8, windows \[6\]\) drafts up to 48 tokens"):
+    with pytest.raises(montecarlo.SimulationTooLarge, match=r"mc: plan \[1, 2, 12\] \(propose 8, windows \[6\]\) drafts up to 48 tokens"):
         montecarlo.simulate(s.cost(32), s.agreement, Plan(levels=[1, 2, 12], propose=8, windows=[6]), streams, cycles)
 
 
