@@ -85,6 +85,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 MAX_POOL_BYTES = 16 * 2**30
+LONG_WAIT_S = 600.0  # a trace whose last request arrives later than this is said to wait that long in wall time
 
 
 class CpuClock:
@@ -386,6 +387,9 @@ def run(a) -> int:
     enc, _ = _codec(a, model)
     arrivals, prompts, news, where = _requests(a, model, enc)
     check_requests(plan, prompts, news, model.args.max_seq_len, limits, where)
+    if a.clock == "wall" and arrivals[-1] > LONG_WAIT_S:  # a trace's arrivals are waited for in real time
+        print(f"serve: the last request arrives at {arrivals[-1]:.4g} s: the wall clock waits for it (Ctrl-C stops; "
+              "--clock cpu adds idle waits without sleeping)", file=sys.stderr)
     mode = a.mode or plan.mode
     if not a.no_warmup:  # untimed, discarded: a fresh process's first forwards pay one-time costs
         serve(model, plan, [0.0], prompts[:1], news[:1], limits, mode=mode, seed=a.seed, temperature=a.temperature)

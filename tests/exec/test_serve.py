@@ -100,6 +100,21 @@ def test_cli_trace_json(tmp_path, capsys):
     assert set(s["ttft_ms"]) == {"mean", "p50", "p90", "p99"}
 
 
+def test_cli_says_a_trace_waits_long_in_wall_time(tmp_path, capsys, monkeypatch):
+    """Arrivals are waited for in real time: a trace whose last request comes later than
+    LONG_WAIT_S says so on stderr at the start (how to stop, and --clock cpu, which does not
+    sleep); with --clock cpu nothing is said."""
+    import hispec_exec.serve
+
+    monkeypatch.setattr(hispec_exec.serve, "LONG_WAIT_S", 0.01)
+    trace = write(tmp_path / "t.jsonl", [json.dumps({"arrival_s": 0, "prompt_tokens": 8, "max_new_tokens": 2}),
+                                         json.dumps({"arrival_s": 0.05, "prompt_tokens": 8, "max_new_tokens": 2})])
+    for clock, said in (("wall", True), ("cpu", False)):
+        assert main(["serve", "--trace", trace, "--levels", "16", "--no-warmup", "--json", "--clock", clock]) == 0
+        err = capsys.readouterr().err
+        assert ("the last request arrives at 0.05 s: the wall clock waits for it" in err) is said, err
+
+
 def test_cli_warms_up_untimed_and_discards_it(tmp_path, capsys, monkeypatch):
     import hispec_exec.serve as srv
 
