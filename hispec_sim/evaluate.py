@@ -244,7 +244,8 @@ def rescored_by_replay(result: SearchResult, top: int) -> SearchResult:
         raise ValueError(f"rescore: workload {setting.workload!r} has no per-position traces; trace replay needs a "
                          "workload measured by `hispec-sim profile measure`")
     t0 = time.perf_counter()
-    cost = setting.cost(max(s.plan.propose + sum(s.plan.windows) for s in result.top) + 8)
+    every = (*result.top, result.autoregressive, result.best_single_level, result.paper_default)  # all re-scored
+    cost = setting.cost(max(s.plan.propose + sum(s.plan.windows) for s in every) + 8)
 
     done: dict[str, Scored] = {}  # a baseline is often among the ranked plans: walked once
 

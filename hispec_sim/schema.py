@@ -213,9 +213,9 @@ class Source(Strict):
 class Hardware(Strict):
     name: Name
     gpus: int = Field(1, ge=1)
-    hbm_gb: float | None = Field(None, gt=0)
-    hbm_gbps: float | None = Field(None, gt=0)
-    bf16_tflops: float | None = Field(None, gt=0)
+    hbm_gb: float | None = Field(None, gt=0, le=1e9)  # bounded: memory arithmetic must stay finite
+    hbm_gbps: float | None = Field(None, gt=0, le=1e12)
+    bf16_tflops: float | None = Field(None, gt=0, le=1e12)
     source: Source
 
 
@@ -459,8 +459,8 @@ class AcceptanceSpread(Strict):
             if self.weights is not None and len(self.weights) != len(self.per_request):
                 raise ValueError("spread.weights: one weight per request")
         if self.weights is not None and (any(not (math.isfinite(w) and w >= 0) for w in self.weights)
-                                         or not sum(self.weights) > 0):
-            raise ValueError("spread.weights: finite values >= 0, at least one > 0")
+                                         or not 0 < sum(self.weights) < math.inf):
+            raise ValueError("spread.weights: finite values >= 0, at least one > 0, with a finite sum")
         return self
 
 
@@ -582,6 +582,9 @@ class Profile(Strict):
         for name, acc in self.workloads.items():
             if acc.exits[-1] != self.model.num_layers:
                 raise ValueError(f"workloads.{name}.exits: must end at the last layer {self.model.num_layers}")
+        if self.paper_default is not None and self.paper_default.levels[-1] != self.model.num_layers:
+            raise ValueError(f"paper_default.levels: must end at the last layer {self.model.num_layers}, "
+                             f"got {self.paper_default.levels[-1]}")
         self.table(self.default_tp, self.default_stack)
         return self
 

@@ -144,7 +144,11 @@ def work(tmp_path_factory):
     prof_variant("negms.json", lambda d: d["latency"][0]["head_ms"].__setitem__(0, -1))
     prof_variant("v999.json", lambda d: d.__setitem__("schema_version", 999))
     # a spread's request weights: all 0 (a NaN deep in numpy), negative
-    for name, weights in (("zeroweights.json", [0.0, 0.0]), ("negweights.json", [2.0, -1.0])):
+    prof_variant("paper80.json", lambda d: d.__setitem__("paper_default", {"levels": [10, 20, 80], "propose": 2,
+                                                                          "windows": [4]}))
+    prof_variant("hugehbm.json", lambda d: d["hardware"].__setitem__("hbm_gb", 1e308))
+    for name, weights in (("zeroweights.json", [0.0, 0.0]), ("negweights.json", [2.0, -1.0]),
+                          ("hugeweights.json", [1e308, 1e308])):
         prof_variant(name, lambda d, w=weights: d["workloads"]["w"].__setitem__("spread", {
             "family": "empirical", "per_request": [d["workloads"]["w"]["agreement"]] * 2, "weights": w,
             "source": d["workloads"]["w"]["source"]}))
@@ -343,6 +347,9 @@ CASES = [
      ["validation", "'another'", "report is for 'test'"]),
     ("cross-check", S, "evaluate --profile {ZEROWEIGHTS} --levels 2,16", ["spread.weights", ">= 0", "at least one > 0"]),
     ("cross-check", S, "evaluate --profile {NEGWEIGHTS} --levels 2,16", ["spread.weights", ">= 0"]),
+    ("cross-check", S, "evaluate --profile {HUGEWEIGHTS} --levels 2,16", ["spread.weights", "finite sum"]),
+    ("cross-check", S, "report --profile {PAPER80} --out {W}/r.html", ["paper_default.levels", "last layer 16"]),
+    ("range", S, "report --profile {HUGEHBM} --out {W}/r.html", ["hbm_gb", "1000000000"]),
     ("json-shape", E, "run --plan {LIST}", ["plan", "JSON object"]),
     ("json-shape", E, "info --model {M_LISTCFG}", ["model", "JSON object"]),
     ("json-shape", S, "evaluate --profile {EMPTY}", ["profile", "malformed JSON"]),

@@ -265,3 +265,17 @@ def test_optimize_adaptive_without_confidence_fails_before_the_search(monkeypatc
     monkeypatch.setattr(hispec_sim.cli, "optimized", searched)
     assert main(["optimize", "--profile", "a100_llama70b", "--adaptive"]) == 2
     assert "draft_confidence: this workload has no confidence statistics" in capsys.readouterr().err
+
+
+def test_optimize_rescores_a_paper_default_beyond_the_searched_sizes(tmp_path, capsys):
+    """Re-scoring by trace replay walks the baselines too: the cost tables are sized for the
+    published configuration even when its propose is beyond --max-propose (IndexError before)."""
+    from hispec_sim.schema import PROFILES_DIR
+
+    d = json.loads((PROFILES_DIR / "cpu_hispec_tiny.json").read_text(encoding="utf-8"))
+    d["paper_default"] = {"levels": [2, 16], "propose": 64}
+    f = tmp_path / "p.json"
+    f.write_text(json.dumps(d), encoding="utf-8")
+    assert main(["optimize", "--profile", str(f), "--rescore", "5", "--json"]) == 0, capsys.readouterr().err
+    out = json.loads(capsys.readouterr().out)
+    assert out["baselines"]["paper_default"]["plan"]["propose"] == 64
