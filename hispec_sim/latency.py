@@ -190,7 +190,7 @@ def batched_layer_ms(table: LatencyTable, batch: int, tokens, context) -> np.nda
     because each sequence reads only its own KV cache (attention is linear in the batch),
     or the measured kernel when the table has one (decode_attention_ms)."""
     tokens = np.asarray(tokens)
-    linear = layer_ms(table, tokens * batch, np.zeros(tokens.shape))
+    linear = linear_layer_ms(table, tokens * batch)  # beyond the grid: in proportion (its last pair may decrease)
     if table.attention is not None:
         return linear + decode_attention_ms(table, batch, context, tokens)
     attention = layer_ms(table, tokens, np.full(tokens.shape, context)) - layer_ms(table, tokens, np.zeros(tokens.shape))

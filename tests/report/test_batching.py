@@ -12,7 +12,7 @@ from hispec_sim.analytic import leviathan_tokens_per_round
 from hispec_sim.evaluate import Setting, score
 from hispec_sim.latency import head_ms, layer_ms
 from hispec_sim.montecarlo import simulate
-from hispec_sim.schema import Plan
+from hispec_sim.schema import Plan, load_profile
 
 L = 16
 
@@ -81,3 +81,19 @@ def test_monte_carlo_uses_the_same_batch_costs(levels, propose, windows):
     mc1 = simulate(Setting(prof, batch=1).cost(propose + sum(windows) + 8), s.agreement,
                    plan.model_copy(update={"batch": 1}), streams=2048, cycles=32, seed=3)
     assert not np.isclose(mc.tokens_per_second, batch * mc1.tokens_per_second, rtol=1e-3)
+
+
+def test_beyond_the_grid_the_linear_part_grows_in_proportion():
+    """a100_llama70b at tp 4 ends its token grid on a decreasing pair (4064 -> 4096 tokens,
+    8.338 -> 8.299 ms): extrapolated from it, a batch's GEMMs cost 0 ms from ~11k tokens on,
+    and checking 9 tokens at batch 4096 cost less than decoding 1. Beyond the grid the linear
+    part is the last point's cost in proportion to the tokens (latency.linear_layer_ms)."""
+    from hispec_sim.latency import batched_layer_ms, linear_layer_ms
+
+    t = load_profile("a100_llama70b").table(4)
+    ms = batched_layer_ms(t, 4096, np.arange(1, 10), 512)
+    assert np.all(np.diff(ms) > 0)  # more tokens per sequence never cost less
+    top = t.tokens[-1]
+    assert float(linear_layer_ms(t, 4 * top)) == pytest.approx(4 * float(layer_ms(t, top, 0)), rel=1e-12)
+    inside = np.arange(1, top + 1)
+    assert np.array_equal(linear_layer_ms(t, inside), np.maximum(layer_ms(t, inside, np.zeros(top)), 0.0))
