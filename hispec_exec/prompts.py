@@ -137,7 +137,7 @@ def text_encoder(model, model_folder: str | Path | None):
             from tokenizers import Tokenizer
         except ImportError:  # pragma: no cover - installed with transformers
             raise ValueError("tokenizer: reading tokenizer.json needs the `tokenizers` package (pip install tokenizers)") from None
-        text = read_text_bounded(tj, "tokenizer")
+        text = read_text_bounded(tj, "tokenizer", MAX_FILE_BYTES)  # the bound check_tokenizer_files states
         try:
             tok = Tokenizer.from_str(text)
         except Exception as e:

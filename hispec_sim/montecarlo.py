@@ -114,9 +114,10 @@ def check_simulation_size(plan: Plan, cycles: int) -> None:
     least one token), and `cycles` bounds the full-model checks (each commits >= 1 token)."""
     per = plan.propose * int(np.prod(plan.windows, dtype=object)) if plan.depth > 1 else 0
     if per * cycles > MAX_MC_DRAFTS:
-        raise SimulationTooLarge(f"mc: plan {plan.levels} (propose {plan.propose}, windows {list(plan.windows)}) drafts up to "
-                         f"{per:,} tokens per full-model check; over {cycles:,} checks that is {per * cycles:.2e} drafts, "
-                         f"at most {MAX_MC_DRAFTS:.2e}: fewer streams or cycles, or a shorter propose or window")
+        raise SimulationTooLarge(
+            f"mc: plan {plan.levels} (propose {plan.propose}, windows {list(plan.windows)}) drafts up to {per:,} tokens "
+            f"per full-model check; over {cycles:,} checks that is {per * cycles:.2e} drafts, at most "
+            f"{MAX_MC_DRAFTS:.2e}: fewer streams or cycles, or a shorter propose or window")
 
 
 WALK_ROWS = 256  # trace replay walks a longer request in pieces of this many rows

@@ -671,7 +671,8 @@ def _build_result(study, ev: Evaluator, space: Space, info: dict, top: int, t0: 
     failed = sum(t.state == TrialState.FAIL for t in trials)
     pruned = sum(t.state == TrialState.PRUNED for t in trials)  # Monte-Carlo too long (montecarlo.check_simulation_size)
     study_info = {"storage": _redact(info["storage"]), "name": study.study_name, "trials": len(done),
-                  "trials_failed": failed, "trials_too_long_to_simulate": pruned, "trials_this_run": len(done) - info["completed_before"],
+                  "trials_failed": failed, "trials_too_long_to_simulate": pruned,
+                  "trials_this_run": len(done) - info["completed_before"],
                   "sampler": info["sampler"], "seed": info["seed"], "workers": info["workers"],
                   "continued": info["continued"], "space": space.as_dict(), "best_trial": best_t.number,
                   "seeded_with": info.get("seeded", [])}
