@@ -116,17 +116,10 @@ def check_plan(model: Transformer, plan: Plan, batch_ok: bool = False) -> None:
     plan.check_depth(L)
 
 
-def max_overshoot(plan: Plan) -> int:
-    """Upper bound on tentative (uncommitted) tokens beyond the committed sequence."""
-    if plan.depth == 1:
-        return 1
-    return plan.propose + sum(plan.windows) + plan.depth + 1
-
-
 def check_fits(plan: Plan, prompt_len: int, max_new_tokens: int, capacity: int) -> None:
-    if prompt_len + max_new_tokens + max_overshoot(plan) > capacity:
+    if prompt_len + max_new_tokens + plan.max_overshoot > capacity:
         raise ValueError(f"max_new_tokens: prompt ({prompt_len}) + max_new_tokens ({max_new_tokens}) + speculation "
-                         f"({max_overshoot(plan)}) exceeds the context capacity {capacity}")
+                         f"({plan.max_overshoot}) exceeds the context capacity {capacity}")
 
 
 def _validate(model: Transformer, plan: Plan, prompt_ids, max_new_tokens: int, mode: str | None,

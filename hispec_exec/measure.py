@@ -234,6 +234,14 @@ def working_set_grid(num_layers: int, points: int = 12) -> list[int]:
 
 
 @torch.no_grad()
+def _scaled_working_set(ms, scale: float, lat: dict) -> list[float]:
+    """The working-set times x `scale`, kept above minus the smallest layer time (a layer
+    cannot save more than it takes: schema.LatencyTable; a noisy timing of a small model can
+    say otherwise)."""
+    floor = min(min(r) for r in lat["layer_ms"])
+    return np.maximum(scale * np.asarray(ms, float), -0.999 * floor).tolist()
+
+
 def measure_working_set(model: Transformer, repeats: int = 12, burst: int = 4, seed: int = 0) -> dict:
     """How much faster a layer runs in a forward over layers 1..k, repeated back to back as
     drafts are, than in a forward over all L layers (the layer table's): per layer,
@@ -700,7 +708,7 @@ def time_model(model: Transformer, contexts: list[int], repeats: int, tokens: li
         f"{-ws['ms'][len(ws['ms']) // 2]:.4f} over layers 1..{ws['layers'][len(ws['ms']) // 2]}, than over all")
     table = LatencyTable(tp=1, stack="hispec_exec", tokens=lat["tokens"], contexts=lat["contexts"],
                          layer_ms=lat["layer_ms"], head_ms=lat["head_ms"], source=measured, notes=notes,
-                         working_set_layers=ws["layers"], working_set_ms=ws["ms"])
+                         working_set_layers=ws["layers"], working_set_ms=_scaled_working_set(ws["ms"], 1.0, lat))
     log(f"layer table done in {lat['seconds']:.0f} s; fitting fixed overheads")
     calib_prompts = calibration_prompts(model, 4, min(64, max(8, cap // 8)))
     calib_len = len(calib_prompts[0])
@@ -708,7 +716,7 @@ def time_model(model: Transformer, contexts: list[int], repeats: int, tokens: li
     calib = fit_overheads(model, table, calib_prompts, calib_new, rounds=calibration_rounds, seed=seed)
     calib.update(prompts=len(calib_prompts), prompt_len=calib_len, max_new_tokens=calib_new)
     table = table.model_copy(update={**{k: calib[k] for k in ("overhead_ms", "layer_overhead_ms", "verify_overhead_ms")},
-                                     "working_set_ms": (calib["working_set_scale"] * np.asarray(ws["ms"])).tolist()})
+                                     "working_set_ms": _scaled_working_set(ws["ms"], calib["working_set_scale"], lat)})
     table.notes["working_set"] += (f"; scaled by {calib['working_set_scale']:.3f} +- {calib['working_set_scale_se']:.3f}, "
                                    f"fitted on the calibration's decode runs")
     table.notes["table_scale"] = ("1 (held: the micro-benchmarks' layer and head times as measured; each calibration "

@@ -14,7 +14,7 @@ The engine repeats one *iteration* until every request has finished:
    admitted while (a) fewer than `max_batch` sequences run and (b) its KV reservation fits
    in `kv_tokens` beside the running ones' reservations; the first request that does not
    fit blocks the ones behind it. Reservation = prompt_len + max_new_tokens +
-   `max_overshoot(plan)` tokens (speculation overshoot: autoregressive 1; otherwise
+   `plan.max_overshoot` tokens (speculation overshoot: autoregressive 1; otherwise
    propose + sum(windows) + depth + 1), held until the request leaves. Under `synchronous`
    admission happens only at round boundaries (see below); under `ragged` at every
    iteration. When nothing runs and nobody has arrived, the engine sleeps until the next
@@ -119,9 +119,7 @@ class _Served:
 
 
 def kv_need(plan, prompt_len: int, max_new_tokens: int) -> int:
-    from .generate import max_overshoot
-
-    return prompt_len + max_new_tokens + max_overshoot(plan)
+    return prompt_len + max_new_tokens + plan.max_overshoot
 
 
 def check_requests(plan, prompts: list[list[int]], news: list[int], capacity: int, limits, where) -> list[int]:

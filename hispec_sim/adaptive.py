@@ -37,8 +37,8 @@ import numpy as np
 from .acceptance import AgreementModel, RequestRates, Scenarios
 from .analytic import _check_cost
 from .latency import CostModel
-from .montecarlo import walk_spans
-from .schema import Acceptance, Plan
+from .montecarlo import SimulationTooLarge, walk_spans
+from .schema import MAX_REPLAY_FORWARDS, Acceptance, Plan
 
 
 def _top1(acc: Acceptance, field: str = "draft_confidence") -> np.ndarray:
@@ -193,7 +193,7 @@ def replay(cost: CostModel, acc: Acceptance, plan: Plan, cycles: int = 4000, str
     tau_d = plan.draft_confidence or 0.0
     tau_e = list(plan.escalate_confidence or [0.0] * max(k - 2, 0))
     draft_ms = float(cost.forward([(np.array([plan.levels[0]]), np.ones(1, int))], np.ones(1, int))[0]) if k > 1 else 0.0
-    cap = plan.propose + sum(plan.windows) + k + 2
+    cap = plan.max_overshoot + 1
     check_ms = [_check_cost(cost, [plan.levels[j - 1]], [plan.levels[j]], cap)[0] for j in range(1, k)]
     ar_ms = cost.autoregressive_ms(plan.levels[0]) if k == 1 else 0.0
 
@@ -210,6 +210,10 @@ def replay(cost: CostModel, acc: Acceptance, plan: Plan, cycles: int = 4000, str
         cascade = None
         stop = False
         while True:
+            if forwards > MAX_REPLAY_FORWARDS:  # deep, wide plans can need more drafts per full-model check than a run can walk
+                raise SimulationTooLarge(
+                    f"plan: {plan.describe()} needs more than {MAX_REPLAY_FORWARDS:,} forwards (drafts and checks) to replay "
+                    f"the workload's rows: a shorter propose or window, or fewer levels")
             held = sum(len(b) for b in bufs)
             if cascade is None and len(bufs[1]) < plan.propose and not stop:
                 r = row(pos + held)
@@ -307,7 +311,7 @@ def adaptive_tokens_per_second(setting, plan: Plan, cycles: int = 1000, streams:
     if not plan.adaptive:
         return score(setting, [plan])[0].tokens_per_second, "analytic"
     setting.profile.check_plan(plan, setting.workload)
-    cost = setting.cost(plan.propose + sum(plan.windows) + 16)
+    cost = setting.cost_for([plan])
     if plan.depth in EXACT:
         fn, how = EXACT[plan.depth]
         return over_requests(fn, cost, setting.agreement, plan).tokens_per_second, how
@@ -328,7 +332,7 @@ def adaptive_scored(setting, plan: Plan):
         return score(setting, [plan])[0]
     tps, _ = adaptive_tokens_per_second(setting, plan)
     committed = None
-    cost = setting.cost(plan.propose + sum(plan.windows) + 16)
+    cost = setting.cost_for([plan])
     if plan.depth in EXACT:
         committed = over_requests(EXACT[plan.depth][0], cost, setting.agreement, plan).tokens_per_full_forward
     return Scored(plan, tps, 1000.0 * plan.batch / tps, float("nan") if committed is None else committed, [])
@@ -360,7 +364,7 @@ def search_adaptive(setting, bases: list[Plan], grid=GRID, max_propose: int = 8,
     for base in bases:
         if base.depth < 3:
             continue
-        c = setting.cost(base.propose + sum(base.windows) + 16)
+        c = setting.cost_for([base])
         fixed_tps = score(setting, [base])[0].tokens_per_second
         fixed_rep = None if base.depth <= 4 else replay(c, acc, base, cycles, streams, seed)
         for tau_d in grid:
@@ -482,7 +486,7 @@ def walked(setting, plan: Plan) -> AdaptiveEstimate | None:
     of agreement and confidence kept, every request walked to its length); None without traces."""
     if not setting.acceptance.traces:
         return None
-    return replay(setting.cost(plan.propose + sum(plan.windows) + 16), setting.acceptance, plan)
+    return replay(setting.cost_for([plan]), setting.acceptance, plan)
 
 
 def replayed_gain(setting, plan: Plan, fixed: Plan) -> dict | None:

@@ -69,7 +69,7 @@ def cmd_evaluate(args) -> int:
     if args.mc or args.replay:
         from .montecarlo import simulate
 
-        r = simulate(setting.cost(plan.propose + sum(plan.windows) + 8), setting.agreement, plan,
+        r = simulate(setting.cost_for([plan]), setting.agreement, plan,
                      streams=args.streams, cycles=args.cycles, seed=args.seed, replay=args.replay)
         out["monte_carlo"] = {"tokens_per_second": round(r.tokens_per_second, 4),
                               "ci95": [round(r.ci95[0], 4), round(r.ci95[1], 4)],

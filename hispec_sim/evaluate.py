@@ -38,8 +38,8 @@ class Setting:
 
     def cost_for(self, plans) -> CostModel:
         """A cost model whose lookups cover every forward these plans run (a check carries at
-        most propose + the windows + 1 rows per sequence; a few spare)."""
-        return self.cost(max(p.propose + sum(p.windows) for p in plans) + 8)
+        most plan.max_overshoot rows per sequence; a few spare)."""
+        return self.cost(max(p.max_overshoot for p in plans) + 8)
 
     @property
     def num_layers(self) -> int:

@@ -16,9 +16,10 @@ Prefill (serving). A prompt of n tokens runs n tokens through every layer; its a
 is causal over the growing context: measured prefill grid where present, else the table's
 increment at context c + n/2 (the causal mean: FLOPs 4 n (c + n/2) h d), floored. Token
 counts beyond the table's grid (prompts longer than its last `tokens` entry, 4096 for the
-shipped GPU profiles, 64 for the CPU one) are extrapolated linearly from the last two
-grid points: the linear part of a layer is linear in tokens once the GEMMs are
-compute-bound.
+shipped GPU profiles, 64 for the CPU one) are priced in proportion to the last grid point
+(linear_layer_ms): the linear part of a layer is linear in tokens once the GEMMs are
+compute-bound. Elsewhere the grids extrapolate linearly from their last two points, never
+below the last one: more work never costs less.
 
 Working set (decode). A forward over layers 1..k repeated back to back, as drafts run,
 touches k layers' weights, not the whole model's: on a CPU whose cache holds the one but
@@ -35,40 +36,29 @@ from __future__ import annotations
 
 import numpy as np
 
-from .schema import LatencyTable
+from .schema import MIN_LAYER_MS, LatencyTable
 
 
 def _interp_extrap(x: np.ndarray, xp: np.ndarray, fp: np.ndarray) -> np.ndarray:
-    """Linear interpolation along the last axis of fp; linear extrapolation beyond the ends."""
+    """Linear interpolation along the last axis of fp; linear extrapolation beyond the ends,
+    never decreasing beyond the last point: more work never costs less than the grid's
+    largest entry (a last pair that decreases is measurement noise, and extrapolated down
+    it would price large inputs at 0)."""
     x = np.asarray(x, dtype=float)
     if len(xp) == 1:
         return fp[..., :1] + 0 * x
     i = np.clip(np.searchsorted(xp, x) - 1, 0, len(xp) - 2)
     x0, x1 = xp[i], xp[i + 1]
     f0, f1 = fp[..., i], fp[..., i + 1]
-    return f0 + (f1 - f0) * (x - x0) / (x1 - x0)
+    out = f0 + (f1 - f0) * (x - x0) / (x1 - x0)
+    return np.where(x > xp[-1], np.maximum(out, fp[..., -1:] if fp.ndim > 1 else fp[-1]), out)
 
 
 def layer_ms(table: LatencyTable, tokens, context) -> np.ndarray:
     """Time of one decoder layer for `tokens` new tokens in total reading `context` cached
-    tokens in total (both already multiplied by the batch). Never negative."""
-    tokens = np.asarray(tokens, dtype=float)
-    context = np.asarray(context, dtype=float)
-    grid = np.asarray(table.layer_ms, dtype=float)  # (T, C)
-    tk = np.asarray(table.tokens, dtype=float)
-    cx = np.asarray(table.contexts, dtype=float)
-    # interpolate along context for every token row, then along tokens
-    tokens, context = np.broadcast_arrays(tokens, context)
-    per_row = _interp_extrap(context.reshape(-1), cx, grid)  # (T, N)
-    flat_t = tokens.reshape(-1)
-    if len(tk) == 1:
-        out = per_row[0]
-    else:
-        i = np.clip(np.searchsorted(tk, flat_t) - 1, 0, len(tk) - 2)
-        cols = np.arange(flat_t.size)
-        f0, f1 = per_row[i, cols], per_row[i + 1, cols]
-        out = f0 + (f1 - f0) * (flat_t - tk[i]) / (tk[i + 1] - tk[i])
-    return np.maximum(out.reshape(tokens.shape), 0.0)
+    tokens in total (both already multiplied by the batch). At least MIN_LAYER_MS, as every
+    grid entry."""
+    return np.maximum(_grid2(table.tokens, table.contexts, table.layer_ms, tokens, context), MIN_LAYER_MS)
 
 
 def head_ms(table: LatencyTable, tokens) -> np.ndarray:
@@ -100,7 +90,8 @@ def sequence_attention_ms(table: LatencyTable, tokens, context) -> np.ndarray:
 
 
 def _grid2(rows, cols, grid, r, c) -> np.ndarray:
-    """Bilinear in (r, c) over a (rows x cols) grid, linear extrapolation beyond it."""
+    """Bilinear in (r, c) over a (rows x cols) grid, linear extrapolation beyond it (never
+    decreasing beyond the last row or column: _interp_extrap)."""
     r, c = np.broadcast_arrays(np.asarray(r, float), np.asarray(c, float))
     per_row = _interp_extrap(c.reshape(-1), np.asarray(cols, float), np.asarray(grid, float))  # (R, N)
     rows = np.asarray(rows, float)
@@ -110,7 +101,8 @@ def _grid2(rows, cols, grid, r, c) -> np.ndarray:
     i = np.clip(np.searchsorted(rows, flat) - 1, 0, len(rows) - 2)
     cols_i = np.arange(flat.size)
     f0, f1 = per_row[i, cols_i], per_row[i + 1, cols_i]
-    return (f0 + (f1 - f0) * (flat - rows[i]) / (rows[i + 1] - rows[i])).reshape(r.shape)
+    out = f0 + (f1 - f0) * (flat - rows[i]) / (rows[i + 1] - rows[i])
+    return np.where(flat > rows[-1], np.maximum(out, per_row[-1]), out).reshape(r.shape)  # as _interp_extrap
 
 
 def decode_attention_ms(table: LatencyTable, batch, context, tokens=1) -> np.ndarray:

@@ -101,10 +101,14 @@ def load_validation(path: str | Path) -> dict:
 
 
 def _r(x, nd=3):
+    """x to nd decimals, or to nd significant digits when that would round it to 0 (a
+    profile can be slow enough for tokens/s below 1e-3, and a ratio of zeros is undefined)."""
     if x is None:
         return None
     x = float(x)
-    return round(x, nd) if math.isfinite(x) else None
+    if not math.isfinite(x):
+        return None
+    return round(x, nd) if abs(x) >= 10.0 ** -nd or x == 0 else float(f"{x:.{nd}g}")
 
 
 def _grid(a: np.ndarray, nd=2) -> list:

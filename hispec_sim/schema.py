@@ -35,6 +35,8 @@ MAX_CYCLES = 1 << 16       # Monte-Carlo cycles per stream
 MAX_STREAM_CYCLES = 1 << 26  # streams x cycles (memory and time of one simulation)
 MAX_MC_DRAFTS = 1 << 34      # drafts one simulation may walk: streams x cycles x propose x windows (about a minute)
 MAX_SEARCH_CELLS = 1 << 32   # buffer cells of one exhaustive search (analytic._level_terms; about two minutes)
+MAX_REPLAY_FORWARDS = 1 << 25  # forwards one adaptive trace replay may walk (~1 M/s in Python: about a minute)
+MAX_SERVE_FORWARDS = 1 << 25   # expected forwards of one serving run (~150 B, 1-7 us each: ~5 GB, a few minutes)
 MAX_TRIALS = 100_000       # Optuna trials of one run
 MAX_LIST_LEN = 64          # values of a comma-separated flag
 MAX_LIST_VALUE = 1 << 20
@@ -170,6 +172,13 @@ class Plan(Strict):
         return len(self.levels)
 
     @property
+    def max_overshoot(self) -> int:
+        """Tentative (uncommitted) tokens a sequence may hold beyond its committed ones, at
+        most: every buffer full (propose + the windows), one token per level beyond it, and
+        the bonus; autoregressive 1. A check carries at most this many rows per sequence."""
+        return 1 if self.depth == 1 else self.propose + sum(self.windows) + self.depth + 1
+
+    @property
     def family(self) -> str:
         return {1: "autoregressive", 2: "single_level"}.get(self.depth, f"{self.depth}_level")
 
@@ -244,7 +253,8 @@ class AttentionKernel(Strict):
     mean KV length decode_context[j] (the whole batch: one kernel launch);
     prefill_ms[i][j]: prefill of prefill_tokens[i] new tokens of one sequence after
     prefill_context[j] cached ones (causal among the new tokens). Grids are interpolated
-    linearly and extrapolated linearly from the last two points (floored at `floor_ms`).
+    linearly and extrapolated linearly from the last two points, never below the last
+    (floored at `floor_ms`).
     Either grid may be absent: then the roofline increment of `layer_ms` is used, floored
     at `floor_ms` (the measured time of the smallest kernel).
     """
@@ -380,7 +390,8 @@ class LatencyTable(Strict):
     cost model reads the linear part at B x tokens and adds B times one sequence's
     attention increment (latency.batched_layer_ms): each sequence reads its own cache.
     Values between grid points are interpolated linearly, beyond the grid extrapolated
-    linearly from the last two points. layer_ms holds a layer as it runs in a forward over
+    linearly from the last two points, never below the last (a decreasing last pair is
+    noise). layer_ms holds a layer as it runs in a forward over
     all layers; working_set_* say how much less it takes in a forward over layers 1..k only
     (measured on CPUs whose cache holds k layers' weights but not all: latency.working_set_ms).
     """
@@ -421,8 +432,9 @@ class LatencyTable(Strict):
         ks, ws = self.working_set_layers or [], self.working_set_ms or []
         if len(ks) != len(ws) or any(b <= a for a, b in zip(ks, ks[1:])) or (ks and ks[0] < 1):
             raise ValueError("latency.working_set_layers: must be increasing, >= 1, one per working_set_ms value")
-        if any(not (-MAX_MS <= v <= 0) for v in ws):
-            raise ValueError(f"latency.working_set_ms: must be in [-{MAX_MS}, 0]")
+        floor = min(min(r) for r in self.layer_ms)  # a smaller working set saves less than the whole layer
+        if any(not (-floor < v <= 0) for v in ws):
+            raise ValueError(f"latency.working_set_ms: must be in (-{floor:g}, 0] (the smallest layer_ms)")
         return self
 
     @property
@@ -494,6 +506,83 @@ class ConfidenceStats(Strict):
         return self
 
 
+class _FitPart(BaseModel):
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)  # a fit record also carries notes
+
+
+class FitConfig(_FitPart):
+    """The speculative loop a per_draft figure was measured in, and the level it counts."""
+
+    levels: list[Int] = Field(min_length=2, max_length=MAX_LEVELS)
+    propose: Int = Field(ge=1, le=MAX_PROPOSE)
+    windows: list[Int]
+    level: Int = Field(ge=2, le=MAX_LEVELS)
+
+    @model_validator(mode="after")
+    def _plan(self) -> "FitConfig":
+        Plan(levels=self.levels, propose=self.propose, windows=self.windows)
+        if self.level > len(self.levels):
+            raise ValueError(f"level: must be in [2, {len(self.levels)}] (the plan's levels)")
+        return self
+
+
+class FitPoint(_FitPart):
+    """One published figure a curve was fitted to (acceptance_fit.Point)."""
+
+    workload: str = Field(max_length=200)
+    kind: Literal["final", "pair", "mean_layer", "per_draft"]
+    value: float = Field(ge=0, le=MAX_LAYERS)
+    exit: Int | None = Field(None, ge=1, le=MAX_LAYERS)
+    exit2: Int | None = Field(None, ge=1, le=MAX_LAYERS)
+    config: FitConfig | None = None
+    source: str = ""
+
+    @model_validator(mode="after")
+    def _needs(self) -> "FitPoint":
+        need = {"final": ("exit",), "pair": ("exit", "exit2"), "per_draft": ("config",)}.get(self.kind, ())
+        missing = [f for f in need if getattr(self, f) is None]
+        if missing:
+            raise ValueError(f"{missing[0]}: a {self.kind} point needs it")
+        if self.kind != "mean_layer" and self.value > 1:
+            raise ValueError(f"value: a {self.kind} point is a rate, in [0, 1]")
+        return self
+
+
+class FitRecord(_FitPart):
+    """The parts of Acceptance.fit that the audit and the spread refit read; the record
+    stays a dict in the profile (its notes and layout are the fitter's)."""
+
+    family: str = ""
+    num_layers: Int | None = Field(None, ge=1, le=MAX_LAYERS)
+    params: dict[str, float] | None = None
+    points: list[FitPoint] = Field(default_factory=list)
+    max_abs_residual: float | None = None
+    F_at_exits: dict[str, float] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "FitRecord":
+        for k in self.F_at_exits or {}:
+            if not (k.isdigit() and 1 <= int(k) <= MAX_LAYERS):
+                raise ValueError(f"F_at_exits: keys are exit layers in [1, {MAX_LAYERS}], got {k!r}")
+        if self.family.startswith("F(e) = sigmoid(") and not {"m", "c"} <= set(self.params or {}):
+            raise ValueError("params: the sigmoid family needs m and c")
+        L = self.num_layers
+        for i, q in enumerate(self.points):
+            top = max([q.exit or 0, q.exit2 or 0] + (q.config.levels if q.config else []))
+            if L is not None and top > L:
+                raise ValueError(f"points.{i}: exit layers must be in [1, {L}] (num_layers), got {top}")
+        return self
+
+
+def _check_fit(v: dict | None) -> dict | None:
+    if v is not None:
+        try:
+            FitRecord.model_validate(v, strict=True)
+        except ValidationError as e:
+            raise ValueError(validation_message(e)) from None
+    return v
+
+
 class Acceptance(Strict):
     """Greedy agreement statistics of one workload.
 
@@ -515,7 +604,8 @@ class Acceptance(Strict):
         "published profile is fitted with); 'traces' = empirical joint from traces",
     )
     source: Source
-    fit: dict | None = Field(None, description="fitted curve, its inputs and residuals, when fitted")
+    fit: Annotated[dict | None, AfterValidator(_check_fit)] = Field(
+        None, description="fitted curve, its inputs and residuals, when fitted (schema.FitRecord)")
     spread: AcceptanceSpread | None = Field(None, description="per-request distribution of the rates (None: every request at the mean)")
     confidence: ConfidenceStats | None = Field(None, description="top-1 probabilities of every exit per trace row "
                                                "(adaptive plans are evaluated only where these were measured)")
@@ -585,6 +675,9 @@ class Profile(Strict):
         if self.paper_default is not None and self.paper_default.levels[-1] != self.model.num_layers:
             raise ValueError(f"paper_default.levels: must end at the last layer {self.model.num_layers}, "
                              f"got {self.paper_default.levels[-1]}")
+        for t in self.latency:
+            if t.working_set_layers and t.working_set_layers[-1] > self.model.num_layers:
+                raise ValueError(f"latency.working_set_layers: must be in [1, {self.model.num_layers}] (model.num_layers)")
         self.table(self.default_tp, self.default_stack)
         return self
 

@@ -193,9 +193,15 @@ class Evaluator:
     def metrics(self, plan: Plan, tp) -> dict:
         s = self.setting(tp, plan.batch)
         if self.adaptive:
-            from .adaptive import adaptive_scored
+            import optuna
 
-            sc = adaptive_scored(s, plan)
+            from .adaptive import adaptive_scored
+            from .montecarlo import SimulationTooLarge
+
+            try:
+                sc = adaptive_scored(s, plan)
+            except SimulationTooLarge as e:  # as the Monte-Carlo below
+                raise optuna.TrialPruned(str(e)) from None
             return {"tokens_per_second": sc.tokens_per_second, "latency_ms_per_token": sc.latency_ms}
         sc = score(s, [plan])[0]
         out = {"tokens_per_second": sc.tokens_per_second, "latency_ms_per_token": sc.latency_ms}
@@ -206,7 +212,7 @@ class Evaluator:
 
             replay = s.acceptance.traces is not None
             try:
-                r = simulate(s.cost(plan.propose + sum(plan.windows) + 8), s.agreement, plan, streams=self.streams,
+                r = simulate(s.cost_for([plan]), s.agreement, plan, streams=self.streams,
                              cycles=self.cycles, seed=self.seed, replay=replay)
             except SimulationTooLarge as e:  # a plan too long to simulate is left out of the search, not its end
                 raise optuna.TrialPruned(str(e)) from None

@@ -50,17 +50,11 @@ from .latency import (
     serving_layer_ms,
     serving_step_overhead_ms,
 )
-from .schema import Acceptance, LatencyTable, Plan, Request, RequestMetrics, ServeLimits
+from .schema import MAX_SERVE_FORWARDS, Acceptance, LatencyTable, Plan, Request, RequestMetrics, ServeLimits
 
 ACC, COR, BON = 0, 1, 2  # how a buffered token got there (acceptance.py's conditional rates)
 CTX_BUCKET = 16  # attention is read at the context rounded to this many tokens (lookup tables)
 LINEAR_TABLE_CELLS = 1 << 22  # most cells (32 MB) of one linear-part lookup table (the batched grid; the prefill rows); beyond: per call
-
-
-def max_overshoot(plan: Plan) -> int:
-    """Tentative tokens a sequence may hold beyond its committed ones (the executor's
-    hispec_exec.generate.max_overshoot, repeated here because hispec_sim imports no torch)."""
-    return 1 if plan.depth == 1 else plan.propose + sum(plan.windows) + plan.depth + 1
 
 
 def buffer_width(plan: Plan) -> int:
@@ -74,7 +68,7 @@ def buffer_width(plan: Plan) -> int:
 
 def reservation(plan: Plan, prompt_len, max_new) -> np.ndarray:
     """KV tokens a request reserves while it runs."""
-    return np.asarray(prompt_len) + np.asarray(max_new) + max_overshoot(plan)
+    return np.asarray(prompt_len) + np.asarray(max_new) + plan.max_overshoot
 
 
 def check_limits(plan: Plan, limits: ServeLimits, prompt_len: np.ndarray, max_new: np.ndarray) -> None:
@@ -84,8 +78,36 @@ def check_limits(plan: Plan, limits: ServeLimits, prompt_len: np.ndarray, max_ne
         worst = int(np.argmax(need))
         if need[worst] > limits.kv_tokens:
             raise ValueError(f"kv-tokens: request {worst} needs {int(need[worst])} KV tokens (prompt {int(prompt_len[worst])} + "
-                             f"max_new_tokens {int(max_new[worst])} + speculation {max_overshoot(plan)}), more than the "
+                             f"max_new_tokens {int(max_new[worst])} + speculation {plan.max_overshoot}), more than the "
                              f"capacity {limits.kv_tokens}; allowed: >= {int(need.max())}")
+
+
+def forwards_per_token(acc: Acceptance, plan: Plan) -> float:
+    """Forwards one sequence runs per committed token, expected: the exact model
+    (analytic.predict, over the workload's spread) with every forward priced at 1 ms.
+    Confidence thresholds are left out (they end rounds early: a run's forwards stay of
+    this order)."""
+    from .analytic import predict
+    from .latency import CostModel
+    from .schema import MIN_LAYER_MS, Source
+
+    unit = LatencyTable(tokens=[1], contexts=[0], layer_ms=[[MIN_LAYER_MS]], head_ms=[0.0], overhead_ms=1.0,
+                        source=Source(kind="assumed", detail="every forward costs 1 ms: a count of forwards"))
+    fixed = plan.model_copy(update={"draft_confidence": None, "escalate_confidence": None, "batch": 1})
+    per_ms = 1.0 + (plan.levels[-1] + 1) * MIN_LAYER_MS  # the most one forward costs in `unit`
+    return float(predict(CostModel(unit, 1, 0, plan.max_overshoot + 8), AgreementModel(acc), [fixed]).latency_ms[0]) / per_ms
+
+
+def check_size(acc: Acceptance, plan: Plan, max_new: np.ndarray) -> None:
+    """Refuse a run expected to walk more than MAX_SERVE_FORWARDS forwards (memory and time grow
+    with them): deep, wide plans on a workload of low agreement draft thousands of tokens
+    per committed one."""
+    per = forwards_per_token(acc, plan)
+    total = per * float(np.sum(max_new))
+    if total > MAX_SERVE_FORWARDS:
+        raise ValueError(f"plan: {plan.describe()} runs {per:,.1f} forwards per generated token on this workload; "
+                         f"{int(np.sum(max_new)):,} output tokens need ~{total:.2e} forwards, at most {MAX_SERVE_FORWARDS:.2e} "
+                         f"per run: fewer --requests, a shorter --output-len, or a shorter propose or window")
 
 
 # --------------------------------------------------------------------------- acceptance per request
@@ -343,6 +365,7 @@ def simulate_arrays(table: LatencyTable, num_layers: int, acc: Acceptance, plan:
         raise ValueError("arrival_s: arrival times must be >= 0 and must not decrease")
     plan.check_depth(num_layers)
     check_limits(plan, limits, prompt, max_new)
+    check_size(acc, plan, max_new)
     if plan.adaptive:  # confidence thresholds: one confidence class per position (serving_adaptive)
         from .serving_adaptive import simulate_adaptive
 
@@ -354,7 +377,7 @@ def simulate_arrays(table: LatencyTable, num_layers: int, acc: Acceptance, plan:
     rates = request_rates(acc, plan, n, rng)  # (n, k-1, 3)
     need = reservation(plan, prompt, max_new)
     kv_cap = limits.kv_tokens if limits.kv_tokens is not None else np.inf
-    max_ctx = int((prompt + max_new).max()) + max_overshoot(plan) + CTX_BUCKET
+    max_ctx = int((prompt + max_new).max()) + plan.max_overshoot + CTX_BUCKET
     cost = StepCost(table, plan, num_layers, B, max_ctx, prompt, seed=seed)
     sync = plan.batching == "synchronous" and k > 1
     if not sync or k == 2:  # single-level synchronous: the batch-1 schedules, in phase (join at round ends)

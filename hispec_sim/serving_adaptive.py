@@ -45,7 +45,6 @@ from .serving import (
     _run_scheduled,
     _UniformStream,
     buffer_width,
-    max_overshoot,
     pack_schedules,
     request_rates,
     reservation,
@@ -271,7 +270,7 @@ def simulate_adaptive(table: LatencyTable, num_layers: int, acc: Acceptance, pla
     cls = request_classes(acc, plan, n, picks)
     need = reservation(plan, prompt, max_new)
     kv_cap = limits.kv_tokens if limits.kv_tokens is not None else np.inf
-    max_ctx = int((prompt + max_new).max()) + max_overshoot(plan) + CTX_BUCKET
+    max_ctx = int((prompt + max_new).max()) + plan.max_overshoot + CTX_BUCKET
     cost = StepCost(table, plan, num_layers, B, max_ctx, prompt, seed=seed)
     if plan.batching == "ragged":
         return _run_scheduled(cost, plan, draw_adaptive_schedules(plan, rates, cls, max_new, rng), arrival_s, prompt,

@@ -275,6 +275,19 @@ def work(tmp_path_factory):
     prof_variant("hugetoken.json", lambda d: d["workloads"]["w"].update(traces=[[10 ** 30] * 16] * 4, trace_starts=[0]))
     put("surrogate.jsonl", '{"prompt": "\\ud800"}\n')
     f["HF_VOCAB97"] = _hf(hd, "hf_vocab97", vocab_size=97)
+    # the third round: a working set that saves more than a layer takes, or lies past the last
+    # layer; a workload's fit record the audit reads, malformed
+    prof_variant("negws.json", lambda d: d["latency"][0].update(working_set_layers=[1, 4], working_set_ms=[-1e6, -1e6]))
+    prof_variant("deepws.json", lambda d: d["latency"][0].update(working_set_layers=[1, 400], working_set_ms=[-0.1, 0.0]))
+    fit = {"family": "F(e) = sigmoid(m + c*logit(e/L))", "num_layers": 16, "params": {"m": 1.0, "c": 1.0},
+           "points": [{"workload": "w", "kind": "per_draft", "value": 0.5, "source": "x",
+                       "config": {"levels": [4, 16], "propose": 2, "windows": [], "level": 2}}]}
+    for name, edit in (("fitvalue", lambda q: q["points"][0].__setitem__("value", "high")),
+                       ("fitparams", lambda q: q.__setitem__("params", {"m": 1.0})),
+                       ("fitlevel", lambda q: q["points"][0]["config"].__setitem__("level", 3)),
+                       ("fitexit", lambda q: q["points"][0].update(kind="final", exit=99))):
+        prof_variant(name + ".json", lambda d, e=edit: (d["workloads"]["w"].__setitem__("fit", json.loads(json.dumps(fit))),
+                                                        e(d["workloads"]["w"]["fit"])))
     f["_w"] = w
     yield f
     os.chmod(w / "ro", 0o755)
@@ -731,6 +744,12 @@ CASES = [
     ("flags", S, "profile synthetic --layers 8 --layer-ms 5e-324 --agreement 0.5 --out {W}/s.json", ["--layer-ms", "1e-06"]),
     ("profile-numbers", S, "optimize --profile {ZEROMS}", ["layer_ms", "[1e-06, "]),
     ("profile-numbers", S, "optimize --profile {HUGETOKEN}", ["traces", "2147483647"]),
+    ("profile-numbers", S, "evaluate --profile {NEGWS} --levels 2,16", ["working_set_ms", "smallest layer_ms"]),
+    ("profile-numbers", S, "report --profile {DEEPWS} --out {W}/r.html", ["working_set_layers", "[1, 16]"]),
+    ("profile-numbers", S, "audit --profile {FITVALUE} --levels 4,16 --speedup 1.5", ["fit", "points.0.value"]),
+    ("profile-numbers", S, "audit --profile {FITPARAMS} --levels 4,16 --speedup 1.5", ["fit", "params", "m and c"]),
+    ("profile-numbers", S, "audit --profile {FITLEVEL} --levels 4,16 --speedup 1.5", ["fit", "level", "[2, 2]"]),
+    ("profile-numbers", S, "audit --profile {FITEXIT} --levels 4,16 --speedup 1.5", ["fit", "points.0", "[1, 16]"]),
     ("flags", S, "profile measure --prompts-file {SURROGATE} --workload w --out {W}/m.json", ["prompts_file", "line 1", "Unicode"]),
     ("flags", S, "profile measure --prompts-file {PROMPTS} --workload w --prompts 3 --out {W}/m.json",
      ["prompts", "--prompts-file"]),

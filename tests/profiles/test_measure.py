@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import hispec_exec.measure as measure
 from hispec_exec.generate import Forward
-from hispec_exec.measure import (_fill_beyond_capacity, calibration_plans, drifting_nnls, isotonic, isotonic_2d,
+from hispec_exec.measure import (_fill_beyond_capacity, _scaled_working_set, calibration_plans, drifting_nnls, isotonic, isotonic_2d,
                                  measure_profile, measure_working_set, measurement_unrest, measurement_warning,
                                  overhead_rows, robust_mean, scaled_nnls, working_set_grid)
 from hispec_exec.model import ModelArgs, Transformer
@@ -97,6 +97,14 @@ def test_working_set_on_a_real_forward_is_monotone_and_zero_at_full_depth():
     ws = measure_working_set(_tiny(4), repeats=2, burst=1)
     assert ws["layers"] == [1, 2, 3, 4] and ws["ms"][-1] == 0.0
     assert np.all(np.diff(ws["ms"]) >= 0) and max(ws["ms"]) <= 0 and all(np.isfinite(ws["forward_ms"]))
+
+
+def test_a_noisy_working_set_never_saves_more_than_the_smallest_layer():
+    """A timing of a tiny model (one round) once measured a layer 0.2 ms faster alone than
+    the 0.16 ms the table gave it in full: the profile refused that (schema.LatencyTable)."""
+    lat = {"layer_ms": [[0.16, 0.2], [0.3, 0.4]]}
+    assert _scaled_working_set([-0.2, -0.01, 0.0], 1.0, lat) == pytest.approx([-0.999 * 0.16, -0.01, 0.0])
+    assert _scaled_working_set([-0.1, 0.0], 3.0, lat) == pytest.approx([-0.999 * 0.16, 0.0])
 
 
 def test_the_calibration_prices_each_forward_at_its_working_set():

@@ -112,6 +112,7 @@ def test_capacity_of_a_model_too_shallow_for_a_family(tmp_path, capsys, layers):
     (["--qps", "2", "--batching", "lockstep"], "batching"),
     (["--qps", "2", "--arrival", "weibull"], "arrival"),
     (["--qps", "2", "--levels", "3,16", "--propose", "0"], "propose"),
+    (["--qps", "2", "--levels", "1,2,4,16", "--propose", "64", "--window", "256,256"], "plan"),  # ~1e8 forwards
     ([], "qps"),
 ])
 def test_serve_bad_input(prof, capsys, tmp_path, extra, field):

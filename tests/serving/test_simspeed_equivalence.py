@@ -164,7 +164,7 @@ def _reference_adaptive(table, layers, acc, plan, arrival_s, prompt, max_new, li
     cls = serving_adaptive.request_classes(acc, plan, n, picks)
     need = serving.reservation(plan, prompt, max_new)
     kv_cap = limits.kv_tokens if limits.kv_tokens is not None else np.inf
-    max_ctx = int((prompt + max_new).max()) + serving.max_overshoot(plan) + serving.CTX_BUCKET
+    max_ctx = int((prompt + max_new).max()) + plan.max_overshoot + serving.CTX_BUCKET
     cost = StepCost(table, plan, layers, B, max_ctx, prompt, seed=seed)
     sch = serving_adaptive.draw_adaptive_schedules(plan, rates, cls, max_new, rng) if plan.depth == 2 else None
     return reference_adaptive_synchronous(cost, plan, sch, rates, cls, rng, arrival_s, prompt, max_new, need, kv_cap, B)

@@ -247,7 +247,7 @@ def test_noisy_synchronous_engine_equals_the_noisy_slot_by_slot_reference(case):
     rng = np.random.default_rng(seed)
     rates = serving.request_rates(acc, plan, len(arrival), rng)
     need = serving.reservation(plan, prompt, out)
-    max_ctx = int((prompt + out).max()) + serving.max_overshoot(plan) + serving.CTX_BUCKET
+    max_ctx = int((prompt + out).max()) + plan.max_overshoot + serving.CTX_BUCKET
     cost = _NoisyReferenceCost(serving.StepCost(table, plan, layers, batch, max_ctx, prompt, seed=seed))
     want = ref.reference_synchronous(cost, plan, rates, arrival, prompt, out, need,
                                      kv if kv is not None else np.inf, batch, rng)

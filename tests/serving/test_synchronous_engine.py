@@ -161,7 +161,7 @@ def _reference_run(table, num_layers, acc, plan, arrival_s, prompt, max_new, lim
     rates = serving.request_rates(acc, plan, n, rng)
     need = serving.reservation(plan, prompt, max_new)
     kv_cap = limits.kv_tokens if limits.kv_tokens is not None else np.inf
-    max_ctx = int((prompt + max_new).max()) + serving.max_overshoot(plan) + CTX_BUCKET
+    max_ctx = int((prompt + max_new).max()) + plan.max_overshoot + CTX_BUCKET
     cost = serving.StepCost(table, plan, num_layers, B, max_ctx, prompt)
     return reference_synchronous(cost, plan, rates, arrival_s, prompt, max_new, need, kv_cap, B, rng)
 

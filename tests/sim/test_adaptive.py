@@ -269,3 +269,25 @@ def test_optuna_adaptive_refusals(capsys, tmp_path):
         code = main(["optimize", *argv, "--adaptive", "--search", "optuna", "--trials", "2", "--storage", db])
         o, e = capsys.readouterr()
         assert code == 2 and len(e.strip().splitlines()) == 1 and field in e, e
+
+
+def test_deepest_plan_replays_with_checks_priced_to_its_longest(capsys, tmp_path):
+    """Every level's check of a 16-level plan is priced: the cost lookup covers
+    plan.max_overshoot rows, the most a check carries (it once stopped 2 rows short)."""
+    plan = tmp_path / "deep.json"
+    plan.write_text(json.dumps({"levels": list(range(1, 17)), "propose": 2, "windows": [1] * 14,
+                                "draft_confidence": 0.5, "escalate_confidence": [0.5] * 14}))
+    assert main(["evaluate", "--profile", "cpu_hispec_tiny", "--plan", str(plan), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["tokens_per_second"] > 0
+
+
+def test_a_replay_longer_than_its_budget_is_refused(capsys, tmp_path, monkeypatch):
+    import hispec_sim.adaptive as adaptive
+
+    monkeypatch.setattr(adaptive, "MAX_REPLAY_FORWARDS", 1000)
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"levels": [2, 8, 16], "propose": 8, "windows": [16], "draft_confidence": 0.5}))
+    code = main(["evaluate", "--profile", "cpu_hispec_tiny", "--plan", str(plan)])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "" and len(err.splitlines()) == 1
+    assert "plan: [2,8,16]" in err and "more than 1,000 forwards" in err

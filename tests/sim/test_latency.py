@@ -1,0 +1,69 @@
+"""The latency table read beyond its grid, and profiles at the edges of the allowed
+latencies: every command ends with finite figures."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from factories import TEST_SOURCE, make_profile
+from hispec_sim import latency
+from hispec_sim.cli import main
+from hispec_sim.schema import MIN_LAYER_MS, LatencyTable, save_profile
+
+ms = st.floats(MIN_LAYER_MS, 10.0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.lists(st.tuples(ms, ms, ms), min_size=2, max_size=4), beyond=st.floats(1.0, 1e4))
+def test_beyond_the_last_grid_point_nothing_gets_cheaper(rows, beyond):
+    """A last pair that decreases (measurement noise) is not extrapolated down: beyond the
+    grid a layer or head costs at least the grid's last entry, and a layer at least MIN_LAYER_MS."""
+    tokens = [2 ** i for i in range(len(rows))]
+    table = LatencyTable(tokens=tokens, contexts=[0, 512], layer_ms=[[a, a + b] for a, b, _ in rows],
+                         head_ms=[h for _, _, h in rows], source=TEST_SOURCE)
+    top, ctx_top = tokens[-1], 512
+    for t in (top + beyond, top * (1 + beyond)):
+        assert latency.layer_ms(table, t, 0) >= table.layer_ms[-1][0] * (1 - 1e-12)
+        assert latency.layer_ms(table, top, ctx_top + beyond) >= table.layer_ms[-1][1] * (1 - 1e-12)
+        assert latency.head_ms(table, t) >= table.head_ms[-1] * (1 - 1e-12)
+    grid = latency.layer_ms(table, np.arange(0, 4 * top), np.arange(0, 4 * top))
+    assert (grid >= MIN_LAYER_MS).all()
+
+
+def _edge_profile(path, edit) -> str:
+    d = json.loads(make_profile(layers=16).model_dump_json())
+    edit(d["latency"][0])
+    path.write_text(json.dumps(d))
+    return str(path)
+
+
+def _falls_to_nothing(t):  # 1 ms at one token, 1 ns at two, a free head: once priced at 0 beyond
+    t.update(tokens=[1, 2], contexts=[0], layer_ms=[[1.0], [1e-6]], head_ms=[1.0, 0.0], overhead_ms=0.0,
+             verify_overhead_ms=0.0, layer_overhead_ms=0.0)
+
+
+def _slowest(t):  # every figure at the schema's limit: tokens/s far below the report's 3 decimals
+    t.update(layer_ms=[[1e6] * len(r) for r in t["layer_ms"]], head_ms=[1e6] * len(t["head_ms"]), overhead_ms=1e6)
+
+
+def test_a_table_falling_to_nothing_is_priced_finite_everywhere(tmp_path, capsys):
+    prof = _edge_profile(tmp_path / "p.json", _falls_to_nothing)
+    assert main(["evaluate", "--profile", prof, "--levels", "2,16", "--propose", "3", "--batch", "64", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert 0 < res["tokens_per_second"] < 1e12
+    assert main(["report", "--profile", prof, "--out", str(tmp_path / "r.html")]) == 0
+    # capacity doubles its load up to twice the saturation load: a finite one ends the search
+    assert main(["capacity", "--profile", prof, "--qps", "5", "--slo-ttft-ms", "1000", "--slo-tbt-ms", "100",
+                 "--requests", "20", "--seeds", "1", "--json"]) == 0
+    capsys.readouterr()
+
+
+def test_the_slowest_allowed_profile_reports(tmp_path, capsys):
+    prof = _edge_profile(tmp_path / "p.json", _slowest)
+    out = tmp_path / "r.md"
+    assert main(["report", "--profile", prof, "--format", "md", "--out", str(out)]) == 0
+    assert "no plan meets the per-token latency SLO" in capsys.readouterr().err
+    assert "ms/token" in out.read_text(encoding="utf-8")
