@@ -233,7 +233,6 @@ def working_set_grid(num_layers: int, points: int = 12) -> list[int]:
     return sorted({1, 2, num_layers, *np.round(np.geomspace(2, num_layers, points)).astype(int).tolist()})
 
 
-@torch.no_grad()
 def _scaled_working_set(ms, scale: float, lat: dict) -> list[float]:
     """The working-set times x `scale`, kept above minus the smallest layer time (a layer
     cannot save more than it takes: schema.LatencyTable; a noisy timing of a small model can
@@ -242,6 +241,7 @@ def _scaled_working_set(ms, scale: float, lat: dict) -> list[float]:
     return np.maximum(scale * np.asarray(ms, float), -0.999 * floor).tolist()
 
 
+@torch.no_grad()
 def measure_working_set(model: Transformer, repeats: int = 12, burst: int = 4, seed: int = 0) -> dict:
     """How much faster a layer runs in a forward over layers 1..k, repeated back to back as
     drafts are, than in a forward over all L layers (the layer table's): per layer,

@@ -100,8 +100,8 @@ def test_working_set_on_a_real_forward_is_monotone_and_zero_at_full_depth():
 
 
 def test_a_noisy_working_set_never_saves_more_than_the_smallest_layer():
-    """A timing of a tiny model (one round) once measured a layer 0.2 ms faster alone than
-    the 0.16 ms the table gave it in full: the profile refused that (schema.LatencyTable)."""
+    """A noisy timing (or a large calibration scale) can say a layer saves more than the
+    table's smallest layer time, which the profile refuses (schema.LatencyTable): floored."""
     lat = {"layer_ms": [[0.16, 0.2], [0.3, 0.4]]}
     assert _scaled_working_set([-0.2, -0.01, 0.0], 1.0, lat) == pytest.approx([-0.999 * 0.16, -0.01, 0.0])
     assert _scaled_working_set([-0.1, 0.0], 3.0, lat) == pytest.approx([-0.999 * 0.16, 0.0])
