@@ -99,6 +99,15 @@ def test_working_set_on_a_real_forward_is_monotone_and_zero_at_full_depth():
     assert np.all(np.diff(ws["ms"]) >= 0) and max(ws["ms"]) <= 0 and all(np.isfinite(ws["forward_ms"]))
 
 
+def test_the_working_set_is_timed_without_autograd(monkeypatch):
+    """Its forwards run under torch.no_grad, as the layer table's: autograd's bookkeeping
+    would slow the forwards over 1..k and skew w(k)."""
+    seen, forward = [], measure.layers_forward
+    monkeypatch.setattr(measure, "layers_forward", lambda *a: seen.append(torch.is_grad_enabled()) or forward(*a))
+    measure_working_set(_tiny(2), repeats=1, burst=1)
+    assert seen and not any(seen)
+
+
 def test_a_noisy_working_set_never_saves_more_than_the_smallest_layer():
     """A noisy timing (or a large calibration scale) can say a layer saves more than the
     table's smallest layer time, which the profile refuses (schema.LatencyTable): floored."""
