@@ -226,6 +226,7 @@ def cmd_schema(args) -> int:
 
 def cmd_report(args) -> int:
     from .report import FAMILY_LABEL, build_report
+    from .report_format import _fmt
 
     if args.serving_requests == 0:
         refuse_unread(args, ("--slo-ttft-ms", "--slo-tbt-ms"), "the serving curves, which --serving-requests 0 skips")
@@ -247,7 +248,7 @@ def cmd_report(args) -> int:
     fam = data["best"]["families"]
     best = fam[data["best"]["best_family"]]
     print(f"report written to {path}")
-    print(f"best plan {best['describe']}: {best['tokens_per_second']:.2f} tokens/s "
+    print(f"best plan {best['describe']}: {_fmt(best['tokens_per_second'], 2)} tokens/s "
           f"({best['tokens_per_second'] / fam['autoregressive']['tokens_per_second']:.3f}x autoregressive)")
     cap = data["capacity"]
     for r in cap["rows"]:

@@ -20,8 +20,11 @@ def script_json(obj) -> str:
 
 
 def _fmt(x, nd=1, unit=""):
+    """x to nd decimals; 3 significant digits where that would print 0 (a slow profile's tokens/s)."""
     if x is None:
         return "–"
+    if x != 0 and abs(x) < 0.5 * 10.0 ** -nd:
+        return f"{x:.3g}{unit}"
     return f"{x:,.{nd}f}{unit}"
 
 

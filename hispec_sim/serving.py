@@ -84,9 +84,9 @@ def check_limits(plan: Plan, limits: ServeLimits, prompt_len: np.ndarray, max_ne
 
 def forwards_per_token(acc: Acceptance, plan: Plan) -> float:
     """Forwards one sequence runs per committed token, expected: the exact model
-    (analytic.predict, over the workload's spread) with every forward priced at 1 ms.
-    Confidence thresholds are left out (they end rounds early: a run's forwards stay of
-    this order)."""
+    (analytic.predict, over the workload's spread) with every forward priced at 1 ms (and
+    1 ns a layer: within 0.1 %). Confidence thresholds are left out (they end rounds early:
+    a run's forwards stay of this order)."""
     from .analytic import predict
     from .latency import CostModel
     from .schema import MIN_LAYER_MS, Source
@@ -94,8 +94,7 @@ def forwards_per_token(acc: Acceptance, plan: Plan) -> float:
     unit = LatencyTable(tokens=[1], contexts=[0], layer_ms=[[MIN_LAYER_MS]], head_ms=[0.0], overhead_ms=1.0,
                         source=Source(kind="assumed", detail="every forward costs 1 ms: a count of forwards"))
     fixed = plan.model_copy(update={"draft_confidence": None, "escalate_confidence": None, "batch": 1})
-    per_ms = 1.0 + (plan.levels[-1] + 1) * MIN_LAYER_MS  # the most one forward costs in `unit`
-    return float(predict(CostModel(unit, 1, 0, plan.max_overshoot + 8), AgreementModel(acc), [fixed]).latency_ms[0]) / per_ms
+    return float(predict(CostModel(unit, 1, 0, plan.max_overshoot + 8), AgreementModel(acc), [fixed]).latency_ms[0])
 
 
 def check_size(acc: Acceptance, plan: Plan, max_new: np.ndarray) -> None:
