@@ -6,7 +6,6 @@ Every bad input raises ValueError("field: ...") naming the file's line or record
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from hispec_sim.schema import read_text_bounded, regular_file
@@ -25,12 +24,9 @@ def _format_for(path: Path, fmt: str | None) -> str:
 
 
 def _json(text: str, where: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"prompts_file: {where} is not valid JSON ({e.msg} at column {e.colno})") from None
-    except RecursionError:
-        raise ValueError(f"prompts_file: {where} is nested too deeply") from None
+    from hispec_sim.schema import parse_json_text
+
+    return parse_json_text(text, "prompts_file", where)  # bounded; a key twice is refused
 
 
 def read_prompts(path: str | Path, fmt: str | None = None, field: str = "prompt") -> list[tuple[str, str]]:

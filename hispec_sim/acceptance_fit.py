@@ -101,12 +101,14 @@ class _CurveAcceptance:
         self.agreement = A
 
 
-def unit_cost(num_layers: int):
-    """A cost model with 1 ms per layer: accepted/checked of a plan does not depend on cost."""
+def unit_cost(num_layers: int, plans=()):
+    """A cost model with 1 ms per layer: accepted/checked of a plan does not depend on cost.
+    Its lookups cover every forward of `plans` (at least 64 rows)."""
     from .latency import CostModel
     from .synthetic import synthetic_profile
 
-    return CostModel(synthetic_profile(num_layers, 1.0, 0.5).table(), batch=1, context=0, max_tokens=64)
+    rows = max([64] + [p.max_overshoot + 8 for p in plans if p is not None])
+    return CostModel(synthetic_profile(num_layers, 1.0, 0.5).table(), batch=1, context=0, max_tokens=rows)
 
 
 def plan_acceptance(plan: Plan, level: int | None, m: float, c: float, L: int, cost=None, spread=None) -> float:
@@ -125,7 +127,7 @@ def plan_acceptance(plan: Plan, level: int | None, m: float, c: float, L: int, c
         raise ValueError(f"acceptance: level {level} out of range 2..{plan.depth}")
     ex = np.asarray(plan.levels)
     model = AgreementModel(_CurveAcceptance(ex, curve(ex / L, m, c), spread))
-    pr = predict(cost if cost is not None else unit_cost(L), model, [plan])
+    pr = predict(cost if cost is not None else unit_cost(L, [plan]), model, [plan])
     return float(pr.acceptance[0, level - 2])
 
 
@@ -219,7 +221,7 @@ def fit_curves(points: list[Point], num_layers: int, workloads: list[str] | None
     being built; a unit-cost model if None: accepted/checked does not depend on cost)."""
     L = num_layers
     if any(p.kind == "per_draft" for p in points) and cost is None:
-        cost = unit_cost(L)
+        cost = unit_cost(L, [p.plan for p in points])
     if reading is None:
         reading = "per_draft" if any(p.kind == "per_draft" for p in points) else "per_position"
     if reading not in READINGS:

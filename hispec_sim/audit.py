@@ -250,16 +250,16 @@ def audit(setting: Setting, plan: Plan | str, speedup: float) -> dict:
         {"pair": [a, b], "required": round(float(fam.F(level, [a])[0] / max(fam.F(level, [b])[0], 1e-300)), 5)
          if not math.isinf(level) else (1.0 if level > 0 else 0.0)} for a, b in zip(chain, chain[1:])]
     points = []
-    own_pts = _own_points(setting.acceptance)
+    own_pts = [(d, _point_from_record(d)) for d in _own_points(setting.acceptance)]
     band_pts = [_own_points(b) for b in band] if band is not None else None
-    cost = unit_cost(L)
-    for i, d in enumerate(own_pts):
-        p = _point_from_record(d)
+    cost = unit_cost(L, [p.plan for _, p in own_pts])
+    for i, (d, p) in enumerate(own_pts):
         if fam.kind != "curve":
             continue
         req = float(p.predict(level, fam.c, L, cost)) if not math.isinf(level) else None
         row = {"kind": p.kind, "published": p.value, "source": p.source,
-               "where": (d.get("config") or {}).get("plan") or f"exit {p.exit}" + (f"/{p.exit2}" if p.exit2 else ""),
+               "where": (d.get("config") or {}).get("plan") or (p.plan.describe(short=True) if p.plan else
+                                                                 f"exit {p.exit}" + (f"/{p.exit2}" if p.exit2 else "")),
                "required_curve_gives": None if req is None else round(req, 5),
                "distance": None if req is None else round(req - p.value, 5)}
         lo_v, hi_v = sorted(float(b[i]["value"]) for b in band_pts) if band_pts is not None and all(
@@ -336,7 +336,7 @@ def run(args) -> int:
     print(f"  profile's own level predicts {out['speedup_at_profile_level']:.3f}x ({out['plan_at_profile_level']}); "
           f"ceiling (perfect acceptance) {out['ceiling_speedup']:.3f}x")
     if not out["reachable"]:
-        print(f"  UNREACHABLE: {out['verdict']}")
+        print(f"  verdict: {out['verdict']}")
         return 0
     band = (f"; the profile's band (<w>_low/<w>_high): {out['profile_level_band'][0]:.4f}..{out['profile_level_band'][1]:.4f}"
             if "profile_level_band" in out else "")
@@ -347,7 +347,8 @@ def run(args) -> int:
         print(f"  agreement with the final layer at exit {r['exit']}: required {r['required']:.3f}, profile {r['profile']:.3f}{band}")
     for r in out["published_points"]:
         band = f" band {r['band'][0]:.3f}-{r['band'][1]:.3f} ({'within' if r['within_band'] else 'OUTSIDE'})" if "band" in r else ""
-        print(f"  published {r['kind']} {r['where']}: {r['published']:.3f}; the required curve gives "
-              f"{r['required_curve_gives']:.3f} (distance {r['distance']:+.3f}){band}")
+        gives = ("none: no finite level gives the claim" if r["required_curve_gives"] is None
+                 else f"gives {r['required_curve_gives']:.3f} (distance {r['distance']:+.3f})")
+        print(f"  published {r['kind']} {r['where']}: {r['published']:.3f}; the required curve {gives}{band}")
     print(f"  verdict: {out['verdict']}")
     return 0

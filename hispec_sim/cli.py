@@ -47,8 +47,6 @@ def _profile_path(args):
 
 
 def cmd_evaluate(args) -> int:
-    if not (args.mc or args.replay):
-        refuse_unread(args, ("--streams", "--cycles"), "the Monte-Carlo estimate; add --mc or --replay")
     if args.streams * args.cycles > schema.MAX_STREAM_CYCLES:
         raise ValueError(f"streams: --streams x --cycles must be <= {schema.MAX_STREAM_CYCLES}, "
                          f"got {args.streams} x {args.cycles}")
@@ -59,11 +57,15 @@ def cmd_evaluate(args) -> int:
     if plan.adaptive:  # confidence thresholds: hispec_sim.adaptive (the fixed-plan models ignore them)
         from .adaptive import predict_adaptive, replay_text
 
+        refuse_unread(args, ("--mc", "--replay", "--streams", "--cycles"),
+                      "plans without confidence thresholds (an adaptive plan's output holds its own trace replay)")
         out = {**setting.describe(), **predict_adaptive(setting, plan, seed=args.seed)}
         print(json.dumps(out, indent=2) if args.json else f"plan {out['describe']}  {out['tokens_per_second']:.2f} tokens/s  "
               f"x{out['speedup_vs_autoregressive']:.3f} vs autoregressive  x{out['gain_over_fixed']:.3f} vs the same "
               f"plan without thresholds  ({out['model']}; {out['rates'].split(':')[0]})" + replay_text(out.get("trace_replay")))
         return 0
+    if not (args.mc or args.replay):
+        refuse_unread(args, ("--streams", "--cycles"), "the Monte-Carlo estimate; add --mc or --replay")
     ar, s = score(setting, [schema.autoregressive_plan(setting.num_layers, plan.batch), plan])
     out = {**setting.describe(), **s.as_dict(ar.tokens_per_second)}
     if args.mc or args.replay:

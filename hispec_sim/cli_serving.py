@@ -155,7 +155,7 @@ def cmd_serve(args) -> int:
     plan = _plan(args, setting)
     del batching
     trace = traffic.load_trace(args.trace) if args.trace else None
-    runs, summaries = [], []
+    summaries, steps, prefills, first = [], [], [], None
     for k in range(args.seeds):
         if trace is not None:
             arr, pl, ol = _arrays(trace)
@@ -165,20 +165,26 @@ def cmd_serve(args) -> int:
             arr = traffic.arrival_times(t, rng)
             pl = traffic.draw_lengths(t.prompt_len, t.requests, rng)
             ol = traffic.draw_lengths(t.output_len, t.requests, rng)
+        if k == 0:  # the whole command's forwards, the first seed's lengths standing for every seed's
+            serving.check_size(setting.acceptance, plan, ol, runs=args.seeds)
         run = serving.simulate_arrays(setting.table, setting.num_layers, setting.acceptance, plan, arr, pl, ol, limits,
                                       seed=args.seed + k)
-        runs.append(run)
         summaries.append(serving.quick_summary(run, limits))
+        steps.append(run.steps)
+        prefills.append(run.prefills)
+        if k == 0 and args.per_request:
+            first = [m.model_dump() for m in run.metrics()]
+        del run  # one run's arrays at a time
     agg = serving.over_seeds(summaries)
     out = {**{k: v for k, v in setting.describe().items() if k not in ("batch", "context")},
            "plan": plan.model_dump(), "describe": plan.describe(), "batching": plan.batching,
            "traffic": {"trace": args.trace} if trace is not None else json.loads(tr.model_dump_json()),
            "limits": limits.model_dump(), "seeds": args.seeds, "mean_over_seeds": agg, "per_seed": summaries,
-           "steps": [r.steps for r in runs], "prefill_forwards": [r.prefills for r in runs],
+           "steps": steps, "prefill_forwards": prefills,
            "step_noise": _noise_used(args, setting)}
     if args.json:
         if args.per_request:
-            out["requests"] = [m.model_dump() for m in runs[0].metrics()]
+            out["requests"] = first
         print(json.dumps(out, indent=2))
         return 0
     src = f"trace {args.trace}" if trace is not None else (

@@ -68,7 +68,8 @@ def head_ms(table: LatencyTable, tokens) -> np.ndarray:
 
 def linear_layer_ms(table: LatencyTable, tokens) -> np.ndarray:
     """One layer's linear part (GEMMs, all-reduces: everything but attention) at `tokens`
-    new tokens in total: the table at context 0. Beyond the grid's last token count T the
+    new tokens in total: the table at context 0 (at least MIN_LAYER_MS, as layer_ms, also
+    where the grid starts above 0 tokens or context). Beyond the grid's last token count T the
     cost is extrapolated in proportion, layer(T) x tokens / T (compute-bound GEMMs), not
     from the last two points, whose difference is measurement noise at that size."""
     tokens = np.asarray(tokens, dtype=float)
@@ -76,7 +77,7 @@ def linear_layer_ms(table: LatencyTable, tokens) -> np.ndarray:
     tk = np.asarray(table.tokens, dtype=float)
     col = _interp_extrap(np.zeros(1), np.asarray(table.contexts, float), np.asarray(table.layer_ms, float))[:, 0]
     inside = col[:1] + 0 * tokens if len(tk) == 1 else _interp_extrap(np.minimum(tokens, top), tk, col)
-    inside = np.maximum(inside, 0.0)  # as layer_ms, read at context 0
+    inside = np.maximum(inside, MIN_LAYER_MS)  # as layer_ms, read at context 0
     return np.where(tokens > top, inside * tokens / max(top, 1.0), inside)
 
 

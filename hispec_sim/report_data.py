@@ -67,8 +67,8 @@ def load_validation(path: str | Path) -> dict:
             raise ValueError(f"validation.plans.{i}: expected an object")
         for key in ("predicted_tokens_per_second", "measured_tokens_per_second"):
             v = r.get(key)
-            if not (number(v) and v > 0):
-                raise ValueError(f"validation.plans.{i}.{key}: expected a number > 0, got {v!r}")
+            if not (number(v) and 1e-9 <= v <= 1e12):  # their ratio stays finite
+                raise ValueError(f"validation.plans.{i}.{key}: expected a number in [1e-09, 1e+12], got {v!r}")
         plan = r.get("plan")
         if isinstance(plan, dict):
             try:
@@ -78,8 +78,10 @@ def load_validation(path: str | Path) -> dict:
         else:
             label = str(plan)
         rel = r.get("relative_error")
-        if not number(rel):
+        if rel is None:
             rel = r["predicted_tokens_per_second"] / r["measured_tokens_per_second"] - 1.0
+        elif not (number(rel) and -1 <= rel <= 1e6):
+            raise ValueError(f"validation.plans.{i}.relative_error: expected a number in [-1, 1e6], got {rel!r}")
         rows.append({"plan": label, "family": str(r.get("family", "")),
                      "predicted_tokens_per_second": float(r["predicted_tokens_per_second"]),
                      "measured_tokens_per_second": float(r["measured_tokens_per_second"]),
@@ -88,7 +90,11 @@ def load_validation(path: str | Path) -> dict:
 
     def _stat(key, fallback):
         v = data.get(key)
-        return float(v) if number(v) else fallback
+        if v is None:
+            return fallback
+        if not (number(v) and 0 <= v <= 1e6):
+            raise ValueError(f"validation.{key}: expected a number in [0, 1e6], got {v!r}")
+        return float(v)
 
     return {"plans": rows,
             "median_abs_relative_error": _stat("median_abs_relative_error", float(np.median(errs)) if rows else None),

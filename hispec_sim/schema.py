@@ -414,8 +414,9 @@ class LatencyTable(Strict):
     working_set_layers: list[int] | None = Field(
         None, description="depth k of a decode forward (it runs layers 1..k), increasing")
     working_set_ms: list[float] | None = Field(
-        None, description="time added to a layer last run by such a forward (<= 0): only k layers' weights went "
-                          "through the cache since; None: none (latency.working_set_ms)")
+        None, description="time added to a layer last run by such a forward (<= 0, above minus the smallest "
+                          "layer_ms): only k layers' weights went through the cache since; None: none "
+                          "(latency.working_set_ms)")
 
     @model_validator(mode="after")
     def _grid(self) -> "LatencyTable":
@@ -566,20 +567,32 @@ class FitRecord(_FitPart):
                 raise ValueError(f"F_at_exits: keys are exit layers in [1, {MAX_LAYERS}], got {k!r}")
         if self.family.startswith("F(e) = sigmoid(") and not {"m", "c"} <= set(self.params or {}):
             raise ValueError("params: the sigmoid family needs m and c")
-        L = self.num_layers
+        return self
+
+    def check_model(self, L: int) -> None:
+        """The record against the model's L layers: its num_layers, its exits, and its per_draft
+        plans ending at the full model."""
+        if self.num_layers not in (None, L):
+            raise ValueError(f"num_layers: must be model.num_layers {L}, got {self.num_layers}")
         for i, q in enumerate(self.points):
             top = max([q.exit or 0, q.exit2 or 0] + (q.config.levels if q.config else []))
-            if L is not None and top > L:
-                raise ValueError(f"points.{i}: exit layers must be in [1, {L}] (num_layers), got {top}")
-        return self
+            if top > L:
+                raise ValueError(f"points.{i}: exit layers must be in [1, {L}] (model.num_layers), got {top}")
+            if q.config is not None and q.config.levels[-1] != L:
+                raise ValueError(f"points.{i}.config.levels: a per_draft plan ends at the full model {L}, "
+                                 f"got {q.config.levels}")
+
+
+def _fit_record(v: dict) -> FitRecord:
+    try:
+        return FitRecord.model_validate(v, strict=True)
+    except ValidationError as e:
+        raise ValueError(validation_message(e)) from None
 
 
 def _check_fit(v: dict | None) -> dict | None:
     if v is not None:
-        try:
-            FitRecord.model_validate(v, strict=True)
-        except ValidationError as e:
-            raise ValueError(validation_message(e)) from None
+        _fit_record(v)
     return v
 
 
@@ -672,6 +685,11 @@ class Profile(Strict):
         for name, acc in self.workloads.items():
             if acc.exits[-1] != self.model.num_layers:
                 raise ValueError(f"workloads.{name}.exits: must end at the last layer {self.model.num_layers}")
+            if acc.fit is not None:
+                try:
+                    _fit_record(acc.fit).check_model(self.model.num_layers)
+                except ValueError as e:
+                    raise ValueError(f"workloads.{name}.fit: {e}") from None
         if self.paper_default is not None and self.paper_default.levels[-1] != self.model.num_layers:
             raise ValueError(f"paper_default.levels: must end at the last layer {self.model.num_layers}, "
                              f"got {self.paper_default.levels[-1]}")
@@ -788,7 +806,8 @@ def parse_json_text(text: str, field: str, where: str = "the input"):
         data = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float,
                           object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{field}: malformed JSON in {where} ({e.msg} at line {e.lineno})") from None
+        at = f"line {e.lineno}, column {e.colno}" if "\n" in text.strip() else f"column {e.colno}"
+        raise ValueError(f"{field}: {where}: malformed JSON ({e.msg} at {at})") from None
     except RecursionError:
         raise ValueError(f"{field}: {where} is nested more than {MAX_JSON_DEPTH} levels deep") from None
     except ValueError as e:

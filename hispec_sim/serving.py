@@ -97,16 +97,17 @@ def forwards_per_token(acc: Acceptance, plan: Plan) -> float:
     return float(predict(CostModel(unit, 1, 0, plan.max_overshoot + 8), AgreementModel(acc), [fixed]).latency_ms[0])
 
 
-def check_size(acc: Acceptance, plan: Plan, max_new: np.ndarray) -> None:
-    """Refuse a run expected to walk more than MAX_SERVE_FORWARDS forwards (memory and time grow
-    with them): deep, wide plans on a workload of low agreement draft thousands of tokens
-    per committed one."""
+def check_size(acc: Acceptance, plan: Plan, max_new: np.ndarray, runs: int = 1) -> None:
+    """Refuse `runs` runs of these requests expected to walk more than MAX_SERVE_FORWARDS
+    forwards in all (time grows with them, one run's memory too): deep, wide plans on a
+    workload of low agreement draft thousands of tokens per committed one."""
     per = forwards_per_token(acc, plan)
-    total = per * float(np.sum(max_new))
-    if total > MAX_SERVE_FORWARDS:
+    tokens = float(np.sum(max_new)) * runs
+    if per * tokens > MAX_SERVE_FORWARDS:
         raise ValueError(f"plan: {plan.describe()} runs {per:,.1f} forwards per generated token on this workload; "
-                         f"{int(np.sum(max_new)):,} output tokens need ~{total:.2e} forwards, at most {MAX_SERVE_FORWARDS:.2e} "
-                         f"per run: fewer --requests, a shorter --output-len, or a shorter propose or window")
+                         f"{tokens:,.0f} output tokens ({runs} run(s)) need ~{per * tokens:.2e} forwards, at most "
+                         f"{MAX_SERVE_FORWARDS:.2e}: fewer --requests or --seeds, a shorter --output-len, or a shorter "
+                         f"propose or window")
 
 
 # --------------------------------------------------------------------------- acceptance per request

@@ -5,7 +5,6 @@ make and `hispec-sim serve` simulates the same ones, and both summarise with `su
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -57,17 +56,14 @@ def load_trace(path: str | Path) -> list[Request]:
     the line and the field; arrival times must not decrease."""
     from pydantic import ValidationError
 
-    from .schema import read_text_bounded
+    from .schema import parse_json_text, read_text_bounded
 
     text = read_text_bounded(Path(path), "trace", MAX_TRACE_BYTES)  # a regular file: not a pipe or /dev/zero
     out: list[Request] = []
     for no, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except (json.JSONDecodeError, RecursionError):
-            raise ValueError(f"trace: line {no}: malformed JSON") from None
+        obj = parse_json_text(line, "trace", f"line {no}")  # bounded; a key twice is refused, not the last kept
         if not isinstance(obj, dict):
             raise ValueError(f"trace: line {no}: expected a JSON object with arrival_s, prompt or prompt_tokens, max_new_tokens")
         try:

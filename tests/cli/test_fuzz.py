@@ -285,9 +285,17 @@ def work(tmp_path_factory):
     for name, edit in (("fitvalue", lambda q: q["points"][0].__setitem__("value", "high")),
                        ("fitparams", lambda q: q.__setitem__("params", {"m": 1.0})),
                        ("fitlevel", lambda q: q["points"][0]["config"].__setitem__("level", 3)),
-                       ("fitexit", lambda q: q["points"][0].update(kind="final", exit=99))):
+                       ("fitexit", lambda q: q["points"][0].update(kind="final", exit=99)),
+                       ("fitlayers", lambda q: q.update(num_layers=1024))):
         prof_variant(name + ".json", lambda d, e=edit: (d["workloads"]["w"].__setitem__("fit", json.loads(json.dumps(fit))),
                                                         e(d["workloads"]["w"]["fit"])))
+    # the fourth round: a key twice in a trace line, Monte-Carlo flags on an adaptive plan
+    put("duptrace.jsonl", '{"arrival_s": 0, "arrival_s": 1, "prompt_tokens": 8, "max_new_tokens": 4}\n')
+    put("hugeval.json", json.dumps({"profile": "test", "plans": [{"predicted_tokens_per_second": 1e308,
+                                                                  "measured_tokens_per_second": 1e-300}]}))
+    put("negmedval.json", json.dumps({"profile": "test", "median_abs_relative_error": -5, "plans": [
+        {"predicted_tokens_per_second": 5.0, "measured_tokens_per_second": 5.0}]}))
+    put("adplan.json", json.dumps({"levels": [2, 8, 16], "propose": 4, "windows": [4], "draft_confidence": 0.5}))
     f["_w"] = w
     yield f
     os.chmod(w / "ro", 0o755)
@@ -354,8 +362,12 @@ CASES = [
     ("json-shape", S, "evaluate --profile {P} --plan {NULL}", ["plan", "JSON object"]),
     ("json-shape", S, "export --plan {NUM} --to hf", ["plan", "JSON object"]),
     ("json-shape", S, "report --profile {P} --validation {LIST} --out {W}/r.html", ["validation"]),
+    ("json-shape", S, "report --profile {P} --validation {HUGEVAL} --out {W}/r.html",
+     ["validation.plans.0.predicted_tokens_per_second", "[1e-09, 1e+12]"]),
+    ("json-shape", S, "report --profile {P} --validation {NEGMEDVAL} --out {W}/r.html",
+     ["validation.median_abs_relative_error", "[0, 1e6]"]),
     ("json-shape", S, "report --profile {P} --validation {BOOLVAL} --out {W}/r.html",
-     ["validation.plans.0.predicted_tokens_per_second", "number > 0", "True"]),
+     ["validation.plans.0.predicted_tokens_per_second", "[1e-09, 1e+12]", "True"]),
     ("cross-check", S, "report --profile {P} --validation {OTHERVAL} --out {W}/r.html",
      ["validation", "'another'", "report is for 'test'"]),
     ("cross-check", S, "evaluate --profile {ZEROWEIGHTS} --levels 2,16", ["spread.weights", ">= 0", "at least one > 0"]),
@@ -716,6 +728,9 @@ CASES = [
     ("flags", S, "serve --profile {P} --levels 16 --qps 1 --cv 2", ["cv", "--arrival gamma"]),
     ("flags", S, "capacity --profile {P} --qps 1 --slo-ttft-ms 1000 --slo-tbt-ms 100 --cv 2", ["cv", "gamma"]),
     ("flags", S, "serve --profile {P} --levels 16 --trace {TRACE} --requests 5", ["requests", "--trace"]),
+    ("json-shape", S, "serve --profile {P} --levels 4,16 --trace {DUPTRACE}", ["trace", "line 1", "'arrival_s' appears twice"]),
+    ("flags", S, "evaluate --profile cpu_hispec_tiny --plan {ADPLAN} --mc", ["mc", "confidence thresholds"]),
+    ("flags", S, "evaluate --profile cpu_hispec_tiny --plan {ADPLAN} --streams 7", ["streams", "confidence thresholds"]),
     ("flags", S, "serve --profile {P} --levels 16 --trace {TRACE} --prompt-len 5", ["prompt_len", "--trace"]),
     ("flags", S, "serve --profile {P} --levels 16 --qps 1 --tp 0", ["tp", "[1, 1024]"]),
     ("flags", S, "serve --profile {P} --levels 16 --qps 1 --prompt-len 2_56", ["prompt_len"]),
@@ -750,6 +765,8 @@ CASES = [
     ("profile-numbers", S, "audit --profile {FITPARAMS} --levels 4,16 --speedup 1.5", ["fit", "params", "m and c"]),
     ("profile-numbers", S, "audit --profile {FITLEVEL} --levels 4,16 --speedup 1.5", ["fit", "level", "[2, 2]"]),
     ("profile-numbers", S, "audit --profile {FITEXIT} --levels 4,16 --speedup 1.5", ["fit", "points.0", "[1, 16]"]),
+    ("profile-numbers", S, "audit --profile {FITLAYERS} --levels 4,16 --speedup 1.5",
+     ["workloads.w.fit: num_layers", "model.num_layers 16, got 1024"]),
     ("flags", S, "profile measure --prompts-file {SURROGATE} --workload w --out {W}/m.json", ["prompts_file", "line 1", "Unicode"]),
     ("flags", S, "profile measure --prompts-file {PROMPTS} --workload w --prompts 3 --out {W}/m.json",
      ["prompts", "--prompts-file"]),

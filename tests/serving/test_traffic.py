@@ -39,6 +39,9 @@ def test_trace_errors_name_the_line(tmp_path):
     f.write_text('{"arrival_s": 0, "prompt": "a", "max_new_tokens": 3}\n{oops\n')
     with pytest.raises(ValueError, match="line 2: malformed JSON"):
         load_trace(f)
+    f.write_text('{"arrival_s": 0, "arrival_s": 1, "prompt_tokens": 8, "max_new_tokens": 4}\n')  # not the last kept
+    with pytest.raises(ValueError, match="line 1: key 'arrival_s' appears twice"):
+        load_trace(f)
     f.write_text(json.dumps({"arrival_s": 0, "prompt_tokens": [1, 2], "max_new_tokens": 2}) + "\n")
     assert load_trace(f)[0].prompt_len == 2
 

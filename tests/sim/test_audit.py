@@ -87,3 +87,24 @@ def test_cli_text_and_json(capsys):
     out = capsys.readouterr().out
     assert main(["audit", "--profile", "h100_llama3_8b", "--levels", "3,99", "--speedup", "1.5"]) == 2
     assert "levels" in capsys.readouterr().err
+
+
+def test_a_claim_below_the_floor_prints_in_text(capsys):
+    """Any acceptance beats a claim below the floor: the required level is at the curve's
+    limit, and the published points have no required value to print (a crash once)."""
+    assert main(["audit", "--profile", "a100_llama70b", "--levels", "20,80", "--speedup", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "any acceptance gives at least" in out and "the required curve none: no finite level" in out
+
+
+def test_a_per_draft_figure_measured_with_a_long_round_is_priced(tmp_path, capsys):
+    """The audit prices a published figure's own plan, however long its round (propose 64
+    ran past a 64-row cost lookup)."""
+    p = json.loads(make_profile(layers=16).model_dump_json())
+    p["workloads"]["w"]["fit"] = {"family": "F(e) = sigmoid(m + c*logit(e/L))", "num_layers": 16,
+                                  "params": {"m": 1.0, "c": 1.0},
+                                  "points": [{"workload": "w", "kind": "per_draft", "value": 0.5,
+                                              "config": {"levels": [4, 16], "propose": 64, "windows": [], "level": 2}}]}
+    (tmp_path / "p.json").write_text(json.dumps(p))
+    assert main(["audit", "--profile", str(tmp_path / "p.json"), "--levels", "4,16", "--speedup", "1.2"]) == 0
+    assert "published per_draft [4,16] g=64: 0.500; the required curve gives" in capsys.readouterr().out

@@ -69,3 +69,18 @@ def test_the_slowest_allowed_profile_reports(tmp_path, capsys):
     assert "no plan meets the per-token latency SLO" in said.err
     assert " 0.00 tokens/s" not in said.out and "e-05 tokens/s" in said.out  # 1.7e-5: significant digits, not 0
     assert "ms/token" in out.read_text(encoding="utf-8")
+
+
+def test_a_grid_starting_above_zero_is_not_extrapolated_down_to_nothing(tmp_path, capsys):
+    """Below its first token count or context a grid extrapolates downwards; the linear part
+    stays at MIN_LAYER_MS or more there too (it once reached 0 ms: an infinite tokens/s)."""
+    low = LatencyTable(tokens=[2, 3], contexts=[0], layer_ms=[[1e-6], [1.0]], head_ms=[0.0, 0.0], source=TEST_SOURCE)
+    far = LatencyTable(tokens=[1000, 2000], contexts=[100000, 200000], layer_ms=[[1.0, 10.0], [2.0, 20.0]],
+                       head_ms=[0.0, 0.0], source=TEST_SOURCE)
+    for table in (low, far):
+        assert (latency.linear_layer_ms(table, np.arange(1, 5000)) >= MIN_LAYER_MS).all()
+    prof = _edge_profile(tmp_path / "p.json", lambda t: t.update(tokens=[2, 3], contexts=[0], layer_ms=[[1e-6], [1.0]],
+                                                                  head_ms=[0.0, 0.0], overhead_ms=0.0,
+                                                                  verify_overhead_ms=0.0, layer_overhead_ms=0.0))
+    assert main(["evaluate", "--profile", prof, "--levels", "2,16", "--batch", "64", "--json"]) == 0
+    assert 0 < json.loads(capsys.readouterr().out)["tokens_per_second"] < float("inf")

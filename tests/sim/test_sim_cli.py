@@ -75,7 +75,7 @@ def test_human_output_is_a_table(capsys, profile_file):
     (["optimize", "--profile", "@P", "--batch", "0"], "batch"),
     (["optimize", "--profile", "@P", "--tp", "8"], "latency: no table for tp=8"),
     (["evaluate", "--profile", "@P", "--levels", "x,16"], "levels"),
-    (["optimize", "--profile", "@BAD"], "profile: malformed JSON"),
+    (["optimize", "--profile", "@BAD"], "bad.json: malformed JSON"),
     (["optimize", "--profile", "@NEG"], "latency.0"),
     (["optimize", "--profile", "@ACC"], "agreement"),
     (["optimize", "--profile", "@P", "--out", "/no/such/dir/plan.json"], "out: folder"),
