@@ -590,12 +590,6 @@ def _fit_record(v: dict) -> FitRecord:
         raise ValueError(validation_message(e)) from None
 
 
-def _check_fit(v: dict | None) -> dict | None:
-    if v is not None:
-        _fit_record(v)
-    return v
-
-
 class Acceptance(Strict):
     """Greedy agreement statistics of one workload.
 
@@ -617,8 +611,8 @@ class Acceptance(Strict):
         "published profile is fitted with); 'traces' = empirical joint from traces",
     )
     source: Source
-    fit: Annotated[dict | None, AfterValidator(_check_fit)] = Field(
-        None, description="fitted curve, its inputs and residuals, when fitted (schema.FitRecord)")
+    fit: dict | None = Field(None, description="fitted curve, its inputs and residuals, when fitted (schema.FitRecord, "
+                                               "checked against the model by Profile)")
     spread: AcceptanceSpread | None = Field(None, description="per-request distribution of the rates (None: every request at the mean)")
     confidence: ConfidenceStats | None = Field(None, description="top-1 probabilities of every exit per trace row "
                                                "(adaptive plans are evaluated only where these were measured)")

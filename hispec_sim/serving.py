@@ -41,7 +41,9 @@ import numpy as np
 
 from . import step_noise
 from .acceptance import AgreementModel
+from .analytic import predict
 from .latency import (
+    CostModel,
     decode_attention_ms,
     head_ms,
     linear_layer_ms,
@@ -50,7 +52,17 @@ from .latency import (
     serving_layer_ms,
     serving_step_overhead_ms,
 )
-from .schema import MAX_SERVE_FORWARDS, Acceptance, LatencyTable, Plan, Request, RequestMetrics, ServeLimits
+from .schema import (
+    MAX_SERVE_FORWARDS,
+    MIN_LAYER_MS,
+    Acceptance,
+    LatencyTable,
+    Plan,
+    Request,
+    RequestMetrics,
+    ServeLimits,
+    Source,
+)
 
 ACC, COR, BON = 0, 1, 2  # how a buffered token got there (acceptance.py's conditional rates)
 CTX_BUCKET = 16  # attention is read at the context rounded to this many tokens (lookup tables)
@@ -87,10 +99,6 @@ def forwards_per_token(acc: Acceptance, plan: Plan) -> float:
     (analytic.predict, over the workload's spread) with every forward priced at 1 ms (and
     1 ns a layer: within 0.1 %). Confidence thresholds are left out (they end rounds early:
     a run's forwards stay of this order)."""
-    from .analytic import predict
-    from .latency import CostModel
-    from .schema import MIN_LAYER_MS, Source
-
     unit = LatencyTable(tokens=[1], contexts=[0], layer_ms=[[MIN_LAYER_MS]], head_ms=[0.0], overhead_ms=1.0,
                         source=Source(kind="assumed", detail="every forward costs 1 ms: a count of forwards"))
     fixed = plan.model_copy(update={"draft_confidence": None, "escalate_confidence": None, "batch": 1})
