@@ -36,6 +36,11 @@ CALIBRATION_SEED = 1000  # prompts for calibration runs: disjoint from measureme
 OUTLIER_MADS = 3.5
 SCALE_RANGE = (0.5, 2.0)  # a table scale scaled_nnls accepts (the serving calibration's forward scale)
 SCALE_MAX_SE = 0.05
+# the fitted fixed costs a profile's table carries (fit_overheads)
+OVERHEADS = ("overhead_ms", "layer_overhead_ms", "verify_overhead_ms", "row_overhead_ms")
+# the per-layer overhead may be a credit down to this share of the smallest layer time: the table timed up to
+# 2x slower than the decode loop (a VM's speed moves by 10-20 % between the table and the calibration)
+LAYER_CREDIT = 0.5
 
 
 # --------------------------------------------------------------------------- statistics (pure numpy)
@@ -233,11 +238,11 @@ def working_set_grid(num_layers: int, points: int = 12) -> list[int]:
     return sorted({1, 2, num_layers, *np.round(np.geomspace(2, num_layers, points)).astype(int).tolist()})
 
 
-def _scaled_working_set(ms, scale: float, lat: dict) -> list[float]:
-    """The working-set times x `scale`, kept above minus the smallest layer time (a layer
-    cannot save more than it takes: schema.LatencyTable; a noisy timing of a small model can
-    say otherwise)."""
-    floor = min(min(r) for r in lat["layer_ms"])
+def _scaled_working_set(ms, scale: float, lat: dict, layer_overhead_ms: float = 0.0) -> list[float]:
+    """The working-set times x `scale`, kept above minus the smallest layer time with its
+    per-layer overhead (a layer cannot save more than it takes: schema.LatencyTable; a noisy
+    timing of a small model can say otherwise)."""
+    floor = min(min(r) for r in lat["layer_ms"]) + min(layer_overhead_ms, 0.0)
     return np.maximum(scale * np.asarray(ms, float), -0.999 * floor).tolist()
 
 
@@ -308,7 +313,8 @@ def calibration_plans(L: int, spread: bool = True) -> list[Plan]:
     """Fixed plans whose forwards calibrate the per-forward costs (not chosen from, nor
     fitted to, any validated plan). The first three: autoregressive, mid-size drafts with a
     long check, and a 3-level chain. With `spread`, also the shapes the search reaches at
-    the ends: 1-layer drafts, a short final check after long drafts, short and 1-layer
+    the ends: 1-layer drafts, a short final check of 7 tokens after long drafts (the rows
+    term's leverage: the other checks carry 3-5 tokens), short and 1-layer
     middle checks, and 4 levels. Why: the fit splits a forward's fixed cost from its per-layer
     and per-check parts by contrasting forwards of different layer counts; with the first
     three alone, short checks and 1-layer drafts are extrapolated, and on a noisy 2-core VM
@@ -319,7 +325,7 @@ def calibration_plans(L: int, spread: bool = True) -> list[Plan]:
     shapes = [([L], 1, []), ([q, L], 3, []), ([e, max(e + 1, L // 2), L], 2, [3])]
     if spread:
         third = max(2, L // 3)
-        shapes += [([1, L], 2, []), ([L - 3, L], 3, []), ([1, 3, L], 2, [3]),
+        shapes += [([1, L], 2, []), ([L - 3, L], 6, []), ([1, 3, L], 2, [3]),
                    ([3 * L // 8, 3 * L // 8 + 1, L], 2, [4]), ([max(1, L // 5), third, 2 * third, L], 2, [3, 4])]
     plans, seen = [], set()
     for levels, propose, windows in shapes:
@@ -387,9 +393,9 @@ def scaled_nnls(X: np.ndarray, y: np.ndarray, group: np.ndarray, scale_col: int,
 
 
 def drifting_nnls(X: np.ndarray, y: np.ndarray, group: np.ndarray, scale_col: int, bootstrap: int = 200,
-                  seed: int = 0, iterations: int = 200, relative: bool = True) -> dict:
+                  seed: int = 0, iterations: int = 200, relative: bool = True, lower=None) -> dict:
     """Fit y_i = v_g * (X_i @ coef) with a speed v_g per group (a block of decode runs), median 1 over
-    the groups, coef >= 0 and coef[scale_col] (the latency table's column) held at 1.
+    the groups, coef >= lower (default 0) and coef[scale_col] (the latency table's column) held at 1.
 
     Why: a shared VM's speed moves from one decode run to the next (+-20 %). Pooled, that
     drift lands in the additive overheads and misprices short forwards against long ones.
@@ -407,10 +413,12 @@ def drifting_nnls(X: np.ndarray, y: np.ndarray, group: np.ndarray, scale_col: in
     the per-check cost's standard error about halves on the same data,
     studies/fidelity/fit_drift.py). Residuals are then relative too.
     Samples with residuals beyond 3.5 MADs are dropped and the fit redone; standard errors by
-    bootstrap over groups (whole runs resampled with replacement, seeded). Returns coef, se,
+    bootstrap over groups (whole runs resampled with replacement, seeded). lower: per-column
+    bounds below 0 (NNLS of what they leave: coef = lower + c', c' >= 0). Returns coef, se,
     keep (the inlier mask), speed (per group, in np.unique(group) order), boots (the bootstrap
     coefficients)."""
     rest = [c for c in range(X.shape[1]) if c != scale_col]
+    low = np.zeros(len(rest)) if lower is None else np.asarray(lower, float)[rest]
     runs, inverse = np.unique(group, return_inverse=True)
 
     w = np.ones(len(y))  # row weights: 1 / price once the first pass has priced the rows
@@ -420,8 +428,9 @@ def drifting_nnls(X: np.ndarray, y: np.ndarray, group: np.ndarray, scale_col: in
         order = np.argsort(cols, kind="stable")
         starts = np.flatnonzero(np.r_[True, np.diff(cols[order]) != 0])
         v = np.ones(len(runs))  # every block has a slot, even one whose forwards were all dropped
+        floor = Xr @ low  # coef = low + c', c' >= 0: NNLS on what the lower bounds leave
         for _ in range(iterations):
-            c = _nnls(Xr * wi[:, None], (yi / v[cols] - table) * wi)
+            c = low + _nnls(Xr * wi[:, None], (yi / v[cols] - table - floor) * wi)
             p = Xr @ c + table
             new = np.ones_like(v)
             new[cols[order][starts]] = (np.add.reduceat((yi * p * wi ** 2)[order], starts)
@@ -458,8 +467,9 @@ def overhead_rows(forwards, wall_ms: float, prompt_len: int, table: LatencyTable
                   num_layers: int) -> tuple[np.ndarray, np.ndarray]:
     """fit_overheads' regressors for one decode run's forwards -- 1, layers, check?, the
     table's time of its layers (at the forward's own context) and head, follows a check (or
-    the prefill)?, the table's working-set time its history gives (<= 0) -- and each
-    forward's time with the run's time outside forwards spread evenly over them."""
+    the prefill)?, the table's working-set time its history gives (<= 0), layers x new tokens
+    beyond the first (a check's extra rows) -- and each forward's time with the run's time
+    outside forwards spread evenly over them."""
     from hispec_sim.latency import head_ms, layer_ms, working_set_history
 
     gap = (wall_ms - sum(f.ms for f in forwards)) / len(forwards)
@@ -469,8 +479,9 @@ def overhead_rows(forwards, wall_ms: float, prompt_len: int, table: LatencyTable
         context = prompt_len if f.context is None else f.context  # (data recorded before forwards had it)
         parts = sum((b - a + 1) * float(layer_ms(table, n, context)) for a, b, n in f.segments)
         layers = sum(b - a + 1 for a, b, _ in f.segments)
+        extra_rows = sum((b - a + 1) * (n - 1) for a, b, n in f.segments)
         rows.append([1.0, layers, float(f.level > 1), parts + float(head_ms(table, f.head_tokens)),
-                     float(previous != 1), w])
+                     float(previous != 1), w, extra_rows])
         previous = f.level
     return np.asarray(rows), np.array([f.ms + gap for f in forwards])
 
@@ -514,7 +525,12 @@ def fit_overheads(model: Transformer, table: LatencyTable, prompts, max_new_toke
     after-check term: verify_overhead_ms = check + after-check terms. The working-set term's
     coefficient scales the micro-benchmark's working set to what the decode loop shows: the
     Python between forwards touches memory too (0.74 +- 0.02 on the AVX-512 VM at 17:13 UTC
-    on 2026-11-29; README, "Working set").
+    on 2026-11-29; README, "Working set"). The last regressor, layers x new tokens beyond
+    the first, prices what a check's extra rows cost in the decode loop beyond the table's
+    token increment (row_overhead_ms): on an Intel Xeon VM they cost 2.3x the
+    micro-benchmark's increment (0.029-0.031 +- 0.002 ms per layer per row on top of its
+    0.023), and without the term every multi-token check there was priced too cheap against
+    autoregressive (README, "Closing the loop").
     One speed factor per block (drifting_nnls), a block being every plan's run on one prompt in
     one round, back to back (seconds): the machine's drift between blocks scales their forwards
     alike and does not leak into the overheads; the fit prices the median block. Not one per
@@ -541,11 +557,13 @@ def fit_overheads(model: Transformer, table: LatencyTable, prompts, max_new_toke
     y = np.concatenate([r[1] for r in runs])
 
     group = np.concatenate([np.full(len(r[1]), r[3]) for r in runs])
-    f = drifting_nnls(X, y, group, scale_col=3, bootstrap=bootstrap, seed=seed)
+    lower = np.zeros(X.shape[1])
+    lower[1] = -LAYER_CREDIT * min(min(r) for r in table.layer_ms)
+    f = drifting_nnls(X, y, group, scale_col=3, bootstrap=bootstrap, seed=seed, lower=lower)
     coef, inlier, speed = f["coef"], f["keep"], f["speed"]
     verify, verify_se = verify_cost(f)
-    fixed = [coef[0], coef[1], verify]
-    boot_se = [*f["se"][:2], verify_se]
+    fixed = [coef[0], coef[1], verify, coef[6]]
+    boot_se = [*f["se"][:2], verify_se, f["se"][6]]
     tps = toks / walls
     noise = float(np.max((tps.max(0) - tps.min(0)) / np.median(tps, axis=0))) if rounds > 1 else float("nan")
     resid = (y / speed[group] - X @ coef)[inlier]
@@ -557,8 +575,7 @@ def fit_overheads(model: Transformer, table: LatencyTable, prompts, max_new_toke
         mine = [i for i, r in enumerate(runs) if r[2] == k]
         fitted[plan.describe()] = float(sum(speed[runs[i][3]] * (runs[i][0] @ coef).sum() for i in mine)
                                         / sum(runs[i][1].sum() for i in mine) - 1)
-    names = ("overhead_ms", "layer_overhead_ms", "verify_overhead_ms")
-    return {**{k: float(v) for k, v in zip(names, fixed)}, **{k + "_se": float(v) for k, v in zip(names, boot_se)},
+    return {**{k: float(v) for k, v in zip(OVERHEADS, fixed)}, **{k + "_se": float(v) for k, v in zip(OVERHEADS, boot_se)},
             "after_check_ms": float(coef[4]), "working_set_scale": float(coef[5]),
             "working_set_scale_se": float(f["se"][5]),
             "forwards": int(inlier.sum()), "forwards_rejected": int((~inlier).sum()), "runs": len(runs),
@@ -715,8 +732,9 @@ def time_model(model: Transformer, contexts: list[int], repeats: int, tokens: li
     calib_new = max(1, min(64, max_new_tokens, cap - calib_len - 16))
     calib = fit_overheads(model, table, calib_prompts, calib_new, rounds=calibration_rounds, seed=seed)
     calib.update(prompts=len(calib_prompts), prompt_len=calib_len, max_new_tokens=calib_new)
-    table = table.model_copy(update={**{k: calib[k] for k in ("overhead_ms", "layer_overhead_ms", "verify_overhead_ms")},
-                                     "working_set_ms": _scaled_working_set(ws["ms"], calib["working_set_scale"], lat)})
+    table = table.model_copy(update={**{k: calib[k] for k in OVERHEADS},
+                                     "working_set_ms": _scaled_working_set(ws["ms"], calib["working_set_scale"], lat,
+                                                                           calib["layer_overhead_ms"])})
     table.notes["working_set"] += (f"; scaled by {calib['working_set_scale']:.3f} +- {calib['working_set_scale_se']:.3f}, "
                                    f"fitted on the calibration's decode runs")
     table.notes["table_scale"] = ("1 (held: the micro-benchmarks' layer and head times as measured; each calibration "
@@ -729,9 +747,9 @@ def time_model(model: Transformer, contexts: list[int], repeats: int, tokens: li
         f"round; they ranged {calib['block_speed_range'][0]:.3f}-{calib['block_speed_range'][1]:.3f}; the fit prices "
         f"the median block); median |residual| {calib['residual_ms_median_abs']:.4f} ms; standard errors by "
         f"bootstrap over {calib['blocks']} blocks ({calib['runs']} decode runs); "
-        f"verify_overhead_ms includes {calib['after_check_ms']:.4f} ms that the forward after a check takes extra")
-    table.notes["overheads_se_ms"] = json.dumps({k: round(calib[k + "_se"], 6) for k in
-                                                 ("overhead_ms", "layer_overhead_ms", "verify_overhead_ms")})
+        f"verify_overhead_ms includes {calib['after_check_ms']:.4f} ms that the forward after a check takes extra; "
+        f"row_overhead_ms: what each new token beyond a forward's first costs per layer beyond the table's increment")
+    table.notes["overheads_se_ms"] = json.dumps({k: round(calib[k + "_se"], 6) for k in OVERHEADS})
     table.notes["noise_floor"] = (f"{calib['noise_floor']:.6f} (relative spread of identical calibration runs' tokens/s "
                                   f"over {calibration_rounds} rounds: {calib['tokens_per_second_by_round']})")
     check = self_check(table, model.num_layers, calib, calib_len + calib_new // 2, lat["forward_fixed_ms"])
@@ -798,14 +816,15 @@ def measure_profile(model: Transformer, model_name: str, device: str, workload: 
                                    "autoregressive_tokens_per_second": round(calib["autoregressive_tokens_per_second"], 4),
                                    "speedups": {k: round(v, 6) for k, v in calib["speedup_by_plan"].items()}},
                    "self_check": {k: v for k, v in check.items() if k != "line"},
-                   **{k: round(calib[k], 6) for k in ("overhead_ms", "layer_overhead_ms", "verify_overhead_ms",
-                                                       "overhead_ms_se", "layer_overhead_ms_se", "verify_overhead_ms_se",
+                   **{k: round(calib[k], 6) for k in (*OVERHEADS, *(o + "_se" for o in OVERHEADS),
                                                        "working_set_scale", "working_set_scale_se")},
                    "block_speed_range": [round(v, 6) for v in calib["block_speed_range"]],
                    "attempts": [{"calibration_spread": round(t["calib"]["noise_floor"], 6),
                                  "autoregressive_error": round(t["check"]["autoregressive_error"], 6),
                                  "overhead_ms": round(t["calib"]["overhead_ms"], 6),
                                  "verify_overhead_ms": round(t["calib"]["verify_overhead_ms"], 6),
+                                 "layer_overhead_ms": round(t["calib"]["layer_overhead_ms"], 6),
+                                 "row_overhead_ms": round(t["calib"]["row_overhead_ms"], 6),
                                  "working_set_scale": round(t["calib"]["working_set_scale"], 6),
                                  "seconds": round(t["calib"]["attempt_seconds"], 1)} for t in tries],
                    "attempt_kept": kept + 1}

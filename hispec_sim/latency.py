@@ -194,13 +194,16 @@ class CostModel:
     """Costs of the forwards a chain plan runs, for one batch size and context length.
 
     Lookup vectors are precomputed for 1..max_tokens new tokens per sequence so that the
-    analytic model can index them with arrays of token counts.
+    analytic model can index them with arrays of token counts. A layer over n tokens per
+    sequence also pays row_overhead_ms for each sequence's n - 1 tokens beyond its first
+    (fitted on batch-1 decode runs; at batch B assumed per sequence, B x (n - 1)).
     """
 
     def __init__(self, table: LatencyTable, batch: int = 1, context: int = 512, max_tokens: int = 512):
         self.table, self.batch, self.context = table, batch, context
         n = np.maximum(np.arange(max_tokens + 1), 1)
-        self.layer = batched_layer_ms(table, batch, n, context)  # indexed by new tokens per sequence
+        # indexed by new tokens per sequence; each sequence's tokens beyond its first pay row_overhead_ms
+        self.layer = batched_layer_ms(table, batch, n, context) + batch * (n - 1) * (table.row_overhead_ms or 0.0)
         self.layer[0] = 0.0
         self.head = head_ms(table, n * batch)
         self.fixed = table.overhead_ms

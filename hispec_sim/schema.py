@@ -403,8 +403,17 @@ class LatencyTable(Strict):
     layer_ms: list[list[float]]
     head_ms: list[float] = Field(description="final norm + LM head over tokens[i] tokens")
     overhead_ms: float = Field(0.0, ge=0, le=MAX_MS, description="fixed cost of every forward (launch, sampling, host)")
-    layer_overhead_ms: float = Field(0.0, ge=0, le=MAX_MS, description="host cost per layer per forward (eager stacks)")
+    layer_overhead_ms: float = Field(0.0, ge=-MAX_MS, le=MAX_MS,
+                                     description="host cost per layer per forward (eager stacks); negative (above minus "
+                                                 "the smallest layer_ms): a measured table timed slower than the decode "
+                                                 "loop it prices")
     verify_overhead_ms: float = Field(0.0, ge=0, le=MAX_MS, description="extra fixed cost of a verification forward (compare, crop)")
+    row_overhead_ms: float | None = Field(None, ge=0, le=MAX_MS,
+                                          description="extra cost per layer for each new token of a sequence beyond its "
+                                                      "first in a decode forward (multi-token checks), fitted on the "
+                                                      "decode loop, whose checks cost more than the table's token "
+                                                      "increment; not in prefills; None: 0 (profiles measured before "
+                                                      "2026-11-30 16:30 UTC and published ones)")
     source: Source
     notes: dict[str, str] = Field(default_factory=dict)
     attention: AttentionKernel | None = Field(
@@ -433,9 +442,13 @@ class LatencyTable(Strict):
         ks, ws = self.working_set_layers or [], self.working_set_ms or []
         if len(ks) != len(ws) or any(b <= a for a, b in zip(ks, ks[1:])) or (ks and ks[0] < 1):
             raise ValueError("latency.working_set_layers: must be increasing, >= 1, one per working_set_ms value")
-        floor = min(min(r) for r in self.layer_ms)  # a smaller working set saves less than the whole layer
+        floor = min(min(r) for r in self.layer_ms)  # a credit saves less than the whole layer
+        if not self.layer_overhead_ms > -floor:
+            raise ValueError(f"latency.layer_overhead_ms: must be above -{floor:g} (minus the smallest layer_ms)")
+        floor += min(self.layer_overhead_ms, 0.0)
         if any(not (-floor < v <= 0) for v in ws):
-            raise ValueError(f"latency.working_set_ms: must be in (-{floor:g}, 0] (the smallest layer_ms)")
+            raise ValueError(f"latency.working_set_ms: must be in (-{floor:g}, 0] (the smallest layer_ms with "
+                             f"layer_overhead_ms)")
         return self
 
     @property

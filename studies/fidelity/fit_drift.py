@@ -13,7 +13,11 @@ interleaved, and compares two fits of the calibration forwards:
   fitted from 2026-11-29 09:35;
 * per block: the same with one speed factor per block of back-to-back runs (every
   calibration plan on one prompt in one round), as `profile measure` fits since
-  2026-11-29 15:10 (a run's own factor absorbs what its plan costs beyond the model).
+  2026-11-29 15:10 (a run's own factor absorbs what its plan costs beyond the model);
+* per block with a check's extra rows (layers x new tokens beyond the first) and a
+  per-layer term allowed down to minus half the smallest layer time, as `profile measure`
+  fits since 2026-11-30 16:30 (the table, timed in another minute than the runs, can run
+  slower than they do; on the Intel Xeon VM it did by 10-30 %).
 
 For each fit it prices the forwards the validation plans actually ran and reports the
 error of the speed-ups over autoregressive that those prices give (acceptance plays no
@@ -29,11 +33,12 @@ bootstrap standard errors, and priced against the validation runs: how far repea
 one machine move, with each plan set.
 
     python studies/fidelity/fit_drift.py --collect /tmp/a.json   # ~6 min, 1 thread
-    python studies/fidelity/fit_drift.py /tmp/a.json /tmp/b.json  # the comparison
+    python studies/fidelity/fit_drift.py /tmp/a.json /tmp/b.json  # the comparison (.json.gz read too)
 """
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import random
 from pathlib import Path
@@ -92,8 +97,8 @@ def speedup_errors(coef: np.ndarray, val: list) -> np.ndarray:
     """Per validation plan: the speed-up over the interleaved autoregressive runs that the
     fit's prices of the forwards that ran give, over the measured one, minus 1. The
     after-a-check term is charged to the check, as the simulator does."""
-    coef = np.r_[coef, np.zeros(6 - len(coef))]  # fits on fewer columns: the rest 0
-    coef = np.r_[coef[:2], coef[2] + coef[4], coef[3], 0.0, coef[5]]
+    coef = np.r_[coef, np.zeros(7 - len(coef))]  # fits on fewer columns: the rest 0
+    coef = np.r_[coef[:2], coef[2] + coef[4], coef[3], 0.0, coef[5:]]
     meas, pred = {}, {}
     for run, X, _ in val:
         k = run["plan"]
@@ -103,24 +108,25 @@ def speedup_errors(coef: np.ndarray, val: list) -> np.ndarray:
     return np.array([ref / (pred[k] / meas[k]) - 1 for k in sorted(meas) if k >= 0])
 
 
-def plan_sets(name: str, data: dict, parts: dict) -> None:
+def plan_sets(name: str, data: dict, parts: dict, credit: np.ndarray) -> None:
     """Each independent calibration fitted on the core plans' runs and on all of them (on all
-    of them also unweighted, as before 2026-11-29 09:35)."""
+    of them also unweighted, as before 2026-11-29 09:35; per block without the per-layer
+    credit and the extra rows, as before 2026-11-30 16:30)."""
     from hispec_exec.measure import drifting_nnls, verify_cost
 
     print(f"\n{name}: calibration plans {data['calib_plans']} (the first {data['core']}: the core set)")
     every = len(data["calib_plans"])
-    for label, plans, relative, by_block in (("core plans", data["core"], True, False),
-                                             ("all plans, unweighted", every, False, False),
-                                             ("all plans", every, True, False),
-                                             ("all plans, one speed per block", every, True, True)):
+    for label, plans, relative, by_block, cols, lower in (
+            ("core plans", data["core"], True, False, 6, None), ("all plans, unweighted", every, False, False, 6, None),
+            ("all plans", every, True, False, 6, None), ("all plans, one speed per block", every, True, True, 6, None),
+            ("all plans, one speed per block, extra rows, per-layer credit (now)", every, True, True, 7, credit)):
         for c in sorted({r["set"] for r, _, _ in parts["calib"]}):
             # a block: every plan's run on one prompt in one round, back to back (collect's order)
             this_set = [x for x in parts["calib"] if x[0]["set"] == c]
             cal = [(n // every, x) for n, x in enumerate(this_set) if x[0]["plan"] < plans]
             X, y = np.concatenate([x[1] for _, x in cal]), np.concatenate([x[2] for _, x in cal])
             group = np.concatenate([np.full(len(x[2]), b if by_block else i) for i, (b, x) in enumerate(cal)])
-            f = drifting_nnls(X, y, group, scale_col=3, bootstrap=100, relative=relative)
+            f = drifting_nnls(X[:, :cols], y, group, scale_col=3, bootstrap=100, relative=relative, lower=lower)
             coef, se = f["coef"], f["se"]
             verify, verify_se = verify_cost(f)
             e = speedup_errors(coef, parts["val"])
@@ -169,17 +175,18 @@ def main() -> None:
     if args.collect:
         collect(args.collect, args.prompts, args.calibrations)
         return
-    from hispec_exec.measure import drifting_nnls, scaled_nnls
+    from hispec_exec.measure import LAYER_CREDIT, drifting_nnls, scaled_nnls
     from hispec_sim.schema import load_profile
 
     table = load_profile(args.profile).table()
-    data = {p: json.loads(p.read_text()) for p in args.sets}
+    credit = np.array([0.0, -LAYER_CREDIT * min(min(r) for r in table.layer_ms), 0.0, 0.0, 0.0, 0.0, 0.0])
+    data = {p: json.loads(gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_text()) for p in args.sets}
     parts = {p: {kind: [(r, *features(r, table)) for r in d["runs"] if r["kind"] == kind] for kind in ("calib", "val")}
              for p, d in data.items()}
     print(f"validation plans: {next(iter(data.values()))['val_plans']}")
     for a in args.sets:
         noise_by_price(a.name, parts[a])
-        plan_sets(a.name, data[a], parts[a])
+        plan_sets(a.name, data[a], parts[a], credit)
         cal = [c for c in parts[a]["calib"] if c[0]["plan"] < data[a]["core"] and c[0]["set"] == 0]
         X = np.concatenate([c[1] for c in cal])
         group = np.concatenate([np.full(len(c[2]), i) for i, c in enumerate(cal)])
@@ -189,11 +196,14 @@ def main() -> None:
             for name, fit, cols, kw in (
                     ("pooled (before)", scaled_nnls, 4, {}), ("per run", drifting_nnls, 4, {"relative": False}),
                     ("per run + after a check", drifting_nnls, 5, {"relative": False}),
-                    ("per run + after a check, weighted by 1 / price (now)", drifting_nnls, 5, {})):
+                    ("per run + after a check, weighted by 1 / price", drifting_nnls, 5, {}),
+                    ("per run + after a check + working set + a check's extra rows + a per-layer credit, weighted",
+                     drifting_nnls, 7, {"lower": credit})):
                 coef = fit(X[:, :cols], y, group, scale_col=3, bootstrap=0, **kw)["coef"]
                 print(f"\ncalibration {a.name} (load {data[a]['load'][0]}){label}, {name}: per forward "
                       f"{coef[0]:.3f} ms, per layer {coef[1]:.3f} ms, per check {coef[2]:.3f} ms, table x{coef[3]:.3f}"
-                      + (f", after a check {coef[4]:.3f} ms" if cols > 4 else ""))
+                      + (f", after a check {coef[4]:.3f} ms" if cols > 4 else "")
+                      + (f", working set x{coef[5]:.3f}, per extra row and layer {coef[6]:.4f} ms" if cols > 6 else ""))
                 for b in args.sets:
                     e = speedup_errors(coef, parts[b]["val"])
                     print(f"  validation runs {b.name} (load {data[b]['load'][0]}): median |error| "

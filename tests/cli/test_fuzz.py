@@ -279,6 +279,13 @@ def work(tmp_path_factory):
     # layer; a workload's fit record the audit reads, malformed
     prof_variant("negws.json", lambda d: d["latency"][0].update(working_set_layers=[1, 4], working_set_ms=[-1e6, -1e6]))
     prof_variant("deepws.json", lambda d: d["latency"][0].update(working_set_layers=[1, 400], working_set_ms=[-0.1, 0.0]))
+    # the fifth round: a per-layer credit (a table timed slower than the decode loop) beyond a layer, alone or
+    # with a working set; a negative row overhead
+    prof_variant("neglayer.json", lambda d: d["latency"][0].update(layer_overhead_ms=-1e6))
+    prof_variant("neglayerws.json", lambda d: d["latency"][0].update(
+        layer_overhead_ms=-0.5 * min(min(r) for r in d["latency"][0]["layer_ms"]), working_set_layers=[1, 4],
+        working_set_ms=[-0.6 * min(min(r) for r in d["latency"][0]["layer_ms"]), 0.0]))
+    prof_variant("negrows.json", lambda d: d["latency"][0].update(row_overhead_ms=-0.01))
     fit = {"family": "F(e) = sigmoid(m + c*logit(e/L))", "num_layers": 16, "params": {"m": 1.0, "c": 1.0},
            "points": [{"workload": "w", "kind": "per_draft", "value": 0.5, "source": "x",
                        "config": {"levels": [4, 16], "propose": 2, "windows": [], "level": 2}}]}
@@ -761,6 +768,9 @@ CASES = [
     ("profile-numbers", S, "optimize --profile {HUGETOKEN}", ["traces", "2147483647"]),
     ("profile-numbers", S, "evaluate --profile {NEGWS} --levels 2,16", ["working_set_ms", "smallest layer_ms"]),
     ("profile-numbers", S, "report --profile {DEEPWS} --out {W}/r.html", ["working_set_layers", "[1, 16]"]),
+    ("profile-numbers", S, "evaluate --profile {NEGLAYER} --levels 2,16", ["layer_overhead_ms", "smallest layer_ms"]),
+    ("profile-numbers", S, "optimize --profile {NEGLAYERWS}", ["working_set_ms", "layer_overhead_ms"]),
+    ("profile-numbers", S, "capacity --profile {NEGROWS} --qps 1 --slo-ttft-ms 1000 --slo-tbt-ms 100", ["row_overhead_ms", "0"]),
     ("profile-numbers", S, "audit --profile {FITVALUE} --levels 4,16 --speedup 1.5", ["fit", "points.0.value"]),
     ("profile-numbers", S, "audit --profile {FITPARAMS} --levels 4,16 --speedup 1.5", ["fit", "params", "m and c"]),
     ("profile-numbers", S, "audit --profile {FITLEVEL} --levels 4,16 --speedup 1.5", ["fit", "level", "[2, 2]"]),

@@ -134,6 +134,7 @@ def test_the_calibration_prices_each_forward_at_its_working_set():
     d = lambda depth: w[depth - 1]
     assert rows[:, 5] == pytest.approx([2 * d(8), 2 * d(2), 2 * d(2) + 4 * d(8), 2 * d(6), 2 * d(2)])
     assert np.all(base[:, 5] == 0) and np.array_equal(rows[:, :5], base[:, :5])
+    assert rows[:, 6] == pytest.approx([0, 0, 4 * 3, 0, 0])  # the check's 3 extra rows through layers 3-6
     assert y == pytest.approx([1.2, 1.2, 2.2, 1.2, 0.7])  # the time outside forwards spread evenly
 
 
@@ -186,10 +187,53 @@ def test_the_decode_loop_sets_the_working_sets_scale():
     assert f["coef"][5] == pytest.approx(0.5, abs=3 * f["se"][5]) and f["se"][5] < 0.1
 
 
+def test_the_decode_loop_prices_a_checks_extra_rows():
+    """Checks whose every row beyond the first costs 0.03 ms per layer more than the table's
+    token increment (as on the Intel Xeon VM), on drifting runs: the fit's row coefficient
+    comes out 0.03 and a check is priced right against an autoregressive step; without the
+    column the fit misprices that ratio."""
+    rng = np.random.default_rng(1)
+    plans = [[(16, 1)], [(4, 1)] * 3 + [(12, 4)], [(2, 1)] * 6 + [(14, 7)], [(1, 1)] * 2 + [(15, 3)]]
+    X, y, group = [], [], []
+    speeds = rng.uniform(0.85, 1.2, 48)
+    for run, speed in enumerate(speeds / np.median(speeds)):
+        for _ in range(8):
+            for layers, n in plans[run % 4]:
+                row = [1.0, layers, float(n > 1), layers * (0.4 + 0.02 * (n - 1)) + 0.07, 0.0, 0.0, layers * (n - 1)]
+                X.append(row)
+                y.append(speed * (0.5 + 0.3 * row[2] + row[3] + 0.03 * row[6]) * rng.normal(1, 0.01))
+                group.append(run)
+    X, y, group = np.array(X), np.array(y), np.array(group)
+    f = drifting_nnls(X, y, group, scale_col=3, bootstrap=20)
+    assert f["coef"][6] == pytest.approx(0.03, abs=max(3 * f["se"][6], 0.002)) and f["se"][6] < 0.005
+    check, ar = [1.0, 14, 1.0, 14 * 0.52 + 0.07, 0.0, 0.0, 14 * 6], [1.0, 16, 0.0, 16 * 0.4 + 0.07, 0.0, 0.0, 0.0]
+    truth = (0.8 + check[3] + 0.03 * check[6]) / (0.5 + ar[3])
+    assert np.dot(check, f["coef"]) / np.dot(ar, f["coef"]) == pytest.approx(truth, rel=0.01)
+    without = drifting_nnls(X[:, :6], y, group, scale_col=3, bootstrap=0)["coef"]
+    assert np.dot(check[:6], without) / np.dot(ar[:6], without) < 0.97 * truth
+
+
+def test_a_table_timed_slower_than_the_decode_loop_gets_a_per_layer_credit():
+    """The machine ran 12 % faster in the calibration than while the table was timed (a VM's
+    speed moves that much in a minute): every layer of the decode loop costs 0.05 ms less
+    than the table says. NNLS pins the per-layer term at 0 and prices autoregressive steps
+    too dear against drafts and checks; with a lower bound below 0 the credit comes back."""
+    X, y, group = _drifting_runs(per_layer=-0.05)
+    shapes = np.array([[1, 2, 0, 1.2], [1, 6, 1, 4.3], [1, 16, 0, 9.6]])
+    truth = shapes @ [0.7, -0.05, 0.4, 1.0]
+    lower = np.array([0.0, -0.5 * 0.6, 0.0, 0.0])  # half the smallest layer (0.6 ms per layer)
+    credit = drifting_nnls(X, y, group, scale_col=3, bootstrap=0, lower=lower)["coef"]
+    pinned = drifting_nnls(X, y, group, scale_col=3, bootstrap=0)["coef"]
+    assert credit[1] < 0 and pinned[1] == 0.0
+    ratio = lambda c: (shapes @ c) / (shapes[-1] @ c)
+    assert ratio(credit) == pytest.approx(truth / truth[-1], rel=0.01)
+    assert not ratio(pinned) == pytest.approx(truth / truth[-1], rel=0.02)
+
+
 @pytest.mark.parametrize("L", [2, 3, 4, 6, 8, 16, 22, 32, 80])
 def test_calibration_plans_reach_the_ends_of_the_search_space(L):
     """Valid distinct chains for any depth; from 8 layers on, the forwards the fit contrasts
-    span 1-layer drafts, a 3-layer final check after long drafts, a 1-layer middle check and
+    span 1-layer drafts, a 3-layer final check of 7 tokens after long drafts, a 1-layer middle check and
     4 levels (not only the three core shapes, which serving calibrates with)."""
     plans = calibration_plans(L)
     assert plans[0].levels == [L] and len({tuple(p.levels) for p in plans}) == len(plans)
@@ -197,15 +241,15 @@ def test_calibration_plans_reach_the_ends_of_the_search_space(L):
     assert calibration_plans(L, spread=False) == plans[:len(calibration_plans(L, spread=False))]
     if L >= 8:
         assert len(plans) == 8 and len(calibration_plans(L, spread=False)) == 3
-        assert any(p.levels[0] == 1 for p in plans) and any(p.levels == [L - 3, L] for p in plans)
+        assert any(p.levels[0] == 1 for p in plans) and any(p.levels == [L - 3, L] and p.propose == 6 for p in plans)
         assert any(p.depth == 3 and p.levels[1] - p.levels[0] == 1 for p in plans)  # a 1-layer middle check
         assert max(p.depth for p in plans) == 4
 
 
-def _drifting_runs(seed: int = 0, noise: float = 0.01):
+def _drifting_runs(seed: int = 0, noise: float = 0.01, per_layer: float = 0.05):
     """The calibration plans' forwards (layers, check?, table ms): autoregressive 16-layer
     steps; 4-layer drafts and 12-layer checks of 4 tokens; 2-layer drafts and 6- and 8-layer
-    checks of 3 tokens. Forward ms = speed x (table + 0.7 + 0.05 x layers + 0.4 x check),
+    checks of 3 tokens. Forward ms = speed x (table + 0.7 + per_layer x layers + 0.4 x check),
     each decode run at its own speed in [0.8, 1.25] (a shared VM), noise proportional to the time."""
     plans = [[(16, 0, 9.6)], [(4, 0, 2.4)] * 3 + [(12, 1, 8.9)], [(2, 0, 1.2)] * 2 + [(6, 1, 4.3), (2, 0, 1.2), (8, 1, 5.6)]]
     rng = np.random.default_rng(seed)
@@ -215,7 +259,7 @@ def _drifting_runs(seed: int = 0, noise: float = 0.01):
         for _ in range(10):
             for layers, check, table in plans[run % 3]:
                 X.append([1.0, layers, check, table])
-                y.append(speed * (table + 0.7 + 0.05 * layers + 0.4 * check) * rng.normal(1, noise))
+                y.append(speed * (table + 0.7 + per_layer * layers + 0.4 * check) * rng.normal(1, noise))
                 group.append(run)
     return np.array(X), np.array(y), np.array(group)
 

@@ -1,10 +1,12 @@
 """The latency table read beyond its grid, and profiles at the edges of the allowed
-latencies: every command ends with finite figures."""
+latencies: every command ends with finite figures; a check's extra rows priced by the
+fitted row overhead."""
 from __future__ import annotations
 
 import json
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -84,3 +86,20 @@ def test_a_grid_starting_above_zero_is_not_extrapolated_down_to_nothing(tmp_path
                                                                   verify_overhead_ms=0.0, layer_overhead_ms=0.0))
     assert main(["evaluate", "--profile", prof, "--levels", "2,16", "--batch", "64", "--json"]) == 0
     assert 0 < json.loads(capsys.readouterr().out)["tokens_per_second"] < float("inf")
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.lists(st.tuples(ms, ms), min_size=2, max_size=4), extra=st.floats(0.0, 1.0),
+       batch=st.integers(1, 8), n=st.integers(1, 16), count=st.integers(1, 40))
+def test_a_checks_extra_rows_pay_the_row_overhead_in_decode_forwards_only(rows, extra, batch, n, count):
+    """row_overhead_ms: each sequence's new tokens beyond its first pay it in every layer of
+    a decode forward (batch x (n - 1) x layers); one-token forwards and prefills do not."""
+    grid = np.maximum.accumulate(np.asarray(rows), axis=0).tolist()
+    table = LatencyTable(tokens=list(range(1, len(grid) + 1)), contexts=[0, 64], layer_ms=grid,
+                         head_ms=[0.1] * len(grid), source=TEST_SOURCE)
+    priced = table.model_copy(update={"row_overhead_ms": extra})
+    plain, more = latency.CostModel(table, batch, 32, 16), latency.CostModel(priced, batch, 32, 16)
+    assert more.forward([(count, n)], n) == pytest.approx(
+        plain.forward([(count, n)], n) + count * batch * (n - 1) * extra)
+    assert more.autoregressive_ms(count) == plain.autoregressive_ms(count)  # one token per sequence
+    assert latency.prefill_ms(priced, count, 64) == latency.prefill_ms(table, count, 64)

@@ -41,7 +41,10 @@ def test_measured_profile_is_complete(small):
     assert (np.diff(table.head_ms) >= 0).all()
     assert "(256, 32)" in table.notes["extrapolated"]  # 256 tokens after 32 cached exceed the capacity 256
     se = json.loads(table.notes["overheads_se_ms"])
-    assert set(se) == {"overhead_ms", "layer_overhead_ms", "verify_overhead_ms"} and all(v >= 0 for v in se.values())
+    assert set(se) == {"overhead_ms", "layer_overhead_ms", "verify_overhead_ms", "row_overhead_ms"}
+    assert all(v >= 0 for v in se.values()) and table.row_overhead_ms >= 0
+    # a per-layer credit at most half the smallest layer (the table timed slower than the decode loop)
+    assert table.layer_overhead_ms >= -0.5 * layer.min() - 1e-12
     meas = profile.provenance["measurement"]
     assert meas["noise_floor"] >= 0 and meas["overhead_ms_se"] == se["overhead_ms"]
     lo, hi = meas["block_speed_range"]  # each calibration block's speed, median 1
