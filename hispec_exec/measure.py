@@ -486,6 +486,14 @@ def overhead_rows(forwards, wall_ms: float, prompt_len: int, table: LatencyTable
     return np.asarray(rows), np.array([f.ms + gap for f in forwards])
 
 
+def overhead_lower_bounds(table: LatencyTable) -> np.ndarray:
+    """drifting_nnls' lower bounds on overhead_rows' columns: 0, but the per-layer term, a
+    credit down to LAYER_CREDIT x the table's smallest layer time."""
+    lower = np.zeros(7)
+    lower[1] = -LAYER_CREDIT * table.smallest_layer_ms
+    return lower
+
+
 def verify_cost(fit: dict) -> tuple[float, float]:
     """The per-check cost the simulator charges from a drifting_nnls fit of overhead_rows:
     the check term plus the after-a-check term (every check is followed by exactly one
@@ -560,9 +568,7 @@ def fit_overheads(model: Transformer, table: LatencyTable, prompts, max_new_toke
     y = np.concatenate([r[1] for r in runs])
 
     group = np.concatenate([np.full(len(r[1]), r[3]) for r in runs])
-    lower = np.zeros(X.shape[1])
-    lower[1] = -LAYER_CREDIT * min(min(r) for r in table.layer_ms)
-    f = drifting_nnls(X, y, group, scale_col=3, bootstrap=bootstrap, seed=seed, lower=lower)
+    f = drifting_nnls(X, y, group, scale_col=3, bootstrap=bootstrap, seed=seed, lower=overhead_lower_bounds(table))
     coef, inlier, speed = f["coef"], f["keep"], f["speed"]
     verify, verify_se = verify_cost(f)
     fixed = [coef[0], coef[1], verify, coef[6]]

@@ -442,7 +442,7 @@ class LatencyTable(Strict):
         ks, ws = self.working_set_layers or [], self.working_set_ms or []
         if len(ks) != len(ws) or any(b <= a for a, b in zip(ks, ks[1:])) or (ks and ks[0] < 1):
             raise ValueError("latency.working_set_layers: must be increasing, >= 1, one per working_set_ms value")
-        floor = min(min(r) for r in self.layer_ms)  # a credit saves less than the whole layer
+        floor = self.smallest_layer_ms  # a credit saves less than the whole layer
         if not self.layer_overhead_ms > -floor:
             raise ValueError(f"latency.layer_overhead_ms: must be above -{floor:g} (minus the smallest layer_ms)")
         floor += min(self.layer_overhead_ms, 0.0)
@@ -454,6 +454,10 @@ class LatencyTable(Strict):
     @property
     def key(self) -> str:
         return f"tp{self.tp}/{self.stack}"
+
+    @property
+    def smallest_layer_ms(self) -> float:
+        return min(min(r) for r in self.layer_ms)
 
 
 class AcceptanceSpread(Strict):

@@ -175,11 +175,11 @@ def main() -> None:
     if args.collect:
         collect(args.collect, args.prompts, args.calibrations)
         return
-    from hispec_exec.measure import LAYER_CREDIT, drifting_nnls, scaled_nnls
+    from hispec_exec.measure import drifting_nnls, overhead_lower_bounds, scaled_nnls
     from hispec_sim.schema import load_profile
 
     table = load_profile(args.profile).table()
-    credit = np.array([0.0, -LAYER_CREDIT * min(min(r) for r in table.layer_ms), 0.0, 0.0, 0.0, 0.0, 0.0])
+    credit = overhead_lower_bounds(table)
     data = {p: json.loads(gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_text()) for p in args.sets}
     parts = {p: {kind: [(r, *features(r, table)) for r in d["runs"] if r["kind"] == kind] for kind in ("calib", "val")}
              for p, d in data.items()}
