@@ -65,7 +65,7 @@ def cmd_evaluate(args) -> int:
               f"plan without thresholds  ({out['model']}; {out['rates'].split(':')[0]})" + replay_text(out.get("trace_replay")))
         return 0
     if not (args.mc or args.replay):
-        refuse_unread(args, ("--streams", "--cycles"), "the Monte-Carlo estimate; add --mc or --replay")
+        refuse_unread(args, ("--streams", "--cycles", "--seed"), "the Monte-Carlo estimate; add --mc or --replay")
     ar, s = score(setting, [schema.autoregressive_plan(setting.num_layers, plan.batch), plan])
     out = {**setting.describe(), **s.as_dict(ar.tokens_per_second)}
     if args.mc or args.replay:

@@ -481,6 +481,10 @@ class AcceptanceSpread(Strict):
             raise ValueError("spread.sigma: logit_normal needs sigma")
         if self.family == "empirical" and not self.per_request:
             raise ValueError("spread.per_request: empirical needs at least one request")
+        if self.family == "empirical" and self.sigma is not None:
+            raise ValueError("spread.sigma: only with family 'logit_normal' (empirical spreads are per_request)")
+        if self.family == "logit_normal" and (self.per_request is not None or self.weights is not None):
+            raise ValueError("spread.per_request, spread.weights: only with family 'empirical' (logit_normal is sigma)")
         if self.per_request:
             for r in self.per_request:
                 for row in r:
@@ -655,9 +659,9 @@ class Acceptance(Strict):
         if self.trace_starts is not None:
             rows = len(self.traces or [])
             s = self.trace_starts
-            if not self.traces or any(x < 0 or x >= rows for x in s) or any(b <= a for a, b in zip(s, s[1:])):
+            if not self.traces or not s or s[0] != 0 or any(x >= rows for x in s) or any(b <= a for a, b in zip(s, s[1:])):
                 raise ValueError(f"acceptance.trace_starts: must be increasing row indices in [0, {max(rows - 1, 0)}] "
-                                 "of traces")
+                                 "of traces, the first 0")
         if self.joint == "traces" and not self.traces:
             raise ValueError("acceptance.joint: 'traces' needs traces")
         if self.spread and self.spread.per_request and any(

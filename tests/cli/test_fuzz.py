@@ -286,6 +286,15 @@ def work(tmp_path_factory):
         layer_overhead_ms=-0.5 * min(min(r) for r in d["latency"][0]["layer_ms"]), working_set_layers=[1, 4],
         working_set_ms=[-0.6 * min(min(r) for r in d["latency"][0]["layer_ms"]), 0.0]))
     prof_variant("negrows.json", lambda d: d["latency"][0].update(row_overhead_ms=-0.01))
+    # the sixth round: contradictory fields that used to be ignored -- a spread's parameters of the other
+    # family, trace rows before the first prompt's start
+    prof_variant("empsigma.json", lambda d: d["workloads"]["w"].__setitem__("spread", {
+        "family": "empirical", "sigma": 0.4, "per_request": [d["workloads"]["w"]["agreement"]],
+        "source": d["workloads"]["w"]["source"]}))
+    prof_variant("lnrequests.json", lambda d: d["workloads"]["w"].__setitem__("spread", {
+        "family": "logit_normal", "sigma": 0.4, "per_request": [d["workloads"]["w"]["agreement"]],
+        "source": d["workloads"]["w"]["source"]}))
+    prof_variant("ts1.json", lambda d: d["workloads"]["w"].update(traces=[[0] * 16] * 4, trace_starts=[1, 2]))
     fit = {"family": "F(e) = sigmoid(m + c*logit(e/L))", "num_layers": 16, "params": {"m": 1.0, "c": 1.0},
            "points": [{"workload": "w", "kind": "per_draft", "value": 0.5, "source": "x",
                        "config": {"levels": [4, 16], "propose": 2, "windows": [], "level": 2}}]}
@@ -771,6 +780,10 @@ CASES = [
     ("profile-numbers", S, "evaluate --profile {NEGLAYER} --levels 2,16", ["layer_overhead_ms", "smallest layer_ms"]),
     ("profile-numbers", S, "optimize --profile {NEGLAYERWS}", ["working_set_ms", "layer_overhead_ms"]),
     ("profile-numbers", S, "capacity --profile {NEGROWS} --qps 1 --slo-ttft-ms 1000 --slo-tbt-ms 100", ["row_overhead_ms", "0"]),
+    ("profile-numbers", S, "evaluate --profile {EMPSIGMA} --levels 2,16", ["spread.sigma", "logit_normal"]),
+    ("profile-numbers", S, "optimize --profile {LNREQUESTS}", ["spread.per_request", "empirical"]),
+    ("profile-numbers", S, "evaluate --profile {TS1} --levels 2,16 --replay", ["trace_starts", "the first 0"]),
+    ("flags", S, "evaluate --profile {P} --levels 2,16 --seed 3", ["seed", "--mc or --replay"]),
     ("profile-numbers", S, "audit --profile {FITVALUE} --levels 4,16 --speedup 1.5", ["fit", "points.0.value"]),
     ("profile-numbers", S, "audit --profile {FITPARAMS} --levels 4,16 --speedup 1.5", ["fit", "params", "m and c"]),
     ("profile-numbers", S, "audit --profile {FITLEVEL} --levels 4,16 --speedup 1.5", ["fit", "level", "[2, 2]"]),
