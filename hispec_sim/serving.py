@@ -543,15 +543,21 @@ def _run_synchronous(cost: StepCost, plan: Plan, rates: np.ndarray, arrival_s, p
             committed_sum = int(committed.sum())
     settle()
     ev_req, ev_ms, ev_tok = ev_req[:n_ev], ev_ms[:n_ev], ev_tok[:n_ev]
-    first_ms = np.full(n, np.nan)
-    last_ms = np.full(n, np.nan)
-    _, at = np.unique(ev_req, return_index=True)  # events are in time order
+    first_ms, last_ms = emission_times(n, ev_req, ev_ms)
+    return ServeRun(arrival_s, prompt, max_new, admit_ms, first_ms, last_ms, ev_req, ev_ms, ev_tok, steps, prefills)
+
+
+def emission_times(n: int, ev_req: np.ndarray, ev_ms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each of n requests' first and last token time, from emission events in time order
+    (every request must have emitted)."""
+    first_ms, last_ms = np.full(n, np.nan), np.full(n, np.nan)
+    _, at = np.unique(ev_req, return_index=True)
     first_ms[ev_req[at]] = ev_ms[at]
     _, at = np.unique(ev_req[::-1], return_index=True)
     last_ms[ev_req[::-1][at]] = ev_ms[::-1][at]
     if n and np.isnan(first_ms).any():
         raise AssertionError("serving: a request never emitted a token")
-    return ServeRun(arrival_s, prompt, max_new, admit_ms, first_ms, last_ms, ev_req, ev_ms, ev_tok, steps, prefills)
+    return first_ms, last_ms
 
 
 class _UniformStream:

@@ -45,6 +45,7 @@ from .serving import (
     _run_scheduled,
     _UniformStream,
     buffer_width,
+    emission_times,
     pack_schedules,
     request_rates,
     reservation,
@@ -433,13 +434,7 @@ def _run_synchronous(cost: StepCost, plan: Plan, sch: Schedules | None, rates, c
                 phase, fresh_round = 0, True
     settle()
     ev_req, ev_ms, ev_tok = ev_req[:n_ev], ev_ms[:n_ev], ev_tok[:n_ev]
-    first_ms, last_ms = np.full(n, np.nan), np.full(n, np.nan)
-    _, at = np.unique(ev_req, return_index=True)  # events are in time order
-    first_ms[ev_req[at]] = ev_ms[at]
-    _, at = np.unique(ev_req[::-1], return_index=True)
-    last_ms[ev_req[::-1][at]] = ev_ms[::-1][at]
-    if n and np.isnan(first_ms).any():
-        raise AssertionError("serving: a request never emitted a token")
+    first_ms, last_ms = emission_times(n, ev_req, ev_ms)
     return ServeRun(arrival_s, prompt, max_new, admit_ms, first_ms, last_ms, ev_req, ev_ms, ev_tok, steps, prefills)
 
 
