@@ -272,7 +272,8 @@ def cmd_export(args) -> int:
     text, notes = export(args.plan, args.to, args.profile, args.workload, args.tp, args.stack, args.context)
     if args.out:
         schema.write_atomic(args.out, text)
-        print(f"exported {args.plan} as {args.to} ({EXPORT_FORMATS[args.to]}) to {args.out}")
+        what = EXPORT_FORMATS[args.to] if args.profile or args.to != "json" else "the plan alone: --profile adds its predicted figures"
+        print(f"exported {args.plan} as {args.to} ({what}) to {args.out}")
     else:
         sys.stdout.write(text)
     for n in notes:

@@ -176,10 +176,17 @@ def test_export_says_what_it_wrote(capsys, tmp_path, to, what):
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps({"levels": [2, 16], "propose": 2}))
     out_file = tmp_path / f"x.{to}"
-    code, out, err = run(capsys, "export", "--plan", str(plan), "--to", to, "--out", str(out_file))
+    code, out, err = run(capsys, "export", "--plan", str(plan), "--to", to, "--out", str(out_file),
+                         "--profile", "cpu_hispec_tiny")
     assert code == 0, err
     assert out.strip() == f"exported {plan} as {to} ({CLI_EXPORT_FORMATS[to]}) to {out_file}" and what in out
     assert out_file.is_file()
+    if to == "json":
+        assert "prediction" in json.loads(out_file.read_text())
+        code, out, err = run(capsys, "export", "--plan", str(plan), "--to", to, "--out", str(out_file))
+        assert code == 0, err
+        assert "the plan alone: --profile adds its predicted figures" in out
+        assert "prediction" not in json.loads(out_file.read_text())
 
 
 def test_rescore_ranks_by_trace_replay(capsys, tmp_path):
