@@ -162,14 +162,11 @@ def run_plan(model, plan, prompts, max_new_tokens: int, mode: str, seed: int = 0
         "wall_s": wall,
         "autoregressive_wall_s": ar_wall,
     }
-    if check:
-        if mode == "greedy":  # identical, or where it first differs and the full model's top-2 gap there
-            from .check import greedy_check
+    if check and mode == "greedy":  # identical, or where it first differs and the full model's top-2 gap there
+        # (sampled output is distributed as the full model's: the CLI refuses --check there)
+        from .check import greedy_check
 
-            out.update(greedy_check(model, prompts, [r.tokens for r in res], [a.tokens for a in ars]))
-        else:
-            out["identical_to_autoregressive"] = None
-            out["check_note"] = "sampling mode: output is distributed as the full model's, not identical"
+        out.update(greedy_check(model, prompts, [r.tokens for r in res], [a.tokens for a in ars]))
     return out
 
 
@@ -180,7 +177,7 @@ def cmd_run(a) -> int:
     if a.out:  # before the run: never overwrite the plan
         check_output(a.out, inputs=[a.plan, *model_files(a)])
     plan = _plan_args(a)
-    _check_temperature(a, plan)
+    _refuse_mode_flags(a, plan)
     model = _load(a)
     plan = _plan_for_model(a, model, plan)
     if a.prompt_len + a.max_new_tokens > model.args.max_seq_len:
@@ -213,10 +210,13 @@ def cmd_run(a) -> int:
     return 0
 
 
-def _check_temperature(a, plan, flags=("--temperature",)) -> None:
-    """Before the model loads: --temperature (generate: and --seed) only mean something when sampling."""
+def _refuse_mode_flags(a, plan, flags=("--temperature",)) -> None:
+    """Before the model loads: --temperature (generate: and --seed) only mean something when
+    sampling, --check (identical to autoregressive decoding) only when greedy."""
     if (a.mode or (plan.mode if plan is not None else "greedy")) == "greedy":
         refuse_unread(a, flags, "--mode sampling (greedy decoding takes the argmax)")
+    else:
+        refuse_unread(a, ("--check",), "greedy mode (sampled output is distributed as the full model's, not identical)")
 
 
 def cmd_generate(a) -> int:
@@ -229,7 +229,7 @@ def cmd_generate(a) -> int:
     except UnicodeEncodeError:
         raise ValueError("prompt: not UTF-8 text") from None
     plan = _plan_args(a)
-    _check_temperature(a, plan, ("--temperature", "--seed"))
+    _refuse_mode_flags(a, plan, ("--temperature", "--seed"))
     model = _load(a)
     plan = _plan_for_model(a, model, plan)
     enc, dec = _codec(a, model)

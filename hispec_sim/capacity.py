@@ -86,7 +86,13 @@ def meets(s: dict, limits: ServeLimits) -> bool:
 
 def violation(s: dict, limits: ServeLimits) -> float:
     """max(p99 TTFT / SLO, p99 TBT / SLO): <= 1 meets both."""
-    return max(s["ttft_ms"]["p99"] / limits.slo_ttft_ms, s["tbt_ms"]["p99"] / limits.slo_tbt_ms)
+    return slo_ratio(s["ttft_ms"]["p99"], s["tbt_ms"]["p99"], limits)
+
+
+def slo_ratio(ttft_p99_ms: float, tbt_p99_ms: float | None, limits: ServeLimits) -> float:
+    """max(TTFT / its SLO, TBT / its SLO). Without a gap between tokens (every request
+    generates one token: TBT None) the TBT SLO holds trivially."""
+    return max(ttft_p99_ms / limits.slo_ttft_ms, 0.0 if tbt_p99_ms is None else tbt_p99_ms / limits.slo_tbt_ms)
 
 
 IDLE_REQUESTS = 24
@@ -239,8 +245,8 @@ def plan_capacity(spec: Spec, target_qps: float, gpu_hour_usd: float, max_propos
         result["by_load"] = by_load(spec, {f: fams[f] for f in served}, [round(top_q * f, 4) for f in (0.5, 1.0)])
     else:
         closest = min(((f, e) for f, e in result["families"].items()),
-                      key=lambda x: max(x[1]["at_max_qps"]["ttft_p99_ms"] / spec.limits.slo_ttft_ms,
-                                        x[1]["at_max_qps"]["tbt_p99_ms"] / spec.limits.slo_tbt_ms))
+                      key=lambda x: slo_ratio(x[1]["at_max_qps"]["ttft_p99_ms"], x[1]["at_max_qps"]["tbt_p99_ms"],
+                                              spec.limits))
         result["closest"] = {"family": closest[0], "plan": closest[1]["describe"], **closest[1]["at_max_qps"]}
     result["mean_output_tokens"] = mean_out
     result["seconds"] = time.perf_counter() - t0

@@ -211,6 +211,10 @@ def cmd_validate(args) -> int:
         plans = draw_plans(setting, args.plans, args.seed)
     model, name = load_executor_model(args)
     check_model_matches(setting.profile, model, name)
+    from hispec_exec.generate import check_plan
+
+    for plan in plans:  # before any warning: a plan the executor cannot run is bad input, one line
+        check_plan(model, plan)
     warning = machine_check(setting.profile, args.device, args.allow_other_machine)
     if warning:
         print(f"hispec-sim: {warning}", file=sys.stderr)

@@ -225,6 +225,11 @@ def _table(agg: dict) -> str:
 # --------------------------------------------------------------------------- capacity
 
 
+def _tbt(ms: float | None, unit: str = " ms") -> str:
+    """A p99 TBT for the text output; '-' where no request had a second token."""
+    return "-" if ms is None else f"{ms:.1f}{unit}"
+
+
 def cmd_capacity(args) -> int:
     from .capacity import Spec, plan_capacity
 
@@ -252,7 +257,7 @@ def cmd_capacity(args) -> int:
         c = res["closest"]
         raise ValueError(f"slo: no plan meets p99 TTFT <= {limits.slo_ttft_ms:g} ms and p99 TBT <= {limits.slo_tbt_ms:g} ms "
                          f"even at a nearly idle replica; closest: {c['family']} {c['plan']} (p99 TTFT "
-                         f"{c['ttft_p99_ms']:.0f} ms, p99 TBT {c['tbt_p99_ms']:.1f} ms)")
+                         f"{c['ttft_p99_ms']:.0f} ms, p99 TBT {_tbt(c['tbt_p99_ms'])})")
     if args.json:
         print(json.dumps(res, indent=2, default=str))
         return 0
@@ -274,7 +279,7 @@ def cmd_capacity(args) -> int:
         else:
             tail = f"{'-':>9s} {'-':>5s} {'-':>8s}"
         a = e["at_max_qps"]
-        print(f"{fam:16s} {e['describe']:38s} {ci:>28s} {tail} {a['ttft_p99_ms']:9.0f} {a['tbt_p99_ms']:8.1f}")
+        print(f"{fam:16s} {e['describe']:38s} {ci:>28s} {tail} {a['ttft_p99_ms']:9.0f} {_tbt(a['tbt_p99_ms'], ''):>8s}")
     if "by_load" in res:
         print()
         print("best plan per family as the load per replica grows (smallest p99/SLO ratio; * = meets both SLOs):")

@@ -397,7 +397,7 @@ class LatencyTable(Strict):
     """
 
     tp: int = Field(1, ge=1, le=MAX_TP, description="tensor-parallel degree")
-    stack: str = Field("compiled", description="serving stack, e.g. compiled or hf_eager")
+    stack: Name = Field("compiled", description="serving stack, e.g. compiled or hf_eager")
     tokens: list[int] = Field(min_length=1)
     contexts: list[int] = Field(min_length=1)
     layer_ms: list[list[float]]
@@ -649,6 +649,10 @@ class Acceptance(Strict):
             for v in r:
                 if not (isinstance(v, (int, float)) and math.isfinite(v) and 0.0 <= v <= 1.0):
                     raise ValueError(f"acceptance.agreement: values must be in [0, 1], got {v}")
+        # P(exits a and b agree): symmetric, and an exit always agrees with itself
+        if any(self.agreement[i][i] != 1.0 for i in range(n)) or any(
+                abs(self.agreement[i][j] - self.agreement[j][i]) > 1e-9 for i in range(n) for j in range(i)):
+            raise ValueError("acceptance.agreement: must be symmetric with 1 on the diagonal (agreement of exits a and b)")
         if any(e < 1 or e > MAX_LAYERS for e in self.exits):
             raise ValueError(f"acceptance.exits: must be in [1, {MAX_LAYERS}]")
         if self.traces is not None:
@@ -687,8 +691,8 @@ class Profile(Strict):
     model: ModelShape
     latency: list[LatencyTable] = Field(min_length=1)
     default_tp: int = 1
-    default_stack: str = "compiled"
-    workloads: dict[str, Acceptance] = Field(min_length=1)
+    default_stack: Name = "compiled"
+    workloads: dict[Name, Acceptance] = Field(min_length=1)
     default_workload: str
     paper_default: Plan | None = Field(None, description="the published configuration to compare against (e.g. HiSpec's exits, N_d=2, N_i=4)")
     provenance: dict[str, str | list[str] | dict] = Field(default_factory=dict)
@@ -1015,6 +1019,9 @@ class LengthDist(Strict):
         """CLI form: '128' (fixed), 'uniform:32:512', 'lognormal:200:0.8' (median, sigma),
         'empirical:12,40,300'; an optional ':min=..' / ':max=..' suffix clips."""
         parts = text.split(":")
+        keys = [p.split("=", 1)[0] for p in parts if "=" in p]
+        if len(set(keys)) < len(keys):
+            raise ValueError(f"{field}: {next(k for k in keys if keys.count(k) > 1)}= given twice in {text!r}")
         try:
             kw: dict = {}
             while len(parts) > 1 and "=" in parts[-1]:

@@ -295,6 +295,15 @@ def work(tmp_path_factory):
         "family": "logit_normal", "sigma": 0.4, "per_request": [d["workloads"]["w"]["agreement"]],
         "source": d["workloads"]["w"]["source"]}))
     prof_variant("ts1.json", lambda d: d["workloads"]["w"].update(traces=[[0] * 16] * 4, trace_starts=[1, 2]))
+    # the sixth round's: names that break a line, an agreement matrix that is not one, a batch plan for validate
+    prof_variant("wlesc.json", lambda d: (d["workloads"].__setitem__("x\x1b[31m\ny", d["workloads"].pop("w")),
+                                          d.__setitem__("default_workload", "x\x1b[31m\ny")))
+    prof_variant("stacknl.json", lambda d: (d["latency"][0].__setitem__("stack", "s\nt"),
+                                            d.__setitem__("default_stack", "s\nt")))
+    prof_variant("asym.json", lambda d: d["workloads"]["w"]["agreement"][0].__setitem__(
+        1, d["workloads"]["w"]["agreement"][1][0] / 2))
+    prof_variant("diag.json", lambda d: d["workloads"]["w"]["agreement"][0].__setitem__(0, 0.5))
+    put("batchplan.json", json.dumps({"levels": [2, 16], "propose": 4, "batch": 8, "batching": "synchronous"}))
     fit = {"family": "F(e) = sigmoid(m + c*logit(e/L))", "num_layers": 16, "params": {"m": 1.0, "c": 1.0},
            "points": [{"workload": "w", "kind": "per_draft", "value": 0.5, "source": "x",
                        "config": {"levels": [4, 16], "propose": 2, "windows": [], "level": 2}}]}
@@ -784,6 +793,18 @@ CASES = [
     ("profile-numbers", S, "optimize --profile {LNREQUESTS}", ["spread.per_request", "empirical"]),
     ("profile-numbers", S, "evaluate --profile {TS1} --levels 2,16 --replay", ["trace_starts", "the first 0"]),
     ("flags", S, "evaluate --profile {P} --levels 2,16 --seed 3", ["seed", "--mc or --replay"]),
+    ("profile-numbers", S, "evaluate --profile {WLESC} --levels 2,16", ["workloads", "one line"]),
+    ("profile-numbers", S, "report --profile {STACKNL} --out {W}/r.html", ["stack", "one line"]),
+    ("profile-numbers", S, "optimize --profile {ASYM}", ["agreement", "symmetric"]),
+    ("profile-numbers", S, "evaluate --profile {DIAG} --levels 2,16", ["agreement", "1 on the diagonal"]),
+    ("flags", S, "serve --profile {P} --levels 2,16 --qps 5 --prompt-len lognormal:256:0.8:max=9:max=3000",
+     ["prompt_len", "max= given twice"]),
+    ("flags", S, "validate --profile cpu_hispec_tiny --allow-other-machine --prompts 1 --max-new-tokens 8 "
+     "--plan {BATCHPLAN}", ["batch", "one sequence"]),
+    ("exec-flags", E, "run --mode sampling --levels 2,16 --check", ["check", "greedy"]),
+    ("exec-flags", E, "serve --qps 100 --requests 2 --mode sampling --levels 2,16 --check", ["check", "greedy"]),
+    ("exec-flags", E, "serve --qps 1 --requests 1 --output-len 8:max=100:max=4", ["output_len", "max= given twice"]),
+    ("exec-flags", E, "serve --qps 1 --requests 1 --prompt-len 512 --output-len 4", ["prompt_len", "request 0"]),
     ("profile-numbers", S, "audit --profile {FITVALUE} --levels 4,16 --speedup 1.5", ["fit", "points.0.value"]),
     ("profile-numbers", S, "audit --profile {FITPARAMS} --levels 4,16 --speedup 1.5", ["fit", "params", "m and c"]),
     ("profile-numbers", S, "audit --profile {FITLEVEL} --levels 4,16 --speedup 1.5", ["fit", "level", "[2, 2]"]),

@@ -85,6 +85,23 @@ def test_capacity_no_plan_meets(prof, capsys):
     assert len(err.err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("slo_ttft,rc", [(3000, 0), (1, 2)])
+def test_capacity_of_one_token_requests(prof, capsys, slo_ttft, rc):
+    """Every request generates one token: no gap between tokens, so the TBT SLO holds
+    trivially and p99 TBT is shown as '-' (it crashed on None: the sixth fuzz round)."""
+    argv = ["capacity", "--profile", prof, "--qps", "2", "--slo-ttft-ms", str(slo_ttft), "--slo-tbt-ms", "50",
+            "--output-len", "1", "--requests", "20", "--seeds", "1", "--max-batch", "4", "--max-propose", "2",
+            "--max-window", "2"]
+    assert main(argv) == rc
+    out = capsys.readouterr()
+    if rc == 0:
+        rows = [line for line in out.out.splitlines() if line.startswith(("autoregressive", "single_level"))]
+        assert rows and all(line.split()[-1] == "-" for line in rows)
+        assert all(f["at_max_qps"]["tbt_p99_ms"] is None for f in _json(capsys, argv + ["--json"])["families"].values())
+    else:
+        assert out.err.count("\n") == 1 and "p99 TBT -)" in out.err
+
+
 @pytest.mark.parametrize("layers", [1, 2])
 def test_capacity_of_a_model_too_shallow_for_a_family(tmp_path, capsys, layers):
     """A model of one or two exits has no 3-level chain (and one exit no draft at all): the
