@@ -712,6 +712,10 @@ class Profile(Strict):
         if self.paper_default is not None and self.paper_default.levels[-1] != self.model.num_layers:
             raise ValueError(f"paper_default.levels: must end at the last layer {self.model.num_layers}, "
                              f"got {self.paper_default.levels[-1]}")
+        keys = [(t.tp, t.stack) for t in self.latency]
+        if len(set(keys)) < len(keys):  # table(tp, stack) would take the first and hide the other
+            tp, stack = next(k for k in keys if keys.count(k) > 1)
+            raise ValueError(f"latency: two tables for tp={tp} stack={stack}; one per (tp, stack)")
         for t in self.latency:
             if t.working_set_layers and t.working_set_layers[-1] > self.model.num_layers:
                 raise ValueError(f"latency.working_set_layers: must be in [1, {self.model.num_layers}] (model.num_layers)")
