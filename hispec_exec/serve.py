@@ -367,7 +367,7 @@ def run(a) -> int:
     from hispec_sim.cli_common import check_output, model_files
     from hispec_sim.cli_serving import refuse_unread_traffic
 
-    from .cli import _refuse_mode_flags, _codec, _load, _plan_args, _plan_for_model
+    from .cli import _codec, _load, _plan_args, _plan_for_model, _refuse_mode_flags
     from .generate import autoregressive, check_plan
 
     limits = _pyd(ServeLimits, max_batch=a.max_batch, kv_tokens=a.kv_tokens, slo_ttft_ms=a.slo_ttft_ms,
