@@ -382,6 +382,9 @@ def run(a) -> int:
     if a.batching:
         plan = plan.model_copy(update={"batching": a.batching})
     check_plan(model, plan, batch_ok=True)
+    if plan.batch != 1:  # a lockstep batch (optimize --batch B): serving admits up to --max-batch instead
+        print(f"hispec-exec: note: the plan's batch {plan.batch} is not read: serving batches up to --max-batch "
+              f"({a.max_batch}) sequences as they arrive", file=sys.stderr)
     enc, _ = _codec(a, model)
     arrivals, prompts, news, where = _requests(a, model, enc)
     check_requests(plan, prompts, news, model.args.max_seq_len, limits, where)

@@ -6,6 +6,7 @@ one line and exit status 2. Nothing is written to disk by either command.
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 
@@ -116,6 +117,9 @@ def _plan(args, setting: Setting) -> schema.Plan:
     if args.levels is not None or "--batching" in getattr(args, "_argv", []):
         plan = plan.model_copy(update={"batching": _batching(args)})
     setting.profile.check_plan(plan, setting.workload)
+    if plan.batch != 1:  # a lockstep batch (optimize --batch B): serving admits up to --max-batch instead
+        print(f"hispec-sim: note: the plan's batch {plan.batch} is not read: serving batches up to --max-batch "
+              f"({args.max_batch}) sequences as they arrive", file=sys.stderr)
     return plan
 
 

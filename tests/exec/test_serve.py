@@ -162,6 +162,15 @@ BAD_TRACES = [
 ]
 
 
+def test_cli_says_a_plan_batch_is_not_read(tmp_path, capsys):
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"levels": [2, 16], "propose": 2, "batch": 8}))
+    assert main(["serve", "--plan", str(plan), "--qps", "100", "--requests", "2", "--prompt-len", "8", "--output-len",
+                 "4", "--no-warmup", "--max-batch", "4", "--clock", "cpu", "--json"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["requests"] and "the plan's batch 8 is not read" in out.err
+
+
 @pytest.mark.parametrize("args,field", BAD, ids=[" ".join(a) or "none" for a, _ in BAD])
 def test_cli_bad_input(tmp_path, capsys, args, field):
     out = tmp_path / "o.json"

@@ -23,6 +23,17 @@ def _json(capsys, argv):
     return json.loads(capsys.readouterr().out)
 
 
+def test_serve_says_a_plan_batch_is_not_read(prof, capsys, tmp_path):
+    """A lockstep batch (optimize --batch 8 --out) is not a serving parameter: said, not ignored."""
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"levels": [2, 16], "propose": 2, "batch": 8}))
+    assert main(["serve", "--profile", prof, "--plan", str(plan), "--qps", "5", "--requests", "10", "--seeds", "1",
+                 "--max-batch", "4", "--json"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["limits"]["max_batch"] == 4
+    assert "note: the plan's batch 8 is not read: serving batches up to --max-batch (4)" in out.err
+
+
 def test_serve_json_golden(prof, capsys):
     argv = ["serve", "--profile", prof, "--levels", "2,6,16", "--propose", "2", "--window", "3", "--qps", "40",
             "--requests", "80", "--seeds", "2", "--prompt-len", "uniform:8:64", "--output-len", "uniform:4:48",
