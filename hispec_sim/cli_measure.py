@@ -183,15 +183,15 @@ def cmd_validate(args) -> int:
     setting = _setting(args)
     measured_on = setting.profile.provenance.get("prompts")
     measured_on = measured_on if isinstance(measured_on, dict) else {}
-    for field, default in (("prompts", measured_on.get("n", 16)), ("prompt_seed", measured_on.get("seed", 0)),
-                           ("max_new_tokens", measured_on.get("max_new_tokens", 128))):
-        if getattr(args, field) is None:  # default: the prompts the profile was measured on
-            setattr(args, field, default)
-    for field, lo, hi in (("prompts", 1, MAX_PROMPTS), ("prompt_seed", 0, schema.MAX_SEED),
-                          ("max_new_tokens", 1, MAX_NEW_TOKENS)):  # the profile's values are input too
+    for field, key, default, lo, hi in (("prompts", "n", 16, 1, MAX_PROMPTS), ("prompt_seed", "seed", 0, 0, schema.MAX_SEED),
+                                        ("max_new_tokens", "max_new_tokens", 128, 1, MAX_NEW_TOKENS)):
+        name = field
+        if getattr(args, field) is None:  # default: the prompts the profile was measured on (input too)
+            setattr(args, field, measured_on.get(key, default))
+            name = f"provenance.prompts.{key} (the default of --{field.replace('_', '-')})"
         v = getattr(args, field)
         if not (isinstance(v, int) and lo <= v <= hi):
-            raise ValueError(f"{field}: must be an integer in [{lo}, {hi}], got {v!r}")
+            raise ValueError(f"{name}: must be an integer in [{lo}, {hi}], got {v!r}")
     if args.out:
         check_output(args.out, inputs=[_profile_path(args), args.plan, args.prompts_file, *model_files(args)])
     if args.prompts_file is None:

@@ -304,6 +304,7 @@ def work(tmp_path_factory):
         1, d["workloads"]["w"]["agreement"][1][0] / 2))
     prof_variant("diag.json", lambda d: d["workloads"]["w"]["agreement"][0].__setitem__(0, 0.5))
     prof_variant("twotables.json", lambda d: d["latency"].append(dict(d["latency"][0])))
+    prof_variant("seedneg.json", lambda d: d["provenance"].__setitem__("prompts", {"n": 4, "seed": -1}))
     put("batchplan.json", json.dumps({"levels": [2, 16], "propose": 4, "batch": 8, "batching": "synchronous"}))
     fit = {"family": "F(e) = sigmoid(m + c*logit(e/L))", "num_layers": 16, "params": {"m": 1.0, "c": 1.0},
            "points": [{"workload": "w", "kind": "per_draft", "value": 0.5, "source": "x",
@@ -799,6 +800,8 @@ CASES = [
     ("profile-numbers", S, "optimize --profile {ASYM}", ["agreement", "symmetric"]),
     ("profile-numbers", S, "evaluate --profile {DIAG} --levels 2,16", ["agreement", "1 on the diagonal"]),
     ("profile-numbers", S, "evaluate --profile {TWOTABLES} --levels 2,16", ["latency", "two tables for tp=1"]),
+    ("profile-numbers", S, "validate --profile {SEEDNEG} --plans 1 --allow-other-machine",
+     ["provenance.prompts.seed", "the default of --prompt-seed", "[0, 4294967295]"]),
     ("flags", S, "serve --profile {P} --levels 2,16 --qps 5 --prompt-len lognormal:256:0.8:max=9:max=3000",
      ["prompt_len", "max= given twice"]),
     ("flags", S, "validate --profile cpu_hispec_tiny --allow-other-machine --prompts 1 --max-new-tokens 8 "
