@@ -365,7 +365,7 @@ def run(a) -> int:
     from hispec_sim.traffic import summarize
 
     from hispec_sim.cli_common import check_output, model_files
-    from hispec_sim.cli_serving import refuse_unread_traffic
+    from hispec_sim.cli_serving import note_plan_batch, refuse_unread_traffic
 
     from .cli import _codec, _load, _plan_args, _plan_for_model, _refuse_mode_flags
     from .generate import autoregressive, check_plan
@@ -382,9 +382,7 @@ def run(a) -> int:
     if a.batching:
         plan = plan.model_copy(update={"batching": a.batching})
     check_plan(model, plan, batch_ok=True)
-    if plan.batch != 1:  # a lockstep batch (optimize --batch B): serving admits up to --max-batch instead
-        print(f"hispec-exec: note: the plan's batch {plan.batch} is not read: serving batches up to --max-batch "
-              f"({a.max_batch}) sequences as they arrive", file=sys.stderr)
+    note_plan_batch("hispec-exec", plan, a.max_batch)
     enc, _ = _codec(a, model)
     arrivals, prompts, news, where = _requests(a, model, enc)
     check_requests(plan, prompts, news, model.args.max_seq_len, limits, where)

@@ -117,10 +117,15 @@ def _plan(args, setting: Setting) -> schema.Plan:
     if args.levels is not None or "--batching" in getattr(args, "_argv", []):
         plan = plan.model_copy(update={"batching": _batching(args)})
     setting.profile.check_plan(plan, setting.workload)
-    if plan.batch != 1:  # a lockstep batch (optimize --batch B): serving admits up to --max-batch instead
-        print(f"hispec-sim: note: the plan's batch {plan.batch} is not read: serving batches up to --max-batch "
-              f"({args.max_batch}) sequences as they arrive", file=sys.stderr)
+    note_plan_batch("hispec-sim", plan, args.max_batch)
     return plan
+
+
+def note_plan_batch(prog: str, plan: schema.Plan, max_batch: int) -> None:
+    """A plan's lockstep batch (optimize --batch B) is not a serving parameter: said on stderr, not ignored."""
+    if plan.batch != 1:
+        print(f"{prog}: note: the plan's batch {plan.batch} is not read: serving batches up to --max-batch "
+              f"({max_batch}) sequences as they arrive", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- serve

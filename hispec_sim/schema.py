@@ -712,10 +712,9 @@ class Profile(Strict):
         if self.paper_default is not None and self.paper_default.levels[-1] != self.model.num_layers:
             raise ValueError(f"paper_default.levels: must end at the last layer {self.model.num_layers}, "
                              f"got {self.paper_default.levels[-1]}")
-        keys = [(t.tp, t.stack) for t in self.latency]
-        if len(set(keys)) < len(keys):  # table(tp, stack) would take the first and hide the other
-            tp, stack = next(k for k in keys if keys.count(k) > 1)
-            raise ValueError(f"latency: two tables for tp={tp} stack={stack}; one per (tp, stack)")
+        twice = first_repeat((t.tp, t.stack) for t in self.latency)
+        if twice:  # table(tp, stack) would take the first and hide the other
+            raise ValueError(f"latency: two tables for tp={twice[0]} stack={twice[1]}; one per (tp, stack)")
         for t in self.latency:
             if t.working_set_layers and t.working_set_layers[-1] > self.model.num_layers:
                 raise ValueError(f"latency.working_set_layers: must be in [1, {self.model.num_layers}] (model.num_layers)")
@@ -813,12 +812,16 @@ def _depth_within(data, limit: int) -> bool:
     return True
 
 
+def first_repeat(items):
+    """The first item that appeared before (None when all differ)."""
+    seen: set = set()
+    return next((x for x in items if x in seen or seen.add(x)), None)
+
+
 def _unique_keys(pairs: list) -> dict:
     out = dict(pairs)
     if len(out) < len(pairs):  # json.loads would keep the last silently
-        seen = set()
-        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
-        raise ValueError(f"key {dup!r} appears twice in one object")
+        raise ValueError(f"key {first_repeat(k for k, _ in pairs)!r} appears twice in one object")
     return out
 
 
@@ -1023,9 +1026,9 @@ class LengthDist(Strict):
         """CLI form: '128' (fixed), 'uniform:32:512', 'lognormal:200:0.8' (median, sigma),
         'empirical:12,40,300'; an optional ':min=..' / ':max=..' suffix clips."""
         parts = text.split(":")
-        keys = [p.split("=", 1)[0] for p in parts if "=" in p]
-        if len(set(keys)) < len(keys):
-            raise ValueError(f"{field}: {next(k for k in keys if keys.count(k) > 1)}= given twice in {text!r}")
+        twice = first_repeat(p.split("=", 1)[0] for p in parts if "=" in p)
+        if twice:
+            raise ValueError(f"{field}: {twice}= given twice in {text!r}")
         try:
             kw: dict = {}
             while len(parts) > 1 and "=" in parts[-1]:
