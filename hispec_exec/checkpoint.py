@@ -120,6 +120,8 @@ def load_state(model: Transformer, sd: dict[str, torch.Tensor], field: str = "mo
     for k, v in want.items():
         if tuple(sd[k].shape) != tuple(v.shape):
             raise ValueError(f"{field}: tensor {k} has shape {tuple(sd[k].shape)}, the config needs {tuple(v.shape)}")
+        if sd[k].is_floating_point() and not bool(torch.isfinite(sd[k]).all()):  # NaN logits argmax to token 0 at every exit: "perfect" agreement
+            raise ValueError(f"{field}: tensor {k} holds NaN or infinite values; weights must be finite")
     with torch.no_grad():
         for k, p in model.state_dict().items():
             if k in sd:

@@ -61,7 +61,7 @@ def _codec(a, model):
     from pathlib import Path
 
     from .data import decode_bytes, encode
-    from .prompts import check_tokenizer_files
+    from .prompts import TOKENIZER_FILES, check_tokenizer_files
 
     folder = Path(a.model) if a.model else None
     if folder is not None and check_tokenizer_files(folder):
@@ -72,7 +72,9 @@ def _codec(a, model):
         try:
             tok = AutoTokenizer.from_pretrained(str(folder))
         except Exception as e:
-            raise ValueError(f"model: cannot load the tokenizer in {folder} ({str(e).splitlines()[0][:100]})") from None
+            have = ", ".join(f for f in TOKENIZER_FILES if (folder / f).exists())
+            raise ValueError(f"tokenizer: cannot load a tokenizer from {folder} (it has {have}): "
+                             f"{' '.join(str(e).split())[:160] or type(e).__name__}") from None
         return (lambda text: tok.encode(text, add_special_tokens=False),
                 lambda ids: tok.decode(ids, skip_special_tokens=True))
     if model.args.vocab_size < 256:
@@ -222,8 +224,8 @@ def _refuse_mode_flags(a, plan, flags=("--temperature",)) -> None:
 def cmd_generate(a) -> int:
     from .generate import decode
 
-    if not a.prompt:
-        raise ValueError("prompt: empty prompt")
+    if not a.prompt.strip():  # as a prompts file's line: whitespace alone is no prompt
+        raise ValueError("prompt: empty prompt (or whitespace only)")
     try:  # undecodable bytes of argv arrive as lone surrogates (PEP 383)
         a.prompt.encode("utf-8")
     except UnicodeEncodeError:

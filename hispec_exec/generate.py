@@ -108,7 +108,7 @@ def check_plan(model: Transformer, plan: Plan, batch_ok: bool = False) -> None:
     """The plan fits the model (and, unless batch_ok, asks for batch 1: batches of
     sequences run through `Batch` / `decode_batch` / `hispec-exec serve`)."""
     if plan.batch != 1 and not batch_ok:
-        raise ValueError("batch: decode runs one sequence; use decode_batch or hispec-exec serve for batches")
+        raise ValueError("batch: this command decodes one sequence (batch 1); batches run with hispec-exec serve")
     L = model.num_layers
     bad = [l for l in plan.levels if l > L]
     if bad:

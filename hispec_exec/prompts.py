@@ -6,9 +6,10 @@ Every bad input raises ValueError("field: ...") naming the file's line or record
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-from hispec_sim.schema import read_text_bounded, regular_file
+from hispec_sim.schema import file_lines, read_text_bounded, regular_file
 
 MAX_FILE_BYTES = 256 * 2**20
 MAX_PROMPTS = 100_000
@@ -55,9 +56,9 @@ def read_prompts(path: str | Path, fmt: str | None = None, field: str = "prompt"
     text = text.removeprefix("\ufeff")
     out: list[tuple[str, str]] = []
     if fmt == "text":
-        out = [(f"line {i}", ln) for i, ln in enumerate(text.splitlines(), 1) if ln.strip()]
+        out = [(f"line {i}", ln) for i, ln in enumerate(file_lines(text), 1) if ln.strip()]
     elif fmt == "jsonl":
-        for i, ln in enumerate(text.splitlines(), 1):
+        for i, ln in enumerate(file_lines(text), 1):
             if not ln.strip():
                 continue
             rec = _json(ln, f"line {i}")
@@ -78,20 +79,25 @@ def read_prompts(path: str | Path, fmt: str | None = None, field: str = "prompt"
             raise ValueError(f"prompts_file: a ShareGPT file is a JSON array of conversations, got a "
                              f"{type(data).__name__}")
         key = "conversations" if field == "prompt" else field
+        skipped = 0
         for i, rec in enumerate(data, 1):
             turns = rec.get(key) if isinstance(rec, dict) else None
             if not isinstance(turns, list):
                 raise ValueError(f"field: record {i} has no list {key!r} of turns; choose it with --field")
-            first = next((t for t in turns if isinstance(t, dict) and t.get("from", t.get("role")) in
+            first = next((t for t in turns if isinstance(t, dict) and str(t.get("from", t.get("role"))).lower() in
                           ("human", "user")), None)
-            if first is None:
-                continue  # a conversation without a user turn has no prompt
+            if first is None:  # a conversation without a user turn has no prompt
+                skipped += 1
+                continue
             value = first.get("value", first.get("content"))
             if not isinstance(value, str):
                 raise ValueError(f"field: record {i}: the first human turn has no text 'value'")
             out.append((f"record {i}", value))
             if len(out) > MAX_PROMPTS:
                 break
+        if skipped and out:  # none at all is refused below, as an empty file
+            print(f"note: prompts_file: {skipped} of {skipped + len(out)} conversations have no human/user turn; "
+                  f"skipped", file=sys.stderr)
     if len(out) > MAX_PROMPTS:
         raise ValueError(f"prompts_file: more than {MAX_PROMPTS} prompts; split the file")
     for where, t in out:

@@ -271,8 +271,8 @@ def add_parser(sub) -> None:
     q.add_argument("--batching", choices=["ragged", "synchronous"], help="default: the plan's (ragged)")
     q.add_argument("--max-batch", type=int_in(1, schema.MAX_BATCH), default=16)
     q.add_argument("--kv-tokens", type=int_in(1, 10**9), help="KV capacity in tokens over all sequences (default: unbounded)")
-    q.add_argument("--slo-ttft-ms", type=float_in(1e-6, 1e9))
-    q.add_argument("--slo-tbt-ms", type=float_in(1e-6, 1e9))
+    q.add_argument("--slo-ttft-ms", type=float_in(1e-6, schema.MAX_MS), help="p99 time-to-first-token SLO, ms")
+    q.add_argument("--slo-tbt-ms", type=float_in(1e-6, schema.MAX_MS), help="p99 time-between-tokens SLO, ms")
     q.add_argument("--check", action="store_true", help="greedy: compare every output with its request decoded alone")
     q.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="wall (default) or cpu: this process's CPU time, idle waits added (shared, loaded machines)")
@@ -296,7 +296,7 @@ def _pyd(fn, *args, **kw):
 
 def _requests(a, model, enc):
     """(arrivals, prompts, max_new_tokens, a function naming request i) from the trace or the generator."""
-    from hispec_sim.schema import LengthDist, Traffic
+    from hispec_sim.schema import LengthDist, Traffic, file_lines
     from hispec_sim.traffic import generate, load_trace
 
     from .data import heldout_prompts
@@ -308,7 +308,7 @@ def _requests(a, model, enc):
         reqs = load_trace(a.trace)
         where = lambda i: f"trace: request {i} (line {lines[i]})"  # noqa: E731
         lines, no = [], 0
-        for line in open(a.trace, encoding="utf-8").read().splitlines():
+        for line in file_lines(open(a.trace, encoding="utf-8-sig").read()):
             no += 1
             if line.strip():
                 lines.append(no)
@@ -387,7 +387,7 @@ def run(a) -> int:
     arrivals, prompts, news, where = _requests(a, model, enc)
     check_requests(plan, prompts, news, model.args.max_seq_len, limits, where)
     if a.clock == "wall" and arrivals[-1] > LONG_WAIT_S:  # a trace's arrivals are waited for in real time
-        print(f"serve: the last request arrives at {arrivals[-1]:.4g} s: the wall clock waits for it (Ctrl-C stops; "
+        print(f"hispec-exec: note: the last request arrives at {arrivals[-1]:.4g} s: the wall clock waits for it (Ctrl-C stops; "
               "--clock cpu adds idle waits without sleeping)", file=sys.stderr)
     mode = a.mode or plan.mode
     if not a.no_warmup:  # untimed, discarded: a fresh process's first forwards pay one-time costs

@@ -279,7 +279,8 @@ def audit(setting: Setting, plan: Plan | str, speedup: float) -> dict:
         out["verdict"] = (f"needs level {level:.3f} ({level - fam.level0:+.3f} from the profile's): {ex}; "
                           + ("consistent with the published points" if out["reconciled"] else
                              "NOT consistent with the published points" if out["reconciled"] is False else
-                             "no published points to compare with"))
+                             "published points but no reading band (<workload>_low / _high) to judge them against"
+                             if points else "no published points to compare with"))
     return out
 
 
@@ -340,8 +341,10 @@ def run(args) -> int:
         return 0
     band = (f"; the profile's band (<w>_low/<w>_high): {out['profile_level_band'][0]:.4f}..{out['profile_level_band'][1]:.4f}"
             if "profile_level_band" in out else "")
-    print(f"  required level {out['required_level']} (shift {out['level_shift']}) -> {out['speedup_at_required_level']:.3f}x "
-          f"({out['plan_at_required_level']}){band}")
+    level = ("none finite (" + ("perfect acceptance" if out["speedup_at_required_level"] >= out["ceiling_speedup"] else
+                                "any acceptance") + ")" if out["required_level"] is None
+             else f"{out['required_level']} (shift {out['level_shift']})")
+    print(f"  required level {level} -> {out['speedup_at_required_level']:.3f}x ({out['plan_at_required_level']}){band}")
     for r in out["agreement_with_final_at_exits"]:
         band = f"  band {r['band'][0]:.3f}-{r['band'][1]:.3f}" if "band" in r else ""
         print(f"  agreement with the final layer at exit {r['exit']}: required {r['required']:.3f}, profile {r['profile']:.3f}{band}")

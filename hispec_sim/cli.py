@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from . import cli_measure, schema
 from .cli_common import (SEED, Parser, UsageError, add_model_args, add_plan_args, check_output, check_storage,  # noqa: F401
@@ -66,6 +67,11 @@ def cmd_evaluate(args) -> int:
         return 0
     if not (args.mc or args.replay):
         refuse_unread(args, ("--streams", "--cycles", "--seed"), "the Monte-Carlo estimate; add --mc or --replay")
+    if args.replay:  # replay walks every measured request once: no streams, cycles or randomness to set
+        if args.mc:
+            raise ValueError("mc: --mc (i.i.d. streams) and --replay (the measured requests) are two estimates; give one")
+        refuse_unread(args, ("--streams", "--cycles", "--seed"),
+                      "the i.i.d. Monte-Carlo estimate (--mc); trace replay walks each measured request once, deterministically")
     ar, s = score(setting, [schema.autoregressive_plan(setting.num_layers, plan.batch), plan])
     out = {**setting.describe(), **s.as_dict(ar.tokens_per_second)}
     if args.mc or args.replay:
@@ -78,7 +84,8 @@ def cmd_evaluate(args) -> int:
                               "latency_ms_p50": round(r.latency_ms_p50, 4), "latency_ms_p99": round(r.latency_ms_p99, 4),
                               "tokens_per_full_forward": round(r.tokens_per_full_forward, 4),
                               "acceptance_per_level": [round(a, 4) for a in r.acceptance],
-                              "streams": r.streams, "cycles": r.cycles, "trace_replay": r.replay, "seed": args.seed}
+                              "streams": r.streams, "cycles": r.cycles, "trace_replay": r.replay,
+                              "seed": None if r.replay else args.seed}
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
@@ -232,6 +239,10 @@ def cmd_report(args) -> int:
 
     if args.serving_requests == 0:
         refuse_unread(args, ("--slo-ttft-ms", "--slo-tbt-ms"), "the serving curves, which --serving-requests 0 skips")
+    suffix = {".md": "md", ".markdown": "md", ".html": "html", ".htm": "html"}.get(Path(args.out or "").suffix.lower())
+    if args.format and suffix and args.format != suffix:
+        raise ValueError(f"format: --format {args.format} but --out {args.out} names {'a Markdown' if suffix == 'md' else 'an HTML'} file; give one or the other")
+    args.format = args.format or suffix or "html"  # --out r.md alone writes Markdown
     out = args.out or ("report.html" if args.format == "html" else "report.md")
     check_output(out, inputs=[_profile_path(args), args.validation])
     data, _, path = build_report(args.profile, out, args.format, workload=args.workload, tp=args.tp,
@@ -326,7 +337,7 @@ def build_parser() -> Parser:
     p = sub.add_parser("report", help="capacity-planning report: one self-contained HTML file (or Markdown)")
     _setting_args(p)
     p.add_argument("--out", help="output file (default report.html / report.md)")
-    p.add_argument("--format", choices=["html", "md"], default="html")
+    p.add_argument("--format", choices=["html", "md"], default=None, help="default: by --out's suffix (.md), else html")
     p.add_argument("--target-tps", type=float_in(1e-6, 1e12), help="aggregate tokens/s the deployment must serve (default 10000)")
     p.add_argument("--slo-ms", type=float_in(1e-6, schema.MAX_MS), help="per-token latency SLO in ms (default 50)")
     p.add_argument("--gpu-hour-usd", type=float_in(1e-6, 1e6), help="price of one GPU-hour in USD (default 2.0)")

@@ -26,8 +26,32 @@ class UsageError(Exception):
     """Bad command line (argparse's own errors included)."""
 
 
+class _StoreOnce(argparse._StoreAction):
+    """argparse's `store`, but a flag given twice with two values is refused (argparse keeps
+    the last without a word; the project refuses a repeated JSON key the same way)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = parser.__dict__.setdefault("_given_values", {})
+        if self.dest in given and given[self.dest] != values:
+            raise argparse.ArgumentError(self, f"given twice ({given[self.dest]!r}, then {values!r}); give it once")
+        given[self.dest] = values
+        super().__call__(parser, namespace, values, option_string)
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse whose errors are ValueErrors' siblings: one line, exit status 2 (via run_main)."""
+    """argparse whose errors are ValueErrors' siblings: one line, exit status 2 (via run_main).
+    Flags are spelled out (no abbreviations: a flag that does not apply is refused by its
+    name, `refuse_unread`) and a value flag is given once (_StoreOnce)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+        self.register("action", None, _StoreOnce)
+        self.register("action", "store", _StoreOnce)
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._given_values = {}
+        return super().parse_known_args(args, namespace)
 
     def error(self, message):
         import re
@@ -248,6 +272,8 @@ def check_output(path: str | Path, field: str = "out", inputs=(), must_not_exist
     """Check, before any long work, that a result can be written at path and that it is
     none of the inputs (profile, plan, study database, ...): a run never overwrites what
     it reads. Returns the path."""
+    if str(path).endswith(tuple(filter(None, (os.sep, os.altsep)))):  # Path() drops the slash: 'new/' would become a file 'new'
+        raise ValueError(f"{field}: {str(path)!r} names a folder; give a file name")
     path = Path(path)
     if str(path) == "" or path.name in ("", ".", ".."):
         raise ValueError(f"{field}: give a file name, got {str(path)!r}")

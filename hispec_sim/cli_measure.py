@@ -112,7 +112,7 @@ def cmd_measure(args) -> int:
     if prompts_text is not None:
         encode, how = text_encoder(model, args.model)
         prompts = encode_prompts(prompts_text, encode, args.max_new_tokens, model.args.max_seq_len)
-        detail = f"{len(prompts)} prompts of {Path(args.prompts_file).name} (tokenized with {how})"
+        detail = f"{len(prompts)} prompt{'s' if len(prompts) != 1 else ''} of {Path(args.prompts_file).name} (tokenized with {how})"
     else:
         if 64 + args.max_new_tokens + 1 > model.args.max_seq_len:
             raise ValueError(f"max_new_tokens: 64-byte prompts + {args.max_new_tokens} exceed the model's context "

@@ -253,7 +253,7 @@ def cmd_capacity(args) -> int:
         worst = int(traffic.draw_lengths(tr.prompt_len, 4000, np.random.default_rng(0)).max()
                     + traffic.draw_lengths(tr.output_len, 4000, np.random.default_rng(1)).max())
         if worst + 64 > limits.kv_tokens:
-            raise ValueError(f"kv-tokens: {limits.kv_tokens} cannot hold one request of these lengths (up to {worst} "
+            raise ValueError(f"kv_tokens: {limits.kv_tokens} cannot hold one request of these lengths (up to {worst} "
                              f"tokens + speculation); allowed: >= {worst + 64}")
     spec = Spec(setting, tr, limits, batching, args.seeds)
     res = plan_capacity(spec, args.qps, args.gpu_hour_usd, args.max_propose, args.max_window)

@@ -76,9 +76,16 @@ def _not_a_bool(v):
 Int = Annotated[int, BeforeValidator(_not_a_bool)]  # a count or a layer: JSON true/false is a mistake, not 1/0
 
 
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
 def _one_line(v: str) -> str:
-    if any(ord(c) < 32 or ord(c) == 127 for c in v):
-        raise ValueError("must be one line of text (no newline, tab or other control character)")
+    """Controls (C0, DEL, C1: NEL, the 8-bit escape CSI), line and paragraph separators, and
+    bidirectional controls, which would reorder the rest of a terminal line, are refused."""
+    import unicodedata
+
+    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") or c in BIDI_CONTROLS for c in v):
+        raise ValueError("must be one line of text (no newline, tab, line separator, bidirectional or other control character)")
     return v
 
 
@@ -148,8 +155,11 @@ class Plan(Strict):
         if self.escalate_confidence is not None:
             if any(not (math.isfinite(t) and 0.0 <= t <= 1.0) for t in self.escalate_confidence):
                 raise ValueError(f"escalate_confidence: every threshold must be in [0, 1], got {self.escalate_confidence}")
-            if len(self.escalate_confidence) != max(k - 2, 0) or k < 3:
-                raise ValueError(f"escalate_confidence: a {k}-level chain has {max(k - 2, 0)} intermediate level(s), "
+            if k < 3:
+                raise ValueError(f"escalate_confidence: a {k}-level chain has no intermediate level; "
+                                 f"leave it out (or null)")
+            if len(self.escalate_confidence) != k - 2:
+                raise ValueError(f"escalate_confidence: a {k}-level chain has {k - 2} intermediate level(s), "
                                  f"got {len(self.escalate_confidence)} threshold(s)")
         return self
 
@@ -525,6 +535,9 @@ class ConfidenceStats(Strict):
                                                      if v is not None] + [v for r in self.top1 or [] for v in r]
         if any(not (math.isfinite(v) and 0.0 <= v <= 1.0) for v in vals):
             raise ValueError("confidence: probabilities must be in [0, 1]")
+        bad = next((a for a, r in enumerate(self.share) if abs(sum(r) - 1.0) > 1e-3), None)
+        if bad is not None:  # fractions of one exit's positions over the buckets
+            raise ValueError(f"confidence.share: row {bad} sums to {sum(self.share[bad]):.6g}; each row's shares must sum to 1")
         return self
 
 
@@ -737,7 +750,11 @@ class Profile(Strict):
         return self.workloads[name]
 
     def check_plan(self, plan: Plan, workload: str | None = None) -> None:
-        """Raise ValueError naming the field unless the plan runs on this profile."""
+        """Raise ValueError naming the field unless the plan runs on this profile (and the
+        simulator can predict it: greedy verification, whose acceptance is exits agreeing)."""
+        if plan.mode != "greedy":
+            raise ValueError(f"mode: the simulator predicts greedy plans only (acceptance = exits agreeing on the "
+                             f"argmax), got {plan.mode!r}; run a sampling plan with hispec-exec")
         plan.check_depth(self.model.num_layers)
         exits = set(self.workload(workload).exits)
         missing = [e for e in plan.levels if e not in exits]
@@ -833,7 +850,8 @@ def parse_json_text(text: str, field: str, where: str = "the input"):
                           object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as e:
         at = f"line {e.lineno}, column {e.colno}" if "\n" in text.strip() else f"column {e.colno}"
-        raise ValueError(f"{field}: {where}: malformed JSON ({e.msg} at {at})") from None
+        msg = e.msg.removesuffix(" at")  # "Unterminated string starting at"
+        raise ValueError(f"{field}: {where}: malformed JSON ({msg} at {at})") from None
     except RecursionError:
         raise ValueError(f"{field}: {where} is nested more than {MAX_JSON_DEPTH} levels deep") from None
     except ValueError as e:
@@ -879,6 +897,13 @@ def read_text_bounded(path: Path, field: str, max_bytes: int = MAX_JSON_BYTES) -
         return raw.decode("utf-8-sig")  # a byte-order mark (Windows editors) is not content
     except UnicodeDecodeError as e:
         raise ValueError(f"{field}: {path} is not UTF-8 text (byte {e.start})") from None
+
+
+def file_lines(text: str) -> list[str]:
+    """The lines of a text file as editors and JSONL count them: split at LF (a CRLF's CR
+    dropped) only -- str.splitlines() also splits at form feeds, U+0085 and U+2028, which
+    JSON allows raw inside a string."""
+    return [ln[:-1] if ln.endswith("\r") else ln for ln in text.split("\n")]
 
 
 def _load_json(path: Path, field: str):
@@ -1046,7 +1071,12 @@ class LengthDist(Strict):
             if fam == "empirical" and len(args) == 1:
                 return cls(family=fam, values=[strict_int(x) for x in args[0].split(",")], **kw)
         except (ValueError, TypeError) as e:
-            detail = e.errors()[0]["msg"].removeprefix("Value error, ") if hasattr(e, "errors") else "malformed"
+            if hasattr(e, "errors"):  # pydantic: name the parameter ("sigma: Input should be ...")
+                err = e.errors()[0]
+                where = ".".join(str(x) for x in err["loc"])
+                detail = (f"{where}: " if where and err["type"] != "value_error" else "") + err["msg"].removeprefix("Value error, ")
+            else:
+                detail = "malformed"
             raise ValueError(f"{field}: {detail} in {text!r}; expected N, uniform:LO:HI, lognormal:MEDIAN:SIGMA "
                              f"or empirical:N,N,... (lengths >= 1)") from None
         raise ValueError(f"{field}: unknown form {text!r}; expected N, uniform:LO:HI, lognormal:MEDIAN:SIGMA "

@@ -49,7 +49,7 @@ import numpy as np
 
 from .cli_common import SEED, float_in, int_in
 from .evaluate import Scored, SearchResult, Setting, exhaustive, exhaustive_arrays, paper_default, ranked_plans, score
-from .schema import MAX_CYCLES, MAX_STREAMS, MAX_TRIALS, Plan, Profile, autoregressive_plan, strict_int
+from .schema import MAX_CYCLES, MAX_STREAMS, MAX_TRIALS, Plan, Profile, autoregressive_plan, first_repeat, strict_int
 
 DEFAULT_STORAGE = "sqlite:///hispec-studies.db"
 SAMPLERS = ("tpe", "cmaes", "random", "nsga2")
@@ -152,8 +152,10 @@ def make_space(setting: Setting, depth: tuple[int, int] = (1, 4), max_propose: i
     tps = tuple(tps) if tps else (setting.tp,)
     for tp in tps:
         setting.profile.table(tp, setting.stack)  # raises "latency: no table for tp=..."
-    if len(set(batches)) != len(batches) or len(set(tps)) != len(tps):
-        raise ValueError("batch/tp: choices must be distinct")
+    for field, xs in (("batch", batches), ("tp", tps)):
+        repeat = first_repeat(xs)
+        if repeat is not None:
+            raise ValueError(f"{field}: choices must be distinct, {repeat} is given twice")
     return Space(exits, setting.num_layers, lo, hi, max_propose, max_window, batches, tps, adaptive)
 
 

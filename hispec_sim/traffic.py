@@ -56,11 +56,11 @@ def load_trace(path: str | Path) -> list[Request]:
     the line and the field; arrival times must not decrease."""
     from pydantic import ValidationError
 
-    from .schema import parse_json_text, read_text_bounded
+    from .schema import file_lines, parse_json_text, read_text_bounded
 
     text = read_text_bounded(Path(path), "trace", MAX_TRACE_BYTES)  # a regular file: not a pipe or /dev/zero
     out: list[Request] = []
-    for no, line in enumerate(text.splitlines(), 1):
+    for no, line in enumerate(file_lines(text), 1):
         if not line.strip():
             continue
         obj = parse_json_text(line, "trace", f"line {no}")  # bounded; a key twice is refused, not the last kept

@@ -323,6 +323,24 @@ def work(tmp_path_factory):
     put("negmedval.json", json.dumps({"profile": "test", "median_abs_relative_error": -5, "plans": [
         {"predicted_tokens_per_second": 5.0, "measured_tokens_per_second": 5.0}]}))
     put("adplan.json", json.dumps({"levels": [2, 8, 16], "propose": 4, "windows": [4], "draft_confidence": 0.5}))
+    # the seventh round: a sampling plan for the simulator, thresholds for a chain without
+    # intermediate levels, a C1 control in a name, confidence shares that are no distribution,
+    # weights that are not numbers
+    put("samplingplan.json", json.dumps({"levels": [2, 16], "propose": 3, "mode": "sampling"}))
+    put("esc0.json", json.dumps({"levels": [2, 16], "propose": 3, "escalate_confidence": []}))
+    prof_variant("c1name.json", lambda d: d.__setitem__("name", "x\u009b31mred"))
+    tiny = json.loads((Path(__file__).resolve().parents[2] / "profiles" / "cpu_hispec_tiny.json").read_text(encoding="utf-8"))
+    tiny["workloads"]["heldout"]["confidence"]["share"][0][0] += 0.5
+    put("sharesum.json", json.dumps(tiny))
+    from safetensors.torch import load_file, save_file
+
+    nan = hd / "m_nanweights"
+    nan.mkdir()
+    (nan / "config.json").write_text((DEFAULT_CHECKPOINT / "config.json").read_text(encoding="utf-8"))
+    sd = load_file(str(DEFAULT_CHECKPOINT / "model.safetensors"))
+    sd["layers.0.w13.weight"][0, 0] = float("nan")
+    save_file(sd, str(nan / "model.safetensors"))
+    f["M_NANWEIGHTS"] = str(nan)
     f["_w"] = w
     yield f
     os.chmod(w / "ro", 0o755)
@@ -820,6 +838,25 @@ CASES = [
     ("flags", S, "profile measure --prompts-file {PROMPTS} --workload w --prompts 3 --out {W}/m.json",
      ["prompts", "--prompts-file"]),
     ("train", E, "train --out {W}/t --init-from {HF_VOCAB97} --steps 1", ["init_from", ">= 256"]),
+    # -- its seventh round
+    ("unwritable", S, "optimize --profile {P} --out {W}/newdir/", ["out", "names a folder"]),
+    ("unwritable", E, "run --prompts 1 --max-new-tokens 4 --out {W}/newdir/", ["out", "names a folder"]),
+    ("flags", S, "evaluate --profile {P} --levels 2,16 --levels 4,16", ["levels", "given twice", "--levels"]),
+    ("flags", S, "audit --profile {P} --levels 2,16 --speedup 1.2 --speedup 50", ["speedup", "given twice"]),
+    ("exec-flags", E, "run --levels 2,16 --max-new-tokens 4 --max-new-tokens 8", ["max_new_tokens", "given twice"]),
+    ("flags", S, "evaluate --profile {P} --levels 2,16 --replay --seed 3", ["seed", "trace replay"]),
+    ("flags", S, "evaluate --profile {P} --levels 2,16 --replay --cycles 5", ["cycles", "trace replay"]),
+    ("flags", S, "evaluate --profile {P} --levels 2,16 --replay --mc", ["mc", "give one"]),
+    ("schema", S, "evaluate --profile {P} --plan {SAMPLINGPLAN}", ["mode", "greedy plans only"]),
+    ("schema", S, "validate --profile cpu_hispec_tiny --allow-other-machine --plan {SAMPLINGPLAN}", ["mode", "greedy"]),
+    ("schema", S, "evaluate --profile {P} --plan {ESC0}", ["escalate_confidence", "no intermediate level"]),
+    ("profile-numbers", S, "evaluate --profile {C1NAME} --levels 2,16", ["name", "one line"]),
+    ("profile-numbers", S, "evaluate --profile {SHARESUM} --levels 2,16", ["confidence.share", "sum to 1"]),
+    ("hf-config", E, "info --model {M_NANWEIGHTS}", ["model", "layers.0.w13.weight", "NaN"]),
+    ("flags", S, "report --profile {P} --out {W}/r.html --format md", ["format", "an HTML file"]),
+    ("flags", S, "optimize --profile {P} --batch 1,2,1", ["batch", "1 is given twice"]),
+    ("flags", S, "serve --profile {P} --levels 2,16 --qps 5 --prompt-len lognormal:256:-1", ["prompt_len", "sigma:"]),
+    ("exec-flags", E, "generate --prompt ' '", ["prompt", "whitespace"]),
 ]
 
 

@@ -373,7 +373,7 @@ def test_bad_prompts_files(tmp_path, content, fmt, field, match):
         read_prompts(f, fmt, field)
 
 
-def test_prompts_file_formats(tmp_path):
+def test_prompts_file_formats(tmp_path, capsys):
     (tmp_path / "a.jsonl").write_text('{"q": "def f(x):\\n    return"}\n\n{"q": "import os"}\n')
     assert read_prompts(tmp_path / "a.jsonl", None, "q") == [("line 1", "def f(x):\n    return"), ("line 3", "import os")]
     (tmp_path / "b.txt").write_text("one\n\ntwo\n")
@@ -383,6 +383,15 @@ def test_prompts_file_formats(tmp_path):
              {"conversations": [{"from": "system", "value": "s"}, {"from": "human", "value": "second"}]}]
     (tmp_path / "c.json").write_text(json.dumps(share))
     assert read_prompts(tmp_path / "c.json") == [("record 1", "hi"), ("record 3", "second")]
+    assert "1 of 3 conversations have no human/user turn" in capsys.readouterr().err  # skipped, and said
+    share[1]["conversations"][0]["from"] = "HUMAN"  # roles in any case
+    (tmp_path / "c.json").write_text(json.dumps(share))
+    assert read_prompts(tmp_path / "c.json") == [("record 1", "hi"), ("record 2", "no human turn"), ("record 3", "second")]
+    # lines split at LF (CRLF's CR dropped) only: JSON allows U+2028 / U+0085 raw in a string, text a form feed in a line
+    (tmp_path / "d.jsonl").write_text(json.dumps({"q": "a\u2028b\x85c"}, ensure_ascii=False) + "\r\n", encoding="utf-8")
+    assert read_prompts(tmp_path / "d.jsonl", None, "q") == [("line 1", "a\u2028b\x85c")]
+    (tmp_path / "e.txt").write_text("def f():\x0c    return 1\r\nx\n", encoding="utf-8", newline="")
+    assert read_prompts(tmp_path / "e.txt") == [("line 1", "def f():\x0c    return 1"), ("line 2", "x")]
 
 
 # --------------------------------------------------------------------------- the CLI on a Hugging Face folder

@@ -148,7 +148,7 @@ def test_synchronous_at_batch_one_matches_ragged_statistically():
 
 def test_bad_limits_are_named():
     p = _profile()
-    with pytest.raises(ValueError, match="^kv-tokens: "):
+    with pytest.raises(ValueError, match="^kv_tokens: "):
         _run(p, schema.Plan(levels=[16]), [0.0], [100], [100], schema.ServeLimits(kv_tokens=150))
     with pytest.raises(ValueError, match="^arrival_s: "):
         _run(p, schema.Plan(levels=[16]), [1.0, 0.5], [4, 4], [4, 4], schema.ServeLimits())

@@ -95,6 +95,14 @@ def test_a_claim_below_the_floor_prints_in_text(capsys):
     assert main(["audit", "--profile", "a100_llama70b", "--levels", "20,80", "--speedup", "0.5"]) == 0
     out = capsys.readouterr().out
     assert "any acceptance gives at least" in out and "the required curve none: no finite level" in out
+    assert "required level none finite (any acceptance)" in out and "None" not in out
+
+
+def test_published_points_without_a_band_are_said_so(capsys):
+    """a100_llama70b's workload has published points but no _low / _high readings to judge them by."""
+    assert main(["audit", "--profile", "a100_llama70b", "--levels", "10,20,80", "--window", "4", "--speedup", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "published per_draft" in out and "published points but no reading band" in out
 
 
 def test_a_per_draft_figure_measured_with_a_long_round_is_priced(tmp_path, capsys):
