@@ -43,3 +43,16 @@ def test_an_output_replaced_keeps_its_permissions(tmp_path, capsys):
     finally:
         os.umask(old)
     capsys.readouterr()
+
+
+def test_a_flag_repeated_with_the_same_value_is_one_flag(tmp_path, capsys):
+    """Only two different values are refused (tests/cli/test_fuzz.py): a script that repeats a
+    flag with the value it already has runs as if given once."""
+    save_profile(make_profile(layers=8), tmp_path / "p.json")
+    once = ["evaluate", "--profile", str(tmp_path / "p.json"), "--levels", "2,8", "--json"]
+    assert main(once) == 0
+    first = capsys.readouterr().out
+    assert main(once + ["--levels", "2,8"]) == 0
+    assert capsys.readouterr().out == first
+    assert main(once + ["--levels", "4,8"]) == 2
+    assert "levels: given twice ('2,8', then '4,8')" in capsys.readouterr().err
