@@ -53,3 +53,38 @@ def test_the_wheel_carries_what_the_programs_read(tmp_path):
     assert "best: [" in run("hispec_sim", "optimize", "--profile", "a100_llama70b", "--top", "1").stdout
     assert "tokens/s" in run("hispec_exec", "generate", "--prompt", "def f(", "--max-new-tokens", "4",
                              "--levels", "2,16", "--propose", "2").stderr  # its speed goes to stderr
+
+
+_INTERRUPTED_IMPORT = """
+import importlib.abc, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as from a shell (xdist workers may ignore it)
+class Interrupt(importlib.abc.MetaPathFinder):  # Ctrl-C while the program's modules import (torch: a second)
+    def find_spec(self, name, path=None, target=None):
+        if name == sys.argv[1] + ".cli":
+            raise KeyboardInterrupt
+sys.meta_path.insert(0, Interrupt())
+from hispec_sim import entry
+sys.exit(entry.sim() if sys.argv[1] == "hispec_sim" else entry.exec_main())
+"""
+
+_LATE_INTERRUPT = """
+import os, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
+from hispec_sim import entry
+sys.argv[1:] = ["profiles"]
+code = entry.sim()
+os.kill(os.getpid(), signal.SIGINT)  # after the command returned: the teardown is not cut short
+print("exit", code)
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("package,prog", [("hispec_sim", "hispec-sim"), ("hispec_exec", "hispec-exec")])
+def test_console_scripts_end_an_interrupt_during_import_in_one_line(package, prog):
+    r = subprocess.run([sys.executable, "-c", _INTERRUPTED_IMPORT, package], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 130 and r.stderr == f"{prog}: interrupted (nothing written)\n", r.stderr[-2000:]
+
+
+def test_a_late_interrupt_does_not_change_a_finished_run():
+    r = subprocess.run([sys.executable, "-c", _LATE_INTERRUPT], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.endswith("exit 0\n") and r.stderr == "", (r.stdout[-500:], r.stderr[-2000:])
