@@ -366,7 +366,7 @@ def _summarise(total_time, total_tokens, cycle_ms, cycle_tokens, acceptance, bat
     per_token = ms / tk
     return MCResult(
         tokens_per_second=float(scale * ratio),
-        ci95=(float(scale * (ratio - 1.96 * se)), float(scale * (ratio + 1.96 * se))),
+        ci95=(float(scale * max(ratio - 1.96 * se, 0.0)), float(scale * (ratio + 1.96 * se))),  # a rate is >= 0 (few streams: wide)
         latency_ms_p50=_weighted_quantile(per_token, tk, 0.5),
         latency_ms_p99=_weighted_quantile(per_token, tk, 0.99),
         tokens_per_full_forward=float(sum(float(y.sum()) for y in cycle_tokens) / cycles),

@@ -857,6 +857,8 @@ CASES = [
     ("flags", S, "optimize --profile {P} --batch 1,2,1", ["batch", "1 is given twice"]),
     ("flags", S, "serve --profile {P} --levels 2,16 --qps 5 --prompt-len lognormal:256:-1", ["prompt_len", "sigma:"]),
     ("exec-flags", E, "generate --prompt ' '", ["prompt", "whitespace"]),
+    # -- its eighth round
+    ("flags", S, "evaluate --profile cpu_hispec_tiny --levels 2,16 --mc --cycles 5", ["cycles", "per-request spread"]),
 ]
 
 

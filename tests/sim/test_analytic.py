@@ -244,6 +244,14 @@ def test_trace_replay_weights_requests_by_their_tokens():
     assert walk.tokens_per_full_forward == pytest.approx(60 / 40)
 
 
+def test_the_interval_of_a_rate_stays_at_or_above_zero():
+    """Two requests of very different rates: the normal interval of the ratio estimator is
+    wider than the estimate (was printed as a negative tokens/s); its lower end is clipped at 0."""
+    s = _two_requests()
+    mc = simulate(s.cost(), s.agreement, Plan(levels=[1, LAYERS], propose=8), replay=True)
+    assert mc.ci95[0] == 0.0 and mc.ci95[1] > mc.tokens_per_second > 0
+
+
 def test_exhaustive_finds_the_true_optimum():
     s = Setting(make_profile(layers=8, curve=np.linspace(0.3, 1, 8)))
     res = exhaustive(s, top=3, max_propose=4, max_window=5)
