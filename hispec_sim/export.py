@@ -70,8 +70,14 @@ def json_payload(plan: Plan, profile: str | None = None, workload: str | None = 
 
         setting = Setting(schema.load_profile(profile), workload, tp, stack, plan.batch, context)
         setting.profile.check_plan(plan, setting.workload)
-        ar, s = score(setting, [schema.autoregressive_plan(setting.num_layers, plan.batch), plan])
-        out["prediction"] = {**setting.describe(), **{k: v for k, v in s.as_dict(ar.tokens_per_second).items()
+        if plan.adaptive:  # confidence thresholds: as evaluate predicts them (the fixed-plan model ignores them)
+            from .adaptive import predict_adaptive
+
+            figures = predict_adaptive(setting, plan)
+        else:
+            ar, s = score(setting, [schema.autoregressive_plan(setting.num_layers, plan.batch), plan])
+            figures = s.as_dict(ar.tokens_per_second)
+        out["prediction"] = {**setting.describe(), **{k: v for k, v in figures.items()
                                                        if k not in ("plan", "family", "describe")}}
     return out
 

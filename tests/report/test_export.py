@@ -116,6 +116,18 @@ def test_json_with_prediction(capsys, tmp_path, profile_file):
     assert code == 0 and "prediction" not in json.loads(out)
 
 
+def test_json_prediction_of_an_adaptive_plan_is_evaluates(capsys, tmp_path):
+    """A plan with confidence thresholds is predicted as evaluate predicts it, not as its fixed
+    plan (the shipped profile has confidence statistics)."""
+    src = tmp_path / "ad.json"
+    save_plan(Plan(levels=[2, 16], propose=7, draft_confidence=0.3), src)
+    code, out, err = run(capsys, "export", "--plan", src, "--to", "json", "--profile", "cpu_hispec_tiny")
+    assert code == 0, err
+    code, ev, _ = run(capsys, "evaluate", "--profile", "cpu_hispec_tiny", "--plan", src, "--json")
+    got, want = json.loads(out)["prediction"], json.loads(ev)
+    assert got["tokens_per_second"] == want["tokens_per_second"] != want["fixed_tokens_per_second"]
+
+
 @pytest.mark.parametrize("argv,field", [(["--to", "onnx"], "to"), (["--plan", "/nonexistent.json"], "plan"),
                                         (["--out", "/nonexistent/dir/x.json"], "out")])
 def test_export_bad_input(capsys, tmp_path, argv, field):
