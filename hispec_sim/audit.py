@@ -219,15 +219,22 @@ def audit(setting: Setting, plan: Plan | str, speedup: float) -> dict:
                            f"{ceiling:.3f}x (every token accepted) under this cost model")
         out["reconciled"] = False
         return out
+    stuck = None  # the speed-up every finite level gives, where none reproduces the claim
     if speedup <= floor:
         level = -math.inf
+    elif abs(own / speedup - 1) <= 1e-9:  # the profile's own level gives it (where the speed-up is flat, the only answer)
+        level = fam.level0
     else:
         level = _solve(f, speedup, fam.level0 - LEVEL_RANGE, fam.level0 + LEVEL_RANGE)
         if f(level)[0] < speedup * (1 - 1e-6):  # the top of the bracket is not enough: the limit is the ceiling
             level = math.inf
+        elif f(level)[0] > speedup * (1 + 1e-6):  # the bottom is too much: rates of exactly 1 do not move with the level
+            stuck, level = f(level)[0], -math.inf
     got, got_plan = f(level)
+    note = (None if not math.isinf(level) else "perfect acceptance" if level > 0 else
+            "none: rates of exactly 1 do not move" if stuck is not None else "any acceptance")
     out.update(reachable=True, required_level=None if math.isinf(level) else round(level, 6),
-               level_shift=None if math.isinf(level) else round(level - fam.level0, 6),
+               level_shift=None if math.isinf(level) else round(level - fam.level0, 6), required_level_note=note,
                speedup_at_required_level=round(got, 6), plan_at_required_level=got_plan.describe())
     levels = got_plan.levels[:-1] if got_plan.depth >= 2 else []
     L = setting.num_layers
@@ -271,7 +278,10 @@ def audit(setting: Setting, plan: Plan | str, speedup: float) -> dict:
     out["published_points"] = points
     judged = [r for r in points if "within_band" in r]
     out["reconciled"] = bool(judged) and all(r["within_band"] for r in judged) if judged else None
-    if math.isinf(level):
+    if stuck is not None:
+        out["verdict"] = (f"no level of the curve gives {speedup:g}x: every finite level gives {stuck:.3f}x (agreement "
+                          f"rates of exactly 1 do not move with the level), only zero acceptance less ({floor:.3f}x)")
+    elif math.isinf(level):
         out["verdict"] = ("reachable only in the limit of perfect acceptance" if level > 0
                           else f"any acceptance gives at least {floor:.3f}x")
     else:
@@ -341,8 +351,7 @@ def run(args) -> int:
         return 0
     band = (f"; the profile's band (<w>_low/<w>_high): {out['profile_level_band'][0]:.4f}..{out['profile_level_band'][1]:.4f}"
             if "profile_level_band" in out else "")
-    level = ("none finite (" + ("perfect acceptance" if out["speedup_at_required_level"] >= out["ceiling_speedup"] else
-                                "any acceptance") + ")" if out["required_level"] is None
+    level = (f"none finite ({out['required_level_note']})" if out["required_level"] is None
              else f"{out['required_level']} (shift {out['level_shift']})")
     print(f"  required level {level} -> {out['speedup_at_required_level']:.3f}x ({out['plan_at_required_level']}){band}")
     for r in out["agreement_with_final_at_exits"]:

@@ -116,3 +116,18 @@ def test_a_per_draft_figure_measured_with_a_long_round_is_priced(tmp_path, capsy
     (tmp_path / "p.json").write_text(json.dumps(p))
     assert main(["audit", "--profile", str(tmp_path / "p.json"), "--levels", "4,16", "--speedup", "1.2"]) == 0
     assert "published per_draft [4,16] g=64: 0.500; the required curve gives" in capsys.readouterr().out
+
+
+def test_rates_of_exactly_one_give_no_finite_level(tmp_path, capsys):
+    """A shift in logit space cannot move a rate of exactly 1: where every finite level gives
+    more than the claim, no level is reported (it was the search's bound, -40) and the verdict
+    says why; a claim equal to what the profile gives needs the profile's own level."""
+    assert main(["profile", "synthetic", "--layers", "16", "--layer-ms", "1", "--agreement", "1",
+                     "--out", str(tmp_path / "one.json")]) == 0
+    s = Setting(load_profile(tmp_path / "one.json"))
+    plan = Plan(levels=[2, 8, 16], propose=2, windows=[4])
+    r = audit(s, plan, 2.0)
+    assert r["required_level"] is None and r["required_level_note"] == "none: rates of exactly 1 do not move"
+    assert "no level of the curve gives 2x" in r["verdict"] and "do not move" in r["verdict"]
+    own = audit(s, plan, r["speedup_at_profile_level"])
+    assert own["required_level"] == pytest.approx(0.0) and own["level_shift"] == pytest.approx(0.0)
