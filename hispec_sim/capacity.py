@@ -7,7 +7,10 @@ max batch): the lockstep optimum at the batch the replica actually runs. Each ca
 is simulated by serving.simulate on a seeded Poisson (or gamma) request set; a load is
 *sustained* when the mean over seeds of p99 TTFT and of p99 TBT meet the SLOs. The
 highest sustained QPS of one replica is found by doubling the load from 2 % of the
-saturation throughput until the SLOs break, then geometric bisection, separately per seed:
+saturation throughput (a full lockstep batch's, analytic: no replica sustains more) until
+the SLOs break, then geometric bisection, separately per seed (a seed that meets them at
+the saturation load itself is capped there, and said: its run is too short to show the
+queue growing):
 its uncertainty is the spread over seeds (95 % Student t interval) plus the bisection's
 final bracket. Replicas = ceil(target / per-replica QPS), GPUs = replicas x tp, and
 $ per million generated tokens = GPUs x $/GPU-hour / generated tokens per hour.
@@ -124,15 +127,16 @@ def max_qps(spec: Spec, plan: Plan, seed: int, iterations: int = 5) -> tuple[flo
         return 0.0, 0.0, idle
     lo, hi, best = IDLE_FRACTION * sat, None, idle
     q = 0.02 * sat
-    while q <= 2 * sat:
-        s = run_load(spec, plan, q, seed)
+    while hi is None:
+        q = min(q, sat)  # no replica sustains more than a full batch's throughput: a run of finitely many
+        s = run_load(spec, plan, q, seed)  # requests above it can meet the SLOs before its queue shows
         if not meets(s, spec.limits):
             hi = q
-            break
-        lo, best = q, s
-        q *= 2
-    if hi is None:
-        return lo, lo, best
+        elif q >= sat:
+            return sat, sat, s  # capped: family_capacity reports it as such
+        else:
+            lo, best = q, s
+            q *= 2
     for _ in range(iterations):
         mid = math.sqrt(lo * hi)
         s = run_load(spec, plan, mid, seed)
@@ -170,13 +174,15 @@ def family_capacity(spec: Spec, plans: list[Plan], probe_qps: float | None) -> d
     else:
         plan = plans[0]
     per_seed = [max_qps(spec, plan, seed) for seed in range(spec.seeds)]
+    sat = _saturation_qps(spec, plan)
     los = np.array([x[0] for x in per_seed])
     his = np.array([x[1] for x in per_seed])
     m = float(los.mean())
     half = float(serving._t95(len(los) - 1) * los.std(ddof=1) / math.sqrt(len(los))) if len(los) > 1 else 0.0
     return {"plan": plan, "max_qps": m, "ci95": [max(m - half, 0.0), m + half],
             "bracket": [float(los.mean()), float(his.mean())], "per_seed": [[float(a), float(b)] for a, b in zip(los, his)],
-            "at_max": per_seed[int(np.argmin(los))][2],
+            "at_max": per_seed[int(np.argmin(los))][2], "saturation_qps": sat,
+            "capped_at_saturation": bool((los >= sat).any()),
             "screened": [{"plan": describe(p), "violation_at_probe": v} for v, p in screened]}
 
 
@@ -223,7 +229,8 @@ def plan_capacity(spec: Spec, target_qps: float, gpu_hour_usd: float, max_propos
         q = c["max_qps"]
         entry = {"plan": c["plan"].model_dump(), "describe": describe(c["plan"]),
                  "max_qps_per_replica": q, "max_qps_ci95": c["ci95"], "bisection_bracket": c["bracket"],
-                 "per_seed_bracket": c["per_seed"], "candidates_screened": c["screened"]}
+                 "per_seed_bracket": c["per_seed"], "candidates_screened": c["screened"],
+                 "saturation_qps": c["saturation_qps"], "capped_at_saturation": c["capped_at_saturation"]}
         if q > 0:
             replicas = math.ceil(target_qps / q)
             gpus = replicas * tp

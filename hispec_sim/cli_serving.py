@@ -289,6 +289,11 @@ def cmd_capacity(args) -> int:
             tail = f"{'-':>9s} {'-':>5s} {'-':>8s}"
         a = e["at_max_qps"]
         print(f"{fam:16s} {e['describe']:38s} {ci:>28s} {tail} {a['ttft_p99_ms']:9.0f} {_tbt(a['tbt_p99_ms'], ''):>8s}")
+    for fam, e in res["families"].items():
+        if e["capped_at_saturation"]:
+            print(f"note: {fam}: a run of {tr.requests} requests met the SLOs at the saturation load, "
+                  f"{e['saturation_qps']:.2f} req/s (a full batch's throughput, which no replica sustains for long): "
+                  f"an upper bound; more --requests show where the queue builds up")
     if "by_load" in res:
         print()
         print("best plan per family as the load per replica grows (smallest p99/SLO ratio; * = meets both SLOs):")

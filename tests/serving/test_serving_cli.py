@@ -114,6 +114,22 @@ def test_capacity_of_one_token_requests(prof, capsys, slo_ttft, rc):
         assert out.err.count("\n") == 1 and "p99 TBT -)" in out.err
 
 
+def test_capacity_stops_at_the_saturation_load_and_says_so(tmp_path, capsys):
+    """A short run can meet generous SLOs above what a replica sustains (its queue has no time
+    to build): the load search stops at the saturation load (a full batch's analytic
+    throughput) and reports it as an upper bound (it went on to 1.28x it: the eighth fuzz round)."""
+    schema.save_profile(synthetic_profile(16, 1.0, 1.0), tmp_path / "one.json")
+    argv = ["capacity", "--profile", str(tmp_path / "one.json"), "--qps", "1000", "--slo-ttft-ms", "2000",
+            "--slo-tbt-ms", "100", "--requests", "60", "--seeds", "1", "--max-batch", "8", "--max-propose", "2",
+            "--max-window", "2"]
+    fams = _json(capsys, argv + ["--json"])["families"]
+    capped = [e for e in fams.values() if e["capped_at_saturation"]]
+    assert capped and all(e["max_qps_per_replica"] == pytest.approx(e["saturation_qps"]) for e in capped)
+    assert all(e["max_qps_per_replica"] <= e["saturation_qps"] * (1 + 1e-12) for e in fams.values())
+    assert main(argv) == 0
+    assert "met the SLOs at the saturation load" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("layers", [1, 2])
 def test_capacity_of_a_model_too_shallow_for_a_family(tmp_path, capsys, layers):
     """A model of one or two exits has no 3-level chain (and one exit no draft at all): the
