@@ -82,10 +82,16 @@ def load_validation(path: str | Path) -> dict:
             rel = r["predicted_tokens_per_second"] / r["measured_tokens_per_second"] - 1.0
         elif not (number(rel) and -1 <= rel <= 1e6):
             raise ValueError(f"validation.plans.{i}.relative_error: expected a number in [-1, 1e6], got {rel!r}")
-        rows.append({"plan": label, "family": str(r.get("family", "")),
-                     "predicted_tokens_per_second": float(r["predicted_tokens_per_second"]),
-                     "measured_tokens_per_second": float(r["measured_tokens_per_second"]),
-                     "relative_error": float(rel)})
+        row = {"plan": label, "family": str(r.get("family", "")),
+               "predicted_tokens_per_second": float(r["predicted_tokens_per_second"]),
+               "measured_tokens_per_second": float(r["measured_tokens_per_second"]),
+               "relative_error": float(rel)}
+        for key, lo in (("predicted_speedup", 1e-9), ("measured_speedup", 1e-9), ("speedup_error", -1.0)):
+            v = r.get(key)  # validate's metric (absent from older files)
+            if v is not None and not (number(v) and lo <= v <= 1e6):
+                raise ValueError(f"validation.plans.{i}.{key}: expected a number in [{lo:g}, 1e+06], got {v!r}")
+            row[key] = None if v is None else float(v)
+        rows.append(row)
     errs = np.abs([r["relative_error"] for r in rows]) if rows else np.zeros(0)
 
     def _stat(key, fallback):
@@ -96,9 +102,19 @@ def load_validation(path: str | Path) -> dict:
             raise ValueError(f"validation.{key}: expected a number in [0, 1e6], got {v!r}")
         return float(v)
 
+    def _line(key):
+        v = data.get(key)
+        if v is not None and not (isinstance(v, str) and len(v) <= 2000):
+            raise ValueError(f"validation.{key}: expected a line of text (at most 2000 characters)")
+        return None if v is None else " ".join(v.split())
+
     return {"plans": rows,
             "median_abs_relative_error": _stat("median_abs_relative_error", float(np.median(errs)) if rows else None),
             "max_abs_relative_error": _stat("max_abs_relative_error", float(errs.max()) if rows else None),
+            "median_abs_speedup_error": _stat("median_abs_speedup_error", None),
+            "max_abs_speedup_error": _stat("max_abs_speedup_error", None),
+            "verdict_line": _line("verdict_line"), "verdict_line_replay": _line("verdict_line_replay"),
+            "machine_warning": _line("machine_warning"),
             "source_file": str(path),
             "profile": str(data.get("profile", "")) if data.get("profile") is not None else None}
 

@@ -123,17 +123,19 @@ def figures(data: dict) -> list[tuple[str, str, dict]]:
         figs.append(serving_figure(sv))
     v = data.get("validation")
     if v and v["plans"]:
-        pr = [r["predicted_tokens_per_second"] for r in v["plans"]]
-        me = [r["measured_tokens_per_second"] for r in v["plans"]]
+        speedup = all(r.get("speedup_error") is not None for r in v["plans"])  # validate's metric, where the file has it
+        what = "speed-up over autoregressive" if speedup else "tokens/s"
+        pr = [r["predicted_speedup" if speedup else "predicted_tokens_per_second"] for r in v["plans"]]
+        me = [r["measured_speedup" if speedup else "measured_tokens_per_second"] for r in v["plans"]]
         lo, hi = min(pr + me) * 0.9, max(pr + me) * 1.1
-        figs.append(("fig-validation", "Predicted vs measured tokens/s of the executor's runs (the line is y = x).", {
+        figs.append(("fig-validation", f"Predicted vs measured {what} of the executor's runs (the line is y = x).", {
             "data": [{"type": "scatter", "mode": "markers", "x": me, "y": pr, "text": [esc(r["plan"]) for r in v["plans"]],
                       "marker": {"size": 10, "color": "#d62728"}, "name": "plans",
-                      "hovertemplate": "%{text}<br>measured %{x:.1f}<br>predicted %{y:.1f}<extra></extra>"},
+                      "hovertemplate": "%{text}<br>measured %{x:.3g}<br>predicted %{y:.3g}<extra></extra>"},
                      {"type": "scatter", "mode": "lines", "x": [lo, hi], "y": [lo, hi], "name": "y = x",
                       "line": {"color": "#999", "dash": "dash"}, "hoverinfo": "skip"}],
             "layout": {**_LAYOUT, "title": {"text": "Fidelity: predicted vs measured"}, "height": 440,
-                       "xaxis": _axis("measured tokens/s"), "yaxis": _axis("predicted tokens/s"), "showlegend": False}}))
+                       "xaxis": _axis(f"measured {what}"), "yaxis": _axis(f"predicted {what}"), "showlegend": False}}))
     return figs
 
 

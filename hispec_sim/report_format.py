@@ -103,3 +103,33 @@ def serving_sentence(sv: dict) -> str:
     parts.append(f"Highest swept load meeting p99 TTFT <= {sv['slo_ttft_ms']:g} ms and p99 TBT <= {sv['slo_tbt_ms']:g} "
                  f"ms: {', '.join(ok)}.")
     return " ".join(parts)
+
+
+def fidelity_lines(v: dict) -> list[str]:
+    """The sentences of the fidelity section (plain text: the caller escapes): validate's own
+    metric and verdicts first (the speed-up over autoregressive, measured side by side), then
+    the absolute tokens/s, which moves with the machine's speed between calibration and run."""
+    n, src = len(v["plans"]), v["source_file"]
+    lines = []
+    if v.get("median_abs_speedup_error") is not None:
+        lines.append(f"Speed-up over autoregressive (validate's metric): median |error| "
+                     f"{_pct_abs(v['median_abs_speedup_error'])}, worst {_pct_abs(v['max_abs_speedup_error'])} over {n} "
+                     f"plans (from {src}).")
+        lines += [f"{who}: {v[key]}" for who, key in (("Analytic", "verdict_line"), ("Trace replay", "verdict_line_replay"))
+                  if v.get(key)]
+    lines.append(f"Absolute tokens/s: median |relative error| {_pct_abs(v['median_abs_relative_error'])}, worst "
+                 f"{_pct_abs(v['max_abs_relative_error'])}" + ("." if lines else f" over {n} plans (from {src})."))
+    return lines
+
+
+def fidelity_table(v: dict, escape) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the fidelity table; speed-up columns where the file has them."""
+    speedups = any(r.get("speedup_error") is not None for r in v["plans"])
+    head = ["plan"] + (["predicted speed-up", "measured speed-up", "speed-up error"] if speedups else []) + \
+        ["predicted tokens/s", "measured tokens/s", "relative error"]
+    rows = [[escape(r["plan"])]
+            + ([_fmt(r.get("predicted_speedup"), 3), _fmt(r.get("measured_speedup"), 3), _pct(r.get("speedup_error"))]
+               if speedups else [])
+            + [_fmt(r["predicted_tokens_per_second"], 1), _fmt(r["measured_tokens_per_second"], 1), _pct(r["relative_error"])]
+            for r in v["plans"]]
+    return head, rows

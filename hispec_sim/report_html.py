@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from .report_data import FAMILIES, FAMILY_LABEL, _jsonable
 from .report_figures import figures
-from .report_format import _crossover_sentence, _fmt, _headline, _pct, _pct_abs, esc, script_json, serving_sentence
+from .report_format import _crossover_sentence, _fmt, _headline, fidelity_lines, fidelity_table, _pct, esc, script_json, serving_sentence
 
 _CSS = """
 body{font-family:Helvetica,Arial,sans-serif;margin:0 auto;max-width:1320px;padding:16px 28px;color:#222;line-height:1.45}
@@ -178,14 +178,12 @@ def render_html(data: dict) -> str:
     v = data.get("validation")
     if v:
         parts.append("<h3>Fidelity: predicted vs measured</h3>")
-        parts.append(f"<p>Median |relative error| <b>{_pct_abs(v['median_abs_relative_error'])}</b>, worst "
-                     f"<b>{_pct_abs(v['max_abs_relative_error'])}</b> over {len(v['plans'])} plans "
-                     f"(from {esc(v['source_file'])}; goal: median &le; 5 %, worst &le; 10 %).</p>")
+        if v.get("machine_warning"):
+            parts.append(f"<p class=\"warn\">{esc(v['machine_warning'])}</p>")
+        parts += [f"<p>{esc(line)}</p>" for line in fidelity_lines(v)]
         parts.append(fig_block("fig-validation"))
-        parts.append(_table(["plan", "predicted tokens/s", "measured tokens/s", "relative error"],
-                            [[esc(r["plan"]), _fmt(r["predicted_tokens_per_second"], 1),
-                              _fmt(r["measured_tokens_per_second"], 1), _pct(r["relative_error"])] for r in v["plans"]],
-                            (1, 2, 3)))
+        head, rows = fidelity_table(v, esc)
+        parts.append(_table(head, rows, tuple(range(1, len(head)))))
     else:
         parts.append("<p class=\"muted\">No validation result given (<code>--validation FILE</code>, the JSON of "
                      "<code>hispec-sim validate --json</code>).</p>")

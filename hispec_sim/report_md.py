@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from .report_data import FAMILIES, FAMILY_LABEL
-from .report_format import _crossover_sentence, _fmt, _headline, _md, _pct, _pct_abs, serving_sentence
+from .report_format import _crossover_sentence, _fmt, _headline, fidelity_lines, fidelity_table, _md, _pct, serving_sentence
 from .report_html import QUICK_VIEW
 
 
@@ -105,9 +105,8 @@ def render_markdown(data: dict) -> str:
     L.append("")
     v = data.get("validation")
     if v:
-        L += ["### Fidelity", "", f"Median |relative error| {_pct_abs(v['median_abs_relative_error'])}, worst "
-              f"{_pct_abs(v['max_abs_relative_error'])} over {len(v['plans'])} plans ({_md(v['source_file'])}).", "",
-              _md_table(["plan", "predicted tokens/s", "measured tokens/s", "relative error"],
-                        [[_md(r["plan"]), _fmt(r["predicted_tokens_per_second"], 1), _fmt(r["measured_tokens_per_second"], 1),
-                          _pct(r["relative_error"])] for r in v["plans"]]), ""]
+        L += ["### Fidelity", ""]
+        if v.get("machine_warning"):
+            L += [f"**{_md(v['machine_warning'])}**", ""]
+        L += [f"- {_md(line)}" for line in fidelity_lines(v)] + ["", _md_table(*fidelity_table(v, _md)), ""]
     return "\n".join(L) + "\n"

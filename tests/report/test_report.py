@@ -236,7 +236,25 @@ def test_validation_section(tmp_path, prof_file, validation_file):
     v = data["validation"]
     assert v["median_abs_relative_error"] == 0.055 and v["max_abs_relative_error"] == 0.0714
     assert v["plans"][0]["plan"] == "[12]"
-    assert "Median |relative error| <b>5.5 %</b>" in text and "fig-validation" in text
+    assert "Absolute tokens/s: median |relative error| 5.5 %, worst 7.1 % over 2 plans" in text and "fig-validation" in text
+
+
+def test_validation_section_carries_validates_metric_verdicts_and_warning(tmp_path, prof_file):
+    """A validation run on another machine (validate --allow-other-machine) keeps its warning
+    in the report, and the report leads with validate's metric (speed-up over autoregressive)
+    and verdicts (the eighth fuzz round: it showed absolute tokens/s only)."""
+    plans = [{"plan": {"levels": [4, 12], "propose": 2}, "predicted_tokens_per_second": 300.0,
+              "measured_tokens_per_second": 150.0, "predicted_speedup": 1.5, "measured_speedup": 1.25,
+              "speedup_error": 0.2}]
+    f = tmp_path / "v.json"
+    f.write_text(json.dumps({"plans": plans, "median_abs_speedup_error": 0.2, "max_abs_speedup_error": 0.2,
+                             "verdict_line": "bar NOT met (<b>x</b>)", "machine_warning": "WARNING: other <machine>"}))
+    for fmt in ("html", "md"):
+        _, text, _ = report.build_report(str(prof_file), str(tmp_path / f"v.{fmt}"), fmt, max_batch=2,
+                                         validation=str(f), serving_requests=0)
+        assert "WARNING: other &lt;machine&gt;" in text and "bar NOT met (&lt;b&gt;x&lt;/b&gt;)" in text
+        assert "median |error| 20.0 %".replace("|", "|" if fmt == "html" else "\\|") in text
+        assert "1.500" in text and "1.250" in text and "+20.0 %" in text
 
 
 @pytest.mark.parametrize("argv,field", [
