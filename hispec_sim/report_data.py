@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .evaluate import Setting, exhaustive_arrays, ranked_plans, score
+from .evaluate import Setting, exhaustive_arrays, optimized, ranked_plans, score
 from . import schema
 from .schema import Acceptance, Plan, Profile, Source
 
@@ -227,6 +227,11 @@ def compute(profile: Profile, workload: str | None = None, tp: int | None = None
     best = _best_of(setting, max_propose, max_window)
     exits, single, pairs, three = best.pop("arrays")
     data["best"] = best
+    if setting.agreement.traces is not None and pairs.size + single.size:  # optimize's answer on a traced workload
+        r = optimized(setting, 1, max_propose, max_window)
+        best["replay"] = {"describe": r.best.plan.describe(), "tokens_per_second": _r(r.best.tokens_per_second, 4),
+                          "vs_autoregressive": _r(r.best.tokens_per_second / r.autoregressive.tokens_per_second, 4),
+                          "requests": r.rescored["requests"], "candidates": r.rescored["candidates"]}
     heat = {"draft_exits": [int(e) for e in exits], "available": bool(three.size)}
     if three.size:
         n = len(exits)

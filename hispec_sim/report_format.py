@@ -133,3 +133,16 @@ def fidelity_table(v: dict, escape) -> tuple[list[str], list[list[str]]]:
             + [_fmt(r["predicted_tokens_per_second"], 1), _fmt(r["measured_tokens_per_second"], 1), _pct(r["relative_error"])]
             for r in v["plans"]]
     return head, rows
+
+
+def replay_sentence(data: dict) -> str | None:
+    """What `optimize` answers on a traced workload (trace replay re-ranks the analytic best),
+    next to the analytic best the report is built on; None without traces."""
+    r = data["best"].get("replay")
+    if r is None:
+        return None
+    same = r["describe"] == _headline(data)["best"]["describe"]
+    return (f"Trace replay of the workload's {r['requests']} measured requests (how hispec-sim optimize ranks here: the "
+            f"analytic best {r['candidates']} re-scored) puts {'the same plan' if same else r['describe']} first: "
+            f"{_fmt(r['tokens_per_second'], 1)} tokens/s, {r['vs_autoregressive']:.3f}x autoregressive by replay. "
+            "The rest of this report is analytic.")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from .report_data import FAMILIES, FAMILY_LABEL, _jsonable
 from .report_figures import figures
-from .report_format import _crossover_sentence, _fmt, _headline, fidelity_lines, fidelity_table, _pct, esc, script_json, serving_sentence
+from .report_format import _crossover_sentence, _fmt, _headline, fidelity_lines, fidelity_table, _pct, esc, replay_sentence, script_json, serving_sentence
 
 _CSS = """
 body{font-family:Helvetica,Arial,sans-serif;margin:0 auto;max-width:1320px;padding:16px 28px;color:#222;line-height:1.45}
@@ -69,6 +69,7 @@ def render_html(data: dict) -> str:
              + (f"<div class=\"card\">vs best single-level<b>{hd['vs_single']:.3f}x</b>"
                 f"{esc(fam['single_level']['describe'])}</div>" if hd["vs_single"] else "")
              + "</div>",
+             *([f"<p>{esc(replay_sentence(data))}</p>"] if replay_sentence(data) else []),
              f"<p class=\"muted\"><b>Batching semantics.</b> {esc(data['batching'])}</p>"]
     rows = [[esc(FAMILY_LABEL[f]), esc(e["describe"]), _fmt(e["tokens_per_second"], 1), _fmt(e["latency_ms_per_token"], 2),
              _fmt(e["tokens_per_full_forward"], 3), esc(", ".join(f"{a:.3f}" for a in e["acceptance_per_level"]))]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from .report_data import FAMILIES, FAMILY_LABEL
-from .report_format import _crossover_sentence, _fmt, _headline, fidelity_lines, fidelity_table, _md, _pct, serving_sentence
+from .report_format import _crossover_sentence, _fmt, _headline, fidelity_lines, fidelity_table, _md, _pct, replay_sentence, serving_sentence
 from .report_html import QUICK_VIEW
 
 
@@ -30,6 +30,7 @@ def render_markdown(data: dict) -> str:
          f"**Best plan** `{hd['best']['describe']}`: {_fmt(hd['best']['tokens_per_second'], 1)} tokens/s, "
          f"{_fmt(hd['best']['latency_ms_per_token'], 2)} ms/token, {hd['vs_ar']:.3f}x autoregressive"
          + (f", {hd['vs_single']:.3f}x the best single-level plan." if hd["vs_single"] else "."), "",
+         *([_md(replay_sentence(data)), ""] if replay_sentence(data) else []),
          f"Batching semantics: {_md(data['batching'])}", "",
          _md_table(["family", "plan", "tokens/s", "ms/token", "tokens/full forward"],
                    [[FAMILY_LABEL[f], f"`{e['describe']}`", _fmt(e["tokens_per_second"], 1),

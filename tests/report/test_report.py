@@ -485,3 +485,16 @@ def test_serving_section_skipped_and_markdown(capsys, prof_file, tmp_path):
     assert code == 0, err
     text = (tmp_path / "s.html").read_text(encoding="utf-8")
     assert "Skipped (<code>--serving-requests 0</code>)" in text and "fig-serving" not in _embedded(text, "hispec-figures")
+
+
+def test_a_traced_workload_says_what_optimize_ranks_first(tmp_path, capsys):
+    """optimize re-ranks by trace replay on a traced workload; the (analytic) report says what
+    that ranking puts first, so the two never disagree silently (the eighth fuzz round)."""
+    from hispec_sim.cli import main
+
+    data, text, _ = report.build_report("cpu_hispec_tiny", str(tmp_path / "r.md"), "md", max_batch=2, serving_requests=0)
+    assert main(["optimize", "--profile", "cpu_hispec_tiny", "--json"]) == 0
+    best = json.loads(capsys.readouterr().out)["best"]
+    assert data["best"]["replay"]["describe"] == Plan.model_validate(best["plan"]).describe()
+    assert data["best"]["replay"]["tokens_per_second"] == pytest.approx(best["tokens_per_second"], rel=1e-6)
+    assert "Trace replay of the workload's 16 measured requests" in text
