@@ -134,6 +134,7 @@ def cmd_optimize(args) -> int:
 
         _top1(setting.acceptance)
     if opts["optuna"]:
+        args._interrupted = "the study keeps its finished trials in its --storage; nothing else written"
         result = search.cli_optuna(args, setting, opts)
     else:
         result = optimized(setting, args.top, args.max_propose, args.max_window, rescore=args.rescore)

@@ -334,6 +334,7 @@ def run_main(prog: str, build_parser, argv: list[str] | None, func_attr: str = "
     for stream in (sys.stdout, sys.stderr):  # a terminal that cannot show a character gets an escape, not an error
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
+    args = None
     try:
         try:
             args = build_parser().parse_args(argv)
@@ -348,8 +349,8 @@ def run_main(prog: str, build_parser, argv: list[str] | None, func_attr: str = "
         return func(args)
     except UsageError as e:
         print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted (nothing written)", file=sys.stderr)
+    except KeyboardInterrupt:  # a command that keeps what it finished says so in args._interrupted
+        print(f"{prog}: interrupted ({getattr(args, '_interrupted', 'nothing written')})", file=sys.stderr)
         return 130
     except BrokenPipeError:
         try:  # stdout closed by the reader (| head): not an error

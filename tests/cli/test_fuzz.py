@@ -976,6 +976,8 @@ def test_interrupt_mid_work(work, capsys, monkeypatch, prog, target, argv):
     lines = [line for line in err.strip().splitlines() if ": WARNING: " not in line]
     assert code == 130, err
     assert "Traceback" not in err and len(lines) == 1 and "interrupted" in lines[-1], err
+    # an Optuna study keeps the trials it finished (the database): the line says so, not "nothing written"
+    assert ("finished trials" in lines[-1]) == ("optuna" in argv) and "written)" in lines[-1], lines[-1]
     assert after == before
 
 
