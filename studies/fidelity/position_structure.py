@@ -1,4 +1,4 @@
-"""How much of the analytic model's error is the order of positions? (no timing, ~1 minute)
+"""How much of the analytic model's error is the order of positions? (no timing, seconds)
 
 The analytic model assumes positions are i.i.d.; trace replay walks the measured positions
 in order. This study replays the same traces with the positions of every request shuffled
