@@ -226,10 +226,11 @@ def audit(setting: Setting, plan: Plan | str, speedup: float) -> dict:
         level = fam.level0
     else:
         level = _solve(f, speedup, fam.level0 - LEVEL_RANGE, fam.level0 + LEVEL_RANGE)
-        if f(level)[0] < speedup * (1 - 1e-6):  # the top of the bracket is not enough: the limit is the ceiling
+        at = f(level)[0]
+        if at < speedup * (1 - 1e-6):  # the top of the bracket is not enough: the limit is the ceiling
             level = math.inf
-        elif f(level)[0] > speedup * (1 + 1e-6):  # the bottom is too much: rates of exactly 1 do not move with the level
-            stuck, level = f(level)[0], -math.inf
+        elif at > speedup * (1 + 1e-6):  # the bottom is too much: rates of exactly 1 do not move with the level
+            stuck, level = at, -math.inf
     got, got_plan = f(level)
     note = (None if not math.isinf(level) else "perfect acceptance" if level > 0 else
             "none: rates of exactly 1 do not move" if stuck is not None else "any acceptance")

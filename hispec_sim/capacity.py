@@ -115,13 +115,12 @@ def idle_run(spec: Spec, plan: Plan, seed: int) -> dict:
     return run_load(spec, plan, q, seed, min(IDLE_REQUESTS, spec.traffic.requests))
 
 
-def max_qps(spec: Spec, plan: Plan, seed: int, iterations: int = 5) -> tuple[float, float, dict]:
+def max_qps(spec: Spec, plan: Plan, seed: int, sat: float, iterations: int = 5) -> tuple[float, float, dict]:
     """Highest sustained QPS of one replica for one seed: (low, high) of the final bracket
     (0, 0 when even a nearly idle replica misses the SLOs) and the summary at `low` (at the
     idle load when none is sustained). The load doubles from 2 % of the saturation load
     until the SLOs break, then a geometric bisection: runs stay at loads near the answer
-    (a run far above it queues every request and costs the most)."""
-    sat = _saturation_qps(spec, plan)
+    (a run far above it queues every request and costs the most). sat: _saturation_qps."""
     idle = idle_run(spec, plan, seed)
     if not meets(idle, spec.limits):
         return 0.0, 0.0, idle
@@ -173,8 +172,8 @@ def family_capacity(spec: Spec, plans: list[Plan], probe_qps: float | None) -> d
         plan = min(screened, key=lambda x: x[0])[1]
     else:
         plan = plans[0]
-    per_seed = [max_qps(spec, plan, seed) for seed in range(spec.seeds)]
     sat = _saturation_qps(spec, plan)
+    per_seed = [max_qps(spec, plan, seed, sat) for seed in range(spec.seeds)]
     los = np.array([x[0] for x in per_seed])
     his = np.array([x[1] for x in per_seed])
     m = float(los.mean())

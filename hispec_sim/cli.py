@@ -47,9 +47,6 @@ def _profile_path(args):
         return None
 
 
-REQUEST_TOKENS = 256  # evaluate --mc on a workload with a spread: each stream one request of this many tokens
-
-
 def cmd_evaluate(args) -> int:
     if args.streams * args.cycles > schema.MAX_STREAM_CYCLES:
         raise ValueError(f"streams: --streams x --cycles must be <= {schema.MAX_STREAM_CYCLES}, "
@@ -76,6 +73,8 @@ def cmd_evaluate(args) -> int:
         refuse_unread(args, ("--streams", "--cycles", "--seed"),
                       "the i.i.d. Monte-Carlo estimate (--mc); trace replay walks each measured request once, deterministically")
     if args.mc and setting.agreement.scenarios is not None:  # montecarlo.simulate: one whole request per stream
+        from .montecarlo import REQUEST_TOKENS
+
         refuse_unread(args, ("--cycles",), f"workloads without a per-request spread; workload {setting.workload!r} has "
                       f"one, so every stream is one request of {REQUEST_TOKENS} tokens (--streams sets how many)")
     ar, s = score(setting, [schema.autoregressive_plan(setting.num_layers, plan.batch), plan])
@@ -84,7 +83,7 @@ def cmd_evaluate(args) -> int:
         from .montecarlo import simulate
 
         r = simulate(setting.cost_for([plan]), setting.agreement, plan,
-                     streams=args.streams, cycles=args.cycles, seed=args.seed, replay=args.replay, request_tokens=REQUEST_TOKENS)
+                     streams=args.streams, cycles=args.cycles, seed=args.seed, replay=args.replay)
         out["monte_carlo"] = {"tokens_per_second": round(r.tokens_per_second, 4),
                               "ci95": [round(r.ci95[0], 4), round(r.ci95[1], 4)],
                               "latency_ms_p50": round(r.latency_ms_p50, 4), "latency_ms_p99": round(r.latency_ms_p99, 4),

@@ -194,12 +194,13 @@ def check_exhaustive_size(setting: Setting, max_propose: int, max_window: int) -
                          f"{MAX_SEARCH_CELLS:.2e}: lower --max-propose or --max-window, or use --search optuna")
 
 
-def exhaustive(setting: Setting, top: int = 10, max_propose: int = 8, max_window: int = 16) -> SearchResult:
+def exhaustive(setting: Setting, top: int = 10, max_propose: int = 8, max_window: int = 16, arrays=None) -> SearchResult:
+    """arrays: exhaustive_arrays(setting, max_propose, max_window) where the caller has them."""
     if not (1 <= max_propose <= 64 and 1 <= max_window <= 256):
         raise ValueError("max_propose must be in [1, 64] and max_window in [1, 256]")
     check_exhaustive_size(setting, max_propose, max_window)
     t0 = time.perf_counter()
-    arrays = exhaustive_arrays(setting, max_propose, max_window)
+    arrays = exhaustive_arrays(setting, max_propose, max_window) if arrays is None else arrays
     ranked = ranked_plans(setting, arrays, top)
     candidates = [Plan(levels=[setting.num_layers], batch=setting.batch)] + ranked["single_level"] + ranked["hierarchical"]
     paper = paper_default(setting).model_copy(update={"batch": setting.batch})
@@ -220,13 +221,13 @@ DEFAULT_RESCORE = 50  # optimize's default where the workload has traces: the an
 
 
 def optimized(setting: Setting, top: int = 10, max_propose: int = 8, max_window: int = 16,
-              rescore: int | None = None) -> SearchResult:
+              rescore: int | None = None, arrays=None) -> SearchResult:
     """`optimize`'s exhaustive answer: the analytic ranking, its `rescore` best re-scored by
     trace replay (`rescored_by_replay`); rescore None: DEFAULT_RESCORE where the workload has
     traces, else 0 (analytic only)."""
     if rescore is None:
         rescore = DEFAULT_RESCORE if setting.agreement.traces is not None else 0
-    result = exhaustive(setting, top=max(top, rescore), max_propose=max_propose, max_window=max_window)
+    result = exhaustive(setting, top=max(top, rescore), max_propose=max_propose, max_window=max_window, arrays=arrays)
     return rescored_by_replay(result, top) if rescore else result
 
 

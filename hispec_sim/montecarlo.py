@@ -66,8 +66,11 @@ def _weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float, limit:
     return float(values[order][np.searchsorted(cw, q * cw[-1])])
 
 
+REQUEST_TOKENS = 256  # a per-request spread: each stream is one request of this many tokens
+
+
 def simulate(cost: CostModel, model: AgreementModel, plan: Plan, streams: int = 4096, cycles: int = 64,
-             seed: int = 0, replay: bool = False, engine: str = "auto", request_tokens: int = 256) -> MCResult:
+             seed: int = 0, replay: bool = False, engine: str = "auto", request_tokens: int = REQUEST_TOKENS) -> MCResult:
     """Simulate `streams` independent streams for `cycles` full-model checks each.
 
     A fixed number of whole cycles per stream keeps the ratio estimator unbiased (cutting

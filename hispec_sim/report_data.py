@@ -228,7 +228,7 @@ def compute(profile: Profile, workload: str | None = None, tp: int | None = None
     exits, single, pairs, three = best.pop("arrays")
     data["best"] = best
     if setting.agreement.traces is not None and pairs.size + single.size:  # optimize's answer on a traced workload
-        r = optimized(setting, 1, max_propose, max_window)
+        r = optimized(setting, 1, max_propose, max_window, arrays=(exits, single, pairs, three))
         best["replay"] = {"describe": r.best.plan.describe(), "tokens_per_second": _r(r.best.tokens_per_second, 4),
                           "vs_autoregressive": _r(r.best.tokens_per_second / r.autoregressive.tokens_per_second, 4),
                           "requests": r.rescored["requests"], "candidates": r.rescored["candidates"]}

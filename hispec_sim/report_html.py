@@ -69,7 +69,7 @@ def render_html(data: dict) -> str:
              + (f"<div class=\"card\">vs best single-level<b>{hd['vs_single']:.3f}x</b>"
                 f"{esc(fam['single_level']['describe'])}</div>" if hd["vs_single"] else "")
              + "</div>",
-             *([f"<p>{esc(replay_sentence(data))}</p>"] if replay_sentence(data) else []),
+             *([f"<p>{esc(replayed)}</p>"] if (replayed := replay_sentence(data)) else []),
              f"<p class=\"muted\"><b>Batching semantics.</b> {esc(data['batching'])}</p>"]
     rows = [[esc(FAMILY_LABEL[f]), esc(e["describe"]), _fmt(e["tokens_per_second"], 1), _fmt(e["latency_ms_per_token"], 2),
              _fmt(e["tokens_per_full_forward"], 3), esc(", ".join(f"{a:.3f}" for a in e["acceptance_per_level"]))]

@@ -30,7 +30,7 @@ def render_markdown(data: dict) -> str:
          f"**Best plan** `{hd['best']['describe']}`: {_fmt(hd['best']['tokens_per_second'], 1)} tokens/s, "
          f"{_fmt(hd['best']['latency_ms_per_token'], 2)} ms/token, {hd['vs_ar']:.3f}x autoregressive"
          + (f", {hd['vs_single']:.3f}x the best single-level plan." if hd["vs_single"] else "."), "",
-         *([_md(replay_sentence(data)), ""] if replay_sentence(data) else []),
+         *([_md(replayed), ""] if (replayed := replay_sentence(data)) else []),
          f"Batching semantics: {_md(data['batching'])}", "",
          _md_table(["family", "plan", "tokens/s", "ms/token", "tokens/full forward"],
                    [[FAMILY_LABEL[f], f"`{e['describe']}`", _fmt(e["tokens_per_second"], 1),
