@@ -703,7 +703,7 @@ def _environment(device: str) -> tuple[dict, str, str]:
 def model_shape(model: Transformer, model_name: str, source: Source) -> ModelShape:
     a = model.args
     return ModelShape(name=model_name, num_layers=model.num_layers, hidden=a.dim, heads=a.n_heads, kv_heads=a.n_kv_heads,
-                      ffn=a.ffn_dim, vocab=a.vocab_size, source=source)
+                      ffn=a.ffn_dim, vocab=a.vocab_size, max_context=a.max_seq_len, source=source)
 
 
 def time_model(model: Transformer, contexts: list[int], repeats: int, tokens: list[int], seed: int,

@@ -14,8 +14,7 @@ from . import schema, serving, traffic
 from .cli_common import SEED, add_plan_args, float_in, int_in, plan_from_args, refuse_unread
 from .evaluate import Setting
 
-DEFAULT_PROMPT = "lognormal:256:0.8:max=2048"
-DEFAULT_OUTPUT = "lognormal:192:0.8:max=1024"
+DEFAULT_PROMPT, DEFAULT_OUTPUT = traffic.DEFAULT_LENGTHS.values()
 
 
 def _common(p, capacity: bool) -> None:
@@ -97,12 +96,27 @@ def _limits(args) -> schema.ServeLimits:
                               slo_tbt_ms=args.slo_tbt_ms)
 
 
-def _traffic(args) -> schema.Traffic:
+def _traffic(args, model: schema.ModelShape, overshoot: int) -> schema.Traffic:
+    """The generated traffic; on a model whose context cannot hold its longest request the
+    default lengths are scaled down to fit (said on stderr), given ones refused."""
     if args.arrival not in ("poisson", "gamma"):
         raise ValueError(f"arrival: must be poisson or gamma, got {args.arrival!r}")
-    return schema.Traffic(arrival=args.arrival, qps=args.qps or 1.0, cv=args.cv, requests=args.requests,
-                          prompt_len=schema.LengthDist.parse(args.prompt_len, "prompt_len"),
-                          output_len=schema.LengthDist.parse(args.output_len, "output_len"), seed=args.seed)
+    if not getattr(args, "trace", None):
+        lengths = {k: getattr(args, k) for k in traffic.DEFAULT_LENGTHS}
+        for k, v in traffic.fit_default_lengths(lengths, model.max_context, overshoot).items():
+            if v != getattr(args, k):
+                print(f"hispec-sim: note: --{k.replace('_', '-')} defaults to {v} on this model (a request and its "
+                      f"{overshoot} tokens of speculation fit its context of {model.max_context})", file=sys.stderr)
+                setattr(args, k, v)
+    tr = schema.Traffic(arrival=args.arrival, qps=args.qps or 1.0, cv=args.cv, requests=args.requests,
+                        prompt_len=schema.LengthDist.parse(args.prompt_len, "prompt_len"),
+                        output_len=schema.LengthDist.parse(args.output_len, "output_len"), seed=args.seed)
+    if not getattr(args, "trace", None):
+        p, o = tr.prompt_len.upper, tr.output_len.upper
+        model.check_context(p + o + overshoot, "prompt_len", f"--prompt-len and --output-len draw up to {p} + {o} "
+                            f"(+ {overshoot} of speculation) = {p + o + overshoot}",
+                            f"shorten them or bound them with :max= so that prompt + output + speculation <= {model.max_context}")
+    return tr
 
 
 def _batching(args, auto: bool = False) -> str:
@@ -139,6 +153,13 @@ def _arrays(reqs: list[schema.Request]):
     return arr, pl, ol
 
 
+def _check_trace_context(model: schema.ModelShape, trace: list[schema.Request], overshoot: int) -> None:
+    _, pl, ol = _arrays(trace)
+    i = int(np.argmax(pl + ol))
+    model.check_context(int(pl[i] + ol[i]) + overshoot, "trace", f"request {i} needs {pl[i]} (prompt) + {ol[i]} "
+                        f"(max_new_tokens) + {overshoot} (speculation) = {int(pl[i] + ol[i]) + overshoot}")
+
+
 def refuse_unread_traffic(args) -> None:
     """With --trace the requests are the file's, so the generator's flags are refused; --cv
     shapes gamma arrivals only (both serve commands and capacity)."""
@@ -160,10 +181,12 @@ def cmd_serve(args) -> int:
         raise ValueError("trace: give --trace FILE or --qps, not both")
     if not args.trace and args.qps is None:
         raise ValueError("qps: give --qps X (requests/s, > 0) or --trace FILE")
-    tr = _traffic(args)
     plan = _plan(args, setting)
+    tr = _traffic(args, setting.profile.model, plan.max_overshoot)
     del batching
     trace = traffic.load_trace(args.trace) if args.trace else None
+    if trace is not None:
+        _check_trace_context(setting.profile.model, trace, plan.max_overshoot)
     summaries, steps, prefills, first = [], [], [], None
     for k in range(args.seeds):
         if trace is not None:
@@ -246,7 +269,8 @@ def cmd_capacity(args) -> int:
     setting = _setting(args)
     limits = _limits(args)
     batching = _batching(args, auto=True)
-    tr = _traffic(args)
+    widest = schema.Plan(levels=[1, 2, 3], propose=args.max_propose, windows=[args.max_window])  # of the searched plans
+    tr = _traffic(args, setting.profile.model, widest.max_overshoot)
     mean_out = float(traffic.draw_lengths(tr.output_len, 4000, np.random.default_rng(0)).mean())
     mean_prompt = float(traffic.draw_lengths(tr.prompt_len, 4000, np.random.default_rng(0)).mean())
     if limits.kv_tokens is not None:

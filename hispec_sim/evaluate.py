@@ -31,6 +31,7 @@ class Setting:
         self.context = self.acceptance.context if self.context is None else self.context
         if self.context < 0:
             raise ValueError("context: must be >= 0")
+        self.profile.model.check_context(self.context, "context")
         self.agreement = AgreementModel(self.acceptance)
 
     def cost(self, max_tokens: int = 512) -> CostModel:

@@ -23,8 +23,7 @@ COLORS = {"autoregressive": "#7f7f7f", "single_level": "#1f77b4", "hierarchical"
 DEFAULTS = {"target_tps": 10000.0, "slo_ms": 50.0, "gpu_hour_usd": 2.0, "slo_ttft_ms": 2000.0}
 # (g) serving curves: a small seeded request set per load (fast, so p99 is nearly the max of
 # the TTFTs; `hispec-sim capacity` and `serve` use more); --serving-requests 0 skips it
-SERVING = {"requests": 60, "lifetimes": 3.0, "seeds": 1, "max_batch": 64, "loads": 6, "low": 0.05, "high": 3.0,
-           "prompt_len": "lognormal:256:0.8:max=2048", "output_len": "lognormal:192:0.8:max=1024"}
+SERVING = {"requests": 60, "lifetimes": 3.0, "seeds": 1, "max_batch": 64, "loads": 6, "low": 0.05, "high": 3.0}
 SENSITIVITY = (1.0, 0.9, 0.8)
 MEMORY_HEADROOM = 0.9  # fraction of HBM usable for weights + KV cache
 
@@ -342,21 +341,22 @@ def _serving(setting: Setting, families: dict, mem: dict, requests: int, slo_ttf
     (capacity.crossovers)."""
     import time
 
-    from . import capacity
+    from . import capacity, traffic
     from .schema import LengthDist, ServeLimits, Traffic
 
     t0 = time.perf_counter()
     max_batch = SERVING["max_batch"] if mem["max_batch"] is None else max(1, min(SERVING["max_batch"], mem["max_batch"]))
-    tr = Traffic(qps=1.0, requests=requests, prompt_len=LengthDist.parse(SERVING["prompt_len"], "prompt_len"),
-                 output_len=LengthDist.parse(SERVING["output_len"], "output_len"), seed=0)
-    limits = ServeLimits(max_batch=max_batch, slo_ttft_ms=slo_ttft_ms, slo_tbt_ms=slo_tbt_ms)
-    one = Setting(setting.profile, setting.workload, setting.tp, setting.stack, 1, setting.context)
-    spec = capacity.Spec(one, tr, limits, "ragged", SERVING["seeds"])
     plans = {}
     for fam in FAMILIES:
         if fam in families:
             p = Plan.model_validate(families[fam]["plan"])
             plans[fam] = p.model_copy(update={"batch": 1, "batching": "synchronous" if p.depth > 1 else "ragged"})
+    lengths = traffic.fit_default_lengths(traffic.DEFAULT_LENGTHS, setting.profile.model.max_context,
+                                          max(p.max_overshoot for p in plans.values()))
+    tr = Traffic(qps=1.0, requests=requests, seed=0, **{k: LengthDist.parse(v, k) for k, v in lengths.items()})
+    limits = ServeLimits(max_batch=max_batch, slo_ttft_ms=slo_ttft_ms, slo_tbt_ms=slo_tbt_ms)
+    one = Setting(setting.profile, setting.workload, setting.tp, setting.stack, 1, setting.context)
+    spec = capacity.Spec(one, tr, limits, "ragged", SERVING["seeds"])
     sat = capacity._saturation_qps(spec, plans["autoregressive"])
     n = SERVING["loads"]
     lo, hi = SERVING["low"] * sat, SERVING["high"] * sat
@@ -369,12 +369,12 @@ def _serving(setting: Setting, families: dict, mem: dict, requests: int, slo_ttf
         ok = [p["qps"] for p in e["points"] if p["meets_slo"]]
         e["highest_load_meeting_slo"] = max(ok) if ok else None
     return {**curves, "crossover": cross, "requests": requests, "seeds": SERVING["seeds"], "max_batch": max_batch,
-            "prompt_len": SERVING["prompt_len"], "output_len": SERVING["output_len"],
+            **lengths,
             "saturation_qps_autoregressive": _r(sat, 4), "seconds": _r(time.perf_counter() - t0, 2),
             "method": (f"max({requests}, load x {window_s:.3g} s) Poisson requests per load, at most {10 * requests} (seed 0, "
                        f"{SERVING['seeds']} seed(s); arrivals span at least {SERVING['lifetimes']:g} lifetimes of a "
                        "request in a full autoregressive batch, so that high loads are not a single burst), prompts "
-                       f"{SERVING['prompt_len']}, outputs {SERVING['output_len']} tokens, max batch {max_batch}, KV "
+                       f"{lengths['prompt_len']}, outputs {lengths['output_len']} tokens, max batch {max_batch}, KV "
                        "unbounded, prefill of each admitted group in one forward that stalls decoding; per family its "
                        "batch-1 lockstep optimum, speculative plans under the synchronous policy; loads from "
                        f"{SERVING['low']:g}x to {SERVING['high']:g}x the autoregressive saturation (a full lockstep "

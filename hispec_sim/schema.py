@@ -246,7 +246,15 @@ class ModelShape(Strict):
     kv_heads: int = Field(ge=1, le=MAX_DIM)
     ffn: int = Field(ge=1, le=MAX_DIM)
     vocab: int = Field(ge=2, le=MAX_DIM)
+    max_context: int | None = Field(None, ge=2, le=MAX_CONTEXT, description="tokens one sequence may hold (prompt + "
+                                    "output + speculation); None: not known, nothing checked against it")
     source: Source
+
+    def check_context(self, tokens: int, field: str, what: str = "", hint: str = "") -> None:
+        """Raise ValueError naming `field` when `tokens` exceed the model's context."""
+        if self.max_context is not None and tokens > self.max_context:
+            raise ValueError(f"{field}: {what or tokens} tokens, beyond the model's context of {self.max_context} (the "
+                             f"profile's model.max_context); " + (hint or f"allowed: <= {self.max_context}"))
 
 
 def _finite_nonneg(values, field: str, lo: float = 0.0):
@@ -715,6 +723,7 @@ class Profile(Strict):
         if self.default_workload not in self.workloads:
             raise ValueError(f"default_workload: {self.default_workload!r} is not one of {sorted(self.workloads)}")
         for name, acc in self.workloads.items():
+            self.model.check_context(acc.context, f"workloads.{name}.context")
             if acc.exits[-1] != self.model.num_layers:
                 raise ValueError(f"workloads.{name}.exits: must end at the last layer {self.model.num_layers}")
             if acc.fit is not None:
@@ -1045,6 +1054,13 @@ class LengthDist(Strict):
         if self.family == "fixed" and not self.min <= self.value <= self.max:
             raise ValueError(f"value: a fixed length {self.value} outside its own min..max {self.min}..{self.max}")
         return self
+
+    @property
+    def upper(self) -> int:
+        """The longest length it can draw."""
+        raw = {"fixed": self.value, "uniform": self.high, "lognormal": self.max,
+               "empirical": max(self.values or [1])}[self.family]
+        return max(self.min, min(self.max, raw))
 
     @classmethod
     def parse(cls, text: str, field: str) -> "LengthDist":

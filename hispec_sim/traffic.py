@@ -12,6 +12,26 @@ import numpy as np
 from .schema import MAX_REQUESTS, LengthDist, Request, RequestMetrics, ServeLimits, Traffic, validation_message
 
 MAX_TRACE_BYTES = 256 * 2**20
+DEFAULT_LENGTHS = {"prompt_len": "lognormal:256:0.8:max=2048", "output_len": "lognormal:192:0.8:max=1024"}
+
+
+def fit_default_lengths(lengths: dict[str, str], context: int | None, reserved: int) -> dict[str, str]:
+    """`lengths` (prompt_len, output_len: CLI forms) with those still at DEFAULT_LENGTHS
+    scaled down, median and max alike, so that the longest request and `reserved` tokens of
+    speculation fit `context` (None: unknown, nothing scaled); given lengths are kept, and
+    nothing is scaled when they leave no room."""
+    scaled = [k for k, v in lengths.items() if v == DEFAULT_LENGTHS[k]]
+    upper = {k: LengthDist.parse(v, k).upper for k, v in lengths.items()}
+    room = (context or 0) - reserved - sum(u for k, u in upper.items() if k not in scaled)
+    want = sum(upper[k] for k in scaled)
+    if context is None or not scaled or want <= room or room < len(scaled):  # fits, or nothing would
+        return dict(lengths)
+    f = room / want
+    out = dict(lengths)
+    for k in scaled:
+        d = LengthDist.parse(lengths[k], k)
+        out[k] = f"lognormal:{max(1, round(d.median * f))}:{d.sigma:g}:max={max(1, int(d.max * f))}"
+    return out
 
 
 def draw_lengths(dist: LengthDist, n: int, rng: np.random.Generator) -> np.ndarray:

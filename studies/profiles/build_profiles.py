@@ -43,29 +43,29 @@ PUB_FILE = "profiles/sources/published_inputs.md"
 
 # --------------------------------------------------------------------------- model shapes
 
-SHAPES = {  # layers, hidden, heads, kv_heads, ffn, vocab
-    "Llama-2-7B": (32, 4096, 32, 32, 11008, 32000),
-    "Llama-2-13B": (40, 5120, 40, 40, 13824, 32000),
-    "Llama-2-70B": (80, 8192, 64, 8, 28672, 32000),
-    "Llama-3-8B": (32, 4096, 32, 8, 14336, 128256),
-    "CodeLlama-34B": (48, 8192, 64, 8, 22016, 32000),
-    "CodeLlama-7B": (32, 4096, 32, 32, 11008, 32016),
-    "Llama-3-70B": (80, 8192, 64, 8, 28672, 128256),
+SHAPES = {  # layers, hidden, heads, kv_heads, ffn, vocab, context (max_position_embeddings)
+    "Llama-2-7B": (32, 4096, 32, 32, 11008, 32000, 4096),
+    "Llama-2-13B": (40, 5120, 40, 40, 13824, 32000, 4096),
+    "Llama-2-70B": (80, 8192, 64, 8, 28672, 32000, 4096),
+    "Llama-3-8B": (32, 4096, 32, 8, 14336, 128256, 8192),
+    "CodeLlama-34B": (48, 8192, 64, 8, 22016, 32000, 16384),
+    "CodeLlama-7B": (32, 4096, 32, 32, 11008, 32016, 16384),
+    "Llama-3-70B": (80, 8192, 64, 8, 28672, 128256, None),  # a calibration check only, not shipped
 }
 
 
 def model_shape(name: str) -> ModelShape:
-    L, h, nh, kv, f, v = SHAPES[name]
+    L, h, nh, kv, f, v, ctx = SHAPES[name]
     if name == "CodeLlama-7B":
         src = Source(kind="assumed", detail="CodeLlama-7B is not in published_inputs.md: assumed the Llama-2-7B architecture "
-                     "(32 layers, hidden 4096, 32 heads, ffn 11008) with the 32016-token vocabulary of its Hugging Face config",
-                     reference="huggingface.co/codellama/CodeLlama-7b-hf config.json")
+                     "(32 layers, hidden 4096, 32 heads, ffn 11008) with the 32016-token vocabulary and the 16384-token "
+                     "context of its Hugging Face config", reference="huggingface.co/codellama/CodeLlama-7b-hf config.json")
     elif name == "Llama-3-70B":
         src = Source(kind="published", detail="Llama-3(.1)-70B shape: Llama-2-70B layers with the 128256-token vocabulary; "
                      "shape columns of the Vidur Meta-Llama-3-70B mlp.csv", reference=vidur.VIDUR_REF)
     else:
         src = Source(kind="published", detail=f"{name} shape from its Hugging Face config", reference=PUB_FILE)
-    return ModelShape(name=name, num_layers=L, hidden=h, heads=nh, kv_heads=kv, ffn=f, vocab=v, source=src)
+    return ModelShape(name=name, num_layers=L, hidden=h, heads=nh, kv_heads=kv, ffn=f, vocab=v, max_context=ctx, source=src)
 
 
 # --------------------------------------------------------------------------- acceptance inputs

@@ -162,6 +162,8 @@ def work(tmp_path_factory):
     prof_variant("layers0.json", lambda d: d["model"].__setitem__("num_layers", 0))
     prof_variant("layersbig.json", lambda d: d["model"].__setitem__("num_layers", 10 ** 7))
     prof_variant("ctxbig.json", lambda d: d["workloads"]["w"].__setitem__("context", 10 ** 30))
+    prof_variant("ctxover.json", lambda d: (d["model"].__setitem__("max_context", 64),
+                                            d["workloads"]["w"].__setitem__("context", 65)))
     prof_variant("agree2.json", lambda d: d["workloads"]["w"]["agreement"][0].__setitem__(1, 2.0))
     prof_variant("nows.json", lambda d: d.__setitem__("workloads", {}))
     prof_variant("badtp.json", lambda d: d["latency"][0].__setitem__("tp", -2))
@@ -258,6 +260,8 @@ def work(tmp_path_factory):
     f["CK"] = str(DEFAULT_CHECKPOINT)
     put("trace.jsonl", '{"arrival_s": 0.0, "prompt_tokens": 16, "max_new_tokens": 8}\n')
     put("bigprompt.jsonl", json.dumps({"arrival_s": 0.0, "prompt": "x" * 1_000_001, "max_new_tokens": 8}) + "\n")
+    put("longtrace.jsonl", '{"arrival_s": 0.0, "prompt_tokens": 16, "max_new_tokens": 8}\n'
+        '{"arrival_s": 1.0, "prompt_tokens": 500, "max_new_tokens": 20}\n')
     put("strtrace.jsonl", '{"arrival_s": 0.0, "prompt_tokens": "16", "max_new_tokens": 8}\n')
     put("prompts.txt", "def f(x):\n")
     put("strpropose.json", '{"levels": [2, 16], "propose": "2"}')
@@ -859,6 +863,17 @@ CASES = [
     ("exec-flags", E, "generate --prompt ' '", ["prompt", "whitespace"]),
     # -- its eighth round
     ("flags", S, "evaluate --profile cpu_hispec_tiny --levels 2,16 --mc --cycles 5", ["cycles", "per-request spread"]),
+    # -- the model's context (profile model.max_context)
+    ("context", S, "evaluate --profile a100_llama70b --levels 80 --context 5000", ["context", "5000", "<= 4096"]),
+    ("context", S, "optimize --profile cpu_hispec_tiny --context 600", ["context", "of 512"]),
+    ("context", S, "serve --profile cpu_hispec_tiny --levels 2,16 --qps 5 --prompt-len 400 --output-len 200",
+     ["prompt_len", "400 + 200 (+ 5 of speculation) = 605", ":max="]),
+    ("context", S, "serve --profile cpu_hispec_tiny --levels 2,16 --qps 5 --prompt-len 510", ["prompt_len", "of 512"]),
+    ("context", S, "capacity --profile cpu_hispec_tiny --qps 5 --slo-ttft-ms 1000 --slo-tbt-ms 50 --prompt-len 480 "
+     "--output-len 16", ["prompt_len", "of 512"]),
+    ("context", S, "serve --profile cpu_hispec_tiny --levels 2,16 --trace {LONGTRACE}",
+     ["trace: request 1 needs 500 (prompt) + 20 (max_new_tokens) + 5 (speculation) = 525", "of 512"]),
+    ("context", S, "evaluate --profile {CTXOVER} --levels 2,16", ["workloads.w.context", "65 tokens, beyond the model's context of 64"]),
 ]
 
 

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import hispec_exec.measure as measure
+from hispec_exec.checkpoint import load_model
 from hispec_exec.generate import Forward
 from hispec_exec.measure import (_fill_beyond_capacity, _scaled_working_set, calibration_plans, drifting_nnls, isotonic, isotonic_2d,
                                  measure_profile, measure_working_set, measurement_unrest, measurement_warning,
@@ -445,6 +446,7 @@ def test_measure_hf_checkpoint_on_prompts_files_merges_workloads(hf_folder, tmp_
     p = load_profile(str(out))
     vocab = json.loads((hf_folder / "config.json").read_text(encoding="utf-8"))["vocab_size"]
     assert p.model.name == hf_folder.name and p.model.vocab == vocab and p.default_workload == "code"
+    assert p.model.max_context == load_model(str(hf_folder)).args.max_seq_len  # what the executor can hold
     acc = p.workload("code")
     assert len(acc.trace_starts) == 3 and len(acc.traces) == 36 and len(acc.spread.per_request) == 3
     assert p.provenance["prompts"]["n"] == 3 and "tokenizer.json" in p.provenance["prompts"]["source"]

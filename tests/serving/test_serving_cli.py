@@ -193,3 +193,20 @@ def test_capacity_candidates_cover_both_policies(prof):
     for fam in ("single_level", "hierarchical"):
         assert {p.batching for p in fams[fam]} == {"ragged", "synchronous"}
         assert {len(p.levels) for p in fams[fam]} == {2 if fam == "single_level" else 3}
+
+
+def test_defaults_scaled_to_the_model_context(capsys):
+    """The default lengths (up to 2,048 + 1,024 tokens) on the 512-token shipped model: scaled
+    to fit, said on stderr; a given length is kept and the other fitted around it."""
+    argv = ["serve", "--profile", "cpu_hispec_tiny", "--levels", "2,16", "--propose", "3", "--qps", "5", "--requests",
+            "200", "--seeds", "1", "--json", "--per-request"]
+    assert main(argv) == 0
+    res = capsys.readouterr()
+    out, err = json.loads(res.out), res.err
+    assert "--prompt-len defaults to lognormal:42:0.8:max=337" in err and "--output-len defaults to" in err
+    most = max(r["prompt_tokens"] + r["output_tokens"] for r in out["requests"]) + 6  # + speculation (propose 3)
+    assert most <= 512
+    assert out["traffic"]["prompt_len"]["max"] + out["traffic"]["output_len"]["max"] + 6 <= 512
+    assert main(argv + ["--prompt-len", "300"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["traffic"]["prompt_len"]["value"] == 300 and out["traffic"]["output_len"]["max"] == 512 - 300 - 6

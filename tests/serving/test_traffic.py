@@ -2,9 +2,11 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hispec_sim.schema import LengthDist, RequestMetrics, ServeLimits, Traffic
-from hispec_sim.traffic import generate, load_trace, summarize
+from hispec_sim.traffic import DEFAULT_LENGTHS, fit_default_lengths, generate, load_trace, summarize
 
 
 def test_generate_is_seeded_and_has_the_stated_rate():
@@ -67,3 +69,21 @@ def test_summarize_counts_goodput():
     assert s["output_tokens"] == 6 and s["slo_attained"] == 0.5
     assert s["duration_s"] == pytest.approx(1.52)
     assert s["tbt_ms"]["mean"] == pytest.approx(10.0)
+
+
+@given(context=st.integers(2, 10_000), reserved=st.integers(1, 40), prompt=st.sampled_from([None, "64", "uniform:8:900"]))
+@settings(max_examples=200, deadline=None)
+def test_default_lengths_fit_the_context(context, reserved, prompt):
+    """A given length is kept; the defaults are scaled to fit the context whenever the given
+    ones leave a token for each, and left alone when they fit already."""
+    lengths = dict(DEFAULT_LENGTHS, **({"prompt_len": prompt} if prompt else {}))
+    out = fit_default_lengths(lengths, context, reserved)
+    upper = lambda d: sum(LengthDist.parse(v, k).upper for k, v in d.items())  # noqa: E731
+    if prompt:
+        assert out["prompt_len"] == prompt
+    if upper(lengths) + reserved <= context:
+        assert out == lengths
+    room = context - reserved - (LengthDist.parse(prompt, "p").upper if prompt else 0)
+    if room >= (1 if prompt else 2):
+        assert upper(out) + reserved <= context
+    assert fit_default_lengths(lengths, None, reserved) == lengths
