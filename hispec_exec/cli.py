@@ -21,6 +21,11 @@ from hispec_sim.cli_common import (SEED, Parser, add_model_args, add_plan_args, 
 TOKENS = int_in(1, 1 << 20)
 
 
+
+def _per_level(levels: list[int], acceptance: list, digits: int) -> str:
+    """'L4: 0.412, L16: 0.575' (levels 2..k; '-' for a level that never checked, or none)."""
+    return ", ".join(f"L{lv}: " + ("-" if a is None else f"{a:.{digits}f}") for lv, a in zip(levels[1:], acceptance)) or "-"
+
 def _load(a):
     return load_model_from_args(a)
 
@@ -154,7 +159,7 @@ def run_plan(model, plan, prompts, max_new_tokens: int, mode: str, seed: int = 0
         "tokens_per_s": new / wall,
         "autoregressive_tokens_per_s": new / ar_wall,
         "speedup_vs_autoregressive": ar_wall / wall,
-        "acceptance_per_level": [None] + [a / p if p else None for p, a in zip(proposed[1:], accepted[1:])],
+        "acceptance_per_level": [a / p if p else None for p, a in zip(proposed[1:], accepted[1:])],  # levels 2..k
         "proposed_per_level": proposed,
         "accepted_per_level": accepted,
         "forwards_per_level": fpl,
@@ -198,7 +203,7 @@ def cmd_run(a) -> int:
     if a.json:
         print(json.dumps(out, indent=1))
     else:
-        acc = " ".join("-" if x is None else f"{x:.3f}" for x in out["acceptance_per_level"])
+        acc = _per_level(out["plan"]["levels"], out["acceptance_per_level"], 3)
         print(f"plan {out['plan_text']} ({out['family']}, {out['mode']}) on {out['prompts']} held-out prompts x "
               f"{a.max_new_tokens} tokens")
         print(f"tokens/s {out['tokens_per_s']:.1f}   autoregressive {out['autoregressive_tokens_per_s']:.1f}   "
@@ -244,7 +249,7 @@ def cmd_generate(a) -> int:
     r = decode(model, plan, ids, a.max_new_tokens, mode=a.mode, seed=a.seed, temperature=a.temperature)
     sys.stdout.write(dec(ids + r.tokens) + "\n")
     s = r.summary()
-    acc = " ".join("-" if x is None else f"{x:.2f}" for x in s["acceptance_per_level"])
+    acc = _per_level(plan.levels, s["acceptance_per_level"], 2)
     sys.stderr.write(f"[{s['plan']} {s['mode']}: {s['tokens_per_s']:.1f} tokens/s, acceptance {acc}, "
                      f"{s['tokens_per_full_forward']:.2f} tokens per full-model forward]\n")
     return 0

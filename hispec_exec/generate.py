@@ -72,7 +72,7 @@ class DecodeResult:
 
     def acceptance(self) -> list[float | None]:
         """Per level j >= 2: accepted / proposed of level j's checks (None when it never checked)."""
-        return [None] + [a / p if p else None for p, a in zip(self.proposed[1:], self.accepted[1:])]
+        return [a / p if p else None for p, a in zip(self.proposed[1:], self.accepted[1:])]
 
     def tokens_per_full_forward(self) -> float:
         """Tokens committed per full-model forward (counting the last check's overshoot)."""

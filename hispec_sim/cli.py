@@ -61,7 +61,7 @@ def cmd_evaluate(args) -> int:
         refuse_unread(args, ("--mc", "--replay", "--streams", "--cycles"),
                       "plans without confidence thresholds (an adaptive plan's output holds its own trace replay)")
         out = {**setting.describe(), **predict_adaptive(setting, plan, seed=args.seed)}
-        print(json.dumps(out, indent=2) if args.json else f"plan {out['describe']}  {out['tokens_per_second']:.2f} tokens/s  "
+        print(json.dumps(out, indent=2) if args.json else f"plan {out['describe']}  {_tps(out['tokens_per_second'])} tokens/s  "
               f"x{out['speedup_vs_autoregressive']:.3f} vs autoregressive  x{out['gain_over_fixed']:.3f} vs the same "
               f"plan without thresholds  ({out['model']}; {out['rates'].split(':')[0]})" + replay_text(out.get("trace_replay")))
         return 0
@@ -96,16 +96,21 @@ def cmd_evaluate(args) -> int:
         return 0
     print(setting.header())
     print(f"plan {plan.describe()}  ({plan.family})")
-    print(f"  analytic:    {out['tokens_per_second']:10.2f} tokens/s  x{out['speedup_vs_autoregressive']:.3f} vs autoregressive"
+    print(f"  analytic:    {_tps(out['tokens_per_second']):>10s} tokens/s  x{out['speedup_vs_autoregressive']:.3f} vs autoregressive"
           f"  {out['tokens_per_full_forward']:.3f} tokens/full forward  {out['latency_ms_per_token']:.3f} ms/token")
     if out["acceptance_per_level"]:
         print("  acceptance per level: " + ", ".join(f"L{lv}: {a:.3f}" for lv, a in zip(plan.levels[1:], out["acceptance_per_level"])))
     if "monte_carlo" in out:
         m = out["monte_carlo"]
-        print(f"  monte-carlo: {m['tokens_per_second']:10.2f} tokens/s  95% CI [{m['ci95'][0]:.2f}, {m['ci95'][1]:.2f}]"
+        print(f"  monte-carlo: {_tps(m['tokens_per_second']):>10s} tokens/s  95% CI [{_tps(m['ci95'][0])}, {_tps(m['ci95'][1])}]"
               f"  per-token latency p50 {m['latency_ms_p50']:.3f} ms  p99 {m['latency_ms_p99']:.3f} ms"
               f"  ({m['cycles']} cycles, {'trace replay' if m['trace_replay'] else 'i.i.d.'})")
     return 0
+
+
+def _tps(x: float) -> str:
+    """Tokens/s to 2 decimals; 3 significant digits where that would print 0.00."""
+    return f"{x:.3g}" if 0 < abs(x) < 0.005 else f"{x:.2f}"
 
 
 def _table(rows: list[tuple[str, dict]]) -> str:
@@ -114,9 +119,9 @@ def _table(rows: list[tuple[str, dict]]) -> str:
             + (f" {'analytic':>10s}" if analytic else ""))
     lines = [head, "-" * len(head)]
     for label, r in rows:
-        lines.append(f"{label:22s} {r['describe']:34s} {r['tokens_per_second']:10.2f} {r['speedup_vs_autoregressive']:7.3f}x "
+        lines.append(f"{label:22s} {r['describe']:34s} {_tps(r['tokens_per_second']):>10s} {r['speedup_vs_autoregressive']:7.3f}x "
                      f"{r['tokens_per_full_forward']:8.3f} {r['latency_ms_per_token']:9.3f}"
-                     + (f" {r['analytic_tokens_per_second']:10.2f}" if analytic else ""))
+                     + (f" {_tps(r['analytic_tokens_per_second']):>10s}" if analytic else ""))
     return "\n".join(lines)
 
 

@@ -398,9 +398,14 @@ def _sweep_note(mem: dict, setting: Setting, max_batch: int, limit: int, profile
     elif not mem["fits"]:
         parts.append(f"the weights do NOT fit in tp={setting.tp} x {profile.hardware.hbm_gb} GB HBM: "
                      "these figures are hypothetical; use a larger --tp")
+    elif mem["max_batch"] == 0:
+        parts.append(f"{mem['hbm_gb']} GB HBM (tp={setting.tp}) at {int(MEMORY_HEADROOM * 100)} % use holds the weights "
+                     f"but not one sequence's KV cache at context {setting.context}: these figures are hypothetical")
     else:
         parts.append(f"{mem['hbm_gb']} GB HBM (tp={setting.tp}) at {int(MEMORY_HEADROOM * 100)} % use holds "
                      f"batch <= {mem['max_batch']} at context {setting.context}")
+        if setting.batch > mem["max_batch"]:
+            parts.append(f"the batch of the headline, {setting.batch}, does not fit: its figures are hypothetical")
     parts.append(f"sweep up to batch {limit}" + (" (--max-batch)" if limit == max_batch else " (memory)"))
     grid = setting.table.tokens[-1]
     parts.append(f"the latency table is measured up to {grid} tokens per forward; beyond that it is extrapolated linearly")

@@ -173,11 +173,11 @@ def profile_acceptance(profile_path: str, plan_args: list[str]) -> list | None:
     a = dict(zip(plan_args[::2], plan_args[1::2]))
     levels = [int(x) for x in a["--levels"].split(",")]
     if len(levels) == 1:
-        return [None]
+        return []
     plan = Plan(levels=levels, propose=int(a.get("--propose", 1)),
                 windows=[int(a["--window"])] * (len(levels) - 2) if "--window" in a else [])
     rates = level_rates(prof.workloads[prof.default_workload], plan.levels)
-    return [None] + [round(float(r), 4) for r in rates[:, 2]]
+    return [round(float(r), 4) for r in rates[:, 2]]  # levels 2..k, as the executor's
 
 
 def kept_fraction(rate: float | None, n: int) -> float | None:
@@ -242,8 +242,8 @@ def scenario(profile: str, bare: str, plain: str, family: str, qps: float, trace
            "step_noise": sims["simulated"].get("step_noise")}
     pa = row["profile_acceptance"]
     opts = dict(zip(PLANS[family][::2], PLANS[family][1::2]))
-    sizes = [int(opts.get("--propose", 1))] + [int(opts.get("--window", 1))] * max(len(pa) - 2, 0)
-    row["profile_kept_fraction"] = [None] + [kept_fraction(p, n) for p, n in zip(pa[1:], sizes)]
+    sizes = [int(opts.get("--propose", 1))] + [int(opts.get("--window", 1))] * max(len(pa) - 1, 0)
+    row["profile_kept_fraction"] = [kept_fraction(p, n) for p, n in zip(pa, sizes)]
     for key, sub, *_ in (*METRICS, *EXTRA):
         runs = [_get(e["summary"], key, sub) for e in exes]
         measured = float(np.mean(runs))

@@ -300,6 +300,15 @@ def test_memory_caps_the_sweep():
     assert 130 < mem["weights_gb"] < 145 and mem["fits"] and mem["max_batch"] > 256
     assert report._memory(prof, 1, 512, 32)["fits"] is False
     assert report._memory(make_profile(), 1, 512, 32)["max_batch"] is None  # no HBM in the profile
+    # the headline's batch beyond what memory holds, and no room for one sequence: said
+    big = Setting(prof, tp=4, batch=4096, context=4096)
+    note = report._sweep_note(report._memory(prof, 4, 4096, 32), big, 64, 1, prof)
+    assert "the batch of the headline, 4096, does not fit" in note
+    tight = prof.model_copy(update={"hardware": prof.hardware.model_copy(update={"hbm_gb": 38.5})})  # the weights leave 0.65 GB
+    mem = report._memory(tight, 4, 4096, 32)
+    assert mem["fits"] and mem["max_batch"] == 0
+    assert "not one sequence's KV cache at context 4096" in report._sweep_note(mem, Setting(tight, tp=4, context=4096),
+                                                                              64, 1, tight)
 
 
 def test_capacity_refines_the_batch_between_sweep_points(prof_file):
