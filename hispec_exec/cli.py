@@ -21,10 +21,10 @@ from hispec_sim.cli_common import (SEED, Parser, add_model_args, add_plan_args, 
 TOKENS = int_in(1, 1 << 20)
 
 
-
 def _per_level(levels: list[int], acceptance: list, digits: int) -> str:
     """'L4: 0.412, L16: 0.575' (levels 2..k; '-' for a level that never checked, or none)."""
     return ", ".join(f"L{lv}: " + ("-" if a is None else f"{a:.{digits}f}") for lv, a in zip(levels[1:], acceptance)) or "-"
+
 
 def _load(a):
     return load_model_from_args(a)

@@ -101,7 +101,8 @@ def _traffic(args, model: schema.ModelShape, overshoot: int) -> schema.Traffic:
     default lengths are scaled down to fit (said on stderr), given ones refused."""
     if args.arrival not in ("poisson", "gamma"):
         raise ValueError(f"arrival: must be poisson or gamma, got {args.arrival!r}")
-    if not getattr(args, "trace", None):
+    generated = not getattr(args, "trace", None)
+    if generated:
         lengths = {k: getattr(args, k) for k in traffic.DEFAULT_LENGTHS}
         for k, v in traffic.fit_default_lengths(lengths, model.max_context, overshoot).items():
             if v != getattr(args, k):
@@ -111,7 +112,7 @@ def _traffic(args, model: schema.ModelShape, overshoot: int) -> schema.Traffic:
     tr = schema.Traffic(arrival=args.arrival, qps=args.qps or 1.0, cv=args.cv, requests=args.requests,
                         prompt_len=schema.LengthDist.parse(args.prompt_len, "prompt_len"),
                         output_len=schema.LengthDist.parse(args.output_len, "output_len"), seed=args.seed)
-    if not getattr(args, "trace", None):
+    if generated:
         p, o = tr.prompt_len.upper, tr.output_len.upper
         model.check_context(p + o + overshoot, "prompt_len", f"--prompt-len and --output-len draw up to {p} + {o} "
                             f"(+ {overshoot} of speculation) = {p + o + overshoot}",
