@@ -107,6 +107,15 @@ def read_safetensors(path: Path, field: str = "model") -> dict[str, torch.Tensor
         raise ValueError(f"{field}: corrupt safetensors file {path} ({str(e).splitlines()[0][:120]})") from None
 
 
+def check_float(name: str, x: torch.Tensor, field: str = "model") -> torch.Tensor:
+    """x, unless its dtype is not a floating point one (integers or booleans cast to float
+    would run a different model without a word)."""
+    if not x.is_floating_point():
+        raise ValueError(f"{field}: tensor {name} has dtype {str(x.dtype).removeprefix('torch.')}; weights must be "
+                         "float16, bfloat16, float32 or float64")
+    return x
+
+
 def load_state(model: Transformer, sd: dict[str, torch.Tensor], field: str = "model") -> None:
     want = {k: v for k, v in model.state_dict().items()}
     if model.args.tie_embeddings:
@@ -120,7 +129,7 @@ def load_state(model: Transformer, sd: dict[str, torch.Tensor], field: str = "mo
     for k, v in want.items():
         if tuple(sd[k].shape) != tuple(v.shape):
             raise ValueError(f"{field}: tensor {k} has shape {tuple(sd[k].shape)}, the config needs {tuple(v.shape)}")
-        if sd[k].is_floating_point() and not bool(torch.isfinite(sd[k]).all()):  # NaN logits argmax to token 0 at every exit: "perfect" agreement
+        if not bool(torch.isfinite(check_float(k, sd[k], field)).all()):  # NaN logits argmax to token 0 at every exit: "perfect" agreement
             raise ValueError(f"{field}: tensor {k} holds NaN or infinite values; weights must be finite")
     with torch.no_grad():
         for k, p in model.state_dict().items():

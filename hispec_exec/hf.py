@@ -91,17 +91,23 @@ def _hf_tensors(folder: Path) -> dict[str, torch.Tensor]:
     index = folder / "model.safetensors.index.json"
     if index.exists():
         wm = _read_json(index, "model").get("weight_map", {})
+        if not isinstance(wm, dict) or not all(isinstance(k, str) for k in wm):
+            raise ValueError(f"model: {index}: weight_map must be an object {{tensor name: shard file}}")
         out = {}
-        for shard in sorted(set(wm.values())):
+        for shard in sorted(set(wm.values()), key=str):
             if not isinstance(shard, str) or Path(shard).name != shard or shard in (".", ".."):
                 raise ValueError(f"model: {index} names shard {shard!r}; a shard must be a file name in the folder")
-            out.update(read_safetensors(folder / shard))
+            held = read_safetensors(folder / shard)
+            for name in (n for n, s in wm.items() if s == shard):  # each tensor from the shard the index names
+                if name not in held:
+                    raise ValueError(f"model: {index} places {name} in {shard}, which does not hold it")
+                out[name] = held[name]
         return out
     raise ValueError(f"model: {folder} has no model.safetensors or model.safetensors.index.json")
 
 
 def load_hf(folder: Path, cfg: dict, max_seq_len: int | None = None) -> Transformer:
-    from .checkpoint import load_state
+    from .checkpoint import check_float, load_state
 
     args = args_from_hf(cfg, max_seq_len)
     t = _hf_tensors(folder)
@@ -109,7 +115,7 @@ def load_hf(folder: Path, cfg: dict, max_seq_len: int | None = None) -> Transfor
     def get(name):
         for k in (name, "model." + name if not name.startswith("model.") else name):
             if k in t:
-                return t[k].float()
+                return check_float(k, t[k]).float()
         raise ValueError(f"model: checkpoint lacks tensor {name}")
 
     sd = {"tok_embeddings.weight": get("model.embed_tokens.weight"), "norm.weight": get("model.norm.weight")}

@@ -14,7 +14,7 @@ from pathlib import Path
 from . import cli_measure, schema
 from .cli_common import (SEED, Parser, UsageError, add_model_args, add_plan_args, check_output, check_storage,  # noqa: F401
                          float_in, int_in, load_model_from_args, one_line, plan_from_args, refuse_unread, run_main,
-                         sqlite_path)
+                         sqlite_files)
 from .evaluate import DEFAULT_RESCORE, Setting, optimized, score
 
 CONTEXT = int_in(0, schema.MAX_CONTEXT)
@@ -131,7 +131,7 @@ def cmd_optimize(args) -> int:
     opts = search.cli_prepare(args)  # --batch/--tp choices, --search/--depth/--objectives (search.py)
     _check_search_args(args, opts)
     if args.out:  # before the search: never overwrite the profile or the study database
-        check_output(args.out, inputs=[_profile_path(args), sqlite_path(args.storage)])
+        check_output(args.out, inputs=[_profile_path(args), *sqlite_files(args.storage)])
     setting = _setting(args)
     if getattr(args, "adaptive", False):  # before the search: the adaptive model needs confidence statistics
         from .adaptive import _top1

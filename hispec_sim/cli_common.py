@@ -2,7 +2,8 @@
 
 Every bad input ends the same way in both programs: ONE stderr line
 `<prog>: error: <field>: <what is allowed>`, exit status 2, no traceback, nothing
-written. SIGINT ends with one line and exit status 130. The limits themselves live in
+written. SIGINT ends with one line and exit status 130, SIGTERM / SIGHUP likewise with
+128 + the signal (hispec_sim.entry). The limits themselves live in
 `hispec_sim.schema` (MAX_BATCH, MAX_PROPOSE, ...); this module only applies them.
 
 Adding a subcommand: write `cmd_x(args) -> int`, register it in the program's
@@ -19,6 +20,7 @@ import sys
 from pathlib import Path
 
 from . import schema
+from .entry import exit_message, terminate_as_interrupt
 from .schema import strict_float, strict_int
 
 
@@ -225,12 +227,31 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def sqlite_path(url: str | None) -> Path | None:
-    """The database file of a sqlite:/// URL (None for other URLs)."""
+def _sqlite_database(url: str) -> str | None:
+    """The database of a sqlite URL as SQLAlchemy reads it: the query string (?timeout=5)
+    is not part of it, and a 'file:' URI (?uri=true) names the file after the prefix."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        u = make_url(url)
+    except (ArgumentError, ValueError) as e:
+        raise ValueError(f"storage: cannot parse {url!r} ({e})") from None
+    db = u.database
+    if db and u.query.get("uri") in ("true", "1") and db.startswith("file:"):
+        db = db.removeprefix("file:").split("?", 1)[0]
+    return db or None
+
+
+def sqlite_files(url: str | None) -> list[Path]:
+    """The files a sqlite:/// storage writes: its database and SQLite's journals beside it
+    ([] for other URLs)."""
     if not url or not url.lower().startswith("sqlite"):
-        return None
-    path = url.split("://", 1)[-1].removeprefix("/")
-    return Path(path) if path and path != ":memory:" else None
+        return []
+    db = _sqlite_database(url)
+    if not db or db.startswith(":memory:") or db.startswith(":"):
+        return []
+    return [Path(db + suffix) for suffix in ("", "-journal", "-wal", "-shm")]
 
 
 def check_storage(url: str) -> None:
@@ -240,8 +261,8 @@ def check_storage(url: str) -> None:
                          f"postgresql://user:pass@host/db, got {url!r}")
     scheme = url.split("://", 1)[0].split("+", 1)[0].lower()
     if scheme == "sqlite":
-        path = url.split("://", 1)[1].removeprefix("/")
-        if not path or path == ":memory:" or path.startswith("file::memory:"):
+        path = _sqlite_database(url)
+        if not path or path.startswith(":memory:") or path.startswith(":"):
             raise ValueError(f"storage: {url!r} names no file; a study needs one, e.g. sqlite:///hispec-studies.db")
         p = Path(path)
         if p.is_dir():
@@ -334,6 +355,11 @@ def run_main(prog: str, build_parser, argv: list[str] | None, func_attr: str = "
     for stream in (sys.stdout, sys.stderr):  # a terminal that cannot show a character gets an escape, not an error
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
+    with terminate_as_interrupt():
+        return _run_main(prog, build_parser, argv, func_attr)
+
+
+def _run_main(prog: str, build_parser, argv: list[str], func_attr: str) -> int:
     args = None
     try:
         try:
@@ -349,9 +375,10 @@ def run_main(prog: str, build_parser, argv: list[str] | None, func_attr: str = "
         return func(args)
     except UsageError as e:
         print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
-    except KeyboardInterrupt:  # a command that keeps what it finished says so in args._interrupted
-        print(f"{prog}: interrupted ({getattr(args, '_interrupted', 'nothing written')})", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # also SIGTERM / SIGHUP; a command that keeps what it finished says so in args._interrupted
+        line, code = exit_message(prog, e, getattr(args, "_interrupted", "nothing written"))
+        print(line, file=sys.stderr)
+        return code
     except BrokenPipeError:
         try:  # stdout closed by the reader (| head): not an error
             sys.stdout = open(os.devnull, "w")

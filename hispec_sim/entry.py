@@ -3,23 +3,75 @@
 An interrupt that lands while a program's modules are still importing (torch takes about a
 second) ends as any other does -- one line, exit status 130 -- instead of a traceback; and
 once the command has returned (its output whole), a late Ctrl-C cannot cut the
-interpreter's teardown short and turn a finished run into a silent exit 130.
+interpreter's teardown short and turn a finished run into a silent exit 130. SIGTERM and
+SIGHUP (kill, timeout, a cancelled CI job, a closed terminal) end a run as Ctrl-C does --
+partial files removed, one line -- with exit status 128 + the signal.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import signal
 import sys
+import threading
+
+TERMINATING = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the main thread is so that the clean-up of Ctrl-C runs."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def interrupt(signum: int) -> KeyboardInterrupt:
+    return KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
+
+
+def _terminate(signum, frame):
+    signal.signal(signum, signal.SIG_IGN)  # a second one must not cut the clean-up short
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt():
+    """Within: SIGTERM and SIGHUP raise Terminated (main thread; a signal the parent left
+    ignored, as nohup does, stays ignored); the previous handlers are restored after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in TERMINATING}
+    for s, h in previous.items():
+        if h is not signal.SIG_IGN:
+            signal.signal(s, _terminate)
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            if h is not None:
+                signal.signal(s, h)
+
+
+def exit_message(prog: str, e: KeyboardInterrupt, done: str = "nothing written") -> tuple[str, int]:
+    """The one line and the exit status of a run ended by a signal."""
+    if isinstance(e, Terminated):
+        return f"{prog}: terminated by {signal.Signals(e.signum).name} ({done})", 128 + e.signum
+    return f"{prog}: interrupted ({done})", 130
 
 
 def _run(prog: str, module: str) -> int:
-    try:
-        main = importlib.import_module(module).main
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted (nothing written)", file=sys.stderr)
-        return 130
-    code = main()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with terminate_as_interrupt():
+        try:
+            main = importlib.import_module(module).main
+        except KeyboardInterrupt as e:
+            line, code = exit_message(prog, e)
+            print(line, file=sys.stderr)
+            return code
+        code = main()
+        for s in (signal.SIGINT, *TERMINATING):
+            signal.signal(s, signal.SIG_IGN)
     return code
 
 

@@ -552,31 +552,36 @@ def _storage_failure(e: BaseException) -> str | None:
 
 @contextlib.contextmanager
 def stop_on_interrupt(study):
-    """SIGINT during study.optimize stops the study after the running trial, then raises
-    KeyboardInterrupt. Raised where it lands, it could interrupt the storage mid-write (a
-    SQLite transaction half done: Optuna's clean-up then failed or waited on its own lock);
-    this way every trial's state is stored whole. A second SIGINT interrupts at once."""
+    """SIGINT (or SIGTERM / SIGHUP) during study.optimize stops the study after the running
+    trial, then raises KeyboardInterrupt (entry.Terminated). Raised where it lands, it could
+    interrupt the storage mid-write (a SQLite transaction half done: Optuna's clean-up then
+    failed or waited on its own lock); this way every trial's state is stored whole. A
+    second signal interrupts at once."""
     if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
         yield
         return
+    from .entry import TERMINATING, interrupt
+
     hit = []
 
     def handler(signum, frame):
         if hit:
-            raise KeyboardInterrupt
+            raise interrupt(signum)
         hit.append(signum)
         try:
             study.stop()
         except RuntimeError:  # not inside a trial or its callbacks yet: nothing to finish
-            raise KeyboardInterrupt from None
+            raise interrupt(signum) from None
 
-    previous = signal.signal(signal.SIGINT, handler)
+    signals = [signal.SIGINT] + [s for s in TERMINATING if signal.getsignal(s) is not signal.SIG_IGN]
+    previous = {s: signal.signal(s, handler) for s in signals}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
     if hit:
-        raise KeyboardInterrupt
+        raise interrupt(hit[0])
 
 
 def exhaustive_seed(ev: Evaluator, space: Space, setting: Setting) -> list[tuple[Plan, int | None]]:

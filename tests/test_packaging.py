@@ -56,12 +56,13 @@ def test_the_wheel_carries_what_the_programs_read(tmp_path):
 
 
 _INTERRUPTED_IMPORT = """
-import importlib.abc, signal, sys
+import importlib.abc, os, signal, sys
 signal.signal(signal.SIGINT, signal.default_int_handler)  # as from a shell (xdist workers may ignore it)
-class Interrupt(importlib.abc.MetaPathFinder):  # Ctrl-C while the program's modules import (torch: a second)
+signal.signal(signal.SIGTERM, signal.SIG_DFL)
+class Interrupt(importlib.abc.MetaPathFinder):  # a real signal while the program's modules import (torch: a second)
     def find_spec(self, name, path=None, target=None):
         if name == sys.argv[1] + ".cli":
-            raise KeyboardInterrupt
+            os.kill(os.getpid(), getattr(signal, sys.argv[2]))
 sys.meta_path.insert(0, Interrupt())
 from hispec_sim import entry
 sys.exit(entry.sim() if sys.argv[1] == "hispec_sim" else entry.exec_main())
@@ -79,10 +80,12 @@ sys.exit(code)
 """
 
 
+@pytest.mark.parametrize("sig,code,said", [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated by SIGTERM")])
 @pytest.mark.parametrize("package,prog", [("hispec_sim", "hispec-sim"), ("hispec_exec", "hispec-exec")])
-def test_console_scripts_end_an_interrupt_during_import_in_one_line(package, prog):
-    r = subprocess.run([sys.executable, "-c", _INTERRUPTED_IMPORT, package], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 130 and r.stderr == f"{prog}: interrupted (nothing written)\n", r.stderr[-2000:]
+def test_console_scripts_end_an_interrupt_during_import_in_one_line(package, prog, sig, code, said):
+    r = subprocess.run([sys.executable, "-c", _INTERRUPTED_IMPORT, package, sig], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == code and r.stderr == f"{prog}: {said} (nothing written)\n", r.stderr[-2000:]
 
 
 def test_a_late_interrupt_does_not_change_a_finished_run():

@@ -336,6 +336,7 @@ def work(tmp_path_factory):
     tiny = json.loads((Path(__file__).resolve().parents[2] / "profiles" / "cpu_hispec_tiny.json").read_text(encoding="utf-8"))
     tiny["workloads"]["heldout"]["confidence"]["share"][0][0] += 0.5
     put("sharesum.json", json.dumps(tiny))
+    import torch
     from safetensors.torch import load_file, save_file
 
     nan = hd / "m_nanweights"
@@ -345,6 +346,15 @@ def work(tmp_path_factory):
     sd["layers.0.w13.weight"][0, 0] = float("nan")
     save_file(sd, str(nan / "model.safetensors"))
     f["M_NANWEIGHTS"] = str(nan)
+    for name, dtype in (("m_intweights", torch.int32), ("m_boolweights", torch.bool)):
+        d = hd / name
+        d.mkdir()
+        (d / "config.json").write_text((DEFAULT_CHECKPOINT / "config.json").read_text(encoding="utf-8"))
+        save_file({k: v.to(dtype) for k, v in sd.items()}, str(d / "model.safetensors"))
+        f[name.upper()] = str(d)
+    for name, wm in (("hf_maplist", ["a"]), ("hf_mapnull", None)):
+        f[name.upper()] = _hf(hd, name)
+        (hd / name / "model.safetensors.index.json").write_text(json.dumps({"weight_map": wm}))
     f["_w"] = w
     yield f
     os.chmod(w / "ro", 0o755)
@@ -863,6 +873,11 @@ CASES = [
     ("exec-flags", E, "generate --prompt ' '", ["prompt", "whitespace"]),
     # -- its eighth round
     ("flags", S, "evaluate --profile cpu_hispec_tiny --levels 2,16 --mc --cycles 5", ["cycles", "per-request spread"]),
+    # -- its ninth round
+    ("hf-config", E, "info --model {M_INTWEIGHTS}", ["model", "has dtype int32", "float16, bfloat16, float32 or float64"]),
+    ("hf-config", E, "run --model {M_BOOLWEIGHTS}", ["model", "has dtype bool"]),
+    ("hf-config", E, "info --model {HF_MAPLIST}", ["model", "weight_map must be an object"]),
+    ("hf-config", E, "generate --prompt x --model {HF_MAPNULL}", ["model", "weight_map must be an object"]),
     # -- the model's context (profile model.max_context)
     ("context", S, "evaluate --profile a100_llama70b --levels 80 --context 5000", ["context", "5000", "<= 4096"]),
     ("context", S, "optimize --profile cpu_hispec_tiny --context 600", ["context", "of 512"]),
@@ -1011,13 +1026,15 @@ import os, signal, sys, importlib
 # as a process started from a shell: a parent (pytest-xdist's worker) may have left SIGINT
 # ignored, and an ignored disposition survives exec
 signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.signal(signal.SIGTERM, signal.SIG_DFL)
+sig = getattr(signal, sys.argv.pop(1))
 mod = importlib.import_module(sys.argv[2])
 orig = getattr(mod, sys.argv[3])
 calls = [0]
 def hook(*a, **k):
     calls[0] += 1
     if calls[0] == 1:  # a real signal, in the middle of the work
-        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), sig)
     return orig(*a, **k)
 setattr(mod, sys.argv[3], hook)
 main = importlib.import_module(sys.argv[1]).main
@@ -1025,14 +1042,17 @@ sys.exit(main(sys.argv[4:]))
 """
 
 
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("cli,module,name,argv", SIGNALS, ids=[s[3][0] for s in SIGNALS])
-def test_real_sigint(tmp_path, cli, module, name, argv):
+def test_real_sigint(tmp_path, cli, module, name, argv, sig):
+    """Ctrl-C, and SIGTERM (kill, timeout, a cancelled CI job) as Ctrl-C with exit 143."""
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    r = subprocess.run([sys.executable, "-c", _SELF_SIGINT, cli, module, name, *argv], cwd=tmp_path, env=env,
+    r = subprocess.run([sys.executable, "-c", _SELF_SIGINT, sig, cli, module, name, *argv], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=240)
     lines = r.stderr.strip().splitlines()
-    assert r.returncode == 130, r.stderr[-2000:]
-    assert "Traceback" not in r.stderr and len(lines) == 1 and "interrupted" in lines[0], r.stderr[-2000:]
+    assert r.returncode == (130 if sig == "SIGINT" else 143), r.stderr[-2000:]
+    word = "interrupted" if sig == "SIGINT" else "terminated by SIGTERM"
+    assert "Traceback" not in r.stderr and len(lines) == 1 and word in lines[0], r.stderr[-2000:]
     assert r.stdout == "" or "train" in argv[0]
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left in ([], ["s.db"]), left  # no result file, no empty folder; the study database stays

@@ -46,6 +46,30 @@ def test_hf_llama_logits_match(tmp_path, tie, sharded):
     assert decode(m, Plan(levels=[1, 2, 4], propose=2, windows=[2]), ids[0].tolist(), 20).tokens == ar.tokens
 
 
+def test_each_tensor_comes_from_the_shard_its_index_names(tmp_path):
+    """A shard that also holds a tensor the index places elsewhere (zeros here) does not
+    replace it: the model equals transformers' on the same folder."""
+    from safetensors.torch import load_file, save_file
+
+    hf = tiny_llama(tmp_path, False, sharded=True)
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    wm = index["weight_map"]
+    shards = sorted(set(wm.values()))
+    name = next(n for n, s in wm.items() if s == shards[0])
+    last = tmp_path / shards[-1]
+    held = load_file(str(last))
+    held[name] = torch.zeros_like(dict(hf.named_parameters())[name])
+    save_file(held, str(last), metadata={"format": "pt"})
+    m = load_model(tmp_path)
+    ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
+    with torch.no_grad():
+        torch.testing.assert_close(m.head(m.run(m.new_cache(), 0, 4, ids[0])), hf(ids).logits[0], atol=1e-4, rtol=1e-4)
+    wm[next(n for n, s in wm.items() if s == shards[0] and n != name)] = shards[-1]  # a shard that lacks it
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=f"places .* in {shards[-1]}, which does not hold it"):
+        load_model(tmp_path)
+
+
 def test_save_hf_roundtrip(tmp_path, shipped):
     from transformers import LlamaForCausalLM
 
