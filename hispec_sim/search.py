@@ -37,6 +37,7 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -266,27 +267,27 @@ def open_storage(url: str, heartbeat: int = HEARTBEAT_S, grace: int = GRACE_S):
                          f"postgresql://user:pass@host/db, got {url!r}")
     scheme = url.split("://", 1)[0].split("+", 1)[0].lower()
     engine_kwargs: dict = {"pool_pre_ping": True}
-    new_file = None  # a SQLite file this call creates: removed again if the storage cannot be set up
+    files = []  # a SQLite storage's database and journals
     if scheme == "sqlite":
-        path = url.split("://", 1)[1].removeprefix("/").split("?", 1)[0]
-        if path and path != ":memory:":
-            if not Path(path).parent.exists():
-                raise ValueError(f"storage: folder {Path(path).parent} of {url} does not exist")
-            new_file = None if Path(path).exists() else Path(path)
+        from .cli_common import sqlite_files
+
+        files = sqlite_files(url)
+        if files and not files[0].parent.exists():
+            raise ValueError(f"storage: folder {files[0].parent} of {url} does not exist")
         engine_kwargs["connect_args"] = {"timeout": 60}
     elif scheme == "postgresql":
         engine_kwargs["connect_args"] = {"connect_timeout": 10}
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _setting_up(files[0] if files else None) as created:
         warnings.simplefilter("ignore")
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         try:
             storage = RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat, grace_period=grace,
                                  failed_trial_callback=RetryFailedTrialCallback(max_retry=1))
         except Exception as e:  # bad dialect, driver missing, unreachable server, bad credentials, disk full
-            if new_file is not None:  # nothing half-written: no empty database left behind
-                for side in ("", "-journal", "-wal", "-shm"):
+            if created:  # nothing half-written: no empty database left behind
+                for f in files:
                     with contextlib.suppress(OSError):  # (a read-only mount refuses even a missing file's unlink)
-                        Path(f"{new_file}{side}").unlink(missing_ok=True)
+                        f.unlink(missing_ok=True)
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ValueError(f"storage: cannot open {_redact(url)} ({type(e).__name__}: {msg})") from None
     if scheme == "sqlite" and ":memory:" not in url and "mode=memory" not in url and url.split("://", 1)[1] != "/":
@@ -305,11 +306,42 @@ def close_storages() -> None:
         _OPEN.pop().engine.dispose()
 
 
+@contextlib.contextmanager
+def _setting_up(db: Path | None):
+    """Around the set-up of a storage: for a SQLite file, an exclusive lock on it, so that
+    two commands opening one new file at once do not both create its tables (one failed,
+    and removed the file the other had just made). Yields whether this call created the
+    file. Without flock (not POSIX) or a file it cannot open, no lock: SQLite says why."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        fcntl = None
+    if db is None or fcntl is None:
+        yield db is not None and not db.exists()
+        return
+    try:
+        fd, created = os.open(db, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644), True
+    except FileExistsError:
+        try:
+            fd, created = os.open(db, os.O_RDONLY), False
+        except OSError:
+            yield False
+            return
+    except OSError:  # a read-only folder, ...: SQLite's own message
+        yield False
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield created
+    finally:
+        os.close(fd)  # and with it the lock
+
+
 def _sqlite_wal(engine) -> None:
     """SQLite in WAL mode with synchronous=NORMAL: a commit no longer waits for an fsync
     (2x faster studies here), and a committed trial still survives a killed worker (the
     write-ahead log is in the OS cache; only a power loss can drop the last commits, never
-    corrupt the file). Readers no longer block the writer either."""
+    corrupt the file). Transactions are serialised across processes (BEGIN IMMEDIATE)."""
     from sqlalchemy import event
 
     def on_connect(dbapi_connection, _record):
@@ -319,8 +351,16 @@ def _sqlite_wal(engine) -> None:
             cur.execute("PRAGMA synchronous=NORMAL")
         finally:
             cur.close()
+        dbapi_connection.isolation_level = None  # the driver's own deferred BEGIN off: on_begin's instead
+
+    def on_begin(connection):
+        # Every transaction takes the write lock when it starts: with a deferred BEGIN two
+        # processes on one study both read a trial WAITING and both ran it (Optuna then fails
+        # to store the second), or one failed on a snapshot gone stale before its write.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     event.listen(engine, "connect", on_connect)
+    event.listen(engine, "begin", on_begin)
     engine.dispose()  # connections opened while the storage was set up reconnect with the pragmas
 
 

@@ -58,3 +58,18 @@ def test_sigkill_mid_trial_then_resume(tmp_path):
     assert retried and retried[0].params == orphan[0].params  # ... and retried with its parameters
     assert study["continued"] is True and study["trials"] == len(done_before) + 6
     assert sum(t.state == TrialState.COMPLETE for t in after) == len(done_before) + 6
+
+
+def test_two_commands_on_one_new_storage_at_once(tmp_path):
+    """Two processes that create the same study storage at the same moment and then share the
+    study: both finish, every trial is stored once and COMPLETE (SQLite's set-up was raced, a
+    WAITING seed trial was run by both, and one process died on it)."""
+    url = f"sqlite:///{tmp_path / 'both.db'}"
+    procs = [subprocess.Popen([sys.executable, str(WORKER), url, "shared", "40", str(seed)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for seed in (1, 2)]
+    outs = [p.communicate(timeout=240) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-2000:]
+    trials = _states(url, "shared")
+    assert len(trials) == 80 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert len({t.number for t in trials}) == 80
