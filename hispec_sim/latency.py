@@ -19,7 +19,8 @@ counts beyond the table's grid (prompts longer than its last `tokens` entry, 409
 shipped GPU profiles, 64 for the CPU one) are priced in proportion to the last grid point
 (linear_layer_ms): the linear part of a layer is linear in tokens once the GEMMs are
 compute-bound. Elsewhere the grids extrapolate linearly from their last two points, never
-below the last one: more work never costs less.
+below the last one: more work never costs less. Below its first point a layer table holds
+that point's value (the attention kernel grids extrapolate down to their floor).
 
 Working set (decode). A forward over layers 1..k repeated back to back, as drafts run,
 touches k layers' weights, not the whole model's: on a CPU whose cache holds the one but
@@ -39,12 +40,16 @@ import numpy as np
 from .schema import MIN_LAYER_MS, LatencyTable
 
 
-def _interp_extrap(x: np.ndarray, xp: np.ndarray, fp: np.ndarray) -> np.ndarray:
+def _interp_extrap(x: np.ndarray, xp: np.ndarray, fp: np.ndarray, hold_below: bool = False) -> np.ndarray:
     """Linear interpolation along the last axis of fp; linear extrapolation beyond the ends,
     never decreasing beyond the last point: more work never costs less than the grid's
     largest entry (a last pair that decreases is measurement noise, and extrapolated down
-    it would price large inputs at 0)."""
+    it would price large inputs at 0). hold_below: below the first point, its value (a
+    layer table that starts at 64 tokens says nothing of 1; its slope, extended down,
+    priced a decode step near 0)."""
     x = np.asarray(x, dtype=float)
+    if hold_below:
+        x = np.maximum(x, xp[0])
     if len(xp) == 1:
         return fp[..., :1] + 0 * x
     i = np.clip(np.searchsorted(xp, x) - 1, 0, len(xp) - 2)
@@ -58,12 +63,12 @@ def layer_ms(table: LatencyTable, tokens, context) -> np.ndarray:
     """Time of one decoder layer for `tokens` new tokens in total reading `context` cached
     tokens in total (both already multiplied by the batch). At least MIN_LAYER_MS, as every
     grid entry."""
-    return np.maximum(_grid2(table.tokens, table.contexts, table.layer_ms, tokens, context), MIN_LAYER_MS)
+    return np.maximum(_grid2(table.tokens, table.contexts, table.layer_ms, tokens, context, hold_below=True), MIN_LAYER_MS)
 
 
 def head_ms(table: LatencyTable, tokens) -> np.ndarray:
     t = np.asarray(tokens, dtype=float)
-    return np.maximum(_interp_extrap(t, np.asarray(table.tokens, float), np.asarray(table.head_ms, float)), 0.0)
+    return np.maximum(_interp_extrap(t, np.asarray(table.tokens, float), np.asarray(table.head_ms, float), True), 0.0)
 
 
 def linear_layer_ms(table: LatencyTable, tokens) -> np.ndarray:
@@ -75,8 +80,8 @@ def linear_layer_ms(table: LatencyTable, tokens) -> np.ndarray:
     tokens = np.asarray(tokens, dtype=float)
     top = float(table.tokens[-1])
     tk = np.asarray(table.tokens, dtype=float)
-    col = _interp_extrap(np.zeros(1), np.asarray(table.contexts, float), np.asarray(table.layer_ms, float))[:, 0]
-    inside = col[:1] + 0 * tokens if len(tk) == 1 else _interp_extrap(np.minimum(tokens, top), tk, col)
+    col = _interp_extrap(np.zeros(1), np.asarray(table.contexts, float), np.asarray(table.layer_ms, float), True)[:, 0]
+    inside = col[:1] + 0 * tokens if len(tk) == 1 else _interp_extrap(np.minimum(tokens, top), tk, col, True)
     inside = np.maximum(inside, MIN_LAYER_MS)  # as layer_ms, read at context 0
     return np.where(tokens > top, inside * tokens / max(top, 1.0), inside)
 
@@ -90,15 +95,15 @@ def sequence_attention_ms(table: LatencyTable, tokens, context) -> np.ndarray:
     return np.maximum(layer_ms(table, tokens, context) - layer_ms(table, tokens, np.zeros(tokens.shape)), 0.0)
 
 
-def _grid2(rows, cols, grid, r, c) -> np.ndarray:
+def _grid2(rows, cols, grid, r, c, hold_below: bool = False) -> np.ndarray:
     """Bilinear in (r, c) over a (rows x cols) grid, linear extrapolation beyond it (never
-    decreasing beyond the last row or column: _interp_extrap)."""
+    decreasing beyond the last row or column; hold_below: see _interp_extrap)."""
     r, c = np.broadcast_arrays(np.asarray(r, float), np.asarray(c, float))
-    per_row = _interp_extrap(c.reshape(-1), np.asarray(cols, float), np.asarray(grid, float))  # (R, N)
+    per_row = _interp_extrap(c.reshape(-1), np.asarray(cols, float), np.asarray(grid, float), hold_below)  # (R, N)
     rows = np.asarray(rows, float)
     if len(rows) == 1:
         return per_row[0].reshape(r.shape)
-    flat = r.reshape(-1)
+    flat = np.maximum(r.reshape(-1), rows[0]) if hold_below else r.reshape(-1)
     i = np.clip(np.searchsorted(rows, flat) - 1, 0, len(rows) - 2)
     cols_i = np.arange(flat.size)
     f0, f1 = per_row[i, cols_i], per_row[i + 1, cols_i]

@@ -74,8 +74,14 @@ def test_the_slowest_allowed_profile_reports(tmp_path, capsys):
 
 
 def test_a_grid_starting_above_zero_is_not_extrapolated_down_to_nothing(tmp_path, capsys):
-    """Below its first token count or context a grid extrapolates downwards; the linear part
-    stays at MIN_LAYER_MS or more there too (it once reached 0 ms: an infinite tokens/s)."""
+    """Below its first token count or context a layer table holds its first value (its
+    slope extended down once priced a 1-token decode step near 0); the linear part stays at
+    MIN_LAYER_MS or more (it once reached 0 ms: an infinite tokens/s)."""
+    steep = LatencyTable(tokens=[64, 128], contexts=[4096, 8192], layer_ms=[[0.2, 0.4], [5.0, 5.2]], head_ms=[0.05, 0.5],
+                         source=TEST_SOURCE)
+    assert latency.layer_ms(steep, 1, 0) == pytest.approx(0.2)
+    assert latency.layer_ms(steep, 96, 128) == pytest.approx(2.6)  # tokens interpolated, context held
+    assert latency.linear_layer_ms(steep, 1) == pytest.approx(0.2) and latency.head_ms(steep, 1) == pytest.approx(0.05)
     low = LatencyTable(tokens=[2, 3], contexts=[0], layer_ms=[[1e-6], [1.0]], head_ms=[0.0, 0.0], source=TEST_SOURCE)
     far = LatencyTable(tokens=[1000, 2000], contexts=[100000, 200000], layer_ms=[[1.0, 10.0], [2.0, 20.0]],
                        head_ms=[0.0, 0.0], source=TEST_SOURCE)
