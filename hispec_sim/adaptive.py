@@ -267,8 +267,9 @@ def replay(cost: CostModel, acc: Acceptance, plan: Plan, cycles: int = 4000, str
     ratio = 1000.0 * cost.batch * tok.sum() / ms.sum()
     z = tok - (tok.sum() / ms.sum()) * ms
     half = 1.96 * 1000.0 * cost.batch * float(np.std(z, ddof=1) / np.sqrt(n)) / float(ms.mean()) if n > 1 else 0.0
-    return AdaptiveEstimate(float(ratio), float(tok.sum() / n_cycles), float(ms.sum() / n_cycles),
-                            None, (float(ratio - half), float(ratio + half)), n_cycles, forwards)
+    ci = (max(float(ratio - half), 0.0), float(ratio + half)) if n > 1 else None  # one request: no interval
+    return AdaptiveEstimate(float(ratio), float(tok.sum() / n_cycles), float(ms.sum() / n_cycles), None, ci, n_cycles,
+                            forwards)
 
 
 def with_thresholds(plan: Plan, tau_d: float | None, tau_e: list[float] | None = None) -> Plan:
@@ -495,7 +496,7 @@ def replayed_gain(setting, plan: Plan, fixed: Plan) -> dict | None:
     w, wf = walked(setting, plan), walked(setting, fixed)
     if w is None:
         return None
-    return {"tokens_per_second": round(w.tokens_per_second, 4), "ci95_over_requests": [round(x, 4) for x in w.ci95],
+    return {"tokens_per_second": round(w.tokens_per_second, 4), "ci95_over_requests": None if w.ci95 is None else [round(x, 4) for x in w.ci95],
             "fixed_tokens_per_second": round(wf.tokens_per_second, 4),
             "gain_over_fixed": round(w.tokens_per_second / wf.tokens_per_second, 4), "model": REPLAY_NOTE}
 
@@ -524,8 +525,9 @@ def replay_text(r: dict | None) -> str:
     """The trace-replay line of `evaluate` / `optimize --adaptive` (empty without traces)."""
     if not r:
         return ""
-    lo, hi = r["ci95_over_requests"]
-    return (f"\n  trace replay: {r['tokens_per_second']:.2f} tokens/s [{lo:.2f}, {hi:.2f} over requests]  "
+    ci = r["ci95_over_requests"]
+    between = "one request: no interval" if ci is None else f"{ci[0]:.2f}, {ci[1]:.2f} over requests"
+    return (f"\n  trace replay: {r['tokens_per_second']:.2f} tokens/s [{between}]  "
             f"x{r['gain_over_fixed']:.3f} vs the same plan without thresholds")
 
 

@@ -85,7 +85,7 @@ def cmd_evaluate(args) -> int:
         r = simulate(setting.cost_for([plan]), setting.agreement, plan,
                      streams=args.streams, cycles=args.cycles, seed=args.seed, replay=args.replay)
         out["monte_carlo"] = {"tokens_per_second": round(r.tokens_per_second, 4),
-                              "ci95": [round(r.ci95[0], 4), round(r.ci95[1], 4)],
+                              "ci95": None if r.ci95 is None else [round(r.ci95[0], 4), round(r.ci95[1], 4)],
                               "latency_ms_p50": round(r.latency_ms_p50, 4), "latency_ms_p99": round(r.latency_ms_p99, 4),
                               "tokens_per_full_forward": round(r.tokens_per_full_forward, 4),
                               "acceptance_per_level": [round(a, 4) for a in r.acceptance],
@@ -102,7 +102,8 @@ def cmd_evaluate(args) -> int:
         print("  acceptance per level: " + ", ".join(f"L{lv}: {a:.3f}" for lv, a in zip(plan.levels[1:], out["acceptance_per_level"])))
     if "monte_carlo" in out:
         m = out["monte_carlo"]
-        print(f"  monte-carlo: {_tps(m['tokens_per_second']):>10s} tokens/s  95% CI [{_tps(m['ci95'][0])}, {_tps(m['ci95'][1])}]"
+        ci = "95% CI: none from one request" if m["ci95"] is None else f"95% CI [{_tps(m['ci95'][0])}, {_tps(m['ci95'][1])}]"
+        print(f"  monte-carlo: {_tps(m['tokens_per_second']):>10s} tokens/s  {ci}"
               f"  per-token latency p50 {m['latency_ms_p50']:.3f} ms  p99 {m['latency_ms_p99']:.3f} ms"
               f"  ({m['cycles']} cycles, {'trace replay' if m['trace_replay'] else 'i.i.d.'})")
     return 0

@@ -14,6 +14,9 @@ it writes (before the long work). `run_main` does the rest.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
+import io
 import math
 import os
 import sys
@@ -349,9 +352,34 @@ def one_line(e: BaseException) -> str:
     return " ".join(text.split())[:400]
 
 
+class _ClosedStream(io.TextIOBase):
+    """Python's stand-in for a standard stream closed before the start (None) made print()
+    a silent no-op: output lost, exit status 0. Writing to this one fails instead."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.EBADF, "closed before the start")
+
+
+def _say(line: str) -> None:
+    """One line on stderr, if stderr can take it: a closed or full stderr must not turn the
+    exit status of bad input (2) into 1."""
+    if sys.stderr is None:  # print(file=None) would write to stdout
+        return
+    try:
+        print(line, file=sys.stderr)
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
 def run_main(prog: str, build_parser, argv: list[str] | None, func_attr: str = "func") -> int:
     """Parse argv and run the chosen command; every failure is one line on stderr."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    if sys.stdout is None:
+        sys.stdout = _ClosedStream()
     for stream in (sys.stdout, sys.stderr):  # a terminal that cannot show a character gets an escape, not an error
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
@@ -372,12 +400,14 @@ def _run_main(prog: str, build_parser, argv: list[str], func_attr: str) -> int:
                 flag = "--" + name.replace("_", "-")
                 raise UsageError(f"{name}: must not be empty" + (f" ({flag})" if given(argv, flag) else ""))
         func = getattr(args, func_attr, None) or getattr(args, "fn")  # `fn`: hispec-exec's older spelling
-        return func(args)
+        code = func(args)
+        sys.stdout.flush()  # here, not at exit: a full or closed stdout is an error of this command
+        return code
     except UsageError as e:
-        print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+        _say(f"{prog}: error: {one_line(e)}")
     except KeyboardInterrupt as e:  # also SIGTERM / SIGHUP; a command that keeps what it finished says so in args._interrupted
         line, code = exit_message(prog, e, getattr(args, "_interrupted", "nothing written"))
-        print(line, file=sys.stderr)
+        _say(line)
         return code
     except BrokenPipeError:
         try:  # stdout closed by the reader (| head): not an error
@@ -386,12 +416,16 @@ def _run_main(prog: str, build_parser, argv: list[str], func_attr: str) -> int:
             pass
         return 0
     except MemoryError:
-        print(f"{prog}: error: memory: not enough memory for this input; use smaller sizes", file=sys.stderr)
+        _say(f"{prog}: error: memory: not enough memory for this input; use smaller sizes")
     except RecursionError:
-        print(f"{prog}: error: input: nested too deeply", file=sys.stderr)
+        _say(f"{prog}: error: input: nested too deeply")
     except ValueError as e:  # pydantic's ValidationError is a ValueError
-        print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
-    except OSError as e:
-        where = f" {e.filename}" if getattr(e, "filename", None) else ""
-        print(f"{prog}: error: file:{where} {e.strerror or e}", file=sys.stderr)
+        _say(f"{prog}: error: {one_line(e)}")
+    except OSError as e:  # a file this command reads or writes; a nameless write error: its standard output
+        stdout = not getattr(e, "filename", None) and e.errno in (errno.EBADF, errno.ENOSPC, errno.EIO, errno.EDQUOT)
+        where = "stdout:" if stdout else "file:" + (f" {e.filename}" if getattr(e, "filename", None) else "")
+        _say(f"{prog}: error: {where} {e.strerror or e}")
+        if stdout:
+            with contextlib.suppress(OSError, ValueError):  # nothing left to flush at exit
+                sys.stdout = open(os.devnull, "w")
     return 2

@@ -44,7 +44,7 @@ EXTENSION_COST = 2.5  # a candidate drawn in an extension, relative to one drawn
 @dataclass
 class MCResult:
     tokens_per_second: float
-    ci95: tuple[float, float]
+    ci95: tuple[float, float] | None  # None from one stream (a replay of one request)
     latency_ms_p50: float
     latency_ms_p99: float
     tokens_per_full_forward: float
@@ -369,7 +369,8 @@ def _summarise(total_time, total_tokens, cycle_ms, cycle_tokens, acceptance, bat
     per_token = ms / tk
     return MCResult(
         tokens_per_second=float(scale * ratio),
-        ci95=(float(scale * max(ratio - 1.96 * se, 0.0)), float(scale * (ratio + 1.96 * se))),  # a rate is >= 0 (few streams: wide)
+        ci95=(float(scale * max(ratio - 1.96 * se, 0.0)), float(scale * (ratio + 1.96 * se)))  # a rate is >= 0
+        if streams > 1 else None,
         latency_ms_p50=_weighted_quantile(per_token, tk, 0.5),
         latency_ms_p99=_weighted_quantile(per_token, tk, 0.99),
         tokens_per_full_forward=float(sum(float(y.sum()) for y in cycle_tokens) / cycles),

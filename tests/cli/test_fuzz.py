@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -1137,6 +1138,25 @@ def test_an_output_the_disk_cannot_hold_is_named(tmp_path):
     assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
     assert lines[0] == "hispec-sim: error: out: cannot write r.html (File too large)", lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["limited.py"]
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists() or not Path("/bin/sh").exists(), reason="needs /dev/full and sh")
+@pytest.mark.parametrize("redirect,status,said", [
+    ("2>&-", 2, None),  # bad input with stderr closed: still 2, not 1 (the error line itself failed)
+    ("2>/dev/full", 2, None),
+    ("2>&1 >&-", 2, "stdout: closed before the start"),  # stdout closed: not a silent exit 0
+])
+def test_standard_streams_that_cannot_be_written(tmp_path, redirect, status, said):
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    bad = "evaluate --profile nope --levels 2,16" if said is None else "profiles"
+    r = subprocess.run(f"{shlex.quote(sys.executable)} -m hispec_sim.cli {bad} {redirect}", shell=True, cwd=tmp_path,
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == status, (r.stdout, r.stderr)
+    if said:
+        assert said in r.stdout + r.stderr and "Traceback" not in r.stdout + r.stderr
+    r = subprocess.run(f"{shlex.quote(sys.executable)} -m hispec_sim.cli profiles > /dev/full", shell=True, cwd=tmp_path,
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr == "hispec-sim: error: stdout: No space left on device\n", r.stderr
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs POSIX file-size limits")

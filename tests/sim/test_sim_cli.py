@@ -286,3 +286,19 @@ def test_optimize_rescores_a_paper_default_beyond_the_searched_sizes(tmp_path, c
     assert main(["optimize", "--profile", str(f), "--rescore", "5", "--json"]) == 0, capsys.readouterr().err
     out = json.loads(capsys.readouterr().out)
     assert out["baselines"]["paper_default"]["plan"]["propose"] == 64
+
+
+def test_a_replay_of_one_request_has_no_interval(capsys, tmp_path):
+    """One measured request gives a figure but no 95 % interval (it printed one of zero width)."""
+    from hispec_sim.schema import load_profile
+
+    p = load_profile("cpu_hispec_tiny")
+    w = p.workloads["heldout"]
+    one = w.model_copy(update={"traces": w.traces[:1], "trace_starts": [0], "confidence": None, "spread": None})
+    path = tmp_path / "one.json"
+    save_profile(p.model_copy(update={"workloads": {"heldout": one}}), path)
+    code, out, _ = run(capsys, "evaluate", "--profile", str(path), "--levels", "2,8,16", "--window", "4", "--replay", "--json")
+    mc = json.loads(out)["monte_carlo"]
+    assert code == 0 and mc["ci95"] is None and mc["tokens_per_second"] > 0
+    code, out, _ = run(capsys, "evaluate", "--profile", str(path), "--levels", "2,8,16", "--window", "4", "--replay")
+    assert "95% CI: none from one request" in out
