@@ -79,7 +79,7 @@ def _codec(a, model):
         except Exception as e:
             have = ", ".join(f for f in TOKENIZER_FILES if (folder / f).exists())
             raise ValueError(f"tokenizer: cannot load a tokenizer from {folder} (it has {have}): "
-                             f"{' '.join(str(e).split())[:160] or type(e).__name__}") from None
+                             f"{type(e).__name__}: {' '.join(str(e).split())[:160]}") from None
         return (lambda text: tok.encode(text, add_special_tokens=False),
                 lambda ids: tok.decode(ids, skip_special_tokens=True))
     if model.args.vocab_size < 256:
@@ -306,6 +306,10 @@ def check_train_args(a):
         raise ValueError(f"batch: --batch {a.batch} x --seq {a.seq} on this model needs about {need / 2**30:.1f} GiB "
                          f"to train, this machine has {have / 2**30:.1f} GiB")
     del hd
+    if a.out is None:
+        from .checkpoint import DEFAULT_CHECKPOINT
+
+        a.out = str(DEFAULT_CHECKPOINT)
     check_output_folder(a.out)
     if a.init_from is not None and Path(a.out).is_dir() and os.path.samefile(a.out, a.init_from):
         raise ValueError(f"out: {a.out} is the --init-from checkpoint, an input; give another folder")
@@ -371,7 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_generate)
 
     q = sub.add_parser("train", help="train the early-exit model (LayerSkip recipe) on the stdlib corpus")
-    q.add_argument("--out", default="hispec_exec/checkpoints")
+    q.add_argument("--out", help="checkpoint folder to write (default: the shipped one, hispec_exec/checkpoints/ of the "
+                   "installed package)")
     q.add_argument("--minutes", type=float_in(0.001, 7 * 24 * 60), default=25.0, help="wall-clock budget (ignored with --steps)")
     q.add_argument("--steps", type=int_in(1, 10_000_000))
     q.add_argument("--dim", type=int_in(2, 1 << 16), default=160)

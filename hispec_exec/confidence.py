@@ -122,7 +122,7 @@ def add_confidence(profile: Profile, model: Transformer, workload: str | None = 
 def main(argv=None) -> int:
     import argparse
 
-    from hispec_sim.cli_common import one_line
+    from hispec_sim.cli_common import one_line, shown
     from hispec_sim.schema import load_profile, save_profile
 
     ap = argparse.ArgumentParser(prog="python -m hispec_exec.confidence", description=__doc__.split("\n\n")[0])
@@ -141,7 +141,7 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: {one_line(e)}")
         return 2
-    print(f"wrote {args.out}")
+    print(f"wrote {shown(args.out)}")
     return 0
 
 

@@ -54,6 +54,10 @@ def args_from_hf(cfg: dict, max_seq_len: int | None = None) -> ModelArgs:
     rp = cfg.get("rope_parameters") or {}  # transformers >= 5 keeps theta and scaling here
     if not isinstance(rp, dict):
         raise ValueError(f"config.rope_parameters: must be an object, got {rp!r}")
+    if "rope_theta" in cfg and "rope_theta" in rp and cfg["rope_theta"] != rp["rope_theta"]:
+        # transformers >= 5 reads rope_parameters: with two values the model would depend on the reader
+        raise ValueError(f"config.rope_theta: {cfg['rope_theta']!r} differs from rope_parameters.rope_theta "
+                         f"{rp['rope_theta']!r}; give one value")
     theta = cfg.get("rope_theta", rp.get("rope_theta", 10000.0))
     if isinstance(theta, bool) or not isinstance(theta, (int, float)):
         raise ValueError(f"config.rope_theta: must be a number, got {theta!r}")

@@ -89,6 +89,10 @@ class ModelArgs:
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"config: unknown keys {unknown}")
+        missing = [k for k in ("vocab_size", "dim", "n_layers", "n_heads") if k not in d]
+        if missing:  # defaults would stand in for a model's shape: the weights then "lack" every tensor
+            raise ValueError(f"config: missing {', '.join(missing)} (a Hugging Face config.json names model_type or "
+                             "architectures)")
         args = cls(**d)
         for f in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "max_seq_len"):
             v = getattr(args, f)

@@ -163,7 +163,7 @@ def save(model: Transformer, out_dir: Path, log: dict) -> None:
         save_file(sd, str(tmp))
     except Exception as e:  # safetensors raises its own error type (disk full, file too large)
         tmp.unlink(missing_ok=True)
-        raise ValueError(f"out: cannot write {tmp} ({str(e).splitlines()[0][:160]})") from None
+        raise ValueError(f"out: cannot write {out_dir / 'model.safetensors'} ({str(e).splitlines()[0][:160]})") from None
     tmp.replace(out_dir / "model.safetensors")
     write_atomic(out_dir / "config.json", model.args.to_json() + "\n")
     write_atomic(out_dir / "train_log.json", json.dumps(log, indent=1) + "\n")

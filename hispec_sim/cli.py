@@ -14,7 +14,7 @@ from pathlib import Path
 from . import cli_measure, schema
 from .cli_common import (SEED, Parser, UsageError, add_model_args, add_plan_args, check_output, check_storage,  # noqa: F401
                          float_in, int_in, load_model_from_args, one_line, plan_from_args, refuse_unread, run_main,
-                         sqlite_files)
+                         shown, sqlite_files)
 from .evaluate import DEFAULT_RESCORE, Setting, optimized, score
 
 CONTEXT = int_in(0, schema.MAX_CONTEXT)
@@ -177,7 +177,7 @@ def cmd_optimize(args) -> int:
 
         print(cli_adaptive_text(out["adaptive"]))
     if args.out:
-        print(f"plan written to {args.out}")
+        print(f"plan written to {shown(args.out)}")
     return 0
 
 
@@ -272,7 +272,7 @@ def cmd_report(args) -> int:
         return 0
     fam = data["best"]["families"]
     best = fam[data["best"]["best_family"]]
-    print(f"report written to {path}")
+    print(f"report written to {shown(path)}")
     print(f"best plan {best['describe']}: {_fmt(best['tokens_per_second'], 2)} tokens/s "
           f"({best['tokens_per_second'] / fam['autoregressive']['tokens_per_second']:.3f}x autoregressive)")
     cap = data["capacity"]
@@ -296,7 +296,7 @@ def cmd_export(args) -> int:
     if args.out:
         schema.write_atomic(args.out, text)
         what = EXPORT_FORMATS[args.to] if args.profile or args.to != "json" else "the plan alone: --profile adds its predicted figures"
-        print(f"exported {args.plan} as {args.to} ({what}) to {args.out}")
+        print(f"exported {shown(args.plan)} as {args.to} ({what}) to {shown(args.out)}")
     else:
         sys.stdout.write(text)
     for n in notes:

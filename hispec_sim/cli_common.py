@@ -274,8 +274,30 @@ def check_storage(url: str) -> None:
             raise ValueError(f"storage: folder {p.parent} of {url} does not exist")
         if p.exists() and not p.is_file():
             raise ValueError(f"storage: {path} is not a regular file")
+        _refuse_foreign_database(p)
     elif scheme not in ("postgresql", "postgres", "mysql"):
         raise ValueError(f"storage: scheme {scheme!r} not supported; use sqlite:///FILE or postgresql://...")
+
+
+def _refuse_foreign_database(p: Path) -> None:
+    """A SQLite file that holds tables but not Optuna's is another program's database: a study
+    would add a dozen tables to it."""
+    import sqlite3
+
+    if not p.is_file() or p.stat().st_size == 0:
+        return
+    try:
+        con = sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            con.close()
+    except sqlite3.Error:  # not a database, locked, ...: Optuna's own message follows
+        return
+    if tables and not {"studies", "trials"} <= tables:
+        shown_tables = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        raise ValueError(f"storage: {p} is a SQLite database of something else (tables {shown_tables}); give a new "
+                         "file or an Optuna study storage")
 
 
 def _writable_folder(folder: Path) -> bool:
@@ -290,6 +312,13 @@ def _writable_folder(folder: Path) -> bool:
     os.close(fd)
     os.unlink(tmp)
     return True
+
+
+def shown(path) -> str:
+    """A path on one line: as given, or quoted with escapes when it holds a newline or another
+    character a terminal would not show as such."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)
 
 
 def check_output(path: str | Path, field: str = "out", inputs=(), must_not_exist_as_dir: bool = True) -> Path:

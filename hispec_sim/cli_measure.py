@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import schema
 from .cli_common import (SEED, add_model_args, check_output, given, int_in, load_model_from_args, model_files,
-                         refuse_unread)
+                         refuse_unread, shown)
 
 MAX_PROMPTS = 10_000
 MAX_NEW_TOKENS = 65_536
@@ -145,7 +145,7 @@ def cmd_measure(args) -> int:
         profile = profile.model_copy(update={"name": args.name})
     profile = schema.Profile.model_validate(profile.model_dump())
     schema.save_profile(profile, out)
-    print(f"profile {profile.name} written to {out}: workload {workload} {verb} ({detail}); "
+    print(f"profile {profile.name} written to {shown(out)}: workload {workload} {verb} ({detail}); "
           f"workloads {', '.join(sorted(profile.workloads))}")
     if not args.acceptance_only:
         notes = profile.table().notes

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import schema
-from .cli_common import check_output, float_in, int_in, int_list
+from .cli_common import check_output, float_in, int_in, int_list, shown
 from .schema import Profile, Source, load_profile, save_profile
 
 MS = float_in(0.0, schema.MAX_MS)
@@ -127,6 +127,6 @@ def run(args) -> int:
     else:
         raise ValueError(f"profile: unknown command {args.profile_cmd!r}; known: import-vidur, synthetic")
     save_profile(prof, args.out)
-    print(f"wrote {args.out}: {prof.name}, {prof.model.num_layers} layers, tables "
+    print(f"wrote {shown(args.out)}: {prof.name}, {prof.model.num_layers} layers, tables "
           f"{', '.join(t.key for t in prof.latency)}, workloads {', '.join(sorted(prof.workloads))}")
     return 0

@@ -79,7 +79,7 @@ Int = Annotated[int, BeforeValidator(_not_a_bool)]  # a count or a layer: JSON t
 BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
-def _one_line(v: str) -> str:
+def check_one_line(v: str) -> str:
     """Controls (C0, DEL, C1: NEL, the 8-bit escape CSI), line and paragraph separators, and
     bidirectional controls, which would reorder the rest of a terminal line, are refused."""
     import unicodedata
@@ -89,7 +89,7 @@ def _one_line(v: str) -> str:
     return v
 
 
-Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_one_line)]  # printed on one line
+Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(check_one_line)]  # printed on one line
 
 
 # --------------------------------------------------------------------------- plan
@@ -396,7 +396,7 @@ class ServingCalibration(Strict):
         for rows_name, rows, name, grid in grids:
             if len(grid) != len(self.batches) or any(len(r) != len(rows) for r in grid):
                 raise ValueError(f"serving.{name}: must be len(batches) x len({rows_name})")
-            _finite_nonneg([v for r in grid for v in r], f"serving.{name}")
+            _finite_nonneg([v for r in grid for v in r], f"serving.{name}", MIN_LAYER_MS)  # as latency.layer_ms
         return self
 
 
@@ -740,7 +740,9 @@ class Profile(Strict):
         for t in self.latency:
             if t.working_set_layers and t.working_set_layers[-1] > self.model.num_layers:
                 raise ValueError(f"latency.working_set_layers: must be in [1, {self.model.num_layers}] (model.num_layers)")
-        self.table(self.default_tp, self.default_stack)
+        if not any(t.tp == self.default_tp and t.stack == self.default_stack for t in self.latency):
+            raise ValueError(f"default_tp: no latency table for default_tp={self.default_tp} default_stack="
+                             f"{self.default_stack}; this profile has: {self._tables()}")
         return self
 
     def table(self, tp: int | None = None, stack: str | None = None) -> LatencyTable:
@@ -749,8 +751,10 @@ class Profile(Strict):
         for t in self.latency:
             if t.tp == tp and t.stack == stack:
                 return t
-        have = ", ".join(f"tp={t.tp} stack={t.stack}" for t in self.latency)
-        raise ValueError(f"latency: no table for tp={tp} stack={stack}; this profile has: {have}")
+        raise ValueError(f"latency: no table for tp={tp} stack={stack}; this profile has: {self._tables()}")
+
+    def _tables(self) -> str:
+        return ", ".join(f"tp={t.tp} stack={t.stack}" for t in self.latency)
 
     def workload(self, name: str | None = None) -> Acceptance:
         name = self.default_workload if name is None else name
@@ -803,15 +807,19 @@ def known_profiles() -> list[str]:
 
 
 def resolve_profile_path(name_or_path: str) -> Path:
+    """A shipped profile's name (a file or folder of that name in the working folder does
+    not hide it: write ./NAME for that), else a path."""
     p = Path(name_or_path)
+    shipped = PROFILES_DIR / f"{name_or_path}.json"
+    if "/" not in name_or_path and p.suffix != ".json" and name_or_path in known_profiles():
+        return shipped
     if p.suffix == ".json" or p.exists() or "/" in name_or_path:
         if not p.exists():
             raise ValueError(f"profile: no such file {name_or_path!r}")
         return p
-    candidate = PROFILES_DIR / f"{name_or_path}.json"
-    if not candidate.exists():
+    if not shipped.exists():
         raise ValueError(f"profile: unknown {name_or_path!r}; known: {', '.join(known_profiles())}")
-    return candidate
+    return shipped
 
 
 def _reject_constant(name: str):

@@ -163,6 +163,12 @@ def work(tmp_path_factory):
     prof_variant("layers0.json", lambda d: d["model"].__setitem__("num_layers", 0))
     prof_variant("layersbig.json", lambda d: d["model"].__setitem__("num_layers", 10 ** 7))
     prof_variant("ctxbig.json", lambda d: d["workloads"]["w"].__setitem__("context", 10 ** 30))
+    prof_variant("deftp3.json", lambda d: d.__setitem__("default_tp", 3))
+    con = sqlite3.connect(w / "other.db")
+    con.execute("CREATE TABLE users (id INTEGER)")
+    con.commit()
+    con.close()
+    f["OTHERDB"] = str(w / "other.db")
     prof_variant("ctxover.json", lambda d: (d["model"].__setitem__("max_context", 64),
                                             d["workloads"]["w"].__setitem__("context", 65)))
     prof_variant("agree2.json", lambda d: d["workloads"]["w"]["agreement"][0].__setitem__(1, 2.0))
@@ -181,8 +187,11 @@ def work(tmp_path_factory):
     (w / "ro" / "keep").write_text("x")
     os.chmod(w / "ro", 0o555)
     f["RO"] = "/proc" if os.geteuid() == 0 else str(w / "ro")  # root writes anywhere but in /proc
-    # a study database that must survive every case
+    # a study database that must survive every case: Optuna's tables, and one of ours
     db = w / "study.db"
+    from optuna.storages import RDBStorage
+
+    RDBStorage(f"sqlite:///{db}").engine.dispose()
     con = sqlite3.connect(db)
     con.execute("create table keep (x)")
     con.commit()
@@ -353,6 +362,11 @@ def work(tmp_path_factory):
         (d / "config.json").write_text((DEFAULT_CHECKPOINT / "config.json").read_text(encoding="utf-8"))
         save_file({k: v.to(dtype) for k, v in sd.items()}, str(d / "model.safetensors"))
         f[name.upper()] = str(d)
+    f["HF_ROPECONFLICT"] = _hf(hd, "hf_ropeconflict", rope_parameters={"rope_theta": 1.0, "rope_type": "default"})
+    zero = json.loads(json.dumps(tiny))
+    sv = zero["latency"][0]["serving"]
+    sv["layer_ms"] = [[0.0] * len(r) for r in sv["layer_ms"]]
+    put("zeroserving.json", json.dumps(zero))
     for name, wm in (("hf_maplist", ["a"]), ("hf_mapnull", None)):
         f[name.upper()] = _hf(hd, name)
         (hd / name / "model.safetensors.index.json").write_text(json.dumps({"weight_map": wm}))
@@ -879,6 +893,15 @@ CASES = [
     ("hf-config", E, "run --model {M_BOOLWEIGHTS}", ["model", "has dtype bool"]),
     ("hf-config", E, "info --model {HF_MAPLIST}", ["model", "weight_map must be an object"]),
     ("hf-config", E, "generate --prompt x --model {HF_MAPNULL}", ["model", "weight_map must be an object"]),
+    ("hf-config", E, "info --model {HF_ROPECONFLICT}", ["config.rope_theta", "differs from rope_parameters.rope_theta"]),
+    ("profile-numbers", S, "serve --profile {ZEROSERVING} --levels 2,16 --qps 5", ["serving.layer_ms", "[1e-06, 1e+06]"]),
+    ("profile-numbers", S, "evaluate --profile {DEFTP3} --levels 2,16", ["default_tp", "no latency table", "tp=1"]),
+    ("storage", S, "optimize --profile {P} --search optuna --trials 1 --storage sqlite:///{OTHERDB}",
+     ["storage", "a SQLite database of something else (tables users)"]),
+    ("storage", S, "optimize --profile {P} --search optuna --trials 1 --storage sqlite:///{W}/s.db --study-name 'a\x1bb'",
+     ["study-name", "one line"]),
+    ("overwrite", S, "optimize --profile {P} --search optuna --trials 1 --storage 'sqlite:///{W}/q.db?timeout=5' "
+     "--out {W}/q.db", ["out", "also an input"]),
     # -- the model's context (profile model.max_context)
     ("context", S, "evaluate --profile a100_llama70b --levels 80 --context 5000", ["context", "5000", "<= 4096"]),
     ("context", S, "optimize --profile cpu_hispec_tiny --context 600", ["context", "of 512"]),
