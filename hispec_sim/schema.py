@@ -810,8 +810,9 @@ def resolve_profile_path(name_or_path: str) -> Path:
     """A shipped profile's name (a file or folder of that name in the working folder does
     not hide it: write ./NAME for that), else a path."""
     p = Path(name_or_path)
+    name_or_path = str(name_or_path)
     shipped = PROFILES_DIR / f"{name_or_path}.json"
-    if "/" not in name_or_path and p.suffix != ".json" and name_or_path in known_profiles():
+    if p.name == name_or_path and p.suffix != ".json" and name_or_path in known_profiles():  # a bare name
         return shipped
     if p.suffix == ".json" or p.exists() or "/" in name_or_path:
         if not p.exists():

@@ -42,7 +42,7 @@ def test_grid_points_are_read_exactly_and_nothing_costs_nothing():
 
 
 @settings(max_examples=60, deadline=None)
-@given(base=st.floats(0.0, 5.0), per_seq=st.floats(0.0, 2.0), per_row=st.floats(0.0, 2.0),
+@given(base=st.floats(schema.MIN_LAYER_MS, 5.0), per_seq=st.floats(0.0, 2.0), per_row=st.floats(0.0, 2.0),
        b=st.integers(1, 40), n=st.integers(1, 100))
 def test_more_sequences_or_more_rows_never_cost_less(base, per_seq, per_row, b, n):
     """Inside the grid, beyond its last batch and beyond its last rows per sequence."""
@@ -55,9 +55,13 @@ def test_more_sequences_or_more_rows_never_cost_less(base, per_seq, per_row, b, 
     assert float(serving_step_overhead_ms(t, b, 1)) >= float(serving_step_overhead_ms(t, b, 0))
 
 
-def test_zero_calibration_costs_no_layers():
-    t = _table(_cal(0.0, 0.0, 0.0, 0.0, 0.0, 0.0))
-    assert float(serving_layer_ms(t, 3, 12)) == 0.0
+def test_a_layer_costs_at_least_a_nanosecond_and_overheads_may_be_zero():
+    """As the layer table: a calibration of 0 ms layers is refused (it simulated steps of
+    nothing); zero overheads are a calibration that found none."""
+    with pytest.raises(ValueError, match=r"serving.layer_ms: must be in \[1e-06"):
+        _cal(0.0, 0.0, 0.0)
+    t = _table(_cal(schema.MIN_LAYER_MS, 0.0, 0.0, 0.0, 0.0, 0.0))
+    assert float(serving_layer_ms(t, 3, 12)) == pytest.approx(schema.MIN_LAYER_MS)
     assert float(serving_step_overhead_ms(t, 3, 2)) == 0.0
 
 

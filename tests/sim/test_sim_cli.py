@@ -302,3 +302,15 @@ def test_a_replay_of_one_request_has_no_interval(capsys, tmp_path):
     assert code == 0 and mc["ci95"] is None and mc["tokens_per_second"] > 0
     code, out, _ = run(capsys, "evaluate", "--profile", str(path), "--levels", "2,8,16", "--window", "4", "--replay")
     assert "95% CI: none from one request" in out
+
+
+def test_a_shipped_name_is_not_hidden_by_the_working_folder(capsys, tmp_path, monkeypatch):
+    """A folder named after a shipped profile (an output folder, say) once hid it."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cpu_hispec_tiny").mkdir()
+    (tmp_path / "a100_llama70b").write_text("{}")
+    for name, levels in (("cpu_hispec_tiny", "2,16"), ("a100_llama70b", "20,80")):
+        code, out, err = run(capsys, "evaluate", "--profile", name, "--levels", levels, "--json")
+        assert code == 0 and json.loads(out)["profile"] == name, err
+    code, _, err = run(capsys, "evaluate", "--profile", "./a100_llama70b", "--levels", "20,80")
+    assert code == 2 and "a100_llama70b" in err  # the path, when asked for: not a profile
