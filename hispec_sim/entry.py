@@ -70,8 +70,8 @@ def _run(prog: str, module: str) -> int:
             print(line, file=sys.stderr)
             return code
         code = main()
-        for s in (signal.SIGINT, *TERMINATING):
-            signal.signal(s, signal.SIG_IGN)
+    for s in (signal.SIGINT, *TERMINATING):  # the output is whole: the teardown is not cut short
+        signal.signal(s, signal.SIG_IGN)
     return code
 
 
