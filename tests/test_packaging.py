@@ -72,9 +72,10 @@ _LATE_INTERRUPT = """
 import os, signal, sys
 signal.signal(signal.SIGINT, signal.default_int_handler)
 from hispec_sim import entry
+sig = sys.argv[1]
 sys.argv[1:] = ["profiles"]
 code = entry.sim()
-os.kill(os.getpid(), signal.SIGINT)  # after the command returned: the teardown is not cut short
+os.kill(os.getpid(), getattr(signal, sig))  # after the command returned: the teardown is not cut short
 print("exit", code)
 sys.exit(code)
 """
@@ -88,6 +89,7 @@ def test_console_scripts_end_an_interrupt_during_import_in_one_line(package, pro
     assert r.returncode == code and r.stderr == f"{prog}: {said} (nothing written)\n", r.stderr[-2000:]
 
 
-def test_a_late_interrupt_does_not_change_a_finished_run():
-    r = subprocess.run([sys.executable, "-c", _LATE_INTERRUPT], capture_output=True, text=True, timeout=120)
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_late_interrupt_does_not_change_a_finished_run(sig):
+    r = subprocess.run([sys.executable, "-c", _LATE_INTERRUPT, sig], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.endswith("exit 0\n") and r.stderr == "", (r.stdout[-500:], r.stderr[-2000:])
