@@ -9,6 +9,9 @@ all three share. Two more views of the same question:
 
   * the run lengths of agreement of the draft pair (how many agreeing positions come
     before a disagreeing one) against the geometric law that i.i.d. positions imply;
+  * local regimes: the analytic model over the rates of chunks of C positions instead of
+    whole requests (each chunk a "request" of the spread), raw and shrunk towards its
+    request's rates by the sampling noise of C positions (James-Stein, per exit pair);
   * a what-if ("draft walk"): the analytic model with its draft stage's accepted prefix
     taken from a walk of the traces (rounds of `propose` drafts, each starting after the
     last one's correction or bonus, as the executor runs them) instead of i.i.d. positions
@@ -123,6 +126,29 @@ DEFAULT_PLANS = ["[2,16] propose=3", "[2,16] propose=6", "[4,16] propose=3", "[2
                  "[2,10,13,16] propose=3 window=3,5", "[7,8,9,16] propose=3 window=8,6", "[3,9,16] propose=3 window=3"]
 
 
+def chunk_spread(profile, C: int, shrink: bool):
+    """The workload with its spread over chunks of C positions (weights: chunk lengths);
+    shrink: each chunk's agreement matrix pulled towards its request's by the share of the
+    chunks' within-request variance that C positions' sampling noise explains."""
+    acc = profile.workload(profile.default_workload)
+    t = np.asarray(acc.traces)
+    agree = lambda x: (x[:, :, None] == x[:, None, :]).mean(0)  # noqa: E731
+    chunks, own, w = [], [], []
+    for lo, hi in request_bounds(acc):
+        whole = agree(t[lo:hi])
+        for a in range(lo, hi, C):
+            chunks.append(agree(t[a:min(a + C, hi)]))
+            own.append(whole)
+            w.append(min(a + C, hi) - a)
+    m, r, w = np.array(chunks), np.array(own), np.array(w, float)
+    if shrink:
+        seen = (w[:, None, None] * (m - r) ** 2).sum(0) / w.sum()
+        noise = (m * (1 - m)).sum(0) / len(w) / C
+        m = r + np.clip(1 - noise / np.maximum(seen, 1e-12), 0, 1) * (m - r)
+    spread = acc.spread.model_copy(update={"per_request": m.tolist(), "weights": w.tolist()})
+    return profile.model_copy(update={"workloads": {profile.default_workload: acc.model_copy(update={"spread": spread})}})
+
+
 def parse_plan(text: str) -> Plan:
     levels, *rest = text.split()
     kv = dict(x.split("=") for x in rest)
@@ -177,6 +203,13 @@ def main() -> None:
     g = np.abs(np.array(gaps))
     print(f"median / worst |gap to replay|: analytic {np.median(g[:, 0]):.1%} / {g[:, 0].max():.1%}, "
           f"shuffled replay {np.median(g[:, 1]):.1%} / {g[:, 1].max():.1%}, draft walk {np.median(g[:, 2]):.1%} / {g[:, 2].max():.1%}")
+    for C in (32, 16):
+        for shrink in (False, True):
+            m = Setting(chunk_spread(profile, C, shrink)).agreement
+            g = [abs(analytic.predict(cost, m, [p]).tokens_per_second[0] / simulate(cost, model, p, replay=True)
+                     .tokens_per_second - 1) for p in plans if p.depth > 1]
+            print(f"analytic over chunks of {C} positions{' (shrunk)' if shrink else ''}: median / worst |gap to "
+                  f"replay| {np.median(g):.1%} / {max(g):.1%}")
     for a, b in sorted(pairs):
         e = model.traces[:, model.idx(a)] == model.traces[:, model.idx(b)]
         p = e.mean()
