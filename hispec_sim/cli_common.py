@@ -330,6 +330,8 @@ def check_output(path: str | Path, field: str = "out", inputs=(), must_not_exist
     path = Path(path)
     if str(path) == "" or path.name in ("", ".", ".."):
         raise ValueError(f"{field}: give a file name, got {str(path)!r}")
+    if path.exists() and not path.is_file() and not path.is_dir():  # /dev/stdout on a pipe, a FIFO, a device
+        raise ValueError(f"{field}: {shown(path)} is not a regular file")
     if path.is_symlink():  # the file written is the link's target (schema.write_atomic)
         path = Path(os.path.realpath(path))
         if path.is_symlink():  # realpath stops where links loop

@@ -900,6 +900,7 @@ CASES = [
      ["storage", "a SQLite database of something else (tables users)"]),
     ("storage", S, "optimize --profile {P} --search optuna --trials 1 --storage sqlite:///{W}/s.db --study-name 'a\x1bb'",
      ["study-name", "one line"]),
+    ("special-files", S, "export --plan {PLAN} --to exec --out /dev/stdout", ["out", "/dev/stdout is not a regular file"]),
     ("overwrite", S, "optimize --profile {P} --search optuna --trials 1 --storage 'sqlite:///{W}/q.db?timeout=5' "
      "--out {W}/q.db", ["out", "also an input"]),
     # -- the model's context (profile model.max_context)
