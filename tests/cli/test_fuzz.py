@@ -900,7 +900,6 @@ CASES = [
      ["storage", "a SQLite database of something else (tables users)"]),
     ("storage", S, "optimize --profile {P} --search optuna --trials 1 --storage sqlite:///{W}/s.db --study-name 'a\x1bb'",
      ["study-name", "one line"]),
-    ("special-files", S, "export --plan {PLAN} --to exec --out /dev/stdout", ["out", "/dev/stdout is not a regular file"]),
     ("overwrite", S, "optimize --profile {P} --search optuna --trials 1 --storage 'sqlite:///{W}/q.db?timeout=5' "
      "--out {W}/q.db", ["out", "also an input"]),
     # -- the model's context (profile model.max_context)
@@ -1181,6 +1180,10 @@ def test_standard_streams_that_cannot_be_written(tmp_path, redirect, status, sai
     r = subprocess.run(f"{shlex.quote(sys.executable)} -m hispec_sim.cli profiles > /dev/full", shell=True, cwd=tmp_path,
                        env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr == "hispec-sim: error: stdout: No space left on device\n", r.stderr
+    (tmp_path / "p.json").write_text('{"levels": [2, 16], "propose": 3}')
+    r = subprocess.run([sys.executable, "-m", "hispec_sim.cli", "export", "--plan", "p.json", "--to", "exec", "--out",
+                        "/dev/stdout"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)  # a pipe
+    assert r.returncode == 2 and r.stderr == "hispec-sim: error: out: /dev/stdout is not a regular file\n", r.stderr
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs POSIX file-size limits")
