@@ -486,6 +486,8 @@ def _worker_seed(seed: int, worker: int, existing: int) -> int:
 
 
 def _run_worker(spec: dict, worker: int, n_trials: int | None, timeout: float | None, progress: bool, storage=None) -> int:
+    """Run trials on the study until n_trials or timeout; returns how many this worker
+    completed (other processes may add trials to the same study meanwhile)."""
     import optuna
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -510,21 +512,22 @@ def _run_worker(spec: dict, worker: int, n_trials: int | None, timeout: float | 
         vals = ev.values(m)
         return vals[0] if len(vals) == 1 else vals
 
-    before = time.perf_counter()
+    completed = []
     quiet_aborted_trials()
     _STORAGE_ERRORS.clear()  # only this search's
     with warnings.catch_warnings(), stop_on_interrupt(study):
         warnings.simplefilter("ignore")
         try:
             study.optimize(objective, n_trials=n_trials, timeout=timeout, show_progress_bar=progress,
-                           gc_after_trial=False)
+                           gc_after_trial=False, callbacks=[lambda _s, t: completed.append(t.number)
+                                                            if t.state == optuna.trial.TrialState.COMPLETE else None])
         except Exception as e:
             cause = _storage_failure(e) or (_STORAGE_ERRORS[-1] if _STORAGE_ERRORS else None)
             if cause is None:
                 raise
             raise ValueError(f"storage: writing to {_redact(spec['storage'])} failed ({cause}); "
                              "the trials stored before it are kept") from None
-    return int(time.perf_counter() - before)
+    return len(completed)
 
 
 _STORAGE_ERRORS: list[str] = []  # failed storage writes this process saw outside the main thread's own error
@@ -589,6 +592,33 @@ def _storage_failure(e: BaseException) -> str | None:
     orig = getattr(db, "orig", None) or db
     text = str(orig).strip().splitlines()
     return f"{type(orig).__name__}: {text[0]}" if text else type(orig).__name__
+
+
+@contextlib.contextmanager
+def _forwarding_signals(pool):
+    """Within: SIGINT, SIGTERM and SIGHUP to this process are passed on to the pool's worker
+    processes (each stops after its running trial; a second signal at once: stop_on_interrupt);
+    yields the list of signals received."""
+    from .entry import TERMINATING
+
+    hit: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield hit
+        return
+
+    def forward(signum, frame):
+        hit.append(signum)
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                os.kill(proc.pid, signum)
+
+    signals = [s for s in (signal.SIGINT, *TERMINATING) if signal.getsignal(s) is not signal.SIG_IGN]
+    previous = {s: signal.signal(s, forward) for s in signals}
+    try:
+        yield hit
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 @contextlib.contextmanager
@@ -726,7 +756,7 @@ def _build_result(study, ev: Evaluator, space: Space, info: dict, top: int, t0: 
     pruned = sum(t.state == TrialState.PRUNED for t in trials)  # Monte-Carlo too long (montecarlo.check_simulation_size)
     study_info = {"storage": _redact(info["storage"]), "name": study.study_name, "trials": len(done),
                   "trials_failed": failed, "trials_too_long_to_simulate": pruned,
-                  "trials_this_run": len(done) - info["completed_before"],
+                  "trials_this_run": info["ran"],
                   "sampler": info["sampler"], "seed": info["seed"], "workers": info["workers"],
                   "continued": info["continued"], "space": space.as_dict(), "best_trial": best_t.number,
                   "seeded_with": info.get("seeded", [])}
@@ -820,9 +850,6 @@ def optuna_search(setting: Setting, trials: int | None = 100, timeout: float | N
     if not continued:
         study.set_user_attr("hispec", key)
         study.set_user_attr("created_by", "hispec-sim optimize --search optuna")
-    from optuna.trial import TrialState
-
-    completed_before = sum(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
     seeded = []
     if seed_trials and not continued:
         # seed the search with the exhaustive optimum of depth 1-3 (first: it runs even at --trials 1),
@@ -850,7 +877,7 @@ def optuna_search(setting: Setting, trials: int | None = 100, timeout: float | N
             "heartbeat": heartbeat, "grace": grace, "study_name": name, "sampler": sampler, "adaptive": adaptive}
     progress = sys.stderr.isatty() if progress is None else progress
     if workers == 1:
-        _run_worker(spec, 0, trials, timeout, progress, store)
+        ran = _run_worker(spec, 0, trials, timeout, progress, store)
     else:
         if storage.endswith(":memory:"):
             raise ValueError("storage: an in-memory SQLite database cannot be shared by several workers")
@@ -858,16 +885,26 @@ def optuna_search(setting: Setting, trials: int | None = 100, timeout: float | N
         from concurrent.futures import ProcessPoolExecutor
 
         share = None if trials is None else [trials // workers + (i < trials % workers) for i in range(workers)]
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        # the workers in their own process group: a signal reaches them once, from here (a
+        # terminal's Ctrl-C hit them and this process; `kill PID` only this one, which waited
+        # for every trial of theirs)
+        setpgrp = getattr(os, "setpgrp", None)
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=setpgrp) as pool, \
+                _forwarding_signals(pool) as hit:
             futs = [pool.submit(_run_worker, spec, i, None if share is None else share[i], timeout, progress and i == 0)
                     for i in range(workers) if share is None or share[i] > 0]
             errors = [f.exception() for f in futs]
+        if hit:
+            from .entry import interrupt
+
+            raise interrupt(hit[0])
         # a failed storage write can surface in another worker as Optuna's own complaint
         # (the trial it could not store); the storage's error is the one to report
         failed = [e for e in errors if e is not None]
         if failed:
             raise next((e for e in failed if str(e).startswith("storage: ")), failed[0])
-    info = {"storage": storage, "completed_before": completed_before, "sampler": sampler, "seed": seed,
+        ran = sum(f.result() for f in futs)
+    info = {"storage": storage, "ran": ran, "sampler": sampler, "seed": seed,
             "workers": workers, "continued": continued, "seeded": seeded}
     return _build_result(study, ev, space, info, top, t0)
 

@@ -70,6 +70,32 @@ def test_two_commands_on_one_new_storage_at_once(tmp_path):
     outs = [p.communicate(timeout=240) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-2000:]
+        assert json.loads(out)["trials_this_run"] == 40  # its own, not the other's too
     trials = _states(url, "shared")
     assert len(trials) == 80 and all(t.state == TrialState.COMPLETE for t in trials)
     assert len({t.number for t in trials}) == 80
+
+
+def test_a_signal_to_the_command_stops_its_workers(tmp_path):
+    """SIGTERM to the command's PID alone (`kill PID`, `docker stop`) with --workers 2: the
+    workers stop after their running trial, the command exits 143 in one line; it used to
+    wait for every trial of theirs, and a Ctrl-C sent so was lost."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    proc = subprocess.Popen([sys.executable, "-m", "hispec_sim.cli", "optimize", "--profile", "cpu_hispec_tiny",
+                             "--search", "optuna", "--trials", "5000", "--workers", "2", "--storage", url,
+                             "--study-name", "w", "--out", str(tmp_path / "p.json")], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
+    deadline = time.time() + 120
+    while sum(t.state == TrialState.COMPLETE for t in _states(url, "w")) < 20:
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and err.strip().splitlines() == [
+        "hispec-sim: terminated by SIGTERM (the study keeps its finished trials in its --storage; nothing else written)"]
+    trials = _states(url, "w")
+    assert 20 <= len(trials) < 5000 and not (tmp_path / "p.json").exists()
+    time.sleep(1)  # the workers are gone: nothing more is added
+    assert len(_states(url, "w")) == len(trials)
