@@ -114,27 +114,42 @@ def _rows(path: Path) -> list[dict]:
         raise ValueError(f"vidur: {path} is not a readable CSV ({e})") from None
 
 
+DUPLICATE_SPREAD = 2.0  # repeated rows of Vidur's own data differ by at most 1.19x
+
+
 def read_mlp_csv(path: str | Path) -> MlpData:
     """Per TP degree: sorted num_tokens and the median of each op (duplicate rows averaged)."""
     path = Path(path)
     rows = _rows(path)
     if not rows:
         raise ValueError(f"vidur: {path} has no rows")
-    need = [f"time_stats.{op}.median" for op in LAYER_OPS] + ["num_tokens", "num_tensor_parallel_workers", "n_embd"]
+    shape_cols = ("n_head", "n_embd", "n_expanded_embd", "vocab_size")  # n_kv_head optional: n_head
+    need = [f"time_stats.{op}.median" for op in LAYER_OPS] + ["num_tokens", "num_tensor_parallel_workers", *shape_cols]
     missing = [c for c in need if c not in rows[0]]
     if missing:
         raise ValueError(f"vidur: {path} lacks columns {missing}")
     r0 = rows[0]
-    shape = {k: _i(r0[k], f"vidur {path.name} {k}", 1, schema.MAX_DIM)
-             for k in ("n_head", "n_kv_head", "n_embd", "n_expanded_embd", "vocab_size") if k in r0}
+    shape = {k: _i(r0[k], f"vidur {path.name} {k}", 1, schema.MAX_DIM) for k in (*shape_cols, "n_kv_head") if k in r0}
     acc: dict = defaultdict(lambda: defaultdict(list))
-    for r in rows:
+    for no, r in enumerate(rows, 2):  # line 1: the header
+        other = [k for k in shape if str(r.get(k)) != str(r0[k])]
+        if other:
+            raise ValueError(f"vidur: {path} line {no}: {other[0]} {r.get(other[0])!r} differs from the first row's "
+                             f"{r0[other[0]]!r}; one file holds one model shape")
         tp = _i(r["num_tensor_parallel_workers"], f"vidur {path.name} num_tensor_parallel_workers", 1, schema.MAX_TP)
         t = _i(r["num_tokens"], f"vidur {path.name} num_tokens", 1, schema.MAX_CONTEXT)
         acc[tp][t].append([_f(r[f"time_stats.{op}.median"], f"vidur {path.name} {op}") for op in LAYER_OPS])
     tokens, ops = {}, {}
     for tp, by_t in acc.items():
         ts = sorted(by_t)
+        for t in ts:  # repeated measurements are averaged; ones that disagree this much are not measurements of one thing
+            x = np.asarray(by_t[t])
+            lo, hi = x.min(0), x.max(0)
+            bad = np.flatnonzero(hi > DUPLICATE_SPREAD * np.maximum(lo, 1e-12))
+            if len(bad):
+                op = LAYER_OPS[bad[0]]
+                raise ValueError(f"vidur: {path}: the rows of tp {tp}, num_tokens {t} disagree on {op}: {lo[bad[0]]:g} "
+                                 f"vs {hi[bad[0]]:g} ms (more than {DUPLICATE_SPREAD:g}x); remove the wrong one")
         vals = np.array([np.mean(by_t[t], axis=0) for t in ts])  # (T, ops)
         tokens[tp] = np.array(ts, dtype=int)
         ops[tp] = {op: vals[:, i] for i, op in enumerate(LAYER_OPS)}

@@ -212,7 +212,13 @@ def work(tmp_path_factory):
                      "nonutf8": {"raw_mlp": b"\xff\xfe\x00garbage"}, "empty": {"raw_mlp": b""},
                      "nocols": {"raw_mlp": b"a,b,c\n1,2,3\n"},
                      "nul": {"raw_mlp": _mlp_csv().encode().replace(b"0.01", b"0\x00.01", 1)},
-                     "shortrow": {"raw_mlp": _mlp_csv().encode().replace(b"\n", b"\n1,2\n", 1)}}.items():
+                     "shortrow": {"raw_mlp": _mlp_csv().encode().replace(b"\n", b"\n1,2\n", 1)},
+                     "novocab": {"raw_mlp": "\n".join(",".join(line.split(",")[:-1]) for line in
+                                                        _mlp_csv().splitlines()).encode() + b"\n"},
+                     "othershape": {"raw_mlp": (_mlp_csv() + _mlp_csv().splitlines()[-1].replace(
+                         "4096,32,32,11008", "8192,64,8,28672") + "\n").encode()},
+                     "conflict": {"raw_mlp": (_mlp_csv() + _mlp_csv().splitlines()[1].replace("0.01016", "5.0")
+                                              + "\n").encode()}}.items():
         f["V_" + name.upper()] = _vidur(vd / name, **kw)
     # Hugging Face and our checkpoint folders with hostile configs
     hd = w / "models"
@@ -888,6 +894,10 @@ CASES = [
     ("exec-flags", E, "generate --prompt ' '", ["prompt", "whitespace"]),
     # -- its eighth round
     ("flags", S, "evaluate --profile cpu_hispec_tiny --levels 2,16 --mc --cycles 5", ["cycles", "per-request spread"]),
+    # -- its tenth round
+    ("vidur", S, "profile import-vidur {V_NOVOCAB} --layers 32 --out {W}/v.json", ["vidur", "lacks columns ['vocab_size']"]),
+    ("vidur", S, "profile import-vidur {V_OTHERSHAPE} --layers 32 --out {W}/v.json", ["vidur", "one file holds one model shape"]),
+    ("vidur", S, "profile import-vidur {V_CONFLICT} --layers 32 --out {W}/v.json", ["vidur", "disagree on", "more than 2x"]),
     # -- its ninth round
     ("hf-config", E, "info --model {M_INTWEIGHTS}", ["model", "has dtype int32", "float16, bfloat16, float32 or float64"]),
     ("hf-config", E, "run --model {M_BOOLWEIGHTS}", ["model", "has dtype bool"]),
