@@ -154,7 +154,13 @@ def _arrays(reqs: list[schema.Request]):
     return arr, pl, ol
 
 
-def _check_trace_context(model: schema.ModelShape, trace: list[schema.Request], overshoot: int) -> None:
+def _check_trace(model: schema.ModelShape, trace: list[schema.Request], overshoot: int) -> None:
+    """Every request fits the model: its token ids in the vocabulary (as hispec-exec serve
+    checks), its tokens in the context."""
+    for i, r in enumerate(trace):
+        if isinstance(r.prompt_tokens, list) and max(r.prompt_tokens) >= model.vocab:
+            raise ValueError(f"trace: request {i}: prompt_tokens: token ids must be in [0, {model.vocab}) (the profile's "
+                             "model.vocab)")
     _, pl, ol = _arrays(trace)
     i = int(np.argmax(pl + ol))
     model.check_context(int(pl[i] + ol[i]) + overshoot, "trace", f"request {i} needs {pl[i]} (prompt) + {ol[i]} "
@@ -187,7 +193,7 @@ def cmd_serve(args) -> int:
     del batching
     trace = traffic.load_trace(args.trace) if args.trace else None
     if trace is not None:
-        _check_trace_context(setting.profile.model, trace, plan.max_overshoot)
+        _check_trace(setting.profile.model, trace, plan.max_overshoot)
     summaries, steps, prefills, first = [], [], [], None
     for k in range(args.seeds):
         if trace is not None:

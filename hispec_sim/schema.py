@@ -1138,8 +1138,8 @@ class Request(Strict):
             raise ValueError(f"prompt_tokens: a prompt length must be in [1, {MAX_REQUEST_TOKENS}]")
         if isinstance(self.prompt_tokens, list) and not 1 <= len(self.prompt_tokens) <= MAX_REQUEST_TOKENS:
             raise ValueError(f"prompt_tokens: between 1 and {MAX_REQUEST_TOKENS} token ids")
-        if isinstance(self.prompt_tokens, list) and min(self.prompt_tokens) < 0:
-            raise ValueError("prompt_tokens: token ids must be >= 0")
+        if isinstance(self.prompt_tokens, list) and not 0 <= min(self.prompt_tokens) <= max(self.prompt_tokens) <= MAX_TOKEN_ID:
+            raise ValueError(f"prompt_tokens: token ids must be in [0, {MAX_TOKEN_ID}]")
         if self.prompt is not None and not self.prompt:
             raise ValueError("prompt: empty")
         if self.prompt is not None and len(self.prompt.encode("utf-8", "surrogatepass")) > MAX_REQUEST_TOKENS:

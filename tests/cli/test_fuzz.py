@@ -278,6 +278,8 @@ def work(tmp_path_factory):
     put("bigprompt.jsonl", json.dumps({"arrival_s": 0.0, "prompt": "x" * 1_000_001, "max_new_tokens": 8}) + "\n")
     put("longtrace.jsonl", '{"arrival_s": 0.0, "prompt_tokens": 16, "max_new_tokens": 8}\n'
         '{"arrival_s": 1.0, "prompt_tokens": 500, "max_new_tokens": 20}\n')
+    put("id256trace.jsonl", '{"arrival_s": 0.0, "prompt_tokens": [1, 256], "max_new_tokens": 1}\n')
+    put("hugeidtrace.jsonl", '{"arrival_s": 0.0, "prompt_tokens": [99999999999999999999], "max_new_tokens": 1}\n')
     put("strtrace.jsonl", '{"arrival_s": 0.0, "prompt_tokens": "16", "max_new_tokens": 8}\n')
     put("prompts.txt", "def f(x):\n")
     put("strpropose.json", '{"levels": [2, 16], "propose": "2"}')
@@ -898,6 +900,9 @@ CASES = [
     ("vidur", S, "profile import-vidur {V_NOVOCAB} --layers 32 --out {W}/v.json", ["vidur", "lacks columns ['vocab_size']"]),
     ("vidur", S, "profile import-vidur {V_OTHERSHAPE} --layers 32 --out {W}/v.json", ["vidur", "one file holds one model shape"]),
     ("vidur", S, "profile import-vidur {V_CONFLICT} --layers 32 --out {W}/v.json", ["vidur", "disagree on", "more than 2x"]),
+    ("trace", S, "serve --profile cpu_hispec_tiny --levels 16 --trace {ID256TRACE}",
+     ["trace: request 0: prompt_tokens", "[0, 256)", "model.vocab"]),
+    ("trace", S, "serve --profile cpu_hispec_tiny --levels 16 --trace {HUGEIDTRACE}", ["trace: line 1", "[0, 2147483647]"]),
     # -- its ninth round
     ("hf-config", E, "info --model {M_INTWEIGHTS}", ["model", "has dtype int32", "float16, bfloat16, float32 or float64"]),
     ("hf-config", E, "run --model {M_BOOLWEIGHTS}", ["model", "has dtype bool"]),
