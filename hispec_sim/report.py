@@ -23,8 +23,8 @@ from pathlib import Path
 from . import schema
 from .report_data import (COLORS, DEFAULTS, FAMILIES, FAMILY_LABEL, MEMORY_HEADROOM, SENSITIVITY,  # noqa: F401
                           _best_of, _capacity, _crossover, _jsonable, _memory, _positive, _provenance,
-                          _scaled_profile, _sweep_note, capacity_warnings, check_output_path, compute,
-                          largest_forward_tokens, load_validation)
+                          _scaled_profile, _sweep_note, capacity_warnings, check_output_path, check_validation,
+                          compute, largest_forward_tokens, load_validation)
 from .report_figures import figures  # noqa: F401
 from .report_format import _crossover_sentence, _fmt, _headline, _md, _pct, _pct_abs, esc, script_json  # noqa: F401
 from .report_html import render_html
@@ -42,9 +42,8 @@ def build_report(profile: str, out: str | None = None, fmt: str = "html", **kw) 
     if isinstance(validation, (str, Path)):
         validation = load_validation(validation)
     prof = schema.load_profile(profile)
-    if validation and validation.get("profile") not in (None, prof.name):
-        raise ValueError(f"validation: {validation.get('source_file', 'the result')} validates profile "
-                         f"{validation['profile']!r}; the report is for {prof.name!r}")
+    if validation:
+        check_validation(validation, prof, kw.get("workload"), kw.get("tp"), kw.get("stack"), kw.get("batch", 1))
     data = compute(prof, validation=validation, profile_ref=profile, **kw)
     text = render_html(data) if fmt == "html" else render_markdown(data)
     try:

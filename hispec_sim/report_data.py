@@ -59,8 +59,10 @@ def load_validation(path: str | Path) -> dict:
     data = schema._load_json(Path(path), "validation")  # bounded: size, nesting, finite numbers
     if not isinstance(data, dict) or not isinstance(data.get("plans"), list):
         raise ValueError("validation.plans: expected an object with a 'plans' list")
+    if not data["plans"]:
+        raise ValueError("validation.plans: empty; a validation result holds at least one plan")
     number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731 (JSON true is no number)
-    rows = []
+    rows, plans = [], []
     for i, r in enumerate(data["plans"]):
         if not isinstance(r, dict):
             raise ValueError(f"validation.plans.{i}: expected an object")
@@ -68,20 +70,20 @@ def load_validation(path: str | Path) -> dict:
             v = r.get(key)
             if not (number(v) and 1e-9 <= v <= 1e12):  # their ratio stays finite
                 raise ValueError(f"validation.plans.{i}.{key}: expected a number in [1e-09, 1e+12], got {v!r}")
-        plan = r.get("plan")
-        if isinstance(plan, dict):
-            try:
-                label = Plan.model_validate(plan).describe()
-            except Exception:
-                label = json.dumps(plan, sort_keys=True)
-        else:
-            label = str(plan)
+        if "plan" not in r:
+            raise ValueError(f"validation.plans.{i}.plan: missing (the plan validate ran)")
+        try:
+            plan = Plan.model_validate(r["plan"])
+        except Exception as e:
+            raise ValueError(f"validation.plans.{i}.plan: expected the plan validate ran "
+                             f"({schema.validation_message(e) if hasattr(e, 'errors') else e})") from None
         rel = r.get("relative_error")
         if rel is None:
             rel = r["predicted_tokens_per_second"] / r["measured_tokens_per_second"] - 1.0
         elif not (number(rel) and -1 <= rel <= 1e6):
             raise ValueError(f"validation.plans.{i}.relative_error: expected a number in [-1, 1e6], got {rel!r}")
-        row = {"plan": label, "family": str(r.get("family", "")),
+        plans.append(plan)
+        row = {"plan": plan.describe(), "family": str(r.get("family", "")),
                "predicted_tokens_per_second": float(r["predicted_tokens_per_second"]),
                "measured_tokens_per_second": float(r["measured_tokens_per_second"]),
                "relative_error": float(rel)}
@@ -115,7 +117,34 @@ def load_validation(path: str | Path) -> dict:
             "verdict_line": _line("verdict_line"), "verdict_line_replay": _line("verdict_line_replay"),
             "machine_warning": _line("machine_warning"),
             "source_file": str(path),
-            "profile": str(data.get("profile", "")) if data.get("profile") is not None else None}
+            "profile": str(data.get("profile", "")) if data.get("profile") is not None else None,
+            "setting": {k: data.get(k) for k in ("workload", "tp", "stack", "batch", "context")},
+            "plan_models": plans}
+
+
+def check_validation(v: dict, profile: Profile, workload: str | None, tp: int | None, stack: str | None,
+                     batch: int = 1) -> None:
+    """A validation result the report can show as its profile's fidelity: of that profile,
+    workload and latency table, its plans runnable on it (ValueError naming the field)."""
+    where = v.get("source_file", "the result")
+    if v.get("profile") not in (None, profile.name):
+        raise ValueError(f"validation: {where} validates profile {v['profile']!r}; the report is for {profile.name!r}")
+    want = {"workload": workload or profile.default_workload, "tp": tp or profile.default_tp,
+            "stack": stack or profile.default_stack, "batch": batch}
+    for key, value in want.items():
+        got = v.get("setting", {}).get(key)
+        if got is not None and got != value:
+            raise ValueError(f"validation.{key}: {where} validates {key} {got!r}; the report is of {key} {value!r}")
+    ctx = v.get("setting", {}).get("context")
+    if ctx is not None:
+        if not (isinstance(ctx, int) and not isinstance(ctx, bool) and ctx >= 0):
+            raise ValueError(f"validation.context: expected a token count >= 0, got {ctx!r}")
+        profile.model.check_context(ctx, "validation.context")
+    for i, plan in enumerate(v.pop("plan_models", [])):  # Plan objects: not for the report's JSON
+        try:
+            profile.check_plan(plan, want["workload"])
+        except ValueError as e:
+            raise ValueError(f"validation.plans.{i}.plan: {e}") from None
 
 
 # --------------------------------------------------------------------------- numbers

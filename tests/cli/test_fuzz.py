@@ -155,7 +155,7 @@ def work(tmp_path_factory):
             "source": d["workloads"]["w"]["source"]}))
     put("boolval.json", json.dumps({"profile": "test", "plans": [{"predicted_tokens_per_second": True,
                                                                   "measured_tokens_per_second": 5.0}]}))
-    put("otherval.json", json.dumps({"profile": "another", "plans": [{"predicted_tokens_per_second": 4.0,
+    put("otherval.json", json.dumps({"profile": "another", "plans": [{"plan": {"levels": [16]}, "predicted_tokens_per_second": 4.0,
                                                                      "measured_tokens_per_second": 5.0}]}))
     prof_variant("negts.json", lambda d: d["workloads"]["w"].update(traces=[[0] * 16] * 4, trace_starts=[-3, 0]))
     prof_variant("bigts.json", lambda d: d["workloads"]["w"].update(traces=[[0] * 16] * 4, trace_starts=[0, 99]))
@@ -343,7 +343,16 @@ def work(tmp_path_factory):
     put("hugeval.json", json.dumps({"profile": "test", "plans": [{"predicted_tokens_per_second": 1e308,
                                                                   "measured_tokens_per_second": 1e-300}]}))
     put("negmedval.json", json.dumps({"profile": "test", "median_abs_relative_error": -5, "plans": [
-        {"predicted_tokens_per_second": 5.0, "measured_tokens_per_second": 5.0}]}))
+        {"plan": {"levels": [16]}, "predicted_tokens_per_second": 5.0, "measured_tokens_per_second": 5.0}]}))
+    ok_row = {"plan": {"levels": [16]}, "predicted_tokens_per_second": 5.0, "measured_tokens_per_second": 5.0}
+    for name, edit in (("emptyplansval", lambda d: d.update(plans=[])),
+                       ("deepplanval", lambda d: d["plans"][0]["plan"].update(levels=[2, 99])),
+                       ("noplanval", lambda d: d["plans"][0].pop("plan")),
+                       ("otherwlval", lambda d: d.update(workload="nope")),
+                       ("batchval", lambda d: d.update(batch=64))):
+        d = {"profile": "test", "plans": [json.loads(json.dumps(ok_row))]}
+        edit(d)
+        put(f"{name}.json", json.dumps(d))
     put("adplan.json", json.dumps({"levels": [2, 8, 16], "propose": 4, "windows": [4], "draft_confidence": 0.5}))
     # the seventh round: a sampling plan for the simulator, thresholds for a chain without
     # intermediate levels, a C1 control in a name, confidence shares that are no distribution,
@@ -897,6 +906,13 @@ CASES = [
     # -- its eighth round
     ("flags", S, "evaluate --profile cpu_hispec_tiny --levels 2,16 --mc --cycles 5", ["cycles", "per-request spread"]),
     # -- its tenth round
+    ("cross-check", S, "report --profile {P} --validation {EMPTYPLANSVAL} --out {W}/r.html", ["validation.plans", "empty"]),
+    ("cross-check", S, "report --profile {P} --validation {DEEPPLANVAL} --out {W}/r.html",
+     ["validation.plans.0.plan", "levels"]),
+    ("cross-check", S, "report --profile {P} --validation {NOPLANVAL} --out {W}/r.html", ["validation.plans.0.plan", "missing"]),
+    ("cross-check", S, "report --profile {P} --validation {OTHERWLVAL} --out {W}/r.html",
+     ["validation.workload", "'nope'", "the report is of workload"]),
+    ("cross-check", S, "report --profile {P} --validation {BATCHVAL} --out {W}/r.html", ["validation.batch", "64"]),
     ("vidur", S, "profile import-vidur {V_NOVOCAB} --layers 32 --out {W}/v.json", ["vidur", "lacks columns ['vocab_size']"]),
     ("vidur", S, "profile import-vidur {V_OTHERSHAPE} --layers 32 --out {W}/v.json", ["vidur", "one file holds one model shape"]),
     ("vidur", S, "profile import-vidur {V_CONFLICT} --layers 32 --out {W}/v.json", ["vidur", "disagree on", "more than 2x"]),

@@ -103,10 +103,11 @@ def evil_report(tmp_path_factory):
     save_profile(p, tmp / "evil.json")
     val = tmp / "val.json"
     val.write_text(json.dumps({"plans": [
-        {"plan": EVIL, "predicted_tokens_per_second": 100.0, "measured_tokens_per_second": 97.0, "relative_error": 0.031},
+        {"plan": {"levels": [4, 16], "propose": 2}, "family": EVIL, "predicted_tokens_per_second": 100.0,
+         "measured_tokens_per_second": 97.0, "relative_error": 0.031},
         {"plan": {"levels": [16], "propose": 1, "windows": [], "mode": "greedy", "batch": 1},
          "predicted_tokens_per_second": 80.0, "measured_tokens_per_second": 84.0, "relative_error": -0.048}],
-        "median_abs_relative_error": 0.0395, "max_abs_relative_error": 0.048}))
+        "median_abs_relative_error": 0.0395, "max_abs_relative_error": 0.048, "machine_warning": EVIL}))
     out = tmp / "report.html"
     report.build_report(str(tmp / "evil.json"), str(out), "html", max_batch=32, validation=str(val), serving_requests=10)
     return tmp, out

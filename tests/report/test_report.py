@@ -44,15 +44,20 @@ def evil_file(tmp_path_factory):
     return path
 
 
+def _validation(path, last: int):
+    """A validation result of plans ending at layer `last`; its free text hostile."""
+    plans = [{"plan": {"levels": [last], "propose": 1, "windows": [], "mode": "greedy", "batch": 1},
+              "predicted_tokens_per_second": 100.0, "measured_tokens_per_second": 104.0, "relative_error": -0.0385},
+             {"plan": {"levels": [4, last], "propose": 2}, "family": EVIL, "predicted_tokens_per_second": 150.0,
+              "measured_tokens_per_second": 140.0, "relative_error": 0.0714}]
+    path.write_text(json.dumps({"plans": plans, "median_abs_relative_error": 0.055, "max_abs_relative_error": 0.0714,
+                                "verdict_line": f"bar met {EVIL}", "machine_warning": f"WARNING: {EVIL}"}))
+    return path
+
+
 @pytest.fixture(scope="module")
 def validation_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("v") / "validation.json"
-    plans = [{"plan": {"levels": [12], "propose": 1, "windows": [], "mode": "greedy", "batch": 1},
-              "predicted_tokens_per_second": 100.0, "measured_tokens_per_second": 104.0, "relative_error": -0.0385},
-             {"plan": EVIL, "predicted_tokens_per_second": 150.0, "measured_tokens_per_second": 140.0,
-              "relative_error": 0.0714}]
-    path.write_text(json.dumps({"plans": plans, "median_abs_relative_error": 0.055, "max_abs_relative_error": 0.0714}))
-    return path
+    return _validation(tmp_path_factory.mktemp("v") / "validation.json", 12)  # evil_file's 12 layers
 
 
 @pytest.fixture(scope="module")
@@ -230,12 +235,12 @@ def test_script_json_cannot_close_the_tag():
     assert "<" not in s and "</" not in s and json.loads(s) == {"a": "</script><!-- x", "b": "\u2028"}
 
 
-def test_validation_section(tmp_path, prof_file, validation_file):
+def test_validation_section(tmp_path, prof_file):
     data, text, _ = report.build_report(str(prof_file), str(tmp_path / "v.html"), "html", max_batch=2,
-                                        validation=str(validation_file), serving_requests=0)
+                                        validation=str(_validation(tmp_path / "v.json", 16)), serving_requests=0)
     v = data["validation"]
     assert v["median_abs_relative_error"] == 0.055 and v["max_abs_relative_error"] == 0.0714
-    assert v["plans"][0]["plan"] == "[12]"
+    assert v["plans"][0]["plan"] == "[16]"
     assert "Absolute tokens/s: median |relative error| 5.5 %, worst 7.1 % over 2 plans" in text and "fig-validation" in text
 
 
@@ -243,7 +248,7 @@ def test_validation_section_carries_validates_metric_verdicts_and_warning(tmp_pa
     """A validation run on another machine (validate --allow-other-machine) keeps its warning
     in the report, and the report leads with validate's metric (speed-up over autoregressive)
     and verdicts (the eighth fuzz round: it showed absolute tokens/s only)."""
-    plans = [{"plan": {"levels": [4, 12], "propose": 2}, "predicted_tokens_per_second": 300.0,
+    plans = [{"plan": {"levels": [4, 16], "propose": 2}, "predicted_tokens_per_second": 300.0,
               "measured_tokens_per_second": 150.0, "predicted_speedup": 1.5, "measured_speedup": 1.25,
               "speedup_error": 0.2}]
     f = tmp_path / "v.json"
