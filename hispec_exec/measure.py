@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import time
 
 import numpy as np
@@ -634,8 +635,8 @@ def self_check(table: LatencyTable, num_layers: int, calib: dict, context: int,
     fixed, fixed_se = forward_fixed_ms
     line = (f"self-check: autoregressive {predicted:.3f} ms/token predicted by the cost model, {measured:.3f} measured "
             f"in the calibration runs ({100 * err:+.1f} %); fitted decoding time per calibration plan: {fits}; "
-            f"per-forward fixed cost: {fixed:.3f} +- {fixed_se:.3f} ms in the micro-benchmark, "
-            f"{calib['overhead_ms']:.3f} +- {calib['overhead_ms_se']:.3f} ms fitted on decoding")
+            f"per-forward fixed cost: {fixed:.3f} {_pm(fixed_se)} ms in the micro-benchmark, "
+            f"{calib['overhead_ms']:.3f} {_pm(calib['overhead_ms_se'])} ms fitted on decoding")
     warning = measurement_warning(calib["noise_floor"], err)
     return {"warning": warning, "autoregressive_ms_per_token_predicted": round(predicted, 6),
             "autoregressive_ms_per_token_measured": round(measured, 6), "autoregressive_error": round(err, 6),
@@ -700,6 +701,11 @@ def _environment(device: str) -> tuple[dict, str, str]:
     return fp, when, env
 
 
+def _pm(se) -> str:
+    """'+- 0.012', or why there is no standard error (one repeat: none to compare)."""
+    return f"+- {se:.3f}" if se is not None and math.isfinite(se) else "(no standard error from one repeat)"
+
+
 def model_shape(model: Transformer, model_name: str, source: Source) -> ModelShape:
     a = model.args
     return ModelShape(name=model_name, num_layers=model.num_layers, hidden=a.dim, heads=a.n_heads, kv_heads=a.n_kv_heads,
@@ -744,7 +750,7 @@ def time_model(model: Transformer, contexts: list[int], repeats: int, tokens: li
     table = table.model_copy(update={**{k: calib[k] for k in OVERHEADS},
                                      "working_set_ms": _scaled_working_set(ws["ms"], calib["working_set_scale"], lat,
                                                                            calib["layer_overhead_ms"])})
-    table.notes["working_set"] += (f"; scaled by {calib['working_set_scale']:.3f} +- {calib['working_set_scale_se']:.3f}, "
+    table.notes["working_set"] += (f"; scaled by {calib['working_set_scale']:.3f} {_pm(calib['working_set_scale_se'])}, "
                                    f"fitted on the calibration's decode runs")
     table.notes["table_scale"] = ("1 (held: the micro-benchmarks' layer and head times as measured; each calibration "
                                   "block's own speed carries the drift, see calibration; a table timed slower than the "

@@ -104,6 +104,10 @@ def _traffic(args, model: schema.ModelShape, overshoot: int) -> schema.Traffic:
     generated = not getattr(args, "trace", None)
     if generated:
         lengths = {k: getattr(args, k) for k in traffic.DEFAULT_LENGTHS}
+        if model.max_context is not None and lengths == traffic.DEFAULT_LENGTHS and model.max_context - overshoot < 2:
+            raise ValueError(f"prompt_len: the model's context of {model.max_context} tokens cannot hold a one-token "
+                             f"prompt and output besides {overshoot} tokens of speculation; plan less speculation"
+                             + (" (--max-propose, --max-window)" if hasattr(args, "max_propose") else ""))
         for k, v in traffic.fit_default_lengths(lengths, model.max_context, overshoot).items():
             if v != getattr(args, k):
                 print(f"hispec-sim: note: --{k.replace('_', '-')} defaults to {v} on this model (a request and its "

@@ -103,7 +103,8 @@ def export(plan_path: str, to: str, profile: str | None = None, workload: str | 
             p = schema.load_profile(profile)
             p.check_plan(plan, workload)
         if plan.batch != 1:
-            notes.append(f"the executor runs batch 1; this plan has batch {plan.batch}")
+            notes.append(f"`hispec-exec run` decodes one sequence at a time and `hispec-exec serve` batches up to "
+                         f"--max-batch sequences as they arrive; the plan's batch {plan.batch} is read by neither")
         return exec_text(plan), notes
     if to == "hf":
         kw = hf_kwargs(plan)

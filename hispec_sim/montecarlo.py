@@ -91,7 +91,7 @@ def simulate(cost: CostModel, model: AgreementModel, plan: Plan, streams: int = 
         return MCResult(tps, (tps, tps), ms, ms, 1.0, [], streams, streams * cycles, replay)
     if replay and model.traces is None:
         raise ValueError("mc: replay needs a workload with traces")
-    check_simulation_size(plan, len(model.traces) if replay else streams * (request_tokens if spread else cycles))
+    check_simulation_size(plan, len(model.traces) if replay else streams * (request_tokens if spread else cycles), replay)
     if engine == "auto":
         engine = "token" if (replay or spread) else "block"
     if engine == "block":
@@ -111,16 +111,17 @@ class SimulationTooLarge(ValueError):
     """A simulation that could walk more than MAX_MC_DRAFTS drafts (check_simulation_size)."""
 
 
-def check_simulation_size(plan: Plan, cycles: int) -> None:
+def check_simulation_size(plan: Plan, cycles: int, replay: bool = False) -> None:
     """Refuse a simulation that could walk more than MAX_MC_DRAFTS drafts: a full-model check
     holds at most propose x window_3 x ... x window_k of them (every check below it emits at
     least one token), and `cycles` bounds the full-model checks (each commits >= 1 token)."""
     per = plan.propose * int(np.prod(plan.windows, dtype=object)) if plan.depth > 1 else 0
     if per * cycles > MAX_MC_DRAFTS:
         raise SimulationTooLarge(
-            f"mc: plan {plan.levels} (propose {plan.propose}, windows {list(plan.windows)}) drafts up to {per:,} tokens "
-            f"per full-model check; over {cycles:,} checks that is {per * cycles:.2e} drafts, at most "
-            f"{MAX_MC_DRAFTS:.2e}: fewer streams or cycles, or a shorter propose or window")
+            f"{'replay' if replay else 'mc'}: plan {plan.levels} (propose {plan.propose}, windows {list(plan.windows)}) "
+            f"drafts up to {per:,} tokens per full-model check; over {cycles:,} checks that is {per * cycles:.2e} drafts, "
+            f"at most {MAX_MC_DRAFTS:.2e}: " + ("a shorter propose or window (trace replay walks every measured position)"
+                                                if replay else "fewer streams or cycles, or a shorter propose or window"))
 
 
 WALK_ROWS = 256  # trace replay walks a longer request in pieces of this many rows

@@ -996,7 +996,7 @@ def quick_summary(run: ServeRun, limits: ServeLimits) -> dict:
             "throughput_tokens_per_s": tokens / span, "requests_per_s": len(ttft) / span,
             "goodput_requests_per_s": float(good.sum()) / span, "slo_attained": float(good.mean()),
             "slo_ttft_ms": limits.slo_ttft_ms, "slo_tbt_ms": limits.slo_tbt_ms,
-            "ttft_ms": stats(ttft), "tbt_ms": stats(gaps), "tpot_ms": stats(tpot), "e2e_ms": stats(e2e),
+            "ttft_ms": stats(ttft), "tbt_ms": stats(gaps), "tpot_ms": stats(tpot[outn > 1]), "e2e_ms": stats(e2e),
             "queue_ms": stats(run.admit_ms - arr_ms)}
 
 
