@@ -35,23 +35,31 @@ def _terminate(signum, frame):
     raise Terminated(signum)
 
 
+def not_ignored(signals) -> list[int]:
+    """Those of `signals` the parent did not leave ignored (as nohup, or a shell's background
+    job, does: such a signal stays ignored)."""
+    return [s for s in signals if signal.getsignal(s) is not signal.SIG_IGN]
+
+
 @contextlib.contextmanager
-def terminate_as_interrupt():
-    """Within: SIGTERM and SIGHUP raise Terminated (main thread; a signal the parent left
-    ignored, as nohup does, stays ignored); the previous handlers are restored after."""
+def handling(signals, handler):
+    """Within: `handler` for each of `signals` (in the main thread, where signals arrive;
+    elsewhere nothing changes); the previous handlers restored after."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {s: signal.getsignal(s) for s in TERMINATING}
-    for s, h in previous.items():
-        if h is not signal.SIG_IGN:
-            signal.signal(s, _terminate)
+    previous = {s: signal.signal(s, handler) for s in signals}
     try:
         yield
     finally:
         for s, h in previous.items():
-            if h is not None:
+            if h is not None:  # None: a handler not set from Python, which cannot be put back
                 signal.signal(s, h)
+
+
+def terminate_as_interrupt():
+    """Within: SIGTERM and SIGHUP raise Terminated, unless ignored by the parent."""
+    return handling(not_ignored(TERMINATING), _terminate)
 
 
 def exit_message(prog: str, e: KeyboardInterrupt, done: str = "nothing written") -> tuple[str, int]:

@@ -812,7 +812,7 @@ def resolve_profile_path(name_or_path: str) -> Path:
     p = Path(name_or_path)
     name_or_path = str(name_or_path)
     shipped = PROFILES_DIR / f"{name_or_path}.json"
-    if p.name == name_or_path and p.suffix != ".json" and name_or_path in known_profiles():  # a bare name
+    if p.name == name_or_path and p.suffix != ".json" and shipped.is_file():  # a bare shipped name
         return shipped
     if p.suffix == ".json" or p.exists() or "/" in name_or_path:
         if not p.exists():

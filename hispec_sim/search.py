@@ -291,7 +291,7 @@ def open_storage(url: str, heartbeat: int = HEARTBEAT_S, grace: int = GRACE_S):
                         f.unlink(missing_ok=True)
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ValueError(f"storage: cannot open {_redact(url)} ({type(e).__name__}: {msg})") from None
-    if scheme == "sqlite" and ":memory:" not in url and "mode=memory" not in url and url.split("://", 1)[1] != "/":
+    if files and "mode=memory" not in url:
         _sqlite_wal(storage.engine)  # a file (an in-memory database would not survive the reconnect)
     _OPEN.append(storage)
     return storage
@@ -599,12 +599,9 @@ def _forwarding_signals(pool):
     """Within: SIGINT, SIGTERM and SIGHUP to this process are passed on to the pool's worker
     processes (each stops after its running trial; a second signal at once: stop_on_interrupt);
     yields the list of signals received."""
-    from .entry import TERMINATING
+    from .entry import TERMINATING, handling, not_ignored
 
     hit: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield hit
-        return
 
     def forward(signum, frame):
         hit.append(signum)
@@ -612,13 +609,8 @@ def _forwarding_signals(pool):
             with contextlib.suppress(OSError, ValueError, AttributeError):
                 os.kill(proc.pid, signum)
 
-    signals = [s for s in (signal.SIGINT, *TERMINATING) if signal.getsignal(s) is not signal.SIG_IGN]
-    previous = {s: signal.signal(s, forward) for s in signals}
-    try:
+    with handling(not_ignored((signal.SIGINT, *TERMINATING)), forward):
         yield hit
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 @contextlib.contextmanager
@@ -628,10 +620,7 @@ def stop_on_interrupt(study):
     interrupt the storage mid-write (a SQLite transaction half done: Optuna's clean-up then
     failed or waited on its own lock); this way every trial's state is stored whole. A
     second signal interrupts at once."""
-    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
-        yield
-        return
-    from .entry import TERMINATING, interrupt
+    from .entry import TERMINATING, handling, interrupt, not_ignored
 
     hit = []
 
@@ -644,13 +633,8 @@ def stop_on_interrupt(study):
         except RuntimeError:  # not inside a trial or its callbacks yet: nothing to finish
             raise interrupt(signum) from None
 
-    signals = [signal.SIGINT] + [s for s in TERMINATING if signal.getsignal(s) is not signal.SIG_IGN]
-    previous = {s: signal.signal(s, handler) for s in signals}
-    try:
+    with handling([signal.SIGINT, *not_ignored(TERMINATING)], handler):
         yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
     if hit:
         raise interrupt(hit[0])
 
