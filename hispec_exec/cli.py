@@ -11,12 +11,13 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from hispec_sim import schema
-from hispec_sim.cli_common import (SEED, Parser, add_model_args, add_plan_args, check_output, check_output_folder,
-                                   float_in, given, int_in, load_model_from_args, model_files, plan_from_args,
-                                   refuse_unread, run_main)
+from hispec_sim.cli_common import (SEED, Parser, add_model_args, add_plan_args, add_progress_arg, check_output,
+                                   check_output_folder, float_in, given, int_in, load_model_from_args, model_files,
+                                   plan_from_args, progress_log, refuse_unread, run_main)
 
 TOKENS = int_in(1, 1 << 20)
 
@@ -124,21 +125,29 @@ def cmd_info(a) -> int:
 
 
 def run_plan(model, plan, prompts, max_new_tokens: int, mode: str, seed: int = 0, temperature: float = 1.0,
-             check: bool = False, repeats: int = 1) -> dict:
-    """Decode prompts with the plan and autoregressively, interleaved, in the same run."""
+             check: bool = False, repeats: int = 1, log=None) -> dict:
+    """Decode prompts with the plan and autoregressively, interleaved, in the same run.
+    log(line), if given, hears of each decode, and every PROGRESS_S within a long one."""
     from .generate import autoregressive, check_fits, decode
 
     mode = mode or plan.mode
     for p in prompts:
         check_fits(plan, len(p), max_new_tokens, model.args.max_seq_len)
-    # warm-up (allocator, masks, kernels)
+    say = log or (lambda line: None)
+    say("warm-up")  # allocator, masks, kernels
     decode(model, plan, prompts[0], min(8, max_new_tokens), mode=mode, seed=seed, temperature=temperature)
     autoregressive(model, prompts[0], min(8, max_new_tokens), mode=mode, seed=seed, temperature=temperature)
     res, ars = [], []
     for r in range(repeats):
         for i, p in enumerate(prompts):
-            ars.append(autoregressive(model, p, max_new_tokens, mode=mode, seed=seed + i, temperature=temperature, sync=False))
-            res.append(decode(model, plan, p, max_new_tokens, mode=mode, seed=seed + i, temperature=temperature))
+            what = f"prompt {i + 1}/{len(prompts)}" + (f", repeat {r + 1}/{repeats}" if repeats > 1 else "")
+            tick = _ticker(say, what, max_new_tokens) if log else None
+            ars.append(autoregressive(model, p, max_new_tokens, mode=mode, seed=seed + i, temperature=temperature,
+                                      sync=False, on_step=tick and tick("autoregressive")))
+            res.append(decode(model, plan, p, max_new_tokens, mode=mode, seed=seed + i, temperature=temperature,
+                              on_step=tick and tick("plan")))
+            say(f"{what}: plan {len(res[-1].tokens) / res[-1].wall_s:.1f} tokens/s, autoregressive "
+                f"{len(ars[-1].tokens) / ars[-1].wall_s:.1f} tokens/s")
     k = plan.depth
     new = sum(len(r.tokens) for r in res)
     wall = sum(r.wall_s for r in res)
@@ -177,6 +186,22 @@ def run_plan(model, plan, prompts, max_new_tokens: int, mode: str, seed: int = 0
     return out
 
 
+PROGRESS_S = 5.0  # seconds between progress lines within one decode
+
+
+def _ticker(say, what: str, max_new_tokens: int):
+    """tick(side) -> on_step for one decode: a line every PROGRESS_S seconds of it."""
+    def tick(side: str):
+        last = [time.monotonic()]
+
+        def on_step(done: int) -> None:
+            if time.monotonic() - last[0] >= PROGRESS_S:
+                last[0] = time.monotonic()
+                say(f"{what}, {side}: {min(done, max_new_tokens)}/{max_new_tokens} tokens")
+        return on_step
+    return tick
+
+
 def cmd_run(a) -> int:
     from .data import decode_bytes, heldout_prompts
     from .data import encode as encode_bytes
@@ -195,7 +220,7 @@ def cmd_run(a) -> int:
     if enc is not encode_bytes:
         prompts = [enc(decode_bytes(p)) or [0] for p in prompts]
     out = run_plan(model, plan, prompts, a.max_new_tokens, a.mode or plan.mode, a.seed, a.temperature,
-                   a.check, a.repeats)
+                   a.check, a.repeats, log=progress_log("run", a.progress))
     if a.out:
         from hispec_sim.schema import write_atomic
 
@@ -365,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--check", action="store_true", help="report identical_to_autoregressive (greedy)")
     q.add_argument("--json", action="store_true")
     q.add_argument("--out", help="also write the JSON report to this file")
+    add_progress_arg(q, "each decode, and every few seconds within a long one,")
     q.set_defaults(func=cmd_run)
 
     q = sub.add_parser("generate", help="continue a text prompt")

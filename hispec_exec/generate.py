@@ -424,15 +424,19 @@ def _drafting(d: SequenceDecoder) -> bool:
 
 
 def decode(model: Transformer, plan: Plan, prompt_ids, max_new_tokens: int, mode: str | None = None,
-           seed: int = 0, temperature: float = 1.0, capacity: int | None = None, sync: bool = False) -> DecodeResult:
+           seed: int = 0, temperature: float = 1.0, capacity: int | None = None, sync: bool = False,
+           on_step=None) -> DecodeResult:
     """Decode one prompt with a plan. Greedy output equals autoregressive greedy decoding
-    token for token; sampling output is distributed as the full model's samples."""
+    token for token; sampling output is distributed as the full model's samples.
+    on_step(tokens committed so far), if given, is called after every forward."""
     check_plan(model, plan)
     d = SequenceDecoder(model, plan, prompt_ids, max_new_tokens, mode, seed, temperature, capacity=capacity)
     prefill_s = run_prefill(model, [d]) / 1e3
     t0 = time.perf_counter()
     while not d.done:
         run_step(model, [(d, d.next_op())], sync)
+        if on_step is not None:
+            on_step(d.committed - d.P)
     _sync(model, True)
     return d.result(time.perf_counter() - t0, prefill_s)
 

@@ -370,6 +370,22 @@ def check_output_folder(path: str | Path, field: str = "out") -> Path:
 # --------------------------------------------------------------------------- errors and main
 
 
+def add_progress_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--progress", action="store_true",
+                   help=f"log {what} to stderr with the seconds since the start (default: on a terminal only)")
+
+
+def progress_log(name: str, asked: bool):
+    """log(line) printing `[name  N s] line` to stderr, or None: progress goes to a terminal
+    or where asked for; otherwise a failing run's stderr stays its one line."""
+    if not (asked or sys.stderr.isatty()):
+        return None
+    import time
+
+    start = time.monotonic()
+    return lambda line: print(f"[{name} {time.monotonic() - start:4.0f} s] {line}", file=sys.stderr, flush=True)
+
+
 def one_line(e: BaseException) -> str:
     """The message of a ValueError or pydantic ValidationError on one line, naming the field."""
     try:

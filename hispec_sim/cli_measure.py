@@ -7,12 +7,11 @@ import argparse
 import json
 import shlex
 import sys
-import time
 from pathlib import Path
 
 from . import schema
-from .cli_common import (SEED, add_model_args, check_output, given, int_in, load_model_from_args, model_files,
-                         refuse_unread, shown)
+from .cli_common import (SEED, add_model_args, add_progress_arg, check_output, given, int_in, load_model_from_args,
+                         model_files, progress_log, refuse_unread, shown)
 
 MAX_PROMPTS = 10_000
 MAX_NEW_TOKENS = 65_536
@@ -68,8 +67,7 @@ def add_measure_parser(prof_sub) -> None:
     m.add_argument("--name", help="profile name")
     m.add_argument("--out", required=True, metavar="FILE",
                    help="profile to write; an existing profile of the same model keeps its other workloads")
-    m.add_argument("--progress", action="store_true",
-                   help="log each stage to stderr with the seconds since the start (default: on a terminal only)")
+    add_progress_arg(m, "each stage")
     m.set_defaults(func=cmd_measure)
 
 
@@ -129,10 +127,7 @@ def cmd_measure(args) -> int:
     else:
         from hispec_exec.measure import measure_profile
 
-        # progress on a terminal, or asked for: otherwise a failing run's stderr stays one line
-        start = time.monotonic()
-        log = ((lambda s: print(f"[measure {time.monotonic() - start:4.0f} s] {s}", file=sys.stderr, flush=True))
-               if args.progress or sys.stderr.isatty() else None)
+        log = progress_log("measure", args.progress)
         profile = measure_profile(model, name, args.device, workload, args.prompts, 64, args.max_new_tokens, args.seed,
                                   repeats=args.repeats, attempts=args.attempts, command=command,
                                   prompts=prompts if prompts_text is not None else None,

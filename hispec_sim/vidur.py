@@ -77,14 +77,19 @@ class MlpData:
     ops: dict  # tp -> {op: np.ndarray of medians (ms)}
 
 
-def _f(x: str, field: str) -> float:
+def _f(x: str, field: str, hi: float = math.inf) -> float:
     try:
         v = float(x)
     except (TypeError, ValueError):
         raise ValueError(f"{field}: not a number: {x!r}") from None
-    if not math.isfinite(v) or v < 0:
-        raise ValueError(f"{field}: must be finite and >= 0, got {x!r}")
+    if not math.isfinite(v) or not 0 <= v <= hi:
+        raise ValueError(f"{field}: must be finite and in [0, {hi:g}], got {x!r}" if hi < math.inf
+                         else f"{field}: must be finite and >= 0, got {x!r}")
     return v
+
+
+MAX_OP_MS = 1e4  # a layer's ops and its all-reduces must sum inside the latency table's range (schema: <= 1e6 ms)
+MIN_LAYER_MS = 1e-6  # the latency table's floor: ops summing below it are not a measurement
 
 
 MAX_CSV_BYTES = 256 << 20  # Vidur's largest per-operator CSV is a few MB
@@ -138,7 +143,11 @@ def read_mlp_csv(path: str | Path) -> MlpData:
                              f"{r0[other[0]]!r}; one file holds one model shape")
         tp = _i(r["num_tensor_parallel_workers"], f"vidur {path.name} num_tensor_parallel_workers", 1, schema.MAX_TP)
         t = _i(r["num_tokens"], f"vidur {path.name} num_tokens", 1, schema.MAX_CONTEXT)
-        acc[tp][t].append([_f(r[f"time_stats.{op}.median"], f"vidur {path.name} {op}") for op in LAYER_OPS])
+        times = [_f(r[f"time_stats.{op}.median"], f"vidur {path.name} line {no} {op}", MAX_OP_MS) for op in LAYER_OPS]
+        if sum(times) < MIN_LAYER_MS:
+            raise ValueError(f"vidur {path.name} line {no}: the layer's ops sum to {sum(times):g} ms; allowed: >= "
+                             f"{MIN_LAYER_MS:g} ms (Vidur's medians are in ms)")
+        acc[tp][t].append(times)
     tokens, ops = {}, {}
     for tp, by_t in acc.items():
         ts = sorted(by_t)
@@ -172,7 +181,8 @@ def read_all_reduce(path: str | Path, workers: int) -> tuple[np.ndarray, np.ndar
         raise ValueError(f"vidur: {path} has no all-reduce rows for {workers} workers")
     by: dict = defaultdict(list)
     for r in rows:
-        by[_i(r["size"], f"vidur {path.name} size", 0, 1 << 50)].append(_f(r["time_stats.all_reduce.median"], f"vidur {path.name} all_reduce"))
+        by[_i(r["size"], f"vidur {path.name} size", 0, 1 << 50)].append(_f(r["time_stats.all_reduce.median"], f"vidur {path.name} all_reduce",
+                                                                             MAX_OP_MS))
     sizes = np.array(sorted(by), dtype=float)
     return sizes, np.array([np.median(by[int(s)]) for s in sizes])
 

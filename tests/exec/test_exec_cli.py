@@ -44,6 +44,27 @@ def test_run_plan_file_and_out(tmp_path, capsys):
     assert "speedup" in capsys.readouterr().out
 
 
+def test_run_progress(capsys, monkeypatch):
+    """--progress logs each decode (and, within one, every PROGRESS_S); without it, off a
+    terminal, stderr stays empty."""
+    import hispec_exec.cli as cli
+
+    args = ["run", "--levels", "2,16", "--propose", "3", "--prompts", "2", "--max-new-tokens", "12", "--json"]
+    assert main(args) == 0
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(cli, "PROGRESS_S", 0.0)
+    assert main([*args, "--progress"]) == 0
+    cap = capsys.readouterr()
+    assert json.loads(cap.out)["prompts"] == 2  # stdout stays the report
+    lines = cap.err.splitlines()
+    assert lines[0].startswith("[run ") and lines[0].endswith("] warm-up")
+    for i in (1, 2):
+        done = [int(ln.split(": ")[1].split("/")[0]) for ln in lines if f"prompt {i}/2, plan: " in ln]
+        assert done == sorted(done) and done[-1] == 12  # one line per forward here, clipped at 12
+        assert any(f"prompt {i}/2, autoregressive: " in ln for ln in lines)
+        assert sum(f"prompt {i}/2: plan " in ln and "autoregressive" in ln for ln in lines) == 1
+
+
 def test_run_sampling(capsys):
     assert main(["run", "--levels", "2,16", "--propose", "3", "--mode", "sampling", "--prompts", "1",
                  "--max-new-tokens", "16", "--json"]) == 0
