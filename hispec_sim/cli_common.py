@@ -357,7 +357,7 @@ def check_output_folder(path: str | Path, field: str = "out") -> Path:
     if path.is_symlink() and not path.exists():
         raise ValueError(f"{field}: {path} is a symbolic link to nothing (or a loop); give a folder")
     if path.exists() and not path.is_dir():
-        raise ValueError(f"{field}: {path} is a file; give a folder")
+        raise ValueError(f"{field}: {shown(path)} is {'a file' if path.is_file() else 'not a folder'}; give a folder")
     parent = path.parent
     if not parent.exists():
         raise ValueError(f"{field}: folder {parent} does not exist")
@@ -365,9 +365,6 @@ def check_output_folder(path: str | Path, field: str = "out") -> Path:
     if not _writable_folder(target):
         raise ValueError(f"{field}: {target} is not writable")
     return path
-
-
-# --------------------------------------------------------------------------- errors and main
 
 
 def add_progress_arg(p: argparse.ArgumentParser, what: str) -> None:
@@ -384,6 +381,10 @@ def progress_log(name: str, asked: bool):
 
     start = time.monotonic()
     return lambda line: print(f"[{name} {time.monotonic() - start:4.0f} s] {line}", file=sys.stderr, flush=True)
+
+
+
+# --------------------------------------------------------------------------- errors and main
 
 
 def one_line(e: BaseException) -> str:

@@ -726,6 +726,7 @@ CASES = [
     ("exec-flags", E, "frobnicate", ["invalid choice"]),
     ("exec-flags", E, "", ["required"]),
     # -- train: every argument checked before anything is created
+    ("train", E, "train --out /dev/full --steps 1", ["out", "/dev/full is not a folder"]),
     ("train", E, "train --out {W}/t --minutes 0", ["--minutes", "[0.001, 10080]"]),
     ("train", E, "train --out {W}/t --minutes -1", ["--minutes"]),
     ("train", E, "train --out {W}/t --minutes nan", ["--minutes", "finite"]),
