@@ -277,6 +277,7 @@ def with_thresholds(plan: Plan, tau_d: float | None, tau_e: list[float] | None =
 
 
 GRID = (0.0, 0.3, 0.5, 0.7, 0.9)
+DEEP_NOTE = "trace replay (the measured requests walked: no exact analytic model beyond 4 levels)"
 RATES_NOTE = ("over the workload's request distribution: every request at its own agreement and, where measured, "
               "its own confidence statistics (E[tokens] / E[time] over requests); fixed plans with the same spread")
 MEAN_NOTE = "mean rates: the workload has no per-request spread"
@@ -300,13 +301,13 @@ def mean_rates(setting):
                    setting.batch, setting.context)
 
 
-def adaptive_tokens_per_second(setting, plan: Plan, cycles: int = 1000, streams: int = 8, seed: int = 0) -> tuple[float, str]:
+def adaptive_tokens_per_second(setting, plan: Plan) -> tuple[float, str]:
     """Predicted tokens/s of any plan over the setting's request distribution (over_requests;
     a mean_rates setting: at mean rates): fixed plans -> analytic.predict; [E, L] ->
     analytic_single_level; [l1, l2, L] -> analytic_three_level; [l1, l2, l3, L] ->
     analytic_four_level (all exact, i.i.d. positions within a request); deeper adaptive
-    chains -> the fixed plan's analytic value x the trace-replay ratio adaptive / fixed (same
-    rows, same seed)."""
+    chains -> trace replay of the plan itself (DEEP_NOTE; no fixed plan involved, so a window
+    that the thresholds make irrelevant cannot move it)."""
     from .evaluate import score
 
     if not plan.adaptive:
@@ -316,12 +317,7 @@ def adaptive_tokens_per_second(setting, plan: Plan, cycles: int = 1000, streams:
     if plan.depth in EXACT:
         fn, how = EXACT[plan.depth]
         return over_requests(fn, cost, setting.agreement, plan).tokens_per_second, how
-    fixed = with_thresholds(plan, None, None)
-    f = score(setting, [fixed])[0].tokens_per_second
-    a = replay(cost, setting.acceptance, plan, cycles, streams, seed)
-    b = replay(cost, setting.acceptance, fixed, cycles, streams, seed)
-    ratio = a.tokens_per_second / b.tokens_per_second
-    return f * ratio, f"fixed analytic x trace-replay ratio {ratio:.4f} (the measured requests walked)"
+    return replay(cost, setting.acceptance, plan).tokens_per_second, DEEP_NOTE
 
 
 def adaptive_scored(setting, plan: Plan):
@@ -336,16 +332,14 @@ def adaptive_scored(setting, plan: Plan):
     cost = setting.cost_for([plan])
     if plan.depth in EXACT:
         committed = over_requests(EXACT[plan.depth][0], cost, setting.agreement, plan).tokens_per_full_forward
-    return Scored(plan, tps, 1000.0 * plan.batch / tps, float("nan") if committed is None else committed, [])
+    return Scored(plan, float(tps), 1000.0 * plan.batch / float(tps), float("nan") if committed is None else float(committed), [])
 
 
-def search_adaptive(setting, bases: list[Plan], grid=GRID, max_propose: int = 8, cycles: int = 1500,
-                    streams: int = 8, seed: int = 0) -> dict:
+def search_adaptive(setting, bases: list[Plan], grid=GRID, max_propose: int = 8) -> dict:
     """The exhaustive adaptive search (over the setting's request distribution, over_requests): every [E, L] x propose
     1..max_propose x tau_d in grid by the exact analytic model; the given hierarchical
-    plans x tau_d x tau_e in grid: 3- and 4-level ones by the exact analytic models, deeper
-    ones by trace replay (the same measured requests walked for a plan's fixed and adaptive
-    variants, so the gain is measured against the fixed plan's own replay)."""
+    plans x tau_d x tau_e in grid by adaptive_tokens_per_second (3- and 4-level ones by the
+    exact analytic models, deeper ones by trace replay, their fixed plans too)."""
     from .evaluate import score
 
     acc = setting.acceptance
@@ -365,30 +359,18 @@ def search_adaptive(setting, bases: list[Plan], grid=GRID, max_propose: int = 8,
     for base in bases:
         if base.depth < 3:
             continue
-        c = setting.cost_for([base])
-        fixed_tps = score(setting, [base])[0].tokens_per_second
-        fixed_rep = None if base.depth <= 4 else replay(c, acc, base, cycles, streams, seed)
+        fixed_tps, fixed_how = fixed_tokens_per_second(setting, base)
         for tau_d in grid:
             for tau_e in grid:
                 p = with_thresholds(base, tau_d, [tau_e] * (base.depth - 2) if tau_e else None)
-                if not p.adaptive:
-                    tps, how = fixed_tps, "analytic"
-                elif base.depth == 3:
-                    tps, how = over_requests(analytic_three_level, c, setting.agreement, p).tokens_per_second, EXACT[3][1]
-                elif base.depth == 4:
-                    tps, how = over_requests(analytic_four_level, c, setting.agreement, p).tokens_per_second, EXACT[4][1]
-                else:
-                    r = replay(c, acc, p, cycles, streams, seed)
-                    tps = fixed_tps * r.tokens_per_second / fixed_rep.tokens_per_second
-                    how = (f"fixed analytic x trace-replay ratio {r.tokens_per_second / fixed_rep.tokens_per_second:.4f} "
-                           "(the measured requests walked)")
+                tps, how = adaptive_tokens_per_second(setting, p) if p.adaptive else (fixed_tps, fixed_how)
                 hier.append({"plan": p, "tokens_per_second": tps, "fixed_tokens_per_second": fixed_tps, "model": how})
     hier.sort(key=lambda x: -x["tokens_per_second"])
     return {"single_level": {"best": best_single[1], "tokens_per_second": best_single[0],
                              "best_fixed": best_fixed_single[1], "fixed_tokens_per_second": best_fixed_single[0],
                              "model": "analytic (i.i.d. positions)"},
             "hierarchical": hier[0] if hier else None, "grid": list(grid),
-            "replay": {"cycles": cycles, "streams": streams, "seed": seed, "order": "trace"}}
+            "replay": {"order": "trace"}}
 
 
 def exhaustive_adaptive(setting, max_propose: int = 8, max_window: int = 16, hier_bases: int = 10,
@@ -493,31 +475,58 @@ def walked(setting, plan: Plan) -> AdaptiveEstimate | None:
 def replayed_gain(setting, plan: Plan, fixed: Plan) -> dict | None:
     """A plan and a fixed plan by trace replay (walked), as a check on the analytic models'
     i.i.d.-positions assumption; None without traces."""
-    w, wf = walked(setting, plan), walked(setting, fixed)
+    w = walked(setting, plan)
     if w is None:
         return None
+    try:
+        f = walked(setting, fixed).tokens_per_second
+    except SimulationTooLarge:  # the thresholds cut short what the fixed plan would draft
+        f = None
     return {"tokens_per_second": round(w.tokens_per_second, 4), "ci95_over_requests": None if w.ci95 is None else [round(x, 4) for x in w.ci95],
-            "fixed_tokens_per_second": round(wf.tokens_per_second, 4),
-            "gain_over_fixed": round(w.tokens_per_second / wf.tokens_per_second, 4), "model": REPLAY_NOTE}
+            "fixed_tokens_per_second": None if f is None else round(f, 4),
+            "gain_over_fixed": None if f is None else round(w.tokens_per_second / f, 4), "model": REPLAY_NOTE}
 
 
-def predict_adaptive(setting, plan: Plan, cycles: int = 1500, streams: int = 8, seed: int = 0) -> dict:
-    """Predicted tokens/s of an adaptive plan, as optimize --adaptive predicts it (rates_note):
-    the plan, its fixed plan and autoregressive all over the same request distribution."""
+def fixed_tokens_per_second(setting, plan: Plan) -> tuple[float, str]:
+    """A fixed plan by the estimate its adaptive variants get (adaptive_tokens_per_second): the
+    analytic model up to 4 levels, trace replay deeper -- so a gain compares like with like."""
     from .evaluate import score
 
+    if plan.depth in EXACT:
+        return score(setting, [plan])[0].tokens_per_second, "analytic"
+    return walked(setting, plan).tokens_per_second, DEEP_NOTE
+
+
+def check_batch_one(batch: int) -> None:
+    if batch > 1:
+        raise ValueError(f"batch: the adaptive models predict batch 1, got {batch} (the sequences of a batch stop "
+                         "drafting at different steps: an adaptive plan has no lockstep batch); simulate batches of "
+                         "an adaptive plan with `hispec-sim serve`")
+
+
+def predict_adaptive(setting, plan: Plan) -> dict:
+    """Predicted tokens/s of an adaptive plan, as optimize --adaptive predicts it (rates_note):
+    the plan, its fixed plan and autoregressive all over the same request distribution. A
+    fixed plan too large to replay (deep, wide windows the thresholds cut short) has no gain."""
+    from .evaluate import score
+
+    check_batch_one(plan.batch)
     setting.profile.check_plan(plan, setting.workload)
-    m = setting
     fixed = with_thresholds(plan, None, None)
-    ar, f = score(m, [Plan(levels=[m.num_layers], batch=plan.batch), fixed])
-    tps, how = adaptive_tokens_per_second(m, plan, cycles, streams, seed)
+    ar = score(setting, [Plan(levels=[setting.num_layers])])[0].tokens_per_second
+    tps, how = adaptive_tokens_per_second(setting, plan)
+    try:
+        f = fixed_tokens_per_second(setting, fixed)[0]
+    except SimulationTooLarge:
+        f = None
     out = {"plan": plan.model_dump(), "describe": plan.describe(), "tokens_per_second": round(float(tps), 4),
-           "speedup_vs_autoregressive": round(float(tps) / ar.tokens_per_second, 4),
-           "fixed_tokens_per_second": round(f.tokens_per_second, 4),
-           "gain_over_fixed": round(float(tps) / f.tokens_per_second, 4), "model": how, "rates": rates_note(m)}
-    rep = replayed_gain(m, plan, fixed)
-    if rep is not None:
-        out["trace_replay"] = {**rep, "speedup_vs_autoregressive": round(rep["tokens_per_second"] / ar.tokens_per_second, 4)}
+           "speedup_vs_autoregressive": round(float(tps) / ar, 4),
+           "fixed_tokens_per_second": None if f is None else round(f, 4),
+           "gain_over_fixed": None if f is None else round(float(tps) / f, 4), "model": how, "rates": rates_note(setting)}
+    if plan.depth in EXACT:  # deeper plans' headline is the trace replay itself
+        rep = replayed_gain(setting, plan, fixed)
+        if rep is not None:
+            out["trace_replay"] = {**rep, "speedup_vs_autoregressive": round(rep["tokens_per_second"] / ar, 4)}
     return out
 
 
@@ -527,8 +536,12 @@ def replay_text(r: dict | None) -> str:
         return ""
     ci = r["ci95_over_requests"]
     between = "one request: no interval" if ci is None else f"{ci[0]:.2f}, {ci[1]:.2f} over requests"
-    return (f"\n  trace replay: {r['tokens_per_second']:.2f} tokens/s [{between}]  "
-            f"x{r['gain_over_fixed']:.3f} vs the same plan without thresholds")
+    return f"\n  trace replay: {r['tokens_per_second']:.2f} tokens/s [{between}]  " + gain_text(r["gain_over_fixed"])
+
+
+def gain_text(gain: float | None) -> str:
+    return (f"x{gain:.3f} vs the same plan without thresholds" if gain is not None else
+            "the same plan without thresholds is too large to replay")
 
 
 def _round_terms(cost: CostModel, model: AgreementModel, lo: int, hi: int, g: int, tau: float):

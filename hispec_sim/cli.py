@@ -56,14 +56,14 @@ def cmd_evaluate(args) -> int:
     setting = _setting(args, plan.batch, profile)
     setting.profile.check_plan(plan, setting.workload)
     if plan.adaptive:  # confidence thresholds: hispec_sim.adaptive (the fixed-plan models ignore them)
-        from .adaptive import predict_adaptive, replay_text
+        from .adaptive import gain_text, predict_adaptive, replay_text
 
-        refuse_unread(args, ("--mc", "--replay", "--streams", "--cycles"),
+        refuse_unread(args, ("--mc", "--replay", "--streams", "--cycles", "--seed"),
                       "plans without confidence thresholds (an adaptive plan's output holds its own trace replay)")
-        out = {**setting.describe(), **predict_adaptive(setting, plan, seed=args.seed)}
+        out = {**setting.describe(), **predict_adaptive(setting, plan)}
         print(json.dumps(out, indent=2) if args.json else f"plan {out['describe']}  {_tps(out['tokens_per_second'])} tokens/s  "
-              f"x{out['speedup_vs_autoregressive']:.3f} vs autoregressive  x{out['gain_over_fixed']:.3f} vs the same "
-              f"plan without thresholds  ({out['model']}; {out['rates'].split(':')[0]})" + replay_text(out.get("trace_replay")))
+              f"x{out['speedup_vs_autoregressive']:.3f} vs autoregressive  {gain_text(out['gain_over_fixed'])}  "
+              f"({out['model']}; {out['rates'].split(':')[0]})" + replay_text(out.get("trace_replay")))
         return 0
     if not (args.mc or args.replay):
         refuse_unread(args, ("--streams", "--cycles", "--seed"), "the Monte-Carlo estimate; add --mc or --replay")
@@ -135,9 +135,10 @@ def cmd_optimize(args) -> int:
         check_output(args.out, inputs=[_profile_path(args), *sqlite_files(args.storage)])
     setting = _setting(args)
     if getattr(args, "adaptive", False):  # before the search: the adaptive model needs confidence statistics
-        from .adaptive import _top1
+        from .adaptive import _top1, check_batch_one
 
         _top1(setting.acceptance)
+        check_batch_one(max(opts["batches"] or [setting.batch]))
     if opts["optuna"]:
         args._interrupted = "the study keeps its finished trials in its --storage; nothing else written"
         result = search.cli_optuna(args, setting, opts)

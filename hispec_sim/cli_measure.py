@@ -270,12 +270,15 @@ def split_lines(out: dict) -> list[str]:
              "forwards (autoregressive's)"]
     for r in rows:
         t = r["time_split"]
-        rep = r.get("replay_tokens_per_full_check")
+        pred, rep = r["predicted_tokens_per_full_check"], r.get("replay_tokens_per_full_check")
         lv = " ".join(f"L{k} x{v['vs_cost_model']:.3f}" for k, v in t["levels"].items())
-        lines.append(f"  {r['describe']:34s} {r['predicted_tokens_per_full_check']:.3f} / "
-                     f"{'-' if rep is None else f'{rep:.3f}'} / {t['tokens_per_full_check']:.3f}   {lv}   "
+        lines.append(f"  {r['describe']:34s} {_opt(pred)} / {_opt(rep)} / {t['tokens_per_full_check']:.3f}   {lv}   "
                      f"outside {100 * t['outside_forwards']:.1f} % ({100 * t['outside_forwards_autoregressive']:.1f} %)")
     return lines
+
+
+def _opt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
 
 
 def noise_line(out: dict) -> str:

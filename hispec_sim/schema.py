@@ -962,8 +962,13 @@ def load_profile(name_or_path: str) -> Profile:
 
 def load_plan(path: str | Path) -> Plan:
     data = _load_object(Path(path), "plan")
-    if "levels" not in data:  # accept what optimize / evaluate print
-        if isinstance(data.get("best"), dict):
+    if "levels" not in data:  # accept what optimize / evaluate print: the plan --out would write
+        answers = [k for k in ("adaptive", "best", "plan") if isinstance(data.get(k), dict)]
+        if "adaptive" in answers:  # optimize --adaptive: its answer is the best adaptive plan
+            data = data["adaptive"].get("best", {})
+        elif answers == ["best", "plan"]:
+            raise ValueError(f"plan: {path} holds both 'best' and 'plan'; keep the one to run")
+        elif answers == ["best"]:
             data = data["best"]
         data = data.get("plan", data)
     if not isinstance(data, dict):

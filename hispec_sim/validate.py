@@ -6,6 +6,7 @@ import random
 
 import numpy as np
 
+from .adaptive import adaptive_scored, walked
 from .evaluate import Setting, optimized, score
 from .latency import working_set_history
 from .montecarlo import simulate
@@ -412,7 +413,7 @@ def validate(setting: Setting, plans: list[Plan], model, prompts, max_new_tokens
     from .schema import autoregressive_plan
 
     ar_plan = autoregressive_plan(setting.num_layers)
-    scored = score(setting, plans)
+    scored = [adaptive_scored(setting, p) if p.adaptive else s for p, s in zip(plans, score(setting, plans))]
     predicted_ar = score(setting, [ar_plan])[0].tokens_per_second
     drift = machine_drift(setting.profile, model)
     runs, stats = run_interleaved(model, plans, prompts, max_new_tokens, rounds=rounds, ar_every=ar_every, seed=seed)
@@ -433,9 +434,11 @@ def validate(setting: Setting, plans: list[Plan], model, prompts, max_new_tokens
     cost = setting.cost_for(plans)
     ar_reference = autoregressive_reference(cost, stats["autoregressive_results"])
     for k, (plan, s) in enumerate(zip(plans, scored)):
-        mc = simulate(cost, setting.agreement, plan, streams=4096, cycles=32, seed=seed)
-        rep = (simulate(cost, setting.agreement, plan, seed=seed, replay=True)
-               if replay and setting.agreement.traces is not None else None)
+        # an adaptive plan: its own models (hispec_sim.adaptive), no i.i.d. Monte-Carlo of it
+        mc = None if plan.adaptive else simulate(cost, setting.agreement, plan, streams=4096, cycles=32, seed=seed)
+        rep = None
+        if replay and setting.agreement.traces is not None:
+            rep = walked(setting, plan) if plan.adaptive else simulate(cost, setting.agreement, plan, seed=seed, replay=True)
         measured, acceptance = runs[k]
         su_pred, su_meas = s.tokens_per_second / predicted_ar, stats["speedup"][k]
         rep_su = rep.tokens_per_second / predicted_ar if rep else None
@@ -446,15 +449,15 @@ def validate(setting: Setting, plans: list[Plan], model, prompts, max_new_tokens
                "speedup_error_replay": rep_su / su_meas - 1 if rep else None,
                "within_noise_floor": abs(su_pred / su_meas - 1) <= floor_plan,
                "predicted_tokens_per_second": s.tokens_per_second,
-               "predicted_mc_tokens_per_second": mc.tokens_per_second,
+               "predicted_mc_tokens_per_second": mc.tokens_per_second if mc else None,
                "predicted_replay_tokens_per_second": rep.tokens_per_second if rep else None,
                "measured_tokens_per_second": measured,
                "relative_error": (s.tokens_per_second - measured) / measured,
-               "relative_error_mc": (mc.tokens_per_second - measured) / measured,
+               "relative_error_mc": (mc.tokens_per_second - measured) / measured if mc else None,
                "relative_error_replay": (rep.tokens_per_second - measured) / measured if rep else None,
-               "predicted_acceptance_per_level": s.acceptance,
+               "predicted_acceptance_per_level": s.acceptance or None,  # adaptive plans: not modelled
                "measured_acceptance_per_level": acceptance,
-               "predicted_tokens_per_full_check": s.tokens_per_full_forward,
+               "predicted_tokens_per_full_check": None if np.isnan(s.tokens_per_full_forward) else s.tokens_per_full_forward,
                "replay_tokens_per_full_check": rep.tokens_per_full_forward if rep else None,
                "time_split": time_split(cost, plan, stats["decode_results"][k], ar_reference)}
         rows.append(row)

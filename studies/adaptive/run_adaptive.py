@@ -12,8 +12,8 @@ are measured on prompt set B (held-out prompts, another seed; default 32).
 Batch 1: every plan on every prompt, interleaved (plan order rotated per prompt) so the
 machine's load hits all plans alike; greedy outputs of all plans checked identical.
 Prediction, two models side by side: fixed plans -> analytic.predict; adaptive [E, L]
-and [l1, l2, L] -> the exact analytic models (i.i.d. positions); deeper adaptive -> fixed
-analytic x trace-replay ratio (adaptive.adaptive_tokens_per_second); and trace replay of
+and [l1, l2, L] -> the exact analytic models (i.i.d. positions); deeper adaptive -> its
+trace replay (adaptive.adaptive_tokens_per_second); and trace replay of
 set A's measured requests (adaptive.walked: runs of agreement and confidence kept). Error = measured / predicted - 1 of the
 speedup over autoregressive measured in the same run (insensitive to a uniformly slower
 machine); the issue's target: median |error| of the adaptive plans <= 5 %.

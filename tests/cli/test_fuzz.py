@@ -357,6 +357,7 @@ def work(tmp_path_factory):
         edit(d)
         put(f"{name}.json", json.dumps(d))
     put("adplan.json", json.dumps({"levels": [2, 8, 16], "propose": 4, "windows": [4], "draft_confidence": 0.5}))
+    put("bestandplan.json", json.dumps({"best": {"plan": {"levels": [4, 16]}}, "plan": {"levels": [8, 16]}}))
     # the seventh round: a sampling plan for the simulator, thresholds for a chain without
     # intermediate levels, a C1 control in a name, confidence shares that are no distribution,
     # weights that are not numbers
@@ -829,6 +830,13 @@ CASES = [
     ("flags", S, "serve --profile {P} --levels 16 --trace {TRACE} --requests 5", ["requests", "--trace"]),
     ("json-shape", S, "serve --profile {P} --levels 4,16 --trace {DUPTRACE}", ["trace", "line 1", "'arrival_s' appears twice"]),
     ("flags", S, "evaluate --profile cpu_hispec_tiny --plan {ADPLAN} --mc", ["mc", "confidence thresholds"]),
+    ("flags", S, "evaluate --profile cpu_hispec_tiny --plan {ADPLAN} --seed 3", ["seed", "confidence thresholds"]),
+    # the eleventh round: adaptive plans are predicted at batch 1 only; a plan file naming two plans
+    ("flags", S, "evaluate --profile cpu_hispec_tiny --plan {ADPLAN} --batch 8", ["batch", "batch 1, got 8", "serve"]),
+    ("flags", S, "optimize --profile cpu_hispec_tiny --adaptive --batch 8", ["batch", "batch 1, got 8"]),
+    ("flags", S, "optimize --profile cpu_hispec_tiny --adaptive --search optuna --trials 2 --batch 1,8",
+     ["batch", "batch 1, got 8"]),
+    ("plan", S, "evaluate --profile cpu_hispec_tiny --plan {BESTANDPLAN}", ["plan", "both 'best' and 'plan'"]),
     ("flags", S, "evaluate --profile cpu_hispec_tiny --plan {ADPLAN} --streams 7", ["streams", "confidence thresholds"]),
     ("flags", S, "serve --profile {P} --levels 16 --trace {TRACE} --prompt-len 5", ["prompt_len", "--trace"]),
     ("flags", S, "serve --profile {P} --levels 16 --qps 1 --tp 0", ["tp", "[1, 1024]"]),

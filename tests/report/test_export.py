@@ -55,6 +55,17 @@ def test_exec_from_optimize_output(capsys, tmp_path, profile_file):
     assert json.loads(ev)["tokens_per_second"] == json.loads(out)["best"]["tokens_per_second"]
 
 
+def test_optimize_adaptive_output_reads_back_as_its_answer(capsys, tmp_path):
+    """`optimize --adaptive --json` names the plan its --out writes: the best adaptive one."""
+    code, out, err = run(capsys, "optimize", "--profile", "cpu_hispec_tiny", "--adaptive", "--json",
+                         "--out", tmp_path / "plan.json")
+    assert code == 0, err
+    (tmp_path / "optimize.json").write_text(out)
+    answer = load_plan(tmp_path / "optimize.json")
+    assert answer.adaptive and answer == load_plan(tmp_path / "plan.json")
+    assert answer == Plan.model_validate(json.loads(out)["adaptive"]["best"]["plan"])
+
+
 def test_exec_notes_batch_and_checks_profile(capsys, tmp_path, profile_file):
     src = tmp_path / "p.json"
     save_plan(Plan(levels=[4, 16], propose=2, batch=4), src)

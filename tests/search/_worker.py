@@ -1,8 +1,8 @@
 """A search worker for the subprocess tests: `python _worker.py URL STUDY TRIALS SEED [SLEEP | hang=N,MARKER]`.
 
 SLEEP slows every trial down (seconds). hang=N,MARKER completes N trials, then inside trial
-N+1 (RUNNING in the study) writes the file MARKER and waits to be killed: a kill after the
-marker appears lands mid-trial, deterministically."""
+N+1 (RUNNING in the study, its first heartbeat recorded) writes the file MARKER and waits to
+be killed: a kill after the marker appears lands mid-trial, deterministically."""
 import json
 import sys
 import time
@@ -20,9 +20,23 @@ if arg.startswith("hang="):
     after, marker = arg[len("hang="):].split(",", 1)
     real_hang, calls = search.evaluate_trial, [0]
 
+    def heartbeat_recorded() -> bool:
+        """The RUNNING trial's first heartbeat is in the storage: Optuna writes it from a thread,
+        and a trial killed before it never goes stale (a marker written earlier would race it)."""
+        import sqlite3
+
+        con = sqlite3.connect(url[len("sqlite:///"):], timeout=30)
+        try:
+            return con.execute("SELECT COUNT(*) FROM trial_heartbeats WHERE trial_id = "
+                               "(SELECT MAX(trial_id) FROM trials WHERE state = 'RUNNING')").fetchone()[0] > 0
+        finally:
+            con.close()
+
     def hang(ev, plan, tp):
         calls[0] += 1
         if calls[0] > int(after):
+            while not heartbeat_recorded():
+                time.sleep(0.05)
             Path(marker).write_text("in trial\n")
             while True:  # inside a RUNNING trial until SIGKILL (heartbeats continue meanwhile)
                 time.sleep(60)

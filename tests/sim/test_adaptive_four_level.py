@@ -68,3 +68,27 @@ def test_predictions_use_it(tiny_setting):
     assert how.startswith("analytic 4-level")
     assert tps == pytest.approx(analytic_four_level(tiny_setting.cost(p.propose + sum(p.windows) + 16),
                                                     tiny_setting.agreement, p).tokens_per_second, rel=1e-12)
+
+
+def test_deeper_chains_are_walked_whatever_windows_the_thresholds_cut_short(tiny_setting, monkeypatch):
+    """Beyond 4 levels: the plan's own trace replay, no fixed plan in it -- tau_e = 1 escalates
+    every check, so the windows cannot matter, and they do not; a fixed plan too large to
+    replay leaves the gain out instead of refusing the plan."""
+    from hispec_sim.adaptive import DEEP_NOTE, predict_adaptive, walked
+
+    base = dict(levels=[2, 4, 8, 12, 16], propose=6, escalate_confidence=[1.0] * 3)
+    tps, how = adaptive_tokens_per_second(tiny_setting, Plan(**base, windows=[1, 1, 1]))
+    assert how == DEEP_NOTE
+    assert tps == adaptive_tokens_per_second(tiny_setting, Plan(**base, windows=[9, 9, 9]))[0]
+    assert tps == walked(tiny_setting, Plan(levels=base["levels"], propose=6, windows=[1, 1, 1])).tokens_per_second
+    out = predict_adaptive(tiny_setting, Plan(**base, windows=[9, 9, 9]))
+    assert out["fixed_tokens_per_second"] == pytest.approx(
+        walked(tiny_setting, Plan(levels=base["levels"], propose=6, windows=[9, 9, 9])).tokens_per_second, abs=1e-4)
+    assert "trace_replay" not in out  # the headline is the replay
+    # thresholds of 1 draft one token and escalate at once: ~2,800 forwards where the fixed plan needs ~20,000
+    import hispec_sim.adaptive as adaptive
+
+    short = Plan(**{**base, "draft_confidence": 1.0}, windows=[9, 9, 9])
+    monkeypatch.setattr(adaptive, "MAX_REPLAY_FORWARDS", 2 * walked(tiny_setting, short).forwards)
+    out = predict_adaptive(tiny_setting, short)
+    assert out["tokens_per_second"] > 0 and out["fixed_tokens_per_second"] is None and out["gain_over_fixed"] is None

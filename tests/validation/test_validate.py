@@ -127,6 +127,25 @@ def test_validate_reports_predicted_and_measured(small):
                                      out["noise_floor_worst"])["status"]
 
 
+def test_validate_predicts_an_adaptive_plan_by_the_adaptive_models(small):
+    """The executor runs the thresholds, so the prediction must too: not the fixed plan's."""
+    from hispec_sim.adaptive import adaptive_tokens_per_second, walked, with_thresholds
+    from hispec_sim.evaluate import score
+
+    model, profile = small
+    setting = Setting(profile)
+    plan = Plan(levels=[2, 8], propose=6, draft_confidence=0.7)
+    out = validate(setting, [plan], model, heldout_prompts(1, 32, 1), 12, seed=0)
+    row = out["plans"][0]
+    adaptive, fixed = adaptive_tokens_per_second(setting, plan)[0], score(setting, [with_thresholds(plan, None)])[0]
+    assert adaptive != pytest.approx(fixed.tokens_per_second, rel=1e-3)  # the thresholds matter here
+    assert row["predicted_tokens_per_second"] == pytest.approx(adaptive, rel=1e-12)
+    assert row["predicted_replay_tokens_per_second"] == pytest.approx(walked(setting, plan).tokens_per_second, rel=1e-12)
+    assert row["predicted_mc_tokens_per_second"] is None and row["relative_error_mc"] is None  # no i.i.d. MC of thresholds
+    assert row["predicted_acceptance_per_level"] is None and row["describe"] == plan.describe()
+    json.dumps(out, allow_nan=False)
+
+
 def test_validate_says_where_the_error_comes_from(small):
     """On the prompts the profile was measured on, trace replay's tokens per full-model
     check are the executor's (up to each request's last check: rows past its end are
