@@ -866,10 +866,12 @@ def add_workload(profile: Profile, model: Transformer, model_name: str, workload
     check_model_matches(profile, model, model_name)
     _, when, env = _environment(device)
     acc = acceptance_workload(model, prompts, max_new_tokens, prompts_detail, env)
-    workloads = {**profile.workloads, workload: acc}
+    return with_workload(profile, workload, acc, {"command": command, "measured": when, "prompts": prompts_detail,
+                                                  "n": len(prompts), "max_new_tokens": max_new_tokens})
+
+
+def with_workload(profile: Profile, workload: str, acc, added: dict) -> Profile:
+    """The profile with `acc` as its workload `workload`, recorded in provenance.workloads_added."""
     prov = dict(profile.provenance)
-    added = dict(prov.get("workloads_added") or {})
-    added[workload] = {"command": command, "measured": when, "prompts": prompts_detail, "n": len(prompts),
-                       "max_new_tokens": max_new_tokens}
-    prov["workloads_added"] = added
-    return profile.model_copy(update={"workloads": workloads, "provenance": prov})
+    prov["workloads_added"] = {**(prov.get("workloads_added") or {}), workload: added}
+    return profile.model_copy(update={"workloads": {**profile.workloads, workload: acc}, "provenance": prov})

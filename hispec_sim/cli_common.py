@@ -321,6 +321,21 @@ def shown(path) -> str:
     return text if text.isprintable() else repr(text)
 
 
+def _check_length(path: Path, field: str) -> None:
+    """A name or path longer than the file system takes, said as such (not as an OSError of
+    whichever call meets it first)."""
+    folder = path.parent if path.parent.is_dir() else Path(".")
+    for what, size, key, default in (("file name", len(os.fsencode(path.name)), "PC_NAME_MAX", 255),
+                                     ("path", len(os.fsencode(os.path.abspath(path))), "PC_PATH_MAX", 4096)):
+        try:
+            limit = os.pathconf(folder, key)
+        except (OSError, ValueError):
+            limit = default
+        most = limit if key == "PC_NAME_MAX" else limit - 1  # PATH_MAX counts the terminating NUL
+        if size > most:
+            raise ValueError(f"{field}: the {what} is {size} bytes; allowed: <= {most} bytes on this file system")
+
+
 def check_output(path: str | Path, field: str = "out", inputs=(), must_not_exist_as_dir: bool = True) -> Path:
     """Check, before any long work, that a result can be written at path and that it is
     none of the inputs (profile, plan, study database, ...): a run never overwrites what
@@ -330,6 +345,7 @@ def check_output(path: str | Path, field: str = "out", inputs=(), must_not_exist
     path = Path(path)
     if str(path) == "" or path.name in ("", ".", ".."):
         raise ValueError(f"{field}: give a file name, got {str(path)!r}")
+    _check_length(path, field)
     if path.exists() and not path.is_file() and not path.is_dir():  # /dev/stdout on a pipe, a FIFO, a device
         raise ValueError(f"{field}: {shown(path)} is not a regular file")
     if path.is_symlink():  # the file written is the link's target (schema.write_atomic)
@@ -397,7 +413,8 @@ def one_line(e: BaseException) -> str:
         text = schema.validation_message(e)
     else:
         text = str(e) or type(e).__name__
-    return " ".join(text.split())[:400]
+    text = " ".join(text.split())
+    return text if len(text) <= 400 else f"{text[:250]} ... {text[-140:]}"  # the reason is at the end
 
 
 class _ClosedStream(io.TextIOBase):

@@ -4,7 +4,9 @@ any long work; the main CLI prints it on one line, exit status 2."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -71,6 +73,34 @@ def add_measure_parser(prof_sub) -> None:
     m.set_defaults(func=cmd_measure)
 
 
+def _identity(path: Path) -> tuple | None:
+    """What changes when a file is replaced or written (an atomic write makes a new inode)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+@contextlib.contextmanager
+def _folder_locked(folder: Path):
+    """An exclusive lock on a folder while a profile in it is re-read, merged and replaced:
+    two commands measuring workloads into one profile at once both keep theirs (no lock
+    without flock, or on a folder that cannot be opened)."""
+    try:
+        import fcntl
+
+        fd = os.open(folder, os.O_RDONLY)
+    except (ImportError, OSError):  # pragma: no cover
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def _existing_profile(path: Path) -> schema.Profile | None:
     if not path.exists():
         return None
@@ -96,6 +126,7 @@ def cmd_measure(args) -> int:
     if args.prompts_file is not None:
         refuse_unread(args, ("--prompts",), "the held-out prompts; a --prompts-file brings its own")
     out = check_output(args.out, inputs=[args.prompts_file, *model_files(args)])  # now, not after minutes of measuring
+    read_as = _identity(out)
     existing = _existing_profile(out)
     if args.acceptance_only and existing is None:
         raise ValueError(f"out: --acceptance-only adds a workload to an existing profile, and {out} does not exist")
@@ -132,14 +163,26 @@ def cmd_measure(args) -> int:
                                   repeats=args.repeats, attempts=args.attempts, command=command,
                                   prompts=prompts if prompts_text is not None else None,
                                   prompts_detail=detail, log=log)
-        if existing is not None:  # keep the other workloads measured into this file
+        verb = "measured"
+    with _folder_locked(out.parent):
+        if _identity(out) != read_as:  # another command wrote the file meanwhile: merge into what it holds now
+            existing = _existing_profile(out)
+            if existing is not None:
+                from .validate import check_model_matches
+
+                check_model_matches(existing, model, name)
+                if args.acceptance_only:
+                    from hispec_exec.measure import with_workload
+
+                    profile = with_workload(existing, workload, profile.workloads[workload],
+                                            profile.provenance["workloads_added"][workload])
+        if existing is not None and not args.acceptance_only:  # keep the other workloads measured into this file
             others = {k: v for k, v in existing.workloads.items() if k != workload}
             profile = profile.model_copy(update={"workloads": {**others, **profile.workloads}})
-        verb = "measured"
-    if args.name:
-        profile = profile.model_copy(update={"name": args.name})
-    profile = schema.Profile.model_validate(profile.model_dump())
-    schema.save_profile(profile, out)
+        if args.name:
+            profile = profile.model_copy(update={"name": args.name})
+        profile = schema.Profile.model_validate(profile.model_dump())
+        schema.save_profile(profile, out)
     print(f"profile {profile.name} written to {shown(out)}: workload {workload} {verb} ({detail}); "
           f"workloads {', '.join(sorted(profile.workloads))}")
     if not args.acceptance_only:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 
 
 def esc(x) -> str:
@@ -32,9 +33,14 @@ def _pct(x):
     return "–" if x is None else f"{x * 100:+.1f} %"
 
 
+_MD_ACTIVE = re.compile(r"([\\`*_\[\]()!#~|])")  # what makes links, images, emphasis, code, headings, tables
+
+
 def _md(x) -> str:
-    """Markdown may carry raw HTML: escape <, > and & (quotes stay readable) and table pipes."""
-    return html.escape("" if x is None else str(x), quote=False).replace("|", "\\|").replace("\n", " ")
+    """Text as Markdown shows it literally: raw HTML escaped (<, > and &; quotes stay
+    readable) and every character that starts markup backslash-escaped -- a name must not
+    become a link or a remote image."""
+    return _MD_ACTIVE.sub(r"\\\1", html.escape("" if x is None else str(x), quote=False)).replace("\n", " ")
 
 
 def _headline(data: dict) -> dict:

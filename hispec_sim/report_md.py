@@ -89,7 +89,7 @@ def render_markdown(data: dict) -> str:
         L += [_md(serving_sentence(sv)), "", f"SLO lines: p99 TTFT {sv['slo_ttft_ms']:g} ms, p99 TBT {sv['slo_tbt_ms']:g} ms.",
               "", _md_table(["family", "plan", "requests/s", "p50 TTFT ms", "p99 TTFT ms", "p50 TBT ms", "p99 TBT ms",
                              "mean e2e ms", "tokens/s", "meets SLOs"],
-                            [[FAMILY_LABEL[f], f"`{_md(e['plan'])}`", _fmt(pt["qps"], 2), _fmt(pt["ttft_ms_p50"], 0),
+                            [[FAMILY_LABEL[f], f"`{e['plan']}`", _fmt(pt["qps"], 2), _fmt(pt["ttft_ms_p50"], 0),
                               _fmt(pt["ttft_ms_p99"], 0), _fmt(pt["tbt_ms_p50"], 1), _fmt(pt["tbt_ms_p99"], 1),
                               _fmt(pt["e2e_ms_mean"], 0), _fmt(pt["throughput_tokens_per_s"], 1),
                               "yes" if pt["meets_slo"] else "no"]

@@ -999,7 +999,8 @@ def write_atomic(path: str | Path, text: str) -> None:
         path = Path(os.path.realpath(path))
     check_writable(path)
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        # a short name: any name the file system takes must leave room for the temp file's
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:32]}.", suffix=".tmp")
     except OSError as e:
         raise ValueError(f"out: cannot write to {path.parent} ({e.strerror})") from None
     try:

@@ -56,3 +56,21 @@ def test_a_flag_repeated_with_the_same_value_is_one_flag(tmp_path, capsys):
     assert capsys.readouterr().out == first
     assert main(once + ["--levels", "4,8"]) == 2
     assert "levels: given twice ('2,8', then '4,8')" in capsys.readouterr().err
+
+
+def test_any_name_the_file_system_takes_is_written(tmp_path, capsys):
+    """The temp file beside the output has a short name: a 255-byte output name is written;
+    256 bytes is refused as what it is. A long message keeps its reason (its end)."""
+    from hispec_sim.cli_common import one_line
+
+    plan = tmp_path / "p.json"
+    plan.write_text(json.dumps({"levels": [4, 16], "propose": 2}))
+    longest = tmp_path / ("a" * 250 + ".json")
+    assert main(["export", "--plan", str(plan), "--to", "exec", "--out", str(longest)]) == 0
+    assert json.loads(longest.read_text())["levels"] == [4, 16] and sorted(os.listdir(tmp_path)) == sorted(
+        ["p.json", longest.name])
+    capsys.readouterr()
+    assert main(["export", "--plan", str(plan), "--to", "exec", "--out", str(tmp_path / ("a" * 251 + ".json"))]) == 2
+    assert "out: the file name is 256 bytes; allowed: <= 255 bytes" in capsys.readouterr().err
+    line = one_line(ValueError("out: cannot write " + "d" * 1000 + " (File name too long)"))
+    assert len(line) < 420 and line.startswith("out: cannot write ddd") and line.endswith("(File name too long)")

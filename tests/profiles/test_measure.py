@@ -487,6 +487,32 @@ def test_measure_shipped_model_acceptance_only(tmp_path, capsys):
     assert acc.context == round((len("def main():\n    ") + len("for i in range(10):\n")) / 2 + 8)
 
 
+def test_measures_into_one_profile_at_once_keep_both_workloads(tmp_path, capsys, monkeypatch):
+    """Another command writes the profile while this one measures: this one merges into
+    what the file holds then (under a lock), so neither workload is lost."""
+    import hispec_exec.measure as measure
+    from hispec_sim.schema import save_profile
+
+    out = tmp_path / "tiny.json"
+    save_profile(load_profile("cpu_hispec_tiny"), out)
+    f = _prompts_jsonl(tmp_path / "mine.jsonl", ["def main():\n    "])
+    real = measure.acceptance_workload
+
+    def meanwhile(*a, **k):  # the other command finishes first, adding its workload
+        acc = real(*a, **k)
+        p = load_profile(str(out))
+        save_profile(measure.with_workload(p, "theirs", p.workload("heldout"), {"command": "other"}), out)
+        return acc
+
+    monkeypatch.setattr(measure, "acceptance_workload", meanwhile)
+    assert main(["profile", "measure", "--prompts-file", str(f), "--workload", "mine", "--acceptance-only",
+                 "--max-new-tokens", "8", "--out", str(out)]) == 0
+    p = load_profile(str(out))
+    assert sorted(p.workloads) == ["heldout", "mine", "theirs"]
+    assert sorted(p.provenance["workloads_added"]) == ["mine", "theirs"]
+    assert "workloads heldout, mine, theirs" in capsys.readouterr().out
+
+
 def _one_line_error(capsys, field):
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and field in err and "Traceback" not in err, err

@@ -230,6 +230,18 @@ def test_every_user_string_is_escaped(tmp_path, evil_file, validation_file):
     assert EVIL not in md.read_text(encoding="utf-8") and "&lt;script&gt;" in md.read_text(encoding="utf-8")
 
 
+def test_markdown_shows_user_strings_literally(tmp_path):
+    """A name must not become a remote image, a link or emphasis in the Markdown report."""
+    md_evil = "![t](http://127.0.0.1:9/x.png) [c](https://example.invalid/x) **b** `c` #h _i_ a|b"
+    p = make_profile(layers=12, slope=0.05, name=md_evil)
+    p = p.model_copy(update={"description": md_evil, "provenance": {md_evil: md_evil}})
+    save_profile(p, tmp_path / "p.json")
+    report.build_report(str(tmp_path / "p.json"), str(tmp_path / "p.md"), "md", max_batch=2, serving_requests=0)
+    md = (tmp_path / "p.md").read_text(encoding="utf-8")
+    assert "](" not in md and "**b**" not in md and "`c`" not in md
+    assert "\\!\\[t\\]\\(http://127.0.0.1:9/x.png\\)" in md and "a\\|b" in md
+
+
 def test_script_json_cannot_close_the_tag():
     s = report.script_json({"a": "</script><!-- x", "b": "\u2028"})
     assert "<" not in s and "</" not in s and json.loads(s) == {"a": "</script><!-- x", "b": "\u2028"}
@@ -257,7 +269,8 @@ def test_validation_section_carries_validates_metric_verdicts_and_warning(tmp_pa
     for fmt in ("html", "md"):
         _, text, _ = report.build_report(str(prof_file), str(tmp_path / f"v.{fmt}"), fmt, max_batch=2,
                                          validation=str(f), serving_requests=0)
-        assert "WARNING: other &lt;machine&gt;" in text and "bar NOT met (&lt;b&gt;x&lt;/b&gt;)" in text
+        paren = ("(", ")") if fmt == "html" else ("\\(", "\\)")  # Markdown: shown literally
+        assert "WARNING: other &lt;machine&gt;" in text and "bar NOT met {}&lt;b&gt;x&lt;/b&gt;{}".format(*paren) in text
         assert "median |error| 20.0 %".replace("|", "|" if fmt == "html" else "\\|") in text
         assert "1.500" in text and "1.250" in text and "+20.0 %" in text
 
