@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import cli_measure, schema
 from .cli_common import (SEED, Parser, UsageError, add_model_args, add_plan_args, check_output, check_storage,  # noqa: F401
-                         float_in, int_in, load_model_from_args, one_line, plan_from_args, refuse_unread, run_main,
+                         decimals, float_in, int_in, load_model_from_args, one_line, plan_from_args, refuse_unread, run_main,
                          shown, sqlite_files)
 from .evaluate import DEFAULT_RESCORE, Setting, optimized, score
 
@@ -110,8 +110,7 @@ def cmd_evaluate(args) -> int:
 
 
 def _tps(x: float) -> str:
-    """Tokens/s to 2 decimals; 3 significant digits where that would print 0.00."""
-    return f"{x:.3g}" if 0 < abs(x) < 0.005 else f"{x:.2f}"
+    return decimals(x, 2)
 
 
 def _table(rows: list[tuple[str, dict]]) -> str:

@@ -383,6 +383,11 @@ def check_output_folder(path: str | Path, field: str = "out") -> Path:
     return path
 
 
+def decimals(x: float, nd: int) -> str:
+    """x to nd decimals; 3 significant digits where that would print a non-zero x as zero."""
+    return f"{x:.3g}" if 0 < abs(x) < 0.5 * 10.0 ** -nd else f"{x:.{nd}f}"
+
+
 def add_progress_arg(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--progress", action="store_true",
                    help=f"log {what} to stderr with the seconds since the start (default: on a terminal only)")

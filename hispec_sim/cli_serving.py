@@ -11,7 +11,7 @@ import sys
 import numpy as np
 
 from . import schema, serving, traffic
-from .cli_common import SEED, add_plan_args, float_in, int_in, plan_from_args, refuse_unread
+from .cli_common import SEED, add_plan_args, decimals, float_in, int_in, plan_from_args, refuse_unread
 from .evaluate import Setting
 
 DEFAULT_PROMPT, DEFAULT_OUTPUT = traffic.DEFAULT_LENGTHS.values()
@@ -319,7 +319,7 @@ def cmd_capacity(args) -> int:
         q = e["max_qps_per_replica"]
         ci = f"{q:.2f} [{e['max_qps_ci95'][0]:.2f}, {e['max_qps_ci95'][1]:.2f}]"
         if q > 0:
-            tail = f"{e['replicas']:9d} {e['gpus']:5d} {e['usd_per_million_tokens']:8.3f}"
+            tail = f"{e['replicas']:9d} {e['gpus']:5d} {decimals(e['usd_per_million_tokens'], 3):>8s}"
         else:
             tail = f"{'-':>9s} {'-':>5s} {'-':>8s}"
         a = e["at_max_qps"]
@@ -341,5 +341,5 @@ def cmd_capacity(args) -> int:
         e = res["families"][best]
         print()
         print(f"best: {best} {e['describe']}: {e['replicas']} replica(s) x {res['tp']} GPUs = {e['gpus']} GPUs, "
-              f"${e['usd_per_million_tokens']:.3f} per million generated tokens ({res['seconds']:.1f} s)")
+              f"${decimals(e['usd_per_million_tokens'], 3)} per million generated tokens ({res['seconds']:.1f} s)")
     return 0

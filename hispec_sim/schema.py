@@ -79,6 +79,13 @@ Int = Annotated[int, BeforeValidator(_not_a_bool)]  # a count or a layer: JSON t
 BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
+def exact_g(x: float) -> str:
+    """x as `:g` prints it where that is x, else the shortest text that is (0.9999999999999999
+    is not 1: two plans or profiles must not share a name)."""
+    short = f"{x:g}"
+    return short if float(short) == x else repr(float(x))
+
+
 def check_one_line(v: str) -> str:
     """Controls (C0, DEL, C1: NEL, the 8-bit escape CSI), line and paragraph separators, and
     bidirectional controls, which would reorder the rest of a terminal line, are refused."""
@@ -89,7 +96,24 @@ def check_one_line(v: str) -> str:
     return v
 
 
-Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(check_one_line)]  # printed on one line
+def check_name(v: str) -> str:
+    """A name: one line (check_one_line), with no invisible format character either (zero
+    width space or joiner, byte order mark, soft hyphen...): two names that print alike are one name."""
+    import unicodedata
+
+    check_one_line(v)
+    if any(unicodedata.category(c) == "Cf" for c in v):
+        raise ValueError("must be visible text (no zero-width, byte-order-mark or other invisible format character)")
+    return v
+
+
+def check_no_bidi(v: str) -> str:
+    if any(c in BIDI_CONTROLS for c in v):
+        raise ValueError("bidirectional control characters would reorder the text around them; remove them")
+    return v
+
+
+Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(check_name)]  # printed on one line
 
 
 # --------------------------------------------------------------------------- plan
@@ -205,9 +229,9 @@ class Plan(Strict):
         if self.windows:
             s += (" w=" if short else " window=") + ",".join(map(str, self.windows))
         if self.draft_confidence:
-            s += f" tau_d={self.draft_confidence:g}"
+            s += f" tau_d={exact_g(self.draft_confidence)}"
         if any(self.escalate_confidence or []):
-            s += " tau_e=" + ",".join(f"{t:g}" for t in self.escalate_confidence)
+            s += " tau_e=" + ",".join(map(exact_g, self.escalate_confidence))
         return s
 
 
@@ -707,7 +731,7 @@ class Acceptance(Strict):
 class Profile(Strict):
     schema_version: Literal[1] = Field(SCHEMA_VERSION, description="format version; this hispec reads 1")
     name: Name
-    description: str = ""
+    description: Annotated[str, AfterValidator(check_no_bidi)] = ""
     hardware: Hardware
     model: ModelShape
     latency: list[LatencyTable] = Field(min_length=1)
@@ -939,9 +963,12 @@ def _load_object(path: Path, field: str) -> dict:
 def validation_message(e: ValidationError) -> str:
     """The first error of a ValidationError as 'field.path: message' (pydantic's prefixes off)."""
     err = e.errors()[0]
-    loc = ".".join(str(x) for x in err.get("loc", ()) if "[" not in str(x))  # not the union member's tag
+    parts = [str(x) for x in err.get("loc", ())]
+    unknown = err.get("type") == "extra_forbidden"  # then the last part is the file's own key, never a tag
+    loc = ".".join(x if x.isprintable() else repr(x)  # a key's control characters must not reach the terminal
+                   for i, x in enumerate(parts) if "[" not in x or (unknown and i == len(parts) - 1))  # not a union member's tag
     msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-    if err.get("type") == "extra_forbidden":
+    if unknown:
         msg = "unknown field (not in the schema; see `hispec-sim schema`)"
     return f"{loc}: {msg}" if loc and not msg.startswith(loc + ":") else msg
 

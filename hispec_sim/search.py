@@ -50,7 +50,7 @@ import numpy as np
 
 from .cli_common import SEED, float_in, int_in
 from .evaluate import Scored, SearchResult, Setting, exhaustive, exhaustive_arrays, paper_default, ranked_plans, score
-from .schema import (MAX_CYCLES, MAX_STREAMS, MAX_TRIALS, Plan, Profile, autoregressive_plan, check_one_line,
+from .schema import (MAX_CYCLES, MAX_STREAMS, MAX_TRIALS, Plan, Profile, autoregressive_plan, check_name,
                      first_repeat, strict_int)
 
 DEFAULT_STORAGE = "sqlite:///hispec-studies.db"
@@ -811,7 +811,7 @@ def optuna_search(setting: Setting, trials: int | None = 100, timeout: float | N
     if not isinstance(name, str) or not name.strip() or len(name) > 512:
         raise ValueError("study-name: must be a non-empty string of at most 512 characters")
     try:
-        check_one_line(name)  # it is printed, and stored for every later run to print
+        check_name(name)  # it is printed, and stored for every later run to print
     except ValueError as e:
         raise ValueError(f"study-name: {e}") from None
 

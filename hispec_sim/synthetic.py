@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from .acceptance_fit import constant_acceptance
-from .schema import MAX_MS, MIN_LAYER_MS, Hardware, LatencyTable, ModelShape, Profile, Source
+from .schema import MAX_MS, MIN_LAYER_MS, Hardware, LatencyTable, ModelShape, Profile, Source, exact_g
 
 
 def _check(name: str, v, lo: float = 0.0, hi: float = MAX_MS):
@@ -23,7 +23,7 @@ def synthetic_profile(layers: int, layer_ms: float, agreement: float, head_ms: f
     _check("agreement", agreement, 0.0, 1.0)
     _check("head_ms", head_ms)
     _check("overhead_ms", overhead_ms)
-    name = name or f"synthetic_L{layers}_C{layer_ms:g}_A{agreement:g}"
+    name = name or f"synthetic_L{layers}_C{exact_g(layer_ms)}_A{exact_g(agreement)}"
     given = Source(kind="assumed", detail="what-if value given on the command line (synthetic profile)")
     table = LatencyTable(
         tp=1,

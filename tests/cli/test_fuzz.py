@@ -290,6 +290,10 @@ def work(tmp_path_factory):
     put("dupkey.json", '{"levels": [2, 16], "propose": 2, "propose": 3}')
     prof_variant("strlayers.json", lambda d: d["model"].__setitem__("num_layers", "16"))
     prof_variant("nlname.json", lambda d: d.__setitem__("name", "two\nlines"))
+    prof_variant("zwspname.json", lambda d: d.__setitem__("name", "cpu_hispec\u200btiny\ufeff"))
+    prof_variant("rlodesc.json", lambda d: d.__setitem__("description", "cost \u202e$0.01 per M\u202c tokens"))
+    put("oscplan.json", '{"levels": [4, 16], "x\\u001b]0;PWNED\\u0007": 1}')
+    put("bracketplan.json", '{"levels": [4, 16], "levels[0]": 1}')
     # the second round: a profile with no exit to draft from, free layers, an overflowing token
     from hispec_sim.synthetic import synthetic_profile
 
@@ -856,6 +860,11 @@ CASES = [
     ("flags", S, "serve --profile {P} --levels 16 --qps 1 --prompt-len 5:min=10", ["prompt_len", "outside", "10..1000000"]),
     ("json-shape", S, "optimize --profile {STRLAYERS}", ["model.num_layers", "integer"]),
     ("json-shape", S, "optimize --profile {NLNAME}", ["name", "one line"]),
+    # the eleventh round: invisible characters in names, bidi controls in the description, keys shown safely
+    ("json-shape", S, "optimize --profile {ZWSPNAME}", ["name", "invisible format character"]),
+    ("json-shape", S, "optimize --profile {RLODESC}", ["description", "bidirectional"]),
+    ("json-shape", S, "evaluate --profile cpu_hispec_tiny --plan {OSCPLAN}", ["'x\\x1b]0;PWNED\\x07'", "unknown field"]),
+    ("json-shape", S, "evaluate --profile cpu_hispec_tiny --plan {BRACKETPLAN}", ["levels[0]: unknown field"]),
     ("json-shape", S, "evaluate --profile {P} --plan {STRPROPOSE}", ["propose", "integer"]),
     ("json-shape", S, "evaluate --profile {P} --plan {FLOATLEVELS}", ["levels", "integer"]),
     ("json-shape", S, "evaluate --profile {P} --plan {DUPKEY}", ["plan", "'propose' appears twice"]),

@@ -74,3 +74,16 @@ def test_any_name_the_file_system_takes_is_written(tmp_path, capsys):
     assert "out: the file name is 256 bytes; allowed: <= 255 bytes" in capsys.readouterr().err
     line = one_line(ValueError("out: cannot write " + "d" * 1000 + " (File name too long)"))
     assert len(line) < 420 and line.startswith("out: cannot write ddd") and line.endswith("(File name too long)")
+
+
+def test_numbers_that_would_print_as_something_else():
+    """A price or rate too small for its decimals keeps 3 significant digits; a threshold or
+    agreement that `:g` would round to another value prints exactly (eleventh fuzz round)."""
+    from hispec_sim.cli_common import decimals
+    from hispec_sim.schema import Plan, exact_g
+
+    assert decimals(23.0, 3) == "23.000" and decimals(1.15e-5, 3) == "1.15e-05" and decimals(0.0, 3) == "0.000"
+    assert decimals(0.004, 2) == "0.004" and decimals(0.005, 2) == "0.01"
+    assert exact_g(0.3) == "0.3" and exact_g(1.0) == "1" and exact_g(0.9999999999999999) == "0.9999999999999999"
+    assert Plan(levels=[2, 16], draft_confidence=0.9999999999999999).describe() != Plan(
+        levels=[2, 16], draft_confidence=1.0).describe()
