@@ -201,6 +201,7 @@ def add_validate_parser(sub, setting_args) -> None:
     p.add_argument("--plans", type=int_in(1, 200), default=6, help="plans drawn across families (default 6)")
     p.add_argument("--seed", type=SEED, default=0, help="seed of the plan draw and the Monte-Carlo")
     p.add_argument("--prompt-seed", type=SEED, help="seed of the held-out prompts (default: those the profile was measured on)")
+    add_progress_arg(p, "each stage and block of runs")
     p.add_argument("--allow-other-machine", action="store_true",
                    help="validate a profile measured on another machine (the output carries a warning)")
     p.add_argument("--prompts-file", metavar="FILE", help="run the plans on your own prompts (as for profile measure)")
@@ -266,7 +267,7 @@ def cmd_validate(args) -> int:
     if args.context is None:  # price the plans at the context these runs decode at (other prompts or lengths)
         setting.context = round(sum(map(len, prompts)) / len(prompts) + args.max_new_tokens / 2)
     out = validate(setting, plans, model, prompts, args.max_new_tokens, seed=args.seed, machine_warning=warning,
-                   rounds=args.rounds, ar_every=args.ar_every)
+                   rounds=args.rounds, ar_every=args.ar_every, log=progress_log("validate", args.progress))
     if args.out:
         schema.write_atomic(args.out, json.dumps(out, indent=2) + "\n")
     if args.json:

@@ -307,12 +307,12 @@ def verdict(errors, noise_floor: float | None, noise_worst: float | None = None,
 
 
 def run_interleaved(model, plans: list[Plan], prompts, max_new_tokens: int, rounds: int = 1, ar_every: int = 1,
-                    seed: int = 0) -> tuple[list, dict]:
+                    seed: int = 0, log=None) -> tuple[list, dict]:
     """Run every plan on every prompt, interleaved with autoregressive runs (per round and
     prompt: a block, autoregressive first, after every `ar_every` plans, and last; the
     plans in a seeded shuffled order), and measure speed-ups with `interleaved_speedups`.
     Returns [(tokens/s, acceptance per level)] per plan and interleaved_speedups' dict, with
-    timing_noise (None with one round)."""
+    timing_noise (None with one round). log(line), if given, hears of each block."""
     import time
 
     from hispec_exec import decode
@@ -332,6 +332,8 @@ def run_interleaved(model, plans: list[Plan], prompts, max_new_tokens: int, roun
                 (results[k] if k >= 0 else ar_results).append(res)
                 runs.append({"round": rd, "prompt": i, "plan": k, "tokens": _run_tokens(ar if k < 0 else plans[k], res),
                              "seconds": res.wall_s, "mid": (t + time.perf_counter()) / 2})
+            if log:
+                log(f"round {rd + 1}/{rounds}, prompt {i + 1}/{len(prompts)}: {len(runs)} runs done")
     stats = interleaved_speedups(runs, len(plans))
     # with rounds: what a perfect prediction would be measured off by (the verdict's floors)
     stats["timing_noise"] = timing_noise(np.transpose(stats["speedup_by_round"]), seed=seed) if rounds > 1 else None
@@ -397,7 +399,8 @@ def run_measured(model, plan: Plan, prompts, max_new_tokens: int):
 
 
 def validate(setting: Setting, plans: list[Plan], model, prompts, max_new_tokens: int, seed: int = 0,
-             replay: bool = True, machine_warning: str | None = None, rounds: int = 1, ar_every: int = 1) -> dict:
+             replay: bool = True, machine_warning: str | None = None, rounds: int = 1, ar_every: int = 1,
+             log=None) -> dict:
     """Predict every plan, run them interleaved with autoregressive runs in the executor, and
     report two errors per plan:
 
@@ -415,8 +418,13 @@ def validate(setting: Setting, plans: list[Plan], model, prompts, max_new_tokens
     ar_plan = autoregressive_plan(setting.num_layers)
     scored = [adaptive_scored(setting, p) if p.adaptive else s for p, s in zip(plans, score(setting, plans))]
     predicted_ar = score(setting, [ar_plan])[0].tokens_per_second
+    say = log or (lambda line: None)
+    say("re-running the profile's calibration plans (the machine's drift since it was measured)")
     drift = machine_drift(setting.profile, model)
-    runs, stats = run_interleaved(model, plans, prompts, max_new_tokens, rounds=rounds, ar_every=ar_every, seed=seed)
+    say(f"{len(plans)} plans x {len(prompts)} prompts x {rounds} round(s), interleaved with autoregressive runs")
+    runs, stats = run_interleaved(model, plans, prompts, max_new_tokens, rounds=rounds, ar_every=ar_every, seed=seed,
+                                  log=log)
+    say("predicting (analytic, Monte-Carlo, trace replay)")
     noise_speedup = stats["noise_floor"]
     noise_profile = profile_noise_floor(setting.profile)
     noise_abs = max(noise_speedup, noise_profile or 0.0, drift["drift"] if drift else 0.0)

@@ -218,9 +218,12 @@ def test_validate_refuses_a_profile_of_another_machine(tmp_path, capsys):
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "machine:" in err and "Doctored CPU 9000" in err
     assert "--allow-other-machine" in err and not out.exists()
-    assert main(["validate", "--profile", str(path), *small, "--allow-other-machine", "--out", str(out)]) == 0
+    assert main(["validate", "--profile", str(path), *small, "--allow-other-machine", "--out", str(out),
+                 "--progress"]) == 0
     text = capsys.readouterr()
     assert "WARNING" in text.out and "cpu_model" in text.out and "noise floor" in text.out and "verdict: " in text.out
+    progress = [ln for ln in text.err.splitlines() if ln.startswith("[validate ")]  # --progress: each stage and block
+    assert "calibration plans" in progress[0] and "round 1/1, prompt 1/1: 3 runs done" in progress[-2]
     result = json.loads(out.read_text(encoding="utf-8"))
     assert "not measured on this machine" in result["machine_warning"]
     # priced at the context these runs decode at (a 64-token prompt + 4 / 2), not the workload's 128
