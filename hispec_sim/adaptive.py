@@ -359,11 +359,17 @@ def search_adaptive(setting, bases: list[Plan], grid=GRID, max_propose: int = 8)
     for base in bases:
         if base.depth < 3:
             continue
-        fixed_tps, fixed_how = fixed_tokens_per_second(setting, base)
+        try:  # a deep, wide base can be too large to replay: not a candidate then
+            fixed_tps, fixed_how = fixed_tokens_per_second(setting, base)
+        except SimulationTooLarge:
+            continue
         for tau_d in grid:
             for tau_e in grid:
                 p = with_thresholds(base, tau_d, [tau_e] * (base.depth - 2) if tau_e else None)
-                tps, how = adaptive_tokens_per_second(setting, p) if p.adaptive else (fixed_tps, fixed_how)
+                try:
+                    tps, how = adaptive_tokens_per_second(setting, p) if p.adaptive else (fixed_tps, fixed_how)
+                except SimulationTooLarge:
+                    continue
                 hier.append({"plan": p, "tokens_per_second": tps, "fixed_tokens_per_second": fixed_tps, "model": how})
     hier.sort(key=lambda x: -x["tokens_per_second"])
     return {"single_level": {"best": best_single[1], "tokens_per_second": best_single[0],

@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from . import schema
 from .schema import Plan
@@ -82,21 +81,12 @@ def json_payload(plan: Plan, profile: str | None = None, workload: str | None = 
     return out
 
 
-def load_any_plan(path: str) -> Plan:
-    """A plan file, the JSON `evaluate --json` prints ({"plan": ...}) or the JSON
-    `optimize --json` prints (its best plan)."""
-    data = schema._load_json(Path(path), "plan")
-    if isinstance(data, dict) and "levels" not in data and isinstance(data.get("best"), dict) and "plan" in data["best"]:
-        return Plan.model_validate(data["best"]["plan"])
-    return schema.load_plan(path)
-
-
 def export(plan_path: str, to: str, profile: str | None = None, workload: str | None = None, tp: int | None = None,
            stack: str | None = None, context: int | None = None) -> tuple[str, list[str]]:
     """Returns (text to write or print, notes for stderr)."""
     if to not in ("exec", "hf", "json"):
         raise ValueError(f"to: must be exec, hf or json, got {to!r}")
-    plan = load_any_plan(plan_path)
+    plan = schema.load_plan(plan_path)  # a plan file, or what evaluate / optimize --json print
     notes: list[str] = []
     if to == "exec":
         if profile is not None:

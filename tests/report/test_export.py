@@ -64,6 +64,8 @@ def test_optimize_adaptive_output_reads_back_as_its_answer(capsys, tmp_path):
     answer = load_plan(tmp_path / "optimize.json")
     assert answer.adaptive and answer == load_plan(tmp_path / "plan.json")
     assert answer == Plan.model_validate(json.loads(out)["adaptive"]["best"]["plan"])
+    code, exported, _ = run(capsys, "export", "--plan", tmp_path / "optimize.json", "--to", "exec")
+    assert code == 0 and Plan.model_validate(json.loads(exported)) == answer
 
 
 def test_exec_notes_batch_and_checks_profile(capsys, tmp_path, profile_file):
