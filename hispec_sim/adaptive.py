@@ -301,38 +301,42 @@ def mean_rates(setting):
                    setting.batch, setting.context)
 
 
-def adaptive_tokens_per_second(setting, plan: Plan) -> tuple[float, str]:
-    """Predicted tokens/s of any plan over the setting's request distribution (over_requests;
-    a mean_rates setting: at mean rates): fixed plans -> analytic.predict; [E, L] ->
-    analytic_single_level; [l1, l2, L] -> analytic_three_level; [l1, l2, l3, L] ->
-    analytic_four_level (all exact, i.i.d. positions within a request); deeper adaptive
-    chains -> trace replay of the plan itself (DEEP_NOTE; no fixed plan involved, so a window
-    that the thresholds make irrelevant cannot move it)."""
-    from .evaluate import score
-
-    if not plan.adaptive:
-        return score(setting, [plan])[0].tokens_per_second, "analytic"
+def adaptive_estimate(setting, plan: Plan) -> tuple[AdaptiveEstimate, str]:
+    """An adaptive plan over the setting's request distribution (over_requests; a mean_rates
+    setting: at mean rates): [E, L] -> analytic_single_level; [l1, l2, L] ->
+    analytic_three_level; [l1, l2, l3, L] -> analytic_four_level (all exact, i.i.d.
+    positions within a request); deeper chains -> trace replay of the plan itself
+    (DEEP_NOTE; no fixed plan involved, so a window that the thresholds make irrelevant
+    cannot move it). With the model's name."""
     setting.profile.check_plan(plan, setting.workload)
     cost = setting.cost_for([plan])
     if plan.depth in EXACT:
         fn, how = EXACT[plan.depth]
-        return over_requests(fn, cost, setting.agreement, plan).tokens_per_second, how
-    return replay(cost, setting.acceptance, plan).tokens_per_second, DEEP_NOTE
+        return over_requests(fn, cost, setting.agreement, plan), how
+    return replay(cost, setting.acceptance, plan), DEEP_NOTE
+
+
+def adaptive_tokens_per_second(setting, plan: Plan) -> tuple[float, str]:
+    """Predicted tokens/s of any plan: fixed plans -> analytic.predict, adaptive ones ->
+    adaptive_estimate."""
+    from .evaluate import score
+
+    if not plan.adaptive:
+        return score(setting, [plan])[0].tokens_per_second, "analytic"
+    est, how = adaptive_estimate(setting, plan)
+    return est.tokens_per_second, how
 
 
 def adaptive_scored(setting, plan: Plan):
-    """evaluate.Scored of a plan by adaptive_tokens_per_second (per-level acceptance not
-    modelled for adaptive plans: empty)."""
+    """evaluate.Scored of a plan by adaptive_estimate (per-level acceptance not modelled for
+    adaptive plans: empty)."""
     from .evaluate import Scored, score
 
     if not plan.adaptive:
         return score(setting, [plan])[0]
-    tps, _ = adaptive_tokens_per_second(setting, plan)
-    committed = None
-    cost = setting.cost_for([plan])
-    if plan.depth in EXACT:
-        committed = over_requests(EXACT[plan.depth][0], cost, setting.agreement, plan).tokens_per_full_forward
-    return Scored(plan, float(tps), 1000.0 * plan.batch / float(tps), float("nan") if committed is None else float(committed), [])
+    est, _ = adaptive_estimate(setting, plan)
+    tps = float(est.tokens_per_second)
+    return Scored(plan, tps, 1000.0 * plan.batch / tps, float(est.tokens_per_full_forward), [])
 
 
 def search_adaptive(setting, bases: list[Plan], grid=GRID, max_propose: int = 8) -> dict:

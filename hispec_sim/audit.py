@@ -317,9 +317,12 @@ def _parse_speedup(text: str) -> float:
         v = schema.strict_float(text)
     except ValueError:
         raise ValueError(f"speedup: must be a number > 0, got {text!r}") from None
-    if not (math.isfinite(v) and v > 0):
-        raise ValueError(f"speedup: must be a finite number > 0, got {text!r}")
+    if not (math.isfinite(v) and 0 < v <= MAX_SPEEDUP):
+        raise ValueError(f"speedup: must be a number in (0, {MAX_SPEEDUP:g}], got {text!r}")
     return v
+
+
+MAX_SPEEDUP = 1e6  # far above any ceiling; beyond it the percentages above the ceiling overflow
 
 
 def run(args) -> int:
@@ -327,7 +330,11 @@ def run(args) -> int:
     from .cli_common import plan_from_args
 
     speedup = _parse_speedup(args.speedup)
-    setting = _setting(args)
+    plan = None if args.levels == BEST_SINGLE_LEVEL else plan_from_args(args, batch=args.batch)
+    setting = _setting(args, plan.batch if plan else None)  # the plan file's batch, as evaluate reads it
+    if plan is not None and plan.adaptive:
+        raise ValueError(f"plan: {plan.describe()} has confidence thresholds; the audit moves a fixed plan's acceptance "
+                         "curve (the confidence statistics do not move with it): audit the plan without them")
     if args.levels == BEST_SINGLE_LEVEL:
         for flag in ("propose", "window"):  # the plan at each level is the best one: nothing to set
             if getattr(args, flag, None) is not None:
@@ -336,7 +343,6 @@ def run(args) -> int:
             raise ValueError(f"levels: workload {setting.workload!r} has no exit below the last layer to draft from")
         plan = BEST_SINGLE_LEVEL
     else:
-        plan = plan_from_args(args, batch=setting.batch)
         setting.profile.check_plan(plan, setting.workload)
     out = audit(setting, plan, speedup)
     if args.json:

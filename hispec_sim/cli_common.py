@@ -268,6 +268,7 @@ def check_storage(url: str) -> None:
         if not path or path.startswith(":memory:") or path.startswith(":"):
             raise ValueError(f"storage: {url!r} names no file; a study needs one, e.g. sqlite:///hispec-studies.db")
         p = Path(path)
+        _check_length(p, "storage", len("-journal"), " (SQLite keeps a -journal file beside it)")
         if p.is_dir():
             raise ValueError(f"storage: {path} is a folder; give a database file")
         if not p.parent.exists():
@@ -321,19 +322,20 @@ def shown(path) -> str:
     return text if text.isprintable() else repr(text)
 
 
-def _check_length(path: Path, field: str) -> None:
-    """A name or path longer than the file system takes, said as such (not as an OSError of
-    whichever call meets it first)."""
+def _check_length(path: Path, field: str, reserve: int = 0, why: str = "") -> None:
+    """A name or path longer than the file system takes (less `reserve` bytes for a suffix
+    that files beside it add, `why`), said as such -- not as an OSError of whichever call
+    meets it first."""
     folder = path.parent if path.parent.is_dir() else Path(".")
     for what, size, key, default in (("file name", len(os.fsencode(path.name)), "PC_NAME_MAX", 255),
-                                     ("path", len(os.fsencode(os.path.abspath(path))), "PC_PATH_MAX", 4096)):
+                                     ("path", len(os.fsencode(str(path))), "PC_PATH_MAX", 4096)):  # as opened
         try:
             limit = os.pathconf(folder, key)
         except (OSError, ValueError):
             limit = default
-        most = limit if key == "PC_NAME_MAX" else limit - 1  # PATH_MAX counts the terminating NUL
+        most = (limit if key == "PC_NAME_MAX" else limit - 1) - reserve  # PATH_MAX counts the terminating NUL
         if size > most:
-            raise ValueError(f"{field}: the {what} is {size} bytes; allowed: <= {most} bytes on this file system")
+            raise ValueError(f"{field}: the {what} is {size} bytes; allowed: <= {most} bytes on this file system{why}")
 
 
 def check_output(path: str | Path, field: str = "out", inputs=(), must_not_exist_as_dir: bool = True) -> Path:

@@ -960,13 +960,25 @@ def _load_object(path: Path, field: str) -> dict:
     return data
 
 
-def validation_message(e: ValidationError) -> str:
-    """The first error of a ValidationError as 'field.path: message' (pydantic's prefixes off)."""
+def validation_message(e: ValidationError, data=None) -> str:
+    """The first error of a ValidationError as 'field.path: message' (pydantic's prefixes off).
+    Given the data validated, the path is walked through it: a part that is a key or index of
+    the data is shown (quoted when it holds control characters), one that is not is pydantic's
+    tag of a union member or validator and is left out. Without it, parts holding '[' are
+    taken for tags (but an unknown field's own key)."""
     err = e.errors()[0]
-    parts = [str(x) for x in err.get("loc", ())]
-    unknown = err.get("type") == "extra_forbidden"  # then the last part is the file's own key, never a tag
-    loc = ".".join(x if x.isprintable() else repr(x)  # a key's control characters must not reach the terminal
-                   for i, x in enumerate(parts) if "[" not in x or (unknown and i == len(parts) - 1))  # not a union member's tag
+    parts, node = [], data
+    unknown = err.get("type") == "extra_forbidden"  # the last part is then the input's own key
+    for i, x in enumerate(err.get("loc", ())):
+        if data is not None:
+            if isinstance(node, dict) and x in node or isinstance(node, list) and isinstance(x, int) and -len(node) <= x < len(node):
+                node = node[x]
+            elif not (unknown and i == len(err["loc"]) - 1):
+                continue
+        elif "[" in str(x) and not (unknown and i == len(err["loc"]) - 1):
+            continue
+        parts.append(str(x) if str(x).isprintable() else repr(str(x)))  # control characters must not reach the terminal
+    loc = ".".join(parts)
     msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
     if unknown:
         msg = "unknown field (not in the schema; see `hispec-sim schema`)"
@@ -979,7 +991,7 @@ def _validated(model, data: dict, field: str, path):
     try:
         return model.model_validate(data, strict=True)
     except ValidationError as e:
-        raise ValueError(f"{field}: {path}: {validation_message(e)}") from None
+        raise ValueError(f"{field}: {path}: {validation_message(e, data)}") from None
 
 
 def load_profile(name_or_path: str) -> Profile:
@@ -989,15 +1001,16 @@ def load_profile(name_or_path: str) -> Profile:
 
 def load_plan(path: str | Path) -> Plan:
     data = _load_object(Path(path), "plan")
-    if "levels" not in data:  # accept what optimize / evaluate print: the plan --out would write
-        answers = [k for k in ("adaptive", "best", "plan") if isinstance(data.get(k), dict)]
-        if "adaptive" in answers:  # optimize --adaptive: its answer is the best adaptive plan
-            data = data["adaptive"].get("best", {})
-        elif answers == ["best", "plan"]:
-            raise ValueError(f"plan: {path} holds both 'best' and 'plan'; keep the one to run")
-        elif answers == ["best"]:
+    if "levels" not in data:  # what optimize / evaluate print: the plan their --out would write
+        named = [k for k in ("adaptive", "best", "plan") if k in data]
+        if "plan" in named and len(named) > 1:
+            raise ValueError(f"plan: {path} holds {' and '.join(map(repr, named))}; keep the one to run")
+        if "adaptive" in named:  # optimize --adaptive: its answer is the best adaptive plan
+            data = data["adaptive"].get("best") if isinstance(data["adaptive"], dict) else None
+        elif "best" in named:
             data = data["best"]
-        data = data.get("plan", data)
+        if isinstance(data, dict) and "levels" not in data:
+            data = data.get("plan", data)
     if not isinstance(data, dict):
         raise ValueError(f"plan: {path} holds no plan object (expected {{\"levels\": [...], ...}})")
     return _validated(Plan, data, "plan", path)

@@ -465,7 +465,7 @@ def validate(setting: Setting, plans: list[Plan], model, prompts, max_new_tokens
                "relative_error_replay": (rep.tokens_per_second - measured) / measured if rep else None,
                "predicted_acceptance_per_level": s.acceptance or None,  # adaptive plans: not modelled
                "measured_acceptance_per_level": acceptance,
-               "predicted_tokens_per_full_check": None if np.isnan(s.tokens_per_full_forward) else s.tokens_per_full_forward,
+               "predicted_tokens_per_full_check": s.tokens_per_full_forward,
                "replay_tokens_per_full_check": rep.tokens_per_full_forward if rep else None,
                "time_split": time_split(cost, plan, stats["decode_results"][k], ar_reference)}
         rows.append(row)

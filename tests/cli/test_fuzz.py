@@ -362,6 +362,9 @@ def work(tmp_path_factory):
         put(f"{name}.json", json.dumps(d))
     put("adplan.json", json.dumps({"levels": [2, 8, 16], "propose": 4, "windows": [4], "draft_confidence": 0.5}))
     put("bestandplan.json", json.dumps({"best": {"plan": {"levels": [4, 16]}}, "plan": {"levels": [8, 16]}}))
+    put("adnullbest.json", json.dumps({"adaptive": {"best": None}, "best": {"plan": {"levels": [4, 16]}}}))
+    put("adlistbest.json", json.dumps({"adaptive": {"best": [1]}}))
+    put("adandplan.json", json.dumps({"adaptive": {"best": {"plan": {"levels": [4, 16]}}}, "plan": {"levels": [8, 16]}}))
     # the seventh round: a sampling plan for the simulator, thresholds for a chain without
     # intermediate levels, a C1 control in a name, confidence shares that are no distribution,
     # weights that are not numbers
@@ -840,7 +843,11 @@ CASES = [
     ("flags", S, "optimize --profile cpu_hispec_tiny --adaptive --batch 8", ["batch", "batch 1, got 8"]),
     ("flags", S, "optimize --profile cpu_hispec_tiny --adaptive --search optuna --trials 2 --batch 1,8",
      ["batch", "batch 1, got 8"]),
-    ("plan", S, "evaluate --profile cpu_hispec_tiny --plan {BESTANDPLAN}", ["plan", "both 'best' and 'plan'"]),
+    ("plan", S, "evaluate --profile cpu_hispec_tiny --plan {BESTANDPLAN}", ["plan", "'best' and 'plan'; keep the one"]),
+    # the twelfth round: optimize --adaptive's answer that is not a plan object, or beside another plan
+    ("plan", S, "evaluate --profile cpu_hispec_tiny --plan {ADNULLBEST}", ["plan", "holds no plan object"]),
+    ("plan", E, "run --plan {ADLISTBEST} --prompts 1 --max-new-tokens 4", ["plan", "holds no plan object"]),
+    ("plan", S, "export --plan {ADANDPLAN} --to exec", ["plan", "'adaptive' and 'plan'"]),
     ("flags", S, "evaluate --profile cpu_hispec_tiny --plan {ADPLAN} --streams 7", ["streams", "confidence thresholds"]),
     ("flags", S, "serve --profile {P} --levels 16 --trace {TRACE} --prompt-len 5", ["prompt_len", "--trace"]),
     ("flags", S, "serve --profile {P} --levels 16 --qps 1 --tp 0", ["tp", "[1, 1024]"]),

@@ -72,7 +72,7 @@ def test_ceiling_is_perfect_acceptance():
     assert r["ceiling_speedup"] == pytest.approx(_speedup(s, plan), rel=1e-6)
 
 
-@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "abc"])
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "abc", "1e308", "1000001"])
 def test_bad_speedup_is_one_line_exit_2(value, capsys):
     rc = main(["audit", "--profile", "h100_llama3_8b", "--levels", "3,8,32", "--propose", "2", "--window", "4",
                "--speedup", value])
@@ -87,6 +87,19 @@ def test_cli_text_and_json(capsys):
     out = capsys.readouterr().out
     assert main(["audit", "--profile", "h100_llama3_8b", "--levels", "3,99", "--speedup", "1.5"]) == 2
     assert "levels" in capsys.readouterr().err
+
+
+def test_a_plan_file_is_audited_at_its_batch_and_an_adaptive_plan_is_refused(tmp_path, capsys):
+    """The plan file's batch, as evaluate reads it; thresholds are not a fixed plan's curve."""
+    plan = tmp_path / "p.json"
+    plan.write_text(json.dumps({"levels": [2, 16], "propose": 7, "batch": 8}))
+    assert main(["audit", "--profile", "cpu_hispec_tiny", "--plan", str(plan), "--speedup", "1.2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["batch"] == 8
+    plan.write_text(json.dumps({"levels": [2, 16], "propose": 7, "draft_confidence": 0.3}))
+    assert main(["audit", "--profile", "cpu_hispec_tiny", "--plan", str(plan), "--speedup", "1.2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "confidence thresholds" in err and "without them" in err
 
 
 def test_a_claim_below_the_floor_prints_in_text(capsys):
