@@ -435,16 +435,40 @@ class _ClosedStream(io.TextIOBase):
         raise OSError(errno.EBADF, "closed before the start")
 
 
+class _Diagnostics(io.TextIOBase):
+    """stderr for the length of a command: notes, warnings and progress lines that cannot be
+    written (stderr closed before the start, or full) are dropped -- they must neither turn
+    into stdout (Python's print(file=None) writes there, corrupting --json) nor fail a run
+    whose result can still be written."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return self._stream is not None and self._stream.isatty()
+
+    def write(self, text: str) -> int:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            self._stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            self._stream.flush()
+
+    def __getattr__(self, name):  # encoding, fileno, ...: the stream's own
+        if self._stream is None:
+            raise AttributeError(name)
+        return getattr(self._stream, name)
+
+
 def _say(line: str) -> None:
-    """One line on stderr, if stderr can take it: a closed or full stderr must not turn the
-    exit status of bad input (2) into 1."""
-    if sys.stderr is None:  # print(file=None) would write to stdout
-        return
-    try:
-        print(line, file=sys.stderr)
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
+    """One line on stderr (_Diagnostics: if it can take it; the exit status stays the
+    command's)."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def run_main(prog: str, build_parser, argv: list[str] | None, func_attr: str = "func") -> int:
@@ -455,8 +479,12 @@ def run_main(prog: str, build_parser, argv: list[str] | None, func_attr: str = "
     for stream in (sys.stdout, sys.stderr):  # a terminal that cannot show a character gets an escape, not an error
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
-    with terminate_as_interrupt():
-        return _run_main(prog, build_parser, argv, func_attr)
+    stderr, sys.stderr = sys.stderr, _Diagnostics(sys.stderr)
+    try:
+        with terminate_as_interrupt():
+            return _run_main(prog, build_parser, argv, func_attr)
+    finally:
+        sys.stderr = stderr
 
 
 def _run_main(prog: str, build_parser, argv: list[str], func_attr: str) -> int:

@@ -1249,6 +1249,17 @@ def test_standard_streams_that_cannot_be_written(tmp_path, redirect, status, sai
     assert r.returncode == 2 and r.stderr == "hispec-sim: error: out: /dev/stdout is not a regular file\n", r.stderr
 
 
+@pytest.mark.parametrize("redirect", ["2>&-", "2>/dev/full"])
+def test_a_valid_run_whose_notes_cannot_be_written(tmp_path, redirect):
+    """serve prints notes on stderr: with stderr closed they must not land in stdout (Python's
+    print(file=None) writes there) and corrupt --json; with stderr full the run still succeeds."""
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    r = subprocess.run(f"{shlex.quote(sys.executable)} -m hispec_sim.cli serve --profile cpu_hispec_tiny --levels 2,16 "
+                       f"--qps 1 --requests 5 --seeds 1 --json {redirect}", shell=True, cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and json.loads(r.stdout)["describe"] == "[2,16] propose=2", r.stdout[:300]
+
+
 @pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs POSIX file-size limits")
 def test_storage_that_cannot_be_created_leaves_no_file(tmp_path):
     """No room for a new study database at all: one line, exit 2, and not the empty file
