@@ -38,7 +38,7 @@ from .acceptance import AgreementModel, RequestRates, Scenarios
 from .analytic import _check_cost
 from .latency import CostModel
 from .montecarlo import SimulationTooLarge, walk_spans
-from .schema import MAX_REPLAY_FORWARDS, Acceptance, Plan
+from .schema import MAX_REPLAY_FORWARDS, Acceptance, Plan, rounded
 
 
 def _top1(acc: Acceptance, field: str = "draft_confidence") -> np.ndarray:
@@ -384,26 +384,29 @@ def search_adaptive(setting, bases: list[Plan], grid=GRID, max_propose: int = 8)
 
 
 def exhaustive_adaptive(setting, max_propose: int = 8, max_window: int = 16, hier_bases: int = 10,
-                        extra_bases: list[Plan] = ()) -> dict:
+                        extra_bases: list[Plan] = (), depths: tuple[int, int] | None = None) -> dict:
     """The exhaustive adaptive optimum over the setting's request distribution (fixed plans
     with the same spread): the fixed exhaustive search (depth 1-3) gives the best fixed plan
     and the `hier_bases` best 3-level plans;
     search_adaptive puts the threshold grid on them (and on `extra_bases`, e.g. deeper
-    plans of an Optuna search). Returns search_adaptive's dict plus the setting,
-    the fixed search result and the overall best adaptive (tokens/s, plan, model)."""
+    plans of an Optuna search). `depths` (lo, hi): only plans of that many levels count
+    (an Optuna search's --depth). Returns search_adaptive's dict plus the setting, the fixed
+    search result and the overall best adaptive (tokens/s, plan, model; None if no plan of
+    the grid has a depth in range)."""
     from .evaluate import exhaustive
 
-    m = setting
-    fixed = exhaustive(m, top=max(hier_bases, 10) * 3, max_propose=max_propose, max_window=max_window)
-    bases = [s.plan for s in fixed.top if s.plan.depth >= 3][:hier_bases]
+    lo, hi = depths or (1, len(setting.acceptance.exits))
+    fixed = exhaustive(setting, top=max(hier_bases, 10) * 3, max_propose=max_propose, max_window=max_window)
+    bases = [s.plan for s in fixed.top if 3 <= s.plan.depth <= hi][:hier_bases]
     seen = {b.model_dump_json() for b in bases}
     bases += [b for b in extra_bases if with_thresholds(b, None, None).model_dump_json() not in seen]
-    found = search_adaptive(m, [with_thresholds(b, None, None) for b in bases], max_propose=max_propose)
+    found = search_adaptive(setting, [with_thresholds(b, None, None) for b in bases if lo <= b.depth <= hi],
+                            max_propose=max_propose)
     sl, h = found["single_level"], found["hierarchical"]
-    cands = [(sl["tokens_per_second"], sl["best"], sl["model"])]
+    cands = [(sl["tokens_per_second"], sl["best"], sl["model"])] if lo <= 2 <= hi else []
     if h:
         cands.append((h["tokens_per_second"], h["plan"], h["model"]))
-    found.update(setting=m, fixed=fixed, best=max(cands, key=lambda c: c[0]))
+    found.update(setting=setting, fixed=fixed, best=max(cands, key=lambda c: c[0]) if cands else None)
     return found
 
 
@@ -416,36 +419,40 @@ def cli_adaptive(setting, result, max_propose: int = 8, max_window: int = 16, hi
     result's (re-scored, thresholds removed)."""
     from .evaluate import score
 
-    optuna_adaptive = bool(getattr(result, "study", None) and result.study.get("space", {}).get("adaptive"))
+    space = (getattr(result, "study", None) or {}).get("space", {})
+    optuna_adaptive = bool(space.get("adaptive"))
+    depths = tuple(space["depth"]) if "depth" in space else None  # an Optuna search's --depth bounds the answer
     deeper = [s.plan for s in result.top if s.plan.depth >= 4 and not s.plan.adaptive][:3]
-    found = exhaustive_adaptive(setting, max_propose, max_window, hier_bases, deeper)
+    found = exhaustive_adaptive(setting, max_propose, max_window, hier_bases, deeper, depths)
     m = found["setting"]
     sl, h = found["single_level"], found["hierarchical"]
-    fixed_cands = [(found["fixed"].best.tokens_per_second, found["fixed"].best.plan)]
+    lo, hi = depths or (1, len(m.acceptance.exits))
+    fixed_cands = [(found["fixed"].best.tokens_per_second, found["fixed"].best.plan)] * (
+        lo <= found["fixed"].best.plan.depth <= hi)
     for s in result.top:
         f = with_thresholds(s.plan, None, None)
         fixed_cands.append((score(m, [f])[0].tokens_per_second, f))
     fixed_tps, fixed_plan = max(fixed_cands, key=lambda c: c[0])
-    cands = [found["best"]]
+    cands = [found["best"]] if found["best"] else []
     if optuna_adaptive:
         cands.append((result.best.tokens_per_second, result.best.plan,
                       f"optuna ({result.study['trials']} trials): {adaptive_tokens_per_second(m, result.best.plan)[1]}"))
     tps, plan, how = max(cands, key=lambda c: c[0])
     return {"rates": rates_note(m),
-            "best": {"plan": plan.model_dump(), "describe": plan.describe(), "tokens_per_second": round(tps, 4),
+            "best": {"plan": plan.model_dump(), "describe": plan.describe(), "tokens_per_second": rounded(tps, 4),
                      "model": how},
             "best_fixed": {"describe": fixed_plan.describe(), "plan": fixed_plan.model_dump(),
-                           "tokens_per_second": round(fixed_tps, 4), "model": "analytic"},
-            "predicted_gain_over_best_fixed": round(tps / fixed_tps, 4),
+                           "tokens_per_second": rounded(fixed_tps, 4), "model": "analytic"},
+            "predicted_gain_over_best_fixed": rounded(tps / fixed_tps, 4),
             "best_single_level": {"plan": sl["best"].model_dump(), "describe": sl["best"].describe(),
-                                  "tokens_per_second": round(sl["tokens_per_second"], 4),
+                                  "tokens_per_second": rounded(sl["tokens_per_second"], 4),
                                   "fixed": sl["best_fixed"].describe(),
-                                  "fixed_tokens_per_second": round(sl["fixed_tokens_per_second"], 4)},
+                                  "fixed_tokens_per_second": rounded(sl["fixed_tokens_per_second"], 4)},
             "best_hierarchical": None if not h else {
                 "plan": h["plan"].model_dump(), "describe": h["plan"].describe(),
-                "predicted_tokens_per_second": round(float(h["tokens_per_second"]), 4),
+                "predicted_tokens_per_second": rounded(float(h["tokens_per_second"]), 4),
                 "fixed": with_thresholds(h["plan"], None, None).describe(),
-                "fixed_tokens_per_second": round(float(h["fixed_tokens_per_second"]), 4), "model": h["model"]},
+                "fixed_tokens_per_second": rounded(float(h["fixed_tokens_per_second"]), 4), "model": h["model"]},
             "grid": found["grid"], "search": "optuna + exhaustive grid" if optuna_adaptive else "exhaustive grid",
             "trace_replay": replayed_gain(m, plan, fixed_plan)}
 
@@ -492,9 +499,9 @@ def replayed_gain(setting, plan: Plan, fixed: Plan) -> dict | None:
         f = walked(setting, fixed).tokens_per_second
     except SimulationTooLarge:  # the thresholds cut short what the fixed plan would draft
         f = None
-    return {"tokens_per_second": round(w.tokens_per_second, 4), "ci95_over_requests": None if w.ci95 is None else [round(x, 4) for x in w.ci95],
-            "fixed_tokens_per_second": None if f is None else round(f, 4),
-            "gain_over_fixed": None if f is None else round(w.tokens_per_second / f, 4), "model": REPLAY_NOTE}
+    return {"tokens_per_second": rounded(w.tokens_per_second, 4), "ci95_over_requests": None if w.ci95 is None else [rounded(x, 4) for x in w.ci95],
+            "fixed_tokens_per_second": rounded(f, 4),
+            "gain_over_fixed": None if f is None else rounded(w.tokens_per_second / f, 4), "model": REPLAY_NOTE}
 
 
 def fixed_tokens_per_second(setting, plan: Plan) -> tuple[float, str]:
@@ -529,14 +536,13 @@ def predict_adaptive(setting, plan: Plan) -> dict:
         f = fixed_tokens_per_second(setting, fixed)[0]
     except SimulationTooLarge:
         f = None
-    out = {"plan": plan.model_dump(), "describe": plan.describe(), "tokens_per_second": round(float(tps), 4),
-           "speedup_vs_autoregressive": round(float(tps) / ar, 4),
-           "fixed_tokens_per_second": None if f is None else round(f, 4),
-           "gain_over_fixed": None if f is None else round(float(tps) / f, 4), "model": how, "rates": rates_note(setting)}
+    out = {"plan": plan.model_dump(), "describe": plan.describe(), "tokens_per_second": rounded(tps, 4),
+           "speedup_vs_autoregressive": rounded(tps / ar, 4), "fixed_tokens_per_second": rounded(f, 4),
+           "gain_over_fixed": None if f is None else rounded(tps / f, 4), "model": how, "rates": rates_note(setting)}
     if plan.depth in EXACT:  # deeper plans' headline is the trace replay itself
         rep = replayed_gain(setting, plan, fixed)
         if rep is not None:
-            out["trace_replay"] = {**rep, "speedup_vs_autoregressive": round(rep["tokens_per_second"] / ar, 4)}
+            out["trace_replay"] = {**rep, "speedup_vs_autoregressive": rounded(rep["tokens_per_second"] / ar, 4)}
     return out
 
 

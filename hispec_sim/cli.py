@@ -62,7 +62,7 @@ def cmd_evaluate(args) -> int:
                       "plans without confidence thresholds (an adaptive plan's output holds its own trace replay)")
         out = {**setting.describe(), **predict_adaptive(setting, plan)}
         print(json.dumps(out, indent=2) if args.json else f"plan {out['describe']}  {_tps(out['tokens_per_second'])} tokens/s  "
-              f"x{out['speedup_vs_autoregressive']:.3f} vs autoregressive  {gain_text(out['gain_over_fixed'])}  "
+              f"x{decimals(out['speedup_vs_autoregressive'], 3)} vs autoregressive  {gain_text(out['gain_over_fixed'])}  "
               f"({out['model']}; {out['rates'].split(':')[0]})" + replay_text(out.get("trace_replay")))
         return 0
     if not (args.mc or args.replay):
@@ -96,8 +96,9 @@ def cmd_evaluate(args) -> int:
         return 0
     print(setting.header())
     print(f"plan {plan.describe()}  ({plan.family})")
-    print(f"  analytic:    {_tps(out['tokens_per_second']):>10s} tokens/s  x{out['speedup_vs_autoregressive']:.3f} vs autoregressive"
-          f"  {out['tokens_per_full_forward']:.3f} tokens/full forward  {out['latency_ms_per_token']:.3f} ms/token")
+    print(f"  analytic:    {_tps(out['tokens_per_second']):>10s} tokens/s  x{decimals(out['speedup_vs_autoregressive'], 3)} "
+          f"vs autoregressive  {out['tokens_per_full_forward']:.3f} tokens/full forward  "
+          f"{decimals(out['latency_ms_per_token'], 3)} ms/token")
     if out["acceptance_per_level"]:
         print("  acceptance per level: " + ", ".join(f"L{lv}: {a:.3f}" for lv, a in zip(plan.levels[1:], out["acceptance_per_level"])))
     if "monte_carlo" in out:
@@ -119,8 +120,9 @@ def _table(rows: list[tuple[str, dict]]) -> str:
             + (f" {'analytic':>10s}" if analytic else ""))
     lines = [head, "-" * len(head)]
     for label, r in rows:
-        lines.append(f"{label:22s} {r['describe']:34s} {_tps(r['tokens_per_second']):>10s} {r['speedup_vs_autoregressive']:7.3f}x "
-                     f"{r['tokens_per_full_forward']:8.3f} {r['latency_ms_per_token']:9.3f}"
+        lines.append(f"{label:22s} {r['describe']:34s} {_tps(r['tokens_per_second']):>10s} "
+                     f"{decimals(r['speedup_vs_autoregressive'], 3):>7s}x {r['tokens_per_full_forward']:8.3f} "
+                     f"{decimals(r['latency_ms_per_token'], 3):>9s}"
                      + (f" {_tps(r['analytic_tokens_per_second']):>10s}" if analytic else ""))
     return "\n".join(lines)
 
@@ -170,8 +172,8 @@ def cmd_optimize(args) -> int:
              ("paper default", out["baselines"]["paper_default"])]
     print(_table(rows))
     b = out["best"]
-    print(f"\nbest: {b['describe']}  {b['speedup_vs_autoregressive']:.3f}x autoregressive, "
-          f"{b['speedup_vs_best_single_level']:.3f}x the best single-level plan")
+    print(f"\nbest: {b['describe']}  {decimals(b['speedup_vs_autoregressive'], 3)}x autoregressive, "
+          f"{decimals(b['speedup_vs_best_single_level'], 3)}x the best single-level plan")
     if "adaptive" in out:
         from .adaptive import cli_adaptive_text
 

@@ -9,7 +9,7 @@ import numpy as np
 from .acceptance import AgreementModel
 from .analytic import Prediction, expected_chain_terms, predict
 from .latency import CostModel
-from .schema import MAX_SEARCH_CELLS, Plan, Profile
+from .schema import MAX_SEARCH_CELLS, Plan, Profile, rounded
 
 
 @dataclass
@@ -97,13 +97,13 @@ class Scored:
 
     def as_dict(self, ar_tps: float) -> dict:
         out = {"plan": self.plan.model_dump(), "family": self.plan.family, "describe": self.plan.describe(),
-               "tokens_per_second": round(self.tokens_per_second, 4),
-               "speedup_vs_autoregressive": round(self.tokens_per_second / ar_tps, 4),
-               "tokens_per_full_forward": round(self.tokens_per_full_forward, 4),
-               "latency_ms_per_token": round(self.latency_ms, 4),
-               "acceptance_per_level": [round(a, 4) for a in self.acceptance]}
+               "tokens_per_second": rounded(self.tokens_per_second, 4),
+               "speedup_vs_autoregressive": rounded(self.tokens_per_second / ar_tps, 4),
+               "tokens_per_full_forward": rounded(self.tokens_per_full_forward, 4),
+               "latency_ms_per_token": rounded(self.latency_ms, 4),
+               "acceptance_per_level": [rounded(a, 4) for a in self.acceptance]}
         if self.analytic_tokens_per_second is not None:
-            out["analytic_tokens_per_second"] = round(self.analytic_tokens_per_second, 4)
+            out["analytic_tokens_per_second"] = rounded(self.analytic_tokens_per_second, 4)
         return out
 
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from .evaluate import Setting, exhaustive_arrays, optimized, ranked_plans, score
 from . import schema
-from .schema import Acceptance, Plan, Profile, Source
+from .schema import Acceptance, Plan, Profile, Source, rounded
 
 FAMILIES = ("autoregressive", "single_level", "hierarchical")
 FAMILY_LABEL = {"autoregressive": "autoregressive", "single_level": "best single-level",
@@ -149,16 +149,7 @@ def check_validation(v: dict, profile: Profile, workload: str | None, tp: int | 
 
 # --------------------------------------------------------------------------- numbers
 
-
-def _r(x, nd=3):
-    """x to nd decimals, or to nd significant digits when that would round it to 0 (a
-    profile can be slow enough for tokens/s below 1e-3, and a ratio of zeros is undefined)."""
-    if x is None:
-        return None
-    x = float(x)
-    if not math.isfinite(x):
-        return None
-    return round(x, nd) if abs(x) >= 10.0 ** -nd or x == 0 else float(f"{x:.{nd}g}")
+_r = rounded
 
 
 def _grid(a: np.ndarray, nd=2) -> list:

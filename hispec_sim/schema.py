@@ -79,6 +79,18 @@ Int = Annotated[int, BeforeValidator(_not_a_bool)]  # a count or a layer: JSON t
 BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
+def rounded(x, nd: int = 3):
+    """x to nd decimals, or to nd significant digits when that would round it to 0 (a
+    profile can be slow enough for tokens/s below 1e-3, and a ratio of zeros is undefined);
+    None for None or a non-finite x (strict JSON)."""
+    if x is None:
+        return None
+    x = float(x)
+    if not math.isfinite(x):
+        return None
+    return round(x, nd) if abs(x) >= 10.0 ** -nd or x == 0 else float(f"{x:.{nd}g}")
+
+
 def exact_g(x: float) -> str:
     """x as `:g` prints it where that is x, else the shortest text that is (0.9999999999999999
     is not 1: two plans or profiles must not share a name)."""

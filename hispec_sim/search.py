@@ -844,8 +844,10 @@ def optuna_search(setting: Setting, trials: int | None = 100, timeout: float | N
 
             tp0 = setting.tp if setting.tp in space.tps else space.tps[0]
             b0 = setting.batch if setting.batch in space.batches else space.batches[0]
-            best = exhaustive_adaptive(ev.setting(tp0, b0), max_propose, max_window)["best"][1]
-            seeds.insert(0, (best, tp0))
+            best = exhaustive_adaptive(ev.setting(tp0, b0), max_propose, max_window,
+                                       depths=(space.min_depth, space.max_depth))["best"]
+            if best:  # the best of the grid in the space's depths
+                seeds.insert(0, (best[1], tp0))
         seeds += [(autoregressive_plan(setting.num_layers, space.batches[0]), space.tps[0]),
                  (paper_default(setting).model_copy(update={"batch": space.batches[0]}), space.tps[0]),
                  (single_level_sweep(ev.setting(space.tps[0], space.batches[0]), max_propose).plan, space.tps[0])]

@@ -87,3 +87,18 @@ def test_numbers_that_would_print_as_something_else():
     assert exact_g(0.3) == "0.3" and exact_g(1.0) == "1" and exact_g(0.9999999999999999) == "0.9999999999999999"
     assert Plan(levels=[2, 16], draft_confidence=0.9999999999999999).describe() != Plan(
         levels=[2, 16], draft_confidence=1.0).describe()
+
+
+def test_a_very_slow_profile_is_not_printed_as_zero(tmp_path, capsys):
+    """Figures are rounded to significant digits where decimals would make them 0: in the JSON
+    and in the text (twelfth fuzz round: 1.9e-06 tokens/s printed as 0.00, 0.0 in JSON)."""
+    slow = tmp_path / "slow.json"
+    assert main(["profile", "synthetic", "--layers", "16", "--layer-ms", "1e6", "--head-ms", "1e6", "--overhead-ms",
+                 "1e6", "--agreement", "0.5", "--out", str(slow)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--profile", str(slow), "--levels", "2,16", "--propose", "3", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert 0 < out["tokens_per_second"] < 1e-4 and out["latency_ms_per_token"] > 1e4
+    assert main(["evaluate", "--profile", str(slow), "--levels", "2,16", "--propose", "3"]) == 0
+    text = capsys.readouterr().out
+    assert " 0.00 tokens/s" not in text and f"{out['tokens_per_second']:.3g} tokens/s" in text

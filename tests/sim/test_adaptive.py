@@ -262,6 +262,22 @@ def test_optuna_adaptive_reaches_the_exhaustive_adaptive_optimum():
     assert again.best.plan == res.best.plan  # seeded: reproducible
 
 
+def test_optuna_adaptive_answers_within_its_depth(capsys, tmp_path):
+    """--depth bounds the answer: the JSON's best, the adaptive block, --out and the JSON read
+    back as --plan are one plan of 3-4 levels (the grid's best single-level plan is not)."""
+    from hispec_sim.schema import load_plan
+
+    out = tmp_path / "plan.json"
+    assert main(["optimize", "--profile", "cpu_hispec_tiny", "--search", "optuna", "--adaptive", "--depth", "3-4",
+                 "--trials", "4", "--seed", "3", "--json", "--out", str(out)]) == 0
+    res = json.loads(capsys.readouterr().out)
+    (tmp_path / "res.json").write_text(json.dumps(res))
+    answer = load_plan(out)
+    assert 3 <= answer.depth <= 4 and answer == load_plan(tmp_path / "res.json")
+    assert answer == Plan.model_validate(res["best"]["plan"]) == Plan.model_validate(res["adaptive"]["best"]["plan"])
+    assert 3 <= Plan.model_validate(res["adaptive"]["best_fixed"]["plan"]).depth <= 4
+
+
 def test_optuna_adaptive_refusals(capsys, tmp_path):
     db = f"sqlite:///{tmp_path / 's.db'}"
     for argv, field in ((["--profile", "h100_llama2_7b"], "confidence"),
