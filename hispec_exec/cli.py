@@ -17,7 +17,7 @@ from pathlib import Path
 from hispec_sim import schema
 from hispec_sim.cli_common import (SEED, Parser, add_model_args, add_plan_args, add_progress_arg, check_output,
                                    check_output_folder, float_in, given, int_in, load_model_from_args, model_files,
-                                   plan_from_args, progress_log, refuse_unread, run_main)
+                                   plan_from_args, progress_log, refuse_unread, run_main, shown)
 
 TOKENS = int_in(1, 1 << 20)
 
@@ -113,7 +113,7 @@ def cmd_info(a) -> int:
     if a.json:
         print(json.dumps(info, indent=1))
     else:
-        print(f"model   {info['model']}")
+        print(f"model   {shown(info['model'])}")
         print(f"layers  {args.n_layers}   params {info['params'] / 1e6:.2f}M   dim {args.dim}   heads {args.n_heads}/"
               f"{args.n_kv_heads} kv   ffn {args.ffn_dim}   vocab {args.vocab_size}   context {args.max_seq_len}")
         print(f"exits   1..{args.n_layers} (every layer, shared final norm + LM head)")
@@ -135,8 +135,11 @@ def run_plan(model, plan, prompts, max_new_tokens: int, mode: str, seed: int = 0
         check_fits(plan, len(p), max_new_tokens, model.args.max_seq_len)
     say = log or (lambda line: None)
     say("warm-up")  # allocator, masks, kernels
-    decode(model, plan, prompts[0], min(8, max_new_tokens), mode=mode, seed=seed, temperature=temperature)
-    autoregressive(model, prompts[0], min(8, max_new_tokens), mode=mode, seed=seed, temperature=temperature)
+    warm = min(8, max_new_tokens)
+    tick = _ticker(say, "warm-up", warm) if log else None
+    decode(model, plan, prompts[0], warm, mode=mode, seed=seed, temperature=temperature, on_step=tick and tick("plan"))
+    autoregressive(model, prompts[0], warm, mode=mode, seed=seed, temperature=temperature,
+                   on_step=tick and tick("autoregressive"))
     res, ars = [], []
     for r in range(repeats):
         for i, p in enumerate(prompts):

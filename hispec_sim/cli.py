@@ -243,7 +243,9 @@ def profile_table(rows: list[dict], width: int = 100) -> list[str]:
 
 
 def cmd_schema(args) -> int:
-    print(json.dumps({"plan": schema.Plan.model_json_schema(), "profile": schema.Profile.model_json_schema()}, indent=2))
+    dialect = {"$schema": "https://json-schema.org/draft/2020-12/schema"}  # what pydantic writes
+    print(json.dumps({"plan": {**dialect, **schema.Plan.model_json_schema()},
+                      "profile": {**dialect, **schema.Profile.model_json_schema()}}, indent=2))
     return 0
 
 

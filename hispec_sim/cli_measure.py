@@ -95,7 +95,12 @@ def _folder_locked(folder: Path):
         yield
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"hispec-sim: waiting for the lock on {shown(folder)} (another command is writing a profile there)",
+                  file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)
@@ -121,6 +126,13 @@ def cmd_measure(args) -> int:
     workload = args.workload or "heldout"
     if not workload.replace("_", "").replace("-", "").isalnum() or len(workload) > 64:
         raise ValueError("workload: use letters, digits, - and _ (at most 64)")
+    if args.name is not None:  # now, not after minutes of measuring
+        from pydantic import TypeAdapter, ValidationError
+
+        try:
+            TypeAdapter(schema.Name).validate_python(args.name)
+        except ValidationError as e:
+            raise ValueError(f"name: {schema.validation_message(e)}") from None
     if args.acceptance_only:
         refuse_unread(args, ("--repeats", "--attempts", "--progress"), "the timing, which --acceptance-only skips")
     if args.prompts_file is not None:

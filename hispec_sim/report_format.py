@@ -9,9 +9,19 @@ import html
 import json
 import re
 
+from .schema import BIDI_CONTROLS
+
+_BIDI = re.compile("[" + "".join(sorted(BIDI_CONTROLS)) + "]")
+
+
+def _bidi_shown(text: str) -> str:
+    """Bidirectional controls (which would reorder the text around them) shown as their
+    escapes: a source's detail or a provenance value may carry them."""
+    return _BIDI.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
 
 def esc(x) -> str:
-    return html.escape("" if x is None else str(x), quote=True)
+    return html.escape(_bidi_shown("" if x is None else str(x)), quote=True)
 
 
 def script_json(obj) -> str:
@@ -33,14 +43,18 @@ def _pct(x):
     return "–" if x is None else f"{x * 100:+.1f} %"
 
 
-_MD_ACTIVE = re.compile(r"([\\`*_\[\]()!#~|])")  # what makes links, images, emphasis, code, headings, tables
+_MD_ACTIVE = re.compile(r"([\\`*_\[\]()!#~|@])")  # what makes links (@: e-mail autolinks), images, emphasis, code, headings, tables
+
+
+_AUTOLINK = re.compile(r"://|\bwww\.", re.I)
 
 
 def _md(x) -> str:
     """Text as Markdown shows it literally: raw HTML escaped (<, > and &; quotes stay
     readable) and every character that starts markup backslash-escaped -- a name must not
     become a link or a remote image."""
-    return _MD_ACTIVE.sub(r"\\\1", html.escape("" if x is None else str(x), quote=False)).replace("\n", " ")
+    text = _MD_ACTIVE.sub(r"\\\1", html.escape(_bidi_shown("" if x is None else str(x)), quote=False)).replace("\n", " ")
+    return _AUTOLINK.sub(lambda m: m.group().replace("/", "\\/").replace(".", "\\."), text)  # GFM links bare URLs
 
 
 def _headline(data: dict) -> dict:

@@ -108,14 +108,21 @@ def check_one_line(v: str) -> str:
     return v
 
 
+BLANK_LETTERS = frozenset("\u034f\u115f\u1160\u17b4\u17b5\u180e\u2800\u3164\uffa0")  # print as nothing or a blank
+
+
 def check_name(v: str) -> str:
-    """A name: one line (check_one_line), with no invisible format character either (zero
-    width space or joiner, byte order mark, soft hyphen...): two names that print alike are one name."""
+    """A name: one line (check_one_line), with nothing invisible in it either -- format
+    characters (zero width space or joiner, byte order mark, soft hyphen...), fillers and
+    blanks that are letters, variation selectors, spaces at either end: two names that print
+    alike are one name."""
     import unicodedata
 
     check_one_line(v)
-    if any(unicodedata.category(c) == "Cf" for c in v):
-        raise ValueError("must be visible text (no zero-width, byte-order-mark or other invisible format character)")
+    if v != v.strip() or any(unicodedata.category(c) == "Cf" or c in BLANK_LETTERS or "\ufe00" <= c <= "\ufe0f"
+                             or "\U000e0100" <= c <= "\U000e01ef" for c in v):
+        raise ValueError("must be visible text (no zero-width, byte-order-mark, filler or other invisible character, "
+                         "no space at either end)")
     return v
 
 
@@ -139,10 +146,14 @@ class Plan(Strict):
     full model) commits. [L] is autoregressive, [E, L] single-level self-speculation.
     """
 
+    # the item ranges are checked by the validators below (one message each); the published
+    # JSON Schema states them too (json_schema_extra), so a plan it accepts loads
     levels: list[Int] = Field(min_length=1, max_length=MAX_LEVELS,
-                              description="exit layers, 1-based, increasing; the last is the full model")
+                              description="exit layers, 1-based, increasing; the last is the full model",
+                              json_schema_extra={"items": {"type": "integer", "minimum": 1, "maximum": MAX_LAYERS}})
     propose: Int = Field(1, ge=1, le=MAX_PROPOSE, description="drafts per round at level 1")
-    windows: list[Int] = Field(default_factory=list, description="one window per intermediate level")
+    windows: list[Int] = Field(default_factory=list, description="one window per intermediate level",
+                               json_schema_extra={"items": {"type": "integer", "minimum": 1, "maximum": MAX_WINDOW}})
     mode: Literal["greedy", "sampling"] = "greedy"
     batch: Int = Field(1, ge=1, le=MAX_BATCH, description="sequences decoded in lockstep")
     batching: Literal["ragged", "synchronous"] = Field(
@@ -154,11 +165,13 @@ class Plan(Strict):
     )
     draft_confidence: float | None = Field(
         None, description="adaptive drafting: end the round early once a draft's top-1 probability at exit l_1 "
-        "is < this threshold (that draft is kept and checked); propose stays the cap. None or 0 = fixed rounds")
+        "is < this threshold (that draft is kept and checked); propose stays the cap. None or 0 = fixed rounds",
+        json_schema_extra={"minimum": 0, "maximum": 1})
     escalate_confidence: list[float] | None = Field(
         None, description="early escalation, one threshold per intermediate level: after level j's check, check "
         "upward at once when level j's own emitted token (correction or bonus) has top-1 probability < tau_j; "
-        "windows stay the caps. None or all 0 = fixed windows")
+        "windows stay the caps. None or all 0 = fixed windows",
+        json_schema_extra={"items": {"type": "number", "minimum": 0, "maximum": 1}})
 
     @field_validator("levels")
     @classmethod

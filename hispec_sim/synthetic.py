@@ -23,7 +23,9 @@ def synthetic_profile(layers: int, layer_ms: float, agreement: float, head_ms: f
     _check("agreement", agreement, 0.0, 1.0)
     _check("head_ms", head_ms)
     _check("overhead_ms", overhead_ms)
-    name = name or f"synthetic_L{layers}_C{exact_g(layer_ms)}_A{exact_g(agreement)}"
+    name = name or (f"synthetic_L{layers}_C{exact_g(layer_ms)}_A{exact_g(agreement)}"  # every value that sets it apart
+                    + (f"_H{exact_g(head_ms)}" if head_ms else "") + (f"_O{exact_g(overhead_ms)}" if overhead_ms else "")
+                    + (f"_X{context}" if context != 512 else ""))
     given = Source(kind="assumed", detail="what-if value given on the command line (synthetic profile)")
     table = LatencyTable(
         tp=1,

@@ -607,6 +607,7 @@ CASES = [
     ("flags", S, "profile measure --prompts 0 --out {W}/m.json", ["--prompts", "[1, 10000]"]),
     ("flags", S, "profile measure --max-new-tokens 0 --out {W}/m.json", ["--max-new-tokens"]),
     ("flags", S, "profile measure --seed -1 --out {W}/m.json", ["--seed"]),
+    ("flags", S, "profile measure --out {W}/m.json --name ' padded'", ["name", "no space at either end"]),  # before measuring
     ("flags", S, "profile measure --threads 0 --out {W}/m.json", ["--threads"]),
     ("flags", S, "profile measure --workload '../x' --out {W}/m.json", ["workload"]),
     # -- storage URLs and outputs that would destroy an input
@@ -868,7 +869,7 @@ CASES = [
     ("json-shape", S, "optimize --profile {STRLAYERS}", ["model.num_layers", "integer"]),
     ("json-shape", S, "optimize --profile {NLNAME}", ["name", "one line"]),
     # the eleventh round: invisible characters in names, bidi controls in the description, keys shown safely
-    ("json-shape", S, "optimize --profile {ZWSPNAME}", ["name", "invisible format character"]),
+    ("json-shape", S, "optimize --profile {ZWSPNAME}", ["name", "invisible character"]),
     ("json-shape", S, "optimize --profile {RLODESC}", ["description", "bidirectional"]),
     ("json-shape", S, "evaluate --profile cpu_hispec_tiny --plan {OSCPLAN}", ["'x\\x1b]0;PWNED\\x07'", "unknown field"]),
     ("json-shape", S, "evaluate --profile cpu_hispec_tiny --plan {BRACKETPLAN}", ["levels[0]: unknown field"]),

@@ -239,7 +239,8 @@ def test_markdown_shows_user_strings_literally(tmp_path):
     report.build_report(str(tmp_path / "p.json"), str(tmp_path / "p.md"), "md", max_batch=2, serving_requests=0)
     md = (tmp_path / "p.md").read_text(encoding="utf-8")
     assert "](" not in md and "**b**" not in md and "`c`" not in md
-    assert "\\!\\[t\\]\\(http://127.0.0.1:9/x.png\\)" in md and "a\\|b" in md
+    assert "\\!\\[t\\]\\(http:\\/\\/127.0.0.1:9/x.png\\)" in md and "a\\|b" in md
+    assert "://" not in md.split("## ")[0]  # no bare URL for GitHub-style autolinking either
 
 
 def test_script_json_cannot_close_the_tag():

@@ -107,6 +107,12 @@ def test_failed_optimize_leaves_no_plan_file(capsys, tmp_path):
 def test_schema_and_profiles_commands(capsys):
     code, out, _ = run(capsys, "schema")
     assert code == 0 and {"plan", "profile"} == set(json.loads(out))
+    plan = json.loads(out)["plan"]  # the ranges the loader checks, stated: a plan the schema accepts loads
+    assert plan["$schema"].endswith("/draft/2020-12/schema")
+    assert plan["properties"]["levels"]["items"] == {"type": "integer", "minimum": 1, "maximum": 1024}
+    assert plan["properties"]["windows"]["items"]["maximum"] == 256
+    assert (plan["properties"]["draft_confidence"]["minimum"], plan["properties"]["draft_confidence"]["maximum"]) == (0, 1)
+    assert plan["properties"]["escalate_confidence"]["items"]["maximum"] == 1
     code, out, _ = run(capsys, "profiles", "--json")
     assert code == 0 and isinstance(json.loads(out), list)
 
