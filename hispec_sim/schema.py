@@ -993,16 +993,19 @@ def validation_message(e: ValidationError, data=None) -> str:
     taken for tags (but an unknown field's own key)."""
     err = e.errors()[0]
     parts, node = [], data
-    unknown = err.get("type") == "extra_forbidden"  # the last part is then the input's own key
+    unknown = err.get("type") == "extra_forbidden"  # the last part is the input's own key
+    named = unknown or err.get("type") == "missing"  # ... or the field it lacks: neither is a tag
     for i, x in enumerate(err.get("loc", ())):
+        last = named and i == len(err["loc"]) - 1
         if data is not None:
             if isinstance(node, dict) and x in node or isinstance(node, list) and isinstance(x, int) and -len(node) <= x < len(node):
                 node = node[x]
-            elif not (unknown and i == len(err["loc"]) - 1):
+            elif not last:
                 continue
-        elif "[" in str(x) and not (unknown and i == len(err["loc"]) - 1):
+        elif "[" in str(x) and not last:
             continue
-        parts.append(str(x) if str(x).isprintable() else repr(str(x)))  # control characters must not reach the terminal
+        x = str(x)  # control characters must not reach the terminal; a dot would split the path
+        parts.append(x if x.isprintable() and "." not in x else repr(x))
     loc = ".".join(parts)
     msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
     if unknown:

@@ -292,6 +292,10 @@ def work(tmp_path_factory):
     prof_variant("nlname.json", lambda d: d.__setitem__("name", "two\nlines"))
     prof_variant("zwspname.json", lambda d: d.__setitem__("name", "cpu_hispec\u200btiny\ufeff"))
     prof_variant("rlodesc.json", lambda d: d.__setitem__("description", "cost \u202e$0.01 per M\u202c tokens"))
+    put("nolevels.json", '{"propose": 2}')
+    prof_variant("nomodelname.json", lambda d: d["model"].pop("name"))
+    prof_variant("dotkey.json", lambda d: d["workloads"].__setitem__("w.1", {**d["workloads"][d["default_workload"]],
+                                                                           "context": -1}))
     put("oscplan.json", '{"levels": [4, 16], "x\\u001b]0;PWNED\\u0007": 1}')
     put("bracketplan.json", '{"levels": [4, 16], "levels[0]": 1}')
     # the second round: a profile with no exit to draft from, free layers, an overflowing token
@@ -869,6 +873,10 @@ CASES = [
     ("json-shape", S, "optimize --profile {STRLAYERS}", ["model.num_layers", "integer"]),
     ("json-shape", S, "optimize --profile {NLNAME}", ["name", "one line"]),
     # the eleventh round: invisible characters in names, bidi controls in the description, keys shown safely
+    # the thirteenth round: a missing field is named; a key with a dot is quoted in the path
+    ("json-shape", S, "evaluate --profile cpu_hispec_tiny --plan {NOLEVELS}", ["plan", "levels: Field required"]),
+    ("json-shape", S, "optimize --profile {NOMODELNAME}", ["profile", "model.name: Field required"]),
+    ("json-shape", S, "optimize --profile {DOTKEY}", ["workloads.'w.1'.context", "greater than or equal to 0"]),
     ("json-shape", S, "optimize --profile {ZWSPNAME}", ["name", "invisible character"]),
     ("json-shape", S, "optimize --profile {RLODESC}", ["description", "bidirectional"]),
     ("json-shape", S, "evaluate --profile cpu_hispec_tiny --plan {OSCPLAN}", ["'x\\x1b]0;PWNED\\x07'", "unknown field"]),
