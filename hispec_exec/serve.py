@@ -361,7 +361,7 @@ def _progress_bar():
 
 
 def run(a) -> int:
-    from hispec_sim.schema import ServeLimits, write_atomic
+    from hispec_sim.schema import ServeLimits, decimals, write_atomic
     from hispec_sim.traffic import summarize
 
     from hispec_sim.cli_common import check_output, model_files
@@ -417,11 +417,11 @@ def run(a) -> int:
         sys.stdout.write(text)
     else:
         s = summary
-        f = lambda d: "-" if d["mean"] is None else f"mean {d['mean']:.1f}  p50 {d['p50']:.1f}  p90 {d['p90']:.1f}  p99 {d['p99']:.1f}"  # noqa: E731
+        f = lambda d: "-" if d["mean"] is None else "  ".join(f"{k} {decimals(d[k], 1)}" for k in ("mean", "p50", "p90", "p99"))  # noqa: E731
         print(f"plan {out['plan_text']} ({out['family']}, {mode}, {plan.batching}); {s['requests']} requests, "
               f"max batch {limits.max_batch}, mean batch {res['mean_batch']:.1f}")
-        print(f"throughput {s['throughput_tokens_per_s']:.1f} tokens/s   goodput {s['goodput_requests_per_s']:.2f} "
-              f"requests/s (SLO attained {s['slo_attained']:.2f})")
+        print(f"throughput {decimals(s['throughput_tokens_per_s'], 1)} tokens/s   goodput "
+              f"{decimals(s['goodput_requests_per_s'], 2)} requests/s (SLO attained {s['slo_attained']:.2f})")
         for key in ("ttft_ms", "tbt_ms", "tpot_ms", "e2e_ms", "queue_ms"):
             print(f"{key:9s} {f(s[key])}")
         if "identical_to_autoregressive" in out:

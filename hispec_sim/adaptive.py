@@ -38,7 +38,7 @@ from .acceptance import AgreementModel, RequestRates, Scenarios
 from .analytic import _check_cost
 from .latency import CostModel
 from .montecarlo import SimulationTooLarge, walk_spans
-from .schema import MAX_REPLAY_FORWARDS, Acceptance, Plan, rounded
+from .schema import MAX_REPLAY_FORWARDS, Acceptance, Plan, decimals, rounded
 
 
 def _top1(acc: Acceptance, field: str = "draft_confidence") -> np.ndarray:
@@ -444,37 +444,38 @@ def cli_adaptive(setting, result, max_propose: int = 8, max_window: int = 16, hi
             "best_fixed": {"describe": fixed_plan.describe(), "plan": fixed_plan.model_dump(),
                            "tokens_per_second": rounded(fixed_tps, 4), "model": "analytic"},
             "predicted_gain_over_best_fixed": rounded(tps / fixed_tps, 4),
-            "best_single_level": {"plan": sl["best"].model_dump(), "describe": sl["best"].describe(),
+            "best_single_level": None if not lo <= 2 <= hi else {"plan": sl["best"].model_dump(), "describe": sl["best"].describe(),
                                   "tokens_per_second": rounded(sl["tokens_per_second"], 4),
                                   "fixed": sl["best_fixed"].describe(),
-                                  "fixed_tokens_per_second": rounded(sl["fixed_tokens_per_second"], 4)},
+                                  "fixed_tokens_per_second": rounded(sl["fixed_tokens_per_second"], 4),
+                                  "gain_over_fixed": rounded(sl["tokens_per_second"] / sl["fixed_tokens_per_second"], 4)},
             "best_hierarchical": None if not h else {
                 "plan": h["plan"].model_dump(), "describe": h["plan"].describe(),
                 "predicted_tokens_per_second": rounded(float(h["tokens_per_second"]), 4),
                 "fixed": with_thresholds(h["plan"], None, None).describe(),
-                "fixed_tokens_per_second": rounded(float(h["fixed_tokens_per_second"]), 4), "model": h["model"]},
+                "fixed_tokens_per_second": rounded(float(h["fixed_tokens_per_second"]), 4), "model": h["model"],
+                "gain_over_fixed": rounded(h["tokens_per_second"] / h["fixed_tokens_per_second"], 4)},
             "grid": found["grid"], "search": "optuna + exhaustive grid" if optuna_adaptive else "exhaustive grid",
             "trace_replay": replayed_gain(m, plan, fixed_plan)}
 
 
 def cli_adaptive_text(a: dict) -> str:
-    s = a["best_single_level"]
-    lines = ["", f"adaptive ({a['search']}, thresholds {a['grid']}; {a['rates']}):",
-             f"  single-level: {s['describe']}  {s['tokens_per_second']:.2f} tokens/s  vs fixed {s['fixed']} "
-             f"{s['fixed_tokens_per_second']:.2f}  (x{s['tokens_per_second'] / s['fixed_tokens_per_second']:.3f}, analytic)"]
-    h = a["best_hierarchical"]
+    s, h, b, r = a["best_single_level"], a["best_hierarchical"], a["best"], a.get("trace_replay")
+    tps = lambda x: decimals(x, 2)  # noqa: E731
+    lines = ["", f"adaptive ({a['search']}, thresholds {a['grid']}; {a['rates']}):"]
+    if s:  # not when the search's --depth leaves out single-level plans
+        lines.append(f"  single-level: {s['describe']}  {tps(s['tokens_per_second'])} tokens/s  vs fixed {s['fixed']} "
+                     f"{tps(s['fixed_tokens_per_second'])}  (x{decimals(s['gain_over_fixed'], 3)}, analytic)")
     if h:
-        lines.append(f"  hierarchical: {h['describe']}  {h['predicted_tokens_per_second']:.2f} tokens/s vs its fixed plan "
-                     f"{h['fixed_tokens_per_second']:.2f}  (x{h['predicted_tokens_per_second'] / h['fixed_tokens_per_second']:.3f}, "
-                     f"{h['model']})")
-    b = a["best"]
-    lines.append(f"best adaptive: {b['describe']}  {b['tokens_per_second']:.2f} tokens/s, "
-                 f"x{a['predicted_gain_over_best_fixed']:.3f} the best fixed plan {a['best_fixed']['describe']} "
-                 f"({a['best_fixed']['tokens_per_second']:.2f}); model: {b['model']}")
-    r = a.get("trace_replay")
+        lines.append(f"  hierarchical: {h['describe']}  {tps(h['predicted_tokens_per_second'])} tokens/s vs its fixed "
+                     f"plan {tps(h['fixed_tokens_per_second'])}  (x{decimals(h['gain_over_fixed'], 3)}, {h['model']})")
+    lines.append(f"best adaptive: {b['describe']}  {tps(b['tokens_per_second'])} tokens/s, "
+                 f"x{decimals(a['predicted_gain_over_best_fixed'], 3)} the best fixed plan {a['best_fixed']['describe']} "
+                 f"({tps(a['best_fixed']['tokens_per_second'])}); model: {b['model']}")
     if r:
-        lines.append(f"  by trace replay (measured requests walked): {r['tokens_per_second']:.2f} vs "
-                     f"{r['fixed_tokens_per_second']:.2f} tokens/s, x{r['gain_over_fixed']:.3f}")
+        lines.append(f"  by trace replay (measured requests walked): {tps(r['tokens_per_second'])} vs "
+                     + (f"{tps(r['fixed_tokens_per_second'])} tokens/s, x{decimals(r['gain_over_fixed'], 3)}"
+                        if r["gain_over_fixed"] is not None else "the fixed plan: too large to replay"))
     return "\n".join(lines)
 
 
@@ -551,12 +552,12 @@ def replay_text(r: dict | None) -> str:
     if not r:
         return ""
     ci = r["ci95_over_requests"]
-    between = "one request: no interval" if ci is None else f"{ci[0]:.2f}, {ci[1]:.2f} over requests"
-    return f"\n  trace replay: {r['tokens_per_second']:.2f} tokens/s [{between}]  " + gain_text(r["gain_over_fixed"])
+    between = "one request: no interval" if ci is None else f"{decimals(ci[0], 2)}, {decimals(ci[1], 2)} over requests"
+    return f"\n  trace replay: {decimals(r['tokens_per_second'], 2)} tokens/s [{between}]  " + gain_text(r["gain_over_fixed"])
 
 
 def gain_text(gain: float | None) -> str:
-    return (f"x{gain:.3f} vs the same plan without thresholds" if gain is not None else
+    return (f"x{decimals(gain, 3)} vs the same plan without thresholds" if gain is not None else
             "the same plan without thresholds is too large to replay")
 
 

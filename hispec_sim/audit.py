@@ -330,6 +330,8 @@ def run(args) -> int:
     from .cli_common import plan_from_args
 
     speedup = _parse_speedup(args.speedup)
+    if args.levels == BEST_SINGLE_LEVEL and args.plan:
+        raise ValueError(f"plan: --levels {BEST_SINGLE_LEVEL} picks its own plan at every level; drop --plan")
     plan = None if args.levels == BEST_SINGLE_LEVEL else plan_from_args(args, batch=args.batch)
     setting = _setting(args, plan.batch if plan else None)  # the plan file's batch, as evaluate reads it
     if plan is not None and plan.adaptive:

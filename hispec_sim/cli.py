@@ -16,19 +16,21 @@ from .cli_common import (SEED, Parser, UsageError, add_model_args, add_plan_args
                          decimals, float_in, int_in, load_model_from_args, one_line, plan_from_args, refuse_unread, run_main,
                          shown, sqlite_files)
 from .evaluate import DEFAULT_RESCORE, Setting, optimized, score
+from .schema import rounded
 
 CONTEXT = int_in(0, schema.MAX_CONTEXT)
 TP = int_in(1, schema.MAX_TP)
 BATCH = int_in(1, schema.MAX_BATCH)
 
 
-def _setting_args(p: argparse.ArgumentParser, batch=True) -> None:
+def _setting_args(p: argparse.ArgumentParser, batch=True, plan_file=True) -> None:
     p.add_argument("--profile", required=True, help="shipped profile name or path to a profile JSON")
     p.add_argument("--workload", help="workload name (default: the profile's)")
     p.add_argument("--tp", type=TP, help="tensor-parallel degree (default: the profile's)")
     p.add_argument("--stack", help="serving stack, e.g. compiled or hf_eager (default: the profile's)")
     if batch:
-        p.add_argument("--batch", type=BATCH, default=None, help="sequences in lockstep (default 1, or the plan file's)")
+        p.add_argument("--batch", type=BATCH, default=None,
+                       help="sequences in lockstep (default 1" + (", or the plan file's)" if plan_file else ")"))
     p.add_argument("--context", type=CONTEXT, help="mean context length (default: the workload's)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -84,11 +86,11 @@ def cmd_evaluate(args) -> int:
 
         r = simulate(setting.cost_for([plan]), setting.agreement, plan,
                      streams=args.streams, cycles=args.cycles, seed=args.seed, replay=args.replay)
-        out["monte_carlo"] = {"tokens_per_second": round(r.tokens_per_second, 4),
-                              "ci95": None if r.ci95 is None else [round(r.ci95[0], 4), round(r.ci95[1], 4)],
-                              "latency_ms_p50": round(r.latency_ms_p50, 4), "latency_ms_p99": round(r.latency_ms_p99, 4),
-                              "tokens_per_full_forward": round(r.tokens_per_full_forward, 4),
-                              "acceptance_per_level": [round(a, 4) for a in r.acceptance],
+        out["monte_carlo"] = {"tokens_per_second": rounded(r.tokens_per_second, 4),
+                              "ci95": None if r.ci95 is None else [rounded(r.ci95[0], 4), rounded(r.ci95[1], 4)],
+                              "latency_ms_p50": rounded(r.latency_ms_p50, 4), "latency_ms_p99": rounded(r.latency_ms_p99, 4),
+                              "tokens_per_full_forward": rounded(r.tokens_per_full_forward, 4),
+                              "acceptance_per_level": [rounded(a, 4) for a in r.acceptance],
                               "streams": r.streams, "cycles": r.cycles, "trace_replay": r.replay,
                               "seed": None if r.replay else args.seed}
     if args.json:
@@ -105,7 +107,7 @@ def cmd_evaluate(args) -> int:
         m = out["monte_carlo"]
         ci = "95% CI: none from one request" if m["ci95"] is None else f"95% CI [{_tps(m['ci95'][0])}, {_tps(m['ci95'][1])}]"
         print(f"  monte-carlo: {_tps(m['tokens_per_second']):>10s} tokens/s  {ci}"
-              f"  per-token latency p50 {m['latency_ms_p50']:.3f} ms  p99 {m['latency_ms_p99']:.3f} ms"
+              f"  per-token latency p50 {decimals(m['latency_ms_p50'], 3)} ms  p99 {decimals(m['latency_ms_p99'], 3)} ms"
               f"  ({m['cycles']} cycles, {'trace replay' if m['trace_replay'] else 'i.i.d.'})")
     return 0
 
@@ -351,7 +353,7 @@ def build_parser() -> Parser:
     p.set_defaults(func=cmd_optimize)
 
     p = sub.add_parser("report", help="capacity-planning report: one self-contained HTML file (or Markdown)")
-    _setting_args(p)
+    _setting_args(p, plan_file=False)
     p.add_argument("--out", help="output file (default report.html / report.md)")
     p.add_argument("--format", choices=["html", "md"], default=None, help="default: by --out's suffix (.md), else html")
     p.add_argument("--target-tps", type=float_in(1e-6, 1e12), help="aggregate tokens/s the deployment must serve (default 10000)")

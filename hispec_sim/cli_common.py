@@ -24,7 +24,7 @@ from pathlib import Path
 
 from . import schema
 from .entry import exit_message, terminate_as_interrupt
-from .schema import strict_float, strict_int
+from .schema import decimals, strict_float, strict_int  # noqa: F401 (decimals: for the CLIs)
 
 
 class UsageError(Exception):
@@ -383,11 +383,6 @@ def check_output_folder(path: str | Path, field: str = "out") -> Path:
     if not _writable_folder(target):
         raise ValueError(f"{field}: {target} is not writable")
     return path
-
-
-def decimals(x: float, nd: int) -> str:
-    """x to nd decimals; 3 significant digits where that would print a non-zero x as zero."""
-    return f"{x:.3g}" if 0 < abs(x) < 0.5 * 10.0 ** -nd else f"{x:.{nd}f}"
 
 
 def add_progress_arg(p: argparse.ArgumentParser, what: str) -> None:

@@ -245,10 +245,10 @@ def cmd_serve(args) -> int:
 
 
 def _fmt(e: dict, nd: int = 1) -> str:
-    m = f"{e['mean']:.{nd}f}"
+    m = decimals(e["mean"], nd)
     if e["ci95"] is None:
         return m
-    return f"{m} [{e['ci95'][0]:.{nd}f}, {e['ci95'][1]:.{nd}f}]"
+    return f"{m} [{decimals(e['ci95'][0], nd)}, {decimals(e['ci95'][1], nd)}]"
 
 
 def _table(agg: dict) -> str:

@@ -11,17 +11,18 @@ import re
 
 from .schema import BIDI_CONTROLS
 
-_BIDI = re.compile("[" + "".join(sorted(BIDI_CONTROLS)) + "]")
+_HIDDEN = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029" + "".join(sorted(BIDI_CONTROLS)) + "]")
 
 
-def _bidi_shown(text: str) -> str:
-    """Bidirectional controls (which would reorder the text around them) shown as their
-    escapes: a source's detail or a provenance value may carry them."""
-    return _BIDI.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+def _controls_shown(text: str) -> str:
+    """Control characters (terminal escapes, carriage returns, line separators) and
+    bidirectional controls (which would reorder the text around them) shown as their
+    escapes: a description, a source's detail or a provenance value may carry them."""
+    return _HIDDEN.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def esc(x) -> str:
-    return html.escape(_bidi_shown("" if x is None else str(x)), quote=True)
+    return html.escape(_controls_shown("" if x is None else str(x)), quote=True)
 
 
 def script_json(obj) -> str:
@@ -53,7 +54,8 @@ def _md(x) -> str:
     """Text as Markdown shows it literally: raw HTML escaped (<, > and &; quotes stay
     readable) and every character that starts markup backslash-escaped -- a name must not
     become a link or a remote image."""
-    text = _MD_ACTIVE.sub(r"\\\1", html.escape(_bidi_shown("" if x is None else str(x)), quote=False)).replace("\n", " ")
+    text = "" if x is None else " ".join(str(x).split("\n"))  # one line: a table row, a heading stay whole
+    text = _MD_ACTIVE.sub(r"\\\1", html.escape(_controls_shown(text), quote=False))
     return _AUTOLINK.sub(lambda m: m.group().replace("/", "\\/").replace(".", "\\."), text)  # GFM links bare URLs
 
 

@@ -80,15 +80,21 @@ BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u206
 
 
 def rounded(x, nd: int = 3):
-    """x to nd decimals, or to nd significant digits when that would round it to 0 (a
-    profile can be slow enough for tokens/s below 1e-3, and a ratio of zeros is undefined);
-    None for None or a non-finite x (strict JSON)."""
+    """x to nd decimals, or to nd significant digits where decimals would keep fewer than 3
+    of them or round it to 0 (a profile can be slow enough for tokens/s below 1e-3, and a
+    ratio of zeros is undefined); None for None or a non-finite x (strict JSON)."""
     if x is None:
         return None
     x = float(x)
     if not math.isfinite(x):
         return None
-    return round(x, nd) if abs(x) >= 10.0 ** -nd or x == 0 else float(f"{x:.{nd}g}")
+    return round(x, nd) if abs(x) >= 10.0 ** (2 - nd) or x == 0 else float(f"{x:.{nd}g}")
+
+
+def decimals(x: float, nd: int) -> str:
+    """x printed to nd decimals; 3 significant digits where decimals would show fewer (or a
+    non-zero x as zero)."""
+    return f"{x:.3g}" if 0 < abs(x) < 10.0 ** (2 - nd) else f"{x:.{nd}f}"
 
 
 def exact_g(x: float) -> str:
@@ -109,21 +115,34 @@ def check_one_line(v: str) -> str:
 
 
 BLANK_LETTERS = frozenset("\u034f\u115f\u1160\u17b4\u17b5\u180e\u2800\u3164\uffa0")  # print as nothing or a blank
+JOINERS = frozenset("\u200c\u200d")  # ZWNJ / ZWJ: part of Persian, Indic and emoji spellings between two characters
 
 
 def check_name(v: str) -> str:
     """A name: one line (check_one_line), with nothing invisible in it either -- format
-    characters (zero width space or joiner, byte order mark, soft hyphen...), fillers and
-    blanks that are letters, variation selectors, spaces at either end: two names that print
-    alike are one name."""
+    characters (zero width space, byte order mark, soft hyphen...), fillers and blanks
+    that are letters, spaces at either end; a joiner only between two visible characters
+    and a variation selector only after one (as emoji and some scripts spell): two names
+    that print alike are one name."""
     import unicodedata
 
     check_one_line(v)
-    if v != v.strip() or any(unicodedata.category(c) == "Cf" or c in BLANK_LETTERS or "\ufe00" <= c <= "\ufe0f"
-                             or "\U000e0100" <= c <= "\U000e01ef" for c in v):
-        raise ValueError("must be visible text (no zero-width, byte-order-mark, filler or other invisible character, "
-                         "no space at either end)")
+    if v != v.strip():
+        raise ValueError("must not start or end with a space")
+
+    def hidden(c: str) -> bool:
+        return unicodedata.category(c) == "Cf" or c in BLANK_LETTERS or _selector(c)
+
+    for i, c in enumerate(v):
+        shown = 0 < i and not hidden(v[i - 1]) and (c not in JOINERS or i + 1 < len(v) and not hidden(v[i + 1]))
+        if hidden(c) and not ((c in JOINERS or _selector(c)) and shown):
+            raise ValueError(f"must be visible text: U+{ord(c):04X} ({unicodedata.name(c, 'unnamed')}) at position {i} "
+                             "would not show")
     return v
+
+
+def _selector(c: str) -> bool:
+    return "\ufe00" <= c <= "\ufe0f" or "\U000e0100" <= c <= "\U000e01ef"
 
 
 def check_no_bidi(v: str) -> str:

@@ -48,10 +48,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli_common import SEED, float_in, int_in
+from .cli_common import SEED, decimals, float_in, int_in
 from .evaluate import Scored, SearchResult, Setting, exhaustive, exhaustive_arrays, paper_default, ranked_plans, score
 from .schema import (MAX_CYCLES, MAX_STREAMS, MAX_TRIALS, Plan, Profile, autoregressive_plan, check_name,
-                     first_repeat, strict_int)
+                     first_repeat, rounded, strict_int)
 
 DEFAULT_STORAGE = "sqlite:///hispec-studies.db"
 SAMPLERS = ("tpe", "cmaes", "random", "nsga2")
@@ -682,7 +682,7 @@ class OptunaResult(SearchResult):
 
 
 def _round(m: dict) -> dict:
-    return {k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()}
+    return {k: rounded(v, 4) if isinstance(v, float) else v for k, v in m.items()}
 
 
 def _plan_of(t) -> tuple[Plan, int | None]:
@@ -730,11 +730,11 @@ def _build_result(study, ev: Evaluator, space: Space, info: dict, top: int, t0: 
             p, tp = _plan_of(t)
             m = t.user_attrs["metrics"]
             entry = {"plan": p.model_dump(), "describe": p.describe(), "family": p.family, "tp": tp, "batch": p.batch,
-                     "trial": t.number, **{o: round(v, 4) for o, v in zip(ev.objectives, t.values)},
-                     "tokens_per_second": round(m["tokens_per_second"], 4),
-                     "latency_ms_per_token": round(m["latency_ms_per_token"], 4)}
+                     "trial": t.number, **{o: rounded(v, 4) for o, v in zip(ev.objectives, t.values)},
+                     "tokens_per_second": rounded(m["tokens_per_second"], 4),
+                     "latency_ms_per_token": rounded(m["latency_ms_per_token"], 4)}
             if "latency_ms_p99" in m:
-                entry["latency_ms_p99"] = round(m["latency_ms_p99"], 4)
+                entry["latency_ms_p99"] = rounded(m["latency_ms_p99"], 4)
             pareto.append(entry)
     failed = sum(t.state == TrialState.FAIL for t in trials)
     pruned = sum(t.state == TrialState.PRUNED for t in trials)  # Monte-Carlo too long (montecarlo.check_simulation_size)
@@ -853,7 +853,7 @@ def optuna_search(setting: Setting, trials: int | None = 100, timeout: float | N
                  (single_level_sweep(ev.setting(space.tps[0], space.batches[0]), max_propose).plan, space.tps[0])]
         for p, tp in seeds:
             params = space.params(p, tp)
-            if params is not None:
+            if params is not None and p.describe() not in seeded:  # one plan can be two seeds (--depth 2-2)
                 study.enqueue_trial(params, skip_if_exists=True)
                 seeded.append(p.describe())
 
@@ -994,7 +994,7 @@ def cli_summary(out: dict) -> str:
         lines.append(f"\nPareto front ({len(out['pareto'])} plans):")
         lines.append(f"{'plan':34s} {'tp':>3s} {'batch':>5s} {'tokens/s':>10s} {'ms/token':>9s} {'p99 ms':>9s}")
         for e in out["pareto"]:
-            p99 = f"{e['latency_ms_p99']:9.3f}" if "latency_ms_p99" in e else f"{'-':>9s}"
-            lines.append(f"{e['describe']:34s} {e['tp']!s:>3s} {e['batch']:5d} {e['tokens_per_second']:10.2f} "
-                         f"{e['latency_ms_per_token']:9.3f} {p99}")
+            p99 = decimals(e["latency_ms_p99"], 3) if "latency_ms_p99" in e else "-"
+            lines.append(f"{e['describe']:34s} {e['tp']!s:>3s} {e['batch']:5d} {decimals(e['tokens_per_second'], 2):>10s} "
+                         f"{decimals(e['latency_ms_per_token'], 3):>9s} {p99:>9s}")
     return "\n".join(lines)

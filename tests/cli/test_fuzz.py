@@ -611,7 +611,7 @@ CASES = [
     ("flags", S, "profile measure --prompts 0 --out {W}/m.json", ["--prompts", "[1, 10000]"]),
     ("flags", S, "profile measure --max-new-tokens 0 --out {W}/m.json", ["--max-new-tokens"]),
     ("flags", S, "profile measure --seed -1 --out {W}/m.json", ["--seed"]),
-    ("flags", S, "profile measure --out {W}/m.json --name ' padded'", ["name", "no space at either end"]),  # before measuring
+    ("flags", S, "profile measure --out {W}/m.json --name ' padded'", ["name", "must not start or end with a space"]),  # before measuring
     ("flags", S, "profile measure --threads 0 --out {W}/m.json", ["--threads"]),
     ("flags", S, "profile measure --workload '../x' --out {W}/m.json", ["workload"]),
     # -- storage URLs and outputs that would destroy an input
@@ -791,6 +791,7 @@ CASES = [
     ("flags", S, "evaluate --profile {P} --levels 2,,16", ["levels", "comma-separated"]),
     ("flags", S, "optimize --profile {P} --batch 1_0", ["batch"]),
     ("flags", S, "audit --profile {P} --levels best_single_level --speedup 1_5", ["speedup"]),
+    ("flags", S, "audit --profile {P} --levels best_single_level --plan {PLAN} --speedup 1.5", ["plan", "drop --plan"]),
     ("flags", S, "evaluate --profile {P} --levels \uff12,\uff11\uff16", ["levels"]),
     ("flags", S, "evaluate --profile {P} --levels -2,16", ["levels", "--levels=VALUE"]),
     ("json-shape", S, "evaluate --profile {P} --plan {BOOLPLAN}", ["plan", "propose", "got true"]),
@@ -877,7 +878,7 @@ CASES = [
     ("json-shape", S, "evaluate --profile cpu_hispec_tiny --plan {NOLEVELS}", ["plan", "levels: Field required"]),
     ("json-shape", S, "optimize --profile {NOMODELNAME}", ["profile", "model.name: Field required"]),
     ("json-shape", S, "optimize --profile {DOTKEY}", ["workloads.'w.1'.context", "greater than or equal to 0"]),
-    ("json-shape", S, "optimize --profile {ZWSPNAME}", ["name", "invisible character"]),
+    ("json-shape", S, "optimize --profile {ZWSPNAME}", ["name", "U+200B (ZERO WIDTH SPACE)", "would not show"]),
     ("json-shape", S, "optimize --profile {RLODESC}", ["description", "bidirectional"]),
     ("json-shape", S, "evaluate --profile cpu_hispec_tiny --plan {OSCPLAN}", ["'x\\x1b]0;PWNED\\x07'", "unknown field"]),
     ("json-shape", S, "evaluate --profile cpu_hispec_tiny --plan {BRACKETPLAN}", ["levels[0]: unknown field"]),

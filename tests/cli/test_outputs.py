@@ -83,7 +83,12 @@ def test_numbers_that_would_print_as_something_else():
     from hispec_sim.schema import Plan, exact_g
 
     assert decimals(23.0, 3) == "23.000" and decimals(1.15e-5, 3) == "1.15e-05" and decimals(0.0, 3) == "0.000"
-    assert decimals(0.004, 2) == "0.004" and decimals(0.005, 2) == "0.01"
+    assert decimals(0.004, 2) == "0.004" and decimals(0.005, 2) == "0.005" and decimals(1.5, 2) == "1.50"
+    assert decimals(1.234e-4, 4) == "0.000123" and decimals(0.0123, 4) == "0.0123"  # never fewer than 3 digits
+    from hispec_sim.schema import rounded
+
+    assert rounded(1.2345e-4, 4) == 0.0001234 and rounded(0.012345, 4) == 0.0123 and rounded(2.5, 4) == 2.5
+    assert rounded(float("nan")) is None and rounded(0.0) == 0.0
     assert exact_g(0.3) == "0.3" and exact_g(1.0) == "1" and exact_g(0.9999999999999999) == "0.9999999999999999"
     assert Plan(levels=[2, 16], draft_confidence=0.9999999999999999).describe() != Plan(
         levels=[2, 16], draft_confidence=1.0).describe()
@@ -102,3 +107,20 @@ def test_a_very_slow_profile_is_not_printed_as_zero(tmp_path, capsys):
     assert main(["evaluate", "--profile", str(slow), "--levels", "2,16", "--propose", "3"]) == 0
     text = capsys.readouterr().out
     assert " 0.00 tokens/s" not in text and f"{out['tokens_per_second']:.3g} tokens/s" in text
+
+
+def test_names_that_print_alike_are_refused_and_real_spellings_kept():
+    """Invisible characters are refused in names, naming the character; joiners and variation
+    selectors stay where emoji and scripts spell with them (thirteenth fuzz round)."""
+    import re
+
+    import pytest
+
+    from hispec_sim.schema import check_name
+
+    for ok in ("tiny", "日本語", "café", "👨\u200d💻", "❤\ufe0f", "می\u200cخواهم", "क्\u200dष"):
+        assert check_name(ok) == ok
+    for bad, said in (("cpu\u200btiny", "U+200B"), ("tiny\ufeff", "U+FEFF"), ("tiny\u3164", "U+3164"),
+                      ("\u200dx", "U+200D"), ("\ufe0fx", "U+FE0F"), (" tiny", "space"), ("tiny\u00a0", "space")):
+        with pytest.raises(ValueError, match=re.escape(said)):
+            check_name(bad)
