@@ -118,8 +118,9 @@ def check_plan(model: Transformer, plan: Plan, batch_ok: bool = False) -> None:
 
 def check_fits(plan: Plan, prompt_len: int, max_new_tokens: int, capacity: int) -> None:
     if prompt_len + max_new_tokens + plan.max_overshoot > capacity:
-        raise ValueError(f"max_new_tokens: prompt ({prompt_len}) + max_new_tokens ({max_new_tokens}) + speculation "
-                         f"({plan.max_overshoot}) exceeds the context capacity {capacity}")
+        raise ValueError(f"max_new_tokens: prompt ({prompt_len}) + max_new_tokens ({max_new_tokens}) + tokens in flight "
+                         f"beyond them ({plan.max_overshoot}: {'the row of the next step' if plan.depth == 1 else 'speculation'}) "
+                         f"exceeds the context capacity {capacity}")
 
 
 def _validate(model: Transformer, plan: Plan, prompt_ids, max_new_tokens: int, mode: str | None,
