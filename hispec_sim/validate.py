@@ -463,7 +463,7 @@ def validate(setting: Setting, plans: list[Plan], model, prompts, max_new_tokens
                "relative_error": (s.tokens_per_second - measured) / measured,
                "relative_error_mc": (mc.tokens_per_second - measured) / measured if mc else None,
                "relative_error_replay": (rep.tokens_per_second - measured) / measured if rep else None,
-               "predicted_acceptance_per_level": s.acceptance or None,  # adaptive plans: not modelled
+               "predicted_acceptance_per_level": None if plan.adaptive else s.acceptance,  # adaptive: not modelled
                "measured_acceptance_per_level": acceptance,
                "predicted_tokens_per_full_check": s.tokens_per_full_forward,
                "replay_tokens_per_full_check": rep.tokens_per_full_forward if rep else None,

@@ -93,6 +93,7 @@ def test_validate_reports_predicted_and_measured(small):
         assert row["measured_speedup"] == pytest.approx(float(np.median(row["measured_speedup_by_round"])))
     ar = next(r for r in out["plans"] if r["plan"]["levels"] == [8])
     assert ar["predicted_speedup"] == pytest.approx(1.0)
+    assert all(isinstance(r["predicted_acceptance_per_level"], list) for r in out["plans"])  # null: adaptive plans only
     assert out["max_abs_speedup_error"] >= out["median_abs_speedup_error"] >= 0
     assert out["max_abs_relative_error"] >= out["median_abs_relative_error"] >= 0
     drift = out["machine_drift"]  # the profile's calibration runs, re-run now
