@@ -136,19 +136,18 @@ def run_plan(model, plan, prompts, max_new_tokens: int, mode: str, seed: int = 0
     say = log or (lambda line: None)
     say("warm-up")  # allocator, masks, kernels
     warm = min(8, max_new_tokens)
-    tick = _ticker(say, "warm-up", warm) if log else None
-    decode(model, plan, prompts[0], warm, mode=mode, seed=seed, temperature=temperature, on_step=tick and tick("plan"))
+    decode(model, plan, prompts[0], warm, mode=mode, seed=seed, temperature=temperature,
+           on_step=_ticker(log, "warm-up, plan", warm))
     autoregressive(model, prompts[0], warm, mode=mode, seed=seed, temperature=temperature,
-                   on_step=tick and tick("autoregressive"))
+                   on_step=_ticker(log, "warm-up, autoregressive", warm))
     res, ars = [], []
     for r in range(repeats):
         for i, p in enumerate(prompts):
             what = f"prompt {i + 1}/{len(prompts)}" + (f", repeat {r + 1}/{repeats}" if repeats > 1 else "")
-            tick = _ticker(say, what, max_new_tokens) if log else None
             ars.append(autoregressive(model, p, max_new_tokens, mode=mode, seed=seed + i, temperature=temperature,
-                                      sync=False, on_step=tick and tick("autoregressive")))
+                                      sync=False, on_step=_ticker(log, f"{what}, autoregressive", max_new_tokens)))
             res.append(decode(model, plan, p, max_new_tokens, mode=mode, seed=seed + i, temperature=temperature,
-                              on_step=tick and tick("plan")))
+                              on_step=_ticker(log, f"{what}, plan", max_new_tokens)))
             say(f"{what}: plan {len(res[-1].tokens) / res[-1].wall_s:.1f} tokens/s, autoregressive "
                 f"{len(ars[-1].tokens) / ars[-1].wall_s:.1f} tokens/s")
     k = plan.depth
@@ -192,17 +191,17 @@ def run_plan(model, plan, prompts, max_new_tokens: int, mode: str, seed: int = 0
 PROGRESS_S = 5.0  # seconds between progress lines within one decode
 
 
-def _ticker(say, what: str, max_new_tokens: int):
-    """tick(side) -> on_step for one decode: a line every PROGRESS_S seconds of it."""
-    def tick(side: str):
-        last = [time.monotonic()]
+def _ticker(log, what: str, max_new_tokens: int):
+    """on_step for one decode: a line every PROGRESS_S seconds of it (None without a log)."""
+    if log is None:
+        return None
+    last = [time.monotonic()]
 
-        def on_step(done: int) -> None:
-            if time.monotonic() - last[0] >= PROGRESS_S:
-                last[0] = time.monotonic()
-                say(f"{what}, {side}: {min(done, max_new_tokens)}/{max_new_tokens} tokens")
-        return on_step
-    return tick
+    def on_step(done: int) -> None:
+        if time.monotonic() - last[0] >= PROGRESS_S:
+            last[0] = time.monotonic()
+            log(f"{what}: {min(done, max_new_tokens)}/{max_new_tokens} tokens")
+    return on_step
 
 
 def cmd_run(a) -> int:

@@ -427,8 +427,8 @@ def cli_adaptive(setting, result, max_propose: int = 8, max_window: int = 16, hi
     m = found["setting"]
     sl, h = found["single_level"], found["hierarchical"]
     lo, hi = depths or (1, len(m.acceptance.exits))
-    fixed_cands = [(found["fixed"].best.tokens_per_second, found["fixed"].best.plan)] * (
-        lo <= found["fixed"].best.plan.depth <= hi)
+    best_fixed = found["fixed"].best
+    fixed_cands = [(best_fixed.tokens_per_second, best_fixed.plan)] if lo <= best_fixed.plan.depth <= hi else []
     for s in result.top:
         f = with_thresholds(s.plan, None, None)
         fixed_cands.append((score(m, [f])[0].tokens_per_second, f))

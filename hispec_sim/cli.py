@@ -13,10 +13,10 @@ from pathlib import Path
 
 from . import cli_measure, schema
 from .cli_common import (SEED, Parser, UsageError, add_model_args, add_plan_args, check_output, check_storage,  # noqa: F401
-                         decimals, float_in, int_in, load_model_from_args, one_line, plan_from_args, refuse_unread, run_main,
+                         float_in, int_in, load_model_from_args, one_line, plan_from_args, refuse_unread, run_main,
                          shown, sqlite_files)
 from .evaluate import DEFAULT_RESCORE, Setting, optimized, score
-from .schema import rounded
+from .schema import decimals, rounded
 
 CONTEXT = int_in(0, schema.MAX_CONTEXT)
 TP = int_in(1, schema.MAX_TP)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from . import schema
 from .entry import exit_message, terminate_as_interrupt
-from .schema import decimals, strict_float, strict_int  # noqa: F401 (decimals: for the CLIs)
+from .schema import strict_float, strict_int
 
 
 class UsageError(Exception):

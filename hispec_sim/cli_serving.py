@@ -11,8 +11,9 @@ import sys
 import numpy as np
 
 from . import schema, serving, traffic
-from .cli_common import SEED, add_plan_args, decimals, float_in, int_in, plan_from_args, refuse_unread
+from .cli_common import SEED, add_plan_args, float_in, int_in, plan_from_args, refuse_unread
 from .evaluate import Setting
+from .schema import decimals
 
 DEFAULT_PROMPT, DEFAULT_OUTPUT = traffic.DEFAULT_LENGTHS.values()
 

@@ -48,10 +48,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli_common import SEED, decimals, float_in, int_in
+from .cli_common import SEED, float_in, int_in
 from .evaluate import Scored, SearchResult, Setting, exhaustive, exhaustive_arrays, paper_default, ranked_plans, score
 from .schema import (MAX_CYCLES, MAX_STREAMS, MAX_TRIALS, Plan, Profile, autoregressive_plan, check_name,
-                     first_repeat, rounded, strict_int)
+                     decimals, first_repeat, rounded, strict_int)
 
 DEFAULT_STORAGE = "sqlite:///hispec-studies.db"
 SAMPLERS = ("tpe", "cmaes", "random", "nsga2")

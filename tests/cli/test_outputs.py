@@ -79,8 +79,7 @@ def test_any_name_the_file_system_takes_is_written(tmp_path, capsys):
 def test_numbers_that_would_print_as_something_else():
     """A price or rate too small for its decimals keeps 3 significant digits; a threshold or
     agreement that `:g` would round to another value prints exactly (eleventh fuzz round)."""
-    from hispec_sim.cli_common import decimals
-    from hispec_sim.schema import Plan, exact_g
+    from hispec_sim.schema import Plan, decimals, exact_g
 
     assert decimals(23.0, 3) == "23.000" and decimals(1.15e-5, 3) == "1.15e-05" and decimals(0.0, 3) == "0.000"
     assert decimals(0.004, 2) == "0.004" and decimals(0.005, 2) == "0.005" and decimals(1.5, 2) == "1.50"
