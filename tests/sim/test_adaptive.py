@@ -269,7 +269,8 @@ def test_optuna_adaptive_answers_within_its_depth(capsys, tmp_path):
 
     out = tmp_path / "plan.json"
     assert main(["optimize", "--profile", "cpu_hispec_tiny", "--search", "optuna", "--adaptive", "--depth", "3-4",
-                 "--trials", "4", "--seed", "3", "--json", "--out", str(out)]) == 0
+                 "--trials", "4", "--seed", "3", "--json", "--out", str(out),
+                 "--storage", f"sqlite:///{tmp_path / 's.db'}"]) == 0  # not the working folder's default study
     res = json.loads(capsys.readouterr().out)
     (tmp_path / "res.json").write_text(json.dumps(res))
     answer = load_plan(out)
