@@ -253,7 +253,8 @@ def test_rescore_is_the_default_where_the_workload_has_traces(capsys, tmp_path, 
     assert code == 0 and "rescored" not in json.loads(out), err
     code, out, _ = run(capsys, "optimize", "--profile", str(path), "--top", "2", "--max-propose", "3", "--max-window", "3")
     assert "(--rescore 0: analytic only)" in out
-    for extra in ([], ["--search", "optuna", "--trials", "5"]):  # no traces, or a search replay does not re-rank
+    study = ["--storage", f"sqlite:///{tmp_path / 's.db'}"]  # not the working folder's default study
+    for extra in ([], ["--search", "optuna", "--trials", "5", *study]):  # no traces, or a search replay does not re-rank
         code, out, err = run(capsys, "optimize", "--profile", profile_file, *small, *extra)
         assert code == 0 and "rescored" not in json.loads(out), err
 
