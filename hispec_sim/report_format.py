@@ -48,6 +48,7 @@ _MD_ACTIVE = re.compile(r"([\\`*_\[\]()!#~|@])")  # what makes links (@: e-mail 
 
 
 _AUTOLINK = re.compile(r"://|\bwww\.", re.I)
+_DOMAIN_DOT = re.compile(r"(?<=[^\W_])\.(?=[^\W\d_])")  # 'evil.com/x': linkify-style renderers link bare domains
 
 
 def _md(x) -> str:
@@ -56,7 +57,8 @@ def _md(x) -> str:
     become a link or a remote image."""
     text = "" if x is None else " ".join(str(x).split("\n"))  # one line: a table row, a heading stay whole
     text = _MD_ACTIVE.sub(r"\\\1", html.escape(_controls_shown(text), quote=False))
-    return _AUTOLINK.sub(lambda m: m.group().replace("/", "\\/").replace(".", "\\."), text)  # GFM links bare URLs
+    text = _AUTOLINK.sub(lambda m: m.group().replace("/", "\\/").replace(".", "\\."), text)  # GFM links bare URLs
+    return _DOMAIN_DOT.sub(r"\\.", text)
 
 
 def _headline(data: dict) -> dict:

@@ -232,15 +232,16 @@ def test_every_user_string_is_escaped(tmp_path, evil_file, validation_file):
 
 def test_markdown_shows_user_strings_literally(tmp_path):
     """A name must not become a remote image, a link or emphasis in the Markdown report."""
-    md_evil = "![t](http://127.0.0.1:9/x.png) [c](https://example.invalid/x) **b** `c` #h _i_ a|b"
+    md_evil = "![t](http://127.0.0.1:9/x.png) [c](https://example.invalid/x) **b** `c` #h _i_ a|b see evil.com/x"
     p = make_profile(layers=12, slope=0.05, name=md_evil)
     p = p.model_copy(update={"description": md_evil, "provenance": {md_evil: md_evil}})
     save_profile(p, tmp_path / "p.json")
     report.build_report(str(tmp_path / "p.json"), str(tmp_path / "p.md"), "md", max_batch=2, serving_requests=0)
     md = (tmp_path / "p.md").read_text(encoding="utf-8")
     assert "](" not in md and "**b**" not in md and "`c`" not in md
-    assert "\\!\\[t\\]\\(http:\\/\\/127.0.0.1:9/x.png\\)" in md and "a\\|b" in md
+    assert "\\!\\[t\\]\\(http:\\/\\/127.0.0.1:9/x\\.png\\)" in md and "a\\|b" in md
     assert "://" not in md.split("## ")[0]  # no bare URL for GitHub-style autolinking either
+    assert "evil\\.com/x" in md and "evil.com" not in md  # nor a bare domain for linkify-style renderers
 
 
 def test_script_json_cannot_close_the_tag():
