@@ -75,7 +75,9 @@ def _run(prog: str, module: str) -> int:
             main = importlib.import_module(module).main
         except KeyboardInterrupt as e:
             line, code = exit_message(prog, e)
-            print(line, file=sys.stderr)
+            with contextlib.suppress(OSError, ValueError):  # stderr closed (None: print would use stdout) or broken
+                if sys.stderr is not None:
+                    print(line, file=sys.stderr)
             return code
         code = main()
     for s in (signal.SIGINT, *TERMINATING):  # the output is whole: the teardown is not cut short

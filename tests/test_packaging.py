@@ -89,6 +89,13 @@ def test_console_scripts_end_an_interrupt_during_import_in_one_line(package, pro
     assert r.returncode == code and r.stderr == f"{prog}: {said} (nothing written)\n", r.stderr[-2000:]
 
 
+def test_an_interrupt_during_import_with_stderr_closed_writes_nothing_to_stdout():
+    """With stderr closed (`2>&-`: sys.stderr is None) the line is dropped, not printed to stdout."""
+    r = subprocess.run([sys.executable, "-c", _INTERRUPTED_IMPORT, "hispec_sim", "SIGINT"], stdout=subprocess.PIPE,
+                       stderr=subprocess.DEVNULL, text=True, timeout=120, preexec_fn=lambda: os.close(2))
+    assert r.returncode == 130 and r.stdout == ""
+
+
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
 def test_a_late_interrupt_does_not_change_a_finished_run(sig):
     r = subprocess.run([sys.executable, "-c", _LATE_INTERRUPT, sig], capture_output=True, text=True, timeout=120)
