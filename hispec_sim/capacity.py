@@ -25,7 +25,7 @@ import numpy as np
 
 from . import serving, traffic
 from .evaluate import Setting, exhaustive
-from .schema import Plan, ServeLimits, Traffic
+from .schema import Plan, ServeLimits, Traffic, rounded
 
 BATCHES = (1,)  # plus the max batch
 
@@ -189,7 +189,7 @@ def by_load(spec: Spec, fams: dict[str, list[Plan]], loads: list[float]) -> list
     """At each load, per family the candidate with the smallest SLO violation (seed 0)."""
     rows = []
     for q in loads:
-        row = {"qps": q, "families": {}}
+        row = {"qps": rounded(q, 4), "families": {}}  # run at q itself: a rounded load can lie above the maximum
         for fam, plans in fams.items():
             scored = [(violation(s := run_load(spec, p, q, 0, BY_LOAD_REQUESTS), spec.limits), p, s) for p in plans]
             v, p, s = min(scored, key=lambda x: x[0])
@@ -248,7 +248,7 @@ def plan_capacity(spec: Spec, target_qps: float, gpu_hour_usd: float, max_propos
         result["best_family"] = best_fam
         top_q = served[best_fam]["max_qps_per_replica"]
         # families that no load serves are left out (their idle figures are in the table)
-        result["by_load"] = by_load(spec, {f: fams[f] for f in served}, [round(top_q * f, 4) for f in (0.5, 1.0)])
+        result["by_load"] = by_load(spec, {f: fams[f] for f in served}, [top_q * f for f in (0.5, 1.0)])
     else:
         closest = min(((f, e) for f, e in result["families"].items()),
                       key=lambda x: slo_ratio(x[1]["at_max_qps"]["ttft_p99_ms"], x[1]["at_max_qps"]["tbt_p99_ms"],

@@ -280,12 +280,12 @@ def cmd_report(args) -> int:
     best = fam[data["best"]["best_family"]]
     print(f"report written to {shown(path)}")
     print(f"best plan {best['describe']}: {_fmt(best['tokens_per_second'], 2)} tokens/s "
-          f"({best['tokens_per_second'] / fam['autoregressive']['tokens_per_second']:.3f}x autoregressive)")
+          f"({decimals(best['tokens_per_second'] / fam['autoregressive']['tokens_per_second'], 3)}x autoregressive)")
     cap = data["capacity"]
     for r in cap["rows"]:
         if r["meets_slo"]:
             print(f"  {FAMILY_LABEL[r['family']]:28s} batch {r['batch']:4d}  {r['replicas']} replica(s), {r['gpus']} GPU(s), "
-                  f"${r['usd_per_million_tokens']:.3f}/M tokens")
+                  f"${decimals(r['usd_per_million_tokens'], 3)}/M tokens")
     return 0
 
 

@@ -271,7 +271,7 @@ def _table(agg: dict) -> str:
 
 def _tbt(ms: float | None, unit: str = " ms") -> str:
     """A p99 TBT for the text output; '-' where no request had a second token."""
-    return "-" if ms is None else f"{ms:.1f}{unit}"
+    return "-" if ms is None else f"{decimals(ms, 1)}{unit}"
 
 
 def cmd_capacity(args) -> int:
@@ -302,7 +302,7 @@ def cmd_capacity(args) -> int:
         c = res["closest"]
         raise ValueError(f"slo: no plan meets p99 TTFT <= {limits.slo_ttft_ms:g} ms and p99 TBT <= {limits.slo_tbt_ms:g} ms "
                          f"even at a nearly idle replica; closest: {c['family']} {c['plan']} (p99 TTFT "
-                         f"{c['ttft_p99_ms']:.0f} ms, p99 TBT {_tbt(c['tbt_p99_ms'])})")
+                         f"{decimals(c['ttft_p99_ms'], 0)} ms, p99 TBT {_tbt(c['tbt_p99_ms'])})")
     if args.json:
         print(json.dumps(res, indent=2, default=str))
         return 0
@@ -318,17 +318,17 @@ def cmd_capacity(args) -> int:
           f"{'p99 TTFT':>9s} {'p99 TBT':>8s}")
     for fam, e in res["families"].items():
         q = e["max_qps_per_replica"]
-        ci = f"{q:.2f} [{e['max_qps_ci95'][0]:.2f}, {e['max_qps_ci95'][1]:.2f}]"
+        ci = f"{decimals(q, 2)} [{decimals(e['max_qps_ci95'][0], 2)}, {decimals(e['max_qps_ci95'][1], 2)}]"
         if q > 0:
             tail = f"{e['replicas']:9d} {e['gpus']:5d} {decimals(e['usd_per_million_tokens'], 3):>8s}"
         else:
             tail = f"{'-':>9s} {'-':>5s} {'-':>8s}"
         a = e["at_max_qps"]
-        print(f"{fam:16s} {e['describe']:38s} {ci:>28s} {tail} {a['ttft_p99_ms']:9.0f} {_tbt(a['tbt_p99_ms'], ''):>8s}")
+        print(f"{fam:16s} {e['describe']:38s} {ci:>28s} {tail} {decimals(a['ttft_p99_ms'], 0):>9s} {_tbt(a['tbt_p99_ms'], ''):>8s}")
     for fam, e in res["families"].items():
         if e["capped_at_saturation"]:
             print(f"note: {fam}: a run of {tr.requests} requests met the SLOs at the saturation load, "
-                  f"{e['saturation_qps']:.2f} req/s (a full batch's throughput, which no replica sustains for long): "
+                  f"{decimals(e['saturation_qps'], 2)} req/s (a full batch's throughput, which no replica sustains for long): "
                   f"an upper bound; more --requests show where the queue builds up")
     if "by_load" in res:
         print()
@@ -337,7 +337,7 @@ def cmd_capacity(args) -> int:
         print(f"{'req/s':>8s} " + " ".join(f"{f:>40s}" for f in fams))
         for row in res["by_load"]:
             cells = [f"{row['families'][f]['plan']}{'*' if row['families'][f]['meets_slo'] else ' '}" for f in fams]
-            print(f"{row['qps']:8.2f} " + " ".join(f"{c:>40s}" for c in cells))
+            print(f"{decimals(row['qps'], 2):>8s} " + " ".join(f"{c:>40s}" for c in cells))
         best = res["best_family"]
         e = res["families"][best]
         print()

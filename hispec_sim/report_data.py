@@ -512,12 +512,12 @@ def capacity_warnings(rows: list[dict], slo: float, closest: dict | None) -> lis
     if closest is not None:
         out.append(f"no plan meets the per-token latency SLO of {slo:g} ms at any batch; closest: "
                    f"{FAMILY_LABEL[closest['family']]} {closest['plan']} at batch {closest['batch']}, "
-                   f"{closest['latency_ms_per_token']:.2f} ms/token")
+                   f"{schema.decimals(closest['latency_ms_per_token'], 2)} ms/token")
     else:
         for r in rows:
             if not r["meets_slo"]:
                 out.append(f"{FAMILY_LABEL[r['family']]}: no batch meets the SLO of {slo:g} ms/token; closest: "
-                           f"{r['plan']} at batch {r['batch']}, {r['latency_ms_per_token']:.2f} ms/token")
+                           f"{r['plan']} at batch {r['batch']}, {schema.decimals(r['latency_ms_per_token'], 2)} ms/token")
     return out
 
 

@@ -88,7 +88,7 @@ def rounded(x, nd: int = 3):
     x = float(x)
     if not math.isfinite(x):
         return None
-    return round(x, nd) if abs(x) >= 10.0 ** (2 - nd) or x == 0 else float(f"{x:.{nd}g}")
+    return round(x, nd) if abs(x) >= 10.0 ** (2 - nd) or x == 0 else float(f"{x:.{max(nd, 3)}g}")
 
 
 def decimals(x: float, nd: int) -> str:

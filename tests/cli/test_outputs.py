@@ -7,7 +7,7 @@ import stat
 
 from factories import make_profile
 from hispec_sim.cli import main
-from hispec_sim.schema import save_profile
+from hispec_sim.schema import decimals, save_profile
 
 
 def test_report_embeds_provenance_once(tmp_path, capsys):
@@ -88,6 +88,7 @@ def test_numbers_that_would_print_as_something_else():
 
     assert rounded(1.2345e-4, 4) == 0.0001234 and rounded(0.012345, 4) == 0.0123 and rounded(2.5, 4) == 2.5
     assert rounded(float("nan")) is None and rounded(0.0) == 0.0
+    assert rounded(0.5678, 1) == 0.568 and rounded(6.04e-05, 2) == 6.04e-05  # 3 digits below 3 decimals too
     assert exact_g(0.3) == "0.3" and exact_g(1.0) == "1" and exact_g(0.9999999999999999) == "0.9999999999999999"
     assert Plan(levels=[2, 16], draft_confidence=0.9999999999999999).describe() != Plan(
         levels=[2, 16], draft_confidence=1.0).describe()
@@ -106,6 +107,31 @@ def test_a_very_slow_profile_is_not_printed_as_zero(tmp_path, capsys):
     assert main(["evaluate", "--profile", str(slow), "--levels", "2,16", "--propose", "3"]) == 0
     text = capsys.readouterr().out
     assert " 0.00 tokens/s" not in text and f"{out['tokens_per_second']:.3g} tokens/s" in text
+
+
+def test_capacity_and_report_print_small_figures_with_their_digits(tmp_path, capsys):
+    """A very slow replica serves < 5e-5 req/s: the by-load table runs at those loads (it
+    crashed at a load rounded to 0), and no figure prints as 0 (fourteenth fuzz round)."""
+    slow = tmp_path / "slow.json"
+    assert main(["profile", "synthetic", "--layers", "16", "--layer-ms", "3e4", "--agreement", "0.7",
+                 "--out", str(slow)]) == 0
+    args = ["capacity", "--profile", str(slow), "--qps", "1e-4", "--slo-ttft-ms", "1e6", "--slo-tbt-ms", "1e6",
+            "--prompt-len", "8", "--output-len", "200", "--max-batch", "1", "--requests", "20", "--seeds", "1",
+            "--max-propose", "2", "--max-window", "2"]
+    capsys.readouterr()
+    assert main(args + ["--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    top = res["families"][res["best_family"]]["max_qps_per_replica"]
+    assert 0 < top < 5e-5 and [r["qps"] for r in res["by_load"]] == [float(f"{top / 2:.4g}"), float(f"{top:.4g}")]
+    assert all(r["families"][res["best_family"]]["meets_slo"] for r in res["by_load"])  # run at the maximum, not above
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert f"{decimals(top, 2)} [" in text and f"{decimals(top, 2)} " != "0.00 "
+    from hispec_sim.report_data import capacity_warnings
+
+    said = capacity_warnings([], 1e-6, {"family": "single_level", "plan": "[1,16] propose=8", "batch": 1,
+                                         "latency_ms_per_token": 3.92e-06})
+    assert said[0].endswith("3.92e-06 ms/token")
 
 
 def test_names_that_print_alike_are_refused_and_real_spellings_kept():
