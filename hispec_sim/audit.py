@@ -7,7 +7,8 @@ One parameter moves: the LEVEL of the workload's acceptance curve, its slope kep
     depth-Markov F(a)/F(b) of that curve (unrounded), the per-request spread (logit_normal)
     kept.
   * Other workloads (measured matrices): every agreement rate shifted by z in logit space
-    (acceptance.shift_logit); the level is z, 0 = the workload as measured.
+    (acceptance.shift_logit), each request's own matrix of a measured spread too; the level
+    is z, 0 = the workload as measured (the prediction of `evaluate`).
 The predicted speed-up over autoregressive decoding (analytic.predict, the same cost model
 as `evaluate`) rises with the level, so the level that reproduces a claim is found by
 bisection. The ceiling is the speed-up at perfect acceptance (every rate 1): a claim
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .acceptance import AgreementModel, shift_logit
+from .acceptance import AgreementModel, Scenarios, shift_logit
 from .acceptance_fit import Point, curve, unit_cost
 from .analytic import expected_chain_terms, predict
 from .evaluate import Setting, _max_tokens
@@ -78,11 +79,12 @@ class Family:
         self.params = _curve_params(acc)
         self.L = self.setting.num_layers
         self.exits = np.asarray(acc.exits)
-        spread = acc.spread if (acc.spread is not None and acc.spread.family == "logit_normal") else None
-        self.spread = spread
+        self.spread = acc.spread
         if self.params is not None:
             self.kind = "curve"
             self.level0, self.c = self.params
+            if self.spread is not None and self.spread.family != "logit_normal":  # measured matrices do not follow the curve
+                self.spread = None
             self.describe = (f"F(e) = sigmoid(m + c*logit(e/L)), c = {self.c:.4f} kept; level = m (profile: {self.level0:.4f}); "
                              "agreement(a,b) = F(a)/F(b)")
         else:
@@ -99,19 +101,29 @@ class Family:
         idx = np.searchsorted(self.exits, exits)
         return shift_logit(A[idx, len(self.exits) - 1], level - self.level0)
 
+    def spread_at(self, level: float):
+        """The spread at `level`: a logit-normal one as it is; measured per-request matrices
+        shifted with the workload's (none at an infinite level, where every request agrees
+        always or never)."""
+        sp = self.spread
+        if sp is None or sp.family == "logit_normal":
+            return sp
+        if math.isinf(level):
+            return None
+        return sp.model_copy(update={"per_request": shift_logit(np.asarray(sp.per_request, float), level - self.level0)})
+
     def model(self, level: float) -> AgreementModel:
         if math.isinf(level):
             A = np.ones((len(self.exits), len(self.exits))) if level > 0 else np.eye(len(self.exits))
-            return AgreementModel(_LevelAcceptance(self.exits, A, self.spread))
+            return AgreementModel(_LevelAcceptance(self.exits, A, self.spread_at(level)))
         if self.kind == "curve":
             A = _depth_markov(curve(self.exits / self.L, level, self.c))
             return AgreementModel(_LevelAcceptance(self.exits, A, self.spread))
         A = shift_logit(np.asarray(self.acc.agreement, float), level - self.level0)
         np.fill_diagonal(A, 1.0)
-        joint = self.acc.joint
-        return AgreementModel(_LevelAcceptance(self.exits, A, self.spread, joint,
-                                               self.acc.traces if joint == "traces" else None)) if joint == "independent" \
-            else _ShiftedModel(AgreementModel(self.acc), level - self.level0, A)
+        if self.acc.joint == "independent":
+            return AgreementModel(_LevelAcceptance(self.exits, A, self.spread_at(level)))
+        return _ShiftedModel(AgreementModel(self.acc), level - self.level0, A)
 
 
 class _ShiftedModel(AgreementModel):
@@ -120,8 +132,10 @@ class _ShiftedModel(AgreementModel):
     def __init__(self, base: AgreementModel, z: float, matrix: np.ndarray):
         self.__dict__.update(base.__dict__)
         self.matrix, self.z = matrix, z
-        sp = base.acc.spread
-        self.scenarios = base.scenarios if (sp is not None and sp.family == "logit_normal") else None
+        sc = base.scenarios
+        if sc is not None and sc.matrices is not None:  # measured per-request matrices move with the workload's
+            sc = Scenarios(sc.weights, matrices=shift_logit(sc.matrices, z))
+        self.scenarios = sc
 
     def rates(self, lower2, lower, upper):
         from .acceptance import LevelRates

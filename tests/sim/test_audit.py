@@ -45,6 +45,24 @@ def test_round_trip_on_a_measured_workload_with_traces():
     assert r["reconciled"] is None  # no published points
 
 
+@pytest.mark.parametrize("joint", ["traces", "independent"])
+@pytest.mark.parametrize("plan", [Plan(levels=[2, 16], propose=3), Plan(levels=[2, 8, 16], propose=2, windows=[2])])
+def test_a_measured_spread_is_kept_the_profiles_level_is_evaluates_prediction(plan, joint):
+    """A profile `profile measure` wrote (per-request matrices): at level 0 the audit prices
+    the plan as `evaluate` does (the fourteenth fuzz round: the spread was dropped, 1.617x
+    against 1.605x), and a level moves every request's matrix with the workload's."""
+    prof = load_profile("cpu_hispec_tiny")
+    wl = {k: w.model_copy(update={"joint": joint, "traces": w.traces if joint == "traces" else None})
+          for k, w in prof.workloads.items()}
+    s = Setting(prof.model_copy(update={"workloads": wl}))
+    assert s.acceptance.spread.family == "empirical"
+    own = _speedup(s, plan)
+    r = audit(s, plan, own)
+    assert r["speedup_at_profile_level"] == pytest.approx(own, rel=1e-6)
+    assert r["required_level"] == pytest.approx(0.0, abs=1e-5)
+    assert audit(s, plan, own * 1.05)["required_level"] > 0.05
+
+
 def test_more_speedup_needs_more_acceptance_and_the_best_single_level_needs_less():
     s = Setting(load_profile("h100_llama3_8b"))
     a, b = audit(s, PLAN, 1.2), audit(s, PLAN, 1.6)
