@@ -116,26 +116,42 @@ def check_one_line(v: str) -> str:
 
 BLANK_LETTERS = frozenset("\u034f\u115f\u1160\u17b4\u17b5\u180e\u2800\u3164\uffa0")  # print as nothing or a blank
 JOINERS = frozenset("\u200c\u200d")  # ZWNJ / ZWJ: part of Persian, Indic and emoji spellings between two characters
+KEYCAP = "\u20e3"
+# scripts whose letters join or conjoin by ZWNJ / ZWJ (Arabic with Syriac and its supplements, and the Indic scripts)
+_JOINING_SCRIPTS = ((0x0600, 0x08FF), (0x0900, 0x0DFF), (0xFB50, 0xFDFF), (0xFE70, 0xFEFF))
 
 
 def check_name(v: str) -> str:
-    """A name: one line (check_one_line), with nothing invisible in it either -- format
-    characters (zero width space, byte order mark, soft hyphen...), fillers and blanks
-    that are letters, spaces at either end; a joiner only between two visible characters
-    and a variation selector only after one (as emoji and some scripts spell): two names
-    that print alike are one name."""
+    """A name: one line (check_one_line) in Unicode NFC, with nothing invisible in it either --
+    format characters (zero width space, byte order mark, soft hyphen...), fillers and
+    blanks that are letters, spaces at either end. A joiner stays only where it changes what
+    is shown: between two emoji, or inside a script that joins (Arabic, Persian, the Indic
+    scripts); a variation selector only after a symbol, a CJK ideograph or a keycap's digit
+    (as emoji spell): two names that print alike are one name."""
     import unicodedata
 
     check_one_line(v)
     if v != v.strip():
         raise ValueError("must not start or end with a space")
+    if not unicodedata.is_normalized("NFC", v):
+        i = next(i for i in range(len(v)) if not unicodedata.is_normalized("NFC", v[:i + 1]))
+        raise ValueError(f"must be in Unicode NFC form (as typed text is): U+{ord(v[i]):04X} ({unicodedata.name(v[i], 'unnamed')}) "
+                         f"at position {i} is not; write {unicodedata.normalize('NFC', v)!r}")
 
     def hidden(c: str) -> bool:
         return unicodedata.category(c) == "Cf" or c in BLANK_LETTERS or _selector(c)
 
     for i, c in enumerate(v):
-        shown = 0 < i and not hidden(v[i - 1]) and (c not in JOINERS or i + 1 < len(v) and not hidden(v[i + 1]))
-        if hidden(c) and not ((c in JOINERS or _selector(c)) and shown):
+        before = v[i - 1] if i else ""
+        after = v[i + 1] if i + 1 < len(v) else ""
+        if c in JOINERS:
+            ok = (_joining(before) and _joining(after)) or (c == "\u200d" and _emoji(_base(v, i)) and _emoji(after))
+        elif _selector(c):
+            ok = bool(before) and (_emoji(before) or "CJK" in unicodedata.name(before, "") or
+                                   before in "0123456789#*" and after == KEYCAP)
+        else:
+            ok = not hidden(c)
+        if not ok:
             raise ValueError(f"must be visible text: U+{ord(c):04X} ({unicodedata.name(c, 'unnamed')}) at position {i} "
                              "would not show")
     return v
@@ -143,6 +159,27 @@ def check_name(v: str) -> str:
 
 def _selector(c: str) -> bool:
     return "\ufe00" <= c <= "\ufe0f" or "\U000e0100" <= c <= "\U000e01ef"
+
+
+def _joining(c: str) -> bool:
+    return bool(c) and any(lo <= ord(c) <= hi for lo, hi in _JOINING_SCRIPTS)
+
+
+def _emoji(c: str) -> bool:
+    """A symbol that emoji sequences build on: emoji are 'So' (and arrows 'Sm', double marks
+    'Po'), skin tones are modifiers ('Sk')."""
+    import unicodedata
+
+    cat = unicodedata.category(c) if c else ""
+    return cat in ("So", "Sk") or cat == "Sm" and ord(c) >= 0x2000 or c in "\u203c\u2049\u3030\u303d"
+
+
+def _base(v: str, i: int) -> str:
+    """The character a joiner at i follows, past variation selectors (an emoji's VS16)."""
+    j = i - 1
+    while j >= 0 and _selector(v[j]):
+        j -= 1
+    return v[j] if j >= 0 else ""
 
 
 def check_no_bidi(v: str) -> str:

@@ -143,9 +143,14 @@ def test_names_that_print_alike_are_refused_and_real_spellings_kept():
 
     from hispec_sim.schema import check_name
 
-    for ok in ("tiny", "日本語", "café", "👨\u200d💻", "❤\ufe0f", "می\u200cخواهم", "क्\u200dष"):
+    for ok in ("tiny", "日本語", "café", "👨\u200d💻", "❤\ufe0f", "می\u200cخواهم", "क्\u200dष", "1\ufe0f\u20e3",
+               "❤\ufe0f\u200d🔥", "👩🏽\u200d💻", "‼\ufe0f", "葛\U000e0100"):
         assert check_name(ok) == ok
+    # fourteenth round: a joiner between Latin letters, a selector after one, and a decomposed
+    # accent printed like names without them
     for bad, said in (("cpu\u200btiny", "U+200B"), ("tiny\ufeff", "U+FEFF"), ("tiny\u3164", "U+3164"),
-                      ("\u200dx", "U+200D"), ("\ufe0fx", "U+FE0F"), (" tiny", "space"), ("tiny\u00a0", "space")):
+                      ("\u200dx", "U+200D"), ("\ufe0fx", "U+FE0F"), (" tiny", "space"), ("tiny\u00a0", "space"),
+                      ("held\u200dout", "U+200D"), ("held\u200cout", "U+200C"), ("heldout\ufe0f", "U+FE0F"),
+                      ("1\ufe0f", "U+FE0F"), ("cafe\u0301", "NFC form (as typed text is): U+0301")):
         with pytest.raises(ValueError, match=re.escape(said)):
             check_name(bad)
