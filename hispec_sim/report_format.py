@@ -48,6 +48,7 @@ _MD_ACTIVE = re.compile(r"([\\`*_\[\]()!#~|@])")  # what makes links (@: e-mail 
 
 
 _AUTOLINK = re.compile(r"://|\bwww\.", re.I)
+_BLOCK_START = re.compile(r"^(\d{0,9})([-+=.])")  # '- x', '+ x', '---', '===', '1. x' (its dot) at a line's start
 _DOMAIN_DOT = re.compile(r"(?<=[^\W_])\.(?=[^\W\d_])")  # 'evil.com/x': linkify-style renderers link bare domains
 
 
@@ -58,7 +59,10 @@ def _md(x) -> str:
     text = "" if x is None else " ".join(str(x).split("\n"))  # one line: a table row, a heading stay whole
     text = _MD_ACTIVE.sub(r"\\\1", html.escape(_controls_shown(text), quote=False))
     text = _AUTOLINK.sub(lambda m: m.group().replace("/", "\\/").replace(".", "\\."), text)  # GFM links bare URLs
-    return _DOMAIN_DOT.sub(r"\\.", text)
+    text = _DOMAIN_DOT.sub(r"\\.", text)
+    # at the start of a line: indentation (a code block) as entities, list and rule markers escaped
+    lead = len(text) - len(text.lstrip(" \t"))
+    return "".join(f"&#{ord(c)};" for c in text[:lead]) + _BLOCK_START.sub(r"\1\\\2", text[lead:], count=1)
 
 
 def _headline(data: dict) -> dict:

@@ -244,6 +244,18 @@ def test_markdown_shows_user_strings_literally(tmp_path):
     assert "evil\\.com/x" in md and "evil.com" not in md  # nor a bare domain for linkify-style renderers
 
 
+@pytest.mark.parametrize("start,shown", [("- item", "\\- item"), ("1. first", "1\\. first"), ("---", "\\---"),
+                                         ("=== x", "\\=== x"), ("    code", "&#32;&#32;&#32;&#32;code")])
+def test_markdown_user_strings_starting_a_line_make_no_block(tmp_path, start, shown):
+    """The description starts a line of the Markdown report: a list, rule, heading underline
+    or code block marker there is shown, not rendered (fourteenth fuzz round)."""
+    p = make_profile(layers=12, slope=0.05).model_copy(update={"description": start})
+    save_profile(p, tmp_path / "p.json")
+    report.build_report(str(tmp_path / "p.json"), str(tmp_path / "p.md"), "md", max_batch=2, serving_requests=0)
+    lines = (tmp_path / "p.md").read_text(encoding="utf-8").splitlines()
+    assert shown in lines and start not in lines
+
+
 def test_script_json_cannot_close_the_tag():
     s = report.script_json({"a": "</script><!-- x", "b": "\u2028"})
     assert "<" not in s and "</" not in s and json.loads(s) == {"a": "</script><!-- x", "b": "\u2028"}
