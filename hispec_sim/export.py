@@ -92,9 +92,10 @@ def export(plan_path: str, to: str, profile: str | None = None, workload: str | 
         if profile is not None:
             p = schema.load_profile(profile)
             p.check_plan(plan, workload)
-        if plan.batch != 1:
-            notes.append(f"`hispec-exec run` decodes one sequence at a time and `hispec-exec serve` batches up to "
-                         f"--max-batch sequences as they arrive; the plan's batch {plan.batch} is read by neither")
+        if plan.batch != 1:  # the executor's file: `run` decodes one sequence, `serve` batches by its --max-batch
+            notes.append(f"the plan's batch {plan.batch} is written as 1: `hispec-exec run` decodes one sequence at a "
+                         "time, and `hispec-exec serve` batches up to its --max-batch sequences as they arrive")
+            plan = plan.model_copy(update={"batch": 1})
         return exec_text(plan), notes
     if to == "hf":
         kw = hf_kwargs(plan)
