@@ -896,10 +896,9 @@ def optuna_search(setting: Setting, trials: int | None = 100, timeout: float | N
 
 
 def auto_uses_exhaustive(depth: tuple[int, int] | None, batches, tps, objective: str, objectives) -> bool:
-    """`--search auto`: exhaustive where it covers the space exactly (chains of at most 3
-    levels starting at depth 1, one batch, one tp, analytic throughput), else Optuna."""
-    lo, hi = depth or (1, 3)
-    return (lo == 1 and hi <= 3 and len(batches or [1]) <= 1 and len(tps or [1]) <= 1 and objective == "analytic"
+    """`--search auto`: exhaustive where it covers the space exactly (chains of 1 to 3 levels,
+    one batch, one tp, analytic throughput), else Optuna."""
+    return (tuple(depth or (1, 3)) == (1, 3) and len(batches or [1]) <= 1 and len(tps or [1]) <= 1 and objective == "analytic"
             and tuple(objectives) == ("throughput",))
 
 
@@ -961,7 +960,8 @@ def cli_prepare(args) -> dict:
             "depth": depth, "objectives": objectives}
     exhaustive_ok = auto_uses_exhaustive(depth, opts["batches"], opts["tps"], args.objective, objectives)
     if args.search == "exhaustive" and not exhaustive_ok:
-        raise ValueError("search: exhaustive covers 1..3 levels, one batch, one tp and analytic throughput; use --search optuna")
+        raise ValueError("search: exhaustive covers 1..3 levels (--depth 1-3), one batch, one tp and analytic throughput; "
+                         "use --search optuna")
     opts["optuna"] = args.search == "optuna" or (args.search == "auto" and not exhaustive_ok)
     return opts
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from factories import make_profile, resolve_depth_traces
 from hispec_sim.cli import main
 from hispec_sim.evaluate import Setting, exhaustive, score
-from hispec_sim.schema import Plan, load_profile, save_profile
+from hispec_sim.schema import Plan, load_plan, load_profile, save_profile
 from hispec_sim.search import Space, depth_cycle, optuna_search
 
 ENTRY_KEYS = {"plan", "tokens_per_second", "speedup_vs_autoregressive", "tokens_per_full_forward"}
@@ -270,6 +270,20 @@ def test_cli_auto_keeps_exhaustive_by_default(capsys, tmp_path, monkeypatch):
     assert code == 0 and "study" not in json.loads(out) and not (tmp_path / "hispec-studies.db").exists()
     code, out, _ = run(capsys, "optimize", "--profile", "p.json", "--depth", "1-4", "--trials", "10", "--json")
     assert code == 0 and json.loads(out)["study"]["space"]["depth"] == [1, 4]
+
+
+@pytest.mark.parametrize("depth, most", [("1-1", 1), ("1-2", 2)])
+def test_cli_a_depth_below_three_is_searched_within_it(capsys, tmp_path, monkeypatch, depth, most):
+    """The exhaustive grid spans 1..3 levels: a narrower --depth goes to Optuna, whose answer
+    lies within it (the fourteenth fuzz round: --depth 1-1 wrote a 3-level plan)."""
+    monkeypatch.chdir(tmp_path)
+    save_profile(make_profile(layers=16), tmp_path / "p.json")
+    code, out, _ = run(capsys, "optimize", "--profile", "p.json", "--depth", depth, "--trials", "8", "--out", "o.json",
+                       "--json")
+    assert code == 0 and json.loads(out)["study"]["space"]["depth"] == [1, most]
+    assert len(load_plan(tmp_path / "o.json").levels) <= most
+    code, _, err = run(capsys, "optimize", "--profile", "p.json", "--depth", depth, "--search", "exhaustive")
+    assert code == 2 and "search: exhaustive covers 1..3 levels (--depth 1-3)" in err
 
 
 @pytest.mark.parametrize("extra, message", [
