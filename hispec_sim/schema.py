@@ -928,6 +928,9 @@ def resolve_profile_path(name_or_path: str) -> Path:
     return shipped
 
 
+MAX_INT_DIGITS = 4300  # Python's own limit for converting text to int (sys.get_int_max_str_digits)
+
+
 def _reject_constant(name: str):
     raise ValueError(f"{name} is not a number JSON allows here (use finite numbers)")
 
@@ -937,6 +940,12 @@ def _finite_float(text: str) -> float:
     if not math.isfinite(v):
         raise ValueError(f"{text} is out of the range of finite numbers")
     return v
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:  # Python refuses to convert it, with advice about sys
+        raise ValueError(f"an integer of {len(text.lstrip('-')):,} digits; allowed: at most {MAX_INT_DIGITS:,}")
+    return int(text)
 
 
 def _depth_within(data, limit: int) -> bool:
@@ -969,7 +978,7 @@ def parse_json_text(text: str, field: str, where: str = "the input"):
     """JSON text -> data, bounded: nesting <= MAX_JSON_DEPTH, finite numbers only, no key
     twice in one object. ValueError naming the field otherwise."""
     try:
-        data = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float,
+        data = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float, parse_int=_bounded_int,
                           object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as e:
         at = f"line {e.lineno}, column {e.colno}" if "\n" in text.strip() else f"column {e.colno}"

@@ -486,7 +486,7 @@ CASES = [
     ("json-shape", S, "evaluate --profile {EMPTY}", ["profile", "malformed JSON"]),
     ("json-shape", S, "evaluate --profile {MALFORMED}", ["profile", "malformed JSON"]),
     ("json-shape", S, "evaluate --profile {P} --plan {NANPLAN}", ["plan", "NaN"]),
-    ("json-shape", S, "evaluate --profile {P} --plan {HUGEINT}", ["plan"]),
+    ("json-shape", S, "evaluate --profile {P} --plan {HUGEINT}", ["plan", "digits; allowed: at most 4,300"]),
     ("json-shape", S, "evaluate --profile {P} --plan {LEVELSSTR}", ["levels"]),
     ("json-shape", S, "evaluate --profile {P} --plan {LEVELS0}", ["levels", "[1, 1024]"]),
     ("json-shape", S, "evaluate --profile {P} --plan {PROPOSE_BIG}", ["propose", "64"]),
