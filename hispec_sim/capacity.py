@@ -151,14 +151,19 @@ def _mean_len(dist) -> float:
 
 
 def _saturation_qps(spec: Spec, plan: Plan) -> float:
-    """Requests/s of a full lockstep batch (analytic, max batch, no prefill): above any
-    load one replica sustains."""
+    """Requests/s of a full lockstep batch (analytic, max batch, no prefill), and at most one
+    autoregressive step's worth per full-model check: a check costs at least that step (every
+    layer once) and commits at most max_overshoot tokens, none past a request's end (a
+    1-token request gains nothing from speculation). Above any load one replica sustains."""
     from .evaluate import score
 
     b = spec.limits.max_batch
     s = Setting(spec.setting.profile, spec.setting.workload, spec.setting.tp, spec.setting.stack, b, spec.setting.context)
-    tps = score(s, [plan.model_copy(update={"batch": b})])[0].tokens_per_second
-    return max(tps / max(_mean_len(spec.traffic.output_len), 1.0), 1e-6)
+    tps, ar_tps = (x.tokens_per_second for x in score(s, [plan.model_copy(update={"batch": b}),
+                                                          Plan(levels=[s.num_layers], batch=b)]))
+    lens = traffic.draw_lengths(spec.traffic.output_len, 4000, np.random.default_rng(0))
+    checks = float(np.ceil(np.maximum(lens, 1) / plan.max_overshoot).mean())
+    return max(min(tps / max(float(lens.mean()), 1.0), ar_tps / checks), 1e-6)
 
 
 def family_capacity(spec: Spec, plans: list[Plan], probe_qps: float | None) -> dict:

@@ -34,3 +34,16 @@ def test_idle_run_keeps_other_plans_as_they_are():
     for plan in (schema.Plan(levels=[16]), schema.Plan(levels=[4, 16], propose=3, batching="synchronous")):
         q = capacity.IDLE_FRACTION * capacity._saturation_qps(spec, plan)
         assert capacity.idle_run(spec, plan, 0) == capacity.run_load(spec, plan, q, 0, 12)
+
+
+def test_no_plan_saturates_above_autoregressive_on_one_token_requests():
+    """A full-model check costs at least an autoregressive step and commits no token past a
+    request's end: on 1-token outputs speculation's saturation load is not above
+    autoregressive's (the fourteenth fuzz round: it was, and capacity recommended it on
+    those caps alone), while on long outputs it is."""
+    ar, spec_plan = schema.Plan(levels=[16]), schema.Plan(levels=[4, 16], propose=3)
+    one = _spec()
+    one = capacity.Spec(one.setting, one.traffic.model_copy(update={"output_len": schema.LengthDist.parse("1", "o")}),
+                        one.limits, one.batching, one.seeds)
+    assert capacity._saturation_qps(one, spec_plan) <= capacity._saturation_qps(one, ar)
+    assert capacity._saturation_qps(_spec(), spec_plan) > capacity._saturation_qps(_spec(), ar)
