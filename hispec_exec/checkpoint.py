@@ -142,8 +142,8 @@ def load_model(path: str | Path | None = None, device: str = "cpu", max_seq_len:
     folder = Path(path) if path is not None else DEFAULT_CHECKPOINT
     if not folder.exists():
         raise ValueError(f"model: no such folder {folder}")
-    if folder.is_file():
-        raise ValueError(f"model: {folder} is a file; give the checkpoint folder")
+    if not folder.is_dir():
+        raise ValueError(f"model: {folder} is not a folder; give the checkpoint folder")
     cfg = _read_json(folder / "config.json", "model")
     if "model_type" in cfg or "architectures" in cfg:
         from .hf import load_hf

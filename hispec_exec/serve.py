@@ -421,7 +421,7 @@ def run(a) -> int:
         print(f"plan {out['plan_text']} ({out['family']}, {mode}, {plan.batching}); {s['requests']} requests, "
               f"max batch {limits.max_batch}, mean batch {res['mean_batch']:.1f}")
         print(f"throughput {decimals(s['throughput_tokens_per_s'], 1)} tokens/s   goodput "
-              f"{decimals(s['goodput_requests_per_s'], 2)} requests/s (SLO attained {s['slo_attained']:.2f})")
+              f"{decimals(s['goodput_requests_per_s'], 2)} requests/s (SLO attained {100 * s['slo_attained']:.1f} %)")
         for key in ("ttft_ms", "tbt_ms", "tpot_ms", "e2e_ms", "queue_ms"):
             print(f"{key:9s} {f(s[key])}")
         if "identical_to_autoregressive" in out:

@@ -63,6 +63,8 @@ def cmd_evaluate(args) -> int:
         refuse_unread(args, ("--mc", "--replay", "--streams", "--cycles", "--seed"),
                       "plans without confidence thresholds (an adaptive plan's output holds its own trace replay)")
         out = {**setting.describe(), **predict_adaptive(setting, plan)}
+        if not args.json:
+            print(setting.header())
         print(json.dumps(out, indent=2) if args.json else f"plan {out['describe']}  {_tps(out['tokens_per_second'])} tokens/s  "
               f"x{decimals(out['speedup_vs_autoregressive'], 3)} vs autoregressive  {gain_text(out['gain_over_fixed'])}  "
               f"({out['model']}; {out['rates'].split(':')[0]})" + replay_text(out.get("trace_replay")))

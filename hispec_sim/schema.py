@@ -919,9 +919,15 @@ def resolve_profile_path(name_or_path: str) -> Path:
     shipped = PROFILES_DIR / f"{name_or_path}.json"
     if p.name == name_or_path and p.suffix != ".json" and shipped.is_file():  # a bare shipped name
         return shipped
-    if p.suffix == ".json" or p.exists() or "/" in name_or_path:
-        if not p.exists():
-            raise ValueError(f"profile: no such file {name_or_path!r}")
+    if p.suffix == ".json" or p.exists() or p.is_symlink() or "/" in name_or_path:
+        try:
+            p.stat()
+        except FileNotFoundError:
+            if not p.is_symlink():
+                raise ValueError(f"profile: no such file {name_or_path!r}") from None
+            raise ValueError(f"profile: cannot read {name_or_path!r} (a symbolic link to nothing)") from None
+        except OSError as e:  # a loop of symbolic links, a denied folder
+            raise ValueError(f"profile: cannot read {name_or_path!r} ({e.strerror})") from None
         return p
     if not shipped.exists():
         raise ValueError(f"profile: unknown {name_or_path!r}; known: {', '.join(known_profiles())}")
@@ -1104,7 +1110,7 @@ def load_plan(path: str | Path) -> Plan:
             data = data["best"]
         if isinstance(data, dict) and "levels" not in data:
             data = data.get("plan", data)
-    if not isinstance(data, dict):
+    if not isinstance(data, dict) or not data.keys() & Plan.model_fields.keys():  # e.g. a report's JSON
         raise ValueError(f"plan: {path} holds no plan object (expected {{\"levels\": [...], ...}})")
     return _validated(Plan, data, "plan", path)
 

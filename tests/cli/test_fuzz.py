@@ -507,7 +507,7 @@ CASES = [
     ("special-files", S, "evaluate --profile {P} --plan {ADIR}", ["plan", "folder"]),
     ("special-files", S, "evaluate --profile {ADIR}", ["profile"]),
     ("special-files", S, "evaluate --profile {P} --plan {W}/missing.json", ["plan", "no such file"]),
-    ("special-files", E, "info --model {P}", ["model", "is a file"]),
+    ("special-files", E, "info --model {P}", ["model", "is not a folder"]),
     ("size", S, "report --profile {BIG} --out {W}/r.html", ["profile", "200 MiB", "64 MiB"]),
     ("size", S, "optimize --profile {BIG}", ["profile", "64 MiB"]),
     ("size", S, "evaluate --profile {P} --plan {BIG}", ["plan", "64 MiB"]),

@@ -154,3 +154,22 @@ def test_names_that_print_alike_are_refused_and_real_spellings_kept():
                       ("1\ufe0f", "U+FE0F"), ("cafe\u0301", "NFC form (as typed text is): U+0301")):
         with pytest.raises(ValueError, match=re.escape(said)):
             check_name(bad)
+
+
+def test_messages_that_say_what_the_input_is(tmp_path, capsys):
+    """A looping link as --profile is a link that cannot be read (not an unknown name), a
+    report's JSON is no plan (not a plan missing its levels), and an adaptive plan's
+    evaluation leads with the profile line as a fixed plan's does (fourteenth fuzz round)."""
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    assert main(["evaluate", "--profile", str(tmp_path / "a"), "--levels", "16"]) == 2
+    assert "cannot read" in capsys.readouterr().err
+    (tmp_path / "r.json").write_text(json.dumps({"profile": {}, "best": {"families": {}, "best_family": "x"}}))
+    assert main(["evaluate", "--profile", "cpu_hispec_tiny", "--plan", str(tmp_path / "r.json")]) == 2
+    assert "holds no plan object" in capsys.readouterr().err
+    (tmp_path / "p.json").write_text(json.dumps({"propose": 3}))
+    assert main(["evaluate", "--profile", "cpu_hispec_tiny", "--plan", str(tmp_path / "p.json")]) == 2
+    assert "levels: Field required" in capsys.readouterr().err  # a plan missing a field says which
+    (tmp_path / "a.json").write_text(json.dumps({"levels": [2, 16], "propose": 3, "draft_confidence": 0.5}))
+    assert main(["evaluate", "--profile", "cpu_hispec_tiny", "--plan", str(tmp_path / "a.json")]) == 0
+    assert capsys.readouterr().out.startswith("profile cpu_hispec_tiny")
