@@ -1,4 +1,4 @@
-"""Is re-ranking the analytic search's best 50 by trace replay enough? (no timing, ~3 minutes)
+"""Is re-ranking the analytic search's best 50 by trace replay enough? (no timing, ~110 s)
 
 `optimize` ranks every plan of the exhaustive space (single-level and 3-level) with the
 analytic model, then walks its DEFAULT_RESCORE best through trace replay and ranks those.
