@@ -118,7 +118,7 @@ BLANK_LETTERS = frozenset("\u034f\u115f\u1160\u17b4\u17b5\u180e\u2800\u3164\uffa
 JOINERS = frozenset("\u200c\u200d")  # ZWNJ / ZWJ: part of Persian, Indic and emoji spellings between two characters
 KEYCAP = "\u20e3"
 # scripts whose letters join or conjoin by ZWNJ / ZWJ (Arabic with Syriac and its supplements, and the Indic scripts)
-_JOINING_SCRIPTS = ((0x0600, 0x08FF), (0x0900, 0x0DFF), (0xFB50, 0xFDFF), (0xFE70, 0xFEFF))
+_JOINING_SCRIPTS = ((0x0600, 0x08FF), (0x0900, 0x0DFF), (0xFB50, 0xFDFF), (0xFE70, 0xFEFC))
 
 
 def check_name(v: str) -> str:
