@@ -63,41 +63,41 @@ def read_prompts(path: str | Path, fmt: str | None = None, field: str = "prompt"
                 continue
             rec = _json(ln, f"line {i}")
             if not isinstance(rec, dict):
-                raise ValueError(f"prompts_file: line {i} is a JSON {type(rec).__name__}, expected an object with "
+                raise ValueError(f"prompts_file: line {i} is a JSON {_json_type(rec)}, expected an object with "
                                  f"field {field!r}")
             if field not in rec:
                 have = ", ".join(sorted(map(str, rec))[:8]) or "no fields"
                 raise ValueError(f"field: line {i} has no field {field!r} (it has: {have}); choose one with --field")
             if not isinstance(rec[field], str):
-                raise ValueError(f"field: line {i}: {field!r} must be a string, got {type(rec[field]).__name__}")
+                raise ValueError(f"field: line {i}: {field!r} must be a string, got a JSON {_json_type(rec[field])}")
             out.append((f"line {i}", rec[field]))
             if len(out) > MAX_PROMPTS:
                 break
     else:
         data = _json(text, str(path))
         if not isinstance(data, list):
-            raise ValueError(f"prompts_file: a ShareGPT file is a JSON array of conversations, got a "
-                             f"{type(data).__name__}")
+            raise ValueError(f"prompts_file: a ShareGPT file is a JSON array of conversations, got a JSON "
+                             f"{_json_type(data)}")
         key = "conversations" if field == "prompt" else field
         skipped = 0
         for i, rec in enumerate(data, 1):
             turns = rec.get(key) if isinstance(rec, dict) else None
             if not isinstance(turns, list):
                 raise ValueError(f"field: record {i} has no list {key!r} of turns; choose it with --field")
-            first = next((t for t in turns if isinstance(t, dict) and str(t.get("from", t.get("role"))).lower() in
+            first = next((t for t in turns if isinstance(t, dict) and str(t.get("from") or t.get("role")).lower() in
                           ("human", "user")), None)
-            if first is None:  # a conversation without a user turn has no prompt
+            value = None if first is None else first.get("value", first.get("content"))
+            if first is not None and not isinstance(value, str):
+                raise ValueError(f"field: record {i}: the first human turn has no text 'value'")
+            if first is None or not value.strip():  # no user turn, or an empty one (scraped dumps have them): no prompt
                 skipped += 1
                 continue
-            value = first.get("value", first.get("content"))
-            if not isinstance(value, str):
-                raise ValueError(f"field: record {i}: the first human turn has no text 'value'")
             out.append((f"record {i}", value))
             if len(out) > MAX_PROMPTS:
                 break
         if skipped and out:  # none at all is refused below, as an empty file
-            print(f"note: prompts_file: {skipped} of {skipped + len(out)} conversations have no human/user turn; "
-                  f"skipped", file=sys.stderr)
+            print(f"note: prompts_file: {skipped} of {skipped + len(out)} conversations have no human/user turn with "
+                  f"text; skipped", file=sys.stderr)
     if len(out) > MAX_PROMPTS:
         raise ValueError(f"prompts_file: more than {MAX_PROMPTS} prompts; split the file")
     for where, t in out:
@@ -110,6 +110,13 @@ def read_prompts(path: str | Path, fmt: str | None = None, field: str = "prompt"
     if not out:
         raise ValueError(f"prompts_file: {path} holds no prompts (format {fmt})")
     return out
+
+
+def _json_type(x) -> str:
+    """JSON's name for a parsed value (messages speak JSON, not Python)."""
+    if isinstance(x, bool):
+        return "boolean"
+    return {dict: "object", list: "array", str: "string", int: "number", float: "number"}.get(type(x), "null")
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json")

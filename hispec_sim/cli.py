@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import cli_measure, schema
 from .cli_common import (SEED, Parser, UsageError, add_model_args, add_plan_args, check_output, check_storage,  # noqa: F401
-                         float_in, int_in, load_model_from_args, one_line, plan_from_args, refuse_unread, run_main,
+                         float_in, int_in, load_model_from_args, name_text, one_line, plan_from_args, refuse_unread, run_main,
                          shown, sqlite_files)
 from .evaluate import DEFAULT_RESCORE, Setting, optimized, score
 from .schema import decimals, rounded
@@ -25,7 +25,7 @@ BATCH = int_in(1, schema.MAX_BATCH)
 
 def _setting_args(p: argparse.ArgumentParser, batch=True, plan_file=True) -> None:
     p.add_argument("--profile", required=True, help="shipped profile name or path to a profile JSON")
-    p.add_argument("--workload", help="workload name (default: the profile's)")
+    p.add_argument("--workload", type=name_text, help="workload name (default: the profile's)")
     p.add_argument("--tp", type=TP, help="tensor-parallel degree (default: the profile's)")
     p.add_argument("--stack", help="serving stack, e.g. compiled or hf_eager (default: the profile's)")
     if batch:
@@ -376,7 +376,7 @@ def build_parser() -> Parser:
     p.add_argument("--to", required=True, choices=["exec", "hf", "json"])
     p.add_argument("--out", help="write here instead of stdout")
     p.add_argument("--profile", help="check the plan against this profile (json: add its predicted figures)")
-    p.add_argument("--workload")
+    p.add_argument("--workload", type=name_text)
     p.add_argument("--tp", type=TP)
     p.add_argument("--stack")
     p.add_argument("--context", type=CONTEXT)

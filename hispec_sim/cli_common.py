@@ -96,6 +96,14 @@ def _finite_float(text: str) -> float:
     return v
 
 
+def name_text(text: str) -> str:
+    """argparse type of a name given on the command line: in Unicode NFC, the form names are
+    stored in (a terminal may hand over decomposed accents, or marks in typing order)."""
+    import unicodedata
+
+    return unicodedata.normalize("NFC", text)
+
+
 def int_in(lo: int, hi: int):
     """argparse type: an integer in [lo, hi]."""
     return _type("int", strict_int, lo, hi, "an integer")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import schema
 from .cli_common import (SEED, add_model_args, add_progress_arg, check_output, given, int_in, load_model_from_args,
-                         model_files, progress_log, refuse_unread, shown)
+                         model_files, name_text, progress_log, refuse_unread, shown)
 
 MAX_PROMPTS = 10_000
 MAX_NEW_TOKENS = 65_536
@@ -53,7 +53,7 @@ def heldout_for(model, model_folder, n: int, seed: int) -> list[list[int]]:
 def add_measure_parser(prof_sub) -> None:
     m = prof_sub.add_parser("measure", help="measure a profile with the executor (latency, overheads, acceptance)")
     executor_args(m)
-    m.add_argument("--workload", help="workload name to record (default heldout; required with --prompts-file)")
+    m.add_argument("--workload", type=name_text, help="workload name to record (default heldout; required with --prompts-file)")
     m.add_argument("--prompts-file", metavar="FILE", help="measure acceptance on your own prompts")
     m.add_argument("--format", choices=["jsonl", "text", "sharegpt"],
                    help="prompts file format (default from the suffix: .jsonl, .txt, .json = ShareGPT; else jsonl)")
@@ -66,7 +66,7 @@ def add_measure_parser(prof_sub) -> None:
                    help="time again, up to this many times, while the machine's speed moves during the timing; "
                         "the calmest attempt is kept (default 3)")
     m.add_argument("--seed", type=SEED, default=0, help="seed of the held-out prompts and of the timing order")
-    m.add_argument("--name", help="profile name")
+    m.add_argument("--name", type=name_text, help="profile name")
     m.add_argument("--out", required=True, metavar="FILE",
                    help="profile to write; an existing profile of the same model keeps its other workloads")
     add_progress_arg(m, "each stage")
@@ -124,15 +124,16 @@ def cmd_measure(args) -> int:
     if args.prompts_file is not None and not args.workload:
         raise ValueError("workload: name the workload of the prompts file with --workload NAME")
     workload = args.workload or "heldout"
-    if not workload.replace("_", "").replace("-", "").isalnum() or len(workload) > 64:
-        raise ValueError("workload: use letters, digits, - and _ (at most 64)")
-    if args.name is not None:  # now, not after minutes of measuring
-        from pydantic import TypeAdapter, ValidationError
+    if any(c in workload for c in "/\\"):
+        raise ValueError(f"workload: a name, not a path (no / or \\), got {workload!r}")
+    from pydantic import TypeAdapter, ValidationError
 
+    for field, value in (("workload", workload), ("name", args.name)):  # now, not after minutes of measuring
         try:
-            TypeAdapter(schema.Name).validate_python(args.name)
+            if value is not None:
+                TypeAdapter(schema.Name).validate_python(value)
         except ValidationError as e:
-            raise ValueError(f"name: {schema.validation_message(e)}") from None
+            raise ValueError(f"{field}: {schema.validation_message(e)}") from None
     if args.acceptance_only:
         refuse_unread(args, ("--repeats", "--attempts", "--progress"), "the timing, which --acceptance-only skips")
     if args.prompts_file is not None:

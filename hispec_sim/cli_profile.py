@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import schema
-from .cli_common import check_output, float_in, int_in, int_list, shown
+from .cli_common import check_output, float_in, int_in, int_list, name_text, shown
 from .schema import Profile, Source, load_profile, save_profile
 
 MS = float_in(0.0, schema.MAX_MS)
@@ -33,7 +33,7 @@ def add_parsers(subparsers):
     v.add_argument("--fuse-elementwise", action="store_true",
                    help="leave out the measured norm/rope/act/add ops (a compiled stack fuses them)")
     v.add_argument("--acceptance-from", metavar="PROFILE", help="copy the workloads of this profile (same layer count)")
-    v.add_argument("--name", help="profile name (default: <gpu>_<model>)")
+    v.add_argument("--name", type=name_text, help="profile name (default: <gpu>_<model>)")
     v.add_argument("--out", required=True, metavar="FILE")
 
     s = sub.add_parser("synthetic", help="what-if profile: constant layer cost, constant agreement")
@@ -42,7 +42,7 @@ def add_parsers(subparsers):
     s.add_argument("--agreement", type=float_in(0.0, 1.0), required=True)
     s.add_argument("--head-ms", type=MS, default=0.0)
     s.add_argument("--overhead-ms", type=MS, default=0.0)
-    s.add_argument("--name")
+    s.add_argument("--name", type=name_text)
     s.add_argument("--out", required=True, metavar="FILE")
     p.set_defaults(func=run)
     return sub

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 
 from . import schema, serving, traffic
-from .cli_common import SEED, add_plan_args, float_in, int_in, plan_from_args, refuse_unread
+from .cli_common import SEED, add_plan_args, float_in, int_in, name_text, plan_from_args, refuse_unread
 from .evaluate import Setting
 from .schema import decimals
 
@@ -20,7 +20,7 @@ DEFAULT_PROMPT, DEFAULT_OUTPUT = traffic.DEFAULT_LENGTHS.values()
 
 def _common(p, capacity: bool) -> None:
     p.add_argument("--profile", required=True, help="shipped profile name or path to a profile JSON")
-    p.add_argument("--workload", help="workload name (default: the profile's); its acceptance spread, if any, "
+    p.add_argument("--workload", type=name_text, help="workload name (default: the profile's); its acceptance spread, if any, "
                    "gives each request its own rates")
     p.add_argument("--tp", type=int_in(1, schema.MAX_TP), help="tensor-parallel degree (default: the profile's)")
     p.add_argument("--stack", help="serving stack (default: the profile's)")

@@ -117,8 +117,9 @@ def check_one_line(v: str) -> str:
 BLANK_LETTERS = frozenset("\u034f\u115f\u1160\u17b4\u17b5\u180e\u2800\u3164\uffa0")  # print as nothing or a blank
 JOINERS = frozenset("\u200c\u200d")  # ZWNJ / ZWJ: part of Persian, Indic and emoji spellings between two characters
 KEYCAP = "\u20e3"
-# scripts whose letters join or conjoin by ZWNJ / ZWJ (Arabic with Syriac and its supplements, and the Indic scripts)
-_JOINING_SCRIPTS = ((0x0600, 0x08FF), (0x0900, 0x0DFF), (0xFB50, 0xFDFF), (0xFE70, 0xFEFC))
+# scripts whose letters join or conjoin by ZWNJ / ZWJ (Arabic with Syriac and its supplements, the Indic scripts)
+_JOINING_SCRIPTS = ((0x0600, 0x08FF), (0x0900, 0x0DFF), (0x1000, 0x109F), (0x1780, 0x18AF), (0xFB50, 0xFDFF),
+                    (0xFE70, 0xFEFC))  # + Myanmar, Khmer and Mongolian
 
 
 def check_name(v: str) -> str:
@@ -135,8 +136,9 @@ def check_name(v: str) -> str:
         raise ValueError("must not start or end with a space")
     if not unicodedata.is_normalized("NFC", v):
         i = next(i for i in range(len(v)) if not unicodedata.is_normalized("NFC", v[:i + 1]))
-        raise ValueError(f"must be in Unicode NFC form (as typed text is): U+{ord(v[i]):04X} ({unicodedata.name(v[i], 'unnamed')}) "
-                         f"at position {i} is not; write {unicodedata.normalize('NFC', v)!r}")
+        raise ValueError(f"must be in Unicode NFC form (composed, marks in canonical order; a name given on the command "
+                         f"line is converted): U+{ord(v[i]):04X} ({unicodedata.name(v[i], 'unnamed')}) at position {i} is "
+                         f"not; write {unicodedata.normalize('NFC', v)!r}")
 
     def hidden(c: str) -> bool:
         return unicodedata.category(c) == "Cf" or c in BLANK_LETTERS or _selector(c)
@@ -144,7 +146,9 @@ def check_name(v: str) -> str:
     for i, c in enumerate(v):
         before = v[i - 1] if i else ""
         after = v[i + 1] if i + 1 < len(v) else ""
-        if c in JOINERS:
+        if _tag(c):  # a subdivision flag: black flag, tag letters, cancel tag (England, Scotland, Wales)
+            ok = _tag_run_ok(v, i)
+        elif c in JOINERS:
             ok = (_joining(before) and _joining(after)) or (c == "\u200d" and _emoji(_base(v, i)) and _emoji(after))
         elif _selector(c):
             ok = bool(before) and (_emoji(before) or "CJK" in unicodedata.name(before, "") or
@@ -161,6 +165,22 @@ def _selector(c: str) -> bool:
     return "\ufe00" <= c <= "\ufe0f" or "\U000e0100" <= c <= "\U000e01ef"
 
 
+def _tag(c: str) -> bool:
+    return "\U000e0020" <= c <= "\U000e007f"
+
+
+def _tag_run_ok(v: str, i: int) -> bool:
+    """Tag characters at i belong to a flag: a run of them after U+1F3F4 that ends with the
+    cancel tag U+E007F (and nothing else ends with one)."""
+    j = i
+    while j > 0 and _tag(v[j - 1]):
+        j -= 1
+    k = i
+    while k + 1 < len(v) and _tag(v[k + 1]):
+        k += 1
+    return j > 0 and v[j - 1] == "\U0001f3f4" and k > j and v[k] == "\U000e007f" and "\U000e007f" not in v[j:k]
+
+
 def _joining(c: str) -> bool:
     return bool(c) and any(lo <= ord(c) <= hi for lo, hi in _JOINING_SCRIPTS)
 
@@ -171,7 +191,7 @@ def _emoji(c: str) -> bool:
     import unicodedata
 
     cat = unicodedata.category(c) if c else ""
-    return cat in ("So", "Sk") or cat == "Sm" and ord(c) >= 0x2000 or c in "\u203c\u2049\u3030\u303d"
+    return cat in ("So", "Sk") or cat == "Sm" and ord(c) >= 0x2000 or c in "\u203c\u2049\u2139\u3030\u303d"
 
 
 def _base(v: str, i: int) -> str:
@@ -1110,7 +1130,9 @@ def load_plan(path: str | Path) -> Plan:
             data = data["best"]
         if isinstance(data, dict) and "levels" not in data:
             data = data.get("plan", data)
-    if not isinstance(data, dict) or not data.keys() & Plan.model_fields.keys():  # e.g. a report's JSON
+    fields = Plan.model_fields.keys()
+    if not isinstance(data, dict) or "levels" not in data and not (data.keys() & fields and data.keys() <= fields):
+        # e.g. a report's or capacity's JSON (a plan missing its levels is told so below)
         raise ValueError(f"plan: {path} holds no plan object (expected {{\"levels\": [...], ...}})")
     return _validated(Plan, data, "plan", path)
 

@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli_common import SEED, float_in, int_in
+from .cli_common import SEED, float_in, int_in, name_text
 from .evaluate import Scored, SearchResult, Setting, exhaustive, exhaustive_arrays, paper_default, ranked_plans, score
 from .schema import (MAX_CYCLES, MAX_STREAMS, MAX_TRIALS, Plan, Profile, autoregressive_plan, check_name,
                      decimals, first_repeat, rounded, strict_int)
@@ -921,7 +921,7 @@ def add_cli_args(p) -> None:
     p.add_argument("--mc-streams", type=int_in(2, MAX_STREAMS), default=1024, help="Monte-Carlo streams per trial")
     p.add_argument("--mc-cycles", type=int_in(1, MAX_CYCLES), default=32, help="Monte-Carlo full-model checks per stream")
     p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna RDB storage URL (default {DEFAULT_STORAGE})")
-    p.add_argument("--study-name", help="study to create or continue (default: profile-workload-<hash of the settings>)")
+    p.add_argument("--study-name", type=name_text, help="study to create or continue (default: profile-workload-<hash of the settings>)")
     p.add_argument("--workers", type=int_in(1, 256), default=1, help="worker processes on the storage")
 
 

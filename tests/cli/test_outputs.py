@@ -127,6 +127,16 @@ def test_capacity_and_report_print_small_figures_with_their_digits(tmp_path, cap
     assert main(args) == 0
     text = capsys.readouterr().out
     assert f"{decimals(top, 2)} [" in text and f"{decimals(top, 2)} " != "0.00 "
+    # a family capped at its saturation load meets the SLOs in the by-load table's row at that load: the table
+    # runs as many requests as the capacity did (fifteenth fuzz round: 150 against 20, and it missed them)
+    prof = tmp_path / "s1000.json"
+    assert main(["profile", "synthetic", "--layers", "16", "--layer-ms", "1000", "--agreement", "0.7", "--out", str(prof)]) == 0
+    capsys.readouterr()
+    args[2], args[12] = str(prof), "20"
+    assert main(args + ["--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    best = res["families"][res["best_family"]]
+    assert best["capped_at_saturation"] and res["by_load"][-1]["families"][res["best_family"]]["meets_slo"]
     from hispec_sim.report_data import capacity_warnings
 
     said = capacity_warnings([], 1e-6, {"family": "single_level", "plan": "[1,16] propose=8", "batch": 1,
@@ -144,14 +154,16 @@ def test_names_that_print_alike_are_refused_and_real_spellings_kept():
     from hispec_sim.schema import check_name
 
     for ok in ("tiny", "日本語", "café", "👨\u200d💻", "❤\ufe0f", "می\u200cخواهم", "क्\u200dष", "1\ufe0f\u20e3",
-               "❤\ufe0f\u200d🔥", "👩🏽\u200d💻", "‼\ufe0f", "葛\U000e0100"):
+               "❤\ufe0f\u200d🔥", "👩🏽\u200d💻", "‼\ufe0f", "葛\U000e0100", "ℹ\ufe0f", "ᠮᠣ\u200dᠩ", "မြန်\u200cမာ",
+               "\U0001f3f4\U000e0067\U000e0062\U000e0065\U000e006e\U000e0067\U000e007f"):  # fifteenth round: ℹ, Mongolian, Myanmar, England
         assert check_name(ok) == ok
     # fourteenth round: a joiner between Latin letters, a selector after one, and a decomposed
     # accent printed like names without them
     for bad, said in (("cpu\u200btiny", "U+200B"), ("tiny\ufeff", "U+FEFF"), ("tiny\u3164", "U+3164"),
                       ("\u200dx", "U+200D"), ("\ufe0fx", "U+FE0F"), (" tiny", "space"), ("tiny\u00a0", "space"),
                       ("held\u200dout", "U+200D"), ("held\u200cout", "U+200C"), ("heldout\ufe0f", "U+FE0F"),
-                      ("1\ufe0f", "U+FE0F"), ("cafe\u0301", "NFC form (as typed text is): U+0301")):
+                      ("1\ufe0f", "U+FE0F"), ("cafe\u0301", "NFC form (composed, marks in canonical order; a name given on the command line is converted): U+0301"),
+                      ("x\U000e0067", "U+E0067"), ("\U0001f3f4\U000e0067", "U+E0067")):
         with pytest.raises(ValueError, match=re.escape(said)):
             check_name(bad)
 
@@ -164,9 +176,11 @@ def test_messages_that_say_what_the_input_is(tmp_path, capsys):
     (tmp_path / "b").symlink_to(tmp_path / "a")
     assert main(["evaluate", "--profile", str(tmp_path / "a"), "--levels", "16"]) == 2
     assert "cannot read" in capsys.readouterr().err
-    (tmp_path / "r.json").write_text(json.dumps({"profile": {}, "best": {"families": {}, "best_family": "x"}}))
-    assert main(["evaluate", "--profile", "cpu_hispec_tiny", "--plan", str(tmp_path / "r.json")]) == 2
-    assert "holds no plan object" in capsys.readouterr().err
+    for other in ({"profile": {}, "best": {"families": {}, "best_family": "x"}},  # report --json
+                  {"target_qps": 5, "batching": "auto", "families": {}}):  # capacity --json (a plan's key among others)
+        (tmp_path / "r.json").write_text(json.dumps(other))
+        assert main(["evaluate", "--profile", "cpu_hispec_tiny", "--plan", str(tmp_path / "r.json")]) == 2
+        assert "holds no plan object" in capsys.readouterr().err
     (tmp_path / "p.json").write_text(json.dumps({"propose": 3}))
     assert main(["evaluate", "--profile", "cpu_hispec_tiny", "--plan", str(tmp_path / "p.json")]) == 2
     assert "levels: Field required" in capsys.readouterr().err  # a plan missing a field says which
