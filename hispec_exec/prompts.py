@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from hispec_sim.schema import file_lines, read_text_bounded, regular_file
+from hispec_sim.schema import file_lines, json_type, read_text_bounded, regular_file
 
 MAX_FILE_BYTES = 256 * 2**20
 MAX_PROMPTS = 100_000
@@ -63,13 +63,13 @@ def read_prompts(path: str | Path, fmt: str | None = None, field: str = "prompt"
                 continue
             rec = _json(ln, f"line {i}")
             if not isinstance(rec, dict):
-                raise ValueError(f"prompts_file: line {i} is a JSON {_json_type(rec)}, expected an object with "
+                raise ValueError(f"prompts_file: line {i} is a JSON {json_type(rec)}, expected an object with "
                                  f"field {field!r}")
             if field not in rec:
                 have = ", ".join(sorted(map(str, rec))[:8]) or "no fields"
                 raise ValueError(f"field: line {i} has no field {field!r} (it has: {have}); choose one with --field")
             if not isinstance(rec[field], str):
-                raise ValueError(f"field: line {i}: {field!r} must be a string, got a JSON {_json_type(rec[field])}")
+                raise ValueError(f"field: line {i}: {field!r} must be a string, got a JSON {json_type(rec[field])}")
             out.append((f"line {i}", rec[field]))
             if len(out) > MAX_PROMPTS:
                 break
@@ -77,7 +77,7 @@ def read_prompts(path: str | Path, fmt: str | None = None, field: str = "prompt"
         data = _json(text, str(path))
         if not isinstance(data, list):
             raise ValueError(f"prompts_file: a ShareGPT file is a JSON array of conversations, got a JSON "
-                             f"{_json_type(data)}")
+                             f"{json_type(data)}")
         key = "conversations" if field == "prompt" else field
         skipped = 0
         for i, rec in enumerate(data, 1):
@@ -86,9 +86,9 @@ def read_prompts(path: str | Path, fmt: str | None = None, field: str = "prompt"
                 raise ValueError(f"field: record {i} has no list {key!r} of turns; choose it with --field")
             first = next((t for t in turns if isinstance(t, dict) and str(t.get("from") or t.get("role")).lower() in
                           ("human", "user")), None)
-            value = None if first is None else first.get("value", first.get("content"))
+            value = None if first is None else next((first[k] for k in ("value", "content") if first.get(k) is not None), None)
             if first is not None and not isinstance(value, str):
-                raise ValueError(f"field: record {i}: the first human turn has no text 'value'")
+                raise ValueError(f"field: record {i}: the first human turn has no text 'value' or 'content'")
             if first is None or not value.strip():  # no user turn, or an empty one (scraped dumps have them): no prompt
                 skipped += 1
                 continue
@@ -96,8 +96,8 @@ def read_prompts(path: str | Path, fmt: str | None = None, field: str = "prompt"
             if len(out) > MAX_PROMPTS:
                 break
         if skipped and out:  # none at all is refused below, as an empty file
-            print(f"note: prompts_file: {skipped} of {skipped + len(out)} conversations have no human/user turn with "
-                  f"text; skipped", file=sys.stderr)
+            print(f"note: prompts_file: {skipped} of {skipped + len(out)} conversations have no human/user turn, or an "
+                  f"empty first one; skipped", file=sys.stderr)
     if len(out) > MAX_PROMPTS:
         raise ValueError(f"prompts_file: more than {MAX_PROMPTS} prompts; split the file")
     for where, t in out:
@@ -110,13 +110,6 @@ def read_prompts(path: str | Path, fmt: str | None = None, field: str = "prompt"
     if not out:
         raise ValueError(f"prompts_file: {path} holds no prompts (format {fmt})")
     return out
-
-
-def _json_type(x) -> str:
-    """JSON's name for a parsed value (messages speak JSON, not Python)."""
-    if isinstance(x, bool):
-        return "boolean"
-    return {dict: "object", list: "array", str: "string", int: "number", float: "number"}.get(type(x), "null")
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json")

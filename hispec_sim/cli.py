@@ -27,7 +27,7 @@ def _setting_args(p: argparse.ArgumentParser, batch=True, plan_file=True) -> Non
     p.add_argument("--profile", required=True, help="shipped profile name or path to a profile JSON")
     p.add_argument("--workload", type=name_text, help="workload name (default: the profile's)")
     p.add_argument("--tp", type=TP, help="tensor-parallel degree (default: the profile's)")
-    p.add_argument("--stack", help="serving stack, e.g. compiled or hf_eager (default: the profile's)")
+    p.add_argument("--stack", type=name_text, help="serving stack, e.g. compiled or hf_eager (default: the profile's)")
     if batch:
         p.add_argument("--batch", type=BATCH, default=None,
                        help="sequences in lockstep (default 1" + (", or the plan file's)" if plan_file else ")"))
@@ -378,7 +378,7 @@ def build_parser() -> Parser:
     p.add_argument("--profile", help="check the plan against this profile (json: add its predicted figures)")
     p.add_argument("--workload", type=name_text)
     p.add_argument("--tp", type=TP)
-    p.add_argument("--stack")
+    p.add_argument("--stack", type=name_text)
     p.add_argument("--context", type=CONTEXT)
     p.set_defaults(func=cmd_export)
 

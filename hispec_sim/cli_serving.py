@@ -23,7 +23,7 @@ def _common(p, capacity: bool) -> None:
     p.add_argument("--workload", type=name_text, help="workload name (default: the profile's); its acceptance spread, if any, "
                    "gives each request its own rates")
     p.add_argument("--tp", type=int_in(1, schema.MAX_TP), help="tensor-parallel degree (default: the profile's)")
-    p.add_argument("--stack", help="serving stack (default: the profile's)")
+    p.add_argument("--stack", type=name_text, help="serving stack (default: the profile's)")
     p.add_argument("--qps", type=float_in(1e-6, 1e6), required=capacity, help="mean arrival rate, requests/s" +
                    (" (the target load)" if capacity else ""))
     p.add_argument("--arrival", default="poisson", help="poisson (default) or gamma")

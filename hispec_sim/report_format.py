@@ -49,7 +49,7 @@ _MD_ACTIVE = re.compile(r"([\\`*_\[\]()!#~|@])")  # what makes links (@: e-mail 
 
 _AUTOLINK = re.compile(r"://|\bwww\.", re.I)
 _BLOCK_START = re.compile(r"^(\d{0,9})([-+=.])")  # '- x', '+ x', '---', '===', '1. x' (its dot) at a line's start
-_DOMAIN_DOT = re.compile(r"\.(?=[^\W\d_])")  # 'evil.com/x', 'हिन्दी.io': linkify-style renderers link bare domains
+_DOMAIN_DOT = re.compile(r"(?<!\\)\.(?=[^\W\d_])")  # 'evil.com/x', 'हिन्दी.io': linkify-style renderers link bare domains
 
 
 def _md(x) -> str:

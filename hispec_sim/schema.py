@@ -150,6 +150,9 @@ def check_name(v: str) -> str:
             ok = _tag_run_ok(v, i)
         elif c in JOINERS:
             ok = (_joining(before) and _joining(after)) or (c == "\u200d" and _emoji(_base(v, i)) and _emoji(after))
+        elif c in _SCRIPT_MARKS:
+            lo, hi = _SCRIPT_MARKS[c]
+            ok = bool(before) and lo <= ord(before) <= hi
         elif _selector(c):
             ok = bool(before) and (_emoji(before) or "CJK" in unicodedata.name(before, "") or
                                    before in "0123456789#*" and after == KEYCAP)
@@ -162,7 +165,13 @@ def check_name(v: str) -> str:
 
 
 def _selector(c: str) -> bool:
-    return "\ufe00" <= c <= "\ufe0f" or "\U000e0100" <= c <= "\U000e01ef"
+    return "\ufe00" <= c <= "\ufe0f" or "\U000e0100" <= c <= "\U000e01ef" or c in _SCRIPT_MARKS
+
+
+# invisible marks that only their own script shows (Mongolian free variation selectors, Khmer coeng): after
+# another script's letter a name would print as without them
+_SCRIPT_MARKS = {"\u180b": (0x1800, 0x18AF), "\u180c": (0x1800, 0x18AF), "\u180d": (0x1800, 0x18AF),
+                 "\u180f": (0x1800, 0x18AF), "\u17d2": (0x1780, 0x17FF)}
 
 
 def _tag(c: str) -> bool:
@@ -171,14 +180,16 @@ def _tag(c: str) -> bool:
 
 def _tag_run_ok(v: str, i: int) -> bool:
     """Tag characters at i belong to a flag: a run of them after U+1F3F4 that ends with the
-    cancel tag U+E007F (and nothing else ends with one)."""
+    cancel tag U+E007F."""
     j = i
     while j > 0 and _tag(v[j - 1]):
         j -= 1
     k = i
     while k + 1 < len(v) and _tag(v[k + 1]):
         k += 1
-    return j > 0 and v[j - 1] == "\U0001f3f4" and k > j and v[k] == "\U000e007f" and "\U000e007f" not in v[j:k]
+    code = v[j:k]  # a subdivision: 3-6 lower-case tag letters or digits (gbeng); any other run shows a bare flag
+    return j > 0 and v[j - 1] == "\U0001f3f4" and v[k] == "\U000e007f" and 3 <= len(code) <= 6 and all(
+        "\U000e0061" <= t <= "\U000e007a" or "\U000e0030" <= t <= "\U000e0039" for t in code)
 
 
 def _joining(c: str) -> bool:
@@ -1000,6 +1011,13 @@ def _unique_keys(pairs: list) -> dict:
     return out
 
 
+def json_type(x) -> str:
+    """JSON's name for a parsed value (messages speak JSON, not Python)."""
+    if isinstance(x, bool):
+        return "boolean"
+    return {dict: "object", list: "array", str: "string", int: "number", float: "number"}.get(type(x), "null")
+
+
 def parse_json_text(text: str, field: str, where: str = "the input"):
     """JSON text -> data, bounded: nesting <= MAX_JSON_DEPTH, finite numbers only, no key
     twice in one object. ValueError naming the field otherwise."""
@@ -1072,7 +1090,7 @@ def _load_json(path: Path, field: str):
 def _load_object(path: Path, field: str) -> dict:
     data = _load_json(path, field)
     if not isinstance(data, dict):
-        raise ValueError(f"{field}: {path} must hold a JSON object, got a JSON {type(data).__name__}")
+        raise ValueError(f"{field}: {path} must hold a JSON object, got a JSON {json_type(data)}")
     return data
 
 
@@ -1118,6 +1136,9 @@ def load_profile(name_or_path: str) -> Profile:
     return _validated(Profile, _load_object(path, "profile"), "profile", path)
 
 
+PLAN_ONLY_FIELDS = frozenset({"levels", "propose", "windows", "draft_confidence", "escalate_confidence"})  # no other output's
+
+
 def load_plan(path: str | Path) -> Plan:
     data = _load_object(Path(path), "plan")
     if "levels" not in data:  # what optimize / evaluate print: the plan their --out would write
@@ -1130,9 +1151,8 @@ def load_plan(path: str | Path) -> Plan:
             data = data["best"]
         if isinstance(data, dict) and "levels" not in data:
             data = data.get("plan", data)
-    fields = Plan.model_fields.keys()
-    if not isinstance(data, dict) or "levels" not in data and not (data.keys() & fields and data.keys() <= fields):
-        # e.g. a report's or capacity's JSON (a plan missing its levels is told so below)
+    if not isinstance(data, dict) or not data.keys() & PLAN_ONLY_FIELDS:
+        # e.g. a report's or capacity's JSON (which carry `batching`); a plan missing a field is told which below
         raise ValueError(f"plan: {path} holds no plan object (expected {{\"levels\": [...], ...}})")
     return _validated(Plan, data, "plan", path)
 

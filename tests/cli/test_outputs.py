@@ -155,7 +155,7 @@ def test_names_that_print_alike_are_refused_and_real_spellings_kept():
 
     for ok in ("tiny", "日本語", "café", "👨\u200d💻", "❤\ufe0f", "می\u200cخواهم", "क्\u200dष", "1\ufe0f\u20e3",
                "❤\ufe0f\u200d🔥", "👩🏽\u200d💻", "‼\ufe0f", "葛\U000e0100", "ℹ\ufe0f", "ᠮᠣ\u200dᠩ", "မြန်\u200cမာ",
-               "\U0001f3f4\U000e0067\U000e0062\U000e0065\U000e006e\U000e0067\U000e007f"):  # fifteenth round: ℹ, Mongolian, Myanmar, England
+               "\U0001f3f4\U000e0067\U000e0062\U000e0065\U000e006e\U000e0067\U000e007f", "ᠮ\u180bᠣ", "ក\u17d2ស"):  # fifteenth round: ℹ, Mongolian, Myanmar, England
         assert check_name(ok) == ok
     # fourteenth round: a joiner between Latin letters, a selector after one, and a decomposed
     # accent printed like names without them
@@ -163,7 +163,9 @@ def test_names_that_print_alike_are_refused_and_real_spellings_kept():
                       ("\u200dx", "U+200D"), ("\ufe0fx", "U+FE0F"), (" tiny", "space"), ("tiny\u00a0", "space"),
                       ("held\u200dout", "U+200D"), ("held\u200cout", "U+200C"), ("heldout\ufe0f", "U+FE0F"),
                       ("1\ufe0f", "U+FE0F"), ("cafe\u0301", "NFC form (composed, marks in canonical order; a name given on the command line is converted): U+0301"),
-                      ("x\U000e0067", "U+E0067"), ("\U0001f3f4\U000e0067", "U+E0067")):
+                      ("x\U000e0067", "U+E0067"), ("\U0001f3f4\U000e0067", "U+E0067"),
+                      ("\U0001f3f4\U000e0047\U000e0042\U000e007f", "U+E0047"),  # sixteenth round: no subdivision
+                      ("heldout\u180b", "U+180B"), ("x\u17d2y", "U+17D2")):  # another script's invisible marks
         with pytest.raises(ValueError, match=re.escape(said)):
             check_name(bad)
 
@@ -181,9 +183,10 @@ def test_messages_that_say_what_the_input_is(tmp_path, capsys):
         (tmp_path / "r.json").write_text(json.dumps(other))
         assert main(["evaluate", "--profile", "cpu_hispec_tiny", "--plan", str(tmp_path / "r.json")]) == 2
         assert "holds no plan object" in capsys.readouterr().err
-    (tmp_path / "p.json").write_text(json.dumps({"propose": 3}))
-    assert main(["evaluate", "--profile", "cpu_hispec_tiny", "--plan", str(tmp_path / "p.json")]) == 2
-    assert "levels: Field required" in capsys.readouterr().err  # a plan missing a field says which
+    for plan in ({"propose": 3}, {"levles": [2, 16], "propose": 3}, {"propose": 3, "comment": "x"}):
+        (tmp_path / "p.json").write_text(json.dumps(plan))
+        assert main(["evaluate", "--profile", "cpu_hispec_tiny", "--plan", str(tmp_path / "p.json")]) == 2
+        assert "levels: Field required" in capsys.readouterr().err  # a plan missing a field says which (round 16)
     (tmp_path / "a.json").write_text(json.dumps({"levels": [2, 16], "propose": 3, "draft_confidence": 0.5}))
     assert main(["evaluate", "--profile", "cpu_hispec_tiny", "--plan", str(tmp_path / "a.json")]) == 0
     assert capsys.readouterr().out.startswith("profile cpu_hispec_tiny")

@@ -387,10 +387,10 @@ def test_prompts_file_formats(tmp_path, capsys):
     assert "1 of 3 conversations have no human/user turn" in capsys.readouterr().err  # skipped, and said
     # an empty first human turn is no prompt either, and a null 'from' leaves 'role' to say (fifteenth round)
     odd = share + [{"conversations": [{"from": "human", "value": " "}]},
-                   {"conversations": [{"from": None, "role": "user", "content": "by role"}]}]
+                   {"conversations": [{"from": None, "role": "user", "value": None, "content": "by role"}]}]
     (tmp_path / "o.json").write_text(json.dumps(odd))
     assert read_prompts(tmp_path / "o.json")[-1] == ("record 5", "by role")
-    assert "2 of 5 conversations have no human/user turn with text" in capsys.readouterr().err
+    assert "2 of 5 conversations have no human/user turn, or an empty first one" in capsys.readouterr().err
     share[1]["conversations"][0]["from"] = "HUMAN"  # roles in any case
     (tmp_path / "c.json").write_text(json.dumps(share))
     assert read_prompts(tmp_path / "c.json") == [("record 1", "hi"), ("record 2", "no human turn"), ("record 3", "second")]

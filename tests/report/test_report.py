@@ -232,7 +232,7 @@ def test_every_user_string_is_escaped(tmp_path, evil_file, validation_file):
 
 def test_markdown_shows_user_strings_literally(tmp_path):
     """A name must not become a remote image, a link or emphasis in the Markdown report."""
-    md_evil = "![t](http://127.0.0.1:9/x.png) [c](https://example.invalid/x) **b** `c` #h _i_ a|b see evil.com/x हिन्दी.io"
+    md_evil = "![t](http://127.0.0.1:9/x.png) [c](https://example.invalid/x) **b** `c` #h _i_ a|b see evil.com/x हिन्दी.io www.example.org"
     p = make_profile(layers=12, slope=0.05, name=md_evil)
     p = p.model_copy(update={"description": md_evil, "provenance": {md_evil: md_evil}})
     save_profile(p, tmp_path / "p.json")
@@ -243,6 +243,7 @@ def test_markdown_shows_user_strings_literally(tmp_path):
     assert "://" not in md.split("## ")[0]  # no bare URL for GitHub-style autolinking either
     assert "evil\\.com/x" in md and "evil.com" not in md  # nor a bare domain for linkify-style renderers
     assert "हिन्दी\\.io" in md  # a label ending in a vowel sign (not \w) too (fifteenth fuzz round)
+    assert "www\\.example\\.org" in md and "\\\\" not in md  # each dot escaped once (sixteenth)
 
 
 @pytest.mark.parametrize("start,shown", [("- item", "\\- item"), ("1. first", "1\\. first"), ("---", "\\---"),
