@@ -38,8 +38,8 @@ def args_from_hf(cfg: dict, max_seq_len: int | None = None) -> ModelArgs:
     archs = cfg.get("architectures", [])
     if not isinstance(archs, list):
         raise ValueError(f"config.architectures: must be a list of names, got {archs!r}")
-    if mt not in ("llama", "mistral", "qwen2") and "LlamaForCausalLM" not in archs:
-        raise ValueError(f"model_type: only Llama-format checkpoints are supported, got {mt!r}")
+    if mt not in ("llama", "mistral") and "LlamaForCausalLM" not in archs:  # qwen2: q/k/v biases, not loaded here
+        raise ValueError(f"model_type: only Llama-format checkpoints (llama, mistral) are supported, got {mt!r}")
     for f in ("attention_bias", "mlp_bias"):
         if cfg.get(f):
             raise ValueError(f"{f}: biases are not supported")
@@ -48,10 +48,12 @@ def args_from_hf(cfg: dict, max_seq_len: int | None = None) -> ModelArgs:
     dim, heads = _int(cfg, "hidden_size"), _int(cfg, "num_attention_heads")
     if heads < 1 or dim < 1:
         raise ValueError("config.num_attention_heads: hidden_size and num_attention_heads must be >= 1")
-    hd = cfg.get("head_dim") or dim // heads
+    hd = cfg.get("head_dim")
+    hd = dim // heads if hd is None else hd
     if isinstance(hd, bool) or not isinstance(hd, int) or hd * heads != dim:
         raise ValueError("config.head_dim: head_dim * num_attention_heads must equal hidden_size")
-    rp = cfg.get("rope_parameters") or {}  # transformers >= 5 keeps theta and scaling here
+    rp = cfg.get("rope_parameters")  # transformers >= 5 keeps theta and scaling here
+    rp = {} if rp is None else rp
     if not isinstance(rp, dict):
         raise ValueError(f"config.rope_parameters: must be an object, got {rp!r}")
     if "rope_theta" in cfg and "rope_theta" in rp and cfg["rope_theta"] != rp["rope_theta"]:
@@ -73,15 +75,25 @@ def args_from_hf(cfg: dict, max_seq_len: int | None = None) -> ModelArgs:
         else:
             rs = {k: v for k, v in rs.items() if k in ("factor", "low_freq_factor", "high_freq_factor",
                                                        "original_max_position_embeddings")}
-            if "factor" not in rs:
-                raise ValueError("config.rope_scaling.factor: missing (llama3 scaling needs it)")
+            for key in ("factor", "original_max_position_embeddings"):  # readers default the second differently
+                if key not in rs:
+                    raise ValueError(f"config.rope_scaling.{key}: missing (llama3 scaling needs it)")
     ctx = _int(cfg, "max_position_embeddings", DEFAULT_HF_CONTEXT)
-    kv = cfg.get("num_key_value_heads") or heads
+    if ctx < 2:
+        raise ValueError(f"config.max_position_embeddings: must be >= 2, got {ctx}")
+    kv = _int(cfg, "num_key_value_heads", heads)
+    if kv < 1:
+        raise ValueError(f"config.num_key_value_heads: must be >= 1, got {kv}")
+    seq = max_seq_len or min(ctx, DEFAULT_HF_CONTEXT)
+    window = cfg.get("sliding_window")
+    if window is not None and cfg.get("use_sliding_window", True) and (not isinstance(window, int) or window < seq):
+        raise ValueError(f"config.sliding_window: {window!r} is shorter than the {seq} positions the model runs at; "
+                         "the executor attends over the whole context (no sliding window)")
     args = ModelArgs(
         vocab_size=_int(cfg, "vocab_size"), dim=dim, n_layers=_int(cfg, "num_hidden_layers"), n_heads=heads,
         n_kv_heads=kv, ffn_dim=_int(cfg, "intermediate_size"),
         rope_theta=float(theta), norm_eps=_num(cfg, "rms_norm_eps", 1e-6),
-        max_seq_len=max_seq_len or max(2, min(ctx, DEFAULT_HF_CONTEXT)),
+        max_seq_len=seq,
         tie_embeddings=cfg.get("tie_word_embeddings", False), rope_scaling=rs)
     return check_args(args, "config", HF_NAMES)
 
@@ -98,9 +110,10 @@ def _hf_tensors(folder: Path) -> dict[str, torch.Tensor]:
         if not isinstance(wm, dict) or not all(isinstance(k, str) for k in wm):
             raise ValueError(f"model: {index}: weight_map must be an object {{tensor name: shard file}}")
         out = {}
-        for shard in sorted(set(wm.values()), key=str):
-            if not isinstance(shard, str) or Path(shard).name != shard or shard in (".", ".."):
+        for shard in wm.values():
+            if not isinstance(shard, str) or not shard or Path(shard).name != shard or shard in (".", ".."):
                 raise ValueError(f"model: {index} names shard {shard!r}; a shard must be a file name in the folder")
+        for shard in sorted(set(wm.values())):
             held = read_safetensors(folder / shard)
             for name in (n for n, s in wm.items() if s == shard):  # each tensor from the shard the index names
                 if name not in held:
@@ -116,15 +129,22 @@ def load_hf(folder: Path, cfg: dict, max_seq_len: int | None = None) -> Transfor
     args = args_from_hf(cfg, max_seq_len)
     t = _hf_tensors(folder)
 
+    used: set[str] = set()
+
     def get(name):
         for k in (name, "model." + name if not name.startswith("model.") else name):
             if k in t:
+                used.add(k)
                 return check_float(k, t[k]).float()
         raise ValueError(f"model: checkpoint lacks tensor {name}")
 
     sd = {"tok_embeddings.weight": get("model.embed_tokens.weight"), "norm.weight": get("model.norm.weight")}
     if not args.tie_embeddings:
         sd["output.weight"] = get("lm_head.weight")
+    elif "lm_head.weight" in t:  # transformers 5 would run this head, transformers 4 the embeddings: refuse to guess
+        if not torch.equal(get("lm_head.weight"), sd["tok_embeddings.weight"]):
+            raise ValueError("model: tie_word_embeddings is true but lm_head.weight differs from the embeddings "
+                             "(readers disagree on which to use); set tie_word_embeddings false or drop lm_head.weight")
     for i in range(args.n_layers):
         p = f"model.layers.{i}."
         try:
@@ -136,6 +156,10 @@ def load_hf(folder: Path, cfg: dict, max_seq_len: int | None = None) -> Transfor
         sd[f"layers.{i}.w2.weight"] = get(p + "mlp.down_proj.weight")
         sd[f"layers.{i}.attention_norm.weight"] = get(p + "input_layernorm.weight")
         sd[f"layers.{i}.ffn_norm.weight"] = get(p + "post_attention_layernorm.weight")
+    unread = sorted(k for k in t if k not in used and not k.endswith("rotary_emb.inv_freq"))  # a buffer, recomputed
+    if unread:  # biases, more layers than config.json says, quantisation scales: another model than the one built
+        raise ValueError(f"model: the checkpoint holds {len(unread)} tensor(s) the executor would not use, e.g. "
+                         f"{unread[0]} (biases, extra layers and quantisation scales are not supported)")
     model = Transformer(args)
     load_state(model, sd)
     return model

@@ -228,7 +228,7 @@ def work(tmp_path_factory):
     hd.mkdir()
     hf = {"theta_str": dict(rope_theta="abc"), "scaling_int": dict(rope_scaling=5),
           "scaling_nofactor": dict(rope_scaling={"rope_type": "llama3"}),
-          "scaling_strfactor": dict(rope_scaling={"rope_type": "llama3", "factor": "x"}),
+          "scaling_strfactor": dict(rope_scaling={"rope_type": "llama3", "factor": "x", "original_max_position_embeddings": 8192}),
           "scaling_kind": dict(rope_scaling={"rope_type": "yarn", "factor": 2}),
           "eps_str": dict(rms_norm_eps="x"), "eps_neg": dict(rms_norm_eps=-1), "dims_huge": dict(hidden_size=10 ** 6,
                                                                                                  intermediate_size=10 ** 6),
@@ -239,7 +239,12 @@ def work(tmp_path_factory):
           "headdim_bad": dict(head_dim=7), "kv_bad": dict(num_key_value_heads=3), "tie_str": dict(tie_word_embeddings="yes"),
           "ctx_huge": dict(max_position_embeddings=10 ** 12), "arch_str": dict(architectures="Llama"),
           "type_gpt2": dict(model_type="gpt2", architectures=["GPT2LMHeadModel"]), "act_gelu": dict(hidden_act="gelu"),
-          "bias": dict(attention_bias=True), "novocab": dict(vocab_size=DROP), "theta_inf": dict(rope_theta=1e309)}
+          "bias": dict(attention_bias=True), "novocab": dict(vocab_size=DROP), "theta_inf": dict(rope_theta=1e309),
+          # sixteenth round: another architecture, or values a reader would replace silently
+          "type_qwen2": dict(model_type="qwen2", architectures=["Qwen2ForCausalLM"]), "window": dict(sliding_window=4),
+          "ctx_zero": dict(max_position_embeddings=0), "headdim_zero": dict(head_dim=0),
+          "kv_zero": dict(num_key_value_heads=0), "ropeparams_list": dict(rope_parameters=[]),
+          "scaling_noorig": dict(rope_scaling={"rope_type": "llama3", "factor": 8.0})}
     for name, over in hf.items():
         f["HF_" + name.upper()] = _hf(hd, "hf_" + name, **over)
     ours = {"theta_str": dict(rope_theta="abc"), "eps_str": dict(norm_eps="x"), "dim_huge": dict(dim=10 ** 6),
@@ -679,6 +684,13 @@ CASES = [
     ("hf-config", E, "info --model {HF_SCALING_NOFACTOR}", ["rope_scaling.factor"]),
     ("hf-config", E, "info --model {HF_SCALING_STRFACTOR}", ["rope_scaling.factor", "number"]),
     ("hf-config", E, "info --model {HF_SCALING_KIND}", ["rope_scaling", "llama3"]),
+    ("hf-config", E, "info --model {HF_TYPE_QWEN2}", ["model_type", "llama, mistral", "qwen2"]),
+    ("hf-config", E, "info --model {HF_WINDOW}", ["sliding_window", "shorter than"]),
+    ("hf-config", E, "info --model {HF_CTX_ZERO}", ["max_position_embeddings", ">= 2"]),
+    ("hf-config", E, "info --model {HF_HEADDIM_ZERO}", ["head_dim"]),
+    ("hf-config", E, "info --model {HF_KV_ZERO}", ["num_key_value_heads", ">= 1"]),
+    ("hf-config", E, "info --model {HF_ROPEPARAMS_LIST}", ["rope_parameters", "object"]),
+    ("hf-config", E, "info --model {HF_SCALING_NOORIG}", ["rope_scaling.original_max_position_embeddings", "missing"]),
     ("hf-config", E, "info --model {HF_EPS_STR}", ["rms_norm_eps", "number"]),
     ("hf-config", E, "info --model {HF_EPS_NEG}", ["norm_eps", "[1e-12, 0.1]"]),
     ("hf-config", E, "info --model {HF_DIMS_HUGE}", ["config.hidden_size", "[2, 65536]"]),

@@ -117,3 +117,27 @@ def test_cli_on_hf_folder_with_tokenizer(tmp_path, capsys):
     assert main(["generate", "--model", str(tmp_path), "--prompt", "def f(x):", "--levels", "2,4",
                  "--max-new-tokens", "8"]) == 0
     assert capsys.readouterr().out.startswith("def f(x):")
+
+
+def test_a_checkpoint_with_tensors_the_model_would_not_use_is_refused(tmp_path):
+    """Biases (Qwen2-style), extra layers, a head the tied embeddings would replace, a shard
+    named by a list: another model than the one built, or no model -- refused, not run
+    (sixteenth fuzz round: they were loaded without a word, or crashed)."""
+    from safetensors.torch import load_file, save_file
+
+    tiny_llama(tmp_path, False)
+    f = tmp_path / "model.safetensors"
+    held = load_file(str(f))
+    save_file({**held, "model.layers.0.self_attn.q_proj.bias": torch.ones(64)}, str(f), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="1 tensor\\(s\\) the executor would not use, e.g. model.layers.0.self_attn.q_proj.bias"):
+        load_model(tmp_path)
+    save_file(held, str(f), metadata={"format": "pt"})
+    cfg = json.loads((tmp_path / "config.json").read_text(encoding="utf-8"))
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "tie_word_embeddings": True}))
+    with pytest.raises(ValueError, match="lm_head.weight differs from the embeddings"):
+        load_model(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"model.norm.weight": ["a"]}}))
+    f.unlink()
+    with pytest.raises(ValueError, match="names shard \\['a'\\]; a shard must be a file name"):
+        load_model(tmp_path)
