@@ -38,12 +38,17 @@ def draw_plans(setting: Setting, n: int, seed: int) -> list[Plan]:
 
 
 def check_model_matches(profile: Profile, model, model_name: str) -> None:
-    a = model.args
-    shape = (profile.model.num_layers, profile.model.hidden, profile.model.vocab)
-    if shape != (model.num_layers, a.dim, a.vocab_size) or profile.model.name != model_name:
-        raise ValueError(f"profile: measured for model {profile.model.name!r} ({shape[0]} layers, hidden {shape[1]}, "
-                         f"vocab {shape[2]}), but the model run is {model_name!r} ({model.num_layers} layers, "
-                         f"hidden {a.dim}, vocab {a.vocab_size})")
+    """The model run is the profile's: its name and every architecture figure the profile
+    records (layers, hidden, heads, KV heads, FFN, vocab; weights are not compared)."""
+    a, m = model.args, profile.model
+
+    def shape(layers, hidden, heads, kv, ffn, vocab) -> str:
+        return f"{layers} layers, hidden {hidden}, heads {heads}/{kv} KV, FFN {ffn}, vocab {vocab}"
+
+    was = shape(m.num_layers, m.hidden, m.heads, m.kv_heads, m.ffn, m.vocab)
+    now = shape(model.num_layers, a.dim, a.n_heads, a.n_kv_heads, a.ffn_dim, a.vocab_size)
+    if was != now or m.name != model_name:
+        raise ValueError(f"profile: measured for model {m.name!r} ({was}), but the model run is {model_name!r} ({now})")
 
 
 def machine_check(profile: Profile, device: str, allow_other: bool) -> str | None:

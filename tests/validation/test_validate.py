@@ -180,6 +180,12 @@ def test_profile_of_another_model_is_refused(small):
         check_model_matches(profile, other, "rand6")
     with pytest.raises(ValueError, match="profile: measured for model"):
         check_model_matches(profile, model, "another-name")
+    # the same name, layers, width and vocab, other heads and FFN: another model (sixteenth fuzz round)
+    a = model.args
+    twin = Transformer(ModelArgs(n_layers=a.n_layers, dim=a.dim, n_heads=a.n_kv_heads, n_kv_heads=a.n_kv_heads,
+                                 ffn_dim=a.ffn_dim + 2, vocab_size=a.vocab_size, max_seq_len=a.max_seq_len))
+    with pytest.raises(ValueError, match="heads .* FFN"):
+        check_model_matches(profile, twin, profile.model.name)
 
 
 def test_validate_cli_bad_input(small, tmp_path, capsys):
