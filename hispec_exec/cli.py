@@ -363,8 +363,8 @@ def cmd_train(a) -> int:
             out.rmdir()  # interrupted before the first checkpoint: leave no empty folder
         elif isinstance(e, KeyboardInterrupt) and (out / "train_log.json").exists() \
                 and (out / "train_log.json").stat().st_mtime >= started:
-            sys.stderr.write(f"hispec-exec: interrupted; {out} holds the last periodic checkpoint "
-                             "(train_log.json says partial)\n")
+            sys.stderr.write(f"hispec-exec: interrupted; {out} holds the last checkpoint saved, whole (its "
+                             "train_log.json says partial if training had not finished)\n")
             return 130
         raise
     print(json.dumps({"out": a.out, "train_seconds": info["train_seconds"], "steps": info["steps"],

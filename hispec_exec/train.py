@@ -151,19 +151,43 @@ def train(out_dir: str | Path, args: ModelArgs | None = None, minutes: float = 2
 
 
 def save(model: Transformer, out_dir: Path, log: dict) -> None:
+    """The checkpoint whole or not at all: weights, config and log written to temp files of
+    their own (two runs into one folder never share one), then, under the folder's lock and
+    with SIGINT / SIGTERM / SIGHUP held until it is done, the three renamed into place -- an
+    interrupt leaves the previous checkpoint or this one, never a mix."""
+    import os
+    import signal
+    import tempfile
+
     from safetensors.torch import save_file
 
-    from hispec_sim.schema import write_atomic
+    from hispec_sim.cli_common import shown
+    from hispec_sim.entry import TERMINATING, handling, interrupt, not_ignored
+    from hispec_sim.schema import file_mode, folder_locked
 
     sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     if model.args.tie_embeddings:
         sd.pop("output.weight", None)
-    tmp = out_dir / "model.safetensors.tmp"
+    texts = {"config.json": model.args.to_json() + "\n", "train_log.json": json.dumps(log, indent=1) + "\n"}
+    temps: dict[str, str] = {}
     try:
-        save_file(sd, str(tmp))
-    except Exception as e:  # safetensors raises its own error type (disk full, file too large)
-        tmp.unlink(missing_ok=True)
-        raise ValueError(f"out: cannot write {out_dir / 'model.safetensors'} ({str(e).splitlines()[0][:160]})") from None
-    tmp.replace(out_dir / "model.safetensors")
-    write_atomic(out_dir / "config.json", model.args.to_json() + "\n")
-    write_atomic(out_dir / "train_log.json", json.dumps(log, indent=1) + "\n")
+        for name in ("model.safetensors", *texts):
+            fd, temps[name] = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.", suffix=".tmp")
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(texts.get(name, ""))
+        save_file(sd, temps["model.safetensors"])
+        for name, tmp in temps.items():
+            os.chmod(tmp, file_mode(out_dir / name))
+        caught: list[int] = []
+        with folder_locked(out_dir, f"hispec-exec: waiting for the lock on {shown(out_dir)} (another command is "
+                                    "writing a checkpoint there)"), \
+                handling(not_ignored((signal.SIGINT, *TERMINATING)), lambda signum, frame: caught.append(signum)):
+            for name, tmp in temps.items():
+                os.replace(tmp, out_dir / name)
+        if caught:  # held while the files were renamed: it ends the run now
+            raise interrupt(caught[0])
+    except Exception as e:  # a full disk, a file-size limit (safetensors raises its own error type)
+        raise ValueError(f"out: cannot write the checkpoint in {out_dir} ({str(e).splitlines()[0][:160]})") from None
+    finally:
+        for tmp in temps.values():
+            Path(tmp).unlink(missing_ok=True)

@@ -4,9 +4,7 @@ any long work; the main CLI prints it on one line, exit status 2."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -82,30 +80,6 @@ def _identity(path: Path) -> tuple | None:
     return st.st_ino, st.st_mtime_ns, st.st_size
 
 
-@contextlib.contextmanager
-def _folder_locked(folder: Path):
-    """An exclusive lock on a folder while a profile in it is re-read, merged and replaced:
-    two commands measuring workloads into one profile at once both keep theirs (no lock
-    without flock, or on a folder that cannot be opened)."""
-    try:
-        import fcntl
-
-        fd = os.open(folder, os.O_RDONLY)
-    except (ImportError, OSError):  # pragma: no cover
-        yield
-        return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"hispec-sim: waiting for the lock on {shown(folder)} (another command is writing a profile there)",
-                  file=sys.stderr, flush=True)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
 def _existing_profile(path: Path) -> schema.Profile | None:
     if not path.exists():
         return None
@@ -177,7 +151,8 @@ def cmd_measure(args) -> int:
                                   prompts=prompts if prompts_text is not None else None,
                                   prompts_detail=detail, log=log)
         verb = "measured"
-    with _folder_locked(out.parent):
+    with schema.folder_locked(out.parent, f"hispec-sim: waiting for the lock on {shown(out.parent)} (another command "
+                              "is writing a profile there)"):
         if _identity(out) != read_as:  # another command wrote the file meanwhile: merge into what it holds now
             existing = _existing_profile(out)
             if existing is not None:

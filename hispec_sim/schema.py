@@ -6,6 +6,7 @@ figure in it carries a `Source`.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -1170,6 +1171,45 @@ def check_writable(path: str | Path) -> None:
         raise ValueError(f"out: folder {path.parent} is not writable")
 
 
+def file_mode(path: Path) -> int:
+    """The permissions a file written at `path` gets: those of the file it replaces (as `>`
+    keeps them), else an ordinary new file's under the umask (mkstemp makes 0600)."""
+    import os
+
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+@contextlib.contextmanager
+def folder_locked(folder: Path, waiting: str):
+    """An exclusive lock on a folder while files in it are re-read and replaced (no lock
+    without flock, or on a folder that cannot be opened); prints `waiting` to stderr when
+    another command holds it."""
+    import os
+    import sys
+
+    try:
+        import fcntl
+
+        fd = os.open(folder, os.O_RDONLY)
+    except (ImportError, OSError):  # pragma: no cover
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(waiting, file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def write_atomic(path: str | Path, text: str) -> None:
     """Write a whole file or nothing: a temp file in the same folder, then rename."""
     import os
@@ -1187,13 +1227,7 @@ def write_atomic(path: str | Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:  # what every reader here decodes, whatever the locale
             f.write(text)
-        try:  # a file replaced keeps its permissions (as `>` does)
-            mode = os.stat(path).st_mode & 0o7777
-        except OSError:  # a new file: an ordinary one (mkstemp makes 0600)
-            umask = os.umask(0)
-            os.umask(umask)
-            mode = 0o666 & ~umask
-        os.chmod(tmp, mode)
+        os.chmod(tmp, file_mode(path))
         os.replace(tmp, path)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)

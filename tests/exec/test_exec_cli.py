@@ -176,3 +176,32 @@ def test_run_check_cuda(capsys):
     # CUDA kernels change with shape: identical except at a near-tie, which --check reports
     assert out["device"].startswith("cuda")
     assert out["identical_to_autoregressive"] is True or out["first_divergence"]["near_tie"] is True
+
+
+def test_train_interrupted_while_saving_leaves_one_whole_checkpoint(tmp_path, capsys, monkeypatch):
+    """A Ctrl-C that lands while the checkpoint's files are renamed into place waits until all
+    three are in (sixteenth fuzz round: new weights beside the old config.json, a folder that
+    no longer loaded, and "nothing written" said)."""
+    import os
+    import signal
+
+    from hispec_exec import load_model
+
+    out = tmp_path / "t"
+    assert main([*TINY_TRAIN, "--max-seq-len", "16", "--out", str(out)]) == 0
+    capsys.readouterr()
+    real = os.replace
+
+    def interrupted(src, dst):
+        os.kill(os.getpid(), signal.SIGINT)  # a real signal, at the first rename
+        return real(src, dst)
+
+    monkeypatch.setattr(signal, "signal", signal.signal)  # restored after the test
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as from a shell (xdist workers may ignore it)
+    monkeypatch.setattr(os, "replace", interrupted)
+    wider = [a if a != "16" or i != TINY_TRAIN.index("--dim") + 1 else "32" for i, a in enumerate(TINY_TRAIN)]
+    code = main([*wider, "--max-seq-len", "16", "--out", str(out)])
+    monkeypatch.setattr(os, "replace", real)
+    assert code == 130 and "holds the last checkpoint saved, whole" in capsys.readouterr().err
+    assert load_model(out).args.dim == 32 and sorted(p.name for p in out.iterdir()) == [
+        "config.json", "model.safetensors", "train_log.json"]  # the new one, whole; no temp file left
