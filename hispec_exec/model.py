@@ -93,14 +93,7 @@ class ModelArgs:
         if missing:  # defaults would stand in for a model's shape: the weights then "lack" every tensor
             raise ValueError(f"config: missing {', '.join(missing)} (a Hugging Face config.json names model_type or "
                              "architectures)")
-        args = cls(**d)
-        for f in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "max_seq_len"):
-            v = getattr(args, f)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"config.{f}: must be a positive integer, got {v!r}")
-        if args.dim % args.n_heads or args.n_heads % args.n_kv_heads:
-            raise ValueError("config.n_heads: dim must divide by n_heads and n_heads by n_kv_heads")
-        return args
+        return cls(**d)  # types and ranges: checkpoint.check_args, which every caller runs next
 
 
 ROW_TILE = 8  # linear layers and the exit head: rows in tiles of exactly this many
