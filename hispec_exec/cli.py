@@ -340,9 +340,31 @@ def check_train_args(a):
     check_output_folder(a.out)
     if a.init_from is not None and Path(a.out).is_dir() and os.path.samefile(a.out, a.init_from):
         raise ValueError(f"out: {a.out} is the --init-from checkpoint, an input; give another folder")
-    if Path(a.out).is_dir() and any(Path(a.out).iterdir()) and not (Path(a.out) / "config.json").exists():
-        raise ValueError(f"out: {a.out} is a folder holding other files; give a new or a checkpoint folder")
+    out = Path(a.out)
+    if out.is_dir() and any(out.iterdir()) and not _our_checkpoint(out):
+        raise ValueError(f"out: {a.out} is a folder holding other files (only a checkpoint `train` wrote is replaced); "
+                         "give a new folder or one of its checkpoints")
     return args
+
+
+CHECKPOINT_FILES = ("config.json", "model.safetensors", "train_log.json")
+
+
+def _our_checkpoint(folder: Path) -> bool:
+    """A folder `train` wrote: its three files (and temp files a killed save left), with our
+    own config -- not a Hugging Face model or another project's folder that has a config.json."""
+    from .checkpoint import _read_json
+
+    names = [p.name for p in folder.iterdir()]
+    ours = all(n in CHECKPOINT_FILES or n.startswith(tuple(f".{f}." for f in CHECKPOINT_FILES)) and n.endswith(".tmp")
+               for n in names)
+    if not ours or "config.json" not in names:
+        return ours  # only the temp files of a first save that was killed: nothing of anyone else's
+    try:
+        cfg = _read_json(folder / "config.json", "out")
+    except ValueError:
+        return False
+    return "model_type" not in cfg and "architectures" not in cfg
 
 
 def cmd_train(a) -> int:
@@ -363,9 +385,12 @@ def cmd_train(a) -> int:
             out.rmdir()  # interrupted before the first checkpoint: leave no empty folder
         elif isinstance(e, KeyboardInterrupt) and (out / "train_log.json").exists() \
                 and (out / "train_log.json").stat().st_mtime >= started:
-            sys.stderr.write(f"hispec-exec: interrupted; {out} holds the last checkpoint saved, whole (its "
-                             "train_log.json says partial if training had not finished)\n")
-            return 130
+            from hispec_sim.entry import exit_message
+
+            line, code = exit_message("hispec-exec", e, f"{out} holds the last checkpoint saved, whole; its "
+                                      "train_log.json says partial if training had not finished")
+            sys.stderr.write(line + "\n")
+            return code
         raise
     print(json.dumps({"out": a.out, "train_seconds": info["train_seconds"], "steps": info["steps"],
                       "heldout_loss_per_exit": info["heldout"]["loss"],

@@ -12,7 +12,8 @@ DEFAULT_HF_CONTEXT = 2048  # the KV cache is allocated for this many positions u
 
 
 def _int(cfg: dict, key: str, default=None) -> int:
-    v = cfg.get(key, default)
+    v = cfg.get(key)
+    v = default if v is None else v  # null: the reader's default, as transformers reads it
     if v is None:
         raise ValueError(f"config.{key}: missing in the Hugging Face config")
     if isinstance(v, bool) or not isinstance(v, int):
@@ -56,11 +57,11 @@ def args_from_hf(cfg: dict, max_seq_len: int | None = None) -> ModelArgs:
     rp = {} if rp is None else rp
     if not isinstance(rp, dict):
         raise ValueError(f"config.rope_parameters: must be an object, got {rp!r}")
-    if "rope_theta" in cfg and "rope_theta" in rp and cfg["rope_theta"] != rp["rope_theta"]:
+    if cfg.get("rope_theta") is not None and "rope_theta" in rp and cfg["rope_theta"] != rp["rope_theta"]:
         # transformers >= 5 reads rope_parameters: with two values the model would depend on the reader
         raise ValueError(f"config.rope_theta: {cfg['rope_theta']!r} differs from rope_parameters.rope_theta "
                          f"{rp['rope_theta']!r}; give one value")
-    theta = cfg.get("rope_theta", rp.get("rope_theta", 10000.0))
+    theta = cfg["rope_theta"] if cfg.get("rope_theta") is not None else rp.get("rope_theta", 10000.0)
     if isinstance(theta, bool) or not isinstance(theta, (int, float)):
         raise ValueError(f"config.rope_theta: must be a number, got {theta!r}")
     rs = cfg.get("rope_scaling") or (rp if rp.get("rope_type", "default") != "default" else None)
@@ -85,9 +86,11 @@ def args_from_hf(cfg: dict, max_seq_len: int | None = None) -> ModelArgs:
     if kv < 1:
         raise ValueError(f"config.num_key_value_heads: must be >= 1, got {kv}")
     seq = max_seq_len or min(ctx, DEFAULT_HF_CONTEXT)
-    window = cfg.get("sliding_window")
-    if window is not None and cfg.get("use_sliding_window", True) and (not isinstance(window, int) or window < seq):
-        raise ValueError(f"config.sliding_window: {window!r} is shorter than the {seq} positions the model runs at; "
+    window = cfg.get("sliding_window")  # Mistral applies it whatever use_sliding_window says (only Qwen2 reads that)
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int)):
+        raise ValueError(f"config.sliding_window: must be an integer or null, got {window!r}")
+    if window is not None and window < seq:
+        raise ValueError(f"config.sliding_window: {window} is shorter than the {seq} positions the model runs at; "
                          "the executor attends over the whole context (no sliding window)")
     args = ModelArgs(
         vocab_size=_int(cfg, "vocab_size"), dim=dim, n_layers=_int(cfg, "num_hidden_layers"), n_heads=heads,

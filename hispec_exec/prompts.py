@@ -86,7 +86,8 @@ def read_prompts(path: str | Path, fmt: str | None = None, field: str = "prompt"
                 raise ValueError(f"field: record {i} has no list {key!r} of turns; choose it with --field")
             first = next((t for t in turns if isinstance(t, dict) and str(t.get("from") or t.get("role")).lower() in
                           ("human", "user")), None)
-            value = None if first is None else next((first[k] for k in ("value", "content") if first.get(k) is not None), None)
+            texts = [] if first is None else [first[k] for k in ("value", "content") if isinstance(first.get(k), str)]
+            value = next((t for t in texts if t.strip()), texts[0] if texts else None)  # the one with text
             if first is not None and not isinstance(value, str):
                 raise ValueError(f"field: record {i}: the first human turn has no text 'value' or 'content'")
             if first is None or not value.strip():  # no user turn, or an empty one (scraped dumps have them): no prompt

@@ -150,7 +150,8 @@ def check_name(v: str) -> str:
         if _tag(c):  # a subdivision flag: black flag, tag letters, cancel tag (England, Scotland, Wales)
             ok = _tag_run_ok(v, i)
         elif c in JOINERS:
-            ok = (_joining(before) and _joining(after)) or (c == "\u200d" and _emoji(_base(v, i)) and _emoji(after))
+            ok = (_joining(before) and (_joining(after) or not after or unicodedata.category(after)[0] in "PZ")
+                  or c == "\u200d" and _emoji(_base(v, i)) and _emoji(after))  # a word's end: Malayalam chillus
         elif c in _SCRIPT_MARKS:
             lo, hi = _SCRIPT_MARKS[c]
             ok = bool(before) and lo <= ord(before) <= hi

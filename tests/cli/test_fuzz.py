@@ -244,7 +244,9 @@ def work(tmp_path_factory):
           "type_qwen2": dict(model_type="qwen2", architectures=["Qwen2ForCausalLM"]), "window": dict(sliding_window=4),
           "ctx_zero": dict(max_position_embeddings=0), "headdim_zero": dict(head_dim=0),
           "kv_zero": dict(num_key_value_heads=0), "ropeparams_list": dict(rope_parameters=[]),
-          "scaling_noorig": dict(rope_scaling={"rope_type": "llama3", "factor": 8.0})}
+          "scaling_noorig": dict(rope_scaling={"rope_type": "llama3", "factor": 8.0}),
+          # seventeenth: Mistral applies its window whatever use_sliding_window says (only Qwen2 reads it)
+          "window_unused": dict(sliding_window=4, use_sliding_window=False), "window_float": dict(sliding_window=4096.0)}
     for name, over in hf.items():
         f["HF_" + name.upper()] = _hf(hd, "hf_" + name, **over)
     ours = {"theta_str": dict(rope_theta="abc"), "eps_str": dict(norm_eps="x"), "dim_huge": dict(dim=10 ** 6),
@@ -691,6 +693,8 @@ CASES = [
     ("hf-config", E, "info --model {HF_KV_ZERO}", ["num_key_value_heads", ">= 1"]),
     ("hf-config", E, "info --model {HF_ROPEPARAMS_LIST}", ["rope_parameters", "object"]),
     ("hf-config", E, "info --model {HF_SCALING_NOORIG}", ["rope_scaling.original_max_position_embeddings", "missing"]),
+    ("hf-config", E, "info --model {HF_WINDOW_UNUSED}", ["sliding_window", "shorter than"]),
+    ("hf-config", E, "info --model {HF_WINDOW_FLOAT}", ["sliding_window", "integer or null"]),
     ("hf-config", E, "info --model {HF_EPS_STR}", ["rms_norm_eps", "number"]),
     ("hf-config", E, "info --model {HF_EPS_NEG}", ["norm_eps", "[1e-12, 0.1]"]),
     ("hf-config", E, "info --model {HF_DIMS_HUGE}", ["config.hidden_size", "[2, 65536]"]),

@@ -155,7 +155,7 @@ def test_names_that_print_alike_are_refused_and_real_spellings_kept():
 
     for ok in ("tiny", "日本語", "café", "👨\u200d💻", "❤\ufe0f", "می\u200cخواهم", "क्\u200dष", "1\ufe0f\u20e3",
                "❤\ufe0f\u200d🔥", "👩🏽\u200d💻", "‼\ufe0f", "葛\U000e0100", "ℹ\ufe0f", "ᠮᠣ\u200dᠩ", "မြန်\u200cမာ",
-               "\U0001f3f4\U000e0067\U000e0062\U000e0065\U000e006e\U000e0067\U000e007f", "ᠮ\u180bᠣ", "ក\u17d2ស"):  # fifteenth round: ℹ, Mongolian, Myanmar, England
+               "\U0001f3f4\U000e0067\U000e0062\U000e0065\U000e006e\U000e0067\U000e007f", "ᠮ\u180bᠣ", "ក\u17d2ស", "അവന്\u200d പോയി"):  # fifteenth round: ℹ, Mongolian, Myanmar, England
         assert check_name(ok) == ok
     # fourteenth round: a joiner between Latin letters, a selector after one, and a decomposed
     # accent printed like names without them

@@ -202,6 +202,20 @@ def test_train_interrupted_while_saving_leaves_one_whole_checkpoint(tmp_path, ca
     wider = [a if a != "16" or i != TINY_TRAIN.index("--dim") + 1 else "32" for i, a in enumerate(TINY_TRAIN)]
     code = main([*wider, "--max-seq-len", "16", "--out", str(out)])
     monkeypatch.setattr(os, "replace", real)
-    assert code == 130 and "holds the last checkpoint saved, whole" in capsys.readouterr().err
+    assert code == 130 and "interrupted (" in capsys.readouterr().err
     assert load_model(out).args.dim == 32 and sorted(p.name for p in out.iterdir()) == [
         "config.json", "model.safetensors", "train_log.json"]  # the new one, whole; no temp file left
+
+
+def test_train_replaces_only_its_own_checkpoints(tmp_path, capsys):
+    """A folder with a config.json that `train` did not write -- a Hugging Face model, a
+    project's folder -- is refused, untouched (seventeenth fuzz round: it was overwritten)."""
+    for name, files in (("hf", {"config.json": '{"model_type": "llama"}', "tokenizer.json": "{}"}),
+                        ("proj", {"config.json": '{"database": "prod"}', "notes.txt": "x"})):
+        folder = tmp_path / name
+        folder.mkdir()
+        for f, text in files.items():
+            (folder / f).write_text(text)
+        assert main([*TINY_TRAIN, "--max-seq-len", "16", "--out", str(folder)]) == 2
+        assert "is a folder holding other files" in capsys.readouterr().err
+        assert {f.name: f.read_text() for f in folder.iterdir()} == files

@@ -387,7 +387,7 @@ def test_prompts_file_formats(tmp_path, capsys):
     assert "1 of 3 conversations have no human/user turn" in capsys.readouterr().err  # skipped, and said
     # an empty first human turn is no prompt either, and a null 'from' leaves 'role' to say (fifteenth round)
     odd = share + [{"conversations": [{"from": "human", "value": " "}]},
-                   {"conversations": [{"from": None, "role": "user", "value": None, "content": "by role"}]}]
+                   {"conversations": [{"from": None, "role": "user", "value": "", "content": "by role"}]}]
     (tmp_path / "o.json").write_text(json.dumps(odd))
     assert read_prompts(tmp_path / "o.json")[-1] == ("record 5", "by role")
     assert "2 of 5 conversations have no human/user turn, or an empty first one" in capsys.readouterr().err
