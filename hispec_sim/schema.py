@@ -1141,6 +1141,14 @@ def load_profile(name_or_path: str) -> Profile:
 PLAN_ONLY_FIELDS = frozenset({"levels", "propose", "windows", "draft_confidence", "escalate_confidence"})  # no other output's
 
 
+def _misspelt_plan_field(data: dict) -> bool:
+    """A key that reads like a plan's own (`levles`, `Levels`): a hand-written plan, whose
+    missing field is then named."""
+    import difflib
+
+    return any(difflib.get_close_matches(str(k).lower(), PLAN_ONLY_FIELDS, n=1, cutoff=0.8) for k in data)
+
+
 def load_plan(path: str | Path) -> Plan:
     data = _load_object(Path(path), "plan")
     if "levels" not in data:  # what optimize / evaluate print: the plan their --out would write
@@ -1153,7 +1161,7 @@ def load_plan(path: str | Path) -> Plan:
             data = data["best"]
         if isinstance(data, dict) and "levels" not in data:
             data = data.get("plan", data)
-    if not isinstance(data, dict) or not data.keys() & PLAN_ONLY_FIELDS:
+    if not isinstance(data, dict) or not (data.keys() & PLAN_ONLY_FIELDS or _misspelt_plan_field(data)):
         # e.g. a report's or capacity's JSON (which carry `batching`); a plan missing a field is told which below
         raise ValueError(f"plan: {path} holds no plan object (expected {{\"levels\": [...], ...}})")
     return _validated(Plan, data, "plan", path)

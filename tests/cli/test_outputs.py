@@ -183,7 +183,8 @@ def test_messages_that_say_what_the_input_is(tmp_path, capsys):
         (tmp_path / "r.json").write_text(json.dumps(other))
         assert main(["evaluate", "--profile", "cpu_hispec_tiny", "--plan", str(tmp_path / "r.json")]) == 2
         assert "holds no plan object" in capsys.readouterr().err
-    for plan in ({"propose": 3}, {"levles": [2, 16], "propose": 3}, {"propose": 3, "comment": "x"}):
+    for plan in ({"propose": 3}, {"levles": [2, 16], "propose": 3}, {"propose": 3, "comment": "x"},
+                 {"levles": [2, 16]}, {"Levels": [2, 16]}):
         (tmp_path / "p.json").write_text(json.dumps(plan))
         assert main(["evaluate", "--profile", "cpu_hispec_tiny", "--plan", str(tmp_path / "p.json")]) == 2
         assert "levels: Field required" in capsys.readouterr().err  # a plan missing a field says which (round 16)
