@@ -340,31 +340,13 @@ def check_train_args(a):
     check_output_folder(a.out)
     if a.init_from is not None and Path(a.out).is_dir() and os.path.samefile(a.out, a.init_from):
         raise ValueError(f"out: {a.out} is the --init-from checkpoint, an input; give another folder")
+    from .train import is_checkpoint_folder
+
     out = Path(a.out)
-    if out.is_dir() and any(out.iterdir()) and not _our_checkpoint(out):
+    if out.is_dir() and any(out.iterdir()) and not is_checkpoint_folder(out):
         raise ValueError(f"out: {a.out} is a folder holding other files (only a checkpoint `train` wrote is replaced); "
                          "give a new folder or one of its checkpoints")
     return args
-
-
-CHECKPOINT_FILES = ("config.json", "model.safetensors", "train_log.json")
-
-
-def _our_checkpoint(folder: Path) -> bool:
-    """A folder `train` wrote: its three files (and temp files a killed save left), with our
-    own config -- not a Hugging Face model or another project's folder that has a config.json."""
-    from .checkpoint import _read_json
-
-    names = [p.name for p in folder.iterdir()]
-    ours = all(n in CHECKPOINT_FILES or n.startswith(tuple(f".{f}." for f in CHECKPOINT_FILES)) and n.endswith(".tmp")
-               for n in names)
-    if not ours or "config.json" not in names:
-        return ours  # only the temp files of a first save that was killed: nothing of anyone else's
-    try:
-        cfg = _read_json(folder / "config.json", "out")
-    except ValueError:
-        return False
-    return "model_type" not in cfg and "architectures" not in cfg
 
 
 def cmd_train(a) -> int:

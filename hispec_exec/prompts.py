@@ -87,10 +87,10 @@ def read_prompts(path: str | Path, fmt: str | None = None, field: str = "prompt"
             first = next((t for t in turns if isinstance(t, dict) and str(t.get("from") or t.get("role")).lower() in
                           ("human", "user")), None)
             texts = [] if first is None else [first[k] for k in ("value", "content") if isinstance(first.get(k), str)]
-            value = next((t for t in texts if t.strip()), texts[0] if texts else None)  # the one with text
-            if first is not None and not isinstance(value, str):
+            if first is not None and not texts:
                 raise ValueError(f"field: record {i}: the first human turn has no text 'value' or 'content'")
-            if first is None or not value.strip():  # no user turn, or an empty one (scraped dumps have them): no prompt
+            value = next((t for t in texts if t.strip()), None)  # the one with text
+            if value is None:  # no user turn, or an empty one (scraped dumps have them): no prompt
                 skipped += 1
                 continue
             out.append((f"record {i}", value))

@@ -150,6 +150,32 @@ def train(out_dir: str | Path, args: ModelArgs | None = None, minutes: float = 2
     return info
 
 
+CHECKPOINT_FILES = ("model.safetensors", "config.json", "train_log.json")
+
+
+def _temp_name(name: str) -> tuple[str, str]:
+    """(prefix, suffix) of the temp file `save` writes for one of CHECKPOINT_FILES."""
+    return f".{name}.", ".tmp"
+
+
+def is_checkpoint_folder(folder: Path) -> bool:
+    """A folder `train` wrote: its files (and temp files a killed save left), with our own
+    config -- not a Hugging Face model or another project's folder that has a config.json."""
+    from .checkpoint import _read_json
+
+    names = [p.name for p in folder.iterdir()]
+    temps = [_temp_name(f) for f in CHECKPOINT_FILES]
+    if not all(n in CHECKPOINT_FILES or any(n.startswith(a) and n.endswith(b) for a, b in temps) for n in names):
+        return False
+    if "config.json" not in names:
+        return True  # only the temp files of a first save that was killed: nothing of anyone else's
+    try:
+        cfg = _read_json(folder / "config.json", "out")
+    except ValueError:
+        return False
+    return "model_type" not in cfg and "architectures" not in cfg
+
+
 def save(model: Transformer, out_dir: Path, log: dict) -> None:
     """The checkpoint whole or not at all: weights, config and log written to temp files of
     their own (two runs into one folder never share one), then, under the folder's lock and
@@ -171,8 +197,9 @@ def save(model: Transformer, out_dir: Path, log: dict) -> None:
     texts = {"config.json": model.args.to_json() + "\n", "train_log.json": json.dumps(log, indent=1) + "\n"}
     temps: dict[str, str] = {}
     try:
-        for name in ("model.safetensors", *texts):
-            fd, temps[name] = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.", suffix=".tmp")
+        for name in CHECKPOINT_FILES:
+            prefix, suffix = _temp_name(name)
+            fd, temps[name] = tempfile.mkstemp(dir=out_dir, prefix=prefix, suffix=suffix)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(texts.get(name, ""))
         save_file(sd, temps["model.safetensors"])
