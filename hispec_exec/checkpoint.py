@@ -2,6 +2,7 @@
 Hugging Face Llama folder. Weights are read with safetensors only, never unpickled."""
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -135,6 +136,18 @@ def load_state(model: Transformer, sd: dict[str, torch.Tensor], field: str = "mo
         for k, p in model.state_dict().items():
             if k in sd:
                 p.copy_(sd[k].to(p.dtype))
+
+
+def weights_digest(model: Transformer) -> str:
+    """'sha256:<hex>' over the weights as the model runs them: each state_dict tensor's
+    name, shape and float32 values in name order. The same checkpoint gives the same digest
+    on any machine and from any stored dtype it loads from (little-endian hosts); another
+    training run, or another checkpoint of the same shape, gives another."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(f"{name}{tuple(t.shape)};".encode())
+        h.update(t.detach().to("cpu", torch.float32).contiguous().numpy())
+    return f"sha256:{h.hexdigest()}"
 
 
 def load_model(path: str | Path | None = None, device: str = "cpu", max_seq_len: int | None = None) -> Transformer:

@@ -26,6 +26,7 @@ import torch
 
 from hispec_sim.schema import Acceptance, AcceptanceSpread, Hardware, LatencyTable, ModelShape, Plan, Profile, Source
 
+from .checkpoint import weights_digest
 from .data import heldout_prompts
 from .generate import decode
 from .model import Transformer
@@ -709,7 +710,8 @@ def _pm(se) -> str:
 def model_shape(model: Transformer, model_name: str, source: Source) -> ModelShape:
     a = model.args
     return ModelShape(name=model_name, num_layers=model.num_layers, hidden=a.dim, heads=a.n_heads, kv_heads=a.n_kv_heads,
-                      ffn=a.ffn_dim, vocab=a.vocab_size, max_context=a.max_seq_len, source=source)
+                      ffn=a.ffn_dim, vocab=a.vocab_size, max_context=a.max_seq_len, weights=weights_digest(model),
+                      source=source)
 
 
 def time_model(model: Transformer, contexts: list[int], repeats: int, tokens: list[int], seed: int,

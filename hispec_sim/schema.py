@@ -386,6 +386,9 @@ class ModelShape(Strict):
     vocab: int = Field(ge=2, le=MAX_DIM)
     max_context: int | None = Field(None, ge=2, le=MAX_CONTEXT, description="tokens one sequence may hold (prompt + "
                                     "output + speculation); None: not known, nothing checked against it")
+    weights: str | None = Field(None, pattern=r"^sha256:[0-9a-f]{64}$",
+                                description="digest of the weights as the executor runs them (hispec_exec.checkpoint."
+                                "weights_digest); None: not recorded (published profiles), not compared")
     source: Source
 
     def check_context(self, tokens: int, field: str, what: str = "", hint: str = "") -> None:

@@ -499,6 +499,26 @@ def test_measure_shipped_model_acceptance_only(tmp_path, capsys):
         assert stored in load_profile(str(out)).workloads
 
 
+def test_shipped_profile_records_the_shipped_weights(tmp_path, capsys):
+    """The shipped profile's weights digest is the shipped checkpoint's (a retrained
+    checkpoint must come with a re-measured profile); a profile of the same model name and
+    shape with other weights is refused, one line, nothing written."""
+    from hispec_exec.checkpoint import weights_digest
+    from hispec_sim.schema import save_profile
+
+    shipped = load_profile("cpu_hispec_tiny")
+    assert shipped.model.weights == weights_digest(load_model())
+    other = shipped.model_copy(update={"model": shipped.model.model_copy(update={"weights": "sha256:" + "0" * 64})})
+    out = tmp_path / "tiny.json"
+    save_profile(other, out)
+    before = out.read_bytes()
+    f = _prompts_jsonl(tmp_path / "mine.jsonl", ["def main():\n    "])
+    assert main(["profile", "measure", "--prompts-file", str(f), "--workload", "mine", "--acceptance-only",
+                 "--max-new-tokens", "4", "--out", str(out)]) == 2
+    _one_line_error(capsys, "with weights sha256:000000000000...")
+    assert out.read_bytes() == before
+
+
 def test_measures_into_one_profile_at_once_keep_both_workloads(tmp_path, capsys, monkeypatch):
     """Another command writes the profile while this one measures: this one merges into
     what the file holds then (under a lock), so neither workload is lost."""

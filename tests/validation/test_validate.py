@@ -14,6 +14,7 @@ from hispec_sim.cli import main
 from hispec_sim.cli_measure import noise_line, state_line
 from hispec_sim.evaluate import Setting
 from hispec_sim.schema import Plan, save_profile
+from hispec_exec.checkpoint import weights_digest
 from hispec_sim.validate import check_model_matches, draw_plans, machine_drift, timing_noise, validate, verdict
 
 
@@ -186,6 +187,15 @@ def test_profile_of_another_model_is_refused(small):
                                  ffn_dim=a.ffn_dim + 2, vocab_size=a.vocab_size, max_seq_len=a.max_seq_len))
     with pytest.raises(ValueError, match="heads .* FFN"):
         check_model_matches(profile, twin, profile.model.name)
+    # the same name and shape, other weights (a retrained checkpoint): the digest tells them apart
+    assert profile.model.weights == weights_digest(model)
+    check_model_matches(profile, model, profile.model.name)
+    retrained = Transformer(model.args).eval()
+    with pytest.raises(ValueError, match=r"with weights sha256:[0-9a-f]{12}\.\.\., but the model run has weights"):
+        check_model_matches(profile, retrained, profile.model.name)
+    # a profile that records no digest (a published one, or one measured before digests) compares the shape only
+    check_model_matches(profile.model_copy(update={"model": profile.model.model_copy(update={"weights": None})}),
+                        retrained, profile.model.name)
 
 
 def test_validate_cli_bad_input(small, tmp_path, capsys):
