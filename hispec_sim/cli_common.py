@@ -101,7 +101,12 @@ def name_text(text: str) -> str:
     stored in (a terminal may hand over decomposed accents, or marks in typing order)."""
     import unicodedata
 
-    return unicodedata.normalize("NFC", text)
+    nfc = unicodedata.normalize("NFC", text)
+    limit = schema.MAX_NAME
+    if len(nfc) > limit >= len(text):  # a few letters (Devanagari nukta forms...) decompose in NFC
+        raise argparse.ArgumentTypeError(f"at most {limit} characters in Unicode NFC (the form names are stored in); "
+                                         f"{len(text)} as given are {len(nfc)} in NFC")
+    return nfc
 
 
 def int_in(lo: int, hi: int):

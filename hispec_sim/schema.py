@@ -221,7 +221,8 @@ def check_no_bidi(v: str) -> str:
     return v
 
 
-Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(check_name)]  # printed on one line
+MAX_NAME = 200
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME), AfterValidator(check_name)]  # printed on one line
 
 
 # --------------------------------------------------------------------------- plan

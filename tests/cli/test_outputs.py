@@ -170,6 +170,15 @@ def test_names_that_print_alike_are_refused_and_real_spellings_kept():
             check_name(bad)
 
 
+def test_a_name_that_nfc_lengthens_says_so(tmp_path, capsys):
+    """150 letters that decompose in NFC (U+0958, a Devanagari nukta form) are 300 when
+    stored: the limit is named with both counts, not as if 150 were over 200 (sixteenth round, M2)."""
+    out = tmp_path / "p.json"
+    assert main(["profile", "synthetic", "--layers", "4", "--name", "\u0958" * 150, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "at most 200 characters in Unicode NFC" in err and "150 as given are 300 in NFC" in err and not out.exists()
+
+
 def test_messages_that_say_what_the_input_is(tmp_path, capsys):
     """A looping link as --profile is a link that cannot be read (not an unknown name), a
     report's JSON is no plan (not a plan missing its levels), and an adaptive plan's
