@@ -99,8 +99,9 @@ def add_confidence(profile: Profile, model: Transformer, workload: str | None = 
     spec = profile.provenance.get("prompts")
     if not isinstance(spec, dict) or not acc.traces:
         raise ValueError("profile: needs provenance.prompts and traces (a profile measured by `hispec-sim profile measure`)")
-    if model.num_layers != profile.model.num_layers:
-        raise ValueError(f"model: {model.num_layers} layers, the profile's model has {profile.model.num_layers}")
+    from hispec_sim.validate import check_model_matches
+
+    check_model_matches(profile, model, profile.model.name)  # its shape and, where recorded, its weights
     args_, tops = [], []
     for p in heldout_prompts(int(spec["n"]), int(spec["prompt_len"]), int(spec["seed"])):
         a, t = exit_confidence(model, p, int(spec["max_new_tokens"]), acc.exits)

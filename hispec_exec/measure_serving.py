@@ -394,10 +394,11 @@ def add_to_profile(profile_path: str, out_path: str, repeats: int = 8, rounds: i
     from .checkpoint import load_model
     from .measure import _environment
 
+    from hispec_sim.validate import check_model_matches
+
     profile = load_profile(profile_path)
     model = load_model(device=device)
-    if profile.model.num_layers != model.num_layers or profile.model.hidden != model.args.dim:
-        raise ValueError(f"profile: {profile_path} is not the shipped model's profile")
+    check_model_matches(profile, model, "hispec-tiny")  # the shipped model's name, shape and weights
     _, when, env = _environment(device)
     tables = []
     for t in profile.latency:

@@ -312,3 +312,22 @@ def test_machine_drift_of_a_profile_without_calibration_speedups(small):
     drift = machine_drift(profile.model_copy(update={"provenance": prov}), model)
     assert set(drift) == {"then_tokens_per_second", "now_tokens_per_second", "drift"} and drift["now_tokens_per_second"] > 0
     assert state_line({"machine_drift": drift}) == ""
+
+
+def test_tools_that_add_to_a_profile_refuse_other_weights(tmp_path):
+    """The confidence and serving-calibration tools add to a profile only with its own model:
+    a profile recording other weights (a retrained checkpoint) is refused before any timing."""
+    from hispec_exec.checkpoint import load_model
+    from hispec_exec.confidence import add_confidence
+    from hispec_exec.measure_serving import add_to_profile
+    from hispec_sim.schema import load_profile
+
+    shipped = load_profile("cpu_hispec_tiny")
+    other = shipped.model_copy(update={"model": shipped.model.model_copy(update={"weights": "sha256:" + "1" * 64})})
+    with pytest.raises(ValueError, match="with weights sha256:111111111111"):
+        add_confidence(other, load_model())
+    path = tmp_path / "other.json"
+    save_profile(other, path)
+    with pytest.raises(ValueError, match="with weights sha256:111111111111"):
+        add_to_profile(str(path), str(tmp_path / "out.json"))
+    assert not (tmp_path / "out.json").exists()
