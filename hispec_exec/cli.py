@@ -90,7 +90,7 @@ def _codec(a, model):
 
 
 def cmd_info(a) -> int:
-    from .checkpoint import DEFAULT_CHECKPOINT
+    from .checkpoint import DEFAULT_CHECKPOINT, weights_digest
 
     model = _load(a)
     args = model.args
@@ -99,7 +99,7 @@ def cmd_info(a) -> int:
         "layers": args.n_layers, "params": model.num_params(), "dim": args.dim, "heads": args.n_heads,
         "kv_heads": args.n_kv_heads, "ffn": args.ffn_dim, "vocab": args.vocab_size,
         "max_seq_len": args.max_seq_len, "tie_embeddings": args.tie_embeddings,
-        "exits": list(range(1, args.n_layers + 1)),
+        "exits": list(range(1, args.n_layers + 1)), "weights": weights_digest(model),
     }
     if a.model is None:
         try:
@@ -117,6 +117,7 @@ def cmd_info(a) -> int:
         print(f"layers  {args.n_layers}   params {info['params'] / 1e6:.2f}M   dim {args.dim}   heads {args.n_heads}/"
               f"{args.n_kv_heads} kv   ffn {args.ffn_dim}   vocab {args.vocab_size}   context {args.max_seq_len}")
         print(f"exits   1..{args.n_layers} (every layer, shared final norm + LM head)")
+        print(f"weights {info['weights']} (a profile measured on this model records it)")
         t = info.get("training")
         if t and t.get("heldout_loss_per_exit"):
             print("held-out loss per exit:   " + " ".join(f"{v:.2f}" for v in t["heldout_loss_per_exit"]))

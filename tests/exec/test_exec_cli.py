@@ -18,6 +18,9 @@ def test_info_json_keys(capsys):
     assert info["layers"] >= 16 and info["params"] <= 10_500_000
     assert info["exits"] == list(range(1, info["layers"] + 1))
     assert len(info["training"]["heldout_loss_per_exit"]) == info["layers"]
+    from hispec_sim.schema import load_profile  # the digest a profile of this model records
+
+    assert info["weights"] == load_profile("cpu_hispec_tiny").model.weights
 
 
 def test_run_check_json_shipped(capsys):
