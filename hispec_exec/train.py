@@ -153,9 +153,30 @@ def train(out_dir: str | Path, args: ModelArgs | None = None, minutes: float = 2
 CHECKPOINT_FILES = ("model.safetensors", "config.json", "train_log.json")
 
 
-def _temp_name(name: str) -> tuple[str, str]:
-    """(prefix, suffix) of the temp file `save` writes for one of CHECKPOINT_FILES."""
-    return f".{name}.", ".tmp"
+def _temp_name(name: str, pid: int | str = "") -> tuple[str, str]:
+    """(prefix, suffix) of the temp file process `pid` writes for one of CHECKPOINT_FILES
+    (any process's, without a pid)."""
+    return f".{name}.{pid}", ".tmp"
+
+
+def _remove_dead_writers_temps(folder: Path) -> None:
+    """Remove the temp files of saves whose process is gone (killed before its rename): a
+    model's worth of disk each. Call under the folder's lock; a live writer's stay."""
+    import os
+    import re
+
+    if os.name != "posix":  # pragma: no cover -- os.kill(pid, 0) probes a process on POSIX only
+        return
+    for p in folder.iterdir():
+        m = re.fullmatch(r"\.(?:model\.safetensors|config\.json|train_log\.json)\.(\d+)\..*\.tmp", p.name)
+        if m is None or int(m[1]) == os.getpid():
+            continue
+        try:
+            os.kill(int(m[1]), 0)
+        except ProcessLookupError:
+            p.unlink(missing_ok=True)
+        except (PermissionError, OverflowError):  # another user's live process; a pid beyond the platform's
+            pass
 
 
 def is_checkpoint_folder(folder: Path) -> bool:
@@ -198,7 +219,7 @@ def save(model: Transformer, out_dir: Path, log: dict) -> None:
     temps: dict[str, str] = {}
     try:
         for name in CHECKPOINT_FILES:
-            prefix, suffix = _temp_name(name)
+            prefix, suffix = _temp_name(name, f"{os.getpid()}.")
             fd, temps[name] = tempfile.mkstemp(dir=out_dir, prefix=prefix, suffix=suffix)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(texts.get(name, ""))
@@ -211,6 +232,7 @@ def save(model: Transformer, out_dir: Path, log: dict) -> None:
                 handling(not_ignored((signal.SIGINT, *TERMINATING)), lambda signum, frame: caught.append(signum)):
             for name, tmp in temps.items():
                 os.replace(tmp, out_dir / name)
+            _remove_dead_writers_temps(out_dir)
         if caught:  # held while the files were renamed: it ends the run now
             raise interrupt(caught[0])
     except Exception as e:  # a full disk, a file-size limit (safetensors raises its own error type)

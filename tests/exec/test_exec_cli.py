@@ -210,6 +210,27 @@ def test_train_interrupted_while_saving_leaves_one_whole_checkpoint(tmp_path, ca
         "config.json", "model.safetensors", "train_log.json"]  # the new one, whole; no temp file left
 
 
+def test_a_killed_saves_temp_files_are_removed_by_the_next_save(tmp_path, capsys):
+    """A save killed before its rename leaves hidden temp files (a model's worth of disk);
+    the next save into the folder removes those of processes that are gone, and keeps a live
+    writer's (seventeenth round's retry, docs check 18)."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ckpt"
+    out.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = int(dead.stdout)  # a process that has exited
+    stale = [out / f".model.safetensors.{gone}.abc123.tmp", out / f".config.json.{gone}.x1.tmp"]
+    live = out / f".train_log.json.{os.getppid()}.zz.tmp"  # a live process's save in progress
+    for f in (*stale, live):
+        f.write_bytes(b"partial")
+    assert main([*TINY_TRAIN, "--max-seq-len", "16", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(["config.json", "model.safetensors", "train_log.json",
+                                                             live.name])
+
+
 def test_train_replaces_only_its_own_checkpoints(tmp_path, capsys):
     """A folder with a config.json that `train` did not write -- a Hugging Face model, a
     project's folder -- is refused, untouched (seventeenth fuzz round: it was overwritten)."""
