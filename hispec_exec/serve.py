@@ -271,8 +271,13 @@ def add_parser(sub) -> None:
     q.add_argument("--batching", choices=["ragged", "synchronous"], help="default: the plan's (ragged)")
     q.add_argument("--max-batch", type=int_in(1, schema.MAX_BATCH), default=16)
     q.add_argument("--kv-tokens", type=int_in(1, 10**9), help="KV capacity in tokens over all sequences (default: unbounded)")
-    q.add_argument("--slo-ttft-ms", type=float_in(1e-6, schema.MAX_MS), help="p99 time-to-first-token SLO, ms")
-    q.add_argument("--slo-tbt-ms", type=float_in(1e-6, schema.MAX_MS), help="p99 time-between-tokens SLO, ms")
+    q.add_argument("--slo-ttft-ms", type=float_in(1e-6, schema.MAX_MS),
+                   help="p99 time-to-first-token SLO, ms; also each request's TTFT SLO of goodput")
+    q.add_argument("--slo-tbt-ms", type=float_in(1e-6, schema.MAX_MS),
+                   help="p99 time-between-tokens SLO, ms, pooled over every token gap; also each request's TPOT SLO "
+                   "of goodput, unless --slo-tpot-ms")
+    q.add_argument("--slo-tpot-ms", type=float_in(1e-6, schema.MAX_MS),
+                   help="each request's mean time-per-output-token SLO of goodput, ms (default: --slo-tbt-ms)")
     q.add_argument("--check", action="store_true", help="greedy: compare every output with its request decoded alone")
     q.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="wall (default) or cpu: this process's CPU time, idle waits added (shared, loaded machines)")
@@ -362,7 +367,7 @@ def _progress_bar():
 
 def run(a) -> int:
     from hispec_sim.schema import ServeLimits, decimals, write_atomic
-    from hispec_sim.traffic import summarize
+    from hispec_sim.traffic import slo_lines, summarize
 
     from hispec_sim.cli_common import check_output, model_files
     from hispec_sim.cli_serving import note_plan_batch, refuse_unread_traffic
@@ -371,7 +376,7 @@ def run(a) -> int:
     from .generate import autoregressive, check_plan
 
     limits = _pyd(ServeLimits, max_batch=a.max_batch, kv_tokens=a.kv_tokens, slo_ttft_ms=a.slo_ttft_ms,
-                  slo_tbt_ms=a.slo_tbt_ms)
+                  slo_tbt_ms=a.slo_tbt_ms, slo_tpot_ms=a.slo_tpot_ms)
     refuse_unread_traffic(a)
     if a.out:
         check_output(a.out, inputs=[a.trace, a.plan, *model_files(a)])
@@ -420,8 +425,9 @@ def run(a) -> int:
         f = lambda d: "-" if d["mean"] is None else "  ".join(f"{k} {decimals(d[k], 1)}" for k in ("mean", "p50", "p90", "p99"))  # noqa: E731
         print(f"plan {out['plan_text']} ({out['family']}, {mode}, {plan.batching}); {s['requests']} requests, "
               f"max batch {limits.max_batch}, mean batch {res['mean_batch']:.1f}")
+        attained, *p99 = slo_lines([s], f"{100 * s['slo_attained']:.1f}")
         print(f"throughput {decimals(s['throughput_tokens_per_s'], 1)} tokens/s   goodput "
-              f"{decimals(s['goodput_requests_per_s'], 2)} requests/s (SLO attained {100 * s['slo_attained']:.1f} %)")
+              f"{decimals(s['goodput_requests_per_s'], 2)} requests/s {attained}", *p99, sep="\n")
         for key in ("ttft_ms", "tbt_ms", "tpot_ms", "e2e_ms", "queue_ms"):
             print(f"{key:9s} {f(s[key])}")
         if "identical_to_autoregressive" in out:

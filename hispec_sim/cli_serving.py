@@ -43,8 +43,14 @@ def _common(p, capacity: bool) -> None:
     p.add_argument("--seeds", type=int_in(1, 100), default=3 if not capacity else 2,
                    help="independent runs (traffic and acceptance seeds); intervals over them (default %(default)s)")
     p.add_argument("--seed", type=SEED, default=0, help="first seed")
-    p.add_argument("--slo-ttft-ms", type=float_in(1e-6, schema.MAX_MS), required=capacity, help="p99 time-to-first-token SLO, ms")
-    p.add_argument("--slo-tbt-ms", type=float_in(1e-6, schema.MAX_MS), required=capacity, help="p99 time-between-tokens SLO, ms")
+    p.add_argument("--slo-ttft-ms", type=float_in(1e-6, schema.MAX_MS), required=capacity,
+                   help="p99 time-to-first-token SLO, ms" + ("" if capacity else "; also each request's TTFT SLO of goodput"))
+    p.add_argument("--slo-tbt-ms", type=float_in(1e-6, schema.MAX_MS), required=capacity,
+                   help="p99 time-between-tokens SLO, ms, pooled over every token gap (as capacity judges a load)" +
+                   ("" if capacity else "; also each request's TPOT SLO of goodput, unless --slo-tpot-ms"))
+    if not capacity:
+        p.add_argument("--slo-tpot-ms", type=float_in(1e-6, schema.MAX_MS),
+                       help="each request's mean time-per-output-token SLO of goodput, ms (default: --slo-tbt-ms)")
     p.add_argument("--step-noise", default="on", help="on (default): each decode step's time x a draw of the "
                    "profile's measured step noise, when its serving calibration has one; off: deterministic steps")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -94,7 +100,7 @@ def _noise_used(args, setting: Setting) -> dict:
 
 def _limits(args) -> schema.ServeLimits:
     return schema.ServeLimits(max_batch=args.max_batch, kv_tokens=args.kv_tokens, slo_ttft_ms=args.slo_ttft_ms,
-                              slo_tbt_ms=args.slo_tbt_ms)
+                              slo_tbt_ms=args.slo_tbt_ms, slo_tpot_ms=getattr(args, "slo_tpot_ms", None))
 
 
 def _traffic(args, model: schema.ModelShape, overshoot: int) -> schema.Traffic:
@@ -241,7 +247,7 @@ def cmd_serve(args) -> int:
     print("step noise: " + (f"on (measured on {noise['iterations']} iterations, lag-1 autocorrelation "
                               f"{noise['lag1_autocorrelation']:g})" if noise["used"] else f"off: {noise['why']}"))
     print()
-    print(_table(agg))
+    print(_table(agg, summaries))
     return 0
 
 
@@ -252,11 +258,12 @@ def _fmt(e: dict, nd: int = 1) -> str:
     return f"{m} [{decimals(e['ci95'][0], nd)}, {decimals(e['ci95'][1], nd)}]"
 
 
-def _table(agg: dict) -> str:
+def _table(agg: dict, summaries: list[dict]) -> str:
     slo = agg["slo_attained"]
     pct = {"mean": 100 * slo["mean"], "ci95": None if slo["ci95"] is None else [100 * x for x in slo["ci95"]]}
+    attained, *p99 = traffic.slo_lines(summaries, _fmt(pct))
     lines = [f"{'throughput (tokens/s)':24s} {_fmt(agg['throughput_tokens_per_s'])}",
-             f"{'goodput (requests/s)':24s} {_fmt(agg['goodput_requests_per_s'], 3)}  (SLO attained {_fmt(pct)} %)"]
+             f"{'goodput (requests/s)':24s} {_fmt(agg['goodput_requests_per_s'], 3)}  {attained}", *p99]
     lines.append(f"{'':24s} {'mean':>28s} {'p50':>28s} {'p90':>28s} {'p99':>28s}")
     for key, label in (("ttft_ms", "TTFT (ms)"), ("tbt_ms", "TBT (ms)"), ("tpot_ms", "TPOT (ms)"),
                        ("e2e_ms", "end-to-end (ms)"), ("queue_ms", "queueing (ms)")):

@@ -1404,8 +1404,16 @@ class ServeLimits(Strict):
     max_batch: int = Field(16, ge=1, le=4096)
     kv_tokens: int | None = Field(None, ge=1, le=10**9, description="KV capacity in tokens over all sequences (None: unbounded)")
     prefill: Literal["separate"] = "separate"
-    slo_ttft_ms: float | None = Field(None, gt=0, allow_inf_nan=False)
-    slo_tbt_ms: float | None = Field(None, gt=0, allow_inf_nan=False)
+    slo_ttft_ms: float | None = Field(None, gt=0, allow_inf_nan=False, description="p99 time-to-first-token SLO; "
+                                      "also each request's TTFT SLO of goodput")
+    slo_tbt_ms: float | None = Field(None, gt=0, allow_inf_nan=False, description="p99 time-between-tokens SLO, pooled "
+                                     "over every token gap (as capacity judges a load)")
+    slo_tpot_ms: float | None = Field(None, gt=0, allow_inf_nan=False, description="each request's mean time per output "
+                                      "token SLO of goodput (None: slo_tbt_ms)")
+
+    @property
+    def tpot_slo(self) -> float | None:
+        return self.slo_tpot_ms if self.slo_tpot_ms is not None else self.slo_tbt_ms
 
 
 class RequestMetrics(Strict):

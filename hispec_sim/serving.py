@@ -63,6 +63,7 @@ from .schema import (
     ServeLimits,
     Source,
 )
+from .traffic import good_requests, p99_slos_met, percentiles
 
 ACC, COR, BON = 0, 1, 2  # how a buffered token got there (acceptance.py's conditional rates)
 CTX_BUCKET = 16  # attention is read at the context rounded to this many tokens (lookup tables)
@@ -978,26 +979,17 @@ def quick_summary(run: ServeRun, limits: ServeLimits) -> dict:
     tpot = np.where(outn > 1, (e2e - ttft) / np.maximum(outn - 1, 1), 0.0)
     start = float(run.arrival_s.min())
     span = max(float(run.last_ms.max()) / 1e3 - start, 1e-12)
-    good = np.ones(len(ttft), bool)
-    if limits.slo_ttft_ms is not None:
-        good &= ttft <= limits.slo_ttft_ms
-    if limits.slo_tbt_ms is not None:
-        good &= tpot <= limits.slo_tbt_ms
+    good = good_requests(ttft, tpot, limits)
     gaps = _all_gaps(run)
-
-    def stats(x):
-        if x.size == 0:
-            return {"mean": None, "p50": None, "p90": None, "p99": None}
-        p50, p90, p99 = np.percentile(x, [50, 90, 99])
-        return {"mean": float(x.mean()), "p50": float(p50), "p90": float(p90), "p99": float(p99)}
-
     tokens = int(outn.sum())
-    return {"requests": len(ttft), "duration_s": span, "output_tokens": tokens,
-            "throughput_tokens_per_s": tokens / span, "requests_per_s": len(ttft) / span,
-            "goodput_requests_per_s": float(good.sum()) / span, "slo_attained": float(good.mean()),
-            "slo_ttft_ms": limits.slo_ttft_ms, "slo_tbt_ms": limits.slo_tbt_ms,
-            "ttft_ms": stats(ttft), "tbt_ms": stats(gaps), "tpot_ms": stats(tpot[outn > 1]), "e2e_ms": stats(e2e),
-            "queue_ms": stats(run.admit_ms - arr_ms)}
+    out = {"requests": len(ttft), "duration_s": span, "output_tokens": tokens,
+           "throughput_tokens_per_s": tokens / span, "requests_per_s": len(ttft) / span,
+           "goodput_requests_per_s": float(good.sum()) / span, "slo_attained": float(good.mean()),
+           "slo_ttft_ms": limits.slo_ttft_ms, "slo_tbt_ms": limits.slo_tbt_ms, "slo_tpot_ms": limits.tpot_slo,
+           "ttft_ms": percentiles(ttft), "tbt_ms": percentiles(gaps), "tpot_ms": percentiles(tpot[outn > 1]),
+           "e2e_ms": percentiles(e2e), "queue_ms": percentiles(run.admit_ms - arr_ms)}
+    out["p99_slos_met"] = p99_slos_met(out["ttft_ms"]["p99"], out["tbt_ms"]["p99"], limits)
+    return out
 
 
 def _all_gaps(run: ServeRun) -> np.ndarray:

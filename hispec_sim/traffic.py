@@ -101,7 +101,7 @@ def load_trace(path: str | Path) -> list[Request]:
     return out
 
 
-def _stats(x: np.ndarray) -> dict:
+def percentiles(x: np.ndarray) -> dict:
     if x.size == 0:
         return {"mean": None, "p50": None, "p90": None, "p99": None}
     p50, p90, p99 = np.percentile(x, [50, 90, 99])
@@ -113,12 +113,49 @@ def tpot_ms(m: RequestMetrics) -> float:
     return (m.e2e_ms - m.ttft_ms) / (m.output_tokens - 1) if m.output_tokens > 1 else 0.0
 
 
+def good_requests(ttft: np.ndarray, tpot: np.ndarray, limits: ServeLimits) -> np.ndarray:
+    """Requests whose own TTFT and TPOT meet the SLOs given (DistServe's goodput): TTFT <=
+    slo_ttft_ms, TPOT <= slo_tpot_ms (else slo_tbt_ms); an SLO not given holds."""
+    good = np.ones(len(ttft), dtype=bool)
+    if limits.slo_ttft_ms is not None:
+        good &= ttft <= limits.slo_ttft_ms
+    if limits.tpot_slo is not None:
+        good &= tpot <= limits.tpot_slo
+    return good
+
+
+def p99_slos_met(ttft_p99: float, tbt_p99: float | None, limits: ServeLimits) -> bool | None:
+    """The run's p99 TTFT and p99 TBT (pooled over every token gap) within their SLOs, as
+    `capacity` judges a load; an SLO not given holds, no TBT (one-token requests) meets it;
+    None without either SLO."""
+    if limits.slo_ttft_ms is None and limits.slo_tbt_ms is None:
+        return None
+    return bool((limits.slo_ttft_ms is None or ttft_p99 <= limits.slo_ttft_ms)
+                and (limits.slo_tbt_ms is None or tbt_p99 is None or tbt_p99 <= limits.slo_tbt_ms))
+
+
+def slo_lines(summaries: list[dict], attained: str) -> list[str]:
+    """The text of what the SLOs say about served runs (one summary per seed): goodput's
+    per-request rule after `attained` (the share of good requests), and the p99s against
+    the SLOs as `capacity` judges a load."""
+    s = summaries[0]
+    rule = [f"{k} <= {s[f'slo_{k.lower()}_ms']:g} ms" for k in ("TTFT", "TPOT") if s[f"slo_{k.lower()}_ms"] is not None]
+    lines = [f"(SLO attained {attained} % of requests: {', '.join(rule)} each)" if rule else
+             "(no SLO given: every request counts)"]
+    p99 = [f"{k} <= {s[f'slo_{k.lower()}_ms']:g} ms" for k in ("TTFT", "TBT") if s[f"slo_{k.lower()}_ms"] is not None]
+    if p99:
+        met = sum(bool(x["p99_slos_met"]) for x in summaries)
+        said = ("met" if met else "missed") if len(summaries) == 1 else f"met in {met} of {len(summaries)} seeds"
+        lines.append(f"p99 SLOs ({', '.join(p99)}, as capacity judges a load): {said}")
+    return lines
+
+
 def summarize(metrics: list[RequestMetrics], limits: ServeLimits) -> dict:
     """Totals and percentiles of a served request set.
 
     throughput = generated tokens / (last token's time - first arrival); TBT percentiles
-    pool every gap of every request; a request is *good* when its TTFT and its TPOT meet
-    the SLOs given (DistServe's goodput definition); goodput = good requests per second.
+    pool every gap of every request; goodput = good requests (good_requests) per second,
+    slo_attained their share; p99_slos_met: the p99s against the SLOs (p99_slos_met).
     A one-token request has no TPOT: it is left out of the TPOT figures and meets that SLO.
     """
     if not metrics:
@@ -129,13 +166,9 @@ def summarize(metrics: list[RequestMetrics], limits: ServeLimits) -> dict:
     tokens = sum(m.output_tokens for m in metrics)
     ttft = np.array([m.ttft_ms for m in metrics])
     tpot = np.array([tpot_ms(m) for m in metrics])
-    good = np.ones(len(metrics), dtype=bool)
-    if limits.slo_ttft_ms is not None:
-        good &= ttft <= limits.slo_ttft_ms
-    if limits.slo_tbt_ms is not None:
-        good &= tpot <= limits.slo_tbt_ms
+    good = good_requests(ttft, tpot, limits)
     gaps = np.concatenate([np.asarray(m.tbt_ms, dtype=float) for m in metrics]) if metrics else np.zeros(0)
-    return {
+    out = {
         "requests": len(metrics),
         "duration_s": span,
         "output_tokens": tokens,
@@ -145,9 +178,12 @@ def summarize(metrics: list[RequestMetrics], limits: ServeLimits) -> dict:
         "slo_attained": float(good.mean()),
         "slo_ttft_ms": limits.slo_ttft_ms,
         "slo_tbt_ms": limits.slo_tbt_ms,
-        "ttft_ms": _stats(ttft),
-        "tbt_ms": _stats(gaps),
-        "tpot_ms": _stats(tpot[[m.output_tokens > 1 for m in metrics]]),  # a one-token request has no TPOT
-        "e2e_ms": _stats(np.array([m.e2e_ms for m in metrics])),
-        "queue_ms": _stats(np.array([m.queue_ms for m in metrics])),
+        "slo_tpot_ms": limits.tpot_slo,
+        "ttft_ms": percentiles(ttft),
+        "tbt_ms": percentiles(gaps),
+        "tpot_ms": percentiles(tpot[[m.output_tokens > 1 for m in metrics]]),  # a one-token request has no TPOT
+        "e2e_ms": percentiles(np.array([m.e2e_ms for m in metrics])),
+        "queue_ms": percentiles(np.array([m.queue_ms for m in metrics])),
     }
+    out["p99_slos_met"] = p99_slos_met(out["ttft_ms"]["p99"], out["tbt_ms"]["p99"], limits)
+    return out

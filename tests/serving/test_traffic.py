@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hispec_sim.schema import LengthDist, RequestMetrics, ServeLimits, Traffic
-from hispec_sim.traffic import DEFAULT_LENGTHS, fit_default_lengths, generate, load_trace, summarize
+from hispec_sim.traffic import DEFAULT_LENGTHS, fit_default_lengths, generate, load_trace, slo_lines, summarize
 
 
 def test_generate_is_seeded_and_has_the_stated_rate():
@@ -69,6 +69,24 @@ def test_summarize_counts_goodput():
     assert s["output_tokens"] == 6 and s["slo_attained"] == 0.5
     assert s["duration_s"] == pytest.approx(1.52)
     assert s["tbt_ms"]["mean"] == pytest.approx(10.0)
+    assert s["p99_slos_met"] is False  # p99 TTFT ~ 500 ms > 100
+
+
+def test_goodput_judges_each_requests_tpot_and_the_p99s_judge_the_pooled_gaps():
+    """A speculative plan commits in bursts: gaps of 0 and of a whole cycle. Each request's
+    TPOT (its mean gap) meets a 30 ms SLO, the pooled p99 TBT (a cycle, 60 ms) does not; serve
+    says both, where it once called the run 100 % within a 'p99 TBT' SLO (eighteenth round, D1)."""
+    bursty = [RequestMetrics(id=i, arrival_s=float(i), prompt_tokens=4, output_tokens=9, queue_ms=0, ttft_ms=10,
+                             e2e_ms=10 + 4 * 60, tbt_ms=[0, 60] * 4) for i in range(4)]
+    s = summarize(bursty, ServeLimits(slo_ttft_ms=100, slo_tbt_ms=40))
+    assert s["slo_attained"] == 1.0 and s["slo_tpot_ms"] == 40 and s["tpot_ms"]["p99"] == pytest.approx(30.0)
+    assert s["tbt_ms"]["p99"] == pytest.approx(60.0) and s["p99_slos_met"] is False
+    tight = summarize(bursty, ServeLimits(slo_ttft_ms=100, slo_tbt_ms=80, slo_tpot_ms=20))  # a TPOT SLO of its own
+    assert tight["slo_attained"] == 0.0 and tight["p99_slos_met"] is True
+    assert summarize(bursty, ServeLimits())["p99_slos_met"] is None  # no SLO: nothing to judge
+    attained, p99 = slo_lines([s, tight], "50.0")
+    assert attained == "(SLO attained 50.0 % of requests: TTFT <= 100 ms, TPOT <= 40 ms each)"
+    assert p99 == "p99 SLOs (TTFT <= 100 ms, TBT <= 40 ms, as capacity judges a load): met in 1 of 2 seeds"
 
 
 @given(context=st.integers(2, 10_000), reserved=st.integers(1, 40), prompt=st.sampled_from([None, "64", "uniform:8:900"]))
