@@ -13,7 +13,8 @@ The predicted speed-up over autoregressive decoding (analytic.predict, the same 
 as `evaluate`) rises with the level, so the level that reproduces a claim is found by
 bisection. The ceiling is the speed-up at perfect acceptance (every rate 1): a claim
 above it cannot be reached under the cost model whatever the acceptance -- the audit says
-so and by how much; that is an answer, not an error.
+so and by how much; that is an answer, not an error. The floor is the family's own limit as
+the level falls (Family.matrix), which every level beats.
 
 Against the published points: every point the workload's curve was fitted to (fit.points)
 is recomputed on the curve at the required level (the same Point.predict the fit used) and
@@ -112,18 +113,46 @@ class Family:
             return None
         return sp.model_copy(update={"per_request": shift_logit(np.asarray(sp.per_request, float), level - self.level0)})
 
-    def model(self, level: float) -> AgreementModel:
-        if math.isinf(level):
-            A = np.ones((len(self.exits), len(self.exits))) if level > 0 else np.eye(len(self.exits))
-            return AgreementModel(_LevelAcceptance(self.exits, A, self.spread_at(level)))
-        if self.kind == "curve":
+    def matrix(self, level: float) -> np.ndarray:
+        """The agreement matrix at `level`, and its limits: at +inf every rate 1 (perfect
+        acceptance: the ceiling); at -inf the family's own limit (the floor). On a curve,
+        F(a)/F(b) for two exits below the last tends to exp(-c |logit(a/L) - logit(b/L)|),
+        not 0, while every rate with the last layer tends to 0; a logit shift sends every
+        rate to 0 but those of exactly 1, which it cannot move."""
+        n = len(self.exits)
+        if level == math.inf:
+            return np.ones((n, n))
+        if self.kind == "curve" and level == -math.inf:
+            x = np.asarray(self.exits, float) / self.L
+            with np.errstate(divide="ignore", invalid="ignore"):
+                lg = self.c * (np.log(x) - np.log1p(-x))  # the last layer: +inf
+                A = np.exp(-np.abs(np.subtract.outer(lg, lg)))
+        elif self.kind == "curve":
             A = _depth_markov(curve(self.exits / self.L, level, self.c))
-            return AgreementModel(_LevelAcceptance(self.exits, A, self.spread))
-        A = shift_logit(np.asarray(self.acc.agreement, float), level - self.level0)
+        elif level == -math.inf:
+            A = (np.asarray(self.acc.agreement, float) >= 1.0).astype(float)
+        else:
+            A = shift_logit(np.asarray(self.acc.agreement, float), level - self.level0)
         np.fill_diagonal(A, 1.0)
-        if self.acc.joint == "independent":
+        return A
+
+    def model(self, level: float) -> AgreementModel:
+        A = self.matrix(level)
+        if self.kind == "curve":
+            return AgreementModel(_LevelAcceptance(self.exits, A, self.spread))
+        if math.isinf(level) or self.acc.joint == "independent":
             return AgreementModel(_LevelAcceptance(self.exits, A, self.spread_at(level)))
         return _ShiftedModel(AgreementModel(self.acc), level - self.level0, A)
+
+    def floor_reason(self) -> str:
+        """Why the speed-up cannot fall below the floor (Family.matrix at -inf)."""
+        if self.kind == "curve":
+            return ("the agreement between two exits below the last tends to exp(-c |logit(a/L) - logit(b/L)|), "
+                    "not 0, as the level falls")
+        A = np.asarray(self.acc.agreement, float)
+        ones = int((A[~np.eye(len(A), dtype=bool)] >= 1.0).sum())
+        return (f"{ones} agreement rates of exactly 1 do not move with the level; the others tend to 0" if ones else
+                "every agreement rate tends to 0 as the level falls")
 
 
 class _ShiftedModel(AgreementModel):
@@ -233,21 +262,16 @@ def audit(setting: Setting, plan: Plan | str, speedup: float) -> dict:
                            f"{ceiling:.3f}x (every token accepted) under this cost model")
         out["reconciled"] = False
         return out
-    stuck = None  # the speed-up every finite level gives, where none reproduces the claim
-    if speedup <= floor:
-        level = -math.inf
-    elif abs(own / speedup - 1) <= 1e-9:  # the profile's own level gives it (where the speed-up is flat, the only answer)
+    if abs(own / speedup - 1) <= 1e-9:  # the profile's own level gives it (where the speed-up is flat, the only answer)
         level = fam.level0
+    elif speedup <= floor:
+        level = -math.inf
     else:
         level = _solve(f, speedup, fam.level0 - LEVEL_RANGE, fam.level0 + LEVEL_RANGE)
-        at = f(level)[0]
-        if at < speedup * (1 - 1e-6):  # the top of the bracket is not enough: the limit is the ceiling
+        if f(level)[0] < speedup * (1 - 1e-6):  # the top of the bracket is not enough: the limit is the ceiling
             level = math.inf
-        elif at > speedup * (1 + 1e-6):  # the bottom is too much: rates of exactly 1 do not move with the level
-            stuck, level = at, -math.inf
     got, got_plan = f(level)
-    note = (None if not math.isinf(level) else "perfect acceptance" if level > 0 else
-            "none: rates of exactly 1 do not move" if stuck is not None else "any acceptance")
+    note = None if not math.isinf(level) else "perfect acceptance" if level > 0 else "the limit as the level falls"
     out.update(reachable=True, required_level=None if math.isinf(level) else round(level, 6),
                level_shift=None if math.isinf(level) else round(level - fam.level0, 6), required_level_note=note,
                speedup_at_required_level=round(got, 6), plan_at_required_level=got_plan.describe())
@@ -259,18 +283,17 @@ def audit(setting: Setting, plan: Plan | str, speedup: float) -> dict:
         lo_m, hi_m = sorted(p_[0] for p_ in params)  # the band moves the level only (c is not varied)
         out["profile_level_band"] = [round(lo_m, 6), round(hi_m, 6)]
         out["required_level_within_band"] = bool(lo_m <= level <= hi_m)
+    A, at = fam.matrix(level), {e: i for i, e in enumerate(fam.exits)}
     rows = []
     for e in levels:
-        r = {"exit": e, "required": round(float(fam.F(level, [e])[0]), 5) if not math.isinf(level) else (1.0 if level > 0 else 0.0),
-             "profile": round(float(fam.F(fam.level0, [e])[0]), 5)}
+        r = {"exit": e, "required": round(float(A[at[e], -1]), 5), "profile": round(float(fam.F(fam.level0, [e])[0]), 5)}
         if band is not None and not setting.workload.endswith("_per_position"):  # bands are around the central reading
             r["band"] = [round(float(np.asarray(b.agreement)[b.exits.index(e), -1]), 5) for b in band]
         rows.append(r)
     out["agreement_with_final_at_exits"] = rows
     chain = list(got_plan.levels)
-    out["agreement_between_consecutive_levels"] = [
-        {"pair": [a, b], "required": round(float(fam.F(level, [a])[0] / max(fam.F(level, [b])[0], 1e-300)), 5)
-         if not math.isinf(level) else (1.0 if level > 0 else 0.0)} for a, b in zip(chain, chain[1:])]
+    out["agreement_between_consecutive_levels"] = [{"pair": [a, b], "required": round(float(A[at[a], at[b]]), 5)}
+                                                   for a, b in zip(chain, chain[1:])]
     points = []
     own_pts = [(d, _point_from_record(d)) for d in _own_points(setting.acceptance)]
     band_pts = [_own_points(b) for b in band] if band is not None else None
@@ -293,12 +316,9 @@ def audit(setting: Setting, plan: Plan | str, speedup: float) -> dict:
     out["published_points"] = points
     judged = [r for r in points if "within_band" in r]
     out["reconciled"] = bool(judged) and all(r["within_band"] for r in judged) if judged else None
-    if stuck is not None:
-        out["verdict"] = (f"no level of the curve gives {speedup:g}x: every finite level gives {stuck:.3f}x (agreement "
-                          f"rates of exactly 1 do not move with the level), only zero acceptance less ({floor:.3f}x)")
-    elif math.isinf(level):
-        out["verdict"] = ("reachable only in the limit of perfect acceptance" if level > 0
-                          else f"any acceptance gives at least {floor:.3f}x")
+    if math.isinf(level):
+        out["verdict"] = ("reachable only in the limit of perfect acceptance" if level > 0 else
+                          f"every level of this family gives at least {floor:.3f}x ({fam.floor_reason()})")
     else:
         ex = ", ".join(f"F({r['exit']}) = {r['required']:.3f} (profile {r['profile']:.3f})" for r in rows)
         out["verdict"] = (f"needs level {level:.3f} ({level - fam.level0:+.3f} from the profile's): {ex}; "

@@ -125,8 +125,26 @@ def test_a_claim_below_the_floor_prints_in_text(capsys):
     limit, and the published points have no required value to print (a crash once)."""
     assert main(["audit", "--profile", "a100_llama70b", "--levels", "20,80", "--speedup", "0.5"]) == 0
     out = capsys.readouterr().out
-    assert "any acceptance gives at least" in out and "the required curve none: no finite level" in out
-    assert "required level none finite (any acceptance)" in out and "None" not in out
+    assert "every level of this family gives at least" in out and "the required curve none: no finite level" in out
+    assert "required level none finite (the limit as the level falls)" in out and "None" not in out
+
+
+def test_the_floor_is_the_curves_own_limit():
+    """As a curve's level falls, F(a)/F(b) for two exits below the last tends to
+    exp(-c |logit(a/L) - logit(b/L)|), not 0: the floor is that limit, the infimum of every
+    finite level's speed-up, and the verdict says why (eighteenth round, D2: 0.298x was
+    printed where no level gives less than 0.3215x)."""
+    s = Setting(load_profile("h100_llama3_8b"))
+    plan = Plan(levels=[3, 8, 32], propose=2, windows=[4])
+    r = audit(s, plan, 0.2)
+    fam_c = r["slope_c"]
+    limit = ((3 / 29) / (8 / 24)) ** fam_c
+    assert r["agreement_between_consecutive_levels"][0]["required"] == pytest.approx(limit, abs=1e-5)
+    assert r["agreement_between_consecutive_levels"][1]["required"] == 0.0
+    low = audit(s, plan, r["floor_speedup"] * (1 + 1e-4))  # just above the floor: a finite level reaches it
+    assert low["required_level"] is not None and low["speedup_at_required_level"] == pytest.approx(
+        r["floor_speedup"] * (1 + 1e-4), rel=1e-5)
+    assert "not 0, as the level falls" in r["verdict"] and r["speedup_at_required_level"] == r["floor_speedup"]
 
 
 def test_published_points_without_a_band_are_said_so(capsys):
@@ -150,15 +168,16 @@ def test_a_per_draft_figure_measured_with_a_long_round_is_priced(tmp_path, capsy
 
 
 def test_rates_of_exactly_one_give_no_finite_level(tmp_path, capsys):
-    """A shift in logit space cannot move a rate of exactly 1: where every finite level gives
-    more than the claim, no level is reported (it was the search's bound, -40) and the verdict
-    says why; a claim equal to what the profile gives needs the profile's own level."""
+    """A shift in logit space cannot move a rate of exactly 1: the floor keeps them, so a
+    claim below what every level gives needs no finite level (it was the search's bound, -40)
+    and the verdict says why; a claim equal to what the profile gives needs its own level."""
     assert main(["profile", "synthetic", "--layers", "16", "--layer-ms", "1", "--agreement", "1",
                      "--out", str(tmp_path / "one.json")]) == 0
     s = Setting(load_profile(tmp_path / "one.json"))
     plan = Plan(levels=[2, 8, 16], propose=2, windows=[4])
     r = audit(s, plan, 2.0)
-    assert r["required_level"] is None and r["required_level_note"] == "none: rates of exactly 1 do not move"
-    assert "no level of the curve gives 2x" in r["verdict"] and "do not move" in r["verdict"]
+    assert r["required_level"] is None and r["required_level_note"] == "the limit as the level falls"
+    assert r["floor_speedup"] == r["speedup_at_profile_level"]  # nothing moves: the floor is the profile's own
+    assert "every level of this family gives at least" in r["verdict"] and "exactly 1 do not move" in r["verdict"]
     own = audit(s, plan, r["speedup_at_profile_level"])
     assert own["required_level"] == pytest.approx(0.0) and own["level_shift"] == pytest.approx(0.0)
