@@ -72,15 +72,25 @@ def describe(p: Plan) -> str:
 
 def run_load(spec: Spec, plan: Plan, qps: float, seed: int, requests: int | None = None) -> dict:
     """quick_summary of one seeded run at `qps`."""
+    return serving.quick_summary(_seeded_run(spec, plan, qps, seed, requests), spec.limits)
+
+
+def _seeded_run(spec: Spec, plan: Plan, qps: float, seed: int, requests: int | None = None) -> serving.ServeRun:
     tr = spec.traffic.model_copy(update={"qps": qps, "seed": spec.traffic.seed + seed,
                                          "requests": requests or spec.traffic.requests})
     rng = np.random.default_rng(tr.seed)
     arr = traffic.arrival_times(tr, rng)
     p = traffic.draw_lengths(tr.prompt_len, tr.requests, rng)
     o = traffic.draw_lengths(tr.output_len, tr.requests, rng)
-    run = serving.simulate_arrays(spec.setting.table, spec.setting.num_layers, spec.setting.acceptance, plan, arr, p, o,
-                                  spec.limits, seed=tr.seed)
-    return serving.quick_summary(run, spec.limits)
+    return serving.simulate_arrays(spec.setting.table, spec.setting.num_layers, spec.setting.acceptance, plan, arr, p, o,
+                                   spec.limits, seed=tr.seed)
+
+
+def _requests_overlap(run: serving.ServeRun) -> bool:
+    """Whether a request arrived before every earlier one had finished."""
+    order = np.argsort(run.arrival_s, kind="stable")
+    busy_until = np.maximum.accumulate(run.last_ms[order])
+    return bool((run.arrival_s[order][1:] * 1e3 < busy_until[:-1]).any())
 
 
 def meets(s: dict, limits: ServeLimits) -> bool:
@@ -103,15 +113,18 @@ IDLE_FRACTION = 1e-3  # of the saturation load: requests (almost) never overlap
 
 
 def idle_run(spec: Spec, plan: Plan, seed: int) -> dict:
-    """quick_summary at a nearly idle load. Every batch then holds one sequence, where the
+    """quick_summary at a nearly idle load. Where every batch holds one sequence, the
     synchronous policy runs the sequence's batch-1 schedule exactly as ragged does, so a
-    3+-level synchronous plan is simulated by the ragged engine (schedules drawn up front):
-    the step-by-step synchronous engine costs ~50x more per request at batch 1 (its figures
-    differ only where two requests happen to overlap)."""
+    3+-level synchronous plan is simulated by the ragged engine (schedules drawn up front;
+    the step-by-step synchronous engine costs ~50x more per request at batch 1) -- unless
+    two requests overlap, as bursty arrivals make them at any mean rate: then by its own."""
     q = IDLE_FRACTION * _saturation_qps(spec, plan)
+    n = min(IDLE_REQUESTS, spec.traffic.requests)
     if plan.batching == "synchronous" and plan.depth >= 3:
-        plan = plan.model_copy(update={"batching": "ragged"})
-    return run_load(spec, plan, q, seed, min(IDLE_REQUESTS, spec.traffic.requests))
+        run = _seeded_run(spec, plan.model_copy(update={"batching": "ragged"}), q, seed, n)
+        if not _requests_overlap(run):
+            return serving.quick_summary(run, spec.limits)
+    return run_load(spec, plan, q, seed, n)
 
 
 def max_qps(spec: Spec, plan: Plan, seed: int, sat: float, iterations: int = 5) -> tuple[float, float, dict]:
