@@ -168,8 +168,9 @@ def cmd_optimize(args) -> int:
         print(f"searched {out['plans_evaluated']} plans (exhaustive: single-level and 3-level, propose 1..{args.max_propose}, "
               f"window 1..{args.max_window}) in {out['seconds']:.3f} s\n")
     if "rescored" in out:
-        print(f"ranked by trace replay: {out['rescored']['note']} ({out['rescored']['seconds']:.2f} s); "
-              "analytic tokens/s in the last column" + ("" if args.rescore else " (--rescore 0: analytic only)") + "\n")
+        hint = "" if opts["optuna"] or args.rescore else " (--rescore 0: analytic only)"
+        print(f"ranked by {out['rescored']['by']}: {out['rescored']['note']} ({out['rescored']['seconds']:.2f} s); "
+              f"analytic tokens/s in the last column{hint}\n")
     rows = [(f"#{i + 1}", r) for i, r in enumerate(out["top"])]
     rows += [("autoregressive", out["baselines"]["autoregressive"]),
              ("best single-level", out["baselines"]["best_single_level"]),
