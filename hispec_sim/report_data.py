@@ -433,9 +433,11 @@ def _sweep_note(mem: dict, setting: Setting, max_batch: int, limit: int, profile
 
 
 def _crossover(sweep: list[dict]) -> dict:
-    """Where hierarchy stops paying (best 3-level no faster than best single-level) and where
-    speculation stops paying (no speculative plan faster than autoregressive)."""
-    hier_stops = spec_stops = None
+    """Where hierarchy pays (best 3-level faster than best single-level), where it stops
+    paying (the first batch after the last one where it pays; None if it pays at the
+    largest batch swept or nowhere) and where speculation stops paying (no speculative plan
+    faster than autoregressive)."""
+    spec_stops = None
     pays = []
     for row in sweep:
         f = row["families"]
@@ -444,10 +446,10 @@ def _crossover(sweep: list[dict]) -> dict:
         hi = f.get("hierarchical", {}).get("tokens_per_second", 0.0)
         if hi > sl:
             pays.append(row["batch"])
-        elif hier_stops is None and "hierarchical" in f:
-            hier_stops = row["batch"]
         if max(sl, hi) <= ar and spec_stops is None and len(f) > 1:
             spec_stops = row["batch"]
+    later = [r["batch"] for r in sweep if pays and r["batch"] > pays[-1] and "hierarchical" in r["families"]]
+    hier_stops = later[0] if later else None
     first = sweep[0]["families"]
     gain = None
     if "hierarchical" in first and "single_level" in first:

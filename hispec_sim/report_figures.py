@@ -176,7 +176,8 @@ def serving_figure(sv: dict) -> tuple[str, str, dict]:
                                 "yanchor": "top", "align": "right", "font": {"color": color, "size": 11}})
     caption = (f"One replica under Poisson traffic (request-level simulation, {sv['requests']} requests per load, max "
                f"batch {sv['max_batch']}): p99 (solid) and p50 (dotted) time to first token and time between tokens "
-               "against the load, with the p99 SLO lines, and the throughput. " + _stops_caption(sv))
+               "against the load, with the p99 SLO lines, and the throughput; dashed lines: where speculation and "
+               "hierarchy stop paying (the paragraph below).")
     log = {"type": "log"}
     return ("fig-serving", caption, {
         "data": traces,
@@ -188,8 +189,3 @@ def serving_figure(sv: dict) -> tuple[str, str, dict]:
                    "yaxis3": _axis("tokens/s (all requests)", anchor="x3"),
                    "legend": {"orientation": "h", "y": -0.2}, "shapes": shapes, "annotations": annotations}})
 
-
-def _stops_caption(sv: dict) -> str:
-    from .report_format import serving_sentence
-
-    return serving_sentence(sv)

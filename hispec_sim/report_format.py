@@ -89,14 +89,23 @@ def _crossover_sentence(data: dict) -> str:
     if g is not None:
         parts.append(f"At batch {sweep[0]['batch']} the best hierarchical plan is {g * 100:+.1f} % vs the best "
                      "single-level plan.")
-    if c["hierarchy_stops_paying_at_batch"] is None:
-        if g is not None:
-            parts.append(f"Hierarchy pays at every batch swept (up to {sweep[-1]['batch']}).")
+    pays = c["hierarchy_pays_at_batches"]
+    swept = [r["batch"] for r in sweep if "hierarchical" in r["families"]]
+    missing = [b for b in swept if b not in pays]
+    where = f"it pays at batch{'es' if len(pays) > 1 else ''} {', '.join(map(str, pays))}" + (
+        f", not at {', '.join(map(str, [b for b in missing if b < pays[-1]]))}"
+        if pays and any(b < pays[-1] for b in missing) else "")
+    if g is None:
+        pass
+    elif not pays:
+        parts.append(f"Hierarchy pays at no batch swept ({swept[0]}-{swept[-1]}): the best 3-level plan is never "
+                     "faster than the best single-level plan.")
+    elif c["hierarchy_stops_paying_at_batch"] is None:
+        parts.append(f"Hierarchy pays at every batch swept (up to {sweep[-1]['batch']})." if not missing else
+                     f"Hierarchy pays up to the largest batch swept ({where}).")
     else:
         parts.append(f"Hierarchy stops paying at batch {c['hierarchy_stops_paying_at_batch']}: from there the best "
-                     "3-level plan is no faster than the best single-level plan"
-                     + (f" (it pays at batches {', '.join(map(str, c['hierarchy_pays_at_batches']))})."
-                        if c["hierarchy_pays_at_batches"] else "."))
+                     f"3-level plan is no faster than the best single-level plan ({where}).")
     if c["speculation_stops_paying_at_batch"] is not None:
         parts.append(f"Speculation stops paying at batch {c['speculation_stops_paying_at_batch']}: autoregressive "
                      "decoding is as fast (verification of B x (tokens per round) tokens becomes compute-bound).")

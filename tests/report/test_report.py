@@ -136,9 +136,10 @@ def test_hierarchy_stops_paying_when_verification_gets_expensive(tmp_path):
     prof = make_profile(layers=16, layer_ms=0.2, slope=0.2, head_ms=0.05, overhead_ms=0.05)
     data = report.compute(prof, max_batch=256, serving_requests=0)
     c = data["crossover"]
-    assert c["hierarchy_stops_paying_at_batch"] is not None
+    assert c["hierarchy_pays_at_batches"] == [] and c["hierarchy_stops_paying_at_batch"] is None  # never paid
     assert c["speculation_stops_paying_at_batch"] is not None
-    assert "stops paying" in report._crossover_sentence(data)
+    said = report._crossover_sentence(data)
+    assert "Hierarchy pays at no batch swept" in said and "Speculation stops paying" in said
 
 
 def test_sensitivity_scales_agreement_and_keeps_the_diagonal(html_report, prof_file):
@@ -450,6 +451,31 @@ def test_captions_describe_what_is_drawn(html_report):
 # --------------------------------------------------------------------------- (f) serving under traffic
 
 
+def test_hierarchy_that_pays_only_in_the_middle_says_where():
+    """Not paying at batch 1 is not where hierarchy stops paying: that is the first batch
+    after the last one where it pays (round 18, M1: "stops paying at batch 1 ... it pays at
+    batches 4, 8, 16")."""
+    from hispec_sim.report_data import _crossover
+
+    def row(b, sl, hi):
+        return {"batch": b, "families": {"autoregressive": {"tokens_per_second": 1.0},
+                                         "single_level": {"tokens_per_second": sl},
+                                         "hierarchical": {"tokens_per_second": hi}}}
+
+    sweep = [row(1, 3, 2), row(2, 3, 2.9), row(4, 3, 3.5), row(8, 3, 3.2), row(16, 3, 2)]
+    c = _crossover(sweep)
+    assert c["hierarchy_pays_at_batches"] == [4, 8] and c["hierarchy_stops_paying_at_batch"] == 16
+    said = report._crossover_sentence({"crossover": c, "sweep": sweep})
+    assert "stops paying at batch 16" in said and "(it pays at batches 4, 8, not at 1, 2)" in said
+    c = _crossover(sweep[:4])  # pays at the largest batch swept: it has not stopped
+    assert c["hierarchy_stops_paying_at_batch"] is None
+    assert "pays up to the largest batch swept (it pays at batches 4, 8, not at 1, 2)" in report._crossover_sentence(
+        {"crossover": c, "sweep": sweep[:4]})
+    c = _crossover([row(1, 3, 2), row(2, 3, 2)])
+    assert c["hierarchy_stops_paying_at_batch"] is None and "pays at no batch swept (1-2)" in report._crossover_sentence(
+        {"crossover": c, "sweep": [row(1, 3, 2), row(2, 3, 2)]})
+
+
 def test_stops_paying_golden():
     from hispec_sim.capacity import stops_paying
 
@@ -507,7 +533,7 @@ def test_serving_section_series_slo_lines_and_crossover(html_report):
     assert ("y", 2000.0) in slo and ("y2", 40.0) in slo
     from hispec_sim.report_format import esc, serving_sentence
 
-    assert esc(serving_sentence(sv)) in text
+    assert text.count(esc(serving_sentence(sv))) == 1  # once, not also in the figure's caption (round 18, M2)
     assert "Quick view." in text and "lockstep batch" in text
 
 
