@@ -339,7 +339,8 @@ def cmd_capacity(args) -> int:
                   f"an upper bound; more --requests show where the queue builds up")
     if "by_load" in res:
         print()
-        print("best plan per family as the load per replica grows (smallest p99/SLO ratio; * = meets both SLOs):")
+        print("best plan per family as the load per replica grows (smallest p99/SLO ratio; * = meets both SLOs, "
+              "at most at its saturation load):")
         fams = [f for f in res["families"] if f in res["by_load"][0]["families"]]
         print(f"{'req/s':>8s} " + " ".join(f"{f:>40s}" for f in fams))
         for row in res["by_load"]:

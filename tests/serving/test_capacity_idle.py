@@ -62,3 +62,19 @@ def test_no_plan_saturates_above_autoregressive_on_one_token_requests():
                         one.limits, one.batching, one.seeds)
     assert capacity._saturation_qps(one, spec_plan) <= capacity._saturation_qps(one, ar)
     assert capacity._saturation_qps(_spec(), spec_plan) > capacity._saturation_qps(_spec(), ar)
+
+
+def test_by_load_marks_no_family_above_its_saturation_load():
+    """A run of finitely many requests can meet loose SLOs above a plan's saturation load;
+    the by-load table does not mark it, as the capacities beside it are capped there
+    (eighteenth round, M3)."""
+    spec = _spec()
+    loose = capacity.Spec(spec.setting, spec.traffic, spec.limits.model_copy(update={"slo_ttft_ms": 1e6,
+                                                                                     "slo_tbt_ms": 1e6}),
+                          spec.batching, spec.seeds)
+    ar = schema.Plan(levels=[16])
+    sat = capacity._saturation_qps(loose, ar)
+    below, above = capacity.by_load(loose, {"autoregressive": [ar]}, [0.5 * sat, 1.5 * sat])
+    assert below["families"]["autoregressive"]["meets_slo"] and not below["families"]["autoregressive"]["above_saturation"]
+    a = above["families"]["autoregressive"]
+    assert a["violation"] <= 1.0 and a["above_saturation"] and not a["meets_slo"]
