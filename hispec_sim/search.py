@@ -653,15 +653,17 @@ def stop_on_interrupt(study):
 
 def exhaustive_seed(ev: Evaluator, space: Space, setting: Setting) -> list[tuple[Plan, int | None]]:
     """The exhaustive optimum over depth 1-3 (evaluate.exhaustive: what `optimize` returns
-    without --search optuna) at the setting's tp and batch, as [(plan, tp)]; the best of
-    its ranking that the space can express (empty when none)."""
-    tp = setting.tp if setting.tp in space.tps else space.tps[0]
-    batch = setting.batch if setting.batch in space.batches else space.batches[0]
-    res = exhaustive(ev.setting(tp, batch), top=10, max_propose=space.max_propose, max_window=space.max_window)
-    for s in res.top:
-        if space.params(s.plan, tp) is not None:
-            return [(s.plan, tp)]
-    return []
+    without --search optuna) at the setting's tp and batch first, then at every other tp of
+    the space (the setting's batch) and every other batch (its tp), as [(plan, tp)]; each
+    the best of its ranking that the space can express. A search over tp or batch so starts
+    from each one's optimum (about a second each)."""
+    tp0 = setting.tp if setting.tp in space.tps else space.tps[0]
+    b0 = setting.batch if setting.batch in space.batches else space.batches[0]
+    out = []
+    for tp, batch in [(tp0, b0), *((t, b0) for t in space.tps if t != tp0), *((tp0, b) for b in space.batches if b != b0)]:
+        res = exhaustive(ev.setting(tp, batch), top=10, max_propose=space.max_propose, max_window=space.max_window)
+        out += [(s.plan, tp) for s in res.top if space.params(s.plan, tp) is not None][:1]
+    return out
 
 
 def evaluate_trial(ev: Evaluator, plan: Plan, tp) -> dict:
@@ -879,9 +881,11 @@ def optuna_search(setting: Setting, trials: int | None = 100, timeout: float | N
                  (single_level_sweep(ev.setting(space.tps[0], space.batches[0]), max_propose).plan, space.tps[0])]
         for p, tp in seeds:
             params = space.params(p, tp)
-            if params is not None and p.describe() not in seeded:  # one plan can be two seeds (--depth 2-2)
+            said = p.describe() + (f" tp {tp}" if len(space.tps) > 1 else "") + (
+                f" batch {p.batch}" if len(space.batches) > 1 else "")
+            if params is not None and said not in seeded:  # one plan can be two seeds (--depth 2-2)
                 study.enqueue_trial(params, skip_if_exists=True)
-                seeded.append(p.describe())
+                seeded.append(said)
 
     spec = {"profile": setting.profile.model_dump_json(), "workload": setting.workload, "stack": setting.stack,
             "context": setting.context, "objective": objective, "objectives": list(objectives), "seed": seed,
