@@ -390,11 +390,10 @@ def add_to_profile(profile_path: str, out_path: str, repeats: int = 8, rounds: i
     """Re-measure the serving calibration of the shipped model into a copy of a profile
     (its latency table is kept as it is)."""
     from hispec_sim.schema import Profile, load_profile, save_profile
+    from hispec_sim.validate import check_model_matches
 
     from .checkpoint import load_model
     from .measure import _environment
-
-    from hispec_sim.validate import check_model_matches
 
     profile = load_profile(profile_path)
     model = load_model(device=device)

@@ -167,8 +167,9 @@ def _remove_dead_writers_temps(folder: Path) -> None:
 
     if os.name != "posix":  # pragma: no cover -- os.kill(pid, 0) probes a process on POSIX only
         return
+    names = "|".join(map(re.escape, CHECKPOINT_FILES))
     for p in folder.iterdir():
-        m = re.fullmatch(r"\.(?:model\.safetensors|config\.json|train_log\.json)\.(\d+)\..*\.tmp", p.name)
+        m = re.fullmatch(rf"\.(?:{names})\.(\d+)\..*\.tmp", p.name)
         if m is None or int(m[1]) == os.getpid():
             continue
         try:

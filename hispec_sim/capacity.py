@@ -109,7 +109,7 @@ def slo_ratio(ttft_p99_ms: float, tbt_p99_ms: float | None, limits: ServeLimits)
 
 
 IDLE_REQUESTS = 24
-IDLE_FRACTION = 1e-3  # of the saturation load: requests (almost) never overlap
+IDLE_FRACTION = 1e-3  # of the saturation load: Poisson requests seldom overlap there (idle_run)
 
 
 def idle_run(spec: Spec, plan: Plan, seed: int) -> dict:
