@@ -95,15 +95,13 @@ def _crossover_sentence(data: dict) -> str:
     where = f"it pays at batch{'es' if len(pays) > 1 else ''} {', '.join(map(str, pays))}" + (
         f", not at {', '.join(map(str, [b for b in missing if b < pays[-1]]))}"
         if pays and any(b < pays[-1] for b in missing) else "")
-    if g is None:
-        pass
-    elif not pays:
+    if g is not None and not pays:
         parts.append(f"Hierarchy pays at no batch swept ({swept[0]}-{swept[-1]}): the best 3-level plan is never "
                      "faster than the best single-level plan.")
-    elif c["hierarchy_stops_paying_at_batch"] is None:
+    elif g is not None and c["hierarchy_stops_paying_at_batch"] is None:
         parts.append(f"Hierarchy pays at every batch swept (up to {sweep[-1]['batch']})." if not missing else
                      f"Hierarchy pays up to the largest batch swept ({where}).")
-    else:
+    elif g is not None:
         parts.append(f"Hierarchy stops paying at batch {c['hierarchy_stops_paying_at_batch']}: from there the best "
                      f"3-level plan is no faster than the best single-level plan ({where}).")
     if c["speculation_stops_paying_at_batch"] is not None:
