@@ -14,7 +14,7 @@ as `evaluate`) rises with the level, so the level that reproduces a claim is fou
 bisection. The ceiling is the speed-up at perfect acceptance (every rate 1): a claim
 above it cannot be reached under the cost model whatever the acceptance -- the audit says
 so and by how much; that is an answer, not an error. The floor is the family's own limit as
-the level falls (Family.matrix), which every level beats.
+the level falls, read at the bottom of the search's bracket, which every level beats.
 
 Against the published points: every point the workload's curve was fitted to (fit.points)
 is recomputed on the curve at the required level (the same Point.predict the fit used) and
@@ -104,33 +104,23 @@ class Family:
 
     def spread_at(self, level: float):
         """The spread at `level`: a logit-normal one as it is; measured per-request matrices
-        shifted with the workload's (none at an infinite level, where every request agrees
-        always or never)."""
+        shifted with the workload's (at -inf their limit: a request's rates of exactly 1 kept,
+        the others 0; none at +inf, where every request agrees always)."""
         sp = self.spread
         if sp is None or sp.family == "logit_normal":
             return sp
-        if math.isinf(level):
+        if level == math.inf:
             return None
         return sp.model_copy(update={"per_request": shift_logit(np.asarray(sp.per_request, float), level - self.level0)})
 
     def matrix(self, level: float) -> np.ndarray:
-        """The agreement matrix at `level`, and its limits: at +inf every rate 1 (perfect
-        acceptance: the ceiling); at -inf the family's own limit (the floor). On a curve,
-        F(a)/F(b) for two exits below the last tends to exp(-c |logit(a/L) - logit(b/L)|),
-        not 0, while every rate with the last layer tends to 0; a logit shift sends every
-        rate to 0 but those of exactly 1, which it cannot move."""
+        """The agreement matrix at `level`; at +inf every rate 1 (perfect acceptance: the
+        ceiling)."""
         n = len(self.exits)
         if level == math.inf:
             return np.ones((n, n))
-        if self.kind == "curve" and level == -math.inf:
-            x = np.asarray(self.exits, float) / self.L
-            with np.errstate(divide="ignore", invalid="ignore"):
-                lg = self.c * (np.log(x) - np.log1p(-x))  # the last layer: +inf
-                A = np.exp(-np.abs(np.subtract.outer(lg, lg)))
-        elif self.kind == "curve":
+        if self.kind == "curve":
             A = _depth_markov(curve(self.exits / self.L, level, self.c))
-        elif level == -math.inf:
-            A = (np.asarray(self.acc.agreement, float) >= 1.0).astype(float)
         else:
             A = shift_logit(np.asarray(self.acc.agreement, float), level - self.level0)
         np.fill_diagonal(A, 1.0)
@@ -140,19 +130,23 @@ class Family:
         A = self.matrix(level)
         if self.kind == "curve":
             return AgreementModel(_LevelAcceptance(self.exits, A, self.spread))
-        if math.isinf(level) or self.acc.joint == "independent":
+        if level == math.inf or self.acc.joint == "independent":
             return AgreementModel(_LevelAcceptance(self.exits, A, self.spread_at(level)))
         return _ShiftedModel(AgreementModel(self.acc), level - self.level0, A)
 
     def floor_reason(self) -> str:
-        """Why the speed-up cannot fall below the floor (Family.matrix at -inf)."""
+        """Why the speed-up does not fall below the floor as the level falls."""
         if self.kind == "curve":
             return ("the agreement between two exits below the last tends to exp(-c |logit(a/L) - logit(b/L)|), "
                     "not 0, as the level falls")
         A = np.asarray(self.acc.agreement, float)
-        ones = int((A[~np.eye(len(A), dtype=bool)] >= 1.0).sum())
-        return (f"{ones} agreement rates of exactly 1 do not move with the level; the others tend to 0" if ones else
-                "every agreement rate tends to 0 as the level falls")
+        off = ~np.eye(len(A), dtype=bool)
+        sp = self.spread
+        own = np.asarray(sp.per_request, float)[:, off] if sp is not None and sp.family != "logit_normal" else None
+        if (A[off] >= 1.0).any() or (own is not None and (own >= 1.0).any()):
+            return ("agreement rates of exactly 1, in the workload's matrix or in some requests' own, do not move with "
+                    "the level; the others tend to 0")
+        return "every agreement rate tends to 0 as the level falls"
 
 
 class _ShiftedModel(AgreementModel):
@@ -248,7 +242,10 @@ def audit(setting: Setting, plan: Plan | str, speedup: float) -> dict:
     fam = Family(setting)
     f = _speedup_fn(setting, fam, plan)
     ceiling, ceiling_plan = f(math.inf)
-    floor, _ = f(-math.inf)
+    # the floor: the family's limit as its level falls, where the search reaches it (every rate within
+    # ~e-40 of its limit: ratios of vanishing rates, F(a)/F(b) on a curve, stay positive; rates of 1 stay)
+    bottom = fam.level0 - LEVEL_RANGE
+    floor, _ = f(bottom)
     own, own_plan = f(fam.level0)
     out = {**setting.describe(), "claimed_speedup": speedup,
            "plan": plan if isinstance(plan, str) else plan.describe(), "family": fam.kind, "family_describe": fam.describe,
@@ -267,10 +264,11 @@ def audit(setting: Setting, plan: Plan | str, speedup: float) -> dict:
     elif speedup <= floor:
         level = -math.inf
     else:
-        level = _solve(f, speedup, fam.level0 - LEVEL_RANGE, fam.level0 + LEVEL_RANGE)
+        level = _solve(f, speedup, bottom, fam.level0 + LEVEL_RANGE)
         if f(level)[0] < speedup * (1 - 1e-6):  # the top of the bracket is not enough: the limit is the ceiling
             level = math.inf
-    got, got_plan = f(level)
+    at_level = bottom if level == -math.inf else level  # the floor's figures are the bottom's
+    got, got_plan = f(at_level)
     note = None if not math.isinf(level) else "perfect acceptance" if level > 0 else "the limit as the level falls"
     out.update(reachable=True, required_level=None if math.isinf(level) else round(level, 6),
                level_shift=None if math.isinf(level) else round(level - fam.level0, 6), required_level_note=note,
@@ -283,7 +281,7 @@ def audit(setting: Setting, plan: Plan | str, speedup: float) -> dict:
         lo_m, hi_m = sorted(p_[0] for p_ in params)  # the band moves the level only (c is not varied)
         out["profile_level_band"] = [round(lo_m, 6), round(hi_m, 6)]
         out["required_level_within_band"] = bool(lo_m <= level <= hi_m)
-    A, at = fam.matrix(level), {e: i for i, e in enumerate(fam.exits)}
+    A, at = fam.matrix(at_level), {e: i for i, e in enumerate(fam.exits)}
     rows = []
     for e in levels:
         r = {"exit": e, "required": round(float(A[at[e], -1]), 5), "profile": round(float(fam.F(fam.level0, [e])[0]), 5)}

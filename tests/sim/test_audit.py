@@ -167,6 +167,23 @@ def test_a_per_draft_figure_measured_with_a_long_round_is_priced(tmp_path, capsy
     assert "published per_draft [4,16] g=64: 0.500; the required curve gives" in capsys.readouterr().out
 
 
+def test_the_floor_of_a_measured_profile_keeps_each_requests_own_rates_of_one():
+    """Some requests of cpu_hispec_tiny agree at (14,16) always: no shift moves them, so the
+    floor is what every finite level gives, not the speed-up at zero acceptance (nineteenth
+    round, D1: a floor of 0.270x under a speed-up of 0.298x at every level, and a claim in
+    between answered with the search's bound, -40)."""
+    s = Setting(load_profile("cpu_hispec_tiny"))
+    plan = Plan(levels=[14, 16], propose=3)
+    r = audit(s, plan, 0.28)
+    assert r["required_level"] is None and r["floor_speedup"] == pytest.approx(0.29844, abs=1e-5)
+    assert "in some requests' own" in r["verdict"]
+    deep = audit(s, Plan(levels=[1, 15, 16], propose=2, windows=[4]), 0.1)  # a ratio of vanishing rates stays
+    assert deep["floor_speedup"] == pytest.approx(deep["speedup_at_required_level"])
+    just_above = audit(s, plan, r["floor_speedup"] * 1.01)
+    assert just_above["required_level"] is not None
+    assert just_above["speedup_at_required_level"] == pytest.approx(r["floor_speedup"] * 1.01, rel=1e-5)
+
+
 def test_rates_of_exactly_one_give_no_finite_level(tmp_path, capsys):
     """A shift in logit space cannot move a rate of exactly 1: the floor keeps them, so a
     claim below what every level gives needs no finite level (it was the search's bound, -40)
@@ -178,6 +195,6 @@ def test_rates_of_exactly_one_give_no_finite_level(tmp_path, capsys):
     r = audit(s, plan, 2.0)
     assert r["required_level"] is None and r["required_level_note"] == "the limit as the level falls"
     assert r["floor_speedup"] == r["speedup_at_profile_level"]  # nothing moves: the floor is the profile's own
-    assert "every level of this family gives at least" in r["verdict"] and "exactly 1 do not move" in r["verdict"]
+    assert "every level of this family gives at least" in r["verdict"] and "rates of exactly 1" in r["verdict"]
     own = audit(s, plan, r["speedup_at_profile_level"])
     assert own["required_level"] == pytest.approx(0.0) and own["level_shift"] == pytest.approx(0.0)
