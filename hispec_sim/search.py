@@ -653,14 +653,14 @@ def stop_on_interrupt(study):
 
 def exhaustive_seed(ev: Evaluator, space: Space, setting: Setting) -> list[tuple[Plan, int | None]]:
     """The exhaustive optimum over depth 1-3 (evaluate.exhaustive: what `optimize` returns
-    without --search optuna) at the setting's tp and batch first, then at every other tp of
-    the space (the setting's batch) and every other batch (its tp), as [(plan, tp)]; each
-    the best of its ranking that the space can express. A search over tp or batch so starts
-    from each one's optimum (about a second each)."""
+    without --search optuna) at the setting's tp and batch first, then at every other (tp,
+    batch) of the space, as [(plan, tp)]; each the best of its ranking that the space can
+    express. A search over tp or batch so starts from each one's optimum (about a second
+    each on a100_llama70b)."""
     tp0 = setting.tp if setting.tp in space.tps else space.tps[0]
     b0 = setting.batch if setting.batch in space.batches else space.batches[0]
     out = []
-    for tp, batch in [(tp0, b0), *((t, b0) for t in space.tps if t != tp0), *((tp0, b) for b in space.batches if b != b0)]:
+    for tp, batch in [(tp0, b0), *((t, b) for t in space.tps for b in space.batches if (t, b) != (tp0, b0))]:
         res = exhaustive(ev.setting(tp, batch), top=10, max_propose=space.max_propose, max_window=space.max_window)
         out += [(s.plan, tp) for s in res.top if space.params(s.plan, tp) is not None][:1]
     return out
