@@ -139,6 +139,8 @@ def cmd_optimize(args) -> int:
     if args.out:  # before the search: never overwrite the profile or the study database
         check_output(args.out, inputs=[_profile_path(args), *sqlite_files(args.storage)])
     setting = _setting(args)
+    if opts["optuna"] and (args.objective == "mc" or "p99" in opts["objectives"]):
+        _refuse_unread_mc(args, setting)
     if getattr(args, "adaptive", False):  # before the search: the adaptive model needs confidence statistics
         from .adaptive import _top1, check_batch_one
 
@@ -214,6 +216,20 @@ def _check_search_args(args, opts: dict) -> None:
                       "the Optuna search, and this one is exhaustive; add --search optuna")
     elif args.objective != "mc" and "p99" not in opts["objectives"]:
         refuse_unread(args, ("--mc-streams", "--mc-cycles"), "the Monte-Carlo objectives: --objective mc or p99")
+
+
+def _refuse_unread_mc(args, setting) -> None:
+    """The trials' Monte-Carlo (search.Evaluator.simulate) reads no --mc-streams or
+    --mc-cycles when it replays the measured requests, and no --mc-cycles on a workload with
+    a per-request spread (one request per stream), as `evaluate --mc` / `--replay`."""
+    from .montecarlo import REQUEST_TOKENS
+
+    if setting.acceptance.traces is not None:
+        refuse_unread(args, ("--mc-streams", "--mc-cycles"), "an i.i.d. Monte-Carlo; on this workload the trials "
+                      "replay its measured requests (each walked once, deterministically)")
+    elif setting.agreement.scenarios is not None:
+        refuse_unread(args, ("--mc-cycles",), f"workloads without a per-request spread; workload {setting.workload!r} "
+                      f"has one, so every stream is one request of {REQUEST_TOKENS} tokens (--mc-streams sets how many)")
 
 
 def cmd_profiles(args) -> int:

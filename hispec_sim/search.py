@@ -742,10 +742,13 @@ def _build_result(study, ev: Evaluator, space: Space, info: dict, top: int, t0: 
         t1 = time.perf_counter()
         top_scored, ar, single, paper = ([ev.simulated(s, best_tp) for s in top_scored],
                                          *(ev.simulated(s, best_tp) for s in (ar, single, paper)))
+        from .montecarlo import REQUEST_TOKENS
+
         replay = setting.acceptance.traces is not None
         by = "trace replay" if replay else "Monte-Carlo"
         how = ("every measured request walked" if replay else
-               f"{ev.streams} streams x {ev.cycles} cycles, seed {ev.seed}")
+               f"{ev.streams} streams of one {REQUEST_TOKENS}-token request each, seed {ev.seed}"
+               if setting.agreement.scenarios is not None else f"{ev.streams} streams x {ev.cycles} cycles, seed {ev.seed}")
         rescored = {"by": by, "seconds": round(time.perf_counter() - t1, 4),
                     "note": f"the objective mc ({by}: {how}) for the ranked plans and the baselines"}
     pareto = None

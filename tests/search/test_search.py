@@ -339,3 +339,20 @@ def test_cli_other_profile_study(capsys, tmp_path, monkeypatch):
     code, out, err = run(capsys, "optimize", "--profile", "q.json", "--search", "optuna", "--trials", "5", "--study-name", "x")
     assert code == 2 and "belongs to another profile" in err and err.count("\n") == 1
     assert _count(tmp_path / "hispec-studies.db") == before
+
+
+def test_monte_carlo_flags_the_trials_would_not_read_are_refused(capsys, tmp_path):
+    """A workload with a per-request spread draws one request per stream (no --mc-cycles); a
+    traced one replays its requests (neither flag), as `evaluate --mc` / `--replay` refuse
+    them; the study is not created (nineteenth round, D3: --mc-cycles changed nothing but
+    the study's name)."""
+    db = tmp_path / "s.db"
+    for profile, flags, unread in (("a100_llama70b", ["--mc-cycles", "8"], "mc_cycles"),
+                                   ("cpu_hispec_tiny", ["--mc-streams", "64"], "mc_streams")):
+        code, out, err = run(capsys, "optimize", "--profile", profile, "--search", "optuna", "--objective", "mc",
+                             *flags, "--trials", "2", "--storage", f"sqlite:///{db}")
+        assert code == 2 and err.count("\n") == 1 and err.startswith(f"hispec-sim: error: {unread}:"), err
+        assert not db.exists()
+    code, out, err = run(capsys, "optimize", "--profile", "a100_llama70b", "--search", "optuna", "--objective", "mc",
+                         "--mc-streams", "64", "--trials", "2", "--storage", f"sqlite:///{db}")
+    assert code == 0 and "64 streams of one 256-token request each" in out
