@@ -133,16 +133,21 @@ def read_mlp_csv(path: str | Path) -> MlpData:
     missing = [c for c in need if c not in rows[0]]
     if missing:
         raise ValueError(f"vidur: {path} lacks columns {missing}")
+    for no, r in enumerate(rows, 2):  # line 1: the header; DictReader keeps extra cells under None, missing as None
+        if None in r or None in r.values():
+            cells = len(r) - (None in r) + len(r.get(None) or []) - sum(v is None for v in r.values())
+            raise ValueError(f"vidur: {path} line {no}: {cells} cells where the header names {len(r) - (None in r)}")
     r0 = rows[0]
     shape = {k: _i(r0[k], f"vidur {path.name} {k}", 1, schema.MAX_DIM) for k in (*shape_cols, "n_kv_head") if k in r0}
     acc: dict = defaultdict(lambda: defaultdict(list))
-    for no, r in enumerate(rows, 2):  # line 1: the header
+    for no, r in enumerate(rows, 2):
         other = [k for k in shape if str(r.get(k)) != str(r0[k])]
         if other:
             raise ValueError(f"vidur: {path} line {no}: {other[0]} {r.get(other[0])!r} differs from the first row's "
                              f"{r0[other[0]]!r}; one file holds one model shape")
-        tp = _i(r["num_tensor_parallel_workers"], f"vidur {path.name} num_tensor_parallel_workers", 1, schema.MAX_TP)
-        t = _i(r["num_tokens"], f"vidur {path.name} num_tokens", 1, schema.MAX_CONTEXT)
+        tp = _i(r["num_tensor_parallel_workers"], f"vidur {path.name} line {no} num_tensor_parallel_workers", 1,
+                schema.MAX_TP)
+        t = _i(r["num_tokens"], f"vidur {path.name} line {no} num_tokens", 1, schema.MAX_CONTEXT)
         times = [_f(r[f"time_stats.{op}.median"], f"vidur {path.name} line {no} {op}", MAX_OP_MS) for op in LAYER_OPS]
         if sum(times) < MIN_LAYER_MS:
             raise ValueError(f"vidur {path.name} line {no}: the layer's ops sum to {sum(times):g} ms; allowed: >= "
@@ -151,6 +156,10 @@ def read_mlp_csv(path: str | Path) -> MlpData:
     tokens, ops = {}, {}
     for tp, by_t in acc.items():
         ts = sorted(by_t)
+        if ts[0] > 1:  # below its first row a table holds that row: every decode step would cost a ts[0]-token forward
+            raise ValueError(f"vidur: {path}: the rows of tp {tp} start at num_tokens {ts[0]}; a decode step runs one "
+                             f"token per sequence, which this file does not measure (it would be priced as {ts[0]} "
+                             "tokens): it needs a num_tokens 1 row")
         for t in ts:  # repeated measurements are averaged; ones that disagree this much are not measurements of one thing
             x = np.asarray(by_t[t])
             lo, hi = x.min(0), x.max(0)

@@ -213,6 +213,10 @@ def work(tmp_path_factory):
                      "infworkers": {"net": {"num_workers": "inf"}}, "strsize": {"net": {"size": "big"}},
                      "infnet": {"net": {"time_stats.all_reduce.median": "inf"}},
                      "nonutf8": {"raw_mlp": b"\xff\xfe\x00garbage"}, "empty": {"raw_mlp": b""},
+                     # round 19: no one-token row (a decode step priced as the first row's forward); a short row
+                     "no1tok": {"raw_mlp": "".join(ln + "\n" for ln in _mlp_csv().splitlines()
+                                                    if ",1,1," not in ln and ",1,2," not in ln).encode()},
+                     "truncrow": {"raw_mlp": (_mlp_csv().rstrip("\n").rsplit(",", 3)[0] + "\n").encode()},
                      "nocols": {"raw_mlp": b"a,b,c\n1,2,3\n"},
                      "nul": {"raw_mlp": _mlp_csv().encode().replace(b"0.01", b"0\x00.01", 1)},
                      "shortrow": {"raw_mlp": _mlp_csv().encode().replace(b"\n", b"\n1,2\n", 1)},
@@ -662,6 +666,9 @@ CASES = [
     ("vidur", S, "profile import-vidur {V_INFEMBD} --layers 32 --out {W}/v.json", ["n_embd"]),
     ("vidur", S, "profile import-vidur {V_STRTOK} --layers 32 --out {W}/v.json", ["num_tokens", "not a number"]),
     ("vidur", S, "profile import-vidur {V_FRACTOK} --layers 32 --out {W}/v.json", ["num_tokens", "integer"]),
+    ("vidur", S, "profile import-vidur {V_NO1TOK} --layers 32 --out {W}/v.json",
+     ["start at num_tokens 2", "needs a num_tokens 1 row"]),
+    ("vidur", S, "profile import-vidur {V_TRUNCROW} --layers 32 --out {W}/v.json", ["line 15", "13 cells", "16"]),
     ("vidur", S, "profile import-vidur {V_INFOP} --layers 32 --out {W}/v.json", ["mlp_up_proj", "finite"]),
     ("vidur", S, "profile import-vidur {V_STROP} --layers 32 --out {W}/v.json", ["attn_rope", "not a number"]),
     ("vidur", S, "profile import-vidur {V_NEGOP} --layers 32 --out {W}/v.json", ["line 2 add", "[0, 10000]", "-1"]),
@@ -676,7 +683,7 @@ CASES = [
     ("vidur", S, "profile import-vidur {V_EMPTY} --layers 32 --out {W}/v.json", ["vidur", "no rows"]),
     ("vidur", S, "profile import-vidur {V_NOCOLS} --layers 32 --out {W}/v.json", ["vidur", "lacks columns"]),
     ("vidur", S, "profile import-vidur {V_NUL} --layers 32 --out {W}/v.json", ["vidur"]),
-    ("vidur", S, "profile import-vidur {V_SHORTROW} --layers 32 --out {W}/v.json", ["vidur"]),
+    ("vidur", S, "profile import-vidur {V_SHORTROW} --layers 32 --out {W}/v.json", ["line 2", "2 cells", "16"]),
     # -- checkpoint configs (info must refuse what run cannot run)
     ("hf-config", E, "info --model {HF_THETA_STR}", ["rope_theta", "number"]),
     ("hf-config", E, "run --model {HF_THETA_STR}", ["rope_theta", "number"]),
