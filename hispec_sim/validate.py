@@ -38,9 +38,10 @@ def draw_plans(setting: Setting, n: int, seed: int) -> list[Plan]:
 
 
 def check_model_matches(profile: Profile, model, model_name: str) -> None:
-    """The model run is the profile's: its name, every architecture figure the profile
-    records (layers, hidden, heads, KV heads, FFN, vocab) and, where the profile recorded
-    them, its weights (a digest: a retrained checkpoint of the same shape agrees otherwise)."""
+    """The model run is the profile's: every architecture figure the profile records
+    (layers, hidden, heads, KV heads, FFN, vocab) and, where it recorded them, its weights
+    (a digest: a retrained checkpoint of the same shape agrees otherwise, and a copy in a
+    folder of another name is the same model); without a digest, its name."""
     a, m = model.args, profile.model
 
     def shape(layers, hidden, heads, kv, ffn, vocab) -> str:
@@ -48,7 +49,7 @@ def check_model_matches(profile: Profile, model, model_name: str) -> None:
 
     was = shape(m.num_layers, m.hidden, m.heads, m.kv_heads, m.ffn, m.vocab)
     now = shape(model.num_layers, a.dim, a.n_heads, a.n_kv_heads, a.ffn_dim, a.vocab_size)
-    if was != now or m.name != model_name:
+    if was != now or (m.weights is None and m.name != model_name):
         raise ValueError(f"profile: measured for model {m.name!r} ({was}), but the model run is {model_name!r} ({now})")
     if m.weights is not None:
         from hispec_exec.checkpoint import weights_digest
@@ -56,7 +57,7 @@ def check_model_matches(profile: Profile, model, model_name: str) -> None:
         digest = weights_digest(model)
         if digest != m.weights:
             raise ValueError(f"profile: measured for model {m.name!r} with weights {m.weights[:19]}..., but the model run "
-                             f"has weights {digest[:19]}... (same name and shape: another training run or checkpoint; "
+                             f"({model_name!r}) has weights {digest[:19]}... (another training run or checkpoint; "
                              "measure a profile for it)")
 
 

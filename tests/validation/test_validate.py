@@ -179,8 +179,10 @@ def test_profile_of_another_model_is_refused(small):
     other = Transformer(ModelArgs(n_layers=6, dim=48, n_heads=4, n_kv_heads=2, ffn_dim=96, max_seq_len=256))
     with pytest.raises(ValueError, match="profile: measured for model"):
         check_model_matches(profile, other, "rand6")
-    with pytest.raises(ValueError, match="profile: measured for model"):
-        check_model_matches(profile, model, "another-name")
+    check_model_matches(profile, model, "another-name")  # its weights, in a folder of another name (round 19, M1)
+    unsigned = profile.model_copy(update={"model": profile.model.model_copy(update={"weights": None})})
+    with pytest.raises(ValueError, match="profile: measured for model"):  # no digest: the name tells
+        check_model_matches(unsigned, model, "another-name")
     # the same name, layers, width and vocab, other heads and FFN: another model (sixteenth fuzz round)
     a = model.args
     twin = Transformer(ModelArgs(n_layers=a.n_layers, dim=a.dim, n_heads=a.n_kv_heads, n_kv_heads=a.n_kv_heads,
@@ -191,7 +193,7 @@ def test_profile_of_another_model_is_refused(small):
     assert profile.model.weights == weights_digest(model)
     check_model_matches(profile, model, profile.model.name)
     retrained = Transformer(model.args).eval()
-    with pytest.raises(ValueError, match=r"with weights sha256:[0-9a-f]{12}\.\.\., but the model run has weights"):
+    with pytest.raises(ValueError, match=r"with weights sha256:[0-9a-f]{12}\.\.\., but the model run \('rand8'\) has weights"):
         check_model_matches(profile, retrained, profile.model.name)
     # a profile that records no digest (a published one, or one measured before digests) compares the shape only
     check_model_matches(profile.model_copy(update={"model": profile.model.model_copy(update={"weights": None})}),
