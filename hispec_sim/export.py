@@ -81,6 +81,15 @@ def json_payload(plan: Plan, profile: str | None = None, workload: str | None = 
     return out
 
 
+def check_runs_on(profile: str, plan: Plan, workload: str | None) -> None:
+    """The plan runs on the profile's model: its exits within the model's layers (and the
+    workload, if named, is the profile's). Not what the simulator can predict: the executor
+    and transformers run sampling and adaptive plans too."""
+    p = schema.load_profile(profile)
+    p.workload(workload)
+    plan.check_depth(p.model.num_layers)
+
+
 def export(plan_path: str, to: str, profile: str | None = None, workload: str | None = None, tp: int | None = None,
            stack: str | None = None, context: int | None = None) -> tuple[str, list[str]]:
     """Returns (text to write or print, notes for stderr)."""
@@ -90,8 +99,7 @@ def export(plan_path: str, to: str, profile: str | None = None, workload: str | 
     notes: list[str] = []
     if to == "exec":
         if profile is not None:
-            p = schema.load_profile(profile)
-            p.check_plan(plan, workload)
+            check_runs_on(profile, plan, workload)
         if plan.batch != 1:  # the executor's file: `run` decodes one sequence, `serve` batches by its --max-batch
             notes.append(f"the plan's batch {plan.batch} is written as 1: `hispec-exec run` decodes one sequence at a "
                          "time, and `hispec-exec serve` batches up to its --max-batch sequences as they arrive")
@@ -100,6 +108,6 @@ def export(plan_path: str, to: str, profile: str | None = None, workload: str | 
     if to == "hf":
         kw = hf_kwargs(plan)
         if profile is not None:
-            schema.load_profile(profile).check_plan(plan, workload)
+            check_runs_on(profile, plan, workload)
         return json.dumps(kw, indent=2) + "\n", hf_notes(plan)
     return json.dumps(json_payload(plan, profile, workload, tp, stack, context), indent=2) + "\n", notes

@@ -77,6 +77,13 @@ def test_exec_notes_batch_and_checks_profile(capsys, tmp_path, profile_file):
     save_plan(Plan(levels=[4, 20]), src)
     code, _, err = run(capsys, "export", "--plan", src, "--to", "exec", "--out", tmp_path / "x.json", "--profile", profile_file)
     assert code == 2 and err.startswith("hispec-sim: error: levels:") and not (tmp_path / "x.json").exists()
+    # a sampling plan runs in the executor, whatever the simulator predicts (nineteenth round, M3)
+    save_plan(Plan(levels=[4, 16], propose=2, mode="sampling"), src)
+    for to in ("exec", "hf"):
+        code, _, err = run(capsys, "export", "--plan", src, "--to", to, "--out", tmp_path / f"s_{to}.json",
+                           "--profile", profile_file)
+        assert code == 0, err
+    assert load_plan(tmp_path / "s_exec.json").mode == "sampling"
 
 
 def test_hf_kwargs():
