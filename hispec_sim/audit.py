@@ -134,6 +134,17 @@ class Family:
             return AgreementModel(_LevelAcceptance(self.exits, A, self.spread_at(level)))
         return _ShiftedModel(AgreementModel(self.acc), level - self.level0, A)
 
+    def mean_matrix(self, level: float) -> np.ndarray:
+        """The agreement the requests have on average at `level`: with measured per-request
+        matrices, their weighted mean shifted request by request (what the speed-up is
+        computed from; at the profile's level, the workload's matrix); else matrix(level)."""
+        sp = self.spread_at(level)
+        if sp is None or sp.family == "logit_normal":
+            return self.matrix(level)
+        A = np.average(np.asarray(sp.per_request, float), axis=0, weights=sp.weights)
+        np.fill_diagonal(A, 1.0)
+        return A
+
     def floor_reason(self) -> str:
         """Why the speed-up does not fall below the floor as the level falls."""
         if self.kind == "curve":
@@ -281,7 +292,7 @@ def audit(setting: Setting, plan: Plan | str, speedup: float) -> dict:
         lo_m, hi_m = sorted(p_[0] for p_ in params)  # the band moves the level only (c is not varied)
         out["profile_level_band"] = [round(lo_m, 6), round(hi_m, 6)]
         out["required_level_within_band"] = bool(lo_m <= level <= hi_m)
-    A, at = fam.matrix(at_level), {e: i for i, e in enumerate(fam.exits)}
+    A, at = fam.mean_matrix(at_level), {e: i for i, e in enumerate(fam.exits)}
     rows = []
     for e in levels:
         r = {"exit": e, "required": round(float(A[at[e], -1]), 5), "profile": round(float(fam.F(fam.level0, [e])[0]), 5)}

@@ -122,8 +122,10 @@ def _rows(path: Path) -> list[dict]:
 DUPLICATE_SPREAD = 2.0  # repeated rows of Vidur's own data differ by at most 1.19x
 
 
-def read_mlp_csv(path: str | Path) -> MlpData:
-    """Per TP degree: sorted num_tokens and the median of each op (duplicate rows averaged)."""
+def read_mlp_csv(path: str | Path, tps: list[int] | None = None) -> MlpData:
+    """Per TP degree: sorted num_tokens and the median of each op (duplicate rows averaged).
+    Every row's cells are checked; the rows of a TP degree as a table (a one-token row,
+    duplicates that agree) only where it is in `tps` (default: all), the ones imported."""
     path = Path(path)
     rows = _rows(path)
     if not rows:
@@ -156,12 +158,13 @@ def read_mlp_csv(path: str | Path) -> MlpData:
     tokens, ops = {}, {}
     for tp, by_t in acc.items():
         ts = sorted(by_t)
-        if ts[0] > 1:  # below its first row a table holds that row: every decode step would cost a ts[0]-token forward
+        imported = tps is None or tp in tps
+        if imported and ts[0] > 1:  # below its first row a table holds that row: every decode step would cost a ts[0]-token forward
             raise ValueError(f"vidur: {path}: the rows of tp {tp} start at num_tokens {ts[0]}; a decode step runs one "
                              f"token per sequence, which this file does not measure (it would be priced as {ts[0]} "
                              "tokens): it needs a num_tokens 1 row")
-        for t in ts:  # repeated measurements are averaged; ones that disagree this much are not measurements of one thing
-            x = np.asarray(by_t[t])
+        for t in ts if imported else []:  # repeated measurements are averaged; ones that disagree this much are not
+            x = np.asarray(by_t[t])  # measurements of one thing
             lo, hi = x.min(0), x.max(0)
             bad = np.flatnonzero(hi > DUPLICATE_SPREAD * np.maximum(lo, 1e-12))
             if len(bad):
@@ -448,7 +451,7 @@ def import_vidur_full(folder, model=None, gpu=None, hardware=None, tps=None, num
                       contexts=None, overhead_ms=0.0, stack="compiled", fuse_elementwise=False):
     """As import_vidur, also returning (ModelShape, Hardware)."""
     mlp, g, mname = find_model_folder(folder, model, gpu)
-    data = read_mlp_csv(mlp)
+    data = read_mlp_csv(mlp, tps)
     hw = hardware or hardware_for(g)
     shape = model_shape_from(data, mname, num_layers or guess_layers(mname))
     tps = sorted(data.tokens) if not tps else tps

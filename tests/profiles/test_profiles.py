@@ -461,3 +461,20 @@ def test_optimize_cli_llama3_8b_sharegpt():
                           "sharegpt"], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip()
+
+
+def test_import_vidur_checks_the_tps_it_imports(tmp_path):
+    """A tp without a one-token row is refused where it is imported, not where --tp leaves it
+    out (twentieth round, D2: --tp 2 was refused for tp 8's rows)."""
+    import csv
+
+    src = VIDUR / "compute" / "h100" / "meta-llama" / "Llama-2-70b-hf" / "mlp.csv"
+    rows = list(csv.reader(src.open()))
+    tp, nt = rows[0].index("num_tensor_parallel_workers"), rows[0].index("num_tokens")
+    keep = [rows[0]] + [r for r in rows[1:] if not (int(float(r[tp])) == 8 and int(float(r[nt])) == 1)]
+    dst = tmp_path / "mlp.csv"
+    with dst.open("w", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerows(keep)
+    assert 1 in vidur.read_mlp_csv(dst, [2]).tokens[2]
+    with pytest.raises(ValueError, match="rows of tp 8 start at num_tokens 2"):
+        vidur.read_mlp_csv(dst)

@@ -198,3 +198,20 @@ def test_rates_of_exactly_one_give_no_finite_level(tmp_path, capsys):
     assert "every level of this family gives at least" in r["verdict"] and "rates of exactly 1" in r["verdict"]
     own = audit(s, plan, r["speedup_at_profile_level"])
     assert own["required_level"] == pytest.approx(0.0) and own["level_shift"] == pytest.approx(0.0)
+
+
+def test_required_agreement_of_a_measured_profile_is_its_requests_mean():
+    """The speed-up comes from each request's own shifted rates, so the agreement printed is
+    their weighted mean at the required level, as the speed-up saw it (twentieth round, D1:
+    the shifted mean matrix was printed, 0.584 where the requests average 0.636)."""
+    from hispec_sim.acceptance import shift_logit
+
+    s = Setting(load_profile("cpu_hispec_tiny"))
+    r = audit(s, Plan(levels=[14, 16], propose=3), 0.6)
+    sp, exits = s.acceptance.spread, s.acceptance.exits
+    z = r["level_shift"]
+    per = shift_logit(np.asarray(sp.per_request, float)[:, exits.index(14), exits.index(16)], z)
+    assert r["agreement_with_final_at_exits"][0]["required"] == pytest.approx(np.average(per, weights=sp.weights), abs=1e-5)
+    own = audit(s, Plan(levels=[14, 16], propose=3), r["speedup_at_profile_level"])  # at the profile's level: its matrix
+    row = own["agreement_with_final_at_exits"][0]
+    assert row["required"] == pytest.approx(row["profile"], abs=2e-3)
