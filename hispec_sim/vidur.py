@@ -107,16 +107,22 @@ def _i(x: str, field: str, lo: int = 0, hi: int = 1 << 40) -> int:
 
 
 def _rows(path: Path) -> list[dict]:
-    """The rows of a bounded UTF-8 CSV file; ValueError naming the file otherwise."""
+    """The rows of a bounded UTF-8 CSV file, each with as many cells as the header;
+    ValueError naming the file (and the line) otherwise."""
     import io
 
     from .schema import read_text_bounded
 
     text = read_text_bounded(path, "vidur", MAX_CSV_BYTES)
     try:
-        return list(csv.DictReader(io.StringIO(text)))
+        rows = list(csv.DictReader(io.StringIO(text)))
     except csv.Error as e:
         raise ValueError(f"vidur: {path} is not a readable CSV ({e})") from None
+    for no, r in enumerate(rows, 2):  # line 1: the header; DictReader keeps extra cells under None, missing as None
+        if None in r or None in r.values():
+            cells = len(r) - (None in r) + len(r.get(None) or []) - sum(v is None for v in r.values())
+            raise ValueError(f"vidur: {path} line {no}: {cells} cells where the header names {len(r) - (None in r)}")
+    return rows
 
 
 DUPLICATE_SPREAD = 2.0  # repeated rows of Vidur's own data differ by at most 1.19x
@@ -135,10 +141,6 @@ def read_mlp_csv(path: str | Path, tps: list[int] | None = None) -> MlpData:
     missing = [c for c in need if c not in rows[0]]
     if missing:
         raise ValueError(f"vidur: {path} lacks columns {missing}")
-    for no, r in enumerate(rows, 2):  # line 1: the header; DictReader keeps extra cells under None, missing as None
-        if None in r or None in r.values():
-            cells = len(r) - (None in r) + len(r.get(None) or []) - sum(v is None for v in r.values())
-            raise ValueError(f"vidur: {path} line {no}: {cells} cells where the header names {len(r) - (None in r)}")
     r0 = rows[0]
     shape = {k: _i(r0[k], f"vidur {path.name} {k}", 1, schema.MAX_DIM) for k in (*shape_cols, "n_kv_head") if k in r0}
     acc: dict = defaultdict(lambda: defaultdict(list))
@@ -378,6 +380,11 @@ def table_from_mlp(
         if network is None:
             raise ValueError(f"network: tp={tp} needs network/<cluster>/all_reduce.csv beside compute/")
         sizes, times = read_all_reduce(network, tp)
+        smallest = tokens[0] * shape.hidden * 2.0  # a decode step's all-reduce, which the data must reach
+        if sizes[0] > 2.0 * smallest:
+            raise ValueError(f"vidur: {network}: the all-reduces of {tp} GPUs start at {sizes[0]:,.0f} bytes; a "
+                             f"{tokens[0]}-token step all-reduces {smallest:,.0f} bytes ({tokens[0]} x {shape.hidden} x 2), "
+                             "which would be priced as the smallest measured: the file needs sizes down to there")
         ar = 2.0 * all_reduce_ms(sizes, times, tokens * shape.hidden * 2.0)
         net_note = f"2 all-reduces of tokens x {shape.hidden} x 2 bytes from {network.parent.name}/all_reduce.csv ({tp} GPUs in one node), smoothed"
     layer = kernel[:, None] + attn + ar[:, None]

@@ -478,3 +478,25 @@ def test_import_vidur_checks_the_tps_it_imports(tmp_path):
     assert 1 in vidur.read_mlp_csv(dst, [2]).tokens[2]
     with pytest.raises(ValueError, match="rows of tp 8 start at num_tokens 2"):
         vidur.read_mlp_csv(dst)
+
+
+def test_import_vidur_needs_all_reduces_as_small_as_a_decode_step(tmp_path):
+    """An all_reduce.csv whose sizes start at 32 MiB would price a one-token step's 16 KiB
+    all-reduce as 32 MiB (3x the ms per token on Llama-2-70B tp 8): refused, and so is a
+    short row, named by its line (twentieth round, D3)."""
+    import csv
+    import shutil
+
+    root = tmp_path / "v"
+    shutil.copytree(VIDUR / "compute" / "h100" / "meta-llama" / "Llama-2-70b-hf",
+                    root / "compute" / "h100" / "meta-llama" / "Llama-2-70b-hf")
+    net = root / "network" / "h100_dgx"
+    net.mkdir(parents=True)
+    rows = list(csv.reader((VIDUR / "network" / "h100_dgx" / "all_reduce.csv").open()))
+    size = rows[0].index("size")
+    for keep, match in (([r for r in rows[1:] if float(r[size]) >= 2 ** 25], "start at 33,554,432 bytes"),
+                        ([rows[1][:-4], *rows[2:]], "line 2: 8 cells where the header names 12")):
+        with (net / "all_reduce.csv").open("w", newline="") as f:
+            csv.writer(f, lineterminator="\n").writerows([rows[0], *keep])
+        with pytest.raises(ValueError, match=match):
+            vidur.import_vidur(root, model="Llama-2-70b-hf", gpu="h100", tps=[8])
