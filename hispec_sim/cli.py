@@ -315,6 +315,8 @@ def cmd_export(args) -> int:
         for flag in ("workload", "tp", "stack", "context"):
             if getattr(args, flag) is not None:
                 raise ValueError(f"{flag}: applies to a profile's predictions; give --profile too")
+    elif args.to != "json":  # exec and hf read the profile's model only (export.check_runs_on)
+        refuse_unread(args, ("--tp", "--stack", "--context"), "--to json's predicted figures")
     if args.out:
         check_output(args.out, inputs=[args.plan, _profile_path(args) if args.profile else None])
     text, notes = export(args.plan, args.to, args.profile, args.workload, args.tp, args.stack, args.context)

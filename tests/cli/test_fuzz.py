@@ -807,6 +807,7 @@ CASES = [
     ("flags", S, "optimize --profile {P} --search exhaustive --trials 5", ["trials", "--search optuna"]),
     ("flags", S, "validate --profile {P} --plan {PLAN} --plans 2 --allow-other-machine", ["plans", "not both"]),
     ("flags", S, "export --plan {PLAN} --to json --workload w", ["workload", "--profile"]),
+    ("flags", S, "export --plan {PLAN} --to exec --profile {P} --tp 2", ["tp", "--to json"]),  # round 20: not read
     ("flags", S, "evaluate --profile {P} --levels 2,16 --cycles 5", ["cycles", "--mc"]),
     ("flags", S, "audit --profile {P} --levels best_single_level --window 4 --speedup 1.5", ["window", "drop --window"]),
     ("flags", S, "serve --profile {P} --levels 16 --qps 1 --per-request", ["per_request", "--json"]),
