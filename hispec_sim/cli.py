@@ -186,7 +186,9 @@ def cmd_optimize(args) -> int:
 
         print(cli_adaptive_text(out["adaptive"]))
     if args.out:
-        print(f"plan written to {shown(args.out)}")
+        other_tp = setting.tp != setting.profile.default_tp  # a plan file holds no tp: say which to give
+        print(f"plan written to {shown(args.out)}" + (f" (at tp {setting.tp}, which a plan file does not hold: give "
+                                                       f"--tp {setting.tp} to evaluate, serve or capacity)" if other_tp else ""))
     return 0
 
 

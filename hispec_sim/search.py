@@ -774,7 +774,8 @@ def _build_result(study, ev: Evaluator, space: Space, info: dict, top: int, t0: 
                   "trials_this_run": info["ran"],
                   "sampler": info["sampler"], "seed": info["seed"], "workers": info["workers"],
                   "continued": info["continued"], "space": space.as_dict(), "best_trial": best_t.number,
-                  "seeded_with": info.get("seeded", [])}
+                  "seeded_with": info.get("seeded", []),
+                  "seeds_waiting": sum(t.state == TrialState.WAITING for t in trials)}  # enqueued, not yet run
     return OptunaResult(setting, top_scored, ar, single, paper, len(done), time.perf_counter() - t0, rescored,
                         study=study_info, pareto=pareto, objective=ev.objective, objectives=tuple(ev.objectives),
                         best_metrics=dict(best_t.user_attrs["metrics"]), optuna_study=study)
@@ -923,7 +924,8 @@ def optuna_search(setting: Setting, trials: int | None = 100, timeout: float | N
         if failed:
             raise next((e for e in failed if str(e).startswith("storage: ")), failed[0])
         ran = sum(f.result() for f in futs)
-    info = {"storage": storage, "ran": ran, "sampler": sampler, "seed": seed,
+    ran_as = "nsga2" if sampler == "tpe" and len(objectives) > 1 else sampler  # _make_sampler's choice
+    info = {"storage": storage, "ran": ran, "sampler": ran_as, "seed": seed,
             "workers": workers, "continued": continued, "seeded": seeded}
     return _build_result(study, ev, space, info, top, t0)
 
@@ -1023,6 +1025,9 @@ def cli_summary(out: dict) -> str:
              f"{f', {long} too long to simulate' if long else ''}), "
              f"sampler {st['sampler']}, seed {st['seed']}, workers {st['workers']}, depth {st['space']['depth'][0]}..{st['space']['depth'][1]}, "
              f"objective {out['objective']} {','.join(out['objectives'])}, {out['seconds']:.1f} s"]
+    if st.get("seeds_waiting"):
+        lines.append(f"{st['seeds_waiting']} of its {len(st['seeded_with'])} seed plans (study.seeded_with) not yet run: "
+                     "more --trials, or continue the study")
     if out.get("pareto"):
         lines.append(f"\nPareto front ({len(out['pareto'])} plans):")
         lines.append(f"{'plan':34s} {'tp':>3s} {'batch':>5s} {'tokens/s':>10s} {'ms/token':>9s} {'p99 ms':>9s}")

@@ -465,6 +465,8 @@ def import_vidur_full(folder, model=None, gpu=None, hardware=None, tps=None, num
     for tp in tps:
         if tp not in data.tokens:
             raise ValueError(f"tp: no measurements for tp={tp}; present: {sorted(data.tokens)}")
+    if cluster is not None and not any(t > 1 for t in tps):
+        raise ValueError(f"cluster: applies to tp > 1 (its all-reduces); the tps imported are {tps}")
     net = find_network(Path(folder), g, cluster) if any(t > 1 for t in tps) else None
     tables = [table_from_mlp(data, shape, hw, tp, net, contexts, stack, overhead_ms, fuse_elementwise=fuse_elementwise)
               for tp in tps]
