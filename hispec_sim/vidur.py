@@ -120,8 +120,9 @@ def _rows(path: Path) -> list[dict]:
         raise ValueError(f"vidur: {path} is not a readable CSV ({e})") from None
     for no, r in enumerate(rows, 2):  # line 1: the header; DictReader keeps extra cells under None, missing as None
         if None in r or None in r.values():
-            cells = len(r) - (None in r) + len(r.get(None) or []) - sum(v is None for v in r.values())
-            raise ValueError(f"vidur: {path} line {no}: {cells} cells where the header names {len(r) - (None in r)}")
+            header = len(r) - (None in r)
+            cells = header - sum(v is None for v in r.values()) + len(r.get(None) or [])
+            raise ValueError(f"vidur: {path} line {no}: {cells} cells where the header names {header}")
     return rows
 
 
@@ -161,7 +162,7 @@ def read_mlp_csv(path: str | Path, tps: list[int] | None = None) -> MlpData:
     for tp, by_t in acc.items():
         ts = sorted(by_t)
         imported = tps is None or tp in tps
-        if imported and ts[0] > 1:  # below its first row a table holds that row: every decode step would cost a ts[0]-token forward
+        if imported and ts[0] > 1:  # below its first row a table holds that row: a decode step would cost ts[0] tokens
             raise ValueError(f"vidur: {path}: the rows of tp {tp} start at num_tokens {ts[0]}; a decode step runs one "
                              f"token per sequence, which this file does not measure (it would be priced as {ts[0]} "
                              "tokens): it needs a num_tokens 1 row")
