@@ -397,7 +397,8 @@ def run(args) -> int:
     print(f"plan {out['plan']}  claimed {speedup:g}x autoregressive")
     print(f"  family: {out['family_describe']}")
     print(f"  profile's own level predicts {out['speedup_at_profile_level']:.3f}x ({out['plan_at_profile_level']}); "
-          f"ceiling (perfect acceptance) {out['ceiling_speedup']:.3f}x")
+          f"ceiling (perfect acceptance) {out['ceiling_speedup']:.3f}x; floor (the level falling) "
+          f"{out['floor_speedup']:.3f}x")
     if not out["reachable"]:
         print(f"  verdict: {out['verdict']}")
         return 0
