@@ -96,7 +96,7 @@ def shift_logit(x, z):
     rates 0 and 1 stay 0 and 1 (a token that never / always agrees does so in every request)."""
     x = np.asarray(x, float)
     z = np.broadcast_to(np.asarray(z, float), np.broadcast_shapes(np.shape(x), np.shape(z)))
-    with np.errstate(over="ignore", invalid="ignore"):  # z = -inf / +inf: the limits 0 / 1
+    with np.errstate(over="ignore"):
         moved = 1.0 / (1.0 + np.exp(-(_logit(x) + z)))
     return np.where((z == 0) | (x <= 0.0) | (x >= 1.0), x, moved)
 

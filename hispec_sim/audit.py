@@ -104,8 +104,8 @@ class Family:
 
     def spread_at(self, level: float):
         """The spread at `level`: a logit-normal one as it is; measured per-request matrices
-        shifted with the workload's (at -inf their limit: a request's rates of exactly 1 kept,
-        the others 0; none at +inf, where every request agrees always)."""
+        shifted with the workload's (none at +inf, where every request agrees always; the
+        floor is read at a finite level, audit's bottom)."""
         sp = self.spread
         if sp is None or sp.family == "logit_normal":
             return sp
