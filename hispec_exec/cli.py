@@ -61,34 +61,6 @@ def _plan_for_model(a, model, plan=None, batch_ok: bool = False):
     return plan
 
 
-def _codec(a, model):
-    """(encode, decode) for text: the checkpoint's own tokenizer when a Hugging Face folder
-    carries one, bytes otherwise (our byte-level model)."""
-    from pathlib import Path
-
-    from .data import decode_bytes, encode
-    from .prompts import TOKENIZER_FILES, check_tokenizer_files
-
-    folder = Path(a.model) if a.model else None
-    if folder is not None and check_tokenizer_files(folder):
-        try:
-            from transformers import AutoTokenizer
-        except ImportError:
-            raise ValueError("model: this checkpoint's tokenizer needs the transformers package") from None
-        try:
-            tok = AutoTokenizer.from_pretrained(str(folder))
-        except Exception as e:
-            have = ", ".join(f for f in TOKENIZER_FILES if (folder / f).exists())
-            raise ValueError(f"tokenizer: cannot load a tokenizer from {folder} (it has {have}): "
-                             f"{type(e).__name__}: {' '.join(str(e).split())[:160]}") from None
-        return (lambda text: tok.encode(text, add_special_tokens=False),
-                lambda ids: tok.decode(ids, skip_special_tokens=True))
-    if model.args.vocab_size < 256:
-        raise ValueError("model: text is encoded as bytes and this checkpoint has no tokenizer, "
-                         "but its vocabulary has fewer than 256 tokens")
-    return encode, decode_bytes
-
-
 def cmd_info(a) -> int:
     from .checkpoint import DEFAULT_CHECKPOINT, weights_digest
 
@@ -206,8 +178,7 @@ def _ticker(log, what: str, max_new_tokens: int):
 
 
 def cmd_run(a) -> int:
-    from .data import decode_bytes, heldout_prompts
-    from .data import encode as encode_bytes
+    from .prompts import heldout_token_prompts
 
     if a.out:  # before the run: never overwrite the plan
         check_output(a.out, inputs=[a.plan, *model_files(a)])
@@ -218,10 +189,7 @@ def cmd_run(a) -> int:
     if a.prompt_len + a.max_new_tokens > model.args.max_seq_len:
         raise ValueError(f"max_new_tokens: --prompt-len ({a.prompt_len}) + --max-new-tokens ({a.max_new_tokens}) "
                          f"must fit the model's context {model.args.max_seq_len}")
-    enc, _ = _codec(a, model)
-    prompts = heldout_prompts(a.prompts, a.prompt_len, a.seed)
-    if enc is not encode_bytes:
-        prompts = [enc(decode_bytes(p)) or [0] for p in prompts]
+    prompts = heldout_token_prompts(model, a.model, a.prompts, a.prompt_len, a.seed)
     out = run_plan(model, plan, prompts, a.max_new_tokens, a.mode or plan.mode, a.seed, a.temperature,
                    a.check, a.repeats, log=progress_log("run", a.progress))
     if a.out:
@@ -267,15 +235,17 @@ def cmd_generate(a) -> int:
     _refuse_mode_flags(a, plan, ("--temperature", "--seed"))
     model = _load(a)
     plan = _plan_for_model(a, model, plan)
-    enc, dec = _codec(a, model)
-    ids = enc(a.prompt.replace("\\n", "\n"))
+    from .prompts import text_codec
+
+    codec = text_codec(model, a.model)
+    ids = codec.encode(a.prompt.replace("\\n", "\n"))
     if not ids:
         raise ValueError("prompt: the prompt encodes to no tokens")
     from .generate import check_fits
 
     check_fits(plan, len(ids), a.max_new_tokens, model.args.max_seq_len)
     r = decode(model, plan, ids, a.max_new_tokens, mode=a.mode, seed=a.seed, temperature=a.temperature)
-    sys.stdout.write(dec(ids + r.tokens) + "\n")
+    sys.stdout.write(codec.decode(ids + r.tokens) + "\n")
     s = r.summary()
     acc = _per_level(plan.levels, s["acceptance_per_level"], 2)
     sys.stderr.write(f"[{s['plan']} {s['mode']}: {s['tokens_per_s']:.1f} tokens/s, acceptance {acc}, "

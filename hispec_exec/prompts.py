@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 from hispec_sim.schema import file_lines, json_type, read_text_bounded, regular_file
 
@@ -127,9 +128,25 @@ def check_tokenizer_files(folder: Path) -> bool:
     return bool(present)
 
 
-def text_encoder(model, model_folder: str | Path | None):
-    """(encode(text) -> ids, description): the checkpoint's tokenizer.json (tokenizers
-    library) when the folder has one, otherwise bytes for a byte-level model."""
+class TextCodec(NamedTuple):
+    encode: Callable[[str], list[int]]
+    decode: Callable[[list[int]], str]
+    how: str  # "bytes (UTF-8)" or which tokenizer.json
+
+    @property
+    def is_bytes(self) -> bool:
+        return self.how.startswith("bytes")
+
+
+def text_codec(model, model_folder: str | Path | None) -> TextCodec:
+    """Text <-> token ids for this checkpoint, the same for every command that reads text
+    (`profile measure`, `validate`, `hispec-exec run/generate/serve`): the checkpoint's
+    tokenizer.json (tokenizers library) when the folder has one, with the tokenizer's own
+    special tokens (a Llama tokenizer's BOS, as its users' requests carry it); otherwise
+    bytes for a byte-level model. One codec, so a profile's acceptance is measured on the
+    token ids the executor then runs."""
+    from .data import decode_bytes, encode as encode_bytes
+
     vocab = model.args.vocab_size
     folder = Path(model_folder) if model_folder is not None else None
     tj = folder / "tokenizer.json" if folder is not None else None
@@ -138,7 +155,7 @@ def text_encoder(model, model_folder: str | Path | None):
     if tj is not None and tj.exists():
         try:
             from tokenizers import Tokenizer
-        except ImportError:  # pragma: no cover - installed with transformers
+        except ImportError:  # pragma: no cover - a dependency of the project
             raise ValueError("tokenizer: reading tokenizer.json needs the `tokenizers` package (pip install tokenizers)") from None
         text = read_text_bounded(tj, "tokenizer", MAX_FILE_BYTES)  # the bound check_tokenizer_files states
         try:
@@ -155,14 +172,26 @@ def text_encoder(model, model_folder: str | Path | None):
             if ids and max(ids) >= vocab:
                 raise ValueError(f"tokenizer: {tj} produced token id {max(ids)} >= the checkpoint's vocabulary {vocab}")
             return ids
-        return encode, f"tokenizer.json of {folder.name} ({n} tokens)"
+        return TextCodec(encode, lambda ids: tok.decode(list(ids), skip_special_tokens=True),
+                         f"tokenizer.json of {folder.name} ({n} tokens)")
     if folder is not None and any((folder / f).exists() for f in ("tokenizer.model", "tokenizer_config.json")):
         raise ValueError(f"tokenizer: {folder} has no tokenizer.json (only a slow/sentencepiece tokenizer); save a fast "
                          f"tokenizer there (transformers: AutoTokenizer.from_pretrained(...).save_pretrained(folder))")
     if vocab < 256:
         raise ValueError(f"tokenizer: {folder or 'the model'} has no tokenizer.json and its vocabulary ({vocab}) is "
                          f"too small for bytes; add the checkpoint's tokenizer.json")
-    return (lambda text: list(text.encode("utf-8"))), "bytes (UTF-8)"
+    return TextCodec(encode_bytes, decode_bytes, "bytes (UTF-8)")
+
+
+def heldout_token_prompts(model, model_folder, n: int, prompt_len: int, seed: int) -> list[list[int]]:
+    """The held-out prompts (prompt_len bytes of stdlib source each) as this model's token
+    ids: the bytes themselves for byte-level models, re-encoded by the checkpoint's codec
+    otherwise."""
+    from .data import decode_bytes, heldout_prompts
+
+    prompts = heldout_prompts(n, prompt_len, seed)
+    codec = text_codec(model, model_folder)  # a model without tokenizer.json and vocab < 256: ValueError
+    return prompts if codec.is_bytes else [codec.encode(decode_bytes(p)) or [0] for p in prompts]
 
 
 def encode_prompts(prompts: list[tuple[str, str]], encode, max_new_tokens: int, capacity: int) -> list[list[int]]:

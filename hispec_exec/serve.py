@@ -372,8 +372,9 @@ def run(a) -> int:
     from hispec_sim.cli_common import check_output, model_files
     from hispec_sim.cli_serving import note_plan_batch, refuse_unread_traffic
 
-    from .cli import _codec, _load, _plan_args, _plan_for_model, _refuse_mode_flags
+    from .cli import _load, _plan_args, _plan_for_model, _refuse_mode_flags
     from .generate import autoregressive, check_plan
+    from .prompts import text_codec
 
     limits = _pyd(ServeLimits, max_batch=a.max_batch, kv_tokens=a.kv_tokens, slo_ttft_ms=a.slo_ttft_ms,
                   slo_tbt_ms=a.slo_tbt_ms, slo_tpot_ms=a.slo_tpot_ms)
@@ -388,8 +389,7 @@ def run(a) -> int:
         plan = plan.model_copy(update={"batching": a.batching})
     check_plan(model, plan, batch_ok=True)
     note_plan_batch("hispec-exec", plan, a.max_batch)
-    enc, _ = _codec(a, model)
-    arrivals, prompts, news, where = _requests(a, model, enc)
+    arrivals, prompts, news, where = _requests(a, model, text_codec(model, a.model).encode)
     check_requests(plan, prompts, news, model.args.max_seq_len, limits, where)
     if a.clock == "wall" and arrivals[-1] > LONG_WAIT_S:  # a trace's arrivals are waited for in real time
         print(f"hispec-exec: note: the last request arrives at {arrivals[-1]:.4g} s: the wall clock waits for it (Ctrl-C stops; "

@@ -34,20 +34,6 @@ def load_executor_model(args):
     return model, "hispec-tiny" if folder == Path(DEFAULT_CHECKPOINT).resolve() else folder.name
 
 
-def heldout_for(model, model_folder, n: int, seed: int) -> list[list[int]]:
-    """The held-out prompts (64 bytes of stdlib source each) as this model's token ids: bytes
-    for byte-level models, the checkpoint's tokenizer.json otherwise."""
-    from hispec_exec import heldout_prompts
-    from hispec_exec.data import decode_bytes
-    from hispec_exec.prompts import text_encoder
-
-    prompts = heldout_prompts(n, 64, seed)
-    encode, how = text_encoder(model, model_folder)  # a model without tokenizer.json and vocab < 256: ValueError
-    if how.startswith("bytes"):
-        return prompts
-    return [encode(decode_bytes(p)) or [0] for p in prompts]
-
-
 def add_measure_parser(prof_sub) -> None:
     m = prof_sub.add_parser("measure", help="measure a profile with the executor (latency, overheads, acceptance)")
     executor_args(m)
@@ -91,7 +77,7 @@ def _existing_profile(path: Path) -> schema.Profile | None:
 
 
 def cmd_measure(args) -> int:
-    from hispec_exec.prompts import encode_prompts, read_prompts, text_encoder
+    from hispec_exec.prompts import encode_prompts, heldout_token_prompts, read_prompts, text_codec
 
     if args.prompts_file is None:
         refuse_unread(args, ("--format", "--field"), "a --prompts-file")
@@ -126,14 +112,14 @@ def cmd_measure(args) -> int:
         check_model_matches(existing, model, name)
     command = "hispec-sim " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if prompts_text is not None:
-        encode, how = text_encoder(model, args.model)
-        prompts = encode_prompts(prompts_text, encode, args.max_new_tokens, model.args.max_seq_len)
-        detail = f"{len(prompts)} prompt{'s' if len(prompts) != 1 else ''} of {Path(args.prompts_file).name} (tokenized with {how})"
+        codec = text_codec(model, args.model)
+        prompts = encode_prompts(prompts_text, codec.encode, args.max_new_tokens, model.args.max_seq_len)
+        detail = f"{len(prompts)} prompt{'s' if len(prompts) != 1 else ''} of {Path(args.prompts_file).name} (tokenized with {codec.how})"
     else:
         if 64 + args.max_new_tokens + 1 > model.args.max_seq_len:
             raise ValueError(f"max_new_tokens: 64-byte prompts + {args.max_new_tokens} exceed the model's context "
                              f"{model.args.max_seq_len}")
-        prompts = heldout_for(model, args.model, args.prompts, args.seed)
+        prompts = heldout_token_prompts(model, args.model, args.prompts, 64, args.seed)
         detail = f"{args.prompts} held-out prompts (seed {args.seed})"
 
     if args.acceptance_only:
@@ -246,12 +232,14 @@ def cmd_validate(args) -> int:
     if warning:
         print(f"hispec-sim: {warning}", file=sys.stderr)
     if prompts_text is not None:
-        from hispec_exec.prompts import encode_prompts, text_encoder
+        from hispec_exec.prompts import encode_prompts, text_codec
 
-        encode, _ = text_encoder(model, args.model)
-        prompts = encode_prompts(prompts_text, encode, args.max_new_tokens, model.args.max_seq_len)
+        prompts = encode_prompts(prompts_text, text_codec(model, args.model).encode, args.max_new_tokens,
+                                 model.args.max_seq_len)
     else:
-        prompts = heldout_for(model, args.model, args.prompts, args.prompt_seed)
+        from hispec_exec.prompts import heldout_token_prompts
+
+        prompts = heldout_token_prompts(model, args.model, args.prompts, 64, args.prompt_seed)
     if args.context is None:  # price the plans at the context these runs decode at (other prompts or lengths)
         setting.context = round(sum(map(len, prompts)) / len(prompts) + args.max_new_tokens / 2)
     out = validate(setting, plans, model, prompts, args.max_new_tokens, seed=args.seed, machine_warning=warning,

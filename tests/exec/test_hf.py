@@ -119,6 +119,40 @@ def test_cli_on_hf_folder_with_tokenizer(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("def f(x):")
 
 
+def test_every_command_tokenizes_with_the_tokenizers_own_special_tokens(tmp_path, capsys):
+    """One codec for profile measure, validate and hispec-exec: a Llama-style tokenizer.json
+    whose post-processor prepends BOS gives BOS-first ids everywhere, and text shows without
+    it (twenty-first fuzz round: measure added BOS, hispec-exec did not, so a profile's
+    acceptance was measured on other token ids than the executor ran)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hispec_exec.cli import main
+    from hispec_exec.prompts import heldout_token_prompts, text_codec
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(["def f(x):\n    return x + 1\n", "import os\nclass A:\n    pass\n"] * 20,
+                            trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>"],
+                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bos = tok.token_to_id("<s>")
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
+    tok.save(str(tmp_path / "tokenizer.json"))
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path, safe_serialization=True)
+    model = load_model(tmp_path)
+    codec = text_codec(model, tmp_path)
+    ids = codec.encode("def f(x):")
+    assert ids[0] == bos and codec.decode(ids) == "def f(x):"
+    assert all(p[0] == bos for p in heldout_token_prompts(model, tmp_path, 3, 64, 0))  # run, measure and validate's
+    assert main(["generate", "--model", str(tmp_path), "--prompt", "def f(x):", "--levels", "2,4",
+                 "--max-new-tokens", "4"]) == 0
+    assert capsys.readouterr().out.startswith("def f(x):")
+
+
 def test_a_checkpoint_with_tensors_the_model_would_not_use_is_refused(tmp_path):
     """Biases (Qwen2-style), extra layers, a head the tied embeddings would replace, a shard
     named by a list: another model than the one built, or no model -- refused, not run
