@@ -178,7 +178,7 @@ def _ticker(log, what: str, max_new_tokens: int):
 
 
 def cmd_run(a) -> int:
-    from .prompts import heldout_token_prompts
+    from .prompts import heldout_token_prompts, text_codec
 
     if a.out:  # before the run: never overwrite the plan
         check_output(a.out, inputs=[a.plan, *model_files(a)])
@@ -189,7 +189,7 @@ def cmd_run(a) -> int:
     if a.prompt_len + a.max_new_tokens > model.args.max_seq_len:
         raise ValueError(f"max_new_tokens: --prompt-len ({a.prompt_len}) + --max-new-tokens ({a.max_new_tokens}) "
                          f"must fit the model's context {model.args.max_seq_len}")
-    prompts = heldout_token_prompts(model, a.model, a.prompts, a.prompt_len, a.seed)
+    prompts = heldout_token_prompts(text_codec(model, a.model), a.prompts, a.prompt_len, a.seed)
     out = run_plan(model, plan, prompts, a.max_new_tokens, a.mode or plan.mode, a.seed, a.temperature,
                    a.check, a.repeats, log=progress_log("run", a.progress))
     if a.out:

@@ -183,15 +183,27 @@ def text_codec(model, model_folder: str | Path | None) -> TextCodec:
     return TextCodec(encode_bytes, decode_bytes, "bytes (UTF-8)")
 
 
-def heldout_token_prompts(model, model_folder, n: int, prompt_len: int, seed: int) -> list[list[int]]:
-    """The held-out prompts (prompt_len bytes of stdlib source each) as this model's token
-    ids: the bytes themselves for byte-level models, re-encoded by the checkpoint's codec
-    otherwise."""
+def heldout_token_prompts(codec: TextCodec, n: int, length: int, seed: int, exact: bool = False) -> list[list[int]]:
+    """n held-out prompts as the codec's token ids. `length` is bytes of held-out source
+    (the same text for every model: run, profile measure, validate); with `exact`, prompts
+    of exactly `length` token ids, each the first tokens of a longer held-out text (serve's
+    prompt lengths, which are in tokens)."""
     from .data import decode_bytes, heldout_prompts
 
-    prompts = heldout_prompts(n, prompt_len, seed)
-    codec = text_codec(model, model_folder)  # a model without tokenizer.json and vocab < 256: ValueError
-    return prompts if codec.is_bytes else [codec.encode(decode_bytes(p)) or [0] for p in prompts]
+    if codec.is_bytes:
+        return heldout_prompts(n, length, seed)
+    if not exact:
+        return [codec.encode(decode_bytes(p)) or [0] for p in heldout_prompts(n, length, seed)]
+    nbytes = 4 * length
+    while True:
+        try:
+            ids = [codec.encode(decode_bytes(p)) for p in heldout_prompts(n, nbytes, seed)]
+        except ValueError:  # no held-out file that long
+            raise ValueError(f"prompt_len: the held-out text is too short for {length}-token prompts "
+                             f"in the {codec.how}") from None
+        if all(len(x) >= length for x in ids):
+            return [x[:length] for x in ids]
+        nbytes *= 2
 
 
 def encode_prompts(prompts: list[tuple[str, str]], encode, max_new_tokens: int, capacity: int) -> list[list[int]]:

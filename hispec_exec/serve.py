@@ -299,12 +299,12 @@ def _pyd(fn, *args, **kw):
         raise ValueError(validation_message(e)) from None
 
 
-def _requests(a, model, enc):
+def _requests(a, model, codec):
     """(arrivals, prompts, max_new_tokens, a function naming request i) from the trace or the generator."""
     from hispec_sim.schema import LengthDist, Traffic, file_lines
     from hispec_sim.traffic import generate, load_trace
 
-    from .data import heldout_prompts
+    from .prompts import heldout_token_prompts
 
     V = model.args.vocab_size
     if a.trace:
@@ -333,7 +333,7 @@ def _requests(a, model, enc):
                 raise ValueError(f"{where(i)}: prompt_tokens: token ids must be in [0, {V})")
             prompts[i] = list(r.prompt_tokens)
         elif r.prompt is not None:
-            prompts[i] = list(enc(r.prompt))
+            prompts[i] = list(codec.encode(r.prompt))
             if not prompts[i]:
                 raise ValueError(f"{where(i)}: prompt: encodes to no tokens")
         else:
@@ -341,8 +341,8 @@ def _requests(a, model, enc):
                 raise ValueError(f"{where(i)}: prompt_tokens {r.prompt_tokens} exceeds the KV capacity of a sequence "
                                  f"({model.args.max_seq_len})")
             by_len.setdefault(r.prompt_tokens, []).append(i)
-    for n, idx in by_len.items():  # held-out prompts of the drawn lengths
-        for i, p in zip(idx, heldout_prompts(len(idx), n, a.seed)):
+    for n, idx in by_len.items():  # held-out prompts of the drawn lengths, in the checkpoint's tokens
+        for i, p in zip(idx, heldout_token_prompts(codec, len(idx), n, a.seed, exact=True)):
             prompts[i] = p
     return [r.arrival_s for r in reqs], prompts, [r.max_new_tokens for r in reqs], where
 
@@ -389,7 +389,7 @@ def run(a) -> int:
         plan = plan.model_copy(update={"batching": a.batching})
     check_plan(model, plan, batch_ok=True)
     note_plan_batch("hispec-exec", plan, a.max_batch)
-    arrivals, prompts, news, where = _requests(a, model, text_codec(model, a.model).encode)
+    arrivals, prompts, news, where = _requests(a, model, text_codec(model, a.model))
     check_requests(plan, prompts, news, model.args.max_seq_len, limits, where)
     if a.clock == "wall" and arrivals[-1] > LONG_WAIT_S:  # a trace's arrivals are waited for in real time
         print(f"hispec-exec: note: the last request arrives at {arrivals[-1]:.4g} s: the wall clock waits for it (Ctrl-C stops; "

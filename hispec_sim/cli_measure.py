@@ -111,15 +111,15 @@ def cmd_measure(args) -> int:
 
         check_model_matches(existing, model, name)
     command = "hispec-sim " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    codec = text_codec(model, args.model)
     if prompts_text is not None:
-        codec = text_codec(model, args.model)
         prompts = encode_prompts(prompts_text, codec.encode, args.max_new_tokens, model.args.max_seq_len)
         detail = f"{len(prompts)} prompt{'s' if len(prompts) != 1 else ''} of {Path(args.prompts_file).name} (tokenized with {codec.how})"
     else:
         if 64 + args.max_new_tokens + 1 > model.args.max_seq_len:
             raise ValueError(f"max_new_tokens: 64-byte prompts + {args.max_new_tokens} exceed the model's context "
                              f"{model.args.max_seq_len}")
-        prompts = heldout_token_prompts(model, args.model, args.prompts, 64, args.seed)
+        prompts = heldout_token_prompts(codec, args.prompts, 64, args.seed)
         detail = f"{args.prompts} held-out prompts (seed {args.seed})"
 
     if args.acceptance_only:
@@ -231,15 +231,13 @@ def cmd_validate(args) -> int:
     warning = machine_check(setting.profile, args.device, args.allow_other_machine)
     if warning:
         print(f"hispec-sim: {warning}", file=sys.stderr)
+    from hispec_exec.prompts import encode_prompts, heldout_token_prompts, text_codec
+
+    codec = text_codec(model, args.model)
     if prompts_text is not None:
-        from hispec_exec.prompts import encode_prompts, text_codec
-
-        prompts = encode_prompts(prompts_text, text_codec(model, args.model).encode, args.max_new_tokens,
-                                 model.args.max_seq_len)
+        prompts = encode_prompts(prompts_text, codec.encode, args.max_new_tokens, model.args.max_seq_len)
     else:
-        from hispec_exec.prompts import heldout_token_prompts
-
-        prompts = heldout_token_prompts(model, args.model, args.prompts, 64, args.prompt_seed)
+        prompts = heldout_token_prompts(codec, args.prompts, 64, args.prompt_seed)
     if args.context is None:  # price the plans at the context these runs decode at (other prompts or lengths)
         setting.context = round(sum(map(len, prompts)) / len(prompts) + args.max_new_tokens / 2)
     out = validate(setting, plans, model, prompts, args.max_new_tokens, seed=args.seed, machine_warning=warning,

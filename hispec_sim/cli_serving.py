@@ -159,7 +159,7 @@ def note_plan_batch(prog: str, plan: schema.Plan, max_batch: int) -> None:
 
 def _arrays(reqs: list[schema.Request]):
     arr = np.array([r.arrival_s for r in reqs], float)
-    # a text prompt's length in tokens needs the executor's tokenizer: the shipped model is byte-level
+    # a text prompt's length in tokens: its bytes (_check_trace admits text for byte-level models only)
     pl = np.array([r.prompt_len if r.prompt_len is not None else len(r.prompt.encode("utf-8")) for r in reqs], np.int64)
     ol = np.array([r.max_new_tokens for r in reqs], np.int64)
     return arr, pl, ol
@@ -167,8 +167,14 @@ def _arrays(reqs: list[schema.Request]):
 
 def _check_trace(model: schema.ModelShape, trace: list[schema.Request], overshoot: int) -> None:
     """Every request fits the model: its token ids in the vocabulary (as hispec-exec serve
-    checks), its tokens in the context."""
+    checks), its tokens in the context; a text prompt (counted in bytes) only where the model
+    reads bytes (a vocabulary of at most 256: the shipped model, those `train` makes, synthetic
+    stand-ins): the simulator has no other model's tokenizer to count its tokens with."""
     for i, r in enumerate(trace):
+        if r.prompt is not None and model.vocab > 256:
+            raise ValueError(f"trace: request {i}: prompt: a text prompt's length in tokens needs the tokenizer of "
+                             f"{model.name} (vocabulary {model.vocab}), which hispec-sim does not have; give "
+                             "prompt_tokens (a length or the ids; hispec-exec serve --json reports each request's)")
         if isinstance(r.prompt_tokens, list) and max(r.prompt_tokens) >= model.vocab:
             raise ValueError(f"trace: request {i}: prompt_tokens: token ids must be in [0, {model.vocab}) (the profile's "
                              "model.vocab)")

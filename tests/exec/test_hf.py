@@ -147,10 +147,39 @@ def test_every_command_tokenizes_with_the_tokenizers_own_special_tokens(tmp_path
     codec = text_codec(model, tmp_path)
     ids = codec.encode("def f(x):")
     assert ids[0] == bos and codec.decode(ids) == "def f(x):"
-    assert all(p[0] == bos for p in heldout_token_prompts(model, tmp_path, 3, 64, 0))  # run, measure and validate's
+    assert all(p[0] == bos for p in heldout_token_prompts(codec, 3, 64, 0))  # run, measure and validate's
+    served = heldout_token_prompts(codec, 3, 40, 0, exact=True)  # serve's lengths are in tokens
+    assert [len(p) for p in served] == [40] * 3 and all(p[0] == bos for p in served)
     assert main(["generate", "--model", str(tmp_path), "--prompt", "def f(x):", "--levels", "2,4",
                  "--max-new-tokens", "4"]) == 0
     assert capsys.readouterr().out.startswith("def f(x):")
+
+
+def test_served_held_out_prompts_go_through_the_tokenizer(tmp_path, capsys):
+    """Generated traffic and a trace's prompt length on a checkpoint with a tokenizer of
+    fewer than 256 tokens: held-out text encoded to exactly that many tokens (twenty-first
+    fuzz round: the prompts were byte values taken for token ids, refused here as out of
+    the vocabulary, and silently other prompts on larger vocabularies)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hispec_exec.cli import main
+
+    words = ["[UNK]", "def", "return", "import", "class", "self", "if", "for", "in", "(", ")", ":", "=", ".", ","]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(tmp_path / "tokenizer.json"))
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(words), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path, safe_serialization=True)
+    trace = tmp_path / "t.jsonl"
+    trace.write_text(json.dumps({"arrival_s": 0.0, "prompt_tokens": 12, "max_new_tokens": 3}) + "\n")
+    for traffic in (["--qps", "50", "--requests", "2", "--prompt-len", "8", "--output-len", "3"], ["--trace", str(trace)]):
+        assert main(["serve", "--model", str(tmp_path), *traffic, "--levels", "2,4", "--clock", "cpu", "--no-warmup",
+                     "--json"]) == 0
+        got = json.loads(capsys.readouterr().out)["requests"]
+        assert [r["prompt_tokens"] for r in got] == ([8, 8] if "--qps" in traffic else [12])
 
 
 def test_a_checkpoint_with_tensors_the_model_would_not_use_is_refused(tmp_path):

@@ -68,6 +68,21 @@ def test_serve_trace(prof, capsys, tmp_path):
     assert r[0]["queue_ms"] == 0 and r[1]["queue_ms"] == pytest.approx(r[0]["ttft_ms"] - 1.0)
 
 
+def test_a_text_prompt_needs_a_byte_level_model(capsys, tmp_path):
+    """A text prompt counts its bytes as tokens only for byte-level models; for a model with a
+    tokenizer (Llama-2-70B's 32,000 tokens) it is refused, not priced at ~4x its length
+    (twenty-first fuzz round)."""
+    f = tmp_path / "t.jsonl"
+    f.write_text(json.dumps({"arrival_s": 0.0, "prompt": "def f(x):", "max_new_tokens": 3}) + "\n")
+    assert main(["serve", "--profile", "a100_llama70b", "--levels", "80", "--trace", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "trace: request 0: prompt: a text prompt's length in tokens needs the tokenizer" in err
+    assert "give prompt_tokens" in err
+    r = _json(capsys, ["serve", "--profile", "cpu_hispec_tiny", "--levels", "16", "--trace", str(f), "--seeds", "1",
+                       "--json", "--per-request"])["requests"]
+    assert r[0]["prompt_tokens"] == 9
+
+
 def test_capacity_golden(prof, capsys):
     argv = ["capacity", "--profile", prof, "--qps", "100", "--slo-ttft-ms", "200", "--slo-tbt-ms", "25",
             "--requests", "60", "--seeds", "2", "--prompt-len", "uniform:8:64", "--output-len", "uniform:4:48",
