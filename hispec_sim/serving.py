@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import step_noise
-from .acceptance import AgreementModel
+from .acceptance import AgreementModel, RequestRates, Scenarios
 from .analytic import predict
 from .latency import (
     CostModel,
@@ -148,9 +148,22 @@ def request_rates(acc: Acceptance, plan: Plan, n: int, rng: np.random.Generator,
     pick = rng.choice(len(sp.per_request), size=n, p=w / w.sum())
     if picks is not None:
         picks.append(pick)
-    per = np.stack([level_rates(acc.model_copy(update={"agreement": m, "joint": "independent", "spread": None}),
-                                plan.levels) for m in sp.per_request])
-    return per[pick]
+    return _measured_request_rates(acc, plan.levels)[pick]
+
+
+def _measured_request_rates(acc: Acceptance, levels: list[int]) -> np.ndarray:
+    """(requests, k-1, 3) rates of each measured request of an empirical spread, as the
+    analytic model takes them (acceptance.RequestRates): its own marginals, and with a
+    trace-based joint the workload's conditional rates shifted as far as its marginal moved."""
+    mats = np.asarray(acc.spread.per_request, float)
+    R = len(mats)
+    rates = RequestRates(AgreementModel(acc), Scenarios(np.full(R, 1.0 / R), matrices=mats), np.arange(R))
+    out = np.zeros((R, len(levels) - 1, 3))
+    at = lambda layer: np.full(R, layer)  # noqa: E731
+    for j in range(len(levels) - 1):
+        r = rates.rates(None if j == 0 else at(levels[j - 1]), at(levels[j]), at(levels[j + 1]))
+        out[:, j] = np.stack([r.after_accept, r.after_reject, r.marginal], -1)
+    return out
 
 
 # --------------------------------------------------------------------------- cost lookups

@@ -135,6 +135,27 @@ def test_per_request_acceptance_spread():
     assert set(np.round(r, 6)) == {0.35, 0.7} and abs((r == 0.7).mean() - 0.75) < 0.03
 
 
+def test_measured_requests_keep_the_workloads_joint_rates():
+    """On an empirical spread with a trace-based joint (the shipped profile), each served
+    request's conditional rates are the workload's shifted as its marginal moved, as the
+    analytic model takes them: requests served one at a time cost what `evaluate` predicts
+    (twenty-first fuzz round: serve drew levels independently, +3.1 % per token on this plan,
+    where the independent model is)."""
+    p = schema.load_profile("cpu_hispec_tiny")
+    t = p.latency[0].model_copy(update={"serving": None})  # steps priced from the batch-1 table, as predict prices
+    acc = p.workload()
+    assert acc.joint == "traces" and acc.spread.family == "empirical"
+    plan = schema.Plan(levels=[1, 4, 16], propose=2, windows=[1])
+    n, out = 300, 400  # one-token prompts, no overlap: mean context ~200
+    ana = float(predict(CostModel(t, 1, 200, 64), AgreementModel(acc), [plan]).latency_ms[0])
+    errs = []
+    for seed in range(6):
+        run = serving.simulate_arrays(t, 16, acc, plan, np.arange(n) * 1e4, np.full(n, 1), np.full(n, out),
+                                      schema.ServeLimits(max_batch=1), seed)
+        errs.append((run.last_ms - run.arrival_s * 1e3).sum() / run.output_tokens.sum() / ana - 1)
+    assert abs(np.mean(errs)) < 0.015  # measured: -0.14 % (seed-to-seed sd 1.0 %); levels independent: +3.14 %
+
+
 def test_synchronous_at_batch_one_matches_ragged_statistically():
     p = _profile(agreement=0.8)
     n = 10
@@ -157,10 +178,12 @@ def test_bad_limits_are_named():
 @pytest.mark.parametrize("levels, propose, windows", [([2, 16], 3, []), ([2, 8, 16], 4, [8]), ([1, 2, 4, 16], 4, [8, 8])])
 def test_expected_forwards_count_the_drawn_schedules(levels, propose, windows):
     """check_size's estimate (the analytic model with every forward at 1 ms) is the number of
-    operations the ragged engine draws, within 5 % over 300 requests."""
+    operations the ragged engine draws, within 5 % over 2,000 requests (300 requests of this
+    spread put a 4-level plan's draws anywhere from -4.6 to +8.2 % off over five seeds; 2,000:
+    +1.0 to +5.0 %, mostly the last round's overshoot, which the estimate leaves out)."""
     prof = schema.load_profile("cpu_hispec_tiny")
     acc, plan = prof.workload(), schema.Plan(levels=levels, propose=propose, windows=windows)
     rng = np.random.default_rng(0)
-    max_new = rng.integers(50, 300, 300)
-    drawn = serving.draw_schedules(plan, serving.request_rates(acc, plan, 300, rng), max_new, rng).count.sum()
+    max_new = rng.integers(50, 300, 2000)
+    drawn = serving.draw_schedules(plan, serving.request_rates(acc, plan, len(max_new), rng), max_new, rng).count.sum()
     assert drawn == pytest.approx(serving.forwards_per_token(acc, plan) * max_new.sum(), rel=0.05)
