@@ -653,7 +653,8 @@ def stop_on_interrupt(study):
 
 def exhaustive_seed(ev: Evaluator, space: Space, setting: Setting) -> list[tuple[Plan, int | None]]:
     """The exhaustive optimum over depth 1-3 (evaluate.exhaustive: what `optimize` returns
-    without --search optuna) at the setting's tp and batch first, then at every other (tp,
+    without --search optuna; within a narrower --depth, the best of its ranking and
+    baselines the space holds) at the setting's tp and batch first, then at every other (tp,
     batch) of the space, as [(plan, tp)]; each the best of its ranking that the space can
     express. A search over tp or batch so starts from each one's optimum (about a second
     each on a100_llama70b)."""
@@ -662,7 +663,9 @@ def exhaustive_seed(ev: Evaluator, space: Space, setting: Setting) -> list[tuple
     out = []
     for tp, batch in [(tp0, b0), *((t, b) for t in space.tps for b in space.batches if (t, b) != (tp0, b0))]:
         res = exhaustive(ev.setting(tp, batch), top=10, max_propose=space.max_propose, max_window=space.max_window)
-        out += [(s.plan, tp) for s in res.top if space.params(s.plan, tp) is not None][:1]
+        # the baselines too: a space without 3-level plans (--depth 1-2) starts from the best single-level plan
+        ranked = sorted([*res.top, res.best_single_level, res.autoregressive], key=lambda s: -s.tokens_per_second)
+        out += [(s.plan, tp) for s in ranked if space.params(s.plan, tp) is not None][:1]
     return out
 
 

@@ -90,6 +90,17 @@ def test_seeded_with_the_exhaustive_optimum_never_worse_than_default_search(sett
         assert r.best.plan == ex.plan
 
 
+def test_a_space_without_hierarchy_is_seeded_with_the_best_single_level_plan():
+    """--depth 1-2 holds none of the exhaustive top ten (all 3-level on a100_llama70b): its
+    first trial is the best single-level plan, not autoregressive (docs check 20: `--trials 1`
+    answered 1.000x where [23,80] propose=3 gives 1.702x)."""
+    s = Setting(load_profile("a100_llama70b"))
+    ex = exhaustive(s)
+    assert all(x.plan.depth == 3 for x in ex.top)
+    r = optuna_search(s, trials=1, storage=None, seed=0, depth=(1, 2))
+    assert r.study["seeded_with"][0] == ex.best_single_level.plan.describe() and r.best.plan == ex.best_single_level.plan
+
+
 def test_a_search_over_tp_and_batch_is_seeded_with_each_pairs_optimum():
     """--tp 1,2,4,8 --batch 1,8 seeds the exhaustive optimum at every pair of tp and batch,
     so the study never answers worse than `optimize --tp T --batch B` at any pair it searched
