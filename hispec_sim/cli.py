@@ -211,13 +211,14 @@ def _check_search_args(args, opts: dict) -> None:
                              f"got {args.depth!r}")
     if args.mc_streams * args.mc_cycles > schema.MAX_STREAM_CYCLES:
         raise ValueError(f"mc_streams: --mc-streams x --mc-cycles must be <= {schema.MAX_STREAM_CYCLES}")
-    check_storage(args.storage)
     if not opts["optuna"]:
         refuse_unread(args, ("--trials", "--timeout", "--sampler", "--storage", "--study-name", "--workers", "--seed",
                              "--mc-streams", "--mc-cycles"),
                       "the Optuna search, and this one is exhaustive; add --search optuna")
-    elif args.objective != "mc" and "p99" not in opts["objectives"]:
-        refuse_unread(args, ("--mc-streams", "--mc-cycles"), "the Monte-Carlo objectives: --objective mc or p99")
+    else:  # an exhaustive search opens no study, so it does not look at the default storage either
+        check_storage(args.storage)
+        if args.objective != "mc" and "p99" not in opts["objectives"]:
+            refuse_unread(args, ("--mc-streams", "--mc-cycles"), "the Monte-Carlo objectives: --objective mc or p99")
 
 
 def _refuse_unread_mc(args, setting) -> None:

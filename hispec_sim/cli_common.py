@@ -301,7 +301,8 @@ def _refuse_foreign_database(p: Path) -> None:
     if not p.is_file() or p.stat().st_size == 0:
         return
     try:
-        con = sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro", uri=True)
+        # immutable: no locks, so a WAL-mode file (Optuna's) gets no -shm / -wal side files from this look
+        con = sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
         try:
             tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         finally:

@@ -196,6 +196,29 @@ def test_bad_storage(setting16, url, message):
     assert "secret" not in str(e.value)
 
 
+def test_commands_that_open_no_study_leave_no_side_files(tmp_path, monkeypatch, capsys):
+    """An exhaustive optimize, or one refused, next to an Optuna study (a WAL-mode SQLite
+    file) leaves no -shm / -wal files beside it (docs check 20: every optimize in that folder
+    left both); a foreign database is still refused."""
+    import sqlite3
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["optimize", "--profile", "cpu_hispec_tiny", "--search", "optuna", "--trials", "1"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hispec-studies.db"]
+    assert main(["optimize", "--profile", "cpu_hispec_tiny", "--mc-streams", "10"]) == 2
+    assert main(["optimize", "--profile", "cpu_hispec_tiny", "--rescore", "0"]) == 0
+    assert main(["optimize", "--profile", "cpu_hispec_tiny", "--search", "optuna", "--trials", "1",
+                 "--study-name", "x", "--objective", "nosuch"]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hispec-studies.db"]
+    con = sqlite3.connect(tmp_path / "other.db")
+    con.execute("CREATE TABLE foo (a)")
+    con.commit()
+    con.close()
+    capsys.readouterr()
+    assert main(["optimize", "--profile", "cpu_hispec_tiny", "--search", "optuna", "--storage", "sqlite:///other.db"]) == 2
+    assert "is a SQLite database of something else (tables foo)" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- objectives and choices
 
 
