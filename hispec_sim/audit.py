@@ -272,15 +272,18 @@ def audit(setting: Setting, plan: Plan | str, speedup: float) -> dict:
         return out
     if abs(own / speedup - 1) <= 1e-9:  # the profile's own level gives it (where the speed-up is flat, the only answer)
         level = fam.level0
-    elif speedup <= floor:
-        level = -math.inf
+    elif speedup <= floor:  # every level beats the floor, a limit no level attains
+        out.update(reachable=False, below_floor_by_pct=round(100 * (1 - speedup / floor), 3), required_level=None,
+                   verdict=f"unreachable: {speedup:g}x is {100 * (1 - speedup / floor):.4g} % below the floor "
+                           f"{floor:.3f}x: every level of this family gives more ({fam.floor_reason()})")
+        out["reconciled"] = False
+        return out
     else:
         level = _solve(f, speedup, bottom, fam.level0 + LEVEL_RANGE)
         if f(level)[0] < speedup * (1 - 1e-6):  # the top of the bracket is not enough: the limit is the ceiling
             level = math.inf
-    at_level = bottom if level == -math.inf else level  # the floor's figures are the bottom's
-    got, got_plan = f(at_level)
-    note = None if not math.isinf(level) else "perfect acceptance" if level > 0 else "the limit as the level falls"
+    got, got_plan = f(level)
+    note = "perfect acceptance" if math.isinf(level) else None
     out.update(reachable=True, required_level=None if math.isinf(level) else round(level, 6),
                level_shift=None if math.isinf(level) else round(level - fam.level0, 6), required_level_note=note,
                speedup_at_required_level=round(got, 6), plan_at_required_level=got_plan.describe())
@@ -292,7 +295,7 @@ def audit(setting: Setting, plan: Plan | str, speedup: float) -> dict:
         lo_m, hi_m = sorted(p_[0] for p_ in params)  # the band moves the level only (c is not varied)
         out["profile_level_band"] = [round(lo_m, 6), round(hi_m, 6)]
         out["required_level_within_band"] = bool(lo_m <= level <= hi_m)
-    A, at = fam.mean_matrix(at_level), {e: i for i, e in enumerate(fam.exits)}
+    A, at = fam.mean_matrix(level), {e: i for i, e in enumerate(fam.exits)}
     rows = []
     for e in levels:
         r = {"exit": e, "required": round(float(A[at[e], -1]), 5), "profile": round(float(fam.F(fam.level0, [e])[0]), 5)}
@@ -326,8 +329,7 @@ def audit(setting: Setting, plan: Plan | str, speedup: float) -> dict:
     judged = [r for r in points if "within_band" in r]
     out["reconciled"] = bool(judged) and all(r["within_band"] for r in judged) if judged else None
     if math.isinf(level):
-        out["verdict"] = ("reachable only in the limit of perfect acceptance" if level > 0 else
-                          f"every level of this family gives at least {floor:.3f}x ({fam.floor_reason()})")
+        out["verdict"] = "reachable only in the limit of perfect acceptance"
     else:
         ex = ", ".join(f"F({r['exit']}) = {r['required']:.3f} (profile {r['profile']:.3f})" for r in rows)
         out["verdict"] = (f"needs level {level:.3f} ({level - fam.level0:+.3f} from the profile's): {ex}; "

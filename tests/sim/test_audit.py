@@ -120,13 +120,19 @@ def test_a_plan_file_is_audited_at_its_batch_and_an_adaptive_plan_is_refused(tmp
     assert err.count("\n") == 1 and "confidence thresholds" in err and "without them" in err
 
 
-def test_a_claim_below_the_floor_prints_in_text(capsys):
-    """Any acceptance beats a claim below the floor: the required level is at the curve's
-    limit, and the published points have no required value to print (a crash once)."""
+def test_a_claim_below_the_floor_is_unreachable(capsys):
+    """Every level beats a claim below the floor, so none reproduces it: unreachable, by how
+    much, as above the ceiling (docs check 20: JSON said reachable, with the floor's speed-up
+    as the one at the required level)."""
     assert main(["audit", "--profile", "a100_llama70b", "--levels", "20,80", "--speedup", "0.5"]) == 0
     out = capsys.readouterr().out
-    assert "every level of this family gives at least" in out and "the required curve none: no finite level" in out
-    assert "required level none finite (the limit as the level falls)" in out and "None" not in out
+    assert "verdict: unreachable: 0.5x is" in out and "% below the floor" in out and "every level of this family gives more" in out
+    assert "None" not in out and "required level" not in out
+    assert main(["audit", "--profile", "h100_llama3_8b", "--levels", "3,8,32", "--propose", "2", "--window", "4",
+                 "--speedup", "0.2", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["reachable"] is False and r["required_level"] is None and "speedup_at_required_level" not in r
+    assert r["below_floor_by_pct"] == pytest.approx(100 * (1 - 0.2 / r["floor_speedup"]), rel=1e-4)
 
 
 def test_the_floor_is_the_curves_own_limit():
@@ -137,14 +143,13 @@ def test_the_floor_is_the_curves_own_limit():
     s = Setting(load_profile("h100_llama3_8b"))
     plan = Plan(levels=[3, 8, 32], propose=2, windows=[4])
     r = audit(s, plan, 0.2)
-    fam_c = r["slope_c"]
-    limit = ((3 / 29) / (8 / 24)) ** fam_c
-    assert r["agreement_between_consecutive_levels"][0]["required"] == pytest.approx(limit, abs=1e-5)
-    assert r["agreement_between_consecutive_levels"][1]["required"] == 0.0
-    low = audit(s, plan, r["floor_speedup"] * (1 + 1e-4))  # just above the floor: a finite level reaches it
+    assert r["reachable"] is False and "not 0, as the level falls" in r["verdict"]
+    limit = ((3 / 29) / (8 / 24)) ** r["slope_c"]
+    low = audit(s, plan, r["floor_speedup"] * (1 + 1e-6))  # just above the floor: a finite level reaches it
     assert low["required_level"] is not None and low["speedup_at_required_level"] == pytest.approx(
-        r["floor_speedup"] * (1 + 1e-4), rel=1e-5)
-    assert "not 0, as the level falls" in r["verdict"] and r["speedup_at_required_level"] == r["floor_speedup"]
+        r["floor_speedup"] * (1 + 1e-6), rel=1e-5)
+    assert low["agreement_between_consecutive_levels"][0]["required"] == pytest.approx(limit, abs=1e-5)
+    assert low["agreement_between_consecutive_levels"][1]["required"] == 0.0
 
 
 def test_published_points_without_a_band_are_said_so(capsys):
@@ -175,10 +180,12 @@ def test_the_floor_of_a_measured_profile_keeps_each_requests_own_rates_of_one():
     s = Setting(load_profile("cpu_hispec_tiny"))
     plan = Plan(levels=[14, 16], propose=3)
     r = audit(s, plan, 0.28)
-    assert r["required_level"] is None and r["floor_speedup"] == pytest.approx(0.29844, abs=1e-5)
+    assert r["reachable"] is False and r["floor_speedup"] == pytest.approx(0.29844, abs=1e-5)
     assert "in some requests' own" in r["verdict"]
-    deep = audit(s, Plan(levels=[1, 15, 16], propose=2, windows=[4]), 0.1)  # a ratio of vanishing rates stays
-    assert deep["floor_speedup"] == pytest.approx(deep["speedup_at_required_level"])
+    deep_plan = Plan(levels=[1, 15, 16], propose=2, windows=[4])  # a ratio of vanishing rates stays
+    deep = audit(s, deep_plan, 0.1)
+    assert deep["floor_speedup"] == pytest.approx(audit(s, deep_plan, deep["floor_speedup"] * (1 + 1e-6))[
+        "speedup_at_required_level"], rel=1e-5)
     just_above = audit(s, plan, r["floor_speedup"] * 1.01)
     assert just_above["required_level"] is not None
     assert just_above["speedup_at_required_level"] == pytest.approx(r["floor_speedup"] * 1.01, rel=1e-5)
@@ -193,9 +200,9 @@ def test_rates_of_exactly_one_give_no_finite_level(tmp_path, capsys):
     s = Setting(load_profile(tmp_path / "one.json"))
     plan = Plan(levels=[2, 8, 16], propose=2, windows=[4])
     r = audit(s, plan, 2.0)
-    assert r["required_level"] is None and r["required_level_note"] == "the limit as the level falls"
+    assert r["reachable"] is False and r["required_level"] is None
     assert r["floor_speedup"] == r["speedup_at_profile_level"]  # nothing moves: the floor is the profile's own
-    assert "every level of this family gives at least" in r["verdict"] and "rates of exactly 1" in r["verdict"]
+    assert "every level of this family gives more" in r["verdict"] and "rates of exactly 1" in r["verdict"]
     own = audit(s, plan, r["speedup_at_profile_level"])
     assert own["required_level"] == pytest.approx(0.0) and own["level_shift"] == pytest.approx(0.0)
 
