@@ -37,7 +37,7 @@ import numpy as np
 from .acceptance import AgreementModel, RequestRates, Scenarios
 from .analytic import _check_cost
 from .latency import CostModel
-from .montecarlo import SimulationTooLarge, walk_spans
+from .montecarlo import SimulationTooLarge, t95, walk_spans
 from .schema import MAX_REPLAY_FORWARDS, Acceptance, Plan, decimals, rounded
 
 
@@ -266,7 +266,7 @@ def replay(cost: CostModel, acc: Acceptance, plan: Plan, cycles: int = 4000, str
     n = len(tok)
     ratio = 1000.0 * cost.batch * tok.sum() / ms.sum()
     z = tok - (tok.sum() / ms.sum()) * ms
-    half = 1.96 * 1000.0 * cost.batch * float(np.std(z, ddof=1) / np.sqrt(n)) / float(ms.mean()) if n > 1 else 0.0
+    half = t95(n - 1) * 1000.0 * cost.batch * float(np.std(z, ddof=1) / np.sqrt(n)) / float(ms.mean()) if n > 1 else 0.0
     ci = (max(float(ratio - half), 0.0), float(ratio + half)) if n > 1 else None  # one request: no interval
     return AdaptiveEstimate(float(ratio), float(tok.sum() / n_cycles), float(ms.sum() / n_cycles), None, ci, n_cycles,
                             forwards)

@@ -25,6 +25,7 @@ import numpy as np
 
 from . import serving, traffic
 from .evaluate import Setting, exhaustive
+from .montecarlo import t95
 from .schema import Plan, ServeLimits, Traffic, rounded
 
 BATCHES = (1,)  # plus the max batch
@@ -194,7 +195,7 @@ def family_capacity(spec: Spec, plans: list[Plan], probe_qps: float | None) -> d
     los = np.array([x[0] for x in per_seed])
     his = np.array([x[1] for x in per_seed])
     m = float(los.mean())
-    half = float(serving._t95(len(los) - 1) * los.std(ddof=1) / math.sqrt(len(los))) if len(los) > 1 else 0.0
+    half = float(t95(len(los) - 1) * los.std(ddof=1) / math.sqrt(len(los))) if len(los) > 1 else 0.0
     return {"plan": plan, "max_qps": m, "ci95": [max(m - half, 0.0), m + half],
             "bracket": [float(los.mean()), float(his.mean())], "per_seed": [[float(a), float(b)] for a, b in zip(los, his)],
             "at_max": per_seed[int(np.argmin(los))][2], "saturation_qps": sat,

@@ -370,8 +370,8 @@ def _summarise(total_time, total_tokens, cycle_ms, cycle_tokens, acceptance, bat
     per_token = ms / tk
     return MCResult(
         tokens_per_second=float(scale * ratio),
-        ci95=(float(scale * max(ratio - 1.96 * se, 0.0)), float(scale * (ratio + 1.96 * se)))  # a rate is >= 0
-        if streams > 1 else None,
+        ci95=(float(scale * max(ratio - t95(streams - 1) * se, 0.0)), float(scale * (ratio + t95(streams - 1) * se)))
+        if streams > 1 else None,  # a rate is >= 0
         latency_ms_p50=_weighted_quantile(per_token, tk, 0.5),
         latency_ms_p99=_weighted_quantile(per_token, tk, 0.99),
         tokens_per_full_forward=float(sum(float(y.sum()) for y in cycle_tokens) / cycles),
@@ -380,6 +380,14 @@ def _summarise(total_time, total_tokens, cycle_ms, cycle_tokens, acceptance, bat
         cycles=cycles,
         replay=replay,
     )
+
+
+def t95(dof: int) -> float:
+    """The two-sided 95 % Student t quantile: the half-width of an interval from `dof` + 1
+    samples in standard errors (1.96 only for many; 12.7 for two)."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, dof))
 
 
 def _stream_rates(model: AgreementModel, levels: list[int], rng, streams: int) -> list[np.ndarray]:

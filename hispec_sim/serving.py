@@ -42,6 +42,7 @@ import numpy as np
 from . import step_noise
 from .acceptance import AgreementModel, RequestRates, Scenarios
 from .analytic import predict
+from .montecarlo import t95
 from .latency import (
     CostModel,
     decode_attention_ms,
@@ -1032,7 +1033,7 @@ def over_seeds(summaries: list[dict]) -> dict:
         if np.isnan(vals).any():
             continue
         m = float(vals.mean())
-        half = float(_t95(k - 1) * vals.std(ddof=1) / math.sqrt(k)) if k > 1 else None
+        half = float(t95(k - 1) * vals.std(ddof=1) / math.sqrt(k)) if k > 1 else None
         lo_bound = 0.0  # every figure is >= 0 (and slo_attained <= 1)
         hi_bound = 1.0 if key == "slo_attained" else math.inf
         entry = {"mean": m, "ci95": [max(m - half, lo_bound), min(m + half, hi_bound)] if half is not None else None}
@@ -1043,13 +1044,3 @@ def over_seeds(summaries: list[dict]) -> dict:
     return out
 
 
-def _t95(dof: int) -> float:
-    """Two-sided 95 % Student t quantile (table for small dof, normal beyond)."""
-    table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-             12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
-    if dof in table:
-        return table[dof]
-    for d in sorted(table):
-        if d > dof:
-            return table[d]
-    return 1.96 + 2.5 / max(dof, 1)
