@@ -259,12 +259,21 @@ def check_train_args(a):
     from .checkpoint import check_args
     from .model import ModelArgs
 
+    if a.steps is not None:
+        refuse_unread(a, ("--minutes",), "a wall-clock budget; --steps sets the budget in optimizer steps")
     if a.init_from is not None:
         refuse_unread(a, ("--dim", "--layers", "--heads", "--kv-heads", "--ffn", "--max-seq-len"),
                       "a new model; --init-from continues a checkpoint of its own shape")
         init = Path(a.init_from)
         if not (init.is_dir() and (init / "config.json").is_file()):
             raise ValueError(f"init_from: {a.init_from} is not a checkpoint folder (config.json + model.safetensors)")
+        from .prompts import TOKENIZER_FILES
+
+        tokenizer = [f for f in TOKENIZER_FILES if (init / f).exists()]
+        if tokenizer:  # training feeds byte text: ids 0..255 would take other meanings than the tokenizer's
+            raise ValueError(f"init_from: {a.init_from} carries a tokenizer ({', '.join(tokenizer)}), and train reads "
+                             "byte text (ids 0..255): its tokens would be trained on other meanings; continue a "
+                             "byte-level checkpoint (one train wrote)")
         from .checkpoint import _read_json
 
         cfg = _read_json(init / "config.json", "init_from")
@@ -376,14 +385,15 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("generate", help="continue a text prompt")
     add_model_args(q)
     _add_decoding(q)
-    q.add_argument("--prompt", required=True)
+    q.add_argument("--prompt", required=True, help="the prompt text; a literal \\n in it is read as a newline")
     q.add_argument("--max-new-tokens", type=TOKENS, default=200)
     q.set_defaults(func=cmd_generate)
 
     q = sub.add_parser("train", help="train the early-exit model (LayerSkip recipe) on the stdlib corpus")
     q.add_argument("--out", help="checkpoint folder to write (default: the shipped one, hispec_exec/checkpoints/ of the "
                    "installed package)")
-    q.add_argument("--minutes", type=float_in(0.001, 7 * 24 * 60), default=25.0, help="wall-clock budget (ignored with --steps)")
+    q.add_argument("--minutes", type=float_in(0.001, 7 * 24 * 60), default=25.0,
+                   help="wall-clock budget (default 25; not with --steps)")
     q.add_argument("--steps", type=int_in(1, 10_000_000), help="optimizer steps (instead of --minutes)")
     q.add_argument("--dim", type=int_in(2, 1 << 16), default=160, help="model width (default 160)")
     q.add_argument("--layers", type=int_in(2, schema.MAX_LAYERS), default=16, help="decoder layers (>= 2: exits below the last)")

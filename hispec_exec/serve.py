@@ -193,7 +193,7 @@ def serve(model, plan, arrivals: list[float], prompts: list[list[int]], news: li
             pf0 = clock()
             batch.add([r.decoder for r in admit])
             pf_ms = (clock() - pf0) * 1e3  # on the loop's own clock (it may not be the wall's)
-            prefills += 1
+            prefills += any(r.decoder.P > 1 for r in admit)  # one-token prompts run no prefill forward (prefill_job)
         if not batch.running:
             if queue:
                 sleep(max(0.0, queue[0].arrival_s - (clock() - t0)))

@@ -76,11 +76,20 @@ def _existing_profile(path: Path) -> schema.Profile | None:
                          f"choose another path") from None
 
 
-def cmd_measure(args) -> int:
-    from hispec_exec.prompts import encode_prompts, heldout_token_prompts, read_prompts, text_codec
+def _refuse_unread_prompt_flags(args) -> None:
+    """--format and --field read a prompts file, and --field only one of JSON records."""
+    from hispec_exec.prompts import _format_for
 
     if args.prompts_file is None:
         refuse_unread(args, ("--format", "--field"), "a --prompts-file")
+    elif _format_for(Path(args.prompts_file), args.format) == "text":
+        refuse_unread(args, ("--field",), "a jsonl or sharegpt prompts file (a text file is one prompt per line)")
+
+
+def cmd_measure(args) -> int:
+    from hispec_exec.prompts import encode_prompts, heldout_token_prompts, read_prompts, text_codec
+
+    _refuse_unread_prompt_flags(args)
     if args.prompts_file is not None and not args.workload:
         raise ValueError("workload: name the workload of the prompts file with --workload NAME")
     workload = args.workload or "heldout"
@@ -98,6 +107,9 @@ def cmd_measure(args) -> int:
         refuse_unread(args, ("--repeats", "--attempts", "--progress"), "the timing, which --acceptance-only skips")
     if args.prompts_file is not None:
         refuse_unread(args, ("--prompts",), "the held-out prompts; a --prompts-file brings its own")
+        if args.acceptance_only:
+            refuse_unread(args, ("--seed",), "the held-out prompts and the timing; a --prompts-file with "
+                          "--acceptance-only reads neither")
     out = check_output(args.out, inputs=[args.prompts_file, *model_files(args)])  # now, not after minutes of measuring
     read_as = _identity(out)
     existing = _existing_profile(out)
@@ -207,8 +219,7 @@ def cmd_validate(args) -> int:
             raise ValueError(f"{name}: must be an integer in [{lo}, {hi}], got {v!r}")
     if args.out:
         check_output(args.out, inputs=[_profile_path(args), args.plan, args.prompts_file, *model_files(args)])
-    if args.prompts_file is None:
-        refuse_unread(args, ("--format", "--field"), "a --prompts-file")
+    _refuse_unread_prompt_flags(args)
     prompts_text = None
     if args.prompts_file:
         refuse_unread(args, ("--prompts", "--prompt-seed"), "the held-out prompts; a --prompts-file brings its own")

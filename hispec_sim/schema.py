@@ -1374,9 +1374,14 @@ class Request(Strict):
             raise ValueError(f"prompt_tokens: between 1 and {MAX_REQUEST_TOKENS} token ids")
         if isinstance(self.prompt_tokens, list) and not 0 <= min(self.prompt_tokens) <= max(self.prompt_tokens) <= MAX_TOKEN_ID:
             raise ValueError(f"prompt_tokens: token ids must be in [0, {MAX_TOKEN_ID}]")
-        if self.prompt is not None and not self.prompt:
-            raise ValueError("prompt: empty")
-        if self.prompt is not None and len(self.prompt.encode("utf-8", "surrogatepass")) > MAX_REQUEST_TOKENS:
+        if self.prompt is not None and not self.prompt.strip():  # as generate and a prompts file judge it
+            raise ValueError("prompt: empty (or whitespace only)")
+        if self.prompt is not None:
+            try:  # JSON's "\ud800" decodes to a lone surrogate, which no tokenizer can encode
+                self.prompt.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("prompt: not valid Unicode (a lone surrogate escape such as \\ud800)") from None
+        if self.prompt is not None and len(self.prompt.encode("utf-8")) > MAX_REQUEST_TOKENS:
             raise ValueError(f"prompt: at most {MAX_REQUEST_TOKENS:,} bytes of UTF-8 (the simulator counts a text prompt's "
                              "bytes as its tokens)")
         return self

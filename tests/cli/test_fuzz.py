@@ -296,6 +296,9 @@ def work(tmp_path_factory):
     put("hugeidtrace.jsonl", '{"arrival_s": 0.0, "prompt_tokens": [99999999999999999999], "max_new_tokens": 1}\n')
     put("strtrace.jsonl", '{"arrival_s": 0.0, "prompt_tokens": "16", "max_new_tokens": 8}\n')
     put("prompts.txt", "def f(x):\n")
+    put("blanktrace.jsonl", '{"arrival_s": 0.0, "prompt": " \\t ", "max_new_tokens": 4}\n')
+    put("surrogatetrace.jsonl", '{"arrival_s": 0.0, "prompt": "a\\ud800b", "max_new_tokens": 4}\n')
+    put("textllamatrace.jsonl", '{"arrival_s": 0.0, "prompt": "def f(x):", "max_new_tokens": 4}\n')
     put("strpropose.json", '{"levels": [2, 16], "propose": "2"}')
     put("floatlevels.json", '{"levels": [2.0, 16]}')
     put("dupkey.json", '{"levels": [2, 16], "propose": 2, "propose": 3}')
@@ -319,6 +322,8 @@ def work(tmp_path_factory):
     prof_variant("hugetoken.json", lambda d: d["workloads"]["w"].update(traces=[[10 ** 30] * 16] * 4, trace_starts=[0]))
     put("surrogate.jsonl", '{"prompt": "\\ud800"}\n')
     f["HF_VOCAB97"] = _hf(hd, "hf_vocab97", vocab_size=97)
+    f["HF_TOK"] = _hf(hd, "hf_tok")
+    (hd / "hf_tok" / "tokenizer.json").write_text("{}")
     # the third round: a working set that saves more than a layer takes, or lies past the last
     # layer; a workload's fit record the audit reads, malformed
     prof_variant("negws.json", lambda d: d["latency"][0].update(working_set_layers=[1, 4], working_set_ms=[-1e6, -1e6]))
@@ -1010,6 +1015,21 @@ CASES = [
     ("context", S, "serve --profile cpu_hispec_tiny --levels 2,16 --trace {LONGTRACE}",
      ["trace: request 1 needs 500 (prompt) + 20 (max_new_tokens) + 5 (speculation) = 525", "of 512"]),
     ("context", S, "evaluate --profile {CTXOVER} --levels 2,16", ["workloads.w.context", "65 tokens, beyond the model's context of 64"]),
+    # -- the twenty-first round
+    ("flags", S, "profile measure --acceptance-only --prompts-file {PROMPTS} --field q --workload w --out {W}/m.json",
+     ["field", "a jsonl or sharegpt prompts file"]),
+    ("flags", S, "validate --profile {P} --prompts-file {PROMPTS} --field q", ["field", "a jsonl or sharegpt prompts file"]),
+    ("flags", S, "profile measure --acceptance-only --prompts-file {PROMPTS} --seed 3 --workload w --out {W}/m.json",
+     ["seed", "--acceptance-only reads neither"]),
+    ("json-shape", S, "serve --profile {P} --levels 16 --trace {BLANKTRACE}", ["trace", "line 1", "whitespace only"]),
+    ("json-shape", E, "serve --levels 16 --trace {BLANKTRACE}", ["trace", "line 1", "whitespace only"]),
+    ("json-shape", S, "serve --profile {P} --levels 16 --trace {SURROGATETRACE}", ["trace", "line 1", "not valid Unicode"]),
+    ("json-shape", E, "serve --levels 16 --trace {SURROGATETRACE}", ["trace", "line 1", "not valid Unicode"]),
+    ("json-shape", S, "serve --profile a100_llama70b --levels 80 --trace {TEXTLLAMATRACE}",
+     ["trace: request 0: prompt", "needs the tokenizer of Llama-2-70B", "prompt_tokens"]),
+    ("flags", S, "optimize --profile {P} --mc-streams 10", ["mc_streams", "--search optuna"]),
+    ("train", E, "train --out {W}/t --steps 1 --minutes 1", ["minutes", "--steps"]),
+    ("train", E, "train --out {W}/t --init-from {HF_TOK} --steps 1", ["init_from", "carries a tokenizer (tokenizer.json)"]),
 ]
 
 

@@ -133,6 +133,21 @@ def test_cli_warms_up_untimed_and_discards_it(tmp_path, capsys, monkeypatch):
     assert [r["output_tokens"] for r in outs[0]["requests"]] == [6, 6, 6]
 
 
+def test_one_token_prompts_count_no_prefill_forward(tmp_path, capsys):
+    """A one-token prompt's only token is the first decode step's row: its admission runs
+    no prefill forward, and the count says so, as the simulator's does (twenty-first fuzz
+    round: 3 counted where none ran)."""
+    from hispec_sim.cli import main as sim_main
+
+    trace = write(tmp_path / "t.jsonl", [json.dumps({"arrival_s": 0.05 * i, "prompt_tokens": p, "max_new_tokens": 3})
+                                         for i, p in enumerate([1, 1, 5])])
+    assert main(["serve", "--trace", trace, "--levels", "16", "--no-warmup", "--clock", "cpu", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["prefill_forwards"] == 1
+    assert sim_main(["serve", "--profile", "cpu_hispec_tiny", "--levels", "16", "--trace", trace, "--seeds", "1",
+                     "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["prefill_forwards"] == [1]
+
+
 BAD = [
     (["--qps", "0"], "qps"),
     (["--qps", "-1"], "qps"),

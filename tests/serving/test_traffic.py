@@ -46,6 +46,13 @@ def test_trace_errors_name_the_line(tmp_path):
         load_trace(f)
     f.write_text(json.dumps({"arrival_s": 0, "prompt_tokens": [1, 2], "max_new_tokens": 2}) + "\n")
     assert load_trace(f)[0].prompt_len == 2
+    # as generate and a prompts file judge a prompt (twenty-first fuzz round: served, or Python's codec message)
+    f.write_text('{"arrival_s": 0, "prompt": " \\t ", "max_new_tokens": 3}\n')
+    with pytest.raises(ValueError, match="line 1: prompt: empty \\(or whitespace only\\)"):
+        load_trace(f)
+    f.write_text('{"arrival_s": 0, "prompt": "a\\ud800b", "max_new_tokens": 3}\n')
+    with pytest.raises(ValueError, match="line 1: prompt: not valid Unicode"):
+        load_trace(f)
 
 
 def test_a_byte_order_mark_is_not_content(tmp_path):
