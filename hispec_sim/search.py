@@ -651,15 +651,23 @@ def stop_on_interrupt(study):
         raise interrupt(hit[0])
 
 
+def _first_pair(setting: Setting, space: Space) -> tuple[int | None, int]:
+    """The (tp, batch) seeded first, so that even one trial answers what `optimize` without
+    --tp / --batch lists would: the profile's default tp and batch 1 where the space holds
+    them, else the setting's (the lists' first), else the space's first."""
+    def pick(preferred, given, choices):
+        return preferred if preferred in choices else given if given in choices else choices[0]
+    return (pick(setting.profile.default_tp, setting.tp, space.tps), pick(1, setting.batch, space.batches))
+
+
 def exhaustive_seed(ev: Evaluator, space: Space, setting: Setting) -> list[tuple[Plan, int | None]]:
     """The exhaustive optimum over depth 1-3 (evaluate.exhaustive: what `optimize` returns
     without --search optuna; within a narrower --depth, the best of its ranking and
-    baselines the space holds) at the setting's tp and batch first, then at every other (tp,
+    baselines the space holds) at _first_pair's tp and batch first, then at every other (tp,
     batch) of the space, as [(plan, tp)]; each the best of its ranking that the space can
     express. A search over tp or batch so starts from each one's optimum (about a second
     each on a100_llama70b)."""
-    tp0 = setting.tp if setting.tp in space.tps else space.tps[0]
-    b0 = setting.batch if setting.batch in space.batches else space.batches[0]
+    tp0, b0 = _first_pair(setting, space)
     out = []
     for tp, batch in [(tp0, b0), *((t, b) for t in space.tps for b in space.batches if (t, b) != (tp0, b0))]:
         res = exhaustive(ev.setting(tp, batch), top=10, max_propose=space.max_propose, max_window=space.max_window)
@@ -877,8 +885,7 @@ def optuna_search(setting: Setting, trials: int | None = 100, timeout: float | N
         if adaptive and seed_exhaustive:  # the exhaustive adaptive optimum first
             from .adaptive import exhaustive_adaptive
 
-            tp0 = setting.tp if setting.tp in space.tps else space.tps[0]
-            b0 = setting.batch if setting.batch in space.batches else space.batches[0]
+            tp0, b0 = _first_pair(setting, space)
             best = exhaustive_adaptive(ev.setting(tp0, b0), max_propose, max_window,
                                        depths=(space.min_depth, space.max_depth))["best"]
             if best:  # the best of the grid in the space's depths

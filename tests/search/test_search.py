@@ -101,6 +101,16 @@ def test_a_space_without_hierarchy_is_seeded_with_the_best_single_level_plan():
     assert r.study["seeded_with"][0] == ex.best_single_level.plan.describe() and r.best.plan == ex.best_single_level.plan
 
 
+def test_the_first_seed_is_at_the_profiles_default_tp_and_batch_one():
+    """--tp 2,4 --batch 8,1 on a100_llama70b (default tp 4): trial 0 is the optimum at tp 4,
+    batch 1, what optimize without the lists answers (docs check 20: the lists' first, tp 2
+    and 35.74 tokens/s, where the default search gives 66.82)."""
+    p = load_profile("a100_llama70b")
+    ex = exhaustive(Setting(p)).best
+    r = optuna_search(Setting(p, tp=2, batch=8), trials=1, storage=None, seed=0, tps=[2, 4], batches=[8, 1])
+    assert r.study["seeded_with"][0] == f"{ex.plan.describe()} tp 4 batch 1" and r.best.plan == ex.plan
+
+
 def test_a_search_over_tp_and_batch_is_seeded_with_each_pairs_optimum():
     """--tp 1,2,4,8 --batch 1,8 seeds the exhaustive optimum at every pair of tp and batch,
     so the study never answers worse than `optimize --tp T --batch B` at any pair it searched
