@@ -199,7 +199,7 @@ def family_capacity(spec: Spec, plans: list[Plan], probe_qps: float | None) -> d
     return {"plan": plan, "max_qps": m, "ci95": [max(m - half, 0.0), m + half],
             "bracket": [float(los.mean()), float(his.mean())], "per_seed": [[float(a), float(b)] for a, b in zip(los, his)],
             "at_max": per_seed[int(np.argmin(los))][2], "saturation_qps": sat,
-            "capped_at_saturation": bool((los >= sat).any()),
+            "capped_at_saturation": bool((los >= sat).any()), "seeds_capped": int((los >= sat).sum()),
             "screened": [{"plan": describe(p), "violation_at_probe": v} for v, p in screened]}
 
 
@@ -256,7 +256,8 @@ def plan_capacity(spec: Spec, target_qps: float, gpu_hour_usd: float, max_propos
         entry = {"plan": c["plan"].model_dump(), "describe": describe(c["plan"]),
                  "max_qps_per_replica": q, "max_qps_ci95": c["ci95"], "bisection_bracket": c["bracket"],
                  "per_seed_bracket": c["per_seed"], "candidates_screened": c["screened"],
-                 "saturation_qps": c["saturation_qps"], "capped_at_saturation": c["capped_at_saturation"]}
+                 "saturation_qps": c["saturation_qps"], "capped_at_saturation": c["capped_at_saturation"],
+                 "seeds_capped": c["seeds_capped"]}
         if q > 0:
             replicas = math.ceil(target_qps / q)
             gpus = replicas * tp

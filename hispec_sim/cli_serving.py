@@ -340,9 +340,12 @@ def cmd_capacity(args) -> int:
         print(f"{fam:16s} {e['describe']:38s} {ci:>28s} {tail} {decimals(a['ttft_p99_ms'], 0):>9s} {_tbt(a['tbt_p99_ms'], ''):>8s}")
     for fam, e in res["families"].items():
         if e["capped_at_saturation"]:
-            print(f"note: {fam}: a run of {tr.requests} requests met the SLOs at the saturation load, "
-                  f"{decimals(e['saturation_qps'], 2)} req/s (a full batch's throughput, which no replica sustains for long): "
-                  f"an upper bound; more --requests show where the queue builds up")
+            k, n = e["seeds_capped"], len(e["per_seed_bracket"])
+            runs = f"the run of {tr.requests} requests" if n == 1 else f"{k} of the {n} seeds' runs of {tr.requests} requests"
+            print(f"note: {fam}: {runs} met the SLOs at the saturation load, "
+                  f"{decimals(e['saturation_qps'], 2)} req/s (a full batch's throughput, which no replica sustains for long), "
+                  f"where the search stops: {decimals(e['max_qps_per_replica'], 2)} req/s is an upper bound; more "
+                  "--requests show where the queue builds up")
     if "by_load" in res:
         print()
         print("best plan per family as the load per replica grows (smallest p99/SLO ratio; * = meets both SLOs, "

@@ -112,7 +112,7 @@ def _crossover_sentence(data: dict) -> str:
 
 def serving_sentence(sv: dict) -> str:
     """Where speculation and hierarchy stop paying along the load sweep (computed), and the
-    highest swept load meeting both SLOs per family."""
+    highest swept load meeting both SLOs per family; loads to the table's two decimals."""
     from .report_data import FAMILY_LABEL
 
     lo, hi = sv["loads"][0], sv["loads"][-1]
@@ -123,18 +123,18 @@ def serving_sentence(sv: dict) -> str:
         if c is None:
             continue
         if c["never"]:
-            parts.append(f"{what} does not pay at any load swept ({lo:g}-{hi:g} req/s): {vs} has the lower mean "
+            parts.append(f"{what} does not pay at any load swept ({_fmt(lo, 2)}-{_fmt(hi, 2)} req/s): {vs} has the lower mean "
                          "end-to-end latency.")
         elif c["stops_at_qps"] is None:
-            parts.append(f"{what} pays at every load swept up to {hi:g} req/s (lower mean end-to-end latency than "
+            parts.append(f"{what} pays at every load swept up to {_fmt(hi, 2)} req/s (lower mean end-to-end latency than "
                          f"{vs}).")
         else:
-            parts.append(f"{what} stops paying at about {c['stops_at_qps']:.2f} req/s (between {c['bracket'][0]:g} and "
-                         f"{c['bracket'][1]:g} req/s swept): from there {vs} has the lower mean end-to-end latency.")
+            parts.append(f"{what} stops paying at about {c['stops_at_qps']:.2f} req/s (between {_fmt(c['bracket'][0], 2)} "
+                         f"and {_fmt(c['bracket'][1], 2)} req/s swept): from there {vs} has the lower mean end-to-end latency.")
     ok = []
     for fam, e in sv["families"].items():
         h = e.get("highest_load_meeting_slo")
-        ok.append(f"{FAMILY_LABEL.get(fam, fam)} {h:g} req/s" if h is not None else f"{FAMILY_LABEL.get(fam, fam)} none")
+        ok.append(f"{FAMILY_LABEL.get(fam, fam)} {_fmt(h, 2)} req/s" if h is not None else f"{FAMILY_LABEL.get(fam, fam)} none")
     parts.append(f"Highest swept load meeting p99 TTFT <= {sv['slo_ttft_ms']:g} ms and p99 TBT <= {sv['slo_tbt_ms']:g} "
                  f"ms: {', '.join(ok)}.")
     return " ".join(parts)

@@ -1017,10 +1017,8 @@ def _all_gaps(run: ServeRun) -> np.ndarray:
 
 
 METRIC_KEYS = (("throughput_tokens_per_s", None), ("goodput_requests_per_s", None), ("slo_attained", None),
-               ("ttft_ms", "mean"), ("ttft_ms", "p50"), ("ttft_ms", "p90"), ("ttft_ms", "p99"),
-               ("tbt_ms", "mean"), ("tbt_ms", "p50"), ("tbt_ms", "p90"), ("tbt_ms", "p99"),
-               ("tpot_ms", "mean"), ("tpot_ms", "p50"), ("tpot_ms", "p99"),
-               ("e2e_ms", "mean"), ("e2e_ms", "p50"), ("e2e_ms", "p99"), ("queue_ms", "mean"), ("queue_ms", "p99"))
+               *((key, stat) for key in ("ttft_ms", "tbt_ms", "tpot_ms", "e2e_ms", "queue_ms")
+                 for stat in ("mean", "p50", "p90", "p99")))  # every statistic a seed's summary has
 
 
 def over_seeds(summaries: list[dict]) -> dict:

@@ -599,3 +599,15 @@ def test_a_traced_workload_says_what_optimize_ranks_first(tmp_path, capsys):
     assert data["best"]["replay"]["describe"] == Plan.model_validate(best["plan"]).describe()
     assert data["best"]["replay"]["tokens_per_second"] == pytest.approx(best["tokens_per_second"], rel=1e-6)
     assert "Trace replay of the workload's 16 measured requests" in text
+
+
+def test_the_serving_sentence_prints_loads_as_the_table_does():
+    """Loads to the table's two decimals (twenty-first fuzz round: 32.5264 req/s beside 32.53)."""
+    from hispec_sim.report_format import serving_sentence
+
+    sv = {"loads": [2.78831, 32.5264, 73.7677], "slo_ttft_ms": 2000, "slo_tbt_ms": 60,
+          "crossover": {"speculation": {"never": False, "stops_at_qps": 39.1612, "bracket": [32.5264, 73.7677]}},
+          "families": {"autoregressive": {"highest_load_meeting_slo": 32.5264}}}
+    text = serving_sentence(sv)
+    assert "about 39.16 req/s (between 32.53 and 73.77 req/s swept)" in text and "32.53 req/s." in text
+    assert "32.5264" not in text

@@ -42,7 +42,9 @@ def test_serve_json_golden(prof, capsys):
     b = _json(capsys, argv)
     assert a == b  # seeded
     m = a["mean_over_seeds"]
-    assert set(m["ttft_ms"]) == {"mean", "p50", "p90", "p99"} and len(m["ttft_ms"]["p99"]["ci95"]) == 2
+    for key in ("ttft_ms", "tbt_ms", "tpot_ms", "e2e_ms", "queue_ms"):  # every statistic of a seed's summary
+        assert set(m[key]) == {"mean", "p50", "p90", "p99"} == set(a["per_seed"][0][key]), key
+    assert len(m["ttft_ms"]["p99"]["ci95"]) == 2
     assert m["ttft_ms"]["p50"]["mean"] <= m["ttft_ms"]["p99"]["mean"]
     assert len(a["per_seed"]) == 2 and a["per_seed"][0]["requests"] == 80
     assert 0 <= m["slo_attained"]["mean"] <= 1
@@ -141,8 +143,9 @@ def test_capacity_stops_at_the_saturation_load_and_says_so(tmp_path, capsys):
     capped = [e for e in fams.values() if e["capped_at_saturation"]]
     assert capped and all(e["max_qps_per_replica"] == pytest.approx(e["saturation_qps"]) for e in capped)
     assert all(e["max_qps_per_replica"] <= e["saturation_qps"] * (1 + 1e-12) for e in fams.values())
+    assert all(e["seeds_capped"] == 1 for e in capped)
     assert main(argv) == 0
-    assert "met the SLOs at the saturation load" in capsys.readouterr().out
+    assert "the run of 60 requests met the SLOs at the saturation load" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("layers", [1, 2])
