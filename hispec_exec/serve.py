@@ -261,15 +261,18 @@ def add_parser(sub) -> None:
     src.add_argument("--qps", type=float_in(1e-6, 1e6), help="mean arrival rate of generated traffic (requests per second)")
     src.add_argument("--arrival", default="poisson", choices=["poisson", "gamma"])
     src.add_argument("--cv", type=float_in(1e-3, 100.0), default=1.0, help="gamma arrivals: coefficient of variation")
-    src.add_argument("--requests", type=int_in(1, schema.MAX_REQUESTS), default=64)
-    src.add_argument("--prompt-len", default="64", help="prompt lengths: N, uniform:LO:HI, lognormal:MEDIAN:SIGMA, empirical:N,N")
-    src.add_argument("--output-len", default="64", help="output lengths, same forms")
+    src.add_argument("--requests", type=int_in(1, schema.MAX_REQUESTS), default=64,
+                     help="generated requests (default 64; hispec-sim serve's default is 1000)")
+    src.add_argument("--prompt-len", default="64", help="prompt lengths in tokens: N, uniform:LO:HI, lognormal:MEDIAN:SIGMA, "
+                     "empirical:N,N (default 64; hispec-sim serve's default is lognormal, scaled to the model)")
+    src.add_argument("--output-len", default="64", help="output lengths, same forms (default 64)")
     src.add_argument("--seed", type=SEED, default=0, help="traffic, prompts and sampling (request i: seed + i)")
     add_plan_args(q, "plan JSON file (hispec-sim optimize --out / export --to exec)")
     q.add_argument("--mode", choices=["greedy", "sampling"])
     q.add_argument("--temperature", type=float_in(1e-3, 100.0), default=1.0)
     q.add_argument("--batching", choices=["ragged", "synchronous"], help="default: the plan's (ragged)")
-    q.add_argument("--max-batch", type=int_in(1, schema.MAX_BATCH), default=16)
+    q.add_argument("--max-batch", type=int_in(1, schema.MAX_BATCH), default=16,
+                   help="sequences decoded together (default 16; hispec-sim serve's default is 64)")
     q.add_argument("--kv-tokens", type=int_in(1, 10**9), help="KV capacity in tokens over all sequences (default: unbounded)")
     q.add_argument("--slo-ttft-ms", type=float_in(1e-6, schema.MAX_MS),
                    help="p99 time-to-first-token SLO, ms; also each request's TTFT SLO of goodput")
