@@ -448,10 +448,11 @@ def cli_adaptive(setting, result, max_propose: int = 8, max_window: int = 16, hi
                                   "tokens_per_second": rounded(sl["tokens_per_second"], 4),
                                   "fixed": sl["best_fixed"].describe(),
                                   "fixed_tokens_per_second": rounded(sl["fixed_tokens_per_second"], 4),
+                                  "model": "analytic",
                                   "gain_over_fixed": rounded(sl["tokens_per_second"] / sl["fixed_tokens_per_second"], 4)},
             "best_hierarchical": None if not h else {
                 "plan": h["plan"].model_dump(), "describe": h["plan"].describe(),
-                "predicted_tokens_per_second": rounded(float(h["tokens_per_second"]), 4),
+                "tokens_per_second": rounded(float(h["tokens_per_second"]), 4),
                 "fixed": with_thresholds(h["plan"], None, None).describe(),
                 "fixed_tokens_per_second": rounded(float(h["fixed_tokens_per_second"]), 4), "model": h["model"],
                 "gain_over_fixed": rounded(h["tokens_per_second"] / h["fixed_tokens_per_second"], 4)},
@@ -467,7 +468,7 @@ def cli_adaptive_text(a: dict) -> str:
         lines.append(f"  single-level: {s['describe']}  {tps(s['tokens_per_second'])} tokens/s  vs fixed {s['fixed']} "
                      f"{tps(s['fixed_tokens_per_second'])}  (x{decimals(s['gain_over_fixed'], 3)}, analytic)")
     if h:
-        lines.append(f"  hierarchical: {h['describe']}  {tps(h['predicted_tokens_per_second'])} tokens/s vs its fixed "
+        lines.append(f"  hierarchical: {h['describe']}  {tps(h['tokens_per_second'])} tokens/s vs its fixed "
                      f"plan {tps(h['fixed_tokens_per_second'])}  (x{decimals(h['gain_over_fixed'], 3)}, {h['model']})")
     lines.append(f"best adaptive: {b['describe']}  {tps(b['tokens_per_second'])} tokens/s, "
                  f"x{decimals(a['predicted_gain_over_best_fixed'], 3)} the best fixed plan {a['best_fixed']['describe']} "
