@@ -23,7 +23,8 @@ TP = int_in(1, schema.MAX_TP)
 BATCH = int_in(1, schema.MAX_BATCH)
 
 
-def _setting_args(p: argparse.ArgumentParser, batch=True, plan_file=True) -> None:
+def _setting_args(p: argparse.ArgumentParser, batch=True, plan_file=True,
+                  context_default: str = "the workload's") -> None:
     p.add_argument("--profile", required=True, help="shipped profile name or path to a profile JSON")
     p.add_argument("--workload", type=name_text, help="workload name (default: the profile's)")
     p.add_argument("--tp", type=TP, help="tensor-parallel degree (default: the profile's)")
@@ -31,7 +32,7 @@ def _setting_args(p: argparse.ArgumentParser, batch=True, plan_file=True) -> Non
     if batch:
         p.add_argument("--batch", type=BATCH, default=None,
                        help="sequences in lockstep (default 1" + (", or the plan file's)" if plan_file else ")"))
-    p.add_argument("--context", type=CONTEXT, help="mean context length (default: the workload's)")
+    p.add_argument("--context", type=CONTEXT, help=f"mean context length (default: {context_default})")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 

@@ -181,7 +181,8 @@ def cmd_measure(args) -> int:
 
 def add_validate_parser(sub, setting_args) -> None:
     p = sub.add_parser("validate", help="predict plans, run them in the executor, report the error")
-    setting_args(p, batch=False)
+    setting_args(p, batch=False, context_default="the mean prompt length + half of --max-new-tokens, the context "
+                 "the runs decode at")
     executor_args(p, defaults=False)
     p.add_argument("--plan", help="validate this plan file")
     p.add_argument("--plans", type=int_in(1, 200), default=6, help="plans drawn across families (default 6)")

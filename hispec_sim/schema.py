@@ -1301,8 +1301,11 @@ class LengthDist(Strict):
     @property
     def upper(self) -> int:
         """The longest length it can draw."""
-        raw = {"fixed": self.value, "uniform": self.high, "lognormal": self.max,
-               "empirical": max(self.values or [1])}[self.family]
+        if self.family == "lognormal" and self.sigma == 0:  # every draw the median, rounded as draw_lengths does
+            raw = round(self.median)
+        else:
+            raw = {"fixed": self.value, "uniform": self.high, "lognormal": self.max,
+                   "empirical": max(self.values or [1])}[self.family]
         return max(self.min, min(self.max, raw))
 
     @classmethod

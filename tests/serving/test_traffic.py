@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hispec_sim.schema import LengthDist, RequestMetrics, ServeLimits, Traffic
-from hispec_sim.traffic import DEFAULT_LENGTHS, fit_default_lengths, generate, load_trace, slo_lines, summarize
+from hispec_sim.traffic import (DEFAULT_LENGTHS, draw_lengths, fit_default_lengths, generate, load_trace, slo_lines,
+                                 summarize)
 
 
 def test_generate_is_seeded_and_has_the_stated_rate():
@@ -112,3 +113,16 @@ def test_default_lengths_fit_the_context(context, reserved, prompt):
     if room >= (1 if prompt else 2):
         assert upper(out) + reserved <= context
     assert fit_default_lengths(lengths, None, reserved) == lengths
+
+
+@given(median=st.floats(1.0, 5000.0), sigma=st.floats(0.0, 3.0), seed=st.integers(0, 2**16))
+@settings(max_examples=100, deadline=None)
+def test_a_lengths_upper_bound_is_the_longest_it_draws(median, sigma, seed):
+    """`upper` (what the context checks read) bounds every draw, and a lognormal of sigma 0
+    draws its median alone (docs check 21: `lognormal:256:0` was refused as drawing up to
+    1,000,000 tokens)."""
+    d = LengthDist.parse(f"lognormal:{median!r}:{sigma!r}", "prompt_len")
+    x = draw_lengths(d, 500, np.random.default_rng(seed))
+    assert x.max() <= d.upper
+    if sigma == 0:
+        assert d.upper == x.max() == x.min()
