@@ -98,7 +98,7 @@ def read_prompts(path: str | Path, fmt: str | None = None, field: str = "prompt"
             if len(out) > MAX_PROMPTS:
                 break
         if skipped and out:  # none at all is refused below, as an empty file
-            print(f"note: prompts_file: {skipped} of {skipped + len(out)} conversations have no human/user turn, or an "
+            print(f"hispec-sim: note: prompts_file: {skipped} of {skipped + len(out)} conversations have no human/user turn, or an "
                   f"empty first one; skipped", file=sys.stderr)
     if len(out) > MAX_PROMPTS:
         raise ValueError(f"prompts_file: more than {MAX_PROMPTS} prompts; split the file")

@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 from . import cli_measure, schema
-from .cli_common import (SEED, Parser, UsageError, add_model_args, add_plan_args, check_output, check_storage,  # noqa: F401
-                         float_in, int_in, load_model_from_args, name_text, one_line, plan_from_args, refuse_unread, run_main,
-                         shown, sqlite_files)
+from .cli_common import (SEED, Parser, UsageError, add_model_args, add_plan_args, add_search_bounds, check_output,  # noqa: F401
+                         check_storage, float_in, int_in, load_model_from_args, name_text, one_line, plan_from_args,
+                         refuse_unread, run_main, shown, sqlite_files)
 from .evaluate import DEFAULT_RESCORE, Setting, optimized, score
 from .schema import decimals, rounded
 
@@ -363,8 +363,7 @@ def build_parser() -> Parser:
     p = sub.add_parser("optimize", help="search the best plan", conflict_handler="resolve")
     _setting_args(p)
     p.add_argument("--top", type=int_in(1, 1000), default=10)
-    p.add_argument("--max-propose", type=int_in(1, schema.MAX_PROPOSE), default=8)
-    p.add_argument("--max-window", type=int_in(1, schema.MAX_WINDOW), default=16)
+    add_search_bounds(p)
     p.add_argument("--out", help="write the best plan to this plan file")
     p.add_argument("--rescore", type=int_in(0, 1000), default=None, metavar="N",
                    help="exhaustive search: re-score its N best plans (and the baselines) by trace replay of the "
@@ -390,8 +389,7 @@ def build_parser() -> Parser:
     p.add_argument("--serving-requests", type=int_in(0, 100_000), default=60,
                    help="serving curves: requests simulated per load (default 60; 0 skips the section)")
     p.add_argument("--max-batch", type=BATCH, default=256, help="largest batch of the batch sweep (default 256)")
-    p.add_argument("--max-propose", type=int_in(1, schema.MAX_PROPOSE), default=8)
-    p.add_argument("--max-window", type=int_in(1, schema.MAX_WINDOW), default=16)
+    add_search_bounds(p)
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("export", help="export a plan: exec (plan file for hispec-exec), hf (transformers kwargs), json")

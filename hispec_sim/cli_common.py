@@ -206,6 +206,14 @@ def plan_from_args(args, batch: int | None = None, default_layers: int | None = 
 # --------------------------------------------------------------------------- executor model
 
 
+def add_search_bounds(p) -> None:
+    """The exhaustive search's bounds (optimize, report, capacity)."""
+    p.add_argument("--max-propose", type=int_in(1, schema.MAX_PROPOSE), default=8,
+                   help=f"longest draft run searched (default 8, at most {schema.MAX_PROPOSE})")
+    p.add_argument("--max-window", type=int_in(1, schema.MAX_WINDOW), default=16,
+                   help=f"longest intermediate window searched (default 16, at most {schema.MAX_WINDOW})")
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """--model, --device, --threads: how both programs pick and run the executor's model."""
     p.add_argument("--model", help="checkpoint folder (ours or a Hugging Face Llama folder); default: the shipped model")

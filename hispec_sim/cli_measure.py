@@ -105,6 +105,8 @@ def cmd_measure(args) -> int:
             raise ValueError(f"{field}: {schema.validation_message(e)}") from None
     if args.acceptance_only:
         refuse_unread(args, ("--repeats", "--attempts", "--progress"), "the timing, which --acceptance-only skips")
+        refuse_unread(args, ("--name",), "a profile being measured; --acceptance-only adds a workload to an existing "
+                      "profile, whose name stays")
     if args.prompts_file is not None:
         refuse_unread(args, ("--prompts",), "the held-out prompts; a --prompts-file brings its own")
         if args.acceptance_only:

@@ -11,7 +11,8 @@ import sys
 import numpy as np
 
 from . import schema, serving, traffic
-from .cli_common import SEED, add_plan_args, float_in, int_in, name_text, plan_from_args, refuse_unread
+from .cli_common import (SEED, add_plan_args, add_search_bounds, float_in, int_in, name_text, plan_from_args,
+                         refuse_unread)
 from .evaluate import Setting
 from .schema import decimals
 
@@ -29,7 +30,8 @@ def _common(p, capacity: bool) -> None:
     p.add_argument("--arrival", default="poisson", help="poisson (default) or gamma")
     p.add_argument("--cv", type=float_in(1e-6, 100), default=1.0, help="gamma: coefficient of variation of inter-arrival times")
     p.add_argument("--prompt-len", default=DEFAULT_PROMPT, help=f"prompt length distribution (default {DEFAULT_PROMPT}); "
-                   "N, uniform:LO:HI, lognormal:MEDIAN:SIGMA, empirical:N,N,..., optional :min=/:max=")
+                   "N, uniform:LO:HI, lognormal:MEDIAN:SIGMA, empirical:N,N,..., with :min=/:max= (a lognormal needs :max= "
+                   "on a model with a context)")
     p.add_argument("--output-len", default=DEFAULT_OUTPUT, help=f"output length distribution (default {DEFAULT_OUTPUT})")
     p.add_argument("--max-batch", type=int_in(1, schema.MAX_BATCH), default=64, help="most sequences decoded together (default 64)")
     p.add_argument("--kv-tokens", type=int_in(1, 10**9), help="KV capacity in tokens (default: unbounded)")
@@ -67,8 +69,7 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("capacity", help="replicas, GPUs and $ for a load under p99 TTFT/TBT SLOs, per plan family")
     _common(p, capacity=True)
     p.add_argument("--gpu-hour-usd", type=float_in(1e-6, 1e6), default=2.0, help="price of one GPU-hour in USD (default 2.0)")
-    p.add_argument("--max-propose", type=int_in(1, schema.MAX_PROPOSE), default=8)
-    p.add_argument("--max-window", type=int_in(1, schema.MAX_WINDOW), default=16)
+    add_search_bounds(p)
     p.set_defaults(func=cmd_capacity)
 
 

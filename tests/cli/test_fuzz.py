@@ -1029,6 +1029,8 @@ CASES = [
      ["trace: request 0: prompt", "needs the tokenizer of Llama-2-70B", "prompt_tokens"]),
     ("flags", S, "optimize --profile {P} --mc-streams 10", ["mc_streams", "--search optuna"]),
     ("train", E, "train --out {W}/t --steps 1 --minutes 1", ["minutes", "--steps"]),
+    ("flags", S, "profile measure --acceptance-only --prompts-file {PROMPTS} --name foo --workload w --out {W}/m.json",
+     ["name", "whose name stays"]),
     ("train", E, "train --out {W}/t --init-from {HF_TOK} --steps 1", ["init_from", "carries a tokenizer (tokenizer.json)"]),
 ]
 
