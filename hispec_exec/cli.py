@@ -225,7 +225,7 @@ def _refuse_mode_flags(a, plan, flags=("--temperature",)) -> None:
 def cmd_generate(a) -> int:
     from .generate import decode
 
-    if not a.prompt.strip():  # as a prompts file's line: whitespace alone is no prompt
+    if not a.prompt.replace("\\n", "\n").strip():  # as a prompts file's line: whitespace alone is no prompt
         raise ValueError("prompt: empty prompt (or whitespace only)")
     try:  # undecodable bytes of argv arrive as lone surrogates (PEP 383)
         a.prompt.encode("utf-8")
@@ -267,9 +267,7 @@ def check_train_args(a):
         init = Path(a.init_from)
         if not (init.is_dir() and (init / "config.json").is_file()):
             raise ValueError(f"init_from: {a.init_from} is not a checkpoint folder (config.json + model.safetensors)")
-        from .prompts import TOKENIZER_FILES
-
-        tokenizer = [f for f in TOKENIZER_FILES if (init / f).exists()]
+        tokenizer = [f for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json") if (init / f).exists()]
         if tokenizer:  # training feeds byte text: ids 0..255 would take other meanings than the tokenizer's
             raise ValueError(f"init_from: {a.init_from} carries a tokenizer ({', '.join(tokenizer)}), and train reads "
                              "byte text (ids 0..255): its tokens would be trained on other meanings; continue a "
@@ -373,7 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(q)
     _add_decoding(q)
     q.add_argument("--prompts", type=int_in(1, 10_000), default=4)
-    q.add_argument("--prompt-len", type=TOKENS, default=64)
+    q.add_argument("--prompt-len", type=TOKENS, default=64,
+                   help="bytes of held-out source per prompt (default 64; the tokens themselves for a byte-level model, "
+                   "re-encoded by a checkpoint's tokenizer.json)")
     q.add_argument("--max-new-tokens", type=TOKENS, default=128)
     q.add_argument("--repeats", type=int_in(1, 1000), default=1)
     q.add_argument("--check", action="store_true", help="report identical_to_autoregressive (greedy)")

@@ -90,20 +90,27 @@ def measured_confidence(traces: np.ndarray, top1: np.ndarray, detail: str, env: 
         f"trajectory, recorded with the traces: {detail}; {env}"))
 
 
-def add_confidence(profile: Profile, model: Transformer, workload: str | None = None) -> Profile:
-    """The profile with `confidence` measured on its workload's own prompts (provenance.prompts)."""
-    from .data import heldout_prompts
+def add_confidence(profile: Profile, model: Transformer, workload: str | None = None,
+                   model_folder: str | None = None) -> Profile:
+    """The profile with `confidence` measured on its workload's own held-out prompts (their
+    provenance: measure.prompts_of), encoded by the checkpoint's codec as `profile measure` did."""
+    from .measure import prompts_of
+    from .prompts import heldout_token_prompts, text_codec
 
     name = workload or profile.default_workload
     acc: Acceptance = profile.workload(name)
-    spec = profile.provenance.get("prompts")
-    if not isinstance(spec, dict) or not acc.traces:
+    spec = prompts_of(profile, name)
+    if not acc.traces or not spec:
         raise ValueError("profile: needs provenance.prompts and traces (a profile measured by `hispec-sim profile measure`)")
+    if not all(k in spec for k in ("n", "seed", "prompt_len", "max_new_tokens")):
+        raise ValueError(f"workload: {name} was not measured on held-out prompts ({spec.get('source') or spec.get('prompts')}); "
+                         "this tool re-runs held-out prompts only")
     from hispec_sim.validate import check_model_matches
 
     check_model_matches(profile, model, profile.model.name)  # its shape and, where recorded, its weights
     args_, tops = [], []
-    for p in heldout_prompts(int(spec["n"]), int(spec["prompt_len"]), int(spec["seed"])):
+    codec = text_codec(model, model_folder)
+    for p in heldout_token_prompts(codec, int(spec["n"]), int(spec["prompt_len"]), int(spec["seed"])):
         a, t = exit_confidence(model, p, int(spec["max_new_tokens"]), acc.exits)
         args_.append(a)
         tops.append(t)
@@ -137,7 +144,8 @@ def main(argv=None) -> int:
 
         torch.set_num_threads(1)
         prof = load_profile(args.profile)
-        out = add_confidence(prof, load_model(args.checkpoint) if args.checkpoint else load_model(), args.workload)
+        out = add_confidence(prof, load_model(args.checkpoint) if args.checkpoint else load_model(), args.workload,
+                             args.checkpoint)
         save_profile(out, args.out)
     except ValueError as e:
         print(f"error: {one_line(e)}")

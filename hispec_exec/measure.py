@@ -793,14 +793,15 @@ def measure_profile(model: Transformer, model_name: str, device: str, workload: 
     log = log or (lambda s: None)
     fp, when, env = _environment(device)
     measured = Source(kind="measured", detail=f"hispec_exec on {env}; command: {command}")
-    if prompts is None:
-        prompts = heldout_prompts(n_prompts, prompt_len, seed)
+    if prompts_detail is None:  # the held-out prompts: `prompts` their token ids (a checkpoint's codec), else bytes
+        prompts = prompts if prompts is not None else heldout_prompts(n_prompts, prompt_len, seed)
         prompts_detail = f"{n_prompts} held-out prompts (seed {seed})"
-        prov_prompts = {"n": n_prompts, "seed": seed, "prompt_len": prompt_len, "max_new_tokens": max_new_tokens}
+        prov_prompts = heldout_spec(n_prompts, seed, prompt_len, max_new_tokens)
     else:
-        prompt_len = int(round(float(np.mean([len(p) for p in prompts]))))
-        prov_prompts = {"n": len(prompts), "source": prompts_detail, "prompt_len_mean": prompt_len,
-                        "max_new_tokens": max_new_tokens}
+        prov_prompts = {"n": len(prompts), "source": prompts_detail, "max_new_tokens": max_new_tokens}
+    prompt_len = int(round(float(np.mean([len(p) for p in prompts]))))  # in tokens: the contexts timed
+    if "source" in prov_prompts:
+        prov_prompts["prompt_len_mean"] = prompt_len
     cap = model.args.max_seq_len
     context = prompt_len + max_new_tokens // 2
     contexts = sorted({0, min(prompt_len, cap - 1), min(context, cap - 1), min(prompt_len + max_new_tokens, cap - 1)})
@@ -859,17 +860,32 @@ def measure_profile(model: Transformer, model_name: str, device: str, workload: 
     )
 
 
+def heldout_spec(n: int, seed: int, prompt_len: int, max_new_tokens: int) -> dict:
+    """How held-out prompts are recorded (provenance.prompts, workloads_added.<w>), so that
+    validate and the confidence tool run the same prompts again."""
+    return {"n": n, "seed": seed, "prompt_len": prompt_len, "max_new_tokens": max_new_tokens}
+
+
+def prompts_of(profile: Profile, workload: str) -> dict:
+    """The prompts `workload` was measured on: its provenance.workloads_added entry where it
+    was added to the profile, else provenance.prompts (the profile's first workload)."""
+    added = (profile.provenance.get("workloads_added") or {}).get(workload)
+    spec = added if isinstance(added, dict) else profile.provenance.get("prompts")
+    return spec if isinstance(spec, dict) else {}
+
+
 def add_workload(profile: Profile, model: Transformer, model_name: str, workload: str, prompts: list[list[int]],
-                 prompts_detail: str, max_new_tokens: int, device: str, command: str = "") -> Profile:
+                 prompts_detail: str, max_new_tokens: int, device: str, command: str = "",
+                 heldout: dict | None = None) -> Profile:
     """The profile with one more (or a replaced) measured workload; no timing (acceptance
-    does not depend on the machine)."""
+    does not depend on the machine). heldout: heldout_spec of held-out prompts."""
     from hispec_sim.validate import check_model_matches
 
     check_model_matches(profile, model, model_name)
     _, when, env = _environment(device)
     acc = acceptance_workload(model, prompts, max_new_tokens, prompts_detail, env)
     return with_workload(profile, workload, acc, {"command": command, "measured": when, "prompts": prompts_detail,
-                                                  "n": len(prompts), "max_new_tokens": max_new_tokens})
+                                                  "n": len(prompts), "max_new_tokens": max_new_tokens, **(heldout or {})})
 
 
 def with_workload(profile: Profile, workload: str, acc, added: dict) -> Profile:

@@ -168,7 +168,11 @@ def text_codec(model, model_folder: str | Path | None) -> TextCodec:
                              f"(config vocab_size): it is not this checkpoint's tokenizer")
 
         def encode(text: str) -> list[int]:
-            ids = tok.encode(text).ids
+            try:
+                ids = tok.encode(text).ids
+            except Exception as e:  # the library raises a bare Exception (e.g. WordLevel without an unk token)
+                raise ValueError(f"tokenizer: {tj} cannot encode {text[:40]!r}"
+                                 f"{'...' if len(text) > 40 else ''} ({' '.join(str(e).split())[:120]})") from None
             if ids and max(ids) >= vocab:
                 raise ValueError(f"tokenizer: {tj} produced token id {max(ids)} >= the checkpoint's vocabulary {vocab}")
             return ids
@@ -188,22 +192,22 @@ def heldout_token_prompts(codec: TextCodec, n: int, length: int, seed: int, exac
     (the same text for every model: run, profile measure, validate); with `exact`, prompts
     of exactly `length` token ids, each the first tokens of a longer held-out text (serve's
     prompt lengths, which are in tokens)."""
-    from .data import decode_bytes, heldout_prompts
+    from .data import decode_bytes, heldout_files, heldout_prompts
 
     if codec.is_bytes:
         return heldout_prompts(n, length, seed)
     if not exact:
         return [codec.encode(decode_bytes(p)) or [0] for p in heldout_prompts(n, length, seed)]
-    nbytes = 4 * length
+    longest = max(len(data) for _, data in heldout_files()) - 512  # heldout_prompts' margin
+    nbytes = min(4 * length, longest)
     while True:
-        try:
-            ids = [codec.encode(decode_bytes(p)) for p in heldout_prompts(n, nbytes, seed)]
-        except ValueError:  # no held-out file that long
-            raise ValueError(f"prompt_len: the held-out text is too short for {length}-token prompts "
-                             f"in the {codec.how}") from None
+        ids = [codec.encode(decode_bytes(p)) for p in heldout_prompts(n, nbytes, seed)]
         if all(len(x) >= length for x in ids):
             return [x[:length] for x in ids]
-        nbytes *= 2
+        if nbytes >= longest:
+            raise ValueError(f"prompt_len: the held-out text is too short for {length}-token prompts "
+                             f"in the {codec.how}")
+        nbytes = min(2 * nbytes, longest)
 
 
 def encode_prompts(prompts: list[tuple[str, str]], encode, max_new_tokens: int, capacity: int) -> list[list[int]]:

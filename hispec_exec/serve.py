@@ -78,6 +78,7 @@ Output per request (RequestMetrics): queue_ms, TTFT, every TBT gap, e2e; totals 
 from __future__ import annotations
 
 
+import functools
 import json
 import sys
 import time
@@ -303,7 +304,9 @@ def _pyd(fn, *args, **kw):
 
 
 def _requests(a, model, codec):
-    """(arrivals, prompts, max_new_tokens, a function naming request i) from the trace or the generator."""
+    """(arrivals, prompts, max_new_tokens, a function naming request i) from the trace or the
+    generator; codec() gives the checkpoint's text codec, asked for only where a request
+    needs text (a trace of token ids runs on a checkpoint without a tokenizer)."""
     from hispec_sim.schema import LengthDist, Traffic, file_lines
     from hispec_sim.traffic import generate, load_trace
 
@@ -336,7 +339,7 @@ def _requests(a, model, codec):
                 raise ValueError(f"{where(i)}: prompt_tokens: token ids must be in [0, {V})")
             prompts[i] = list(r.prompt_tokens)
         elif r.prompt is not None:
-            prompts[i] = list(codec.encode(r.prompt))
+            prompts[i] = list(codec().encode(r.prompt))
             if not prompts[i]:
                 raise ValueError(f"{where(i)}: prompt: encodes to no tokens")
         else:
@@ -345,7 +348,7 @@ def _requests(a, model, codec):
                                  f"({model.args.max_seq_len})")
             by_len.setdefault(r.prompt_tokens, []).append(i)
     for n, idx in by_len.items():  # held-out prompts of the drawn lengths, in the checkpoint's tokens
-        for i, p in zip(idx, heldout_token_prompts(codec, len(idx), n, a.seed, exact=True)):
+        for i, p in zip(idx, heldout_token_prompts(codec(), len(idx), n, a.seed, exact=True)):
             prompts[i] = p
     return [r.arrival_s for r in reqs], prompts, [r.max_new_tokens for r in reqs], where
 
@@ -392,7 +395,7 @@ def run(a) -> int:
         plan = plan.model_copy(update={"batching": a.batching})
     check_plan(model, plan, batch_ok=True)
     note_plan_batch("hispec-exec", plan, a.max_batch)
-    arrivals, prompts, news, where = _requests(a, model, text_codec(model, a.model))
+    arrivals, prompts, news, where = _requests(a, model, functools.cache(lambda: text_codec(model, a.model)))
     check_requests(plan, prompts, news, model.args.max_seq_len, limits, where)
     if a.clock == "wall" and arrivals[-1] > LONG_WAIT_S:  # a trace's arrivals are waited for in real time
         print(f"hispec-exec: note: the last request arrives at {arrivals[-1]:.4g} s: the wall clock waits for it (Ctrl-C stops; "

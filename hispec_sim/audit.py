@@ -265,17 +265,17 @@ def audit(setting: Setting, plan: Plan | str, speedup: float) -> dict:
            "ceiling_speedup": round(ceiling, 6), "ceiling_plan": ceiling_plan.describe(),
            "floor_speedup": round(floor, 6)}
     if speedup > ceiling:
-        out.update(reachable=False, unreachable_by_pct=round(100 * (speedup / ceiling - 1), 3), required_level=None,
+        out.update(reachable=False, unreachable_by_pct=round(100 * (speedup / ceiling - 1), 6), required_level=None,
                    verdict=f"unreachable: {speedup:g}x is {100 * (speedup / ceiling - 1):.4g} % above the ceiling "
-                           f"{ceiling:.3f}x (every token accepted) under this cost model")
+                           f"{ceiling:.6g}x (every token accepted) under this cost model")
         out["reconciled"] = False
         return out
     if abs(own / speedup - 1) <= 1e-9:  # the profile's own level gives it (where the speed-up is flat, the only answer)
         level = fam.level0
     elif speedup <= floor:  # every level beats the floor, a limit no level attains
-        out.update(reachable=False, below_floor_by_pct=round(100 * (1 - speedup / floor), 3), required_level=None,
+        out.update(reachable=False, below_floor_by_pct=round(100 * (1 - speedup / floor), 6), required_level=None,
                    verdict=f"unreachable: {speedup:g}x is {100 * (1 - speedup / floor):.4g} % below the floor "
-                           f"{floor:.3f}x: every level of this family gives more ({fam.floor_reason()})")
+                           f"{floor:.6g}x: every level of this family gives more ({fam.floor_reason()})")
         out["reconciled"] = False
         return out
     else:

@@ -195,8 +195,8 @@ def family_capacity(spec: Spec, plans: list[Plan], probe_qps: float | None) -> d
     los = np.array([x[0] for x in per_seed])
     his = np.array([x[1] for x in per_seed])
     m = float(los.mean())
-    half = float(t95(len(los) - 1) * los.std(ddof=1) / math.sqrt(len(los))) if len(los) > 1 else 0.0
-    return {"plan": plan, "max_qps": m, "ci95": [max(m - half, 0.0), m + half],
+    half = float(t95(len(los) - 1) * los.std(ddof=1) / math.sqrt(len(los))) if len(los) > 1 else None
+    return {"plan": plan, "max_qps": m, "ci95": [max(m - half, 0.0), m + half] if half is not None else None,  # 1 seed: none
             "bracket": [float(los.mean()), float(his.mean())], "per_seed": [[float(a), float(b)] for a, b in zip(los, his)],
             "at_max": per_seed[int(np.argmin(los))][2], "saturation_qps": sat,
             "capped_at_saturation": bool((los >= sat).any()), "seeds_capped": int((los >= sat).sum()),
@@ -264,8 +264,9 @@ def plan_capacity(spec: Spec, target_qps: float, gpu_hour_usd: float, max_propos
             tokens_per_hour = target_qps * mean_out * 3600.0
             entry.update({"replicas": replicas, "gpus": gpus,
                           "usd_per_million_tokens": gpus * gpu_hour_usd / tokens_per_hour * 1e6,
-                          "replicas_ci95": [math.ceil(target_qps / c["ci95"][1]) if c["ci95"][1] > 0 else None,
-                                            math.ceil(target_qps / c["ci95"][0]) if c["ci95"][0] > 0 else None]})
+                          "replicas_ci95": None if c["ci95"] is None else
+                          [math.ceil(target_qps / c["ci95"][1]) if c["ci95"][1] > 0 else None,
+                           math.ceil(target_qps / c["ci95"][0]) if c["ci95"][0] > 0 else None]})
         s = c["at_max"]
         entry["at_max_qps"] = {"ttft_p99_ms": s["ttft_ms"]["p99"], "tbt_p99_ms": s["tbt_ms"]["p99"],
                                "tpot_p99_ms": s["tpot_ms"]["p99"], "throughput_tokens_per_s": s["throughput_tokens_per_s"]}

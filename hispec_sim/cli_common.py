@@ -309,8 +309,11 @@ def _refuse_foreign_database(p: Path) -> None:
     if not p.is_file() or p.stat().st_size == 0:
         return
     try:
-        # immutable: no locks, so a WAL-mode file (Optuna's) gets no -shm / -wal side files from this look
-        con = sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
+        # immutable: no locks, so a WAL-mode file (Optuna's) gets no -shm / -wal side files from this look; but
+        # immutable reads the main file only, so where a write-ahead log holds pages, read through it
+        wal = Path(f"{p}-wal")
+        pending = wal.is_file() and wal.stat().st_size > 0
+        con = sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro" + ("" if pending else "&immutable=1"), uri=True)
         try:
             tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         finally:

@@ -139,8 +139,11 @@ def cmd_measure(args) -> int:
     if args.acceptance_only:
         from hispec_exec.measure import add_workload
 
+        from hispec_exec.measure import heldout_spec
+
+        heldout = None if prompts_text is not None else heldout_spec(args.prompts, args.seed, 64, args.max_new_tokens)
         profile = add_workload(existing, model, name, workload, prompts, detail, args.max_new_tokens, args.device,
-                               command)
+                               command, heldout=heldout)
         verb = "replaced" if workload in existing.workloads else "added"
     else:
         from hispec_exec.measure import measure_profile
@@ -148,8 +151,8 @@ def cmd_measure(args) -> int:
         log = progress_log("measure", args.progress)
         profile = measure_profile(model, name, args.device, workload, args.prompts, 64, args.max_new_tokens, args.seed,
                                   repeats=args.repeats, attempts=args.attempts, command=command,
-                                  prompts=prompts if prompts_text is not None else None,
-                                  prompts_detail=detail, log=log)
+                                  prompts=prompts, prompts_detail=detail if prompts_text is not None else None,
+                                  log=log)
         verb = "measured"
     with schema.folder_locked(out.parent, f"hispec-sim: waiting for the lock on {shown(out.parent)} (another command "
                               "is writing a profile there)"):
@@ -208,21 +211,26 @@ def cmd_validate(args) -> int:
     from .cli import _profile_path, _setting
     from .validate import check_model_matches, draw_plans, machine_check, validate
 
+    from hispec_exec.measure import prompts_of
+
     setting = _setting(args)
-    measured_on = setting.profile.provenance.get("prompts")
-    measured_on = measured_on if isinstance(measured_on, dict) else {}
+    measured_on = prompts_of(setting.profile, setting.workload)
     for field, key, default, lo, hi in (("prompts", "n", 16, 1, MAX_PROMPTS), ("prompt_seed", "seed", 0, 0, schema.MAX_SEED),
                                         ("max_new_tokens", "max_new_tokens", 128, 1, MAX_NEW_TOKENS)):
         name = field
         if getattr(args, field) is None:  # default: the prompts the profile was measured on (input too)
             setattr(args, field, measured_on.get(key, default))
-            name = f"provenance.prompts.{key} (the default of --{field.replace('_', '-')})"
+            name = f"the workload's provenance {key} (the default of --{field.replace('_', '-')})"
         v = getattr(args, field)
         if not (isinstance(v, int) and lo <= v <= hi):
             raise ValueError(f"{name}: must be an integer in [{lo}, {hi}], got {v!r}")
     if args.out:
         check_output(args.out, inputs=[_profile_path(args), args.plan, args.prompts_file, *model_files(args)])
     _refuse_unread_prompt_flags(args)
+    if not args.prompts_file and measured_on and "seed" not in measured_on:  # not held-out prompts
+        print(f"hispec-sim: note: workload {setting.workload} was measured on "
+              f"{measured_on.get('source') or measured_on.get('prompts')}; these runs use {args.prompts} held-out "
+              f"prompts (seed {args.prompt_seed}): give --prompts-file to validate on its own prompts", file=sys.stderr)
     prompts_text = None
     if args.prompts_file:
         refuse_unread(args, ("--prompts", "--prompt-seed"), "the held-out prompts; a --prompts-file brings its own")

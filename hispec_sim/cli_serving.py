@@ -332,7 +332,8 @@ def cmd_capacity(args) -> int:
           f"{'p99 TTFT':>9s} {'p99 TBT':>8s}")
     for fam, e in res["families"].items():
         q = e["max_qps_per_replica"]
-        ci = f"{decimals(q, 2)} [{decimals(e['max_qps_ci95'][0], 2)}, {decimals(e['max_qps_ci95'][1], 2)}]"
+        ci = (f"{decimals(q, 2)} [{decimals(e['max_qps_ci95'][0], 2)}, {decimals(e['max_qps_ci95'][1], 2)}]"
+              if e["max_qps_ci95"] is not None else f"{decimals(q, 2)} (1 seed)")
         if q > 0:
             tail = f"{e['replicas']:9d} {e['gpus']:5d} {decimals(e['usd_per_million_tokens'], 3):>8s}"
         else:

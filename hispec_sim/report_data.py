@@ -333,7 +333,9 @@ def compute(profile: Profile, workload: str | None = None, tp: int | None = None
                      "single_level_tokens_per_second": fam.get("single_level", {}).get("tokens_per_second"),
                      "autoregressive_tokens_per_second": fam["autoregressive"]["tokens_per_second"]})
     method = ("every off-diagonal agreement rate of the workload multiplied by 0.9 / 0.8 (the diagonal stays 1)"
-              + (", every request's rates too (its per-request spread kept)" if acc.spread else ""))
+              + ("" if acc.spread is None else ", every request's rates too (its measured per-request spread kept)"
+                 if acc.spread.family == "empirical" else
+                 f" (its logit-normal spread, sigma {acc.spread.sigma:g}, kept around the scaled rates)"))
     if acc.joint == "traces":
         method += "; the workload's trace-based joint rates give way to the independent model on the scaled rates"
         if f"{ref:,.1f}" != f"{sens[0]['best_plan_tokens_per_second']:,.1f}":

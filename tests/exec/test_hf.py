@@ -150,6 +150,7 @@ def test_every_command_tokenizes_with_the_tokenizers_own_special_tokens(tmp_path
     assert all(p[0] == bos for p in heldout_token_prompts(codec, 3, 64, 0))  # run, measure and validate's
     served = heldout_token_prompts(codec, 3, 40, 0, exact=True)  # serve's lengths are in tokens
     assert [len(p) for p in served] == [40] * 3 and all(p[0] == bos for p in served)
+    assert len(heldout_token_prompts(codec, 1, 60_000, 0, exact=True)[0]) == 60_000  # round 22: 40,500 was the most
     assert main(["generate", "--model", str(tmp_path), "--prompt", "def f(x):", "--levels", "2,4",
                  "--max-new-tokens", "4"]) == 0
     assert capsys.readouterr().out.startswith("def f(x):")
@@ -160,19 +161,10 @@ def test_served_held_out_prompts_go_through_the_tokenizer(tmp_path, capsys):
     fewer than 256 tokens: held-out text encoded to exactly that many tokens (twenty-first
     fuzz round: the prompts were byte values taken for token ids, refused here as out of
     the vocabulary, and silently other prompts on larger vocabularies)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from hispec_exec.cli import main
 
-    words = ["[UNK]", "def", "return", "import", "class", "self", "if", "for", "in", "(", ")", ":", "=", ".", ","]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.save(str(tmp_path / "tokenizer.json"))
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(words), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
-    LlamaForCausalLM(cfg).save_pretrained(tmp_path, safe_serialization=True)
+    _word_level_llama(tmp_path, ["[UNK]", "def", "return", "import", "class", "self", "if", "for", "in", "(", ")", ":",
+                                 "=", ".", ","])
     trace = tmp_path / "t.jsonl"
     trace.write_text(json.dumps({"arrival_s": 0.0, "prompt_tokens": 12, "max_new_tokens": 3}) + "\n")
     for traffic in (["--qps", "50", "--requests", "2", "--prompt-len", "8", "--output-len", "3"], ["--trace", str(trace)]):
@@ -180,6 +172,68 @@ def test_served_held_out_prompts_go_through_the_tokenizer(tmp_path, capsys):
                      "--json"]) == 0
         got = json.loads(capsys.readouterr().out)["requests"]
         assert [r["prompt_tokens"] for r in got] == ([8, 8] if "--qps" in traffic else [12])
+
+
+def test_a_full_measure_of_held_out_prompts_uses_the_checkpoints_codec(tmp_path, monkeypatch, capsys):
+    """profile measure on held-out prompts hands the timing and acceptance the prompts as the
+    codec encodes them, as --acceptance-only, validate and run do (round 22, D1: it measured
+    raw bytes as token ids, and crashed on a vocabulary below 122)."""
+    import hispec_exec.measure as measure
+    from hispec_exec.prompts import heldout_token_prompts, text_codec
+    from hispec_sim.cli import main as sim_main
+
+    words = ["[UNK]", "def", "return", "import", "class", "self", "if", "for", "in", "(", ")", ":", "=", ".", ","]
+    _word_level_llama(tmp_path, words)
+    seen = {}
+
+    def stop(*a, **k):
+        seen.update(k)
+        raise ValueError("stub: stopped before timing")
+    monkeypatch.setattr(measure, "measure_profile", stop)
+    assert sim_main(["profile", "measure", "--model", str(tmp_path), "--prompts", "3", "--seed", "7",
+                     "--max-new-tokens", "8", "--out", str(tmp_path / "p.json")]) == 2
+    assert "stub: stopped before timing" in capsys.readouterr().err
+    model = load_model(tmp_path)
+    assert seen["prompts"] == heldout_token_prompts(text_codec(model, tmp_path), 3, 64, 7)
+    assert seen["prompts_detail"] is None and max(max(p) for p in seen["prompts"]) < len(words)
+
+
+def test_a_tokenizer_that_cannot_encode_is_one_line_and_ids_need_none(tmp_path, capsys):
+    """A tokenizer.json that fails on a text is a ValueError naming it (round 22, D7: a
+    traceback); a trace of token ids runs on a checkpoint without a tokenizer whose vocabulary
+    is too small for bytes (D8: refused for the tokenizer it does not need)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from hispec_exec.cli import main
+    from hispec_exec.prompts import text_codec
+
+    words = ["def", "return", "(", ")"]
+    _word_level_llama(tmp_path, words)
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}))  # no unk token
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(tmp_path / "tokenizer.json"))
+    with pytest.raises(ValueError, match="tokenizer: .*tokenizer.json cannot encode 'def zz'"):
+        text_codec(load_model(tmp_path), tmp_path).encode("def zz")
+    (tmp_path / "tokenizer.json").unlink()
+    trace = tmp_path / "t.jsonl"
+    trace.write_text(json.dumps({"arrival_s": 0.0, "prompt_tokens": [1, 2, 3], "max_new_tokens": 3}) + "\n")
+    assert main(["serve", "--model", str(tmp_path), "--trace", str(trace), "--levels", "2,4", "--clock", "cpu",
+                 "--no-warmup", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["requests"][0]["prompt_tokens"] == 3
+
+
+def _word_level_llama(folder, words):
+    """A 4-layer transformers Llama of len(words) tokens with a WordLevel tokenizer.json."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token=words[0]))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(folder / "tokenizer.json"))
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(words), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    LlamaForCausalLM(cfg).save_pretrained(folder, safe_serialization=True)
 
 
 def test_a_checkpoint_with_tensors_the_model_would_not_use_is_refused(tmp_path):

@@ -227,6 +227,16 @@ def test_commands_that_open_no_study_leave_no_side_files(tmp_path, monkeypatch, 
     capsys.readouterr()
     assert main(["optimize", "--profile", "cpu_hispec_tiny", "--search", "optuna", "--storage", "sqlite:///other.db"]) == 2
     assert "is a SQLite database of something else (tables foo)" in capsys.readouterr().err
+    # a WAL-mode database whose table is still in its write-ahead log (its writer gone without a checkpoint)
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-c", "import os, sqlite3; c = sqlite3.connect('wal.db'); "
+                    "c.execute('pragma journal_mode=wal'); c.execute('create table users (name)'); c.commit(); "
+                    "os._exit(0)"], cwd=tmp_path, check=True)
+    assert (tmp_path / "wal.db-wal").stat().st_size > 0
+    assert main(["optimize", "--profile", "cpu_hispec_tiny", "--search", "optuna", "--storage", "sqlite:///wal.db"]) == 2
+    assert "(tables users)" in capsys.readouterr().err  # round 22, D5: the immutable look saw no table
 
 
 # ----------------------------------------------------------------------------- objectives and choices

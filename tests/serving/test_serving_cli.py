@@ -144,6 +144,7 @@ def test_capacity_stops_at_the_saturation_load_and_says_so(tmp_path, capsys):
     assert capped and all(e["max_qps_per_replica"] == pytest.approx(e["saturation_qps"]) for e in capped)
     assert all(e["max_qps_per_replica"] <= e["saturation_qps"] * (1 + 1e-12) for e in fams.values())
     assert all(e["seeds_capped"] == 1 for e in capped)
+    assert all(e["max_qps_ci95"] is None for e in fams.values())  # one seed: no interval (round 22, D3: zero width)
     assert main(argv) == 0
     assert "the run of 60 requests met the SLOs at the saturation load" in capsys.readouterr().out
 

@@ -333,3 +333,36 @@ def test_tools_that_add_to_a_profile_refuse_other_weights(tmp_path):
     with pytest.raises(ValueError, match="with weights sha256:111111111111"):
         add_to_profile(str(path), str(tmp_path / "out.json"))
     assert not (tmp_path / "out.json").exists()
+
+
+def test_validate_defaults_to_the_validated_workloads_own_prompts(tmp_path, monkeypatch, capsys):
+    """A workload added with --acceptance-only is validated on its own held-out prompts (its
+    n, seed and length, recorded with it), and a workload of a prompts file says that held-out
+    prompts stand in for it (round 22, D6: the profile's first workload's prompts, silently)."""
+    import shutil
+
+    import hispec_sim.validate as validate_module
+    from hispec_exec.checkpoint import load_model
+    from hispec_exec.prompts import heldout_token_prompts, text_codec
+
+    prof = tmp_path / "p.json"
+    from hispec_sim.schema import resolve_profile_path
+
+    shutil.copy(resolve_profile_path("cpu_hispec_tiny"), prof)
+    assert main(["profile", "measure", "--acceptance-only", "--workload", "held", "--prompts", "3", "--seed", "7",
+                 "--max-new-tokens", "8", "--out", str(prof)]) == 0
+    (tmp_path / "mine.txt").write_text("def f(x):\n")
+    assert main(["profile", "measure", "--acceptance-only", "--workload", "mine", "--prompts-file",
+                 str(tmp_path / "mine.txt"), "--max-new-tokens", "8", "--out", str(prof)]) == 0
+    capsys.readouterr()
+    seen = {}
+
+    def stop(setting, plans, model, prompts, max_new_tokens, **k):
+        seen.update(prompts=prompts, max_new_tokens=max_new_tokens)
+        raise ValueError("stub: stopped before the runs")
+    monkeypatch.setattr(validate_module, "validate", stop)
+    assert main(["validate", "--profile", str(prof), "--workload", "held", "--plans", "1", "--allow-other-machine"]) == 2
+    codec = text_codec(load_model(), None)
+    assert seen == {"prompts": heldout_token_prompts(codec, 3, 64, 7), "max_new_tokens": 8}
+    assert main(["validate", "--profile", str(prof), "--workload", "mine", "--plans", "1", "--allow-other-machine"]) == 2
+    assert "note: workload mine was measured on 1 prompt of mine.txt" in capsys.readouterr().err
