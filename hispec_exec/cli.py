@@ -238,19 +238,29 @@ def cmd_generate(a) -> int:
     from .prompts import text_codec
 
     codec = text_codec(model, a.model)
-    ids = codec.encode(a.prompt.replace("\\n", "\n"))
+    prompt = a.prompt.replace("\\n", "\n")
+    ids = codec.encode(prompt)
     if not ids:
         raise ValueError("prompt: the prompt encodes to no tokens")
     from .generate import check_fits
 
     check_fits(plan, len(ids), a.max_new_tokens, model.args.max_seq_len)
     r = decode(model, plan, ids, a.max_new_tokens, mode=a.mode, seed=a.seed, temperature=a.temperature)
-    sys.stdout.write(codec.decode(ids + r.tokens) + "\n")
+    sys.stdout.write(with_continuation(prompt, codec, ids, r.tokens) + "\n")
     s = r.summary()
     acc = _per_level(plan.levels, s["acceptance_per_level"], 2)
     sys.stderr.write(f"[{s['plan']} {s['mode']}: {s['tokens_per_s']:.1f} tokens/s, acceptance {acc}, "
                      f"{s['tokens_per_full_forward']:.2f} tokens per full-model forward]\n")
     return 0
+
+
+def with_continuation(text: str, codec, ids: list[int], new: list[int]) -> str:
+    """The user's prompt `text` (encoded as `ids`) and what `new` adds to it: the decode of both
+    past the decode of the prompt (a tokenizer's first word of `new` alone would lose its
+    leading space); the whole decode where a tokenizer's normalisation makes the prompt's
+    decode no prefix of it."""
+    head, full = codec.decode(ids), codec.decode(ids + new)
+    return text + full[len(head):] if full.startswith(head) else full
 
 
 def check_train_args(a):

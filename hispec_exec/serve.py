@@ -307,8 +307,8 @@ def _requests(a, model, codec):
     """(arrivals, prompts, max_new_tokens, a function naming request i) from the trace or the
     generator; codec() gives the checkpoint's text codec, asked for only where a request
     needs text (a trace of token ids runs on a checkpoint without a tokenizer)."""
-    from hispec_sim.schema import LengthDist, Traffic, file_lines
-    from hispec_sim.traffic import generate, load_trace
+    from hispec_sim.schema import LengthDist, Traffic
+    from hispec_sim.traffic import generate, load_trace, trace_lines
 
     from .prompts import heldout_token_prompts
 
@@ -317,12 +317,8 @@ def _requests(a, model, codec):
         if a.qps is not None:
             raise ValueError("trace: give --trace or --qps, not both")
         reqs = load_trace(a.trace)
+        lines = trace_lines(a.trace)
         where = lambda i: f"trace: request {i} (line {lines[i]})"  # noqa: E731
-        lines, no = [], 0
-        for line in file_lines(open(a.trace, encoding="utf-8-sig").read()):
-            no += 1
-            if line.strip():
-                lines.append(no)
     else:
         if a.qps is None:
             raise ValueError("qps: give --qps X (> 0) or --trace FILE")

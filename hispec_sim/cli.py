@@ -294,9 +294,10 @@ def cmd_report(args) -> int:
                                  serving_requests=args.serving_requests)
     for w in data["capacity"]["warnings"]:
         print(f"hispec-sim: warning: {w}", file=sys.stderr)
-    if args.json:
+    if args.json:  # the report's data; the report itself is written all the same, and said so off stdout
         from .report import _jsonable
 
+        print(f"hispec-sim: report written to {shown(path)}", file=sys.stderr)
         print(json.dumps(_jsonable(data), indent=2))
         return 0
     fam = data["best"]["families"]

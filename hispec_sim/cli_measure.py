@@ -152,7 +152,7 @@ def cmd_measure(args) -> int:
         profile = measure_profile(model, name, args.device, workload, args.prompts, 64, args.max_new_tokens, args.seed,
                                   repeats=args.repeats, attempts=args.attempts, command=command,
                                   prompts=prompts, prompts_detail=detail if prompts_text is not None else None,
-                                  log=log)
+                                  log=log, text="bytes" if codec.is_bytes else "tokenizer")
         verb = "measured"
     with schema.folder_locked(out.parent, f"hispec-sim: waiting for the lock on {shown(out.parent)} (another command "
                               "is writing a profile there)"):
@@ -215,12 +215,15 @@ def cmd_validate(args) -> int:
 
     setting = _setting(args)
     measured_on = prompts_of(setting.profile, setting.workload)
+    where = (f"provenance.workloads_added.{setting.workload}"
+             if isinstance((setting.profile.provenance.get("workloads_added") or {}).get(setting.workload), dict)
+             else "provenance.prompts")
     for field, key, default, lo, hi in (("prompts", "n", 16, 1, MAX_PROMPTS), ("prompt_seed", "seed", 0, 0, schema.MAX_SEED),
                                         ("max_new_tokens", "max_new_tokens", 128, 1, MAX_NEW_TOKENS)):
         name = field
         if getattr(args, field) is None:  # default: the prompts the profile was measured on (input too)
             setattr(args, field, measured_on.get(key, default))
-            name = f"the workload's provenance {key} (the default of --{field.replace('_', '-')})"
+            name = f"{where}.{key} (the default of --{field.replace('_', '-')})"
         v = getattr(args, field)
         if not (isinstance(v, int) and lo <= v <= hi):
             raise ValueError(f"{name}: must be an integer in [{lo}, {hi}], got {v!r}")

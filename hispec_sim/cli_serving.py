@@ -166,22 +166,26 @@ def _arrays(reqs: list[schema.Request]):
     return arr, pl, ol
 
 
-def _check_trace(model: schema.ModelShape, trace: list[schema.Request], overshoot: int) -> None:
+def _check_trace(model: schema.ModelShape, trace: list[schema.Request], overshoot: int, lines: list[int]) -> None:
     """Every request fits the model: its token ids in the vocabulary (as hispec-exec serve
     checks), its tokens in the context; a text prompt (counted in bytes) only where the model
-    reads bytes (a vocabulary of at most 256: the shipped model, those `train` makes, synthetic
-    stand-ins): the simulator has no other model's tokenizer to count its tokens with."""
+    reads bytes (ModelShape.reads_bytes: the shipped model, those `train` makes, synthetic
+    stand-ins): the simulator has no other model's tokenizer to count its tokens with. lines:
+    each request's line in the file (traffic.trace_lines), as hispec-exec serve names them."""
+    def where(i: int) -> str:
+        return f"trace: request {i} (line {lines[i]})"
+
     for i, r in enumerate(trace):
-        if r.prompt is not None and model.vocab > 256:
-            raise ValueError(f"trace: request {i}: prompt: a text prompt's length in tokens needs the tokenizer of "
+        if r.prompt is not None and not model.reads_bytes:
+            raise ValueError(f"{where(i)}: prompt: a text prompt's length in tokens needs the tokenizer of "
                              f"{model.name} (vocabulary {model.vocab}), which hispec-sim does not have; give "
                              "prompt_tokens (a length or the ids; hispec-exec serve --json reports each request's)")
         if isinstance(r.prompt_tokens, list) and max(r.prompt_tokens) >= model.vocab:
-            raise ValueError(f"trace: request {i}: prompt_tokens: token ids must be in [0, {model.vocab}) (the profile's "
+            raise ValueError(f"{where(i)}: prompt_tokens: token ids must be in [0, {model.vocab}) (the profile's "
                              "model.vocab)")
     _, pl, ol = _arrays(trace)
     i = int(np.argmax(pl + ol))
-    model.check_context(int(pl[i] + ol[i]) + overshoot, "trace", f"request {i} needs {pl[i]} (prompt) + {ol[i]} "
+    model.check_context(int(pl[i] + ol[i]) + overshoot, "trace", f"request {i} (line {lines[i]}) needs {pl[i]} (prompt) + {ol[i]} "
                         f"(max_new_tokens) + {overshoot} (speculation) = {int(pl[i] + ol[i]) + overshoot}")
 
 
@@ -211,7 +215,7 @@ def cmd_serve(args) -> int:
     del batching
     trace = traffic.load_trace(args.trace) if args.trace else None
     if trace is not None:
-        _check_trace(setting.profile.model, trace, plan.max_overshoot)
+        _check_trace(setting.profile.model, trace, plan.max_overshoot, traffic.trace_lines(args.trace))
     summaries, steps, prefills, first = [], [], [], None
     for k in range(args.seeds):
         if trace is not None:

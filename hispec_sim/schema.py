@@ -390,7 +390,15 @@ class ModelShape(Strict):
     weights: str | None = Field(None, pattern=r"^sha256:[0-9a-f]{64}$",
                                 description="digest of the weights as the executor runs them (hispec_exec.checkpoint."
                                 "weights_digest); None: not recorded (published profiles), not compared")
+    text: Literal["bytes", "tokenizer"] | None = Field(
+        None, description="how the model reads text: 'bytes' (UTF-8, one token a byte), 'tokenizer' (its own "
+        "tokenizer.json, which hispec-sim does not have); None: not recorded, bytes where vocab <= 256")
     source: Source
+
+    @property
+    def reads_bytes(self) -> bool:
+        """Whether a text prompt's length in tokens is its length in UTF-8 bytes."""
+        return self.text == "bytes" if self.text is not None else self.vocab <= 256
 
     def check_context(self, tokens: int, field: str, what: str = "", hint: str = "") -> None:
         """Raise ValueError naming `field` when `tokens` exceed the model's context."""

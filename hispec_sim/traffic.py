@@ -101,6 +101,15 @@ def load_trace(path: str | Path) -> list[Request]:
     return out
 
 
+def trace_lines(path: str | Path) -> list[int]:
+    """The line number of each request load_trace reads (blank lines hold none), for errors
+    that name a request."""
+    from .schema import file_lines, read_text_bounded
+
+    text = read_text_bounded(Path(path), "trace", MAX_TRACE_BYTES)
+    return [no for no, line in enumerate(file_lines(text), 1) if line.strip()]
+
+
 def percentiles(x: np.ndarray) -> dict:
     if x.size == 0:
         return {"mean": None, "p50": None, "p90": None, "p99": None}

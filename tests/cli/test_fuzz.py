@@ -354,6 +354,8 @@ def work(tmp_path_factory):
     prof_variant("diag.json", lambda d: d["workloads"]["w"]["agreement"][0].__setitem__(0, 0.5))
     prof_variant("twotables.json", lambda d: d["latency"].append(dict(d["latency"][0])))
     prof_variant("seedneg.json", lambda d: d["provenance"].__setitem__("prompts", {"n": 4, "seed": -1}))
+    # the twenty-second round's D2: a model with a tokenizer and a vocabulary of at most 256 reads no bytes
+    prof_variant("tokentext.json", lambda d: d["model"].__setitem__("text", "tokenizer"))
     put("batchplan.json", json.dumps({"levels": [2, 16], "propose": 4, "batch": 8, "batching": "synchronous"}))
     fit = {"family": "F(e) = sigmoid(m + c*logit(e/L))", "num_layers": 16, "params": {"m": 1.0, "c": 1.0},
            "points": [{"workload": "w", "kind": "per_draft", "value": 0.5, "source": "x",
@@ -988,7 +990,7 @@ CASES = [
     ("vidur", S, "profile import-vidur {V_OTHERSHAPE} --layers 32 --out {W}/v.json", ["vidur", "one file holds one model shape"]),
     ("vidur", S, "profile import-vidur {V_CONFLICT} --layers 32 --out {W}/v.json", ["vidur", "disagree on", "more than 2x"]),
     ("trace", S, "serve --profile cpu_hispec_tiny --levels 16 --trace {ID256TRACE}",
-     ["trace: request 0: prompt_tokens", "[0, 256)", "model.vocab"]),
+     ["trace: request 0 (line 1): prompt_tokens", "[0, 256)", "model.vocab"]),
     ("trace", S, "serve --profile cpu_hispec_tiny --levels 16 --trace {HUGEIDTRACE}", ["trace: line 1", "[0, 2147483647]"]),
     # -- its ninth round
     ("hf-config", E, "info --model {M_INTWEIGHTS}", ["model", "has dtype int32", "float16, bfloat16, float32 or float64"]),
@@ -1013,7 +1015,7 @@ CASES = [
     ("context", S, "capacity --profile cpu_hispec_tiny --qps 5 --slo-ttft-ms 1000 --slo-tbt-ms 50 --prompt-len 480 "
      "--output-len 16", ["prompt_len", "of 512"]),
     ("context", S, "serve --profile cpu_hispec_tiny --levels 2,16 --trace {LONGTRACE}",
-     ["trace: request 1 needs 500 (prompt) + 20 (max_new_tokens) + 5 (speculation) = 525", "of 512"]),
+     ["trace: request 1 (line 2) needs 500 (prompt) + 20 (max_new_tokens) + 5 (speculation) = 525", "of 512"]),
     ("context", S, "evaluate --profile {CTXOVER} --levels 2,16", ["workloads.w.context", "65 tokens, beyond the model's context of 64"]),
     # -- the twenty-first round
     ("flags", S, "profile measure --acceptance-only --prompts-file {PROMPTS} --field q --workload w --out {W}/m.json",
@@ -1026,7 +1028,9 @@ CASES = [
     ("json-shape", S, "serve --profile {P} --levels 16 --trace {SURROGATETRACE}", ["trace", "line 1", "not valid Unicode"]),
     ("json-shape", E, "serve --levels 16 --trace {SURROGATETRACE}", ["trace", "line 1", "not valid Unicode"]),
     ("json-shape", S, "serve --profile a100_llama70b --levels 80 --trace {TEXTLLAMATRACE}",
-     ["trace: request 0: prompt", "needs the tokenizer of Llama-2-70B", "prompt_tokens"]),
+     ["trace: request 0 (line 1): prompt", "needs the tokenizer of Llama-2-70B", "prompt_tokens"]),
+    ("json-shape", S, "serve --profile {TOKENTEXT} --levels 16 --trace {TEXTLLAMATRACE}",
+     ["trace: request 0 (line 1): prompt", "needs the tokenizer of", "prompt_tokens"]),
     ("flags", S, "optimize --profile {P} --mc-streams 10", ["mc_streams", "--search optuna"]),
     ("train", E, "train --out {W}/t --steps 1 --minutes 1", ["minutes", "--steps"]),
     ("flags", S, "profile measure --acceptance-only --prompts-file {PROMPTS} --name foo --workload w --out {W}/m.json",

@@ -126,7 +126,7 @@ def test_capacity_and_report_print_small_figures_with_their_digits(tmp_path, cap
     assert all(r["families"][res["best_family"]]["meets_slo"] for r in res["by_load"])  # run at the maximum, not above
     assert main(args) == 0
     text = capsys.readouterr().out
-    assert f"{decimals(top, 2)} [" in text and f"{decimals(top, 2)} " != "0.00 "
+    assert f"{decimals(top, 2)} (1 seed)" in text and f"{decimals(top, 2)} " != "0.00 "  # one seed: no interval
     # a family capped at its saturation load meets the SLOs in the by-load table's row at that load: the table
     # runs as many requests as the capacity did (fifteenth fuzz round: 150 against 20, and it missed them)
     prof = tmp_path / "s1000.json"

@@ -82,6 +82,20 @@ def test_generate(capsys):
     assert cap.out.startswith("import os\n") and "tokens/s" in cap.err
 
 
+def test_generate_prints_the_prompt_as_typed_and_what_follows():
+    """A tokenizer that normalises (whitespace collapsed, words joined by spaces) decodes the
+    prompt otherwise than it was typed: generate prints the prompt as typed and then only what
+    the new tokens add (it printed the prompt's decode; round 22, M6)."""
+    from hispec_exec.cli import with_continuation
+    from hispec_exec.prompts import TextCodec
+
+    words = ["def", "f(x):", "return", "x"]
+    codec = TextCodec(lambda t: [words.index(w) for w in t.split()], lambda ids: " ".join(words[i] for i in ids), "w")
+    assert with_continuation("def   f(x):", codec, [0, 1], [2, 3]) == "def   f(x): return x"
+    odd = TextCodec(codec.encode, lambda ids: "".join(words[i] for i in reversed(ids)), "w")  # no prefix: all of it
+    assert with_continuation("def f(x):", odd, [0, 1], [2]) == "returnf(x):def"
+
+
 def _corrupt(tmp_path, what):
     d = tmp_path / what
     d.mkdir()

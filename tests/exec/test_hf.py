@@ -196,6 +196,9 @@ def test_a_full_measure_of_held_out_prompts_uses_the_checkpoints_codec(tmp_path,
     model = load_model(tmp_path)
     assert seen["prompts"] == heldout_token_prompts(text_codec(model, tmp_path), 3, 64, 7)
     assert seen["prompts_detail"] is None and max(max(p) for p in seen["prompts"]) < len(words)
+    # recorded in the profile (model.text): hispec-sim serve then refuses text it would count in bytes,
+    # though this vocabulary (15) is small enough to be read as bytes (round 22, D2)
+    assert seen["text"] == "tokenizer"
 
 
 def test_a_tokenizer_that_cannot_encode_is_one_line_and_ids_need_none(tmp_path, capsys):

@@ -452,6 +452,7 @@ def test_measure_hf_checkpoint_on_prompts_files_merges_workloads(hf_folder, tmp_
     p = load_profile(str(out))
     vocab = json.loads((hf_folder / "config.json").read_text(encoding="utf-8"))["vocab_size"]
     assert p.model.name == hf_folder.name and p.model.vocab == vocab and p.default_workload == "code"
+    assert p.model.text == "tokenizer" and not p.model.reads_bytes
     assert p.model.max_context == load_model(str(hf_folder)).args.max_seq_len  # what the executor can hold
     acc = p.workload("code")
     assert len(acc.trace_starts) == 3 and len(acc.traces) == 36 and len(acc.spread.per_request) == 3

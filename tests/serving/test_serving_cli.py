@@ -78,7 +78,7 @@ def test_a_text_prompt_needs_a_byte_level_model(capsys, tmp_path):
     f.write_text(json.dumps({"arrival_s": 0.0, "prompt": "def f(x):", "max_new_tokens": 3}) + "\n")
     assert main(["serve", "--profile", "a100_llama70b", "--levels", "80", "--trace", str(f)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "trace: request 0: prompt: a text prompt's length in tokens needs the tokenizer" in err
+    assert err.count("\n") == 1 and "trace: request 0 (line 1): prompt: a text prompt's length in tokens needs the tokenizer" in err
     assert "give prompt_tokens" in err
     r = _json(capsys, ["serve", "--profile", "cpu_hispec_tiny", "--levels", "16", "--trace", str(f), "--seeds", "1",
                        "--json", "--per-request"])["requests"]
