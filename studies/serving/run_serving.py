@@ -25,6 +25,7 @@ for arrivals added), so other processes' load does not inflate one side only.
     python studies/serving/run_serving.py                      # the study (quiet machine, ~10 min)
     python studies/serving/run_serving.py --clock cpu --remeasure serving   # on a loaded machine
     python studies/serving/run_serving.py --quick              # smoke run: one plan, one load, 12 requests
+    python studies/serving/run_serving.py --resimulate         # the simulator's side again, on today's code
 
 Writes RESULTS.md, results.json, plot.svg and the re-measured profile.json next to this
 script (whole files or none; --quick writes nothing but a temporary profile); `--install
@@ -218,19 +219,44 @@ def execute(family: str, trace: Path, args) -> dict:
     return {**exe, "seconds": time.perf_counter() - t0, "reference_ms": ref}
 
 
+ERRORS = {"simulated": "error", "uncalibrated": "error_uncalibrated", "no_noise": "error_no_noise",
+          "no_admission": "error_no_admission"}
+
+
+def variants(profile: str, tmp: Path) -> tuple[str, str]:
+    """The profile without its serving calibration (`bare`), and with it but admissions
+    priced as before (`plain`: prefill at forward_scale, no admit / wake)."""
+    prof = load_profile(profile)
+    bare, plain = tmp / "bare.json", tmp / "plain.json"
+    save_profile(prof.model_copy(update={"latency": [t.model_copy(update={"serving": None}) for t in prof.latency]}), bare)
+    save_profile(prof.model_copy(update={"latency": [t.model_copy(update={"serving": t.serving.model_copy(
+        update={"prefill_scale": None, "admit_ms": 0.0, "wake_ms": 0.0})} if t.serving else {})
+        for t in prof.latency]}), plain)
+    return str(bare), str(plain)
+
+
+def simulate(profile: str, bare: str, plain: str, family: str, trace: Path, args) -> dict:
+    """The trace simulated with the calibration; with it but no step noise; with it but
+    admissions priced as before (`plain`); without it."""
+    return {tag: _run([sys.executable, "-m", "hispec_sim.cli", "serve", "--profile", prof, *PLANS[family],
+                       *_common(trace, args), "--seeds", str(args.sim_seeds), "--seed", str(args.seed), *extra],
+                      "hispec-sim serve")
+            for tag, prof, extra in (("simulated", profile, []), ("uncalibrated", bare, []),
+                                     ("no_noise", profile, ["--step-noise", "off"]), ("no_admission", plain, []))}
+
+
+def predicted(cell: dict, sims: dict, key: str, sub: str | None) -> None:
+    """Each simulation's figure and its error against the cell's measured one, into the cell."""
+    for tag, sim in sims.items():
+        cell[tag] = _get(sim["mean_over_seeds"], key, sub)
+        cell[ERRORS[tag]] = _err(cell[tag], cell["measured"])
+
+
 def scenario(profile: str, bare: str, plain: str, family: str, qps: float, trace: Path, exes: list[dict],
              args) -> dict:
-    """Simulate the trace (with the calibration; with it but no step noise; with it but
-    admissions priced as before (`plain`); without it) against the executor runs: measured
-    = their mean; `spread` = (max - min) / mean, what identical runs differ by."""
-    sims = {}
-    errors = {"simulated": "error", "uncalibrated": "error_uncalibrated", "no_noise": "error_no_noise",
-              "no_admission": "error_no_admission"}
-    for tag, prof, extra in (("simulated", profile, []), ("uncalibrated", bare, []),
-                             ("no_noise", profile, ["--step-noise", "off"]), ("no_admission", plain, [])):
-        sims[tag] = _run([sys.executable, "-m", "hispec_sim.cli", "serve", "--profile", prof, *PLANS[family],
-                          *_common(trace, args), "--seeds", str(args.sim_seeds), "--seed", str(args.seed), *extra],
-                         "hispec-sim serve")
+    """The simulations of the trace against the executor runs: measured = their mean;
+    `spread` = (max - min) / mean, what identical runs differ by."""
+    sims = simulate(profile, bare, plain, family, trace, args)
     exe = exes[0]
     row = {"family": family, "plan": sims["simulated"]["describe"], "qps": qps, "requests": args.requests,
            "max_batch": args.max_batch, "batching": args.batching, "runs": len(exes),
@@ -249,13 +275,45 @@ def scenario(profile: str, bare: str, plain: str, family: str, qps: float, trace
         measured = float(np.mean(runs))
         cell = {"measured": measured, "runs": runs,
                 "spread": (max(runs) - min(runs)) / measured if len(runs) > 1 and measured else None}
-        for tag, sim in sims.items():
-            agg = sim["mean_over_seeds"]
-            pred = _get(agg, key, sub)
-            cell[tag] = pred
-            cell[errors[tag]] = _err(pred, measured)
+        predicted(cell, sims, key, sub)
         row[_name(key, sub)] = cell
     return row
+
+
+def medians(out: dict) -> None:
+    """The median |error| of every metric over the scenarios, into `out`."""
+    for tag, key in (("median_abs_error", "error"), ("median_abs_error_uncalibrated", "error_uncalibrated"),
+                     ("median_abs_error_no_noise", "error_no_noise"),
+                     ("median_abs_error_no_admission", "error_no_admission"), ("median_spread", "spread")):
+        out[tag] = {}
+        for k, s, _ in METRICS:
+            errs = [abs(r[_name(k, s)][key]) for r in out["scenarios"] if r[_name(k, s)][key] is not None]
+            out[tag][_name(k, s)] = float(np.median(errs)) if errs else float("nan")
+
+
+def resimulate(out: dict, argv: list[str]) -> None:
+    """The simulator's side again, on today's code, against the executor runs `out` recorded:
+    the same traces (rebuilt from their seed) and the profile `out` names (its latency and
+    acceptance as they were then: check with git log). Measured figures stay as they were."""
+    from datetime import datetime, timezone
+
+    args = argparse.Namespace(requests=out["requests"], prompt_len=out["prompt_len"], output_len=out["output_len"],
+                              max_batch=out["max_batch"], batching=out["batching"], sim_seeds=out["sim_seeds"],
+                              seed=out.get("seed", 0))
+    profile = str(ROOT / out["profile"])
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT,
+                            check=False).stdout.strip() or "?"
+    with tempfile.TemporaryDirectory() as tmp:
+        bare, plain = variants(profile, Path(tmp))
+        for r in out["scenarios"]:
+            trace = make_trace(r["family"], r["qps"], args, Path(tmp))
+            sims = simulate(profile, bare, plain, r["family"], trace, args)
+            r["step_noise"] = sims["simulated"].get("step_noise")
+            for key, sub, *_ in (*METRICS, *EXTRA):
+                predicted(r[_name(key, sub)], sims, key, sub)
+    medians(out)
+    out["resimulated"] = (f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC at commit {commit} "
+                          f"(python studies/serving/run_serving.py {' '.join(argv)})")
 
 
 def svg_errors(rows: list[dict], width: int = 620, height: int = 320) -> str:
@@ -317,6 +375,9 @@ def results_md(out: dict) -> str:
              f"batching {out['batching']}, executor threads {out['threads']}, simulator: mean over {out['sim_seeds']} "
              f"acceptance seeds on the same trace.", "", "Commands:", ""]
     lines += [f"    {c}" for c in out["commands"]]
+    if out.get("resimulated"):
+        lines += ["", f"The simulated columns were computed again on {out['resimulated']}, against the executor runs "
+                  "above (measured figures unchanged: the same traces, rebuilt from their seed, and the same profile)."]
     lines += ["", "## Results", "",
               "Error = (simulated - measured) / measured; `uncalibrated` = the same simulation from the batch-1 table "
               "alone (the profile without its serving calibration); `no step noise` = with the calibration, every "
@@ -413,12 +474,17 @@ def main(argv=None) -> int:
     ap.add_argument("--install", help="write the re-measured profile here (e.g. the shipped one) instead of "
                     "studies/serving/profile.json")
     ap.add_argument("--render", action="store_true", help="only rewrite RESULTS.md and plot.svg from results.json")
+    ap.add_argument("--resimulate", action="store_true", help="run only the simulator's side again, on this code, "
+                    "against the executor runs results.json holds (same traces and profile), and rewrite the results")
     ap.add_argument("--quick", action="store_true", help="smoke run: autoregressive, the first load, 12 requests; "
                     "re-measure only with --remeasure given explicitly; writes nothing")
     argv = sys.argv[1:] if argv is None else argv
     args = ap.parse_args(argv)
-    if args.render:
+    if args.render or args.resimulate:
         out = json.loads((HERE / "results.json").read_text())
+        if args.resimulate:
+            resimulate(out, argv)
+            write_atomic(HERE / "results.json", json.dumps(out, indent=1) + "\n")
         write_atomic(HERE / "plot.svg", svg_errors(out["scenarios"]))
         write_atomic(HERE / "RESULTS.md", results_md(out))
         return 0
@@ -442,24 +508,17 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     out = {"requests": args.requests, "prompt_len": args.prompt_len, "output_len": args.output_len,
            "max_batch": args.max_batch, "batching": args.batching, "threads": args.threads, "clock": args.clock,
-           "sim_seeds": args.sim_seeds, "load_at_start": os.getloadavg()[0],
+           "sim_seeds": args.sim_seeds, "seed": args.seed, "load_at_start": os.getloadavg()[0],
            "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "machine": describe(fingerprint("cpu")) + f", {os.cpu_count()} logical CPUs", "scenarios": []}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         dest = tmp / "profile.json"
         profile, how, cmds = remeasure(args, dest)
-        prof = load_profile(profile)
-        if not any(t.serving is not None for t in prof.latency):
+        if not any(t.serving is not None for t in load_profile(profile).latency):
             print("[serving study] note: the profile has no serving calibration; both simulations read the table",
                   flush=True)
-        bare = tmp / "bare.json"  # the same profile without its serving calibration
-        save_profile(prof.model_copy(update={"latency": [t.model_copy(update={"serving": None})
-                                                         for t in prof.latency]}), bare)
-        plain = tmp / "plain.json"  # with it, admissions priced as before (prefill at forward_scale, no admit / wake)
-        save_profile(prof.model_copy(update={"latency": [t.model_copy(update={"serving": t.serving.model_copy(
-            update={"prefill_scale": None, "admit_ms": 0.0, "wake_ms": 0.0})} if t.serving else {})
-            for t in prof.latency]}), plain)
+        bare, plain = variants(profile, tmp)
         out["profile"] = "studies/serving/profile.json" if profile == str(dest) else profile
         out["reference_at_calibration_ms"] = reference(args)
         out["remeasure_detail"] = how
@@ -474,7 +533,7 @@ def main(argv=None) -> int:
                       f"({args.requests} requests) ...", flush=True)
                 exes[i].append(execute(fam, trace, args))
         for (fam, q, trace), runs in zip(cases, exes):
-            row = scenario(profile, str(bare), str(plain), fam, q, trace, runs, args)
+            row = scenario(profile, bare, plain, fam, q, trace, runs, args)
             out["scenarios"].append(row)
             print(f"    {row['plan']:32s} mean batch {row['exec_mean_batch']:.1f}, executor {row['exec_seconds']:.0f} s; "
                   + "  ".join(f"{_name(k, s)} {_pct(row[_name(k, s)]['error'])} (uncal. "
@@ -482,13 +541,7 @@ def main(argv=None) -> int:
                               f"{_pct(row[_name(k, s)]['error_no_noise'])}, no admission costs "
                               f"{_pct(row[_name(k, s)]['error_no_admission'])}, spread "
                               f"{_pct(row[_name(k, s)]['spread'])})" for k, s, _ in METRICS), flush=True)
-        for tag, key in (("median_abs_error", "error"), ("median_abs_error_uncalibrated", "error_uncalibrated"),
-                         ("median_abs_error_no_noise", "error_no_noise"),
-                         ("median_abs_error_no_admission", "error_no_admission"), ("median_spread", "spread")):
-            out[tag] = {}
-            for k, s, _ in METRICS:
-                errs = [abs(r[_name(k, s)][key]) for r in out["scenarios"] if r[_name(k, s)][key] is not None]
-                out[tag][_name(k, s)] = float(np.median(errs)) if errs else float("nan")
+        medians(out)
         out["load_at_end"] = os.getloadavg()[0]
         out["seconds"] = time.perf_counter() - t_start
         if args.quick:
