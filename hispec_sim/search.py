@@ -1022,6 +1022,13 @@ def cli_optuna(args, setting: Setting, opts: dict) -> OptunaResult:
                              objective=args.objective, max_propose=args.max_propose, max_window=args.max_window,
                              top=args.top, mc_streams=args.mc_streams, mc_cycles=args.mc_cycles,
                              adaptive=bool(getattr(args, "adaptive", False)))
+    except ValueError:
+        raise
+    except Exception as e:  # the database refused before any trial (a read-only file creating the study)
+        cause = _storage_failure(e)
+        if cause is None:
+            raise
+        raise ValueError(f"storage: writing to {_redact(normalise_url(args.storage))} failed ({cause})") from None
     finally:
         close_storages()
 

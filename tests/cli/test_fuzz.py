@@ -1341,3 +1341,23 @@ def test_sigint_inside_a_storage_write(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.db"]
     states = _trial_states(tmp_path)
     assert states.count("COMPLETE") >= 2 and set(states) <= {"COMPLETE", "WAITING"}, states  # WAITING: seeded, not run
+
+
+def test_a_storage_that_refuses_the_study_is_one_line(tmp_path, monkeypatch, capsys):
+    """A database that refuses to create the study (a read-only file: `chattr +i` as root gave a
+    traceback, round 22 D9) is one line naming the storage and the database's error."""
+    import optuna
+    from sqlalchemy.exc import OperationalError
+
+    from hispec_sim.cli import main
+
+    def refuse(*a, **k):
+        raise optuna.exceptions.StorageInternalError("commit failed") from OperationalError(
+            "INSERT INTO studies", {}, sqlite3.OperationalError("attempt to write a readonly database"))
+    monkeypatch.setattr(optuna, "create_study", refuse)
+    monkeypatch.chdir(tmp_path)
+    code = main(["optimize", "--profile", "cpu_hispec_tiny", "--search", "optuna", "--trials", "2",
+                 "--storage", "sqlite:///s.db"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == ["hispec-sim: error: storage: writing to sqlite:///s.db failed (OperationalError: "
+                                 "attempt to write a readonly database)"], err
