@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from hispec_sim.schema import LengthDist, RequestMetrics, ServeLimits, Traffic
 from hispec_sim.traffic import (DEFAULT_LENGTHS, draw_lengths, fit_default_lengths, generate, load_trace, slo_lines,
-                                 summarize)
+                                 summarize, trace_lines)
 
 
 def test_generate_is_seeded_and_has_the_stated_rate():
@@ -33,27 +33,26 @@ def test_length_dist_rejects(text):
 
 def test_trace_errors_name_the_line(tmp_path):
     f = tmp_path / "t.jsonl"
-    f.write_text('{"arrival_s": 0, "prompt": "a", "max_new_tokens": 3}\n\n{"arrival_s": 1, "prompt_tokens": 5}\n')
-    with pytest.raises(ValueError, match="line 3: max_new_tokens"):
-        load_trace(f)
-    f.write_text('{"arrival_s": 2, "prompt": "a", "max_new_tokens": 3}\n{"arrival_s": 1, "prompt": "b", "max_new_tokens": 3}\n')
-    with pytest.raises(ValueError, match="line 2: arrival_s"):
-        load_trace(f)
-    f.write_text('{"arrival_s": 0, "prompt": "a", "max_new_tokens": 3}\n{oops\n')
-    with pytest.raises(ValueError, match="line 2: malformed JSON"):
-        load_trace(f)
-    f.write_text('{"arrival_s": 0, "arrival_s": 1, "prompt_tokens": 8, "max_new_tokens": 4}\n')  # not the last kept
-    with pytest.raises(ValueError, match="line 1: key 'arrival_s' appears twice"):
-        load_trace(f)
-    f.write_text(json.dumps({"arrival_s": 0, "prompt_tokens": [1, 2], "max_new_tokens": 2}) + "\n")
+    for text, match in [
+        ('{"arrival_s": 0, "prompt": "a", "max_new_tokens": 3}\n\n{"arrival_s": 1, "prompt_tokens": 5}\n',
+         "line 3: max_new_tokens"),
+        ('{"arrival_s": 2, "prompt": "a", "max_new_tokens": 3}\n{"arrival_s": 1, "prompt": "b", "max_new_tokens": 3}\n',
+         "line 2: arrival_s"),
+        ('{"arrival_s": 0, "prompt": "a", "max_new_tokens": 3}\n{oops\n', "line 2: malformed JSON"),
+        # not the last kept
+        ('{"arrival_s": 0, "arrival_s": 1, "prompt_tokens": 8, "max_new_tokens": 4}\n',
+         "line 1: key 'arrival_s' appears twice"),
+        # as generate and a prompts file judge a prompt (twenty-first fuzz round: served, or Python's codec message)
+        ('{"arrival_s": 0, "prompt": " \\t ", "max_new_tokens": 3}\n', "line 1: prompt: empty \\(or whitespace only\\)"),
+        ('{"arrival_s": 0, "prompt": "a\\ud800b", "max_new_tokens": 3}\n', "line 1: prompt: not valid Unicode"),
+    ]:
+        f.write_text(text)
+        with pytest.raises(ValueError, match=match):
+            load_trace(f)
+    f.write_text(json.dumps({"arrival_s": 0, "prompt_tokens": [1, 2], "max_new_tokens": 2}) + "\n\n \n"
+                 + json.dumps({"arrival_s": 1, "prompt_tokens": 3, "max_new_tokens": 2}) + "\n")
     assert load_trace(f)[0].prompt_len == 2
-    # as generate and a prompts file judge a prompt (twenty-first fuzz round: served, or Python's codec message)
-    f.write_text('{"arrival_s": 0, "prompt": " \\t ", "max_new_tokens": 3}\n')
-    with pytest.raises(ValueError, match="line 1: prompt: empty \\(or whitespace only\\)"):
-        load_trace(f)
-    f.write_text('{"arrival_s": 0, "prompt": "a\\ud800b", "max_new_tokens": 3}\n')
-    with pytest.raises(ValueError, match="line 1: prompt: not valid Unicode"):
-        load_trace(f)
+    assert trace_lines(f) == [1, 4]  # the line of each request, for errors that name one
 
 
 def test_a_byte_order_mark_is_not_content(tmp_path):
