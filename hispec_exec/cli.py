@@ -277,7 +277,9 @@ def check_train_args(a):
         init = Path(a.init_from)
         if not (init.is_dir() and (init / "config.json").is_file()):
             raise ValueError(f"init_from: {a.init_from} is not a checkpoint folder (config.json + model.safetensors)")
-        tokenizer = [f for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json") if (init / f).exists()]
+        from .prompts import TOKENIZER_FILES
+
+        tokenizer = [f for f in TOKENIZER_FILES if (init / f).exists()]
         if tokenizer:  # training feeds byte text: ids 0..255 would take other meanings than the tokenizer's
             raise ValueError(f"init_from: {a.init_from} carries a tokenizer ({', '.join(tokenizer)}), and train reads "
                              "byte text (ids 0..255): its tokens would be trained on other meanings; continue a "

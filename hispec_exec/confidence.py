@@ -99,7 +99,7 @@ def add_confidence(profile: Profile, model: Transformer, workload: str | None = 
 
     name = workload or profile.default_workload
     acc: Acceptance = profile.workload(name)
-    spec = prompts_of(profile, name)
+    spec, _ = prompts_of(profile, name)
     if not acc.traces or not spec:
         raise ValueError("profile: needs provenance.prompts and traces (a profile measured by `hispec-sim profile measure`)")
     if not all(k in spec for k in ("n", "seed", "prompt_len", "max_new_tokens")):

@@ -867,12 +867,15 @@ def heldout_spec(n: int, seed: int, prompt_len: int, max_new_tokens: int) -> dic
     return {"n": n, "seed": seed, "prompt_len": prompt_len, "max_new_tokens": max_new_tokens}
 
 
-def prompts_of(profile: Profile, workload: str) -> dict:
-    """The prompts `workload` was measured on: its provenance.workloads_added entry where it
-    was added to the profile, else provenance.prompts (the profile's first workload)."""
+def prompts_of(profile: Profile, workload: str) -> tuple[dict, str]:
+    """The prompts `workload` was measured on, and the field that records them: its
+    provenance.workloads_added entry where it was added to the profile, else
+    provenance.prompts (the profile's first workload)."""
     added = (profile.provenance.get("workloads_added") or {}).get(workload)
-    spec = added if isinstance(added, dict) else profile.provenance.get("prompts")
-    return spec if isinstance(spec, dict) else {}
+    if isinstance(added, dict):
+        return added, f"provenance.workloads_added.{workload}"
+    spec = profile.provenance.get("prompts")
+    return (spec if isinstance(spec, dict) else {}), "provenance.prompts"
 
 
 def add_workload(profile: Profile, model: Transformer, model_name: str, workload: str, prompts: list[list[int]],

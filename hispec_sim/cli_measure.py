@@ -137,9 +137,7 @@ def cmd_measure(args) -> int:
         detail = f"{args.prompts} held-out prompts (seed {args.seed})"
 
     if args.acceptance_only:
-        from hispec_exec.measure import add_workload
-
-        from hispec_exec.measure import heldout_spec
+        from hispec_exec.measure import add_workload, heldout_spec
 
         heldout = None if prompts_text is not None else heldout_spec(args.prompts, args.seed, 64, args.max_new_tokens)
         profile = add_workload(existing, model, name, workload, prompts, detail, args.max_new_tokens, args.device,
@@ -214,10 +212,7 @@ def cmd_validate(args) -> int:
     from hispec_exec.measure import prompts_of
 
     setting = _setting(args)
-    measured_on = prompts_of(setting.profile, setting.workload)
-    where = (f"provenance.workloads_added.{setting.workload}"
-             if isinstance((setting.profile.provenance.get("workloads_added") or {}).get(setting.workload), dict)
-             else "provenance.prompts")
+    measured_on, where = prompts_of(setting.profile, setting.workload)
     for field, key, default, lo, hi in (("prompts", "n", 16, 1, MAX_PROMPTS), ("prompt_seed", "seed", 0, 0, schema.MAX_SEED),
                                         ("max_new_tokens", "max_new_tokens", 128, 1, MAX_NEW_TOKENS)):
         name = field
