@@ -20,9 +20,11 @@ MAX_NEW_TOKENS = 65_536
 def executor_args(p: argparse.ArgumentParser, defaults: bool = True) -> None:
     """defaults=False: prompts and lengths default to what the profile was measured on."""
     add_model_args(p)
+    recorded = "the workload's recorded"
     p.add_argument("--prompts", type=int_in(1, MAX_PROMPTS), default=16 if defaults else None,
-                   help="held-out prompts (default 16)")
-    p.add_argument("--max-new-tokens", type=int_in(1, MAX_NEW_TOKENS), default=128 if defaults else None)
+                   help=f"held-out prompts (default {16 if defaults else recorded + ' count'})")
+    p.add_argument("--max-new-tokens", type=int_in(1, MAX_NEW_TOKENS), default=128 if defaults else None,
+                   help=f"tokens generated per prompt (default {128 if defaults else recorded + ' length'})")
 
 
 def load_executor_model(args):
