@@ -159,10 +159,6 @@ def max_qps(spec: Spec, plan: Plan, seed: int, sat: float, iterations: int = 5) 
     return lo, hi, best
 
 
-def _mean_len(dist) -> float:
-    return float(traffic.draw_lengths(dist, 4000, np.random.default_rng(0)).mean())
-
-
 def _saturation_qps(spec: Spec, plan: Plan) -> float:
     """Requests/s of a full lockstep batch (analytic, max batch, no prefill), and at most one
     autoregressive step's worth per full-model check: a check costs at least that step (every
@@ -231,7 +227,7 @@ def plan_capacity(spec: Spec, target_qps: float, gpu_hour_usd: float, max_propos
     setting = spec.setting
     fams = candidates(setting, spec.limits.max_batch, spec.batching, spec.limits.slo_tbt_ms, max_propose, max_window)
     tp = setting.tp
-    mean_out = _mean_len(spec.traffic.output_len)
+    mean_out = traffic.mean_length(spec.traffic.output_len)
     result = {"target_qps": target_qps, "candidates": {f: [describe(p) for p in ps] for f, ps in fams.items()},
               "families": {}}
     probe = None

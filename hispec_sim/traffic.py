@@ -47,6 +47,19 @@ def draw_lengths(dist: LengthDist, n: int, rng: np.random.Generator) -> np.ndarr
     return np.clip(x, dist.min, dist.max).astype(np.int64)
 
 
+def mean_length(dist: LengthDist) -> float:
+    """The exact mean of `draw_lengths(dist, ...)`. Lognormal: E[clip(rint X)] = min +
+    sum over k in [min, max) of P(rint X > k), with P(rint X > k) = P(X >= k + 0.5)."""
+    from scipy.special import ndtr
+
+    if dist.family == "lognormal" and dist.sigma > 0:
+        k = np.arange(dist.min, dist.max, dtype=float)
+        return float(dist.min + ndtr((np.log(dist.median) - np.log(k + 0.5)) / dist.sigma).sum())
+    x = ([dist.value] if dist.family == "fixed" else [np.rint(dist.median)] if dist.family == "lognormal"
+         else np.arange(dist.low, dist.high + 1) if dist.family == "uniform" else dist.values)
+    return float(np.clip(np.asarray(x, dtype=float), dist.min, dist.max).mean())
+
+
 def arrival_times(traffic: Traffic, rng: np.random.Generator) -> np.ndarray:
     """Arrival times (s) of `traffic.requests` requests, the first at 0. Poisson:
     exponential gaps; gamma: gaps with mean 1/qps and coefficient of variation cv."""
