@@ -408,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wall-clock budget (default 25; not with --steps)")
     q.add_argument("--steps", type=int_in(1, 10_000_000), help="optimizer steps (instead of --minutes)")
     q.add_argument("--dim", type=int_in(2, 1 << 16), default=160, help="model width (default 160)")
-    q.add_argument("--layers", type=int_in(2, schema.MAX_LAYERS), default=16, help="decoder layers (>= 2: exits below the last)")
+    q.add_argument("--layers", type=int_in(2, schema.MAX_LAYERS), default=16, help="decoder layers (default 16; >= 2: exits below the last)")
     q.add_argument("--heads", type=int_in(1, 1024), default=4, help="attention heads (default 4; dim / heads even: RoPE)")
     q.add_argument("--kv-heads", type=int_in(1, 1024), default=2, help="key/value heads, dividing --heads (default 2)")
     q.add_argument("--ffn", type=int_in(1, 1 << 18), default=448, help="SwiGLU hidden width (default 448)")

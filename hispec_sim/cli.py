@@ -24,7 +24,7 @@ BATCH = int_in(1, schema.MAX_BATCH)
 
 
 def _setting_args(p: argparse.ArgumentParser, batch=True, plan_file=True,
-                  context_default: str = "the workload's") -> None:
+                  context_default: str = "the workload's", json_help: str = "print one JSON object") -> None:
     p.add_argument("--profile", required=True, help="shipped profile name or path to a profile JSON")
     p.add_argument("--workload", type=name_text, help="workload name (default: the profile's)")
     p.add_argument("--tp", type=TP, help="tensor-parallel degree (default: the profile's)")
@@ -33,7 +33,7 @@ def _setting_args(p: argparse.ArgumentParser, batch=True, plan_file=True,
         p.add_argument("--batch", type=BATCH, default=None,
                        help="sequences in lockstep (default 1" + (", or the plan file's)" if plan_file else ")"))
     p.add_argument("--context", type=CONTEXT, help=f"mean context length (default: {context_default})")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--json", action="store_true", help=json_help)
 
 
 def _setting(args, batch: int | None = None, profile: schema.Profile | None = None) -> Setting:
@@ -363,7 +363,7 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("optimize", help="search the best plan", conflict_handler="resolve")
     _setting_args(p)
-    p.add_argument("--top", type=int_in(1, 1000), default=10)
+    p.add_argument("--top", type=int_in(1, 1000), default=10, help="plans listed, 1-1000 (default 10)")
     add_search_bounds(p)
     p.add_argument("--out", help="write the best plan to this plan file")
     p.add_argument("--rescore", type=int_in(0, 1000), default=None, metavar="N",
@@ -378,7 +378,7 @@ def build_parser() -> Parser:
     p.set_defaults(func=cmd_optimize)
 
     p = sub.add_parser("report", help="capacity-planning report: one self-contained HTML file (or Markdown)")
-    _setting_args(p, plan_file=False)
+    _setting_args(p, plan_file=False, json_help="print the report's figures as one JSON object (the file is still written)")
     p.add_argument("--out", help="output file (default report.html / report.md)")
     p.add_argument("--format", choices=["html", "md"], default=None, help="default: by --out's suffix (.md), else html")
     p.add_argument("--target-tps", type=float_in(1e-6, 1e12), help="aggregate tokens/s the deployment must serve (default 10000)")

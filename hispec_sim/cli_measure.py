@@ -192,7 +192,7 @@ def add_validate_parser(sub, setting_args) -> None:
     p.add_argument("--plan", help="validate this plan file")
     p.add_argument("--plans", type=int_in(1, 200), default=6, help="plans drawn across families (default 6)")
     p.add_argument("--seed", type=SEED, default=0, help="seed of the plan draw and the Monte-Carlo")
-    p.add_argument("--prompt-seed", type=SEED, help="seed of the held-out prompts (default: those the profile was measured on)")
+    p.add_argument("--prompt-seed", type=SEED, help="seed of the held-out prompts (default: the seed the workload was measured with)")
     add_progress_arg(p, "each stage and block of runs")
     p.add_argument("--allow-other-machine", action="store_true",
                    help="validate a profile measured on another machine (the output carries a warning)")

@@ -37,12 +37,14 @@ def add_parsers(subparsers):
     v.add_argument("--out", required=True, metavar="FILE")
 
     s = sub.add_parser("synthetic", help="what-if profile: constant layer cost, constant agreement")
-    s.add_argument("--layers", type=int_in(1, schema.MAX_LAYERS), required=True)
-    s.add_argument("--layer-ms", type=float_in(schema.MIN_LAYER_MS, schema.MAX_MS), required=True)
-    s.add_argument("--agreement", type=float_in(0.0, 1.0), required=True)
-    s.add_argument("--head-ms", type=MS, default=0.0)
-    s.add_argument("--overhead-ms", type=MS, default=0.0)
-    s.add_argument("--name", type=name_text)
+    s.add_argument("--layers", type=int_in(1, schema.MAX_LAYERS), required=True, help="decoder layers, every one an exit")
+    s.add_argument("--layer-ms", type=float_in(schema.MIN_LAYER_MS, schema.MAX_MS), required=True,
+                   help="one layer's time (ms), at every token count")
+    s.add_argument("--agreement", type=float_in(0.0, 1.0), required=True,
+                   help="agreement of every exit pair, in [0, 1]")
+    s.add_argument("--head-ms", type=MS, default=0.0, help="an exit head's time (ms; default 0)")
+    s.add_argument("--overhead-ms", type=MS, default=0.0, help="fixed time per forward (ms; default 0)")
+    s.add_argument("--name", type=name_text, help="profile name (default from the values)")
     s.add_argument("--out", required=True, metavar="FILE")
     p.set_defaults(func=run)
     return sub

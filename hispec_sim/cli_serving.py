@@ -301,11 +301,9 @@ def cmd_capacity(args) -> int:
     batching = _batching(args, auto=True)
     widest = schema.Plan(levels=[1, 2, 3], propose=args.max_propose, windows=[args.max_window])  # of the searched plans
     tr = _traffic(args, setting.profile.model, widest.max_overshoot)
-    mean_out = float(traffic.draw_lengths(tr.output_len, 4000, np.random.default_rng(0)).mean())
-    mean_prompt = float(traffic.draw_lengths(tr.prompt_len, 4000, np.random.default_rng(0)).mean())
+    mean_out, mean_prompt = traffic.mean_length(tr.output_len), traffic.mean_length(tr.prompt_len)
     if limits.kv_tokens is not None:
-        worst = int(traffic.draw_lengths(tr.prompt_len, 4000, np.random.default_rng(0)).max()
-                    + traffic.draw_lengths(tr.output_len, 4000, np.random.default_rng(1)).max())
+        worst = tr.prompt_len.upper + tr.output_len.upper
         if worst + 64 > limits.kv_tokens:
             raise ValueError(f"kv_tokens: {limits.kv_tokens} cannot hold one request of these lengths (up to {worst} "
                              f"tokens + speculation); allowed: >= {worst + 64}")

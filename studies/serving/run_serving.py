@@ -481,6 +481,10 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = ap.parse_args(argv)
     if args.render or args.resimulate:
+        given = [a.split("=")[0] for a in argv if a.startswith("--") and a.split("=")[0] not in ("--render", "--resimulate")]
+        if given:  # every setting comes from results.json
+            ap.exit(2, f"run_serving.py: {given[0]}: not read with --render or --resimulate (they reuse results.json's "
+                       "settings); allowed: nothing else\n")
         out = json.loads((HERE / "results.json").read_text())
         if args.resimulate:
             resimulate(out, argv)

@@ -201,6 +201,10 @@ def test_bad_trace_and_capacity_input(prof, capsys, tmp_path):
         argv = ["capacity", "--profile", prof, "--slo-ttft-ms", "100", "--slo-tbt-ms", "10"] + extra
         assert main(argv) == 2
         assert capsys.readouterr().err.startswith(f"hispec-sim: error: {field}")
+    # the longest request the lengths allow, not the longest of a sample (docs check 22)
+    assert main(["capacity", "--profile", prof, "--slo-ttft-ms", "100", "--slo-tbt-ms", "10", "--qps", "5",
+                 "--prompt-len", "uniform:10:20", "--output-len", "uniform:5:8", "--kv-tokens", "91"]) == 2
+    assert "(up to 28 tokens + speculation); allowed: >= 92" in capsys.readouterr().err
 
 
 def test_capacity_candidates_cover_both_policies(prof):
@@ -229,3 +233,21 @@ def test_defaults_scaled_to_the_model_context(capsys):
     assert main(argv + ["--prompt-len", "300"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["traffic"]["prompt_len"]["value"] == 300 and out["traffic"]["output_len"]["max"] == 512 - 300 - 6
+
+
+@pytest.mark.parametrize("extra", [["--quick"], ["--sim-seeds=1"], ["--loads", "9"]])
+def test_serving_study_refuses_settings_it_would_not_read(extra):
+    """--render and --resimulate take every setting from results.json: another flag is refused
+    before anything is written, not recorded as if it ran (docs check 22)."""
+    import subprocess
+    import sys
+
+    from factories import REPO
+
+    study = REPO / "studies" / "serving"
+    before = {p.name: p.stat().st_mtime_ns for p in study.iterdir()}
+    r = subprocess.run([sys.executable, str(study / "run_serving.py"), "--resimulate", *extra],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr == (f"run_serving.py: {extra[0].split('=')[0]}: not read with --render or "
+                                              "--resimulate (they reuse results.json's settings); allowed: nothing else\n")
+    assert {p.name: p.stat().st_mtime_ns for p in study.iterdir()} == before
