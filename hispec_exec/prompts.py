@@ -110,7 +110,9 @@ def read_prompts(path: str | Path, fmt: str | None = None, field: str = "prompt"
         except UnicodeEncodeError:
             raise ValueError(f"prompts_file: {where}: not valid Unicode (a lone surrogate escape such as \\ud800)") from None
     if not out:
-        raise ValueError(f"prompts_file: {path} holds no prompts (format {fmt})")
+        why = (f": none of its {skipped} conversations has a human/user turn with text" if fmt == "sharegpt" and skipped
+               else "")
+        raise ValueError(f"prompts_file: {path} holds no prompts (format {fmt}){why}")
     return out
 
 

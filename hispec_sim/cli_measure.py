@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from .cli_common import (SEED, add_model_args, add_progress_arg, check_output, g
 
 MAX_PROMPTS = 10_000
 MAX_NEW_TOKENS = 65_536
+FEW_POSITIONS = 400  # measured positions below which an agreement's 95 % interval is wider than +/-0.05
 
 
 def executor_args(p: argparse.ArgumentParser, defaults: bool = True) -> None:
@@ -176,6 +178,13 @@ def cmd_measure(args) -> int:
         schema.save_profile(profile, out)
     print(f"profile {profile.name} written to {shown(out)}: workload {workload} {verb} ({detail}); "
           f"workloads {', '.join(sorted(profile.workloads))}")
+    traces = profile.workloads[workload].traces
+    positions = len(traces) if traces is not None else FEW_POSITIONS
+    if positions < FEW_POSITIONS:  # 2 one-token prompts once gave agreement 1.0 everywhere and x4.65, unremarked
+        print(f"note: workload {workload} rests on {positions} measured position{'s' if positions != 1 else ''}: "
+              f"each agreement rate is uncertain by up to +/-{min(1.96 * 0.5 / math.sqrt(max(positions, 1)), 1):.2f} "
+              f"(95 %); measure more prompts or a larger --max-new-tokens (at least {FEW_POSITIONS} positions "
+              "for +/-0.05)")
     if not args.acceptance_only:
         notes = profile.table().notes
         print(notes.get("self_check", ""))

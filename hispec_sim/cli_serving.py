@@ -324,13 +324,14 @@ def cmd_capacity(args) -> int:
         return 0
     print(f"profile {res['profile']}  workload {res['workload']}  tp {res['tp']}  max batch {res['max_batch']}  "
           f"batching {batching}")
-    print(f"target {args.qps:g} req/s ({tr.arrival}), prompt {args.prompt_len} (mean {mean_prompt:.0f}), output "
-          f"{args.output_len} (mean {mean_out:.0f}); SLOs p99 TTFT <= {limits.slo_ttft_ms:g} ms, p99 TBT <= "
+    print(f"target {args.qps:g} req/s ({tr.arrival}), prompt {args.prompt_len} (mean {mean_prompt:.4g}), output "
+          f"{args.output_len} (mean {mean_out:.4g}); SLOs p99 TTFT <= {limits.slo_ttft_ms:g} ms, p99 TBT <= "
           f"{limits.slo_tbt_ms:g} ms; ${args.gpu_hour_usd:g}/GPU-hour; {tr.requests} requests x {args.seeds} seeds per load")
     noise = res["step_noise"]
     print("step noise: " + ("on (the profile's measured step noise)" if noise["used"] else f"off: {noise['why']}"))
     print()
-    print(f"{'family':16s} {'plan':38s} {'req/s per replica [95% CI]':>28s} {'replicas':>9s} {'GPUs':>5s} {'$/M tok':>8s} "
+    w = max([38] + [len(e["describe"]) for e in res["families"].values()])
+    print(f"{'family':16s} {'plan':{w}s} {'req/s per replica [95% CI]':>28s} {'replicas':>9s} {'GPUs':>5s} {'$/M tok':>8s} "
           f"{'p99 TTFT':>9s} {'p99 TBT':>8s}")
     for fam, e in res["families"].items():
         q = e["max_qps_per_replica"]
@@ -341,19 +342,21 @@ def cmd_capacity(args) -> int:
         else:
             tail = f"{'-':>9s} {'-':>5s} {'-':>8s}"
         a = e["at_max_qps"]
-        print(f"{fam:16s} {e['describe']:38s} {ci:>28s} {tail} {decimals(a['ttft_p99_ms'], 0):>9s} {_tbt(a['tbt_p99_ms'], ''):>8s}")
+        print(f"{fam:16s} {e['describe']:{w}s} {ci:>28s} {tail} {decimals(a['ttft_p99_ms'], 0):>9s} {_tbt(a['tbt_p99_ms'], ''):>8s}")
     for fam, e in res["families"].items():
         if e["capped_at_saturation"]:
             k, n = e["seeds_capped"], len(e["per_seed_bracket"])
             runs = f"the run of {tr.requests} requests" if n == 1 else f"{k} of the {n} seeds' runs of {tr.requests} requests"
+            what = (f"{decimals(e['max_qps_per_replica'], 2)} req/s is an upper bound" if e["seeds_used"] == n else
+                    f"an upper bound only, so left out: {decimals(e['max_qps_per_replica'], 2)} req/s is the mean "
+                    f"of the other {e['seeds_used']}")
             print(f"note: {fam}: {runs} met the SLOs at the saturation load, "
                   f"{decimals(e['saturation_qps'], 2)} req/s (a full batch's throughput, which no replica sustains for long), "
-                  f"where the search stops: {decimals(e['max_qps_per_replica'], 2)} req/s is an upper bound; more "
-                  "--requests show where the queue builds up")
+                  f"where the search stops: {what}; more --requests show where the queue builds up")
     if "by_load" in res:
         print()
-        print("best plan per family as the load per replica grows (smallest p99/SLO ratio; * = meets both SLOs, "
-              "at most at its saturation load):")
+        print("best plan per family as the load per replica grows (smallest p99/SLO ratio; * = meets both SLOs on "
+              "seed 0's requests, at most at its saturation load):")
         fams = [f for f in res["families"] if f in res["by_load"][0]["families"]]
         print(f"{'req/s':>8s} " + " ".join(f"{f:>40s}" for f in fams))
         for row in res["by_load"]:

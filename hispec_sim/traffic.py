@@ -47,17 +47,26 @@ def draw_lengths(dist: LengthDist, n: int, rng: np.random.Generator) -> np.ndarr
     return np.clip(x, dist.min, dist.max).astype(np.int64)
 
 
-def mean_length(dist: LengthDist) -> float:
-    """The exact mean of `draw_lengths(dist, ...)`. Lognormal: E[clip(rint X)] = min +
-    sum over k in [min, max) of P(rint X > k), with P(rint X > k) = P(X >= k + 0.5)."""
+def exceeds(dist: LengthDist, m) -> np.ndarray:
+    """P(L > m) at integers m >= 0, L a draw of `draw_lengths(dist, ...)`. Lognormal:
+    P(rint X > m) = P(X >= m + 0.5); a sigma under which exp(sigma z) rounds to 1 draws
+    rint(median) alone."""
     from scipy.special import ndtr
 
-    if dist.family == "lognormal" and dist.sigma > 0:
-        k = np.arange(dist.min, dist.max, dtype=float)
-        return float(dist.min + ndtr((np.log(dist.median) - np.log(k + 0.5)) / dist.sigma).sum())
+    m = np.asarray(m, dtype=float)
+    if dist.family == "lognormal" and 8 * dist.sigma > np.finfo(float).eps:
+        p = ndtr((np.log(dist.median) - np.log(m + 0.5)) / dist.sigma)
+        return np.where(m < dist.min, 1.0, np.where(m >= dist.max, 0.0, p))
     x = ([dist.value] if dist.family == "fixed" else [np.rint(dist.median)] if dist.family == "lognormal"
          else np.arange(dist.low, dist.high + 1) if dist.family == "uniform" else dist.values)
-    return float(np.clip(np.asarray(x, dtype=float), dist.min, dist.max).mean())
+    x = np.sort(np.clip(np.asarray(x, dtype=float), dist.min, dist.max))
+    return 1.0 - np.searchsorted(x, m, side="right") / x.size
+
+
+def mean_length(dist: LengthDist, per: int = 1) -> float:
+    """The exact mean of ceil(L / per), L a draw of `draw_lengths(dist, ...)` (per=1: the
+    mean length): the sum over j >= 0 of P(L > j per)."""
+    return float(exceeds(dist, np.arange(0, dist.upper, per)).sum())
 
 
 def arrival_times(traffic: Traffic, rng: np.random.Generator) -> np.ndarray:

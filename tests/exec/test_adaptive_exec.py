@@ -147,6 +147,9 @@ def test_profile_measure_records_confidence(tmp_path, capsys):
     acc = load_profile(str(out)).workload("mine")
     c = acc.confidence
     assert c is not None and len(c.top1) == len(acc.traces) == 24 and "recorded with the traces" in c.source.detail
+    # 24 positions: said, with the width it leaves (round 23, D4: 2 positions, agreement 1.0, unremarked)
+    assert ("note: workload mine rests on 24 measured positions: each agreement rate is uncertain by up to +/-0.20"
+            in capsys.readouterr().out)
     again = confidence_stats(np.asarray(acc.traces), np.asarray(c.top1))
     assert again.share == c.share and again.agreement_given_bucket == c.agreement_given_bucket
     capsys.readouterr()

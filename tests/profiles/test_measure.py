@@ -365,8 +365,10 @@ def test_timing_is_repeated_while_the_machine_moves_and_the_calmest_kept(monkeyp
     (b'{"conversations": []}', "sharegpt", "prompt", "ShareGPT file is a JSON array of conversations, got a JSON object"),
     (b'[{"id": 1}]', "sharegpt", "prompt", "field: record 1 has no list 'conversations'"),
     (b'{"prompt": "a", "prompt": "b"}\n', "jsonl", "prompt", "prompts_file: line 1: key 'prompt' appears twice"),
+    (b'[{"conversations": [{"from": "gpt", "value": "hi"}]}, {"conversations": []}]', "sharegpt", "prompt",
+     "holds no prompts \\(format sharegpt\\): none of its 2 conversations has a human/user turn with text$"),
 ], ids=["empty", "blank", "malformed", "not_object", "missing_field", "not_string", "empty_prompt", "not_utf8",
-        "deep", "sharegpt_not_array", "sharegpt_no_turns", "key_twice"])
+        "deep", "sharegpt_not_array", "sharegpt_no_turns", "key_twice", "sharegpt_no_human"])
 def test_bad_prompts_files(tmp_path, content, fmt, field, match):
     f = tmp_path / "p.in"
     f.write_bytes(content)

@@ -101,6 +101,18 @@ def test_a_space_without_hierarchy_is_seeded_with_the_best_single_level_plan():
     assert r.study["seeded_with"][0] == ex.best_single_level.plan.describe() and r.best.plan == ex.best_single_level.plan
 
 
+def test_the_paper_default_outside_the_bounds_is_a_baseline_not_an_answer():
+    """At --max-propose 1 --max-window 1 the paper default (propose 2, window 4) was ranked
+    first on h100_llama2_70b / sharegpt_high and written by --out (round 23, D3); it stays
+    the baseline row, and within the default bounds it is still ranked."""
+    s = Setting(load_profile("h100_llama2_70b"), "sharegpt_high")
+    tight = exhaustive(s, max_propose=1, max_window=1)
+    assert tight.paper_default.tokens_per_second > tight.best.tokens_per_second
+    assert all(x.plan.propose == 1 and max(x.plan.windows or [1]) == 1 for x in tight.top)
+    wide = exhaustive(s, top=100_000)
+    assert wide.paper_default.plan in [x.plan for x in wide.top]
+
+
 def test_the_first_seed_is_at_the_profiles_default_tp_and_batch_one():
     """--tp 2,4 --batch 8,1 on a100_llama70b (default tp 4): trial 0 is the optimum at tp 4,
     batch 1, what optimize without the lists answers (docs check 20: the lists' first, tp 2

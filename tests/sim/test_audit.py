@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -81,6 +82,17 @@ def test_above_the_ceiling_is_unreachable_not_an_error(capsys):
                  "--speedup", "100", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["reachable"] is False and "unreachable" in out["verdict"]
+
+
+def test_the_printed_ceiling_given_back_is_at_the_ceiling():
+    """The JSON's ceiling (6 decimals), rounded up from the true one, is reachable at the
+    ceiling, not "unreachable by 1e-05 %" (round 23, M7); a unit more is above it."""
+    s = Setting(load_profile("a100_llama70b"))
+    plan = Plan(levels=[17, 42, 80], propose=2, windows=[8])
+    top = audit(s, plan, 1.5)["ceiling_speedup"]
+    for claim in (top, math.nextafter(top, 0), top - 4e-7):
+        assert audit(s, plan, claim)["reachable"] is True
+    assert audit(s, plan, top + 1e-6)["reachable"] is False
 
 
 def test_ceiling_is_perfect_acceptance():
