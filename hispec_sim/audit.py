@@ -272,6 +272,8 @@ def audit(setting: Setting, plan: Plan | str, speedup: float) -> dict:
         return out
     if abs(own / speedup - 1) <= 1e-9:  # the profile's own level gives it (where the speed-up is flat, the only answer)
         level = fam.level0
+    elif round(speedup, 6) == round(ceiling, 6):  # at the ceiling: only perfect acceptance gives it
+        level = math.inf
     elif speedup <= floor:  # every level beats the floor, a limit no level attains
         out.update(reachable=False, below_floor_by_pct=round(100 * (1 - speedup / floor), 6), required_level=None,
                    verdict=f"unreachable: {speedup:g}x is {100 * (1 - speedup / floor):.4g} % below the floor "

@@ -193,7 +193,7 @@ def family_capacity(spec: Spec, plans: list[Plan], probe_qps: float | None) -> d
     capped = los >= sat
     # a capped seed's answer is only an upper bound: where other seeds found their limit, the
     # capacity is theirs (averaging the cap in once sized 1 replica that one seed's traffic failed)
-    use = ~capped if capped.any() and not capped.all() else np.ones_like(capped)
+    use = ~capped if not capped.all() else np.ones_like(capped)
     lo, hi = los[use], his[use]
     m = float(lo.mean())
     half = float(t95(len(lo) - 1) * lo.std(ddof=1) / math.sqrt(len(lo))) if len(lo) > 1 else None

@@ -335,8 +335,9 @@ def cmd_capacity(args) -> int:
           f"{'p99 TTFT':>9s} {'p99 TBT':>8s}")
     for fam, e in res["families"].items():
         q = e["max_qps_per_replica"]
+        n = len(e["per_seed_bracket"])  # an interval needs 2 seeds used (capped ones are left out)
         ci = (f"{decimals(q, 2)} [{decimals(e['max_qps_ci95'][0], 2)}, {decimals(e['max_qps_ci95'][1], 2)}]"
-              if e["max_qps_ci95"] is not None else f"{decimals(q, 2)} (1 seed)")
+              if e["max_qps_ci95"] is not None else f"{decimals(q, 2)} (1 {'seed' if n == 1 else f'of {n} seeds'})")
         if q > 0:
             tail = f"{e['replicas']:9d} {e['gpus']:5d} {decimals(e['usd_per_million_tokens'], 3):>8s}"
         else:
@@ -348,8 +349,8 @@ def cmd_capacity(args) -> int:
             k, n = e["seeds_capped"], len(e["per_seed_bracket"])
             runs = f"the run of {tr.requests} requests" if n == 1 else f"{k} of the {n} seeds' runs of {tr.requests} requests"
             what = (f"{decimals(e['max_qps_per_replica'], 2)} req/s is an upper bound" if e["seeds_used"] == n else
-                    f"an upper bound only, so left out: {decimals(e['max_qps_per_replica'], 2)} req/s is the mean "
-                    f"of the other {e['seeds_used']}")
+                    f"an upper bound only, so left out: {decimals(e['max_qps_per_replica'], 2)} req/s is "
+                    + (f"the mean of the other {e['seeds_used']}" if e["seeds_used"] > 1 else "the other seed's"))
             print(f"note: {fam}: {runs} met the SLOs at the saturation load, "
                   f"{decimals(e['saturation_qps'], 2)} req/s (a full batch's throughput, which no replica sustains for long), "
                   f"where the search stops: {what}; more --requests show where the queue builds up")

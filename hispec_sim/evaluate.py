@@ -208,11 +208,12 @@ def exhaustive(setting: Setting, top: int = 10, max_propose: int = 8, max_window
     candidates.append(paper)
     scored = score(setting, candidates)  # re-scored through the generic path: one source of truth
     ar = scored[0]
-    singles = [s for s in scored if s.plan.depth == 2]
-    best_single_s = max(singles, key=lambda s: s.tokens_per_second) if singles else ar
     inside = paper.propose <= max_propose and max(paper.windows or [1]) <= max_window
+    answers = scored if inside else scored[:-1]  # the paper default outside the bounds is a baseline only (round 23, D3)
+    singles = [s for s in answers if s.plan.depth == 2]
+    best_single_s = max(singles, key=lambda s: s.tokens_per_second) if singles else ar
     unique: dict[str, Scored] = {}
-    for s in scored if inside else scored[:-1]:  # a baseline outside the bounds is no answer (round 23, D3)
+    for s in answers:
         unique.setdefault(s.plan.model_dump_json(), s)
     ranked = sorted(unique.values(), key=lambda s: -s.tokens_per_second)[:top]
     evaluated = 1 + arrays[1].size + arrays[3].size

@@ -12,6 +12,8 @@ import numpy as np
 from .schema import MAX_REQUESTS, LengthDist, Request, RequestMetrics, ServeLimits, Traffic, validation_message
 
 MAX_TRACE_BYTES = 256 * 2**20
+TINY_SIGMA = 1e-9  # a lognormal below it draws rint(median) alone: near 1e-16, exp(sigma z) rounds to 1 and rint
+# meets a half-integer median's tie, which the continuous formula in `exceeds` does not see
 DEFAULT_LENGTHS = {"prompt_len": "lognormal:256:0.8:max=2048", "output_len": "lognormal:192:0.8:max=1024"}
 
 
@@ -41,7 +43,7 @@ def draw_lengths(dist: LengthDist, n: int, rng: np.random.Generator) -> np.ndarr
     elif dist.family == "uniform":
         x = rng.integers(dist.low, dist.high + 1, size=n).astype(float)
     elif dist.family == "lognormal":
-        x = np.rint(dist.median * np.exp(dist.sigma * rng.standard_normal(n)))
+        x = np.rint(dist.median * np.exp((dist.sigma if dist.sigma >= TINY_SIGMA else 0.0) * rng.standard_normal(n)))
     else:
         x = rng.choice(np.asarray(dist.values, dtype=float), size=n)
     return np.clip(x, dist.min, dist.max).astype(np.int64)
@@ -49,12 +51,11 @@ def draw_lengths(dist: LengthDist, n: int, rng: np.random.Generator) -> np.ndarr
 
 def exceeds(dist: LengthDist, m) -> np.ndarray:
     """P(L > m) at integers m >= 0, L a draw of `draw_lengths(dist, ...)`. Lognormal:
-    P(rint X > m) = P(X >= m + 0.5); a sigma under which exp(sigma z) rounds to 1 draws
-    rint(median) alone."""
+    P(rint X > m) = P(X >= m + 0.5); a sigma under TINY_SIGMA draws rint(median) alone."""
     from scipy.special import ndtr
 
     m = np.asarray(m, dtype=float)
-    if dist.family == "lognormal" and 8 * dist.sigma > np.finfo(float).eps:
+    if dist.family == "lognormal" and dist.sigma >= TINY_SIGMA:
         p = ndtr((np.log(dist.median) - np.log(m + 0.5)) / dist.sigma)
         return np.where(m < dist.min, 1.0, np.where(m >= dist.max, 0.0, p))
     x = ([dist.value] if dist.family == "fixed" else [np.rint(dist.median)] if dist.family == "lognormal"

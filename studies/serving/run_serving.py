@@ -453,7 +453,7 @@ def remeasure(args, dest: Path) -> tuple[str, str, list[str]]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)  # the refusal below reads spellings
     ap.add_argument("--profile", default=str(ROOT / "profiles" / "cpu_hispec_tiny.json"))
     ap.add_argument("--remeasure", choices=["full", "serving", "none"], default="full")
     ap.add_argument("--repeats", type=int, default=8, help="timing rounds of the re-measure (default 8)")

@@ -115,7 +115,8 @@ def test_default_lengths_fit_the_context(context, reserved, prompt):
 
 
 @pytest.mark.parametrize("text", ["lognormal:192:0.8:max=1024", "lognormal:5:2:min=3:max=40", "lognormal:256:0",
-                                  "lognormal:4.5:1e-17:max=9", "uniform:3:9:max=6", "empirical:1,5,900:min=2", "7"])
+                                  "lognormal:4.5:1e-17:max=9", "lognormal:100.5:1e-16:max=200",
+                                  "uniform:3:9:max=6", "empirical:1,5,900:min=2", "7"])
 @pytest.mark.parametrize("per", [1, 3])
 def test_mean_length_is_the_mean_of_the_draws(text, per):
     """Capacity's $/M and saturation load divide by these: exact, where a 4,000-draw sample
