@@ -111,6 +111,11 @@ def test_the_paper_default_outside_the_bounds_is_a_baseline_not_an_answer():
     assert all(x.plan.propose == 1 and max(x.plan.windows or [1]) == 1 for x in tight.top)
     wide = exhaustive(s, top=100_000)
     assert wide.paper_default.plan in [x.plan for x in wide.top]
+    # nor the best single-level baseline, which capacity's candidates start from (review 23)
+    own = load_profile("h100_llama2_7b")
+    own = own.model_copy(update={"paper_default": Plan(levels=[13, 32], propose=3)})
+    single = exhaustive(Setting(own), max_propose=1, max_window=1).best_single_level.plan
+    assert single.depth == 2 and single.propose == 1
 
 
 def test_the_first_seed_is_at_the_profiles_default_tp_and_batch_one():
