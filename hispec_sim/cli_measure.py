@@ -178,11 +178,10 @@ def cmd_measure(args) -> int:
         schema.save_profile(profile, out)
     print(f"profile {profile.name} written to {shown(out)}: workload {workload} {verb} ({detail}); "
           f"workloads {', '.join(sorted(profile.workloads))}")
-    traces = profile.workloads[workload].traces
-    positions = len(traces) if traces is not None else FEW_POSITIONS
-    if positions < FEW_POSITIONS:  # 2 one-token prompts once gave agreement 1.0 everywhere and x4.65, unremarked
+    positions = len(profile.workloads[workload].traces or [])  # one trace row per measured position
+    if 0 < positions < FEW_POSITIONS:  # 2 one-token prompts once gave agreement 1.0 everywhere and x4.65, unremarked
         print(f"note: workload {workload} rests on {positions} measured position{'s' if positions != 1 else ''}: "
-              f"each agreement rate is uncertain by up to +/-{min(1.96 * 0.5 / math.sqrt(max(positions, 1)), 1):.2f} "
+              f"each agreement rate is uncertain by up to +/-{min(1.96 * 0.5 / math.sqrt(positions), 1):.2f} "
               f"(95 %); measure more prompts or a larger --max-new-tokens (at least {FEW_POSITIONS} positions "
               "for +/-0.05)")
     if not args.acceptance_only:
