@@ -164,6 +164,13 @@ def test_cli_adaptive_search(capsys, tmp_path):
     assert rep["tokens_per_second"] == pytest.approx(walked(s, best).tokens_per_second, rel=1e-4)
     fixed = Plan.model_validate(res["best_fixed"]["plan"])
     assert rep["fixed_tokens_per_second"] == pytest.approx(walked(s, fixed).tokens_per_second, rel=1e-4)
+    # each gain_over_fixed is against the plan named beside it: the best fixed single-level plan,
+    # and the hierarchical plan itself without thresholds
+    sl, h = res["best_single_level"], res["best_hierarchical"]
+    for part in (sl, h):
+        assert part["gain_over_fixed"] == pytest.approx(part["tokens_per_second"] / part["fixed_tokens_per_second"], rel=1e-3)
+    assert h["fixed"] == with_thresholds(Plan.model_validate(h["plan"]), None, None).describe()
+    assert sl["fixed"].count(",") == 1 and "tau" not in sl["fixed"]
 
 
 # --------------------------------------------------------------------------- escalation, analytic
