@@ -43,10 +43,11 @@ class Spec:
 
 
 def candidates(setting: Setting, max_batch: int, batching: str, slo_tbt_ms: float, max_propose: int = 8,
-               max_window: int = 16) -> dict[str, list[Plan]]:
+               max_window: int = 16, max_in_flight: int | None = None) -> dict[str, list[Plan]]:
     """Per family, at batch 1 and at max_batch: the lockstep optimum, and the best plan
     (under each batching policy when batching is 'auto') whose cycle (time between two full-model commits) stays under 0.8 x the TBT SLO,
-    since a speculative plan emits in bursts and its TBT p99 is about one cycle."""
+    since a speculative plan emits in bursts and its TBT p99 is about one cycle. Only plans
+    with at most `max_in_flight` tokens in flight (`Plan.max_overshoot`), where given."""
     ar_policy = "ragged" if batching == "auto" else batching  # autoregressive: both policies alike
     out: dict[str, list[Plan]] = {"autoregressive": [Plan(levels=[setting.num_layers], batching=ar_policy)],
                                   "single_level": [], "hierarchical": []}
@@ -57,6 +58,7 @@ def candidates(setting: Setting, max_batch: int, batching: str, slo_tbt_ms: floa
             ranked = [x for x in res.top if x.plan.depth == depth]
             if depth == 2 and res.best_single_level.plan.depth == 2:
                 ranked = [res.best_single_level] + ranked
+            ranked = [x for x in ranked if max_in_flight is None or x.plan.max_overshoot <= max_in_flight]
             short = [x for x in ranked if x.latency_ms * x.tokens_per_full_forward <= 0.8 * slo_tbt_ms]
             for x in ranked[:1] + short[:1]:
                 for policy in (("ragged", "synchronous") if batching == "auto" else (batching,)):
@@ -163,14 +165,17 @@ def _saturation_qps(spec: Spec, plan: Plan) -> float:
     """Requests/s of a full lockstep batch (analytic, max batch, no prefill), and at most one
     autoregressive step's worth per full-model check: a check costs at least that step (every
     layer once) and commits at most max_overshoot tokens, none past a request's end (a
-    1-token request gains nothing from speculation). Above any load one replica sustains."""
+    1-token request gains nothing from speculation). Priced at the traffic's mean context (mean
+    prompt + half the mean output), not the workload's: a replica serving short requests runs
+    faster than one at the profile's context. Above any load one replica sustains."""
     from .evaluate import score
 
     b = spec.limits.max_batch
-    s = Setting(spec.setting.profile, spec.setting.workload, spec.setting.tp, spec.setting.stack, b, spec.setting.context)
+    lens = spec.traffic.output_len
+    context = max(1, round(traffic.mean_length(spec.traffic.prompt_len) + traffic.mean_length(lens) / 2))
+    s = Setting(spec.setting.profile, spec.setting.workload, spec.setting.tp, spec.setting.stack, b, context)
     tps, ar_tps = (x.tokens_per_second for x in score(s, [plan.model_copy(update={"batch": b}),
                                                           Plan(levels=[s.num_layers], batch=b)]))
-    lens = spec.traffic.output_len
     checks = traffic.mean_length(lens, per=plan.max_overshoot)
     return max(min(tps / traffic.mean_length(lens), ar_tps / checks), 1e-6)
 
@@ -231,11 +236,15 @@ def by_load(spec: Spec, fams: dict[str, list[Plan]], loads: list[float]) -> list
 def plan_capacity(spec: Spec, target_qps: float, gpu_hour_usd: float, max_propose: int = 8, max_window: int = 16) -> dict:
     t0 = time.perf_counter()
     setting = spec.setting
-    fams = candidates(setting, spec.limits.max_batch, spec.batching, spec.limits.slo_tbt_ms, max_propose, max_window)
+    # with --kv-tokens, only plans whose longest request (and its speculation) can be admitted
+    in_flight = (None if spec.limits.kv_tokens is None else
+                 spec.limits.kv_tokens - spec.traffic.prompt_len.upper - spec.traffic.output_len.upper)
+    fams = candidates(setting, spec.limits.max_batch, spec.batching, spec.limits.slo_tbt_ms, max_propose, max_window,
+                      in_flight)
     tp = setting.tp
     mean_out = traffic.mean_length(spec.traffic.output_len)
     result = {"target_qps": target_qps, "candidates": {f: [describe(p) for p in ps] for f, ps in fams.items()},
-              "families": {}}
+              "families": {}, "max_in_flight": in_flight}
     probe = None
     idle_fail: dict[str, list] = {}
     for fam, plans in list(fams.items()):

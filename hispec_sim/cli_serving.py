@@ -302,11 +302,11 @@ def cmd_capacity(args) -> int:
     widest = schema.Plan(levels=[1, 2, 3], propose=args.max_propose, windows=[args.max_window])  # of the searched plans
     tr = _traffic(args, setting.profile.model, widest.max_overshoot)
     mean_out, mean_prompt = traffic.mean_length(tr.output_len), traffic.mean_length(tr.prompt_len)
-    if limits.kv_tokens is not None:
+    if limits.kv_tokens is not None:  # autoregressive decoding (1 token in flight) must fit; wider plans are left out
         worst = tr.prompt_len.upper + tr.output_len.upper
-        if worst + 64 > limits.kv_tokens:
+        if worst + 1 > limits.kv_tokens:
             raise ValueError(f"kv_tokens: {limits.kv_tokens} cannot hold one request of these lengths (up to {worst} "
-                             f"tokens + speculation); allowed: >= {worst + 64}")
+                             f"tokens + 1 in flight for autoregressive decoding); allowed: >= {worst + 1}")
     spec = Spec(setting, tr, limits, batching, args.seeds)
     res = plan_capacity(spec, args.qps, args.gpu_hour_usd, args.max_propose, args.max_window)
     res.update({"profile": setting.profile.name, "workload": setting.workload, "tp": setting.tp, "stack": setting.stack,
@@ -344,6 +344,10 @@ def cmd_capacity(args) -> int:
             tail = f"{'-':>9s} {'-':>5s} {'-':>8s}"
         a = e["at_max_qps"]
         print(f"{fam:16s} {e['describe']:{w}s} {ci:>28s} {tail} {decimals(a['ttft_p99_ms'], 0):>9s} {_tbt(a['tbt_p99_ms'], ''):>8s}")
+    if res["max_in_flight"] is not None and res["max_in_flight"] < widest.max_overshoot:
+        print(f"note: --kv-tokens {limits.kv_tokens} holds the longest request ({tr.prompt_len.upper + tr.output_len.upper} "
+              f"tokens) with at most {res['max_in_flight']} tokens in flight: only plans that speculate within that are "
+              f"searched")
     for fam, e in res["families"].items():
         if e["capped_at_saturation"]:
             k, n = e["seeds_capped"], len(e["per_seed_bracket"])

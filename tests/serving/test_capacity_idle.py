@@ -1,6 +1,7 @@
 """capacity.idle_run: a nearly idle replica serves one sequence at a time, where a
 3+-level synchronous plan runs its batch-1 schedule exactly as ragged does."""
 import numpy as np
+import pytest
 
 from hispec_sim import capacity, schema
 from hispec_sim.evaluate import Setting
@@ -94,3 +95,24 @@ def test_a_seed_capped_at_saturation_does_not_size_the_family(monkeypatch):
         c = capacity.family_capacity(spec, [plan], None)
         assert np.isclose(c["max_qps"], want) and c["seeds_used"] == used
         assert c["seeds_capped"] == sum(a >= sat for a in answers)
+
+
+def test_the_saturation_load_is_priced_at_the_traffics_context():
+    """Short requests run faster than the profile's context says: the cap is priced at the
+    traffic's mean context (round 24, D2: 2-token prompts with 4-token outputs were capped at
+    the workload's context of 128, below the load one replica was seen to sustain)."""
+    from hispec_sim.evaluate import score
+
+    base = _spec()
+    measured = Setting(schema.load_profile("cpu_hispec_tiny"), None, None, None, 1, None)  # context 128
+    ar = schema.Plan(levels=[16])
+    caps = []
+    for prompt, out, ctx in (("2", "4", 4), ("uniform:8:64", "uniform:4:48", 49), ("300", "100", 350)):
+        tr = base.traffic.model_copy(update={"prompt_len": schema.LengthDist.parse(prompt, "p"),
+                                             "output_len": schema.LengthDist.parse(out, "o")})
+        spec = capacity.Spec(measured, tr, base.limits, "auto", 1)
+        s = Setting(measured.profile, None, None, None, base.limits.max_batch, ctx)
+        want = score(s, [ar.model_copy(update={"batch": base.limits.max_batch})])[0].tokens_per_second
+        caps.append(capacity._saturation_qps(spec, ar) * capacity.traffic.mean_length(tr.output_len))
+        assert caps[-1] == pytest.approx(want, rel=1e-12)
+    assert caps[0] > caps[1] > caps[2]  # tokens/s fall with the context

@@ -105,6 +105,26 @@ def test_capacity_golden(prof, capsys):
     assert a == b  # seeded
 
 
+def test_capacity_kv_tokens_bounds_the_plans_searched(prof, capsys):
+    """--kv-tokens refuses only what autoregressive decoding cannot hold (it once added a
+    fixed 64 tokens: refused 60 where every plan searched needed <= 56, accepted values the
+    search then refused with a bound that moved), and keeps the search to plans whose
+    longest request fits with its speculation (round 24, D1)."""
+    base = ["capacity", "--profile", prof, "--qps", "5", "--slo-ttft-ms", "1000", "--slo-tbt-ms", "200",
+            "--prompt-len", "32", "--output-len", "16", "--requests", "10", "--seeds", "1", "--max-batch", "4"]
+    assert main(base + ["--kv-tokens", "48"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "kv_tokens: 48" in err and "allowed: >= 49" in err
+    for kv, wide in ((49, "64"), (52, "64"), (60, "2")):
+        a = _json(capsys, base + ["--kv-tokens", str(kv), "--max-propose", wide, "--max-window", wide, "--json"])
+        assert a["max_in_flight"] == kv - 48
+        for fam, e in a["families"].items():
+            assert schema.Plan.model_validate(e["plan"]).max_overshoot <= kv - 48, (fam, e["describe"])
+        assert ("single_level" in a["families"]) == (kv - 48 >= 4)  # [a,L] propose=1: 1 + 2 + 1 tokens in flight
+    assert main(base + ["--kv-tokens", "52", "--max-propose", "2", "--max-window", "2"]) == 0
+    assert "with at most 4 tokens in flight: only plans that speculate within that are searched" in capsys.readouterr().out
+
+
 def test_capacity_no_plan_meets(prof, capsys):
     rc = main(["capacity", "--profile", prof, "--qps", "1", "--slo-ttft-ms", "1", "--slo-tbt-ms", "1",
                "--requests", "20", "--seeds", "1", "--max-batch", "4", "--max-propose", "2", "--max-window", "2"])
@@ -203,8 +223,8 @@ def test_bad_trace_and_capacity_input(prof, capsys, tmp_path):
         assert capsys.readouterr().err.startswith(f"hispec-sim: error: {field}")
     # the longest request the lengths allow, not the longest of a sample (docs check 22)
     assert main(["capacity", "--profile", prof, "--slo-ttft-ms", "100", "--slo-tbt-ms", "10", "--qps", "5",
-                 "--prompt-len", "uniform:10:20", "--output-len", "uniform:5:8", "--kv-tokens", "91"]) == 2
-    assert "(up to 28 tokens + speculation); allowed: >= 92" in capsys.readouterr().err
+                 "--prompt-len", "uniform:10:20", "--output-len", "uniform:5:8", "--kv-tokens", "28"]) == 2
+    assert "(up to 28 tokens + 1 in flight for autoregressive decoding); allowed: >= 29" in capsys.readouterr().err
 
 
 def test_capacity_candidates_cover_both_policies(prof):
