@@ -109,16 +109,20 @@ class Family:
         sp = self.spread
         if sp is None or sp.family == "logit_normal":
             return sp
-        if level == math.inf:
-            return None
+        if level == math.inf:  # every rate 1, but a rate of exactly 0 stays 0 under every shift
+            limit = (np.asarray(sp.per_request, float) > 0).astype(float)
+            return None if limit.all() else sp.model_copy(update={"per_request": limit})
         return sp.model_copy(update={"per_request": shift_logit(np.asarray(sp.per_request, float), level - self.level0)})
 
     def matrix(self, level: float) -> np.ndarray:
-        """The agreement matrix at `level`; at +inf every rate 1 (perfect acceptance: the
-        ceiling)."""
+        """The agreement matrix at `level`; at +inf its limit, the ceiling: every rate 1
+        (perfect acceptance), except that a measured rate of exactly 0 stays 0 (no logit shift
+        moves it)."""
         n = len(self.exits)
         if level == math.inf:
-            return np.ones((n, n))
+            A = np.ones((n, n)) if self.kind == "curve" else (np.asarray(self.acc.agreement, float) > 0).astype(float)
+            np.fill_diagonal(A, 1.0)
+            return A
         if self.kind == "curve":
             A = _depth_markov(curve(self.exits / self.L, level, self.c))
         else:

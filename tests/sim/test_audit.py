@@ -235,3 +235,23 @@ def test_required_agreement_of_a_measured_profile_is_its_requests_mean():
     own = audit(s, Plan(levels=[14, 16], propose=3), r["speedup_at_profile_level"])  # at the profile's level: its matrix
     row = own["agreement_with_final_at_exits"][0]
     assert row["required"] == pytest.approx(row["profile"], abs=2e-3)
+
+
+@pytest.mark.parametrize("agreement", [0.0, 0.7])
+def test_rates_of_exactly_zero_stay_zero_at_the_ceiling(tmp_path, agreement):
+    """No logit shift moves a rate of exactly 0, so the ceiling (the family's limit as the
+    level grows) keeps it: a claim no level reaches is unreachable, not "reachable only in
+    the limit of perfect acceptance" (round 24, D3)."""
+    assert main(["profile", "synthetic", "--layers", "8", "--layer-ms", "0.5", "--agreement", str(agreement),
+                 "--out", str(tmp_path / "p.json")]) == 0
+    d = json.loads((tmp_path / "p.json").read_text())
+    A = d["workloads"]["synthetic"]["agreement"]
+    A[1][7] = A[7][1] = 0.0  # exits 2 and 8 never agree
+    (tmp_path / "p.json").write_text(json.dumps(d))
+    s = Setting(load_profile(tmp_path / "p.json"))
+    plan = Plan(levels=[2, 8], propose=2)
+    r = audit(s, plan, 1.5)
+    assert r["reachable"] is False and "above the ceiling" in r["verdict"]
+    assert r["ceiling_speedup"] == pytest.approx(r["speedup_at_profile_level"], rel=1e-9)  # every level gives it
+    three = audit(s, Plan(levels=[2, 5, 8], propose=2, windows=[3]), 1.0)  # the other pairs rise to 1 where not 0
+    assert (three["ceiling_speedup"] > three["speedup_at_profile_level"]) == (agreement > 0)
