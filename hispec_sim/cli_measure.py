@@ -169,9 +169,12 @@ def cmd_measure(args) -> int:
 
                     profile = with_workload(existing, workload, profile.workloads[workload],
                                             profile.provenance["workloads_added"][workload])
-        if existing is not None and not args.acceptance_only:  # keep the other workloads measured into this file
-            others = {k: v for k, v in existing.workloads.items() if k != workload}
-            profile = profile.model_copy(update={"workloads": {**others, **profile.workloads}})
+        if existing is not None and not args.acceptance_only:  # keep the other workloads measured into this file,
+            others = {k: v for k, v in existing.workloads.items() if k != workload}  # their records and its name
+            added = {k: v for k, v in (existing.provenance.get("workloads_added") or {}).items() if k in others}
+            provenance = {**profile.provenance, **({"workloads_added": added} if added else {})}
+            profile = profile.model_copy(update={"workloads": {**others, **profile.workloads}, "provenance": provenance,
+                                                 "name": existing.name})
         if args.name:
             profile = profile.model_copy(update={"name": args.name})
         profile = schema.Profile.model_validate(profile.model_dump())

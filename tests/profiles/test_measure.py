@@ -480,6 +480,19 @@ def test_measure_hf_checkpoint_on_prompts_files_merges_workloads(hf_folder, tmp_
     v = json.loads(capsys.readouterr().out)
     assert v["prompts"] == 3 and len(v["plans"]) == 2 and v["machine_drift"]["then_tokens_per_second"] > 0
     assert v["noise_floor_absolute"] >= v["noise_floor"] >= 0 and "machine_warning" not in v
+    # a timed measure into it again keeps the other workloads, their records and the profile's name
+    # (round 24, D5: the records were dropped and validate then ran held-out prompts for "more")
+    d = json.loads(out.read_text(encoding="utf-8"))
+    records = d["provenance"]["workloads_added"]
+    assert sorted(records) == ["held", "more"]
+    d["name"] = "renamed"
+    out.write_text(json.dumps(d), encoding="utf-8")
+    assert main(["profile", "measure", "--prompts-file", str(a), "--workload", "code", "--repeats", "1",
+                 "--attempts", "1", *small]) == 0
+    assert capsys.readouterr().out.startswith("profile renamed written")
+    p3 = load_profile(str(out))
+    assert sorted(p3.workloads) == ["code", "held", "more"]
+    assert p3.provenance["workloads_added"] == records
 
 
 def test_measure_shipped_model_acceptance_only(tmp_path, capsys):
