@@ -359,8 +359,9 @@ def compute(profile: Profile, workload: str | None = None, tp: int | None = None
     data["capacity"]["given"] = given
 
     # (g): serving curves (request-level simulation), after the lockstep quick view
-    data["serving"] = (_serving(setting, best["families"], mem, serving_requests, slo_ttft_ms, slo_tbt_ms)
-                       if serving_requests else None)
+    data["serving"], data["serving_skipped"] = (
+        _serving(setting, best["families"], mem, serving_requests, slo_ttft_ms, slo_tbt_ms) if serving_requests
+        else (None, "--serving-requests 0"))
 
     # (f): provenance and validation
     data["provenance"] = _provenance(profile)
@@ -369,8 +370,9 @@ def compute(profile: Profile, workload: str | None = None, tp: int | None = None
 
 
 def _serving(setting: Setting, families: dict, mem: dict, requests: int, slo_ttft_ms: float,
-             slo_tbt_ms: float) -> dict:
-    """Throughput-latency curves of one replica under Poisson traffic (serving.py's
+             slo_tbt_ms: float) -> tuple[dict | None, str | None]:
+    """(curves, None), or (None, why) where the model cannot hold the requests.
+    Throughput-latency curves of one replica under Poisson traffic (serving.py's
     request-level simulation), per family its batch-1 lockstep optimum; speculative plans
     under the synchronous policy (ragged batching desynchronises the drafts: a step with
     any check runs the deep layers for everyone). Loads: geometric from SERVING['low'] to
@@ -392,6 +394,11 @@ def _serving(setting: Setting, families: dict, mem: dict, requests: int, slo_ttf
     lengths = traffic.fit_default_lengths(traffic.DEFAULT_LENGTHS, setting.profile.model.max_context,
                                           max(p.max_overshoot for p in plans.values()))
     tr = Traffic(qps=1.0, requests=requests, seed=0, **{k: LengthDist.parse(v, k) for k, v in lengths.items()})
+    need = tr.prompt_len.upper + tr.output_len.upper + max(p.max_overshoot for p in plans.values())
+    context = setting.profile.model.max_context
+    if context is not None and need > context:  # `serve` refuses such requests: no curves of them either
+        return None, (f"the model's context of {context} tokens cannot hold a request of the default lengths, even "
+                      f"scaled down, beside the plans' speculation ({need} tokens)")
     limits = ServeLimits(max_batch=max_batch, slo_ttft_ms=slo_ttft_ms, slo_tbt_ms=slo_tbt_ms)
     one = Setting(setting.profile, setting.workload, setting.tp, setting.stack, 1, setting.context)
     spec = capacity.Spec(one, tr, limits, "ragged", SERVING["seeds"])
@@ -418,7 +425,7 @@ def _serving(setting: Setting, families: dict, mem: dict, requests: int, slo_ttf
                        f"{SERVING['low']:g}x to {SERVING['high']:g}x the autoregressive saturation (a full lockstep "
                        "batch of max batch); a family 'pays' at a load when its mean end-to-end latency per request "
                        "is lower; crossovers interpolated in log(load). With this few requests p99 is close to the "
-                       "maximum: `hispec-sim capacity` answers the sizing question with more requests and seeds")}
+                       "maximum: `hispec-sim capacity` answers the sizing question with more requests and seeds")}, None
 
 
 def largest_forward_tokens(plan: dict | Plan) -> int:

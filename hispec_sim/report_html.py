@@ -162,7 +162,7 @@ def render_html(data: dict) -> str:
         parts.append(_table(hdr, srows, (2, 3, 4, 5, 6, 7, 8)))
         parts.append(f"<p class=\"muted\">Method: {esc(sv['method'])}. Computed in {sv['seconds']:g} s.</p>")
     else:
-        parts.append("<p class=\"muted\">Skipped (<code>--serving-requests 0</code>).</p>")
+        parts.append(f"<p class=\"muted\">Skipped ({esc(data['serving_skipped'])}).</p>")
 
     pv = data["provenance"]
     parts.append("<h2>(g) Provenance and fidelity</h2>")

@@ -95,7 +95,7 @@ def render_markdown(data: dict) -> str:
                              for f in FAMILIES if (e := sv["families"].get(f)) for pt in e["points"]]),
               "", f"Method: {_md(sv['method'])}. Computed in {sv['seconds']:g} s.", ""]
     else:
-        L += ["Skipped (`--serving-requests 0`).", ""]
+        L += [f"Skipped ({_md(data['serving_skipped'])}).", ""]
     pv = data["provenance"]
     L += ["## (g) Provenance", "", _md_table(["figure", "name", "kind", "detail", "reference"],
                                             [[_md(r["what"]), _md(r["name"]), _md(r["kind"]), _md(r["detail"]),

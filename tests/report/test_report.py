@@ -585,7 +585,26 @@ def test_serving_section_skipped_and_markdown(capsys, prof_file, tmp_path):
                          "--serving-requests", "0")
     assert code == 0, err
     text = (tmp_path / "s.html").read_text(encoding="utf-8")
-    assert "Skipped (<code>--serving-requests 0</code>)" in text and "fig-serving" not in _embedded(text, "hispec-figures")
+    assert "Skipped (--serving-requests 0)" in text and "fig-serving" not in _embedded(text, "hispec-figures")
+
+
+def test_serving_section_skipped_where_the_model_cannot_hold_the_requests(capsys, tmp_path):
+    """`serve` refuses requests the model's context cannot hold; the report does not draw
+    curves of them either, and says why (round 24, D4: it simulated the unscaled 2,048 +
+    1,024-token defaults on a 2-token model)."""
+    from hispec_sim import schema
+    from hispec_sim.synthetic import synthetic_profile
+
+    d = synthetic_profile(8, 0.5, 0.7, name="short").model_dump()
+    d["model"]["max_context"] = 2
+    d["workloads"]["synthetic"]["context"] = 2
+    schema.save_profile(schema.Profile.model_validate(d), tmp_path / "short.json")
+    code, out, err = run(capsys, "report", "--profile", tmp_path / "short.json", "--out", tmp_path / "r.md",
+                         "--format", "md", "--context", "2", "--serving-requests", "10", "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["serving"] is None and "context of 2 tokens cannot hold" in data["serving_skipped"]
+    assert "Skipped (the model's context of 2 tokens" in (tmp_path / "r.md").read_text(encoding="utf-8")
 
 
 def test_a_traced_workload_says_what_optimize_ranks_first(tmp_path, capsys):
