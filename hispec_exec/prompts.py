@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Callable, NamedTuple
 
-from hispec_sim.schema import file_lines, json_type, read_text_bounded, regular_file
+from hispec_sim.schema import file_lines, json_type, read_text_bounded, regular_file, shown
 
 MAX_FILE_BYTES = 256 * 2**20
 MAX_PROMPTS = 100_000
@@ -43,16 +43,16 @@ def read_prompts(path: str | Path, fmt: str | None = None, field: str = "prompt"
     fmt = _format_for(path, fmt)
     size = regular_file(path, "prompts_file").st_size
     if size > MAX_FILE_BYTES:
-        raise ValueError(f"prompts_file: {path} is {size} bytes; at most {MAX_FILE_BYTES} allowed")
+        raise ValueError(f"prompts_file: {shown(path)} is {size} bytes; at most {MAX_FILE_BYTES} allowed")
     try:
         raw = path.read_bytes()
     except OSError as e:
-        raise ValueError(f"prompts_file: cannot read {path} ({e.strerror})") from None
+        raise ValueError(f"prompts_file: cannot read {shown(path)} ({e.strerror})") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw[:e.start].count(b"\n") + 1
-        raise ValueError(f"prompts_file: {path} is not UTF-8 text (line {line}, byte {e.start}); "
+        raise ValueError(f"prompts_file: {shown(path)} is not UTF-8 text (line {line}, byte {e.start}); "
                          f"allowed: UTF-8 encoded {fmt}") from None
     text = text.removeprefix("\ufeff")
     out: list[tuple[str, str]] = []
@@ -112,7 +112,7 @@ def read_prompts(path: str | Path, fmt: str | None = None, field: str = "prompt"
     if not out:
         why = (f": none of its {skipped} conversations has a human/user turn with text" if fmt == "sharegpt" and skipped
                else "")
-        raise ValueError(f"prompts_file: {path} holds no prompts (format {fmt}){why}")
+        raise ValueError(f"prompts_file: {shown(path)} holds no prompts (format {fmt}){why}")
     return out
 
 

@@ -337,7 +337,8 @@ def audit(setting: Setting, plan: Plan | str, speedup: float) -> dict:
     if math.isinf(level):
         out["verdict"] = "reachable only in the limit of perfect acceptance"
     else:
-        ex = ", ".join(f"F({r['exit']}) = {r['required']:.3f} (profile {r['profile']:.3f})" for r in rows)
+        ex = (", ".join(f"F({r['exit']}) = {r['required']:.3f} (profile {r['profile']:.3f})" for r in rows)
+              or "no exit below the last, so acceptance plays no part")
         out["verdict"] = (f"needs level {level:.3f} ({level - fam.level0:+.3f} from the profile's): {ex}; "
                           + ("consistent with the published points" if out["reconciled"] else
                              "NOT consistent with the published points" if out["reconciled"] is False else
@@ -367,7 +368,7 @@ def _parse_speedup(text: str) -> float:
     try:
         v = schema.strict_float(text)
     except ValueError:
-        raise ValueError(f"speedup: must be a number > 0, got {text!r}") from None
+        v = math.nan
     if not (math.isfinite(v) and 0 < v <= MAX_SPEEDUP):
         raise ValueError(f"speedup: must be a number in (0, {MAX_SPEEDUP:g}], got {text!r}")
     return v

@@ -201,8 +201,9 @@ def family_capacity(spec: Spec, plans: list[Plan], probe_qps: float | None) -> d
     use = ~capped if not capped.all() else np.ones_like(capped)
     lo, hi = los[use], his[use]
     m = float(lo.mean())
-    half = float(t95(len(lo) - 1) * lo.std(ddof=1) / math.sqrt(len(lo))) if len(lo) > 1 else None
-    return {"plan": plan, "max_qps": m, "ci95": [max(m - half, 0.0), m + half] if half is not None else None,  # 1 seed: none
+    # no interval from one seed, nor from seeds that all stopped at the cap (an upper bound, not a spread)
+    half = float(t95(len(lo) - 1) * lo.std(ddof=1) / math.sqrt(len(lo))) if len(lo) > 1 and not capped.all() else None
+    return {"plan": plan, "max_qps": m, "ci95": [max(m - half, 0.0), m + half] if half is not None else None,
             "bracket": [m, float(hi.mean())], "per_seed": [[float(a), float(b)] for a, b in zip(los, his)],
             "at_max": per_seed[int(np.argmin(los))][2], "saturation_qps": sat,
             "capped_at_saturation": bool(capped.any()), "seeds_capped": int(capped.sum()), "seeds_used": int(use.sum()),

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from . import schema
 from .entry import exit_message, terminate_as_interrupt
-from .schema import strict_float, strict_int
+from .schema import shown, strict_float, strict_int
 
 
 class UsageError(Exception):
@@ -338,13 +338,6 @@ def _writable_folder(folder: Path) -> bool:
     os.close(fd)
     os.unlink(tmp)
     return True
-
-
-def shown(path) -> str:
-    """A path on one line: as given, or quoted with escapes when it holds a newline or another
-    character a terminal would not show as such."""
-    text = str(path)
-    return text if text.isprintable() else repr(text)
 
 
 def _check_length(path: Path, field: str, reserve: int = 0, why: str = "") -> None:

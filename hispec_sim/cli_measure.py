@@ -132,7 +132,7 @@ def cmd_measure(args) -> int:
     codec = text_codec(model, args.model)
     if prompts_text is not None:
         prompts = encode_prompts(prompts_text, codec.encode, args.max_new_tokens, model.args.max_seq_len)
-        detail = f"{len(prompts)} prompt{'s' if len(prompts) != 1 else ''} of {Path(args.prompts_file).name} (tokenized with {codec.how})"
+        detail = f"{len(prompts)} prompt{'s' if len(prompts) != 1 else ''} of {shown(Path(args.prompts_file).name)} (tokenized with {codec.how})"
     else:
         if 64 + args.max_new_tokens + 1 > model.args.max_seq_len:
             raise ValueError(f"max_new_tokens: 64-byte prompts + {args.max_new_tokens} exceed the model's context "

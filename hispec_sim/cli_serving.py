@@ -12,7 +12,7 @@ import numpy as np
 
 from . import schema, serving, traffic
 from .cli_common import (SEED, add_plan_args, add_search_bounds, float_in, int_in, name_text, plan_from_args,
-                         refuse_unread)
+                         refuse_unread, shown)
 from .evaluate import Setting
 from .schema import decimals
 
@@ -248,7 +248,7 @@ def cmd_serve(args) -> int:
             out["requests"] = first
         print(json.dumps(out, indent=2))
         return 0
-    src = f"trace {args.trace}" if trace is not None else (
+    src = f"trace {shown(args.trace)}" if trace is not None else (
         f"{tr.arrival} {tr.qps:g} req/s, {tr.requests} requests, prompt {args.prompt_len}, output {args.output_len}")
     print(f"profile {setting.profile.name}  workload {setting.workload}  tp {setting.tp}  plan {plan.describe()}  "
           f"batching {plan.batching}")
@@ -336,8 +336,12 @@ def cmd_capacity(args) -> int:
     for fam, e in res["families"].items():
         q = e["max_qps_per_replica"]
         n = len(e["per_seed_bracket"])  # an interval needs 2 seeds used (capped ones are left out)
-        ci = (f"{decimals(q, 2)} [{decimals(e['max_qps_ci95'][0], 2)}, {decimals(e['max_qps_ci95'][1], 2)}]"
-              if e["max_qps_ci95"] is not None else f"{decimals(q, 2)} (1 {'seed' if n == 1 else f'of {n} seeds'})")
+        if e["max_qps_ci95"] is not None:
+            ci = f"{decimals(q, 2)} [{decimals(e['max_qps_ci95'][0], 2)}, {decimals(e['max_qps_ci95'][1], 2)}]"
+        elif n > 1 and e["seeds_capped"] == n:
+            ci = f"{decimals(q, 2)} (cap, {n} of {n} seeds)"
+        else:
+            ci = f"{decimals(q, 2)} (1 {'seed' if n == 1 else f'of {n} seeds'})"
         if q > 0:
             tail = f"{e['replicas']:9d} {e['gpus']:5d} {decimals(e['usd_per_million_tokens'], 3):>8s}"
         else:

@@ -251,7 +251,7 @@ class Plan(Strict):
         description="batch > 1 (serving): 'ragged' = in one step every sequence runs the layers its own next "
         "operation needs (drafting sequences share layers 1..l_1, only those whose level-j check is due go on "
         "through l_{j-1}+1..l_j); 'synchronous' = every sequence of the batch does the same operation each step "
-        "(checks carry every sequence's buffer, padded)",
+        "(a check carries every sequence's own buffer, rows concatenated, not padded)",
     )
     draft_confidence: float | None = Field(
         None, description="adaptive drafting: end the round early once a draft's top-1 probability at exit l_1 "
@@ -1049,6 +1049,13 @@ def parse_json_text(text: str, field: str, where: str = "the input"):
     if not _depth_within(data, MAX_JSON_DEPTH):
         raise ValueError(f"{field}: {where} is nested more than {MAX_JSON_DEPTH} levels deep")
     return data
+
+
+def shown(path) -> str:
+    """A path on one line: as given, or quoted with escapes when it holds a newline or another
+    character a terminal would not show as such."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)
 
 
 def regular_file(path: Path, field: str):

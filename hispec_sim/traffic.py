@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .schema import MAX_REQUESTS, LengthDist, Request, RequestMetrics, ServeLimits, Traffic, validation_message
+from .schema import MAX_REQUESTS, LengthDist, Request, RequestMetrics, ServeLimits, Traffic, shown, validation_message
 
 MAX_TRACE_BYTES = 256 * 2**20
 TINY_SIGMA = 1e-9  # a lognormal below it draws rint(median) alone: near 1e-16, exp(sigma z) rounds to 1 and rint
@@ -120,7 +120,7 @@ def load_trace(path: str | Path) -> list[Request]:
         if len(out) > MAX_REQUESTS:
             raise ValueError(f"trace: more than {MAX_REQUESTS} requests")
     if not out:
-        raise ValueError(f"trace: {path} holds no request")
+        raise ValueError(f"trace: {shown(path)} holds no request")
     return out
 
 

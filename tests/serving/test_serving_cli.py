@@ -167,6 +167,13 @@ def test_capacity_stops_at_the_saturation_load_and_says_so(tmp_path, capsys):
     assert all(e["max_qps_ci95"] is None for e in fams.values())  # one seed: no interval (round 22, D3: zero width)
     assert main(argv) == 0
     assert "the run of 60 requests met the SLOs at the saturation load" in capsys.readouterr().out
+    # two seeds both at the cap: an upper bound, no interval (it printed [cap, cap]: round 24, M6)
+    two = argv[:argv.index("--seeds") + 1] + ["2"] + argv[argv.index("--seeds") + 2:]
+    fams = _json(capsys, two + ["--json"])["families"]
+    both = [e for e in fams.values() if e["seeds_capped"] == 2]
+    assert both and all(e["max_qps_ci95"] is None for e in both)
+    assert main(two) == 0
+    assert "(cap, 2 of 2 seeds)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("layers", [1, 2])
@@ -271,3 +278,16 @@ def test_serving_study_refuses_settings_it_would_not_read(extra):
     assert r.returncode == 2 and r.stderr == (f"run_serving.py: {extra[0].split('=')[0]}: not read with --render or "
                                               "--resimulate (they reuse results.json's settings); allowed: nothing else\n")
     assert {p.name: p.stat().st_mtime_ns for p in study.iterdir()} == before
+
+
+def test_a_trace_path_with_control_characters_is_shown_escaped(prof, tmp_path, capsys):
+    """A file name's ESC or newline never reaches the terminal raw (round 24, M8)."""
+    f = tmp_path / "t\x1b[31mred\nx.jsonl"
+    f.write_text('{"arrival_s": 0, "prompt_tokens": 4, "max_new_tokens": 4}\n')
+    assert main(["serve", "--profile", prof, "--levels", "16", "--trace", str(f), "--seeds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "traffic: trace '" in out and "\\x1b[31mred\\nx.jsonl'" in out
+    f.write_text("")
+    assert main(["serve", "--profile", prof, "--levels", "16", "--trace", str(f), "--seeds", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "\x1b" not in err and "holds no request" in err
