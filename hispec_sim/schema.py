@@ -1311,6 +1311,11 @@ class LengthDist(Strict):
             raise ValueError("max: must be >= min")
         if self.family == "fixed" and not self.min <= self.value <= self.max:
             raise ValueError(f"value: a fixed length {self.value} outside its own min..max {self.min}..{self.max}")
+        lo, hi = {"uniform": (self.low, self.high), "empirical": (min(self.values or [1]), max(self.values or [1]))}.get(
+            self.family, (self.min, self.max))
+        if hi < self.min or lo > self.max:  # every draw clipped to one bound: a fixed length in disguise
+            raise ValueError(f"{self.family}: every length it draws ({lo}..{hi}) lies outside its own min..max "
+                             f"{self.min}..{self.max}")
         return self
 
     @property

@@ -137,3 +137,17 @@ def test_a_lengths_upper_bound_is_the_longest_it_draws(median, sigma, seed):
     assert x.max() <= d.upper
     if sigma == 0:
         assert d.upper == x.max() == x.min()
+
+
+@pytest.mark.parametrize("text", ["32:max=10", "uniform:200:300:max=100", "empirical:600,700:max=100",
+                                  "uniform:1:5:min=6", "empirical:1,2:min=3"])
+def test_a_length_wholly_outside_its_own_bounds_is_refused(text):
+    """Every draw would be clipped to one bound: refused for every family, as for a fixed
+    length (round 24, M7: uniform and empirical were accepted and clipped silently)."""
+    with pytest.raises(ValueError, match="outside its own min..max"):
+        LengthDist.parse(text, "prompt_len")
+
+
+@pytest.mark.parametrize("text", ["uniform:3:9:max=6", "empirical:5,600:max=100", "lognormal:5000:0.5:max=100"])
+def test_a_length_partly_inside_its_bounds_is_clipped(text):
+    assert LengthDist.parse(text, "prompt_len").upper <= 100
