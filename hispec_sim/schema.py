@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Annotated, Literal
 
+import numpy as np
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 SCHEMA_VERSION = 1
@@ -782,6 +783,16 @@ def _fit_record(v: dict) -> FitRecord:
         raise ValueError(validation_message(e)) from None
 
 
+AGREEMENT_TOLERANCE = 1e-5  # a matrix is stored to 6 decimals
+
+
+def _same_matrix(A: np.ndarray, want: np.ndarray, exits: list[int], what: str) -> None:
+    i, j = np.unravel_index(int(np.argmax(np.abs(A - want))), A.shape)
+    if abs(A[i, j] - want[i, j]) > AGREEMENT_TOLERANCE:
+        raise ValueError(f"acceptance.agreement: must be {what} (within {AGREEMENT_TOLERANCE:g}); at exits "
+                         f"{exits[i]} and {exits[j]} it is {A[i, j]:.6g}, they give {want[i, j]:.6g}")
+
+
 class Acceptance(Strict):
     """Greedy agreement statistics of one workload.
 
@@ -842,6 +853,15 @@ class Acceptance(Strict):
         if self.spread and self.spread.per_request and any(
                 len(r) != n or any(len(row) != n for row in r) for r in self.spread.per_request):
             raise ValueError("acceptance.spread.per_request: every matrix must be len(exits) x len(exits)")
+        # the matrix follows from the traces, and is the requests' weighted mean: two answers for one plan otherwise
+        A = np.asarray(self.agreement, float)
+        if self.traces:
+            T = np.asarray(self.traces)
+            _same_matrix(A, (T[:, :, None] == T[:, None, :]).mean(axis=0), self.exits, "the agreement of its traces")
+        if self.spread and self.spread.per_request:
+            P = np.asarray(self.spread.per_request, float)
+            _same_matrix(A, np.average(P, axis=0, weights=self.spread.weights), self.exits,
+                         "the weighted mean of spread.per_request")
         c = self.confidence
         if c is not None:
             nb = len(c.buckets) - 1

@@ -301,7 +301,10 @@ def test_a_replay_of_one_request_has_no_interval(capsys, tmp_path):
 
     p = load_profile("cpu_hispec_tiny")
     w = p.workloads["heldout"]
-    one = w.model_copy(update={"traces": w.traces[:1], "trace_starts": [0], "confidence": None, "spread": None})
+    row = w.traces[0]  # one position: its agreement matrix is that row's
+    agree = [[float(a == b) for b in row] for a in row]
+    one = w.model_copy(update={"traces": [row], "trace_starts": [0], "agreement": agree, "confidence": None,
+                               "spread": None})
     path = tmp_path / "one.json"
     save_profile(p.model_copy(update={"workloads": {"heldout": one}}), path)
     code, out, _ = run(capsys, "evaluate", "--profile", str(path), "--levels", "2,8,16", "--window", "4", "--replay", "--json")
