@@ -133,6 +133,9 @@ def check_validation(v: dict, profile: Profile, workload: str | None, tp: int | 
             "stack": stack or profile.default_stack, "batch": batch}
     for key, value in want.items():
         got = v.get("setting", {}).get(key)
+        if got is not None and type(got) is not type(value):  # "1" for 1 read as a contradiction (round 24, M4)
+            raise ValueError(f"validation.{key}: expected {'an integer' if isinstance(value, int) else 'a name'}, "
+                             f"got {got!r}")
         if got is not None and got != value:
             raise ValueError(f"validation.{key}: {where} validates {key} {got!r}; the report is of {key} {value!r}")
     ctx = v.get("setting", {}).get("context")

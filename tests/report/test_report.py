@@ -630,3 +630,15 @@ def test_the_serving_sentence_prints_loads_as_the_table_does():
     text = serving_sentence(sv)
     assert "about 39.16 req/s (between 32.53 and 73.77 req/s swept)" in text and "32.53 req/s." in text
     assert "32.5264" not in text
+
+
+def test_a_validation_setting_of_the_wrong_type_says_so():
+    """'batch': "1" read as "validates batch '1'; the report is of batch 1" (round 24, M4)."""
+    from hispec_sim.report_data import check_validation
+    from hispec_sim.schema import load_profile
+
+    prof = load_profile("cpu_hispec_tiny")
+    for key, bad, want in (("batch", "1", "an integer"), ("tp", 1.0, "an integer"), ("workload", 3, "a name")):
+        with pytest.raises(ValueError, match=f"^validation.{key}: expected {want}, got"):
+            check_validation({"setting": {key: bad}, "source_file": "v.json"}, prof, None, None, None, 1)
+    check_validation({"setting": {"batch": 1, "tp": 1, "workload": "heldout"}}, prof, None, None, None, 1)
