@@ -172,6 +172,9 @@ def cmd_measure(args) -> int:
         if existing is not None and not args.acceptance_only:  # keep the other workloads measured into this file,
             others = {k: v for k, v in existing.workloads.items() if k != workload}  # their records and its name
             added = {k: v for k, v in (existing.provenance.get("workloads_added") or {}).items() if k in others}
+            first = [k for k in others if k not in added]  # the workload the old provenance.prompts records
+            if len(first) == 1 and isinstance(existing.provenance.get("prompts"), dict):
+                added[first[0]] = existing.provenance["prompts"]  # provenance.prompts is now this measure's
             provenance = {**profile.provenance, **({"workloads_added": added} if added else {})}
             profile = profile.model_copy(update={"workloads": {**others, **profile.workloads}, "provenance": provenance,
                                                  "name": existing.name})

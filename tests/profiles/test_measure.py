@@ -493,6 +493,17 @@ def test_measure_hf_checkpoint_on_prompts_files_merges_workloads(hf_folder, tmp_
     p3 = load_profile(str(out))
     assert sorted(p3.workloads) == ["code", "held", "more"]
     assert p3.provenance["workloads_added"] == records
+    # measuring another workload keeps the first one's record too (it was provenance.prompts, which the
+    # new measure replaces: the review of round 24's fixes)
+    from hispec_exec.measure import prompts_of
+
+    code_record = prompts_of(p3, "code")[0]
+    assert main(["profile", "measure", "--workload", "held2", "--prompts", "2", "--repeats", "1", "--attempts", "1",
+                 *small]) == 0
+    capsys.readouterr()
+    p4 = load_profile(str(out))
+    assert sorted(p4.workloads) == ["code", "held", "held2", "more"]
+    assert prompts_of(p4, "code")[0] == code_record and p4.provenance["prompts"]["n"] == 2
 
 
 def test_measure_shipped_model_acceptance_only(tmp_path, capsys):
