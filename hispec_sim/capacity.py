@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import serving, traffic
-from .evaluate import Setting, exhaustive
+from .evaluate import Setting, exhaustive, exhaustive_arrays
 from .montecarlo import t95
 from .schema import Plan, ServeLimits, Traffic, rounded
 
@@ -51,9 +51,17 @@ def candidates(setting: Setting, max_batch: int, batching: str, slo_tbt_ms: floa
     ar_policy = "ragged" if batching == "auto" else batching  # autoregressive: both policies alike
     out: dict[str, list[Plan]] = {"autoregressive": [Plan(levels=[setting.num_layers], batching=ar_policy)],
                                   "single_level": [], "hierarchical": []}
+    if max_in_flight is not None and max_in_flight < 4:  # the least a speculative plan holds: propose 1 + 3
+        return out
     for b in sorted({min(x, max_batch) for x in BATCHES + (max_batch,)}):
         s = Setting(setting.profile, setting.workload, setting.tp, setting.stack, b, setting.context)
-        res = exhaustive(s, top=400, max_propose=max_propose, max_window=max_window)
+        arrays = exhaustive_arrays(s, max_propose, max_window)
+        if max_in_flight is not None:  # rank the plans that do not fit last: in flight propose + 3 single-level,
+            _, single, _, three = arrays  # propose + window + 4 for 3 levels
+            g, w = np.arange(1, max_propose + 1), np.arange(1, max_window + 1)
+            single[:, g + 3 > max_in_flight] = 0.0
+            three[:, g[:, None] + w[None, :] + 4 > max_in_flight] = 0.0
+        res = exhaustive(s, top=400, max_propose=max_propose, max_window=max_window, arrays=arrays)
         for fam, depth in (("single_level", 2), ("hierarchical", 3)):
             ranked = [x for x in res.top if x.plan.depth == depth]
             if depth == 2 and res.best_single_level.plan.depth == 2:

@@ -351,7 +351,8 @@ def cmd_capacity(args) -> int:
     if res["max_in_flight"] is not None and res["max_in_flight"] < widest.max_overshoot:
         print(f"note: --kv-tokens {limits.kv_tokens} holds the longest request ({tr.prompt_len.upper + tr.output_len.upper} "
               f"tokens) with at most {res['max_in_flight']} tokens in flight: only plans that speculate within that are "
-              f"searched")
+              f"searched" + "".join(f" (no {f.replace('_', '-')} plan fits)" for f in ("single_level", "hierarchical")
+                                    if f not in res["families"]))
     for fam, e in res["families"].items():
         if e["capped_at_saturation"]:
             k, n = e["seeds_capped"], len(e["per_seed_bracket"])

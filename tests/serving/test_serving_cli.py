@@ -115,14 +115,18 @@ def test_capacity_kv_tokens_bounds_the_plans_searched(prof, capsys):
     assert main(base + ["--kv-tokens", "48"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "kv_tokens: 48" in err and "allowed: >= 49" in err
-    for kv, wide in ((49, "64"), (52, "64"), (60, "2")):
+    for kv, wide in ((49, "8"), (52, "8"), (54, "8"), (60, "2")):
         a = _json(capsys, base + ["--kv-tokens", str(kv), "--max-propose", wide, "--max-window", wide, "--json"])
         assert a["max_in_flight"] == kv - 48
         for fam, e in a["families"].items():
             assert schema.Plan.model_validate(e["plan"]).max_overshoot <= kv - 48, (fam, e["describe"])
-        assert ("single_level" in a["families"]) == (kv - 48 >= 4)  # [a,L] propose=1: 1 + 2 + 1 tokens in flight
+        # the least each family holds in flight: [a,L] propose=1 4, [a,b,L] propose=1 window=1 6 (those that
+        # fit are found however far down the unbounded ranking they lie: the review of round 24)
+        assert ("single_level" in a["families"]) == (kv - 48 >= 4)
+        assert ("hierarchical" in a["families"]) == (kv - 48 >= 6)
     assert main(base + ["--kv-tokens", "52", "--max-propose", "2", "--max-window", "2"]) == 0
-    assert "with at most 4 tokens in flight: only plans that speculate within that are searched" in capsys.readouterr().out
+    assert ("with at most 4 tokens in flight: only plans that speculate within that are searched (no hierarchical "
+            "plan fits)") in capsys.readouterr().out
 
 
 def test_capacity_no_plan_meets(prof, capsys):
@@ -243,6 +247,18 @@ def test_capacity_candidates_cover_both_policies(prof):
     for fam in ("single_level", "hierarchical"):
         assert {p.batching for p in fams[fam]} == {"ragged", "synchronous"}
         assert {len(p.levels) for p in fams[fam]} == {2 if fam == "single_level" else 3}
+
+
+@pytest.mark.parametrize("in_flight", [4, 6, 7])
+def test_capacity_candidates_within_tokens_in_flight_are_found_far_down_the_ranking(in_flight):
+    """On an 80-layer model the 400 best plans unbounded are all wider than 6 tokens in flight:
+    the bound is applied before the ranking, so the plans that fit are candidates."""
+    from hispec_sim.capacity import candidates
+    from hispec_sim.evaluate import Setting
+
+    fams = candidates(Setting(schema.load_profile("a100_llama70b")), 64, "ragged", 1e9, 8, 16, in_flight)
+    assert all(p.max_overshoot <= in_flight for ps in fams.values() for p in ps)
+    assert bool(fams["single_level"]) and bool(fams["hierarchical"]) == (in_flight >= 6)
 
 
 def test_defaults_scaled_to_the_model_context(capsys):
