@@ -268,10 +268,14 @@ def audit(setting: Setting, plan: Plan | str, speedup: float) -> dict:
            "speedup_at_profile_level": round(own, 6), "plan_at_profile_level": own_plan.describe(),
            "ceiling_speedup": round(ceiling, 6), "ceiling_plan": ceiling_plan.describe(),
            "floor_speedup": round(floor, 6)}
+    zeros = fam.kind != "curve" and (
+        bool((fam.matrix(math.inf) == 0).any()) or fam.spread_at(math.inf) is not None)
+    perfect = "every rate that can move at 1: rates of exactly 0 stay 0" if zeros else "perfect acceptance"
+    out["ceiling_note"] = perfect
     if round(speedup, 6) > round(ceiling, 6):  # the JSON's ceiling given back as a claim is at it (round 23, M7)
         out.update(reachable=False, unreachable_by_pct=round(100 * (speedup / ceiling - 1), 6), required_level=None,
                    verdict=f"unreachable: {speedup:g}x is {100 * (speedup / ceiling - 1):.4g} % above the ceiling "
-                           f"{ceiling:.6g}x (every token accepted) under this cost model")
+                           f"{ceiling:.6g}x ({perfect}) under this cost model")
         out["reconciled"] = False
         return out
     if abs(own / speedup - 1) <= 1e-9:  # the profile's own level gives it (where the speed-up is flat, the only answer)
@@ -289,7 +293,7 @@ def audit(setting: Setting, plan: Plan | str, speedup: float) -> dict:
         if f(level)[0] < speedup * (1 - 1e-6):  # the top of the bracket is not enough: the limit is the ceiling
             level = math.inf
     got, got_plan = f(level)
-    note = "perfect acceptance" if math.isinf(level) else None
+    note = perfect if math.isinf(level) else None
     out.update(reachable=True, required_level=None if math.isinf(level) else round(level, 6),
                level_shift=None if math.isinf(level) else round(level - fam.level0, 6), required_level_note=note,
                speedup_at_required_level=round(got, 6), plan_at_required_level=got_plan.describe())
@@ -335,7 +339,7 @@ def audit(setting: Setting, plan: Plan | str, speedup: float) -> dict:
     judged = [r for r in points if "within_band" in r]
     out["reconciled"] = bool(judged) and all(r["within_band"] for r in judged) if judged else None
     if math.isinf(level):
-        out["verdict"] = "reachable only in the limit of perfect acceptance"
+        out["verdict"] = f"reachable only in the limit of {perfect}"
     else:
         ex = (", ".join(f"F({r['exit']}) = {r['required']:.3f} (profile {r['profile']:.3f})" for r in rows)
               or "no exit below the last, so acceptance plays no part")
@@ -406,7 +410,7 @@ def run(args) -> int:
     print(f"plan {out['plan']}  claimed {speedup:g}x autoregressive")
     print(f"  family: {out['family_describe']}")
     print(f"  profile's own level predicts {out['speedup_at_profile_level']:.3f}x ({out['plan_at_profile_level']}); "
-          f"ceiling (perfect acceptance) {out['ceiling_speedup']:.3f}x; floor (the level falling) "
+          f"ceiling ({out['ceiling_note']}) {out['ceiling_speedup']:.3f}x; floor (the level falling) "
           f"{out['floor_speedup']:.3f}x")
     if not out["reachable"]:
         print(f"  verdict: {out['verdict']}")

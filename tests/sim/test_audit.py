@@ -100,6 +100,7 @@ def test_ceiling_is_perfect_acceptance():
     s = Setting(make_profile(layers=12, constant=1.0))
     plan = Plan(levels=[2, 5, 12], propose=3, windows=[4])
     r = audit(Setting(make_profile(layers=12)), plan, 1.0)
+    assert r["ceiling_note"] == "perfect acceptance"
     assert r["ceiling_speedup"] == pytest.approx(_speedup(s, plan), rel=1e-6)
 
 
@@ -253,6 +254,7 @@ def test_rates_of_exactly_zero_stay_zero_at_the_ceiling(tmp_path, agreement):
     r = audit(s, plan, 1.5)
     assert r["reachable"] is False and "above the ceiling" in r["verdict"]
     assert r["ceiling_speedup"] == pytest.approx(r["speedup_at_profile_level"], rel=1e-9)  # every level gives it
+    assert "rates of exactly 0 stay 0" in r["ceiling_note"] and "rates of exactly 0 stay 0" in r["verdict"]
     three = audit(s, Plan(levels=[2, 5, 8], propose=2, windows=[3]), 1.0)  # the other pairs rise to 1 where not 0
     assert (three["ceiling_speedup"] > three["speedup_at_profile_level"]) == (agreement > 0)
 
