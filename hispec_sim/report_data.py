@@ -134,8 +134,8 @@ def check_validation(v: dict, profile: Profile, workload: str | None, tp: int | 
     for key, value in want.items():
         got = v.get("setting", {}).get(key)
         if got is not None and type(got) is not type(value):  # "1" for 1 read as a contradiction (round 24, M4)
-            raise ValueError(f"validation.{key}: expected {'an integer' if isinstance(value, int) else 'a name'}, "
-                             f"got {got!r}")
+            raise ValueError(f"validation.{key}: {where} gives {got!r}; expected "
+                             f"{'an integer' if isinstance(value, int) else 'a name'}")
         if got is not None and got != value:
             raise ValueError(f"validation.{key}: {where} validates {key} {got!r}; the report is of {key} {value!r}")
     ctx = v.get("setting", {}).get("context")
@@ -394,14 +394,12 @@ def _serving(setting: Setting, families: dict, mem: dict, requests: int, slo_ttf
         if fam in families:
             p = Plan.model_validate(families[fam]["plan"])
             plans[fam] = p.model_copy(update={"batch": 1, "batching": "synchronous" if p.depth > 1 else "ragged"})
-    lengths = traffic.fit_default_lengths(traffic.DEFAULT_LENGTHS, setting.profile.model.max_context,
-                                          max(p.max_overshoot for p in plans.values()))
+    overshoot, context = max(p.max_overshoot for p in plans.values()), setting.profile.model.max_context
+    lengths = traffic.fit_default_lengths(traffic.DEFAULT_LENGTHS, context, overshoot)
     tr = Traffic(qps=1.0, requests=requests, seed=0, **{k: LengthDist.parse(v, k) for k, v in lengths.items()})
-    need = tr.prompt_len.upper + tr.output_len.upper + max(p.max_overshoot for p in plans.values())
-    context = setting.profile.model.max_context
-    if context is not None and need > context:  # `serve` refuses such requests: no curves of them either
-        return None, (f"the model's context of {context} tokens cannot hold a request of the default lengths, even "
-                      f"scaled down, beside the plans' speculation ({need} tokens)")
+    if context is not None and tr.prompt_len.upper + tr.output_len.upper + overshoot > context:  # serve refuses them
+        return None, (f"the model's context of {context} tokens leaves no room for requests of the default lengths, "
+                      f"even scaled down, beside the plans' {overshoot} tokens of speculation")
     limits = ServeLimits(max_batch=max_batch, slo_ttft_ms=slo_ttft_ms, slo_tbt_ms=slo_tbt_ms)
     one = Setting(setting.profile, setting.workload, setting.tp, setting.stack, 1, setting.context)
     spec = capacity.Spec(one, tr, limits, "ragged", SERVING["seeds"])

@@ -856,8 +856,9 @@ class Acceptance(Strict):
         # the matrix follows from the traces, and is the requests' weighted mean: two answers for one plan otherwise
         A = np.asarray(self.agreement, float)
         if self.traces:
-            T = np.asarray(self.traces)
-            _same_matrix(A, (T[:, :, None] == T[:, None, :]).mean(axis=0), self.exits, "the agreement of its traces")
+            T = np.asarray(self.traces)  # exit by exit: rows x exits at a time, not rows x exits^2
+            _same_matrix(A, np.stack([(T == T[:, [i]]).mean(axis=0) for i in range(n)]), self.exits,
+                         "the agreement of its traces")
         if self.spread and self.spread.per_request:
             P = np.asarray(self.spread.per_request, float)
             _same_matrix(A, np.average(P, axis=0, weights=self.spread.weights), self.exits,
@@ -1089,11 +1090,11 @@ def regular_file(path: Path, field: str):
     except FileNotFoundError:
         raise ValueError(f"{field}: no such file {str(path)!r}") from None
     except OSError as e:
-        raise ValueError(f"{field}: cannot read {path} ({e.strerror})") from None
+        raise ValueError(f"{field}: cannot read {shown(path)} ({e.strerror})") from None
     if stat.S_ISDIR(st.st_mode):
-        raise ValueError(f"{field}: {path} is a folder; give a file")
+        raise ValueError(f"{field}: {shown(path)} is a folder; give a file")
     if not stat.S_ISREG(st.st_mode):
-        raise ValueError(f"{field}: {path} is not a regular file")
+        raise ValueError(f"{field}: {shown(path)} is not a regular file")
     return st
 
 
@@ -1102,18 +1103,18 @@ def read_text_bounded(path: Path, field: str, max_bytes: int = MAX_JSON_BYTES) -
     path = Path(path)
     st = regular_file(path, field)
     if st.st_size > max_bytes:
-        raise ValueError(f"{field}: {path} is {st.st_size / 2**20:.0f} MiB; at most {max_bytes / 2**20:.0f} MiB allowed")
+        raise ValueError(f"{field}: {shown(path)} is {st.st_size / 2**20:.0f} MiB; at most {max_bytes / 2**20:.0f} MiB allowed")
     try:
         with open(path, "rb") as f:
             raw = f.read(max_bytes + 1)
     except OSError as e:
-        raise ValueError(f"{field}: cannot read {path} ({e.strerror})") from None
+        raise ValueError(f"{field}: cannot read {shown(path)} ({e.strerror})") from None
     if len(raw) > max_bytes:
-        raise ValueError(f"{field}: {path} is larger than {max_bytes / 2**20:.0f} MiB")
+        raise ValueError(f"{field}: {shown(path)} is larger than {max_bytes / 2**20:.0f} MiB")
     try:
         return raw.decode("utf-8-sig")  # a byte-order mark (Windows editors) is not content
     except UnicodeDecodeError as e:
-        raise ValueError(f"{field}: {path} is not UTF-8 text (byte {e.start})") from None
+        raise ValueError(f"{field}: {shown(path)} is not UTF-8 text (byte {e.start})") from None
 
 
 def file_lines(text: str) -> list[str]:
@@ -1333,6 +1334,8 @@ class LengthDist(Strict):
             raise ValueError(f"value: a fixed length {self.value} outside its own min..max {self.min}..{self.max}")
         lo, hi = {"uniform": (self.low, self.high), "empirical": (min(self.values or [1]), max(self.values or [1]))}.get(
             self.family, (self.min, self.max))
+        if self.family == "lognormal" and self.sigma == 0:  # it draws its median alone, as `upper` says
+            lo = hi = round(self.median)
         if hi < self.min or lo > self.max:  # every draw clipped to one bound: a fixed length in disguise
             raise ValueError(f"{self.family}: every length it draws ({lo}..{hi}) lies outside its own min..max "
                              f"{self.min}..{self.max}")

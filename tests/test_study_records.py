@@ -21,11 +21,13 @@ def expected(folder: str) -> dict:
     present = {"avx512": ["avx512f"], "amx": ["avx512f", "amx_tile"]}
     want = [f for key, feats in present.items() if key in folder for f in feats]
     absent = ["avx512f"] if folder.endswith("avx2") else []
-    return {"vendor": vendor, "present": want, "absent": absent}
+    cpus = 16 if folder.endswith("h200-host") else 2  # the GPU machine's host, else the 2-vCPU VMs
+    return {"vendor": vendor, "present": want, "absent": absent, "cpus": cpus}
 
 
-def check(where: Path, cpu: str, isa: set[str], promise: dict) -> None:
+def check(where: Path, cpu: str, cpus: int, isa: set[str], promise: dict) -> None:
     assert cpu.startswith(promise["vendor"]), f"{where}: made on {cpu!r}, filed under {promise['vendor']}"
+    assert cpus == promise["cpus"], f"{where}: made on {cpus} CPUs, filed under a machine of {promise['cpus']}"
     for f in promise["present"]:
         assert f in isa, f"{where}: {f} missing from {sorted(isa)}"
     for f in promise["absent"]:
@@ -40,10 +42,9 @@ def test_every_record_was_made_on_its_folders_machine(folder):
     assert results and profiles, f"{folder}: no RESULTS.md or profile.json"
     for path in results:
         line = next(l for l in path.read_text().splitlines() if l.startswith("Machine: "))
-        cpu, rest = line[len("Machine: "):].split(", ", 1)
-        isa = set(rest.split(", ")[1].split("/"))
-        check(path, cpu, isa, promise)
+        cpu, count, features = line[len("Machine: "):].split(", ")[:3]
+        check(path, cpu, int(count.split()[0]), set(features.split("/")), promise)
     for path in profiles:
         machine = json.loads(path.read_text())["provenance"]["machine"]
-        check(path, machine["cpu_model"], set(machine["isa"]), promise)
+        check(path, machine["cpu_model"], machine["logical_cpus"], set(machine["isa"]), promise)
 

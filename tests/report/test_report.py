@@ -603,7 +603,7 @@ def test_serving_section_skipped_where_the_model_cannot_hold_the_requests(capsys
                          "--format", "md", "--context", "2", "--serving-requests", "10", "--json")
     assert code == 0, err
     data = json.loads(out)
-    assert data["serving"] is None and "context of 2 tokens cannot hold" in data["serving_skipped"]
+    assert data["serving"] is None and "context of 2 tokens leaves no room" in data["serving_skipped"]
     assert "Skipped (the model's context of 2 tokens" in (tmp_path / "r.md").read_text(encoding="utf-8")
 
 
@@ -639,6 +639,6 @@ def test_a_validation_setting_of_the_wrong_type_says_so():
 
     prof = load_profile("cpu_hispec_tiny")
     for key, bad, want in (("batch", "1", "an integer"), ("tp", 1.0, "an integer"), ("workload", 3, "a name")):
-        with pytest.raises(ValueError, match=f"^validation.{key}: expected {want}, got"):
+        with pytest.raises(ValueError, match=f"^validation.{key}: v.json gives .*; expected {want}$"):
             check_validation({"setting": {key: bad}, "source_file": "v.json"}, prof, None, None, None, 1)
     check_validation({"setting": {"batch": 1, "tp": 1, "workload": "heldout"}}, prof, None, None, None, 1)

@@ -307,3 +307,8 @@ def test_a_trace_path_with_control_characters_is_shown_escaped(prof, tmp_path, c
     assert main(["serve", "--profile", prof, "--levels", "16", "--trace", str(f), "--seeds", "1"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "\x1b" not in err and "holds no request" in err
+    d = tmp_path / "dir\x1b[31mred"  # a folder (or FIFO) of that name: refused without the raw ESC either
+    d.mkdir()
+    assert main(["serve", "--profile", prof, "--levels", "16", "--trace", str(d), "--seeds", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "\x1b" not in err and "is a folder" in err
