@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import serving, traffic
-from .evaluate import Setting, exhaustive, exhaustive_arrays
+from .evaluate import Setting, check_exhaustive_size, exhaustive, exhaustive_arrays
 from .montecarlo import t95
 from .schema import Plan, ServeLimits, Traffic, rounded
 
@@ -55,6 +55,7 @@ def candidates(setting: Setting, max_batch: int, batching: str, slo_tbt_ms: floa
         return out
     for b in sorted({min(x, max_batch) for x in BATCHES + (max_batch,)}):
         s = Setting(setting.profile, setting.workload, setting.tp, setting.stack, b, setting.context)
+        check_exhaustive_size(s, max_propose, max_window)  # before the arrays: a grid too large is refused at once
         arrays = exhaustive_arrays(s, max_propose, max_window)
         if max_in_flight is not None:  # rank the plans that do not fit last: in flight propose + 3 single-level,
             _, single, _, three = arrays  # propose + window + 4 for 3 levels
