@@ -349,7 +349,7 @@ def cmd_capacity(args) -> int:
         a = e["at_max_qps"]
         print(f"{fam:16s} {e['describe']:{w}s} {ci:>28s} {tail} {decimals(a['ttft_p99_ms'], 0):>9s} {_tbt(a['tbt_p99_ms'], ''):>8s}")
     if res["max_in_flight"] is not None and res["max_in_flight"] < widest.max_overshoot:
-        print(f"note: --kv-tokens {limits.kv_tokens} holds the longest request ({tr.prompt_len.upper + tr.output_len.upper} "
+        print(f"note: --kv-tokens {limits.kv_tokens} holds the longest request ({limits.kv_tokens - res['max_in_flight']} "
               f"tokens) with at most {res['max_in_flight']} tokens in flight: only plans that speculate within that are "
               f"searched" + "".join(f" (no {f.replace('_', '-')} plan fits)" for f in ("single_level", "hierarchical")
                                     if f not in res["families"]))
