@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import cli_measure, schema
 from .cli_common import (SEED, Parser, UsageError, add_model_args, add_plan_args, add_search_bounds, check_output,  # noqa: F401
-                         check_storage, float_in, int_in, load_model_from_args, name_text, one_line, plan_from_args,
+                         check_storage, float_in, given, int_in, load_model_from_args, name_text, one_line, plan_from_args,
                          refuse_unread, run_main, shown, sqlite_files)
 from .evaluate import DEFAULT_RESCORE, Setting, optimized, score
 from .schema import decimals, rounded
@@ -294,6 +294,11 @@ def cmd_report(args) -> int:
                                  serving_requests=args.serving_requests)
     for w in data["capacity"]["warnings"]:
         print(f"hispec-sim: warning: {w}", file=sys.stderr)
+    if data["serving"] is None and args.serving_requests:  # known only once the plans (their speculation) are found
+        for flag in ("--slo-ttft-ms", "--slo-tbt-ms"):
+            if given(getattr(args, "_argv", []), flag):
+                print(f"hispec-sim: warning: {flag} not used: the serving section is skipped "
+                      f"({data['serving_skipped']})", file=sys.stderr)
     if args.json:  # the report's data; the report itself is written all the same, and said so off stdout
         from .report import _jsonable
 

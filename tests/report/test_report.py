@@ -600,11 +600,14 @@ def test_serving_section_skipped_where_the_model_cannot_hold_the_requests(capsys
     d["workloads"]["synthetic"]["context"] = 2
     schema.save_profile(schema.Profile.model_validate(d), tmp_path / "short.json")
     code, out, err = run(capsys, "report", "--profile", tmp_path / "short.json", "--out", tmp_path / "r.md",
-                         "--format", "md", "--context", "2", "--serving-requests", "10", "--json")
+                         "--format", "md", "--context", "2", "--serving-requests", "10", "--json", "--slo-tbt-ms", "40")
     assert code == 0, err
     data = json.loads(out)
     assert data["serving"] is None and "context of 2 tokens leaves no room" in data["serving_skipped"]
     assert "Skipped (the model's context of 2 tokens" in (tmp_path / "r.md").read_text(encoding="utf-8")
+    # a serving SLO flag the skipped section cannot read is said to be unused (the review's M5)
+    assert "warning: --slo-tbt-ms not used: the serving section is skipped (the model's context" in err
+    assert "--slo-ttft-ms" not in err
 
 
 def test_a_traced_workload_says_what_optimize_ranks_first(tmp_path, capsys):
