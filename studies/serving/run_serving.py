@@ -107,8 +107,8 @@ the calibrated simulation under-predicted every latency by ~30 % (TBT p99 28.1 %
 p50 28.6 %, TTFT p99 29.0 % median |error|; the table alone 4.0 / 7.8 / 8.9 %). Since
 then `measure_serving` times a probe forward (`reference_ms`, 4 sequences x 1 token)
 around the grid and right before every serve() run, and puts every run's iterations back
-into the grid's window (x probe at the grid / probe before the run; 0.756-1.366 in the
-re-measure used here, forward scale 0.965 +- 0.043). Pool occupancy was tested as a cause
+into the grid's window (x probe at the grid / probe before the run; the range and the
+fitted forward scale are in the profile's `latency[0].serving` and its source). Pool occupancy was tested as a cause
 and rejected (studies/serving/pool_occupancy.py: 2 running sequences in a pool of 8 vs a
 pool of 2, no systematic difference).
 
@@ -121,8 +121,8 @@ the run before the warm-up).
 Remaining misses:
 * One profile measured at one time cannot pin absolute latencies better than the
   machine's drift: the reference forward timed before each executor run differs from its
-  time at the calibration by up to a third, and the executor's own run-to-run spread (the
-  noise floor column) is 11-15 % for the p99s and TTFT p50 in this run. The batch-1
+  time at the calibration by up to a third, and the executor's own run-to-run spread is the
+  noise floor column above (per scenario: the run-to-run spread column). The batch-1
   validation (studies/fidelity) cancels drift by comparing speed-ups against interleaved
   autoregressive runs, which absolute latency percentiles cannot do.
 * p99s were under-predicted more than medians while the simulator's step costs were
