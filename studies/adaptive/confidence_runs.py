@@ -19,6 +19,7 @@ usage: PYTHONPATH=. python studies/adaptive/confidence_runs.py   (about a minute
 """
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +90,8 @@ def steps(traces, top, starts, order: str, tau: float, rng) -> tuple[int, int]:
 
 
 def main() -> None:
+    # --help prints the docstring and writes nothing (a docs check once ran it with --help and it wrote)
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     acc = load_profile("cpu_hispec_tiny").workload()
     traces, top = np.asarray(acc.traces), np.asarray(acc.confidence.top1, float)
     starts = list(acc.trace_starts)

@@ -6,7 +6,7 @@ random-number throughput measured in the same run (target >= 0.1).
 """
 from __future__ import annotations
 
-import sys
+import argparse
 import time
 
 import numpy as np
@@ -75,4 +75,6 @@ def _rng_rate(size: int = 10_000_000, repeats: int = 3) -> tuple[float, float]:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("profile", nargs="?", default="a100_llama70b", help="shipped profile name or path (default a100_llama70b)")
+    main(ap.parse_args().profile)
