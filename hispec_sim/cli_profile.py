@@ -76,11 +76,12 @@ def placeholder_acceptance(num_layers: int):
     return acceptance_from_fit(fit, "placeholder", context=512, source=src)
 
 
-def import_vidur_profile(args) -> Profile:
+def import_vidur_profile(args) -> tuple[Profile, list]:
+    """The profile, and the files it was read from."""
     from . import vidur
 
     tps = _parse_tps(args.tp)
-    tables, shape, hw = vidur.import_vidur_full(args.folder, model=args.model, gpu=args.gpu, tps=tps,
+    tables, shape, hw, read = vidur.import_vidur_full(args.folder, model=args.model, gpu=args.gpu, tps=tps,
                                                 num_layers=args.layers, cluster=args.cluster,
                                                 overhead_ms=_nonneg("overhead_ms", args.overhead_ms),
                                                 fuse_elementwise=args.fuse_elementwise)
@@ -102,7 +103,7 @@ def import_vidur_profile(args) -> Profile:
                    hardware=hw, model=shape, latency=tables, default_tp=default_tp, default_stack=tables[0].stack,
                    workloads=workloads, default_workload=default_w,
                    provenance={"latency": f"hispec-sim profile import-vidur {args.folder} ({vidur.VIDUR_CREDIT} when the folder is Vidur's own)",
-                               "acceptance": acc_note})
+                               "acceptance": acc_note}), read
 
 
 def _nonneg(field: str, v: float) -> float:
@@ -119,7 +120,8 @@ def run(args) -> int:
         if out.exists() and (out == folder or folder in out.parents):  # never overwrite the imported files
             raise ValueError(f"out: {args.out} is also an input of this command (inside {args.folder}); choose another file")
         check_output(args.out, inputs=[args.acceptance_from] if args.acceptance_from else [])
-        prof = import_vidur_profile(args)
+        prof, read = import_vidur_profile(args)
+        check_output(args.out, inputs=read)  # network/ may lie above the folder given (vidur.find_network)
     elif args.profile_cmd == "synthetic":
         from .synthetic import synthetic_profile
 

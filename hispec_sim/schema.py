@@ -396,6 +396,15 @@ class ModelShape(Strict):
         "tokenizer.json, which hispec-sim does not have); None: not recorded, bytes where vocab <= 256")
     source: Source
 
+    @model_validator(mode="after")
+    def _shape_exists(self):
+        # the roofline attention reads head_dim = hidden // heads and groups heads by kv_heads
+        if self.heads > self.hidden:
+            raise ValueError(f"heads: {self.heads} attention heads in {self.hidden} hidden units; allowed: <= hidden")
+        if self.kv_heads > self.heads or self.heads % self.kv_heads:
+            raise ValueError(f"kv_heads: {self.kv_heads} must divide heads ({self.heads}); allowed: a divisor of heads")
+        return self
+
     @property
     def reads_bytes(self) -> bool:
         """Whether a text prompt's length in tokens is its length in UTF-8 bytes."""

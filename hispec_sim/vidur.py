@@ -450,14 +450,14 @@ def import_vidur(
     fuse_elementwise: bool = False,
 ) -> list[LatencyTable]:
     """One LatencyTable per TP degree (all present in mlp.csv unless `tps`)."""
-    tables, _, _ = import_vidur_full(folder, model, gpu, hardware, tps, num_layers, cluster, contexts, overhead_ms,
-                                     stack, fuse_elementwise)
+    tables, *_ = import_vidur_full(folder, model, gpu, hardware, tps, num_layers, cluster, contexts, overhead_ms,
+                                   stack, fuse_elementwise)
     return tables
 
 
 def import_vidur_full(folder, model=None, gpu=None, hardware=None, tps=None, num_layers=None, cluster=None,
                       contexts=None, overhead_ms=0.0, stack="compiled", fuse_elementwise=False):
-    """As import_vidur, also returning (ModelShape, Hardware)."""
+    """As import_vidur, also returning the ModelShape, the Hardware and the files read."""
     mlp, g, mname = find_model_folder(folder, model, gpu)
     data = read_mlp_csv(mlp, tps)
     hw = hardware or hardware_for(g)
@@ -471,4 +471,4 @@ def import_vidur_full(folder, model=None, gpu=None, hardware=None, tps=None, num
     net = find_network(Path(folder), g, cluster) if any(t > 1 for t in tps) else None
     tables = [table_from_mlp(data, shape, hw, tp, net, contexts, stack, overhead_ms, fuse_elementwise=fuse_elementwise)
               for tp in tps]
-    return tables, shape, hw
+    return tables, shape, hw, [p for p in (mlp, net) if p is not None]

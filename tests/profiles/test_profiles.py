@@ -84,6 +84,43 @@ def test_cli_import_vidur(tmp_path, capsys):
     assert "several models" in capsys.readouterr().err
 
 
+def test_cli_import_vidur_never_overwrites_the_all_reduce_file_it_read(tmp_path, capsys):
+    """Given the model's own folder, import-vidur reads network/<cluster>/all_reduce.csv from
+    a folder above it; an --out naming that file is refused, the file untouched (fuzz round
+    25, D1: it was overwritten with the profile, exit 0)."""
+    import shutil
+
+    from hispec_sim.cli import main
+
+    root = tmp_path / "v"
+    model = root / "compute" / "h100" / "meta-llama" / "Llama-2-7b-hf"
+    shutil.copytree(VIDUR / "compute" / "h100" / "meta-llama" / "Llama-2-7b-hf", model)
+    shutil.copytree(VIDUR / "network" / "h100_dgx", root / "network" / "h100_dgx")
+    ar = root / "network" / "h100_dgx" / "all_reduce.csv"
+    before = ar.read_bytes()
+    for folder in (model, model.parent):
+        rc = main(["profile", "import-vidur", str(folder), "--model", "Llama-2-7b-hf", "--tp", "1,2", "--out", str(ar)])
+        assert rc == 2 and "is also an input of this command" in capsys.readouterr().err
+        assert ar.read_bytes() == before
+    rc = main(["profile", "import-vidur", str(model), "--tp", "1,2", "--out", str(tmp_path / "ok.json")])
+    assert rc == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change, match", [({"heads": 64, "kv_heads": 8, "hidden": 8}, "heads: 64 attention heads in 8"),
+                                           ({"kv_heads": 8, "heads": 4}, "kv_heads: 8 must divide heads"),
+                                           ({"kv_heads": 3}, "kv_heads: 3 must divide heads")])
+def test_a_model_shape_that_cannot_exist_is_refused(change, match):
+    """More heads than hidden units priced attention at 0 at any context (head_dim 0); more
+    KV heads than heads is no model either (fuzz round 25, D2)."""
+    from pydantic import ValidationError
+
+    from hispec_sim.schema import ModelShape
+
+    d = load_profile("cpu_hispec_tiny").model.model_dump()
+    with pytest.raises(ValidationError, match=match):
+        ModelShape.model_validate({**d, **change})
+
+
 # --------------------------------------------------------------------------- synthetic
 
 
