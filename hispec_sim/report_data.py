@@ -61,14 +61,13 @@ def load_validation(path: str | Path) -> dict:
         raise ValueError("validation.plans: expected an object with a 'plans' list")
     if not data["plans"]:
         raise ValueError("validation.plans: empty; a validation result holds at least one plan")
-    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731 (JSON true is no number)
     rows, plans = [], []
     for i, r in enumerate(data["plans"]):
         if not isinstance(r, dict):
             raise ValueError(f"validation.plans.{i}: expected an object")
         for key in ("predicted_tokens_per_second", "measured_tokens_per_second"):
             v = r.get(key)
-            if not (number(v) and 1e-9 <= v <= 1e12):  # their ratio stays finite
+            if not (_number(v) and 1e-9 <= v <= 1e12):  # their ratio stays finite
                 raise ValueError(f"validation.plans.{i}.{key}: expected a number in [1e-09, 1e+12], got {v!r}")
         if "plan" not in r:
             raise ValueError(f"validation.plans.{i}.plan: missing (the plan validate ran)")
@@ -77,31 +76,38 @@ def load_validation(path: str | Path) -> dict:
         except Exception as e:
             raise ValueError(f"validation.plans.{i}.plan: expected the plan validate ran "
                              f"({schema.validation_message(e) if hasattr(e, 'errors') else e})") from None
-        rel = r.get("relative_error")
-        if rel is None:
-            rel = r["predicted_tokens_per_second"] / r["measured_tokens_per_second"] - 1.0
-        elif not (number(rel) and -1 <= rel <= 1e6):
-            raise ValueError(f"validation.plans.{i}.relative_error: expected a number in [-1, 1e6], got {rel!r}")
+        batch = data.get("batch") if isinstance(data.get("batch"), int) else 1
+        if plan.batch != batch:
+            raise ValueError(f"validation.plans.{i}.plan.batch: {plan.batch}, in a validation of batch {batch} "
+                             "(validate runs every plan at one batch size)")
         plans.append(plan)
         row = {"plan": plan.describe(), "family": str(r.get("family", "")),
                "predicted_tokens_per_second": float(r["predicted_tokens_per_second"]),
-               "measured_tokens_per_second": float(r["measured_tokens_per_second"]),
-               "relative_error": float(rel)}
-        for key, lo in (("predicted_speedup", 1e-9), ("measured_speedup", 1e-9), ("speedup_error", -1.0)):
+               "measured_tokens_per_second": float(r["measured_tokens_per_second"])}
+        for key, lo in (("predicted_speedup", 1e-9), ("measured_speedup", 1e-9)):
             v = r.get(key)  # validate's metric (absent from older files)
-            if v is not None and not (number(v) and lo <= v <= 1e6):
+            if v is not None and not (_number(v) and lo <= v <= 1e6):
                 raise ValueError(f"validation.plans.{i}.{key}: expected a number in [{lo:g}, 1e+06], got {v!r}")
             row[key] = None if v is None else float(v)
+        # the errors are derived from the figures beside them: a file whose stated error contradicts
+        # them is refused rather than shown next to them (fuzz round 25, D3)
+        for key, pred, meas in (("relative_error", "predicted_tokens_per_second", "measured_tokens_per_second"),
+                                ("speedup_error", "predicted_speedup", "measured_speedup")):
+            derived = None if row[meas] is None else row[pred] / row[meas] - 1.0
+            if r.get(key) is not None and not _agrees(r.get(key), derived):
+                raise ValueError(f"validation.plans.{i}.{key}: {r.get(key)!r}, but {pred} / {meas} - 1 = "
+                                 f"{derived if derived is None else round(derived, 6)}; the file contradicts itself")
+            row[key] = derived if r.get(key) is None else float(r[key])
         rows.append(row)
-    errs = np.abs([r["relative_error"] for r in rows]) if rows else np.zeros(0)
+    errs = np.abs([r["relative_error"] for r in rows])
+    su = None if any(r["speedup_error"] is None for r in rows) else np.abs([r["speedup_error"] for r in rows])
 
-    def _stat(key, fallback):
+    def _stat(key, derived):
         v = data.get(key)
-        if v is None:
-            return fallback
-        if not (number(v) and 0 <= v <= 1e6):
-            raise ValueError(f"validation.{key}: expected a number in [0, 1e6], got {v!r}")
-        return float(v)
+        if v is not None and not _agrees(v, derived):
+            raise ValueError(f"validation.{key}: {v!r}, but its plans give "
+                             f"{derived if derived is None else round(derived, 6)}; the file contradicts itself")
+        return derived if v is None else float(v)
 
     def _line(key):
         v = data.get(key)
@@ -110,16 +116,26 @@ def load_validation(path: str | Path) -> dict:
         return None if v is None else " ".join(v.split())
 
     return {"plans": rows,
-            "median_abs_relative_error": _stat("median_abs_relative_error", float(np.median(errs)) if rows else None),
-            "max_abs_relative_error": _stat("max_abs_relative_error", float(errs.max()) if rows else None),
-            "median_abs_speedup_error": _stat("median_abs_speedup_error", None),
-            "max_abs_speedup_error": _stat("max_abs_speedup_error", None),
+            "median_abs_relative_error": _stat("median_abs_relative_error", float(np.median(errs))),
+            "max_abs_relative_error": _stat("max_abs_relative_error", float(errs.max())),
+            "median_abs_speedup_error": _stat("median_abs_speedup_error", None if su is None else float(np.median(su))),
+            "max_abs_speedup_error": _stat("max_abs_speedup_error", None if su is None else float(su.max())),
             "verdict_line": _line("verdict_line"), "verdict_line_replay": _line("verdict_line_replay"),
             "machine_warning": _line("machine_warning"),
             "source_file": str(path),
             "profile": str(data.get("profile", "")) if data.get("profile") is not None else None,
             "setting": {k: data.get(k) for k in ("workload", "tp", "stack", "batch", "context")},
             "plan_models": plans}
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # JSON true is no number
+
+
+def _agrees(stated, derived) -> bool:
+    """A stated figure equals the one derived from its file's raw figures, to the 0.1 % a
+    hand-rounded file may carry."""
+    return derived is not None and _number(stated) and abs(stated - derived) <= 1e-3 * max(1.0, abs(derived))
 
 
 def check_validation(v: dict, profile: Profile, workload: str | None, tp: int | None, stack: str | None,

@@ -324,6 +324,28 @@ def test_validation_section_carries_validates_metric_verdicts_and_warning(tmp_pa
         assert "1.500" in text and "1.250" in text and "+20.0 %" in text
 
 
+@pytest.mark.parametrize("edit, match", [
+    (lambda d: d.update(median_abs_speedup_error=0.0), "validation.median_abs_speedup_error: 0.0, but its plans give 0.2;"),
+    (lambda d: d["plans"][0].update(relative_error=0.0), "validation.plans.0.relative_error: 0.0, but predicted_tokens"),
+    (lambda d: d["plans"][0].update(speedup_error=-1), "validation.plans.0.speedup_error: -1, but predicted_speedup"),
+    (lambda d: d["plans"][0]["plan"].update(batch=4), "validation.plans.0.plan.batch: 4, in a validation of batch 1"),
+    (lambda d: d.update(max_abs_relative_error=0.0), "validation.max_abs_relative_error: 0.0, but its plans give 1.0004;")])
+def test_a_validation_file_that_contradicts_itself_is_refused(tmp_path, prof_file, edit, match):
+    """The errors a validation file states must be the ones its own figures give: the report
+    once showed a summary of 0.0 % beside rows of +38 %, and a batch-4 plan in a batch-1 table
+    (fuzz round 25, D3). Rounding as a hand-edited file carries it (0.1 %) is accepted."""
+    d = {"plans": [{"plan": {"levels": [4, 16], "propose": 2}, "predicted_tokens_per_second": 300.0,
+                    "measured_tokens_per_second": 150.0, "relative_error": 1.0004, "predicted_speedup": 1.5,
+                    "measured_speedup": 1.25, "speedup_error": 0.2}], "median_abs_speedup_error": 0.2}
+    f = tmp_path / "v.json"
+    f.write_text(json.dumps(d))
+    assert report.load_validation(f)["plans"][0]["relative_error"] == 1.0004
+    edit(d)
+    f.write_text(json.dumps(d))
+    with pytest.raises(ValueError, match=re.escape(match)):
+        report.load_validation(f)
+
+
 @pytest.mark.parametrize("argv,field", [
     (["--target-tps", "0"], "target_tps"), (["--target-tps", "-5"], "target_tps"), (["--target-tps", "nan"], "target_tps"),
     (["--slo-ms", "0"], "slo_ms"), (["--slo-ms", "inf"], "slo_ms"), (["--gpu-hour-usd", "-1"], "gpu_hour_usd"),
