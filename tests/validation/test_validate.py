@@ -366,3 +366,17 @@ def test_validate_defaults_to_the_validated_workloads_own_prompts(tmp_path, monk
     assert seen == {"prompts": heldout_token_prompts(codec, 3, 64, 7), "max_new_tokens": 8}
     assert main(["validate", "--profile", str(prof), "--workload", "mine", "--plans", "1", "--allow-other-machine"]) == 2
     assert "note: workload mine was measured on 1 prompt of mine.txt" in capsys.readouterr().err
+
+
+def test_validate_refuses_a_plan_the_prompts_cannot_fit_before_any_run(monkeypatch, capsys):
+    """64-token prompts + 446 new tokens + 6 of speculation overflow the 512-token context:
+    refused before validate re-runs the calibration plans (fuzz round 25, M1: after 13 s)."""
+    import hispec_sim.validate as validate_module
+
+    def ran(*a, **k):
+        raise AssertionError("validate ran")
+    monkeypatch.setattr(validate_module, "validate", ran)
+    argv = ["validate", "--profile", "cpu_hispec_tiny", "--plans", "1", "--prompts", "1",
+            "--allow-other-machine"]
+    assert main([*argv, "--max-new-tokens", "446"]) == 2
+    assert "max_new_tokens: prompt (64) + max_new_tokens (446) + tokens in flight beyond them (6" in capsys.readouterr().err
