@@ -191,7 +191,8 @@ def _saturation_qps(spec: Spec, plan: Plan) -> float:
 
 def family_capacity(spec: Spec, plans: list[Plan], probe_qps: float | None) -> dict:
     """The family's candidate with the smallest SLO violation at `probe_qps` (one seed),
-    then its highest sustained QPS per seed; mean and 95 % interval over seeds."""
+    then its highest sustained QPS per seed; mean and 95 % interval over seeds (t, clipped to
+    [0, saturation])."""
     screened = []
     if len(plans) > 1 and probe_qps:
         for p in plans:
@@ -212,7 +213,8 @@ def family_capacity(spec: Spec, plans: list[Plan], probe_qps: float | None) -> d
     m = float(lo.mean())
     # no interval from one seed, nor from seeds that all stopped at the cap (an upper bound, not a spread)
     half = float(t95(len(lo) - 1) * lo.std(ddof=1) / math.sqrt(len(lo))) if len(lo) > 1 and not capped.all() else None
-    return {"plan": plan, "max_qps": m, "ci95": [max(m - half, 0.0), m + half] if half is not None else None,
+    # clipped to what a replica can hold: [0, the saturation cap no search goes above]
+    return {"plan": plan, "max_qps": m, "ci95": [max(m - half, 0.0), min(m + half, sat)] if half is not None else None,
             "bracket": [m, float(hi.mean())], "per_seed": [[float(a), float(b)] for a, b in zip(los, his)],
             "at_max": per_seed[int(np.argmin(los))][2], "saturation_qps": sat,
             "capped_at_saturation": bool(capped.any()), "seeds_capped": int(capped.sum()), "seeds_used": int(use.sum()),

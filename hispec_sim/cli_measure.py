@@ -304,7 +304,7 @@ def validate_text(out: dict) -> str:
     lines.append(f"speed-up over autoregressive, measured side by side ({out['rounds']} round(s), autoregressive after "
                  f"every {out['autoregressive_every']} plan run(s), median over rounds): "
                  f"median |error| {100 * out['median_abs_speedup_error']:.2f} %, "
-                 f"max {100 * out['max_abs_speedup_error']:.2f} % over {len(out['plans'])} plans")
+                 f"max {100 * out['max_abs_speedup_error']:.2f} % over {len(out['plans'])} plan(s)")
     lines += [line for line in (noise_line(out), state_line(out)) if line]
     lines.append(f"verdict: {out['verdict_line']}")
     if "verdict_line_replay" in out:

@@ -349,10 +349,11 @@ def cmd_capacity(args) -> int:
         a = e["at_max_qps"]
         print(f"{fam:16s} {e['describe']:{w}s} {ci:>28s} {tail} {decimals(a['ttft_p99_ms'], 0):>9s} {_tbt(a['tbt_p99_ms'], ''):>8s}")
     if res["max_in_flight"] is not None and res["max_in_flight"] < widest.max_overshoot:
-        print(f"note: --kv-tokens {limits.kv_tokens} holds the longest request ({limits.kv_tokens - res['max_in_flight']} "
-              f"tokens) with at most {res['max_in_flight']} tokens in flight: only plans that speculate within that are "
-              f"searched" + "".join(f" (no {f.replace('_', '-')} plan fits)" for f in ("single_level", "hierarchical")
-                                    if f not in res["families"]))
+        n = res["max_in_flight"]
+        missing = [f"no {f.replace('_', '-')} plan" for f in ("single_level", "hierarchical") if f not in res["families"]]
+        print(f"note: --kv-tokens {limits.kv_tokens} holds the longest request ({limits.kv_tokens - n} tokens) with at "
+              f"most {n} token{'s' * (n != 1)} in flight: only plans that speculate within that are searched"
+              + (f" ({' and '.join(missing)} fits)" if missing else ""))
     for fam, e in res["families"].items():
         if e["capped_at_saturation"]:
             k, n = e["seeds_capped"], len(e["per_seed_bracket"])

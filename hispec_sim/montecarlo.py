@@ -90,7 +90,7 @@ def simulate(cost: CostModel, model: AgreementModel, plan: Plan, streams: int = 
         tps = cost.batch * 1000.0 / ms
         return MCResult(tps, (tps, tps), ms, ms, 1.0, [], streams, streams * cycles, replay)
     if replay and model.traces is None:
-        raise ValueError("mc: replay needs a workload with traces")
+        raise ValueError("replay: needs a workload with traces (profile measure records them)")
     check_simulation_size(plan, len(model.traces) if replay else streams * (request_tokens if spread else cycles), replay)
     if engine == "auto":
         engine = "token" if (replay or spread) else "block"

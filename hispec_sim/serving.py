@@ -92,7 +92,7 @@ def check_limits(plan: Plan, limits: ServeLimits, prompt_len: np.ndarray, max_ne
         worst = int(np.argmax(need))
         if need[worst] > limits.kv_tokens:
             raise ValueError(f"kv_tokens: request {worst} needs {int(need[worst])} KV tokens (prompt {int(prompt_len[worst])} + "
-                             f"max_new_tokens {int(max_new[worst])} + speculation {plan.max_overshoot}), more than the "
+                             f"max_new_tokens {int(max_new[worst])} + {'speculation' if plan.depth > 1 else 'the next step'} {plan.max_overshoot}), more than the "
                              f"capacity {limits.kv_tokens}; allowed: >= {int(need.max())}")
 
 

@@ -307,7 +307,7 @@ def verdict(errors, noise_floor: float | None, noise_worst: float | None = None,
     floor = finite(noise_floor)
     floor_worst = finite(noise_worst) if noise_worst is not None else floor
     bar = f"median <= {100 * median_bar:.0f} %, worst <= {100 * worst_bar:.0f} %"
-    got = f"median |error| {100 * med:.2f} %, worst {100 * worst:.2f} % over {e.size} plans"
+    got = f"median |error| {100 * med:.2f} %, worst {100 * worst:.2f} % over {e.size} plan{'s' * (e.size != 1)}"
     floors = (f"{100 * floor:.2f} %" if floor_worst == floor
               else f"median {100 * floor:.2f} %, worst {100 * floor_worst:.2f} %")
     if med <= median_bar and worst <= worst_bar:
@@ -436,7 +436,7 @@ def validate(setting: Setting, plans: list[Plan], model, prompts, max_new_tokens
     say = log or (lambda line: None)
     say("re-running the profile's calibration plans (the machine's drift since it was measured)")
     drift = machine_drift(setting.profile, model)
-    say(f"{len(plans)} plans x {len(prompts)} prompts x {rounds} round(s), interleaved with autoregressive runs")
+    say(f"{len(plans)} plan(s) x {len(prompts)} prompt(s) x {rounds} round(s), interleaved with autoregressive runs")
     runs, stats = run_interleaved(model, plans, prompts, max_new_tokens, rounds=rounds, ar_every=ar_every, seed=seed,
                                   log=log)
     say("predicting (analytic, Monte-Carlo, trace replay)")

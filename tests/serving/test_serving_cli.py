@@ -127,6 +127,9 @@ def test_capacity_kv_tokens_bounds_the_plans_searched(prof, capsys):
     assert main(base + ["--kv-tokens", "52", "--max-propose", "2", "--max-window", "2"]) == 0
     assert ("with at most 4 tokens in flight: only plans that speculate within that are searched (no hierarchical "
             "plan fits)") in capsys.readouterr().out
+    assert main(base + ["--kv-tokens", "49", "--max-propose", "2", "--max-window", "2"]) == 0  # round 25, M9
+    assert ("with at most 1 token in flight: only plans that speculate within that are searched (no single-level "
+            "plan and no hierarchical plan fits)") in capsys.readouterr().out
 
 
 def test_capacity_no_plan_meets(prof, capsys):
@@ -312,3 +315,18 @@ def test_a_trace_path_with_control_characters_is_shown_escaped(prof, tmp_path, c
     assert main(["serve", "--profile", prof, "--levels", "16", "--trace", str(d), "--seeds", "1"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "\x1b" not in err and "is a folder" in err
+
+
+def test_capacity_interval_stays_within_what_a_replica_holds(capsys):
+    """Two bursty seeds far apart (24 and 260 req/s) gave a t-interval up to 1,647 req/s
+    beside a saturation cap of 275 that no search goes above: clipped to [0, cap] (fuzz round
+    25, M3)."""
+    a = _json(capsys, ["capacity", "--profile", "cpu_hispec_tiny", "--qps", "3", "--slo-ttft-ms", "300",
+                       "--slo-tbt-ms", "30", "--requests", "30", "--seeds", "2", "--arrival", "gamma", "--cv", "4",
+                       "--prompt-len", "16", "--output-len", "16", "--max-propose", "2", "--max-window", "2", "--json"])
+    clipped = 0
+    for e in a["families"].values():
+        lo, hi = e["max_qps_ci95"]
+        assert 0.0 <= lo <= e["max_qps_per_replica"] <= hi <= e["saturation_qps"]
+        clipped += hi == e["saturation_qps"]
+    assert clipped  # the case the clip is for
