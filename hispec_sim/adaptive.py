@@ -339,6 +339,11 @@ def adaptive_scored(setting, plan: Plan):
     return Scored(plan, tps, 1000.0 * plan.batch / tps, float(est.tokens_per_full_forward), [])
 
 
+def _settled(tps: float) -> float:
+    """tokens/s to 9 significant digits: two models' sums of the same quantity differ in the last bits."""
+    return float(f"{tps:.9g}")
+
+
 def search_adaptive(setting, bases: list[Plan], grid=GRID, max_propose: int = 8) -> dict:
     """The exhaustive adaptive search (over the setting's request distribution, over_requests): every [E, L] x propose
     1..max_propose x tau_d in grid by the exact analytic model; the given hierarchical
@@ -356,7 +361,9 @@ def search_adaptive(setting, bases: list[Plan], grid=GRID, max_propose: int = 8)
             for tau in grid:
                 p = Plan(levels=[E, L], propose=g, draft_confidence=tau or None, batch=setting.batch)
                 single.append((over_requests(analytic_single_level, cost, setting.agreement, p).tokens_per_second, p))
-    single.sort(key=lambda x: -x[0])
+    # a threshold must gain to be chosen: within float noise of its fixed plan (window 1, where
+    # escalation changes nothing) the fixed plan, grid-first, stays ahead (a stable sort)
+    single.sort(key=lambda x: -_settled(x[0]))
     best_fixed_single = max((x for x in single if not x[1].adaptive), key=lambda x: x[0])
     best_single = single[0]
     hier = []
@@ -375,7 +382,7 @@ def search_adaptive(setting, bases: list[Plan], grid=GRID, max_propose: int = 8)
                 except SimulationTooLarge:
                     continue
                 hier.append({"plan": p, "tokens_per_second": tps, "fixed_tokens_per_second": fixed_tps, "model": how})
-    hier.sort(key=lambda x: -x["tokens_per_second"])
+    hier.sort(key=lambda x: -_settled(x["tokens_per_second"]))
     return {"single_level": {"best": best_single[1], "tokens_per_second": best_single[0],
                              "best_fixed": best_fixed_single[1], "fixed_tokens_per_second": best_fixed_single[0],
                              "model": "analytic (i.i.d. positions)"},

@@ -372,7 +372,7 @@ def build_parser() -> Parser:
     add_search_bounds(p)
     p.add_argument("--out", help="write the best plan to this plan file")
     p.add_argument("--rescore", type=int_in(0, 1000), default=None, metavar="N",
-                   help="exhaustive search: re-score its N best plans (and the baselines) by trace replay of the "
+                   help="exhaustive search: re-score its N best plans (never fewer than --top; and the baselines) by trace replay of the "
                         f"workload's measured requests and rank by that (default {DEFAULT_RESCORE} where the workload "
                         "has traces, else 0; 0: analytic only)")
     p.add_argument("--adaptive", action="store_true", help="also search confidence thresholds (draft_confidence, "

@@ -315,3 +315,14 @@ def test_a_replay_longer_than_its_budget_is_refused(capsys, tmp_path, monkeypatc
     out, err = capsys.readouterr()
     assert code == 2 and out == "" and len(err.splitlines()) == 1
     assert "plan: [2,8,16]" in err and "more than 1,000 forwards" in err
+
+
+def test_a_threshold_that_gains_nothing_is_not_chosen(capsys, tmp_path):
+    """At window 1 escalation changes nothing; its plan tied the fixed one to the last bits and
+    was written to --out with escalate_confidence 0.3 (fuzz round 25, M5)."""
+    out = tmp_path / "p.json"
+    assert main(["optimize", "--profile", "cpu_hispec_tiny", "--adaptive", "--max-propose", "1", "--max-window", "1",
+                 "--out", str(out), "--json"]) == 0
+    best = json.loads(capsys.readouterr().out)["adaptive"]["best"]
+    assert best["describe"] == "[1,2,16] propose=1 window=1"
+    assert json.loads(out.read_text()).get("escalate_confidence") is None
