@@ -850,9 +850,12 @@ def optuna_search(setting: Setting, trials: int | None = 100, timeout: float | N
                    mc_streams, mc_cycles, adaptive)
     ev._settings[(setting.tp, setting.batch)] = setting
     key = _study_key(ev, space)
-    name = study_name or default_study_name(key)
-    if not isinstance(name, str) or not name.strip() or len(name) > 512:
-        raise ValueError("study-name: must be a non-empty string of at most 512 characters")
+    from .schema import MAX_NAME
+
+    if study_name is not None and (not isinstance(study_name, str) or not study_name.strip()
+                                   or len(study_name) > MAX_NAME):
+        raise ValueError(f"study-name: must be a name of 1 to {MAX_NAME} characters, not blank")
+    name = study_name or default_study_name(key)  # the default joins a profile's and a workload's names: longer
     try:
         check_name(name)  # it is printed, and stored for every later run to print
     except ValueError as e:

@@ -1006,6 +1006,11 @@ CASES = [
     ("profile-numbers", S, "evaluate --profile {DEFTP3} --levels 2,16", ["default_tp", "no latency table", "tp=1"]),
     ("storage", S, "optimize --profile {P} --search optuna --trials 1 --storage sqlite:///{OTHERDB}",
      ["storage", "a SQLite database of something else (tables users)"]),
+    # round 25, M6: the README's 200 characters, and a blank name said to be one
+    ("storage", S, "optimize --profile {P} --search optuna --trials 1 --storage sqlite:///{W}/s.db --study-name " + "s" * 201,
+     ["study-name", "1 to 200 characters"]),
+    ("storage", S, "optimize --profile {P} --search optuna --trials 1 --storage sqlite:///{W}/s.db --study-name ' '",
+     ["study-name", "not blank"]),
     ("storage", S, "optimize --profile {P} --search optuna --trials 1 --storage sqlite:///{W}/s.db --study-name 'a\x1bb'",
      ["study-name", "one line"]),
     ("overwrite", S, "optimize --profile {P} --search optuna --trials 1 --storage 'sqlite:///{W}/q.db?timeout=5' "
