@@ -146,7 +146,7 @@ def read_mlp_csv(path: str | Path, tps: list[int] | None = None) -> MlpData:
     shape = {k: _i(r0[k], f"vidur {path.name} {k}", 1, schema.MAX_DIM) for k in (*shape_cols, "n_kv_head") if k in r0}
     acc: dict = defaultdict(lambda: defaultdict(list))
     for no, r in enumerate(rows, 2):
-        other = [k for k in shape if str(r.get(k)) != str(r0[k])]
+        other = [k for k in shape if _i(r.get(k), f"vidur {path.name} line {no} {k}", 1, schema.MAX_DIM) != shape[k]]
         if other:
             raise ValueError(f"vidur: {path} line {no}: {other[0]} {r.get(other[0])!r} differs from the first row's "
                              f"{r0[other[0]]!r}; one file holds one model shape")
@@ -195,8 +195,8 @@ def read_all_reduce(path: str | Path, workers: int) -> tuple[np.ndarray, np.ndar
     if not rows:
         raise ValueError(f"vidur: {path} has no all-reduce rows for {workers} workers")
     by: dict = defaultdict(list)
-    for r in rows:
-        by[_i(r["size"], f"vidur {path.name} size", 0, 1 << 50)].append(_f(r["time_stats.all_reduce.median"], f"vidur {path.name} all_reduce",
+    for r in rows:  # an all-reduce moves at least a byte (sizes are read in log scale)
+        by[_i(r["size"], f"vidur {path.name} size", 1, 1 << 50)].append(_f(r["time_stats.all_reduce.median"], f"vidur {path.name} all_reduce",
                                                                              MAX_OP_MS))
     sizes = np.array(sorted(by), dtype=float)
     return sizes, np.array([np.median(by[int(s)]) for s in sizes])
@@ -236,6 +236,8 @@ def find_model_folder(folder: str | Path, model: str | None = None, gpu: str | N
     if (folder / "mlp.csv").exists():  # one model's folder: --model names it (else the folder's name does)
         g = gpu or _guess_gpu(folder)
         return folder / "mlp.csv", g, model or folder.name
+    if folder.resolve().parent.name == "compute" and not (folder / "compute").is_dir():  # compute/<gpu>: that GPU's
+        gpu, folder = gpu or folder.name, folder.resolve().parent.parent
     root = folder / "compute" if (folder / "compute").is_dir() else folder
     found = sorted(root.rglob("mlp.csv"))
     if not found:
@@ -389,6 +391,10 @@ def table_from_mlp(
         ar = 2.0 * all_reduce_ms(sizes, times, tokens * shape.hidden * 2.0)
         net_note = f"2 all-reduces of tokens x {shape.hidden} x 2 bytes from {network.parent.name}/all_reduce.csv ({tp} GPUs in one node), smoothed"
     layer = kernel[:, None] + attn + ar[:, None]
+    if not layer.max() <= schema.MAX_MS:  # say which file's figures made it, not just the table's field
+        files = f"{data.path.name} + {network.name}" if tp > 1 else data.path.name
+        raise ValueError(f"vidur: tp={tp}: a decoder layer priced at {layer.max():,.0f} ms from {files} (its "
+                         f"all-reduces up to {ar.max():,.0f} ms of it); allowed: <= {schema.MAX_MS:g} ms")
     eff = linear_efficiency(data, shape, hw, tp)
     head = ops["input_layernorm"] + head_roofline_ms(shape, hw, tp, tokens, efficiency=eff)
     detail = (

@@ -121,6 +121,40 @@ def test_a_model_shape_that_cannot_exist_is_refused(change, match):
         ModelShape.model_validate({**d, **change})
 
 
+def test_import_vidur_odd_files_get_messages_that_name_them(tmp_path):
+    """Fuzz round 25, M7: a shape cell written 4096.0 in one row and 4096 in another is one
+    shape; a compute/<gpu> folder imports that GPU's model; an all-reduce of size 0 and
+    all-reduce times that price a layer beyond the table's range are refused naming the file."""
+    import csv
+    import shutil
+
+    root = tmp_path / "v"
+    shutil.copytree(VIDUR / "compute" / "h100" / "meta-llama" / "Llama-2-7b-hf",
+                    root / "compute" / "h100" / "meta-llama" / "Llama-2-7b-hf")
+    net = root / "network" / "h100_dgx"
+    net.mkdir(parents=True)
+    mlp = root / "compute" / "h100" / "meta-llama" / "Llama-2-7b-hf" / "mlp.csv"
+    rows = list(csv.reader(mlp.open()))
+    rows[1][rows[0].index("n_embd")] += ".0"
+    with mlp.open("w", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerows(rows)
+    shutil.copy(VIDUR / "network" / "h100_dgx" / "all_reduce.csv", net / "all_reduce.csv")
+    assert [t.tp for t in vidur.import_vidur(root / "compute" / "h100")] == [1, 2, 4, 8]
+    ar = list(csv.reader((VIDUR / "network" / "h100_dgx" / "all_reduce.csv").open()))
+    size, median = ar[0].index("size"), ar[0].index("time_stats.all_reduce.median")
+    small = [r for r in ar[1:] if float(r[size]) <= 65536]  # a large step's all-reduce then scales up from 64 KiB
+    for edit, match in ((lambda r: r.__setitem__(size, "0"), r"all_reduce.csv size: expected an integer in \[1, "),
+                        (lambda r: r.__setitem__(median, "9999"), r"tp=8: a decoder layer priced at .* from mlp.csv "
+                                                                   r"\+ all_reduce.csv")):
+        changed = [ar[0], *(list(r) for r in small)]
+        for r in changed[1:]:
+            edit(r)
+        with (net / "all_reduce.csv").open("w", newline="") as f:
+            csv.writer(f, lineterminator="\n").writerows(changed)
+        with pytest.raises(ValueError, match=match):
+            vidur.import_vidur(root, model="Llama-2-7b-hf", gpu="h100", tps=[8])
+
+
 # --------------------------------------------------------------------------- synthetic
 
 
