@@ -76,10 +76,6 @@ def load_validation(path: str | Path) -> dict:
         except Exception as e:
             raise ValueError(f"validation.plans.{i}.plan: expected the plan validate ran "
                              f"({schema.validation_message(e) if hasattr(e, 'errors') else e})") from None
-        batch = data.get("batch") if isinstance(data.get("batch"), int) else 1
-        if plan.batch != batch:
-            raise ValueError(f"validation.plans.{i}.plan.batch: {plan.batch}, in a validation of batch {batch} "
-                             "(validate runs every plan at one batch size)")
         plans.append(plan)
         row = {"plan": plan.describe(), "family": str(r.get("family", "")),
                "predicted_tokens_per_second": float(r["predicted_tokens_per_second"]),
@@ -160,6 +156,8 @@ def check_validation(v: dict, profile: Profile, workload: str | None, tp: int | 
             raise ValueError(f"validation.context: expected a token count >= 0, got {ctx!r}")
         profile.model.check_context(ctx, "validation.context")
     for i, plan in enumerate(v.pop("plan_models", [])):  # Plan objects: not for the report's JSON
+        if plan.batch != batch:  # validate runs every plan at one batch size (fuzz round 25, D3)
+            raise ValueError(f"validation.plans.{i}.plan.batch: {plan.batch}, in a validation of batch {batch}")
         try:
             profile.check_plan(plan, want["workload"])
         except ValueError as e:

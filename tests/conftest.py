@@ -1,6 +1,7 @@
 """Puts tests/ on sys.path (pytest's rootdir conftest), so test modules can import factories;
 makes the property tests deterministic."""
 import os
+import sys
 
 from hypothesis import settings
 
@@ -9,7 +10,18 @@ from hypothesis import settings
 # HYPOTHESIS_PROFILE=explore draws new ones (a search for counterexamples, run on demand).
 settings.register_profile("hispec", derandomize=True, database=None)
 settings.register_profile("explore", derandomize=False, max_examples=200)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "hispec"))
+# (another project's HYPOTHESIS_PROFILE in the environment is not ours: the default then)
+settings.load_profile("explore" if os.environ.get("HYPOTHESIS_PROFILE") == "explore" else "hispec")
+
+
+def pytest_runtest_setup(item):
+    """One torch thread per test wherever torch is loaded (the executor's tests, and the
+    profile and validation tests that run it): two xdist workers on two cores, and a partial
+    run (`tests/profiles`) no slower on a loaded machine. torch is not imported for it: the
+    simulator's tests run without torch."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(items):

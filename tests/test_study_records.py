@@ -41,10 +41,10 @@ def test_every_record_was_made_on_its_folders_machine(folder):
     profiles = sorted(folder.rglob("profile.json"))
     assert results and profiles, f"{folder}: no RESULTS.md or profile.json"
     for path in results:
-        line = next(l for l in path.read_text().splitlines() if l.startswith("Machine: "))
+        line = next(l for l in path.read_text(encoding="utf-8").splitlines() if l.startswith("Machine: "))
         cpu, count, features = line[len("Machine: "):].split(", ")[:3]
         check(path, cpu, int(count.split()[0]), set(features.split("/")), promise)
     for path in profiles:
-        machine = json.loads(path.read_text())["provenance"]["machine"]
+        machine = json.loads(path.read_text(encoding="utf-8"))["provenance"]["machine"]
         check(path, machine["cpu_model"], machine["logical_cpus"], set(machine["isa"]), promise)
 

@@ -20,7 +20,8 @@ SCRIPTS = sorted(p for p in [*ROOT.glob("studies/*/*.py"), *ROOT.glob("tests/ben
 
 
 def _tree(folder: Path) -> dict:
-    return {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+    """Every file's bytes but Python's bytecode cache (running a script writes it)."""
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
 
 
 @pytest.mark.slow

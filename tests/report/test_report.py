@@ -13,7 +13,7 @@ from factories import make_profile
 from hispec_sim import report
 from hispec_sim.cli import main
 from hispec_sim.evaluate import Setting, exhaustive_arrays, score
-from hispec_sim.schema import Plan, Source, save_profile
+from hispec_sim.schema import Plan, Source, load_profile, save_profile
 
 EVIL = "<script>alert(1)</script>"
 FIG_IDS = ("fig-exits", "fig-windows", "fig-batch", "fig-sensitivity", "fig-serving")
@@ -343,7 +343,7 @@ def test_a_validation_file_that_contradicts_itself_is_refused(tmp_path, prof_fil
     edit(d)
     f.write_text(json.dumps(d))
     with pytest.raises(ValueError, match=re.escape(match)):
-        report.load_validation(f)
+        report.check_validation(report.load_validation(f), load_profile(str(prof_file)), None, None, None)
 
 
 @pytest.mark.parametrize("argv,field", [

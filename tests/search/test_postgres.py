@@ -57,7 +57,8 @@ def postgres_url():
     run = lambda *cmd: subprocess.run(as_user + list(cmd), check=True, capture_output=True, text=True, timeout=120)
     started = False
     try:
-        run(str(bindir / "initdb"), "-D", data, "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8")
+        run(str(bindir / "initdb"), "-D", data, "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8",
+            "--locale=C")  # not the shell's: a locale the machine lacks would stop initdb
         run(str(bindir / "pg_ctl"), "-D", data, "-l", os.path.join(root, "log"), "-w", "-t", "60", "start",
             "-o", f"-h 127.0.0.1 -p {port} -k {root} -F")
         started = True
