@@ -339,9 +339,10 @@ def adaptive_scored(setting, plan: Plan):
     return Scored(plan, tps, 1000.0 * plan.batch / tps, float(est.tokens_per_full_forward), [])
 
 
-def _settled(tps: float) -> float:
-    """tokens/s to 9 significant digits: two models' sums of the same quantity differ in the last bits."""
-    return float(f"{tps:.9g}")
+def _gains(tps: float, fixed_tps: float | None) -> bool:
+    """Whether thresholds gain over their fixed plan: by more than the last bits in which two
+    models' sums of the same quantity differ (at window 1 escalation changes nothing)."""
+    return fixed_tps is None or tps > fixed_tps * (1 + 1e-9)
 
 
 def search_adaptive(setting, bases: list[Plan], grid=GRID, max_propose: int = 8) -> dict:
@@ -358,12 +359,14 @@ def search_adaptive(setting, bases: list[Plan], grid=GRID, max_propose: int = 8)
     single = []
     for E in acc.exits[:-1]:
         for g in range(1, max_propose + 1):
+            fixed = None
             for tau in grid:
                 p = Plan(levels=[E, L], propose=g, draft_confidence=tau or None, batch=setting.batch)
-                single.append((over_requests(analytic_single_level, cost, setting.agreement, p).tokens_per_second, p))
-    # a threshold must gain to be chosen: within float noise of its fixed plan (window 1, where
-    # escalation changes nothing) the fixed plan, grid-first, stays ahead (a stable sort)
-    single.sort(key=lambda x: -_settled(x[0]))
+                tps = over_requests(analytic_single_level, cost, setting.agreement, p).tokens_per_second
+                fixed = tps if not p.adaptive else fixed
+                if not p.adaptive or _gains(tps, fixed):
+                    single.append((tps, p))
+    single.sort(key=lambda x: -x[0])
     best_fixed_single = max((x for x in single if not x[1].adaptive), key=lambda x: x[0])
     best_single = single[0]
     hier = []
@@ -381,8 +384,9 @@ def search_adaptive(setting, bases: list[Plan], grid=GRID, max_propose: int = 8)
                     tps, how = adaptive_tokens_per_second(setting, p) if p.adaptive else (fixed_tps, fixed_how)
                 except SimulationTooLarge:
                     continue
-                hier.append({"plan": p, "tokens_per_second": tps, "fixed_tokens_per_second": fixed_tps, "model": how})
-    hier.sort(key=lambda x: -_settled(x["tokens_per_second"]))
+                if not p.adaptive or _gains(tps, fixed_tps):
+                    hier.append({"plan": p, "tokens_per_second": tps, "fixed_tokens_per_second": fixed_tps, "model": how})
+    hier.sort(key=lambda x: -x["tokens_per_second"])
     return {"single_level": {"best": best_single[1], "tokens_per_second": best_single[0],
                              "best_fixed": best_fixed_single[1], "fixed_tokens_per_second": best_fixed_single[0],
                              "model": "analytic (i.i.d. positions)"},

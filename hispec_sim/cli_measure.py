@@ -261,12 +261,6 @@ def cmd_validate(args) -> int:
     model, name = load_executor_model(args)
     check_model_matches(setting.profile, model, name)
     from hispec_exec.generate import check_fits, check_plan
-
-    for plan in plans:  # before any warning: a plan the executor cannot run is bad input, one line
-        check_plan(model, plan)
-    warning = machine_check(setting.profile, args.device, args.allow_other_machine)
-    if warning:
-        print(f"hispec-sim: {warning}", file=sys.stderr)
     from hispec_exec.prompts import encode_prompts, heldout_token_prompts, text_codec
 
     codec = text_codec(model, args.model)
@@ -274,8 +268,12 @@ def cmd_validate(args) -> int:
         prompts = encode_prompts(prompts_text, codec.encode, args.max_new_tokens, model.args.max_seq_len)
     else:
         prompts = heldout_token_prompts(codec, args.prompts, 64, args.prompt_seed)
-    for plan in plans:  # before the calibration plans are re-run: a plan that cannot decode them is bad input
+    for plan in plans:  # before any run or warning: a plan the executor cannot run on these prompts is bad input
+        check_plan(model, plan)
         check_fits(plan, max(map(len, prompts)), args.max_new_tokens, model.args.max_seq_len)
+    warning = machine_check(setting.profile, args.device, args.allow_other_machine)
+    if warning:
+        print(f"hispec-sim: {warning}", file=sys.stderr)
     if args.context is None:  # price the plans at the context these runs decode at (other prompts or lengths)
         setting.context = round(sum(map(len, prompts)) / len(prompts) + args.max_new_tokens / 2)
     out = validate(setting, plans, model, prompts, args.max_new_tokens, seed=args.seed, machine_warning=warning,

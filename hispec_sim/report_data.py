@@ -89,21 +89,15 @@ def load_validation(path: str | Path) -> dict:
         # them is refused rather than shown next to them (fuzz round 25, D3)
         for key, pred, meas in (("relative_error", "predicted_tokens_per_second", "measured_tokens_per_second"),
                                 ("speedup_error", "predicted_speedup", "measured_speedup")):
-            derived = None if row[meas] is None else row[pred] / row[meas] - 1.0
-            if r.get(key) is not None and not _agrees(r.get(key), derived):
-                raise ValueError(f"validation.plans.{i}.{key}: {r.get(key)!r}, but {pred} / {meas} - 1 = "
-                                 f"{derived if derived is None else round(derived, 6)}; the file contradicts itself")
-            row[key] = derived if r.get(key) is None else float(r[key])
+            derived = None if row[pred] is None or row[meas] is None else row[pred] / row[meas] - 1.0
+            row[key] = _stated(r.get(key), derived, f"validation.plans.{i}.{key}", -1.0,
+                               f"{pred} / {meas} - 1 =", f"{pred} and {meas}")
         rows.append(row)
     errs = np.abs([r["relative_error"] for r in rows])
     su = None if any(r["speedup_error"] is None for r in rows) else np.abs([r["speedup_error"] for r in rows])
 
     def _stat(key, derived):
-        v = data.get(key)
-        if v is not None and not _agrees(v, derived):
-            raise ValueError(f"validation.{key}: {v!r}, but its plans give "
-                             f"{derived if derived is None else round(derived, 6)}; the file contradicts itself")
-        return derived if v is None else float(v)
+        return _stated(data.get(key), derived, f"validation.{key}", 0.0, "its plans give", "every plan's speed-ups")
 
     def _line(key):
         v = data.get(key)
@@ -125,13 +119,23 @@ def load_validation(path: str | Path) -> dict:
 
 
 def _number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # JSON true is no number
+    """A finite JSON number (true is none; an integer of 400 digits would overflow a float)."""
+    return isinstance(v, float) and math.isfinite(v) or type(v) is int and abs(v) <= 1e300
 
 
-def _agrees(stated, derived) -> bool:
-    """A stated figure equals the one derived from its file's raw figures, to the 0.1 % a
-    hand-rounded file may carry."""
-    return derived is not None and _number(stated) and abs(stated - derived) <= 1e-3 * max(1.0, abs(derived))
+def _stated(stated, derived: float | None, field: str, lo: float, how: str, needs: str) -> float | None:
+    """A figure a validation file states beside the raw figures it derives from: it must be
+    what they give, to the 0.1 % a hand-rounded file may carry (fuzz round 25, D3); absent,
+    the derived one."""
+    if stated is None:
+        return derived
+    if not (_number(stated) and lo <= stated <= 1e6):
+        raise ValueError(f"{field}: expected a number in [{lo:g}, 1e6], got {stated!r}")
+    if derived is None:
+        raise ValueError(f"{field}: stated, but the file lacks {needs} it derives from")
+    if abs(stated - derived) > 1e-3 * max(1.0, abs(derived)):
+        raise ValueError(f"{field}: {stated!r}, but {how} {round(derived, 6)}; the file contradicts itself")
+    return float(stated)
 
 
 def check_validation(v: dict, profile: Profile, workload: str | None, tp: int | None, stack: str | None,
@@ -157,7 +161,7 @@ def check_validation(v: dict, profile: Profile, workload: str | None, tp: int | 
         profile.model.check_context(ctx, "validation.context")
     for i, plan in enumerate(v.pop("plan_models", [])):  # Plan objects: not for the report's JSON
         if plan.batch != batch:  # validate runs every plan at one batch size (fuzz round 25, D3)
-            raise ValueError(f"validation.plans.{i}.plan.batch: {plan.batch}, in a validation of batch {batch}")
+            raise ValueError(f"validation.plans.{i}.plan.batch: {plan.batch}; the report is of batch {batch}")
         try:
             profile.check_plan(plan, want["workload"])
         except ValueError as e:

@@ -50,7 +50,7 @@ import numpy as np
 
 from .cli_common import SEED, float_in, int_in, name_text
 from .evaluate import Scored, SearchResult, Setting, exhaustive, exhaustive_arrays, paper_default, ranked_plans, score
-from .schema import (MAX_CYCLES, MAX_STREAMS, MAX_TRIALS, Plan, Profile, autoregressive_plan, check_name,
+from .schema import (MAX_CYCLES, MAX_NAME, MAX_STREAMS, MAX_TRIALS, Plan, Profile, autoregressive_plan, check_name,
                      decimals, first_repeat, rounded, strict_int)
 
 DEFAULT_STORAGE = "sqlite:///hispec-studies.db"
@@ -850,8 +850,6 @@ def optuna_search(setting: Setting, trials: int | None = 100, timeout: float | N
                    mc_streams, mc_cycles, adaptive)
     ev._settings[(setting.tp, setting.batch)] = setting
     key = _study_key(ev, space)
-    from .schema import MAX_NAME
-
     if study_name is not None and (not isinstance(study_name, str) or not study_name.strip()
                                    or len(study_name) > MAX_NAME):
         raise ValueError(f"study-name: must be a name of 1 to {MAX_NAME} characters, not blank")

@@ -236,9 +236,11 @@ def find_model_folder(folder: str | Path, model: str | None = None, gpu: str | N
     if (folder / "mlp.csv").exists():  # one model's folder: --model names it (else the folder's name does)
         g = gpu or _guess_gpu(folder)
         return folder / "mlp.csv", g, model or folder.name
-    if folder.resolve().parent.name == "compute" and not (folder / "compute").is_dir():  # compute/<gpu>: that GPU's
-        gpu, folder = gpu or folder.name, folder.resolve().parent.parent
     root = folder / "compute" if (folder / "compute").is_dir() else folder
+    if folder.resolve().parent.name == "compute" and root == folder:  # compute/<gpu>: that GPU's models
+        if gpu and gpu.lower() != folder.name.lower():
+            raise ValueError(f"gpu: --gpu {gpu} but the folder is compute/{folder.name}")
+        gpu, root = folder.name, folder.resolve().parent
     found = sorted(root.rglob("mlp.csv"))
     if not found:
         raise ValueError(f"folder: no mlp.csv under {str(folder)!r}")
@@ -255,9 +257,10 @@ def find_model_folder(folder: str | Path, model: str | None = None, gpu: str | N
     if model:
         exact = [c for c in cands if c[2].lower() == model.lower()]
         sub = [c for c in cands if model.lower() in c[2].lower()]
+        if not exact + sub:  # present: for the GPU asked for, where one is
+            raise ValueError(f"model: no data for {model!r}" + (f" on {gpu}" if gpu else "")
+                             + f"; present: {', '.join(sorted({c[2] for c in cands}))}")
         cands = exact or sub
-        if not cands:
-            raise ValueError(f"model: no data for {model!r}; present: {', '.join(sorted({p.parent.name for p in found}))}")
     if len(cands) > 1:
         opts = ", ".join(f"{g}/{m}" for _, g, m in cands)
         raise ValueError(f"model: several models match, choose one with --model/--gpu: {opts}")

@@ -15,7 +15,8 @@ if [ ${#need[@]} -gt 0 ]; then
   for p in "${need[@]}"; do
     # Debian's package; Ubuntu ships Chromium as a snap (no deb candidate): install a browser
     # yourself there, or the browser test skips (and fails under CI=true)
-    if [ "$p" = chromium ] && ! apt-cache show chromium 2>/dev/null | grep -q '^Version:'; then
+    candidate=$(apt-cache policy "$p" 2>/dev/null | sed -n 's/^ *Candidate: //p' || true)  # sed reads it all (grep -q under pipefail: SIGPIPE)
+    if [ "$p" = chromium ] && { [ -z "$candidate" ] || [ "$candidate" = "(none)" ]; }; then
       echo "test-deps.sh: no chromium package here (Ubuntu: a snap); install chromium or google-chrome yourself" >&2
       continue
     fi

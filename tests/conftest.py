@@ -15,9 +15,9 @@ settings.load_profile("explore" if os.environ.get("HYPOTHESIS_PROFILE") == "expl
 
 
 def pytest_runtest_setup(item):
-    """One torch thread per test wherever torch is loaded (the executor's tests, and the
-    profile and validation tests that run it): two xdist workers on two cores, and a partial
-    run (`tests/profiles`) no slower on a loaded machine. torch is not imported for it: the
+    """One torch thread per test once torch is loaded (by a test module, or by an earlier
+    test that ran the executor): two xdist workers on two cores, and a partial run
+    (`tests/profiles`) no slower on a loaded machine. torch is not imported for it: the
     simulator's tests run without torch."""
     torch = sys.modules.get("torch")
     if torch is not None and torch.get_num_threads() != 1:

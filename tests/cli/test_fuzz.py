@@ -489,7 +489,7 @@ CASES = [
     ("json-shape", S, "report --profile {P} --validation {HUGEVAL} --out {W}/r.html",
      ["validation.plans.0.predicted_tokens_per_second", "[1e-09, 1e+12]"]),
     ("json-shape", S, "report --profile {P} --validation {NEGMEDVAL} --out {W}/r.html",
-     ["validation.median_abs_relative_error", "-5, but its plans give 0.0; the file contradicts itself"]),
+     ["validation.median_abs_relative_error", "[0, 1e6]"]),
     ("json-shape", S, "report --profile {P} --validation {BOOLVAL} --out {W}/r.html",
      ["validation.plans.0.predicted_tokens_per_second", "[1e-09, 1e+12]", "True"]),
     ("cross-check", S, "report --profile {P} --validation {OTHERVAL} --out {W}/r.html",

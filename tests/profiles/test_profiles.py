@@ -140,6 +140,8 @@ def test_import_vidur_odd_files_get_messages_that_name_them(tmp_path):
         csv.writer(f, lineterminator="\n").writerows(rows)
     shutil.copy(VIDUR / "network" / "h100_dgx" / "all_reduce.csv", net / "all_reduce.csv")
     assert [t.tp for t in vidur.import_vidur(root / "compute" / "h100")] == [1, 2, 4, 8]
+    with pytest.raises(ValueError, match="gpu: --gpu a100 but the folder is compute/h100"):  # the review's M1
+        vidur.import_vidur(root / "compute" / "h100", gpu="a100")
     ar = list(csv.reader((VIDUR / "network" / "h100_dgx" / "all_reduce.csv").open()))
     size, median = ar[0].index("size"), ar[0].index("time_stats.all_reduce.median")
     small = [r for r in ar[1:] if float(r[size]) <= 65536]  # a large step's all-reduce then scales up from 64 KiB

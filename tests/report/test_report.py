@@ -328,8 +328,12 @@ def test_validation_section_carries_validates_metric_verdicts_and_warning(tmp_pa
     (lambda d: d.update(median_abs_speedup_error=0.0), "validation.median_abs_speedup_error: 0.0, but its plans give 0.2;"),
     (lambda d: d["plans"][0].update(relative_error=0.0), "validation.plans.0.relative_error: 0.0, but predicted_tokens"),
     (lambda d: d["plans"][0].update(speedup_error=-1), "validation.plans.0.speedup_error: -1, but predicted_speedup"),
-    (lambda d: d["plans"][0]["plan"].update(batch=4), "validation.plans.0.plan.batch: 4, in a validation of batch 1"),
-    (lambda d: d.update(max_abs_relative_error=0.0), "validation.max_abs_relative_error: 0.0, but its plans give 1.0004;")])
+    (lambda d: d["plans"][0]["plan"].update(batch=4), "validation.plans.0.plan.batch: 4; the report is of batch 1"),
+    (lambda d: d.update(max_abs_relative_error=0.0), "validation.max_abs_relative_error: 0.0, but its plans give 1.0004;"),
+    # the review's D2 and M2: a missing input is named (it was a TypeError), a stated text is no number
+    (lambda d: d["plans"][0].pop("predicted_speedup"), "speedup_error: stated, but the file lacks predicted_speedup and"),
+    (lambda d: d["plans"][0].update(speedup_error="abc"), "validation.plans.0.speedup_error: expected a number in [-1, 1e6]"),
+    (lambda d: d["plans"][0].update(relative_error=10 ** 400), "relative_error: expected a number in [-1, 1e6], got 1000")])
 def test_a_validation_file_that_contradicts_itself_is_refused(tmp_path, prof_file, edit, match):
     """The errors a validation file states must be the ones its own figures give: the report
     once showed a summary of 0.0 % beside rows of +38 %, and a batch-4 plan in a batch-1 table
