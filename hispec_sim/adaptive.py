@@ -363,7 +363,8 @@ def search_adaptive(setting, bases: list[Plan], grid=GRID, max_propose: int = 8)
             for tau in grid:
                 p = Plan(levels=[E, L], propose=g, draft_confidence=tau or None, batch=setting.batch)
                 tps = over_requests(analytic_single_level, cost, setting.agreement, p).tokens_per_second
-                fixed = tps if not p.adaptive else fixed
+                if not p.adaptive:
+                    fixed = tps
                 if not p.adaptive or _gains(tps, fixed):
                     single.append((tps, p))
     single.sort(key=lambda x: -x[0])
