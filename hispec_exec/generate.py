@@ -171,6 +171,7 @@ class SequenceDecoder:
         self.proposed = [0] * self.k
         self.accepted = [0] * self.k
         self.committed = self.P  # seq[:committed] is final; the rest sits in level buffers
+        self.prefilled = 0  # prompt tokens in the cache (prefill_job)
         self.cascade: int | None = None  # a check that falls due right after the last one
         self.unsure = False  # adaptive: the last draft's top-1 probability fell below plan.draft_confidence
         self.forwards: list[Forward] = []
@@ -194,11 +195,20 @@ class SequenceDecoder:
             return self.cascade
         return 0 if len(self.bufs[1]) < self.plan.propose and not self.unsure else 1
 
-    def prefill_job(self):
-        """Every prompt token but the last runs through every layer; the last is pending."""
-        if self.P < 2:
+    @property
+    def prefill_left(self) -> int:
+        """Prompt tokens but the last not prefilled yet."""
+        return max(self.P - 1, 0) - self.prefilled
+
+    def prefill_job(self, tokens: int | None = None):
+        """Every prompt token but the last runs through every layer; the last is pending.
+        tokens: only the next this many of them (chunked prefill; None: all left)."""
+        n = self.prefill_left if tokens is None else min(tokens, self.prefill_left)
+        if n <= 0:
             return None
-        return (self.cache, self.model.num_layers, self._tensor(self.prompt[:-1]))
+        ids = self.prompt[self.prefilled:self.prefilled + n]
+        self.prefilled += n
+        return (self.cache, self.model.num_layers, self._tensor(ids))
 
     # -- results ---------------------------------------------------------------------
     def apply(self, op: int, lg: torch.Tensor, ms: float, picks: list[int] | None = None) -> None:
@@ -312,10 +322,11 @@ def _sync(model: Transformer, on: bool) -> None:
         torch.cuda.synchronize()
 
 
-def run_prefill(model: Transformer, decoders: list[SequenceDecoder]) -> float:
+def run_prefill(model: Transformer, decoders: list[SequenceDecoder], tokens: list[int] | None = None) -> float:
     """One prefill forward (`prefill=True`: see `Transformer.run`) over every
-    decoder's prompt but its last token (concatenated rows); returns ms."""
-    jobs = [j for j in (d.prefill_job() for d in decoders) if j is not None]
+    decoder's prompt but its last token (concatenated rows), or over the next tokens[i]
+    of them (chunked prefill); returns ms."""
+    jobs = [j for j in (d.prefill_job(n) for d, n in zip(decoders, tokens or [None] * len(decoders))) if j is not None]
     _sync(model, True)
     t = time.perf_counter()
     if jobs:
@@ -378,12 +389,13 @@ class Batch:
     def at_boundary(self) -> bool:
         return self.batching == "ragged" or (self.phase == 0 and self.drafts == 0)
 
-    def add(self, decoders: list[SequenceDecoder]) -> float:
-        """Prefill `decoders` in one forward and let them join; returns the prefill ms."""
+    def add(self, decoders: list[SequenceDecoder], tokens: list[int] | None = None) -> float:
+        """Prefill `decoders` in one forward (the next tokens[i] prompt tokens of each:
+        chunked prefill) and let those whose prompt is cached join; returns the prefill ms."""
         if not self.at_boundary:
             raise RuntimeError("internal: synchronous batches take new sequences at round boundaries only")
-        ms = run_prefill(self.model, decoders)
-        self.running.extend(decoders)
+        ms = run_prefill(self.model, decoders, tokens)
+        self.running.extend(d for d in decoders if not d.prefill_left)
         return ms
 
     def step(self) -> tuple[float, list[SequenceDecoder]]:

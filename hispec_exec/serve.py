@@ -24,6 +24,15 @@ The engine repeats one *iteration* until every request has finished:
    the last (P_i - 1 rows each, concatenated; attention per sequence) run through all L
    layers. Running sequences wait (prefill stalls decoding). A prompt's last token is
    pending: it enters the first decode operation. (A one-token prompt needs no prefill.)
+   **Chunked** (`prefill = 'chunked'`, `prefill_chunk = C`; ragged batching and
+   autoregressive plans): admitted requests wait in a prefill queue (FIFO) and hold their
+   slot of max_batch and their KV reservation. Each iteration runs at most ONE prefill
+   forward, before the decode step, of at most C prompt tokens: each queued request in
+   turn puts in min(its tokens left, the budget left) (`hispec_sim.serving.chunk_takes`),
+   so a long prompt is split over iterations and short ones share a forward; a piece
+   after c cached tokens attends to them. A request whose P - 1 tokens are cached joins
+   the batch in that iteration (a one-token prompt: at once). The decode step waits for
+   one chunk at most; the engine does not sleep while a prompt is being prefilled.
 3. **One decode step**: ONE forward over the running sequences (newly prefilled ones
    included), as the policy says (below), then ONE exit-head call over every sequence's
    head rows (heads at different exits share the final norm + LM head), then each
@@ -151,10 +160,15 @@ def serve(model, plan, arrivals: list[float], prompts: list[list[int]], news: li
     whether the loop slept for an arrival just before it ("woke")."""
     from hispec_sim.schema import RequestMetrics
 
+    from hispec_sim.serving import check_prefill, chunk_takes
+
     from .generate import Batch, SequenceDecoder, check_plan
     sleep = sleep or getattr(clock, "sleep", time.sleep)
 
     check_plan(model, plan, batch_ok=True)
+    batch = Batch(model, plan, batching)
+    check_prefill(plan, batch.batching, limits)
+    chunk = limits.prefill_chunk
     cap = model.args.max_seq_len
     needs = check_requests(plan, prompts, news, cap, limits, lambda i: f"request {i}")
     slots = min(limits.max_batch, len(prompts))
@@ -166,20 +180,21 @@ def serve(model, plan, arrivals: list[float], prompts: list[list[int]], news: li
     pool = model.new_pool(slots)
     free = list(range(slots))
     queue = deque(_Served(i, float(t), p, n, need) for i, (t, p, n, need) in enumerate(zip(arrivals, prompts, news, needs)))
-    batch = Batch(model, plan, batching)
     reserved = 0
+    prefilling: list[_Served] = []  # chunked prefill: admitted, prompt not all cached yet (FIFO)
     done: list[_Served] = []
     live: dict[int, _Served] = {}
     steps = prefills = 0
     batch_sizes = []
     woke = False  # the loop slept before this iteration (step_log: the first forward after an idle spell)
     t0 = clock()
-    while queue or batch.running:
+    while queue or batch.running or prefilling:
         it0 = clock()
         now = it0 - t0
         admit = []
         if batch.at_boundary:
-            while (queue and queue[0].arrival_s <= now and len(batch.running) + len(admit) < limits.max_batch
+            while (queue and queue[0].arrival_s <= now
+                   and len(batch.running) + len(prefilling) + len(admit) < limits.max_batch
                    and (limits.kv_tokens is None or reserved + queue[0].need <= limits.kv_tokens)):
                 r = queue.popleft()
                 r.slot = free.pop(0)
@@ -190,13 +205,16 @@ def serve(model, plan, arrivals: list[float], prompts: list[list[int]], news: li
                 live[id(r.decoder)] = r
                 admit.append(r)
         pf_ms = 0.0
-        if admit:
+        prefilling += admit  # separate: prefilled whole now; chunked: the next chunk of the queue
+        if prefilling:
+            left = [r.decoder.prefill_left for r in prefilling]
             pf0 = clock()
-            batch.add([r.decoder for r in admit])
+            batch.add([r.decoder for r in prefilling], chunk_takes(left, chunk) if chunk is not None else None)
             pf_ms = (clock() - pf0) * 1e3  # on the loop's own clock (it may not be the wall's)
-            prefills += any(r.decoder.P > 1 for r in admit)  # one-token prompts run no prefill forward (prefill_job)
+            prefills += any(left)  # one-token prompts run no prefill forward (prefill_job)
+            prefilling = [r for r in prefilling if r.decoder.prefill_left]
         if not batch.running:
-            if queue:
+            if queue and not prefilling:
                 sleep(max(0.0, queue[0].arrival_s - (clock() - t0)))
                 woke = True
             continue
@@ -275,6 +293,9 @@ def add_parser(sub) -> None:
     q.add_argument("--max-batch", type=int_in(1, schema.MAX_BATCH), default=16,
                    help="sequences decoded together (default 16; hispec-sim serve's default is 64)")
     q.add_argument("--kv-tokens", type=int_in(1, 10**9), help="KV capacity in tokens over all sequences (default: unbounded)")
+    q.add_argument("--prefill-chunk", type=int_in(1, 10**6), help="chunked prefill: at most this many prompt tokens per "
+                   "iteration's prefill forward (ragged batching; default: the prompts admitted in an iteration in one "
+                   "forward)")
     q.add_argument("--slo-ttft-ms", type=float_in(1e-6, schema.MAX_MS),
                    help="p99 time-to-first-token SLO, ms; also each request's TTFT SLO of goodput")
     q.add_argument("--slo-tbt-ms", type=float_in(1e-6, schema.MAX_MS),
@@ -379,7 +400,8 @@ def run(a) -> int:
     from .prompts import text_codec
 
     limits = _pyd(ServeLimits, max_batch=a.max_batch, kv_tokens=a.kv_tokens, slo_ttft_ms=a.slo_ttft_ms,
-                  slo_tbt_ms=a.slo_tbt_ms, slo_tpot_ms=a.slo_tpot_ms)
+                  slo_tbt_ms=a.slo_tbt_ms, slo_tpot_ms=a.slo_tpot_ms, prefill="chunked" if a.prefill_chunk else "separate",
+                  prefill_chunk=a.prefill_chunk)
     refuse_unread_traffic(a)
     if a.out:
         check_output(a.out, inputs=[a.trace, a.plan, *model_files(a)])
@@ -426,7 +448,7 @@ def run(a) -> int:
         s = summary
         f = lambda d: "-" if d["mean"] is None else "  ".join(f"{k} {decimals(d[k], 1)}" for k in ("mean", "p50", "p90", "p99"))  # noqa: E731
         print(f"plan {out['plan_text']} ({out['family']}, {mode}, {plan.batching}); {s['requests']} requests, "
-              f"max batch {limits.max_batch}, mean batch {res['mean_batch']:.1f}")
+              f"max batch {limits.max_batch}, mean batch {res['mean_batch']:.1f}, {limits.prefill_words()}")
         attained, *p99 = slo_lines([s], f"{100 * s['slo_attained']:.1f}")
         print(f"throughput {decimals(s['throughput_tokens_per_s'], 1)} tokens/s   goodput "
               f"{decimals(s['goodput_requests_per_s'], 2)} requests/s {attained}", *p99, sep="\n")

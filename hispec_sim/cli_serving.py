@@ -35,6 +35,9 @@ def _common(p, capacity: bool) -> None:
     p.add_argument("--output-len", default=DEFAULT_OUTPUT, help=f"output length distribution (default {DEFAULT_OUTPUT})")
     p.add_argument("--max-batch", type=int_in(1, schema.MAX_BATCH), default=64, help="most sequences decoded together (default 64)")
     p.add_argument("--kv-tokens", type=int_in(1, 10**9), help="KV capacity in tokens (default: unbounded)")
+    p.add_argument("--prefill-chunk", type=int_in(1, 10**6), help="chunked prefill: at most this many prompt tokens per "
+                   "iteration's prefill forward (ragged batching; default: the prompts admitted in an iteration in one "
+                   "forward)")
     if capacity:
         p.add_argument("--batching", default="auto", help="auto (default: both policies for speculative plans), "
                        "ragged or synchronous")
@@ -101,7 +104,8 @@ def _noise_used(args, setting: Setting) -> dict:
 
 def _limits(args) -> schema.ServeLimits:
     return schema.ServeLimits(max_batch=args.max_batch, kv_tokens=args.kv_tokens, slo_ttft_ms=args.slo_ttft_ms,
-                              slo_tbt_ms=args.slo_tbt_ms, slo_tpot_ms=getattr(args, "slo_tpot_ms", None))
+                              slo_tbt_ms=args.slo_tbt_ms, slo_tpot_ms=getattr(args, "slo_tpot_ms", None),
+                              prefill="chunked" if args.prefill_chunk else "separate", prefill_chunk=args.prefill_chunk)
 
 
 def _traffic(args, model: schema.ModelShape, overshoot: int) -> schema.Traffic:
@@ -252,8 +256,8 @@ def cmd_serve(args) -> int:
         f"{tr.arrival} {tr.qps:g} req/s, {tr.requests} requests, prompt {args.prompt_len}, output {args.output_len}")
     print(f"profile {setting.profile.name}  workload {setting.workload}  tp {setting.tp}  plan {plan.describe()}  "
           f"batching {plan.batching}")
-    print(f"traffic: {src}; max batch {limits.max_batch}, kv tokens {limits.kv_tokens or 'unbounded'}; "
-          f"{args.seeds} seed(s), mean [95 % CI over seeds]")
+    print(f"traffic: {src}; max batch {limits.max_batch}, kv tokens {limits.kv_tokens or 'unbounded'}, "
+          f"{limits.prefill_words()}; {args.seeds} seed(s), mean [95 % CI over seeds]")
     noise = out["step_noise"]
     print("step noise: " + (f"on (measured on {noise['iterations']} iterations, lag-1 autocorrelation "
                               f"{noise['lag1_autocorrelation']:g})" if noise["used"] else f"off: {noise['why']}"))
@@ -299,6 +303,11 @@ def cmd_capacity(args) -> int:
     setting = _setting(args)
     limits = _limits(args)
     batching = _batching(args, auto=True)
+    if limits.prefill == "chunked":  # built for ragged batching (serving.check_limits)
+        if batching == "synchronous":
+            raise ValueError("prefill_chunk: chunked prefill is built for ragged batching; allowed with --batching "
+                             "ragged or auto (which then searches ragged plans only)")
+        batching = "ragged"
     widest = schema.Plan(levels=[1, 2, 3], propose=args.max_propose, windows=[args.max_window])  # of the searched plans
     tr = _traffic(args, setting.profile.model, widest.max_overshoot)
     mean_out, mean_prompt = traffic.mean_length(tr.output_len), traffic.mean_length(tr.prompt_len)
@@ -312,7 +321,8 @@ def cmd_capacity(args) -> int:
     res.update({"profile": setting.profile.name, "workload": setting.workload, "tp": setting.tp, "stack": setting.stack,
                 "slo_ttft_ms": limits.slo_ttft_ms, "slo_tbt_ms": limits.slo_tbt_ms, "gpu_hour_usd": args.gpu_hour_usd,
                 "traffic": json.loads(tr.model_dump_json(exclude={"qps", "seed"})), "mean_prompt_tokens": mean_prompt,
-                "max_batch": limits.max_batch, "batching": batching, "seeds": args.seeds,
+                "max_batch": limits.max_batch, "prefill_chunk": limits.prefill_chunk, "batching": batching,
+                "seeds": args.seeds,
                 "step_noise": _noise_used(args, setting)})
     if "closest" in res:
         c = res["closest"]
@@ -323,7 +333,7 @@ def cmd_capacity(args) -> int:
         print(json.dumps(res, indent=2, default=str))
         return 0
     print(f"profile {res['profile']}  workload {res['workload']}  tp {res['tp']}  max batch {res['max_batch']}  "
-          f"batching {batching}")
+          f"batching {batching}  {limits.prefill_words()}")
     print(f"target {args.qps:g} req/s ({tr.arrival}), prompt {args.prompt_len} (mean {mean_prompt:.4g}), output "
           f"{args.output_len} (mean {mean_out:.4g}); SLOs p99 TTFT <= {limits.slo_ttft_ms:g} ms, p99 TBT <= "
           f"{limits.slo_tbt_ms:g} ms; ${args.gpu_hour_usd:g}/GPU-hour; {tr.requests} requests x {args.seeds} seeds per load")

@@ -1457,19 +1457,34 @@ class ServeLimits(Strict):
     A request is admitted (FIFO) when the batch has fewer than `max_batch` sequences and
     the KV cache can hold its prompt + max_new_tokens (+ the plan's speculation overshoot)
     on top of what the running requests reserved; otherwise it waits. `prefill`:
-    'separate' = an admitted request's prompt runs in its own forward(s) before it joins
-    the decode batch (the running sequences wait: prefill stalls decoding).
+    'separate' = the prompts admitted in an iteration run in ONE forward before the decode
+    step (the running sequences wait: prefill stalls decoding); 'chunked' = each iteration's
+    prefill forward carries at most `prefill_chunk` prompt tokens (admitted prompts in FIFO
+    order, a long one split over iterations), so a decode step waits for one chunk at most
+    and a request joins the batch once its prompt is cached. A prefilling request holds its
+    slot of max_batch and its KV reservation from admission on.
     """
 
     max_batch: int = Field(16, ge=1, le=4096)
     kv_tokens: int | None = Field(None, ge=1, le=10**9, description="KV capacity in tokens over all sequences (None: unbounded)")
-    prefill: Literal["separate"] = "separate"
+    prefill: Literal["separate", "chunked"] = "separate"
+    prefill_chunk: int | None = Field(None, ge=1, le=10**6, description="chunked: most prompt tokens per iteration's "
+                                      "prefill forward")
     slo_ttft_ms: float | None = Field(None, gt=0, allow_inf_nan=False, description="p99 time-to-first-token SLO; "
                                       "also each request's TTFT SLO of goodput")
     slo_tbt_ms: float | None = Field(None, gt=0, allow_inf_nan=False, description="p99 time-between-tokens SLO, pooled "
                                      "over every token gap (as capacity judges a load)")
     slo_tpot_ms: float | None = Field(None, gt=0, allow_inf_nan=False, description="each request's mean time per output "
                                       "token SLO of goodput (None: slo_tbt_ms)")
+
+    @model_validator(mode="after")
+    def _chunk_with_chunked(self):
+        if (self.prefill == "chunked") != (self.prefill_chunk is not None):
+            raise ValueError("prefill_chunk: a chunk size (1..1000000 tokens) goes with prefill 'chunked', and only with it")
+        return self
+
+    def prefill_words(self) -> str:
+        return f"prefill in chunks of <= {self.prefill_chunk} tokens" if self.prefill_chunk else "prefill whole"
 
     @property
     def tpot_slo(self) -> float | None:

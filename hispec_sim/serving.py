@@ -3,7 +3,9 @@
 The process simulated is exactly the one specified at the top of hispec_exec/serve.py
 (admission FIFO head-of-line under max_batch and a KV reservation of prompt +
 max_new_tokens + the plan's overshoot; every request admitted in an iteration prefilled
-in ONE forward of its P - 1 tokens through all layers; then one decode step over the
+in ONE forward of its P - 1 tokens through all layers -- or, chunked, at most
+`prefill_chunk` queued prompt tokens per iteration's forward, a piece after cached
+tokens paying attention over them; then one decode step over the
 running sequences under the plan's batching policy, `ragged` or `synchronous`; tokens
 emitted at the end of the step that commits them). Costs come from latency.py: a
 step's forward is built layer range by layer range (segment l_{i-1}+1..l_i carries the
@@ -85,8 +87,18 @@ def reservation(plan: Plan, prompt_len, max_new) -> np.ndarray:
     return np.asarray(prompt_len) + np.asarray(max_new) + plan.max_overshoot
 
 
+def check_prefill(plan: Plan, batching: str, limits: ServeLimits) -> None:
+    """Chunked prefill is built for the ragged engine (ragged batching, autoregressive plans)."""
+    if limits.prefill == "chunked" and (plan.adaptive or (plan.depth > 1 and batching == "synchronous")):
+        raise ValueError(f"prefill_chunk: chunked prefill is built for ragged batching and autoregressive plans, not "
+                         f"for {'adaptive plans' if plan.adaptive else 'synchronous batching'}; allowed: none (whole "
+                         f"prompts in one forward)")
+
+
 def check_limits(plan: Plan, limits: ServeLimits, prompt_len: np.ndarray, max_new: np.ndarray) -> None:
-    """Raise ValueError naming the field when a request can never be admitted."""
+    """Raise ValueError naming the field when a request can never be admitted, or the
+    prefill policy is not built for the plan."""
+    check_prefill(plan, plan.batching, limits)
     if limits.kv_tokens is not None:
         need = reservation(plan, prompt_len, max_new)
         worst = int(np.argmax(need))
@@ -168,6 +180,18 @@ def _measured_request_rates(acc: Acceptance, levels: list[int]) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- cost lookups
+
+
+def chunk_takes(left: list[int], budget: int) -> list[int]:
+    """Chunked prefill: the prompt tokens each prefilling request (FIFO order; `left`: its
+    prompt tokens but the last not cached yet) puts in this iteration's prefill forward of
+    at most `budget` tokens. A request with none left joins the batch (hispec_exec.serve
+    and the simulator take this one rule)."""
+    takes = []
+    for x in left:
+        takes.append(min(x, budget))
+        budget -= takes[-1]
+    return takes
 
 
 class StepCost:
@@ -295,7 +319,13 @@ class StepCost:
     def prefill(self, prompt_tokens: np.ndarray) -> float:
         """ONE forward prefilling several prompts: their P - 1 tokens concatenated through
         all layers (linear at the total, attention per prompt), no head."""
-        n = np.maximum(np.asarray(prompt_tokens) - 1, 0)
+        return self.prefill_pieces(np.maximum(np.asarray(prompt_tokens) - 1, 0))
+
+    def prefill_pieces(self, n: np.ndarray, cached: np.ndarray | None = None) -> float:
+        """ONE prefill forward of pieces of prompts: n[i] new tokens after cached[i] ones
+        (None: none) of each, concatenated through all layers, no head. A piece after a
+        cached part pays its attention over the part (the table's prefill grid read at that
+        context); the linear part, as for whole prompts, at the total rows."""
         total = int(n.sum())
         if total == 0:
             return 0.0
@@ -304,14 +334,23 @@ class StepCost:
             lin = self._prefill_grid_ms(int((n > 0).sum()), total)
         else:
             lin = self.prefill_linear[total] if total < len(self.prefill_linear) else float(linear_layer_ms(self.table, total))
-        per = lin + self.prefill_att[n].sum()
+        if cached is None or not cached.any():
+            att = self.prefill_att[n].sum()
+        else:
+            att = (self.prefill_scale * prefill_attention_ms(self.table, n, cached)).sum()
+        per = lin + att
         return float(L * (per + self.per_layer) + self.fixed)
 
     def admission(self, prompt_tokens: np.ndarray, woke: bool) -> tuple[float, bool]:
         """(ms, whether a prefill forward ran) of admitting these prompts: the prefill, the
         admitting iteration's admit_ms, and wake_ms when the engine idled before it."""
         pf = self.prefill(prompt_tokens)
-        return pf + self.admit + (self.wake if woke else 0.0), pf > 0
+        return self.iteration(pf, True, woke), pf > 0
+
+    def iteration(self, prefill_ms: float, admitted: bool, woke: bool) -> float:
+        """An iteration's time beside its decode step: its prefill forward, admit_ms when it
+        admitted a request, and wake_ms when the engine idled before it."""
+        return prefill_ms + (self.admit + (self.wake if woke else 0.0) if admitted else 0.0)
 
     def _prefill_grid_ms(self, prompts: int, total: int) -> float:
         """prefill_scale x serving_layer_ms(prompts, total, prefill=True), read from the row of `prompts` (the same
@@ -405,7 +444,7 @@ def simulate_arrays(table: LatencyTable, num_layers: int, acc: Acceptance, plan:
     sync = plan.batching == "synchronous" and k > 1
     if not sync or k == 2:  # single-level synchronous: the batch-1 schedules, in phase (join at round ends)
         return _run_scheduled(cost, plan, draw_schedules(plan, rates, max_new, rng), arrival_s, prompt, max_new, need,
-                              kv_cap, B, align=g + 1 if sync else 1)
+                              kv_cap, B, align=g + 1 if sync else 1, chunk=limits.prefill_chunk)
     return _run_synchronous(cost, plan, rates, arrival_s, prompt, max_new, need, kv_cap, B, rng)
 
 
@@ -803,14 +842,16 @@ MACRO = 256  # steps costed at once between events (an arrival that can be admit
 
 
 def _run_scheduled(cost: StepCost, plan: Plan, sch: Schedules, arrival_s, prompt, max_new, need, kv_cap, B,
-                   align: int = 1) -> ServeRun:
+                   align: int = 1, chunk: int | None = None) -> ServeRun:
     """The event loop when every sequence's operations are known in advance (ragged,
     autoregressive; and single-level synchronous, whose rounds of g drafts + one check are
     each sequence's batch-1 schedule: `align` = g + 1 keeps the batch in phase by admitting
     only at round ends). Between two events the batch does not change, so the next steps are
     costed together: their rows per layer range, attention and heads as (steps x slots)
     arrays; the chunk is cut at the step during which the next admissible request arrives
-    (it is admitted when that step ends) or at the first request to finish."""
+    (it is admitted when that step ends) or at the first request to finish. `chunk`:
+    chunked prefill of at most that many prompt tokens per iteration (one step per
+    iteration while a prompt is being prefilled)."""
     n, k = len(arrival_s), plan.depth
     W = sch.width + 1
     lv_idx = np.arange(k)
@@ -854,27 +895,46 @@ def _run_scheduled(cost: StepCost, plan: Plan, sch: Schedules, arrival_s, prompt
     span = cost.span
     last_step = 0.0
     steps_ar = np.arange(MACRO)
-    while nxt < n or len(running):
-        # admission (FIFO, head of line), then ONE prefill forward for everything admitted
-        woke = not len(running) and nxt < n and arr_ms[nxt] > t
+    cached = np.zeros(n, np.int64)  # chunked prefill: prompt tokens each request has cached
+    prefilling: list[int] = []  # chunked prefill: admitted requests not in the batch yet, FIFO
+    while nxt < n or len(running) or prefilling:
+        # admission (FIFO, head of line), then ONE prefill forward: of everything admitted
+        # (separate), or of the next chunk of the admitted prompts (chunked)
+        woke = not len(running) and not prefilling and nxt < n and arr_ms[nxt] > t
         if woke:
             t = float(arr_ms[nxt])
         new = []
         phase = int((fp[running[0]] - sch.start[running[0]]) % align) if len(running) and align > 1 else 0
-        while phase == 0 and nxt < n and arr_ms[nxt] <= t and len(running) + len(new) < B and reserved + need[nxt] <= kv_cap:
+        while (phase == 0 and nxt < n and arr_ms[nxt] <= t and len(running) + len(prefilling) + len(new) < B
+               and reserved + need[nxt] <= kv_cap):
             new.append(nxt)
             admit_ms[nxt] = t
             reserved += need[nxt]
             nxt += 1
-        if new:
+        if chunk is not None:
+            prefilling += new
+            if prefilling:
+                ids = np.array(prefilling, np.int64)
+                left = np.maximum(prompt[ids] - 1, 0) - cached[ids]
+                take = np.array(chunk_takes(left.tolist(), chunk), np.int64)
+                pf = cost.prefill_pieces(take, cached[ids])
+                t += cost.iteration(pf, bool(new), woke)
+                prefills += pf > 0
+                cached[ids] += take
+                joined = take == left
+                running = np.concatenate([running, ids[joined]])
+                prefilling = ids[~joined].tolist()
+        elif new:
             new = np.array(new, np.int64)
             running = np.concatenate([running, new])
             ms, prefilled = cost.admission(prompt[new], woke)
             t += ms
             prefills += prefilled
         m = len(running)
+        if not m:  # chunked: nothing decodes until a prompt is cached
+            continue
         base = fp[running]
-        s = int(min((end_op[running] - base).min(), MACRO))
+        s = int(min((end_op[running] - base).min(), MACRO)) if not prefilling else 1  # a chunk per step
         if nxt < n and m < B and last_step > 0:  # cost only about as many steps as fit before the next arrival
             s = max(1, min(s, int((arr_ms[nxt] - t) / last_step * 1.25) + 2))
         pos = base[:, None] + steps_ar[None, :s]  # (m, s)

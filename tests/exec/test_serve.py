@@ -48,6 +48,55 @@ def test_served_outputs_equal_autoregressive_alone(tiny, batching):
         assert res["mean_batch"] <= 3
 
 
+@pytest.mark.parametrize("chunk", [1, 5, 16])
+def test_chunked_prefill_outputs_equal_autoregressive_alone(tiny, chunk):
+    """A prompt cached chunk by chunk (pieces of several prompts in one prefill forward)
+    decodes exactly the tokens of its whole-prompt prefill alone; every request is served."""
+    arrivals, prompts, news = workload()
+    ars = [autoregressive(tiny, p, n).tokens for p, n in zip(prompts, news)]
+    limits = ServeLimits(max_batch=3, prefill="chunked", prefill_chunk=chunk)
+    for plan in PLANS:
+        res = run(tiny, plan, arrivals, prompts, news, limits)
+        assert res["tokens"] == ars, (plan.describe(), chunk)
+        assert res["mean_batch"] <= 3
+        whole = run(tiny, plan, arrivals, prompts, news, ServeLimits(max_batch=3))
+        if chunk == 16:  # every admitted prompt fits one chunk: the separate policy's forwards
+            assert res["prefill_forwards"] == whole["prefill_forwards"]
+        else:  # more prefill forwards, at most one per iteration
+            assert res["prefill_forwards"] > whole["prefill_forwards"]
+
+
+def test_chunked_prefill_forwards_carry_at_most_the_chunk(tiny, monkeypatch):
+    """Each prefill forward carries <= prefill_chunk prompt tokens, in FIFO order, and a
+    running sequence's decode step follows each chunk (the spec, hispec_exec.serve)."""
+    from hispec_exec import generate
+
+    seen = []
+    real = generate.run_prefill
+
+    def spy(model, decoders, tokens=None):
+        before = [d.prefilled for d in decoders]
+        ms = real(model, decoders, tokens)
+        seen.append([d.prefilled - b for d, b in zip(decoders, before)])
+        return ms
+    monkeypatch.setattr(generate, "run_prefill", spy)
+    prompts = [[3] * 11, [4] * 2, [5] * 9]
+    run(tiny, Plan(levels=[2, 8], propose=2), [0.0] * 3, prompts, [6] * 3,
+        ServeLimits(max_batch=4, prefill="chunked", prefill_chunk=4))
+    taken = [sum(x) for x in seen]
+    assert max(taken) <= 4 and sum(taken) == 10 + 1 + 8
+    assert seen[:3] == [[4, 0, 0], [4, 0, 0], [2, 1, 1]]  # FIFO: the first prompt, then the next ones
+
+
+def test_chunked_prefill_is_refused_where_it_is_not_built(tiny):
+    limits = ServeLimits(prefill="chunked", prefill_chunk=8)
+    for plan, batching in [(Plan(levels=[2, 8], propose=2), "synchronous"),
+                           (Plan(levels=[2, 8], propose=2, draft_confidence=0.5), "ragged")]:
+        with pytest.raises(ValueError, match="prefill_chunk"):
+            run(tiny, plan, [0.0], [[1] * 5], [4], limits, batching=batching)
+    run(tiny, Plan(levels=[8]), [0.0], [[1] * 5], [4], limits, batching="synchronous")  # autoregressive: built
+
+
 def test_admission_limits(tiny):
     arrivals, prompts, news = workload()
     plan = Plan(levels=[2, 8], propose=2)
@@ -148,6 +197,24 @@ def test_one_token_prompts_count_no_prefill_forward(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["prefill_forwards"] == [1]
 
 
+def test_chunked_prefill_runs_the_simulators_forwards_and_steps(tmp_path, capsys):
+    """The executor and the simulator run the same chunked process: on a trace whose
+    requests all arrive at once (admission does not depend on timing) with autoregressive
+    decoding (steps do not depend on acceptance), the same prefill forwards and decode steps."""
+    from hispec_sim.cli import main as sim_main
+
+    trace = write(tmp_path / "t.jsonl", [json.dumps({"arrival_s": 0, "prompt_tokens": p, "max_new_tokens": m})
+                                         for p, m in [(30, 4), (1, 9), (12, 3), (25, 6)]])
+    common = ["--trace", trace, "--levels", "16", "--prefill-chunk", "7", "--max-batch", "4", "--json"]
+    assert main(["serve", *common, "--no-warmup", "--clock", "cpu"]) == 0
+    ex = json.loads(capsys.readouterr().out)
+    assert sim_main(["serve", "--profile", "cpu_hispec_tiny", *common, "--seeds", "1"]) == 0
+    sim = json.loads(capsys.readouterr().out)
+    assert ex["limits"]["prefill_chunk"] == sim["limits"]["prefill_chunk"] == 7
+    assert [ex["prefill_forwards"]] == sim["prefill_forwards"] == [-(-(29 + 11 + 24) // 7)]
+    assert [ex["decode_steps"]] == sim["steps"]
+
+
 BAD = [
     (["--qps", "0"], "qps"),
     (["--qps", "-1"], "qps"),
@@ -160,6 +227,8 @@ BAD = [
                                              "prompt_tokens 600 exceeds the KV capacity"),
     (["--qps", "2", "--arrival", "weibull"], "arrival"),
     (["--qps", "2", "--batching", "lockstep"], "batching"),
+    (["--qps", "2", "--prefill-chunk", "0"], "prefill_chunk"),
+    (["--qps", "2", "--levels", "2,16", "--batching", "synchronous", "--prefill-chunk", "8"], "prefill_chunk"),
     (["--qps", "2", "--cv", "0", "--arrival", "gamma"], "cv"),
     (["--qps", "2", "--slo-ttft-ms", "-5"], "slo_ttft_ms"),
     (["--qps", "2", "--temperature", "nan"], "temperature"),

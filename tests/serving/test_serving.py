@@ -187,3 +187,60 @@ def test_expected_forwards_count_the_drawn_schedules(levels, propose, windows):
     max_new = rng.integers(50, 300, 2000)
     drawn = serving.draw_schedules(plan, serving.request_rates(acc, plan, len(max_new), rng), max_new, rng).count.sum()
     assert drawn == pytest.approx(serving.forwards_per_token(acc, plan) * max_new.sum(), rel=0.05)
+
+
+def _chunked(limits, chunk):
+    return limits.model_copy(update={"prefill": "chunked", "prefill_chunk": chunk})
+
+
+RUN_FIELDS = ("admit_ms", "first_ms", "last_ms", "event_req", "event_ms", "event_tokens", "steps", "prefills")
+
+
+@pytest.mark.parametrize("profile", ["a100_llama70b", "cpu_hispec_tiny"])
+@pytest.mark.parametrize("levels, propose, windows", [([16], 1, []), ([4, 16], 3, []), ([2, 6, 16], 2, [3])])
+def test_a_chunk_that_holds_every_admitted_prompt_is_the_separate_prefill(profile, levels, propose, windows):
+    """Chunked prefill with a chunk no admission exceeds runs the separate policy's process,
+    value for value (one prefill forward of whole prompts per admitting iteration)."""
+    p = schema.load_profile(profile)
+    L = p.model.num_layers
+    plan = schema.Plan(levels=[round(x * L / 16) for x in levels], propose=propose, windows=windows)
+    rng = np.random.default_rng(5)
+    n = 120
+    arrival, prompt, out = np.cumsum(rng.exponential(0.05, n)), rng.integers(1, 200, n), rng.integers(1, 60, n)
+    lim = schema.ServeLimits(max_batch=8)
+    a = serving.simulate_arrays(p.table(), L, p.workload(), plan, arrival, prompt, out, lim, 3)
+    b = serving.simulate_arrays(p.table(), L, p.workload(), plan, arrival, prompt, out, _chunked(lim, 10**6), 3)
+    for f in RUN_FIELDS:
+        assert np.array_equal(getattr(a, f), getattr(b, f), equal_nan=True), f
+
+
+def test_chunked_prefill_bounds_the_decode_stall():
+    """Long prompts arriving while others decode: whole, each stalls the batch for its
+    whole prefill; in chunks of 256 tokens, a step waits for one chunk at most (the largest
+    token gap far below the whole prompts'), at the price of more prefill forwards."""
+    p = schema.load_profile("a100_llama70b")
+    plan = schema.Plan(levels=[80])
+    n = 40
+    arrival, prompt, out = np.arange(n) * 0.5, np.full(n, 4000), np.full(n, 100)
+    lim = schema.ServeLimits(max_batch=16)
+    runs = {c: serving.simulate_arrays(p.table(), 80, p.workload(), plan, arrival, prompt, out,
+                                       lim if c is None else _chunked(lim, c), 0) for c in (None, 256)}
+    gap = {c: max(g.max() for g in r.tbt_gaps()) for c, r in runs.items()}
+    one_chunk = serving.StepCost(p.table(), plan, 80, 16, 4200, prompt).prefill_pieces(np.array([256]), np.array([3743]))
+    assert gap[256] < one_chunk + 2 * gap[None] / 16 < gap[None] / 4
+    assert runs[None].prefills <= n and runs[256].prefills >= -(-n * 3999 // 256)  # <= 256 tokens per forward
+    assert int(runs[256].event_tokens.sum()) == int(runs[None].event_tokens.sum()) == n * 100
+
+
+def test_chunked_prefill_limits_are_checked():
+    with pytest.raises(ValueError, match="prefill_chunk"):
+        schema.ServeLimits(prefill="chunked")
+    with pytest.raises(ValueError, match="prefill_chunk"):
+        schema.ServeLimits(prefill_chunk=64)
+    p = _profile()
+    lim = schema.ServeLimits(prefill="chunked", prefill_chunk=8)
+    for plan in (schema.Plan(levels=[2, 6, 16], propose=2, windows=[3], batching="synchronous"),
+                 schema.Plan(levels=[4, 16], propose=3, draft_confidence=0.5)):
+        with pytest.raises(ValueError, match="^prefill_chunk: chunked prefill is built for ragged"):
+            _run(p, plan, [0.0], [10], [10], lim)
+    _run(p, schema.Plan(levels=[16], batching="synchronous"), [0.0], [10], [10], lim)

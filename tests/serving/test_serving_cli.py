@@ -105,6 +105,22 @@ def test_capacity_golden(prof, capsys):
     assert a == b  # seeded
 
 
+def test_capacity_with_chunked_prefill_searches_ragged_plans(prof, capsys):
+    """--prefill-chunk: every load is served with chunked prefill (said in the answer),
+    `auto` searches ragged plans only, `synchronous` is refused in one line."""
+    argv = ["capacity", "--profile", prof, "--qps", "20", "--slo-ttft-ms", "400", "--slo-tbt-ms", "40",
+            "--requests", "40", "--seeds", "1", "--prompt-len", "uniform:100:400", "--output-len", "uniform:4:32",
+            "--max-batch", "8", "--max-propose", "3", "--max-window", "3", "--prefill-chunk", "64"]
+    a = _json(capsys, argv + ["--json"])
+    assert a["prefill_chunk"] == 64 and a["batching"] == "ragged"
+    assert all(schema.Plan.model_validate(e["plan"]).batching == "ragged" for e in a["families"].values())
+    assert main(argv) == 0
+    assert "prefill in chunks of <= 64 tokens" in capsys.readouterr().out
+    assert main(argv + ["--batching", "synchronous"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("hispec-sim: error: prefill_chunk: chunked prefill is built for ragged")
+
+
 def test_capacity_kv_tokens_bounds_the_plans_searched(prof, capsys):
     """--kv-tokens refuses only what autoregressive decoding cannot hold (it once added a
     fixed 64 tokens: refused 60 where every plan searched needed <= 56, accepted values the
