@@ -400,7 +400,8 @@ class ModelShape(Strict):
     def _shape_exists(self):
         # the roofline attention reads head_dim = hidden // heads and groups heads by kv_heads
         if self.heads > self.hidden:
-            raise ValueError(f"heads: {self.heads} attention heads in {self.hidden} hidden units; allowed: <= hidden")
+            raise ValueError(f"heads: {self.heads} exceeds hidden ({self.hidden}): no head dimension left; "
+                             f"allowed: heads <= hidden")
         if self.kv_heads > self.heads or self.heads % self.kv_heads:
             raise ValueError(f"kv_heads: {self.kv_heads} must divide heads ({self.heads}); allowed: a divisor of heads")
         return self

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from . import schema
-from .schema import Hardware, LatencyTable, ModelShape, Source
+from .schema import Hardware, LatencyTable, ModelShape, Source, ValidationError, validation_message
 
 VIDUR_REF = "github.com/microsoft/vidur commit 7d47513363ec447a741ac5e47241580b47724fbf, data/profiling/ (MIT)"
 VIDUR_CREDIT = "per-operator latencies measured by the Vidur project, MIT"
@@ -304,16 +305,20 @@ def model_shape_from(data: MlpData, name: str, num_layers: int | None) -> ModelS
     s = data.shape
     if num_layers is None:
         raise ValueError("layers: the number of decoder layers is not in mlp.csv; pass it (--layers)")
-    return ModelShape(
-        name=name,
-        num_layers=num_layers,
-        hidden=s["n_embd"],
-        heads=s["n_head"],
-        kv_heads=s.get("n_kv_head", s["n_head"]),
-        ffn=s["n_expanded_embd"],
-        vocab=s["vocab_size"],
-        source=Source(kind="measured", detail=f"model shape columns of {VIDUR_CREDIT} ({name}/mlp.csv); layer count from the HF config", reference=VIDUR_REF),
-    )
+    columns = {"hidden": "n_embd", "heads": "n_head", "kv_heads": "n_kv_head", "ffn": "n_expanded_embd",
+               "vocab": "vocab_size"}
+    shape = {f: s[c] for f, c in columns.items() if c in s}
+    shape.setdefault("kv_heads", s["n_head"])  # n_kv_head optional: no grouped-query attention
+    try:
+        return ModelShape(
+            name=name, num_layers=num_layers, **shape,
+            source=Source(kind="measured", detail=f"model shape columns of {VIDUR_CREDIT} ({name}/mlp.csv); layer "
+                          "count from the HF config", reference=VIDUR_REF))
+    except ValidationError as e:  # the shape is mlp.csv's: name its columns, not the profile's fields
+        msg = validation_message(e)
+        for f, c in columns.items():  # whole words: kv_heads is not heads
+            msg = re.sub(rf"\b{f}\b", c, msg)
+        raise ValueError(f"vidur {name}/mlp.csv: {msg}") from None
 
 
 def layer_weight_bytes(shape: ModelShape, tp: int) -> float:

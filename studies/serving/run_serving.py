@@ -27,8 +27,11 @@ for arrivals added), so other processes' load does not inflate one side only.
     python studies/serving/run_serving.py --quick              # smoke run: one plan, one load, 12 requests
     python studies/serving/run_serving.py --resimulate         # the simulator's side again, on today's code
 
+    python studies/serving/run_serving.py --prefill-chunk 32 --prompt-len uniform:100:400 \
+        --out-dir studies/serving/chunked                      # chunked prefill, long prompts
+
 Writes RESULTS.md, results.json, plot.svg and the re-measured profile.json next to this
-script (whole files or none; --quick writes nothing but a temporary profile); `--install
+script, or in --out-dir (whole files or none; --quick writes nothing but a temporary profile); `--install
 PATH` writes the re-measured profile to PATH instead (remeasure.sh: the shipped one), and
 RESULTS.md names it with its sha256.
 """
@@ -207,7 +210,9 @@ def make_trace(family: str, qps: float, args, workdir: Path) -> Path:
 
 
 def _common(trace: Path, args) -> list[str]:
-    return ["--trace", str(trace), "--max-batch", str(args.max_batch), "--batching", args.batching, "--json"]
+    chunk = getattr(args, "prefill_chunk", None)
+    return (["--trace", str(trace), "--max-batch", str(args.max_batch), "--batching", args.batching, "--json"]
+            + (["--prefill-chunk", str(chunk)] if chunk else []))
 
 
 def execute(family: str, trace: Path, args) -> dict:
@@ -299,7 +304,7 @@ def resimulate(out: dict, argv: list[str]) -> None:
 
     args = argparse.Namespace(requests=out["requests"], prompt_len=out["prompt_len"], output_len=out["output_len"],
                               max_batch=out["max_batch"], batching=out["batching"], sim_seeds=out["sim_seeds"],
-                              seed=out.get("seed", 0))
+                              seed=out.get("seed", 0), prefill_chunk=out.get("prefill_chunk"))
     profile = str(ROOT / out["profile"])
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT,
                             check=False).stdout.strip() or "?"
@@ -372,7 +377,9 @@ def results_md(out: dict) -> str:
              "",
              f"Profile `{out['profile']}` ({out['remeasure_detail']}). {out['requests']} requests per scenario, Poisson "
              f"arrivals, prompts {out['prompt_len']}, outputs {out['output_len']} tokens, max batch {out['max_batch']}, "
-             f"batching {out['batching']}, executor threads {out['threads']}, simulator: mean over {out['sim_seeds']} "
+             f"batching {out['batching']}, "
+             + (f"prefill in chunks of <= {out['prefill_chunk']} tokens, " if out.get("prefill_chunk") else "")
+             + f"executor threads {out['threads']}, simulator: mean over {out['sim_seeds']} "
              f"acceptance seeds on the same trace.", "", "Commands:", ""]
     lines += [f"    {c}" for c in out["commands"]]
     if out.get("resimulated"):
@@ -466,6 +473,10 @@ def main(argv=None) -> int:
     ap.add_argument("--output-len", default="uniform:16:64")
     ap.add_argument("--max-batch", type=int, default=8)
     ap.add_argument("--batching", default="ragged", choices=["ragged", "synchronous"])
+    ap.add_argument("--prefill-chunk", type=int, help="chunked prefill in both servers: at most this many prompt "
+                    "tokens per iteration's prefill forward (default: whole prompts)")
+    ap.add_argument("--out-dir", type=Path, default=HERE, help="where results.json, RESULTS.md, plot.svg and the "
+                    "re-measured profile.json go (and --render / --resimulate read; default: next to this script)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--sim-seeds", type=int, default=5)
     ap.add_argument("--runs", type=int, default=2, choices=[1, 2, 3, 4],
@@ -480,17 +491,20 @@ def main(argv=None) -> int:
                     "re-measure only with --remeasure given explicitly; writes nothing")
     argv = sys.argv[1:] if argv is None else argv
     args = ap.parse_args(argv)
+    if not args.out_dir.is_dir():
+        ap.exit(2, f"run_serving.py: --out-dir: {args.out_dir} is not a folder; allowed: an existing folder\n")
     if args.render or args.resimulate:
-        given = [a.split("=")[0] for a in argv if a.startswith("--") and a.split("=")[0] not in ("--render", "--resimulate")]
+        given = [a.split("=")[0] for a in argv if a.startswith("--")
+                 and a.split("=")[0] not in ("--render", "--resimulate", "--out-dir")]
         if given:  # every setting comes from results.json
             ap.exit(2, f"run_serving.py: {given[0]}: not read with --render or --resimulate (they reuse results.json's "
                        "settings); allowed: nothing else\n")
-        out = json.loads((HERE / "results.json").read_text())
+        out = json.loads((args.out_dir / "results.json").read_text())
         if args.resimulate:
             resimulate(out, argv)
-            write_atomic(HERE / "results.json", json.dumps(out, indent=1) + "\n")
-        write_atomic(HERE / "plot.svg", svg_errors(out["scenarios"]))
-        write_atomic(HERE / "RESULTS.md", results_md(out))
+            write_atomic(args.out_dir / "results.json", json.dumps(out, indent=1) + "\n")
+        write_atomic(args.out_dir / "plot.svg", svg_errors(out["scenarios"]))
+        write_atomic(args.out_dir / "RESULTS.md", results_md(out))
         return 0
     if args.quick and "--remeasure" not in argv:
         args.remeasure = "none"
@@ -511,7 +525,8 @@ def main(argv=None) -> int:
 
     t_start = time.perf_counter()
     out = {"requests": args.requests, "prompt_len": args.prompt_len, "output_len": args.output_len,
-           "max_batch": args.max_batch, "batching": args.batching, "threads": args.threads, "clock": args.clock,
+           "max_batch": args.max_batch, "batching": args.batching, "prefill_chunk": args.prefill_chunk,
+           "threads": args.threads, "clock": args.clock,
            "sim_seeds": args.sim_seeds, "seed": args.seed, "load_at_start": os.getloadavg()[0],
            "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "machine": describe(fingerprint("cpu")) + f", {os.cpu_count()} logical CPUs", "scenarios": []}
@@ -523,7 +538,8 @@ def main(argv=None) -> int:
             print("[serving study] note: the profile has no serving calibration; both simulations read the table",
                   flush=True)
         bare, plain = variants(profile, tmp)
-        out["profile"] = "studies/serving/profile.json" if profile == str(dest) else profile
+        out["profile"] = (os.path.relpath(args.out_dir.resolve() / "profile.json", ROOT) if profile == str(dest)
+                          else profile)
         out["reference_at_calibration_ms"] = reference(args)
         out["remeasure_detail"] = how
         out["commands"] = cmds + ["python studies/serving/run_serving.py " + " ".join(shlex.quote(a) for a in argv)]
@@ -557,15 +573,15 @@ def main(argv=None) -> int:
                              indent=1))
             return 0
         if profile == str(dest):
-            target = Path(args.install) if args.install else HERE / "profile.json"
+            target = Path(args.install) if args.install else args.out_dir / "profile.json"
             write_atomic(target, dest.read_text())
             if args.install:
                 sha = hashlib.sha256(target.read_bytes()).hexdigest()[:16]
                 out["profile"] = args.install
                 out["remeasure_detail"] += f"; installed there after the runs, sha256 {sha}…"
-    write_atomic(HERE / "results.json", json.dumps(out, indent=1) + "\n")
-    write_atomic(HERE / "plot.svg", svg_errors(out["scenarios"]))
-    write_atomic(HERE / "RESULTS.md", results_md(out))
+    write_atomic(args.out_dir / "results.json", json.dumps(out, indent=1) + "\n")
+    write_atomic(args.out_dir / "plot.svg", svg_errors(out["scenarios"]))
+    write_atomic(args.out_dir / "RESULTS.md", results_md(out))
     print(results_md(out))
     return 0
 

@@ -106,7 +106,7 @@ def test_cli_import_vidur_never_overwrites_the_all_reduce_file_it_read(tmp_path,
     assert rc == 0, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("change, match", [({"heads": 64, "kv_heads": 8, "hidden": 8}, "heads: 64 attention heads in 8"),
+@pytest.mark.parametrize("change, match", [({"heads": 64, "kv_heads": 8, "hidden": 8}, "heads: 64 exceeds hidden \\(8\\)"),
                                            ({"kv_heads": 8, "heads": 4}, "kv_heads: 8 must divide heads"),
                                            ({"kv_heads": 3}, "kv_heads: 3 must divide heads")])
 def test_a_model_shape_that_cannot_exist_is_refused(change, match):
@@ -155,6 +155,29 @@ def test_import_vidur_odd_files_get_messages_that_name_them(tmp_path):
             csv.writer(f, lineterminator="\n").writerows(changed)
         with pytest.raises(ValueError, match=match):
             vidur.import_vidur(root, model="Llama-2-7b-hf", gpu="h100", tps=[8])
+
+
+@pytest.mark.parametrize("column, value, match", [
+    ("n_kv_head", "3", r"vidur Llama-2-7b-hf/mlp.csv: n_kv_head: 3 must divide n_head \(32\); allowed: a divisor of n_head"),
+    ("n_head", "8192", r"vidur Llama-2-7b-hf/mlp.csv: n_head: 8192 exceeds n_embd \(4096\)")])
+def test_import_vidur_names_the_shape_columns_of_mlp_csv(tmp_path, column, value, match):
+    """A shape no model has is refused naming mlp.csv's columns, not the profile's fields
+    (the review of round 25)."""
+    import csv
+    import shutil
+
+    src = VIDUR / "compute" / "h100" / "meta-llama" / "Llama-2-7b-hf"
+    model = tmp_path / "Llama-2-7b-hf"
+    shutil.copytree(src, model)
+    rows = list(csv.reader((model / "mlp.csv").open()))
+    if column not in rows[0]:
+        rows = [rows[0] + [column]] + [r + [""] for r in rows[1:]]
+    for r in rows[1:]:
+        r[rows[0].index(column)] = value
+    with (model / "mlp.csv").open("w", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerows(rows)
+    with pytest.raises(ValueError, match=match):
+        vidur.import_vidur(model, gpu="h100", tps=[1])
 
 
 # --------------------------------------------------------------------------- synthetic
