@@ -31,15 +31,16 @@ def _json(text: str, where: str):
     return parse_json_text(text, "prompts_file", where)  # bounded; a key twice is refused
 
 
-def read_prompts(path: str | Path, fmt: str | None = None, field: str = "prompt") -> list[tuple[str, str]]:
+def read_prompts(path: str | Path, fmt: str | None = None, field: str | None = None) -> list[tuple[str, str]]:
     """[(where, text)] in file order: where = 'line 3' (jsonl, text) or 'record 3' (sharegpt).
 
-    jsonl: one JSON object per line, the prompt in `field`; text: one prompt per non-empty
-    line; sharegpt: a JSON array of {"conversations": [{"from": "human", "value": ...}, ...]}
-    (`field` names the conversation list if it is not 'prompt'), the first human turn is the
-    prompt.
+    jsonl: one JSON object per line, the prompt in `field` (default 'prompt'); text: one
+    prompt per non-empty line; sharegpt: a JSON array of {"conversations": [{"from":
+    "human", "value": ...}, ...]} (`field` names the conversation list, default
+    'conversations'), the first human turn is the prompt.
     """
     path = Path(path)
+    guessed = fmt is None
     fmt = _format_for(path, fmt)
     size = regular_file(path, "prompts_file").st_size
     if size > MAX_FILE_BYTES:
@@ -59,6 +60,7 @@ def read_prompts(path: str | Path, fmt: str | None = None, field: str = "prompt"
     if fmt == "text":
         out = [(f"line {i}", ln) for i, ln in enumerate(file_lines(text), 1) if ln.strip()]
     elif fmt == "jsonl":
+        field = field or "prompt"
         for i, ln in enumerate(file_lines(text), 1):
             if not ln.strip():
                 continue
@@ -75,11 +77,17 @@ def read_prompts(path: str | Path, fmt: str | None = None, field: str = "prompt"
             if len(out) > MAX_PROMPTS:
                 break
     else:
-        data = _json(text, str(path))
+        # a .json file is taken for ShareGPT: where it is not, say so (a JSONL file named .json)
+        hint = f" ({shown(path)} is read as ShareGPT for its .json suffix; a JSONL file? pass --format jsonl)" \
+            if guessed else ""
+        try:
+            data = _json(text, str(path))
+        except ValueError as e:
+            raise ValueError(f"{e}{hint}") from None
         if not isinstance(data, list):
             raise ValueError(f"prompts_file: a ShareGPT file is a JSON array of conversations, got a JSON "
-                             f"{json_type(data)}")
-        key = "conversations" if field == "prompt" else field
+                             f"{json_type(data)}{hint}")
+        key = field or "conversations"
         skipped = 0
         for i, rec in enumerate(data, 1):
             turns = rec.get(key) if isinstance(rec, dict) else None

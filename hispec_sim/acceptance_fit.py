@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import least_squares
 
-from .schema import Acceptance, AcceptanceSpread, Plan, Source
+from .schema import FIT_C_RANGE, FIT_M_RANGE, Acceptance, AcceptanceSpread, Plan, Source
 
 READINGS = ("per_draft", "per_position")
 
@@ -263,8 +263,8 @@ def fit_curves(points: list[Point], num_layers: int, workloads: list[str] | None
                          for p in points if p.workload in ms])
 
     x0 = ([] if fix_c else [0.8]) + [1.0] * len(wl)
-    lo = ([] if fix_c else [0.05]) + [-20.0] * len(wl)
-    hi = ([] if fix_c else [5.0]) + [20.0] * len(wl)
+    lo = ([] if fix_c else [FIT_C_RANGE[0]]) + [FIT_M_RANGE[0]] * len(wl)
+    hi = ([] if fix_c else [FIT_C_RANGE[1]]) + [FIT_M_RANGE[1]] * len(wl)
     sol = least_squares(resid, x0, bounds=(lo, hi), xtol=1e-12, ftol=1e-12, gtol=1e-12)
     cc, ms = unpack(sol.x)
     used = [p for p in points if p.workload in ms]

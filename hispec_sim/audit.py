@@ -285,7 +285,9 @@ def audit(setting: Setting, plan: Plan | str, speedup: float) -> dict:
     elif speedup <= floor:  # every level beats the floor, a limit no level attains
         out.update(reachable=False, below_floor_by_pct=round(100 * (1 - speedup / floor), 6), required_level=None,
                    verdict=f"unreachable: {speedup:g}x is {100 * (1 - speedup / floor):.4g} % below the floor "
-                           f"{floor:.6g}x: every level of this family gives more ({fam.floor_reason()})")
+                           f"{floor:.6g}x: every level of this family gives more ("
+                           + ("an autoregressive plan drafts nothing: 1x at any level"
+                              if isinstance(plan, Plan) and plan.depth == 1 else fam.floor_reason()) + ")")
         out["reconciled"] = False
         return out
     else:
@@ -310,7 +312,7 @@ def audit(setting: Setting, plan: Plan | str, speedup: float) -> dict:
     for e in levels:
         r = {"exit": e, "required": round(float(A[at[e], -1]), 5), "profile": round(float(fam.F(fam.level0, [e])[0]), 5)}
         if band is not None and not setting.workload.endswith("_per_position"):  # bands are around the central reading
-            r["band"] = [round(float(np.asarray(b.agreement)[b.exits.index(e), -1]), 5) for b in band]
+            r["band"] = sorted(round(float(np.asarray(b.agreement)[b.exits.index(e), -1]), 5) for b in band)
         rows.append(r)
     out["agreement_with_final_at_exits"] = rows
     chain = list(got_plan.levels)
@@ -326,6 +328,8 @@ def audit(setting: Setting, plan: Plan | str, speedup: float) -> dict:
         req = float(p.predict(level, fam.c, L, cost)) if not math.isinf(level) else None
         row = {"kind": p.kind, "published": p.value, "source": p.source,
                "where": (d.get("config") or {}).get("plan") or (p.plan.describe(short=True) if p.plan else
+                                                                 "the first layer agreeing with the last, mean"
+                                                                 if p.kind == "mean_layer" else
                                                                  f"exit {p.exit}" + (f"/{p.exit2}" if p.exit2 else "")),
                "required_curve_gives": None if req is None else round(req, 5),
                "distance": None if req is None else round(req - p.value, 5)}
@@ -388,7 +392,12 @@ def run(args) -> int:
     speedup = _parse_speedup(args.speedup)
     if args.levels == BEST_SINGLE_LEVEL and args.plan:
         raise ValueError(f"plan: --levels {BEST_SINGLE_LEVEL} picks its own plan at every level; drop --plan")
-    plan = None if args.levels == BEST_SINGLE_LEVEL else plan_from_args(args, batch=args.batch)
+    try:
+        plan = None if args.levels == BEST_SINGLE_LEVEL else plan_from_args(args, batch=args.batch)
+    except ValueError as e:  # the parser knows integers only; the audit also takes the keyword
+        if str(e).startswith("levels: expected"):
+            raise ValueError(f"{e}; allowed: those, or {BEST_SINGLE_LEVEL}") from None
+        raise
     setting = _setting(args, plan.batch if plan else None)  # the plan file's batch, as evaluate reads it
     if plan is not None and plan.adaptive:
         raise ValueError(f"plan: {plan.describe()} has confidence thresholds; the audit moves a fixed plan's acceptance "

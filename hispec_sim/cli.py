@@ -13,7 +13,8 @@ from pathlib import Path
 
 from . import cli_measure, schema
 from .cli_common import (SEED, Parser, UsageError, add_model_args, add_plan_args, add_search_bounds, check_output,  # noqa: F401
-                         check_storage, float_in, given, int_in, load_model_from_args, name_text, one_line, plan_from_args,
+                         check_storage, float_in, given, int_in, load_model_from_args, name_text, note_weights, one_line,
+                         plan_from_args,
                          refuse_unread, run_main, shown, sqlite_files)
 from .evaluate import DEFAULT_RESCORE, Setting, optimized, score
 from .schema import decimals, rounded
@@ -39,7 +40,7 @@ def _setting_args(p: argparse.ArgumentParser, batch=True, plan_file=True,
 def _setting(args, batch: int | None = None, profile: schema.Profile | None = None) -> Setting:
     b = batch if batch is not None else (getattr(args, "batch", None) or 1)
     profile = profile or schema.load_profile(args.profile)
-    return Setting(profile, args.workload, args.tp, args.stack, b, args.context)
+    return note_weights(Setting(profile, args.workload, args.tp, args.stack, b, args.context))
 
 
 def _profile_path(args):

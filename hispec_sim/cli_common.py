@@ -542,3 +542,14 @@ def _run_main(prog: str, build_parser, argv: list[str], func_attr: str) -> int:
             with contextlib.suppress(OSError, ValueError):  # nothing left to flush at exit
                 sys.stdout = open(os.devnull, "w")
     return 2
+
+
+def note_weights(setting):
+    """Say on stderr when the setting's weights do not fit its GPUs (report_data.weights_note);
+    returns the setting."""
+    from .report_data import weights_note
+
+    note = weights_note(setting.profile, setting.tp)
+    if note:
+        print(f"hispec-sim: note: {note}", file=sys.stderr)
+    return setting

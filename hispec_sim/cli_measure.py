@@ -45,7 +45,7 @@ def add_measure_parser(prof_sub) -> None:
     m.add_argument("--prompts-file", metavar="FILE", help="measure acceptance on your own prompts")
     m.add_argument("--format", choices=["jsonl", "text", "sharegpt"],
                    help="prompts file format (default from the suffix: .jsonl, .txt, .json = ShareGPT; else jsonl)")
-    m.add_argument("--field", default="prompt", help="JSONL field holding the prompt (default prompt); "
+    m.add_argument("--field", help="JSONL field holding the prompt (default prompt); "
                    "ShareGPT: the conversation list (default conversations)")
     m.add_argument("--acceptance-only", action="store_true",
                    help="add the workload to the existing profile --out without timing (timing may come from another machine)")
@@ -212,7 +212,7 @@ def add_validate_parser(sub, setting_args) -> None:
                    help="validate a profile measured on another machine (the output carries a warning)")
     p.add_argument("--prompts-file", metavar="FILE", help="run the plans on your own prompts (as for profile measure)")
     p.add_argument("--format", choices=["jsonl", "text", "sharegpt"])
-    p.add_argument("--field", default="prompt")
+    p.add_argument("--field", help="JSONL: the prompt field (default prompt); ShareGPT: the conversation list (default conversations)")
     p.add_argument("--rounds", type=int_in(1, 100), default=1,
                    help="passes over the prompts; the measured speed-up is the median over rounds (default 1)")
     p.add_argument("--ar-every", type=int_in(1, 200), default=1,

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 
 from . import schema, serving, traffic
-from .cli_common import (SEED, add_plan_args, add_search_bounds, float_in, int_in, name_text, plan_from_args,
+from .cli_common import (SEED, add_plan_args, add_search_bounds, float_in, int_in, name_text, note_weights, plan_from_args,
                          refuse_unread, shown)
 from .evaluate import Setting
 from .schema import decimals
@@ -83,7 +83,7 @@ def _setting(args) -> Setting:
     if args.step_noise not in ("on", "off"):
         raise ValueError(f"step-noise: must be on or off, got {args.step_noise!r}")
     profile = schema.load_profile(args.profile)
-    setting = Setting(profile, args.workload, args.tp, args.stack, 1, None)
+    setting = note_weights(Setting(profile, args.workload, args.tp, args.stack, 1, None))
     if args.step_noise == "off" and setting.table.serving is not None and setting.table.serving.step_noise is not None:
         # the simulators read the noise from the table: without it every step is deterministic
         setting.table = setting.table.model_copy(update={"serving": setting.table.serving.model_copy(

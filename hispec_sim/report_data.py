@@ -214,6 +214,16 @@ def _memory(profile: Profile, tp: int, context: int, max_new: int) -> dict:
     return out
 
 
+def weights_note(profile: Profile, tp: int) -> str | None:
+    """Where the profile says its HBM and the bf16 weights do not fit in tp x HBM, the note
+    every command that prices this setting prints (the report's memory model)."""
+    mem = _memory(profile, tp, 1, 0)  # the weights alone decide `fits`
+    if mem["fits"] is not False:
+        return None
+    return (f"the weights (~{mem['weights_gb']} GB, bf16) do NOT fit in tp={tp} x {profile.hardware.hbm_gb} GB HBM: "
+            "these figures are hypothetical; use a larger --tp")
+
+
 def _scaled_profile(profile: Profile, workload: str, factor: float) -> Profile:
     """Every off-diagonal agreement rate times `factor` (the diagonal stays 1), each
     request's too where the workload carries an empirical spread (a logit-normal spread
@@ -427,6 +437,8 @@ def _serving(setting: Setting, families: dict, mem: dict, requests: int, slo_ttf
     loads = [_r(lo * (hi / lo) ** (i / (n - 1)), 4) for i in range(n)]
     # arrivals span >= `lifetimes` x a request's time in a full autoregressive batch (max_batch / sat)
     window_s = SERVING["lifetimes"] * max_batch / sat
+    _check_sweep_size(setting, plans, tr, [min(max(requests, math.ceil(q * window_s)), 10 * requests) for q in loads],
+                      requests)
     curves = capacity.latency_curves(spec, plans, loads, window_s, most=10 * requests)
     cross = capacity.crossovers(curves)
     for e in curves["families"].values():
@@ -447,6 +459,21 @@ def _serving(setting: Setting, families: dict, mem: dict, requests: int, slo_ttf
                        "maximum: `hispec-sim capacity` answers the sizing question with more requests and seeds")}, None
 
 
+def _check_sweep_size(setting: Setting, plans: dict, tr, per_load: list[int], requests: int) -> None:
+    """Refuse a serving sweep expected to walk more than MAX_SERVE_FORWARDS forwards in all
+    (its time grows with them), as `serve` and `capacity` refuse a run (serving.check_size)."""
+    from . import serving, traffic
+
+    acc = setting.profile.workload(setting.workload)
+    per_token = sum(serving.forwards_per_token(acc, p) for p in plans.values())
+    forwards = per_token * traffic.mean_length(tr.output_len) * sum(per_load) * SERVING["seeds"]
+    if forwards > schema.MAX_SERVE_FORWARDS:
+        raise ValueError(f"serving_requests: {requests} requests per load ({sum(per_load):,} over the sweep's "
+                         f"{len(per_load)} loads, {SERVING['seeds']} seed(s), {len(plans)} plans) need ~{forwards:.2e} "
+                         f"forwards, at most {schema.MAX_SERVE_FORWARDS:.2e}; allowed: about "
+                         f"{max(1, int(requests * schema.MAX_SERVE_FORWARDS / forwards)):,} or fewer")
+
+
 def largest_forward_tokens(plan: dict | Plan) -> int:
     """New tokens per sequence in the largest forward a plan runs: 1 for autoregressive;
     otherwise propose + sum(windows) + 1 (a level's check sees its window, overrun by at most
@@ -460,8 +487,7 @@ def _sweep_note(mem: dict, setting: Setting, max_batch: int, limit: int, profile
     if mem["hbm_gb"] is None:
         parts.append("the profile gives no HBM size, so batch is not capped by memory")
     elif not mem["fits"]:
-        parts.append(f"the weights do NOT fit in tp={setting.tp} x {profile.hardware.hbm_gb} GB HBM: "
-                     "these figures are hypothetical; use a larger --tp")
+        parts.append(weights_note(profile, setting.tp))
     elif mem["max_batch"] == 0:
         parts.append(f"{mem['hbm_gb']} GB HBM (tp={setting.tp}) at {int(MEMORY_HEADROOM * 100)} % use holds the weights "
                      f"but not one sequence's KV cache at context {setting.context}: these figures are hypothetical")

@@ -20,6 +20,8 @@ SCHEMA_VERSION = 1
 # The limits of every input, in one place: the schema below, both command lines and the
 # JSON loader apply these and nothing else.
 MAX_LAYERS = 1024          # decoder layers of a model (and so any exit layer)
+FIT_M_RANGE = (-20.0, 20.0)  # the acceptance curve's location m and steepness c (acceptance_fit's bounds)
+FIT_C_RANGE = (0.05, 5.0)
 MAX_LEVELS = 16            # levels of one plan (chain depth)
 MAX_PROPOSE = 64           # drafts per round
 MAX_WINDOW = 256           # window of an intermediate level
@@ -402,6 +404,9 @@ class ModelShape(Strict):
         if self.heads > self.hidden:
             raise ValueError(f"heads: {self.heads} exceeds hidden ({self.hidden}): no head dimension left; "
                              f"allowed: heads <= hidden")
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden: {self.hidden} is not a multiple of heads ({self.heads}); allowed: heads x the "
+                             f"head dimension")
         if self.kv_heads > self.heads or self.heads % self.kv_heads:
             raise ValueError(f"kv_heads: {self.kv_heads} must divide heads ({self.heads}); allowed: a divisor of heads")
         return self
@@ -768,9 +773,29 @@ class FitRecord(_FitPart):
         for k in self.F_at_exits or {}:
             if not (k.isdigit() and 1 <= int(k) <= MAX_LAYERS):
                 raise ValueError(f"F_at_exits: keys are exit layers in [1, {MAX_LAYERS}], got {k!r}")
-        if self.family.startswith("F(e) = sigmoid(") and not {"m", "c"} <= set(self.params or {}):
-            raise ValueError("params: the sigmoid family needs m and c")
+        if self.sigmoid:
+            if not {"m", "c"} <= set(self.params or {}):
+                raise ValueError("params: the sigmoid family needs m and c")
+            for k, (lo, hi) in (("m", FIT_M_RANGE), ("c", FIT_C_RANGE)):  # the fitter's bounds
+                if not lo <= self.params[k] <= hi:
+                    raise ValueError(f"params.{k}: must be in [{lo:g}, {hi:g}] (the fitter's range), "
+                                     f"got {self.params[k]:g}")
         return self
+
+    @property
+    def sigmoid(self) -> bool:
+        return self.family.startswith("F(e) = sigmoid(")
+
+    def check_agreement(self, acc: "Acceptance", L: int) -> None:
+        """A sigmoid record's curve is the workload's matrix, F(a) / F(b) for a < b (the
+        audit reads the record, every other command the matrix: they must not disagree)."""
+        if not self.sigmoid:
+            return
+        from .acceptance_fit import curve  # acceptance_fit imports this module
+
+        F = curve(np.asarray(acc.exits) / L, self.params["m"], self.params["c"])
+        _same_matrix(np.asarray(acc.agreement), np.minimum.outer(F, F) / np.maximum.outer(F, F), acc.exits,
+                     f"the fit record's curve F(a) / F(b) at m = {self.params['m']:g}, c = {self.params['c']:g}")
 
     def check_model(self, L: int) -> None:
         """The record against the model's L layers: its num_layers, its exits, and its per_draft
@@ -909,7 +934,9 @@ class Profile(Strict):
                 raise ValueError(f"workloads.{name}.exits: must end at the last layer {self.model.num_layers}")
             if acc.fit is not None:
                 try:
-                    _fit_record(acc.fit).check_model(self.model.num_layers)
+                    rec = _fit_record(acc.fit)
+                    rec.check_model(self.model.num_layers)
+                    rec.check_agreement(acc, self.model.num_layers)
                 except ValueError as e:
                     raise ValueError(f"workloads.{name}.fit: {e}") from None
         if self.paper_default is not None and self.paper_default.levels[-1] != self.model.num_layers:

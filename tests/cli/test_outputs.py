@@ -200,3 +200,19 @@ def test_messages_that_say_what_the_input_is(tmp_path, capsys):
     (tmp_path / "a.json").write_text(json.dumps({"levels": [2, 16], "propose": 3, "draft_confidence": 0.5}))
     assert main(["evaluate", "--profile", "cpu_hispec_tiny", "--plan", str(tmp_path / "a.json")]) == 0
     assert capsys.readouterr().out.startswith("profile cpu_hispec_tiny")
+
+
+def test_every_command_pricing_a_setting_whose_weights_do_not_fit_says_so(capsys):
+    """Llama-2-70B's ~138 GB of bf16 weights on one A100-80GB: evaluate, optimize, serve and
+    capacity priced it without a word while report called it hypothetical (fuzz round 26, D2)."""
+    note = ("hispec-sim: note: the weights (~137.95 GB, bf16) do NOT fit in tp=1 x 80.0 GB HBM: these figures are "
+            "hypothetical; use a larger --tp\n")
+    base = ["--profile", "a100_llama70b"]
+    serving = ["--qps", "0.2", "--requests", "8", "--seeds", "1"]
+    for argv in (["evaluate", *base, "--levels", "80"], ["optimize", *base, "--max-propose", "2", "--max-window", "2"],
+                 ["serve", *base, "--levels", "80", *serving],
+                 ["capacity", *base, *serving, "--slo-ttft-ms", "5000", "--slo-tbt-ms", "200", "--max-propose", "2",
+                  "--max-window", "2", "--batching", "ragged"]):
+        for tp, said in (("1", note), ("4", "")):
+            assert main([*argv, "--tp", tp]) == 0, argv
+            assert capsys.readouterr().err == said, (argv, tp)

@@ -362,10 +362,10 @@ def test_timing_is_repeated_while_the_machine_moves_and_the_calmest_kept(monkeyp
     (b'{"prompt": ""}\n', "jsonl", "prompt", "prompts_file: line 1: the prompt is empty"),
     (b'{"prompt": "caf\xe9"}\n', "jsonl", "prompt", "prompts_file: .* is not UTF-8 text \\(line 1"),
     (b"[" * 100000 + b"]" * 100000 + b"\n", "jsonl", "prompt", "nested more than 32"),
-    (b'{"conversations": []}', "sharegpt", "prompt", "ShareGPT file is a JSON array of conversations, got a JSON object"),
-    (b'[{"id": 1}]', "sharegpt", "prompt", "field: record 1 has no list 'conversations'"),
+    (b'{"conversations": []}', "sharegpt", None, "ShareGPT file is a JSON array of conversations, got a JSON object"),
+    (b'[{"id": 1}]', "sharegpt", None, "field: record 1 has no list 'conversations'"),
     (b'{"prompt": "a", "prompt": "b"}\n', "jsonl", "prompt", "prompts_file: line 1: key 'prompt' appears twice"),
-    (b'[{"conversations": [{"from": "gpt", "value": "hi"}]}, {"conversations": []}]', "sharegpt", "prompt",
+    (b'[{"conversations": [{"from": "gpt", "value": "hi"}]}, {"conversations": []}]', "sharegpt", None,
      "holds no prompts \\(format sharegpt\\): none of its 2 conversations has a human/user turn with text$"),
 ], ids=["empty", "blank", "malformed", "not_object", "missing_field", "not_string", "empty_prompt", "not_utf8",
         "deep", "sharegpt_not_array", "sharegpt_no_turns", "key_twice", "sharegpt_no_human"])
@@ -401,6 +401,24 @@ def test_prompts_file_formats(tmp_path, capsys):
     assert read_prompts(tmp_path / "d.jsonl", None, "q") == [("line 1", "a\u2028b\x85c")]
     (tmp_path / "e.txt").write_text("def f():\x0c    return 1\r\nx\n", encoding="utf-8", newline="")
     assert read_prompts(tmp_path / "e.txt") == [("line 1", "def f():\x0c    return 1"), ("line 2", "x")]
+    # a ShareGPT conversation list named `prompt` is read when --field says so (fuzz round 26, M7)
+    (tmp_path / "f.json").write_text(json.dumps([{"prompt": [{"role": "user", "content": "named prompt"}]}]))
+    assert read_prompts(tmp_path / "f.json", None, "prompt") == [("record 1", "named prompt")]
+
+
+@pytest.mark.parametrize("content, match", [(b'{"prompt": "a"}\n{"prompt": "b"}\n', "malformed JSON \\(Extra data at line 2, column 1\\)"),
+                                            (b'{"prompt": "a"}\n', "got a JSON object")])
+def test_a_jsonl_file_named_json_says_how_it_was_read(tmp_path, content, match):
+    """A .json file is read as ShareGPT; a JSONL one under that name is told so and how to
+    read it (fuzz round 26, M8); given --format, no hint."""
+    f = tmp_path / "p.json"
+    f.write_bytes(content)
+    with pytest.raises(ValueError, match=f"{match} \\(.*p.json is read as ShareGPT for its .json suffix; a JSONL file\\? "
+                                         "pass --format jsonl\\)$"):
+        read_prompts(f)
+    with pytest.raises(ValueError, match=f"{match}$"):
+        read_prompts(f, "sharegpt")
+    assert read_prompts(f, "jsonl") == [("line 1", "a")] + ([("line 2", "b")] if b"b" in content else [])
 
 
 # --------------------------------------------------------------------------- the CLI on a Hugging Face folder

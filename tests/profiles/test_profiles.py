@@ -108,7 +108,8 @@ def test_cli_import_vidur_never_overwrites_the_all_reduce_file_it_read(tmp_path,
 
 @pytest.mark.parametrize("change, match", [({"heads": 64, "kv_heads": 8, "hidden": 8}, "heads: 64 exceeds hidden \\(8\\)"),
                                            ({"kv_heads": 8, "heads": 4}, "kv_heads: 8 must divide heads"),
-                                           ({"kv_heads": 3}, "kv_heads: 3 must divide heads")])
+                                           ({"kv_heads": 3}, "kv_heads: 3 must divide heads"),
+                                           ({"hidden": 4097}, "hidden: 4097 is not a multiple of heads")])
 def test_a_model_shape_that_cannot_exist_is_refused(change, match):
     """More heads than hidden units priced attention at 0 at any context (head_dim 0); more
     KV heads than heads is no model either (fuzz round 25, D2)."""
@@ -155,6 +156,22 @@ def test_import_vidur_odd_files_get_messages_that_name_them(tmp_path):
             csv.writer(f, lineterminator="\n").writerows(changed)
         with pytest.raises(ValueError, match=match):
             vidur.import_vidur(root, model="Llama-2-7b-hf", gpu="h100", tps=[8])
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda w: w.update(agreement=[[1.0] * len(w["exits"])] * len(w["exits"])),
+     r"workloads.sharegpt.fit: acceptance.agreement: must be the fit record's curve F\(a\) / F\(b\) at m = 2.2599"),
+    (lambda w: w["fit"]["params"].update(c=-1.0), r"workloads.sharegpt.fit: params.c: must be in \[0.05, 5\]"),
+    (lambda w: w["fit"]["params"].update(c=0.0), r"params.c: must be in \[0.05, 5\]"),
+    (lambda w: w["fit"]["params"].update(m=1e308), r"params.m: must be in \[-20, 20\]")])
+def test_a_fit_record_must_be_the_workloads_matrix(tmp_path, edit, match):
+    """The audit reads a workload's fit record, every other command its matrix: a profile
+    where they disagree, or whose record lies outside the fitter's range, is refused (fuzz
+    round 26, D1: audit 0.787x against evaluate's 3.213x on the same plan)."""
+    d = json.loads((REPO / "profiles" / "h100_llama3_8b.json").read_text())
+    edit(d["workloads"]["sharegpt"])
+    with pytest.raises(ValueError, match=match):
+        Profile.model_validate(d)
 
 
 @pytest.mark.parametrize("column, value, match", [

@@ -385,6 +385,16 @@ def test_unwritable_output(capsys, prof_file, tmp_path, where):
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
 
 
+def test_a_serving_sweep_beyond_the_forwards_bound_is_refused(tmp_path, capsys):
+    """--serving-requests is bounded by the sweep's expected forwards, as serve and capacity
+    bound a run (fuzz round 26, M2: 100,000 ran for ~12 minutes on the tiny profile)."""
+    out = tmp_path / "r.html"
+    code, _, err = run(capsys, "report", "--profile", "cpu_hispec_tiny", "--serving-requests", "100000", "--out", out)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and not out.exists()
+    assert err.startswith("hispec-sim: error: serving_requests: 100000 requests per load (600,000 over the sweep's 6 "
+                          "loads") and "allowed: about" in err
+
+
 def test_memory_caps_the_sweep():
     from hispec_sim.schema import load_profile
 

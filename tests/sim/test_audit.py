@@ -176,7 +176,11 @@ def test_published_points_without_a_band_are_said_so(capsys):
 def test_a_per_draft_figure_measured_with_a_long_round_is_priced(tmp_path, capsys):
     """The audit prices a published figure's own plan, however long its round (propose 64
     ran past a 64-row cost lookup)."""
+    from hispec_sim.acceptance_fit import curve
+
     p = json.loads(make_profile(layers=16).model_dump_json())
+    F = curve(np.asarray(p["workloads"]["w"]["exits"]) / 16, 1.0, 1.0)
+    p["workloads"]["w"]["agreement"] = (np.minimum.outer(F, F) / np.maximum.outer(F, F)).tolist()  # the curve's matrix
     p["workloads"]["w"]["fit"] = {"family": "F(e) = sigmoid(m + c*logit(e/L))", "num_layers": 16,
                                   "params": {"m": 1.0, "c": 1.0},
                                   "points": [{"workload": "w", "kind": "per_draft", "value": 0.5,
@@ -263,3 +267,23 @@ def test_an_autoregressive_plan_says_acceptance_plays_no_part():
     """Its verdict had an empty clause (round 24, M2)."""
     r = audit(Setting(load_profile("cpu_hispec_tiny")), Plan(levels=[16]), 1.0)
     assert r["reachable"] is True and "): no exit below the last, so acceptance plays no part;" in r["verdict"]
+
+
+def test_wording_of_points_floors_bands_and_the_levels_keyword(tmp_path, capsys):
+    """Fuzz round 26: M5 the --levels error names the keyword it also takes; M6 a mean_layer
+    point has no exit, and an autoregressive plan's floor is 1x with its own reason; M9 a
+    band is printed low to high whichever workload holds which end."""
+    assert main(["audit", "--profile", "h100_llama3_8b", "--levels", "BEST", "--speedup", "1.1"]) == 2
+    assert capsys.readouterr().err.rstrip().endswith("; allowed: those, or best_single_level")
+    s = Setting(load_profile("a100_llama2_7b"), "base_no_ee")
+    r = audit(s, Plan(levels=[8, 32], propose=2), 1.5)
+    assert [p["where"] for p in r["published_points"] if p["kind"] == "mean_layer"] == ["the first layer agreeing with the last, mean"]
+    r = audit(Setting(load_profile("h100_llama3_8b")), Plan(levels=[32]), 0.5)
+    assert r["verdict"].endswith("(an autoregressive plan drafts nothing: 1x at any level)")
+    d = json.loads(load_profile("h100_llama3_8b").model_dump_json())
+    w = d["workloads"]
+    w["sharegpt_low"], w["sharegpt_high"] = w["sharegpt_high"], w["sharegpt_low"]
+    (tmp_path / "swapped.json").write_text(json.dumps(d))
+    r = audit(Setting(load_profile(str(tmp_path / "swapped.json"))), PLAN, 2.01)
+    bands = [e["band"] for e in r["agreement_with_final_at_exits"] + r["published_points"] if "band" in e]
+    assert bands and all(lo <= hi for lo, hi in bands)
