@@ -55,8 +55,12 @@ from .model import Transformer
 
 BATCHES = [1, 2, 3, 4, 6, 8, 12, 16]
 ROWS = [1, 2, 3, 4, 6, 8, 16, 32, 64]  # decode steps and checks (and longer buffers)
-PREFILL_ROWS = [4, 8, 16, 32, 64]  # prompt tokens per sequence of the prefill grid
-MAX_CELL_ROWS = 256  # cells of more rows in all are left to the table's linear part (prefills of many prompts)
+# prompt tokens per sequence of the prefill grid: up to the longest prompt a model of 512
+# positions holds (a prompt's attention among its own tokens grows as its square: read
+# from the grid, not extrapolated from a 64-token cell)
+PREFILL_ROWS = [4, 8, 16, 32, 64, 128, 256, 512]
+MAX_CELL_ROWS = 256  # decode cells of more rows in all are left to the table's linear part
+PREFILL_CELL_ROWS = 1024  # prefill cells of more rows in all: the largest timed batch's cell x b / its batch
 
 
 @torch.no_grad()
@@ -76,7 +80,8 @@ def batch_layer_grid(model: Transformer, batches: list[int] = BATCHES, rows: lis
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     toks = {n: [torch.randint(0, model.args.vocab_size, (n,), generator=gen).to(dev) for _ in range(B)] for n in rows}
-    cells = [(b, n) for b in batches for n in rows if context + n <= pool.capacity and (b * n <= MAX_CELL_ROWS or n == 1)]
+    cap = PREFILL_CELL_ROWS if prefill else MAX_CELL_ROWS
+    cells = [(b, n) for b in batches for n in rows if context + n <= pool.capacity and (b * n <= cap or n == 1)]
 
     def timed(f) -> float:
         if cuda:
@@ -113,20 +118,26 @@ def batch_layer_grid(model: Transformer, batches: list[int] = BATCHES, rows: lis
         i, j = batches.index(b), rows.index(n)
         raw[i, j], se[i, j], _ = robust_mean(s)
         fwd_part[i, j] = robust_mean(per_forward[(b, n)])[0]
-    # cells not timed (too many rows in all, or beyond the capacity): the cell of fewer rows
-    # per sequence plus the table's linear part for the extra rows (as the simulator extrapolates)
+    # cells not timed (too many rows in all, or beyond the capacity): prefill, the largest
+    # timed batch of the same prompt length x b / its batch (prompts that long are compute-
+    # bound: each costs what it costs alone); decode, or no timed batch, the cell of fewer
+    # rows per sequence plus the table's linear part for the extra rows (as the simulator
+    # extrapolates)
     filled = []
     for j in range(len(rows)):
         for i, b in enumerate(batches):
             if not np.isfinite(raw[i, j]):
+                timed = [k for k in range(i) if np.isfinite(raw[k, j]) and (batches[k], rows[j]) not in filled]
+                filled.append((b, rows[j]))
+                if prefill and timed:
+                    raw[i, j] = raw[timed[-1], j] * b / batches[timed[-1]]
+                    continue
                 extra = 0.0
                 if table is not None and j:
                     from hispec_sim.latency import linear_layer_ms
 
                     extra = float(linear_layer_ms(table, b * rows[j]) - linear_layer_ms(table, b * rows[j - 1]))
                 raw[i, j] = (raw[i, j - 1] if j else 0.0) + max(extra, 0.0)
-                se[i, j] = np.nan
-                filled.append((b, rows[j]))
     finite = se[np.isfinite(se) & (se > 0)]
     floor = float(np.median(finite)) if finite.size else 1e-3
     w = 1.0 / np.maximum(np.nan_to_num(se, nan=10 * floor), floor) ** 2

@@ -242,7 +242,9 @@ def serving_layer_ms(table: LatencyTable, nseq, rows, prefill: bool = False) -> 
     at (nseq, rows / nseq); beyond its last rows per sequence, plus the table's linear part
     for the extra rows; beyond its last batch, extrapolated along the batch from the last
     two batches (slope >= 0). prefill: a prefill forward, read from the calibration's
-    prefill grid (the executor runs prompts in larger tiles) where it has one. Without a
+    prefill grid (the executor runs prompts in larger tiles) where it has one -- its cells
+    hold each prompt's attention among its own tokens; beyond its last rows, each of the
+    `nseq` prompts adds the table's linear part for its own extra rows. Without a
     calibration: the table's linear part at `rows` (one sequence of that many tokens). No
     sequence costs nothing."""
     nseq, rows = np.broadcast_arrays(np.asarray(nseq, float), np.asarray(rows, float))
@@ -265,7 +267,10 @@ def serving_layer_ms(table: LatencyTable, nseq, rows, prefill: bool = False) -> 
         t = t + np.maximum(b - b_ax[-1], 0.0) * np.maximum(hi - lo, 0.0) / (b_ax[-1] - b_ax[-2])
     over = per > r_ax[-1]  # more rows per sequence than measured: the table's linear part for the rest
     if over.any():
-        extra = linear_layer_ms(table, b * per) - linear_layer_ms(table, b * r_ax[-1])
+        if prefill and cal.prefill_layer_ms is not None:  # each prompt's own rows (its attention is its own)
+            extra = b * (linear_layer_ms(table, per) - linear_layer_ms(table, r_ax[-1]))
+        else:
+            extra = linear_layer_ms(table, b * per) - linear_layer_ms(table, b * r_ax[-1])
         t = np.where(over, t + np.maximum(extra, 0.0), t)
     return np.where(nseq > 0, np.maximum(t, 0.0), 0.0)
 

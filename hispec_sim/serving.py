@@ -258,7 +258,12 @@ class StepCost:
         # prefill: one sequence's attention per prompt length, linear part per total rows (lookups)
         top = int(np.sort(np.maximum(prompts - 1, 0))[-max_batch:].sum()) if prompts is not None and len(prompts) else 1
         plen = np.arange(int(prompts.max()) if prompts is not None and len(prompts) else 1)
-        self.prefill_att = self.prefill_scale * np.where(plen > 0, prefill_attention_ms(table, np.maximum(plen, 1), 0), 0.0)
+        # a calibration's prefill grid holds each prompt's attention among its own tokens: a
+        # piece then adds only its attention over its cached part (the table's increment at
+        # that context); without one, the causal estimate (prefill_attention_ms) of it all
+        self.grid_attention = self.calibrated and sv.prefill_layer_ms is not None
+        self.prefill_att = (np.zeros(len(plen)) if self.grid_attention else
+                            self.prefill_scale * np.where(plen > 0, prefill_attention_ms(table, np.maximum(plen, 1), 0), 0.0))
         tot = np.arange(min(top, 2**21) + 1)
         self.prefill_linear = linear_layer_ms(table, np.maximum(tot, 1))  # read without a calibration only
 
@@ -323,9 +328,10 @@ class StepCost:
 
     def prefill_pieces(self, n: np.ndarray, cached: np.ndarray | None = None) -> float:
         """ONE prefill forward of pieces of prompts: n[i] new tokens after cached[i] ones
-        (None: none) of each, concatenated through all layers, no head. A piece after a
-        cached part pays its attention over the part (the table's prefill grid read at that
-        context); the linear part, as for whole prompts, at the total rows."""
+        (None: none) of each, concatenated through all layers, no head: the linear part, as
+        for whole prompts, at the total rows (a calibration's prefill grid: with each piece's
+        attention among its own tokens), and a piece after a cached part its attention over
+        the part (see grid_attention)."""
         total = int(n.sum())
         if total == 0:
             return 0.0
@@ -336,6 +342,8 @@ class StepCost:
             lin = self.prefill_linear[total] if total < len(self.prefill_linear) else float(linear_layer_ms(self.table, total))
         if cached is None or not cached.any():
             att = self.prefill_att[n].sum()
+        elif self.grid_attention:
+            att = self.prefill_scale * np.where(n > 0, sequence_attention_ms(self.table, np.maximum(n, 1), cached), 0.0).sum()
         else:
             att = (self.prefill_scale * prefill_attention_ms(self.table, n, cached)).sum()
         per = lin + att

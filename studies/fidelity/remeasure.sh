@@ -72,7 +72,8 @@ else
   step "generalisation (timed)" python studies/fidelity/run_generalisation.py --plans 12 --timed-prompts 128 \
     --max-new-tokens 48 --ar-every 4
   step "serving (calibration re-measured, then installed)" python studies/serving/run_serving.py \
-    --remeasure serving --profile profiles/cpu_hispec_tiny.json --install profiles/cpu_hispec_tiny.json
+    --remeasure serving --profile profiles/cpu_hispec_tiny.json --install profiles/cpu_hispec_tiny.json \
+    --acceptance heldout
   step "adaptive" python studies/adaptive/run_adaptive.py
   results=studies/fidelity/RESULTS.md
 fi

@@ -2,10 +2,16 @@
 
 For every scenario (autoregressive, a single-level and a 3-level plan; two loads each;
 Poisson arrivals; max batch 8) the seeded request set is written ONCE as a JSONL trace
-(arrival_s, prompt_tokens as a length, max_new_tokens) and replayed by both: the executor
-draws held-out prompts of those lengths and serves them for real (one CPU thread, as the
-profile was measured); the simulator serves the same trace from the profile (acceptance
-drawn per request, --sim-seeds runs, mean). The error of every metric is (simulated -
+(arrival_s, the prompt, max_new_tokens) and replayed by both: the executor serves it for
+real (one CPU thread, as the profile was measured); the simulator serves the same trace
+from the profile (acceptance drawn per request, --sim-seeds runs, mean). The prompts
+(`--acceptance served`, the default) are held-out texts of the drawn lengths, and the
+simulator reads the acceptance measured on those very texts (workload `served`: `hispec-sim
+profile measure --prompts-file --acceptance-only`, what a user does for their own
+prompts) -- acceptance depends on the prompts (the shipped model agrees less with itself
+on prompts of 100-400 tokens than on the 64-byte held-out prompts of its default workload);
+`--acceptance heldout`: the trace carries prompt lengths, the executor draws held-out
+prompts of those lengths, and the simulator reads the profile's default workload. The error of every metric is (simulated -
 measured) / measured (0 when both are 0: a speculative plan's TBT p50 is 0 when more
 than half of its gaps are tokens committed together); targets (issue 12): throughput and
 TBT p50 median |error| <= 10 %, TBT p99 and TTFT p50/p99 <= 20 %. Each scenario is also
@@ -168,8 +174,9 @@ def _name(k: str, s: str | None) -> str:
     return k if s is None else f"{k}_{s}"
 
 
-def profile_acceptance(profile_path: str, plan_args: list[str]) -> list | None:
-    """The acceptance per level the simulator uses for this plan (marginal rates)."""
+def profile_acceptance(profile_path: str, plan_args: list[str], workload: str | None = None) -> list | None:
+    """The acceptance per level the simulator uses for this plan (marginal rates), from
+    `workload` (None: the profile's default)."""
     from hispec_sim.schema import Plan
     from hispec_sim.serving import level_rates
 
@@ -180,7 +187,7 @@ def profile_acceptance(profile_path: str, plan_args: list[str]) -> list | None:
         return []
     plan = Plan(levels=levels, propose=int(a.get("--propose", 1)),
                 windows=[int(a["--window"])] * (len(levels) - 2) if "--window" in a else [])
-    rates = level_rates(prof.workloads[prof.default_workload], plan.levels)
+    rates = level_rates(prof.workloads[workload or prof.default_workload], plan.levels)
     return [round(float(r), 4) for r in rates[:, 2]]  # levels 2..k, as the executor's
 
 
@@ -201,12 +208,46 @@ def reference(args) -> float:
 
 
 def make_trace(family: str, qps: float, args, workdir: Path) -> Path:
-    """One seeded request set per scenario, written as a trace both sides replay."""
+    """One seeded request set per scenario, written as a trace both sides replay. With
+    `--acceptance served` its prompts are texts: held-out source of the drawn lengths (the
+    shipped model's tokens are bytes), chosen as `hispec-exec serve` chooses them for a
+    trace of lengths, so that the acceptance can be measured on exactly what is served."""
     tr = Traffic(qps=qps, requests=args.requests, prompt_len=LengthDist.parse(args.prompt_len, "prompt-len"),
                  output_len=LengthDist.parse(args.output_len, "output-len"), seed=args.seed)
+    reqs = generate(tr)
+    if getattr(args, "acceptance", "heldout") == "served":
+        from hispec_exec.data import heldout_prompts
+
+        by_len: dict[int, list[int]] = {}
+        for i, r in enumerate(reqs):
+            by_len.setdefault(r.prompt_tokens, []).append(i)
+        for n, idx in by_len.items():
+            for i, p in zip(idx, heldout_prompts(len(idx), n, args.seed)):
+                reqs[i] = reqs[i].model_copy(update={"prompt": bytes(p).decode("utf-8"), "prompt_tokens": None})
     trace = workdir / f"{family}_{qps:g}.jsonl"
-    trace.write_text("".join(r.model_dump_json(exclude_none=True) + "\n" for r in generate(tr)))
+    trace.write_text("".join(r.model_dump_json(exclude_none=True) + "\n" for r in reqs))
     return trace
+
+
+def served_workload(profile: str, traces: list[Path], args) -> str:
+    """Adds the workload `served` to `profile`: the acceptance measured on the traces' own
+    prompts (`hispec-sim profile measure --prompts-file --acceptance-only`, each prompt
+    decoded for as many tokens as the longest output asked for), what a user serving these
+    prompts would measure. Returns the command."""
+    prompts, longest = {}, 0
+    for t in traces:
+        for line in t.read_text().splitlines():
+            r = json.loads(line)
+            prompts[r["prompt"]] = None
+            longest = max(longest, r["max_new_tokens"])
+    pf = traces[0].parent / "served_prompts.jsonl"
+    pf.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    cmd = [sys.executable, "-m", "hispec_sim.cli", "profile", "measure", "--prompts-file", str(pf), "--workload",
+           SERVED, "--acceptance-only", "--max-new-tokens", str(longest), "--threads", str(args.threads), "--out", profile]
+    print(f"[serving study] acceptance on the {len(prompts)} served prompts: "
+          f"{' '.join(shlex.quote(c) for c in cmd[1:])}", flush=True)
+    _run(cmd, "measuring the served prompts' acceptance")
+    return "python " + " ".join(shlex.quote(c) for c in cmd[1:])
 
 
 def _common(trace: Path, args) -> list[str]:
@@ -225,7 +266,8 @@ def execute(family: str, trace: Path, args) -> dict:
 
 
 ERRORS = {"simulated": "error", "uncalibrated": "error_uncalibrated", "no_noise": "error_no_noise",
-          "no_admission": "error_no_admission"}
+          "no_admission": "error_no_admission", "heldout_acceptance": "error_heldout_acceptance"}
+SERVED = "served"  # the workload measured on the served prompts (--acceptance served)
 
 
 def variants(profile: str, tmp: Path) -> tuple[str, str]:
@@ -242,12 +284,17 @@ def variants(profile: str, tmp: Path) -> tuple[str, str]:
 
 def simulate(profile: str, bare: str, plain: str, family: str, trace: Path, args) -> dict:
     """The trace simulated with the calibration; with it but no step noise; with it but
-    admissions priced as before (`plain`); without it."""
+    admissions priced as before (`plain`); without it -- each with the served prompts'
+    acceptance (`--acceptance served`); and, then, with the calibration and the profile's
+    default (held-out) acceptance."""
+    served = getattr(args, "acceptance", "heldout") == "served"
+    wl = ["--workload", SERVED] if served else []
+    runs = [("simulated", profile, wl), ("uncalibrated", bare, wl), ("no_noise", profile, ["--step-noise", "off", *wl]),
+            ("no_admission", plain, wl)] + ([("heldout_acceptance", profile, [])] if served else [])
     return {tag: _run([sys.executable, "-m", "hispec_sim.cli", "serve", "--profile", prof, *PLANS[family],
                        *_common(trace, args), "--seeds", str(args.sim_seeds), "--seed", str(args.seed), *extra],
                       "hispec-sim serve")
-            for tag, prof, extra in (("simulated", profile, []), ("uncalibrated", bare, []),
-                                     ("no_noise", profile, ["--step-noise", "off"]), ("no_admission", plain, []))}
+            for tag, prof, extra in runs}
 
 
 def predicted(cell: dict, sims: dict, key: str, sub: str | None) -> None:
@@ -268,7 +315,9 @@ def scenario(profile: str, bare: str, plain: str, family: str, qps: float, trace
            "exec_seconds": round(float(np.mean([e["seconds"] for e in exes])), 1),
            "exec_mean_batch": float(np.mean([e.get("mean_batch") for e in exes])),
            "exec_acceptance": exe.get("acceptance_per_level"),
-           "profile_acceptance": profile_acceptance(profile, PLANS[family]), "load_after": os.getloadavg()[0],
+           "profile_acceptance": profile_acceptance(profile, PLANS[family],
+                                                    SERVED if getattr(args, "acceptance", "heldout") == "served" else None),
+           "load_after": os.getloadavg()[0],
            "reference_ms": float(np.mean([e["reference_ms"] for e in exes])),
            "step_noise": sims["simulated"].get("step_noise")}
     pa = row["profile_acceptance"]
@@ -289,10 +338,11 @@ def medians(out: dict) -> None:
     """The median |error| of every metric over the scenarios, into `out`."""
     for tag, key in (("median_abs_error", "error"), ("median_abs_error_uncalibrated", "error_uncalibrated"),
                      ("median_abs_error_no_noise", "error_no_noise"),
-                     ("median_abs_error_no_admission", "error_no_admission"), ("median_spread", "spread")):
+                     ("median_abs_error_no_admission", "error_no_admission"),
+                     ("median_abs_error_heldout_acceptance", "error_heldout_acceptance"), ("median_spread", "spread")):
         out[tag] = {}
         for k, s, _ in METRICS:
-            errs = [abs(r[_name(k, s)][key]) for r in out["scenarios"] if r[_name(k, s)][key] is not None]
+            errs = [abs(r[_name(k, s)][key]) for r in out["scenarios"] if r[_name(k, s)].get(key) is not None]
             out[tag][_name(k, s)] = float(np.median(errs)) if errs else float("nan")
 
 
@@ -304,7 +354,8 @@ def resimulate(out: dict, argv: list[str]) -> None:
 
     args = argparse.Namespace(requests=out["requests"], prompt_len=out["prompt_len"], output_len=out["output_len"],
                               max_batch=out["max_batch"], batching=out["batching"], sim_seeds=out["sim_seeds"],
-                              seed=out.get("seed", 0), prefill_chunk=out.get("prefill_chunk"))
+                              seed=out.get("seed", 0), prefill_chunk=out.get("prefill_chunk"),
+                              acceptance=out.get("acceptance", "heldout"))
     profile = str(ROOT / out["profile"])
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT,
                             check=False).stdout.strip() or "?"
@@ -371,6 +422,8 @@ def _noise_text(rows: list[dict]) -> str:
 
 def results_md(out: dict) -> str:
     rows = out["scenarios"]
+    served = out.get("acceptance") == "served"
+    hcol = " error with held-out acceptance |" if served else ""
     lines = ["# Serving validation: hispec-sim serve vs hispec-exec serve", "",
              f"Machine: {out['machine']}. Load average (1 min) at start {out['load_at_start']:.2f}, at the end "
              f"{out['load_at_end']:.2f}. Clock: {out['clock']}. Started {out['started']}, {out['seconds']:.0f} s in all.",
@@ -380,7 +433,13 @@ def results_md(out: dict) -> str:
              f"batching {out['batching']}, "
              + (f"prefill in chunks of <= {out['prefill_chunk']} tokens, " if out.get("prefill_chunk") else "")
              + f"executor threads {out['threads']}, simulator: mean over {out['sim_seeds']} "
-             f"acceptance seeds on the same trace.", "", "Commands:", ""]
+             f"acceptance seeds on the same trace.", "",
+             ("Acceptance: measured on the served prompts themselves (the traces carry held-out texts; workload "
+              "`served`, added by `profile measure --prompts-file --acceptance-only`, as a user measures their own "
+              "prompts); the column `error with held-out acceptance` simulates the profile's default workload "
+              "instead." if served else
+              "Acceptance: the profile's default workload (the traces carry prompt lengths; the executor serves "
+              "held-out prompts of those lengths)."), "", "Commands:", ""]
     lines += [f"    {c}" for c in out["commands"]]
     if out.get("resimulated"):
         lines += ["", f"The simulated columns were computed again on {out['resimulated']}, against the executor runs "
@@ -392,8 +451,8 @@ def results_md(out: dict) -> str:
               f"priced as older calibrations do (prefill forwards at the decode steps' forward scale, no admit_ms or "
               f"wake_ms). Step noise in the simulation: {_noise_text(rows)}.", "",
               "| scenario | req/s | metric | measured | simulated | error | target | met | uncalibrated error | "
-              "error without step noise | error without admission costs | run-to-run spread |",
-              "|---|---:|---|---:|---:|---:|---:|:---:|---:|---:|---:|---:|"]
+              "error without step noise | error without admission costs |" + hcol + " run-to-run spread |",
+              "|---|---:|---|---:|---:|---:|---:|:---:|---:|---:|---:|" + ("---:|" if served else "") + "---:|"]
     for r in rows:
         for key, sub, *t in (*METRICS, *EXTRA):
             c = r[_name(key, sub)]
@@ -402,7 +461,8 @@ def results_md(out: dict) -> str:
             lines.append(f"| {r['plan']} | {r['qps']:g} | {_name(key, sub)} | {c['measured']:.2f} | "
                          f"{c['simulated']:.2f} | {_pct(c['error'])} | {target} | {met} | {_pct(c['error_uncalibrated'])} | "
                          f"{_pct(c.get('error_no_noise'))} | {_pct(c.get('error_no_admission'))} | "
-                         f"{_pct(c.get('spread')).lstrip('+')} |")
+                         + (f"{_pct(c.get('error_heldout_acceptance'))} | " if served else "")
+                         + f"{_pct(c.get('spread')).lstrip('+')} |")
     ref0 = out.get("reference_at_calibration_ms")
     lines += ["", "Per scenario: executor mean batch; acceptance per level as the executor counts it (kept / "
               "checked tokens) against the profile's per-token rate and the kept fraction that rate gives for the "
@@ -421,15 +481,15 @@ def results_md(out: dict) -> str:
               "spread of the executor itself (the same trace replayed in two passes, the second in reverse "
               "order): an error below it is not resolved by this machine.", "",
               "| metric | median abs error | target | met | uncalibrated | without step noise | "
-              "without admission costs | noise floor (run-to-run) |",
-              "|---|---:|---:|:---:|---:|---:|---:|---:|"]
+              "without admission costs |" + (" with held-out acceptance |" if served else "") + " noise floor (run-to-run) |",
+              "|---|---:|---:|:---:|---:|---:|---:|" + ("---:|" if served else "") + "---:|"]
     for k, s, target in METRICS:
         n = _name(k, s)
         m, u, f = out["median_abs_error"][n], out["median_abs_error_uncalibrated"][n], spread.get(n)
         cell = lambda v: "-" if v is None or np.isnan(v) else f"{100 * v:.1f} %"  # noqa: E731
-        q, a = (out.get(f"median_abs_error_{x}", {}).get(n) for x in ("no_noise", "no_admission"))
+        q, a, h = (out.get(f"median_abs_error_{x}", {}).get(n) for x in ("no_noise", "no_admission", "heldout_acceptance"))
         lines.append(f"| {n} | {100 * m:.1f} % | {100 * target:.0f} % | {'yes' if m <= target else 'no'} | "
-                     f"{100 * u:.1f} % | {cell(q)} | {cell(a)} | {cell(f)} |")
+                     f"{100 * u:.1f} % | {cell(q)} | {cell(a)} | " + (f"{cell(h)} | " if served else "") + f"{cell(f)} |")
     lines += ["", "![errors](plot.svg)", "", WHY]
     return "\n".join(lines)
 
@@ -475,6 +535,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batching", default="ragged", choices=["ragged", "synchronous"])
     ap.add_argument("--prefill-chunk", type=int, help="chunked prefill in both servers: at most this many prompt "
                     "tokens per iteration's prefill forward (default: whole prompts)")
+    ap.add_argument("--acceptance", choices=["served", "heldout"], default="served",
+                    help="served (default): the traces carry held-out texts, whose acceptance is measured and "
+                    "simulated (workload 'served'); heldout: prompt lengths only, the profile's default workload")
     ap.add_argument("--out-dir", type=Path, default=HERE, help="where results.json, RESULTS.md, plot.svg and the "
                     "re-measured profile.json go (and --render / --resimulate read; default: next to this script)")
     ap.add_argument("--threads", type=int, default=1)
@@ -509,6 +572,9 @@ def main(argv=None) -> int:
     if args.quick and "--remeasure" not in argv:
         args.remeasure = "none"
     load_profile(args.profile)  # fail early on a bad profile
+    if args.install and args.acceptance == "served":
+        ap.exit(2, "run_serving.py: --install: the profile would carry the study's workload 'served'; allowed: "
+                   "--install with --acceptance heldout\n")
     if args.install:
         try:  # before the runs, not after them
             check_writable(args.install)
@@ -526,6 +592,7 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     out = {"requests": args.requests, "prompt_len": args.prompt_len, "output_len": args.output_len,
            "max_batch": args.max_batch, "batching": args.batching, "prefill_chunk": args.prefill_chunk,
+           "acceptance": args.acceptance,
            "threads": args.threads, "clock": args.clock,
            "sim_seeds": args.sim_seeds, "seed": args.seed, "load_at_start": os.getloadavg()[0],
            "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -537,13 +604,18 @@ def main(argv=None) -> int:
         if not any(t.serving is not None for t in load_profile(profile).latency):
             print("[serving study] note: the profile has no serving calibration; both simulations read the table",
                   flush=True)
+        cases = [(fam, q, make_trace(fam, q, args, tmp)) for fam in fams for q in loads]
+        if args.acceptance == "served":
+            if profile != str(dest):  # the workload goes into a copy, never into --profile
+                dest.write_text(Path(profile).read_text())
+                profile = str(dest)
+            cmds.append(served_workload(profile, [t for _, _, t in cases], args))
         bare, plain = variants(profile, tmp)
         out["profile"] = (os.path.relpath(args.out_dir.resolve() / "profile.json", ROOT) if profile == str(dest)
                           else profile)
         out["reference_at_calibration_ms"] = reference(args)
         out["remeasure_detail"] = how
         out["commands"] = cmds + ["python studies/serving/run_serving.py " + " ".join(shlex.quote(a) for a in argv)]
-        cases = [(fam, q, make_trace(fam, q, args, tmp)) for fam in fams for q in loads]
         exes: list[list[dict]] = [[] for _ in cases]
         order = list(range(len(cases)))
         for r in range(args.runs):  # passes over the scenarios, every other one in reverse: drift spreads over all

@@ -32,6 +32,19 @@ def test_batch_grid_is_positive_monotone_and_filled(shipped):
     assert (2, 300) in g["filled"]  # 600 rows in all: not timed, extended by the table's linear part
 
 
+def test_an_untimed_prefill_cell_is_its_timed_batch_scaled(shipped, monkeypatch):
+    """A prefill cell of more rows than PREFILL_CELL_ROWS: the largest timed batch's cell of
+    the same prompt length x b / that batch (long prompts cost what they cost alone)."""
+    import hispec_exec.measure_serving as ms
+
+    monkeypatch.setattr(ms, "PREFILL_CELL_ROWS", 30)
+    g = batch_layer_grid(shipped, [1, 2, 3], [4, 20], repeats=1, prefill=True)
+    raw = np.asarray(g["raw_layer_ms"])
+    assert sorted(g["filled"]) == [(2, 20), (3, 20)]
+    assert raw[1, 1] == pytest.approx(2 * raw[0, 1]) and raw[2, 1] == pytest.approx(3 * raw[0, 1])
+    assert np.all(np.isfinite(raw[:, 0]))  # 4-row prompts: every batch timed
+
+
 def test_the_prefill_grid_times_prefill_forwards(shipped, monkeypatch):
     """batch_layer_grid(prefill=True) runs the prefill forwards generate.run_prefill runs."""
     seen = []

@@ -132,11 +132,35 @@ def test_prefills_read_the_prefill_grid():
         assert float(serving_layer_ms(t, b, b * 2)) == pytest.approx(base.layer_ms[i][1])
     plain = _table(base)
     assert float(serving_layer_ms(plain, 2, 16, prefill=True)) == float(serving_layer_ms(plain, 2, 16))
-    # the simulator's prefill forward: half the grid's layers, the same attention and fixed parts
-    costs = [serving.StepCost(x, schema.Plan(levels=[16]), 16, 4, 256, np.array([33, 17])) for x in (t, plain)]
-    lin = [16 * c.scale * float(serving_layer_ms(x, 2, 48, prefill=True)) for c, x in zip(costs, (t, plain))]
-    assert costs[1].prefill(np.array([33, 17])) - costs[0].prefill(np.array([33, 17])) == pytest.approx(lin[1] - lin[0])
-    assert lin[0] < lin[1]
+    # the simulator's prefill forward: the prefill grid's layers (each prompt's attention among its
+    # own tokens inside them) and the fixed part; without a prefill grid, the decode grid's layers
+    # and each prompt's attention from the table
+    prompts = np.array([33, 17])
+    costs = [serving.StepCost(x, schema.Plan(levels=[16]), 16, 4, 256, prompts) for x in (t, plain)]
+    lin = [16 * c.prefill_scale * float(serving_layer_ms(x, 2, 48, prefill=True)) for c, x in zip(costs, (t, plain))]
+    assert costs[0].prefill(prompts) == pytest.approx(lin[0] + t.overhead_ms)
+    att = 16 * costs[1].prefill_scale * float(latency.prefill_attention_ms(plain, prompts - 1, 0).sum())
+    assert att > 0 and costs[1].prefill(prompts) == pytest.approx(lin[1] + att + plain.overhead_ms)
+
+
+def test_a_prefill_grid_prices_a_chunk_by_its_cached_part_and_long_prompts_each_alone():
+    """With a prefill grid, a piece after c cached tokens adds the table's attention increment
+    of its n rows at context c (its attention among its own rows is in the grid); prompts
+    longer than the grid's last rows add, each, the table's linear part for their own extra
+    rows (b prompts of n rows cost b x one prompt's extra, not one prompt of b x n rows)."""
+    base = _cal()
+    rows = [4, 16, 64]
+    pre = [[0.5 * (1.0 + 0.2 * (b - 1) + 0.1 * b * (n - 1)) for n in rows] for b in base.batches]
+    t = _table(base.model_copy(update={"prefill_rows": rows, "prefill_layer_ms": pre, "prefill_scale": 1.3}))
+    cost = serving.StepCost(t, schema.Plan(levels=[16]), 16, 4, 256, np.array([200, 200]))
+    n, c = np.array([16, 16]), np.array([0, 40])
+    whole = cost.prefill_pieces(n)
+    extra = 16 * 1.3 * float(latency.sequence_attention_ms(t, 16, 40))
+    assert extra > 0 and cost.prefill_pieces(n, c) - whole == pytest.approx(extra)
+    for b in (1, 2, 3):
+        beyond = b * (latency.linear_layer_ms(t, 150) - latency.linear_layer_ms(t, 64))
+        assert float(serving_layer_ms(t, b, b * 150, prefill=True)) == pytest.approx(
+            float(serving_layer_ms(t, b, b * 64, prefill=True)) + beyond)
 
 
 @pytest.mark.parametrize("batching", ["ragged", "synchronous"])
