@@ -158,10 +158,13 @@ def _ops_of(batch) -> list[tuple[int, int, int]]:
     return out
 
 
-def step_features(levels: list[int], ops: list[tuple[int, int, int]], table: LatencyTable) -> tuple[float, float, int, int]:
+def step_features(levels: list[int], ops: list[tuple[int, int, int]], table: LatencyTable,
+                  slots: int | None = None) -> tuple[float, float, int, int]:
     """(layers ms -- grid + attention, unscaled --, exit-head ms, sequences, checks) that
-    `table` (with its serving grid) gives one step whose sequences run `ops`."""
-    from hispec_sim.latency import head_ms, sequence_attention_ms, serving_layer_ms
+    `table` (with its serving grid) gives one step whose sequences run `ops` in a pool of
+    `slots` (None: as many as the sequences); attention as the simulator prices it
+    (latency.padded_sequences: every sequence against the longest)."""
+    from hispec_sim.latency import head_ms, padded_sequences, sequence_attention_ms, serving_layer_ms
 
     lv = [0] + list(levels)
     k = len(levels)
@@ -175,7 +178,9 @@ def step_features(levels: list[int], ops: list[tuple[int, int, int]], table: Lat
     for r in range(k):
         on = rows[:, r] > 0
         if on.any():
-            att = float(sequence_attention_ms(table, rows[on, r], ctx[on]).sum())
+            rmax = int(rows[on, r].max())
+            end = float((ctx[on] + rows[on, r]).max())
+            att = float(padded_sequences(on.sum(), slots or len(ops)) * sequence_attention_ms(table, rmax, end - rmax))
             t += (lv[r + 1] - lv[r]) * (float(serving_layer_ms(table, on.sum(), rows[on, r].sum())) + att)
     return t, float(head_ms(table, head_rows)), len(ops), int(sum(op > 0 for op, _, _ in ops))
 
@@ -252,7 +257,7 @@ def fit_step_overheads(model: Transformer, table: LatencyTable, batches: list[in
         drift.append(d)
         log = serve_iterations(model, plan, prompts[:requests or b], new, b, seed, clock, gap_s=gap_s)
         for it in log:
-            it["features"] = step_features(plan.levels, it["ops"], table)
+            it["features"] = step_features(plan.levels, it["ops"], table, min(b, len(prompts[:requests or b])))
             it["d"] = d
             if it["prefill_ms"] > 0:  # ONE prefill forward of the prompts admitted in this iteration
                 it["priced"] = prefill.prefill(lens[:len(it["ops"])]) - fixed  # every prompt: 24 tokens
@@ -344,6 +349,7 @@ def measure_serving(model: Transformer, table: LatencyTable, env: str = "", repe
               f"in situ ((L-layer - 1-layer forward) / (L - 1)), {repeats} interleaved rounds, samples beyond "
               f"{OUTLIER_MADS} MADs rejected, fitted non-decreasing in b and n ({grid['seconds']:.0f} s); prefill forwards "
               f"(run_jobs(..., prefill=True): the prompt tiles) the same way over b x n = {batches} x {prefill_rows} "
+              f"(cells of more than {PREFILL_CELL_ROWS} rows in all: the largest timed batch's cell x b / its batch) "
               f"({pre['seconds']:.0f} s); forward "
               f"scale {fit['forward_scale']:.3f} ({'fitted' if fit['scale_fitted'] else 'fixed: ill-determined'}) and step "
               f"overheads by NNLS on {fit['iterations']} serve() iterations ({fit['rejected']} outliers rejected) of "

@@ -95,6 +95,17 @@ def sequence_attention_ms(table: LatencyTable, tokens, context) -> np.ndarray:
     return np.maximum(layer_ms(table, tokens, context) - layer_ms(table, tokens, np.zeros(tokens.shape)), 0.0)
 
 
+def padded_sequences(nseq, slots) -> np.ndarray:
+    """How many sequences' attention the executor computes in a forward over `nseq`
+    sequences of a cache pool of `slots` (hispec_exec.model._Rows): each of them, or, once
+    they fill at least half of the pool, every slot, idle ones included (the store is read
+    in place). Each one runs against the forward's longest context and most rows (blocks
+    past a sequence's own length are masked, not skipped): a serving step over sequences
+    whose longest rows and context are r and c costs padded_sequences x sequence_attention_ms(r, c)."""
+    nseq = np.asarray(nseq)
+    return np.where(nseq > 0, np.where(slots <= 2 * nseq, slots, nseq), 0)
+
+
 def _grid2(rows, cols, grid, r, c, hold_below: bool = False) -> np.ndarray:
     """Bilinear in (r, c) over a (rows x cols) grid, linear extrapolation beyond it (never
     decreasing beyond the last row or column; hold_below: see _interp_extrap)."""

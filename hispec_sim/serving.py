@@ -50,6 +50,7 @@ from .latency import (
     decode_attention_ms,
     head_ms,
     linear_layer_ms,
+    padded_sequences,
     prefill_attention_ms,
     sequence_attention_ms,
     serving_layer_ms,
@@ -235,6 +236,12 @@ class StepCost:
             r = np.arange(max_rows + 1)[:, None]
             self.att = np.where(r > 0, sequence_attention_ms(table, np.maximum(r, 1), ctx[None, :]), 0.0)
         self.floor = table.attention.floor_ms if table.attention is not None else 0.0
+        # the executor's own profiles (a serving calibration, per-sequence increments): its
+        # attention runs every sequence of a forward against the longest one and, in a pool
+        # at least half full, every slot (latency.padded_sequences); the pool holds
+        # min(max batch, requests) slots, as hispec_exec.serve allocates it
+        self.padded = self.calibrated and not self.measured
+        self.slots = min(max_batch, len(prompts)) if prompts is not None and len(prompts) else max_batch
         # prefill forwards run at their own scale (compute-bound tiles, not decode rows);
         # older calibrations: the decode steps' forward_scale
         sv = table.serving
@@ -267,6 +274,26 @@ class StepCost:
         tot = np.arange(min(top, 2**21) + 1)
         self.prefill_linear = linear_layer_ms(table, np.maximum(tot, 1))  # read without a calibration only
 
+    def padded_att(self, nseq, rmax, end) -> np.ndarray:
+        """Attention of one layer (arrays, elementwise) over `nseq` sequences whose most rows
+        are `rmax` and whose longest reaches `end` tokens (cached + new): padded_sequences
+        x one sequence's increment at (rmax, end - rmax), read from the lookup table."""
+        nb_last = self.att.shape[1] - 1
+        one = self.att[rmax, np.minimum(np.maximum(end - rmax, 0) // CTX_BUCKET, nb_last)]
+        return padded_sequences(nseq, self.slots) * one
+
+    def seq_att(self, rows: np.ndarray, ctx: np.ndarray) -> np.ndarray:
+        """Attention of one step's layer ranges (k,) without a measured kernel: rows (n, k)
+        each sequence carries through each range, ctx (n,) its cached tokens; padded (the
+        executor's profiles) or each sequence's own increment, summed."""
+        if self.padded:
+            on = rows > 0
+            rmax = rows.max(0)
+            return self.padded_att(on.sum(0), rmax, np.where(on, ctx[:, None] + rows, 0).max(0))
+        cb = np.minimum(ctx // CTX_BUCKET, self.att.shape[1] - 1)
+        att = self.att[rows, cb[:, None]].sum(0)
+        return np.where(rows.sum(0) > 0, np.maximum(att, self.floor), 0.0) if self.floor else att
+
     def linear(self, nseq, tot) -> np.ndarray:
         """One layer's cost but attention (forward scale applied) for `nseq` sequences carrying
         `tot` rows in total (integer arrays, elementwise)."""
@@ -293,16 +320,13 @@ class StepCost:
         checks: sequences whose operation is a check."""
         tot = rows.sum(0)
         nseq_r = (rows > 0).sum(0)
-        cb = np.minimum(ctx // CTX_BUCKET, self.att.shape[1] - 1)
         if self.measured:
             on = rows > 0
             nseq = on.sum(0)
             mean_ctx = (on * (ctx[:, None] + rows - 1)).sum(0) / np.maximum(nseq, 1)
             att = self.att[nseq, np.minimum(mean_ctx.astype(np.int64) // CTX_BUCKET, self.att.shape[1] - 1)]
         else:
-            att = self.att[rows, cb[:, None]].sum(0)
-            if self.floor:
-                att = np.where(tot > 0, np.maximum(att, self.floor), 0.0)
+            att = self.seq_att(rows, ctx)
         per = self.linear(nseq_r, tot) + att + np.where(tot > 0, self.per_layer, 0.0)
         # ONE exit-head call over every sequence's head rows (heads at different exits share norm + LM head)
         return float(self.overhead(len(rows), checks) + (self.span * per).sum() + self.head[head_rows.sum()])
@@ -314,6 +338,8 @@ class StepCost:
         nb = self.att.shape[1] - 1
         if self.measured:
             att = self.att[m, np.minimum(c.mean(1).astype(np.int64) // CTX_BUCKET, nb)]
+        elif self.padded:
+            att = self.padded_att(m, 1, c.max(1) + 1)
         else:
             att = self.att[1][np.minimum(c // CTX_BUCKET, nb)].sum(1)
             if self.floor:
@@ -701,8 +727,11 @@ class _DeferredClock(EntryClock):
         self.dr_s.append(ctx_sum)
         if ctx is not None:  # StepCost.drafts' per-sequence attention
             cc = ctx[None, :] + np.arange(self.g)[:, None]
-            att = c.att[1][np.minimum(cc // CTX_BUCKET, c.att.shape[1] - 1)].sum(1)
-            self.dr_att.append(np.maximum(att, c.floor) if c.floor else att)
+            if c.padded:
+                self.dr_att.append(c.padded_att(m, 1, cc.max(1) + 1))
+            else:
+                att = c.att[1][np.minimum(cc // CTX_BUCKET, c.att.shape[1] - 1)].sum(1)
+                self.dr_att.append(np.maximum(att, c.floor) if c.floor else att)
         self.entries += 1
 
     def check(self, m: int, o: int, ctx_sum: int, nb_sum: int, per_seq: tuple | None) -> None:
@@ -719,11 +748,7 @@ class _DeferredClock(EntryClock):
             ctx, nb = per_seq
             rows = np.repeat((np.arange(self.k) < o).astype(np.int64)[None, :], m, 0)
             rows[:, o] = nb + 1
-            cb = np.minimum(ctx // CTX_BUCKET, c.att.shape[1] - 1)
-            att = c.att[rows, cb[:, None]].sum(0)
-            if c.floor:
-                att = np.where(rows.sum(0) > 0, np.maximum(att, c.floor), 0.0)
-            self.ck_att.append(att)
+            self.ck_att.append(c.seq_att(rows, ctx))
         self.entries += 1
 
     def flush(self) -> tuple[int, np.ndarray]:
@@ -879,7 +904,7 @@ def _run_scheduled(cost: StepCost, plan: Plan, sch: Schedules, arrival_s, prompt
     op_check = CHECK[sch.code]
     op_ctx = prompt[owner] - 1 + before + sch.tentative
     nb_last = cost.att.shape[1] - 1
-    if not cost.measured:
+    if not cost.measured and not cost.padded:
         op_att = cost.att[op_rows, np.minimum(op_ctx // CTX_BUCKET, nb_last)[:, None]]
     cap_new = max_new[owner]
     op_take = np.minimum(before + sch.commit, cap_new) - np.minimum(before, cap_new)
@@ -953,6 +978,10 @@ def _run_scheduled(cost: StepCost, plan: Plan, sch: Schedules, arrival_s, prompt
             nseq = on.sum(0)
             mc = (on * (op_ctx[pos][:, :, None] + rows - 1)).sum(0) // np.maximum(nseq, 1)
             att = cost.att[nseq, np.minimum(mc // CTX_BUCKET, nb_last)]
+        elif cost.padded:  # every sequence against the longest (StepCost.seq_att), per step and range
+            on = rows > 0
+            rmax = rows.max(0)
+            att = cost.padded_att(on.sum(0), rmax, np.where(on, op_ctx[pos][:, :, None] + rows, 0).max(0))
         else:
             att = op_att[pos].sum(0)
             if cost.floor:

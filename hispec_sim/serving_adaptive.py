@@ -495,6 +495,12 @@ class _StepLog(EntryClock):
             csum = np.where(lv < ph, ctx_sum[:, None], np.where(lv == ph, (ctx_sum + nb_sum)[:, None], 0))
             mean_ctx = csum / np.maximum(nseq_r, 1)
             att = c.att[nseq_r, np.minimum(mean_ctx.astype(np.int64) // CTX_BUCKET, nb_last)]
+        elif c.padded:  # every sequence against the longest (StepCost.seq_att), per step
+            on = rows > 0
+            rmax, end = np.zeros((S, k), np.int64), np.zeros((S, k), np.int64)
+            np.maximum.at(rmax, step_of, rows)
+            np.maximum.at(end, step_of, np.where(on, ctx[:, None] + rows, 0))
+            att = c.padded_att(nseq_r, rmax, end)
         else:  # per-sequence increments, summed over each step's sequences in slot order
             cb = np.minimum(ctx // CTX_BUCKET, nb_last)
             each = c.att[rows, cb[:, None]]  # (sequences, k)

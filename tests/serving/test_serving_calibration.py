@@ -194,3 +194,49 @@ def test_schema_checks_the_prefill_grid():
         schema.ServingCalibration.model_validate(_cal().model_dump() | {"prefill_rows": [4, 8], "prefill_layer_ms": [[1.0]] * 4})
     with pytest.raises(ValueError, match="serving.prefill_rows: must be increasing"):
         schema.ServingCalibration.model_validate(_cal().model_dump() | {"prefill_rows": [8, 4], "prefill_layer_ms": [[1.0, 1.0]] * 4})
+
+
+@settings(max_examples=80, deadline=None)
+@given(nseq=st.integers(0, 64), slots=st.integers(1, 64))
+def test_padded_sequences_is_each_sequence_or_the_whole_pool(nseq, slots):
+    n = int(latency.padded_sequences(nseq, slots))
+    assert n == (0 if nseq == 0 else slots if slots <= 2 * nseq else nseq)
+
+
+def test_a_calibrated_step_runs_every_sequence_against_the_longest():
+    """The executor's attention (hispec_exec.model._Rows, latency.padded_sequences): every
+    sequence of a forward against the longest context -- two sequences at 150 and 4,000
+    cached tokens cost what two at 4,000 cost -- and, once they fill half of the pool, every
+    slot of it. A profile without a calibration (GPU kernels) sums each sequence's own."""
+    cal = _table(_cal())
+    cost = serving.StepCost(cal, schema.Plan(levels=[16]), 16, 8, 8192, np.full(8, 10))  # a pool of 8 slots
+    one = float(cost.padded_att(1, 1, 4001))
+    assert one > float(cost.padded_att(1, 1, 151)) > 0
+    for n, paid in ((1, 1), (2, 2), (3, 3), (4, 8), (8, 8)):
+        ctx = np.array([150] * (n - 1) + [4000])
+        assert cost.seq_att(np.ones((n, 1), np.int64), ctx)[0] == pytest.approx(paid * one)
+
+    def step(*ctx):
+        return cost.step(np.ones((len(ctx), 1), np.int64), np.array(ctx), np.array([len(ctx)]), 0)
+    assert step(150, 4000) == pytest.approx(step(4000, 4000)) and step(150, 4000) > step(150, 150)
+    plain = serving.StepCost(_table(), schema.Plan(levels=[16]), 16, 8, 8192, np.full(8, 10))
+    ctx = np.array([150, 4000])
+    own = plain.att[1, ctx // serving.CTX_BUCKET].sum()
+    assert not plain.padded and plain.seq_att(np.ones((2, 1), np.int64), ctx)[0] == pytest.approx(own)
+
+
+@pytest.mark.parametrize("batching", ["ragged", "synchronous"])
+def test_the_engines_price_a_batch_of_mixed_contexts_as_step_does(batching):
+    """Two requests decoding side by side, 10 and 300 prompt tokens: every token gap is
+    StepCost.step at that step's contexts (the ragged engine prices steps in arrays, not
+    through step)."""
+    t = _table(_cal())
+    plan = schema.Plan(levels=[16], batching=batching)
+    prompt, out = np.array([10, 300]), np.array([6, 6])
+    run = serving.simulate_arrays(t, 16, make_profile().workload(), plan, np.zeros(2), prompt, out,
+                                  schema.ServeLimits(max_batch=4))
+    cost = serving.StepCost(t, plan, 16, 4, 512, prompt)
+    expect = [cost.step(np.ones((2, 1), np.int64), prompt - 1 + j, np.array([2]), 0) for j in range(1, 6)]
+    for m in run.metrics():
+        assert m.tbt_ms == pytest.approx(expect)
+    assert expect[0] > cost.step(np.ones((2, 1), np.int64), np.array([299, 299]), np.array([2]), 0) - 1e-9
