@@ -147,15 +147,15 @@ Remaining misses:
   [2,4,16]); for prompts of 100-400 tokens it does not (0.486 vs 0.294 for [2,16]): the
   shipped model agrees less with itself at those positions, which is why the study
   measures acceptance on the prompts it serves (`--acceptance served`, 0.333 vs 0.294).
-* Decode attention at mixed contexts (found 2026-12-03, not modelled yet): the executor
-  runs every sequence of a forward against the batch's LONGEST context (blocks past a
-  sequence's own length are masked, not skipped: hispec_exec/model.py `_Rows`), and once a
-  batch fills half its cache pool it reads every slot of the pool, idle ones included. One
-  decode step over two sequences at contexts 150 and 450 took 5.63 ms, at 450 and 450 5.59
-  ms, at 150 and 150 4.59 ms; four at 150 in a pool of 8 slots 5.81 ms, three 4.99 ms. The
-  simulator sums each sequence's attention at its own context, so with long prompts of
-  mixed lengths it under-prices decode steps (autoregressive TBT p50 -13 to -20 % in
-  studies/serving/long_prompts).
+* Decode attention at mixed contexts (modelled since 2026-12-03): the executor runs every
+  sequence of a forward against the batch's LONGEST context (blocks past a sequence's own
+  length are masked, not skipped: hispec_exec/model.py `_Rows`), and once a batch fills
+  half its cache pool it reads every slot of the pool, idle ones included. One decode step
+  over two sequences at contexts 150 and 450 took 5.63 ms, at 450 and 450 5.59 ms, at 150
+  and 150 4.59 ms; four at 150 in a pool of 8 slots 5.81 ms, three 4.99 ms. The simulator
+  summed each sequence's attention at its own context (autoregressive TBT p50 -13 to -20 %
+  with prompts of 100-400 tokens); a calibrated profile's steps now pay
+  latency.padded_sequences x one sequence's increment at the longest context.
 * Throughput at these loads is set by the arrivals (every request is served), so it
   matches with or without the calibration; it tests the simulator's bookkeeping, not its
   step costs.
