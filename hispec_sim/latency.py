@@ -263,7 +263,8 @@ def serving_layer_ms(table: LatencyTable, nseq, rows, prefill: bool = False) -> 
     if cal is None:
         return np.where(nseq > 0, linear_layer_ms(table, np.maximum(rows, 1)), 0.0)
     b_ax = np.asarray(cal.batches, float)
-    if prefill and cal.prefill_layer_ms is not None:
+    prefill = prefill and cal.prefill_layer_ms is not None  # without a prefill grid: the decode grid's
+    if prefill:
         r_ax, grid = np.asarray(cal.prefill_rows, float), np.asarray(cal.prefill_layer_ms, float)
     else:
         r_ax, grid = np.asarray(cal.rows, float), np.asarray(cal.layer_ms, float)
@@ -278,7 +279,7 @@ def serving_layer_ms(table: LatencyTable, nseq, rows, prefill: bool = False) -> 
         t = t + np.maximum(b - b_ax[-1], 0.0) * np.maximum(hi - lo, 0.0) / (b_ax[-1] - b_ax[-2])
     over = per > r_ax[-1]  # more rows per sequence than measured: the table's linear part for the rest
     if over.any():
-        if prefill and cal.prefill_layer_ms is not None:  # each prompt's own rows (its attention is its own)
+        if prefill:  # each prompt's own rows (its attention is its own)
             extra = b * (linear_layer_ms(table, per) - linear_layer_ms(table, r_ax[-1]))
         else:
             extra = linear_layer_ms(table, b * per) - linear_layer_ms(table, b * r_ax[-1])

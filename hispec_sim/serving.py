@@ -283,15 +283,16 @@ class StepCost:
         return padded_sequences(nseq, self.slots) * one
 
     def seq_att(self, rows: np.ndarray, ctx: np.ndarray) -> np.ndarray:
-        """Attention of one step's layer ranges (k,) without a measured kernel: rows (n, k)
-        each sequence carries through each range, ctx (n,) its cached tokens; padded (the
-        executor's profiles) or each sequence's own increment, summed."""
+        """Attention of steps' layer ranges without a measured kernel: rows (n, ..., k) each
+        of n sequences carries through each range, ctx (n, ...) its cached tokens (the
+        middle axes: several steps at once); padded (the executor's profiles) or each
+        sequence's own increment, summed. Returns (..., k)."""
         if self.padded:
             on = rows > 0
             rmax = rows.max(0)
-            return self.padded_att(on.sum(0), rmax, np.where(on, ctx[:, None] + rows, 0).max(0))
+            return self.padded_att(on.sum(0), rmax, np.where(on, ctx[..., None] + rows, 0).max(0))
         cb = np.minimum(ctx // CTX_BUCKET, self.att.shape[1] - 1)
-        att = self.att[rows, cb[:, None]].sum(0)
+        att = self.att[rows, cb[..., None]].sum(0)
         return np.where(rows.sum(0) > 0, np.maximum(att, self.floor), 0.0) if self.floor else att
 
     def linear(self, nseq, tot) -> np.ndarray:
@@ -978,11 +979,9 @@ def _run_scheduled(cost: StepCost, plan: Plan, sch: Schedules, arrival_s, prompt
             nseq = on.sum(0)
             mc = (on * (op_ctx[pos][:, :, None] + rows - 1)).sum(0) // np.maximum(nseq, 1)
             att = cost.att[nseq, np.minimum(mc // CTX_BUCKET, nb_last)]
-        elif cost.padded:  # every sequence against the longest (StepCost.seq_att), per step and range
-            on = rows > 0
-            rmax = rows.max(0)
-            att = cost.padded_att(on.sum(0), rmax, np.where(on, op_ctx[pos][:, :, None] + rows, 0).max(0))
-        else:
+        elif cost.padded:  # every sequence against the longest, per step and range
+            att = cost.seq_att(rows, op_ctx[pos])
+        else:  # each op's own increment, looked up once for the whole run
             att = op_att[pos].sum(0)
             if cost.floor:
                 att = np.where(tot > 0, np.maximum(att, cost.floor), 0.0)

@@ -227,7 +227,7 @@ def make_trace(family: str, qps: float, args, workdir: Path) -> Path:
     tr = Traffic(qps=qps, requests=args.requests, prompt_len=LengthDist.parse(args.prompt_len, "prompt-len"),
                  output_len=LengthDist.parse(args.output_len, "output-len"), seed=args.seed)
     reqs = generate(tr)
-    if getattr(args, "acceptance", "heldout") == "served":
+    if args.acceptance == "served":
         from hispec_exec.data import heldout_prompts
 
         by_len: dict[int, list[int]] = {}
@@ -299,7 +299,7 @@ def simulate(profile: str, bare: str, plain: str, family: str, trace: Path, args
     admissions priced as before (`plain`); without it -- each with the served prompts'
     acceptance (`--acceptance served`); and, then, with the calibration and the profile's
     default (held-out) acceptance."""
-    served = getattr(args, "acceptance", "heldout") == "served"
+    served = args.acceptance == "served"
     wl = ["--workload", SERVED] if served else []
     runs = [("simulated", profile, wl), ("uncalibrated", bare, wl), ("no_noise", profile, ["--step-noise", "off", *wl]),
             ("no_admission", plain, wl)] + ([("heldout_acceptance", profile, [])] if served else [])
@@ -328,7 +328,7 @@ def scenario(profile: str, bare: str, plain: str, family: str, qps: float, trace
            "exec_mean_batch": float(np.mean([e.get("mean_batch") for e in exes])),
            "exec_acceptance": exe.get("acceptance_per_level"),
            "profile_acceptance": profile_acceptance(profile, PLANS[family],
-                                                    SERVED if getattr(args, "acceptance", "heldout") == "served" else None),
+                                                    SERVED if args.acceptance == "served" else None),
            "load_after": os.getloadavg()[0],
            "reference_ms": float(np.mean([e["reference_ms"] for e in exes])),
            "step_noise": sims["simulated"].get("step_noise")}
