@@ -149,6 +149,66 @@ def batch_layer_grid(model: Transformer, batches: list[int] = BATCHES, rows: lis
             "seconds": time.perf_counter() - t0, "repeats": repeats}
 
 
+ATTENTION_ROWS = [1, 2, 4, 8]  # a decode step, and checks of up to 7 drafts
+ATTENTION_POOL = 8  # slots: 2 sequences are gathered, 4 fill half of it (every slot read in place)
+
+
+@torch.no_grad()
+def attention_grid(model: Transformer, rows: list[int] = ATTENTION_ROWS, repeats: int = 8, seed: int = 0,
+                   clock=time.perf_counter, slots: int = ATTENTION_POOL) -> dict:
+    """ms ONE layer's attention adds per sequence the executor computes (latency.padded_sequences)
+    in a step of `run_jobs` over a pool of `slots`: sequences of n new tokens at c cached
+    tokens against the same step at context 0 (the linear part and the fixed costs cancel),
+    divided by the layers and by the sequences computed; the blocks of slots // 4 sequences
+    gathered, or ceil(slots / 2) sequences read in place (all `slots` computed). Contexts 0,
+    64, 128, ... up to the capacity - 64: what the executor serves. Interleaved rounds,
+    outliers rejected, fitted non-decreasing in rows and context."""
+    L = model.num_layers
+    dev = model.tok_embeddings.weight.device
+    pool = model.new_pool(slots)
+    caches = [pool.cache(s) for s in range(slots)]
+    top = pool.capacity - max(64, max(rows))
+    contexts = [0] + [c for c in (64 << k for k in range(16)) if c < top] + [top]
+    modes = [(max(1, slots // 4), max(1, slots // 4)), (-(-slots // 2), slots)]  # (sequences, computed)
+    gen = torch.Generator().manual_seed(seed)
+    toks = {n: torch.randint(0, model.args.vocab_size, (n,), generator=gen).to(dev) for n in rows}
+    cells = [(m, n, c) for m in range(2) for n in rows for c in contexts]
+    times: dict = {cell: [] for cell in cells}
+    rng = np.random.default_rng(seed)
+    t0 = time.perf_counter()
+    for r in range(-1, repeats):  # round -1 warms up every layout, discarded
+        for m, n, c in [cells[i] for i in rng.permutation(len(cells))]:
+            nseq = modes[m][0]
+            for cache in caches[:nseq]:
+                cache.lens[1:] = [c] * L
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            t = clock()
+            model.run_jobs([(cache, L, toks[n]) for cache in caches[:nseq]])
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            if r >= 0:
+                times[(m, n, c)].append((clock() - t) * 1e3)
+    out = {}
+    for m, name in enumerate(("gathered", "in_place")):
+        raw = np.zeros((len(rows), len(contexts)))
+        se = np.zeros_like(raw)
+        for i, n in enumerate(rows):
+            base, base_se, _ = robust_mean(times[(m, n, 0)])
+            for j, c in enumerate(contexts[1:], 1):
+                mean, sd, _ = robust_mean(times[(m, n, c)])
+                raw[i, j] = (mean - base) / L / modes[m][1]
+                se[i, j] = np.hypot(sd, base_se) / L / modes[m][1]
+        se = np.nan_to_num(se, nan=0.0)  # one repeat: no spread
+        floor = float(np.median(se[:, 1:])) or 1e-6
+        w = 1.0 / np.maximum(se, floor) ** 2
+        w[:, 0] = 1e6 / floor ** 2  # context 0: no increment, by definition
+        out[name] = np.maximum(isotonic_2d(raw, w), 0.0)
+        out[name + "_raw"] = raw
+    return {"rows": list(rows), "contexts": contexts, "slots": slots, "sequences": [n for n, _ in modes],
+            "seconds": time.perf_counter() - t0, "repeats": repeats, **out}
+
+
 def _ops_of(batch) -> list[tuple[int, int, int]]:
     """(operation, buffered tokens it checks, cached tokens) of every running sequence's next step."""
     out = []
@@ -163,8 +223,8 @@ def step_features(levels: list[int], ops: list[tuple[int, int, int]], table: Lat
     """(layers ms -- grid + attention, unscaled --, exit-head ms, sequences, checks) that
     `table` (with its serving grid) gives one step whose sequences run `ops` in a pool of
     `slots` (None: as many as the sequences); attention as the simulator prices it
-    (latency.padded_sequences: every sequence against the longest)."""
-    from hispec_sim.latency import head_ms, padded_sequences, sequence_attention_ms, serving_layer_ms
+    (latency.padded_attention_ms: every sequence against the longest)."""
+    from hispec_sim.latency import head_ms, padded_attention_ms, serving_layer_ms
 
     lv = [0] + list(levels)
     k = len(levels)
@@ -180,7 +240,7 @@ def step_features(levels: list[int], ops: list[tuple[int, int, int]], table: Lat
         if on.any():
             rmax = int(rows[on, r].max())
             end = float((ctx[on] + rows[on, r]).max())
-            att = float(padded_sequences(on.sum(), slots or len(ops)) * sequence_attention_ms(table, rmax, end - rmax))
+            att = float(padded_attention_ms(table, on.sum(), slots or len(ops), rmax, end - rmax))
             t += (lv[r + 1] - lv[r]) * (float(serving_layer_ms(table, on.sum(), rows[on, r].sum())) + att)
     return t, float(head_ms(table, head_rows)), len(ops), int(sum(op > 0 for op, _, _ in ops))
 
@@ -333,13 +393,17 @@ def measure_serving(model: Transformer, table: LatencyTable, env: str = "", repe
     before = probe()
     grid = batch_layer_grid(model, batches, rows, 0, repeats, seed, clk, table)  # attention beyond: the table's increments
     pre = batch_layer_grid(model, batches, prefill_rows, 0, repeats, seed + 1, clk, table, prefill=True)
+    att = attention_grid(model, repeats=4 * repeats, seed=seed + 2, clock=clk)  # small differences of whole forwards
     ref = (before + probe()) / 2
     cal = ServingCalibration(batches=grid["batches"], rows=grid["rows"], context=grid["context"],
                              layer_ms=np.round(grid["layer_ms"], 6).tolist(),
                              layer_ms_se=np.round(grid["layer_ms_se"], 6).tolist(),
                              prefill_rows=pre["rows"], prefill_layer_ms=np.round(pre["layer_ms"], 6).tolist(),
+                             attention_rows=att["rows"], attention_contexts=att["contexts"],
+                             attention_gathered_ms=np.round(att["gathered"], 6).tolist(),
+                             attention_in_place_ms=np.round(att["in_place"], 6).tolist(),
                              source=Source(kind="measured", detail="pending"))
-    log(f"serving: batch grids done in {grid['seconds'] + pre['seconds']:.0f} s; fitting step overheads on serve() iterations")
+    log(f"serving: batch grids done in {grid['seconds'] + pre['seconds'] + att['seconds']:.0f} s; fitting step overheads on serve() iterations")
     fit = fit_step_overheads(model, table.model_copy(update={"serving": cal}), [b for b in batches if b <= 8] or batches[:1], rounds, max_new,
                              seed=seed, clock=clock, probe=probe, reference=ref)
     how = "wall time" if clock is None else "process CPU time (CpuClock)"
@@ -350,7 +414,10 @@ def measure_serving(model: Transformer, table: LatencyTable, env: str = "", repe
               f"{OUTLIER_MADS} MADs rejected, fitted non-decreasing in b and n ({grid['seconds']:.0f} s); prefill forwards "
               f"(run_jobs(..., prefill=True): the prompt tiles) the same way over b x n = {batches} x {prefill_rows} "
               f"(cells of more than {PREFILL_CELL_ROWS} rows in all: the largest timed batch's cell x b / its batch) "
-              f"({pre['seconds']:.0f} s); forward "
+              f"({pre['seconds']:.0f} s); attention per computed sequence: decode steps of n = {att['rows']} new tokens "
+              f"at contexts {att['contexts']} against context 0, {att['sequences'][0]} sequences of a pool of "
+              f"{att['slots']} (gathered) and {att['sequences'][1]} (every slot read in place), {att['repeats']} "
+              f"interleaved rounds, fitted non-decreasing ({att['seconds']:.0f} s); forward "
               f"scale {fit['forward_scale']:.3f} ({'fitted' if fit['scale_fitted'] else 'fixed: ill-determined'}) and step "
               f"overheads by NNLS on {fit['iterations']} serve() iterations ({fit['rejected']} outliers rejected) of "
               f"{fit['plans']} over closed batches, median |residual| {fit['residual_ms_median_abs']:.3f} ms, standard "

@@ -106,6 +106,29 @@ def padded_sequences(nseq, slots) -> np.ndarray:
     return np.where(nseq > 0, np.where(slots <= 2 * nseq, slots, nseq), 0)
 
 
+def pooled_attention_ms(table: LatencyTable, rows, context, in_place) -> np.ndarray:
+    """One sequence's attention increment in a serving layer (arrays broadcast): `rows` new
+    tokens, the forward's longest sequence holding `context` cached, its pool read in place
+    or its blocks gathered: the calibration's measured grid, else the batch-1 table's
+    increment (timed in place, one slot) either way."""
+    rows, context, in_place = np.broadcast_arrays(np.asarray(rows, float), np.asarray(context, float),
+                                                  np.asarray(in_place, bool))
+    cal = table.serving
+    if cal is None or cal.attention_rows is None:
+        return sequence_attention_ms(table, np.maximum(rows, 1), context)
+    at = [_grid2(cal.attention_rows, cal.attention_contexts, grid, rows, context, hold_below=True)
+          for grid in (cal.attention_gathered_ms, cal.attention_in_place_ms)]
+    return np.maximum(np.where(in_place, at[1], at[0]), 0.0)
+
+
+def padded_attention_ms(table: LatencyTable, nseq, slots, rows, context) -> np.ndarray:
+    """Attention of one serving layer over `nseq` sequences of a pool of `slots` whose most
+    new tokens are `rows` and whose longest holds `context` cached (arrays broadcast):
+    padded_sequences x pooled_attention_ms, in place once they fill half of the pool."""
+    nseq = np.asarray(nseq)
+    return padded_sequences(nseq, slots) * pooled_attention_ms(table, rows, context, slots <= 2 * nseq)
+
+
 def _grid2(rows, cols, grid, r, c, hold_below: bool = False) -> np.ndarray:
     """Bilinear in (r, c) over a (rows x cols) grid, linear extrapolation beyond it (never
     decreasing beyond the last row or column; hold_below: see _interp_extrap)."""

@@ -519,6 +519,13 @@ class ServingCalibration(Strict):
     (older profiles: forward_scale) -- plus admit_ms (the admitting iteration's extra host
     time), plus wake_ms when the engine idled before it (the first forward after an idle
     spell runs slower; on the AVX-512 VM the excess saturated within ~20 ms of idling).
+    Attention: the executor runs every sequence of a forward against its longest context
+    and most rows, and every slot of a pool at least half full (latency.padded_sequences).
+    attention_gathered_ms / attention_in_place_ms [i][j]: ONE layer's time a step adds per
+    such sequence when they carry at most attention_rows[i] new tokens and the longest holds
+    attention_contexts[j] cached, over the same step at context 0; gathered (a pool more
+    than twice the sequences: their blocks are copied every layer) or read in place. Without
+    them (older profiles): the batch-1 table's increment (one slot, in place).
     """
 
     batches: list[int] = Field(min_length=1)
@@ -547,10 +554,24 @@ class ServingCalibration(Strict):
     admit_ms_se: float | None = Field(None, ge=0)
     wake_ms: float = Field(0.0, ge=0, le=MAX_MS, description="extra ms of the first iteration after the engine idled")
     wake_ms_se: float | None = Field(None, ge=0)
+    attention_rows: list[int] | None = Field(
+        None, description="new tokens per sequence of the attention grids; None (older profiles): the table's increments")
+    attention_contexts: list[int] | None = Field(
+        None, description="cached tokens of the longest sequence of the attention grids (the first 0)")
+    attention_gathered_ms: list[list[float]] | None = Field(
+        None, description="ONE layer's attention per sequence, pool more than twice the sequences (blocks gathered): "
+        "len(attention_rows) x len(attention_contexts)")
+    attention_in_place_ms: list[list[float]] | None = Field(
+        None, description="the same, pool at most twice the sequences (every slot read in place)")
     source: Source
 
     @model_validator(mode="after")
     def _grid(self) -> "ServingCalibration":
+        attention = (self.attention_rows, self.attention_contexts, self.attention_gathered_ms, self.attention_in_place_ms)
+        if any(a is None for a in attention) != all(a is None for a in attention):
+            raise ValueError("serving.attention_rows: the attention rows, contexts and both grids come together")
+        if self.attention_contexts is not None and self.attention_contexts[0] != 0:
+            raise ValueError("serving.attention_contexts: must start at 0 (the increments are over context 0)")
         grids = [("rows", self.rows, "layer_ms", self.layer_ms)]
         if (self.prefill_rows is None) != (self.prefill_layer_ms is None):
             raise ValueError("serving.prefill_rows: prefill_rows and prefill_layer_ms come together")
@@ -563,6 +584,16 @@ class ServingCalibration(Strict):
             if len(grid) != len(self.batches) or any(len(r) != len(rows) for r in grid):
                 raise ValueError(f"serving.{name}: must be len(batches) x len({rows_name})")
             _finite_nonneg([v for r in grid for v in r], f"serving.{name}", MIN_LAYER_MS)  # as latency.layer_ms
+        if self.attention_rows is not None:
+            rows, ctx = self.attention_rows, self.attention_contexts
+            for name, axis in (("attention_rows", rows), ("attention_contexts", ctx[1:] or [1])):
+                if any(b <= a for a, b in zip(axis, axis[1:])) or axis[0] < 1:
+                    raise ValueError(f"serving.{name}: must be increasing, >= 1 (contexts: after the first 0)")
+            for name in ("attention_gathered_ms", "attention_in_place_ms"):
+                grid = getattr(self, name)
+                if len(grid) != len(rows) or any(len(r) != len(ctx) for r in grid):
+                    raise ValueError(f"serving.{name}: must be len(attention_rows) x len(attention_contexts)")
+                _finite_nonneg([v for r in grid for v in r], f"serving.{name}", 0.0)
         return self
 
 

@@ -51,6 +51,7 @@ from .latency import (
     head_ms,
     linear_layer_ms,
     padded_sequences,
+    pooled_attention_ms,
     prefill_attention_ms,
     sequence_attention_ms,
     serving_layer_ms,
@@ -238,10 +239,14 @@ class StepCost:
         self.floor = table.attention.floor_ms if table.attention is not None else 0.0
         # the executor's own profiles (a serving calibration, per-sequence increments): its
         # attention runs every sequence of a forward against the longest one and, in a pool
-        # at least half full, every slot (latency.padded_sequences); the pool holds
+        # at least half full, every slot (latency.padded_attention_ms); the pool holds
         # min(max batch, requests) slots, as hispec_exec.serve allocates it
         self.padded = self.calibrated and not self.measured
         self.slots = min(max_batch, len(prompts)) if prompts is not None and len(prompts) else max_batch
+        if self.padded:  # one computed sequence's (rows, ctx bucket), blocks gathered [0] or read in place [1]
+            r = np.arange(max_rows + 1)[:, None]
+            self.pooled = np.stack([np.where(r > 0, pooled_attention_ms(table, np.maximum(r, 1), ctx[None, :], m), 0.0)
+                                    for m in (False, True)]) * self.scale
         # prefill forwards run at their own scale (compute-bound tiles, not decode rows);
         # older calibrations: the decode steps' forward_scale
         sv = table.serving
@@ -276,10 +281,12 @@ class StepCost:
 
     def padded_att(self, nseq, rmax, end) -> np.ndarray:
         """Attention of one layer (arrays, elementwise) over `nseq` sequences whose most rows
-        are `rmax` and whose longest reaches `end` tokens (cached + new): padded_sequences
-        x one sequence's increment at (rmax, end - rmax), read from the lookup table."""
+        are `rmax` and whose longest reaches `end` tokens (cached + new):
+        latency.padded_attention_ms at (rmax, end - rmax), read from the lookup tables."""
         nb_last = self.att.shape[1] - 1
-        one = self.att[rmax, np.minimum(np.maximum(end - rmax, 0) // CTX_BUCKET, nb_last)]
+        nseq = np.asarray(nseq)
+        one = self.pooled[(self.slots <= 2 * nseq).astype(np.int64), rmax,
+                          np.minimum(np.maximum(end - rmax, 0) // CTX_BUCKET, nb_last)]
         return padded_sequences(nseq, self.slots) * one
 
     def seq_att(self, rows: np.ndarray, ctx: np.ndarray) -> np.ndarray:

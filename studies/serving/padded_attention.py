@@ -1,9 +1,11 @@
 """Decode attention of a batch, executor against simulator: the time a decode step adds over
 the same step at context 0, measured through `Transformer.run_jobs` on the shipped model and
-priced by a profile's serving cost (hispec_sim.serving.StepCost) two ways -- each sequence
-at its own context (the simulator before 2026-12-03) and padded as the executor computes
-it (every sequence against the batch's longest context, every slot of a pool at least
-half full: latency.padded_sequences).
+priced by a profile's serving cost (hispec_sim.serving.StepCost) three ways -- each sequence
+at its own context (the simulator before 2026-12-03), padded as the executor computes it
+(every sequence against the batch's longest context, every slot of a pool at least half
+full: latency.padded_sequences) with the batch-1 table's per-sequence increment, and padded
+with the increments the serving calibration measured through a pool, gathered or in place
+(ServingCalibration.attention_*; from 2026-12-03 on, when the profile has them).
 
     python studies/serving/padded_attention.py [--profile P] [--rounds 15]
 
@@ -63,24 +65,31 @@ def main(argv=None) -> int:
                     times[i].append((time.perf_counter() - t) * 1e3)
     med = [float(np.median(times[i])) for i in range(len(runs))]
     print(f"profile {args.profile}; {args.rounds} interleaved rounds, median ms added over context 0")
-    print(f"{'pool':>4s}  {'contexts':24s} {'measured':>9s} {'own context':>12s} {'padded':>9s}")
-    errs = {False: [], True: []}
+    # priced at forward scale 1: these forwards are timed through run_jobs, as the calibration's
+    # grids are (the scale carries the grids to the serve loop)
+    table = table.model_copy(update={"serving": table.serving.model_copy(update={"forward_scale": 1.0})})
+    plain = table.model_copy(update={"serving": table.serving.model_copy(update={
+        "attention_rows": None, "attention_contexts": None, "attention_gathered_ms": None, "attention_in_place_ms": None})})
+    ways = {"own context": (plain, False), "padded, table": (plain, True)}
+    if table.serving.attention_rows is not None:
+        ways["padded, measured"] = (table, True)
+    print(f"{'pool':>4s}  {'contexts':24s} {'measured':>9s}" + "".join(f" {w:>17s}" for w in ways))
+    errs: dict = {w: [] for w in ways}
     for i, (p, ctx) in enumerate(CASES):
         meas = med[i] - med[i + len(CASES)]
-        priced = {}
-        for padded in (False, True):
-            cost = StepCost(table, Plan(levels=[16]), L, p, 512, np.full(p, 10))
+        line = f"{p:4d}  {str(ctx):24s} {meas:9.3f}"
+        for way, (tab, padded) in ways.items():
+            cost = StepCost(tab, Plan(levels=[16]), L, p, 512, np.full(p, 10))
             cost.padded = padded
             rows = np.ones((len(ctx), 1), np.int64)
-            priced[padded] = (cost.step(rows, np.array(ctx), np.array([len(ctx)]), 0)
-                              - cost.step(rows, np.zeros(len(ctx), np.int64), np.array([len(ctx)]), 0))
-            errs[padded].append(priced[padded] / meas - 1 if meas > 0 else np.nan)
-        print(f"{p:4d}  {str(ctx):24s} {meas:9.3f} {priced[False]:8.3f} {100 * errs[False][-1]:+5.0f}% "
-              f"{priced[True]:8.3f} {100 * errs[True][-1]:+5.0f}%")
-    for padded in (False, True):
-        e = np.abs(np.array(errs[padded]))
-        print(f"{'padded' if padded else 'own context'}: median |error| {100 * np.nanmedian(e):.0f} %, "
-              f"worst {100 * np.nanmax(e):.0f} %")
+            priced = (cost.step(rows, np.array(ctx), np.array([len(ctx)]), 0)
+                      - cost.step(rows, np.zeros(len(ctx), np.int64), np.array([len(ctx)]), 0))
+            errs[way].append(priced / meas - 1 if meas > 0 else np.nan)
+            line += f" {priced:10.3f} {100 * errs[way][-1]:+5.0f}%"
+        print(line)
+    for way, e in errs.items():
+        e = np.abs(np.array(e))
+        print(f"{way}: median |error| {100 * np.nanmedian(e):.0f} %, worst {100 * np.nanmax(e):.0f} %")
     return 0
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from exec_helpers import VirtualClock
 from hispec_exec.measure_serving import (
+    attention_grid,
     batch_layer_grid,
     measure_serving,
     serve_iterations,
@@ -30,6 +31,28 @@ def test_batch_grid_is_positive_monotone_and_filled(shipped):
     assert grid.shape == (2, 3) and np.all(np.isfinite(grid)) and np.all(grid > 0)
     assert np.all(np.diff(grid, axis=0) >= 0) and np.all(np.diff(grid, axis=1) >= 0)
     assert (2, 300) in g["filled"]  # 600 rows in all: not timed, extended by the table's linear part
+
+
+def test_the_attention_grid_times_both_ways_of_reading_a_pool(shipped, monkeypatch):
+    """attention_grid: contexts 0, 64, ... up to the capacity - 64; 2 sequences of a pool
+    of 8 gathered, 4 read in place (the executor's layouts, hispec_exec.model._Rows);
+    non-negative, 0 at context 0, non-decreasing in rows and context."""
+    layouts = []
+    row_plan = type(shipped)._row_plan
+
+    def spy(self, key):
+        plan = row_plan(self, key)
+        layouts.append((len(key[3]), plan["in_place"]))
+        return plan
+    monkeypatch.setattr(type(shipped), "_row_plan", spy)
+    g = attention_grid(shipped, [1, 4], repeats=1)
+    cap = shipped.new_pool(1).capacity
+    assert g["contexts"][0] == 0 and g["contexts"][-1] == cap - 64 and 64 in g["contexts"]
+    assert {(2, False), (4, True)} <= set(layouts) and g["sequences"] == [2, 4] and g["slots"] == 8
+    for name in ("gathered", "in_place"):
+        grid = g[name]
+        assert grid.shape == (2, len(g["contexts"])) and np.all(grid >= 0) and np.all(grid[:, 0] == 0)
+        assert np.all(np.diff(grid, axis=0) >= 0) and np.all(np.diff(grid, axis=1) >= 0)
 
 
 def test_an_untimed_prefill_cell_is_its_timed_batch_scaled(shipped, monkeypatch):
@@ -79,6 +102,8 @@ def test_measure_serving_returns_a_valid_calibration(shipped):
     ServingCalibration.model_validate(cal.model_dump())
     assert cal.batches == [1, 2] and cal.rows == [1, 3] and cal.context == 0
     assert cal.prefill_rows == [4, 8] and np.asarray(cal.prefill_layer_ms).shape == (2, 2)
+    assert cal.attention_contexts[0] == 0 and np.asarray(cal.attention_gathered_ms).shape == (
+        len(cal.attention_rows), len(cal.attention_contexts)) and "in place" in cal.source.detail
     assert "prefill=True" in cal.source.detail
     for v in (cal.step_ms, cal.sequence_ms, cal.check_ms):
         assert math.isfinite(v) and v >= 0

@@ -240,3 +240,45 @@ def test_the_engines_price_a_batch_of_mixed_contexts_as_step_does(batching):
     for m in run.metrics():
         assert m.tbt_ms == pytest.approx(expect)
     assert expect[0] > cost.step(np.ones((2, 1), np.int64), np.array([299, 299]), np.array([2]), 0) - 1e-9
+
+
+def _with_attention(cal, gathered=((0.0, 0.2, 0.6), (0.0, 0.3, 0.9)), in_place=((0.0, 0.1, 0.4), (0.0, 0.2, 0.7))):
+    return cal.model_copy(update={"attention_rows": [1, 4], "attention_contexts": [0, 100, 300],
+                                  "attention_gathered_ms": [list(r) for r in gathered],
+                                  "attention_in_place_ms": [list(r) for r in in_place]})
+
+
+def test_a_measured_attention_grid_prices_each_way_of_reading_the_pool():
+    """With the calibration's attention grids, a padded sequence costs the gathered grid in a
+    pool more than twice the sequences, the in-place one otherwise -- read exactly at the
+    grid's points, bilinear between them; without them, the batch-1 table's increment."""
+    t = _table(_with_attention(_cal()))
+    assert float(latency.pooled_attention_ms(t, 1, 300, False)) == pytest.approx(0.6)
+    assert float(latency.pooled_attention_ms(t, 4, 100, True)) == pytest.approx(0.2)
+    assert float(latency.pooled_attention_ms(t, 2.5, 200, False)) == pytest.approx((0.4 + 0.6) / 2)
+    assert float(latency.padded_attention_ms(t, 2, 8, 1, 300)) == pytest.approx(2 * 0.6)  # gathered: 2 computed
+    assert float(latency.padded_attention_ms(t, 4, 8, 1, 300)) == pytest.approx(8 * 0.4)  # in place: 8 slots
+    assert float(latency.padded_attention_ms(t, 0, 8, 1, 300)) == 0.0
+    plain = _table(_cal())
+    assert float(latency.padded_attention_ms(plain, 2, 8, 3, 300)) == pytest.approx(
+        2 * float(latency.sequence_attention_ms(plain, 3, 300)))
+    cost = serving.StepCost(t, schema.Plan(levels=[16]), 16, 8, 512, np.full(8, 10))
+    for n in (1, 2, 3, 4, 8):
+        ctx = np.full(n, 16 * 18)  # a whole context bucket: read exactly
+        expect = float(latency.padded_attention_ms(t, n, 8, 1, 16 * 18)) * cost.scale
+        assert cost.seq_att(np.ones((n, 1), np.int64), ctx)[0] == pytest.approx(expect)
+
+
+def test_schema_checks_the_attention_grids():
+    ok = _with_attention(_cal()).model_dump()
+    schema.ServingCalibration.model_validate(ok)
+    with pytest.raises(ValueError, match="come together"):
+        schema.ServingCalibration.model_validate(ok | {"attention_in_place_ms": None})
+    with pytest.raises(ValueError, match="attention_contexts: must start at 0"):
+        schema.ServingCalibration.model_validate(ok | {"attention_contexts": [1, 100, 300]})
+    with pytest.raises(ValueError, match="attention_rows: must be increasing"):
+        schema.ServingCalibration.model_validate(ok | {"attention_rows": [4, 1]})
+    with pytest.raises(ValueError, match="attention_gathered_ms: must be len"):
+        schema.ServingCalibration.model_validate(ok | {"attention_gathered_ms": [[0.0, 0.1]] * 2})
+    with pytest.raises(ValueError, match="attention_in_place_ms: must be in"):
+        schema.ServingCalibration.model_validate(ok | {"attention_in_place_ms": [[0.0, -0.1, 0.2]] * 2})
