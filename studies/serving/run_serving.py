@@ -155,7 +155,10 @@ Remaining misses:
   and 150 4.59 ms; four at 150 in a pool of 8 slots 5.81 ms, three 4.99 ms. The simulator
   summed each sequence's attention at its own context (autoregressive TBT p50 -13 to -20 %
   with prompts of 100-400 tokens); a calibrated profile's steps now pay
-  latency.padded_sequences x one sequence's increment at the longest context.
+  latency.padded_sequences x one sequence's increment at the longest context -- since
+  2026-12-03 09:30 UTC measured by the calibration through a pool of slots, gathered and in
+  place (ServingCalibration.attention_*): the batch-1 table's, timed on a one-slot cache,
+  was 34-75 % short.
 * Throughput at these loads is set by the arrivals (every request is served), so it
   matches with or without the calibration; it tests the simulator's bookkeeping, not its
   step costs.
