@@ -63,6 +63,17 @@ MAX_CELL_ROWS = 256  # decode cells of more rows in all are left to the table's 
 PREFILL_CELL_ROWS = 1024  # prefill cells of more rows in all: the largest timed batch's cell x b / its batch
 
 
+def _timed_ms(f, clock, cuda: bool) -> float:
+    """ms of f() by `clock`, the device synchronised around it."""
+    if cuda:
+        torch.cuda.synchronize()
+    t = clock()
+    f()
+    if cuda:
+        torch.cuda.synchronize()
+    return (clock() - t) * 1e3
+
+
 @torch.no_grad()
 def batch_layer_grid(model: Transformer, batches: list[int] = BATCHES, rows: list[int] = ROWS, context: int = 0,
                      repeats: int = 8, seed: int = 0, clock=time.perf_counter, table: LatencyTable | None = None,
@@ -83,15 +94,6 @@ def batch_layer_grid(model: Transformer, batches: list[int] = BATCHES, rows: lis
     cap = PREFILL_CELL_ROWS if prefill else MAX_CELL_ROWS
     cells = [(b, n) for b in batches for n in rows if context + n <= pool.capacity and (b * n <= cap or n == 1)]
 
-    def timed(f) -> float:
-        if cuda:
-            torch.cuda.synchronize()
-        t = clock()
-        f()
-        if cuda:
-            torch.cuda.synchronize()
-        return (clock() - t) * 1e3
-
     def fwd(layers, b, n):
         def f():
             for c in caches[:b]:
@@ -105,8 +107,8 @@ def batch_layer_grid(model: Transformer, batches: list[int] = BATCHES, rows: lis
     for r in range(-1, repeats):  # round -1 warms up, discarded
         for b, n in [cells[i] for i in rng.permutation(len(cells))]:
             fwd(1, b, n)()
-            full = timed(fwd(L, b, n))
-            one = timed(fwd(1, b, n)) if L > 1 else 0.0
+            full = _timed_ms(fwd(L, b, n), clock, cuda)
+            one = _timed_ms(fwd(1, b, n), clock, cuda) if L > 1 else 0.0
             if r >= 0:
                 layer = (full - one) / max(L - 1, 1)
                 per_layer[(b, n)].append(layer)
@@ -181,14 +183,10 @@ def attention_grid(model: Transformer, rows: list[int] = ATTENTION_ROWS, repeats
             nseq = modes[m][0]
             for cache in caches[:nseq]:
                 cache.lens[1:] = [c] * L
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            t = clock()
-            model.run_jobs([(cache, L, toks[n]) for cache in caches[:nseq]])
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
+            ms = _timed_ms(lambda: model.run_jobs([(cache, L, toks[n]) for cache in caches[:nseq]]), clock,
+                           dev.type == "cuda")
             if r >= 0:
-                times[(m, n, c)].append((clock() - t) * 1e3)
+                times[(m, n, c)].append(ms)
     out = {}
     for m, name in enumerate(("gathered", "in_place")):
         raw = np.zeros((len(rows), len(contexts)))

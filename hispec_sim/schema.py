@@ -572,28 +572,25 @@ class ServingCalibration(Strict):
             raise ValueError("serving.attention_rows: the attention rows, contexts and both grids come together")
         if self.attention_contexts is not None and self.attention_contexts[0] != 0:
             raise ValueError("serving.attention_contexts: must start at 0 (the increments are over context 0)")
-        grids = [("rows", self.rows, "layer_ms", self.layer_ms)]
         if (self.prefill_rows is None) != (self.prefill_layer_ms is None):
             raise ValueError("serving.prefill_rows: prefill_rows and prefill_layer_ms come together")
+        # (first axis, second axis, grid, least entry): layers as latency.layer_ms, attention increments from 0
+        grids = [("batches", "rows", "layer_ms", MIN_LAYER_MS)]
         if self.prefill_rows is not None:
-            grids.append(("prefill_rows", self.prefill_rows, "prefill_layer_ms", self.prefill_layer_ms))
-        for name, axis in [("batches", self.batches)] + [(n, a) for n, a, _, _ in grids]:
-            if not axis or any(b <= a for a, b in zip(axis, axis[1:])) or axis[0] < 1:
-                raise ValueError(f"serving.{name}: must be increasing, >= 1")
-        for rows_name, rows, name, grid in grids:
-            if len(grid) != len(self.batches) or any(len(r) != len(rows) for r in grid):
-                raise ValueError(f"serving.{name}: must be len(batches) x len({rows_name})")
-            _finite_nonneg([v for r in grid for v in r], f"serving.{name}", MIN_LAYER_MS)  # as latency.layer_ms
+            grids.append(("batches", "prefill_rows", "prefill_layer_ms", MIN_LAYER_MS))
         if self.attention_rows is not None:
-            rows, ctx = self.attention_rows, self.attention_contexts
-            for name, axis in (("attention_rows", rows), ("attention_contexts", ctx[1:] or [1])):
-                if any(b <= a for a, b in zip(axis, axis[1:])) or axis[0] < 1:
-                    raise ValueError(f"serving.{name}: must be increasing, >= 1 (contexts: after the first 0)")
-            for name in ("attention_gathered_ms", "attention_in_place_ms"):
-                grid = getattr(self, name)
-                if len(grid) != len(rows) or any(len(r) != len(ctx) for r in grid):
-                    raise ValueError(f"serving.{name}: must be len(attention_rows) x len(attention_contexts)")
-                _finite_nonneg([v for r in grid for v in r], f"serving.{name}", 0.0)
+            grids += [("attention_rows", "attention_contexts", name, 0.0)
+                      for name in ("attention_gathered_ms", "attention_in_place_ms")]
+        for name in dict.fromkeys(a for g in grids for a in g[:2]):
+            axis = getattr(self, name)
+            first = 0 if name == "attention_contexts" else 1
+            if not axis or any(b <= a for a, b in zip(axis, axis[1:])) or axis[0] < first:
+                raise ValueError(f"serving.{name}: must be increasing, >= {first}")
+        for rows_name, cols_name, name, lo in grids:
+            rows, cols, grid = getattr(self, rows_name), getattr(self, cols_name), getattr(self, name)
+            if len(grid) != len(rows) or any(len(r) != len(cols) for r in grid):
+                raise ValueError(f"serving.{name}: must be len({rows_name}) x len({cols_name})")
+            _finite_nonneg([v for r in grid for v in r], f"serving.{name}", lo)
         return self
 
 
