@@ -161,20 +161,21 @@ def attention_grid(model: Transformer, rows: list[int] = ATTENTION_ROWS, repeats
     """ms ONE layer's attention adds per sequence the executor computes (latency.padded_sequences)
     in a step of `run_jobs` over a pool of `slots`: sequences of n new tokens at c cached
     tokens against the same step at context 0 (the linear part and the fixed costs cancel),
-    divided by the layers and by the sequences computed; the blocks of slots // 4 sequences
-    gathered, or ceil(slots / 2) sequences read in place (all `slots` computed). Contexts 0,
-    64, 128, ... up to the capacity - 64: what the executor serves. Interleaved rounds,
-    outliers rejected, fitted non-decreasing in rows and context."""
+    divided by the layers and by the sequences computed; the blocks of one sequence alone
+    ("single") or of slots // 4 sequences gathered, or ceil(slots / 2) sequences read in
+    place (all `slots` computed). Contexts 0, 64, 128, ... up to the capacity - 64: what the
+    executor serves. Interleaved rounds, outliers rejected, fitted non-decreasing in rows
+    and context."""
     L = model.num_layers
     dev = model.tok_embeddings.weight.device
     pool = model.new_pool(slots)
     caches = [pool.cache(s) for s in range(slots)]
     top = pool.capacity - max(64, max(rows))
     contexts = [0] + [c for c in (64 << k for k in range(16)) if c < top] + [top]
-    modes = [(max(1, slots // 4), max(1, slots // 4)), (-(-slots // 2), slots)]  # (sequences, computed)
+    modes = [(max(1, slots // 4), max(1, slots // 4)), (-(-slots // 2), slots), (1, 1)]  # (sequences, computed)
     gen = torch.Generator().manual_seed(seed)
     toks = {n: torch.randint(0, model.args.vocab_size, (n,), generator=gen).to(dev) for n in rows}
-    cells = [(m, n, c) for m in range(2) for n in rows for c in contexts]
+    cells = [(m, n, c) for m in range(len(modes)) for n in rows for c in contexts]
     times: dict = {cell: [] for cell in cells}
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
@@ -188,7 +189,7 @@ def attention_grid(model: Transformer, rows: list[int] = ATTENTION_ROWS, repeats
             if r >= 0:
                 times[(m, n, c)].append(ms)
     out = {}
-    for m, name in enumerate(("gathered", "in_place")):
+    for m, name in enumerate(("gathered", "in_place", "single")):
         raw = np.zeros((len(rows), len(contexts)))
         se = np.zeros_like(raw)
         for i, n in enumerate(rows):
@@ -400,6 +401,7 @@ def measure_serving(model: Transformer, table: LatencyTable, env: str = "", repe
                              attention_rows=att["rows"], attention_contexts=att["contexts"],
                              attention_gathered_ms=np.round(att["gathered"], 6).tolist(),
                              attention_in_place_ms=np.round(att["in_place"], 6).tolist(),
+                             attention_single_ms=np.round(att["single"], 6).tolist(),
                              source=Source(kind="measured", detail="pending"))
     log(f"serving: batch grids done in {grid['seconds'] + pre['seconds'] + att['seconds']:.0f} s; fitting step overheads on serve() iterations")
     fit = fit_step_overheads(model, table.model_copy(update={"serving": cal}), [b for b in batches if b <= 8] or batches[:1], rounds, max_new,
@@ -414,7 +416,7 @@ def measure_serving(model: Transformer, table: LatencyTable, env: str = "", repe
               f"(cells of more than {PREFILL_CELL_ROWS} rows in all: the largest timed batch's cell x b / its batch) "
               f"({pre['seconds']:.0f} s); attention per computed sequence: decode steps of n = {att['rows']} new tokens "
               f"at contexts {att['contexts']} against context 0, {att['sequences'][0]} sequences of a pool of "
-              f"{att['slots']} (gathered) and {att['sequences'][1]} (every slot read in place), {att['repeats']} "
+              f"{att['slots']} (gathered), {att['sequences'][1]} (every slot read in place) and one alone (gathered), {att['repeats']} "
               f"interleaved rounds, fitted non-decreasing ({att['seconds']:.0f} s); forward "
               f"scale {fit['forward_scale']:.3f} ({'fitted' if fit['scale_fitted'] else 'fixed: ill-determined'}) and step "
               f"overheads by NNLS on {fit['iterations']} serve() iterations ({fit['rejected']} outliers rejected) of "

@@ -106,27 +106,36 @@ def padded_sequences(nseq, slots) -> np.ndarray:
     return np.where(nseq > 0, np.where(slots <= 2 * nseq, slots, nseq), 0)
 
 
-def pooled_attention_ms(table: LatencyTable, rows, context, in_place) -> np.ndarray:
-    """One sequence's attention increment in a serving layer (arrays broadcast): `rows` new
-    tokens, the forward's longest sequence holding `context` cached, its pool read in place
-    or its blocks gathered: the calibration's measured grid, else the batch-1 table's
-    increment (timed in place, one slot) either way."""
-    rows, context, in_place = np.broadcast_arrays(np.asarray(rows, float), np.asarray(context, float),
-                                                  np.asarray(in_place, bool))
+def pooled_attention_ms(table: LatencyTable, rows, context) -> np.ndarray:
+    """One serving layer's attention increments (arrays broadcast; stacked on a first axis
+    of 3): a step's first sequence with its blocks gathered, each further one gathered, each
+    slot of a pool read in place -- `rows` new tokens, the forward's longest sequence holding
+    `context` cached. From the calibration's measured grids (the first sequence from its own
+    grid where measured, each further one what the pair adds to it); else the batch-1 table's
+    increment (timed in place, one slot) for all three."""
+    rows, context = np.broadcast_arrays(np.asarray(rows, float), np.asarray(context, float))
     cal = table.serving
     if cal is None or cal.attention_rows is None:
-        return sequence_attention_ms(table, np.maximum(rows, 1), context)
-    at = [_grid2(cal.attention_rows, cal.attention_contexts, grid, rows, context, hold_below=True)
-          for grid in (cal.attention_gathered_ms, cal.attention_in_place_ms)]
-    return np.maximum(np.where(in_place, at[1], at[0]), 0.0)
+        return np.stack([sequence_attention_ms(table, np.maximum(rows, 1), context)] * 3)
+    pair, slot, single = (np.maximum(_grid2(cal.attention_rows, cal.attention_contexts, g, rows, context, True), 0.0)
+                          for g in (cal.attention_gathered_ms, cal.attention_in_place_ms,
+                                    cal.attention_single_ms or cal.attention_gathered_ms))
+    return np.stack([single, np.maximum(2 * pair - single, 0.0), slot])
+
+
+def layout_attention_ms(nseq, slots, first, more, slot) -> np.ndarray:
+    """Attention of one serving layer over `nseq` sequences of a pool of `slots` from the
+    increments of pooled_attention_ms (arrays broadcast): every slot once the sequences fill
+    half of the pool, else the first sequence and each further one (padded_sequences)."""
+    nseq = np.asarray(nseq)
+    n = padded_sequences(nseq, slots)
+    return np.where(slots <= 2 * nseq, n * slot, np.where(n > 0, first + np.maximum(n - 1, 0) * more, 0.0))
 
 
 def padded_attention_ms(table: LatencyTable, nseq, slots, rows, context) -> np.ndarray:
     """Attention of one serving layer over `nseq` sequences of a pool of `slots` whose most
-    new tokens are `rows` and whose longest holds `context` cached (arrays broadcast):
-    padded_sequences x pooled_attention_ms, in place once they fill half of the pool."""
-    nseq = np.asarray(nseq)
-    return padded_sequences(nseq, slots) * pooled_attention_ms(table, rows, context, slots <= 2 * nseq)
+    new tokens are `rows` and whose longest holds `context` cached (arrays broadcast)."""
+    return layout_attention_ms(nseq, slots, *pooled_attention_ms(table, rows, context))
 
 
 def _grid2(rows, cols, grid, r, c, hold_below: bool = False) -> np.ndarray:

@@ -524,8 +524,10 @@ class ServingCalibration(Strict):
     attention_gathered_ms / attention_in_place_ms [i][j]: ONE layer's time a step adds per
     such sequence when they carry at most attention_rows[i] new tokens and the longest holds
     attention_contexts[j] cached, over the same step at context 0; gathered (a pool more
-    than twice the sequences: their blocks are copied every layer) or read in place. Without
-    them (older profiles): the batch-1 table's increment (one slot, in place).
+    than twice the sequences: their blocks are copied every layer) or read in place.
+    attention_single_ms: the same for ONE sequence gathered (a step's first sequence pays a
+    share of per-step work the grid's pair splits in two); without it, attention_gathered_ms.
+    Without the grids (older profiles): the batch-1 table's increment (one slot, in place).
     """
 
     batches: list[int] = Field(min_length=1)
@@ -563,6 +565,8 @@ class ServingCalibration(Strict):
         "len(attention_rows) x len(attention_contexts)")
     attention_in_place_ms: list[list[float]] | None = Field(
         None, description="the same, pool at most twice the sequences (every slot read in place)")
+    attention_single_ms: list[list[float]] | None = Field(
+        None, description="the same, one sequence alone (blocks gathered); None (older profiles): attention_gathered_ms")
     source: Source
 
     @model_validator(mode="after")
@@ -570,6 +574,8 @@ class ServingCalibration(Strict):
         attention = (self.attention_rows, self.attention_contexts, self.attention_gathered_ms, self.attention_in_place_ms)
         if any(a is None for a in attention) != all(a is None for a in attention):
             raise ValueError("serving.attention_rows: the attention rows, contexts and both grids come together")
+        if self.attention_single_ms is not None and self.attention_rows is None:
+            raise ValueError("serving.attention_single_ms: needs attention_rows, attention_contexts and both grids")
         if self.attention_contexts is not None and self.attention_contexts[0] != 0:
             raise ValueError("serving.attention_contexts: must start at 0 (the increments are over context 0)")
         if (self.prefill_rows is None) != (self.prefill_layer_ms is None):
@@ -580,7 +586,8 @@ class ServingCalibration(Strict):
             grids.append(("batches", "prefill_rows", "prefill_layer_ms", MIN_LAYER_MS))
         if self.attention_rows is not None:
             grids += [("attention_rows", "attention_contexts", name, 0.0)
-                      for name in ("attention_gathered_ms", "attention_in_place_ms")]
+                      for name in ("attention_gathered_ms", "attention_in_place_ms", "attention_single_ms")
+                      if getattr(self, name) is not None]
         for name in dict.fromkeys(a for g in grids for a in g[:2]):
             axis = getattr(self, name)
             first = 0 if name == "attention_contexts" else 1

@@ -49,8 +49,8 @@ from .latency import (
     CostModel,
     decode_attention_ms,
     head_ms,
+    layout_attention_ms,
     linear_layer_ms,
-    padded_sequences,
     pooled_attention_ms,
     prefill_attention_ms,
     sequence_attention_ms,
@@ -243,10 +243,9 @@ class StepCost:
         # min(max batch, requests) slots, as hispec_exec.serve allocates it
         self.padded = self.calibrated and not self.measured
         self.slots = min(max_batch, len(prompts)) if prompts is not None and len(prompts) else max_batch
-        if self.padded:  # one computed sequence's (rows, ctx bucket), blocks gathered [0] or read in place [1]
+        if self.padded:  # latency.pooled_attention_ms: (first gathered, each further, each slot, rows, ctx bucket)
             r = np.arange(max_rows + 1)[:, None]
-            self.pooled = np.stack([np.where(r > 0, pooled_attention_ms(table, np.maximum(r, 1), ctx[None, :], m), 0.0)
-                                    for m in (False, True)]) * self.scale
+            self.pooled = np.where(r > 0, pooled_attention_ms(table, np.maximum(r, 1), ctx[None, :]), 0.0) * self.scale
         # prefill forwards run at their own scale (compute-bound tiles, not decode rows);
         # older calibrations: the decode steps' forward_scale
         sv = table.serving
@@ -283,11 +282,8 @@ class StepCost:
         """Attention of one layer (arrays, elementwise) over `nseq` sequences whose most rows
         are `rmax` and whose longest reaches `end` tokens (cached + new):
         latency.padded_attention_ms at (rmax, end - rmax), read from the lookup tables."""
-        nb_last = self.att.shape[1] - 1
-        nseq = np.asarray(nseq)
-        one = self.pooled[(self.slots <= 2 * nseq).astype(np.int64), rmax,
-                          np.minimum(np.maximum(end - rmax, 0) // CTX_BUCKET, nb_last)]
-        return padded_sequences(nseq, self.slots) * one
+        cb = np.minimum(np.maximum(end - rmax, 0) // CTX_BUCKET, self.att.shape[1] - 1)
+        return layout_attention_ms(nseq, self.slots, *self.pooled[:, rmax, cb])
 
     def seq_att(self, rows: np.ndarray, ctx: np.ndarray) -> np.ndarray:
         """Attention of steps' layer ranges without a measured kernel: rows (n, ..., k) each

@@ -4,8 +4,9 @@ priced by a profile's serving cost (hispec_sim.serving.StepCost) three ways -- e
 at its own context (the simulator before 2026-12-03), padded as the executor computes it
 (every sequence against the batch's longest context, every slot of a pool at least half
 full: latency.padded_sequences) with the batch-1 table's per-sequence increment, and padded
-with the increments the serving calibration measured through a pool, gathered or in place
-(ServingCalibration.attention_*; from 2026-12-03 on, when the profile has them).
+with the increments the serving calibration measured through a pool -- one sequence alone
+or a pair gathered, or in place (ServingCalibration.attention_*; from 2026-12-03 on, when
+the profile has them; latency.padded_attention_ms).
 
     python studies/serving/padded_attention.py [--profile P] [--rounds 15]
 

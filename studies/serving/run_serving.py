@@ -157,8 +157,8 @@ Remaining misses:
   with prompts of 100-400 tokens); a calibrated profile's steps now pay
   latency.padded_sequences x one sequence's increment at the longest context -- since
   2026-12-03 09:30 UTC measured by the calibration through a pool of slots, gathered and in
-  place (ServingCalibration.attention_*): the batch-1 table's, timed on a one-slot cache,
-  was 34-75 % short.
+  place (ServingCalibration.attention_*; from 12:29 UTC one sequence alone too, which pays
+  more than half a pair): the batch-1 table's, timed on a one-slot cache, was 34-75 % short.
 * Throughput at these loads is set by the arrivals (every request is served), so it
   matches with or without the calibration; it tests the simulator's bookkeeping, not its
   step costs.

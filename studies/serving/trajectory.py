@@ -9,7 +9,9 @@ simulated (hispec_sim.serving.simulate_arrays) with the same profile.
 It separates the cost model's error (measured / priced ms of the executor's own steps, by
 kind and batch) from the schedule's (steps, TPOT, TTFT of the executor against the
 simulator's), within a minute on one machine, where run_serving.py's executor runs lie a
-quarter of an hour from the calibration. With `--acceptance served` the profile must carry
+quarter of an hour from the calibration. A last column reads each step against the median
+measured / priced of the steps around it (LOCAL iterations either side): the kinds' prices
+relative to one another, free of the machine's speed moving within the run. With `--acceptance served` the profile must carry
 the workload `served` measured on this trace's prompts (run_serving.py adds it: the same
 --requests, --prompt-len, --output-len and --seed draw the same prompts); `heldout`
 simulates the profile's default workload on the same prompts. Prints; writes nothing but
@@ -29,6 +31,9 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import run_serving  # noqa: E402  (puts the checkout on the path)
+
+
+LOCAL = 30  # iterations either side: the neighbourhood a step's ratio is read against
 
 
 def plan_of(family: str):
@@ -82,18 +87,24 @@ def main(argv=None) -> int:
     res = serve(load_model(), plan, arrivals, prompts, news, limits, mode="greedy", seed=args.seed,
                 step_log=log, ops_of=_ops_of)
     slots = min(args.max_batch, len(prompts))
-    kinds: dict = defaultdict(lambda: [0, 0.0, 0.0])
-    for it in log:
+    measured, priced, keys = np.array([it["step_ms"] for it in log]), np.zeros(len(log)), []
+    for i, it in enumerate(log):
         fwd, head, nseq, nchk = step_features(plan.levels, it["ops"], table, slots)
-        priced = cal.forward_scale * fwd + cal.step_ms + cal.sequence_ms * nseq + cal.check_ms * nchk + head
-        k = kinds[("with a check" if nchk else "decode" if plan.depth == 1 else "drafts only", min(nseq, 3))]
-        k[0] += 1
-        k[1] += it["step_ms"]
-        k[2] += priced
+        priced[i] = cal.forward_scale * fwd + cal.step_ms + cal.sequence_ms * nseq + cal.check_ms * nchk + head
+        keys.append(("with a check" if nchk else "decode" if plan.depth == 1 else "drafts only", min(nseq, 3)))
+    # the machine's speed moves in spells of seconds (+-30 % on the AVX2 VM): each step against
+    # the median ratio of its neighbours tells the kinds of step apart without that drift
+    ratio = measured / priced
+    local = np.array([np.median(ratio[max(0, i - LOCAL):i + LOCAL + 1]) for i in range(len(log))])
+    kinds: dict = defaultdict(list)
+    for i, key in enumerate(keys):
+        kinds[key].append(i)
     print(f"{args.plan} at {args.qps:g} req/s, {len(reqs)} requests, profile {args.profile}")
-    print("executor steps by kind and batch (3: 3 or more): count, measured ms, priced ms, measured / priced")
-    for (kind, b), (n, meas, priced) in sorted(kinds.items()):
-        print(f"  {kind:13s} {b}  {n:6d} {meas:9.0f} {priced:9.0f}  {meas / priced:.3f}")
+    print("executor steps by kind and batch (3: 3 or more): count, measured ms, priced ms, measured / priced, "
+          f"the same against the steps within {LOCAL} iterations")
+    for (kind, b), idx in sorted(kinds.items()):
+        m, p = measured[idx].sum(), priced[idx].sum()
+        print(f"  {kind:13s} {b}  {len(idx):6d} {m:9.0f} {p:9.0f}  {m / p:.3f}  {m / (priced * local)[idx].sum():.3f}")
     workload = "served" if args.acceptance == "served" else None
     run = simulate_arrays(table, prof.model.num_layers, prof.workload(workload), plan, np.array(arrivals),
                           np.array([len(p) for p in prompts]), np.array(news), limits, seed=args.seed)

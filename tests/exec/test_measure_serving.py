@@ -35,8 +35,8 @@ def test_batch_grid_is_positive_monotone_and_filled(shipped):
 
 def test_the_attention_grid_times_both_ways_of_reading_a_pool(shipped, monkeypatch):
     """attention_grid: contexts 0, 64, ... up to the capacity - 64; 2 sequences of a pool
-    of 8 gathered, 4 read in place (the executor's layouts, hispec_exec.model._Rows);
-    non-negative, 0 at context 0, non-decreasing in rows and context."""
+    of 8 gathered, 4 read in place, 1 alone gathered (the executor's layouts,
+    hispec_exec.model._Rows); non-negative, 0 at context 0, non-decreasing in rows and context."""
     layouts = []
     row_plan = type(shipped)._row_plan
 
@@ -48,8 +48,8 @@ def test_the_attention_grid_times_both_ways_of_reading_a_pool(shipped, monkeypat
     g = attention_grid(shipped, [1, 4], repeats=1)
     cap = shipped.new_pool(1).capacity
     assert g["contexts"][0] == 0 and g["contexts"][-1] == cap - 64 and 64 in g["contexts"]
-    assert {(2, False), (4, True)} <= set(layouts) and g["sequences"] == [2, 4] and g["slots"] == 8
-    for name in ("gathered", "in_place"):
+    assert {(1, False), (2, False), (4, True)} <= set(layouts) and g["sequences"] == [2, 4, 1] and g["slots"] == 8
+    for name in ("gathered", "in_place", "single"):
         grid = g[name]
         assert grid.shape == (2, len(g["contexts"])) and np.all(grid >= 0) and np.all(grid[:, 0] == 0)
         assert np.all(np.diff(grid, axis=0) >= 0) and np.all(np.diff(grid, axis=1) >= 0)
@@ -102,8 +102,9 @@ def test_measure_serving_returns_a_valid_calibration(shipped):
     ServingCalibration.model_validate(cal.model_dump())
     assert cal.batches == [1, 2] and cal.rows == [1, 3] and cal.context == 0
     assert cal.prefill_rows == [4, 8] and np.asarray(cal.prefill_layer_ms).shape == (2, 2)
-    assert cal.attention_contexts[0] == 0 and np.asarray(cal.attention_gathered_ms).shape == (
-        len(cal.attention_rows), len(cal.attention_contexts)) and "in place" in cal.source.detail
+    assert cal.attention_contexts[0] == 0 and "in place" in cal.source.detail and "one alone" in cal.source.detail
+    for grid in (cal.attention_gathered_ms, cal.attention_in_place_ms, cal.attention_single_ms):
+        assert np.asarray(grid).shape == (len(cal.attention_rows), len(cal.attention_contexts))
     assert "prefill=True" in cal.source.detail
     for v in (cal.step_ms, cal.sequence_ms, cal.check_ms):
         assert math.isfinite(v) and v >= 0

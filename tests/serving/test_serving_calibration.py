@@ -242,10 +242,12 @@ def test_the_engines_price_a_batch_of_mixed_contexts_as_step_does(batching):
     assert expect[0] > cost.step(np.ones((2, 1), np.int64), np.array([299, 299]), np.array([2]), 0) - 1e-9
 
 
-def _with_attention(cal, gathered=((0.0, 0.2, 0.6), (0.0, 0.3, 0.9)), in_place=((0.0, 0.1, 0.4), (0.0, 0.2, 0.7))):
+def _with_attention(cal, gathered=((0.0, 0.2, 0.6), (0.0, 0.3, 0.9)), in_place=((0.0, 0.1, 0.4), (0.0, 0.2, 0.7)),
+                    single=None):
     return cal.model_copy(update={"attention_rows": [1, 4], "attention_contexts": [0, 100, 300],
                                   "attention_gathered_ms": [list(r) for r in gathered],
-                                  "attention_in_place_ms": [list(r) for r in in_place]})
+                                  "attention_in_place_ms": [list(r) for r in in_place],
+                                  "attention_single_ms": single and [list(r) for r in single]})
 
 
 def test_a_measured_attention_grid_prices_each_way_of_reading_the_pool():
@@ -253,9 +255,10 @@ def test_a_measured_attention_grid_prices_each_way_of_reading_the_pool():
     pool more than twice the sequences, the in-place one otherwise -- read exactly at the
     grid's points, bilinear between them; without them, the batch-1 table's increment."""
     t = _table(_with_attention(_cal()))
-    assert float(latency.pooled_attention_ms(t, 1, 300, False)) == pytest.approx(0.6)
-    assert float(latency.pooled_attention_ms(t, 4, 100, True)) == pytest.approx(0.2)
-    assert float(latency.pooled_attention_ms(t, 2.5, 200, False)) == pytest.approx((0.4 + 0.6) / 2)
+    first, more, slot = latency.pooled_attention_ms(t, 1, 300)
+    assert (float(first), float(more), float(slot)) == pytest.approx((0.6, 0.6, 0.4))  # no single grid: the pair's
+    assert float(latency.pooled_attention_ms(t, 4, 100)[2]) == pytest.approx(0.2)
+    assert float(latency.pooled_attention_ms(t, 2.5, 200)[0]) == pytest.approx((0.4 + 0.6) / 2)
     assert float(latency.padded_attention_ms(t, 2, 8, 1, 300)) == pytest.approx(2 * 0.6)  # gathered: 2 computed
     assert float(latency.padded_attention_ms(t, 4, 8, 1, 300)) == pytest.approx(8 * 0.4)  # in place: 8 slots
     assert float(latency.padded_attention_ms(t, 0, 8, 1, 300)) == 0.0
@@ -267,6 +270,23 @@ def test_a_measured_attention_grid_prices_each_way_of_reading_the_pool():
         ctx = np.full(n, 16 * 18)  # a whole context bucket: read exactly
         expect = float(latency.padded_attention_ms(t, n, 8, 1, 16 * 18)) * cost.scale
         assert cost.seq_att(np.ones((n, 1), np.int64), ctx)[0] == pytest.approx(expect)
+
+
+def test_one_sequence_alone_pays_its_own_grid_and_a_pair_the_pairs():
+    """attention_single_ms (one sequence gathered) prices a step of one sequence; a pair
+    still costs 2 x the pair's grid, each further sequence what the second adds (never
+    negative); in place, the slots as before. StepCost reads the same."""
+    t = _table(_with_attention(_cal(), single=((0.0, 0.3, 1.0), (0.0, 0.5, 1.5))))
+    pad = lambda n, rows=1: float(latency.padded_attention_ms(t, n, 8, rows, 300))  # noqa: E731
+    assert pad(1) == pytest.approx(1.0) and pad(1, 4) == pytest.approx(1.5)
+    assert pad(2) == pytest.approx(2 * 0.6) and pad(3) == pytest.approx(1.0 + 2 * (2 * 0.6 - 1.0))
+    assert pad(4) == pytest.approx(8 * 0.4)
+    heavy = _table(_with_attention(_cal(), single=((0.0, 0.3, 2.0), (0.0, 0.5, 2.0))))  # alone > the pair
+    assert float(latency.padded_attention_ms(heavy, 3, 8, 1, 300)) == pytest.approx(2.0)
+    cost = serving.StepCost(t, schema.Plan(levels=[16]), 16, 8, 512, np.full(8, 10))
+    for n in (1, 2, 3):
+        expect = float(latency.padded_attention_ms(t, n, 8, 1, 16 * 18)) * cost.scale
+        assert cost.seq_att(np.ones((n, 1), np.int64), np.full(n, 16 * 18))[0] == pytest.approx(expect)
 
 
 def test_schema_checks_the_attention_grids():
@@ -282,3 +302,9 @@ def test_schema_checks_the_attention_grids():
         schema.ServingCalibration.model_validate(ok | {"attention_gathered_ms": [[0.0, 0.1]] * 2})
     with pytest.raises(ValueError, match="attention_in_place_ms: must be in"):
         schema.ServingCalibration.model_validate(ok | {"attention_in_place_ms": [[0.0, -0.1, 0.2]] * 2})
+    with pytest.raises(ValueError, match="attention_single_ms: must be len"):
+        schema.ServingCalibration.model_validate(ok | {"attention_single_ms": [[0.0, 0.1]] * 2})
+    bare = ok | {k: None for k in ("attention_rows", "attention_contexts", "attention_gathered_ms",
+                                   "attention_in_place_ms")}
+    with pytest.raises(ValueError, match="attention_single_ms: needs attention_rows"):
+        schema.ServingCalibration.model_validate(bare | {"attention_single_ms": [[0.0, 0.1, 0.2]] * 2})
