@@ -307,8 +307,8 @@ class _Rows:
     own length is fully masked and adds exact zeros (see `attend`). Two ways to lay the
     entries out:
 
-    * in place (every part in one store, at most half of its slots idle: decode steps and
-      whole-batch prefills): one entry per (KV head, slot) of the whole store, idle slots
+    * in place (every part in one store, at most half of its slots idle in a decode step,
+      none in a prefill): one entry per (KV head, slot) of the whole store, idle slots
       included, against the store's first nb blocks as they lie (no copy);
     * gathered (caches in several stores, or few sequences in a large pool): one entry per
       (part, KV head), its blocks copied out by index once per layer.
@@ -343,7 +343,8 @@ class _Rows:
                 c.store.need(nb)
         first: dict = {}  # store -> its rank of first appearance: the layout depends on nothing else
         key = (str(dev), Rp, Tq,
-               tuple((first.setdefault(id(c.store), len(first)), c.store.slots, c.slot, n) for c, n, _ in parts))
+               tuple((first.setdefault(id(c.store), len(first)), c.store.slots, c.slot, n) for c, n, _ in parts),
+               prefill)
         plan = model._row_plan(key)
         T, E = self.tiles, self.entries = plan["T"], plan["E"]
         self.in_place = plan["in_place"]
@@ -371,15 +372,17 @@ class _Rows:
     def layout(args: ModelArgs, key: tuple) -> dict:
         """The position-independent part of a plan (built once per layout `key` = (device,
         padded rows, query tile, per part: (its store's rank, the store's slots, slot,
-        rows))): which part and token every row, query row and KV write belongs to, the
+        rows), prefill)): which part and token every row, query row and KV write belongs to, the
         query and output gathers. `__init__` adds the positions (a few tensor ops), so a
         decode step whose batch keeps its layout rebuilds no Python lists."""
         H, KV = args.n_heads, args.n_kv_heads
         G, Bk = H // KV, KV_BLOCK
-        dev, Rp, Tq, parts = key
+        dev, Rp, Tq, parts, prefill = key
         R = sum(n for *_, n in parts)
         T = max(-(-(n * G) // Tq) for *_, n in parts)
-        in_place = all(st == 0 for st, *_ in parts) and parts[0][1] <= 2 * len(parts)
+        # an idle slot computes every query tile of the batch: one tile in a decode step, the
+        # longest prompt's many in a prefill (4 prompts of 400 tokens in a pool of 8, in place: 5x the time)
+        in_place = all(st == 0 for st, *_ in parts) and parts[0][1] <= (1 if prefill else 2) * len(parts)
         E = KV * (parts[0][1] if in_place else len(parts))
         P = len(parts)  # p0 index of the padding rows / idle entries (position 0)
         # query row j of tile (t, entry) = row qi[t][entry][j] of qk viewed (Rp * (H + KV), hd), position

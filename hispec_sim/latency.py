@@ -319,6 +319,23 @@ def serving_layer_ms(table: LatencyTable, nseq, rows, prefill: bool = False) -> 
     return np.where(nseq > 0, np.maximum(t, 0.0), 0.0)
 
 
+def prefill_row_ms(table: LatencyTable) -> float:
+    """ONE layer's linear cost per row of a prefill forward, from the calibration's prefill
+    grid: cell(b, n) = a + a' b + c b n + d b n^2 (fixed, per prompt, linear rows, each
+    prompt's attention among its own n tokens: query tiles x key blocks), fitted
+    non-negative with relative weights; c. 0 without a prefill grid."""
+    from scipy.optimize import nnls
+
+    cal = table.serving
+    if cal is None or cal.prefill_layer_ms is None:
+        return 0.0
+    b, n = (a.ravel() for a in np.meshgrid(np.asarray(cal.batches, float), np.asarray(cal.prefill_rows, float),
+                                            indexing="ij"))
+    y = np.asarray(cal.prefill_layer_ms, float).ravel()
+    X = np.stack([np.ones_like(b), b, b * n, b * n * n], 1) / y[:, None]
+    return float(nnls(X, np.ones_like(y))[0][2])
+
+
 def serving_step_overhead_ms(table: LatencyTable, nseq, nchecks) -> np.ndarray:
     """Host time of a serving step beyond its forward and exit head: the calibration's
     step + per-sequence + per-check parts; without one, the table's per-forward overhead

@@ -53,6 +53,7 @@ from .latency import (
     linear_layer_ms,
     pooled_attention_ms,
     prefill_attention_ms,
+    prefill_row_ms,
     sequence_attention_ms,
     serving_layer_ms,
     serving_step_overhead_ms,
@@ -255,8 +256,8 @@ class StepCost:
         # on first use, vectorised: admissions of one or two prompts repeat with new totals)
         self.prefill_linear_at: dict[int, np.ndarray] = {}
         self.prefill_cells = 0
-        self.prefill_top = (np.cumsum(np.sort(np.maximum(prompts - 1, 0))[::-1]) if prompts is not None and len(prompts)
-                            else np.zeros(1, np.int64))  # the largest total of p prompts: [p - 1]
+        self.prefill_top = (np.arange(1, len(prompts) + 1) * int(np.max(prompts - 1, initial=0))
+                            if prompts is not None and len(prompts) else np.zeros(1, np.int64))  # p prompts padded: [p - 1]
         self.att, self.floor = self.att * self.scale, self.floor * self.scale
         self.per_layer = 0.0 if self.calibrated else table.layer_overhead_ms  # inside the measured grid
         self.fixed = table.overhead_ms
@@ -273,6 +274,7 @@ class StepCost:
         # piece then adds only its attention over its cached part (the table's increment at
         # that context); without one, the causal estimate (prefill_attention_ms) of it all
         self.grid_attention = self.calibrated and sv.prefill_layer_ms is not None
+        self.prefill_row = self.prefill_scale * prefill_row_ms(table)  # pieces padded to the longest
         self.prefill_att = (np.zeros(len(plen)) if self.grid_attention else
                             self.prefill_scale * np.where(plen > 0, prefill_attention_ms(table, np.maximum(plen, 1), 0), 0.0))
         tot = np.arange(min(top, 2**21) + 1)
@@ -361,12 +363,19 @@ class StepCost:
         (None: none) of each, concatenated through all layers, no head: the linear part, as
         for whole prompts, at the total rows (a calibration's prefill grid: with each piece's
         attention among its own tokens), and a piece after a cached part its attention over
-        the part (see grid_attention)."""
+        the part (see grid_attention). With a prefill grid, every piece's attention is the
+        longest piece's, as the executor computes it (hispec_exec.model._Rows: one count of
+        query tiles for all; two prompts of 100 and 400 tokens took 0.84 x two of 400, 1.8-1.9 x
+        two of 250): the grid read at p pieces of the longest, less the linear part of the
+        padding rows (latency.prefill_row_ms)."""
         total = int(n.sum())
         if total == 0:
             return 0.0
         L = self.layers
-        if self.calibrated:  # the batched grid, its rows beyond the grid by the table's linear part
+        if self.grid_attention:  # every piece padded to the longest (see prefill_pieces' docstring)
+            p, longest = int((n > 0).sum()), int(n.max())
+            lin = self._prefill_grid_ms(p, p * longest) - self.prefill_row * (p * longest - total)
+        elif self.calibrated:  # the batched grid, its rows beyond the grid by the table's linear part
             lin = self._prefill_grid_ms(int((n > 0).sum()), total)
         else:
             lin = self.prefill_linear[total] if total < len(self.prefill_linear) else float(linear_layer_ms(self.table, total))

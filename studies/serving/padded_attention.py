@@ -70,7 +70,8 @@ def main(argv=None) -> int:
     # grids are (the scale carries the grids to the serve loop)
     table = table.model_copy(update={"serving": table.serving.model_copy(update={"forward_scale": 1.0})})
     plain = table.model_copy(update={"serving": table.serving.model_copy(update={
-        "attention_rows": None, "attention_contexts": None, "attention_gathered_ms": None, "attention_in_place_ms": None})})
+        "attention_rows": None, "attention_contexts": None, "attention_gathered_ms": None, "attention_in_place_ms": None,
+        "attention_single_ms": None})})
     ways = {"own context": (plain, False), "padded, table": (plain, True)}
     if table.serving.attention_rows is not None:
         ways["padded, measured"] = (table, True)

@@ -166,3 +166,32 @@ def test_pooled_attention_with_unused_slots_is_bit_identical(tiny):
     got = [tiny.run_jobs([(c, L, torch.tensor([t])) for c in cs]) for t in (7, 8, 9)]
     for i in range(4):
         assert all(torch.equal(got[s][i], ref[i][s]) for s in range(3))
+
+
+def test_a_prefill_reads_a_pool_in_place_only_when_no_slot_is_idle(tiny, monkeypatch):
+    """An idle slot computes every query tile of the forward: one in a decode step, the
+    longest prompt's many in a prefill. So a prefill of 4 prompts in a pool of 8 gathers
+    their blocks (a decode step of 4 reads the pool in place), a prefill of every slot reads
+    it in place; the rows are bit-identical to each prompt prefilled alone either way."""
+    L = tiny.num_layers
+    layouts = []
+    row_plan = type(tiny)._row_plan
+
+    def spy(self, key):
+        plan = row_plan(self, key)
+        layouts.append((len(key[3]), key[4], plan["in_place"]))
+        return plan
+    monkeypatch.setattr(type(tiny), "_row_plan", spy)
+    g = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(0, 64, (n,), generator=g) for n in (5, 30, 3, 12, 9, 17, 4, 21)]
+    ref = []
+    for p in prompts:
+        c = tiny.new_cache()
+        ref.append(tiny.run(c, 0, L, p, prefill=True))
+    for k in (4, 8):
+        pool = tiny.new_pool(8)
+        cs = [pool.cache(s) for s in range(k)]
+        got = tiny.run_jobs([(c, L, p) for c, p in zip(cs, prompts)], prefill=True)
+        assert all(torch.equal(a, b) for a, b in zip(got, ref[:k]))
+        tiny.run_jobs([(c, L, torch.tensor([7])) for c in cs])
+    assert {(4, True, False), (4, False, True), (8, True, True), (8, False, True)} <= set(layouts)

@@ -163,6 +163,24 @@ def test_a_prefill_grid_prices_a_chunk_by_its_cached_part_and_long_prompts_each_
             float(serving_layer_ms(t, b, b * 64, prefill=True)) + beyond)
 
 
+def test_prompts_of_mixed_lengths_pay_the_longest_ones_attention():
+    """The executor runs every prompt of a prefill forward through the longest one's query
+    tiles and key blocks: with a prefill grid of fixed, per-prompt, linear and quadratic
+    (attention) parts, latency.prefill_row_ms recovers the linear part, and prompts of 16
+    and 64 tokens cost two of 64 less 48 rows' linear part -- more than two of 40."""
+    base = _cal()
+    rows = [4, 16, 32, 64]
+    a, a1, c, d = 0.3, 0.05, 0.01, 2e-4
+    pre = [[a + a1 * b + c * b * n + d * b * n * n for n in rows] for b in base.batches]
+    t = _table(base.model_copy(update={"prefill_rows": rows, "prefill_layer_ms": pre, "prefill_scale": 1.3}))
+    assert latency.prefill_row_ms(t) == pytest.approx(c, rel=1e-6)
+    assert latency.prefill_row_ms(_table(base)) == 0.0
+    cost = serving.StepCost(t, schema.Plan(levels=[16]), 16, 4, 256, np.array([65, 65]))
+    mixed, padded, even = (cost.prefill_pieces(np.array(n)) for n in ([16, 64], [64, 64], [40, 40]))
+    assert mixed == pytest.approx(padded - 16 * 1.3 * c * 48) and mixed > even
+    assert cost.prefill_pieces(np.array([16, 16])) == pytest.approx(16 * 1.3 * pre[1][1] + t.overhead_ms)
+
+
 @pytest.mark.parametrize("batching", ["ragged", "synchronous"])
 def test_admissions_pay_their_prefill_scale_admit_and_wake_ms(batching):
     """Isolated requests (the engine idles between them): each one's TTFT grows by exactly

@@ -258,7 +258,8 @@ def test_adaptive_synchronous_engine_equals_the_step_by_step_reference(case):
 @pytest.mark.parametrize("noise", [True, False])
 def test_prefill_rows_equal_one_scalar_call(noise):
     """StepCost.prefill reads the prefill grid from a row per number of prompts: the value of
-    one serving_layer_ms(prefill=True) call at (prompts, total) x the prefill scale, bit for bit."""
+    one serving_layer_ms(prefill=True) call at (prompts, prompts x the longest) x the prefill
+    scale, less the padding rows' linear part, bit for bit."""
     table, _, layers = _tiny(noise)
     table = table.model_copy(update={"serving": table.serving.model_copy(update={"forward_scale": 0.7,
                                                                                  "prefill_scale": 1.3})})
@@ -272,7 +273,8 @@ def test_prefill_rows_equal_one_scalar_call(noise):
         total = int(n.sum())
         if total == 0:
             continue
-        lin = 1.3 * float(serving_layer_ms(table, int((n > 0).sum()), total, prefill=True))
+        k, top = int((n > 0).sum()), int(n.max())  # every prompt padded to the longest, less the padding's rows
+        lin = 1.3 * float(serving_layer_ms(table, k, k * top, prefill=True)) - cost.prefill_row * (k * top - total)
         want = float(n.size and layers * (lin + cost.prefill_att[n].sum() + cost.per_layer) + cost.fixed)
         assert cost.prefill(pick) == want
     assert cost._prefill_grid_ms(3, 10 ** 6) == 1.3 * float(serving_layer_ms(table, 3, 10 ** 6, prefill=True))  # beyond the rows
