@@ -3,7 +3,7 @@ forward (`Transformer.run_jobs(..., prefill=True)`) of 2-4 prompts in a pool of 
 timed on the shipped model, and priced by a profile's serving cost
 (hispec_sim.serving.StepCost.prefill_pieces, at prefill scale 1: these forwards are timed
 as the calibration's prefill grid is) two ways -- the grid read at the prompts' total rows
-(the simulator before 2026-12-03 14:00 UTC: each prompt's attention at the mean length) and
+(the simulator before 2026-12-03 13:20 UTC: each prompt's attention at the mean length) and
 every prompt padded to the longest, less the padding rows' linear part
 (latency.prefill_row_ms), as the executor computes it.
 
