@@ -129,7 +129,7 @@ def layout_attention_ms(nseq, slots, first, more, slot) -> np.ndarray:
     half of the pool, else the first sequence and each further one (padded_sequences)."""
     nseq = np.asarray(nseq)
     n = padded_sequences(nseq, slots)
-    return np.where(slots <= 2 * nseq, n * slot, np.where(n > 0, first + np.maximum(n - 1, 0) * more, 0.0))
+    return np.where(slots <= 2 * nseq, n * slot, np.where(n > 0, first + (n - 1) * more, 0.0))
 
 
 def padded_attention_ms(table: LatencyTable, nseq, slots, rows, context) -> np.ndarray:

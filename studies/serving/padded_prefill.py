@@ -38,6 +38,7 @@ def main(argv=None) -> int:
 
     from hispec_exec.checkpoint import load_model
     from hispec_sim.schema import Plan, load_profile
+    from hispec_sim.latency import serving_layer_ms
     from hispec_sim.serving import StepCost
 
     torch.set_num_threads(1)
@@ -71,7 +72,7 @@ def main(argv=None) -> int:
         n = np.array(case)
         meas = float(np.median(times[i]))
         padded = cost.prefill_pieces(n)
-        at_total = L * (cost._prefill_grid_ms(len(case), int(n.sum())) + cost.per_layer) + cost.fixed  # as before
+        at_total = L * float(serving_layer_ms(table, len(case), int(n.sum()), prefill=True)) + cost.fixed  # as before
         line = f"{str(case):24s} {meas:9.1f}"
         for way, priced in (("at the total", at_total), ("padded", padded)):
             errs[way].append(priced / meas - 1)
