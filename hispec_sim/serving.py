@@ -360,14 +360,14 @@ class StepCost:
 
     def prefill_pieces(self, n: np.ndarray, cached: np.ndarray | None = None) -> float:
         """ONE prefill forward of pieces of prompts: n[i] new tokens after cached[i] ones
-        (None: none) of each, concatenated through all layers, no head: the linear part, as
-        for whole prompts, at the total rows (a calibration's prefill grid: with each piece's
-        attention among its own tokens), and a piece after a cached part its attention over
-        the part (see grid_attention). With a prefill grid, every piece's attention is the
-        longest piece's, as the executor computes it (hispec_exec.model._Rows: one count of
-        query tiles for all; two prompts of 100 and 400 tokens took 0.84 x two of 400, 1.8-1.9 x
-        two of 250): the grid read at p pieces of the longest, less the linear part of the
-        padding rows (latency.prefill_row_ms)."""
+        (None: none) of each, concatenated through all layers, no head. With a calibration's
+        prefill grid (each piece's attention among its own tokens), as the executor computes
+        it (hispec_exec.model._Rows): every piece runs the longest piece's query tiles against
+        the key blocks of the forward's furthest reach (prompts of 100 and 400 tokens took
+        0.84 x two of 400, 1.8-1.9 x two of 250) -- the grid at p pieces of the longest, less
+        the padding rows' linear part (latency.prefill_row_ms), plus p x the table's
+        increment of the longest piece over the reach before it. Otherwise: the linear part
+        at the total rows and each piece's own attention."""
         total = int(n.sum())
         if total == 0:
             return 0.0
@@ -381,8 +381,10 @@ class StepCost:
             lin = self.prefill_linear[total] if total < len(self.prefill_linear) else float(linear_layer_ms(self.table, total))
         if cached is None or not cached.any():
             att = self.prefill_att[n].sum()
-        elif self.grid_attention:
-            att = self.prefill_scale * np.where(n > 0, sequence_attention_ms(self.table, np.maximum(n, 1), cached), 0.0).sum()
+        elif self.grid_attention:  # every piece reads the forward's longest reach past the longest piece
+            on = n > 0
+            reach = int((cached + n)[on].max()) - int(n.max())
+            att = self.prefill_scale * on.sum() * float(sequence_attention_ms(self.table, int(n.max()), reach))
         else:
             att = (self.prefill_scale * prefill_attention_ms(self.table, n, cached)).sum()
         per = lin + att

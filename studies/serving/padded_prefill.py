@@ -1,17 +1,20 @@
 """Prefill forwards of prompts of mixed lengths, executor against simulator: one prefill
-forward (`Transformer.run_jobs(..., prefill=True)`) of 2-4 prompts in a pool of 8 slots,
-timed on the shipped model, and priced by a profile's serving cost
-(hispec_sim.serving.StepCost.prefill_pieces, at prefill scale 1: these forwards are timed
-as the calibration's prefill grid is) two ways -- the grid read at the prompts' total rows
-(the simulator before 2026-12-03 13:20 UTC: each prompt's attention at the mean length) and
-every prompt padded to the longest, less the padding rows' linear part
-(latency.prefill_row_ms), as the executor computes it.
+forward (`Transformer.run_jobs(..., prefill=True)`) of 1-4 prompts or pieces of prompts
+(chunked prefill: n tokens after c cached) in a pool of 8 slots, timed on the shipped
+model, and priced by a profile's serving cost (hispec_sim.serving.StepCost.prefill_pieces,
+at prefill scale 1: these forwards are timed as the calibration's prefill grid is) two
+ways: as the executor computes it (every piece padded to the longest piece's rows, less
+their linear part (latency.prefill_row_ms), against the furthest reach's keys), and as the
+simulator did before -- whole prompts: the grid read at their total rows (each prompt's
+attention at the mean length; before 2026-12-03 13:20 UTC); pieces: each piece's own
+attention over its own cached part (before 2026-12-03 15:30 UTC).
 
     python studies/serving/padded_prefill.py [--profile P] [--rounds 12]
 
 Cases are timed in interleaved rounds (the median of each), so that the machine's drift
-moves every case alike; the equal-length cases show the grid's own error. Prints a table;
-writes nothing. One CPU thread.
+moves every case alike; the cases priced alike both ways (equal lengths, one piece) show
+the grid's own error at that moment, and the others are also read against their median.
+Prints a table; writes nothing. One CPU thread.
 """
 from __future__ import annotations
 
@@ -25,7 +28,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-CASES = [[250, 250], [100, 400], [400, 400], [200, 300], [100, 100], [145, 145, 145, 145], [60, 60, 60, 400]]
+# (tokens, cached) per prompt or piece; the chunked cases are pieces of at most 32 or 64
+# tokens, as studies/serving/chunked cuts them (the end of one prompt and the start of the next)
+CASES = [[(n, 0) for n in case] for case in
+         ([250, 250], [100, 400], [400, 400], [200, 300], [100, 100], [145, 145, 145, 145], [60, 60, 60, 400])]
+CASES += [[(32, 368)], [(32, 0), (32, 368)], [(12, 380), (20, 0)], [(4, 396), (28, 0)], [(16, 200), (16, 0)],
+          [(64, 336)], [(8, 392), (56, 0)]]
 POOL = 8
 
 
@@ -38,7 +46,7 @@ def main(argv=None) -> int:
 
     from hispec_exec.checkpoint import load_model
     from hispec_sim.schema import Plan, load_profile
-    from hispec_sim.latency import serving_layer_ms
+    from hispec_sim.latency import sequence_attention_ms, serving_layer_ms
     from hispec_sim.serving import StepCost
 
     torch.set_num_threads(1)
@@ -51,36 +59,51 @@ def main(argv=None) -> int:
     pool = model.new_pool(POOL)
     caches = [pool.cache(s) for s in range(POOL)]
     gen = torch.Generator().manual_seed(0)
-    toks = [[torch.randint(0, model.args.vocab_size, (n,), generator=gen) for n in case] for case in CASES]
+    toks = [[torch.randint(0, model.args.vocab_size, (n,), generator=gen) for n, _ in case] for case in CASES]
     times: dict = {i: [] for i in range(len(CASES))}
     rng = np.random.default_rng(0)
     with torch.no_grad():
         for r in range(args.rounds + 1):  # round 0 warms up
             for i in rng.permutation(len(CASES)):
-                for c in caches:
-                    c.lens[1:] = [0] * L
+                for c, (_, cached) in zip(caches, CASES[i]):
+                    c.lens[1:] = [cached] * L  # the cached part's values do not change the time
                 t = time.perf_counter()
                 model.run_jobs([(c, L, x) for c, x in zip(caches, toks[i])], prefill=True)
                 if r:
                     times[i].append((time.perf_counter() - t) * 1e3)
     table = table.model_copy(update={"serving": table.serving.model_copy(update={"prefill_scale": 1.0})})
-    cost = StepCost(table, Plan(levels=[16]), L, POOL, 1024, np.full(POOL, max(map(max, CASES)) + 1))
+    cost = StepCost(table, Plan(levels=[16]), L, POOL, 1024, np.full(POOL, max(n + c for case in CASES for n, c in case) + 1))
     print(f"profile {args.profile}; {args.rounds} interleaved rounds, median ms of one prefill forward")
-    print(f"{'prompts':24s} {'measured':>9s} {'at the total':>18s} {'padded':>18s}")
-    errs: dict = {"at the total": [], "padded": []}
+    ratio: dict = {"before": [], "padded": []}  # priced / measured, per case
+    lines = []
     for i, case in enumerate(CASES):
-        n = np.array(case)
+        n, c = np.array(case).T
         meas = float(np.median(times[i]))
-        padded = cost.prefill_pieces(n)
-        at_total = L * float(serving_layer_ms(table, len(case), int(n.sum()), prefill=True)) + cost.fixed  # as before
-        line = f"{str(case):24s} {meas:9.1f}"
-        for way, priced in (("at the total", at_total), ("padded", padded)):
-            errs[way].append(priced / meas - 1)
-            line += f" {priced:10.1f} {100 * errs[way][-1]:+6.0f}%"
-        print(line)
-    for way, e in errs.items():
-        e = np.abs(np.array(e))
-        print(f"{way}: median |error| {100 * np.median(e):.0f} %, worst {100 * np.max(e):.0f} %")
+        padded = cost.prefill_pieces(n, c)
+        if c.any():  # each piece's own attention over its own cached part
+            before = cost.prefill_pieces(n) + L * float(sequence_attention_ms(table, n, c).sum())
+        else:  # the grid at the total rows
+            before = L * float(serving_layer_ms(table, len(case), int(n.sum()), prefill=True)) + cost.fixed
+        lines.append(f"{str(case):36s} {meas:9.1f}")
+        for way, priced in (("before", before), ("padded", padded)):
+            ratio[way].append(priced / meas)
+            lines[-1] += f" {priced:10.1f} {100 * (ratio[way][-1] - 1):+6.0f}%"
+    # the cases priced alike both ways (equal lengths, one piece) carry the grid's own error
+    # at that moment (the machine drifts by tens of percent): the others are read against it
+    alike = np.isclose(ratio["before"], ratio["padded"])
+    for way in ratio:
+        ratio[way] = np.array(ratio[way])
+        ref = float(np.median(ratio[way][alike]))
+        for i, r in enumerate(ratio[way]):
+            lines[i] += f" {100 * (r / ref - 1):+6.0f}%" if not alike[i] else "      -"
+    print(f"{'(tokens, cached) each':36s} {'measured':>9s} {'before':>18s} {'padded':>18s} "
+          f"{'vs alike: before':>17s} {'padded':>7s}")
+    print("\n".join(lines))
+    for way, r in ratio.items():
+        e, rel = np.abs(r - 1), np.abs(r[~alike] / np.median(r[alike]) - 1)
+        print(f"{way}: median |error| {100 * np.median(e):.0f} %, worst {100 * np.max(e):.0f} %; the {len(rel)} "
+              f"cases not priced alike, against those priced alike: median {100 * np.median(rel):.0f} %, "
+              f"worst {100 * np.max(rel):.0f} %")
     return 0
 
 

@@ -143,11 +143,14 @@ def test_prefills_read_the_prefill_grid():
     assert att > 0 and costs[1].prefill(prompts) == pytest.approx(lin[1] + att + plain.overhead_ms)
 
 
-def test_a_prefill_grid_prices_a_chunk_by_its_cached_part_and_long_prompts_each_alone():
-    """With a prefill grid, a piece after c cached tokens adds the table's attention increment
-    of its n rows at context c (its attention among its own rows is in the grid); prompts
-    longer than the grid's last rows add, each, the table's linear part for their own extra
-    rows (b prompts of n rows cost b x one prompt's extra, not one prompt of b x n rows)."""
+def test_a_prefill_grid_prices_pieces_after_cached_parts_padded_and_long_prompts_each_alone():
+    """With a prefill grid (each piece's attention among its own rows), pieces after cached
+    parts add, each, the table's attention increment of the longest piece's rows over the
+    forward's furthest reach before them, as the executor pads them (a piece of 16 after 0
+    and one after 40 cost 2 x 16 rows at context 40; 4 after 60 beside 16 after 0 cost
+    2 x 16 rows at 48); prompts longer than the grid's last rows add, each, the table's linear
+    part for their own extra rows (b prompts of n rows cost b x one prompt's extra, not one
+    prompt of b x n rows)."""
     base = _cal()
     rows = [4, 16, 64]
     pre = [[0.5 * (1.0 + 0.2 * (b - 1) + 0.1 * b * (n - 1)) for n in rows] for b in base.batches]
@@ -155,8 +158,11 @@ def test_a_prefill_grid_prices_a_chunk_by_its_cached_part_and_long_prompts_each_
     cost = serving.StepCost(t, schema.Plan(levels=[16]), 16, 4, 256, np.array([200, 200]))
     n, c = np.array([16, 16]), np.array([0, 40])
     whole = cost.prefill_pieces(n)
-    extra = 16 * 1.3 * float(latency.sequence_attention_ms(t, 16, 40))
+    extra = 2 * 16 * 1.3 * float(latency.sequence_attention_ms(t, 16, 40))
     assert extra > 0 and cost.prefill_pieces(n, c) - whole == pytest.approx(extra)
+    short = np.array([4, 16])
+    extra = 2 * 16 * 1.3 * float(latency.sequence_attention_ms(t, 16, 48))
+    assert cost.prefill_pieces(short, np.array([60, 0])) - cost.prefill_pieces(short) == pytest.approx(extra)
     for b in (1, 2, 3):
         beyond = b * (latency.linear_layer_ms(t, 150) - latency.linear_layer_ms(t, 64))
         assert float(serving_layer_ms(t, b, b * 150, prefill=True)) == pytest.approx(
