@@ -156,8 +156,9 @@ def serve(model, plan, arrivals: list[float], prompts: list[list[int]], news: li
     `sleep` waits for arrivals: by default the clock's own (CpuClock) or time.sleep.
     step_log (instrumentation, hispec_exec.measure_serving): when a list, one entry per
     iteration that ran a step: its wall time without prefill and waiting ("step_ms"), the
-    prefill's ("prefill_ms"), ops_of(batch) taken before the step ("ops", untimed), and
-    whether the loop slept for an arrival just before it ("woke")."""
+    prefill's ("prefill_ms") and its (new tokens, cached tokens) per prompt ("pieces"),
+    ops_of(batch) taken before the step ("ops", untimed), and whether the loop slept for an
+    arrival just before it ("woke")."""
     from hispec_sim.schema import RequestMetrics
 
     from hispec_sim.serving import check_prefill, chunk_takes
@@ -204,12 +205,14 @@ def serve(model, plan, arrivals: list[float], prompts: list[list[int]], news: li
                 reserved += r.need
                 live[id(r.decoder)] = r
                 admit.append(r)
-        pf_ms = 0.0
+        pf_ms, pieces = 0.0, []
         prefilling += admit  # separate: prefilled whole now; chunked: the next chunk of the queue
         if prefilling:
             left = [r.decoder.prefill_left for r in prefilling]
+            takes = chunk_takes(left, chunk) if chunk is not None else left
+            pieces = [(n, r.decoder.prefilled) for r, n in zip(prefilling, takes) if n]
             pf0 = clock()
-            batch.add([r.decoder for r in prefilling], chunk_takes(left, chunk) if chunk is not None else None)
+            batch.add([r.decoder for r in prefilling], takes if chunk is not None else None)
             pf_ms = (clock() - pf0) * 1e3  # on the loop's own clock (it may not be the wall's)
             prefills += any(left)  # one-token prompts run no prefill forward (prefill_job)
             prefilling = [r for r in prefilling if r.decoder.prefill_left]
@@ -243,7 +246,8 @@ def serve(model, plan, arrivals: list[float], prompts: list[list[int]], news: li
         if progress:
             progress(len(done), len(prompts), sum(r.emitted for r in done) + sum(live[id(d)].emitted for d in batch.running), t)
         if step_log is not None:
-            step_log.append({"step_ms": (clock() - it0) * 1e3 - pf_ms, "prefill_ms": pf_ms, "ops": ops, "woke": woke})
+            step_log.append({"step_ms": (clock() - it0) * 1e3 - pf_ms, "prefill_ms": pf_ms, "pieces": pieces, "ops": ops,
+                             "woke": woke})
         woke = False
     done.sort(key=lambda r: r.id)
     metrics = []

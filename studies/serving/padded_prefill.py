@@ -7,7 +7,7 @@ ways: as the executor computes it (every piece padded to the longest piece's row
 their linear part (latency.prefill_row_ms), against the furthest reach's keys), and as the
 simulator did before -- whole prompts: the grid read at their total rows (each prompt's
 attention at the mean length; before 2026-12-03 13:20 UTC); pieces: each piece's own
-attention over its own cached part (before 2026-12-03 15:30 UTC).
+attention over its own cached part (before 2026-12-03 14:53 UTC).
 
     python studies/serving/padded_prefill.py [--profile P] [--rounds 12]
 

@@ -4,7 +4,7 @@ it (measure_serving.step_features and the calibration's fitted terms), and the s
 simulated (hispec_sim.serving.simulate_arrays) with the same profile.
 
     python studies/serving/trajectory.py --profile P [--plan single_level] [--qps 1.5]
-        [--prompt-len uniform:100:400] [--acceptance served|heldout] [--requests 48]
+        [--prompt-len uniform:100:400] [--acceptance served|heldout] [--requests 48] [--prefill-chunk C]
 
 It separates the cost model's error (measured / priced ms of the executor's own steps, by
 kind and batch) from the schedule's (steps, TPOT, TTFT of the executor against the
@@ -58,6 +58,7 @@ def main(argv=None) -> int:
     ap.add_argument("--output-len", default="uniform:16:64")
     ap.add_argument("--max-batch", type=int, default=8)
     ap.add_argument("--acceptance", choices=["served", "heldout"], default="served")
+    ap.add_argument("--prefill-chunk", type=int, help="chunked prefill, as run_serving.py --prefill-chunk")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     import torch
@@ -66,7 +67,7 @@ def main(argv=None) -> int:
     from hispec_exec.measure_serving import _ops_of, step_features
     from hispec_exec.serve import serve
     from hispec_sim.schema import RequestMetrics, ServeLimits, load_profile
-    from hispec_sim.serving import simulate_arrays
+    from hispec_sim.serving import StepCost, simulate_arrays
 
     torch.set_num_threads(1)
     prof = load_profile(args.profile)
@@ -82,7 +83,8 @@ def main(argv=None) -> int:
     prompts = [list(r["prompt"].encode("utf-8")) for r in reqs]
     arrivals = [r["arrival_s"] for r in reqs]
     news = [r["max_new_tokens"] for r in reqs]
-    limits = ServeLimits(max_batch=args.max_batch)
+    limits = ServeLimits(max_batch=args.max_batch, prefill="chunked" if args.prefill_chunk else "separate",
+                         prefill_chunk=args.prefill_chunk)
     log: list = []
     res = serve(load_model(), plan, arrivals, prompts, news, limits, mode="greedy", seed=args.seed,
                 step_log=log, ops_of=_ops_of)
@@ -99,8 +101,20 @@ def main(argv=None) -> int:
     kinds: dict = defaultdict(list)
     for i, key in enumerate(keys):
         kinds[key].append(i)
+    # the prefill forwards of the iterations that ran a step, priced as the simulator prices
+    # them (StepCost.prefill_pieces: whole prompts, or chunks after their cached part), by
+    # the number of prompts in the forward, each read against its iteration's neighbours
+    cost = StepCost(table, plan, prof.model.num_layers, args.max_batch, max(map(len, prompts)) + max(news),
+                    np.array([len(p) for p in prompts]))
+    pf = [i for i, it in enumerate(log) if it["pieces"]]
+    for k, i in enumerate(pf):
+        kinds[("prefill", min(len(log[i]["pieces"]), 3))].append(len(log) + k)
+    measured = np.concatenate([measured, [log[i]["prefill_ms"] for i in pf]])
+    priced = np.concatenate([priced, [cost.prefill_pieces(*np.array(log[i]["pieces"]).T) for i in pf]])
+    local = np.concatenate([local, local[pf]])
     print(f"{args.plan} at {args.qps:g} req/s, {len(reqs)} requests, profile {args.profile}")
-    print("executor steps by kind and batch (3: 3 or more): count, measured ms, priced ms, measured / priced, "
+    print("executor steps by kind and batch, and prefill forwards by prompts (3: 3 or more): count, measured ms, "
+          "priced ms, measured / priced, "
           f"the same against the steps within {LOCAL} iterations")
     for (kind, b), idx in sorted(kinds.items()):
         m, p = measured[idx].sum(), priced[idx].sum()

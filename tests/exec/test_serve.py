@@ -68,24 +68,29 @@ def test_chunked_prefill_outputs_equal_autoregressive_alone(tiny, chunk):
 
 def test_chunked_prefill_forwards_carry_at_most_the_chunk(tiny, monkeypatch):
     """Each prefill forward carries <= prefill_chunk prompt tokens, in FIFO order, and a
-    running sequence's decode step follows each chunk (the spec, hispec_exec.serve)."""
+    running sequence's decode step follows each chunk (the spec, hispec_exec.serve); the
+    step log names each forward's pieces as (new tokens, cached tokens) per prompt."""
     from hispec_exec import generate
 
-    seen = []
+    seen, pieces = [], []
     real = generate.run_prefill
 
     def spy(model, decoders, tokens=None):
         before = [d.prefilled for d in decoders]
         ms = real(model, decoders, tokens)
         seen.append([d.prefilled - b for d, b in zip(decoders, before)])
+        pieces.append([(d.prefilled - b, b) for d, b in zip(decoders, before) if d.prefilled > b])
         return ms
     monkeypatch.setattr(generate, "run_prefill", spy)
     prompts = [[3] * 11, [4] * 2, [5] * 9]
+    log = []
     run(tiny, Plan(levels=[2, 8], propose=2), [0.0] * 3, prompts, [6] * 3,
-        ServeLimits(max_batch=4, prefill="chunked", prefill_chunk=4))
+        ServeLimits(max_batch=4, prefill="chunked", prefill_chunk=4), step_log=log, ops_of=lambda batch: None)
     taken = [sum(x) for x in seen]
     assert max(taken) <= 4 and sum(taken) == 10 + 1 + 8
     assert seen[:3] == [[4, 0, 0], [4, 0, 0], [2, 1, 1]]  # FIFO: the first prompt, then the next ones
+    logged = [it["pieces"] for it in log if it["pieces"]]  # iterations that ran a step (the first two ran none)
+    assert logged == pieces[2:] == [[(2, 8), (1, 0), (1, 0)], [(4, 1)], [(3, 5)]]
 
 
 def test_chunked_prefill_is_refused_where_it_is_not_built(tiny):
