@@ -212,7 +212,7 @@ def serve(model, plan, arrivals: list[float], prompts: list[list[int]], news: li
             takes = chunk_takes(left, chunk) if chunk is not None else left
             pieces = [(n, r.decoder.prefilled) for r, n in zip(prefilling, takes) if n]
             pf0 = clock()
-            batch.add([r.decoder for r in prefilling], takes if chunk is not None else None)
+            batch.add([r.decoder for r in prefilling], takes)  # separate: every prompt's all
             pf_ms = (clock() - pf0) * 1e3  # on the loop's own clock (it may not be the wall's)
             prefills += any(left)  # one-token prompts run no prefill forward (prefill_job)
             prefilling = [r for r in prefilling if r.decoder.prefill_left]

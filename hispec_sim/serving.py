@@ -372,21 +372,22 @@ class StepCost:
         if total == 0:
             return 0.0
         L = self.layers
+        after_cached = cached is not None and bool(cached.any())
         if self.grid_attention:  # every piece padded to the longest (see prefill_pieces' docstring)
-            p, longest = int((n > 0).sum()), int(n.max())
-            lin = self._prefill_grid_ms(p, p * longest) - self.prefill_row * (p * longest - total)
-        elif self.calibrated:  # the batched grid, its rows beyond the grid by the table's linear part
-            lin = self._prefill_grid_ms(int((n > 0).sum()), total)
-        else:
-            lin = self.prefill_linear[total] if total < len(self.prefill_linear) else float(linear_layer_ms(self.table, total))
-        if cached is None or not cached.any():
-            att = self.prefill_att[n].sum()
-        elif self.grid_attention:  # every piece reads the forward's longest reach past the longest piece
             on = n > 0
-            reach = int((cached + n)[on].max()) - int(n.max())
-            att = self.prefill_scale * on.sum() * float(sequence_attention_ms(self.table, int(n.max()), reach))
+            p, longest = int(on.sum()), int(n.max())
+            lin = self._prefill_grid_ms(p, p * longest) - self.prefill_row * (p * longest - total)
+            att = 0.0  # among each piece's own tokens: in the grid
+            if after_cached:  # and over the forward's furthest reach before the longest piece
+                reach = int((cached + n)[on].max()) - longest
+                att = self.prefill_scale * p * float(sequence_attention_ms(self.table, longest, reach))
         else:
-            att = (self.prefill_scale * prefill_attention_ms(self.table, n, cached)).sum()
+            if self.calibrated:  # the batched grid, its rows beyond the grid by the table's linear part
+                lin = self._prefill_grid_ms(int((n > 0).sum()), total)
+            else:
+                lin = self.prefill_linear[total] if total < len(self.prefill_linear) else float(linear_layer_ms(self.table, total))
+            att = ((self.prefill_scale * prefill_attention_ms(self.table, n, cached)).sum() if after_cached
+                   else self.prefill_att[n].sum())
         per = lin + att
         return float(L * (per + self.per_layer) + self.fixed)
 

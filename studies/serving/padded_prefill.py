@@ -90,20 +90,19 @@ def main(argv=None) -> int:
             lines[-1] += f" {priced:10.1f} {100 * (ratio[way][-1] - 1):+6.0f}%"
     # the cases priced alike both ways (equal lengths, one piece) carry the grid's own error
     # at that moment (the machine drifts by tens of percent): the others are read against it
+    ratio = {way: np.array(r) for way, r in ratio.items()}
     alike = np.isclose(ratio["before"], ratio["padded"])
-    for way in ratio:
-        ratio[way] = np.array(ratio[way])
-        ref = float(np.median(ratio[way][alike]))
-        for i, r in enumerate(ratio[way]):
-            lines[i] += f" {100 * (r / ref - 1):+6.0f}%" if not alike[i] else "      -"
+    rel = {way: r / np.median(r[alike]) - 1 for way, r in ratio.items()}
+    for i in range(len(CASES)):
+        lines[i] += "".join("      -" if alike[i] else f" {100 * rel[way][i]:+6.0f}%" for way in ratio)
     print(f"{'(tokens, cached) each':36s} {'measured':>9s} {'before':>18s} {'padded':>18s} "
           f"{'vs alike: before':>17s} {'padded':>7s}")
     print("\n".join(lines))
     for way, r in ratio.items():
-        e, rel = np.abs(r - 1), np.abs(r[~alike] / np.median(r[alike]) - 1)
-        print(f"{way}: median |error| {100 * np.median(e):.0f} %, worst {100 * np.max(e):.0f} %; the {len(rel)} "
-              f"cases not priced alike, against those priced alike: median {100 * np.median(rel):.0f} %, "
-              f"worst {100 * np.max(rel):.0f} %")
+        e, off = np.abs(r - 1), np.abs(rel[way][~alike])
+        print(f"{way}: median |error| {100 * np.median(e):.0f} %, worst {100 * np.max(e):.0f} %; the {len(off)} "
+              f"cases not priced alike, against those priced alike: median {100 * np.median(off):.0f} %, "
+              f"worst {100 * np.max(off):.0f} %")
     return 0
 
 
