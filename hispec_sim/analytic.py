@@ -68,27 +68,27 @@ def _level_terms(p_cor, p_bon, rates: LevelRates, check_ms, width: int):
     passes = powers * (p_cor * rates.after_reject[:, None] + p_bon * rates.marginal[:, None])
     u = _renewal(p_blk, width)  # P(buffer length hits m)
     v = _renewal(passes, width)  # ... and every token so far is accepted
-    reach = u[:, :, None] * p_blk[:, None, :]  # block a starts at buffer length m0
-    ends = np.arange(width)[:, None] + np.arange(blocks)[None, :] + 1  # (m0, a) -> buffer length after it
-    check = _stopping_sum(reach * check_ms[:, ends])
-    checked = _stopping_sum(reach * ends[None])
+    check = _at_stop(u, p_blk, check_ms)
+    checked = _at_stop(u, p_blk, np.broadcast_to(np.arange(width + blocks, dtype=float), (plans, width + blocks)))
     geo = np.concatenate([np.zeros((plans, 1)), np.cumsum(powers[:, 1:], 1)], 1)  # sum_{t<=a} beta^t
     per_block = (p_blk * geo + passes).sum(1)  # E[accepted-prefix tokens in a block] given all before passed
     accepted = np.cumsum(v, 1) * per_block[:, None]
     return LevelTerms(np.cumsum(u, 1), check, checked, accepted), (u, v, powers, passes)
 
 
-def _stopping_sum(x: np.ndarray) -> np.ndarray:
-    """For every window w = 1..W: the sum of x[:, m0, a] over the blocks that end the fill,
-    i.e. start below w and end at or above it (m0 < w <= m0 + a + 1). Each block counts for
-    the windows m0+1..m0+a+1: added where that range starts, taken off after it ends, then
-    a running sum over w (time and memory ~ plans x W x blocks, not x W^2)."""
-    plans, width, blocks = x.shape
-    diff = np.zeros((plans, width + blocks + 2))  # by window w
-    diff[:, 1:width + 1] = x.sum(2)
-    for a in range(blocks):
-        diff[:, a + 2:a + 2 + width] -= x[:, :, a]
-    return np.cumsum(diff[:, 1:width + 1], 1)
+def _at_stop(u: np.ndarray, p_blk: np.ndarray, f: np.ndarray) -> np.ndarray:
+    """For every window w = 1..W: E[f(buffer length when the fill stops)], i.e. the sum over
+    blocks that start below w and end at or above it (m0 < w <= e = m0 + a + 1) of
+    u[m0] p_blk[a] f[e]; u is p_blk's renewal (_renewal), f[:, e] is given for e < W + blocks.
+    Every block started below w, less those that also ended below w: since u[e] = sum over
+    m0 < e of u[m0] p_blk[e - m0 - 1] (e >= 1), the second sum is sum_{1<=e<w} f[e] u[e]
+    (time ~ plans x W x blocks, memory ~ plans x W)."""
+    width = u.shape[1]
+    ends = np.lib.stride_tricks.sliding_window_view(f[:, 1:], p_blk.shape[1], axis=1)[:, :width]  # [m0, a] -> f[m0 + a + 1]
+    started = np.einsum("pma,pa->pm", ends, p_blk)
+    ended = f[:, :width] * u
+    ended[:, 0] = 0.0
+    return np.cumsum(u * started - ended, 1)
 
 
 def _emitted_blocks(p_cor, p_bon, rates: LevelRates, window: np.ndarray, v: np.ndarray, powers, passes):
@@ -169,12 +169,12 @@ def chain_terms(cost: CostModel, model: AgreementModel, levels: np.ndarray, prop
     raise AssertionError("unreachable")
 
 
-CHAIN_CELLS = 1 << 23  # rows x buffer x blocks of chain_terms' largest arrays in one pass (memory bound, ~64 MB each)
+CHAIN_CELLS = 1 << 23  # rows x buffer x block lengths summed over in one chain_terms pass (its arrays: rows x buffer)
 
 
 def rows_per_pass(propose: np.ndarray, windows: np.ndarray, top_width: int | None) -> int:
-    """Plan rows one chain_terms pass may hold: its largest arrays hold, per row, buffer
-    lengths x block lengths, each at most the longest buffer the plans can fill."""
+    """Plan rows one chain_terms pass may hold: per row it sums over buffer lengths x block
+    lengths, each at most the longest buffer the plans can fill."""
     span = 1 + int(np.max(propose)) + (int(windows.sum(1).max()) if windows.size else 0) + (top_width or 0)
     return max(1, CHAIN_CELLS // span**2)
 

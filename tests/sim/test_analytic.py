@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 from factories import make_profile, resolve_depth_traces
 from hispec_sim.evaluate import Setting, exhaustive, exhaustive_arrays, predict_plans
 from hispec_sim.adaptive import replay
-from hispec_sim.analytic import _check_cost, _stopping_sum, leviathan_tokens_per_round
+from hispec_sim.analytic import _at_stop, _check_cost, _renewal, leviathan_tokens_per_round
 from hispec_sim.latency import working_set_history
 from hispec_sim.montecarlo import simulate
 from hispec_sim.schema import Plan
@@ -35,14 +35,17 @@ def plans(draw, depth):
 
 @settings(max_examples=80, deadline=None)
 @given(shape=st.tuples(st.integers(1, 3), st.integers(1, 12), st.integers(1, 12)), seed=st.integers(0, 2**32 - 1))
-def test_stopping_sum_is_its_definition(shape, seed):
-    """For every window w: the sum of x[:, m0, a] over blocks starting below w that reach it
-    (m0 < w <= m0 + a + 1), summed here term by term."""
-    x = np.random.default_rng(seed).uniform(0, 1, shape)
+def test_at_stop_is_its_definition(shape, seed):
+    """For every window w: the sum over blocks starting below w that reach it (m0 < w <=
+    m0 + a + 1) of P(the buffer reaches m0) P(block of a + 1) f(m0 + a + 1), term by term."""
+    rng = np.random.default_rng(seed)
     plans_, width, blocks = shape
-    want = np.array([[sum(x[p, m0, a] for m0 in range(width) for a in range(blocks) if m0 < w <= m0 + a + 1)
-                      for w in range(1, width + 1)] for p in range(plans_)])
-    assert np.allclose(_stopping_sum(x), want, rtol=1e-12, atol=1e-12)
+    p = rng.dirichlet(np.ones(blocks), plans_)
+    f = rng.uniform(0, 5, (plans_, width + blocks))
+    u = _renewal(p, width)
+    want = np.array([[sum(u[q, m0] * p[q, a] * f[q, m0 + a + 1] for m0 in range(width) for a in range(blocks)
+                          if m0 < w <= m0 + a + 1) for w in range(1, width + 1)] for q in range(plans_)])
+    assert np.allclose(_at_stop(u, p, f), want, rtol=1e-12, atol=1e-12)
 
 
 @settings(max_examples=60, deadline=None)
