@@ -103,15 +103,13 @@ def _emitted_blocks(p_cor, p_bon, rates: LevelRates, window: np.ndarray, v: np.n
     tail = np.cumsum(p_blk[:, ::-1], 1)[:, ::-1]  # tail[:, t] = P(block has >= t survivors)
     beta = rates.after_accept[:, None]
     reject_last = powers * (p_cor * (1 - rates.after_reject[:, None]) + p_bon * (1 - rates.marginal[:, None]))
-    rows = np.arange(plans)
     for m0 in range(width):
         wv = np.where(m0 < window, v[:, m0], 0.0)[:, None]
         if blocks > 1:  # rejected at the t-th survivor of the block, t = 1..blocks-1
             q_cor[:, m0 : m0 + blocks - 1] += wv * powers[:, : blocks - 1] * (1 - beta) * tail[:, 1:]
         q_cor[:, m0 : m0 + blocks] += wv * reject_last
         ends = m0 + np.arange(blocks) + 1
-        done = ends[None, :] >= window[:, None]
-        np.add.at(q_bon, (rows[:, None], ends[None, :].repeat(plans, 0)), wv * passes * done)
+        q_bon[:, m0 + 1 : m0 + 1 + blocks] += wv * passes * (ends[None, :] >= window[:, None])
     return q_cor, q_bon
 
 
