@@ -371,7 +371,10 @@ def _points_of(fit: dict) -> list[Point]:
     return out
 
 
-def _predict_with_spread(p: Point, m: float, c: float, L: int, spread: AcceptanceSpread, scen) -> float:
+def predict_over_requests(p: Point, m: float, c: float, L: int, spread: AcceptanceSpread, scen) -> float:
+    """p's figure on the curve (m, c) as an average over requests of the logit-normal `spread`
+    (scen: its spread_scenarios): per_draft the mean of each request's accepted/checked,
+    final / pair the mean rate; mean_layer a depth, kept as the mean curve's."""
     from .acceptance import shift_logit
 
     if p.kind == "per_draft":
@@ -379,7 +382,7 @@ def _predict_with_spread(p: Point, m: float, c: float, L: int, spread: Acceptanc
     if p.kind in ("final", "pair"):
         rate = p.predict(m, c, L)
         return float(np.dot(scen.weights, shift_logit(rate, scen.shifts)))
-    return p.predict(m, c, L)  # mean_layer: a depth, not a rate; kept as the mean curve's
+    return p.predict(m, c, L)
 
 
 def _refit_with_spread(acc: Acceptance, spread: AcceptanceSpread) -> Acceptance:
@@ -393,7 +396,7 @@ def _refit_with_spread(acc: Acceptance, spread: AcceptanceSpread) -> Acceptance:
     if scen is None:  # sigma 0: nothing moves
         return acc.model_copy(update={"spread": spread})
 
-    predictions = lambda m: [_predict_with_spread(p, m, c, L, spread, scen) for p in pts]
+    predictions = lambda m: [predict_over_requests(p, m, c, L, spread, scen) for p in pts]
     weighted = lambda pred: np.array([p.weight * (v - p.value) / p.scale(L) for p, v in zip(pts, pred)])
     m = float(least_squares(lambda theta: weighted(predictions(theta[0])), [m0], bounds=([-20.0], [20.0]),
                             xtol=1e-12, ftol=1e-12, gtol=1e-12).x[0])

@@ -17,8 +17,10 @@ so and by how much; that is an answer, not an error. The floor is the family's o
 the level falls, read at the bottom of the search's bracket, which every level beats.
 
 Against the published points: every point the workload's curve was fitted to (fit.points)
-is recomputed on the curve at the required level (the same Point.predict the fit used) and
-compared with the published value; the band of a point is its value in the workload's
+is recomputed on the curve at the required level as the fit read it (with the workload's
+logit-normal spread, the average over requests that the builders' refit matched:
+acceptance_fit.predict_over_requests; without one, Point.predict) and compared with the
+published value; the band of a point is its value in the workload's
 `<w>_low` / `<w>_high` variants (the published reading error). The claim is reconciled
 with the published acceptance when every own point of the required curve lies within its
 band. This is an audit, not a fit: nothing here changes a profile.
@@ -31,8 +33,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .acceptance import AgreementModel, Scenarios, shift_logit
-from .acceptance_fit import Point, curve, unit_cost
+from .acceptance import AgreementModel, Scenarios, shift_logit, spread_scenarios
+from .acceptance_fit import Point, curve, predict_over_requests, unit_cost
 from .analytic import expected_chain_terms, predict
 from .evaluate import Setting, _max_tokens
 from . import schema
@@ -149,9 +151,12 @@ class Family:
         np.fill_diagonal(A, 1.0)
         return A
 
-    def floor_reason(self) -> str:
-        """Why the speed-up does not fall below the floor as the level falls."""
+    def floor_reason(self, depth: int) -> str:
+        """Why the speed-up of a plan of `depth` levels does not fall below the floor as the level falls."""
         if self.kind == "curve":
+            if depth <= 2:
+                return ("every draft is rejected in the limit: each full-model check commits one token and pays "
+                        "for the drafts before it")
             return ("the agreement between two exits below the last tends to exp(-c |logit(a/L) - logit(b/L)|), "
                     "not 0, as the level falls")
         A = np.asarray(self.acc.agreement, float)
@@ -275,19 +280,20 @@ def audit(setting: Setting, plan: Plan | str, speedup: float) -> dict:
     if round(speedup, 6) > round(ceiling, 6):  # the JSON's ceiling given back as a claim is at it (round 23, M7)
         out.update(reachable=False, unreachable_by_pct=round(100 * (speedup / ceiling - 1), 6), required_level=None,
                    verdict=f"unreachable: {speedup:g}x is {100 * (speedup / ceiling - 1):.4g} % above the ceiling "
-                           f"{ceiling:.6g}x ({perfect}) under this cost model")
+                           f"{round(ceiling, 6)}x ({perfect}) under this cost model")
         out["reconciled"] = False
         return out
-    if abs(own / speedup - 1) <= 1e-9:  # the profile's own level gives it (where the speed-up is flat, the only answer)
-        level = fam.level0
+    if abs(own / speedup - 1) <= 1e-9 or round(speedup, 6) == round(own, 6) == round(ceiling, 6):
+        level = fam.level0  # the profile's own level gives it (where the speed-up is flat, the only answer)
     elif round(speedup, 6) == round(ceiling, 6):  # at the ceiling: only perfect acceptance gives it
         level = math.inf
     elif speedup <= floor:  # every level beats the floor, a limit no level attains
         out.update(reachable=False, below_floor_by_pct=round(100 * (1 - speedup / floor), 6), required_level=None,
                    verdict=f"unreachable: {speedup:g}x is {100 * (1 - speedup / floor):.4g} % below the floor "
-                           f"{floor:.6g}x: every level of this family gives more ("
+                           f"{round(floor, 6)}x: every level of this family gives more ("
                            + ("an autoregressive plan drafts nothing: 1x at any level"
-                              if isinstance(plan, Plan) and plan.depth == 1 else fam.floor_reason()) + ")")
+                              if isinstance(plan, Plan) and plan.depth == 1 else
+                              fam.floor_reason(plan.depth if isinstance(plan, Plan) else 2)) + ")")
         out["reconciled"] = False
         return out
     else:
@@ -322,10 +328,12 @@ def audit(setting: Setting, plan: Plan | str, speedup: float) -> dict:
     own_pts = [(d, _point_from_record(d)) for d in _own_points(setting.acceptance)]
     band_pts = [_own_points(b) for b in band] if band is not None else None
     cost = unit_cost(L, [p.plan for _, p in own_pts])
+    scen = spread_scenarios(setting.acceptance) if fam.kind == "curve" and fam.spread is not None else None
     for i, (d, p) in enumerate(own_pts):
         if fam.kind != "curve":
             continue
-        req = float(p.predict(level, fam.c, L, cost)) if not math.isinf(level) else None
+        req = None if math.isinf(level) else (float(p.predict(level, fam.c, L, cost)) if scen is None else
+                                              predict_over_requests(p, level, fam.c, L, fam.spread, scen))
         row = {"kind": p.kind, "published": p.value, "source": p.source,
                "where": (d.get("config") or {}).get("plan") or (p.plan.describe(short=True) if p.plan else
                                                                  "the first layer agreeing with the last, mean"
@@ -368,7 +376,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--levels", help=f"exit layers, e.g. 10,20,80, or '{BEST_SINGLE_LEVEL}'")
     p.add_argument("--propose", type=int_in(1, schema.MAX_PROPOSE), help="drafts per round (default 2)")
     p.add_argument("--window", help="window(s) of the intermediate level(s)")
-    p.add_argument("--speedup", required=True, type=str, help="claimed speed-up over autoregressive decoding (> 0)")
+    p.add_argument("--speedup", required=True, type=str, help="claimed speed-up over autoregressive decoding (0, 1e6]")
     p.set_defaults(func=run)
 
 
