@@ -26,7 +26,7 @@ import numpy as np
 from . import serving, traffic
 from .evaluate import Setting, check_exhaustive_size, exhaustive, exhaustive_arrays
 from .montecarlo import t95
-from .schema import Plan, ServeLimits, Traffic, rounded
+from .schema import Plan, ServeLimits, Traffic
 
 BATCHES = (1,)  # plus the max batch
 
@@ -213,10 +213,15 @@ def family_capacity(spec: Spec, plans: list[Plan], probe_qps: float | None) -> d
     m = float(lo.mean())
     # no interval from one seed, nor from seeds that all stopped at the cap (an upper bound, not a spread)
     half = float(t95(len(lo) - 1) * lo.std(ddof=1) / math.sqrt(len(lo))) if len(lo) > 1 and not capped.all() else None
+    # the p99 figures at the capacity: the worst seed's at its maximum, of the seeds that sustained a load (a seed
+    # failing even at the idle load counts as 0 in the mean; its idle figures broke the SLOs, and are shown only
+    # when no seed sustained one)
+    held = np.flatnonzero(los > 0)
+    worst = int(held[np.argmin(los[held])]) if held.size else int(np.argmin(los))
     # clipped to what a replica can hold: [0, the saturation cap no search goes above]
     return {"plan": plan, "max_qps": m, "ci95": [max(m - half, 0.0), min(m + half, sat)] if half is not None else None,
             "bracket": [m, float(hi.mean())], "per_seed": [[float(a), float(b)] for a, b in zip(los, his)],
-            "at_max": per_seed[int(np.argmin(los))][2], "saturation_qps": sat,
+            "at_max": per_seed[worst][2], "saturation_qps": sat, "seeds_failing_idle": int((los == 0).sum()),
             "capped_at_saturation": bool(capped.any()), "seeds_capped": int(capped.sum()), "seeds_used": int(use.sum()),
             "screened": [{"plan": describe(p), "violation_at_probe": v} for v, p in screened]}
 
@@ -230,7 +235,7 @@ def by_load(spec: Spec, fams: dict[str, list[Plan]], loads: list[float]) -> list
     caps = {describe(p): _saturation_qps(spec, p) for plans in fams.values() for p in plans}
     rows = []
     for q in loads:
-        row = {"qps": rounded(q, 4), "families": {}}  # run at q itself: a rounded load can lie above the maximum
+        row = {"qps": q, "families": {}}  # unrounded, as the capacities: printed alike, both round once
         for fam, plans in fams.items():
             scored = []
             for p in plans:
@@ -280,7 +285,8 @@ def plan_capacity(spec: Spec, target_qps: float, gpu_hour_usd: float, max_propos
                  "max_qps_per_replica": q, "max_qps_ci95": c["ci95"], "bisection_bracket": c["bracket"],
                  "per_seed_bracket": c["per_seed"], "candidates_screened": c["screened"],
                  "saturation_qps": c["saturation_qps"], "capped_at_saturation": c["capped_at_saturation"],
-                 "seeds_capped": c["seeds_capped"], "seeds_used": c["seeds_used"]}
+                 "seeds_capped": c["seeds_capped"], "seeds_used": c["seeds_used"],
+                 "seeds_failing_idle": c["seeds_failing_idle"]}
         if q > 0:
             replicas = math.ceil(target_qps / q)
             gpus = replicas * tp

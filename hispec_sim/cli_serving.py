@@ -374,6 +374,11 @@ def cmd_capacity(args) -> int:
             print(f"note: {fam}: {runs} met the SLOs at the saturation load, "
                   f"{decimals(e['saturation_qps'], 2)} req/s (a full batch's throughput, which no replica sustains for long), "
                   f"where the search stops: {what}; more --requests show where the queue builds up")
+    for fam, e in res["families"].items():
+        k, n = e["seeds_failing_idle"], len(e["per_seed_bracket"])
+        if 0 < k < n:
+            print(f"note: {fam}: {k} of the {n} seeds' runs missed the SLOs even at a nearly idle load: each counts as 0 "
+                  f"req/s in the mean; the p99 columns are the worst other seed's at its maximum")
     if "by_load" in res:
         print()
         print("best plan per family as the load per replica grows (smallest p99/SLO ratio; * = meets both SLOs on "

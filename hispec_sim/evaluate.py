@@ -192,7 +192,8 @@ def check_exhaustive_size(setting: Setting, max_propose: int, max_window: int) -
     if cells > MAX_SEARCH_CELLS:
         raise ValueError(f"max_window: an exhaustive search of {pairs:,} exit pairs x propose 1..{max_propose} x window "
                          f"1..{max_window} x {scenarios} acceptance scenario(s) evaluates {cells:.2e} cells, at most "
-                         f"{MAX_SEARCH_CELLS:.2e}: lower --max-propose or --max-window, or use --search optuna")
+                         f"{MAX_SEARCH_CELLS:.2e}: lower --max-propose (1..64) or --max-window (1..256) "
+                         "(optimize can also --search optuna)")
 
 
 def exhaustive(setting: Setting, top: int = 10, max_propose: int = 8, max_window: int = 16, arrays=None) -> SearchResult:

@@ -319,7 +319,7 @@ def compute(profile: Profile, workload: str | None = None, tp: int | None = None
     if mem["max_batch"] is not None:
         limit = max(1, min(limit, mem["max_batch"]))
     batches = [b for b in (2 ** k for k in range(13)) if b <= limit]
-    if limit not in batches and limit > 1 and limit == max_batch:
+    if limit not in batches and limit > 1:  # the largest batch allowed (--max-batch or memory) is swept too
         batches.append(limit)
     sweep = []
     for b in batches:

@@ -560,7 +560,7 @@ CASES = [
     ("flags", S, "optimize --profile a100_llama70b --max-propose 64 --max-window 256",
      ["max_window", "1.35e+10 cells", "4.29e+09", "--search optuna"]),
     ("flags", S, "capacity --profile a100_llama70b --qps 1 --slo-ttft-ms 900 --slo-tbt-ms 90 --max-propose 64 --max-window 256",
-     ["max_window", "4.29e+09"]),
+     ["max_window", "4.29e+09", "--max-window (1..256)", "(optimize can also --search optuna)"]),  # capacity has no --search
     ("flags", S, "evaluate --profile {P} --levels 2,4,16 --propose 64 --window 256 --mc --streams 65536 --cycles 64",
      ["mc:", "16,384 tokens per full-model check", "1.72e+10"]),
     ("flags", S, "optimize --profile {P} --depth 0-9", ["depth", "<= 8"]),

@@ -403,6 +403,9 @@ def test_memory_caps_the_sweep():
     assert 130 < mem["weights_gb"] < 145 and mem["fits"] and mem["max_batch"] > 256
     assert report._memory(prof, 1, 512, 32)["fits"] is False
     assert report._memory(make_profile(), 1, 512, 32)["max_batch"] is None  # no HBM in the profile
+    # --max-batch above what memory holds: the sweep ends at memory's limit (it stopped at 512 of 841)
+    data = report.compute(prof, max_batch=1024, max_propose=2, max_window=2, serving_requests=0)
+    assert [r["batch"] for r in data["sweep"]][-2:] == [512, data["memory"]["max_batch"]] and "(memory)" in data["sweep_note"]
     # the headline's batch beyond what memory holds, and no room for one sequence: said
     big = Setting(prof, tp=4, batch=4096, context=4096)
     note = report._sweep_note(report._memory(prof, 4, 4096, 32), big, 64, 1, prof)
