@@ -13,9 +13,9 @@ from pathlib import Path
 
 from . import cli_measure, schema
 from .cli_common import (SEED, Parser, UsageError, add_model_args, add_plan_args, add_search_bounds, check_output,  # noqa: F401
-                         check_storage, float_in, given, int_in, load_model_from_args, name_text, note_weights, one_line,
-                         plan_from_args,
-                         refuse_unread, run_main, shown, sqlite_files)
+                         check_storage, float_in, given, int_in, load_model_from_args, name_text, note_plan_setting,
+                         note_weights, one_line, plan_from_args, refuse_unread, run_main, shown, sqlite_files,
+                         unheld_setting)
 from .evaluate import DEFAULT_RESCORE, Setting, optimized, score
 from .schema import decimals, rounded
 
@@ -59,6 +59,7 @@ def cmd_evaluate(args) -> int:
     plan = plan_from_args(args, batch=args.batch)  # --batch (either form) overrides the plan file's
     setting = _setting(args, plan.batch, profile)
     setting.profile.check_plan(plan, setting.workload)
+    note_plan_setting(args, setting)
     if plan.adaptive:  # confidence thresholds: hispec_sim.adaptive (the fixed-plan models ignore them)
         from .adaptive import gain_text, predict_adaptive, replay_text
 
@@ -188,9 +189,11 @@ def cmd_optimize(args) -> int:
 
         print(cli_adaptive_text(out["adaptive"]))
     if args.out:
-        other_tp = setting.tp != setting.profile.default_tp  # a plan file holds no tp: say which to give
-        print(f"plan written to {shown(args.out)}" + (f" (at tp {setting.tp}, which a plan file does not hold: give "
-                                                       f"--tp {setting.tp} to evaluate, serve or capacity)" if other_tp else ""))
+        unheld = unheld_setting(setting)  # a plan file holds none of these: say which to give
+        where = "evaluate, serve or capacity" if "context" not in unheld else "evaluate (serve and capacity: all but --context)"
+        print(f"plan written to {shown(args.out)}" + (
+            f" (at {', '.join(f'{k} {v}' for k, v in unheld.items())}, which a plan file does not hold: give "
+            f"{' '.join(f'--{k} {v}' for k, v in unheld.items())} to {where})" if unheld else ""))
     return 0
 
 

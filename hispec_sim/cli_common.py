@@ -544,6 +544,27 @@ def _run_main(prog: str, build_parser, argv: list[str], func_attr: str) -> int:
     return 2
 
 
+def unheld_setting(setting) -> dict:
+    """The parts of `setting` that a plan file does not hold and that differ from what a later
+    command gets by default on this profile (context: the workload's own)."""
+    p = setting.profile
+    default = {"workload": p.default_workload, "tp": p.default_tp, "stack": p.default_stack,
+               "context": setting.acceptance.context}
+    return {k: getattr(setting, k) for k, v in default.items() if getattr(setting, k) != v}
+
+
+def note_plan_setting(args, setting, fields=("workload", "tp", "stack", "context")) -> None:
+    """Say on stderr where this command's setting differs from the one a --plan file of
+    optimize's / evaluate's JSON was scored at (its figures were that setting's)."""
+    rec = schema.recorded_setting(args.plan) if getattr(args, "plan", None) else {}
+    here = setting.describe()
+    diff = [k for k in fields if k in rec and rec[k] != here[k]]
+    if diff:
+        print(f"hispec-sim: note: {schema.shown(args.plan)} was scored at {', '.join(f'{k} {rec[k]}' for k in diff)}; "
+              f"this run is at {', '.join(f'{k} {here[k]}' for k in diff)} (give "
+              f"{' '.join(f'--{k} {rec[k]}' for k in diff)} for that setting)", file=sys.stderr)
+
+
 def note_weights(setting):
     """Say on stderr when the setting's weights do not fit its GPUs (report_data.weights_note);
     returns the setting."""

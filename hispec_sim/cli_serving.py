@@ -11,8 +11,8 @@ import sys
 import numpy as np
 
 from . import schema, serving, traffic
-from .cli_common import (SEED, add_plan_args, add_search_bounds, float_in, int_in, name_text, note_weights, plan_from_args,
-                         refuse_unread, shown)
+from .cli_common import (SEED, add_plan_args, add_search_bounds, float_in, int_in, name_text, note_plan_setting, note_weights,
+                         plan_from_args, refuse_unread, shown)
 from .evaluate import Setting
 from .schema import decimals
 
@@ -215,6 +215,7 @@ def cmd_serve(args) -> int:
     if not args.trace and args.qps is None:
         raise ValueError("qps: give --qps X (requests/s, > 0) or --trace FILE")
     plan = _plan(args, setting)
+    note_plan_setting(args, setting, ("workload", "tp", "stack"))  # a served context is the traffic's
     tr = _traffic(args, setting.profile.model, plan.max_overshoot)
     del batching
     trace = traffic.load_trace(args.trace) if args.trace else None

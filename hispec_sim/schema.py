@@ -1279,6 +1279,13 @@ def load_plan(path: str | Path) -> Plan:
     return _validated(Plan, data, "plan", path)
 
 
+def recorded_setting(path: str | Path) -> dict:
+    """What optimize's / evaluate's JSON, given as a plan file, records of the setting it was
+    scored at (workload, tp, stack, context); {} for a bare plan file."""
+    data = _load_object(Path(path), "plan")
+    return {} if "levels" in data else {k: data[k] for k in ("workload", "tp", "stack", "context") if k in data}
+
+
 def check_writable(path: str | Path) -> None:
     """Raise ValueError unless a file can be written at path."""
     import os

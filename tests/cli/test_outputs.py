@@ -45,6 +45,28 @@ def test_an_output_replaced_keeps_its_permissions(tmp_path, capsys):
     capsys.readouterr()
 
 
+def test_a_plan_file_says_the_setting_it_does_not_hold(tmp_path, capsys):
+    """A review (2026-12-03): optimize --out named a tp it was scored at but not a stack,
+    workload or context, and optimize's JSON given as --plan (which records them) was
+    evaluated at the profile's defaults without a word (99.13 tokens/s at tp 8 read 66.74 at tp 4)."""
+    out = tmp_path / "p.json"
+    assert main(["optimize", "--profile", "h100_llama3_8b", "--stack", "compiled", "--workload", "cnn_dm",
+                 "--context", "2048", "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert ("(at workload cnn_dm, stack compiled, context 2048, which a plan file does not hold: give --workload cnn_dm "
+            "--stack compiled --context 2048 to evaluate (serve and capacity: all but --context))") in said
+    assert main(["optimize", "--profile", "h100_llama3_8b", "--out", str(out)]) == 0
+    assert "does not hold" not in capsys.readouterr().out  # the defaults: nothing to give
+    scored = tmp_path / "o.json"
+    assert main(["optimize", "--profile", "a100_llama70b", "--tp", "8", "--json"]) == 0
+    scored.write_text(capsys.readouterr().out)
+    for cmd in (["evaluate"], ["serve", "--qps", "0.2", "--requests", "2", "--seeds", "1"]):
+        assert main(cmd + ["--profile", "a100_llama70b", "--plan", str(scored)]) == 0
+        assert "was scored at tp 8; this run is at tp 4 (give --tp 8 for that setting)" in capsys.readouterr().err
+        assert main(cmd + ["--profile", "a100_llama70b", "--plan", str(scored), "--tp", "8"]) == 0
+        assert "was scored at" not in capsys.readouterr().err
+
+
 def test_a_flag_repeated_with_the_same_value_is_one_flag(tmp_path, capsys):
     """Only two different values are refused (tests/cli/test_fuzz.py): a script that repeats a
     flag with the value it already has runs as if given once."""
@@ -122,7 +144,7 @@ def test_capacity_and_report_print_small_figures_with_their_digits(tmp_path, cap
     assert main(args + ["--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     top = res["families"][res["best_family"]]["max_qps_per_replica"]
-    assert 0 < top < 5e-5 and [r["qps"] for r in res["by_load"]] == [float(f"{top / 2:.4g}"), float(f"{top:.4g}")]
+    assert 0 < top < 5e-5 and [r["qps"] for r in res["by_load"]] == [top * 0.5, top]  # unrounded, as the capacities
     assert all(r["families"][res["best_family"]]["meets_slo"] for r in res["by_load"])  # run at the maximum, not above
     assert main(args) == 0
     text = capsys.readouterr().out
