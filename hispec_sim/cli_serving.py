@@ -11,8 +11,8 @@ import sys
 import numpy as np
 
 from . import schema, serving, traffic
-from .cli_common import (SEED, add_plan_args, add_search_bounds, float_in, int_in, name_text, note_plan_setting, note_weights,
-                         plan_from_args, refuse_unread, shown)
+from .cli_common import (SEED, add_plan_args, add_search_bounds, float_in, given, int_in, name_text, note_plan_setting,
+                         note_weights, plan_from_args, refuse_unread, shown)
 from .evaluate import Setting
 from .schema import decimals
 
@@ -145,7 +145,7 @@ def _batching(args, auto: bool = False) -> str:
 
 def _plan(args, setting: Setting) -> schema.Plan:
     plan = plan_from_args(args)
-    if args.levels is not None or "--batching" in getattr(args, "_argv", []):
+    if args.levels is not None or given(getattr(args, "_argv", []), "--batching"):  # --batching V or --batching=V
         plan = plan.model_copy(update={"batching": _batching(args)})
     setting.profile.check_plan(plan, setting.workload)
     note_plan_batch("hispec-sim", plan, args.max_batch)
@@ -221,6 +221,13 @@ def cmd_serve(args) -> int:
     trace = traffic.load_trace(args.trace) if args.trace else None
     if trace is not None:
         _check_trace(setting.profile.model, trace, plan.max_overshoot, traffic.trace_lines(args.trace))
+    elif limits.kv_tokens is not None:  # every length the distributions allow, not one seed's draws (as capacity)
+        p, o = tr.prompt_len.upper, tr.output_len.upper
+        need = int(serving.reservation(plan, p, o))
+        if need > limits.kv_tokens:
+            raise ValueError(f"kv_tokens: {limits.kv_tokens} cannot hold the longest request these lengths allow "
+                             f"(prompt up to {p} + output up to {o} + {'speculation' if plan.depth > 1 else 'the next step'} "
+                             f"{plan.max_overshoot}); allowed: >= {need}")
     summaries, steps, prefills, first = [], [], [], None
     for k in range(args.seeds):
         if trace is not None:
@@ -269,9 +276,9 @@ def cmd_serve(args) -> int:
 
 def _fmt(e: dict, nd: int = 1) -> str:
     m = decimals(e["mean"], nd)
-    if e["ci95"] is None:
-        return m
-    return f"{m} [{decimals(e['ci95'][0], nd)}, {decimals(e['ci95'][1], nd)}]"
+    if e["ci95"] is not None:
+        m = f"{m} [{decimals(e['ci95'][0], nd)}, {decimals(e['ci95'][1], nd)}]"
+    return m if "seeds" not in e else f"{m} ({e['seeds']} seed{'s' * (e['seeds'] != 1)})"  # only those that have it
 
 
 def _table(agg: dict, summaries: list[dict]) -> str:

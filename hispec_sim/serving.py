@@ -1134,18 +1134,23 @@ METRIC_KEYS = (("throughput_tokens_per_s", None), ("goodput_requests_per_s", Non
 
 def over_seeds(summaries: list[dict]) -> dict:
     """Mean over seeds of every figure with a 95 % confidence interval (Student t over
-    the seeds' values; one seed: no interval)."""
-    k = len(summaries)
+    the seeds' values; one seed: no interval). A figure some seeds lack (TBT of runs whose
+    every request emitted one token) is over the seeds that have it, their count in
+    "seeds"; one no seed has is left out."""
     out: dict = {}
     for key, sub in METRIC_KEYS:
         vals = np.array([s[key] if sub is None else s[key][sub] for s in summaries], dtype=float)
-        if np.isnan(vals).any():
+        vals = vals[~np.isnan(vals)]
+        k = len(vals)
+        if k == 0:
             continue
         m = float(vals.mean())
         half = float(t95(k - 1) * vals.std(ddof=1) / math.sqrt(k)) if k > 1 else None
         lo_bound = 0.0  # every figure is >= 0 (and slo_attained <= 1)
         hi_bound = 1.0 if key == "slo_attained" else math.inf
         entry = {"mean": m, "ci95": [max(m - half, lo_bound), min(m + half, hi_bound)] if half is not None else None}
+        if k < len(summaries):
+            entry["seeds"] = k
         if sub is None:
             out[key] = entry
         else:

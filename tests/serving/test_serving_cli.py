@@ -366,3 +366,27 @@ def test_capacity_figures_are_a_seed_that_held_a_load_and_loads_print_alike(caps
     assert res["by_load"][-1]["qps"] == res["families"][res["best_family"]]["max_qps_per_replica"]
     assert main(argv) == 0
     assert "seeds' runs missed the SLOs even at a nearly idle load: each counts as 0" in capsys.readouterr().out
+
+
+def test_serve_review_batching_kv_tokens_and_figures_some_seeds_lack(tmp_path, capsys):
+    """A review (2026-12-03): (1) --batching=ragged (with '=') was dropped for a plan file;
+    (2) --kv-tokens was checked against seed 0's draws, so the "allowed" it named failed on
+    the next seed: now against the longest request the lengths allow, before any run;
+    (3) a figure one seed lacks (no TBT where every request emitted one token) was left out
+    of the mean over seeds: now over the seeds that have it, with their count."""
+    ps = tmp_path / "ps.json"
+    ps.write_text('{"levels": [2, 16], "propose": 3, "batching": "synchronous"}')
+    base = ["serve", "--profile", "cpu_hispec_tiny", "--plan", str(ps), "--qps", "8", "--requests", "5", "--seeds", "1", "--json"]
+    assert _json(capsys, base + ["--batching=ragged"])["batching"] == "ragged"
+    assert _json(capsys, base)["batching"] == "synchronous"
+    assert main(["serve", "--profile", "a100_llama70b", "--levels", "23,80", "--propose", "3", "--qps", "2",
+                 "--kv-tokens", "2610"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "prompt up to 2048 + output up to 1024 + speculation 6); allowed: >= 3078" in err
+    out = _json(capsys, ["serve", "--profile", "a100_llama70b", "--levels", "80", "--qps", "1", "--requests", "1",
+                         "--output-len", "empirical:1,2", "--seeds", "2", "--seed", "3", "--json"])
+    tbts = [s["tbt_ms"]["p50"] for s in out["per_seed"]]
+    assert sum(t is None for t in tbts) == 1  # else the case tests nothing
+    got = out["mean_over_seeds"]["tbt_ms"]["p50"]
+    assert got["mean"] == next(t for t in tbts if t is not None) and got["seeds"] == 1 and got["ci95"] is None
+    assert "seeds" not in out["mean_over_seeds"]["ttft_ms"]["p50"]
