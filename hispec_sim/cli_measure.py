@@ -130,6 +130,11 @@ def cmd_measure(args) -> int:
         check_model_matches(existing, model, name)
     command = "hispec-sim " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     codec = text_codec(model, args.model)
+    reads = "bytes" if codec.is_bytes else "tokenizer"
+    if existing is not None and existing.model.text not in (None, reads):  # one codec per profile: its workloads compare
+        raise ValueError(f"tokenizer: {shown(out)} was measured reading text as {existing.model.text}, but this model "
+                         f"reads it as {reads} ({'no tokenizer.json in its folder' if codec.is_bytes else 'its tokenizer.json'}); "
+                         f"allowed: the profile's, {existing.model.text}")
     if prompts_text is not None:
         prompts = encode_prompts(prompts_text, codec.encode, args.max_new_tokens, model.args.max_seq_len)
         detail = f"{len(prompts)} prompt{'s' if len(prompts) != 1 else ''} of {shown(Path(args.prompts_file).name)} (tokenized with {codec.how})"
@@ -154,7 +159,7 @@ def cmd_measure(args) -> int:
         profile = measure_profile(model, name, args.device, workload, args.prompts, 64, args.max_new_tokens, args.seed,
                                   repeats=args.repeats, attempts=args.attempts, command=command,
                                   prompts=prompts, prompts_detail=detail if prompts_text is not None else None,
-                                  log=log, text="bytes" if codec.is_bytes else "tokenizer")
+                                  log=log, text=reads)
         verb = "measured"
     with schema.folder_locked(out.parent, f"hispec-sim: waiting for the lock on {shown(out.parent)} (another command "
                               "is writing a profile there)"):

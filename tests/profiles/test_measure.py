@@ -595,6 +595,30 @@ def _one_line_error(capsys, field):
     assert len(err.strip().splitlines()) == 1 and field in err and "Traceback" not in err, err
 
 
+def test_a_workload_read_with_another_codec_is_refused(tmp_path, capsys):
+    """One codec per profile (a review, 2026-12-03): a checkpoint folder with a tokenizer.json
+    added a workload to a profile measured on bytes, and model.text stayed "bytes"."""
+    from pathlib import Path
+
+    import hispec_exec
+
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        (ck / f).write_bytes((Path(hispec_exec.__file__).parent / "checkpoints" / f).read_bytes())
+    _tokenizer(256).save(str(ck / "tokenizer.json"))
+    prof = load_profile("cpu_hispec_tiny")
+    out = tmp_path / "p.json"
+    out.write_text(prof.model_copy(update={"model": prof.model.model_copy(update={"text": "bytes"})}).model_dump_json())
+    before = out.read_bytes()
+    prompts = _prompts_jsonl(tmp_path / "a.jsonl", ["def f(x):"])
+    assert main(["profile", "measure", "--model", str(ck), "--prompts-file", str(prompts), "--workload", "t",
+                 "--acceptance-only", "--max-new-tokens", "8", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "tokenizer: " in err and "reading text as bytes, but this model reads it as tokenizer" in err
+    assert out.read_bytes() == before
+
+
 @pytest.mark.parametrize("case", ["empty", "malformed", "missing", "utf8", "long", "tokenizer", "no_workload",
                                   "acceptance_only_new", "out_is_input", "out_not_profile", "attempts"])
 def test_measure_bad_input_exit_2_nothing_written(hf_folder, tmp_path, capsys, case):
