@@ -445,6 +445,9 @@ def cli_adaptive(setting, result, max_propose: int = 8, max_window: int = 16, hi
         f = with_thresholds(s.plan, None, None)
         fixed_cands.append((score(m, [f])[0].tokens_per_second, f))
     fixed_tps, fixed_plan = max(fixed_cands, key=lambda c: c[0])
+    if getattr(result, "rescored", None) and not result.best.plan.adaptive:  # the search ranked by trace replay: the
+        fixed_plan = result.best.plan  # best fixed plan is the one it names (priced analytically here, as the adaptive)
+        fixed_tps = score(m, [fixed_plan])[0].tokens_per_second
     cands = [found["best"]] if found["best"] else []
     if optuna_adaptive:
         cands.append((result.best.tokens_per_second, result.best.plan,
@@ -489,6 +492,9 @@ def cli_adaptive_text(a: dict) -> str:
         lines.append(f"  by trace replay (measured requests walked): {tps(r['tokens_per_second'])} vs "
                      + (f"{tps(r['fixed_tokens_per_second'])} tokens/s, x{decimals(r['gain_over_fixed'], 3)}"
                         if r["gain_over_fixed"] is not None else "the fixed plan: too large to replay"))
+        if r["gain_over_fixed"] is not None and r["gain_over_fixed"] < 1:
+            lines.append(f"  note: by trace replay the adaptive plan is slower than {a['best_fixed']['describe']}; "
+                         "--out writes the adaptive plan (--adaptive asks for it): drop --adaptive to keep the fixed one")
     return "\n".join(lines)
 
 

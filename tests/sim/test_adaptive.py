@@ -232,6 +232,25 @@ def test_cli_adaptive_scores_every_plan_over_the_spread(tiny_setting):
     assert ad["rates"] == RATES_NOTE
 
 
+def test_the_best_fixed_plan_is_the_one_a_replay_ranked_search_names():
+    """A review (2026-12-03): on a traced workload optimize ranks by trace replay, and
+    --adaptive compared with a different "best fixed" plan (the analytic best of its list),
+    so one output named two; its replay line then set the adaptive plan against that one."""
+    import dataclasses
+
+    from hispec_sim.adaptive import cli_adaptive
+    from hispec_sim.evaluate import optimized, score
+
+    s = Setting(load_profile("cpu_hispec_tiny"), None, None, None, 1, None)
+    result = optimized(s, 5, 4, 4)
+    assert result.rescored  # ranked by replay (a traced workload)
+    named = result.top[-1]  # the search naming another plan first, as replay does where it disagrees
+    moved = dataclasses.replace(result, top=[named, *result.top[:-1]])
+    ad = cli_adaptive(s, moved, max_propose=4, max_window=4, hier_bases=2)
+    assert Plan.model_validate(ad["best_fixed"]["plan"]) == named.plan
+    assert ad["best_fixed"]["tokens_per_second"] == pytest.approx(score(s, [named.plan])[0].tokens_per_second, rel=1e-6)
+
+
 def test_optuna_adaptive_space_round_trips():
     import optuna
 
