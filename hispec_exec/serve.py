@@ -140,10 +140,11 @@ def check_requests(plan, prompts: list[list[int]], news: list[int], capacity: in
         if need > capacity:
             raise ValueError(f"{where(i)}: prompt ({len(p)}) + max_new_tokens ({n}) + speculation "
                              f"({need - len(p) - n}) = {need} tokens exceeds the KV capacity of a sequence ({capacity})")
-        if limits.kv_tokens is not None and need > limits.kv_tokens:
-            raise ValueError(f"kv_tokens: {limits.kv_tokens} is fewer than the {need} tokens request {i} needs; "
-                             f"allowed: >= {need}")
         needs.append(need)
+    if limits.kv_tokens is not None and needs and max(needs) > limits.kv_tokens:
+        i = next(i for i, need in enumerate(needs) if need > limits.kv_tokens)  # the first that does not fit, named
+        raise ValueError(f"kv_tokens: {limits.kv_tokens} is fewer than the {needs[i]} tokens {where(i).split(': ', 1)[-1]} needs; "
+                         f"allowed: >= {max(needs)} (the most any of these requests needs)")
     return needs
 
 

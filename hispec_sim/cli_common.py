@@ -193,7 +193,8 @@ def plan_from_args(args, batch: int | None = None, default_layers: int | None = 
         if len(windows) == 1:
             windows = windows * inner
         if len(windows) != inner:
-            raise ValueError(f"window: a {len(levels)}-level chain needs 1 or {inner} window(s), got {len(windows)}")
+            raise ValueError(f"window: a {len(levels)}-level chain needs "
+                             + ("1 window" if inner == 1 else f"1 or {inner} windows") + f", got {len(windows)}")
     elif inner:
         raise ValueError(f"window: a {len(levels)}-level chain needs --window: one value in [1, {schema.MAX_WINDOW}]"
                          + (f" for all {inner} intermediate levels, or {inner} comma-separated" if inner > 1 else ""))

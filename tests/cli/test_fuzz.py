@@ -557,6 +557,7 @@ CASES = [
     ("flags", S, "optimize --profile {P} --top 0", ["--top", "[1, 1000]"]),
     ("flags", S, "optimize --profile {P} --max-propose 0", ["--max-propose", "[1, 64]"]),
     ("flags", S, "optimize --profile {P} --max-window 100000", ["--max-window", "256"]),
+    ("flags", S, "evaluate --profile {P} --levels 2,4,16 --window 4,4", ["window: a 3-level chain needs 1 window, got 2"]),
     ("flags", S, "optimize --profile a100_llama70b --max-propose 64 --max-window 256",
      ["max_window", "1.35e+10 cells", "4.29e+09", "--search optuna"]),
     ("flags", S, "capacity --profile a100_llama70b --qps 1 --slo-ttft-ms 900 --slo-tbt-ms 90 --max-propose 64 --max-window 256",

@@ -126,6 +126,9 @@ def test_request_that_never_fits(tiny):
         run(tiny, plan, [0.0], [[1] * 200], [60], ServeLimits())
     with pytest.raises(ValueError, match="kv_tokens"):
         run(tiny, plan, [0.0], [[1] * 10], [20], ServeLimits(kv_tokens=30))
+    # the bound it names is the most any request needs, not the first misfit's (a review: 60, then 70, then 103)
+    with pytest.raises(ValueError, match=r"kv_tokens: 30 is fewer than the 35 tokens request 0 needs; allowed: >= 75 "):
+        run(tiny, plan, [0.0, 0.0, 0.0], [[1] * 10, [1] * 20, [1] * 50], [20] * 3, ServeLimits(kv_tokens=30))
 
 
 def write(path, lines):
