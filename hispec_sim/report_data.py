@@ -386,12 +386,14 @@ def compute(profile: Profile, workload: str | None = None, tp: int | None = None
         return cache[b]
 
     data["capacity"] = _capacity(sweep, setting.tp, target_tps, slo_ms, gpu_hour_usd, evaluate)
+    if mem["fits"] is False:  # said where the deployment is sized, and on stderr with the other warnings
+        data["capacity"]["warnings"].insert(0, weights_note(profile, setting.tp))
     data["capacity"]["batches_evaluated"] = sorted(cache)
     data["capacity"]["given"] = given
 
     # (g): serving curves (request-level simulation), after the lockstep quick view
     data["serving"], data["serving_skipped"] = (
-        _serving(setting, best["families"], mem, serving_requests, slo_ttft_ms, slo_tbt_ms) if serving_requests
+        _serving(setting, sweep[0]["families"], mem, serving_requests, slo_ttft_ms, slo_tbt_ms) if serving_requests
         else (None, "--serving-requests 0"))
 
     # (f): provenance and validation

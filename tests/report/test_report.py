@@ -684,3 +684,28 @@ def test_a_validation_setting_of_the_wrong_type_says_so():
         with pytest.raises(ValueError, match=f"^validation.{key}: v.json gives .*; expected {want}$"):
             check_validation({"setting": {key: bad}, "source_file": "v.json"}, prof, None, None, None, 1)
     check_validation({"setting": {"batch": 1, "tp": 1, "workload": "heldout"}}, prof, None, None, None, 1)
+
+
+def test_the_serving_section_runs_the_batch_one_optima_whatever_the_batch():
+    """Section (f) says it simulates each family's batch-1 lockstep optimum; at --batch 4 it
+    ran the batch-4 optima (a review, 2026-12-03: [27,80] propose=5 named as [23,80] propose=3's)."""
+    from hispec_sim.schema import load_profile
+
+    data = report.compute(load_profile("cpu_hispec_tiny"), batch=4, max_batch=4, serving_requests=5)
+    one = {f: e["describe"] for f, e in data["sweep"][0]["families"].items()}
+    assert data["sweep"][0]["batch"] == 1 and one != {f: e["describe"] for f, e in data["best"]["families"].items()}
+    served = {f: e["plan"].removesuffix(" synchronous") for f, e in data["serving"]["families"].items()}
+    assert served == one
+
+
+def test_a_deployment_whose_weights_do_not_fit_is_called_hypothetical_where_it_is_sized():
+    """Section (e) recommended 46 replicas at tp 1 for a 70B model without a word (only the
+    sweep note said so; a review, 2026-12-03): the capacity warnings, which stderr prints too."""
+    from hispec_sim.schema import load_profile
+
+    data = report.compute(load_profile("a100_llama70b"), tp=1, max_batch=2, max_propose=2, max_window=2,
+                          serving_requests=0)
+    assert data["capacity"]["warnings"][0].startswith("the weights (~137.95 GB, bf16) do NOT fit in tp=1")
+    assert "hypothetical" in data["capacity"]["warnings"][0]
+    assert not any("do NOT fit" in w for w in report.compute(load_profile("a100_llama70b"), max_batch=2, max_propose=2,
+                                                           max_window=2, serving_requests=0)["capacity"]["warnings"])
