@@ -977,6 +977,17 @@ class Profile(Strict):
         if self.paper_default is not None and self.paper_default.levels[-1] != self.model.num_layers:
             raise ValueError(f"paper_default.levels: must end at the last layer {self.model.num_layers}, "
                              f"got {self.paper_default.levels[-1]}")
+        if self.paper_default is not None:  # every optimize prices it: refused here, not there under another name
+            pd = self.paper_default
+            if pd.mode != "greedy" or pd.adaptive:
+                raise ValueError("paper_default: must be a greedy plan without confidence thresholds (the baseline "
+                                 f"optimize compares against), got mode {pd.mode!r}"
+                                 + (" with confidence thresholds" if pd.adaptive else ""))
+            for name, acc in self.workloads.items():
+                missing = sorted(set(pd.levels) - set(acc.exits))
+                if missing:
+                    raise ValueError(f"paper_default.levels: exits {missing} are not measured in workload {name!r}; "
+                                     f"allowed exits: {','.join(map(str, acc.exits))}")
         twice = first_repeat((t.tp, t.stack) for t in self.latency)
         if twice:  # table(tp, stack) would take the first and hide the other
             raise ValueError(f"latency: two tables for tp={twice[0]} stack={twice[1]}; one per (tp, stack)")

@@ -613,3 +613,20 @@ def test_import_vidur_needs_all_reduces_as_small_as_a_decode_step(tmp_path):
             csv.writer(f, lineterminator="\n").writerows([rows[0], *keep])
         with pytest.raises(ValueError, match=match):
             vidur.import_vidur(root, model="Llama-2-70b-hf", gpu="h100", tps=[8])
+
+
+@pytest.mark.parametrize("paper,match", [
+    ({"levels": [4, 8, 32], "propose": 2, "windows": [4]}, r"paper_default\.levels: exits \[4, 8\] are not measured in workload 'synthetic'"),
+    ({"levels": [1, 32], "propose": 2, "mode": "sampling"}, "paper_default: must be a greedy plan .* got mode 'sampling'"),
+    ({"levels": [1, 32], "propose": 2, "draft_confidence": 0.5}, "paper_default: must be a greedy plan .* with confidence thresholds"),
+])
+def test_a_paper_default_optimize_cannot_price_is_refused_when_the_profile_loads(paper, match):
+    """Every optimize prices the paper default; one of unmeasured exits loaded, then failed
+    every optimize naming `levels` (a review, 2026-12-03)."""
+    d = json.loads(synthetic_profile(32, 0.5, 0.7).model_dump_json())
+    w = d["workloads"]["synthetic"]
+    w["exits"], w["agreement"] = [1, 32], [[1, 0.7], [0.7, 1]]
+    Profile.model_validate(d)  # without a paper default: fine
+    with pytest.raises(ValueError, match=match):
+        Profile.model_validate({**d, "paper_default": paper})
+    Profile.model_validate({**d, "paper_default": {"levels": [1, 32], "propose": 2}})
