@@ -439,15 +439,16 @@ def cli_adaptive(setting, result, max_propose: int = 8, max_window: int = 16, hi
     m = found["setting"]
     sl, h = found["single_level"], found["hierarchical"]
     lo, hi = depths or (1, len(m.acceptance.exits))
-    best_fixed = found["fixed"].best
-    fixed_cands = [(best_fixed.tokens_per_second, best_fixed.plan)] if lo <= best_fixed.plan.depth <= hi else []
-    for s in result.top:
-        f = with_thresholds(s.plan, None, None)
-        fixed_cands.append((score(m, [f])[0].tokens_per_second, f))
-    fixed_tps, fixed_plan = max(fixed_cands, key=lambda c: c[0])
     if getattr(result, "rescored", None) and not result.best.plan.adaptive:  # the search ranked by trace replay: the
         fixed_plan = result.best.plan  # best fixed plan is the one it names (priced analytically here, as the adaptive)
         fixed_tps = score(m, [fixed_plan])[0].tokens_per_second
+    else:
+        best_fixed = found["fixed"].best
+        fixed_cands = [(best_fixed.tokens_per_second, best_fixed.plan)] if lo <= best_fixed.plan.depth <= hi else []
+        for s in result.top:
+            f = with_thresholds(s.plan, None, None)
+            fixed_cands.append((score(m, [f])[0].tokens_per_second, f))
+        fixed_tps, fixed_plan = max(fixed_cands, key=lambda c: c[0])
     cands = [found["best"]] if found["best"] else []
     if optuna_adaptive:
         cands.append((result.best.tokens_per_second, result.best.plan,
