@@ -98,7 +98,7 @@ class Scored:
     def as_dict(self, ar_tps: float) -> dict:
         out = {"plan": self.plan.model_dump(), "family": self.plan.family, "describe": self.plan.describe(),
                "tokens_per_second": rounded(self.tokens_per_second, 4),
-               "speedup_vs_autoregressive": rounded(self.tokens_per_second / ar_tps, 4),
+               "speedup_vs_autoregressive": rounded(self.tokens_per_second / ar_tps, 6),
                "tokens_per_full_forward": rounded(self.tokens_per_full_forward, 4),
                "latency_ms_per_token": rounded(self.latency_ms, 4),
                "acceptance_per_level": [rounded(a, 4) for a in self.acceptance]}
@@ -131,7 +131,7 @@ class SearchResult:
     def as_dict(self) -> dict:
         ar = self.autoregressive.tokens_per_second
         best = self.best.as_dict(ar)
-        best["speedup_vs_best_single_level"] = round(self.best.tokens_per_second / self.best_single_level.tokens_per_second, 4)
+        best["speedup_vs_best_single_level"] = rounded(self.best.tokens_per_second / self.best_single_level.tokens_per_second, 6)
         return {**self.setting.describe(), "best": best,
                 "baselines": {"autoregressive": self.autoregressive.as_dict(ar),
                               "best_single_level": self.best_single_level.as_dict(ar),

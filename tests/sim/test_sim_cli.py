@@ -324,3 +324,17 @@ def test_a_shipped_name_is_not_hidden_by_the_working_folder(capsys, tmp_path, mo
         assert code == 0 and json.loads(out)["profile"] == name, err
     code, _, err = run(capsys, "evaluate", "--profile", "./a100_llama70b", "--levels", "20,80")
     assert code == 2 and "a100_llama70b" in err  # the path, when asked for: not a profile
+
+
+def test_optimize_prints_its_ratios_rounded_once(capsys):
+    # a100_llama70b gsm8k_per_position: the best 3-level plan is 1.008544x the best single-level
+    # one; stored to 4 decimals (1.0085) and printed to 3 it read 1.008 where the report said 1.009
+    code, out, err = run(capsys, "optimize", "--profile", "a100_llama70b", "--workload", "gsm8k_per_position",
+                         "--rescore", "0", "--json")
+    assert code == 0, err
+    best = json.loads(out)["best"]
+    code, text, err = run(capsys, "optimize", "--profile", "a100_llama70b", "--workload", "gsm8k_per_position",
+                          "--rescore", "0")
+    assert code == 0, err
+    assert abs(best["speedup_vs_best_single_level"] - 1.008544) < 2e-6
+    assert "1.009x the best single-level plan" in text
