@@ -52,9 +52,6 @@ def _profile_path(args):
 
 
 def cmd_evaluate(args) -> int:
-    if args.streams * args.cycles > schema.MAX_STREAM_CYCLES:
-        raise ValueError(f"streams: --streams x --cycles must be <= {schema.MAX_STREAM_CYCLES}, "
-                         f"got {args.streams} x {args.cycles}")
     profile = schema.load_profile(args.profile)
     plan = plan_from_args(args, batch=args.batch)  # --batch (either form) overrides the plan file's
     setting = _setting(args, plan.batch, profile)
@@ -84,6 +81,9 @@ def cmd_evaluate(args) -> int:
 
         refuse_unread(args, ("--cycles",), f"workloads without a per-request spread; workload {setting.workload!r} has "
                       f"one, so every stream is one request of {REQUEST_TOKENS} tokens (--streams sets how many)")
+    if args.streams * args.cycles > schema.MAX_STREAM_CYCLES:
+        raise ValueError(f"streams: --streams x --cycles must be <= {schema.MAX_STREAM_CYCLES}, "
+                         f"got {args.streams} x {args.cycles}")
     ar, s = score(setting, [schema.autoregressive_plan(setting.num_layers, plan.batch), plan])
     out = {**setting.describe(), **s.as_dict(ar.tokens_per_second)}
     if args.mc or args.replay:

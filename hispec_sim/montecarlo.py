@@ -57,13 +57,20 @@ class MCResult:
 QUANTILE_SAMPLES = 262_144
 
 
-def _weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float, limit: int = QUANTILE_SAMPLES) -> float:
-    """Quantile of values weighted by weights, from the first `limit` samples (cycles are
-    i.i.d., so a prefix is a fair sample and sorting millions of them buys nothing)."""
-    values, weights = values[:limit], weights[:limit]
+def _weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
+    """Quantile of values weighted by weights."""
     order = np.argsort(values)
     cw = np.cumsum(weights[order])
     return float(values[order][np.searchsorted(cw, q * cw[-1])])
+
+
+def _every_kth(chunks: list[np.ndarray], k: int) -> np.ndarray:
+    """Every k-th element of the chunks laid end to end, without joining them."""
+    out, start = [], 0
+    for x in chunks:
+        out.append(x[(-start) % k::k])
+        start += len(x)
+    return np.concatenate(out)
 
 
 REQUEST_TOKENS = 256  # a per-request spread: each stream is one request of this many tokens
@@ -359,14 +366,11 @@ def _summarise(total_time, total_tokens, cycle_ms, cycle_tokens, acceptance, bat
     se = np.sqrt(z.var(ddof=1) / streams) / total_time.mean() if streams > 1 else 0.0
     scale = batch * 1000.0
     cycles = sum(len(x) for x in cycle_tokens)
-    ms, tk, kept = [], [], 0  # the first QUANTILE_SAMPLES cycles for the latency percentiles (cycles are i.i.d.)
-    for x, y in zip(cycle_ms, cycle_tokens):
-        if kept >= QUANTILE_SAMPLES:
-            break
-        ms.append(x[:QUANTILE_SAMPLES])
-        tk.append(y[:QUANTILE_SAMPLES])
-        kept += len(ms[-1])
-    ms, tk = np.concatenate(ms)[:QUANTILE_SAMPLES], np.concatenate(tk)[:QUANTILE_SAMPLES]
+    # Every k-th cycle for the latency percentiles: sorting millions buys nothing, and a prefix
+    # would not do: the token engine records cycles step by step across streams, so with a
+    # per-request spread its first cycles over-represent the fast requests' short ones.
+    k = -(-cycles // QUANTILE_SAMPLES)
+    ms, tk = _every_kth(cycle_ms, k), _every_kth(cycle_tokens, k)
     per_token = ms / tk
     return MCResult(
         tokens_per_second=float(scale * ratio),

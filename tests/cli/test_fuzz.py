@@ -983,6 +983,9 @@ CASES = [
     ("exec-flags", E, "generate --prompt ' '", ["prompt", "whitespace"]),
     # -- its eighth round
     ("flags", S, "evaluate --profile cpu_hispec_tiny --levels 2,16 --mc --cycles 5", ["cycles", "per-request spread"]),
+    # the streams x cycles cap named --cycles where the workload's spread reads none
+    ("flags", S, "evaluate --profile cpu_hispec_tiny --levels 2,16 --mc --streams 4096 --cycles 65536",
+     ["cycles", "per-request spread"]),
     # -- its tenth round
     ("cross-check", S, "report --profile {P} --validation {EMPTYPLANSVAL} --out {W}/r.html", ["validation.plans", "empty"]),
     ("cross-check", S, "report --profile {P} --validation {DEEPPLANVAL} --out {W}/r.html",
