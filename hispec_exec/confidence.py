@@ -107,9 +107,9 @@ def add_confidence(profile: Profile, model: Transformer, workload: str | None = 
                          "this tool re-runs held-out prompts only")
     from hispec_sim.validate import check_model_matches
 
-    check_model_matches(profile, model, profile.model.name)  # its shape and, where recorded, its weights
-    args_, tops = [], []
     codec = text_codec(model, model_folder)
+    check_model_matches(profile, model, profile.model.name, codec)  # its shape, codec and, where recorded, weights
+    args_, tops = [], []
     for p in heldout_token_prompts(codec, int(spec["n"]), int(spec["prompt_len"]), int(spec["seed"])):
         a, t = exit_confidence(model, p, int(spec["max_new_tokens"]), acc.exits)
         args_.append(a)

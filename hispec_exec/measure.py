@@ -707,11 +707,12 @@ def _pm(se) -> str:
     return f"+- {se:.3f}" if se is not None and math.isfinite(se) else "(no standard error from one repeat)"
 
 
-def model_shape(model: Transformer, model_name: str, source: Source, text: str | None = None) -> ModelShape:
+def model_shape(model: Transformer, model_name: str, source: Source, text: str | None = None,
+                tokenizer: str | None = None) -> ModelShape:
     a = model.args
     return ModelShape(name=model_name, num_layers=model.num_layers, hidden=a.dim, heads=a.n_heads, kv_heads=a.n_kv_heads,
                       ffn=a.ffn_dim, vocab=a.vocab_size, max_context=a.max_seq_len, weights=weights_digest(model),
-                      text=text, source=source)
+                      text=text, tokenizer=tokenizer, source=source)
 
 
 def time_model(model: Transformer, contexts: list[int], repeats: int, tokens: list[int], seed: int,
@@ -781,7 +782,7 @@ def measure_profile(model: Transformer, model_name: str, device: str, workload: 
                     prompt_len: int = 64, max_new_tokens: int = 128, seed: int = 0, repeats: int = 12,
                     command: str = "", prompts: list[list[int]] | None = None, prompts_detail: str | None = None,
                     tokens: list[int] | None = None, calibration_rounds: int = 3, attempts: int = 3,
-                    log=None, text: str | None = None) -> Profile:
+                    log=None, text: str | None = None, tokenizer: str | None = None) -> Profile:
     """Time the model on this machine and measure one workload's acceptance: on `prompts`
     (token ids, e.g. the user's prompts file) or on `n_prompts` held-out prompts.
 
@@ -790,7 +791,8 @@ def measure_profile(model: Transformer, model_name: str, device: str, workload: 
     on a shared VM that changes from one attempt to the next (a minute apart: calibration rounds
     15.3, 5.2 and 11.5 % apart), and a table and fixed costs fitted while it moved mis-price the
     plans measured after them (README, "Closing the loop"). text: how the model reads text
-    (ModelShape.text: "bytes" or "tokenizer"), for the serving simulator's text prompts."""
+    (ModelShape.text: "bytes" or "tokenizer"), for the serving simulator's text prompts;
+    tokenizer: that tokenizer.json's digest (ModelShape.tokenizer)."""
     log = log or (lambda s: None)
     fp, when, env = _environment(device)
     measured = Source(kind="measured", detail=f"hispec_exec on {env}; command: {command}")
@@ -858,7 +860,7 @@ def measure_profile(model: Transformer, model_name: str, device: str, workload: 
         name=f"{device}_{model_name}",
         description=f"measured by hispec-sim profile measure on {dev_name} ({fp['hostname']})",
         hardware=Hardware(name=f"{device}: {dev_name}", source=measured),
-        model=model_shape(model, model_name, measured, text),
+        model=model_shape(model, model_name, measured, text, tokenizer),
         latency=[table], default_tp=1, default_stack="hispec_exec",
         workloads={workload: acc}, default_workload=workload,
         provenance={"command": command, "measured": when, "torch": fp["torch"], "machine": fp,

@@ -153,6 +153,7 @@ def batch_layer_grid(model: Transformer, batches: list[int] = BATCHES, rows: lis
 
 ATTENTION_ROWS = [1, 2, 4, 8]  # a decode step, and checks of up to 7 drafts
 ATTENTION_POOL = 8  # slots: 2 sequences are gathered, 4 fill half of it (every slot read in place)
+MIN_CONTEXT = max(64, max(ATTENTION_ROWS)) + 1  # the attention grid times at least one context above 0
 
 
 @torch.no_grad()
@@ -170,7 +171,7 @@ def attention_grid(model: Transformer, rows: list[int] = ATTENTION_ROWS, repeats
     dev = model.tok_embeddings.weight.device
     pool = model.new_pool(slots)
     caches = [pool.cache(s) for s in range(slots)]
-    top = pool.capacity - max(64, max(rows))
+    top = pool.capacity - MIN_CONTEXT + 1
     contexts = [0] + [c for c in (64 << k for k in range(16)) if c < top] + [top]
     modes = [(max(1, slots // 4), max(1, slots // 4)), (-(-slots // 2), slots), (1, 1)]  # (sequences, computed)
     gen = torch.Generator().manual_seed(seed)

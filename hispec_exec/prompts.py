@@ -6,6 +6,8 @@ Every bad input raises ValueError("field: ...") naming the file's line or record
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -142,10 +144,18 @@ class TextCodec(NamedTuple):
     encode: Callable[[str], list[int]]
     decode: Callable[[list[int]], str]
     how: str  # "bytes (UTF-8)" or which tokenizer.json
+    digest: str | None = None  # the tokenizer.json's ("sha256:..."); None for bytes
 
     @property
     def is_bytes(self) -> bool:
         return self.how.startswith("bytes")
+
+
+def tokenizer_digest(text: str) -> str:
+    """sha256 of a tokenizer.json's content (keys sorted, no spaces): a file saved again
+    with other formatting is the same tokenizer."""
+    canonical = json.dumps(json.loads(text), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def text_codec(model, model_folder: str | Path | None) -> TextCodec:
@@ -187,7 +197,8 @@ def text_codec(model, model_folder: str | Path | None) -> TextCodec:
                 raise ValueError(f"tokenizer: {tj} produced token id {max(ids)} >= the checkpoint's vocabulary {vocab}")
             return ids
         return TextCodec(encode, lambda ids: tok.decode(list(ids), skip_special_tokens=True),
-                         f"tokenizer.json of {folder.name} ({n} tokens)")
+                         f"tokenizer.json of {folder.name} ({n} tokens)",
+                         tokenizer_digest(text))
     if folder is not None and any((folder / f).exists() for f in ("tokenizer.model", "tokenizer_config.json")):
         raise ValueError(f"tokenizer: {folder} has no tokenizer.json (only a slow/sentencepiece tokenizer); save a fast "
                          f"tokenizer there (transformers: AutoTokenizer.from_pretrained(...).save_pretrained(folder))")

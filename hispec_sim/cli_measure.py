@@ -124,17 +124,13 @@ def cmd_measure(args) -> int:
     prompts_text = read_prompts(args.prompts_file, args.format, args.field) if args.prompts_file else None
 
     model, name = load_executor_model(args)
-    if existing is not None:
+    codec = text_codec(model, args.model)
+    if existing is not None:  # one model and one codec per profile: its workloads compare
         from .validate import check_model_matches
 
-        check_model_matches(existing, model, name)
+        check_model_matches(existing, model, name, codec)
     command = "hispec-sim " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    codec = text_codec(model, args.model)
     reads = "bytes" if codec.is_bytes else "tokenizer"
-    if existing is not None and existing.model.text not in (None, reads):  # one codec per profile: its workloads compare
-        raise ValueError(f"tokenizer: {shown(out)} was measured reading text as {existing.model.text}, but this model "
-                         f"reads it as {reads} ({'no tokenizer.json in its folder' if codec.is_bytes else 'its tokenizer.json'}); "
-                         f"allowed: the profile's, {existing.model.text}")
     if prompts_text is not None:
         prompts = encode_prompts(prompts_text, codec.encode, args.max_new_tokens, model.args.max_seq_len)
         detail = f"{len(prompts)} prompt{'s' if len(prompts) != 1 else ''} of {shown(Path(args.prompts_file).name)} (tokenized with {codec.how})"
@@ -154,12 +150,16 @@ def cmd_measure(args) -> int:
         verb = "replaced" if workload in existing.workloads else "added"
     else:
         from hispec_exec.measure import measure_profile
+        from hispec_exec.measure_serving import MIN_CONTEXT
 
+        if model.args.max_seq_len < MIN_CONTEXT:  # the serving calibration's attention grid needs a context above 0
+            raise ValueError(f"model: timing needs a context of at least {MIN_CONTEXT} tokens, this model's is "
+                             f"{model.args.max_seq_len}; --acceptance-only measures acceptance without timing")
         log = progress_log("measure", args.progress)
         profile = measure_profile(model, name, args.device, workload, args.prompts, 64, args.max_new_tokens, args.seed,
                                   repeats=args.repeats, attempts=args.attempts, command=command,
                                   prompts=prompts, prompts_detail=detail if prompts_text is not None else None,
-                                  log=log, text=reads)
+                                  log=log, text=reads, tokenizer=codec.digest)
         verb = "measured"
     with schema.folder_locked(out.parent, f"hispec-sim: waiting for the lock on {shown(out.parent)} (another command "
                               "is writing a profile there)"):
@@ -168,7 +168,7 @@ def cmd_measure(args) -> int:
             if existing is not None:
                 from .validate import check_model_matches
 
-                check_model_matches(existing, model, name)
+                check_model_matches(existing, model, name, codec)
                 if args.acceptance_only:
                     from hispec_exec.measure import with_workload
 
@@ -264,11 +264,11 @@ def cmd_validate(args) -> int:
     else:
         plans = draw_plans(setting, args.plans, args.seed)
     model, name = load_executor_model(args)
-    check_model_matches(setting.profile, model, name)
     from hispec_exec.generate import check_fits, check_plan
     from hispec_exec.prompts import encode_prompts, heldout_token_prompts, text_codec
 
     codec = text_codec(model, args.model)
+    check_model_matches(setting.profile, model, name, codec)
     if prompts_text is not None:
         prompts = encode_prompts(prompts_text, codec.encode, args.max_new_tokens, model.args.max_seq_len)
     else:

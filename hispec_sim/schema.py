@@ -396,6 +396,9 @@ class ModelShape(Strict):
     text: Literal["bytes", "tokenizer"] | None = Field(
         None, description="how the model reads text: 'bytes' (UTF-8, one token a byte), 'tokenizer' (its own "
         "tokenizer.json, which hispec-sim does not have); None: not recorded, bytes where vocab <= 256")
+    tokenizer: str | None = Field(None, pattern=r"^sha256:[0-9a-f]{64}$",
+                                  description="digest of the tokenizer.json the workloads were read with (text "
+                                  "'tokenizer'); None: bytes, or not recorded, not compared")
     source: Source
 
     @model_validator(mode="after")

@@ -37,11 +37,13 @@ def draw_plans(setting: Setting, n: int, seed: int) -> list[Plan]:
     return plans[:n]
 
 
-def check_model_matches(profile: Profile, model, model_name: str) -> None:
+def check_model_matches(profile: Profile, model, model_name: str, codec=None) -> None:
     """The model run is the profile's: every architecture figure the profile records
     (layers, hidden, heads, KV heads, FFN, vocab) and, where it recorded them, its weights
     (a digest: a retrained checkpoint of the same shape agrees otherwise, and a copy in a
-    folder of another name is the same model); without a digest, its name."""
+    folder of another name is the same model); without a digest, its name. With the codec
+    (hispec_exec.prompts.TextCodec) that reads text for it, that codec is the profile's too:
+    the same weights read through another tokenizer see other token ids."""
     a, m = model.args, profile.model
 
     def shape(layers, hidden, heads, kv, ffn, vocab) -> str:
@@ -59,6 +61,17 @@ def check_model_matches(profile: Profile, model, model_name: str) -> None:
             raise ValueError(f"profile: measured for model {m.name!r} with weights {m.weights[:19]}..., but the model run "
                              f"({model_name!r}) has weights {digest[:19]}... (another training run or checkpoint; "
                              "measure a profile for it)")
+    if codec is None:
+        return
+    reads = "bytes" if codec.is_bytes else "tokenizer"
+    if m.text not in (None, reads):
+        raise ValueError(f"tokenizer: profile {profile.name} was measured reading text as {m.text}, but this model "
+                         f"reads it as {reads} ({'no tokenizer.json in its folder' if codec.is_bytes else 'its tokenizer.json'}); "
+                         f"allowed: the profile's, {m.text}")
+    if m.tokenizer is not None and codec.digest != m.tokenizer:
+        raise ValueError(f"tokenizer: profile {profile.name} was measured with a tokenizer.json of digest "
+                         f"{m.tokenizer[:19]}..., but this model reads text with {codec.how}, digest "
+                         f"{(codec.digest or 'none')[:19]}...; allowed: the tokenizer.json the profile was measured with")
 
 
 def machine_check(profile: Profile, device: str, allow_other: bool) -> str | None:

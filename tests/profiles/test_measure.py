@@ -2,6 +2,7 @@
 their own tokenizer.json, acceptance-only workloads and merging, bad input."""
 from __future__ import annotations
 
+
 import json
 import re
 
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 import hispec_exec.measure as measure
 from hispec_exec.checkpoint import load_model
 from hispec_exec.generate import Forward
+from hispec_exec.prompts import tokenizer_digest
 from hispec_exec.measure import (_fill_beyond_capacity, _scaled_working_set, calibration_plans, drifting_nnls, isotonic, isotonic_2d,
                                  measure_profile, measure_working_set, measurement_unrest, measurement_warning,
                                  overhead_rows, robust_mean, scaled_nnls, working_set_grid)
@@ -473,6 +475,7 @@ def test_measure_hf_checkpoint_on_prompts_files_merges_workloads(hf_folder, tmp_
     vocab = json.loads((hf_folder / "config.json").read_text(encoding="utf-8"))["vocab_size"]
     assert p.model.name == hf_folder.name and p.model.vocab == vocab and p.default_workload == "code"
     assert p.model.text == "tokenizer" and not p.model.reads_bytes
+    assert p.model.tokenizer == tokenizer_digest((hf_folder / "tokenizer.json").read_text(encoding="utf-8"))
     assert p.model.max_context == load_model(str(hf_folder)).args.max_seq_len  # what the executor can hold
     acc = p.workload("code")
     assert len(acc.trace_starts) == 3 and len(acc.traces) == 36 and len(acc.spread.per_request) == 3
@@ -617,6 +620,64 @@ def test_a_workload_read_with_another_codec_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "tokenizer: " in err and "reading text as bytes, but this model reads it as tokenizer" in err
     assert out.read_bytes() == before
+
+
+def test_a_workload_read_with_another_tokenizer_is_refused(tmp_path, capsys):
+    """The same weights with another tokenizer.json (a review, 2026-12-03): the codec check
+    compared bytes-or-tokenizer only, and the workload merged, read as other token ids;
+    `validate` ran them alike. The profile records the tokenizer's digest."""
+    from pathlib import Path
+
+    from tokenizers import pre_tokenizers
+
+    import hispec_exec
+
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        (ck / f).write_bytes((Path(hispec_exec.__file__).parent / "checkpoints" / f).read_bytes())
+    _tokenizer(256).save(str(ck / "tokenizer.json"))
+    digest = tokenizer_digest((ck / "tokenizer.json").read_text(encoding="utf-8"))
+    prof = load_profile("cpu_hispec_tiny")
+    out = tmp_path / "p.json"
+    out.write_text(prof.model_copy(update={"model": prof.model.model_copy(update={"text": "tokenizer",
+                                                                                  "tokenizer": digest})}).model_dump_json())
+    prompts = _prompts_jsonl(tmp_path / "a.jsonl", ["def f(x):"])
+    measure = ["profile", "measure", "--model", str(ck), "--prompts-file", str(prompts), "--workload", "t",
+               "--acceptance-only", "--max-new-tokens", "8", "--out", str(out)]
+    assert main(measure) == 0  # its own tokenizer: added
+    capsys.readouterr()
+    other = _tokenizer(256)
+    other.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)  # " def": other token ids
+    other.save(str(ck / "tokenizer.json"))
+    before = out.read_bytes()
+    assert main([a if a != "t" else "u" for a in measure]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "tokenizer: " in err and digest[:19] in err and "allowed: the tokenizer.json" in err
+    assert out.read_bytes() == before
+    assert main(["validate", "--profile", str(out), "--workload", "t", "--model", str(ck), "--prompts-file",
+                 str(prompts), "--max-new-tokens", "8", "--plans", "1", "--allow-other-machine"]) == 2
+    assert "tokenizer: " in capsys.readouterr().err
+
+
+def test_timing_a_model_of_too_short_a_context_is_refused_first(tmp_path, capsys):
+    """A context of 64 or less (a review, 2026-12-03): the serving calibration's attention grid
+    had no context above 0 to time, and failed after all the timing (32: a traceback)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path / "short"
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+                     ).save_pretrained(folder, safe_serialization=True)
+    _tokenizer(300).save(str(folder / "tokenizer.json"))
+    prompts = _prompts_jsonl(tmp_path / "a.jsonl", ["def f(x):"])
+    out = tmp_path / "p.json"
+    capsys.readouterr()  # transformers' progress bars
+    assert main(["profile", "measure", "--model", str(folder), "--prompts-file", str(prompts), "--workload", "c",
+                 "--repeats", "1", "--attempts", "1", "--max-new-tokens", "8", "--out", str(out)]) == 2
+    _one_line_error(capsys, "model: timing needs a context of at least 65 tokens, this model's is 64")
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("case", ["empty", "malformed", "missing", "utf8", "long", "tokenizer", "no_workload",
