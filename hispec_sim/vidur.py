@@ -127,6 +127,12 @@ def _rows(path: Path) -> list[dict]:
     return rows
 
 
+# Proportional extrapolation beyond the data needs its top in the regime where that holds: a
+# layer's ops x1.8 from half the tokens (then proportional over-prices by at most 12.5 %;
+# Vidur's files reach x1.86-2.08 at 4,096 tokens, x1.0 at 64), an all-reduce x2 from a quarter
+# of the size (at most 50 %; Vidur's x2.5-3.2 at 64 MiB, x1.0 at 18 KiB).
+MIN_GROWTH_TO_EXTRAPOLATE = 1.8
+MIN_ALL_REDUCE_GROWTH = 2.0
 DUPLICATE_SPREAD = 2.0  # repeated rows of Vidur's own data differ by at most 1.19x
 
 
@@ -232,16 +238,20 @@ def find_model_folder(folder: str | Path, model: str | None = None, gpu: str | N
     """Return (mlp.csv path, gpu name, model folder name). `folder` is a Vidur profiling
     root (with compute/), a compute/<gpu> folder, or a folder holding mlp.csv."""
     folder = Path(folder)
+    gpu = gpu.lower() if gpu else None  # Vidur's folders and HARDWARE's keys: a100, h100
     if not folder.exists():
         raise ValueError(f"folder: no such folder {str(folder)!r}")
     if (folder / "mlp.csv").exists():  # one model's folder: --model names it (else the folder's name does)
-        g = gpu or _guess_gpu(folder)
-        return folder / "mlp.csv", g, model or folder.name
+        named = _gpu_in_path(folder)
+        if gpu and named and gpu != named:  # its kernels were timed on the GPU its path names
+            raise ValueError(f"gpu: --gpu {gpu} but the folder is {named}'s ({folder}); allowed: {named}, or "
+                             "the folder of that GPU's data")
+        return folder / "mlp.csv", gpu or _guess_gpu(folder), model or folder.name
     root = folder / "compute" if (folder / "compute").is_dir() else folder
     if folder.resolve().parent.name == "compute" and root == folder:  # compute/<gpu>: that GPU's models
-        if gpu and gpu.lower() != folder.name.lower():
+        if gpu and gpu != folder.name.lower():
             raise ValueError(f"gpu: --gpu {gpu} but the folder is compute/{folder.name}")
-        gpu, root = folder.name, folder.resolve().parent
+        gpu, root = folder.name.lower(), folder.resolve().parent
     found = sorted(root.rglob("mlp.csv"))
     if not found:
         raise ValueError(f"folder: no mlp.csv under {str(folder)!r}")
@@ -251,7 +261,7 @@ def find_model_folder(folder: str | Path, model: str | None = None, gpu: str | N
         g = rel[0] if len(rel) >= 3 else (gpu or _guess_gpu(p))
         cands.append((p, g, p.parent.name))
     if gpu:
-        cands = [c for c in cands if c[1].lower() == gpu.lower()] or []
+        cands = [c for c in cands if c[1].lower() == gpu]
         if not cands:
             have = sorted({c[1] for c in _all(found, root, gpu)})
             raise ValueError(f"gpu: no data for {gpu!r}; present: {', '.join(have)}")
@@ -274,11 +284,15 @@ def _all(found, root, gpu):
         yield (p, rel[0] if len(rel) >= 3 else "?", p.parent.name)
 
 
+def _gpu_in_path(p: Path) -> str | None:
+    return next((part.lower() for part in reversed(p.resolve().parts) if part.lower() in HARDWARE), None)
+
+
 def _guess_gpu(p: Path) -> str:
-    for part in reversed(p.resolve().parts):
-        if part.lower() in HARDWARE:
-            return part.lower()
-    raise ValueError("gpu: cannot tell the GPU from the folder; pass --gpu")
+    g = _gpu_in_path(p)
+    if g is None:
+        raise ValueError("gpu: cannot tell the GPU from the folder; pass --gpu")
+    return g
 
 
 def find_network(folder: str | Path, gpu: str, cluster: str | None = None) -> Path | None:
@@ -301,7 +315,7 @@ def find_network(folder: str | Path, gpu: str, cluster: str | None = None) -> Pa
 # --------------------------------------------------------------------------- modelling
 
 
-def model_shape_from(data: MlpData, name: str, num_layers: int | None) -> ModelShape:
+def model_shape_from(data: MlpData, name: str, num_layers: int | None, max_context: int | None = None) -> ModelShape:
     s = data.shape
     if num_layers is None:
         raise ValueError("layers: the number of decoder layers is not in mlp.csv; pass it (--layers)")
@@ -311,9 +325,10 @@ def model_shape_from(data: MlpData, name: str, num_layers: int | None) -> ModelS
     shape.setdefault("kv_heads", s["n_head"])  # n_kv_head optional: no grouped-query attention
     try:
         return ModelShape(
-            name=name, num_layers=num_layers, **shape,
+            name=name, num_layers=num_layers, max_context=max_context, **shape,
             source=Source(kind="measured", detail=f"model shape columns of {VIDUR_CREDIT} ({name}/mlp.csv); layer "
-                          "count from the HF config", reference=VIDUR_REF))
+                          "count" + (" and context" if max_context else "") + " from the HF config",
+                          reference=VIDUR_REF))
     except ValidationError as e:  # the shape is mlp.csv's: name its columns, not the profile's fields
         msg = validation_message(e)
         for f, c in columns.items():  # whole words: kv_heads is not heads
@@ -384,6 +399,15 @@ def table_from_mlp(
     ops = data.ops[tp]
     used_ops = LINEAR_OPS if fuse_elementwise else LAYER_OPS
     kernel = sum(ops[o] for o in used_ops)  # (T,)
+    # Beyond its last row a table prices a prefill in proportion (latency.linear_layer_ms: compute-
+    # bound GEMMs); rows that stop while the time still barely grows with the tokens would price
+    # long prompts many times over (rows up to 64 tokens: a 2,048-token prefill x3).
+    growth = float(kernel[-1] / np.interp(tokens[-1] / 2, tokens, kernel))
+    if growth < MIN_GROWTH_TO_EXTRAPOLATE:
+        raise ValueError(f"vidur: {data.path}: the rows of tp {tp} stop at num_tokens {tokens[-1]}, where the layer's "
+                         f"ops take x{growth:.2f} the time of half as many tokens (not yet compute-bound); longer "
+                         f"prompts are priced in proportion to the last row: the file needs rows up to where the time "
+                         f"grows x{MIN_GROWTH_TO_EXTRAPOLATE:g} or more from half the tokens (Vidur's go to 4,096)")
     attn = attention_ms(shape, hw, tp, tokens, np.asarray(contexts))
     ar = np.zeros(len(tokens))
     net_note = "no all-reduce (TP 1)"
@@ -396,6 +420,15 @@ def table_from_mlp(
             raise ValueError(f"vidur: {network}: the all-reduces of {tp} GPUs start at {sizes[0]:,.0f} bytes; a "
                              f"{tokens[0]}-token step all-reduces {smallest:,.0f} bytes ({tokens[0]} x {shape.hidden} x 2), "
                              "which would be priced as the smallest measured: the file needs sizes down to there")
+        largest = tokens[-1] * shape.hidden * 2.0
+        if largest > sizes[-1]:  # priced in proportion beyond the data: it must reach the bandwidth-bound sizes
+            growth = float(np.divide(*all_reduce_ms(sizes, times, [sizes[-1], sizes[-1] / 4])))
+            if growth < MIN_ALL_REDUCE_GROWTH:
+                raise ValueError(f"vidur: {network}: the all-reduces of {tp} GPUs stop at {sizes[-1]:,.0f} bytes, "
+                                 f"x{growth:.2f} the time of a quarter of that (latency-bound); a {tokens[-1]}-token step "
+                                 f"all-reduces {largest:,.0f} bytes, which would be priced in proportion to the largest "
+                                 f"measured: the file needs sizes up to there or to where the time grows "
+                                 f"x{MIN_ALL_REDUCE_GROWTH:g} or more from a quarter of the size")
         ar = 2.0 * all_reduce_ms(sizes, times, tokens * shape.hidden * 2.0)
         net_note = f"2 all-reduces of tokens x {shape.hidden} x 2 bytes from {network.parent.name}/all_reduce.csv ({tp} GPUs in one node), smoothed"
     layer = kernel[:, None] + attn + ar[:, None]
@@ -436,18 +469,17 @@ def table_from_mlp(
     )
 
 
-KNOWN_LAYERS = {
-    "llama-2-7b": 32, "llama-2-13b": 40, "llama-2-70b": 80, "meta-llama-3-8b": 32, "meta-llama-3-70b": 80,
-    "codellama-34b": 48, "codellama-7b": 32, "codellama-13b": 40,
+KNOWN_MODELS = {  # decoder layers and context (max_position_embeddings) from their Hugging Face configs
+    "llama-2-7b": (32, 4096), "llama-2-13b": (40, 4096), "llama-2-70b": (80, 4096), "meta-llama-3-8b": (32, 8192),
+    "meta-llama-3-70b": (80, 8192), "codellama-34b": (48, 16384), "codellama-7b": (32, 16384),
+    "codellama-13b": (40, 16384),
 }
 
 
-def guess_layers(model_folder: str) -> int | None:
+def known_model(model_folder: str) -> tuple[int, int] | None:
+    """(layers, context) of a model Vidur's folders name (by prefix: -hf, -Instruct-hf)."""
     m = model_folder.lower()
-    for k in sorted(KNOWN_LAYERS, key=len, reverse=True):
-        if m.startswith(k):
-            return KNOWN_LAYERS[k]
-    return None
+    return next((KNOWN_MODELS[k] for k in sorted(KNOWN_MODELS, key=len, reverse=True) if m.startswith(k)), None)
 
 
 def import_vidur(
@@ -475,7 +507,8 @@ def import_vidur_full(folder, model=None, gpu=None, hardware=None, tps=None, num
     mlp, g, mname = find_model_folder(folder, model, gpu)
     data = read_mlp_csv(mlp, tps)
     hw = hardware or hardware_for(g)
-    shape = model_shape_from(data, mname, num_layers or guess_layers(mname))
+    layers, context = known_model(mname) or (None, None)
+    shape = model_shape_from(data, mname, num_layers or layers, context)
     tps = sorted(data.tokens) if not tps else tps
     for tp in tps:
         if tp not in data.tokens:

@@ -41,7 +41,7 @@ def _mlp_csv(cells: dict | None = None) -> str:
     rows = []
     for tp in (1, 2):
         for t in (1, 2, 4, 8, 16, 32, 64):
-            r = {c: f"{0.01 * (1 + t / 64) / tp:.5f}" for c in cols[:len(LAYER_OPS)]}
+            r = {c: f"{0.01 * (1 + t / 4) / tp:.5f}" for c in cols[:len(LAYER_OPS)]}  # compute-bound at 64
             r.update(num_tokens=str(t), num_tensor_parallel_workers=str(tp), n_embd="4096", n_head="32",
                      n_kv_head="32", n_expanded_embd="11008", vocab_size="32000")
             rows.append(r)
@@ -224,7 +224,7 @@ def work(tmp_path_factory):
                                                         _mlp_csv().splitlines()).encode() + b"\n"},
                      "othershape": {"raw_mlp": (_mlp_csv() + _mlp_csv().splitlines()[-1].replace(
                          "4096,32,32,11008", "8192,64,8,28672") + "\n").encode()},
-                     "conflict": {"raw_mlp": (_mlp_csv() + _mlp_csv().splitlines()[1].replace("0.01016", "5.0")
+                     "conflict": {"raw_mlp": (_mlp_csv() + _mlp_csv().splitlines()[1].replace("0.01250", "5.0")
                                               + "\n").encode()}}.items():
         f["V_" + name.upper()] = _vidur(vd / name, **kw)
     # Hugging Face and our checkpoint folders with hostile configs

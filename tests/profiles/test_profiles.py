@@ -145,10 +145,11 @@ def test_import_vidur_odd_files_get_messages_that_name_them(tmp_path):
         vidur.import_vidur(root / "compute" / "h100", gpu="a100")
     ar = list(csv.reader((VIDUR / "network" / "h100_dgx" / "all_reduce.csv").open()))
     size, median = ar[0].index("size"), ar[0].index("time_stats.all_reduce.median")
-    small = [r for r in ar[1:] if float(r[size]) <= 65536]  # a large step's all-reduce then scales up from 64 KiB
+    # sizes up to 512 KiB whose times grow with them (bandwidth-bound): a large step's all-reduce scales up from there
+    small = [r for r in ar[1:] if float(r[size]) <= 2 ** 19]
     for edit, match in ((lambda r: r.__setitem__(size, "0"), r"all_reduce.csv size: expected an integer in \[1, "),
-                        (lambda r: r.__setitem__(median, "9999"), r"tp=8: a decoder layer priced at .* from mlp.csv "
-                                                                   r"\+ all_reduce.csv")):
+                        (lambda r: r.__setitem__(median, f"{9999 * float(r[size]) / 2 ** 19:.6g}"),
+                         r"tp=8: a decoder layer priced at .* from mlp.csv \+ all_reduce.csv")):
         changed = [ar[0], *(list(r) for r in small)]
         for r in changed[1:]:
             edit(r)
@@ -613,6 +614,45 @@ def test_import_vidur_needs_all_reduces_as_small_as_a_decode_step(tmp_path):
             csv.writer(f, lineterminator="\n").writerows([rows[0], *keep])
         with pytest.raises(ValueError, match=match):
             vidur.import_vidur(root, model="Llama-2-70b-hf", gpu="h100", tps=[8])
+
+
+def test_import_vidur_refuses_data_that_stops_short_of_proportional_pricing(tmp_path):
+    """Beyond its last row a table prices prefill in proportion, and beyond its largest size an
+    all-reduce: rows up to 64 tokens priced a 2,048-token prefill x3, all-reduces up to 18 KiB a
+    4,096-token step x15, silently (a review, 2026-12-03). Refused unless the data reaches
+    where the time grows with the work."""
+    import csv
+    import shutil
+
+    model = Path("compute") / "a100" / "meta-llama" / "Llama-2-70b-hf"
+    for cut, match in (("mlp", "rows of tp 4 stop at num_tokens 64, where the layer's ops take x1.0"),
+                       ("all_reduce", "all-reduces of 4 GPUs stop at 18,432 bytes, x1.00")):
+        root = tmp_path / cut
+        shutil.copytree(VIDUR / model, root / model)
+        shutil.copytree(VIDUR / "network" / "a100_dgx", root / "network" / "a100_dgx")
+        path = root / model / "mlp.csv" if cut == "mlp" else root / "network" / "a100_dgx" / "all_reduce.csv"
+        rows = list(csv.reader(path.open()))
+        col = rows[0].index("num_tokens" if cut == "mlp" else "size")
+        with path.open("w", newline="") as f:
+            csv.writer(f, lineterminator="\n").writerows([rows[0]] + [r for r in rows[1:] if float(r[col]) <= (64 if cut == "mlp" else 20000)])
+        with pytest.raises(ValueError, match=match):
+            vidur.import_vidur(root, model="Llama-2-70b-hf", gpu="a100", tps=[4])
+
+
+def test_import_vidur_takes_the_gpu_a_model_folder_names(tmp_path, capsys):
+    """A model folder under compute/a100 imported with --gpu h100 mixed A100 kernels with H100
+    hardware and all-reduces (31.07 ms a token; 20.47 from H100 data); --gpu A100 found no
+    network (a review, 2026-12-03). Known Llamas carry their context."""
+    from hispec_sim.cli import main
+
+    folder = VIDUR / "compute" / "a100" / "meta-llama" / "Llama-2-70b-hf"
+    with pytest.raises(ValueError, match="gpu: --gpu h100 but the folder is a100's"):
+        vidur.import_vidur(folder, gpu="h100", tps=[4])
+    assert main(["profile", "import-vidur", str(folder), "--gpu", "A100", "--tp", "4", "--out", str(tmp_path / "p.json")]) == 0
+    capsys.readouterr()
+    p = load_profile(str(tmp_path / "p.json"))
+    assert p.model.max_context == 4096 and p.model.num_layers == 80
+    assert p.table().source.detail == vidur.import_vidur(folder, gpu="a100", tps=[4])[0].source.detail
 
 
 @pytest.mark.parametrize("paper,match", [
