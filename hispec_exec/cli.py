@@ -245,12 +245,16 @@ def cmd_generate(a) -> int:
     from .generate import check_fits
 
     check_fits(plan, len(ids), a.max_new_tokens, model.args.max_seq_len)
-    r = decode(model, plan, ids, a.max_new_tokens, mode=a.mode, seed=a.seed, temperature=a.temperature)
+    from .hf import eos_token_ids
+
+    stop = frozenset() if a.ignore_eos or a.model is None else eos_token_ids(Path(a.model), model.args.vocab_size)
+    r = decode(model, plan, ids, a.max_new_tokens, mode=a.mode, seed=a.seed, temperature=a.temperature, stop=stop)
     sys.stdout.write(with_continuation(prompt, codec, ids, r.tokens) + "\n")
     s = r.summary()
     acc = _per_level(plan.levels, s["acceptance_per_level"], 2)
-    sys.stderr.write(f"[{s['plan']} {s['mode']}: {s['tokens_per_s']:.1f} tokens/s, acceptance {acc}, "
-                     f"{s['tokens_per_full_forward']:.2f} tokens per full-model forward]\n")
+    ended = f", ended by token {r.tokens[-1]} (end of sequence)" if r.tokens[-1] in stop else ""
+    sys.stderr.write(f"[{s['plan']} {s['mode']}: {len(r.tokens)} tokens{ended}, {s['tokens_per_s']:.1f} tokens/s, "
+                     f"acceptance {acc}, {s['tokens_per_full_forward']:.2f} tokens per full-model forward]\n")
     return 0
 
 
@@ -399,6 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_decoding(q)
     q.add_argument("--prompt", required=True, help="the prompt text; a literal \\n in it is read as a newline")
     q.add_argument("--max-new-tokens", type=TOKENS, default=200)
+    q.add_argument("--ignore-eos", action="store_true",
+                   help="generate --max-new-tokens tokens even past the model's end-of-sequence token (eos_token_id)")
     q.set_defaults(func=cmd_generate)
 
     q = sub.add_parser("train", help="train the early-exit model (LayerSkip recipe) on the stdlib corpus")

@@ -42,7 +42,7 @@ class DecodeResult:
     plan: Plan
     mode: str
     prompt_len: int
-    tokens: list[int]  # the generated tokens (exactly max_new_tokens)
+    tokens: list[int]  # the generated tokens (max_new_tokens, or up to and with the first stop token)
     forwards: list[Forward]  # decoding forwards (prefill excluded)
     proposed: list[int]  # per level (index 0 = level 1): tokens this level checked (level 1: drafted)
     accepted: list[int]  # per level: of those, kept
@@ -154,12 +154,14 @@ class SequenceDecoder:
     drive this object through `run_step`."""
 
     def __init__(self, model: Transformer, plan: Plan, prompt_ids, max_new_tokens: int, mode: str | None = None,
-                 seed: int = 0, temperature: float = 1.0, cache=None, capacity: int | None = None):
+                 seed: int = 0, temperature: float = 1.0, cache=None, capacity: int | None = None,
+                 stop: frozenset[int] = frozenset()):
         check_plan(model, plan, batch_ok=True)
         self.mode, self.prompt, cap = _validate(model, plan, prompt_ids, max_new_tokens, mode, temperature,
                                                  capacity or (cache.capacity if cache is not None else None))
         self.model, self.plan = model, plan
         self.max_new_tokens, self.temperature = max_new_tokens, temperature
+        self.stop, self.limit = stop, max_new_tokens  # limit: up to and with the first stop token committed
         self.greedy = self.mode == "greedy"
         self.cache = cache if cache is not None else model.new_cache(cap)
         self.gen = torch.Generator().manual_seed(seed)
@@ -180,12 +182,12 @@ class SequenceDecoder:
     # -- schedule -------------------------------------------------------------------
     @property
     def emitted(self) -> int:
-        """Generated tokens committed so far (capped at max_new_tokens)."""
-        return min(self.committed - self.P, self.max_new_tokens)
+        """Generated tokens committed so far (capped at max_new_tokens or the first stop token)."""
+        return min(self.committed - self.P, self.limit)
 
     @property
     def done(self) -> bool:
-        return self.committed - self.P >= self.max_new_tokens
+        return self.committed - self.P >= self.limit
 
     def next_op(self) -> int:
         """The batch-1 schedule: `propose` drafts, the level-2 check, then the cascade."""
@@ -233,6 +235,10 @@ class SequenceDecoder:
         self.accepted[level] += kept
 
     def _commit(self) -> None:
+        if self.stop:  # the first stop token among those committed now ends the output (with it)
+            at = next((i for i in range(self.committed, len(self.seq)) if self.seq[i] in self.stop), None)
+            if at is not None:
+                self.limit = min(self.limit, at - self.P + 1)
         self.committed = len(self.seq)
 
     def _draft(self, lg: torch.Tensor, ms: float, picks: list[int] | None = None) -> None:
@@ -306,7 +312,7 @@ class SequenceDecoder:
 
     def result(self, wall_s: float, prefill_s: float) -> DecodeResult:
         return DecodeResult(plan=self.plan, mode=self.mode, prompt_len=self.P,
-                            tokens=self.seq[self.P:self.P + self.max_new_tokens], forwards=self.forwards,
+                            tokens=self.seq[self.P:self.P + self.limit], forwards=self.forwards,
                             proposed=self.proposed, accepted=self.accepted, wall_s=wall_s, prefill_s=prefill_s,
                             num_layers=self.model.num_layers, committed=self.committed - self.P)
 
@@ -438,12 +444,14 @@ def _drafting(d: SequenceDecoder) -> bool:
 
 def decode(model: Transformer, plan: Plan, prompt_ids, max_new_tokens: int, mode: str | None = None,
            seed: int = 0, temperature: float = 1.0, capacity: int | None = None, sync: bool = False,
-           on_step=None) -> DecodeResult:
+           on_step=None, stop: frozenset[int] = frozenset()) -> DecodeResult:
     """Decode one prompt with a plan. Greedy output equals autoregressive greedy decoding
     token for token; sampling output is distributed as the full model's samples.
-    on_step(tokens committed so far), if given, is called after every forward."""
+    on_step(tokens committed so far), if given, is called after every forward. stop: token
+    ids (the model's end of sequence) that end the output, with them, once committed."""
     check_plan(model, plan)
-    d = SequenceDecoder(model, plan, prompt_ids, max_new_tokens, mode, seed, temperature, capacity=capacity)
+    d = SequenceDecoder(model, plan, prompt_ids, max_new_tokens, mode, seed, temperature, capacity=capacity,
+                        stop=stop)
     prefill_s = run_prefill(model, [d]) / 1e3
     t0 = time.perf_counter()
     while not d.done:

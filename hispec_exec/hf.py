@@ -11,6 +11,24 @@ from .model import ModelArgs, Transformer
 DEFAULT_HF_CONTEXT = 2048  # the KV cache is allocated for this many positions up front: keep it moderate
 
 
+def eos_token_ids(folder: Path, vocab: int) -> frozenset[int]:
+    """The end-of-sequence ids a Hugging Face folder names (eos_token_id of config.json and
+    generation_config.json: an id, a list of them or null); none for our checkpoints."""
+    from .checkpoint import _read_json
+
+    out: set[int] = set()
+    for name in ("config.json", "generation_config.json"):
+        if not (folder / name).is_file():
+            continue
+        v = _read_json(folder / name, "model").get("eos_token_id")
+        for x in v if isinstance(v, list) else [] if v is None else [v]:
+            if isinstance(x, bool) or not isinstance(x, int) or not 0 <= x < vocab:
+                raise ValueError(f"{name.split('.')[0]}.eos_token_id: must be token ids in [0, {vocab - 1}] (or "
+                                 f"null), got {v!r}")
+            out.add(x)
+    return frozenset(out)
+
+
 def _int(cfg: dict, key: str, default=None) -> int:
     v = cfg.get(key)
     v = default if v is None else v  # null: the reader's default, as transformers reads it

@@ -261,3 +261,52 @@ def test_a_checkpoint_with_tensors_the_model_would_not_use_is_refused(tmp_path):
     f.unlink()
     with pytest.raises(ValueError, match="names shard \\['a'\\]; a shard must be a file name"):
         load_model(tmp_path)
+
+
+def test_generation_ends_at_the_models_end_of_sequence(tmp_path, capsys):
+    """generate ran past eos_token_id to --max-new-tokens (a review, 2026-12-03). Every plan's
+    greedy output is autoregressive decoding's up to and with the first end-of-sequence
+    token committed; --ignore-eos keeps the fixed length."""
+    import random
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hispec_exec.cli import main
+    from hispec_exec.hf import eos_token_ids
+    from hispec_exec.prompts import text_codec
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train_from_iterator(["def f(x):\n    return x\n"] * 20,
+                            trainers.BpeTrainer(vocab_size=270, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.save(str(tmp_path / "tokenizer.json"))
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=96,
+                                 num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                                 max_position_embeddings=256, initializer_range=0.2)
+                     ).save_pretrained(tmp_path, safe_serialization=True)
+    m = load_model(tmp_path)
+    vocab = m.args.vocab_size
+    prompt = text_codec(m, tmp_path).encode("def f(x):")
+    ar = autoregressive(m, prompt, 24).tokens
+    eos = ar[6]
+    first = ar.index(eos)  # its first occurrence ends the output
+    rng = random.Random(0)
+    for _ in range(12):
+        a = rng.randint(1, 2)
+        plan = Plan(levels=[a, rng.randint(a + 1, 3), 4], propose=rng.randint(1, 5), windows=[rng.randint(1, 4)])
+        assert decode(m, plan, prompt, 24, stop=frozenset({eos})).tokens == ar[:first + 1], plan
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "eos_token_id": [eos, vocab - 1]}))
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": None}))
+    assert eos_token_ids(tmp_path, vocab) == {eos, vocab - 1}
+    generate = ["generate", "--model", str(tmp_path), "--prompt", "def f(x):", "--levels", "2,4", "--max-new-tokens", "24"]
+    capsys.readouterr()
+    assert main(generate) == 0
+    assert f": {first + 1} tokens, ended by token {eos} (end of sequence)," in capsys.readouterr().err
+    assert main([*generate, "--ignore-eos"]) == 0
+    assert ": 24 tokens, " in capsys.readouterr().err
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": vocab}))
+    assert main(generate) == 2
+    assert f"generation_config.eos_token_id: must be token ids in [0, {vocab - 1}]" in capsys.readouterr().err
