@@ -9,11 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .schema import MAX_REQUESTS, LengthDist, Request, RequestMetrics, ServeLimits, Traffic, shown, validation_message
+from .schema import (MAX_REQUESTS, TINY_SIGMA, LengthDist, Request, RequestMetrics, ServeLimits, Traffic, shown,
+                     validation_message)
 
 MAX_TRACE_BYTES = 256 * 2**20
-TINY_SIGMA = 1e-9  # a lognormal below it draws rint(median) alone: near 1e-16, exp(sigma z) rounds to 1 and rint
-# meets a half-integer median's tie, which the continuous formula in `exceeds` does not see
 DEFAULT_LENGTHS = {"prompt_len": "lognormal:256:0.8:max=2048", "output_len": "lognormal:192:0.8:max=1024"}
 
 
