@@ -247,7 +247,12 @@ def cmd_generate(a) -> int:
     check_fits(plan, len(ids), a.max_new_tokens, model.args.max_seq_len)
     from .hf import eos_token_ids
 
-    stop = frozenset() if a.ignore_eos or a.model is None else eos_token_ids(Path(a.model), model.args.vocab_size)
+    stop = frozenset() if a.model is None else eos_token_ids(Path(a.model), model.args.vocab_size)
+    if a.ignore_eos:
+        if not stop:
+            raise ValueError("ignore_eos: applies to a model that names an end-of-sequence token (eos_token_id), "
+                             "and this one names none: it runs to --max-new-tokens anyway")
+        stop = frozenset()
     r = decode(model, plan, ids, a.max_new_tokens, mode=a.mode, seed=a.seed, temperature=a.temperature, stop=stop)
     sys.stdout.write(with_continuation(prompt, codec, ids, r.tokens) + "\n")
     s = r.summary()

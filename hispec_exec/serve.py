@@ -263,7 +263,7 @@ def serve(model, plan, arrivals: list[float], prompts: list[list[int]], news: li
     accepted = [sum(r.decoder.accepted[j] for r in done) for j in range(k)]
     return {
         "metrics": metrics,
-        "tokens": [r.decoder.seq[r.decoder.P:r.decoder.P + r.max_new_tokens] for r in done],
+        "tokens": [r.decoder.seq[r.decoder.P:r.decoder.P + r.decoder.limit] for r in done],
         "steps": steps, "prefill_forwards": prefills,
         "mean_batch": sum(batch_sizes) / len(batch_sizes) if batch_sizes else 0.0,
         "acceptance_per_level": [x / p if p else None for p, x in zip(proposed[1:], accepted[1:])],  # levels 2..k

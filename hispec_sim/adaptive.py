@@ -459,19 +459,19 @@ def cli_adaptive(setting, result, max_propose: int = 8, max_window: int = 16, hi
                      "model": how},
             "best_fixed": {"describe": fixed_plan.describe(), "plan": fixed_plan.model_dump(),
                            "tokens_per_second": rounded(fixed_tps, 4), "model": "analytic"},
-            "predicted_gain_over_best_fixed": rounded(tps / fixed_tps, 4),
+            "predicted_gain_over_best_fixed": rounded(tps / fixed_tps, 6),
             "best_single_level": None if not lo <= 2 <= hi else {"plan": sl["best"].model_dump(), "describe": sl["best"].describe(),
                                   "tokens_per_second": rounded(sl["tokens_per_second"], 4),
                                   "fixed": sl["best_fixed"].describe(),
                                   "fixed_tokens_per_second": rounded(sl["fixed_tokens_per_second"], 4),
                                   "model": "analytic",
-                                  "gain_over_fixed": rounded(sl["tokens_per_second"] / sl["fixed_tokens_per_second"], 4)},
+                                  "gain_over_fixed": rounded(sl["tokens_per_second"] / sl["fixed_tokens_per_second"], 6)},
             "best_hierarchical": None if not h else {
                 "plan": h["plan"].model_dump(), "describe": h["plan"].describe(),
                 "tokens_per_second": rounded(float(h["tokens_per_second"]), 4),
                 "fixed": with_thresholds(h["plan"], None, None).describe(),
                 "fixed_tokens_per_second": rounded(float(h["fixed_tokens_per_second"]), 4), "model": h["model"],
-                "gain_over_fixed": rounded(h["tokens_per_second"] / h["fixed_tokens_per_second"], 4)},
+                "gain_over_fixed": rounded(h["tokens_per_second"] / h["fixed_tokens_per_second"], 6)},
             "grid": found["grid"], "search": "optuna + exhaustive grid" if optuna_adaptive else "exhaustive grid",
             "trace_replay": replayed_gain(m, plan, fixed_plan)}
 
@@ -522,7 +522,7 @@ def replayed_gain(setting, plan: Plan, fixed: Plan) -> dict | None:
         f = None
     return {"tokens_per_second": rounded(w.tokens_per_second, 4), "ci95_over_requests": None if w.ci95 is None else [rounded(x, 4) for x in w.ci95],
             "fixed_tokens_per_second": rounded(f, 4),
-            "gain_over_fixed": None if f is None else rounded(w.tokens_per_second / f, 4), "model": REPLAY_NOTE}
+            "gain_over_fixed": None if f is None else rounded(w.tokens_per_second / f, 6), "model": REPLAY_NOTE}
 
 
 def fixed_tokens_per_second(setting, plan: Plan) -> tuple[float, str]:
@@ -558,12 +558,12 @@ def predict_adaptive(setting, plan: Plan) -> dict:
     except SimulationTooLarge:
         f = None
     out = {"plan": plan.model_dump(), "describe": plan.describe(), "tokens_per_second": rounded(tps, 4),
-           "speedup_vs_autoregressive": rounded(tps / ar, 4), "fixed_tokens_per_second": rounded(f, 4),
-           "gain_over_fixed": None if f is None else rounded(tps / f, 4), "model": how, "rates": rates_note(setting)}
+           "speedup_vs_autoregressive": rounded(tps / ar, 6), "fixed_tokens_per_second": rounded(f, 4),
+           "gain_over_fixed": None if f is None else rounded(tps / f, 6), "model": how, "rates": rates_note(setting)}
     if plan.depth in EXACT:  # deeper plans' headline is the trace replay itself
         rep = replayed_gain(setting, plan, fixed)
         if rep is not None:
-            out["trace_replay"] = {**rep, "speedup_vs_autoregressive": rounded(rep["tokens_per_second"] / ar, 4)}
+            out["trace_replay"] = {**rep, "speedup_vs_autoregressive": rounded(rep["tokens_per_second"] / ar, 6)}
     return out
 
 

@@ -412,6 +412,8 @@ class ModelShape(Strict):
                              f"head dimension")
         if self.kv_heads > self.heads or self.heads % self.kv_heads:
             raise ValueError(f"kv_heads: {self.kv_heads} must divide heads ({self.heads}); allowed: a divisor of heads")
+        if self.tokenizer is not None and self.text != "tokenizer":
+            raise ValueError(f"tokenizer: a tokenizer.json digest with text {self.text!r}; allowed: text 'tokenizer'")
         return self
 
     @property
@@ -1431,7 +1433,7 @@ class LengthDist(Strict):
             raise ValueError(f"value: a fixed length {self.value} outside its own min..max {self.min}..{self.max}")
         lo, hi = {"uniform": (self.low, self.high), "empirical": (min(self.values or [1]), max(self.values or [1]))}.get(
             self.family, (self.min, self.max))
-        if self.family == "lognormal" and self.sigma == 0:  # it draws its median alone, as `upper` says
+        if self.family == "lognormal" and self.sigma < TINY_SIGMA:  # it draws its median alone, as `upper` says
             lo = hi = round(self.median)
         if hi < self.min or lo > self.max:  # every draw clipped to one bound: a fixed length in disguise
             raise ValueError(f"{self.family}: every length it draws ({lo}..{hi}) lies outside its own min..max "

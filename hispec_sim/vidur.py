@@ -243,7 +243,7 @@ def find_model_folder(folder: str | Path, model: str | None = None, gpu: str | N
         raise ValueError(f"folder: no such folder {str(folder)!r}")
     if (folder / "mlp.csv").exists():  # one model's folder: --model names it (else the folder's name does)
         named = _gpu_in_path(folder)
-        if gpu and named and gpu != named:  # its kernels were timed on the GPU its path names
+        if gpu and named and gpu.split("_")[0] != named:  # its kernels were timed on the GPU its path names (a100_40gb: an A100)
             raise ValueError(f"gpu: --gpu {gpu} but the folder is {named}'s ({folder}); allowed: {named}, or "
                              "the folder of that GPU's data")
         return folder / "mlp.csv", gpu or _guess_gpu(folder), model or folder.name
@@ -477,9 +477,10 @@ KNOWN_MODELS = {  # decoder layers and context (max_position_embeddings) from th
 
 
 def known_model(model_folder: str) -> tuple[int, int] | None:
-    """(layers, context) of a model Vidur's folders name (by prefix: -hf, -Instruct-hf)."""
-    m = model_folder.lower()
-    return next((KNOWN_MODELS[k] for k in sorted(KNOWN_MODELS, key=len, reverse=True) if m.startswith(k)), None)
+    """(layers, context) of a model Vidur's folders name: the name, or it with -hf,
+    -chat-hf, -instruct-hf, -python-hf (not a fine-tune of another context, -32k-instruct)."""
+    m = re.sub(r"(-(chat|instruct|python))?(-hf)?$", "", model_folder.lower())
+    return KNOWN_MODELS.get(m)
 
 
 def import_vidur(

@@ -310,3 +310,6 @@ def test_generation_ends_at_the_models_end_of_sequence(tmp_path, capsys):
     (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": vocab}))
     assert main(generate) == 2
     assert f"generation_config.eos_token_id: must be token ids in [0, {vocab - 1}]" in capsys.readouterr().err
+    # the shipped model names none: --ignore-eos has nothing to ignore
+    assert main(["generate", "--prompt", "def f(", "--max-new-tokens", "4", "--ignore-eos"]) == 2
+    assert "ignore_eos: applies to a model that names an end-of-sequence token" in capsys.readouterr().err

@@ -658,6 +658,8 @@ def test_a_workload_read_with_another_tokenizer_is_refused(tmp_path, capsys):
     assert main(["validate", "--profile", str(out), "--workload", "t", "--model", str(ck), "--prompts-file",
                  str(prompts), "--max-new-tokens", "8", "--plans", "1", "--allow-other-machine"]) == 2
     assert "tokenizer: " in capsys.readouterr().err
+    with pytest.raises(ValueError, match="tokenizer: a tokenizer.json digest with text 'bytes'"):
+        type(prof.model).model_validate({**prof.model.model_dump(), "text": "bytes", "tokenizer": digest})
 
 
 def test_timing_a_model_of_too_short_a_context_is_refused_first(tmp_path, capsys):

@@ -648,6 +648,9 @@ def test_import_vidur_takes_the_gpu_a_model_folder_names(tmp_path, capsys):
     folder = VIDUR / "compute" / "a100" / "meta-llama" / "Llama-2-70b-hf"
     with pytest.raises(ValueError, match="gpu: --gpu h100 but the folder is a100's"):
         vidur.import_vidur(folder, gpu="h100", tps=[4])
+    assert vidur.import_vidur(folder, gpu="a100_40gb", tps=[1])  # another A100's datasheet: the same kernels' GPU
+    assert vidur.known_model("CodeLlama-34b-Instruct-hf") == (48, 16384)
+    assert vidur.known_model("llama-2-7b-32k-instruct") is None  # another context than Llama-2-7B's
     assert main(["profile", "import-vidur", str(folder), "--gpu", "A100", "--tp", "4", "--out", str(tmp_path / "p.json")]) == 0
     capsys.readouterr()
     p = load_profile(str(tmp_path / "p.json"))

@@ -142,7 +142,8 @@ def test_a_lengths_upper_bound_is_the_longest_it_draws(median, sigma, seed):
 
 
 @pytest.mark.parametrize("text", ["32:max=10", "uniform:200:300:max=100", "empirical:600,700:max=100",
-                                  "uniform:1:5:min=6", "empirical:1,2:min=3", "lognormal:5000:0:max=100"])
+                                  "uniform:1:5:min=6", "empirical:1,2:min=3", "lognormal:5000:0:max=100",
+                                  "lognormal:20:1e-12:min=30"])
 def test_a_length_wholly_outside_its_own_bounds_is_refused(text):
     """Every draw would be clipped to one bound: refused for every family, as for a fixed
     length (round 24, M7: uniform and empirical were accepted and clipped silently)."""
