@@ -439,12 +439,16 @@ def cli_adaptive(setting, result, max_propose: int = 8, max_window: int = 16, hi
     m = found["setting"]
     sl, h = found["single_level"], found["hierarchical"]
     lo, hi = depths or (1, len(m.acceptance.exits))
+    weak = None
     if getattr(result, "rescored", None) and not result.best.plan.adaptive:  # the search ranked by trace replay: the
         fixed_plan = result.best.plan  # best fixed plan is the one it names (priced analytically here, as the adaptive)
         fixed_tps = score(m, [fixed_plan])[0].tokens_per_second
     else:
-        best_fixed = found["fixed"].best
-        fixed_cands = [(best_fixed.tokens_per_second, best_fixed.plan)] if lo <= best_fixed.plan.depth <= hi else []
+        fixed_cands = [(s.tokens_per_second, s.plan) for s in found["fixed"].top if lo <= s.plan.depth <= hi][:1]
+        if not fixed_cands:  # e.g. --depth 5: no exhaustive plan in range, only the trials' plans without thresholds
+            weak = (f"no fixed plan of depth {lo if lo == hi else f'{lo}-{hi}'} was searched: the best fixed plan is the best of this search's "
+                    "plans with their thresholds removed, a weak baseline; the same search without --adaptive finds "
+                    "a better one")
         for s in result.top:
             f = with_thresholds(s.plan, None, None)
             fixed_cands.append((score(m, [f])[0].tokens_per_second, f))
@@ -454,7 +458,7 @@ def cli_adaptive(setting, result, max_propose: int = 8, max_window: int = 16, hi
         cands.append((result.best.tokens_per_second, result.best.plan,
                       f"optuna ({result.study['trials']} trials): {adaptive_tokens_per_second(m, result.best.plan)[1]}"))
     tps, plan, how = max(cands, key=lambda c: c[0])
-    return {"rates": rates_note(m),
+    out = {"rates": rates_note(m),
             "best": {"plan": plan.model_dump(), "describe": plan.describe(), "tokens_per_second": rounded(tps, 4),
                      "model": how},
             "best_fixed": {"describe": fixed_plan.describe(), "plan": fixed_plan.model_dump(),
@@ -474,6 +478,9 @@ def cli_adaptive(setting, result, max_propose: int = 8, max_window: int = 16, hi
                 "gain_over_fixed": rounded(h["tokens_per_second"] / h["fixed_tokens_per_second"], 6)},
             "grid": found["grid"], "search": "optuna + exhaustive grid" if optuna_adaptive else "exhaustive grid",
             "trace_replay": replayed_gain(m, plan, fixed_plan)}
+    if weak:
+        out["best_fixed"]["note"] = weak
+    return out
 
 
 def cli_adaptive_text(a: dict) -> str:
@@ -489,6 +496,8 @@ def cli_adaptive_text(a: dict) -> str:
     lines.append(f"best adaptive: {b['describe']}  {tps(b['tokens_per_second'])} tokens/s, "
                  f"x{decimals(a['predicted_gain_over_best_fixed'], 3)} the best fixed plan {a['best_fixed']['describe']} "
                  f"({tps(a['best_fixed']['tokens_per_second'])}); model: {b['model']}")
+    if "note" in a["best_fixed"]:
+        lines.append(f"  note: {a['best_fixed']['note']}")
     if r:
         lines.append(f"  by trace replay (measured requests walked): {tps(r['tokens_per_second'])} vs "
                      + (f"{tps(r['fixed_tokens_per_second'])} tokens/s, x{decimals(r['gain_over_fixed'], 3)}"

@@ -303,6 +303,16 @@ def test_optuna_adaptive_answers_within_its_depth(capsys, tmp_path):
     assert 3 <= answer.depth <= 4 and answer == load_plan(tmp_path / "res.json")
     assert answer == Plan.model_validate(res["best"]["plan"]) == Plan.model_validate(res["adaptive"]["best"]["plan"])
     assert 3 <= Plan.model_validate(res["adaptive"]["best_fixed"]["plan"]).depth <= 4
+    assert "note" not in res["adaptive"]["best_fixed"]  # the exhaustive grid's best 3-level plan is in range
+
+
+def test_optuna_adaptive_at_a_depth_no_fixed_search_covers_says_its_baseline_is_weak(capsys, tmp_path):
+    """--depth 5: the best fixed plan was the study's best with its thresholds removed, and
+    the output claimed x2.173 the best fixed plan with no word (a review, 2026-12-03)."""
+    assert main(["optimize", "--profile", "cpu_hispec_tiny", "--search", "optuna", "--adaptive", "--depth", "5",
+                 "--trials", "4", "--seed", "1", "--storage", f"sqlite:///{tmp_path / 's.db'}"]) == 0
+    assert "note: no fixed plan of depth 5 was searched: the best fixed plan is the best of this search's plans " \
+           "with their thresholds removed, a weak baseline" in capsys.readouterr().out
 
 
 def test_optuna_adaptive_refusals(capsys, tmp_path):
