@@ -446,7 +446,8 @@ def cli_adaptive(setting, result, max_propose: int = 8, max_window: int = 16, hi
     else:
         fixed_cands = [(s.tokens_per_second, s.plan) for s in found["fixed"].top if lo <= s.plan.depth <= hi][:1]
         if not fixed_cands:  # e.g. --depth 5: no exhaustive plan in range, only the trials' plans without thresholds
-            weak = (f"no fixed plan of depth {lo if lo == hi else f'{lo}-{hi}'} was searched: the best fixed plan is the best of this search's "
+            depth = lo if lo == hi else f"{lo}-{hi}"
+            weak = (f"no fixed plan of depth {depth} was searched: the best fixed plan is the best of this search's "
                     "plans with their thresholds removed, a weak baseline; the same search without --adaptive finds "
                     "a better one")
         for s in result.top:
@@ -459,25 +460,25 @@ def cli_adaptive(setting, result, max_propose: int = 8, max_window: int = 16, hi
                       f"optuna ({result.study['trials']} trials): {adaptive_tokens_per_second(m, result.best.plan)[1]}"))
     tps, plan, how = max(cands, key=lambda c: c[0])
     out = {"rates": rates_note(m),
-            "best": {"plan": plan.model_dump(), "describe": plan.describe(), "tokens_per_second": rounded(tps, 4),
-                     "model": how},
-            "best_fixed": {"describe": fixed_plan.describe(), "plan": fixed_plan.model_dump(),
-                           "tokens_per_second": rounded(fixed_tps, 4), "model": "analytic"},
-            "predicted_gain_over_best_fixed": rounded(tps / fixed_tps, 6),
-            "best_single_level": None if not lo <= 2 <= hi else {"plan": sl["best"].model_dump(), "describe": sl["best"].describe(),
-                                  "tokens_per_second": rounded(sl["tokens_per_second"], 4),
-                                  "fixed": sl["best_fixed"].describe(),
-                                  "fixed_tokens_per_second": rounded(sl["fixed_tokens_per_second"], 4),
-                                  "model": "analytic",
-                                  "gain_over_fixed": rounded(sl["tokens_per_second"] / sl["fixed_tokens_per_second"], 6)},
-            "best_hierarchical": None if not h else {
-                "plan": h["plan"].model_dump(), "describe": h["plan"].describe(),
-                "tokens_per_second": rounded(float(h["tokens_per_second"]), 4),
-                "fixed": with_thresholds(h["plan"], None, None).describe(),
-                "fixed_tokens_per_second": rounded(float(h["fixed_tokens_per_second"]), 4), "model": h["model"],
-                "gain_over_fixed": rounded(h["tokens_per_second"] / h["fixed_tokens_per_second"], 6)},
-            "grid": found["grid"], "search": "optuna + exhaustive grid" if optuna_adaptive else "exhaustive grid",
-            "trace_replay": replayed_gain(m, plan, fixed_plan)}
+           "best": {"plan": plan.model_dump(), "describe": plan.describe(), "tokens_per_second": rounded(tps, 4),
+                    "model": how},
+           "best_fixed": {"describe": fixed_plan.describe(), "plan": fixed_plan.model_dump(),
+                          "tokens_per_second": rounded(fixed_tps, 4), "model": "analytic"},
+           "predicted_gain_over_best_fixed": rounded(tps / fixed_tps, 6),
+           "best_single_level": None if not lo <= 2 <= hi else {"plan": sl["best"].model_dump(), "describe": sl["best"].describe(),
+                                 "tokens_per_second": rounded(sl["tokens_per_second"], 4),
+                                 "fixed": sl["best_fixed"].describe(),
+                                 "fixed_tokens_per_second": rounded(sl["fixed_tokens_per_second"], 4),
+                                 "model": "analytic",
+                                 "gain_over_fixed": rounded(sl["tokens_per_second"] / sl["fixed_tokens_per_second"], 6)},
+           "best_hierarchical": None if not h else {
+               "plan": h["plan"].model_dump(), "describe": h["plan"].describe(),
+               "tokens_per_second": rounded(float(h["tokens_per_second"]), 4),
+               "fixed": with_thresholds(h["plan"], None, None).describe(),
+               "fixed_tokens_per_second": rounded(float(h["fixed_tokens_per_second"]), 4), "model": h["model"],
+               "gain_over_fixed": rounded(h["tokens_per_second"] / h["fixed_tokens_per_second"], 6)},
+           "grid": found["grid"], "search": "optuna + exhaustive grid" if optuna_adaptive else "exhaustive grid",
+           "trace_replay": replayed_gain(m, plan, fixed_plan)}
     if weak:
         out["best_fixed"]["note"] = weak
     return out
