@@ -150,8 +150,16 @@ def weights_digest(model: Transformer) -> str:
     return f"sha256:{h.hexdigest()}"
 
 
+def _context_within(asked: int, most: int, field: str) -> int:
+    if not 2 <= asked <= most:
+        raise ValueError(f"max_context: must be in [2, {most}] (the checkpoint's {field}), got {asked}")
+    return asked
+
+
 def load_model(path: str | Path | None = None, device: str = "cpu", max_seq_len: int | None = None) -> Transformer:
-    """Load our checkpoint folder (default: the shipped one) or a Hugging Face Llama folder."""
+    """Load our checkpoint folder (default: the shipped one) or a Hugging Face Llama folder;
+    max_seq_len: the positions each KV cache holds (default: the checkpoint's context, a Hugging
+    Face one's capped at DEFAULT_HF_CONTEXT), at most the checkpoint's."""
     folder = Path(path) if path is not None else DEFAULT_CHECKPOINT
     if not folder.exists():
         raise ValueError(f"model: no such folder {folder}")
@@ -163,13 +171,13 @@ def load_model(path: str | Path | None = None, device: str = "cpu", max_seq_len:
 
         model = load_hf(folder, cfg, max_seq_len=max_seq_len)
     else:
-        if max_seq_len:
-            cfg["max_seq_len"] = max_seq_len
         try:
             args = ModelArgs.from_dict(cfg)
         except (TypeError, ValueError) as e:
             raise ValueError(f"model: bad config in {folder / 'config.json'} ({e})") from None
         check_args(args)
+        if max_seq_len:  # fewer positions than trained is safe; more would run RoPE where training never went
+            args.max_seq_len = _context_within(max_seq_len, args.max_seq_len, "max_seq_len")
         model = Transformer(args)
         load_state(model, read_safetensors(folder / "model.safetensors"))
     if device != "cpu":

@@ -103,7 +103,12 @@ def args_from_hf(cfg: dict, max_seq_len: int | None = None) -> ModelArgs:
     kv = _int(cfg, "num_key_value_heads", heads)
     if kv < 1:
         raise ValueError(f"config.num_key_value_heads: must be >= 1, got {kv}")
-    seq = max_seq_len or min(ctx, DEFAULT_HF_CONTEXT)
+    if max_seq_len:
+        from .checkpoint import _context_within
+
+        seq = _context_within(max_seq_len, ctx, "max_position_embeddings")
+    else:
+        seq = min(ctx, DEFAULT_HF_CONTEXT)
     window = cfg.get("sliding_window")  # Mistral applies it whatever use_sliding_window says (only Qwen2 reads that)
     if window is not None and (isinstance(window, bool) or not isinstance(window, int)):
         raise ValueError(f"config.sliding_window: must be an integer or null, got {window!r}")

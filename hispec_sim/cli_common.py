@@ -216,8 +216,11 @@ def add_search_bounds(p) -> None:
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    """--model, --device, --threads: how both programs pick and run the executor's model."""
+    """--model, --max-context, --device, --threads: how both programs pick and run the executor's model."""
     p.add_argument("--model", help="checkpoint folder (ours or a Hugging Face Llama folder); default: the shipped model")
+    p.add_argument("--max-context", type=int_in(2, schema.MAX_CONTEXT), metavar="N",
+                   help="positions each KV cache holds, allocated up front (default: the checkpoint's context; "
+                        "a Hugging Face folder's max_position_embeddings capped at 2,048); at most the checkpoint's")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--threads", type=int_in(1, schema.MAX_THREADS), default=1,
                    help="CPU threads for torch (default 1: stable timings)")
@@ -239,7 +242,7 @@ def load_model_from_args(args):
     from hispec_exec.checkpoint import load_model
 
     torch.set_num_threads(args.threads)
-    return load_model(args.model, device=args.device)
+    return load_model(args.model, device=args.device, max_seq_len=args.max_context)
 
 
 # --------------------------------------------------------------------------- files

@@ -313,3 +313,29 @@ def test_generation_ends_at_the_models_end_of_sequence(tmp_path, capsys):
     # the shipped model names none: --ignore-eos has nothing to ignore
     assert main(["generate", "--prompt", "def f(", "--max-new-tokens", "4", "--ignore-eos"]) == 2
     assert "ignore_eos: applies to a model that names an end-of-sequence token" in capsys.readouterr().err
+
+
+def test_max_context_sets_the_kv_positions_within_the_checkpoints(tmp_path, capsys):
+    """--max-context: a Hugging Face folder's default is max_position_embeddings capped at
+    2,048; the flag raises it up to max_position_embeddings (there was no way past 2,048) or
+    lowers it, for our checkpoint too; beyond what the checkpoint was made for is one line."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hispec_exec.cli import main
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)
+                     ).save_pretrained(tmp_path, safe_serialization=True)
+
+    def context(*flags) -> int:
+        assert main(["info", *flags, "--json"]) == 0
+        return json.loads(capsys.readouterr().out)["max_seq_len"]
+
+    assert context("--model", str(tmp_path)) == 2048
+    assert context("--model", str(tmp_path), "--max-context", "4096") == 4096
+    assert context("--max-context", "100") == 100 and load_model(max_seq_len=100).args.max_seq_len == 100
+    for flags, most in ((["--model", str(tmp_path)], "4096] (the checkpoint's max_position_embeddings)"),
+                        ([], "512] (the checkpoint's max_seq_len)")):
+        assert main(["info", *flags, "--max-context", "4097"]) == 2
+        assert f"max_context: must be in [2, {most}, got 4097" in capsys.readouterr().err
