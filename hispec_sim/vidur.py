@@ -403,6 +403,10 @@ def table_from_mlp(
     # bound GEMMs); rows that stop while the time still barely grows with the tokens would price
     # long prompts many times over (rows up to 64 tokens: a 2,048-token prefill x3).
     growth = float(kernel[-1] / np.interp(tokens[-1] / 2, tokens, kernel))
+    if len(tokens) == 1:
+        raise ValueError(f"vidur: {data.path}: the rows of tp {tp} hold num_tokens {tokens[0]} only; every prompt "
+                         f"would be priced in proportion to it: the file needs rows up to where the time grows "
+                         f"x{MIN_GROWTH_TO_EXTRAPOLATE:g} or more from half the tokens (Vidur's go to 4,096)")
     if growth < MIN_GROWTH_TO_EXTRAPOLATE:
         raise ValueError(f"vidur: {data.path}: the rows of tp {tp} stop at num_tokens {tokens[-1]}, where the layer's "
                          f"ops take x{growth:.2f} the time of half as many tokens (not yet compute-bound); longer "

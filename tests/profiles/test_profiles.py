@@ -625,16 +625,17 @@ def test_import_vidur_refuses_data_that_stops_short_of_proportional_pricing(tmp_
     import shutil
 
     model = Path("compute") / "a100" / "meta-llama" / "Llama-2-70b-hf"
-    for cut, match in (("mlp", "rows of tp 4 stop at num_tokens 64, where the layer's ops take x1.0"),
-                       ("all_reduce", "all-reduces of 4 GPUs stop at 18,432 bytes, x1.00")):
-        root = tmp_path / cut
+    for cut, top, match in (("mlp", 64, "rows of tp 4 stop at num_tokens 64, where the layer's ops take x1.0"),
+                            ("mlp", 1, "rows of tp 4 hold num_tokens 1 only"),  # not 'x1.00 the time of half a token'
+                            ("all_reduce", 20000, "all-reduces of 4 GPUs stop at 18,432 bytes, x1.00")):
+        root = tmp_path / f"{cut}{top}"
         shutil.copytree(VIDUR / model, root / model)
         shutil.copytree(VIDUR / "network" / "a100_dgx", root / "network" / "a100_dgx")
         path = root / model / "mlp.csv" if cut == "mlp" else root / "network" / "a100_dgx" / "all_reduce.csv"
         rows = list(csv.reader(path.open()))
         col = rows[0].index("num_tokens" if cut == "mlp" else "size")
         with path.open("w", newline="") as f:
-            csv.writer(f, lineterminator="\n").writerows([rows[0]] + [r for r in rows[1:] if float(r[col]) <= (64 if cut == "mlp" else 20000)])
+            csv.writer(f, lineterminator="\n").writerows([rows[0]] + [r for r in rows[1:] if float(r[col]) <= top])
         with pytest.raises(ValueError, match=match):
             vidur.import_vidur(root, model="Llama-2-70b-hf", gpu="a100", tps=[4])
 
