@@ -513,6 +513,9 @@ def import_vidur_full(folder, model=None, gpu=None, hardware=None, tps=None, num
     data = read_mlp_csv(mlp, tps)
     hw = hardware or hardware_for(g)
     layers, context = known_model(mname) or (None, None)
+    if num_layers is not None and layers is not None and num_layers != layers:
+        raise ValueError(f"layers: {mname} has {layers} decoder layers (its Hugging Face config), got {num_layers}; "
+                         "allowed: leave --layers out, or the model's own")
     shape = model_shape_from(data, mname, num_layers or layers, context)
     tps = sorted(data.tokens) if not tps else tps
     for tp in tps:

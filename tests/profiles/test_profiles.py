@@ -657,6 +657,9 @@ def test_import_vidur_takes_the_gpu_a_model_folder_names(tmp_path, capsys):
     p = load_profile(str(tmp_path / "p.json"))
     assert p.model.max_context == 4096 and p.model.num_layers == 80
     assert p.table().source.detail == vidur.import_vidur(folder, gpu="a100", tps=[4])[0].source.detail
+    assert vidur.import_vidur(folder, gpu="a100", tps=[1], num_layers=80)  # its own depth: accepted
+    with pytest.raises(ValueError, match=r"layers: Llama-2-70b-hf has 80 decoder layers .*, got 40"):
+        vidur.import_vidur(folder, gpu="a100", tps=[1], num_layers=40)  # was a 40-layer Llama-2-70B, silently
 
 
 @pytest.mark.parametrize("paper,match", [
