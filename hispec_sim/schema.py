@@ -907,8 +907,7 @@ class Acceptance(Strict):
                 if not (isinstance(v, (int, float)) and math.isfinite(v) and 0.0 <= v <= 1.0):
                     raise ValueError(f"acceptance.agreement: values must be in [0, 1], got {v}")
         # P(exits a and b agree): symmetric, and an exit always agrees with itself
-        if any(self.agreement[i][i] != 1.0 for i in range(n)) or any(
-                abs(self.agreement[i][j] - self.agreement[j][i]) > 1e-9 for i in range(n) for j in range(i)):
+        if not _is_agreement(self.agreement):
             raise ValueError("acceptance.agreement: must be symmetric with 1 on the diagonal (agreement of exits a and b)")
         if any(e < 1 or e > MAX_LAYERS for e in self.exits):
             raise ValueError(f"acceptance.exits: must be in [1, {MAX_LAYERS}]")
@@ -928,6 +927,10 @@ class Acceptance(Strict):
         if self.spread and self.spread.per_request and any(
                 len(r) != n or any(len(row) != n for row in r) for r in self.spread.per_request):
             raise ValueError("acceptance.spread.per_request: every matrix must be len(exits) x len(exits)")
+        if self.spread and self.spread.per_request and not all(_is_agreement(r) for r in self.spread.per_request):
+            k = next(i for i, r in enumerate(self.spread.per_request) if not _is_agreement(r))
+            raise ValueError(f"acceptance.spread.per_request[{k}]: must be symmetric with 1 on the diagonal "
+                             "(a request's agreement of exits a and b)")
         # the matrix follows from the traces, and is the requests' weighted mean: two answers for one plan otherwise
         A = np.asarray(self.agreement, float)
         if self.traces:
@@ -948,6 +951,10 @@ class Acceptance(Strict):
                                        or any(len(r) != n for r in c.top1)):
                 raise ValueError("acceptance.confidence.top1: one row per trace row, one value per exit")
         return self
+
+
+def _is_agreement(m: list[list[float]]) -> bool:
+    return all(m[i][i] == 1.0 and all(abs(m[i][j] - m[j][i]) <= 1e-9 for j in range(i)) for i in range(len(m)))
 
 
 class Profile(Strict):

@@ -230,3 +230,20 @@ def test_latency_percentiles_sample_every_request_alike(monkeypatch):
     assert part.tokens_per_second == every.tokens_per_second
     assert part.latency_ms_p50 == pytest.approx(every.latency_ms_p50, rel=0.05)
     assert part.latency_ms_p99 == pytest.approx(every.latency_ms_p99, rel=0.05)
+
+
+def test_a_requests_matrix_must_be_an_agreement_matrix():
+    """A request's matrix is an agreement like the workload's: symmetric, 1 on the diagonal.
+    Two asymmetric ones whose mean is the workload's loaded (a review's open point, 2026-12-03)."""
+    from hispec_sim.schema import Profile, load_profile
+
+    d = load_profile("cpu_hispec_tiny").model_dump()
+    w = d["workloads"]["heldout"]
+    A = np.asarray(w["agreement"])
+    D = np.zeros_like(A)
+    D[0, 1], D[1, 0] = 0.05, -0.05  # antisymmetric: A + D and A - D average to A
+    w["spread"].update(per_request=[(A + D).tolist(), (A - D).tolist()], weights=[1.0, 1.0])
+    with pytest.raises(ValueError, match=r"spread.per_request\[0\]: must be symmetric with 1 on the diagonal"):
+        Profile.model_validate(d)
+    w["spread"].update(per_request=[A.tolist(), A.tolist()])
+    Profile.model_validate(d)
